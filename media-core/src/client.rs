@@ -1,0 +1,235 @@
+//! A sans-IO Chorus client peer (str0m in the controlling, full-ICE role, RTP mode).
+//!
+//! It offers what the protocol asks of a client: one microphone m-line, then K recvonly slot m-lines. It
+//! sends Opus frames the caller encodes (with the RFC 6464 audio level) and reports every received slot
+//! packet with its CSRC. Used by simulation tests, the end-to-end tests and the load tester.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+use crate::peer::{PeerError, Transmit};
+
+/// How a client peer is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConfig {
+    /// The client's own socket address (its ICE host candidate).
+    pub local_addr: SocketAddr,
+    /// The room's slot count K (from `joined`).
+    pub slots: usize,
+    /// Offer a sending microphone m-line.
+    pub publish: bool,
+}
+
+/// One RTP packet received in a slot.
+#[derive(Clone, Debug)]
+pub struct ReceivedAudio {
+    pub slot: usize,
+    pub ssrc: u32,
+    /// The first CSRC: the original SSRC of the speaker in the slot.
+    pub csrc: Option<u32>,
+    pub seq: u64,
+    pub timestamp: u32,
+    /// RFC 6464 level, 0 (loud) ..= 127 (silence), if the packet carried one.
+    pub audio_level: Option<u8>,
+    pub payload: Arc<[u8]>,
+    pub arrival: Instant,
+}
+
+/// What the client peer wants done.
+#[derive(Debug)]
+pub enum ClientOutput {
+    Transmit(Transmit),
+    Connected,
+    Disconnected,
+    Audio(ReceivedAudio),
+    Timeout(Instant),
+}
+
+pub struct ClientPeer {
+    rtc: Rtc,
+    local_addr: SocketAddr,
+    pending: Option<SdpPendingOffer>,
+    mic_mid: Mid,
+    slot_mids: Vec<Mid>,
+    mic_pt: Option<Pt>,
+    seq: u64,
+    ts: u32,
+    connected: bool,
+}
+
+impl ClientPeer {
+    /// Create the peer and its SDP offer.
+    pub fn new(now: Instant, config: ClientConfig) -> Result<(ClientPeer, String), PeerError> {
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .set_stats_interval(None)
+            .build(now);
+        let candidate = Candidate::host(config.local_addr, "udp")
+            .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let mut change = rtc.sdp_api();
+        let mic_dir = if config.publish {
+            Direction::SendRecv
+        } else {
+            Direction::Inactive
+        };
+        let mic_mid = change.add_media(MediaKind::Audio, mic_dir, None, None, None);
+        let slot_mids = (0..config.slots)
+            .map(|_| change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None))
+            .collect();
+        let (offer, pending) = change
+            .apply()
+            .ok_or(PeerError::MissingMedia("an offer with media"))?;
+        let peer = ClientPeer {
+            rtc,
+            local_addr: config.local_addr,
+            pending: Some(pending),
+            mic_mid,
+            slot_mids,
+            mic_pt: None,
+            seq: 0,
+            ts: 0,
+            connected: false,
+        };
+        Ok((peer, offer.to_sdp_string()))
+    }
+
+    /// Apply the server's answer.
+    pub fn accept_answer(&mut self, answer_sdp: &str) -> Result<(), PeerError> {
+        let answer =
+            SdpAnswer::from_sdp_string(answer_sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
+        let pending = self
+            .pending
+            .take()
+            .ok_or(PeerError::BadSdp("an answer was already applied".into()))?;
+        self.rtc.sdp_api().accept_answer(pending, answer)?;
+        self.mic_pt = self.rtc.media(self.mic_mid).and_then(|m| {
+            let config = self.rtc.codec_config();
+            m.remote_pts()
+                .iter()
+                .copied()
+                .find(|pt| config.iter().any(|p| p.pt() == *pt && p.spec().codec == Codec::Opus))
+        });
+        Ok(())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// The SSRC our microphone packets carry (what a subscriber sees as CSRC).
+    pub fn mic_ssrc(&mut self) -> Option<u32> {
+        let mid = self.mic_mid;
+        self.rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .map(|s| *s.ssrc())
+    }
+
+    /// The mid of each slot m-line.
+    pub fn slot_mids(&self) -> Vec<String> {
+        self.slot_mids.iter().map(|m| m.to_string()).collect()
+    }
+
+    /// A datagram from the network.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> Result<(), PeerError> {
+        let Ok(contents) = data.try_into() else { return Ok(()) };
+        self.rtc.handle_input(Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local_addr,
+                contents,
+            },
+        ))?;
+        Ok(())
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
+        self.rtc.handle_input(Input::Timeout(now))?;
+        Ok(())
+    }
+
+    /// Send one encoded Opus frame lasting `samples` at 48 kHz, with its RFC 6464 level (0..=127).
+    pub fn send_audio(
+        &mut self,
+        now: Instant,
+        opus: &[u8],
+        samples: u32,
+        level_dbov: u8,
+    ) -> Result<(), PeerError> {
+        let Some(pt) = self.mic_pt else {
+            return Err(PeerError::MissingMedia("a negotiated Opus microphone"));
+        };
+        let mid = self.mic_mid;
+        let mut ext = ExtensionValues::default();
+        let level = level_dbov.min(127);
+        ext.audio_level = Some(-(level as i8));
+        ext.voice_activity = Some(level < 127);
+        let write = RtpWrite::new(pt, SeqNo::from(self.seq), self.ts, now, opus.to_vec()).ext_vals(ext);
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return Err(PeerError::MissingMedia("a microphone stream"));
+        };
+        tx.write_rtp(write);
+        self.seq += 1;
+        self.ts = self.ts.wrapping_add(samples);
+        Ok(())
+    }
+
+    /// Skip `samples` of media time without sending (as a DTX sender does in silence).
+    pub fn skip_audio(&mut self, samples: u32) {
+        self.ts = self.ts.wrapping_add(samples);
+    }
+
+    /// The next output; call until it returns [`ClientOutput::Timeout`] after every input.
+    pub fn poll_output(&mut self) -> Result<ClientOutput, PeerError> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => return Ok(ClientOutput::Timeout(t)),
+                Output::Transmit(t) => {
+                    return Ok(ClientOutput::Transmit(Transmit {
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    }))
+                }
+                Output::Event(Event::Connected) => {
+                    self.connected = true;
+                    return Ok(ClientOutput::Connected);
+                }
+                Output::Event(Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {
+                    return Ok(ClientOutput::Disconnected)
+                }
+                Output::Event(Event::RtpPacket(p)) => {
+                    let mid = self.rtc.direct_api().stream_rx(&p.header.ssrc).map(|s| s.mid());
+                    let Some(slot) = mid.and_then(|m| self.slot_mids.iter().position(|s| *s == m)) else {
+                        continue;
+                    };
+                    let h = &p.header;
+                    return Ok(ClientOutput::Audio(ReceivedAudio {
+                        slot,
+                        ssrc: *h.ssrc,
+                        csrc: (h.csrc_count > 0).then_some(h.csrc[0]),
+                        seq: *p.seq_no,
+                        timestamp: h.timestamp,
+                        audio_level: h.ext_vals.audio_level.map(|l| l.unsigned_abs().min(127)),
+                        payload: p.payload,
+                        arrival: p.timestamp,
+                    }));
+                }
+                Output::Event(_) => continue,
+            }
+        }
+    }
+}

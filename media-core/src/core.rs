@@ -1,0 +1,559 @@
+//! [`MediaCore`]: everything one media worker owns — peers, rooms, slot forwarding — as a sans-IO state
+//! machine. Feed it one input (a datagram, a timeout, a command), then drain [`MediaCore::poll_output`]
+//! until it returns [`Output::Timeout`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::config::DtlsCert;
+use str0m::rtp::RtpPacket;
+
+use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
+use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, Transmit};
+use crate::rewrite::SlotRewriter;
+use crate::router::{RouteMiss, Router};
+use crate::sim::Rng;
+use crate::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
+use crate::stats::{CoreStats, DropReason};
+
+/// Largest datagram accepted from the network; anything larger is not WebRTC audio.
+pub const MAX_DATAGRAM: usize = 1500;
+
+/// Settings of one worker's core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// The address advertised in ICE candidates and given to str0m as every datagram's destination.
+    pub candidate_addr: SocketAddr,
+    /// Seeds the random initial sequence numbers and timestamps of slot streams.
+    pub seed: u64,
+    /// A peer that has not completed DTLS this long after its offer is dropped.
+    pub connect_timeout: Duration,
+    /// Slot selection tuning.
+    pub selector: SelectorConfig,
+}
+
+impl CoreConfig {
+    pub fn new(candidate_addr: SocketAddr, seed: u64) -> Self {
+        CoreConfig {
+            candidate_addr,
+            seed,
+            connect_timeout: Duration::from_secs(20),
+            selector: SelectorConfig::default(),
+        }
+    }
+}
+
+/// Media settings of a room, taken from the first participant's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomConfig {
+    /// Audio slots per subscriber, 1..=16.
+    pub slots: usize,
+}
+
+/// What a participant may do and how it starts.
+#[derive(Clone, Copy, Debug)]
+pub struct JoinParams {
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    pub muted: bool,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("participant {0} already has a peer")]
+    AlreadyConnected(ParticipantId),
+    #[error("no participant {0}")]
+    UnknownParticipant(ParticipantId),
+    #[error("room setting out of range: {0}")]
+    BadRoomConfig(&'static str),
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+}
+
+/// One slot of a subscriber as reported to signaling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub index: SlotIndex,
+    pub mid: String,
+    /// Who the slot carries and their original SSRC (the CSRC of the slot's packets).
+    pub occupant: Option<(ParticipantId, Option<Ssrc>)>,
+}
+
+/// Events for the worker to hand to signaling.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CoreEvent {
+    /// DTLS-SRTP is up for this participant.
+    Connected(ParticipantId),
+    /// The peer failed or timed out and has been removed.
+    Disconnected { participant: ParticipantId, reason: &'static str },
+    /// A subscriber's slot assignment changed (sent before the new occupant's first packet is forwarded).
+    Slots { subscriber: ParticipantId, slots: Vec<SlotInfo> },
+    /// The speaking participants of a room changed, loudest first.
+    Speakers { room: RoomId, speakers: Vec<(ParticipantId, f32)> },
+}
+
+/// What to do next.
+#[derive(Debug)]
+pub enum Output {
+    Transmit(Transmit),
+    Event(CoreEvent),
+    /// Nothing more to do until this instant (or the next input).
+    Timeout(Instant),
+}
+
+struct Participant {
+    room: u32,
+    peer: Peer,
+    params: JoinParams,
+    /// The SSRC of the participant's microphone stream, learned from its first packet.
+    ssrc: Option<Ssrc>,
+    /// One rewriter per slot stream.
+    rewriters: Vec<SlotRewriter>,
+}
+
+impl Participant {
+    fn publishes(&self) -> bool {
+        self.params.can_publish && !self.params.muted && self.peer.has_microphone()
+    }
+}
+
+struct Room {
+    id: RoomId,
+    selector: SlotSelector,
+    members: Vec<ParticipantId>,
+}
+
+pub struct MediaCore {
+    config: CoreConfig,
+    dtls_cert: DtlsCert,
+    rng: Rng,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<u32, Room>,
+    room_keys: HashMap<RoomId, u32>,
+    next_room_key: u32,
+    router: Router,
+    /// Min-heap of (wake-up, participant); an entry is live only while it equals the peer's `scheduled`.
+    timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<CoreEvent>,
+    pending: VecDeque<(ParticipantId, PeerEvent)>,
+    next_tick: Option<Instant>,
+    last_now: Instant,
+    stats: CoreStats,
+}
+
+impl MediaCore {
+    /// A core with a freshly generated DTLS certificate shared by all its peers.
+    pub fn new(now: Instant, config: CoreConfig) -> Self {
+        let provider = str0m::crypto::from_feature_flags();
+        let dtls_cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .expect("the aws-lc-rs provider generates certificates (str0m feature aws-lc-rs)");
+        Self::with_certificate(now, config, dtls_cert)
+    }
+
+    /// A core using a given DTLS certificate.
+    pub fn with_certificate(now: Instant, config: CoreConfig, dtls_cert: DtlsCert) -> Self {
+        MediaCore {
+            rng: Rng::new(config.seed),
+            config,
+            dtls_cert,
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            room_keys: HashMap::new(),
+            next_room_key: 0,
+            router: Router::default(),
+            timers: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            pending: VecDeque::new(),
+            next_tick: None,
+            last_now: now,
+            stats: CoreStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The participants of a room on this core.
+    pub fn room_members(&self, room: &RoomId) -> &[ParticipantId] {
+        self.room_keys
+            .get(room)
+            .and_then(|k| self.rooms.get(k))
+            .map(|r| r.members.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Create a participant's peer from its SDP offer, creating the room if needed. Returns the answer.
+    pub fn add_participant(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        room_config: RoomConfig,
+        id: ParticipantId,
+        params: JoinParams,
+        offer_sdp: &str,
+    ) -> Result<String, CoreError> {
+        self.last_now = now;
+        if self.participants.contains_key(&id) {
+            return Err(CoreError::AlreadyConnected(id));
+        }
+        if !(1..=MAX_SLOTS).contains(&room_config.slots) {
+            return Err(CoreError::BadRoomConfig("slots must be 1..=16"));
+        }
+        let existing = self.room_keys.get(room).copied();
+        let slots = existing
+            .and_then(|k| self.rooms.get(&k))
+            .map(|r| r.selector.slots())
+            .unwrap_or(room_config.slots);
+        let peer_params = PeerParams {
+            candidate_addr: self.config.candidate_addr,
+            dtls_cert: &self.dtls_cert,
+            slots: if params.can_subscribe { slots } else { 0 },
+        };
+        let (peer, answer) = Peer::from_offer(now, id, &peer_params, offer_sdp)?;
+
+        let key = match existing {
+            Some(k) => k,
+            None => {
+                let k = self.next_room_key;
+                self.next_room_key = self.next_room_key.wrapping_add(1);
+                self.room_keys.insert(room.clone(), k);
+                self.rooms.insert(
+                    k,
+                    Room {
+                        id: room.clone(),
+                        selector: SlotSelector::new(slots, self.config.selector),
+                        members: Vec::new(),
+                    },
+                );
+                k
+            }
+        };
+        let rewriters = (0..peer.slots.len())
+            .map(|_| SlotRewriter::new(self.rng.next_u64() as u16 & 0x7fff, self.rng.next_u64() as u32))
+            .collect();
+        self.router.add_peer(&peer.ufrag, id);
+        let participant = Participant {
+            room: key,
+            peer,
+            params,
+            ssrc: None,
+            rewriters,
+        };
+        let room = self.rooms.get_mut(&key).expect("room key was just looked up or inserted");
+        room.selector
+            .add_participant(id, participant.publishes(), !participant.peer.slots.is_empty());
+        room.members.push(id);
+        self.participants.insert(id, participant);
+        self.schedule(id, now);
+        self.ensure_tick(now);
+        self.emit_slots(id);
+        Ok(answer)
+    }
+
+    /// Remove a participant and its peer; the room goes with its last participant.
+    pub fn remove_participant(&mut self, now: Instant, id: ParticipantId) -> Result<(), CoreError> {
+        self.last_now = now;
+        let p = self
+            .participants
+            .remove(&id)
+            .ok_or(CoreError::UnknownParticipant(id))?;
+        self.router.remove_peer(&p.peer.ufrag, id);
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.selector.remove_participant(id);
+            room.members.retain(|m| *m != id);
+            if room.members.is_empty() {
+                let room = self.rooms.remove(&p.room).expect("room was just found");
+                self.room_keys.remove(&room.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop or resume forwarding a participant's audio.
+    pub fn set_muted(&mut self, id: ParticipantId, muted: bool) -> Result<(), CoreError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(CoreError::UnknownParticipant(id))?;
+        p.params.muted = muted;
+        let publishes = p.publishes();
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.selector.set_publishing(id, publishes);
+        }
+        Ok(())
+    }
+
+    /// A datagram arrived on the worker's socket.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        self.last_now = now;
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        if data.len() > MAX_DATAGRAM {
+            self.stats.drop(DropReason::Oversized);
+            return;
+        }
+        let id = match self.router.route(source, data) {
+            Ok(id) => id,
+            Err(RouteMiss::UnknownSource) => return self.stats.drop(DropReason::UnknownSource),
+            Err(RouteMiss::UnknownUfrag) => return self.stats.drop(DropReason::UnknownUfrag),
+            Err(RouteMiss::MalformedStun) => return self.stats.drop(DropReason::Malformed),
+        };
+        let Some(p) = self.participants.get_mut(&id) else {
+            return self.stats.drop(DropReason::UnknownSource);
+        };
+        let destination = self.config.candidate_addr;
+        match p.peer.handle_datagram(now, source, destination, data) {
+            Ok(()) => {}
+            Err(PeerError::Panicked) => {
+                self.stats.drop(DropReason::Malformed);
+                self.disconnect(id, "webrtc stack fault");
+                return;
+            }
+            // str0m rejects a packet it cannot parse or decrypt; the peer carries on.
+            Err(_) => self.stats.drop(DropReason::Malformed),
+        }
+        self.drive(id);
+        self.process_pending(now);
+    }
+
+    /// Time passed: run due peer timers, the room tick, and connection deadlines.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(p) = self.participants.get_mut(&id) else { continue };
+            if p.peer.scheduled != Some(at) {
+                continue; // superseded by an earlier entry
+            }
+            p.peer.scheduled = None;
+            if !p.peer.connected && now.saturating_duration_since(p.peer.created) > self.config.connect_timeout {
+                self.disconnect(id, "connect timeout");
+                continue;
+            }
+            if let Err(e) = p.peer.handle_timeout(now) {
+                tracing::debug!(participant = %id, error = %e, "peer timeout failed");
+                self.disconnect(id, "webrtc error");
+                continue;
+            }
+            self.drive(id);
+        }
+        if self.next_tick.is_some_and(|t| t <= now) {
+            self.room_tick(now);
+        }
+        self.process_pending(now);
+    }
+
+    /// The next output: datagrams first, then events, then the next wake-up.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(t) = self.transmits.pop_front() {
+            self.stats.datagrams_out += 1;
+            self.stats.bytes_out += t.contents.len() as u64;
+            return Output::Transmit(t);
+        }
+        if let Some(e) = self.events.pop_front() {
+            return Output::Event(e);
+        }
+        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        let next = match (timer, self.next_tick) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            // Nothing scheduled: an idle core wakes rarely.
+            (None, None) => self.last_now + Duration::from_secs(1),
+        };
+        Output::Timeout(next)
+    }
+
+    fn ensure_tick(&mut self, now: Instant) {
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now);
+        }
+    }
+
+    fn room_tick(&mut self, now: Instant) {
+        for room in self.rooms.values_mut() {
+            room.selector.update(now);
+            let changed: Vec<ParticipantId> = room.selector.drain_changes().collect();
+            for sub in changed {
+                if let Some(p) = self.participants.get(&sub) {
+                    self.events.push_back(CoreEvent::Slots {
+                        subscriber: sub,
+                        slots: slot_infos(p, room.selector.assignment(sub), &self.participants),
+                    });
+                }
+            }
+            if let Some(speakers) = room.selector.speakers_changed(now) {
+                self.events.push_back(CoreEvent::Speakers {
+                    room: room.id.clone(),
+                    speakers,
+                });
+            }
+        }
+        self.next_tick = if self.rooms.is_empty() {
+            None
+        } else {
+            Some(now + self.config.selector.update_interval)
+        };
+    }
+
+    fn emit_slots(&mut self, sub: ParticipantId) {
+        let Some(p) = self.participants.get(&sub) else { return };
+        let Some(room) = self.rooms.get(&p.room) else { return };
+        let slots = slot_infos(p, room.selector.assignment(sub), &self.participants);
+        self.events.push_back(CoreEvent::Slots { subscriber: sub, slots });
+    }
+
+    fn schedule(&mut self, id: ParticipantId, at: Instant) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            schedule(&mut self.timers, &mut p.peer, at);
+        }
+    }
+
+    /// Drain one peer after a mutation.
+    fn drive(&mut self, id: ParticipantId) {
+        let Some(p) = self.participants.get_mut(&id) else { return };
+        if let Err(e) = drive(&mut p.peer, &mut self.transmits, &mut self.pending, &mut self.timers) {
+            tracing::debug!(participant = %id, error = %e, "peer failed");
+            self.disconnect(id, "webrtc error");
+        }
+    }
+
+    fn process_pending(&mut self, now: Instant) {
+        while let Some((id, event)) = self.pending.pop_front() {
+            match event {
+                PeerEvent::Connected => self.events.push_back(CoreEvent::Connected(id)),
+                PeerEvent::Disconnected(reason) => self.disconnect(id, reason),
+                PeerEvent::Rtp(packet) => self.forward(now, id, packet),
+            }
+        }
+    }
+
+    /// Remove a failed peer and tell signaling.
+    fn disconnect(&mut self, id: ParticipantId, reason: &'static str) {
+        if self.remove_participant(self.last_now, id).is_ok() {
+            self.events.push_back(CoreEvent::Disconnected {
+                participant: id,
+                reason,
+            });
+        }
+    }
+
+    /// Forward one microphone packet to every (subscriber, slot) it is routed to.
+    fn forward(&mut self, now: Instant, from: ParticipantId, packet: RtpPacket) {
+        self.stats.rtp_in += 1;
+        let Some(p) = self.participants.get_mut(&from) else { return };
+        if !p.publishes() {
+            return self.stats.drop(DropReason::NotPublishing);
+        }
+        let source = Ssrc(*packet.header.ssrc);
+        if p.ssrc != Some(source) {
+            p.ssrc = Some(source);
+        }
+        let level = packet.header.ext_vals.audio_level;
+        let vad = packet.header.ext_vals.voice_activity;
+        let level_dbov = level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);
+        let Some(room) = self.rooms.get_mut(&p.room) else { return };
+        room.selector.on_audio(now, from, level_dbov, vad);
+        let routes = room.selector.routes(from);
+        if routes.is_empty() {
+            self.stats.rtp_unrouted += 1;
+            return;
+        }
+        let seq = *packet.seq_no;
+        let ts = packet.header.timestamp;
+        let payload: Arc<[u8]> = packet.payload;
+        for &(sub, SlotIndex(slot)) in routes {
+            let Some(s) = self.participants.get_mut(&sub) else { continue };
+            if !s.peer.connected {
+                continue;
+            }
+            let slot = slot as usize;
+            let Some(rewriter) = s.rewriters.get_mut(slot) else { continue };
+            let Some((out_seq, out_ts)) = rewriter.rewrite(now, source, seq, ts) else {
+                self.stats.drop(DropReason::StaleOrDuplicate);
+                continue;
+            };
+            let written = s.peer.write_slot(
+                slot,
+                out_seq,
+                out_ts,
+                packet.timestamp,
+                &payload,
+                level,
+                vad,
+                source,
+            );
+            let result = written.and_then(|()| {
+                drive(&mut s.peer, &mut self.transmits, &mut self.pending, &mut self.timers)
+            });
+            match result {
+                Ok(()) => self.stats.rtp_forwarded += 1,
+                Err(_) => self.pending.push_back((sub, PeerEvent::Disconnected("webrtc error"))),
+            }
+        }
+    }
+}
+
+fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, ParticipantId)>>, peer: &mut Peer, at: Instant) {
+    if peer.scheduled.is_none_or(|s| at < s) {
+        peer.scheduled = Some(at);
+        timers.push(Reverse((at, peer.id)));
+    }
+}
+
+fn drive(
+    peer: &mut Peer,
+    transmits: &mut VecDeque<Transmit>,
+    pending: &mut VecDeque<(ParticipantId, PeerEvent)>,
+    timers: &mut BinaryHeap<Reverse<(Instant, ParticipantId)>>,
+) -> Result<(), PeerError> {
+    let next = peer.drain(transmits, pending)?;
+    if !peer.is_alive() {
+        pending.push_back((peer.id, PeerEvent::Disconnected("closed")));
+    }
+    schedule(timers, peer, next);
+    Ok(())
+}
+
+fn slot_infos(
+    p: &Participant,
+    assignment: &[Option<ParticipantId>],
+    all: &HashMap<ParticipantId, Participant>,
+) -> Vec<SlotInfo> {
+    p.peer
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let occupant = assignment
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|o| (o, all.get(&o).and_then(|x| x.ssrc)));
+            SlotInfo {
+                index: SlotIndex(i as u8),
+                mid: s.mid.to_string(),
+                occupant,
+            }
+        })
+        .collect()
+}

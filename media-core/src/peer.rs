@@ -1,0 +1,301 @@
+//! One participant's WebRTC peer on the server side: a str0m [`Rtc`] in ICE-lite, RTP mode.
+//!
+//! The first audio m-line of the client's offer is its microphone; every further audio m-line the client
+//! receives on is one of its slots. The peer only wraps str0m: what to forward where is decided by the room.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
+
+use crate::ids::{ParticipantId, Ssrc};
+use crate::slots::MAX_SLOTS;
+
+/// Why a peer could not be created or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("the offer is not valid SDP: {0}")]
+    BadSdp(String),
+    #[error("the offer has no usable audio m-line for {0}")]
+    MissingMedia(&'static str),
+    #[error("webrtc: {0}")]
+    Rtc(#[from] RtcError),
+    #[error("the webrtc stack panicked")]
+    Panicked,
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// What a peer reports to its owner while being drained.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// DTLS-SRTP is established.
+    Connected,
+    /// ICE consent was lost, the DTLS handshake failed, or the peer closed.
+    Disconnected(&'static str),
+    /// An RTP packet arrived on the microphone m-line.
+    Rtp(RtpPacket),
+}
+
+/// Settings for creating a peer.
+pub struct PeerParams<'a> {
+    /// The address in the ICE candidate: the socket's bound (or explicitly mapped public) address.
+    pub candidate_addr: SocketAddr,
+    /// The certificate shared by every peer of the worker.
+    pub dtls_cert: &'a DtlsCert,
+    /// Slot streams to send (the room's K); extra recvonly m-lines in the offer stay unused.
+    pub slots: usize,
+}
+
+/// One of the subscriber's outgoing slot streams.
+#[derive(Debug)]
+pub struct SlotStream {
+    pub mid: Mid,
+    pub ssrc: Ssrc,
+    /// The Opus payload type negotiated on this m-line.
+    pub pt: Pt,
+}
+
+pub struct Peer {
+    pub id: ParticipantId,
+    rtc: Rtc,
+    pub ufrag: String,
+    mic_mid: Option<Mid>,
+    mic_pt: Option<Pt>,
+    pub slots: Vec<SlotStream>,
+    pub connected: bool,
+    /// When the live entry for this peer in the worker's timer heap fires, if any.
+    pub scheduled: Option<Instant>,
+    /// The earliest instant str0m asked to be woken at after the last drain.
+    pub next_timeout: Instant,
+    pub created: Instant,
+}
+
+impl Peer {
+    /// Create a peer from a client's offer. Returns the peer and the SDP answer.
+    pub fn from_offer(
+        now: Instant,
+        id: ParticipantId,
+        params: &PeerParams<'_>,
+        offer_sdp: &str,
+    ) -> Result<(Peer, String), PeerError> {
+        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
+        guard(|| Self::from_parsed(now, id, params, offer))?
+    }
+
+    fn from_parsed(
+        now: Instant,
+        id: ParticipantId,
+        params: &PeerParams<'_>,
+        offer: SdpOffer,
+    ) -> Result<(Peer, String), PeerError> {
+        let creds = IceCreds::new();
+        let ufrag = creds.ufrag.clone();
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(params.dtls_cert.clone())
+            .set_local_ice_credentials(creds)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .set_stats_interval(None)
+            .build(now);
+        let candidate = Candidate::host(params.candidate_addr, "udp")
+            .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc.sdp_api().accept_offer(offer)?;
+
+        // The m-lines in offer order; str0m reports MediaAdded only once connected, so read the answer.
+        let audio_mids: Vec<(Mid, Direction)> = answer
+            .media_lines
+            .iter()
+            .filter_map(|line| {
+                let media = rtc.media(line.mid())?;
+                (media.kind() == MediaKind::Audio).then(|| (media.mid(), media.direction()))
+            })
+            .collect();
+        let mut mids = audio_mids.into_iter();
+        let (mic_mid, mic_dir) = mids.next().ok_or(PeerError::MissingMedia("the microphone"))?;
+        let mic_mid = matches!(mic_dir, Direction::RecvOnly | Direction::SendRecv).then_some(mic_mid);
+        let mic_pt = mic_mid.and_then(|m| opus_pt(&rtc, m));
+
+        let mut slots = Vec::with_capacity(params.slots);
+        for (mid, dir) in mids {
+            if slots.len() == params.slots.min(MAX_SLOTS) {
+                break;
+            }
+            if !matches!(dir, Direction::SendOnly | Direction::SendRecv) {
+                continue;
+            }
+            let Some(pt) = opus_pt(&rtc, mid) else { continue };
+            let mut api = rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+            let ssrc = Ssrc(*tx.ssrc());
+            slots.push(SlotStream { mid, ssrc, pt });
+        }
+        if params.slots > 0 && slots.is_empty() {
+            return Err(PeerError::MissingMedia("the slots (recvonly audio m-lines with Opus)"));
+        }
+
+        let peer = Peer {
+            id,
+            rtc,
+            ufrag,
+            mic_mid,
+            mic_pt,
+            slots,
+            connected: false,
+            scheduled: None,
+            next_timeout: now,
+            created: now,
+        };
+        Ok((peer, answer.to_sdp_string()))
+    }
+
+    /// Whether the microphone m-line lets the client send to us.
+    pub fn has_microphone(&self) -> bool {
+        self.mic_mid.is_some()
+    }
+
+    /// Feed a datagram from the network.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), PeerError> {
+        let Ok(contents) = data.try_into() else {
+            // Not STUN, DTLS, RTP or RTCP: str0m refuses to classify it.
+            return Ok(());
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        let rtc = &mut self.rtc;
+        guard(|| rtc.handle_input(input))??;
+        Ok(())
+    }
+
+    /// Advance time.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
+        let rtc = &mut self.rtc;
+        guard(|| rtc.handle_input(Input::Timeout(now)))??;
+        Ok(())
+    }
+
+    /// Write one RTP packet into slot `slot`. The caller drains afterwards.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_slot(
+        &mut self,
+        slot: usize,
+        seq: u64,
+        ts: u32,
+        wallclock: Instant,
+        payload: &std::sync::Arc<[u8]>,
+        audio_level: Option<i8>,
+        voice_activity: Option<bool>,
+        csrc: Ssrc,
+    ) -> Result<(), PeerError> {
+        let Some(stream) = self.slots.get(slot) else { return Ok(()) };
+        let (mid, pt) = (stream.mid, stream.pt);
+        let mut ext = ExtensionValues::default();
+        if let Some(level) = audio_level {
+            ext.audio_level = Some(level);
+            ext.voice_activity = Some(voice_activity.unwrap_or(level > -127));
+        }
+        let write = RtpWrite::new(pt, SeqNo::from(seq), ts, wallclock, payload.clone())
+            .ext_vals(ext)
+            .csrc(&[csrc.0]);
+        let rtc = &mut self.rtc;
+        guard(|| {
+            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
+                tx.write_rtp(write);
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Drain str0m until it returns its next timeout: datagrams go to `out`, events to `events`.
+    pub fn drain(
+        &mut self,
+        out: &mut VecDeque<Transmit>,
+        events: &mut VecDeque<(ParticipantId, PeerEvent)>,
+    ) -> Result<Instant, PeerError> {
+        let id = self.id;
+        loop {
+            let rtc = &mut self.rtc;
+            let output = guard(|| rtc.poll_output())??;
+            match output {
+                Output::Timeout(t) => {
+                    self.next_timeout = t;
+                    return Ok(t);
+                }
+                Output::Transmit(t) => out.push_back(Transmit {
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                }),
+                Output::Event(e) => match e {
+                    Event::Connected => {
+                        self.connected = true;
+                        events.push_back((id, PeerEvent::Connected));
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        events.push_back((id, PeerEvent::Disconnected("ice consent lost")));
+                    }
+                    Event::Closed => events.push_back((id, PeerEvent::Disconnected("closed"))),
+                    Event::RtpPacket(p) => {
+                        let on_mic = self.mic_mid.is_some()
+                            && self.mic_pt == Some(p.header.payload_type)
+                            && self.rtc.direct_api().stream_rx(&p.header.ssrc).map(|s| s.mid())
+                                == self.mic_mid;
+                        if on_mic {
+                            events.push_back((id, PeerEvent::Rtp(p)));
+                        }
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Whether str0m still considers the peer alive.
+    pub fn is_alive(&self) -> bool {
+        self.rtc.is_alive()
+    }
+}
+
+/// The Opus payload type negotiated on `mid`, if any.
+fn opus_pt(rtc: &Rtc, mid: Mid) -> Option<Pt> {
+    let media = rtc.media(mid)?;
+    let config = rtc.codec_config();
+    media.remote_pts().iter().copied().find(|pt| {
+        config
+            .iter()
+            .any(|p| p.pt() == *pt && p.spec().codec == Codec::Opus)
+    })
+}
+
+/// Run a call into str0m so that a bug (panic) in it cannot take down the worker: the peer is dropped.
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| PeerError::Panicked)
+}

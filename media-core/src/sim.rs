@@ -1,0 +1,590 @@
+//! A seeded, simulated datagram network for virtual-time tests of whole calls.
+//!
+//! Tests drive sans-IO peers and a [`crate`] core in virtual time: whatever one side sends goes into a
+//! [`SimNet`] with [`SimNet::send`]; the test advances its clock to [`SimNet::next_delivery`] (or to the next
+//! timeout of a peer, whichever is earlier) and hands every [`SimNet::deliver_due`] datagram to its
+//! destination. Each direction of each address pair is a link with loss, delay, jitter, duplication and
+//! optional reordering ([`LinkConfig`]); everything random comes from one seeded [`Rng`], so a run is exactly
+//! reproducible from its seed.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A small, fast, seeded PRNG (SplitMix64). Not cryptographic; for simulations and tests.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    state: u64,
+}
+
+impl Rng {
+    /// A generator whose whole output is determined by `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// The next 32 random bits.
+    pub fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `0..n` (0 if `n` is 0). Lemire's multiply-shift; the bias is below 2⁻³² for `n` < 2³².
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub fn range_f64(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.next_f64()
+    }
+
+    /// `true` with probability `p` (clamped to 0..=1).
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.next_f64() < p
+    }
+
+    /// A standard normal sample (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64(); // (0, 1]
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// Fills `out` with random bytes.
+    pub fn fill_bytes(&mut self, out: &mut [u8]) {
+        for chunk in out.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
+
+/// The behaviour of one direction of a link.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkConfig {
+    /// Probability that a datagram is lost (0..=1).
+    pub loss: f64,
+    /// Extra delay per datagram, uniform in `[0, jitter_ms]` milliseconds, on top of `base_delay_ms`.
+    pub jitter_ms: f64,
+    /// Fixed one-way delay in milliseconds.
+    pub base_delay_ms: f64,
+    /// Probability that a (not lost) datagram is delivered twice, the copy with its own delay (0..=1).
+    pub duplicate: f64,
+    /// Whether jitter may reorder datagrams. If `false`, each (source, destination) flow is delivered in send
+    /// order (a datagram waits for the ones sent before it, as behind a FIFO queue).
+    pub reorder: bool,
+}
+
+impl Default for LinkConfig {
+    /// A perfect link: no loss, no delay, no jitter, no duplicates, in order.
+    fn default() -> Self {
+        Self {
+            loss: 0.0,
+            jitter_ms: 0.0,
+            base_delay_ms: 0.0,
+            duplicate: 0.0,
+            reorder: false,
+        }
+    }
+}
+
+impl LinkConfig {
+    /// A perfect link with a fixed one-way delay.
+    pub fn with_delay(base_delay_ms: f64) -> Self {
+        Self {
+            base_delay_ms,
+            ..Self::default()
+        }
+    }
+
+    /// A delay of `base_delay_ms + U(0, jitter_ms)` and a `loss` probability; reordering allowed.
+    pub fn lossy(loss: f64, base_delay_ms: f64, jitter_ms: f64) -> Self {
+        Self {
+            loss,
+            jitter_ms,
+            base_delay_ms,
+            duplicate: 0.0,
+            reorder: true,
+        }
+    }
+}
+
+/// A datagram in flight or delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datagram {
+    /// Where it was sent from.
+    pub source: SocketAddr,
+    /// Where it goes.
+    pub destination: SocketAddr,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
+/// Counters of a [`SimNet`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Datagrams handed to [`SimNet::send`].
+    pub sent: u64,
+    /// Of those, lost.
+    pub lost: u64,
+    /// Extra copies scheduled.
+    pub duplicated: u64,
+    /// Datagrams (copies included) handed out by [`SimNet::deliver_due`].
+    pub delivered: u64,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    at: Instant,
+    /// Send order, breaking ties in delivery time (FIFO).
+    order: u64,
+    datagram: Datagram,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at && self.order == other.order
+    }
+}
+
+impl Eq for InFlight {}
+
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for InFlight {
+    /// Reversed, so that the max-heap yields the earliest delivery first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.at.cmp(&self.at).then(other.order.cmp(&self.order))
+    }
+}
+
+type Flow = (SocketAddr, SocketAddr);
+
+/// A simulated network. See the [module docs](self).
+#[derive(Debug)]
+pub struct SimNet {
+    rng: Rng,
+    default_link: LinkConfig,
+    links: HashMap<Flow, LinkConfig>,
+    queue: BinaryHeap<InFlight>,
+    /// Latest scheduled delivery per flow, for in-order links.
+    flow_tail: HashMap<Flow, Instant>,
+    order: u64,
+    stats: SimStats,
+}
+
+impl SimNet {
+    /// A network where every link behaves as `default_link` unless overridden, with randomness from `seed`.
+    pub fn new(seed: u64, default_link: LinkConfig) -> Self {
+        Self {
+            rng: Rng::new(seed),
+            default_link,
+            links: HashMap::new(),
+            queue: BinaryHeap::new(),
+            flow_tail: HashMap::new(),
+            order: 0,
+            stats: SimStats::default(),
+        }
+    }
+
+    /// Overrides the link from `from` to `to` (one direction) for datagrams sent from now on.
+    pub fn set_link(&mut self, from: SocketAddr, to: SocketAddr, config: LinkConfig) {
+        self.links.insert((from, to), config);
+    }
+
+    /// Overrides both directions between `a` and `b`.
+    pub fn set_link_both(&mut self, a: SocketAddr, b: SocketAddr, config: LinkConfig) {
+        self.set_link(a, b, config);
+        self.set_link(b, a, config);
+    }
+
+    /// Removes the override of the link from `from` to `to`.
+    pub fn clear_link(&mut self, from: SocketAddr, to: SocketAddr) {
+        self.links.remove(&(from, to));
+    }
+
+    /// Changes the behaviour of links without an override.
+    pub fn set_default_link(&mut self, config: LinkConfig) {
+        self.default_link = config;
+    }
+
+    /// The behaviour of the link from `from` to `to`.
+    pub fn link(&self, from: SocketAddr, to: SocketAddr) -> LinkConfig {
+        self.links
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(self.default_link)
+    }
+
+    /// The network's random generator (e.g. to derive further test randomness from the same seed).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// Sends a datagram at `now`: it is lost, or scheduled once (or twice, if duplicated) for delivery.
+    pub fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        self.stats.sent += 1;
+        let link = self.link(from, to);
+        if self.rng.chance(link.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        let duplicate = self.rng.chance(link.duplicate);
+        let datagram = Datagram {
+            source: from,
+            destination: to,
+            data,
+        };
+        if duplicate {
+            self.stats.duplicated += 1;
+            self.schedule(now, &link, datagram.clone());
+        }
+        self.schedule(now, &link, datagram);
+    }
+
+    fn schedule(&mut self, now: Instant, link: &LinkConfig, datagram: Datagram) {
+        let jitter = if link.jitter_ms > 0.0 {
+            self.rng.range_f64(0.0, link.jitter_ms)
+        } else {
+            0.0
+        };
+        let delay_ms = (link.base_delay_ms + jitter).max(0.0);
+        let mut at = now + Duration::from_secs_f64(delay_ms / 1000.0);
+        if !link.reorder {
+            let flow = (datagram.source, datagram.destination);
+            let tail = self.flow_tail.entry(flow).or_insert(at);
+            if *tail > at {
+                at = *tail;
+            }
+            *tail = at;
+        }
+        self.order += 1;
+        self.queue.push(InFlight {
+            at,
+            order: self.order,
+            datagram,
+        });
+    }
+
+    /// When the next datagram is due, if any is in flight.
+    pub fn next_delivery(&self) -> Option<Instant> {
+        self.queue.peek().map(|f| f.at)
+    }
+
+    /// The next datagram due at `now` (in delivery-time order, ties in send order), or `None`. Call it until
+    /// it returns `None`.
+    pub fn deliver_due(&mut self, now: Instant) -> Option<Datagram> {
+        if self.queue.peek()?.at > now {
+            return None;
+        }
+        let f = self.queue.pop()?;
+        self.stats.delivered += 1;
+        Some(f.datagram)
+    }
+
+    /// How many datagrams (copies included) are in flight.
+    pub fn in_flight(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> SimStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    /// Sends `n` numbered datagrams from 1 to 2, one per ms, and delivers all; returns (numbers, times).
+    fn run(net: &mut SimNet, start: Instant, n: u32) -> Vec<(u32, Instant)> {
+        let mut out = Vec::new();
+        let mut now = start;
+        for i in 0..n {
+            net.send(now, addr(1), addr(2), i.to_be_bytes().to_vec());
+            now += Duration::from_millis(1);
+            while let Some(d) = net.deliver_due(now) {
+                out.push((u32::from_be_bytes(d.data.try_into().unwrap()), now));
+            }
+        }
+        while let Some(t) = net.next_delivery() {
+            now = now.max(t);
+            while let Some(d) = net.deliver_due(now) {
+                out.push((u32::from_be_bytes(d.data.try_into().unwrap()), now));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rng_is_deterministic_and_sane() {
+        let mut a = Rng::new(42);
+        let mut b = Rng::new(42);
+        let mut c = Rng::new(43);
+        let xs: Vec<u64> = (0..100).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..100).map(|_| b.next_u64()).collect();
+        let zs: Vec<u64> = (0..100).map(|_| c.next_u64()).collect();
+        assert_eq!(xs, ys);
+        assert_ne!(xs, zs);
+        // Known SplitMix64 output for seed 0.
+        assert_eq!(Rng::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+
+        let mut r = Rng::new(1);
+        let mut counts = [0u32; 10];
+        let mut sum = 0.0;
+        let mut sq = 0.0;
+        for _ in 0..100_000 {
+            let f = r.next_f64();
+            assert!((0.0..1.0).contains(&f));
+            counts[r.below(10) as usize] += 1;
+            let z = r.normal();
+            sum += z;
+            sq += z * z;
+        }
+        for c in counts {
+            assert!((9_500..10_500).contains(&c), "{counts:?}");
+        }
+        assert!((sum / 100_000.0).abs() < 0.02);
+        assert!((sq / 100_000.0 - 1.0).abs() < 0.03);
+        assert_eq!(r.below(0), 0);
+        assert!(!r.chance(0.0));
+        assert!(r.chance(1.0));
+        let x = r.range_f64(5.0, 6.0);
+        assert!((5.0..6.0).contains(&x));
+        let mut buf = [0u8; 13];
+        r.fill_bytes(&mut buf);
+        assert!(buf.iter().any(|&b| b != 0));
+        let _ = r.next_u32();
+    }
+
+    #[test]
+    fn perfect_link_delivers_everything_in_order_with_the_base_delay() {
+        let start = t0();
+        let mut net = SimNet::new(1, LinkConfig::with_delay(30.0));
+        net.send(start, addr(1), addr(2), vec![1]);
+        assert_eq!(net.in_flight(), 1);
+        assert_eq!(net.next_delivery(), Some(start + Duration::from_millis(30)));
+        assert_eq!(net.deliver_due(start + Duration::from_millis(29)), None);
+        let d = net.deliver_due(start + Duration::from_millis(30)).unwrap();
+        assert_eq!(
+            d,
+            Datagram {
+                source: addr(1),
+                destination: addr(2),
+                data: vec![1]
+            }
+        );
+        assert_eq!(net.next_delivery(), None);
+
+        let out = run(&mut net, start, 100);
+        assert_eq!(
+            out.iter().map(|x| x.0).collect::<Vec<_>>(),
+            (0..100).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            net.stats(),
+            SimStats {
+                sent: 101,
+                lost: 0,
+                duplicated: 0,
+                delivered: 101
+            }
+        );
+    }
+
+    #[test]
+    fn same_seed_same_run() {
+        let link = LinkConfig {
+            loss: 0.1,
+            jitter_ms: 40.0,
+            base_delay_ms: 20.0,
+            duplicate: 0.05,
+            reorder: true,
+        };
+        let start = t0();
+        let a = run(&mut SimNet::new(7, link), start, 1000);
+        let b = run(&mut SimNet::new(7, link), start, 1000);
+        let c = run(&mut SimNet::new(8, link), start, 1000);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn loss_rate_is_honoured() {
+        for loss in [0.01, 0.05, 0.2] {
+            let mut net = SimNet::new(
+                99,
+                LinkConfig {
+                    loss,
+                    ..LinkConfig::default()
+                },
+            );
+            let out = run(&mut net, t0(), 10_000);
+            let s = net.stats();
+            assert_eq!(s.sent, 10_000);
+            assert_eq!(s.delivered as usize, out.len());
+            assert_eq!(s.sent - s.lost, s.delivered);
+            let rate = s.lost as f64 / s.sent as f64;
+            // Within 4 standard deviations.
+            let sd = (loss * (1.0 - loss) / 10_000.0).sqrt();
+            assert!((rate - loss).abs() < 4.0 * sd, "loss {loss}: {rate}");
+        }
+    }
+
+    #[test]
+    fn jitter_reorders_only_when_allowed() {
+        let link = LinkConfig {
+            jitter_ms: 30.0,
+            base_delay_ms: 10.0,
+            ..LinkConfig::default()
+        };
+        let start = t0();
+        let reordering = run(
+            &mut SimNet::new(
+                3,
+                LinkConfig {
+                    reorder: true,
+                    ..link
+                },
+            ),
+            start,
+            1000,
+        );
+        let inversions = reordering.windows(2).filter(|w| w[1].0 < w[0].0).count();
+        assert!(inversions > 100, "{inversions}");
+        let ordered = run(
+            &mut SimNet::new(
+                3,
+                LinkConfig {
+                    reorder: false,
+                    ..link
+                },
+            ),
+            start,
+            1000,
+        );
+        assert_eq!(
+            ordered.iter().map(|x| x.0).collect::<Vec<_>>(),
+            (0..1000).collect::<Vec<_>>()
+        );
+        // Delays stay within base .. base + jitter (+1 ms of delivery granularity) when reordering.
+        for (i, (n, at)) in reordering.iter().enumerate() {
+            let sent = start + Duration::from_millis(u64::from(*n));
+            let d = *at - sent;
+            assert!(
+                d >= Duration::from_millis(10) && d <= Duration::from_millis(41),
+                "{i}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicates_are_delivered_and_counted() {
+        let mut net = SimNet::new(
+            5,
+            LinkConfig {
+                duplicate: 0.1,
+                ..LinkConfig::default()
+            },
+        );
+        let out = run(&mut net, t0(), 10_000);
+        let s = net.stats();
+        assert!((800..1200).contains(&s.duplicated), "{s:?}");
+        assert_eq!(out.len() as u64, 10_000 + s.duplicated);
+        assert_eq!(s.delivered, out.len() as u64);
+        // In-order link: copies are adjacent.
+        assert!(out.windows(2).all(|w| w[1].0 >= w[0].0));
+    }
+
+    #[test]
+    fn per_link_overrides() {
+        let start = t0();
+        let mut net = SimNet::new(1, LinkConfig::with_delay(10.0));
+        net.set_link(
+            addr(1),
+            addr(2),
+            LinkConfig {
+                loss: 1.0,
+                ..LinkConfig::default()
+            },
+        );
+        net.set_link_both(addr(3), addr(4), LinkConfig::with_delay(100.0));
+        assert_eq!(net.link(addr(2), addr(1)), LinkConfig::with_delay(10.0));
+        assert_eq!(net.link(addr(4), addr(3)), LinkConfig::with_delay(100.0));
+        net.send(start, addr(1), addr(2), vec![1]);
+        net.send(start, addr(2), addr(1), vec![2]);
+        net.send(start, addr(3), addr(4), vec![3]);
+        net.send(start, addr(4), addr(3), vec![4]);
+        assert_eq!(net.stats().lost, 1);
+        assert_eq!(net.next_delivery(), Some(start + Duration::from_millis(10)));
+        let d = net.deliver_due(start + Duration::from_millis(10)).unwrap();
+        assert_eq!(
+            (d.source, d.destination, d.data),
+            (addr(2), addr(1), vec![2])
+        );
+        assert_eq!(net.deliver_due(start + Duration::from_millis(99)), None);
+        // Both due at 100 ms: send order.
+        let late = start + Duration::from_millis(100);
+        assert_eq!(net.deliver_due(late).unwrap().data, vec![3]);
+        assert_eq!(net.deliver_due(late).unwrap().data, vec![4]);
+        assert_eq!(net.deliver_due(late), None);
+        net.clear_link(addr(1), addr(2));
+        net.send(late, addr(1), addr(2), vec![5]);
+        assert_eq!(net.next_delivery(), Some(late + Duration::from_millis(10)));
+        net.set_default_link(LinkConfig::default());
+        assert_eq!(net.link(addr(1), addr(2)), LinkConfig::default());
+        let _ = net.rng().next_u64();
+    }
+
+    #[test]
+    fn deliveries_come_in_time_order_across_flows() {
+        let start = t0();
+        let mut net = SimNet::new(11, LinkConfig::lossy(0.0, 5.0, 50.0));
+        for i in 0..200u16 {
+            net.send(
+                start + Duration::from_millis(u64::from(i % 7)),
+                addr(i % 5),
+                addr(100 + i % 3),
+                vec![0],
+            );
+        }
+        let mut last = None;
+        let mut now = start;
+        while let Some(t) = net.next_delivery() {
+            assert!(last.is_none_or(|l| t >= l));
+            now = now.max(t);
+            last = Some(t);
+            assert!(net.deliver_due(now).is_some());
+        }
+        assert_eq!(net.stats().delivered, 200);
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole Chorus test suite on a fresh Debian machine: installs what it needs, then runs
+# formatting and lint checks, the Rust unit / simulation / end-to-end tests, and the browser tests.
+#   scripts/test.sh            everything
+#   scripts/test.sh --rust     Rust only (no browsers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+step() { echo "== [$(date +%T)] $*"; }
+
+need_apt=()
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v node >/dev/null || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  step "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+step "cargo build (chorus binary for end-to-end tests)"
+cargo build --quiet -p chorus-server --bin chorus
+step "cargo test"
+cargo test --workspace
+
+if [ "${1:-}" = "--rust" ]; then exit 0; fi
+
+step "browser tests (headless Chromium)"
+cd "$ROOT/tests/browser"
+[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --loglevel=error
+CHORUS_BIN="$ROOT/target/debug/chorus" node --test --test-concurrency=1 .

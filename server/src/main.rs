@@ -1,1 +1,343 @@
-fn main() {}
+//! `chorus`: the voice media server.
+//!
+//! With no arguments it runs on the embedded default configuration (loopback, development mode, demo page
+//! at http://127.0.0.1:7880/). `chorus token create` prints an access token.
+
+mod config;
+mod http;
+mod metrics;
+mod worker;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use config::{Config, ENV_VARS};
+use signaling::Signaling;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "chorus", version, about = "Chorus: a low-latency voice media server")]
+#[command(after_help = format!("Environment variables (between the config file and the flags): {ENV_VARS}"))]
+struct Cli {
+    /// A TOML configuration file (overrides the embedded defaults).
+    #[arg(long, global = true, env = "CHORUS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// HTTP / WebSocket listen address.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Address the media UDP sockets bind to.
+    #[arg(long)]
+    media_bind_ip: Option<IpAddr>,
+    /// First media UDP port; worker i uses port_start + i.
+    #[arg(long)]
+    media_port_start: Option<u16>,
+    /// Address advertised in ICE candidates (public IP).
+    #[arg(long)]
+    public_ip: Option<IpAddr>,
+    /// Media worker threads (0: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Default audio slots per subscriber for new rooms (1..=16).
+    #[arg(long)]
+    room_slots: Option<u8>,
+    /// Default participant limit for new rooms.
+    #[arg(long)]
+    room_max_participants: Option<usize>,
+    /// Development mode (dev API key, token endpoint for the demo page).
+    #[arg(long)]
+    dev_mode: Option<bool>,
+    /// Tracing filter, e.g. `info,str0m=warn`.
+    #[arg(long)]
+    log: Option<String>,
+    /// Log one JSON object per line.
+    #[arg(long)]
+    log_json: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Access tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print an access token signed with the configured API secret.
+    Create(TokenCreate),
+}
+
+#[derive(Args)]
+struct TokenCreate {
+    #[arg(long)]
+    room: String,
+    #[arg(long)]
+    identity: String,
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Lifetime: seconds, or a number with s, m, h or d.
+    #[arg(long, default_value = "6h")]
+    ttl: String,
+    /// Receive only.
+    #[arg(long)]
+    no_publish: bool,
+    /// Send only.
+    #[arg(long)]
+    no_subscribe: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply_env(|k| std::env::var(k).ok())?;
+    apply_flags(&mut config, &cli.serve);
+    config.validate()?;
+
+    match cli.command {
+        Some(Command::Token {
+            command: TokenCommand::Create(t),
+        }) => token_create(&config, t),
+        None if cli.serve.print_config => {
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+        None => serve(config),
+    }
+}
+
+fn apply_flags(c: &mut Config, a: &ServeArgs) {
+    if let Some(v) = a.http_listen {
+        c.http.listen = v;
+    }
+    if let Some(v) = a.media_bind_ip {
+        c.media.bind_ip = v;
+    }
+    if let Some(v) = a.media_port_start {
+        c.media.port_start = v;
+    }
+    if let Some(v) = a.public_ip {
+        c.media.public_ip = Some(v);
+    }
+    if let Some(v) = a.workers {
+        c.media.workers = v;
+    }
+    if let Some(v) = a.room_slots {
+        c.room.slots = v;
+    }
+    if let Some(v) = a.room_max_participants {
+        c.room.max_participants = v;
+    }
+    if let Some(v) = a.dev_mode {
+        c.auth.dev_mode = v;
+    }
+    if let Some(v) = &a.log {
+        c.log.filter = v.clone();
+    }
+    if a.log_json {
+        c.log.json = true;
+    }
+}
+
+fn parse_ttl(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: u64 = num.parse().with_context(|| format!("bad --ttl {s:?}"))?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => bail!("bad --ttl unit in {s:?}: use s, m, h or d"),
+    };
+    Ok(n * mult)
+}
+
+fn token_create(config: &Config, t: TokenCreate) -> anyhow::Result<()> {
+    let (key, secret) = config
+        .auth
+        .signing_key()
+        .context("no API key configured")?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let claims = signaling::auth::Claims {
+        iss: key.clone(),
+        sub: t.identity,
+        room: t.room,
+        exp: now + parse_ttl(&t.ttl)?,
+        nbf: None,
+        iat: Some(now),
+        name: t.name,
+        can_publish: !t.no_publish,
+        can_subscribe: !t.no_subscribe,
+    };
+    println!("{}", signaling::auth::create_token(&key, secret.as_bytes(), &claims)?);
+    Ok(())
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    init_tracing(&config);
+    let registry = prometheus::Registry::new();
+    let media_metrics = Arc::new(metrics::MediaMetrics::new(&registry)?);
+
+    let mut workers = Vec::new();
+    for index in 0..config.media.worker_count() {
+        let bind = SocketAddr::new(config.media.bind_ip, config.media.port_start + index as u16);
+        let spec = worker::WorkerSpec {
+            index,
+            bind,
+            candidate: config.media.candidate_addr(index),
+            connect_timeout: Duration::from_millis(config.media.connect_timeout_ms),
+        };
+        let handle = worker::spawn(spec, media_metrics.clone())
+            .with_context(|| format!("cannot bind media UDP socket {bind}"))?;
+        workers.push(handle);
+    }
+    let placement = Arc::new(worker::Placement::new(
+        workers.iter().map(|w| w.commands.clone()).collect(),
+    ));
+
+    let signaling_config = signaling::SignalingConfig {
+        default_slots: config.room.slots,
+        default_max_participants: config.room.max_participants,
+        ..Default::default()
+    };
+    let keys = signaling::auth::ApiKeys::new(config.auth.effective_keys())?;
+    let signaling = Arc::new(Signaling::new(signaling_config, keys, placement, &registry)?);
+
+    let dev_key = config
+        .auth
+        .dev_mode
+        .then(|| (config::DEV_API_KEY.to_owned(), config::DEV_API_SECRET.to_owned()));
+    let state = Arc::new(http::AppState {
+        signaling: signaling.clone(),
+        registry,
+        dev_key,
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("chorus-http")
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+        let addr = listener.local_addr()?;
+        let first = workers.first().map(|w| w.local_addr.port()).unwrap_or(0);
+        let last = workers.last().map(|w| w.local_addr.port()).unwrap_or(0);
+        info!(%addr, "signaling and HTTP listening");
+        println!("chorus {} ready", env!("CARGO_PKG_VERSION"));
+        println!("  demo page   http://{addr}/");
+        println!("  signaling   ws://{addr}/ws");
+        println!("  metrics     http://{addr}/metrics");
+        println!(
+            "  media UDP   {}:{first}-{last} ({} workers, advertised as {})",
+            config.media.bind_ip,
+            workers.len(),
+            config.media.public_ip.unwrap_or(config.media.bind_ip)
+        );
+        if config.auth.dev_mode {
+            println!("  DEVELOPMENT MODE: API key {} secret {}", config::DEV_API_KEY, config::DEV_API_SECRET);
+            println!("  (never expose development mode: set auth.dev_mode = false and auth.api_keys)");
+            if !config.http.listen.ip().is_loopback() {
+                warn!("development mode on a non-loopback address: anyone can mint tokens");
+            }
+        }
+        let app = http::router(state);
+        let grace = Duration::from_secs(config.shutdown.grace_period_secs);
+        // Open WebSockets would hold a graceful axum shutdown forever: the drain decides when to stop,
+        // then the runtime (and every connection) is dropped.
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::select! {
+            result = server => result??,
+            () = shutdown(signaling, grace) => {}
+        }
+        anyhow::Ok(())
+    })?;
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGINT exits at once. SIGTERM drains: no new joins, calls continue until the server is empty or the
+/// grace period ends; a second signal exits at once.
+async fn shutdown(signaling: Arc<Signaling>, grace: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds on Unix");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler succeeds on Unix");
+    tokio::select! {
+        _ = int.recv() => {
+            info!("SIGINT: exiting");
+            std::process::exit(130);
+        }
+        _ = term.recv() => {}
+    }
+    info!(grace_secs = grace.as_secs(), "SIGTERM: draining");
+    signaling.set_draining();
+    let deadline = Instant::now() + grace;
+    loop {
+        let remaining = signaling.participant_count();
+        if remaining == 0 {
+            info!("drained: no participants left");
+            return;
+        }
+        if Instant::now() >= deadline {
+            warn!(remaining, "grace period over: exiting with calls in progress");
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = term.recv() => { warn!("second SIGTERM: exiting now"); std::process::exit(143); }
+            _ = int.recv() => { warn!("SIGINT while draining: exiting now"); std::process::exit(130); }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("90").unwrap(), 90);
+        assert_eq!(parse_ttl("15m").unwrap(), 900);
+        assert_eq!(parse_ttl("2h").unwrap(), 7200);
+        assert_eq!(parse_ttl("1d").unwrap(), 86400);
+        assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+}

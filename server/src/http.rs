@@ -1,0 +1,160 @@
+//! HTTP: the demo page and SDK, WebSocket signaling, metrics, health, and (development mode) tokens.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::{future, SinkExt, StreamExt};
+use serde::Deserialize;
+use signaling::session::WsFrame;
+use signaling::Signaling;
+
+/// Largest WebSocket message the transport accepts; signaling refuses anything over its own 64 KiB limit
+/// with a typed error, so the transport limit only needs to be above it.
+const WS_TRANSPORT_LIMIT: usize = 1 << 20;
+
+pub struct AppState {
+    pub signaling: Arc<Signaling>,
+    pub registry: prometheus::Registry,
+    /// Development mode: `/api/dev-token` mints tokens with this key and secret.
+    pub dev_key: Option<(String, String)>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/chorus.js", get(sdk))
+        .route("/demo.js", get(demo_js))
+        .route("/demo.css", get(demo_css))
+        .route("/ws", get(ws))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/dev-token", get(dev_token))
+        .with_state(state)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", include_str!("../../clients/web/index.html"))
+}
+
+async fn sdk() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("../../clients/web/chorus.js"))
+}
+
+async fn demo_js() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("../../clients/web/demo.js"))
+}
+
+async fn demo_css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("../../clients/web/demo.css"))
+}
+
+async fn ws(upgrade: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
+    upgrade
+        .max_message_size(WS_TRANSPORT_LIMIT)
+        .max_frame_size(WS_TRANSPORT_LIMIT)
+        .on_upgrade(move |socket| run_ws(socket, state))
+}
+
+async fn run_ws(socket: WebSocket, state: Arc<AppState>) {
+    let transport = socket
+        .with(|frame: WsFrame| future::ready(Ok::<_, axum::Error>(to_message(frame))))
+        .map(|m| m.map(from_message));
+    signaling::session::run_session(transport, state.signaling.clone()).await;
+}
+
+fn from_message(m: Message) -> WsFrame {
+    match m {
+        Message::Text(t) => WsFrame::Text(t.as_str().to_owned()),
+        Message::Binary(b) => WsFrame::Binary(b.to_vec()),
+        Message::Ping(b) => WsFrame::Ping(b.to_vec()),
+        Message::Pong(b) => WsFrame::Pong(b.to_vec()),
+        Message::Close(c) => WsFrame::Close(c.map(|c| (c.code, c.reason.as_str().to_owned()))),
+    }
+}
+
+fn to_message(f: WsFrame) -> Message {
+    match f {
+        WsFrame::Text(t) => Message::Text(t.into()),
+        WsFrame::Binary(b) => Message::Binary(b.into()),
+        WsFrame::Ping(b) => Message::Ping(b.into()),
+        WsFrame::Pong(b) => Message::Pong(b.into()),
+        WsFrame::Close(c) => Message::Close(c.map(|(code, reason)| CloseFrame {
+            code,
+            reason: reason.into(),
+        })),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let families = state.registry.gather();
+    match prometheus::TextEncoder::new().encode_to_string(&families) {
+        Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.signaling.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct DevTokenQuery {
+    room: String,
+    identity: String,
+    name: Option<String>,
+}
+
+/// Development mode only: mint a one-day token so the demo page can join without a backend.
+async fn dev_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<DevTokenQuery>,
+) -> Response {
+    let Some((key, secret)) = &state.dev_key else {
+        return (StatusCode::NOT_FOUND, "development mode is off\n").into_response();
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = signaling::auth::Claims {
+        iss: key.clone(),
+        sub: q.identity,
+        room: q.room,
+        exp: now + 24 * 3600,
+        nbf: None,
+        iat: Some(now),
+        name: q.name,
+        can_publish: true,
+        can_subscribe: true,
+    };
+    match signaling::auth::create_token(key, secret.as_bytes(), &claims) {
+        Ok(token) => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1:7880");
+            Json(serde_json::json!({ "token": token, "ws_url": format!("ws://{host}/ws") })).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}

@@ -1,0 +1,189 @@
+//! Signaling configuration: the settings of new rooms and the limits of sessions.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::{RoomMode, RoomSettings};
+
+/// The most audio slots a room may have.
+pub const MAX_SLOTS: u8 = 16;
+/// The longest any timeout may be set to (one day): larger values are surely typos.
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// The largest per-session queue: larger values are surely typos.
+const MAX_QUEUE: usize = 65_536;
+
+/// Settings of the signaling layer. Every field has a default, so an empty config section is valid.
+///
+/// The frame size limit is fixed by the protocol ([`crate::protocol::MAX_FRAME_BYTES`]) and not
+/// configurable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalingConfig {
+    /// Audio slots per subscriber of a new room (1 to 16). Rooms take their settings when their first
+    /// participant joins.
+    pub default_slots: u8,
+    /// Participants a new room admits before `room_full`.
+    pub default_max_participants: usize,
+    /// A session that sends nothing for this long is closed (protocol: 30 s).
+    pub idle_timeout_ms: u64,
+    /// How long the media worker has to take a command and answer an offer before `media_unavailable`.
+    pub media_timeout_ms: u64,
+    /// How long writing one frame to a client may take before the session is dropped as dead.
+    pub send_timeout_ms: u64,
+    /// Presence events queued per session; beyond that they are dropped (and counted).
+    pub presence_queue: usize,
+    /// Media events queued per session between the media worker and the session.
+    pub media_event_queue: usize,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        Self {
+            default_slots: 3,
+            default_max_participants: 100,
+            idle_timeout_ms: 30_000,
+            media_timeout_ms: 5_000,
+            send_timeout_ms: 10_000,
+            presence_queue: 256,
+            media_event_queue: 64,
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("default_slots must be 1 to {MAX_SLOTS}, not {0}")]
+    Slots(u8),
+    #[error("default_max_participants must be at least 1")]
+    MaxParticipants,
+    #[error("{0} must be 1 to {MAX_TIMEOUT_MS} ms, not {1}")]
+    Timeout(&'static str, u64),
+    #[error("{0} must be 1 to {MAX_QUEUE}, not {1}")]
+    Queue(&'static str, usize),
+    #[error("cannot register the signaling metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl SignalingConfig {
+    /// Checks every bound; a config that passes cannot make a session misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_SLOTS).contains(&self.default_slots) {
+            return Err(ConfigError::Slots(self.default_slots));
+        }
+        if self.default_max_participants == 0 {
+            return Err(ConfigError::MaxParticipants);
+        }
+        for (name, ms) in [
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("media_timeout_ms", self.media_timeout_ms),
+            ("send_timeout_ms", self.send_timeout_ms),
+        ] {
+            if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
+                return Err(ConfigError::Timeout(name, ms));
+            }
+        }
+        for (name, capacity) in [
+            ("presence_queue", self.presence_queue),
+            ("media_event_queue", self.media_event_queue),
+        ] {
+            if !(1..=MAX_QUEUE).contains(&capacity) {
+                return Err(ConfigError::Queue(name, capacity));
+            }
+        }
+        Ok(())
+    }
+
+    /// The media settings of a new room (protocol version 1 only forwards).
+    pub fn room_settings(&self) -> RoomSettings {
+        RoomSettings {
+            mode: RoomMode::Forward,
+            slots: self.default_slots,
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn media_timeout(&self) -> Duration {
+        Duration::from_millis(self.media_timeout_ms)
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_protocol() {
+        let config = SignalingConfig::default();
+        config.validate().expect("defaults are valid");
+        assert_eq!(
+            config.room_settings(),
+            RoomSettings {
+                mode: RoomMode::Forward,
+                slots: 3
+            }
+        );
+        assert_eq!(config.default_max_participants, 100);
+        assert_eq!(config.idle_timeout(), Duration::from_secs(30));
+        assert_eq!(config.media_timeout(), Duration::from_secs(5));
+        assert_eq!(config.send_timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn missing_fields_take_defaults() {
+        let config: SignalingConfig =
+            serde_json::from_str(r#"{"default_slots": 5}"#).expect("parses");
+        assert_eq!(config.default_slots, 5);
+        assert_eq!(config.default_max_participants, 100);
+        let empty: SignalingConfig = serde_json::from_str("{}").expect("parses");
+        assert_eq!(empty, SignalingConfig::default());
+        assert!(serde_json::from_str::<SignalingConfig>(r#"{"slots": 5}"#).is_err());
+    }
+
+    #[test]
+    fn validation_rejects_out_of_range_values() {
+        let with = |f: &dyn Fn(&mut SignalingConfig)| {
+            let mut config = SignalingConfig::default();
+            f(&mut config);
+            config.validate()
+        };
+        assert!(matches!(
+            with(&|c| c.default_slots = 0),
+            Err(ConfigError::Slots(0))
+        ));
+        assert!(matches!(
+            with(&|c| c.default_slots = 17),
+            Err(ConfigError::Slots(17))
+        ));
+        assert!(with(&|c| c.default_slots = 16).is_ok());
+        assert!(with(&|c| c.default_slots = 1).is_ok());
+        assert!(matches!(
+            with(&|c| c.default_max_participants = 0),
+            Err(ConfigError::MaxParticipants)
+        ));
+        assert!(matches!(
+            with(&|c| c.idle_timeout_ms = 0),
+            Err(ConfigError::Timeout("idle_timeout_ms", 0))
+        ));
+        assert!(matches!(
+            with(&|c| c.send_timeout_ms = u64::MAX),
+            Err(ConfigError::Timeout("send_timeout_ms", _))
+        ));
+        assert!(matches!(
+            with(&|c| c.presence_queue = 0),
+            Err(ConfigError::Queue("presence_queue", 0))
+        ));
+        assert!(matches!(
+            with(&|c| c.media_event_queue = usize::MAX),
+            Err(ConfigError::Queue("media_event_queue", _))
+        ));
+    }
+}

@@ -1,0 +1,264 @@
+//! Prometheus metrics of the signaling layer. No per-room or per-participant labels.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::protocol::ErrorCode;
+
+/// Why a participant left its room: the `reason` label of `chorus_leaves_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LeaveReason {
+    /// The client sent `leave`.
+    Leave,
+    /// The client closed the WebSocket.
+    Closed,
+    /// The WebSocket failed (read error, or a write failed or timed out).
+    TransportError,
+    /// The session sent nothing for the idle timeout.
+    IdleTimeout,
+    /// The media worker reported the connection lost.
+    MediaDisconnected,
+    /// A fatal protocol error ended the session.
+    Error,
+    /// The server closed every session.
+    Shutdown,
+    /// The session task was dropped without finishing (e.g. aborted).
+    Aborted,
+}
+
+impl LeaveReason {
+    pub const ALL: [LeaveReason; 8] = [
+        LeaveReason::Leave,
+        LeaveReason::Closed,
+        LeaveReason::TransportError,
+        LeaveReason::IdleTimeout,
+        LeaveReason::MediaDisconnected,
+        LeaveReason::Error,
+        LeaveReason::Shutdown,
+        LeaveReason::Aborted,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Leave => "leave",
+            LeaveReason::Closed => "closed",
+            LeaveReason::TransportError => "transport_error",
+            LeaveReason::IdleTimeout => "idle_timeout",
+            LeaveReason::MediaDisconnected => "media_disconnected",
+            LeaveReason::Error => "error",
+            LeaveReason::Shutdown => "shutdown",
+            LeaveReason::Aborted => "aborted",
+        }
+    }
+}
+
+/// The `result` label of `chorus_joins_total` for a successful join.
+pub const JOIN_OK: &str = "ok";
+
+/// The error codes a `join` can fail with (the other `result` values of `chorus_joins_total`).
+const JOIN_FAILURES: [ErrorCode; 8] = [
+    ErrorCode::AlreadyJoined,
+    ErrorCode::UnsupportedProtocol,
+    ErrorCode::InvalidToken,
+    ErrorCode::TokenExpired,
+    ErrorCode::RoomMismatch,
+    ErrorCode::RoomFull,
+    ErrorCode::Draining,
+    ErrorCode::Internal,
+];
+
+/// The signaling metrics, registered into a Prometheus registry.
+#[derive(Clone, Debug)]
+pub struct SignalingMetrics {
+    errors: IntCounterVec,
+    joins: IntCounterVec,
+    leaves: IntCounterVec,
+    sessions: IntGauge,
+    presence_dropped: IntCounter,
+    join_duration: Histogram,
+}
+
+impl SignalingMetrics {
+    /// Creates the metrics and registers them into `registry`. Every label value is created up front so
+    /// that series exist (at zero) before their first event.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "chorus_signaling_errors_total",
+                "Protocol errors sent to clients, by error code.",
+            ),
+            &["code"],
+        )?;
+        let joins = IntCounterVec::new(
+            Opts::new(
+                "chorus_joins_total",
+                "Join requests, by result: ok or the error code.",
+            ),
+            &["result"],
+        )?;
+        let leaves = IntCounterVec::new(
+            Opts::new(
+                "chorus_leaves_total",
+                "Participants that left their room, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let sessions = IntGauge::new(
+            "chorus_signaling_sessions",
+            "Open signaling WebSocket sessions.",
+        )?;
+        let presence_dropped = IntCounter::new(
+            "chorus_presence_events_dropped_total",
+            "Presence events dropped because a session's queue was full.",
+        )?;
+        let join_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "chorus_join_duration_seconds",
+                "Time from receiving join to sending joined, in seconds.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )?;
+
+        for code in ErrorCode::ALL {
+            errors.with_label_values(&[code.as_str()]);
+        }
+        joins.with_label_values(&[JOIN_OK]);
+        for code in JOIN_FAILURES {
+            joins.with_label_values(&[code.as_str()]);
+        }
+        for reason in LeaveReason::ALL {
+            leaves.with_label_values(&[reason.as_str()]);
+        }
+
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(joins.clone()))?;
+        registry.register(Box::new(leaves.clone()))?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(presence_dropped.clone()))?;
+        registry.register(Box::new(join_duration.clone()))?;
+        Ok(Self {
+            errors,
+            joins,
+            leaves,
+            sessions,
+            presence_dropped,
+            join_duration,
+        })
+    }
+
+    /// An `error` message with `code` was sent.
+    pub(crate) fn error_sent(&self, code: ErrorCode) {
+        self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+
+    /// A join succeeded after `seconds`.
+    pub(crate) fn join_ok(&self, seconds: f64) {
+        self.joins.with_label_values(&[JOIN_OK]).inc();
+        self.join_duration.observe(seconds);
+    }
+
+    /// A join failed with `code`.
+    pub(crate) fn join_failed(&self, code: ErrorCode) {
+        self.joins.with_label_values(&[code.as_str()]).inc();
+    }
+
+    pub(crate) fn left(&self, reason: LeaveReason) {
+        self.leaves.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub(crate) fn session_opened(&self) {
+        self.sessions.inc();
+    }
+
+    pub(crate) fn session_closed(&self) {
+        self.sessions.dec();
+    }
+
+    pub(crate) fn presence_dropped(&self) {
+        self.presence_dropped.inc();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn errors(&self, code: ErrorCode) -> u64 {
+        self.errors.with_label_values(&[code.as_str()]).get()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn joins(&self, result: &str) -> u64 {
+        self.joins.with_label_values(&[result]).get()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn leaves(&self, reason: LeaveReason) -> u64 {
+        self.leaves.with_label_values(&[reason.as_str()]).get()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn sessions(&self) -> i64 {
+        self.sessions.get()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn presence_drops(&self) -> u64 {
+        self.presence_dropped.get()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn join_count(&self) -> u64 {
+        self.join_duration.get_sample_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_all_series() {
+        let registry = Registry::new();
+        let metrics = SignalingMetrics::new(&registry).expect("registers");
+        metrics.error_sent(ErrorCode::BadJson);
+        metrics.join_ok(0.002);
+        metrics.join_failed(ErrorCode::RoomFull);
+        metrics.left(LeaveReason::Leave);
+        metrics.session_opened();
+        metrics.presence_dropped();
+
+        let families = registry.gather();
+        let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+        for name in [
+            "chorus_signaling_errors_total",
+            "chorus_joins_total",
+            "chorus_leaves_total",
+            "chorus_signaling_sessions",
+            "chorus_presence_events_dropped_total",
+            "chorus_join_duration_seconds",
+        ] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+        let errors = families
+            .iter()
+            .find(|f| f.name() == "chorus_signaling_errors_total")
+            .expect("errors");
+        assert_eq!(
+            errors.get_metric().len(),
+            ErrorCode::ALL.len(),
+            "every code pre-created"
+        );
+        assert_eq!(metrics.errors(ErrorCode::BadJson), 1);
+        assert_eq!(metrics.joins(JOIN_OK), 1);
+        assert_eq!(metrics.joins("room_full"), 1);
+        assert_eq!(metrics.leaves(LeaveReason::Leave), 1);
+        assert_eq!(metrics.sessions(), 1);
+        assert_eq!(metrics.presence_drops(), 1);
+        assert_eq!(metrics.join_count(), 1);
+    }
+
+    #[test]
+    fn registering_twice_is_an_error_not_a_panic() {
+        let registry = Registry::new();
+        SignalingMetrics::new(&registry).expect("first registration");
+        assert!(SignalingMetrics::new(&registry).is_err());
+    }
+}

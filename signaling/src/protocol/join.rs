@@ -1,0 +1,104 @@
+//! `join`: the first message of every session.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The longest display name a client may ask for, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Client → server: enter the room the token admits to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    /// The protocol version the client speaks.
+    pub protocol: u64,
+    /// The access token (a JWT).
+    pub token: String,
+    /// If present, must equal the token's `room` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// Display name, at most [`MAX_NAME_CHARS`] characters.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounded_name"
+    )]
+    pub name: Option<String>,
+}
+
+fn bounded_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let name = Option::<String>::deserialize(deserializer)?;
+    match name {
+        Some(name) if name.chars().count() > MAX_NAME_CHARS => Err(serde::de::Error::custom(
+            format_args!("`name` is longer than {MAX_NAME_CHARS} characters"),
+        )),
+        name => Ok(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{parse_client, ClientMessage, ProtocolError};
+
+    #[test]
+    fn round_trips() {
+        let join = Join {
+            protocol: 1,
+            token: "a.b.c".into(),
+            room: Some("lobby".into()),
+            name: Some("Ada".into()),
+        };
+        let msg = ClientMessage::Join(join.clone());
+        let text = serde_json::to_string(&msg).expect("serializes");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).expect("json"),
+            serde_json::json!({"type": "join", "protocol": 1, "token": "a.b.c", "room": "lobby", "name": "Ada"})
+        );
+        assert_eq!(parse_client(&text), Ok(ClientMessage::Join(join)));
+    }
+
+    #[test]
+    fn room_and_name_are_optional() {
+        let msg = parse_client(r#"{"type":"join","protocol":1,"token":"t"}"#).expect("parses");
+        assert_eq!(
+            msg,
+            ClientMessage::Join(Join {
+                protocol: 1,
+                token: "t".into(),
+                room: None,
+                name: None
+            })
+        );
+    }
+
+    #[test]
+    fn name_is_bounded_in_characters() {
+        let ok = "é".repeat(MAX_NAME_CHARS);
+        let text = serde_json::json!({"type": "join", "protocol": 1, "token": "t", "name": ok})
+            .to_string();
+        assert!(parse_client(&text).is_ok());
+        let long = "a".repeat(MAX_NAME_CHARS + 1);
+        let text = serde_json::json!({"type": "join", "protocol": 1, "token": "t", "name": long})
+            .to_string();
+        assert!(matches!(
+            parse_client(&text),
+            Err(ProtocolError::BadMessage { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_or_ill_typed_fields_are_bad_message() {
+        for text in [
+            r#"{"type":"join","protocol":1}"#,
+            r#"{"type":"join","token":"t"}"#,
+            r#"{"type":"join","protocol":"1","token":"t"}"#,
+            r#"{"type":"join","protocol":-1,"token":"t"}"#,
+            r#"{"type":"join","protocol":1,"token":7}"#,
+            r#"{"type":"join","protocol":1,"token":"t","room":5}"#,
+        ] {
+            assert!(
+                matches!(parse_client(text), Err(ProtocolError::BadMessage { .. })),
+                "{text}"
+            );
+        }
+    }
+}

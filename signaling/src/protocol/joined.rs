@@ -1,0 +1,65 @@
+//! `joined`: the server admitted the session to its room.
+
+use serde::{Deserialize, Serialize};
+
+use super::ParticipantInfo;
+use crate::media::RoomMode;
+
+/// The room as `joined` describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub name: String,
+    pub mode: RoomMode,
+    /// Audio slots per subscriber: the number of recvonly m-lines the offer must carry.
+    pub slots: u8,
+    pub max_participants: usize,
+}
+
+/// Server → client: the answer to a successful `join`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    /// The protocol version of this session.
+    pub protocol: u64,
+    pub server_version: String,
+    /// This session's participant.
+    pub participant: ParticipantInfo,
+    pub room: RoomInfo,
+    /// Everyone else already in the room.
+    pub participants: Vec<ParticipantInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ServerMessage;
+
+    #[test]
+    fn round_trips() {
+        let participant = |sid: &str, identity: &str| ParticipantInfo {
+            sid: sid.into(),
+            identity: identity.into(),
+            name: identity.to_uppercase(),
+            muted: false,
+            can_publish: true,
+            can_subscribe: true,
+        };
+        let msg = ServerMessage::Joined(Joined {
+            protocol: 1,
+            server_version: "0.1.0".into(),
+            participant: participant("PA_4f2c9a1b7d3e", "ada"),
+            room: RoomInfo {
+                name: "lobby".into(),
+                mode: RoomMode::Forward,
+                slots: 3,
+                max_participants: 100,
+            },
+            participants: vec![participant("PA_9a0b1c2d3e4f", "bob")],
+        });
+        let json = serde_json::to_value(&msg).expect("serializes");
+        assert_eq!(json["type"], "joined");
+        assert_eq!(json["room"]["mode"], "forward");
+        assert_eq!(json["participants"][0]["identity"], "bob");
+        let back: ServerMessage = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, msg);
+    }
+}

@@ -1,0 +1,42 @@
+//! A participant as other clients see it: the `participant` object of `joined`, `participant_joined`, ...
+
+use serde::{Deserialize, Serialize};
+
+/// One participant of a room (protocol.md, `joined.participant`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// The participant id, `PA_` and 12 hex digits, unique on this server.
+    pub sid: String,
+    /// The token's `sub`.
+    pub identity: String,
+    /// The display name.
+    pub name: String,
+    pub muted: bool,
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let p = ParticipantInfo {
+            sid: "PA_9a0b1c2d3e4f".into(),
+            identity: "bob".into(),
+            name: "Bob".into(),
+            muted: false,
+            can_publish: true,
+            can_subscribe: false,
+        };
+        let json = serde_json::to_value(&p).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({"sid": "PA_9a0b1c2d3e4f", "identity": "bob", "name": "Bob", "muted": false,
+                "can_publish": true, "can_subscribe": false})
+        );
+        let back: ParticipantInfo = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, p);
+    }
+}

@@ -1,0 +1,740 @@
+//! One client's signaling session, from the WebSocket's first frame to its close (protocol.md, "Session
+//! lifecycle").
+//!
+//! The driver is transport-agnostic: the server adapts its WebSocket to a `Stream + Sink` of [`WsFrame`]s.
+//! Nothing a client sends can panic the session or reach another session: every bad input gets its
+//! `error` code (and a metric), fatal ones close the socket, and whatever way the session ends it leaves
+//! its room and its media worker exactly once.
+
+use std::fmt;
+use std::future::{pending, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::auth::verify_token;
+use crate::media::{MediaCommand, MediaError, MediaEvent, RoomSettings};
+use crate::metrics::LeaveReason;
+use crate::protocol::{
+    parse_client, Answer, ClientMessage, ErrorCode, ErrorMessage, Join, Joined, Left,
+    MediaConnectionState, MediaState, Mute, Offer, ParticipantLeftReason, Ping, Pong,
+    ServerMessage, Slot, Slots, Speaker, Speakers, CLOSE_POLICY_VIOLATION, MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+};
+use crate::registry::{participant_sid, JoinRequest, PresenceEvent};
+use crate::{Signaling, SERVER_VERSION};
+
+/// Close code of a normal end (`leave`, media lost).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code when the server closes every session.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// The longest part of a media worker's message quoted in a `bad_sdp` error.
+const MAX_DETAIL_CHARS: usize = 200;
+
+/// A WebSocket frame, independent of the WebSocket library.
+///
+/// WebSocket pings are the transport's business (axum and tungstenite answer them); a session only
+/// counts them as activity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WsFrame {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    /// A close frame, with its code and reason if it has them.
+    Close(Option<(u16, String)>),
+}
+
+impl WsFrame {
+    /// The payload size that counts against [`MAX_FRAME_BYTES`].
+    fn payload_len(&self) -> usize {
+        match self {
+            WsFrame::Text(text) => text.len(),
+            WsFrame::Binary(bytes) | WsFrame::Ping(bytes) | WsFrame::Pong(bytes) => bytes.len(),
+            WsFrame::Close(close) => close.as_ref().map_or(0, |(_, reason)| 2 + reason.len()),
+        }
+    }
+}
+
+/// Runs one client session until it ends; returns once the client has left its room and the socket
+/// has been closed (or found dead).
+///
+/// The future is `Send` when `T` is, so a server can `tokio::spawn` it. Dropping it early (aborting the
+/// task) still removes the participant from its room and its media worker.
+pub async fn run_session<T, E>(transport: T, ctx: Arc<Signaling>)
+where
+    T: Stream<Item = Result<WsFrame, E>> + Sink<WsFrame> + Unpin,
+    E: fmt::Display,
+{
+    let _open = OpenSession::new(Arc::clone(&ctx));
+    let mut session = Session {
+        closing: ctx.closing(),
+        wire: Wire {
+            send_timeout: ctx.config().send_timeout(),
+            transport,
+            ctx,
+        },
+        joined: None,
+    };
+    let exit = session.serve().await;
+    session.finish(exit).await;
+}
+
+/// Counts the session in `chorus_signaling_sessions` for as long as it lives.
+struct OpenSession(Arc<Signaling>);
+
+impl OpenSession {
+    fn new(ctx: Arc<Signaling>) -> Self {
+        ctx.metrics().session_opened();
+        Self(ctx)
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.metrics().session_closed();
+    }
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    /// The client sent `leave`.
+    Leave,
+    /// The client closed the socket.
+    Closed,
+    /// Reading from the socket failed.
+    ReadFailed,
+    /// Writing to the socket failed or timed out.
+    WriteFailed,
+    /// Nothing arrived for the idle timeout.
+    IdleTimeout,
+    /// The media connection is gone.
+    MediaDisconnected,
+    /// A fatal error was sent to the client.
+    Fatal(ErrorCode),
+    /// The server closes every session.
+    Shutdown,
+}
+
+impl Exit {
+    /// What the others in the room are told.
+    fn left_reason(self) -> ParticipantLeftReason {
+        match self {
+            Exit::IdleTimeout | Exit::MediaDisconnected => ParticipantLeftReason::Disconnected,
+            _ => ParticipantLeftReason::Left,
+        }
+    }
+
+    fn metric_reason(self) -> LeaveReason {
+        match self {
+            Exit::Leave => LeaveReason::Leave,
+            Exit::Closed => LeaveReason::Closed,
+            Exit::ReadFailed | Exit::WriteFailed => LeaveReason::TransportError,
+            Exit::IdleTimeout => LeaveReason::IdleTimeout,
+            Exit::MediaDisconnected => LeaveReason::MediaDisconnected,
+            Exit::Fatal(_) => LeaveReason::Error,
+            Exit::Shutdown => LeaveReason::Shutdown,
+        }
+    }
+
+    /// The close frame the server sends, if it sends one.
+    fn close_frame(self) -> Option<(u16, &'static str)> {
+        match self {
+            Exit::Leave => Some((CLOSE_NORMAL, "")),
+            Exit::MediaDisconnected => Some((CLOSE_NORMAL, "media_disconnected")),
+            Exit::IdleTimeout => Some((CLOSE_POLICY_VIOLATION, "idle_timeout")),
+            Exit::Fatal(code) => Some((
+                code.close_code().unwrap_or(CLOSE_POLICY_VIOLATION),
+                code.as_str(),
+            )),
+            Exit::Shutdown => Some((CLOSE_GOING_AWAY, "server_shutdown")),
+            Exit::Closed | Exit::ReadFailed | Exit::WriteFailed => None,
+        }
+    }
+}
+
+/// The outcome of handling one input: go on, or end the session.
+type Flow = Result<(), Exit>;
+
+/// The sending half of a session, and the shared context.
+struct Wire<T> {
+    transport: T,
+    ctx: Arc<Signaling>,
+    send_timeout: Duration,
+}
+
+impl<T: Sink<WsFrame> + Unpin> Wire<T> {
+    async fn send_frame(&mut self, frame: WsFrame) -> Flow {
+        match timeout(self.send_timeout, self.transport.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::WriteFailed),
+            Err(_) => {
+                tracing::debug!("client does not read its socket; dropping the session");
+                Err(Exit::WriteFailed)
+            }
+        }
+    }
+
+    async fn send(&mut self, message: &ServerMessage) -> Flow {
+        match serde_json::to_string(message) {
+            Ok(text) => self.send_frame(WsFrame::Text(text)).await,
+            Err(error) => {
+                // Server messages are plain structs with string keys; this cannot happen.
+                tracing::error!(%error, "cannot serialize a server message");
+                Err(Exit::Fatal(ErrorCode::Internal))
+            }
+        }
+    }
+
+    /// Sends an `error`; ends the session if the code is fatal.
+    async fn reject(&mut self, code: ErrorCode, message: impl Into<String>) -> Flow {
+        self.ctx.metrics().error_sent(code);
+        let message = ServerMessage::Error(ErrorMessage {
+            code,
+            message: message.into(),
+        });
+        self.send(&message).await?;
+        if code.fatal() {
+            Err(Exit::Fatal(code))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A session that has joined a room.
+struct Member {
+    membership: Membership,
+    sid: String,
+    settings: RoomSettings,
+    can_publish: bool,
+    can_subscribe: bool,
+    muted: bool,
+    presence: mpsc::Receiver<PresenceEvent>,
+    media: Media,
+}
+
+/// The reply to `MediaCommand::Connect`, under way.
+type PendingAnswer = Pin<Box<dyn Future<Output = Result<String, ConnectError>> + Send>>;
+
+/// The session's media negotiation.
+enum Media {
+    /// No offer yet, or the last one was refused with `bad_sdp`.
+    None,
+    /// An offer went to the media worker; its answer is awaited.
+    Offered {
+        answer: PendingAnswer,
+        events: mpsc::Receiver<MediaEvent>,
+    },
+    /// The client has its answer; media events flow.
+    Answered { events: mpsc::Receiver<MediaEvent> },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("the media worker did not answer in time")]
+    Timeout,
+    #[error("the media worker is gone")]
+    WorkerGone,
+    #[error(transparent)]
+    Media(MediaError),
+}
+
+/// A participant's place in its room and on its media worker, released exactly once: by [`Membership::end`]
+/// on every normal exit, or on drop if the session future is dropped before that.
+struct Membership {
+    ctx: Arc<Signaling>,
+    room: String,
+    id: u64,
+    /// The worker that received `Connect`, until it has been sent `Leave`.
+    worker: Option<mpsc::Sender<MediaCommand>>,
+    in_registry: bool,
+}
+
+impl Membership {
+    async fn end(&mut self, reason: ParticipantLeftReason, metric: LeaveReason) {
+        if let Some(worker) = &self.worker {
+            let command = MediaCommand::Leave {
+                participant: self.id,
+            };
+            match worker.try_send(command) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(command)) => {
+                    let limit = self.ctx.config().media_timeout();
+                    if timeout(limit, worker.send(command)).await.is_err() {
+                        tracing::warn!(room = %self.room, "media worker queue stayed full; leave not delivered");
+                    }
+                }
+            }
+            self.worker = None;
+        }
+        if std::mem::take(&mut self.in_registry) {
+            self.ctx.registry().leave(&self.room, self.id, reason);
+            self.ctx.metrics().left(metric);
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            let command = MediaCommand::Leave {
+                participant: self.id,
+            };
+            if let Err(mpsc::error::TrySendError::Full(command)) = worker.try_send(command) {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let limit = self.ctx.config().media_timeout();
+                    runtime.spawn(async move {
+                        let _ = timeout(limit, worker.send(command)).await;
+                    });
+                }
+            }
+        }
+        if std::mem::take(&mut self.in_registry) {
+            self.ctx
+                .registry()
+                .leave(&self.room, self.id, ParticipantLeftReason::Left);
+            self.ctx.metrics().left(LeaveReason::Aborted);
+        }
+    }
+}
+
+/// What woke the session up.
+enum Input<E> {
+    Frame(Option<Result<WsFrame, E>>),
+    Idle,
+    Presence(PresenceEvent),
+    Media(Option<MediaEvent>),
+    Answer(Result<String, ConnectError>),
+    Shutdown,
+}
+
+struct Session<T> {
+    wire: Wire<T>,
+    closing: watch::Receiver<bool>,
+    joined: Option<Member>,
+}
+
+impl<T, E> Session<T>
+where
+    T: Stream<Item = Result<WsFrame, E>> + Sink<WsFrame> + Unpin,
+    E: fmt::Display,
+{
+    async fn serve(&mut self) -> Exit {
+        let idle_timeout = self.wire.ctx.config().idle_timeout();
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            let input = tokio::select! {
+                frame = self.wire.transport.next() => Input::Frame(frame),
+                () = &mut idle => Input::Idle,
+                input = next_member_input(&mut self.joined) => input,
+                () = closing(&mut self.closing) => Input::Shutdown,
+            };
+            let flow = match input {
+                Input::Frame(Some(Ok(frame))) => {
+                    idle.as_mut().reset(Instant::now() + idle_timeout);
+                    self.on_frame(frame).await
+                }
+                Input::Frame(Some(Err(error))) => {
+                    tracing::debug!(%error, "WebSocket read failed");
+                    Err(Exit::ReadFailed)
+                }
+                Input::Frame(None) => Err(Exit::Closed),
+                Input::Idle => Err(Exit::IdleTimeout),
+                Input::Presence(event) => self.wire.send(&event.into_message()).await,
+                Input::Media(event) => self.on_media_event(event).await,
+                Input::Answer(answer) => self.on_answer(answer).await,
+                Input::Shutdown => Err(Exit::Shutdown),
+            };
+            if let Err(exit) = flow {
+                return exit;
+            }
+        }
+    }
+
+    /// Leaves the room and the media worker, then says goodbye on the socket.
+    async fn finish(mut self, exit: Exit) {
+        if let Some(mut member) = self.joined.take() {
+            member
+                .membership
+                .end(exit.left_reason(), exit.metric_reason())
+                .await;
+        }
+        if exit == Exit::Leave && self.wire.send(&ServerMessage::Left(Left {})).await.is_err() {
+            return;
+        }
+        if let Some((code, reason)) = exit.close_frame() {
+            let frame = WsFrame::Close(Some((code, reason.to_owned())));
+            if self.wire.send_frame(frame).await.is_err() {
+                return;
+            }
+        }
+        if !matches!(exit, Exit::WriteFailed | Exit::ReadFailed) {
+            let _ = timeout(self.wire.send_timeout, self.wire.transport.close()).await;
+        }
+    }
+
+    async fn on_frame(&mut self, frame: WsFrame) -> Flow {
+        if frame.payload_len() > MAX_FRAME_BYTES {
+            let message = format!("a frame may be at most {MAX_FRAME_BYTES} bytes");
+            return self.wire.reject(ErrorCode::FrameTooLarge, message).await;
+        }
+        match frame {
+            WsFrame::Text(text) => self.on_text(&text).await,
+            WsFrame::Binary(_) => {
+                let message = "binary frames are not part of the protocol; send JSON text frames";
+                self.wire.reject(ErrorCode::BinaryFrame, message).await
+            }
+            WsFrame::Ping(_) | WsFrame::Pong(_) => Ok(()),
+            WsFrame::Close(_) => Err(Exit::Closed),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        let received = Instant::now();
+        let message = match parse_client(text) {
+            Ok(message) => message,
+            Err(error) => return self.wire.reject(error.code(), error.to_string()).await,
+        };
+        if let ClientMessage::Join(join) = message {
+            return self.on_join(join, received).await;
+        }
+        let Some(member) = self.joined.as_mut() else {
+            let reply = "send join first: this message needs a joined session";
+            return self.wire.reject(ErrorCode::NotJoined, reply).await;
+        };
+        match message {
+            ClientMessage::Offer(offer) => on_offer(&mut self.wire, member, offer).await,
+            ClientMessage::Mute(mute) => on_mute(&mut self.wire, member, mute).await,
+            ClientMessage::Ping(Ping { id }) => {
+                self.wire.send(&ServerMessage::Pong(Pong { id })).await
+            }
+            ClientMessage::Leave(_) => Err(Exit::Leave),
+            // Handled above; a second `join` is `already_joined` there.
+            ClientMessage::Join(_) => Ok(()),
+        }
+    }
+
+    async fn on_join(&mut self, join: Join, received: Instant) -> Flow {
+        let ctx = Arc::clone(&self.wire.ctx);
+        if self.joined.is_some() {
+            ctx.metrics().join_failed(ErrorCode::AlreadyJoined);
+            let message = "this session has already joined a room";
+            return self.wire.reject(ErrorCode::AlreadyJoined, message).await;
+        }
+        match admit(&ctx, join) {
+            Err((code, message)) => {
+                ctx.metrics().join_failed(code);
+                self.wire.reject(code, message).await
+            }
+            Ok((member, reply)) => {
+                let sid = member.sid.clone();
+                self.joined = Some(member);
+                self.wire.send(&reply).await?;
+                ctx.metrics().join_ok(received.elapsed().as_secs_f64());
+                tracing::debug!(%sid, "participant joined");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_answer(&mut self, answer: Result<String, ConnectError>) -> Flow {
+        let Some(member) = self.joined.as_mut() else {
+            return Ok(());
+        };
+        let events = match std::mem::replace(&mut member.media, Media::None) {
+            Media::Offered { events, .. } => events,
+            // Only an offered session polls for an answer.
+            other => {
+                member.media = other;
+                return Ok(());
+            }
+        };
+        match answer {
+            Ok(sdp) => {
+                member.media = Media::Answered { events };
+                self.wire.send(&ServerMessage::Answer(Answer { sdp })).await
+            }
+            Err(ConnectError::Media(MediaError::BadSdp(why))) => {
+                let message = format!(
+                    "the offer cannot be used: {}",
+                    truncate(&why, MAX_DETAIL_CHARS)
+                );
+                self.wire.reject(ErrorCode::BadSdp, message).await
+            }
+            Err(
+                error @ (ConnectError::Timeout
+                | ConnectError::WorkerGone
+                | ConnectError::Media(MediaError::Unavailable)),
+            ) => {
+                tracing::warn!(sid = %member.sid, %error, "offer not answered");
+                let message = "no media worker could take the session";
+                self.wire.reject(ErrorCode::MediaUnavailable, message).await
+            }
+            Err(error) => {
+                tracing::error!(sid = %member.sid, %error, "media worker refused a fresh participant");
+                self.wire
+                    .reject(ErrorCode::Internal, "internal error")
+                    .await
+            }
+        }
+    }
+
+    async fn on_media_event(&mut self, event: Option<MediaEvent>) -> Flow {
+        let message = match event {
+            Some(MediaEvent::Connected) => ServerMessage::MediaState(MediaState {
+                state: MediaConnectionState::Connected,
+            }),
+            Some(MediaEvent::Disconnected { reason }) => {
+                tracing::debug!(%reason, "media disconnected");
+                return self.media_lost().await;
+            }
+            None => {
+                tracing::debug!("media worker dropped the session's events");
+                return self.media_lost().await;
+            }
+            Some(MediaEvent::Speakers(speakers)) => ServerMessage::Speakers(Speakers {
+                speakers: speakers
+                    .into_iter()
+                    .map(|(id, level)| Speaker::new(participant_sid(id), level))
+                    .collect(),
+            }),
+            Some(MediaEvent::Slots(slots)) => ServerMessage::Slots(Slots {
+                slots: slots
+                    .into_iter()
+                    .map(|s| Slot {
+                        slot: s.slot,
+                        mid: s.mid,
+                        sid: s.participant.map(participant_sid),
+                        ssrc: s.ssrc,
+                    })
+                    .collect(),
+            }),
+        };
+        self.wire.send(&message).await
+    }
+
+    async fn media_lost(&mut self) -> Flow {
+        let message = ServerMessage::MediaState(MediaState {
+            state: MediaConnectionState::Disconnected,
+        });
+        // The session ends either way; a dead socket changes nothing.
+        let _ = self.wire.send(&message).await;
+        Err(Exit::MediaDisconnected)
+    }
+}
+
+/// Checks a `join` and admits the participant to its room: the new member and its `joined` reply, or
+/// the error to send.
+fn admit(ctx: &Arc<Signaling>, join: Join) -> Result<(Member, ServerMessage), (ErrorCode, String)> {
+    if join.protocol != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}",
+            join.protocol
+        );
+        return Err((ErrorCode::UnsupportedProtocol, message));
+    }
+    let claims = verify_token(&join.token, ctx.api_keys(), unix_now())
+        .map_err(|e| (e.code(), e.to_string()))?;
+    if join.room.as_ref().is_some_and(|room| *room != claims.room) {
+        let message = "join.room differs from the room of the access token";
+        return Err((ErrorCode::RoomMismatch, message.into()));
+    }
+    let name = join
+        .name
+        .filter(|name| !name.is_empty())
+        .or_else(|| claims.name.clone().filter(|name| !name.is_empty()))
+        .unwrap_or_else(|| claims.sub.clone());
+    let (events, presence) = mpsc::channel(ctx.config().presence_queue);
+    let request = JoinRequest {
+        room: claims.room.clone(),
+        identity: claims.sub,
+        name,
+        can_publish: claims.can_publish,
+        can_subscribe: claims.can_subscribe,
+        events,
+    };
+    let admission = ctx
+        .registry()
+        .admit(request, &ctx.draining)
+        .map_err(|e| (e.code(), e.to_string()))?;
+    let member = Member {
+        membership: Membership {
+            ctx: Arc::clone(ctx),
+            room: claims.room,
+            id: admission.id,
+            worker: None,
+            in_registry: true,
+        },
+        sid: admission.participant.sid.clone(),
+        settings: admission.settings,
+        can_publish: admission.participant.can_publish,
+        can_subscribe: admission.participant.can_subscribe,
+        muted: admission.participant.muted,
+        presence,
+        media: Media::None,
+    };
+    let reply = ServerMessage::Joined(Joined {
+        protocol: PROTOCOL_VERSION,
+        server_version: SERVER_VERSION.to_owned(),
+        participant: admission.participant,
+        room: admission.room,
+        participants: admission.others,
+    });
+    Ok((member, reply))
+}
+
+/// Sends the offer to the room's media worker; the answer arrives through [`next_member_input`].
+async fn on_offer<T: Sink<WsFrame> + Unpin>(
+    wire: &mut Wire<T>,
+    member: &mut Member,
+    offer: Offer,
+) -> Flow {
+    match member.media {
+        Media::None => {}
+        Media::Offered { .. } => {
+            let message = "an offer is already being answered";
+            return wire.reject(ErrorCode::BadMessage, message).await;
+        }
+        Media::Answered { .. } => {
+            let message = "the session already has its answer; renegotiation is not supported";
+            return wire.reject(ErrorCode::BadMessage, message).await;
+        }
+    }
+    let config = wire.ctx.config();
+    let worker = wire.ctx.router().route(&member.membership.room);
+    let (events, events_rx) = mpsc::channel(config.media_event_queue);
+    let (reply, reply_rx) = oneshot::channel();
+    let command = MediaCommand::Connect {
+        room: member.membership.room.clone(),
+        settings: member.settings.clone(),
+        participant: member.membership.id,
+        can_publish: member.can_publish,
+        can_subscribe: member.can_subscribe,
+        muted: member.muted,
+        offer_sdp: offer.sdp,
+        events,
+        reply,
+    };
+    member.membership.worker = Some(worker.clone());
+    member.media = Media::Offered {
+        answer: Box::pin(connect(worker, command, reply_rx, config.media_timeout())),
+        events: events_rx,
+    };
+    Ok(())
+}
+
+/// Delivers `Connect` and waits for its reply, all within `limit`.
+async fn connect(
+    worker: mpsc::Sender<MediaCommand>,
+    command: MediaCommand,
+    reply: oneshot::Receiver<Result<String, MediaError>>,
+    limit: Duration,
+) -> Result<String, ConnectError> {
+    let deadline = Instant::now() + limit;
+    match timeout_at(deadline, worker.send(command)).await {
+        Err(_) => return Err(ConnectError::Timeout),
+        Ok(Err(_)) => return Err(ConnectError::WorkerGone),
+        Ok(Ok(())) => {}
+    }
+    match timeout_at(deadline, reply).await {
+        Err(_) => Err(ConnectError::Timeout),
+        Ok(Err(_)) => Err(ConnectError::WorkerGone),
+        Ok(Ok(answer)) => answer.map_err(ConnectError::Media),
+    }
+}
+
+async fn on_mute<T: Sink<WsFrame> + Unpin>(
+    wire: &mut Wire<T>,
+    member: &mut Member,
+    mute: Mute,
+) -> Flow {
+    if !member.can_publish {
+        let message = "the access token does not allow publishing audio";
+        return wire.reject(ErrorCode::Forbidden, message).await;
+    }
+    if member.muted == mute.muted {
+        return Ok(());
+    }
+    member.muted = mute.muted;
+    if let Some(worker) = &member.membership.worker {
+        let command = MediaCommand::Mute {
+            participant: member.membership.id,
+            muted: mute.muted,
+        };
+        let limit = wire.ctx.config().media_timeout();
+        if !matches!(timeout(limit, worker.send(command)).await, Ok(Ok(()))) {
+            tracing::warn!(sid = %member.sid, "media worker did not take a mute command");
+            return wire
+                .reject(
+                    ErrorCode::MediaUnavailable,
+                    "the media worker is unavailable",
+                )
+                .await;
+        }
+    }
+    wire.ctx
+        .registry()
+        .set_muted(&member.membership.room, member.membership.id, mute.muted);
+    Ok(())
+}
+
+/// The next presence event, media event or offer answer of a joined session; never resolves before `join`.
+async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
+    let Some(Member {
+        presence, media, ..
+    }) = joined
+    else {
+        return pending().await;
+    };
+    let presence = async {
+        match presence.recv().await {
+            Some(event) => Input::Presence(event),
+            // The registry let go of this participant: no presence events will come.
+            None => pending().await,
+        }
+    };
+    let media = async {
+        match media {
+            // Polled to completion at most once: the session leaves `Offered` as soon as it resolves.
+            Media::Offered { answer, .. } => Input::Answer(answer.await),
+            Media::Answered { events } => Input::Media(events.recv().await),
+            Media::None => pending().await,
+        }
+    };
+    tokio::select! {
+        input = presence => input,
+        input = media => input,
+    }
+}
+
+async fn closing(closing: &mut watch::Receiver<bool>) {
+    let closed = closing.wait_for(|closing| *closing).await.is_ok();
+    if !closed {
+        // The context is gone without closing sessions: nothing to wait for.
+        pending::<()>().await;
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+fn truncate(text: &str, max_chars: usize) -> &str {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests;

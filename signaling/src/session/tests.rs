@@ -1,0 +1,1215 @@
+//! Full sessions over an in-memory transport against a fake media worker, on a paused clock: timeouts
+//! elapse in virtual time, so nothing here depends on the speed of the machine.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::auth::{create_token, ApiKeys, Claims};
+use crate::media::{MediaRouter, RoomMode, SlotAssignment};
+use crate::protocol::{
+    ParticipantInfo, ParticipantJoined, ParticipantLeft, ParticipantMuted, RoomInfo,
+};
+use crate::SignalingConfig;
+
+const KEY: &str = "APItest";
+const SECRET: &str = "test-secret-test-secret-test-secret!";
+const OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+const ANSWER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\na=ice-lite\r\n";
+/// Far longer than any timeout a test waits for (virtual time: it costs nothing).
+const GUARD: Duration = Duration::from_secs(600);
+
+// ---------------------------------------------------------------------------------------------------
+// In-memory transport
+
+struct MemTransport {
+    incoming: mpsc::UnboundedReceiver<Result<WsFrame, String>>,
+    outgoing: Option<mpsc::UnboundedSender<WsFrame>>,
+}
+
+impl Stream for MemTransport {
+    type Item = Result<WsFrame, String>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx)
+    }
+}
+
+impl Sink<WsFrame> for MemTransport {
+    type Error = String;
+
+    fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: WsFrame) -> Result<(), String> {
+        let outgoing = self.outgoing.as_ref().ok_or("the socket is closed")?;
+        outgoing
+            .send(frame)
+            .map_err(|_| "the client is gone".to_owned())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.outgoing = None;
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn transport() -> (
+    MemTransport,
+    mpsc::UnboundedSender<Result<WsFrame, String>>,
+    mpsc::UnboundedReceiver<WsFrame>,
+) {
+    let (input, incoming) = mpsc::unbounded_channel();
+    let (outgoing, output) = mpsc::unbounded_channel();
+    let transport = MemTransport {
+        incoming,
+        outgoing: Some(outgoing),
+    };
+    (transport, input, output)
+}
+
+/// A client: the other end of a session's transport.
+struct Client {
+    input: Option<mpsc::UnboundedSender<Result<WsFrame, String>>>,
+    output: mpsc::UnboundedReceiver<WsFrame>,
+    task: JoinHandle<()>,
+}
+
+impl Client {
+    fn open(ctx: &Arc<Signaling>) -> Self {
+        let (transport, input, output) = transport();
+        let task = tokio::spawn(run_session(transport, Arc::clone(ctx)));
+        Self {
+            input: Some(input),
+            output,
+            task,
+        }
+    }
+
+    fn send(&self, frame: Result<WsFrame, String>) {
+        let input = self.input.as_ref().expect("the client has not hung up");
+        // The session may already have ended; a test then sees that on the output side.
+        let _ = input.send(frame);
+    }
+
+    fn text(&self, text: impl Into<String>) {
+        self.send(Ok(WsFrame::Text(text.into())));
+    }
+
+    fn json(&self, value: serde_json::Value) {
+        self.text(value.to_string());
+    }
+
+    /// Ends the client's side of the stream, like a closed socket.
+    fn hang_up(&mut self) {
+        self.input = None;
+    }
+
+    async fn frame(&mut self) -> WsFrame {
+        timeout(GUARD, self.output.recv())
+            .await
+            .expect("a frame before the guard time")
+            .expect("the session sends a frame before closing")
+    }
+
+    async fn message(&mut self) -> ServerMessage {
+        match self.frame().await {
+            WsFrame::Text(text) => serde_json::from_str(&text).expect("a valid server message"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Expects an `error` with `code` and returns its message.
+    async fn error(&mut self, code: ErrorCode) -> String {
+        match self.message().await {
+            ServerMessage::Error(error) => {
+                assert_eq!(error.code, code, "{}", error.message);
+                error.message
+            }
+            other => panic!("expected error {code}, got {other:?}"),
+        }
+    }
+
+    /// Expects a close frame with `code`, then the end of the socket and of the session task.
+    async fn closed_with(mut self, code: u16) {
+        match self.frame().await {
+            WsFrame::Close(Some((got, _))) => assert_eq!(got, code),
+            other => panic!("expected close {code}, got {other:?}"),
+        }
+        self.finished().await;
+    }
+
+    /// Expects the socket to end (no more frames) and the session task to finish without panicking.
+    async fn finished(mut self) {
+        let end = timeout(GUARD, self.output.recv())
+            .await
+            .expect("the socket ends");
+        assert_eq!(end, None, "no frame after the end");
+        timeout(GUARD, self.task)
+            .await
+            .expect("the session ends")
+            .expect("the session does not panic");
+    }
+
+    async fn join_with(&mut self, join: serde_json::Value) -> Joined {
+        self.json(join);
+        match self.message().await {
+            ServerMessage::Joined(joined) => joined,
+            other => panic!("expected joined, got {other:?}"),
+        }
+    }
+
+    async fn join(&mut self, token: &str) -> Joined {
+        self.join_with(json!({"type": "join", "protocol": 1, "token": token}))
+            .await
+    }
+
+    /// Proves the session is alive and has nothing else queued for the client.
+    async fn ping(&mut self, id: u64) {
+        self.json(json!({"type": "ping", "id": id}));
+        assert_eq!(
+            self.message().await,
+            ServerMessage::Pong(Pong { id: id.into() })
+        );
+    }
+
+    async fn offer(&mut self) {
+        self.json(json!({"type": "offer", "sdp": OFFER}));
+        assert_eq!(
+            self.message().await,
+            ServerMessage::Answer(Answer { sdp: ANSWER.into() })
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fake media worker
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Answer offers that start with `v=0`; refuse others with `BadSdp`.
+    Answer,
+    /// Refuse every offer with `Unavailable`.
+    Unavailable,
+    /// Take offers and never answer.
+    Silent,
+}
+
+/// A command as the worker saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    Connect {
+        participant: u64,
+        room: String,
+        slots: u8,
+        muted: bool,
+        can_publish: bool,
+        can_subscribe: bool,
+    },
+    Mute {
+        participant: u64,
+        muted: bool,
+    },
+    Leave {
+        participant: u64,
+    },
+}
+
+struct FakeRouter {
+    commands: mpsc::Sender<MediaCommand>,
+    closed: Arc<Mutex<Vec<String>>>,
+}
+
+impl MediaRouter for FakeRouter {
+    fn route(&self, _room: &str) -> mpsc::Sender<MediaCommand> {
+        self.commands.clone()
+    }
+
+    fn room_closed(&self, room: &str) {
+        self.closed.lock().expect("test lock").push(room.to_owned());
+    }
+}
+
+struct FakeMedia {
+    seen: mpsc::UnboundedReceiver<Seen>,
+    events: Arc<Mutex<HashMap<u64, mpsc::Sender<MediaEvent>>>>,
+    closed: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeMedia {
+    async fn next(&mut self) -> Seen {
+        timeout(GUARD, self.seen.recv())
+            .await
+            .expect("a media command before the guard time")
+            .expect("the worker runs")
+    }
+
+    fn emit(&self, participant: u64, event: MediaEvent) {
+        let events = self.events.lock().expect("test lock");
+        let sender = events
+            .get(&participant)
+            .expect("the participant is connected");
+        sender.try_send(event).expect("room in the event queue");
+    }
+
+    fn closed_rooms(&self) -> Vec<String> {
+        self.closed.lock().expect("test lock").clone()
+    }
+
+    fn assert_no_command(&mut self) {
+        assert!(self.seen.try_recv().is_err(), "no further media command");
+    }
+}
+
+fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
+    let (commands, mut rx) = mpsc::channel(16);
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    let events = Arc::new(Mutex::new(HashMap::new()));
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let worker_events = Arc::clone(&events);
+    tokio::spawn(async move {
+        let mut unanswered = Vec::new();
+        while let Some(command) = rx.recv().await {
+            let seen = match command {
+                MediaCommand::Connect {
+                    room,
+                    settings,
+                    participant,
+                    can_publish,
+                    can_subscribe,
+                    muted,
+                    offer_sdp,
+                    events,
+                    reply,
+                } => {
+                    match mode {
+                        Mode::Answer if offer_sdp.starts_with("v=0") => {
+                            worker_events
+                                .lock()
+                                .expect("test lock")
+                                .insert(participant, events);
+                            let _ = reply.send(Ok(ANSWER.to_owned()));
+                        }
+                        Mode::Answer => {
+                            let _ = reply.send(Err(MediaError::BadSdp(
+                                "the offer has no audio m-line".into(),
+                            )));
+                        }
+                        Mode::Unavailable => {
+                            let _ = reply.send(Err(MediaError::Unavailable));
+                        }
+                        Mode::Silent => unanswered.push((reply, events)),
+                    }
+                    Seen::Connect {
+                        participant,
+                        room,
+                        slots: settings.slots,
+                        muted,
+                        can_publish,
+                        can_subscribe,
+                    }
+                }
+                MediaCommand::Mute { participant, muted } => Seen::Mute { participant, muted },
+                MediaCommand::Leave { participant } => {
+                    worker_events
+                        .lock()
+                        .expect("test lock")
+                        .remove(&participant);
+                    Seen::Leave { participant }
+                }
+            };
+            let _ = seen_tx.send(seen);
+        }
+    });
+    let router = FakeRouter {
+        commands,
+        closed: Arc::clone(&closed),
+    };
+    (
+        router,
+        FakeMedia {
+            seen,
+            events,
+            closed,
+        },
+    )
+}
+
+fn setup_with(config: SignalingConfig, mode: Mode) -> (Arc<Signaling>, FakeMedia) {
+    let (router, media) = fake_media(mode);
+    let keys = ApiKeys::new([(KEY, SECRET)]).expect("valid keys");
+    let ctx = Signaling::new(config, keys, Arc::new(router), &prometheus::Registry::new())
+        .expect("valid config");
+    (Arc::new(ctx), media)
+}
+
+fn setup(mode: Mode) -> (Arc<Signaling>, FakeMedia) {
+    setup_with(SignalingConfig::default(), mode)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tokens
+
+fn claims(room: &str, identity: &str) -> Claims {
+    Claims {
+        iss: KEY.into(),
+        sub: identity.into(),
+        room: room.into(),
+        exp: unix_now() + 3600,
+        nbf: None,
+        iat: Some(unix_now()),
+        name: None,
+        can_publish: true,
+        can_subscribe: true,
+    }
+}
+
+fn sign(claims: &Claims) -> String {
+    create_token(KEY, SECRET.as_bytes(), claims).expect("signs")
+}
+
+fn token(room: &str, identity: &str) -> String {
+    sign(&claims(room, identity))
+}
+
+fn id_of(sid: &str) -> u64 {
+    let hex = sid.strip_prefix("PA_").expect("a sid");
+    u64::from_str_radix(hex, 16).expect("hex")
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn session_future_is_send() {
+    fn assert_send<F: Send>(_: &F) {}
+    struct Nowhere;
+    impl MediaRouter for Nowhere {
+        fn route(&self, _room: &str) -> mpsc::Sender<MediaCommand> {
+            mpsc::channel(1).0
+        }
+        fn room_closed(&self, _room: &str) {}
+    }
+    let ctx = Signaling::new(
+        SignalingConfig::default(),
+        ApiKeys::default(),
+        Arc::new(Nowhere),
+        &prometheus::Registry::new(),
+    )
+    .expect("valid config");
+    let (transport, _input, _output) = transport();
+    let session = run_session(transport, Arc::new(ctx));
+    assert_send(&session);
+}
+
+#[tokio::test(start_paused = true)]
+async fn happy_path() {
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let joined = ada
+        .join_with(json!({"type": "join", "protocol": 1, "token": token("lobby", "ada"), "room": "lobby", "name": "Ada"}))
+        .await;
+    assert_eq!(joined.protocol, 1);
+    assert_eq!(joined.server_version, crate::SERVER_VERSION);
+    assert_eq!(
+        joined.room,
+        RoomInfo {
+            name: "lobby".into(),
+            mode: RoomMode::Forward,
+            slots: 3,
+            max_participants: 100
+        }
+    );
+    let me = joined.participant;
+    assert_eq!((me.identity.as_str(), me.name.as_str()), ("ada", "Ada"));
+    assert!(!me.muted && me.can_publish && me.can_subscribe);
+    assert!(joined.participants.is_empty());
+    let id = id_of(&me.sid);
+
+    ada.offer().await;
+    assert_eq!(
+        media.next().await,
+        Seen::Connect {
+            participant: id,
+            room: "lobby".into(),
+            slots: 3,
+            muted: false,
+            can_publish: true,
+            can_subscribe: true
+        }
+    );
+
+    media.emit(id, MediaEvent::Connected);
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::MediaState(MediaState {
+            state: MediaConnectionState::Connected
+        })
+    );
+    media.emit(id, MediaEvent::Speakers(vec![(0x1234, 0.5), (id, 0.25)]));
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::Speakers(Speakers {
+            speakers: vec![
+                Speaker::new("PA_000000001234".into(), 0.5),
+                Speaker::new(me.sid.clone(), 0.25)
+            ]
+        })
+    );
+    media.emit(id, MediaEvent::Speakers(vec![]));
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::Speakers(Speakers { speakers: vec![] })
+    );
+    media.emit(
+        id,
+        MediaEvent::Slots(vec![
+            SlotAssignment {
+                slot: 0,
+                mid: "1".into(),
+                participant: Some(0x1234),
+                ssrc: Some(2_843_119_025),
+            },
+            SlotAssignment {
+                slot: 1,
+                mid: "2".into(),
+                participant: None,
+                ssrc: None,
+            },
+        ]),
+    );
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::Slots(Slots {
+            slots: vec![
+                Slot {
+                    slot: 0,
+                    mid: "1".into(),
+                    sid: Some("PA_000000001234".into()),
+                    ssrc: Some(2_843_119_025)
+                },
+                Slot {
+                    slot: 1,
+                    mid: "2".into(),
+                    sid: None,
+                    ssrc: None
+                },
+            ]
+        })
+    );
+    ada.ping(7).await;
+    assert_eq!(ctx.participant_count(), 1);
+
+    ada.json(json!({"type": "leave"}));
+    assert_eq!(ada.message().await, ServerMessage::Left(Left {}));
+    ada.closed_with(CLOSE_NORMAL).await;
+    assert_eq!(media.next().await, Seen::Leave { participant: id });
+    assert_eq!(media.closed_rooms(), vec!["lobby".to_owned()]);
+    assert!(ctx.rooms().is_empty());
+
+    let metrics = ctx.metrics();
+    assert_eq!(metrics.joins(crate::metrics::JOIN_OK), 1);
+    assert_eq!(metrics.join_count(), 1);
+    assert_eq!(metrics.leaves(LeaveReason::Leave), 1);
+    assert_eq!(metrics.sessions(), 0);
+    for code in ErrorCode::ALL {
+        assert_eq!(metrics.errors(code), 0, "{code}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn participants_see_each_other() {
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let ada_joined = ada.join(&token("lobby", "ada")).await;
+    let mut bob = Client::open(&ctx);
+    let mut bob_claims = claims("lobby", "bob");
+    bob_claims.name = Some("Bob".into());
+    let bob_joined = bob.join(&sign(&bob_claims)).await;
+    let bob_info = bob_joined.participant.clone();
+    assert_eq!(bob_info.name, "Bob", "the token's name when join has none");
+    assert_eq!(
+        ada_joined.participant.name, "ada",
+        "the identity when neither has a name"
+    );
+    assert_eq!(
+        bob_joined.participants,
+        vec![ada_joined.participant.clone()]
+    );
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::ParticipantJoined(ParticipantJoined {
+            participant: bob_info.clone()
+        })
+    );
+
+    // Muting before the offer: everyone is told (bob included), the worker learns it with Connect.
+    bob.json(json!({"type": "mute", "muted": true}));
+    let muted = ServerMessage::ParticipantMuted(ParticipantMuted {
+        sid: bob_info.sid.clone(),
+        muted: true,
+    });
+    assert_eq!(bob.message().await, muted);
+    assert_eq!(ada.message().await, muted);
+    bob.json(json!({"type": "mute", "muted": true}));
+    bob.ping(1).await; // a repeated mute changes nothing and says nothing
+    bob.offer().await;
+    let bob_id = id_of(&bob_info.sid);
+    assert!(
+        matches!(media.next().await, Seen::Connect { participant, muted: true, .. } if participant == bob_id)
+    );
+
+    // Unmuting after the offer goes to the worker too.
+    bob.json(json!({"type": "mute", "muted": false}));
+    let unmuted = ServerMessage::ParticipantMuted(ParticipantMuted {
+        sid: bob_info.sid.clone(),
+        muted: false,
+    });
+    assert_eq!(bob.message().await, unmuted);
+    assert_eq!(ada.message().await, unmuted);
+    assert_eq!(
+        media.next().await,
+        Seen::Mute {
+            participant: bob_id,
+            muted: false
+        }
+    );
+    let room = ctx.room("lobby").expect("the room exists");
+    assert_eq!(room.participants.len(), 2);
+    assert!(!room.participants[1].muted);
+
+    // Closing the socket is the same as leave.
+    bob.hang_up();
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::ParticipantLeft(ParticipantLeft {
+            sid: bob_info.sid.clone(),
+            reason: ParticipantLeftReason::Left
+        })
+    );
+    bob.finished().await;
+    assert_eq!(
+        media.next().await,
+        Seen::Leave {
+            participant: bob_id
+        }
+    );
+    let room = ctx.room("lobby").expect("ada is still there");
+    assert_eq!(room.participants, vec![ada_joined.participant.clone()]);
+    assert!(media.closed_rooms().is_empty());
+    assert_eq!(ctx.metrics().leaves(LeaveReason::Closed), 1);
+
+    ada.ping(2).await;
+    ada.hang_up();
+    ada.finished().await;
+    assert_eq!(media.closed_rooms(), vec!["lobby".to_owned()]);
+    media.assert_no_command(); // ada never offered: no Leave for her
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_media_ends_the_session() {
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let ada_sid = ada.join(&token("lobby", "ada")).await.participant.sid;
+    let mut bob = Client::open(&ctx);
+    bob.join(&token("lobby", "bob")).await;
+    ada.message().await; // participant_joined bob
+    ada.offer().await;
+    let ada_id = id_of(&ada_sid);
+    media.next().await; // Connect
+
+    media.emit(
+        ada_id,
+        MediaEvent::Disconnected {
+            reason: "ICE consent expired".into(),
+        },
+    );
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::MediaState(MediaState {
+            state: MediaConnectionState::Disconnected
+        })
+    );
+    ada.closed_with(CLOSE_NORMAL).await;
+    assert_eq!(
+        bob.message().await,
+        ServerMessage::ParticipantLeft(ParticipantLeft {
+            sid: ada_sid,
+            reason: ParticipantLeftReason::Disconnected
+        })
+    );
+    assert_eq!(
+        media.next().await,
+        Seen::Leave {
+            participant: ada_id
+        }
+    );
+    assert_eq!(ctx.metrics().leaves(LeaveReason::MediaDisconnected), 1);
+    bob.ping(1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_drops_the_events_ends_the_session() {
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let id = id_of(&ada.join(&token("lobby", "ada")).await.participant.sid);
+    ada.offer().await;
+    media.next().await;
+    media.events.lock().expect("test lock").remove(&id);
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::MediaState(MediaState {
+            state: MediaConnectionState::Disconnected
+        })
+    );
+    ada.closed_with(CLOSE_NORMAL).await;
+    assert_eq!(ctx.participant_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_input_is_answered_and_survived() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut client = Client::open(&ctx);
+    for (text, code) in [
+        ("not json", ErrorCode::BadJson),
+        ("", ErrorCode::BadJson),
+        ("[1,2]", ErrorCode::BadJson),
+        (r#"{"type": 5}"#, ErrorCode::BadJson),
+        (r#"{"no_type": "join"}"#, ErrorCode::BadJson),
+        (&"[".repeat(60_000), ErrorCode::BadJson),
+        (r#"{"type": "hello"}"#, ErrorCode::UnknownType),
+        (r#"{"type": "joined"}"#, ErrorCode::UnknownType),
+        (r#"{"type": "join"}"#, ErrorCode::BadMessage),
+        (
+            r#"{"type": "join", "protocol": 1e400, "token": "t"}"#,
+            ErrorCode::BadJson,
+        ),
+        (
+            r#"{"type": "join", "protocol": 1.5, "token": "t"}"#,
+            ErrorCode::BadMessage,
+        ),
+        (r#"{"type": "ping", "id": "x"}"#, ErrorCode::BadMessage),
+        (r#"{"type": "offer", "sdp": null}"#, ErrorCode::BadMessage),
+        (r#"{"type": "offer", "sdp": "v=0"}"#, ErrorCode::NotJoined),
+        (r#"{"type": "mute", "muted": true}"#, ErrorCode::NotJoined),
+        (r#"{"type": "ping", "id": 1}"#, ErrorCode::NotJoined),
+        (r#"{"type": "leave"}"#, ErrorCode::NotJoined),
+        ("\u{0}\u{ffff}", ErrorCode::BadJson),
+    ] {
+        client.text(text);
+        client.error(code).await;
+    }
+    client.send(Ok(WsFrame::Binary(vec![0, 1, 2])));
+    client.error(ErrorCode::BinaryFrame).await;
+    // WebSocket-level pings and pongs are the transport's business.
+    client.send(Ok(WsFrame::Ping(vec![1])));
+    client.send(Ok(WsFrame::Pong(vec![1])));
+    let joined = client.join(&token("lobby", "ada")).await;
+    assert_eq!(joined.room.name, "lobby");
+    let metrics = ctx.metrics();
+    assert_eq!(metrics.errors(ErrorCode::BadJson), 8);
+    assert_eq!(metrics.errors(ErrorCode::UnknownType), 2);
+    assert_eq!(metrics.errors(ErrorCode::BadMessage), 4);
+    assert_eq!(metrics.errors(ErrorCode::NotJoined), 4);
+    assert_eq!(metrics.errors(ErrorCode::BinaryFrame), 1);
+    client.send(Ok(WsFrame::Close(Some((1000, "bye".into())))));
+    client.finished().await;
+    assert_eq!(ctx.participant_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn frames_are_limited_to_64_kib() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut client = Client::open(&ctx);
+    client.join(&token("lobby", "ada")).await;
+    let ping = r#"{"type":"ping","id":1}"#;
+    let largest = format!("{ping}{}", " ".repeat(MAX_FRAME_BYTES - ping.len()));
+    assert_eq!(largest.len(), MAX_FRAME_BYTES);
+    client.text(largest);
+    assert_eq!(
+        client.message().await,
+        ServerMessage::Pong(Pong { id: 1.into() })
+    );
+
+    client.text(format!(
+        "{ping}{}",
+        " ".repeat(MAX_FRAME_BYTES + 1 - ping.len())
+    ));
+    client.error(ErrorCode::FrameTooLarge).await;
+    client.closed_with(1009).await;
+    assert_eq!(ctx.participant_count(), 0);
+    assert_eq!(ctx.metrics().leaves(LeaveReason::Error), 1);
+
+    // A binary frame over the limit is too large before it is binary.
+    let mut client = Client::open(&ctx);
+    client.send(Ok(WsFrame::Binary(vec![0; MAX_FRAME_BYTES + 1])));
+    client.error(ErrorCode::FrameTooLarge).await;
+    client.closed_with(1009).await;
+    assert_eq!(ctx.metrics().errors(ErrorCode::FrameTooLarge), 2);
+}
+
+/// Joins that fail fatally: the error, close 1008, no trace in the registry.
+async fn refused_join(ctx: &Arc<Signaling>, join: serde_json::Value, code: ErrorCode) {
+    let mut client = Client::open(ctx);
+    client.json(join);
+    client.error(code).await;
+    client.closed_with(1008).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_tokens_are_refused() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let good = claims("lobby", "ada");
+    let wrong_secret =
+        create_token(KEY, b"some-other-secret-some-other-secret", &good).expect("signs");
+    let unknown_key = create_token("APIunknown", SECRET.as_bytes(), &good).expect("signs");
+    let payload = serde_json::to_value(&good).expect("json");
+    let alg_none = crate::auth::tests::forged(r#"{"alg":"none","typ":"JWT"}"#, &payload, "");
+    let hs512 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &good,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("signs");
+    // create_token refuses bad room names, so sign this one directly.
+    let bad_room = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"iss": KEY, "sub": "ada", "room": "bad room", "exp": unix_now() + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("signs");
+    for token in [
+        "garbage".to_owned(),
+        "eyJhbGciOiJIUzI1NiIs...".to_owned(),
+        wrong_secret,
+        unknown_key,
+        alg_none,
+        hs512,
+        bad_room,
+    ] {
+        refused_join(
+            &ctx,
+            json!({"type": "join", "protocol": 1, "token": token}),
+            ErrorCode::InvalidToken,
+        )
+        .await;
+    }
+    let expired = sign(&Claims {
+        exp: unix_now() - 1,
+        ..good.clone()
+    });
+    refused_join(
+        &ctx,
+        json!({"type": "join", "protocol": 1, "token": expired}),
+        ErrorCode::TokenExpired,
+    )
+    .await;
+
+    let metrics = ctx.metrics();
+    assert_eq!(metrics.joins("invalid_token"), 7);
+    assert_eq!(metrics.joins("token_expired"), 1);
+    assert_eq!(metrics.errors(ErrorCode::InvalidToken), 7);
+    assert_eq!(metrics.joins(crate::metrics::JOIN_OK), 0);
+    assert!(ctx.rooms().is_empty());
+    assert_eq!(metrics.sessions(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn join_checks_protocol_and_room() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let token = token("lobby", "ada");
+    refused_join(
+        &ctx,
+        json!({"type": "join", "protocol": 2, "token": token}),
+        ErrorCode::UnsupportedProtocol,
+    )
+    .await;
+    refused_join(
+        &ctx,
+        json!({"type": "join", "protocol": 1, "token": token, "room": "other"}),
+        ErrorCode::RoomMismatch,
+    )
+    .await;
+    let too_long = "n".repeat(65);
+    let mut client = Client::open(&ctx);
+    client.json(json!({"type": "join", "protocol": 1, "token": token, "name": too_long}));
+    client.error(ErrorCode::BadMessage).await;
+    let joined = client
+        .join_with(
+            json!({"type": "join", "protocol": 1, "token": token, "room": "lobby", "name": ""}),
+        )
+        .await;
+    assert_eq!(
+        joined.participant.name, "ada",
+        "an empty name falls back to the identity"
+    );
+
+    client.json(json!({"type": "join", "protocol": 1, "token": token}));
+    client.error(ErrorCode::AlreadyJoined).await;
+    client.ping(1).await;
+    assert_eq!(ctx.participant_count(), 1);
+    let metrics = ctx.metrics();
+    assert_eq!(metrics.joins("unsupported_protocol"), 1);
+    assert_eq!(metrics.joins("room_mismatch"), 1);
+    assert_eq!(metrics.joins("already_joined"), 1);
+    assert_eq!(metrics.joins(crate::metrics::JOIN_OK), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn mute_needs_can_publish() {
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut listener = Client::open(&ctx);
+    let joined = listener
+        .join(&sign(&Claims {
+            can_publish: false,
+            ..claims("lobby", "ear")
+        }))
+        .await;
+    assert!(!joined.participant.can_publish);
+    for muted in [true, false] {
+        listener.json(json!({"type": "mute", "muted": muted}));
+        listener.error(ErrorCode::Forbidden).await;
+    }
+    listener.offer().await;
+    assert!(matches!(
+        media.next().await,
+        Seen::Connect {
+            can_publish: false,
+            ..
+        }
+    ));
+    listener.ping(1).await;
+    media.assert_no_command();
+    assert_eq!(ctx.metrics().errors(ErrorCode::Forbidden), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_rooms_refuse_joins() {
+    let config = SignalingConfig {
+        default_max_participants: 1,
+        ..SignalingConfig::default()
+    };
+    let (ctx, _media) = setup_with(config, Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    ada.join(&token("lobby", "ada")).await;
+    refused_join(
+        &ctx,
+        json!({"type": "join", "protocol": 1, "token": token("lobby", "bob")}),
+        ErrorCode::RoomFull,
+    )
+    .await;
+    let mut carl = Client::open(&ctx);
+    carl.join(&token("elsewhere", "carl")).await;
+    ada.ping(1).await; // nothing about the refused join reached ada
+    assert_eq!(ctx.metrics().joins("room_full"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_refuses_new_joins_only() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    ada.join(&token("lobby", "ada")).await;
+    assert!(!ctx.is_draining());
+    ctx.set_draining();
+    assert!(ctx.is_draining());
+    refused_join(
+        &ctx,
+        json!({"type": "join", "protocol": 1, "token": token("lobby", "bob")}),
+        ErrorCode::Draining,
+    )
+    .await;
+    ada.ping(1).await;
+    ada.offer().await;
+    assert_eq!(ctx.metrics().joins("draining"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn offers_are_answered_once() {
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    ada.join(&token("lobby", "ada")).await;
+    ada.json(json!({"type": "offer", "sdp": "garbage"}));
+    let message = ada.error(ErrorCode::BadSdp).await;
+    assert!(message.contains("no audio m-line"), "{message}");
+    media.next().await;
+    // The client may correct its offer.
+    ada.offer().await;
+    media.next().await;
+    ada.json(json!({"type": "offer", "sdp": OFFER}));
+    ada.error(ErrorCode::BadMessage).await;
+    ada.ping(1).await;
+    media.assert_no_command();
+    assert_eq!(ctx.metrics().errors(ErrorCode::BadSdp), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unavailable_media_is_fatal() {
+    let (ctx, mut media) = setup(Mode::Unavailable);
+    let mut ada = Client::open(&ctx);
+    let id = id_of(&ada.join(&token("lobby", "ada")).await.participant.sid);
+    ada.json(json!({"type": "offer", "sdp": OFFER}));
+    ada.error(ErrorCode::MediaUnavailable).await;
+    ada.closed_with(1008).await;
+    assert!(matches!(media.next().await, Seen::Connect { .. }));
+    assert_eq!(media.next().await, Seen::Leave { participant: id });
+    assert_eq!(ctx.participant_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_offer_times_out() {
+    let (ctx, mut media) = setup(Mode::Silent);
+    let mut ada = Client::open(&ctx);
+    let id = id_of(&ada.join(&token("lobby", "ada")).await.participant.sid);
+    let offered = Instant::now();
+    ada.json(json!({"type": "offer", "sdp": OFFER}));
+    // While the answer is pending the session stays responsive.
+    ada.ping(1).await;
+    ada.json(json!({"type": "offer", "sdp": OFFER}));
+    ada.error(ErrorCode::BadMessage).await;
+    ada.error(ErrorCode::MediaUnavailable).await;
+    assert_eq!(offered.elapsed(), Duration::from_secs(5));
+    ada.closed_with(1008).await;
+    assert!(matches!(media.next().await, Seen::Connect { .. }));
+    assert_eq!(media.next().await, Seen::Leave { participant: id });
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_sessions_are_closed() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let start = Instant::now();
+    let mut ada = Client::open(&ctx);
+    let ada_sid = ada.join(&token("lobby", "ada")).await.participant.sid;
+    let mut bob = Client::open(&ctx);
+    bob.join(&token("lobby", "bob")).await;
+    ada.message().await; // participant_joined bob
+
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    ada.ping(1).await;
+    bob.ping(1).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    bob.ping(2).await; // 40 s after the start: ada's ping at 20 s keeps her in until 50 s
+    assert!(
+        ada.output.try_recv().is_err(),
+        "ada is still connected at 40 s"
+    );
+
+    match ada.frame().await {
+        WsFrame::Close(Some((code, reason))) => {
+            assert_eq!((code, reason.as_str()), (1008, "idle_timeout"))
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert_eq!(start.elapsed(), Duration::from_secs(50));
+    ada.finished().await;
+    assert_eq!(
+        bob.message().await,
+        ServerMessage::ParticipantLeft(ParticipantLeft {
+            sid: ada_sid,
+            reason: ParticipantLeftReason::Disconnected
+        })
+    );
+    assert_eq!(ctx.metrics().leaves(LeaveReason::IdleTimeout), 1);
+    // A session that never joins is closed too.
+    let silent = Client::open(&ctx);
+    silent.closed_with(1008).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_session_does_not_disturb_its_room() {
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let ada_id = id_of(&ada.join(&token("lobby", "ada")).await.participant.sid);
+    ada.offer().await;
+    media.next().await;
+
+    let mut mallory = Client::open(&ctx);
+    let mallory_sid = mallory
+        .join(&token("lobby", "mallory"))
+        .await
+        .participant
+        .sid;
+    for (frame, code) in [
+        (WsFrame::Text("{{{".into()), ErrorCode::BadJson),
+        (
+            WsFrame::Text(r#"{"type":"kick","sid":"x"}"#.into()),
+            ErrorCode::UnknownType,
+        ),
+        (
+            WsFrame::Text(r#"{"type":"mute","muted":1}"#.into()),
+            ErrorCode::BadMessage,
+        ),
+        (WsFrame::Binary(vec![0xff; 100]), ErrorCode::BinaryFrame),
+        (
+            WsFrame::Text(
+                json!({"type": "join", "protocol": 1, "token": token("lobby", "x")}).to_string(),
+            ),
+            ErrorCode::AlreadyJoined,
+        ),
+        (
+            WsFrame::Text(r#"{"type":"offer","sdp":"nonsense"}"#.into()),
+            ErrorCode::BadSdp,
+        ),
+    ] {
+        mallory.send(Ok(frame));
+        mallory.error(code).await;
+    }
+    media.next().await; // mallory's refused Connect
+    mallory.text("x".repeat(MAX_FRAME_BYTES + 1));
+    mallory.error(ErrorCode::FrameTooLarge).await;
+    mallory.closed_with(1009).await;
+
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::ParticipantJoined(ParticipantJoined {
+            participant: ParticipantInfo {
+                sid: mallory_sid.clone(),
+                identity: "mallory".into(),
+                name: "mallory".into(),
+                muted: false,
+                can_publish: true,
+                can_subscribe: true,
+            }
+        })
+    );
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::ParticipantLeft(ParticipantLeft {
+            sid: mallory_sid.clone(),
+            reason: ParticipantLeftReason::Left
+        })
+    );
+    ada.ping(1).await;
+    media.emit(ada_id, MediaEvent::Connected);
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::MediaState(MediaState {
+            state: MediaConnectionState::Connected
+        })
+    );
+    // mallory's refused offer still gets its Leave; nothing touches ada on the worker.
+    assert_eq!(
+        media.next().await,
+        Seen::Leave {
+            participant: id_of(&mallory_sid)
+        }
+    );
+    media.assert_no_command();
+    assert_eq!(ctx.participant_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_errors_end_the_session() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    ada.join(&token("lobby", "ada")).await;
+    ada.send(Err("connection reset".into()));
+    ada.finished().await;
+    assert_eq!(ctx.participant_count(), 0);
+    assert_eq!(ctx.metrics().leaves(LeaveReason::TransportError), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_aborted_session_still_leaves() {
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let id = id_of(&ada.join(&token("lobby", "ada")).await.participant.sid);
+    ada.offer().await;
+    media.next().await;
+    let mut bob = Client::open(&ctx);
+    bob.join(&token("lobby", "bob")).await;
+
+    ada.task.abort();
+    assert!(ada.task.await.expect_err("aborted").is_cancelled());
+    assert_eq!(media.next().await, Seen::Leave { participant: id });
+    assert_eq!(ctx.participant_count(), 1);
+    assert!(matches!(
+        bob.message().await,
+        ServerMessage::ParticipantLeft(ParticipantLeft {
+            reason: ParticipantLeftReason::Left,
+            ..
+        })
+    ));
+    assert_eq!(ctx.metrics().leaves(LeaveReason::Aborted), 1);
+    assert_eq!(ctx.metrics().sessions(), 1, "only bob's session is open");
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_all_sessions() {
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let id = id_of(&ada.join(&token("lobby", "ada")).await.participant.sid);
+    ada.offer().await;
+    media.next().await;
+    let idle = Client::open(&ctx);
+    ctx.close_all_sessions();
+    ada.closed_with(CLOSE_GOING_AWAY).await;
+    idle.closed_with(CLOSE_GOING_AWAY).await;
+    assert_eq!(media.next().await, Seen::Leave { participant: id });
+    assert!(ctx.rooms().is_empty());
+    assert!(ctx.is_draining());
+    let late = Client::open(&ctx);
+    late.closed_with(CLOSE_GOING_AWAY).await;
+    assert_eq!(ctx.metrics().leaves(LeaveReason::Shutdown), 1);
+    assert_eq!(ctx.metrics().sessions(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped() {
+    /// A transport whose sink never accepts a frame after the first `accepted`.
+    struct Stuck {
+        inner: MemTransport,
+        accepted: usize,
+    }
+    impl Stream for Stuck {
+        type Item = Result<WsFrame, String>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Pin::new(&mut self.inner).poll_next(cx)
+        }
+    }
+    impl Sink<WsFrame> for Stuck {
+        type Error = String;
+        fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+            if self.accepted == 0 {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+        fn start_send(mut self: Pin<&mut Self>, frame: WsFrame) -> Result<(), String> {
+            self.accepted -= 1;
+            Pin::new(&mut self.inner).start_send(frame)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Pin::new(&mut self.inner).poll_close(cx)
+        }
+    }
+
+    let (ctx, _media) = setup(Mode::Answer);
+    let (inner, input, mut output) = transport();
+    let task = tokio::spawn(run_session(Stuck { inner, accepted: 1 }, Arc::clone(&ctx)));
+    let _ = input.send(Ok(WsFrame::Text(
+        json!({"type": "join", "protocol": 1, "token": token("lobby", "ada")}).to_string(),
+    )));
+    assert!(
+        matches!(output.recv().await, Some(WsFrame::Text(_))),
+        "joined"
+    );
+    let start = Instant::now();
+    let _ = input.send(Ok(WsFrame::Text(r#"{"type":"ping","id":1}"#.into())));
+    timeout(GUARD, task).await.expect("ends").expect("no panic");
+    assert_eq!(start.elapsed(), Duration::from_secs(10), "the send timeout");
+    assert_eq!(ctx.participant_count(), 0);
+    assert_eq!(ctx.metrics().leaves(LeaveReason::TransportError), 1);
+}

@@ -115,10 +115,11 @@ impl ClientPeer {
         self.rtc.sdp_api().accept_answer(pending, answer)?;
         self.mic_pt = self.rtc.media(self.mic_mid).and_then(|m| {
             let config = self.rtc.codec_config();
-            m.remote_pts()
-                .iter()
-                .copied()
-                .find(|pt| config.iter().any(|p| p.pt() == *pt && p.spec().codec == Codec::Opus))
+            m.remote_pts().iter().copied().find(|pt| {
+                config
+                    .iter()
+                    .any(|p| p.pt() == *pt && p.spec().codec == Codec::Opus)
+            })
         });
         Ok(())
     }
@@ -142,8 +143,15 @@ impl ClientPeer {
     }
 
     /// A datagram from the network.
-    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> Result<(), PeerError> {
-        let Ok(contents) = data.try_into() else { return Ok(()) };
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), PeerError> {
+        let Ok(contents) = data.try_into() else {
+            return Ok(());
+        };
         self.rtc.handle_input(Input::Receive(
             now,
             Receive {
@@ -177,7 +185,8 @@ impl ClientPeer {
         let level = level_dbov.min(127);
         ext.audio_level = Some(-(level as i8));
         ext.voice_activity = Some(level < 127);
-        let write = RtpWrite::new(pt, SeqNo::from(self.seq), self.ts, now, opus.to_vec()).ext_vals(ext);
+        let write =
+            RtpWrite::new(pt, SeqNo::from(self.seq), self.ts, now, opus.to_vec()).ext_vals(ext);
         let mut api = self.rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return Err(PeerError::MissingMedia("a microphone stream"));
@@ -208,12 +217,17 @@ impl ClientPeer {
                     self.connected = true;
                     return Ok(ClientOutput::Connected);
                 }
-                Output::Event(Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {
-                    return Ok(ClientOutput::Disconnected)
-                }
+                Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Disconnected,
+                )) => return Ok(ClientOutput::Disconnected),
                 Output::Event(Event::RtpPacket(p)) => {
-                    let mid = self.rtc.direct_api().stream_rx(&p.header.ssrc).map(|s| s.mid());
-                    let Some(slot) = mid.and_then(|m| self.slot_mids.iter().position(|s| *s == m)) else {
+                    let mid = self
+                        .rtc
+                        .direct_api()
+                        .stream_rx(&p.header.ssrc)
+                        .map(|s| s.mid());
+                    let Some(slot) = mid.and_then(|m| self.slot_mids.iter().position(|s| *s == m))
+                    else {
                         continue;
                     };
                     let h = &p.header;

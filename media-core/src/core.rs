@@ -89,11 +89,20 @@ pub enum CoreEvent {
     /// DTLS-SRTP is up for this participant.
     Connected(ParticipantId),
     /// The peer failed or timed out and has been removed.
-    Disconnected { participant: ParticipantId, reason: &'static str },
+    Disconnected {
+        participant: ParticipantId,
+        reason: &'static str,
+    },
     /// A subscriber's slot assignment changed (sent before the new occupant's first packet is forwarded).
-    Slots { subscriber: ParticipantId, slots: Vec<SlotInfo> },
+    Slots {
+        subscriber: ParticipantId,
+        slots: Vec<SlotInfo>,
+    },
     /// The speaking participants of a room changed, loudest first.
-    Speakers { room: RoomId, speakers: Vec<(ParticipantId, f32)> },
+    Speakers {
+        room: RoomId,
+        speakers: Vec<(ParticipantId, f32)>,
+    },
 }
 
 /// What to do next.
@@ -246,7 +255,12 @@ impl MediaCore {
             }
         };
         let rewriters = (0..peer.slots.len())
-            .map(|_| SlotRewriter::new(self.rng.next_u64() as u16 & 0x7fff, self.rng.next_u64() as u32))
+            .map(|_| {
+                SlotRewriter::new(
+                    self.rng.next_u64() as u16 & 0x7fff,
+                    self.rng.next_u64() as u32,
+                )
+            })
             .collect();
         self.router.add_peer(&peer.ufrag, id);
         let participant = Participant {
@@ -256,13 +270,19 @@ impl MediaCore {
             ssrc: None,
             rewriters,
         };
-        let room = self.rooms.get_mut(&key).expect("room key was just looked up or inserted");
-        room.selector
-            .add_participant(id, participant.publishes(), !participant.peer.slots.is_empty());
+        let room = self
+            .rooms
+            .get_mut(&key)
+            .expect("room key was just looked up or inserted");
+        room.selector.add_participant(
+            id,
+            participant.publishes(),
+            !participant.peer.slots.is_empty(),
+        );
         room.members.push(id);
         self.participants.insert(id, participant);
         self.schedule(id, now);
-        self.ensure_tick(now);
+        self.arm_tick(key);
         self.emit_slots(id);
         Ok(answer)
     }
@@ -281,6 +301,8 @@ impl MediaCore {
             if room.members.is_empty() {
                 let room = self.rooms.remove(&p.room).expect("room was just found");
                 self.room_keys.remove(&room.id);
+            } else {
+                self.arm_tick(p.room);
             }
         }
         Ok(())
@@ -294,9 +316,11 @@ impl MediaCore {
             .ok_or(CoreError::UnknownParticipant(id))?;
         p.params.muted = muted;
         let publishes = p.publishes();
-        if let Some(room) = self.rooms.get_mut(&p.room) {
+        let key = p.room;
+        if let Some(room) = self.rooms.get_mut(&key) {
             room.selector.set_publishing(id, publishes);
         }
+        self.arm_tick(key);
         Ok(())
     }
 
@@ -341,12 +365,16 @@ impl MediaCore {
                 break;
             }
             self.timers.pop();
-            let Some(p) = self.participants.get_mut(&id) else { continue };
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
             if p.peer.scheduled != Some(at) {
                 continue; // superseded by an earlier entry
             }
             p.peer.scheduled = None;
-            if !p.peer.connected && now.saturating_duration_since(p.peer.created) > self.config.connect_timeout {
+            if !p.peer.connected
+                && now.saturating_duration_since(p.peer.created) > self.config.connect_timeout
+            {
                 self.disconnect(id, "connect timeout");
                 continue;
             }
@@ -383,15 +411,21 @@ impl MediaCore {
         Output::Timeout(next)
     }
 
-    fn ensure_tick(&mut self, now: Instant) {
-        if self.next_tick.is_none() {
-            self.next_tick = Some(now);
+    /// Make sure the room tick runs when room `key`'s selector next needs an update.
+    fn arm_tick(&mut self, key: u32) {
+        if let Some(room) = self.rooms.get(&key) {
+            arm_tick(&mut self.next_tick, &room.selector);
         }
     }
 
+    /// Update the slot selection of every room that is due; an idle room costs nothing.
     fn room_tick(&mut self, now: Instant) {
+        self.next_tick = None;
         for room in self.rooms.values_mut() {
-            room.selector.update(now);
+            if room.selector.next_update().is_none_or(|t| t > now) || !room.selector.update(now) {
+                arm_tick(&mut self.next_tick, &room.selector);
+                continue;
+            }
             let changed: Vec<ParticipantId> = room.selector.drain_changes().collect();
             for sub in changed {
                 if let Some(p) = self.participants.get(&sub) {
@@ -407,19 +441,22 @@ impl MediaCore {
                     speakers,
                 });
             }
+            arm_tick(&mut self.next_tick, &room.selector);
         }
-        self.next_tick = if self.rooms.is_empty() {
-            None
-        } else {
-            Some(now + self.config.selector.update_interval)
-        };
     }
 
     fn emit_slots(&mut self, sub: ParticipantId) {
-        let Some(p) = self.participants.get(&sub) else { return };
-        let Some(room) = self.rooms.get(&p.room) else { return };
+        let Some(p) = self.participants.get(&sub) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&p.room) else {
+            return;
+        };
         let slots = slot_infos(p, room.selector.assignment(sub), &self.participants);
-        self.events.push_back(CoreEvent::Slots { subscriber: sub, slots });
+        self.events.push_back(CoreEvent::Slots {
+            subscriber: sub,
+            slots,
+        });
     }
 
     fn schedule(&mut self, id: ParticipantId, at: Instant) {
@@ -430,8 +467,15 @@ impl MediaCore {
 
     /// Drain one peer after a mutation.
     fn drive(&mut self, id: ParticipantId) {
-        let Some(p) = self.participants.get_mut(&id) else { return };
-        if let Err(e) = drive(&mut p.peer, &mut self.transmits, &mut self.pending, &mut self.timers) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = drive(
+            &mut p.peer,
+            &mut self.transmits,
+            &mut self.pending,
+            &mut self.timers,
+        ) {
             tracing::debug!(participant = %id, error = %e, "peer failed");
             self.disconnect(id, "webrtc error");
         }
@@ -460,7 +504,9 @@ impl MediaCore {
     /// Forward one microphone packet to every (subscriber, slot) it is routed to.
     fn forward(&mut self, now: Instant, from: ParticipantId, packet: RtpPacket) {
         self.stats.rtp_in += 1;
-        let Some(p) = self.participants.get_mut(&from) else { return };
+        let Some(p) = self.participants.get_mut(&from) else {
+            return;
+        };
         if !p.publishes() {
             return self.stats.drop(DropReason::NotPublishing);
         }
@@ -471,8 +517,11 @@ impl MediaCore {
         let level = packet.header.ext_vals.audio_level;
         let vad = packet.header.ext_vals.voice_activity;
         let level_dbov = level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);
-        let Some(room) = self.rooms.get_mut(&p.room) else { return };
+        let Some(room) = self.rooms.get_mut(&p.room) else {
+            return;
+        };
         room.selector.on_audio(now, from, level_dbov, vad);
+        arm_tick(&mut self.next_tick, &room.selector);
         let routes = room.selector.routes(from);
         if routes.is_empty() {
             self.stats.rtp_unrouted += 1;
@@ -482,12 +531,16 @@ impl MediaCore {
         let ts = packet.header.timestamp;
         let payload: Arc<[u8]> = packet.payload;
         for &(sub, SlotIndex(slot)) in routes {
-            let Some(s) = self.participants.get_mut(&sub) else { continue };
+            let Some(s) = self.participants.get_mut(&sub) else {
+                continue;
+            };
             if !s.peer.connected {
                 continue;
             }
             let slot = slot as usize;
-            let Some(rewriter) = s.rewriters.get_mut(slot) else { continue };
+            let Some(rewriter) = s.rewriters.get_mut(slot) else {
+                continue;
+            };
             let Some((out_seq, out_ts)) = rewriter.rewrite(now, source, seq, ts) else {
                 self.stats.drop(DropReason::StaleOrDuplicate);
                 continue;
@@ -503,17 +556,34 @@ impl MediaCore {
                 source,
             );
             let result = written.and_then(|()| {
-                drive(&mut s.peer, &mut self.transmits, &mut self.pending, &mut self.timers)
+                drive(
+                    &mut s.peer,
+                    &mut self.transmits,
+                    &mut self.pending,
+                    &mut self.timers,
+                )
             });
             match result {
                 Ok(()) => self.stats.rtp_forwarded += 1,
-                Err(_) => self.pending.push_back((sub, PeerEvent::Disconnected("webrtc error"))),
+                Err(_) => self
+                    .pending
+                    .push_back((sub, PeerEvent::Disconnected("webrtc error"))),
             }
         }
     }
 }
 
-fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, ParticipantId)>>, peer: &mut Peer, at: Instant) {
+fn arm_tick(next_tick: &mut Option<Instant>, selector: &SlotSelector) {
+    if let Some(t) = selector.next_update() {
+        *next_tick = Some(next_tick.map_or(t, |n| n.min(t)));
+    }
+}
+
+fn schedule(
+    timers: &mut BinaryHeap<Reverse<(Instant, ParticipantId)>>,
+    peer: &mut Peer,
+    at: Instant,
+) {
     if peer.scheduled.is_none_or(|s| at < s) {
         peer.scheduled = Some(at);
         timers.push(Reverse((at, peer.id)));

@@ -16,6 +16,8 @@ pub mod sim;
 pub mod slots;
 pub mod stats;
 
-pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output, RoomConfig, SlotInfo};
+pub use crate::core::{
+    CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output, RoomConfig, SlotInfo,
+};
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 pub use stats::{CoreStats, DropReason};

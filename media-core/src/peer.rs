@@ -40,7 +40,11 @@ pub struct Transmit {
 }
 
 /// What a peer reports to its owner while being drained.
+///
+/// The RTP variant is large; it is kept inline because the events live in a reused queue, where boxing would
+/// cost an allocation per packet.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum PeerEvent {
     /// DTLS-SRTP is established.
     Connected,
@@ -92,7 +96,8 @@ impl Peer {
         params: &PeerParams<'_>,
         offer_sdp: &str,
     ) -> Result<(Peer, String), PeerError> {
-        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
+        let offer =
+            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
         guard(|| Self::from_parsed(now, id, params, offer))?
     }
 
@@ -128,8 +133,11 @@ impl Peer {
             })
             .collect();
         let mut mids = audio_mids.into_iter();
-        let (mic_mid, mic_dir) = mids.next().ok_or(PeerError::MissingMedia("the microphone"))?;
-        let mic_mid = matches!(mic_dir, Direction::RecvOnly | Direction::SendRecv).then_some(mic_mid);
+        let (mic_mid, mic_dir) = mids
+            .next()
+            .ok_or(PeerError::MissingMedia("the microphone"))?;
+        let mic_mid =
+            matches!(mic_dir, Direction::RecvOnly | Direction::SendRecv).then_some(mic_mid);
         let mic_pt = mic_mid.and_then(|m| opus_pt(&rtc, m));
 
         let mut slots = Vec::with_capacity(params.slots);
@@ -140,14 +148,20 @@ impl Peer {
             if !matches!(dir, Direction::SendOnly | Direction::SendRecv) {
                 continue;
             }
-            let Some(pt) = opus_pt(&rtc, mid) else { continue };
+            let Some(pt) = opus_pt(&rtc, mid) else {
+                continue;
+            };
             let mut api = rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                continue;
+            };
             let ssrc = Ssrc(*tx.ssrc());
             slots.push(SlotStream { mid, ssrc, pt });
         }
         if params.slots > 0 && slots.is_empty() {
-            return Err(PeerError::MissingMedia("the slots (recvonly audio m-lines with Opus)"));
+            return Err(PeerError::MissingMedia(
+                "the slots (recvonly audio m-lines with Opus)",
+            ));
         }
 
         let peer = Peer {
@@ -216,7 +230,9 @@ impl Peer {
         voice_activity: Option<bool>,
         csrc: Ssrc,
     ) -> Result<(), PeerError> {
-        let Some(stream) = self.slots.get(slot) else { return Ok(()) };
+        let Some(stream) = self.slots.get(slot) else {
+            return Ok(());
+        };
         let (mid, pt) = (stream.mid, stream.pt);
         let mut ext = ExtensionValues::default();
         if let Some(level) = audio_level {
@@ -266,7 +282,11 @@ impl Peer {
                     Event::RtpPacket(p) => {
                         let on_mic = self.mic_mid.is_some()
                             && self.mic_pt == Some(p.header.payload_type)
-                            && self.rtc.direct_api().stream_rx(&p.header.ssrc).map(|s| s.mid())
+                            && self
+                                .rtc
+                                .direct_api()
+                                .stream_rx(&p.header.ssrc)
+                                .map(|s| s.mid())
                                 == self.mic_mid;
                         if on_mic {
                             events.push_back((id, PeerEvent::Rtp(p)));

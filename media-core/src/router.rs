@@ -48,7 +48,10 @@ impl Router {
             self.by_addr.insert(source, id);
             return Ok(id);
         }
-        self.by_addr.get(&source).copied().ok_or(RouteMiss::UnknownSource)
+        self.by_addr
+            .get(&source)
+            .copied()
+            .ok_or(RouteMiss::UnknownSource)
     }
 }
 
@@ -102,9 +105,15 @@ mod tests {
         r.add_peer("srvB", ParticipantId(2));
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert_eq!(r.route(a, &[0x80, 0, 0, 1]), Err(RouteMiss::UnknownSource));
-        assert_eq!(r.route(a, &stun_with_username("srvB:cli")), Ok(ParticipantId(2)));
+        assert_eq!(
+            r.route(a, &stun_with_username("srvB:cli")),
+            Ok(ParticipantId(2))
+        );
         assert_eq!(r.route(a, &[0x80, 0, 0, 1]), Ok(ParticipantId(2)));
-        assert_eq!(r.route(a, &stun_with_username("nope:cli")), Err(RouteMiss::UnknownUfrag));
+        assert_eq!(
+            r.route(a, &stun_with_username("nope:cli")),
+            Err(RouteMiss::UnknownUfrag)
+        );
         r.remove_peer("srvB", ParticipantId(2));
         assert_eq!(r.route(a, &[0x80, 0, 0, 1]), Err(RouteMiss::UnknownSource));
     }

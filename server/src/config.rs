@@ -15,9 +15,15 @@ pub const DEV_API_SECRET: &str = "chorus-development-secret-do-not-use-in-produc
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid TOML in {path}: {source}")]
-    Toml { path: String, source: Box<toml::de::Error> },
+    Toml {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid value for {name}: {message}")]
     Env { name: String, message: String },
     #[error("{0}")]
@@ -83,13 +89,18 @@ impl MediaConfig {
         if self.workers > 0 {
             self.workers
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         }
     }
 
     /// The address advertised for worker `index`.
     pub fn candidate_addr(&self, index: usize) -> SocketAddr {
-        SocketAddr::new(self.public_ip.unwrap_or(self.bind_ip), self.port_start + index as u16)
+        SocketAddr::new(
+            self.public_ip.unwrap_or(self.bind_ip),
+            self.port_start + index as u16,
+        )
     }
 }
 
@@ -155,7 +166,9 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { grace_period_secs: 30 }
+        ShutdownConfig {
+            grace_period_secs: 30,
+        }
     }
 }
 
@@ -275,11 +288,15 @@ impl Config {
             return invalid("media.public_ip is required when media.bind_ip is a wildcard address");
         }
         if self.auth.effective_keys().is_empty() {
-            return invalid("no API keys: set auth.api_keys (or enable auth.dev_mode for development)");
+            return invalid(
+                "no API keys: set auth.api_keys (or enable auth.dev_mode for development)",
+            );
         }
         for (key, secret) in &self.auth.api_keys {
             if key.is_empty() || secret.len() < 32 {
-                return invalid("every API key needs a name and a secret of at least 32 characters");
+                return invalid(
+                    "every API key needs a name and a secret of at least 32 characters",
+                );
             }
         }
         Ok(())
@@ -335,6 +352,8 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("API keys"));
         assert!(Config::from_toml("[media]\nbogus = 1\n").is_err());
         let mut c = Config::default();
-        assert!(c.apply_env(|k| (k == "CHORUS_WORKERS").then(|| "many".into())).is_err());
+        assert!(c
+            .apply_env(|k| (k == "CHORUS_WORKERS").then(|| "many".into()))
+            .is_err());
     }
 }

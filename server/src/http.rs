@@ -40,23 +40,42 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn index() -> Response {
-    asset("text/html; charset=utf-8", include_str!("../../clients/web/index.html"))
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("../../clients/web/index.html"),
+    )
 }
 
 async fn sdk() -> Response {
-    asset("text/javascript; charset=utf-8", include_str!("../../clients/web/chorus.js"))
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../clients/web/chorus.js"),
+    )
 }
 
 async fn demo_js() -> Response {
-    asset("text/javascript; charset=utf-8", include_str!("../../clients/web/demo.js"))
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../clients/web/demo.js"),
+    )
 }
 
 async fn demo_css() -> Response {
-    asset("text/css; charset=utf-8", include_str!("../../clients/web/demo.css"))
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../../clients/web/demo.css"),
+    )
 }
 
 async fn ws(upgrade: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
@@ -153,7 +172,8 @@ async fn dev_token(
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or("127.0.0.1:7880");
-            Json(serde_json::json!({ "token": token, "ws_url": format!("ws://{host}/ws") })).into_response()
+            Json(serde_json::json!({ "token": token, "ws_url": format!("ws://{host}/ws") }))
+                .into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }

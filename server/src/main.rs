@@ -20,7 +20,11 @@ use signaling::Signaling;
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "chorus", version, about = "Chorus: a low-latency voice media server")]
+#[command(
+    name = "chorus",
+    version,
+    about = "Chorus: a low-latency voice media server"
+)]
 #[command(after_help = format!("Environment variables (between the config file and the flags): {ENV_VARS}"))]
 struct Cli {
     /// A TOML configuration file (overrides the embedded defaults).
@@ -177,10 +181,7 @@ fn parse_ttl(s: &str) -> anyhow::Result<u64> {
 }
 
 fn token_create(config: &Config, t: TokenCreate) -> anyhow::Result<()> {
-    let (key, secret) = config
-        .auth
-        .signing_key()
-        .context("no API key configured")?;
+    let (key, secret) = config.auth.signing_key().context("no API key configured")?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let claims = signaling::auth::Claims {
         iss: key.clone(),
@@ -193,14 +194,19 @@ fn token_create(config: &Config, t: TokenCreate) -> anyhow::Result<()> {
         can_publish: !t.no_publish,
         can_subscribe: !t.no_subscribe,
     };
-    println!("{}", signaling::auth::create_token(&key, secret.as_bytes(), &claims)?);
+    println!(
+        "{}",
+        signaling::auth::create_token(&key, secret.as_bytes(), &claims)?
+    );
     Ok(())
 }
 
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log.json {
         builder.json().init();
     } else {
@@ -236,12 +242,19 @@ fn serve(config: Config) -> anyhow::Result<()> {
         ..Default::default()
     };
     let keys = signaling::auth::ApiKeys::new(config.auth.effective_keys())?;
-    let signaling = Arc::new(Signaling::new(signaling_config, keys, placement, &registry)?);
+    let signaling = Arc::new(Signaling::new(
+        signaling_config,
+        keys,
+        placement,
+        &registry,
+    )?);
 
-    let dev_key = config
-        .auth
-        .dev_mode
-        .then(|| (config::DEV_API_KEY.to_owned(), config::DEV_API_SECRET.to_owned()));
+    let dev_key = config.auth.dev_mode.then(|| {
+        (
+            config::DEV_API_KEY.to_owned(),
+            config::DEV_API_SECRET.to_owned(),
+        )
+    });
     let state = Arc::new(http::AppState {
         signaling: signaling.clone(),
         registry,
@@ -272,8 +285,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
             config.media.public_ip.unwrap_or(config.media.bind_ip)
         );
         if config.auth.dev_mode {
-            println!("  DEVELOPMENT MODE: API key {} secret {}", config::DEV_API_KEY, config::DEV_API_SECRET);
-            println!("  (never expose development mode: set auth.dev_mode = false and auth.api_keys)");
+            println!(
+                "  DEVELOPMENT MODE: API key {} secret {}",
+                config::DEV_API_KEY,
+                config::DEV_API_SECRET
+            );
+            println!(
+                "  (never expose development mode: set auth.dev_mode = false and auth.api_keys)"
+            );
             if !config.http.listen.ip().is_loopback() {
                 warn!("development mode on a non-loopback address: anyone can mint tokens");
             }
@@ -297,8 +316,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
 /// grace period ends; a second signal exits at once.
 async fn shutdown(signaling: Arc<Signaling>, grace: Duration) {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds on Unix");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler succeeds on Unix");
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds on Unix");
+    let mut int =
+        signal(SignalKind::interrupt()).expect("installing a SIGINT handler succeeds on Unix");
     tokio::select! {
         _ = int.recv() => {
             info!("SIGINT: exiting");
@@ -316,7 +337,10 @@ async fn shutdown(signaling: Arc<Signaling>, grace: Duration) {
             return;
         }
         if Instant::now() >= deadline {
-            warn!(remaining, "grace period over: exiting with calls in progress");
+            warn!(
+                remaining,
+                "grace period over: exiting with calls in progress"
+            );
             return;
         }
         tokio::select! {

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use media_core::{
-    CoreConfig, CoreEvent, CoreStats, JoinParams, MediaCore, Output, ParticipantId, RoomConfig, RoomId,
+    CoreConfig, CoreEvent, CoreStats, JoinParams, MediaCore, Output, ParticipantId, RoomConfig,
+    RoomId,
 };
 use signaling::media::{MediaCommand, MediaError, MediaEvent, MediaRouter, SlotAssignment};
 use tokio::net::UdpSocket;
@@ -55,7 +56,8 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
             let span = info_span!("worker", index);
             let _enter = span.enter();
             runtime.block_on(async move {
-                let socket = UdpSocket::from_std(socket).expect("a non-blocking UDP socket registers with tokio");
+                let socket = UdpSocket::from_std(socket)
+                    .expect("a non-blocking UDP socket registers with tokio");
                 Worker::new(spec, socket, metrics).run(rx).await;
             });
         })?;
@@ -195,7 +197,9 @@ impl Worker {
                     .map_err(|e| {
                         debug!(error = %e, "offer refused");
                         match e {
-                            media_core::CoreError::AlreadyConnected(_) => MediaError::AlreadyConnected,
+                            media_core::CoreError::AlreadyConnected(_) => {
+                                MediaError::AlreadyConnected
+                            }
                             other => MediaError::BadSdp(other.to_string()),
                         }
                     });
@@ -219,7 +223,10 @@ impl Worker {
     fn event(&mut self, event: CoreEvent) {
         match event {
             CoreEvent::Connected(id) => self.send(id, MediaEvent::Connected),
-            CoreEvent::Disconnected { participant, reason } => {
+            CoreEvent::Disconnected {
+                participant,
+                reason,
+            } => {
                 self.send(
                     participant,
                     MediaEvent::Disconnected {
@@ -265,7 +272,9 @@ impl Worker {
         self.last_stats = now;
         let rooms = self.core.room_count();
         let participants = self.core.participant_count();
-        self.metrics.rooms.add(rooms as i64 - self.last_rooms as i64);
+        self.metrics
+            .rooms
+            .add(rooms as i64 - self.last_rooms as i64);
         self.metrics
             .participants
             .add(participants as i64 - self.last_participants as i64);
@@ -291,7 +300,10 @@ pub struct Placement {
 
 impl Placement {
     pub fn new(workers: Vec<mpsc::Sender<MediaCommand>>) -> Self {
-        assert!(!workers.is_empty(), "at least one media worker is configured");
+        assert!(
+            !workers.is_empty(),
+            "at least one media worker is configured"
+        );
         Placement {
             workers,
             rooms: Mutex::new(HashMap::new()),
@@ -317,7 +329,10 @@ impl MediaRouter for Placement {
     }
 
     fn room_closed(&self, room: &str) {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).remove(room);
+        self.rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(room);
     }
 }
 

@@ -71,11 +71,20 @@ impl Server {
     pub async fn start(extra: &[&str]) -> anyhow::Result<Server> {
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse()?;
         let media_port = free_udp_port();
-        let stderr_path = std::env::temp_dir().join(format!("chorus-test-{}-{}.log", std::process::id(), http.port()));
+        let stderr_path = std::env::temp_dir().join(format!(
+            "chorus-test-{}-{}.log",
+            std::process::id(),
+            http.port()
+        ));
         let stderr = std::fs::File::create(&stderr_path)?;
         let child = Command::new(chorus_bin()?)
             .args(["--http-listen", &http.to_string()])
-            .args(["--media-port-start", &media_port.to_string(), "--workers", "1"])
+            .args([
+                "--media-port-start",
+                &media_port.to_string(),
+                "--workers",
+                "1",
+            ])
             .args(extra)
             .env("CHORUS_LOG", "info,str0m=warn")
             .stdout(Stdio::null())
@@ -91,7 +100,10 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
-                bail!("chorus exited during start-up ({status}): {}", server.log_tail());
+                bail!(
+                    "chorus exited during start-up ({status}): {}",
+                    server.log_tail()
+                );
             }
             if let Ok(body) = server.http_get("/healthz").await {
                 if body.0 == 200 {
@@ -120,8 +132,14 @@ impl Server {
     pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = TcpStream::connect(self.http).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http).as_bytes())
-            .await?;
+        s.write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.http
+            )
+            .as_bytes(),
+        )
+        .await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         let text = String::from_utf8_lossy(&buf).into_owned();
@@ -130,8 +148,14 @@ impl Server {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| anyhow!("no HTTP status in {text:?}"))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        let body = if text
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(&body)
         } else {
             body
@@ -159,7 +183,10 @@ impl Server {
             .args(extra)
             .output()?;
         if !out.status.success() {
-            bail!("token create failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
@@ -177,7 +204,9 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }
@@ -242,8 +271,12 @@ impl Signal {
 
     /// Join and return the `joined` message.
     pub async fn join(&mut self, token: &str, room: &str) -> anyhow::Result<Value> {
-        self.send(json!({"type": "join", "protocol": 1, "token": token, "room": room})).await?;
-        let v = self.recv(Duration::from_secs(5)).await?.context("closed before joined")?;
+        self.send(json!({"type": "join", "protocol": 1, "token": token, "room": room}))
+            .await?;
+        let v = self
+            .recv(Duration::from_secs(5))
+            .await?
+            .context("closed before joined")?;
         if v["type"] != "joined" {
             bail!("expected joined, got {v}");
         }
@@ -274,7 +307,12 @@ pub struct AudioClient {
 impl AudioClient {
     /// Negotiate through `signal` (already joined with `slots` slots) and run media in a task, sending a
     /// sine of `freq_hz` at `amplitude` (0.0 sends nothing).
-    pub async fn start(signal: &mut Signal, slots: usize, freq_hz: f32, amplitude: f32) -> anyhow::Result<AudioClient> {
+    pub async fn start(
+        signal: &mut Signal,
+        slots: usize,
+        freq_hz: f32,
+        amplitude: f32,
+    ) -> anyhow::Result<AudioClient> {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local = socket.local_addr()?;
         let (mut peer, offer) = ClientPeer::new(
@@ -292,7 +330,15 @@ impl AudioClient {
         let (conn_tx, conn_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mic_ssrc = peer.mic_ssrc();
-        let task = tokio::spawn(run_media(peer, socket, heard.clone(), conn_tx, stop_rx, freq_hz, amplitude));
+        let task = tokio::spawn(run_media(
+            peer,
+            socket,
+            heard.clone(),
+            conn_tx,
+            stop_rx,
+            freq_hz,
+            amplitude,
+        ));
         Ok(AudioClient {
             heard,
             mic_ssrc,
@@ -324,7 +370,8 @@ async fn run_media(
     freq_hz: f32,
     amplitude: f32,
 ) -> anyhow::Result<()> {
-    let mut encoder = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
+    let mut encoder =
+        opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
     let mut decoders: HashMap<u32, opus::Decoder> = HashMap::new();
     let mut tone = audio::ToneGenerator::new(f64::from(freq_hz), amplitude, SAMPLE_RATE);
     let mut pcm = vec![0f32; FRAME_SAMPLES];
@@ -350,7 +397,9 @@ async fn run_media(
                 }
                 ClientOutput::Disconnected => bail!("media disconnected"),
                 ClientOutput::Audio(a) => {
-                    let mut h = heard.lock().expect("the heard lock is never poisoned: no panics while held");
+                    let mut h = heard
+                        .lock()
+                        .expect("the heard lock is never poisoned: no panics while held");
                     *h.packets_by_slot.entry(a.slot).or_default() += 1;
                     h.packets.push((a.slot, a.seq, a.timestamp, a.csrc));
                     if let Some(csrc) = a.csrc {
@@ -359,7 +408,10 @@ async fn run_media(
                                 .expect("an Opus decoder for 48 kHz mono can be created")
                         });
                         if let Ok(n) = dec.decode_float(&a.payload, &mut decoded, false) {
-                            h.pcm_by_csrc.entry(csrc).or_default().extend_from_slice(&decoded[..n]);
+                            h.pcm_by_csrc
+                                .entry(csrc)
+                                .or_default()
+                                .extend_from_slice(&decoded[..n]);
                         }
                     }
                 }

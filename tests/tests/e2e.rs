@@ -23,12 +23,23 @@ struct Participant {
     freq: f32,
 }
 
-async fn join(server: &Server, room: &str, identity: &str, freq: f32, amplitude: f32) -> anyhow::Result<Participant> {
+async fn join(
+    server: &Server,
+    room: &str,
+    identity: &str,
+    freq: f32,
+    amplitude: f32,
+) -> anyhow::Result<Participant> {
     let token = server.token(room, identity, &[])?;
     let mut signal = Signal::connect(&server.ws_url()).await?;
     let joined = signal.join(&token, room).await?;
-    let slots = joined["room"]["slots"].as_u64().expect("joined.room.slots is a number") as usize;
-    let sid = joined["participant"]["sid"].as_str().expect("joined.participant.sid").to_owned();
+    let slots = joined["room"]["slots"]
+        .as_u64()
+        .expect("joined.room.slots is a number") as usize;
+    let sid = joined["participant"]["sid"]
+        .as_str()
+        .expect("joined.participant.sid")
+        .to_owned();
     let client = AudioClient::start(&mut signal, slots, freq, amplitude).await?;
     Ok(Participant {
         signal,
@@ -57,33 +68,73 @@ async fn three_clients_hear_each_other_and_never_themselves() -> anyhow::Result<
         people.push(join(&server, "tones", &format!("user{i}"), *freq, 0.3).await?);
     }
     for p in &mut people {
-        p.client.wait_connected(SECONDS).await.map_err(|e| e.context(server.log_tail()))?;
+        p.client
+            .wait_connected(SECONDS)
+            .await
+            .map_err(|e| e.context(server.log_tail()))?;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let ssrc_of: HashMap<u32, (String, f32)> = people
         .iter()
-        .map(|p| (p.client.mic_ssrc.expect("a publishing client has a mic SSRC"), (p.sid.clone(), p.freq)))
+        .map(|p| {
+            (
+                p.client
+                    .mic_ssrc
+                    .expect("a publishing client has a mic SSRC"),
+                (p.sid.clone(), p.freq),
+            )
+        })
         .collect();
     for p in &mut people {
-        let own = p.client.mic_ssrc.expect("a publishing client has a mic SSRC");
-        let slots = latest_slots(p).await.expect("the server sent slot assignments");
-        let heard = p.client.heard.lock().expect("no panic while holding the heard lock");
-        assert!(!heard.pcm_by_csrc.contains_key(&own), "{} hears itself", p.sid);
+        let own = p
+            .client
+            .mic_ssrc
+            .expect("a publishing client has a mic SSRC");
+        let slots = latest_slots(p)
+            .await
+            .expect("the server sent slot assignments");
+        let heard = p
+            .client
+            .heard
+            .lock()
+            .expect("no panic while holding the heard lock");
+        assert!(
+            !heard.pcm_by_csrc.contains_key(&own),
+            "{} hears itself",
+            p.sid
+        );
         for (ssrc, (sid, freq)) in &ssrc_of {
             if *ssrc == own {
                 continue;
             }
-            let pcm = heard
-                .pcm_by_csrc
-                .get(ssrc)
-                .unwrap_or_else(|| panic!("{} does not hear {sid}; heard {:?}", p.sid, heard.pcm_by_csrc.keys()));
-            assert!(pcm.len() > SAMPLE_RATE as usize, "{} heard only {} samples of {sid}", p.sid, pcm.len());
+            let pcm = heard.pcm_by_csrc.get(ssrc).unwrap_or_else(|| {
+                panic!(
+                    "{} does not hear {sid}; heard {:?}",
+                    p.sid,
+                    heard.pcm_by_csrc.keys()
+                )
+            });
+            assert!(
+                pcm.len() > SAMPLE_RATE as usize,
+                "{} heard only {} samples of {sid}",
+                p.sid,
+                pcm.len()
+            );
             // Skip the decoder's start-up, then check the tone is the speaker's and nobody else's.
             let tail = &pcm[pcm.len() / 2..];
             let analysis = audio::ToneAnalysis::analyze(tail, SAMPLE_RATE, &TONES);
-            assert_eq!(analysis.present_default(), vec![*freq], "{} hears {sid} as {analysis:?}", p.sid);
-            assert!(analysis.relative(*freq) > 0.5, "{} hears {sid} weakly: {analysis:?}", p.sid);
+            assert_eq!(
+                analysis.present_default(),
+                vec![*freq],
+                "{} hears {sid} as {analysis:?}",
+                p.sid
+            );
+            assert!(
+                analysis.relative(*freq) > 0.5,
+                "{} hears {sid} weakly: {analysis:?}",
+                p.sid
+            );
             // The signaling slot map names the same participant and SSRC the CSRC carries.
             let listed = slots["slots"]
                 .as_array()
@@ -96,7 +147,12 @@ async fn three_clients_hear_each_other_and_never_themselves() -> anyhow::Result<
         let mut last_seq: HashMap<usize, u64> = HashMap::new();
         for (slot, seq, _, _) in &heard.packets {
             if let Some(prev) = last_seq.insert(*slot, *seq) {
-                assert_eq!(*seq, prev + 1, "{} slot {slot}: seq jumped {prev} -> {seq}", p.sid);
+                assert_eq!(
+                    *seq,
+                    prev + 1,
+                    "{} slot {slot}: seq jumped {prev} -> {seq}",
+                    p.sid
+                );
             }
         }
     }
@@ -107,7 +163,10 @@ async fn three_clients_hear_each_other_and_never_themselves() -> anyhow::Result<
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
 }
 
 fn token(room: &str, exp: u64, secret: &str) -> String {
@@ -122,7 +181,8 @@ fn token(room: &str, exp: u64, secret: &str) -> String {
         can_publish: true,
         can_subscribe: true,
     };
-    signaling::auth::create_token(DEV_KEY, secret.as_bytes(), &claims).expect("signing a token with a valid key works")
+    signaling::auth::create_token(DEV_KEY, secret.as_bytes(), &claims)
+        .expect("signing a token with a valid key works")
 }
 
 async fn error_code(signal: &mut Signal) -> anyhow::Result<String> {
@@ -132,7 +192,8 @@ async fn error_code(signal: &mut Signal) -> anyhow::Result<String> {
 
 async fn join_error(server: &Server, token: &str, room: &str) -> anyhow::Result<(String, bool)> {
     let mut s = Signal::connect(&server.ws_url()).await?;
-    s.send(json!({"type": "join", "protocol": 1, "token": token, "room": room})).await?;
+    s.send(json!({"type": "join", "protocol": 1, "token": token, "room": room}))
+        .await?;
     let code = error_code(&mut s).await?;
     let closed = s.recv(SECONDS).await?.is_none();
     Ok((code, closed))
@@ -160,23 +221,47 @@ async fn bad_input_gets_typed_errors_and_never_disturbs_a_call() -> anyhow::Resu
     s.send(json!({"type": "mute", "muted": true})).await?;
     assert_eq!(error_code(&mut s).await?, "not_joined");
     // Oversized frame: typed error, then the socket is closed.
-    s.send_raw(Message::text(format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(70_000))))
-        .await?;
+    s.send_raw(Message::text(format!(
+        "{{\"type\":\"ping\",\"pad\":\"{}\"}}",
+        "x".repeat(70_000)
+    )))
+    .await?;
     assert_eq!(error_code(&mut s).await?, "frame_too_large");
-    assert!(s.recv(SECONDS).await?.is_none(), "socket stays open after frame_too_large");
+    assert!(
+        s.recv(SECONDS).await?.is_none(),
+        "socket stays open after frame_too_large"
+    );
 
     // Tokens: garbage, wrong signature, expired, wrong room.
-    assert_eq!(join_error(&server, "garbage", "calm").await?, ("invalid_token".into(), true));
-    let forged = token("calm", now_secs() + 600, "not-the-secret-not-the-secret-not-the-secret");
-    assert_eq!(join_error(&server, &forged, "calm").await?, ("invalid_token".into(), true));
+    assert_eq!(
+        join_error(&server, "garbage", "calm").await?,
+        ("invalid_token".into(), true)
+    );
+    let forged = token(
+        "calm",
+        now_secs() + 600,
+        "not-the-secret-not-the-secret-not-the-secret",
+    );
+    assert_eq!(
+        join_error(&server, &forged, "calm").await?,
+        ("invalid_token".into(), true)
+    );
     let expired = token("calm", now_secs() - 60, DEV_SECRET);
-    assert_eq!(join_error(&server, &expired, "calm").await?, ("token_expired".into(), true));
+    assert_eq!(
+        join_error(&server, &expired, "calm").await?,
+        ("token_expired".into(), true)
+    );
     let elsewhere = token("other", now_secs() + 600, DEV_SECRET);
-    assert_eq!(join_error(&server, &elsewhere, "calm").await?, ("room_mismatch".into(), true));
+    assert_eq!(
+        join_error(&server, &elsewhere, "calm").await?,
+        ("room_mismatch".into(), true)
+    );
 
     // Garbage UDP at the media port: counted drops, no effect on the call.
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-    let dropped_before = server.metric("chorus_packets_dropped_total{reason=\"unknown_source\"}").await?;
+    let dropped_before = server
+        .metric("chorus_packets_dropped_total{reason=\"unknown_source\"}")
+        .await?;
     for i in 0..200u32 {
         let junk: Vec<u8> = (0..(i % 300 + 1)).map(|j| (j * 31 + i * 7) as u8).collect();
         udp.send_to(&junk, server.media).await?;
@@ -187,15 +272,33 @@ async fn bad_input_gets_typed_errors_and_never_disturbs_a_call() -> anyhow::Resu
     udp.send_to(&stun, server.media).await?;
     udp.send_to(&vec![0u8; 3000], server.media).await?;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let dropped_after = server.metric("chorus_packets_dropped_total{reason=\"unknown_source\"}").await?;
-    assert!(dropped_after - dropped_before >= 190.0, "garbage not counted: {dropped_before} -> {dropped_after}");
-    assert!(server.metric("chorus_packets_dropped_total{reason=\"oversized\"}").await? >= 1.0);
-    assert!(server.metric("chorus_signaling_errors_total{code=\"bad_json\"}").await? >= 1.0);
+    let dropped_after = server
+        .metric("chorus_packets_dropped_total{reason=\"unknown_source\"}")
+        .await?;
+    assert!(
+        dropped_after - dropped_before >= 190.0,
+        "garbage not counted: {dropped_before} -> {dropped_after}"
+    );
+    assert!(
+        server
+            .metric("chorus_packets_dropped_total{reason=\"oversized\"}")
+            .await?
+            >= 1.0
+    );
+    assert!(
+        server
+            .metric("chorus_signaling_errors_total{code=\"bad_json\"}")
+            .await?
+            >= 1.0
+    );
 
     // The call carried on throughout: bob kept hearing alice, and the server is healthy.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = b.client.heard.lock().expect("lock").packets.len();
-    assert!(after > before + 50, "bob's audio stalled: {before} -> {after} packets");
+    assert!(
+        after > before + 50,
+        "bob's audio stalled: {before} -> {after} packets"
+    );
     assert_eq!(server.http_get("/healthz").await?.0, 200);
     let _ = latest_slots(&mut a).await;
     a.client.stop().await?;

@@ -79,7 +79,7 @@ impl ClientPeer {
         rtc.add_local_candidate(candidate);
         let mut change = rtc.sdp_api();
         let mic_dir = if config.publish {
-            Direction::SendRecv
+            Direction::SendOnly
         } else {
             Direction::Inactive
         };

@@ -184,7 +184,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            filter: "info,str0m=warn".into(),
+            filter: "info,str0m=error".into(),
             json: false,
         }
     }

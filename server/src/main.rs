@@ -6,6 +6,7 @@
 mod config;
 mod http;
 mod metrics;
+mod udp;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};

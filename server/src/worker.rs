@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use media_core::peer::Transmit;
 use media_core::{
     CoreConfig, CoreEvent, CoreStats, JoinParams, MediaCore, Output, ParticipantId, RoomConfig,
     RoomId,
@@ -18,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn};
 
 use crate::metrics::MediaMetrics;
+use crate::udp;
 
 /// Commands waiting for a worker; beyond this, signaling waits (never the media loop).
 const COMMAND_QUEUE: usize = 1024;
@@ -73,6 +76,8 @@ struct Worker {
     socket: UdpSocket,
     /// Event queues of the participants on this worker.
     sessions: HashMap<ParticipantId, mpsc::Sender<MediaEvent>>,
+    /// Datagrams produced by the current input, sent together (reused allocation).
+    outbox: Vec<Transmit>,
     metrics: Arc<MediaMetrics>,
     last_stats: CoreStats,
     last_rooms: usize,
@@ -91,6 +96,7 @@ impl Worker {
             core: MediaCore::new(now, config),
             socket,
             sessions: HashMap::new(),
+            outbox: Vec::with_capacity(256),
             metrics,
             last_stats: CoreStats::default(),
             last_rooms: 0,
@@ -145,18 +151,23 @@ impl Worker {
         info!(index = self.index, "media worker stopped");
     }
 
-    /// Drain the core after an input: send datagrams, dispatch events; return the next wake-up.
+    /// Drain the core after an input: dispatch events, send the datagrams in one batch; return the next
+    /// wake-up.
     fn drain(&mut self) -> Instant {
         loop {
             match self.core.poll_output() {
-                Output::Transmit(t) => {
-                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
-                        self.metrics.send_failed.inc();
-                        debug!(error = %e, destination = %t.destination, "send failed");
-                    }
-                }
+                Output::Transmit(t) => self.outbox.push(t),
                 Output::Event(e) => self.event(e),
-                Output::Timeout(t) => return t,
+                Output::Timeout(t) => {
+                    if !self.outbox.is_empty() {
+                        let sent = udp::send_all(self.socket.as_raw_fd(), &self.outbox);
+                        if sent.failed > 0 {
+                            self.metrics.send_failed.inc_by(sent.failed as u64);
+                        }
+                        self.outbox.clear();
+                    }
+                    return t;
+                }
             }
         }
     }

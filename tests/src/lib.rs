@@ -86,7 +86,7 @@ impl Server {
                 "1",
             ])
             .args(extra)
-            .env("CHORUS_LOG", "info,str0m=warn")
+            .env("CHORUS_LOG", "info,str0m=error")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -1,0 +1,823 @@
+// chorus.js — browser SDK for the Chorus voice media server (signaling protocol version 1).
+//
+// An ES module with no dependencies and no build step. Usage:
+//
+//   import { connect } from '/chorus.js';
+//   const room = await connect('ws://127.0.0.1:7880/ws', token, { name: 'Ada' });
+//   room.on('participants', ({ participants }) => render(participants));
+//   room.on('speaking', ({ speakers }) => showLevels(speakers));
+//   await room.publishMicrophone();
+//   room.setMuted(true);
+//   await room.leave();
+//
+// The protocol is described in docs/protocol.md: one WebSocket carrying JSON messages, one RTCPeerConnection
+// with one microphone m-line followed by `room.slots` recvonly m-lines ("slots"), each of which carries
+// whichever remote participant the server currently puts into it. There is no renegotiation.
+
+/** The signaling protocol version this SDK speaks. */
+export const PROTOCOL_VERSION = 1;
+
+/** How long to wait for ICE gathering to complete before sending the offer anyway. */
+const ICE_GATHERING_TIMEOUT_MS = 2000;
+/** Keepalive interval; the server drops sessions silent for 30 s. */
+const PING_INTERVAL_MS = 10000;
+/** How long `leave()` waits for the server's `left` before closing the socket itself. */
+const LEAVE_TIMEOUT_MS = 1500;
+
+/**
+ * A participant as the server describes it (wire format, snake_case).
+ * @typedef {object} ParticipantInfo
+ * @property {string} sid
+ * @property {string} identity
+ * @property {string} name
+ * @property {boolean} muted
+ * @property {boolean} can_publish
+ * @property {boolean} can_subscribe
+ */
+
+/**
+ * A participant as tracked by the SDK.
+ * @typedef {object} Participant
+ * @property {string} sid            server-assigned participant id
+ * @property {string} identity       the token's identity
+ * @property {string} name           display name
+ * @property {boolean} muted
+ * @property {boolean} canPublish
+ * @property {boolean} canSubscribe
+ * @property {boolean} isLocal       true for this session's own participant
+ * @property {number} level          last speaking level from `speakers`, 0.0 .. 1.0 (0 when not speaking)
+ * @property {boolean} speaking      listed in the last `speakers` message
+ * @property {number|null} slot      the slot index this participant currently occupies for us, or null
+ */
+
+/**
+ * One of this subscriber's audio slots.
+ * @typedef {object} Slot
+ * @property {number} slot                     slot index, 0 .. K-1
+ * @property {string|null} mid                 the slot's m-line mid
+ * @property {string|null} sid                 the participant currently in the slot, or null when empty
+ * @property {number|null} ssrc                that participant's original SSRC (the CSRC of the slot's packets)
+ * @property {RTCRtpTransceiver|null} transceiver
+ * @property {MediaStreamTrack|null} track     the slot's remote audio track
+ * @property {MediaStream|null} stream         a stream holding only `track`
+ * @property {HTMLAudioElement|null} element   the `<audio autoplay>` element playing the slot
+ */
+
+/**
+ * @typedef {'connecting'|'connected'|'disconnected'|'failed'|'closed'} ConnectionState
+ */
+
+/**
+ * Options of {@link connect}.
+ * @typedef {object} ConnectOptions
+ * @property {string} [name]                       display name sent in `join` (defaults to the token's)
+ * @property {string} [room]                       room name sent in `join` (must match the token's room)
+ * @property {boolean|MediaTrackConstraints} [microphone]
+ *   acquire the microphone before the offer is made (the track is then in the offer from the start).
+ *   Without it, call {@link Room#publishMicrophone} later; no renegotiation is needed either way.
+ * @property {MediaStreamTrack} [audioTrack]       publish this track instead of opening the microphone
+ * @property {HTMLElement|null} [audioContainer]   where to append the slots' `<audio>` elements (default: none,
+ *                                                  they play detached)
+ * @property {number} [timeoutMs]                  how long `connect` may take up to the answer (default 15000)
+ * @property {RTCConfiguration} [rtcConfig]        extra RTCPeerConnection configuration (default
+ *                                                  `{iceServers: []}`: the server is ICE-lite with a host
+ *                                                  candidate, no STUN/TURN is needed)
+ * @property {typeof WebSocket} [WebSocket]        WebSocket implementation (for tests)
+ */
+
+/**
+ * Error raised by the SDK; `code` is the server's error code (docs/protocol.md) or one of the SDK's own:
+ * `connection_failed`, `timeout`, `closed`, `no_microphone`, `forbidden`, `not_connected`, `protocol`.
+ */
+export class ChorusError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {boolean} [fatal]
+   */
+  constructor(code, message, fatal = false) {
+    super(message);
+    this.name = 'ChorusError';
+    /** @type {string} */
+    this.code = code;
+    /** @type {boolean} */
+    this.fatal = fatal;
+  }
+}
+
+/** Server error codes after which the server closes the socket. */
+const FATAL_CODES = new Set([
+  'frame_too_large', 'unsupported_protocol', 'invalid_token', 'token_expired', 'room_mismatch',
+  'room_full', 'draining', 'media_unavailable', 'internal',
+]);
+
+/**
+ * @param {ParticipantInfo} info
+ * @param {boolean} isLocal
+ * @returns {Participant}
+ */
+function participantFrom(info, isLocal) {
+  return {
+    sid: info.sid,
+    identity: info.identity,
+    name: info.name || info.identity || info.sid,
+    muted: !!info.muted,
+    canPublish: info.can_publish !== false,
+    canSubscribe: info.can_subscribe !== false,
+    isLocal,
+    level: 0,
+    speaking: false,
+    slot: null,
+  };
+}
+
+/**
+ * Wait until ICE gathering is complete or `timeoutMs` has passed.
+ * @param {RTCPeerConnection} pc
+ * @param {number} timeoutMs
+ * @returns {Promise<void>}
+ */
+function waitForIceGathering(pc, timeoutMs) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', onChange);
+      resolve();
+    };
+    const onChange = () => { if (pc.iceGatheringState === 'complete') done(); };
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener('icegatheringstatechange', onChange);
+  });
+}
+
+/**
+ * A joined Chorus room. Events (all `CustomEvent`s; the payload is in `event.detail`, and {@link Room#on}
+ * passes the detail straight to the handler):
+ *
+ * - `participants`      `{participants: Participant[]}` — the full list (local first) after any change
+ * - `participantjoined` `{participant}`
+ * - `participantleft`   `{participant, reason}`
+ * - `participantmuted`  `{participant, muted}`
+ * - `speaking`          `{speakers: {sid, level, participant}[]}` — loudest first, empty when silence
+ * - `slots`             `{slots: Slot[]}` — the full slot assignment after it changed
+ * - `connectionstate`   `{state, previous}` — see {@link Room#connectionState}
+ * - `mediastate`        `{state}` — the server's view of our media connection (`connected`/`disconnected`)
+ * - `error`             `{code, message, fatal}` — `code` is the server's (docs/protocol.md) or the SDK's
+ * - `closed`            `{reason, code}` — the session ended (left, socket closed, or failed)
+ * - `autoplayblocked`   `{slot}` — an `<audio>` element could not start; call {@link Room#resumeAudio}
+ *                       from a user gesture
+ */
+export class Room extends EventTarget {
+  /**
+   * @param {string} url
+   * @param {string} token
+   * @param {ConnectOptions} options
+   */
+  constructor(url, token, options = {}) {
+    super();
+    /** @private */ this._url = url;
+    /** @private */ this._token = token;
+    /** @private */ this._options = options;
+    /** @type {WebSocket|null} @private */ this._ws = null;
+    /** @type {RTCPeerConnection|null} */ this.pc = null;
+    /** @type {RTCRtpTransceiver|null} the microphone transceiver (first m-line) */
+    this.micTransceiver = null;
+    /** @type {MediaStreamTrack|null} the published microphone track */
+    this.micTrack = null;
+    /** @type {Participant|null} */
+    this.localParticipant = null;
+    /** @type {Map<string, Participant>} remote participants by sid */
+    this.participants = new Map();
+    /** @type {Slot[]} */
+    this.slots = [];
+    /** @type {{name: string, mode: string, slots: number, max_participants: number}|null} */
+    this.roomInfo = null;
+    /** @type {string|null} */
+    this.serverVersion = null;
+    /** @type {MediaStream} one stream holding every slot's remote track (for analysis, not for playback) */
+    this.remoteStream = new MediaStream();
+    /** @type {'connected'|'disconnected'|null} the server's last `media_state` */
+    this.serverMediaState = null;
+    /** @type {number|null} round-trip time of the last ping, in ms */
+    this.signalingRttMs = null;
+    /** @private @type {ConnectionState} */ this._state = 'connecting';
+    /** @private */ this._closed = false;
+    /** @private */ this._failed = false;
+    /** @private */ this._muted = false;
+    /** @private */ this._pingId = 0;
+    /** @private @type {Map<number, number>} */ this._pingSent = new Map();
+    /** @private @type {ReturnType<typeof setInterval>|null} */ this._pingTimer = null;
+    /** @private @type {(() => void)|null} */ this._onLeft = null;
+    /** @private @type {{resolve: (v: Room) => void, reject: (e: Error) => void}|null} */
+    this._pending = null;
+    /** @private */ this._ownsMicTrack = false;
+    /** @private @type {Promise<void>} */ this._queue = Promise.resolve();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Public API
+
+  /**
+   * Combined WebSocket + RTCPeerConnection + server `media_state`: `connecting` until the peer connection is
+   * connected; `connected`; `disconnected` while the peer connection or the server reports the media path
+   * down (it may recover); `failed` after a fatal server error, a failed peer connection or a failed
+   * connect; `closed` once the socket is closed or `leave()` was called. `failed` and `closed` are final.
+   * @returns {ConnectionState}
+   */
+  get connectionState() { return this._state; }
+
+  /** @returns {boolean} whether the local microphone is muted */
+  get muted() { return this._muted; }
+
+  /** @returns {string|null} the room's name */
+  get name() { return this.roomInfo ? this.roomInfo.name : null; }
+
+  /**
+   * Subscribe to an event; the handler receives the event's `detail`. Returns an unsubscribe function.
+   * @param {string} type
+   * @param {(detail: any) => void} handler
+   * @returns {() => void}
+   */
+  on(type, handler) {
+    /** @param {Event} ev */
+    const listener = (ev) => handler(/** @type {CustomEvent} */ (ev).detail);
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
+  /**
+   * All participants, local first.
+   * @returns {Participant[]}
+   */
+  allParticipants() {
+    const list = this.localParticipant ? [this.localParticipant] : [];
+    return list.concat([...this.participants.values()]);
+  }
+
+  /**
+   * @param {string|null|undefined} sid
+   * @returns {Participant|undefined}
+   */
+  participant(sid) {
+    if (!sid) return undefined;
+    if (this.localParticipant && this.localParticipant.sid === sid) return this.localParticipant;
+    return this.participants.get(sid);
+  }
+
+  /**
+   * The remote audio track of a slot.
+   * @param {number} index
+   * @returns {MediaStreamTrack|null}
+   */
+  slotTrack(index) { return this.slots[index] ? this.slots[index].track : null; }
+
+  /**
+   * The `<audio>` element playing a slot.
+   * @param {number} index
+   * @returns {HTMLAudioElement|null}
+   */
+  slotElement(index) { return this.slots[index] ? this.slots[index].element : null; }
+
+  /**
+   * Open the microphone and start sending it. `constraints` are merged into the `audio` constraints of
+   * getUserMedia, so e.g. `{echoCancellation: false, noiseSuppression: false, autoGainControl: false}`
+   * turns the browser's voice processing off. Alternatively pass a `MediaStreamTrack` to publish it.
+   * Calling it again replaces the published track.
+   * @param {MediaTrackConstraints|MediaStreamTrack} [constraints]
+   * @returns {Promise<MediaStreamTrack>}
+   */
+  async publishMicrophone(constraints = {}) {
+    if (this._closed) throw new ChorusError('closed', 'the room is closed');
+    if (this.localParticipant && !this.localParticipant.canPublish) {
+      throw new ChorusError('forbidden', 'this token may not publish audio');
+    }
+    let track;
+    let owned = false;
+    if (typeof MediaStreamTrack !== 'undefined' && constraints instanceof MediaStreamTrack) {
+      track = constraints;
+    } else {
+      track = await openMicrophone(/** @type {MediaTrackConstraints} */ (constraints));
+      owned = true;
+    }
+    if (this._closed) {
+      if (owned) track.stop();
+      throw new ChorusError('closed', 'the room closed while the microphone was opening');
+    }
+    const previous = this.micTrack;
+    const previousOwned = this._ownsMicTrack;
+    this.micTrack = track;
+    this._ownsMicTrack = owned;
+    track.enabled = !this._muted;
+    if (this.micTransceiver) await this.micTransceiver.sender.replaceTrack(track);
+    if (previous && previous !== track && previousOwned) previous.stop();
+    return track;
+  }
+
+  /**
+   * Stop sending the microphone (the m-line stays; nothing is renegotiated).
+   * @returns {Promise<void>}
+   */
+  async unpublishMicrophone() {
+    const track = this.micTrack;
+    this.micTrack = null;
+    if (this.micTransceiver && this.pc && this.pc.signalingState !== 'closed') {
+      await this.micTransceiver.sender.replaceTrack(null);
+    }
+    if (track && this._ownsMicTrack) track.stop();
+  }
+
+  /**
+   * Mute or unmute the microphone: disables the local track and tells the server, which stops forwarding
+   * our audio and tells everyone.
+   * @param {boolean} muted
+   */
+  setMuted(muted) {
+    muted = !!muted;
+    if (this.localParticipant && !this.localParticipant.canPublish) {
+      throw new ChorusError('forbidden', 'this token may not publish audio');
+    }
+    this._muted = muted;
+    if (this.micTrack) this.micTrack.enabled = !muted;
+    if (this._isOpen()) this._send({ type: 'mute', muted });
+    if (this.localParticipant) this._applyMute(this.localParticipant, muted);
+  }
+
+  /**
+   * Try to (re)start playback of every slot's `<audio>` element; call from a user gesture after
+   * `autoplayblocked`.
+   * @returns {Promise<void>}
+   */
+  async resumeAudio() {
+    await Promise.all(this.slots.map((s) => (s.element ? s.element.play().catch(() => {}) : undefined)));
+  }
+
+  /**
+   * Leave the room: sends `leave`, waits briefly for `left`, then closes the socket and the peer connection.
+   * @returns {Promise<void>}
+   */
+  async leave() {
+    if (this._closed) return;
+    if (this._isOpen()) {
+      const left = new Promise((resolve) => { this._onLeft = () => resolve(undefined); });
+      this._send({ type: 'leave' });
+      await Promise.race([left, new Promise((r) => setTimeout(r, LEAVE_TIMEOUT_MS))]);
+    }
+    this._close('closed', 'left');
+  }
+
+  /**
+   * `getStats()` of the peer connection (empty when there is none).
+   * @returns {Promise<RTCStatsReport|Map<string, any>>}
+   */
+  async getStats() {
+    return this.pc ? this.pc.getStats() : new Map();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Connection flow
+
+  /**
+   * @internal
+   * @returns {Promise<Room>}
+   */
+  _start() {
+    const timeoutMs = this._options.timeoutMs ?? 15000;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._fail(new ChorusError('timeout', `no answer from the server within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this._pending = {
+        resolve: (v) => { clearTimeout(timer); resolve(v); },
+        reject: (e) => { clearTimeout(timer); reject(e); },
+      };
+      this._openSocket().catch((e) => this._fail(e instanceof ChorusError ? e
+        : new ChorusError('connection_failed', String(e && e.message || e))));
+    });
+  }
+
+  /** @private */
+  async _openSocket() {
+    const opts = this._options;
+    if (opts.microphone && !opts.audioTrack) {
+      this.micTrack = await openMicrophone(opts.microphone === true ? {} : opts.microphone);
+      this._ownsMicTrack = true;
+    } else if (opts.audioTrack) {
+      this.micTrack = opts.audioTrack;
+    }
+    const WS = opts.WebSocket || WebSocket;
+    const ws = new WS(this._url);
+    this._ws = ws;
+    ws.onopen = () => {
+      /** @type {Record<string, unknown>} */
+      const join = { type: 'join', protocol: PROTOCOL_VERSION, token: this._token };
+      if (opts.room) join.room = opts.room;
+      if (opts.name) join.name = String(opts.name).slice(0, 64);
+      this._send(join);
+      this._pingTimer = setInterval(() => this._ping(), PING_INTERVAL_MS);
+    };
+    ws.onmessage = (ev) => {
+      if (typeof ev.data !== 'string') return;
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (e) {
+        this._emitError('protocol', 'the server sent a frame that is not JSON', false);
+        return;
+      }
+      // Handle messages strictly in order: some handlers await WebRTC calls.
+      this._queue = this._queue.then(() => this._handle(msg)).catch((e) => this._fail(e instanceof ChorusError
+        ? e : new ChorusError('connection_failed', String(e && e.message || e))));
+    };
+    ws.onerror = () => {
+      if (this._pending) this._fail(new ChorusError('connection_failed', `WebSocket error on ${this._url}`));
+    };
+    ws.onclose = (ev) => {
+      // Behind the queued messages, so that an `error` sent just before the close is reported first.
+      this._queue = this._queue.then(() => {
+        if (this._closed) return;
+        const why = `WebSocket closed (code ${ev.code}${ev.reason ? ', ' + ev.reason : ''})`;
+        if (this._pending) {
+          this._pending.reject(new ChorusError('closed', why));
+          this._pending = null;
+        }
+        this._close(this._failed ? 'failed' : 'closed', why, ev.code);
+      });
+    };
+  }
+
+  /**
+   * @private
+   * @param {any} msg
+   */
+  async _handle(msg) {
+    if (!msg || typeof msg.type !== 'string') return;
+    switch (msg.type) {
+      case 'joined': return this._onJoined(msg);
+      case 'answer': return this._onAnswer(msg);
+      case 'participant_joined': return this._onParticipantJoined(msg);
+      case 'participant_left': return this._onParticipantLeft(msg);
+      case 'participant_muted': return this._onParticipantMuted(msg);
+      case 'media_state': return this._onMediaState(msg);
+      case 'speakers': return this._onSpeakers(msg);
+      case 'slots': return this._onSlots(msg);
+      case 'pong': return this._onPong(msg);
+      case 'left':
+        if (this._onLeft) this._onLeft();
+        return undefined;
+      case 'error': return this._onError(msg);
+      default:
+        // A newer server may add message types; ignore them.
+        return undefined;
+    }
+  }
+
+  /**
+   * @private
+   * @param {any} msg
+   */
+  async _onJoined(msg) {
+    this.serverVersion = msg.server_version ?? null;
+    this.roomInfo = msg.room;
+    this.localParticipant = participantFrom(msg.participant, true);
+    if (this._muted) this.localParticipant.muted = true;
+    for (const p of msg.participants || []) this.participants.set(p.sid, participantFrom(p, false));
+    this._emit('participants', { participants: this.allParticipants() });
+
+    const k = Math.max(0, Number(msg.room && msg.room.slots) || 0);
+    const pc = new RTCPeerConnection({ iceServers: [], ...(this._options.rtcConfig || {}) });
+    this.pc = pc;
+    pc.addEventListener('connectionstatechange', () => this._updateState());
+    pc.addEventListener('iceconnectionstatechange', () => this._updateState());
+
+    const canPublish = this.localParticipant.canPublish;
+    if (canPublish) {
+      const track = this.micTrack;
+      this.micTransceiver = track
+        ? pc.addTransceiver(track, { direction: 'sendonly', streams: [new MediaStream([track])] })
+        : pc.addTransceiver('audio', { direction: 'sendonly' });
+      if (track) track.enabled = !this._muted;
+    } else {
+      this.micTransceiver = pc.addTransceiver('audio', { direction: 'inactive' });
+      if (this.micTrack && this._ownsMicTrack) this.micTrack.stop();
+      this.micTrack = null;
+    }
+    this.slots = [];
+    for (let i = 0; i < k; i++) {
+      const transceiver = pc.addTransceiver('audio', { direction: 'recvonly' });
+      this.slots.push({
+        slot: i, mid: null, sid: null, ssrc: null, transceiver,
+        track: null, stream: null, element: null,
+      });
+    }
+
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    for (const s of this.slots) s.mid = s.transceiver ? s.transceiver.mid : null;
+    await waitForIceGathering(pc, ICE_GATHERING_TIMEOUT_MS);
+    if (this._closed) return;
+    const sdp = pc.localDescription ? pc.localDescription.sdp : offer.sdp;
+    this._send({ type: 'offer', sdp });
+  }
+
+  /**
+   * @private
+   * @param {any} msg
+   */
+  async _onAnswer(msg) {
+    const pc = this.pc;
+    if (!pc) throw new ChorusError('protocol', 'answer before joined');
+    await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+    for (const s of this.slots) {
+      if (!s.transceiver) continue;
+      s.mid = s.transceiver.mid;
+      const track = s.transceiver.receiver.track;
+      s.track = track;
+      s.stream = new MediaStream([track]);
+      if (!this.remoteStream.getTrackById(track.id)) this.remoteStream.addTrack(track);
+      // Chrome only lets remote WebRTC audio flow (also into WebAudio) while a media element plays it.
+      const el = document.createElement('audio');
+      el.autoplay = true;
+      el.muted = false;
+      el.volume = 1;
+      el.dataset.chorusSlot = String(s.slot);
+      el.srcObject = s.stream;
+      s.element = el;
+      if (this._options.audioContainer) this._options.audioContainer.appendChild(el);
+      el.play().catch(() => this._emit('autoplayblocked', { slot: s.slot }));
+    }
+    this._updateState();
+    this._emit('slots', { slots: this.slots });
+    if (this._pending) {
+      const p = this._pending;
+      this._pending = null;
+      p.resolve(this);
+    }
+  }
+
+  /** @private @param {any} msg */
+  _onParticipantJoined(msg) {
+    const p = participantFrom(msg.participant, false);
+    if (this.localParticipant && p.sid === this.localParticipant.sid) return;
+    this.participants.set(p.sid, p);
+    this._emit('participantjoined', { participant: p });
+    this._emit('participants', { participants: this.allParticipants() });
+  }
+
+  /** @private @param {any} msg */
+  _onParticipantLeft(msg) {
+    const p = this.participants.get(msg.sid);
+    if (!p) return;
+    this.participants.delete(msg.sid);
+    this._emit('participantleft', { participant: p, reason: msg.reason || 'left' });
+    this._emit('participants', { participants: this.allParticipants() });
+  }
+
+  /** @private @param {any} msg */
+  _onParticipantMuted(msg) {
+    const p = this.participant(msg.sid);
+    if (!p) return;
+    this._applyMute(p, !!msg.muted);
+  }
+
+  /**
+   * @private
+   * @param {Participant} p
+   * @param {boolean} muted
+   */
+  _applyMute(p, muted) {
+    if (p.muted === muted) return;
+    p.muted = muted;
+    if (muted) { p.level = 0; p.speaking = false; }
+    this._emit('participantmuted', { participant: p, muted });
+    this._emit('participants', { participants: this.allParticipants() });
+  }
+
+  /** @private @param {any} msg */
+  _onMediaState(msg) {
+    this.serverMediaState = msg.state === 'connected' ? 'connected' : 'disconnected';
+    this._emit('mediastate', { state: this.serverMediaState });
+    this._updateState();
+  }
+
+  /** @private @param {any} msg */
+  _onSpeakers(msg) {
+    const list = Array.isArray(msg.speakers) ? msg.speakers : [];
+    const levels = new Map(list.map((/** @type {any} */ s) => [s.sid, Number(s.level) || 0]));
+    for (const p of this.allParticipants()) {
+      const level = levels.get(p.sid);
+      p.speaking = level !== undefined;
+      p.level = level ?? 0;
+    }
+    const speakers = list.map((/** @type {any} */ s) => ({
+      sid: s.sid, level: Number(s.level) || 0, participant: this.participant(s.sid) || null,
+    }));
+    this._emit('speaking', { speakers });
+  }
+
+  /** @private @param {any} msg */
+  _onSlots(msg) {
+    for (const a of Array.isArray(msg.slots) ? msg.slots : []) {
+      let s = this.slots.find((x) => x.mid !== null && x.mid === a.mid);
+      if (!s && typeof a.slot === 'number') s = this.slots[a.slot];
+      if (!s) continue;
+      s.sid = a.sid ?? null;
+      s.ssrc = a.ssrc ?? null;
+    }
+    for (const p of this.allParticipants()) p.slot = null;
+    for (const s of this.slots) {
+      const p = this.participant(s.sid);
+      if (p) p.slot = s.slot;
+    }
+    this._emit('slots', { slots: this.slots });
+  }
+
+  /** @private @param {any} msg */
+  _onPong(msg) {
+    const sent = this._pingSent.get(msg.id);
+    if (sent !== undefined) {
+      this.signalingRttMs = performance.now() - sent;
+      this._pingSent.delete(msg.id);
+    }
+  }
+
+  /** @private @param {any} msg */
+  _onError(msg) {
+    const code = String(msg.code || 'unknown');
+    const message = String(msg.message || code);
+    const fatal = FATAL_CODES.has(code);
+    if (this._pending) {
+      // Any error before the answer (e.g. bad_sdp) means this session will not get media: give up now
+      // rather than at the connect timeout.
+      this._fail(new ChorusError(code, message, fatal));
+      return;
+    }
+    if (fatal) this._failed = true;
+    this._emitError(code, message, fatal);
+    if (fatal) this._updateState();
+  }
+
+  /** @private */
+  _ping() {
+    if (!this._isOpen()) return;
+    const id = ++this._pingId;
+    this._pingSent.set(id, performance.now());
+    if (this._pingSent.size > 8) this._pingSent.delete(id - 8);
+    this._send({ type: 'ping', id });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // State
+
+  /** @private */
+  _updateState() {
+    if (this._closed) return;
+    /** @type {ConnectionState} */
+    let next;
+    const pcState = this.pc ? this.pc.connectionState : 'new';
+    const ice = this.pc ? this.pc.iceConnectionState : 'new';
+    if (this._failed || pcState === 'failed' || ice === 'failed') next = 'failed';
+    else if (pcState === 'disconnected' || this.serverMediaState === 'disconnected') next = 'disconnected';
+    else if (pcState === 'connected') next = 'connected';
+    else next = 'connecting';
+    this._setState(next);
+  }
+
+  /**
+   * @private
+   * @param {ConnectionState} next
+   */
+  _setState(next) {
+    if (next === this._state) return;
+    const previous = this._state;
+    this._state = next;
+    this._emit('connectionstate', { state: next, previous });
+  }
+
+  /**
+   * @private
+   * @param {ChorusError} err
+   */
+  _fail(err) {
+    if (this._closed) return;
+    this._failed = true;
+    if (this._pending) {
+      const p = this._pending;
+      this._pending = null;
+      p.reject(err);
+    }
+    this._emitError(err.code, err.message, true);
+    this._close('failed', err.message);
+  }
+
+  /**
+   * Tear everything down.
+   * @private
+   * @param {ConnectionState} state
+   * @param {string} reason
+   * @param {number} [code]
+   */
+  _close(state, reason, code) {
+    if (this._closed) return;
+    this._setState(state);
+    this._closed = true;
+    if (this._pingTimer) clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    if (this._ws) {
+      this._ws.onopen = this._ws.onmessage = this._ws.onerror = this._ws.onclose = null;
+      try { this._ws.close(1000); } catch (e) { /* already closed */ }
+    }
+    for (const s of this.slots) {
+      if (s.element) {
+        s.element.pause();
+        s.element.srcObject = null;
+        s.element.remove();
+      }
+    }
+    if (this.pc) this.pc.close();
+    if (this.micTrack && this._ownsMicTrack) this.micTrack.stop();
+    if (this._pending) {
+      const p = this._pending;
+      this._pending = null;
+      p.reject(new ChorusError('closed', reason));
+    }
+    this._emit('closed', { reason, code: code ?? null });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Helpers
+
+  /** @private @returns {boolean} */
+  _isOpen() {
+    return !!this._ws && this._ws.readyState === 1 && !this._closed;
+  }
+
+  /**
+   * @private
+   * @param {object} msg
+   */
+  _send(msg) {
+    if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(msg));
+  }
+
+  /**
+   * @private
+   * @param {string} type
+   * @param {object} detail
+   */
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  /**
+   * @private
+   * @param {string} code
+   * @param {string} message
+   * @param {boolean} fatal
+   */
+  _emitError(code, message, fatal) {
+    this._emit('error', { code, message, fatal });
+  }
+}
+
+/**
+ * Open the microphone. `constraints` are merged over `{channelCount: 1}`.
+ * @param {MediaTrackConstraints} [constraints]
+ * @returns {Promise<MediaStreamTrack>}
+ */
+export async function openMicrophone(constraints = {}) {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new ChorusError('no_microphone', 'getUserMedia is not available (a secure context is required)');
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, ...constraints }, video: false });
+  } catch (e) {
+    const err = /** @type {Error} */ (e);
+    throw new ChorusError('no_microphone', `${err.name || 'Error'}: ${err.message}`);
+  }
+  const track = stream.getAudioTracks()[0];
+  if (!track) throw new ChorusError('no_microphone', 'getUserMedia returned no audio track');
+  return track;
+}
+
+/**
+ * Join a room: opens the WebSocket, sends `join`, builds the RTCPeerConnection (one microphone m-line plus
+ * one recvonly m-line per slot), sends the offer and applies the answer. Resolves once the answer is
+ * applied (media may still be connecting: watch `connectionstate`); rejects with a {@link ChorusError}.
+ * @param {string} url         WebSocket URL of the server, e.g. `ws://127.0.0.1:7880/ws`
+ * @param {string} token       access token
+ * @param {ConnectOptions} [options]
+ * @returns {Promise<Room>}
+ */
+export function connect(url, token, options = {}) {
+  const room = new Room(url, token, options);
+  return room._start();
+}
+
+/**
+ * The WebSocket URL of the server that served the current page (`/ws` on the same origin).
+ * @returns {string}
+ */
+export function sameOriginWsUrl() {
+  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${proto}//${location.host}/ws`;
+}

@@ -1,0 +1,166 @@
+// Headless Chromium participants for the browser tests: one browser process per participant, because the
+// fake microphone file (--use-file-for-fake-audio-capture) is per process.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { writeSineWav } from './wav.js';
+
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+/** Same flags as shared/peers/chromium/smoke.js. */
+export const CHROME_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+  '--autoplay-policy=no-user-gesture-required',
+  // WebRTC ignores the loopback interface unless told otherwise:
+  '--allow-loopback-in-peer-connection',
+  // no mDNS (.local) host candidates -> real 127.0.0.1 candidates, no multicast traffic
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+];
+
+/** A temp dir for one test file's WAVs and browser profiles; removed by `cleanup()`. */
+export function makeTempDir(prefix = 'chorus-browser-') {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  return { dir, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * @typedef {object} Participant
+ * @property {string} name
+ * @property {number} freq
+ * @property {number} amplitude
+ * @property {import('playwright-core').BrowserContext} context
+ * @property {import('playwright-core').Page} page
+ * @property {string[]} logs     console output of the page
+ * @property {() => Promise<void>} close
+ */
+
+/**
+ * Launch a browser whose fake microphone plays a sine tone, and open a page in it.
+ * @param {{name: string, freq: number, amplitude?: number, tmpDir: string}} opts
+ * @returns {Promise<Participant>}
+ */
+export async function launchParticipant({ name, freq, amplitude = 0.5, tmpDir }) {
+  const wav = writeSineWav(path.join(tmpDir, `${name}-${freq}hz.wav`), { freq, amplitude, seconds: 10 });
+  const userDataDir = fs.mkdtempSync(path.join(tmpDir, `profile-${name}-`));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [...CHROME_ARGS, `--use-file-for-fake-audio-capture=${wav}`],
+    timeout: 60000,
+  });
+  const page = context.pages()[0] || await context.newPage();
+  /** @type {string[]} */
+  const logs = [];
+  const push = (/** @type {string} */ l) => { logs.push(l); if (logs.length > 300) logs.shift(); };
+  page.on('console', (m) => push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => push(`pageerror: ${e.stack || e.message}`));
+  page.on('requestfailed', (r) => push(`requestfailed: ${r.url()} ${r.failure()?.errorText ?? ''}`));
+  return {
+    name, freq, amplitude, context, page, logs,
+    close: async () => { await context.close().catch(() => {}); },
+  };
+}
+
+/**
+ * Open the demo page with autojoin and processing off.
+ * @param {Participant} p
+ * @param {string} baseUrl
+ * @param {string} room
+ */
+export async function openDemo(p, baseUrl, room) {
+  const q = new URLSearchParams({ room, name: p.name, autojoin: '1', processing: '0' });
+  await p.page.goto(`${baseUrl}/?${q}`, { waitUntil: 'load', timeout: 15000 });
+}
+
+/**
+ * Wait until the demo page is joined and the combined connection state is `connected`.
+ * @param {Participant} p
+ * @param {number} [timeoutMs]
+ */
+export async function waitConnected(p, timeoutMs = 20000) {
+  try {
+    await p.page.waitForFunction(() => {
+      const d = /** @type {any} */ (window).chorusDemo;
+      return !!d && d.status === 'joined' && !!d.room && d.room.connectionState === 'connected';
+    }, null, { timeout: timeoutMs, polling: 100 });
+  } catch (e) {
+    const { log, ...snap } = await snapshot(p);
+    throw new Error(`${p.name} did not reach 'connected' within ${timeoutMs} ms: ${JSON.stringify(snap)}\n${
+      (log || []).join('\n')}`);
+  }
+}
+
+/**
+ * @param {Participant} p
+ * @returns {Promise<any>}
+ */
+export async function snapshot(p) {
+  return p.page.evaluate(() => {
+    const d = /** @type {any} */ (window).chorusDemo;
+    return d ? d.snapshot() : { status: 'no window.chorusDemo' };
+  }).catch((e) => ({ error: String(e) }));
+}
+
+/**
+ * Analyse what the participant receives for `ms` milliseconds.
+ * @param {Participant} p
+ * @param {number} ms
+ * @param {number[]} freqs
+ * @returns {Promise<{peaks: {freqHz: number, db: number}[], rms: number, rmsDb: number,
+ *   powerAt: Record<string, number>, noiseFloorDb: number, tracks: number}>}
+ */
+export async function measure(p, ms, freqs) {
+  return p.page.evaluate(([m, f]) => /** @type {any} */ (window).chorusDemo.measure(m, { freqs: f }), [ms, freqs]);
+}
+
+/**
+ * @param {Participant} p
+ * @returns {Promise<any[]>}
+ */
+export async function inboundAudioStats(p) {
+  return p.page.evaluate(() => /** @type {any} */ (window).chorusDemo.inboundAudioStats());
+}
+
+/**
+ * Evaluate `fn` repeatedly until its result has `ok: true`, or throw after `timeoutMs` with the last result.
+ * @template T
+ * @param {string} what
+ * @param {() => Promise<T & {ok: boolean}>} fn
+ * @param {{timeoutMs?: number, intervalMs?: number}} [opts]
+ * @returns {Promise<T & {ok: boolean}>}
+ */
+export async function pollUntil(what, fn, opts = {}) {
+  const deadline = Date.now() + (opts.timeoutMs ?? 15000);
+  /** @type {any} */
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last.ok) return last;
+    if (Date.now() > deadline) {
+      const err = new Error(`timed out waiting for ${what}; last observation: ${JSON.stringify(last)}`);
+      /** @type {any} */ (err).last = last;
+      throw err;
+    }
+    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 200));
+  }
+}
+
+/**
+ * Everything useful after a failure: each page's state and console, and the server's output.
+ * @param {Participant[]} participants
+ * @param {{tail: (n?: number) => string}|null} server
+ * @returns {Promise<string>}
+ */
+export async function diagnostics(participants, server) {
+  const parts = [];
+  for (const p of participants) {
+    const { log, ...state } = await snapshot(p);
+    parts.push(`--- ${p.name} (${p.freq} Hz, amplitude ${p.amplitude}) state: ${JSON.stringify(state)}`);
+    parts.push(`--- ${p.name} console (last 30):\n${p.logs.slice(-30).join('\n')}`);
+  }
+  if (server) parts.push(`--- server output (tail):\n${server.tail(80)}`);
+  return parts.join('\n');
+}

@@ -1,0 +1,163 @@
+// Starts a `chorus` server for a test on free loopback ports and stops it afterwards.
+import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+/** The server binary: $CHORUS_BIN, else target/debug/chorus of this workspace. */
+export const CHORUS_BIN = process.env.CHORUS_BIN
+  ? path.resolve(process.env.CHORUS_BIN)
+  : path.resolve(here, '../../../target/debug/chorus');
+
+/** @returns {Promise<number>} a TCP port that was free on 127.0.0.1 a moment ago */
+export function freeTcpPort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = /** @type {net.AddressInfo} */ (srv.address());
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * A UDP port `p` such that p .. p+count-1 were all free on 127.0.0.1 a moment ago.
+ * @param {number} [count]
+ * @returns {Promise<number>}
+ */
+export async function freeUdpPorts(count = 1) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const first = await bindUdp(0);
+    const base = first.port;
+    const held = [first.sock];
+    let ok = true;
+    for (let i = 1; i < count && ok; i++) {
+      try { held.push((await bindUdp(base + i)).sock); } catch { ok = false; }
+    }
+    await Promise.all(held.map((s) => new Promise((r) => s.close(() => r(undefined)))));
+    if (ok && base + count - 1 <= 65535) return base;
+  }
+  throw new Error(`no ${count} consecutive free UDP ports found`);
+}
+
+/**
+ * @param {number} port
+ * @returns {Promise<{sock: dgram.Socket, port: number}>}
+ */
+function bindUdp(port) {
+  return new Promise((resolve, reject) => {
+    const sock = dgram.createSocket('udp4');
+    sock.once('error', reject);
+    sock.bind(port, '127.0.0.1', () => resolve({ sock, port: sock.address().port }));
+  });
+}
+
+/**
+ * @typedef {object} ChorusServer
+ * @property {string} url          http://127.0.0.1:PORT
+ * @property {number} httpPort
+ * @property {number} mediaPort    first media UDP port
+ * @property {import('node:child_process').ChildProcess} proc
+ * @property {() => string} tail   the last lines of the server's stdout+stderr
+ * @property {() => Promise<void>} stop
+ */
+
+/**
+ * Start the server and wait for GET /healthz.
+ * @param {{workers?: number, slots?: number, extraArgs?: string[], timeoutMs?: number, env?: Record<string,string>}} [opts]
+ * @returns {Promise<ChorusServer>}
+ */
+export async function startServer(opts = {}) {
+  const workers = opts.workers ?? 1;
+  const slots = opts.slots ?? 3;
+  if (!fs.existsSync(CHORUS_BIN)) {
+    throw new Error(`chorus binary not found at ${CHORUS_BIN}: build it with 'cargo build' or set CHORUS_BIN`);
+  }
+  const httpPort = await freeTcpPort();
+  const mediaPort = await freeUdpPorts(workers);
+  const args = [
+    '--http-listen', `127.0.0.1:${httpPort}`,
+    '--media-port-start', String(mediaPort),
+    '--workers', String(workers),
+    '--room-slots', String(slots),
+    ...(opts.extraArgs || []),
+  ];
+  /** @type {string[]} */
+  const lines = [];
+  const keep = (/** @type {Buffer} */ chunk) => {
+    // eslint-disable-next-line no-control-regex
+    for (const l of chunk.toString('utf8').replace(/\x1b\[[0-9;]*m/g, '').split('\n')) if (l) lines.push(l);
+    if (lines.length > 400) lines.splice(0, lines.length - 400);
+  };
+  const proc = spawn(CHORUS_BIN, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NO_COLOR: '1', ...(opts.env || {}) },
+  });
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  /** @type {{code: number|null, signal: string|null}|null} */
+  let exited = null;
+  const exitPromise = new Promise((resolve) => proc.once('exit', (code, signal) => {
+    exited = { code, signal };
+    resolve(exited);
+  }));
+  proc.once('error', (e) => { lines.push(`spawn error: ${e.message}`); });
+
+  const url = `http://127.0.0.1:${httpPort}`;
+  const tail = (n = 60) => lines.slice(-n).join('\n');
+  const stop = async () => {
+    if (exited) return;
+    proc.kill('SIGTERM');
+    const t = setTimeout(() => { if (!exited) proc.kill('SIGKILL'); }, 5000);
+    await exitPromise;
+    clearTimeout(t);
+  };
+
+  const deadline = Date.now() + (opts.timeoutMs ?? 20000);
+  for (;;) {
+    if (exited) {
+      throw new Error(`chorus exited during startup (${JSON.stringify(exited)}): ${CHORUS_BIN} ${args.join(' ')}\n${tail()}`);
+    }
+    try {
+      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) });
+      if (res.ok) break;
+    } catch { /* not up yet */ }
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`chorus did not answer ${url}/healthz in time: ${args.join(' ')}\n${tail()}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { url, httpPort, mediaPort, proc, tail, stop };
+}
+
+/**
+ * Mint an access token with `chorus token create` (the embedded default configuration's development key,
+ * which is also what a server started without --config verifies).
+ * @param {{room: string, identity: string, name?: string, publish?: boolean, subscribe?: boolean, ttl?: string}} opts
+ * @returns {Promise<string>}
+ */
+export function createToken(opts) {
+  const args = ['token', 'create', '--room', opts.room, '--identity', opts.identity, '--ttl', opts.ttl || '10m'];
+  if (opts.name) args.push('--name', opts.name);
+  if (opts.publish === false) args.push('--no-publish');
+  if (opts.subscribe === false) args.push('--no-subscribe');
+  return new Promise((resolve, reject) => {
+    const proc = spawn(CHORUS_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
+    let out = '';
+    let err = '';
+    proc.stdout.on('data', (d) => { out += d; });
+    proc.stderr.on('data', (d) => { err += d; });
+    proc.once('error', reject);
+    proc.once('exit', (code) => {
+      const token = out.trim().split(/\s+/).pop() || '';
+      if (code === 0 && token.split('.').length === 3) resolve(token);
+      else reject(new Error(`chorus ${args.join(' ')} exited ${code}: ${out}${err}`));
+    });
+  });
+}

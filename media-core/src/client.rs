@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
-use crate::peer::{PeerError, Transmit};
+use crate::peer::{opus_only, opus_pt, PeerError, Transmit};
 
 /// How a client peer is set up.
 #[derive(Clone, Copy, Debug)]
@@ -68,12 +67,7 @@ pub struct ClientPeer {
 impl ClientPeer {
     /// Create the peer and its SDP offer.
     pub fn new(now: Instant, config: ClientConfig) -> Result<(ClientPeer, String), PeerError> {
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .set_stats_interval(None)
-            .build(now);
+        let mut rtc = opus_only(Rtc::builder()).build(now);
         let candidate = Candidate::host(config.local_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -113,14 +107,7 @@ impl ClientPeer {
             .take()
             .ok_or(PeerError::BadSdp("an answer was already applied".into()))?;
         self.rtc.sdp_api().accept_answer(pending, answer)?;
-        self.mic_pt = self.rtc.media(self.mic_mid).and_then(|m| {
-            let config = self.rtc.codec_config();
-            m.remote_pts().iter().copied().find(|pt| {
-                config
-                    .iter()
-                    .any(|p| p.pt() == *pt && p.spec().codec == Codec::Opus)
-            })
-        });
+        self.mic_pt = opus_pt(&self.rtc, self.mic_mid);
         Ok(())
     }
 

@@ -10,11 +10,13 @@ use std::time::Instant;
 
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
-use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
-use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
+use str0m::{
+    Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, RtcError,
+};
 
 use crate::ids::{ParticipantId, Ssrc};
 use crate::slots::MAX_SLOTS;
@@ -109,15 +111,13 @@ impl Peer {
     ) -> Result<(Peer, String), PeerError> {
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut rtc = Rtc::builder()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .set_dtls_cert(params.dtls_cert.clone())
-            .set_local_ice_credentials(creds)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .set_stats_interval(None)
-            .build(now);
+        let mut rtc = opus_only(
+            Rtc::builder()
+                .set_ice_lite(true)
+                .set_dtls_cert(params.dtls_cert.clone())
+                .set_local_ice_credentials(creds),
+        )
+        .build(now);
         let candidate = Candidate::host(params.candidate_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -304,8 +304,34 @@ impl Peer {
     }
 }
 
+/// The Opus payload type Chorus offers (the value browsers use).
+const OPUS_PT: u8 = 111;
+
+/// RTP mode with Opus as the only codec: 48 kHz, `minptime=10`, in-band FEC, and DTX welcome (the fmtp
+/// asks the remote sender to stop sending in silence; forwarding passes the timestamp gaps through).
+pub(crate) fn opus_only(config: RtcConfig) -> RtcConfig {
+    let mut config = config
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .set_stats_interval(None);
+    config.codec_config().add_config(
+        Pt::from(OPUS_PT),
+        None,
+        Codec::Opus,
+        Frequency::FORTY_EIGHT_KHZ,
+        Some(2),
+        FormatParams {
+            min_p_time: Some(10),
+            use_inband_fec: Some(true),
+            use_dtx: Some(true),
+            ..Default::default()
+        },
+    );
+    config
+}
+
 /// The Opus payload type negotiated on `mid`, if any.
-fn opus_pt(rtc: &Rtc, mid: Mid) -> Option<Pt> {
+pub(crate) fn opus_pt(rtc: &Rtc, mid: Mid) -> Option<Pt> {
     let media = rtc.media(mid)?;
     let config = rtc.codec_config();
     media.remote_pts().iter().copied().find(|pt| {
@@ -318,4 +344,102 @@ fn opus_pt(rtc: &Rtc, mid: Mid) -> Option<Pt> {
 /// Run a call into str0m so that a bug (panic) in it cannot take down the worker: the peer is dropped.
 fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| PeerError::Panicked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{ClientConfig, ClientPeer};
+
+    #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    fn answer_for(
+        slots_offered: usize,
+        publish: bool,
+        room_slots: usize,
+    ) -> Result<(Peer, String), PeerError> {
+        let now = epoch();
+        let client = ClientConfig {
+            local_addr: "127.0.0.1:6000".parse().expect("literal address"),
+            slots: slots_offered,
+            publish,
+        };
+        let (_, offer) = ClientPeer::new(now, client).expect("client offer");
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .expect("certificate");
+        let params = PeerParams {
+            candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+            dtls_cert: &cert,
+            slots: room_slots,
+        };
+        Peer::from_offer(now, ParticipantId(1), &params, &offer)
+    }
+
+    #[test]
+    fn the_answer_is_ice_lite_opus_with_fec_and_dtx_and_one_stream_per_slot() {
+        let (peer, answer) = answer_for(3, true, 3).expect("answer");
+        assert!(answer.contains("a=ice-lite"), "{answer}");
+        assert!(answer.contains("127.0.0.1 5000 typ host"), "{answer}");
+        assert!(
+            answer.contains("useinbandfec=1") && answer.contains("usedtx=1"),
+            "{answer}"
+        );
+        assert_eq!(
+            answer.matches("a=recvonly").count(),
+            1,
+            "the microphone is answered recvonly"
+        );
+        assert_eq!(
+            answer.matches("a=sendonly").count(),
+            3,
+            "each slot is answered sendonly"
+        );
+        assert!(peer.has_microphone());
+        assert_eq!(peer.slots.len(), 3);
+        let mut ssrcs: Vec<u32> = peer.slots.iter().map(|s| s.ssrc.0).collect();
+        ssrcs.dedup();
+        assert_eq!(ssrcs.len(), 3, "every slot has its own SSRC");
+    }
+
+    #[test]
+    fn extra_slot_lines_stay_unused_and_listeners_have_no_microphone() {
+        let (peer, _) = answer_for(5, false, 2).expect("answer");
+        assert_eq!(peer.slots.len(), 2);
+        assert!(!peer.has_microphone());
+    }
+
+    #[test]
+    fn bad_offers_are_typed_errors() {
+        let now = epoch();
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .expect("certificate");
+        let params = PeerParams {
+            candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+            dtls_cert: &cert,
+            slots: 3,
+        };
+        for garbage in [
+            "",
+            "v=0",
+            "not sdp at all\r\nm=audio",
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n",
+        ] {
+            assert!(
+                Peer::from_offer(now, ParticipantId(1), &params, garbage).is_err(),
+                "{garbage:?}"
+            );
+        }
+        // A valid offer without slot lines cannot subscribe.
+        assert!(matches!(
+            answer_for(0, true, 3),
+            Err(PeerError::MissingMedia(_))
+        ));
+    }
 }

@@ -15,14 +15,21 @@ use media_core::sim::LinkConfig;
 use support::Sim;
 
 fn run(listeners: usize, talkers: usize, seconds: u64) {
-    let mut voices: Vec<(f32, f32)> = (0..talkers).map(|i| (300.0 + 150.0 * i as f32, 0.3)).collect();
+    let mut voices: Vec<(f32, f32)> = (0..talkers)
+        .map(|i| (300.0 + 150.0 * i as f32, 0.3))
+        .collect();
     voices.extend(std::iter::repeat_n((0.0, 0.0), listeners));
     let mut sim = Sim::new(42, LinkConfig::default(), 3, &voices);
     sim.keep_audio = false;
     sim.connect();
     sim.run_for(Duration::from_secs(1));
-    let (busy0, fwd0, in0) = (sim.core_busy, sim.core.stats().rtp_forwarded, sim.core.stats().rtp_in);
+    let (busy0, fwd0, in0) = (
+        sim.core_busy,
+        sim.core.stats().rtp_forwarded,
+        sim.core.stats().rtp_in,
+    );
     let out0 = sim.core.stats().datagrams_out;
+    let (timers0, wakeups0) = (sim.core_busy_timers, sim.core_timeouts);
     sim.run_for(Duration::from_secs(seconds));
     let stats = sim.core.stats();
     let busy = sim.core_busy - busy0;
@@ -31,15 +38,19 @@ fn run(listeners: usize, talkers: usize, seconds: u64) {
     let datagrams = stats.datagrams_out - out0;
     let per_packet_us = busy.as_secs_f64() * 1e6 / forwarded.max(1) as f64;
     let load = busy.as_secs_f64() / seconds as f64;
+    let timers = (sim.core_busy_timers - timers0).as_secs_f64();
+    let wakeups = (sim.core_timeouts - wakeups0) as f64 / seconds as f64;
     println!(
-        "{listeners:>9} {talkers:>7} {received:>10} {forwarded:>10} {datagrams:>10} {per_packet_us:>12.2} {:>13.1}",
-        load * 100.0
+        "{listeners:>9} {talkers:>7} {received:>10} {forwarded:>10} {datagrams:>10} {per_packet_us:>12.2} {:>13.1} {:>8.0} {:>8.0}",
+        load * 100.0,
+        100.0 * timers / busy.as_secs_f64(),
+        wakeups
     );
 }
 
 fn main() {
     println!("media-core forwarding: CPU inside MediaCore per forwarded packet (virtual time, no syscalls)");
-    println!("listeners talkers   rtp_in  forwarded  datagrams  µs/forwarded  core%/1 core");
+    println!("listeners talkers   rtp_in  forwarded  datagrams  µs/forwarded  core%/1 core  timers% wakeup/s");
     for (listeners, talkers) in [(10, 3), (50, 3), (200, 3), (500, 3)] {
         run(listeners, talkers, 5);
     }

@@ -353,7 +353,7 @@ impl MediaCore {
             // str0m rejects a packet it cannot parse or decrypt; the peer carries on.
             Err(_) => self.stats.drop(DropReason::Malformed),
         }
-        self.drive(id);
+        self.drive(id, now);
         self.process_pending(now);
     }
 
@@ -383,7 +383,7 @@ impl MediaCore {
                 self.disconnect(id, "webrtc error");
                 continue;
             }
-            self.drive(id);
+            self.drive(id, now);
         }
         if self.next_tick.is_some_and(|t| t <= now) {
             self.room_tick(now);
@@ -466,12 +466,13 @@ impl MediaCore {
     }
 
     /// Drain one peer after a mutation.
-    fn drive(&mut self, id: ParticipantId) {
+    fn drive(&mut self, id: ParticipantId, now: Instant) {
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
         if let Err(e) = drive(
             &mut p.peer,
+            now,
             &mut self.transmits,
             &mut self.pending,
             &mut self.timers,
@@ -558,6 +559,7 @@ impl MediaCore {
             let result = written.and_then(|()| {
                 drive(
                     &mut s.peer,
+                    now,
                     &mut self.transmits,
                     &mut self.pending,
                     &mut self.timers,
@@ -590,13 +592,26 @@ fn schedule(
     }
 }
 
+/// Drain a peer after a mutation and schedule its next wake-up.
+///
+/// str0m's pacer releases written RTP only on the next timeout, which it asks for at once: feed that
+/// timeout right here (bounded) instead of a round trip through the timer heap, so a forwarded packet
+/// leaves in the same pass that received it.
 fn drive(
     peer: &mut Peer,
+    now: Instant,
     transmits: &mut VecDeque<Transmit>,
     pending: &mut VecDeque<(ParticipantId, PeerEvent)>,
     timers: &mut BinaryHeap<Reverse<(Instant, ParticipantId)>>,
 ) -> Result<(), PeerError> {
-    let next = peer.drain(transmits, pending)?;
+    let mut next = peer.drain(transmits, pending)?;
+    for _ in 0..4 {
+        if next > now {
+            break;
+        }
+        peer.handle_timeout(now)?;
+        next = peer.drain(transmits, pending)?;
+    }
     if !peer.is_alive() {
         pending.push_back((peer.id, PeerEvent::Disconnected("closed")));
     }

@@ -356,6 +356,13 @@ mod tests {
         Instant::now()
     }
 
+    fn test_cert() -> DtlsCert {
+        str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .expect("the aws-lc-rs provider generates certificates")
+    }
+
     fn answer_for(
         slots_offered: usize,
         publish: bool,
@@ -368,10 +375,7 @@ mod tests {
             publish,
         };
         let (_, offer) = ClientPeer::new(now, client).expect("client offer");
-        let cert = str0m::crypto::from_feature_flags()
-            .dtls_provider
-            .generate_certificate()
-            .expect("certificate");
+        let cert = test_cert();
         let params = PeerParams {
             candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
             dtls_cert: &cert,
@@ -416,10 +420,7 @@ mod tests {
     #[test]
     fn bad_offers_are_typed_errors() {
         let now = epoch();
-        let cert = str0m::crypto::from_feature_flags()
-            .dtls_provider
-            .generate_certificate()
-            .expect("certificate");
+        let cert = test_cert();
         let params = PeerParams {
             candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
             dtls_cert: &cert,

@@ -1,7 +1,7 @@
 // chorus.js used directly from a page (no demo UI): error surfacing, the Room's accessors, mute, leave.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { diagnostics, launchParticipant, makeTempDir } from './lib/browser.js';
+import { withDiagnostics as runWithDiagnostics, launchParticipant, makeTempDir } from './lib/browser.js';
 import { createToken, startServer } from './lib/server.js';
 
 describe('chorus.js SDK', { timeout: 90000 }, () => {
@@ -12,14 +12,7 @@ describe('chorus.js SDK', { timeout: 90000 }, () => {
   const tmp = makeTempDir();
 
   /** @param {() => Promise<void>} fn */
-  const withDiagnostics = async (fn) => {
-    try {
-      await fn();
-    } catch (e) {
-      console.error(await diagnostics(p ? [p] : [], server));
-      throw e;
-    }
-  };
+  const withDiagnostics = (fn) => runWithDiagnostics(() => p ? [p] : [], () => server, fn);
 
   before(async () => {
     server = await startServer({ workers: 1, slots: 3 });

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  diagnostics, inboundAudioStats, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot,
+  withDiagnostics as runWithDiagnostics, inboundAudioStats, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot,
   waitConnected,
 } from './lib/browser.js';
 import { startServer } from './lib/server.js';
@@ -32,14 +32,7 @@ describe('five participants, three slots', { timeout: 150000 }, () => {
   const tmp = makeTempDir();
 
   /** @param {() => Promise<void>} fn */
-  const withDiagnostics = async (fn) => {
-    try {
-      await fn();
-    } catch (e) {
-      console.error(await diagnostics(all, server));
-      throw e;
-    }
-  };
+  const withDiagnostics = (fn) => runWithDiagnostics(() => all, () => server, fn);
 
   before(async () => {
     server = await startServer({ workers: 1, slots: 3 });

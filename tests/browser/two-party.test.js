@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  diagnostics, inboundAudioStats, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot,
+  withDiagnostics as runWithDiagnostics, inboundAudioStats, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot,
   waitConnected,
 } from './lib/browser.js';
 import { startServer } from './lib/server.js';
@@ -20,18 +20,8 @@ describe('two participants', { timeout: 120000 }, () => {
   /** @type {import('./lib/browser.js').Participant} */ let bob;
   const tmp = makeTempDir();
 
-  /**
-   * Run `fn`; on failure print the pages' and the server's state before rethrowing.
-   * @param {() => Promise<void>} fn
-   */
-  const withDiagnostics = async (fn) => {
-    try {
-      await fn();
-    } catch (e) {
-      console.error(await diagnostics(all, server));
-      throw e;
-    }
-  };
+  /** @param {() => Promise<void>} fn */
+  const withDiagnostics = (fn) => runWithDiagnostics(() => all, () => server, fn);
 
   before(async () => {
     server = await startServer({ workers: 1, slots: 3 });

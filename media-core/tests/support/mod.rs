@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use media_core::audio::{self, ToneAnalysis, ToneGenerator, FRAME_SAMPLES, SAMPLE_RATE};
 use media_core::client::{ClientConfig, ClientOutput, ClientPeer, ReceivedAudio};
 use media_core::sim::{LinkConfig, SimNet};
-use media_core::{CoreConfig, CoreEvent, JoinParams, MediaCore, Output, ParticipantId, RoomConfig, RoomId};
+use media_core::{
+    CoreConfig, CoreEvent, JoinParams, MediaCore, Output, ParticipantId, RoomConfig, RoomId,
+};
 
 pub const FRAME: Duration = Duration::from_millis(20);
 pub const MAX_STEPS_PER_SECOND: u64 = 200_000;
@@ -81,6 +83,9 @@ pub struct Sim {
     pub received_total: u64,
     /// Real time spent inside the core (input handling and draining its output).
     pub core_busy: Duration,
+    /// The part of `core_busy` spent on timeouts, and how many there were.
+    pub core_busy_timers: Duration,
+    pub core_timeouts: u64,
 }
 
 impl Sim {
@@ -102,6 +107,8 @@ impl Sim {
             keep_audio: true,
             received_total: 0,
             core_busy: Duration::ZERO,
+            core_busy_timers: Duration::ZERO,
+            core_timeouts: 0,
         };
         for &(freq, amplitude) in voices {
             sim.join(freq, amplitude);
@@ -112,7 +119,7 @@ impl Sim {
 
     pub fn join(&mut self, freq: f32, amplitude: f32) -> usize {
         let index = self.clients.len();
-        let addr: SocketAddr = format!("127.0.0.{}:6000", 10 + index)
+        let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + index % 200, 6000 + index / 200)
             .parse()
             .expect("a valid address");
         let (mut peer, offer) = ClientPeer::new(
@@ -286,6 +293,8 @@ impl Sim {
                 self.core.handle_timeout(self.now);
                 self.drain_core();
                 self.core_busy += started.elapsed();
+                self.core_busy_timers += started.elapsed();
+                self.core_timeouts += 1;
             }
             for i in 0..self.clients.len() {
                 if self.clients[i].timeout <= self.now {
@@ -352,4 +361,3 @@ impl Sim {
         }
     }
 }
-

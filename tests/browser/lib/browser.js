@@ -164,3 +164,18 @@ export async function diagnostics(participants, server) {
   if (server) parts.push(`--- server output (tail):\n${server.tail(80)}`);
   return parts.join('\n');
 }
+
+/**
+ * Run `fn`; on failure print the pages' and the server's state (read when the failure happens), then rethrow.
+ * @param {() => Participant[]} participants
+ * @param {() => ({tail: (n?: number) => string}|null)} server
+ * @param {() => Promise<void>} fn
+ */
+export async function withDiagnostics(participants, server, fn) {
+  try {
+    await fn();
+  } catch (e) {
+    console.error(await diagnostics(participants(), server()));
+    throw e;
+  }
+}

@@ -1,5 +1,6 @@
-//! Batched UDP sends: one `sendmmsg(2)` for all datagrams one input produced (a forwarded packet fans out to
-//! every subscriber), instead of one system call per datagram.
+//! Batched UDP I/O: `recvmmsg(2)` reads up to a batch of datagrams per system call, and one `sendmmsg(2)`
+//! sends everything a batch of inputs produced (a forwarded packet fans out to every subscriber), instead of
+//! one system call per datagram.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -81,6 +82,114 @@ fn send_chunk(fd: RawFd, chunk: &[Transmit]) -> io::Result<usize> {
     }
 }
 
+/// Buffers for receiving up to [`BATCH`] datagrams per system call, allocated once per worker.
+pub struct RecvBatch {
+    buffers: Vec<[u8; RECV_BUFFER]>,
+    lengths: [usize; BATCH],
+    sources: [Option<SocketAddr>; BATCH],
+    count: usize,
+}
+
+/// Larger than any datagram the core accepts, so an oversized one is seen (and counted) rather than cut.
+const RECV_BUFFER: usize = 2048;
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch {
+            buffers: vec![[0; RECV_BUFFER]; BATCH],
+            lengths: [0; BATCH],
+            sources: [None; BATCH],
+            count: 0,
+        }
+    }
+}
+
+impl RecvBatch {
+    /// Read whatever is queued on the non-blocking socket `fd`, up to a batch. `Ok(0)`: nothing queued.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.count = 0;
+        let mut addrs: [MaybeUninit<libc::sockaddr_storage>; BATCH] =
+            [const { MaybeUninit::zeroed() }; BATCH];
+        let mut iovecs: [MaybeUninit<libc::iovec>; BATCH] =
+            [const { MaybeUninit::uninit() }; BATCH];
+        let mut msgs: [MaybeUninit<libc::mmsghdr>; BATCH] =
+            [const { MaybeUninit::uninit() }; BATCH];
+        for i in 0..BATCH {
+            iovecs[i].write(libc::iovec {
+                iov_base: self.buffers[i].as_mut_ptr() as *mut libc::c_void,
+                iov_len: RECV_BUFFER,
+            });
+            // SAFETY: an all-zero msghdr is valid; the pointers set below stay valid during recvmmsg.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_name = addrs[i].as_mut_ptr() as *mut libc::c_void;
+            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = iovecs[i].as_mut_ptr();
+            hdr.msg_iovlen = 1;
+            msgs[i].write(libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            });
+        }
+        // SAFETY: all BATCH headers are initialised and point at buffers owned by `self` and at `addrs`,
+        // which outlive the call; the kernel writes at most iov_len bytes and msg_namelen address bytes.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr() as *mut libc::mmsghdr,
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        for i in 0..n as usize {
+            // SAFETY: recvmmsg filled the first n headers and their addresses.
+            let msg = unsafe { msgs[i].assume_init_ref() };
+            self.lengths[i] = (msg.msg_len as usize).min(RECV_BUFFER);
+            // SAFETY: the storage was zeroed, then written by the kernel for received datagrams.
+            self.sources[i] = from_sockaddr(unsafe { addrs[i].assume_init_ref() });
+        }
+        self.count = n as usize;
+        Ok(self.count)
+    }
+
+    /// The datagrams of the last [`recv`](Self::recv) with their sources (unknown address families skipped).
+    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        (0..self.count)
+            .filter_map(|i| Some((self.sources[i]?, &self.buffers[i][..self.lengths[i]])))
+    }
+}
+
+fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
 fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (unspecified) value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -147,6 +256,38 @@ mod tests {
             let (n, _) = rx[i % 3].recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..n], &batch[i].contents[..]);
         }
+    }
+
+    #[test]
+    fn a_receive_batch_returns_datagrams_with_their_sources() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut batch = RecvBatch::default();
+        assert_eq!(batch.recv(rx.as_raw_fd()).unwrap(), 0);
+        for i in 0..100u8 {
+            tx.send_to(&vec![i; 1 + i as usize], rx.local_addr().unwrap())
+                .unwrap();
+        }
+        let big = vec![7u8; 1800];
+        tx.send_to(&big, rx.local_addr().unwrap()).unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let n = batch.recv(rx.as_raw_fd()).unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(n <= BATCH);
+            for (from, data) in batch.datagrams() {
+                assert_eq!(from, tx.local_addr().unwrap());
+                seen.push(data.to_vec());
+            }
+        }
+        assert_eq!(seen.len(), 101);
+        for (i, d) in seen[..100].iter().enumerate() {
+            assert_eq!(d, &vec![i as u8; 1 + i]);
+        }
+        assert_eq!(seen[100], big);
     }
 
     #[test]

@@ -24,8 +24,6 @@ use crate::udp;
 
 /// Commands waiting for a worker; beyond this, signaling waits (never the media loop).
 const COMMAND_QUEUE: usize = 1024;
-/// Datagrams read per wake-up before the worker looks at commands and timers again.
-const RECV_BATCH: usize = 64;
 /// How often the worker publishes its counters.
 const STATS_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -105,10 +103,11 @@ impl Worker {
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>) {
-        let mut buf = vec![0u8; 2048];
+        let mut batch = udp::RecvBatch::default();
         let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut deadline = self.drain();
+        self.flush();
         loop {
             tokio::select! {
                 biased;
@@ -121,19 +120,26 @@ impl Worker {
                         warn!(error = %e, "socket not readable");
                         continue;
                     }
-                    for _ in 0..RECV_BATCH {
-                        match self.socket.try_recv_from(&mut buf) {
-                            Ok((n, source)) => {
-                                self.core.handle_datagram(Instant::now(), source, &buf[..n]);
+                    // Read a batch, feed it datagram by datagram (draining after each), send once.
+                    let fd = self.socket.as_raw_fd();
+                    let received = self.socket.try_io(tokio::io::Interest::READABLE, || {
+                        match batch.recv(fd) {
+                            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+                            other => other,
+                        }
+                    });
+                    match received {
+                        Ok(_) => {
+                            let now = Instant::now();
+                            for (source, data) in batch.datagrams() {
+                                self.core.handle_datagram(now, source, data);
                                 deadline = self.drain();
                             }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) => {
-                                // ICMP errors surface here on Linux; they concern one peer only.
-                                debug!(error = %e, "recv failed");
-                                break;
-                            }
+                            self.flush();
                         }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // ICMP errors surface here on Linux; they concern one peer only.
+                        Err(e) => debug!(error = %e, "recv failed"),
                     }
                     continue;
                 }
@@ -146,30 +152,33 @@ impl Worker {
                 }
             }
             deadline = self.drain();
+            self.flush();
         }
         self.publish_stats();
         info!(index = self.index, "media worker stopped");
     }
 
-    /// Drain the core after an input: dispatch events, send the datagrams in one batch; return the next
-    /// wake-up.
+    /// Drain the core after an input: dispatch events, queue datagrams; return the next wake-up.
     fn drain(&mut self) -> Instant {
         loop {
             match self.core.poll_output() {
                 Output::Transmit(t) => self.outbox.push(t),
                 Output::Event(e) => self.event(e),
-                Output::Timeout(t) => {
-                    if !self.outbox.is_empty() {
-                        let sent = udp::send_all(self.socket.as_raw_fd(), &self.outbox);
-                        if sent.failed > 0 {
-                            self.metrics.send_failed.inc_by(sent.failed as u64);
-                        }
-                        self.outbox.clear();
-                    }
-                    return t;
-                }
+                Output::Timeout(t) => return t,
             }
         }
+    }
+
+    /// Send the queued datagrams in as few system calls as possible.
+    fn flush(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let sent = udp::send_all(self.socket.as_raw_fd(), &self.outbox);
+        if sent.failed > 0 {
+            self.metrics.send_failed.inc_by(sent.failed as u64);
+        }
+        self.outbox.clear();
     }
 
     fn command(&mut self, cmd: MediaCommand) {

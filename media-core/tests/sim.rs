@@ -281,3 +281,68 @@ fn muting_stops_forwarding_and_garbage_is_counted_not_fatal() {
     assert!(sim.core.stats().dropped(DropReason::UnknownSource) >= 400);
     sim.assert_hears_others(1, 0.8);
 }
+
+#[test]
+fn a_client_that_vanishes_is_detected_and_its_slot_freed() {
+    let mut sim = Sim::new(
+        10,
+        LinkConfig::with_delay(5.0),
+        3,
+        &[(440.0, 0.3), (660.0, 0.3), (880.0, 0.3)],
+    );
+    sim.connect();
+    sim.run_for(Duration::from_secs(1));
+    // The third client's machine disappears: nothing more from it, nothing reaches it.
+    let gone = sim.clients.remove(2);
+    let since = sim.now;
+    sim.run_for(Duration::from_secs(40));
+    let detected = sim.events.iter().find_map(|(t, e)| match e {
+        CoreEvent::Disconnected { participant, .. } if *participant == gone.id => Some(*t),
+        _ => None,
+    });
+    let at = detected.expect("the vanished client is reported disconnected");
+    assert!(
+        at.duration_since(since) <= Duration::from_secs(30),
+        "detected only after {:?}",
+        at - since
+    );
+    assert_eq!(sim.core.participant_count(), 2);
+    // The others' slots no longer name it, and they still hear each other.
+    let last_slots = sim.events.iter().rev().find_map(|(_, e)| match e {
+        CoreEvent::Slots { subscriber, slots } if *subscriber == sim.clients[0].id => {
+            Some(slots.clone())
+        }
+        _ => None,
+    });
+    let slots = last_slots.expect("slot updates after the departure");
+    assert!(slots
+        .iter()
+        .all(|s| s.occupant.map(|(p, _)| p) != Some(gone.id)));
+    sim.assert_hears_others(0, 2.0);
+    sim.assert_hears_others(1, 2.0);
+}
+
+#[test]
+fn leaving_frees_slots_and_a_newcomer_is_heard_by_all() {
+    let mut sim = Sim::new(
+        11,
+        LinkConfig::with_delay(5.0),
+        2,
+        &[(440.0, 0.3), (660.0, 0.3), (880.0, 0.3)],
+    );
+    sim.connect();
+    sim.run_for(Duration::from_secs(1));
+    // K + 1 = 3: everyone hears everyone. The third leaves, a fourth joins.
+    let left = sim.clients.remove(2);
+    sim.core
+        .remove_participant(sim.now, left.id)
+        .expect("a known participant leaves");
+    sim.join(1100.0, 0.3);
+    sim.connect();
+    sim.run_for(Duration::from_secs(3));
+    for i in 0..3 {
+        sim.assert_hears_others(i, 1.5);
+    }
+    // The newcomer never hears the one who left.
+    assert!(!sim.clients[2].pcm_by_csrc.contains_key(&left.mic_ssrc));
+}

@@ -13,6 +13,7 @@ use futures_util::{future, SinkExt, StreamExt};
 use serde::Deserialize;
 use signaling::session::WsFrame;
 use signaling::Signaling;
+use tracing::Instrument;
 
 /// Largest WebSocket message the transport accepts; signaling refuses anything over its own 64 KiB limit
 /// with a typed error, so the transport limit only needs to be above it.
@@ -89,7 +90,9 @@ async fn run_ws(socket: WebSocket, state: Arc<AppState>) {
     let transport = socket
         .with(|frame: WsFrame| future::ready(Ok::<_, axum::Error>(to_message(frame))))
         .map(|m| m.map(from_message));
-    signaling::session::run_session(transport, state.signaling.clone()).await;
+    signaling::session::run_session(transport, state.signaling.clone())
+        .instrument(signaling::session::session_span())
+        .await;
 }
 
 fn from_message(m: Message) -> WsFrame {

@@ -66,6 +66,9 @@ impl WsFrame {
 ///
 /// The future is `Send` when `T` is, so a server can `tokio::spawn` it. Dropping it early (aborting the
 /// task) still removes the participant from its room and its media worker.
+///
+/// Run it inside a span with empty `room` and `participant` fields (see [`session_span`]): they are
+/// filled in when the participant joins, so every later log line names both.
 pub async fn run_session<T, E>(transport: T, ctx: Arc<Signaling>)
 where
     T: Stream<Item = Result<WsFrame, E>> + Sink<WsFrame> + Unpin,
@@ -83,6 +86,15 @@ where
     };
     let exit = session.serve().await;
     session.finish(exit).await;
+}
+
+/// The span a transport should run [`run_session`] in.
+pub fn session_span() -> tracing::Span {
+    tracing::info_span!(
+        "session",
+        room = tracing::field::Empty,
+        participant = tracing::field::Empty
+    )
 }
 
 /// Counts the session in `chorus_signaling_sessions` for as long as it lives.
@@ -439,6 +451,12 @@ where
                 self.joined = Some(member);
                 self.wire.send(&reply).await?;
                 ctx.metrics().join_ok(received.elapsed().as_secs_f64());
+                // The transport's span (see `run_session`) carries room and participant from here on.
+                let span = tracing::Span::current();
+                span.record("participant", sid.as_str());
+                if let Some(m) = &self.joined {
+                    span.record("room", m.membership.room.as_str());
+                }
                 tracing::debug!(%sid, "participant joined");
                 Ok(())
             }

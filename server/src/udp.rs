@@ -53,17 +53,7 @@ fn send_chunk(fd: RawFd, chunk: &[Transmit]) -> io::Result<usize> {
             iov_base: t.contents.as_ptr() as *mut libc::c_void,
             iov_len: t.contents.len(),
         });
-        // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths); the fields set below point
-        // into `addrs` and `iovecs`, which outlive the sendmmsg call.
-        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        hdr.msg_name = addrs[i].as_mut_ptr() as *mut libc::c_void;
-        hdr.msg_namelen = len;
-        hdr.msg_iov = iovecs[i].as_mut_ptr();
-        hdr.msg_iovlen = 1;
-        msgs[i].write(libc::mmsghdr {
-            msg_hdr: hdr,
-            msg_len: 0,
-        });
+        msgs[i].write(mmsghdr(addrs[i].as_mut_ptr(), len, iovecs[i].as_mut_ptr()));
     }
     // SAFETY: the first `chunk.len()` entries of `msgs` are initialised above and point at initialised
     // addresses and iovecs whose buffers (`chunk`) are borrowed for the duration of the call.
@@ -119,16 +109,8 @@ impl RecvBatch {
                 iov_base: self.buffers[i].as_mut_ptr() as *mut libc::c_void,
                 iov_len: RECV_BUFFER,
             });
-            // SAFETY: an all-zero msghdr is valid; the pointers set below stay valid during recvmmsg.
-            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-            hdr.msg_name = addrs[i].as_mut_ptr() as *mut libc::c_void;
-            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = iovecs[i].as_mut_ptr();
-            hdr.msg_iovlen = 1;
-            msgs[i].write(libc::mmsghdr {
-                msg_hdr: hdr,
-                msg_len: 0,
-            });
+            let len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msgs[i].write(mmsghdr(addrs[i].as_mut_ptr(), len, iovecs[i].as_mut_ptr()));
         }
         // SAFETY: all BATCH headers are initialised and point at buffers owned by `self` and at `addrs`,
         // which outlive the call; the kernel writes at most iov_len bytes and msg_namelen address bytes.
@@ -164,6 +146,25 @@ impl RecvBatch {
     pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         (0..self.count)
             .filter_map(|i| Some((self.sources[i]?, &self.buffers[i][..self.lengths[i]])))
+    }
+}
+
+/// A message header for one datagram: one iovec, one address of `len` bytes. The caller keeps both
+/// pointers valid for the system call that uses the header.
+fn mmsghdr(
+    addr: *mut libc::sockaddr_storage,
+    len: libc::socklen_t,
+    iov: *mut libc::iovec,
+) -> libc::mmsghdr {
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_name = addr as *mut libc::c_void;
+    hdr.msg_namelen = len;
+    hdr.msg_iov = iov;
+    hdr.msg_iovlen = 1;
+    libc::mmsghdr {
+        msg_hdr: hdr,
+        msg_len: 0,
     }
 }
 

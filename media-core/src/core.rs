@@ -115,7 +115,7 @@ pub enum Output {
 }
 
 struct Participant {
-    room: u32,
+    room: u64,
     peer: Peer,
     params: JoinParams,
     /// The SSRC of the participant's microphone stream, learned from its first packet.
@@ -141,9 +141,9 @@ pub struct MediaCore {
     dtls_cert: DtlsCert,
     rng: Rng,
     participants: HashMap<ParticipantId, Participant>,
-    rooms: HashMap<u32, Room>,
-    room_keys: HashMap<RoomId, u32>,
-    next_room_key: u32,
+    rooms: HashMap<u64, Room>,
+    room_keys: HashMap<RoomId, u64>,
+    next_room_key: u64,
     router: Router,
     /// Min-heap of (wake-up, participant); an entry is live only while it equals the peer's `scheduled`.
     timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
@@ -241,7 +241,7 @@ impl MediaCore {
             Some(k) => k,
             None => {
                 let k = self.next_room_key;
-                self.next_room_key = self.next_room_key.wrapping_add(1);
+                self.next_room_key += 1;
                 self.room_keys.insert(room.clone(), k);
                 self.rooms.insert(
                     k,
@@ -412,7 +412,7 @@ impl MediaCore {
     }
 
     /// Make sure the room tick runs when room `key`'s selector next needs an update.
-    fn arm_tick(&mut self, key: u32) {
+    fn arm_tick(&mut self, key: u64) {
         if let Some(room) = self.rooms.get(&key) {
             arm_tick(&mut self.next_tick, &room.selector);
         }

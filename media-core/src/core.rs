@@ -512,9 +512,7 @@ impl MediaCore {
             return self.stats.drop(DropReason::NotPublishing);
         }
         let source = Ssrc(*packet.header.ssrc);
-        if p.ssrc != Some(source) {
-            p.ssrc = Some(source);
-        }
+        p.ssrc = Some(source);
         let level = packet.header.ext_vals.audio_level;
         let vad = packet.header.ext_vals.voice_activity;
         let level_dbov = level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);

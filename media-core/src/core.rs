@@ -12,12 +12,13 @@ use str0m::config::DtlsCert;
 use str0m::rtp::RtpPacket;
 
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
-use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, Transmit};
+use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
 use crate::rewrite::SlotRewriter;
+pub use crate::room_config::RoomConfig;
 use crate::router::{RouteMiss, Router};
 use crate::sim::Rng;
 use crate::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
-use crate::stats::{CoreStats, DropReason};
+use crate::stats::{CoreStats, DropReason, Samples};
 
 /// Largest datagram accepted from the network; anything larger is not WebRTC audio.
 pub const MAX_DATAGRAM: usize = 1500;
@@ -44,13 +45,6 @@ impl CoreConfig {
             selector: SelectorConfig::default(),
         }
     }
-}
-
-/// Media settings of a room, taken from the first participant's request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RoomConfig {
-    /// Audio slots per subscriber, 1..=16.
-    pub slots: usize,
 }
 
 /// What a participant may do and how it starts.
@@ -153,6 +147,7 @@ pub struct MediaCore {
     next_tick: Option<Instant>,
     last_now: Instant,
     stats: CoreStats,
+    samples: Samples,
 }
 
 impl MediaCore {
@@ -184,11 +179,17 @@ impl MediaCore {
             next_tick: None,
             last_now: now,
             stats: CoreStats::default(),
+            samples: Samples::default(),
         }
     }
 
     pub fn stats(&self) -> &CoreStats {
         &self.stats
+    }
+
+    /// Take the observations gathered since the last call (RTT, jitter, jitter-buffer delay).
+    pub fn take_samples(&mut self) -> Samples {
+        std::mem::take(&mut self.samples)
     }
 
     pub fn participant_count(&self) -> usize {
@@ -488,7 +489,19 @@ impl MediaCore {
                 PeerEvent::Connected => self.events.push_back(CoreEvent::Connected(id)),
                 PeerEvent::Disconnected(reason) => self.disconnect(id, reason),
                 PeerEvent::Rtp(packet) => self.forward(now, id, packet),
+                PeerEvent::Stats(s) => self.record_stream_stats(s),
             }
+        }
+    }
+
+    fn record_stream_stats(&mut self, s: StreamStats) {
+        self.stats.nacks_received += s.nacks_received;
+        self.stats.nacks_sent += s.nacks_sent;
+        if let Some(rtt) = s.rtt {
+            Samples::push(&mut self.samples.rtt_seconds, rtt.as_secs_f64());
+        }
+        if let Some(jitter) = s.jitter {
+            Samples::push(&mut self.samples.jitter_seconds, jitter.as_secs_f64());
         }
     }
 

@@ -11,13 +11,13 @@ pub mod ids;
 pub mod levels;
 pub mod peer;
 pub mod rewrite;
+pub mod room_config;
 pub mod router;
 pub mod sim;
 pub mod slots;
 pub mod stats;
 
-pub use crate::core::{
-    CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output, RoomConfig, SlotInfo,
-};
+pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output, SlotInfo};
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
-pub use stats::{CoreStats, DropReason};
+pub use room_config::{MixConfig, RoomConfig, RoomMode};
+pub use stats::{CoreStats, DropReason, MixStats, Samples};

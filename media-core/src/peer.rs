@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
@@ -54,7 +54,24 @@ pub enum PeerEvent {
     Disconnected(&'static str),
     /// An RTP packet arrived on the microphone m-line.
     Rtp(RtpPacket),
+    /// Periodic RTCP-derived statistics of one stream.
+    Stats(StreamStats),
 }
+
+/// What one RTCP statistics report of a stream says.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StreamStats {
+    pub rtt: Option<Duration>,
+    /// Interarrival jitter of an incoming stream.
+    pub jitter: Option<Duration>,
+    /// NACKs received for an outgoing stream since the last report.
+    pub nacks_received: u64,
+    /// NACKs sent for an incoming stream since the last report.
+    pub nacks_sent: u64,
+}
+
+/// How often str0m reports stream statistics.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Settings for creating a peer.
 pub struct PeerParams<'a> {
@@ -88,6 +105,8 @@ pub struct Peer {
     /// The earliest instant str0m asked to be woken at after the last drain.
     pub next_timeout: Instant,
     pub created: Instant,
+    /// Cumulative NACK counts per (mid, outgoing) from str0m's last stats, to report differences.
+    nack_totals: Vec<(Mid, bool, u64)>,
 }
 
 impl Peer {
@@ -117,6 +136,7 @@ impl Peer {
                 .set_dtls_cert(params.dtls_cert.clone())
                 .set_local_ice_credentials(creds),
         )
+        .set_stats_interval(Some(STATS_INTERVAL))
         .build(now);
         let candidate = Candidate::host(params.candidate_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
@@ -175,6 +195,7 @@ impl Peer {
             scheduled: None,
             next_timeout: now,
             created: now,
+            nack_totals: Vec::new(),
         };
         Ok((peer, answer.to_sdp_string()))
     }
@@ -292,8 +313,47 @@ impl Peer {
                             events.push_back((id, PeerEvent::Rtp(p)));
                         }
                     }
+                    Event::MediaEgressStats(s) => {
+                        let nacks_received = self.nack_delta(s.mid, true, s.nacks);
+                        let stats = StreamStats {
+                            rtt: s.rtt,
+                            nacks_received,
+                            ..Default::default()
+                        };
+                        events.push_back((id, PeerEvent::Stats(stats)));
+                    }
+                    Event::MediaIngressStats(s) => {
+                        let nacks_sent = self.nack_delta(s.mid, false, s.nacks);
+                        let stats = StreamStats {
+                            rtt: s.rtt,
+                            jitter: (s.packets > 0)
+                                .then(|| Duration::from_secs_f64(s.jitter as f64 / 48_000.0)),
+                            nacks_sent,
+                            ..Default::default()
+                        };
+                        events.push_back((id, PeerEvent::Stats(stats)));
+                    }
                     _ => {}
                 },
+            }
+        }
+    }
+
+    /// The growth of a cumulative NACK count since the last report of the same stream.
+    fn nack_delta(&mut self, mid: Mid, outgoing: bool, total: u64) -> u64 {
+        match self
+            .nack_totals
+            .iter_mut()
+            .find(|(m, o, _)| *m == mid && *o == outgoing)
+        {
+            Some((_, _, last)) => {
+                let delta = total.saturating_sub(*last);
+                *last = total;
+                delta
+            }
+            None => {
+                self.nack_totals.push((mid, outgoing, total));
+                total
             }
         }
     }

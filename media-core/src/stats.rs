@@ -55,6 +55,58 @@ pub struct CoreStats {
     /// Microphone packets nobody was routed to (e.g. alone in the room).
     pub rtp_unrouted: u64,
     pub drops: [u64; DropReason::ALL.len()],
+    /// RTCP NACKs received from subscribers (retransmission requests for our outgoing streams).
+    pub nacks_received: u64,
+    /// RTCP NACKs str0m sent to publishers.
+    pub nacks_sent: u64,
+    /// Mixed rooms' counters.
+    pub mix: MixStats,
+}
+
+/// Counters of mixed rooms and their jitter buffers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MixStats {
+    /// 20 ms mixer ticks run (one per mixed room per tick).
+    pub ticks: u64,
+    /// Ticks that ran more than one tick period after their deadline (the worker fell behind).
+    pub ticks_late: u64,
+    /// Opus frames decoded from participants.
+    pub frames_decoded: u64,
+    /// Opus frames encoded (one per shared mix plus one per talker per tick).
+    pub frames_encoded: u64,
+    /// Missing frames recovered from the next packet's in-band FEC.
+    pub concealed_fec: u64,
+    /// Missing frames concealed by Opus packet-loss concealment.
+    pub concealed_plc: u64,
+    /// Packets that arrived after their playout time.
+    pub packets_late: u64,
+    /// Packets received twice.
+    pub packets_duplicate: u64,
+    /// Frames never received by their playout time (before concealment).
+    pub packets_lost: u64,
+}
+
+/// Observations for histograms, drained by the worker with [`crate::MediaCore::take_samples`]. Each list
+/// is capped (oldest kept) so an undrained core stays bounded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Samples {
+    /// Round-trip times from RTCP reports, seconds.
+    pub rtt_seconds: Vec<f64>,
+    /// Interarrival jitter of publishers' streams (RFC 3550), seconds.
+    pub jitter_seconds: Vec<f64>,
+    /// Jitter-buffer target delay of mixed inputs, seconds, sampled once per second per input.
+    pub jitter_buffer_delay_seconds: Vec<f64>,
+}
+
+impl Samples {
+    /// Most observations of one kind kept between drains.
+    pub const CAP: usize = 4096;
+
+    pub(crate) fn push(list: &mut Vec<f64>, value: f64) {
+        if list.len() < Self::CAP {
+            list.push(value);
+        }
+    }
 }
 
 impl CoreStats {

@@ -203,9 +203,7 @@ impl Worker {
                     .add_participant(
                         now,
                         &RoomId(room),
-                        RoomConfig {
-                            slots: settings.slots as usize,
-                        },
+                        RoomConfig::forward(settings.slots as usize),
                         id,
                         JoinParams {
                             can_publish,

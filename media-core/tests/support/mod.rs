@@ -137,7 +137,7 @@ impl Sim {
             .add_participant(
                 self.now,
                 &self.room,
-                RoomConfig { slots: self.slots },
+                RoomConfig::forward(self.slots),
                 id,
                 JoinParams {
                     can_publish: true,

@@ -12,6 +12,9 @@ need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
+# --- operations tests (tests/tests/ops): the real promtool and Prometheus server from Debian ---
+{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need_apt+=(prometheus)
+# --- end operations tests ---
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

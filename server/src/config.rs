@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use signaling::media::{MixSettings, RoomMode};
 
 /// The development API key used when no keys are configured and development mode is on.
 pub const DEV_API_KEY: &str = "devkey";
@@ -38,6 +39,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub room: RoomDefaults,
     pub shutdown: ShutdownConfig,
+    pub webhooks: WebhookConfig,
     pub log: LogConfig,
 }
 
@@ -142,18 +144,117 @@ impl AuthConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoomDefaults {
-    /// Audio slots per subscriber in a new room (1..=16).
+    /// Mode of a room created by a join: "forward" (selective forwarding) or "mix" (server-side mix).
+    pub default_mode: RoomMode,
+    /// Audio slots per subscriber in a new forwarding room (1..=16).
     pub slots: u8,
     /// Participants admitted to one room.
     pub max_participants: usize,
+    /// How long a room created through the admin API stays while empty, unless its request says
+    /// otherwise. Rooms created by a join go with their last participant.
+    pub empty_timeout_secs: u64,
+    /// Encoder and jitter-buffer settings of mixed rooms.
+    pub mix: MixSettings,
 }
 
 impl Default for RoomDefaults {
     fn default() -> Self {
         RoomDefaults {
+            default_mode: RoomMode::Forward,
             slots: 3,
             max_participants: 100,
+            empty_timeout_secs: 300,
+            mix: MixSettings::default(),
         }
+    }
+}
+
+/// The media core's mixer configuration for these settings.
+pub fn mix_config(mix: &MixSettings) -> media_core::MixConfig {
+    media_core::MixConfig {
+        bitrate_bps: mix.bitrate_bps,
+        complexity: mix.complexity,
+        fec: mix.fec,
+        dtx: mix.dtx,
+        jitter_min_ms: mix.jitter_min_ms,
+        jitter_max_ms: mix.jitter_max_ms,
+    }
+}
+
+/// The most participants a room may be configured for.
+pub const MAX_ROOM_PARTICIPANTS: usize = 100_000;
+/// The longest empty timeout (one day).
+pub const MAX_EMPTY_TIMEOUT_SECS: u64 = 86_400;
+
+/// Webhooks: room and participant events POSTed as signed JSON to each URL (docs/operations.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Receivers (http:// or https://); empty: no webhooks.
+    pub urls: Vec<String>,
+    /// The API key whose secret signs the requests; default: the first configured key.
+    pub api_key: Option<String>,
+    /// One HTTP attempt may take this long.
+    pub timeout_ms: u64,
+    /// Attempts per event and receiver, the first included.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled for each further one.
+    pub initial_backoff_ms: u64,
+    /// The longest wait between attempts.
+    pub max_backoff_ms: u64,
+    /// Events waiting for delivery; beyond this new events are dropped and counted.
+    pub queue_capacity: usize,
+    /// Deliveries under way at once (across receivers).
+    pub max_in_flight: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            urls: Vec::new(),
+            api_key: None,
+            timeout_ms: 5_000,
+            max_attempts: 6,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            queue_capacity: 4_096,
+            max_in_flight: 64,
+        }
+    }
+}
+
+impl WebhookConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for url in &self.urls {
+            let ok = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
+                .is_some_and(|rest| !rest.is_empty());
+            if !ok {
+                return invalid(format!(
+                    "webhooks.urls: {url:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return invalid("webhooks.timeout_ms must be 1..=60000".into());
+        }
+        if !(1..=20).contains(&self.max_attempts) {
+            return invalid("webhooks.max_attempts must be 1..=20".into());
+        }
+        if self.initial_backoff_ms == 0 || self.initial_backoff_ms > self.max_backoff_ms {
+            return invalid("webhooks: 0 < initial_backoff_ms <= max_backoff_ms".into());
+        }
+        if self.max_backoff_ms > 3_600_000 {
+            return invalid("webhooks.max_backoff_ms must be at most one hour".into());
+        }
+        if !(1..=1_000_000).contains(&self.queue_capacity)
+            || !(1..=10_000).contains(&self.max_in_flight)
+        {
+            return invalid("webhooks.queue_capacity and max_in_flight must be positive".into());
+        }
+        Ok(())
     }
 }
 
@@ -260,6 +361,23 @@ impl Config {
         if let Some(v) = get("CHORUS_ROOM_MAX_PARTICIPANTS") {
             self.room.max_participants = parse("CHORUS_ROOM_MAX_PARTICIPANTS", &v)?;
         }
+        if let Some(v) = get("CHORUS_ROOM_MODE") {
+            self.room.default_mode = parse("CHORUS_ROOM_MODE", &v)?;
+        }
+        if let Some(v) = get("CHORUS_ROOM_EMPTY_TIMEOUT_SECS") {
+            self.room.empty_timeout_secs = parse("CHORUS_ROOM_EMPTY_TIMEOUT_SECS", &v)?;
+        }
+        if let Some(v) = get("CHORUS_SHUTDOWN_GRACE_PERIOD_SECS") {
+            self.shutdown.grace_period_secs = parse("CHORUS_SHUTDOWN_GRACE_PERIOD_SECS", &v)?;
+        }
+        if let Some(v) = get("CHORUS_WEBHOOK_URLS") {
+            self.webhooks.urls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         if let Some(v) = get("CHORUS_LOG") {
             self.log.filter = v;
         }
@@ -274,8 +392,23 @@ impl Config {
         if !(1..=16).contains(&self.room.slots) {
             return invalid("room.slots must be between 1 and 16");
         }
-        if self.room.max_participants == 0 {
-            return invalid("room.max_participants must be at least 1");
+        if self.room.max_participants == 0 || self.room.max_participants > MAX_ROOM_PARTICIPANTS {
+            return invalid("room.max_participants must be 1..=100000");
+        }
+        if self.room.empty_timeout_secs > MAX_EMPTY_TIMEOUT_SECS {
+            return invalid("room.empty_timeout_secs must be at most 86400 (one day)");
+        }
+        if let Err(why) = mix_config(&self.room.mix).validate() {
+            return Err(ConfigError::Invalid(format!("room.{why}")));
+        }
+        if self.shutdown.grace_period_secs > MAX_EMPTY_TIMEOUT_SECS {
+            return invalid("shutdown.grace_period_secs must be at most 86400");
+        }
+        self.webhooks.validate()?;
+        if let Some(key) = &self.webhooks.api_key {
+            if !self.auth.effective_keys().contains_key(key) {
+                return invalid("webhooks.api_key names no configured API key");
+            }
         }
         if self.media.port_start == 0 {
             return invalid("media.port_start must be a fixed port (clients are told it in SDP)");
@@ -306,7 +439,8 @@ impl Config {
 /// The environment variables [`Config::apply_env`] reads, for `--help`.
 pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
 CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
-CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_LOG, CHORUS_LOG_JSON";
+CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
+CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_LOG, CHORUS_LOG_JSON";
 
 #[cfg(test)]
 mod tests {
@@ -340,6 +474,50 @@ mod tests {
         assert_eq!(c.room.slots, 4);
         assert_eq!(c.media.candidate_addr(1).to_string(), "203.0.113.7:9001");
         assert_eq!(c.auth.signing_key().unwrap().0, "prod");
+    }
+
+    #[test]
+    fn room_modes_and_mix_settings() {
+        let mut c = Config::from_toml(
+            "[room]\ndefault_mode = \"mix\"\n[room.mix]\nbitrate_bps = 24000\ndtx = false\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.room.default_mode, RoomMode::Mix);
+        assert_eq!(c.room.mix.bitrate_bps, 24_000);
+        assert!(!c.room.mix.dtx);
+        assert_eq!(c.room.mix.complexity, MixSettings::default().complexity);
+        c.apply_env(|k| (k == "CHORUS_ROOM_MODE").then(|| "forward".into()))
+            .unwrap();
+        assert_eq!(c.room.default_mode, RoomMode::Forward);
+        assert!(c
+            .apply_env(|k| (k == "CHORUS_ROOM_MODE").then(|| "sfu".into()))
+            .is_err());
+        // The media core validates the mixer settings.
+        c.room.mix.bitrate_bps = 1;
+        assert!(c.validate().unwrap_err().to_string().contains("bitrate"));
+        // Signaling's defaults are the media core's.
+        assert_eq!(
+            mix_config(&MixSettings::default()),
+            media_core::MixConfig::default()
+        );
+    }
+
+    #[test]
+    fn webhook_settings() {
+        let mut c = Config::default();
+        c.apply_env(|k| {
+            (k == "CHORUS_WEBHOOK_URLS")
+                .then(|| "http://127.0.0.1:9/a, https://example.test/b".into())
+        })
+        .unwrap();
+        assert_eq!(c.webhooks.urls.len(), 2);
+        c.validate().unwrap();
+        c.webhooks.urls.push("ftp://x".into());
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.webhooks.api_key = Some("nobody".into());
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! HTTP: the demo page and SDK, WebSocket signaling, metrics, health, and (development mode) tokens.
+//! HTTP: the demo page and SDK, WebSocket signaling, metrics, health, the admin API, and (development mode)
+//! tokens.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -13,7 +14,10 @@ use futures_util::{future, SinkExt, StreamExt};
 use serde::Deserialize;
 use signaling::session::WsFrame;
 use signaling::Signaling;
-use tracing::Instrument;
+use tracing::{info, Instrument};
+
+use crate::config::RoomDefaults;
+use crate::metrics::ServerMetrics;
 
 /// Largest WebSocket message the transport accepts; signaling refuses anything over its own 64 KiB limit
 /// with a typed error, so the transport limit only needs to be above it.
@@ -24,6 +28,27 @@ pub struct AppState {
     pub registry: prometheus::Registry,
     /// Development mode: `/api/dev-token` mints tokens with this key and secret.
     pub dev_key: Option<(String, String)>,
+    pub metrics: ServerMetrics,
+    /// Settings of rooms the admin API creates when its request leaves them out.
+    pub room_defaults: RoomDefaults,
+    /// How long calls continue once a drain begins.
+    pub grace: Duration,
+}
+
+/// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is
+/// told `draining`. Returns the deadline (the first one if a drain is under way).
+pub fn begin_drain(state: &AppState) -> Instant {
+    let already = state.signaling.is_draining();
+    let deadline = state.signaling.start_drain(state.grace);
+    state.metrics.draining.set(1);
+    if !already {
+        info!(
+            grace_secs = state.grace.as_secs(),
+            participants = state.signaling.participant_count(),
+            "draining: no new joins; calls continue until they end or the grace period is over"
+        );
+    }
+    deadline
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -37,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/dev-token", get(dev_token))
+        .merge(crate::admin::router(state.clone()))
         .with_state(state)
 }
 

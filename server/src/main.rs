@@ -3,10 +3,12 @@
 //! With no arguments it runs on the embedded default configuration (loopback, development mode, demo page
 //! at http://127.0.0.1:7880/). `chorus token create` prints an access token.
 
+mod admin;
 mod config;
 mod http;
 mod metrics;
 mod udp;
+mod webhooks;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use config::{Config, ENV_VARS};
+use signaling::media::RoomMode;
 use signaling::Signaling;
 use tracing::{info, warn};
 
@@ -60,6 +63,18 @@ struct ServeArgs {
     /// Default participant limit for new rooms.
     #[arg(long)]
     room_max_participants: Option<usize>,
+    /// Mode of rooms created by a join: forward or mix.
+    #[arg(long)]
+    room_mode: Option<RoomMode>,
+    /// How long a room created through the admin API stays while empty, by default.
+    #[arg(long)]
+    room_empty_timeout_secs: Option<u64>,
+    /// After SIGTERM, calls continue at most this long.
+    #[arg(long)]
+    shutdown_grace_period_secs: Option<u64>,
+    /// A webhook receiver (repeatable; replaces the configured list).
+    #[arg(long = "webhook-url")]
+    webhook_urls: Vec<String>,
     /// Development mode (dev API key, token endpoint for the demo page).
     #[arg(long)]
     dev_mode: Option<bool>,
@@ -81,6 +96,20 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Start draining a running server through its admin API (e.g. from a Kubernetes preStop hook), and
+    /// optionally wait until it is empty or its grace period is over. Signs an admin token with the
+    /// configured API key.
+    Drain(DrainArgs),
+}
+
+#[derive(Args)]
+struct DrainArgs {
+    /// The server's HTTP base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7880")]
+    url: String,
+    /// Wait until no participant is left or the grace period is over.
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(Subcommand)]
@@ -91,10 +120,15 @@ enum TokenCommand {
 
 #[derive(Args)]
 struct TokenCreate {
-    #[arg(long)]
-    room: String,
-    #[arg(long)]
-    identity: String,
+    /// The room the token admits to (access tokens).
+    #[arg(long, required_unless_present = "admin")]
+    room: Option<String>,
+    /// The participant identity (access tokens) or the operator's name (admin tokens).
+    #[arg(long, required_unless_present = "admin")]
+    identity: Option<String>,
+    /// An admin token for the admin API instead of an access token.
+    #[arg(long, conflicts_with_all = ["room", "name", "no_publish", "no_subscribe"])]
+    admin: bool,
     /// Display name.
     #[arg(long)]
     name: Option<String>,
@@ -123,6 +157,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Token {
             command: TokenCommand::Create(t),
         }) => token_create(&config, t),
+        Some(Command::Drain(d)) => drain(&config, d),
         None if cli.serve.print_config => {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
@@ -152,6 +187,18 @@ fn apply_flags(c: &mut Config, a: &ServeArgs) {
     }
     if let Some(v) = a.room_max_participants {
         c.room.max_participants = v;
+    }
+    if let Some(v) = a.room_mode {
+        c.room.default_mode = v;
+    }
+    if let Some(v) = a.room_empty_timeout_secs {
+        c.room.empty_timeout_secs = v;
+    }
+    if let Some(v) = a.shutdown_grace_period_secs {
+        c.shutdown.grace_period_secs = v;
+    }
+    if !a.webhook_urls.is_empty() {
+        c.webhooks.urls = a.webhook_urls.clone();
     }
     if let Some(v) = a.dev_mode {
         c.auth.dev_mode = v;
@@ -184,10 +231,28 @@ fn parse_ttl(s: &str) -> anyhow::Result<u64> {
 fn token_create(config: &Config, t: TokenCreate) -> anyhow::Result<()> {
     let (key, secret) = config.auth.signing_key().context("no API key configured")?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    if t.admin {
+        let claims = signaling::auth::AdminClaims {
+            iss: key.clone(),
+            sub: t.identity.unwrap_or_else(|| "admin".to_owned()),
+            exp: now + parse_ttl(&t.ttl)?,
+            nbf: None,
+            iat: Some(now),
+            admin: true,
+        };
+        println!(
+            "{}",
+            signaling::auth::create_admin_token(&key, secret.as_bytes(), &claims)?
+        );
+        return Ok(());
+    }
+    let (Some(room), Some(identity)) = (t.room, t.identity) else {
+        bail!("--room and --identity are required for an access token");
+    };
     let claims = signaling::auth::Claims {
         iss: key.clone(),
-        sub: t.identity,
-        room: t.room,
+        sub: identity,
+        room,
         exp: now + parse_ttl(&t.ttl)?,
         nbf: None,
         iat: Some(now),
@@ -200,6 +265,66 @@ fn token_create(config: &Config, t: TokenCreate) -> anyhow::Result<()> {
         signaling::auth::create_token(&key, secret.as_bytes(), &claims)?
     );
     Ok(())
+}
+
+/// A one-hour admin token signed with the configured key.
+fn admin_token(config: &Config, subject: &str) -> anyhow::Result<String> {
+    let (key, secret) = config.auth.signing_key().context("no API key configured")?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let claims = signaling::auth::AdminClaims {
+        iss: key.clone(),
+        sub: subject.to_owned(),
+        exp: now + 3600,
+        nbf: None,
+        iat: Some(now),
+        admin: true,
+    };
+    Ok(signaling::auth::create_admin_token(
+        &key,
+        secret.as_bytes(),
+        &claims,
+    )?)
+}
+
+fn drain(config: &Config, args: DrainArgs) -> anyhow::Result<()> {
+    let token = admin_token(config, "chorus-drain")?;
+    let base = args.url.trim_end_matches('/').to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let url = format!("{base}/admin/v1/drain");
+        let status = |response: reqwest::Response| async move {
+            let code = response.status();
+            let body = response.text().await?;
+            if !code.is_success() {
+                bail!("{url_code}: {body}", url_code = code);
+            }
+            anyhow::Ok(serde_json::from_str::<serde_json::Value>(&body)?)
+        };
+        let view = status(client.post(&url).bearer_auth(&token).send().await?).await?;
+        println!("draining: {view}");
+        if !args.wait {
+            return Ok(());
+        }
+        loop {
+            let view = status(client.get(&url).bearer_auth(&token).send().await?).await?;
+            let participants = view["participants"].as_u64().unwrap_or(0);
+            let remaining = view["remaining_secs"].as_u64().unwrap_or(0);
+            if participants == 0 {
+                println!("drained: no participants left");
+                return Ok(());
+            }
+            if remaining == 0 {
+                println!("grace period over with {participants} participants left");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
 }
 
 fn init_tracing(config: &Config) {
@@ -220,6 +345,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
     init_tracing(&config);
     let registry = prometheus::Registry::new();
     let media_metrics = Arc::new(metrics::MediaMetrics::new(&registry)?);
+    let server_metrics = metrics::ServerMetrics::new(&registry)?;
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
 
     let mut workers = Vec::new();
     for index in 0..config.media.worker_count() {
@@ -240,6 +369,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
     let signaling_config = signaling::SignalingConfig {
         default_slots: config.room.slots,
+        default_mode: config.room.default_mode,
+        default_mix: config.room.mix,
+        default_empty_timeout_secs: config.room.empty_timeout_secs,
         default_max_participants: config.room.max_participants,
         ..Default::default()
     };
@@ -261,6 +393,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         signaling: signaling.clone(),
         registry,
         dev_key,
+        metrics: server_metrics.clone(),
+        room_defaults: config.room.clone(),
+        grace: Duration::from_secs(config.shutdown.grace_period_secs),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -269,6 +404,31 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .thread_name("chorus-http")
         .build()?;
     runtime.block_on(async move {
+        let webhook_key = match &config.webhooks.api_key {
+            Some(name) => config
+                .auth
+                .effective_keys()
+                .get(name)
+                .map(|secret| (name.clone(), secret.clone())),
+            None => config.auth.signing_key(),
+        }
+        .context("no API key to sign webhooks with")?;
+        let key = webhooks::SigningKey::new(&webhook_key.0, webhook_key.1.as_bytes());
+        if let Some(events) = webhooks::start(&config.webhooks, key, server_metrics)? {
+            signaling.set_event_sink(events);
+        }
+        // Rooms created through the admin API go once empty for their empty timeout.
+        let sweeper = signaling.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                for room in sweeper.sweep_empty_rooms(Instant::now()) {
+                    info!(room, "empty room closed after its empty timeout");
+                }
+            }
+        });
+
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
@@ -280,6 +440,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         println!("  demo page   http://{addr}/");
         println!("  signaling   ws://{addr}/ws");
         println!("  metrics     http://{addr}/metrics");
+        println!("  admin API   http://{addr}/admin/v1/rooms (docs/openapi.json)");
         println!(
             "  media UDP   {}:{first}-{last} ({} workers, advertised as {})",
             config.media.bind_ip,
@@ -292,6 +453,21 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 config::DEV_API_KEY,
                 config::DEV_API_SECRET
             );
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let admin = signaling::auth::AdminClaims {
+                iss: config::DEV_API_KEY.to_owned(),
+                sub: "developer".to_owned(),
+                exp: now + 24 * 3600,
+                nbf: None,
+                iat: Some(now),
+                admin: true,
+            };
+            let token = signaling::auth::create_admin_token(
+                config::DEV_API_KEY,
+                config::DEV_API_SECRET.as_bytes(),
+                &admin,
+            )?;
+            println!("  admin token (24 h): {token}");
             println!(
                 "  (never expose development mode: set auth.dev_mode = false and auth.api_keys)"
             );
@@ -299,14 +475,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 warn!("development mode on a non-loopback address: anyone can mint tokens");
             }
         }
-        let app = http::router(state);
-        let grace = Duration::from_secs(config.shutdown.grace_period_secs);
+        let app = http::router(state.clone());
         // Open WebSockets would hold a graceful axum shutdown forever: the drain decides when to stop,
         // then the runtime (and every connection) is dropped.
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         tokio::select! {
             result = server => result??,
-            () = shutdown(signaling, grace) => {}
+            () = shutdown(state) => {}
         }
         anyhow::Ok(())
     })?;
@@ -314,9 +489,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT exits at once. SIGTERM drains: no new joins, calls continue until the server is empty or the
-/// grace period ends; a second signal exits at once.
-async fn shutdown(signaling: Arc<Signaling>, grace: Duration) {
+/// SIGINT exits at once. SIGTERM drains: no new joins, every client is told (`draining`), calls continue
+/// until the server is empty or the grace period ends (counted from the drain's start, which may have been
+/// earlier through the admin API); then the remaining sessions are closed (1001). A second signal exits at
+/// once.
+async fn shutdown(state: Arc<http::AppState>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term =
         signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds on Unix");
@@ -329,27 +506,33 @@ async fn shutdown(signaling: Arc<Signaling>, grace: Duration) {
         }
         _ = term.recv() => {}
     }
-    info!(grace_secs = grace.as_secs(), "SIGTERM: draining");
-    signaling.set_draining();
-    let deadline = Instant::now() + grace;
+    info!("SIGTERM: draining");
+    let deadline = http::begin_drain(&state);
+    let signaling = &state.signaling;
     loop {
         let remaining = signaling.participant_count();
         if remaining == 0 {
             info!("drained: no participants left");
-            return;
+            break;
         }
         if Instant::now() >= deadline {
             warn!(
                 remaining,
-                "grace period over: exiting with calls in progress"
+                "grace period over: closing the calls still in progress"
             );
-            return;
+            break;
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = term.recv() => { warn!("second SIGTERM: exiting now"); std::process::exit(143); }
             _ = int.recv() => { warn!("SIGINT while draining: exiting now"); std::process::exit(130); }
         }
+    }
+    // Close every session with 1001 and give them a moment to say so and leave their rooms.
+    signaling.close_all_sessions();
+    let closing = Instant::now() + Duration::from_secs(2);
+    while signaling.participant_count() > 0 && Instant::now() < closing {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,7 +1,31 @@
-//! Media metrics: workers publish their core counters here as deltas every half second.
+//! Media and server metrics (docs/metrics.md lists every one). Workers publish their core counters here
+//! as deltas every half second, feed the core's RTT / jitter / jitter-buffer samples into histograms, and
+//! time their own loop (forwarding latency, mixer ticks, busy time). No per-room or per-participant labels:
+//! the only label with more than a handful of values is `worker`, bounded by the core count.
 
-use media_core::{CoreStats, DropReason};
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use media_core::{CoreStats, DropReason, Samples};
+use prometheus::{
+    Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Forwarding latency buckets: from 10 µs (a datagram forwarded within one receive batch) to 25 ms.
+const FORWARDING_BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05,
+];
+/// Mixer pass buckets: a 20 ms tick must finish well inside its period.
+const MIXER_BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02,
+    0.05,
+];
+const RTT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+];
+const JITTER_BUCKETS: [f64; 10] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2,
+];
+const JITTER_BUFFER_BUCKETS: [f64; 10] = [0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.5];
 
 pub struct MediaMetrics {
     pub datagrams_in: IntCounter,
@@ -14,33 +38,84 @@ pub struct MediaMetrics {
     pub drops: IntCounterVec,
     pub send_failed: IntCounter,
     pub events_dropped: IntCounter,
-    pub rooms: IntGauge,
-    pub participants: IntGauge,
+    pub nacks_received: IntCounter,
+    pub nacks_sent: IntCounter,
+    pub rtt: Histogram,
+    pub jitter: Histogram,
+    pub forwarding_latency: Histogram,
+    pub mixer_ticks: IntCounter,
+    pub mixer_ticks_late: IntCounter,
+    pub mixer_tick_duration: Histogram,
+    pub mixer_frames_decoded: IntCounter,
+    pub mixer_frames_encoded: IntCounter,
+    pub jitter_buffer_delay: Histogram,
+    pub concealed: IntCounterVec,
+    pub jitter_buffer_discarded: IntCounterVec,
+    pub jitter_buffer_lost: IntCounter,
+    pub worker_rooms: IntGaugeVec,
+    pub worker_participants: IntGaugeVec,
+    pub worker_busy: CounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+    r.register(Box::new(c.clone()))?;
+    for v in values {
+        c.with_label_values(&[*v]);
+    }
+    Ok(c)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> prometheus::Result<Histogram> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
 }
 
 impl MediaMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
-            let c = IntCounter::new(name, help)?;
-            r.register(Box::new(c.clone()))?;
-            Ok(c)
-        }
-        fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
-            let g = IntGauge::new(name, help)?;
-            r.register(Box::new(g.clone()))?;
-            Ok(g)
-        }
-        let drops = IntCounterVec::new(
+        let drop_reasons: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        let worker_rooms = IntGaugeVec::new(
             Opts::new(
-                "chorus_packets_dropped_total",
-                "Datagrams and RTP packets not used, by reason.",
+                "chorus_worker_rooms",
+                "Rooms with media on each media worker.",
             ),
-            &["reason"],
+            &["worker"],
         )?;
-        registry.register(Box::new(drops.clone()))?;
-        for r in DropReason::ALL {
-            drops.with_label_values(&[r.as_str()]);
-        }
+        registry.register(Box::new(worker_rooms.clone()))?;
+        let worker_participants = IntGaugeVec::new(
+            Opts::new(
+                "chorus_worker_participants",
+                "Participants with a media peer on each media worker.",
+            ),
+            &["worker"],
+        )?;
+        registry.register(Box::new(worker_participants.clone()))?;
+        let worker_busy = CounterVec::new(
+            Opts::new(
+                "chorus_worker_busy_seconds_total",
+                "Time each media worker spent handling input rather than waiting, in seconds (rate = load, 1.0 = one core saturated).",
+            ),
+            &["worker"],
+        )?;
+        registry.register(Box::new(worker_busy.clone()))?;
         Ok(MediaMetrics {
             datagrams_in: counter(
                 registry,
@@ -77,7 +152,13 @@ impl MediaMetrics {
                 "chorus_rtp_packets_unrouted_total",
                 "Microphone packets no subscriber was routed to (e.g. alone in a room).",
             )?,
-            drops,
+            drops: counter_vec(
+                registry,
+                "chorus_packets_dropped_total",
+                "Datagrams and RTP packets not used, by reason.",
+                "reason",
+                &drop_reasons,
+            )?,
             send_failed: counter(
                 registry,
                 "chorus_udp_send_errors_total",
@@ -88,12 +169,88 @@ impl MediaMetrics {
                 "chorus_media_events_dropped_total",
                 "Media events dropped because a session's queue was full.",
             )?,
-            rooms: gauge(registry, "chorus_rooms", "Rooms with media on this server.")?,
-            participants: gauge(
+            nacks_received: counter(
                 registry,
-                "chorus_participants",
-                "Participants with a media peer on this server.",
+                "chorus_rtcp_nacks_received_total",
+                "RTCP NACKs received from subscribers (retransmission requests for the server's streams).",
             )?,
+            nacks_sent: counter(
+                registry,
+                "chorus_rtcp_nacks_sent_total",
+                "RTCP NACKs sent to publishers for packets the server did not receive.",
+            )?,
+            rtt: histogram(
+                registry,
+                "chorus_rtt_seconds",
+                "Round-trip time between the server and its peers, from RTCP reports, in seconds.",
+                &RTT_BUCKETS,
+            )?,
+            jitter: histogram(
+                registry,
+                "chorus_jitter_seconds",
+                "Interarrival jitter of publishers' audio streams (RFC 3550), in seconds.",
+                &JITTER_BUCKETS,
+            )?,
+            forwarding_latency: histogram(
+                registry,
+                "chorus_forwarding_latency_seconds",
+                "Time from a receive batch returning from the socket to the datagrams it produced being handed to the socket, per datagram sent, in seconds.",
+                &FORWARDING_BUCKETS,
+            )?,
+            mixer_ticks: counter(
+                registry,
+                "chorus_mixer_ticks_total",
+                "Mixer ticks run (one per mixed room every 20 ms).",
+            )?,
+            mixer_ticks_late: counter(
+                registry,
+                "chorus_mixer_ticks_late_total",
+                "Mixer ticks that ran more than one period after their deadline (missed deadlines).",
+            )?,
+            mixer_tick_duration: histogram(
+                registry,
+                "chorus_mixer_tick_duration_seconds",
+                "Wall time of a worker's timeout handling in which mixer ticks ran (all mixed rooms due), in seconds.",
+                &MIXER_BUCKETS,
+            )?,
+            mixer_frames_decoded: counter(
+                registry,
+                "chorus_mixer_frames_decoded_total",
+                "Opus frames decoded from participants of mixed rooms.",
+            )?,
+            mixer_frames_encoded: counter(
+                registry,
+                "chorus_mixer_frames_encoded_total",
+                "Opus frames encoded by mixers.",
+            )?,
+            jitter_buffer_delay: histogram(
+                registry,
+                "chorus_jitter_buffer_delay_seconds",
+                "Target delay of mixed rooms' jitter buffers, sampled once per second per input, in seconds.",
+                &JITTER_BUFFER_BUCKETS,
+            )?,
+            concealed: counter_vec(
+                registry,
+                "chorus_jitter_buffer_concealed_frames_total",
+                "Missing frames of mixed inputs concealed, by method: fec (recovered from in-band FEC) or plc (Opus packet-loss concealment).",
+                "method",
+                &["fec", "plc"],
+            )?,
+            jitter_buffer_discarded: counter_vec(
+                registry,
+                "chorus_jitter_buffer_discarded_packets_total",
+                "Packets of mixed inputs the jitter buffer discarded, by reason: late (after their playout time) or duplicate.",
+                "reason",
+                &["late", "duplicate"],
+            )?,
+            jitter_buffer_lost: counter(
+                registry,
+                "chorus_jitter_buffer_lost_frames_total",
+                "Frames of mixed inputs never received by their playout time (before concealment).",
+            )?,
+            worker_rooms,
+            worker_participants,
+            worker_busy,
         })
     }
 
@@ -117,5 +274,164 @@ impl MediaMetrics {
                 self.drops.with_label_values(&[r.as_str()]).inc_by(n);
             }
         }
+        self.nacks_received
+            .inc_by(d(before.nacks_received, now.nacks_received));
+        self.nacks_sent.inc_by(d(before.nacks_sent, now.nacks_sent));
+        let (b, n) = (&before.mix, &now.mix);
+        self.mixer_ticks.inc_by(d(b.ticks, n.ticks));
+        self.mixer_ticks_late.inc_by(d(b.ticks_late, n.ticks_late));
+        self.mixer_frames_decoded
+            .inc_by(d(b.frames_decoded, n.frames_decoded));
+        self.mixer_frames_encoded
+            .inc_by(d(b.frames_encoded, n.frames_encoded));
+        self.concealed
+            .with_label_values(&["fec"])
+            .inc_by(d(b.concealed_fec, n.concealed_fec));
+        self.concealed
+            .with_label_values(&["plc"])
+            .inc_by(d(b.concealed_plc, n.concealed_plc));
+        self.jitter_buffer_discarded
+            .with_label_values(&["late"])
+            .inc_by(d(b.packets_late, n.packets_late));
+        self.jitter_buffer_discarded
+            .with_label_values(&["duplicate"])
+            .inc_by(d(b.packets_duplicate, n.packets_duplicate));
+        self.jitter_buffer_lost
+            .inc_by(d(b.packets_lost, n.packets_lost));
+    }
+
+    /// Feed a core's observations into the histograms.
+    pub fn observe(&self, samples: &Samples) {
+        for &v in &samples.rtt_seconds {
+            self.rtt.observe(v);
+        }
+        for &v in &samples.jitter_seconds {
+            self.jitter.observe(v);
+        }
+        for &v in &samples.jitter_buffer_delay_seconds {
+            self.jitter_buffer_delay.observe(v);
+        }
+    }
+}
+
+/// Server-wide metrics that belong to no worker: build, drain state, admin API, webhooks.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    pub draining: IntGauge,
+    pub admin_requests: IntCounterVec,
+    pub webhook_attempts: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_duration: HistogramVec,
+    pub webhooks_in_flight: IntGauge,
+    pub webhook_retry_wait: Counter,
+}
+
+/// The `result` label values of `chorus_admin_requests_total`.
+pub const ADMIN_RESULTS: [&str; 8] = [
+    "ok",
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "unavailable",
+    "internal",
+];
+
+impl ServerMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "chorus_build_info",
+                "Always 1; the labels name the running build.",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(build.clone()))?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let draining = IntGauge::new(
+            "chorus_draining",
+            "1 while the server drains (refuses joins, waits for calls to end), else 0.",
+        )?;
+        registry.register(Box::new(draining.clone()))?;
+        let webhook_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "chorus_webhook_request_duration_seconds",
+                "Duration of webhook HTTP requests (one attempt), by outcome, in seconds.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(webhook_duration.clone()))?;
+        let webhooks_in_flight = IntGauge::new(
+            "chorus_webhooks_in_flight",
+            "Webhook deliveries under way (including those waiting to retry).",
+        )?;
+        registry.register(Box::new(webhooks_in_flight.clone()))?;
+        let webhook_retry_wait = Counter::new(
+            "chorus_webhook_retry_wait_seconds_total",
+            "Time webhook deliveries spent waiting between attempts (backoff), in seconds.",
+        )?;
+        registry.register(Box::new(webhook_retry_wait.clone()))?;
+        let outcomes = ["ok", "http_error", "transport_error"];
+        for o in outcomes {
+            webhook_duration.with_label_values(&[o]);
+        }
+        Ok(ServerMetrics {
+            draining,
+            admin_requests: counter_vec(
+                registry,
+                "chorus_admin_requests_total",
+                "Admin API requests, by result.",
+                "result",
+                &ADMIN_RESULTS,
+            )?,
+            webhook_attempts: counter_vec(
+                registry,
+                "chorus_webhook_attempts_total",
+                "Webhook HTTP requests, by outcome: ok (2xx), http_error (another status) or transport_error (no response).",
+                "outcome",
+                &outcomes,
+            )?,
+            webhook_deliveries: counter_vec(
+                registry,
+                "chorus_webhook_deliveries_total",
+                "Webhook events, by final result: delivered, failed (attempts exhausted or refused with 4xx).",
+                "result",
+                &["delivered", "failed"],
+            )?,
+            webhook_duration,
+            webhooks_in_flight,
+            webhook_retry_wait,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_and_samples_reach_the_registry() {
+        let registry = Registry::new();
+        let m = MediaMetrics::new(&registry).expect("registers once");
+        ServerMetrics::new(&registry).expect("no name clashes");
+        let mut now = CoreStats {
+            nacks_received: 3,
+            ..CoreStats::default()
+        };
+        now.mix.concealed_plc = 2;
+        m.add_delta(&CoreStats::default(), &now);
+        assert_eq!(m.nacks_received.get(), 3);
+        assert_eq!(m.concealed.with_label_values(&["plc"]).get(), 2);
+        m.observe(&Samples {
+            rtt_seconds: vec![0.02, 0.04],
+            jitter_seconds: vec![0.003],
+            jitter_buffer_delay_seconds: vec![],
+        });
+        assert_eq!(m.rtt.get_sample_count(), 2);
+        assert_eq!(m.jitter.get_sample_count(), 1);
     }
 }

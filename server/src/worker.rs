@@ -14,7 +14,12 @@ use media_core::{
     CoreConfig, CoreEvent, CoreStats, JoinParams, MediaCore, Output, ParticipantId, RoomConfig,
     RoomId,
 };
-use signaling::media::{MediaCommand, MediaError, MediaEvent, MediaRouter, SlotAssignment};
+use prometheus::core::AtomicI64;
+use prometheus::core::{AtomicF64, GenericCounter, GenericGauge};
+use prometheus::local::LocalHistogram;
+use signaling::media::{
+    MediaCommand, MediaError, MediaEvent, MediaRouter, RoomMode, RoomSettings, SlotAssignment,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn};
@@ -78,8 +83,30 @@ struct Worker {
     outbox: Vec<Transmit>,
     metrics: Arc<MediaMetrics>,
     last_stats: CoreStats,
-    last_rooms: usize,
-    last_participants: usize,
+    /// This worker's series of the per-worker metrics.
+    rooms_gauge: GenericGauge<AtomicI64>,
+    participants_gauge: GenericGauge<AtomicI64>,
+    busy_counter: GenericCounter<AtomicF64>,
+    /// Time spent handling input since the last publication.
+    busy: Duration,
+    /// Forwarding latency observations, published with the counters (no atomics per datagram).
+    forwarding: LocalHistogram,
+}
+
+/// What woke the worker up.
+enum Wake {
+    Command(Option<MediaCommand>),
+    Readable(io::Result<()>),
+    Timeout,
+    Stats,
+}
+
+/// The media core's configuration of a room with these signaling settings.
+pub fn room_config(settings: &RoomSettings) -> RoomConfig {
+    match settings.mode {
+        RoomMode::Forward => RoomConfig::forward(usize::from(settings.slots)),
+        RoomMode::Mix => RoomConfig::mix(crate::config::mix_config(&settings.mix)),
+    }
 }
 
 impl Worker {
@@ -89,7 +116,13 @@ impl Worker {
         let mut config = CoreConfig::new(spec.candidate, seed);
         config.connect_timeout = spec.connect_timeout;
         info!(bind = %spec.bind, candidate = %spec.candidate, "media worker started");
+        let label = spec.index.to_string();
         Worker {
+            rooms_gauge: metrics.worker_rooms.with_label_values(&[&label]),
+            participants_gauge: metrics.worker_participants.with_label_values(&[&label]),
+            busy_counter: metrics.worker_busy.with_label_values(&[&label]),
+            busy: Duration::ZERO,
+            forwarding: metrics.forwarding_latency.local(),
             index: spec.index,
             core: MediaCore::new(now, config),
             socket,
@@ -97,8 +130,6 @@ impl Worker {
             outbox: Vec::with_capacity(256),
             metrics,
             last_stats: CoreStats::default(),
-            last_rooms: 0,
-            last_participants: 0,
         }
     }
 
@@ -109,25 +140,32 @@ impl Worker {
         let mut deadline = self.drain();
         self.flush();
         loop {
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.command(cmd),
-                    None => break,
-                },
-                ready = self.socket.readable() => {
-                    if let Err(e) = ready {
-                        warn!(error = %e, "socket not readable");
-                        continue;
-                    }
+                cmd = commands.recv() => Wake::Command(cmd),
+                ready = self.socket.readable() => Wake::Readable(ready),
+                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
+                _ = stats_tick.tick() => Wake::Stats,
+            };
+            let woke = Instant::now();
+            match wake {
+                Wake::Command(Some(cmd)) => {
+                    self.command(cmd);
+                    deadline = self.drain();
+                    self.flush();
+                }
+                Wake::Command(None) => break,
+                Wake::Readable(Err(e)) => warn!(error = %e, "socket not readable"),
+                Wake::Readable(Ok(())) => {
                     // Read a batch, feed it datagram by datagram (draining after each), send once.
                     let fd = self.socket.as_raw_fd();
-                    let received = self.socket.try_io(tokio::io::Interest::READABLE, || {
-                        match batch.recv(fd) {
-                            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
-                            other => other,
-                        }
-                    });
+                    let received =
+                        self.socket.try_io(tokio::io::Interest::READABLE, || {
+                            match batch.recv(fd) {
+                                Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+                                other => other,
+                            }
+                        });
                     match received {
                         Ok(_) => {
                             let now = Instant::now();
@@ -135,24 +173,34 @@ impl Worker {
                                 self.core.handle_datagram(now, source, data);
                                 deadline = self.drain();
                             }
-                            self.flush();
+                            let sent = self.flush();
+                            // Every datagram this batch produced left in this flush.
+                            let latency = now.elapsed().as_secs_f64();
+                            for _ in 0..sent {
+                                self.forwarding.observe(latency);
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         // ICMP errors surface here on Linux; they concern one peer only.
                         Err(e) => debug!(error = %e, "recv failed"),
                     }
-                    continue;
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    self.core.handle_timeout(Instant::now());
+                Wake::Timeout => {
+                    // The core has no clock: the mixer's cost is the wall time of the timeout passes in
+                    // which its tick counter moved.
+                    let ticks = self.core.stats().mix.ticks;
+                    self.core.handle_timeout(woke);
+                    deadline = self.drain();
+                    self.flush();
+                    if self.core.stats().mix.ticks > ticks {
+                        self.metrics
+                            .mixer_tick_duration
+                            .observe(woke.elapsed().as_secs_f64());
+                    }
                 }
-                _ = stats_tick.tick() => {
-                    self.publish_stats();
-                    continue;
-                }
+                Wake::Stats => self.publish_stats(),
             }
-            deadline = self.drain();
-            self.flush();
+            self.busy += woke.elapsed();
         }
         self.publish_stats();
         info!(index = self.index, "media worker stopped");
@@ -169,16 +217,18 @@ impl Worker {
         }
     }
 
-    /// Send the queued datagrams in as few system calls as possible.
-    fn flush(&mut self) {
-        if self.outbox.is_empty() {
-            return;
+    /// Send the queued datagrams in as few system calls as possible; returns how many were queued.
+    fn flush(&mut self) -> usize {
+        let queued = self.outbox.len();
+        if queued == 0 {
+            return 0;
         }
         let sent = udp::send_all(self.socket.as_raw_fd(), &self.outbox);
         if sent.failed > 0 {
             self.metrics.send_failed.inc_by(sent.failed as u64);
         }
         self.outbox.clear();
+        queued
     }
 
     fn command(&mut self, cmd: MediaCommand) {
@@ -203,7 +253,7 @@ impl Worker {
                     .add_participant(
                         now,
                         &RoomId(room),
-                        RoomConfig::forward(settings.slots as usize),
+                        room_config(&settings),
                         id,
                         JoinParams {
                             can_publish,
@@ -228,10 +278,17 @@ impl Worker {
                 let _ = reply.send(result);
             }
             MediaCommand::Mute { participant, muted } => {
-                let _ = self.core.set_muted(ParticipantId(participant), muted);
+                let id = ParticipantId(participant);
+                let _enter = info_span!("participant", participant = %id).entered();
+                if let Err(e) = self.core.set_muted(id, muted) {
+                    // Not connected yet: the state reaches the worker with the offer.
+                    debug!(error = %e, muted, "mute for a participant without media");
+                }
             }
             MediaCommand::Leave { participant } => {
                 let id = ParticipantId(participant);
+                let _enter = info_span!("participant", participant = %id).entered();
+                debug!("participant leaves");
                 self.sessions.remove(&id);
                 let _ = self.core.remove_participant(now, id);
             }
@@ -288,16 +345,13 @@ impl Worker {
         let now = self.core.stats().clone();
         self.metrics.add_delta(&self.last_stats, &now);
         self.last_stats = now;
-        let rooms = self.core.room_count();
-        let participants = self.core.participant_count();
-        self.metrics
-            .rooms
-            .add(rooms as i64 - self.last_rooms as i64);
-        self.metrics
-            .participants
-            .add(participants as i64 - self.last_participants as i64);
-        self.last_rooms = rooms;
-        self.last_participants = participants;
+        self.metrics.observe(&self.core.take_samples());
+        self.forwarding.flush();
+        self.rooms_gauge.set(self.core.room_count() as i64);
+        self.participants_gauge
+            .set(self.core.participant_count() as i64);
+        self.busy_counter.inc_by(self.busy.as_secs_f64());
+        self.busy = Duration::ZERO;
     }
 }
 

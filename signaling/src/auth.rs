@@ -139,6 +139,8 @@ pub enum AuthError {
     NotYetValid,
     #[error("the access token has expired")]
     Expired,
+    #[error("the token carries no admin grant")]
+    NotAdmin,
     #[error("the API secret must not be empty")]
     EmptySecret,
     #[error("the access token could not be signed: {0}")]
@@ -302,6 +304,94 @@ pub fn create_token(
 
 /// Verifies an access token at time `now` (seconds since the Unix epoch) and returns its claims.
 pub fn verify_token(token: &str, keys: &ApiKeys, now: u64) -> Result<Claims, AuthError> {
+    let claims: Claims = decode_verified(token, keys, "sub, room and exp are required")?;
+    claims.validate()?;
+    check_times(claims.nbf, claims.exp, now)?;
+    Ok(claims)
+}
+
+/// The claims of an admin token: its bearer may use the admin API (docs/openapi.json). Signed like an
+/// access token (HS256 with an API secret, `iss` names the key); `admin` must be `true`, and there is no
+/// `room`, so an admin token cannot join a room and an access token cannot use the admin API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminClaims {
+    /// The API key that signed the token.
+    pub iss: String,
+    /// Who the token was made for (an operator or a service), for logs.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    #[serde(deserialize_with = "numeric_date")]
+    pub exp: u64,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_numeric_date"
+    )]
+    pub nbf: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_numeric_date"
+    )]
+    pub iat: Option<u64>,
+    /// The admin grant (absent in access tokens, which then fail with [`AuthError::NotAdmin`]).
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// Makes an HS256 admin token (see [`AdminClaims`]); its `iss` is `key` and `admin` is true.
+pub fn create_admin_token(
+    key: &str,
+    secret: impl AsRef<[u8]>,
+    claims: &AdminClaims,
+) -> Result<String, AuthError> {
+    ensure_crypto_provider();
+    let secret = secret.as_ref();
+    if secret.is_empty() {
+        return Err(AuthError::EmptySecret);
+    }
+    if claims.sub.is_empty() || claims.sub.chars().count() > MAX_ID_CHARS {
+        return Err(AuthError::InvalidClaims("sub must be 1 to 128 characters"));
+    }
+    let claims = AdminClaims {
+        iss: key.to_owned(),
+        admin: true,
+        ..claims.clone()
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| AuthError::Signing(e.to_string()))
+}
+
+/// Verifies an admin token at time `now`: signature, times, and the `admin: true` grant.
+pub fn verify_admin_token(token: &str, keys: &ApiKeys, now: u64) -> Result<AdminClaims, AuthError> {
+    let claims: AdminClaims = decode_verified(token, keys, "sub, exp and admin are required")?;
+    if !claims.admin {
+        return Err(AuthError::NotAdmin);
+    }
+    check_times(claims.nbf, claims.exp, now)?;
+    Ok(claims)
+}
+
+fn check_times(nbf: Option<u64>, exp: u64, now: u64) -> Result<(), AuthError> {
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(NBF_LEEWAY_SECS)) {
+        return Err(AuthError::NotYetValid);
+    }
+    if exp <= now {
+        return Err(AuthError::Expired);
+    }
+    Ok(())
+}
+
+/// Checks the header and signature of `token` (the key named by `iss`) and decodes its claims as `C`.
+fn decode_verified<C: serde::de::DeserializeOwned>(
+    token: &str,
+    keys: &ApiKeys,
+    required: &'static str,
+) -> Result<C, AuthError> {
     ensure_crypto_provider();
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
     if header.alg != Algorithm::HS256 {
@@ -325,29 +415,16 @@ pub fn verify_token(token: &str, keys: &ApiKeys, now: u64) -> Result<Claims, Aut
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.validate_aud = false;
-    let claims = jsonwebtoken::decode::<Claims>(token, &secret.decoding, &validation)
+    let claims: C = jsonwebtoken::decode::<C>(token, &secret.decoding, &validation)
         .map_err(|e| match e.kind() {
             ErrorKind::InvalidSignature => AuthError::BadSignature,
             ErrorKind::InvalidAlgorithm => AuthError::UnsupportedAlgorithm,
             ErrorKind::Json(_)
             | ErrorKind::InvalidClaimFormat(_)
-            | ErrorKind::MissingRequiredClaim(_) => {
-                AuthError::InvalidClaims("sub, room and exp are required")
-            }
+            | ErrorKind::MissingRequiredClaim(_) => AuthError::InvalidClaims(required),
             _ => AuthError::Malformed,
         })?
         .claims;
-
-    claims.validate()?;
-    if claims
-        .nbf
-        .is_some_and(|nbf| nbf > now.saturating_add(NBF_LEEWAY_SECS))
-    {
-        return Err(AuthError::NotYetValid);
-    }
-    if claims.exp <= now {
-        return Err(AuthError::Expired);
-    }
     Ok(claims)
 }
 
@@ -647,6 +724,81 @@ pub(crate) mod tests {
         assert_eq!(
             create_token("k", b"", &claims()),
             Err(AuthError::EmptySecret)
+        );
+    }
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn keys() -> ApiKeys {
+        ApiKeys::new([("ops", SECRET)]).expect("valid keys")
+    }
+
+    fn admin(exp: u64) -> AdminClaims {
+        AdminClaims {
+            iss: String::new(),
+            sub: "operator".into(),
+            exp,
+            nbf: None,
+            iat: Some(NOW),
+            admin: true,
+        }
+    }
+
+    #[test]
+    fn admin_tokens_verify_and_carry_the_grant() {
+        let token = create_admin_token("ops", SECRET, &admin(NOW + 60)).expect("signs");
+        let claims = verify_admin_token(&token, &keys(), NOW).expect("verifies");
+        assert_eq!(claims.iss, "ops");
+        assert!(claims.admin);
+        assert_eq!(
+            verify_admin_token(&token, &keys(), NOW + 60),
+            Err(AuthError::Expired)
+        );
+        let forged = create_admin_token("ops", "x".repeat(32), &admin(NOW + 60)).expect("signs");
+        assert_eq!(
+            verify_admin_token(&forged, &keys(), NOW),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn access_and_admin_tokens_are_not_interchangeable() {
+        let access = Claims {
+            iss: "ops".into(),
+            sub: "ada".into(),
+            room: "lobby".into(),
+            exp: NOW + 60,
+            nbf: None,
+            iat: None,
+            name: None,
+            can_publish: true,
+            can_subscribe: true,
+        };
+        let access = create_token("ops", SECRET, &access).expect("signs");
+        assert_eq!(
+            verify_admin_token(&access, &keys(), NOW),
+            Err(AuthError::NotAdmin)
+        );
+        let admin = create_admin_token("ops", SECRET, &admin(NOW + 60)).expect("signs");
+        assert!(matches!(
+            verify_token(&admin, &keys(), NOW),
+            Err(AuthError::InvalidClaims(_))
+        ));
+        // A token that says admin: false is refused even with a valid signature.
+        let header = Header::new(Algorithm::HS256);
+        let claims = serde_json::json!({"iss": "ops", "sub": "x", "exp": NOW + 60, "admin": false});
+        let token =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET.as_ref()))
+                .expect("signs");
+        assert_eq!(
+            verify_admin_token(&token, &keys(), NOW),
+            Err(AuthError::NotAdmin)
         );
     }
 }

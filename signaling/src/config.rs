@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::media::{RoomMode, RoomSettings};
+use crate::media::{MixSettings, RoomMode, RoomSettings};
 
 /// The most audio slots a room may have.
 pub const MAX_SLOTS: u8 = 16;
@@ -23,6 +23,12 @@ pub struct SignalingConfig {
     /// Audio slots per subscriber of a new room (1 to 16). Rooms take their settings when their first
     /// participant joins.
     pub default_slots: u8,
+    /// Mode of a room created by a join (the admin API may choose another).
+    pub default_mode: RoomMode,
+    /// Encoder settings of a mixed room created by a join.
+    pub default_mix: MixSettings,
+    /// How long a room created through the admin API stays while empty, unless its request says otherwise.
+    pub default_empty_timeout_secs: u64,
     /// Participants a new room admits before `room_full`.
     pub default_max_participants: usize,
     /// A session that sends nothing for this long is closed (protocol: 30 s).
@@ -41,6 +47,9 @@ impl Default for SignalingConfig {
     fn default() -> Self {
         Self {
             default_slots: 3,
+            default_mode: RoomMode::Forward,
+            default_mix: MixSettings::default(),
+            default_empty_timeout_secs: 300,
             default_max_participants: 100,
             idle_timeout_ms: 30_000,
             media_timeout_ms: 5_000,
@@ -56,6 +65,8 @@ impl Default for SignalingConfig {
 pub enum ConfigError {
     #[error("default_slots must be 1 to {MAX_SLOTS}, not {0}")]
     Slots(u8),
+    #[error("default_empty_timeout_secs must be at most one day, not {0}")]
+    EmptyTimeout(u64),
     #[error("default_max_participants must be at least 1")]
     MaxParticipants,
     #[error("{0} must be 1 to {MAX_TIMEOUT_MS} ms, not {1}")]
@@ -74,6 +85,9 @@ impl SignalingConfig {
         }
         if self.default_max_participants == 0 {
             return Err(ConfigError::MaxParticipants);
+        }
+        if self.default_empty_timeout_secs > MAX_TIMEOUT_MS / 1000 {
+            return Err(ConfigError::EmptyTimeout(self.default_empty_timeout_secs));
         }
         for (name, ms) in [
             ("idle_timeout_ms", self.idle_timeout_ms),
@@ -95,11 +109,11 @@ impl SignalingConfig {
         Ok(())
     }
 
-    /// The media settings of a new room (protocol version 1 only forwards).
+    /// The media settings of a room created by a join.
     pub fn room_settings(&self) -> RoomSettings {
-        RoomSettings {
-            mode: RoomMode::Forward,
-            slots: self.default_slots,
+        match self.default_mode {
+            RoomMode::Forward => RoomSettings::forward(self.default_slots),
+            RoomMode::Mix => RoomSettings::mix(self.default_mix),
         }
     }
 
@@ -124,13 +138,13 @@ mod tests {
     fn defaults_are_valid_and_match_the_protocol() {
         let config = SignalingConfig::default();
         config.validate().expect("defaults are valid");
-        assert_eq!(
-            config.room_settings(),
-            RoomSettings {
-                mode: RoomMode::Forward,
-                slots: 3
-            }
-        );
+        assert_eq!(config.room_settings(), RoomSettings::forward(3));
+        let mix = SignalingConfig {
+            default_mode: RoomMode::Mix,
+            ..SignalingConfig::default()
+        };
+        assert_eq!(mix.room_settings().mode, RoomMode::Mix);
+        assert_eq!(mix.room_settings().slots, 1);
         assert_eq!(config.default_max_participants, 100);
         assert_eq!(config.idle_timeout(), Duration::from_secs(30));
         assert_eq!(config.media_timeout(), Duration::from_secs(5));

@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod config;
+pub mod events;
 pub mod media;
 pub mod metrics;
 pub mod protocol;
@@ -14,16 +15,19 @@ pub mod session;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 pub use auth::{ApiKeys, Claims};
 pub use config::{ConfigError, SignalingConfig, MAX_SLOTS};
+pub use events::RoomEvent;
 pub use metrics::SignalingMetrics;
-pub use registry::RoomSnapshot;
+pub use registry::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
 pub use session::{run_session, WsFrame};
 
-use media::MediaRouter;
+use media::{MediaCommand, MediaRouter};
+use protocol::ParticipantInfo;
 use registry::RoomRegistry;
 
 /// The version of this server, as `joined.server_version` reports it.
@@ -37,6 +41,8 @@ pub struct Signaling {
     metrics: SignalingMetrics,
     rooms: RoomRegistry,
     draining: AtomicBool,
+    /// When the drain ends (set once, when it begins): sessions tell their clients.
+    drain_deadline: watch::Sender<Option<Instant>>,
     closing: watch::Sender<bool>,
 }
 
@@ -73,6 +79,7 @@ impl Signaling {
             metrics,
             rooms,
             draining: AtomicBool::new(false),
+            drain_deadline: watch::Sender::new(None),
             closing: watch::Sender::new(false),
         })
     }
@@ -106,6 +113,92 @@ impl Signaling {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Begins a drain: no more joins, and every session (open now or later) is sent `draining` with the
+    /// time left until `grace` from now. Returns the deadline (the first one, if already draining).
+    pub fn start_drain(&self, grace: Duration) -> Instant {
+        self.set_draining();
+        let deadline = Instant::now() + grace;
+        self.drain_deadline.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(deadline);
+                true
+            } else {
+                false
+            }
+        });
+        self.drain_deadline().unwrap_or(deadline)
+    }
+
+    /// When the drain ends, once [`Signaling::start_drain`] has been called.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        *self.drain_deadline.borrow()
+    }
+
+    pub(crate) fn drain_notices(&self) -> watch::Receiver<Option<Instant>> {
+        self.drain_deadline.subscribe()
+    }
+
+    /// Sends room lifecycle events (for webhooks) to `events`, with `try_send`: a full queue drops the event
+    /// and counts it. Only the first sink set is used; returns whether this one was.
+    pub fn set_event_sink(&self, events: mpsc::Sender<RoomEvent>) -> bool {
+        self.rooms.set_observer(events)
+    }
+
+    /// Creates an empty room (admin API). Refused while draining.
+    pub fn create_room(&self, name: &str, spec: RoomSpec) -> Result<RoomSnapshot, AdminError> {
+        if self.is_draining() {
+            return Err(AdminError::Draining);
+        }
+        self.rooms.create(name, spec, Instant::now())
+    }
+
+    /// Deletes a room (admin API): its participants are told `left` with reason `room_deleted`.
+    pub fn delete_room(&self, name: &str) -> Result<(), AdminError> {
+        self.rooms.delete(name)
+    }
+
+    /// Removes one participant (admin API): it is told `left` with reason `kicked`.
+    pub fn kick_participant(&self, room: &str, sid: &str) -> Result<(), AdminError> {
+        self.rooms.kick(room, sid)
+    }
+
+    /// Mutes or unmutes a participant (admin API), as if it had sent `mute`: the media worker stops
+    /// forwarding its audio and everyone in the room is told. Returns the participant as it is now.
+    pub async fn mute_participant(
+        &self,
+        room: &str,
+        sid: &str,
+        muted: bool,
+    ) -> Result<ParticipantInfo, AdminError> {
+        let id = self.rooms.find(room, sid)?;
+        // The registry first: a session that sends its offer from now on starts with this state.
+        self.rooms.set_muted(room, id, muted);
+        let worker = self.router.route(room);
+        let command = MediaCommand::Mute {
+            participant: id,
+            muted,
+        };
+        match tokio::time::timeout(self.config.media_timeout(), worker.send(command)).await {
+            Ok(Ok(())) => {}
+            _ => return Err(AdminError::MediaUnavailable),
+        }
+        self.rooms
+            .room(room)
+            .and_then(|r| r.participants.into_iter().find(|p| p.sid == sid))
+            .ok_or(AdminError::ParticipantNotFound)
+    }
+
+    /// Removes the admin-created rooms that have been empty for their empty timeout; returns their names.
+    /// Call it regularly (the server does every second).
+    pub fn sweep_empty_rooms(&self, now: Instant) -> Vec<String> {
+        self.rooms.sweep(now)
+    }
+
+    /// Rooms on this server.
+    pub fn room_count(&self) -> usize {
+        self.rooms.room_count()
     }
 
     /// Ends every session, present and future, with close code 1001 (each leaves its room as usual).

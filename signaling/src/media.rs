@@ -7,20 +7,104 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-/// Room mode. Only forwarding exists in protocol version 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Room mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomMode {
     /// Selective forwarding: each subscriber receives K audio slots with the K loudest other speakers.
     Forward,
+    /// Server-side mixing: each subscriber receives one stream, the mix of everyone else, on its first
+    /// receive slot.
+    Mix,
+}
+
+impl RoomMode {
+    pub const ALL: [RoomMode; 2] = [RoomMode::Forward, RoomMode::Mix];
+
+    /// The spelling in configuration, the protocol, the admin API and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RoomMode::Forward => "forward",
+            RoomMode::Mix => "mix",
+        }
+    }
+}
+
+impl std::str::FromStr for RoomMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "forward" => Ok(RoomMode::Forward),
+            "mix" => Ok(RoomMode::Mix),
+            other => Err(format!(
+                "room mode must be \"forward\" or \"mix\", not {other:?}"
+            )),
+        }
+    }
+}
+
+/// Encoder and jitter-buffer settings of a mixed room. Signaling carries them; the server validates them
+/// against the media core's limits and hands them to the worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MixSettings {
+    /// Target bitrate of each encoded mix, bits per second.
+    pub bitrate_bps: u32,
+    /// Opus encoder complexity, 0 (cheapest) to 10 (best).
+    pub complexity: u8,
+    /// In-band forward error correction in the mix.
+    pub fec: bool,
+    /// Discontinuous transmission while the mix is silent.
+    pub dtx: bool,
+    /// Smallest jitter-buffer delay, milliseconds.
+    pub jitter_min_ms: u32,
+    /// Largest jitter-buffer delay, milliseconds.
+    pub jitter_max_ms: u32,
+}
+
+impl Default for MixSettings {
+    /// The media core's defaults (`media_core::MixConfig::default()`; the server checks they agree).
+    fn default() -> Self {
+        MixSettings {
+            bitrate_bps: 32_000,
+            complexity: 5,
+            fec: true,
+            dtx: true,
+            jitter_min_ms: 20,
+            jitter_max_ms: 200,
+        }
+    }
 }
 
 /// Media settings of a room, fixed when the room is created.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoomSettings {
     pub mode: RoomMode,
-    /// Audio slots per subscriber (1..=16).
+    /// Audio slots per subscriber (1..=16). A mixed room has one: the mix.
     pub slots: u8,
+    /// Encoder settings, used in mix mode.
+    pub mix: MixSettings,
+}
+
+impl RoomSettings {
+    /// A forwarding room with `slots` slots.
+    pub fn forward(slots: u8) -> Self {
+        RoomSettings {
+            mode: RoomMode::Forward,
+            slots,
+            mix: MixSettings::default(),
+        }
+    }
+
+    /// A mixed room (one receive slot).
+    pub fn mix(mix: MixSettings) -> Self {
+        RoomSettings {
+            mode: RoomMode::Mix,
+            slots: 1,
+            mix,
+        }
+    }
 }
 
 /// Why a command failed on the media side.

@@ -1,7 +1,10 @@
 //! Prometheus metrics of the signaling layer. No per-room or per-participant labels.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
+use crate::media::RoomMode;
 use crate::protocol::ErrorCode;
 
 /// Why a participant left its room: the `reason` label of `chorus_leaves_total`.
@@ -23,10 +26,12 @@ pub enum LeaveReason {
     Shutdown,
     /// The session task was dropped without finishing (e.g. aborted).
     Aborted,
+    /// An operator removed the participant or deleted its room (admin API).
+    Kicked,
 }
 
 impl LeaveReason {
-    pub const ALL: [LeaveReason; 8] = [
+    pub const ALL: [LeaveReason; 9] = [
         LeaveReason::Leave,
         LeaveReason::Closed,
         LeaveReason::TransportError,
@@ -35,6 +40,7 @@ impl LeaveReason {
         LeaveReason::Error,
         LeaveReason::Shutdown,
         LeaveReason::Aborted,
+        LeaveReason::Kicked,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -47,6 +53,7 @@ impl LeaveReason {
             LeaveReason::Error => "error",
             LeaveReason::Shutdown => "shutdown",
             LeaveReason::Aborted => "aborted",
+            LeaveReason::Kicked => "kicked",
         }
     }
 }
@@ -55,13 +62,14 @@ impl LeaveReason {
 pub const JOIN_OK: &str = "ok";
 
 /// The error codes a `join` can fail with (the other `result` values of `chorus_joins_total`).
-const JOIN_FAILURES: [ErrorCode; 8] = [
+const JOIN_FAILURES: [ErrorCode; 9] = [
     ErrorCode::AlreadyJoined,
     ErrorCode::UnsupportedProtocol,
     ErrorCode::InvalidToken,
     ErrorCode::TokenExpired,
     ErrorCode::RoomMismatch,
     ErrorCode::RoomFull,
+    ErrorCode::RoomClosed,
     ErrorCode::Draining,
     ErrorCode::Internal,
 ];
@@ -75,6 +83,10 @@ pub struct SignalingMetrics {
     sessions: IntGauge,
     presence_dropped: IntCounter,
     join_duration: Histogram,
+    join_latency: Histogram,
+    rooms: IntGaugeVec,
+    participants: IntGaugeVec,
+    room_events_dropped: IntCounter,
 }
 
 impl SignalingMetrics {
@@ -119,6 +131,34 @@ impl SignalingMetrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             ]),
         )?;
+        let join_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "chorus_join_latency_seconds",
+                "Time from the WebSocket opening to the participant's media connecting (DTLS-SRTP up), in seconds.",
+            )
+            .buckets(vec![
+                0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0,
+            ]),
+        )?;
+        let rooms = IntGaugeVec::new(
+            Opts::new("chorus_rooms", "Rooms on this server, by mode."),
+            &["mode"],
+        )?;
+        let participants = IntGaugeVec::new(
+            Opts::new(
+                "chorus_participants",
+                "Participants admitted to rooms on this server, by room mode.",
+            ),
+            &["mode"],
+        )?;
+        let room_events_dropped = IntCounter::new(
+            "chorus_room_events_dropped_total",
+            "Room lifecycle events (for webhooks) dropped because their queue was full.",
+        )?;
+        for mode in RoomMode::ALL {
+            rooms.with_label_values(&[mode.as_str()]);
+            participants.with_label_values(&[mode.as_str()]);
+        }
 
         for code in ErrorCode::ALL {
             errors.with_label_values(&[code.as_str()]);
@@ -137,6 +177,10 @@ impl SignalingMetrics {
         registry.register(Box::new(sessions.clone()))?;
         registry.register(Box::new(presence_dropped.clone()))?;
         registry.register(Box::new(join_duration.clone()))?;
+        registry.register(Box::new(join_latency.clone()))?;
+        registry.register(Box::new(rooms.clone()))?;
+        registry.register(Box::new(participants.clone()))?;
+        registry.register(Box::new(room_events_dropped.clone()))?;
         Ok(Self {
             errors,
             joins,
@@ -144,7 +188,46 @@ impl SignalingMetrics {
             sessions,
             presence_dropped,
             join_duration,
+            join_latency,
+            rooms,
+            participants,
+            room_events_dropped,
         })
+    }
+
+    /// A session's media connected `seconds` after its WebSocket opened.
+    pub(crate) fn media_connected(&self, seconds: f64) {
+        self.join_latency.observe(seconds);
+    }
+
+    pub(crate) fn room_opened(&self, mode: RoomMode) {
+        self.rooms.with_label_values(&[mode.as_str()]).inc();
+    }
+
+    pub(crate) fn room_closed(&self, mode: RoomMode) {
+        self.rooms.with_label_values(&[mode.as_str()]).dec();
+    }
+
+    pub(crate) fn participant_joined(&self, mode: RoomMode) {
+        self.participants.with_label_values(&[mode.as_str()]).inc();
+    }
+
+    pub(crate) fn participant_left(&self, mode: RoomMode) {
+        self.participants.with_label_values(&[mode.as_str()]).dec();
+    }
+
+    pub(crate) fn room_event_dropped(&self) {
+        self.room_events_dropped.inc();
+    }
+
+    /// Rooms of `mode` now.
+    pub fn rooms(&self, mode: RoomMode) -> i64 {
+        self.rooms.with_label_values(&[mode.as_str()]).get()
+    }
+
+    /// Participants in rooms of `mode` now.
+    pub fn participants(&self, mode: RoomMode) -> i64 {
+        self.participants.with_label_values(&[mode.as_str()]).get()
     }
 
     /// An `error` message with `code` was sent.
@@ -234,6 +317,10 @@ mod tests {
             "chorus_signaling_sessions",
             "chorus_presence_events_dropped_total",
             "chorus_join_duration_seconds",
+            "chorus_join_latency_seconds",
+            "chorus_rooms",
+            "chorus_participants",
+            "chorus_room_events_dropped_total",
         ] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }

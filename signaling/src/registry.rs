@@ -1,22 +1,25 @@
 //! Room presence: which participants are in which room, and the presence events they see.
 //!
-//! A room exists from its first join to its last leave; it takes its settings from the configured defaults
-//! when it is created. Each participant registers a bounded queue of [`PresenceEvent`]s; events are delivered
+//! A room created by a join exists from its first join to its last leave and takes its settings from the
+//! configured defaults; a room created through the admin API has its own settings and stays while empty
+//! until its empty timeout. Each participant registers a bounded queue of [`PresenceEvent`]s; events are delivered
 //! with `try_send`, so a session that does not keep up loses events (counted in
 //! `chorus_presence_events_dropped_total`) instead of slowing the room down.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use crate::events::RoomEvent;
 use crate::media::{MediaRouter, RoomSettings};
 use crate::metrics::SignalingMetrics;
 use crate::protocol::{
-    ErrorCode, ParticipantInfo, ParticipantJoined, ParticipantLeft, ParticipantLeftReason,
-    ParticipantMuted, RoomInfo, ServerMessage,
+    ErrorCode, LeftReason, ParticipantInfo, ParticipantJoined, ParticipantLeft,
+    ParticipantLeftReason, ParticipantMuted, RoomInfo, ServerMessage,
 };
 
 /// The participant id (`sid`) of participant `id`: `PA_` and 12 hex digits.
@@ -91,12 +94,30 @@ impl PresenceEvent {
     }
 }
 
+/// How a room came to exist, which decides when it goes away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomOrigin {
+    /// Created by its first join with the server's defaults; it goes with its last participant.
+    Join,
+    /// Created through the admin API; it stays while empty until its empty timeout.
+    Admin,
+}
+
 /// A room as the admin API sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoomSnapshot {
     pub name: String,
     pub settings: RoomSettings,
     pub max_participants: usize,
+    pub origin: RoomOrigin,
+    /// How long the room stays while empty (rooms created by a join: 0, they go with their last
+    /// participant).
+    pub empty_timeout: Duration,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at_unix: u64,
+    /// Being deleted: its participants are being removed and it admits nobody.
+    pub closing: bool,
     /// In join order.
     pub participants: Vec<ParticipantInfo>,
 }
@@ -120,6 +141,8 @@ pub enum AdmitError {
     Draining,
     #[error("the room is full ({max_participants} participants)")]
     RoomFull { max_participants: usize },
+    #[error("the room is being deleted")]
+    RoomClosed,
 }
 
 impl AdmitError {
@@ -127,8 +150,34 @@ impl AdmitError {
         match self {
             AdmitError::Draining => ErrorCode::Draining,
             AdmitError::RoomFull { .. } => ErrorCode::RoomFull,
+            AdmitError::RoomClosed => ErrorCode::RoomClosed,
         }
     }
+}
+
+/// Why an admin operation on the registry failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("room names are 1 to 128 characters of [A-Za-z0-9_.-]")]
+    InvalidRoomName,
+    #[error("a room with this name exists")]
+    RoomExists,
+    #[error("no such room")]
+    RoomNotFound,
+    #[error("no such participant in this room")]
+    ParticipantNotFound,
+    #[error("the server is draining and creates no rooms")]
+    Draining,
+    #[error("the media worker did not take the command")]
+    MediaUnavailable,
+}
+
+/// What the admin API asks a new room to be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomSpec {
+    pub settings: RoomSettings,
+    pub max_participants: usize,
+    pub empty_timeout: Duration,
 }
 
 /// A participant asking to enter a room.
@@ -150,19 +199,39 @@ pub(crate) struct Admission {
     pub settings: RoomSettings,
     /// Everyone else in the room, in join order.
     pub others: Vec<ParticipantInfo>,
+    /// Becomes `Some` when an operator removes the participant.
+    pub removed: watch::Receiver<Option<LeftReason>>,
 }
 
 struct Member {
     id: u64,
     info: ParticipantInfo,
     events: mpsc::Sender<PresenceEvent>,
+    remove: watch::Sender<Option<LeftReason>>,
 }
 
 struct Room {
     settings: RoomSettings,
     max_participants: usize,
+    origin: RoomOrigin,
+    empty_timeout: Duration,
+    created_at_unix: u64,
+    /// Since when the room has had no participants (`None` while it has some).
+    empty_since: Option<Instant>,
+    closing: bool,
     /// In join order.
     members: Vec<Member>,
+}
+
+impl Room {
+    fn info(&self, name: &str) -> RoomInfo {
+        RoomInfo {
+            name: name.to_owned(),
+            mode: self.settings.mode,
+            slots: self.settings.slots,
+            max_participants: self.max_participants,
+        }
+    }
 }
 
 /// All rooms of this server and their participants.
@@ -172,6 +241,7 @@ pub struct RoomRegistry {
     max_participants: usize,
     router: Arc<dyn MediaRouter>,
     metrics: SignalingMetrics,
+    observer: OnceLock<mpsc::Sender<RoomEvent>>,
 }
 
 impl RoomRegistry {
@@ -188,7 +258,13 @@ impl RoomRegistry {
             max_participants,
             router,
             metrics,
+            observer: OnceLock::new(),
         }
+    }
+
+    /// Where room lifecycle events go (once; later calls return false).
+    pub(crate) fn set_observer(&self, events: mpsc::Sender<RoomEvent>) -> bool {
+        self.observer.set(events).is_ok()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Room>> {
@@ -196,8 +272,41 @@ impl RoomRegistry {
         self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn notify(&self, event: RoomEvent) {
+        if let Some(observer) = self.observer.get() {
+            if let Err(mpsc::error::TrySendError::Full(event)) = observer.try_send(event) {
+                self.metrics.room_event_dropped();
+                tracing::warn!(event = event.name(), "room event queue full; event dropped");
+            }
+        }
+    }
+
+    fn room_created(&self, name: &str, room: &Room) {
+        tracing::info!(
+            room = name,
+            mode = room.settings.mode.as_str(),
+            origin = ?room.origin,
+            "room started"
+        );
+        self.metrics.room_opened(room.settings.mode);
+        self.notify(RoomEvent::RoomStarted {
+            room: room.info(name),
+        });
+    }
+
+    /// Forgets a room: metrics, the media router, observers. Called with the room already removed.
+    fn room_removed(&self, name: &str, room: &Room) {
+        tracing::info!(room = name, "room finished");
+        self.router.room_closed(name);
+        self.metrics.room_closed(room.settings.mode);
+        self.notify(RoomEvent::RoomFinished {
+            room: room.info(name),
+        });
+    }
+
     /// Admits a participant, creating the room from the defaults if this is its first participant, and
-    /// tells everyone else. Refused while `draining` is set or when the room is at its limit.
+    /// tells everyone else. Refused while `draining` is set, when the room is at its limit, or while it is
+    /// being deleted.
     pub(crate) fn admit(
         &self,
         request: JoinRequest,
@@ -208,11 +317,26 @@ impl RoomRegistry {
         if draining.load(Ordering::SeqCst) {
             return Err(AdmitError::Draining);
         }
-        let room = rooms.entry(request.room.clone()).or_insert_with(|| Room {
-            settings: self.settings.clone(),
-            max_participants: self.max_participants,
-            members: Vec::new(),
-        });
+        let room = match rooms.entry(request.room.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let room = entry.insert(Room {
+                    settings: self.settings.clone(),
+                    max_participants: self.max_participants,
+                    origin: RoomOrigin::Join,
+                    empty_timeout: Duration::ZERO,
+                    created_at_unix: unix_now(),
+                    empty_since: None,
+                    closing: false,
+                    members: Vec::new(),
+                });
+                self.room_created(&request.room, room);
+                room
+            }
+        };
+        if room.closing {
+            return Err(AdmitError::RoomClosed);
+        }
         if room.members.len() >= room.max_participants {
             return Err(AdmitError::RoomFull {
                 max_participants: room.max_participants,
@@ -229,22 +353,27 @@ impl RoomRegistry {
         };
         let others = room.members.iter().map(|m| m.info.clone()).collect();
         self.broadcast(&room.members, &PresenceEvent::Joined(participant.clone()));
+        let (remove, removed) = watch::channel(None);
         room.members.push(Member {
             id,
             info: participant.clone(),
             events: request.events,
+            remove,
+        });
+        room.empty_since = None;
+        self.metrics.participant_joined(room.settings.mode);
+        let info = room.info(&request.room);
+        self.notify(RoomEvent::ParticipantJoined {
+            room: info.clone(),
+            participant: participant.clone(),
         });
         Ok(Admission {
             id,
             participant,
-            room: RoomInfo {
-                name: request.room,
-                mode: room.settings.mode,
-                slots: room.settings.slots,
-                max_participants: room.max_participants,
-            },
+            room: info,
             settings: room.settings.clone(),
             others,
+            removed,
         })
     }
 
@@ -270,9 +399,28 @@ impl RoomRegistry {
         true
     }
 
-    /// Removes a participant and tells the others. The room goes with its last participant, and the media
-    /// router is told (under the registry lock, so that a room re-created by a later join is routed
-    /// afresh only after the router forgot the old one). Returns whether the participant was present.
+    /// The mute state the registry holds for a participant.
+    pub(crate) fn is_muted(&self, room: &str, id: u64) -> Option<bool> {
+        let rooms = self.lock();
+        let member = rooms.get(room)?.members.iter().find(|m| m.id == id)?;
+        Some(member.info.muted)
+    }
+
+    /// The internal id of the participant `sid` in `room`.
+    pub(crate) fn find(&self, room: &str, sid: &str) -> Result<u64, AdminError> {
+        let rooms = self.lock();
+        let room = rooms.get(room).ok_or(AdminError::RoomNotFound)?;
+        room.members
+            .iter()
+            .find(|m| m.info.sid == sid)
+            .map(|m| m.id)
+            .ok_or(AdminError::ParticipantNotFound)
+    }
+
+    /// Removes a participant and tells the others. A room created by a join goes with its last
+    /// participant (and the media router is told, under the registry lock, so that a room re-created by
+    /// a later join is routed afresh only after the router forgot the old one); a room created through
+    /// the admin API stays until its empty timeout. Returns whether the participant was present.
     pub(crate) fn leave(&self, room_name: &str, id: u64, reason: ParticipantLeftReason) -> bool {
         let mut rooms = self.lock();
         let Some(room) = rooms.get_mut(room_name) else {
@@ -282,9 +430,20 @@ impl RoomRegistry {
             return false;
         };
         let member = room.members.remove(index);
+        self.metrics.participant_left(room.settings.mode);
+        self.notify(RoomEvent::ParticipantLeft {
+            room: room.info(room_name),
+            participant: member.info.clone(),
+            reason,
+        });
         if room.members.is_empty() {
-            rooms.remove(room_name);
-            self.router.room_closed(room_name);
+            if room.origin == RoomOrigin::Join || room.closing || room.empty_timeout.is_zero() {
+                if let Some(room) = rooms.remove(room_name) {
+                    self.room_removed(room_name, &room);
+                }
+            } else {
+                room.empty_since = Some(Instant::now());
+            }
         } else {
             let event = PresenceEvent::Left {
                 sid: member.info.sid,
@@ -293,6 +452,87 @@ impl RoomRegistry {
             self.broadcast(&room.members, &event);
         }
         true
+    }
+
+    /// Creates an empty room through the admin API.
+    pub(crate) fn create(
+        &self,
+        name: &str,
+        spec: RoomSpec,
+        now: Instant,
+    ) -> Result<RoomSnapshot, AdminError> {
+        if !crate::auth::is_valid_room_name(name) {
+            return Err(AdminError::InvalidRoomName);
+        }
+        let mut rooms = self.lock();
+        let Entry::Vacant(entry) = rooms.entry(name.to_owned()) else {
+            return Err(AdminError::RoomExists);
+        };
+        let room = entry.insert(Room {
+            settings: spec.settings,
+            max_participants: spec.max_participants,
+            origin: RoomOrigin::Admin,
+            empty_timeout: spec.empty_timeout,
+            created_at_unix: unix_now(),
+            empty_since: Some(now),
+            closing: false,
+            members: Vec::new(),
+        });
+        self.room_created(name, room);
+        Ok(snapshot(name, room))
+    }
+
+    /// Deletes a room: an empty one at once; otherwise it admits nobody more, every participant is told
+    /// to leave (`room_deleted`), and the room goes with the last of them.
+    pub(crate) fn delete(&self, name: &str) -> Result<(), AdminError> {
+        let mut rooms = self.lock();
+        let room = rooms.get_mut(name).ok_or(AdminError::RoomNotFound)?;
+        if room.members.is_empty() {
+            if let Some(room) = rooms.remove(name) {
+                self.room_removed(name, &room);
+            }
+            return Ok(());
+        }
+        room.closing = true;
+        for member in &room.members {
+            member.remove.send_replace(Some(LeftReason::RoomDeleted));
+        }
+        Ok(())
+    }
+
+    /// Tells a participant's session to leave (`kicked`).
+    pub(crate) fn kick(&self, room: &str, sid: &str) -> Result<(), AdminError> {
+        let rooms = self.lock();
+        let room = rooms.get(room).ok_or(AdminError::RoomNotFound)?;
+        let member = room
+            .members
+            .iter()
+            .find(|m| m.info.sid == sid)
+            .ok_or(AdminError::ParticipantNotFound)?;
+        member.remove.send_replace(Some(LeftReason::Kicked));
+        Ok(())
+    }
+
+    /// Removes the rooms created through the admin API that have been empty for their empty timeout at
+    /// `now`; returns their names.
+    pub(crate) fn sweep(&self, now: Instant) -> Vec<String> {
+        let mut rooms = self.lock();
+        let expired: Vec<String> = rooms
+            .iter()
+            .filter(|(_, room)| {
+                room.members.is_empty()
+                    && room.empty_since.is_some_and(|since| {
+                        now.saturating_duration_since(since) >= room.empty_timeout
+                    })
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &expired {
+            if let Some(room) = rooms.remove(name) {
+                self.room_removed(name, &room);
+            }
+        }
+        expired
     }
 
     /// Waits for any admission in progress: after `draining` is set and this returns, no admission can
@@ -340,11 +580,21 @@ impl RoomRegistry {
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn snapshot(name: &str, room: &Room) -> RoomSnapshot {
     RoomSnapshot {
         name: name.to_owned(),
         settings: room.settings.clone(),
         max_participants: room.max_participants,
+        origin: room.origin,
+        empty_timeout: room.empty_timeout,
+        created_at_unix: room.created_at_unix,
+        closing: room.closing,
         participants: room.members.iter().map(|m| m.info.clone()).collect(),
     }
 }
@@ -354,7 +604,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::media::{MediaCommand, RoomMode};
+    use crate::media::MediaCommand;
 
     #[derive(Default)]
     struct Router {
@@ -373,10 +623,7 @@ mod tests {
     fn registry(max_participants: usize) -> (RoomRegistry, Arc<Router>, SignalingMetrics) {
         let router = Arc::new(Router::default());
         let metrics = SignalingMetrics::new(&prometheus::Registry::new()).expect("metrics");
-        let settings = RoomSettings {
-            mode: RoomMode::Forward,
-            slots: 2,
-        };
+        let settings = RoomSettings::forward(2);
         (
             RoomRegistry::new(settings, max_participants, router.clone(), metrics.clone()),
             router,
@@ -517,6 +764,42 @@ mod tests {
             .code(),
             ErrorCode::RoomFull
         );
+    }
+
+    #[test]
+    fn deleted_rooms_refuse_joins_and_go_with_their_last_member() {
+        let (registry, router, _) = registry(10);
+        let (ada, _ada_rx) = request("doomed", "ada", 8);
+        let mut ada = registry.admit(ada, &open()).expect("admitted");
+        registry.delete("doomed").expect("exists");
+        assert_eq!(
+            *ada.removed.borrow_and_update(),
+            Some(LeftReason::RoomDeleted)
+        );
+        let (bob, _) = request("doomed", "bob", 8);
+        assert_eq!(
+            registry.admit(bob, &open()).err(),
+            Some(AdmitError::RoomClosed)
+        );
+        assert!(router.closed.lock().expect("test lock").is_empty());
+        assert!(registry.leave("doomed", ada.id, ParticipantLeftReason::Kicked));
+        assert_eq!(registry.room_count(), 0);
+        assert_eq!(
+            *router.closed.lock().expect("test lock"),
+            vec!["doomed".to_owned()]
+        );
+        assert_eq!(registry.delete("doomed"), Err(AdminError::RoomNotFound));
+        // An empty admin room goes at once.
+        let spec = RoomSpec {
+            settings: RoomSettings::forward(1),
+            max_participants: 1,
+            empty_timeout: Duration::from_secs(60),
+        };
+        registry
+            .create("empty", spec, Instant::now())
+            .expect("created");
+        registry.delete("empty").expect("exists");
+        assert_eq!(registry.room_count(), 0);
     }
 
     #[test]

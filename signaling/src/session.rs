@@ -20,8 +20,8 @@ use crate::auth::verify_token;
 use crate::media::{MediaCommand, MediaError, MediaEvent, RoomSettings};
 use crate::metrics::LeaveReason;
 use crate::protocol::{
-    parse_client, Answer, ClientMessage, ErrorCode, ErrorMessage, Join, Joined, Left,
-    MediaConnectionState, MediaState, Mute, Offer, ParticipantLeftReason, Ping, Pong,
+    parse_client, Answer, ClientMessage, Draining, ErrorCode, ErrorMessage, Join, Joined, Left,
+    LeftReason, MediaConnectionState, MediaState, Mute, Offer, ParticipantLeftReason, Ping, Pong,
     ServerMessage, Slot, Slots, Speaker, Speakers, CLOSE_POLICY_VIOLATION, MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
 };
@@ -76,6 +76,8 @@ where
 {
     let _open = OpenSession::new(Arc::clone(&ctx));
     let mut session = Session {
+        opened: Instant::now(),
+        drain: Some(ctx.drain_notices()),
         closing: ctx.closing(),
         wire: Wire {
             send_timeout: ctx.config().send_timeout(),
@@ -132,6 +134,8 @@ enum Exit {
     Fatal(ErrorCode),
     /// The server closes every session.
     Shutdown,
+    /// An operator removed the participant (admin API).
+    Removed(LeftReason),
 }
 
 impl Exit {
@@ -139,6 +143,7 @@ impl Exit {
     fn left_reason(self) -> ParticipantLeftReason {
         match self {
             Exit::IdleTimeout | Exit::MediaDisconnected => ParticipantLeftReason::Disconnected,
+            Exit::Removed(_) => ParticipantLeftReason::Kicked,
             _ => ParticipantLeftReason::Left,
         }
     }
@@ -152,6 +157,7 @@ impl Exit {
             Exit::MediaDisconnected => LeaveReason::MediaDisconnected,
             Exit::Fatal(_) => LeaveReason::Error,
             Exit::Shutdown => LeaveReason::Shutdown,
+            Exit::Removed(_) => LeaveReason::Kicked,
         }
     }
 
@@ -166,6 +172,8 @@ impl Exit {
                 code.as_str(),
             )),
             Exit::Shutdown => Some((CLOSE_GOING_AWAY, "server_shutdown")),
+            Exit::Removed(LeftReason::Kicked) => Some((CLOSE_NORMAL, "kicked")),
+            Exit::Removed(LeftReason::RoomDeleted) => Some((CLOSE_NORMAL, "room_deleted")),
             Exit::Closed | Exit::ReadFailed | Exit::WriteFailed => None,
         }
     }
@@ -229,6 +237,8 @@ struct Member {
     can_subscribe: bool,
     muted: bool,
     presence: mpsc::Receiver<PresenceEvent>,
+    /// Becomes `Some` when an operator removes the participant.
+    removed: watch::Receiver<Option<LeftReason>>,
     media: Media,
 }
 
@@ -324,11 +334,17 @@ enum Input<E> {
     Presence(PresenceEvent),
     Media(Option<MediaEvent>),
     Answer(Result<String, ConnectError>),
+    Removed(LeftReason),
+    Draining(std::time::Instant),
     Shutdown,
 }
 
 struct Session<T> {
     wire: Wire<T>,
+    /// When the WebSocket opened (for `chorus_join_latency_seconds`).
+    opened: Instant,
+    /// Until the client has been told the server drains.
+    drain: Option<watch::Receiver<Option<std::time::Instant>>>,
     closing: watch::Receiver<bool>,
     joined: Option<Member>,
 }
@@ -347,6 +363,7 @@ where
                 frame = self.wire.transport.next() => Input::Frame(frame),
                 () = &mut idle => Input::Idle,
                 input = next_member_input(&mut self.joined) => input,
+                deadline = drain_notice(&mut self.drain) => Input::Draining(deadline),
                 () = closing(&mut self.closing) => Input::Shutdown,
             };
             let flow = match input {
@@ -360,7 +377,26 @@ where
                 }
                 Input::Frame(None) => Err(Exit::Closed),
                 Input::Idle => Err(Exit::IdleTimeout),
-                Input::Presence(event) => self.wire.send(&event.into_message()).await,
+                Input::Presence(event) => {
+                    if let (Some(member), PresenceEvent::Muted { sid, muted }) =
+                        (self.joined.as_mut(), &event)
+                    {
+                        // An operator may have muted this participant (admin API).
+                        if *sid == member.sid {
+                            member.muted = *muted;
+                        }
+                    }
+                    self.wire.send(&event.into_message()).await
+                }
+                Input::Removed(reason) => Err(Exit::Removed(reason)),
+                Input::Draining(deadline) => {
+                    self.drain = None;
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    // Whole seconds, rounded up: the client never learns a deadline later than it is.
+                    let grace_period_secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                    let message = ServerMessage::Draining(Draining { grace_period_secs });
+                    self.wire.send(&message).await
+                }
                 Input::Media(event) => self.on_media_event(event).await,
                 Input::Answer(answer) => self.on_answer(answer).await,
                 Input::Shutdown => Err(Exit::Shutdown),
@@ -379,8 +415,17 @@ where
                 .end(exit.left_reason(), exit.metric_reason())
                 .await;
         }
-        if exit == Exit::Leave && self.wire.send(&ServerMessage::Left(Left {})).await.is_err() {
-            return;
+        let left = match exit {
+            Exit::Leave => Some(Left { reason: None }),
+            Exit::Removed(reason) => Some(Left {
+                reason: Some(reason),
+            }),
+            _ => None,
+        };
+        if let Some(left) = left {
+            if self.wire.send(&ServerMessage::Left(left)).await.is_err() {
+                return;
+            }
         }
         if let Some((code, reason)) = exit.close_frame() {
             let frame = WsFrame::Close(Some((code, reason.to_owned())));
@@ -507,9 +552,14 @@ where
 
     async fn on_media_event(&mut self, event: Option<MediaEvent>) -> Flow {
         let message = match event {
-            Some(MediaEvent::Connected) => ServerMessage::MediaState(MediaState {
-                state: MediaConnectionState::Connected,
-            }),
+            Some(MediaEvent::Connected) => {
+                let ctx = &self.wire.ctx;
+                ctx.metrics()
+                    .media_connected(self.opened.elapsed().as_secs_f64());
+                ServerMessage::MediaState(MediaState {
+                    state: MediaConnectionState::Connected,
+                })
+            }
             Some(MediaEvent::Disconnected { reason }) => {
                 tracing::debug!(%reason, "media disconnected");
                 return self.media_lost().await;
@@ -597,6 +647,7 @@ fn admit(ctx: &Arc<Signaling>, join: Join) -> Result<(Member, ServerMessage), (E
         can_subscribe: admission.participant.can_subscribe,
         muted: admission.participant.muted,
         presence,
+        removed: admission.removed,
         media: Media::None,
     };
     let reply = ServerMessage::Joined(Joined {
@@ -636,7 +687,12 @@ async fn on_offer<T: Sink<WsFrame> + Unpin>(
         participant: member.membership.id,
         can_publish: member.can_publish,
         can_subscribe: member.can_subscribe,
-        muted: member.muted,
+        // The registry's state: an operator may have muted the participant a moment ago.
+        muted: wire
+            .ctx
+            .registry()
+            .is_muted(&member.membership.room, member.membership.id)
+            .unwrap_or(member.muted),
         offer_sdp: offer.sdp,
         events,
         reply,
@@ -707,10 +763,25 @@ async fn on_mute<T: Sink<WsFrame> + Unpin>(
 /// The next presence event, media event or offer answer of a joined session; never resolves before `join`.
 async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
     let Some(Member {
-        presence, media, ..
+        presence,
+        media,
+        removed,
+        ..
     }) = joined
     else {
         return pending().await;
+    };
+    let removed = async {
+        // Copied out of the watch's guard, which must not be held across an await.
+        let reason = match removed.wait_for(Option::is_some).await {
+            Ok(reason) => *reason,
+            // The registry let go of this participant.
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => Input::Removed(reason),
+            None => pending().await,
+        }
     };
     let presence = async {
         match presence.recv().await {
@@ -730,6 +801,25 @@ async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
     tokio::select! {
         input = presence => input,
         input = media => input,
+        input = removed => input,
+    }
+}
+
+/// The drain deadline, once the server drains; never resolves for a session already told.
+async fn drain_notice(
+    drain: &mut Option<watch::Receiver<Option<std::time::Instant>>>,
+) -> std::time::Instant {
+    let Some(receiver) = drain else {
+        return pending().await;
+    };
+    let deadline = match receiver.wait_for(Option::is_some).await {
+        Ok(deadline) => *deadline,
+        Err(_) => None,
+    };
+    match deadline {
+        Some(deadline) => deadline,
+        // The context is gone: no drain will be announced.
+        None => pending().await,
     }
 }
 

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
+
+mod ops;
 use media_core::audio;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;

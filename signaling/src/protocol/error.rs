@@ -26,6 +26,7 @@ pub enum ErrorCode {
     AlreadyJoined,
     Forbidden,
     RoomFull,
+    RoomClosed,
     Draining,
     BadSdp,
     MediaUnavailable,
@@ -34,7 +35,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -48,6 +49,7 @@ impl ErrorCode {
         ErrorCode::AlreadyJoined,
         ErrorCode::Forbidden,
         ErrorCode::RoomFull,
+        ErrorCode::RoomClosed,
         ErrorCode::Draining,
         ErrorCode::BadSdp,
         ErrorCode::MediaUnavailable,
@@ -70,6 +72,7 @@ impl ErrorCode {
             ErrorCode::AlreadyJoined => "already_joined",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RoomFull => "room_full",
+            ErrorCode::RoomClosed => "room_closed",
             ErrorCode::Draining => "draining",
             ErrorCode::BadSdp => "bad_sdp",
             ErrorCode::MediaUnavailable => "media_unavailable",
@@ -94,6 +97,7 @@ impl ErrorCode {
             | ErrorCode::TokenExpired
             | ErrorCode::RoomMismatch
             | ErrorCode::RoomFull
+            | ErrorCode::RoomClosed
             | ErrorCode::Draining
             | ErrorCode::MediaUnavailable
             | ErrorCode::Internal => true,

@@ -4,7 +4,21 @@ use serde::{Deserialize, Serialize};
 
 /// Server → client: the session has left its room.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Left {}
+pub struct Left {
+    /// Why, when the server ended the session rather than the client's `leave`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<LeftReason>,
+}
+
+/// Why the server removed a participant from its room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftReason {
+    /// An operator removed the participant through the admin API.
+    Kicked,
+    /// An operator deleted the room through the admin API.
+    RoomDeleted,
+}
 
 #[cfg(test)]
 mod tests {
@@ -13,12 +27,28 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let msg = ServerMessage::Left(Left {});
-        let text = serde_json::to_string(&msg).expect("serializes");
-        assert_eq!(text, r#"{"type":"left"}"#);
-        assert_eq!(
-            serde_json::from_str::<ServerMessage>(&text).expect("parses"),
-            msg
-        );
+        for (left, expected) in [
+            (Left { reason: None }, r#"{"type":"left"}"#),
+            (
+                Left {
+                    reason: Some(LeftReason::Kicked),
+                },
+                r#"{"type":"left","reason":"kicked"}"#,
+            ),
+            (
+                Left {
+                    reason: Some(LeftReason::RoomDeleted),
+                },
+                r#"{"type":"left","reason":"room_deleted"}"#,
+            ),
+        ] {
+            let msg = ServerMessage::Left(left);
+            let text = serde_json::to_string(&msg).expect("serializes");
+            assert_eq!(text, expected);
+            assert_eq!(
+                serde_json::from_str::<ServerMessage>(&text).expect("parses"),
+                msg
+            );
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! `bad_message`); [`ServerMessage`] is everything the server sends.
 
 mod answer;
+mod draining;
 mod error;
 mod join;
 mod joined;
@@ -25,11 +26,12 @@ mod speakers;
 use serde::{Deserialize, Serialize};
 
 pub use answer::Answer;
+pub use draining::Draining;
 pub use error::{ErrorCode, ErrorMessage, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION};
 pub use join::{Join, MAX_NAME_CHARS};
 pub use joined::{Joined, RoomInfo};
 pub use leave::Leave;
-pub use left::Left;
+pub use left::{Left, LeftReason};
 pub use media_state::{MediaConnectionState, MediaState};
 pub use mute::Mute;
 pub use offer::Offer;
@@ -81,6 +83,7 @@ pub enum ServerMessage {
     Slots(Slots),
     Pong(Pong),
     Left(Left),
+    Draining(Draining),
     Error(ErrorMessage),
 }
 
@@ -261,6 +264,6 @@ mod tests {
             assert_eq!(reparsed, original, "{example}");
         }
         assert_eq!(client, ClientMessage::TYPES.len());
-        assert_eq!(server, 11);
+        assert_eq!(server, 14);
     }
 }

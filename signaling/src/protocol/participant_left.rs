@@ -10,6 +10,8 @@ pub enum ParticipantLeftReason {
     Left,
     /// The media connection was lost or timed out (or the session went silent).
     Disconnected,
+    /// An operator removed the participant (admin API: kick, or room deleted).
+    Kicked,
 }
 
 /// Server → client: another participant left the room.

@@ -1,0 +1,474 @@
+//! The admin REST API (docs/openapi.json): rooms, participants, drain. JSON in and out; every request needs
+//! `Authorization: Bearer <admin token>` (an HS256 JWT with `"admin": true`, signed with an API secret:
+//! `chorus token create --admin`). Refusals are typed JSON errors and counted in
+//! `chorus_admin_requests_total`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use signaling::media::{MixSettings, RoomMode, RoomSettings};
+use signaling::protocol::ParticipantInfo;
+use signaling::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
+use tracing::{info, warn};
+
+use crate::config::{mix_config, MAX_EMPTY_TIMEOUT_SECS, MAX_ROOM_PARTICIPANTS};
+use crate::http::AppState;
+
+/// A refused admin request: HTTP status, stable code, human message.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        let (status, code) = match e {
+            AdminError::InvalidRoomName => (StatusCode::BAD_REQUEST, "bad_request"),
+            AdminError::RoomExists => (StatusCode::CONFLICT, "room_exists"),
+            AdminError::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
+            AdminError::ParticipantNotFound => (StatusCode::NOT_FOUND, "participant_not_found"),
+            AdminError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            AdminError::MediaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "media_unavailable"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({
+            "error": { "code": self.code, "message": self.message }
+        }));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"chorus-admin\""),
+            );
+        }
+        response
+    }
+}
+
+/// Every admin route (method, path), as docs/openapi.json documents them.
+#[cfg(test)]
+const ROUTES: [(&str, &str); 9] = [
+    ("GET", "/admin/v1/rooms"),
+    ("POST", "/admin/v1/rooms"),
+    ("GET", "/admin/v1/rooms/{room}"),
+    ("DELETE", "/admin/v1/rooms/{room}"),
+    ("GET", "/admin/v1/rooms/{room}/participants"),
+    ("DELETE", "/admin/v1/rooms/{room}/participants/{sid}"),
+    ("POST", "/admin/v1/rooms/{room}/participants/{sid}/mute"),
+    ("GET", "/admin/v1/drain"),
+    ("POST", "/admin/v1/drain"),
+];
+
+/// The admin routes, under `/admin/v1` (the same as [`ROUTES`]).
+pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin/v1/rooms", get(list_rooms).post(create_room))
+        .route("/admin/v1/rooms/{room}", get(get_room).delete(delete_room))
+        .route(
+            "/admin/v1/rooms/{room}/participants",
+            get(list_participants),
+        )
+        .route(
+            "/admin/v1/rooms/{room}/participants/{sid}",
+            axum::routing::delete(kick_participant),
+        )
+        .route(
+            "/admin/v1/rooms/{room}/participants/{sid}/mute",
+            post(mute_participant),
+        )
+        .route("/admin/v1/drain", get(drain_status).post(start_drain))
+        .route_layer(middleware::from_fn_with_state(state, authorize))
+}
+
+/// Checks the admin token, then counts the request by result.
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let response = match check_token(&state, request.headers()) {
+        Ok(subject) => {
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let response = next.run(request).await;
+            if !response.status().is_success() {
+                info!(%subject, %method, %path, status = response.status().as_u16(), "admin request refused");
+            } else if method != axum::http::Method::GET {
+                info!(%subject, %method, %path, "admin request");
+            }
+            response
+        }
+        Err(e) => {
+            warn!(code = e.code, "admin request not authorised");
+            e.into_response()
+        }
+    };
+    let result = match response.status() {
+        s if s.is_success() => "ok",
+        StatusCode::BAD_REQUEST
+        | StatusCode::UNPROCESSABLE_ENTITY
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "internal",
+    };
+    state
+        .metrics
+        .admin_requests
+        .with_label_values(&[result])
+        .inc();
+    response
+}
+
+/// The subject of a valid admin token in the `Authorization` header.
+fn check_token(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("an admin token is required: Authorization: Bearer <token>"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <token>\""))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match signaling::auth::verify_admin_token(token, state.signaling.api_keys(), now) {
+        Ok(claims) => Ok(claims.sub),
+        Err(signaling::auth::AuthError::NotAdmin) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token carries no admin grant",
+        )),
+        Err(e) => Err(unauthorized(&e.to_string())),
+    }
+}
+
+/// A room as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub struct RoomView {
+    pub name: String,
+    pub mode: RoomMode,
+    pub slots: u8,
+    pub max_participants: usize,
+    pub empty_timeout_secs: u64,
+    pub origin: RoomOrigin,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Being deleted.
+    pub closing: bool,
+    pub num_participants: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mix: Option<MixSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participants: Option<Vec<ParticipantInfo>>,
+}
+
+impl RoomView {
+    fn new(room: RoomSnapshot, with_participants: bool) -> Self {
+        RoomView {
+            mode: room.settings.mode,
+            slots: room.settings.slots,
+            max_participants: room.max_participants,
+            empty_timeout_secs: room.empty_timeout.as_secs(),
+            origin: room.origin,
+            created_at: room.created_at_unix,
+            closing: room.closing,
+            num_participants: room.participants.len(),
+            mix: (room.settings.mode == RoomMode::Mix).then_some(room.settings.mix),
+            participants: with_participants.then_some(room.participants),
+            name: room.name,
+        }
+    }
+}
+
+async fn list_rooms(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let rooms: Vec<RoomView> = state
+        .signaling
+        .rooms()
+        .into_iter()
+        .map(|r| RoomView::new(r, false))
+        .collect();
+    Json(serde_json::json!({ "rooms": rooms }))
+}
+
+/// `POST /admin/v1/rooms`: every field but `name` is optional (server defaults).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    pub name: String,
+    pub mode: Option<RoomMode>,
+    pub slots: Option<u8>,
+    pub max_participants: Option<usize>,
+    pub empty_timeout_secs: Option<u64>,
+    pub mix: Option<MixPatch>,
+}
+
+/// Mixer settings of a new room; absent fields take the server's `[room.mix]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixPatch {
+    pub bitrate_bps: Option<u32>,
+    pub complexity: Option<u8>,
+    pub fec: Option<bool>,
+    pub dtx: Option<bool>,
+    pub jitter_min_ms: Option<u32>,
+    pub jitter_max_ms: Option<u32>,
+}
+
+impl MixPatch {
+    fn apply(self, base: MixSettings) -> MixSettings {
+        MixSettings {
+            bitrate_bps: self.bitrate_bps.unwrap_or(base.bitrate_bps),
+            complexity: self.complexity.unwrap_or(base.complexity),
+            fec: self.fec.unwrap_or(base.fec),
+            dtx: self.dtx.unwrap_or(base.dtx),
+            jitter_min_ms: self.jitter_min_ms.unwrap_or(base.jitter_min_ms),
+            jitter_max_ms: self.jitter_max_ms.unwrap_or(base.jitter_max_ms),
+        }
+    }
+}
+
+/// The spec of a room to create, checked against the server's limits.
+pub fn room_spec(
+    req: CreateRoom,
+    defaults: &crate::config::RoomDefaults,
+) -> Result<RoomSpec, ApiError> {
+    let mode = req.mode.unwrap_or(defaults.default_mode);
+    let settings = match mode {
+        RoomMode::Forward => {
+            if req.mix.is_some() {
+                return Err(ApiError::bad_request("mix settings need \"mode\": \"mix\""));
+            }
+            let slots = req.slots.unwrap_or(defaults.slots);
+            if !(1..=signaling::MAX_SLOTS).contains(&slots) {
+                return Err(ApiError::bad_request("slots must be 1 to 16"));
+            }
+            RoomSettings::forward(slots)
+        }
+        RoomMode::Mix => {
+            if req.slots.is_some_and(|s| s != 1) {
+                return Err(ApiError::bad_request("a mixed room has exactly one slot"));
+            }
+            let mix = req.mix.unwrap_or_default().apply(defaults.mix);
+            mix_config(&mix).validate().map_err(ApiError::bad_request)?;
+            RoomSettings::mix(mix)
+        }
+    };
+    let max_participants = req.max_participants.unwrap_or(defaults.max_participants);
+    if !(1..=MAX_ROOM_PARTICIPANTS).contains(&max_participants) {
+        return Err(ApiError::bad_request(
+            "max_participants must be 1 to 100000",
+        ));
+    }
+    let empty_timeout_secs = req
+        .empty_timeout_secs
+        .unwrap_or(defaults.empty_timeout_secs);
+    if empty_timeout_secs > MAX_EMPTY_TIMEOUT_SECS {
+        return Err(ApiError::bad_request(
+            "empty_timeout_secs must be at most 86400",
+        ));
+    }
+    Ok(RoomSpec {
+        settings,
+        max_participants,
+        empty_timeout: Duration::from_secs(empty_timeout_secs),
+    })
+}
+
+async fn create_room(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<CreateRoom>, JsonRejection>,
+) -> Result<(StatusCode, Json<RoomView>), ApiError> {
+    let Json(req) = body?;
+    let name = req.name.clone();
+    let spec = room_spec(req, &state.room_defaults)?;
+    let room = state.signaling.create_room(&name, spec)?;
+    Ok((StatusCode::CREATED, Json(RoomView::new(room, true))))
+}
+
+async fn get_room(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> Result<Json<RoomView>, ApiError> {
+    let room = state
+        .signaling
+        .room(&room)
+        .ok_or(AdminError::RoomNotFound)?;
+    Ok(Json(RoomView::new(room, true)))
+}
+
+async fn delete_room(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.signaling.delete_room(&room)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_participants(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let room = state
+        .signaling
+        .room(&room)
+        .ok_or(AdminError::RoomNotFound)?;
+    Ok(Json(
+        serde_json::json!({ "participants": room.participants }),
+    ))
+}
+
+async fn kick_participant(
+    State(state): State<Arc<AppState>>,
+    Path((room, sid)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.signaling.kick_participant(&room, &sid)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MuteRequest {
+    pub muted: bool,
+}
+
+async fn mute_participant(
+    State(state): State<Arc<AppState>>,
+    Path((room, sid)): Path<(String, String)>,
+    body: Result<Json<MuteRequest>, JsonRejection>,
+) -> Result<Json<ParticipantInfo>, ApiError> {
+    let Json(req) = body?;
+    let participant = state
+        .signaling
+        .mute_participant(&room, &sid, req.muted)
+        .await?;
+    Ok(Json(participant))
+}
+
+/// The drain state.
+#[derive(Debug, Serialize)]
+pub struct DrainView {
+    pub draining: bool,
+    pub rooms: usize,
+    pub participants: usize,
+    /// How long calls may continue once a drain begins.
+    pub grace_period_secs: u64,
+    /// While draining: seconds until the grace period ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining_secs: Option<u64>,
+}
+
+pub fn drain_view(state: &AppState) -> DrainView {
+    let remaining_secs = state
+        .signaling
+        .drain_deadline()
+        .map(|d| d.saturating_duration_since(Instant::now()).as_secs());
+    DrainView {
+        draining: state.signaling.is_draining(),
+        rooms: state.signaling.room_count(),
+        participants: state.signaling.participant_count(),
+        grace_period_secs: state.grace.as_secs(),
+        remaining_secs,
+    }
+}
+
+async fn drain_status(State(state): State<Arc<AppState>>) -> Json<DrainView> {
+    Json(drain_view(&state))
+}
+
+/// `POST /admin/v1/drain`: begin draining now, as SIGTERM would, without ending the process (a later
+/// SIGTERM keeps the same deadline and exits when the server is empty).
+async fn start_drain(State(state): State<Arc<AppState>>) -> Json<DrainView> {
+    crate::http::begin_drain(&state);
+    Json(drain_view(&state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RoomDefaults;
+
+    /// The OpenAPI document describes exactly the routes and methods the router serves.
+    #[test]
+    fn openapi_document_matches_the_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/openapi.json")).expect("valid JSON");
+        let mut documented: Vec<String> = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in ["get", "post", "put", "patch", "delete"] {
+                if item.get(method).is_some() {
+                    documented.push(format!("{} {path}", method.to_uppercase()));
+                }
+            }
+        }
+        documented.sort();
+        let mut served: Vec<String> = ROUTES.iter().map(|(m, p)| format!("{m} {p}")).collect();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn room_specs_take_defaults_and_refuse_bad_values() {
+        let defaults = RoomDefaults::default();
+        let parse = |json: &str| {
+            let req: CreateRoom = serde_json::from_str(json).expect("parses");
+            room_spec(req, &defaults)
+        };
+        let spec = parse(r#"{"name": "a"}"#).expect("defaults are valid");
+        assert_eq!(spec.settings, RoomSettings::forward(3));
+        assert_eq!(spec.empty_timeout, Duration::from_secs(300));
+        let spec =
+            parse(r#"{"name": "a", "mode": "mix", "mix": {"complexity": 9}}"#).expect("valid");
+        assert_eq!(spec.settings.mode, RoomMode::Mix);
+        assert_eq!(spec.settings.mix.complexity, 9);
+        assert_eq!(spec.settings.mix.bitrate_bps, defaults.mix.bitrate_bps);
+        for bad in [
+            r#"{"name": "a", "slots": 0}"#,
+            r#"{"name": "a", "mode": "mix", "slots": 2}"#,
+            r#"{"name": "a", "mix": {"fec": false}}"#,
+            r#"{"name": "a", "mode": "mix", "mix": {"jitter_min_ms": 300, "jitter_max_ms": 100}}"#,
+            r#"{"name": "a", "max_participants": 0}"#,
+            r#"{"name": "a", "empty_timeout_secs": 100000}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Webhooks: room and participant lifecycle events POSTed as JSON to the configured receivers, signed so a
+//! receiver can verify them, retried with exponential backoff.
+//!
+//! Nothing here is on the media path: signaling hands events over with `try_send` on a bounded queue (a full
+//! queue drops the event and counts it), and deliveries run as tasks on the HTTP runtime.
+//!
+//! Signature (the "Standard Webhooks" scheme, so existing receiver libraries verify it): headers
+//! `webhook-id`, `webhook-timestamp` (Unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256>` over
+//! `"{id}.{timestamp}.{body}"`, keyed with the bytes of the API secret named by `x-chorus-api-key`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::hmac;
+use base64::Engine;
+use serde_json::json;
+use signaling::RoomEvent;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::WebhookConfig;
+use crate::metrics::ServerMetrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("cannot build the webhook HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// The signing key of webhooks: an API key name and its secret.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub name: String,
+    key: hmac::Key,
+}
+
+impl SigningKey {
+    pub fn new(name: &str, secret: &[u8]) -> Self {
+        SigningKey {
+            name: name.to_owned(),
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    /// The `webhook-signature` header value for a message.
+    pub fn sign(&self, id: &str, timestamp: u64, body: &str) -> String {
+        let message = format!("{id}.{timestamp}.{body}");
+        let tag = hmac::sign(&self.key, message.as_bytes());
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+        )
+    }
+}
+
+/// The JSON body of an event.
+pub fn payload(id: &str, created_at: u64, event: &RoomEvent) -> serde_json::Value {
+    let mut body = json!({
+        "id": id,
+        "event": event.name(),
+        "created_at": created_at,
+        "room": event.room(),
+    });
+    match event {
+        RoomEvent::ParticipantJoined { participant, .. } => {
+            body["participant"] = json!(participant);
+        }
+        RoomEvent::ParticipantLeft {
+            participant,
+            reason,
+            ..
+        } => {
+            body["participant"] = json!(participant);
+            body["reason"] = json!(reason);
+        }
+        RoomEvent::RoomStarted { .. } | RoomEvent::RoomFinished { .. } => {}
+    }
+    body
+}
+
+/// Starts the dispatcher on the current runtime; returns the queue signaling sends events to, or `None`
+/// when no receiver is configured.
+pub fn start(
+    config: &WebhookConfig,
+    key: SigningKey,
+    metrics: ServerMetrics,
+) -> Result<Option<mpsc::Sender<RoomEvent>>, WebhookError> {
+    if config.urls.is_empty() {
+        return Ok(None);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(config.timeout_ms))
+        .user_agent(concat!("chorus/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let (tx, rx) = mpsc::channel(config.queue_capacity);
+    let dispatcher = Dispatcher {
+        client,
+        key,
+        metrics,
+        config: config.clone(),
+        limit: Arc::new(Semaphore::new(config.max_in_flight)),
+    };
+    info!(receivers = config.urls.len(), "webhooks enabled");
+    tokio::spawn(
+        dispatcher
+            .run(rx)
+            .instrument(tracing::info_span!("webhooks")),
+    );
+    Ok(Some(tx))
+}
+
+struct Dispatcher {
+    client: reqwest::Client,
+    key: SigningKey,
+    metrics: ServerMetrics,
+    config: WebhookConfig,
+    limit: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    async fn run(self, mut events: mpsc::Receiver<RoomEvent>) {
+        let this = Arc::new(self);
+        let mut sequence: u64 = 0;
+        let process = std::process::id();
+        while let Some(event) = events.recv().await {
+            sequence += 1;
+            let created_at = unix_now();
+            // Unique across restarts of this host's process ids and within the process.
+            let id = format!("EV_{process:x}_{created_at:x}_{sequence:x}");
+            let body = payload(&id, created_at, &event).to_string();
+            for url in &this.config.urls {
+                // Waits when too many deliveries are under way; the event queue absorbs the burst.
+                let Ok(permit) = Arc::clone(&this.limit).acquire_owned().await else {
+                    return;
+                };
+                let this = Arc::clone(&this);
+                let (url, id, body) = (url.clone(), id.clone(), body.clone());
+                let span = tracing::info_span!("webhook", event = event.name(), %id);
+                tokio::spawn(
+                    async move {
+                        this.metrics.webhooks_in_flight.inc();
+                        let delivered = this.deliver(&url, &id, &body).await;
+                        this.metrics.webhooks_in_flight.dec();
+                        let result = if delivered { "delivered" } else { "failed" };
+                        this.metrics
+                            .webhook_deliveries
+                            .with_label_values(&[result])
+                            .inc();
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+
+    /// Delivers one event to one receiver, retrying; returns whether it was accepted (2xx).
+    async fn deliver(&self, url: &str, id: &str, body: &str) -> bool {
+        let mut backoff = Duration::from_millis(self.config.initial_backoff_ms);
+        let max_backoff = Duration::from_millis(self.config.max_backoff_ms);
+        for attempt in 1..=self.config.max_attempts {
+            let timestamp = unix_now();
+            let started = Instant::now();
+            let response = self
+                .client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("webhook-id", id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", self.key.sign(id, timestamp, body))
+                .header("x-chorus-api-key", &self.key.name)
+                .body(body.to_owned())
+                .send()
+                .await;
+            let elapsed = started.elapsed().as_secs_f64();
+            let retry = match response {
+                Ok(r) if r.status().is_success() => {
+                    self.observe("ok", elapsed);
+                    debug!(url, attempt, "webhook delivered");
+                    return true;
+                }
+                Ok(r) => {
+                    self.observe("http_error", elapsed);
+                    let status = r.status();
+                    // A client error other than timeout / rate limit will not go away by retrying.
+                    let retry = status.is_server_error()
+                        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                        || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                    warn!(url, attempt, %status, retry, "webhook refused");
+                    retry
+                }
+                Err(error) => {
+                    self.observe("transport_error", elapsed);
+                    warn!(url, attempt, error = %error, "webhook request failed");
+                    true
+                }
+            };
+            if !retry || attempt == self.config.max_attempts {
+                break;
+            }
+            self.metrics
+                .webhook_retry_wait
+                .inc_by(backoff.as_secs_f64());
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(max_backoff);
+        }
+        warn!(url, id, "webhook given up");
+        false
+    }
+
+    fn observe(&self, outcome: &str, seconds: f64) {
+        self.metrics
+            .webhook_attempts
+            .with_label_values(&[outcome])
+            .inc();
+        self.metrics
+            .webhook_duration
+            .with_label_values(&[outcome])
+            .observe(seconds);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signaling::media::RoomMode;
+    use signaling::protocol::{ParticipantInfo, ParticipantLeftReason, RoomInfo};
+
+    #[test]
+    fn signature_is_standard_webhooks_hmac_sha256() {
+        // Computed independently: printf 'msg_1.1700000000.{"a":1}' | openssl dgst -sha256 -hmac secret -binary | base64
+        let key = SigningKey::new("k", b"secret");
+        assert_eq!(
+            key.sign("msg_1", 1_700_000_000, r#"{"a":1}"#),
+            "v1,Q5nZ7DiOGwijBBqvBVAK6c0zDr2JLkXI7TaV4f+Q2vY="
+        );
+    }
+
+    #[test]
+    fn payloads_name_the_event_room_and_participant() {
+        let room = RoomInfo {
+            name: "standup".into(),
+            mode: RoomMode::Mix,
+            slots: 1,
+            max_participants: 10,
+        };
+        let participant = ParticipantInfo {
+            sid: "PA_000000000001".into(),
+            identity: "ada".into(),
+            name: "Ada".into(),
+            muted: false,
+            can_publish: true,
+            can_subscribe: true,
+        };
+        let left = RoomEvent::ParticipantLeft {
+            room: room.clone(),
+            participant,
+            reason: ParticipantLeftReason::Kicked,
+        };
+        let body = payload("EV_1", 7, &left);
+        assert_eq!(body["event"], "participant_left");
+        assert_eq!(body["room"]["mode"], "mix");
+        assert_eq!(body["participant"]["identity"], "ada");
+        assert_eq!(body["reason"], "kicked");
+        let started = payload("EV_2", 7, &RoomEvent::RoomStarted { room });
+        assert_eq!(started["event"], "room_started");
+        assert!(started.get("participant").is_none());
+    }
+}

@@ -1,0 +1,256 @@
+//! The admin API over real HTTP: authorisation, rooms, participants, drain status.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chorus_tests::{AudioClient, Server};
+
+use super::{join, json, SECONDS};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_refuses_requests_without_an_admin_token() -> anyhow::Result<()> {
+    let server = Server::start(&[]).await?;
+    let (status, body) = server.admin("GET", "/admin/v1/rooms", None, None).await?;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "unauthorized");
+    let (status, _) = server
+        .admin("GET", "/admin/v1/rooms", Some("not-a-jwt"), None)
+        .await?;
+    assert_eq!(status, 401);
+    // A valid access token (a room grant) is not an admin token.
+    let access = server.token("lobby", "ada", &[])?;
+    let (status, body) = server
+        .admin("DELETE", "/admin/v1/rooms/lobby", Some(&access), None)
+        .await?;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "forbidden");
+    // An admin token signed with another secret.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let forged = signaling::auth::create_admin_token(
+        "devkey",
+        "an-attacker-secret-an-attacker-secret",
+        &signaling::auth::AdminClaims {
+            iss: String::new(),
+            sub: "mallory".into(),
+            exp: now + 600,
+            nbf: None,
+            iat: None,
+            admin: true,
+        },
+    )?;
+    let (status, _) = server
+        .admin("POST", "/admin/v1/drain", Some(&forged), None)
+        .await?;
+    assert_eq!(status, 401);
+    // Every route of docs/openapi.json exists and refuses a request without a token (an unknown route
+    // would be 404, a wrong method 405).
+    let doc = json(&std::fs::read_to_string(
+        super::root().join("docs/openapi.json"),
+    )?);
+    let mut refused = 0;
+    for (path, item) in doc["paths"].as_object().cloned().unwrap_or_default() {
+        let path = path
+            .replace("{room}", "lobby")
+            .replace("{sid}", "PA_000000000001");
+        for method in ["get", "post", "delete"] {
+            if item.get(method).is_some() {
+                let (status, body) = server
+                    .admin(&method.to_uppercase(), &path, None, Some("{}"))
+                    .await?;
+                assert_eq!(status, 401, "{method} {path}: {body}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 9);
+    // Nothing happened, and every refusal was counted.
+    assert_eq!(server.http_get("/readyz").await?.0, 200);
+    assert!(
+        server
+            .metric("chorus_admin_requests_total{result=\"unauthorized\"}")
+            .await?
+            >= 12.0
+    );
+    assert_eq!(
+        server
+            .metric("chorus_admin_requests_total{result=\"forbidden\"}")
+            .await?,
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_manages_rooms_and_participants() -> anyhow::Result<()> {
+    let server = Server::start(&[]).await?;
+    let admin = server.admin_token()?;
+    let token = Some(admin.as_str());
+
+    // Create a mixed room with its own settings; bad requests are typed 400s.
+    let create = r#"{"name": "standup", "mode": "mix", "max_participants": 5, "empty_timeout_secs": 1,
+                     "mix": {"bitrate_bps": 24000, "dtx": false}}"#;
+    let (status, body) = server
+        .admin("POST", "/admin/v1/rooms", token, Some(create))
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let room = json(&body);
+    assert_eq!(room["mode"], "mix");
+    assert_eq!(room["slots"], 1);
+    assert_eq!(room["origin"], "admin");
+    assert_eq!(room["mix"]["bitrate_bps"], 24000);
+    assert_eq!(room["mix"]["dtx"], false);
+    assert_eq!(
+        room["mix"]["fec"], true,
+        "unset fields take the server's defaults"
+    );
+    let (status, body) = server
+        .admin("POST", "/admin/v1/rooms", token, Some(create))
+        .await?;
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (409, "room_exists".into())
+    );
+    for bad in [
+        r#"{"name": "x", "mode": "sfu"}"#,
+        r#"{"name": "x", "mode": "mix", "mix": {"bitrate_bps": 1}}"#,
+        r#"{"name": "x", "slots": 40}"#,
+        r#"{"name": "x", "mix": {"dtx": true}}"#,
+        r#"{"name": "bad name"}"#,
+        r#"{"name": "x", "colour": "blue"}"#,
+        r#"{"name": "#,
+    ] {
+        let (status, body) = server
+            .admin("POST", "/admin/v1/rooms", token, Some(bad))
+            .await?;
+        assert_eq!(status, 400, "{bad} -> {body}");
+        assert!(json(&body)["error"]["message"].is_string());
+    }
+    let (status, body) = server
+        .admin(
+            "POST",
+            "/admin/v1/rooms",
+            token,
+            Some(r#"{"name": "big", "slots": 5}"#),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(json(&body)["mode"], "forward");
+
+    // Two participants with media join the mixed room; a third joins an auto-created room.
+    let (mut ada, joined) = join(&server, "standup", "ada").await?;
+    assert_eq!(joined["room"]["mode"], "mix");
+    assert_eq!(joined["room"]["max_participants"], 5);
+    let mut ada_media = AudioClient::start(&mut ada, 1, 440.0, 0.3).await?;
+    let (mut bob, joined) = join(&server, "standup", "bob").await?;
+    let bob_sid = joined["participant"]["sid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut bob_media = AudioClient::start(&mut bob, 1, 660.0, 0.3).await?;
+    ada_media.wait_connected(SECONDS).await?;
+    bob_media.wait_connected(SECONDS).await?;
+    let (_carol, joined) = join(&server, "lobby", "carol").await?;
+    assert_eq!(joined["room"]["mode"], "forward");
+
+    let (status, body) = server.admin("GET", "/admin/v1/rooms", token, None).await?;
+    assert_eq!(status, 200);
+    let rooms = json(&body)["rooms"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = rooms.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["big", "lobby", "standup"]);
+    assert_eq!(rooms[1]["origin"], "join");
+    assert_eq!(rooms[2]["num_participants"], 2);
+    let (status, body) = server
+        .admin("GET", "/admin/v1/rooms/standup/participants", token, None)
+        .await?;
+    assert_eq!(status, 200);
+    let identities: Vec<String> = json(&body)["participants"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p["identity"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(identities, ["ada", "bob"]);
+    assert_eq!(server.metric("chorus_rooms{mode=\"mix\"}").await?, 1.0);
+    assert_eq!(
+        server.metric("chorus_participants{mode=\"mix\"}").await?,
+        2.0
+    );
+    assert_eq!(server.metric("chorus_rooms{mode=\"forward\"}").await?, 2.0);
+    assert!(server.metric("chorus_join_latency_seconds_count").await? >= 2.0);
+
+    // Mute bob: everyone is told, and the server stops forwarding his audio.
+    let path = format!("/admin/v1/rooms/standup/participants/{bob_sid}/mute");
+    let (status, body) = server
+        .admin("POST", &path, token, Some(r#"{"muted": true}"#))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["muted"], true);
+    let muted = ada.expect("participant_muted", SECONDS).await?;
+    assert_eq!(
+        (muted["sid"].as_str(), muted["muted"].as_bool()),
+        (Some(bob_sid.as_str()), Some(true))
+    );
+    let not_publishing = "chorus_packets_dropped_total{reason=\"not_publishing\"}";
+    let deadline = Instant::now() + SECONDS * 2;
+    while server.metric(not_publishing).await? < 10.0 {
+        assert!(Instant::now() < deadline, "muted audio is not dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Kick bob: he is told and disconnected, ada sees him leave.
+    let path = format!("/admin/v1/rooms/standup/participants/{bob_sid}");
+    let (status, _) = server.admin("DELETE", &path, token, None).await?;
+    assert_eq!(status, 204);
+    let left = bob.expect("left", SECONDS).await?;
+    assert_eq!(left["reason"], "kicked");
+    assert!(bob.recv(SECONDS).await?.is_none(), "bob's socket is closed");
+    let gone = ada.expect("participant_left", SECONDS).await?;
+    assert_eq!(
+        (gone["sid"].as_str(), gone["reason"].as_str()),
+        (Some(bob_sid.as_str()), Some("kicked"))
+    );
+    let (status, _) = server.admin("DELETE", &path, token, None).await?;
+    assert_eq!(status, 404);
+    let (status, body) = server
+        .admin("DELETE", "/admin/v1/rooms/nowhere", token, None)
+        .await?;
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (404, "room_not_found".into())
+    );
+
+    // Delete a forward room that someone is in: they are told, the room goes.
+    let (mut dave, _) = join(&server, "big", "dave").await?;
+    let (status, _) = server
+        .admin("DELETE", "/admin/v1/rooms/big", token, None)
+        .await?;
+    assert_eq!(status, 204);
+    assert_eq!(
+        dave.expect("left", SECONDS).await?["reason"],
+        "room_deleted"
+    );
+
+    // The mixed room outlives its last participant until its empty timeout (1 s), then goes.
+    ada.send(serde_json::json!({"type": "leave"})).await?;
+    ada.expect("left", SECONDS).await?;
+    let deadline = Instant::now() + SECONDS * 2;
+    loop {
+        let (status, _) = server
+            .admin("GET", "/admin/v1/rooms/standup", token, None)
+            .await?;
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(Instant::now() < deadline, "the empty room never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = server.admin("GET", "/admin/v1/drain", token, None).await?;
+    assert_eq!(status, 200);
+    let drain = json(&body);
+    assert_eq!(drain["draining"], false);
+    assert_eq!(drain["participants"], 1, "carol is still in lobby");
+    ada_media.stop().await?;
+    let _ = bob_media.stop().await;
+    Ok(())
+}

@@ -160,6 +160,8 @@ function waitForIceGathering(pc, timeoutMs) {
  * - `participantleft`   `{participant, reason}`
  * - `participantmuted`  `{participant, muted}`
  * - `speaking`          `{speakers: {sid, level, participant}[]}` — loudest first, empty when silence
+ * - `dominantspeaker`   `{sid, participant}` — who holds the floor now (sustained speech, not every click);
+ *                       also in {@link Room#dominantSpeaker}
  * - `slots`             `{slots: Slot[]}` — the full slot assignment after it changed
  * - `connectionstate`   `{state, previous}` — see {@link Room#connectionState}
  * - `mediastate`        `{state}` — the server's view of our media connection (`connected`/`disconnected`)
@@ -199,6 +201,8 @@ export class Room extends EventTarget {
     this.remoteStream = new MediaStream();
     /** @type {'connected'|'disconnected'|null} the server's last `media_state` */
     this.serverMediaState = null;
+    /** @type {string|null} sid of the room's dominant speaker, from `dominant_speaker` */
+    this.dominantSpeaker = null;
     /** @type {number|null} round-trip time of the last ping, in ms */
     this.signalingRttMs = null;
     /** @private @type {ConnectionState} */ this._state = 'connecting';
@@ -458,6 +462,7 @@ export class Room extends EventTarget {
       case 'participant_muted': return this._onParticipantMuted(msg);
       case 'media_state': return this._onMediaState(msg);
       case 'speakers': return this._onSpeakers(msg);
+      case 'dominant_speaker': return this._onDominantSpeaker(msg);
       case 'slots': return this._onSlots(msg);
       case 'pong': return this._onPong(msg);
       case 'left':
@@ -611,6 +616,13 @@ export class Room extends EventTarget {
       sid: s.sid, level: Number(s.level) || 0, participant: this.participant(s.sid) || null,
     }));
     this._emit('speaking', { speakers });
+  }
+
+  /** @private @param {any} msg */
+  _onDominantSpeaker(msg) {
+    if (typeof msg.sid !== 'string') return;
+    this.dominantSpeaker = msg.sid;
+    this._emit('dominantspeaker', { sid: msg.sid, participant: this.participant(msg.sid) || null });
   }
 
   /** @private @param {any} msg */

@@ -140,6 +140,7 @@ function setMuted(muted) {
 function wireRoom(room) {
   room.on('participants', render);
   room.on('speaking', renderLevels);
+  room.on('dominantspeaker', renderLevels);
   room.on('slots', (/** @type {{slots: import('./chorus.js').Slot[]}} */ { slots }) => {
     log('slots', slots.map((s) => `${s.slot}:${s.mid}=${s.sid ?? '-'}`).join(' '));
     render();
@@ -279,6 +280,7 @@ function renderLevels() {
     if (!li) continue;
     const level = p.muted ? 0 : Math.max(0, Math.min(1, p.level));
     li.classList.toggle('speaking', p.speaking && !p.muted && level > 0);
+    li.classList.toggle('dominant', p.sid === room.dominantSpeaker);
     const bar = /** @type {HTMLElement|null} */ (li.querySelector('.bar'));
     if (bar) bar.style.width = `${Math.round(level * 100)}%`;
     li.dataset.level = level.toFixed(3);
@@ -471,6 +473,7 @@ function snapshot() {
       // in-band: the CSRC of the slot's last packets is the speaker's original SSRC
       csrcs: s.transceiver ? s.transceiver.receiver.getContributingSources().map((c) => c.source) : [] })) : [],
     muted: room ? room.muted : null,
+    dominantSpeaker: room ? room.dominantSpeaker : null,
     log: state.log.slice(-40),
   };
 }

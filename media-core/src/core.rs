@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use str0m::config::DtlsCert;
 use str0m::rtp::RtpPacket;
 
+use crate::dominant::{DominantConfig, DominantSpeaker};
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 use crate::mixer::{MixPacket, Mixer};
 use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
@@ -99,6 +100,11 @@ pub enum CoreEvent {
         room: RoomId,
         speakers: Vec<(ParticipantId, f32)>,
     },
+    /// The room's dominant speaker changed (Volfin & Cohen; decided every 300 ms, with hysteresis).
+    DominantSpeaker {
+        room: RoomId,
+        participant: ParticipantId,
+    },
 }
 
 /// What to do next.
@@ -133,6 +139,8 @@ struct Room {
     members: Vec<ParticipantId>,
     /// Mixed rooms only.
     mixer: Option<Mixer>,
+    /// Dominant speaker detection (both modes).
+    dominant: DominantSpeaker,
 }
 
 pub struct MediaCore {
@@ -275,6 +283,7 @@ impl MediaCore {
                         selector: SlotSelector::new(slots, self.config.selector),
                         members: Vec::new(),
                         mixer: mixed.then(|| Mixer::new(now, room_config.mix)),
+                        dominant: DominantSpeaker::new(DominantConfig::default()),
                     },
                 );
                 k
@@ -313,6 +322,7 @@ impl MediaCore {
                 self.rng.next_u64() as u32,
             );
         }
+        room.dominant.add(id);
         room.members.push(id);
         self.participants.insert(id, participant);
         self.schedule(id, now);
@@ -331,6 +341,7 @@ impl MediaCore {
         self.router.remove_peer(&p.peer.ufrag, id);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.selector.remove_participant(id);
+            room.dominant.remove(id);
             if let Some(mixer) = room.mixer.as_mut() {
                 mixer.remove_member(id);
             }
@@ -515,6 +526,12 @@ impl MediaCore {
                         speakers,
                     });
                 }
+                if let Some(participant) = room.dominant.update(now) {
+                    self.events.push_back(CoreEvent::DominantSpeaker {
+                        room: room.id.clone(),
+                        participant,
+                    });
+                }
             }
             arm_tick(&mut self.next_tick, room);
         }
@@ -608,6 +625,7 @@ impl MediaCore {
             return;
         };
         room.selector.on_audio(now, from, level_dbov, vad);
+        room.dominant.on_level(from, now, level_dbov);
         if let Some(mixer) = room.mixer.as_mut() {
             let pushed = mixer.push(
                 now,

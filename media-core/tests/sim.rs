@@ -350,3 +350,78 @@ fn leaving_frees_slots_and_a_newcomer_is_heard_by_all() {
     assert!(!sim.clients[2].pcm_by_csrc.contains_key(&left.mic_ssrc));
 }
 mod mix;
+
+/// Speech-like activity for `total`: talk spurts of `on` separated by short pauses (levels vary, as in
+/// speech; a constant level from the start is background noise to the dominant-speaker detector).
+fn speak(sim: &mut Sim, client: usize, amplitude: f32, total: Duration) {
+    let end = sim.now + total;
+    while sim.now < end {
+        sim.set_amplitude(client, amplitude);
+        sim.run_for(Duration::from_millis(360));
+        sim.set_amplitude(client, amplitude * 0.1);
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.set_amplitude(client, 0.0);
+}
+
+#[test]
+fn the_dominant_speaker_follows_sustained_speech_in_both_room_modes() {
+    use media_core::{MixConfig, RoomConfig};
+    for room in [
+        RoomConfig::forward(3),
+        RoomConfig::mix(MixConfig::default()),
+    ] {
+        // Client 2 is a steady hum (a noisy microphone): never dominant.
+        let mut sim = Sim::with_room(
+            71,
+            LinkConfig::with_delay(10.0),
+            room,
+            &[(440.0, 0.0), (660.0, 0.0), (880.0, 0.05)],
+        );
+        sim.connect();
+        let dominant = |sim: &Sim, since| {
+            sim.events.iter().rev().find_map(|(at, e)| match e {
+                CoreEvent::DominantSpeaker { participant, .. } if *at >= since => {
+                    Some((*at, *participant))
+                }
+                _ => None,
+            })
+        };
+        let start = sim.now;
+        speak(&mut sim, 0, 0.3, Duration::from_secs(2));
+        let (at, first) = dominant(&sim, start).expect("a dominant speaker was reported");
+        assert_eq!(first, sim.clients[0].id, "{room:?}");
+        assert!(
+            at - start <= Duration::from_millis(1000),
+            "{room:?}: {:?}",
+            at - start
+        );
+        // A brief click from client 1 does not take the floor while client 0 keeps talking.
+        sim.set_amplitude(1, 0.9);
+        sim.run_for(Duration::from_millis(40));
+        sim.set_amplitude(1, 0.0);
+        speak(&mut sim, 0, 0.3, Duration::from_secs(1));
+        let (_, still) = dominant(&sim, start).expect("reported");
+        assert_eq!(
+            still, sim.clients[0].id,
+            "{room:?}: a click stole the floor"
+        );
+        // Client 0 stops; client 1's sustained speech takes over.
+        let handover = sim.now;
+        speak(&mut sim, 1, 0.3, Duration::from_secs(2));
+        let (at, now_dominant) = dominant(&sim, handover).expect("a new dominant speaker");
+        assert_eq!(now_dominant, sim.clients[1].id, "{room:?}");
+        assert!(
+            at - handover <= Duration::from_millis(1500),
+            "{room:?}: handover took {:?}",
+            at - handover
+        );
+        let hum = sim.clients[2].id;
+        assert!(
+            !sim.events
+                .iter()
+                .any(|(_, e)| matches!(e, CoreEvent::DominantSpeaker { participant, .. } if *participant == hum)),
+            "{room:?}: the steady hum became dominant"
+        );
+    }
+}

@@ -329,6 +329,12 @@ impl Worker {
                     self.send(member, MediaEvent::Speakers(list.clone()));
                 }
             }
+            CoreEvent::DominantSpeaker { room, participant } => {
+                let members: Vec<ParticipantId> = self.core.room_members(&room).to_vec();
+                for member in members {
+                    self.send(member, MediaEvent::DominantSpeaker(participant.0));
+                }
+            }
         }
     }
 

@@ -164,6 +164,8 @@ pub enum MediaEvent {
     Disconnected { reason: String },
     /// Everyone speaking in the room, loudest first, with levels 0.0..=1.0.
     Speakers(Vec<(u64, f32)>),
+    /// The room's dominant speaker changed.
+    DominantSpeaker(u64),
     /// The full slot assignment of this subscriber, sent whenever it changes.
     Slots(Vec<SlotAssignment>),
 }

@@ -20,10 +20,10 @@ use crate::auth::verify_token;
 use crate::media::{MediaCommand, MediaError, MediaEvent, RoomSettings};
 use crate::metrics::LeaveReason;
 use crate::protocol::{
-    parse_client, Answer, ClientMessage, Draining, ErrorCode, ErrorMessage, Join, Joined, Left,
-    LeftReason, MediaConnectionState, MediaState, Mute, Offer, ParticipantLeftReason, Ping, Pong,
-    ServerMessage, Slot, Slots, Speaker, Speakers, CLOSE_POLICY_VIOLATION, MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    parse_client, Answer, ClientMessage, DominantSpeaker, Draining, ErrorCode, ErrorMessage, Join,
+    Joined, Left, LeftReason, MediaConnectionState, MediaState, Mute, Offer, ParticipantLeftReason,
+    Ping, Pong, ServerMessage, Slot, Slots, Speaker, Speakers, CLOSE_POLICY_VIOLATION,
+    MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use crate::registry::{participant_sid, JoinRequest, PresenceEvent};
 use crate::{Signaling, SERVER_VERSION};
@@ -574,6 +574,11 @@ where
                     .map(|(id, level)| Speaker::new(participant_sid(id), level))
                     .collect(),
             }),
+            Some(MediaEvent::DominantSpeaker(id)) => {
+                ServerMessage::DominantSpeaker(DominantSpeaker {
+                    sid: participant_sid(id),
+                })
+            }
             Some(MediaEvent::Slots(slots)) => ServerMessage::Slots(Slots {
                 slots: slots
                     .into_iter()

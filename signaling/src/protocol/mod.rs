@@ -5,6 +5,7 @@
 //! `bad_message`); [`ServerMessage`] is everything the server sends.
 
 mod answer;
+mod dominant_speaker;
 mod draining;
 mod error;
 mod join;
@@ -26,6 +27,7 @@ mod speakers;
 use serde::{Deserialize, Serialize};
 
 pub use answer::Answer;
+pub use dominant_speaker::DominantSpeaker;
 pub use draining::Draining;
 pub use error::{ErrorCode, ErrorMessage, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION};
 pub use join::{Join, MAX_NAME_CHARS};
@@ -80,6 +82,7 @@ pub enum ServerMessage {
     ParticipantMuted(ParticipantMuted),
     MediaState(MediaState),
     Speakers(Speakers),
+    DominantSpeaker(DominantSpeaker),
     Slots(Slots),
     Pong(Pong),
     Left(Left),
@@ -264,6 +267,6 @@ mod tests {
             assert_eq!(reparsed, original, "{example}");
         }
         assert_eq!(client, ClientMessage::TYPES.len());
-        assert_eq!(server, 14);
+        assert_eq!(server, 15);
     }
 }

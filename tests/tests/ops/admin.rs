@@ -254,3 +254,38 @@ async fn admin_api_manages_rooms_and_participants() -> anyhow::Result<()> {
     let _ = bob_media.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_room_mode_from_the_command_line_and_json_logs() -> anyhow::Result<()> {
+    let server = Server::start(&["--room-mode", "mix", "--log-json"]).await?;
+    let (mut ada, joined) = join(&server, "auto", "ada").await?;
+    assert_eq!(joined["room"]["mode"], "mix");
+    assert_eq!(joined["room"]["slots"], 1);
+    assert_eq!(server.metric("chorus_rooms{mode=\"mix\"}").await?, 1.0);
+    assert_eq!(server.metric("chorus_participants{mode=\"mix\"}").await?, 1.0);
+    ada.send(serde_json::json!({"type": "leave"})).await?;
+    ada.expect("left", SECONDS).await?;
+    // A room created by a join goes with its last participant.
+    let deadline = Instant::now() + SECONDS;
+    while server.metric("chorus_rooms{mode=\"mix\"}").await? != 0.0 {
+        assert!(Instant::now() < deadline, "the room stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every log line is one JSON object; room events name their room.
+    let log = server.log_tail();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "room started" && l["fields"]["room"] == "auto"),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "room finished"),
+        "{log}"
+    );
+    Ok(())
+}

@@ -262,7 +262,10 @@ async fn default_room_mode_from_the_command_line_and_json_logs() -> anyhow::Resu
     assert_eq!(joined["room"]["mode"], "mix");
     assert_eq!(joined["room"]["slots"], 1);
     assert_eq!(server.metric("chorus_rooms{mode=\"mix\"}").await?, 1.0);
-    assert_eq!(server.metric("chorus_participants{mode=\"mix\"}").await?, 1.0);
+    assert_eq!(
+        server.metric("chorus_participants{mode=\"mix\"}").await?,
+        1.0
+    );
     ada.send(serde_json::json!({"type": "leave"})).await?;
     ada.expect("left", SECONDS).await?;
     // A room created by a join goes with its last participant.
@@ -284,7 +287,9 @@ async fn default_room_mode_from_the_command_line_and_json_logs() -> anyhow::Resu
         "{log}"
     );
     assert!(
-        lines.iter().any(|l| l["fields"]["message"] == "room finished"),
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "room finished"),
         "{log}"
     );
     Ok(())

@@ -148,6 +148,24 @@ async fn admin_api_manages_rooms_and_participants() -> anyhow::Result<()> {
     let mut bob_media = AudioClient::start(&mut bob, 1, 660.0, 0.3).await?;
     ada_media.wait_connected(SECONDS).await?;
     bob_media.wait_connected(SECONDS).await?;
+    // In a mixed room each participant receives the room's audio on its first (only) receive slot.
+    let deadline = Instant::now() + SECONDS;
+    loop {
+        let on_slot0 = |c: &AudioClient| {
+            c.heard
+                .lock()
+                .map(|h| h.packets_by_slot.get(&0).copied().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        if on_slot0(&ada_media) > 25 && on_slot0(&bob_media) > 25 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audio on slot 0 in the mixed room"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (_carol, joined) = join(&server, "lobby", "carol").await?;
     assert_eq!(joined["room"]["mode"], "forward");
 

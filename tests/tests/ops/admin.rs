@@ -166,6 +166,9 @@ async fn admin_api_manages_rooms_and_participants() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Speaker events work in mixed rooms too.
+    let speakers = ada.expect("speakers", SECONDS).await?;
+    assert!(speakers["speakers"].is_array(), "{speakers}");
     let (_carol, joined) = join(&server, "lobby", "carol").await?;
     assert_eq!(joined["room"]["mode"], "forward");
 

@@ -34,6 +34,8 @@ pub struct ReceivedAudio {
     pub ssrc: u32,
     /// The first CSRC: the original SSRC of the speaker in the slot.
     pub csrc: Option<u32>,
+    /// Every CSRC (a mixed packet lists all its talkers), with their RFC 6465 levels if sent.
+    pub contributors: Vec<(u32, Option<u8>)>,
     pub seq: u64,
     pub timestamp: u32,
     /// RFC 6464 level, 0 (loud) ..= 127 (silence), if the packet carried one.
@@ -218,10 +220,20 @@ impl ClientPeer {
                         continue;
                     };
                     let h = &p.header;
+                    let levels = h
+                        .ext_vals
+                        .user_values
+                        .get::<crate::csrc_levels::CsrcLevels>();
+                    let contributors = h.csrc[..h.csrc_count.min(15)]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (*c, levels.and_then(|l| l.0.get(i).copied())))
+                        .collect();
                     return Ok(ClientOutput::Audio(ReceivedAudio {
                         slot,
                         ssrc: *h.ssrc,
                         csrc: (h.csrc_count > 0).then_some(h.csrc[0]),
+                        contributors,
                         seq: *p.seq_no,
                         timestamp: h.timestamp,
                         audio_level: h.ext_vals.audio_level.map(|l| l.unsigned_abs().min(127)),

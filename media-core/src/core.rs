@@ -12,9 +12,11 @@ use str0m::config::DtlsCert;
 use str0m::rtp::RtpPacket;
 
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
+use crate::mixer::{MixPacket, Mixer};
 use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
 use crate::rewrite::SlotRewriter;
 pub use crate::room_config::RoomConfig;
+use crate::room_config::RoomMode;
 use crate::router::{RouteMiss, Router};
 use crate::sim::Rng;
 use crate::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
@@ -126,8 +128,11 @@ impl Participant {
 
 struct Room {
     id: RoomId,
+    config: RoomConfig,
     selector: SlotSelector,
     members: Vec<ParticipantId>,
+    /// Mixed rooms only.
+    mixer: Option<Mixer>,
 }
 
 pub struct MediaCore {
@@ -148,6 +153,8 @@ pub struct MediaCore {
     last_now: Instant,
     stats: CoreStats,
     samples: Samples,
+    /// Reused buffer for a mixer tick's packets.
+    mix_out: Vec<MixPacket>,
 }
 
 impl MediaCore {
@@ -180,6 +187,7 @@ impl MediaCore {
             last_now: now,
             stats: CoreStats::default(),
             samples: Samples::default(),
+            mix_out: Vec::new(),
         }
     }
 
@@ -190,6 +198,12 @@ impl MediaCore {
     /// Take the observations gathered since the last call (RTT, jitter, jitter-buffer delay).
     pub fn take_samples(&mut self) -> Samples {
         std::mem::take(&mut self.samples)
+    }
+
+    /// The jitter-buffer target delay of a participant in a mixed room.
+    pub fn jitter_target(&self, id: ParticipantId) -> Option<Duration> {
+        let p = self.participants.get(&id)?;
+        self.rooms.get(&p.room)?.mixer.as_ref()?.jitter_target(id)
     }
 
     pub fn participant_count(&self) -> usize {
@@ -223,14 +237,23 @@ impl MediaCore {
         if self.participants.contains_key(&id) {
             return Err(CoreError::AlreadyConnected(id));
         }
+        let existing = self.room_keys.get(room).copied();
+        // An existing room keeps the settings it was created with.
+        let room_config = existing
+            .and_then(|k| self.rooms.get(&k))
+            .map(|r| r.config)
+            .unwrap_or(room_config);
         if !(1..=MAX_SLOTS).contains(&room_config.slots) {
             return Err(CoreError::BadRoomConfig("slots must be 1..=16"));
         }
-        let existing = self.room_keys.get(room).copied();
-        let slots = existing
-            .and_then(|k| self.rooms.get(&k))
-            .map(|r| r.selector.slots())
-            .unwrap_or(room_config.slots);
+        let mixed = room_config.mode == RoomMode::Mix;
+        if mixed {
+            room_config
+                .mix
+                .validate()
+                .map_err(CoreError::BadRoomConfig)?;
+        }
+        let slots = if mixed { 1 } else { room_config.slots };
         let peer_params = PeerParams {
             candidate_addr: self.config.candidate_addr,
             dtls_cert: &self.dtls_cert,
@@ -248,8 +271,10 @@ impl MediaCore {
                     k,
                     Room {
                         id: room.clone(),
+                        config: room_config,
                         selector: SlotSelector::new(slots, self.config.selector),
                         members: Vec::new(),
+                        mixer: mixed.then(|| Mixer::new(now, room_config.mix)),
                     },
                 );
                 k
@@ -275,11 +300,19 @@ impl MediaCore {
             .rooms
             .get_mut(&key)
             .expect("room key was just looked up or inserted");
-        room.selector.add_participant(
-            id,
-            participant.publishes(),
-            !participant.peer.slots.is_empty(),
-        );
+        let subscribes = !participant.peer.slots.is_empty();
+        // In a mixed room the selector only tracks levels and speakers: nobody is assigned slots.
+        room.selector
+            .add_participant(id, participant.publishes(), subscribes && !mixed);
+        if let Some(mixer) = room.mixer.as_mut() {
+            mixer.add_member(
+                id,
+                participant.publishes(),
+                subscribes,
+                self.rng.next_u64() as u16 & 0x7fff,
+                self.rng.next_u64() as u32,
+            );
+        }
         room.members.push(id);
         self.participants.insert(id, participant);
         self.schedule(id, now);
@@ -298,6 +331,9 @@ impl MediaCore {
         self.router.remove_peer(&p.peer.ufrag, id);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.selector.remove_participant(id);
+            if let Some(mixer) = room.mixer.as_mut() {
+                mixer.remove_member(id);
+            }
             room.members.retain(|m| *m != id);
             if room.members.is_empty() {
                 let room = self.rooms.remove(&p.room).expect("room was just found");
@@ -320,6 +356,9 @@ impl MediaCore {
         let key = p.room;
         if let Some(room) = self.rooms.get_mut(&key) {
             room.selector.set_publishing(id, publishes);
+            if let Some(mixer) = room.mixer.as_mut() {
+                mixer.set_publishing(id, publishes);
+            }
         }
         self.arm_tick(key);
         Ok(())
@@ -415,35 +454,71 @@ impl MediaCore {
     /// Make sure the room tick runs when room `key`'s selector next needs an update.
     fn arm_tick(&mut self, key: u64) {
         if let Some(room) = self.rooms.get(&key) {
-            arm_tick(&mut self.next_tick, &room.selector);
+            arm_tick(&mut self.next_tick, room);
         }
     }
 
-    /// Update the slot selection of every room that is due; an idle room costs nothing.
+    /// Run every room's due work: the mixer tick of mixed rooms, slot selection and speaker reports. An idle
+    /// room costs nothing.
     fn room_tick(&mut self, now: Instant) {
         self.next_tick = None;
+        let mut mixed = std::mem::take(&mut self.mix_out);
         for room in self.rooms.values_mut() {
-            if room.selector.next_update().is_none_or(|t| t > now) || !room.selector.update(now) {
-                arm_tick(&mut self.next_tick, &room.selector);
-                continue;
+            if let Some(mixer) = room.mixer.as_mut() {
+                if mixer.next_tick().is_some_and(|t| t <= now) {
+                    mixed.clear();
+                    mixer.tick(now, &mut mixed, &mut self.stats.mix, &mut self.samples);
+                    for packet in mixed.drain(..) {
+                        let Some(p) = self.participants.get_mut(&packet.to) else {
+                            continue;
+                        };
+                        if !p.peer.connected {
+                            continue;
+                        }
+                        let written = p.peer.write_mix(
+                            packet.seq,
+                            packet.ts,
+                            now,
+                            &packet.payload,
+                            packet.level,
+                            &packet.contributors,
+                        );
+                        let result = written.and_then(|()| {
+                            drive(
+                                &mut p.peer,
+                                now,
+                                &mut self.transmits,
+                                &mut self.pending,
+                                &mut self.timers,
+                            )
+                        });
+                        if result.is_err() {
+                            self.pending
+                                .push_back((packet.to, PeerEvent::Disconnected("webrtc error")));
+                        }
+                    }
+                }
             }
-            let changed: Vec<ParticipantId> = room.selector.drain_changes().collect();
-            for sub in changed {
-                if let Some(p) = self.participants.get(&sub) {
-                    self.events.push_back(CoreEvent::Slots {
-                        subscriber: sub,
-                        slots: slot_infos(p, room.selector.assignment(sub), &self.participants),
+            if room.selector.next_update().is_some_and(|t| t <= now) && room.selector.update(now) {
+                let changed: Vec<ParticipantId> = room.selector.drain_changes().collect();
+                for sub in changed {
+                    if let Some(p) = self.participants.get(&sub) {
+                        self.events.push_back(CoreEvent::Slots {
+                            subscriber: sub,
+                            slots: slot_infos(p, room.selector.assignment(sub), &self.participants),
+                        });
+                    }
+                }
+                if let Some(speakers) = room.selector.speakers_changed(now) {
+                    self.events.push_back(CoreEvent::Speakers {
+                        room: room.id.clone(),
+                        speakers,
                     });
                 }
             }
-            if let Some(speakers) = room.selector.speakers_changed(now) {
-                self.events.push_back(CoreEvent::Speakers {
-                    room: room.id.clone(),
-                    speakers,
-                });
-            }
-            arm_tick(&mut self.next_tick, &room.selector);
+            arm_tick(&mut self.next_tick, room);
         }
+        self.mix_out = mixed;
     }
 
     fn emit_slots(&mut self, sub: ParticipantId) {
@@ -533,7 +608,24 @@ impl MediaCore {
             return;
         };
         room.selector.on_audio(now, from, level_dbov, vad);
-        arm_tick(&mut self.next_tick, &room.selector);
+        if let Some(mixer) = room.mixer.as_mut() {
+            let pushed = mixer.push(
+                now,
+                from,
+                source,
+                *packet.seq_no,
+                packet.header.timestamp,
+                packet.payload,
+                level.map(|l| l.unsigned_abs().min(127)),
+                &mut self.stats.mix,
+            );
+            if pushed.is_err() {
+                self.stats.drop(DropReason::Malformed);
+            }
+            arm_tick(&mut self.next_tick, room);
+            return;
+        }
+        arm_tick(&mut self.next_tick, room);
         let routes = room.selector.routes(from);
         if routes.is_empty() {
             self.stats.rtp_unrouted += 1;
@@ -586,8 +678,9 @@ impl MediaCore {
     }
 }
 
-fn arm_tick(next_tick: &mut Option<Instant>, selector: &SlotSelector) {
-    if let Some(t) = selector.next_update() {
+fn arm_tick(next_tick: &mut Option<Instant>, room: &Room) {
+    let mixer = room.mixer.as_ref().and_then(|m| m.next_tick());
+    for t in [room.selector.next_update(), mixer].into_iter().flatten() {
         *next_tick = Some(next_tick.map_or(t, |n| n.min(t)));
     }
 }

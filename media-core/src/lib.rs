@@ -7,8 +7,13 @@
 pub mod audio;
 pub mod client;
 pub mod core;
+pub mod csrc_levels;
+pub mod dominant;
 pub mod ids;
+pub mod jitter;
 pub mod levels;
+pub mod limiter;
+pub mod mixer;
 pub mod peer;
 pub mod rewrite;
 pub mod room_config;

@@ -272,6 +272,41 @@ impl Peer {
         Ok(())
     }
 
+    /// Write one mixed packet into the first slot stream: `contributors` become the CSRCs (and their RFC 6465
+    /// levels where negotiated), `level` the packet's own audio level. The caller drains afterwards.
+    pub fn write_mix(
+        &mut self,
+        seq: u64,
+        ts: u32,
+        wallclock: Instant,
+        payload: &std::sync::Arc<[u8]>,
+        level: u8,
+        contributors: &crate::csrc_levels::Contributors,
+    ) -> Result<(), PeerError> {
+        let Some(stream) = self.slots.first() else {
+            return Ok(());
+        };
+        let (mid, pt) = (stream.mid, stream.pt);
+        let mut ext = ExtensionValues {
+            audio_level: Some(-(level.min(127) as i8)),
+            voice_activity: Some(level < 127),
+            ..Default::default()
+        };
+        if !contributors.is_empty() {
+            crate::csrc_levels::set(&mut ext, contributors.levels());
+        }
+        let write = RtpWrite::new(pt, SeqNo::from(seq), ts, wallclock, payload.clone())
+            .ext_vals(ext)
+            .csrc(contributors.ssrcs());
+        let rtc = &mut self.rtc;
+        guard(|| {
+            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
+                tx.write_rtp(write);
+            }
+        })?;
+        Ok(())
+    }
+
     /// Drain str0m until it returns its next timeout: datagrams go to `out`, events to `events`.
     pub fn drain(
         &mut self,
@@ -364,6 +399,9 @@ impl Peer {
     }
 }
 
+/// The local extension id for RFC 6465 CSRC audio levels (unused by str0m's standard map).
+const CSRC_LEVELS_EXT_ID: u8 = 12;
+
 /// The Opus payload type Chorus offers (the value browsers use).
 const OPUS_PT: u8 = 111;
 
@@ -374,6 +412,10 @@ pub(crate) fn opus_only(config: RtcConfig) -> RtcConfig {
         .set_rtp_mode(true)
         .clear_codecs()
         .set_stats_interval(None);
+    // RFC 6465 levels for mixed streams, at a free id (str0m moves it to the remote's id when offered).
+    config
+        .extension_map()
+        .set(CSRC_LEVELS_EXT_ID, crate::csrc_levels::extension());
     config.codec_config().add_config(
         Pt::from(OPUS_PT),
         None,

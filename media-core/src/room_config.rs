@@ -29,7 +29,9 @@ pub struct MixConfig {
     pub complexity: u8,
     /// Put in-band FEC into the mix (costs bitrate, recovers single losses at the listener).
     pub fec: bool,
-    /// Stop sending (DTX) while the mix is silent.
+    /// Send nothing while a listener's mix is silent (nobody else talks). Off: a silence frame every 20 ms,
+    /// for gateways that expect a continuous stream. (libopus' own DTX is never used on mixes: its voice
+    /// detector would cut stationary sound, such as music or a held tone, out of a mix.)
     pub dtx: bool,
     /// Smallest jitter-buffer delay, milliseconds; the buffer adapts between this and the maximum.
     pub jitter_min_ms: u32,

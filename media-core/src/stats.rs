@@ -84,6 +84,8 @@ pub struct MixStats {
     pub packets_duplicate: u64,
     /// Frames never received by their playout time (before concealment).
     pub packets_lost: u64,
+    /// Mixed packets sent to listeners.
+    pub packets_sent: u64,
 }
 
 /// Observations for histograms, drained by the worker with [`crate::MediaCore::take_samples`]. Each list

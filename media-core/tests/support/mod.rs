@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use media_core::audio::{self, ToneAnalysis, ToneGenerator, FRAME_SAMPLES, SAMPLE_RATE};
 use media_core::client::{ClientConfig, ClientOutput, ClientPeer, ReceivedAudio};
+use media_core::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout};
 use media_core::sim::{LinkConfig, SimNet};
 use media_core::{
     CoreConfig, CoreEvent, JoinParams, MediaCore, Output, ParticipantId, RoomConfig, RoomId,
@@ -44,6 +45,143 @@ pub struct Client {
     pub received: Vec<ReceivedAudio>,
     pub decoders: HashMap<u32, opus::Decoder>,
     pub pcm_by_csrc: HashMap<u32, Vec<f32>>,
+    /// Mixed rooms: the decoded slot-0 stream in sequence order, with loss concealed and DTX gaps as
+    /// silence, and for each decoded packet (arrival, first sample index, contributors).
+    pub mix: MixedStream,
+    /// Whether the client ever talked, and silence frames sent since it stopped (DTX hangover).
+    pub talked: bool,
+    pub silent_frames: u32,
+}
+
+/// Silence frames a client sends after it stops talking before it goes quiet (DTX).
+pub const DTX_HANGOVER_FRAMES: u32 = 10;
+
+pub struct MixedStream {
+    pub decoder: Option<opus::Decoder>,
+    /// Every packet decoded in arrival order (late ones skipped): exact packet ↔ sample mapping.
+    pub pcm: Vec<f32>,
+    pub last: Option<(u64, u32)>,
+    pub packets: Vec<MixedPacketInfo>,
+    pub concealed: u64,
+    /// What a real receiver plays: the same stream through a jitter buffer with FEC and PLC, 20 ms at a time.
+    pub played: Vec<f32>,
+    pub jitter: JitterBuffer,
+    pub play_decoder: opus::Decoder,
+    pub next_play: Option<Instant>,
+}
+
+impl Default for MixedStream {
+    fn default() -> Self {
+        MixedStream {
+            decoder: None,
+            pcm: Vec::new(),
+            last: None,
+            packets: Vec::new(),
+            concealed: 0,
+            played: Vec::new(),
+            jitter: JitterBuffer::new(JitterConfig::default()),
+            play_decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
+                .expect("an Opus decoder"),
+            next_play: None,
+        }
+    }
+}
+
+pub struct MixedPacketInfo {
+    pub arrival: Instant,
+    pub start: usize,
+    pub len: usize,
+    pub contributors: Vec<(u32, Option<u8>)>,
+}
+
+impl MixedStream {
+    fn receive(&mut self, a: &ReceivedAudio) {
+        if let Some((samples, has_fec)) = media_core::mixer::opus_packet_info(&a.payload) {
+            self.jitter.push(
+                a.arrival,
+                JitterPacket {
+                    seq: a.seq,
+                    ts: a.timestamp,
+                    samples,
+                    has_fec,
+                    audio_level: a.audio_level,
+                    payload: a.payload.clone(),
+                },
+            );
+            self.next_play.get_or_insert(a.arrival);
+        }
+        if let Some((seq, _)) = self.last {
+            if a.seq <= seq {
+                return; // late or duplicate: a real receiver's jitter buffer would drop it too
+            }
+        }
+        let dec = self.decoder.get_or_insert_with(|| {
+            opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).expect("an Opus decoder")
+        });
+        let mut pcm = vec![0f32; FRAME_SAMPLES * 6];
+        if let Some((seq, ts)) = self.last {
+            let lost = a.seq - seq - 1;
+            for _ in 0..lost {
+                let n = dec
+                    .decode_float(&[], &mut pcm[..FRAME_SAMPLES], false)
+                    .expect("PLC decodes");
+                self.pcm.extend_from_slice(&pcm[..n]);
+                self.concealed += 1;
+            }
+            // A timestamp gap not explained by lost packets is DTX: silence.
+            let gap =
+                a.timestamp.wrapping_sub(ts) as i64 - (lost as i64 + 1) * FRAME_SAMPLES as i64;
+            if gap > 0 && gap < SAMPLE_RATE as i64 * 10 {
+                self.pcm.extend(std::iter::repeat_n(0.0, gap as usize));
+            }
+        }
+        let n = dec
+            .decode_float(&a.payload, &mut pcm, false)
+            .expect("mixed Opus decodes");
+        self.packets.push(MixedPacketInfo {
+            arrival: a.arrival,
+            start: self.pcm.len(),
+            len: n,
+            contributors: a.contributors.clone(),
+        });
+        self.pcm.extend_from_slice(&pcm[..n]);
+        self.last = Some((a.seq, a.timestamp));
+    }
+
+    /// Play out 20 ms if due.
+    fn play(&mut self, now: Instant) {
+        let Some(due) = self.next_play else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        self.next_play = Some(due + FRAME);
+        let mut buf = vec![0f32; FRAME_SAMPLES * 6];
+        let mut have = 0;
+        while have < FRAME_SAMPLES {
+            let n = match self.jitter.pop(now) {
+                Playout::Packet { payload, .. } => self
+                    .play_decoder
+                    .decode_float(&payload, &mut buf, false)
+                    .expect("mixed Opus decodes"),
+                Playout::Fec { payload, samples } => self
+                    .play_decoder
+                    .decode_float(&payload, &mut buf[..samples as usize], true)
+                    .expect("FEC decodes"),
+                Playout::Plc { samples } => self
+                    .play_decoder
+                    .decode_float(&[], &mut buf[..samples as usize], false)
+                    .expect("PLC decodes"),
+                Playout::Silence { samples } => {
+                    buf[..samples as usize].iter_mut().for_each(|s| *s = 0.0);
+                    samples as usize
+                }
+            };
+            self.played.extend_from_slice(&buf[..n]);
+            have += n.max(1);
+        }
+    }
 }
 
 impl Client {
@@ -77,6 +215,7 @@ pub struct Sim {
     pub events: Vec<(Instant, CoreEvent)>,
     pub room: RoomId,
     pub slots: usize,
+    pub room_config: RoomConfig,
     /// Keep and decode every received packet (tests); off, clients only count them (benchmarks).
     pub keep_audio: bool,
     /// Packets received by all clients.
@@ -91,6 +230,17 @@ pub struct Sim {
 impl Sim {
     /// A room with `slots` slots and one client per (frequency, amplitude).
     pub fn new(seed: u64, link: LinkConfig, slots: usize, voices: &[(f32, f32)]) -> Sim {
+        Self::with_room(seed, link, RoomConfig::forward(slots), voices)
+    }
+
+    /// A room with the given settings (a mixed room uses one slot) and one client per voice.
+    pub fn with_room(
+        seed: u64,
+        link: LinkConfig,
+        room_config: RoomConfig,
+        voices: &[(f32, f32)],
+    ) -> Sim {
+        let slots = room_config.slots;
         let now = epoch();
         let server: SocketAddr = "127.0.0.1:5000".parse().expect("a literal socket address");
         let core = MediaCore::new(now, CoreConfig::new(server, seed));
@@ -104,6 +254,7 @@ impl Sim {
             events: Vec::new(),
             room: RoomId("sim".into()),
             slots,
+            room_config,
             keep_audio: true,
             received_total: 0,
             core_busy: Duration::ZERO,
@@ -137,7 +288,7 @@ impl Sim {
             .add_participant(
                 self.now,
                 &self.room,
-                RoomConfig::forward(self.slots),
+                self.room_config,
                 id,
                 JoinParams {
                     can_publish: true,
@@ -150,9 +301,14 @@ impl Sim {
         peer.accept_answer(&answer)
             .expect("the client accepts the core's answer");
         let mic_ssrc = peer.mic_ssrc().expect("a sendrecv microphone has an SSRC");
-        let encoder =
+        let mut encoder =
             opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
                 .expect("an Opus encoder for 48 kHz mono");
+        // Like browsers: in-band FEC on, tuned for some loss.
+        encoder
+            .set_inband_fec(true)
+            .and_then(|()| encoder.set_packet_loss_perc(10))
+            .expect("Opus FEC settings");
         self.clients.push(Client {
             id,
             addr,
@@ -167,6 +323,9 @@ impl Sim {
             received: Vec::new(),
             decoders: HashMap::new(),
             pcm_by_csrc: HashMap::new(),
+            mix: MixedStream::default(),
+            talked: false,
+            silent_frames: 0,
         });
         self.drain_core();
         self.drain_client(index);
@@ -196,6 +355,7 @@ impl Sim {
 
     pub fn drain_client(&mut self, i: usize) {
         let keep_audio = self.keep_audio;
+        let mixed = self.room_config.mode == media_core::RoomMode::Mix;
         let c = &mut self.clients[i];
         loop {
             match c.peer.poll_output().expect("client peer output") {
@@ -209,6 +369,11 @@ impl Sim {
                 ClientOutput::Connected => {}
                 ClientOutput::Disconnected => panic!("client {i} lost its connection"),
                 ClientOutput::Audio(_) if !keep_audio => self.received_total += 1,
+                ClientOutput::Audio(a) if mixed => {
+                    self.received_total += 1;
+                    c.mix.receive(&a);
+                    c.received.push(a);
+                }
                 ClientOutput::Audio(a) => {
                     self.received_total += 1;
                     if let Some(csrc) = a.csrc {
@@ -234,6 +399,14 @@ impl Sim {
     pub fn send_frame(&mut self, i: usize) {
         let c = &mut self.clients[i];
         if c.amplitude > 0.0 {
+            c.silent_frames = 0;
+        }
+        // Like libopus DTX: after talking stops, ~200 ms of silence frames, then nothing.
+        if c.amplitude > 0.0 || (c.talked && c.silent_frames < DTX_HANGOVER_FRAMES) {
+            if c.amplitude == 0.0 {
+                c.silent_frames += 1;
+            }
+            c.talked = true;
             let mut pcm = vec![0f32; FRAME_SAMPLES];
             c.tone.fill(&mut pcm);
             let level = audio::audio_level_from_samples(&pcm);
@@ -269,6 +442,9 @@ impl Sim {
             }
             for c in &self.clients {
                 next = next.min(c.timeout);
+                if let Some(t) = c.mix.next_play {
+                    next = next.min(t);
+                }
                 if c.peer.is_connected() {
                     next = next.min(c.next_frame);
                 }
@@ -297,6 +473,7 @@ impl Sim {
                 self.core_timeouts += 1;
             }
             for i in 0..self.clients.len() {
+                self.clients[i].mix.play(self.now);
                 if self.clients[i].timeout <= self.now {
                     self.clients[i]
                         .peer
@@ -315,8 +492,10 @@ impl Sim {
         self.clients.iter().all(|c| c.peer.is_connected())
     }
 
+    /// Run until every client is connected: up to 30 s of virtual time (DTLS retransmits back off to
+    /// seconds on a lossy link).
     pub fn connect(&mut self) {
-        for _ in 0..100 {
+        for _ in 0..300 {
             if self.all_connected() {
                 // Start every client's audio clock now.
                 let now = self.now;
@@ -327,7 +506,7 @@ impl Sim {
             }
             self.run_for(Duration::from_millis(100));
         }
-        panic!("clients did not connect within 10 s of virtual time");
+        panic!("clients did not connect within 30 s of virtual time");
     }
 
     /// Assert client `i` hears every other client's tone (per CSRC, checked on the last `tail` seconds) and

@@ -1,0 +1,595 @@
+//! The audio mixer of one mixed room: jitter buffers in, one Opus stream out per listener.
+//!
+//! Every 20 ms tick (on the worker's timers; no thread per room or participant):
+//!
+//! 1. Each publishing member's [`JitterBuffer`] yields the next 20 ms of playout: packets, FEC or PLC spans,
+//!    or silence. Members whose span is silent — DTX (no packets) or an RFC 6464 level at or below
+//!    [`SILENT_LEVEL`] — are **not decoded**. Of the rest, the [`MAX_CSRCS`] loudest (by their packets' audio
+//!    level, so ranking costs no decoding) are decoded to `f32` and become this tick's *talkers*.
+//! 2. The talkers are summed in `f32` (nothing can wrap) into the full mix.
+//! 3. **Encoding is O(talkers), not O(listeners)**: every listener who is not talking receives one shared
+//!    encode of the full mix; each talker receives its own mix-minus (full mix minus itself) from its own
+//!    encoder, kept for [`PERSONAL_HANGOVER_TICKS`] after it stops talking so its stream does not flip
+//!    between encoders at every pause. Each output passes a soft [`Limiter`] before the encoder.
+//! 4. A listener whose mix is empty (nobody else talks) is sent nothing, like DTX (with
+//!    [`MixConfig::dtx`] off, a pre-encoded silence frame instead). An empty or all-silent room decodes and
+//!    encodes nothing, and with DTX stops ticking altogether once every jitter buffer is idle (the next packet
+//!    re-arms it).
+//!
+//! Each listener's stream has its own SSRC (its slot 0 stream), sequence numbers (one per packet sent) and
+//! timestamps (the room's tick grid plus a per-listener random offset), so it stays continuous when the
+//! listener moves between the shared and a personal mix. Packets list the talkers as CSRCs with their levels.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::audio::{FRAME_SAMPLES, SAMPLE_RATE};
+use crate::csrc_levels::{Contributors, MAX_CSRCS};
+use crate::ids::{ParticipantId, Ssrc};
+use crate::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
+use crate::limiter::Limiter;
+use crate::room_config::MixConfig;
+use crate::stats::{MixStats, Samples};
+
+/// The mixer's tick: one 20 ms frame.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// Packets whose RFC 6464 level is this quiet or quieter (−dBov) count as silence and are not decoded.
+pub const SILENT_LEVEL: u8 = 80;
+
+/// Ticks a former talker keeps its personal encoder before it moves to the shared mix (200 ms).
+pub const PERSONAL_HANGOVER_TICKS: u32 = 10;
+
+/// How often each input's jitter-buffer delay is sampled for the metrics (every 50 ticks = 1 s).
+const DELAY_SAMPLE_TICKS: u64 = 50;
+
+/// Largest Opus packet we produce or decode (RFC 6716: 1275 bytes per frame).
+const MAX_OPUS: usize = 1500;
+
+/// Most PCM one Opus packet decodes to: 120 ms.
+const MAX_PACKET_SAMPLES: usize = 5760;
+
+/// One packet for one listener.
+#[derive(Clone, Debug)]
+pub struct MixPacket {
+    pub to: ParticipantId,
+    pub seq: u64,
+    pub ts: u32,
+    pub payload: Arc<[u8]>,
+    /// The talkers in this packet, loudest first (the listener itself never).
+    pub contributors: Contributors,
+    /// RFC 6464 level of the mixed audio itself (0..=127, −dBov).
+    pub level: u8,
+}
+
+/// An Opus encoder with its limiter: one output stream's state.
+struct OutEncoder {
+    encoder: opus::Encoder,
+    limiter: Limiter,
+}
+
+impl OutEncoder {
+    fn new(config: &MixConfig) -> Result<OutEncoder, opus::Error> {
+        let mut encoder =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
+        encoder.set_bitrate(opus::Bitrate::Bits(config.bitrate_bps as i32))?;
+        encoder.set_complexity(i32::from(config.complexity))?;
+        encoder.set_inband_fec(config.fec)?;
+        encoder.set_packet_loss_perc(if config.fec { 10 } else { 0 })?;
+        // Silence is handled by the mixer (see `MixConfig::dtx`), never by libopus' voice detector.
+        encoder.set_dtx(false)?;
+        Ok(OutEncoder {
+            encoder,
+            limiter: Limiter::new(),
+        })
+    }
+
+    /// Limit and encode `pcm` (one frame; modified in place). `None` when there is nothing worth sending.
+    fn encode(&mut self, pcm: &mut [f32], out: &mut [u8; MAX_OPUS]) -> Option<(usize, u8)> {
+        self.limiter.process(pcm);
+        let level = crate::audio::audio_level_from_samples(pcm);
+        let n = self.encoder.encode_float(pcm, out).ok()?;
+        Some((n, level))
+    }
+}
+
+struct Member {
+    id: ParticipantId,
+    publishes: bool,
+    subscribes: bool,
+    ssrc: Option<Ssrc>,
+    jitter: JitterBuffer,
+    decoder: Option<opus::Decoder>,
+    /// Decoded PCM not played yet (packets longer than a tick leave some).
+    surplus: Vec<f32>,
+    /// This tick's decoded frame, if the member talks.
+    frame: Vec<f32>,
+    /// This tick's spans, before the decision to decode them.
+    spans: Vec<Playout>,
+    /// Loudest packet level of this tick (lower = louder), if the member is voiced.
+    voiced_level: Option<u8>,
+    talking: bool,
+    /// The buffer's loss count already added to the room's stats.
+    lost_reported: u64,
+    /// The level of the member's last packet (for concealed frames).
+    last_level: u8,
+    /// Whether the last tick decoded audio (concealment continues a talker; silence does not start one).
+    was_talking: bool,
+    personal: Option<OutEncoder>,
+    /// Ticks since the member last talked, while it keeps its personal encoder.
+    hangover: u32,
+    next_seq: u64,
+    ts_offset: u32,
+}
+
+/// One mixed room's mixing state.
+pub struct Mixer {
+    config: MixConfig,
+    jitter: JitterConfig,
+    /// The tick grid: ticks happen at `epoch + k · TICK`.
+    epoch: Instant,
+    next_tick: Option<Instant>,
+    ticks: u64,
+    members: Vec<Member>,
+    index: HashMap<ParticipantId, usize>,
+    shared: Option<OutEncoder>,
+    /// One 20 ms Opus frame of silence, for listeners of a room without DTX.
+    silence: Option<Arc<[u8]>>,
+    mix: Vec<f32>,
+    scratch: Vec<f32>,
+    decode_buf: Vec<f32>,
+    encoded: Box<[u8; MAX_OPUS]>,
+    talkers: Vec<usize>,
+}
+
+/// A microphone payload that is not a valid Opus packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the payload is not a valid Opus packet")]
+pub struct NotOpus;
+
+impl Mixer {
+    pub fn new(now: Instant, config: MixConfig) -> Mixer {
+        let jitter = JitterConfig {
+            min_delay: Duration::from_millis(u64::from(config.jitter_min_ms)),
+            max_delay: Duration::from_millis(u64::from(config.jitter_max_ms)),
+            ..JitterConfig::default()
+        };
+        Mixer {
+            config,
+            jitter,
+            epoch: now,
+            next_tick: None,
+            ticks: 0,
+            members: Vec::new(),
+            index: HashMap::new(),
+            shared: None,
+            silence: silence_frame(),
+            mix: vec![0.0; FRAME_SAMPLES],
+            scratch: vec![0.0; FRAME_SAMPLES],
+            decode_buf: vec![0.0; MAX_PACKET_SAMPLES],
+            encoded: Box::new([0u8; MAX_OPUS]),
+            talkers: Vec::with_capacity(MAX_CSRCS),
+        }
+    }
+
+    pub fn config(&self) -> &MixConfig {
+        &self.config
+    }
+
+    /// When the next tick is due; `None` while the room is silent and idle.
+    pub fn next_tick(&self) -> Option<Instant> {
+        self.next_tick
+    }
+
+    /// Add a member. `seq` and `ts_offset` start its outgoing stream (random per listener).
+    pub fn add_member(
+        &mut self,
+        id: ParticipantId,
+        publishes: bool,
+        subscribes: bool,
+        seq: u16,
+        ts_offset: u32,
+    ) {
+        if self.index.contains_key(&id) {
+            return;
+        }
+        self.index.insert(id, self.members.len());
+        self.members.push(Member {
+            id,
+            publishes,
+            subscribes,
+            ssrc: None,
+            jitter: JitterBuffer::new(self.jitter),
+            decoder: None,
+            surplus: Vec::new(),
+            frame: Vec::new(),
+            spans: Vec::new(),
+            voiced_level: None,
+            talking: false,
+            last_level: SILENT_LEVEL - 1,
+            lost_reported: 0,
+            was_talking: false,
+            personal: None,
+            hangover: 0,
+            next_seq: u64::from(seq),
+            ts_offset,
+        });
+    }
+
+    pub fn remove_member(&mut self, id: ParticipantId) {
+        let Some(i) = self.index.remove(&id) else {
+            return;
+        };
+        self.members.swap_remove(i);
+        if let Some(moved) = self.members.get(i) {
+            self.index.insert(moved.id, i);
+        }
+    }
+
+    /// Mute (or unmute): a muted member's buffered audio is dropped.
+    pub fn set_publishing(&mut self, id: ParticipantId, publishes: bool) {
+        if let Some(m) = self.index.get(&id).and_then(|i| self.members.get_mut(*i)) {
+            m.publishes = publishes;
+            if !publishes {
+                m.jitter.reset();
+                m.lost_reported = m.jitter.stats().lost;
+                m.surplus.clear();
+                m.was_talking = false;
+            }
+        }
+    }
+
+    /// A member's current jitter-buffer target delay.
+    pub fn jitter_target(&self, id: ParticipantId) -> Option<Duration> {
+        let m = self.members.get(*self.index.get(&id)?)?;
+        Some(m.jitter.target_delay())
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// A member's microphone packet arrived.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        ssrc: Ssrc,
+        seq: u64,
+        ts: u32,
+        payload: Arc<[u8]>,
+        audio_level: Option<u8>,
+        stats: &mut MixStats,
+    ) -> Result<(), NotOpus> {
+        let Some(m) = self.index.get(&id).and_then(|i| self.members.get_mut(*i)) else {
+            return Ok(());
+        };
+        if !m.publishes {
+            return Ok(());
+        }
+        if m.ssrc.is_some_and(|s| s != ssrc) {
+            // A new microphone stream (client restarted it): start its buffer afresh.
+            m.jitter.reset();
+            m.lost_reported = m.jitter.stats().lost;
+            m.surplus.clear();
+            m.decoder = None;
+        }
+        m.ssrc = Some(ssrc);
+        let (samples, has_fec) = opus_packet_info(&payload).ok_or(NotOpus)?;
+        let packet = JitterPacket {
+            seq,
+            ts,
+            samples,
+            has_fec,
+            audio_level,
+            payload,
+        };
+        match m.jitter.push(now, packet) {
+            PushOutcome::Duplicate => stats.packets_duplicate += 1,
+            PushOutcome::Late => stats.packets_late += 1,
+            PushOutcome::Invalid => return Err(NotOpus),
+            PushOutcome::Accepted | PushOutcome::TooFarAhead | PushOutcome::Overflow => {}
+        }
+        if self.next_tick.is_none() {
+            self.next_tick = Some(self.grid_at_or_after(now));
+        }
+        Ok(())
+    }
+
+    /// The first tick-grid instant at or after `t`.
+    fn grid_at_or_after(&self, t: Instant) -> Instant {
+        let since = t.saturating_duration_since(self.epoch);
+        let ticks = since.as_nanos().div_ceil(TICK.as_nanos());
+        self.epoch + TICK * ticks as u32
+    }
+
+    fn grid_index(&self, t: Instant) -> u64 {
+        (t.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u64
+    }
+
+    /// Run the tick due at `now`: mix and encode; packets for listeners go to `out`.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<MixPacket>,
+        stats: &mut MixStats,
+        samples: &mut Samples,
+    ) {
+        let Some(due) = self.next_tick else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        stats.ticks += 1;
+        if now.saturating_duration_since(due) >= TICK {
+            stats.ticks_late += 1;
+        }
+        self.ticks += 1;
+        let grid = self.grid_index(now);
+        let frame_ts = (grid as u32).wrapping_mul(FRAME_SAMPLES as u32);
+
+        // 1. Pull playout from every publisher; rank the voiced ones by level without decoding.
+        self.talkers.clear();
+        let mut candidates: Vec<(u8, usize)> = Vec::new();
+        let mut any_active = false;
+        for (i, m) in self.members.iter_mut().enumerate() {
+            m.talking = false;
+            m.voiced_level = None;
+            m.spans.clear();
+            if !m.publishes {
+                continue;
+            }
+            let mut have = m.surplus.len();
+            // Bounded: every span covers at least one sample; a tick needs at most 960 of them, and spans
+            // are at least 2.5 ms (120 samples) long, so 8 spans always suffice.
+            for _ in 0..8 {
+                if have >= FRAME_SAMPLES {
+                    break;
+                }
+                let span = m.jitter.pop(now);
+                have += span.samples() as usize;
+                m.spans.push(span);
+            }
+            for span in &m.spans {
+                let level = match span {
+                    Playout::Packet { audio_level, .. } => {
+                        let l = audio_level.unwrap_or(0);
+                        (l < SILENT_LEVEL).then_some(l)
+                    }
+                    // Concealment continues a talker (at its last level); it does not start one.
+                    Playout::Fec { .. } | Playout::Plc { .. } if m.was_talking => {
+                        Some(m.last_level)
+                    }
+                    _ => None,
+                };
+                if let Some(l) = level {
+                    m.voiced_level = Some(m.voiced_level.map_or(l, |v| v.min(l)));
+                }
+                if let Playout::Packet {
+                    audio_level: Some(l),
+                    ..
+                } = span
+                {
+                    m.last_level = *l;
+                }
+            }
+            if let Some(l) = m.voiced_level {
+                candidates.push((l, i));
+            }
+            any_active |= m.jitter.is_active();
+            // The buffer knows a gap was loss (not DTX) only once the packet after it plays.
+            let lost = m.jitter.stats().lost;
+            stats.packets_lost += lost.saturating_sub(m.lost_reported);
+            m.lost_reported = lost;
+            if self.ticks.is_multiple_of(DELAY_SAMPLE_TICKS) && m.jitter.is_active() {
+                Samples::push(
+                    &mut samples.jitter_buffer_delay_seconds,
+                    m.jitter.target_delay().as_secs_f64(),
+                );
+            }
+        }
+        candidates.sort_unstable();
+        candidates.truncate(MAX_CSRCS);
+
+        // 2. Decode the talkers and sum them.
+        self.mix.iter_mut().for_each(|s| *s = 0.0);
+        let mut contributors = Contributors::default();
+        for &(level, i) in &candidates {
+            let m = &mut self.members[i];
+            if decode_member(m, &mut self.decode_buf, stats).is_err() {
+                continue;
+            }
+            m.talking = true;
+            for (acc, s) in self.mix.iter_mut().zip(&m.frame) {
+                *acc += *s;
+            }
+            if let Some(ssrc) = m.ssrc {
+                contributors.push(ssrc.0, level);
+            }
+            self.talkers.push(i);
+        }
+        for m in &mut self.members {
+            if !m.talking {
+                // Not decoded this tick: its decoder state restarts cleanly next time.
+                m.surplus.clear();
+            }
+            m.was_talking = m.talking;
+        }
+
+        // 3. Encode: one shared full mix for the listeners who do not talk, one mix-minus per talker.
+        let mut shared_packet: Option<(Arc<[u8]>, u8)> = None;
+        let talkers = self.talkers.len();
+        for i in 0..self.members.len() {
+            let (talking, subscribes) = (self.members[i].talking, self.members[i].subscribes);
+            if talking {
+                self.members[i].hangover = PERSONAL_HANGOVER_TICKS;
+            } else if self.members[i].personal.is_some() {
+                if self.members[i].hangover == 0 {
+                    self.members[i].personal = None;
+                } else {
+                    self.members[i].hangover -= 1;
+                }
+            }
+            if !subscribes {
+                continue;
+            }
+            let others = talkers - usize::from(talking);
+            let m = &mut self.members[i];
+            if others == 0 {
+                if self.config.dtx {
+                    continue; // nothing to hear: send nothing (the listener's decoder sees a DTX gap)
+                }
+                let Some(silence) = self.silence.clone() else {
+                    continue;
+                };
+                out.push(MixPacket {
+                    to: m.id,
+                    seq: m.next_seq,
+                    ts: m.ts_offset.wrapping_add(frame_ts),
+                    payload: silence,
+                    contributors: Contributors::default(),
+                    level: 127,
+                });
+                m.next_seq += 1;
+                stats.packets_sent += 1;
+                continue;
+            }
+            let packet = if m.personal.is_some() || talking {
+                if m.personal.is_none() {
+                    match OutEncoder::new(&self.config) {
+                        Ok(e) => m.personal = Some(e),
+                        Err(_) => continue,
+                    }
+                }
+                self.scratch.copy_from_slice(&self.mix);
+                if talking {
+                    for (acc, s) in self.scratch.iter_mut().zip(&m.frame) {
+                        *acc -= *s;
+                    }
+                }
+                let encoder = m
+                    .personal
+                    .as_mut()
+                    .expect("the personal encoder was just ensured");
+                stats.frames_encoded += 1;
+                encoder
+                    .encode(&mut self.scratch, &mut self.encoded)
+                    .map(|(n, level)| (Arc::<[u8]>::from(&self.encoded[..n]), level))
+            } else {
+                if shared_packet.is_none() {
+                    if self.shared.is_none() {
+                        match OutEncoder::new(&self.config) {
+                            Ok(e) => self.shared = Some(e),
+                            Err(_) => continue,
+                        }
+                    }
+                    self.scratch.copy_from_slice(&self.mix);
+                    let encoder = self
+                        .shared
+                        .as_mut()
+                        .expect("the shared encoder was just ensured");
+                    stats.frames_encoded += 1;
+                    shared_packet = Some(
+                        encoder
+                            .encode(&mut self.scratch, &mut self.encoded)
+                            .map(|(n, level)| (Arc::<[u8]>::from(&self.encoded[..n]), level))
+                            .unwrap_or_else(|| (Arc::from(&[][..]), 127)),
+                    );
+                }
+                shared_packet
+                    .as_ref()
+                    .filter(|(p, _)| !p.is_empty())
+                    .map(|(p, l)| (p.clone(), *l))
+            };
+            let Some((payload, level)) = packet else {
+                continue;
+            };
+            let m = &mut self.members[i];
+            out.push(MixPacket {
+                to: m.id,
+                seq: m.next_seq,
+                ts: m.ts_offset.wrapping_add(frame_ts),
+                payload,
+                contributors: contributors.without(m.ssrc.filter(|_| talking).map(|s| s.0)),
+                level,
+            });
+            m.next_seq += 1;
+            stats.packets_sent += 1;
+        }
+
+        // 4. Keep ticking while anything is buffered, playing or in hangover; otherwise sleep until a packet.
+        let busy = any_active
+            || talkers > 0
+            || self.members.iter().any(|m| m.personal.is_some())
+            || (!self.config.dtx && self.members.iter().any(|m| m.subscribes));
+        self.next_tick = busy.then(|| self.epoch + TICK * (grid + 1) as u32);
+        if !busy {
+            self.shared = None;
+        }
+    }
+}
+
+/// Decode a talker's spans into `m.frame` (exactly one tick), keeping any surplus.
+fn decode_member(m: &mut Member, buf: &mut [f32], stats: &mut MixStats) -> Result<(), opus::Error> {
+    if m.decoder.is_none() {
+        m.decoder = Some(opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?);
+    }
+    let decoder = m.decoder.as_mut().expect("the decoder was just ensured");
+    let mut pcm = std::mem::take(&mut m.surplus);
+    for span in m.spans.drain(..) {
+        let n = match span {
+            Playout::Packet { payload, .. } => {
+                stats.frames_decoded += 1;
+                decoder.decode_float(&payload, buf, false).unwrap_or(0)
+            }
+            Playout::Fec { payload, samples } => {
+                stats.concealed_fec += 1;
+                let n = (samples as usize).min(buf.len());
+                decoder
+                    .decode_float(&payload, &mut buf[..n], true)
+                    .unwrap_or(0)
+            }
+            Playout::Plc { samples } => {
+                stats.concealed_plc += 1;
+                let n = (samples as usize).min(buf.len());
+                decoder.decode_float(&[], &mut buf[..n], false).unwrap_or(0)
+            }
+            Playout::Silence { samples } => {
+                let n = (samples as usize).min(buf.len());
+                buf[..n].iter_mut().for_each(|s| *s = 0.0);
+                n
+            }
+        };
+        pcm.extend_from_slice(&buf[..n]);
+    }
+    pcm.resize(pcm.len().max(FRAME_SAMPLES), 0.0);
+    m.frame.clear();
+    m.frame.extend_from_slice(&pcm[..FRAME_SAMPLES]);
+    m.surplus.clear();
+    m.surplus.extend_from_slice(&pcm[FRAME_SAMPLES..]);
+    Ok(())
+}
+
+/// A 20 ms Opus frame of digital silence, encoded once per room.
+fn silence_frame() -> Option<Arc<[u8]>> {
+    opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+        .and_then(|mut e| e.encode_vec_float(&[0.0; FRAME_SAMPLES], MAX_OPUS))
+        .ok()
+        .map(Arc::from)
+}
+
+/// An Opus packet's duration in samples and whether it can carry in-band FEC (SILK or hybrid mode); `None`
+/// for a payload that is not a valid Opus packet.
+pub fn opus_packet_info(payload: &[u8]) -> Option<(u32, bool)> {
+    let toc = *payload.first()?;
+    let samples = opus::packet::get_nb_samples(payload, SAMPLE_RATE).ok()?;
+    if samples == 0 || samples > MAX_PACKET_SAMPLES {
+        return None;
+    }
+    // TOC config 0..=11 is SILK-only, 12..=15 hybrid; both can carry LBRR (FEC) frames. 16..=31 is CELT.
+    let has_fec = (toc >> 3) < 16;
+    Some((samples as u32, has_fec))
+}

@@ -174,6 +174,24 @@ async fn admin_api_manages_rooms_and_participants() -> anyhow::Result<()> {
             .is_some_and(|s| !s.is_empty()),
         "{speakers}"
     );
+    // The mixer runs and is measured.
+    let deadline = Instant::now() + SECONDS * 2;
+    for sample in [
+        "chorus_mixer_ticks_total",
+        "chorus_mixer_frames_decoded_total",
+        "chorus_mixer_frames_encoded_total",
+        "chorus_mixer_packets_sent_total",
+        "chorus_mixer_tick_duration_seconds_count",
+        "chorus_jitter_buffer_delay_seconds_count",
+    ] {
+        while server.metric(sample).await? == 0.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{sample} stays 0 in a mixed room"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let (_carol, joined) = join(&server, "lobby", "carol").await?;
     assert_eq!(joined["room"]["mode"], "forward");
 

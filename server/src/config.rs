@@ -135,9 +135,17 @@ impl AuthConfig {
         keys
     }
 
-    /// The key and secret `chorus token create` signs with: the first configured key, else the dev key.
+    /// The key and secret `chorus token create`, `chorus drain` and webhooks sign with: the first
+    /// configured key (by name), else the development key in development mode.
     pub fn signing_key(&self) -> Option<(String, String)> {
-        self.effective_keys().into_iter().next()
+        self.api_keys
+            .iter()
+            .next()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .or_else(|| {
+                self.dev_mode
+                    .then(|| (DEV_API_KEY.to_owned(), DEV_API_SECRET.to_owned()))
+            })
     }
 }
 
@@ -474,6 +482,10 @@ mod tests {
         assert_eq!(c.room.slots, 4);
         assert_eq!(c.media.candidate_addr(1).to_string(), "203.0.113.7:9001");
         assert_eq!(c.auth.signing_key().unwrap().0, "prod");
+        // A configured key wins over the development key, whatever the names' order.
+        c.auth.dev_mode = true;
+        assert_eq!(c.auth.signing_key().unwrap().0, "prod");
+        assert!(c.auth.effective_keys().contains_key(DEV_API_KEY));
     }
 
     #[test]

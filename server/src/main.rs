@@ -534,7 +534,19 @@ async fn shutdown(state: Arc<http::AppState>) {
     while signaling.participant_count() > 0 && Instant::now() < closing {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The last rooms' webhooks (participant_left, room_finished) are worth a short wait.
+    let flushing = Instant::now() + WEBHOOK_FLUSH;
+    loop {
+        // Let the dispatcher pick up what the last leaves queued.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if state.metrics.webhooks_in_flight.get() == 0 || Instant::now() >= flushing {
+            break;
+        }
+    }
 }
+
+/// At exit, how long webhook deliveries under way may take to finish.
+const WEBHOOK_FLUSH: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -48,6 +48,7 @@ pub struct MediaMetrics {
     pub mixer_tick_duration: Histogram,
     pub mixer_frames_decoded: IntCounter,
     pub mixer_frames_encoded: IntCounter,
+    pub mixer_packets_sent: IntCounter,
     pub jitter_buffer_delay: Histogram,
     pub concealed: IntCounterVec,
     pub jitter_buffer_discarded: IntCounterVec,
@@ -223,6 +224,11 @@ impl MediaMetrics {
                 "chorus_mixer_frames_encoded_total",
                 "Opus frames encoded by mixers.",
             )?,
+            mixer_packets_sent: counter(
+                registry,
+                "chorus_mixer_packets_sent_total",
+                "Mixed RTP packets sent to listeners.",
+            )?,
             jitter_buffer_delay: histogram(
                 registry,
                 "chorus_jitter_buffer_delay_seconds",
@@ -284,6 +290,8 @@ impl MediaMetrics {
             .inc_by(d(b.frames_decoded, n.frames_decoded));
         self.mixer_frames_encoded
             .inc_by(d(b.frames_encoded, n.frames_encoded));
+        self.mixer_packets_sent
+            .inc_by(d(b.packets_sent, n.packets_sent));
         self.concealed
             .with_label_values(&["fec"])
             .inc_by(d(b.concealed_fec, n.concealed_fec));

@@ -148,6 +148,50 @@ async fn admin_api_manages_rooms_and_participants() -> anyhow::Result<()> {
     let mut bob_media = AudioClient::start(&mut bob, 1, 660.0, 0.3).await?;
     ada_media.wait_connected(SECONDS).await?;
     bob_media.wait_connected(SECONDS).await?;
+    // In a mixed room each participant receives the room's audio on its first (only) receive slot.
+    let deadline = Instant::now() + SECONDS;
+    loop {
+        let on_slot0 = |c: &AudioClient| {
+            c.heard
+                .lock()
+                .map(|h| h.packets_by_slot.get(&0).copied().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        if on_slot0(&ada_media) > 25 && on_slot0(&bob_media) > 25 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audio on slot 0 in the mixed room"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Speaker events work in mixed rooms too.
+    let speakers = ada.expect("speakers", SECONDS).await?;
+    assert!(
+        speakers["speakers"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{speakers}"
+    );
+    // The mixer runs and is measured.
+    let deadline = Instant::now() + SECONDS * 2;
+    for sample in [
+        "chorus_mixer_ticks_total",
+        "chorus_mixer_frames_decoded_total",
+        "chorus_mixer_frames_encoded_total",
+        "chorus_mixer_packets_sent_total",
+        "chorus_mixer_tick_duration_seconds_count",
+        "chorus_jitter_buffer_delay_seconds_count",
+    ] {
+        while server.metric(sample).await? == 0.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{sample} stays 0 in a mixed room"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let (_carol, joined) = join(&server, "lobby", "carol").await?;
     assert_eq!(joined["room"]["mode"], "forward");
 
@@ -252,5 +296,45 @@ async fn admin_api_manages_rooms_and_participants() -> anyhow::Result<()> {
     assert_eq!(drain["participants"], 1, "carol is still in lobby");
     ada_media.stop().await?;
     let _ = bob_media.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_room_mode_from_the_command_line_and_json_logs() -> anyhow::Result<()> {
+    let server = Server::start(&["--room-mode", "mix", "--log-json"]).await?;
+    let (mut ada, joined) = join(&server, "auto", "ada").await?;
+    assert_eq!(joined["room"]["mode"], "mix");
+    assert_eq!(joined["room"]["slots"], 1);
+    assert_eq!(server.metric("chorus_rooms{mode=\"mix\"}").await?, 1.0);
+    assert_eq!(
+        server.metric("chorus_participants{mode=\"mix\"}").await?,
+        1.0
+    );
+    ada.send(serde_json::json!({"type": "leave"})).await?;
+    ada.expect("left", SECONDS).await?;
+    // A room created by a join goes with its last participant.
+    let deadline = Instant::now() + SECONDS;
+    while server.metric("chorus_rooms{mode=\"mix\"}").await? != 0.0 {
+        assert!(Instant::now() < deadline, "the room stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every log line is one JSON object; room events name their room.
+    let log = server.log_tail();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "room started" && l["fields"]["room"] == "auto"),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "room finished"),
+        "{log}"
+    );
     Ok(())
 }

@@ -44,11 +44,19 @@ async fn start_receiver() -> anyhow::Result<(std::net::SocketAddr, Arc<Mutex<Rec
                         .unwrap_or_default()
                         .to_owned()
                 };
-                let mut receiver = shared.lock().expect("receiver lock");
-                if receiver.refused == 0 {
-                    receiver.refused += 1;
-                    return StatusCode::SERVICE_UNAVAILABLE;
+                {
+                    let mut receiver = shared.lock().expect("receiver lock");
+                    if receiver.refused == 0 {
+                        receiver.refused += 1;
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
                 }
+                // A slow receiver for room "bye": a delivery counts once answered, and the server must
+                // not exit before it has been.
+                if body.contains(r#""name":"bye""#) {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let mut receiver = shared.lock().expect("receiver lock");
                 receiver.deliveries.push(Delivery {
                     id: header("webhook-id"),
                     timestamp: header("webhook-timestamp"),
@@ -89,7 +97,7 @@ async fn webhooks_are_signed_retried_and_complete() -> anyhow::Result<()> {
             "[webhooks]\nurls = [\"http://{addr}/hook\"]\ninitial_backoff_ms = 50\nmax_backoff_ms = 200\n"
         ),
     )?;
-    let server = Server::start(&["--config", &config.to_string_lossy()]).await?;
+    let mut server = Server::start(&["--config", &config.to_string_lossy()]).await?;
     let (mut ada, joined) = join(&server, "hooks", "ada").await?;
     let sid = joined["participant"]["sid"].clone();
     ada.send(json!({"type": "leave"})).await?;
@@ -159,5 +167,23 @@ async fn webhooks_are_signed_retried_and_complete() -> anyhow::Result<()> {
         assert!(Instant::now() < deadline, "deliveries not counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A drain that ends the process still delivers the last room's events (to a slow receiver) before
+    // exiting.
+    let (mut bob, _) = join(&server, "bye", "bob").await?;
+    server.signal(libc::SIGTERM)?;
+    bob.expect("draining", SECONDS).await?;
+    bob.send(json!({"type": "leave"})).await?;
+    assert!(server.wait_exit(SECONDS * 2).await?.success());
+    let last: Vec<Value> = receiver
+        .lock()
+        .expect("receiver lock")
+        .deliveries
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(&d.body).ok())
+        .filter(|e| e["room"]["name"] == "bye")
+        .collect();
+    let mut names: Vec<&str> = last.iter().filter_map(|e| e["event"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, want, "the last room's events before exit");
     Ok(())
 }

@@ -160,6 +160,8 @@ function waitForIceGathering(pc, timeoutMs) {
  * - `participantleft`   `{participant, reason}`
  * - `participantmuted`  `{participant, muted}`
  * - `speaking`          `{speakers: {sid, level, participant}[]}` — loudest first, empty when silence
+ * - `draining`          `{gracePeriodSecs}` — the server is shutting down: calls continue for at most this long;
+ *                       reconnect elsewhere (a new join to this server is refused)
  * - `dominantspeaker`   `{sid, participant}` — who holds the floor now (sustained speech, not every click);
  *                       also in {@link Room#dominantSpeaker}
  * - `slots`             `{slots: Slot[]}` — the full slot assignment after it changed
@@ -463,6 +465,9 @@ export class Room extends EventTarget {
       case 'media_state': return this._onMediaState(msg);
       case 'speakers': return this._onSpeakers(msg);
       case 'dominant_speaker': return this._onDominantSpeaker(msg);
+      case 'draining':
+        this._emit('draining', { gracePeriodSecs: Number(msg.grace_period_secs) || 0 });
+        return undefined;
       case 'slots': return this._onSlots(msg);
       case 'pong': return this._onPong(msg);
       case 'left':

@@ -13,7 +13,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
+use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{
     Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, RtcError,
 };
@@ -399,7 +399,9 @@ impl Peer {
     }
 }
 
-/// The local extension id for RFC 6465 CSRC audio levels (unused by str0m's standard map).
+/// Local header-extension ids (the remote's ids win where it offers the same extension).
+const AUDIO_LEVEL_EXT_ID: u8 = 1;
+const MID_EXT_ID: u8 = 4;
 const CSRC_LEVELS_EXT_ID: u8 = 12;
 
 /// The Opus payload type Chorus offers (the value browsers use).
@@ -408,14 +410,20 @@ const OPUS_PT: u8 = 111;
 /// RTP mode with Opus as the only codec: 48 kHz, `minptime=10`, in-band FEC, and DTX welcome (the fmtp
 /// asks the remote sender to stop sending in silence; forwarding passes the timestamp gaps through).
 pub(crate) fn opus_only(config: RtcConfig) -> RtcConfig {
-    let mut config = config
+    let config = config
         .set_rtp_mode(true)
         .clear_codecs()
         .set_stats_interval(None);
-    // RFC 6465 levels for mixed streams, at a free id (str0m moves it to the remote's id when offered).
-    config
-        .extension_map()
-        .set(CSRC_LEVELS_EXT_ID, crate::csrc_levels::extension());
+    // Header extensions: only what audio needs. The audio level (RFC 6464) drives slot selection and
+    // speaker detection; the MID maps a new SSRC to its m-line; RFC 6465 carries mixed streams' per-talker
+    // levels (at a free id; str0m moves it to the remote's id when offered). No transport-wide sequence
+    // numbers or absolute send time: Chorus runs no bandwidth estimation for audio, and negotiating TWCC
+    // makes every receiver send a feedback packet every 50 ms (≈ 20 datagrams/s each to decrypt).
+    let mut exts = ExtensionMap::empty();
+    exts.set(AUDIO_LEVEL_EXT_ID, Extension::AudioLevel);
+    exts.set(MID_EXT_ID, Extension::RtpMid);
+    exts.set(CSRC_LEVELS_EXT_ID, crate::csrc_levels::extension());
+    let mut config = config.set_extension_map(exts);
     config.codec_config().add_config(
         Pt::from(OPUS_PT),
         None,
@@ -484,6 +492,34 @@ mod tests {
             slots: room_slots,
         };
         Peer::from_offer(now, ParticipantId(1), &params, &offer)
+    }
+
+    #[test]
+    fn the_answer_keeps_the_audio_level_and_drops_transport_wide_feedback() {
+        // A browser offers TWCC and abs-send-time on every m-line; the answer must not take them.
+        let now = epoch();
+        let client = ClientConfig {
+            local_addr: "127.0.0.1:6000".parse().expect("literal address"),
+            slots: 2,
+            publish: true,
+        };
+        let (_, offer) = ClientPeer::new(now, client).expect("client offer");
+        let offer = offer.replace(
+            "a=mid:",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+             a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\na=mid:",
+        );
+        assert!(offer.contains("transport-wide-cc"), "{offer}");
+        let cert = test_cert();
+        let params = PeerParams {
+            candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+            dtls_cert: &cert,
+            slots: 2,
+        };
+        let (_, answer) = Peer::from_offer(now, ParticipantId(1), &params, &offer).expect("answer");
+        assert!(answer.contains("ssrc-audio-level"), "{answer}");
+        assert!(!answer.contains("transport-wide-cc"), "{answer}");
+        assert!(!answer.contains("abs-send-time"), "{answer}");
     }
 
     #[test]

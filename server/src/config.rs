@@ -71,6 +71,9 @@ pub struct MediaConfig {
     pub workers: usize,
     /// A peer that has not connected this long after its offer is dropped.
     pub connect_timeout_ms: u64,
+    /// Kernel receive and send buffer asked for on each worker's socket (the kernel may grant less; the
+    /// granted size is logged). Large, so fan-out bursts do not drop incoming packets.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for MediaConfig {
@@ -81,6 +84,7 @@ impl Default for MediaConfig {
             public_ip: None,
             workers: 0,
             connect_timeout_ms: 20_000,
+            socket_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -417,6 +421,9 @@ impl Config {
             if !self.auth.effective_keys().contains_key(key) {
                 return invalid("webhooks.api_key names no configured API key");
             }
+        }
+        if !(65_536..=(1 << 30)).contains(&self.media.socket_buffer_bytes) {
+            return invalid("media.socket_buffer_bytes must be 65536..=1073741824");
         }
         if self.media.port_start == 0 {
             return invalid("media.port_start must be a fixed port (clients are told it in SDP)");

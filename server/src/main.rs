@@ -358,6 +358,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             bind,
             candidate: config.media.candidate_addr(index),
             connect_timeout: Duration::from_millis(config.media.connect_timeout_ms),
+            socket_buffer_bytes: config.media.socket_buffer_bytes,
         };
         let handle = worker::spawn(spec, media_metrics.clone())
             .with_context(|| format!("cannot bind media UDP socket {bind}"))?;

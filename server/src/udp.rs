@@ -12,6 +12,53 @@ use media_core::peer::Transmit;
 /// Datagrams per system call.
 const BATCH: usize = 64;
 
+/// Ask for `bytes` of kernel receive and send buffer on `fd` and return what the kernel granted
+/// (receive, send). `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` exceed `net.core.rmem_max`/`wmem_max` when the process
+/// may (root or CAP_NET_ADMIN); otherwise the plain options give what the limits allow. A worker that fans
+/// one packet out to hundreds of subscribers must not lose incoming packets while it sends.
+pub fn set_buffer_sizes(fd: RawFd, bytes: usize) -> (usize, usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |force: libc::c_int, plain: libc::c_int| {
+        for option in [force, plain] {
+            // SAFETY: `fd` is an open socket; the option value is a c_int of the size passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    option,
+                    (&value as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+        }
+    };
+    set(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+    set(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
+    let get = |option: libc::c_int| {
+        let mut granted: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is an open socket; `granted` and `len` are valid for writes of their sizes.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&mut granted as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            usize::try_from(granted).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    (get(libc::SO_RCVBUF), get(libc::SO_SNDBUF))
+}
+
 /// What a batch send achieved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SendOutcome {
@@ -224,6 +271,21 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
     };
     (storage, len as libc::socklen_t)
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn buffers_grow_at_least_to_the_default_limit() {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (rcv, snd) = set_buffer_sizes(socket.as_raw_fd(), 4 << 20);
+        // Root gets the full request (doubled by the kernel for bookkeeping); others get rmem_max.
+        assert!(rcv >= 200_000 && snd >= 200_000, "{rcv} {snd}");
+    }
 }
 
 #[cfg(test)]

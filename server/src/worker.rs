@@ -37,6 +37,7 @@ pub struct WorkerSpec {
     pub bind: SocketAddr,
     pub candidate: SocketAddr,
     pub connect_timeout: Duration,
+    pub socket_buffer_bytes: usize,
 }
 
 /// A running worker. Its thread lives as long as the process: it stops when every command sender is gone.
@@ -50,6 +51,26 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
     let socket = StdUdpSocket::bind(spec.bind)?;
     socket.set_nonblocking(true)?;
     let local_addr = socket.local_addr()?;
+    let (rcv, snd) = crate::udp::set_buffer_sizes(
+        std::os::fd::AsRawFd::as_raw_fd(&socket),
+        spec.socket_buffer_bytes,
+    );
+    tracing::info!(
+        worker = spec.index,
+        %local_addr,
+        receive_buffer_bytes = rcv,
+        send_buffer_bytes = snd,
+        "media socket bound"
+    );
+    if rcv < spec.socket_buffer_bytes / 2 {
+        tracing::warn!(
+            worker = spec.index,
+            requested = spec.socket_buffer_bytes,
+            granted = rcv,
+            "the kernel granted a smaller UDP receive buffer: raise net.core.rmem_max or run with \
+             CAP_NET_ADMIN, or bursts may drop packets"
+        );
+    }
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let index = spec.index;
     std::thread::Builder::new()

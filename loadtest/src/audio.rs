@@ -55,6 +55,8 @@ pub struct Frames {
     pub voices: Vec<Vec<Frame>>,
     /// Silence guard, chirp, silence guard.
     pub chirp: Vec<Frame>,
+    /// One frame of digital silence (what a sender without DTX sends in pauses).
+    pub silence: Frame,
     /// Index in `chirp` of the first frame with tone: its send time is the chirp's send time.
     pub chirp_onset_frame: usize,
     /// Samples from the start of the onset frame to the detected onset in a direct encode → decode.
@@ -112,9 +114,11 @@ impl Frames {
             .chunks(FRAME_SAMPLES)
             .map(|c| encode(&mut enc, c))
             .collect::<Result<Vec<_>, _>>()?;
+        let silence = encode(&mut encoder()?, &[0f32; FRAME_SAMPLES])?;
         let mut frames = Frames {
             voices: out,
             chirp,
+            silence,
             chirp_onset_frame: CHIRP_GUARD_FRAMES,
             chirp_codec_delay: 0,
         };

@@ -42,6 +42,9 @@ pub struct EngineConfig {
     pub frames: Arc<Frames>,
     /// Mix mode: one chirp every this long from each room's chirp publisher.
     pub chirp_period: Option<Duration>,
+    /// In talk pauses send nothing (Opus DTX); otherwise send encoded silence every 20 ms, as a browser
+    /// does by default.
+    pub dtx: bool,
 }
 
 /// What a new participant is.
@@ -602,11 +605,15 @@ impl Loop {
             let talking = p.talker.as_mut().is_some_and(|t| t.next_frame());
             (f, talking)
         };
-        if !talking {
+        let frame = if talking {
+            frame
+        } else if self.config.dtx {
             // A DTX sender in silence: media time passes, nothing is sent.
             p.peer.skip_audio(FRAME_SAMPLES as u32);
             return;
-        }
+        } else {
+            &frames.silence
+        };
         let sent_ns = now.saturating_duration_since(epoch).as_nanos() as u64;
         stamp::stamp_into(
             &frame.opus,

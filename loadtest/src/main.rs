@@ -78,6 +78,9 @@ struct RunArgs {
     talkers: usize,
     #[arg(long, value_enum, default_value = "p59")]
     talk: TalkArg,
+    /// In talk pauses send nothing (Opus DTX) instead of encoded silence every 20 ms (a browser's default).
+    #[arg(long)]
+    dtx: bool,
     /// Joins started per second.
     #[arg(long, default_value_t = 20.0)]
     ramp_rate: f64,
@@ -192,6 +195,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
             TalkArg::P59 => TalkModel::P59,
             TalkArg::Continuous => TalkModel::Continuous,
         },
+        dtx: a.dtx,
         slots: a.slots,
         ramp_rate: a.ramp_rate,
         duration: Duration::from_secs_f64(a.duration),

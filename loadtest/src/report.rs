@@ -44,7 +44,7 @@ pub fn table(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "chorus-loadtest: target {} mode {:?}, {} room(s), {} participants, {} talker(s)/room ({}), \
+        "chorus-loadtest: target {} mode {:?}, {} room(s), {} participants, {} talker(s)/room ({}, pauses {}), \
          ramp {}/s, steady {:.1} s{}",
         r.target,
         r.mode,
@@ -52,6 +52,7 @@ pub fn table(r: &Report) -> String {
         r.participants,
         r.talkers_per_room,
         r.talk_model,
+        if r.dtx { "DTX" } else { "silence frames" },
         r.ramp_rate,
         r.duration_s,
         if r.drop_rtp > 0.0 {

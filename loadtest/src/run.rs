@@ -61,6 +61,8 @@ pub struct RunConfig {
     /// Publishers per room (they join first); the others only listen.
     pub talkers: usize,
     pub talk: TalkModel,
+    /// Send nothing in talk pauses (Opus DTX) instead of encoded silence.
+    pub dtx: bool,
     /// Chorus: slot count to offer when the server does not say (it does, in `joined`).
     pub slots: usize,
     /// Joins started per second.
@@ -134,6 +136,7 @@ pub struct Report {
     pub participants: usize,
     pub talkers_per_room: usize,
     pub talk_model: String,
+    pub dtx: bool,
     pub ramp_rate: f64,
     pub duration_s: f64,
     pub drop_rtp: f64,
@@ -228,6 +231,7 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
         epoch,
         frames,
         chirp_period: (config.mode == Mode::Mix).then_some(config.chirp_period),
+        dtx: config.dtx,
     })?;
     let janus_control = match &config.target {
         Target::Janus {
@@ -374,6 +378,7 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
         participants: config.participants,
         talkers_per_room: config.talkers,
         talk_model: format!("{:?}", config.talk).to_lowercase(),
+        dtx: config.dtx,
         ramp_rate: config.ramp_rate,
         duration_s: window,
         drop_rtp: config.drop_rtp,

@@ -82,6 +82,7 @@ async fn a_short_run_measures_the_injected_loss_and_every_join() {
         participants: 5,
         talkers: 2,
         talk: TalkModel::Continuous,
+        dtx: false,
         slots: 3,
         ramp_rate: 50.0,
         duration: Duration::from_secs(3),

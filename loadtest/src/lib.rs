@@ -3,6 +3,7 @@
 //! measurements, and the machine's floor cost per packet to compare against. See docs/loadtest.md.
 
 pub mod audio;
+pub mod compare;
 pub mod engine;
 pub mod floor;
 pub mod janus;

@@ -39,6 +39,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print side-by-side ratios from JSON reports of `run` (any subset).
+    Compare {
+        #[arg(long)]
+        chorus_forward: Option<PathBuf>,
+        #[arg(long)]
+        janus_forward: Option<PathBuf>,
+        #[arg(long)]
+        chorus_mix: Option<PathBuf>,
+        #[arg(long)]
+        janus_mix: Option<PathBuf>,
+    },
+}
+
+fn load(p: Option<PathBuf>) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(p) = p else { return Ok(None) };
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(Some(
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?,
+    ))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -163,6 +182,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(a) => run_cmd(*a),
+        Command::Compare {
+            chorus_forward,
+            janus_forward,
+            chorus_mix,
+            janus_mix,
+        } => {
+            let r = chorus_loadtest::compare::Reports {
+                chorus_forward: load(chorus_forward)?,
+                janus_forward: load(janus_forward)?,
+                chorus_mix: load(chorus_mix)?,
+                janus_mix: load(janus_mix)?,
+            };
+            print!("{}", chorus_loadtest::compare::text(&r));
+            Ok(())
+        }
     }
 }
 

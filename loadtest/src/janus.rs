@@ -203,17 +203,28 @@ fn reason(e: SignalError) -> String {
     e.reason()
 }
 
+/// Where and how to reach Janus.
+#[derive(Clone, Copy, Debug)]
+pub struct JanusParams<'a> {
+    pub url: &'a str,
+    pub room_base: u64,
+    pub prebuffer: Option<u32>,
+}
+
 /// One participant's Janus session; fills `rec`, keeps the session alive until `stop`.
 pub async fn session(
     config: &RunConfig,
     engine: &Engine,
     spec: ParticipantSpec,
-    url: &str,
-    room_base: u64,
-    prebuffer: Option<u32>,
+    janus: JanusParams<'_>,
     stop: watch::Receiver<bool>,
     rec: &mut JoinRecord,
 ) -> Result<(), String> {
+    let JanusParams {
+        url,
+        room_base,
+        prebuffer,
+    } = janus;
     let t = config.join_timeout;
     let t0 = Instant::now();
     let mut s = JanusSession::open(url, t).await.map_err(reason)?;

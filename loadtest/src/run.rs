@@ -478,10 +478,12 @@ async fn participant(
             prebuffer,
             room_base,
         } => {
-            crate::janus::session(
-                &config, &engine, spec, ws_url, *room_base, *prebuffer, stop, &mut rec,
-            )
-            .await
+            let params = crate::janus::JanusParams {
+                url: ws_url,
+                room_base: *room_base,
+                prebuffer: *prebuffer,
+            };
+            crate::janus::session(&config, &engine, spec, params, stop, &mut rec).await
         }
     };
     if let Err(e) = r {

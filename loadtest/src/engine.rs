@@ -89,6 +89,8 @@ pub struct Snapshot {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_rtp: u64,
+    /// Datagrams the tool sent that are not RTP (RTCP, STUN, DTLS).
+    pub tx_other: u64,
     pub injected_drops: u64,
     pub send_errors: u64,
     pub expected: u64,
@@ -656,10 +658,11 @@ impl Loop {
                     return;
                 }
                 ClientOutput::Transmit(t) => {
-                    if self.config.drop_rtp > 0.0
-                        && is_rtp(&t.contents)
-                        && self.rng.unit() < self.config.drop_rtp
-                    {
+                    let rtp = is_rtp(&t.contents);
+                    if !rtp {
+                        self.snap.tx_other += 1;
+                    }
+                    if self.config.drop_rtp > 0.0 && rtp && self.rng.unit() < self.config.drop_rtp {
                         self.snap.injected_drops += 1;
                         continue;
                     }

@@ -127,8 +127,15 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(
         s,
         "streams: {} received, {} packets expected, {} received, {} lost ({:.2} %); publishers sent {} RTP \
-         packets ({} dropped on purpose)",
-        st.count, st.expected, st.received, st.lost, st.loss_pct, st.sent_rtp, st.injected_drops
+         packets ({} dropped on purpose); participants sent {:.0} other datagrams/s (RTCP, STUN, DTLS)",
+        st.count,
+        st.expected,
+        st.received,
+        st.lost,
+        st.loss_pct,
+        st.sent_rtp,
+        st.injected_drops,
+        st.sent_other_per_s
     );
     if let Some(sv) = &r.server {
         let _ = writeln!(

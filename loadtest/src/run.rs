@@ -178,6 +178,8 @@ pub struct StreamSummary {
     /// RTP packets the publishers sent (after injected drops) and the drops injected.
     pub sent_rtp: u64,
     pub injected_drops: u64,
+    /// Non-RTP datagrams (RTCP feedback, STUN consent, DTLS) the participants sent, per second of the run.
+    pub sent_other_per_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -385,7 +387,7 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
         seed: config.seed,
         floor,
         joins: join_summary(&records, ramp_s),
-        streams: stream_summary(&streams, &s1),
+        streams: stream_summary(&streams, &s1, epoch.elapsed().as_secs_f64()),
         latency_ms: Summary::of(&mut monitor.window_latency),
         mix_latency_ms: Summary::of(&mut monitor.window_chirp),
         server,
@@ -628,7 +630,7 @@ fn join_summary(records: &[JoinRecord], ramp_s: f64) -> JoinSummary {
     }
 }
 
-fn stream_summary(streams: &[StreamReport], last: &Snapshot) -> StreamSummary {
+fn stream_summary(streams: &[StreamReport], last: &Snapshot, run_s: f64) -> StreamSummary {
     let expected: u64 = streams.iter().map(|s| s.expected).sum();
     let received: u64 = streams.iter().map(|s| s.received).sum();
     let lost: u64 = streams.iter().map(|s| s.lost).sum();
@@ -647,6 +649,7 @@ fn stream_summary(streams: &[StreamReport], last: &Snapshot) -> StreamSummary {
         jitter_ms: Summary::of(&mut jit),
         sent_rtp: last.tx_rtp,
         injected_drops: last.injected_drops,
+        sent_other_per_s: last.tx_other as f64 / run_s.max(1e-3),
     }
 }
 

@@ -314,6 +314,8 @@ struct Loop {
     chirps: HashMap<usize, Instant>,
     stamped: Vec<u8>,
     pcm: Vec<f32>,
+    /// Kernel arrival time of the datagram being handled (RTP in it is timed by this).
+    arrival: Option<Instant>,
 }
 
 fn is_rtp(d: &[u8]) -> bool {
@@ -343,6 +345,7 @@ impl Loop {
             chirps: HashMap::new(),
             stamped: Vec::with_capacity(1500),
             pcm: vec![0f32; FRAME_SAMPLES * 6],
+            arrival: None,
         }
     }
 
@@ -524,7 +527,9 @@ impl Loop {
             return;
         }
         self.snap.rx_bytes += data.len() as u64;
+        self.arrival = Some(self.socket.arrival(i));
         self.drain(now, index);
+        self.arrival = None;
     }
 
     fn timers_due(&mut self) {
@@ -701,16 +706,18 @@ impl Loop {
             return;
         };
         self.snap.rx_packets += 1;
+        // str0m's arrival is when we handed it the datagram; the kernel's is when it reached the socket.
+        let arrival = self.arrival.unwrap_or(a.arrival);
         if let Some(tx) = p.first_audio.take() {
-            let _ = tx.send(a.arrival);
+            let _ = tx.send(arrival);
         }
         p.streams
             .entry(a.ssrc)
             .or_insert_with(|| StreamStats::new(a.seq, epoch))
-            .packet(a.seq, a.timestamp, a.arrival);
+            .packet(a.seq, a.timestamp, arrival);
         if let Some(st) = stamp::read(&a.payload) {
             let sent = epoch + Duration::from_nanos(st.sent_ns);
-            let ms = a.arrival.saturating_duration_since(sent).as_secs_f64() * 1e3;
+            let ms = arrival.saturating_duration_since(sent).as_secs_f64() * 1e3;
             self.snap.latency_ms.push(ms);
         }
         if let Some(dec) = p.decoder.as_mut() {
@@ -719,7 +726,7 @@ impl Loop {
                     if let Some(off) = p.detector.feed(&self.pcm[..n]) {
                         if let Some(sent) = self.chirps.get(&p.spec.room) {
                             let delay = self.config.frames.chirp_codec_delay as f64 / 48.0;
-                            let at = a.arrival.saturating_duration_since(*sent).as_secs_f64() * 1e3
+                            let at = arrival.saturating_duration_since(*sent).as_secs_f64() * 1e3
                                 + off as f64 / 48.0
                                 - delay;
                             if (0.0..2_000.0).contains(&at) {

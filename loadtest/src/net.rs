@@ -13,13 +13,14 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 /// Datagrams per `recvmmsg` / `sendmmsg` call.
 pub const BATCH: usize = 64;
 /// Largest datagram handled (the server drops larger ones as well).
 pub const MAX_DATAGRAM: usize = 1500;
 
-const CMSG_SPACE: usize = 64;
+const CMSG_SPACE: usize = 128;
 
 /// A datagram to send from a participant's address.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub struct MultiSocket {
     lens: Vec<usize>,
     sources: Vec<SocketAddr>,
     destinations: Vec<Ipv4Addr>,
+    /// Kernel receive time of each datagram of the last batch, on the monotonic clock.
+    arrivals: Vec<Instant>,
 }
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -86,6 +89,9 @@ impl MultiSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let one: libc::c_int = 1;
         set_opt(raw, libc::IPPROTO_IP, libc::IP_PKTINFO, &one)?;
+        // Kernel receive timestamps: latency is measured to the datagram's arrival, not to when this
+        // thread got round to reading it.
+        set_opt(raw, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one)?;
         let bufsize: libc::c_int = 4 << 20;
         // Larger buffers absorb bursts; FORCE needs CAP_NET_ADMIN, the plain option is capped by rmem_max.
         if set_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &bufsize).is_err() {
@@ -133,6 +139,7 @@ impl MultiSocket {
             lens: vec![0; BATCH],
             sources: vec![SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
             destinations: vec![Ipv4Addr::UNSPECIFIED; BATCH],
+            arrivals: vec![Instant::now(); BATCH],
         })
     }
 
@@ -203,7 +210,11 @@ impl MultiSocket {
             };
         }
         let n = rc as usize;
+        // Kernel timestamps are CLOCK_REALTIME; map them to the monotonic clock through a pair of readings.
+        let mono_now = Instant::now();
+        let real_now = realtime_ns();
         for i in 0..n {
+            self.arrivals[i] = mono_now;
             self.lens[i] = msgs[i].msg_len as usize;
             let sa = &names[i];
             self.sources[i] = SocketAddr::V4(SocketAddrV4::new(
@@ -221,6 +232,20 @@ impl MultiSocket {
                             std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
                         self.destinations[i] = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
                     }
+                    if (*c).cmsg_level == libc::SOL_SOCKET
+                        && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
+                    {
+                        let ts =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                        let kernel = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+                        let age = real_now - kernel;
+                        // A datagram is at most seconds old; anything else is a clock step: ignore it.
+                        if (0..10_000_000_000).contains(&age) {
+                            self.arrivals[i] = mono_now
+                                .checked_sub(Duration::from_nanos(age as u64))
+                                .unwrap_or(mono_now);
+                        }
+                    }
                     c = libc::CMSG_NXTHDR(h, c);
                 }
             }
@@ -235,6 +260,11 @@ impl MultiSocket {
             self.destinations[i],
             &self.bufs[i][..self.lens[i]],
         )
+    }
+
+    /// When datagram `i` of the last batch reached the socket (kernel timestamp), on the monotonic clock.
+    pub fn arrival(&self, i: usize) -> Instant {
+        self.arrivals[i]
     }
 
     /// Send everything in `out` (in batches), each from its own source address. Datagrams the kernel
@@ -325,6 +355,14 @@ impl MultiSocket {
     }
 }
 
+fn realtime_ns() -> i128 {
+    // SAFETY: timespec is plain data; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { zeroed() };
+    // SAFETY: a valid clock id and pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
 /// What a [`MultiSocket::send_all`] did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SendReport {
@@ -378,7 +416,12 @@ mod tests {
         while seen < 100 {
             assert!(b.wait_readable(1000).expect("poll"), "datagrams arrive");
             let n = b.recv_batch().expect("recv");
+            let read_at = Instant::now();
             for k in 0..n {
+                assert!(
+                    b.arrival(k) <= read_at,
+                    "a datagram arrives before it is read"
+                );
                 let (src, dst, data) = b.datagram(k);
                 let i = participant_index(dst).expect("a participant address") - 1000;
                 assert_eq!(src, SocketAddr::from((participant_ip(i), a.port())));

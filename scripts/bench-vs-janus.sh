@@ -20,7 +20,8 @@ RAMP="${RAMP:-20}"              # joins per second
 JANUS_MIX_N="${JANUS_MIX_N:-30}"     # AudioBridge costs ~2 % of a core per participant: keep it small
 CHORUS_MIX_N="${CHORUS_MIX_N:-503}"  # 500 listeners + 3 talkers
 JANUS_PREBUFFER="${JANUS_PREBUFFER:-}" # empty: Janus' default prebuffering
-export OUT FWD_N TALKERS DURATION RAMP JANUS_MIX_N CHORUS_MIX_N JANUS_PREBUFFER PEERS
+CHORUS_BIN="${CHORUS_BIN:-}"         # a chorus binary to use instead of this tree's release build
+export CHORUS_BIN OUT FWD_N TALKERS DURATION RAMP JANUS_MIX_N CHORUS_MIX_N JANUS_PREBUFFER PEERS
 
 if [ "${BENCH_IN_NETNS:-}" != 1 ]; then
   if [ "${SKIP_BUILD:-}" != 1 ]; then
@@ -34,7 +35,7 @@ fi
 
 # ---- inside the namespace; run_in_netns.sh has started Janus (WebSocket 127.0.0.1:18188) ----
 LT="$ROOT/target/release/chorus-loadtest"
-CHORUS="$ROOT/target/release/chorus"
+CHORUS="${CHORUS_BIN:-$ROOT/target/release/chorus}"
 me=$(readlink /proc/self/ns/net)
 JANUS_PID=""
 for p in $(pgrep -x janus); do

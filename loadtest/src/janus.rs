@@ -200,7 +200,7 @@ pub async fn destroy_rooms(mut s: JanusSession, handle: u64, config: &RunConfig,
 }
 
 fn reason(e: SignalError) -> String {
-    e.reason()
+    e.detailed()
 }
 
 /// Where and how to reach Janus.

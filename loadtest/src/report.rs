@@ -78,6 +78,9 @@ pub fn table(r: &Report) -> String {
             format!(" ({:?})", j.failures)
         }
     );
+    for (k, x) in &j.failure_examples {
+        let _ = writeln!(s, "  e.g. {k}: {x}");
+    }
     let _ = writeln!(
         s,
         "  {:<34} {:>9} {:>9} {:>9} {:>9}",

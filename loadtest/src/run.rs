@@ -160,6 +160,8 @@ pub struct JoinSummary {
     pub succeeded: usize,
     pub failed: usize,
     pub failures: BTreeMap<String, usize>,
+    /// One full error message per failure reason.
+    pub failure_examples: BTreeMap<String, String>,
     pub first_audio_ms: Summary,
     pub connect_ms: Summary,
     /// Wall time from the first join started to the last one done, s.
@@ -533,34 +535,34 @@ async fn chorus_session(
     let room = room_name(config, spec.room);
     let identity = format!("lt-{}", spec.index);
     let token =
-        signal::chorus_token(api_key, api_secret, &room, &identity).map_err(|e| e.reason())?;
+        signal::chorus_token(api_key, api_secret, &room, &identity).map_err(|e| e.detailed())?;
     let t = config.join_timeout;
     let t0 = Instant::now();
-    let mut ws = Ws::connect(ws_url, None).await.map_err(|e| e.reason())?;
+    let mut ws = Ws::connect(ws_url, None).await.map_err(|e| e.detailed())?;
     ws.send(&signal::chorus_join(&token, &room, &identity))
         .await
-        .map_err(|e| e.reason())?;
+        .map_err(|e| e.detailed())?;
     let joined = ws
         .wait_for("joined", t, |v| {
             signal::chorus_error(v)?;
             Ok(v["type"] == "joined")
         })
         .await
-        .map_err(|e| e.reason())?;
+        .map_err(|e| e.detailed())?;
     if let Some(k) = joined["room"]["slots"].as_u64() {
         spec.slots = k as usize;
     }
     let (offer, milestones) = engine.create(spec).await.map_err(|e| e.to_string())?;
     ws.send(&json!({"type": "offer", "sdp": offer}))
         .await
-        .map_err(|e| e.reason())?;
+        .map_err(|e| e.detailed())?;
     let answer = ws
         .wait_for("answer", t, |v| {
             signal::chorus_error(v)?;
             Ok(v["type"] == "answer")
         })
         .await
-        .map_err(|e| e.reason())?;
+        .map_err(|e| e.detailed())?;
     let sdp = answer["sdp"]
         .as_str()
         .ok_or_else(|| "unexpected".to_string())?
@@ -577,9 +579,9 @@ async fn chorus_session(
             r = &mut media => { r?; break; }
             m = ws.recv() => {
                 match m {
-                    Ok(Some(v)) => { signal::chorus_error(&v).map_err(|e| e.reason())?; }
+                    Ok(Some(v)) => { signal::chorus_error(&v).map_err(|e| e.detailed())?; }
                     Ok(None) => return Err("closed:media".into()),
-                    Err(e) => return Err(e.reason()),
+                    Err(e) => return Err(e.detailed()),
                 }
             }
         }
@@ -610,10 +612,18 @@ async fn chorus_session(
 
 fn join_summary(records: &[JoinRecord], ramp_s: f64) -> JoinSummary {
     let mut failures = BTreeMap::new();
+    let mut failure_examples = BTreeMap::new();
     for r in records {
         if let Some(e) = &r.error {
-            let key = e.split(':').take(2).collect::<Vec<_>>().join(":");
-            *failures.entry(key).or_insert(0) += 1;
+            let (key, example) = match e.split_once('|') {
+                Some((k, x)) => (k.to_owned(), x.to_owned()),
+                None => (
+                    e.split(':').take(2).collect::<Vec<_>>().join(":"),
+                    e.clone(),
+                ),
+            };
+            *failures.entry(key.clone()).or_insert(0) += 1;
+            failure_examples.entry(key).or_insert(example);
         }
     }
     let mut first: Vec<f64> = records.iter().filter_map(|r| r.first_audio_ms).collect();
@@ -624,6 +634,7 @@ fn join_summary(records: &[JoinRecord], ramp_s: f64) -> JoinSummary {
         succeeded: records.len() - failed,
         failed,
         failures,
+        failure_examples,
         first_audio_ms: Summary::of(&mut first),
         connect_ms: Summary::of(&mut conn),
         ramp_s,

@@ -27,6 +27,11 @@ pub enum SignalError {
 }
 
 impl SignalError {
+    /// The stable reason for failure tables, then `|` and the full message (an example for the report).
+    pub fn detailed(&self) -> String {
+        format!("{}|{self}", self.reason())
+    }
+
     /// A short stable reason for failure tables.
     pub fn reason(&self) -> String {
         match self {

@@ -103,6 +103,8 @@ pub struct Snapshot {
     pub chirp_ms: Vec<f64>,
     /// CPU seconds of the engine thread so far.
     pub engine_cpu_s: f64,
+    /// Datagrams the kernel dropped on the tool's full receive queue (the tool fell behind).
+    pub tool_socket_drops: u64,
 }
 
 /// One received stream's final figures.
@@ -763,6 +765,7 @@ impl Loop {
         self.snap.at = Some(now);
         let (u, s) = crate::floor::thread_cpu();
         self.snap.engine_cpu_s = (u + s).as_secs_f64();
+        self.snap.tool_socket_drops = u64::from(self.socket.dropped());
         let out = self.snap.clone();
         self.snap.latency_ms.clear();
         self.snap.chirp_ms.clear();

@@ -40,6 +40,8 @@ pub struct MultiSocket {
     destinations: Vec<Ipv4Addr>,
     /// Kernel receive time of each datagram of the last batch, on the monotonic clock.
     arrivals: Vec<Instant>,
+    /// Datagrams the kernel dropped because this socket's receive queue was full (`SO_RXQ_OVFL`).
+    dropped: u32,
 }
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -92,6 +94,8 @@ impl MultiSocket {
         // Kernel receive timestamps: latency is measured to the datagram's arrival, not to when this
         // thread got round to reading it.
         set_opt(raw, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one)?;
+        // The kernel's count of datagrams dropped on a full receive queue, with every datagram read.
+        set_opt(raw, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &one)?;
         let bufsize: libc::c_int = 4 << 20;
         // Larger buffers absorb bursts; FORCE needs CAP_NET_ADMIN, the plain option is capped by rmem_max.
         if set_opt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &bufsize).is_err() {
@@ -140,6 +144,7 @@ impl MultiSocket {
             sources: vec![SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
             destinations: vec![Ipv4Addr::UNSPECIFIED; BATCH],
             arrivals: vec![Instant::now(); BATCH],
+            dropped: 0,
         })
     }
 
@@ -260,6 +265,11 @@ impl MultiSocket {
             self.destinations[i],
             &self.bufs[i][..self.lens[i]],
         )
+    }
+
+    /// Datagrams dropped so far because the receive queue was full (as of the last datagram read).
+    pub fn dropped(&self) -> u32 {
+        self.dropped
     }
 
     /// When datagram `i` of the last batch reached the socket (kernel timestamp), on the monotonic clock.

@@ -165,8 +165,9 @@ pub fn table(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "tool: {:.1} % of a core in the steady state",
-        r.tool_cpu_share * 100.0
+        "tool: {:.1} % of a core in the steady state; its socket dropped {} datagrams",
+        r.tool_cpu_share * 100.0,
+        r.tool_socket_drops
     );
     s
 }

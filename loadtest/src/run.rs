@@ -151,6 +151,8 @@ pub struct Report {
     pub server: Option<ServerSummary>,
     /// CPU share of one core used by this tool in the steady state.
     pub tool_cpu_share: f64,
+    /// Datagrams dropped on the tool's own full receive queue during the whole run (should be 0).
+    pub tool_socket_drops: u64,
     pub series: Vec<Point>,
 }
 
@@ -394,6 +396,7 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
         mix_latency_ms: Summary::of(&mut monitor.window_chirp),
         server,
         tool_cpu_share: (tool1.cpu_s() - tool0.cpu_s()) / window,
+        tool_socket_drops: s1.tool_socket_drops,
         series: monitor.series,
     })
 }

@@ -178,7 +178,8 @@ struct Series<'a> {
     values: Vec<(f64, f64)>,
 }
 
-fn svg_plot(title: &str, unit: &str, series: &[Series]) -> String {
+/// An SVG line plot; the y axis starts at 0 and reaches at least `min_top`.
+fn svg_plot(title: &str, unit: &str, min_top: f64, series: &[Series]) -> String {
     let (w, h, ml, mr, mt, mb) = (720.0, 220.0, 60.0, 20.0, 28.0, 36.0);
     let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.values.clone()).collect();
     let mut out = String::new();
@@ -200,7 +201,7 @@ fn svg_plot(title: &str, unit: &str, series: &[Series]) -> String {
         .map(|p| p.0)
         .fold(f64::NEG_INFINITY, f64::max)
         .max(x0 + 1.0);
-    let y1 = all.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-6) * 1.1;
+    let y1 = (all.iter().map(|p| p.1).fold(0.0, f64::max) * 1.1).max(min_top);
     let px = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
     let py = |y: f64| h - mb - y / y1 * (h - mt - mb);
     let _ = write!(
@@ -247,7 +248,7 @@ fn svg_plot(title: &str, unit: &str, series: &[Series]) -> String {
         let _ = write!(
             out,
             r#"<text x="{}" y="18" fill="{}">{}</text>"#,
-            w - mr - 160.0 + 80.0 * i as f64 - 80.0,
+            w - mr - 70.0 * (series.len() - i) as f64,
             s.color,
             s.name
         );
@@ -276,10 +277,15 @@ pub fn html(r: &Report) -> String {
         "<!doctype html><meta charset=utf-8><title>chorus-loadtest report</title>\
          <body style=\"font-family:sans-serif;max-width:760px;margin:auto\"><h1>chorus-loadtest</h1>",
     );
-    let _ = write!(out, "<pre>{}</pre>", esc(&table(r)));
+    let _ = write!(
+        out,
+        "<pre style=\"font-size:11px;white-space:pre-wrap\">{}</pre>",
+        esc(&table(r))
+    );
     out.push_str(&svg_plot(
         "end-to-end latency",
         "ms",
+        1.0,
         &[
             Series {
                 name: "p50",
@@ -301,6 +307,7 @@ pub fn html(r: &Report) -> String {
     out.push_str(&svg_plot(
         "loss",
         "%",
+        1.0,
         &[Series {
             name: "loss",
             color: "#d62728",
@@ -310,6 +317,7 @@ pub fn html(r: &Report) -> String {
     out.push_str(&svg_plot(
         "CPU",
         "% of a core",
+        10.0,
         &[
             Series {
                 name: "server",
@@ -326,6 +334,7 @@ pub fn html(r: &Report) -> String {
     out.push_str(&svg_plot(
         "participants joined and packets received",
         "count, pkt/s ÷ 100",
+        1.0,
         &[
             Series {
                 name: "joined",
@@ -352,6 +361,7 @@ mod tests {
         let svg = svg_plot(
             "x",
             "ms",
+            5.5,
             &[Series {
                 name: "a",
                 color: "#000",

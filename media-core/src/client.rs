@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
@@ -98,6 +98,74 @@ impl ClientPeer {
             connected: false,
         };
         Ok((peer, offer.to_sdp_string()))
+    }
+
+    /// A peer with a single `sendrecv` audio m-line that is both the microphone and slot 0 (what a mixing
+    /// server such as Janus' AudioBridge negotiates), and its SDP offer.
+    pub fn new_sendrecv(
+        now: Instant,
+        local_addr: SocketAddr,
+    ) -> Result<(ClientPeer, String), PeerError> {
+        let mut rtc = opus_only(Rtc::builder()).build(now);
+        let candidate = Candidate::host(local_addr, "udp")
+            .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = change
+            .apply()
+            .ok_or(PeerError::MissingMedia("an offer with media"))?;
+        let peer = ClientPeer {
+            rtc,
+            local_addr,
+            pending: Some(pending),
+            mic_mid: mid,
+            slot_mids: vec![mid],
+            mic_pt: None,
+            seq: 0,
+            ts: 0,
+            connected: false,
+        };
+        Ok((peer, offer.to_sdp_string()))
+    }
+
+    /// A receive-only peer that answers a server's offer (as a Janus VideoRoom subscriber does): every
+    /// audio m-line of the offer becomes a slot, in offer order. Returns the peer and its SDP answer.
+    pub fn from_offer(
+        now: Instant,
+        local_addr: SocketAddr,
+        offer_sdp: &str,
+    ) -> Result<(ClientPeer, String), PeerError> {
+        let offer =
+            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
+        let mut rtc = opus_only(Rtc::builder()).build(now);
+        let candidate = Candidate::host(local_addr, "udp")
+            .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc.sdp_api().accept_offer(offer)?;
+        let slot_mids: Vec<Mid> = answer
+            .media_lines
+            .iter()
+            .filter_map(|line| {
+                let media = rtc.media(line.mid())?;
+                (media.kind() == MediaKind::Audio).then(|| media.mid())
+            })
+            .collect();
+        let mic_mid = *slot_mids
+            .first()
+            .ok_or(PeerError::MissingMedia("an audio m-line in the offer"))?;
+        let peer = ClientPeer {
+            rtc,
+            local_addr,
+            pending: None,
+            mic_mid,
+            slot_mids,
+            mic_pt: None,
+            seq: 0,
+            ts: 0,
+            connected: false,
+        };
+        Ok((peer, answer.to_sdp_string()))
     }
 
     /// Apply the server's answer.

@@ -1,0 +1,263 @@
+//! The `chorus-loadtest` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use chorus_loadtest::floor::FloorConfig;
+use chorus_loadtest::report;
+use chorus_loadtest::run::{self, Mode, RunConfig, Target};
+use chorus_loadtest::talk::TalkModel;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "chorus-loadtest",
+    version,
+    about = "Load tester for voice media servers (Chorus, Janus)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulate participants against a running server and report.
+    Run(Box<RunArgs>),
+    /// Measure the machine's floor: AES-GCM seal + sendmmsg CPU time per packet.
+    Floor {
+        #[arg(long, default_value_t = 1000)]
+        ports: usize,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        #[arg(long, default_value_t = 50_000)]
+        packets_per_round: usize,
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print side-by-side ratios from JSON reports of `run` (any subset).
+    Compare {
+        #[arg(long)]
+        chorus_forward: Option<PathBuf>,
+        #[arg(long)]
+        janus_forward: Option<PathBuf>,
+        #[arg(long)]
+        chorus_mix: Option<PathBuf>,
+        #[arg(long)]
+        janus_mix: Option<PathBuf>,
+    },
+}
+
+fn load(p: Option<PathBuf>) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(p) = p else { return Ok(None) };
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(Some(
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?,
+    ))
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TargetKind {
+    Chorus,
+    Janus,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Forward,
+    Mix,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TalkArg {
+    P59,
+    Continuous,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value = "chorus")]
+    target: TargetKind,
+    /// Server WebSocket URL (Chorus: ws://HOST:PORT/ws; Janus: ws://HOST:PORT).
+    #[arg(long, default_value = "ws://127.0.0.1:7880/ws")]
+    url: String,
+    #[arg(long, value_enum, default_value = "forward")]
+    mode: ModeArg,
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Participants in all rooms together.
+    #[arg(long, short = 'n', default_value_t = 10)]
+    participants: usize,
+    /// Publishers per room (they join first); the rest listen.
+    #[arg(long, default_value_t = 3)]
+    talkers: usize,
+    #[arg(long, value_enum, default_value = "p59")]
+    talk: TalkArg,
+    /// In talk pauses send nothing (Opus DTX) instead of encoded silence every 20 ms (a browser's default).
+    #[arg(long)]
+    dtx: bool,
+    /// Joins started per second.
+    #[arg(long, default_value_t = 20.0)]
+    ramp_rate: f64,
+    /// Seconds of measured steady state after the ramp.
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Seconds a join may take (WebSocket open → first remote audio) before it counts as failed.
+    #[arg(long, default_value_t = 15.0)]
+    join_timeout: f64,
+    /// Drop this share of our own outgoing RTP packets (0..1), to check the loss measurement.
+    #[arg(long, default_value_t = 0.0)]
+    drop_rtp: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// PID of the server process, for CPU and memory figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Do not bind the socket to `lo` (only inside a private network namespace, e.g. for Janus).
+    #[arg(long)]
+    any_device: bool,
+    /// Mix mode: listeners per room that decode the mix and detect chirps.
+    #[arg(long, default_value_t = 3)]
+    probes: usize,
+    /// Mix mode: seconds between chirps.
+    #[arg(long, default_value_t = 2.0)]
+    chirp_period: f64,
+    #[arg(long, default_value = "lt")]
+    room_prefix: String,
+    /// Chorus API key and secret for tokens (defaults: the development key).
+    #[arg(long, default_value = "devkey")]
+    api_key: String,
+    #[arg(
+        long,
+        env = "CHORUS_LOADTEST_API_SECRET",
+        default_value = "chorus-development-secret-do-not-use-in-production"
+    )]
+    api_secret: String,
+    /// Janus AudioBridge prebuffering (packets); Janus' default when absent.
+    #[arg(long)]
+    janus_prebuffer: Option<u32>,
+    /// Slots to offer when the server does not say (Chorus says in `joined`).
+    #[arg(long, default_value_t = 3)]
+    slots: usize,
+    /// Skip the floor measurement at the start.
+    #[arg(long)]
+    no_floor: bool,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an HTML report with plots here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Floor {
+            ports,
+            payload,
+            packets_per_round,
+            rounds,
+            json,
+        } => {
+            let f = chorus_loadtest::floor::measure(FloorConfig {
+                ports,
+                payload,
+                packets_per_round,
+                rounds,
+            })
+            .context("measuring the floor")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                print!("{}", report::floor_text(&f));
+            }
+            Ok(())
+        }
+        Command::Run(a) => run_cmd(*a),
+        Command::Compare {
+            chorus_forward,
+            janus_forward,
+            chorus_mix,
+            janus_mix,
+        } => {
+            let r = chorus_loadtest::compare::Reports {
+                chorus_forward: load(chorus_forward)?,
+                janus_forward: load(janus_forward)?,
+                chorus_mix: load(chorus_mix)?,
+                janus_mix: load(janus_mix)?,
+            };
+            print!("{}", chorus_loadtest::compare::text(&r));
+            Ok(())
+        }
+    }
+}
+
+fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
+    let target = match a.target {
+        TargetKind::Chorus => Target::Chorus {
+            ws_url: a.url.clone(),
+            api_key: a.api_key.clone(),
+            api_secret: a.api_secret.clone(),
+        },
+        TargetKind::Janus => Target::Janus {
+            ws_url: a.url.clone(),
+            prebuffer: a.janus_prebuffer,
+            room_base: 7_000_000 + u64::from(std::process::id() % 10_000) * 100,
+        },
+    };
+    if !(0.0..1.0).contains(&a.drop_rtp) {
+        anyhow::bail!("--drop-rtp must be in [0, 1)");
+    }
+    let config = RunConfig {
+        target,
+        mode: match a.mode {
+            ModeArg::Forward => Mode::Forward,
+            ModeArg::Mix => Mode::Mix,
+        },
+        rooms: a.rooms,
+        participants: a.participants,
+        talkers: a.talkers,
+        talk: match a.talk {
+            TalkArg::P59 => TalkModel::P59,
+            TalkArg::Continuous => TalkModel::Continuous,
+        },
+        dtx: a.dtx,
+        slots: a.slots,
+        ramp_rate: a.ramp_rate,
+        duration: Duration::from_secs_f64(a.duration),
+        join_timeout: Duration::from_secs_f64(a.join_timeout),
+        drop_rtp: a.drop_rtp,
+        seed: a.seed,
+        server_pid: a.server_pid,
+        device: (!a.any_device).then(|| "lo".to_string()),
+        probes: a.probes,
+        chirp_period: Duration::from_secs_f64(a.chirp_period),
+        room_prefix: format!("{}-{}-", a.room_prefix, std::process::id()),
+        floor: (!a.no_floor).then(FloorConfig::default),
+        progress: !a.quiet,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let report = rt.block_on(run::run(config)).context("the load run")?;
+    print!("{}", report::table(&report));
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.html {
+        std::fs::write(p, report::html(&report))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

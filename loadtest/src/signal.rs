@@ -1,0 +1,152 @@
+//! Signaling with Chorus: the WebSocket protocol of docs/protocol.md, with locally minted tokens.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Errors of a signaling session.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("the server closed the socket while waiting for {0}")]
+    Closed(&'static str),
+    #[error("server error {code}: {message}")]
+    Server { code: String, message: String },
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+    #[error("token: {0}")]
+    Token(String),
+}
+
+impl SignalError {
+    /// The stable reason for failure tables, then `|` and the full message (an example for the report).
+    pub fn detailed(&self) -> String {
+        format!("{}|{self}", self.reason())
+    }
+
+    /// A short stable reason for failure tables.
+    pub fn reason(&self) -> String {
+        match self {
+            SignalError::Ws(_) => "websocket".into(),
+            SignalError::Timeout(what) => format!("timeout:{what}"),
+            SignalError::Closed(what) => format!("closed:{what}"),
+            SignalError::Server { code, .. } => format!("server:{code}"),
+            SignalError::Unexpected(_) => "unexpected".into(),
+            SignalError::Token(_) => "token".into(),
+        }
+    }
+}
+
+/// A JSON-over-WebSocket connection (Chorus' and Janus' APIs both are).
+pub struct Ws {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    /// Connect, optionally asking for a WebSocket subprotocol (Janus needs "janus-protocol").
+    pub async fn connect(url: &str, subprotocol: Option<&str>) -> Result<Ws, SignalError> {
+        let mut req = url.into_client_request()?;
+        if let Some(p) = subprotocol {
+            let v = p
+                .parse()
+                .map_err(|_| SignalError::Unexpected(format!("bad subprotocol {p}")))?;
+            req.headers_mut().insert("Sec-WebSocket-Protocol", v);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Ws { ws })
+    }
+
+    pub async fn send(&mut self, v: &Value) -> Result<(), SignalError> {
+        self.ws.send(Message::text(v.to_string())).await?;
+        Ok(())
+    }
+
+    /// The next JSON message; `None` once closed.
+    pub async fn recv(&mut self) -> Result<Option<Value>, SignalError> {
+        loop {
+            match self.ws.next().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(t.as_str())
+                        .map(Some)
+                        .map_err(|e| SignalError::Unexpected(e.to_string()))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Receive until `pick` accepts a message, within `timeout`.
+    pub async fn wait_for(
+        &mut self,
+        what: &'static str,
+        timeout: Duration,
+        mut pick: impl FnMut(&Value) -> Result<bool, SignalError>,
+    ) -> Result<Value, SignalError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = tokio::time::timeout_at(deadline, self.recv())
+                .await
+                .map_err(|_| SignalError::Timeout(what))??
+                .ok_or(SignalError::Closed(what))?;
+            if pick(&v)? {
+                return Ok(v);
+            }
+        }
+    }
+
+    pub async fn close(&mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Mint a Chorus access token (HS256) for `identity` in `room`.
+pub fn chorus_token(
+    api_key: &str,
+    api_secret: &str,
+    room: &str,
+    identity: &str,
+) -> Result<String, SignalError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = signaling::auth::Claims {
+        iss: api_key.to_owned(),
+        sub: identity.to_owned(),
+        room: room.to_owned(),
+        exp: now + 6 * 3600,
+        nbf: None,
+        iat: Some(now),
+        name: None,
+        can_publish: true,
+        can_subscribe: true,
+    };
+    signaling::auth::create_token(api_key, api_secret.as_bytes(), &claims)
+        .map_err(|e| SignalError::Token(e.to_string()))
+}
+
+/// Fail on a Chorus `error` message.
+pub fn chorus_error(v: &Value) -> Result<(), SignalError> {
+    if v["type"] == "error" {
+        return Err(SignalError::Server {
+            code: v["code"].as_str().unwrap_or("?").to_owned(),
+            message: v["message"].as_str().unwrap_or("").to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The join message of protocol version 1.
+pub fn chorus_join(token: &str, room: &str, name: &str) -> Value {
+    json!({"type": "join", "protocol": 1, "token": token, "room": room, "name": name})
+}

@@ -1,0 +1,141 @@
+//! A short load run against the real `chorus` binary over loopback, with a known loss injected by the tool
+//! itself (a seeded share of its outgoing RTP is dropped): the measured loss must match what was dropped,
+//! every join must succeed, and the counts must add up.
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chorus_loadtest::run::{self, Mode, RunConfig, Target};
+use chorus_loadtest::talk::TalkModel;
+
+/// `$CHORUS_BIN`, else the workspace's debug build (built on demand).
+fn chorus_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CHORUS_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let bin = target.join("debug").join("chorus");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "chorus-server", "--bin", "chorus"])
+            .current_dir(&root)
+            .status()
+            .expect("cargo can be run to build the chorus binary");
+        assert!(status.success(), "cargo build of chorus failed");
+    }
+    bin
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server() -> (Server, u16) {
+    let http = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("loopback has a free TCP port")
+        .port();
+    let media = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("loopback has a free UDP port")
+        .port();
+    let child = Command::new(chorus_bin())
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--media-port-start", &media.to_string(), "--workers", "1"])
+        .args(["--dev-mode", "true"])
+        .env("CHORUS_LOG", "warn,str0m=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the chorus binary starts");
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "chorus never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (server, http)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_measures_the_injected_loss_and_every_join() {
+    let (server, http) = start_server();
+    let drop = 0.10;
+    let config = RunConfig {
+        target: Target::Chorus {
+            ws_url: format!("ws://127.0.0.1:{http}/ws"),
+            api_key: "devkey".into(),
+            api_secret: "chorus-development-secret-do-not-use-in-production".into(),
+        },
+        mode: Mode::Forward,
+        rooms: 1,
+        participants: 5,
+        talkers: 2,
+        talk: TalkModel::Continuous,
+        dtx: false,
+        slots: 3,
+        ramp_rate: 50.0,
+        duration: Duration::from_secs(3),
+        join_timeout: Duration::from_secs(15),
+        drop_rtp: drop,
+        seed: 7,
+        server_pid: Some(server.0.id()),
+        device: Some("lo".into()),
+        probes: 0,
+        chirp_period: Duration::from_secs(2),
+        room_prefix: "smoke-".into(),
+        floor: None,
+        progress: false,
+    };
+    let r = run::run(config).await.expect("the run completes");
+    eprintln!("{}", chorus_loadtest::report::table(&r));
+
+    // Every participant joined and heard someone: talkers hear the other talker, listeners both.
+    assert_eq!(r.joins.attempted, 5);
+    assert_eq!(r.joins.failed, 0, "failures: {:?}", r.joins.failures);
+    assert_eq!(r.joins.first_audio_ms.count, 5);
+    assert_eq!(r.joins.connect_ms.count, 5);
+    // Streams: each talker receives the other talker (1), each of 3 listeners receives both (2 each).
+    assert_eq!(r.streams.count, 2 + 3 * 2);
+
+    // The loss the tool measures is the loss it injected. What it actually dropped is known exactly:
+    let injected =
+        r.streams.injected_drops as f64 / (r.streams.injected_drops + r.streams.sent_rtp) as f64;
+    // ... and with a seeded generator it is near the configured share.
+    assert!((injected - drop).abs() < 0.04, "injected {injected}");
+    let measured = r.streams.loss_pct / 100.0;
+    assert!(
+        (measured - injected).abs() < 0.02,
+        "measured loss {measured} vs injected {injected}"
+    );
+    // Every stream sees about the same loss (drops happen at the publisher, so all its subscribers see them).
+    let worst = r.streams.loss_pct_per_stream.max.expect("streams exist") / 100.0;
+    assert!(worst < injected + 0.06, "worst stream loss {worst}");
+    assert!(r.streams.lost > 0);
+    assert_eq!(r.streams.received + r.streams.lost, r.streams.expected);
+
+    // Latency was measured on stamped packets, and the server's CPU was sampled.
+    assert!(r.latency_ms.count > 100, "{:?}", r.latency_ms);
+    assert!(r.latency_ms.p50.expect("samples") >= 0.0);
+    let s = r.server.as_ref().expect("server figures with a pid");
+    assert!(s.packets_out > 0);
+    assert!(s.rss_after_kb > 0);
+    // The tool kept up: its own socket never overflowed, so the loss measured is the loss injected.
+    assert_eq!(r.tool_socket_drops, 0);
+
+    // The machine-readable and HTML reports carry the same figures.
+    let json = serde_json::to_value(&r).expect("the report serialises");
+    assert_eq!(json["streams"]["lost"], r.streams.lost);
+    let html = chorus_loadtest::report::html(&r);
+    assert!(html.contains("<svg") && html.contains("loss"));
+}

@@ -371,3 +371,53 @@ fn talk_spurts_are_mixed_reported_as_speech_and_their_pauses_are_not_loss() {
         );
     }
 }
+
+#[test]
+fn without_dtx_pauses_the_mixer_still_adds_only_the_jitter_target() {
+    // Talkers that keep sending near-silent frames between spurts (no DTX gaps to re-anchor in): the buffer
+    // trims the quiet frames to hold its delay at the target.
+    const HUSH: f32 = 0.000_01;
+    let base_delay_ms = 1.0;
+    let mut sim = Sim::with_room(
+        22,
+        LinkConfig::with_delay(base_delay_ms),
+        mixed_room(),
+        &[(FREQS[0], HUSH), (FREQS[1], HUSH), (FREQS[2], HUSH)],
+    );
+    sim.connect();
+    sim.set_amplitude(0, 0.3);
+    sim.run_for(Duration::from_secs(2));
+    sim.set_amplitude(0, HUSH);
+    sim.run_for(Duration::from_secs(1));
+    let mut worst = Duration::ZERO;
+    for round in 0..6u32 {
+        let onset = sim.clients[0].next_frame;
+        let target_before = sim.core.jitter_target(sim.clients[0].id).expect("buffer");
+        sim.set_amplitude(0, 0.3);
+        let before = sim.clients[1].mix.packets.len();
+        sim.run_for(Duration::from_millis(300 + u64::from(round) * 37));
+        let listener = &sim.clients[1];
+        let first_loud = listener.mix.packets[before..]
+            .iter()
+            .find(|p| {
+                let frame = &listener.mix.pcm[p.start..p.start + p.len];
+                media_core::audio::rms_dbov(frame) > -30.0
+            })
+            .unwrap_or_else(|| panic!("round {round}: not heard"));
+        let added =
+            first_loud.arrival - onset - Duration::from_secs_f64(2.0 * base_delay_ms / 1000.0);
+        let target = sim
+            .core
+            .jitter_target(sim.clients[0].id)
+            .expect("buffer")
+            .max(target_before);
+        worst = worst.max(added);
+        assert!(
+            added <= target + TICK,
+            "round {round}: the mixer added {added:?} (target {target:?} + one tick)"
+        );
+        sim.set_amplitude(0, HUSH);
+        sim.run_for(Duration::from_millis(500 + u64::from(round) * 53));
+    }
+    println!("worst mixer-added latency without DTX: {worst:?}");
+}

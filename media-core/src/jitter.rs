@@ -1591,13 +1591,8 @@ mod tests {
         assert!(h.trace.plc_samples <= 2 * 14_400, "{}", h.trace.plc_samples);
     }
 
-    /// Fraction of sent packets (by sequence number in `range`) that were played.
-    fn played_fraction(trace: &Trace, range: std::ops::Range<u64>) -> f64 {
-        let played = trace.played.iter().filter(|s| range.contains(s)).count();
-        played as f64 / (range.end - range.start) as f64
-    }
-
-    /// Like [`played_fraction`], over the loud frames only (quiet ones may be trimmed to silence).
+    /// Fraction of the loud frames (by sequence number in `range`) that were played (quiet ones may be
+    /// trimmed to silence).
     fn loud_played_fraction(trace: &Trace, frames: &[Frame], range: std::ops::Range<u64>) -> f64 {
         let loud = |s: &u64| {
             range.contains(s)

@@ -731,7 +731,14 @@ impl Loop {
                             let at = arrival.saturating_duration_since(*sent).as_secs_f64() * 1e3
                                 + off as f64 / 48.0
                                 - delay;
-                            if (0.0..2_000.0).contains(&at) {
+                            // Attribute a detection to the latest chirp only within half a chirp period:
+                            // later "onsets" are not that chirp (a false trigger, e.g. on a concealment
+                            // artefact) and would read as seconds of latency.
+                            let window_ms = self
+                                .config
+                                .chirp_period
+                                .map_or(1_000.0, |p| p.as_secs_f64() * 500.0);
+                            if (0.0..window_ms).contains(&at) {
                                 self.snap.chirp_ms.push(at);
                             }
                         }

@@ -2,78 +2,21 @@
 //! itself (a seeded share of its outgoing RTP is dropped): the measured loss must match what was dropped,
 //! every join must succeed, and the counts must add up.
 
-use std::net::{TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chorus_loadtest::run::{self, Mode, RunConfig, Target};
 use chorus_loadtest::talk::TalkModel;
-
-/// `$CHORUS_BIN`, else the workspace's debug build (built on demand).
-fn chorus_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("CHORUS_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let bin = target.join("debug").join("chorus");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "chorus-server", "--bin", "chorus"])
-            .current_dir(&root)
-            .status()
-            .expect("cargo can be run to build the chorus binary");
-        assert!(status.success(), "cargo build of chorus failed");
-    }
-    bin
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server() -> (Server, u16) {
-    let http = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("loopback has a free TCP port")
-        .port();
-    let media = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("loopback has a free UDP port")
-        .port();
-    let child = Command::new(chorus_bin())
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--media-port-start", &media.to_string(), "--workers", "1"])
-        .args(["--dev-mode", "true"])
-        .env("CHORUS_LOG", "warn,str0m=error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the chorus binary starts");
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(Instant::now() < deadline, "chorus never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (server, http)
-}
+use chorus_tests::Server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_run_measures_the_injected_loss_and_every_join() {
-    let (server, http) = start_server();
+    let server = Server::start(&["--dev-mode", "true"])
+        .await
+        .expect("the chorus binary starts");
     let drop = 0.10;
     let config = RunConfig {
         target: Target::Chorus {
-            ws_url: format!("ws://127.0.0.1:{http}/ws"),
+            ws_url: server.ws_url(),
             api_key: "devkey".into(),
             api_secret: "chorus-development-secret-do-not-use-in-production".into(),
         },
@@ -89,7 +32,7 @@ async fn a_short_run_measures_the_injected_loss_and_every_join() {
         join_timeout: Duration::from_secs(15),
         drop_rtp: drop,
         seed: 7,
-        server_pid: Some(server.0.id()),
+        server_pid: Some(server.pid()),
         device: Some("lo".into()),
         probes: 0,
         chirp_period: Duration::from_secs(2),

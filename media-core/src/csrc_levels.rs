@@ -15,21 +15,30 @@ pub const URI: &str = "urn:ietf:params:rtp-hdrext:csrc-audio-level";
 pub const MAX_CSRCS: usize = 15;
 
 /// The contributors of one mixed packet: SSRCs with their RFC 6464-style levels (0..=127, −dBov).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// The levels are kept as the extension value itself, behind an `Arc`: every listener of the shared mix
+/// gets the same one, so writing a packet does not allocate a level list per listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Contributors {
     len: u8,
     ssrcs: [u32; MAX_CSRCS],
-    levels: [u8; MAX_CSRCS],
+    /// `None` when there are no contributors.
+    levels: Option<Arc<CsrcLevels>>,
 }
 
 impl Contributors {
-    /// Add a contributor; beyond [`MAX_CSRCS`] it is left out (callers add the loudest first).
-    pub fn push(&mut self, ssrc: u32, level: u8) {
-        let i = self.len as usize;
-        if i < MAX_CSRCS {
-            self.ssrcs[i] = ssrc;
-            self.levels[i] = level.min(127);
-            self.len += 1;
+    /// The first [`MAX_CSRCS`] of `list` (callers list the loudest first); levels are capped at 127.
+    pub fn new(list: impl IntoIterator<Item = (u32, u8)>) -> Contributors {
+        let mut ssrcs = [0u32; MAX_CSRCS];
+        let mut levels = Vec::new();
+        for (slot, (ssrc, level)) in ssrcs.iter_mut().zip(list) {
+            *slot = ssrc;
+            levels.push(level.min(127));
+        }
+        Contributors {
+            len: levels.len() as u8,
+            ssrcs,
+            levels: (!levels.is_empty()).then(|| Arc::new(CsrcLevels(levels))),
         }
     }
 
@@ -46,18 +55,25 @@ impl Contributors {
     }
 
     pub fn levels(&self) -> &[u8] {
-        &self.levels[..self.len as usize]
+        self.levels.as_ref().map_or(&[], |l| l.0.as_slice())
     }
 
     /// A copy without `ssrc` (a talker's mix-minus lists everyone but the talker).
-    pub fn without(&self, ssrc: Option<u32>) -> Contributors {
-        let mut out = Contributors::default();
-        for (s, l) in self.ssrcs().iter().zip(self.levels()) {
-            if Some(*s) != ssrc {
-                out.push(*s, *l);
-            }
+    pub fn without(&self, ssrc: u32) -> Contributors {
+        Contributors::new(
+            self.ssrcs()
+                .iter()
+                .copied()
+                .zip(self.levels().iter().copied())
+                .filter(|(s, _)| *s != ssrc),
+        )
+    }
+
+    /// Put the levels on an outgoing packet's extension values (nothing when there are no contributors).
+    pub fn set_levels(&self, ev: &mut ExtensionValues) {
+        if let Some(levels) = &self.levels {
+            ev.user_values.set_arc(levels.clone());
         }
-        out
     }
 }
 
@@ -105,12 +121,6 @@ pub fn extension() -> Extension {
     Extension::with_serializer(URI, CsrcLevelSerializer)
 }
 
-/// Put `levels` on an outgoing packet's extension values.
-pub fn set(ev: &mut ExtensionValues, levels: &[u8]) {
-    ev.user_values
-        .set_arc(Arc::new(CsrcLevels(levels.to_vec())));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +128,8 @@ mod tests {
     #[test]
     fn levels_round_trip_and_reserved_bit_is_cleared() {
         let mut ev = ExtensionValues::default();
-        set(&mut ev, &[10, 127, 0xff]);
+        ev.user_values
+            .set_arc(Arc::new(CsrcLevels(vec![10, 127, 0xff])));
         let mut buf = [0u8; 16];
         let n = CsrcLevelSerializer.write_to(&mut buf, &ev);
         assert_eq!(&buf[..n], &[10, 127, 0x7f]);
@@ -143,14 +154,21 @@ mod tests {
 
     #[test]
     fn contributors_cap_at_fifteen_and_drop_the_listener() {
-        let mut c = Contributors::default();
-        for i in 0..20 {
-            c.push(i, i as u8);
-        }
+        let c = Contributors::new((0..20).map(|i| (i, i as u8)));
         assert_eq!(c.len(), MAX_CSRCS);
-        let minus = c.without(Some(3));
+        let minus = c.without(3);
         assert_eq!(minus.len(), 14);
         assert!(!minus.ssrcs().contains(&3));
         assert_eq!(minus.levels()[3], 4);
+        // Levels are set on a packet as the shared value, and nothing is set without contributors.
+        let mut ev = ExtensionValues::default();
+        c.set_levels(&mut ev);
+        assert_eq!(
+            ev.user_values.get::<CsrcLevels>().map(|l| l.0.len()),
+            Some(15)
+        );
+        let mut none = ExtensionValues::default();
+        Contributors::default().set_levels(&mut none);
+        assert!(none.user_values.get::<CsrcLevels>().is_none());
     }
 }

@@ -85,13 +85,25 @@ impl OutEncoder {
         })
     }
 
-    /// Limit and encode `pcm` (one frame; modified in place). `None` when there is nothing worth sending.
-    fn encode(&mut self, pcm: &mut [f32], out: &mut [u8; MAX_OPUS]) -> Option<(usize, u8)> {
+    /// Limit and encode `pcm` (one frame; modified in place) into a packet with its level; `None` if
+    /// libopus fails.
+    fn encode(&mut self, pcm: &mut [f32], out: &mut [u8; MAX_OPUS]) -> Option<(Arc<[u8]>, u8)> {
         self.limiter.process(pcm);
         let level = crate::audio::audio_level_from_samples(pcm);
         let n = self.encoder.encode_float(pcm, out).ok()?;
-        Some((n, level))
+        Some((Arc::from(&out[..n]), level))
     }
+}
+
+/// The encoder in `slot`, created on first use; `None` if libopus cannot create one.
+fn ensure_encoder<'a>(
+    slot: &'a mut Option<OutEncoder>,
+    config: &MixConfig,
+) -> Option<&'a mut OutEncoder> {
+    if slot.is_none() {
+        *slot = OutEncoder::new(config).ok();
+    }
+    slot.as_mut()
 }
 
 struct Member {
@@ -396,7 +408,7 @@ impl Mixer {
 
         // 2. Decode the talkers and sum them.
         self.mix.iter_mut().for_each(|s| *s = 0.0);
-        let mut contributors = Contributors::default();
+        let mut list = Vec::with_capacity(candidates.len());
         for &(level, i) in &candidates {
             let m = &mut self.members[i];
             if decode_member(m, &mut self.decode_buf, stats).is_err() {
@@ -407,10 +419,12 @@ impl Mixer {
                 *acc += *s;
             }
             if let Some(ssrc) = m.ssrc {
-                contributors.push(ssrc.0, level);
+                list.push((ssrc.0, level));
             }
             self.talkers.push(i);
         }
+        // Built once per tick: the shared mix's listeners all get this one (levels shared, not copied).
+        let contributors = Contributors::new(list);
         for m in &mut self.members {
             if !m.talking {
                 // Not decoded this tick: its decoder state restarts cleanly next time.
@@ -420,7 +434,7 @@ impl Mixer {
         }
 
         // 3. Encode: one shared full mix for the listeners who do not talk, one mix-minus per talker.
-        let mut shared_packet: Option<(Arc<[u8]>, u8)> = None;
+        let mut shared_packet: Option<Option<(Arc<[u8]>, u8)>> = None;
         let talkers = self.talkers.len();
         for i in 0..self.members.len() {
             let (talking, subscribes) = (self.members[i].talking, self.members[i].subscribes);
@@ -458,51 +472,28 @@ impl Mixer {
                 continue;
             }
             let packet = if m.personal.is_some() || talking {
-                if m.personal.is_none() {
-                    match OutEncoder::new(&self.config) {
-                        Ok(e) => m.personal = Some(e),
-                        Err(_) => continue,
-                    }
-                }
+                let Some(encoder) = ensure_encoder(&mut m.personal, &self.config) else {
+                    continue;
+                };
                 self.scratch.copy_from_slice(&self.mix);
                 if talking {
                     for (acc, s) in self.scratch.iter_mut().zip(&m.frame) {
                         *acc -= *s;
                     }
                 }
-                let encoder = m
-                    .personal
-                    .as_mut()
-                    .expect("the personal encoder was just ensured");
                 stats.frames_encoded += 1;
-                encoder
-                    .encode(&mut self.scratch, &mut self.encoded)
-                    .map(|(n, level)| (Arc::<[u8]>::from(&self.encoded[..n]), level))
+                encoder.encode(&mut self.scratch, &mut self.encoded)
             } else {
+                // Encoded at most once per tick, for the first listener that needs it.
                 if shared_packet.is_none() {
-                    if self.shared.is_none() {
-                        match OutEncoder::new(&self.config) {
-                            Ok(e) => self.shared = Some(e),
-                            Err(_) => continue,
-                        }
-                    }
+                    let Some(encoder) = ensure_encoder(&mut self.shared, &self.config) else {
+                        continue;
+                    };
                     self.scratch.copy_from_slice(&self.mix);
-                    let encoder = self
-                        .shared
-                        .as_mut()
-                        .expect("the shared encoder was just ensured");
                     stats.frames_encoded += 1;
-                    shared_packet = Some(
-                        encoder
-                            .encode(&mut self.scratch, &mut self.encoded)
-                            .map(|(n, level)| (Arc::<[u8]>::from(&self.encoded[..n]), level))
-                            .unwrap_or_else(|| (Arc::from(&[][..]), 127)),
-                    );
+                    shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
                 }
-                shared_packet
-                    .as_ref()
-                    .filter(|(p, _)| !p.is_empty())
-                    .map(|(p, l)| (p.clone(), *l))
+                shared_packet.clone().flatten()
             };
             let Some((payload, level)) = packet else {
                 continue;
@@ -513,7 +504,10 @@ impl Mixer {
                 seq: m.next_seq,
                 ts: m.ts_offset.wrapping_add(frame_ts),
                 payload,
-                contributors: contributors.without(m.ssrc.filter(|_| talking).map(|s| s.0)),
+                contributors: match m.ssrc {
+                    Some(own) if talking => contributors.without(own.0),
+                    _ => contributors.clone(),
+                },
                 level,
             });
             m.next_seq += 1;

@@ -238,7 +238,8 @@ impl Peer {
         Ok(())
     }
 
-    /// Write one RTP packet into slot `slot`. The caller drains afterwards.
+    /// Write one forwarded RTP packet into slot `slot`, with the speaker's SSRC as CSRC. The caller drains
+    /// afterwards.
     #[allow(clippy::too_many_arguments)]
     pub fn write_slot(
         &mut self,
@@ -251,25 +252,12 @@ impl Peer {
         voice_activity: Option<bool>,
         csrc: Ssrc,
     ) -> Result<(), PeerError> {
-        let Some(stream) = self.slots.get(slot) else {
-            return Ok(());
-        };
-        let (mid, pt) = (stream.mid, stream.pt);
         let mut ext = ExtensionValues::default();
         if let Some(level) = audio_level {
             ext.audio_level = Some(level);
             ext.voice_activity = Some(voice_activity.unwrap_or(level > -127));
         }
-        let write = RtpWrite::new(pt, SeqNo::from(seq), ts, wallclock, payload.clone())
-            .ext_vals(ext)
-            .csrc(&[csrc.0]);
-        let rtc = &mut self.rtc;
-        guard(|| {
-            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
-                tx.write_rtp(write);
-            }
-        })?;
-        Ok(())
+        self.write(slot, seq, ts, wallclock, payload, ext, &[csrc.0])
     }
 
     /// Write one mixed packet into the first slot stream: `contributors` become the CSRCs (and their RFC 6465
@@ -283,21 +271,34 @@ impl Peer {
         level: u8,
         contributors: &crate::csrc_levels::Contributors,
     ) -> Result<(), PeerError> {
-        let Some(stream) = self.slots.first() else {
-            return Ok(());
-        };
-        let (mid, pt) = (stream.mid, stream.pt);
         let mut ext = ExtensionValues {
             audio_level: Some(-(level.min(127) as i8)),
             voice_activity: Some(level < 127),
             ..Default::default()
         };
-        if !contributors.is_empty() {
-            crate::csrc_levels::set(&mut ext, contributors.levels());
-        }
+        contributors.set_levels(&mut ext);
+        self.write(0, seq, ts, wallclock, payload, ext, contributors.ssrcs())
+    }
+
+    /// Write one RTP packet into slot stream `slot` (ignored if the subscriber has no such slot).
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &mut self,
+        slot: usize,
+        seq: u64,
+        ts: u32,
+        wallclock: Instant,
+        payload: &std::sync::Arc<[u8]>,
+        ext: ExtensionValues,
+        csrcs: &[u32],
+    ) -> Result<(), PeerError> {
+        let Some(stream) = self.slots.get(slot) else {
+            return Ok(());
+        };
+        let (mid, pt) = (stream.mid, stream.pt);
         let write = RtpWrite::new(pt, SeqNo::from(seq), ts, wallclock, payload.clone())
             .ext_vals(ext)
-            .csrc(contributors.ssrcs());
+            .csrc(csrcs);
         let rtc = &mut self.rtc;
         guard(|| {
             if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {

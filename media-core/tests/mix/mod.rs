@@ -180,6 +180,43 @@ fn five_loud_talkers_neither_wrap_nor_clip_harshly() {
     assert!(talker.iter().all(|s| s.abs() <= 1.05));
 }
 
+/// One talk spurt of client 0 heard by client 1 over a link of `base_delay_ms` each way: client 0 talks for
+/// `talk`; returns what the mixer added (first loud mixed packet's arrival − the spurt's first packet's
+/// send − the two network legs) and the talker's jitter target for that spurt (the larger of the readings
+/// before and after: the spurt is anchored at the target of its first packet).
+fn spurt_latency(
+    sim: &mut Sim,
+    base_delay_ms: f64,
+    talk: Duration,
+    round: u32,
+) -> (Duration, Duration) {
+    let talker = sim.clients[0].id;
+    let onset = sim.clients[0].next_frame;
+    let target_before = sim
+        .core
+        .jitter_target(talker)
+        .expect("the talker has a jitter buffer");
+    sim.set_amplitude(0, 0.3);
+    let before = sim.clients[1].mix.packets.len();
+    sim.run_for(talk);
+    let listener = &sim.clients[1];
+    let first_loud = listener.mix.packets[before..]
+        .iter()
+        .find(|p| {
+            let frame = &listener.mix.pcm[p.start..p.start + p.len];
+            media_core::audio::rms_dbov(frame) > -30.0
+        })
+        .unwrap_or_else(|| panic!("round {round}: the listener never heard the talker"));
+    let network = Duration::from_secs_f64(2.0 * base_delay_ms / 1000.0);
+    let added = first_loud.arrival - onset - network;
+    let target = sim
+        .core
+        .jitter_target(talker)
+        .expect("the talker has a jitter buffer")
+        .max(target_before);
+    (added, target)
+}
+
 #[test]
 fn mixer_adds_at_most_the_jitter_target_plus_one_tick() {
     let base_delay_ms = 10.0;
@@ -197,32 +234,9 @@ fn mixer_adds_at_most_the_jitter_target_plus_one_tick() {
     sim.run_for(Duration::from_secs(1));
     let mut worst = Duration::ZERO;
     for round in 0..5 {
-        // Talk spurt: the first loud packet leaves the talker at `onset`.
-        let onset = sim.clients[0].next_frame;
-        let target_before = sim
-            .core
-            .jitter_target(sim.clients[0].id)
-            .expect("the talker has a jitter buffer");
-        sim.set_amplitude(0, 0.3);
-        let before = sim.clients[1].mix.packets.len();
-        sim.run_for(Duration::from_millis(600));
-        let listener = &sim.clients[1];
-        let first_loud = listener.mix.packets[before..]
-            .iter()
-            .find(|p| {
-                let frame = &listener.mix.pcm[p.start..p.start + p.len];
-                media_core::audio::rms_dbov(frame) > -30.0
-            })
-            .unwrap_or_else(|| panic!("round {round}: the listener never heard the talker"));
-        let network = Duration::from_secs_f64(2.0 * base_delay_ms / 1000.0);
-        let added = first_loud.arrival - onset - network;
+        let (added, target) =
+            spurt_latency(&mut sim, base_delay_ms, Duration::from_millis(600), round);
         worst = worst.max(added);
-        // The spurt is anchored at the target of its first packet: between the two readings.
-        let target = sim
-            .core
-            .jitter_target(sim.clients[0].id)
-            .expect("the talker has a jitter buffer")
-            .max(target_before);
         assert!(
             added <= target + TICK,
             "round {round}: the mixer added {added:?} (target {target:?} + one tick)"
@@ -391,26 +405,8 @@ fn without_dtx_pauses_the_mixer_still_adds_only_the_jitter_target() {
     sim.run_for(Duration::from_secs(1));
     let mut worst = Duration::ZERO;
     for round in 0..6u32 {
-        let onset = sim.clients[0].next_frame;
-        let target_before = sim.core.jitter_target(sim.clients[0].id).expect("buffer");
-        sim.set_amplitude(0, 0.3);
-        let before = sim.clients[1].mix.packets.len();
-        sim.run_for(Duration::from_millis(300 + u64::from(round) * 37));
-        let listener = &sim.clients[1];
-        let first_loud = listener.mix.packets[before..]
-            .iter()
-            .find(|p| {
-                let frame = &listener.mix.pcm[p.start..p.start + p.len];
-                media_core::audio::rms_dbov(frame) > -30.0
-            })
-            .unwrap_or_else(|| panic!("round {round}: not heard"));
-        let added =
-            first_loud.arrival - onset - Duration::from_secs_f64(2.0 * base_delay_ms / 1000.0);
-        let target = sim
-            .core
-            .jitter_target(sim.clients[0].id)
-            .expect("buffer")
-            .max(target_before);
+        let talk = Duration::from_millis(300 + u64::from(round) * 37);
+        let (added, target) = spurt_latency(&mut sim, base_delay_ms, talk, round);
         worst = worst.max(added);
         assert!(
             added <= target + TICK,

@@ -199,6 +199,37 @@ pub async fn destroy_rooms(mut s: JanusSession, handle: u64, config: &RunConfig,
     s.destroy().await;
 }
 
+/// Send a plugin `configure` request carrying our offer, apply Janus' answer to participant `index`'s
+/// peer, and end trickle (the offer already holds every candidate).
+async fn configure_with_offer(
+    s: &mut JanusSession,
+    handle: u64,
+    engine: &Engine,
+    index: usize,
+    configure: Value,
+    offer: String,
+    timeout: Duration,
+) -> Result<(), String> {
+    let r = s
+        .message(
+            handle,
+            configure,
+            Some(json!({"type": "offer", "sdp": offer})),
+            timeout,
+        )
+        .await
+        .map_err(reason)?;
+    let answer = r["jsep"]["sdp"]
+        .as_str()
+        .ok_or_else(|| "janus:no_answer".to_string())?
+        .to_owned();
+    engine
+        .answer(index, answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.trickle_completed(handle).await.map_err(reason)
+}
+
 fn reason(e: SignalError) -> String {
     e.detailed()
 }
@@ -242,24 +273,8 @@ pub async fn session(
             }
             s.message(h, join, None, t).await.map_err(reason)?;
             let (offer, milestones) = engine.create(spec).await.map_err(|e| e.to_string())?;
-            let r = s
-                .message(
-                    h,
-                    json!({"request": "configure", "muted": spec.talk.is_none()}),
-                    Some(json!({"type": "offer", "sdp": offer})),
-                    t,
-                )
-                .await
-                .map_err(reason)?;
-            let answer = r["jsep"]["sdp"]
-                .as_str()
-                .ok_or_else(|| "janus:no_answer".to_string())?
-                .to_owned();
-            engine
-                .answer(spec.index, answer)
-                .await
-                .map_err(|e| e.to_string())?;
-            s.trickle_completed(h).await.map_err(reason)?;
+            let configure = json!({"request": "configure", "muted": spec.talk.is_none()});
+            configure_with_offer(&mut s, h, engine, spec.index, configure, offer, t).await?;
             await_media(config, &spec, t0, milestones, rec).await?;
         }
         Mode::Forward => {
@@ -285,24 +300,8 @@ pub async fn session(
                     ..spec
                 };
                 let (offer, m) = engine.create(pspec).await.map_err(|e| e.to_string())?;
-                let r = s
-                    .message(
-                        h,
-                        json!({"request": "configure", "audio": true, "video": false}),
-                        Some(json!({"type": "offer", "sdp": offer})),
-                        t,
-                    )
-                    .await
-                    .map_err(reason)?;
-                let answer = r["jsep"]["sdp"]
-                    .as_str()
-                    .ok_or_else(|| "janus:no_answer".to_string())?
-                    .to_owned();
-                engine
-                    .answer(spec.index, answer)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                s.trickle_completed(h).await.map_err(reason)?;
+                let configure = json!({"request": "configure", "audio": true, "video": false});
+                configure_with_offer(&mut s, h, engine, spec.index, configure, offer, t).await?;
                 publisher_milestones = Some(m);
             }
             // Subscribe to every other talker of the room, once they all publish.

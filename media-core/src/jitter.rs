@@ -47,9 +47,12 @@
 //!   by default): a packet is dropped when the delay without it is still at least the target; when less than
 //!   a packet's worth is extra, the packet is rendered as a shorter span of silence (to 2.5 ms), so the delay
 //!   lands on the target instead of anywhere up to one packet above it; silence is inserted when the delay
-//!   is below target.
+//!   is below target. Only quiet packets *between quiet packets* are steered: the first quiet packet after
+//!   audio carries the end of it (the sender's codec delay reaches into it), and the last one before audio
+//!   primes the mixer's decoder for it, so talk spurts keep their exact edges.
 //! - **Forced**: when the delay is more than [`JitterConfig::force_margin`] (40 ms) off target and no quiet
-//!   moment comes, loud packets are dropped (or PLC is inserted) until the delay is back in the band, at most
+//!   moment comes (for shrinking: none for 2 s of audio, since speech pauses far more often and a pause
+//!   shrinks the delay for free), loud packets are dropped (or PLC is inserted) until the delay is back in the band, at most
 //!   one such step per 100 ms of audio. Packets are only dropped when their successor is already buffered,
 //!   and never the first packet after concealment (the one that was waited for).
 //!
@@ -114,6 +117,10 @@ const FORCE_SPACING: i64 = 4_800;
 /// Most missing sequence numbers counted as loss in one gap (20 s of 20 ms packets); more is a
 /// discontinuity.
 const MAX_COUNTED_LOSS: u64 = 1_000;
+
+/// Audio played without a quiet moment before loud packets may be dropped to shrink the delay (2 s): speech
+/// pauses far more often, and a pause shrinks it for free.
+const FORCE_SHRINK_PATIENCE: i64 = 96_000;
 
 /// Hysteresis for dropping a quiet packet: the delay without it must exceed the target by this much.
 const QUIET_DROP_SLACK_US: i64 = 5_000;
@@ -341,6 +348,9 @@ pub struct JitterBuffer {
     last_delay_us: i64,
     /// Consecutive concealment (PLC) samples.
     conceal_run: i64,
+    /// Samples played since the last moment the delay could shrink for free: a gap or a quiet packet between
+    /// quiet ones (see [`FORCE_SHRINK_PATIENCE`]).
+    loud_run: i64,
     force: Force,
     /// Playout position of the last forced correction.
     last_forced: Option<i64>,
@@ -376,6 +386,7 @@ impl JitterBuffer {
             last_silent: true,
             last_delay_us: 0,
             conceal_run: 0,
+            loud_run: 0,
             force: Force::None,
             last_forced: None,
             window: VecDeque::with_capacity(WINDOW_CAPACITY),
@@ -578,6 +589,7 @@ impl JitterBuffer {
         self.last_quiet = false;
         self.last_silent = true;
         self.conceal_run = 0;
+        self.loud_run = 0;
         self.force = Force::None;
         self.last_forced = None;
         self.window.clear();
@@ -762,15 +774,23 @@ impl JitterBuffer {
             let quiet = head
                 .audio_level
                 .is_some_and(|l| l >= self.config.quiet_level);
-            let next_ready = self
-                .packets
-                .get(1)
-                .is_some_and(|n| n.ts == head.ts + samples);
+            let next = self.packets.get(1).filter(|n| n.ts == head.ts + samples);
+            let next_ready = next.is_some();
+            // Only a quiet packet between quiet ones may give up time: the first quiet packet after audio
+            // carries the end of it (the sender's codec delay), and the last one before audio primes the
+            // decoder for it.
+            let steerable = quiet
+                && self.last_quiet
+                && next
+                    .is_some_and(|n| n.audio_level.is_some_and(|l| l >= self.config.quiet_level));
             let spare = delay - samples_to_us(samples) - target;
-            let quiet_drop = quiet && spare >= QUIET_DROP_SLACK_US;
+            let quiet_drop = steerable && spare >= QUIET_DROP_SLACK_US;
             // Right after concealment, play the packet that was waited for; drop later ones.
-            let forced_drop =
-                self.force == Force::Shrink && force_allowed && spare >= 0 && self.conceal_run == 0;
+            let forced_drop = self.force == Force::Shrink
+                && force_allowed
+                && spare >= 0
+                && self.conceal_run == 0
+                && self.loud_run >= FORCE_SHRINK_PATIENCE;
             if next_ready && (quiet_drop || forced_drop) {
                 let dropped = self
                     .packets
@@ -780,7 +800,9 @@ impl JitterBuffer {
                 self.last_seq = Some(dropped.seq);
                 self.mark_played(dropped.seq);
                 self.stats.delay_dropped += 1;
-                if !quiet_drop {
+                if quiet_drop {
+                    self.loud_run = 0;
+                } else {
                     self.last_forced = Some(self.pos);
                 }
                 return None;
@@ -789,7 +811,7 @@ impl JitterBuffer {
             // target, as silence (it is quiet; the mixer would not even decode it below −80 dBov). Without
             // this, whole-packet drops leave the delay anywhere up to one packet above the target.
             let trim = round_down_grain(us_to_samples(delay - target)).min(samples - GRAIN);
-            if quiet && next_ready && trim >= GRAIN && !quiet_drop {
+            if steerable && trim >= GRAIN && !quiet_drop {
                 let trimmed = self
                     .packets
                     .pop_front()
@@ -800,15 +822,17 @@ impl JitterBuffer {
                 self.last_samples = trimmed.samples;
                 self.last_quiet = true;
                 self.conceal_run = 0;
+                self.loud_run = 0;
                 self.stats.played += 1;
                 self.stats.delay_dropped += 1;
                 return Some(Playout::Silence {
                     samples: to_u32(samples - trim),
                 });
             }
-            if delay < target && (quiet || (self.force == Force::Grow && force_allowed)) {
+            let quiet_between = quiet && self.last_quiet;
+            if delay < target && (quiet_between || (self.force == Force::Grow && force_allowed)) {
                 self.stats.delay_inserted += 1;
-                if quiet {
+                if quiet_between {
                     let samples = round_up_grain(us_to_samples(target - delay).max(1))
                         .min(i64::from(TICK_SAMPLES));
                     return Some(Playout::Silence {
@@ -837,6 +861,11 @@ impl JitterBuffer {
             self.last_samples = packet.samples;
             self.last_quiet = quiet;
             self.conceal_run = 0;
+            self.loud_run = if steerable {
+                0
+            } else {
+                self.loud_run + i64::from(packet.samples)
+            };
             self.stats.played += 1;
             return Some(Playout::Packet {
                 payload: packet.payload,
@@ -884,6 +913,7 @@ impl JitterBuffer {
         if !loss {
             let samples = gap.min(i64::from(TICK_SAMPLES));
             self.pos += samples;
+            self.loud_run = 0;
             return Some(Playout::Silence {
                 samples: to_u32(samples),
             });
@@ -924,6 +954,7 @@ impl JitterBuffer {
         let max_plc = us_to_samples(duration_us(self.config.max_plc));
         if self.last_quiet || self.conceal_run >= max_plc {
             self.pos += i64::from(TICK_SAMPLES);
+            self.loud_run = 0;
             return Playout::Silence {
                 samples: TICK_SAMPLES,
             };
@@ -1103,7 +1134,7 @@ mod tests {
         silence_samples: u64,
         outcomes: Vec<(u64, PushOutcome)>,
         max_len: usize,
-        /// (tick time, target, current delay) once per tick while playing.
+        /// (tick time, target, current delay plus the harness' surplus) once per tick while playing.
         delays: Vec<(Duration, Duration, Duration)>,
         /// Output kinds in order: 'P'acket, 'F'ec, 'L' (PLC), 'S'ilence.
         kinds: String,
@@ -1175,10 +1206,12 @@ mod tests {
                     .active
                     .push(if self.jb.is_active() { 'A' } else { '-' });
                 if self.jb.phase == Phase::Playing {
+                    // The surplus plays after this tick: it adds to the buffer's own delay.
+                    let surplus = us_duration(samples_to_us(self.surplus));
                     self.trace.delays.push((
                         self.t,
                         self.jb.target_delay(),
-                        self.jb.current_delay(),
+                        self.jb.current_delay() + surplus,
                     ));
                 }
                 self.t += TICK;

@@ -9,6 +9,7 @@ pub mod client;
 pub mod core;
 pub mod csrc_levels;
 pub mod dominant;
+pub mod encoder;
 pub mod ids;
 pub mod jitter;
 pub mod levels;

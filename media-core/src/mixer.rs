@@ -5,16 +5,27 @@
 //! 1. Each publishing member's [`JitterBuffer`] yields the next 20 ms of playout: packets, FEC or PLC spans,
 //!    or silence. Members whose span is silent — DTX (no packets) or an RFC 6464 level at or below
 //!    [`SILENT_LEVEL`] — are **not decoded**. Of the rest, the [`MAX_CSRCS`] loudest (by their packets' audio
-//!    level, so ranking costs no decoding) are decoded to `f32` and become this tick's *talkers*.
+//!    level, so ranking costs no decoding) are decoded to `f32` and become this tick's *talkers*. The gate's
+//!    edges are exact: a talker stays decoded for [`DECODE_HANGOVER_TICKS`] after its last voiced packet
+//!    (the sender's codec delay carries the end of a talk spurt into the next, quiet, packet), and a talker
+//!    that was not decoded last tick restarts from a reset decoder primed with the packet played just before,
+//!    so nothing of an earlier spurt leaks into the new one.
 //! 2. The talkers are summed in `f32` (nothing can wrap) into the full mix.
 //! 3. **Encoding is O(talkers), not O(listeners)**: every listener who is not talking receives one shared
 //!    encode of the full mix; each talker receives its own mix-minus (full mix minus itself) from its own
 //!    encoder, kept for [`PERSONAL_HANGOVER_TICKS`] after it stops talking so its stream does not flip
-//!    between encoders at every pause. Each output passes a soft [`Limiter`] before the encoder.
+//!    between encoders at every pause. Each output passes a soft [`Limiter`] before the encoder. The switches
+//!    are not heard: a new personal encoder starts as an exact copy of the shared one (see
+//!    [`crate::encoder`]), and the move back waits for a quiet mix ([`QUIET_SWITCH_LEVEL`], at most
+//!    [`PERSONAL_MAX_HANGOVER_TICKS`]).
 //! 4. A listener whose mix is empty (nobody else talks) is sent nothing, like DTX (with
 //!    [`MixConfig::dtx`] off, a pre-encoded silence frame instead). An empty or all-silent room decodes and
 //!    encodes nothing, and with DTX stops ticking altogether once every jitter buffer is idle (the next packet
 //!    re-arms it).
+//!
+//! A worker that falls behind runs the missed ticks when it gets to them (up to [`MAX_CATCH_UP_TICKS`]), each
+//! as of its own grid point, so listeners get the audio late but with no timestamp hole; beyond that the
+//! mixer resumes on the grid and counts the ticks it gave up (`MixStats::ticks_skipped`).
 //!
 //! Each listener's stream has its own SSRC (its slot 0 stream), sequence numbers (one per packet sent) and
 //! timestamps (the room's tick grid plus a per-listener random offset), so it stays continuous when the
@@ -26,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::audio::{FRAME_SAMPLES, SAMPLE_RATE};
 use crate::csrc_levels::{Contributors, MAX_CSRCS};
+use crate::encoder::{EncoderSettings, MixEncoder, OpusError};
 use crate::ids::{ParticipantId, Ssrc};
 use crate::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
 use crate::limiter::Limiter;
@@ -38,8 +50,25 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// Packets whose RFC 6464 level is this quiet or quieter (−dBov) count as silence and are not decoded.
 pub const SILENT_LEVEL: u8 = 80;
 
-/// Ticks a former talker keeps its personal encoder before it moves to the shared mix (200 ms).
+/// Ticks a former talker keeps its personal encoder before it moves back to the shared mix (200 ms), so
+/// its stream does not flip between encoders at every pause.
 pub const PERSONAL_HANGOVER_TICKS: u32 = 10;
+
+/// After its hangover a former talker moves back to the shared mix at the first tick whose mix is this quiet
+/// (RFC 6464, −dBov) or quieter. The two encoders' states differ (a decoder's pitch history lasts as long as
+/// a voice holds its pitch), so the move is made where nothing can be heard of it …
+pub const QUIET_SWITCH_LEVEL: u8 = 50;
+
+/// … or, in a room that is never quiet, after this many ticks (5 s), which bounds the encodes per tick.
+pub const PERSONAL_MAX_HANGOVER_TICKS: u32 = 250;
+
+/// Ticks an input is still decoded after its last voiced packet (60 ms): the end of a talk spurt reaches the
+/// first quiet packets after it through the sender's codec delay.
+pub const DECODE_HANGOVER_TICKS: u32 = 3;
+
+/// Most overdue ticks run in one call when the worker fell behind (200 ms of audio); beyond that the mixer
+/// resumes on the grid and counts the ticks it gave up.
+pub const MAX_CATCH_UP_TICKS: u32 = 10;
 
 /// How often each input's jitter-buffer delay is sampled for the metrics (every 50 ticks = 1 s).
 const DELAY_SAMPLE_TICKS: u64 = 50;
@@ -63,25 +92,25 @@ pub struct MixPacket {
     pub level: u8,
 }
 
-/// An Opus encoder with its limiter: one output stream's state.
+/// An Opus encoder with its limiter: one output stream's state. Cloned whole when a listener moves from the
+/// shared encode to its own, so its decoder sees one continuous stream.
 struct OutEncoder {
-    encoder: opus::Encoder,
+    encoder: MixEncoder,
     limiter: Limiter,
 }
 
 impl OutEncoder {
-    fn new(config: &MixConfig) -> Result<OutEncoder, opus::Error> {
-        let mut encoder =
-            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
-        encoder.set_bitrate(opus::Bitrate::Bits(config.bitrate_bps as i32))?;
-        encoder.set_complexity(i32::from(config.complexity))?;
-        encoder.set_inband_fec(config.fec)?;
-        encoder.set_packet_loss_perc(if config.fec { 10 } else { 0 })?;
-        // Silence is handled by the mixer (see `MixConfig::dtx`), never by libopus' voice detector.
-        encoder.set_dtx(false)?;
+    fn new(config: &MixConfig) -> Result<OutEncoder, OpusError> {
         Ok(OutEncoder {
-            encoder,
+            encoder: MixEncoder::new(encoder_settings(config))?,
             limiter: Limiter::new(),
+        })
+    }
+
+    fn try_clone(&self) -> Result<OutEncoder, OpusError> {
+        Ok(OutEncoder {
+            encoder: self.encoder.try_clone()?,
+            limiter: self.limiter.clone(),
         })
     }
 
@@ -90,8 +119,16 @@ impl OutEncoder {
     fn encode(&mut self, pcm: &mut [f32], out: &mut [u8; MAX_OPUS]) -> Option<(Arc<[u8]>, u8)> {
         self.limiter.process(pcm);
         let level = crate::audio::audio_level_from_samples(pcm);
-        let n = self.encoder.encode_float(pcm, out).ok()?;
+        let n = self.encoder.encode(pcm, out).ok()?;
         Some((Arc::from(&out[..n]), level))
+    }
+}
+
+fn encoder_settings(config: &MixConfig) -> EncoderSettings {
+    EncoderSettings {
+        bitrate_bps: config.bitrate_bps,
+        complexity: config.complexity,
+        fec: config.fec,
     }
 }
 
@@ -104,6 +141,15 @@ fn ensure_encoder<'a>(
         *slot = OutEncoder::new(config).ok();
     }
     slot.as_mut()
+}
+
+/// Which encode a listener received in the last tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feed {
+    /// Nothing (nobody else talked, or the listener just joined).
+    Nothing,
+    Shared,
+    Personal,
 }
 
 struct Member {
@@ -128,9 +174,16 @@ struct Member {
     last_level: u8,
     /// Whether the last tick decoded audio (concealment continues a talker; silence does not start one).
     was_talking: bool,
+    /// Ticks the member is still decoded after its last voiced one: the codec's delay puts the end of every
+    /// talk spurt into the first quiet packet after it, which must be mixed too.
+    decode_hangover: u32,
+    /// The packet played (not decoded) right before this tick, to prime the decoder when a talk spurt starts.
+    prime: Option<Arc<[u8]>>,
     personal: Option<OutEncoder>,
     /// Ticks since the member last talked, while it keeps its personal encoder.
-    hangover: u32,
+    since_talked: u32,
+    /// The encode the member received last tick.
+    feed: Feed,
     next_seq: u64,
     ts_offset: u32,
 }
@@ -167,6 +220,7 @@ impl Mixer {
             max_delay: Duration::from_millis(u64::from(config.jitter_max_ms)),
             ..JitterConfig::default()
         };
+        let silence = silence_frame(&config);
         Mixer {
             config,
             jitter,
@@ -176,7 +230,7 @@ impl Mixer {
             members: Vec::new(),
             index: HashMap::new(),
             shared: None,
-            silence: silence_frame(),
+            silence,
             mix: vec![0.0; FRAME_SAMPLES],
             scratch: vec![0.0; FRAME_SAMPLES],
             decode_buf: vec![0.0; MAX_PACKET_SAMPLES],
@@ -222,8 +276,11 @@ impl Mixer {
             last_level: SILENT_LEVEL - 1,
             lost_reported: 0,
             was_talking: false,
+            decode_hangover: 0,
+            prime: None,
             personal: None,
-            hangover: 0,
+            since_talked: 0,
+            feed: Feed::Nothing,
             next_seq: u64::from(seq),
             ts_offset,
         });
@@ -321,7 +378,8 @@ impl Mixer {
         (t.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u64
     }
 
-    /// Run the tick due at `now`: mix and encode; packets for listeners go to `out`.
+    /// Run every tick due at `now` (more than one when the worker fell behind, up to
+    /// [`MAX_CATCH_UP_TICKS`]): mix and encode; packets for listeners go to `out`.
     pub fn tick(
         &mut self,
         now: Instant,
@@ -329,18 +387,36 @@ impl Mixer {
         stats: &mut MixStats,
         samples: &mut Samples,
     ) {
-        let Some(due) = self.next_tick else {
-            return;
-        };
-        if now < due {
-            return;
+        let mut ran = 0;
+        while let Some(due) = self.next_tick.filter(|due| *due <= now) {
+            if ran == MAX_CATCH_UP_TICKS {
+                // Still behind after catching up this much: resume at the next grid point and count the ticks
+                // given up (their audio stays buffered and the jitter buffers trim it later).
+                let resume = self.grid_index(now) + 1;
+                stats.ticks_skipped += resume - self.grid_index(due);
+                self.next_tick = Some(self.epoch + TICK * resume as u32);
+                return;
+            }
+            if now.saturating_duration_since(due) >= TICK {
+                stats.ticks_late += 1;
+            }
+            self.tick_at(due, out, stats, samples);
+            ran += 1;
         }
+    }
+
+    /// The tick of grid point `due`: every input plays and every output is stamped as of that point, however
+    /// late it actually runs, so a late worker delays the audio but never leaves a hole in it.
+    fn tick_at(
+        &mut self,
+        due: Instant,
+        out: &mut Vec<MixPacket>,
+        stats: &mut MixStats,
+        samples: &mut Samples,
+    ) {
         stats.ticks += 1;
-        if now.saturating_duration_since(due) >= TICK {
-            stats.ticks_late += 1;
-        }
         self.ticks += 1;
-        let grid = self.grid_index(now);
+        let grid = self.grid_index(due);
         let frame_ts = (grid as u32).wrapping_mul(FRAME_SAMPLES as u32);
 
         // 1. Pull playout from every publisher; rank the voiced ones by level without decoding.
@@ -361,18 +437,21 @@ impl Mixer {
                 if have >= FRAME_SAMPLES {
                     break;
                 }
-                let span = m.jitter.pop(now);
+                let span = m.jitter.pop(due);
                 have += span.samples() as usize;
                 m.spans.push(span);
             }
+            let mut audible = false;
             for span in &m.spans {
                 let level = match span {
                     Playout::Packet { audio_level, .. } => {
+                        audible = true;
                         let l = audio_level.unwrap_or(0);
                         (l < SILENT_LEVEL).then_some(l)
                     }
                     // Concealment continues a talker (at its last level); it does not start one.
                     Playout::Fec { .. } | Playout::Plc { .. } if m.was_talking => {
+                        audible = true;
                         Some(m.last_level)
                     }
                     _ => None,
@@ -389,7 +468,15 @@ impl Mixer {
                 }
             }
             if let Some(l) = m.voiced_level {
+                m.decode_hangover = DECODE_HANGOVER_TICKS;
                 candidates.push((l, i));
+            } else if m.was_talking && m.decode_hangover > 0 && audible {
+                // The quiet packets right after a talk spurt still carry its end (codec delay): keep
+                // decoding them into the mix, ranked after every voiced input.
+                m.decode_hangover -= 1;
+                candidates.push((SILENT_LEVEL.max(m.last_level), i));
+            } else {
+                m.decode_hangover = 0;
             }
             any_active |= m.jitter.is_active();
             // The buffer knows a gap was loss (not DTX) only once the packet after it plays.
@@ -419,7 +506,7 @@ impl Mixer {
                 *acc += *s;
             }
             if let Some(ssrc) = m.ssrc {
-                list.push((ssrc.0, level));
+                list.push((ssrc.0, level.min(127)));
             }
             self.talkers.push(i);
         }
@@ -427,31 +514,56 @@ impl Mixer {
         let contributors = Contributors::new(list);
         for m in &mut self.members {
             if !m.talking {
-                // Not decoded this tick: its decoder state restarts cleanly next time.
+                // Not decoded this tick: the decoder restarts from the last packet played (see `prime`).
                 m.surplus.clear();
+                m.prime = match m.spans.last() {
+                    Some(Playout::Packet { payload, .. }) => Some(payload.clone()),
+                    _ => None,
+                };
             }
             m.was_talking = m.talking;
         }
 
-        // 3. Encode: one shared full mix for the listeners who do not talk, one mix-minus per talker.
-        let mut shared_packet: Option<Option<(Arc<[u8]>, u8)>> = None;
+        // 3. Decide each listener's encode. A listener who starts hearing its own mix-minus continues the
+        //    shared stream it was hearing: its personal encoder starts as a copy of the shared one, taken
+        //    before this tick's shared encode.
+        //    A former talker moves back to the shared encode once its hangover is over and the mix is quiet:
+        //    its decoder's state (pitch history above all) then no longer matters.
         let talkers = self.talkers.len();
-        for i in 0..self.members.len() {
-            let (talking, subscribes) = (self.members[i].talking, self.members[i].subscribes);
-            if talking {
-                self.members[i].hangover = PERSONAL_HANGOVER_TICKS;
-            } else if self.members[i].personal.is_some() {
-                if self.members[i].hangover == 0 {
-                    self.members[i].personal = None;
-                } else {
-                    self.members[i].hangover -= 1;
+        let mix_quiet = crate::audio::audio_level_from_samples(&self.mix) >= QUIET_SWITCH_LEVEL;
+        for m in &mut self.members {
+            if m.talking {
+                m.since_talked = 0;
+            } else if m.personal.is_some() {
+                m.since_talked += 1;
+                if m.since_talked > PERSONAL_MAX_HANGOVER_TICKS
+                    || (m.since_talked > PERSONAL_HANGOVER_TICKS && mix_quiet)
+                {
+                    m.personal = None;
                 }
             }
-            if !subscribes {
+            let others = talkers - usize::from(m.talking);
+            if !m.subscribes || others == 0 {
+                continue;
+            }
+            if m.talking && m.personal.is_none() {
+                m.personal = match (&self.shared, m.feed) {
+                    (Some(shared), Feed::Shared) => shared.try_clone().ok(),
+                    _ => OutEncoder::new(&self.config).ok(),
+                };
+            }
+        }
+
+        // 4. Encode: one shared full mix for the listeners who do not talk, one mix-minus per talker.
+        let mut shared_packet: Option<Option<(Arc<[u8]>, u8)>> = None;
+        for i in 0..self.members.len() {
+            let talking = self.members[i].talking;
+            let m = &mut self.members[i];
+            m.feed = Feed::Nothing;
+            if !m.subscribes {
                 continue;
             }
             let others = talkers - usize::from(talking);
-            let m = &mut self.members[i];
             if others == 0 {
                 if self.config.dtx {
                     continue; // nothing to hear: send nothing (the listener's decoder sees a DTX gap)
@@ -471,10 +583,7 @@ impl Mixer {
                 stats.packets_sent += 1;
                 continue;
             }
-            let packet = if m.personal.is_some() || talking {
-                let Some(encoder) = ensure_encoder(&mut m.personal, &self.config) else {
-                    continue;
-                };
+            let packet = if let Some(encoder) = m.personal.as_mut() {
                 self.scratch.copy_from_slice(&self.mix);
                 if talking {
                     for (acc, s) in self.scratch.iter_mut().zip(&m.frame) {
@@ -482,7 +591,10 @@ impl Mixer {
                     }
                 }
                 stats.frames_encoded += 1;
+                m.feed = Feed::Personal;
                 encoder.encode(&mut self.scratch, &mut self.encoded)
+            } else if talking {
+                continue; // libopus could not create the personal encoder; never send a talker itself
             } else {
                 // Encoded at most once per tick, for the first listener that needs it.
                 if shared_packet.is_none() {
@@ -493,6 +605,7 @@ impl Mixer {
                     stats.frames_encoded += 1;
                     shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
                 }
+                m.feed = Feed::Shared;
                 shared_packet.clone().flatten()
             };
             let Some((payload, level)) = packet else {
@@ -513,8 +626,7 @@ impl Mixer {
             m.next_seq += 1;
             stats.packets_sent += 1;
         }
-
-        // 4. Keep ticking while anything is buffered, playing or in hangover; otherwise sleep until a packet.
+        // 5. Keep ticking while anything is buffered, playing or in hangover; otherwise sleep until a packet.
         let busy = any_active
             || talkers > 0
             || self.members.iter().any(|m| m.personal.is_some())
@@ -526,12 +638,28 @@ impl Mixer {
     }
 }
 
-/// Decode a talker's spans into `m.frame` (exactly one tick), keeping any surplus.
+/// Decode a talker's spans into `m.frame` (exactly one tick), keeping any surplus. A talker that was not
+/// decoded last tick starts from a clean decoder primed with the packet played just before (when there was
+/// one), so nothing of an earlier talk spurt leaks into this one and its first frame decodes as the sender
+/// encoded it.
 fn decode_member(m: &mut Member, buf: &mut [f32], stats: &mut MixStats) -> Result<(), opus::Error> {
-    if m.decoder.is_none() {
-        m.decoder = Some(opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?);
+    let decoder = match m.decoder.as_mut() {
+        Some(decoder) => {
+            if !m.was_talking {
+                decoder.reset_state()?;
+            }
+            decoder
+        }
+        None => m
+            .decoder
+            .insert(opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?),
+    };
+    if let Some(prime) = m.prime.take() {
+        if !m.was_talking {
+            // Output discarded: it belongs before this talk spurt (and was quiet).
+            let _ = decoder.decode_float(&prime, buf, false);
+        }
     }
-    let decoder = m.decoder.as_mut().expect("the decoder was just ensured");
     let mut pcm = std::mem::take(&mut m.surplus);
     for span in m.spans.drain(..) {
         let n = match span {
@@ -568,11 +696,11 @@ fn decode_member(m: &mut Member, buf: &mut [f32], stats: &mut MixStats) -> Resul
 }
 
 /// A 20 ms Opus frame of digital silence, encoded once per room.
-fn silence_frame() -> Option<Arc<[u8]>> {
-    opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
-        .and_then(|mut e| e.encode_vec_float(&[0.0; FRAME_SAMPLES], MAX_OPUS))
-        .ok()
-        .map(Arc::from)
+fn silence_frame(config: &MixConfig) -> Option<Arc<[u8]>> {
+    let mut encoder = MixEncoder::new(encoder_settings(config)).ok()?;
+    let mut out = [0u8; MAX_OPUS];
+    let n = encoder.encode(&[0.0; FRAME_SAMPLES], &mut out).ok()?;
+    Some(Arc::from(&out[..n]))
 }
 
 /// An Opus packet's duration in samples and whether it can carry in-band FEC (SILK or hybrid mode); `None`
@@ -586,4 +714,462 @@ pub fn opus_packet_info(payload: &[u8]) -> Option<(u32, bool)> {
     // TOC config 0..=11 is SILK-only, 12..=15 hybrid; both can carry LBRR (FEC) frames. 16..=31 is CELT.
     let has_fec = (toc >> 3) < 16;
     Some((samples as u32, has_fec))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The mixer driven directly, packet by packet, with a browser-like sender (libopus with DTX, RFC 6464
+    //! levels) and a receiver that decodes what a listener gets: frame-exact talk-spurt edges, inaudible
+    //! encoder switches, and late ticks.
+    use super::*;
+    use crate::audio::{audio_level_from_samples, goertzel_power, mean_square, sine};
+
+    const MS: Duration = Duration::from_millis(1);
+    const A: ParticipantId = ParticipantId(1);
+    const B: ParticipantId = ParticipantId(2);
+    const C: ParticipantId = ParticipantId(3);
+
+    /// A browser-like microphone: libopus VOIP at 32 kb/s with DTX, 20 ms frames, levels from the frame.
+    struct Sender {
+        encoder: opus::Encoder,
+        ssrc: Ssrc,
+        seq: u64,
+    }
+
+    impl Sender {
+        fn new(ssrc: u32) -> Sender {
+            let mut encoder =
+                opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                    .expect("libopus creates an encoder");
+            encoder
+                .set_bitrate(opus::Bitrate::Bits(32_000))
+                .expect("valid bitrate");
+            encoder.set_dtx(true).expect("DTX is a valid setting");
+            Sender {
+                encoder,
+                ssrc: Ssrc(ssrc),
+                seq: 100,
+            }
+        }
+
+        /// Encode frame `k`; `None` when libopus is in DTX (WebRTC sends nothing then).
+        fn frame(&mut self, k: usize, pcm: &[f32]) -> Option<(u64, u32, Arc<[u8]>, u8)> {
+            let packet = self
+                .encoder
+                .encode_vec_float(pcm, MAX_OPUS)
+                .expect("a 20 ms frame encodes");
+            if packet.len() <= 2 {
+                return None;
+            }
+            self.seq += 1;
+            let ts = (k * FRAME_SAMPLES) as u32;
+            Some((
+                self.seq,
+                ts,
+                Arc::from(packet),
+                audio_level_from_samples(pcm),
+            ))
+        }
+    }
+
+    /// What one listener receives, decoded in timestamp order (DTX gaps as silence), indexed by the mixer's
+    /// tick grid.
+    #[derive(Default)]
+    struct Received {
+        decoder: Option<opus::Decoder>,
+        pcm: Vec<f32>,
+        next_ts: Option<u32>,
+        packets: usize,
+        /// Packets whose timestamp did not follow the previous packet's end (DTX gaps count too).
+        jumps: usize,
+    }
+
+    impl Received {
+        fn take(&mut self, p: &MixPacket, ts_offset: u32) {
+            let decoder = self.decoder.get_or_insert_with(|| {
+                opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).expect("decoder")
+            });
+            let at = p.ts.wrapping_sub(ts_offset) as usize;
+            if let Some(next) = self.next_ts {
+                assert!(
+                    p.ts.wrapping_sub(next) as i32 >= 0,
+                    "timestamps went backwards"
+                );
+                self.jumps += usize::from(p.ts != next);
+            }
+            self.pcm.resize(at, 0.0);
+            let mut buf = vec![0.0; MAX_PACKET_SAMPLES];
+            let n = decoder
+                .decode_float(&p.payload, &mut buf, false)
+                .expect("the mixer sends valid Opus");
+            self.pcm.extend_from_slice(&buf[..n]);
+            self.next_ts = Some(p.ts.wrapping_add(n as u32));
+            self.packets += 1;
+        }
+    }
+
+    struct Room {
+        mixer: Mixer,
+        t0: Instant,
+        stats: MixStats,
+        samples: Samples,
+        rx: HashMap<ParticipantId, Received>,
+    }
+
+    const TS_OFFSET: u32 = 7_000;
+
+    /// The base of virtual time; only ever offset by durations.
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    impl Room {
+        fn new(members: &[ParticipantId]) -> Room {
+            Room::with_config(members, MixConfig::default())
+        }
+
+        fn with_config(members: &[ParticipantId], config: MixConfig) -> Room {
+            let t0 = t0();
+            let mut mixer = Mixer::new(t0, config);
+            for &id in members {
+                mixer.add_member(id, true, true, 0, TS_OFFSET);
+            }
+            Room {
+                mixer,
+                t0,
+                stats: MixStats::default(),
+                samples: Samples::default(),
+                rx: HashMap::new(),
+            }
+        }
+
+        fn push(
+            &mut self,
+            at: Instant,
+            id: ParticipantId,
+            ssrc: Ssrc,
+            p: (u64, u32, Arc<[u8]>, u8),
+        ) {
+            let (seq, ts, payload, level) = p;
+            self.mixer
+                .push(at, id, ssrc, seq, ts, payload, Some(level), &mut self.stats)
+                .expect("valid Opus");
+        }
+
+        fn tick(&mut self, now: Instant) {
+            let mut out = Vec::new();
+            self.mixer
+                .tick(now, &mut out, &mut self.stats, &mut self.samples);
+            for p in &out {
+                self.rx.entry(p.to).or_default().take(p, TS_OFFSET);
+            }
+        }
+    }
+
+    /// Frame `k` of the test signal: a distinct tone per frame during talk runs, digital silence in pauses.
+    /// Returns the tone's frequency, `None` in a pause.
+    fn frame_tone(k: usize) -> Option<f32> {
+        // Runs of 6..13 frames separated by pauses of 4..19 frames (80..380 ms, as in speech).
+        let mut start = 5;
+        let mut run = 0;
+        loop {
+            let len = 6 + (run * 5) % 8;
+            let pause = 4 + (run * 7) % 16;
+            if k < start {
+                return None;
+            }
+            if k < start + len {
+                // Neighbouring frames differ by at least 250 Hz.
+                return Some(400.0 + 250.0 * ((k * 3) % 11) as f32);
+            }
+            start += len + pause;
+            run += 1;
+        }
+    }
+
+    /// Frame `k` of the test signal: each talk frame's tone continues the previous frame's phase, and talk
+    /// runs fade in and out over 5 ms, so the codec sees no click at any edge.
+    fn tone_frame(k: usize, amplitude: f32, phase: &mut f64) -> Vec<f32> {
+        let mut pcm = vec![0.0; FRAME_SAMPLES];
+        let Some(f) = frame_tone(k) else {
+            *phase = 0.0;
+            return pcm;
+        };
+        sine(f64::from(f), amplitude, SAMPLE_RATE, phase, &mut pcm);
+        let fade = 240;
+        for i in 0..fade {
+            let g = 0.5 - 0.5 * (std::f32::consts::PI * i as f32 / fade as f32).cos();
+            if k == 0 || frame_tone(k - 1).is_none() {
+                pcm[i] *= g;
+            }
+            if frame_tone(k + 1).is_none() {
+                pcm[FRAME_SAMPLES - 1 - i] *= g;
+            }
+        }
+        pcm
+    }
+
+    /// The central 10 ms of frame `k` of `pcm` shifted by `lag` samples.
+    fn window(pcm: &[f32], k: usize, lag: usize) -> &[f32] {
+        let start = (k * FRAME_SAMPLES + lag + 240).min(pcm.len());
+        let end = (start + 480).min(pcm.len());
+        &pcm[start..end]
+    }
+
+    /// The talk runs of the test signal among its first `frames`: (first frame, frames).
+    fn runs(frames: usize) -> Vec<(usize, usize)> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for k in 0..frames {
+            if frame_tone(k).is_none() {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((start, len)) if *start + *len == k => *len += 1,
+                _ => runs.push((k, 1)),
+            }
+        }
+        runs
+    }
+
+    /// Check that each talk run of the signal is in `pcm` whole — every frame once, in order, at its level,
+    /// at one delay per run (the jitter buffer re-anchors each talk spurt) — and that nothing is heard
+    /// outside the runs. Returns the errors and each run's delay in samples.
+    fn check_runs(pcm: &[f32], frames: usize, amplitude: f32) -> (Vec<String>, Vec<usize>) {
+        let power = amplitude * amplitude / 2.0;
+        let mut errors = Vec::new();
+        let mut lags = Vec::new();
+        let mut covered = Vec::new();
+        for (start, len) in runs(frames) {
+            let score = |lag: usize| -> f32 {
+                (start..start + len)
+                    .map(|k| {
+                        let f = frame_tone(k).expect("a talk frame");
+                        goertzel_power(window(pcm, k, lag), f, SAMPLE_RATE)
+                    })
+                    .sum()
+            };
+            let lag = (0..=200)
+                .map(|ms| ms * 48)
+                .max_by(|&a, &b| score(a).total_cmp(&score(b)))
+                .expect("a non-empty range");
+            lags.push(lag);
+            covered.push((
+                start * FRAME_SAMPLES + lag,
+                (start + len) * FRAME_SAMPLES + lag,
+            ));
+            for k in start..start + len {
+                let f = frame_tone(k).expect("a talk frame");
+                let w = window(pcm, k, lag);
+                // Its own tone, at its level, and far louder than any other frame's tone.
+                let own = goertzel_power(w, f, SAMPLE_RATE);
+                let db = 10.0 * (own / power).log10();
+                let other = (0..11)
+                    .map(|i| 400.0 + 250.0 * i as f32)
+                    .filter(|g| *g != f)
+                    .map(|g| goertzel_power(w, g, SAMPLE_RATE))
+                    .fold(0.0f32, f32::max);
+                if db < -3.0 || own < 10.0 * other {
+                    errors.push(format!("run at {start}: frame {k} ({f} Hz) at {db:.1} dB"));
+                }
+            }
+        }
+        // Outside the runs silence, in 5 ms windows: below −45 dBFS, except 5 ms of codec ringing after a run
+        // and, in the 20 ms before one, the pre-echo of its onset (the mixer's encoder frames do not line up
+        // with the sender's, so an onset can fall late in a frame): there 15 dB below the run's level.
+        let first = covered.first().map_or(0, |c| c.0);
+        let last = covered.last().map_or(0, |c| c.1);
+        let guard = 240;
+        let mut at = first;
+        while at + 240 <= last.min(pcm.len()) {
+            let inside = covered.iter().any(|&(a, b)| at + 240 > a && at < b + guard);
+            let onset = covered
+                .iter()
+                .any(|&(a, _)| at + 240 > a.saturating_sub(960) && at < a);
+            let limit = if onset {
+                10.0 * f64::from(power).log10() - 15.0
+            } else {
+                -45.0
+            };
+            if !inside {
+                let db = 10.0 * mean_square(&pcm[at..at + 240]).max(1e-12).log10();
+                if db > limit {
+                    let after = covered
+                        .iter()
+                        .rev()
+                        .find(|c| c.1 <= at)
+                        .map_or(0, |c| at - c.1);
+                    let before = covered.iter().find(|c| c.0 >= at).map_or(0, |c| c.0 - at);
+                    errors.push(format!(
+                        "{db:.1} dBFS between runs at {} ms ({} ms after one, {} ms before the next)",
+                        at / 48,
+                        after / 48,
+                        before / 48
+                    ));
+                }
+            }
+            at += 240;
+        }
+        (errors, lags)
+    }
+
+    #[test]
+    fn every_talk_frame_reaches_the_mix_once_and_pauses_stay_silent() {
+        let mut room = Room::new(&[A, B]);
+        let mut mic = Sender::new(0xA);
+        let frames = 600; // 12 s
+        let mut phase = 0.0;
+        let amplitude = 0.3;
+        for k in 0..frames {
+            let sent = room.t0 + TICK * k as u32;
+            if let Some(p) = mic.frame(k, &tone_frame(k, amplitude, &mut phase)) {
+                // 10 ms one-way delay with ±4 ms of jitter.
+                let jitter = Duration::from_micros(((k * 7919) % 8000) as u64);
+                room.push(sent + 6 * MS + jitter, A, mic.ssrc, p);
+            }
+            // The mixer's ticks up to the next frame.
+            while let Some(t) = room.mixer.next_tick().filter(|t| *t < sent + TICK) {
+                room.tick(t);
+            }
+        }
+        let pcm = &room.rx.get(&B).expect("B heard A").pcm;
+        let (errors, lags) = check_runs(pcm, frames - 20, amplitude);
+        let lags_ms: Vec<usize> = lags.iter().map(|l| l / 48).collect();
+        assert!(
+            errors.is_empty(),
+            "{} errors: {errors:?}; delay per run (ms): {lags_ms:?}",
+            errors.len()
+        );
+        assert_eq!(room.stats.ticks_late, 0);
+    }
+
+    /// How far `pcm` is from a pure sine at `freq` (least-squares fit of amplitude and phase): the energy of
+    /// what remains, relative to the whole, in dB. Clicks and codec artefacts show here.
+    fn residual_db(pcm: &[f32], freq: f32) -> f32 {
+        let w = std::f64::consts::TAU * f64::from(freq) / f64::from(SAMPLE_RATE);
+        let (mut ss, mut cc, mut sc, mut ys, mut yc, mut yy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        for (i, &y) in pcm.iter().enumerate() {
+            let (s, c) = (w * i as f64).sin_cos();
+            let y = f64::from(y);
+            ss += s * s;
+            cc += c * c;
+            sc += s * c;
+            ys += y * s;
+            yc += y * c;
+            yy += y * y;
+        }
+        let det = ss * cc - sc * sc;
+        let a = (ys * cc - yc * sc) / det;
+        let b = (yc * ss - ys * sc) / det;
+        let residual: f64 = pcm
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| {
+                let (s, c) = (w * i as f64).sin_cos();
+                (f64::from(y) - a * s - b * c).powi(2)
+            })
+            .sum();
+        (10.0 * (residual / yy.max(1e-12)).log10()) as f32
+    }
+
+    /// A talks a steady tone (with one pause of 300 ms from frame 200); B talks in frames `b_talks`; C only
+    /// listens. A stalled worker runs no tick in frames `stall`.
+    fn switch_run(
+        frames: usize,
+        b_talks: std::ops::Range<usize>,
+        stall: Option<(usize, usize)>,
+    ) -> Room {
+        // A jitter buffer that never needs to steer its delay (it starts at 60 ms): its own corrections of a
+        // continuous talker (dropping a packet) would hide what this measures.
+        let config = MixConfig {
+            jitter_min_ms: 60,
+            ..MixConfig::default()
+        };
+        let mut room = Room::with_config(&[A, B, C], config);
+        let (mut mic_a, mut mic_b) = (Sender::new(0xA), Sender::new(0xB));
+        let (mut tone_a, mut tone_b) = (
+            crate::audio::ToneGenerator::new(440.0, 0.3, SAMPLE_RATE),
+            crate::audio::ToneGenerator::new(1_000.0, 0.2, SAMPLE_RATE),
+        );
+        let mut pcm = vec![0.0; FRAME_SAMPLES];
+        for k in 0..frames {
+            let sent = room.t0 + TICK * k as u32;
+            tone_a.fill(&mut pcm);
+            if (200..215).contains(&k) {
+                pcm.iter_mut().for_each(|s| *s = 0.0);
+            }
+            if let Some(p) = mic_a.frame(k, &pcm) {
+                room.push(sent + 10 * MS, A, mic_a.ssrc, p);
+            }
+            if b_talks.contains(&k) {
+                tone_b.fill(&mut pcm);
+            } else {
+                pcm.iter_mut().for_each(|s| *s = 0.0);
+            }
+            if let Some(p) = mic_b.frame(k, &pcm) {
+                room.push(sent + 10 * MS, B, mic_b.ssrc, p);
+            }
+            // A stalled worker runs no tick from `from` until `to`, then catches up.
+            if stall.is_some_and(|(from, to)| (from..to).contains(&k)) {
+                continue;
+            }
+            while let Some(t) = room.mixer.next_tick().filter(|t| *t < sent + TICK) {
+                room.tick(sent.max(t));
+            }
+        }
+        room
+    }
+
+    #[test]
+    fn moving_between_shared_and_personal_encodes_is_not_heard() {
+        let frames = 300;
+        let room = switch_run(frames, 100..160, None);
+        let b = &room.rx.get(&B).expect("B heard A").pcm;
+        let c = &room.rx.get(&C).expect("C heard A and B").pcm;
+        // B never hears itself; C hears B while it talks.
+        let talk = 110 * FRAME_SAMPLES..150 * FRAME_SAMPLES;
+        assert!(goertzel_power(&b[talk.clone()], 1_000.0, SAMPLE_RATE) < 1e-6);
+        assert!(goertzel_power(&c[talk], 1_000.0, SAMPLE_RATE) > 0.01);
+        // B moved back to the shared encode in A's pause.
+        let b_member = &room.mixer.members[1];
+        assert!(b_member.personal.is_none() && b_member.feed == Feed::Shared);
+        // Everything B hears is A's tone: in 10 ms windows every 2.5 ms, what is not the tone stays at the
+        // codec's own level, also where B moves to its own encode (when it starts talking, ≈ frame 103) and
+        // back (in A's pause).
+        let windows: Vec<(usize, f32)> = (40 * FRAME_SAMPLES..(frames - 20) * FRAME_SAMPLES)
+            .step_by(120)
+            .filter(|at| !(195 * FRAME_SAMPLES..225 * FRAME_SAMPLES).contains(at))
+            .map(|at| (at, residual_db(&b[at..at + 480], 440.0)))
+            .collect();
+        let mut steady: Vec<f32> = windows.iter().map(|w| w.1).collect();
+        steady.sort_by(f32::total_cmp);
+        let median = steady[steady.len() / 2];
+        let (worst_at, worst) = windows
+            .iter()
+            .copied()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("windows");
+        assert!(
+            worst <= median + 8.0 && worst <= -20.0,
+            "a discontinuity of {worst:.1} dB (median {median:.1} dB) at {} ms",
+            worst_at / 48
+        );
+    }
+
+    #[test]
+    fn a_late_worker_catches_up_without_holes_and_counts_what_it_gave_up() {
+        // 100 ms without ticks: caught up, every timestamp there, counted late.
+        let room = switch_run(200, 0..0, Some((100, 105)));
+        assert_eq!(room.stats.ticks_skipped, 0);
+        assert!(room.stats.ticks_late >= 4, "{:?}", room.stats);
+        let b = &room.rx.get(&B).expect("B heard A");
+        assert_eq!(b.jumps, 0, "a hole in B's stream");
+        // 400 ms without ticks: 10 caught up, the rest given up and counted.
+        let room = switch_run(200, 0..0, Some((100, 120)));
+        assert!(
+            (9..=11).contains(&room.stats.ticks_skipped),
+            "{:?}",
+            room.stats
+        );
+    }
 }

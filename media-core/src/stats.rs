@@ -68,8 +68,11 @@ pub struct CoreStats {
 pub struct MixStats {
     /// 20 ms mixer ticks run (one per mixed room per tick).
     pub ticks: u64,
-    /// Ticks that ran more than one tick period after their deadline (the worker fell behind).
+    /// Ticks that ran more than one tick period after their deadline (the worker fell behind; the mixer
+    /// caught up, so their audio was delayed, not lost).
     pub ticks_late: u64,
+    /// Ticks given up because the worker was more than [`crate::mixer::MAX_CATCH_UP_TICKS`] behind.
+    pub ticks_skipped: u64,
     /// Opus frames decoded from participants.
     pub frames_decoded: u64,
     /// Opus frames encoded (one per shared mix plus one per talker per tick).

@@ -45,6 +45,7 @@ pub struct MediaMetrics {
     pub forwarding_latency: Histogram,
     pub mixer_ticks: IntCounter,
     pub mixer_ticks_late: IntCounter,
+    pub mixer_ticks_skipped: IntCounter,
     pub mixer_tick_duration: Histogram,
     pub mixer_frames_decoded: IntCounter,
     pub mixer_frames_encoded: IntCounter,
@@ -206,7 +207,12 @@ impl MediaMetrics {
             mixer_ticks_late: counter(
                 registry,
                 "chorus_mixer_ticks_late_total",
-                "Mixer ticks that ran more than one period after their deadline (missed deadlines).",
+                "Mixer ticks that ran more than one period after their deadline (missed deadlines, caught up).",
+            )?,
+            mixer_ticks_skipped: counter(
+                registry,
+                "chorus_mixer_ticks_skipped_total",
+                "Mixer ticks given up because the worker was more than 200 ms behind.",
             )?,
             mixer_tick_duration: histogram(
                 registry,
@@ -286,6 +292,8 @@ impl MediaMetrics {
         let (b, n) = (&before.mix, &now.mix);
         self.mixer_ticks.inc_by(d(b.ticks, n.ticks));
         self.mixer_ticks_late.inc_by(d(b.ticks_late, n.ticks_late));
+        self.mixer_ticks_skipped
+            .inc_by(d(b.ticks_skipped, n.ticks_skipped));
         self.mixer_frames_decoded
             .inc_by(d(b.frames_decoded, n.frames_decoded));
         self.mixer_frames_encoded

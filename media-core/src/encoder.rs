@@ -1,0 +1,194 @@
+//! The mixer's Opus encoder: libopus through its C API, because the mixer needs one thing the `opus` crate
+//! cannot do — **copy an encoder's whole state**.
+//!
+//! When a listener starts talking it moves from the room's shared encode to a personal mix-minus encoder. A
+//! fresh encoder's first packets do not continue the stream the listener's decoder has been decoding (other
+//! overlap, prediction, gain and mode state), which is heard as a click. Starting the personal encoder as an
+//! exact copy of the shared one makes the switch a change of input only: the decoder sees one continuous
+//! stream. libopus documents its encoder state as "position independent and can be freely copied"
+//! (`opus.h`, `OpusEncoder`), so a byte copy of `opus_encoder_get_size` bytes is a complete clone.
+
+use std::ptr::NonNull;
+
+use opusic_sys as ffi;
+
+use crate::audio::SAMPLE_RATE;
+
+/// A libopus call failed with this error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("libopus {call} failed with code {code}")]
+pub struct OpusError {
+    pub call: &'static str,
+    pub code: i32,
+}
+
+fn check(call: &'static str, code: i32) -> Result<i32, OpusError> {
+    if code < 0 {
+        Err(OpusError { call, code })
+    } else {
+        Ok(code)
+    }
+}
+
+/// Encoder settings of one mixed room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncoderSettings {
+    pub bitrate_bps: u32,
+    pub complexity: u8,
+    pub fec: bool,
+}
+
+/// A mono 48 kHz VoIP Opus encoder that can be cloned.
+pub struct MixEncoder {
+    state: NonNull<ffi::OpusEncoder>,
+}
+
+// libopus: "A single codec state may only be accessed from a single thread at a time"; `MixEncoder` is only
+// used through `&mut self`, and moving a state between threads is allowed.
+unsafe impl Send for MixEncoder {}
+
+impl MixEncoder {
+    pub fn new(settings: EncoderSettings) -> Result<MixEncoder, OpusError> {
+        let mut error = 0;
+        // SAFETY: plain constructor call; the result is checked for null and the error code.
+        let state = unsafe {
+            ffi::opus_encoder_create(
+                SAMPLE_RATE as i32,
+                1,
+                ffi::OPUS_APPLICATION_VOIP,
+                &mut error,
+            )
+        };
+        check("opus_encoder_create", error)?;
+        let state = NonNull::new(state).ok_or(OpusError {
+            call: "opus_encoder_create",
+            code: ffi::OPUS_ALLOC_FAIL,
+        })?;
+        let mut encoder = MixEncoder { state };
+        let bitrate = i32::try_from(settings.bitrate_bps).unwrap_or(i32::MAX);
+        encoder.ctl("OPUS_SET_BITRATE", ffi::OPUS_SET_BITRATE_REQUEST, bitrate)?;
+        encoder.ctl(
+            "OPUS_SET_COMPLEXITY",
+            ffi::OPUS_SET_COMPLEXITY_REQUEST,
+            i32::from(settings.complexity),
+        )?;
+        encoder.ctl(
+            "OPUS_SET_INBAND_FEC",
+            ffi::OPUS_SET_INBAND_FEC_REQUEST,
+            i32::from(settings.fec),
+        )?;
+        encoder.ctl(
+            "OPUS_SET_PACKET_LOSS_PERC",
+            ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
+            if settings.fec { 10 } else { 0 },
+        )?;
+        // Silence is the mixer's business (it sends nothing), never libopus' voice detector's.
+        encoder.ctl("OPUS_SET_DTX", ffi::OPUS_SET_DTX_REQUEST, 0)?;
+        Ok(encoder)
+    }
+
+    fn ctl(&mut self, call: &'static str, request: i32, value: i32) -> Result<(), OpusError> {
+        // SAFETY: `state` is a live encoder; every request used here takes one `opus_int32` argument.
+        check(call, unsafe {
+            ffi::opus_encoder_ctl(self.state.as_ptr(), request, value)
+        })
+        .map(drop)
+    }
+
+    /// Encode one frame of `pcm` (2.5 to 60 ms of samples) into `out`; returns the packet length.
+    pub fn encode(&mut self, pcm: &[f32], out: &mut [u8]) -> Result<usize, OpusError> {
+        let frame = i32::try_from(pcm.len()).unwrap_or(i32::MAX);
+        let max = i32::try_from(out.len()).unwrap_or(i32::MAX);
+        // SAFETY: `pcm` holds `frame` samples and `out` has room for `max` bytes; libopus checks the frame
+        // size and never writes past `max`.
+        let n = unsafe {
+            ffi::opus_encode_float(
+                self.state.as_ptr(),
+                pcm.as_ptr(),
+                frame,
+                out.as_mut_ptr(),
+                max,
+            )
+        };
+        check("opus_encode_float", n).map(|n| n as usize)
+    }
+
+    /// An independent encoder whose state is an exact copy of this one's: fed the same input, both produce
+    /// the same packets.
+    pub fn try_clone(&self) -> Result<MixEncoder, OpusError> {
+        // SAFETY: size query with a valid channel count.
+        let size = unsafe { ffi::opus_encoder_get_size(1) };
+        let size = usize::try_from(check("opus_encoder_get_size", size)?).unwrap_or(0);
+        // Allocated with `malloc` because `opus_encoder_destroy` frees with libopus' allocator, which is
+        // `free` in the bundled build.
+        // SAFETY: `malloc` of a non-zero size; checked for null below.
+        let copy = unsafe { libc::malloc(size) }.cast::<ffi::OpusEncoder>();
+        let copy = NonNull::new(copy).ok_or(OpusError {
+            call: "malloc",
+            code: ffi::OPUS_ALLOC_FAIL,
+        })?;
+        // SAFETY: both regions are `size` bytes (the size of a mono encoder state, which `self.state` is),
+        // distinct allocations, and the state is position independent (opus.h).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.state.as_ptr().cast::<u8>(),
+                copy.as_ptr().cast::<u8>(),
+                size,
+            );
+        }
+        Ok(MixEncoder { state: copy })
+    }
+}
+
+impl Drop for MixEncoder {
+    fn drop(&mut self) {
+        // SAFETY: `state` came from `opus_encoder_create` or a `malloc`'d copy of one, and is freed once.
+        unsafe { ffi::opus_encoder_destroy(self.state.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::{ToneGenerator, FRAME_SAMPLES};
+
+    fn settings() -> EncoderSettings {
+        EncoderSettings {
+            bitrate_bps: 32_000,
+            complexity: 5,
+            fec: true,
+        }
+    }
+
+    #[test]
+    fn a_clone_continues_exactly_like_the_original() {
+        let mut a = MixEncoder::new(settings()).expect("libopus creates a mono encoder");
+        let mut tone = ToneGenerator::new(440.0, 0.3, SAMPLE_RATE);
+        let mut pcm = vec![0.0; FRAME_SAMPLES];
+        let mut out_a = [0u8; 1500];
+        let mut out_b = [0u8; 1500];
+        for _ in 0..25 {
+            tone.fill(&mut pcm);
+            a.encode(&pcm, &mut out_a).expect("a 20 ms frame encodes");
+        }
+        let mut b = a.try_clone().expect("the state copies");
+        for frame in 0..50 {
+            tone.fill(&mut pcm);
+            let na = a.encode(&pcm, &mut out_a).expect("a 20 ms frame encodes");
+            let nb = b.encode(&pcm, &mut out_b).expect("a 20 ms frame encodes");
+            assert_eq!(out_a[..na], out_b[..nb], "frame {frame} differs");
+        }
+        drop(a);
+        // The clone owns its state: it still works after the original is gone.
+        tone.fill(&mut pcm);
+        assert!(b.encode(&pcm, &mut out_b).expect("encodes") > 0);
+    }
+
+    #[test]
+    fn a_bad_frame_size_is_an_error_not_a_crash() {
+        let mut e = MixEncoder::new(settings()).expect("libopus creates a mono encoder");
+        let mut out = [0u8; 1500];
+        let err = e.encode(&[0.0; 100], &mut out).unwrap_err();
+        assert_eq!(err.call, "opus_encode_float");
+    }
+}

@@ -15,12 +15,30 @@ command -v node >/dev/null || need_apt+=(nodejs npm)
 # --- operations tests (tests/tests/ops): the real promtool and Prometheus server from Debian ---
 { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need_apt+=(prometheus)
 # --- end operations tests ---
+# --- speech-quality tests (media-core tests/speech, tests/tests/speech): espeak-ng speaks, sox resamples ---
+command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+command -v sox >/dev/null || need_apt+=(sox)
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# pesq builds a C extension when PyPI has no wheel for this Python: it needs the headers and a compiler.
+py_include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)
+[ -f "$py_include/Python.h" ] || need_apt+=(python3-dev)
+command -v cc >/dev/null || need_apt+=(gcc)
+# --- end speech-quality tests ---
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# PESQ (ITU-T P.862.2 wide-band) scorer for the speech-quality tests: a venv at .venv, made once.
+if ! .venv/bin/python -c 'import pesq, numpy, scipy' 2>/dev/null; then
+  step "creating .venv with pesq, numpy, scipy"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check numpy scipy cython
+  .venv/bin/pip install --quiet --disable-pip-version-check pesq
 fi
 
 step "cargo fmt --check"

@@ -1,10 +1,14 @@
 //! The virtual-time call harness shared by the simulation tests and the forwarding benchmark: a
 //! [`MediaCore`] and str0m client peers exchange real DTLS-SRTP datagrams over a seeded [`SimNet`]; clients
-//! send Opus-encoded tones with their audio level, and what each receives can be decoded per CSRC.
+//! send Opus-encoded tones (or any PCM, such as speech, encoded like a browser) with their audio level, and
+//! what each receives can be decoded per CSRC and played through a receiver jitter buffer.
 #![allow(dead_code)] // each user of the harness needs a different part of it
+
+pub mod speech;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::audio::{self, ToneAnalysis, ToneGenerator, FRAME_SAMPLES, SAMPLE_RATE};
@@ -48,10 +52,33 @@ pub struct Client {
     /// Mixed rooms: the decoded slot-0 stream in sequence order, with loss concealed and DTX gaps as
     /// silence, and for each decoded packet (arrival, first sample index, contributors).
     pub mix: MixedStream,
+    /// Forwarded rooms: each slot's stream decoded and played like [`Client::mix`] (what a browser plays).
+    pub forwarded: HashMap<usize, MixedStream>,
     /// Whether the client ever talked, and silence frames sent since it stopped (DTX hangover).
     pub talked: bool,
     pub silent_frames: u32,
+    /// Set by [`Sim::play_pcm`]: the client sends these samples instead of its tone.
+    pub pcm_source: Option<PcmSource>,
 }
+
+/// PCM a client plays into its microphone, encoded like a browser does (see [`Sim::play_pcm`]).
+pub struct PcmSource {
+    pub samples: Arc<[f32]>,
+    /// Samples already encoded (after the end the client sends silence, i.e. DTX).
+    pub pos: usize,
+    /// When the first sample was encoded: the "mouth" time of sample 0.
+    pub started: Option<Instant>,
+    /// Frames sent, and frames libopus reduced to a DTX stub (≤ 2 bytes), which are not sent.
+    pub frames_sent: u64,
+    pub frames_dtx: u64,
+    /// What the sender's own packets decode to (a DTX frame as silence), frame for frame: what a listener
+    /// hears with no server in between (the "no server" reference of issue 9).
+    pub decoded: Vec<f32>,
+    pub decoder: opus::Decoder,
+}
+
+/// Bitrate of a client playing PCM, like a browser's default Opus voice bitrate.
+pub const BROWSER_BITRATE_BPS: i32 = 32_000;
 
 /// Silence frames a client sends after it stops talking before it goes quiet (DTX).
 pub const DTX_HANGOVER_FRAMES: u32 = 10;
@@ -68,6 +95,8 @@ pub struct MixedStream {
     pub jitter: JitterBuffer,
     pub play_decoder: opus::Decoder,
     pub next_play: Option<Instant>,
+    /// When `played` began: the "ear" time of `played[0]`.
+    pub play_started: Option<Instant>,
 }
 
 impl Default for MixedStream {
@@ -83,6 +112,7 @@ impl Default for MixedStream {
             play_decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
                 .expect("an Opus decoder"),
             next_play: None,
+            play_started: None,
         }
     }
 }
@@ -157,6 +187,7 @@ impl MixedStream {
             return;
         }
         self.next_play = Some(due + FRAME);
+        self.play_started.get_or_insert(due);
         let mut buf = vec![0f32; FRAME_SAMPLES * 6];
         let mut have = 0;
         while have < FRAME_SAMPLES {
@@ -218,6 +249,8 @@ pub struct Sim {
     pub room_config: RoomConfig,
     /// Keep and decode every received packet (tests); off, clients only count them (benchmarks).
     pub keep_audio: bool,
+    /// Forwarded rooms: also play each received slot through a jitter buffer ([`Client::forwarded`]).
+    pub play_slots: bool,
     /// Packets received by all clients.
     pub received_total: u64,
     /// Real time spent inside the core (input handling and draining its output).
@@ -256,6 +289,7 @@ impl Sim {
             slots,
             room_config,
             keep_audio: true,
+            play_slots: false,
             received_total: 0,
             core_busy: Duration::ZERO,
             core_busy_timers: Duration::ZERO,
@@ -324,12 +358,53 @@ impl Sim {
             decoders: HashMap::new(),
             pcm_by_csrc: HashMap::new(),
             mix: MixedStream::default(),
+            forwarded: HashMap::new(),
             talked: false,
             silent_frames: 0,
+            pcm_source: None,
         });
         self.drain_core();
         self.drain_client(index);
         index
+    }
+
+    /// Client `client` plays `samples` (48 kHz mono) from its next frame on, encoded like a browser: 20 ms
+    /// frames, VOIP, 32 kb/s, DTX on (a frame libopus reduces to ≤ 2 bytes is not sent, the timestamp still
+    /// advances, as in WebRTC; libopus' periodic DTX refresh frames are sent), in-band FEC on, tuned for
+    /// `expected_loss_percent` (0 on a clean link, as a browser that measures no loss). The RFC 6464 level of
+    /// every frame comes from its samples.
+    pub fn play_pcm(&mut self, client: usize, samples: Arc<[f32]>, expected_loss_percent: i32) {
+        let c = &mut self.clients[client];
+        let mut encoder =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .expect("an Opus encoder for 48 kHz mono");
+        encoder
+            .set_bitrate(opus::Bitrate::Bits(BROWSER_BITRATE_BPS))
+            .and_then(|()| encoder.set_dtx(true))
+            .and_then(|()| encoder.set_inband_fec(true))
+            .and_then(|()| encoder.set_packet_loss_perc(expected_loss_percent))
+            .expect("valid Opus encoder settings");
+        c.encoder = encoder;
+        c.pcm_source = Some(PcmSource {
+            samples,
+            pos: 0,
+            started: None,
+            frames_sent: 0,
+            frames_dtx: 0,
+            decoded: Vec::new(),
+            decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
+                .expect("an Opus decoder"),
+        });
+    }
+
+    /// The stream client `client` plays: the mix in a mixed room, else what it receives in slot 0.
+    pub fn played(&self, client: usize) -> Option<&MixedStream> {
+        let c = &self.clients[client];
+        if self.room_config.mode == media_core::RoomMode::Mix {
+            Some(&c.mix)
+        } else {
+            c.forwarded.get(&0)
+        }
     }
 
     pub fn set_amplitude(&mut self, client: usize, amplitude: f32) {
@@ -355,6 +430,7 @@ impl Sim {
 
     pub fn drain_client(&mut self, i: usize) {
         let keep_audio = self.keep_audio;
+        let play_slots = self.play_slots;
         let mixed = self.room_config.mode == media_core::RoomMode::Mix;
         let c = &mut self.clients[i];
         loop {
@@ -376,6 +452,9 @@ impl Sim {
                 }
                 ClientOutput::Audio(a) => {
                     self.received_total += 1;
+                    if play_slots {
+                        c.forwarded.entry(a.slot).or_default().receive(&a);
+                    }
                     if let Some(csrc) = a.csrc {
                         let dec = c.decoders.entry(csrc).or_insert_with(|| {
                             opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
@@ -397,7 +476,42 @@ impl Sim {
     }
 
     pub fn send_frame(&mut self, i: usize) {
+        let now = self.now;
         let c = &mut self.clients[i];
+        if let Some(src) = c.pcm_source.as_mut() {
+            let mut pcm = vec![0f32; FRAME_SAMPLES];
+            let end = (src.pos + FRAME_SAMPLES).min(src.samples.len());
+            if src.pos < end {
+                pcm[..end - src.pos].copy_from_slice(&src.samples[src.pos..end]);
+            }
+            src.started.get_or_insert(now);
+            src.pos += FRAME_SAMPLES;
+            let level = audio::audio_level_from_samples(&pcm);
+            let mut out = vec![0u8; 1500];
+            let n = c
+                .encoder
+                .encode_float(&pcm, &mut out)
+                .expect("Opus encodes a frame");
+            if n <= 2 {
+                src.frames_dtx += 1;
+                src.decoded.extend_from_slice(&[0.0; FRAME_SAMPLES]);
+                c.peer.skip_audio(FRAME_SAMPLES as u32);
+            } else {
+                src.frames_sent += 1;
+                let mut decoded = [0f32; FRAME_SAMPLES];
+                let m = src
+                    .decoder
+                    .decode_float(&out[..n], &mut decoded, false)
+                    .expect("the sender's own packet decodes");
+                src.decoded.extend_from_slice(&decoded[..m]);
+                c.peer
+                    .send_audio(now, &out[..n], FRAME_SAMPLES as u32, level)
+                    .expect("the client sends on its microphone");
+            }
+            c.next_frame += FRAME;
+            self.drain_client(i);
+            return;
+        }
         if c.amplitude > 0.0 {
             c.silent_frames = 0;
         }
@@ -445,6 +559,11 @@ impl Sim {
                 if let Some(t) = c.mix.next_play {
                     next = next.min(t);
                 }
+                for s in c.forwarded.values() {
+                    if let Some(t) = s.next_play {
+                        next = next.min(t);
+                    }
+                }
                 if c.peer.is_connected() {
                     next = next.min(c.next_frame);
                 }
@@ -473,7 +592,11 @@ impl Sim {
                 self.core_timeouts += 1;
             }
             for i in 0..self.clients.len() {
-                self.clients[i].mix.play(self.now);
+                let now = self.now;
+                self.clients[i].mix.play(now);
+                for s in self.clients[i].forwarded.values_mut() {
+                    s.play(now);
+                }
                 if self.clients[i].timeout <= self.now {
                     self.clients[i]
                         .peer
@@ -538,5 +661,68 @@ impl Sim {
                 "client {i} hears {j} as {a:?}"
             );
         }
+    }
+}
+
+/// The outcome of [`speech_call`].
+pub struct SpeechCall {
+    /// Against what the speaker's own packets decode to: what the server and network add (issue 9's
+    /// "no server" reference; forwarding is bit-exact, so only loss and the jitter buffers count).
+    pub pesq: speech::Pesq,
+    /// Against the spoken passage itself: the sender's Opus encode included.
+    pub pesq_vs_speech: speech::Pesq,
+    /// From a sample entering the speaker's encoder to the listener playing it (network, server, both
+    /// jitter buffers, codec delay).
+    pub mouth_to_ear_ms: f64,
+    /// The listener's receive jitter buffer target at the end.
+    pub listener_jitter_target_ms: f64,
+    pub frames_sent: u64,
+    pub frames_dtx: u64,
+}
+
+/// One speaker plays the espeak-ng passage to one listener in a room of `room_config`; the listener's
+/// played stream (through its jitter buffer, with FEC and PLC) is scored by PESQ-WB against the speaker's
+/// own decoded packets (and, for information, against the passage itself). The call connects on a
+/// clean 10 ms link, then every leg gets `link` (the speaker's encoder expects `expected_loss_percent`).
+pub fn speech_call(
+    name: &str,
+    seed: u64,
+    room_config: RoomConfig,
+    link: LinkConfig,
+    expected_loss_percent: i32,
+) -> SpeechCall {
+    let speech = speech::passage_48k();
+    let mut sim = Sim::with_room(
+        seed,
+        LinkConfig::with_delay(10.0),
+        room_config,
+        &[(0.0, 0.0), (0.0, 0.0)],
+    );
+    sim.play_slots = true;
+    sim.connect();
+    sim.net.set_default_link(link);
+    sim.play_pcm(0, speech.clone(), expected_loss_percent);
+    let secs = speech.len() as f64 / f64::from(SAMPLE_RATE) + 1.0;
+    sim.run_for(Duration::from_secs_f64(secs));
+    let played = sim
+        .played(1)
+        .unwrap_or_else(|| panic!("{name}: the listener received nothing"));
+    let src = sim.clients[0]
+        .pcm_source
+        .as_ref()
+        .expect("client 0 plays the speech");
+    let pesq = speech::pesq_wb(name, &src.decoded, &played.played);
+    let pesq_vs_speech = speech::pesq_wb(&format!("{name}-vs-speech"), &speech, &played.played);
+    let mouth = src.started.expect("the speaker encoded frames");
+    let ear = played
+        .play_started
+        .expect("the listener played what it received");
+    SpeechCall {
+        pesq,
+        pesq_vs_speech,
+        mouth_to_ear_ms: ear.duration_since(mouth).as_secs_f64() * 1000.0 + pesq_vs_speech.delay_ms,
+        listener_jitter_target_ms: played.jitter.target_delay().as_secs_f64() * 1000.0,
+        frames_sent: src.frames_sent,
+        frames_dtx: src.frames_dtx,
     }
 }

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Score a degraded speech WAV against its reference with PESQ wide-band (ITU-T P.862.2).
+
+    .venv/bin/python scripts/pesq_score.py REFERENCE.wav DEGRADED.wav [--json]
+
+Both files are mono (or the first channel is used) PCM or float WAV at any rate. They are resampled to 16 kHz
+with a polyphase anti-aliasing filter, the degraded signal is aligned to the reference by cross-correlation
+(its global delay, e.g. codec + network + jitter-buffer delay, is removed; PESQ itself then aligns each
+utterance), cut or zero-padded to the reference's length, and scored. Prints the MOS-LQO, or with --json one
+JSON object: {"mos_lqo", "delay_ms", "correlation", "reference_s", "degraded_s"}.
+
+Exit status: 0 scored, 2 bad input (missing/unreadable file, silence, no correlation), 3 PESQ refused the
+signals (e.g. no utterances found). The venv is made by scripts/test.sh (PyPI pesq, numpy, scipy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+try:
+    import numpy as np
+    from pesq import PesqError, pesq
+    from scipy.io import wavfile
+    from scipy.signal import correlate, resample_poly
+except ImportError as e:  # pragma: no cover - depends on the environment
+    print(
+        f"pesq_score: missing Python package ({e}); run scripts/test.sh, which creates .venv "
+        "with pesq, numpy and scipy, and run this script with .venv/bin/python",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+PESQ_RATE = 16_000
+# The longest delay searched for between reference and degraded signal.
+MAX_DELAY_S = 2.0
+
+
+class InputError(Exception):
+    """A file is missing, unreadable, empty, silent, or cannot be aligned with the reference."""
+
+
+class ScoringError(Exception):
+    """PESQ refused the aligned signals."""
+
+
+@dataclass
+class Score:
+    mos_lqo: float
+    delay_ms: float
+    correlation: float
+    reference_s: float
+    degraded_s: float
+
+
+def read_mono_16k(path: Path) -> np.ndarray:
+    """The file's first channel as float64 in -1..1, resampled to 16 kHz."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        rate, data = wavfile.read(path)
+    except (ValueError, OSError) as e:
+        raise InputError(f"{path}: not a readable WAV file ({e})") from e
+    if data.ndim == 2:
+        data = data[:, 0]
+    if data.size == 0:
+        raise InputError(f"{path}: no samples")
+    if data.dtype == np.int16:
+        x = data.astype(np.float64) / 32768.0
+    elif data.dtype == np.int32:
+        x = data.astype(np.float64) / 2147483648.0
+    elif data.dtype == np.uint8:
+        x = (data.astype(np.float64) - 128.0) / 128.0
+    elif np.issubdtype(data.dtype, np.floating):
+        x = data.astype(np.float64)
+    else:
+        raise InputError(f"{path}: unsupported sample type {data.dtype}")
+    if rate != PESQ_RATE:
+        ratio = Fraction(PESQ_RATE, int(rate))
+        x = resample_poly(x, ratio.numerator, ratio.denominator)
+    return x
+
+
+def align(reference: np.ndarray, degraded: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """The degraded signal shifted by its delay against the reference (found by FFT cross-correlation), cut
+    or zero-padded to the reference's length; the delay in samples; the normalised correlation at it."""
+    ref_energy = float(np.sqrt(np.sum(reference**2)))
+    deg_energy = float(np.sqrt(np.sum(degraded**2)))
+    if ref_energy == 0.0:
+        raise InputError("the reference is silent")
+    if deg_energy == 0.0:
+        raise InputError("the degraded signal is silent")
+    xc = correlate(degraded, reference, mode="full", method="fft")
+    lags = np.arange(-len(reference) + 1, len(degraded))
+    max_lag = int(MAX_DELAY_S * PESQ_RATE)
+    window = (lags >= -max_lag) & (lags <= max_lag)
+    best = int(np.argmax(np.abs(xc[window])))
+    lag = int(lags[window][best])
+    correlation = float(xc[window][best]) / (ref_energy * deg_energy)
+    if correlation < 0.1:
+        raise InputError(
+            f"the degraded signal does not resemble the reference (best correlation {correlation:.3f})"
+        )
+    if lag >= 0:
+        shifted = degraded[lag:]
+    else:
+        shifted = np.concatenate([np.zeros(-lag), degraded])
+    out = np.zeros(len(reference))
+    n = min(len(reference), len(shifted))
+    out[:n] = shifted[:n]
+    return out, lag, correlation
+
+
+def score(reference_path: Path, degraded_path: Path) -> Score:
+    reference = read_mono_16k(reference_path)
+    degraded = read_mono_16k(degraded_path)
+    aligned, lag, correlation = align(reference, degraded)
+    try:
+        mos = float(pesq(PESQ_RATE, reference, aligned, "wb"))
+    except PesqError as e:
+        raise ScoringError(f"PESQ refused the signals: {type(e).__name__}: {e}") from e
+    return Score(
+        mos_lqo=mos,
+        delay_ms=1000.0 * lag / PESQ_RATE,
+        correlation=correlation,
+        reference_s=len(reference) / PESQ_RATE,
+        degraded_s=len(degraded) / PESQ_RATE,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reference", type=Path, help="the clean speech that was sent")
+    parser.add_argument("degraded", type=Path, help="what the listener played")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    try:
+        s = score(args.reference, args.degraded)
+    except InputError as e:
+        print(f"pesq_score: {e}", file=sys.stderr)
+        return 2
+    except ScoringError as e:
+        print(f"pesq_score: {e}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(s.__dict__))
+    else:
+        print(
+            f"PESQ-WB MOS-LQO {s.mos_lqo:.3f} (degraded delayed {s.delay_ms:.1f} ms, "
+            f"correlation {s.correlation:.3f})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

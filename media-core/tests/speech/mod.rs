@@ -292,8 +292,14 @@ fn frame_exact_failures(name: &str, room: RoomConfig) -> Vec<String> {
                     }
                 }
                 None => {
+                    // Next to a run, a second encode (the mixer's, whose 20 ms frames do not line up with
+                    // the sender's) spreads its coding noise into the frame: ringing after the run's end and
+                    // pre-echo before its onset, some 30 dB under the run (the stray audio of the issue was
+                    // 17 dB under it, or a whole frame). Anywhere else a pause is silent.
+                    let edge = f == start || f + 1 == i;
+                    let limit = if edge { -40.0 } else { -50.0 };
                     let dbov = audio::rms_dbov(window);
-                    if dbov > -50.0 {
+                    if dbov > limit {
                         failures.push(format!("{what}: {dbov:.1} dBFS of stray audio"));
                     }
                 }

@@ -95,6 +95,9 @@ pub struct MixedStream {
     pub jitter: JitterBuffer,
     pub play_decoder: opus::Decoder,
     pub next_play: Option<Instant>,
+    /// Samples played ahead of real time (a span longer than what the last tick needed): the next tick asks
+    /// the buffer for that much less, as the mixer does.
+    pub play_surplus: usize,
     /// When `played` began: the "ear" time of `played[0]`.
     pub play_started: Option<Instant>,
 }
@@ -112,6 +115,7 @@ impl Default for MixedStream {
             play_decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
                 .expect("an Opus decoder"),
             next_play: None,
+            play_surplus: 0,
             play_started: None,
         }
     }
@@ -189,7 +193,7 @@ impl MixedStream {
         self.next_play = Some(due + FRAME);
         self.play_started.get_or_insert(due);
         let mut buf = vec![0f32; FRAME_SAMPLES * 6];
-        let mut have = 0;
+        let mut have = self.play_surplus;
         while have < FRAME_SAMPLES {
             let n = match self.jitter.pop(now) {
                 Playout::Packet { payload, .. } => self
@@ -212,6 +216,7 @@ impl MixedStream {
             self.played.extend_from_slice(&buf[..n]);
             have += n.max(1);
         }
+        self.play_surplus = have - FRAME_SAMPLES;
     }
 }
 

@@ -1,6 +1,6 @@
 //! Support for end-to-end tests: start the real `chorus` binary on free loopback ports, talk the signaling
-//! protocol over a real WebSocket, and run str0m client peers over real UDP that send Opus tones and decode
-//! what they receive per slot.
+//! protocol over a real WebSocket, and run str0m client peers over real UDP that send Opus tones or speech
+//! (encoded like a browser, [`voice`]) and decode what they receive per slot, or play it like a browser.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket as StdUdpSocket};
@@ -20,6 +20,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use media_core::audio::{FRAME_SAMPLES, SAMPLE_RATE};
+
+pub mod voice;
+pub use voice::{Ear, Spoken};
+use voice::{BrowserEncoder, FRAME};
 
 /// The `chorus` binary: `$CHORUS_BIN`, else the workspace's debug build (built on demand).
 pub fn chorus_bin() -> anyhow::Result<PathBuf> {
@@ -388,15 +392,73 @@ pub struct Heard {
     pub packets_by_slot: HashMap<usize, u64>,
     /// (slot, seq, timestamp, csrc) of every packet in arrival order.
     pub packets: Vec<(usize, u64, u32, Option<u32>)>,
+    /// With [`MediaOptions::play_slot`]: that slot played through a jitter buffer in real time.
+    pub ear: Option<Ear>,
 }
 
-/// A str0m client peer over a real UDP socket that sends a tone and decodes what it receives.
+/// What a client sends into its microphone.
+#[derive(Clone, Copy, Debug)]
+pub enum Mic {
+    /// No microphone (the offer's microphone m-line is inactive).
+    Off,
+    /// A sine at `amplitude`, Opus-encoded every 20 ms without DTX.
+    Tone { freq_hz: f32, amplitude: f32 },
+    /// A browser's microphone: silent (nothing sent) until [`AudioClient::speak`] plays PCM into it.
+    Speech,
+}
+
+/// How an [`AudioClient`] is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct MediaOptions {
+    /// The room's slot count (from `joined`).
+    pub slots: usize,
+    pub mic: Mic,
+    /// Send everything to this address instead of the server's ICE candidate: a proxy in between (the
+    /// server's candidate in the answer is replaced, so ICE, DTLS and media all take this path).
+    pub via: Option<SocketAddr>,
+    /// Play this slot through a jitter buffer in real time and record it ([`Heard::ear`]).
+    pub play_slot: Option<usize>,
+}
+
+/// Commands to a running client.
+enum MediaCommand {
+    Speak {
+        samples: Arc<[f32]>,
+        expected_loss_percent: i32,
+    },
+}
+
+/// A str0m client peer over a real UDP socket that sends a tone or speech and decodes what it receives.
 pub struct AudioClient {
     pub heard: Arc<Mutex<Heard>>,
+    /// With [`Mic::Speech`]: what was sent so far.
+    pub spoken: Arc<Mutex<Spoken>>,
     pub mic_ssrc: Option<u32>,
     pub connected: watch::Receiver<bool>,
+    commands: tokio::sync::mpsc::UnboundedSender<MediaCommand>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// `sdp` with the address of every ICE candidate replaced by `via`.
+fn candidates_via(sdp: &str, via: SocketAddr) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        if !line.starts_with("a=candidate:") {
+            out.push_str(line);
+            continue;
+        }
+        // a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ ...
+        let body = line.trim_end_matches(['\r', '\n']);
+        let mut fields: Vec<String> = body.split(' ').map(str::to_owned).collect();
+        if fields.len() > 5 {
+            fields[4] = via.ip().to_string();
+            fields[5] = via.port().to_string();
+        }
+        out.push_str(&fields.join(" "));
+        out.push_str(&line[body.len()..]);
+    }
+    out
 }
 
 impl AudioClient {
@@ -408,36 +470,77 @@ impl AudioClient {
         freq_hz: f32,
         amplitude: f32,
     ) -> anyhow::Result<AudioClient> {
+        let mic = if amplitude > 0.0 {
+            Mic::Tone { freq_hz, amplitude }
+        } else {
+            Mic::Off
+        };
+        Self::start_with(
+            signal,
+            MediaOptions {
+                slots,
+                mic,
+                via: None,
+                play_slot: None,
+            },
+        )
+        .await
+    }
+
+    /// Negotiate through `signal` (already joined) and run media in a task, as `options` say.
+    pub async fn start_with(
+        signal: &mut Signal,
+        options: MediaOptions,
+    ) -> anyhow::Result<AudioClient> {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local = socket.local_addr()?;
         let (mut peer, offer) = ClientPeer::new(
             Instant::now(),
             ClientConfig {
                 local_addr: local,
-                slots,
-                publish: amplitude > 0.0,
+                slots: options.slots,
+                publish: !matches!(options.mic, Mic::Off),
             },
         )?;
         signal.send(json!({"type": "offer", "sdp": offer})).await?;
         let answer = signal.expect("answer", Duration::from_secs(5)).await?;
-        peer.accept_answer(answer["sdp"].as_str().context("answer without sdp")?)?;
-        let heard = Arc::new(Mutex::new(Heard::default()));
+        let mut answer = answer["sdp"]
+            .as_str()
+            .context("answer without sdp")?
+            .to_owned();
+        if let Some(via) = options.via {
+            answer = candidates_via(&answer, via);
+        }
+        peer.accept_answer(&answer)?;
+        let heard = Arc::new(Mutex::new(Heard {
+            ear: options.play_slot.map(|_| Ear::default()),
+            ..Heard::default()
+        }));
+        let spoken = Arc::new(Mutex::new(Spoken::default()));
         let (conn_tx, conn_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let mic_ssrc = peer.mic_ssrc();
-        let task = tokio::spawn(run_media(
-            peer,
-            socket,
-            heard.clone(),
-            conn_tx,
-            stop_rx,
-            freq_hz,
-            amplitude,
-        ));
+        let task = tokio::spawn(
+            Media {
+                peer,
+                socket,
+                heard: heard.clone(),
+                spoken: spoken.clone(),
+                connected: conn_tx,
+                options,
+                speech: None,
+                tone: None,
+                decoders: HashMap::new(),
+            }
+            .run(stop_rx, cmd_rx),
+        );
         Ok(AudioClient {
             heard,
+            spoken,
             mic_ssrc,
             connected: conn_rx,
+            commands: cmd_tx,
             stop: stop_tx,
             task,
         })
@@ -450,55 +553,179 @@ impl AudioClient {
         Ok(())
     }
 
+    /// With [`Mic::Speech`]: speak `samples` (48 kHz mono) from now on, one frame every 20 ms on a grid
+    /// from now, encoded like a browser whose in-band FEC expects `expected_loss_percent`
+    /// ([`voice::BrowserEncoder`]); silence (DTX) after them.
+    pub fn speak(&self, samples: Arc<[f32]>, expected_loss_percent: i32) -> anyhow::Result<()> {
+        self.commands
+            .send(MediaCommand::Speak {
+                samples,
+                expected_loss_percent,
+            })
+            .map_err(|_| anyhow!("the media task has ended"))
+    }
+
+    /// Wait until the PCM given to [`speak`](Self::speak) has all been sent.
+    pub async fn wait_spoken(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let finished = self
+                .spoken
+                .lock()
+                .expect("the spoken lock is never poisoned: no panics while held")
+                .finished
+                .is_some();
+            if finished {
+                return Ok(());
+            }
+            if self.task.is_finished() {
+                bail!("the media task ended before the speech did");
+            }
+            if Instant::now() > deadline {
+                bail!("the speech was not sent within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.task.await?
     }
 }
 
-async fn run_media(
-    mut peer: ClientPeer,
+/// The media task of an [`AudioClient`].
+struct Media {
+    peer: ClientPeer,
     socket: UdpSocket,
     heard: Arc<Mutex<Heard>>,
+    spoken: Arc<Mutex<Spoken>>,
     connected: watch::Sender<bool>,
-    mut stop: watch::Receiver<bool>,
-    freq_hz: f32,
-    amplitude: f32,
-) -> anyhow::Result<()> {
-    let mut encoder =
-        opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
-    let mut decoders: HashMap<u32, opus::Decoder> = HashMap::new();
-    let mut tone = audio::ToneGenerator::new(f64::from(freq_hz), amplitude, SAMPLE_RATE);
-    let mut pcm = vec![0f32; FRAME_SAMPLES];
-    let mut decoded = vec![0f32; FRAME_SAMPLES * 6];
-    let mut packet = vec![0u8; 1500];
-    let mut buf = vec![0u8; 2048];
-    let mut frame_tick = tokio::time::interval(Duration::from_millis(20));
-    frame_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut next: Instant;
-    loop {
-        // Drain the peer.
+    options: MediaOptions,
+    /// Speech being sent, and the deadline of its next frame.
+    speech: Option<(BrowserEncoder, Instant)>,
+    /// The tone's generator and encoder, and the deadline of its next frame (from the connection on).
+    tone: Option<(audio::ToneGenerator, opus::Encoder, Instant)>,
+    decoders: HashMap<u32, opus::Decoder>,
+}
+
+impl Media {
+    async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut commands: tokio::sync::mpsc::UnboundedReceiver<MediaCommand>,
+    ) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; 2048];
         loop {
-            match peer.poll_output()? {
-                ClientOutput::Timeout(t) => {
-                    next = t;
-                    break;
+            let mut next = self.drain().await?;
+            if let Some((_, due)) = &self.speech {
+                next = next.min(*due);
+            }
+            if let Some((_, _, due)) = &self.tone {
+                next = next.min(*due);
+            }
+            if let Some(due) = self.heard_lock().ear.as_ref().and_then(Ear::next_due) {
+                next = next.min(due);
+            }
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    let (n, from) = r?;
+                    self.peer.handle_datagram(Instant::now(), from, &buf[..n])?;
                 }
+                _ = tokio::time::sleep_until(next.into()) => self.on_time().await?,
+                Some(command) = commands.recv() => match command {
+                    MediaCommand::Speak { samples, expected_loss_percent } => {
+                        if !matches!(self.options.mic, Mic::Speech) {
+                            bail!("speak() on a client whose microphone is {:?}", self.options.mic);
+                        }
+                        let encoder = BrowserEncoder::new(samples, expected_loss_percent)?;
+                        self.speech = Some((encoder, Instant::now()));
+                    }
+                },
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+
+    fn heard_lock(&self) -> std::sync::MutexGuard<'_, Heard> {
+        self.heard
+            .lock()
+            .expect("the heard lock is never poisoned: no panics while held")
+    }
+
+    /// Everything due by now: the peer's timeout, frames to send (each on its 20 ms grid point, so a late
+    /// wake-up sends the missed frames at once instead of drifting), playout ticks.
+    async fn on_time(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        self.peer.handle_timeout(now)?;
+        while let Some((encoder, due)) = self.speech.as_mut().filter(|(_, due)| *due <= now) {
+            *due += FRAME;
+            {
+                let mut spoken = self
+                    .spoken
+                    .lock()
+                    .expect("the spoken lock is never poisoned: no panics while held");
+                encoder.send_frame(Instant::now(), &mut self.peer, &mut spoken)?;
+            }
+            self.drain().await?;
+        }
+        while let Some((tone, encoder, due)) = self.tone.as_mut().filter(|(_, _, due)| *due <= now)
+        {
+            *due += FRAME;
+            let mut pcm = [0f32; FRAME_SAMPLES];
+            tone.fill(&mut pcm);
+            let level = audio::audio_level_from_samples(&pcm);
+            let mut packet = [0u8; 1500];
+            let n = encoder.encode_float(&pcm, &mut packet)?;
+            self.peer
+                .send_audio(Instant::now(), &packet[..n], FRAME_SAMPLES as u32, level)?;
+            self.drain().await?;
+        }
+        if let Some(ear) = self.heard_lock().ear.as_mut() {
+            ear.play_due(now)?;
+        }
+        Ok(())
+    }
+
+    /// Drain the peer until it asks for a timeout, which is returned.
+    async fn drain(&mut self) -> anyhow::Result<Instant> {
+        let mut decoded = [0f32; FRAME_SAMPLES * 6];
+        loop {
+            match self.peer.poll_output()? {
+                ClientOutput::Timeout(t) => return Ok(t),
                 ClientOutput::Transmit(t) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
+                    let _ = self.socket.send_to(&t.contents, t.destination).await;
                 }
                 ClientOutput::Connected => {
-                    let _ = connected.send(true);
+                    let _ = self.connected.send(true);
+                    if let Mic::Tone { freq_hz, amplitude } = self.options.mic {
+                        self.tone = Some((
+                            audio::ToneGenerator::new(f64::from(freq_hz), amplitude, SAMPLE_RATE),
+                            opus::Encoder::new(
+                                SAMPLE_RATE,
+                                opus::Channels::Mono,
+                                opus::Application::Voip,
+                            )?,
+                            Instant::now(),
+                        ));
+                    }
                 }
                 ClientOutput::Disconnected => bail!("media disconnected"),
                 ClientOutput::Audio(a) => {
-                    let mut h = heard
+                    let play_slot = self.options.play_slot;
+                    let mut h = self
+                        .heard
                         .lock()
                         .expect("the heard lock is never poisoned: no panics while held");
                     *h.packets_by_slot.entry(a.slot).or_default() += 1;
                     h.packets.push((a.slot, a.seq, a.timestamp, a.csrc));
+                    if play_slot == Some(a.slot) {
+                        if let Some(ear) = h.ear.as_mut() {
+                            ear.receive(&a);
+                        }
+                    }
                     if let Some(csrc) = a.csrc {
-                        let dec = decoders.entry(csrc).or_insert_with(|| {
+                        let dec = self.decoders.entry(csrc).or_insert_with(|| {
                             opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
                                 .expect("an Opus decoder for 48 kHz mono can be created")
                         });
@@ -511,22 +738,6 @@ async fn run_media(
                     }
                 }
             }
-        }
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let (n, from) = r?;
-                peer.handle_datagram(Instant::now(), from, &buf[..n])?;
-            }
-            _ = frame_tick.tick(), if amplitude > 0.0 && peer.is_connected() => {
-                tone.fill(&mut pcm);
-                let level = audio::audio_level_from_samples(&pcm);
-                let n = encoder.encode_float(&pcm, &mut packet)?;
-                peer.send_audio(Instant::now(), &packet[..n], FRAME_SAMPLES as u32, level)?;
-            }
-            _ = tokio::time::sleep_until(next.into()) => {
-                peer.handle_timeout(Instant::now())?;
-            }
-            _ = stop.changed() => return Ok(()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! End-to-end: the real `chorus` binary on loopback, Rust WebRTC clients (str0m, client role) that join
-//! through the WebSocket protocol, send Opus tones over DTLS-SRTP, and check what they hear.
+//! through the WebSocket protocol, send Opus tones or speech over DTLS-SRTP, and check what they hear
+//! (`speech`: PESQ-WB over real UDP, clean and through an impairment proxy).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
 
 mod ops;
+mod speech;
 use media_core::audio;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;

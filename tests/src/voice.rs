@@ -1,0 +1,204 @@
+//! Speech like a browser, over real time: the sending side encodes PCM the way a browser does (libopus VOIP,
+//! 32 kb/s, 20 ms frames, DTX, in-band FEC, the RFC 6464 level of every frame) and keeps what its own
+//! packets decode to; the receiving side plays a slot through a jitter buffer every 20 ms (FEC, PLC, DTX
+//! gaps as silence) and records it. The same model as media-core's virtual-time speech harness
+//! (`media-core/tests/support`), driven by the wall clock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use media_core::audio::{self, FRAME_SAMPLES, SAMPLE_RATE};
+use media_core::client::{ClientPeer, ReceivedAudio};
+use media_core::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout};
+
+/// One frame of audio.
+pub const FRAME: Duration = Duration::from_millis(20);
+
+/// A browser's default Opus voice bitrate.
+pub const BROWSER_BITRATE_BPS: i32 = 32_000;
+
+/// What a speaking client has sent so far.
+#[derive(Debug, Default)]
+pub struct Spoken {
+    /// What the speaker's own packets decode to, frame for frame (a DTX frame as silence): what a listener
+    /// hears with no server in between, the reference the tests score against.
+    pub reference: Vec<f32>,
+    /// Frames sent, and frames libopus reduced to a DTX stub (≤ 2 bytes), which are not sent.
+    pub frames_sent: u64,
+    pub frames_dtx: u64,
+    /// When the first frame was encoded: the "mouth" time of sample 0.
+    pub started: Option<Instant>,
+    /// When the last sample of the PCM was encoded (silence follows, which DTX does not send).
+    pub finished: Option<Instant>,
+}
+
+/// Encodes PCM like a browser, one 20 ms frame per call; after the end of the PCM it encodes silence.
+pub struct BrowserEncoder {
+    samples: Arc<[f32]>,
+    pos: usize,
+    encoder: opus::Encoder,
+    /// Decodes our own packets into [`Spoken::reference`].
+    decoder: opus::Decoder,
+    packet: Vec<u8>,
+}
+
+impl BrowserEncoder {
+    /// An encoder for `samples` (48 kHz mono) with in-band FEC tuned for `expected_loss_percent` (0 on a
+    /// clean link, as a browser that measures no loss).
+    pub fn new(samples: Arc<[f32]>, expected_loss_percent: i32) -> anyhow::Result<Self> {
+        let mut encoder =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
+        encoder.set_bitrate(opus::Bitrate::Bits(BROWSER_BITRATE_BPS))?;
+        encoder.set_dtx(true)?;
+        encoder.set_inband_fec(true)?;
+        encoder.set_packet_loss_perc(expected_loss_percent)?;
+        Ok(BrowserEncoder {
+            samples,
+            pos: 0,
+            encoder,
+            decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?,
+            packet: vec![0u8; 1500],
+        })
+    }
+
+    /// Encode the next frame at `now` and hand it to `peer`: sent with its level, or (a DTX stub) not sent,
+    /// the RTP timestamp advancing either way, as in WebRTC.
+    pub fn send_frame(
+        &mut self,
+        now: Instant,
+        peer: &mut ClientPeer,
+        spoken: &mut Spoken,
+    ) -> anyhow::Result<()> {
+        let mut pcm = [0f32; FRAME_SAMPLES];
+        let end = (self.pos + FRAME_SAMPLES).min(self.samples.len());
+        if self.pos < end {
+            pcm[..end - self.pos].copy_from_slice(&self.samples[self.pos..end]);
+        }
+        spoken.started.get_or_insert(now);
+        self.pos += FRAME_SAMPLES;
+        if self.pos >= self.samples.len() {
+            spoken.finished.get_or_insert(now);
+        }
+        let level = audio::audio_level_from_samples(&pcm);
+        let n = self.encoder.encode_float(&pcm, &mut self.packet)?;
+        if n <= 2 {
+            spoken.frames_dtx += 1;
+            spoken.reference.extend_from_slice(&[0.0; FRAME_SAMPLES]);
+            peer.skip_audio(FRAME_SAMPLES as u32);
+        } else {
+            spoken.frames_sent += 1;
+            let mut decoded = [0f32; FRAME_SAMPLES];
+            let m = self
+                .decoder
+                .decode_float(&self.packet[..n], &mut decoded, false)?;
+            spoken.reference.extend_from_slice(&decoded[..m]);
+            peer.send_audio(now, &self.packet[..n], FRAME_SAMPLES as u32, level)?;
+        }
+        Ok(())
+    }
+}
+
+/// A receiver that plays one stream like a browser: a jitter buffer (FEC, PLC, DTX gaps as silence) asked
+/// for 20 ms every 20 ms on a fixed grid from the first packet's arrival.
+pub struct Ear {
+    jitter: JitterBuffer,
+    decoder: opus::Decoder,
+    /// The deadline of the next 20 ms of playout.
+    next_play: Option<Instant>,
+    /// Samples played ahead of real time (a packet longer than what the last tick still needed): the next
+    /// tick asks the buffer for that much less, as the mixer does. Without it the player runs ahead of the
+    /// clock and drains the buffer.
+    surplus: usize,
+    /// Everything played, from the first tick on.
+    pub played: Vec<f32>,
+    /// The deadline of the first tick: the "ear" time of `played[0]`.
+    pub started: Option<Instant>,
+    /// Packets received (whatever the jitter buffer then did with them).
+    pub packets: u64,
+}
+
+impl Default for Ear {
+    fn default() -> Self {
+        Ear {
+            jitter: JitterBuffer::new(JitterConfig::default()),
+            decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
+                .expect("libopus creates a 48 kHz mono decoder"),
+            next_play: None,
+            surplus: 0,
+            played: Vec::new(),
+            started: None,
+            packets: 0,
+        }
+    }
+}
+
+impl Ear {
+    /// A packet of the played stream arrived.
+    pub fn receive(&mut self, a: &ReceivedAudio) {
+        let Some((samples, has_fec)) = media_core::mixer::opus_packet_info(&a.payload) else {
+            return;
+        };
+        self.packets += 1;
+        self.jitter.push(
+            a.arrival,
+            JitterPacket {
+                seq: a.seq,
+                ts: a.timestamp,
+                samples,
+                has_fec,
+                audio_level: a.audio_level,
+                payload: a.payload.clone(),
+            },
+        );
+        self.next_play.get_or_insert(a.arrival);
+    }
+
+    /// When the next 20 ms are due, once the first packet has arrived.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next_play
+    }
+
+    /// The receive jitter buffer's target delay.
+    pub fn target_delay(&self) -> Duration {
+        self.jitter.target_delay()
+    }
+
+    /// Play every tick due by `now`, each as of its own deadline (a late wake-up catches up, the audio is
+    /// not stretched).
+    pub fn play_due(&mut self, now: Instant) -> anyhow::Result<()> {
+        while let Some(due) = self.next_play.filter(|due| *due <= now) {
+            self.next_play = Some(due + FRAME);
+            self.started.get_or_insert(due);
+            self.tick(due)?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, due: Instant) -> anyhow::Result<()> {
+        let mut buf = [0f32; FRAME_SAMPLES * 6];
+        let mut have = self.surplus;
+        while have < FRAME_SAMPLES {
+            let n = match self.jitter.pop(due) {
+                Playout::Packet { payload, .. } => {
+                    self.decoder.decode_float(&payload, &mut buf, false)?
+                }
+                Playout::Fec { payload, samples } => {
+                    self.decoder
+                        .decode_float(&payload, &mut buf[..samples as usize], true)?
+                }
+                Playout::Plc { samples } => {
+                    self.decoder
+                        .decode_float(&[], &mut buf[..samples as usize], false)?
+                }
+                Playout::Silence { samples } => {
+                    buf[..samples as usize].fill(0.0);
+                    samples as usize
+                }
+            };
+            self.played.extend_from_slice(&buf[..n]);
+            have += n.max(1);
+        }
+        self.surplus = have - FRAME_SAMPLES;
+        Ok(())
+    }
+}

@@ -22,8 +22,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub use media_core::audio::{FRAME_SAMPLES, SAMPLE_RATE};
 
 pub mod voice;
-pub use voice::{Ear, Spoken};
 use voice::{BrowserEncoder, FRAME};
+pub use voice::{Ear, Spoken};
 
 /// The `chorus` binary: `$CHORUS_BIN`, else the workspace's debug build (built on demand).
 pub fn chorus_bin() -> anyhow::Result<PathBuf> {
@@ -630,7 +630,13 @@ impl Media {
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
                     let (n, from) = r?;
-                    self.peer.handle_datagram(Instant::now(), from, &buf[..n])?;
+                    let now = Instant::now();
+                    // Events in time order: playout ticks due before this arrival happen first (the
+                    // timer may fire up to a millisecond late), as in virtual time.
+                    if let Some(ear) = self.heard_lock().ear.as_mut() {
+                        ear.play_due(now)?;
+                    }
+                    self.peer.handle_datagram(now, from, &buf[..n])?;
                 }
                 _ = tokio::time::sleep_until(next.into()) => self.on_time().await?,
                 Some(command) = commands.recv() => match command {

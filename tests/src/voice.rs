@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use media_core::audio::{self, FRAME_SAMPLES, SAMPLE_RATE};
 use media_core::client::{ClientPeer, ReceivedAudio};
-use media_core::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout};
+use media_core::jitter::{JitterBuffer, JitterConfig, JitterPacket, JitterStats, Playout};
 
 /// One frame of audio.
 pub const FRAME: Duration = Duration::from_millis(20);
@@ -115,6 +115,14 @@ pub struct Ear {
     pub started: Option<Instant>,
     /// Packets received (whatever the jitter buffer then did with them).
     pub packets: u64,
+    /// The stream as sent, in RTP time: every packet that arrived in order decoded at its timestamp (from
+    /// the first packet's), silence elsewhere, no concealment. On a clean link this is what the sender
+    /// (the server) produced, before the receiver's jitter buffer.
+    pub rtp_time: Vec<f32>,
+    rtp_decoder: opus::Decoder,
+    /// The first packet's timestamp, and the last decoded packet's sequence number.
+    first_ts: Option<u32>,
+    last_seq: Option<u64>,
 }
 
 impl Default for Ear {
@@ -128,6 +136,11 @@ impl Default for Ear {
             played: Vec::new(),
             started: None,
             packets: 0,
+            rtp_time: Vec::new(),
+            rtp_decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
+                .expect("libopus creates a 48 kHz mono decoder"),
+            first_ts: None,
+            last_seq: None,
         }
     }
 }
@@ -151,6 +164,29 @@ impl Ear {
             },
         );
         self.next_play.get_or_insert(a.arrival);
+        self.record_rtp_time(a);
+    }
+
+    fn record_rtp_time(&mut self, a: &ReceivedAudio) {
+        if self.last_seq.is_some_and(|last| a.seq <= last) {
+            return;
+        }
+        self.last_seq = Some(a.seq);
+        let at = a
+            .timestamp
+            .wrapping_sub(*self.first_ts.get_or_insert(a.timestamp)) as usize;
+        let mut pcm = [0f32; FRAME_SAMPLES * 6];
+        let Ok(n) = self.rtp_decoder.decode_float(&a.payload, &mut pcm, false) else {
+            return;
+        };
+        // A sender's timestamps only move forward; anything else (minutes away) is not audio to keep.
+        if at > SAMPLE_RATE as usize * 600 {
+            return;
+        }
+        if self.rtp_time.len() < at + n {
+            self.rtp_time.resize(at + n, 0.0);
+        }
+        self.rtp_time[at..at + n].copy_from_slice(&pcm[..n]);
     }
 
     /// When the next 20 ms are due, once the first packet has arrived.
@@ -158,9 +194,9 @@ impl Ear {
         self.next_play
     }
 
-    /// The receive jitter buffer's target delay.
-    pub fn target_delay(&self) -> Duration {
-        self.jitter.target_delay()
+    /// The receive jitter buffer's counters (losses, concealment, delay changes) and delays.
+    pub fn stats(&self) -> JitterStats {
+        self.jitter.stats()
     }
 
     /// Play every tick due by `now`, each as of its own deadline (a late wake-up catches up, the audio is

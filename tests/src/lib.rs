@@ -665,13 +665,16 @@ impl Media {
         let now = Instant::now();
         self.peer.handle_timeout(now)?;
         while let Some((encoder, due)) = self.speech.as_mut().filter(|(_, due)| *due <= now) {
+            let deadline = *due;
             *due += FRAME;
             {
                 let mut spoken = self
                     .spoken
                     .lock()
                     .expect("the spoken lock is never poisoned: no panics while held");
-                encoder.send_frame(Instant::now(), &mut self.peer, &mut spoken)?;
+                let sent = Instant::now();
+                spoken.note_lateness(sent.saturating_duration_since(deadline));
+                encoder.send_frame(sent, &mut self.peer, &mut spoken)?;
             }
             self.drain().await?;
         }

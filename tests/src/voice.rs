@@ -30,6 +30,20 @@ pub struct Spoken {
     pub started: Option<Instant>,
     /// When the last sample of the PCM was encoded (silence follows, which DTX does not send).
     pub finished: Option<Instant>,
+    /// How late frames were encoded after their 20 ms grid point (the sender's own jitter, which a real
+    /// client adds on top of the network's): the worst, and how many were 5 ms late or more.
+    pub max_late: Duration,
+    pub frames_late_5ms: u64,
+}
+
+impl Spoken {
+    /// A frame was encoded `late` after its grid point.
+    pub fn note_lateness(&mut self, late: Duration) {
+        self.max_late = self.max_late.max(late);
+        if late >= Duration::from_millis(5) {
+            self.frames_late_5ms += 1;
+        }
+    }
 }
 
 /// Encodes PCM like a browser, one 20 ms frame per call; after the end of the PCM it encodes silence.

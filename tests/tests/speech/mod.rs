@@ -94,6 +94,9 @@ struct Recording {
     first_play_after: Duration,
     frames_sent: u64,
     frames_dtx: u64,
+    /// The speaker's worst lateness against its 20 ms grid, and frames 5 ms late or more.
+    sender_max_late: Duration,
+    sender_frames_late_5ms: u64,
     packets_received: u64,
     /// The listener's jitter buffer at the end.
     listener_jitter: JitterStats,
@@ -134,7 +137,7 @@ async fn call(
         .with_context(|| format!("{name}: speaking"))?;
     tokio::time::sleep(TAIL).await;
     let proxies = proxies.iter().map(|p| p.counts()).collect();
-    let (reference, frames_sent, frames_dtx, mouth) = {
+    let (reference, frames_sent, frames_dtx, sender_max_late, sender_frames_late_5ms, mouth) = {
         let spoken = speaker
             .client
             .spoken
@@ -144,6 +147,8 @@ async fn call(
             spoken.reference.clone(),
             spoken.frames_sent,
             spoken.frames_dtx,
+            spoken.max_late,
+            spoken.frames_late_5ms,
             spoken.started.context("the speaker encoded frames")?,
         )
     };
@@ -174,6 +179,8 @@ async fn call(
         first_play_after: ear_started.saturating_duration_since(mouth),
         frames_sent,
         frames_dtx,
+        sender_max_late,
+        sender_frames_late_5ms,
         packets_received,
         listener_jitter,
         proxies,
@@ -204,12 +211,14 @@ fn score(r: &Recording, speech: &[f32], clean: bool) -> Scored {
         .unwrap_or_default();
     eprintln!(
         "{}: {pesq} vs the sender's decode, {pesq_vs_speech} vs the passage{received}; mouth-to-ear \
-         {:.0} ms; {} frames sent, {} DTX, {} packets received; proxies (forwarded, dropped) {:?}; \
+         {:.0} ms; {} frames sent, {} DTX (sender late by up to {:.1} ms, {} frames ≥ 5 ms); {} packets received; proxies (forwarded, dropped) {:?}; \
          listener's jitter buffer {:?}",
         r.name,
         (r.first_play_after.as_secs_f64() * 1000.0) + pesq_vs_speech.delay_ms,
         r.frames_sent,
         r.frames_dtx,
+        r.sender_max_late.as_secs_f64() * 1000.0,
+        r.sender_frames_late_5ms,
         r.packets_received,
         r.proxies,
         r.listener_jitter

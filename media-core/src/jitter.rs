@@ -221,6 +221,21 @@ pub enum PushOutcome {
     Invalid,
 }
 
+/// What [`JitterBuffer::push_redundant`] did with a frame recovered from RED redundancy. None of these is
+/// counted as a duplicate or late packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedundantOutcome {
+    /// It fills a missing frame and will play in its place.
+    Recovered,
+    /// Its frame is buffered or was played already.
+    NotMissing,
+    /// Its playout time has passed.
+    TooLate,
+    /// It does not fit: no stream to place it in yet, it overlaps its neighbours, its sequence number
+    /// contradicts theirs, a bad duration, or a full buffer.
+    Refused,
+}
+
 /// The next span of audio to render, from [`JitterBuffer::pop`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Playout {
@@ -271,6 +286,9 @@ pub struct JitterStats {
     pub lost: u64,
     /// Frames recovered from in-band FEC.
     pub concealed_fec: u64,
+    /// Missing frames played from RED (RFC 2198) redundancy (also counted in `lost`: they were lost on
+    /// the wire).
+    pub recovered_red: u64,
     /// PLC spans handed out for loss or an empty buffer (not counting `delay_inserted`).
     pub concealed_plc: u64,
     /// Spans inserted (silence or PLC) to raise the delay while packets were buffered.
@@ -295,6 +313,8 @@ struct Buffered {
     has_fec: bool,
     audio_level: Option<u8>,
     payload: Arc<[u8]>,
+    /// Recovered from RED redundancy rather than received.
+    recovered: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -476,6 +496,7 @@ impl JitterBuffer {
                 has_fec: packet.has_fec,
                 audio_level: packet.audio_level,
                 payload: packet.payload,
+                recovered: false,
             },
         );
         self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
@@ -484,6 +505,59 @@ impl JitterBuffer {
         }
         self.stats.accepted += 1;
         PushOutcome::Accepted
+    }
+
+    /// A frame recovered from RED (RFC 2198) redundancy: an earlier frame repeated inside a later packet,
+    /// with the sequence number and timestamp it had. It only fills a gap: a frame that is buffered, was
+    /// played, or whose playout time has passed is ignored without counting it as a duplicate or late
+    /// packet, and it does not enter the delay measurement (its arrival says nothing about its own path).
+    /// Filling the gap before playout reaches it means a missing frame comes from RED first, then from the
+    /// next packet's FEC, then PLC. Call it after pushing the packet that carried the redundancy.
+    pub fn push_redundant(&mut self, packet: JitterPacket) -> RedundantOutcome {
+        if packet.samples == 0 || packet.samples > MAX_PACKET_SAMPLES {
+            return RedundantOutcome::Refused;
+        }
+        let ts = self.unwrap_ts(packet.ts);
+        let end = ts + i64::from(packet.samples);
+        let index = self.packets.partition_point(|p| p.ts < ts);
+        if self.packets.get(index).is_some_and(|p| p.ts == ts)
+            || self.was_played(packet.seq)
+            || self.packets.iter().any(|p| p.seq == packet.seq)
+        {
+            return RedundantOutcome::NotMissing;
+        }
+        match self.phase {
+            Phase::Idle => return RedundantOutcome::Refused,
+            // Before playout starts, only a gap between buffered packets is filled: a frame before the first
+            // would belong to an earlier talk spurt (or the time before the stream).
+            Phase::Buffering if index == 0 => return RedundantOutcome::Refused,
+            Phase::Buffering => {}
+            Phase::Playing => {
+                if ts < self.pos || self.last_seq.is_some_and(|l| packet.seq <= l) {
+                    return RedundantOutcome::TooLate;
+                }
+            }
+        }
+        let prev = index.checked_sub(1).and_then(|i| self.packets.get(i));
+        let next = self.packets.get(index);
+        let fits = prev.is_none_or(|p| p.ts + i64::from(p.samples) <= ts && p.seq < packet.seq)
+            && next.is_none_or(|n| end <= n.ts && packet.seq < n.seq);
+        if !fits || self.packets.len() >= self.config.max_packets.max(1) {
+            return RedundantOutcome::Refused;
+        }
+        self.packets.insert(
+            index,
+            Buffered {
+                ts,
+                seq: packet.seq,
+                samples: packet.samples,
+                has_fec: packet.has_fec,
+                audio_level: packet.audio_level,
+                payload: packet.payload,
+                recovered: true,
+            },
+        );
+        RedundantOutcome::Recovered
     }
 
     /// The next span to render, asked for at tick time `now`. The mixer calls this (with the same `now`)
@@ -837,7 +911,12 @@ impl JitterBuffer {
             self.last_samples = packet.samples;
             self.last_quiet = quiet;
             self.conceal_run = 0;
-            self.stats.played += 1;
+            if packet.recovered {
+                self.stats.recovered_red += 1;
+                self.stats.lost += 1;
+            } else {
+                self.stats.played += 1;
+            }
             return Some(Playout::Packet {
                 payload: packet.payload,
                 samples: packet.samples,

@@ -27,8 +27,11 @@ use std::time::{Duration, Instant};
 use crate::audio::{FRAME_SAMPLES, SAMPLE_RATE};
 use crate::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::ids::{ParticipantId, Ssrc};
-use crate::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
+use crate::jitter::{
+    JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome, RedundantOutcome,
+};
 use crate::limiter::Limiter;
+use crate::red::{self, RedundantFrame};
 use crate::room_config::MixConfig;
 use crate::stats::{MixStats, Samples};
 
@@ -311,6 +314,52 @@ impl Mixer {
     }
 
     /// The first tick-grid instant at or after `t`.
+    /// Hand a RED packet's redundant frames (oldest first, as parsed) to the member's jitter buffer as
+    /// recovery data, after [`push`](Self::push) took its primary (sequence number `seq`, timestamp `ts`,
+    /// level `audio_level`). Frames are assigned sequence numbers `seq − 1`, `seq − 2`, … from the newest
+    /// back while they are contiguous (each one ends where the next begins, as a sender repeating its
+    /// previous packets produces); past a discontinuity (a DTX gap, an unusual distance pattern) the sequence
+    /// number is unknown and the rest is ignored. Frames that fill a gap count as `recovered_red`;
+    /// those already there, played or late are ignored without counting as duplicates or late packets.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_redundant(
+        &mut self,
+        id: ParticipantId,
+        seq: u64,
+        ts: u32,
+        frames: &[RedundantFrame<'_>],
+        audio_level: Option<u8>,
+        stats: &mut MixStats,
+    ) {
+        let Some(m) = self.index.get(&id).and_then(|i| self.members.get_mut(*i)) else {
+            return;
+        };
+        if !m.publishes {
+            return;
+        }
+        let mut expected_offset = 0u32;
+        for (k, frame) in (1u64..).zip(frames.iter().rev()) {
+            let Some((samples, has_fec)) = opus_packet_info(frame.payload) else {
+                return;
+            };
+            expected_offset = expected_offset.saturating_add(samples);
+            if frame.ts_offset != expected_offset || seq < k {
+                return;
+            }
+            let packet = JitterPacket {
+                seq: seq - k,
+                ts: red::frame_ts(ts, frame),
+                samples,
+                has_fec,
+                audio_level,
+                payload: Arc::from(frame.payload),
+            };
+            if m.jitter.push_redundant(packet) == RedundantOutcome::Recovered {
+                stats.recovered_red += 1;
+            }
+        }
+    }
+
     fn grid_at_or_after(&self, t: Instant) -> Instant {
         let since = t.saturating_duration_since(self.epoch);
         let ticks = since.as_nanos().div_ceil(TICK.as_nanos());

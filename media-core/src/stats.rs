@@ -76,6 +76,9 @@ pub struct MixStats {
     pub frames_encoded: u64,
     /// Missing frames recovered from the next packet's in-band FEC.
     pub concealed_fec: u64,
+    /// Missing frames recovered from RED (RFC 2198) redundancy into a gap of a jitter buffer (they play
+    /// instead of FEC or PLC).
+    pub recovered_red: u64,
     /// Missing frames concealed by Opus packet-loss concealment.
     pub concealed_plc: u64,
     /// Packets that arrived after their playout time.

@@ -279,6 +279,7 @@ impl Sim {
                 local_addr: addr,
                 slots: self.slots,
                 publish: true,
+                red: 0,
             },
         )
         .expect("a client offer");

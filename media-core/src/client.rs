@@ -296,6 +296,24 @@ impl ClientPeer {
         Ok(())
     }
 
+    /// Send `payload` as it is with the RED payload type (robustness tests: malformed RED must be a counted
+    /// drop at the server).
+    pub fn send_raw_red(&mut self, now: Instant, payload: &[u8]) -> Result<(), PeerError> {
+        let Some(pt) = self.mic_red_pt else {
+            return Err(PeerError::MissingMedia("a negotiated RED microphone"));
+        };
+        let mid = self.mic_mid;
+        let write = RtpWrite::new(pt, SeqNo::from(self.seq), self.ts, now, payload.to_vec());
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return Err(PeerError::MissingMedia("a microphone stream"));
+        };
+        tx.write_rtp(write);
+        self.seq += 1;
+        self.ts = self.ts.wrapping_add(960);
+        Ok(())
+    }
+
     /// A RED payload with `opus` as primary and up to `red_levels` earlier frames (those whose timestamp
     /// offset fits the 14-bit field) as redundancy; remembers `opus`.
     fn wrap_red(&mut self, opus_pt: u8, opus: &[u8]) -> Vec<u8> {

@@ -666,7 +666,6 @@ impl MediaCore {
                     packet.header.timestamp,
                     &r.redundant,
                     level.map(|l| l.unsigned_abs().min(127)),
-                    &mut self.stats.mix,
                 );
             }
             arm_tick(&mut self.next_tick, room);

@@ -27,9 +27,7 @@ use std::time::{Duration, Instant};
 use crate::audio::{FRAME_SAMPLES, SAMPLE_RATE};
 use crate::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::ids::{ParticipantId, Ssrc};
-use crate::jitter::{
-    JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome, RedundantOutcome,
-};
+use crate::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
 use crate::limiter::Limiter;
 use crate::red::{self, RedundantFrame};
 use crate::room_config::MixConfig;
@@ -127,6 +125,8 @@ struct Member {
     talking: bool,
     /// The buffer's loss count already added to the room's stats.
     lost_reported: u64,
+    /// The buffer's count of frames played from RED already added to the room's stats.
+    red_reported: u64,
     /// The level of the member's last packet (for concealed frames).
     last_level: u8,
     /// Whether the last tick decoded audio (concealment continues a talker; silence does not start one).
@@ -224,6 +224,7 @@ impl Mixer {
             talking: false,
             last_level: SILENT_LEVEL - 1,
             lost_reported: 0,
+            red_reported: 0,
             was_talking: false,
             personal: None,
             hangover: 0,
@@ -319,8 +320,9 @@ impl Mixer {
     /// level `audio_level`). Frames are assigned sequence numbers `seq − 1`, `seq − 2`, … from the newest
     /// back while they are contiguous (each one ends where the next begins, as a sender repeating its
     /// previous packets produces); past a discontinuity (a DTX gap, an unusual distance pattern) the sequence
-    /// number is unknown and the rest is ignored. Frames that fill a gap count as `recovered_red`;
-    /// those already there, played or late are ignored without counting as duplicates or late packets.
+    /// number is unknown and the rest is ignored. Frames that fill a gap play instead of FEC or PLC (and count
+    /// as `recovered_red` when they do, unless the packet itself comes first); those already there, played or
+    /// late are ignored without counting as duplicates or late packets.
     #[allow(clippy::too_many_arguments)]
     pub fn push_redundant(
         &mut self,
@@ -329,7 +331,6 @@ impl Mixer {
         ts: u32,
         frames: &[RedundantFrame<'_>],
         audio_level: Option<u8>,
-        stats: &mut MixStats,
     ) {
         let Some(m) = self.index.get(&id).and_then(|i| self.members.get_mut(*i)) else {
             return;
@@ -354,9 +355,7 @@ impl Mixer {
                 audio_level,
                 payload: Arc::from(frame.payload),
             };
-            if m.jitter.push_redundant(packet) == RedundantOutcome::Recovered {
-                stats.recovered_red += 1;
-            }
+            m.jitter.push_redundant(packet);
         }
     }
 
@@ -445,6 +444,7 @@ impl Mixer {
             let lost = m.jitter.stats().lost;
             stats.packets_lost += lost.saturating_sub(m.lost_reported);
             m.lost_reported = lost;
+            report_recovered_red(m, stats);
             if self.ticks.is_multiple_of(DELAY_SAMPLE_TICKS) && m.jitter.is_active() {
                 Samples::push(
                     &mut samples.jitter_buffer_delay_seconds,
@@ -575,6 +575,13 @@ impl Mixer {
     }
 }
 
+/// Add the frames the member's buffer played from RED since the last report to the room's stats.
+fn report_recovered_red(m: &mut Member, stats: &mut MixStats) {
+    let recovered = m.jitter.stats().recovered_red;
+    stats.recovered_red += recovered.saturating_sub(m.red_reported);
+    m.red_reported = recovered;
+}
+
 #[cfg(test)]
 mod red_tests {
     use super::*;
@@ -641,18 +648,19 @@ mod red_tests {
                 payload: &frames[i],
             })
             .collect();
-        mixer.push_redundant(talker, 4, ts(4), &red, Some(30), &mut stats);
-        assert_eq!(stats.recovered_red, 2);
+        let held = |mixer: &Mixer| mixer.members[0].jitter.len();
+        assert_eq!(held(&mixer), 3);
+        mixer.push_redundant(talker, 4, ts(4), &red, Some(30));
+        assert_eq!(held(&mixer), 5, "2 and 3 fill the gap; 1 is there already");
         assert_eq!((stats.packets_duplicate, stats.packets_late), (0, 0));
         // A gap between the redundant frames (a DTX pause, an unusual distance pattern) leaves their
         // sequence numbers unknown: nothing is recovered past it.
-        let mut stats = MixStats::default();
         let gapped = [RedundantFrame {
             ts_offset: 3 * 960,
             payload: &frames[5],
         }];
-        mixer.push_redundant(talker, 9, ts(9), &gapped, Some(30), &mut stats);
-        assert_eq!(stats.recovered_red, 0);
+        mixer.push_redundant(talker, 9, ts(9), &gapped, Some(30));
+        assert_eq!(held(&mixer), 5);
         // Not Opus: ignored.
         mixer.push_redundant(
             talker,
@@ -663,9 +671,15 @@ mod red_tests {
                 payload: &[],
             }],
             None,
-            &mut stats,
         );
-        assert_eq!(stats.recovered_red, 0);
+        assert_eq!(held(&mixer), 5);
+        // Played over the next ticks, they count as recovered from RED, not as FEC.
+        let (mut out, mut samples) = (Vec::new(), Samples::default());
+        for tick in 0..12 {
+            mixer.tick(now + TICK * tick, &mut out, &mut stats, &mut samples);
+        }
+        assert_eq!(stats.recovered_red, 2, "{stats:?}");
+        assert_eq!(stats.concealed_fec, 0, "{stats:?}");
     }
 }
 

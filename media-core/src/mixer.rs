@@ -582,6 +582,68 @@ fn report_recovered_red(m: &mut Member, stats: &mut MixStats) {
     m.red_reported = recovered;
 }
 
+/// Decode a talker's spans into `m.frame` (exactly one tick), keeping any surplus.
+fn decode_member(m: &mut Member, buf: &mut [f32], stats: &mut MixStats) -> Result<(), opus::Error> {
+    if m.decoder.is_none() {
+        m.decoder = Some(opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?);
+    }
+    let decoder = m.decoder.as_mut().expect("the decoder was just ensured");
+    let mut pcm = std::mem::take(&mut m.surplus);
+    for span in m.spans.drain(..) {
+        let n = match span {
+            Playout::Packet { payload, .. } => {
+                stats.frames_decoded += 1;
+                decoder.decode_float(&payload, buf, false).unwrap_or(0)
+            }
+            Playout::Fec { payload, samples } => {
+                stats.concealed_fec += 1;
+                let n = (samples as usize).min(buf.len());
+                decoder
+                    .decode_float(&payload, &mut buf[..n], true)
+                    .unwrap_or(0)
+            }
+            Playout::Plc { samples } => {
+                stats.concealed_plc += 1;
+                let n = (samples as usize).min(buf.len());
+                decoder.decode_float(&[], &mut buf[..n], false).unwrap_or(0)
+            }
+            Playout::Silence { samples } => {
+                let n = (samples as usize).min(buf.len());
+                buf[..n].iter_mut().for_each(|s| *s = 0.0);
+                n
+            }
+        };
+        pcm.extend_from_slice(&buf[..n]);
+    }
+    pcm.resize(pcm.len().max(FRAME_SAMPLES), 0.0);
+    m.frame.clear();
+    m.frame.extend_from_slice(&pcm[..FRAME_SAMPLES]);
+    m.surplus.clear();
+    m.surplus.extend_from_slice(&pcm[FRAME_SAMPLES..]);
+    Ok(())
+}
+
+/// A 20 ms Opus frame of digital silence, encoded once per room.
+fn silence_frame() -> Option<Arc<[u8]>> {
+    opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+        .and_then(|mut e| e.encode_vec_float(&[0.0; FRAME_SAMPLES], MAX_OPUS))
+        .ok()
+        .map(Arc::from)
+}
+
+/// An Opus packet's duration in samples and whether it can carry in-band FEC (SILK or hybrid mode); `None`
+/// for a payload that is not a valid Opus packet.
+pub fn opus_packet_info(payload: &[u8]) -> Option<(u32, bool)> {
+    let toc = *payload.first()?;
+    let samples = opus::packet::get_nb_samples(payload, SAMPLE_RATE).ok()?;
+    if samples == 0 || samples > MAX_PACKET_SAMPLES {
+        return None;
+    }
+    // TOC config 0..=11 is SILK-only, 12..=15 hybrid; both can carry LBRR (FEC) frames. 16..=31 is CELT.
+    let has_fec = (toc >> 3) < 16;
+    Some((samples as u32, has_fec))
+}
+
 #[cfg(test)]
 mod red_tests {
     use super::*;
@@ -681,66 +743,4 @@ mod red_tests {
         assert_eq!(stats.recovered_red, 2, "{stats:?}");
         assert_eq!(stats.concealed_fec, 0, "{stats:?}");
     }
-}
-
-/// Decode a talker's spans into `m.frame` (exactly one tick), keeping any surplus.
-fn decode_member(m: &mut Member, buf: &mut [f32], stats: &mut MixStats) -> Result<(), opus::Error> {
-    if m.decoder.is_none() {
-        m.decoder = Some(opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?);
-    }
-    let decoder = m.decoder.as_mut().expect("the decoder was just ensured");
-    let mut pcm = std::mem::take(&mut m.surplus);
-    for span in m.spans.drain(..) {
-        let n = match span {
-            Playout::Packet { payload, .. } => {
-                stats.frames_decoded += 1;
-                decoder.decode_float(&payload, buf, false).unwrap_or(0)
-            }
-            Playout::Fec { payload, samples } => {
-                stats.concealed_fec += 1;
-                let n = (samples as usize).min(buf.len());
-                decoder
-                    .decode_float(&payload, &mut buf[..n], true)
-                    .unwrap_or(0)
-            }
-            Playout::Plc { samples } => {
-                stats.concealed_plc += 1;
-                let n = (samples as usize).min(buf.len());
-                decoder.decode_float(&[], &mut buf[..n], false).unwrap_or(0)
-            }
-            Playout::Silence { samples } => {
-                let n = (samples as usize).min(buf.len());
-                buf[..n].iter_mut().for_each(|s| *s = 0.0);
-                n
-            }
-        };
-        pcm.extend_from_slice(&buf[..n]);
-    }
-    pcm.resize(pcm.len().max(FRAME_SAMPLES), 0.0);
-    m.frame.clear();
-    m.frame.extend_from_slice(&pcm[..FRAME_SAMPLES]);
-    m.surplus.clear();
-    m.surplus.extend_from_slice(&pcm[FRAME_SAMPLES..]);
-    Ok(())
-}
-
-/// A 20 ms Opus frame of digital silence, encoded once per room.
-fn silence_frame() -> Option<Arc<[u8]>> {
-    opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
-        .and_then(|mut e| e.encode_vec_float(&[0.0; FRAME_SAMPLES], MAX_OPUS))
-        .ok()
-        .map(Arc::from)
-}
-
-/// An Opus packet's duration in samples and whether it can carry in-band FEC (SILK or hybrid mode); `None`
-/// for a payload that is not a valid Opus packet.
-pub fn opus_packet_info(payload: &[u8]) -> Option<(u32, bool)> {
-    let toc = *payload.first()?;
-    let samples = opus::packet::get_nb_samples(payload, SAMPLE_RATE).ok()?;
-    if samples == 0 || samples > MAX_PACKET_SAMPLES {
-        return None;
-    }
-    // TOC config 0..=11 is SILK-only, 12..=15 hybrid; both can carry LBRR (FEC) frames. 16..=31 is CELT.
-    let has_fec = (toc >> 3) < 16;
-    Some((samples as u32, has_fec))
 }

@@ -724,9 +724,7 @@ mod tests {
                 media_index += 1;
             }
             let line = line.replace("63", "98");
-            if media_index > 1 && line.contains(" red/")
-                || media_index > 1 && line.starts_with("a=fmtp:98")
-            {
+            if media_index > 1 && (line.contains(" red/") || line.starts_with("a=fmtp:98")) {
                 continue;
             }
             let line = if media_index > 1 && line.starts_with("m=audio") {

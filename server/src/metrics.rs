@@ -238,7 +238,7 @@ impl MediaMetrics {
             concealed: counter_vec(
                 registry,
                 "chorus_jitter_buffer_concealed_frames_total",
-                "Missing frames of mixed inputs concealed, by method: fec (recovered from in-band FEC) or plc (Opus packet-loss concealment).",
+                "Missing frames of mixed inputs concealed, by method: red (recovered from RFC 2198 redundancy), fec (recovered from in-band FEC) or plc (Opus packet-loss concealment).",
                 "method",
                 &["fec", "plc"],
             )?,
@@ -292,6 +292,9 @@ impl MediaMetrics {
             .inc_by(d(b.frames_encoded, n.frames_encoded));
         self.mixer_packets_sent
             .inc_by(d(b.packets_sent, n.packets_sent));
+        self.concealed
+            .with_label_values(&["red"])
+            .inc_by(d(b.recovered_red, n.recovered_red));
         self.concealed
             .with_label_values(&["fec"])
             .inc_by(d(b.concealed_fec, n.concealed_fec));
@@ -431,9 +434,11 @@ mod tests {
             ..CoreStats::default()
         };
         now.mix.concealed_plc = 2;
+        now.mix.recovered_red = 3;
         m.add_delta(&CoreStats::default(), &now);
         assert_eq!(m.nacks_received.get(), 3);
         assert_eq!(m.concealed.with_label_values(&["plc"]).get(), 2);
+        assert_eq!(m.concealed.with_label_values(&["red"]).get(), 3);
         m.observe(&Samples {
             rtt_seconds: vec![0.02, 0.04],
             jitter_seconds: vec![0.003],

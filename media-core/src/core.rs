@@ -624,6 +624,9 @@ impl MediaCore {
             .peer
             .mic_red_pt()
             .is_some_and(|pt| pt == packet.header.payload_type);
+        if is_red {
+            self.stats.rtp_red_in += 1;
+        }
         let red = match (is_red, opus_pt) {
             (false, _) => None,
             (true, Some(opus_pt)) => match red::parse(&packet.payload, opus_pt) {
@@ -728,7 +731,10 @@ impl MediaCore {
                 )
             });
             match result {
-                Ok(()) => self.stats.rtp_forwarded += 1,
+                Ok(()) => {
+                    self.stats.rtp_forwarded += 1;
+                    self.stats.rtp_red_forwarded += u64::from(red_payload.is_some());
+                }
                 Err(_) => self
                     .pending
                     .push_back((sub, PeerEvent::Disconnected("webrtc error"))),

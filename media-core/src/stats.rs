@@ -52,6 +52,10 @@ pub struct CoreStats {
     pub rtp_in: u64,
     /// RTP packets written into subscribers' slots.
     pub rtp_forwarded: u64,
+    /// Microphone RTP packets received as RED (RFC 2198), included in `rtp_in`.
+    pub rtp_red_in: u64,
+    /// Packets written into slots as RED, included in `rtp_forwarded`.
+    pub rtp_red_forwarded: u64,
     /// Microphone packets nobody was routed to (e.g. alone in the room).
     pub rtp_unrouted: u64,
     pub drops: [u64; DropReason::ALL.len()],

@@ -501,7 +501,15 @@ fn red_goes_to_red_subscribers_and_the_primary_alone_to_the_others() {
         .received
         .iter()
         .all(|r| r.redundant.is_none()));
-    assert_eq!(sim.core.stats().dropped(DropReason::Malformed), 0);
+    let stats = sim.core.stats();
+    assert_eq!(stats.dropped(DropReason::Malformed), 0);
+    // Two of three talkers send RED; of the six (speaker, subscriber) routes two carry RED (A to B, B to A).
+    assert!(stats.rtp_red_in * 3 > stats.rtp_in * 2 - 30, "{stats:?}");
+    assert!(
+        stats.rtp_red_forwarded * 3 > stats.rtp_forwarded - 30
+            && stats.rtp_red_forwarded * 3 < stats.rtp_forwarded + 30,
+        "{stats:?}"
+    );
 }
 
 #[test]

@@ -34,6 +34,8 @@ pub struct MediaMetrics {
     pub bytes_out: IntCounter,
     pub rtp_in: IntCounter,
     pub rtp_forwarded: IntCounter,
+    pub rtp_red_in: IntCounter,
+    pub rtp_red_forwarded: IntCounter,
     pub rtp_unrouted: IntCounter,
     pub drops: IntCounterVec,
     pub send_failed: IntCounter,
@@ -147,6 +149,16 @@ impl MediaMetrics {
                 registry,
                 "chorus_rtp_packets_forwarded_total",
                 "RTP packets forwarded into subscriber slots.",
+            )?,
+            rtp_red_in: counter(
+                registry,
+                "chorus_rtp_red_packets_received_total",
+                "Microphone RTP packets received as RED (RFC 2198 redundancy).",
+            )?,
+            rtp_red_forwarded: counter(
+                registry,
+                "chorus_rtp_red_packets_forwarded_total",
+                "RTP packets forwarded into subscriber slots as RED (RFC 2198 redundancy).",
             )?,
             rtp_unrouted: counter(
                 registry,
@@ -272,6 +284,9 @@ impl MediaMetrics {
         self.rtp_in.inc_by(d(before.rtp_in, now.rtp_in));
         self.rtp_forwarded
             .inc_by(d(before.rtp_forwarded, now.rtp_forwarded));
+        self.rtp_red_in.inc_by(d(before.rtp_red_in, now.rtp_red_in));
+        self.rtp_red_forwarded
+            .inc_by(d(before.rtp_red_forwarded, now.rtp_red_forwarded));
         self.rtp_unrouted
             .inc_by(d(before.rtp_unrouted, now.rtp_unrouted));
         for r in DropReason::ALL {

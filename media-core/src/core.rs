@@ -15,6 +15,7 @@ use crate::dominant::{DominantConfig, DominantSpeaker};
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 use crate::mixer::{MixPacket, Mixer};
 use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
+use crate::red;
 use crate::rewrite::SlotRewriter;
 pub use crate::room_config::RoomConfig;
 use crate::room_config::RoomMode;
@@ -616,6 +617,24 @@ impl MediaCore {
         if !p.publishes() {
             return self.stats.drop(DropReason::NotPublishing);
         }
+        // A RED packet (RFC 2198) is unwrapped: its primary goes where a plain Opus packet would, its
+        // redundancy to RED subscribers and the mixer. Anything malformed is a counted drop.
+        let opus_pt = p.peer.mic_opus_pt().map(|pt| *pt);
+        let is_red = p
+            .peer
+            .mic_red_pt()
+            .is_some_and(|pt| pt == packet.header.payload_type);
+        if is_red {
+            self.stats.rtp_red_in += 1;
+        }
+        let red = match (is_red, opus_pt) {
+            (false, _) => None,
+            (true, Some(opus_pt)) => match red::parse(&packet.payload, opus_pt) {
+                Ok(r) => Some(r),
+                Err(_) => return self.stats.drop(DropReason::Malformed),
+            },
+            (true, None) => return self.stats.drop(DropReason::Malformed),
+        };
         let source = Ssrc(*packet.header.ssrc);
         p.ssrc = Some(source);
         let level = packet.header.ext_vals.audio_level;
@@ -627,18 +646,30 @@ impl MediaCore {
         room.selector.on_audio(now, from, level_dbov, vad);
         room.dominant.on_level(from, now, level_dbov);
         if let Some(mixer) = room.mixer.as_mut() {
+            let primary = match &red {
+                Some(r) => Arc::from(r.primary),
+                None => packet.payload.clone(),
+            };
             let pushed = mixer.push(
                 now,
                 from,
                 source,
                 *packet.seq_no,
                 packet.header.timestamp,
-                packet.payload,
+                primary,
                 level.map(|l| l.unsigned_abs().min(127)),
                 &mut self.stats.mix,
             );
             if pushed.is_err() {
                 self.stats.drop(DropReason::Malformed);
+            } else if let Some(r) = &red {
+                mixer.push_redundant(
+                    from,
+                    *packet.seq_no,
+                    packet.header.timestamp,
+                    &r.redundant,
+                    level.map(|l| l.unsigned_abs().min(127)),
+                );
             }
             arm_tick(&mut self.next_tick, room);
             return;
@@ -651,7 +682,13 @@ impl MediaCore {
         }
         let seq = *packet.seq_no;
         let ts = packet.header.timestamp;
-        let payload: Arc<[u8]> = packet.payload;
+        // Plain Opus for subscribers without RED (a RED packet's primary); RED subscribers get the RED
+        // packet re-encoded with their payload types, one encoding per distinct (Opus PT, kept blocks).
+        let payload: Arc<[u8]> = match &red {
+            Some(r) => Arc::from(r.primary),
+            None => packet.payload.clone(),
+        };
+        let mut red_variants: Vec<(u8, u32, Arc<[u8]>)> = Vec::new();
         for &(sub, SlotIndex(slot)) in routes {
             let Some(s) = self.participants.get_mut(&sub) else {
                 continue;
@@ -667,12 +704,19 @@ impl MediaCore {
                 self.stats.drop(DropReason::StaleOrDuplicate);
                 continue;
             };
+            let red_payload = match (&red, s.peer.slots.get(slot)) {
+                (Some(r), Some(stream)) if stream.red_pt.is_some() => {
+                    Some(red_variant(&mut red_variants, r, ts, *stream.pt, rewriter))
+                }
+                _ => None,
+            };
             let written = s.peer.write_slot(
                 slot,
                 out_seq,
                 out_ts,
                 packet.timestamp,
-                &payload,
+                red_payload.as_ref().unwrap_or(&payload),
+                red_payload.is_some(),
                 level,
                 vad,
                 source,
@@ -687,13 +731,51 @@ impl MediaCore {
                 )
             });
             match result {
-                Ok(()) => self.stats.rtp_forwarded += 1,
+                Ok(()) => {
+                    self.stats.rtp_forwarded += 1;
+                    self.stats.rtp_red_forwarded += u64::from(red_payload.is_some());
+                }
                 Err(_) => self
                     .pending
                     .push_back((sub, PeerEvent::Disconnected("webrtc error"))),
             }
         }
     }
+}
+
+/// The RED payload for one subscriber's slot: the redundant frames the slot's current source covers (none
+/// from before a speaker switch), labelled with the subscriber's Opus payload type. Encoded once per distinct
+/// (payload type, kept frames) and shared through `variants`.
+fn red_variant(
+    variants: &mut Vec<(u8, u32, Arc<[u8]>)>,
+    red: &red::RedPayload<'_>,
+    ts: u32,
+    opus_pt: u8,
+    rewriter: &SlotRewriter,
+) -> Arc<[u8]> {
+    let mut kept = 0u32;
+    for (i, f) in red.redundant.iter().enumerate().take(32) {
+        if rewriter.covers(red::frame_ts(ts, f)) {
+            kept |= 1 << i;
+        }
+    }
+    if let Some((_, _, p)) = variants
+        .iter()
+        .find(|(pt, k, _)| *pt == opus_pt && *k == kept)
+    {
+        return p.clone();
+    }
+    let mut out = Vec::with_capacity(red.primary.len() + 8 + red.redundant.len() * 64);
+    red::encode(
+        opus_pt,
+        red.primary,
+        &red.redundant,
+        |i, _| i < 32 && kept & (1 << i) != 0,
+        &mut out,
+    );
+    let payload: Arc<[u8]> = Arc::from(out);
+    variants.push((opus_pt, kept, payload.clone()));
+    payload
 }
 
 fn arm_tick(next_tick: &mut Option<Instant>, room: &Room) {

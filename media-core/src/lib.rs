@@ -16,6 +16,7 @@ pub mod levels;
 pub mod limiter;
 pub mod mixer;
 pub mod peer;
+pub mod red;
 pub mod rewrite;
 pub mod room_config;
 pub mod router;

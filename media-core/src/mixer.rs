@@ -41,6 +41,7 @@ use crate::encoder::{EncoderSettings, MixEncoder, OpusError};
 use crate::ids::{ParticipantId, Ssrc};
 use crate::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
 use crate::limiter::Limiter;
+use crate::red::{self, RedundantFrame};
 use crate::room_config::MixConfig;
 use crate::stats::{MixStats, Samples};
 
@@ -170,6 +171,8 @@ struct Member {
     talking: bool,
     /// The buffer's loss count already added to the room's stats.
     lost_reported: u64,
+    /// The buffer's count of frames played from RED already added to the room's stats.
+    red_reported: u64,
     /// The level of the member's last packet (for concealed frames).
     last_level: u8,
     /// Whether the last tick decoded audio (concealment continues a talker; silence does not start one).
@@ -275,6 +278,7 @@ impl Mixer {
             talking: false,
             last_level: SILENT_LEVEL - 1,
             lost_reported: 0,
+            red_reported: 0,
             was_talking: false,
             decode_hangover: 0,
             prime: None,
@@ -368,6 +372,50 @@ impl Mixer {
     }
 
     /// The first tick-grid instant at or after `t`.
+    /// Hand a RED packet's redundant frames (oldest first, as parsed) to the member's jitter buffer as
+    /// recovery data, after [`push`](Self::push) took its primary (sequence number `seq`, timestamp `ts`,
+    /// level `audio_level`). Frames are assigned sequence numbers `seq − 1`, `seq − 2`, … from the newest
+    /// back while they are contiguous (each one ends where the next begins, as a sender repeating its
+    /// previous packets produces); past a discontinuity (a DTX gap, an unusual distance pattern) the sequence
+    /// number is unknown and the rest is ignored. Frames that fill a gap play instead of FEC or PLC (and count
+    /// as `recovered_red` when they do, unless the packet itself comes first); those already there, played or
+    /// late are ignored without counting as duplicates or late packets.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_redundant(
+        &mut self,
+        id: ParticipantId,
+        seq: u64,
+        ts: u32,
+        frames: &[RedundantFrame<'_>],
+        audio_level: Option<u8>,
+    ) {
+        let Some(m) = self.index.get(&id).and_then(|i| self.members.get_mut(*i)) else {
+            return;
+        };
+        if !m.publishes {
+            return;
+        }
+        let mut expected_offset = 0u32;
+        for (k, frame) in (1u64..).zip(frames.iter().rev()) {
+            let Some((samples, has_fec)) = opus_packet_info(frame.payload) else {
+                return;
+            };
+            expected_offset = expected_offset.saturating_add(samples);
+            if frame.ts_offset != expected_offset || seq < k {
+                return;
+            }
+            let packet = JitterPacket {
+                seq: seq - k,
+                ts: red::frame_ts(ts, frame),
+                samples,
+                has_fec,
+                audio_level,
+                payload: Arc::from(frame.payload),
+            };
+            m.jitter.push_redundant(packet);
+        }
+    }
+
     fn grid_at_or_after(&self, t: Instant) -> Instant {
         let since = t.saturating_duration_since(self.epoch);
         let ticks = since.as_nanos().div_ceil(TICK.as_nanos());
@@ -483,6 +531,7 @@ impl Mixer {
             let lost = m.jitter.stats().lost;
             stats.packets_lost += lost.saturating_sub(m.lost_reported);
             m.lost_reported = lost;
+            report_recovered_red(m, stats);
             if self.ticks.is_multiple_of(DELAY_SAMPLE_TICKS) && m.jitter.is_active() {
                 Samples::push(
                     &mut samples.jitter_buffer_delay_seconds,
@@ -636,6 +685,13 @@ impl Mixer {
             self.shared = None;
         }
     }
+}
+
+/// Add the frames the member's buffer played from RED since the last report to the room's stats.
+fn report_recovered_red(m: &mut Member, stats: &mut MixStats) {
+    let recovered = m.jitter.stats().recovered_red;
+    stats.recovered_red += recovered.saturating_sub(m.red_reported);
+    m.red_reported = recovered;
 }
 
 /// Decode a talker's spans into `m.frame` (exactly one tick), keeping any surplus. A talker that was not
@@ -1171,5 +1227,106 @@ mod tests {
             "{:?}",
             room.stats
         );
+    }
+}
+
+#[cfg(test)]
+mod red_tests {
+    use super::*;
+
+    #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn opus_frames(count: usize) -> Vec<Vec<u8>> {
+        let mut enc =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .expect("an Opus encoder");
+        (0..count)
+            .map(|i| {
+                let pcm: Vec<f32> = (0..FRAME_SAMPLES)
+                    .map(|n| 0.3 * ((i * FRAME_SAMPLES + n) as f32 * 0.05).sin())
+                    .collect();
+                enc.encode_vec_float(&pcm, MAX_OPUS).expect("encodes")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn contiguous_redundancy_fills_gaps_and_the_rest_is_ignored() {
+        let now = t0();
+        let mut mixer = Mixer::new(now, MixConfig::default());
+        let (talker, ssrc) = (ParticipantId(1), Ssrc(11));
+        mixer.add_member(talker, true, true, 0, 0);
+        let frames = opus_frames(6);
+        let mut stats = MixStats::default();
+        let ts = |i: u64| (i * 960) as u32;
+        for i in [0u64, 1] {
+            mixer
+                .push(
+                    now,
+                    talker,
+                    ssrc,
+                    i,
+                    ts(i),
+                    Arc::from(frames[i as usize].as_slice()),
+                    Some(30),
+                    &mut stats,
+                )
+                .expect("Opus");
+        }
+        // 2 and 3 are lost; 4 carries 2 and 3 (oldest first) and 1 (already there).
+        mixer
+            .push(
+                now,
+                talker,
+                ssrc,
+                4,
+                ts(4),
+                Arc::from(frames[4].as_slice()),
+                Some(30),
+                &mut stats,
+            )
+            .expect("Opus");
+        let red: Vec<RedundantFrame<'_>> = [1usize, 2, 3]
+            .iter()
+            .map(|&i| RedundantFrame {
+                ts_offset: ts(4) - ts(i as u64),
+                payload: &frames[i],
+            })
+            .collect();
+        let held = |mixer: &Mixer| mixer.members[0].jitter.len();
+        assert_eq!(held(&mixer), 3);
+        mixer.push_redundant(talker, 4, ts(4), &red, Some(30));
+        assert_eq!(held(&mixer), 5, "2 and 3 fill the gap; 1 is there already");
+        assert_eq!((stats.packets_duplicate, stats.packets_late), (0, 0));
+        // A gap between the redundant frames (a DTX pause, an unusual distance pattern) leaves their
+        // sequence numbers unknown: nothing is recovered past it.
+        let gapped = [RedundantFrame {
+            ts_offset: 3 * 960,
+            payload: &frames[5],
+        }];
+        mixer.push_redundant(talker, 9, ts(9), &gapped, Some(30));
+        assert_eq!(held(&mixer), 5);
+        // Not Opus: ignored.
+        mixer.push_redundant(
+            talker,
+            6,
+            ts(6),
+            &[RedundantFrame {
+                ts_offset: 960,
+                payload: &[],
+            }],
+            None,
+        );
+        assert_eq!(held(&mixer), 5);
+        // Played over the next ticks, they count as recovered from RED, not as FEC.
+        let (mut out, mut samples) = (Vec::new(), Samples::default());
+        for tick in 0..12 {
+            mixer.tick(now + TICK * tick, &mut out, &mut stats, &mut samples);
+        }
+        assert_eq!(stats.recovered_red, 2, "{stats:?}");
+        assert_eq!(stats.concealed_fec, 0, "{stats:?}");
     }
 }

@@ -52,6 +52,10 @@ pub struct CoreStats {
     pub rtp_in: u64,
     /// RTP packets written into subscribers' slots.
     pub rtp_forwarded: u64,
+    /// Microphone RTP packets received as RED (RFC 2198), included in `rtp_in`.
+    pub rtp_red_in: u64,
+    /// Packets written into slots as RED, included in `rtp_forwarded`.
+    pub rtp_red_forwarded: u64,
     /// Microphone packets nobody was routed to (e.g. alone in the room).
     pub rtp_unrouted: u64,
     pub drops: [u64; DropReason::ALL.len()],
@@ -79,6 +83,9 @@ pub struct MixStats {
     pub frames_encoded: u64,
     /// Missing frames recovered from the next packet's in-band FEC.
     pub concealed_fec: u64,
+    /// Missing frames recovered from RED (RFC 2198) redundancy into a gap of a jitter buffer (they play
+    /// instead of FEC or PLC).
+    pub recovered_red: u64,
     /// Missing frames concealed by Opus packet-loss concealment.
     pub concealed_plc: u64,
     /// Packets that arrived after their playout time.

@@ -416,6 +416,7 @@ impl AudioClient {
                 local_addr: local,
                 slots,
                 publish: amplitude > 0.0,
+                red: 0,
             },
         )?;
         signal.send(json!({"type": "offer", "sdp": offer})).await?;

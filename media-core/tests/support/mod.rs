@@ -308,6 +308,11 @@ impl Sim {
     }
 
     pub fn join(&mut self, freq: f32, amplitude: f32) -> usize {
+        self.join_with_red(freq, amplitude, 0)
+    }
+
+    /// Join a client that offers RED and sends `red` earlier frames with each frame (0: Opus only).
+    pub fn join_with_red(&mut self, freq: f32, amplitude: f32, red: u8) -> usize {
         let index = self.clients.len();
         let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + index % 200, 6000 + index / 200)
             .parse()
@@ -318,6 +323,7 @@ impl Sim {
                 local_addr: addr,
                 slots: self.slots,
                 publish: true,
+                red,
             },
         )
         .expect("a client offer");

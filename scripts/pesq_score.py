@@ -101,7 +101,9 @@ def align(
     lags = np.arange(-len(reference) + 1, len(degraded))
     max_lag = int(max_delay_s * PESQ_RATE)
     window = (lags >= -max_lag) & (lags <= max_lag)
-    best = int(np.argmax(np.abs(xc[window])))
+    # The largest positive peak: nothing in a call inverts the polarity, and a strong negative lobe of the
+    # cross-correlation (speech is nearly periodic) is never the alignment.
+    best = int(np.argmax(xc[window]))
     lag = int(lags[window][best])
     correlation = float(xc[window][best]) / (ref_energy * deg_energy)
     if correlation < 0.1:

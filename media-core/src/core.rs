@@ -480,6 +480,8 @@ impl MediaCore {
                 if mixer.next_tick().is_some_and(|t| t <= now) {
                     mixed.clear();
                     mixer.tick(now, &mut mixed, &mut self.stats.mix, &mut self.samples);
+                    // Listeners of the shared mix get the same RED payloads: encoded once per tick.
+                    let mut red_variants: Vec<MixRedVariant> = Vec::new();
                     for packet in mixed.drain(..) {
                         let Some(p) = self.participants.get_mut(&packet.to) else {
                             continue;
@@ -487,11 +489,23 @@ impl MediaCore {
                         if !p.peer.connected {
                             continue;
                         }
+                        let red = match (p.peer.slots.first(), &packet.previous) {
+                            (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
+                                Some(mix_red_payload(
+                                    &mut red_variants,
+                                    &packet.payload,
+                                    previous,
+                                    *slot.pt,
+                                ))
+                            }
+                            _ => None,
+                        };
                         let written = p.peer.write_mix(
                             packet.seq,
                             packet.ts,
                             now,
-                            &packet.payload,
+                            red.as_ref().unwrap_or(&packet.payload),
+                            red.is_some(),
                             packet.level,
                             &packet.contributors,
                         );
@@ -663,13 +677,7 @@ impl MediaCore {
             if pushed.is_err() {
                 self.stats.drop(DropReason::Malformed);
             } else if let Some(r) = &red {
-                mixer.push_redundant(
-                    from,
-                    *packet.seq_no,
-                    packet.header.timestamp,
-                    &r.redundant,
-                    level.map(|l| l.unsigned_abs().min(127)),
-                );
+                mixer.push_redundant(from, *packet.seq_no, packet.header.timestamp, &r.redundant);
             }
             arm_tick(&mut self.next_tick, room);
             return;
@@ -775,6 +783,36 @@ fn red_variant(
     );
     let payload: Arc<[u8]> = Arc::from(out);
     variants.push((opus_pt, kept, payload.clone()));
+    payload
+}
+
+/// A mixed packet's RED payload for listeners of one Opus payload type: (primary, previous, payload type,
+/// RED payload).
+type MixRedVariant = (Arc<[u8]>, Arc<[u8]>, u8, Arc<[u8]>);
+
+/// The RED payload of a mixed packet for a listener that negotiated RED: the previous packet it was sent
+/// as redundancy (20 ms back), then this one, labelled with the listener's Opus payload type. Encoded once
+/// per distinct (packets, payload type) in a tick and shared through `variants`.
+fn mix_red_payload(
+    variants: &mut Vec<MixRedVariant>,
+    primary: &Arc<[u8]>,
+    previous: &Arc<[u8]>,
+    opus_pt: u8,
+) -> Arc<[u8]> {
+    if let Some((_, _, _, p)) = variants
+        .iter()
+        .find(|(a, b, pt, _)| Arc::ptr_eq(a, primary) && Arc::ptr_eq(b, previous) && *pt == opus_pt)
+    {
+        return p.clone();
+    }
+    let mut out = Vec::with_capacity(primary.len() + previous.len() + 5);
+    let redundant = [red::RedundantFrame {
+        ts_offset: crate::audio::FRAME_SAMPLES as u32,
+        payload: previous,
+    }];
+    red::encode(opus_pt, primary, &redundant, |_, _| true, &mut out);
+    let payload: Arc<[u8]> = Arc::from(out);
+    variants.push((primary.clone(), previous.clone(), opus_pt, payload.clone()));
     payload
 }
 

@@ -307,12 +307,14 @@ impl Peer {
 
     /// Write one mixed packet into the first slot stream: `contributors` become the CSRCs (and their RFC 6465
     /// levels where negotiated), `level` the packet's own audio level. The caller drains afterwards.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_mix(
         &mut self,
         seq: u64,
         ts: u32,
         wallclock: Instant,
         payload: &std::sync::Arc<[u8]>,
+        red: bool,
         level: u8,
         contributors: &crate::csrc_levels::Contributors,
     ) -> Result<(), PeerError> {
@@ -328,7 +330,7 @@ impl Peer {
             ts,
             wallclock,
             payload,
-            false,
+            red,
             ext,
             contributors.ssrcs(),
         )

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use media_core::audio::{self, ToneAnalysis, ToneGenerator, FRAME_SAMPLES, SAMPLE_RATE};
 use media_core::client::{ClientConfig, ClientOutput, ClientPeer, ReceivedAudio};
 use media_core::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout};
+use media_core::mixer::red_jitter_packets;
+use media_core::red::RedundantFrame;
 use media_core::sim::{LinkConfig, SimNet};
 use media_core::{
     CoreConfig, CoreEvent, JoinParams, MediaCore, Output, ParticipantId, RoomConfig, RoomId,
@@ -143,6 +145,19 @@ impl MixedStream {
                 },
             );
             self.next_play.get_or_insert(a.arrival);
+        }
+        // RED: the older frames fill what is missing, as a browser's jitter buffer does with them.
+        if let Some(redundant) = &a.redundant {
+            let frames: Vec<RedundantFrame<'_>> = redundant
+                .iter()
+                .map(|(ts, payload)| RedundantFrame {
+                    ts_offset: a.timestamp.wrapping_sub(*ts),
+                    payload,
+                })
+                .collect();
+            for packet in red_jitter_packets(a.seq, a.timestamp, &frames) {
+                self.jitter.push_redundant(packet);
+            }
         }
         if let Some((seq, _)) = self.last {
             if a.seq <= seq {
@@ -695,20 +710,21 @@ pub struct SpeechCall {
 /// played stream (through its jitter buffer, with FEC and PLC) is scored by PESQ-WB against the speaker's
 /// own decoded packets (and, for information, against the passage itself). The call connects on a
 /// clean 10 ms link, then every leg gets `link` (the speaker's encoder expects `expected_loss_percent`).
+/// Both clients offer RED and send `red` earlier frames with each frame when `red` > 0 (like Chrome: 1).
 pub fn speech_call(
     name: &str,
     seed: u64,
     room_config: RoomConfig,
     link: LinkConfig,
     expected_loss_percent: i32,
+    red: u8,
 ) -> SpeechCall {
     let speech = speech::passage_48k();
-    let mut sim = Sim::with_room(
-        seed,
-        LinkConfig::with_delay(10.0),
-        room_config,
-        &[(0.0, 0.0), (0.0, 0.0)],
-    );
+    let mut sim = Sim::with_room(seed, LinkConfig::with_delay(10.0), room_config, &[]);
+    for _ in 0..2 {
+        sim.join_with_red(0.0, 0.0, red);
+    }
+    sim.drain_core();
     sim.play_slots = true;
     sim.connect();
     sim.net.set_default_link(link);

@@ -7,7 +7,8 @@ Both files are mono (or the first channel is used) PCM or float WAV at any rate.
 with a polyphase anti-aliasing filter, the degraded signal is aligned to the reference by cross-correlation
 (its global delay, e.g. codec + network + jitter-buffer delay, is removed; PESQ itself then aligns each
 utterance), cut or zero-padded to the reference's length, and scored. The delay is searched up to 2 s
-(--max-delay-s: e.g. a recording of a looping fake microphone that holds the passage somewhere). Prints the MOS-LQO, or with --json one
+(--max-delay-s; with --contained only where the whole reference lies inside the recording: e.g. a recording
+of a looping fake microphone that holds one whole passage somewhere). Prints the MOS-LQO, or with --json one
 JSON object: {"mos_lqo", "delay_ms", "correlation", "reference_s", "degraded_s"}.
 
 Exit status: 0 scored, 2 bad input (missing/unreadable file, silence, no correlation), 3 PESQ refused the
@@ -87,7 +88,10 @@ def read_mono_16k(path: Path) -> np.ndarray:
 
 
 def align(
-    reference: np.ndarray, degraded: np.ndarray, max_delay_s: float = MAX_DELAY_S
+    reference: np.ndarray,
+    degraded: np.ndarray,
+    max_delay_s: float = MAX_DELAY_S,
+    contained: bool = False,
 ) -> tuple[np.ndarray, int, float]:
     """The degraded signal shifted by its delay against the reference (found by FFT cross-correlation), cut
     or zero-padded to the reference's length; the delay in samples; the normalised correlation at it."""
@@ -101,6 +105,11 @@ def align(
     lags = np.arange(-len(reference) + 1, len(degraded))
     max_lag = int(max_delay_s * PESQ_RATE)
     window = (lags >= -max_lag) & (lags <= max_lag)
+    if contained:
+        # The whole reference lies inside the degraded recording (e.g. one loop of a looping source).
+        window &= (lags >= 0) & (lags <= len(degraded) - len(reference))
+        if not window.any():
+            raise InputError("the degraded recording is shorter than the reference")
     # The largest positive peak: nothing in a call inverts the polarity, and a strong negative lobe of the
     # cross-correlation (speech is nearly periodic) is never the alignment.
     best = int(np.argmax(xc[window]))
@@ -120,10 +129,15 @@ def align(
     return out, lag, correlation
 
 
-def score(reference_path: Path, degraded_path: Path, max_delay_s: float = MAX_DELAY_S) -> Score:
+def score(
+    reference_path: Path,
+    degraded_path: Path,
+    max_delay_s: float = MAX_DELAY_S,
+    contained: bool = False,
+) -> Score:
     reference = read_mono_16k(reference_path)
     degraded = read_mono_16k(degraded_path)
-    aligned, lag, correlation = align(reference, degraded, max_delay_s)
+    aligned, lag, correlation = align(reference, degraded, max_delay_s, contained)
     try:
         mos = float(pesq(PESQ_RATE, reference, aligned, "wb"))
     except PesqError as e:
@@ -145,9 +159,14 @@ def main() -> int:
     parser.add_argument(
         "--max-delay-s", type=float, default=MAX_DELAY_S, help="longest delay searched (seconds)"
     )
+    parser.add_argument(
+        "--contained",
+        action="store_true",
+        help="the whole reference lies inside the degraded recording (a looping source recorded long enough)",
+    )
     args = parser.parse_args()
     try:
-        s = score(args.reference, args.degraded, args.max_delay_s)
+        s = score(args.reference, args.degraded, args.max_delay_s, args.contained)
     except InputError as e:
         print(f"pesq_score: {e}", file=sys.stderr)
         return 2

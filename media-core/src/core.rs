@@ -18,7 +18,7 @@ use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit}
 use crate::rewrite::SlotRewriter;
 pub use crate::room_config::RoomConfig;
 use crate::room_config::RoomMode;
-use crate::router::{RouteMiss, Router};
+use crate::router::{Route, RouteMiss, Router};
 use crate::sim::Rng;
 use crate::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
 use crate::stats::{CoreStats, DropReason, Samples};
@@ -384,16 +384,31 @@ impl MediaCore {
             self.stats.drop(DropReason::Oversized);
             return;
         }
-        let id = match self.router.route(source, data) {
-            Ok(id) => id,
+        let route = match self.router.route(now, source, data) {
+            Ok(route) => route,
             Err(RouteMiss::UnknownSource) => return self.stats.drop(DropReason::UnknownSource),
             Err(RouteMiss::UnknownUfrag) => return self.stats.drop(DropReason::UnknownUfrag),
             Err(RouteMiss::MalformedStun) => return self.stats.drop(DropReason::Malformed),
+        };
+        let id = match route {
+            Route::Stun(id) | Route::Bound(id) => id,
         };
         let Some(p) = self.participants.get_mut(&id) else {
             return self.stats.drop(DropReason::UnknownSource);
         };
         let destination = self.config.candidate_addr;
+        if let Route::Stun(_) = route {
+            // The address is learned only from a request the peer's ICE agent authenticates, and only if
+            // no other live peer is using it (credentials for one's own peer do not prove the source).
+            if !p.peer.verifies_stun(now, source, destination, data) {
+                return self.stats.drop(DropReason::BadIntegrity);
+            }
+            if let Err(taken) = self.router.learn(now, source, id) {
+                tracing::debug!(participant = %id, owner = %taken.owner, %source,
+                    "verified STUN from another peer's address dropped");
+                return self.stats.drop(DropReason::Misrouted);
+            }
+        }
         match p.peer.handle_datagram(now, source, destination, data) {
             Ok(()) => {}
             Err(PeerError::Panicked) => {

@@ -350,6 +350,7 @@ fn leaving_frees_slots_and_a_newcomer_is_heard_by_all() {
     assert!(!sim.clients[2].pcm_by_csrc.contains_key(&left.mic_ssrc));
 }
 mod mix;
+mod security;
 mod speech;
 
 /// Speech-like activity for `total`: talk spurts of `on` separated by short pauses (levels vary, as in

@@ -258,6 +258,10 @@ pub struct Sim {
     pub play_slots: bool,
     /// Packets received by all clients.
     pub received_total: u64,
+    /// Record every STUN message a client sends the server in [`Sim::stun_sent`] (security tests).
+    pub capture_stun: bool,
+    /// (client index, datagram) of the STUN messages clients sent, while `capture_stun` is on.
+    pub stun_sent: Vec<(usize, Vec<u8>)>,
     /// Real time spent inside the core (input handling and draining its output).
     pub core_busy: Duration,
     /// The part of `core_busy` spent on timeouts, and how many there were.
@@ -296,6 +300,8 @@ impl Sim {
             keep_audio: true,
             play_slots: false,
             received_total: 0,
+            capture_stun: false,
+            stun_sent: Vec::new(),
             core_busy: Duration::ZERO,
             core_busy_timers: Duration::ZERO,
             core_timeouts: 0,
@@ -308,6 +314,12 @@ impl Sim {
     }
 
     pub fn join(&mut self, freq: f32, amplitude: f32) -> usize {
+        let room = self.room.clone();
+        self.join_in(&room, freq, amplitude)
+    }
+
+    /// A client joining room `room` of the same core (same room settings as the sim's own room).
+    pub fn join_in(&mut self, room: &RoomId, freq: f32, amplitude: f32) -> usize {
         let index = self.clients.len();
         let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + index % 200, 6000 + index / 200)
             .parse()
@@ -326,7 +338,7 @@ impl Sim {
             .core
             .add_participant(
                 self.now,
-                &self.room,
+                room,
                 self.room_config,
                 id,
                 JoinParams {
@@ -445,6 +457,9 @@ impl Sim {
                     return;
                 }
                 ClientOutput::Transmit(t) => {
+                    if self.capture_stun && t.contents.first().is_some_and(|b| *b < 2) {
+                        self.stun_sent.push((i, t.contents.clone()));
+                    }
                     self.net.send(self.now, c.addr, t.destination, t.contents)
                 }
                 ClientOutput::Connected => {}

@@ -14,6 +14,7 @@ use str0m::rtp::RtpPacket;
 use crate::dominant::{DominantConfig, DominantSpeaker};
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 use crate::mixer::{MixPacket, Mixer};
+use crate::offer::{check_offer, OfferError};
 use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
 use crate::rewrite::SlotRewriter;
 pub use crate::room_config::RoomConfig;
@@ -68,7 +69,31 @@ pub enum CoreError {
     #[error("room setting out of range: {0}")]
     BadRoomConfig(&'static str),
     #[error(transparent)]
+    Offer(#[from] OfferError),
+    #[error(transparent)]
     Peer(#[from] PeerError),
+}
+
+impl CoreError {
+    /// What a client may be told. str0m's parse errors quote the offer and internal state (heap addresses
+    /// such as `PointerOffset(0x7f…)`), so they become a fixed message; log the error itself at debug.
+    pub fn client_message(&self) -> String {
+        match self {
+            CoreError::Peer(PeerError::BadSdp(_)) => "the offer is not valid SDP".to_owned(),
+            CoreError::Peer(PeerError::Rtc(_)) => {
+                "the offer was refused by the WebRTC stack".to_owned()
+            }
+            CoreError::Peer(PeerError::Panicked) => {
+                "the WebRTC stack failed on the offer".to_owned()
+            }
+            // Our own texts: fixed strings and counts.
+            CoreError::Peer(e @ PeerError::MissingMedia(_)) => e.to_string(),
+            CoreError::Offer(e) => e.to_string(),
+            e @ (CoreError::AlreadyConnected(_)
+            | CoreError::UnknownParticipant(_)
+            | CoreError::BadRoomConfig(_)) => e.to_string(),
+        }
+    }
 }
 
 /// One slot of a subscriber as reported to signaling.
@@ -245,6 +270,8 @@ impl MediaCore {
         if self.participants.contains_key(&id) {
             return Err(CoreError::AlreadyConnected(id));
         }
+        // Before str0m sees it: its cost grows with the offer's m-lines.
+        check_offer(offer_sdp)?;
         let existing = self.room_keys.get(room).copied();
         // An existing room keeps the settings it was created with.
         let room_config = existing

@@ -5,6 +5,10 @@
 
 mod support;
 
+/// Heap bytes per thread, for the tests that pin per-peer memory (`security`).
+#[global_allocator]
+static ALLOC: support::alloc::Counting = support::alloc::Counting;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

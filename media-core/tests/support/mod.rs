@@ -4,6 +4,7 @@
 //! what each receives can be decoded per CSRC and played through a receiver jitter buffer.
 #![allow(dead_code)] // each user of the harness needs a different part of it
 
+pub mod alloc;
 pub mod speech;
 
 use std::collections::HashMap;

@@ -500,7 +500,7 @@ mod tests {
     #[test]
     fn printed_configuration_has_no_secrets() {
         // Issue 10: --print-config printed the API secrets.
-        let mut c = Config::from_toml(
+        let c = Config::from_toml(
             "[auth]\ndev_mode = false\n\
              api_keys = { prod = \"0123456789abcdef0123456789abcdef\" }\n\
              [webhooks]\nurls = [\"https://hook:s3cr3t@example.com/x?a=b\", \"http://example.com/y@z\"]\n",

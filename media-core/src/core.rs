@@ -14,12 +14,13 @@ use str0m::rtp::RtpPacket;
 use crate::dominant::{DominantConfig, DominantSpeaker};
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 use crate::mixer::{MixPacket, Mixer};
+use crate::offer::{check_offer, OfferError};
 use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
 use crate::red;
 use crate::rewrite::SlotRewriter;
 pub use crate::room_config::RoomConfig;
 use crate::room_config::RoomMode;
-use crate::router::{RouteMiss, Router};
+use crate::router::{Route, RouteMiss, Router};
 use crate::sim::Rng;
 use crate::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
 use crate::stats::{CoreStats, DropReason, Samples};
@@ -69,7 +70,31 @@ pub enum CoreError {
     #[error("room setting out of range: {0}")]
     BadRoomConfig(&'static str),
     #[error(transparent)]
+    Offer(#[from] OfferError),
+    #[error(transparent)]
     Peer(#[from] PeerError),
+}
+
+impl CoreError {
+    /// What a client may be told. str0m's parse errors quote the offer and internal state (heap addresses
+    /// such as `PointerOffset(0x7f…)`), so they become a fixed message; log the error itself at debug.
+    pub fn client_message(&self) -> String {
+        match self {
+            CoreError::Peer(PeerError::BadSdp(_)) => "the offer is not valid SDP".to_owned(),
+            CoreError::Peer(PeerError::Rtc(_)) => {
+                "the offer was refused by the WebRTC stack".to_owned()
+            }
+            CoreError::Peer(PeerError::Panicked) => {
+                "the WebRTC stack failed on the offer".to_owned()
+            }
+            // Our own texts: fixed strings and counts.
+            CoreError::Peer(e @ PeerError::MissingMedia(_)) => e.to_string(),
+            CoreError::Offer(e) => e.to_string(),
+            e @ (CoreError::AlreadyConnected(_)
+            | CoreError::UnknownParticipant(_)
+            | CoreError::BadRoomConfig(_)) => e.to_string(),
+        }
+    }
 }
 
 /// One slot of a subscriber as reported to signaling.
@@ -246,6 +271,8 @@ impl MediaCore {
         if self.participants.contains_key(&id) {
             return Err(CoreError::AlreadyConnected(id));
         }
+        // Before str0m sees it: its cost grows with the offer's m-lines.
+        check_offer(offer_sdp)?;
         let existing = self.room_keys.get(room).copied();
         // An existing room keeps the settings it was created with.
         let room_config = existing
@@ -385,16 +412,31 @@ impl MediaCore {
             self.stats.drop(DropReason::Oversized);
             return;
         }
-        let id = match self.router.route(source, data) {
-            Ok(id) => id,
+        let route = match self.router.route(now, source, data) {
+            Ok(route) => route,
             Err(RouteMiss::UnknownSource) => return self.stats.drop(DropReason::UnknownSource),
             Err(RouteMiss::UnknownUfrag) => return self.stats.drop(DropReason::UnknownUfrag),
             Err(RouteMiss::MalformedStun) => return self.stats.drop(DropReason::Malformed),
+        };
+        let id = match route {
+            Route::Stun(id) | Route::Bound(id) => id,
         };
         let Some(p) = self.participants.get_mut(&id) else {
             return self.stats.drop(DropReason::UnknownSource);
         };
         let destination = self.config.candidate_addr;
+        if let Route::Stun(_) = route {
+            // The address is learned only from a request the peer's ICE agent authenticates, and only if
+            // no other live peer is using it (credentials for one's own peer do not prove the source).
+            if !p.peer.verifies_stun(now, source, destination, data) {
+                return self.stats.drop(DropReason::BadIntegrity);
+            }
+            if let Err(taken) = self.router.learn(now, source, id) {
+                tracing::debug!(participant = %id, owner = %taken.owner, %source,
+                    "verified STUN from another peer's address dropped");
+                return self.stats.drop(DropReason::Misrouted);
+            }
+        }
         match p.peer.handle_datagram(now, source, destination, data) {
             Ok(()) => {}
             Err(PeerError::Panicked) => {

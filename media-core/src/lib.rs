@@ -15,6 +15,7 @@ pub mod jitter;
 pub mod levels;
 pub mod limiter;
 pub mod mixer;
+pub mod offer;
 pub mod peer;
 pub mod red;
 pub mod rewrite;

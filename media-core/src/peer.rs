@@ -274,6 +274,32 @@ impl Peer {
         Ok(())
     }
 
+    /// Whether this peer's ICE agent takes a STUN message from `source` as its own: a binding request naming
+    /// our ufrag and the client's, with MESSAGE-INTEGRITY under our ICE password (str0m's `Rtc::accepts`).
+    /// Only then may the router learn `source` for this peer.
+    pub fn verifies_stun(
+        &self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        let Ok(contents) = data.try_into() else {
+            return false;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        let rtc = &self.rtc;
+        guard(|| rtc.accepts(&input)).unwrap_or(false)
+    }
+
     /// Advance time.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
         let rtc = &mut self.rtc;

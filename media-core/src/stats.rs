@@ -16,16 +16,24 @@ pub enum DropReason {
     NotPublishing,
     /// A packet from before a slot's speaker switch, or one already forwarded.
     StaleOrDuplicate,
+    /// STUN naming a peer's ufrag that the peer's ICE agent rejects: MESSAGE-INTEGRITY missing or not made
+    /// with the peer's ICE password, or a client ufrag other than the offer's. Its source is not learned.
+    BadIntegrity,
+    /// Verified STUN for one peer from an address another live peer is using (a spoofed source): dropped,
+    /// so the address stays with the peer that was heard from it.
+    Misrouted,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Oversized,
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::Malformed,
         DropReason::NotPublishing,
         DropReason::StaleOrDuplicate,
+        DropReason::BadIntegrity,
+        DropReason::Misrouted,
     ];
 
     /// The metric label value.
@@ -37,6 +45,8 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::NotPublishing => "not_publishing",
             DropReason::StaleOrDuplicate => "stale_or_duplicate",
+            DropReason::BadIntegrity => "bad_integrity",
+            DropReason::Misrouted => "misrouted",
         }
     }
 }

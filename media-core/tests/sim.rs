@@ -5,6 +5,10 @@
 
 mod support;
 
+/// Heap bytes per thread, for the tests that pin per-peer memory (`security`).
+#[global_allocator]
+static ALLOC: support::alloc::Counting = support::alloc::Counting;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -350,6 +354,7 @@ fn leaving_frees_slots_and_a_newcomer_is_heard_by_all() {
     assert!(!sim.clients[2].pcm_by_csrc.contains_key(&left.mic_ssrc));
 }
 mod mix;
+mod security;
 mod speech;
 
 /// Speech-like activity for `total`: talk spurts of `on` separated by short pauses (levels vary, as in

@@ -4,6 +4,7 @@
 //! what each receives can be decoded per CSRC and played through a receiver jitter buffer.
 #![allow(dead_code)] // each user of the harness needs a different part of it
 
+pub mod alloc;
 pub mod speech;
 
 use std::collections::HashMap;
@@ -273,6 +274,10 @@ pub struct Sim {
     pub play_slots: bool,
     /// Packets received by all clients.
     pub received_total: u64,
+    /// Record every STUN message a client sends the server in [`Sim::stun_sent`] (security tests).
+    pub capture_stun: bool,
+    /// (client index, datagram) of the STUN messages clients sent, while `capture_stun` is on.
+    pub stun_sent: Vec<(usize, Vec<u8>)>,
     /// Real time spent inside the core (input handling and draining its output).
     pub core_busy: Duration,
     /// The part of `core_busy` spent on timeouts, and how many there were.
@@ -311,6 +316,8 @@ impl Sim {
             keep_audio: true,
             play_slots: false,
             received_total: 0,
+            capture_stun: false,
+            stun_sent: Vec::new(),
             core_busy: Duration::ZERO,
             core_busy_timers: Duration::ZERO,
             core_timeouts: 0,
@@ -328,6 +335,13 @@ impl Sim {
 
     /// Join a client that offers RED and sends `red` earlier frames with each frame (0: Opus only).
     pub fn join_with_red(&mut self, freq: f32, amplitude: f32, red: u8) -> usize {
+        let room = self.room.clone();
+        self.join_in(&room, freq, amplitude, red)
+    }
+
+    /// A client joining room `room` of the same core (same room settings as the sim's own room), sending
+    /// `red` earlier frames with each frame (0: Opus only).
+    pub fn join_in(&mut self, room: &RoomId, freq: f32, amplitude: f32, red: u8) -> usize {
         let index = self.clients.len();
         let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + index % 200, 6000 + index / 200)
             .parse()
@@ -347,7 +361,7 @@ impl Sim {
             .core
             .add_participant(
                 self.now,
-                &self.room,
+                room,
                 self.room_config,
                 id,
                 JoinParams {
@@ -466,6 +480,9 @@ impl Sim {
                     return;
                 }
                 ClientOutput::Transmit(t) => {
+                    if self.capture_stun && t.contents.first().is_some_and(|b| *b < 2) {
+                        self.stun_sent.push((i, t.contents.clone()));
+                    }
                     self.net.send(self.now, c.addr, t.destination, t.contents)
                 }
                 ClientOutput::Connected => {}

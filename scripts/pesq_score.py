@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Score a degraded speech WAV against its reference with PESQ wide-band (ITU-T P.862.2).
 
-    .venv/bin/python scripts/pesq_score.py REFERENCE.wav DEGRADED.wav [--json]
+    .venv/bin/python scripts/pesq_score.py REFERENCE.wav DEGRADED.wav [--json] [--max-delay-s S]
 
 Both files are mono (or the first channel is used) PCM or float WAV at any rate. They are resampled to 16 kHz
 with a polyphase anti-aliasing filter, the degraded signal is aligned to the reference by cross-correlation
 (its global delay, e.g. codec + network + jitter-buffer delay, is removed; PESQ itself then aligns each
-utterance), cut or zero-padded to the reference's length, and scored. Prints the MOS-LQO, or with --json one
+utterance), cut or zero-padded to the reference's length, and scored. The delay is searched up to 2 s
+(--max-delay-s; with --contained only where the whole reference lies inside the recording: e.g. a recording
+of a looping fake microphone that holds one whole passage somewhere). Prints the MOS-LQO, or with --json one
 JSON object: {"mos_lqo", "delay_ms", "correlation", "reference_s", "degraded_s"}.
 
 Exit status: 0 scored, 2 bad input (missing/unreadable file, silence, no correlation), 3 PESQ refused the
@@ -36,7 +38,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     sys.exit(2)
 
 PESQ_RATE = 16_000
-# The longest delay searched for between reference and degraded signal.
+# The longest delay searched for between reference and degraded signal, by default.
 MAX_DELAY_S = 2.0
 
 
@@ -85,7 +87,12 @@ def read_mono_16k(path: Path) -> np.ndarray:
     return x
 
 
-def align(reference: np.ndarray, degraded: np.ndarray) -> tuple[np.ndarray, int, float]:
+def align(
+    reference: np.ndarray,
+    degraded: np.ndarray,
+    max_delay_s: float = MAX_DELAY_S,
+    contained: bool = False,
+) -> tuple[np.ndarray, int, float]:
     """The degraded signal shifted by its delay against the reference (found by FFT cross-correlation), cut
     or zero-padded to the reference's length; the delay in samples; the normalised correlation at it."""
     ref_energy = float(np.sqrt(np.sum(reference**2)))
@@ -96,9 +103,16 @@ def align(reference: np.ndarray, degraded: np.ndarray) -> tuple[np.ndarray, int,
         raise InputError("the degraded signal is silent")
     xc = correlate(degraded, reference, mode="full", method="fft")
     lags = np.arange(-len(reference) + 1, len(degraded))
-    max_lag = int(MAX_DELAY_S * PESQ_RATE)
+    max_lag = int(max_delay_s * PESQ_RATE)
     window = (lags >= -max_lag) & (lags <= max_lag)
-    best = int(np.argmax(np.abs(xc[window])))
+    if contained:
+        # The whole reference lies inside the degraded recording (e.g. one loop of a looping source).
+        window &= (lags >= 0) & (lags <= len(degraded) - len(reference))
+        if not window.any():
+            raise InputError("the degraded recording is shorter than the reference")
+    # The largest positive peak: nothing in a call inverts the polarity, and a strong negative lobe of the
+    # cross-correlation (speech is nearly periodic) is never the alignment.
+    best = int(np.argmax(xc[window]))
     lag = int(lags[window][best])
     correlation = float(xc[window][best]) / (ref_energy * deg_energy)
     if correlation < 0.1:
@@ -115,10 +129,15 @@ def align(reference: np.ndarray, degraded: np.ndarray) -> tuple[np.ndarray, int,
     return out, lag, correlation
 
 
-def score(reference_path: Path, degraded_path: Path) -> Score:
+def score(
+    reference_path: Path,
+    degraded_path: Path,
+    max_delay_s: float = MAX_DELAY_S,
+    contained: bool = False,
+) -> Score:
     reference = read_mono_16k(reference_path)
     degraded = read_mono_16k(degraded_path)
-    aligned, lag, correlation = align(reference, degraded)
+    aligned, lag, correlation = align(reference, degraded, max_delay_s, contained)
     try:
         mos = float(pesq(PESQ_RATE, reference, aligned, "wb"))
     except PesqError as e:
@@ -137,9 +156,17 @@ def main() -> int:
     parser.add_argument("reference", type=Path, help="the clean speech that was sent")
     parser.add_argument("degraded", type=Path, help="what the listener played")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--max-delay-s", type=float, default=MAX_DELAY_S, help="longest delay searched (seconds)"
+    )
+    parser.add_argument(
+        "--contained",
+        action="store_true",
+        help="the whole reference lies inside the degraded recording (a looping source recorded long enough)",
+    )
     args = parser.parse_args()
     try:
-        s = score(args.reference, args.degraded)
+        s = score(args.reference, args.degraded, args.max_delay_s, args.contained)
     except InputError as e:
         print(f"pesq_score: {e}", file=sys.stderr)
         return 2

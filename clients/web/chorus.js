@@ -82,6 +82,9 @@ const LEAVE_TIMEOUT_MS = 1500;
  * @property {RTCConfiguration} [rtcConfig]        extra RTCPeerConnection configuration (default
  *                                                  `{iceServers: []}`: the server is ICE-lite with a host
  *                                                  candidate, no STUN/TURN is needed)
+ * @property {boolean} [red]                       prefer RFC 2198 redundant audio (RED) over plain Opus when the
+ *                                                 browser supports it (default true): each packet repeats the
+ *                                                 previous frame, so a single lost packet costs nothing
  * @property {typeof WebSocket} [WebSocket]        WebSocket implementation (for tests)
  */
 
@@ -137,6 +140,40 @@ function participantFrom(info, isLocal) {
  * @param {number} timeoutMs
  * @returns {Promise<void>}
  */
+/**
+ * The browser's audio codecs with RED (`audio/red`, RFC 2198) first and Opus next, or null when it has no
+ * RED. Listing RED before Opus makes the browser offer it first, and send it when the server answers it.
+ * @returns {RTCRtpCodec[]|null}
+ */
+function redFirstCodecs() {
+  const caps = typeof RTCRtpReceiver !== 'undefined' && typeof RTCRtpReceiver.getCapabilities === 'function'
+    ? RTCRtpReceiver.getCapabilities('audio')
+    : null;
+  const codecs = (caps && caps.codecs) || [];
+  const isRed = (/** @type {RTCRtpCodec} */ c) => c.mimeType.toLowerCase() === 'audio/red';
+  const isOpus = (/** @type {RTCRtpCodec} */ c) => c.mimeType.toLowerCase() === 'audio/opus';
+  if (!codecs.some(isRed) || !codecs.some(isOpus)) return null;
+  return [
+    ...codecs.filter(isRed),
+    ...codecs.filter(isOpus),
+    ...codecs.filter((c) => !isRed(c) && !isOpus(c)),
+  ];
+}
+
+/**
+ * Apply a codec order to a transceiver where the browser allows it (a refusal keeps its default order).
+ * @param {RTCRtpTransceiver} transceiver
+ * @param {RTCRtpCodec[]|null} codecs
+ */
+function preferCodecs(transceiver, codecs) {
+  if (!codecs || typeof transceiver.setCodecPreferences !== 'function') return;
+  try {
+    transceiver.setCodecPreferences(codecs);
+  } catch (_) {
+    // An older browser that validates preferences differently: plain Opus still works.
+  }
+}
+
 function waitForIceGathering(pc, timeoutMs) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
   return new Promise((resolve) => {
@@ -499,11 +536,14 @@ export class Room extends EventTarget {
     pc.addEventListener('iceconnectionstatechange', () => this._updateState());
 
     const canPublish = this.localParticipant.canPublish;
+    // RED first on the microphone (the server then receives it) and on the slots (it forwards RED there).
+    const codecs = this._options.red === false ? null : redFirstCodecs();
     if (canPublish) {
       const track = this.micTrack;
       this.micTransceiver = track
         ? pc.addTransceiver(track, { direction: 'sendonly', streams: [new MediaStream([track])] })
         : pc.addTransceiver('audio', { direction: 'sendonly' });
+      preferCodecs(this.micTransceiver, codecs);
       if (track) track.enabled = !this._muted;
     } else {
       this.micTransceiver = pc.addTransceiver('audio', { direction: 'inactive' });
@@ -513,6 +553,7 @@ export class Room extends EventTarget {
     this.slots = [];
     for (let i = 0; i < k; i++) {
       const transceiver = pc.addTransceiver('audio', { direction: 'recvonly' });
+      preferCodecs(transceiver, codecs);
       this.slots.push({
         slot: i, mid: null, sid: null, ssrc: null, transceiver,
         track: null, stream: null, element: null,

@@ -7,7 +7,7 @@
 //   &mic=0             join without publishing the microphone
 //
 // window.chorusDemo exposes the state and test helpers: room, join(), leave(), setMuted(),
-// measure(ms, {freqs}), inboundAudioStats(), outboundAudioStats(), snapshot().
+// measure(ms, {freqs}), record(ms), inboundAudioStats(), outboundAudioStats(), snapshot().
 
 import { connect, sameOriginWsUrl, ChorusError } from './chorus.js';
 
@@ -500,6 +500,58 @@ if (params.get('name')) els.nameInput.value = /** @type {string} */ (params.get(
 if (params.get('processing') === '0') els.processingInput.checked = false;
 setStatus('idle');
 
+/**
+ * Record what the participant receives (every slot mixed) for `ms` milliseconds, as 48 kHz mono 16-bit PCM,
+ * base64-encoded: for tests that score the received audio (e.g. speech quality). An AudioWorklet collects
+ * every sample the graph renders, so nothing is lost between polls.
+ * @param {number} ms
+ * @returns {Promise<{sampleRate: number, samples: number, pcm16: string}>}
+ */
+async function record(ms) {
+  const room = state.room;
+  if (!room) throw new Error('not joined');
+  if (!audioCtx) audioCtx = new AudioContext({ sampleRate: 48000 });
+  if (audioCtx.state !== 'running') await audioCtx.resume();
+  const ctx = audioCtx;
+  const source = `class Recorder extends AudioWorkletProcessor {
+    constructor() { super(); this.port.onmessage = () => this.port.postMessage('done'); }
+    process(inputs) {
+      const ch = inputs[0] && inputs[0][0];
+      this.port.postMessage(ch ? ch.slice() : new Float32Array(128));
+      return true;
+    }
+  }
+  registerProcessor('chorus-recorder', Recorder);`;
+  if (!(/** @type {any} */ (ctx)).chorusRecorder) {
+    const url = URL.createObjectURL(new Blob([source], { type: 'application/javascript' }));
+    await ctx.audioWorklet.addModule(url);
+    (/** @type {any} */ (ctx)).chorusRecorder = true;
+  }
+  const node = new AudioWorkletNode(ctx, 'chorus-recorder', { numberOfInputs: 1, numberOfOutputs: 0, channelCount: 1, channelCountMode: 'explicit' });
+  const sources = room.slots.filter((s) => s.stream && s.track && s.track.readyState === 'live')
+    .map((s) => ctx.createMediaStreamSource(/** @type {MediaStream} */ (s.stream)));
+  for (const src of sources) src.connect(node);
+  const want = Math.round((ms / 1000) * ctx.sampleRate);
+  const pcm = new Int16Array(want);
+  let have = 0;
+  await new Promise((resolve) => {
+    node.port.onmessage = (e) => {
+      if (!(e.data instanceof Float32Array)) return;
+      const n = Math.min(e.data.length, want - have);
+      for (let i = 0; i < n; i++) pcm[have + i] = Math.max(-32768, Math.min(32767, Math.round(e.data[i] * 32767)));
+      have += n;
+      if (have >= want) resolve(undefined);
+    };
+  });
+  for (const src of sources) src.disconnect();
+  node.port.onmessage = null;
+  node.disconnect();
+  let binary = '';
+  const bytes = new Uint8Array(pcm.buffer);
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return { sampleRate: ctx.sampleRate, samples: have, pcm16: btoa(binary) };
+}
+
 const chorusDemo = {
   get room() { return state.room; },
   get status() { return state.status; },
@@ -509,6 +561,7 @@ const chorusDemo = {
   leave,
   setMuted,
   measure,
+  record,
   inboundAudioStats,
   outboundAudioStats,
   snapshot,

@@ -465,6 +465,7 @@ impl Loop {
                     local_addr,
                     slots: spec.slots,
                     publish: spec.talk.is_some(),
+                    red: 0,
                 },
             ),
         };

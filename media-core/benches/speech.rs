@@ -27,29 +27,34 @@ fn main() {
         };
         let seed = 100 + i as u64;
         let expected = loss_percent as i32;
-        let fwd = speech_call(
-            &format!("bench-forward-{loss_percent}"),
-            seed,
-            RoomConfig::forward(3),
-            link,
-            expected,
-        );
-        let mix = speech_call(
-            &format!("bench-mix-{loss_percent}"),
-            seed,
-            RoomConfig::mix(MixConfig::default()),
-            link,
-            expected,
-        );
-        println!(
-            "{loss_percent:>5}  off  {:>8.2}  {:>10.2}  {:>10.0}  {:>8.2}  {:>10.2}  {:>10.0}  {:>12.0}",
-            fwd.pesq.mos_lqo,
-            fwd.pesq_vs_speech.mos_lqo,
-            fwd.mouth_to_ear_ms,
-            mix.pesq.mos_lqo,
-            mix.pesq_vs_speech.mos_lqo,
-            mix.mouth_to_ear_ms,
-            mix.mouth_to_ear_ms - fwd.mouth_to_ear_ms
-        );
+        for red in [0u8, 1] {
+            let fwd = speech_call(
+                &format!("bench-forward-{loss_percent}-red{red}"),
+                seed,
+                RoomConfig::forward(3),
+                link,
+                expected,
+                red,
+            );
+            let mix = speech_call(
+                &format!("bench-mix-{loss_percent}-red{red}"),
+                seed,
+                RoomConfig::mix(MixConfig::default()),
+                link,
+                expected,
+                red,
+            );
+            println!(
+                "{loss_percent:>5}  {:>3}  {:>8.2}  {:>10.2}  {:>10.0}  {:>8.2}  {:>10.2}  {:>10.0}  {:>12.0}",
+                if red > 0 { "on" } else { "off" },
+                fwd.pesq.mos_lqo,
+                fwd.pesq_vs_speech.mos_lqo,
+                fwd.mouth_to_ear_ms,
+                mix.pesq.mos_lqo,
+                mix.pesq_vs_speech.mos_lqo,
+                mix.mouth_to_ear_ms,
+                mix.mouth_to_ear_ms - fwd.mouth_to_ear_ms
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! sends Opus frames the caller encodes (with the RFC 6464 audio level) and reports every received slot
 //! packet with its CSRC. Used by simulation tests, the end-to-end tests and the load tester.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
-use crate::peer::{opus_only, opus_pt, PeerError, Transmit};
+use crate::peer::{opus_only, opus_pt, red_mids, red_pt, PeerError, Transmit};
+use crate::red::{self, RedundantFrame};
 
 /// How a client peer is set up.
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +27,9 @@ pub struct ClientConfig {
     pub slots: usize,
     /// Offer a sending microphone m-line.
     pub publish: bool,
+    /// Offer RED (RFC 2198) on every m-line and, when the answer takes it on the microphone, send this many
+    /// earlier frames as redundancy with each frame (like Chrome: distances 1..=red). 0: Opus only.
+    pub red: u8,
 }
 
 /// One RTP packet received in a slot.
@@ -40,7 +45,11 @@ pub struct ReceivedAudio {
     pub timestamp: u32,
     /// RFC 6464 level, 0 (loud) ..= 127 (silence), if the packet carried one.
     pub audio_level: Option<u8>,
+    /// The Opus frame (a RED packet's primary).
     pub payload: Arc<[u8]>,
+    /// For a RED packet, its redundant frames as (RTP timestamp, Opus frame), oldest first; `None` for plain
+    /// Opus.
+    pub redundant: Option<Vec<(u32, Arc<[u8]>)>>,
     pub arrival: Instant,
 }
 
@@ -61,6 +70,14 @@ pub struct ClientPeer {
     mic_mid: Mid,
     slot_mids: Vec<Mid>,
     mic_pt: Option<Pt>,
+    /// The RED payload type negotiated on the microphone, if any.
+    mic_red_pt: Option<Pt>,
+    /// Redundant frames to send with each frame.
+    red_levels: u8,
+    /// The latest frames sent (Opus payload, RTP timestamp), newest last, for RED.
+    red_history: VecDeque<(Vec<u8>, u32)>,
+    /// Reused buffer for RED payloads.
+    red_buf: Vec<u8>,
     seq: u64,
     ts: u32,
     connected: bool,
@@ -69,7 +86,7 @@ pub struct ClientPeer {
 impl ClientPeer {
     /// Create the peer and its SDP offer.
     pub fn new(now: Instant, config: ClientConfig) -> Result<(ClientPeer, String), PeerError> {
-        let mut rtc = opus_only(Rtc::builder()).build(now);
+        let mut rtc = opus_only(Rtc::builder(), config.red > 0).build(now);
         let candidate = Candidate::host(config.local_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -93,6 +110,10 @@ impl ClientPeer {
             mic_mid,
             slot_mids,
             mic_pt: None,
+            mic_red_pt: None,
+            red_levels: config.red,
+            red_history: VecDeque::new(),
+            red_buf: Vec::new(),
             seq: 0,
             ts: 0,
             connected: false,
@@ -106,7 +127,7 @@ impl ClientPeer {
         now: Instant,
         local_addr: SocketAddr,
     ) -> Result<(ClientPeer, String), PeerError> {
-        let mut rtc = opus_only(Rtc::builder()).build(now);
+        let mut rtc = opus_only(Rtc::builder(), false).build(now);
         let candidate = Candidate::host(local_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -122,6 +143,10 @@ impl ClientPeer {
             mic_mid: mid,
             slot_mids: vec![mid],
             mic_pt: None,
+            mic_red_pt: None,
+            red_levels: 0,
+            red_history: VecDeque::new(),
+            red_buf: Vec::new(),
             seq: 0,
             ts: 0,
             connected: false,
@@ -138,7 +163,7 @@ impl ClientPeer {
     ) -> Result<(ClientPeer, String), PeerError> {
         let offer =
             SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
-        let mut rtc = opus_only(Rtc::builder()).build(now);
+        let mut rtc = opus_only(Rtc::builder(), false).build(now);
         let candidate = Candidate::host(local_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -161,6 +186,10 @@ impl ClientPeer {
             mic_mid,
             slot_mids,
             mic_pt: None,
+            mic_red_pt: None,
+            red_levels: 0,
+            red_history: VecDeque::new(),
+            red_buf: Vec::new(),
             seq: 0,
             ts: 0,
             connected: false,
@@ -176,8 +205,13 @@ impl ClientPeer {
             .pending
             .take()
             .ok_or(PeerError::BadSdp("an answer was already applied".into()))?;
+        let red_mids = red_mids!(answer);
         self.rtc.sdp_api().accept_answer(pending, answer)?;
         self.mic_pt = opus_pt(&self.rtc, self.mic_mid);
+        self.mic_red_pt = red_mids
+            .contains(&self.mic_mid)
+            .then(|| red_pt(&self.rtc, self.mic_mid))
+            .flatten();
         Ok(())
     }
 
@@ -192,6 +226,11 @@ impl ClientPeer {
             .direct_api()
             .stream_tx_by_mid(mid, None)
             .map(|s| *s.ssrc())
+    }
+
+    /// Whether the microphone sends RED (offered, answered, and redundancy asked for).
+    pub fn sends_red(&self) -> bool {
+        self.mic_red_pt.is_some() && self.red_levels > 0
     }
 
     /// The mid of each slot m-line.
@@ -242,8 +281,11 @@ impl ClientPeer {
         let level = level_dbov.min(127);
         ext.audio_level = Some(-(level as i8));
         ext.voice_activity = Some(level < 127);
-        let write =
-            RtpWrite::new(pt, SeqNo::from(self.seq), self.ts, now, opus.to_vec()).ext_vals(ext);
+        let (pt, payload) = match self.mic_red_pt.filter(|_| self.red_levels > 0) {
+            Some(red_pt) => (red_pt, self.wrap_red(*pt, opus)),
+            None => (pt, opus.to_vec()),
+        };
+        let write = RtpWrite::new(pt, SeqNo::from(self.seq), self.ts, now, payload).ext_vals(ext);
         let mut api = self.rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return Err(PeerError::MissingMedia("a microphone stream"));
@@ -252,6 +294,46 @@ impl ClientPeer {
         self.seq += 1;
         self.ts = self.ts.wrapping_add(samples);
         Ok(())
+    }
+
+    /// Send `payload` as it is with the RED payload type (robustness tests: malformed RED must be a counted
+    /// drop at the server).
+    pub fn send_raw_red(&mut self, now: Instant, payload: &[u8]) -> Result<(), PeerError> {
+        let Some(pt) = self.mic_red_pt else {
+            return Err(PeerError::MissingMedia("a negotiated RED microphone"));
+        };
+        let mid = self.mic_mid;
+        let write = RtpWrite::new(pt, SeqNo::from(self.seq), self.ts, now, payload.to_vec());
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return Err(PeerError::MissingMedia("a microphone stream"));
+        };
+        tx.write_rtp(write);
+        self.seq += 1;
+        self.ts = self.ts.wrapping_add(960);
+        Ok(())
+    }
+
+    /// A RED payload with `opus` as primary and up to `red_levels` earlier frames (those whose timestamp
+    /// offset fits the 14-bit field) as redundancy; remembers `opus`.
+    fn wrap_red(&mut self, opus_pt: u8, opus: &[u8]) -> Vec<u8> {
+        let ts = self.ts;
+        let frames: Vec<RedundantFrame<'_>> = self
+            .red_history
+            .iter()
+            .map(|(payload, frame_ts)| RedundantFrame {
+                ts_offset: ts.wrapping_sub(*frame_ts),
+                payload,
+            })
+            .collect();
+        self.red_buf.clear();
+        red::encode(opus_pt, opus, &frames, |_, _| true, &mut self.red_buf);
+        let payload = self.red_buf.clone();
+        self.red_history.push_back((opus.to_vec(), ts));
+        while self.red_history.len() > usize::from(self.red_levels) {
+            self.red_history.pop_front();
+        }
+        payload
     }
 
     /// Skip `samples` of media time without sending (as a DTX sender does in silence).
@@ -288,6 +370,24 @@ impl ClientPeer {
                         continue;
                     };
                     let h = &p.header;
+                    let red_pt = red_pt(&self.rtc, self.slot_mids[slot]);
+                    let opus_pt = opus_pt(&self.rtc, self.slot_mids[slot]);
+                    let (payload, redundant) = if red_pt == Some(h.payload_type) {
+                        let Some(opus_pt) = opus_pt else {
+                            continue;
+                        };
+                        let Ok(parsed) = red::parse(&p.payload, *opus_pt) else {
+                            continue; // a malformed RED packet: a real receiver drops it too
+                        };
+                        let frames = parsed
+                            .redundant
+                            .iter()
+                            .map(|f| (red::frame_ts(h.timestamp, f), Arc::from(f.payload)))
+                            .collect();
+                        (Arc::from(parsed.primary), Some(frames))
+                    } else {
+                        (p.payload.clone(), None)
+                    };
                     let levels = h
                         .ext_vals
                         .user_values
@@ -305,7 +405,8 @@ impl ClientPeer {
                         seq: *p.seq_no,
                         timestamp: h.timestamp,
                         audio_level: h.ext_vals.audio_level.map(|l| l.unsigned_abs().min(127)),
-                        payload: p.payload,
+                        payload,
+                        redundant,
                         arrival: p.timestamp,
                     }));
                 }

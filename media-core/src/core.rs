@@ -14,11 +14,13 @@ use str0m::rtp::RtpPacket;
 use crate::dominant::{DominantConfig, DominantSpeaker};
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 use crate::mixer::{MixPacket, Mixer};
+use crate::offer::{check_offer, OfferError};
 use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
+use crate::red;
 use crate::rewrite::SlotRewriter;
 pub use crate::room_config::RoomConfig;
 use crate::room_config::RoomMode;
-use crate::router::{RouteMiss, Router};
+use crate::router::{Route, RouteMiss, Router};
 use crate::sim::Rng;
 use crate::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
 use crate::stats::{CoreStats, DropReason, Samples};
@@ -68,7 +70,31 @@ pub enum CoreError {
     #[error("room setting out of range: {0}")]
     BadRoomConfig(&'static str),
     #[error(transparent)]
+    Offer(#[from] OfferError),
+    #[error(transparent)]
     Peer(#[from] PeerError),
+}
+
+impl CoreError {
+    /// What a client may be told. str0m's parse errors quote the offer and internal state (heap addresses
+    /// such as `PointerOffset(0x7f…)`), so they become a fixed message; log the error itself at debug.
+    pub fn client_message(&self) -> String {
+        match self {
+            CoreError::Peer(PeerError::BadSdp(_)) => "the offer is not valid SDP".to_owned(),
+            CoreError::Peer(PeerError::Rtc(_)) => {
+                "the offer was refused by the WebRTC stack".to_owned()
+            }
+            CoreError::Peer(PeerError::Panicked) => {
+                "the WebRTC stack failed on the offer".to_owned()
+            }
+            // Our own texts: fixed strings and counts.
+            CoreError::Peer(e @ PeerError::MissingMedia(_)) => e.to_string(),
+            CoreError::Offer(e) => e.to_string(),
+            e @ (CoreError::AlreadyConnected(_)
+            | CoreError::UnknownParticipant(_)
+            | CoreError::BadRoomConfig(_)) => e.to_string(),
+        }
+    }
 }
 
 /// One slot of a subscriber as reported to signaling.
@@ -245,6 +271,8 @@ impl MediaCore {
         if self.participants.contains_key(&id) {
             return Err(CoreError::AlreadyConnected(id));
         }
+        // Before str0m sees it: its cost grows with the offer's m-lines.
+        check_offer(offer_sdp)?;
         let existing = self.room_keys.get(room).copied();
         // An existing room keeps the settings it was created with.
         let room_config = existing
@@ -384,16 +412,31 @@ impl MediaCore {
             self.stats.drop(DropReason::Oversized);
             return;
         }
-        let id = match self.router.route(source, data) {
-            Ok(id) => id,
+        let route = match self.router.route(now, source, data) {
+            Ok(route) => route,
             Err(RouteMiss::UnknownSource) => return self.stats.drop(DropReason::UnknownSource),
             Err(RouteMiss::UnknownUfrag) => return self.stats.drop(DropReason::UnknownUfrag),
             Err(RouteMiss::MalformedStun) => return self.stats.drop(DropReason::Malformed),
+        };
+        let id = match route {
+            Route::Stun(id) | Route::Bound(id) => id,
         };
         let Some(p) = self.participants.get_mut(&id) else {
             return self.stats.drop(DropReason::UnknownSource);
         };
         let destination = self.config.candidate_addr;
+        if let Route::Stun(_) = route {
+            // The address is learned only from a request the peer's ICE agent authenticates, and only if
+            // no other live peer is using it (credentials for one's own peer do not prove the source).
+            if !p.peer.verifies_stun(now, source, destination, data) {
+                return self.stats.drop(DropReason::BadIntegrity);
+            }
+            if let Err(taken) = self.router.learn(now, source, id) {
+                tracing::debug!(participant = %id, owner = %taken.owner, %source,
+                    "verified STUN from another peer's address dropped");
+                return self.stats.drop(DropReason::Misrouted);
+            }
+        }
         match p.peer.handle_datagram(now, source, destination, data) {
             Ok(()) => {}
             Err(PeerError::Panicked) => {
@@ -479,6 +522,8 @@ impl MediaCore {
                 if mixer.next_tick().is_some_and(|t| t <= now) {
                     mixed.clear();
                     mixer.tick(now, &mut mixed, &mut self.stats.mix, &mut self.samples);
+                    // Listeners of the shared mix get the same RED payloads: encoded once per tick.
+                    let mut red_variants: Vec<MixRedVariant> = Vec::new();
                     for packet in mixed.drain(..) {
                         let Some(p) = self.participants.get_mut(&packet.to) else {
                             continue;
@@ -486,11 +531,23 @@ impl MediaCore {
                         if !p.peer.connected {
                             continue;
                         }
+                        let red = match (p.peer.slots.first(), &packet.previous) {
+                            (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
+                                Some(mix_red_payload(
+                                    &mut red_variants,
+                                    &packet.payload,
+                                    previous,
+                                    *slot.pt,
+                                ))
+                            }
+                            _ => None,
+                        };
                         let written = p.peer.write_mix(
                             packet.seq,
                             packet.ts,
                             now,
-                            &packet.payload,
+                            red.as_ref().unwrap_or(&packet.payload),
+                            red.is_some(),
                             packet.level,
                             &packet.contributors,
                         );
@@ -616,6 +673,24 @@ impl MediaCore {
         if !p.publishes() {
             return self.stats.drop(DropReason::NotPublishing);
         }
+        // A RED packet (RFC 2198) is unwrapped: its primary goes where a plain Opus packet would, its
+        // redundancy to RED subscribers and the mixer. Anything malformed is a counted drop.
+        let opus_pt = p.peer.mic_opus_pt().map(|pt| *pt);
+        let is_red = p
+            .peer
+            .mic_red_pt()
+            .is_some_and(|pt| pt == packet.header.payload_type);
+        if is_red {
+            self.stats.rtp_red_in += 1;
+        }
+        let red = match (is_red, opus_pt) {
+            (false, _) => None,
+            (true, Some(opus_pt)) => match red::parse(&packet.payload, opus_pt) {
+                Ok(r) => Some(r),
+                Err(_) => return self.stats.drop(DropReason::Malformed),
+            },
+            (true, None) => return self.stats.drop(DropReason::Malformed),
+        };
         let source = Ssrc(*packet.header.ssrc);
         p.ssrc = Some(source);
         let level = packet.header.ext_vals.audio_level;
@@ -627,18 +702,24 @@ impl MediaCore {
         room.selector.on_audio(now, from, level_dbov, vad);
         room.dominant.on_level(from, now, level_dbov);
         if let Some(mixer) = room.mixer.as_mut() {
+            let primary = match &red {
+                Some(r) => Arc::from(r.primary),
+                None => packet.payload.clone(),
+            };
             let pushed = mixer.push(
                 now,
                 from,
                 source,
                 *packet.seq_no,
                 packet.header.timestamp,
-                packet.payload,
+                primary,
                 level.map(|l| l.unsigned_abs().min(127)),
                 &mut self.stats.mix,
             );
             if pushed.is_err() {
                 self.stats.drop(DropReason::Malformed);
+            } else if let Some(r) = &red {
+                mixer.push_redundant(from, *packet.seq_no, packet.header.timestamp, &r.redundant);
             }
             arm_tick(&mut self.next_tick, room);
             return;
@@ -651,7 +732,13 @@ impl MediaCore {
         }
         let seq = *packet.seq_no;
         let ts = packet.header.timestamp;
-        let payload: Arc<[u8]> = packet.payload;
+        // Plain Opus for subscribers without RED (a RED packet's primary); RED subscribers get the RED
+        // packet re-encoded with their payload types, one encoding per distinct (Opus PT, kept blocks).
+        let payload: Arc<[u8]> = match &red {
+            Some(r) => Arc::from(r.primary),
+            None => packet.payload.clone(),
+        };
+        let mut red_variants: Vec<(u8, u32, Arc<[u8]>)> = Vec::new();
         for &(sub, SlotIndex(slot)) in routes {
             let Some(s) = self.participants.get_mut(&sub) else {
                 continue;
@@ -667,12 +754,19 @@ impl MediaCore {
                 self.stats.drop(DropReason::StaleOrDuplicate);
                 continue;
             };
+            let red_payload = match (&red, s.peer.slots.get(slot)) {
+                (Some(r), Some(stream)) if stream.red_pt.is_some() => {
+                    Some(red_variant(&mut red_variants, r, ts, *stream.pt, rewriter))
+                }
+                _ => None,
+            };
             let written = s.peer.write_slot(
                 slot,
                 out_seq,
                 out_ts,
                 packet.timestamp,
-                &payload,
+                red_payload.as_ref().unwrap_or(&payload),
+                red_payload.is_some(),
                 level,
                 vad,
                 source,
@@ -687,13 +781,81 @@ impl MediaCore {
                 )
             });
             match result {
-                Ok(()) => self.stats.rtp_forwarded += 1,
+                Ok(()) => {
+                    self.stats.rtp_forwarded += 1;
+                    self.stats.rtp_red_forwarded += u64::from(red_payload.is_some());
+                }
                 Err(_) => self
                     .pending
                     .push_back((sub, PeerEvent::Disconnected("webrtc error"))),
             }
         }
     }
+}
+
+/// The RED payload for one subscriber's slot: the redundant frames the slot's current source covers (none
+/// from before a speaker switch), labelled with the subscriber's Opus payload type. Encoded once per distinct
+/// (payload type, kept frames) and shared through `variants`.
+fn red_variant(
+    variants: &mut Vec<(u8, u32, Arc<[u8]>)>,
+    red: &red::RedPayload<'_>,
+    ts: u32,
+    opus_pt: u8,
+    rewriter: &SlotRewriter,
+) -> Arc<[u8]> {
+    let mut kept = 0u32;
+    for (i, f) in red.redundant.iter().enumerate().take(32) {
+        if rewriter.covers(red::frame_ts(ts, f)) {
+            kept |= 1 << i;
+        }
+    }
+    if let Some((_, _, p)) = variants
+        .iter()
+        .find(|(pt, k, _)| *pt == opus_pt && *k == kept)
+    {
+        return p.clone();
+    }
+    let mut out = Vec::with_capacity(red.primary.len() + 8 + red.redundant.len() * 64);
+    red::encode(
+        opus_pt,
+        red.primary,
+        &red.redundant,
+        |i, _| i < 32 && kept & (1 << i) != 0,
+        &mut out,
+    );
+    let payload: Arc<[u8]> = Arc::from(out);
+    variants.push((opus_pt, kept, payload.clone()));
+    payload
+}
+
+/// A mixed packet's RED payload for listeners of one Opus payload type: (primary, previous, payload type,
+/// RED payload).
+type MixRedVariant = (Arc<[u8]>, Arc<[u8]>, u8, Arc<[u8]>);
+
+/// The RED payload of a mixed packet for a listener that negotiated RED: the previous packet it was sent
+/// as redundancy (20 ms back), then this one, labelled with the listener's Opus payload type. Encoded once
+/// per distinct (packets, payload type) in a tick and shared through `variants`.
+fn mix_red_payload(
+    variants: &mut Vec<MixRedVariant>,
+    primary: &Arc<[u8]>,
+    previous: &Arc<[u8]>,
+    opus_pt: u8,
+) -> Arc<[u8]> {
+    if let Some((_, _, _, p)) = variants
+        .iter()
+        .find(|(a, b, pt, _)| Arc::ptr_eq(a, primary) && Arc::ptr_eq(b, previous) && *pt == opus_pt)
+    {
+        return p.clone();
+    }
+    let mut out = Vec::with_capacity(primary.len() + previous.len() + 5);
+    let redundant = [red::RedundantFrame {
+        ts_offset: crate::audio::FRAME_SAMPLES as u32,
+        payload: previous,
+    }];
+    red::encode(opus_pt, primary, &redundant, |_, _| true, &mut out);
+    let payload: Arc<[u8]> = Arc::from(out);
+    variants.push((primary.clone(), previous.clone(), opus_pt, payload.clone()));
+    payload
 }
 
 fn arm_tick(next_tick: &mut Option<Instant>, room: &Room) {

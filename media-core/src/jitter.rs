@@ -228,6 +228,21 @@ pub enum PushOutcome {
     Invalid,
 }
 
+/// What [`JitterBuffer::push_redundant`] did with a frame recovered from RED redundancy. None of these is
+/// counted as a duplicate or late packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedundantOutcome {
+    /// It fills a missing frame and will play in its place.
+    Recovered,
+    /// Its frame is buffered or was played already.
+    NotMissing,
+    /// Its playout time has passed.
+    TooLate,
+    /// It does not fit: no stream to place it in yet, it overlaps its neighbours, its sequence number
+    /// contradicts theirs, a bad duration, or a full buffer.
+    Refused,
+}
+
 /// The next span of audio to render, from [`JitterBuffer::pop`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Playout {
@@ -278,6 +293,9 @@ pub struct JitterStats {
     pub lost: u64,
     /// Frames recovered from in-band FEC.
     pub concealed_fec: u64,
+    /// Missing frames played from RED (RFC 2198) redundancy (also counted in `lost`: they were lost on
+    /// the wire).
+    pub recovered_red: u64,
     /// PLC spans handed out for loss or an empty buffer (not counting `delay_inserted`).
     pub concealed_plc: u64,
     /// Spans inserted (silence or PLC) to raise the delay while packets were buffered.
@@ -302,6 +320,8 @@ struct Buffered {
     has_fec: bool,
     audio_level: Option<u8>,
     payload: Arc<[u8]>,
+    /// Recovered from RED redundancy rather than received.
+    recovered: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,9 +439,13 @@ impl JitterBuffer {
         let far_us = duration_us(self.config.max_delay) + duration_us(self.config.far_margin);
 
         let index = self.packets.partition_point(|p| p.ts < ts);
-        if self.packets.get(index).is_some_and(|p| p.ts == ts) {
-            self.stats.duplicate += 1;
-            return PushOutcome::Duplicate;
+        if let Some(p) = self.packets.get(index).filter(|p| p.ts == ts) {
+            if !(p.recovered && p.seq == packet.seq) {
+                self.stats.duplicate += 1;
+                return PushOutcome::Duplicate;
+            }
+            // The packet itself came after its RED copy: it replaces the copy (it has its own level).
+            self.packets.remove(index);
         }
         let resting = self.phase == Phase::Playing && self.packets.is_empty() && self.last_silent;
         if resting
@@ -487,6 +511,7 @@ impl JitterBuffer {
                 has_fec: packet.has_fec,
                 audio_level: packet.audio_level,
                 payload: packet.payload,
+                recovered: false,
             },
         );
         self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
@@ -495,6 +520,59 @@ impl JitterBuffer {
         }
         self.stats.accepted += 1;
         PushOutcome::Accepted
+    }
+
+    /// A frame recovered from RED (RFC 2198) redundancy: an earlier frame repeated inside a later packet,
+    /// with the sequence number and timestamp it had. It only fills a gap: a frame that is buffered, was
+    /// played, or whose playout time has passed is ignored without counting it as a duplicate or late
+    /// packet, and it does not enter the delay measurement (its arrival says nothing about its own path).
+    /// Filling the gap before playout reaches it means a missing frame comes from RED first, then from the
+    /// next packet's FEC, then PLC. Call it after pushing the packet that carried the redundancy.
+    pub fn push_redundant(&mut self, packet: JitterPacket) -> RedundantOutcome {
+        if packet.samples == 0 || packet.samples > MAX_PACKET_SAMPLES {
+            return RedundantOutcome::Refused;
+        }
+        let ts = self.unwrap_ts(packet.ts);
+        let end = ts + i64::from(packet.samples);
+        let index = self.packets.partition_point(|p| p.ts < ts);
+        if self.packets.get(index).is_some_and(|p| p.ts == ts)
+            || self.was_played(packet.seq)
+            || self.packets.iter().any(|p| p.seq == packet.seq)
+        {
+            return RedundantOutcome::NotMissing;
+        }
+        match self.phase {
+            Phase::Idle => return RedundantOutcome::Refused,
+            // Before playout starts, only a gap between buffered packets is filled: a frame before the first
+            // would belong to an earlier talk spurt (or the time before the stream).
+            Phase::Buffering if index == 0 => return RedundantOutcome::Refused,
+            Phase::Buffering => {}
+            Phase::Playing => {
+                if ts < self.pos || self.last_seq.is_some_and(|l| packet.seq <= l) {
+                    return RedundantOutcome::TooLate;
+                }
+            }
+        }
+        let prev = index.checked_sub(1).and_then(|i| self.packets.get(i));
+        let next = self.packets.get(index);
+        let fits = prev.is_none_or(|p| p.ts + i64::from(p.samples) <= ts && p.seq < packet.seq)
+            && next.is_none_or(|n| end <= n.ts && packet.seq < n.seq);
+        if !fits || self.packets.len() >= self.config.max_packets.max(1) {
+            return RedundantOutcome::Refused;
+        }
+        self.packets.insert(
+            index,
+            Buffered {
+                ts,
+                seq: packet.seq,
+                samples: packet.samples,
+                has_fec: packet.has_fec,
+                audio_level: packet.audio_level,
+                payload: packet.payload,
+                recovered: true,
+            },
+        );
+        RedundantOutcome::Recovered
     }
 
     /// The next span to render, asked for at tick time `now`. The mixer calls this (with the same `now`)
@@ -866,7 +944,12 @@ impl JitterBuffer {
             } else {
                 self.loud_run + i64::from(packet.samples)
             };
-            self.stats.played += 1;
+            if packet.recovered {
+                self.stats.recovered_red += 1;
+                self.stats.lost += 1;
+            } else {
+                self.stats.played += 1;
+            }
             return Some(Playout::Packet {
                 payload: packet.payload,
                 samples: packet.samples,
@@ -1117,6 +1200,21 @@ mod tests {
         arrivals
     }
 
+    /// For the packets of `frames` (sent from sequence number 0 and timestamp 0), the `levels` frames before
+    /// each as RED redundancy, whether those arrived or not: index = carrier's sequence number.
+    fn red_for(frames: &[Frame], levels: u64) -> Vec<Vec<JitterPacket>> {
+        (0..frames.len() as u64)
+            .map(|seq| {
+                (1..=levels.min(seq))
+                    .map(|k| {
+                        let f = frames[(seq - k) as usize];
+                        packet(seq - k, f.at as u32, f.samples, f.has_fec, f.level)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     fn constant(ms: u64) -> impl FnMut(usize) -> Duration {
         move |_| Duration::from_millis(ms)
     }
@@ -1133,6 +1231,7 @@ mod tests {
         plc_samples: u64,
         silence_samples: u64,
         outcomes: Vec<(u64, PushOutcome)>,
+        red_outcomes: Vec<(u64, RedundantOutcome)>,
         max_len: usize,
         /// (tick time, target, current delay plus the harness' surplus) once per tick while playing.
         delays: Vec<(Duration, Duration, Duration)>,
@@ -1152,6 +1251,8 @@ mod tests {
         arrivals: Vec<Arrival>,
         next: usize,
         trace: Trace,
+        /// RED redundancy carried by each packet (index: sequence number), pushed after it.
+        redundant: Vec<Vec<JitterPacket>>,
     }
 
     impl Harness {
@@ -1164,6 +1265,7 @@ mod tests {
                 arrivals,
                 next: 0,
                 trace: Trace::default(),
+                redundant: Vec::new(),
             }
         }
 
@@ -1173,6 +1275,11 @@ mod tests {
                     let seq = arrival.packet.seq;
                     let outcome = self.jb.push(self.base + arrival.at, arrival.packet.clone());
                     self.trace.outcomes.push((seq, outcome));
+                    let redundant = self.redundant.get(seq as usize).into_iter().flatten();
+                    for r in redundant {
+                        let outcome = self.jb.push_redundant(r.clone());
+                        self.trace.red_outcomes.push((r.seq, outcome));
+                    }
                     self.next += 1;
                 }
                 self.trace.max_len = self.trace.max_len.max(self.jb.len());
@@ -1384,6 +1491,153 @@ mod tests {
         assert_eq!((stats.lost, stats.concealed_fec), (1, 1));
         let audio: String = h.trace.kinds.trim_matches(|k| k != 'P').into();
         assert_eq!(audio, format!("{}F{}", "P".repeat(50), "P".repeat(49)));
+    }
+
+    #[test]
+    fn a_lost_frame_comes_from_red_before_fec() {
+        let mut frames = spurt(100, 960, Some(30));
+        frames.iter_mut().for_each(|f| f.has_fec = true);
+        let arrivals = send(&frames, 0, 0, 0.0, constant(30), |i| i == 50);
+        let mut h = Harness::new(fixed_40ms(), arrivals);
+        h.redundant = red_for(&frames, 1);
+        h.run_until(3 * SECOND);
+        assert_eq!(h.trace.played, ascending(0, 100), "50 plays from 51's RED");
+        assert!(h.trace.fec.is_empty());
+        let stats = h.jb.stats();
+        assert_eq!(
+            (
+                stats.lost,
+                stats.recovered_red,
+                stats.concealed_fec,
+                stats.concealed_plc
+            ),
+            (1, 1, 0, 0)
+        );
+        assert_eq!((stats.played, stats.duplicate, stats.late), (99, 0, 0));
+        let recovered: Vec<u64> = h
+            .trace
+            .red_outcomes
+            .iter()
+            .filter(|(_, o)| *o == RedundantOutcome::Recovered)
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(recovered, [50]);
+        assert!(h
+            .trace
+            .red_outcomes
+            .iter()
+            .all(|(s, o)| *s == 50 || *o == RedundantOutcome::NotMissing));
+    }
+
+    #[test]
+    fn a_burst_is_recovered_from_red_then_fec_then_plc() {
+        // 50, 51 and 52 are lost; 53 carries 52 as RED (distance 1) and 52 carries FEC for 51: 52 comes
+        // from RED, 51 from the FEC inside the recovered 52, and 50 (no source left) is concealed with PLC.
+        let mut frames = spurt(100, 960, Some(30));
+        frames.iter_mut().for_each(|f| f.has_fec = true);
+        let arrivals = send(&frames, 0, 0, 0.0, constant(30), |i| (50..53).contains(&i));
+        let mut h = Harness::new(fixed_40ms(), arrivals);
+        h.redundant = red_for(&frames, 1);
+        h.run_until(3 * SECOND);
+        let audio: String = h.trace.kinds.trim_matches(|k| k != 'P').into();
+        assert_eq!(audio, format!("{}LFP{}", "P".repeat(50), "P".repeat(47)));
+        assert_eq!(h.trace.fec, [52]);
+        let stats = h.jb.stats();
+        assert_eq!(
+            (
+                stats.lost,
+                stats.recovered_red,
+                stats.concealed_fec,
+                stats.concealed_plc
+            ),
+            (3, 1, 1, 1)
+        );
+
+        // Two levels of redundancy (53 carries 51 and 52): 53 comes after 50's playout time, so PLC holds the
+        // playout position for a span, then 50 comes back from the FEC in the recovered 51.
+        let arrivals = send(&frames, 0, 0, 0.0, constant(30), |i| (50..53).contains(&i));
+        let mut h = Harness::new(fixed_40ms(), arrivals);
+        h.redundant = red_for(&frames, 2);
+        h.run_until(3 * SECOND);
+        assert_eq!(h.trace.fec, [51]);
+        let stats = h.jb.stats();
+        assert_eq!(
+            (
+                stats.lost,
+                stats.recovered_red,
+                stats.concealed_fec,
+                stats.concealed_plc
+            ),
+            (3, 2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn redundancy_that_comes_too_late_is_ignored_without_counting() {
+        // 50 is lost and 51 (which carries it) is held up past 50's playout time: 50 is concealed, and its
+        // redundant copy is neither a late packet nor a duplicate. 51 plays from 52's redundancy, so 51 itself,
+        // when it comes, is a duplicate of audio already played.
+        let frames = spurt(100, 960, Some(30));
+        let delay = |i: usize| if i == 51 { 130 * MS } else { 30 * MS };
+        let arrivals = send(&frames, 0, 0, 0.0, delay, |i| i == 50);
+        let mut h = Harness::new(fixed_40ms(), arrivals);
+        h.redundant = red_for(&frames, 1);
+        h.run_until(3 * SECOND);
+        assert!(h
+            .trace
+            .red_outcomes
+            .contains(&(50, RedundantOutcome::TooLate)));
+        let stats = h.jb.stats();
+        assert_eq!((stats.recovered_red, stats.lost), (1, 2));
+        assert_eq!((stats.duplicate, stats.late), (1, 0));
+    }
+
+    #[test]
+    fn redundancy_that_does_not_fit_is_refused() {
+        let base = t0();
+        let mut jb = JitterBuffer::new(fixed_40ms());
+        assert_eq!(
+            jb.push_redundant(packet(9, 0, 960, false, None)),
+            RedundantOutcome::Refused,
+            "nothing to place it in yet"
+        );
+        assert_eq!(
+            jb.push(base, packet(10, 9600, 960, false, None)),
+            PushOutcome::Accepted
+        );
+        assert_eq!(
+            jb.push_redundant(packet(9, 8640, 960, false, None)),
+            RedundantOutcome::Refused,
+            "before the first packet of a stream that has not started"
+        );
+        assert_eq!(
+            jb.push(base + TICK * 2, packet(12, 11_520, 960, false, None)),
+            PushOutcome::Accepted
+        );
+        for bad in [
+            packet(11, 10_000, 960, false, None),  // overlaps 10
+            packet(11, 10_560, 1920, false, None), // overlaps 12
+            packet(13, 10_560, 960, false, None),  // sequence number after 12's
+            packet(11, 10_560, 0, false, None),    // no duration
+        ] {
+            assert_eq!(jb.push_redundant(bad), RedundantOutcome::Refused);
+        }
+        assert_eq!(
+            jb.push_redundant(packet(12, 11_520, 960, false, None)),
+            RedundantOutcome::NotMissing
+        );
+        assert_eq!(
+            jb.push_redundant(packet(11, 10_560, 960, false, None)),
+            RedundantOutcome::Recovered
+        );
+        assert_eq!(jb.len(), 3);
+        // The packet itself arriving after its copy replaces it, without counting a duplicate.
+        assert_eq!(
+            jb.push(base + TICK * 3, packet(11, 10_560, 960, false, Some(20))),
+            PushOutcome::Accepted
+        );
+        assert_eq!(jb.len(), 3);
+        assert_eq!(jb.stats().duplicate, 0);
     }
 
     #[test]

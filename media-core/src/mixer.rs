@@ -41,6 +41,7 @@ use crate::encoder::{EncoderSettings, MixEncoder, OpusError};
 use crate::ids::{ParticipantId, Ssrc};
 use crate::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
 use crate::limiter::Limiter;
+use crate::red::{self, RedundantFrame};
 use crate::room_config::MixConfig;
 use crate::stats::{MixStats, Samples};
 
@@ -90,6 +91,9 @@ pub struct MixPacket {
     pub contributors: Contributors,
     /// RFC 6464 level of the mixed audio itself (0..=127, −dBov).
     pub level: u8,
+    /// The payload of the packet sent to this listener just before, when it ends where this one starts:
+    /// the redundancy of a RED (RFC 2198) packet for a listener that negotiated RED.
+    pub previous: Option<Arc<[u8]>>,
 }
 
 /// An Opus encoder with its limiter: one output stream's state. Cloned whole when a listener moves from the
@@ -170,6 +174,8 @@ struct Member {
     talking: bool,
     /// The buffer's loss count already added to the room's stats.
     lost_reported: u64,
+    /// The buffer's count of frames played from RED already added to the room's stats.
+    red_reported: u64,
     /// The level of the member's last packet (for concealed frames).
     last_level: u8,
     /// Whether the last tick decoded audio (concealment continues a talker; silence does not start one).
@@ -184,8 +190,39 @@ struct Member {
     since_talked: u32,
     /// The encode the member received last tick.
     feed: Feed,
+    /// Timestamp and payload of the last packet sent to the member (the next one's RED redundancy).
+    last_sent: Option<(u32, Arc<[u8]>)>,
     next_seq: u64,
     ts_offset: u32,
+}
+
+impl Member {
+    /// Send the member the packet of the tick whose room timestamp is `frame_ts`.
+    fn send(
+        &mut self,
+        frame_ts: u32,
+        payload: Arc<[u8]>,
+        contributors: Contributors,
+        level: u8,
+        out: &mut Vec<MixPacket>,
+    ) {
+        let ts = self.ts_offset.wrapping_add(frame_ts);
+        let previous = match self.last_sent.take() {
+            Some((last_ts, last)) if ts.wrapping_sub(last_ts) == FRAME_SAMPLES as u32 => Some(last),
+            _ => None,
+        };
+        self.last_sent = Some((ts, payload.clone()));
+        out.push(MixPacket {
+            to: self.id,
+            seq: self.next_seq,
+            ts,
+            payload,
+            contributors,
+            level,
+            previous,
+        });
+        self.next_seq += 1;
+    }
 }
 
 /// One mixed room's mixing state.
@@ -275,12 +312,14 @@ impl Mixer {
             talking: false,
             last_level: SILENT_LEVEL - 1,
             lost_reported: 0,
+            red_reported: 0,
             was_talking: false,
             decode_hangover: 0,
             prime: None,
             personal: None,
             since_talked: 0,
             feed: Feed::Nothing,
+            last_sent: None,
             next_seq: u64::from(seq),
             ts_offset,
         });
@@ -365,6 +404,32 @@ impl Mixer {
             self.next_tick = Some(self.grid_at_or_after(now));
         }
         Ok(())
+    }
+
+    /// Hand a RED packet's redundant frames (oldest first, as parsed) to the member's jitter buffer as
+    /// recovery data, after [`push`](Self::push) took its primary (sequence number `seq`, timestamp `ts`).
+    /// Frames are assigned sequence numbers `seq − 1`, `seq − 2`, … from the newest
+    /// back while they are contiguous (each one ends where the next begins, as a sender repeating its
+    /// previous packets produces); past a discontinuity (a DTX gap, an unusual distance pattern) the sequence
+    /// number is unknown and the rest is ignored. Frames that fill a gap play instead of FEC or PLC (and count
+    /// as `recovered_red` when they do, unless the packet itself comes first); those already there, played or
+    /// late are ignored without counting as duplicates or late packets.
+    pub fn push_redundant(
+        &mut self,
+        id: ParticipantId,
+        seq: u64,
+        ts: u32,
+        frames: &[RedundantFrame<'_>],
+    ) {
+        let Some(m) = self.index.get(&id).and_then(|i| self.members.get_mut(*i)) else {
+            return;
+        };
+        if !m.publishes {
+            return;
+        }
+        for packet in red_jitter_packets(seq, ts, frames) {
+            m.jitter.push_redundant(packet);
+        }
     }
 
     /// The first tick-grid instant at or after `t`.
@@ -483,6 +548,7 @@ impl Mixer {
             let lost = m.jitter.stats().lost;
             stats.packets_lost += lost.saturating_sub(m.lost_reported);
             m.lost_reported = lost;
+            report_recovered_red(m, stats);
             if self.ticks.is_multiple_of(DELAY_SAMPLE_TICKS) && m.jitter.is_active() {
                 Samples::push(
                     &mut samples.jitter_buffer_delay_seconds,
@@ -559,27 +625,25 @@ impl Mixer {
         for i in 0..self.members.len() {
             let talking = self.members[i].talking;
             let m = &mut self.members[i];
+            let was_fed = m.feed != Feed::Nothing;
             m.feed = Feed::Nothing;
             if !m.subscribes {
                 continue;
             }
             let others = talkers - usize::from(talking);
-            if others == 0 {
+            // Nothing to hear. With DTX the listener is sent nothing, but only after one last frame of its
+            // (now silent) mix from the encoder it was hearing: that flushes the encoder's lookahead (the
+            // last milliseconds of the talk spurt) and ends the stream on silence, so a receiver that
+            // conceals the gap (it cannot tell DTX from loss) conceals silence.
+            let last_frame = others == 0 && was_fed && self.config.dtx;
+            if others == 0 && !last_frame {
                 if self.config.dtx {
-                    continue; // nothing to hear: send nothing (the listener's decoder sees a DTX gap)
+                    continue; // the listener's decoder sees a DTX gap
                 }
                 let Some(silence) = self.silence.clone() else {
                     continue;
                 };
-                out.push(MixPacket {
-                    to: m.id,
-                    seq: m.next_seq,
-                    ts: m.ts_offset.wrapping_add(frame_ts),
-                    payload: silence,
-                    contributors: Contributors::default(),
-                    level: 127,
-                });
-                m.next_seq += 1;
+                m.send(frame_ts, silence, Contributors::default(), 127, out);
                 stats.packets_sent += 1;
                 continue;
             }
@@ -611,24 +675,21 @@ impl Mixer {
             let Some((payload, level)) = packet else {
                 continue;
             };
+            if last_frame {
+                m.feed = Feed::Nothing;
+            }
             let m = &mut self.members[i];
-            out.push(MixPacket {
-                to: m.id,
-                seq: m.next_seq,
-                ts: m.ts_offset.wrapping_add(frame_ts),
-                payload,
-                contributors: match m.ssrc {
-                    Some(own) if talking => contributors.without(own.0),
-                    _ => contributors.clone(),
-                },
-                level,
-            });
-            m.next_seq += 1;
+            let heard = match m.ssrc {
+                Some(own) if talking => contributors.without(own.0),
+                _ => contributors.clone(),
+            };
+            m.send(frame_ts, payload, heard, level, out);
             stats.packets_sent += 1;
         }
         // 5. Keep ticking while anything is buffered, playing or in hangover; otherwise sleep until a packet.
         let busy = any_active
             || talkers > 0
+            || self.members.iter().any(|m| m.feed != Feed::Nothing)
             || self.members.iter().any(|m| m.personal.is_some())
             || (!self.config.dtx && self.members.iter().any(|m| m.subscribes));
         self.next_tick = busy.then(|| self.epoch + TICK * (grid + 1) as u32);
@@ -636,6 +697,13 @@ impl Mixer {
             self.shared = None;
         }
     }
+}
+
+/// Add the frames the member's buffer played from RED since the last report to the room's stats.
+fn report_recovered_red(m: &mut Member, stats: &mut MixStats) {
+    let recovered = m.jitter.stats().recovered_red;
+    stats.recovered_red += recovered.saturating_sub(m.red_reported);
+    m.red_reported = recovered;
 }
 
 /// Decode a talker's spans into `m.frame` (exactly one tick), keeping any surplus. A talker that was not
@@ -701,6 +769,32 @@ fn silence_frame(config: &MixConfig) -> Option<Arc<[u8]>> {
     let mut out = [0u8; MAX_OPUS];
     let n = encoder.encode(&[0.0; FRAME_SAMPLES], &mut out).ok()?;
     Some(Arc::from(&out[..n]))
+}
+
+/// The redundant frames of a RED packet whose primary has `seq` and `ts`, as jitter-buffer packets, newest
+/// first: frame `k` back gets sequence number `seq − k`, as long as the frames are contiguous 20 ms (or other
+/// size) Opus frames right before the primary; past the first that is not, the rest is ignored. They carry
+/// no audio level (the packet's level is the primary's), so the mixer decodes them like voiced frames.
+pub fn red_jitter_packets<'a>(
+    seq: u64,
+    ts: u32,
+    frames: &'a [RedundantFrame<'a>],
+) -> impl Iterator<Item = JitterPacket> + 'a {
+    let mut expected_offset = 0u32;
+    (1u64..)
+        .zip(frames.iter().rev())
+        .map_while(move |(k, frame)| {
+            let (samples, has_fec) = opus_packet_info(frame.payload)?;
+            expected_offset = expected_offset.saturating_add(samples);
+            (frame.ts_offset == expected_offset && seq >= k).then(|| JitterPacket {
+                seq: seq - k,
+                ts: red::frame_ts(ts, frame),
+                samples,
+                has_fec,
+                audio_level: None,
+                payload: Arc::from(frame.payload),
+            })
+        })
 }
 
 /// An Opus packet's duration in samples and whether it can carry in-band FEC (SILK or hybrid mode); `None`
@@ -1171,5 +1265,105 @@ mod tests {
             "{:?}",
             room.stats
         );
+    }
+}
+
+#[cfg(test)]
+mod red_tests {
+    use super::*;
+
+    #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn opus_frames(count: usize) -> Vec<Vec<u8>> {
+        let mut enc =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .expect("an Opus encoder");
+        (0..count)
+            .map(|i| {
+                let pcm: Vec<f32> = (0..FRAME_SAMPLES)
+                    .map(|n| 0.3 * ((i * FRAME_SAMPLES + n) as f32 * 0.05).sin())
+                    .collect();
+                enc.encode_vec_float(&pcm, MAX_OPUS).expect("encodes")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn contiguous_redundancy_fills_gaps_and_the_rest_is_ignored() {
+        let now = t0();
+        let mut mixer = Mixer::new(now, MixConfig::default());
+        let (talker, ssrc) = (ParticipantId(1), Ssrc(11));
+        mixer.add_member(talker, true, true, 0, 0);
+        let frames = opus_frames(6);
+        let mut stats = MixStats::default();
+        let ts = |i: u64| (i * 960) as u32;
+        for i in [0u64, 1] {
+            mixer
+                .push(
+                    now,
+                    talker,
+                    ssrc,
+                    i,
+                    ts(i),
+                    Arc::from(frames[i as usize].as_slice()),
+                    Some(30),
+                    &mut stats,
+                )
+                .expect("Opus");
+        }
+        // 2 and 3 are lost; 4 carries 2 and 3 (oldest first) and 1 (already there).
+        mixer
+            .push(
+                now,
+                talker,
+                ssrc,
+                4,
+                ts(4),
+                Arc::from(frames[4].as_slice()),
+                Some(30),
+                &mut stats,
+            )
+            .expect("Opus");
+        let red: Vec<RedundantFrame<'_>> = [1usize, 2, 3]
+            .iter()
+            .map(|&i| RedundantFrame {
+                ts_offset: ts(4) - ts(i as u64),
+                payload: &frames[i],
+            })
+            .collect();
+        let held = |mixer: &Mixer| mixer.members[0].jitter.len();
+        assert_eq!(held(&mixer), 3);
+        mixer.push_redundant(talker, 4, ts(4), &red);
+        assert_eq!(held(&mixer), 5, "2 and 3 fill the gap; 1 is there already");
+        assert_eq!((stats.packets_duplicate, stats.packets_late), (0, 0));
+        // A gap between the redundant frames (a DTX pause, an unusual distance pattern) leaves their
+        // sequence numbers unknown: nothing is recovered past it.
+        let gapped = [RedundantFrame {
+            ts_offset: 3 * 960,
+            payload: &frames[5],
+        }];
+        mixer.push_redundant(talker, 9, ts(9), &gapped);
+        assert_eq!(held(&mixer), 5);
+        // Not Opus: ignored.
+        mixer.push_redundant(
+            talker,
+            6,
+            ts(6),
+            &[RedundantFrame {
+                ts_offset: 960,
+                payload: &[],
+            }],
+        );
+        assert_eq!(held(&mixer), 5);
+        // Played over the next ticks, they count as recovered from RED, not as FEC.
+        let (mut out, mut samples) = (Vec::new(), Samples::default());
+        for tick in 0..12 {
+            mixer.tick(now + TICK * tick, &mut out, &mut stats, &mut samples);
+        }
+        assert_eq!(stats.recovered_red, 2, "{stats:?}");
+        assert_eq!(stats.concealed_fec, 0, "{stats:?}");
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
-use str0m::format::{Codec, FormatParams};
+use str0m::format::{Codec, CodecConfig, FormatParams, PayloadParams};
 use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpPacket, RtpWrite, SeqNo};
@@ -20,6 +20,23 @@ use str0m::{
 
 use crate::ids::{ParticipantId, Ssrc};
 use crate::slots::MAX_SLOTS;
+
+/// The mids of the m-lines of an SDP (offer or answer; str0m does not name its media-line type) that
+/// offer RED wrapping Opus.
+macro_rules! red_mids {
+    ($sdp:expr) => {
+        $sdp.media_lines
+            .iter()
+            .filter(|m| {
+                m.rtp_params()
+                    .iter()
+                    .any(|p| p.spec().codec == str0m::format::Codec::Opus && p.red().is_some())
+            })
+            .map(|m| m.mid())
+            .collect::<Vec<str0m::media::Mid>>()
+    };
+}
+pub(crate) use red_mids;
 
 /// Why a peer could not be created or driven.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +107,8 @@ pub struct SlotStream {
     pub ssrc: Ssrc,
     /// The Opus payload type negotiated on this m-line.
     pub pt: Pt,
+    /// The RED (RFC 2198) payload type, when the subscriber offered RED on this m-line.
+    pub red_pt: Option<Pt>,
 }
 
 pub struct Peer {
@@ -98,6 +117,8 @@ pub struct Peer {
     pub ufrag: String,
     mic_mid: Option<Mid>,
     mic_pt: Option<Pt>,
+    /// The RED payload type the microphone may send, when the client offered RED on it.
+    mic_red_pt: Option<Pt>,
     pub slots: Vec<SlotStream>,
     pub connected: bool,
     /// When the live entry for this peer in the worker's timer heap fires, if any.
@@ -128,6 +149,7 @@ impl Peer {
         params: &PeerParams<'_>,
         offer: SdpOffer,
     ) -> Result<(Peer, String), PeerError> {
+        let red_mids = red_mids!(offer);
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
         let mut rtc = opus_only(
@@ -135,6 +157,7 @@ impl Peer {
                 .set_ice_lite(true)
                 .set_dtls_cert(params.dtls_cert.clone())
                 .set_local_ice_credentials(creds),
+            true,
         )
         .set_stats_interval(Some(STATS_INTERVAL))
         .build(now);
@@ -159,6 +182,9 @@ impl Peer {
         let mic_mid =
             matches!(mic_dir, Direction::RecvOnly | Direction::SendRecv).then_some(mic_mid);
         let mic_pt = mic_mid.and_then(|m| opus_pt(&rtc, m));
+        let mic_red_pt = mic_mid
+            .filter(|m| red_mids.contains(m))
+            .and_then(|m| red_pt(&rtc, m));
 
         let mut slots = Vec::with_capacity(params.slots);
         for (mid, dir) in mids {
@@ -176,7 +202,13 @@ impl Peer {
                 continue;
             };
             let ssrc = Ssrc(*tx.ssrc());
-            slots.push(SlotStream { mid, ssrc, pt });
+            let red_pt = red_mids.contains(&mid).then(|| red_pt(&rtc, mid)).flatten();
+            slots.push(SlotStream {
+                mid,
+                ssrc,
+                pt,
+                red_pt,
+            });
         }
         if params.slots > 0 && slots.is_empty() {
             return Err(PeerError::MissingMedia(
@@ -190,6 +222,7 @@ impl Peer {
             ufrag,
             mic_mid,
             mic_pt,
+            mic_red_pt,
             slots,
             connected: false,
             scheduled: None,
@@ -203,6 +236,16 @@ impl Peer {
     /// Whether the microphone m-line lets the client send to us.
     pub fn has_microphone(&self) -> bool {
         self.mic_mid.is_some()
+    }
+
+    /// The Opus payload type the microphone sends.
+    pub fn mic_opus_pt(&self) -> Option<Pt> {
+        self.mic_pt
+    }
+
+    /// The RED payload type the microphone may send (the client offered RED).
+    pub fn mic_red_pt(&self) -> Option<Pt> {
+        self.mic_red_pt
     }
 
     /// Feed a datagram from the network.
@@ -231,6 +274,32 @@ impl Peer {
         Ok(())
     }
 
+    /// Whether this peer's ICE agent takes a STUN message from `source` as its own: a binding request naming
+    /// our ufrag and the client's, with MESSAGE-INTEGRITY under our ICE password (str0m's `Rtc::accepts`).
+    /// Only then may the router learn `source` for this peer.
+    pub fn verifies_stun(
+        &self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        let Ok(contents) = data.try_into() else {
+            return false;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        let rtc = &self.rtc;
+        guard(|| rtc.accepts(&input)).unwrap_or(false)
+    }
+
     /// Advance time.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
         let rtc = &mut self.rtc;
@@ -238,8 +307,9 @@ impl Peer {
         Ok(())
     }
 
-    /// Write one forwarded RTP packet into slot `slot`, with the speaker's SSRC as CSRC. The caller drains
-    /// afterwards.
+    /// Write one forwarded RTP packet into slot `slot`, with the speaker's SSRC as CSRC: a RED payload
+    /// (with the slot's RED payload type) when `red` is set, which the caller does only for a slot with a
+    /// RED payload type, else plain Opus. The caller drains afterwards.
     #[allow(clippy::too_many_arguments)]
     pub fn write_slot(
         &mut self,
@@ -248,6 +318,7 @@ impl Peer {
         ts: u32,
         wallclock: Instant,
         payload: &std::sync::Arc<[u8]>,
+        red: bool,
         audio_level: Option<i8>,
         voice_activity: Option<bool>,
         csrc: Ssrc,
@@ -257,17 +328,19 @@ impl Peer {
             ext.audio_level = Some(level);
             ext.voice_activity = Some(voice_activity.unwrap_or(level > -127));
         }
-        self.write(slot, seq, ts, wallclock, payload, ext, &[csrc.0])
+        self.write(slot, seq, ts, wallclock, payload, red, ext, &[csrc.0])
     }
 
     /// Write one mixed packet into the first slot stream: `contributors` become the CSRCs (and their RFC 6465
     /// levels where negotiated), `level` the packet's own audio level. The caller drains afterwards.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_mix(
         &mut self,
         seq: u64,
         ts: u32,
         wallclock: Instant,
         payload: &std::sync::Arc<[u8]>,
+        red: bool,
         level: u8,
         contributors: &crate::csrc_levels::Contributors,
     ) -> Result<(), PeerError> {
@@ -277,7 +350,16 @@ impl Peer {
             ..Default::default()
         };
         contributors.set_levels(&mut ext);
-        self.write(0, seq, ts, wallclock, payload, ext, contributors.ssrcs())
+        self.write(
+            0,
+            seq,
+            ts,
+            wallclock,
+            payload,
+            red,
+            ext,
+            contributors.ssrcs(),
+        )
     }
 
     /// Write one RTP packet into slot stream `slot` (ignored if the subscriber has no such slot).
@@ -289,13 +371,20 @@ impl Peer {
         ts: u32,
         wallclock: Instant,
         payload: &std::sync::Arc<[u8]>,
+        red: bool,
         ext: ExtensionValues,
         csrcs: &[u32],
     ) -> Result<(), PeerError> {
         let Some(stream) = self.slots.get(slot) else {
             return Ok(());
         };
-        let (mid, pt) = (stream.mid, stream.pt);
+        let pt = match (red, stream.red_pt) {
+            (false, _) => stream.pt,
+            (true, Some(red_pt)) => red_pt,
+            // A RED payload for a subscriber without RED would not decode: never sent.
+            (true, None) => return Ok(()),
+        };
+        let mid = stream.mid;
         let write = RtpWrite::new(pt, SeqNo::from(seq), ts, wallclock, payload.clone())
             .ext_vals(ext)
             .csrc(csrcs);
@@ -337,8 +426,10 @@ impl Peer {
                     }
                     Event::Closed => events.push_back((id, PeerEvent::Disconnected("closed"))),
                     Event::RtpPacket(p) => {
+                        let pt = Some(p.header.payload_type);
                         let on_mic = self.mic_mid.is_some()
-                            && self.mic_pt == Some(p.header.payload_type)
+                            && (self.mic_pt == pt
+                                || (self.mic_red_pt.is_some() && self.mic_red_pt == pt))
                             && self
                                 .rtc
                                 .direct_api()
@@ -408,9 +499,15 @@ const CSRC_LEVELS_EXT_ID: u8 = 12;
 /// The Opus payload type Chorus offers (the value browsers use).
 const OPUS_PT: u8 = 111;
 
+/// The RED payload type Chorus offers (the value Chrome uses); str0m takes the remote's when it differs.
+const RED_PT: u8 = 63;
+
 /// RTP mode with Opus as the only codec: 48 kHz, `minptime=10`, in-band FEC, and DTX welcome (the fmtp
-/// asks the remote sender to stop sending in silence; forwarding passes the timestamp gaps through).
-pub(crate) fn opus_only(config: RtcConfig) -> RtcConfig {
+/// asks the remote sender to stop sending in silence; forwarding passes the timestamp gaps through). With
+/// `red`, RFC 2198 redundancy (`red/48000/2`, fmtp `111/111`) is offered, or accepted where the remote
+/// offers it; str0m keeps it only when both sides have it, and lists it before Opus in the m-line (libwebrtc
+/// sends RED only then).
+pub(crate) fn opus_only(config: RtcConfig, red: bool) -> RtcConfig {
     let config = config
         .set_rtp_mode(true)
         .clear_codecs()
@@ -425,6 +522,10 @@ pub(crate) fn opus_only(config: RtcConfig) -> RtcConfig {
     exts.set(MID_EXT_ID, Extension::RtpMid);
     exts.set(CSRC_LEVELS_EXT_ID, crate::csrc_levels::extension());
     let mut config = config.set_extension_map(exts);
+    if red {
+        *config.codec_config() = CodecConfig::new_from_payload_params(vec![opus_with_red()]);
+        return config;
+    }
     config.codec_config().add_config(
         Pt::from(OPUS_PT),
         None,
@@ -439,6 +540,41 @@ pub(crate) fn opus_only(config: RtcConfig) -> RtcConfig {
         },
     );
     config
+}
+
+/// Opus with the same format parameters as [`opus_only`] and RED linked to it. str0m 0.25 links RED to a
+/// codec only through `enable_opus` (whose fmtp lacks `usedtx`) or through SDP, so the parameters are read
+/// from a fixed SDP fragment.
+fn opus_with_red() -> PayloadParams {
+    let sdp = format!(
+        "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF {RED_PT} {OPUS_PT}\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\n\
+         a=rtcp-mux\r\na=rtpmap:{RED_PT} red/48000/2\r\na=fmtp:{RED_PT} {OPUS_PT}/{OPUS_PT}\r\n\
+         a=rtpmap:{OPUS_PT} opus/48000/2\r\na=rtcp-fb:{OPUS_PT} transport-cc\r\n\
+         a=fmtp:{OPUS_PT} minptime=10;useinbandfec=1;usedtx=1\r\n"
+    );
+    let offer = SdpOffer::from_sdp_string(&sdp).expect("the fixed Opus/RED SDP fragment parses");
+    offer
+        .media_lines
+        .first()
+        .and_then(|m| {
+            m.rtp_params()
+                .into_iter()
+                .find(|p| p.spec().codec == Codec::Opus && p.red().is_some())
+        })
+        .expect("the fixed Opus/RED SDP fragment has Opus with RED")
+}
+
+/// The RED payload type negotiated for the Opus of `mid`, if any.
+pub(crate) fn red_pt(rtc: &Rtc, mid: Mid) -> Option<Pt> {
+    let media = rtc.media(mid)?;
+    let config = rtc.codec_config();
+    media.remote_pts().iter().find_map(|pt| {
+        config
+            .iter()
+            .find(|p| p.pt() == *pt && p.spec().codec == Codec::Opus)
+            .and_then(|p| p.red())
+    })
 }
 
 /// The Opus payload type negotiated on `mid`, if any.
@@ -484,6 +620,7 @@ mod tests {
             local_addr: "127.0.0.1:6000".parse().expect("literal address"),
             slots: slots_offered,
             publish,
+            red: 0,
         };
         let (_, offer) = ClientPeer::new(now, client).expect("client offer");
         let cert = test_cert();
@@ -503,6 +640,7 @@ mod tests {
             local_addr: "127.0.0.1:6000".parse().expect("literal address"),
             slots: 2,
             publish: true,
+            red: 0,
         };
         let (_, offer) = ClientPeer::new(now, client).expect("client offer");
         let offer = offer.replace(
@@ -547,6 +685,97 @@ mod tests {
         let mut ssrcs: Vec<u32> = peer.slots.iter().map(|s| s.ssrc.0).collect();
         ssrcs.dedup();
         assert_eq!(ssrcs.len(), 3, "every slot has its own SSRC");
+    }
+
+    fn red_answer(red: u8) -> (Peer, String, String) {
+        let now = epoch();
+        let client = ClientConfig {
+            local_addr: "127.0.0.1:6000".parse().expect("literal address"),
+            slots: 2,
+            publish: true,
+            red,
+        };
+        let (_, offer) = ClientPeer::new(now, client).expect("client offer");
+        let cert = test_cert();
+        let params = PeerParams {
+            candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+            dtls_cert: &cert,
+            slots: 2,
+        };
+        let (peer, answer) =
+            Peer::from_offer(now, ParticipantId(1), &params, &offer).expect("answer");
+        (peer, offer, answer)
+    }
+
+    #[test]
+    fn red_is_answered_first_on_every_line_when_offered_and_opus_keeps_fec_and_dtx() {
+        let (peer, offer, answer) = red_answer(1);
+        assert_eq!(offer.matches("red/48000/2").count(), 3, "{offer}");
+        assert_eq!(
+            answer.matches("a=rtpmap:63 red/48000/2").count(),
+            3,
+            "{answer}"
+        );
+        assert_eq!(answer.matches("a=fmtp:63 111/111").count(), 3, "{answer}");
+        assert_eq!(
+            answer.matches("m=audio 9 UDP/TLS/RTP/SAVPF 63 111").count(),
+            3,
+            "RED goes before Opus (libwebrtc sends RED only then): {answer}"
+        );
+        assert!(
+            answer.contains("useinbandfec=1") && answer.contains("usedtx=1"),
+            "{answer}"
+        );
+        assert_eq!(peer.mic_red_pt(), Some(Pt::from(63)));
+        assert_eq!(peer.mic_opus_pt(), Some(Pt::from(111)));
+        assert!(peer.slots.iter().all(|s| s.red_pt == Some(Pt::from(63))));
+    }
+
+    #[test]
+    fn without_red_in_the_offer_the_answer_is_opus_only() {
+        let (peer, offer, answer) = red_answer(0);
+        assert!(!offer.contains("red/"), "{offer}");
+        assert!(!answer.contains("red/"), "{answer}");
+        assert!(answer.contains("usedtx=1"), "{answer}");
+        assert_eq!(peer.mic_red_pt(), None);
+        assert!(peer.slots.iter().all(|s| s.red_pt.is_none()));
+    }
+
+    #[test]
+    fn red_is_recorded_per_line_and_follows_the_offered_payload_type() {
+        // Chrome's numbers, but RED only on the microphone line and at another payload type.
+        let (_, offer, _) = red_answer(1);
+        let mut lines: Vec<String> = Vec::new();
+        let mut media_index = 0;
+        for line in offer.split("\r\n") {
+            if line.starts_with("m=audio") {
+                media_index += 1;
+            }
+            let line = line.replace("63", "98");
+            if media_index > 1 && (line.contains(" red/") || line.starts_with("a=fmtp:98")) {
+                continue;
+            }
+            let line = if media_index > 1 && line.starts_with("m=audio") {
+                line.replace(" 98 111", " 111")
+            } else {
+                line
+            };
+            lines.push(line);
+        }
+        let offer = lines.join("\r\n");
+        let cert = test_cert();
+        let params = PeerParams {
+            candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+            dtls_cert: &cert,
+            slots: 2,
+        };
+        let (peer, answer) =
+            Peer::from_offer(epoch(), ParticipantId(1), &params, &offer).expect("answer");
+        assert_eq!(peer.mic_red_pt(), Some(Pt::from(98)), "{answer}");
+        assert!(
+            peer.slots.iter().all(|s| s.red_pt.is_none()),
+            "slots whose line did not offer RED never carry it: {answer}"
+        );
     }
 
     #[test]

@@ -214,6 +214,14 @@ impl SlotRewriter {
         self.output.map(|o| (o.max_seq, o.ts_at_max))
     }
 
+    /// Whether RTP timestamp `ts` of the current source lies in this stream's part of it: at or after the
+    /// packet where the source took over (at its last switch). Redundant audio (RFC 2198) from before that
+    /// point belongs to another timeline (the previous speaker's) and must not be forwarded into this one.
+    pub fn covers(&self, ts: u32) -> bool {
+        self.source
+            .is_some_and(|s| ts.wrapping_sub(s.base_in_ts) as i32 >= 0)
+    }
+
     /// How many switches (new source, restart or jump) there have been after the first source.
     pub fn switches(&self) -> u64 {
         self.switches
@@ -497,5 +505,19 @@ mod tests {
             }
             last = rw.last_output();
         }
+    }
+
+    #[test]
+    fn covers_only_timestamps_from_the_switch_point_of_the_current_source() {
+        let t = t0();
+        let mut r = SlotRewriter::new(100, 5000);
+        assert!(!r.covers(0), "no source yet");
+        r.rewrite(t, A, 10, 96_000).expect("first packet");
+        assert!(r.covers(96_000) && r.covers(96_960));
+        assert!(!r.covers(95_040), "before A took the slot");
+        r.rewrite(t + MS20, B, 500, u32::MAX - 100)
+            .expect("switch to B");
+        assert!(r.covers(u32::MAX - 100) && r.covers(860), "across the wrap");
+        assert!(!r.covers(u32::MAX - 1060), "B's audio before the switch");
     }
 }

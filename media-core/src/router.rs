@@ -1,17 +1,32 @@
 //! Which peer a datagram on the shared UDP socket belongs to.
 //!
 //! All peers of a worker share one socket. A STUN binding request names the server's ICE ufrag in its
-//! USERNAME attribute (`server_ufrag:client_ufrag`); every routed STUN request teaches the router the
-//! client's address, and DTLS, SRTP and SRTCP are then routed by source address.
+//! USERNAME attribute (`server_ufrag:client_ufrag`): [`Router::route`] finds the peer it names, the core has
+//! that peer's ICE agent check the request (MESSAGE-INTEGRITY under the peer's ICE password), and only then
+//! [`Router::learn`]s the client's address. DTLS, SRTP and SRTCP are routed by source address.
+//!
+//! Holding valid credentials is not proof of owning an address: any client can sign requests for its own
+//! peer and spoof another client's source address. So an address that belongs to one live peer and was
+//! heard from within [`ADDRESS_FRESH`] is never handed to another peer ([`AddressTaken`]), and each peer
+//! holds at most [`MAX_ADDRS_PER_PEER`] addresses, so the map is bounded by the number of peers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use crate::ids::ParticipantId;
 
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const STUN_HEADER_LEN: usize = 20;
 const ATTR_USERNAME: u16 = 0x0006;
+
+/// Most addresses one peer may be reached from (host, reflexive, IPv4/IPv6 candidates and NAT rebinding);
+/// learning one more forgets the peer's least recently heard address.
+pub const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// How long an address stays its peer's after the last datagram from it: the ICE consent timeout
+/// (RFC 7675 §5.1). A client with a live connection sends consent checks at least every few seconds.
+pub const ADDRESS_FRESH: Duration = Duration::from_secs(30);
 
 /// Why a datagram could not be routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +39,33 @@ pub enum RouteMiss {
     UnknownSource,
 }
 
+/// Where a datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A STUN message naming this peer's ufrag: not yet authenticated. The peer must check it before its
+    /// source is [`Router::learn`]ed.
+    Stun(ParticipantId),
+    /// From an address this peer has verified.
+    Bound(ParticipantId),
+}
+
+/// A verified STUN request came from an address another live peer was recently heard from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressTaken {
+    pub owner: ParticipantId,
+}
+
+struct Binding {
+    id: ParticipantId,
+    last_heard: Instant,
+}
+
 #[derive(Default)]
 pub struct Router {
     by_ufrag: HashMap<String, ParticipantId>,
-    by_addr: HashMap<SocketAddr, ParticipantId>,
+    by_addr: HashMap<SocketAddr, Binding>,
+    /// Each peer's addresses (at most [`MAX_ADDRS_PER_PEER`]).
+    addrs: HashMap<ParticipantId, Vec<SocketAddr>>,
 }
 
 impl Router {
@@ -37,21 +75,80 @@ impl Router {
 
     pub fn remove_peer(&mut self, ufrag: &str, id: ParticipantId) {
         self.by_ufrag.remove(ufrag);
-        self.by_addr.retain(|_, p| *p != id);
+        for addr in self.addrs.remove(&id).unwrap_or_default() {
+            self.by_addr.remove(&addr);
+        }
     }
 
-    /// Route a datagram; STUN requests naming a peer also bind their source address to it.
-    pub fn route(&mut self, source: SocketAddr, data: &[u8]) -> Result<ParticipantId, RouteMiss> {
+    /// Route a datagram. STUN is routed by the ufrag it names and binds nothing (see [`Router::learn`]);
+    /// anything else by its source address, which counts as hearing from that address.
+    pub fn route(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        data: &[u8],
+    ) -> Result<Route, RouteMiss> {
         if is_stun(data) {
             let ufrag = stun_local_ufrag(data).ok_or(RouteMiss::MalformedStun)?;
             let id = *self.by_ufrag.get(ufrag).ok_or(RouteMiss::UnknownUfrag)?;
-            self.by_addr.insert(source, id);
-            return Ok(id);
+            return Ok(Route::Stun(id));
         }
-        self.by_addr
-            .get(&source)
-            .copied()
-            .ok_or(RouteMiss::UnknownSource)
+        let binding = self
+            .by_addr
+            .get_mut(&source)
+            .ok_or(RouteMiss::UnknownSource)?;
+        binding.last_heard = now;
+        Ok(Route::Bound(binding.id))
+    }
+
+    /// Peer `id` verified a STUN request from `source`: bind the address to it, unless another peer was
+    /// heard from that address within [`ADDRESS_FRESH`].
+    pub fn learn(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        id: ParticipantId,
+    ) -> Result<(), AddressTaken> {
+        if let Some(binding) = self.by_addr.get_mut(&source) {
+            if binding.id == id {
+                binding.last_heard = now;
+                return Ok(());
+            }
+            if now.saturating_duration_since(binding.last_heard) < ADDRESS_FRESH {
+                return Err(AddressTaken { owner: binding.id });
+            }
+            // The other peer has not been heard from here for a consent timeout: the address moved on.
+            let stale = binding.id;
+            if let Some(list) = self.addrs.get_mut(&stale) {
+                list.retain(|a| *a != source);
+            }
+        }
+        let list = self.addrs.entry(id).or_default();
+        if list.len() >= MAX_ADDRS_PER_PEER {
+            let by_addr = &self.by_addr;
+            let oldest = list
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, a)| by_addr.get(a).map(|b| b.last_heard))
+                .map(|(i, _)| i)
+                .expect("a full address list is not empty");
+            let evicted = list.swap_remove(oldest);
+            self.by_addr.remove(&evicted);
+        }
+        list.push(source);
+        self.by_addr.insert(
+            source,
+            Binding {
+                id,
+                last_heard: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Addresses bound to any peer.
+    pub fn address_count(&self) -> usize {
+        self.by_addr.len()
     }
 }
 
@@ -82,6 +179,11 @@ fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
 mod tests {
     use super::*;
 
+    #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
     fn stun_with_username(username: &str) -> Vec<u8> {
         let mut attr = Vec::new();
         attr.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
@@ -98,37 +200,144 @@ mod tests {
         msg
     }
 
+    fn addr(i: u32) -> SocketAddr {
+        SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 5000))
+    }
+
     #[test]
-    fn stun_routes_by_ufrag_then_address() {
+    fn stun_routes_by_ufrag_and_binds_only_when_learned() {
+        let now = epoch();
         let mut r = Router::default();
         r.add_peer("srvA", ParticipantId(1));
         r.add_peer("srvB", ParticipantId(2));
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        assert_eq!(r.route(a, &[0x80, 0, 0, 1]), Err(RouteMiss::UnknownSource));
         assert_eq!(
-            r.route(a, &stun_with_username("srvB:cli")),
-            Ok(ParticipantId(2))
+            r.route(now, a, &[0x80, 0, 0, 1]),
+            Err(RouteMiss::UnknownSource)
         );
-        assert_eq!(r.route(a, &[0x80, 0, 0, 1]), Ok(ParticipantId(2)));
         assert_eq!(
-            r.route(a, &stun_with_username("nope:cli")),
+            r.route(now, a, &stun_with_username("srvB:cli")),
+            Ok(Route::Stun(ParticipantId(2)))
+        );
+        // Routing STUN binds nothing: the peer has not checked its integrity yet.
+        assert_eq!(
+            r.route(now, a, &[0x80, 0, 0, 1]),
+            Err(RouteMiss::UnknownSource)
+        );
+        assert_eq!(r.learn(now, a, ParticipantId(2)), Ok(()));
+        assert_eq!(
+            r.route(now, a, &[0x80, 0, 0, 1]),
+            Ok(Route::Bound(ParticipantId(2)))
+        );
+        assert_eq!(
+            r.route(now, a, &stun_with_username("nope:cli")),
             Err(RouteMiss::UnknownUfrag)
         );
         r.remove_peer("srvB", ParticipantId(2));
-        assert_eq!(r.route(a, &[0x80, 0, 0, 1]), Err(RouteMiss::UnknownSource));
+        assert_eq!(
+            r.route(now, a, &[0x80, 0, 0, 1]),
+            Err(RouteMiss::UnknownSource)
+        );
+        assert_eq!(r.address_count(), 0);
+    }
+
+    #[test]
+    fn a_fresh_address_of_one_peer_is_not_handed_to_another() {
+        let t0 = epoch();
+        let mut r = Router::default();
+        r.add_peer("victim", ParticipantId(1));
+        r.add_peer("attacker", ParticipantId(2));
+        let v = addr(1);
+        r.learn(t0, v, ParticipantId(1)).unwrap();
+        // The victim keeps talking from its address; a verified request for another peer from it is refused.
+        let t1 = t0 + Duration::from_secs(25);
+        assert_eq!(
+            r.route(t1, v, &[0x80, 0, 0, 1]),
+            Ok(Route::Bound(ParticipantId(1)))
+        );
+        let t2 = t1 + ADDRESS_FRESH - Duration::from_millis(1);
+        assert_eq!(
+            r.learn(t2, v, ParticipantId(2)),
+            Err(AddressTaken {
+                owner: ParticipantId(1)
+            })
+        );
+        assert_eq!(
+            r.route(t2, v, &[0x80, 0, 0, 1]),
+            Ok(Route::Bound(ParticipantId(1)))
+        );
+        // Silent there for a whole consent timeout, the address may move on (a NAT reused the port).
+        let t3 = t2 + ADDRESS_FRESH;
+        assert_eq!(r.learn(t3, v, ParticipantId(2)), Ok(()));
+        assert_eq!(
+            r.route(t3, v, &[0x80, 0, 0, 1]),
+            Ok(Route::Bound(ParticipantId(2)))
+        );
+        // The previous owner's list no longer holds it: removing it leaves the new binding alone.
+        r.remove_peer("victim", ParticipantId(1));
+        assert_eq!(
+            r.route(t3, v, &[0x80, 0, 0, 1]),
+            Ok(Route::Bound(ParticipantId(2)))
+        );
+    }
+
+    #[test]
+    fn addresses_per_peer_are_capped_and_the_least_recently_heard_goes() {
+        let t0 = epoch();
+        let mut r = Router::default();
+        r.add_peer("p", ParticipantId(1));
+        for i in 0..MAX_ADDRS_PER_PEER as u32 {
+            r.learn(
+                t0 + Duration::from_millis(i as u64),
+                addr(i),
+                ParticipantId(1),
+            )
+            .unwrap();
+        }
+        // Address 0 is heard again, so address 1 is now the least recently heard.
+        let later = t0 + Duration::from_secs(1);
+        r.route(later, addr(0), &[0x80, 0, 0, 1]).unwrap();
+        r.learn(later, addr(100), ParticipantId(1)).unwrap();
+        assert_eq!(r.address_count(), MAX_ADDRS_PER_PEER);
+        assert_eq!(
+            r.route(later, addr(1), &[0x80, 0, 0, 1]),
+            Err(RouteMiss::UnknownSource)
+        );
+        assert!(r.route(later, addr(0), &[0x80, 0, 0, 1]).is_ok());
+        assert!(r.route(later, addr(100), &[0x80, 0, 0, 1]).is_ok());
+    }
+
+    #[test]
+    fn two_hundred_thousand_sources_leave_the_map_bounded() {
+        // Issue 10: 200,000 spoofed sources grew the map by 10.6 MB. Even with valid credentials, one peer
+        // holds at most MAX_ADDRS_PER_PEER addresses.
+        let t0 = epoch();
+        let mut r = Router::default();
+        r.add_peer("p", ParticipantId(1));
+        for i in 0..200_000u32 {
+            let _ = r.learn(
+                t0 + Duration::from_micros(i as u64),
+                addr(i),
+                ParticipantId(1),
+            );
+        }
+        assert_eq!(r.address_count(), MAX_ADDRS_PER_PEER);
+        r.remove_peer("p", ParticipantId(1));
+        assert_eq!(r.address_count(), 0);
     }
 
     #[test]
     fn truncated_stun_is_malformed_not_a_panic() {
+        let now = epoch();
         let mut r = Router::default();
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let mut m = stun_with_username("srvA:cli");
         m[3] = 200; // claims a longer body than present
-        assert_eq!(r.route(a, &m), Err(RouteMiss::MalformedStun));
+        assert_eq!(r.route(now, a, &m), Err(RouteMiss::MalformedStun));
         let mut m = stun_with_username("srvA:cli");
         m.truncate(26); // attribute header claims more than present
         m[2] = 0;
         m[3] = 6;
-        assert_eq!(r.route(a, &m), Err(RouteMiss::MalformedStun));
+        assert_eq!(r.route(now, a, &m), Err(RouteMiss::MalformedStun));
     }
 }

@@ -16,16 +16,24 @@ pub enum DropReason {
     NotPublishing,
     /// A packet from before a slot's speaker switch, or one already forwarded.
     StaleOrDuplicate,
+    /// STUN naming a peer's ufrag that the peer's ICE agent rejects: MESSAGE-INTEGRITY missing or not made
+    /// with the peer's ICE password, or a client ufrag other than the offer's. Its source is not learned.
+    BadIntegrity,
+    /// Verified STUN for one peer from an address another live peer is using (a spoofed source): dropped,
+    /// so the address stays with the peer that was heard from it.
+    Misrouted,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Oversized,
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::Malformed,
         DropReason::NotPublishing,
         DropReason::StaleOrDuplicate,
+        DropReason::BadIntegrity,
+        DropReason::Misrouted,
     ];
 
     /// The metric label value.
@@ -37,6 +45,8 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::NotPublishing => "not_publishing",
             DropReason::StaleOrDuplicate => "stale_or_duplicate",
+            DropReason::BadIntegrity => "bad_integrity",
+            DropReason::Misrouted => "misrouted",
         }
     }
 }
@@ -52,6 +62,10 @@ pub struct CoreStats {
     pub rtp_in: u64,
     /// RTP packets written into subscribers' slots.
     pub rtp_forwarded: u64,
+    /// Microphone RTP packets received as RED (RFC 2198), included in `rtp_in`.
+    pub rtp_red_in: u64,
+    /// Packets written into slots as RED, included in `rtp_forwarded`.
+    pub rtp_red_forwarded: u64,
     /// Microphone packets nobody was routed to (e.g. alone in the room).
     pub rtp_unrouted: u64,
     pub drops: [u64; DropReason::ALL.len()],
@@ -79,6 +93,9 @@ pub struct MixStats {
     pub frames_encoded: u64,
     /// Missing frames recovered from the next packet's in-band FEC.
     pub concealed_fec: u64,
+    /// Missing frames recovered from RED (RFC 2198) redundancy into a gap of a jitter buffer (they play
+    /// instead of FEC or PLC).
+    pub recovered_red: u64,
     /// Missing frames concealed by Opus packet-loss concealment.
     pub concealed_plc: u64,
     /// Packets that arrived after their playout time.

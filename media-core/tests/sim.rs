@@ -5,6 +5,10 @@
 
 mod support;
 
+/// Heap bytes per thread, for the tests that pin per-peer memory (`security`).
+#[global_allocator]
+static ALLOC: support::alloc::Counting = support::alloc::Counting;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -350,6 +354,7 @@ fn leaving_frees_slots_and_a_newcomer_is_heard_by_all() {
     assert!(!sim.clients[2].pcm_by_csrc.contains_key(&left.mic_ssrc));
 }
 mod mix;
+mod security;
 mod speech;
 
 /// Speech-like activity for `total`: talk spurts of `on` separated by short pauses (levels vary, as in
@@ -425,4 +430,151 @@ fn the_dominant_speaker_follows_sustained_speech_in_both_room_modes() {
             "{room:?}: the steady hum became dominant"
         );
     }
+}
+
+/// Whether every RED packet a client received in `slot` carries only redundancy from the current speaker's
+/// run in the slot (none from before a switch) and, on a clean link, exactly the previous packet of the run.
+/// Returns (RED packets, packets with redundancy).
+fn check_red_runs(c: &Client, slot: usize) -> (usize, usize) {
+    let packets = slot_packets(c, slot);
+    let (mut red, mut with_redundancy) = (0, 0);
+    let mut run_start: Option<(Option<u32>, u32)> = None;
+    for (k, p) in packets.iter().enumerate() {
+        if run_start.is_none_or(|(csrc, _)| csrc != p.csrc) {
+            run_start = Some((p.csrc, p.timestamp));
+        }
+        let Some(frames) = &p.redundant else {
+            continue;
+        };
+        red += 1;
+        let (_, start_ts) = run_start.expect("set above");
+        for (ts, _) in frames {
+            assert!(
+                ts.wrapping_sub(start_ts) as i32 >= 0,
+                "packet {k} carries redundancy from before its speaker took the slot"
+            );
+        }
+        if let Some((ts, payload)) = frames.last() {
+            with_redundancy += 1;
+            let prev = packets[k - 1];
+            assert_eq!(
+                (*ts, &prev.payload[..]),
+                (prev.timestamp, &payload[..]),
+                "packet {k}: the redundancy is the previous frame of the slot"
+            );
+        }
+    }
+    (red, with_redundancy)
+}
+
+#[test]
+fn red_goes_to_red_subscribers_and_the_primary_alone_to_the_others() {
+    // A and B send RED, C sends plain Opus; B and C listen, A and C subscribe with and without RED.
+    let mut sim = Sim::new(11, LinkConfig::with_delay(10.0), 3, &[]);
+    sim.join_with_red(440.0, 0.3, 1);
+    sim.join_with_red(660.0, 0.3, 1);
+    sim.join_with_red(880.0, 0.3, 0);
+    sim.connect();
+    assert!(sim.clients[0].peer.sends_red() && sim.clients[1].peer.sends_red());
+    assert!(!sim.clients[2].peer.sends_red());
+    sim.run_for(Duration::from_secs(3));
+    for i in 0..3 {
+        sim.assert_hears_others(i, 2.0);
+    }
+    let (a, c) = (sim.clients[0].mic_ssrc, sim.clients[2].mic_ssrc);
+    // B (RED) gets A's packets as RED with A's previous frame, and C's plain Opus as plain Opus.
+    let b = &sim.clients[1];
+    let from_a: Vec<_> = b.received.iter().filter(|r| r.csrc == Some(a)).collect();
+    assert!(from_a.len() > 100);
+    assert!(from_a.iter().all(|r| r.redundant.is_some()));
+    assert!(
+        from_a
+            .iter()
+            .filter(|r| r.redundant.as_ref().is_some_and(|f| f.len() == 1))
+            .count()
+            >= from_a.len() - 1
+    );
+    assert!(b
+        .received
+        .iter()
+        .filter(|r| r.csrc == Some(c))
+        .all(|r| r.redundant.is_none()));
+    for slot in 0..3 {
+        check_red_runs(b, slot);
+    }
+    // C (no RED) gets only Opus, the primary of A's and B's RED packets.
+    assert!(sim.clients[2]
+        .received
+        .iter()
+        .all(|r| r.redundant.is_none()));
+    let stats = sim.core.stats();
+    assert_eq!(stats.dropped(DropReason::Malformed), 0);
+    // Two of three talkers send RED; of the six (speaker, subscriber) routes two carry RED (A to B, B to A).
+    assert!(stats.rtp_red_in * 3 > stats.rtp_in * 2 - 30, "{stats:?}");
+    assert!(
+        stats.rtp_red_forwarded * 3 > stats.rtp_forwarded - 30
+            && stats.rtp_red_forwarded * 3 < stats.rtp_forwarded + 30,
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn a_slot_switch_strips_redundancy_from_before_the_switch() {
+    // One slot: A talks, B murmurs (sending, RED history filling, but not in the slot), then A stops and B
+    // talks up. C's slot moves to B; B's first packets in the slot must not carry its murmur from before
+    // the switch (nor A's audio): only redundancy from B's own run in the slot.
+    let mut sim = Sim::new(12, LinkConfig::with_delay(5.0), 1, &[]);
+    sim.join_with_red(440.0, 0.3, 2);
+    sim.join_with_red(660.0, 0.01, 2);
+    sim.join_with_red(880.0, 0.0, 1);
+    sim.connect();
+    sim.run_for(Duration::from_secs(2));
+    let (a, b) = (sim.clients[0].mic_ssrc, sim.clients[1].mic_ssrc);
+    assert_eq!(sim.clients[2].csrcs_since(0), vec![a]);
+    sim.set_amplitude(0, 0.0);
+    sim.set_amplitude(1, 0.3);
+    sim.run_for(Duration::from_secs(2));
+    let listener = &sim.clients[2];
+    let packets = slot_packets(listener, 0);
+    let switch = packets
+        .iter()
+        .position(|p| p.csrc == Some(b))
+        .expect("B reached the slot");
+    assert_eq!(
+        packets[switch].redundant.as_ref().map(Vec::len),
+        Some(0),
+        "the first packet after the switch carries no redundancy"
+    );
+    let (red, with_redundancy) = check_red_runs(listener, 0);
+    assert!(
+        red > 150 && with_redundancy > 140,
+        "{red} {with_redundancy}"
+    );
+    sim.assert_hears_others(2, 1.5);
+}
+
+#[test]
+fn malformed_red_is_a_counted_drop() {
+    let mut sim = Sim::new(13, LinkConfig::with_delay(5.0), 2, &[]);
+    sim.join_with_red(440.0, 0.3, 1);
+    sim.join_with_red(660.0, 0.0, 1);
+    sim.connect();
+    sim.run_for(Duration::from_millis(500));
+    let before = sim.core.stats().dropped(DropReason::Malformed);
+    // A RED payload whose block header claims more bytes than follow, then a primary of another codec.
+    for garbage in [&[0x80 | 111, 15, 0, 200, 111, 1][..], &[0, 1, 2, 3]] {
+        sim.clients[0]
+            .peer
+            .send_raw_red(sim.now, garbage)
+            .expect("the client sends raw RED");
+        sim.drain_client(0);
+        sim.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(
+        sim.core.stats().dropped(DropReason::Malformed) - before,
+        2,
+        "both counted, the call goes on"
+    );
+    sim.run_for(Duration::from_secs(1));
+    sim.assert_hears_others(1, 0.8);
 }

@@ -124,9 +124,9 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
             let path = request.uri().path().to_owned();
             let response = next.run(request).await;
             if !response.status().is_success() {
-                info!(%subject, %method, %path, status = response.status().as_u16(), "admin request refused");
+                info!(subject = ?subject, %method, %path, status = response.status().as_u16(), "admin request refused");
             } else if method != axum::http::Method::GET {
-                info!(%subject, %method, %path, "admin request");
+                info!(subject = ?subject, %method, %path, "admin request");
             }
             response
         }

@@ -452,6 +452,42 @@ impl Config {
 }
 
 /// The environment variables [`Config::apply_env`] reads, for `--help`.
+/// What `--print-config` shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+impl Config {
+    /// The configuration as `--print-config` prints it: API secrets, and any user name and password in a
+    /// webhook URL, replaced by [`REDACTED`] (the output ends up in terminals, tickets and CI logs).
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for secret in c.auth.api_keys.values_mut() {
+            *secret = REDACTED.to_owned();
+        }
+        for url in &mut c.webhooks.urls {
+            *url = redact_userinfo(url);
+        }
+        c
+    }
+}
+
+/// `scheme://user:pass@host/…` → `scheme://<redacted>@host/…`; other URLs unchanged.
+fn redact_userinfo(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}{REDACTED}{}",
+            &url[..scheme_end],
+            &url[scheme_end + at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
 pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
 CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
@@ -460,6 +496,32 @@ CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_LOG, CHORUS_LOG_JSON";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_configuration_has_no_secrets() {
+        // Issue 10: --print-config printed the API secrets.
+        let c = Config::from_toml(
+            "[auth]\ndev_mode = false\n\
+             api_keys = { prod = \"0123456789abcdef0123456789abcdef\" }\n\
+             [webhooks]\nurls = [\"https://hook:s3cr3t@example.com/x?a=b\", \"http://example.com/y@z\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let printed = toml::to_string_pretty(&c.redacted()).unwrap();
+        assert!(!printed.contains("0123456789abcdef"), "{printed}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("prod = \"<redacted>\""), "{printed}");
+        assert!(
+            printed.contains("https://<redacted>@example.com/x?a=b"),
+            "{printed}"
+        );
+        assert!(printed.contains("http://example.com/y@z"), "{printed}");
+        // The configuration itself keeps its secrets.
+        assert_eq!(
+            c.auth.signing_key().unwrap().1,
+            "0123456789abcdef0123456789abcdef"
+        );
+    }
 
     #[test]
     fn embedded_default_is_valid_loopback_dev_mode() {

@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::{future, SinkExt, StreamExt};
 use serde::Deserialize;
-use signaling::session::WsFrame;
+use signaling::session::{ProtocolViolation, WsFrame};
 use signaling::Signaling;
 use tracing::{info, Instrument};
 
@@ -115,7 +115,7 @@ async fn ws(upgrade: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Re
 async fn run_ws(socket: WebSocket, state: Arc<AppState>) {
     let transport = socket
         .with(|frame: WsFrame| future::ready(Ok::<_, axum::Error>(to_message(frame))))
-        .map(|m| m.map(from_message));
+        .map(|m| m.map(from_message).or_else(violation));
     signaling::session::run_session(transport, state.signaling.clone())
         .instrument(signaling::session::session_span())
         .await;
@@ -131,6 +131,19 @@ fn from_message(m: Message) -> WsFrame {
     }
 }
 
+/// A read error that is the client's WebSocket protocol violation becomes [`WsFrame::Violation`], which
+/// the session counts and answers with a close frame; other errors (I/O) stay errors.
+fn violation(e: axum::Error) -> Result<WsFrame, axum::Error> {
+    let inner = e.into_inner();
+    let kind = match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Utf8(_)) => ProtocolViolation::InvalidUtf8,
+        Some(tungstenite::Error::Protocol(_)) => ProtocolViolation::BadFrame,
+        Some(tungstenite::Error::Capacity(_)) => ProtocolViolation::TooLarge,
+        _ => return Err(axum::Error::new(inner)),
+    };
+    Ok(WsFrame::Violation(kind))
+}
+
 fn to_message(f: WsFrame) -> Message {
     match f {
         WsFrame::Text(t) => Message::Text(t.into()),
@@ -140,6 +153,10 @@ fn to_message(f: WsFrame) -> Message {
         WsFrame::Close(c) => Message::Close(c.map(|(code, reason)| CloseFrame {
             code,
             reason: reason.into(),
+        })),
+        WsFrame::Violation(v) => Message::Close(Some(CloseFrame {
+            code: v.close_code(),
+            reason: v.as_str().into(),
         })),
     }
 }

@@ -84,7 +84,7 @@ struct ServeArgs {
     /// Log one JSON object per line.
     #[arg(long)]
     log_json: bool,
-    /// Print the effective configuration as TOML and exit.
+    /// Print the effective configuration as TOML, secrets redacted, and exit.
     #[arg(long)]
     print_config: bool,
 }
@@ -159,7 +159,7 @@ fn main() -> anyhow::Result<()> {
         }) => token_create(&config, t),
         Some(Command::Drain(d)) => drain(&config, d),
         None if cli.serve.print_config => {
-            print!("{}", toml::to_string_pretty(&config)?);
+            print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
         None => serve(config),

@@ -34,6 +34,8 @@ pub struct MediaMetrics {
     pub bytes_out: IntCounter,
     pub rtp_in: IntCounter,
     pub rtp_forwarded: IntCounter,
+    pub rtp_red_in: IntCounter,
+    pub rtp_red_forwarded: IntCounter,
     pub rtp_unrouted: IntCounter,
     pub drops: IntCounterVec,
     pub send_failed: IntCounter,
@@ -149,6 +151,16 @@ impl MediaMetrics {
                 "chorus_rtp_packets_forwarded_total",
                 "RTP packets forwarded into subscriber slots.",
             )?,
+            rtp_red_in: counter(
+                registry,
+                "chorus_rtp_red_packets_received_total",
+                "Microphone RTP packets received as RED (RFC 2198 redundancy).",
+            )?,
+            rtp_red_forwarded: counter(
+                registry,
+                "chorus_rtp_red_packets_forwarded_total",
+                "RTP packets forwarded into subscriber slots as RED (RFC 2198 redundancy).",
+            )?,
             rtp_unrouted: counter(
                 registry,
                 "chorus_rtp_packets_unrouted_total",
@@ -244,7 +256,7 @@ impl MediaMetrics {
             concealed: counter_vec(
                 registry,
                 "chorus_jitter_buffer_concealed_frames_total",
-                "Missing frames of mixed inputs concealed, by method: fec (recovered from in-band FEC) or plc (Opus packet-loss concealment).",
+                "Missing frames of mixed inputs concealed, by method: red (recovered from RFC 2198 redundancy), fec (recovered from in-band FEC) or plc (Opus packet-loss concealment).",
                 "method",
                 &["fec", "plc"],
             )?,
@@ -278,6 +290,9 @@ impl MediaMetrics {
         self.rtp_in.inc_by(d(before.rtp_in, now.rtp_in));
         self.rtp_forwarded
             .inc_by(d(before.rtp_forwarded, now.rtp_forwarded));
+        self.rtp_red_in.inc_by(d(before.rtp_red_in, now.rtp_red_in));
+        self.rtp_red_forwarded
+            .inc_by(d(before.rtp_red_forwarded, now.rtp_red_forwarded));
         self.rtp_unrouted
             .inc_by(d(before.rtp_unrouted, now.rtp_unrouted));
         for r in DropReason::ALL {
@@ -300,6 +315,9 @@ impl MediaMetrics {
             .inc_by(d(b.frames_encoded, n.frames_encoded));
         self.mixer_packets_sent
             .inc_by(d(b.packets_sent, n.packets_sent));
+        self.concealed
+            .with_label_values(&["red"])
+            .inc_by(d(b.recovered_red, n.recovered_red));
         self.concealed
             .with_label_values(&["fec"])
             .inc_by(d(b.concealed_fec, n.concealed_fec));
@@ -439,9 +457,11 @@ mod tests {
             ..CoreStats::default()
         };
         now.mix.concealed_plc = 2;
+        now.mix.recovered_red = 3;
         m.add_delta(&CoreStats::default(), &now);
         assert_eq!(m.nacks_received.get(), 3);
         assert_eq!(m.concealed.with_label_values(&["plc"]).get(), 2);
+        assert_eq!(m.concealed.with_label_values(&["red"]).get(), 3);
         m.observe(&Samples {
             rtt_seconds: vec![0.02, 0.04],
             jitter_seconds: vec![0.003],

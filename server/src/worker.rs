@@ -289,7 +289,7 @@ impl Worker {
                             media_core::CoreError::AlreadyConnected(_) => {
                                 MediaError::AlreadyConnected
                             }
-                            other => MediaError::BadSdp(other.to_string()),
+                            other => MediaError::BadSdp(other.client_message()),
                         }
                     });
                 if result.is_ok() {

@@ -89,12 +89,41 @@ fn optional_numeric_date<'de, D: Deserializer<'de>>(
     Ok(Option::<Date>::deserialize(deserializer)?.map(|Date(secs)| secs))
 }
 
+/// Whether `c` may not appear in an identity or display name: control characters (C0, DEL, C1: a newline
+/// forges log lines), line and paragraph separators, and the bidirectional formatting characters that
+/// reorder how the rest of a line is displayed (overrides, embeddings, isolates and marks; "Trojan Source").
+pub fn is_forbidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Whether `text` has no [forbidden](is_forbidden_char) character.
+pub fn is_safe_text(text: &str) -> bool {
+    !text.chars().any(is_forbidden_char)
+}
+
+/// An identity (`sub`): 1–128 characters, none forbidden.
+fn is_valid_identity(sub: &str) -> bool {
+    (1..=MAX_ID_CHARS).contains(&sub.chars().count()) && is_safe_text(sub)
+}
+
+const SUB_RULE: &str =
+    "sub must be 1 to 128 characters without control or bidi-override characters";
+
 impl Claims {
     /// Checks the claims that do not depend on time: identity, room name and display name.
     pub fn validate(&self) -> Result<(), AuthError> {
-        let sub_chars = self.sub.chars().count();
-        if sub_chars == 0 || sub_chars > MAX_ID_CHARS {
-            return Err(AuthError::InvalidClaims("sub must be 1 to 128 characters"));
+        if !is_valid_identity(&self.sub) {
+            return Err(AuthError::InvalidClaims(SUB_RULE));
         }
         if !is_valid_room_name(&self.room) {
             return Err(AuthError::InvalidClaims(
@@ -104,19 +133,21 @@ impl Claims {
         if self
             .name
             .as_ref()
-            .is_some_and(|n| n.chars().count() > MAX_TOKEN_NAME_CHARS)
+            .is_some_and(|n| n.chars().count() > MAX_TOKEN_NAME_CHARS || !is_safe_text(n))
         {
             return Err(AuthError::InvalidClaims(
-                "name must be at most 64 characters",
+                "name must be at most 64 characters without control or bidi-override characters",
             ));
         }
         Ok(())
     }
 }
 
-/// Whether `room` is 1–128 characters of `[A-Za-z0-9_.-]`.
+/// Whether `room` is 1–128 characters of `[A-Za-z0-9_.-]` and not only dots (`.` and `..` are path
+/// segments in the admin API's URLs, `/admin/v1/rooms/{room}`).
 pub fn is_valid_room_name(room: &str) -> bool {
     (1..=MAX_ID_CHARS).contains(&room.len())
+        && !room.bytes().all(|b| b == b'.')
         && room
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
@@ -339,6 +370,16 @@ pub struct AdminClaims {
     pub admin: bool,
 }
 
+impl AdminClaims {
+    /// Checks the subject, which the admin API writes into its logs.
+    pub fn validate(&self) -> Result<(), AuthError> {
+        if !is_valid_identity(&self.sub) {
+            return Err(AuthError::InvalidClaims(SUB_RULE));
+        }
+        Ok(())
+    }
+}
+
 /// Makes an HS256 admin token (see [`AdminClaims`]); its `iss` is `key` and `admin` is true.
 pub fn create_admin_token(
     key: &str,
@@ -350,9 +391,7 @@ pub fn create_admin_token(
     if secret.is_empty() {
         return Err(AuthError::EmptySecret);
     }
-    if claims.sub.is_empty() || claims.sub.chars().count() > MAX_ID_CHARS {
-        return Err(AuthError::InvalidClaims("sub must be 1 to 128 characters"));
-    }
+    claims.validate()?;
     let claims = AdminClaims {
         iss: key.to_owned(),
         admin: true,
@@ -372,6 +411,7 @@ pub fn verify_admin_token(token: &str, keys: &ApiKeys, now: u64) -> Result<Admin
     if !claims.admin {
         return Err(AuthError::NotAdmin);
     }
+    claims.validate()?;
     check_times(claims.nbf, claims.exp, now)?;
     Ok(claims)
 }
@@ -668,6 +708,13 @@ pub(crate) mod tests {
             ("sub", serde_json::json!("")),
             ("sub", serde_json::json!("s".repeat(129))),
             ("name", serde_json::json!("n".repeat(65))),
+            // Issue 10: control and bidi-override characters in identities and display names.
+            ("sub", serde_json::json!("ada\n{\"level\":\"ERROR\"}")),
+            ("sub", serde_json::json!("ada\u{202E}nimda")),
+            ("sub", serde_json::json!("ada\u{0085}")),
+            ("name", serde_json::json!("Ada\u{2066}x")),
+            ("name", serde_json::json!("Ada\u{7}")),
+            ("name", serde_json::json!("Ada\u{2028}Bob")),
         ] {
             let mut payload = full.clone();
             payload[field] = value;
@@ -685,7 +732,7 @@ pub(crate) mod tests {
         for ok in ["lobby", "a", "A-b_c.9", &"r".repeat(128)] {
             assert!(is_valid_room_name(ok), "{ok}");
         }
-        for bad in ["", "a b", "a/b", "é", &"r".repeat(129)] {
+        for bad in ["", "a b", "a/b", "é", &"r".repeat(129), ".", "..", "..."] {
             assert!(!is_valid_room_name(bad), "{bad}");
         }
         let invalid = Claims {
@@ -765,6 +812,38 @@ mod admin_tests {
             verify_admin_token(&forged, &keys(), NOW),
             Err(AuthError::BadSignature)
         );
+    }
+
+    #[test]
+    fn an_admin_subject_must_be_a_short_printable_identity() {
+        // Issue 10: the admin API logs the subject; empty, 10,000 characters or a newline were accepted.
+        let header = Header::new(Algorithm::HS256);
+        for sub in [
+            String::new(),
+            "o".repeat(10_000),
+            "ops\nadmin request subject=root".into(),
+            "ops\u{202E}toor".into(),
+        ] {
+            let claims =
+                serde_json::json!({"iss": "ops", "sub": sub, "exp": NOW + 60, "admin": true});
+            let token =
+                jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET.as_ref()))
+                    .expect("signs");
+            assert!(
+                matches!(
+                    verify_admin_token(&token, &keys(), NOW),
+                    Err(AuthError::InvalidClaims(_))
+                ),
+                "{sub:?}"
+            );
+            let claims = AdminClaims {
+                sub,
+                ..admin(NOW + 60)
+            };
+            assert!(create_admin_token("ops", SECRET, &claims).is_err());
+        }
+        let token = create_admin_token("ops", SECRET, &admin(NOW + 60)).expect("signs");
+        assert!(verify_admin_token(&token, &keys(), NOW).is_ok());
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub struct SignalingMetrics {
     rooms: IntGaugeVec,
     participants: IntGaugeVec,
     room_events_dropped: IntCounter,
+    ws_violations: IntCounterVec,
 }
 
 impl SignalingMetrics {
@@ -155,6 +156,16 @@ impl SignalingMetrics {
             "chorus_room_events_dropped_total",
             "Room lifecycle events (for webhooks) dropped because their queue was full.",
         )?;
+        let ws_violations = IntCounterVec::new(
+            Opts::new(
+                "chorus_websocket_violations_total",
+                "WebSocket sessions ended for a protocol violation by the client, by kind.",
+            ),
+            &["kind"],
+        )?;
+        for kind in crate::session::ProtocolViolation::ALL {
+            ws_violations.with_label_values(&[kind.as_str()]);
+        }
         for mode in RoomMode::ALL {
             rooms.with_label_values(&[mode.as_str()]);
             participants.with_label_values(&[mode.as_str()]);
@@ -181,6 +192,7 @@ impl SignalingMetrics {
         registry.register(Box::new(rooms.clone()))?;
         registry.register(Box::new(participants.clone()))?;
         registry.register(Box::new(room_events_dropped.clone()))?;
+        registry.register(Box::new(ws_violations.clone()))?;
         Ok(Self {
             errors,
             joins,
@@ -192,6 +204,7 @@ impl SignalingMetrics {
             rooms,
             participants,
             room_events_dropped,
+            ws_violations,
         })
     }
 
@@ -214,6 +227,15 @@ impl SignalingMetrics {
 
     pub(crate) fn participant_left(&self, mode: RoomMode) {
         self.participants.with_label_values(&[mode.as_str()]).dec();
+    }
+
+    pub(crate) fn ws_violation(&self, kind: crate::session::ProtocolViolation) {
+        self.ws_violations.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Sessions ended for a WebSocket protocol violation of `kind`.
+    pub fn ws_violations(&self, kind: crate::session::ProtocolViolation) -> u64 {
+        self.ws_violations.with_label_values(&[kind.as_str()]).get()
     }
 
     pub(crate) fn room_event_dropped(&self) {

@@ -48,6 +48,46 @@ pub enum WsFrame {
     Pong(Vec<u8>),
     /// A close frame, with its code and reason if it has them.
     Close(Option<(u16, String)>),
+    /// Not a frame: the transport refused what the client sent as a WebSocket protocol violation (the
+    /// server maps its WebSocket library's read errors to this). The session counts it, sends a close
+    /// frame with the matching code and ends. Sent outward, it is that close frame.
+    Violation(ProtocolViolation),
+}
+
+/// A WebSocket protocol violation by the client (RFC 6455 §7.4.1 close codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolViolation {
+    /// A text frame that is not UTF-8: close 1007.
+    InvalidUtf8,
+    /// A malformed frame, reserved opcode or bits, unmasked client frame or bad control frame: close 1002.
+    BadFrame,
+    /// A frame or message over the transport's size limit: close 1009.
+    TooLarge,
+}
+
+impl ProtocolViolation {
+    pub const ALL: [ProtocolViolation; 3] = [
+        ProtocolViolation::InvalidUtf8,
+        ProtocolViolation::BadFrame,
+        ProtocolViolation::TooLarge,
+    ];
+
+    /// The metric label and close reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolViolation::InvalidUtf8 => "invalid_utf8",
+            ProtocolViolation::BadFrame => "protocol_error",
+            ProtocolViolation::TooLarge => "too_large",
+        }
+    }
+
+    pub fn close_code(self) -> u16 {
+        match self {
+            ProtocolViolation::InvalidUtf8 => 1007,
+            ProtocolViolation::BadFrame => 1002,
+            ProtocolViolation::TooLarge => 1009,
+        }
+    }
 }
 
 impl WsFrame {
@@ -57,6 +97,7 @@ impl WsFrame {
             WsFrame::Text(text) => text.len(),
             WsFrame::Binary(bytes) | WsFrame::Ping(bytes) | WsFrame::Pong(bytes) => bytes.len(),
             WsFrame::Close(close) => close.as_ref().map_or(0, |(_, reason)| 2 + reason.len()),
+            WsFrame::Violation(_) => 0,
         }
     }
 }
@@ -122,6 +163,8 @@ enum Exit {
     Leave,
     /// The client closed the socket.
     Closed,
+    /// The client broke the WebSocket protocol.
+    Violation(ProtocolViolation),
     /// Reading from the socket failed.
     ReadFailed,
     /// Writing to the socket failed or timed out.
@@ -152,7 +195,9 @@ impl Exit {
         match self {
             Exit::Leave => LeaveReason::Leave,
             Exit::Closed => LeaveReason::Closed,
-            Exit::ReadFailed | Exit::WriteFailed => LeaveReason::TransportError,
+            Exit::ReadFailed | Exit::WriteFailed | Exit::Violation(_) => {
+                LeaveReason::TransportError
+            }
             Exit::IdleTimeout => LeaveReason::IdleTimeout,
             Exit::MediaDisconnected => LeaveReason::MediaDisconnected,
             Exit::Fatal(_) => LeaveReason::Error,
@@ -172,6 +217,7 @@ impl Exit {
                 code.as_str(),
             )),
             Exit::Shutdown => Some((CLOSE_GOING_AWAY, "server_shutdown")),
+            Exit::Violation(v) => Some((v.close_code(), v.as_str())),
             Exit::Removed(LeftReason::Kicked) => Some((CLOSE_NORMAL, "kicked")),
             Exit::Removed(LeftReason::RoomDeleted) => Some((CLOSE_NORMAL, "room_deleted")),
             Exit::Closed | Exit::ReadFailed | Exit::WriteFailed => None,
@@ -451,6 +497,11 @@ where
             }
             WsFrame::Ping(_) | WsFrame::Pong(_) => Ok(()),
             WsFrame::Close(_) => Err(Exit::Closed),
+            WsFrame::Violation(v) => {
+                tracing::debug!(violation = v.as_str(), "WebSocket protocol violation");
+                self.wire.ctx.metrics().ws_violation(v);
+                Err(Exit::Violation(v))
+            }
         }
     }
 

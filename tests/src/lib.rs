@@ -500,6 +500,7 @@ impl AudioClient {
                 local_addr: local,
                 slots: options.slots,
                 publish: !matches!(options.mic, Mic::Off),
+                red: 0,
             },
         )?;
         signal.send(json!({"type": "offer", "sdp": offer})).await?;

@@ -417,3 +417,59 @@ fn without_dtx_pauses_the_mixer_still_adds_only_the_jitter_target() {
     }
     println!("worst mixer-added latency without DTX: {worst:?}");
 }
+
+/// A mixed room of three talkers over a lossy link, with or without RED from every client: the mixer's
+/// counters after 6 s.
+fn lossy_mix(seed: u64, loss: f64, red: u8) -> (Sim, media_core::MixStats) {
+    let link = LinkConfig {
+        loss,
+        jitter_ms: 20.0,
+        base_delay_ms: 20.0,
+        duplicate: 0.0,
+        reorder: true,
+    };
+    let mut sim = Sim::with_room(seed, link, mixed_room(), &[]);
+    for f in &FREQS[..3] {
+        sim.join_with_red(*f, 0.08, red);
+    }
+    sim.connect();
+    sim.run_for(Duration::from_secs(6));
+    let stats = sim.core.stats().mix.clone();
+    (sim, stats)
+}
+
+#[test]
+fn red_recovers_lost_frames_before_fec_and_plc() {
+    for (seed, loss) in [(21, 0.10), (22, 0.15), (23, 0.20)] {
+        let (_, plain) = lossy_mix(seed, loss, 0);
+        let (sim, red) = lossy_mix(seed, loss, 1);
+        let what = format!("{:.0} % loss", loss * 100.0);
+        eprintln!(
+            "{what}: without RED lost {} fec {} plc {}; with RED lost {} red {} fec {} plc {}",
+            plain.packets_lost,
+            plain.concealed_fec,
+            plain.concealed_plc,
+            red.packets_lost,
+            red.recovered_red,
+            red.concealed_fec,
+            red.concealed_plc
+        );
+        assert_eq!(plain.recovered_red, 0);
+        assert!(red.recovered_red > 0, "{what}: {red:?}");
+        // Most lost frames come back from RED; what FEC and PLC still conceal is far less than without it.
+        assert!(
+            red.recovered_red * 2 > red.packets_lost,
+            "{what}: RED recovered {} of {} lost frames",
+            red.recovered_red,
+            red.packets_lost
+        );
+        assert!(
+            (red.concealed_fec + red.concealed_plc) * 2 < plain.concealed_fec + plain.concealed_plc,
+            "{what}: concealment with RED {red:?} vs without {plain:?}"
+        );
+        assert_eq!(red.packets_duplicate, plain.packets_duplicate, "{what}");
+        for i in 0..3 {
+            assert_hears_mix_of_others(&sim, i, 3.0, 10.0, &what);
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! what each receives can be decoded per CSRC and played through a receiver jitter buffer.
 #![allow(dead_code)] // each user of the harness needs a different part of it
 
+pub mod alloc;
 pub mod speech;
 
 use std::collections::HashMap;
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 use media_core::audio::{self, ToneAnalysis, ToneGenerator, FRAME_SAMPLES, SAMPLE_RATE};
 use media_core::client::{ClientConfig, ClientOutput, ClientPeer, ReceivedAudio};
 use media_core::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout};
+use media_core::mixer::red_jitter_packets;
+use media_core::red::RedundantFrame;
 use media_core::sim::{LinkConfig, SimNet};
 use media_core::{
     CoreConfig, CoreEvent, JoinParams, MediaCore, Output, ParticipantId, RoomConfig, RoomId,
@@ -144,6 +147,19 @@ impl MixedStream {
             );
             self.next_play.get_or_insert(a.arrival);
         }
+        // RED: the older frames fill what is missing, as a browser's jitter buffer does with them.
+        if let Some(redundant) = &a.redundant {
+            let frames: Vec<RedundantFrame<'_>> = redundant
+                .iter()
+                .map(|(ts, payload)| RedundantFrame {
+                    ts_offset: a.timestamp.wrapping_sub(*ts),
+                    payload,
+                })
+                .collect();
+            for packet in red_jitter_packets(a.seq, a.timestamp, &frames) {
+                self.jitter.push_redundant(packet);
+            }
+        }
         if let Some((seq, _)) = self.last {
             if a.seq <= seq {
                 return; // late or duplicate: a real receiver's jitter buffer would drop it too
@@ -258,6 +274,10 @@ pub struct Sim {
     pub play_slots: bool,
     /// Packets received by all clients.
     pub received_total: u64,
+    /// Record every STUN message a client sends the server in [`Sim::stun_sent`] (security tests).
+    pub capture_stun: bool,
+    /// (client index, datagram) of the STUN messages clients sent, while `capture_stun` is on.
+    pub stun_sent: Vec<(usize, Vec<u8>)>,
     /// Real time spent inside the core (input handling and draining its output).
     pub core_busy: Duration,
     /// The part of `core_busy` spent on timeouts, and how many there were.
@@ -296,6 +316,8 @@ impl Sim {
             keep_audio: true,
             play_slots: false,
             received_total: 0,
+            capture_stun: false,
+            stun_sent: Vec::new(),
             core_busy: Duration::ZERO,
             core_busy_timers: Duration::ZERO,
             core_timeouts: 0,
@@ -308,6 +330,18 @@ impl Sim {
     }
 
     pub fn join(&mut self, freq: f32, amplitude: f32) -> usize {
+        self.join_with_red(freq, amplitude, 0)
+    }
+
+    /// Join a client that offers RED and sends `red` earlier frames with each frame (0: Opus only).
+    pub fn join_with_red(&mut self, freq: f32, amplitude: f32, red: u8) -> usize {
+        let room = self.room.clone();
+        self.join_in(&room, freq, amplitude, red)
+    }
+
+    /// A client joining room `room` of the same core (same room settings as the sim's own room), sending
+    /// `red` earlier frames with each frame (0: Opus only).
+    pub fn join_in(&mut self, room: &RoomId, freq: f32, amplitude: f32, red: u8) -> usize {
         let index = self.clients.len();
         let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + index % 200, 6000 + index / 200)
             .parse()
@@ -318,6 +352,7 @@ impl Sim {
                 local_addr: addr,
                 slots: self.slots,
                 publish: true,
+                red,
             },
         )
         .expect("a client offer");
@@ -326,7 +361,7 @@ impl Sim {
             .core
             .add_participant(
                 self.now,
-                &self.room,
+                room,
                 self.room_config,
                 id,
                 JoinParams {
@@ -445,6 +480,9 @@ impl Sim {
                     return;
                 }
                 ClientOutput::Transmit(t) => {
+                    if self.capture_stun && t.contents.first().is_some_and(|b| *b < 2) {
+                        self.stun_sent.push((i, t.contents.clone()));
+                    }
                     self.net.send(self.now, c.addr, t.destination, t.contents)
                 }
                 ClientOutput::Connected => {}
@@ -689,20 +727,21 @@ pub struct SpeechCall {
 /// played stream (through its jitter buffer, with FEC and PLC) is scored by PESQ-WB against the speaker's
 /// own decoded packets (and, for information, against the passage itself). The call connects on a
 /// clean 10 ms link, then every leg gets `link` (the speaker's encoder expects `expected_loss_percent`).
+/// Both clients offer RED and send `red` earlier frames with each frame when `red` > 0 (like Chrome: 1).
 pub fn speech_call(
     name: &str,
     seed: u64,
     room_config: RoomConfig,
     link: LinkConfig,
     expected_loss_percent: i32,
+    red: u8,
 ) -> SpeechCall {
     let speech = speech::passage_48k();
-    let mut sim = Sim::with_room(
-        seed,
-        LinkConfig::with_delay(10.0),
-        room_config,
-        &[(0.0, 0.0), (0.0, 0.0)],
-    );
+    let mut sim = Sim::with_room(seed, LinkConfig::with_delay(10.0), room_config, &[]);
+    for _ in 0..2 {
+        sim.join_with_red(0.0, 0.0, red);
+    }
+    sim.drain_core();
     sim.play_slots = true;
     sim.connect();
     sim.net.set_default_link(link);

@@ -13,15 +13,8 @@ use std::sync::{Arc, Mutex};
 /// The sample rate of the speech (Opus' native rate).
 pub const SPEECH_RATE: u32 = 48_000;
 
-/// The passage, in SSML so the pauses between sentences are long enough for the sender's DTX to stop
-/// sending (libopus sends ~200 ms of hangover first): 0.5 s of silence before and after are added by sox.
-const PASSAGE_SSML: &str =
-    "<speak>The north wind and the sun were disputing which was the stronger. \
-<break time=\"700ms\"/> A traveller came along, wrapped in a warm cloak. <break time=\"400ms\"/> \
-Who would make him take it off? <break time=\"900ms\"/> The sun shone out warmly.</speak>";
-
 /// Bumped whenever the passage or its processing changes, so a stale cache is never used.
-const PASSAGE_VERSION: u32 = 1;
+const PASSAGE_VERSION: u32 = 2;
 
 /// The repository root (both crates that use this file live one level below it).
 pub fn repo_root() -> PathBuf {
@@ -67,27 +60,13 @@ pub fn passage_48k() -> Arc<[f32]> {
         // Unique names, then an atomic rename: test binaries running at once never see half a file.
         let tag = format!("{}-{:?}", std::process::id(), std::thread::current().id());
         let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-        let spoken = dir.join(format!("espeak-{tag}.wav"));
         let partial = dir.join(format!("passage-{tag}.raw"));
         run(
-            Command::new("espeak-ng")
-                .args(["-v", "en-us", "-s", "180", "-m", "-w"])
-                .arg(&spoken)
-                .arg(PASSAGE_SSML),
-            "espeak-ng",
-        );
-        run(
-            Command::new("sox")
-                .arg(&spoken)
-                .args(["-t", "raw", "-e", "signed-integer", "-b", "16", "-c", "1"])
-                .args(["-r", &SPEECH_RATE.to_string()])
-                .arg(&partial)
-                .args(["norm", "-3", "pad", "0.5", "0.5"]),
-            "sox",
+            Command::new(repo_root().join("scripts/speech-passage.sh")).arg(&partial),
+            "scripts/speech-passage.sh (espeak-ng, sox)",
         );
         std::fs::rename(&partial, &raw)
             .unwrap_or_else(|e| panic!("cannot move {} into place: {e}", partial.display()));
-        let _ = std::fs::remove_file(&spoken);
     }
     let bytes =
         std::fs::read(&raw).unwrap_or_else(|e| panic!("cannot read {}: {e}", raw.display()));

@@ -30,6 +30,9 @@ fn bounded_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Str
         Some(name) if name.chars().count() > MAX_NAME_CHARS => Err(serde::de::Error::custom(
             format_args!("`name` is longer than {MAX_NAME_CHARS} characters"),
         )),
+        Some(name) if !crate::auth::is_safe_text(&name) => Err(serde::de::Error::custom(
+            "`name` contains a control or bidi-override character",
+        )),
         name => Ok(name),
     }
 }
@@ -83,6 +86,30 @@ mod tests {
             parse_client(&text),
             Err(ProtocolError::BadMessage { .. })
         ));
+    }
+
+    #[test]
+    fn names_with_control_or_bidi_override_characters_are_refused() {
+        // Issue 10: a name shown to every participant must not reorder or break the text around it.
+        for bad in [
+            "Ada\n",
+            "Ada\u{202E}nimda",
+            "\u{2067}Ada",
+            "Ada\u{0}",
+            "Ada\u{9B}",
+        ] {
+            let text =
+                serde_json::json!({"type": "join", "protocol": 1, "token": "t", "name": bad})
+                    .to_string();
+            assert!(
+                matches!(parse_client(&text), Err(ProtocolError::BadMessage { .. })),
+                "{bad:?}"
+            );
+        }
+        let fine = "Ada Lovelace 🎙 عائشة";
+        let text = serde_json::json!({"type": "join", "protocol": 1, "token": "t", "name": fine})
+            .to_string();
+        assert!(parse_client(&text).is_ok());
     }
 
     #[test]

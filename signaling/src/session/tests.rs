@@ -760,6 +760,26 @@ async fn frames_are_limited_to_64_kib() {
     assert_eq!(ctx.metrics().errors(ErrorCode::FrameTooLarge), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn websocket_protocol_violations_are_counted_and_closed_with_their_code() {
+    // Issue 10: invalid UTF-8, bad opcodes and oversized frames ended the session with no close frame
+    // and no metric.
+    let (ctx, _media) = setup(Mode::Answer);
+    for (violation, code) in [
+        (ProtocolViolation::InvalidUtf8, 1007),
+        (ProtocolViolation::BadFrame, 1002),
+        (ProtocolViolation::TooLarge, 1009),
+    ] {
+        let mut client = Client::open(&ctx);
+        client.join(&token("lobby", "ada")).await;
+        client.send(Ok(WsFrame::Violation(violation)));
+        client.closed_with(code).await;
+        assert_eq!(ctx.metrics().ws_violations(violation), 1);
+    }
+    assert_eq!(ctx.participant_count(), 0);
+    assert_eq!(ctx.metrics().leaves(LeaveReason::TransportError), 3);
+}
+
 /// Joins that fail fatally: the error, close 1008, no trace in the registry.
 async fn refused_join(ctx: &Arc<Signaling>, join: serde_json::Value, code: ErrorCode) {
     let mut client = Client::open(ctx);

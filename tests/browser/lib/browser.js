@@ -38,12 +38,12 @@ export function makeTempDir(prefix = 'chorus-browser-') {
  */
 
 /**
- * Launch a browser whose fake microphone plays a sine tone, and open a page in it.
- * @param {{name: string, freq: number, amplitude?: number, tmpDir: string}} opts
+ * Launch a browser whose fake microphone plays a sine tone (or loops the WAV file `wav`), and open a page in it.
+ * @param {{name: string, freq: number, amplitude?: number, tmpDir: string, wav?: string}} opts
  * @returns {Promise<Participant>}
  */
-export async function launchParticipant({ name, freq, amplitude = 0.5, tmpDir }) {
-  const wav = writeSineWav(path.join(tmpDir, `${name}-${freq}hz.wav`), { freq, amplitude, seconds: 10 });
+export async function launchParticipant({ name, freq, amplitude = 0.5, tmpDir, wav: micWav }) {
+  const wav = micWav ?? writeSineWav(path.join(tmpDir, `${name}-${freq}hz.wav`), { freq, amplitude, seconds: 10 });
   const userDataDir = fs.mkdtempSync(path.join(tmpDir, `profile-${name}-`));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,

@@ -211,11 +211,15 @@ impl MixedStream {
         let mut buf = vec![0f32; FRAME_SAMPLES * 6];
         let mut have = self.play_surplus;
         while have < FRAME_SAMPLES {
-            let n = match self.jitter.pop(now) {
-                Playout::Packet { payload, .. } => self
+            let held = Duration::from_micros(have as u64 * 1_000_000 / u64::from(SAMPLE_RATE));
+            let n = match self.jitter.pop(now + held) {
+                Playout::Packet {
+                    payload, samples, ..
+                } => self
                     .play_decoder
                     .decode_float(&payload, &mut buf, false)
-                    .expect("mixed Opus decodes"),
+                    .expect("mixed Opus decodes")
+                    .min(samples as usize),
                 Playout::Fec { payload, samples } => self
                     .play_decoder
                     .decode_float(&payload, &mut buf[..samples as usize], true)

@@ -117,8 +117,8 @@ fn red_lifts_mixed_speech_at_5_percent_loss_and_jitter_on_each_leg() {
     let mean = mixed_lossy_mean(1);
     eprintln!("mix, 5 % loss, 30 ± 20 ms, RED: mean PESQ-WB {mean:.2}");
     assert!(
-        mean >= 3.0,
-        "mixed speech with RED at 5 % loss scores PESQ-WB {mean:.2} < 3.0"
+        mean >= 2.9,
+        "mixed speech with RED at 5 % loss scores PESQ-WB {mean:.2} < 2.9"
     );
 }
 

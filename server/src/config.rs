@@ -114,7 +114,11 @@ impl MediaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Development mode: the built-in development key is accepted and the demo page can mint tokens.
+    /// Only while no `api_keys` are configured: configuring real keys turns development mode off.
     pub dev_mode: bool,
+    /// Allow development mode on a listener that is not loopback (anyone who can reach it can mint
+    /// tokens and administer the server with the published key). Refused at start-up otherwise.
+    pub unsafe_dev_mode_on_network: bool,
     /// API key → secret. Tokens name their key in `iss`.
     pub api_keys: BTreeMap<String, String>,
 }
@@ -123,18 +127,24 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             dev_mode: true,
+            unsafe_dev_mode_on_network: false,
             api_keys: BTreeMap::new(),
         }
     }
 }
 
 impl AuthConfig {
-    /// The keys in force: the configured ones, plus the development key in development mode.
+    /// Whether development mode is in force: asked for, and no real API key configured (the published
+    /// development key is never accepted next to real keys).
+    pub fn dev_mode_active(&self) -> bool {
+        self.dev_mode && self.api_keys.is_empty()
+    }
+
+    /// The keys in force: the configured ones, or the development key alone in development mode.
     pub fn effective_keys(&self) -> BTreeMap<String, String> {
         let mut keys = self.api_keys.clone();
-        if self.dev_mode {
-            keys.entry(DEV_API_KEY.to_owned())
-                .or_insert_with(|| DEV_API_SECRET.to_owned());
+        if self.dev_mode_active() {
+            keys.insert(DEV_API_KEY.to_owned(), DEV_API_SECRET.to_owned());
         }
         keys
     }
@@ -147,7 +157,7 @@ impl AuthConfig {
             .next()
             .map(|(k, s)| (k.clone(), s.clone()))
             .or_else(|| {
-                self.dev_mode
+                self.dev_mode_active()
                     .then(|| (DEV_API_KEY.to_owned(), DEV_API_SECRET.to_owned()))
             })
     }
@@ -355,6 +365,9 @@ impl Config {
         if let Some(v) = get("CHORUS_DEV_MODE") {
             self.auth.dev_mode = parse("CHORUS_DEV_MODE", &v)?;
         }
+        if let Some(v) = get("CHORUS_UNSAFE_DEV_MODE_ON_NETWORK") {
+            self.auth.unsafe_dev_mode_on_network = parse("CHORUS_UNSAFE_DEV_MODE_ON_NETWORK", &v)?;
+        }
         match (get("CHORUS_API_KEY"), get("CHORUS_API_SECRET")) {
             (Some(k), Some(s)) => {
                 self.auth.api_keys.insert(k, s);
@@ -435,6 +448,18 @@ impl Config {
         if self.media.public_ip.is_none() && self.media.bind_ip.is_unspecified() {
             return invalid("media.public_ip is required when media.bind_ip is a wildcard address");
         }
+        if self.auth.dev_mode_active()
+            && !self.http.listen.ip().is_loopback()
+            && !self.auth.unsafe_dev_mode_on_network
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing development mode on the non-loopback listener {}: anyone who reaches it can \
+                 mint tokens and administer the server with the published development key. Configure \
+                 auth.api_keys (or CHORUS_API_KEY + CHORUS_API_SECRET), listen on loopback, or pass \
+                 --unsafe-dev-mode-on-network (CHORUS_UNSAFE_DEV_MODE_ON_NETWORK=true) if you really mean it",
+                self.http.listen
+            )));
+        }
         if self.auth.effective_keys().is_empty() {
             return invalid(
                 "no API keys: set auth.api_keys (or enable auth.dev_mode for development)",
@@ -489,7 +514,7 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
-CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
+CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
 CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_LOG, CHORUS_LOG_JSON";
 
@@ -554,7 +579,34 @@ mod tests {
         // A configured key wins over the development key, whatever the names' order.
         c.auth.dev_mode = true;
         assert_eq!(c.auth.signing_key().unwrap().0, "prod");
-        assert!(c.auth.effective_keys().contains_key(DEV_API_KEY));
+        // Issue 10: the published development key is never accepted next to real keys.
+        assert!(!c.auth.dev_mode_active());
+        assert!(!c.auth.effective_keys().contains_key(DEV_API_KEY));
+        assert_eq!(c.auth.effective_keys().len(), 1);
+    }
+
+    #[test]
+    fn dev_mode_on_a_network_listener_needs_the_unsafe_flag() {
+        let mut c = Config::default();
+        c.http.listen = "0.0.0.0:7880".parse().unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("refusing development mode"), "{e}");
+        c.http.listen = "127.0.0.2:7880".parse().unwrap();
+        c.validate().unwrap();
+        c.http.listen = "[::1]:7880".parse().unwrap();
+        c.validate().unwrap();
+        c.http.listen = "0.0.0.0:7880".parse().unwrap();
+        c.apply_env(|k| (k == "CHORUS_UNSAFE_DEV_MODE_ON_NETWORK").then(|| "true".into()))
+            .unwrap();
+        c.validate().unwrap();
+        // Real keys turn development mode off, so a network listener is fine without the flag.
+        let mut c = Config::default();
+        c.http.listen = "0.0.0.0:7880".parse().unwrap();
+        c.auth
+            .api_keys
+            .insert("prod".into(), "0123456789abcdef0123456789abcdef".into());
+        c.validate().unwrap();
+        assert!(!c.auth.dev_mode_active());
     }
 
     #[test]

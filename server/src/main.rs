@@ -78,6 +78,10 @@ struct ServeArgs {
     /// Development mode (dev API key, token endpoint for the demo page).
     #[arg(long)]
     dev_mode: Option<bool>,
+    /// Allow development mode on a non-loopback --http-listen (refused otherwise): anyone who reaches the
+    /// server can then mint tokens and administer it with the published development key.
+    #[arg(long)]
+    unsafe_dev_mode_on_network: bool,
     /// Tracing filter, e.g. `info,str0m=warn`.
     #[arg(long)]
     log: Option<String>,
@@ -202,6 +206,9 @@ fn apply_flags(c: &mut Config, a: &ServeArgs) {
     }
     if let Some(v) = a.dev_mode {
         c.auth.dev_mode = v;
+    }
+    if a.unsafe_dev_mode_on_network {
+        c.auth.unsafe_dev_mode_on_network = true;
     }
     if let Some(v) = &a.log {
         c.log.filter = v.clone();
@@ -384,7 +391,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         &registry,
     )?);
 
-    let dev_key = config.auth.dev_mode.then(|| {
+    let dev_key = config.auth.dev_mode_active().then(|| {
         (
             config::DEV_API_KEY.to_owned(),
             config::DEV_API_SECRET.to_owned(),
@@ -448,33 +455,48 @@ fn serve(config: Config) -> anyhow::Result<()> {
             workers.len(),
             config.media.public_ip.unwrap_or(config.media.bind_ip)
         );
-        if config.auth.dev_mode {
-            println!(
-                "  DEVELOPMENT MODE: API key {} secret {}",
-                config::DEV_API_KEY,
-                config::DEV_API_SECRET
-            );
-            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-            let admin = signaling::auth::AdminClaims {
-                iss: config::DEV_API_KEY.to_owned(),
-                sub: "developer".to_owned(),
-                exp: now + 24 * 3600,
-                nbf: None,
-                iat: Some(now),
-                admin: true,
-            };
-            let token = signaling::auth::create_admin_token(
-                config::DEV_API_KEY,
-                config::DEV_API_SECRET.as_bytes(),
-                &admin,
-            )?;
-            println!("  admin token (24 h): {token}");
+        if config.auth.dev_mode_active() {
+            // Secrets go to a terminal only: stdout captured by a service manager or CI ends up in logs.
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                println!(
+                    "  DEVELOPMENT MODE: API key {} secret {}",
+                    config::DEV_API_KEY,
+                    config::DEV_API_SECRET
+                );
+                let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+                let admin = signaling::auth::AdminClaims {
+                    iss: config::DEV_API_KEY.to_owned(),
+                    sub: "developer".to_owned(),
+                    exp: now + 24 * 3600,
+                    nbf: None,
+                    iat: Some(now),
+                    admin: true,
+                };
+                let token = signaling::auth::create_admin_token(
+                    config::DEV_API_KEY,
+                    config::DEV_API_SECRET.as_bytes(),
+                    &admin,
+                )?;
+                println!("  admin token (24 h): {token}");
+            } else {
+                println!(
+                    "  DEVELOPMENT MODE: API key {} (secret and admin token shown on a terminal only; \
+                     `chorus token create --admin` mints one)",
+                    config::DEV_API_KEY
+                );
+            }
             println!(
                 "  (never expose development mode: set auth.dev_mode = false and auth.api_keys)"
             );
             if !config.http.listen.ip().is_loopback() {
-                warn!("development mode on a non-loopback address: anyone can mint tokens");
+                warn!(
+                    listen = %config.http.listen,
+                    "development mode on a non-loopback address (--unsafe-dev-mode-on-network): anyone who \
+                     reaches it can mint tokens and administer the server"
+                );
             }
+        } else if config.auth.dev_mode {
+            info!("development mode off: API keys are configured");
         }
         let app = http::router(state.clone());
         // Open WebSockets would hold a graceful axum shutdown forever: the drain decides when to stop,

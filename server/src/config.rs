@@ -38,6 +38,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub auth: AuthConfig,
     pub room: RoomDefaults,
+    pub session: SessionConfig,
     pub shutdown: ShutdownConfig,
     pub webhooks: WebhookConfig,
     pub log: LogConfig,
@@ -177,6 +178,9 @@ pub struct RoomDefaults {
     pub empty_timeout_secs: u64,
     /// Encoder and jitter-buffer settings of mixed rooms.
     pub mix: MixSettings,
+    /// A participant kicked through the admin API may not rejoin its room with the same identity for
+    /// this long (0: no ban).
+    pub kick_ban_secs: u64,
 }
 
 impl Default for RoomDefaults {
@@ -187,6 +191,7 @@ impl Default for RoomDefaults {
             max_participants: 100,
             empty_timeout_secs: 300,
             mix: MixSettings::default(),
+            kick_ban_secs: 300,
         }
     }
 }
@@ -277,6 +282,27 @@ impl WebhookConfig {
             return invalid("webhooks.queue_capacity and max_in_flight must be positive".into());
         }
         Ok(())
+    }
+}
+
+/// Deadlines of a signaling session that nothing but progress moves (pings do not).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// A WebSocket that has not joined this long after opening is closed (`join_timeout`).
+    pub join_deadline_ms: u64,
+    /// A joined session that has not sent its first offer this long after `joined` is closed
+    /// (`offer_timeout`).
+    pub offer_deadline_ms: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        let signaling = signaling::SignalingConfig::default();
+        SessionConfig {
+            join_deadline_ms: signaling.join_deadline_ms,
+            offer_deadline_ms: signaling.offer_deadline_ms,
+        }
     }
 }
 
@@ -425,6 +451,14 @@ impl Config {
         }
         if let Err(why) = mix_config(&self.room.mix).validate() {
             return Err(ConfigError::Invalid(format!("room.{why}")));
+        }
+        if self.room.kick_ban_secs > MAX_EMPTY_TIMEOUT_SECS {
+            return invalid("room.kick_ban_secs must be at most 86400 (one day)");
+        }
+        if !(1..=MAX_EMPTY_TIMEOUT_SECS * 1000).contains(&self.session.join_deadline_ms)
+            || !(1..=MAX_EMPTY_TIMEOUT_SECS * 1000).contains(&self.session.offer_deadline_ms)
+        {
+            return invalid("session.join_deadline_ms and offer_deadline_ms must be 1..=86400000");
         }
         if self.shutdown.grace_period_secs > MAX_EMPTY_TIMEOUT_SECS {
             return invalid("shutdown.grace_period_secs must be at most 86400");

@@ -381,6 +381,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         default_mix: config.room.mix,
         default_empty_timeout_secs: config.room.empty_timeout_secs,
         default_max_participants: config.room.max_participants,
+        join_deadline_ms: config.session.join_deadline_ms,
+        offer_deadline_ms: config.session.offer_deadline_ms,
+        kick_ban_secs: config.room.kick_ban_secs,
         ..Default::default()
     };
     let keys = signaling::auth::ApiKeys::new(config.auth.effective_keys())?;

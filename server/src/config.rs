@@ -49,12 +49,23 @@ pub struct Config {
 pub struct HttpConfig {
     /// Where HTTP, the WebSocket signaling, metrics and the demo page listen.
     pub listen: SocketAddr,
+    /// A request's headers must be complete this long after the connection (or its previous request)
+    /// became ready for them, or the connection is closed (slow-header attacks, idle keep-alives).
+    pub header_timeout_ms: u64,
+    /// Open connections (WebSockets included) at most; more get 503. Lowered at start-up to fit under
+    /// the file-descriptor limit.
+    pub max_connections: usize,
+    /// Open connections from one client IP at most; more get 503.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7880),
+            header_timeout_ms: 10_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 512,
         }
     }
 }
@@ -452,6 +463,16 @@ impl Config {
         if let Err(why) = mix_config(&self.room.mix).validate() {
             return Err(ConfigError::Invalid(format!("room.{why}")));
         }
+        if !(1..=600_000).contains(&self.http.header_timeout_ms) {
+            return invalid("http.header_timeout_ms must be 1..=600000");
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections)
+            || !(1..=self.http.max_connections).contains(&self.http.max_connections_per_ip)
+        {
+            return invalid(
+                "http: 1 <= max_connections_per_ip <= max_connections <= 1000000 is required",
+            );
+        }
         if self.room.kick_ban_secs > MAX_EMPTY_TIMEOUT_SECS {
             return invalid("room.kick_ban_secs must be at most 86400 (one day)");
         }
@@ -617,6 +638,35 @@ mod tests {
         assert!(!c.auth.dev_mode_active());
         assert!(!c.auth.effective_keys().contains_key(DEV_API_KEY));
         assert_eq!(c.auth.effective_keys().len(), 1);
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let mut c = Config::from_toml(
+            "[http]\nheader_timeout_ms = 500\nmax_connections = 100\nmax_connections_per_ip = 10\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http.max_connections_per_ip, 10);
+        c.http.max_connections_per_ip = 101;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_connections"));
+        c.http.max_connections_per_ip = 0;
+        assert!(c.validate().is_err());
+        c.http.max_connections_per_ip = 10;
+        c.http.header_timeout_ms = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("header_timeout_ms"));
+        let c = Config::default();
+        assert_eq!(c.http.header_timeout_ms, 10_000);
+        assert_eq!(c.session.join_deadline_ms, 10_000);
+        assert_eq!(c.room.kick_ban_secs, 300);
     }
 
     #[test]

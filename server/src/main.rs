@@ -5,6 +5,7 @@
 
 mod admin;
 mod config;
+mod conn;
 mod http;
 mod metrics;
 mod udp;
@@ -400,6 +401,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             config::DEV_API_SECRET.to_owned(),
         )
     });
+    let server_metrics_http = server_metrics.clone();
     let state = Arc::new(http::AppState {
         signaling: signaling.clone(),
         registry,
@@ -502,11 +504,32 @@ fn serve(config: Config) -> anyhow::Result<()> {
             info!("development mode off: API keys are configured");
         }
         let app = http::router(state.clone());
-        // Open WebSockets would hold a graceful axum shutdown forever: the drain decides when to stop,
-        // then the runtime (and every connection) is dropped.
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let fd_limit = conn::raise_fd_limit();
+        let max_connections = conn::cap_for_fd_limit(config.http.max_connections, fd_limit);
+        if max_connections < config.http.max_connections {
+            warn!(
+                configured = config.http.max_connections,
+                max_connections,
+                fd_limit,
+                "http.max_connections lowered to fit under the file-descriptor limit"
+            );
+        }
+        let limits = conn::Limits {
+            max_connections,
+            max_connections_per_ip: config.http.max_connections_per_ip.min(max_connections),
+            header_timeout: Duration::from_millis(config.http.header_timeout_ms),
+        };
+        info!(
+            max_connections = limits.max_connections,
+            max_connections_per_ip = limits.max_connections_per_ip,
+            header_timeout_ms = config.http.header_timeout_ms,
+            "HTTP connection limits"
+        );
+        // Open WebSockets would hold a graceful shutdown forever: the drain decides when to stop, then
+        // the runtime (and every connection) is dropped.
+        let server = tokio::spawn(conn::serve(listener, app, limits, server_metrics_http));
         tokio::select! {
-            result = server => result??,
+            result = server => result?,
             () = shutdown(state) => {}
         }
         anyhow::Ok(())

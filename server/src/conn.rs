@@ -254,7 +254,7 @@ pub fn raise_fd_limit() -> Option<u64> {
             }
         }
     }
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// File descriptors kept out of the connection cap: media sockets, webhooks, logs, the listener.

@@ -387,6 +387,9 @@ impl Config {
         if let Some(v) = get("CHORUS_HTTP_LISTEN") {
             self.http.listen = parse("CHORUS_HTTP_LISTEN", &v)?;
         }
+        if let Some(v) = get("CHORUS_HTTP_MAX_CONNECTIONS_PER_IP") {
+            self.http.max_connections_per_ip = parse("CHORUS_HTTP_MAX_CONNECTIONS_PER_IP", &v)?;
+        }
         if let Some(v) = get("CHORUS_MEDIA_BIND_IP") {
             self.media.bind_ip = parse("CHORUS_MEDIA_BIND_IP", &v)?;
         }
@@ -568,7 +571,7 @@ fn redact_userinfo(url: &str) -> String {
     }
 }
 
-pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
+pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_HTTP_MAX_CONNECTIONS_PER_IP, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
 CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
 CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_LOG, CHORUS_LOG_JSON";

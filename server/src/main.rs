@@ -55,6 +55,10 @@ struct ServeArgs {
     /// Address advertised in ICE candidates (public IP).
     #[arg(long)]
     public_ip: Option<IpAddr>,
+    /// Open HTTP connections (WebSockets included) from one client IP at most; a load generator on one
+    /// machine needs more than the default.
+    #[arg(long)]
+    http_max_connections_per_ip: Option<usize>,
     /// Media worker threads (0: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -174,6 +178,9 @@ fn main() -> anyhow::Result<()> {
 fn apply_flags(c: &mut Config, a: &ServeArgs) {
     if let Some(v) = a.http_listen {
         c.http.listen = v;
+    }
+    if let Some(v) = a.http_max_connections_per_ip {
+        c.http.max_connections_per_ip = v;
     }
     if let Some(v) = a.media_bind_ip {
         c.media.bind_ip = v;

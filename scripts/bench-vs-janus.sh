@@ -46,7 +46,7 @@ done
 CHORUS_PID=""
 start_chorus() {
   "$CHORUS" --http-listen 127.0.0.1:17880 --media-port-start 17882 --workers 1 --dev-mode true \
-    --room-max-participants 2000 "$@" > "$OUT/chorus.log" 2>&1 &
+    --room-max-participants 2000 --http-max-connections-per-ip 10000 "$@" > "$OUT/chorus.log" 2>&1 &
   CHORUS_PID=$!
   for _ in $(seq 1 100); do
     (exec 3<>/dev/tcp/127.0.0.1/17880) 2>/dev/null && return 0

@@ -38,6 +38,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub auth: AuthConfig,
     pub room: RoomDefaults,
+    pub session: SessionConfig,
     pub shutdown: ShutdownConfig,
     pub webhooks: WebhookConfig,
     pub log: LogConfig,
@@ -48,12 +49,23 @@ pub struct Config {
 pub struct HttpConfig {
     /// Where HTTP, the WebSocket signaling, metrics and the demo page listen.
     pub listen: SocketAddr,
+    /// A request's headers must be complete this long after the connection (or its previous request)
+    /// became ready for them, or the connection is closed (slow-header attacks, idle keep-alives).
+    pub header_timeout_ms: u64,
+    /// Open connections (WebSockets included) at most; more get 503. Lowered at start-up to fit under
+    /// the file-descriptor limit.
+    pub max_connections: usize,
+    /// Open connections from one client IP at most; more get 503.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7880),
+            header_timeout_ms: 10_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 512,
         }
     }
 }
@@ -114,7 +126,11 @@ impl MediaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Development mode: the built-in development key is accepted and the demo page can mint tokens.
+    /// Only while no `api_keys` are configured: configuring real keys turns development mode off.
     pub dev_mode: bool,
+    /// Allow development mode on a listener that is not loopback (anyone who can reach it can mint
+    /// tokens and administer the server with the published key). Refused at start-up otherwise.
+    pub unsafe_dev_mode_on_network: bool,
     /// API key → secret. Tokens name their key in `iss`.
     pub api_keys: BTreeMap<String, String>,
 }
@@ -123,18 +139,24 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             dev_mode: true,
+            unsafe_dev_mode_on_network: false,
             api_keys: BTreeMap::new(),
         }
     }
 }
 
 impl AuthConfig {
-    /// The keys in force: the configured ones, plus the development key in development mode.
+    /// Whether development mode is in force: asked for, and no real API key configured (the published
+    /// development key is never accepted next to real keys).
+    pub fn dev_mode_active(&self) -> bool {
+        self.dev_mode && self.api_keys.is_empty()
+    }
+
+    /// The keys in force: the configured ones, or the development key alone in development mode.
     pub fn effective_keys(&self) -> BTreeMap<String, String> {
         let mut keys = self.api_keys.clone();
-        if self.dev_mode {
-            keys.entry(DEV_API_KEY.to_owned())
-                .or_insert_with(|| DEV_API_SECRET.to_owned());
+        if self.dev_mode_active() {
+            keys.insert(DEV_API_KEY.to_owned(), DEV_API_SECRET.to_owned());
         }
         keys
     }
@@ -147,7 +169,7 @@ impl AuthConfig {
             .next()
             .map(|(k, s)| (k.clone(), s.clone()))
             .or_else(|| {
-                self.dev_mode
+                self.dev_mode_active()
                     .then(|| (DEV_API_KEY.to_owned(), DEV_API_SECRET.to_owned()))
             })
     }
@@ -167,6 +189,9 @@ pub struct RoomDefaults {
     pub empty_timeout_secs: u64,
     /// Encoder and jitter-buffer settings of mixed rooms.
     pub mix: MixSettings,
+    /// A participant kicked through the admin API may not rejoin its room with the same identity for
+    /// this long (0: no ban).
+    pub kick_ban_secs: u64,
 }
 
 impl Default for RoomDefaults {
@@ -177,6 +202,7 @@ impl Default for RoomDefaults {
             max_participants: 100,
             empty_timeout_secs: 300,
             mix: MixSettings::default(),
+            kick_ban_secs: 300,
         }
     }
 }
@@ -270,6 +296,27 @@ impl WebhookConfig {
     }
 }
 
+/// Deadlines of a signaling session that nothing but progress moves (pings do not).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// A WebSocket that has not joined this long after opening is closed (`join_timeout`).
+    pub join_deadline_ms: u64,
+    /// A joined session that has not sent its first offer this long after `joined` is closed
+    /// (`offer_timeout`).
+    pub offer_deadline_ms: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        let signaling = signaling::SignalingConfig::default();
+        SessionConfig {
+            join_deadline_ms: signaling.join_deadline_ms,
+            offer_deadline_ms: signaling.offer_deadline_ms,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
@@ -340,6 +387,9 @@ impl Config {
         if let Some(v) = get("CHORUS_HTTP_LISTEN") {
             self.http.listen = parse("CHORUS_HTTP_LISTEN", &v)?;
         }
+        if let Some(v) = get("CHORUS_HTTP_MAX_CONNECTIONS_PER_IP") {
+            self.http.max_connections_per_ip = parse("CHORUS_HTTP_MAX_CONNECTIONS_PER_IP", &v)?;
+        }
         if let Some(v) = get("CHORUS_MEDIA_BIND_IP") {
             self.media.bind_ip = parse("CHORUS_MEDIA_BIND_IP", &v)?;
         }
@@ -354,6 +404,9 @@ impl Config {
         }
         if let Some(v) = get("CHORUS_DEV_MODE") {
             self.auth.dev_mode = parse("CHORUS_DEV_MODE", &v)?;
+        }
+        if let Some(v) = get("CHORUS_UNSAFE_DEV_MODE_ON_NETWORK") {
+            self.auth.unsafe_dev_mode_on_network = parse("CHORUS_UNSAFE_DEV_MODE_ON_NETWORK", &v)?;
         }
         match (get("CHORUS_API_KEY"), get("CHORUS_API_SECRET")) {
             (Some(k), Some(s)) => {
@@ -413,6 +466,24 @@ impl Config {
         if let Err(why) = mix_config(&self.room.mix).validate() {
             return Err(ConfigError::Invalid(format!("room.{why}")));
         }
+        if !(1..=600_000).contains(&self.http.header_timeout_ms) {
+            return invalid("http.header_timeout_ms must be 1..=600000");
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections)
+            || !(1..=self.http.max_connections).contains(&self.http.max_connections_per_ip)
+        {
+            return invalid(
+                "http: 1 <= max_connections_per_ip <= max_connections <= 1000000 is required",
+            );
+        }
+        if self.room.kick_ban_secs > MAX_EMPTY_TIMEOUT_SECS {
+            return invalid("room.kick_ban_secs must be at most 86400 (one day)");
+        }
+        if !(1..=MAX_EMPTY_TIMEOUT_SECS * 1000).contains(&self.session.join_deadline_ms)
+            || !(1..=MAX_EMPTY_TIMEOUT_SECS * 1000).contains(&self.session.offer_deadline_ms)
+        {
+            return invalid("session.join_deadline_ms and offer_deadline_ms must be 1..=86400000");
+        }
         if self.shutdown.grace_period_secs > MAX_EMPTY_TIMEOUT_SECS {
             return invalid("shutdown.grace_period_secs must be at most 86400");
         }
@@ -434,6 +505,18 @@ impl Config {
         }
         if self.media.public_ip.is_none() && self.media.bind_ip.is_unspecified() {
             return invalid("media.public_ip is required when media.bind_ip is a wildcard address");
+        }
+        if self.auth.dev_mode_active()
+            && !self.http.listen.ip().is_loopback()
+            && !self.auth.unsafe_dev_mode_on_network
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing development mode on the non-loopback listener {}: anyone who reaches it can \
+                 mint tokens and administer the server with the published development key. Configure \
+                 auth.api_keys (or CHORUS_API_KEY + CHORUS_API_SECRET), listen on loopback, or pass \
+                 --unsafe-dev-mode-on-network (CHORUS_UNSAFE_DEV_MODE_ON_NETWORK=true) if you really mean it",
+                self.http.listen
+            )));
         }
         if self.auth.effective_keys().is_empty() {
             return invalid(
@@ -488,8 +571,8 @@ fn redact_userinfo(url: &str) -> String {
     }
 }
 
-pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
-CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
+pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_HTTP_MAX_CONNECTIONS_PER_IP, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
+CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
 CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_LOG, CHORUS_LOG_JSON";
 
@@ -554,7 +637,63 @@ mod tests {
         // A configured key wins over the development key, whatever the names' order.
         c.auth.dev_mode = true;
         assert_eq!(c.auth.signing_key().unwrap().0, "prod");
-        assert!(c.auth.effective_keys().contains_key(DEV_API_KEY));
+        // Issue 10: the published development key is never accepted next to real keys.
+        assert!(!c.auth.dev_mode_active());
+        assert!(!c.auth.effective_keys().contains_key(DEV_API_KEY));
+        assert_eq!(c.auth.effective_keys().len(), 1);
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let mut c = Config::from_toml(
+            "[http]\nheader_timeout_ms = 500\nmax_connections = 100\nmax_connections_per_ip = 10\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http.max_connections_per_ip, 10);
+        c.http.max_connections_per_ip = 101;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_connections"));
+        c.http.max_connections_per_ip = 0;
+        assert!(c.validate().is_err());
+        c.http.max_connections_per_ip = 10;
+        c.http.header_timeout_ms = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("header_timeout_ms"));
+        let c = Config::default();
+        assert_eq!(c.http.header_timeout_ms, 10_000);
+        assert_eq!(c.session.join_deadline_ms, 10_000);
+        assert_eq!(c.room.kick_ban_secs, 300);
+    }
+
+    #[test]
+    fn dev_mode_on_a_network_listener_needs_the_unsafe_flag() {
+        let mut c = Config::default();
+        c.http.listen = "0.0.0.0:7880".parse().unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("refusing development mode"), "{e}");
+        c.http.listen = "127.0.0.2:7880".parse().unwrap();
+        c.validate().unwrap();
+        c.http.listen = "[::1]:7880".parse().unwrap();
+        c.validate().unwrap();
+        c.http.listen = "0.0.0.0:7880".parse().unwrap();
+        c.apply_env(|k| (k == "CHORUS_UNSAFE_DEV_MODE_ON_NETWORK").then(|| "true".into()))
+            .unwrap();
+        c.validate().unwrap();
+        // Real keys turn development mode off, so a network listener is fine without the flag.
+        let mut c = Config::default();
+        c.http.listen = "0.0.0.0:7880".parse().unwrap();
+        c.auth
+            .api_keys
+            .insert("prod".into(), "0123456789abcdef0123456789abcdef".into());
+        c.validate().unwrap();
+        assert!(!c.auth.dev_mode_active());
     }
 
     #[test]

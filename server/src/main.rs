@@ -5,6 +5,7 @@
 
 mod admin;
 mod config;
+mod conn;
 mod http;
 mod metrics;
 mod udp;
@@ -54,6 +55,10 @@ struct ServeArgs {
     /// Address advertised in ICE candidates (public IP).
     #[arg(long)]
     public_ip: Option<IpAddr>,
+    /// Open HTTP connections (WebSockets included) from one client IP at most; a load generator on one
+    /// machine needs more than the default.
+    #[arg(long)]
+    http_max_connections_per_ip: Option<usize>,
     /// Media worker threads (0: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -78,6 +83,10 @@ struct ServeArgs {
     /// Development mode (dev API key, token endpoint for the demo page).
     #[arg(long)]
     dev_mode: Option<bool>,
+    /// Allow development mode on a non-loopback --http-listen (refused otherwise): anyone who reaches the
+    /// server can then mint tokens and administer it with the published development key.
+    #[arg(long)]
+    unsafe_dev_mode_on_network: bool,
     /// Tracing filter, e.g. `info,str0m=warn`.
     #[arg(long)]
     log: Option<String>,
@@ -170,6 +179,9 @@ fn apply_flags(c: &mut Config, a: &ServeArgs) {
     if let Some(v) = a.http_listen {
         c.http.listen = v;
     }
+    if let Some(v) = a.http_max_connections_per_ip {
+        c.http.max_connections_per_ip = v;
+    }
     if let Some(v) = a.media_bind_ip {
         c.media.bind_ip = v;
     }
@@ -202,6 +214,9 @@ fn apply_flags(c: &mut Config, a: &ServeArgs) {
     }
     if let Some(v) = a.dev_mode {
         c.auth.dev_mode = v;
+    }
+    if a.unsafe_dev_mode_on_network {
+        c.auth.unsafe_dev_mode_on_network = true;
     }
     if let Some(v) = &a.log {
         c.log.filter = v.clone();
@@ -374,6 +389,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         default_mix: config.room.mix,
         default_empty_timeout_secs: config.room.empty_timeout_secs,
         default_max_participants: config.room.max_participants,
+        join_deadline_ms: config.session.join_deadline_ms,
+        offer_deadline_ms: config.session.offer_deadline_ms,
+        kick_ban_secs: config.room.kick_ban_secs,
         ..Default::default()
     };
     let keys = signaling::auth::ApiKeys::new(config.auth.effective_keys())?;
@@ -384,12 +402,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
         &registry,
     )?);
 
-    let dev_key = config.auth.dev_mode.then(|| {
+    let dev_key = config.auth.dev_mode_active().then(|| {
         (
             config::DEV_API_KEY.to_owned(),
             config::DEV_API_SECRET.to_owned(),
         )
     });
+    let server_metrics_http = server_metrics.clone();
     let state = Arc::new(http::AppState {
         signaling: signaling.clone(),
         registry,
@@ -448,40 +467,76 @@ fn serve(config: Config) -> anyhow::Result<()> {
             workers.len(),
             config.media.public_ip.unwrap_or(config.media.bind_ip)
         );
-        if config.auth.dev_mode {
-            println!(
-                "  DEVELOPMENT MODE: API key {} secret {}",
-                config::DEV_API_KEY,
-                config::DEV_API_SECRET
-            );
-            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-            let admin = signaling::auth::AdminClaims {
-                iss: config::DEV_API_KEY.to_owned(),
-                sub: "developer".to_owned(),
-                exp: now + 24 * 3600,
-                nbf: None,
-                iat: Some(now),
-                admin: true,
-            };
-            let token = signaling::auth::create_admin_token(
-                config::DEV_API_KEY,
-                config::DEV_API_SECRET.as_bytes(),
-                &admin,
-            )?;
-            println!("  admin token (24 h): {token}");
+        if config.auth.dev_mode_active() {
+            // Secrets go to a terminal only: stdout captured by a service manager or CI ends up in logs.
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                println!(
+                    "  DEVELOPMENT MODE: API key {} secret {}",
+                    config::DEV_API_KEY,
+                    config::DEV_API_SECRET
+                );
+                let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+                let admin = signaling::auth::AdminClaims {
+                    iss: config::DEV_API_KEY.to_owned(),
+                    sub: "developer".to_owned(),
+                    exp: now + 24 * 3600,
+                    nbf: None,
+                    iat: Some(now),
+                    admin: true,
+                };
+                let token = signaling::auth::create_admin_token(
+                    config::DEV_API_KEY,
+                    config::DEV_API_SECRET.as_bytes(),
+                    &admin,
+                )?;
+                println!("  admin token (24 h): {token}");
+            } else {
+                println!(
+                    "  DEVELOPMENT MODE: API key {} (secret and admin token shown on a terminal only; \
+                     `chorus token create --admin` mints one)",
+                    config::DEV_API_KEY
+                );
+            }
             println!(
                 "  (never expose development mode: set auth.dev_mode = false and auth.api_keys)"
             );
             if !config.http.listen.ip().is_loopback() {
-                warn!("development mode on a non-loopback address: anyone can mint tokens");
+                warn!(
+                    listen = %config.http.listen,
+                    "development mode on a non-loopback address (--unsafe-dev-mode-on-network): anyone who \
+                     reaches it can mint tokens and administer the server"
+                );
             }
+        } else if config.auth.dev_mode {
+            info!("development mode off: API keys are configured");
         }
         let app = http::router(state.clone());
-        // Open WebSockets would hold a graceful axum shutdown forever: the drain decides when to stop,
-        // then the runtime (and every connection) is dropped.
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let fd_limit = conn::raise_fd_limit();
+        let max_connections = conn::cap_for_fd_limit(config.http.max_connections, fd_limit);
+        if max_connections < config.http.max_connections {
+            warn!(
+                configured = config.http.max_connections,
+                max_connections,
+                fd_limit,
+                "http.max_connections lowered to fit under the file-descriptor limit"
+            );
+        }
+        let limits = conn::Limits {
+            max_connections,
+            max_connections_per_ip: config.http.max_connections_per_ip.min(max_connections),
+            header_timeout: Duration::from_millis(config.http.header_timeout_ms),
+        };
+        info!(
+            max_connections = limits.max_connections,
+            max_connections_per_ip = limits.max_connections_per_ip,
+            header_timeout_ms = config.http.header_timeout_ms,
+            "HTTP connection limits"
+        );
+        // Open WebSockets would hold a graceful shutdown forever: the drain decides when to stop, then
+        // the runtime (and every connection) is dropped.
+        let server = tokio::spawn(conn::serve(listener, app, limits, server_metrics_http));
         tokio::select! {
-            result = server => result??,
+            result = server => result?,
             () = shutdown(state) => {}
         }
         anyhow::Ok(())

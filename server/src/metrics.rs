@@ -358,7 +358,19 @@ pub struct ServerMetrics {
     pub webhook_duration: HistogramVec,
     pub webhooks_in_flight: IntGauge,
     pub webhook_retry_wait: Counter,
+    /// Open HTTP connections (WebSockets included).
+    pub http_connections: IntGauge,
+    /// HTTP connection limits hit, by reason ([`CONNECTION_LIMITS`]).
+    pub http_connection_limits: IntCounterVec,
 }
+
+/// The `reason` label values of `chorus_http_connection_limits_total`.
+pub const CONNECTION_LIMITS: [&str; 4] = [
+    "max_connections",
+    "max_connections_per_ip",
+    "header_timeout",
+    "accept_error",
+];
 
 /// The `result` label values of `chorus_admin_requests_total`.
 pub const ADMIN_RESULTS: [&str; 8] = [
@@ -439,6 +451,21 @@ impl ServerMetrics {
             webhook_duration,
             webhooks_in_flight,
             webhook_retry_wait,
+            http_connections: {
+                let gauge = IntGauge::new(
+                    "chorus_http_connections",
+                    "Open HTTP connections, WebSockets included.",
+                )?;
+                registry.register(Box::new(gauge.clone()))?;
+                gauge
+            },
+            http_connection_limits: counter_vec(
+                registry,
+                "chorus_http_connection_limits_total",
+                "HTTP connection limits hit, by reason: max_connections and max_connections_per_ip (connection refused with 503), header_timeout (request headers not complete within http.header_timeout_ms; closed), accept_error (accept failed, e.g. out of file descriptors).",
+                "reason",
+                &CONNECTION_LIMITS,
+            )?,
         })
     }
 }

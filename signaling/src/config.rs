@@ -41,6 +41,14 @@ pub struct SignalingConfig {
     pub presence_queue: usize,
     /// Media events queued per session between the media worker and the session.
     pub media_event_queue: usize,
+    /// A WebSocket must have joined this long after it opened, or it is closed (`join_timeout`). Not
+    /// reset by pings or by anything else the client sends.
+    pub join_deadline_ms: u64,
+    /// A joined session must have sent its first `offer` this long after `joined`, or it is closed
+    /// (`offer_timeout`). Not reset by pings.
+    pub offer_deadline_ms: u64,
+    /// A kicked identity may not rejoin the room for this long (0: no ban).
+    pub kick_ban_secs: u64,
 }
 
 impl Default for SignalingConfig {
@@ -56,6 +64,9 @@ impl Default for SignalingConfig {
             send_timeout_ms: 10_000,
             presence_queue: 256,
             media_event_queue: 64,
+            join_deadline_ms: 10_000,
+            offer_deadline_ms: 30_000,
+            kick_ban_secs: 300,
         }
     }
 }
@@ -73,6 +84,8 @@ pub enum ConfigError {
     Timeout(&'static str, u64),
     #[error("{0} must be 1 to {MAX_QUEUE}, not {1}")]
     Queue(&'static str, usize),
+    #[error("kick_ban_secs must be at most one day, not {0}")]
+    KickBan(u64),
     #[error("cannot register the signaling metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -93,10 +106,15 @@ impl SignalingConfig {
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("media_timeout_ms", self.media_timeout_ms),
             ("send_timeout_ms", self.send_timeout_ms),
+            ("join_deadline_ms", self.join_deadline_ms),
+            ("offer_deadline_ms", self.offer_deadline_ms),
         ] {
             if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
                 return Err(ConfigError::Timeout(name, ms));
             }
+        }
+        if self.kick_ban_secs > MAX_TIMEOUT_MS / 1000 {
+            return Err(ConfigError::KickBan(self.kick_ban_secs));
         }
         for (name, capacity) in [
             ("presence_queue", self.presence_queue),
@@ -127,6 +145,18 @@ impl SignalingConfig {
 
     pub fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)
+    }
+
+    pub fn join_deadline(&self) -> Duration {
+        Duration::from_millis(self.join_deadline_ms)
+    }
+
+    pub fn offer_deadline(&self) -> Duration {
+        Duration::from_millis(self.offer_deadline_ms)
+    }
+
+    pub fn kick_ban(&self) -> Duration {
+        Duration::from_secs(self.kick_ban_secs)
     }
 }
 
@@ -191,6 +221,19 @@ mod tests {
             with(&|c| c.send_timeout_ms = u64::MAX),
             Err(ConfigError::Timeout("send_timeout_ms", _))
         ));
+        assert!(matches!(
+            with(&|c| c.join_deadline_ms = 0),
+            Err(ConfigError::Timeout("join_deadline_ms", 0))
+        ));
+        assert!(matches!(
+            with(&|c| c.offer_deadline_ms = 0),
+            Err(ConfigError::Timeout("offer_deadline_ms", 0))
+        ));
+        assert!(matches!(
+            with(&|c| c.kick_ban_secs = 86_401),
+            Err(ConfigError::KickBan(86_401))
+        ));
+        assert!(with(&|c| c.kick_ban_secs = 0).is_ok());
         assert!(matches!(
             with(&|c| c.presence_queue = 0),
             Err(ConfigError::Queue("presence_queue", 0))

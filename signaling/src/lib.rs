@@ -69,6 +69,7 @@ impl Signaling {
         let rooms = RoomRegistry::new(
             config.room_settings(),
             config.default_max_participants,
+            config.kick_ban(),
             Arc::clone(&router),
             metrics.clone(),
         );

@@ -28,10 +28,14 @@ pub enum LeaveReason {
     Aborted,
     /// An operator removed the participant or deleted its room (admin API).
     Kicked,
+    /// A new session with the same identity took the participant's place.
+    Replaced,
+    /// The session did not send its first `offer` within the offer deadline.
+    OfferTimeout,
 }
 
 impl LeaveReason {
-    pub const ALL: [LeaveReason; 9] = [
+    pub const ALL: [LeaveReason; 11] = [
         LeaveReason::Leave,
         LeaveReason::Closed,
         LeaveReason::TransportError,
@@ -41,6 +45,8 @@ impl LeaveReason {
         LeaveReason::Shutdown,
         LeaveReason::Aborted,
         LeaveReason::Kicked,
+        LeaveReason::Replaced,
+        LeaveReason::OfferTimeout,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -54,6 +60,39 @@ impl LeaveReason {
             LeaveReason::Shutdown => "shutdown",
             LeaveReason::Aborted => "aborted",
             LeaveReason::Kicked => "kicked",
+            LeaveReason::Replaced => "replaced",
+            LeaveReason::OfferTimeout => "offer_timeout",
+        }
+    }
+}
+
+/// A limit a session hit: the `reason` label of `chorus_session_limits_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SessionLimit {
+    /// The WebSocket did not send a valid `join` within the join deadline.
+    JoinTimeout,
+    /// The joined session did not send its first `offer` within the offer deadline.
+    OfferTimeout,
+    /// A new session with the same identity replaced a participant in its room.
+    IdentityReplaced,
+    /// A join was refused because the identity was kicked from the room less than the ban period ago.
+    Banned,
+}
+
+impl SessionLimit {
+    pub const ALL: [SessionLimit; 4] = [
+        SessionLimit::JoinTimeout,
+        SessionLimit::OfferTimeout,
+        SessionLimit::IdentityReplaced,
+        SessionLimit::Banned,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SessionLimit::JoinTimeout => "join_timeout",
+            SessionLimit::OfferTimeout => "offer_timeout",
+            SessionLimit::IdentityReplaced => "identity_replaced",
+            SessionLimit::Banned => "banned",
         }
     }
 }
@@ -62,7 +101,7 @@ impl LeaveReason {
 pub const JOIN_OK: &str = "ok";
 
 /// The error codes a `join` can fail with (the other `result` values of `chorus_joins_total`).
-const JOIN_FAILURES: [ErrorCode; 9] = [
+const JOIN_FAILURES: [ErrorCode; 10] = [
     ErrorCode::AlreadyJoined,
     ErrorCode::UnsupportedProtocol,
     ErrorCode::InvalidToken,
@@ -70,6 +109,7 @@ const JOIN_FAILURES: [ErrorCode; 9] = [
     ErrorCode::RoomMismatch,
     ErrorCode::RoomFull,
     ErrorCode::RoomClosed,
+    ErrorCode::Banned,
     ErrorCode::Draining,
     ErrorCode::Internal,
 ];
@@ -88,6 +128,7 @@ pub struct SignalingMetrics {
     participants: IntGaugeVec,
     room_events_dropped: IntCounter,
     ws_violations: IntCounterVec,
+    limits: IntCounterVec,
 }
 
 impl SignalingMetrics {
@@ -163,6 +204,16 @@ impl SignalingMetrics {
             ),
             &["kind"],
         )?;
+        let limits = IntCounterVec::new(
+            Opts::new(
+                "chorus_session_limits_total",
+                "Signaling session limits hit, by reason: join_timeout, offer_timeout, identity_replaced, banned.",
+            ),
+            &["reason"],
+        )?;
+        for limit in SessionLimit::ALL {
+            limits.with_label_values(&[limit.as_str()]);
+        }
         for kind in crate::session::ProtocolViolation::ALL {
             ws_violations.with_label_values(&[kind.as_str()]);
         }
@@ -193,6 +244,7 @@ impl SignalingMetrics {
         registry.register(Box::new(participants.clone()))?;
         registry.register(Box::new(room_events_dropped.clone()))?;
         registry.register(Box::new(ws_violations.clone()))?;
+        registry.register(Box::new(limits.clone()))?;
         Ok(Self {
             errors,
             joins,
@@ -205,7 +257,17 @@ impl SignalingMetrics {
             participants,
             room_events_dropped,
             ws_violations,
+            limits,
         })
+    }
+
+    pub(crate) fn limit_hit(&self, limit: SessionLimit) {
+        self.limits.with_label_values(&[limit.as_str()]).inc();
+    }
+
+    /// How often `limit` was hit.
+    pub fn limit_hits(&self, limit: SessionLimit) -> u64 {
+        self.limits.with_label_values(&[limit.as_str()]).get()
     }
 
     /// A session's media connected `seconds` after its WebSocket opened.
@@ -343,6 +405,7 @@ mod tests {
             "chorus_rooms",
             "chorus_participants",
             "chorus_room_events_dropped_total",
+            "chorus_session_limits_total",
         ] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }

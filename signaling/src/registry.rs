@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::events::RoomEvent;
 use crate::media::{MediaRouter, RoomSettings};
-use crate::metrics::SignalingMetrics;
+use crate::metrics::{SessionLimit, SignalingMetrics};
 use crate::protocol::{
     ErrorCode, LeftReason, ParticipantInfo, ParticipantJoined, ParticipantLeft,
     ParticipantLeftReason, ParticipantMuted, RoomInfo, ServerMessage,
@@ -143,6 +143,8 @@ pub enum AdmitError {
     RoomFull { max_participants: usize },
     #[error("the room is being deleted")]
     RoomClosed,
+    #[error("this identity was removed from the room by an operator and may rejoin in {remaining_secs} s")]
+    Banned { remaining_secs: u64 },
 }
 
 impl AdmitError {
@@ -151,6 +153,7 @@ impl AdmitError {
             AdmitError::Draining => ErrorCode::Draining,
             AdmitError::RoomFull { .. } => ErrorCode::RoomFull,
             AdmitError::RoomClosed => ErrorCode::RoomClosed,
+            AdmitError::Banned { .. } => ErrorCode::Banned,
         }
     }
 }
@@ -237,6 +240,12 @@ impl Room {
 /// All rooms of this server and their participants.
 pub struct RoomRegistry {
     rooms: Mutex<HashMap<String, Room>>,
+    /// (room, identity) → until when a kicked identity may not rejoin. Locked after `rooms`, never
+    /// before; entries outlive their room (a kick may empty and end it). Expired entries are pruned at
+    /// each kick, so the map holds at most the kicks of one ban period.
+    bans: Mutex<HashMap<(String, String), Instant>>,
+    /// How long a kick bans the identity from the room (zero: no ban).
+    kick_ban: Duration,
     settings: RoomSettings,
     max_participants: usize,
     router: Arc<dyn MediaRouter>,
@@ -249,11 +258,14 @@ impl RoomRegistry {
     pub(crate) fn new(
         settings: RoomSettings,
         max_participants: usize,
+        kick_ban: Duration,
         router: Arc<dyn MediaRouter>,
         metrics: SignalingMetrics,
     ) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
+            bans: Mutex::new(HashMap::new()),
+            kick_ban,
             settings,
             max_participants,
             router,
@@ -304,18 +316,46 @@ impl RoomRegistry {
         });
     }
 
-    /// Admits a participant, creating the room from the defaults if this is its first participant, and
-    /// tells everyone else. Refused while `draining` is set, when the room is at its limit, or while it is
-    /// being deleted.
+    fn lock_bans(&self) -> MutexGuard<'_, HashMap<(String, String), Instant>> {
+        // As `lock`: nothing panics while holding it.
+        self.bans.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`Self::admit_at`] now.
     pub(crate) fn admit(
         &self,
         request: JoinRequest,
         draining: &AtomicBool,
     ) -> Result<Admission, AdmitError> {
+        self.admit_at(request, draining, Instant::now())
+    }
+
+    /// Admits a participant at `now`, creating the room from the defaults if this is its first
+    /// participant, and tells everyone else. Refused while `draining` is set, while the identity is
+    /// banned from the room (kicked less than the ban period ago), when the room is at its limit, or
+    /// while it is being deleted. A participant already in the room with the same identity is replaced:
+    /// its session is told `left` (`replaced`), the others `participant_left` (`replaced`), and the
+    /// newcomer takes its place (so a reconnecting client never finds itself squatting its own seat).
+    pub(crate) fn admit_at(
+        &self,
+        request: JoinRequest,
+        draining: &AtomicBool,
+        now: Instant,
+    ) -> Result<Admission, AdmitError> {
         let mut rooms = self.lock();
         // Checked under the lock: see `fence`.
         if draining.load(Ordering::SeqCst) {
             return Err(AdmitError::Draining);
+        }
+        let ban_key = (request.room.clone(), request.identity.clone());
+        if let Some(until) = self.lock_bans().get(&ban_key).copied() {
+            if until > now {
+                self.metrics.limit_hit(SessionLimit::Banned);
+                let left = until - now;
+                return Err(AdmitError::Banned {
+                    remaining_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+                });
+            }
         }
         let room = match rooms.entry(request.room.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
@@ -336,6 +376,31 @@ impl RoomRegistry {
         };
         if room.closing {
             return Err(AdmitError::RoomClosed);
+        }
+        if let Some(index) = room
+            .members
+            .iter()
+            .position(|m| m.info.identity == request.identity)
+        {
+            let old = room.members.remove(index);
+            old.remove.send_replace(Some(LeftReason::Replaced));
+            self.metrics.participant_left(room.settings.mode);
+            self.metrics.limit_hit(SessionLimit::IdentityReplaced);
+            tracing::info!(
+                room = %request.room,
+                participant = %old.info.sid,
+                "participant replaced by a new session with the same identity"
+            );
+            self.notify(RoomEvent::ParticipantLeft {
+                room: room.info(&request.room),
+                participant: old.info.clone(),
+                reason: ParticipantLeftReason::Replaced,
+            });
+            let event = PresenceEvent::Left {
+                sid: old.info.sid,
+                reason: ParticipantLeftReason::Replaced,
+            };
+            self.broadcast(&room.members, &event);
         }
         if room.members.len() >= room.max_participants {
             return Err(AdmitError::RoomFull {
@@ -500,17 +565,45 @@ impl RoomRegistry {
         Ok(())
     }
 
-    /// Tells a participant's session to leave (`kicked`).
+    /// [`Self::kick_at`] now.
     pub(crate) fn kick(&self, room: &str, sid: &str) -> Result<(), AdminError> {
+        self.kick_at(room, sid, Instant::now())
+    }
+
+    /// Tells a participant's session to leave (`kicked`) at `now`, and bans its identity from the room
+    /// for the kick ban period (a kick is not undone by rejoining with the same token).
+    pub(crate) fn kick_at(
+        &self,
+        room_name: &str,
+        sid: &str,
+        now: Instant,
+    ) -> Result<(), AdminError> {
         let rooms = self.lock();
-        let room = rooms.get(room).ok_or(AdminError::RoomNotFound)?;
+        let room = rooms.get(room_name).ok_or(AdminError::RoomNotFound)?;
         let member = room
             .members
             .iter()
             .find(|m| m.info.sid == sid)
             .ok_or(AdminError::ParticipantNotFound)?;
         member.remove.send_replace(Some(LeftReason::Kicked));
+        if !self.kick_ban.is_zero() {
+            let mut bans = self.lock_bans();
+            bans.retain(|_, until| *until > now);
+            bans.insert(
+                (room_name.to_owned(), member.info.identity.clone()),
+                now + self.kick_ban,
+            );
+        }
         Ok(())
+    }
+
+    /// Identities banned from rooms now (for tests and the admin view).
+    #[cfg(test)]
+    fn ban_count(&self, now: Instant) -> usize {
+        self.lock_bans()
+            .values()
+            .filter(|until| **until > now)
+            .count()
     }
 
     /// Removes the rooms created through the admin API that have been empty for their empty timeout at
@@ -625,7 +718,13 @@ mod tests {
         let metrics = SignalingMetrics::new(&prometheus::Registry::new()).expect("metrics");
         let settings = RoomSettings::forward(2);
         (
-            RoomRegistry::new(settings, max_participants, router.clone(), metrics.clone()),
+            RoomRegistry::new(
+                settings,
+                max_participants,
+                Duration::from_secs(60),
+                router.clone(),
+                metrics.clone(),
+            ),
             router,
             metrics,
         )
@@ -824,5 +923,106 @@ mod tests {
         }
         let names: Vec<String> = registry.rooms().into_iter().map(|r| r.name).collect();
         assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_second_join_with_the_same_identity_replaces_the_first() {
+        let (registry, _, metrics) = registry(2);
+        let (ada, _ada_rx) = request("lobby", "ada", 8);
+        let mut ada = registry.admit(ada, &open()).expect("admitted");
+        let (bob, mut bob_rx) = request("lobby", "bob", 8);
+        let bob = registry.admit(bob, &open()).expect("admitted");
+        // The room is full (2), yet ada's second session takes her place rather than being refused.
+        let (again, _again_rx) = request("lobby", "ada", 8);
+        let again = registry.admit(again, &open()).expect("replaces");
+        assert_ne!(again.participant.sid, ada.participant.sid);
+        assert_eq!(*ada.removed.borrow_and_update(), Some(LeftReason::Replaced));
+        assert_eq!(again.others, vec![bob.participant.clone()]);
+        assert_eq!(
+            bob_rx.try_recv(),
+            Ok(PresenceEvent::Left {
+                sid: ada.participant.sid.clone(),
+                reason: ParticipantLeftReason::Replaced
+            })
+        );
+        assert_eq!(
+            bob_rx.try_recv(),
+            Ok(PresenceEvent::Joined(again.participant.clone()))
+        );
+        assert_eq!(registry.participant_count(), 2);
+        assert_eq!(metrics.participants(crate::media::RoomMode::Forward), 2);
+        assert_eq!(metrics.limit_hits(SessionLimit::IdentityReplaced), 1);
+        // The replaced session's own leave finds nothing to remove and counts nothing twice.
+        assert!(!registry.leave("lobby", ada.id, ParticipantLeftReason::Left));
+        assert_eq!(metrics.participants(crate::media::RoomMode::Forward), 2);
+        // Another room is another seat.
+        let (elsewhere, _) = request("other", "ada", 8);
+        registry.admit(elsewhere, &open()).expect("admitted");
+        assert_eq!(registry.participant_count(), 3);
+    }
+
+    #[test]
+    fn a_kick_bans_the_identity_from_the_room_for_the_ban_period() {
+        let (registry, _, metrics) = registry(10);
+        let t0 = Instant::now();
+        let (ada, _ada_rx) = request("lobby", "ada", 8);
+        let mut ada = registry.admit_at(ada, &open(), t0).expect("admitted");
+        registry
+            .kick_at("lobby", &ada.participant.sid, t0)
+            .expect("present");
+        assert_eq!(*ada.removed.borrow_and_update(), Some(LeftReason::Kicked));
+        assert!(registry.leave("lobby", ada.id, ParticipantLeftReason::Kicked));
+        // The same token again, a moment later and just before the end of the ban (60 s here).
+        for later in [Duration::from_secs(1), Duration::from_millis(59_999)] {
+            let (again, _) = request("lobby", "ada", 8);
+            let refused = registry.admit_at(again, &open(), t0 + later).err();
+            assert!(
+                matches!(refused, Some(AdmitError::Banned { remaining_secs }) if remaining_secs >= 1),
+                "{refused:?}"
+            );
+            assert_eq!(refused.map(|e| e.code()), Some(ErrorCode::Banned));
+        }
+        assert_eq!(metrics.limit_hits(SessionLimit::Banned), 2);
+        // Others, and the same identity in another room, are not affected.
+        let (bob, _) = request("lobby", "bob", 8);
+        registry
+            .admit_at(bob, &open(), t0 + Duration::from_secs(1))
+            .expect("admitted");
+        let (elsewhere, _) = request("other", "ada", 8);
+        registry
+            .admit_at(elsewhere, &open(), t0 + Duration::from_secs(1))
+            .expect("admitted");
+        // Once the ban is over the identity may come back, and the expired ban is pruned at the next kick.
+        let after = t0 + Duration::from_secs(60);
+        let (back, _) = request("lobby", "ada", 8);
+        let back = registry.admit_at(back, &open(), after).expect("ban over");
+        assert_eq!(registry.ban_count(after), 0);
+        registry
+            .kick_at("lobby", &back.participant.sid, after)
+            .expect("present");
+        assert_eq!(registry.ban_count(after), 1);
+        assert_eq!(registry.lock_bans().len(), 1, "the expired ban was pruned");
+    }
+
+    #[test]
+    fn a_zero_ban_period_means_no_ban() {
+        let router = Arc::new(Router::default());
+        let metrics = SignalingMetrics::new(&prometheus::Registry::new()).expect("metrics");
+        let registry = RoomRegistry::new(
+            RoomSettings::forward(2),
+            10,
+            Duration::ZERO,
+            router,
+            metrics,
+        );
+        let t0 = Instant::now();
+        let (ada, _) = request("lobby", "ada", 8);
+        let ada = registry.admit_at(ada, &open(), t0).expect("admitted");
+        registry
+            .kick_at("lobby", &ada.participant.sid, t0)
+            .expect("present");
+        registry.leave("lobby", ada.id, ParticipantLeftReason::Kicked);
+        let (again, _) = request("lobby", "ada", 8);
+        registry.admit_at(again, &open(), t0).expect("no ban");
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::auth::verify_token;
 use crate::media::{MediaCommand, MediaError, MediaEvent, RoomSettings};
-use crate::metrics::LeaveReason;
+use crate::metrics::{LeaveReason, SessionLimit};
 use crate::protocol::{
     parse_client, Answer, ClientMessage, DominantSpeaker, Draining, ErrorCode, ErrorMessage, Join,
     Joined, Left, LeftReason, MediaConnectionState, MediaState, Mute, Offer, ParticipantLeftReason,
@@ -126,6 +126,7 @@ where
             ctx,
         },
         joined: None,
+        offered: false,
     };
     let exit = session.serve().await;
     session.finish(exit).await;
@@ -171,6 +172,10 @@ enum Exit {
     WriteFailed,
     /// Nothing arrived for the idle timeout.
     IdleTimeout,
+    /// No valid `join` within the join deadline.
+    JoinTimeout,
+    /// No `offer` within the offer deadline after `joined`.
+    OfferTimeout,
     /// The media connection is gone.
     MediaDisconnected,
     /// A fatal error was sent to the client.
@@ -185,7 +190,10 @@ impl Exit {
     /// What the others in the room are told.
     fn left_reason(self) -> ParticipantLeftReason {
         match self {
-            Exit::IdleTimeout | Exit::MediaDisconnected => ParticipantLeftReason::Disconnected,
+            Exit::IdleTimeout | Exit::MediaDisconnected | Exit::OfferTimeout => {
+                ParticipantLeftReason::Disconnected
+            }
+            Exit::Removed(LeftReason::Replaced) => ParticipantLeftReason::Replaced,
             Exit::Removed(_) => ParticipantLeftReason::Kicked,
             _ => ParticipantLeftReason::Left,
         }
@@ -199,9 +207,13 @@ impl Exit {
                 LeaveReason::TransportError
             }
             Exit::IdleTimeout => LeaveReason::IdleTimeout,
+            Exit::OfferTimeout => LeaveReason::OfferTimeout,
+            // Never joined: nothing to count as a leave.
+            Exit::JoinTimeout => LeaveReason::Error,
             Exit::MediaDisconnected => LeaveReason::MediaDisconnected,
             Exit::Fatal(_) => LeaveReason::Error,
             Exit::Shutdown => LeaveReason::Shutdown,
+            Exit::Removed(LeftReason::Replaced) => LeaveReason::Replaced,
             Exit::Removed(_) => LeaveReason::Kicked,
         }
     }
@@ -212,6 +224,8 @@ impl Exit {
             Exit::Leave => Some((CLOSE_NORMAL, "")),
             Exit::MediaDisconnected => Some((CLOSE_NORMAL, "media_disconnected")),
             Exit::IdleTimeout => Some((CLOSE_POLICY_VIOLATION, "idle_timeout")),
+            Exit::JoinTimeout => Some((CLOSE_POLICY_VIOLATION, "join_timeout")),
+            Exit::OfferTimeout => Some((CLOSE_POLICY_VIOLATION, "offer_timeout")),
             Exit::Fatal(code) => Some((
                 code.close_code().unwrap_or(CLOSE_POLICY_VIOLATION),
                 code.as_str(),
@@ -220,6 +234,7 @@ impl Exit {
             Exit::Violation(v) => Some((v.close_code(), v.as_str())),
             Exit::Removed(LeftReason::Kicked) => Some((CLOSE_NORMAL, "kicked")),
             Exit::Removed(LeftReason::RoomDeleted) => Some((CLOSE_NORMAL, "room_deleted")),
+            Exit::Removed(LeftReason::Replaced) => Some((CLOSE_NORMAL, "replaced")),
             Exit::Closed | Exit::ReadFailed | Exit::WriteFailed => None,
         }
     }
@@ -377,6 +392,8 @@ impl Drop for Membership {
 enum Input<E> {
     Frame(Option<Result<WsFrame, E>>),
     Idle,
+    /// The join deadline (not joined yet) or the offer deadline (joined, no offer yet) passed.
+    Deadline,
     Presence(PresenceEvent),
     Media(Option<MediaEvent>),
     Answer(Result<String, ConnectError>),
@@ -393,6 +410,8 @@ struct Session<T> {
     drain: Option<watch::Receiver<Option<std::time::Instant>>>,
     closing: watch::Receiver<bool>,
     joined: Option<Member>,
+    /// Whether the client has sent an `offer` (which ends the offer deadline).
+    offered: bool,
 }
 
 impl<T, E> Session<T>
@@ -404,10 +423,22 @@ where
         let idle_timeout = self.wire.ctx.config().idle_timeout();
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
+        // The join deadline, then (once joined) the first offer's; nothing the client sends but `join`
+        // and `offer` moves it, so a socket that only pings cannot hold a connection or a seat.
+        let deadline =
+            tokio::time::sleep_until(self.opened + self.wire.ctx.config().join_deadline());
+        tokio::pin!(deadline);
+        let mut awaiting_join = true;
         loop {
+            if awaiting_join && self.joined.is_some() {
+                awaiting_join = false;
+                let offer_deadline = self.wire.ctx.config().offer_deadline();
+                deadline.as_mut().reset(Instant::now() + offer_deadline);
+            }
             let input = tokio::select! {
                 frame = self.wire.transport.next() => Input::Frame(frame),
                 () = &mut idle => Input::Idle,
+                () = &mut deadline, if !self.offered => Input::Deadline,
                 input = next_member_input(&mut self.joined) => input,
                 deadline = drain_notice(&mut self.drain) => Input::Draining(deadline),
                 () = closing(&mut self.closing) => Input::Shutdown,
@@ -423,6 +454,16 @@ where
                 }
                 Input::Frame(None) => Err(Exit::Closed),
                 Input::Idle => Err(Exit::IdleTimeout),
+                Input::Deadline => {
+                    let (limit, exit) = if self.joined.is_none() {
+                        (SessionLimit::JoinTimeout, Exit::JoinTimeout)
+                    } else {
+                        (SessionLimit::OfferTimeout, Exit::OfferTimeout)
+                    };
+                    tracing::debug!(reason = limit.as_str(), "session deadline passed");
+                    self.wire.ctx.metrics().limit_hit(limit);
+                    Err(exit)
+                }
                 Input::Presence(event) => {
                     if let (Some(member), PresenceEvent::Muted { sid, muted }) =
                         (self.joined.as_mut(), &event)
@@ -519,7 +560,10 @@ where
             return self.wire.reject(ErrorCode::NotJoined, reply).await;
         };
         match message {
-            ClientMessage::Offer(offer) => on_offer(&mut self.wire, member, offer).await,
+            ClientMessage::Offer(offer) => {
+                self.offered = true;
+                on_offer(&mut self.wire, member, offer).await
+            }
             ClientMessage::Mute(mute) => on_mute(&mut self.wire, member, mute).await,
             ClientMessage::Ping(Ping { id }) => {
                 self.wire.send(&ServerMessage::Pong(Pong { id })).await

@@ -355,6 +355,28 @@ impl Signal {
         }
     }
 
+    /// Skip messages until the server's close frame: its code and reason (`None` if the socket ended
+    /// without one).
+    pub async fn close_frame(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<(u16, String)>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = tokio::time::timeout(left, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no close frame within {timeout:?}"))?;
+            match msg {
+                Some(Ok(Message::Close(frame))) => {
+                    return Ok(frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())))
+                }
+                None | Some(Err(_)) => return Ok(None),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
     /// Receive until a message of `kind` arrives (others are skipped).
     pub async fn expect(&mut self, kind: &str, timeout: Duration) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;

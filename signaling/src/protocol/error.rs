@@ -27,6 +27,7 @@ pub enum ErrorCode {
     Forbidden,
     RoomFull,
     RoomClosed,
+    Banned,
     Draining,
     BadSdp,
     MediaUnavailable,
@@ -35,7 +36,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -50,6 +51,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::RoomFull,
         ErrorCode::RoomClosed,
+        ErrorCode::Banned,
         ErrorCode::Draining,
         ErrorCode::BadSdp,
         ErrorCode::MediaUnavailable,
@@ -73,6 +75,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RoomFull => "room_full",
             ErrorCode::RoomClosed => "room_closed",
+            ErrorCode::Banned => "banned",
             ErrorCode::Draining => "draining",
             ErrorCode::BadSdp => "bad_sdp",
             ErrorCode::MediaUnavailable => "media_unavailable",
@@ -98,6 +101,7 @@ impl ErrorCode {
             | ErrorCode::RoomMismatch
             | ErrorCode::RoomFull
             | ErrorCode::RoomClosed
+            | ErrorCode::Banned
             | ErrorCode::Draining
             | ErrorCode::MediaUnavailable
             | ErrorCode::Internal => true,

@@ -18,6 +18,8 @@ pub enum LeftReason {
     Kicked,
     /// An operator deleted the room through the admin API.
     RoomDeleted,
+    /// A newer session joined the room with the same identity and took the participant's place.
+    Replaced,
 }
 
 #[cfg(test)]
@@ -40,6 +42,12 @@ mod tests {
                     reason: Some(LeftReason::RoomDeleted),
                 },
                 r#"{"type":"left","reason":"room_deleted"}"#,
+            ),
+            (
+                Left {
+                    reason: Some(LeftReason::Replaced),
+                },
+                r#"{"type":"left","reason":"replaced"}"#,
             ),
         ] {
             let msg = ServerMessage::Left(left);

@@ -267,6 +267,6 @@ mod tests {
             assert_eq!(reparsed, original, "{example}");
         }
         assert_eq!(client, ClientMessage::TYPES.len());
-        assert_eq!(server, 15);
+        assert_eq!(server, 16);
     }
 }

@@ -12,6 +12,9 @@ pub enum ParticipantLeftReason {
     Disconnected,
     /// An operator removed the participant (admin API: kick, or room deleted).
     Kicked,
+    /// A newer session with the same identity took the participant's place (a `participant_joined`
+    /// for it follows).
+    Replaced,
 }
 
 /// Server → client: another participant left the room.
@@ -36,6 +39,14 @@ mod tests {
             (
                 ParticipantLeftReason::Disconnected,
                 r#"{"type":"participant_left","sid":"PA_9a0b1c2d3e4f","reason":"disconnected"}"#,
+            ),
+            (
+                ParticipantLeftReason::Kicked,
+                r#"{"type":"participant_left","sid":"PA_9a0b1c2d3e4f","reason":"kicked"}"#,
+            ),
+            (
+                ParticipantLeftReason::Replaced,
+                r#"{"type":"participant_left","sid":"PA_9a0b1c2d3e4f","reason":"replaced"}"#,
             ),
         ] {
             let msg = ServerMessage::ParticipantLeft(ParticipantLeft {

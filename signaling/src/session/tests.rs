@@ -1007,7 +1007,12 @@ async fn an_unanswered_offer_times_out() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_sessions_are_closed() {
-    let (ctx, _media) = setup(Mode::Answer);
+    // Joined sessions that never offer: the offer deadline is set beyond this test's 50 s.
+    let config = SignalingConfig {
+        offer_deadline_ms: 120_000,
+        ..SignalingConfig::default()
+    };
+    let (ctx, _media) = setup_with(config, Mode::Answer);
     let start = Instant::now();
     let mut ada = Client::open(&ctx);
     let ada_sid = ada.join(&token("lobby", "ada")).await.participant.sid;
@@ -1448,4 +1453,182 @@ async fn admin_mute_reaches_the_worker_the_room_and_the_session() {
         ctx.mute_participant("lobby", "PA_000000000000", true).await,
         Err(AdminError::ParticipantNotFound)
     );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Issue 10 items 3 and 4: deadlines, identity replacement, kick bans
+
+#[tokio::test(start_paused = true)]
+async fn a_socket_that_only_pings_is_closed_at_the_join_deadline() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let start = Instant::now();
+    let mut idler = Client::open(&ctx);
+    // WebSocket pings every 2 s keep the idle timeout at bay but do not move the join deadline (10 s).
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        idler.send(Ok(WsFrame::Ping(b"still here".to_vec())));
+    }
+    let pinging = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            idler.send(Ok(WsFrame::Ping(Vec::new())));
+        }
+    };
+    tokio::select! {
+        () = pinging => unreachable!("the pinging loop never ends"),
+        () = tokio::time::sleep(Duration::from_secs(3)) => {}
+    }
+    assert_eq!(start.elapsed(), Duration::from_secs(11));
+    match idler.frame().await {
+        WsFrame::Close(Some((code, reason))) => {
+            assert_eq!((code, reason.as_str()), (1008, "join_timeout"))
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    idler.finished().await;
+    assert_eq!(ctx.metrics().limit_hits(SessionLimit::JoinTimeout), 1);
+    assert_eq!(ctx.metrics().sessions(), 0);
+    // A session that joins in time is not affected by the join deadline.
+    let mut ada = Client::open(&ctx);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    ada.join(&token("lobby", "ada")).await;
+    ada.offer().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ada.ping(1).await;
+    assert_eq!(ctx.metrics().limit_hits(SessionLimit::JoinTimeout), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_joined_session_that_never_offers_is_closed_at_the_offer_deadline() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut bob = Client::open(&ctx);
+    bob.join(&token("lobby", "bob")).await;
+    bob.offer().await;
+    let mut squatter = Client::open(&ctx);
+    let joined_at = Instant::now();
+    let sid = squatter
+        .join(&token("lobby", "squatter"))
+        .await
+        .participant
+        .sid;
+    assert!(matches!(
+        bob.message().await,
+        ServerMessage::ParticipantJoined(_)
+    ));
+    // Protocol pings every 5 s (and bob's too, to keep him idle-free): the offer deadline (30 s) holds.
+    for id in 0..5 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        squatter.ping(id).await;
+        bob.ping(id).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    match squatter.frame().await {
+        WsFrame::Close(Some((code, reason))) => {
+            assert_eq!((code, reason.as_str()), (1008, "offer_timeout"))
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert_eq!(joined_at.elapsed(), Duration::from_secs(30));
+    squatter.finished().await;
+    assert_eq!(
+        bob.message().await,
+        ServerMessage::ParticipantLeft(ParticipantLeft {
+            sid,
+            reason: ParticipantLeftReason::Disconnected
+        })
+    );
+    assert_eq!(ctx.metrics().limit_hits(SessionLimit::OfferTimeout), 1);
+    assert_eq!(ctx.metrics().leaves(LeaveReason::OfferTimeout), 1);
+    // Bob offered at once: the deadline no longer applies to him.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    bob.ping(9).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_join_with_the_same_identity_replaces_the_first() {
+    let config = SignalingConfig {
+        default_max_participants: 2,
+        ..SignalingConfig::default()
+    };
+    let (ctx, mut media) = setup_with(config, Mode::Answer);
+    let mut first = Client::open(&ctx);
+    let first_sid = first.join(&token("lobby", "ada")).await.participant.sid;
+    first.offer().await;
+    media.next().await;
+    let mut bob = Client::open(&ctx);
+    bob.join(&token("lobby", "bob")).await;
+    bob.offer().await;
+    media.next().await;
+    assert!(matches!(
+        first.message().await,
+        ServerMessage::ParticipantJoined(_)
+    ));
+    // The room is full, but the same identity takes its own seat back.
+    let mut second = Client::open(&ctx);
+    let joined = second.join(&token("lobby", "ada")).await;
+    assert_ne!(joined.participant.sid, first_sid);
+    assert_eq!(joined.participants.len(), 1, "bob only: {joined:?}");
+    assert_eq!(
+        first.message().await,
+        ServerMessage::Left(Left {
+            reason: Some(LeftReason::Replaced)
+        })
+    );
+    match first.frame().await {
+        WsFrame::Close(Some((code, reason))) => {
+            assert_eq!((code, reason.as_str()), (CLOSE_NORMAL, "replaced"))
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    first.finished().await;
+    assert_eq!(
+        media.next().await,
+        Seen::Leave {
+            participant: id_of(&first_sid)
+        }
+    );
+    assert_eq!(
+        bob.message().await,
+        ServerMessage::ParticipantLeft(ParticipantLeft {
+            sid: first_sid,
+            reason: ParticipantLeftReason::Replaced
+        })
+    );
+    assert!(matches!(
+        bob.message().await,
+        ServerMessage::ParticipantJoined(_)
+    ));
+    assert_eq!(ctx.metrics().limit_hits(SessionLimit::IdentityReplaced), 1);
+    assert_eq!(ctx.metrics().leaves(LeaveReason::Replaced), 1);
+    assert_eq!(ctx.participant_count(), 2);
+    second.offer().await;
+    bob.ping(1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kicked_identity_cannot_rejoin_during_its_ban() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let sid = ada.join(&token("lobby", "ada")).await.participant.sid;
+    ctx.kick_participant("lobby", &sid).expect("present");
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::Left(Left {
+            reason: Some(LeftReason::Kicked)
+        })
+    );
+    ada.closed_with(CLOSE_NORMAL).await;
+    // The same token again is refused (fatal: the socket closes with 1008).
+    let mut again = Client::open(&ctx);
+    again.json(json!({"type": "join", "protocol": 1, "token": token("lobby", "ada")}));
+    let message = again.error(ErrorCode::Banned).await;
+    assert!(message.contains("may rejoin in"), "{message}");
+    again.closed_with(1008).await;
+    assert_eq!(ctx.metrics().joins("banned"), 1);
+    assert_eq!(ctx.metrics().limit_hits(SessionLimit::Banned), 1);
+    // Others may join the room, and ada another room.
+    let mut bob = Client::open(&ctx);
+    bob.join(&token("lobby", "bob")).await;
+    let mut elsewhere = Client::open(&ctx);
+    elsewhere.join(&token("other", "ada")).await;
 }

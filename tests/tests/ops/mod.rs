@@ -4,6 +4,7 @@
 
 mod admin;
 mod drain;
+mod limits;
 mod prom;
 mod webhooks;
 

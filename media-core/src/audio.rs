@@ -16,6 +16,11 @@ pub const SAMPLE_RATE: u32 = 48_000;
 /// Samples in one 20 ms frame at [`SAMPLE_RATE`], the frame size clients send.
 pub const FRAME_SAMPLES: usize = 960;
 
+/// The duration of `samples` at [`SAMPLE_RATE`].
+pub fn samples_duration(samples: usize) -> std::time::Duration {
+    std::time::Duration::from_micros(samples as u64 * 1_000_000 / u64::from(SAMPLE_RATE))
+}
+
 /// The quietest RFC 6464 level (−127 dBov); also what silence maps to.
 pub const SILENCE_LEVEL: u8 = 127;
 

@@ -136,11 +136,6 @@ fn encoder_settings(config: &MixConfig) -> EncoderSettings {
     }
 }
 
-/// The duration of `samples` at 48 kHz.
-fn samples_duration(samples: usize) -> Duration {
-    Duration::from_micros(samples as u64 * 1_000_000 / u64::from(SAMPLE_RATE))
-}
-
 /// The encoder in `slot`, created on first use; `None` if libopus cannot create one.
 fn ensure_encoder<'a>(
     slot: &'a mut Option<OutEncoder>,
@@ -508,7 +503,7 @@ impl Mixer {
                     break;
                 }
                 // The span starts to play after what the member already holds for this tick.
-                let span = m.jitter.pop(due + samples_duration(have));
+                let span = m.jitter.pop(due + crate::audio::samples_duration(have));
                 have += span.samples() as usize;
                 m.spans.push(span);
             }
@@ -929,7 +924,7 @@ mod tests {
 
     /// The base of virtual time; only ever offset by durations.
     #[allow(clippy::disallowed_methods)]
-    fn t0() -> Instant {
+    pub(super) fn t0() -> Instant {
         Instant::now()
     }
 
@@ -1298,12 +1293,8 @@ mod tests {
 
 #[cfg(test)]
 mod red_tests {
+    use super::tests::t0;
     use super::*;
-
-    #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
-    fn t0() -> Instant {
-        Instant::now()
-    }
 
     fn opus_frames(count: usize) -> Vec<Vec<u8>> {
         let mut enc =

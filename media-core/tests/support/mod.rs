@@ -211,8 +211,7 @@ impl MixedStream {
         let mut buf = vec![0f32; FRAME_SAMPLES * 6];
         let mut have = self.play_surplus;
         while have < FRAME_SAMPLES {
-            let held = Duration::from_micros(have as u64 * 1_000_000 / u64::from(SAMPLE_RATE));
-            let n = match self.jitter.pop(now + held) {
+            let n = match self.jitter.pop(now + audio::samples_duration(have)) {
                 Playout::Packet {
                     payload, samples, ..
                 } => self

@@ -335,8 +335,8 @@ async fn speech_over_real_udp_scores_forward_4_4_and_mix_3_9_on_a_clean_link() -
 }
 
 // 5 % loss and 10..50 ms on each leg, the speaker's FEC expecting 5 %. The target for mix is 3.0 — not
-// reached: measured mix 2.64, forward 2.05 (the loss pattern repeats per proxy seed, the timing does not; the
-// same condition in virtual time: mix 2.79 as a 3-seed mean). Opus' in-band FEC frames and the listener's
+// reliably reached: measured mix 2.64 to 3.25, forward 1.96 to 2.66 over four runs (the loss pattern repeats
+// per proxy seed, the timing does not; the same condition in virtual time: mix 2.79 as a 3-seed mean). Opus' in-band FEC frames and the listener's
 // jitter buffer under ±20 ms cost most (see media-core/tests/speech). The floors hold what is reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_over_real_udp_with_5_percent_loss_and_jitter_on_each_leg() -> anyhow::Result<()> {
@@ -358,9 +358,9 @@ async fn speech_over_real_udp_with_5_percent_loss_and_jitter_on_each_leg() -> an
 
 /// Forwarding at 5 % loss per leg has no server jitter buffer: the listener's buffer conceals what both
 /// legs lost (≈ 10 % of the speaker's packets), with the sender's FEC where the next packet arrived, and
-/// the server adds nothing else (it forwards the packets bit-exact). Measured 2.05 (virtual time, one seed:
-/// 3.32; earlier real runs 1.93 to 2.83).
-const FORWARD_LOSSY_FLOOR: f64 = 1.8;
+/// the server adds nothing else (it forwards the packets bit-exact). Measured 1.96 to 2.66 (virtual time, one
+/// seed: 3.32; earlier real runs 1.93 to 2.83).
+const FORWARD_LOSSY_FLOOR: f64 = 1.7;
 
-/// Mixing at 5 % loss per leg: measured 2.64 (earlier real runs 2.50 to 2.92).
+/// Mixing at 5 % loss per leg: measured 2.64 to 3.25 (earlier real runs 2.50 to 2.92).
 const MIX_LOSSY_FLOOR: f64 = 2.3;

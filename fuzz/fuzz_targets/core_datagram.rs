@@ -40,7 +40,10 @@ fn offers() -> &'static [(SocketAddr, String); 2] {
                 publish: true,
                 red,
             };
-            (local_addr, ClientPeer::new(now, config).expect("a client offer").1)
+            (
+                local_addr,
+                ClientPeer::new(now, config).expect("a client offer").1,
+            )
         };
         [make(40_001, 0), make(40_002, 2)]
     })
@@ -60,12 +63,29 @@ enum Source {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Datagram { after_us: u32, source: Source, data: Vec<u8> },
+    Datagram {
+        after_us: u32,
+        source: Source,
+        data: Vec<u8>,
+    },
     /// A STUN binding request with the real username of participant `which`, then arbitrary attributes.
-    Stun { after_us: u32, source: Source, which: bool, txid: [u8; 12], tail: Vec<u8> },
-    Timeout { after_us: u32 },
-    Mute { which: bool, muted: bool },
-    Remove { which: bool },
+    Stun {
+        after_us: u32,
+        source: Source,
+        which: bool,
+        txid: [u8; 12],
+        tail: Vec<u8>,
+    },
+    Timeout {
+        after_us: u32,
+    },
+    Mute {
+        which: bool,
+        muted: bool,
+    },
+    Remove {
+        which: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -79,7 +99,8 @@ struct Input {
 fuzz_target!(|input: Input| {
     let start = Instant::now();
     let candidate = SocketAddr::from(([127, 0, 0, 1], 50_000));
-    let mut core = MediaCore::with_certificate(start, CoreConfig::new(candidate, 7), cert().clone());
+    let mut core =
+        MediaCore::with_certificate(start, CoreConfig::new(candidate, 7), cert().clone());
     let room = RoomId("fuzz".to_owned());
     let room_config = if input.mixed {
         RoomConfig::mix(MixConfig::default())
@@ -108,11 +129,21 @@ fuzz_target!(|input: Input| {
     let mut now = start;
     for op in input.ops.iter().take(256) {
         match op {
-            Op::Datagram { after_us, source, data } => {
+            Op::Datagram {
+                after_us,
+                source,
+                data,
+            } => {
                 now += Duration::from_micros(u64::from(*after_us));
                 core.handle_datagram(now, source_addr(source), data);
             }
-            Op::Stun { after_us, source, which, txid, tail } => {
+            Op::Stun {
+                after_us,
+                source,
+                which,
+                txid,
+                tail,
+            } => {
                 now += Duration::from_micros(u64::from(*after_us));
                 let username = usernames[usize::from(*which) % usernames.len()].as_bytes();
                 let mut attrs = Vec::new();

@@ -88,7 +88,16 @@ fuzz_target!(|input: Input| {
             }
             Op::Reset => jb.reset(),
         }
-        assert!(jb.len() <= config.max_packets, "{} packets held, max {}", jb.len(), config.max_packets);
-        assert!(jb.target_delay() <= config.max_delay, "target {:?}", jb.target_delay());
+        assert!(
+            jb.len() <= config.max_packets,
+            "{} packets held, max {}",
+            jb.len(),
+            config.max_packets
+        );
+        assert!(
+            jb.target_delay() <= config.max_delay,
+            "target {:?}",
+            jb.target_delay()
+        );
     }
 });

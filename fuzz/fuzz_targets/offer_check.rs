@@ -36,6 +36,11 @@ fuzz_target!(|input: (u8, &str)| {
     if let Ok((peer, answer)) = Peer::from_offer(Instant::now(), ParticipantId(1), &params, sdp) {
         assert!(peer.slots.len() <= params.slots);
         // An answer has at most one m-line per offered one; bound it loosely by the offer size.
-        assert!(answer.len() <= 4096 + 64 * sdp.len(), "answer {} B for offer {} B", answer.len(), sdp.len());
+        assert!(
+            answer.len() <= 4096 + 64 * sdp.len(),
+            "answer {} B for offer {} B",
+            answer.len(),
+            sdp.len()
+        );
     }
 });

@@ -18,7 +18,13 @@ fuzz_target!(|input: (u8, &[u8])| {
         assert!(!f.payload.is_empty() && f.payload.len() <= red::MAX_BLOCK_LEN);
     }
     let mut out = Vec::new();
-    red::encode(opus_pt, parsed.primary, &parsed.redundant, |_, _| true, &mut out);
+    red::encode(
+        opus_pt,
+        parsed.primary,
+        &parsed.redundant,
+        |_, _| true,
+        &mut out,
+    );
     let again = red::parse(&out, opus_pt).expect("an encoded payload parses");
     assert_eq!(again, parsed, "parse(encode(parse(x))) == parse(x)");
 });

@@ -35,6 +35,20 @@ mod tests {
         }
     }
 
+    /// Found by the `signaling_message` fuzz target: serde_json's default float parser can land one ulp off
+    /// for long mantissas, so this id came back in `pong` as 4.000000000000001e24 (`float_roundtrip` fixes it).
+    #[test]
+    fn a_float_id_comes_back_unchanged() {
+        for text in [
+            r#"{"type":"ping","id":4.0000000000000005e+24}"#,
+            r#"{"type":"ping","id":1.7976931348623157e+308}"#,
+            r#"{"type":"ping","id":5e-324}"#,
+        ] {
+            let msg = parse_client(text).expect("parses");
+            assert_eq!(serde_json::to_string(&msg).expect("serializes"), text);
+        }
+    }
+
     #[test]
     fn id_must_be_a_number() {
         for text in [

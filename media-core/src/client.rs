@@ -53,6 +53,40 @@ pub struct ReceivedAudio {
     pub arrival: Instant,
 }
 
+impl ReceivedAudio {
+    /// Hand the packet to a receiver's jitter buffer, as a browser's would take it: the Opus frame, then a
+    /// RED packet's older frames to fill what is missing. `false` if the payload is not Opus.
+    pub fn push_into(&self, jitter: &mut crate::jitter::JitterBuffer) -> bool {
+        let Some((samples, has_fec)) = crate::mixer::opus_packet_info(&self.payload) else {
+            return false;
+        };
+        jitter.push(
+            self.arrival,
+            crate::jitter::JitterPacket {
+                seq: self.seq,
+                ts: self.timestamp,
+                samples,
+                has_fec,
+                audio_level: self.audio_level,
+                payload: self.payload.clone(),
+            },
+        );
+        if let Some(redundant) = &self.redundant {
+            let frames: Vec<RedundantFrame<'_>> = redundant
+                .iter()
+                .map(|(ts, payload)| RedundantFrame {
+                    ts_offset: self.timestamp.wrapping_sub(*ts),
+                    payload,
+                })
+                .collect();
+            for packet in crate::mixer::red_jitter_packets(self.seq, self.timestamp, &frames) {
+                jitter.push_redundant(packet);
+            }
+        }
+        true
+    }
+}
+
 /// What the client peer wants done.
 #[derive(Debug)]
 pub enum ClientOutput {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use media_core::audio::{self, FRAME_SAMPLES, SAMPLE_RATE};
 use media_core::client::{ClientPeer, ReceivedAudio};
-use media_core::jitter::{JitterBuffer, JitterConfig, JitterPacket, JitterStats, Playout};
+use media_core::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 
 /// One frame of audio.
 pub const FRAME: Duration = Duration::from_millis(20);
@@ -162,21 +162,10 @@ impl Default for Ear {
 impl Ear {
     /// A packet of the played stream arrived.
     pub fn receive(&mut self, a: &ReceivedAudio) {
-        let Some((samples, has_fec)) = media_core::mixer::opus_packet_info(&a.payload) else {
+        if !a.push_into(&mut self.jitter) {
             return;
-        };
+        }
         self.packets += 1;
-        self.jitter.push(
-            a.arrival,
-            JitterPacket {
-                seq: a.seq,
-                ts: a.timestamp,
-                samples,
-                has_fec,
-                audio_level: a.audio_level,
-                payload: a.payload.clone(),
-            },
-        );
         self.next_play.get_or_insert(a.arrival);
         self.record_rtp_time(a);
     }

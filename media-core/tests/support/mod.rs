@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use media_core::audio::{self, ToneAnalysis, ToneGenerator, FRAME_SAMPLES, SAMPLE_RATE};
 use media_core::client::{ClientConfig, ClientOutput, ClientPeer, ReceivedAudio};
-use media_core::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout};
-use media_core::mixer::red_jitter_packets;
-use media_core::red::RedundantFrame;
+use media_core::jitter::{JitterBuffer, JitterConfig, Playout};
 use media_core::sim::{LinkConfig, SimNet};
 use media_core::{
     CoreConfig, CoreEvent, JoinParams, MediaCore, Output, ParticipantId, RoomConfig, RoomId,
@@ -133,32 +131,8 @@ pub struct MixedPacketInfo {
 
 impl MixedStream {
     fn receive(&mut self, a: &ReceivedAudio) {
-        if let Some((samples, has_fec)) = media_core::mixer::opus_packet_info(&a.payload) {
-            self.jitter.push(
-                a.arrival,
-                JitterPacket {
-                    seq: a.seq,
-                    ts: a.timestamp,
-                    samples,
-                    has_fec,
-                    audio_level: a.audio_level,
-                    payload: a.payload.clone(),
-                },
-            );
+        if a.push_into(&mut self.jitter) {
             self.next_play.get_or_insert(a.arrival);
-        }
-        // RED: the older frames fill what is missing, as a browser's jitter buffer does with them.
-        if let Some(redundant) = &a.redundant {
-            let frames: Vec<RedundantFrame<'_>> = redundant
-                .iter()
-                .map(|(ts, payload)| RedundantFrame {
-                    ts_offset: a.timestamp.wrapping_sub(*ts),
-                    payload,
-                })
-                .collect();
-            for packet in red_jitter_packets(a.seq, a.timestamp, &frames) {
-                self.jitter.push_redundant(packet);
-            }
         }
         if let Some((seq, _)) = self.last {
             if a.seq <= seq {

@@ -256,19 +256,10 @@ impl Peer {
         destination: SocketAddr,
         data: &[u8],
     ) -> Result<(), PeerError> {
-        let Ok(contents) = data.try_into() else {
+        let Some(input) = udp_input(now, source, destination, data) else {
             // Not STUN, DTLS, RTP or RTCP: str0m refuses to classify it.
             return Ok(());
         };
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination,
-                contents,
-            },
-        );
         let rtc = &mut self.rtc;
         guard(|| rtc.handle_input(input))??;
         Ok(())
@@ -284,18 +275,9 @@ impl Peer {
         destination: SocketAddr,
         data: &[u8],
     ) -> bool {
-        let Ok(contents) = data.try_into() else {
+        let Some(input) = udp_input(now, source, destination, data) else {
             return false;
         };
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination,
-                contents,
-            },
-        );
         let rtc = &self.rtc;
         guard(|| rtc.accepts(&input)).unwrap_or(false)
     }
@@ -586,6 +568,25 @@ pub(crate) fn opus_pt(rtc: &Rtc, mid: Mid) -> Option<Pt> {
             .iter()
             .any(|p| p.pt() == *pt && p.spec().codec == Codec::Opus)
     })
+}
+
+/// A datagram as str0m's input; `None` for one str0m cannot classify (not STUN, DTLS, RTP or RTCP).
+fn udp_input<'a>(
+    now: Instant,
+    source: SocketAddr,
+    destination: SocketAddr,
+    data: &'a [u8],
+) -> Option<Input<'a>> {
+    let contents = data.try_into().ok()?;
+    Some(Input::Receive(
+        now,
+        Receive {
+            proto: Protocol::Udp,
+            source,
+            destination,
+            contents,
+        },
+    ))
 }
 
 /// Run a call into str0m so that a bug (panic) in it cannot take down the worker: the peer is dropped.

@@ -101,6 +101,16 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// An optional field that, when present, must be a value (`null` is refused, as the schema says; leave
+/// the field out for the server's default). With `#[serde(default)]` for the absent case.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// A path nobody serves: 404 with the JSON error shape.
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path")
@@ -108,6 +118,8 @@ pub async fn not_found() -> ApiError {
 
 /// Integer fields accept any JSON number with a zero fractional part (`15` and `15.0` alike), as JSON
 /// Schema's `integer` does; fractions, negatives and values out of the field's range are refused.
+/// Like every optional field, `null` is refused: the schema says integer, and leaving the field out is
+/// how to ask for the server's default.
 mod integer {
     use serde::de::{Deserialize, Deserializer, Error};
 
@@ -116,9 +128,7 @@ mod integer {
         D: Deserializer<'de>,
         T: TryFrom<u64>,
     {
-        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-            return Ok(None);
-        };
+        let n = serde_json::Number::deserialize(d)?;
         let value = match (n.as_u64(), n.as_f64()) {
             (Some(u), _) => u,
             // 2^64 as f64 is exact; below it every integer-valued f64 converts to u64 without loss.
@@ -309,6 +319,7 @@ async fn list_rooms(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
     pub name: String,
+    #[serde(default, deserialize_with = "present")]
     pub mode: Option<RoomMode>,
     #[serde(default, deserialize_with = "integer::opt")]
     pub slots: Option<u8>,
@@ -316,6 +327,7 @@ pub struct CreateRoom {
     pub max_participants: Option<usize>,
     #[serde(default, deserialize_with = "integer::opt")]
     pub empty_timeout_secs: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
     pub mix: Option<MixPatch>,
 }
 
@@ -327,7 +339,9 @@ pub struct MixPatch {
     pub bitrate_bps: Option<u32>,
     #[serde(default, deserialize_with = "integer::opt")]
     pub complexity: Option<u8>,
+    #[serde(default, deserialize_with = "present")]
     pub fec: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
     pub dtx: Option<bool>,
     #[serde(default, deserialize_with = "integer::opt")]
     pub jitter_min_ms: Option<u32>,

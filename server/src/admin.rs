@@ -132,7 +132,9 @@ mod integer {
         let value = match (n.as_u64(), n.as_f64()) {
             (Some(u), _) => u,
             // 2^64 as f64 is exact; below it every integer-valued f64 converts to u64 without loss.
-            (None, Some(f)) if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) => {
+            (None, Some(f))
+                if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) =>
+            {
                 f as u64
             }
             _ => {
@@ -589,6 +591,9 @@ mod tests {
         let spec = parse(r#"{"name": "a"}"#).expect("defaults are valid");
         assert_eq!(spec.settings, RoomSettings::forward(3));
         assert_eq!(spec.empty_timeout, Duration::from_secs(300));
+        let spec = parse(r#"{"name": "a", "mode": "forward", "slots": 5.0}"#)
+            .expect("an integer-valued float is an integer");
+        assert_eq!(spec.settings, RoomSettings::forward(5));
         let spec =
             parse(r#"{"name": "a", "mode": "mix", "mix": {"complexity": 9}}"#).expect("valid");
         assert_eq!(spec.settings.mode, RoomMode::Mix);
@@ -601,8 +606,34 @@ mod tests {
             r#"{"name": "a", "mode": "mix", "mix": {"jitter_min_ms": 300, "jitter_max_ms": 100}}"#,
             r#"{"name": "a", "max_participants": 0}"#,
             r#"{"name": "a", "empty_timeout_secs": 100000}"#,
+            r#"{"name": "a", "slots": 3}"#,
+            r#"{"name": "a", "mode": "mix", "mix": {"complexity": 11}}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        let err = parse(r#"{"name": "a", "mode": "mix", "mix": {"jitter_min_ms": 201}}"#)
+            .expect_err("above the default jitter_max_ms");
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_settings")
+        );
+    }
+
+    #[test]
+    fn integers_may_be_written_as_floats_but_not_as_fractions_or_null() {
+        let parse = |json: &str| serde_json::from_str::<CreateRoom>(json).map(|r| r.slots);
+        assert_eq!(parse(r#"{"name": "a", "slots": 3}"#).ok(), Some(Some(3)));
+        assert_eq!(parse(r#"{"name": "a", "slots": 3.0}"#).ok(), Some(Some(3)));
+        assert_eq!(parse(r#"{"name": "a", "slots": -0.0}"#).ok(), Some(Some(0)));
+        assert_eq!(parse(r#"{"name": "a"}"#).ok(), Some(None));
+        for bad in [
+            "3.5", "-1", "-1.0", "256", "256.0", "1e300", "null", "\"3\"",
+        ] {
+            assert!(
+                parse(&format!(r#"{{"name": "a", "slots": {bad}}}"#)).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(serde_json::from_str::<CreateRoom>(r#"{"name": "a", "mode": null}"#).is_err());
     }
 }

@@ -101,9 +101,7 @@ async fn admin_api_agrees_with_its_openapi_document() -> anyhow::Result<()> {
                     )
                     .await
                 {
-                    Ok((200, body)) => json(&body)["participants"]
-                        .as_array()
-                        .map_or(0, Vec::len),
+                    Ok((200, body)) => json(&body)["participants"].as_array().map_or(0, Vec::len),
                     _ => 0,
                 };
                 for _ in present..2 {
@@ -125,7 +123,10 @@ async fn admin_api_agrees_with_its_openapi_document() -> anyhow::Result<()> {
     // Everything but the drain, which is one-way: it turns every later room creation into 503.
     let (ok, requests, out) =
         run_schemathesis(&server, &admin, &["--exclude-operation-id", "startDrain"]).await?;
-    println!("schemathesis ({}): {requests} requests\n{out}", st.display());
+    println!(
+        "schemathesis ({}): {requests} requests\n{out}",
+        st.display()
+    );
     assert!(ok, "schemathesis found failures:\n{out}");
     assert!(requests > 1000, "too few requests ({requests}):\n{out}");
     // Every operation got past 404 (the kick and mute links reached the lobby's participants).
@@ -148,8 +149,15 @@ async fn admin_api_agrees_with_its_openapi_document() -> anyhow::Result<()> {
     )
     .await?;
     println!("schemathesis, drain: {drain_requests} requests\n{out}");
-    assert!(ok, "schemathesis found failures in the drain operations:\n{out}");
-    assert_eq!(server.http_get("/readyz").await?.0, 503, "the server drains");
+    assert!(
+        ok,
+        "schemathesis found failures in the drain operations:\n{out}"
+    );
+    assert_eq!(
+        server.http_get("/readyz").await?.0,
+        503,
+        "the server drains"
+    );
     println!(
         "schemathesis made {} requests in all",
         requests + drain_requests

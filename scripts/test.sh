@@ -67,7 +67,9 @@ unit_dir=$(mktemp -d)
 sed "s|^ExecStart=/usr/local/bin/chorus |ExecStart=$ROOT/target/debug/chorus |" \
   deploy/systemd/chorus.service > "$unit_dir/chorus.service"
 grep -q "^ExecStart=$ROOT/target/debug/chorus " "$unit_dir/chorus.service"
-SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$unit_dir/chorus.service"
+# systemd ignores a bad setting with a warning and exits 0: any output is a failure.
+verify_out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$unit_dir/chorus.service" 2>&1) || true
+if [ -n "$verify_out" ]; then echo "$verify_out"; exit 1; fi
 rm -rf "$unit_dir"
 # Strict: unknown fields fail. The PodMonitor (Prometheus operator CRD) has no schema there: a warning.
 .venv/bin/kubernetes-validate --strict --quiet --kubernetes-version 1.33.0 deploy/kubernetes/*.yaml

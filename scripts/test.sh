@@ -25,6 +25,9 @@ py_include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"
 [ -f "$py_include/Python.h" ] || need_apt+=(python3-dev)
 command -v cc >/dev/null || need_apt+=(gcc)
 # --- end speech-quality tests ---
+# --- deploy checks: systemd-analyze verify on the unit ---
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# --- end deploy checks ---
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -33,22 +36,43 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# PESQ (ITU-T P.862.2 wide-band) scorer for the speech-quality tests: a venv at .venv, made once.
+# A venv at .venv, made once: the PESQ (ITU-T P.862.2 wide-band) scorer for the speech-quality tests,
+# schemathesis for the property-based test of docs/openapi.json (tests/tests/ops/api_spec.rs), and
+# kubernetes-validate (it ships the Kubernetes API schemas) for deploy/kubernetes.
 if ! .venv/bin/python -c 'import pesq, numpy, scipy' 2>/dev/null; then
   step "creating .venv with pesq, numpy, scipy"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check numpy scipy cython
   .venv/bin/pip install --quiet --disable-pip-version-check pesq
 fi
+if ! { [ -x .venv/bin/schemathesis ] && [ -x .venv/bin/kubernetes-validate ]; }; then
+  step "installing schemathesis and kubernetes-validate into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' 'kubernetes-validate>=1.33,<2'
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
 step "cargo build (chorus binary for end-to-end tests)"
-cargo build --quiet -p chorus-server --bin chorus
+cargo build --locked --quiet -p chorus-server --bin chorus
 step "cargo test"
-cargo test --workspace
+cargo test --locked --workspace
+
+# The deploy files, checked by the real tools. The Dockerfile builds with `cargo build --release --locked`:
+# the cargo steps above use --locked too, so a stale Cargo.lock fails here as it would in the image build.
+step "deploy: systemd-analyze verify, kubernetes-validate"
+unit_dir=$(mktemp -d)
+# verify needs ExecStart's binary to exist: check a copy that runs the binary just built.
+sed "s|^ExecStart=/usr/local/bin/chorus |ExecStart=$ROOT/target/debug/chorus |" \
+  deploy/systemd/chorus.service > "$unit_dir/chorus.service"
+grep -q "^ExecStart=$ROOT/target/debug/chorus " "$unit_dir/chorus.service"
+# systemd ignores a bad setting with a warning and exits 0: any output is a failure.
+verify_out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$unit_dir/chorus.service" 2>&1) || true
+if [ -n "$verify_out" ]; then echo "$verify_out"; exit 1; fi
+rm -rf "$unit_dir"
+# Strict: unknown fields fail. The PodMonitor (Prometheus operator CRD) has no schema there: a warning.
+.venv/bin/kubernetes-validate --strict --quiet --kubernetes-version 1.33.0 deploy/kubernetes/*.yaml
 
 if [ "${1:-}" = "--rust" ]; then exit 0; fi
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -43,6 +43,16 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
+
+    /// The request matches the schema but its settings contradict each other (the one rule JSON Schema
+    /// cannot state: `jitter_min_ms <= jitter_max_ms`, after the server's defaults fill absent fields).
+    fn invalid_settings(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_settings",
+            message,
+        )
+    }
 }
 
 impl From<AdminError> for ApiError {
@@ -60,8 +70,82 @@ impl From<AdminError> for ApiError {
 }
 
 impl From<JsonRejection> for ApiError {
+    /// A body over [`MAX_BODY_BYTES`] is 413, one without `Content-Type: application/json` 415; a body
+    /// that is not JSON or does not match the schema is 400.
     fn from(e: JsonRejection) -> Self {
-        ApiError::bad_request(e.body_text())
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is over {MAX_BODY_BYTES} bytes"),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                e.body_text(),
+            ),
+            _ => ApiError::bad_request(e.body_text()),
+        }
+    }
+}
+
+/// Largest admin request body; the largest valid one (a room with every setting) is under 1 KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A method the path does not serve: 405 with the JSON error shape (axum adds the `Allow` header).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not serve that method (see the Allow header)",
+    )
+}
+
+/// An optional field that, when present, must be a value (`null` is refused, as the schema says; leave
+/// the field out for the server's default). With `#[serde(default)]` for the absent case.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// A path nobody serves: 404 with the JSON error shape.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path")
+}
+
+/// Integer fields accept any JSON number with a zero fractional part (`15` and `15.0` alike), as JSON
+/// Schema's `integer` does; fractions, negatives and values out of the field's range are refused.
+/// Like every optional field, `null` is refused: the schema says integer, and leaving the field out is
+/// how to ask for the server's default.
+mod integer {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    pub fn opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        let n = serde_json::Number::deserialize(d)?;
+        let value = match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => u,
+            // 2^64 as f64 is exact; below it every integer-valued f64 converts to u64 without loss.
+            (None, Some(f))
+                if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) =>
+            {
+                f as u64
+            }
+            _ => {
+                return Err(D::Error::custom(format!(
+                    "expected a non-negative integer, found {n}"
+                )))
+            }
+        };
+        T::try_from(value)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{n} is out of range")))
     }
 }
 
@@ -113,6 +197,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             post(mute_participant),
         )
         .route("/admin/v1/drain", get(drain_status).post(start_drain))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(state, authorize))
 }
 
@@ -139,7 +224,8 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
         s if s.is_success() => "ok",
         StatusCode::BAD_REQUEST
         | StatusCode::UNPROCESSABLE_ENTITY
-        | StatusCode::UNSUPPORTED_MEDIA_TYPE => "bad_request",
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        | StatusCode::PAYLOAD_TOO_LARGE => "bad_request",
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => "not_found",
@@ -229,15 +315,21 @@ async fn list_rooms(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
     Json(serde_json::json!({ "rooms": rooms }))
 }
 
-/// `POST /admin/v1/rooms`: every field but `name` is optional (server defaults).
+/// `POST /admin/v1/rooms`: every field but `name` is optional (server defaults). `slots` and `mix` are
+/// settings of one mode, so they need `mode`: a request means the same whatever the server's default mode.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
     pub name: String,
+    #[serde(default, deserialize_with = "present")]
     pub mode: Option<RoomMode>,
+    #[serde(default, deserialize_with = "integer::opt")]
     pub slots: Option<u8>,
+    #[serde(default, deserialize_with = "integer::opt")]
     pub max_participants: Option<usize>,
+    #[serde(default, deserialize_with = "integer::opt")]
     pub empty_timeout_secs: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
     pub mix: Option<MixPatch>,
 }
 
@@ -245,15 +337,49 @@ pub struct CreateRoom {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixPatch {
+    #[serde(default, deserialize_with = "integer::opt")]
     pub bitrate_bps: Option<u32>,
+    #[serde(default, deserialize_with = "integer::opt")]
     pub complexity: Option<u8>,
+    #[serde(default, deserialize_with = "present")]
     pub fec: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
     pub dtx: Option<bool>,
+    #[serde(default, deserialize_with = "integer::opt")]
     pub jitter_min_ms: Option<u32>,
+    #[serde(default, deserialize_with = "integer::opt")]
     pub jitter_max_ms: Option<u32>,
 }
 
+/// The most a jitter-buffer bound may be, in milliseconds.
+const MAX_JITTER_MS: u32 = 1000;
+
 impl MixPatch {
+    /// The ranges docs/openapi.json states for each field on its own (400 when out of range).
+    fn check_ranges(&self) -> Result<(), ApiError> {
+        if self
+            .bitrate_bps
+            .is_some_and(|b| !(6_000..=128_000).contains(&b))
+        {
+            return Err(ApiError::bad_request(
+                "mix bitrate_bps must be 6000 to 128000",
+            ));
+        }
+        if self.complexity.is_some_and(|c| c > 10) {
+            return Err(ApiError::bad_request("mix complexity must be 0 to 10"));
+        }
+        if [self.jitter_min_ms, self.jitter_max_ms]
+            .iter()
+            .flatten()
+            .any(|&ms| ms > MAX_JITTER_MS)
+        {
+            return Err(ApiError::bad_request(
+                "mix jitter_min_ms and jitter_max_ms must be 0 to 1000",
+            ));
+        }
+        Ok(())
+    }
+
     fn apply(self, base: MixSettings) -> MixSettings {
         MixSettings {
             bitrate_bps: self.bitrate_bps.unwrap_or(base.bitrate_bps),
@@ -271,6 +397,11 @@ pub fn room_spec(
     req: CreateRoom,
     defaults: &crate::config::RoomDefaults,
 ) -> Result<RoomSpec, ApiError> {
+    if req.mode.is_none() && (req.slots.is_some() || req.mix.is_some()) {
+        return Err(ApiError::bad_request(
+            "\"slots\" and \"mix\" need \"mode\" (the server's default mode is configuration)",
+        ));
+    }
     let mode = req.mode.unwrap_or(defaults.default_mode);
     let settings = match mode {
         RoomMode::Forward => {
@@ -287,8 +418,13 @@ pub fn room_spec(
             if req.slots.is_some_and(|s| s != 1) {
                 return Err(ApiError::bad_request("a mixed room has exactly one slot"));
             }
-            let mix = req.mix.unwrap_or_default().apply(defaults.mix);
-            mix_config(&mix).validate().map_err(ApiError::bad_request)?;
+            let patch = req.mix.unwrap_or_default();
+            patch.check_ranges()?;
+            let mix = patch.apply(defaults.mix);
+            // Every field is in range, so what remains is the order of the jitter bounds.
+            mix_config(&mix)
+                .validate()
+                .map_err(ApiError::invalid_settings)?;
             RoomSettings::mix(mix)
         }
     };
@@ -455,6 +591,9 @@ mod tests {
         let spec = parse(r#"{"name": "a"}"#).expect("defaults are valid");
         assert_eq!(spec.settings, RoomSettings::forward(3));
         assert_eq!(spec.empty_timeout, Duration::from_secs(300));
+        let spec = parse(r#"{"name": "a", "mode": "forward", "slots": 5.0}"#)
+            .expect("an integer-valued float is an integer");
+        assert_eq!(spec.settings, RoomSettings::forward(5));
         let spec =
             parse(r#"{"name": "a", "mode": "mix", "mix": {"complexity": 9}}"#).expect("valid");
         assert_eq!(spec.settings.mode, RoomMode::Mix);
@@ -467,8 +606,34 @@ mod tests {
             r#"{"name": "a", "mode": "mix", "mix": {"jitter_min_ms": 300, "jitter_max_ms": 100}}"#,
             r#"{"name": "a", "max_participants": 0}"#,
             r#"{"name": "a", "empty_timeout_secs": 100000}"#,
+            r#"{"name": "a", "slots": 3}"#,
+            r#"{"name": "a", "mode": "mix", "mix": {"complexity": 11}}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        let err = parse(r#"{"name": "a", "mode": "mix", "mix": {"jitter_min_ms": 201}}"#)
+            .expect_err("above the default jitter_max_ms");
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_settings")
+        );
+    }
+
+    #[test]
+    fn integers_may_be_written_as_floats_but_not_as_fractions_or_null() {
+        let parse = |json: &str| serde_json::from_str::<CreateRoom>(json).map(|r| r.slots);
+        assert_eq!(parse(r#"{"name": "a", "slots": 3}"#).ok(), Some(Some(3)));
+        assert_eq!(parse(r#"{"name": "a", "slots": 3.0}"#).ok(), Some(Some(3)));
+        assert_eq!(parse(r#"{"name": "a", "slots": -0.0}"#).ok(), Some(Some(0)));
+        assert_eq!(parse(r#"{"name": "a"}"#).ok(), Some(None));
+        for bad in [
+            "3.5", "-1", "-1.0", "256", "256.0", "1e300", "null", "\"3\"",
+        ] {
+            assert!(
+                parse(&format!(r#"{{"name": "a", "slots": {bad}}}"#)).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(serde_json::from_str::<CreateRoom>(r#"{"name": "a", "mode": null}"#).is_err());
     }
 }

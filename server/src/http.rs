@@ -63,6 +63,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/dev-token", get(dev_token))
         .merge(crate::admin::router(state.clone()))
+        .method_not_allowed_fallback(crate::admin::method_not_allowed)
+        .fallback(crate::admin::not_found)
         .with_state(state)
 }
 

@@ -3,6 +3,7 @@
 //! Prometheus server (Debian package `prometheus`; scripts/test.sh installs it).
 
 mod admin;
+mod api_spec;
 mod drain;
 mod limits;
 mod prom;

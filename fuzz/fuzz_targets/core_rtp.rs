@@ -390,7 +390,7 @@ fuzz_target!(|input: Input| {
     // the talkers must still be heard at the end.
     let mut sane = true;
     let mut muted = [false; CLIENTS];
-    for op in input.ops.iter().take(64) {
+    for op in input.ops.iter().take(256) {
         match op {
             Op::Rtp {
                 client,

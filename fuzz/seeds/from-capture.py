@@ -190,7 +190,7 @@ def core_rtp_seed(packets, red):
     for p in packets:
         if len(p) <= 2:
             gap += 960
-            ops.append(variant(2, 5) + u16(20))  # Step 20 ms
+            ops.append(variant(2, 6) + u16(20))  # Step 20 ms
             continue
         for client in (0, 2):
             if red and previous is not None:
@@ -201,7 +201,7 @@ def core_rtp_seed(packets, red):
                 payload = variant(1, 3) + vec_u8(p)  # Payload::Raw
                 pt = variant(0, 3)
             ops.append(
-                variant(0, 5)  # Rtp
+                variant(0, 6)  # Rtp
                 + u8(client)
                 + pt
                 + i16(0)  # seq_delta
@@ -211,7 +211,7 @@ def core_rtp_seed(packets, red):
                 + option(boolean(level(p) < 127))  # voice_activity
                 + payload
             )
-        ops.append(variant(2, 5) + u16(20))
+        ops.append(variant(2, 6) + u16(20))
         previous = p
         gap = 0
     return vec(ops)

@@ -313,6 +313,8 @@ pub struct SoakSample {
     pub server_cpu_s: Option<f64>,
     /// Server CPU since the previous sample, % of one core.
     pub server_cpu_pct: Option<f64>,
+    /// Datagrams the kernel dropped on the server's full UDP receive queues so far.
+    pub server_udp_drops: Option<u64>,
     pub tool_cpu_pct: f64,
     pub metrics: BTreeMap<String, f64>,
     pub metrics_error: Option<String>,
@@ -374,6 +376,10 @@ pub struct SoakReport {
     pub mixer_ticks_skipped_per_h: Option<f64>,
     /// Session queue drops (`chorus_*_events_dropped_total`), after the warm-up.
     pub queue_drops: Option<f64>,
+    /// Datagrams the kernel dropped on the server's full UDP receive queues, after the warm-up.
+    pub server_udp_drops: Option<u64>,
+    /// Participants that left their room, by the server's reason (`chorus_leaves_total`), whole run.
+    pub server_leaves: BTreeMap<String, f64>,
     /// Increase of every trouble counter of /metrics after the warm-up.
     pub trouble_counters: BTreeMap<String, f64>,
     pub expected: u64,
@@ -410,10 +416,10 @@ pub fn text(r: &SoakReport) -> String {
     line(
         "soak",
         format!(
-            "{:?} rooms, {} rooms × {} participants, {} talkers/room ({}), churn {}/min ({}% abrupt), seed {}",
+            "{:?} rooms, {} participants in {} rooms, {} talkers/room ({}), churn {}/min ({}% abrupt), seed {}",
             r.modes,
-            r.rooms,
             r.participants,
+            r.rooms,
             r.talkers_per_room,
             r.talk_model,
             r.churn_per_min,
@@ -472,6 +478,19 @@ pub fn text(r: &SoakReport) -> String {
         ),
     );
     line("session queue drops", opt(r.queue_drops, 0));
+    line(
+        "server UDP receive-queue drops (kernel)",
+        r.server_udp_drops.map_or("-".into(), |d| d.to_string()),
+    );
+    line(
+        "server leaves by reason (whole run)",
+        r.server_leaves
+            .iter()
+            .filter(|(_, v)| **v > 0.0)
+            .map(|(k, v)| format!("{} {v}", k.trim_start_matches("chorus_leaves_total")))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     line(
         "loss (received vs expected)",
         format!(
@@ -852,6 +871,10 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, RunError> {
                 server_rss_mb: server.map(|s| s.rss_kb as f64 / 1024.0),
                 server_cpu_s: server.map(|s| s.cpu_s()),
                 server_cpu_pct,
+                server_udp_drops: base
+                    .server_pid
+                    .and_then(|p| procstat::udp_drops(p).ok())
+                    .map(|(_, d)| d),
                 tool_cpu_pct,
                 metrics,
                 metrics_error,
@@ -1167,6 +1190,16 @@ fn build_report(
         mixer_ticks_late_per_h: per_h("chorus_mixer_ticks_late_total"),
         mixer_ticks_skipped_per_h: per_h("chorus_mixer_ticks_skipped_total"),
         queue_drops,
+        server_udp_drops: first
+            .zip(last)
+            .and_then(|(a, b)| Some(b.server_udp_drops?.saturating_sub(a.server_udp_drops?))),
+        server_leaves: last.map_or_else(BTreeMap::new, |l| {
+            l.metrics
+                .iter()
+                .filter(|(k, _)| metric_name(k) == "chorus_leaves_total")
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        }),
         trouble_counters: trouble,
         expected: e0 + e1,
         received: r0 + r1,

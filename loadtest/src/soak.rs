@@ -42,7 +42,7 @@ impl SoakModes {
         match self {
             SoakModes::Forward => Mode::Forward,
             SoakModes::Mix => Mode::Mix,
-            SoakModes::Both if room % 2 == 0 => Mode::Forward,
+            SoakModes::Both if room.is_multiple_of(2) => Mode::Forward,
             SoakModes::Both => Mode::Mix,
         }
     }

@@ -42,7 +42,7 @@ mkdir -p "$OUT"
 
 echo "== starting chorus on 127.0.0.1:$PORT (dev mode, $WORKERS media worker(s)), log $OUT/chorus.log"
 "$CHORUS" --http-listen "127.0.0.1:$PORT" --media-port-start $((PORT + 2)) --workers "$WORKERS" \
-  --dev-mode true --room-max-participants 100000 --http-max-connections-per-ip 100000 \
+  --dev-mode true --room-max-participants 100000 --http-max-connections-per-ip 10000 \
   > "$OUT/chorus.log" 2>&1 &
 PID=$!
 cleanup() { if kill -0 "$PID" 2>/dev/null; then kill -INT "$PID" 2>/dev/null || true; fi; }
@@ -72,7 +72,7 @@ if kill -0 "$PID" 2>/dev/null; then
   wait "$PID" || true
 else
   wait "$PID" || rc=$?
-  t=$(echo "$(date +%s.%N) - $t0" | bc)
+  t=$(printf '%.2f' "$(echo "$(date +%s.%N) - $t0" | bc)")
   if [ "$rc" = 0 ] && grep -q "drained: no participants left" "$OUT/chorus.log"; then
     drain="clean: exit 0 after ${t} s, no participants left to close"
   else

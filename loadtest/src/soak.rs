@@ -483,7 +483,7 @@ pub fn text(r: &SoakReport) -> String {
         r.server_udp_drops.map_or("-".into(), |d| d.to_string()),
     );
     line(
-        "server leaves by reason (whole run)",
+        "server leaves by reason (last sample)",
         r.server_leaves
             .iter()
             .filter(|(_, v)| **v > 0.0)
@@ -674,6 +674,7 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, RunError> {
     let mut next_sample = Instant::now();
     let mut prev_proc: Option<(Instant, Option<ProcSample>, ProcSample)> = None;
     let mut tool_socket_drops = 0;
+    let mut pending: Option<(SoakSample, ScrapeTask)> = None;
     loop {
         let now = Instant::now();
         // Events from the participants.
@@ -816,22 +817,18 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, RunError> {
             }
         }
         // Every sample period: a sample.
+        // The scrape runs as its own task: a server that stops answering must not stop this loop (the
+        // silence check above would then miss exactly the outage it is there to see).
+        if pending.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+            let (sample, h) = pending.take().expect("checked above");
+            finish_sample(sample, h.await, base.progress, &mut samples);
+        }
         if now >= next_sample {
             next_sample += config.sample_every;
-            let (metrics, metrics_error) = match &metrics_url {
-                Some(u) => match http("GET", u, None, None).await {
-                    Ok((200, body)) => (
-                        parse_metrics(&body)
-                            .into_iter()
-                            .filter(|(k, _)| is_watched(k))
-                            .collect(),
-                        None,
-                    ),
-                    Ok((s, _)) => (BTreeMap::new(), Some(format!("HTTP {s}"))),
-                    Err(e) => (BTreeMap::new(), Some(e)),
-                },
-                None => (BTreeMap::new(), Some("no metrics URL".into())),
-            };
+            if let Some((sample, h)) = pending.take() {
+                finish_sample(sample, h.await, base.progress, &mut samples);
+            }
+            let scrape = tokio::spawn(scrape(metrics_url.clone()));
             let snap = engine.snapshot().await?;
             latency_absorb(&mut latency, &snap, ramp_done, config.warmup);
             let server = base.server_pid.and_then(|p| procstat::sample(Some(p)).ok());
@@ -876,35 +873,19 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, RunError> {
                     .and_then(|p| procstat::udp_drops(p).ok())
                     .map(|(_, d)| d),
                 tool_cpu_pct,
-                metrics,
-                metrics_error,
+                metrics: BTreeMap::new(),
+                metrics_error: None,
             };
-            if base.progress {
-                let m = |k: &str| sample.metrics.get(k).copied();
-                eprintln!(
-                    "[{:7.1}s] joined {:3} | joins {} ok {} failed | lost {} closed {} silent | loss {}% | server rss {} MB cpu {}% | tool cpu {:.1}% | ticks late {} skipped {}",
-                    sample.t_s,
-                    joined,
-                    sample.joins_ok,
-                    sample.joins_failed,
-                    sample.ws_closed_unasked,
-                    sample.silence_episodes,
-                    opt(pct(
-                        (expected[0] + expected[1]).saturating_sub(received[0] + received[1]),
-                        expected[0] + expected[1]
-                    ), 3),
-                    opt(sample.server_rss_mb, 1),
-                    opt(sample.server_cpu_pct, 1),
-                    sample.tool_cpu_pct,
-                    opt(m("chorus_mixer_ticks_late_total"), 0),
-                    opt(m("chorus_mixer_ticks_skipped_total"), 0),
-                );
-            }
-            samples.push(sample);
+            pending = Some((sample, scrape));
         }
-        if ramp_done.is_some_and(|r| now >= r + base.duration) && !samples.is_empty() {
-            let last = samples.last().expect("checked non-empty");
-            if last.steady_s >= base.duration.as_secs_f64() {
+        if ramp_done.is_some_and(|r| now >= r + base.duration) {
+            if let Some((sample, h)) = pending.take() {
+                finish_sample(sample, h.await, base.progress, &mut samples);
+            }
+            if samples
+                .last()
+                .is_some_and(|l| l.steady_s >= base.duration.as_secs_f64())
+            {
                 break;
             }
             next_sample = now; // one closing sample
@@ -943,6 +924,58 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, RunError> {
         tool_socket_drops,
         samples,
     ))
+}
+
+type ScrapeTask = tokio::task::JoinHandle<Result<BTreeMap<String, f64>, String>>;
+
+/// The watched samples of the server's /metrics.
+async fn scrape(url: Option<String>) -> Result<BTreeMap<String, f64>, String> {
+    let url = url.ok_or_else(|| "no metrics URL".to_string())?;
+    match http("GET", &url, None, None).await? {
+        (200, body) => Ok(parse_metrics(&body)
+            .into_iter()
+            .filter(|(k, _)| is_watched(k))
+            .collect()),
+        (s, _) => Err(format!("HTTP {s}")),
+    }
+}
+
+/// Complete a sample with its scrape, print the progress line, keep it.
+fn finish_sample(
+    mut sample: SoakSample,
+    scraped: Result<Result<BTreeMap<String, f64>, String>, tokio::task::JoinError>,
+    progress: bool,
+    samples: &mut Vec<SoakSample>,
+) {
+    match scraped.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(m) => sample.metrics = m,
+        Err(e) => sample.metrics_error = Some(e),
+    }
+    if progress {
+        let m = |k: &str| sample.metrics.get(k).copied();
+        let expected = sample.expected[0] + sample.expected[1];
+        let received = sample.received[0] + sample.received[1];
+        eprintln!(
+            "[{:7.1}s] joined {:3} | joins {} ok {} failed | lost {} closed {} silent | loss {}% | server rss {} MB cpu {}% | tool cpu {:.1}% | ticks late {} skipped {}{}",
+            sample.t_s,
+            sample.participants_joined,
+            sample.joins_ok,
+            sample.joins_failed,
+            sample.ws_closed_unasked,
+            sample.silence_episodes,
+            opt(pct(expected.saturating_sub(received), expected), 3),
+            opt(sample.server_rss_mb, 1),
+            opt(sample.server_cpu_pct, 1),
+            sample.tool_cpu_pct,
+            opt(m("chorus_mixer_ticks_late_total"), 0),
+            opt(m("chorus_mixer_ticks_skipped_total"), 0),
+            sample
+                .metrics_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" | metrics: {e}")),
+        );
+    }
+    samples.push(sample);
 }
 
 fn latency_absorb(
@@ -1087,26 +1120,31 @@ fn build_report(
     let first = measured.first().copied();
     let last = measured.last().copied();
     let measured_s = first.zip(last).map_or(0.0, |(a, b)| b.t_s - a.t_s);
-    let hours = measured_s / 3600.0;
     let rss: Vec<(f64, f64)> = measured
         .iter()
         .filter_map(|s| s.server_rss_mb.map(|r| (s.t_s / 3600.0, r)))
         .collect();
+    // Metric deltas between the first and last measured samples whose scrape succeeded.
+    let mfirst = measured.iter().find(|s| !s.metrics.is_empty()).copied();
+    let mlast = measured.iter().rfind(|s| !s.metrics.is_empty()).copied();
+    let mhours = mfirst
+        .zip(mlast)
+        .map_or(0.0, |(a, b)| (b.t_s - a.t_s) / 3600.0);
     let delta = |k: &str| -> Option<f64> {
-        let a = first?.metrics.get(k)?;
-        let b = last?.metrics.get(k)?;
+        let a = mfirst?.metrics.get(k)?;
+        let b = mlast?.metrics.get(k)?;
         Some(b - a)
     };
-    let per_h = |k: &str| delta(k).filter(|_| hours > 0.0).map(|d| d / hours);
+    let per_h = |k: &str| delta(k).filter(|_| mhours > 0.0).map(|d| d / mhours);
     let mut trouble = BTreeMap::new();
-    if let Some(l) = last {
+    if let Some(l) = mlast {
         for k in l.metrics.keys().filter(|k| is_trouble_counter(k)) {
             if let Some(d) = delta(k) {
                 trouble.insert(k.clone(), d);
             }
         }
     }
-    let queue_drops = last.map(|_| {
+    let queue_drops = mlast.map(|_| {
         trouble
             .iter()
             .filter(|(k, _)| metric_name(k).ends_with("_events_dropped_total"))
@@ -1193,7 +1231,7 @@ fn build_report(
         server_udp_drops: first
             .zip(last)
             .and_then(|(a, b)| Some(b.server_udp_drops?.saturating_sub(a.server_udp_drops?))),
-        server_leaves: last.map_or_else(BTreeMap::new, |l| {
+        server_leaves: mlast.map_or_else(BTreeMap::new, |l| {
             l.metrics
                 .iter()
                 .filter(|(k, _)| metric_name(k) == "chorus_leaves_total")

@@ -105,6 +105,10 @@ pub struct Snapshot {
     pub engine_cpu_s: f64,
     /// Datagrams the kernel dropped on the tool's full receive queue (the tool fell behind).
     pub tool_socket_drops: u64,
+    /// Per room: (expected, received) packets of every stream so far, retired participants included.
+    pub by_room: std::collections::BTreeMap<usize, (u64, u64)>,
+    /// Every participant still in the engine and alive: (index, arrival of its latest audio packet).
+    pub live: Vec<(usize, Option<Instant>)>,
 }
 
 /// One received stream's final figures.
@@ -134,6 +138,9 @@ enum Command {
         reply: oneshot::Sender<Result<(), String>>,
     },
     Remove {
+        index: usize,
+    },
+    Retire {
         index: usize,
     },
     Snapshot {
@@ -262,6 +269,12 @@ impl Engine {
         let _ = self.send(Command::Remove { index });
     }
 
+    /// Drop participant `index` for good (it left): its peer goes silent at once and its memory is
+    /// freed; its streams' counts stay in the totals (and in [`Snapshot::by_room`]).
+    pub fn retire(&self, index: usize) {
+        let _ = self.send(Command::Retire { index });
+    }
+
     pub async fn snapshot(&self) -> Result<Snapshot, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Snapshot { reply })?;
@@ -294,6 +307,7 @@ struct Participant {
     chirp_pos: Option<usize>,
     next_chirp: Option<Instant>,
     alive: bool,
+    last_audio: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -318,6 +332,8 @@ struct Loop {
     pcm: Vec<f32>,
     /// Kernel arrival time of the datagram being handled (RTP in it is timed by this).
     arrival: Option<Instant>,
+    /// Per room: (expected, received) of the streams of retired participants.
+    retired: std::collections::BTreeMap<usize, (u64, u64)>,
 }
 
 fn is_rtp(d: &[u8]) -> bool {
@@ -348,6 +364,7 @@ impl Loop {
             stamped: Vec::with_capacity(1500),
             pcm: vec![0f32; FRAME_SAMPLES * 6],
             arrival: None,
+            retired: std::collections::BTreeMap::new(),
         }
     }
 
@@ -440,6 +457,15 @@ impl Loop {
                     p.alive = false;
                 }
             }
+            Command::Retire { index } => {
+                if let Some(p) = self.parts.get_mut(index).and_then(|p| p.take()) {
+                    let e = self.retired.entry(p.spec.room).or_default();
+                    for s in p.streams.values() {
+                        e.0 += s.expected();
+                        e.1 += s.received;
+                    }
+                }
+            }
             Command::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot(now));
             }
@@ -497,6 +523,7 @@ impl Loop {
             chirp_pos: None,
             next_chirp: None,
             alive: true,
+            last_audio: None,
         };
         if self.parts.len() <= spec.index {
             self.parts.resize_with(spec.index + 1, || None);
@@ -714,6 +741,7 @@ impl Loop {
         if let Some(tx) = p.first_audio.take() {
             let _ = tx.send(arrival);
         }
+        p.last_audio = Some(arrival);
         p.streams
             .entry(a.ssrc)
             .or_insert_with(|| StreamStats::new(a.seq, epoch))
@@ -761,13 +789,21 @@ impl Loop {
     }
 
     fn snapshot(&mut self, now: Instant) -> Snapshot {
-        let (mut expected, mut received) = (0, 0);
+        let mut by_room = self.retired.clone();
+        self.snap.live.clear();
         for p in self.parts.iter().flatten() {
+            let e = by_room.entry(p.spec.room).or_default();
             for s in p.streams.values() {
-                expected += s.expected();
-                received += s.received;
+                e.0 += s.expected();
+                e.1 += s.received;
+            }
+            if p.alive {
+                self.snap.live.push((p.spec.index, p.last_audio));
             }
         }
+        let expected = by_room.values().map(|v| v.0).sum();
+        let received = by_room.values().map(|v| v.1).sum();
+        self.snap.by_room = by_room;
         self.snap.expected = expected;
         self.snap.received = received;
         self.snap.at = Some(now);

@@ -12,6 +12,7 @@ pub mod procstat;
 pub mod report;
 pub mod run;
 pub mod signal;
+pub mod soak;
 pub mod stamp;
 pub mod stats;
 pub mod talk;

@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Simulate participants against a running server and report.
     Run(Box<RunArgs>),
+    /// A soak: the load held long, with churn (leave-and-rejoin), forward and mix rooms side by side,
+    /// and a time series of server RSS, CPU and /metrics counters (docs/loadtest.md, "Soak").
+    Soak(Box<SoakArgs>),
     /// Measure the machine's floor: AES-GCM seal + sendmmsg CPU time per packet.
     Floor {
         #[arg(long, default_value_t = 1000)]
@@ -70,6 +73,32 @@ enum TargetKind {
 enum ModeArg {
     Forward,
     Mix,
+    /// Soak only: even rooms forward, odd rooms mix.
+    Both,
+}
+
+#[derive(clap::Args)]
+struct SoakArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Leave-and-rejoin events per minute, at random times (Poisson, seeded by --seed).
+    #[arg(long, default_value_t = 30.0)]
+    churn_per_min: f64,
+    /// Share of leavers that vanish (WebSocket dropped, no leave, no close frame) instead of leaving cleanly.
+    #[arg(long, default_value_t = 0.25)]
+    churn_abrupt: f64,
+    /// Seconds between samples (server RSS and CPU, /metrics, the tool's counters).
+    #[arg(long, default_value_t = 10.0)]
+    sample_secs: f64,
+    /// The server's /metrics (default: from --url, ws://H:P/... → http://H:P/metrics).
+    #[arg(long)]
+    metrics_url: Option<String>,
+    /// Seconds after the ramp left out of the figures (RSS slope, rates, loss, latency).
+    #[arg(long, default_value_t = 60.0)]
+    warmup_secs: f64,
+    /// Write the text report here too.
+    #[arg(long)]
+    text: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -182,6 +211,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(a) => run_cmd(*a),
+        Command::Soak(a) => soak_cmd(*a),
         Command::Compare {
             chorus_forward,
             janus_forward,
@@ -200,7 +230,73 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn soak_cmd(a: SoakArgs) -> anyhow::Result<()> {
+    let modes = match a.run.mode {
+        ModeArg::Forward => chorus_loadtest::soak::SoakModes::Forward,
+        ModeArg::Mix => chorus_loadtest::soak::SoakModes::Mix,
+        ModeArg::Both => chorus_loadtest::soak::SoakModes::Both,
+    };
+    if !(0.0..=1.0).contains(&a.churn_abrupt) {
+        anyhow::bail!("--churn-abrupt must be in [0, 1]");
+    }
+    if a.sample_secs < 1.0 || a.churn_per_min < 0.0 || a.warmup_secs < 0.0 {
+        anyhow::bail!("--sample-secs must be ≥ 1, --churn-per-min and --warmup-secs ≥ 0");
+    }
+    let config = chorus_loadtest::soak::SoakConfig {
+        base: run_config(&a.run, Mode::Forward)?,
+        modes,
+        churn_per_min: a.churn_per_min,
+        churn_abrupt: a.churn_abrupt,
+        sample_every: Duration::from_secs_f64(a.sample_secs),
+        metrics_url: a.metrics_url.clone(),
+        warmup: Duration::from_secs_f64(a.warmup_secs),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let report = rt
+        .block_on(chorus_loadtest::soak::run(config))
+        .context("the soak")?;
+    let text = chorus_loadtest::soak::text(&report);
+    print!("{text}");
+    if let Some(p) = &a.text {
+        std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.run.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
 fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
+    let mode = match a.mode {
+        ModeArg::Forward => Mode::Forward,
+        ModeArg::Mix => Mode::Mix,
+        ModeArg::Both => anyhow::bail!("--mode both is for `soak` only"),
+    };
+    let config = run_config(&a, mode)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let report = rt.block_on(run::run(config)).context("the load run")?;
+    print!("{}", report::table(&report));
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.html {
+        std::fs::write(p, report::html(&report))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn run_config(a: &RunArgs, mode: Mode) -> anyhow::Result<RunConfig> {
     let target = match a.target {
         TargetKind::Chorus => Target::Chorus {
             ws_url: a.url.clone(),
@@ -216,12 +312,9 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&a.drop_rtp) {
         anyhow::bail!("--drop-rtp must be in [0, 1)");
     }
-    let config = RunConfig {
+    Ok(RunConfig {
         target,
-        mode: match a.mode {
-            ModeArg::Forward => Mode::Forward,
-            ModeArg::Mix => Mode::Mix,
-        },
+        mode,
         rooms: a.rooms,
         participants: a.participants,
         talkers: a.talkers,
@@ -243,21 +336,5 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         room_prefix: format!("{}-{}-", a.room_prefix, std::process::id()),
         floor: (!a.no_floor).then(FloorConfig::default),
         progress: !a.quiet,
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let report = rt.block_on(run::run(config)).context("the load run")?;
-    print!("{}", report::table(&report));
-    if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
-    if let Some(p) = &a.html {
-        std::fs::write(p, report::html(&report))
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
-    Ok(())
+    })
 }

@@ -76,9 +76,62 @@ pub fn sample(pid: Option<u32>) -> Result<ProcSample, ProcError> {
     })
 }
 
+/// UDP sockets of process `pid` and the datagrams the kernel dropped on them (full receive queue), from
+/// the `drops` column of /proc/PID/net/udp and udp6 for the socket inodes among the process' descriptors.
+pub fn udp_drops(pid: u32) -> Result<(usize, u64), ProcError> {
+    let fd_dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let mut inodes = std::collections::HashSet::new();
+    for e in std::fs::read_dir(&fd_dir).map_err(|e| ProcError::Read(fd_dir.clone(), e))? {
+        let Ok(e) = e else { continue };
+        if let Ok(link) = std::fs::read_link(e.path()) {
+            let l = link.to_string_lossy();
+            if let Some(i) = l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                inodes.insert(i.to_owned());
+            }
+        }
+    }
+    let (mut sockets, mut drops) = (0, 0);
+    for table in ["udp", "udp6"] {
+        let path = PathBuf::from(format!("/proc/{pid}/net/{table}"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let (s, d) = udp_table_drops(&text, &inodes);
+        sockets += s;
+        drops += d;
+    }
+    Ok((sockets, drops))
+}
+
+/// Sockets of `inodes` in a /proc/net/udp table and the sum of their `drops` (the last column).
+pub fn udp_table_drops(text: &str, inodes: &std::collections::HashSet<String>) -> (usize, u64) {
+    let (mut sockets, mut drops) = (0, 0);
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+        if f.len() >= 13 && inodes.contains(f[9]) {
+            sockets += 1;
+            drops += f[f.len() - 1].parse::<u64>().unwrap_or(0);
+        }
+    }
+    (sockets, drops)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_drops_are_read_for_the_process_sockets_only() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  1: 0100007F:1EC8 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 111 2 0000000000000000 17\n\
+  2: 0100007F:1EC9 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 222 2 0000000000000000 5\n";
+        let ours: std::collections::HashSet<String> = ["111".to_string()].into();
+        assert_eq!(udp_table_drops(table, &ours), (1, 17));
+        let _socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a loopback socket");
+        let (sockets, _) = udp_drops(std::process::id()).expect("our /proc");
+        assert!(sockets >= 1);
+    }
 
     #[test]
     fn this_process_has_cpu_time_and_memory() {

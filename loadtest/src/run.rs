@@ -528,13 +528,49 @@ pub async fn await_media(
 async fn chorus_session(
     config: &RunConfig,
     engine: &Engine,
-    mut spec: ParticipantSpec,
+    spec: ParticipantSpec,
     ws_url: &str,
     api_key: &str,
     api_secret: &str,
     mut stop: watch::Receiver<bool>,
     rec: &mut JoinRecord,
 ) -> Result<(), String> {
+    let mut ws = chorus_join(config, engine, spec, ws_url, api_key, api_secret, rec).await?;
+    // Joined. Stay in the room until the run stops, answering the idle timeout with pings.
+    let mut ping = tokio::time::interval(Duration::from_secs(10));
+    let mut id = 0u64;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => {
+                    let _ = ws.send(&json!({"type": "leave"})).await;
+                    ws.close().await;
+                    return;
+                }
+                _ = ping.tick() => {
+                    id += 1;
+                    if ws.send(&json!({"type": "ping", "id": id})).await.is_err() { return; }
+                }
+                m = ws.recv() => {
+                    if !matches!(m, Ok(Some(_))) { return; }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Join a Chorus room and wait for the media milestones (fills `rec`); returns the open signaling
+/// WebSocket, which the caller must keep reading (and pinging) while the participant stays.
+pub async fn chorus_join(
+    config: &RunConfig,
+    engine: &Engine,
+    mut spec: ParticipantSpec,
+    ws_url: &str,
+    api_key: &str,
+    api_secret: &str,
+    rec: &mut JoinRecord,
+) -> Result<Ws, String> {
     let room = room_name(config, spec.room);
     let identity = format!("lt-{}", spec.index);
     let token =
@@ -589,31 +625,10 @@ async fn chorus_session(
             }
         }
     }
-    // Joined. Stay in the room until the run stops, answering the idle timeout with pings.
-    let mut ping = tokio::time::interval(Duration::from_secs(10));
-    let mut id = 0u64;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.changed() => {
-                    let _ = ws.send(&json!({"type": "leave"})).await;
-                    ws.close().await;
-                    return;
-                }
-                _ = ping.tick() => {
-                    id += 1;
-                    if ws.send(&json!({"type": "ping", "id": id})).await.is_err() { return; }
-                }
-                m = ws.recv() => {
-                    if !matches!(m, Ok(Some(_))) { return; }
-                }
-            }
-        }
-    });
-    Ok(())
+    Ok(ws)
 }
 
-fn join_summary(records: &[JoinRecord], ramp_s: f64) -> JoinSummary {
+pub fn join_summary(records: &[JoinRecord], ramp_s: f64) -> JoinSummary {
     let mut failures = BTreeMap::new();
     let mut failure_examples = BTreeMap::new();
     for r in records {

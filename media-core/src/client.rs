@@ -87,6 +87,20 @@ impl ReceivedAudio {
     }
 }
 
+/// One microphone RTP packet as [`ClientPeer::send_rtp_raw`] sends it, field for field.
+#[derive(Clone, Copy, Debug)]
+pub struct RawRtp<'a> {
+    pub pt: u8,
+    /// Extended sequence number (the bits above 16 are the SRTP rollover counter).
+    pub seq: u64,
+    pub ts: u32,
+    pub marker: bool,
+    /// RFC 6464 level as str0m carries it (0 loud ..= −127 silent; any value is sent).
+    pub audio_level: Option<i8>,
+    pub voice_activity: Option<bool>,
+    pub payload: &'a [u8],
+}
+
 /// What the client peer wants done.
 #[derive(Debug)]
 pub enum ClientOutput {
@@ -345,6 +359,39 @@ impl ClientPeer {
         tx.write_rtp(write);
         self.seq += 1;
         self.ts = self.ts.wrapping_add(960);
+        Ok(())
+    }
+
+    /// The microphone's negotiated payload types: (Opus, RED). Test-only, with [`send_rtp_raw`](Self::send_rtp_raw).
+    pub fn mic_payload_types(&self) -> (Option<u8>, Option<u8>) {
+        (self.mic_pt.map(|p| *p), self.mic_red_pt.map(|p| *p))
+    }
+
+    /// Send one microphone RTP packet exactly as given: payload type, extended sequence number, timestamp,
+    /// marker, RFC 6464 extension values and payload are the caller's, and the client's own sequence and
+    /// timestamp counters are left alone. For fuzzing and robustness tests only (a well-behaved client uses
+    /// [`send_audio`](Self::send_audio)).
+    pub fn send_rtp_raw(&mut self, now: Instant, rtp: RawRtp<'_>) -> Result<(), PeerError> {
+        let mid = self.mic_mid;
+        let ext = ExtensionValues {
+            audio_level: rtp.audio_level,
+            voice_activity: rtp.voice_activity,
+            ..ExtensionValues::default()
+        };
+        let write = RtpWrite::new(
+            Pt::from(rtp.pt),
+            SeqNo::from(rtp.seq),
+            rtp.ts,
+            now,
+            rtp.payload.to_vec(),
+        )
+        .marker(rtp.marker)
+        .ext_vals(ext);
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return Err(PeerError::MissingMedia("a microphone stream"));
+        };
+        tx.write_rtp(write);
         Ok(())
     }
 

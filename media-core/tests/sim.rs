@@ -553,6 +553,53 @@ fn a_slot_switch_strips_redundancy_from_before_the_switch() {
     sim.assert_hears_others(2, 1.5);
 }
 
+/// The test-only raw RTP writer (what the `core_rtp` fuzz target drives): the caller's sequence numbers,
+/// timestamps, marker and level go through the client's real SRTP session and arrive as audio.
+#[test]
+fn raw_rtp_from_a_test_client_is_forwarded_like_audio() {
+    let mut sim = Sim::new(14, LinkConfig::with_delay(5.0), 2, &[]);
+    // Both silent: the clients send nothing of their own.
+    sim.join(440.0, 0.0);
+    sim.join(660.0, 0.0);
+    sim.connect();
+    let (opus_pt, red_pt) = sim.clients[0].peer.mic_payload_types();
+    let opus_pt = opus_pt.expect("the microphone negotiated Opus");
+    assert_eq!(red_pt, None, "RED was not offered");
+    let mut phase = 0.0;
+    let mut pcm = vec![0.0f32; FRAME_SAMPLES];
+    let mut opus = [0u8; 1500];
+    for k in 0..25u32 {
+        media_core::audio::sine(440.0, 0.5, SAMPLE_RATE, &mut phase, &mut pcm);
+        let n = sim.clients[0]
+            .encoder
+            .encode_float(&pcm, &mut opus)
+            .expect("libopus encodes a 20 ms frame");
+        let rtp = media_core::client::RawRtp {
+            pt: opus_pt,
+            seq: 1_000 + u64::from(k),
+            ts: 5_000 + 960 * k,
+            marker: k == 0,
+            audio_level: Some(-10),
+            voice_activity: Some(true),
+            payload: &opus[..n],
+        };
+        sim.clients[0]
+            .peer
+            .send_rtp_raw(sim.now, rtp)
+            .expect("the client sends raw RTP");
+        sim.drain_client(0);
+        sim.run_for(Duration::from_millis(20));
+    }
+    sim.run_for(Duration::from_millis(300));
+    let talker = sim.clients[0].mic_ssrc;
+    let heard = sim.clients[1]
+        .received
+        .iter()
+        .filter(|a| a.csrc == Some(talker) && a.audio_level == Some(10))
+        .count();
+    assert!(heard >= 20, "{heard} of 25 raw packets forwarded");
+}
+
 #[test]
 fn malformed_red_is_a_counted_drop() {
     let mut sim = Sim::new(13, LinkConfig::with_delay(5.0), 2, &[]);

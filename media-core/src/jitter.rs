@@ -34,6 +34,14 @@
 //! exactly when its relative delay is at most the current delay, so steering the current delay onto the
 //! target keeps about 95 % of packets on time.
 //!
+//! **Loss margin.** A lost frame comes back from the next packet (its in-band FEC, or its RED copy) only
+//! if that packet has arrived when the lost frame is decided. The consumer decides a whole tick at once and
+//! may hold part of a tick already decoded (its surplus), so the delay can be on target while the next
+//! packet is still 10 ms away: then every loss became PLC, held the playout position and moved the delay in
+//! the middle of a sentence. While the stream loses packets (a smoothed loss estimate over the last ~256
+//! packets of at least 0.6 %, off again below 0.2 %) and can recover them (its packets can carry FEC, or its
+//! sender sends RED), the target gains one packet duration. A clean stream keeps its delay.
+//!
 //! # Steering the delay
 //!
 //! The buffer cannot stretch audio (it never sees PCM), so it changes the delay in whole spans:
@@ -134,6 +142,15 @@ const STEER_AFTER_QUIET_PACKETS: u32 = 4;
 /// is this far above target (10 ms): the small wander of the delay estimate under jitter is left alone, a fast
 /// sender clock's drift is still absorbed.
 const MID_SENTENCE_STEER_US: i64 = 10_000;
+
+/// Smoothing of the loss estimate per packet (lost or played): about the last 256 packets (5 s of 20 ms
+/// packets) count.
+const LOSS_SMOOTHING: f64 = 1.0 / 256.0;
+
+/// Loss estimate at and above which a stream with redundancy gets the loss margin (two losses close
+/// together), and below which it loses it again (a few seconds without loss).
+const LOSS_MARGIN_ON: f64 = 0.006;
+const LOSS_MARGIN_OFF: f64 = 0.002;
 
 fn samples_to_us(samples: i64) -> i64 {
     // 1 sample = 1e6 / 48000 µs = 125 / 6 µs.
@@ -392,6 +409,15 @@ pub struct JitterBuffer {
     window: VecDeque<(i64, i64)>,
     histogram: Vec<f64>,
     target_us: i64,
+    /// Smoothed share of packets lost (see [`LOSS_SMOOTHING`]); kept across restarts, like the histogram.
+    loss_rate: f64,
+    /// The loss margin is on (see [`LOSS_MARGIN_ON`]).
+    loss_margin: bool,
+    /// The stream can recover a lost frame from a later packet: its last packet could carry in-band FEC,
+    /// or its sender sends RED.
+    redundancy: bool,
+    /// RED redundancy was ever pushed.
+    red_seen: bool,
     outliers: u32,
     last_outlier_transit: i64,
     stats: JitterStats,
@@ -427,6 +453,10 @@ impl JitterBuffer {
             window: VecDeque::with_capacity(WINDOW_CAPACITY),
             histogram: vec![0.0; buckets],
             target_us: 0,
+            loss_rate: 0.0,
+            loss_margin: false,
+            redundancy: false,
+            red_seen: false,
             outliers: 0,
             last_outlier_transit: 0,
             stats: JitterStats::default(),
@@ -547,6 +577,7 @@ impl JitterBuffer {
         if packet.samples == 0 || packet.samples > MAX_PACKET_SAMPLES {
             return RedundantOutcome::Refused;
         }
+        self.red_seen = true;
         let ts = self.unwrap_ts(packet.ts);
         let end = ts + i64::from(packet.samples);
         let index = self.packets.partition_point(|p| p.ts < ts);
@@ -768,7 +799,33 @@ impl JitterBuffer {
         let upper = (i64::try_from(index).unwrap_or(i64::MAX) + 1) * BUCKET_US;
         let min = duration_us(self.config.min_delay);
         let max = duration_us(self.config.max_delay).max(min);
-        self.target_us = (upper + duration_us(self.config.headroom)).clamp(min, max);
+        let margin = if self.loss_margin && self.redundancy {
+            samples_to_us(i64::from(self.last_samples.min(MAX_PACKET_SAMPLES)))
+        } else {
+            0
+        };
+        self.target_us = (upper + duration_us(self.config.headroom) + margin).clamp(min, max);
+    }
+
+    /// A packet plays after `missing` lost ones; `lost` if it is itself a copy recovered from RED (its
+    /// original was lost on the wire). Updates the loss estimate and the loss margin.
+    fn note_loss(&mut self, missing: u64, lost: bool, has_fec: bool) {
+        let keep = 1.0 - LOSS_SMOOTHING;
+        // A long run of loss saturates the estimate long before 256 packets.
+        let missing = i32::try_from(missing.min(256)).unwrap_or(256);
+        self.loss_rate = 1.0 - (1.0 - self.loss_rate) * keep.powi(missing);
+        self.loss_rate = self.loss_rate * keep + if lost { LOSS_SMOOTHING } else { 0.0 };
+        let margin = if self.loss_margin {
+            self.loss_rate >= LOSS_MARGIN_OFF
+        } else {
+            self.loss_rate >= LOSS_MARGIN_ON
+        };
+        let redundancy = has_fec || self.red_seen;
+        if margin != self.loss_margin || redundancy != self.redundancy {
+            self.loss_margin = margin;
+            self.redundancy = redundancy;
+            self.update_target();
+        }
     }
 
     fn was_played(&self, seq: u64) -> bool {
@@ -946,13 +1003,16 @@ impl JitterBuffer {
                 .packets
                 .pop_front()
                 .expect("front() was Some just above");
+            let mut missing = 0;
             if let Some(last) = self.last_seq {
-                let missing = packet.seq.saturating_sub(last).saturating_sub(1);
+                let gap = packet.seq.saturating_sub(last).saturating_sub(1);
                 // A jump of thousands of sequence numbers is a sender discontinuity, not loss.
-                if missing <= MAX_COUNTED_LOSS {
-                    self.stats.lost += missing;
+                if gap <= MAX_COUNTED_LOSS {
+                    self.stats.lost += gap;
+                    missing = gap;
                 }
             }
+            self.note_loss(missing, packet.recovered, packet.has_fec);
             self.pos += i64::from(packet.samples);
             self.last_seq = Some(packet.seq);
             self.mark_played(packet.seq);
@@ -1549,6 +1609,60 @@ mod tests {
             .red_outcomes
             .iter()
             .all(|(s, o)| *s == 50 || *o == RedundantOutcome::NotMissing));
+    }
+
+    /// Speech-like spurts with in-band FEC on a 30 ms path, every 17th packet lost (6 %), played by a
+    /// consumer that decides each tick's audio at the tick, like the mixer.
+    fn lossy_fec_run(lost: fn(usize) -> bool, fec: bool) -> (Harness, Vec<Frame>) {
+        let mut rng = Rng::new(7);
+        let frames = talk_spurts(&mut rng, 30.0, fec);
+        let mut h = Harness::new(
+            JitterConfig::default(),
+            send(&frames, 0, 0, 0.0, constant(30), lost),
+        );
+        h.run_until(32 * SECOND);
+        (h, frames)
+    }
+
+    fn every_17th(i: usize) -> bool {
+        i % 17 == 5
+    }
+
+    #[test]
+    fn under_loss_the_target_gains_a_packet_so_fec_finds_the_next_packet_in_time() {
+        let (clean, _) = lossy_fec_run(none, true);
+        let (lossy, frames) = lossy_fec_run(every_17th, true);
+        assert_eq!(
+            lossy.jb.target_delay(),
+            clean.jb.target_delay() + 20 * MS,
+            "a lossy stream with FEC waits one packet longer"
+        );
+        // Once the margin is on (after the first losses) and applied (at the next pause), a lost frame's
+        // successor is buffered when the lost frame is due: it comes back from FEC, never from PLC.
+        let settled = frames
+            .iter()
+            .position(|f| f.at >= 5 * 48_000)
+            .expect("30 s of frames");
+        let lost: Vec<usize> = (settled..frames.len() - 1)
+            .filter(|&i| every_17th(i) && !every_17th(i + 1))
+            .collect();
+        let recovered = lost
+            .iter()
+            .filter(|&&i| lossy.trace.fec.contains(&(i as u64 + 1)))
+            .count();
+        assert!(
+            lost.len() > 40 && recovered == lost.len(),
+            "{recovered} of {} lost frames after 5 s came back from FEC",
+            lost.len()
+        );
+    }
+
+    #[test]
+    fn without_redundancy_or_loss_the_target_gains_nothing() {
+        let (clean, _) = lossy_fec_run(none, true);
+        let (lossy_no_fec, _) = lossy_fec_run(every_17th, false);
+        assert_eq!(lossy_no_fec.jb.target_delay(), clean.jb.target_delay());
+        assert_eq!(clean.jb.stats().lost, 0);
     }
 
     #[test]

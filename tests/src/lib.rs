@@ -440,6 +440,8 @@ pub struct MediaOptions {
     pub via: Option<SocketAddr>,
     /// Play this slot through a jitter buffer in real time and record it ([`Heard::ear`]).
     pub play_slot: Option<usize>,
+    /// Offer RED (RFC 2198) and send this many earlier frames with each frame (Chrome: 1); 0: plain Opus.
+    pub red: u8,
 }
 
 /// Commands to a running client.
@@ -504,6 +506,7 @@ impl AudioClient {
                 mic,
                 via: None,
                 play_slot: None,
+                red: 0,
             },
         )
         .await
@@ -522,7 +525,7 @@ impl AudioClient {
                 local_addr: local,
                 slots: options.slots,
                 publish: !matches!(options.mic, Mic::Off),
-                red: 0,
+                red: options.red,
             },
         )?;
         signal.send(json!({"type": "offer", "sdp": offer})).await?;

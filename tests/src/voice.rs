@@ -217,7 +217,10 @@ impl Ear {
         let mut buf = [0f32; FRAME_SAMPLES * 6];
         let mut have = self.surplus;
         while have < FRAME_SAMPLES {
-            let n = match self.jitter.pop(due) {
+            // Each span is asked for as of when it starts to play: after what this tick already holds (as the
+            // mixer and the virtual-time listener do). Asked for at the tick, a span after a shortened packet
+            // looked late, and the buffer inserted silence right after every trim.
+            let n = match self.jitter.pop(due + audio::samples_duration(have)) {
                 Playout::Packet { payload, .. } => {
                     self.decoder.decode_float(&payload, &mut buf, false)?
                 }

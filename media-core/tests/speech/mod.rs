@@ -97,18 +97,16 @@ fn mixed_lossy_mean(red: u8) -> f64 {
     scores.iter().sum::<f64>() / scores.len() as f64
 }
 
-// The targets at 5 % loss with 30 ± 20 ms jitter are 3.0 with FEC and 3.5 with RED. Measured
-// (3 seeds): 2.79 with FEC only and 3.08 with RED — not reached. What costs most is the quality of Opus'
-// in-band FEC frames (5 % loss and 30 ± 20 ms on the uplink only, FEC recovering 9 in 10 lost frames: 4.06
-// falls to 3.34) and the jitter buffers' delay changes and late packets under ±20 ms of jitter (3.85 with no
-// loss at all). The thresholds below hold the figures reached, so they cannot regress unnoticed.
+// The targets at 5 % loss with 30 ± 20 ms jitter: 3.0 with FEC and 3.5 with RED. Before the jitter
+// buffer's loss margin they were missed (2.79 and 3.08): the mixer decided a lost frame before the packet
+// carrying its FEC or RED copy had arrived, so it was concealed with PLC and the delay moved mid-sentence.
 #[test]
 fn mixed_speech_with_fec_survives_5_percent_loss_and_jitter_on_each_leg() {
     let mean = mixed_lossy_mean(0);
     eprintln!("mix, 5 % loss, 30 ± 20 ms, FEC: mean PESQ-WB {mean:.2}");
     assert!(
-        mean >= 2.6,
-        "mixed speech at 5 % loss scores PESQ-WB {mean:.2} < 2.6"
+        mean >= 3.0,
+        "mixed speech at 5 % loss scores PESQ-WB {mean:.2} < 3.0"
     );
 }
 
@@ -117,8 +115,8 @@ fn red_lifts_mixed_speech_at_5_percent_loss_and_jitter_on_each_leg() {
     let mean = mixed_lossy_mean(1);
     eprintln!("mix, 5 % loss, 30 ± 20 ms, RED: mean PESQ-WB {mean:.2}");
     assert!(
-        mean >= 2.9,
-        "mixed speech with RED at 5 % loss scores PESQ-WB {mean:.2} < 2.9"
+        mean >= 3.5,
+        "mixed speech with RED at 5 % loss scores PESQ-WB {mean:.2} < 3.5"
     );
 }
 

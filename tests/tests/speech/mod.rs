@@ -55,6 +55,7 @@ async fn join(
     identity: &str,
     mic: Mic,
     impairment: Option<(Impairment, u64)>,
+    red: u8,
 ) -> anyhow::Result<Party> {
     let token = server.token(room, identity, &[])?;
     let mut signal = Signal::connect(&server.ws_url()).await?;
@@ -73,6 +74,7 @@ async fn join(
             mic,
             via: proxy.as_ref().map(|p| p.addr),
             play_slot: matches!(mic, Mic::Off).then_some(0),
+            red,
         },
     )
     .await?;
@@ -114,10 +116,11 @@ async fn call(
     room: &str,
     speech: Arc<[f32]>,
     impairment: Option<(Impairment, u64)>,
+    red: u8,
 ) -> anyhow::Result<Recording> {
     let with_seed = |k: u64| impairment.clone().map(|(i, seed)| (i, seed * 2 + k));
-    let mut speaker = join(server, room, "speaker", Mic::Speech, with_seed(0)).await?;
-    let mut listener = join(server, room, "listener", Mic::Off, with_seed(1)).await?;
+    let mut speaker = join(server, room, "speaker", Mic::Speech, with_seed(0), red).await?;
+    let mut listener = join(server, room, "listener", Mic::Off, with_seed(1), red).await?;
     for party in [&mut speaker, &mut listener] {
         party
             .client
@@ -248,6 +251,7 @@ async fn server_with_rooms() -> anyhow::Result<Server> {
 async fn forward_and_mix(
     tag: &str,
     impairment: Option<Impairment>,
+    red: u8,
 ) -> anyhow::Result<(Scored, Scored)> {
     let server = server_with_rooms().await?;
     let speech = support::passage_48k();
@@ -261,6 +265,7 @@ async fn forward_and_mix(
             "speech-forward",
             speech.clone(),
             impairment.clone().map(|i| (i, 1)),
+            red,
         ),
         call(
             &server,
@@ -268,6 +273,7 @@ async fn forward_and_mix(
             "speech-mix",
             speech.clone(),
             impairment.map(|i| (i, 2)),
+            red,
         ),
     );
     let (forward, mix) = (forward?, mix?);
@@ -322,7 +328,7 @@ fn below(what: &str, scored: &Scored, floor: f64) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_over_real_udp_scores_forward_4_4_and_mix_3_9_on_a_clean_link() -> anyhow::Result<()>
 {
-    let (forward, mix) = forward_and_mix("clean", None).await?;
+    let (forward, mix) = forward_and_mix("clean", None, 0).await?;
     let failures: Vec<String> = [
         below("forwarded speech", &forward, 4.4),
         below("mixed speech", &mix, 3.9),
@@ -336,11 +342,15 @@ async fn speech_over_real_udp_scores_forward_4_4_and_mix_3_9_on_a_clean_link() -
 
 // 5 % loss and 10..50 ms on each leg, the speaker's FEC expecting 5 %. The target for mix is 3.0 — not
 // reliably reached: measured mix 2.64 to 3.25, forward 1.96 to 2.66 over four runs (the loss pattern repeats
-// per proxy seed, the timing does not; the same condition in virtual time: mix 2.79 as a 3-seed mean). Opus' in-band FEC frames and the listener's
-// jitter buffer under ±20 ms cost most (see media-core/tests/speech). The floors hold what is reached.
+// per proxy seed, the timing does not). In virtual time the same condition reaches the target since the jitter
+// buffer's loss margin (mix 3.04 as a 3-seed mean, 4.01 with RED). Over real UDP this listener asked its
+// buffer for every span as of the tick (not as of the span's start), which made the buffer insert silence
+// after every trim (33–63 insertions and 41–53 drops per call; mix 2.61 and 2.64, forward 2.11 and 2.59).
+// Fixed: 1–9 insertions, mix 2.70 and 2.96, forward 2.58 and 2.72 — the mix target of 3.0 is still not
+// reliably reached over real UDP. The floors hold what is reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_over_real_udp_with_5_percent_loss_and_jitter_on_each_leg() -> anyhow::Result<()> {
-    let (forward, mix) = forward_and_mix("lossy", Some(lossy())).await?;
+    let (forward, mix) = forward_and_mix("lossy", Some(lossy()), 0).await?;
     let failures: Vec<String> = [
         below("mixed speech at 5 % loss", &mix, MIX_LOSSY_FLOOR),
         below(
@@ -358,9 +368,45 @@ async fn speech_over_real_udp_with_5_percent_loss_and_jitter_on_each_leg() -> an
 
 /// Forwarding at 5 % loss per leg has no server jitter buffer: the listener's buffer conceals what both
 /// legs lost (≈ 10 % of the speaker's packets), with the sender's FEC where the next packet arrived, and
-/// the server adds nothing else (it forwards the packets bit-exact). Measured 1.96 to 2.66 (virtual time, one
-/// seed: 3.32; earlier real runs 1.93 to 2.83).
-const FORWARD_LOSSY_FLOOR: f64 = 1.7;
+/// the server adds nothing else (it forwards the packets bit-exact). Measured 2.58 and 2.72 (before the
+/// listener's span-time fix 1.96 to 2.66; virtual time, one seed: 3.26).
+const FORWARD_LOSSY_FLOOR: f64 = 2.0;
 
-/// Mixing at 5 % loss per leg: measured 2.64 to 3.25 (earlier real runs 2.50 to 2.92).
-const MIX_LOSSY_FLOOR: f64 = 2.3;
+/// Mixing at 5 % loss per leg: measured 2.70 and 2.96 (earlier real runs 2.50 to 3.25).
+const MIX_LOSSY_FLOOR: f64 = 2.4;
+
+// The same condition with RED (RFC 2198, depth 1, as Chrome sends it) on every leg: the speaker sends each
+// frame again in the next packet, the server passes RED through (forward) or recovers from it and sends its
+// mix as RED, and the listener recovers from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_over_real_udp_with_red_at_5_percent_loss_and_jitter_on_each_leg(
+) -> anyhow::Result<()> {
+    let (forward, mix) = forward_and_mix("lossy-red", Some(lossy()), 1).await?;
+    let failures: Vec<String> = [
+        below(
+            "mixed speech with RED at 5 % loss",
+            &mix,
+            MIX_RED_LOSSY_FLOOR,
+        ),
+        below(
+            "forwarded speech with RED at 5 % loss",
+            &forward,
+            FORWARD_RED_LOSSY_FLOOR,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// Mixing with RED at 5 % loss per leg. The target is 3.5 (virtual time: 4.01 as a 3-seed mean); over
+/// real UDP two runs gave 3.87 and 2.60. Runs that score low (here and without RED) end with the listener's
+/// delay 20–33 ms above its target, so a delay step mid-speech that no pause took back is the suspect; not
+/// yet found. The floor holds what is reached.
+const MIX_RED_LOSSY_FLOOR: f64 = 2.4;
+
+/// Forwarding with RED at 5 % loss per leg: measured 4.45 and 4.09 (the listener recovers 54 of 62 lost
+/// frames from RED and the rest from FEC).
+const FORWARD_RED_LOSSY_FLOOR: f64 = 3.8;

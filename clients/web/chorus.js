@@ -336,12 +336,6 @@ function participantFrom(info, isLocal) {
 }
 
 /**
- * Wait until ICE gathering is complete or `timeoutMs` has passed.
- * @param {RTCPeerConnection} pc
- * @param {number} timeoutMs
- * @returns {Promise<void>}
- */
-/**
  * The browser's audio codecs with RED (`audio/red`, RFC 2198) first and Opus next, or null when it has no
  * RED. Listing RED before Opus makes the browser offer it first, and send it when the server answers it.
  * @returns {RTCRtpCodec[]|null}
@@ -375,6 +369,12 @@ function preferCodecs(transceiver, codecs) {
   }
 }
 
+/**
+ * Wait until ICE gathering is complete or `timeoutMs` has passed.
+ * @param {RTCPeerConnection} pc
+ * @param {number} timeoutMs
+ * @returns {Promise<void>}
+ */
 function waitForIceGathering(pc, timeoutMs) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
   return new Promise((resolve) => {

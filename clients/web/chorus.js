@@ -768,7 +768,8 @@ export class Room extends EventTarget {
     for (const s of this.slots) s.mid = s.transceiver ? s.transceiver.mid : null;
     await waitForIceGathering(pc, ICE_GATHERING_TIMEOUT_MS);
     if (this._closed) return;
-    const sdp = pc.localDescription ? pc.localDescription.sdp : offer.sdp;
+    // createOffer always fills in `sdp` (the DOM type only marks it optional).
+    const sdp = pc.localDescription ? pc.localDescription.sdp : /** @type {string} */ (offer.sdp);
     this._send({ type: 'offer', sdp });
   }
 

@@ -48,12 +48,13 @@ function sdkUnionTypes(union) {
 }
 
 /**
- * Run the pinned tsc over files of clients/web (one run: demo.js imports chorus.js anyway).
+ * Run the pinned tsc over files of clients/web (one run: demo.js imports chorus.js anyway). `--strict`, as
+ * TypeScript 7 has it by default: `npx -p typescript tsc` outside tests/browser fetches the newest one.
  * @param {string[]} files
  */
 async function typeCheck(files) {
   const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
-  const args = [tsc, '--noEmit', '--allowJs', '--checkJs', '--target', 'es2020', '--lib', 'es2020,dom',
+  const args = [tsc, '--noEmit', '--allowJs', '--checkJs', '--strict', '--target', 'es2020', '--lib', 'es2020,dom',
     ...files.map((file) => join(WEB, file))];
   try {
     await promisify(execFile)(process.execPath, args, { cwd: ROOT, timeout: 120000 });
@@ -79,5 +80,6 @@ describe('chorus.js types', () => {
     assert.deepEqual(sdkUnionTypes('ServerMessage').sort(), documentedTypes('Server → client').sort());
   });
 
-  it('chorus.js and demo.js type-check with tsc', { timeout: 120000 }, () => typeCheck(['chorus.js', 'demo.js']));
+  it('chorus.js and demo.js type-check with tsc --strict', { timeout: 120000 },
+    () => typeCheck(['chorus.js', 'demo.js']));
 });

@@ -1,3 +1,4 @@
+// @ts-check
 // chorus.js — browser SDK for the Chorus voice media server (signaling protocol version 1).
 //
 // An ES module with no dependencies and no build step. Usage:
@@ -24,8 +25,24 @@ const PING_INTERVAL_MS = 10000;
 /** How long `leave()` waits for the server's `left` before closing the socket itself. */
 const LEAVE_TIMEOUT_MS = 1500;
 
+// ---------------------------------------------------------------------------------------------
+// Wire messages of signaling protocol version 1 (docs/protocol.md; signaling/src/protocol/ on the server),
+// snake_case as on the wire. The server may add fields in a minor release, so the SDK reads only these.
+
+// The `code` of a server `error` message: every code of the table in docs/protocol.md, in its order.
+// signaling's unit test `protocol::error::tests::sdk_error_codes_match_the_server` reads the quoted codes
+// between the two marker comments and fails unless they are exactly the server's ErrorCode::ALL.
+// <error-codes>
 /**
- * A participant as the server describes it (wire format, snake_case).
+ * @typedef {'bad_json' | 'unknown_type' | 'bad_message' | 'binary_frame' | 'frame_too_large'
+ *   | 'unsupported_protocol' | 'invalid_token' | 'token_expired' | 'room_mismatch' | 'not_joined'
+ *   | 'already_joined' | 'forbidden' | 'room_full' | 'room_closed' | 'banned' | 'draining' | 'bad_sdp'
+ *   | 'media_unavailable' | 'internal'} ServerErrorCode
+ */
+// </error-codes>
+
+/**
+ * A participant as the server describes it (in `joined` and `participant_joined`).
  * @typedef {object} ParticipantInfo
  * @property {string} sid
  * @property {string} identity
@@ -34,6 +51,182 @@ const LEAVE_TIMEOUT_MS = 1500;
  * @property {boolean} can_publish
  * @property {boolean} can_subscribe
  */
+
+/**
+ * The room as `joined` describes it.
+ * @typedef {object} RoomInfo
+ * @property {string} name
+ * @property {'forward'|'mix'} mode   selective forwarding into `slots` slots, or one mix on the first slot
+ * @property {number} slots           K, the number of recvonly slot m-lines the offer must carry (1 for `mix`)
+ * @property {number} max_participants
+ */
+
+/**
+ * Client → server `join`: the first message of a session.
+ * @typedef {object} JoinMessage
+ * @property {'join'} type
+ * @property {number} protocol        the protocol version, {@link PROTOCOL_VERSION}
+ * @property {string} token           the access token
+ * @property {string} [room]          must equal the token's room when present
+ * @property {string} [name]          display name, at most 64 characters
+ */
+
+/**
+ * Client → server `offer`: one microphone m-line, then `room.slots` recvonly m-lines.
+ * @typedef {object} OfferMessage
+ * @property {'offer'} type
+ * @property {string} sdp
+ */
+
+/**
+ * Client → server `mute`.
+ * @typedef {object} MuteMessage
+ * @property {'mute'} type
+ * @property {boolean} muted
+ */
+
+/**
+ * Client → server `ping` (keepalive), answered by `pong` with the same `id`.
+ * @typedef {object} PingMessage
+ * @property {'ping'} type
+ * @property {number} id
+ */
+
+/**
+ * Client → server `leave`, answered by `left`.
+ * @typedef {object} LeaveMessage
+ * @property {'leave'} type
+ */
+
+/**
+ * Every message the SDK sends.
+ * @typedef {JoinMessage | OfferMessage | MuteMessage | PingMessage | LeaveMessage} ClientMessage
+ */
+
+/**
+ * Server → client `joined`: the answer to `join`.
+ * @typedef {object} JoinedMessage
+ * @property {'joined'} type
+ * @property {number} protocol
+ * @property {string} server_version
+ * @property {ParticipantInfo} participant       this session's participant
+ * @property {RoomInfo} room
+ * @property {ParticipantInfo[]} participants    everyone else already in the room
+ */
+
+/**
+ * Server → client `answer`: the answer to `offer` (ICE-lite, with the server's candidate).
+ * @typedef {object} AnswerMessage
+ * @property {'answer'} type
+ * @property {string} sdp
+ */
+
+/**
+ * Server → client `participant_joined`.
+ * @typedef {object} ParticipantJoinedMessage
+ * @property {'participant_joined'} type
+ * @property {ParticipantInfo} participant
+ */
+
+/**
+ * Server → client `participant_left`.
+ * @typedef {object} ParticipantLeftMessage
+ * @property {'participant_left'} type
+ * @property {string} sid
+ * @property {'left'|'disconnected'|'kicked'|'replaced'} reason
+ */
+
+/**
+ * Server → client `participant_muted` (also the acknowledgement of our own `mute`).
+ * @typedef {object} ParticipantMutedMessage
+ * @property {'participant_muted'} type
+ * @property {string} sid
+ * @property {boolean} muted
+ */
+
+/**
+ * Server → client `media_state`: our own media connection as the server sees it.
+ * @typedef {object} MediaStateMessage
+ * @property {'media_state'} type
+ * @property {'connected'|'disconnected'} state
+ */
+
+/**
+ * One entry of `speakers`.
+ * @typedef {object} SpeakerLevel
+ * @property {string} sid
+ * @property {number} level           0.0 (silence) .. 1.0 (full scale)
+ */
+
+/**
+ * Server → client `speakers`: everyone speaking now, loudest first (empty: nobody).
+ * @typedef {object} SpeakersMessage
+ * @property {'speakers'} type
+ * @property {SpeakerLevel[]} speakers
+ */
+
+/**
+ * Server → client `dominant_speaker`: who holds the floor now.
+ * @typedef {object} DominantSpeakerMessage
+ * @property {'dominant_speaker'} type
+ * @property {string} sid
+ */
+
+/**
+ * One slot of a `slots` message.
+ * @typedef {object} SlotAssignment
+ * @property {number} slot            slot index, 0 .. K-1
+ * @property {string} mid             the slot's m-line mid in the negotiated SDP
+ * @property {string|null} sid        the participant the slot carries, null when empty
+ * @property {number|null} ssrc       that participant's original SSRC
+ */
+
+/**
+ * Server → client `slots`: the full assignment of this subscriber's slots.
+ * @typedef {object} SlotsMessage
+ * @property {'slots'} type
+ * @property {SlotAssignment[]} slots
+ */
+
+/**
+ * Server → client `pong`: the answer to `ping`.
+ * @typedef {object} PongMessage
+ * @property {'pong'} type
+ * @property {number} id
+ */
+
+/**
+ * Server → client `left`: the answer to `leave`, or (with a reason) the end of the session by an operator
+ * or by a newer session of the same identity.
+ * @typedef {object} LeftMessage
+ * @property {'left'} type
+ * @property {'kicked'|'room_deleted'|'replaced'} [reason]
+ */
+
+/**
+ * Server → client `draining`: the server is shutting down.
+ * @typedef {object} DrainingMessage
+ * @property {'draining'} type
+ * @property {number} grace_period_secs
+ */
+
+/**
+ * Server → client `error`; fatal codes ({@link FATAL_CODES}) are followed by the server closing the socket.
+ * @typedef {object} ErrorMessage
+ * @property {'error'} type
+ * @property {ServerErrorCode} code
+ * @property {string} message         for humans; may change
+ */
+
+/**
+ * Every message the server sends.
+ * @typedef {JoinedMessage | AnswerMessage | ParticipantJoinedMessage | ParticipantLeftMessage
+ *   | ParticipantMutedMessage | MediaStateMessage | SpeakersMessage | DominantSpeakerMessage | SlotsMessage
+ *   | PongMessage | LeftMessage | DrainingMessage | ErrorMessage} ServerMessage
+ */
+
+// ---------------------------------------------------------------------------------------------
+// SDK types
 
 /**
  * A participant as tracked by the SDK.
@@ -108,11 +301,19 @@ export class ChorusError extends Error {
   }
 }
 
-/** Server error codes after which the server closes the socket. */
-const FATAL_CODES = new Set([
+/**
+ * Server error codes after which the server closes the socket (the `fatal` column of docs/protocol.md).
+ * signaling's unit test `protocol::error::tests::sdk_fatal_codes_match_the_server` reads the list between
+ * the two marker comments and fails unless it is exactly the server's fatal codes: keep the markers and one
+ * quoted code per entry.
+ * @type {Set<ServerErrorCode>}
+ */
+const FATAL_CODES = new Set(/** @type {ServerErrorCode[]} */ ([
+  // <fatal-codes>
   'frame_too_large', 'unsupported_protocol', 'invalid_token', 'token_expired', 'room_mismatch',
-  'room_full', 'draining', 'media_unavailable', 'internal',
-]);
+  'room_full', 'room_closed', 'banned', 'draining', 'media_unavailable', 'internal',
+  // </fatal-codes>
+]));
 
 /**
  * @param {ParticipantInfo} info
@@ -134,12 +335,6 @@ function participantFrom(info, isLocal) {
   };
 }
 
-/**
- * Wait until ICE gathering is complete or `timeoutMs` has passed.
- * @param {RTCPeerConnection} pc
- * @param {number} timeoutMs
- * @returns {Promise<void>}
- */
 /**
  * The browser's audio codecs with RED (`audio/red`, RFC 2198) first and Opus next, or null when it has no
  * RED. Listing RED before Opus makes the browser offer it first, and send it when the server answers it.
@@ -174,6 +369,12 @@ function preferCodecs(transceiver, codecs) {
   }
 }
 
+/**
+ * Wait until ICE gathering is complete or `timeoutMs` has passed.
+ * @param {RTCPeerConnection} pc
+ * @param {number} timeoutMs
+ * @returns {Promise<void>}
+ */
 function waitForIceGathering(pc, timeoutMs) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
   return new Promise((resolve) => {
@@ -232,7 +433,7 @@ export class Room extends EventTarget {
     this.participants = new Map();
     /** @type {Slot[]} */
     this.slots = [];
-    /** @type {{name: string, mode: string, slots: number, max_participants: number}|null} */
+    /** @type {RoomInfo|null} */
     this.roomInfo = null;
     /** @type {string|null} */
     this.serverVersion = null;
@@ -452,7 +653,7 @@ export class Room extends EventTarget {
     const ws = new WS(this._url);
     this._ws = ws;
     ws.onopen = () => {
-      /** @type {Record<string, unknown>} */
+      /** @type {JoinMessage} */
       const join = { type: 'join', protocol: PROTOCOL_VERSION, token: this._token };
       if (opts.room) join.room = opts.room;
       if (opts.name) join.name = String(opts.name).slice(0, 64);
@@ -489,9 +690,11 @@ export class Room extends EventTarget {
 
   /**
    * @private
-   * @param {any} msg
+   * @param {unknown} frame   one parsed JSON frame from the server
    */
-  async _handle(msg) {
+  async _handle(frame) {
+    // Trusted to follow the protocol once it has a string `type`; the handlers still read defensively.
+    const msg = /** @type {ServerMessage} */ (frame);
     if (!msg || typeof msg.type !== 'string') return;
     switch (msg.type) {
       case 'joined': return this._onJoined(msg);
@@ -519,7 +722,7 @@ export class Room extends EventTarget {
 
   /**
    * @private
-   * @param {any} msg
+   * @param {JoinedMessage} msg
    */
   async _onJoined(msg) {
     this.serverVersion = msg.server_version ?? null;
@@ -565,13 +768,14 @@ export class Room extends EventTarget {
     for (const s of this.slots) s.mid = s.transceiver ? s.transceiver.mid : null;
     await waitForIceGathering(pc, ICE_GATHERING_TIMEOUT_MS);
     if (this._closed) return;
-    const sdp = pc.localDescription ? pc.localDescription.sdp : offer.sdp;
+    // createOffer always fills in `sdp` (the DOM type only marks it optional).
+    const sdp = pc.localDescription ? pc.localDescription.sdp : /** @type {string} */ (offer.sdp);
     this._send({ type: 'offer', sdp });
   }
 
   /**
    * @private
-   * @param {any} msg
+   * @param {AnswerMessage} msg
    */
   async _onAnswer(msg) {
     const pc = this.pc;
@@ -604,7 +808,7 @@ export class Room extends EventTarget {
     }
   }
 
-  /** @private @param {any} msg */
+  /** @private @param {ParticipantJoinedMessage} msg */
   _onParticipantJoined(msg) {
     const p = participantFrom(msg.participant, false);
     if (this.localParticipant && p.sid === this.localParticipant.sid) return;
@@ -613,7 +817,7 @@ export class Room extends EventTarget {
     this._emit('participants', { participants: this.allParticipants() });
   }
 
-  /** @private @param {any} msg */
+  /** @private @param {ParticipantLeftMessage} msg */
   _onParticipantLeft(msg) {
     const p = this.participants.get(msg.sid);
     if (!p) return;
@@ -622,7 +826,7 @@ export class Room extends EventTarget {
     this._emit('participants', { participants: this.allParticipants() });
   }
 
-  /** @private @param {any} msg */
+  /** @private @param {ParticipantMutedMessage} msg */
   _onParticipantMuted(msg) {
     const p = this.participant(msg.sid);
     if (!p) return;
@@ -642,36 +846,36 @@ export class Room extends EventTarget {
     this._emit('participants', { participants: this.allParticipants() });
   }
 
-  /** @private @param {any} msg */
+  /** @private @param {MediaStateMessage} msg */
   _onMediaState(msg) {
     this.serverMediaState = msg.state === 'connected' ? 'connected' : 'disconnected';
     this._emit('mediastate', { state: this.serverMediaState });
     this._updateState();
   }
 
-  /** @private @param {any} msg */
+  /** @private @param {SpeakersMessage} msg */
   _onSpeakers(msg) {
     const list = Array.isArray(msg.speakers) ? msg.speakers : [];
-    const levels = new Map(list.map((/** @type {any} */ s) => [s.sid, Number(s.level) || 0]));
+    const levels = new Map(list.map((/** @type {SpeakerLevel} */ s) => [s.sid, Number(s.level) || 0]));
     for (const p of this.allParticipants()) {
       const level = levels.get(p.sid);
       p.speaking = level !== undefined;
       p.level = level ?? 0;
     }
-    const speakers = list.map((/** @type {any} */ s) => ({
+    const speakers = list.map((/** @type {SpeakerLevel} */ s) => ({
       sid: s.sid, level: Number(s.level) || 0, participant: this.participant(s.sid) || null,
     }));
     this._emit('speaking', { speakers });
   }
 
-  /** @private @param {any} msg */
+  /** @private @param {DominantSpeakerMessage} msg */
   _onDominantSpeaker(msg) {
     if (typeof msg.sid !== 'string') return;
     this.dominantSpeaker = msg.sid;
     this._emit('dominantspeaker', { sid: msg.sid, participant: this.participant(msg.sid) || null });
   }
 
-  /** @private @param {any} msg */
+  /** @private @param {SlotsMessage} msg */
   _onSlots(msg) {
     for (const a of Array.isArray(msg.slots) ? msg.slots : []) {
       let s = this.slots.find((x) => x.mid !== null && x.mid === a.mid);
@@ -688,7 +892,7 @@ export class Room extends EventTarget {
     this._emit('slots', { slots: this.slots });
   }
 
-  /** @private @param {any} msg */
+  /** @private @param {PongMessage} msg */
   _onPong(msg) {
     const sent = this._pingSent.get(msg.id);
     if (sent !== undefined) {
@@ -697,11 +901,12 @@ export class Room extends EventTarget {
     }
   }
 
-  /** @private @param {any} msg */
+  /** @private @param {ErrorMessage} msg */
   _onError(msg) {
     const code = String(msg.code || 'unknown');
     const message = String(msg.message || code);
-    const fatal = FATAL_CODES.has(code);
+    // A code newer than this SDK is not in the set, so it counts as not fatal.
+    const fatal = FATAL_CODES.has(/** @type {ServerErrorCode} */ (code));
     if (this._pending) {
       // Any error before the answer (e.g. bad_sdp) means this session will not get media: give up now
       // rather than at the connect timeout.
@@ -810,7 +1015,7 @@ export class Room extends EventTarget {
 
   /**
    * @private
-   * @param {object} msg
+   * @param {ClientMessage} msg
    */
   _send(msg) {
     if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(msg));

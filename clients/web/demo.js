@@ -1,3 +1,4 @@
+// @ts-check
 // Chorus demo page: join a room with a development token, publish the microphone, show who is there and
 // who speaks. Query parameters (for people and for automation):
 //   ?room=R&name=N     prefill the form

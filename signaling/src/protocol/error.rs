@@ -175,6 +175,114 @@ mod tests {
         }
     }
 
+    /// The listed variants as an array, and a compile error unless the list names every variant: the
+    /// macro also expands to an exhaustive `match` over exactly the listed ones.
+    macro_rules! every_variant {
+        ($($variant:ident),* $(,)?) => {{
+            fn exhaustive(code: ErrorCode) {
+                match code {
+                    $(ErrorCode::$variant => {})*
+                }
+            }
+            let _ = exhaustive;
+            [$(ErrorCode::$variant),*]
+        }};
+    }
+
+    /// [`ErrorCode::ALL`] is every variant, in order: a new variant does not compile until it is listed
+    /// here, and then fails this test until `ALL` (and through it the protocol table and the SDK's lists
+    /// below) has it too.
+    #[test]
+    fn all_lists_every_variant() {
+        let every = every_variant!(
+            BadJson,
+            UnknownType,
+            BadMessage,
+            BinaryFrame,
+            FrameTooLarge,
+            UnsupportedProtocol,
+            InvalidToken,
+            TokenExpired,
+            RoomMismatch,
+            NotJoined,
+            AlreadyJoined,
+            Forbidden,
+            RoomFull,
+            RoomClosed,
+            Banned,
+            Draining,
+            BadSdp,
+            MediaUnavailable,
+            Internal,
+        );
+        assert_eq!(every.as_slice(), ErrorCode::ALL.as_slice());
+    }
+
+    /// The browser SDK, read as source: its lists of server error codes sit between marker comments.
+    const SDK_SOURCE: &str = include_str!("../../../clients/web/chorus.js");
+
+    /// The single-quoted strings between the lines `// <marker>` and `// </marker>` of the SDK's source.
+    fn sdk_list(marker: &str) -> Vec<String> {
+        let open = format!("// <{marker}>");
+        let close = format!("// </{marker}>");
+        let mut lines = SDK_SOURCE.lines().map(str::trim);
+        assert!(
+            lines.any(|line| line == open),
+            "clients/web/chorus.js has no `{open}` line"
+        );
+        let region: Vec<&str> = lines.by_ref().take_while(|line| *line != close).collect();
+        assert!(
+            !region.is_empty(),
+            "clients/web/chorus.js: nothing between `{open}` and `{close}`"
+        );
+        let text = region.join("\n");
+        let pieces: Vec<&str> = text.split('\'').collect();
+        assert!(
+            pieces.len() % 2 == 1,
+            "clients/web/chorus.js: unbalanced quotes between `{open}` and `{close}`"
+        );
+        let codes: Vec<String> = pieces
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(|code| (*code).to_owned())
+            .collect();
+        for code in &codes {
+            assert!(
+                !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "clients/web/chorus.js: `{code}` between `{open}` and `{close}` is not an error code"
+            );
+        }
+        codes
+    }
+
+    /// The SDK's `ServerErrorCode` type lists every code of the server, in the order of the protocol table.
+    #[test]
+    fn sdk_error_codes_match_the_server() {
+        let server: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            sdk_list("error-codes"),
+            server,
+            "ServerErrorCode in clients/web/chorus.js (left) against ErrorCode::ALL (right)"
+        );
+    }
+
+    /// The SDK's `FATAL_CODES` are exactly the codes after which the server closes the socket (the SDK
+    /// once lacked `room_closed` and `banned`), in the order of the protocol table.
+    #[test]
+    fn sdk_fatal_codes_match_the_server() {
+        let server: Vec<&str> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.fatal())
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(
+            sdk_list("fatal-codes"),
+            server,
+            "FATAL_CODES in clients/web/chorus.js (left) against the fatal ErrorCodes (right)"
+        );
+    }
+
     /// The error table of protocol.md is the contract: every row names a code with the same fatality.
     #[test]
     fn matches_the_protocol_table() {

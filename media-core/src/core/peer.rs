@@ -19,7 +19,7 @@ use str0m::{
 };
 
 use crate::ids::{ParticipantId, Ssrc};
-use crate::slots::MAX_SLOTS;
+use crate::sfu::slots::MAX_SLOTS;
 
 /// The mids of the m-lines of an SDP (offer or answer; str0m does not name its media-line type) that
 /// offer RED wrapping Opus.
@@ -324,7 +324,7 @@ impl Peer {
         payload: &std::sync::Arc<[u8]>,
         red: bool,
         level: u8,
-        contributors: &crate::csrc_levels::Contributors,
+        contributors: &crate::speakers::csrc_levels::Contributors,
     ) -> Result<(), PeerError> {
         let mut ext = ExtensionValues {
             audio_level: Some(-(level.min(127) as i8)),
@@ -502,7 +502,10 @@ pub(crate) fn opus_only(config: RtcConfig, red: bool) -> RtcConfig {
     let mut exts = ExtensionMap::empty();
     exts.set(AUDIO_LEVEL_EXT_ID, Extension::AudioLevel);
     exts.set(MID_EXT_ID, Extension::RtpMid);
-    exts.set(CSRC_LEVELS_EXT_ID, crate::csrc_levels::extension());
+    exts.set(
+        CSRC_LEVELS_EXT_ID,
+        crate::speakers::csrc_levels::extension(),
+    );
     let mut config = config.set_extension_map(exts);
     if red {
         *config.codec_config() = CodecConfig::new_from_payload_params(vec![opus_with_red()]);

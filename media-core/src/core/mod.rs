@@ -2,6 +2,10 @@
 //! machine. Feed it one input (a datagram, a timeout, a command), then drain [`MediaCore::poll_output`]
 //! until it returns [`Output::Timeout`].
 
+pub mod offer;
+pub mod peer;
+pub mod router;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -11,18 +15,18 @@ use std::time::{Duration, Instant};
 use str0m::config::DtlsCert;
 use str0m::rtp::RtpPacket;
 
-use crate::dominant::{DominantConfig, DominantSpeaker};
+use crate::core::offer::{check_offer, OfferError};
+use crate::core::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
+use crate::core::router::{Route, RouteMiss, Router};
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 use crate::mixer::{MixPacket, Mixer};
-use crate::offer::{check_offer, OfferError};
-use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
 use crate::red;
-use crate::rewrite::SlotRewriter;
 pub use crate::room_config::RoomConfig;
 use crate::room_config::RoomMode;
-use crate::router::{Route, RouteMiss, Router};
+use crate::sfu::rewrite::SlotRewriter;
+use crate::sfu::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
 use crate::sim::Rng;
-use crate::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
+use crate::speakers::dominant::{DominantConfig, DominantSpeaker};
 use crate::stats::{CoreStats, DropReason, Samples};
 
 /// Largest datagram accepted from the network; anything larger is not WebRTC audio.

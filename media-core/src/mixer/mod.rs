@@ -16,7 +16,7 @@
 //!    encoder, kept for [`PERSONAL_HANGOVER_TICKS`] after it stops talking so its stream does not flip
 //!    between encoders at every pause. Each output passes a soft [`Limiter`] before the encoder. The switches
 //!    are not heard: a new personal encoder starts as an exact copy of the shared one (see
-//!    [`crate::encoder`]), and the move back waits for a quiet mix ([`QUIET_SWITCH_LEVEL`], at most
+//!    [`crate::mixer::encoder`]), and the move back waits for a quiet mix ([`QUIET_SWITCH_LEVEL`], at most
 //!    [`PERSONAL_MAX_HANGOVER_TICKS`]).
 //! 4. A listener whose mix is empty (nobody else talks) is sent nothing, like DTX (with
 //!    [`MixConfig::dtx`] off, a pre-encoded silence frame instead). An empty or all-silent room decodes and
@@ -31,18 +31,22 @@
 //! timestamps (the room's tick grid plus a per-listener random offset), so it stays continuous when the
 //! listener moves between the shared and a personal mix. Packets list the talkers as CSRCs with their levels.
 
+pub mod encoder;
+pub mod jitter;
+pub mod limiter;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::audio::{FRAME_SAMPLES, SAMPLE_RATE};
-use crate::csrc_levels::{Contributors, MAX_CSRCS};
-use crate::encoder::{EncoderSettings, MixEncoder, OpusError};
 use crate::ids::{ParticipantId, Ssrc};
-use crate::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
-use crate::limiter::Limiter;
+use crate::mixer::encoder::{EncoderSettings, MixEncoder, OpusError};
+use crate::mixer::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
+use crate::mixer::limiter::Limiter;
 use crate::red::{self, RedundantFrame};
 use crate::room_config::MixConfig;
+use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::stats::{MixStats, Samples};
 
 /// The mixer's tick: one 20 ms frame.

@@ -6,25 +6,28 @@
 //!
 //! Layout: [`core`] is the worker's state machine (peers, timers, datagram demux); [`sfu`] forwards speakers
 //! into subscribers' slots; [`mixer`] mixes a room into one stream; [`speakers`] tracks levels and the
-//! dominant speaker for both modes.
+//! dominant speaker for both modes. The simulated network, the test client and audio analysis are in
+//! `testkit`, compiled only for tests and with the `testkit` feature.
 
 pub mod audio;
-pub mod client;
 pub mod core;
 pub mod ids;
 pub mod mixer;
 pub mod red;
 pub mod room_config;
 pub mod sfu;
-pub mod sim;
 pub mod speakers;
 pub mod stats;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 
 // The flat paths other crates (server, tests, loadtest, fuzz) use.
 pub use crate::core::{offer, peer, router};
 pub use crate::mixer::{encoder, jitter, limiter};
 pub use crate::sfu::{rewrite, slots};
 pub use crate::speakers::{csrc_levels, dominant, levels};
+#[cfg(any(test, feature = "testkit"))]
+pub use crate::testkit::{client, sim};
 
 pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output, SlotInfo};
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};

@@ -4,6 +4,7 @@
 
 pub mod offer;
 pub mod peer;
+mod rng;
 pub mod router;
 
 use std::cmp::Reverse;
@@ -17,6 +18,7 @@ use str0m::rtp::RtpPacket;
 
 use crate::core::offer::{check_offer, OfferError};
 use crate::core::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
+use crate::core::rng::SeqRng;
 use crate::core::router::{Route, RouteMiss, Router};
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 use crate::mixer::{MixPacket, Mixer};
@@ -25,7 +27,6 @@ pub use crate::room_config::RoomConfig;
 use crate::room_config::RoomMode;
 use crate::sfu::rewrite::SlotRewriter;
 use crate::sfu::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
-use crate::sim::Rng;
 use crate::speakers::dominant::{DominantConfig, DominantSpeaker};
 use crate::stats::{CoreStats, DropReason, Samples};
 
@@ -176,7 +177,7 @@ struct Room {
 pub struct MediaCore {
     config: CoreConfig,
     dtls_cert: DtlsCert,
-    rng: Rng,
+    rng: SeqRng,
     participants: HashMap<ParticipantId, Participant>,
     rooms: HashMap<u64, Room>,
     room_keys: HashMap<RoomId, u64>,
@@ -209,7 +210,7 @@ impl MediaCore {
     /// A core using a given DTLS certificate.
     pub fn with_certificate(now: Instant, config: CoreConfig, dtls_cert: DtlsCert) -> Self {
         MediaCore {
-            rng: Rng::new(config.seed),
+            rng: SeqRng::new(config.seed),
             config,
             dtls_cert,
             participants: HashMap::new(),

@@ -36,6 +36,7 @@ macro_rules! red_mids {
             .collect::<Vec<str0m::media::Mid>>()
     };
 }
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) use red_mids;
 
 /// Why a peer could not be created or driven.
@@ -600,7 +601,7 @@ fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{ClientConfig, ClientPeer};
+    use crate::testkit::client::{ClientConfig, ClientPeer};
 
     #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
     fn epoch() -> Instant {

@@ -830,7 +830,8 @@ mod tests {
     //! levels) and a receiver that decodes what a listener gets: frame-exact talk-spurt edges, inaudible
     //! encoder switches, and late ticks.
     use super::*;
-    use crate::audio::{audio_level_from_samples, goertzel_power, mean_square, sine};
+    use crate::audio::{audio_level_from_samples, mean_square};
+    use crate::testkit::analysis::{goertzel_power, sine};
 
     const MS: Duration = Duration::from_millis(1);
     const A: ParticipantId = ParticipantId(1);
@@ -1196,8 +1197,8 @@ mod tests {
         let mut room = Room::with_config(&[A, B, C], config);
         let (mut mic_a, mut mic_b) = (Sender::new(0xA), Sender::new(0xB));
         let (mut tone_a, mut tone_b) = (
-            crate::audio::ToneGenerator::new(440.0, 0.3, SAMPLE_RATE),
-            crate::audio::ToneGenerator::new(1_000.0, 0.2, SAMPLE_RATE),
+            crate::testkit::analysis::ToneGenerator::new(440.0, 0.3, SAMPLE_RATE),
+            crate::testkit::analysis::ToneGenerator::new(1_000.0, 0.2, SAMPLE_RATE),
         );
         let mut pcm = vec![0.0; FRAME_SAMPLES];
         for k in 0..frames {

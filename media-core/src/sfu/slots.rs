@@ -655,7 +655,7 @@ impl SlotSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::Rng;
+    use crate::testkit::sim::Rng;
     use std::collections::BTreeSet;
 
     const MS20: Duration = Duration::from_millis(20);

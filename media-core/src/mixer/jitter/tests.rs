@@ -1,5 +1,5 @@
 use super::*;
-use crate::sim::Rng;
+use crate::testkit::sim::Rng;
 
 const MS: Duration = Duration::from_millis(1);
 const SECOND: Duration = Duration::from_secs(1);

@@ -3,12 +3,12 @@
 //! until it returns [`Output::Timeout`].
 
 pub mod offer;
+mod outbox;
 pub mod peer;
 mod rng;
 pub mod router;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use str0m::config::DtlsCert;
 use str0m::rtp::RtpPacket;
 
 use crate::core::offer::{check_offer, OfferError};
+use crate::core::outbox::Outbox;
 use crate::core::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
 use crate::core::rng::SeqRng;
 use crate::core::router::{Route, RouteMiss, Router};
@@ -183,11 +184,9 @@ pub struct MediaCore {
     room_keys: HashMap<RoomId, u64>,
     next_room_key: u64,
     router: Router,
-    /// Min-heap of (wake-up, participant); an entry is live only while it equals the peer's `scheduled`.
-    timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
-    transmits: VecDeque<Transmit>,
+    /// What draining peers produced: datagrams, peer events still to act on, and peers' wake-ups.
+    out: Outbox,
     events: VecDeque<CoreEvent>,
-    pending: VecDeque<(ParticipantId, PeerEvent)>,
     next_tick: Option<Instant>,
     last_now: Instant,
     stats: CoreStats,
@@ -218,10 +217,8 @@ impl MediaCore {
             room_keys: HashMap::new(),
             next_room_key: 0,
             router: Router::default(),
-            timers: BinaryHeap::new(),
-            transmits: VecDeque::new(),
+            out: Outbox::default(),
             events: VecDeque::new(),
-            pending: VecDeque::new(),
             next_tick: None,
             last_now: now,
             stats: CoreStats::default(),
@@ -322,7 +319,7 @@ impl MediaCore {
                 k
             }
         };
-        let rewriters = (0..peer.slots.len())
+        let rewriters = (0..peer.slots().len())
             .map(|_| {
                 SlotRewriter::new(
                     self.rng.next_u64() as u16 & 0x7fff,
@@ -330,7 +327,7 @@ impl MediaCore {
                 )
             })
             .collect();
-        self.router.add_peer(&peer.ufrag, id);
+        self.router.add_peer(peer.ufrag(), id);
         let participant = Participant {
             room: key,
             peer,
@@ -342,7 +339,7 @@ impl MediaCore {
             .rooms
             .get_mut(&key)
             .expect("room key was just looked up or inserted");
-        let subscribes = !participant.peer.slots.is_empty();
+        let subscribes = !participant.peer.slots().is_empty();
         // In a mixed room the selector only tracks levels and speakers: nobody is assigned slots.
         room.selector
             .add_participant(id, participant.publishes(), subscribes && !mixed);
@@ -371,7 +368,7 @@ impl MediaCore {
             .participants
             .remove(&id)
             .ok_or(CoreError::UnknownParticipant(id))?;
-        self.router.remove_peer(&p.peer.ufrag, id);
+        self.router.remove_peer(p.peer.ufrag(), id);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.selector.remove_participant(id);
             room.dominant.remove(id);
@@ -459,21 +456,14 @@ impl MediaCore {
     /// Time passed: run due peer timers, the room tick, and connection deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
-        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((at, id)) = self.out.pop_due(now) {
             let Some(p) = self.participants.get_mut(&id) else {
                 continue;
             };
-            if p.peer.scheduled != Some(at) {
+            if !p.peer.take_wake(at) {
                 continue; // superseded by an earlier entry
             }
-            p.peer.scheduled = None;
-            if !p.peer.connected
-                && now.saturating_duration_since(p.peer.created) > self.config.connect_timeout
-            {
+            if p.peer.connect_timed_out(now, self.config.connect_timeout) {
                 self.disconnect(id, "connect timeout");
                 continue;
             }
@@ -492,7 +482,7 @@ impl MediaCore {
 
     /// The next output: datagrams first, then events, then the next wake-up.
     pub fn poll_output(&mut self) -> Output {
-        if let Some(t) = self.transmits.pop_front() {
+        if let Some(t) = self.out.transmits.pop_front() {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += t.contents.len() as u64;
             return Output::Transmit(t);
@@ -500,7 +490,7 @@ impl MediaCore {
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
         }
-        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        let timer = self.out.next_wake();
         let next = match (timer, self.next_tick) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
@@ -533,10 +523,10 @@ impl MediaCore {
                         let Some(p) = self.participants.get_mut(&packet.to) else {
                             continue;
                         };
-                        if !p.peer.connected {
+                        if !p.peer.is_connected() {
                             continue;
                         }
-                        let red = match (p.peer.slots.first(), &packet.previous) {
+                        let red = match (p.peer.slots().first(), &packet.previous) {
                             (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
                                 Some(mix_red_payload(
                                     &mut red_variants,
@@ -556,17 +546,10 @@ impl MediaCore {
                             packet.level,
                             &packet.contributors,
                         );
-                        let result = written.and_then(|()| {
-                            drive(
-                                &mut p.peer,
-                                now,
-                                &mut self.transmits,
-                                &mut self.pending,
-                                &mut self.timers,
-                            )
-                        });
+                        let result = written.and_then(|()| p.peer.drive(now, &mut self.out));
                         if result.is_err() {
-                            self.pending
+                            self.out
+                                .events
                                 .push_back((packet.to, PeerEvent::Disconnected("webrtc error")));
                         }
                     }
@@ -616,7 +599,7 @@ impl MediaCore {
 
     fn schedule(&mut self, id: ParticipantId, at: Instant) {
         if let Some(p) = self.participants.get_mut(&id) {
-            schedule(&mut self.timers, &mut p.peer, at);
+            self.out.schedule(&mut p.peer, at);
         }
     }
 
@@ -625,20 +608,14 @@ impl MediaCore {
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
-        if let Err(e) = drive(
-            &mut p.peer,
-            now,
-            &mut self.transmits,
-            &mut self.pending,
-            &mut self.timers,
-        ) {
+        if let Err(e) = p.peer.drive(now, &mut self.out) {
             tracing::debug!(participant = %id, error = %e, "peer failed");
             self.disconnect(id, "webrtc error");
         }
     }
 
     fn process_pending(&mut self, now: Instant) {
-        while let Some((id, event)) = self.pending.pop_front() {
+        while let Some((id, event)) = self.out.events.pop_front() {
             match event {
                 PeerEvent::Connected => self.events.push_back(CoreEvent::Connected(id)),
                 PeerEvent::Disconnected(reason) => self.disconnect(id, reason),
@@ -748,7 +725,7 @@ impl MediaCore {
             let Some(s) = self.participants.get_mut(&sub) else {
                 continue;
             };
-            if !s.peer.connected {
+            if !s.peer.is_connected() {
                 continue;
             }
             let slot = slot as usize;
@@ -759,7 +736,7 @@ impl MediaCore {
                 self.stats.drop(DropReason::StaleOrDuplicate);
                 continue;
             };
-            let red_payload = match (&red, s.peer.slots.get(slot)) {
+            let red_payload = match (&red, s.peer.slots().get(slot)) {
                 (Some(r), Some(stream)) if stream.red_pt.is_some() => {
                     Some(red_variant(&mut red_variants, r, ts, *stream.pt, rewriter))
                 }
@@ -776,22 +753,15 @@ impl MediaCore {
                 vad,
                 source,
             );
-            let result = written.and_then(|()| {
-                drive(
-                    &mut s.peer,
-                    now,
-                    &mut self.transmits,
-                    &mut self.pending,
-                    &mut self.timers,
-                )
-            });
+            let result = written.and_then(|()| s.peer.drive(now, &mut self.out));
             match result {
                 Ok(()) => {
                     self.stats.rtp_forwarded += 1;
                     self.stats.rtp_red_forwarded += u64::from(red_payload.is_some());
                 }
                 Err(_) => self
-                    .pending
+                    .out
+                    .events
                     .push_back((sub, PeerEvent::Disconnected("webrtc error"))),
             }
         }
@@ -870,51 +840,13 @@ fn arm_tick(next_tick: &mut Option<Instant>, room: &Room) {
     }
 }
 
-fn schedule(
-    timers: &mut BinaryHeap<Reverse<(Instant, ParticipantId)>>,
-    peer: &mut Peer,
-    at: Instant,
-) {
-    if peer.scheduled.is_none_or(|s| at < s) {
-        peer.scheduled = Some(at);
-        timers.push(Reverse((at, peer.id)));
-    }
-}
-
-/// Drain a peer after a mutation and schedule its next wake-up.
-///
-/// str0m's pacer releases written RTP only on the next timeout, which it asks for at once: feed that
-/// timeout right here (bounded) instead of a round trip through the timer heap, so a forwarded packet
-/// leaves in the same pass that received it.
-fn drive(
-    peer: &mut Peer,
-    now: Instant,
-    transmits: &mut VecDeque<Transmit>,
-    pending: &mut VecDeque<(ParticipantId, PeerEvent)>,
-    timers: &mut BinaryHeap<Reverse<(Instant, ParticipantId)>>,
-) -> Result<(), PeerError> {
-    let mut next = peer.drain(transmits, pending)?;
-    for _ in 0..4 {
-        if next > now {
-            break;
-        }
-        peer.handle_timeout(now)?;
-        next = peer.drain(transmits, pending)?;
-    }
-    if !peer.is_alive() {
-        pending.push_back((peer.id, PeerEvent::Disconnected("closed")));
-    }
-    schedule(timers, peer, next);
-    Ok(())
-}
-
 fn slot_infos(
     p: &Participant,
     assignment: &[Option<ParticipantId>],
     all: &HashMap<ParticipantId, Participant>,
 ) -> Vec<SlotInfo> {
     p.peer
-        .slots
+        .slots()
         .iter()
         .enumerate()
         .map(|(i, s)| {

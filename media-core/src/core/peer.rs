@@ -3,7 +3,6 @@
 //! The first audio m-line of the client's offer is its microphone; every further audio m-line the client
 //! receives on is one of its slots. The peer only wraps str0m: what to forward where is decided by the room.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use str0m::{
     Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, RtcError,
 };
 
+use crate::core::outbox::Outbox;
 use crate::ids::{ParticipantId, Ssrc};
 use crate::sfu::slots::MAX_SLOTS;
 
@@ -113,20 +113,19 @@ pub struct SlotStream {
 }
 
 pub struct Peer {
-    pub id: ParticipantId,
+    id: ParticipantId,
     rtc: Rtc,
-    pub ufrag: String,
+    ufrag: String,
     mic_mid: Option<Mid>,
     mic_pt: Option<Pt>,
     /// The RED payload type the microphone may send, when the client offered RED on it.
     mic_red_pt: Option<Pt>,
-    pub slots: Vec<SlotStream>,
-    pub connected: bool,
-    /// When the live entry for this peer in the worker's timer heap fires, if any.
-    pub scheduled: Option<Instant>,
-    /// The earliest instant str0m asked to be woken at after the last drain.
-    pub next_timeout: Instant,
-    pub created: Instant,
+    slots: Vec<SlotStream>,
+    connected: bool,
+    /// When the peer next needs a timeout, as scheduled in the core's [`Outbox`]; `None` while no wake-up
+    /// is pending. The only record of the peer's timer: the outbox's heap entries are checked against it.
+    wake: Option<Instant>,
+    created: Instant,
     /// Cumulative NACK counts per (mid, outgoing) from str0m's last stats, to report differences.
     nack_totals: Vec<(Mid, bool, u64)>,
 }
@@ -226,12 +225,55 @@ impl Peer {
             mic_red_pt,
             slots,
             connected: false,
-            scheduled: None,
-            next_timeout: now,
+            wake: None,
             created: now,
             nack_totals: Vec::new(),
         };
         Ok((peer, answer.to_sdp_string()))
+    }
+
+    pub fn id(&self) -> ParticipantId {
+        self.id
+    }
+
+    /// The local ICE username fragment: what the router demultiplexes STUN by.
+    pub fn ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
+    /// The subscriber's outgoing slot streams, in offer order.
+    pub fn slots(&self) -> &[SlotStream] {
+        &self.slots
+    }
+
+    /// Whether DTLS-SRTP is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Whether the peer is still not connected more than `timeout` after its offer.
+    pub fn connect_timed_out(&self, now: Instant, timeout: Duration) -> bool {
+        !self.connected && now.saturating_duration_since(self.created) > timeout
+    }
+
+    /// Record a wake-up at `at`; `true` if it is earlier than the pending one (or none was pending), so the
+    /// outbox must hold an entry for it.
+    pub(crate) fn wake_earlier(&mut self, at: Instant) -> bool {
+        if self.wake.is_some_and(|w| w <= at) {
+            return false;
+        }
+        self.wake = Some(at);
+        true
+    }
+
+    /// Whether a timer entry for `at` is this peer's live wake-up; if so it is consumed (none is pending
+    /// any more).
+    pub(crate) fn take_wake(&mut self, at: Instant) -> bool {
+        if self.wake != Some(at) {
+            return false;
+        }
+        self.wake = None;
+        true
     }
 
     /// Whether the microphone m-line lets the client send to us.
@@ -380,22 +422,40 @@ impl Peer {
         Ok(())
     }
 
-    /// Drain str0m until it returns its next timeout: datagrams go to `out`, events to `events`.
-    pub fn drain(
-        &mut self,
-        out: &mut VecDeque<Transmit>,
-        events: &mut VecDeque<(ParticipantId, PeerEvent)>,
-    ) -> Result<Instant, PeerError> {
+    /// Drain the peer after a mutation and schedule its next wake-up in `out`.
+    ///
+    /// str0m's pacer releases written RTP only on the next timeout, which it asks for at once: feed that
+    /// timeout right here (bounded) instead of a round trip through the timer heap, so a forwarded packet
+    /// leaves in the same pass that received it.
+    pub(crate) fn drive(&mut self, now: Instant, out: &mut Outbox) -> Result<(), PeerError> {
+        let mut next = self.drain(out)?;
+        for _ in 0..4 {
+            if next > now {
+                break;
+            }
+            self.handle_timeout(now)?;
+            next = self.drain(out)?;
+        }
+        if !self.is_alive() {
+            out.events
+                .push_back((self.id, PeerEvent::Disconnected("closed")));
+        }
+        out.schedule(self, next);
+        Ok(())
+    }
+
+    /// Drain str0m until it returns its next timeout: datagrams and events go to `out`.
+    fn drain(&mut self, out: &mut Outbox) -> Result<Instant, PeerError> {
         let id = self.id;
+        let Outbox {
+            transmits, events, ..
+        } = out;
         loop {
             let rtc = &mut self.rtc;
             let output = guard(|| rtc.poll_output())??;
             match output {
-                Output::Timeout(t) => {
-                    self.next_timeout = t;
-                    return Ok(t);
-                }
-                Output::Transmit(t) => out.push_back(Transmit {
+                Output::Timeout(t) => return Ok(t),
+                Output::Transmit(t) => transmits.push_back(Transmit {
                     destination: t.destination,
                     contents: t.contents.into(),
                 }),

@@ -138,8 +138,8 @@ impl Peer {
         params: &PeerParams<'_>,
         offer_sdp: &str,
     ) -> Result<(Peer, String), PeerError> {
-        let offer =
-            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
+        // The most hostile input a peer takes: parsed under the same guard as every other str0m call.
+        let offer = parse_offer(offer_sdp, SdpOffer::from_sdp_string)?;
         guard(|| Self::from_parsed(now, id, params, offer))?
     }
 
@@ -653,6 +653,15 @@ fn udp_input<'a>(
     ))
 }
 
+/// Parse an SDP offer with `parse` (str0m's parser in production) under [`guard`]: a parse error is
+/// [`PeerError::BadSdp`], a panic in the parser [`PeerError::Panicked`].
+fn parse_offer<E: std::fmt::Display>(
+    sdp: &str,
+    parse: impl FnOnce(&str) -> Result<SdpOffer, E>,
+) -> Result<SdpOffer, PeerError> {
+    guard(|| parse(sdp).map_err(|e| PeerError::BadSdp(e.to_string())))?
+}
+
 /// Run a call into str0m so that a bug (panic) in it cannot take down the worker: the peer is dropped.
 fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| PeerError::Panicked)
@@ -848,6 +857,28 @@ mod tests {
         let (peer, _) = answer_for(5, false, 2).expect("answer");
         assert_eq!(peer.slots.len(), 2);
         assert!(!peer.has_microphone());
+    }
+
+    #[test]
+    fn a_panic_while_parsing_an_offer_is_a_typed_error() {
+        let panicking = |_: &str| -> Result<SdpOffer, String> { panic!("parser bug") };
+        assert!(matches!(
+            parse_offer("v=0", panicking),
+            Err(PeerError::Panicked)
+        ));
+        // Through str0m's parser: garbage is a parse error, a real offer parses.
+        assert!(matches!(
+            parse_offer("not sdp", SdpOffer::from_sdp_string),
+            Err(PeerError::BadSdp(_))
+        ));
+        let client = ClientConfig {
+            local_addr: "127.0.0.1:6000".parse().expect("literal address"),
+            slots: 1,
+            publish: true,
+            red: 0,
+        };
+        let (_, offer) = ClientPeer::new(epoch(), client).expect("client offer");
+        assert!(parse_offer(&offer, SdpOffer::from_sdp_string).is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod offer;
 mod outbox;
 pub mod peer;
 mod rng;
+mod room;
 pub mod router;
 
 use std::collections::{HashMap, VecDeque};
@@ -20,6 +21,7 @@ use crate::core::offer::{check_offer, OfferError};
 use crate::core::outbox::Outbox;
 use crate::core::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
 use crate::core::rng::SeqRng;
+use crate::core::room::{Room, RoomKind};
 use crate::core::router::{Route, RouteMiss, Router};
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 use crate::mixer::{MixPacket, Mixer};
@@ -164,17 +166,6 @@ impl Participant {
     }
 }
 
-struct Room {
-    id: RoomId,
-    config: RoomConfig,
-    selector: SlotSelector,
-    members: Vec<ParticipantId>,
-    /// Mixed rooms only.
-    mixer: Option<Mixer>,
-    /// Dominant speaker detection (both modes).
-    dominant: DominantSpeaker,
-}
-
 pub struct MediaCore {
     config: CoreConfig,
     dtls_cert: DtlsCert,
@@ -239,7 +230,7 @@ impl MediaCore {
     /// The jitter-buffer target delay of a participant in a mixed room.
     pub fn jitter_target(&self, id: ParticipantId) -> Option<Duration> {
         let p = self.participants.get(&id)?;
-        self.rooms.get(&p.room)?.mixer.as_ref()?.jitter_target(id)
+        self.rooms.get(&p.room)?.mixer()?.jitter_target(id)
     }
 
     pub fn participant_count(&self) -> usize {
@@ -312,7 +303,11 @@ impl MediaCore {
                         config: room_config,
                         selector: SlotSelector::new(slots, self.config.selector),
                         members: Vec::new(),
-                        mixer: mixed.then(|| Mixer::new(now, room_config.mix)),
+                        kind: if mixed {
+                            RoomKind::Mix(Box::new(Mixer::new(now, room_config.mix)))
+                        } else {
+                            RoomKind::Forward
+                        },
                         dominant: DominantSpeaker::new(DominantConfig::default()),
                     },
                 );
@@ -343,7 +338,7 @@ impl MediaCore {
         // In a mixed room the selector only tracks levels and speakers: nobody is assigned slots.
         room.selector
             .add_participant(id, participant.publishes(), subscribes && !mixed);
-        if let Some(mixer) = room.mixer.as_mut() {
+        if let Some(mixer) = room.mixer_mut() {
             mixer.add_member(
                 id,
                 participant.publishes(),
@@ -372,7 +367,7 @@ impl MediaCore {
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.selector.remove_participant(id);
             room.dominant.remove(id);
-            if let Some(mixer) = room.mixer.as_mut() {
+            if let Some(mixer) = room.mixer_mut() {
                 mixer.remove_member(id);
             }
             room.members.retain(|m| *m != id);
@@ -397,7 +392,7 @@ impl MediaCore {
         let key = p.room;
         if let Some(room) = self.rooms.get_mut(&key) {
             room.selector.set_publishing(id, publishes);
-            if let Some(mixer) = room.mixer.as_mut() {
+            if let Some(mixer) = room.mixer_mut() {
                 mixer.set_publishing(id, publishes);
             }
         }
@@ -503,7 +498,7 @@ impl MediaCore {
     /// Make sure the room tick runs when room `key`'s selector next needs an update.
     fn arm_tick(&mut self, key: u64) {
         if let Some(room) = self.rooms.get(&key) {
-            arm_tick(&mut self.next_tick, room);
+            room.arm_tick(&mut self.next_tick);
         }
     }
 
@@ -513,7 +508,7 @@ impl MediaCore {
         self.next_tick = None;
         let mut mixed = std::mem::take(&mut self.mix_out);
         for room in self.rooms.values_mut() {
-            if let Some(mixer) = room.mixer.as_mut() {
+            if let Some(mixer) = room.mixer_mut() {
                 if mixer.next_tick().is_some_and(|t| t <= now) {
                     mixed.clear();
                     mixer.tick(now, &mut mixed, &mut self.stats.mix, &mut self.samples);
@@ -578,7 +573,7 @@ impl MediaCore {
                     });
                 }
             }
-            arm_tick(&mut self.next_tick, room);
+            room.arm_tick(&mut self.next_tick);
         }
         self.mix_out = mixed;
     }
@@ -683,7 +678,7 @@ impl MediaCore {
         };
         room.selector.on_audio(now, from, level_dbov, vad);
         room.dominant.on_level(from, now, level_dbov);
-        if let Some(mixer) = room.mixer.as_mut() {
+        if let Some(mixer) = room.mixer_mut() {
             let primary = match &red {
                 Some(r) => Arc::from(r.primary),
                 None => packet.payload.clone(),
@@ -703,10 +698,10 @@ impl MediaCore {
             } else if let Some(r) = &red {
                 mixer.push_redundant(from, *packet.seq_no, packet.header.timestamp, &r.redundant);
             }
-            arm_tick(&mut self.next_tick, room);
+            room.arm_tick(&mut self.next_tick);
             return;
         }
-        arm_tick(&mut self.next_tick, room);
+        room.arm_tick(&mut self.next_tick);
         let routes = room.selector.routes(from);
         if routes.is_empty() {
             self.stats.rtp_unrouted += 1;
@@ -831,13 +826,6 @@ fn mix_red_payload(
     let payload: Arc<[u8]> = Arc::from(out);
     variants.push((primary.clone(), previous.clone(), opus_pt, payload.clone()));
     payload
-}
-
-fn arm_tick(next_tick: &mut Option<Instant>, room: &Room) {
-    let mixer = room.mixer.as_ref().and_then(|m| m.next_tick());
-    for t in [room.selector.next_update(), mixer].into_iter().flatten() {
-        *next_tick = Some(next_tick.map_or(t, |n| n.min(t)));
-    }
 }
 
 fn slot_infos(

@@ -34,7 +34,7 @@ fuzz_target!(|input: (u8, &str)| {
         slots: usize::from(slots % 18),
     };
     if let Ok((peer, answer)) = Peer::from_offer(Instant::now(), ParticipantId(1), &params, sdp) {
-        assert!(peer.slots.len() <= params.slots);
+        assert!(peer.slots().len() <= params.slots);
         // An answer has at most one m-line per offered one; bound it loosely by the offer size.
         assert!(
             answer.len() <= 4096 + 64 * sdp.len(),

@@ -3,27 +3,31 @@
 //! No sockets, no threads, no clock. Time enters as an [`std::time::Instant`] with every input; outputs are
 //! datagrams to send, events, and the next timeout. A server worker thread owns one [`MediaCore`] and drives
 //! it: one input, then drain [`MediaCore::poll_output`] until it returns a timeout, then wait.
+//!
+//! Layout: [`core`] is the worker's state machine (peers, timers, datagram demux); [`sfu`] forwards speakers
+//! into subscribers' slots; [`mixer`] mixes a room into one stream; [`speakers`] tracks levels and the
+//! dominant speaker for both modes. The simulated network, the test client and audio analysis are in
+//! `testkit`, compiled only for tests and with the `testkit` feature.
 
 pub mod audio;
-pub mod client;
 pub mod core;
-pub mod csrc_levels;
-pub mod dominant;
-pub mod encoder;
 pub mod ids;
-pub mod jitter;
-pub mod levels;
-pub mod limiter;
 pub mod mixer;
-pub mod offer;
-pub mod peer;
 pub mod red;
-pub mod rewrite;
 pub mod room_config;
-pub mod router;
-pub mod sim;
-pub mod slots;
+pub mod sfu;
+pub mod speakers;
 pub mod stats;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+// The flat paths other crates (server, tests, loadtest, fuzz) use.
+pub use crate::core::{offer, peer, router};
+pub use crate::mixer::{encoder, jitter, limiter};
+pub use crate::sfu::{rewrite, slots};
+pub use crate::speakers::{csrc_levels, dominant, levels};
+#[cfg(any(test, feature = "testkit"))]
+pub use crate::testkit::{client, sim};
 
 pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output, SlotInfo};
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};

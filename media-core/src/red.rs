@@ -239,7 +239,7 @@ mod tests {
         for n in 0..good.len() {
             let _ = parse(&good[..n], 111);
         }
-        let mut rng = crate::sim::Rng::new(7);
+        let mut rng = crate::testkit::sim::Rng::new(7);
         for _ in 0..5000 {
             let len = (rng.next_u64() % 40) as usize;
             let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();

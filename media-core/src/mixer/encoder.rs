@@ -150,7 +150,8 @@ impl Drop for MixEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::{ToneGenerator, FRAME_SAMPLES};
+    use crate::audio::FRAME_SAMPLES;
+    use crate::testkit::analysis::ToneGenerator;
 
     fn settings() -> EncoderSettings {
         EncoderSettings {

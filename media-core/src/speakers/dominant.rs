@@ -396,7 +396,7 @@ fn log_likelihood_ratio(n: usize, n_max: usize, p: f64, lambda: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::Rng;
+    use crate::testkit::sim::Rng;
 
     const FRAME: Duration = Duration::from_millis(20);
 

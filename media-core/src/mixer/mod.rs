@@ -16,7 +16,7 @@
 //!    encoder, kept for [`PERSONAL_HANGOVER_TICKS`] after it stops talking so its stream does not flip
 //!    between encoders at every pause. Each output passes a soft [`Limiter`] before the encoder. The switches
 //!    are not heard: a new personal encoder starts as an exact copy of the shared one (see
-//!    [`crate::encoder`]), and the move back waits for a quiet mix ([`QUIET_SWITCH_LEVEL`], at most
+//!    [`crate::mixer::encoder`]), and the move back waits for a quiet mix ([`QUIET_SWITCH_LEVEL`], at most
 //!    [`PERSONAL_MAX_HANGOVER_TICKS`]).
 //! 4. A listener whose mix is empty (nobody else talks) is sent nothing, like DTX (with
 //!    [`MixConfig::dtx`] off, a pre-encoded silence frame instead). An empty or all-silent room decodes and
@@ -31,18 +31,22 @@
 //! timestamps (the room's tick grid plus a per-listener random offset), so it stays continuous when the
 //! listener moves between the shared and a personal mix. Packets list the talkers as CSRCs with their levels.
 
+pub mod encoder;
+pub mod jitter;
+pub mod limiter;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::audio::{FRAME_SAMPLES, SAMPLE_RATE};
-use crate::csrc_levels::{Contributors, MAX_CSRCS};
-use crate::encoder::{EncoderSettings, MixEncoder, OpusError};
 use crate::ids::{ParticipantId, Ssrc};
-use crate::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
-use crate::limiter::Limiter;
+use crate::mixer::encoder::{EncoderSettings, MixEncoder, OpusError};
+use crate::mixer::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
+use crate::mixer::limiter::Limiter;
 use crate::red::{self, RedundantFrame};
 use crate::room_config::MixConfig;
+use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::stats::{MixStats, Samples};
 
 /// The mixer's tick: one 20 ms frame.
@@ -826,7 +830,8 @@ mod tests {
     //! levels) and a receiver that decodes what a listener gets: frame-exact talk-spurt edges, inaudible
     //! encoder switches, and late ticks.
     use super::*;
-    use crate::audio::{audio_level_from_samples, goertzel_power, mean_square, sine};
+    use crate::audio::{audio_level_from_samples, mean_square};
+    use crate::testkit::analysis::{goertzel_power, sine};
 
     const MS: Duration = Duration::from_millis(1);
     const A: ParticipantId = ParticipantId(1);
@@ -1192,8 +1197,8 @@ mod tests {
         let mut room = Room::with_config(&[A, B, C], config);
         let (mut mic_a, mut mic_b) = (Sender::new(0xA), Sender::new(0xB));
         let (mut tone_a, mut tone_b) = (
-            crate::audio::ToneGenerator::new(440.0, 0.3, SAMPLE_RATE),
-            crate::audio::ToneGenerator::new(1_000.0, 0.2, SAMPLE_RATE),
+            crate::testkit::analysis::ToneGenerator::new(440.0, 0.3, SAMPLE_RATE),
+            crate::testkit::analysis::ToneGenerator::new(1_000.0, 0.2, SAMPLE_RATE),
         );
         let mut pcm = vec![0.0; FRAME_SAMPLES];
         for k in 0..frames {

@@ -95,7 +95,8 @@ fn knee(s: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::{ToneAnalysis, ToneGenerator, FRAME_SAMPLES, SAMPLE_RATE};
+    use crate::audio::{FRAME_SAMPLES, SAMPLE_RATE};
+    use crate::testkit::analysis::{ToneAnalysis, ToneGenerator};
 
     #[test]
     fn quiet_audio_passes_unchanged() {

@@ -4,7 +4,7 @@
 //! worker thread and got a 314 KB answer (issue 10). Chorus needs one microphone and at most
 //! [`MAX_SLOTS`] receive slots, so anything beyond that is refused by counting lines, which costs nothing.
 
-use crate::slots::MAX_SLOTS;
+use crate::sfu::slots::MAX_SLOTS;
 
 /// Audio m-lines accepted: the microphone and one per slot.
 pub const MAX_AUDIO_M_LINES: usize = 1 + MAX_SLOTS;

@@ -2,8 +2,14 @@
 //! machine. Feed it one input (a datagram, a timeout, a command), then drain [`MediaCore::poll_output`]
 //! until it returns [`Output::Timeout`].
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+pub mod offer;
+mod outbox;
+pub mod peer;
+mod rng;
+mod room;
+pub mod router;
+
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,18 +17,20 @@ use std::time::{Duration, Instant};
 use str0m::config::DtlsCert;
 use str0m::rtp::RtpPacket;
 
-use crate::dominant::{DominantConfig, DominantSpeaker};
+use crate::core::offer::{check_offer, OfferError};
+use crate::core::outbox::Outbox;
+use crate::core::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
+use crate::core::rng::SeqRng;
+use crate::core::room::{Room, RoomKind};
+use crate::core::router::{Route, RouteMiss, Router};
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 use crate::mixer::{MixPacket, Mixer};
-use crate::offer::{check_offer, OfferError};
-use crate::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
 use crate::red;
-use crate::rewrite::SlotRewriter;
 pub use crate::room_config::RoomConfig;
 use crate::room_config::RoomMode;
-use crate::router::{Route, RouteMiss, Router};
-use crate::sim::Rng;
-use crate::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
+use crate::sfu::rewrite::SlotRewriter;
+use crate::sfu::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
+use crate::speakers::dominant::{DominantConfig, DominantSpeaker};
 use crate::stats::{CoreStats, DropReason, Samples};
 
 /// Largest datagram accepted from the network; anything larger is not WebRTC audio.
@@ -158,31 +166,18 @@ impl Participant {
     }
 }
 
-struct Room {
-    id: RoomId,
-    config: RoomConfig,
-    selector: SlotSelector,
-    members: Vec<ParticipantId>,
-    /// Mixed rooms only.
-    mixer: Option<Mixer>,
-    /// Dominant speaker detection (both modes).
-    dominant: DominantSpeaker,
-}
-
 pub struct MediaCore {
     config: CoreConfig,
     dtls_cert: DtlsCert,
-    rng: Rng,
+    rng: SeqRng,
     participants: HashMap<ParticipantId, Participant>,
     rooms: HashMap<u64, Room>,
     room_keys: HashMap<RoomId, u64>,
     next_room_key: u64,
     router: Router,
-    /// Min-heap of (wake-up, participant); an entry is live only while it equals the peer's `scheduled`.
-    timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
-    transmits: VecDeque<Transmit>,
+    /// What draining peers produced: datagrams, peer events still to act on, and peers' wake-ups.
+    out: Outbox,
     events: VecDeque<CoreEvent>,
-    pending: VecDeque<(ParticipantId, PeerEvent)>,
     next_tick: Option<Instant>,
     last_now: Instant,
     stats: CoreStats,
@@ -205,7 +200,7 @@ impl MediaCore {
     /// A core using a given DTLS certificate.
     pub fn with_certificate(now: Instant, config: CoreConfig, dtls_cert: DtlsCert) -> Self {
         MediaCore {
-            rng: Rng::new(config.seed),
+            rng: SeqRng::new(config.seed),
             config,
             dtls_cert,
             participants: HashMap::new(),
@@ -213,10 +208,8 @@ impl MediaCore {
             room_keys: HashMap::new(),
             next_room_key: 0,
             router: Router::default(),
-            timers: BinaryHeap::new(),
-            transmits: VecDeque::new(),
+            out: Outbox::default(),
             events: VecDeque::new(),
-            pending: VecDeque::new(),
             next_tick: None,
             last_now: now,
             stats: CoreStats::default(),
@@ -237,7 +230,7 @@ impl MediaCore {
     /// The jitter-buffer target delay of a participant in a mixed room.
     pub fn jitter_target(&self, id: ParticipantId) -> Option<Duration> {
         let p = self.participants.get(&id)?;
-        self.rooms.get(&p.room)?.mixer.as_ref()?.jitter_target(id)
+        self.rooms.get(&p.room)?.mixer()?.jitter_target(id)
     }
 
     pub fn participant_count(&self) -> usize {
@@ -310,14 +303,18 @@ impl MediaCore {
                         config: room_config,
                         selector: SlotSelector::new(slots, self.config.selector),
                         members: Vec::new(),
-                        mixer: mixed.then(|| Mixer::new(now, room_config.mix)),
+                        kind: if mixed {
+                            RoomKind::Mix(Box::new(Mixer::new(now, room_config.mix)))
+                        } else {
+                            RoomKind::Forward
+                        },
                         dominant: DominantSpeaker::new(DominantConfig::default()),
                     },
                 );
                 k
             }
         };
-        let rewriters = (0..peer.slots.len())
+        let rewriters = (0..peer.slots().len())
             .map(|_| {
                 SlotRewriter::new(
                     self.rng.next_u64() as u16 & 0x7fff,
@@ -325,7 +322,7 @@ impl MediaCore {
                 )
             })
             .collect();
-        self.router.add_peer(&peer.ufrag, id);
+        self.router.add_peer(peer.ufrag(), id);
         let participant = Participant {
             room: key,
             peer,
@@ -337,11 +334,11 @@ impl MediaCore {
             .rooms
             .get_mut(&key)
             .expect("room key was just looked up or inserted");
-        let subscribes = !participant.peer.slots.is_empty();
+        let subscribes = !participant.peer.slots().is_empty();
         // In a mixed room the selector only tracks levels and speakers: nobody is assigned slots.
         room.selector
             .add_participant(id, participant.publishes(), subscribes && !mixed);
-        if let Some(mixer) = room.mixer.as_mut() {
+        if let Some(mixer) = room.mixer_mut() {
             mixer.add_member(
                 id,
                 participant.publishes(),
@@ -366,11 +363,11 @@ impl MediaCore {
             .participants
             .remove(&id)
             .ok_or(CoreError::UnknownParticipant(id))?;
-        self.router.remove_peer(&p.peer.ufrag, id);
+        self.router.remove_peer(p.peer.ufrag(), id);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.selector.remove_participant(id);
             room.dominant.remove(id);
-            if let Some(mixer) = room.mixer.as_mut() {
+            if let Some(mixer) = room.mixer_mut() {
                 mixer.remove_member(id);
             }
             room.members.retain(|m| *m != id);
@@ -395,7 +392,7 @@ impl MediaCore {
         let key = p.room;
         if let Some(room) = self.rooms.get_mut(&key) {
             room.selector.set_publishing(id, publishes);
-            if let Some(mixer) = room.mixer.as_mut() {
+            if let Some(mixer) = room.mixer_mut() {
                 mixer.set_publishing(id, publishes);
             }
         }
@@ -454,21 +451,14 @@ impl MediaCore {
     /// Time passed: run due peer timers, the room tick, and connection deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
-        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((at, id)) = self.out.pop_due(now) {
             let Some(p) = self.participants.get_mut(&id) else {
                 continue;
             };
-            if p.peer.scheduled != Some(at) {
+            if !p.peer.take_wake(at) {
                 continue; // superseded by an earlier entry
             }
-            p.peer.scheduled = None;
-            if !p.peer.connected
-                && now.saturating_duration_since(p.peer.created) > self.config.connect_timeout
-            {
+            if p.peer.connect_timed_out(now, self.config.connect_timeout) {
                 self.disconnect(id, "connect timeout");
                 continue;
             }
@@ -487,7 +477,7 @@ impl MediaCore {
 
     /// The next output: datagrams first, then events, then the next wake-up.
     pub fn poll_output(&mut self) -> Output {
-        if let Some(t) = self.transmits.pop_front() {
+        if let Some(t) = self.out.transmits.pop_front() {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += t.contents.len() as u64;
             return Output::Transmit(t);
@@ -495,7 +485,7 @@ impl MediaCore {
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
         }
-        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        let timer = self.out.next_wake();
         let next = match (timer, self.next_tick) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
@@ -508,7 +498,7 @@ impl MediaCore {
     /// Make sure the room tick runs when room `key`'s selector next needs an update.
     fn arm_tick(&mut self, key: u64) {
         if let Some(room) = self.rooms.get(&key) {
-            arm_tick(&mut self.next_tick, room);
+            room.arm_tick(&mut self.next_tick);
         }
     }
 
@@ -518,7 +508,7 @@ impl MediaCore {
         self.next_tick = None;
         let mut mixed = std::mem::take(&mut self.mix_out);
         for room in self.rooms.values_mut() {
-            if let Some(mixer) = room.mixer.as_mut() {
+            if let Some(mixer) = room.mixer_mut() {
                 if mixer.next_tick().is_some_and(|t| t <= now) {
                     mixed.clear();
                     mixer.tick(now, &mut mixed, &mut self.stats.mix, &mut self.samples);
@@ -528,10 +518,10 @@ impl MediaCore {
                         let Some(p) = self.participants.get_mut(&packet.to) else {
                             continue;
                         };
-                        if !p.peer.connected {
+                        if !p.peer.is_connected() {
                             continue;
                         }
-                        let red = match (p.peer.slots.first(), &packet.previous) {
+                        let red = match (p.peer.slots().first(), &packet.previous) {
                             (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
                                 Some(mix_red_payload(
                                     &mut red_variants,
@@ -551,17 +541,10 @@ impl MediaCore {
                             packet.level,
                             &packet.contributors,
                         );
-                        let result = written.and_then(|()| {
-                            drive(
-                                &mut p.peer,
-                                now,
-                                &mut self.transmits,
-                                &mut self.pending,
-                                &mut self.timers,
-                            )
-                        });
+                        let result = written.and_then(|()| p.peer.drive(now, &mut self.out));
                         if result.is_err() {
-                            self.pending
+                            self.out
+                                .events
                                 .push_back((packet.to, PeerEvent::Disconnected("webrtc error")));
                         }
                     }
@@ -590,7 +573,7 @@ impl MediaCore {
                     });
                 }
             }
-            arm_tick(&mut self.next_tick, room);
+            room.arm_tick(&mut self.next_tick);
         }
         self.mix_out = mixed;
     }
@@ -611,7 +594,7 @@ impl MediaCore {
 
     fn schedule(&mut self, id: ParticipantId, at: Instant) {
         if let Some(p) = self.participants.get_mut(&id) {
-            schedule(&mut self.timers, &mut p.peer, at);
+            self.out.schedule(&mut p.peer, at);
         }
     }
 
@@ -620,20 +603,14 @@ impl MediaCore {
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
-        if let Err(e) = drive(
-            &mut p.peer,
-            now,
-            &mut self.transmits,
-            &mut self.pending,
-            &mut self.timers,
-        ) {
+        if let Err(e) = p.peer.drive(now, &mut self.out) {
             tracing::debug!(participant = %id, error = %e, "peer failed");
             self.disconnect(id, "webrtc error");
         }
     }
 
     fn process_pending(&mut self, now: Instant) {
-        while let Some((id, event)) = self.pending.pop_front() {
+        while let Some((id, event)) = self.out.events.pop_front() {
             match event {
                 PeerEvent::Connected => self.events.push_back(CoreEvent::Connected(id)),
                 PeerEvent::Disconnected(reason) => self.disconnect(id, reason),
@@ -701,7 +678,7 @@ impl MediaCore {
         };
         room.selector.on_audio(now, from, level_dbov, vad);
         room.dominant.on_level(from, now, level_dbov);
-        if let Some(mixer) = room.mixer.as_mut() {
+        if let Some(mixer) = room.mixer_mut() {
             let primary = match &red {
                 Some(r) => Arc::from(r.primary),
                 None => packet.payload.clone(),
@@ -721,10 +698,10 @@ impl MediaCore {
             } else if let Some(r) = &red {
                 mixer.push_redundant(from, *packet.seq_no, packet.header.timestamp, &r.redundant);
             }
-            arm_tick(&mut self.next_tick, room);
+            room.arm_tick(&mut self.next_tick);
             return;
         }
-        arm_tick(&mut self.next_tick, room);
+        room.arm_tick(&mut self.next_tick);
         let routes = room.selector.routes(from);
         if routes.is_empty() {
             self.stats.rtp_unrouted += 1;
@@ -743,7 +720,7 @@ impl MediaCore {
             let Some(s) = self.participants.get_mut(&sub) else {
                 continue;
             };
-            if !s.peer.connected {
+            if !s.peer.is_connected() {
                 continue;
             }
             let slot = slot as usize;
@@ -754,7 +731,7 @@ impl MediaCore {
                 self.stats.drop(DropReason::StaleOrDuplicate);
                 continue;
             };
-            let red_payload = match (&red, s.peer.slots.get(slot)) {
+            let red_payload = match (&red, s.peer.slots().get(slot)) {
                 (Some(r), Some(stream)) if stream.red_pt.is_some() => {
                     Some(red_variant(&mut red_variants, r, ts, *stream.pt, rewriter))
                 }
@@ -771,22 +748,15 @@ impl MediaCore {
                 vad,
                 source,
             );
-            let result = written.and_then(|()| {
-                drive(
-                    &mut s.peer,
-                    now,
-                    &mut self.transmits,
-                    &mut self.pending,
-                    &mut self.timers,
-                )
-            });
+            let result = written.and_then(|()| s.peer.drive(now, &mut self.out));
             match result {
                 Ok(()) => {
                     self.stats.rtp_forwarded += 1;
                     self.stats.rtp_red_forwarded += u64::from(red_payload.is_some());
                 }
                 Err(_) => self
-                    .pending
+                    .out
+                    .events
                     .push_back((sub, PeerEvent::Disconnected("webrtc error"))),
             }
         }
@@ -858,58 +828,13 @@ fn mix_red_payload(
     payload
 }
 
-fn arm_tick(next_tick: &mut Option<Instant>, room: &Room) {
-    let mixer = room.mixer.as_ref().and_then(|m| m.next_tick());
-    for t in [room.selector.next_update(), mixer].into_iter().flatten() {
-        *next_tick = Some(next_tick.map_or(t, |n| n.min(t)));
-    }
-}
-
-fn schedule(
-    timers: &mut BinaryHeap<Reverse<(Instant, ParticipantId)>>,
-    peer: &mut Peer,
-    at: Instant,
-) {
-    if peer.scheduled.is_none_or(|s| at < s) {
-        peer.scheduled = Some(at);
-        timers.push(Reverse((at, peer.id)));
-    }
-}
-
-/// Drain a peer after a mutation and schedule its next wake-up.
-///
-/// str0m's pacer releases written RTP only on the next timeout, which it asks for at once: feed that
-/// timeout right here (bounded) instead of a round trip through the timer heap, so a forwarded packet
-/// leaves in the same pass that received it.
-fn drive(
-    peer: &mut Peer,
-    now: Instant,
-    transmits: &mut VecDeque<Transmit>,
-    pending: &mut VecDeque<(ParticipantId, PeerEvent)>,
-    timers: &mut BinaryHeap<Reverse<(Instant, ParticipantId)>>,
-) -> Result<(), PeerError> {
-    let mut next = peer.drain(transmits, pending)?;
-    for _ in 0..4 {
-        if next > now {
-            break;
-        }
-        peer.handle_timeout(now)?;
-        next = peer.drain(transmits, pending)?;
-    }
-    if !peer.is_alive() {
-        pending.push_back((peer.id, PeerEvent::Disconnected("closed")));
-    }
-    schedule(timers, peer, next);
-    Ok(())
-}
-
 fn slot_infos(
     p: &Participant,
     assignment: &[Option<ParticipantId>],
     all: &HashMap<ParticipantId, Participant>,
 ) -> Vec<SlotInfo> {
     p.peer
-        .slots
+        .slots()
         .iter()
         .enumerate()
         .map(|(i, s)| {

@@ -3,7 +3,6 @@
 //! The first audio m-line of the client's offer is its microphone; every further audio m-line the client
 //! receives on is one of its slots. The peer only wraps str0m: what to forward where is decided by the room.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -18,8 +17,9 @@ use str0m::{
     Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, RtcError,
 };
 
+use crate::core::outbox::Outbox;
 use crate::ids::{ParticipantId, Ssrc};
-use crate::slots::MAX_SLOTS;
+use crate::sfu::slots::MAX_SLOTS;
 
 /// The mids of the m-lines of an SDP (offer or answer; str0m does not name its media-line type) that
 /// offer RED wrapping Opus.
@@ -36,6 +36,7 @@ macro_rules! red_mids {
             .collect::<Vec<str0m::media::Mid>>()
     };
 }
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) use red_mids;
 
 /// Why a peer could not be created or driven.
@@ -112,20 +113,19 @@ pub struct SlotStream {
 }
 
 pub struct Peer {
-    pub id: ParticipantId,
+    id: ParticipantId,
     rtc: Rtc,
-    pub ufrag: String,
+    ufrag: String,
     mic_mid: Option<Mid>,
     mic_pt: Option<Pt>,
     /// The RED payload type the microphone may send, when the client offered RED on it.
     mic_red_pt: Option<Pt>,
-    pub slots: Vec<SlotStream>,
-    pub connected: bool,
-    /// When the live entry for this peer in the worker's timer heap fires, if any.
-    pub scheduled: Option<Instant>,
-    /// The earliest instant str0m asked to be woken at after the last drain.
-    pub next_timeout: Instant,
-    pub created: Instant,
+    slots: Vec<SlotStream>,
+    connected: bool,
+    /// When the peer next needs a timeout, as scheduled in the core's [`Outbox`]; `None` while no wake-up
+    /// is pending. The only record of the peer's timer: the outbox's heap entries are checked against it.
+    wake: Option<Instant>,
+    created: Instant,
     /// Cumulative NACK counts per (mid, outgoing) from str0m's last stats, to report differences.
     nack_totals: Vec<(Mid, bool, u64)>,
 }
@@ -138,8 +138,8 @@ impl Peer {
         params: &PeerParams<'_>,
         offer_sdp: &str,
     ) -> Result<(Peer, String), PeerError> {
-        let offer =
-            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
+        // The most hostile input a peer takes: parsed under the same guard as every other str0m call.
+        let offer = parse_offer(offer_sdp, SdpOffer::from_sdp_string)?;
         guard(|| Self::from_parsed(now, id, params, offer))?
     }
 
@@ -225,12 +225,55 @@ impl Peer {
             mic_red_pt,
             slots,
             connected: false,
-            scheduled: None,
-            next_timeout: now,
+            wake: None,
             created: now,
             nack_totals: Vec::new(),
         };
         Ok((peer, answer.to_sdp_string()))
+    }
+
+    pub fn id(&self) -> ParticipantId {
+        self.id
+    }
+
+    /// The local ICE username fragment: what the router demultiplexes STUN by.
+    pub fn ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
+    /// The subscriber's outgoing slot streams, in offer order.
+    pub fn slots(&self) -> &[SlotStream] {
+        &self.slots
+    }
+
+    /// Whether DTLS-SRTP is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Whether the peer is still not connected more than `timeout` after its offer.
+    pub fn connect_timed_out(&self, now: Instant, timeout: Duration) -> bool {
+        !self.connected && now.saturating_duration_since(self.created) > timeout
+    }
+
+    /// Record a wake-up at `at`; `true` if it is earlier than the pending one (or none was pending), so the
+    /// outbox must hold an entry for it.
+    pub(crate) fn wake_earlier(&mut self, at: Instant) -> bool {
+        if self.wake.is_some_and(|w| w <= at) {
+            return false;
+        }
+        self.wake = Some(at);
+        true
+    }
+
+    /// Whether a timer entry for `at` is this peer's live wake-up; if so it is consumed (none is pending
+    /// any more).
+    pub(crate) fn take_wake(&mut self, at: Instant) -> bool {
+        if self.wake != Some(at) {
+            return false;
+        }
+        self.wake = None;
+        true
     }
 
     /// Whether the microphone m-line lets the client send to us.
@@ -324,7 +367,7 @@ impl Peer {
         payload: &std::sync::Arc<[u8]>,
         red: bool,
         level: u8,
-        contributors: &crate::csrc_levels::Contributors,
+        contributors: &crate::speakers::csrc_levels::Contributors,
     ) -> Result<(), PeerError> {
         let mut ext = ExtensionValues {
             audio_level: Some(-(level.min(127) as i8)),
@@ -379,22 +422,40 @@ impl Peer {
         Ok(())
     }
 
-    /// Drain str0m until it returns its next timeout: datagrams go to `out`, events to `events`.
-    pub fn drain(
-        &mut self,
-        out: &mut VecDeque<Transmit>,
-        events: &mut VecDeque<(ParticipantId, PeerEvent)>,
-    ) -> Result<Instant, PeerError> {
+    /// Drain the peer after a mutation and schedule its next wake-up in `out`.
+    ///
+    /// str0m's pacer releases written RTP only on the next timeout, which it asks for at once: feed that
+    /// timeout right here (bounded) instead of a round trip through the timer heap, so a forwarded packet
+    /// leaves in the same pass that received it.
+    pub(crate) fn drive(&mut self, now: Instant, out: &mut Outbox) -> Result<(), PeerError> {
+        let mut next = self.drain(out)?;
+        for _ in 0..4 {
+            if next > now {
+                break;
+            }
+            self.handle_timeout(now)?;
+            next = self.drain(out)?;
+        }
+        if !self.is_alive() {
+            out.events
+                .push_back((self.id, PeerEvent::Disconnected("closed")));
+        }
+        out.schedule(self, next);
+        Ok(())
+    }
+
+    /// Drain str0m until it returns its next timeout: datagrams and events go to `out`.
+    fn drain(&mut self, out: &mut Outbox) -> Result<Instant, PeerError> {
         let id = self.id;
+        let Outbox {
+            transmits, events, ..
+        } = out;
         loop {
             let rtc = &mut self.rtc;
             let output = guard(|| rtc.poll_output())??;
             match output {
-                Output::Timeout(t) => {
-                    self.next_timeout = t;
-                    return Ok(t);
-                }
-                Output::Transmit(t) => out.push_back(Transmit {
+                Output::Timeout(t) => return Ok(t),
+                Output::Transmit(t) => transmits.push_back(Transmit {
                     destination: t.destination,
                     contents: t.contents.into(),
                 }),
@@ -502,7 +563,10 @@ pub(crate) fn opus_only(config: RtcConfig, red: bool) -> RtcConfig {
     let mut exts = ExtensionMap::empty();
     exts.set(AUDIO_LEVEL_EXT_ID, Extension::AudioLevel);
     exts.set(MID_EXT_ID, Extension::RtpMid);
-    exts.set(CSRC_LEVELS_EXT_ID, crate::csrc_levels::extension());
+    exts.set(
+        CSRC_LEVELS_EXT_ID,
+        crate::speakers::csrc_levels::extension(),
+    );
     let mut config = config.set_extension_map(exts);
     if red {
         *config.codec_config() = CodecConfig::new_from_payload_params(vec![opus_with_red()]);
@@ -589,6 +653,15 @@ fn udp_input<'a>(
     ))
 }
 
+/// Parse an SDP offer with `parse` (str0m's parser in production) under [`guard`]: a parse error is
+/// [`PeerError::BadSdp`], a panic in the parser [`PeerError::Panicked`].
+fn parse_offer<E: std::fmt::Display>(
+    sdp: &str,
+    parse: impl FnOnce(&str) -> Result<SdpOffer, E>,
+) -> Result<SdpOffer, PeerError> {
+    guard(|| parse(sdp).map_err(|e| PeerError::BadSdp(e.to_string())))?
+}
+
 /// Run a call into str0m so that a bug (panic) in it cannot take down the worker: the peer is dropped.
 fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| PeerError::Panicked)
@@ -597,7 +670,7 @@ fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{ClientConfig, ClientPeer};
+    use crate::testkit::client::{ClientConfig, ClientPeer};
 
     #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
     fn epoch() -> Instant {
@@ -784,6 +857,28 @@ mod tests {
         let (peer, _) = answer_for(5, false, 2).expect("answer");
         assert_eq!(peer.slots.len(), 2);
         assert!(!peer.has_microphone());
+    }
+
+    #[test]
+    fn a_panic_while_parsing_an_offer_is_a_typed_error() {
+        let panicking = |_: &str| -> Result<SdpOffer, String> { panic!("parser bug") };
+        assert!(matches!(
+            parse_offer("v=0", panicking),
+            Err(PeerError::Panicked)
+        ));
+        // Through str0m's parser: garbage is a parse error, a real offer parses.
+        assert!(matches!(
+            parse_offer("not sdp", SdpOffer::from_sdp_string),
+            Err(PeerError::BadSdp(_))
+        ));
+        let client = ClientConfig {
+            local_addr: "127.0.0.1:6000".parse().expect("literal address"),
+            slots: 1,
+            publish: true,
+            red: 0,
+        };
+        let (_, offer) = ClientPeer::new(epoch(), client).expect("client offer");
+        assert!(parse_offer(&offer, SdpOffer::from_sdp_string).is_ok());
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::ids::{ParticipantId, SlotIndex};
-use crate::levels::{LevelConfig, LevelTracker};
+use crate::speakers::levels::{LevelConfig, LevelTracker};
 
 /// The most slots a subscriber can have.
 pub const MAX_SLOTS: usize = 16;
@@ -655,7 +655,7 @@ impl SlotSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::Rng;
+    use crate::testkit::sim::Rng;
     use std::collections::BTreeSet;
 
     const MS20: Duration = Duration::from_millis(20);

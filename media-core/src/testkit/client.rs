@@ -15,7 +15,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
-use crate::peer::{opus_only, opus_pt, red_mids, red_pt, PeerError, Transmit};
+use crate::core::peer::{opus_only, opus_pt, red_mids, red_pt, PeerError, Transmit};
 use crate::red::{self, RedundantFrame};
 
 /// How a client peer is set up.
@@ -56,13 +56,13 @@ pub struct ReceivedAudio {
 impl ReceivedAudio {
     /// Hand the packet to a receiver's jitter buffer, as a browser's would take it: the Opus frame, then a
     /// RED packet's older frames to fill what is missing. `false` if the payload is not Opus.
-    pub fn push_into(&self, jitter: &mut crate::jitter::JitterBuffer) -> bool {
+    pub fn push_into(&self, jitter: &mut crate::mixer::jitter::JitterBuffer) -> bool {
         let Some((samples, has_fec)) = crate::mixer::opus_packet_info(&self.payload) else {
             return false;
         };
         jitter.push(
             self.arrival,
-            crate::jitter::JitterPacket {
+            crate::mixer::jitter::JitterPacket {
                 seq: self.seq,
                 ts: self.timestamp,
                 samples,
@@ -472,7 +472,7 @@ impl ClientPeer {
                     let levels = h
                         .ext_vals
                         .user_values
-                        .get::<crate::csrc_levels::CsrcLevels>();
+                        .get::<crate::speakers::csrc_levels::CsrcLevels>();
                     let contributors = h.csrc[..h.csrc_count.min(15)]
                         .iter()
                         .enumerate()

@@ -1,0 +1,56 @@
+//! [`Room`]: one room on a worker — its members, level tracking and speakers (both modes), and what its
+//! mode adds: slot forwarding ([`RoomKind::Forward`]) or a mixer ([`RoomKind::Mix`]).
+
+use std::time::Instant;
+
+use crate::ids::{ParticipantId, RoomId};
+use crate::mixer::Mixer;
+use crate::room_config::RoomConfig;
+use crate::sfu::slots::SlotSelector;
+use crate::speakers::dominant::DominantSpeaker;
+
+/// What a room's mode adds to it.
+pub(crate) enum RoomKind {
+    /// Each subscriber gets the loudest speakers in its slots; the selector assigns them.
+    Forward,
+    /// Everyone gets one mix; the selector only tracks levels and speakers.
+    Mix(Box<Mixer>),
+}
+
+pub(crate) struct Room {
+    pub(crate) id: RoomId,
+    pub(crate) config: RoomConfig,
+    /// Levels and speaking reports in both modes; slot assignment in forwarding rooms.
+    pub(crate) selector: SlotSelector,
+    pub(crate) members: Vec<ParticipantId>,
+    /// Dominant speaker detection (both modes).
+    pub(crate) dominant: DominantSpeaker,
+    pub(crate) kind: RoomKind,
+}
+
+impl Room {
+    /// The mixer of a mixed room.
+    pub(crate) fn mixer(&self) -> Option<&Mixer> {
+        match &self.kind {
+            RoomKind::Forward => None,
+            RoomKind::Mix(m) => Some(m),
+        }
+    }
+
+    /// The mixer of a mixed room.
+    pub(crate) fn mixer_mut(&mut self) -> Option<&mut Mixer> {
+        match &mut self.kind {
+            RoomKind::Forward => None,
+            RoomKind::Mix(m) => Some(m),
+        }
+    }
+
+    /// Make sure `next_tick` is no later than when this room next needs work (selector update or mixer
+    /// tick).
+    pub(crate) fn arm_tick(&self, next_tick: &mut Option<Instant>) {
+        let mixer = self.mixer().and_then(|m| m.next_tick());
+        for t in [self.selector.next_update(), mixer].into_iter().flatten() {
+            *next_tick = Some(next_tick.map_or(t, |n| n.min(t)));
+        }
+    }
+}

@@ -1,0 +1,730 @@
+//! An adaptive jitter buffer for one mixer input (one participant's Opus stream), as pure logic.
+//!
+//! The buffer holds encoded packets and tells the mixer, span by span, what to render: decode a packet
+//! ([`Playout::Packet`]), recover a lost frame from the next packet's in-band FEC ([`Playout::Fec`]), run
+//! Opus packet-loss concealment ([`Playout::Plc`]), or render nothing ([`Playout::Silence`]). It never decodes.
+//!
+//! # Timeline
+//!
+//! Everything is keyed by the RTP timestamp (48 kHz), never by `sequence × 960`: packets of 10, 20, 40 or
+//! 60 ms and DTX gaps (timestamp jumps without missing sequence numbers) all fit. Timestamps are unwrapped to
+//! `i64` relative to the highest timestamp seen, so the 32-bit wrap is invisible. The *playout position* is
+//! the timestamp of the next sample to render. Playout starts once the earliest buffered packet, had it
+//! come on the fastest path, would have waited the target delay.
+//!
+//! # Delay measurement
+//!
+//! For every packet the buffer computes its *transit* `arrival − ts / 48 kHz` (an unknown constant apart
+//! from the one-way delay). The minimum transit over a sliding window ([`JitterConfig::window`], 2 s) is
+//! the "fastest path" baseline; a packet's *relative delay* is its transit minus that minimum. Measuring
+//! against a recent minimum (not the first packet) keeps sender clock drift and route changes from
+//! accumulating.
+//!
+//! Relative delays go into a histogram of 5 ms buckets with exponential forgetting (NetEQ-like):
+//! per 20 ms of audio, every bucket is multiplied by [`JitterConfig::forget_factor`] (0.983) and the
+//! packet's bucket gains the remainder, so the histogram always sums to one and old jitter fades within a few
+//! seconds. The *target delay* is the [`JitterConfig::percentile`] (95th) of that histogram plus
+//! [`JitterConfig::headroom`], clamped to `[min_delay, max_delay]`. The histogram starts with all its mass
+//! at [`JitterConfig::initial_delay`], so a new stream starts there and converges within a few seconds.
+//!
+//! The *current delay* ([`JitterBuffer::current_delay`]) is how long a packet on the fastest path waits
+//! between arriving and being needed: `now − playout position / 48 kHz − minimum transit`, where `now` is
+//! the tick time passed to [`JitterBuffer::pop`] when the playout position is asked for (its deadline: the
+//! mixer decodes at the tick, even if part of the result plays later from its surplus). A packet is on time
+//! exactly when its relative delay is at most the current delay, so steering the current delay onto the
+//! target keeps about 95 % of packets on time.
+//!
+//! **Loss margin.** A lost frame comes back from the next packet (its in-band FEC, or its RED copy) only
+//! if that packet has arrived when the lost frame is decided. The consumer decides a whole tick at once and
+//! may hold part of a tick already decoded (its surplus), so the delay can be on target while the next
+//! packet is still 10 ms away: then every loss became PLC, held the playout position and moved the delay in
+//! the middle of a sentence. While the stream loses packets (a smoothed loss estimate over the last ~256
+//! packets of at least 0.6 %, off again below 0.2 %) and can recover them (its packets can carry FEC, or its
+//! sender sends RED), the target gains one packet duration. A clean stream keeps its delay.
+//!
+//! # Steering the delay
+//!
+//! The buffer cannot stretch audio (it never sees PCM), so it changes the delay in whole spans:
+//!
+//! - **In a gap** (a DTX pause or a run of lost packets, i.e. the next buffered packet starts after the
+//!   playout position): too much delay is removed by jumping the playout position forward (up to the whole
+//!   gap, exactly to the target); too little is added by rendering extra silence without advancing. This is
+//!   free, and it is how each talk spurt after a DTX pause is re-anchored at the target delay, which also
+//!   absorbs sender clock drift.
+//! - **On a quiet packet** (RFC 6464 level of −[`JitterConfig::quiet_level`] dBov or quieter, −60 dBov
+//!   by default): a packet is shortened (played only in part, down to 2.5 ms, but still decoded, so a
+//!   decoder's state stays continuous) so that the delay lands on the target; silence is inserted when the
+//!   delay is below target. Quiet packets give up time *inside a pause* (after 80 ms of quiet packets); inside a
+//!   sentence (a stop consonant, a breath: a shorter quiet run) only when the delay is 10 ms too long, so
+//!   the wander of the delay estimate under jitter is not heard as time shifts mid-sentence; never the first
+//!   quiet packet after audio (the sender's codec delay carries the end of the audio into it) nor the last
+//!   one before audio (it primes the mixer's decoder for the audio after it). Silence is inserted right after
+//!   any quiet packet (too little delay makes packets late, which costs more; and after the quiet packet
+//!   that carries the end of some audio, nothing is split).
+//! - **Forced**: when the delay is more than [`JitterConfig::force_margin`] (40 ms) off target and no quiet
+//!   moment comes (for shrinking: none for 4 s of audio, since speech pauses far more often and a pause
+//!   shrinks the delay for free), loud packets are dropped (or PLC is inserted) until the delay is back in the band, at most
+//!   one such step per 100 ms of audio. Packets are only dropped when their successor is already buffered,
+//!   and never the first packet after concealment (the one that was waited for).
+//!
+//! When the buffer runs empty mid-stream after a packet that was not quiet (a delayed packet, a loss, or a
+//! talker who stopped without DTX), the playout position stays where it is and the buffer conceals with PLC
+//! for at most [`JitterConfig::max_plc`] (300 ms). Not advancing means a delayed packet still plays when it
+//! arrives (the delay grows, and is trimmed later) and a lost one can still be recovered by FEC once its
+//! successor arrives. After a quiet packet (the usual end of a talk spurt before DTX), or once PLC has run
+//! out, the buffer renders silence and the playout position moves on with time, keeping the current delay.
+//! If the next talk spurt then starts behind the playout position (a sender clock slower than ours over a
+//! long pause), but after the last audio rendered, it is not late: the buffer starts it afresh like a new
+//! stream, waiting the target delay.
+//!
+//! # Loss, DTX, duplicates, late and wild packets
+//!
+//! A gap before the next buffered packet is *loss* if sequence numbers are missing, else *DTX* (silence,
+//! never counted as loss). Loss is concealed with PLC spans of the last packet's duration, except that the
+//! frame right before a packet with `has_fec` is recovered with [`Playout::Fec`] from that packet. Lost
+//! packets are counted when the packet after the gap plays.
+//!
+//! A packet whose timestamp is already buffered, or whose sequence number was played in the last 64, is a
+//! duplicate; one whose audio starts before the playout position is late. A packet claiming a timestamp more
+//! than `max_delay` + [`JitterConfig::far_margin`] ahead of what its arrival time implies is dropped as too
+//! far ahead; and when [`JitterConfig::resync_packets`] consecutive wild packets (too far ahead, or late by
+//! more than that) agree with each other, the sender has restarted with a new timestamp base and the buffer
+//! re-anchors on them. At most [`JitterConfig::max_packets`] packets are held; beyond that the packet furthest
+//! in the future is dropped. The delay window holds at most [`WINDOW_CAPACITY`] entries.
+//!
+//! # Span sizes
+//!
+//! Spans are not always whole packets or ticks: delay steering inserts silence (or PLC) in steps of 2.5 ms
+//! and may skip part of a gap, so a span can be anything from 120 samples up to the packet duration (or a
+//! tick). PLC and FEC spans are multiples of 2.5 ms (120 samples), as Opus decoding requires, whenever the
+//! sender's timestamps are; a remainder that is not is rendered as silence. The mixer keeps any surplus
+//! beyond its tick, as it does for 40 ms packets.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod estimate;
+mod playout;
+
+/// The RTP clock rate of Opus (RFC 7587): always 48 kHz.
+pub const CLOCK_RATE: u32 = 48_000;
+
+/// Samples in one mixer tick (20 ms); the size of silence and expansion spans.
+pub const TICK_SAMPLES: u32 = 960;
+
+/// Granularity of Opus PLC/FEC frame sizes: 2.5 ms.
+const GRAIN: i64 = 120;
+
+/// Width of one bucket of the relative-delay histogram.
+const BUCKET_US: i64 = 5_000;
+
+/// Most entries the sliding minimum-transit window holds (a bound against floods of packets).
+pub const WINDOW_CAPACITY: usize = 1024;
+
+/// Largest packet duration accepted (120 ms, the longest Opus packet).
+const MAX_PACKET_SAMPLES: u32 = 5_760;
+
+/// Audio rendered between two forced delay corrections (100 ms).
+const FORCE_SPACING: i64 = 4_800;
+
+/// Most missing sequence numbers counted as loss in one gap (20 s of 20 ms packets); more is a
+/// discontinuity.
+const MAX_COUNTED_LOSS: u64 = 1_000;
+
+/// Audio played without a quiet moment before loud packets may be dropped to shrink the delay (4 s): speech
+/// pauses far more often, and a pause shrinks it for free.
+const FORCE_SHRINK_PATIENCE: i64 = 192_000;
+
+/// Quiet packets a talker must have played in a row before the delay is steered on quiet packets (80 ms): a
+/// stop consonant or a breath inside a sentence is shorter, and a delay change there is heard (and, in a mixer
+/// still decoding the talker, skips its decoder). Pauses between sentences are longer, or DTX gaps.
+const STEER_AFTER_QUIET_PACKETS: u32 = 4;
+
+/// Inside a sentence (a quiet run shorter than [`STEER_AFTER_QUIET_PACKETS`]) the delay is shrunk only when it
+/// is this far above target (10 ms): the small wander of the delay estimate under jitter is left alone, a fast
+/// sender clock's drift is still absorbed.
+const MID_SENTENCE_STEER_US: i64 = 10_000;
+
+/// Smoothing of the loss estimate per packet (lost or played): about the last 256 packets (5 s of 20 ms
+/// packets) count.
+const LOSS_SMOOTHING: f64 = 1.0 / 256.0;
+
+/// Loss estimate at and above which a stream with redundancy gets the loss margin (two losses close
+/// together), and below which it loses it again (a few seconds without loss).
+const LOSS_MARGIN_ON: f64 = 0.006;
+const LOSS_MARGIN_OFF: f64 = 0.002;
+
+fn samples_to_us(samples: i64) -> i64 {
+    // 1 sample = 1e6 / 48000 µs = 125 / 6 µs.
+    samples * 125 / 6
+}
+
+fn us_to_samples(us: i64) -> i64 {
+    us * 6 / 125
+}
+
+fn duration_us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn us_duration(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us.max(0)).unwrap_or(0))
+}
+
+/// Tuning of a [`JitterBuffer`]. The defaults suit 20 ms Opus voice on the public internet.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct JitterConfig {
+    /// Lowest target delay.
+    pub min_delay: Duration,
+    /// Highest target delay.
+    pub max_delay: Duration,
+    /// Target delay of a new stream, before any jitter has been measured.
+    pub initial_delay: Duration,
+    /// Most packets held at once.
+    pub max_packets: usize,
+    /// Fraction of packets the target delay should have on time (0.95).
+    pub percentile: f64,
+    /// Forgetting factor of the delay histogram per 20 ms of audio (0.983: old jitter fades over ~3 s).
+    pub forget_factor: f64,
+    /// Added to the measured percentile.
+    pub headroom: Duration,
+    /// Length of the sliding window for the minimum transit (the relative-delay baseline).
+    pub window: Duration,
+    /// Deviation of the current delay from the target beyond which loud packets are dropped (or PLC
+    /// inserted) instead of waiting for a quiet moment.
+    pub force_margin: Duration,
+    /// RFC 6464 levels at or above this (−dBov: quieter) count as quiet, where delay changes are inaudible.
+    pub quiet_level: u8,
+    /// After this much consecutive PLC, conceal with silence instead.
+    pub max_plc: Duration,
+    /// Packets more than `max_delay` plus this ahead of their arrival are dropped as too far ahead.
+    pub far_margin: Duration,
+    /// Consecutive, mutually consistent wild packets that make the buffer re-anchor (sender restart).
+    pub resync_packets: u32,
+}
+
+impl Default for JitterConfig {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+            initial_delay: Duration::from_millis(60),
+            max_packets: 50,
+            percentile: 0.95,
+            forget_factor: 0.983,
+            headroom: Duration::from_millis(20),
+            window: Duration::from_secs(2),
+            force_margin: Duration::from_millis(40),
+            quiet_level: 60,
+            max_plc: Duration::from_millis(300),
+            far_margin: Duration::from_millis(100),
+            resync_packets: 3,
+        }
+    }
+}
+
+/// One received packet, as the caller parsed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JitterPacket {
+    /// Extended (64-bit, never wrapping) RTP sequence number.
+    pub seq: u64,
+    /// RTP timestamp (48 kHz, wraps).
+    pub ts: u32,
+    /// Duration of the packet in samples (from the Opus TOC: 480, 960, 1920, 2880, …).
+    pub samples: u32,
+    /// The packet carries in-band FEC for the frame before it.
+    pub has_fec: bool,
+    /// RFC 6464 audio level (0..=127, −dBov), if the packet had the extension.
+    pub audio_level: Option<u8>,
+    /// The Opus payload.
+    pub payload: Arc<[u8]>,
+}
+
+/// What [`JitterBuffer::push`] did with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Buffered for playout.
+    Accepted,
+    /// The same timestamp is buffered, or the same sequence number was recently played: dropped.
+    Duplicate,
+    /// Its audio starts before the playout position: dropped.
+    Late,
+    /// Its timestamp is implausibly far ahead of its arrival time: dropped.
+    TooFarAhead,
+    /// The buffer was full and the packet was the furthest in the future: dropped.
+    Overflow,
+    /// A duration of zero or more than 120 ms: dropped.
+    Invalid,
+}
+
+/// What [`JitterBuffer::push_redundant`] did with a frame recovered from RED redundancy. None of these is
+/// counted as a duplicate or late packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedundantOutcome {
+    /// It fills a missing frame and will play in its place.
+    Recovered,
+    /// Its frame is buffered or was played already.
+    NotMissing,
+    /// Its playout time has passed.
+    TooLate,
+    /// It does not fit: no stream to place it in yet, it overlaps its neighbours, its sequence number
+    /// contradicts theirs, a bad duration, or a full buffer.
+    Refused,
+}
+
+/// The next span of audio to render, from [`JitterBuffer::pop`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Playout {
+    /// Decode this packet normally and play the first `samples` of it: all of it, unless the buffer shortened
+    /// a quiet packet inside a pause to steer its delay (the packet is still decoded, so the decoder's state
+    /// stays continuous).
+    Packet {
+        payload: Arc<[u8]>,
+        samples: u32,
+        audio_level: Option<u8>,
+    },
+    /// The frame before `payload`'s packet is missing: decode `payload` with FEC to recover `samples`.
+    Fec { payload: Arc<[u8]>, samples: u32 },
+    /// Missing and no FEC source: run Opus PLC for `samples`.
+    Plc { samples: u32 },
+    /// Nothing to render for `samples` (not started, DTX, inserted delay); the mixer does not decode.
+    Silence { samples: u32 },
+}
+
+impl Playout {
+    /// The duration of the span in samples.
+    pub fn samples(&self) -> u32 {
+        match *self {
+            Playout::Packet { samples, .. }
+            | Playout::Fec { samples, .. }
+            | Playout::Plc { samples }
+            | Playout::Silence { samples } => samples,
+        }
+    }
+}
+
+/// Counters of one [`JitterBuffer`] since it was created ([`JitterBuffer::reset`] keeps them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JitterStats {
+    /// Packets buffered.
+    pub accepted: u64,
+    /// Packets dropped as duplicates.
+    pub duplicate: u64,
+    /// Packets dropped because they came after their playout time.
+    pub late: u64,
+    /// Packets dropped as too far ahead.
+    pub too_far_ahead: u64,
+    /// Packets dropped because the buffer was full.
+    pub overflow: u64,
+    /// Packets with a zero or oversized duration.
+    pub invalid: u64,
+    /// Packets handed out for decoding.
+    pub played: u64,
+    /// Packets never received by their playout time (missing sequence numbers at playout).
+    pub lost: u64,
+    /// Frames recovered from in-band FEC.
+    pub concealed_fec: u64,
+    /// Missing frames played from RED (RFC 2198) redundancy (also counted in `lost`: they were lost on
+    /// the wire).
+    pub recovered_red: u64,
+    /// PLC spans handed out for loss or an empty buffer (not counting `delay_inserted`).
+    pub concealed_plc: u64,
+    /// Spans inserted (silence or PLC) to raise the delay while packets were buffered.
+    pub delay_inserted: u64,
+    /// Packets dropped to lower the delay.
+    pub delay_dropped: u64,
+    /// Times the buffer re-anchored on a new timestamp base (sender restart).
+    pub resyncs: u64,
+    /// Calls to [`JitterBuffer::reset`].
+    pub resets: u64,
+    /// Target delay when the stats were taken.
+    pub target_delay: Duration,
+    /// Current delay when the stats were taken.
+    pub current_delay: Duration,
+}
+
+#[derive(Clone, Debug)]
+struct Buffered {
+    ts: i64,
+    seq: u64,
+    samples: u32,
+    has_fec: bool,
+    audio_level: Option<u8>,
+    payload: Arc<[u8]>,
+    /// Recovered from RED redundancy rather than received.
+    recovered: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Nothing buffered since creation, reset or resync.
+    Idle,
+    /// Packets buffered, waiting for the first one to have waited the target delay.
+    Buffering,
+    /// Playout running; `pos` is meaningful.
+    Playing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Force {
+    None,
+    Shrink,
+    Grow,
+}
+
+/// An adaptive jitter buffer for one Opus stream. See the [module docs](self) for the algorithm.
+#[derive(Debug)]
+pub struct JitterBuffer {
+    config: JitterConfig,
+    /// Origin of all microsecond times; the first arrival.
+    base: Option<Instant>,
+    /// Buffered packets, ascending by timestamp, all at or after `pos` while playing.
+    packets: VecDeque<Buffered>,
+    /// Highest unwrapped timestamp accepted (the unwrapping reference).
+    max_ts: Option<i64>,
+    phase: Phase,
+    /// Playout position: the timestamp of the next sample to render.
+    pos: i64,
+    /// Sequence number of the last packet played or dropped.
+    last_seq: Option<u64>,
+    /// Highest played sequence number and a bitmask of the 64 at and below it (bit 0 = `played_top`).
+    played_top: u64,
+    played_mask: u64,
+    last_samples: u32,
+    /// Playout position at the end of the last audio (packet, FEC or PLC) handed out.
+    audio_end: i64,
+    last_quiet: bool,
+    /// Quiet packets played in a row (see [`STEER_AFTER_QUIET_PACKETS`]).
+    quiet_run: u32,
+    last_silent: bool,
+    /// The current delay as of the last span handed out (µs).
+    last_delay_us: i64,
+    /// Consecutive concealment (PLC) samples.
+    conceal_run: i64,
+    /// Samples played since the last moment the delay could shrink for free: a gap or a quiet packet between
+    /// quiet ones (see [`FORCE_SHRINK_PATIENCE`]).
+    loud_run: i64,
+    force: Force,
+    /// Playout position of the last forced correction.
+    last_forced: Option<i64>,
+    /// Monotonic deque for the sliding minimum transit: (arrival µs, transit µs), transit increasing.
+    window: VecDeque<(i64, i64)>,
+    histogram: Vec<f64>,
+    target_us: i64,
+    /// Smoothed share of packets lost (see [`LOSS_SMOOTHING`]); kept across restarts, like the histogram.
+    loss_rate: f64,
+    /// The loss margin is on (see [`LOSS_MARGIN_ON`]).
+    loss_margin: bool,
+    /// The stream can recover a lost frame from a later packet: its last packet could carry in-band FEC,
+    /// or its sender sends RED.
+    redundancy: bool,
+    /// RED redundancy was ever pushed.
+    red_seen: bool,
+    outliers: u32,
+    last_outlier_transit: i64,
+    stats: JitterStats,
+}
+
+impl JitterBuffer {
+    /// A buffer with `config`. Allocates its storage once, here.
+    pub fn new(config: JitterConfig) -> Self {
+        let max_delay_us = duration_us(config.max_delay).max(BUCKET_US);
+        let buckets = usize::try_from(max_delay_us / BUCKET_US)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let mut buffer = Self {
+            config,
+            base: None,
+            packets: VecDeque::with_capacity(config.max_packets.max(1)),
+            max_ts: None,
+            phase: Phase::Idle,
+            pos: 0,
+            last_seq: None,
+            played_top: 0,
+            played_mask: 0,
+            last_samples: TICK_SAMPLES,
+            audio_end: 0,
+            last_quiet: false,
+            quiet_run: 0,
+            last_silent: true,
+            last_delay_us: 0,
+            conceal_run: 0,
+            loud_run: 0,
+            force: Force::None,
+            last_forced: None,
+            window: VecDeque::with_capacity(WINDOW_CAPACITY),
+            histogram: vec![0.0; buckets],
+            target_us: 0,
+            loss_rate: 0.0,
+            loss_margin: false,
+            redundancy: false,
+            red_seen: false,
+            outliers: 0,
+            last_outlier_transit: 0,
+            stats: JitterStats::default(),
+        };
+        buffer.seed_histogram();
+        buffer
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &JitterConfig {
+        &self.config
+    }
+
+    /// A packet arrived at `arrival`.
+    pub fn push(&mut self, arrival: Instant, packet: JitterPacket) -> PushOutcome {
+        if packet.samples == 0 || packet.samples > MAX_PACKET_SAMPLES {
+            self.stats.invalid += 1;
+            return PushOutcome::Invalid;
+        }
+        let base = *self.base.get_or_insert(arrival);
+        let arrival_us = duration_us(arrival.saturating_duration_since(base));
+        let ts = self.unwrap_ts(packet.ts);
+        let transit = arrival_us - samples_to_us(ts);
+        let baseline = self.baseline(arrival_us);
+        let far_us = duration_us(self.config.max_delay) + duration_us(self.config.far_margin);
+
+        let index = self.packets.partition_point(|p| p.ts < ts);
+        if let Some(p) = self.packets.get(index).filter(|p| p.ts == ts) {
+            if !(p.recovered && p.seq == packet.seq) {
+                self.stats.duplicate += 1;
+                return PushOutcome::Duplicate;
+            }
+            // The packet itself came after its RED copy: it replaces the copy (it has its own level).
+            self.packets.remove(index);
+        }
+        let resting = self.phase == Phase::Playing && self.packets.is_empty() && self.last_silent;
+        if resting
+            && ts < self.pos
+            && ts >= self.audio_end
+            && samples_to_us(self.pos - ts) <= far_us
+            && !self.was_played(packet.seq)
+        {
+            // Only silence was rendered since the last audio, and the playout position ran ahead of this
+            // sender (a slow clock over a long pause): start the talk spurt afresh instead of dropping it.
+            self.phase = Phase::Buffering;
+        }
+        let playing = self.phase == Phase::Playing;
+        if playing && ts < self.pos && self.was_played(packet.seq) {
+            self.stats.duplicate += 1;
+            return PushOutcome::Duplicate;
+        }
+
+        let ahead = baseline.is_some_and(|min| transit - min < -far_us);
+        let behind = playing && samples_to_us(self.pos - ts) > far_us;
+        if ahead || behind {
+            let coherent =
+                self.outliers > 0 && (transit - self.last_outlier_transit).abs() <= far_us;
+            self.outliers = if coherent { self.outliers + 1 } else { 1 };
+            self.last_outlier_transit = transit;
+            if self.outliers >= self.config.resync_packets.max(1) {
+                self.stats.resyncs += 1;
+                self.restart();
+                return self.push(arrival, packet);
+            }
+            if ahead {
+                self.stats.too_far_ahead += 1;
+                return PushOutcome::TooFarAhead;
+            }
+            self.stats.late += 1;
+            return PushOutcome::Late;
+        }
+        self.outliers = 0;
+
+        // Late packets still tell us about the network: measure before deciding.
+        self.measure(arrival_us, transit, baseline, packet.samples);
+
+        if playing && ts < self.pos {
+            self.stats.late += 1;
+            return PushOutcome::Late;
+        }
+        if self.packets.len() >= self.config.max_packets.max(1) {
+            self.stats.overflow += 1;
+            match self.packets.back() {
+                Some(last) if last.ts > ts => {
+                    self.packets.pop_back();
+                }
+                _ => return PushOutcome::Overflow,
+            }
+        }
+        let index = self.packets.partition_point(|p| p.ts < ts);
+        self.packets.insert(
+            index,
+            Buffered {
+                ts,
+                seq: packet.seq,
+                samples: packet.samples,
+                has_fec: packet.has_fec,
+                audio_level: packet.audio_level,
+                payload: packet.payload,
+                recovered: false,
+            },
+        );
+        self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Buffering;
+        }
+        self.stats.accepted += 1;
+        PushOutcome::Accepted
+    }
+
+    /// A frame recovered from RED (RFC 2198) redundancy: an earlier frame repeated inside a later packet,
+    /// with the sequence number and timestamp it had. It only fills a gap: a frame that is buffered, was
+    /// played, or whose playout time has passed is ignored without counting it as a duplicate or late
+    /// packet, and it does not enter the delay measurement (its arrival says nothing about its own path).
+    /// Filling the gap before playout reaches it means a missing frame comes from RED first, then from the
+    /// next packet's FEC, then PLC. Call it after pushing the packet that carried the redundancy.
+    pub fn push_redundant(&mut self, packet: JitterPacket) -> RedundantOutcome {
+        if packet.samples == 0 || packet.samples > MAX_PACKET_SAMPLES {
+            return RedundantOutcome::Refused;
+        }
+        self.red_seen = true;
+        let ts = self.unwrap_ts(packet.ts);
+        let end = ts + i64::from(packet.samples);
+        let index = self.packets.partition_point(|p| p.ts < ts);
+        if self.packets.get(index).is_some_and(|p| p.ts == ts)
+            || self.was_played(packet.seq)
+            || self.packets.iter().any(|p| p.seq == packet.seq)
+        {
+            return RedundantOutcome::NotMissing;
+        }
+        match self.phase {
+            Phase::Idle => return RedundantOutcome::Refused,
+            // Before playout starts, only a gap between buffered packets is filled: a frame before the first
+            // would belong to an earlier talk spurt (or the time before the stream).
+            Phase::Buffering if index == 0 => return RedundantOutcome::Refused,
+            Phase::Buffering => {}
+            Phase::Playing => {
+                if ts < self.pos || self.last_seq.is_some_and(|l| packet.seq <= l) {
+                    return RedundantOutcome::TooLate;
+                }
+            }
+        }
+        let prev = index.checked_sub(1).and_then(|i| self.packets.get(i));
+        let next = self.packets.get(index);
+        let fits = prev.is_none_or(|p| p.ts + i64::from(p.samples) <= ts && p.seq < packet.seq)
+            && next.is_none_or(|n| end <= n.ts && packet.seq < n.seq);
+        if !fits || self.packets.len() >= self.config.max_packets.max(1) {
+            return RedundantOutcome::Refused;
+        }
+        self.packets.insert(
+            index,
+            Buffered {
+                ts,
+                seq: packet.seq,
+                samples: packet.samples,
+                has_fec: packet.has_fec,
+                audio_level: packet.audio_level,
+                payload: packet.payload,
+                recovered: true,
+            },
+        );
+        RedundantOutcome::Recovered
+    }
+
+    /// The next span to render; `now` is when it starts to play: the consumer's tick time plus the audio it
+    /// already holds for that tick (its surplus and the spans popped before). Measuring the delay at the
+    /// span's own start, not at the tick, keeps a shortened packet and the spans after it from looking like
+    /// too little delay (which inserted silence right after every trim).
+    pub fn pop(&mut self, now: Instant) -> Playout {
+        let Some(base) = self.base else {
+            // Nothing ever arrived: there is no timeline yet.
+            return Playout::Silence {
+                samples: TICK_SAMPLES,
+            };
+        };
+        let now_us = duration_us(now.saturating_duration_since(base));
+        let out = self.next_span(now_us);
+        if !matches!(out, Playout::Silence { .. }) {
+            self.audio_end = self.pos;
+        }
+        self.last_silent = matches!(out, Playout::Silence { .. });
+        out
+    }
+
+    /// The delay the buffer aims for.
+    pub fn target_delay(&self) -> Duration {
+        us_duration(self.target_us)
+    }
+
+    /// The delay the buffer currently applies, as of the last span handed out: how long a packet on the
+    /// fastest recent path waits between arriving and being asked for by [`pop`](Self::pop) (see the module
+    /// docs). This is what is steered onto [`target_delay`](Self::target_delay). Zero before playout starts.
+    pub fn current_delay(&self) -> Duration {
+        match self.phase {
+            Phase::Playing => us_duration(self.last_delay_us),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Audio buffered ahead of the playout position (from the playout position to the end of the last
+    /// buffered packet).
+    pub fn buffered(&self) -> Duration {
+        let Some(last) = self.packets.back() else {
+            return Duration::ZERO;
+        };
+        let start = match self.phase {
+            Phase::Playing => self.pos,
+            _ => self.packets.front().map_or(last.ts, |p| p.ts),
+        };
+        us_duration(samples_to_us(last.ts + i64::from(last.samples) - start))
+    }
+
+    /// Packets held.
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    /// No packets held.
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    /// Counters, with the current target and delay.
+    pub fn stats(&self) -> JitterStats {
+        JitterStats {
+            target_delay: self.target_delay(),
+            current_delay: self.current_delay(),
+            ..self.stats
+        }
+    }
+
+    /// Playing a talk spurt: the last span was audio (or concealment), or the next packet is due now.
+    pub fn is_active(&self) -> bool {
+        self.phase == Phase::Playing
+            && (!self.last_silent || self.packets.front().is_some_and(|p| p.ts <= self.pos))
+    }
+
+    /// Forgets the stream (buffered packets, playout position, delay baseline) but keeps the jitter
+    /// histogram, hence the target delay, and the counters. For a mute, a new SSRC, or a sender restart.
+    pub fn reset(&mut self) {
+        self.stats.resets += 1;
+        self.restart();
+    }
+
+    fn restart(&mut self) {
+        self.packets.clear();
+        self.max_ts = None;
+        self.phase = Phase::Idle;
+        self.pos = 0;
+        self.last_seq = None;
+        self.played_top = 0;
+        self.played_mask = 0;
+        self.last_samples = TICK_SAMPLES;
+        self.audio_end = 0;
+        self.last_quiet = false;
+        self.quiet_run = 0;
+        self.last_silent = true;
+        self.conceal_run = 0;
+        self.loud_run = 0;
+        self.force = Force::None;
+        self.last_forced = None;
+        self.window.clear();
+        self.outliers = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests;

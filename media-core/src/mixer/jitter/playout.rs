@@ -1,0 +1,320 @@
+//! Playout: which span to render next (packet, FEC, PLC or silence), delay steering and forced
+//! corrections (see the [module docs](super)).
+
+use super::*;
+
+impl JitterBuffer {
+    pub(super) fn was_played(&self, seq: u64) -> bool {
+        seq <= self.played_top
+            && self.played_top - seq < 64
+            && self.played_mask & (1 << (self.played_top - seq)) != 0
+    }
+
+    pub(super) fn mark_played(&mut self, seq: u64) {
+        if self.played_mask == 0 || seq > self.played_top {
+            let shift = seq - self.played_top;
+            self.played_mask = if self.played_mask == 0 || shift >= 64 {
+                0
+            } else {
+                self.played_mask << shift
+            };
+            self.played_top = seq;
+        }
+        if self.played_top - seq < 64 {
+            self.played_mask |= 1 << (self.played_top - seq);
+        }
+    }
+
+    /// Current delay in µs: how long before `now_us` (the deadline of the playout position) a packet on the
+    /// fastest path carrying the playout position arrived.
+    pub(super) fn delay_us(&self, now_us: i64) -> i64 {
+        let min_transit = self.window.front().map_or(0, |f| f.1);
+        now_us - samples_to_us(self.pos) - min_transit
+    }
+
+    pub(super) fn next_span(&mut self, now_us: i64) -> Playout {
+        match self.phase {
+            Phase::Idle => {
+                return Playout::Silence {
+                    samples: TICK_SAMPLES,
+                }
+            }
+            Phase::Buffering => {
+                let Some(first) = self.packets.front() else {
+                    self.phase = Phase::Idle;
+                    return Playout::Silence {
+                        samples: TICK_SAMPLES,
+                    };
+                };
+                let min_transit = self.window.front().map_or(0, |f| f.1);
+                let waited = now_us - samples_to_us(first.ts) - min_transit;
+                if waited < self.target_us {
+                    return Playout::Silence {
+                        samples: TICK_SAMPLES,
+                    };
+                }
+                self.pos = first.ts;
+                self.phase = Phase::Playing;
+            }
+            Phase::Playing => {}
+        }
+        // Each pass either returns or shortens the buffer / the gap, so this ends; the bound is a backstop.
+        for _ in 0..=self.config.max_packets.saturating_add(2) {
+            if let Some(span) = self.step(now_us) {
+                return span;
+            }
+        }
+        Playout::Silence {
+            samples: TICK_SAMPLES,
+        }
+    }
+
+    /// One decision at the playout position; `None` means the state changed and the caller should decide
+    /// again.
+    pub(super) fn step(&mut self, now_us: i64) -> Option<Playout> {
+        let delay = self.delay_us(now_us);
+        self.last_delay_us = delay;
+        let target = self.target_us;
+        let force_us = duration_us(self.config.force_margin);
+        self.force = match self.force {
+            _ if delay - target > force_us => Force::Shrink,
+            _ if target - delay > force_us => Force::Grow,
+            Force::Shrink if delay <= target + samples_to_us(GRAIN) => Force::None,
+            Force::Grow if delay >= target => Force::None,
+            other => other,
+        };
+        let force_allowed = self
+            .last_forced
+            .is_none_or(|at| self.pos - at >= FORCE_SPACING);
+
+        let Some(head) = self.packets.front() else {
+            return Some(self.conceal_empty());
+        };
+        if head.ts < self.pos {
+            // Only possible with overlapping timestamps from a confused sender.
+            self.packets.pop_front();
+            self.stats.late += 1;
+            return None;
+        }
+
+        if head.ts == self.pos {
+            let samples = i64::from(head.samples);
+            let quiet = head
+                .audio_level
+                .is_some_and(|l| l >= self.config.quiet_level);
+            let next = self.packets.get(1).filter(|n| n.ts == head.ts + samples);
+            let next_ready = next.is_some();
+            // Quiet packets give up time inside a pause; between two quiet packets inside a sentence (a stop
+            // consonant, a breath) only a large excess is removed, and never on the first quiet packet after
+            // audio (it carries the end of it: the sender's codec delay) nor the last one before audio (it
+            // primes the decoder for it).
+            let in_pause = quiet && self.quiet_run >= STEER_AFTER_QUIET_PACKETS;
+            let between = quiet && self.quiet_run >= 1;
+            let may_shrink = in_pause || (between && delay - target >= MID_SENTENCE_STEER_US);
+            let steerable = may_shrink
+                && next
+                    .is_some_and(|n| n.audio_level.is_some_and(|l| l >= self.config.quiet_level));
+            let spare = delay - samples_to_us(samples) - target;
+            // Right after concealment, play the packet that was waited for; drop later ones.
+            let forced_drop = self.force == Force::Shrink
+                && force_allowed
+                && spare >= 0
+                && self.conceal_run == 0
+                && self.loud_run >= FORCE_SHRINK_PATIENCE;
+            if next_ready && forced_drop {
+                let dropped = self
+                    .packets
+                    .pop_front()
+                    .expect("front() was Some just above");
+                self.pos += samples;
+                self.last_seq = Some(dropped.seq);
+                self.mark_played(dropped.seq);
+                self.stats.delay_dropped += 1;
+                self.last_forced = Some(self.pos);
+                return None;
+            }
+            // A quiet packet gives up what keeps the delay at the target, down to 2.5 ms of it: it is still
+            // handed out (and decoded: a decoder that skipped it would continue from a stale state), but
+            // only its first part is played.
+            let trim = round_down_grain(us_to_samples(delay - target)).min(samples - GRAIN);
+            if steerable && trim >= GRAIN {
+                let trimmed = self
+                    .packets
+                    .pop_front()
+                    .expect("front() was Some just above");
+                self.pos += samples;
+                self.last_seq = Some(trimmed.seq);
+                self.mark_played(trimmed.seq);
+                self.last_samples = trimmed.samples;
+                self.last_quiet = true;
+                self.quiet_run += 1;
+                self.conceal_run = 0;
+                self.loud_run = 0;
+                self.stats.played += 1;
+                self.stats.delay_dropped += 1;
+                return Some(Playout::Packet {
+                    payload: trimmed.payload,
+                    samples: to_u32(samples - trim),
+                    audio_level: trimmed.audio_level,
+                });
+            }
+            // Time is added right after a quiet packet, before whatever comes next: that never separates
+            // audio from its end (which the quiet packet after it carries).
+            let after_quiet = self.last_quiet;
+            if delay < target && (after_quiet || (self.force == Force::Grow && force_allowed)) {
+                self.stats.delay_inserted += 1;
+                if after_quiet {
+                    let samples = round_up_grain(us_to_samples(target - delay).max(1))
+                        .min(i64::from(TICK_SAMPLES));
+                    return Some(Playout::Silence {
+                        samples: to_u32(samples),
+                    });
+                }
+                self.last_forced = Some(self.pos);
+                return Some(Playout::Plc {
+                    samples: TICK_SAMPLES,
+                });
+            }
+            let packet = self
+                .packets
+                .pop_front()
+                .expect("front() was Some just above");
+            let mut missing = 0;
+            if let Some(last) = self.last_seq {
+                let gap = packet.seq.saturating_sub(last).saturating_sub(1);
+                // A jump of thousands of sequence numbers is a sender discontinuity, not loss.
+                if gap <= MAX_COUNTED_LOSS {
+                    self.stats.lost += gap;
+                    missing = gap;
+                }
+            }
+            self.note_loss(missing, packet.recovered, packet.has_fec);
+            self.pos += i64::from(packet.samples);
+            self.last_seq = Some(packet.seq);
+            self.mark_played(packet.seq);
+            self.last_samples = packet.samples;
+            self.last_quiet = quiet;
+            self.quiet_run = if quiet { self.quiet_run + 1 } else { 0 };
+            self.conceal_run = 0;
+            self.loud_run = if steerable {
+                0
+            } else {
+                self.loud_run + i64::from(packet.samples)
+            };
+            if packet.recovered {
+                self.stats.recovered_red += 1;
+                self.stats.lost += 1;
+            } else {
+                self.stats.played += 1;
+            }
+            return Some(Playout::Packet {
+                payload: packet.payload,
+                samples: packet.samples,
+                audio_level: packet.audio_level,
+            });
+        }
+
+        // A gap before the next packet: loss if sequence numbers are missing, else DTX.
+        let gap = head.ts - self.pos;
+        let loss = self
+            .last_seq
+            .is_some_and(|last| head.seq > last + 1 && head.seq - last - 1 <= MAX_COUNTED_LOSS);
+        // The frame right before `head` can come back from its FEC if the whole frame is still missing.
+        let fec_frame = i64::from(head.samples);
+        let fec_frame = if loss && head.has_fec && gap >= fec_frame {
+            fec_frame
+        } else {
+            0
+        };
+        if delay - target >= samples_to_us(GRAIN) {
+            let skip = round_down_grain(us_to_samples(delay - target)).min(gap - fec_frame);
+            if skip > 0 {
+                self.pos += skip;
+                return None;
+            }
+        }
+        if target - delay >= samples_to_us(GRAIN)
+            && (!loss || (self.force == Force::Grow && force_allowed))
+        {
+            let samples =
+                round_up_grain(us_to_samples(target - delay)).min(i64::from(TICK_SAMPLES));
+            self.stats.delay_inserted += 1;
+            if loss {
+                self.last_forced = Some(self.pos);
+                self.conceal_run += samples;
+                return Some(Playout::Plc {
+                    samples: to_u32(samples),
+                });
+            }
+            return Some(Playout::Silence {
+                samples: to_u32(samples),
+            });
+        }
+        if !loss {
+            let samples = gap.min(i64::from(TICK_SAMPLES));
+            self.pos += samples;
+            self.loud_run = 0;
+            return Some(Playout::Silence {
+                samples: to_u32(samples),
+            });
+        }
+        if fec_frame > 0 && gap == fec_frame {
+            let payload = head.payload.clone();
+            self.pos += gap;
+            self.stats.concealed_fec += 1;
+            return Some(Playout::Fec {
+                payload,
+                samples: to_u32(gap),
+            });
+        }
+        let span = (gap - fec_frame).min(i64::from(self.last_samples));
+        let span = if span > GRAIN {
+            round_down_grain(span)
+        } else {
+            span
+        };
+        self.pos += span;
+        if span % GRAIN != 0 || self.conceal_run >= us_to_samples(duration_us(self.config.max_plc))
+        {
+            return Some(Playout::Silence {
+                samples: to_u32(span),
+            });
+        }
+        self.conceal_run += span;
+        self.stats.concealed_plc += 1;
+        Some(Playout::Plc {
+            samples: to_u32(span),
+        })
+    }
+
+    /// Nothing buffered. After a loud packet, hold the playout position and conceal with PLC (a delayed
+    /// packet still plays when it comes); after a quiet one or once PLC has run out, render silence and let
+    /// the playout position move on with time, keeping the current delay.
+    pub(super) fn conceal_empty(&mut self) -> Playout {
+        let max_plc = us_to_samples(duration_us(self.config.max_plc));
+        if self.last_quiet || self.conceal_run >= max_plc {
+            self.pos += i64::from(TICK_SAMPLES);
+            self.loud_run = 0;
+            return Playout::Silence {
+                samples: TICK_SAMPLES,
+            };
+        }
+        self.conceal_run += i64::from(TICK_SAMPLES);
+        self.stats.concealed_plc += 1;
+        Playout::Plc {
+            samples: TICK_SAMPLES,
+        }
+    }
+}
+
+fn round_down_grain(samples: i64) -> i64 {
+    samples.div_euclid(GRAIN) * GRAIN
+}
+
+fn round_up_grain(samples: i64) -> i64 {
+    (samples + GRAIN - 1).div_euclid(GRAIN) * GRAIN
+}
+
+fn to_u32(samples: i64) -> u32 {
+    u32::try_from(samples.max(0)).unwrap_or(u32::MAX)
+}

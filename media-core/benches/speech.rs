@@ -7,7 +7,8 @@
 //!     cargo bench -p media-core --bench speech
 //!
 //! Not a test: it asserts nothing and prints a table. Needs what `scripts/test.sh` installs (espeak-ng, sox,
-//! the .venv with PESQ). The `red` column is for RED (RFC 2198) once senders can use it: always "off" here.
+//! the .venv with PESQ). The `red` column: both clients offer RED (RFC 2198) and the speaker sends each frame
+//! again in the next packet (depth 1, as Chrome).
 
 #[path = "../tests/support/mod.rs"]
 mod support;

@@ -9,11 +9,12 @@
 //! `"{id}.{timestamp}.{body}"`, keyed with the bytes of the API secret named by `x-chorus-api-key`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
 use base64::Engine;
 use serde_json::json;
+use signaling::auth::unix_now;
 use signaling::RoomEvent;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn, Instrument};
@@ -218,12 +219,6 @@ impl Dispatcher {
             .with_label_values(&[outcome])
             .observe(seconds);
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chorus_server::config::{Config, ENV_VARS};
+use chorus::config::{Config, ENV_VARS};
 use clap::{Args, Parser, Subcommand};
 use signaling::media::RoomMode;
 

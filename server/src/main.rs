@@ -2,12 +2,12 @@
 //!
 //! With no arguments it runs on the embedded default configuration (loopback, development mode, demo page
 //! at http://127.0.0.1:7880/). `chorus token create` prints an access token. The server itself is the
-//! `chorus_server` library; this parses the command line, loads the configuration, installs the signal
-//! handlers and runs it.
+//! `chorus` library (server/src/lib.rs); this parses the command line, loads the configuration, installs
+//! the signal handlers and runs it.
 
 mod cli;
 
-use chorus_server::{Config, Phase, Server, Shutdown};
+use chorus::{Config, Phase, Server, Shutdown};
 use clap::Parser;
 use cli::{Cli, Command, TokenCommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};

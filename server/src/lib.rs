@@ -256,12 +256,7 @@ impl Server {
         );
         // Open WebSockets would hold a graceful shutdown forever: the drain decides when to stop, then
         // the accept loop is stopped (the binary then drops the runtime, and every connection with it).
-        let mut server = tokio::spawn(conn::serve(
-            listener,
-            app,
-            limits,
-            state.metrics.clone(),
-        ));
+        let mut server = tokio::spawn(conn::serve(listener, app, limits, state.metrics.clone()));
         let result = tokio::select! {
             result = &mut server => result.map_err(anyhow::Error::from),
             () = shutdown::drain(&state, &shutdown) => Ok(()),

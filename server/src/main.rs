@@ -61,8 +61,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let server = Server::bind(config).await?;
         server.print_banner()?;
         let shutdown = Shutdown::new();
-        let mut term = signal(SignalKind::terminate())
-            .expect("installing a SIGTERM handler succeeds on Unix");
+        let mut term =
+            signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds on Unix");
         let mut int =
             signal(SignalKind::interrupt()).expect("installing a SIGINT handler succeeds on Unix");
         let handler = shutdown.clone();

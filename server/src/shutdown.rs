@@ -97,7 +97,8 @@ pub(crate) async fn drain(state: &AppState, shutdown: &Shutdown) {
     shutdown.set_closing();
     // Close every session with 1001 and give them a moment to say so and leave their rooms.
     signaling.close_all_sessions();
-    let _all_left = tokio::time::timeout(CLOSE_WAIT, state.sessions.participants_gone(signaling)).await;
+    let _all_left =
+        tokio::time::timeout(CLOSE_WAIT, state.sessions.participants_gone(signaling)).await;
     // The last rooms' webhooks (participant_left, room_finished) are worth a short wait.
     let flushing = Instant::now() + WEBHOOK_FLUSH;
     loop {

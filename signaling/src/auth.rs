@@ -951,7 +951,10 @@ mod admin_tests {
         assert!(now > NOW, "the system clock reads after November 2023");
         let token = mint_token("ops", SECRET, "lobby", "ada", 600).expect("signs");
         let claims = verify_token(&token, &keys(), now).expect("verifies");
-        assert_eq!((claims.iss.as_str(), claims.room.as_str()), ("ops", "lobby"));
+        assert_eq!(
+            (claims.iss.as_str(), claims.room.as_str()),
+            ("ops", "lobby")
+        );
         assert_eq!((claims.sub.as_str(), claims.name), ("ada", None));
         assert!(claims.can_publish && claims.can_subscribe);
         let iat = claims.iat.expect("minted tokens carry iat");
@@ -964,8 +967,14 @@ mod admin_tests {
 
         let token = mint_admin_token("ops", SECRET, "operator", 60).expect("signs");
         let claims = verify_admin_token(&token, &keys(), now).expect("verifies");
-        assert_eq!((claims.iss.as_str(), claims.sub.as_str()), ("ops", "operator"));
+        assert_eq!(
+            (claims.iss.as_str(), claims.sub.as_str()),
+            ("ops", "operator")
+        );
         assert!(claims.admin);
-        assert_eq!(claims.exp, claims.iat.expect("minted tokens carry iat") + 60);
+        assert_eq!(
+            claims.exp,
+            claims.iat.expect("minted tokens carry iat") + 60
+        );
     }
 }

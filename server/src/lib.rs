@@ -47,6 +47,7 @@ pub struct Server {
     listener: TcpListener,
     http_addr: SocketAddr,
     media_addrs: Vec<SocketAddr>,
+    webhooks_in_flight: webhooks::InFlight,
 }
 
 impl Server {
@@ -125,7 +126,13 @@ impl Server {
         }
         .context("no API key to sign webhooks with")?;
         let key = webhooks::SigningKey::new(&webhook_key.0, webhook_key.1.as_bytes());
-        if let Some(events) = webhooks::start(&config.webhooks, key, state.metrics.clone())? {
+        let webhooks_in_flight = webhooks::InFlight::default();
+        if let Some(events) = webhooks::start(
+            &config.webhooks,
+            key,
+            state.metrics.clone(),
+            webhooks_in_flight.clone(),
+        )? {
             state.signaling.set_event_sink(events);
         }
 
@@ -140,6 +147,7 @@ impl Server {
             listener,
             http_addr,
             media_addrs,
+            webhooks_in_flight,
         })
     }
 
@@ -208,6 +216,7 @@ impl Server {
             config,
             state,
             listener,
+            webhooks_in_flight,
             ..
         } = self;
         if config.auth.dev_mode_active() {
@@ -259,7 +268,7 @@ impl Server {
         let mut server = tokio::spawn(conn::serve(listener, app, limits, state.metrics.clone()));
         let result = tokio::select! {
             result = &mut server => result.map_err(anyhow::Error::from),
-            () = shutdown::drain(&state, &shutdown) => Ok(()),
+            () = shutdown::drain(&state, &webhooks_in_flight, &shutdown) => Ok(()),
         };
         server.abort();
         sweeping.abort();

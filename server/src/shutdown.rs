@@ -3,17 +3,20 @@
 //! runs then.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::state::{begin_drain, AppState};
+use crate::webhooks::InFlight;
 
 /// After the grace period, how long closed sessions get to say so and leave their rooms.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// At exit, how long webhook deliveries under way may take to finish.
 const WEBHOOK_FLUSH: Duration = Duration::from_secs(5);
+/// At exit, how long the webhook dispatcher gets to pick up the events the last leaves queued.
+const WEBHOOK_PICKUP: Duration = Duration::from_millis(20);
 
 /// Where a server is in its shutdown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +80,7 @@ impl Shutdown {
 /// Waits for a drain request, then drains: no new joins, every client is told (`draining`), calls
 /// continue until the last participant is gone or the grace period ends; then the remaining sessions are
 /// closed (1001) and given a moment to leave, and webhook deliveries under way a moment to finish.
-pub(crate) async fn drain(state: &AppState, shutdown: &Shutdown) {
+pub(crate) async fn drain(state: &AppState, webhooks: &InFlight, shutdown: &Shutdown) {
     shutdown.drain_requested().await;
     let deadline = begin_drain(state);
     let signaling = &state.signaling;
@@ -99,15 +102,10 @@ pub(crate) async fn drain(state: &AppState, shutdown: &Shutdown) {
     signaling.close_all_sessions();
     let _all_left =
         tokio::time::timeout(CLOSE_WAIT, state.sessions.participants_gone(signaling)).await;
-    // The last rooms' webhooks (participant_left, room_finished) are worth a short wait.
-    let flushing = Instant::now() + WEBHOOK_FLUSH;
-    loop {
-        // Let the dispatcher pick up what the last leaves queued.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if state.metrics.webhooks_in_flight.get() == 0 || Instant::now() >= flushing {
-            break;
-        }
-    }
+    // The last rooms' webhooks (participant_left, room_finished) are worth a short wait: let the
+    // dispatcher pick up what the last leaves queued, then wait for the deliveries under way.
+    tokio::time::sleep(WEBHOOK_PICKUP).await;
+    let _delivered = tokio::time::timeout(WEBHOOK_FLUSH - WEBHOOK_PICKUP, webhooks.none()).await;
 }
 
 #[cfg(test)]

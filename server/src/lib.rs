@@ -285,3 +285,35 @@ fn app(state: Arc<AppState>) -> Router {
         .fallback(admin::not_found)
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an embedder (or a test) does: run a server in-process on ports the system picks, use it, and
+    /// stop it through [`Shutdown`].
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_runs_in_process_and_stops_when_asked_to_drain() {
+        let mut config = Config::default();
+        config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.media.port_start = 0;
+        config.media.workers = 1;
+        let server = Server::bind(config).await.expect("binds on free ports");
+        let addr = server.http_addr();
+        assert_ne!(addr.port(), 0, "the system picked a port");
+        assert_eq!(server.media_addrs().len(), 1);
+        let shutdown = Shutdown::new();
+        let serving = tokio::spawn(server.serve(shutdown.clone()));
+        let ready = reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .expect("the server answers");
+        assert_eq!(ready.status(), reqwest::StatusCode::OK);
+        assert!(shutdown.drain());
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("an empty server drains at once")
+            .expect("the server task does not panic")
+            .expect("the server stops without error");
+        assert_eq!(shutdown.phase(), Phase::Closing);
+    }
+}

@@ -116,22 +116,7 @@ pub fn chorus_token(
     room: &str,
     identity: &str,
 ) -> Result<String, SignalError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let claims = signaling::auth::Claims {
-        iss: api_key.to_owned(),
-        sub: identity.to_owned(),
-        room: room.to_owned(),
-        exp: now + 6 * 3600,
-        nbf: None,
-        iat: Some(now),
-        name: None,
-        can_publish: true,
-        can_subscribe: true,
-    };
-    signaling::auth::create_token(api_key, api_secret.as_bytes(), &claims)
+    signaling::auth::mint_token(api_key, api_secret, room, identity, 6 * 3600)
         .map_err(|e| SignalError::Token(e.to_string()))
 }
 

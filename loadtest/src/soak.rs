@@ -1002,19 +1002,7 @@ fn add(a: Counts, b: Counts) -> Counts {
 }
 
 fn admin_token(key: &str, secret: &str) -> Result<String, RunError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let claims = signaling::auth::AdminClaims {
-        iss: key.to_owned(),
-        sub: "chorus-loadtest-soak".into(),
-        exp: now + 24 * 3600,
-        nbf: None,
-        iat: Some(now),
-        admin: true,
-    };
-    signaling::auth::create_admin_token(key, secret.as_bytes(), &claims)
+    signaling::auth::mint_admin_token(key, secret, "chorus-loadtest-soak", 24 * 3600)
         .map_err(|e| RunError::Config(format!("admin token: {e}")))
 }
 

@@ -4,7 +4,7 @@
 //! `chorus_admin_requests_total`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -20,7 +20,7 @@ use signaling::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
 use tracing::{info, warn};
 
 use crate::config::{mix_config, MAX_EMPTY_TIMEOUT_SECS, MAX_ROOM_PARTICIPANTS};
-use crate::http::AppState;
+use crate::state::{begin_drain, AppState};
 
 /// A refused admin request: HTTP status, stable code, human message.
 #[derive(Debug, thiserror::Error)]
@@ -253,9 +253,7 @@ fn check_token(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <token>\""))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = signaling::auth::unix_now();
     match signaling::auth::verify_admin_token(token, state.signaling.api_keys(), now) {
         Ok(claims) => Ok(claims.sub),
         Err(signaling::auth::AuthError::NotAdmin) => Err(ApiError::new(
@@ -553,7 +551,7 @@ async fn drain_status(State(state): State<Arc<AppState>>) -> Json<DrainView> {
 /// `POST /admin/v1/drain`: begin draining now, as SIGTERM would, without ending the process (a later
 /// SIGTERM keeps the same deadline and exits when the server is empty).
 async fn start_drain(State(state): State<Arc<AppState>>) -> Json<DrainView> {
-    crate::http::begin_drain(&state);
+    begin_drain(&state);
     Json(drain_view(&state))
 }
 

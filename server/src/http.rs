@@ -2,7 +2,6 @@
 //! tokens.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -13,45 +12,17 @@ use axum::{Json, Router};
 use futures_util::{future, SinkExt, StreamExt};
 use serde::Deserialize;
 use signaling::session::{ProtocolViolation, WsFrame};
-use signaling::Signaling;
-use tracing::{info, Instrument};
+use tracing::Instrument;
 
-use crate::config::RoomDefaults;
-use crate::metrics::ServerMetrics;
+use crate::state::AppState;
 
 /// Largest WebSocket message the transport accepts; signaling refuses anything over its own 64 KiB limit
 /// with a typed error, so the transport limit only needs to be above it.
 const WS_TRANSPORT_LIMIT: usize = 1 << 20;
 
-pub struct AppState {
-    pub signaling: Arc<Signaling>,
-    pub registry: prometheus::Registry,
-    /// Development mode: `/api/dev-token` mints tokens with this key and secret.
-    pub dev_key: Option<(String, String)>,
-    pub metrics: ServerMetrics,
-    /// Settings of rooms the admin API creates when its request leaves them out.
-    pub room_defaults: RoomDefaults,
-    /// How long calls continue once a drain begins.
-    pub grace: Duration,
-}
-
-/// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is
-/// told `draining`. Returns the deadline (the first one if a drain is under way).
-pub fn begin_drain(state: &AppState) -> Instant {
-    let already = state.signaling.is_draining();
-    let deadline = state.signaling.start_drain(state.grace);
-    state.metrics.draining.set(1);
-    if !already {
-        info!(
-            grace_secs = state.grace.as_secs(),
-            participants = state.signaling.participant_count(),
-            "draining: no new joins; calls continue until they end or the grace period is over"
-        );
-    }
-    deadline
-}
-
-pub fn router(state: Arc<AppState>) -> Router {
+/// The routes of the page, the SDK, signaling, metrics, health and development tokens (the admin API and
+/// the fallbacks are added by the caller: lib.rs).
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(index))
         .route("/chorus.js", get(sdk))
@@ -62,10 +33,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/dev-token", get(dev_token))
-        .merge(crate::admin::router(state.clone()))
-        .method_not_allowed_fallback(crate::admin::method_not_allowed)
-        .fallback(crate::admin::not_found)
-        .with_state(state)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -115,6 +82,8 @@ async fn ws(upgrade: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Re
 }
 
 async fn run_ws(socket: WebSocket, state: Arc<AppState>) {
+    // Held until the session has left its room: a drain waits for these.
+    let _open = state.sessions.open();
     let transport = socket
         .with(|frame: WsFrame| future::ready(Ok::<_, axum::Error>(to_message(frame))))
         .map(|m| m.map(from_message).or_else(violation));
@@ -199,20 +168,9 @@ async fn dev_token(
     let Some((key, secret)) = &state.dev_key else {
         return (StatusCode::NOT_FOUND, "development mode is off\n").into_response();
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let claims = signaling::auth::Claims {
-        iss: key.clone(),
-        sub: q.identity,
-        room: q.room,
-        exp: now + 24 * 3600,
-        nbf: None,
-        iat: Some(now),
         name: q.name,
-        can_publish: true,
-        can_subscribe: true,
+        ..signaling::auth::Claims::valid_for(&q.room, &q.identity, 24 * 3600)
     };
     match signaling::auth::create_token(key, secret.as_bytes(), &claims) {
         Ok(token) => {

@@ -9,13 +9,15 @@
 //! `"{id}.{timestamp}.{body}"`, keyed with the bytes of the API secret named by `x-chorus-api-key`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
 use base64::Engine;
+use prometheus::IntGauge;
 use serde_json::json;
+use signaling::auth::unix_now;
 use signaling::RoomEvent;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::WebhookConfig;
@@ -78,12 +80,52 @@ pub fn payload(id: &str, created_at: u64, event: &RoomEvent) -> serde_json::Valu
     body
 }
 
+/// The webhook deliveries under way (the `chorus_webhooks_in_flight` gauge), as a count a server's exit
+/// can wait on. Clones share the count.
+#[derive(Clone, Default)]
+pub struct InFlight {
+    count: Arc<watch::Sender<usize>>,
+}
+
+impl InFlight {
+    /// Counts a delivery (here and in `gauge`) until the guard drops.
+    fn begin(&self, gauge: &IntGauge) -> Delivery {
+        self.count.send_modify(|count| *count += 1);
+        gauge.inc();
+        Delivery {
+            count: Arc::clone(&self.count),
+            gauge: gauge.clone(),
+        }
+    }
+
+    /// Completes once no delivery is under way (at once if none is).
+    pub async fn none(&self) {
+        let mut count = self.count.subscribe();
+        // `self` holds the sender, so the channel cannot close while this waits.
+        let _ = count.wait_for(|count| *count == 0).await;
+    }
+}
+
+/// One delivery under way.
+struct Delivery {
+    count: Arc<watch::Sender<usize>>,
+    gauge: IntGauge,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.count.send_modify(|count| *count -= 1);
+    }
+}
+
 /// Starts the dispatcher on the current runtime; returns the queue signaling sends events to, or `None`
-/// when no receiver is configured.
+/// when no receiver is configured. Deliveries are counted in `in_flight`.
 pub fn start(
     config: &WebhookConfig,
     key: SigningKey,
     metrics: ServerMetrics,
+    in_flight: InFlight,
 ) -> Result<Option<mpsc::Sender<RoomEvent>>, WebhookError> {
     if config.urls.is_empty() {
         return Ok(None);
@@ -99,6 +141,7 @@ pub fn start(
         metrics,
         config: config.clone(),
         limit: Arc::new(Semaphore::new(config.max_in_flight)),
+        in_flight,
     };
     info!(receivers = config.urls.len(), "webhooks enabled");
     tokio::spawn(
@@ -115,6 +158,7 @@ struct Dispatcher {
     metrics: ServerMetrics,
     config: WebhookConfig,
     limit: Arc<Semaphore>,
+    in_flight: InFlight,
 }
 
 impl Dispatcher {
@@ -138,9 +182,9 @@ impl Dispatcher {
                 let span = tracing::info_span!("webhook", event = event.name(), %id);
                 tokio::spawn(
                     async move {
-                        this.metrics.webhooks_in_flight.inc();
+                        let delivery = this.in_flight.begin(&this.metrics.webhooks_in_flight);
                         let delivered = this.deliver(&url, &id, &body).await;
-                        this.metrics.webhooks_in_flight.dec();
+                        drop(delivery);
                         let result = if delivered { "delivered" } else { "failed" };
                         this.metrics
                             .webhook_deliveries
@@ -220,12 +264,6 @@ impl Dispatcher {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +309,26 @@ mod tests {
         let started = payload("EV_2", 7, &RoomEvent::RoomStarted { room });
         assert_eq!(started["event"], "room_started");
         assert!(started.get("participant").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_exit_waits_for_deliveries_counted_like_the_gauge() {
+        let gauge = IntGauge::new("in_flight", "deliveries under way").expect("a valid gauge");
+        let in_flight = InFlight::default();
+        in_flight.none().await;
+        let first = in_flight.begin(&gauge);
+        let second = in_flight.begin(&gauge);
+        assert_eq!(gauge.get(), 2);
+        let waiting = in_flight.clone();
+        let waiter = tokio::spawn(async move { waiting.none().await });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one delivery is still under way");
+        drop(second);
+        assert_eq!(gauge.get(), 0);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the last delivery's end wakes the waiter")
+            .expect("the waiter does not panic");
     }
 }

@@ -67,6 +67,33 @@ fn yes() -> bool {
     true
 }
 
+/// Seconds since the Unix epoch by the system clock (0 should it read before 1970): the one clock read
+/// behind token times and event timestamps.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+impl Claims {
+    /// The claims of a token for `identity` in `room`, issued now and valid for `ttl_secs`: no display
+    /// name, may publish and subscribe. `iss` is left empty: [`create_token`] sets it to the signing key.
+    pub fn valid_for(room: &str, identity: &str, ttl_secs: u64) -> Claims {
+        let now = unix_now();
+        Claims {
+            iss: String::new(),
+            sub: identity.to_owned(),
+            room: room.to_owned(),
+            exp: now.saturating_add(ttl_secs),
+            nbf: None,
+            iat: Some(now),
+            name: None,
+            can_publish: true,
+            can_subscribe: true,
+        }
+    }
+}
+
 /// A JWT NumericDate: a non-negative JSON number of seconds; a fractional one is truncated.
 fn numeric_date<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     let number = serde_json::Number::deserialize(deserializer)?;
@@ -371,6 +398,20 @@ pub struct AdminClaims {
 }
 
 impl AdminClaims {
+    /// The claims of an admin token for `subject`, issued now and valid for `ttl_secs`. `iss` is left
+    /// empty: [`create_admin_token`] sets it to the signing key.
+    pub fn valid_for(subject: &str, ttl_secs: u64) -> AdminClaims {
+        let now = unix_now();
+        AdminClaims {
+            iss: String::new(),
+            sub: subject.to_owned(),
+            exp: now.saturating_add(ttl_secs),
+            nbf: None,
+            iat: Some(now),
+            admin: true,
+        }
+    }
+
     /// Checks the subject, which the admin API writes into its logs.
     pub fn validate(&self) -> Result<(), AuthError> {
         if !is_valid_identity(&self.sub) {
@@ -403,6 +444,29 @@ pub fn create_admin_token(
         &EncodingKey::from_secret(secret),
     )
     .map_err(|e| AuthError::Signing(e.to_string()))
+}
+
+/// Mints an admin token for `subject`, valid for `ttl_secs` from now, signed with `key` and its `secret`.
+pub fn mint_admin_token(
+    key: &str,
+    secret: impl AsRef<[u8]>,
+    subject: &str,
+    ttl_secs: u64,
+) -> Result<String, AuthError> {
+    create_admin_token(key, secret, &AdminClaims::valid_for(subject, ttl_secs))
+}
+
+/// Mints an access token for `identity` in `room` (no display name, may publish and subscribe), valid for
+/// `ttl_secs` from now, signed with `key` and its `secret`. For other grants, build [`Claims::valid_for`],
+/// change it, and call [`create_token`].
+pub fn mint_token(
+    key: &str,
+    secret: impl AsRef<[u8]>,
+    room: &str,
+    identity: &str,
+    ttl_secs: u64,
+) -> Result<String, AuthError> {
+    create_token(key, secret, &Claims::valid_for(room, identity, ttl_secs))
 }
 
 /// Verifies an admin token at time `now`: signature, times, and the `admin: true` grant.
@@ -878,6 +942,39 @@ mod admin_tests {
         assert_eq!(
             verify_admin_token(&token, &keys(), NOW),
             Err(AuthError::NotAdmin)
+        );
+    }
+
+    #[test]
+    fn minted_tokens_verify_now_and_expire_after_their_ttl() {
+        let now = unix_now();
+        assert!(now > NOW, "the system clock reads after November 2023");
+        let token = mint_token("ops", SECRET, "lobby", "ada", 600).expect("signs");
+        let claims = verify_token(&token, &keys(), now).expect("verifies");
+        assert_eq!(
+            (claims.iss.as_str(), claims.room.as_str()),
+            ("ops", "lobby")
+        );
+        assert_eq!((claims.sub.as_str(), claims.name), ("ada", None));
+        assert!(claims.can_publish && claims.can_subscribe);
+        let iat = claims.iat.expect("minted tokens carry iat");
+        assert!(iat >= now && iat <= now + 5, "iat {iat} is now ({now})");
+        assert_eq!(claims.exp, iat + 600);
+        assert_eq!(
+            verify_token(&token, &keys(), iat + 600),
+            Err(AuthError::Expired)
+        );
+
+        let token = mint_admin_token("ops", SECRET, "operator", 60).expect("signs");
+        let claims = verify_admin_token(&token, &keys(), now).expect("verifies");
+        assert_eq!(
+            (claims.iss.as_str(), claims.sub.as_str()),
+            ("ops", "operator")
+        );
+        assert!(claims.admin);
+        assert_eq!(
+            claims.exp,
+            claims.iat.expect("minted tokens carry iat") + 60
         );
     }
 }

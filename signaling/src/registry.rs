@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::auth::unix_now;
 use crate::events::RoomEvent;
 use crate::media::{MediaRouter, RoomSettings};
 use crate::metrics::{SessionLimit, SignalingMetrics};
@@ -671,12 +672,6 @@ impl RoomRegistry {
     pub fn participant_count(&self) -> usize {
         self.lock().values().map(|room| room.members.len()).sum()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn snapshot(name: &str, room: &Room) -> RoomSnapshot {

@@ -10,13 +10,13 @@ use std::fmt;
 use std::future::{pending, Future};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::auth::verify_token;
+use crate::auth::{unix_now, verify_token};
 use crate::media::{MediaCommand, MediaError, MediaEvent, RoomSettings};
 use crate::metrics::{LeaveReason, SessionLimit};
 use crate::protocol::{
@@ -929,12 +929,6 @@ async fn closing(closing: &mut watch::Receiver<bool>) {
         // The context is gone without closing sessions: nothing to wait for.
         pending::<()>().await;
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 fn truncate(text: &str, max_chars: usize) -> &str {

@@ -56,7 +56,6 @@ fn dev_mode_on_a_network_listener_is_refused_without_the_unsafe_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_development_key_is_refused_once_real_keys_are_configured() -> anyhow::Result<()> {
-    use std::time::{SystemTime, UNIX_EPOCH};
     // Development mode is asked for (the default) but a real key is configured.
     let server = chorus_tests::Server::start_with_env(
         &["--dev-mode", "true"],
@@ -66,18 +65,11 @@ async fn the_development_key_is_refused_once_real_keys_are_configured() -> anyho
         ],
     )
     .await?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let dev_admin = signaling::auth::create_admin_token(
+    let dev_admin = signaling::auth::mint_admin_token(
         "devkey",
         "chorus-development-secret-do-not-use-in-production",
-        &signaling::auth::AdminClaims {
-            iss: "devkey".into(),
-            sub: "mallory".into(),
-            exp: now + 600,
-            nbf: None,
-            iat: Some(now),
-            admin: true,
-        },
+        "mallory",
+        600,
     )?;
     let (status, body) = server
         .admin("GET", "/admin/v1/rooms", Some(&dev_admin), None)

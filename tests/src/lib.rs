@@ -25,6 +25,16 @@ pub mod voice;
 use voice::{BrowserEncoder, FRAME};
 pub use voice::{Ear, Spoken};
 
+/// Tests that measure real-time behaviour (speech calls scored by PESQ) or load the machine for a long
+/// stretch (schemathesis' thousands of requests) take this lock, so that they run one at a time: run side by
+/// side on a 2-core machine, a starved speaker or listener wakes late and the scores measure the machine.
+static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Wait for the other CPU-heavy tests of this binary to finish; hold the guard for the whole test.
+pub async fn cpu_heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    CPU_HEAVY.lock().await
+}
+
 /// The `chorus` binary: `$CHORUS_BIN`, else the workspace's debug build (built on demand).
 pub fn chorus_bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("CHORUS_BIN") {

@@ -84,6 +84,7 @@ async fn run_schemathesis(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_agrees_with_its_openapi_document() -> anyhow::Result<()> {
+    let _one_at_a_time = chorus_tests::cpu_heavy().await;
     let st = schemathesis()?;
     let server = std::sync::Arc::new(Server::start(&[]).await?);
     let admin = server.admin_token()?;

@@ -253,6 +253,7 @@ async fn forward_and_mix(
     impairment: Option<Impairment>,
     red: u8,
 ) -> anyhow::Result<(Scored, Scored)> {
+    let _one_at_a_time = chorus_tests::cpu_heavy().await;
     let server = server_with_rooms().await?;
     let speech = support::passage_48k();
     let impairment_given = impairment.clone();

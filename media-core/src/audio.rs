@@ -90,15 +90,7 @@ pub fn audio_level_from_samples(samples: &[f32]) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::analysis::ToneGenerator;
-
-    fn tone(freqs: &[(f64, f32)], len: usize) -> Vec<f32> {
-        let mut out = vec![0.0f32; len];
-        for &(f, a) in freqs {
-            ToneGenerator::new(f, a, SAMPLE_RATE).add_to(&mut out);
-        }
-        out
-    }
+    use crate::testkit::analysis::tones as tone;
 
     #[test]
     fn sample_conversions() {

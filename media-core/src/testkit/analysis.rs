@@ -29,6 +29,15 @@ pub struct ToneGenerator {
     phase: f64,
 }
 
+/// `len` samples of the sum of tones `(frequency Hz, amplitude)` at 48 kHz, each starting at phase 0.
+pub fn tones(freqs: &[(f64, f32)], len: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; len];
+    for &(f, a) in freqs {
+        ToneGenerator::new(f, a, crate::audio::SAMPLE_RATE).add_to(&mut out);
+    }
+    out
+}
+
 impl ToneGenerator {
     /// A tone of `freq_hz` with peak `amplitude` (1.0 = full scale) at `sample_rate`.
     pub fn new(freq_hz: f64, amplitude: f32, sample_rate: u32) -> Self {
@@ -269,17 +278,9 @@ mod tests {
     use super::*;
     use crate::audio::{audio_level_from_samples, FRAME_SAMPLES, SAMPLE_RATE};
 
-    fn tone(freqs: &[(f64, f32)], len: usize) -> Vec<f32> {
-        let mut out = vec![0.0f32; len];
-        for &(f, a) in freqs {
-            ToneGenerator::new(f, a, SAMPLE_RATE).add_to(&mut out);
-        }
-        out
-    }
-
     #[test]
     fn sine_is_continuous_across_frames() {
-        let whole = tone(&[(440.0, 0.5)], 3 * FRAME_SAMPLES);
+        let whole = tones(&[(440.0, 0.5)], 3 * FRAME_SAMPLES);
         let mut gen = ToneGenerator::new(440.0, 0.5, SAMPLE_RATE);
         let mut framed = vec![0.0f32; 3 * FRAME_SAMPLES];
         for frame in framed.chunks_mut(FRAME_SAMPLES) {
@@ -303,11 +304,11 @@ mod tests {
 
     #[test]
     fn goertzel_measures_tone_power_as_mean_square() {
-        let s = tone(&[(440.0, 0.5)], 4800);
+        let s = tones(&[(440.0, 0.5)], 4800);
         let p = goertzel_power(&s, 440.0, SAMPLE_RATE);
         assert!((p - 0.125).abs() < 0.005, "{p}");
         // Off-bin frequency (not a multiple of the 10 Hz resolution) is still measured exactly.
-        let s = tone(&[(443.7, 0.5)], 4800);
+        let s = tones(&[(443.7, 0.5)], 4800);
         let p = goertzel_power(&s, 443.7, SAMPLE_RATE);
         assert!((p - 0.125).abs() < 0.005, "{p}");
         // Far away: nothing.
@@ -319,7 +320,7 @@ mod tests {
 
     #[test]
     fn tone_analysis_on_clean_tones() {
-        let pcm = tone(&[(440.0, 0.3), (660.0, 0.3)], 48_000);
+        let pcm = tones(&[(440.0, 0.3), (660.0, 0.3)], 48_000);
         let a = ToneAnalysis::analyze(&pcm, SAMPLE_RATE, &[440.0, 550.0, 660.0, 880.0]);
         assert_eq!(a.present_default(), vec![440.0, 660.0]);
         assert!((a.relative(440.0) - 0.5).abs() < 0.03, "{:?}", a);
@@ -338,7 +339,7 @@ mod tests {
         let a = ToneAnalysis::analyze(&[], SAMPLE_RATE, &[440.0]);
         assert!(a.present(0.0).is_empty());
         // Shorter than a block: analysed as one block.
-        let pcm = tone(&[(1000.0, 0.5)], 1920);
+        let pcm = tones(&[(1000.0, 0.5)], 1920);
         let a = ToneAnalysis::analyze(&pcm, SAMPLE_RATE, &[1000.0, 440.0]);
         assert_eq!(a.present_default(), vec![1000.0]);
     }

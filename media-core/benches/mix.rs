@@ -85,7 +85,7 @@ fn mixer_only(listeners: usize, talkers: usize, seconds: u64) {
             counted = stats.clone();
         }
         if t >= warmup {
-            busy += started.elapsed();
+            busy += wall() - started;
             packets += out.len();
         }
     }

@@ -476,6 +476,7 @@ impl MediaCore {
     }
 
     /// The next output: datagrams first, then events, then the next wake-up.
+    #[must_use = "the drive loop drains poll_output until it yields a timeout: an output dropped is a datagram not sent or an event lost"]
     pub fn poll_output(&mut self) -> Output {
         if let Some(t) = self.out.transmits.pop_front() {
             self.stats.datagrams_out += 1;

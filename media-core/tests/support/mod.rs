@@ -594,7 +594,7 @@ impl Sim {
                     let started = wall();
                     self.core.handle_datagram(self.now, d.source, &d.data);
                     self.drain_core();
-                    self.core_busy += started.elapsed();
+                    self.core_busy += wall() - started;
                 } else if let Some(i) = self.clients.iter().position(|c| c.addr == d.destination) {
                     self.clients[i]
                         .peer
@@ -607,8 +607,9 @@ impl Sim {
                 let started = wall();
                 self.core.handle_timeout(self.now);
                 self.drain_core();
-                self.core_busy += started.elapsed();
-                self.core_busy_timers += started.elapsed();
+                let busy = wall() - started;
+                self.core_busy += busy;
+                self.core_busy_timers += busy;
                 self.core_timeouts += 1;
             }
             for i in 0..self.clients.len() {

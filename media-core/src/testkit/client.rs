@@ -132,6 +132,32 @@ pub struct ClientPeer {
 }
 
 impl ClientPeer {
+    /// A peer around `rtc` that has sent nothing yet.
+    fn with_state(
+        rtc: Rtc,
+        local_addr: SocketAddr,
+        pending: Option<SdpPendingOffer>,
+        mic_mid: Mid,
+        slot_mids: Vec<Mid>,
+        red_levels: u8,
+    ) -> ClientPeer {
+        ClientPeer {
+            rtc,
+            local_addr,
+            pending,
+            mic_mid,
+            slot_mids,
+            mic_pt: None,
+            mic_red_pt: None,
+            red_levels,
+            red_history: VecDeque::new(),
+            red_buf: Vec::new(),
+            seq: 0,
+            ts: 0,
+            connected: false,
+        }
+    }
+
     /// Create the peer and its SDP offer.
     pub fn new(now: Instant, config: ClientConfig) -> Result<(ClientPeer, String), PeerError> {
         let mut rtc = opus_only(Rtc::builder(), config.red > 0).build(now);
@@ -151,21 +177,14 @@ impl ClientPeer {
         let (offer, pending) = change
             .apply()
             .ok_or(PeerError::MissingMedia("an offer with media"))?;
-        let peer = ClientPeer {
+        let peer = ClientPeer::with_state(
             rtc,
-            local_addr: config.local_addr,
-            pending: Some(pending),
+            config.local_addr,
+            Some(pending),
             mic_mid,
             slot_mids,
-            mic_pt: None,
-            mic_red_pt: None,
-            red_levels: config.red,
-            red_history: VecDeque::new(),
-            red_buf: Vec::new(),
-            seq: 0,
-            ts: 0,
-            connected: false,
-        };
+            config.red,
+        );
         Ok((peer, offer.to_sdp_string()))
     }
 
@@ -184,21 +203,7 @@ impl ClientPeer {
         let (offer, pending) = change
             .apply()
             .ok_or(PeerError::MissingMedia("an offer with media"))?;
-        let peer = ClientPeer {
-            rtc,
-            local_addr,
-            pending: Some(pending),
-            mic_mid: mid,
-            slot_mids: vec![mid],
-            mic_pt: None,
-            mic_red_pt: None,
-            red_levels: 0,
-            red_history: VecDeque::new(),
-            red_buf: Vec::new(),
-            seq: 0,
-            ts: 0,
-            connected: false,
-        };
+        let peer = ClientPeer::with_state(rtc, local_addr, Some(pending), mid, vec![mid], 0);
         Ok((peer, offer.to_sdp_string()))
     }
 
@@ -227,21 +232,7 @@ impl ClientPeer {
         let mic_mid = *slot_mids
             .first()
             .ok_or(PeerError::MissingMedia("an audio m-line in the offer"))?;
-        let peer = ClientPeer {
-            rtc,
-            local_addr,
-            pending: None,
-            mic_mid,
-            slot_mids,
-            mic_pt: None,
-            mic_red_pt: None,
-            red_levels: 0,
-            red_history: VecDeque::new(),
-            red_buf: Vec::new(),
-            seq: 0,
-            ts: 0,
-            connected: false,
-        };
+        let peer = ClientPeer::with_state(rtc, local_addr, None, mic_mid, slot_mids, 0);
         Ok((peer, answer.to_sdp_string()))
     }
 

@@ -356,6 +356,21 @@ struct Buffered {
     recovered: bool,
 }
 
+impl Buffered {
+    /// `packet` at unwrapped timestamp `ts`.
+    fn new(ts: i64, packet: JitterPacket, recovered: bool) -> Self {
+        Self {
+            ts,
+            seq: packet.seq,
+            samples: packet.samples,
+            has_fec: packet.has_fec,
+            audio_level: packet.audio_level,
+            payload: packet.payload,
+            recovered,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// Nothing buffered since creation, reset or resync.
@@ -550,18 +565,7 @@ impl JitterBuffer {
             }
         }
         let index = self.packets.partition_point(|p| p.ts < ts);
-        self.packets.insert(
-            index,
-            Buffered {
-                ts,
-                seq: packet.seq,
-                samples: packet.samples,
-                has_fec: packet.has_fec,
-                audio_level: packet.audio_level,
-                payload: packet.payload,
-                recovered: false,
-            },
-        );
+        self.packets.insert(index, Buffered::new(ts, packet, false));
         self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
         if self.phase == Phase::Idle {
             self.phase = Phase::Buffering;
@@ -609,18 +613,7 @@ impl JitterBuffer {
         if !fits || self.packets.len() >= self.config.max_packets.max(1) {
             return RedundantOutcome::Refused;
         }
-        self.packets.insert(
-            index,
-            Buffered {
-                ts,
-                seq: packet.seq,
-                samples: packet.samples,
-                has_fec: packet.has_fec,
-                audio_level: packet.audio_level,
-                payload: packet.payload,
-                recovered: true,
-            },
-        );
+        self.packets.insert(index, Buffered::new(ts, packet, true));
         RedundantOutcome::Recovered
     }
 

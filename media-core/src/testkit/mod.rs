@@ -1,8 +1,9 @@
 //! What tests, benchmarks and the load tester need around the core, and production code never uses:
 //! a simulated network with a seeded random source ([`sim`]), a client-side test peer ([`client`]) and tone
-//! generation and analysis ([`analysis`]). Compiled for this crate's own tests and, for other crates, with
+//! generation and analysis ([`analysis`]), and reproducible DTLS timers for simulations ([`dtls`]). Compiled for this crate's own tests and, for other crates, with
 //! the `testkit` feature.
 
 pub mod analysis;
 pub mod client;
+pub mod dtls;
 pub mod sim;

@@ -4,8 +4,10 @@
 //! [`SimNet`] with [`SimNet::send`]; the test advances its clock to [`SimNet::next_delivery`] (or to the next
 //! timeout of a peer, whichever is earlier) and hands every [`SimNet::deliver_due`] datagram to its
 //! destination. Each direction of each address pair is a link with loss, delay, jitter, duplication and
-//! optional reordering ([`LinkConfig`]); everything random comes from one seeded [`Rng`], so a run is exactly
-//! reproducible from its seed.
+//! optional reordering ([`LinkConfig`]); everything random comes from the seed, so a run is reproducible from
+//! it. Each flow (one direction of an address pair) draws from its own generator, derived from the seed and the
+//! two addresses, so the order in which the peers under test interleave their flows does not decide which flow
+//! loses which packet. Creating a network also seeds str0m's DTLS timers ([`super::dtls`]).
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -179,10 +181,30 @@ impl Ord for InFlight {
 
 type Flow = (SocketAddr, SocketAddr);
 
+/// The seed of one flow's generator: the network's seed mixed with both addresses (a fixed function, unlike the
+/// standard library's randomly keyed hasher).
+fn flow_seed(seed: u64, from: SocketAddr, to: SocketAddr) -> u64 {
+    let mut mix = Rng::new(seed);
+    let mut h = mix.next_u64();
+    for addr in [from, to] {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(v4) => u128::from(v4.to_bits()),
+            std::net::IpAddr::V6(v6) => v6.to_bits(),
+        };
+        for word in [ip as u64, (ip >> 64) as u64, u64::from(addr.port())] {
+            h = Rng::new(h ^ word).next_u64();
+        }
+    }
+    h
+}
+
 /// A simulated network. See the [module docs](self).
 #[derive(Debug)]
 pub struct SimNet {
+    seed: u64,
     rng: Rng,
+    /// One generator per flow, so that a flow's fate depends only on the seed and its own datagrams.
+    flow_rngs: HashMap<Flow, Rng>,
     default_link: LinkConfig,
     links: HashMap<Flow, LinkConfig>,
     queue: BinaryHeap<InFlight>,
@@ -194,9 +216,14 @@ pub struct SimNet {
 
 impl SimNet {
     /// A network where every link behaves as `default_link` unless overridden, with randomness from `seed`.
+    /// Also makes str0m's DTLS timers in this process reproducible ([`super::dtls::install`]): create the network
+    /// before its peers.
     pub fn new(seed: u64, default_link: LinkConfig) -> Self {
+        super::dtls::install();
         Self {
+            seed,
             rng: Rng::new(seed),
+            flow_rngs: HashMap::new(),
             default_link,
             links: HashMap::new(),
             queue: BinaryHeap::new(),
@@ -244,30 +271,39 @@ impl SimNet {
     pub fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
         self.stats.sent += 1;
         let link = self.link(from, to);
-        if self.rng.chance(link.loss) {
+        let seed = self.seed;
+        let rng = self
+            .flow_rngs
+            .entry((from, to))
+            .or_insert_with(|| Rng::new(flow_seed(seed, from, to)));
+        if rng.chance(link.loss) {
             self.stats.lost += 1;
             return;
         }
-        let duplicate = self.rng.chance(link.duplicate);
+        let duplicate = rng.chance(link.duplicate);
+        let mut jitter_ms = || {
+            if link.jitter_ms > 0.0 {
+                rng.range_f64(0.0, link.jitter_ms)
+            } else {
+                0.0
+            }
+        };
+        let first = jitter_ms();
+        let second = duplicate.then(&mut jitter_ms);
         let datagram = Datagram {
             source: from,
             destination: to,
             data,
         };
-        if duplicate {
+        if let Some(jitter) = second {
             self.stats.duplicated += 1;
-            self.schedule(now, &link, datagram.clone());
+            self.schedule(now, &link, jitter, datagram.clone());
         }
-        self.schedule(now, &link, datagram);
+        self.schedule(now, &link, first, datagram);
     }
 
-    fn schedule(&mut self, now: Instant, link: &LinkConfig, datagram: Datagram) {
-        let jitter = if link.jitter_ms > 0.0 {
-            self.rng.range_f64(0.0, link.jitter_ms)
-        } else {
-            0.0
-        };
-        let delay_ms = (link.base_delay_ms + jitter).max(0.0);
+    fn schedule(&mut self, now: Instant, link: &LinkConfig, jitter_ms: f64, datagram: Datagram) {
+        let delay_ms = (link.base_delay_ms + jitter_ms).max(0.0);
         let mut at = now + Duration::from_secs_f64(delay_ms / 1000.0);
         if !link.reorder {
             let flow = (datagram.source, datagram.destination);

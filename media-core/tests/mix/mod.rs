@@ -78,7 +78,10 @@ fn each_listener_hears_the_others_at_their_levels_and_never_itself() {
                 duplicate: 0.02,
                 reorder: true,
             },
-            3.0,
+            // Concealed frames break the tones' phase, which the analysis counts as lost level. Measured: worst
+            // voice −1.5 to −2.9 dB over seeds 1–25; before the runs were reproducible (unseeded DTLS timers),
+            // −3.6 dB in 60 runs here and −4.2 dB once on CI's machine. A mixing-gain error (6 dB) still fails.
+            4.5,
         ),
         (
             10,

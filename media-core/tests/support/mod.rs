@@ -278,13 +278,15 @@ impl Sim {
         let slots = room_config.slots;
         let now = epoch();
         let server: SocketAddr = "127.0.0.1:5000".parse().expect("a literal socket address");
+        // The network first: it makes the DTLS timers of the peers created after it reproducible.
+        let net = SimNet::new(seed, link);
         let core = MediaCore::new(now, CoreConfig::new(server, seed));
         let mut sim = Sim {
             now,
             core,
             core_timeout: now,
             server,
-            net: SimNet::new(seed, link),
+            net,
             clients: Vec::new(),
             events: Vec::new(),
             room: RoomId("sim".into()),

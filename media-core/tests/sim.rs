@@ -60,7 +60,7 @@ fn the_same_seed_replays_the_same_lossy_mixed_call() {
                 duplicate: 0.02,
                 reorder: true,
             },
-            media_core::RoomConfig::mix(media_core::MixConfig::default()),
+            media_core::RoomSettings::mix(media_core::MixSettings::default()),
             &[(440.0, 0.1), (660.0, 0.1), (880.0, 0.1), (1100.0, 0.1)],
         );
         sim.connect();
@@ -354,9 +354,7 @@ fn a_client_that_vanishes_is_detected_and_its_slot_freed() {
         _ => None,
     });
     let slots = last_slots.expect("slot updates after the departure");
-    assert!(slots
-        .iter()
-        .all(|s| s.occupant.map(|(p, _)| p) != Some(gone.id)));
+    assert!(slots.iter().all(|s| s.participant != Some(gone.id)));
     sim.assert_hears_others(0, 2.0);
     sim.assert_hears_others(1, 2.0);
 }
@@ -404,10 +402,10 @@ fn speak(sim: &mut Sim, client: usize, amplitude: f32, total: Duration) {
 
 #[test]
 fn the_dominant_speaker_follows_sustained_speech_in_both_room_modes() {
-    use media_core::{MixConfig, RoomConfig};
+    use media_core::{MixSettings, RoomSettings};
     for room in [
-        RoomConfig::forward(3),
-        RoomConfig::mix(MixConfig::default()),
+        RoomSettings::forward(3),
+        RoomSettings::mix(MixSettings::default()),
     ] {
         // Client 2 is a steady hum (a noisy microphone): never dominant.
         let mut sim = Sim::with_room(

@@ -39,7 +39,7 @@ use crate::ids::{ParticipantId, SlotIndex};
 use crate::speakers::levels::{LevelConfig, LevelTracker};
 
 /// The most slots a subscriber can have.
-pub const MAX_SLOTS: usize = 16;
+pub use vocab::MAX_SLOTS;
 
 /// Tuning of a [`SlotSelector`].
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -10,7 +10,7 @@ use media_core::offer::OfferError;
 use media_core::sim::LinkConfig;
 use media_core::slots::MAX_SLOTS;
 use media_core::{
-    CoreConfig, CoreError, DropReason, JoinParams, MediaCore, ParticipantId, RoomConfig, RoomId,
+    CoreConfig, CoreError, DropReason, JoinParams, MediaCore, ParticipantId, RoomId, RoomSettings,
 };
 
 use crate::support::alloc::measure;
@@ -169,7 +169,7 @@ fn join(
     core.add_participant(
         now,
         &RoomId("big".into()),
-        RoomConfig::forward(MAX_SLOTS),
+        RoomSettings::forward(MAX_SLOTS as u8),
         ParticipantId(id),
         JoinParams {
             can_publish: true,

@@ -3,7 +3,7 @@ use crate::testkit::sim::Rng;
 
 const MS: Duration = Duration::from_millis(1);
 const SECOND: Duration = Duration::from_secs(1);
-const TICK: Duration = Duration::from_millis(20);
+use crate::audio::FRAME_DURATION;
 
 /// The base of virtual time; only ever offset by durations.
 #[allow(clippy::disallowed_methods)]
@@ -248,7 +248,7 @@ impl Harness {
                     .delays
                     .push((self.t, self.jb.target_delay(), self.jb.current_delay()));
             }
-            self.t += TICK;
+            self.t += FRAME_DURATION;
         }
     }
 
@@ -592,7 +592,10 @@ fn redundancy_that_does_not_fit_is_refused() {
         "before the first packet of a stream that has not started"
     );
     assert_eq!(
-        jb.push(base + TICK * 2, packet(12, 11_520, 960, false, None)),
+        jb.push(
+            base + FRAME_DURATION * 2,
+            packet(12, 11_520, 960, false, None)
+        ),
         PushOutcome::Accepted
     );
     for bad in [
@@ -614,7 +617,10 @@ fn redundancy_that_does_not_fit_is_refused() {
     assert_eq!(jb.len(), 3);
     // The packet itself arriving after its copy replaces it, without counting a duplicate.
     assert_eq!(
-        jb.push(base + TICK * 3, packet(11, 10_560, 960, false, Some(20))),
+        jb.push(
+            base + FRAME_DURATION * 3,
+            packet(11, 10_560, 960, false, Some(20))
+        ),
         PushOutcome::Accepted
     );
     assert_eq!(jb.len(), 3);

@@ -62,6 +62,7 @@ impl From<AdminError> for ApiError {
         let (status, code) = match e {
             AdminError::InvalidRoomName => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::RoomExists => (StatusCode::CONFLICT, "room_exists"),
+            AdminError::RoomSettingsConflict => (StatusCode::CONFLICT, "room_settings_conflict"),
             AdminError::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
             AdminError::ParticipantNotFound => (StatusCode::NOT_FOUND, "participant_not_found"),
             AdminError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),

@@ -171,6 +171,8 @@ pub enum AdminError {
     InvalidRoomName,
     #[error("a room with this name exists")]
     RoomExists,
+    #[error("a room with this name exists with other settings")]
+    RoomSettingsConflict,
     #[error("no such room")]
     RoomNotFound,
     #[error("no such participant in this room")]
@@ -559,8 +561,12 @@ impl RoomRegistry {
             return Err(AdminError::InvalidRoomName);
         }
         let mut rooms = self.lock();
-        let Entry::Vacant(entry) = rooms.entry(name.to_owned()) else {
-            return Err(AdminError::RoomExists);
+        let entry = match rooms.entry(name.to_owned()) {
+            Entry::Vacant(entry) => entry,
+            Entry::Occupied(room) if room.get().settings.conflicts_with(&spec.settings) => {
+                return Err(AdminError::RoomSettingsConflict);
+            }
+            Entry::Occupied(_) => return Err(AdminError::RoomExists),
         };
         let room = entry.insert(Room {
             settings: spec.settings,

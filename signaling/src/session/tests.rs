@@ -202,6 +202,10 @@ enum Mode {
     Unavailable,
     /// Take offers and never answer.
     Silent,
+    /// Refuse every offer as the media core does a room that exists with other settings.
+    Conflict,
+    /// Refuse every offer as the media core does settings out of range.
+    BadSettings,
 }
 
 /// A command as the worker saw it.
@@ -306,6 +310,14 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                         }
                         Mode::Unavailable => {
                             let _ = reply.send(Err(MediaError::Unavailable));
+                        }
+                        Mode::Conflict => {
+                            let _ = reply.send(Err(MediaError::RoomSettingsConflict));
+                        }
+                        Mode::BadSettings => {
+                            let _ = reply.send(Err(MediaError::BadRoomSettings(
+                                crate::media::SettingsError::Slots(0),
+                            )));
                         }
                         Mode::Silent => unanswered.push((reply, events)),
                     }
@@ -977,6 +989,35 @@ async fn offers_are_answered_once() {
     assert_eq!(ctx.metrics().errors(ErrorCode::BadSdp), 1);
 }
 
+/// Issue 11: media errors stay typed to the client; like `bad_sdp` they leave the session open and the
+/// client may offer again.
+#[tokio::test(start_paused = true)]
+async fn room_settings_errors_have_their_own_codes() {
+    for (mode, code, text) in [
+        (
+            Mode::Conflict,
+            ErrorCode::RoomSettingsConflict,
+            "the room exists with other settings",
+        ),
+        (
+            Mode::BadSettings,
+            ErrorCode::BadRoomSettings,
+            "room setting out of range: slots must be 1..=16",
+        ),
+    ] {
+        let (ctx, mut media) = setup(mode);
+        let mut ada = Client::open(&ctx);
+        ada.join(&token("lobby", "ada")).await;
+        ada.json(json!({"type": "offer", "sdp": OFFER}));
+        assert_eq!(ada.error(code).await, text);
+        assert!(matches!(media.next().await, Seen::Connect { .. }));
+        ada.ping(1).await;
+        assert_eq!(ctx.metrics().errors(code), 1);
+        assert_eq!(ctx.metrics().errors(ErrorCode::BadSdp), 0);
+        assert_eq!(ctx.participant_count(), 1);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn unavailable_media_is_fatal() {
     let (ctx, mut media) = setup(Mode::Unavailable);
@@ -1342,6 +1383,26 @@ async fn admin_rooms_keep_their_settings_and_stay_while_empty() {
     assert_eq!(
         ctx.create_room("standup", spec.clone()),
         Err(AdminError::RoomExists)
+    );
+    // Issue 11: other settings for an existing room are refused as such, never silently ignored.
+    let forward = RoomSpec {
+        settings: crate::media::RoomSettings::forward(3),
+        ..spec.clone()
+    };
+    assert_eq!(
+        ctx.create_room("standup", forward),
+        Err(AdminError::RoomSettingsConflict)
+    );
+    let louder = RoomSpec {
+        settings: crate::media::RoomSettings::mix(crate::media::MixSettings {
+            bitrate_bps: 64_000,
+            ..crate::media::MixSettings::default()
+        }),
+        ..spec.clone()
+    };
+    assert_eq!(
+        ctx.create_room("standup", louder),
+        Err(AdminError::RoomSettingsConflict)
     );
     assert_eq!(
         ctx.create_room("bad name", spec.clone()),

@@ -186,14 +186,14 @@ fn a_slot_stream_stays_continuous_across_speaker_switches() {
         );
         let dt = w[1].timestamp.wrapping_sub(w[0].timestamp);
         assert!(
-            (960..48_000 * 3).contains(&dt),
+            (FRAME_SAMPLES as u32..SAMPLE_RATE * 3).contains(&dt),
             "timestamp step {dt} out of range"
         );
     }
     // Across the switch the timestamp advanced by about the silence between A's last and B's first packet.
     let (before, after) = (packets[switch - 1], packets[switch]);
     let wall = after.arrival.duration_since(before.arrival).as_secs_f64();
-    let media = f64::from(after.timestamp.wrapping_sub(before.timestamp)) / 48_000.0;
+    let media = f64::from(after.timestamp.wrapping_sub(before.timestamp)) / f64::from(SAMPLE_RATE);
     assert!(
         (media - wall).abs() < 0.06,
         "switch: media time {media:.3}s vs wall {wall:.3}s"
@@ -233,7 +233,7 @@ fn a_dtx_pause_keeps_sequence_numbers_and_preserves_the_timestamp_gap() {
         .expect("packets arrived");
     assert_eq!(gap.1, 1, "sequence numbers stay contiguous over DTX");
     // The talker sends its DTX hangover of silence frames first, then nothing for the rest of the second.
-    let secs = f64::from(gap.0) / 48_000.0;
+    let secs = f64::from(gap.0) / f64::from(SAMPLE_RATE);
     let expected = 1.0 - f64::from(support::DTX_HANGOVER_FRAMES) * 0.02;
     assert!(
         (expected - 0.02..expected + 0.1).contains(&secs),

@@ -235,7 +235,7 @@ fn duration_to_ticks(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    const MS20: Duration = Duration::from_millis(20);
+    const MS20: Duration = crate::audio::FRAME_DURATION;
     const A: Ssrc = Ssrc(0xAAAA);
     const B: Ssrc = Ssrc(0xBBBB);
 

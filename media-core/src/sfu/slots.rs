@@ -658,7 +658,7 @@ mod tests {
     use crate::testkit::sim::Rng;
     use std::collections::BTreeSet;
 
-    const MS20: Duration = Duration::from_millis(20);
+    const MS20: Duration = crate::audio::FRAME_DURATION;
 
     #[allow(clippy::disallowed_methods)]
     fn t0() -> Instant {

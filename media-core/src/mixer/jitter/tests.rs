@@ -65,7 +65,7 @@ fn spurt(count: usize, samples: u32, level: Option<u8>) -> Vec<Frame> {
 fn talk_spurts(rng: &mut Rng, seconds: f64, fec: bool) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut at = 0i64;
-    let end = (seconds * 48_000.0) as i64;
+    let end = (seconds * f64::from(crate::audio::SAMPLE_RATE)) as i64;
     while at < end {
         let spurt = 50 + rng.below(100) as usize;
         for i in 0..spurt {
@@ -107,7 +107,9 @@ fn send(
 ) -> Vec<Arrival> {
     let mut arrivals = Vec::new();
     for (i, frame) in frames.iter().enumerate() {
-        let sent = Duration::from_secs_f64(frame.at as f64 / 48_000.0 / (1.0 + drift));
+        let sent = Duration::from_secs_f64(
+            frame.at as f64 / f64::from(crate::audio::SAMPLE_RATE) / (1.0 + drift),
+        );
         let at = sent + delay(i);
         if lost(i) {
             continue;

@@ -25,7 +25,6 @@ pub use events::RoomEvent;
 pub use metrics::SignalingMetrics;
 pub use registry::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
 pub use session::{run_session, WsFrame};
-pub use vocab::MAX_SLOTS;
 
 use media::{MediaCommand, MediaRouter};
 use protocol::ParticipantInfo;

@@ -245,12 +245,15 @@ impl MediaCore {
             .unwrap_or(&[])
     }
 
-    /// Create a participant's peer from its SDP offer, creating the room if needed. Returns the answer.
+    /// Create a participant's peer from its SDP offer, creating the room with `settings` if needed.
+    /// Returns the answer. A room that exists with other settings (see [`RoomSettings::conflicts_with`])
+    /// is refused with [`CoreError::RoomSettingsConflict`]; settings out of range with
+    /// [`CoreError::BadRoomSettings`].
     pub fn add_participant(
         &mut self,
         now: Instant,
         room: &RoomId,
-        room_config: RoomSettings,
+        settings: RoomSettings,
         id: ParticipantId,
         params: JoinParams,
         offer_sdp: &str,
@@ -261,23 +264,23 @@ impl MediaCore {
         }
         // Before str0m sees it: its cost grows with the offer's m-lines.
         check_offer(offer_sdp)?;
-        room_config.validate()?;
+        settings.validate()?;
         let existing = self.room_keys.get(room).copied();
         // An existing room keeps the settings it was created with: a request for others is refused.
         if let Some(current) = existing.and_then(|k| self.rooms.get(&k)) {
-            if current.config.conflicts_with(&room_config) {
+            if current.config.conflicts_with(&settings) {
                 return Err(CoreError::RoomSettingsConflict(room.clone()));
             }
         }
-        let room_config = existing
+        let settings = existing
             .and_then(|k| self.rooms.get(&k))
             .map(|r| r.config)
-            .unwrap_or(room_config);
-        let mixed = room_config.mode == RoomMode::Mix;
+            .unwrap_or(settings);
+        let mixed = settings.mode == RoomMode::Mix;
         let slots = if mixed {
             1
         } else {
-            usize::from(room_config.slots)
+            usize::from(settings.slots)
         };
         let peer_params = PeerParams {
             candidate_addr: self.config.candidate_addr,
@@ -296,11 +299,11 @@ impl MediaCore {
                     k,
                     Room {
                         id: room.clone(),
-                        config: room_config,
+                        config: settings,
                         selector: SlotSelector::new(slots, self.config.selector),
                         members: Vec::new(),
                         kind: if mixed {
-                            RoomKind::Mix(Box::new(Mixer::new(now, room_config.mix)))
+                            RoomKind::Mix(Box::new(Mixer::new(now, settings.mix)))
                         } else {
                             RoomKind::Forward
                         },

@@ -42,7 +42,7 @@ pub struct MixConfig {
 impl Default for MixConfig {
     fn default() -> Self {
         MixConfig {
-            bitrate_bps: 32_000,
+            bitrate_bps: 48_000,
             complexity: 5,
             fec: true,
             dtx: true,

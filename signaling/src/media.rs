@@ -67,7 +67,7 @@ impl Default for MixSettings {
     /// The media core's defaults (`media_core::MixConfig::default()`; the server checks they agree).
     fn default() -> Self {
         MixSettings {
-            bitrate_bps: 32_000,
+            bitrate_bps: 48_000,
             complexity: 5,
             fec: true,
             dtx: true,

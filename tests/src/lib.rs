@@ -35,27 +35,31 @@ pub async fn cpu_heavy() -> tokio::sync::MutexGuard<'static, ()> {
     CPU_HEAVY.lock().await
 }
 
-/// The `chorus` binary: `$CHORUS_BIN`, else the workspace's debug build (built on demand).
+/// The `chorus` binary: `$CHORUS_BIN`, else the workspace's debug build, brought up to date once per test
+/// process (`cargo build` of an up-to-date binary takes a moment; a stale one would test yesterday's server).
 pub fn chorus_bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("CHORUS_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let bin = target.join("debug").join("chorus");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "chorus-server", "--bin", "chorus"])
-            .current_dir(&root)
-            .status()
-            .context("running cargo build for the chorus binary")?;
-        if !status.success() {
-            bail!("cargo build of chorus failed");
-        }
-    }
-    Ok(bin)
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| root.join("target"));
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "chorus-server", "--bin", "chorus"])
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("running cargo build for the chorus binary: {e}"))?;
+            if !status.success() {
+                return Err("cargo build of chorus failed".to_owned());
+            }
+            Ok(target.join("debug").join("chorus"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn free_tcp_port() -> u16 {

@@ -90,7 +90,7 @@ pub struct MixSettings {
 impl Default for MixSettings {
     fn default() -> Self {
         MixSettings {
-            bitrate_bps: 32_000,
+            bitrate_bps: 48_000,
             complexity: 5,
             fec: true,
             dtx: true,
@@ -262,7 +262,7 @@ mod tests {
         assert!(serde_json::from_str::<MixSettings>(r#"{"bitrate":1}"#).is_err());
         assert_eq!(
             serde_json::to_value(MixSettings::default()).expect("serializes"),
-            serde_json::json!({"bitrate_bps": 32000, "complexity": 5, "fec": true, "dtx": true,
+            serde_json::json!({"bitrate_bps": 48000, "complexity": 5, "fec": true, "dtx": true,
                 "jitter_min_ms": 20, "jitter_max_ms": 200})
         );
     }

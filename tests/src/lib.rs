@@ -155,11 +155,12 @@ impl Server {
 
     /// Send a signal (e.g. `libc::SIGTERM`) to the server process.
     pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
-        let pid = i32::try_from(self.child.id())?;
-        // SAFETY: kill(2) with a pid this test started and has not reaped yet.
-        if unsafe { libc::kill(pid, signal) } != 0 {
-            bail!("kill: {}", std::io::Error::last_os_error());
-        }
+        // A pid this test started and has not reaped yet.
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id())?)
+            .ok_or_else(|| anyhow::anyhow!("pid 0"))?;
+        let signal = rustix::process::Signal::from_named_raw(signal)
+            .ok_or_else(|| anyhow::anyhow!("unknown signal {signal}"))?;
+        rustix::process::kill_process(pid, signal).map_err(|e| anyhow::anyhow!("kill: {e}"))?;
         Ok(())
     }
 

@@ -78,12 +78,12 @@ impl Client {
                     return Ok(None);
                 }
                 Some(Ok(Frame::Text(text))) => {
-                    return serde_json::from_str(text.as_str())
-                        .map(Some)
-                        .map_err(|e| ClientError::Decode {
+                    return serde_json::from_str(text.as_str()).map(Some).map_err(|e| {
+                        ClientError::Decode {
                             reason: e.to_string(),
                             text: text.as_str().to_owned(),
-                        });
+                        }
+                    });
                 }
                 // Pings are answered by tungstenite; nothing else carries a message.
                 Some(Ok(_)) => continue,
@@ -171,7 +171,8 @@ impl Client {
 
     /// Keepalive; the server answers with `pong` carrying `id`.
     pub async fn ping(&mut self, id: u64) -> Result<(), ClientError> {
-        self.send(&ClientMessage::Ping(Ping { id: id.into() })).await
+        self.send(&ClientMessage::Ping(Ping { id: id.into() }))
+            .await
     }
 
     /// Ask to leave, without waiting for the confirmation.
@@ -258,7 +259,9 @@ mod tests {
         let url = format!("ws://{}/ws", listener.local_addr().expect("bound"));
         let task = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.expect("accept");
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("handshake");
+            let mut ws = tokio_tungstenite::accept_async(tcp)
+                .await
+                .expect("handshake");
             let mut read = Vec::new();
             for frames in replies {
                 let Some(Ok(Frame::Text(text))) = ws.next().await else {
@@ -362,7 +365,10 @@ mod tests {
         let (url, _server) = server(vec![vec![], vec![r#"{"type": "teleported"}"#]]).await;
         let mut client = Client::connect(&url).await.expect("connect");
         client.ping(7).await.expect("ping");
-        match client.wait_for("pong", Duration::from_millis(50), |_| Some(())).await {
+        match client
+            .wait_for("pong", Duration::from_millis(50), |_| Some(()))
+            .await
+        {
             Err(ClientError::Timeout("pong")) => {}
             other => panic!("expected a timeout, got {other:?}"),
         }

@@ -1,7 +1,7 @@
 //! The media engine: every simulated participant's str0m client peer, driven by one thread over one
 //! socket ([`crate::net::MultiSocket`]).
 //!
-//! The thread waits (`ppoll`) on the socket, an eventfd that signals commands, and the earliest timer
+//! The thread waits (`ppoll`) on the socket, a socket pair that signals commands, and the earliest timer
 //! (a str0m timeout or a publisher's next 20 ms frame). Received datagrams are routed to a participant by
 //! the loopback address they were sent to; everything the peers want sent goes out in `sendmmsg`
 //! batches. Publishers re-send pre-encoded Opus frames ([`crate::audio::Frames`]) with a send-time stamp
@@ -11,8 +11,10 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,42 +164,29 @@ pub enum EngineError {
     Peer(String),
 }
 
-/// Wakes the engine thread when a command is queued.
-struct Waker(OwnedFd);
+/// Wakes the engine thread when a command is queued: a byte on one end of a socket pair makes the
+/// other end readable until [`Waker::clear`] reads it.
+struct Waker {
+    tx: UnixStream,
+    rx: UnixStream,
+}
 
 impl Waker {
     fn new() -> io::Result<Waker> {
-        // SAFETY: plain eventfd(2); the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        Ok(Waker(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let (tx, rx) = UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Waker { tx, rx })
     }
 
     fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd. A full counter (EAGAIN) still wakes.
-        unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        // A full pair (WouldBlock) is already readable, so it still wakes.
+        let _ = (&self.tx).write(&[1]);
     }
 
     fn clear(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64; EAGAIN when nothing is pending is fine.
-        unsafe {
-            libc::read(
-                self.0.as_raw_fd(),
-                &mut v as *mut u64 as *mut libc::c_void,
-                8,
-            )
-        };
+        let mut pending = [0u8; 64];
+        while matches!((&self.rx).read(&mut pending), Ok(n) if n > 0) {}
     }
 }
 
@@ -406,25 +395,8 @@ impl Loop {
     }
 
     fn wait(&self, wait: Duration) {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.socket.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.waker.0.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ts = libc::timespec {
-            tv_sec: wait.as_secs() as libc::time_t,
-            tv_nsec: wait.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: two valid pollfds and a valid timespec; no signal mask change.
-        unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
-        if fds[1].revents & libc::POLLIN != 0 {
+        let woken = chorus_udp::wait_readable([self.socket.as_fd(), self.waker.rx.as_fd()], wait);
+        if matches!(woken, Ok([_, true])) {
             self.waker.clear();
         }
     }
@@ -540,7 +512,9 @@ impl Loop {
     }
 
     fn datagram(&mut self, now: Instant, i: usize) {
-        let (source, dest, data) = self.socket.datagram(i);
+        let Some((source, dest, data)) = self.socket.datagram(i) else {
+            return;
+        };
         let Some(index) = participant_index(dest) else {
             return;
         };

@@ -26,8 +26,8 @@ pub enum ProcError {
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    // sysconf(_SC_CLK_TCK), which the kernel passes in the auxiliary vector.
+    let t = rustix::param::clock_ticks_per_second();
     if t > 0 {
         t as f64
     } else {

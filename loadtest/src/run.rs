@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
+use signaling::client::{Client, ClientError};
+use signaling::protocol::ServerMessage;
 use tokio::sync::watch;
 
 use crate::audio::Frames;
 use crate::engine::{Engine, EngineConfig, ParticipantSpec, PeerShape, Snapshot, StreamReport};
 use crate::floor::{Floor, FloorConfig};
 use crate::procstat::{self, ProcSample};
-use crate::signal::{self, Ws};
+use crate::signal::{self, SignalError};
 use crate::stats::Summary;
 use crate::talk::TalkModel;
 
@@ -543,13 +544,13 @@ async fn chorus_session(
         loop {
             tokio::select! {
                 _ = stop.changed() => {
-                    let _ = ws.send(&json!({"type": "leave"})).await;
+                    let _ = ws.leave().await;
                     ws.close().await;
                     return;
                 }
                 _ = ping.tick() => {
                     id += 1;
-                    if ws.send(&json!({"type": "ping", "id": id})).await.is_err() { return; }
+                    if ws.ping(id).await.is_err() { return; }
                 }
                 m = ws.recv() => {
                     if !matches!(m, Ok(Some(_))) { return; }
@@ -570,44 +571,24 @@ pub async fn chorus_join(
     api_key: &str,
     api_secret: &str,
     rec: &mut JoinRecord,
-) -> Result<Ws, String> {
+) -> Result<Client, String> {
     let room = room_name(config, spec.room);
     let identity = format!("lt-{}", spec.index);
     let token =
         signal::chorus_token(api_key, api_secret, &room, &identity).map_err(|e| e.detailed())?;
     let t = config.join_timeout;
     let t0 = Instant::now();
-    let mut ws = Ws::connect(ws_url, None).await.map_err(|e| e.detailed())?;
-    ws.send(&signal::chorus_join(&token, &room, &identity))
-        .await
-        .map_err(|e| e.detailed())?;
+    let detailed = |e: ClientError| SignalError::from(e).detailed();
+    let mut ws = Client::connect(ws_url).await.map_err(detailed)?;
     let joined = ws
-        .wait_for("joined", t, |v| {
-            signal::chorus_error(v)?;
-            Ok(v["type"] == "joined")
-        })
+        .join(&token, Some(&room), Some(&identity), t)
         .await
-        .map_err(|e| e.detailed())?;
-    if let Some(k) = joined["room"]["slots"].as_u64() {
-        spec.slots = k as usize;
-    }
+        .map_err(detailed)?;
+    spec.slots = usize::from(joined.room.slots);
     let (offer, milestones) = engine.create(spec).await.map_err(|e| e.to_string())?;
-    ws.send(&json!({"type": "offer", "sdp": offer}))
-        .await
-        .map_err(|e| e.detailed())?;
-    let answer = ws
-        .wait_for("answer", t, |v| {
-            signal::chorus_error(v)?;
-            Ok(v["type"] == "answer")
-        })
-        .await
-        .map_err(|e| e.detailed())?;
-    let sdp = answer["sdp"]
-        .as_str()
-        .ok_or_else(|| "unexpected".to_string())?
-        .to_owned();
+    let answer = ws.offer(&offer, t).await.map_err(detailed)?;
     engine
-        .answer(spec.index, sdp)
+        .answer(spec.index, answer.sdp)
         .await
         .map_err(|e| e.to_string())?;
     // Keep reading signaling while waiting for media, so the server never blocks on us.
@@ -618,9 +599,10 @@ pub async fn chorus_join(
             r = &mut media => { r?; break; }
             m = ws.recv() => {
                 match m {
-                    Ok(Some(v)) => { signal::chorus_error(&v).map_err(|e| e.detailed())?; }
+                    Ok(Some(ServerMessage::Error(e))) => return Err(detailed(ClientError::Server(e))),
+                    Ok(Some(_)) => {}
                     Ok(None) => return Err("closed:media".into()),
-                    Err(e) => return Err(e.detailed()),
+                    Err(e) => return Err(detailed(e)),
                 }
             }
         }

@@ -1,9 +1,11 @@
-//! Signaling with Chorus: the WebSocket protocol of docs/protocol.md, with locally minted tokens.
+//! Signaling: with Chorus through the typed client of its own protocol ([`signaling::client`]) with
+//! locally minted tokens; with Janus (its JSON API, not ours) through [`Ws`].
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
+use signaling::client::ClientError;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -26,6 +28,21 @@ pub enum SignalError {
     Token(String),
 }
 
+impl From<ClientError> for SignalError {
+    fn from(e: ClientError) -> SignalError {
+        match e {
+            ClientError::WebSocket(e) => SignalError::Ws(e),
+            ClientError::Timeout(what) => SignalError::Timeout(what),
+            ClientError::Closed(what) => SignalError::Closed(what),
+            ClientError::Server(e) => SignalError::Server {
+                code: e.code.as_str().to_owned(),
+                message: e.message,
+            },
+            e @ ClientError::Decode { .. } => SignalError::Unexpected(e.to_string()),
+        }
+    }
+}
+
 impl SignalError {
     /// The stable reason for failure tables, then `|` and the full message (an example for the report).
     pub fn detailed(&self) -> String {
@@ -45,7 +62,7 @@ impl SignalError {
     }
 }
 
-/// A JSON-over-WebSocket connection (Chorus' and Janus' APIs both are).
+/// A JSON-over-WebSocket connection, for Janus' API.
 pub struct Ws {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
@@ -118,20 +135,4 @@ pub fn chorus_token(
 ) -> Result<String, SignalError> {
     signaling::auth::mint_token(api_key, api_secret, room, identity, 6 * 3600)
         .map_err(|e| SignalError::Token(e.to_string()))
-}
-
-/// Fail on a Chorus `error` message.
-pub fn chorus_error(v: &Value) -> Result<(), SignalError> {
-    if v["type"] == "error" {
-        return Err(SignalError::Server {
-            code: v["code"].as_str().unwrap_or("?").to_owned(),
-            message: v["message"].as_str().unwrap_or("").to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// The join message of protocol version 1.
-pub fn chorus_join(token: &str, room: &str, name: &str) -> Value {
-    json!({"type": "join", "protocol": 1, "token": token, "room": room, "name": name})
 }

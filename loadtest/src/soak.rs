@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
+use signaling::client::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -18,7 +19,6 @@ use crate::audio::Frames;
 use crate::engine::{Engine, EngineConfig, ParticipantSpec};
 use crate::procstat::{self, ProcSample};
 use crate::run::{self, JoinRecord, Mode, RunConfig, RunError, Target};
-use crate::signal::Ws;
 use crate::stats::Summary;
 use crate::talk::Rng;
 
@@ -1041,7 +1041,7 @@ async fn member(
         &mut record,
     )
     .await;
-    let mut ws: Ws = match joined {
+    let mut ws: Client = match joined {
         Ok(ws) => ws,
         Err(e) => {
             record.error = Some(e);
@@ -1064,7 +1064,7 @@ async fn member(
                 engine.retire(index);
                 if r != Ok(true) {
                     let bye = async {
-                        let _ = ws.send(&json!({"type": "leave"})).await;
+                        let _ = ws.leave().await;
                         ws.close().await;
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
@@ -1073,7 +1073,7 @@ async fn member(
             }
             _ = ping.tick() => {
                 id += 1;
-                if ws.send(&json!({"type": "ping", "id": id})).await.is_err() {
+                if ws.ping(id).await.is_err() {
                     engine.retire(index);
                     let _ = tx.send(Event::Closed { index });
                     return;

@@ -235,26 +235,20 @@ fn count(counter: &IntCounterVec, reason: &str) {
 
 /// Raises the soft file-descriptor limit to the hard one; returns the soft limit now in force.
 pub fn raise_fd_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit this function owns.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return None;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // `None` is RLIM_INFINITY.
+    let limit = getrlimit(Resource::Nofile);
+    let value = |v: Option<u64>| v.unwrap_or(u64::MAX);
+    if value(limit.current) < value(limit.maximum) {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return Some(value(raised.current));
         }
     }
-    Some(limit.rlim_cur)
+    Some(value(limit.current))
 }
 
 /// File descriptors kept out of the connection cap: media sockets, webhooks, logs, the listener.

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,10 +49,7 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
     let socket = StdUdpSocket::bind(spec.bind)?;
     socket.set_nonblocking(true)?;
     let local_addr = socket.local_addr()?;
-    let (rcv, snd) = crate::udp::set_buffer_sizes(
-        std::os::fd::AsRawFd::as_raw_fd(&socket),
-        spec.socket_buffer_bytes,
-    );
+    let (rcv, snd) = crate::udp::set_buffer_sizes(&socket, spec.socket_buffer_bytes);
     tracing::info!(
         worker = spec.index,
         %local_addr,
@@ -169,7 +166,7 @@ impl Worker {
                 Wake::Readable(Err(e)) => warn!(error = %e, "socket not readable"),
                 Wake::Readable(Ok(())) => {
                     // Read a batch, feed it datagram by datagram (draining after each), send once.
-                    let fd = self.socket.as_raw_fd();
+                    let fd = self.socket.as_fd();
                     let received =
                         self.socket.try_io(tokio::io::Interest::READABLE, || {
                             match batch.recv(fd) {
@@ -234,7 +231,7 @@ impl Worker {
         if queued == 0 {
             return 0;
         }
-        let sent = udp::send_all(self.socket.as_raw_fd(), &self.outbox);
+        let sent = udp::send_all(&self.socket, &self.outbox);
         if sent.failed > 0 {
             self.metrics.send_failed.inc_by(sent.failed as u64);
         }

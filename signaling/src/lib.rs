@@ -5,6 +5,8 @@
 //! `Stream + Sink` of [`WsFrame`]s.
 
 pub mod auth;
+#[cfg(feature = "client")]
+pub mod client;
 mod config;
 pub mod events;
 pub mod media;

@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use futures_util::{SinkExt, StreamExt};
 use media_core::audio;
 use media_core::client::{ClientConfig, ClientOutput, ClientPeer};
-use serde_json::{json, Value};
+use serde_json::Value;
+use signaling::client::{Client, ClientError};
+use signaling::protocol::{ClientMessage, Join, ServerMessage, PROTOCOL_VERSION};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use media_core::audio::{FRAME_SAMPLES, SAMPLE_RATE};
 
@@ -159,11 +159,12 @@ impl Server {
 
     /// Send a signal (e.g. `libc::SIGTERM`) to the server process.
     pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
-        let pid = i32::try_from(self.child.id())?;
-        // SAFETY: kill(2) with a pid this test started and has not reaped yet.
-        if unsafe { libc::kill(pid, signal) } != 0 {
-            bail!("kill: {}", std::io::Error::last_os_error());
-        }
+        // A pid this test started and has not reaped yet.
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id())?)
+            .ok_or_else(|| anyhow::anyhow!("pid 0"))?;
+        let signal = rustix::process::Signal::from_named_raw(signal)
+            .ok_or_else(|| anyhow::anyhow!("unknown signal {signal}"))?;
+        rustix::process::kill_process(pid, signal).map_err(|e| anyhow::anyhow!("kill: {e}"))?;
         Ok(())
     }
 
@@ -329,43 +330,55 @@ fn dechunk(body: &str) -> String {
     out
 }
 
-/// A signaling WebSocket connection.
+/// A signaling session for the tests, on the typed client of the protocol ([`signaling::client`]).
+///
+/// Messages come back as typed [`ServerMessage`]s from [`Signal::client`]; [`Signal::recv`],
+/// [`Signal::expect`] and [`Signal::join`] also show them as JSON (re-serialized from the typed value,
+/// exactly what the server wrote) so tests can assert on the wire form. [`Signal::send`] and
+/// [`Signal::send_raw`] send any frame, also ones a well-behaved client would not.
 pub struct Signal {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    client: Client,
+}
+
+/// `message` as the JSON the server wrote: serialized as text (floats in their shortest form), then read.
+fn wire_json(message: &ServerMessage) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&serde_json::to_string(message)?)?)
 }
 
 impl Signal {
     pub async fn connect(url: &str) -> anyhow::Result<Signal> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Signal { ws })
+        Ok(Signal {
+            client: Client::connect(url).await?,
+        })
     }
 
+    /// The typed client of this session.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Send `v` as one text frame, whatever it is (protocol tests send malformed messages).
     pub async fn send(&mut self, v: Value) -> anyhow::Result<()> {
-        self.ws.send(Message::text(v.to_string())).await?;
+        self.client.send_frame(Message::text(v.to_string())).await?;
         Ok(())
     }
 
     pub async fn send_raw(&mut self, m: Message) -> anyhow::Result<()> {
-        self.ws.send(m).await?;
+        self.client.send_frame(m).await?;
         Ok(())
     }
 
-    /// The next JSON message; `None` when the server closed the socket.
+    /// The next message, as JSON; `None` when the server closed the socket.
     pub async fn recv(&mut self, timeout: Duration) -> anyhow::Result<Option<Value>> {
-        loop {
-            let msg = tokio::time::timeout(timeout, self.ws.next())
-                .await
-                .map_err(|_| anyhow!("no signaling message within {timeout:?}"))?;
-            match msg {
-                None | Some(Ok(Message::Close(_))) => return Ok(None),
-                Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(t.as_str())?)),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    // A reset after a fatal error counts as closed.
-                    let _ = e;
-                    return Ok(None);
-                }
-            }
+        let received = tokio::time::timeout(timeout, self.client.recv())
+            .await
+            .map_err(|_| anyhow!("no signaling message within {timeout:?}"))?;
+        match received {
+            Ok(Some(message)) => Ok(Some(wire_json(&message)?)),
+            Ok(None) => Ok(None),
+            // A reset after a fatal error counts as closed.
+            Err(ClientError::WebSocket(_)) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -375,19 +388,10 @@ impl Signal {
         &mut self,
         timeout: Duration,
     ) -> anyhow::Result<Option<(u16, String)>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let msg = tokio::time::timeout(left, self.ws.next())
-                .await
-                .map_err(|_| anyhow!("no close frame within {timeout:?}"))?;
-            match msg {
-                Some(Ok(Message::Close(frame))) => {
-                    return Ok(frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())))
-                }
-                None | Some(Err(_)) => return Ok(None),
-                Some(Ok(_)) => continue,
-            }
+        match self.client.close_frame(timeout).await {
+            Ok(close) => Ok(close.map(|c| (c.code, c.reason))),
+            Err(ClientError::Timeout(_)) => bail!("no close frame within {timeout:?}"),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -404,9 +408,15 @@ impl Signal {
         }
     }
 
-    /// Join and return the `joined` message.
+    /// Join and return the `joined` message (it must be the first reply).
     pub async fn join(&mut self, token: &str, room: &str) -> anyhow::Result<Value> {
-        self.send(json!({"type": "join", "protocol": 1, "token": token, "room": room}))
+        self.client
+            .send(&ClientMessage::Join(Join {
+                protocol: PROTOCOL_VERSION,
+                token: token.to_owned(),
+                room: Some(room.to_owned()),
+                name: None,
+            }))
             .await?;
         let v = self
             .recv(Duration::from_secs(5))
@@ -542,12 +552,11 @@ impl AudioClient {
                 red: options.red,
             },
         )?;
-        signal.send(json!({"type": "offer", "sdp": offer})).await?;
-        let answer = signal.expect("answer", Duration::from_secs(5)).await?;
-        let mut answer = answer["sdp"]
-            .as_str()
-            .context("answer without sdp")?
-            .to_owned();
+        let mut answer = signal
+            .client()
+            .offer(&offer, Duration::from_secs(5))
+            .await?
+            .sdp;
         if let Some(via) = options.via {
             answer = candidates_via(&answer, via);
         }

@@ -7,6 +7,10 @@
 //! exact copy of the shared one makes the switch a change of input only: the decoder sees one continuous
 //! stream. libopus documents its encoder state as "position independent and can be freely copied"
 //! (`opus.h`, `OpusEncoder`), so a byte copy of `opus_encoder_get_size` bytes is a complete clone.
+//!
+//! The workspace denies `unsafe` code; this module is allowed it because the C API (opusic-sys) is the only
+//! way to that copy. Every block states why it is sound.
+#![allow(unsafe_code)]
 
 use std::ptr::NonNull;
 

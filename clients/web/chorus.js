@@ -37,7 +37,7 @@ const LEAVE_TIMEOUT_MS = 1500;
  * @typedef {'bad_json' | 'unknown_type' | 'bad_message' | 'binary_frame' | 'frame_too_large'
  *   | 'unsupported_protocol' | 'invalid_token' | 'token_expired' | 'room_mismatch' | 'not_joined'
  *   | 'already_joined' | 'forbidden' | 'room_full' | 'room_closed' | 'banned' | 'draining' | 'bad_sdp'
- *   | 'media_unavailable' | 'internal'} ServerErrorCode
+ *   | 'bad_room_settings' | 'room_settings_conflict' | 'media_unavailable' | 'internal'} ServerErrorCode
  */
 // </error-codes>
 

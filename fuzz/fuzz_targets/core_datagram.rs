@@ -13,7 +13,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use media_core::client::{ClientConfig, ClientPeer};
 use media_core::{
-    CoreConfig, JoinParams, MediaCore, MixConfig, Output, ParticipantId, RoomConfig, RoomId,
+    CoreConfig, JoinParams, MediaCore, MixSettings, Output, ParticipantId, RoomSettings, RoomId,
 };
 use str0m::config::DtlsCert;
 
@@ -103,9 +103,9 @@ fuzz_target!(|input: Input| {
         MediaCore::with_certificate(start, CoreConfig::new(candidate, 7), cert().clone());
     let room = RoomId("fuzz".to_owned());
     let room_config = if input.mixed {
-        RoomConfig::mix(MixConfig::default())
+        RoomSettings::mix(MixSettings::default())
     } else {
-        RoomConfig::forward(usize::from(input.slots % 16) + 1)
+        RoomSettings::forward(input.slots % 16 + 1)
     };
     let params = JoinParams {
         can_publish: true,

@@ -26,7 +26,7 @@ use media_core::client::{ClientConfig, ClientOutput, ClientPeer, RawRtp};
 use media_core::encoder::{EncoderSettings, MixEncoder};
 use media_core::red::{self, RedundantFrame};
 use media_core::{
-    CoreConfig, JoinParams, MediaCore, MixConfig, Output, ParticipantId, RoomConfig, RoomId,
+    CoreConfig, JoinParams, MediaCore, MixSettings, Output, ParticipantId, RoomSettings, RoomId,
 };
 use str0m::config::DtlsCert;
 
@@ -120,9 +120,9 @@ impl World {
             };
             let (mut peer, offer) = ClientPeer::new(start, config).expect("a client offer");
             let (room, room_config) = if i < 2 {
-                (&forward, RoomConfig::forward(2))
+                (&forward, RoomSettings::forward(2))
             } else {
-                (&mixed, RoomConfig::mix(MixConfig::default()))
+                (&mixed, RoomSettings::mix(MixSettings::default()))
             };
             let answer = core
                 .add_participant(

@@ -17,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use media_core::encoder::{EncoderSettings, MixEncoder};
 use media_core::mixer::{opus_packet_info, MixPacket, Mixer};
 use media_core::red::RedundantFrame;
-use media_core::{MixConfig, MixStats, ParticipantId, Samples, Ssrc};
+use media_core::{MixSettings, MixStats, ParticipantId, Samples, Ssrc};
 
 const MEMBERS: u8 = 4;
 const FRAME: u32 = 960;
@@ -190,12 +190,12 @@ impl Check {
 fuzz_target!(|input: Input| {
     let start = Instant::now();
     let min = u32::from(input.jitter_min_ms) % 200;
-    let config = MixConfig {
+    let config = MixSettings {
         dtx: input.dtx,
         fec: input.fec,
         jitter_min_ms: min,
         jitter_max_ms: min + u32::from(input.jitter_max_ms) % 1000,
-        ..MixConfig::default()
+        ..MixSettings::default()
     };
     if config.validate().is_err() {
         return;

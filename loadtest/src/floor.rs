@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use media_core::audio::FRAME_SAMPLES;
 use serde::Serialize;
 
 use crate::net::{MultiSocket, Outgoing};
@@ -90,7 +91,7 @@ fn seal_packet(key: &LessSafeKey, seq: u64, payload: usize) -> Result<Vec<u8>, F
     let mut pkt = Vec::with_capacity(12 + payload + 16);
     pkt.extend_from_slice(&[0x80, 111]);
     pkt.extend_from_slice(&(seq as u16).to_be_bytes());
-    pkt.extend_from_slice(&((seq as u32).wrapping_mul(960)).to_be_bytes());
+    pkt.extend_from_slice(&((seq as u32).wrapping_mul(FRAME_SAMPLES as u32)).to_be_bytes());
     pkt.extend_from_slice(&0x1234_5678u32.to_be_bytes());
     pkt.resize(12 + payload, 0x5a);
     let mut nonce = [0u8; 12];

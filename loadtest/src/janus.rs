@@ -166,7 +166,7 @@ pub async fn create_rooms(
         let body = match config.mode {
             Mode::Mix => {
                 let mut b = json!({"request": "create", "room": id, "permanent": false,
-                    "description": format!("chorus-loadtest {id}"), "sampling_rate": 48000,
+                    "description": format!("chorus-loadtest {id}"), "sampling_rate": media_core::audio::SAMPLE_RATE,
                     "audiolevel_ext": true});
                 if let Some(p) = prebuffer {
                     b["default_prebuffering"] = json!(p);

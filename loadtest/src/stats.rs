@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use media_core::audio::SAMPLE_RATE;
+
 /// Receive statistics of one RTP stream (one slot of one subscriber).
 #[derive(Clone, Debug)]
 pub struct StreamStats {
@@ -35,12 +37,13 @@ impl StreamStats {
         if seq < self.first_seq {
             self.first_seq = seq;
         }
-        let arrival_units = arrival.saturating_duration_since(self.epoch).as_secs_f64() * 48_000.0;
+        let clock_hz = f64::from(SAMPLE_RATE);
+        let arrival_units = arrival.saturating_duration_since(self.epoch).as_secs_f64() * clock_hz;
         let transit = arrival_units - f64::from(timestamp);
         if let Some(last) = self.last_transit {
             let mut d = (transit - last).abs();
             // A timestamp that wrapped or jumped by more than a second is a discontinuity, not jitter.
-            if d > 48_000.0 {
+            if d > clock_hz {
                 d = 0.0;
             }
             self.jitter += (d - self.jitter) / 16.0;

@@ -12,11 +12,12 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use media_core::audio::FRAME_DURATION;
 use media_core::audio::{audio_level_from_samples, ToneGenerator, FRAME_SAMPLES, SAMPLE_RATE};
-use media_core::mixer::{MixPacket, Mixer, TICK};
+use media_core::mixer::{MixPacket, Mixer};
 use media_core::sim::LinkConfig;
 use media_core::stats::{MixStats, Samples};
-use media_core::{MixConfig, ParticipantId, RoomConfig, Ssrc};
+use media_core::{MixSettings, ParticipantId, RoomSettings, Ssrc};
 use support::Sim;
 
 #[allow(clippy::disallowed_methods)]
@@ -45,7 +46,7 @@ fn talker_frames(freq: f64, frames: usize) -> Vec<(Arc<[u8]>, u8)> {
 /// The mixer alone: `talkers` send a tone every 20 ms, `listeners` only listen.
 fn mixer_only(listeners: usize, talkers: usize, seconds: u64) {
     let start = support::epoch();
-    let mut mixer = Mixer::new(start, MixConfig::default());
+    let mut mixer = Mixer::new(start, MixSettings::default());
     for i in 0..talkers + listeners {
         let talks = i < talkers;
         mixer.add_member(ParticipantId(i as u64), talks, true, 1, i as u32 * 7);
@@ -62,7 +63,7 @@ fn mixer_only(listeners: usize, talkers: usize, seconds: u64) {
     let mut busy = Duration::ZERO;
     let mut packets = 0usize;
     for t in 0..ticks + warmup {
-        let now = start + TICK * t as u32;
+        let now = start + FRAME_DURATION * t as u32;
         for (i, f) in frames.iter().enumerate() {
             let (payload, level) = &f[t as usize % f.len()];
             let _ = mixer.push(
@@ -93,7 +94,7 @@ fn mixer_only(listeners: usize, talkers: usize, seconds: u64) {
     println!(
         "{listeners:>9} {talkers:>7} {:>12.1} {:>13.2} {:>12.1} {:>12.1} {:>12}",
         per_tick.as_secs_f64() * 1e6,
-        100.0 * per_tick.as_secs_f64() / TICK.as_secs_f64(),
+        100.0 * per_tick.as_secs_f64() / FRAME_DURATION.as_secs_f64(),
         (stats.frames_decoded - counted.frames_decoded) as f64 / ticks as f64,
         (stats.frames_encoded - counted.frames_encoded) as f64 / ticks as f64,
         packets / ticks as usize,
@@ -109,7 +110,7 @@ fn whole_core(listeners: usize, talkers: usize, seconds: u64) {
     let mut sim = Sim::with_room(
         42,
         LinkConfig::default(),
-        RoomConfig::mix(MixConfig::default()),
+        RoomSettings::mix(MixSettings::default()),
         &voices,
     );
     sim.keep_audio = false;

@@ -14,7 +14,7 @@
 mod support;
 
 use media_core::sim::LinkConfig;
-use media_core::{MixConfig, RoomConfig};
+use media_core::{MixSettings, RoomSettings};
 use support::speech_call;
 
 fn main() {
@@ -32,7 +32,7 @@ fn main() {
             let fwd = speech_call(
                 &format!("bench-forward-{loss_percent}-red{red}"),
                 seed,
-                RoomConfig::forward(3),
+                RoomSettings::forward(3),
                 link,
                 expected,
                 red,
@@ -40,7 +40,7 @@ fn main() {
             let mix = speech_call(
                 &format!("bench-mix-{loss_percent}-red{red}"),
                 seed,
-                RoomConfig::mix(MixConfig::default()),
+                RoomSettings::mix(MixSettings::default()),
                 link,
                 expected,
                 red,

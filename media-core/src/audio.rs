@@ -9,11 +9,8 @@
 //! −3.01 dBov. This is also what libwebrtc's `RmsLevel` (which fills the `ssrc-audio-level` header extension
 //! in browsers) computes, so levels we compute compare directly with those browsers send.
 
-/// The sample rate of all audio in Chorus (Opus' native rate).
-pub const SAMPLE_RATE: u32 = 48_000;
-
-/// Samples in one 20 ms frame at [`SAMPLE_RATE`], the frame size clients send.
-pub const FRAME_SAMPLES: usize = 960;
+/// The audio clock, defined once for the whole project in the shared vocabulary.
+pub use vocab::{FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
 
 /// The duration of `samples` at [`SAMPLE_RATE`].
 pub fn samples_duration(samples: usize) -> std::time::Duration {

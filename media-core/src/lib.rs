@@ -14,7 +14,6 @@ pub mod core;
 pub mod ids;
 pub mod mixer;
 pub mod red;
-pub mod room_config;
 pub mod sfu;
 pub mod speakers;
 pub mod stats;
@@ -29,7 +28,7 @@ pub use crate::speakers::{csrc_levels, dominant, levels};
 #[cfg(any(test, feature = "testkit"))]
 pub use crate::testkit::{client, sim};
 
-pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output, SlotInfo};
+pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output};
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
-pub use room_config::{MixConfig, RoomConfig, RoomMode};
 pub use stats::{CoreStats, DropReason, MixStats, Samples};
+pub use vocab::{MixSettings, RoomMode, RoomSettings, SettingsError, SlotAssignment};

@@ -18,8 +18,10 @@ use signaling::media::{MixSettings, RoomMode, RoomSettings};
 use signaling::protocol::ParticipantInfo;
 use signaling::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
 use tracing::{info, warn};
+use vocab::room::{MIX_BITRATE_BPS, MIX_MAX_COMPLEXITY, MIX_MAX_JITTER_MS};
+use vocab::MAX_SLOTS;
 
-use crate::config::{mix_config, MAX_EMPTY_TIMEOUT_SECS, MAX_ROOM_PARTICIPANTS};
+use crate::config::{MAX_EMPTY_TIMEOUT_SECS, MAX_ROOM_PARTICIPANTS};
 use crate::state::{begin_drain, AppState};
 
 /// A refused admin request: HTTP status, stable code, human message.
@@ -60,6 +62,7 @@ impl From<AdminError> for ApiError {
         let (status, code) = match e {
             AdminError::InvalidRoomName => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::RoomExists => (StatusCode::CONFLICT, "room_exists"),
+            AdminError::RoomSettingsConflict => (StatusCode::CONFLICT, "room_settings_conflict"),
             AdminError::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
             AdminError::ParticipantNotFound => (StatusCode::NOT_FOUND, "participant_not_found"),
             AdminError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
@@ -349,27 +352,24 @@ pub struct MixPatch {
     pub jitter_max_ms: Option<u32>,
 }
 
-/// The most a jitter-buffer bound may be, in milliseconds.
-const MAX_JITTER_MS: u32 = 1000;
-
 impl MixPatch {
     /// The ranges docs/openapi.json states for each field on its own (400 when out of range).
     fn check_ranges(&self) -> Result<(), ApiError> {
         if self
             .bitrate_bps
-            .is_some_and(|b| !(6_000..=128_000).contains(&b))
+            .is_some_and(|b| !MIX_BITRATE_BPS.contains(&b))
         {
             return Err(ApiError::bad_request(
                 "mix bitrate_bps must be 6000 to 128000",
             ));
         }
-        if self.complexity.is_some_and(|c| c > 10) {
+        if self.complexity.is_some_and(|c| c > MIX_MAX_COMPLEXITY) {
             return Err(ApiError::bad_request("mix complexity must be 0 to 10"));
         }
         if [self.jitter_min_ms, self.jitter_max_ms]
             .iter()
             .flatten()
-            .any(|&ms| ms > MAX_JITTER_MS)
+            .any(|&ms| ms > MIX_MAX_JITTER_MS)
         {
             return Err(ApiError::bad_request(
                 "mix jitter_min_ms and jitter_max_ms must be 0 to 1000",
@@ -407,10 +407,13 @@ pub fn room_spec(
                 return Err(ApiError::bad_request("mix settings need \"mode\": \"mix\""));
             }
             let slots = req.slots.unwrap_or(defaults.slots);
-            if !(1..=signaling::MAX_SLOTS).contains(&slots) {
-                return Err(ApiError::bad_request("slots must be 1 to 16"));
+            let settings = RoomSettings::forward(slots);
+            if settings.validate().is_err() {
+                return Err(ApiError::bad_request(format!(
+                    "slots must be 1 to {MAX_SLOTS}"
+                )));
             }
-            RoomSettings::forward(slots)
+            settings
         }
         RoomMode::Mix => {
             if req.slots.is_some_and(|s| s != 1) {
@@ -420,9 +423,8 @@ pub fn room_spec(
             patch.check_ranges()?;
             let mix = patch.apply(defaults.mix);
             // Every field is in range, so what remains is the order of the jitter bounds.
-            mix_config(&mix)
-                .validate()
-                .map_err(ApiError::invalid_settings)?;
+            mix.validate()
+                .map_err(|why| ApiError::invalid_settings(why.to_string()))?;
             RoomSettings::mix(mix)
         }
     };

@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use signaling::media::{MixSettings, RoomMode};
+use signaling::media::{MixSettings, RoomMode, RoomSettings};
+use vocab::MAX_SLOTS;
 
 /// The development API key used when no keys are configured and development mode is on.
 pub const DEV_API_KEY: &str = "devkey";
@@ -180,7 +181,7 @@ impl AuthConfig {
 pub struct RoomDefaults {
     /// Mode of a room created by a join: "forward" (selective forwarding) or "mix" (server-side mix).
     pub default_mode: RoomMode,
-    /// Audio slots per subscriber in a new forwarding room (1..=16).
+    /// Audio slots per subscriber in a new forwarding room (1..=`MAX_SLOTS`, 16).
     pub slots: u8,
     /// Participants admitted to one room.
     pub max_participants: usize,
@@ -204,18 +205,6 @@ impl Default for RoomDefaults {
             mix: MixSettings::default(),
             kick_ban_secs: 300,
         }
-    }
-}
-
-/// The media core's mixer configuration for these settings.
-pub fn mix_config(mix: &MixSettings) -> media_core::MixConfig {
-    media_core::MixConfig {
-        bitrate_bps: mix.bitrate_bps,
-        complexity: mix.complexity,
-        fec: mix.fec,
-        dtx: mix.dtx,
-        jitter_min_ms: mix.jitter_min_ms,
-        jitter_max_ms: mix.jitter_max_ms,
     }
 }
 
@@ -454,8 +443,8 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if !(1..=16).contains(&self.room.slots) {
-            return invalid("room.slots must be between 1 and 16");
+        if RoomSettings::forward(self.room.slots).validate().is_err() {
+            return invalid(&format!("room.slots must be between 1 and {MAX_SLOTS}"));
         }
         if self.room.max_participants == 0 || self.room.max_participants > MAX_ROOM_PARTICIPANTS {
             return invalid("room.max_participants must be 1..=100000");
@@ -463,7 +452,7 @@ impl Config {
         if self.room.empty_timeout_secs > MAX_EMPTY_TIMEOUT_SECS {
             return invalid("room.empty_timeout_secs must be at most 86400 (one day)");
         }
-        if let Err(why) = mix_config(&self.room.mix).validate() {
+        if let Err(why) = self.room.mix.validate() {
             return Err(ConfigError::Invalid(format!("room.{why}")));
         }
         if !(1..=600_000).contains(&self.http.header_timeout_ms) {
@@ -716,11 +705,6 @@ mod tests {
         // The media core validates the mixer settings.
         c.room.mix.bitrate_bps = 1;
         assert!(c.validate().unwrap_err().to_string().contains("bitrate"));
-        // Signaling's defaults are the media core's.
-        assert_eq!(
-            mix_config(&MixSettings::default()),
-            media_core::MixConfig::default()
-        );
     }
 
     #[test]

@@ -11,15 +11,13 @@ use std::time::{Duration, Instant};
 
 use media_core::peer::Transmit;
 use media_core::{
-    CoreConfig, CoreEvent, CoreStats, JoinParams, MediaCore, Output, ParticipantId, RoomConfig,
+    CoreConfig, CoreError, CoreEvent, CoreStats, JoinParams, MediaCore, Output, ParticipantId,
     RoomId,
 };
 use prometheus::core::AtomicI64;
 use prometheus::core::{AtomicF64, GenericCounter, GenericGauge};
 use prometheus::local::LocalHistogram;
-use signaling::media::{
-    MediaCommand, MediaError, MediaEvent, MediaRouter, RoomMode, RoomSettings, SlotAssignment,
-};
+use signaling::media::{MediaCommand, MediaError, MediaEvent, MediaRouter};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn};
@@ -117,14 +115,6 @@ enum Wake {
     Readable(io::Result<()>),
     Timeout,
     Stats,
-}
-
-/// The media core's configuration of a room with these signaling settings.
-pub fn room_config(settings: &RoomSettings) -> RoomConfig {
-    match settings.mode {
-        RoomMode::Forward => RoomConfig::forward(usize::from(settings.slots)),
-        RoomMode::Mix => RoomConfig::mix(crate::config::mix_config(&settings.mix)),
-    }
 }
 
 impl Worker {
@@ -263,7 +253,7 @@ impl Worker {
                 events,
                 reply,
             } => {
-                let id = ParticipantId(participant);
+                let id = participant;
                 let span = info_span!("participant", room = %room, participant = %id);
                 let _enter = span.enter();
                 let result = self
@@ -271,7 +261,7 @@ impl Worker {
                     .add_participant(
                         now,
                         &RoomId(room),
-                        room_config(&settings),
+                        settings,
                         id,
                         JoinParams {
                             can_publish,
@@ -283,9 +273,9 @@ impl Worker {
                     .map_err(|e| {
                         debug!(error = %e, "offer refused");
                         match e {
-                            media_core::CoreError::AlreadyConnected(_) => {
-                                MediaError::AlreadyConnected
-                            }
+                            CoreError::AlreadyConnected(_) => MediaError::AlreadyConnected,
+                            CoreError::BadRoomSettings(why) => MediaError::BadRoomSettings(why),
+                            CoreError::RoomSettingsConflict(_) => MediaError::RoomSettingsConflict,
                             other => MediaError::BadSdp(other.client_message()),
                         }
                     });
@@ -295,16 +285,17 @@ impl Worker {
                 // The session may have gone away meanwhile; its Leave follows.
                 let _ = reply.send(result);
             }
-            MediaCommand::Mute { participant, muted } => {
-                let id = ParticipantId(participant);
+            MediaCommand::Mute {
+                participant: id,
+                muted,
+            } => {
                 let _enter = info_span!("participant", participant = %id).entered();
                 if let Err(e) = self.core.set_muted(id, muted) {
                     // Not connected yet: the state reaches the worker with the offer.
                     debug!(error = %e, muted, "mute for a participant without media");
                 }
             }
-            MediaCommand::Leave { participant } => {
-                let id = ParticipantId(participant);
+            MediaCommand::Leave { participant: id } => {
                 let _enter = info_span!("participant", participant = %id).entered();
                 debug!("participant leaves");
                 self.sessions.remove(&id);
@@ -329,28 +320,18 @@ impl Worker {
                 self.sessions.remove(&participant);
             }
             CoreEvent::Slots { subscriber, slots } => {
-                let slots = slots
-                    .into_iter()
-                    .map(|s| SlotAssignment {
-                        slot: s.index.0,
-                        mid: s.mid,
-                        participant: s.occupant.map(|(p, _)| p.0),
-                        ssrc: s.occupant.and_then(|(_, ssrc)| ssrc).map(|s| s.0),
-                    })
-                    .collect();
                 self.send(subscriber, MediaEvent::Slots(slots));
             }
             CoreEvent::Speakers { room, speakers } => {
-                let list: Vec<(u64, f32)> = speakers.into_iter().map(|(p, l)| (p.0, l)).collect();
                 let members: Vec<ParticipantId> = self.core.room_members(&room).to_vec();
                 for member in members {
-                    self.send(member, MediaEvent::Speakers(list.clone()));
+                    self.send(member, MediaEvent::Speakers(speakers.clone()));
                 }
             }
             CoreEvent::DominantSpeaker { room, participant } => {
                 let members: Vec<ParticipantId> = self.core.room_members(&room).to_vec();
                 for member in members {
-                    self.send(member, MediaEvent::DominantSpeaker(participant.0));
+                    self.send(member, MediaEvent::DominantSpeaker(participant));
                 }
             }
         }

@@ -4,10 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::media::{MixSettings, RoomMode, RoomSettings};
-
-/// The most audio slots a room may have.
-pub const MAX_SLOTS: u8 = 16;
+use crate::media::{MixSettings, RoomMode, RoomSettings, SettingsError};
+use vocab::MAX_SLOTS;
 /// The longest any timeout may be set to (one day): larger values are surely typos.
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// The largest per-session queue: larger values are surely typos.
@@ -76,6 +74,8 @@ impl Default for SignalingConfig {
 pub enum ConfigError {
     #[error("default_slots must be 1 to {MAX_SLOTS}, not {0}")]
     Slots(u8),
+    #[error("default_{0}")]
+    Mix(SettingsError),
     #[error("default_empty_timeout_secs must be at most one day, not {0}")]
     EmptyTimeout(u64),
     #[error("default_max_participants must be at least 1")]
@@ -93,9 +93,12 @@ pub enum ConfigError {
 impl SignalingConfig {
     /// Checks every bound; a config that passes cannot make a session misbehave.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=MAX_SLOTS).contains(&self.default_slots) {
-            return Err(ConfigError::Slots(self.default_slots));
+        if let Err(SettingsError::Slots(slots)) =
+            RoomSettings::forward(self.default_slots).validate()
+        {
+            return Err(ConfigError::Slots(slots));
         }
+        self.default_mix.validate().map_err(ConfigError::Mix)?;
         if self.default_max_participants == 0 {
             return Err(ConfigError::MaxParticipants);
         }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 pub use auth::{ApiKeys, Claims};
-pub use config::{ConfigError, SignalingConfig, MAX_SLOTS};
+pub use config::{ConfigError, SignalingConfig};
 pub use events::RoomEvent;
 pub use metrics::SignalingMetrics;
 pub use registry::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
@@ -167,8 +167,8 @@ impl Signaling {
         self.rooms.kick(room, sid)
     }
 
-    /// Mutes or unmutes a participant (admin API), as if it had sent `mute`: the media worker stops
-    /// forwarding its audio and everyone in the room is told. Returns the participant as it is now.
+    /// Mutes or unmutes a participant (admin API), as if it had sent `mute` (both go through
+    /// [`Signaling::set_muted`]). Returns the participant as it is now.
     pub async fn mute_participant(
         &self,
         room: &str,
@@ -176,21 +176,41 @@ impl Signaling {
         muted: bool,
     ) -> Result<ParticipantInfo, AdminError> {
         let id = self.rooms.find(room, sid)?;
-        // The registry first: a session that sends its offer from now on starts with this state.
-        self.rooms.set_muted(room, id, muted);
+        self.set_muted(room, id, muted)
+            .await
+            .map_err(|_| AdminError::MediaUnavailable)?;
+        self.rooms
+            .room(room)
+            .and_then(|r| r.participants.into_iter().find(|p| p.sid == sid))
+            .ok_or(AdminError::ParticipantNotFound)
+    }
+
+    /// The one owner of a participant's mute state change, for the client's `mute` and the admin API
+    /// alike, in this order: the registry records the state and tells everyone in the room, the
+    /// participant's own session included (a `participant_muted` presence event); then, if the
+    /// participant has sent its offer, the room's media worker stops or resumes forwarding its audio.
+    /// Before the offer the worker has nothing to mute: the offer carries the registry's state. A request
+    /// that changes nothing does nothing. Returns whether the state changed; an error when the media
+    /// worker did not take the command in time.
+    pub(crate) async fn set_muted(
+        &self,
+        room: &str,
+        id: media::ParticipantId,
+        muted: bool,
+    ) -> Result<bool, media::MediaError> {
+        let change = self.rooms.set_muted(room, id, muted);
+        if !(change.changed && change.media) {
+            return Ok(change.changed);
+        }
         let worker = self.router.route(room);
         let command = MediaCommand::Mute {
             participant: id,
             muted,
         };
         match tokio::time::timeout(self.config.media_timeout(), worker.send(command)).await {
-            Ok(Ok(())) => {}
-            _ => return Err(AdminError::MediaUnavailable),
+            Ok(Ok(())) => Ok(true),
+            _ => Err(media::MediaError::Unavailable),
         }
-        self.rooms
-            .room(room)
-            .and_then(|r| r.participants.into_iter().find(|p| p.sid == sid))
-            .ok_or(AdminError::ParticipantNotFound)
     }
 
     /// Removes the admin-created rooms that have been empty for their empty timeout; returns their names.

@@ -16,17 +16,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::unix_now;
 use crate::events::RoomEvent;
-use crate::media::{MediaRouter, RoomSettings};
+use crate::media::{MediaRouter, ParticipantId, RoomSettings};
 use crate::metrics::{SessionLimit, SignalingMetrics};
 use crate::protocol::{
     ErrorCode, LeftReason, ParticipantInfo, ParticipantJoined, ParticipantLeft,
     ParticipantLeftReason, ParticipantMuted, RoomInfo, ServerMessage,
 };
-
-/// The participant id (`sid`) of participant `id`: `PA_` and 12 hex digits.
-pub fn participant_sid(id: u64) -> String {
-    format!("PA_{id:012x}")
-}
 
 /// Participant ids are 48 bits, so that every sid has exactly 12 hex digits.
 const ID_MASK: u64 = (1 << 48) - 1;
@@ -35,7 +30,7 @@ const ID_MASK: u64 = (1 << 48) - 1;
 ///
 /// Ids are a counter from a clock-derived start, passed through a bijection of the 48-bit space, so
 /// consecutive sids look unrelated. Not a security measure: sids are not secrets.
-pub(crate) fn next_participant_id() -> u64 {
+pub(crate) fn next_participant_id() -> ParticipantId {
     static START: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let start = *START.get_or_init(|| {
@@ -48,7 +43,7 @@ pub(crate) fn next_participant_id() -> u64 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let id = scramble48(start.wrapping_add(n));
         if id != 0 {
-            return id;
+            return ParticipantId(id);
         }
     }
 }
@@ -93,6 +88,16 @@ impl PresenceEvent {
             }
         }
     }
+}
+
+/// What [`RoomRegistry::set_muted`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub(crate) struct MuteChange {
+    /// The state changed (and everyone in the room was told).
+    pub changed: bool,
+    /// The participant has offered: its media worker must hear of the change.
+    pub media: bool,
 }
 
 /// How a room came to exist, which decides when it goes away.
@@ -166,6 +171,8 @@ pub enum AdminError {
     InvalidRoomName,
     #[error("a room with this name exists")]
     RoomExists,
+    #[error("a room with this name exists with other settings")]
+    RoomSettingsConflict,
     #[error("no such room")]
     RoomNotFound,
     #[error("no such participant in this room")]
@@ -197,7 +204,7 @@ pub(crate) struct JoinRequest {
 /// A participant admitted to a room.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    pub id: u64,
+    pub id: ParticipantId,
     pub participant: ParticipantInfo,
     pub room: RoomInfo,
     pub settings: RoomSettings,
@@ -208,7 +215,10 @@ pub(crate) struct Admission {
 }
 
 struct Member {
-    id: u64,
+    id: ParticipantId,
+    /// Whether the participant's session has sent its offer to a media worker (which then needs to hear
+    /// of mute changes; before, the offer carries the state).
+    media: bool,
     info: ParticipantInfo,
     events: mpsc::Sender<PresenceEvent>,
     remove: watch::Sender<Option<LeftReason>>,
@@ -362,7 +372,7 @@ impl RoomRegistry {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let room = entry.insert(Room {
-                    settings: self.settings.clone(),
+                    settings: self.settings,
                     max_participants: self.max_participants,
                     origin: RoomOrigin::Join,
                     empty_timeout: Duration::ZERO,
@@ -410,7 +420,7 @@ impl RoomRegistry {
         }
         let id = next_participant_id();
         let participant = ParticipantInfo {
-            sid: participant_sid(id),
+            sid: id.to_string(),
             identity: request.identity,
             name: request.name,
             muted: false,
@@ -422,6 +432,7 @@ impl RoomRegistry {
         let (remove, removed) = watch::channel(None);
         room.members.push(Member {
             id,
+            media: false,
             info: participant.clone(),
             events: request.events,
             remove,
@@ -437,43 +448,57 @@ impl RoomRegistry {
             id,
             participant,
             room: info,
-            settings: room.settings.clone(),
+            settings: room.settings,
             others,
             removed,
         })
     }
 
-    /// Records a participant's mute state and tells everyone in the room, the participant included.
-    /// Returns whether the state changed (nothing is sent if it did not).
-    pub(crate) fn set_muted(&self, room: &str, id: u64, muted: bool) -> bool {
+    /// Records a participant's mute state and tells everyone in the room, the participant included
+    /// (nothing is sent if the state did not change). The registry is the one place the state lives; use
+    /// it through [`crate::Signaling::set_muted`], which also tells the media worker.
+    pub(crate) fn set_muted(&self, room: &str, id: ParticipantId, muted: bool) -> MuteChange {
         let mut rooms = self.lock();
-        let Some(room) = rooms.get_mut(room) else {
-            return false;
-        };
-        let Some(member) = room.members.iter_mut().find(|m| m.id == id) else {
-            return false;
+        let Some(member) = rooms
+            .get_mut(room)
+            .and_then(|room| room.members.iter_mut().find(|m| m.id == id))
+        else {
+            return MuteChange::default();
         };
         if member.info.muted == muted {
-            return false;
+            return MuteChange::default();
         }
         member.info.muted = muted;
+        let media = member.media;
         let event = PresenceEvent::Muted {
             sid: member.info.sid.clone(),
             muted,
         };
+        let room = rooms
+            .get(room)
+            .expect("the room was found above, under the same lock");
         self.broadcast(&room.members, &event);
-        true
+        MuteChange {
+            changed: true,
+            media,
+        }
     }
 
-    /// The mute state the registry holds for a participant.
-    pub(crate) fn is_muted(&self, room: &str, id: u64) -> Option<bool> {
-        let rooms = self.lock();
-        let member = rooms.get(room)?.members.iter().find(|m| m.id == id)?;
+    /// The participant's session sends its offer to a media worker: from now on the worker hears of
+    /// mute changes. Returns the mute state the offer carries (`None` if the participant left).
+    pub(crate) fn attach_media(&self, room: &str, id: ParticipantId) -> Option<bool> {
+        let mut rooms = self.lock();
+        let member = rooms
+            .get_mut(room)?
+            .members
+            .iter_mut()
+            .find(|m| m.id == id)?;
+        member.media = true;
         Some(member.info.muted)
     }
 
     /// The internal id of the participant `sid` in `room`.
-    pub(crate) fn find(&self, room: &str, sid: &str) -> Result<u64, AdminError> {
+    pub(crate) fn find(&self, room: &str, sid: &str) -> Result<ParticipantId, AdminError> {
         let rooms = self.lock();
         let room = rooms.get(room).ok_or(AdminError::RoomNotFound)?;
         room.members
@@ -487,7 +512,12 @@ impl RoomRegistry {
     /// participant (and the media router is told, under the registry lock, so that a room re-created by
     /// a later join is routed afresh only after the router forgot the old one); a room created through
     /// the admin API stays until its empty timeout. Returns whether the participant was present.
-    pub(crate) fn leave(&self, room_name: &str, id: u64, reason: ParticipantLeftReason) -> bool {
+    pub(crate) fn leave(
+        &self,
+        room_name: &str,
+        id: ParticipantId,
+        reason: ParticipantLeftReason,
+    ) -> bool {
         let mut rooms = self.lock();
         let Some(room) = rooms.get_mut(room_name) else {
             return false;
@@ -531,8 +561,12 @@ impl RoomRegistry {
             return Err(AdminError::InvalidRoomName);
         }
         let mut rooms = self.lock();
-        let Entry::Vacant(entry) = rooms.entry(name.to_owned()) else {
-            return Err(AdminError::RoomExists);
+        let entry = match rooms.entry(name.to_owned()) {
+            Entry::Vacant(entry) => entry,
+            Entry::Occupied(room) if room.get().settings.conflicts_with(&spec.settings) => {
+                return Err(AdminError::RoomSettingsConflict);
+            }
+            Entry::Occupied(_) => return Err(AdminError::RoomExists),
         };
         let room = entry.insert(Room {
             settings: spec.settings,
@@ -677,7 +711,7 @@ impl RoomRegistry {
 fn snapshot(name: &str, room: &Room) -> RoomSnapshot {
     RoomSnapshot {
         name: name.to_owned(),
-        settings: room.settings.clone(),
+        settings: room.settings,
         max_participants: room.max_participants,
         origin: room.origin,
         empty_timeout: room.empty_timeout,
@@ -751,8 +785,8 @@ mod tests {
         let mut seen = HashSet::new();
         for _ in 0..20_000 {
             let id = next_participant_id();
-            assert!(id != 0 && id <= ID_MASK);
-            let sid = participant_sid(id);
+            assert!(id.0 != 0 && id.0 <= ID_MASK);
+            let sid = id.to_string();
             assert_eq!(sid.len(), 15, "{sid}");
             assert!(
                 sid.starts_with("PA_")
@@ -791,9 +825,9 @@ mod tests {
         );
         assert!(bob_rx.try_recv().is_err(), "no event about oneself joining");
 
-        assert!(registry.set_muted("lobby", bob.id, true));
+        assert!(registry.set_muted("lobby", bob.id, true).changed);
         assert!(
-            !registry.set_muted("lobby", bob.id, true),
+            !registry.set_muted("lobby", bob.id, true).changed,
             "no change, no event"
         );
         let muted = PresenceEvent::Muted {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::auth::{unix_now, verify_token};
-use crate::media::{MediaCommand, MediaError, MediaEvent, RoomSettings};
+use crate::media::{MediaCommand, MediaError, MediaEvent, ParticipantId, RoomSettings};
 use crate::metrics::{LeaveReason, SessionLimit};
 use crate::protocol::{
     parse_client, Answer, ClientMessage, DominantSpeaker, Draining, ErrorCode, ErrorMessage, Join,
@@ -25,7 +25,7 @@ use crate::protocol::{
     Ping, Pong, ServerMessage, Slot, Slots, Speaker, Speakers, CLOSE_POLICY_VIOLATION,
     MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
-use crate::registry::{participant_sid, JoinRequest, PresenceEvent};
+use crate::registry::{JoinRequest, PresenceEvent};
 use crate::{Signaling, SERVER_VERSION};
 
 /// Close code of a normal end (`leave`, media lost).
@@ -296,7 +296,6 @@ struct Member {
     settings: RoomSettings,
     can_publish: bool,
     can_subscribe: bool,
-    muted: bool,
     presence: mpsc::Receiver<PresenceEvent>,
     /// Becomes `Some` when an operator removes the participant.
     removed: watch::Receiver<Option<LeftReason>>,
@@ -334,7 +333,7 @@ enum ConnectError {
 struct Membership {
     ctx: Arc<Signaling>,
     room: String,
-    id: u64,
+    id: ParticipantId,
     /// The worker that received `Connect`, until it has been sent `Leave`.
     worker: Option<mpsc::Sender<MediaCommand>>,
     in_registry: bool,
@@ -464,17 +463,7 @@ where
                     self.wire.ctx.metrics().limit_hit(limit);
                     Err(exit)
                 }
-                Input::Presence(event) => {
-                    if let (Some(member), PresenceEvent::Muted { sid, muted }) =
-                        (self.joined.as_mut(), &event)
-                    {
-                        // An operator may have muted this participant (admin API).
-                        if *sid == member.sid {
-                            member.muted = *muted;
-                        }
-                    }
-                    self.wire.send(&event.into_message()).await
-                }
+                Input::Presence(event) => self.wire.send(&event.into_message()).await,
                 Input::Removed(reason) => Err(Exit::Removed(reason)),
                 Input::Draining(deadline) => {
                     self.drain = None;
@@ -627,6 +616,18 @@ where
                 );
                 self.wire.reject(ErrorCode::BadSdp, message).await
             }
+            Err(ConnectError::Media(error @ MediaError::BadRoomSettings(_))) => {
+                tracing::warn!(sid = %member.sid, %error, "the room's settings were refused");
+                self.wire
+                    .reject(ErrorCode::BadRoomSettings, error.to_string())
+                    .await
+            }
+            Err(ConnectError::Media(error @ MediaError::RoomSettingsConflict)) => {
+                tracing::warn!(sid = %member.sid, %error, "offer refused");
+                self.wire
+                    .reject(ErrorCode::RoomSettingsConflict, error.to_string())
+                    .await
+            }
             Err(
                 error @ (ConnectError::Timeout
                 | ConnectError::WorkerGone
@@ -666,12 +667,12 @@ where
             Some(MediaEvent::Speakers(speakers)) => ServerMessage::Speakers(Speakers {
                 speakers: speakers
                     .into_iter()
-                    .map(|(id, level)| Speaker::new(participant_sid(id), level))
+                    .map(|(id, level)| Speaker::new(id.to_string(), level))
                     .collect(),
             }),
             Some(MediaEvent::DominantSpeaker(id)) => {
                 ServerMessage::DominantSpeaker(DominantSpeaker {
-                    sid: participant_sid(id),
+                    sid: id.to_string(),
                 })
             }
             Some(MediaEvent::Slots(slots)) => ServerMessage::Slots(Slots {
@@ -680,7 +681,7 @@ where
                     .map(|s| Slot {
                         slot: s.slot,
                         mid: s.mid,
-                        sid: s.participant.map(participant_sid),
+                        sid: s.participant.map(|p| p.to_string()),
                         ssrc: s.ssrc,
                     })
                     .collect(),
@@ -745,7 +746,6 @@ fn admit(ctx: &Arc<Signaling>, join: Join) -> Result<(Member, ServerMessage), (E
         settings: admission.settings,
         can_publish: admission.participant.can_publish,
         can_subscribe: admission.participant.can_subscribe,
-        muted: admission.participant.muted,
         presence,
         removed: admission.removed,
         media: Media::None,
@@ -783,16 +783,17 @@ async fn on_offer<T: Sink<WsFrame> + Unpin>(
     let (reply, reply_rx) = oneshot::channel();
     let command = MediaCommand::Connect {
         room: member.membership.room.clone(),
-        settings: member.settings.clone(),
+        settings: member.settings,
         participant: member.membership.id,
         can_publish: member.can_publish,
         can_subscribe: member.can_subscribe,
-        // The registry's state: an operator may have muted the participant a moment ago.
+        // The registry owns the state (the client's `mute` and the admin API both set it there); from
+        // now on `Signaling::set_muted` also tells the worker.
         muted: wire
             .ctx
             .registry()
-            .is_muted(&member.membership.room, member.membership.id)
-            .unwrap_or(member.muted),
+            .attach_media(&member.membership.room, member.membership.id)
+            .unwrap_or(false),
         offer_sdp: offer.sdp,
         events,
         reply,
@@ -834,29 +835,20 @@ async fn on_mute<T: Sink<WsFrame> + Unpin>(
         let message = "the access token does not allow publishing audio";
         return wire.reject(ErrorCode::Forbidden, message).await;
     }
-    if member.muted == mute.muted {
-        return Ok(());
+    let membership = &member.membership;
+    let set = wire
+        .ctx
+        .set_muted(&membership.room, membership.id, mute.muted)
+        .await;
+    if set.is_err() {
+        tracing::warn!(sid = %member.sid, "media worker did not take a mute command");
+        return wire
+            .reject(
+                ErrorCode::MediaUnavailable,
+                "the media worker is unavailable",
+            )
+            .await;
     }
-    member.muted = mute.muted;
-    if let Some(worker) = &member.membership.worker {
-        let command = MediaCommand::Mute {
-            participant: member.membership.id,
-            muted: mute.muted,
-        };
-        let limit = wire.ctx.config().media_timeout();
-        if !matches!(timeout(limit, worker.send(command)).await, Ok(Ok(()))) {
-            tracing::warn!(sid = %member.sid, "media worker did not take a mute command");
-            return wire
-                .reject(
-                    ErrorCode::MediaUnavailable,
-                    "the media worker is unavailable",
-                )
-                .await;
-        }
-    }
-    wire.ctx
-        .registry()
-        .set_muted(&member.membership.room, member.membership.id, mute.muted);
     Ok(())
 }
 

@@ -26,12 +26,11 @@ use crate::core::router::{Route, RouteMiss, Router};
 use crate::ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 use crate::mixer::{MixPacket, Mixer};
 use crate::red;
-pub use crate::room_config::RoomConfig;
-use crate::room_config::RoomMode;
 use crate::sfu::rewrite::SlotRewriter;
-use crate::sfu::slots::{SelectorConfig, SlotSelector, MAX_SLOTS};
+use crate::sfu::slots::{SelectorConfig, SlotSelector};
 use crate::speakers::dominant::{DominantConfig, DominantSpeaker};
 use crate::stats::{CoreStats, DropReason, Samples};
+use vocab::{RoomMode, RoomSettings, SettingsError, SlotAssignment};
 
 /// Largest datagram accepted from the network; anything larger is not WebRTC audio.
 pub const MAX_DATAGRAM: usize = 1500;
@@ -76,7 +75,11 @@ pub enum CoreError {
     #[error("no participant {0}")]
     UnknownParticipant(ParticipantId),
     #[error("room setting out of range: {0}")]
-    BadRoomConfig(&'static str),
+    BadRoomSettings(#[from] SettingsError),
+    /// The room exists on this core with settings other than the request's: refused, never joined with
+    /// settings the caller did not ask for.
+    #[error("room {0} exists with other settings")]
+    RoomSettingsConflict(RoomId),
     #[error(transparent)]
     Offer(#[from] OfferError),
     #[error(transparent)]
@@ -100,18 +103,10 @@ impl CoreError {
             CoreError::Offer(e) => e.to_string(),
             e @ (CoreError::AlreadyConnected(_)
             | CoreError::UnknownParticipant(_)
-            | CoreError::BadRoomConfig(_)) => e.to_string(),
+            | CoreError::BadRoomSettings(_)
+            | CoreError::RoomSettingsConflict(_)) => e.to_string(),
         }
     }
-}
-
-/// One slot of a subscriber as reported to signaling.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SlotInfo {
-    pub index: SlotIndex,
-    pub mid: String,
-    /// Who the slot carries and their original SSRC (the CSRC of the slot's packets).
-    pub occupant: Option<(ParticipantId, Option<Ssrc>)>,
 }
 
 /// Events for the worker to hand to signaling.
@@ -127,7 +122,7 @@ pub enum CoreEvent {
     /// A subscriber's slot assignment changed (sent before the new occupant's first packet is forwarded).
     Slots {
         subscriber: ParticipantId,
-        slots: Vec<SlotInfo>,
+        slots: Vec<SlotAssignment>,
     },
     /// The speaking participants of a room changed, loudest first.
     Speakers {
@@ -250,12 +245,15 @@ impl MediaCore {
             .unwrap_or(&[])
     }
 
-    /// Create a participant's peer from its SDP offer, creating the room if needed. Returns the answer.
+    /// Create a participant's peer from its SDP offer, creating the room with `settings` if needed.
+    /// Returns the answer. A room that exists with other settings (see [`RoomSettings::conflicts_with`])
+    /// is refused with [`CoreError::RoomSettingsConflict`]; settings out of range with
+    /// [`CoreError::BadRoomSettings`].
     pub fn add_participant(
         &mut self,
         now: Instant,
         room: &RoomId,
-        room_config: RoomConfig,
+        settings: RoomSettings,
         id: ParticipantId,
         params: JoinParams,
         offer_sdp: &str,
@@ -266,23 +264,24 @@ impl MediaCore {
         }
         // Before str0m sees it: its cost grows with the offer's m-lines.
         check_offer(offer_sdp)?;
+        settings.validate()?;
         let existing = self.room_keys.get(room).copied();
-        // An existing room keeps the settings it was created with.
-        let room_config = existing
+        // An existing room keeps the settings it was created with: a request for others is refused.
+        if let Some(current) = existing.and_then(|k| self.rooms.get(&k)) {
+            if current.config.conflicts_with(&settings) {
+                return Err(CoreError::RoomSettingsConflict(room.clone()));
+            }
+        }
+        let settings = existing
             .and_then(|k| self.rooms.get(&k))
             .map(|r| r.config)
-            .unwrap_or(room_config);
-        if !(1..=MAX_SLOTS).contains(&room_config.slots) {
-            return Err(CoreError::BadRoomConfig("slots must be 1..=16"));
-        }
-        let mixed = room_config.mode == RoomMode::Mix;
-        if mixed {
-            room_config
-                .mix
-                .validate()
-                .map_err(CoreError::BadRoomConfig)?;
-        }
-        let slots = if mixed { 1 } else { room_config.slots };
+            .unwrap_or(settings);
+        let mixed = settings.mode == RoomMode::Mix;
+        let slots = if mixed {
+            1
+        } else {
+            usize::from(settings.slots)
+        };
         let peer_params = PeerParams {
             candidate_addr: self.config.candidate_addr,
             dtls_cert: &self.dtls_cert,
@@ -300,11 +299,11 @@ impl MediaCore {
                     k,
                     Room {
                         id: room.clone(),
-                        config: room_config,
+                        config: settings,
                         selector: SlotSelector::new(slots, self.config.selector),
                         members: Vec::new(),
                         kind: if mixed {
-                            RoomKind::Mix(Box::new(Mixer::new(now, room_config.mix)))
+                            RoomKind::Mix(Box::new(Mixer::new(now, settings.mix)))
                         } else {
                             RoomKind::Forward
                         },
@@ -833,21 +832,20 @@ fn slot_infos(
     p: &Participant,
     assignment: &[Option<ParticipantId>],
     all: &HashMap<ParticipantId, Participant>,
-) -> Vec<SlotInfo> {
+) -> Vec<SlotAssignment> {
     p.peer
         .slots()
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let occupant = assignment
-                .get(i)
-                .copied()
-                .flatten()
-                .map(|o| (o, all.get(&o).and_then(|x| x.ssrc)));
-            SlotInfo {
-                index: SlotIndex(i as u8),
+            let participant = assignment.get(i).copied().flatten();
+            SlotAssignment {
+                slot: i as u8,
                 mid: s.mid.to_string(),
-                occupant,
+                participant,
+                ssrc: participant
+                    .and_then(|o| all.get(&o).and_then(|x| x.ssrc))
+                    .map(|ssrc| ssrc.0),
             }
         })
         .collect()

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use crate::ids::{ParticipantId, RoomId};
 use crate::mixer::Mixer;
-use crate::room_config::RoomConfig;
 use crate::sfu::slots::SlotSelector;
 use crate::speakers::dominant::DominantSpeaker;
+use vocab::RoomSettings;
 
 /// What a room's mode adds to it.
 pub(crate) enum RoomKind {
@@ -19,7 +19,7 @@ pub(crate) enum RoomKind {
 
 pub(crate) struct Room {
     pub(crate) id: RoomId,
-    pub(crate) config: RoomConfig,
+    pub(crate) config: RoomSettings,
     /// Levels and speaking reports in both modes; slot assignment in forwarding rooms.
     pub(crate) selector: SlotSelector,
     pub(crate) members: Vec<ParticipantId>,

@@ -19,7 +19,7 @@
 //!    [`crate::mixer::encoder`]), and the move back waits for a quiet mix ([`QUIET_SWITCH_LEVEL`], at most
 //!    [`PERSONAL_MAX_HANGOVER_TICKS`]).
 //! 4. A listener whose mix is empty (nobody else talks) is sent nothing, like DTX (with
-//!    [`MixConfig::dtx`] off, a pre-encoded silence frame instead). An empty or all-silent room decodes and
+//!    [`MixSettings::dtx`] off, a pre-encoded silence frame instead). An empty or all-silent room decodes and
 //!    encodes nothing, and with DTX stops ticking altogether once every jitter buffer is idle (the next packet
 //!    re-arms it).
 //!
@@ -39,18 +39,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::audio::{FRAME_SAMPLES, SAMPLE_RATE};
+use crate::audio::{FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
 use crate::ids::{ParticipantId, Ssrc};
 use crate::mixer::encoder::{EncoderSettings, MixEncoder, OpusError};
 use crate::mixer::jitter::{JitterBuffer, JitterConfig, JitterPacket, Playout, PushOutcome};
 use crate::mixer::limiter::Limiter;
 use crate::red::{self, RedundantFrame};
-use crate::room_config::MixConfig;
 use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::stats::{MixStats, Samples};
-
-/// The mixer's tick: one 20 ms frame.
-pub const TICK: Duration = Duration::from_millis(20);
+use vocab::MixSettings;
 
 /// Packets whose RFC 6464 level is this quiet or quieter (−dBov) count as silence and are not decoded.
 pub const SILENT_LEVEL: u8 = 80;
@@ -108,7 +105,7 @@ struct OutEncoder {
 }
 
 impl OutEncoder {
-    fn new(config: &MixConfig) -> Result<OutEncoder, OpusError> {
+    fn new(config: &MixSettings) -> Result<OutEncoder, OpusError> {
         Ok(OutEncoder {
             encoder: MixEncoder::new(encoder_settings(config))?,
             limiter: Limiter::new(),
@@ -132,7 +129,7 @@ impl OutEncoder {
     }
 }
 
-fn encoder_settings(config: &MixConfig) -> EncoderSettings {
+fn encoder_settings(config: &MixSettings) -> EncoderSettings {
     EncoderSettings {
         bitrate_bps: config.bitrate_bps,
         complexity: config.complexity,
@@ -143,7 +140,7 @@ fn encoder_settings(config: &MixConfig) -> EncoderSettings {
 /// The encoder in `slot`, created on first use; `None` if libopus cannot create one.
 fn ensure_encoder<'a>(
     slot: &'a mut Option<OutEncoder>,
-    config: &MixConfig,
+    config: &MixSettings,
 ) -> Option<&'a mut OutEncoder> {
     if slot.is_none() {
         *slot = OutEncoder::new(config).ok();
@@ -231,9 +228,9 @@ impl Member {
 
 /// One mixed room's mixing state.
 pub struct Mixer {
-    config: MixConfig,
+    config: MixSettings,
     jitter: JitterConfig,
-    /// The tick grid: ticks happen at `epoch + k · TICK`.
+    /// The tick grid: ticks happen at `epoch + k · FRAME_DURATION`.
     epoch: Instant,
     next_tick: Option<Instant>,
     ticks: u64,
@@ -255,7 +252,7 @@ pub struct Mixer {
 pub struct NotOpus;
 
 impl Mixer {
-    pub fn new(now: Instant, config: MixConfig) -> Mixer {
+    pub fn new(now: Instant, config: MixSettings) -> Mixer {
         let jitter = JitterConfig {
             min_delay: Duration::from_millis(u64::from(config.jitter_min_ms)),
             max_delay: Duration::from_millis(u64::from(config.jitter_max_ms)),
@@ -280,7 +277,7 @@ impl Mixer {
         }
     }
 
-    pub fn config(&self) -> &MixConfig {
+    pub fn config(&self) -> &MixSettings {
         &self.config
     }
 
@@ -439,12 +436,12 @@ impl Mixer {
     /// The first tick-grid instant at or after `t`.
     fn grid_at_or_after(&self, t: Instant) -> Instant {
         let since = t.saturating_duration_since(self.epoch);
-        let ticks = since.as_nanos().div_ceil(TICK.as_nanos());
-        self.epoch + TICK * ticks as u32
+        let ticks = since.as_nanos().div_ceil(FRAME_DURATION.as_nanos());
+        self.epoch + FRAME_DURATION * ticks as u32
     }
 
     fn grid_index(&self, t: Instant) -> u64 {
-        (t.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u64
+        (t.saturating_duration_since(self.epoch).as_nanos() / FRAME_DURATION.as_nanos()) as u64
     }
 
     /// Run every tick due at `now` (more than one when the worker fell behind, up to
@@ -463,10 +460,10 @@ impl Mixer {
                 // given up (their audio stays buffered and the jitter buffers trim it later).
                 let resume = self.grid_index(now) + 1;
                 stats.ticks_skipped += resume - self.grid_index(due);
-                self.next_tick = Some(self.epoch + TICK * resume as u32);
+                self.next_tick = Some(self.epoch + FRAME_DURATION * resume as u32);
                 return;
             }
-            if now.saturating_duration_since(due) >= TICK {
+            if now.saturating_duration_since(due) >= FRAME_DURATION {
                 stats.ticks_late += 1;
             }
             self.tick_at(due, out, stats, samples);
@@ -702,7 +699,7 @@ impl Mixer {
             || self.members.iter().any(|m| m.feed != Feed::Nothing)
             || self.members.iter().any(|m| m.personal.is_some())
             || (!self.config.dtx && self.members.iter().any(|m| m.subscribes));
-        self.next_tick = busy.then(|| self.epoch + TICK * (grid + 1) as u32);
+        self.next_tick = busy.then(|| self.epoch + FRAME_DURATION * (grid + 1) as u32);
         if !busy {
             self.shared = None;
         }
@@ -778,7 +775,7 @@ fn decode_member(m: &mut Member, buf: &mut [f32], stats: &mut MixStats) -> Resul
 }
 
 /// A 20 ms Opus frame of digital silence, encoded once per room.
-fn silence_frame(config: &MixConfig) -> Option<Arc<[u8]>> {
+fn silence_frame(config: &MixSettings) -> Option<Arc<[u8]>> {
     let mut encoder = MixEncoder::new(encoder_settings(config)).ok()?;
     let mut out = [0u8; MAX_OPUS];
     let n = encoder.encode(&[0.0; FRAME_SAMPLES], &mut out).ok()?;
@@ -935,10 +932,10 @@ mod tests {
 
     impl Room {
         fn new(members: &[ParticipantId]) -> Room {
-            Room::with_config(members, MixConfig::default())
+            Room::with_config(members, MixSettings::default())
         }
 
-        fn with_config(members: &[ParticipantId], config: MixConfig) -> Room {
+        fn with_config(members: &[ParticipantId], config: MixSettings) -> Room {
             let t0 = t0();
             let mut mixer = Mixer::new(t0, config);
             for &id in members {
@@ -1130,14 +1127,18 @@ mod tests {
         let mut phase = 0.0;
         let amplitude = 0.3;
         for k in 0..frames {
-            let sent = room.t0 + TICK * k as u32;
+            let sent = room.t0 + FRAME_DURATION * k as u32;
             if let Some(p) = mic.frame(k, &tone_frame(k, amplitude, &mut phase)) {
                 // 10 ms one-way delay with ±4 ms of jitter.
                 let jitter = Duration::from_micros(((k * 7919) % 8000) as u64);
                 room.push(sent + 6 * MS + jitter, A, mic.ssrc, p);
             }
             // The mixer's ticks up to the next frame.
-            while let Some(t) = room.mixer.next_tick().filter(|t| *t < sent + TICK) {
+            while let Some(t) = room
+                .mixer
+                .next_tick()
+                .filter(|t| *t < sent + FRAME_DURATION)
+            {
                 room.tick(t);
             }
         }
@@ -1190,9 +1191,9 @@ mod tests {
     ) -> Room {
         // A jitter buffer that never needs to steer its delay (it starts at 60 ms): its own corrections of a
         // continuous talker (dropping a packet) would hide what this measures.
-        let config = MixConfig {
+        let config = MixSettings {
             jitter_min_ms: 60,
-            ..MixConfig::default()
+            ..MixSettings::default()
         };
         let mut room = Room::with_config(&[A, B, C], config);
         let (mut mic_a, mut mic_b) = (Sender::new(0xA), Sender::new(0xB));
@@ -1202,7 +1203,7 @@ mod tests {
         );
         let mut pcm = vec![0.0; FRAME_SAMPLES];
         for k in 0..frames {
-            let sent = room.t0 + TICK * k as u32;
+            let sent = room.t0 + FRAME_DURATION * k as u32;
             tone_a.fill(&mut pcm);
             if (200..215).contains(&k) {
                 pcm.iter_mut().for_each(|s| *s = 0.0);
@@ -1222,7 +1223,11 @@ mod tests {
             if stall.is_some_and(|(from, to)| (from..to).contains(&k)) {
                 continue;
             }
-            while let Some(t) = room.mixer.next_tick().filter(|t| *t < sent + TICK) {
+            while let Some(t) = room
+                .mixer
+                .next_tick()
+                .filter(|t| *t < sent + FRAME_DURATION)
+            {
                 room.tick(sent.max(t));
             }
         }
@@ -1318,7 +1323,7 @@ mod red_tests {
     #[test]
     fn contiguous_redundancy_fills_gaps_and_the_rest_is_ignored() {
         let now = t0();
-        let mut mixer = Mixer::new(now, MixConfig::default());
+        let mut mixer = Mixer::new(now, MixSettings::default());
         let (talker, ssrc) = (ParticipantId(1), Ssrc(11));
         mixer.add_member(talker, true, true, 0, 0);
         let frames = opus_frames(6);
@@ -1385,7 +1390,12 @@ mod red_tests {
         // Played over the next ticks, they count as recovered from RED, not as FEC.
         let (mut out, mut samples) = (Vec::new(), Samples::default());
         for tick in 0..12 {
-            mixer.tick(now + TICK * tick, &mut out, &mut stats, &mut samples);
+            mixer.tick(
+                now + FRAME_DURATION * tick,
+                &mut out,
+                &mut stats,
+                &mut samples,
+            );
         }
         assert_eq!(stats.recovered_red, 2, "{stats:?}");
         assert_eq!(stats.concealed_fec, 0, "{stats:?}");

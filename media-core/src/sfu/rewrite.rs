@@ -22,11 +22,8 @@ use std::time::{Duration, Instant};
 
 use crate::ids::Ssrc;
 
-/// The RTP clock rate of Opus.
-pub const CLOCK_RATE: u32 = 48_000;
-
 /// One 20 ms frame in RTP timestamp units: the least the output timestamp advances at a switch.
-pub const FRAME_TICKS: u32 = 960;
+pub const FRAME_TICKS: u32 = crate::audio::FRAME_SAMPLES as u32;
 
 /// A forward jump of more source sequence numbers than this (20 s of audio) is a stream restart: treated as a
 /// switch rather than preserved as a gap. So is a backward jump of more than this.
@@ -230,7 +227,7 @@ impl SlotRewriter {
 
 /// `d` in 48 kHz RTP clock ticks (truncated).
 fn duration_to_ticks(d: Duration) -> u64 {
-    let ticks = d.as_nanos() * u128::from(CLOCK_RATE) / 1_000_000_000;
+    let ticks = d.as_nanos() * u128::from(crate::audio::SAMPLE_RATE) / 1_000_000_000;
     u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
@@ -238,7 +235,7 @@ fn duration_to_ticks(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    const MS20: Duration = Duration::from_millis(20);
+    const MS20: Duration = crate::audio::FRAME_DURATION;
     const A: Ssrc = Ssrc(0xAAAA);
     const B: Ssrc = Ssrc(0xBBBB);
 

@@ -39,7 +39,7 @@ use crate::ids::{ParticipantId, SlotIndex};
 use crate::speakers::levels::{LevelConfig, LevelTracker};
 
 /// The most slots a subscriber can have.
-pub const MAX_SLOTS: usize = 16;
+pub use vocab::MAX_SLOTS;
 
 /// Tuning of a [`SlotSelector`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -658,7 +658,7 @@ mod tests {
     use crate::testkit::sim::Rng;
     use std::collections::BTreeSet;
 
-    const MS20: Duration = Duration::from_millis(20);
+    const MS20: Duration = crate::audio::FRAME_DURATION;
 
     #[allow(clippy::disallowed_methods)]
     fn t0() -> Instant {

@@ -398,7 +398,7 @@ mod tests {
     use super::*;
     use crate::testkit::sim::Rng;
 
-    const FRAME: Duration = Duration::from_millis(20);
+    const FRAME: Duration = crate::audio::FRAME_DURATION;
 
     /// The base of virtual time; only ever offset by durations.
     #[allow(clippy::disallowed_methods)]

@@ -266,7 +266,7 @@ mod tests {
         Instant::now()
     }
 
-    const MS20: Duration = Duration::from_millis(20);
+    const MS20: Duration = crate::audio::FRAME_DURATION;
 
     /// Feeds `n` packets of `level`, 20 ms apart, starting at `*t`; leaves `*t` at the next packet time.
     fn feed(tr: &mut LevelTracker, t: &mut Instant, n: usize, level: u8, va: Option<bool>) {

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use media_core::audio::FRAME_DURATION;
 use media_core::audio::{ToneAnalysis, FRAME_SAMPLES, SAMPLE_RATE};
-use media_core::mixer::TICK;
 use media_core::sim::LinkConfig;
-use media_core::{MixConfig, RoomConfig};
+use media_core::{MixSettings, RoomSettings};
 
 use crate::support::Sim;
 
@@ -17,8 +17,8 @@ const FREQS: [f32; 10] = [
     255.0, 465.0, 600.0, 830.0, 1015.0, 1640.0, 1755.0, 2075.0, 2145.0, 2240.0,
 ];
 
-fn mixed_room() -> RoomConfig {
-    RoomConfig::mix(MixConfig::default())
+fn mixed_room() -> RoomSettings {
+    RoomSettings::mix(MixSettings::default())
 }
 
 /// The power (mean square) a sine of peak `amplitude` has: what its share of the mix should be.
@@ -105,9 +105,9 @@ fn each_listener_hears_the_others_at_their_levels_and_never_itself() {
         // Nine simultaneous tones are a dense signal: the ten-voice room is set to 64 kb/s (a per-room
         // encoder setting); at the default 32 kb/s with FEC, SILK codes the higher tones 5–8 dB low.
         let room = if n == 10 {
-            RoomConfig::mix(MixConfig {
+            RoomSettings::mix(MixSettings {
                 bitrate_bps: 64_000,
-                ..MixConfig::default()
+                ..MixSettings::default()
             })
         } else {
             mixed_room()
@@ -241,7 +241,7 @@ fn mixer_adds_at_most_the_jitter_target_plus_one_tick() {
             spurt_latency(&mut sim, base_delay_ms, Duration::from_millis(600), round);
         worst = worst.max(added);
         assert!(
-            added <= target + TICK,
+            added <= target + FRAME_DURATION,
             "round {round}: the mixer added {added:?} (target {target:?} + one tick)"
         );
         sim.set_amplitude(0, 0.0);
@@ -412,7 +412,7 @@ fn without_dtx_pauses_the_mixer_still_adds_only_the_jitter_target() {
         let (added, target) = spurt_latency(&mut sim, base_delay_ms, talk, round);
         worst = worst.max(added);
         assert!(
-            added <= target + TICK,
+            added <= target + FRAME_DURATION,
             "round {round}: the mixer added {added:?} (target {target:?} + one tick)"
         );
         sim.set_amplitude(0, HUSH);

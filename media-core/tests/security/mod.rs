@@ -10,7 +10,8 @@ use media_core::offer::OfferError;
 use media_core::sim::LinkConfig;
 use media_core::slots::MAX_SLOTS;
 use media_core::{
-    CoreConfig, CoreError, DropReason, JoinParams, MediaCore, ParticipantId, RoomConfig, RoomId,
+    CoreConfig, CoreError, DropReason, JoinParams, MediaCore, MixSettings, ParticipantId, RoomId,
+    RoomSettings, SettingsError,
 };
 
 use crate::support::alloc::measure;
@@ -169,7 +170,7 @@ fn join(
     core.add_participant(
         now,
         &RoomId("big".into()),
-        RoomConfig::forward(MAX_SLOTS),
+        RoomSettings::forward(MAX_SLOTS as u8),
         ParticipantId(id),
         JoinParams {
             can_publish: true,
@@ -271,4 +272,59 @@ fn unparsable_offers_get_a_fixed_message_without_str0m_internals() {
         );
         assert!(message.len() < 100, "{message}");
     }
+}
+
+/// Issue 11: a room keeps the settings it was created with, and a participant asking for others is
+/// refused with a typed error (it used to join silently with settings it did not ask for). Settings out
+/// of range are refused as such, not as a bad offer.
+#[test]
+fn a_room_that_exists_with_other_settings_is_not_joined() {
+    let now = epoch();
+    let server: SocketAddr = "127.0.0.1:5000".parse().expect("a literal socket address");
+    let mut core = MediaCore::new(now, CoreConfig::new(server, 11));
+    let room = RoomId("standup".into());
+    let params = JoinParams {
+        can_publish: true,
+        can_subscribe: true,
+        muted: false,
+    };
+    let mut join = |id: u64, settings: RoomSettings| {
+        core.add_participant(
+            now,
+            &room,
+            settings,
+            ParticipantId(id),
+            params,
+            &client_offer(now, 3),
+        )
+    };
+    join(1, RoomSettings::forward(3)).expect("the first participant creates the room");
+    for (id, other) in [
+        (2, RoomSettings::forward(2)),
+        (3, RoomSettings::mix(MixSettings::default())),
+    ] {
+        let error = join(id, other).expect_err("other settings are refused");
+        assert!(
+            matches!(&error, CoreError::RoomSettingsConflict(r) if *r == RoomId("standup".into())),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.client_message(),
+            "room standup exists with other settings"
+        );
+    }
+    // A forwarding room does not use mix settings: they are no conflict.
+    let mut same = RoomSettings::forward(3);
+    same.mix.complexity = 9;
+    join(4, same).expect("the same forwarding settings join");
+    let error = join(5, RoomSettings::forward(0)).expect_err("zero slots are refused");
+    assert!(
+        matches!(error, CoreError::BadRoomSettings(SettingsError::Slots(0))),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.client_message(),
+        "room setting out of range: slots must be 1..=16"
+    );
+    assert_eq!(core.participant_count(), 2);
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use media_core::audio::{self, FRAME_SAMPLES, SAMPLE_RATE};
 use media_core::sim::LinkConfig;
-use media_core::{MixConfig, RoomConfig};
+use media_core::{MixSettings, RoomSettings};
 
 use crate::support::{speech_call, Sim};
 
@@ -32,7 +32,7 @@ fn forwarded_speech_scores_at_least_4_4_on_a_clean_link() {
     let call = speech_call(
         "forward-clean",
         11,
-        RoomConfig::forward(3),
+        RoomSettings::forward(3),
         clean_leg(),
         0,
         0,
@@ -55,7 +55,7 @@ fn mixed_speech_scores_at_least_3_9_on_a_clean_link() {
     let call = speech_call(
         "mix-clean",
         12,
-        RoomConfig::mix(MixConfig::default()),
+        RoomSettings::mix(MixSettings::default()),
         clean_leg(),
         0,
         0,
@@ -82,7 +82,7 @@ fn mixed_lossy_mean(red: u8) -> f64 {
             let call = speech_call(
                 &name,
                 seed,
-                RoomConfig::mix(MixConfig::default()),
+                RoomSettings::mix(MixSettings::default()),
                 lossy_leg(),
                 5,
                 red,
@@ -217,7 +217,7 @@ fn best_lag(
 /// as silence) frame by frame on the central 10 ms of each frame, after aligning each run by its envelope
 /// (codec, network and jitter-buffer delay; a mixer may change its delay in a pause, never within a run).
 /// Returns the failures.
-fn frame_exact_failures(name: &str, room: RoomConfig) -> Vec<String> {
+fn frame_exact_failures(name: &str, room: RoomSettings) -> Vec<String> {
     let (frames, signal) = frame_signal();
     let mut sim = Sim::with_room(
         21,
@@ -354,7 +354,7 @@ fn frame_exact_failures(name: &str, room: RoomConfig) -> Vec<String> {
     failures
 }
 
-fn assert_frame_exact(name: &str, room: RoomConfig) {
+fn assert_frame_exact(name: &str, room: RoomSettings) {
     let failures = frame_exact_failures(name, room);
     assert!(
         failures.is_empty(),
@@ -366,10 +366,10 @@ fn assert_frame_exact(name: &str, room: RoomConfig) {
 
 #[test]
 fn forwarding_delivers_every_frame_exactly_once_and_nothing_in_the_pauses() {
-    assert_frame_exact("forward", RoomConfig::forward(3));
+    assert_frame_exact("forward", RoomSettings::forward(3));
 }
 
 #[test]
 fn mixing_delivers_every_frame_exactly_once_and_nothing_in_the_pauses() {
-    assert_frame_exact("mix", RoomConfig::mix(MixConfig::default()));
+    assert_frame_exact("mix", RoomSettings::mix(MixSettings::default()));
 }

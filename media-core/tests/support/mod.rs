@@ -17,10 +17,10 @@ use media_core::client::{ClientConfig, ClientOutput, ClientPeer, ReceivedAudio};
 use media_core::jitter::{JitterBuffer, JitterConfig, Playout};
 use media_core::sim::{LinkConfig, SimNet};
 use media_core::{
-    CoreConfig, CoreEvent, JoinParams, MediaCore, Output, ParticipantId, RoomConfig, RoomId,
+    CoreConfig, CoreEvent, JoinParams, MediaCore, Output, ParticipantId, RoomId, RoomSettings,
 };
 
-pub const FRAME: Duration = Duration::from_millis(20);
+pub const FRAME: Duration = media_core::audio::FRAME_DURATION;
 pub const MAX_STEPS_PER_SECOND: u64 = 200_000;
 
 /// The one place a test takes the real clock: the origin of virtual time.
@@ -244,7 +244,7 @@ pub struct Sim {
     pub events: Vec<(Instant, CoreEvent)>,
     pub room: RoomId,
     pub slots: usize,
-    pub room_config: RoomConfig,
+    pub room_config: RoomSettings,
     /// Keep and decode every received packet (tests); off, clients only count them (benchmarks).
     pub keep_audio: bool,
     /// Forwarded rooms: also play each received slot through a jitter buffer ([`Client::forwarded`]).
@@ -264,18 +264,18 @@ pub struct Sim {
 
 impl Sim {
     /// A room with `slots` slots and one client per (frequency, amplitude).
-    pub fn new(seed: u64, link: LinkConfig, slots: usize, voices: &[(f32, f32)]) -> Sim {
-        Self::with_room(seed, link, RoomConfig::forward(slots), voices)
+    pub fn new(seed: u64, link: LinkConfig, slots: u8, voices: &[(f32, f32)]) -> Sim {
+        Self::with_room(seed, link, RoomSettings::forward(slots), voices)
     }
 
     /// A room with the given settings (a mixed room uses one slot) and one client per voice.
     pub fn with_room(
         seed: u64,
         link: LinkConfig,
-        room_config: RoomConfig,
+        room_config: RoomSettings,
         voices: &[(f32, f32)],
     ) -> Sim {
-        let slots = room_config.slots;
+        let slots = usize::from(room_config.slots);
         let now = epoch();
         let server: SocketAddr = "127.0.0.1:5000".parse().expect("a literal socket address");
         // The network first: it makes the DTLS timers of the peers created after it reproducible.
@@ -711,7 +711,7 @@ pub struct SpeechCall {
 pub fn speech_call(
     name: &str,
     seed: u64,
-    room_config: RoomConfig,
+    room_config: RoomSettings,
     link: LinkConfig,
     expected_loss_percent: i32,
     red: u8,

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-/// The sample rate of the speech (Opus' native rate).
-pub const SPEECH_RATE: u32 = 48_000;
+/// The sample rate of the speech (Opus' native rate, the project's one audio clock).
+pub const SPEECH_RATE: u32 = media_core::audio::SAMPLE_RATE;
 
 /// Bumped whenever the passage or its processing changes, so a stale cache is never used.
 const PASSAGE_VERSION: u32 = 2;

@@ -30,13 +30,15 @@ pub enum ErrorCode {
     Banned,
     Draining,
     BadSdp,
+    BadRoomSettings,
+    RoomSettingsConflict,
     MediaUnavailable,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -54,6 +56,8 @@ impl ErrorCode {
         ErrorCode::Banned,
         ErrorCode::Draining,
         ErrorCode::BadSdp,
+        ErrorCode::BadRoomSettings,
+        ErrorCode::RoomSettingsConflict,
         ErrorCode::MediaUnavailable,
         ErrorCode::Internal,
     ];
@@ -78,6 +82,8 @@ impl ErrorCode {
             ErrorCode::Banned => "banned",
             ErrorCode::Draining => "draining",
             ErrorCode::BadSdp => "bad_sdp",
+            ErrorCode::BadRoomSettings => "bad_room_settings",
+            ErrorCode::RoomSettingsConflict => "room_settings_conflict",
             ErrorCode::MediaUnavailable => "media_unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -93,7 +99,9 @@ impl ErrorCode {
             | ErrorCode::NotJoined
             | ErrorCode::AlreadyJoined
             | ErrorCode::Forbidden
-            | ErrorCode::BadSdp => false,
+            | ErrorCode::BadSdp
+            | ErrorCode::BadRoomSettings
+            | ErrorCode::RoomSettingsConflict => false,
             ErrorCode::FrameTooLarge
             | ErrorCode::UnsupportedProtocol
             | ErrorCode::InvalidToken
@@ -155,6 +163,32 @@ mod tests {
     }
 
     #[test]
+    fn room_settings_codes_round_trip() {
+        for (code, wire) in [
+            (ErrorCode::BadRoomSettings, "bad_room_settings"),
+            (ErrorCode::RoomSettingsConflict, "room_settings_conflict"),
+        ] {
+            let msg = ServerMessage::Error(ErrorMessage {
+                code,
+                message: "the room exists with other settings".into(),
+            });
+            let text = serde_json::to_string(&msg).expect("serializes");
+            assert_eq!(
+                text,
+                format!(
+                    r#"{{"type":"error","code":"{wire}","message":"the room exists with other settings"}}"#
+                )
+            );
+            assert_eq!(
+                serde_json::from_str::<ServerMessage>(&text).expect("parses"),
+                msg
+            );
+            // Like `bad_sdp`: the offer was not answered, the session stays open.
+            assert!(!code.fatal());
+        }
+    }
+
+    #[test]
     fn as_str_is_the_serde_spelling() {
         for code in ErrorCode::ALL {
             assert_eq!(
@@ -212,6 +246,8 @@ mod tests {
             Banned,
             Draining,
             BadSdp,
+            BadRoomSettings,
+            RoomSettingsConflict,
             MediaUnavailable,
             Internal,
         );

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::auth::{create_token, ApiKeys, Claims};
-use crate::media::{MediaRouter, RoomMode, SlotAssignment};
+use crate::media::{MediaRouter, ParticipantId, RoomMode, SlotAssignment};
 use crate::protocol::{
     ParticipantInfo, ParticipantJoined, ParticipantLeft, ParticipantMuted, RoomInfo,
 };
@@ -202,13 +202,17 @@ enum Mode {
     Unavailable,
     /// Take offers and never answer.
     Silent,
+    /// Refuse every offer as the media core does a room that exists with other settings.
+    Conflict,
+    /// Refuse every offer as the media core does settings out of range.
+    BadSettings,
 }
 
 /// A command as the worker saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Seen {
     Connect {
-        participant: u64,
+        participant: ParticipantId,
         room: String,
         slots: u8,
         muted: bool,
@@ -216,11 +220,11 @@ enum Seen {
         can_subscribe: bool,
     },
     Mute {
-        participant: u64,
+        participant: ParticipantId,
         muted: bool,
     },
     Leave {
-        participant: u64,
+        participant: ParticipantId,
     },
 }
 
@@ -241,7 +245,7 @@ impl MediaRouter for FakeRouter {
 
 struct FakeMedia {
     seen: mpsc::UnboundedReceiver<Seen>,
-    events: Arc<Mutex<HashMap<u64, mpsc::Sender<MediaEvent>>>>,
+    events: Arc<Mutex<HashMap<ParticipantId, mpsc::Sender<MediaEvent>>>>,
     closed: Arc<Mutex<Vec<String>>>,
 }
 
@@ -253,7 +257,7 @@ impl FakeMedia {
             .expect("the worker runs")
     }
 
-    fn emit(&self, participant: u64, event: MediaEvent) {
+    fn emit(&self, participant: ParticipantId, event: MediaEvent) {
         let events = self.events.lock().expect("test lock");
         let sender = events
             .get(&participant)
@@ -306,6 +310,14 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                         }
                         Mode::Unavailable => {
                             let _ = reply.send(Err(MediaError::Unavailable));
+                        }
+                        Mode::Conflict => {
+                            let _ = reply.send(Err(MediaError::RoomSettingsConflict));
+                        }
+                        Mode::BadSettings => {
+                            let _ = reply.send(Err(MediaError::BadRoomSettings(
+                                crate::media::SettingsError::Slots(0),
+                            )));
                         }
                         Mode::Silent => unanswered.push((reply, events)),
                     }
@@ -381,9 +393,9 @@ fn token(room: &str, identity: &str) -> String {
     sign(&claims(room, identity))
 }
 
-fn id_of(sid: &str) -> u64 {
+fn id_of(sid: &str) -> ParticipantId {
     let hex = sid.strip_prefix("PA_").expect("a sid");
-    u64::from_str_radix(hex, 16).expect("hex")
+    ParticipantId(u64::from_str_radix(hex, 16).expect("hex"))
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -455,7 +467,10 @@ async fn happy_path() {
             state: MediaConnectionState::Connected
         })
     );
-    media.emit(id, MediaEvent::Speakers(vec![(0x1234, 0.5), (id, 0.25)]));
+    media.emit(
+        id,
+        MediaEvent::Speakers(vec![(ParticipantId(0x1234), 0.5), (id, 0.25)]),
+    );
     assert_eq!(
         ada.message().await,
         ServerMessage::Speakers(Speakers {
@@ -476,7 +491,7 @@ async fn happy_path() {
             SlotAssignment {
                 slot: 0,
                 mid: "1".into(),
-                participant: Some(0x1234),
+                participant: Some(ParticipantId(0x1234)),
                 ssrc: Some(2_843_119_025),
             },
             SlotAssignment {
@@ -974,6 +989,35 @@ async fn offers_are_answered_once() {
     assert_eq!(ctx.metrics().errors(ErrorCode::BadSdp), 1);
 }
 
+/// Issue 11: media errors stay typed to the client; like `bad_sdp` they leave the session open and the
+/// client may offer again.
+#[tokio::test(start_paused = true)]
+async fn room_settings_errors_have_their_own_codes() {
+    for (mode, code, text) in [
+        (
+            Mode::Conflict,
+            ErrorCode::RoomSettingsConflict,
+            "the room exists with other settings",
+        ),
+        (
+            Mode::BadSettings,
+            ErrorCode::BadRoomSettings,
+            "room setting out of range: slots must be 1..=16",
+        ),
+    ] {
+        let (ctx, mut media) = setup(mode);
+        let mut ada = Client::open(&ctx);
+        ada.join(&token("lobby", "ada")).await;
+        ada.json(json!({"type": "offer", "sdp": OFFER}));
+        assert_eq!(ada.error(code).await, text);
+        assert!(matches!(media.next().await, Seen::Connect { .. }));
+        ada.ping(1).await;
+        assert_eq!(ctx.metrics().errors(code), 1);
+        assert_eq!(ctx.metrics().errors(ErrorCode::BadSdp), 0);
+        assert_eq!(ctx.participant_count(), 1);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn unavailable_media_is_fatal() {
     let (ctx, mut media) = setup(Mode::Unavailable);
@@ -1340,6 +1384,26 @@ async fn admin_rooms_keep_their_settings_and_stay_while_empty() {
         ctx.create_room("standup", spec.clone()),
         Err(AdminError::RoomExists)
     );
+    // Issue 11: other settings for an existing room are refused as such, never silently ignored.
+    let forward = RoomSpec {
+        settings: crate::media::RoomSettings::forward(3),
+        ..spec.clone()
+    };
+    assert_eq!(
+        ctx.create_room("standup", forward),
+        Err(AdminError::RoomSettingsConflict)
+    );
+    let louder = RoomSpec {
+        settings: crate::media::RoomSettings::mix(crate::media::MixSettings {
+            bitrate_bps: 64_000,
+            ..crate::media::MixSettings::default()
+        }),
+        ..spec.clone()
+    };
+    assert_eq!(
+        ctx.create_room("standup", louder),
+        Err(AdminError::RoomSettingsConflict)
+    );
     assert_eq!(
         ctx.create_room("bad name", spec.clone()),
         Err(AdminError::InvalidRoomName)
@@ -1415,19 +1479,13 @@ async fn admin_mute_reaches_the_worker_the_room_and_the_session() {
     let mut ada = Client::open(&ctx);
     let sid = ada.join(&token("lobby", "ada")).await.participant.sid;
     let id = id_of(&sid);
-    // Muted before the offer: the worker is told at connect time.
+    // Muted before the offer: the worker is told at connect time (as after the client's own `mute`; it
+    // has no peer to mute before).
     let info = ctx
         .mute_participant("lobby", &sid, true)
         .await
         .expect("present");
     assert!(info.muted);
-    assert_eq!(
-        media.next().await,
-        Seen::Mute {
-            participant: id,
-            muted: true
-        }
-    );
     assert_eq!(
         ada.message().await,
         ServerMessage::ParticipantMuted(ParticipantMuted {
@@ -1452,6 +1510,88 @@ async fn admin_mute_reaches_the_worker_the_room_and_the_session() {
     assert_eq!(
         ctx.mute_participant("lobby", "PA_000000000000", true).await,
         Err(AdminError::ParticipantNotFound)
+    );
+}
+
+/// Issue 11 item 3: the client's `mute` and the admin API go through one method
+/// (`Signaling::set_muted`): the same messages to everyone, the same worker commands, the same state.
+#[tokio::test(start_paused = true)]
+async fn client_and_admin_mute_give_the_same_events_and_state() {
+    /// What one path produced: (messages to bob, messages to ada, worker commands, the room's view).
+    async fn run(admin: bool) -> Vec<String> {
+        let (ctx, mut media) = setup(Mode::Answer);
+        let mut ada = Client::open(&ctx);
+        ada.join(&token("lobby", "ada")).await;
+        let mut bob = Client::open(&ctx);
+        let sid = bob.join(&token("lobby", "bob")).await.participant.sid;
+        ada.message().await; // participant_joined
+        bob.offer().await;
+        media.next().await; // Connect
+        let mut seen = Vec::new();
+        for muted in [true, true, false] {
+            if admin {
+                let info = ctx
+                    .mute_participant("lobby", &sid, muted)
+                    .await
+                    .expect("present");
+                assert_eq!(info.muted, muted);
+            } else {
+                bob.json(json!({"type": "mute", "muted": muted}));
+            }
+            // Let the mute take effect, then a ping: anything it sent arrives before the pong.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            for client in [&mut bob, &mut ada] {
+                client.json(json!({"type": "ping", "id": 7}));
+                loop {
+                    match client.message().await {
+                        ServerMessage::Pong(_) => break,
+                        other => seen.push(format!("{other:?}")),
+                    }
+                }
+            }
+            while let Ok(command) = media.seen.try_recv() {
+                seen.push(format!("{command:?}"));
+            }
+            let room = ctx.room("lobby").expect("the room exists");
+            seen.push(format!("{:?}", room.participants));
+        }
+        seen
+    }
+    let client = run(false).await;
+    let admin = run(true).await;
+    // Ids differ between the two runs: compare with them masked.
+    let mask = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .into_iter()
+            .map(|line| {
+                let mut out = String::new();
+                let mut rest = line.as_str();
+                while let Some(at) = rest.find("PA_").or_else(|| rest.find("ParticipantId(")) {
+                    out.push_str(&rest[..at]);
+                    out.push_str("<id>");
+                    let skip = if rest[at..].starts_with("PA_") { 3 } else { 14 };
+                    rest = rest[at + skip..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
+                }
+                out.push_str(rest);
+                out
+            })
+            .collect()
+    };
+    let client = mask(client);
+    assert_eq!(mask(admin), client);
+    // And what they are: the muted event to both, one worker command per change, the state.
+    assert_eq!(
+        client
+            .iter()
+            .filter(|l| l.contains("ParticipantMuted"))
+            .count(),
+        4,
+        "{client:#?}"
+    );
+    assert_eq!(
+        client.iter().filter(|l| l.starts_with("Mute")).count(),
+        2,
+        "{client:#?}"
     );
 }
 

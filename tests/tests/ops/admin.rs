@@ -104,6 +104,15 @@ async fn admin_api_manages_rooms_and_participants() -> anyhow::Result<()> {
         (status, json(&body)["error"]["code"].clone()),
         (409, "room_exists".into())
     );
+    // Issue 11: the same name with other settings is a different, clear refusal.
+    let other = r#"{"name": "standup", "mode": "forward", "slots": 2}"#;
+    let (status, body) = server
+        .admin("POST", "/admin/v1/rooms", token, Some(other))
+        .await?;
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (409, "room_settings_conflict".into())
+    );
     for bad in [
         r#"{"name": "x", "mode": "sfu"}"#,
         r#"{"name": "x", "mode": "mix", "mix": {"bitrate_bps": 1}}"#,

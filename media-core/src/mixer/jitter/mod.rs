@@ -107,11 +107,8 @@ use std::time::{Duration, Instant};
 mod estimate;
 mod playout;
 
-/// The RTP clock rate of Opus (RFC 7587): always 48 kHz.
-pub const CLOCK_RATE: u32 = 48_000;
-
-/// Samples in one mixer tick (20 ms); the size of silence and expansion spans.
-pub const TICK_SAMPLES: u32 = 960;
+/// Samples in one mixer tick (one frame, 20 ms); the size of silence and expansion spans.
+pub const TICK_SAMPLES: u32 = crate::audio::FRAME_SAMPLES as u32;
 
 /// Granularity of Opus PLC/FEC frame sizes: 2.5 ms.
 const GRAIN: i64 = 120;

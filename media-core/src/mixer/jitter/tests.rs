@@ -3,7 +3,7 @@ use crate::testkit::sim::Rng;
 
 const MS: Duration = Duration::from_millis(1);
 const SECOND: Duration = Duration::from_secs(1);
-const TICK: Duration = Duration::from_millis(20);
+use crate::audio::FRAME_DURATION;
 
 /// The base of virtual time; only ever offset by durations.
 #[allow(clippy::disallowed_methods)]
@@ -65,7 +65,7 @@ fn spurt(count: usize, samples: u32, level: Option<u8>) -> Vec<Frame> {
 fn talk_spurts(rng: &mut Rng, seconds: f64, fec: bool) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut at = 0i64;
-    let end = (seconds * 48_000.0) as i64;
+    let end = (seconds * f64::from(crate::audio::SAMPLE_RATE)) as i64;
     while at < end {
         let spurt = 50 + rng.below(100) as usize;
         for i in 0..spurt {
@@ -107,7 +107,9 @@ fn send(
 ) -> Vec<Arrival> {
     let mut arrivals = Vec::new();
     for (i, frame) in frames.iter().enumerate() {
-        let sent = Duration::from_secs_f64(frame.at as f64 / 48_000.0 / (1.0 + drift));
+        let sent = Duration::from_secs_f64(
+            frame.at as f64 / f64::from(crate::audio::SAMPLE_RATE) / (1.0 + drift),
+        );
         let at = sent + delay(i);
         if lost(i) {
             continue;
@@ -248,7 +250,7 @@ impl Harness {
                     .delays
                     .push((self.t, self.jb.target_delay(), self.jb.current_delay()));
             }
-            self.t += TICK;
+            self.t += FRAME_DURATION;
         }
     }
 
@@ -592,7 +594,10 @@ fn redundancy_that_does_not_fit_is_refused() {
         "before the first packet of a stream that has not started"
     );
     assert_eq!(
-        jb.push(base + TICK * 2, packet(12, 11_520, 960, false, None)),
+        jb.push(
+            base + FRAME_DURATION * 2,
+            packet(12, 11_520, 960, false, None)
+        ),
         PushOutcome::Accepted
     );
     for bad in [
@@ -614,7 +619,10 @@ fn redundancy_that_does_not_fit_is_refused() {
     assert_eq!(jb.len(), 3);
     // The packet itself arriving after its copy replaces it, without counting a duplicate.
     assert_eq!(
-        jb.push(base + TICK * 3, packet(11, 10_560, 960, false, Some(20))),
+        jb.push(
+            base + FRAME_DURATION * 3,
+            packet(11, 10_560, 960, false, Some(20))
+        ),
         PushOutcome::Accepted
     );
     assert_eq!(jb.len(), 3);

@@ -1,0 +1,269 @@
+//! Media settings of a room, fixed when the room is created: forwarding or mixing, the slots per
+//! subscriber, and the mixer's encoder and jitter buffer.
+
+use std::ops::RangeInclusive;
+
+use crate::slots::MAX_SLOTS;
+
+/// How a room delivers audio to its subscribers. Serialized as `"forward"` / `"mix"` (configuration, the
+/// protocol, the admin API and metric labels).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomMode {
+    /// Selective forwarding: each subscriber receives K audio slots with the K loudest other speakers.
+    #[default]
+    Forward,
+    /// Server-side mixing: each subscriber receives one Opus stream, the mix of everyone but itself, on
+    /// its first receive slot.
+    Mix,
+}
+
+impl RoomMode {
+    pub const ALL: [RoomMode; 2] = [RoomMode::Forward, RoomMode::Mix];
+
+    /// The spelling in configuration, the protocol, the admin API and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RoomMode::Forward => "forward",
+            RoomMode::Mix => "mix",
+        }
+    }
+}
+
+impl std::str::FromStr for RoomMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "forward" => Ok(RoomMode::Forward),
+            "mix" => Ok(RoomMode::Mix),
+            other => Err(format!(
+                "room mode must be \"forward\" or \"mix\", not {other:?}"
+            )),
+        }
+    }
+}
+
+/// The bitrates a mix may be encoded at, bits per second.
+pub const MIX_BITRATE_BPS: RangeInclusive<u32> = 6_000..=128_000;
+/// The highest libopus complexity.
+pub const MIX_MAX_COMPLEXITY: u8 = 10;
+/// The most a jitter-buffer bound may be, milliseconds.
+pub const MIX_MAX_JITTER_MS: u32 = 1000;
+
+/// Why room settings cannot be used. The messages name the offending field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("slots must be 1..={MAX_SLOTS}")]
+    Slots(u8),
+    #[error("mix bitrate_bps must be 6000..=128000")]
+    MixBitrate(u32),
+    #[error("mix complexity must be 0..=10")]
+    MixComplexity(u8),
+    #[error("mix jitter_min_ms must be <= jitter_max_ms <= 1000")]
+    MixJitter { min_ms: u32, max_ms: u32 },
+}
+
+/// Opus encoder and jitter-buffer settings of a mixed room. Absent fields of the serde form take the
+/// defaults; unknown fields are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MixSettings {
+    /// Target bitrate of each encoded mix, bits per second ([`MIX_BITRATE_BPS`]).
+    pub bitrate_bps: u32,
+    /// libopus complexity, 0 (cheapest) ..= 10 (best).
+    pub complexity: u8,
+    /// Put in-band FEC into the mix (costs bitrate, recovers single losses at the listener).
+    pub fec: bool,
+    /// Send nothing while a listener's mix is silent (nobody else talks). Off: a silence frame every 20 ms,
+    /// for gateways that expect a continuous stream. (libopus' own DTX is never used on mixes: its voice
+    /// detector would cut stationary sound, such as music or a held tone, out of a mix.)
+    pub dtx: bool,
+    /// Smallest jitter-buffer delay, milliseconds; the buffer adapts between this and the maximum.
+    pub jitter_min_ms: u32,
+    /// Largest jitter-buffer delay, milliseconds.
+    pub jitter_max_ms: u32,
+}
+
+impl Default for MixSettings {
+    fn default() -> Self {
+        MixSettings {
+            bitrate_bps: 48_000,
+            complexity: 5,
+            fec: true,
+            dtx: true,
+            jitter_min_ms: 20,
+            jitter_max_ms: 200,
+        }
+    }
+}
+
+impl MixSettings {
+    /// Checks the ranges; the error names the offending field.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !MIX_BITRATE_BPS.contains(&self.bitrate_bps) {
+            return Err(SettingsError::MixBitrate(self.bitrate_bps));
+        }
+        if self.complexity > MIX_MAX_COMPLEXITY {
+            return Err(SettingsError::MixComplexity(self.complexity));
+        }
+        if self.jitter_min_ms > self.jitter_max_ms || self.jitter_max_ms > MIX_MAX_JITTER_MS {
+            return Err(SettingsError::MixJitter {
+                min_ms: self.jitter_min_ms,
+                max_ms: self.jitter_max_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Media settings of a room, taken from the request that creates it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomSettings {
+    pub mode: RoomMode,
+    /// Audio slots per subscriber, 1..=[`MAX_SLOTS`]. A mixed room has one: the mix.
+    pub slots: u8,
+    /// Encoder settings, used in mix mode.
+    pub mix: MixSettings,
+}
+
+impl RoomSettings {
+    /// A forwarding room with `slots` slots.
+    pub fn forward(slots: u8) -> Self {
+        RoomSettings {
+            mode: RoomMode::Forward,
+            slots,
+            mix: MixSettings::default(),
+        }
+    }
+
+    /// A mixed room with the given encoder settings (one receive slot).
+    pub fn mix(mix: MixSettings) -> Self {
+        RoomSettings {
+            mode: RoomMode::Mix,
+            slots: 1,
+            mix,
+        }
+    }
+
+    /// Checks the settings the room's mode uses: the slots, and in mix mode the mix settings.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !(1..=MAX_SLOTS).contains(&usize::from(self.slots)) {
+            return Err(SettingsError::Slots(self.slots));
+        }
+        match self.mode {
+            RoomMode::Forward => Ok(()),
+            RoomMode::Mix => self.mix.validate(),
+        }
+    }
+
+    /// Whether a room with these settings differs from one with `other` in anything its mode uses:
+    /// the mode; the slots of a forwarding room; the mix settings of a mixed one. A request for a room
+    /// that exists with conflicting settings is refused, never joined with settings it did not ask for.
+    pub fn conflicts_with(&self, other: &RoomSettings) -> bool {
+        match (self.mode, other.mode) {
+            (RoomMode::Forward, RoomMode::Forward) => self.slots != other.slots,
+            (RoomMode::Mix, RoomMode::Mix) => self.mix != other.mix,
+            _ => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert!(MixSettings::default().validate().is_ok());
+        let bad = MixSettings {
+            bitrate_bps: 1,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate(), Err(SettingsError::MixBitrate(1)));
+        assert!(bad.validate().unwrap_err().to_string().contains("bitrate"));
+        let bad = MixSettings {
+            complexity: 11,
+            ..Default::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("complexity"));
+        let bad = MixSettings {
+            jitter_min_ms: 300,
+            jitter_max_ms: 100,
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("jitter"));
+        assert_eq!(RoomMode::Mix.as_str(), "mix");
+    }
+
+    #[test]
+    fn slots_are_one_to_max() {
+        assert!(RoomSettings::forward(1).validate().is_ok());
+        assert!(RoomSettings::forward(MAX_SLOTS as u8).validate().is_ok());
+        assert_eq!(
+            RoomSettings::forward(0).validate(),
+            Err(SettingsError::Slots(0))
+        );
+        let too_many = RoomSettings::forward(MAX_SLOTS as u8 + 1);
+        assert_eq!(
+            too_many.validate().unwrap_err().to_string(),
+            "slots must be 1..=16"
+        );
+        // A forwarding room does not use its mix settings.
+        let mut forward = RoomSettings::forward(3);
+        forward.mix.bitrate_bps = 0;
+        assert!(forward.validate().is_ok());
+        let mut mix = RoomSettings::mix(MixSettings::default());
+        mix.mix.bitrate_bps = 0;
+        assert_eq!(mix.validate(), Err(SettingsError::MixBitrate(0)));
+    }
+
+    #[test]
+    fn conflicts_are_in_what_the_mode_uses() {
+        let forward = RoomSettings::forward(3);
+        assert!(!forward.conflicts_with(&forward));
+        assert!(forward.conflicts_with(&RoomSettings::forward(2)));
+        let mut other_mix = forward;
+        other_mix.mix.complexity = 9;
+        assert!(!forward.conflicts_with(&other_mix));
+        let mix = RoomSettings::mix(MixSettings::default());
+        assert!(forward.conflicts_with(&mix));
+        assert!(mix.conflicts_with(&forward));
+        assert!(!mix.conflicts_with(&mix));
+        let louder = RoomSettings::mix(MixSettings {
+            bitrate_bps: 64_000,
+            ..MixSettings::default()
+        });
+        assert!(mix.conflicts_with(&louder));
+    }
+
+    #[test]
+    fn wire_forms() {
+        assert_eq!(
+            serde_json::to_string(&RoomMode::Forward).expect("serializes"),
+            r#""forward""#
+        );
+        assert_eq!("mix".parse::<RoomMode>(), Ok(RoomMode::Mix));
+        assert!("sfu".parse::<RoomMode>().is_err());
+        let mix: MixSettings = serde_json::from_str(r#"{"bitrate_bps":24000}"#).expect("parses");
+        assert_eq!(
+            mix,
+            MixSettings {
+                bitrate_bps: 24_000,
+                ..MixSettings::default()
+            }
+        );
+        assert!(serde_json::from_str::<MixSettings>(r#"{"bitrate":1}"#).is_err());
+        assert_eq!(
+            serde_json::to_value(MixSettings::default()).expect("serializes"),
+            serde_json::json!({"bitrate_bps": 48000, "complexity": 5, "fec": true, "dtx": true,
+                "jitter_min_ms": 20, "jitter_max_ms": 200})
+        );
+    }
+}

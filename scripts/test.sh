@@ -57,7 +57,11 @@ cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
 step "cargo build (chorus binary for end-to-end tests)"
 cargo build --locked --quiet -p chorus-server --bin chorus
 step "cargo test"
-cargo test --locked --workspace
+# The real-time speech calls (tests/tests/speech) pace their clients by the wall clock: they run after
+# everything else, one at a time, so no other test competes with them for the CPU.
+cargo test --locked --workspace -- --skip speech_over_real_udp
+step "cargo test: speech over real UDP, one call at a time"
+cargo test --locked -p chorus-tests --test e2e speech_over_real_udp -- --test-threads=1
 
 # The deploy files, checked by the real tools. The Dockerfile builds with `cargo build --release --locked`:
 # the cargo steps above use --locked too, so a stale Cargo.lock fails here as it would in the image build.

@@ -1,6 +1,7 @@
-
 use super::tests::t0;
 use super::*;
+use crate::audio::SAMPLE_RATE;
+use crate::red::RedundantFrame;
 
 fn opus_frames(count: usize) -> Vec<Vec<u8>> {
     let mut enc = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)

@@ -1,9 +1,8 @@
-
 //! The mixer driven directly, packet by packet, with a browser-like sender (libopus with DTX, RFC 6464
 //! levels) and a receiver that decodes what a listener gets: frame-exact talk-spurt edges, inaudible
 //! encoder switches, and late ticks.
 use super::*;
-use crate::audio::{audio_level_from_samples, mean_square};
+use crate::audio::{audio_level_from_samples, mean_square, SAMPLE_RATE};
 use crate::testkit::analysis::{goertzel_power, sine};
 
 const MS: Duration = Duration::from_millis(1);

@@ -1,4 +1,3 @@
-
 use super::*;
 
 const NOW: u64 = 1_700_000_000;

@@ -1,4 +1,3 @@
-
 use super::*;
 
 #[allow(clippy::disallowed_methods)]

@@ -1,7 +1,10 @@
 use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
 
+use super::ids::{scramble48, ID_MASK};
 use super::*;
 use crate::media::MediaCommand;
+use crate::metrics::SessionLimit;
 
 #[derive(Default)]
 struct Router {

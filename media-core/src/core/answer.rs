@@ -189,8 +189,8 @@ fn without_zero_playback_rate(fmtp: &str) -> Option<String> {
     (!kept.is_empty()).then(|| format!("a=fmtp:{pt} {}", kept.join(";")))
 }
 
-/// The RFC 8285 direction of `a=extmap:<id>[/<direction>] <uri> ...` (given without `a=extmap:`), and the
-/// URI.
+/// The parts of `a=extmap:<id>[/<direction>] <uri> [<attributes>]` (given without `a=extmap:`): id, RFC 8285
+/// direction, URI, attributes.
 fn extmap_parts(extmap: &str) -> Option<(&str, Option<&str>, &str, &str)> {
     let (head, rest) = extmap.split_once(' ')?;
     let (id, direction) = match head.split_once('/') {

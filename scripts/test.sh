@@ -37,8 +37,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # A venv at .venv, made once: the PESQ (ITU-T P.862.2 wide-band) scorer for the speech-quality tests,
-# schemathesis for the property-based test of docs/openapi.json (tests/tests/ops/api_spec.rs), and
-# kubernetes-validate (it ships the Kubernetes API schemas) for deploy/kubernetes.
+# schemathesis for the property-based test of docs/openapi.json (tests/tests/ops/api_spec.rs),
+# kubernetes-validate (it ships the Kubernetes API schemas) for deploy/kubernetes, and aiortc (below).
 if ! .venv/bin/python -c 'import pesq, numpy, scipy' 2>/dev/null; then
   step "creating .venv with pesq, numpy, scipy"
   python3 -m venv .venv
@@ -48,6 +48,13 @@ fi
 if ! { [ -x .venv/bin/schemathesis ] && [ -x .venv/bin/kubernetes-validate ]; }; then
   step "installing schemathesis and kubernetes-validate into .venv"
   .venv/bin/pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' 'kubernetes-validate>=1.33,<2'
+fi
+
+# aiortc, a WebRTC client we did not write, for the interop test (tests/tests/interop/mod.rs runs
+# tests/interop/aiortc_client.py): wheels only (aiortc, av, cryptography ship manylinux wheels).
+if ! .venv/bin/python -c 'import aiortc, websockets' 2>/dev/null; then
+  step "installing aiortc and websockets into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check --only-binary :all: 'aiortc>=1.16,<2' 'websockets>=14,<18'
 fi
 
 step "cargo fmt --check"

@@ -71,9 +71,10 @@ function bindUdp(port) {
  * Start the server and wait for GET /healthz. With `netns` (lib/netns.js) it runs inside that network
  * namespace, HTTP and media bound to (and media advertised on) the namespace's 198.51.100.1, development
  * mode allowed on that address; `url` is then reachable only from inside the namespace.
- * `httpPort` fixes the HTTP port (default: a free one).
+ * `httpPort` fixes the HTTP port (default: a free one); `mediaBindIp` and `publicIp` replace the media
+ * addresses (in a netns, both default to 198.51.100.1).
  * @param {{workers?: number, slots?: number, extraArgs?: string[], timeoutMs?: number, env?: Record<string,string>,
- *   netns?: import('./netns.js').Netns, httpPort?: number}} [opts]
+ *   netns?: import('./netns.js').Netns, httpPort?: number, mediaBindIp?: string, publicIp?: string}} [opts]
  * @returns {Promise<ChorusServer>}
  */
 export async function startServer(opts = {}) {
@@ -86,9 +87,13 @@ export async function startServer(opts = {}) {
   const mediaPort = await freeUdpPorts(workers);
   const ns = opts.netns;
   const host = ns ? ns.addrA : '127.0.0.1';
+  const mediaBindIp = opts.mediaBindIp ?? (ns ? host : null);
+  const publicIp = opts.publicIp ?? (ns ? host : null);
   const args = [
     '--http-listen', `${host}:${httpPort}`,
-    ...(ns ? ['--media-bind-ip', host, '--public-ip', host, '--unsafe-dev-mode-on-network'] : []),
+    ...(ns ? ['--unsafe-dev-mode-on-network'] : []),
+    ...(mediaBindIp ? ['--media-bind-ip', mediaBindIp] : []),
+    ...(publicIp ? ['--public-ip', publicIp] : []),
     '--media-port-start', String(mediaPort),
     '--workers', String(workers),
     '--room-slots', String(slots),
@@ -160,8 +165,7 @@ export function createToken(opts) {
   if (opts.publish === false) args.push('--no-publish');
   if (opts.subscribe === false) args.push('--no-subscribe');
   return new Promise((resolve, reject) => {
-    const [cmd, ...cmdArgs] = ns ? ns.command(CHORUS_BIN, args) : [CHORUS_BIN, ...args];
-  const proc = spawn(cmd, cmdArgs, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
+    const proc = spawn(CHORUS_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
     let out = '';
     let err = '';
     proc.stdout.on('data', (d) => { out += d; });

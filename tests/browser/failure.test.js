@@ -138,6 +138,17 @@ describe('an unreachable media server', { timeout: 90000 }, () => {
     assert.ok(ui.failureText.includes(later.lastError.message));
     assert.deepEqual([ui.roomCard, ui.joinCard, ui.retry, ui.back, ui.leave], [true, false, true, true, false]);
 
+    // Retry joins again (the same room and name) and fails again the same way.
+    const sidBefore = later.local && later.local.sid;
+    await page().click('#retry-button');
+    const again = await pollUntil('the retried call to fail again', async () => {
+      const snap = await snapshot(participant());
+      return { ok: snap.status === 'failed' && !!snap.local && snap.local.sid !== sidBefore, ...snap };
+    }, { timeoutMs: 30000, intervalMs: 200 });
+    assert.equal(again.view, 'call');
+    assert.equal(again.lastError.code, 'connection_failed');
+    assert.equal(again.local.name, 'Lost');
+
     // Back returns to the form, the explanation gone.
     await page().click('#back-button');
     const back = await snapshot(participant());

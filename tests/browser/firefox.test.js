@@ -3,6 +3,7 @@
 // test's own (lib/netns.js) where the server binds and advertises 198.51.100.1. Firefox's fake microphone
 // plays a sine of FOX.freq (media.navigator.audio.fake_frequency), Chromium's a WAV sine of CHROME.freq;
 // each must hear the other's pitch (AnalyserNode on the received audio, inbound-rtp packets) and not its own.
+// Last, the README's loopback start: Firefox's call fails, and the page explains why.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -145,4 +146,35 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
       assert.equal(await foxEval('chorusDemo.status'), 'left');
     }));
   }
+
+  // The README's local start: media on 127.0.0.1. Firefox pairs with no loopback candidate, so its call
+  // cannot connect; the page must say why and how to start the server instead.
+  it('loopback media: Firefox\'s call fails with an explanation naming the loopback address', () => withDiagnostics(async () => {
+    if (server) await server.stop();
+    server = null;
+    server = await startServer({ netns: /** @type {any} */ (ns), httpPort: HTTP_PORT, mediaBindIp: '127.0.0.1',
+      publicIp: '127.0.0.1' });
+    const started = Date.now();
+    const q = new URLSearchParams({ room: 'firefox-loopback', name: FOX.name, autojoin: '1', processing: '0' });
+    await /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.navigate(`${server.url}/?${q}`);
+    const r = await pollUntil('Firefox\'s call to fail', async () => {
+      const snap = await foxEval('chorusDemo.snapshot()');
+      return { ok: snap.status === 'failed', ...snap };
+    }, { timeoutMs: 40000, intervalMs: 250 });
+    const failedAfterMs = Date.now() - started;
+    await new Promise((res) => setTimeout(res, 2000));
+    const later = await foxEval('chorusDemo.snapshot()');
+    const pill = await foxEval('document.getElementById("conn-state").textContent');
+    console.log(`loopback: Firefox failed after ${failedAfterMs} ms: ${JSON.stringify(later.lastError)}`);
+    for (const snap of [r, later]) {
+      assert.equal(snap.status, 'failed');
+      assert.equal(snap.connectionState, 'failed');
+      assert.equal(snap.view, 'call', 'stays on the call view');
+    }
+    assert.equal(later.lastError.code, 'connection_failed');
+    assert.match(later.lastError.message, /^could not reach the media server at 127\.0\.0\.1 UDP port \d+: /);
+    assert.match(later.lastError.message, /loopback address 127\.0\.0\.1, which some browsers \(Firefox\) never use: start it with --media-bind-ip and --public-ip/);
+    assert.ok(later.connDetail.includes(later.lastError.message), 'shown next to the pill');
+    assert.equal(pill, 'failed');
+  }));
 });

@@ -25,6 +25,13 @@ py_include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"
 [ -f "$py_include/Python.h" ] || need_apt+=(python3-dev)
 command -v cc >/dev/null || need_apt+=(gcc)
 # --- end speech-quality tests ---
+# --- firefox tests (tests/browser/firefox.test.js): Debian's Firefox ESR driven over Marionette, a private
+# PulseAudio null sink for its AudioContext, and a network namespace of the test's own (ip; nft for later tests) ---
+command -v firefox-esr >/dev/null || need_apt+=(firefox-esr)
+command -v pulseaudio >/dev/null || need_apt+=(pulseaudio)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v nft >/dev/null || need_apt+=(nftables)
+# --- end firefox tests ---
 # --- deploy checks: systemd-analyze verify on the unit ---
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # --- end deploy checks ---

@@ -282,8 +282,14 @@ const LEAVE_TIMEOUT_MS = 1500;
  */
 
 /**
- * Error raised by the SDK; `code` is the server's error code (docs/protocol.md) or one of the SDK's own:
- * `connection_failed`, `timeout`, `closed`, `no_microphone`, `forbidden`, `not_connected`, `protocol`.
+ * Error raised by the SDK, and carried by the Room's `error` event; `code` is the server's error code
+ * (docs/protocol.md) or one of the SDK's own:
+ * - `connection_failed`  the media connection never came up: ICE failed (no candidate pair worked), or the
+ *                        server gave up waiting for this browser's media; also a WebSocket that could not open
+ * - `connection_lost`    the media connection came up, then failed for good
+ * - `timeout`, `closed`, `no_microphone`, `forbidden`, `not_connected`, `protocol`
+ * `message` is meant for people (e.g. "could not reach the media server at 192.0.2.7 UDP port 7882: ICE
+ * failed (no candidate pair worked); a firewall may block UDP port 7882").
  */
 export class ChorusError extends Error {
   /**
@@ -405,8 +411,12 @@ function waitForIceGathering(pc, timeoutMs) {
  * - `slots`             `{slots: Slot[]}` — the full slot assignment after it changed
  * - `connectionstate`   `{state, previous}` — see {@link Room#connectionState}
  * - `mediastate`        `{state}` — the server's view of our media connection (`connected`/`disconnected`)
- * - `error`             `{code, message, fatal}` — `code` is the server's (docs/protocol.md) or the SDK's
- * - `closed`            `{reason, code}` — the session ended (left, socket closed, or failed)
+ * - `error`             `{code, message, fatal, error}` — `error` is a {@link ChorusError} with the same `code`
+ *                       and `message`; `code` is the server's (docs/protocol.md) or the SDK's. A fatal error
+ *                       (e.g. `connection_failed`: the media server could not be reached) is followed by
+ *                       `connectionstate` → `failed` and `closed`.
+ * - `closed`            `{reason, code}` — the session ended (left, socket closed, or failed); after a failure
+ *                       {@link Room#connectionState} stays `failed`
  * - `autoplayblocked`   `{slot}` — an `<audio>` element could not start; call {@link Room#resumeAudio}
  *                       from a user gesture
  */
@@ -448,6 +458,12 @@ export class Room extends EventTarget {
     /** @private @type {ConnectionState} */ this._state = 'connecting';
     /** @private */ this._closed = false;
     /** @private */ this._failed = false;
+    /** @private */ this._everConnected = false;
+    /**
+     * @private @type {{ip: string, port: number, protocol: string}|null} the server's media candidate, from
+     * the answer
+     */
+    this._mediaCandidate = null;
     /** @private */ this._muted = false;
     /** @private */ this._pingId = 0;
     /** @private @type {Map<number, number>} */ this._pingSent = new Map();
@@ -465,8 +481,10 @@ export class Room extends EventTarget {
   /**
    * Combined WebSocket + RTCPeerConnection + server `media_state`: `connecting` until the peer connection is
    * connected; `connected`; `disconnected` while the peer connection or the server reports the media path
-   * down (it may recover); `failed` after a fatal server error, a failed peer connection or a failed
-   * connect; `closed` once the socket is closed or `leave()` was called. `failed` and `closed` are final.
+   * down (it may recover); `failed` after a fatal server error, a failed peer connection (ICE failed), the
+   * server ending the session because our media never connected or was lost, or a failed connect, always
+   * after an `error` event explaining why; `closed` once the socket is closed or `leave()` was called.
+   * `failed` and `closed` are final: a failed room never becomes `closed` (its `closed` event still fires).
    * @returns {ConnectionState}
    */
   get connectionState() { return this._state; }
@@ -683,6 +701,12 @@ export class Room extends EventTarget {
           this._pending.reject(new ChorusError('closed', why));
           this._pending = null;
         }
+        if (!this._failed && ev.reason === 'media_disconnected') {
+          // The server ended the session because our media never connected (its connect timeout) or went
+          // silent: that is a failure to explain, not a normal close.
+          this._fail(this._mediaError('server'));
+          return;
+        }
         this._close(this._failed ? 'failed' : 'closed', why, ev.code);
       });
     };
@@ -781,6 +805,7 @@ export class Room extends EventTarget {
     const pc = this.pc;
     if (!pc) throw new ChorusError('protocol', 'answer before joined');
     await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+    this._mediaCandidate = serverCandidate(msg.sdp);
     for (const s of this.slots) {
       if (!s.transceiver) continue;
       s.mid = s.transceiver.mid;
@@ -937,7 +962,12 @@ export class Room extends EventTarget {
     let next;
     const pcState = this.pc ? this.pc.connectionState : 'new';
     const ice = this.pc ? this.pc.iceConnectionState : 'new';
-    if (this._failed || pcState === 'failed' || ice === 'failed') next = 'failed';
+    if (!this._failed && (pcState === 'failed' || ice === 'failed')) {
+      // No ICE restart in this protocol: a failed peer connection is the end of the session.
+      this._fail(this._mediaError('ice'));
+      return;
+    }
+    if (this._failed) next = 'failed';
     else if (pcState === 'disconnected' || this.serverMediaState === 'disconnected') next = 'disconnected';
     else if (pcState === 'connected') next = 'connected';
     else next = 'connecting';
@@ -950,6 +980,8 @@ export class Room extends EventTarget {
    */
   _setState(next) {
     if (next === this._state) return;
+    if (this._state === 'failed' || this._state === 'closed') return; // final
+    if (next === 'connected') this._everConnected = true;
     const previous = this._state;
     this._state = next;
     this._emit('connectionstate', { state: next, previous });
@@ -1037,8 +1069,57 @@ export class Room extends EventTarget {
    * @param {boolean} fatal
    */
   _emitError(code, message, fatal) {
-    this._emit('error', { code, message, fatal });
+    this._emit('error', { code, message, fatal, error: new ChorusError(code, message, fatal) });
   }
+
+  /**
+   * The error explaining why the media connection failed: `connection_failed` when it never came up,
+   * `connection_lost` when it did; the message names the server's media address and what to check.
+   * @private
+   * @param {'ice'|'server'} how  our peer connection's ICE failed, or the server ended the session
+   * @returns {ChorusError}
+   */
+  _mediaError(how) {
+    const c = this._mediaCandidate;
+    const where = c ? `the media server at ${c.ip} ${c.protocol.toUpperCase()} port ${c.port}` : 'the media server';
+    if (this._everConnected) {
+      const why = how === 'ice'
+        ? 'ICE failed after the call had connected (no more answers to connectivity checks)'
+        : 'the server stopped receiving our media';
+      return new ChorusError('connection_lost', `lost the connection to ${where}: ${why}; the network may have `
+        + 'changed or the server may be unreachable now', true);
+    }
+    const why = how === 'ice'
+      ? 'ICE failed (no candidate pair worked)'
+      : 'the server never received our media and gave up (ICE did not complete)';
+    let hint = c ? `a firewall may block UDP port ${c.port}` : 'a firewall may block UDP';
+    if (c && isLoopback(c.ip)) {
+      hint += `; the server advertises the loopback address ${c.ip}, which some browsers (Firefox) never `
+        + 'use: start it with --media-bind-ip and --public-ip set to a non-loopback address of this machine';
+    } else if (c) {
+      hint += `, or ${c.ip} is not reachable from this device (the server's --public-ip)`;
+    }
+    return new ChorusError('connection_failed', `could not reach ${where}: ${why}; ${hint}`, true);
+  }
+}
+
+/**
+ * The server's first ICE candidate in an SDP (the server is ICE-lite with one host candidate per worker).
+ * @param {string} sdp
+ * @returns {{ip: string, port: number, protocol: string}|null}
+ */
+export function serverCandidate(sdp) {
+  // a=candidate:<foundation> <component> <protocol> <priority> <address> <port> typ <type> ...
+  const m = /^a=candidate:\S+ \d+ (\S+) \d+ (\S+) (\d+) typ /m.exec(sdp || '');
+  return m ? { protocol: m[1].toLowerCase(), ip: m[2], port: Number(m[3]) } : null;
+}
+
+/**
+ * @param {string} ip
+ * @returns {boolean}
+ */
+function isLoopback(ip) {
+  return /^127\./.test(ip) || ip === '::1' || ip === '[::1]';
 }
 
 /**

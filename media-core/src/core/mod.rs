@@ -2,6 +2,7 @@
 //! machine. Feed it one input (a datagram, a timeout, a command), then drain [`MediaCore::poll_output`]
 //! until it returns [`Output::Timeout`].
 
+mod answer;
 pub mod offer;
 mod outbox;
 pub mod peer;

@@ -17,6 +17,7 @@ use str0m::{
     Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, RtcError,
 };
 
+use crate::core::answer::finish_answer;
 use crate::core::outbox::Outbox;
 use crate::ids::{ParticipantId, Ssrc};
 use crate::sfu::slots::MAX_SLOTS;
@@ -140,10 +141,12 @@ impl Peer {
     ) -> Result<(Peer, String), PeerError> {
         // The most hostile input a peer takes: parsed under the same guard as every other str0m call.
         let offer = parse_offer(offer_sdp, SdpOffer::from_sdp_string)?;
-        guard(|| Self::from_parsed(now, id, params, offer))?
+        let (peer, answer) = guard(|| Self::from_parsed(now, id, params, offer))??;
+        Ok((peer, finish_answer(offer_sdp, &answer)))
     }
 
-    fn from_parsed(
+    /// The peer and str0m's answer as str0m writes it (see [`finish_answer`] for what it lacks).
+    pub(super) fn from_parsed(
         now: Instant,
         id: ParticipantId,
         params: &PeerParams<'_>,

@@ -14,8 +14,8 @@
 //! 3. **Encoding is O(talkers), not O(listeners)**: every listener who is not talking receives one shared
 //!    encode of the full mix; each talker receives its own mix-minus (full mix minus itself) from its own
 //!    encoder, kept for [`PERSONAL_HANGOVER_TICKS`] after it stops talking so its stream does not flip
-//!    between encoders at every pause. Each output passes a soft [`Limiter`] before the encoder. The switches
-//!    are not heard: a new personal encoder starts as an exact copy of the shared one (see
+//!    between encoders at every pause. Each output passes a soft [`Limiter`](limiter::Limiter) before the
+//!    encoder. The switches are not heard: a new personal encoder starts as an exact copy of the shared one (see
 //!    [`crate::mixer::encoder`]), and the move back waits for a quiet mix ([`QUIET_SWITCH_LEVEL`], at most
 //!    [`PERSONAL_MAX_HANGOVER_TICKS`]).
 //! 4. A listener whose mix is empty (nobody else talks) is sent nothing, like DTX (with

@@ -156,7 +156,8 @@ where
     }
 }
 
-/// Sends the offer to the room's media worker; the answer arrives through [`next_member_input`].
+/// Sends the offer to the room's media worker; the answer arrives through
+/// [`next_member_input`](super::next_member_input).
 pub(super) async fn on_offer<T: Sink<WsFrame> + Unpin>(
     wire: &mut Wire<T>,
     member: &mut Member,

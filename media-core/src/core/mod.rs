@@ -437,6 +437,11 @@ impl MediaCore {
         }
     }
 
+    /// Whether `path` is bound to a peer: a STUN request over it was verified by that peer's ICE agent.
+    pub fn path_bound(&self, path: &NetPath) -> bool {
+        self.router.is_bound(path)
+    }
+
     /// A datagram arrived over `path`: on one of the core's candidates (`path.local`, as advertised, over
     /// `path.transport`; for TCP one de-framed RFC 4571 frame) from `path.remote`. A datagram on an address
     /// that is not one of the candidates is dropped.

@@ -148,6 +148,11 @@ impl Router {
         Ok(())
     }
 
+    /// Whether `path` is bound to a peer (learned from a verified STUN request, not forgotten since).
+    pub fn is_bound(&self, path: &NetPath) -> bool {
+        self.by_addr.contains_key(path)
+    }
+
     /// Paths bound to any peer.
     pub fn address_count(&self) -> usize {
         self.by_addr.len()

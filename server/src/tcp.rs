@@ -256,64 +256,80 @@ async fn connection(
     {
         return CloseReason::Closed;
     }
+    // Reading and writing run side by side: a write stuck on a client that does not read never stops
+    // the reading (so its write queue fills and the worker closes it).
+    let (mut rd, mut wr) = stream.split();
+    tokio::select! {
+        _ = &mut close => CloseReason::Closed,
+        reason = read_frames(id, remote, &mut rd, events) => reason,
+        reason = write_frames(&mut wr, &mut outgoing, &queued) => reason,
+    }
+}
+
+/// Read frames and hand them to the worker until the connection ends or breaks the framing.
+async fn read_frames(
+    id: u64,
+    remote: SocketAddr,
+    rd: &mut tokio::net::tcp::ReadHalf<'_>,
+    events: &mpsc::Sender<TcpEvent>,
+) -> CloseReason {
     let mut framer = Framer::default();
     let mut chunk = vec![0u8; READ_CHUNK];
-    let mut out = Vec::with_capacity(READ_CHUNK);
     loop {
-        tokio::select! {
-            _ = &mut close => return CloseReason::Closed,
-            read = stream.read(&mut chunk) => {
-                let n = match read {
-                    Ok(0) => return CloseReason::PeerClosed,
-                    Ok(n) => n,
-                    Err(e) if is_reset(&e) => return CloseReason::PeerClosed,
-                    Err(_) => return CloseReason::Error,
-                };
-                framer.push(&chunk[..n]);
-                loop {
-                    let data = match framer.next_frame() {
-                        Ok(Some(f)) => f.to_vec(),
-                        Ok(None) => break,
-                        Err(e) => {
-                            debug!(%remote, error = %e, "bad ICE-TCP framing");
-                            return CloseReason::BadFrame;
-                        }
-                    };
-                    tokio::select! {
-                        _ = &mut close => return CloseReason::Closed,
-                        sent = events.send(TcpEvent::Frame { id, remote, data }) => {
-                            if sent.is_err() {
-                                return CloseReason::Closed;
-                            }
-                        }
-                    }
+        let n = match rd.read(&mut chunk).await {
+            Ok(0) => return CloseReason::PeerClosed,
+            Ok(n) => n,
+            Err(e) if is_reset(&e) => return CloseReason::PeerClosed,
+            Err(_) => return CloseReason::Error,
+        };
+        framer.push(&chunk[..n]);
+        loop {
+            let data = match framer.next_frame() {
+                Ok(Some(f)) => f.to_vec(),
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(%remote, error = %e, "bad ICE-TCP framing");
+                    return CloseReason::BadFrame;
                 }
-            }
-            first = outgoing.recv() => {
-                let Some(first) = first else {
-                    return CloseReason::Closed;
-                };
-                out.clear();
-                frame(&first, &mut out);
-                while out.len() < 16 * 1024 {
-                    match outgoing.try_recv() {
-                        Ok(more) => frame(&more, &mut out),
-                        Err(_) => break,
-                    }
-                }
-                let written = out.len();
-                tokio::select! {
-                    _ = &mut close => return CloseReason::Closed,
-                    w = stream.write_all(&out) => match w {
-                        Ok(()) => {}
-                        Err(e) if is_reset(&e) => return CloseReason::PeerClosed,
-                        Err(_) => return CloseReason::Error,
-                    },
-                }
-                queued.fetch_sub(written.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+            };
+            if events
+                .send(TcpEvent::Frame { id, remote, data })
+                .await
+                .is_err()
+            {
+                return CloseReason::Closed;
             }
         }
     }
+}
+
+/// Write what the worker queues, framed, until the worker lets go of the connection.
+async fn write_frames(
+    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+    outgoing: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: &AtomicUsize,
+) -> CloseReason {
+    let mut out = Vec::with_capacity(READ_CHUNK);
+    while let Some(first) = outgoing.recv().await {
+        out.clear();
+        frame(&first, &mut out);
+        while out.len() < 16 * 1024 {
+            match outgoing.try_recv() {
+                Ok(more) => frame(&more, &mut out),
+                Err(_) => break,
+            }
+        }
+        match wr.write_all(&out).await {
+            Ok(()) => {}
+            Err(e) if is_reset(&e) => return CloseReason::PeerClosed,
+            Err(_) => return CloseReason::Error,
+        }
+        let written = out.len();
+        let _ = queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+            Some(q.saturating_sub(written))
+        });
+    }
+    CloseReason::Closed
 }
 
 fn is_reset(e: &std::io::Error) -> bool {

@@ -12,6 +12,10 @@ need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
+# --- ICE-TCP browser test (tests/browser/tcp.test.js): its own network namespace with UDP dropped ---
+command -v nft >/dev/null || need_apt+=(nftables)
+command -v ip >/dev/null || need_apt+=(iproute2)
+# --- end ICE-TCP browser test ---
 # --- operations tests (tests/tests/ops): the real promtool and Prometheus server from Debian ---
 { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need_apt+=(prometheus)
 # --- end operations tests ---

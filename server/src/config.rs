@@ -520,7 +520,9 @@ impl Config {
         }
         if let Some(tcp) = self.media.tcp_port_start {
             if tcp == 0 || tcp as usize + workers - 1 > u16::MAX as usize {
-                return invalid("media.tcp_port_start: a fixed port, with room for every worker above");
+                return invalid(
+                    "media.tcp_port_start: a fixed port, with room for every worker above",
+                );
             }
         }
         if !(1..=1_000_000).contains(&self.media.tcp_max_connections) {

@@ -383,7 +383,11 @@ mod tests {
             let mut got = frames(&mut f).expect("good framing");
             f.push(&bytes[cut..]);
             got.extend(frames(&mut f).expect("good framing"));
-            assert_eq!(got, vec![b"hello".to_vec(), b"world!".to_vec()], "cut {cut}");
+            assert_eq!(
+                got,
+                vec![b"hello".to_vec(), b"world!".to_vec()],
+                "cut {cut}"
+            );
         }
         // One byte at a time.
         let mut f = Framer::default();

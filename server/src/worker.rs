@@ -109,10 +109,7 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
         }
         None => None,
     };
-    let tcp_addr = listener
-        .as_ref()
-        .map(|(l, _)| l.local_addr())
-        .transpose()?;
+    let tcp_addr = listener.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let extra_udp_addr = extra.as_ref().map(|(_, a)| *a);
     let (rcv, snd) = crate::udp::set_buffer_sizes(&socket, spec.socket_buffer_bytes);
     tracing::info!(

@@ -290,10 +290,11 @@ impl MediaCore {
         };
         let peer_params = PeerParams {
             // Not used: the peer gets the whole list below.
-            candidate_addr: self.config.candidates.first().map_or(
-                SocketAddr::from(([0, 0, 0, 0], 0)),
-                |c| c.addr,
-            ),
+            candidate_addr: self
+                .config
+                .candidates
+                .first()
+                .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.addr),
             dtls_cert: &self.dtls_cert,
             slots: if params.can_subscribe { slots } else { 0 },
         };

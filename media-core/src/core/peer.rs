@@ -13,9 +13,7 @@ use str0m::format::{Codec, CodecConfig, FormatParams, PayloadParams};
 use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
 use str0m::net::Receive;
 use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpPacket, RtpWrite, SeqNo};
-use str0m::{
-    Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, RtcError,
-};
+use str0m::{Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, RtcError};
 
 use crate::core::net::{LocalCandidate, NetPath, NetTransmit, Transport};
 use crate::core::outbox::Outbox;

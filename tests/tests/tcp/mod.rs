@@ -75,7 +75,10 @@ async fn wait_metric(server: &Server, sample: &str, at_least: f64) -> anyhow::Re
             return Ok(v);
         }
         if Instant::now() > deadline {
-            bail!("{sample} = {v}, expected >= {at_least}: {}", server.log_tail());
+            bail!(
+                "{sample} = {v}, expected >= {at_least}: {}",
+                server.log_tail()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -117,7 +120,11 @@ async fn bad_tcp_peers_cost_their_connection_and_a_call_on_the_worker_keeps_runn
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = heard_of_ada(&bob);
-    assert!(before > 0, "bob hears nothing of ada: {}", server.log_tail());
+    assert!(
+        before > 0,
+        "bob hears nothing of ada: {}",
+        server.log_tail()
+    );
 
     // 1. Bad framing: a zero length, and a length above any datagram.
     for bad in [[0u8, 0], [0x05, 0xdd]] {

@@ -672,6 +672,33 @@ mod tests {
     }
 
     #[test]
+    fn ice_tcp_is_on_by_default_on_the_udp_port_numbers() {
+        let c = Config::default();
+        assert!(c.media.tcp_enabled);
+        assert_eq!(c.media.tcp_port(0), 7882);
+        assert_eq!(c.media.tcp_port(3), 7885);
+        let mut c = Config::from_toml(
+            "[media]\nworkers = 2\ntcp_port_start = 8443\ntcp_stun_timeout_ms = 1000\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.media.tcp_port(1), 8444);
+        c.apply_env(|k| (k == "CHORUS_MEDIA_TCP_ENABLED").then(|| "false".to_owned()))
+            .unwrap();
+        assert!(!c.media.tcp_enabled);
+        c.media.tcp_port_start = Some(0);
+        assert!(c.validate().is_err());
+        c.media.tcp_port_start = Some(u16::MAX);
+        assert!(
+            c.validate().is_err(),
+            "the second worker's port does not fit"
+        );
+        c.media.tcp_port_start = None;
+        c.media.tcp_stun_timeout_ms = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
     fn connection_limits_are_validated() {
         let mut c = Config::from_toml(
             "[http]\nheader_timeout_ms = 500\nmax_connections = 100\nmax_connections_per_ip = 10\n",

@@ -12,10 +12,6 @@ need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
-# --- ICE-TCP browser test (tests/browser/tcp.test.js): its own network namespace with UDP dropped ---
-command -v nft >/dev/null || need_apt+=(nftables)
-command -v ip >/dev/null || need_apt+=(iproute2)
-# --- end ICE-TCP browser test ---
 # --- operations tests (tests/tests/ops): the real promtool and Prometheus server from Debian ---
 { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need_apt+=(prometheus)
 # --- end operations tests ---
@@ -29,6 +25,13 @@ py_include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"
 [ -f "$py_include/Python.h" ] || need_apt+=(python3-dev)
 command -v cc >/dev/null || need_apt+=(gcc)
 # --- end speech-quality tests ---
+# --- firefox tests (tests/browser/firefox.test.js): Debian's Firefox ESR driven over Marionette, a private
+# PulseAudio null sink for its AudioContext, and a network namespace of the test's own (ip; nft for tcp.test.js, which drops UDP) ---
+command -v firefox-esr >/dev/null || need_apt+=(firefox-esr)
+command -v pulseaudio >/dev/null || need_apt+=(pulseaudio)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v nft >/dev/null || need_apt+=(nftables)
+# --- end firefox tests ---
 # --- deploy checks: systemd-analyze verify on the unit ---
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # --- end deploy checks ---
@@ -41,8 +44,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # A venv at .venv, made once: the PESQ (ITU-T P.862.2 wide-band) scorer for the speech-quality tests,
-# schemathesis for the property-based test of docs/openapi.json (tests/tests/ops/api_spec.rs), and
-# kubernetes-validate (it ships the Kubernetes API schemas) for deploy/kubernetes.
+# schemathesis for the property-based test of docs/openapi.json (tests/tests/ops/api_spec.rs),
+# kubernetes-validate (it ships the Kubernetes API schemas) for deploy/kubernetes, and aiortc (below).
 if ! .venv/bin/python -c 'import pesq, numpy, scipy' 2>/dev/null; then
   step "creating .venv with pesq, numpy, scipy"
   python3 -m venv .venv
@@ -52,6 +55,13 @@ fi
 if ! { [ -x .venv/bin/schemathesis ] && [ -x .venv/bin/kubernetes-validate ]; }; then
   step "installing schemathesis and kubernetes-validate into .venv"
   .venv/bin/pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' 'kubernetes-validate>=1.33,<2'
+fi
+
+# aiortc, a WebRTC client we did not write, for the interop test (tests/tests/interop/mod.rs runs
+# tests/interop/aiortc_client.py): wheels only (aiortc, av, cryptography ship manylinux wheels).
+if ! .venv/bin/python -c 'import aiortc, websockets' 2>/dev/null; then
+  step "installing aiortc and websockets into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check --only-binary :all: 'aiortc>=1.16,<2' 'websockets>=14,<18'
 fi
 
 step "cargo fmt --check"

@@ -7,8 +7,11 @@
 //   &processing=0      turn off echoCancellation / noiseSuppression / autoGainControl
 //   &mic=0             join without publishing the microphone
 //
-// window.chorusDemo exposes the state and test helpers: room, join(), leave(), setMuted(),
+// window.chorusDemo exposes the state and test helpers: room, join(), leave(), back(), retry(), setMuted(),
 // measure(ms, {freqs}), record(ms), inboundAudioStats(), outboundAudioStats(), snapshot().
+//
+// A call that fails after joining (e.g. the media server cannot be reached) stays on the call view: the SDK's
+// explanation shows next to the state pill and above Retry / Back.
 
 import { connect, sameOriginWsUrl, ChorusError } from './chorus.js';
 
@@ -20,6 +23,7 @@ const params = new URLSearchParams(location.search);
 
 const els = {
   state: $('conn-state'),
+  connDetail: $('conn-detail'),
   joinCard: $('join-card'),
   form: /** @type {HTMLFormElement} */ ($('join-form')),
   roomInput: /** @type {HTMLInputElement} */ ($('room-input')),
@@ -32,20 +36,36 @@ const els = {
   participants: $('participants'),
   muteButton: /** @type {HTMLButtonElement} */ ($('mute-button')),
   leaveButton: /** @type {HTMLButtonElement} */ ($('leave-button')),
+  failure: $('failure'),
+  failureText: $('failure-text'),
+  retryButton: /** @type {HTMLButtonElement} */ ($('retry-button')),
+  backButton: /** @type {HTMLButtonElement} */ ($('back-button')),
   error: $('error'),
   audioSink: $('audio-sink'),
 };
 
 /**
+ * @typedef {object} JoinOptions
+ * @property {string} room
+ * @property {string} name
+ * @property {string} [identity]
+ * @property {boolean} [processing]
+ * @property {boolean} [microphone]
+ */
+
+/**
+ * `failed`: the call failed after joining (e.g. the media server could not be reached); the page stays on
+ * the call view with the explanation and Retry / Back, and `room` is the failed room until then.
  * @typedef {object} DemoState
  * @property {Room|null} room
- * @property {'idle'|'joining'|'joined'|'left'|'error'} status
+ * @property {'idle'|'joining'|'joined'|'left'|'error'|'failed'} status
  * @property {{code: string, message: string}|null} lastError
+ * @property {JoinOptions|null} lastJoin   what the last join was asked for (for Retry)
  * @property {string[]} log
  */
 
 /** @type {DemoState} */
-const state = { room: null, status: 'idle', lastError: null, log: [] };
+const state = { room: null, status: 'idle', lastError: null, lastJoin: null, log: [] };
 
 /** @param {...unknown} args */
 function log(...args) {
@@ -60,17 +80,19 @@ function log(...args) {
 // Joining and leaving
 
 /**
- * @param {{room: string, name: string, identity?: string, processing?: boolean, microphone?: boolean}} opts
+ * @param {JoinOptions} opts
  * @returns {Promise<Room>}
  */
 async function join(opts) {
   if (state.room) throw new Error('already joined');
+  state.lastJoin = { ...opts };
   const roomName = opts.room.trim();
   const name = opts.name.trim() || 'guest';
   const identity = opts.identity || `${name.toLowerCase().replace(/[^a-z0-9_.-]+/g, '-').slice(0, 40)}-${
     Math.random().toString(36).slice(2, 8)}`;
   setStatus('joining');
   showError(null);
+  showFailure(null);
   setStatePill('connecting');
   els.joinButton.disabled = true;
   try {
@@ -103,6 +125,7 @@ async function join(opts) {
         showError(`Microphone unavailable, listening only: ${err.message}`);
       }
     }
+    if (room.connectionState === 'failed') return room; // failed while joining: shown by the `closed` handler
     setStatus('joined');
     render();
     return room;
@@ -124,6 +147,7 @@ async function join(opts) {
 async function leave() {
   const room = state.room;
   if (!room) return;
+  if (room.connectionState === 'failed') { back(); return; }
   await room.leave();
   state.room = null;
   setStatus('left');
@@ -157,10 +181,21 @@ function wireRoom(room) {
     setStatePill(s);
   });
   room.on('mediastate', ({ state: s }) => log('server media state', s));
+  room.on('reconnecting', ({ reason, attempt }) => {
+    log('reconnecting', { attempt, reason });
+    els.roomHint.textContent = `Connection lost (${reason}): reconnecting, attempt ${attempt}…`;
+  });
+  room.on('reconnected', ({ attempts, downtimeMs }) => {
+    log('reconnected', { attempts, downtimeMs });
+    els.roomHint.textContent = '';
+    render();
+  });
   room.on('error', ({ code, message, fatal }) => {
     log('error', { code, message, fatal });
     state.lastError = { code, message };
-    showError(`${message} (${code})`);
+    // A fatal error ends the call: explained next to the state pill and on the call view (see `closed`).
+    if (fatal) showFailure(`${message} (${code})`);
+    else showError(`${message} (${code})`);
   });
   room.on('autoplayblocked', ({ slot }) => {
     log('autoplay blocked on slot', slot);
@@ -170,11 +205,21 @@ function wireRoom(room) {
   });
   room.on('closed', ({ reason }) => {
     log('closed', reason);
-    if (state.room === room) {
-      state.room = null;
-      if (state.status === 'joined') setStatus(room.connectionState === 'failed' ? 'error' : 'left');
-      showForm();
+    if (state.room !== room) return;
+    if (room.connectionState === 'failed') {
+      // Stay on the call view with the explanation (from the `error` event) and Retry / Back: the user did
+      // not leave, and going back to the form silently would hide what went wrong.
+      setStatus('failed');
+      setStatePill('failed');
+      if (!state.lastError) showFailure(`The call ended: ${reason}`);
+      els.participants.textContent = '';
+      els.roomHint.textContent = '';
+      renderMute();
+      return;
     }
+    state.room = null;
+    if (state.status === 'joined') setStatus('left');
+    showForm();
   });
 }
 
@@ -191,6 +236,37 @@ function setStatus(s) {
 function setStatePill(s) {
   els.state.dataset.state = s;
   els.state.textContent = s;
+}
+
+/**
+ * Show (or with null, hide) why the call failed: next to the state pill, and on the call view with Retry
+ * and Back instead of Mute and Leave.
+ * @param {string|null} message
+ */
+function showFailure(message) {
+  els.connDetail.hidden = !message;
+  els.connDetail.textContent = message || '';
+  els.failure.hidden = !message;
+  els.failureText.textContent = message || '';
+  els.muteButton.hidden = !!message;
+  els.leaveButton.hidden = !!message;
+}
+
+/** Leave the failed call's view for the join form. */
+function back() {
+  if (state.room && state.room.connectionState !== 'failed') return;
+  state.room = null;
+  showFailure(null);
+  setStatus('idle');
+  showForm();
+}
+
+/** Join again with the options of the failed call. */
+async function retry() {
+  const opts = state.lastJoin;
+  back();
+  if (!opts) return undefined;
+  return join(opts);
 }
 
 /** @param {string|null} message */
@@ -218,9 +294,10 @@ function showForm() {
 function renderMute() {
   const room = state.room;
   const muted = !!room && room.muted;
+  const live = !!room && room.connectionState !== 'failed' && room.connectionState !== 'closed';
   els.muteButton.textContent = muted ? 'Unmute' : 'Mute';
   els.muteButton.setAttribute('aria-pressed', String(muted));
-  els.muteButton.disabled = !room || !room.localParticipant || !room.localParticipant.canPublish;
+  els.muteButton.disabled = !live || !room.localParticipant || !room.localParticipant.canPublish;
   els.muteButton.classList.toggle('active', muted);
 }
 
@@ -463,6 +540,8 @@ function snapshot() {
   return {
     status: state.status,
     lastError: state.lastError,
+    view: els.roomCard.hidden ? 'form' : 'call',
+    connDetail: els.connDetail.hidden ? null : els.connDetail.textContent,
     connectionState: room ? room.connectionState : null,
     serverMediaState: room ? room.serverMediaState : null,
     pcState: room && room.pc ? room.pc.connectionState : null,
@@ -494,6 +573,8 @@ els.form.addEventListener('submit', (ev) => {
 });
 els.muteButton.addEventListener('click', () => setMuted(!(state.room && state.room.muted)));
 els.leaveButton.addEventListener('click', () => { leave(); });
+els.backButton.addEventListener('click', () => back());
+els.retryButton.addEventListener('click', () => { retry().catch(() => { /* shown on the page */ }); });
 window.addEventListener('pagehide', () => { if (state.room) state.room.leave(); });
 
 if (params.get('room')) els.roomInput.value = /** @type {string} */ (params.get('room'));
@@ -560,6 +641,8 @@ const chorusDemo = {
   get log() { return state.log; },
   join,
   leave,
+  back,
+  retry,
   setMuted,
   measure,
   record,

@@ -1,50 +1,54 @@
-// ICE-TCP (issue 12 item 1): in a network namespace of the test's own where nftables drops all UDP, chorus
-// (the README's default start: 127.0.0.1:7880, media port 7882 on UDP and TCP) and headless Chromium run
-// inside it; two pages join through the demo page, each hears the other's tone, and getStats shows the
-// selected candidate pair on TCP at both ends.
+// ICE-TCP (issue 12 item 1): in a network namespace of the test's own (lib/netns.js) where nftables drops all
+// UDP, chorus and headless Chromium run inside it; two pages join through the demo page, each hears the
+// other's tone, and getStats shows the selected candidate pair on TCP at both ends, the server's end on the
+// worker's ICE-TCP port (the UDP port's number).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CHORUS_BIN } from './lib/server.js';
-import { createUdpBlockedNetns, netnsUnavailable } from './lib/netns-udp-blocked.js';
+import {
+  CHROMIUM, inboundAudioStats, launchParticipant, makeTempDir, measure, openDemo, pollUntil, waitConnected,
+  withDiagnostics as runWithDiagnostics,
+} from './lib/browser.js';
+import { createNetns } from './lib/netns.js';
+import { startServer } from './lib/server.js';
 
 const ROOM = 'tcp-only';
 const FREQS = [440, 660];
-const URL = 'http://127.0.0.1:7880';
+/** The server's HTTP port inside the namespace (fixed: Chromium's insecure-origin flag names it). */
+const HTTP_PORT = 7880;
+
+/** nftables rules inside the namespace: UDP dropped on the way out and in, everything else passes. */
+const DROP_UDP = [
+  ['add', 'table', 'inet', 'udp_blocked'],
+  ['add', 'chain', 'inet', 'udp_blocked', 'output', '{ type filter hook output priority 0; policy accept; }'],
+  ['add', 'chain', 'inet', 'udp_blocked', 'input', '{ type filter hook input priority 0; policy accept; }'],
+  ['add', 'rule', 'inet', 'udp_blocked', 'output', 'meta', 'l4proto', 'udp', 'counter', 'drop'],
+  ['add', 'rule', 'inet', 'udp_blocked', 'input', 'meta', 'l4proto', 'udp', 'counter', 'drop'],
+];
 
 describe('ICE-TCP where UDP is dropped', { timeout: 120000 }, () => {
-  /** @type {import('./lib/netns-udp-blocked.js').UdpBlockedNetns|null} */
+  /** @type {import('./lib/netns.js').Netns|null} */
   let ns = null;
-  /** @type {{tail: (n?: number) => string, stop: () => Promise<void>}|null} */
+  /** @type {import('./lib/server.js').ChorusServer|null} */
   let server = null;
   /** @type {import('./lib/browser.js').Participant[]} */
   let all = [];
   /** @type {import('./lib/browser.js').Participant} */ let alice;
   /** @type {import('./lib/browser.js').Participant} */ let bob;
-  /** @type {typeof import('./lib/browser.js')} */
-  let browser;
-  /** @type {{dir: string, cleanup: () => void}} */
-  let tmp;
+  const tmp = makeTempDir('chorus-tcp-');
 
   /** @param {() => Promise<void>} fn */
-  const withDiagnostics = (fn) => browser.withDiagnostics(() => all, () => server, fn);
+  const withDiagnostics = (fn) => runWithDiagnostics(() => all, () => server, fn);
 
   before(async () => {
-    const why = netnsUnavailable();
-    if (why) throw new Error(`this test needs its own network namespace, and cannot make one: ${why}`);
-    ns = createUdpBlockedNetns(`chorus-tcp-${process.pid}`);
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chorus-tcp-'));
-    tmp = { dir, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
-    // Chromium runs inside the namespace through a wrapper; lib/browser.js reads $CHROMIUM when loaded.
-    process.env.CHROMIUM = ns.wrapper(process.env.CHROMIUM || '/usr/bin/chromium', tmp.dir);
-    browser = await import('./lib/browser.js');
-    server = await startInNetns(ns);
+    ns = await createNetns({ prefix: 'chorus-tcp' });
+    for (const args of DROP_UDP) ns.run('nft', args);
+    server = await startServer({ netns: /** @type {any} */ (ns), httpPort: HTTP_PORT, workers: 1, slots: 3 });
+    const chromium = ns.wrapper(CHROMIUM, tmp.dir);
+    // the page is served from http://198.51.100.1:PORT, not a secure context: allow getUserMedia there
+    const extraArgs = [`--unsafely-treat-insecure-origin-as-secure=${server.url}`];
     [alice, bob] = await Promise.all([
-      browser.launchParticipant({ name: 'Alice', freq: 440, amplitude: 0.5, tmpDir: tmp.dir }),
-      browser.launchParticipant({ name: 'Bob', freq: 660, amplitude: 0.5, tmpDir: tmp.dir }),
+      launchParticipant({ name: 'Alice', freq: 440, amplitude: 0.5, tmpDir: tmp.dir, executablePath: chromium, extraArgs }),
+      launchParticipant({ name: 'Bob', freq: 660, amplitude: 0.5, tmpDir: tmp.dir, executablePath: chromium, extraArgs }),
     ]);
     all = [alice, bob];
   });
@@ -52,22 +56,23 @@ describe('ICE-TCP where UDP is dropped', { timeout: 120000 }, () => {
   after(async () => {
     await Promise.all(all.map((p) => p.close()));
     if (server) await server.stop();
-    if (ns) ns.remove();
-    if (tmp) tmp.cleanup();
+    if (ns) await ns.destroy();
+    tmp.cleanup();
   });
 
   it('both join through the demo page and connect over TCP', () => withDiagnostics(async () => {
-    await Promise.all(all.map((p) => browser.openDemo(p, URL, ROOM)));
-    await Promise.all(all.map((p) => browser.waitConnected(p, 30000)));
+    await Promise.all(all.map((p) => openDemo(p, /** @type {any} */ (server).url, ROOM)));
+    await Promise.all(all.map((p) => waitConnected(p, 30000)));
     for (const p of all) {
       const pair = await selectedPair(p);
       console.log(`${p.name} selected pair: ${JSON.stringify(pair)}`);
       assert.equal(pair.local.protocol, 'tcp', `${p.name}'s local candidate: ${JSON.stringify(pair)}`);
       assert.equal(pair.remote.protocol, 'tcp', `${p.name}'s remote candidate: ${JSON.stringify(pair)}`);
-      assert.equal(pair.remote.port, 7882, 'the worker\'s ICE-TCP port (the UDP port\'s number)');
+      assert.equal(pair.remote.port, /** @type {any} */ (server).mediaPort,
+        'the worker\'s ICE-TCP port (the UDP port\'s number)');
     }
     // UDP really was tried and dropped inside the namespace.
-    const counters = ns ? ns.counters() : '';
+    const counters = /** @type {any} */ (ns).run('nft', ['list', 'table', 'inet', 'udp_blocked']);
     assert.match(counters, /counter packets [1-9]/, counters);
   }));
 
@@ -78,15 +83,15 @@ describe('ICE-TCP where UDP is dropped', { timeout: 120000 }, () => {
    * @param {number} own
    */
   const hears = async (listener, freq, own) => {
-    const m = await browser.pollUntil(`${listener.name} to hear ${freq} Hz`, async () => {
-      const r = await browser.measure(listener, 1000, FREQS);
+    const m = await pollUntil(`${listener.name} to hear ${freq} Hz`, async () => {
+      const r = await measure(listener, 1000, FREQS);
       const top = r.peaks[0];
       const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
         r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;
       return { ok, ...r };
     }, { timeoutMs: 20000, intervalMs: 0 });
     console.log(`${listener.name} hears: peaks ${JSON.stringify(m.peaks.slice(0, 4))} powerAt ${JSON.stringify(m.powerAt)}`);
-    const stats = await browser.inboundAudioStats(listener);
+    const stats = await inboundAudioStats(listener);
     const opus = stats.filter((s) => s.packetsReceived > 0 && /^audio\/opus$/i.test(s.mimeType || ''));
     assert.ok(opus.length >= 1, `inbound Opus packets at ${listener.name}: ${JSON.stringify(stats)}`);
   };
@@ -121,51 +126,4 @@ async function selectedPair(p) {
       candidateType: c.candidateType, tcpType: c.tcpType } : {});
     return { state: pair.state, local: pick(byId.get(pair.localCandidateId)), remote: pick(byId.get(pair.remoteCandidateId)) };
   });
-}
-
-/**
- * Start chorus inside the namespace on the README's defaults (development mode, one worker) and wait for
- * its ready banner.
- * @param {import('./lib/netns-udp-blocked.js').UdpBlockedNetns} ns
- */
-async function startInNetns(ns) {
-  const [cmd, ...args] = ns.command(CHORUS_BIN, ['--workers', '1', '--room-slots', '3']);
-  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
-  /** @type {string[]} */
-  const lines = [];
-  let ready = false;
-  const keep = (/** @type {Buffer} */ chunk) => {
-    for (const l of chunk.toString('utf8').split('\n')) {
-      if (!l) continue;
-      lines.push(l);
-      if (/chorus .* ready/.test(l)) ready = true;
-    }
-    if (lines.length > 400) lines.splice(0, lines.length - 400);
-  };
-  proc.stdout.on('data', keep);
-  proc.stderr.on('data', keep);
-  /** @type {{code: number|null, signal: string|null}|null} */
-  let exited = null;
-  const exitPromise = new Promise((resolve) => proc.once('exit', (code, signal) => {
-    exited = { code, signal };
-    resolve(exited);
-  }));
-  const tail = (n = 60) => lines.slice(-n).join('\n');
-  const deadline = Date.now() + 20000;
-  while (!ready) {
-    if (exited) throw new Error(`chorus exited during startup (${JSON.stringify(exited)}):\n${tail()}`);
-    if (Date.now() > deadline) throw new Error(`chorus did not print its banner:\n${tail()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  assert.match(lines.join('\n'), /media TCP\s+127\.0\.0\.1:7882/, 'the banner names the ICE-TCP port');
-  return {
-    tail,
-    stop: async () => {
-      if (exited) return;
-      proc.kill('SIGTERM');
-      const t = setTimeout(() => { if (!exited) proc.kill('SIGKILL'); }, 5000);
-      await exitPromise;
-      clearTimeout(t);
-    },
-  };
 }

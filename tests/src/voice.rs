@@ -11,8 +11,8 @@ use media_core::audio::{self, FRAME_SAMPLES, SAMPLE_RATE};
 use media_core::client::{ClientPeer, ReceivedAudio};
 use media_core::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 
-/// One frame of audio.
-pub const FRAME: Duration = Duration::from_millis(20);
+/// One frame of audio (20 ms).
+pub use media_core::audio::FRAME_DURATION as FRAME;
 
 /// A browser's default Opus voice bitrate.
 pub const BROWSER_BITRATE_BPS: i32 = 32_000;

@@ -2,6 +2,7 @@
 //! machine. Feed it one input (a datagram, a timeout, a command), then drain [`MediaCore::poll_output`]
 //! until it returns [`Output::Timeout`].
 
+mod answer;
 pub mod net;
 pub mod offer;
 mod outbox;
@@ -932,7 +933,7 @@ mod tests {
     }
 
     #[test]
-    fn every_m_line_offers_the_udp_candidates_first_then_passive_tcp() {
+    fn every_bundled_m_line_offers_the_udp_candidates_first_then_passive_tcp() {
         let now = epoch();
         let lo: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
         let lan: SocketAddr = "192.168.1.5:7882".parse().expect("literal");
@@ -987,12 +988,13 @@ mod tests {
         };
         assert!(prio(&lines[0]) > prio(&lines[1]), "{answer}");
         assert!(prio(&lines[1]) > prio(&lines[2]), "{answer}");
-        // The m-lines are bundled on the first one's transport: any other m-line that lists candidates
-        // lists the same ones, in the same order.
+        // Every m-line of the BUNDLE group lists all of them, UDP and TCP, in the same order, then
+        // end-of-candidates (answer.rs: clients that read another m-line's candidates connect too).
         assert!(answer.contains("a=group:BUNDLE"), "{answer}");
         for other in &per_line[1..] {
-            assert!(other.is_empty() || other == lines, "{answer}");
+            assert_eq!(other, lines, "{answer}");
         }
+        assert_eq!(answer.matches("a=end-of-candidates").count(), 3, "{answer}");
     }
 
     #[test]

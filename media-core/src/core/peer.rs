@@ -15,6 +15,7 @@ use str0m::net::Receive;
 use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, RtcError};
 
+use crate::core::answer::finish_answer;
 use crate::core::net::{LocalCandidate, NetPath, NetTransmit, Transport};
 use crate::core::outbox::Outbox;
 use crate::ids::{ParticipantId, Ssrc};
@@ -155,10 +156,12 @@ impl Peer {
     ) -> Result<(Peer, String), PeerError> {
         // The most hostile input a peer takes: parsed under the same guard as every other str0m call.
         let offer = parse_offer(offer_sdp, SdpOffer::from_sdp_string)?;
-        guard(|| Self::from_parsed(now, id, params, candidates, offer))?
+        let (peer, answer) = guard(|| Self::from_parsed(now, id, params, candidates, offer))??;
+        Ok((peer, finish_answer(offer_sdp, &answer)))
     }
 
-    fn from_parsed(
+    /// The peer and str0m's answer as str0m writes it (see [`finish_answer`] for what it lacks).
+    pub(super) fn from_parsed(
         now: Instant,
         id: ParticipantId,
         params: &PeerParams<'_>,

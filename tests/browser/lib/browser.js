@@ -39,16 +39,19 @@ export function makeTempDir(prefix = 'chorus-browser-') {
 
 /**
  * Launch a browser whose fake microphone plays a sine tone (or loops the WAV file `wav`), and open a page in it.
- * @param {{name: string, freq: number, amplitude?: number, tmpDir: string, wav?: string}} opts
+ * `executablePath` replaces Chromium (e.g. a lib/netns.js wrapper running it in a namespace), `extraArgs`
+ * are appended to the flags.
+ * @param {{name: string, freq: number, amplitude?: number, tmpDir: string, wav?: string, executablePath?: string,
+ *   extraArgs?: string[]}} opts
  * @returns {Promise<Participant>}
  */
-export async function launchParticipant({ name, freq, amplitude = 0.5, tmpDir, wav: micWav }) {
+export async function launchParticipant({ name, freq, amplitude = 0.5, tmpDir, wav: micWav, executablePath, extraArgs = [] }) {
   const wav = micWav ?? writeSineWav(path.join(tmpDir, `${name}-${freq}hz.wav`), { freq, amplitude, seconds: 10 });
   const userDataDir = fs.mkdtempSync(path.join(tmpDir, `profile-${name}-`));
   const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
+    executablePath: executablePath ?? CHROMIUM,
     headless: true,
-    args: [...CHROME_ARGS, `--use-file-for-fake-audio-capture=${wav}`],
+    args: [...CHROME_ARGS, `--use-file-for-fake-audio-capture=${wav}`, ...extraArgs],
     timeout: 60000,
   });
   const page = context.pages()[0] || await context.newPage();

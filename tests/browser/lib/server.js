@@ -59,7 +59,7 @@ function bindUdp(port) {
 
 /**
  * @typedef {object} ChorusServer
- * @property {string} url          http://127.0.0.1:PORT
+ * @property {string} url          http://127.0.0.1:PORT (http://198.51.100.1:PORT in a netns)
  * @property {number} httpPort
  * @property {number} mediaPort    first media UDP port
  * @property {import('node:child_process').ChildProcess} proc
@@ -68,8 +68,13 @@ function bindUdp(port) {
  */
 
 /**
- * Start the server and wait for GET /healthz.
- * @param {{workers?: number, slots?: number, extraArgs?: string[], timeoutMs?: number, env?: Record<string,string>}} [opts]
+ * Start the server and wait for GET /healthz. With `netns` (lib/netns.js) it runs inside that network
+ * namespace, HTTP and media bound to (and media advertised on) the namespace's 198.51.100.1, development
+ * mode allowed on that address; `url` is then reachable only from inside the namespace.
+ * `httpPort` fixes the HTTP port (default: a free one); `mediaBindIp` and `publicIp` replace the media
+ * addresses (in a netns, both default to 198.51.100.1).
+ * @param {{workers?: number, slots?: number, extraArgs?: string[], timeoutMs?: number, env?: Record<string,string>,
+ *   netns?: import('./netns.js').Netns, httpPort?: number, mediaBindIp?: string, publicIp?: string}} [opts]
  * @returns {Promise<ChorusServer>}
  */
 export async function startServer(opts = {}) {
@@ -78,10 +83,17 @@ export async function startServer(opts = {}) {
   if (!fs.existsSync(CHORUS_BIN)) {
     throw new Error(`chorus binary not found at ${CHORUS_BIN}: build it with 'cargo build' or set CHORUS_BIN`);
   }
-  const httpPort = await freeTcpPort();
+  const httpPort = opts.httpPort ?? await freeTcpPort();
   const mediaPort = await freeUdpPorts(workers);
+  const ns = opts.netns;
+  const host = ns ? ns.addrA : '127.0.0.1';
+  const mediaBindIp = opts.mediaBindIp ?? (ns ? host : null);
+  const publicIp = opts.publicIp ?? (ns ? host : null);
   const args = [
-    '--http-listen', `127.0.0.1:${httpPort}`,
+    '--http-listen', `${host}:${httpPort}`,
+    ...(ns ? ['--unsafe-dev-mode-on-network'] : []),
+    ...(mediaBindIp ? ['--media-bind-ip', mediaBindIp] : []),
+    ...(publicIp ? ['--public-ip', publicIp] : []),
     '--media-port-start', String(mediaPort),
     '--workers', String(workers),
     '--room-slots', String(slots),
@@ -94,7 +106,8 @@ export async function startServer(opts = {}) {
     for (const l of chunk.toString('utf8').replace(/\x1b\[[0-9;]*m/g, '').split('\n')) if (l) lines.push(l);
     if (lines.length > 400) lines.splice(0, lines.length - 400);
   };
-  const proc = spawn(CHORUS_BIN, args, {
+  const [cmd, ...cmdArgs] = ns ? ns.command(CHORUS_BIN, args) : [CHORUS_BIN, ...args];
+  const proc = spawn(cmd, cmdArgs, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NO_COLOR: '1', ...(opts.env || {}) },
   });
@@ -108,7 +121,7 @@ export async function startServer(opts = {}) {
   }));
   proc.once('error', (e) => { lines.push(`spawn error: ${e.message}`); });
 
-  const url = `http://127.0.0.1:${httpPort}`;
+  const url = `http://${host}:${httpPort}`;
   const tail = (n = 60) => lines.slice(-n).join('\n');
   const stop = async () => {
     if (exited) return;
@@ -124,8 +137,12 @@ export async function startServer(opts = {}) {
       throw new Error(`chorus exited during startup (${JSON.stringify(exited)}): ${CHORUS_BIN} ${args.join(' ')}\n${tail()}`);
     }
     try {
-      const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) });
-      if (res.ok) break;
+      if (ns) {
+        if ((await ns.httpGet(`${url}/healthz`, 1000)).status === 200) break;
+      } else {
+        const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) });
+        if (res.ok) break;
+      }
     } catch { /* not up yet */ }
     if (Date.now() > deadline) {
       await stop();

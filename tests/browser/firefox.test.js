@@ -1,0 +1,180 @@
+// Firefox (Debian firefox-esr, driven over Marionette) and Chromium in one call, in a forward and in a mixed
+// room. Firefox never pairs with a loopback candidate, so everything runs in a network namespace of the
+// test's own (lib/netns.js) where the server binds and advertises 198.51.100.1. Firefox's fake microphone
+// plays a sine of FOX.freq (media.navigator.audio.fake_frequency), Chromium's a WAV sine of CHROME.freq;
+// each must hear the other's pitch (AnalyserNode on the received audio, inbound-rtp packets) and not its own.
+// Last, the README's loopback start: Firefox's call fails, and the page explains why.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  CHROMIUM, diagnostics, launchParticipant, makeTempDir, measure, inboundAudioStats, openDemo, pollUntil,
+  waitConnected,
+} from './lib/browser.js';
+import { launchFirefox, startPulse } from './lib/firefox.js';
+import { createNetns } from './lib/netns.js';
+import { startServer } from './lib/server.js';
+
+const FOX = { name: 'Fox', freq: 750 };
+const CHROME = { name: 'Chrome', freq: 440, amplitude: 0.3 };
+const FREQS = [FOX.freq, CHROME.freq];
+/** The other's tone must reach at least this band power (dB re full scale; 0.3 amplitude reads -10.5). */
+const HEARD_DB = -30;
+/** The server's HTTP port inside the namespace (fixed: Chromium's insecure-origin flag names it). */
+const HTTP_PORT = 7880;
+/** One's own tone must be at least this far below the other's (an echo would be ~0 dB). */
+const ABSENT_DB = 30;
+
+describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () => {
+  /** @type {import('./lib/netns.js').Netns|null} */
+  let ns = null;
+  /** @type {import('./lib/firefox.js').Pulse|null} */
+  let pulse = null;
+  /** @type {import('./lib/firefox.js').FirefoxParticipant|null} */
+  let fox = null;
+  /** @type {import('./lib/browser.js').Participant|null} */
+  let chrome = null;
+  /** @type {import('./lib/server.js').ChorusServer|null} */
+  let server = null;
+  const tmp = makeTempDir('chorus-firefox-');
+  const t0 = Date.now();
+
+  /** @param {string} expr */
+  const foxEval = (expr) => /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.evaluate(expr);
+
+  /** @param {() => Promise<void>} fn */
+  const withDiagnostics = async (fn) => {
+    try {
+      await fn();
+    } catch (e) {
+      const parts = [];
+      if (fox) {
+        const snap = await foxEval('window.chorusDemo ? chorusDemo.snapshot() : null').catch((err) => String(err));
+        parts.push(`--- Firefox (${FOX.freq} Hz) state: ${JSON.stringify(snap)}`);
+        parts.push(`--- Firefox output (last 40):\n${fox.logs.slice(-40).join('\n')}`);
+      }
+      if (pulse) parts.push(`--- pulseaudio:\n${pulse.tail()}`);
+      parts.push(await diagnostics(chrome ? [chrome] : [], server));
+      console.error(parts.join('\n'));
+      throw e;
+    }
+  };
+
+  before(async () => {
+    ns = await createNetns({ prefix: 'chorus-ff' });
+    pulse = await startPulse(path.join(tmp.dir, 'pulse'));
+    const [f, c] = await Promise.all([
+      launchFirefox({ ...FOX, tmpDir: tmp.dir, pulseServer: pulse.server, netns: ns }),
+      launchParticipant({
+        ...CHROME, tmpDir: tmp.dir, executablePath: ns.wrapper(CHROMIUM, tmp.dir),
+        // the page is served from http://198.51.100.1:PORT, not a secure context: allow getUserMedia there
+        extraArgs: [`--unsafely-treat-insecure-origin-as-secure=http://${ns.addrA}:${HTTP_PORT}`],
+      }),
+    ]);
+    fox = f;
+    chrome = c;
+    console.log(`netns ${ns.name}, Firefox and Chromium up after ${Date.now() - t0} ms`);
+  });
+
+  after(async () => {
+    if (fox) await fox.close();
+    if (chrome) await chrome.close();
+    if (server) await server.stop();
+    if (pulse) await pulse.stop();
+    if (ns) await ns.destroy();
+    tmp.cleanup();
+    console.log(`Firefox test took ${Date.now() - t0} ms`);
+  });
+
+  for (const mode of ['forward', 'mix']) {
+    const room = `firefox-${mode}`;
+
+    it(`${mode}: Firefox and Chromium join and connect`, () => withDiagnostics(async () => {
+      if (server) await server.stop();
+      server = null;
+      server = await startServer({ netns: /** @type {any} */ (ns), httpPort: HTTP_PORT, workers: 1, slots: 3,
+        extraArgs: ['--room-mode', mode] });
+      const c = /** @type {import('./lib/browser.js').Participant} */ (chrome);
+      const q = new URLSearchParams({ room, name: FOX.name, autojoin: '1', processing: '0' });
+      await Promise.all([
+        /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.navigate(`${server.url}/?${q}`),
+        openDemo(c, server.url, room),
+      ]);
+      const r = await pollUntil('Firefox to connect', async () => {
+        const s = await foxEval(`window.chorusDemo ? { status: chorusDemo.status, lastError: chorusDemo.lastError,
+          state: chorusDemo.room && chorusDemo.room.connectionState } : { status: 'no chorusDemo' }`);
+        return { ok: s.status === 'joined' && s.state === 'connected', ...s };
+      }, { timeoutMs: 30000, intervalMs: 250 });
+      assert.equal(r.lastError, null, 'Firefox published its microphone');
+      await waitConnected(c, 30000);
+      console.log(`${mode}: both connected after ${Date.now() - t0} ms`);
+    }));
+
+    it(`${mode}: Firefox hears Chromium's ${CHROME.freq} Hz and not its own ${FOX.freq} Hz`, () => withDiagnostics(async () => {
+      const m = await pollUntil(`Firefox to hear ${CHROME.freq} Hz`, async () => {
+        const r = await foxEval(`chorusDemo.measure(1200, { freqs: ${JSON.stringify(FREQS)} })`);
+        const heard = r.powerAt[CHROME.freq];
+        return { ok: heard > HEARD_DB && r.powerAt[FOX.freq] <= heard - ABSENT_DB, ...r };
+      }, { timeoutMs: 25000, intervalMs: 0 });
+      const inbound = await foxEval('chorusDemo.inboundAudioStats()');
+      console.log(`${mode}: Firefox hears powerAt ${JSON.stringify(m.powerAt)} peaks ${JSON.stringify(m.peaks.slice(0, 3))
+      } rmsDb ${m.rmsDb}; inbound ${JSON.stringify(inbound.map((/** @type {any} */ s) => [s.mid, s.packetsReceived, s.mimeType]))}`);
+      assert.ok(Math.abs(m.peaks[0].freqHz - CHROME.freq) <= 15, `strongest peak at ${CHROME.freq} Hz: ${JSON.stringify(m.peaks)}`);
+      const packets = inbound.reduce((/** @type {number} */ a, /** @type {any} */ s) => a + s.packetsReceived, 0);
+      assert.ok(packets > 50, `Firefox received audio packets (${packets})`);
+    }));
+
+    it(`${mode}: Chromium hears Firefox's ${FOX.freq} Hz and not its own ${CHROME.freq} Hz`, () => withDiagnostics(async () => {
+      const c = /** @type {import('./lib/browser.js').Participant} */ (chrome);
+      const m = await pollUntil(`Chromium to hear ${FOX.freq} Hz`, async () => {
+        const r = await measure(c, 1200, FREQS);
+        const heard = r.powerAt[FOX.freq];
+        return { ok: heard > HEARD_DB && r.powerAt[CHROME.freq] <= heard - ABSENT_DB, ...r };
+      }, { timeoutMs: 25000, intervalMs: 0 });
+      const inbound = await inboundAudioStats(c);
+      console.log(`${mode}: Chromium hears powerAt ${JSON.stringify(m.powerAt)} peaks ${JSON.stringify(m.peaks.slice(0, 3))
+      } rmsDb ${m.rmsDb}`);
+      assert.ok(Math.abs(m.peaks[0].freqHz - FOX.freq) <= 15, `strongest peak at ${FOX.freq} Hz: ${JSON.stringify(m.peaks)}`);
+      const packets = inbound.reduce((a, s) => a + /** @type {any} */ (s).packetsReceived, 0);
+      assert.ok(packets > 50, `Chromium received audio packets (${packets})`);
+    }));
+
+    it(`${mode}: both leave`, () => withDiagnostics(async () => {
+      await foxEval('chorusDemo.leave().then(() => chorusDemo.status)');
+      await /** @type {import('./lib/browser.js').Participant} */ (chrome).page.evaluate(
+        () => /** @type {any} */ (window).chorusDemo.leave());
+      assert.equal(await foxEval('chorusDemo.status'), 'left');
+    }));
+  }
+
+  // The README's local start: media on 127.0.0.1. Firefox pairs with no loopback candidate, so its call
+  // cannot connect; the page must say why and how to start the server instead.
+  it('loopback media: Firefox\'s call fails with an explanation naming the loopback address', () => withDiagnostics(async () => {
+    if (server) await server.stop();
+    server = null;
+    server = await startServer({ netns: /** @type {any} */ (ns), httpPort: HTTP_PORT, mediaBindIp: '127.0.0.1',
+      publicIp: '127.0.0.1' });
+    const started = Date.now();
+    const q = new URLSearchParams({ room: 'firefox-loopback', name: FOX.name, autojoin: '1', processing: '0' });
+    await /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.navigate(`${server.url}/?${q}`);
+    const r = await pollUntil('Firefox\'s call to fail', async () => {
+      const snap = await foxEval('chorusDemo.snapshot()');
+      return { ok: snap.status === 'failed', ...snap };
+    }, { timeoutMs: 40000, intervalMs: 250 });
+    const failedAfterMs = Date.now() - started;
+    await new Promise((res) => setTimeout(res, 2000));
+    const later = await foxEval('chorusDemo.snapshot()');
+    const pill = await foxEval('document.getElementById("conn-state").textContent');
+    console.log(`loopback: Firefox failed after ${failedAfterMs} ms: ${JSON.stringify(later.lastError)}`);
+    for (const snap of [r, later]) {
+      assert.equal(snap.status, 'failed');
+      assert.equal(snap.connectionState, 'failed');
+      assert.equal(snap.view, 'call', 'stays on the call view');
+    }
+    assert.equal(later.lastError.code, 'connection_failed');
+    assert.match(later.lastError.message, /^could not reach the media server at 127\.0\.0\.1 UDP port \d+: /);
+    assert.match(later.lastError.message, /loopback address 127\.0\.0\.1, which some browsers \(Firefox\) never use: start it with --media-bind-ip and --public-ip/);
+    assert.ok(later.connDetail.includes(later.lastError.message), 'shown next to the pill');
+    assert.equal(pill, 'failed');
+  }));
+});

@@ -3,6 +3,7 @@
 //! until it returns [`Output::Timeout`].
 
 mod answer;
+pub mod net;
 pub mod offer;
 mod outbox;
 pub mod peer;
@@ -18,9 +19,10 @@ use std::time::{Duration, Instant};
 use str0m::config::DtlsCert;
 use str0m::rtp::RtpPacket;
 
+use crate::core::net::{LocalCandidate, NetPath, NetTransmit, Transport};
 use crate::core::offer::{check_offer, OfferError};
 use crate::core::outbox::Outbox;
-use crate::core::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats, Transmit};
+use crate::core::peer::{Peer, PeerError, PeerEvent, PeerParams, StreamStats};
 use crate::core::rng::SeqRng;
 use crate::core::room::{Room, RoomKind};
 use crate::core::router::{Route, RouteMiss, Router};
@@ -39,8 +41,10 @@ pub const MAX_DATAGRAM: usize = 1500;
 /// Settings of one worker's core.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
-    /// The address advertised in ICE candidates and given to str0m as every datagram's destination.
-    pub candidate_addr: SocketAddr,
+    /// The host candidates offered to every peer, in offer order (see [`net::offer_order`]): the first UDP
+    /// one is the primary, the destination of [`MediaCore::handle_datagram`]'s datagrams. Each address is
+    /// as advertised (the public address behind NAT), which is what str0m matches datagrams against.
+    pub candidates: Vec<LocalCandidate>,
     /// Seeds the random initial sequence numbers and timestamps of slot streams.
     pub seed: u64,
     /// A peer that has not completed DTLS this long after its offer is dropped.
@@ -50,9 +54,10 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
+    /// One UDP host candidate at `candidate_addr`.
     pub fn new(candidate_addr: SocketAddr, seed: u64) -> Self {
         CoreConfig {
-            candidate_addr,
+            candidates: vec![LocalCandidate::udp(candidate_addr)],
             seed,
             connect_timeout: Duration::from_secs(20),
             selector: SelectorConfig::default(),
@@ -140,7 +145,8 @@ pub enum CoreEvent {
 /// What to do next.
 #[derive(Debug)]
 pub enum Output {
-    Transmit(Transmit),
+    /// A datagram to send over the path it names (transport, local candidate, remote).
+    Transmit(NetTransmit),
     Event(CoreEvent),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
@@ -284,11 +290,22 @@ impl MediaCore {
             usize::from(settings.slots)
         };
         let peer_params = PeerParams {
-            candidate_addr: self.config.candidate_addr,
+            // Not used: the peer gets the whole list below.
+            candidate_addr: self
+                .config
+                .candidates
+                .first()
+                .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.addr),
             dtls_cert: &self.dtls_cert,
             slots: if params.can_subscribe { slots } else { 0 },
         };
-        let (peer, answer) = Peer::from_offer(now, id, &peer_params, offer_sdp)?;
+        let (peer, answer) = Peer::from_offer_with_candidates(
+            now,
+            id,
+            &peer_params,
+            &self.config.candidates,
+            offer_sdp,
+        )?;
 
         let key = match existing {
             Some(k) => k,
@@ -400,8 +417,37 @@ impl MediaCore {
         Ok(())
     }
 
-    /// A datagram arrived on the worker's socket.
+    /// The first UDP candidate: where [`MediaCore::handle_datagram`]'s datagrams arrived.
+    fn primary_udp(&self) -> Option<SocketAddr> {
+        self.config
+            .candidates
+            .iter()
+            .find(|c| c.transport == Transport::Udp)
+            .map(|c| c.addr)
+    }
+
+    /// A datagram arrived on the worker's primary UDP socket (the first UDP candidate).
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        match self.primary_udp() {
+            Some(local) => self.handle_datagram_via(now, NetPath::udp(local, source), data),
+            None => {
+                self.last_now = now;
+                self.stats.datagrams_in += 1;
+                self.stats.bytes_in += data.len() as u64;
+                self.stats.drop(DropReason::UnknownSource);
+            }
+        }
+    }
+
+    /// Whether `path` is bound to a peer: a STUN request over it was verified by that peer's ICE agent.
+    pub fn path_bound(&self, path: &NetPath) -> bool {
+        self.router.is_bound(path)
+    }
+
+    /// A datagram arrived over `path`: on one of the core's candidates (`path.local`, as advertised, over
+    /// `path.transport`; for TCP one de-framed RFC 4571 frame) from `path.remote`. A datagram on an address
+    /// that is not one of the candidates is dropped.
+    pub fn handle_datagram_via(&mut self, now: Instant, path: NetPath, data: &[u8]) {
         self.last_now = now;
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
@@ -409,7 +455,16 @@ impl MediaCore {
             self.stats.drop(DropReason::Oversized);
             return;
         }
-        let route = match self.router.route(now, source, data) {
+        let ours = self
+            .config
+            .candidates
+            .iter()
+            .any(|c| c.transport == path.transport && c.addr == path.local);
+        if !ours {
+            return self.stats.drop(DropReason::UnknownSource);
+        }
+        let source = path.remote;
+        let route = match self.router.route(now, path, data) {
             Ok(route) => route,
             Err(RouteMiss::UnknownSource) => return self.stats.drop(DropReason::UnknownSource),
             Err(RouteMiss::UnknownUfrag) => return self.stats.drop(DropReason::UnknownUfrag),
@@ -421,20 +476,20 @@ impl MediaCore {
         let Some(p) = self.participants.get_mut(&id) else {
             return self.stats.drop(DropReason::UnknownSource);
         };
-        let destination = self.config.candidate_addr;
         if let Route::Stun(_) = route {
-            // The address is learned only from a request the peer's ICE agent authenticates, and only if
+            // The path is learned only from a request the peer's ICE agent authenticates, and only if
             // no other live peer is using it (credentials for one's own peer do not prove the source).
-            if !p.peer.verifies_stun(now, source, destination, data) {
+            if !p.peer.verifies_stun(now, path, data) {
                 return self.stats.drop(DropReason::BadIntegrity);
             }
-            if let Err(taken) = self.router.learn(now, source, id) {
+            if let Err(taken) = self.router.learn(now, path, id) {
                 tracing::debug!(participant = %id, owner = %taken.owner, %source,
+                    transport = path.transport.as_str(),
                     "verified STUN from another peer's address dropped");
                 return self.stats.drop(DropReason::Misrouted);
             }
         }
-        match p.peer.handle_datagram(now, source, destination, data) {
+        match p.peer.handle_datagram(now, path, data) {
             Ok(()) => {}
             Err(PeerError::Panicked) => {
                 self.stats.drop(DropReason::Malformed);
@@ -850,4 +905,106 @@ fn slot_infos(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::net::offer_order;
+    use crate::testkit::client::{ClientConfig, ClientPeer};
+
+    #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    /// The `a=candidate` lines of each m-line section of an SDP.
+    fn candidates_per_mline(sdp: &str) -> Vec<Vec<String>> {
+        sdp.split("\r\nm=")
+            .skip(1)
+            .map(|section| {
+                section
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("a=candidate:"))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_bundled_m_line_offers_the_udp_candidates_first_then_passive_tcp() {
+        let now = epoch();
+        let lo: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
+        let lan: SocketAddr = "192.168.1.5:7882".parse().expect("literal");
+        let mut candidates = vec![
+            LocalCandidate::tcp(lo),
+            LocalCandidate::udp(lo),
+            LocalCandidate::udp(lan),
+        ];
+        offer_order(&mut candidates);
+        let config = CoreConfig {
+            candidates,
+            ..CoreConfig::new(lo, 1)
+        };
+        let mut core = MediaCore::new(now, config);
+        let client = ClientConfig {
+            local_addr: "127.0.0.1:6000".parse().expect("literal"),
+            slots: 2,
+            publish: true,
+            red: 0,
+        };
+        let (_, offer) = ClientPeer::new(now, client).expect("client offer");
+        let answer = core
+            .add_participant(
+                now,
+                &RoomId("r".into()),
+                RoomSettings::forward(2),
+                ParticipantId(1),
+                JoinParams {
+                    can_publish: true,
+                    can_subscribe: true,
+                    muted: false,
+                },
+                &offer,
+            )
+            .expect("answer");
+        let per_line = candidates_per_mline(&answer);
+        assert_eq!(per_line.len(), 3, "{answer}");
+        let lines = &per_line[0];
+        assert_eq!(lines.len(), 3, "{answer}");
+        assert!(lines[0].contains(" udp ") && lines[0].contains("127.0.0.1 7882 typ host"));
+        assert!(lines[1].contains(" udp ") && lines[1].contains("192.168.1.5 7882 typ host"));
+        assert!(
+            lines[2].contains(" tcp ")
+                && lines[2].contains("127.0.0.1 7882 typ host tcptype passive"),
+            "{answer}"
+        );
+        let prio = |l: &str| -> u32 {
+            l.split(' ')
+                .nth(3)
+                .and_then(|p| p.parse().ok())
+                .expect("a candidate line has a priority")
+        };
+        assert!(prio(&lines[0]) > prio(&lines[1]), "{answer}");
+        assert!(prio(&lines[1]) > prio(&lines[2]), "{answer}");
+        // Every m-line of the BUNDLE group lists all of them, UDP and TCP, in the same order, then
+        // end-of-candidates (answer.rs: clients that read another m-line's candidates connect too).
+        assert!(answer.contains("a=group:BUNDLE"), "{answer}");
+        for other in &per_line[1..] {
+            assert_eq!(other, lines, "{answer}");
+        }
+        assert_eq!(answer.matches("a=end-of-candidates").count(), 3, "{answer}");
+    }
+
+    #[test]
+    fn a_datagram_on_an_address_that_is_no_candidate_is_dropped() {
+        let now = epoch();
+        let lo: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
+        let mut core = MediaCore::new(now, CoreConfig::new(lo, 1));
+        let remote: SocketAddr = "127.0.0.1:6000".parse().expect("literal");
+        // TCP on the UDP candidate's address: not a candidate of this core.
+        core.handle_datagram_via(now, NetPath::tcp(lo, remote), &[0x80, 0, 0, 1]);
+        assert_eq!(core.stats().dropped(DropReason::UnknownSource), 1);
+    }
 }

@@ -87,6 +87,17 @@ pub struct MediaConfig {
     /// Kernel receive and send buffer asked for on each worker's socket (the kernel may grant less; the
     /// granted size is logged). Large, so fan-out bursts do not drop incoming packets.
     pub socket_buffer_bytes: usize,
+    /// ICE-TCP (RFC 6544 passive candidates, RFC 4571 framing) for clients whose network drops UDP: each
+    /// worker also listens on a TCP port, offered after the UDP candidate (clients prefer UDP).
+    pub tcp_enabled: bool,
+    /// Worker i listens for ICE-TCP on `tcp_port_start + i`; unset: the same port numbers as UDP
+    /// (`port_start + i`), TCP beside UDP.
+    pub tcp_port_start: Option<u16>,
+    /// Open ICE-TCP connections per worker at most; more are closed at once.
+    pub tcp_max_connections: usize,
+    /// An ICE-TCP connection with no STUN request verified by a peer within this long (idle, half-open,
+    /// or not ICE) is closed.
+    pub tcp_stun_timeout_ms: u64,
 }
 
 impl Default for MediaConfig {
@@ -98,6 +109,10 @@ impl Default for MediaConfig {
             workers: 0,
             connect_timeout_ms: 20_000,
             socket_buffer_bytes: 8 << 20,
+            tcp_enabled: true,
+            tcp_port_start: None,
+            tcp_max_connections: 1_024,
+            tcp_stun_timeout_ms: 5_000,
         }
     }
 }
@@ -120,6 +135,11 @@ impl MediaConfig {
             self.public_ip.unwrap_or(self.bind_ip),
             self.port_start + index as u16,
         )
+    }
+
+    /// The ICE-TCP port of worker `index` (when `tcp_enabled`).
+    pub fn tcp_port(&self, index: usize) -> u16 {
+        self.tcp_port_start.unwrap_or(self.port_start) + index as u16
     }
 }
 
@@ -385,6 +405,12 @@ impl Config {
         if let Some(v) = get("CHORUS_MEDIA_PORT_START") {
             self.media.port_start = parse("CHORUS_MEDIA_PORT_START", &v)?;
         }
+        if let Some(v) = get("CHORUS_MEDIA_TCP_ENABLED") {
+            self.media.tcp_enabled = parse("CHORUS_MEDIA_TCP_ENABLED", &v)?;
+        }
+        if let Some(v) = get("CHORUS_MEDIA_TCP_PORT_START") {
+            self.media.tcp_port_start = Some(parse("CHORUS_MEDIA_TCP_PORT_START", &v)?);
+        }
         if let Some(v) = get("CHORUS_PUBLIC_IP") {
             self.media.public_ip = Some(parse("CHORUS_PUBLIC_IP", &v)?);
         }
@@ -492,6 +518,19 @@ impl Config {
         if workers > 256 || self.media.port_start as usize + workers - 1 > u16::MAX as usize {
             return invalid("media.workers ports do not fit above media.port_start");
         }
+        if let Some(tcp) = self.media.tcp_port_start {
+            if tcp == 0 || tcp as usize + workers - 1 > u16::MAX as usize {
+                return invalid(
+                    "media.tcp_port_start: a fixed port, with room for every worker above",
+                );
+            }
+        }
+        if !(1..=1_000_000).contains(&self.media.tcp_max_connections) {
+            return invalid("media.tcp_max_connections must be 1..=1000000");
+        }
+        if !(100..=600_000).contains(&self.media.tcp_stun_timeout_ms) {
+            return invalid("media.tcp_stun_timeout_ms must be 100..=600000");
+        }
         if self.media.public_ip.is_none() && self.media.bind_ip.is_unspecified() {
             return invalid("media.public_ip is required when media.bind_ip is a wildcard address");
         }
@@ -561,7 +600,7 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_HTTP_MAX_CONNECTIONS_PER_IP, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
-CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
+CHORUS_MEDIA_TCP_ENABLED, CHORUS_MEDIA_TCP_PORT_START, CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
 CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_LOG, CHORUS_LOG_JSON";
 

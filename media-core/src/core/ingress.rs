@@ -8,6 +8,7 @@ use std::time::Instant;
 use str0m::rtp::RtpPacket;
 
 use super::{CoreEvent, MediaCore, MAX_DATAGRAM};
+use crate::core::net::{NetPath, Transport};
 use crate::core::peer::{PeerError, PeerEvent, StreamStats};
 use crate::core::router::{Route, RouteMiss};
 use crate::ids::{ParticipantId, SlotIndex, Ssrc};
@@ -16,8 +17,37 @@ use crate::sfu::rewrite::SlotRewriter;
 use crate::stats::{DropReason, Samples};
 
 impl MediaCore {
-    /// A datagram arrived on the worker's socket.
+    /// The first UDP candidate: where [`MediaCore::handle_datagram`]'s datagrams arrived.
+    fn primary_udp(&self) -> Option<SocketAddr> {
+        self.config
+            .candidates
+            .iter()
+            .find(|c| c.transport == Transport::Udp)
+            .map(|c| c.addr)
+    }
+
+    /// A datagram arrived on the worker's primary UDP socket (the first UDP candidate).
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        match self.primary_udp() {
+            Some(local) => self.handle_datagram_via(now, NetPath::udp(local, source), data),
+            None => {
+                self.last_now = now;
+                self.stats.datagrams_in += 1;
+                self.stats.bytes_in += data.len() as u64;
+                self.stats.drop(DropReason::UnknownSource);
+            }
+        }
+    }
+
+    /// Whether `path` is bound to a peer: a STUN request over it was verified by that peer's ICE agent.
+    pub fn path_bound(&self, path: &NetPath) -> bool {
+        self.router.is_bound(path)
+    }
+
+    /// A datagram arrived over `path`: on one of the core's candidates (`path.local`, as advertised, over
+    /// `path.transport`; for TCP one de-framed RFC 4571 frame) from `path.remote`. A datagram on an address
+    /// that is not one of the candidates is dropped.
+    pub fn handle_datagram_via(&mut self, now: Instant, path: NetPath, data: &[u8]) {
         self.last_now = now;
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
@@ -25,7 +55,16 @@ impl MediaCore {
             self.stats.drop(DropReason::Oversized);
             return;
         }
-        let route = match self.router.route(now, source, data) {
+        let ours = self
+            .config
+            .candidates
+            .iter()
+            .any(|c| c.transport == path.transport && c.addr == path.local);
+        if !ours {
+            return self.stats.drop(DropReason::UnknownSource);
+        }
+        let source = path.remote;
+        let route = match self.router.route(now, path, data) {
             Ok(route) => route,
             Err(RouteMiss::UnknownSource) => return self.stats.drop(DropReason::UnknownSource),
             Err(RouteMiss::UnknownUfrag) => return self.stats.drop(DropReason::UnknownUfrag),
@@ -37,20 +76,20 @@ impl MediaCore {
         let Some(p) = self.participants.get_mut(&id) else {
             return self.stats.drop(DropReason::UnknownSource);
         };
-        let destination = self.config.candidate_addr;
         if let Route::Stun(_) = route {
-            // The address is learned only from a request the peer's ICE agent authenticates, and only if
+            // The path is learned only from a request the peer's ICE agent authenticates, and only if
             // no other live peer is using it (credentials for one's own peer do not prove the source).
-            if !p.peer.verifies_stun(now, source, destination, data) {
+            if !p.peer.verifies_stun(now, path, data) {
                 return self.stats.drop(DropReason::BadIntegrity);
             }
-            if let Err(taken) = self.router.learn(now, source, id) {
+            if let Err(taken) = self.router.learn(now, path, id) {
                 tracing::debug!(participant = %id, owner = %taken.owner, %source,
+                    transport = path.transport.as_str(),
                     "verified STUN from another peer's address dropped");
                 return self.stats.drop(DropReason::Misrouted);
             }
         }
-        match p.peer.handle_datagram(now, source, destination, data) {
+        match p.peer.handle_datagram(now, path, data) {
             Ok(()) => {}
             Err(PeerError::Panicked) => {
                 self.stats.drop(DropReason::Malformed);

@@ -3,6 +3,7 @@
 //! until it returns [`Output::Timeout`].
 
 mod answer;
+pub mod net;
 pub mod offer;
 mod outbox;
 pub mod peer;
@@ -20,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use str0m::config::DtlsCert;
 
+use crate::core::net::{LocalCandidate, NetTransmit};
 use crate::core::offer::OfferError;
 use crate::core::outbox::Outbox;
-use crate::core::peer::{Peer, PeerError, Transmit};
+use crate::core::peer::{Peer, PeerError};
 use crate::core::rng::SeqRng;
 use crate::core::room::Room;
 use crate::core::router::Router;
@@ -39,8 +41,10 @@ pub const MAX_DATAGRAM: usize = 1500;
 /// Settings of one worker's core.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
-    /// The address advertised in ICE candidates and given to str0m as every datagram's destination.
-    pub candidate_addr: SocketAddr,
+    /// The host candidates offered to every peer, in offer order (see [`net::offer_order`]): the first UDP
+    /// one is the primary, the destination of [`MediaCore::handle_datagram`]'s datagrams. Each address is
+    /// as advertised (the public address behind NAT), which is what str0m matches datagrams against.
+    pub candidates: Vec<LocalCandidate>,
     /// Seeds the random initial sequence numbers and timestamps of slot streams.
     pub seed: u64,
     /// A peer that has not completed DTLS this long after its offer is dropped.
@@ -50,9 +54,10 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
+    /// One UDP host candidate at `candidate_addr`.
     pub fn new(candidate_addr: SocketAddr, seed: u64) -> Self {
         CoreConfig {
-            candidate_addr,
+            candidates: vec![LocalCandidate::udp(candidate_addr)],
             seed,
             connect_timeout: Duration::from_secs(20),
             selector: SelectorConfig::default(),
@@ -140,7 +145,8 @@ pub enum CoreEvent {
 /// What to do next.
 #[derive(Debug)]
 pub enum Output {
-    Transmit(Transmit),
+    /// A datagram to send over the path it names (transport, local candidate, remote).
+    Transmit(NetTransmit),
     Event(CoreEvent),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
@@ -267,3 +273,6 @@ impl MediaCore {
         Output::Timeout(next)
     }
 }
+
+#[cfg(test)]
+mod tests;

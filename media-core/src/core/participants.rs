@@ -1,6 +1,7 @@
 //! The peer table: participants added (with their peer and room), removed and muted; one peer driven
 //! after a mutation, or disconnected when it fails.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{CoreError, CoreEvent, JoinParams, MediaCore, Participant};
@@ -53,11 +54,22 @@ impl MediaCore {
             usize::from(settings.slots)
         };
         let peer_params = PeerParams {
-            candidate_addr: self.config.candidate_addr,
+            // Not used: the peer gets the whole list below.
+            candidate_addr: self
+                .config
+                .candidates
+                .first()
+                .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.addr),
             dtls_cert: &self.dtls_cert,
             slots: if params.can_subscribe { slots } else { 0 },
         };
-        let (peer, answer) = Peer::from_offer(now, id, &peer_params, offer_sdp)?;
+        let (peer, answer) = Peer::from_offer_with_candidates(
+            now,
+            id,
+            &peer_params,
+            &self.config.candidates,
+            offer_sdp,
+        )?;
 
         let key = match existing {
             Some(k) => k,

@@ -4,11 +4,11 @@ use super::*;
 fn printed_configuration_has_no_secrets() {
     // Issue 10: --print-config printed the API secrets.
     let c = Config::from_toml(
-            "[auth]\ndev_mode = false\n\
-             api_keys = { prod = \"0123456789abcdef0123456789abcdef\" }\n\
-             [webhooks]\nurls = [\"https://hook:s3cr3t@example.com/x?a=b\", \"http://example.com/y@z\"]\n",
-        )
-        .unwrap();
+        "[auth]\ndev_mode = false\n\
+         api_keys = { prod = \"0123456789abcdef0123456789abcdef\" }\n\
+         [webhooks]\nurls = [\"https://hook:s3cr3t@example.com/x?a=b\", \"http://example.com/y@z\"]\n",
+    )
+    .unwrap();
     c.validate().unwrap();
     let printed = toml::to_string_pretty(&c.redacted()).unwrap();
     assert!(!printed.contains("0123456789abcdef"), "{printed}");
@@ -39,7 +39,7 @@ fn embedded_default_is_valid_loopback_dev_mode() {
 fn file_then_env_override() {
     let mut c = Config::from_toml(
         "[media]\nport_start = 9000\nworkers = 2\n[room]\nslots = 5\n[auth]\ndev_mode = false\n\
-             api_keys = { prod = \"0123456789abcdef0123456789abcdef\" }\n",
+         api_keys = { prod = \"0123456789abcdef0123456789abcdef\" }\n",
     )
     .unwrap();
     assert_eq!(c.media.port_start, 9000);
@@ -61,6 +61,33 @@ fn file_then_env_override() {
     assert!(!c.auth.dev_mode_active());
     assert!(!c.auth.effective_keys().contains_key(DEV_API_KEY));
     assert_eq!(c.auth.effective_keys().len(), 1);
+}
+
+#[test]
+fn ice_tcp_is_on_by_default_on_the_udp_port_numbers() {
+    let c = Config::default();
+    assert!(c.media.tcp_enabled);
+    assert_eq!(c.media.tcp_port(0), 7882);
+    assert_eq!(c.media.tcp_port(3), 7885);
+    let mut c = Config::from_toml(
+        "[media]\nworkers = 2\ntcp_port_start = 8443\ntcp_stun_timeout_ms = 1000\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.media.tcp_port(1), 8444);
+    c.apply_env(|k| (k == "CHORUS_MEDIA_TCP_ENABLED").then(|| "false".to_owned()))
+        .unwrap();
+    assert!(!c.media.tcp_enabled);
+    c.media.tcp_port_start = Some(0);
+    assert!(c.validate().is_err());
+    c.media.tcp_port_start = Some(u16::MAX);
+    assert!(
+        c.validate().is_err(),
+        "the second worker's port does not fit"
+    );
+    c.media.tcp_port_start = None;
+    c.media.tcp_stun_timeout_ms = 0;
+    assert!(c.validate().is_err());
 }
 
 #[test]

@@ -129,6 +129,36 @@ pub struct SignalingMetrics {
     room_events_dropped: IntCounter,
     ws_violations: IntCounterVec,
     limits: IntCounterVec,
+    resumed: IntCounter,
+    resume_failures: IntCounterVec,
+    suspended: IntGauge,
+}
+
+/// Why a `resume` failed (the `reason` label of `chorus_session_resume_failures_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeFailure {
+    /// No session has this token: never issued, already used, or its window ended.
+    Unknown,
+    /// The session ended while it was being taken over.
+    Ended,
+    /// The `resume` named a protocol version this server does not speak.
+    Protocol,
+}
+
+impl ResumeFailure {
+    pub const ALL: [ResumeFailure; 3] = [
+        ResumeFailure::Unknown,
+        ResumeFailure::Ended,
+        ResumeFailure::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResumeFailure::Unknown => "unknown",
+            ResumeFailure::Ended => "ended",
+            ResumeFailure::Protocol => "protocol",
+        }
+    }
 }
 
 impl SignalingMetrics {
@@ -211,6 +241,24 @@ impl SignalingMetrics {
             ),
             &["reason"],
         )?;
+        let resumed = IntCounter::new(
+            "chorus_sessions_resumed_total",
+            "Signaling sessions taken over by a new WebSocket with a resume token.",
+        )?;
+        let resume_failures = IntCounterVec::new(
+            Opts::new(
+                "chorus_session_resume_failures_total",
+                "resume requests refused with resume_failed, by reason: unknown, ended, protocol.",
+            ),
+            &["reason"],
+        )?;
+        let suspended = IntGauge::new(
+            "chorus_sessions_suspended",
+            "Joined sessions whose WebSocket dropped, kept for a resume.",
+        )?;
+        for reason in ResumeFailure::ALL {
+            resume_failures.with_label_values(&[reason.as_str()]);
+        }
         for limit in SessionLimit::ALL {
             limits.with_label_values(&[limit.as_str()]);
         }
@@ -245,6 +293,9 @@ impl SignalingMetrics {
         registry.register(Box::new(room_events_dropped.clone()))?;
         registry.register(Box::new(ws_violations.clone()))?;
         registry.register(Box::new(limits.clone()))?;
+        registry.register(Box::new(resumed.clone()))?;
+        registry.register(Box::new(resume_failures.clone()))?;
+        registry.register(Box::new(suspended.clone()))?;
         Ok(Self {
             errors,
             joins,
@@ -258,8 +309,43 @@ impl SignalingMetrics {
             room_events_dropped,
             ws_violations,
             limits,
+            resumed,
+            resume_failures,
+            suspended,
         })
     }
+
+    pub(crate) fn session_resumed(&self) {
+        self.resumed.inc();
+    }
+
+    pub(crate) fn resume_failed(&self, reason: ResumeFailure) {
+        self.resume_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    pub(crate) fn suspended_changed(&self, delta: i64) {
+        self.suspended.add(delta);
+    }
+
+    /// Sessions resumed so far.
+    pub fn resumes(&self) -> u64 {
+        self.resumed.get()
+    }
+
+    /// Resumes refused for `reason` so far.
+    pub fn resume_failures(&self, reason: ResumeFailure) -> u64 {
+        self.resume_failures
+            .with_label_values(&[reason.as_str()])
+            .get()
+    }
+
+    /// Sessions suspended now.
+    pub fn suspended(&self) -> i64 {
+        self.suspended.get()
+    }
+
 
     pub(crate) fn limit_hit(&self, limit: SessionLimit) {
         self.limits.with_label_values(&[limit.as_str()]).inc();
@@ -406,6 +492,9 @@ mod tests {
             "chorus_participants",
             "chorus_room_events_dropped_total",
             "chorus_session_limits_total",
+            "chorus_sessions_resumed_total",
+            "chorus_session_resume_failures_total",
+            "chorus_sessions_suspended",
         ] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }

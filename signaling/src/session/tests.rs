@@ -1186,9 +1186,15 @@ async fn read_errors_end_the_session() {
     let mut ada = Client::open(&ctx);
     ada.join(&token("lobby", "ada")).await;
     ada.send(Err("connection reset".into()));
-    ada.finished().await;
+    assert_eq!(ada.output.recv().await, None, "the socket ends");
+    // A dropped socket suspends the session for the resume window (see tests/resume.rs); then it leaves.
+    assert_eq!(ctx.participant_count(), 1);
+    assert_eq!(ctx.suspended_sessions(), 1);
+    tokio::time::sleep(ctx.config().resume_window() + Duration::from_millis(1)).await;
     assert_eq!(ctx.participant_count(), 0);
+    assert_eq!(ctx.suspended_sessions(), 0);
     assert_eq!(ctx.metrics().leaves(LeaveReason::TransportError), 1);
+    ada.finished().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -1774,3 +1780,5 @@ async fn a_kicked_identity_cannot_rejoin_during_its_ban() {
     let mut elsewhere = Client::open(&ctx);
     elsewhere.join(&token("other", "ada")).await;
 }
+
+mod resume;

@@ -132,6 +132,7 @@ pub struct SignalingMetrics {
     resumed: IntCounter,
     resume_failures: IntCounterVec,
     suspended: IntGauge,
+    ice_restarts: IntCounter,
 }
 
 /// Why a `resume` failed (the `reason` label of `chorus_session_resume_failures_total`).
@@ -256,6 +257,10 @@ impl SignalingMetrics {
             "chorus_sessions_suspended",
             "Joined sessions whose WebSocket dropped, kept for a resume.",
         )?;
+        let ice_restarts = IntCounter::new(
+            "chorus_ice_restarts_total",
+            "ICE restart offers answered on a participant's existing media peer.",
+        )?;
         for reason in ResumeFailure::ALL {
             resume_failures.with_label_values(&[reason.as_str()]);
         }
@@ -296,6 +301,7 @@ impl SignalingMetrics {
         registry.register(Box::new(resumed.clone()))?;
         registry.register(Box::new(resume_failures.clone()))?;
         registry.register(Box::new(suspended.clone()))?;
+        registry.register(Box::new(ice_restarts.clone()))?;
         Ok(Self {
             errors,
             joins,
@@ -312,6 +318,7 @@ impl SignalingMetrics {
             resumed,
             resume_failures,
             suspended,
+            ice_restarts,
         })
     }
 
@@ -327,6 +334,15 @@ impl SignalingMetrics {
 
     pub(crate) fn suspended_changed(&self, delta: i64) {
         self.suspended.add(delta);
+    }
+
+    pub(crate) fn ice_restarted(&self) {
+        self.ice_restarts.inc();
+    }
+
+    /// ICE restart offers answered so far.
+    pub fn ice_restarts(&self) -> u64 {
+        self.ice_restarts.get()
     }
 
     /// Sessions resumed so far.
@@ -495,6 +511,7 @@ mod tests {
             "chorus_sessions_resumed_total",
             "chorus_session_resume_failures_total",
             "chorus_sessions_suspended",
+            "chorus_ice_restarts_total",
         ] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }

@@ -560,6 +560,11 @@ async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
             // Polled to completion at most once: the session leaves `Offered` as soon as it resolves.
             Media::Offered { answer, .. } => Input::Answer(answer.await),
             Media::Answered { events } => Input::Media(events.recv().await),
+            Media::Restarting { answer, events } => tokio::select! {
+                // Polled to completion at most once, like `Offered`.
+                answer = answer => Input::Answer(answer),
+                event = events.recv() => Input::Media(event),
+            },
             Media::None => pending().await,
         }
     };

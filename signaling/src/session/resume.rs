@@ -335,6 +335,14 @@ impl Suspended {
                             member.missed.answer = Some(sdp);
                             Media::Answered { events }
                         }
+                        // An ICE restart answered while the socket was away: the peer carries on.
+                        (Media::Restarting { events, .. }, result) => {
+                            if let Ok(sdp) = result {
+                                self.ctx.metrics().ice_restarted();
+                                member.missed.answer = Some(sdp);
+                            }
+                            Media::Answered { events }
+                        }
                         // Refused: the client offers again after `resumed` says it has no media.
                         (_, Err(_)) => Media::None,
                         (other, Ok(_)) => other,

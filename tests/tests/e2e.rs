@@ -9,6 +9,7 @@ use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
 
 mod interop;
 mod ops;
+mod resume;
 mod speech;
 mod tcp;
 use media_core::audio;

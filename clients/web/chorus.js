@@ -30,6 +30,14 @@ const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000];
 const RECONNECT_ATTEMPT_TIMEOUT_MS = 8000;
 /** How long ICE may stay `disconnected` on a live session before the SDK restarts it. */
 const ICE_RESTART_AFTER_MS = 3000;
+/** How often the SDK checks that the media path still answers connectivity checks. */
+const MEDIA_PATH_CHECK_MS = 1000;
+/**
+ * Connectivity checks on the selected candidate pair left unanswered (with none answered since) after which
+ * the media path counts as dead and ICE is restarted. Chromium keeps `iceConnectionState` at `connected` for
+ * a long time when a path dies; its checks go unanswered at about one a second.
+ */
+const MEDIA_PATH_UNANSWERED_CHECKS = 4;
 /** How long the SDK keeps trying to rejoin a lost session by default. */
 const RECONNECT_WINDOW_MS = 60000;
 /**
@@ -423,6 +431,20 @@ function preferCodecs(transceiver, codecs) {
 }
 
 /**
+ * Connectivity-check responses received so far, per candidate pair id.
+ * @param {RTCPeerConnection} pc
+ * @returns {Promise<Map<string, number>>}
+ */
+async function pairResponses(pc) {
+  /** @type {Map<string, number>} */
+  const responses = new Map();
+  (await pc.getStats()).forEach((/** @type {any} */ s) => {
+    if (s.type === 'candidate-pair') responses.set(String(s.id), Number(s.responsesReceived) || 0);
+  });
+  return responses;
+}
+
+/**
  * Wait until ICE gathering is complete or `timeoutMs` has passed.
  * @param {RTCPeerConnection} pc
  * @param {number} timeoutMs
@@ -544,6 +566,12 @@ export class Room extends EventTarget {
     /** @private */ this._iceRestarting = false;
     /** @private */ this._iceRestartedAt = -Infinity;
     /** @private @type {ReturnType<typeof setTimeout>|null} */ this._iceRestartTimer = null;
+    /** @private @type {ReturnType<typeof setInterval>|null} */ this._pathTimer = null;
+    /** @private @type {{pair: string, requests: number, responses: number}|null} */ this._pathBaseline = null;
+    /** @private after an ICE restart's answer: until a connectivity check is answered again */
+    this._awaitingPath = false;
+    /** @private @type {Map<string, number>} responses per candidate pair when the ICE restart was answered */
+    this._pathResponses = new Map();
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -991,6 +1019,10 @@ export class Room extends EventTarget {
   async _onAnswer(msg) {
     const pc = this.pc;
     if (!pc) throw new ChorusError('protocol', 'answer before joined');
+    if (this._iceRestarting) {
+      // Checks answered so far, per candidate pair: after the restart only more of them show a live path.
+      this._pathResponses = await pairResponses(pc);
+    }
     await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
     this._mediaCandidate = serverCandidate(msg.sdp);
     if (this._reconnect && this._reconnect.attemptTimer) {
@@ -1003,6 +1035,9 @@ export class Room extends EventTarget {
       // failure for a moment: a failure is only believed again a while after the restart.
       this._iceRestarting = false;
       this._iceRestartedAt = performance.now();
+      // The browser may say `connected` all along: media flows again once a check is answered.
+      this._awaitingPath = true;
+      this._pathBaseline = null;
       this._updateState();
       return;
     }
@@ -1191,15 +1226,15 @@ export class Room extends EventTarget {
       // the peer up (15 s without connectivity checks).
       this._iceRestartTimer = setTimeout(() => {
         this._iceRestartTimer = null;
-        if (this.pc && this.pc.iceConnectionState === 'disconnected' && !this._reconnect) {
-          this._restartIce().catch(() => this._rejoinAfresh('ICE restart failed'));
+        if (this.pc && this.pc.iceConnectionState === 'disconnected' && !this._reconnect && this._isOpen()) {
+          this._startReconnect('the media path is lost (ICE disconnected)', true);
         }
       }, ICE_RESTART_AFTER_MS);
     }
     if (this._failed) next = 'failed';
     else if (this._reconnect) {
       const r = this._reconnect;
-      if (pcState !== 'connected' || !r.ready || this._iceRestarting) {
+      if (pcState !== 'connected' || !r.ready || this._iceRestarting || this._awaitingPath) {
         this._setState('reconnecting');
         return;
       }
@@ -1224,7 +1259,10 @@ export class Room extends EventTarget {
   _setState(next) {
     if (next === this._state) return;
     if (this._state === 'failed' || this._state === 'closed') return; // final
-    if (next === 'connected') this._everConnected = true;
+    if (next === 'connected') {
+      this._everConnected = true;
+      if (!this._pathTimer) this._pathTimer = setInterval(() => { this._checkMediaPath().catch(() => {}); }, MEDIA_PATH_CHECK_MS);
+    }
     const previous = this._state;
     this._state = next;
     this._emit('connectionstate', { state: next, previous });
@@ -1260,6 +1298,8 @@ export class Room extends EventTarget {
     this._stopReconnecting();
     if (this._iceRestartTimer) clearTimeout(this._iceRestartTimer);
     this._iceRestartTimer = null;
+    if (this._pathTimer) clearInterval(this._pathTimer);
+    this._pathTimer = null;
     if (this._pingTimer) clearInterval(this._pingTimer);
     this._pingTimer = null;
     if (this._ws) {
@@ -1281,6 +1321,50 @@ export class Room extends EventTarget {
       p.reject(new ChorusError('closed', reason));
     }
     this._emit('closed', { reason, code: code ?? null });
+  }
+
+  /**
+   * Restart ICE when the selected candidate pair's connectivity checks stop being answered while the session
+   * is up: the media path died (a network change) though the browser may not say so for a long time.
+   * @private
+   */
+  async _checkMediaPath() {
+    const pc = this.pc;
+    if (!pc || this._closed || this._iceRestarting || !this._isOpen() || (this._reconnect && !this._awaitingPath)) {
+      this._pathBaseline = null;
+      return;
+    }
+    /** @type {Map<string, any>} */
+    const byId = new Map();
+    (await pc.getStats()).forEach((/** @type {any} */ s) => byId.set(s.id, s));
+    const transport = [...byId.values()].find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+    const pair = transport ? byId.get(transport.selectedCandidatePairId) : null;
+    if (!pair || this.pc !== pc || this._iceRestarting) {
+      this._pathBaseline = null;
+      return;
+    }
+    const now = { pair: String(pair.id), requests: Number(pair.requestsSent) || 0,
+      responses: Number(pair.responsesReceived) || 0 };
+    const base = this._pathBaseline;
+    if (this._awaitingPath) {
+      // After an ICE restart: a check answered on the selected pair since the restart's answer (browsers keep
+      // the counters of pairs they had before).
+      if (now.responses > (this._pathResponses.get(now.pair) ?? 0)) {
+        this._awaitingPath = false;
+        this._pathBaseline = now;
+        this._updateState();
+      }
+      return;
+    }
+    if (this._reconnect) return;
+    if (!base || base.pair !== now.pair || now.responses > base.responses) {
+      this._pathBaseline = now;
+      return;
+    }
+    if (now.requests - base.requests >= MEDIA_PATH_UNANSWERED_CHECKS && this._mayReconnect()) {
+      this._pathBaseline = null;
+      this._startReconnect('the media path is lost (connectivity checks unanswered)', true);
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1422,6 +1506,8 @@ export class Room extends EventTarget {
    */
   _dropMedia() {
     this._iceRestarting = false;
+    this._awaitingPath = false;
+    this._pathBaseline = null;
     for (const s of this.slots) {
       if (s.element) {
         s.element.pause();

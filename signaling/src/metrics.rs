@@ -362,7 +362,6 @@ impl SignalingMetrics {
         self.suspended.get()
     }
 
-
     pub(crate) fn limit_hit(&self, limit: SessionLimit) {
         self.limits.with_label_values(&[limit.as_str()]).inc();
     }

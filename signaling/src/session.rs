@@ -134,12 +134,13 @@ where
     };
     let exit = session.serve().await;
     match session.suspend(exit) {
-        Ok(suspended) => {
+        Some(suspended) => {
             // No socket any more: the session counts as suspended, not open.
+            drop(session);
             drop(_open);
             suspended.run().await;
         }
-        Err((session, exit)) => session.finish(exit).await,
+        None => session.finish(exit).await,
     }
 }
 
@@ -426,8 +427,8 @@ where
                 Input::Shutdown => Err(Exit::Shutdown),
                 Input::Claimed(claim) => match self.joined.take() {
                     Some(member) => match hand_over(member, claim) {
-                        Ok(()) => Err(Exit::Resumed),
-                        Err(member) => {
+                        None => Err(Exit::Resumed),
+                        Some(member) => {
                             self.joined = Some(member);
                             Ok(())
                         }

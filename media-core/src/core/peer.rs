@@ -163,8 +163,7 @@ impl Peer {
     ) -> Result<(Peer, String), PeerError> {
         // The most hostile input a peer takes: parsed under the same guard as every other str0m call.
         let offer = parse_offer(offer_sdp, SdpOffer::from_sdp_string)?;
-        let (mut peer, answer) =
-            guard(|| Self::from_parsed(now, id, params, candidates, offer))??;
+        let (mut peer, answer) = guard(|| Self::from_parsed(now, id, params, candidates, offer))??;
         peer.remote_ufrag = offer_ufrag(offer_sdp).map(str::to_owned);
         peer.mlines = mline_count(offer_sdp);
         Ok((peer, finish_answer(offer_sdp, &answer)))

@@ -198,7 +198,11 @@ fn an_ice_restart_offer_is_answered_on_the_same_peer_with_new_credentials() {
             .map(str::to_owned)
             .collect()
     };
-    assert_eq!(mids(&restarted), mids(&first), "the same mids and slot SSRCs");
+    assert_eq!(
+        mids(&restarted),
+        mids(&first),
+        "the same mids and slot SSRCs"
+    );
     // Still the same participant in the same room.
     assert_eq!(core.participant_count(), 1);
 

@@ -234,7 +234,11 @@ pub(super) async fn on_offer<T: Sink<WsFrame> + Unpin>(
 
 /// A second offer on an answered session: an ICE restart of its peer (the media worker refuses anything
 /// else with `bad_sdp`).
-fn restart_ice<T: Sink<WsFrame> + Unpin>(wire: &mut Wire<T>, member: &mut Member, offer: Offer) -> Flow {
+fn restart_ice<T: Sink<WsFrame> + Unpin>(
+    wire: &mut Wire<T>,
+    member: &mut Member,
+    offer: Offer,
+) -> Flow {
     let Some(worker) = member.membership.worker.clone() else {
         // Answered sessions have their worker; nothing to restart otherwise.
         return Ok(());

@@ -175,9 +175,9 @@ impl Exit {
     }
 }
 
-/// Hands the session's member to a claim; `Err` gives it back when the claimer has given up.
-pub(super) fn hand_over(member: Member, claim: Claim) -> Result<(), Member> {
-    claim.reply.send(member)
+/// Hands the session's member to a claim; gives it back when the claimer has given up.
+pub(super) fn hand_over(member: Member, claim: Claim) -> Option<Member> {
+    claim.reply.send(member).err()
 }
 
 /// A session whose socket dropped, kept for a resume.
@@ -193,8 +193,9 @@ where
     T: Stream<Item = Result<WsFrame, E>> + Sink<WsFrame> + Unpin,
     E: fmt::Display,
 {
-    /// Suspends the session after `exit` if it may be; `Err` gives the session back to be finished.
-    pub(super) fn suspend(mut self, exit: Exit) -> Result<Suspended, (Self, Exit)> {
+    /// Suspends the session's member after `exit` if it may be (the caller then drops the socket), else
+    /// `None` (the caller finishes the session).
+    pub(super) fn suspend(&mut self, exit: Exit) -> Option<Suspended> {
         let ctx = Arc::clone(&self.wire.ctx);
         let config = ctx.config();
         let eligible = exit.suspends()
@@ -202,7 +203,7 @@ where
             && config.resume_window_ms > 0
             && !ctx.is_draining();
         if !eligible || !ctx.resumes().try_suspend(config.max_suspended) {
-            return Err((self, exit));
+            return None;
         }
         ctx.metrics().suspended_changed(1);
         let joined = self.joined.take();
@@ -210,7 +211,7 @@ where
             tracing::debug!(sid = %member.sid, reason = ?exit, "socket dropped; session suspended");
         }
         // The socket goes with the session; the suspended member keeps only its room and media.
-        Ok(Suspended {
+        Some(Suspended {
             closing: self.closing.clone(),
             ctx,
             joined,
@@ -268,7 +269,10 @@ where
             // Removed from its room while changing hands: it ends as it would have.
             member
                 .membership
-                .end(ParticipantLeftReason::Left, crate::metrics::LeaveReason::Kicked)
+                .end(
+                    ParticipantLeftReason::Left,
+                    crate::metrics::LeaveReason::Kicked,
+                )
                 .await;
             return self.resume_failed(ResumeFailure::Ended).await;
         };
@@ -324,13 +328,14 @@ impl Suspended {
                 Input::Claimed(claim) => {
                     let member = self.joined.take().expect("checked just above");
                     match hand_over(member, claim) {
-                        Ok(()) => return,
+                        None => return,
                         // The new socket gave up waiting: stay suspended (its token is spent).
-                        Err(member) => self.joined = Some(member),
+                        Some(member) => self.joined = Some(member),
                     }
                 }
                 Input::Answer(answer) => {
-                    member.media = match (std::mem::replace(&mut member.media, Media::None), answer) {
+                    member.media = match (std::mem::replace(&mut member.media, Media::None), answer)
+                    {
                         (Media::Offered { events, .. }, Ok(sdp)) => {
                             member.missed.answer = Some(sdp);
                             Media::Answered { events }

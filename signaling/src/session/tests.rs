@@ -24,7 +24,8 @@ const OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\
 const ANSWER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\na=ice-lite\r\n";
 /// An ICE restart of [`OFFER`] as the fake worker knows it: new ICE credentials.
 const RESTART_OFFER: &str = "v=0\r\no=- 4611731400430051336 3 IN IP4 127.0.0.1\r\ns=-\r\na=ice-ufrag:rst\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
-const RESTART_ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\na=ice-lite\r\na=ice-ufrag:new\r\n";
+const RESTART_ANSWER: &str =
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\na=ice-lite\r\na=ice-ufrag:new\r\n";
 /// Far longer than any timeout a test waits for (virtual time: it costs nothing).
 const GUARD: Duration = Duration::from_secs(600);
 

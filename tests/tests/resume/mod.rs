@@ -79,7 +79,10 @@ async fn resume(server: &Server, resume_token: &str) -> anyhow::Result<(Signal, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_websocket_is_resumed_and_audio_never_stops() -> anyhow::Result<()> {
     let config = std::env::temp_dir().join(format!("chorus-resume-{}.toml", std::process::id()));
-    std::fs::write(&config, format!("[session]\nresume_window_ms = {WINDOW_MS}\n"))?;
+    std::fs::write(
+        &config,
+        format!("[session]\nresume_window_ms = {WINDOW_MS}\n"),
+    )?;
     let server = Server::start(&["--config", &config.to_string_lossy()]).await?;
     let _ = std::fs::remove_file(&config);
     let (mut ada, ada_token) = join(&server, "ada", TONES[0]).await?;
@@ -106,14 +109,26 @@ async fn a_dropped_websocket_is_resumed_and_audio_never_stops() -> anyhow::Resul
     drop(signal);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.metric("chorus_sessions_suspended").await?, 1.0);
-    assert_eq!(server.metric("chorus_participants{mode=\"forward\"}").await?, 2.0);
+    assert_eq!(
+        server
+            .metric("chorus_participants{mode=\"forward\"}")
+            .await?,
+        2.0
+    );
 
     let (signal, resumed) = resume(&server, &ada_token).await?;
     assert_eq!(resumed["type"], "resumed", "{resumed}");
-    assert_eq!(resumed["participant"]["sid"], ada_sid.as_str(), "the same participant");
+    assert_eq!(
+        resumed["participant"]["sid"],
+        ada_sid.as_str(),
+        "the same participant"
+    );
     assert_eq!(resumed["media"], true, "{resumed}");
     assert_eq!(resumed["participants"][0]["sid"], bob.sid.as_str());
-    let ada_token = resumed["resume_token"].as_str().expect("a new token").to_owned();
+    let ada_token = resumed["resume_token"]
+        .as_str()
+        .expect("a new token")
+        .to_owned();
     let mut ada = Participant {
         signal,
         client: ada_media,

@@ -22,7 +22,10 @@ impl Client {
             .await
             .expect("the socket ends")
         {
-            assert!(matches!(frame, WsFrame::Text(_)), "no close frame: {frame:?}");
+            assert!(
+                matches!(frame, WsFrame::Text(_)),
+                "no close frame: {frame:?}"
+            );
         }
     }
 }
@@ -69,7 +72,10 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
 
     let mut ada = Client::open(&ctx);
     let resumed = ada.resume(&joined.resume_token).await;
-    assert_eq!(resumed.participant.sid, joined.participant.sid, "same participant");
+    assert_eq!(
+        resumed.participant.sid, joined.participant.sid,
+        "same participant"
+    );
     assert_eq!(resumed.participants.len(), 1);
     assert!(resumed.participants[0].muted, "the room as it is now");
     assert!(resumed.media, "the media peer is still there");
@@ -134,7 +140,12 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
             reason: ParticipantLeftReason::Left
         })
     );
-    assert_eq!(media.next().await, Seen::Leave { participant: ada_id });
+    assert_eq!(
+        media.next().await,
+        Seen::Leave {
+            participant: ada_id
+        }
+    );
     let mut late = Client::open(&ctx);
     late.json(json!({"type": "resume", "protocol": 1, "resume_token": again.resume_token}));
     late.error(ErrorCode::ResumeFailed).await;
@@ -163,7 +174,11 @@ async fn after_the_window_the_participant_is_gone_and_the_others_are_told() {
             reason: ParticipantLeftReason::Disconnected
         })
     );
-    assert_eq!(start.elapsed(), Duration::from_secs(15), "the resume window");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(15),
+        "the resume window"
+    );
     assert_eq!(
         media.next().await,
         Seen::Leave {
@@ -191,7 +206,10 @@ async fn leave_close_and_media_loss_do_not_suspend() {
     ada.closed_with(1000).await;
     assert!(matches!(
         bob.message().await,
-        ServerMessage::ParticipantLeft(ParticipantLeft { reason: ParticipantLeftReason::Left, .. })
+        ServerMessage::ParticipantLeft(ParticipantLeft {
+            reason: ParticipantLeftReason::Left,
+            ..
+        })
     ));
     assert_eq!(ctx.suspended_sessions(), 0);
     let mut again = Client::open(&ctx);
@@ -230,7 +248,10 @@ async fn leave_close_and_media_loss_do_not_suspend() {
     ctx.kick_participant("lobby", &dee_sid).expect("kicks");
     assert!(matches!(
         bob.message().await,
-        ServerMessage::ParticipantLeft(ParticipantLeft { reason: ParticipantLeftReason::Kicked, .. })
+        ServerMessage::ParticipantLeft(ParticipantLeft {
+            reason: ParticipantLeftReason::Kicked,
+            ..
+        })
     ));
     assert_eq!(ctx.suspended_sessions(), 0);
 }
@@ -243,7 +264,9 @@ async fn a_resume_takes_over_a_socket_that_has_not_noticed_the_drop() {
     let resumed = ada.resume(&joined.resume_token).await;
     assert_eq!(resumed.participant.sid, joined.participant.sid);
     match old.frame().await {
-        WsFrame::Close(Some((code, reason))) => assert_eq!((code, reason.as_str()), (1000, "resumed")),
+        WsFrame::Close(Some((code, reason))) => {
+            assert_eq!((code, reason.as_str()), (1000, "resumed"))
+        }
         other => panic!("expected a close frame, got {other:?}"),
     }
     old.finished().await;
@@ -271,7 +294,10 @@ async fn suspension_is_bounded_and_ends_with_a_drain() {
     cy.drop_socket().await;
     assert!(matches!(
         bob.message().await,
-        ServerMessage::ParticipantLeft(ParticipantLeft { reason: ParticipantLeftReason::Left, .. })
+        ServerMessage::ParticipantLeft(ParticipantLeft {
+            reason: ParticipantLeftReason::Left,
+            ..
+        })
     ));
     assert_eq!(ctx.participant_count(), 2, "bob and suspended ada");
     // A drain ends suspended sessions.

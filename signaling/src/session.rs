@@ -750,12 +750,20 @@ fn admit(ctx: &Arc<Signaling>, join: Join) -> Result<(Member, ServerMessage), (E
         removed: admission.removed,
         media: Media::None,
     };
+    let ice_servers = ctx
+        .config()
+        .turn
+        .ice_servers(&admission.participant.sid, unix_now());
+    if !ice_servers.is_empty() {
+        ctx.metrics().turn_credential_issued();
+    }
     let reply = ServerMessage::Joined(Joined {
         protocol: PROTOCOL_VERSION,
         server_version: SERVER_VERSION.to_owned(),
         participant: admission.participant,
         room: admission.room,
         participants: admission.others,
+        ice_servers,
     });
     Ok((member, reply))
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub session: SessionConfig,
     pub shutdown: ShutdownConfig,
     pub webhooks: WebhookConfig,
+    /// TURN servers handed to clients in `joined` (signaling's section: see [`signaling::TurnConfig`]).
+    pub turn: signaling::TurnConfig,
     pub log: LogConfig,
 }
 
@@ -432,6 +434,17 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
+        if let Some(v) = get("CHORUS_TURN_URLS") {
+            self.turn.urls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = get("CHORUS_TURN_SECRET") {
+            self.turn.secret = v;
+        }
         if let Some(v) = get("CHORUS_LOG") {
             self.log.filter = v;
         }
@@ -477,6 +490,9 @@ impl Config {
             return invalid("shutdown.grace_period_secs must be at most 86400");
         }
         self.webhooks.validate()?;
+        self.turn
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(key) = &self.webhooks.api_key {
             if !self.auth.effective_keys().contains_key(key) {
                 return invalid("webhooks.api_key names no configured API key");
@@ -538,6 +554,9 @@ impl Config {
         for url in &mut c.webhooks.urls {
             *url = redact_userinfo(url);
         }
+        if !c.turn.secret.is_empty() {
+            c.turn.secret = REDACTED.to_owned();
+        }
         c
     }
 }
@@ -563,7 +582,7 @@ fn redact_userinfo(url: &str) -> String {
 pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_HTTP_MAX_CONNECTIONS_PER_IP, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
 CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
-CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_LOG, CHORUS_LOG_JSON";
+CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_TURN_URLS (comma-separated), CHORUS_TURN_SECRET, CHORUS_LOG, CHORUS_LOG_JSON";
 
 #[cfg(test)]
 mod tests {
@@ -575,12 +594,16 @@ mod tests {
         let c = Config::from_toml(
             "[auth]\ndev_mode = false\n\
              api_keys = { prod = \"0123456789abcdef0123456789abcdef\" }\n\
-             [webhooks]\nurls = [\"https://hook:s3cr3t@example.com/x?a=b\", \"http://example.com/y@z\"]\n",
+             [webhooks]\nurls = [\"https://hook:s3cr3t@example.com/x?a=b\", \"http://example.com/y@z\"]\n\
+             [turn]\nurls = [\"turn:turn.example.com\"]\nsecret = \"turn-secret-turn-secret\"\n",
         )
         .unwrap();
         c.validate().unwrap();
         let printed = toml::to_string_pretty(&c.redacted()).unwrap();
         assert!(!printed.contains("0123456789abcdef"), "{printed}");
+        assert!(!printed.contains("turn-secret"), "{printed}");
+        assert!(printed.contains("secret = \"<redacted>\""), "{printed}");
+        assert_eq!(c.turn.secret, "turn-secret-turn-secret");
         assert!(!printed.contains("s3cr3t"), "{printed}");
         assert!(printed.contains("prod = \"<redacted>\""), "{printed}");
         assert!(
@@ -737,5 +760,41 @@ mod tests {
         assert!(c
             .apply_env(|k| (k == "CHORUS_WORKERS").then(|| "many".into()))
             .is_err());
+    }
+
+    #[test]
+    fn turn_section_env_and_validation() {
+        let mut c = Config::default();
+        assert!(!c.turn.enabled());
+        c.apply_env(|k| match k {
+            "CHORUS_TURN_URLS" => {
+                Some("turn:192.0.2.1:3478?transport=udp, turns:turn.example.com:443".into())
+            }
+            "CHORUS_TURN_SECRET" => Some("a-long-enough-turn-secret".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            c.turn.urls,
+            [
+                "turn:192.0.2.1:3478?transport=udp",
+                "turns:turn.example.com:443"
+            ]
+        );
+        c.validate().unwrap();
+        c.turn.secret = "short-secret".into();
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("turn.secret"), "{error}");
+        assert!(!error.contains("short-secret"), "{error}");
+        let bad = Config::from_toml(
+            "[turn]\nurls = [\"stun:192.0.2.1\"]\nsecret = \"a-long-enough-turn-secret\"\n",
+        )
+        .unwrap();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("turn.urls"));
+        assert!(Config::from_toml("[turn]\nttl = 5\n").is_err());
     }
 }

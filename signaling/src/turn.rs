@@ -55,7 +55,14 @@ impl fmt::Debug for TurnConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TurnConfig")
             .field("urls", &self.urls)
-            .field("secret", &if self.secret.is_empty() { "" } else { "<redacted>" })
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
             .field("credential_ttl_s", &self.credential_ttl_s)
             .finish()
     }
@@ -68,7 +75,9 @@ pub enum TurnConfigError {
     Url(String),
     #[error("turn.secret must have at least {MIN_SECRET_CHARS} characters when turn.urls are set")]
     Secret,
-    #[error("turn.credential_ttl_s must be {MIN_CREDENTIAL_TTL_S} to {MAX_CREDENTIAL_TTL_S}, not {0}")]
+    #[error(
+        "turn.credential_ttl_s must be {MIN_CREDENTIAL_TTL_S} to {MAX_CREDENTIAL_TTL_S}, not {0}"
+    )]
     Ttl(u64),
 }
 
@@ -97,8 +106,11 @@ impl TurnConfig {
         if !self.enabled() {
             return Vec::new();
         }
-        let (username, credential) =
-            credential(&self.secret, sid, now_unix_s.saturating_add(self.credential_ttl_s));
+        let (username, credential) = credential(
+            &self.secret,
+            sid,
+            now_unix_s.saturating_add(self.credential_ttl_s),
+        );
         vec![IceServer {
             urls: self.urls.clone(),
             username,
@@ -188,7 +200,10 @@ mod tests {
     fn ice_servers_expire_after_the_ttl() {
         let turn = TurnConfig {
             credential_ttl_s: 3_600,
-            ..config(&["turn:turn.example.com", "turns:turn.example.com:443?transport=tcp"])
+            ..config(&[
+                "turn:turn.example.com",
+                "turns:turn.example.com:443?transport=tcp",
+            ])
         };
         let servers = turn.ice_servers("PA_1", 1_000);
         assert_eq!(servers.len(), 1);

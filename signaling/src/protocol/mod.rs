@@ -267,6 +267,6 @@ mod tests {
             assert_eq!(reparsed, original, "{example}");
         }
         assert_eq!(client, ClientMessage::TYPES.len());
-        assert_eq!(server, 16);
+        assert_eq!(server, 17, "16 messages, joined twice (with and without TURN)");
     }
 }

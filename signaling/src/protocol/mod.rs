@@ -267,6 +267,9 @@ mod tests {
             assert_eq!(reparsed, original, "{example}");
         }
         assert_eq!(client, ClientMessage::TYPES.len());
-        assert_eq!(server, 17, "16 messages, joined twice (with and without TURN)");
+        assert_eq!(
+            server, 17,
+            "16 messages, joined twice (with and without TURN)"
+        );
     }
 }

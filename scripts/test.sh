@@ -26,7 +26,7 @@ py_include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"
 command -v cc >/dev/null || need_apt+=(gcc)
 # --- end speech-quality tests ---
 # --- firefox tests (tests/browser/firefox.test.js): Debian's Firefox ESR driven over Marionette, a private
-# PulseAudio null sink for its AudioContext, and a network namespace of the test's own (ip; nft for later tests) ---
+# PulseAudio null sink for its AudioContext, and a network namespace of the test's own (ip; nft for tcp.test.js, which drops UDP) ---
 command -v firefox-esr >/dev/null || need_apt+=(firefox-esr)
 command -v pulseaudio >/dev/null || need_apt+=(pulseaudio)
 command -v ip >/dev/null || need_apt+=(iproute2)

@@ -24,6 +24,19 @@ const ICE_GATHERING_TIMEOUT_MS = 2000;
 const PING_INTERVAL_MS = 10000;
 /** How long `leave()` waits for the server's `left` before closing the socket itself. */
 const LEAVE_TIMEOUT_MS = 1500;
+/** Delays before the reconnect attempts after a lost session: the first quickly, then at most every 2 s. */
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000];
+/** One reconnect attempt may take this long up to the answer before the next one starts. */
+const RECONNECT_ATTEMPT_TIMEOUT_MS = 8000;
+/** How long the SDK keeps trying to rejoin a lost session by default. */
+const RECONNECT_WINDOW_MS = 60000;
+/**
+ * WebSocket close codes after which the session is rejoined: the connection broke (1006: no close frame,
+ * e.g. the server process died or the network dropped), the server went away or restarts (1001, 1011 to
+ * 1014). Never after 1000 (left, kicked, replaced, room deleted), 1008 (a fatal error or a deadline) or
+ * protocol violations.
+ */
+const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
 
 // ---------------------------------------------------------------------------------------------
 // Wire messages of signaling protocol version 1 (docs/protocol.md; signaling/src/protocol/ on the server),
@@ -267,7 +280,7 @@ const LEAVE_TIMEOUT_MS = 1500;
  */
 
 /**
- * @typedef {'connecting'|'connected'|'disconnected'|'failed'|'closed'} ConnectionState
+ * @typedef {'connecting'|'connected'|'disconnected'|'reconnecting'|'failed'|'closed'} ConnectionState
  */
 
 /**
@@ -291,6 +304,13 @@ const LEAVE_TIMEOUT_MS = 1500;
  * @property {boolean} [red]                       prefer RFC 2198 redundant audio (RED) over plain Opus when the
  *                                                 browser supports it (default true): each packet repeats the
  *                                                 previous frame, so a single lost packet costs nothing
+ * @property {boolean} [reconnect]                 rejoin on its own when an established session is lost (the
+ *                                                 signaling socket broke, the server restarted or shut down, or
+ *                                                 the media path died): default true
+ * @property {number} [reconnectWindowMs]          how long to keep trying before failing with `connection_lost`
+ *                                                 (default 60000)
+ * @property {() => (string|Promise<string>)} [getToken]  a fresh access token for each rejoin (default: the
+ *                                                 token given to {@link connect}, which must then still be valid)
  * @property {typeof WebSocket} [WebSocket]        WebSocket implementation (for tests)
  */
 
@@ -428,6 +448,11 @@ function waitForIceGathering(pc, timeoutMs) {
  *                       and `message`; `code` is the server's (docs/protocol.md) or the SDK's. A fatal error
  *                       (e.g. `connection_failed`: the media server could not be reached) is followed by
  *                       `connectionstate` → `failed` and `closed`.
+ * - `reconnecting`      `{reason, attempt}` — the session was lost (see {@link ConnectOptions}.reconnect); the
+ *                       SDK rejoins with backoff (0.25, 0.5, 1, then every 2 s) and keeps the microphone, the
+ *                       mute state and the Room object; {@link Room#connectionState} is `reconnecting`
+ * - `reconnected`       `{attempts, downtimeMs}` — media flows again. The rejoined session has a new
+ *                       participant sid; `participantleft`/`participantjoined` fire only for real changes
  * - `closed`            `{reason, code}` — the session ended (left, socket closed, or failed); after a failure
  *                       {@link Room#connectionState} stays `failed`
  * - `autoplayblocked`   `{slot}` — an `<audio>` element could not start; call {@link Room#resumeAudio}
@@ -493,6 +518,12 @@ export class Room extends EventTarget {
     this._pending = null;
     /** @private */ this._ownsMicTrack = false;
     /** @private @type {Promise<void>} */ this._queue = Promise.resolve();
+    /**
+     * @private @type {{since: number, attempt: number, reason: string,
+     *   timer: ReturnType<typeof setTimeout>|null, attemptTimer: ReturnType<typeof setTimeout>|null}|null}
+     * set while a lost session is being rejoined
+     */
+    this._reconnect = null;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -503,7 +534,9 @@ export class Room extends EventTarget {
    * connected; `connected`; `disconnected` while the peer connection or the server reports the media path
    * down (it may recover); `failed` after a fatal server error, a failed peer connection (ICE failed), the
    * server ending the session because our media never connected or was lost, or a failed connect, always
-   * after an `error` event explaining why; `closed` once the socket is closed or `leave()` was called.
+   * after an `error` event explaining why; `reconnecting` while a lost session is being rejoined (then
+   * `connected` again, or `failed` with `connection_lost` after `reconnectWindowMs`); `closed` once the socket
+   * is closed or `leave()` was called.
    * `failed` and `closed` are final: a failed room never becomes `closed` (its `closed` event still fires).
    * @returns {ConnectionState}
    */
@@ -681,7 +714,9 @@ export class Room extends EventTarget {
   /** @private */
   async _openSocket() {
     const opts = this._options;
-    if (opts.microphone && !opts.audioTrack) {
+    if (this.micTrack) {
+      // A rejoin: the published track carries on.
+    } else if (opts.microphone && !opts.audioTrack) {
       this.micTrack = await openMicrophone(opts.microphone === true ? {} : opts.microphone);
       this._ownsMicTrack = true;
     } else if (opts.audioTrack) {
@@ -690,6 +725,7 @@ export class Room extends EventTarget {
     const WS = opts.WebSocket || WebSocket;
     const ws = new WS(this._url);
     this._ws = ws;
+    const socket = ws;
     ws.onopen = () => {
       /** @type {JoinMessage} */
       const join = { type: 'join', protocol: PROTOCOL_VERSION, token: this._token };
@@ -706,7 +742,8 @@ export class Room extends EventTarget {
         return;
       }
       // Handle messages strictly in order: some handlers await WebRTC calls.
-      this._queue = this._queue.then(() => this._handle(msg)).catch((e) => this._fail(e instanceof ChorusError
+      // A message of a socket given up on (a lost session being rejoined) is not handled.
+      this._queue = this._queue.then(() => (this._ws === socket ? this._handle(msg) : undefined)).catch((e) => this._fail(e instanceof ChorusError
         ? e : new ChorusError('connection_failed', String(e && e.message || e))));
     };
     ws.onerror = () => {
@@ -715,8 +752,17 @@ export class Room extends EventTarget {
     ws.onclose = (ev) => {
       // Behind the queued messages, so that an `error` sent just before the close is reported first.
       this._queue = this._queue.then(() => {
-        if (this._closed) return;
+        if (this._closed || this._ws !== socket) return;
         const why = `WebSocket closed (code ${ev.code}${ev.reason ? ', ' + ev.reason : ''})`;
+        if (!this._failed && this._reconnect) {
+          this._scheduleReconnect(why); // this attempt did not get through: the next one
+          return;
+        }
+        const lostMedia = ev.reason === 'media_disconnected';
+        if (!this._failed && this._mayReconnect() && (RECONNECT_CLOSE_CODES.has(ev.code) || lostMedia)) {
+          this._startReconnect(lostMedia ? 'the server lost our media' : why);
+          return;
+        }
         if (this._pending) {
           this._pending.reject(new ChorusError('closed', why));
           this._pending = null;
@@ -773,11 +819,18 @@ export class Room extends EventTarget {
     this.roomInfo = msg.room;
     this.localParticipant = participantFrom(msg.participant, true);
     if (this._muted) this.localParticipant.muted = true;
+    const before = this._reconnect ? new Map(this.participants) : null;
+    this.participants = new Map();
     for (const p of msg.participants || []) this.participants.set(p.sid, participantFrom(p, false));
+    if (before) this._reconcileParticipants(before);
     this._emit('participants', { participants: this.allParticipants() });
+    // A rejoined session starts unmuted on the server.
+    if (this._muted && this.localParticipant.canPublish) this._send({ type: 'mute', muted: true });
 
     const k = Math.max(0, Number(msg.room && msg.room.slots) || 0);
+    // A rejoin (reconnect) gets fresh credentials and a new peer connection: forget the old one's refusals.
     this._iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+    this._turnErrors = [];
     const rtcConfig = this._options.rtcConfig || {};
     const pc = new RTCPeerConnection({
       iceTransportPolicy: this._options.iceTransportPolicy || 'all',
@@ -787,7 +840,7 @@ export class Room extends EventTarget {
     this.pc = pc;
     pc.addEventListener('icecandidateerror', (ev) => {
       const e = /** @type {RTCPeerConnectionIceErrorEvent} */ (ev);
-      if (/^turns?:/.test(e.url || '') && this._turnErrors.length < 16) {
+      if (this.pc === pc && /^turns?:/.test(e.url || '') && this._turnErrors.length < 16) {
         this._turnErrors.push({ url: e.url, errorCode: e.errorCode, errorText: e.errorText || '' });
       }
     });
@@ -838,6 +891,10 @@ export class Room extends EventTarget {
     if (!pc) throw new ChorusError('protocol', 'answer before joined');
     await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
     this._mediaCandidate = serverCandidate(msg.sdp);
+    if (this._reconnect && this._reconnect.attemptTimer) {
+      clearTimeout(this._reconnect.attemptTimer);
+      this._reconnect.attemptTimer = null;
+    }
     for (const s of this.slots) {
       if (!s.transceiver) continue;
       s.mid = s.transceiver.mid;
@@ -995,11 +1052,24 @@ export class Room extends EventTarget {
     const pcState = this.pc ? this.pc.connectionState : 'new';
     const ice = this.pc ? this.pc.iceConnectionState : 'new';
     if (!this._failed && (pcState === 'failed' || ice === 'failed')) {
-      // No ICE restart in this protocol: a failed peer connection is the end of the session.
-      this._fail(this._mediaError('ice'));
+      // A failed peer connection ends the session; one that had worked is rejoined.
+      if (this._reconnect) this._scheduleReconnect('ICE failed');
+      else if (this._mayReconnect()) this._startReconnect('ICE failed after the call had connected');
+      else this._fail(this._mediaError('ice'));
       return;
     }
     if (this._failed) next = 'failed';
+    else if (this._reconnect) {
+      if (pcState !== 'connected') {
+        this._setState('reconnecting');
+        return;
+      }
+      const r = this._reconnect;
+      this._reconnect = null;
+      this._setState('connected');
+      this._emit('reconnected', { attempts: r.attempt, downtimeMs: Math.round(performance.now() - r.since) });
+      return;
+    }
     else if (pcState === 'disconnected' || this.serverMediaState === 'disconnected') next = 'disconnected';
     else if (pcState === 'connected') next = 'connected';
     else next = 'connecting';
@@ -1046,6 +1116,7 @@ export class Room extends EventTarget {
     if (this._closed) return;
     this._setState(state);
     this._closed = true;
+    this._stopReconnecting();
     if (this._pingTimer) clearInterval(this._pingTimer);
     this._pingTimer = null;
     if (this._ws) {
@@ -1067,6 +1138,126 @@ export class Room extends EventTarget {
       p.reject(new ChorusError('closed', reason));
     }
     this._emit('closed', { reason, code: code ?? null });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Reconnect
+
+  /** @private @returns {boolean} whether a lost session may be rejoined */
+  _mayReconnect() {
+    return this._options.reconnect !== false && this._everConnected && !this._closed && !this._failed;
+  }
+
+  /**
+   * The session was lost: drop the socket and the peer connection (keeping the microphone, the mute state
+   * and the participant list) and start rejoining.
+   * @private
+   * @param {string} reason
+   */
+  _startReconnect(reason) {
+    if (this._reconnect) return;
+    this._reconnect = { since: performance.now(), attempt: 0, reason, timer: null, attemptTimer: null };
+    this._setState('reconnecting');
+    this._scheduleReconnect(reason);
+  }
+
+  /**
+   * Tear down the lost attempt and schedule the next one, or fail once the window has passed.
+   * @private
+   * @param {string} reason
+   */
+  _scheduleReconnect(reason) {
+    const r = this._reconnect;
+    if (!r || this._closed) return;
+    this._dropSession();
+    r.reason = reason;
+    const windowMs = this._options.reconnectWindowMs ?? RECONNECT_WINDOW_MS;
+    const waited = performance.now() - r.since;
+    if (waited >= windowMs) {
+      this._reconnect = null;
+      this._fail(new ChorusError('connection_lost', `lost the connection to the server and could not rejoin `
+        + `within ${Math.round(waited / 1000)} s (${r.attempt} attempts; last: ${reason})`, true));
+      return;
+    }
+    const delay = RECONNECT_DELAYS_MS[Math.min(r.attempt, RECONNECT_DELAYS_MS.length - 1)];
+    this._emit('reconnecting', { reason, attempt: r.attempt + 1 });
+    r.timer = setTimeout(() => { this._attemptReconnect().catch(() => this._scheduleReconnect('rejoin failed')); },
+      Math.min(delay, Math.max(0, windowMs - waited)));
+  }
+
+  /** @private */
+  async _attemptReconnect() {
+    const r = this._reconnect;
+    if (!r || this._closed) return;
+    r.timer = null;
+    r.attempt += 1;
+    if (this._options.getToken) this._token = await this._options.getToken();
+    if (this._reconnect !== r || this._closed) return;
+    r.attemptTimer = setTimeout(() => {
+      if (this._reconnect === r) this._scheduleReconnect('no answer to the rejoin in time');
+    }, RECONNECT_ATTEMPT_TIMEOUT_MS);
+    await this._openSocket();
+  }
+
+  /**
+   * Close the socket and the peer connection of a lost session (not the microphone).
+   * @private
+   */
+  _dropSession() {
+    const r = this._reconnect;
+    if (r && r.attemptTimer) clearTimeout(r.attemptTimer);
+    if (r) r.attemptTimer = null;
+    if (this._pingTimer) clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    if (this._ws) {
+      const ws = this._ws;
+      this._ws = null;
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      try { ws.close(1000); } catch (e) { /* already closed */ }
+    }
+    for (const s of this.slots) {
+      if (s.element) {
+        s.element.pause();
+        s.element.srcObject = null;
+        s.element.remove();
+      }
+      if (s.track) this.remoteStream.removeTrack(s.track);
+    }
+    this.slots = [];
+    if (this.micTransceiver) this.micTransceiver = null;
+    if (this.pc) {
+      const pc = this.pc;
+      this.pc = null;
+      pc.close();
+    }
+    this.serverMediaState = null;
+    this._pingSent.clear();
+  }
+
+  /** @private */
+  _stopReconnecting() {
+    const r = this._reconnect;
+    if (!r) return;
+    if (r.timer) clearTimeout(r.timer);
+    if (r.attemptTimer) clearTimeout(r.attemptTimer);
+    this._reconnect = null;
+  }
+
+  /**
+   * After a rejoin: tell the application only about participants who really left or joined meanwhile
+   * (matched by identity: every session has a new sid).
+   * @private
+   * @param {Map<string, Participant>} before
+   */
+  _reconcileParticipants(before) {
+    const now = new Map([...this.participants.values()].map((p) => [p.identity, p]));
+    const was = new Map([...before.values()].map((p) => [p.identity, p]));
+    for (const [identity, p] of was) {
+      if (!now.has(identity)) this._emit('participantleft', { participant: p, reason: 'disconnected' });
+    }
+    for (const [identity, p] of now) {
+      if (!was.has(identity)) this._emit('participantjoined', { participant: p });
+    }
   }
 
   // ---------------------------------------------------------------------------------------------

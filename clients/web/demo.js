@@ -185,6 +185,15 @@ function wireRoom(room) {
     setStatePill(s);
   });
   room.on('mediastate', ({ state: s }) => log('server media state', s));
+  room.on('reconnecting', ({ reason, attempt }) => {
+    log('reconnecting', { attempt, reason });
+    els.roomHint.textContent = `Connection lost (${reason}): reconnecting, attempt ${attempt}…`;
+  });
+  room.on('reconnected', ({ attempts, downtimeMs }) => {
+    log('reconnected', { attempts, downtimeMs });
+    els.roomHint.textContent = '';
+    render();
+  });
   room.on('error', ({ code, message, fatal }) => {
     log('error', { code, message, fatal });
     state.lastError = { code, message };

@@ -1,19 +1,24 @@
 //! A load run: ramp participants up, hold the load, measure, report.
 
-use std::collections::BTreeMap;
+mod join;
+mod monitor;
+mod report;
+
+use join::participant;
+pub use join::{await_media, chorus_join};
+pub use report::{join_summary, JoinSummary, Point, Report, ServerSummary, StreamSummary};
+use report::{ms, stream_summary};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use signaling::client::{Client, ClientError};
-use signaling::protocol::ServerMessage;
 use tokio::sync::watch;
 
 use crate::audio::Frames;
-use crate::engine::{Engine, EngineConfig, ParticipantSpec, PeerShape, Snapshot, StreamReport};
-use crate::floor::{Floor, FloorConfig};
+use crate::engine::{Engine, EngineConfig, ParticipantSpec, PeerShape, Snapshot};
+use crate::floor::FloorConfig;
 use crate::procstat::{self, ProcSample};
-use crate::signal::{self, SignalError};
 use crate::stats::Summary;
 use crate::talk::TalkModel;
 
@@ -111,102 +116,6 @@ pub struct JoinRecord {
     /// WebSocket open → first remote audio packet, ms.
     pub first_audio_ms: Option<f64>,
     pub error: Option<String>,
-}
-
-/// One point of the time series (one per second).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Point {
-    pub t_s: f64,
-    pub joined: usize,
-    pub rx_pps: f64,
-    pub loss_pct: Option<f64>,
-    pub latency_p50_ms: Option<f64>,
-    pub latency_p99_ms: Option<f64>,
-    pub mix_latency_p50_ms: Option<f64>,
-    pub server_cpu_pct: Option<f64>,
-    pub server_rss_mb: Option<f64>,
-    pub tool_cpu_pct: f64,
-}
-
-/// The outcome of a run.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub target: String,
-    pub mode: Mode,
-    pub rooms: usize,
-    pub participants: usize,
-    pub talkers_per_room: usize,
-    pub talk_model: String,
-    pub dtx: bool,
-    pub ramp_rate: f64,
-    pub duration_s: f64,
-    pub drop_rtp: f64,
-    pub seed: u64,
-    pub floor: Option<Floor>,
-    pub joins: JoinSummary,
-    pub streams: StreamSummary,
-    /// Forward mode: publisher send → subscriber receive, ms, steady state.
-    pub latency_ms: Summary,
-    /// Mix mode: chirp sent → chirp in the received mix, ms, codec delay removed, steady state.
-    pub mix_latency_ms: Summary,
-    pub server: Option<ServerSummary>,
-    /// CPU share of one core used by this tool in the steady state.
-    pub tool_cpu_share: f64,
-    /// Datagrams dropped on the tool's own full receive queue during the whole run (should be 0).
-    pub tool_socket_drops: u64,
-    pub series: Vec<Point>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct JoinSummary {
-    pub attempted: usize,
-    pub succeeded: usize,
-    pub failed: usize,
-    pub failures: BTreeMap<String, usize>,
-    /// One full error message per failure reason.
-    pub failure_examples: BTreeMap<String, String>,
-    pub first_audio_ms: Summary,
-    pub connect_ms: Summary,
-    /// Wall time from the first join started to the last one done, s.
-    pub ramp_s: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct StreamSummary {
-    pub count: usize,
-    pub expected: u64,
-    pub received: u64,
-    pub lost: u64,
-    pub loss_pct: f64,
-    pub loss_pct_per_stream: Summary,
-    pub jitter_ms: Summary,
-    /// RTP packets the publishers sent (after injected drops) and the drops injected.
-    pub sent_rtp: u64,
-    pub injected_drops: u64,
-    /// Non-RTP datagrams (RTCP feedback, STUN consent, DTLS) the participants sent, per second of the run.
-    pub sent_other_per_s: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ServerSummary {
-    pub pid: u32,
-    pub window_s: f64,
-    pub cpu_s: f64,
-    pub cpu_share_of_core: f64,
-    /// Packets the subscribers received in the window (what the server forwarded or mixed and sent).
-    pub packets_out: u64,
-    pub cpu_us_per_packet: Option<f64>,
-    pub ratio_to_floor: Option<f64>,
-    /// Share of a core per connected participant (mix mode's figure of merit).
-    pub cpu_share_per_participant: f64,
-    pub participants_per_core: Option<f64>,
-    pub rss_before_kb: u64,
-    pub rss_after_kb: u64,
-    pub rss_kb_per_participant: f64,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// Run the load; returns the report.
@@ -456,214 +365,6 @@ pub fn expects_audio(config: &RunConfig, spec: &ParticipantSpec) -> bool {
     }
 }
 
-async fn participant(
-    config: Arc<RunConfig>,
-    engine: Engine,
-    spec: ParticipantSpec,
-    stop: watch::Receiver<bool>,
-) -> JoinRecord {
-    let mut rec = JoinRecord {
-        index: spec.index,
-        room: spec.room,
-        talker: spec.talk.is_some(),
-        connect_ms: None,
-        first_audio_ms: None,
-        error: None,
-    };
-    let r = match &config.target {
-        Target::Chorus {
-            ws_url,
-            api_key,
-            api_secret,
-        } => {
-            chorus_session(
-                &config, &engine, spec, ws_url, api_key, api_secret, stop, &mut rec,
-            )
-            .await
-        }
-        Target::Janus {
-            ws_url,
-            prebuffer,
-            room_base,
-        } => {
-            let params = crate::janus::JanusParams {
-                url: ws_url,
-                room_base: *room_base,
-                prebuffer: *prebuffer,
-            };
-            crate::janus::session(&config, &engine, spec, params, stop, &mut rec).await
-        }
-    };
-    if let Err(e) = r {
-        rec.error = Some(e);
-        engine.remove(spec.index);
-    }
-    rec
-}
-
-/// Wait for the media milestones; fills `rec`. Errors are short reasons.
-pub async fn await_media(
-    config: &RunConfig,
-    spec: &ParticipantSpec,
-    t0: Instant,
-    milestones: crate::engine::Milestones,
-    rec: &mut JoinRecord,
-) -> Result<(), String> {
-    let deadline = t0 + config.join_timeout;
-    let connected = tokio::time::timeout_at(deadline.into(), milestones.connected)
-        .await
-        .map_err(|_| "timeout:media_connected".to_string())?
-        .map_err(|_| "media_failed".to_string())?;
-    rec.connect_ms = Some(ms(connected.saturating_duration_since(t0)));
-    if expects_audio(config, spec) {
-        let first = tokio::time::timeout_at(deadline.into(), milestones.first_audio)
-            .await
-            .map_err(|_| "timeout:first_audio".to_string())?
-            .map_err(|_| "media_failed".to_string())?;
-        rec.first_audio_ms = Some(ms(first.saturating_duration_since(t0)));
-    }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn chorus_session(
-    config: &RunConfig,
-    engine: &Engine,
-    spec: ParticipantSpec,
-    ws_url: &str,
-    api_key: &str,
-    api_secret: &str,
-    mut stop: watch::Receiver<bool>,
-    rec: &mut JoinRecord,
-) -> Result<(), String> {
-    let mut ws = chorus_join(config, engine, spec, ws_url, api_key, api_secret, rec).await?;
-    // Joined. Stay in the room until the run stops, answering the idle timeout with pings.
-    let mut ping = tokio::time::interval(Duration::from_secs(10));
-    let mut id = 0u64;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.changed() => {
-                    let _ = ws.leave().await;
-                    ws.close().await;
-                    return;
-                }
-                _ = ping.tick() => {
-                    id += 1;
-                    if ws.ping(id).await.is_err() { return; }
-                }
-                m = ws.recv() => {
-                    if !matches!(m, Ok(Some(_))) { return; }
-                }
-            }
-        }
-    });
-    Ok(())
-}
-
-/// Join a Chorus room and wait for the media milestones (fills `rec`); returns the open signaling
-/// WebSocket, which the caller must keep reading (and pinging) while the participant stays.
-pub async fn chorus_join(
-    config: &RunConfig,
-    engine: &Engine,
-    mut spec: ParticipantSpec,
-    ws_url: &str,
-    api_key: &str,
-    api_secret: &str,
-    rec: &mut JoinRecord,
-) -> Result<Client, String> {
-    let room = room_name(config, spec.room);
-    let identity = format!("lt-{}", spec.index);
-    let token =
-        signal::chorus_token(api_key, api_secret, &room, &identity).map_err(|e| e.detailed())?;
-    let t = config.join_timeout;
-    let t0 = Instant::now();
-    let detailed = |e: ClientError| SignalError::from(e).detailed();
-    let mut ws = Client::connect(ws_url).await.map_err(detailed)?;
-    let joined = ws
-        .join(&token, Some(&room), Some(&identity), t)
-        .await
-        .map_err(detailed)?;
-    spec.slots = usize::from(joined.room.slots);
-    let (offer, milestones) = engine.create(spec).await.map_err(|e| e.to_string())?;
-    let answer = ws.offer(&offer, t).await.map_err(detailed)?;
-    engine
-        .answer(spec.index, answer.sdp)
-        .await
-        .map_err(|e| e.to_string())?;
-    // Keep reading signaling while waiting for media, so the server never blocks on us.
-    let media = await_media(config, &spec, t0, milestones, rec);
-    tokio::pin!(media);
-    loop {
-        tokio::select! {
-            r = &mut media => { r?; break; }
-            m = ws.recv() => {
-                match m {
-                    Ok(Some(ServerMessage::Error(e))) => return Err(detailed(ClientError::Server(e))),
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Err("closed:media".into()),
-                    Err(e) => return Err(detailed(e)),
-                }
-            }
-        }
-    }
-    Ok(ws)
-}
-
-pub fn join_summary(records: &[JoinRecord], ramp_s: f64) -> JoinSummary {
-    let mut failures = BTreeMap::new();
-    let mut failure_examples = BTreeMap::new();
-    for r in records {
-        if let Some(e) = &r.error {
-            let (key, example) = match e.split_once('|') {
-                Some((k, x)) => (k.to_owned(), x.to_owned()),
-                None => (
-                    e.split(':').take(2).collect::<Vec<_>>().join(":"),
-                    e.clone(),
-                ),
-            };
-            *failures.entry(key.clone()).or_insert(0) += 1;
-            failure_examples.entry(key).or_insert(example);
-        }
-    }
-    let mut first: Vec<f64> = records.iter().filter_map(|r| r.first_audio_ms).collect();
-    let mut conn: Vec<f64> = records.iter().filter_map(|r| r.connect_ms).collect();
-    let failed = records.iter().filter(|r| r.error.is_some()).count();
-    JoinSummary {
-        attempted: records.len(),
-        succeeded: records.len() - failed,
-        failed,
-        failures,
-        failure_examples,
-        first_audio_ms: Summary::of(&mut first),
-        connect_ms: Summary::of(&mut conn),
-        ramp_s,
-    }
-}
-
-fn stream_summary(streams: &[StreamReport], last: &Snapshot, run_s: f64) -> StreamSummary {
-    let expected: u64 = streams.iter().map(|s| s.expected).sum();
-    let received: u64 = streams.iter().map(|s| s.received).sum();
-    let lost: u64 = streams.iter().map(|s| s.lost).sum();
-    let mut per: Vec<f64> = streams
-        .iter()
-        .map(|s| 100.0 * s.lost as f64 / s.expected.max(1) as f64)
-        .collect();
-    let mut jit: Vec<f64> = streams.iter().map(|s| s.jitter_ms).collect();
-    StreamSummary {
-        count: streams.len(),
-        expected,
-        received,
-        lost,
-        loss_pct: 100.0 * lost as f64 / expected.max(1) as f64,
-        loss_pct_per_stream: Summary::of(&mut per),
-        jitter_ms: Summary::of(&mut jit),
-        sent_rtp: last.tx_rtp,
-        injected_drops: last.injected_drops,
-        sent_other_per_s: last.tx_other as f64 / run_s.max(1e-3),
-    }
-}
-
 /// Once a second: a snapshot, a point of the series, the progress line.
 struct Monitor {
     epoch: Instant,
@@ -674,90 +375,4 @@ struct Monitor {
     measuring: bool,
     window_latency: Vec<f64>,
     window_chirp: Vec<f64>,
-}
-
-impl Monitor {
-    fn new(epoch: Instant, pid: Option<u32>, progress: bool) -> Monitor {
-        Monitor {
-            epoch,
-            pid,
-            progress,
-            last: None,
-            series: Vec::new(),
-            measuring: false,
-            window_latency: Vec::new(),
-            window_chirp: Vec::new(),
-        }
-    }
-
-    async fn tick(&mut self, engine: &Engine, joined: &usize) {
-        self.tick_n(engine, *joined).await;
-    }
-
-    fn absorb(&mut self, s: &mut Snapshot) {
-        if self.measuring {
-            self.window_latency.append(&mut s.latency_ms);
-            self.window_chirp.append(&mut s.chirp_ms);
-        }
-    }
-
-    async fn tick_n(&mut self, engine: &Engine, joined: usize) {
-        let Ok(mut s) = engine.snapshot().await else {
-            return;
-        };
-        let now = Instant::now();
-        let server = sample_opt(self.pid);
-        let Ok(tool) = procstat::sample(None) else {
-            return;
-        };
-        let mut lat = s.latency_ms.clone();
-        let lat_sum = Summary::of(&mut lat);
-        let mut chirp = s.chirp_ms.clone();
-        let chirp_sum = Summary::of(&mut chirp);
-        self.absorb(&mut s);
-        let mut p = Point {
-            t_s: now.saturating_duration_since(self.epoch).as_secs_f64(),
-            joined,
-            latency_p50_ms: lat_sum.p50,
-            latency_p99_ms: lat_sum.p99,
-            mix_latency_p50_ms: chirp_sum.p50,
-            server_rss_mb: server.map(|x| x.rss_kb as f64 / 1024.0),
-            ..Point::default()
-        };
-        if let Some((t, prev, prev_server, prev_tool)) = &self.last {
-            let dt = now.saturating_duration_since(*t).as_secs_f64().max(1e-3);
-            p.rx_pps = (s.rx_packets - prev.rx_packets) as f64 / dt;
-            let de = s.expected.saturating_sub(prev.expected);
-            let dr = s.received.saturating_sub(prev.received);
-            p.loss_pct = (de > 0).then(|| 100.0 * de.saturating_sub(dr) as f64 / de as f64);
-            p.server_cpu_pct = server
-                .zip(*prev_server)
-                .map(|(a, b)| 100.0 * (a.cpu_s() - b.cpu_s()) / dt);
-            p.tool_cpu_pct = 100.0 * (tool.cpu_s() - prev_tool.cpu_s()) / dt;
-        }
-        if self.progress {
-            use std::io::IsTerminal;
-            let start = if std::io::stderr().is_terminal() {
-                "\r"
-            } else {
-                "\n"
-            };
-            let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}"));
-            eprint!(
-                "{start}[{:6.1}s] joined {:4} connected {:4} | rx {:7.0} pkt/s loss {:>5}% | latency p50 {:>6} p99 {:>6} ms | mix {:>6} ms | server cpu {:>6}% | tool cpu {:5.1}%   ",
-                p.t_s,
-                joined,
-                s.connected,
-                p.rx_pps,
-                f(p.loss_pct),
-                f(p.latency_p50_ms),
-                f(p.latency_p99_ms),
-                f(p.mix_latency_p50_ms),
-                f(p.server_cpu_pct),
-                p.tool_cpu_pct,
-            );
-        }
-        self.series.push(p);
-        self.last = Some((now, s, server, tool));
-    }
 }

@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// First media UDP port; worker i uses port_start + i.
     #[arg(long)]
     media_port_start: Option<u16>,
+    /// ICE-TCP beside UDP (passive TCP candidates, one TCP port per worker): true or false.
+    #[arg(long)]
+    media_tcp_enabled: Option<bool>,
+    /// First ICE-TCP port; worker i uses tcp_port_start + i (default: the UDP port numbers).
+    #[arg(long)]
+    media_tcp_port_start: Option<u16>,
     /// Address advertised in ICE candidates (public IP).
     #[arg(long)]
     public_ip: Option<IpAddr>,
@@ -150,6 +156,12 @@ pub fn apply_flags(c: &mut Config, a: &ServeArgs) {
     }
     if let Some(v) = a.media_port_start {
         c.media.port_start = v;
+    }
+    if let Some(v) = a.media_tcp_enabled {
+        c.media.tcp_enabled = v;
+    }
+    if let Some(v) = a.media_tcp_port_start {
+        c.media.tcp_port_start = Some(v);
     }
     if let Some(v) = a.public_ip {
         c.media.public_ip = Some(v);

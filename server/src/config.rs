@@ -89,6 +89,17 @@ pub struct MediaConfig {
     /// Kernel receive and send buffer asked for on each worker's socket (the kernel may grant less; the
     /// granted size is logged). Large, so fan-out bursts do not drop incoming packets.
     pub socket_buffer_bytes: usize,
+    /// ICE-TCP (RFC 6544 passive candidates, RFC 4571 framing) for clients whose network drops UDP: each
+    /// worker also listens on a TCP port, offered after the UDP candidate (clients prefer UDP).
+    pub tcp_enabled: bool,
+    /// Worker i listens for ICE-TCP on `tcp_port_start + i`; unset: the same port numbers as UDP
+    /// (`port_start + i`), TCP beside UDP.
+    pub tcp_port_start: Option<u16>,
+    /// Open ICE-TCP connections per worker at most; more are closed at once.
+    pub tcp_max_connections: usize,
+    /// An ICE-TCP connection with no STUN request verified by a peer within this long (idle, half-open,
+    /// or not ICE) is closed.
+    pub tcp_stun_timeout_ms: u64,
 }
 
 impl Default for MediaConfig {
@@ -100,6 +111,10 @@ impl Default for MediaConfig {
             workers: 0,
             connect_timeout_ms: 20_000,
             socket_buffer_bytes: 8 << 20,
+            tcp_enabled: true,
+            tcp_port_start: None,
+            tcp_max_connections: 1_024,
+            tcp_stun_timeout_ms: 5_000,
         }
     }
 }
@@ -122,6 +137,11 @@ impl MediaConfig {
             self.public_ip.unwrap_or(self.bind_ip),
             self.port_start + index as u16,
         )
+    }
+
+    /// The ICE-TCP port of worker `index` (when `tcp_enabled`).
+    pub fn tcp_port(&self, index: usize) -> u16 {
+        self.tcp_port_start.unwrap_or(self.port_start) + index as u16
     }
 }
 
@@ -387,6 +407,12 @@ impl Config {
         if let Some(v) = get("CHORUS_MEDIA_PORT_START") {
             self.media.port_start = parse("CHORUS_MEDIA_PORT_START", &v)?;
         }
+        if let Some(v) = get("CHORUS_MEDIA_TCP_ENABLED") {
+            self.media.tcp_enabled = parse("CHORUS_MEDIA_TCP_ENABLED", &v)?;
+        }
+        if let Some(v) = get("CHORUS_MEDIA_TCP_PORT_START") {
+            self.media.tcp_port_start = Some(parse("CHORUS_MEDIA_TCP_PORT_START", &v)?);
+        }
         if let Some(v) = get("CHORUS_PUBLIC_IP") {
             self.media.public_ip = Some(parse("CHORUS_PUBLIC_IP", &v)?);
         }
@@ -508,6 +534,19 @@ impl Config {
         if workers > 256 || self.media.port_start as usize + workers - 1 > u16::MAX as usize {
             return invalid("media.workers ports do not fit above media.port_start");
         }
+        if let Some(tcp) = self.media.tcp_port_start {
+            if tcp == 0 || tcp as usize + workers - 1 > u16::MAX as usize {
+                return invalid(
+                    "media.tcp_port_start: a fixed port, with room for every worker above",
+                );
+            }
+        }
+        if !(1..=1_000_000).contains(&self.media.tcp_max_connections) {
+            return invalid("media.tcp_max_connections must be 1..=1000000");
+        }
+        if !(100..=600_000).contains(&self.media.tcp_stun_timeout_ms) {
+            return invalid("media.tcp_stun_timeout_ms must be 100..=600000");
+        }
         if self.media.public_ip.is_none() && self.media.bind_ip.is_unspecified() {
             return invalid("media.public_ip is required when media.bind_ip is a wildcard address");
         }
@@ -580,221 +619,9 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_HTTP_MAX_CONNECTIONS_PER_IP, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
-CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
+CHORUS_MEDIA_TCP_ENABLED, CHORUS_MEDIA_TCP_PORT_START, CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
 CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_TURN_URLS (comma-separated), CHORUS_TURN_SECRET, CHORUS_LOG, CHORUS_LOG_JSON";
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn printed_configuration_has_no_secrets() {
-        // Issue 10: --print-config printed the API secrets.
-        let c = Config::from_toml(
-            "[auth]\ndev_mode = false\n\
-             api_keys = { prod = \"0123456789abcdef0123456789abcdef\" }\n\
-             [webhooks]\nurls = [\"https://hook:s3cr3t@example.com/x?a=b\", \"http://example.com/y@z\"]\n\
-             [turn]\nurls = [\"turn:turn.example.com\"]\nsecret = \"turn-secret-turn-secret\"\n",
-        )
-        .unwrap();
-        c.validate().unwrap();
-        let printed = toml::to_string_pretty(&c.redacted()).unwrap();
-        assert!(!printed.contains("0123456789abcdef"), "{printed}");
-        assert!(!printed.contains("turn-secret"), "{printed}");
-        assert!(printed.contains("secret = \"<redacted>\""), "{printed}");
-        assert_eq!(c.turn.secret, "turn-secret-turn-secret");
-        assert!(!printed.contains("s3cr3t"), "{printed}");
-        assert!(printed.contains("prod = \"<redacted>\""), "{printed}");
-        assert!(
-            printed.contains("https://<redacted>@example.com/x?a=b"),
-            "{printed}"
-        );
-        assert!(printed.contains("http://example.com/y@z"), "{printed}");
-        // The configuration itself keeps its secrets.
-        assert_eq!(
-            c.auth.signing_key().unwrap().1,
-            "0123456789abcdef0123456789abcdef"
-        );
-    }
-
-    #[test]
-    fn embedded_default_is_valid_loopback_dev_mode() {
-        let c = Config::default();
-        c.validate().unwrap();
-        assert_eq!(c.http.listen.to_string(), "127.0.0.1:7880");
-        assert!(c.auth.dev_mode);
-        assert_eq!(c.auth.signing_key().unwrap().0, DEV_API_KEY);
-    }
-
-    #[test]
-    fn file_then_env_override() {
-        let mut c = Config::from_toml(
-            "[media]\nport_start = 9000\nworkers = 2\n[room]\nslots = 5\n[auth]\ndev_mode = false\n\
-             api_keys = { prod = \"0123456789abcdef0123456789abcdef\" }\n",
-        )
-        .unwrap();
-        assert_eq!(c.media.port_start, 9000);
-        assert_eq!(c.room.slots, 5);
-        c.validate().unwrap();
-        let env = |k: &str| match k {
-            "CHORUS_ROOM_SLOTS" => Some("4".to_owned()),
-            "CHORUS_PUBLIC_IP" => Some("203.0.113.7".to_owned()),
-            _ => None,
-        };
-        c.apply_env(env).unwrap();
-        assert_eq!(c.room.slots, 4);
-        assert_eq!(c.media.candidate_addr(1).to_string(), "203.0.113.7:9001");
-        assert_eq!(c.auth.signing_key().unwrap().0, "prod");
-        // A configured key wins over the development key, whatever the names' order.
-        c.auth.dev_mode = true;
-        assert_eq!(c.auth.signing_key().unwrap().0, "prod");
-        // Issue 10: the published development key is never accepted next to real keys.
-        assert!(!c.auth.dev_mode_active());
-        assert!(!c.auth.effective_keys().contains_key(DEV_API_KEY));
-        assert_eq!(c.auth.effective_keys().len(), 1);
-    }
-
-    #[test]
-    fn connection_limits_are_validated() {
-        let mut c = Config::from_toml(
-            "[http]\nheader_timeout_ms = 500\nmax_connections = 100\nmax_connections_per_ip = 10\n",
-        )
-        .unwrap();
-        c.validate().unwrap();
-        assert_eq!(c.http.max_connections_per_ip, 10);
-        c.http.max_connections_per_ip = 101;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("max_connections"));
-        c.http.max_connections_per_ip = 0;
-        assert!(c.validate().is_err());
-        c.http.max_connections_per_ip = 10;
-        c.http.header_timeout_ms = 0;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("header_timeout_ms"));
-        let c = Config::default();
-        assert_eq!(c.http.header_timeout_ms, 10_000);
-        assert_eq!(c.session.join_deadline_ms, 10_000);
-        assert_eq!(c.room.kick_ban_secs, 300);
-    }
-
-    #[test]
-    fn dev_mode_on_a_network_listener_needs_the_unsafe_flag() {
-        let mut c = Config::default();
-        c.http.listen = "0.0.0.0:7880".parse().unwrap();
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("refusing development mode"), "{e}");
-        c.http.listen = "127.0.0.2:7880".parse().unwrap();
-        c.validate().unwrap();
-        c.http.listen = "[::1]:7880".parse().unwrap();
-        c.validate().unwrap();
-        c.http.listen = "0.0.0.0:7880".parse().unwrap();
-        c.apply_env(|k| (k == "CHORUS_UNSAFE_DEV_MODE_ON_NETWORK").then(|| "true".into()))
-            .unwrap();
-        c.validate().unwrap();
-        // Real keys turn development mode off, so a network listener is fine without the flag.
-        let mut c = Config::default();
-        c.http.listen = "0.0.0.0:7880".parse().unwrap();
-        c.auth
-            .api_keys
-            .insert("prod".into(), "0123456789abcdef0123456789abcdef".into());
-        c.validate().unwrap();
-        assert!(!c.auth.dev_mode_active());
-    }
-
-    #[test]
-    fn room_modes_and_mix_settings() {
-        let mut c = Config::from_toml(
-            "[room]\ndefault_mode = \"mix\"\n[room.mix]\nbitrate_bps = 24000\ndtx = false\n",
-        )
-        .unwrap();
-        c.validate().unwrap();
-        assert_eq!(c.room.default_mode, RoomMode::Mix);
-        assert_eq!(c.room.mix.bitrate_bps, 24_000);
-        assert!(!c.room.mix.dtx);
-        assert_eq!(c.room.mix.complexity, MixSettings::default().complexity);
-        c.apply_env(|k| (k == "CHORUS_ROOM_MODE").then(|| "forward".into()))
-            .unwrap();
-        assert_eq!(c.room.default_mode, RoomMode::Forward);
-        assert!(c
-            .apply_env(|k| (k == "CHORUS_ROOM_MODE").then(|| "sfu".into()))
-            .is_err());
-        // The media core validates the mixer settings.
-        c.room.mix.bitrate_bps = 1;
-        assert!(c.validate().unwrap_err().to_string().contains("bitrate"));
-    }
-
-    #[test]
-    fn webhook_settings() {
-        let mut c = Config::default();
-        c.apply_env(|k| {
-            (k == "CHORUS_WEBHOOK_URLS")
-                .then(|| "http://127.0.0.1:9/a, https://example.test/b".into())
-        })
-        .unwrap();
-        assert_eq!(c.webhooks.urls.len(), 2);
-        c.validate().unwrap();
-        c.webhooks.urls.push("ftp://x".into());
-        assert!(c.validate().is_err());
-        let mut c = Config::default();
-        c.webhooks.api_key = Some("nobody".into());
-        assert!(c.validate().is_err());
-    }
-
-    #[test]
-    fn invalid_settings_are_refused_with_reasons() {
-        let mut c = Config::default();
-        c.room.slots = 17;
-        assert!(c.validate().is_err());
-        let mut c = Config::default();
-        c.auth.dev_mode = false;
-        assert!(c.validate().unwrap_err().to_string().contains("API keys"));
-        assert!(Config::from_toml("[media]\nbogus = 1\n").is_err());
-        let mut c = Config::default();
-        assert!(c
-            .apply_env(|k| (k == "CHORUS_WORKERS").then(|| "many".into()))
-            .is_err());
-    }
-
-    #[test]
-    fn turn_section_env_and_validation() {
-        let mut c = Config::default();
-        assert!(!c.turn.enabled());
-        c.apply_env(|k| match k {
-            "CHORUS_TURN_URLS" => {
-                Some("turn:192.0.2.1:3478?transport=udp, turns:turn.example.com:443".into())
-            }
-            "CHORUS_TURN_SECRET" => Some("a-long-enough-turn-secret".into()),
-            _ => None,
-        })
-        .unwrap();
-        assert_eq!(
-            c.turn.urls,
-            [
-                "turn:192.0.2.1:3478?transport=udp",
-                "turns:turn.example.com:443"
-            ]
-        );
-        c.validate().unwrap();
-        c.turn.secret = "short-secret".into();
-        let error = c.validate().unwrap_err().to_string();
-        assert!(error.contains("turn.secret"), "{error}");
-        assert!(!error.contains("short-secret"), "{error}");
-        let bad = Config::from_toml(
-            "[turn]\nurls = [\"stun:192.0.2.1\"]\nsecret = \"a-long-enough-turn-secret\"\n",
-        )
-        .unwrap();
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("turn.urls"));
-        assert!(Config::from_toml("[turn]\nttl = 5\n").is_err());
-    }
-}
+mod tests;

@@ -14,6 +14,7 @@ mod http;
 mod metrics;
 mod shutdown;
 mod state;
+mod tcp;
 mod udp;
 mod webhooks;
 mod worker;
@@ -47,6 +48,8 @@ pub struct Server {
     listener: TcpListener,
     http_addr: SocketAddr,
     media_addrs: Vec<SocketAddr>,
+    tcp_addrs: Vec<SocketAddr>,
+    dev_udp_addrs: Vec<SocketAddr>,
     webhooks_in_flight: webhooks::InFlight,
 }
 
@@ -61,6 +64,13 @@ impl Server {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
 
+        // Development mode with media on loopback: Firefox pairs with no loopback candidate, so the
+        // workers also receive on the first non-loopback interface (never outside development mode).
+        let extra_udp = (config.auth.dev_mode_active()
+            && config.media.bind_ip.is_loopback()
+            && config.media.public_ip.is_none())
+        .then(worker::first_non_loopback_ip)
+        .flatten();
         let mut workers = Vec::new();
         for index in 0..config.media.worker_count() {
             let bind =
@@ -71,12 +81,25 @@ impl Server {
                 candidate: config.media.candidate_addr(index),
                 connect_timeout: Duration::from_millis(config.media.connect_timeout_ms),
                 socket_buffer_bytes: config.media.socket_buffer_bytes,
+                extra_udp,
+                tcp: config.media.tcp_enabled.then(|| worker::TcpSpec {
+                    bind: SocketAddr::new(config.media.bind_ip, config.media.tcp_port(index)),
+                    advertised_ip: config.media.public_ip.unwrap_or(config.media.bind_ip),
+                    max_connections: config.media.tcp_max_connections,
+                    stun_timeout: Duration::from_millis(config.media.tcp_stun_timeout_ms),
+                }),
             };
-            let handle = worker::spawn(spec, media_metrics.clone())
-                .with_context(|| format!("cannot bind media UDP socket {bind}"))?;
+            let handle = worker::spawn(spec, media_metrics.clone()).with_context(|| {
+                format!(
+                    "cannot bind media socket {bind} (UDP, and TCP port {} for ICE-TCP)",
+                    config.media.tcp_port(index)
+                )
+            })?;
             workers.push(handle);
         }
         let media_addrs = workers.iter().map(|w| w.local_addr).collect();
+        let tcp_addrs = workers.iter().filter_map(|w| w.tcp_addr).collect();
+        let dev_udp_addrs = workers.iter().filter_map(|w| w.extra_udp_addr).collect();
         let placement = Arc::new(worker::Placement::new(
             workers.into_iter().map(|w| w.commands).collect(),
         ));
@@ -148,6 +171,8 @@ impl Server {
             listener,
             http_addr,
             media_addrs,
+            tcp_addrs,
+            dev_udp_addrs,
             webhooks_in_flight,
         })
     }
@@ -160,6 +185,11 @@ impl Server {
     /// Each media worker's UDP address.
     pub fn media_addrs(&self) -> &[SocketAddr] {
         &self.media_addrs
+    }
+
+    /// Each media worker's ICE-TCP listener address (empty when ICE-TCP is off).
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
     }
 
     /// Prints the addresses (and, in development mode, the key) to stdout, as `chorus` does at start.
@@ -179,6 +209,19 @@ impl Server {
             self.media_addrs.len(),
             config.media.public_ip.unwrap_or(config.media.bind_ip)
         );
+        if let (Some(first), Some(last)) = (self.tcp_addrs.first(), self.tcp_addrs.last()) {
+            println!(
+                "  media TCP   {}:{}-{} (ICE-TCP, offered after UDP)",
+                first.ip(),
+                first.port(),
+                last.port()
+            );
+        }
+        if let Some(first) = self.dev_udp_addrs.first() {
+            println!(
+                "  media UDP   {first}.. also (development mode: a non-loopback candidate for Firefox)"
+            );
+        }
         if config.auth.dev_mode_active() {
             // Secrets go to a terminal only: stdout captured by a service manager or CI ends up in logs.
             if std::io::IsTerminal::is_terminal(&std::io::stdout()) {

@@ -59,6 +59,9 @@ pub struct MediaMetrics {
     pub worker_rooms: IntGaugeVec,
     pub worker_participants: IntGaugeVec,
     pub worker_busy: CounterVec,
+    /// Open ICE-TCP connections (all workers).
+    pub tcp_connections: IntGauge,
+    pub tcp_closed: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -96,6 +99,10 @@ fn histogram(
 impl MediaMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let drop_reasons: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        let tcp_reasons: Vec<&str> = crate::tcp::CloseReason::COUNTED
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
         let worker_rooms = IntGaugeVec::new(
             Opts::new(
                 "chorus_worker_rooms",
@@ -275,7 +282,27 @@ impl MediaMetrics {
             worker_rooms,
             worker_participants,
             worker_busy,
+            tcp_connections: {
+                let g = IntGauge::new(
+                    "chorus_tcp_connections",
+                    "Open ICE-TCP media connections (all workers).",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            tcp_closed: counter_vec(
+                registry,
+                "chorus_tcp_connections_closed_total",
+                "ICE-TCP media connections closed, by reason: peer_closed, bad_frame (a frame length of 0 or above a datagram), slow_reader (its write queue was full), no_stun (no verified STUN in time: idle, half-open or not ICE), idle (silent after verification), limit (refused: the worker's maximum was open), error.",
+                "reason",
+                &tcp_reasons,
+            )?,
         })
+    }
+
+    /// Count an ICE-TCP connection closed (or refused) for `reason`.
+    pub fn tcp_closed(&self, reason: crate::tcp::CloseReason) {
+        self.tcp_closed.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// Add what changed between two snapshots of a worker's counters.

@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
-use media_core::peer::Transmit;
+use media_core::core::net::NetTransmit;
 
 pub use chorus_udp::{set_buffer_sizes, SendOutcome};
 
@@ -16,7 +16,7 @@ const RECV_BUFFER: usize = 2048;
 
 /// Send every datagram in `batch` on the non-blocking UDP `socket`. Realtime audio is not retried: a
 /// datagram the kernel refuses (full buffer, unreachable destination) is counted as failed.
-pub fn send_all(socket: impl AsFd, batch: &[Transmit]) -> SendOutcome {
+pub fn send_all(socket: impl AsFd, batch: &[NetTransmit]) -> SendOutcome {
     chorus_udp::send_all(
         socket,
         batch,
@@ -60,8 +60,10 @@ mod tests {
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         rx.set_nonblocking(true).expect("nonblocking");
-        let batch: Vec<Transmit> = (0..100)
-            .map(|i| Transmit {
+        let batch: Vec<NetTransmit> = (0..100)
+            .map(|i| NetTransmit {
+                transport: media_core::core::net::Transport::Udp,
+                source: tx.local_addr().expect("bound"),
                 destination: rx.local_addr().expect("bound"),
                 contents: vec![i as u8; 1 + i],
             })

@@ -1,15 +1,17 @@
-//! Media workers: one thread per core, each owning one UDP socket, one [`MediaCore`] and the rooms placed on
-//! it. A worker runs a single-threaded tokio runtime and waits for one of: datagrams, a command from
-//! signaling, or the core's next timeout. After every input it drains the core until it returns a timeout.
+//! Media workers: one thread per core, each owning one UDP socket (two in development mode, see
+//! [`WorkerSpec::extra_udp`]), one ICE-TCP listener and its connections ([`crate::tcp`]), one [`MediaCore`]
+//! and the rooms placed on it. A worker runs a single-threaded tokio runtime and waits for one of:
+//! datagrams, a TCP frame, a command from signaling, or the core's next timeout. After every input it
+//! drains the core until it returns a timeout.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use media_core::peer::Transmit;
+use media_core::core::net::{offer_order, LocalCandidate, NetPath, NetTransmit, Transport};
 use media_core::{
     CoreConfig, CoreError, CoreEvent, CoreStats, JoinParams, MediaCore, Output, ParticipantId,
     RoomId,
@@ -23,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn};
 
 use crate::metrics::MediaMetrics;
+use crate::tcp::{self, CloseReason, ConnHandle, TcpEvent};
 use crate::udp;
 
 /// Commands waiting for a worker; beyond this, signaling waits (never the media loop).
@@ -36,19 +39,78 @@ pub struct WorkerSpec {
     pub candidate: SocketAddr,
     pub connect_timeout: Duration,
     pub socket_buffer_bytes: usize,
+    /// Development mode with media on loopback: also receive on this (non-loopback interface) address, at
+    /// the same port if free, and offer it as a second UDP host candidate. Browsers that pair with no
+    /// loopback candidate (Firefox) connect through it.
+    pub extra_udp: Option<IpAddr>,
+    /// ICE-TCP, when enabled.
+    pub tcp: Option<TcpSpec>,
+}
+
+/// A worker's ICE-TCP listener.
+pub struct TcpSpec {
+    pub bind: SocketAddr,
+    /// The address advertised in the TCP candidate (its port is the listener's).
+    pub advertised_ip: IpAddr,
+    pub max_connections: usize,
+    /// A connection with no STUN verified by a peer this long after it opened is closed.
+    pub stun_timeout: Duration,
 }
 
 /// A running worker. Its thread lives as long as the process: it stops when every command sender is gone.
 pub struct WorkerHandle {
     pub local_addr: SocketAddr,
+    /// The ICE-TCP listener's address, when enabled.
+    pub tcp_addr: Option<SocketAddr>,
+    /// The development-mode second UDP address, when bound.
+    pub extra_udp_addr: Option<SocketAddr>,
     pub commands: mpsc::Sender<MediaCommand>,
 }
 
-/// Bind the worker's socket (so a busy port fails start-up) and start its thread.
+/// Bind the worker's sockets (so a busy port fails start-up) and start its thread.
 pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerHandle> {
     let socket = StdUdpSocket::bind(spec.bind)?;
     socket.set_nonblocking(true)?;
     let local_addr = socket.local_addr()?;
+    // The second address takes the same port when it is free there, any port otherwise: it is advertised
+    // with whatever it got.
+    let extra = match spec.extra_udp {
+        Some(ip) => {
+            let bound = StdUdpSocket::bind(SocketAddr::new(ip, local_addr.port()))
+                .or_else(|_| StdUdpSocket::bind(SocketAddr::new(ip, 0)));
+            match bound {
+                Ok(s) => {
+                    s.set_nonblocking(true)?;
+                    crate::udp::set_buffer_sizes(&s, spec.socket_buffer_bytes);
+                    let addr = s.local_addr()?;
+                    tracing::info!(
+                        worker = spec.index,
+                        %addr,
+                        "development mode: media also on a non-loopback interface, offered as a second \
+                         host candidate (Firefox pairs with no loopback candidate)"
+                    );
+                    Some((s, addr))
+                }
+                Err(e) => {
+                    tracing::warn!(worker = spec.index, %ip, error = %e,
+                        "development mode: cannot bind media on the non-loopback interface");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let listener = match &spec.tcp {
+        Some(t) => {
+            let l = tcp_listener(t.bind)?;
+            let addr = l.local_addr()?;
+            tracing::info!(worker = spec.index, %addr, "ICE-TCP listening");
+            Some((l, SocketAddr::new(t.advertised_ip, addr.port())))
+        }
+        None => None,
+    };
+    let tcp_addr = listener.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+    let extra_udp_addr = extra.as_ref().map(|(_, a)| *a);
     let (rcv, snd) = crate::udp::set_buffer_sizes(&socket, spec.socket_buffer_bytes);
     tracing::info!(
         worker = spec.index,
@@ -80,23 +142,128 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
             runtime.block_on(async move {
                 let socket = UdpSocket::from_std(socket)
                     .expect("a non-blocking UDP socket registers with tokio");
-                Worker::new(spec, socket, metrics).run(rx).await;
+                let extra = extra.map(|(s, addr)| {
+                    let s = UdpSocket::from_std(s)
+                        .expect("a non-blocking UDP socket registers with tokio");
+                    (s, addr)
+                });
+                let (tcp, tcp_events) = match (listener, &spec.tcp) {
+                    (Some((listener, candidate)), Some(t)) => {
+                        let listener = tokio::net::TcpListener::from_std(listener)
+                            .expect("a non-blocking TCP listener registers with tokio");
+                        let (events_tx, events_rx) = mpsc::channel(tcp::EVENT_QUEUE);
+                        tokio::spawn(tcp::accept_loop(
+                            listener,
+                            events_tx,
+                            t.max_connections,
+                            metrics.clone(),
+                        ));
+                        let state = TcpState {
+                            candidate,
+                            stun_timeout: t.stun_timeout,
+                            conns: HashMap::new(),
+                        };
+                        (Some(state), Some(events_rx))
+                    }
+                    _ => (None, None),
+                };
+                Worker::new(spec, socket, extra, tcp, metrics)
+                    .run(rx, tcp_events)
+                    .await;
             });
         })?;
     Ok(WorkerHandle {
         local_addr,
+        tcp_addr,
+        extra_udp_addr,
         commands: tx,
     })
+}
+
+/// A non-blocking TCP listener whose connections get a small kernel send buffer (they inherit it): audio
+/// queued in the kernel is only latency, and a client that does not read fills the connection's write
+/// queue soon after.
+fn tcp_listener(addr: SocketAddr) -> io::Result<StdTcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_send_buffer_size(tcp::SEND_BUFFER_BYTES)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The worker's ICE-TCP connections.
+struct TcpState {
+    /// The TCP candidate's address (as advertised).
+    candidate: SocketAddr,
+    stun_timeout: Duration,
+    /// Open connections by their remote address.
+    conns: HashMap<SocketAddr, Conn>,
+}
+
+struct Conn {
+    id: u64,
+    handle: ConnHandle,
+    opened: Instant,
+    last_heard: Instant,
+    /// A STUN request on this connection was verified by a peer (the core learned its path).
+    verified: bool,
+}
+
+impl TcpState {
+    /// Close connections with no verified STUN in time, and verified ones silent for the idle timeout.
+    fn sweep(&mut self, now: Instant, metrics: &MediaMetrics) {
+        let stun_timeout = self.stun_timeout;
+        self.conns.retain(|remote, c| {
+            let reason = if !c.verified && now.saturating_duration_since(c.opened) > stun_timeout {
+                CloseReason::NoStun
+            } else if c.verified && now.saturating_duration_since(c.last_heard) > tcp::IDLE_TIMEOUT
+            {
+                CloseReason::Idle
+            } else {
+                return true;
+            };
+            debug!(%remote, reason = reason.as_str(), "closing ICE-TCP connection");
+            metrics.tcp_closed(reason);
+            false
+        });
+    }
+}
+
+/// Wait until `socket` is readable; never, without one.
+async fn readable(socket: Option<&UdpSocket>) -> io::Result<()> {
+    match socket {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next connection event; never, without ICE-TCP.
+async fn next_tcp_event(events: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Worker {
     index: usize,
     core: MediaCore,
     socket: UdpSocket,
+    /// The UDP socket's candidate address (as advertised).
+    udp_candidate: SocketAddr,
+    /// Development mode's second UDP socket and its candidate address.
+    extra: Option<(UdpSocket, SocketAddr)>,
+    tcp: Option<TcpState>,
     /// Event queues of the participants on this worker.
     sessions: HashMap<ParticipantId, mpsc::Sender<MediaEvent>>,
     /// Datagrams produced by the current input, sent together (reused allocation).
-    outbox: Vec<Transmit>,
+    outbox: Vec<NetTransmit>,
+    /// The outbox split by socket when it holds more than the primary UDP socket's (reused allocations).
+    outbox_primary: Vec<NetTransmit>,
+    outbox_extra: Vec<NetTransmit>,
     metrics: Arc<MediaMetrics>,
     last_stats: CoreStats,
     /// This worker's series of the per-worker metrics.
@@ -113,17 +280,38 @@ struct Worker {
 enum Wake {
     Command(Option<MediaCommand>),
     Readable(io::Result<()>),
+    ExtraReadable(io::Result<()>),
+    Tcp(Option<TcpEvent>),
     Timeout,
     Stats,
 }
 
 impl Worker {
-    fn new(spec: WorkerSpec, socket: UdpSocket, metrics: Arc<MediaMetrics>) -> Self {
+    fn new(
+        spec: WorkerSpec,
+        socket: UdpSocket,
+        extra: Option<(UdpSocket, SocketAddr)>,
+        tcp: Option<TcpState>,
+        metrics: Arc<MediaMetrics>,
+    ) -> Self {
         let now = Instant::now();
         let seed = seed(spec.index);
         let mut config = CoreConfig::new(spec.candidate, seed);
+        config.candidates.extend(
+            extra
+                .as_ref()
+                .map(|(_, addr)| LocalCandidate::udp(*addr))
+                .into_iter()
+                .chain(tcp.as_ref().map(|t| LocalCandidate::tcp(t.candidate))),
+        );
+        offer_order(&mut config.candidates);
         config.connect_timeout = spec.connect_timeout;
-        info!(bind = %spec.bind, candidate = %spec.candidate, "media worker started");
+        let candidates: Vec<String> = config
+            .candidates
+            .iter()
+            .map(|c| format!("{} {}", c.transport.as_str(), c.addr))
+            .collect();
+        info!(bind = %spec.bind, candidates = ?candidates, "media worker started");
         let label = spec.index.to_string();
         Worker {
             rooms_gauge: metrics.worker_rooms.with_label_values(&[&label]),
@@ -134,14 +322,23 @@ impl Worker {
             index: spec.index,
             core: MediaCore::new(now, config),
             socket,
+            udp_candidate: spec.candidate,
+            extra,
+            tcp,
             sessions: HashMap::new(),
             outbox: Vec::with_capacity(256),
+            outbox_primary: Vec::new(),
+            outbox_extra: Vec::new(),
             metrics,
             last_stats: CoreStats::default(),
         }
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<MediaCommand>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<MediaCommand>,
+        mut tcp_events: Option<mpsc::Receiver<TcpEvent>>,
+    ) {
         let mut batch = udp::RecvBatch::default();
         let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -152,6 +349,8 @@ impl Worker {
                 biased;
                 cmd = commands.recv() => Wake::Command(cmd),
                 ready = self.socket.readable() => Wake::Readable(ready),
+                ready = readable(self.extra.as_ref().map(|(s, _)| s)) => Wake::ExtraReadable(ready),
+                event = next_tcp_event(&mut tcp_events) => Wake::Tcp(event),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
                 _ = stats_tick.tick() => Wake::Stats,
             };
@@ -163,34 +362,26 @@ impl Worker {
                     self.flush();
                 }
                 Wake::Command(None) => break,
-                Wake::Readable(Err(e)) => warn!(error = %e, "socket not readable"),
+                Wake::Readable(Err(e)) | Wake::ExtraReadable(Err(e)) => {
+                    warn!(error = %e, "socket not readable")
+                }
                 Wake::Readable(Ok(())) => {
-                    // Read a batch, feed it datagram by datagram (draining after each), send once.
-                    let fd = self.socket.as_fd();
-                    let received =
-                        self.socket.try_io(tokio::io::Interest::READABLE, || {
-                            match batch.recv(fd) {
-                                Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
-                                other => other,
-                            }
-                        });
-                    match received {
-                        Ok(_) => {
-                            let now = Instant::now();
-                            for (source, data) in batch.datagrams() {
-                                self.core.handle_datagram(now, source, data);
-                                deadline = self.drain();
-                            }
-                            let sent = self.flush();
-                            // Every datagram this batch produced left in this flush.
-                            let latency = now.elapsed().as_secs_f64();
-                            for _ in 0..sent {
-                                self.forwarding.observe(latency);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        // ICMP errors surface here on Linux; they concern one peer only.
-                        Err(e) => debug!(error = %e, "recv failed"),
+                    if let Some(d) = self.read_udp(false, &mut batch) {
+                        deadline = d;
+                    }
+                }
+                Wake::ExtraReadable(Ok(())) => {
+                    if let Some(d) = self.read_udp(true, &mut batch) {
+                        deadline = d;
+                    }
+                }
+                Wake::Tcp(None) => {
+                    warn!("the ICE-TCP accept loop stopped");
+                    tcp_events = None;
+                }
+                Wake::Tcp(Some(event)) => {
+                    if let Some(d) = self.tcp_event(event) {
+                        deadline = d;
                     }
                 }
                 Wake::Timeout => {
@@ -206,12 +397,99 @@ impl Worker {
                             .observe(woke.elapsed().as_secs_f64());
                     }
                 }
-                Wake::Stats => self.publish_stats(),
+                Wake::Stats => {
+                    if let Some(tcp) = &mut self.tcp {
+                        tcp.sweep(woke, &self.metrics);
+                    }
+                    self.publish_stats();
+                }
             }
             self.busy += woke.elapsed();
         }
         self.publish_stats();
         info!(index = self.index, "media worker stopped");
+    }
+
+    /// Read a batch from the primary UDP socket (or the extra one), feed it datagram by datagram (draining
+    /// after each), send once. Returns the core's next wake-up if anything was read.
+    fn read_udp(&mut self, extra: bool, batch: &mut udp::RecvBatch) -> Option<Instant> {
+        let (socket, local) = match (extra, &self.extra) {
+            (true, Some((s, addr))) => (s, *addr),
+            _ => (&self.socket, self.udp_candidate),
+        };
+        let fd = socket.as_fd();
+        let received = socket.try_io(tokio::io::Interest::READABLE, || match batch.recv(fd) {
+            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+            other => other,
+        });
+        match received {
+            Ok(_) => {
+                let now = Instant::now();
+                let mut deadline = None;
+                for (source, data) in batch.datagrams() {
+                    self.core
+                        .handle_datagram_via(now, NetPath::udp(local, source), data);
+                    deadline = Some(self.drain());
+                }
+                let sent = self.flush();
+                // Every datagram this batch produced left in this flush.
+                let latency = now.elapsed().as_secs_f64();
+                for _ in 0..sent {
+                    self.forwarding.observe(latency);
+                }
+                deadline
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            // ICMP errors surface here on Linux; they concern one peer only.
+            Err(e) => {
+                debug!(error = %e, "recv failed");
+                None
+            }
+        }
+    }
+
+    /// A connection opened, closed or sent a frame. Returns the core's next wake-up after a frame.
+    fn tcp_event(&mut self, event: TcpEvent) -> Option<Instant> {
+        let tcp = self.tcp.as_mut()?;
+        let now = Instant::now();
+        match event {
+            TcpEvent::Opened { id, remote, conn } => {
+                tcp.conns.insert(
+                    remote,
+                    Conn {
+                        id,
+                        handle: conn,
+                        opened: now,
+                        last_heard: now,
+                        verified: false,
+                    },
+                );
+                None
+            }
+            TcpEvent::Closed { id, remote } => {
+                if tcp.conns.get(&remote).is_some_and(|c| c.id == id) {
+                    tcp.conns.remove(&remote);
+                }
+                None
+            }
+            TcpEvent::Frame { id, remote, data } => {
+                // A frame from a connection the worker already closed is stale.
+                let conn = tcp.conns.get_mut(&remote).filter(|c| c.id == id)?;
+                conn.last_heard = now;
+                let path = NetPath::tcp(tcp.candidate, remote);
+                self.core.handle_datagram_via(now, path, &data);
+                if !conn.verified {
+                    conn.verified = self.core.path_bound(&path);
+                }
+                let deadline = self.drain();
+                let sent = self.flush();
+                let latency = now.elapsed().as_secs_f64();
+                for _ in 0..sent {
+                    self.forwarding.observe(latency);
+                }
+                Some(deadline)
+            }
+        }
     }
 
     /// Drain the core after an input: dispatch events, queue datagrams; return the next wake-up.
@@ -231,12 +509,59 @@ impl Worker {
         if queued == 0 {
             return 0;
         }
-        let sent = udp::send_all(&self.socket, &self.outbox);
-        if sent.failed > 0 {
-            self.metrics.send_failed.inc_by(sent.failed as u64);
+        let primary = self.udp_candidate;
+        if self
+            .outbox
+            .iter()
+            .all(|t| t.transport == Transport::Udp && t.source == primary)
+        {
+            // The common case: everything leaves on the primary socket, in one batch.
+            let sent = udp::send_all(&self.socket, &self.outbox);
+            self.count_failed(sent.failed);
+            self.outbox.clear();
+            return queued;
         }
-        self.outbox.clear();
+        let extra_addr = self.extra.as_ref().map(|(_, a)| *a);
+        let mut failed = 0;
+        for t in self.outbox.drain(..) {
+            match t.transport {
+                Transport::Udp if Some(t.source) == extra_addr => self.outbox_extra.push(t),
+                Transport::Udp => self.outbox_primary.push(t),
+                Transport::Tcp => {
+                    let Some(tcp) = self.tcp.as_mut() else {
+                        failed += 1;
+                        continue;
+                    };
+                    let Some(conn) = tcp.conns.get(&t.destination) else {
+                        // The connection closed meanwhile.
+                        failed += 1;
+                        continue;
+                    };
+                    if conn.handle.send(t.contents).is_err() {
+                        // The client does not read: it costs its connection, nothing else.
+                        tcp.conns.remove(&t.destination);
+                        self.metrics.tcp_closed(CloseReason::SlowReader);
+                        failed += 1;
+                    }
+                }
+            }
+        }
+        if !self.outbox_primary.is_empty() {
+            failed += udp::send_all(&self.socket, &self.outbox_primary).failed;
+            self.outbox_primary.clear();
+        }
+        if let (Some((socket, _)), false) = (&self.extra, self.outbox_extra.is_empty()) {
+            failed += udp::send_all(socket, &self.outbox_extra).failed;
+        }
+        self.outbox_extra.clear();
+        self.count_failed(failed);
         queued
+    }
+
+    fn count_failed(&self, failed: usize) {
+        if failed > 0 {
+            self.metrics.send_failed.inc_by(failed as u64);
+        }
     }
 
     fn command(&mut self, cmd: MediaCommand) {
@@ -358,6 +683,28 @@ impl Worker {
         self.busy_counter.inc_by(self.busy.as_secs_f64());
         self.busy = Duration::ZERO;
     }
+}
+
+/// The machine's first non-loopback, non-link-local interface address, IPv4 preferred; `None` without one.
+pub fn first_non_loopback_ip() -> Option<IpAddr> {
+    let interfaces = match if_addrs::get_if_addrs() {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(error = %e, "cannot list network interfaces");
+            return None;
+        }
+    };
+    let usable: Vec<IpAddr> = interfaces
+        .iter()
+        .filter(|i| !i.is_loopback() && !i.is_link_local())
+        .map(|i| i.ip())
+        .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+        .collect();
+    usable
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| usable.first())
+        .copied()
 }
 
 /// Seeds slot stream sequence numbers; not security relevant (SRTP keys come from DTLS).

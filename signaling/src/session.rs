@@ -7,26 +7,27 @@
 //! its room and its media worker exactly once.
 
 use std::fmt;
-use std::future::{pending, Future};
-use std::pin::Pin;
+use std::future::pending;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{timeout, Instant};
 
-use crate::auth::{unix_now, verify_token};
-use crate::media::{MediaCommand, MediaError, MediaEvent, ParticipantId, RoomSettings};
+use crate::media::{MediaCommand, MediaEvent, ParticipantId, RoomSettings};
 use crate::metrics::{LeaveReason, SessionLimit};
 use crate::protocol::{
-    parse_client, Answer, ClientMessage, DominantSpeaker, Draining, ErrorCode, ErrorMessage, Join,
-    Joined, Left, LeftReason, MediaConnectionState, MediaState, Mute, Offer, ParticipantLeftReason,
-    Ping, Pong, ServerMessage, Slot, Slots, Speaker, Speakers, CLOSE_POLICY_VIOLATION,
-    MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    parse_client, ClientMessage, Draining, ErrorCode, ErrorMessage, Left, LeftReason,
+    ParticipantLeftReason, Ping, Pong, ServerMessage, CLOSE_POLICY_VIOLATION, MAX_FRAME_BYTES,
 };
-use crate::registry::{JoinRequest, PresenceEvent};
-use crate::{Signaling, SERVER_VERSION};
+use crate::registry::PresenceEvent;
+use crate::Signaling;
+
+mod media;
+mod membership;
+
+use media::{on_mute, on_offer, ConnectError, Media};
 
 /// Close code of a normal end (`leave`, media lost).
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -302,32 +303,6 @@ struct Member {
     media: Media,
 }
 
-/// The reply to `MediaCommand::Connect`, under way.
-type PendingAnswer = Pin<Box<dyn Future<Output = Result<String, ConnectError>> + Send>>;
-
-/// The session's media negotiation.
-enum Media {
-    /// No offer yet, or the last one was refused with `bad_sdp`.
-    None,
-    /// An offer went to the media worker; its answer is awaited.
-    Offered {
-        answer: PendingAnswer,
-        events: mpsc::Receiver<MediaEvent>,
-    },
-    /// The client has its answer; media events flow.
-    Answered { events: mpsc::Receiver<MediaEvent> },
-}
-
-#[derive(Debug, thiserror::Error)]
-enum ConnectError {
-    #[error("the media worker did not answer in time")]
-    Timeout,
-    #[error("the media worker is gone")]
-    WorkerGone,
-    #[error(transparent)]
-    Media(MediaError),
-}
-
 /// A participant's place in its room and on its media worker, released exactly once: by [`Membership::end`]
 /// on every normal exit, or on drop if the session future is dropped before that.
 struct Membership {
@@ -337,54 +312,6 @@ struct Membership {
     /// The worker that received `Connect`, until it has been sent `Leave`.
     worker: Option<mpsc::Sender<MediaCommand>>,
     in_registry: bool,
-}
-
-impl Membership {
-    async fn end(&mut self, reason: ParticipantLeftReason, metric: LeaveReason) {
-        if let Some(worker) = &self.worker {
-            let command = MediaCommand::Leave {
-                participant: self.id,
-            };
-            match worker.try_send(command) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                Err(mpsc::error::TrySendError::Full(command)) => {
-                    let limit = self.ctx.config().media_timeout();
-                    if timeout(limit, worker.send(command)).await.is_err() {
-                        tracing::warn!(room = %self.room, "media worker queue stayed full; leave not delivered");
-                    }
-                }
-            }
-            self.worker = None;
-        }
-        if std::mem::take(&mut self.in_registry) {
-            self.ctx.registry().leave(&self.room, self.id, reason);
-            self.ctx.metrics().left(metric);
-        }
-    }
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            let command = MediaCommand::Leave {
-                participant: self.id,
-            };
-            if let Err(mpsc::error::TrySendError::Full(command)) = worker.try_send(command) {
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    let limit = self.ctx.config().media_timeout();
-                    runtime.spawn(async move {
-                        let _ = timeout(limit, worker.send(command)).await;
-                    });
-                }
-            }
-        }
-        if std::mem::take(&mut self.in_registry) {
-            self.ctx
-                .registry()
-                .leave(&self.room, self.id, ParticipantLeftReason::Left);
-            self.ctx.metrics().left(LeaveReason::Aborted);
-        }
-    }
 }
 
 /// What woke the session up.
@@ -562,302 +489,6 @@ where
             ClientMessage::Join(_) => Ok(()),
         }
     }
-
-    async fn on_join(&mut self, join: Join, received: Instant) -> Flow {
-        let ctx = Arc::clone(&self.wire.ctx);
-        if self.joined.is_some() {
-            ctx.metrics().join_failed(ErrorCode::AlreadyJoined);
-            let message = "this session has already joined a room";
-            return self.wire.reject(ErrorCode::AlreadyJoined, message).await;
-        }
-        match admit(&ctx, join) {
-            Err((code, message)) => {
-                ctx.metrics().join_failed(code);
-                self.wire.reject(code, message).await
-            }
-            Ok((member, reply)) => {
-                let sid = member.sid.clone();
-                self.joined = Some(member);
-                self.wire.send(&reply).await?;
-                ctx.metrics().join_ok(received.elapsed().as_secs_f64());
-                // The transport's span (see `run_session`) carries room and participant from here on.
-                let span = tracing::Span::current();
-                span.record("participant", sid.as_str());
-                if let Some(m) = &self.joined {
-                    span.record("room", m.membership.room.as_str());
-                }
-                tracing::debug!(%sid, "participant joined");
-                Ok(())
-            }
-        }
-    }
-
-    async fn on_answer(&mut self, answer: Result<String, ConnectError>) -> Flow {
-        let Some(member) = self.joined.as_mut() else {
-            return Ok(());
-        };
-        let events = match std::mem::replace(&mut member.media, Media::None) {
-            Media::Offered { events, .. } => events,
-            // Only an offered session polls for an answer.
-            other => {
-                member.media = other;
-                return Ok(());
-            }
-        };
-        match answer {
-            Ok(sdp) => {
-                member.media = Media::Answered { events };
-                self.wire.send(&ServerMessage::Answer(Answer { sdp })).await
-            }
-            Err(ConnectError::Media(MediaError::BadSdp(why))) => {
-                let message = format!(
-                    "the offer cannot be used: {}",
-                    truncate(&why, MAX_DETAIL_CHARS)
-                );
-                self.wire.reject(ErrorCode::BadSdp, message).await
-            }
-            Err(ConnectError::Media(error @ MediaError::BadRoomSettings(_))) => {
-                tracing::warn!(sid = %member.sid, %error, "the room's settings were refused");
-                self.wire
-                    .reject(ErrorCode::BadRoomSettings, error.to_string())
-                    .await
-            }
-            Err(ConnectError::Media(error @ MediaError::RoomSettingsConflict)) => {
-                tracing::warn!(sid = %member.sid, %error, "offer refused");
-                self.wire
-                    .reject(ErrorCode::RoomSettingsConflict, error.to_string())
-                    .await
-            }
-            Err(
-                error @ (ConnectError::Timeout
-                | ConnectError::WorkerGone
-                | ConnectError::Media(MediaError::Unavailable)),
-            ) => {
-                tracing::warn!(sid = %member.sid, %error, "offer not answered");
-                let message = "no media worker could take the session";
-                self.wire.reject(ErrorCode::MediaUnavailable, message).await
-            }
-            Err(error) => {
-                tracing::error!(sid = %member.sid, %error, "media worker refused a fresh participant");
-                self.wire
-                    .reject(ErrorCode::Internal, "internal error")
-                    .await
-            }
-        }
-    }
-
-    async fn on_media_event(&mut self, event: Option<MediaEvent>) -> Flow {
-        let message = match event {
-            Some(MediaEvent::Connected) => {
-                let ctx = &self.wire.ctx;
-                ctx.metrics()
-                    .media_connected(self.opened.elapsed().as_secs_f64());
-                ServerMessage::MediaState(MediaState {
-                    state: MediaConnectionState::Connected,
-                })
-            }
-            Some(MediaEvent::Disconnected { reason }) => {
-                tracing::debug!(%reason, "media disconnected");
-                return self.media_lost().await;
-            }
-            None => {
-                tracing::debug!("media worker dropped the session's events");
-                return self.media_lost().await;
-            }
-            Some(MediaEvent::Speakers(speakers)) => ServerMessage::Speakers(Speakers {
-                speakers: speakers
-                    .into_iter()
-                    .map(|(id, level)| Speaker::new(id.to_string(), level))
-                    .collect(),
-            }),
-            Some(MediaEvent::DominantSpeaker(id)) => {
-                ServerMessage::DominantSpeaker(DominantSpeaker {
-                    sid: id.to_string(),
-                })
-            }
-            Some(MediaEvent::Slots(slots)) => ServerMessage::Slots(Slots {
-                slots: slots
-                    .into_iter()
-                    .map(|s| Slot {
-                        slot: s.slot,
-                        mid: s.mid,
-                        sid: s.participant.map(|p| p.to_string()),
-                        ssrc: s.ssrc,
-                    })
-                    .collect(),
-            }),
-        };
-        self.wire.send(&message).await
-    }
-
-    async fn media_lost(&mut self) -> Flow {
-        let message = ServerMessage::MediaState(MediaState {
-            state: MediaConnectionState::Disconnected,
-        });
-        // The session ends either way; a dead socket changes nothing.
-        let _ = self.wire.send(&message).await;
-        Err(Exit::MediaDisconnected)
-    }
-}
-
-/// Checks a `join` and admits the participant to its room: the new member and its `joined` reply, or
-/// the error to send.
-fn admit(ctx: &Arc<Signaling>, join: Join) -> Result<(Member, ServerMessage), (ErrorCode, String)> {
-    if join.protocol != PROTOCOL_VERSION {
-        let message = format!(
-            "protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}",
-            join.protocol
-        );
-        return Err((ErrorCode::UnsupportedProtocol, message));
-    }
-    let claims = verify_token(&join.token, ctx.api_keys(), unix_now())
-        .map_err(|e| (e.code(), e.to_string()))?;
-    if join.room.as_ref().is_some_and(|room| *room != claims.room) {
-        let message = "join.room differs from the room of the access token";
-        return Err((ErrorCode::RoomMismatch, message.into()));
-    }
-    let name = join
-        .name
-        .filter(|name| !name.is_empty())
-        .or_else(|| claims.name.clone().filter(|name| !name.is_empty()))
-        .unwrap_or_else(|| claims.sub.clone());
-    let (events, presence) = mpsc::channel(ctx.config().presence_queue);
-    let request = JoinRequest {
-        room: claims.room.clone(),
-        identity: claims.sub,
-        name,
-        can_publish: claims.can_publish,
-        can_subscribe: claims.can_subscribe,
-        events,
-    };
-    let admission = ctx
-        .registry()
-        .admit(request, &ctx.draining)
-        .map_err(|e| (e.code(), e.to_string()))?;
-    let member = Member {
-        membership: Membership {
-            ctx: Arc::clone(ctx),
-            room: claims.room,
-            id: admission.id,
-            worker: None,
-            in_registry: true,
-        },
-        sid: admission.participant.sid.clone(),
-        settings: admission.settings,
-        can_publish: admission.participant.can_publish,
-        can_subscribe: admission.participant.can_subscribe,
-        presence,
-        removed: admission.removed,
-        media: Media::None,
-    };
-    let ice_servers = ctx
-        .config()
-        .turn
-        .ice_servers(&admission.participant.sid, unix_now());
-    if !ice_servers.is_empty() {
-        ctx.metrics().turn_credential_issued();
-    }
-    let reply = ServerMessage::Joined(Joined {
-        protocol: PROTOCOL_VERSION,
-        server_version: SERVER_VERSION.to_owned(),
-        participant: admission.participant,
-        room: admission.room,
-        participants: admission.others,
-        ice_servers,
-    });
-    Ok((member, reply))
-}
-
-/// Sends the offer to the room's media worker; the answer arrives through [`next_member_input`].
-async fn on_offer<T: Sink<WsFrame> + Unpin>(
-    wire: &mut Wire<T>,
-    member: &mut Member,
-    offer: Offer,
-) -> Flow {
-    match member.media {
-        Media::None => {}
-        Media::Offered { .. } => {
-            let message = "an offer is already being answered";
-            return wire.reject(ErrorCode::BadMessage, message).await;
-        }
-        Media::Answered { .. } => {
-            let message = "the session already has its answer; renegotiation is not supported";
-            return wire.reject(ErrorCode::BadMessage, message).await;
-        }
-    }
-    let config = wire.ctx.config();
-    let worker = wire.ctx.router().route(&member.membership.room);
-    let (events, events_rx) = mpsc::channel(config.media_event_queue);
-    let (reply, reply_rx) = oneshot::channel();
-    let command = MediaCommand::Connect {
-        room: member.membership.room.clone(),
-        settings: member.settings,
-        participant: member.membership.id,
-        can_publish: member.can_publish,
-        can_subscribe: member.can_subscribe,
-        // The registry owns the state (the client's `mute` and the admin API both set it there); from
-        // now on `Signaling::set_muted` also tells the worker.
-        muted: wire
-            .ctx
-            .registry()
-            .attach_media(&member.membership.room, member.membership.id)
-            .unwrap_or(false),
-        offer_sdp: offer.sdp,
-        events,
-        reply,
-    };
-    member.membership.worker = Some(worker.clone());
-    member.media = Media::Offered {
-        answer: Box::pin(connect(worker, command, reply_rx, config.media_timeout())),
-        events: events_rx,
-    };
-    Ok(())
-}
-
-/// Delivers `Connect` and waits for its reply, all within `limit`.
-async fn connect(
-    worker: mpsc::Sender<MediaCommand>,
-    command: MediaCommand,
-    reply: oneshot::Receiver<Result<String, MediaError>>,
-    limit: Duration,
-) -> Result<String, ConnectError> {
-    let deadline = Instant::now() + limit;
-    match timeout_at(deadline, worker.send(command)).await {
-        Err(_) => return Err(ConnectError::Timeout),
-        Ok(Err(_)) => return Err(ConnectError::WorkerGone),
-        Ok(Ok(())) => {}
-    }
-    match timeout_at(deadline, reply).await {
-        Err(_) => Err(ConnectError::Timeout),
-        Ok(Err(_)) => Err(ConnectError::WorkerGone),
-        Ok(Ok(answer)) => answer.map_err(ConnectError::Media),
-    }
-}
-
-async fn on_mute<T: Sink<WsFrame> + Unpin>(
-    wire: &mut Wire<T>,
-    member: &mut Member,
-    mute: Mute,
-) -> Flow {
-    if !member.can_publish {
-        let message = "the access token does not allow publishing audio";
-        return wire.reject(ErrorCode::Forbidden, message).await;
-    }
-    let membership = &member.membership;
-    let set = wire
-        .ctx
-        .set_muted(&membership.room, membership.id, mute.muted)
-        .await;
-    if set.is_err() {
-        tracing::warn!(sid = %member.sid, "media worker did not take a mute command");
-        return wire
-            .reject(
-                ErrorCode::MediaUnavailable,
-                "the media worker is unavailable",
-            )
-            .await;
-    }
-    Ok(())
 }
 
 /// The next presence event, media event or offer answer of a joined session; never resolves before `join`.

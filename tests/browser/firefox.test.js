@@ -147,8 +147,9 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
     }));
   }
 
-  // The README's local start: media on 127.0.0.1. Firefox pairs with no loopback candidate, so its call
-  // cannot connect; the page must say why and how to start the server instead.
+  // Media advertised on 127.0.0.1 alone (--public-ip 127.0.0.1, or a machine without a non-loopback
+  // address). Firefox pairs with no loopback candidate, so its call cannot connect; the page must say why and
+  // how to start the server instead.
   it('loopback media: Firefox\'s call fails with an explanation naming the loopback address', () => withDiagnostics(async () => {
     if (server) await server.stop();
     server = null;
@@ -176,5 +177,37 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
     assert.match(later.lastError.message, /loopback address 127\.0\.0\.1, which some browsers \(Firefox\) never use: start it with --media-bind-ip and --public-ip/);
     assert.ok(later.connDetail.includes(later.lastError.message), 'shown next to the pill');
     assert.equal(pill, 'failed');
+  }));
+
+  // The README's default start: development mode, media bound to 127.0.0.1, no public IP. Development mode
+  // then also offers a UDP candidate on the machine's first non-loopback address (here the namespace's), so
+  // Firefox connects and hears Chromium (issue 12 item 3).
+  it('README default start: Firefox connects through development mode\'s non-loopback candidate', () => withDiagnostics(async () => {
+    if (server) await server.stop();
+    server = null;
+    // publicIp '' keeps startServer from passing --public-ip (its netns default)
+    server = await startServer({ netns: /** @type {any} */ (ns), httpPort: HTTP_PORT, mediaBindIp: '127.0.0.1',
+      publicIp: '' });
+    assert.match(server.tail(200), /development mode: media also on a non-loopback interface/);
+    const room = 'firefox-default-start';
+    const c = /** @type {import('./lib/browser.js').Participant} */ (chrome);
+    const q = new URLSearchParams({ room, name: FOX.name, autojoin: '1', processing: '0' });
+    await Promise.all([
+      /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.navigate(`${server.url}/?${q}`),
+      openDemo(c, server.url, room),
+    ]);
+    const r = await pollUntil('Firefox to connect', async () => {
+      const st = await foxEval(`window.chorusDemo ? { status: chorusDemo.status, lastError: chorusDemo.lastError,
+        state: chorusDemo.room && chorusDemo.room.connectionState } : { status: 'no chorusDemo' }`);
+      return { ok: st.status === 'joined' && st.state === 'connected', ...st };
+    }, { timeoutMs: 30000, intervalMs: 250 });
+    assert.equal(r.lastError, null);
+    await waitConnected(c, 30000);
+    const m = await pollUntil(`Firefox to hear ${CHROME.freq} Hz`, async () => {
+      const x = await foxEval(`chorusDemo.measure(1200, { freqs: ${JSON.stringify(FREQS)} })`);
+      const heard = x.powerAt[CHROME.freq];
+      return { ok: heard > HEARD_DB && x.powerAt[FOX.freq] <= heard - ABSENT_DB, ...x };
+    }, { timeoutMs: 25000, intervalMs: 0 });
+    console.log(`default start: Firefox hears powerAt ${JSON.stringify(m.powerAt)}`);
   }));
 });

@@ -10,6 +10,7 @@ use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
 mod interop;
 mod ops;
 mod speech;
+mod tcp;
 use media_core::audio;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;

@@ -263,6 +263,7 @@ mod tests {
             epoch(),
             ParticipantId(1),
             &params,
+            &[crate::core::net::LocalCandidate::udp(params.candidate_addr)],
             SdpOffer::from_sdp_string(offer).expect("the test offer parses"),
         )
         .expect("answer");

@@ -5,13 +5,14 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
 
-use crate::core::peer::{Peer, PeerEvent, Transmit};
+use crate::core::net::NetTransmit;
+use crate::core::peer::{Peer, PeerEvent};
 use crate::ids::ParticipantId;
 
 #[derive(Default)]
 pub(crate) struct Outbox {
     /// Datagrams to send, in order.
-    pub(crate) transmits: VecDeque<Transmit>,
+    pub(crate) transmits: VecDeque<NetTransmit>,
     /// Peer events the core has not acted on yet.
     pub(crate) events: VecDeque<(ParticipantId, PeerEvent)>,
     /// Min-heap of (wake-up, participant). The peer owns its wake-up; an entry here is live only while it

@@ -11,13 +11,12 @@ use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, FormatParams, PayloadParams};
 use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive};
+use str0m::net::Receive;
 use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpPacket, RtpWrite, SeqNo};
-use str0m::{
-    Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, RtcError,
-};
+use str0m::{Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, RtcError};
 
 use crate::core::answer::finish_answer;
+use crate::core::net::{LocalCandidate, NetPath, NetTransmit, Transport};
 use crate::core::outbox::Outbox;
 use crate::ids::{ParticipantId, Ssrc};
 use crate::sfu::slots::MAX_SLOTS;
@@ -53,7 +52,7 @@ pub enum PeerError {
     Panicked,
 }
 
-/// A datagram to send.
+/// A datagram to send (the test client's output; the core's is [`NetTransmit`], which names its path).
 #[derive(Debug)]
 pub struct Transmit {
     pub destination: SocketAddr,
@@ -94,7 +93,8 @@ const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Settings for creating a peer.
 pub struct PeerParams<'a> {
-    /// The address in the ICE candidate: the socket's bound (or explicitly mapped public) address.
+    /// The address in the ICE candidate: the socket's bound (or explicitly mapped public) address. The
+    /// only candidate of [`Peer::from_offer`]; [`Peer::from_offer_with_candidates`] takes a list instead.
     pub candidate_addr: SocketAddr,
     /// The certificate shared by every peer of the worker.
     pub dtls_cert: &'a DtlsCert,
@@ -132,16 +132,31 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Create a peer from a client's offer. Returns the peer and the SDP answer.
+    /// Create a peer from a client's offer, with one UDP host candidate at `params.candidate_addr`.
+    /// Returns the peer and the SDP answer.
     pub fn from_offer(
         now: Instant,
         id: ParticipantId,
         params: &PeerParams<'_>,
         offer_sdp: &str,
     ) -> Result<(Peer, String), PeerError> {
+        let candidates = [LocalCandidate::udp(params.candidate_addr)];
+        Self::from_offer_with_candidates(now, id, params, &candidates, offer_sdp)
+    }
+
+    /// Create a peer from a client's offer, offering `candidates` (in this order; see
+    /// [`crate::core::net::offer_order`]) instead of `params.candidate_addr`. Returns the peer and the SDP
+    /// answer, which lists every candidate.
+    pub fn from_offer_with_candidates(
+        now: Instant,
+        id: ParticipantId,
+        params: &PeerParams<'_>,
+        candidates: &[LocalCandidate],
+        offer_sdp: &str,
+    ) -> Result<(Peer, String), PeerError> {
         // The most hostile input a peer takes: parsed under the same guard as every other str0m call.
         let offer = parse_offer(offer_sdp, SdpOffer::from_sdp_string)?;
-        let (peer, answer) = guard(|| Self::from_parsed(now, id, params, offer))??;
+        let (peer, answer) = guard(|| Self::from_parsed(now, id, params, candidates, offer))??;
         Ok((peer, finish_answer(offer_sdp, &answer)))
     }
 
@@ -150,6 +165,7 @@ impl Peer {
         now: Instant,
         id: ParticipantId,
         params: &PeerParams<'_>,
+        candidates: &[LocalCandidate],
         offer: SdpOffer,
     ) -> Result<(Peer, String), PeerError> {
         let red_mids = red_mids!(offer);
@@ -164,9 +180,10 @@ impl Peer {
         )
         .set_stats_interval(Some(STATS_INTERVAL))
         .build(now);
-        let candidate = Candidate::host(params.candidate_addr, "udp")
-            .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
-        rtc.add_local_candidate(candidate);
+        for local in candidates {
+            let candidate = local.ice().map_err(PeerError::BadSdp)?;
+            rtc.add_local_candidate(candidate);
+        }
         let answer = rtc.sdp_api().accept_offer(offer)?;
 
         // The m-lines in offer order; str0m reports MediaAdded only once connected, so read the answer.
@@ -294,15 +311,14 @@ impl Peer {
         self.mic_red_pt
     }
 
-    /// Feed a datagram from the network.
+    /// Feed a datagram from the network, received over `path`.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
+        path: NetPath,
         data: &[u8],
     ) -> Result<(), PeerError> {
-        let Some(input) = udp_input(now, source, destination, data) else {
+        let Some(input) = net_input(now, path, data) else {
             // Not STUN, DTLS, RTP or RTCP: str0m refuses to classify it.
             return Ok(());
         };
@@ -314,14 +330,8 @@ impl Peer {
     /// Whether this peer's ICE agent takes a STUN message from `source` as its own: a binding request naming
     /// our ufrag and the client's, with MESSAGE-INTEGRITY under our ICE password (str0m's `Rtc::accepts`).
     /// Only then may the router learn `source` for this peer.
-    pub fn verifies_stun(
-        &self,
-        now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        data: &[u8],
-    ) -> bool {
-        let Some(input) = udp_input(now, source, destination, data) else {
+    pub fn verifies_stun(&self, now: Instant, path: NetPath, data: &[u8]) -> bool {
+        let Some(input) = net_input(now, path, data) else {
             return false;
         };
         let rtc = &self.rtc;
@@ -458,10 +468,17 @@ impl Peer {
             let output = guard(|| rtc.poll_output())??;
             match output {
                 Output::Timeout(t) => return Ok(t),
-                Output::Transmit(t) => transmits.push_back(Transmit {
-                    destination: t.destination,
-                    contents: t.contents.into(),
-                }),
+                Output::Transmit(t) => {
+                    // Chorus offers UDP and plain TCP only, so str0m sends on nothing else.
+                    if let Some(transport) = Transport::from_protocol(t.proto) {
+                        transmits.push_back(NetTransmit {
+                            transport,
+                            source: t.source,
+                            destination: t.destination,
+                            contents: t.contents.into(),
+                        });
+                    }
+                }
                 Output::Event(e) => match e {
                     Event::Connected => {
                         self.connected = true;
@@ -638,19 +655,14 @@ pub(crate) fn opus_pt(rtc: &Rtc, mid: Mid) -> Option<Pt> {
 }
 
 /// A datagram as str0m's input; `None` for one str0m cannot classify (not STUN, DTLS, RTP or RTCP).
-fn udp_input<'a>(
-    now: Instant,
-    source: SocketAddr,
-    destination: SocketAddr,
-    data: &'a [u8],
-) -> Option<Input<'a>> {
+fn net_input(now: Instant, path: NetPath, data: &[u8]) -> Option<Input<'_>> {
     let contents = data.try_into().ok()?;
     Some(Input::Receive(
         now,
         Receive {
-            proto: Protocol::Udp,
-            source,
-            destination,
+            proto: path.transport.protocol(),
+            source: path.remote,
+            destination: path.local,
             contents,
         },
     ))

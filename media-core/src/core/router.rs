@@ -1,19 +1,21 @@
-//! Which peer a datagram on the shared UDP socket belongs to.
+//! Which peer a datagram on the worker's shared sockets belongs to.
 //!
-//! All peers of a worker share one socket. A STUN binding request names the server's ICE ufrag in its
+//! All peers of a worker share its sockets (UDP, and the TCP listener's connections). A STUN binding request names the server's ICE ufrag in its
 //! USERNAME attribute (`server_ufrag:client_ufrag`): [`Router::route`] finds the peer it names, the core has
 //! that peer's ICE agent check the request (MESSAGE-INTEGRITY under the peer's ICE password), and only then
-//! [`Router::learn`]s the client's address. DTLS, SRTP and SRTCP are routed by source address.
+//! [`Router::learn`]s the client's path. DTLS, SRTP and SRTCP are routed by [`NetPath`]: the transport, the
+//! local candidate it arrived on and the remote address, so the same remote address over TCP and over UDP
+//! (or on two local candidates) are two paths, each learned on its own.
 //!
 //! Holding valid credentials is not proof of owning an address: any client can sign requests for its own
-//! peer and spoof another client's source address. So an address that belongs to one live peer and was
+//! peer and spoof another client's source address. So a path that belongs to one live peer and was
 //! heard from within [`ADDRESS_FRESH`] is never handed to another peer ([`AddressTaken`]), and each peer
-//! holds at most [`MAX_ADDRS_PER_PEER`] addresses, so the map is bounded by the number of peers.
+//! holds at most [`MAX_ADDRS_PER_PEER`] paths, so the map is bounded by the number of peers.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::core::net::NetPath;
 use crate::ids::ParticipantId;
 
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
@@ -63,9 +65,9 @@ struct Binding {
 #[derive(Default)]
 pub struct Router {
     by_ufrag: HashMap<String, ParticipantId>,
-    by_addr: HashMap<SocketAddr, Binding>,
-    /// Each peer's addresses (at most [`MAX_ADDRS_PER_PEER`]).
-    addrs: HashMap<ParticipantId, Vec<SocketAddr>>,
+    by_addr: HashMap<NetPath, Binding>,
+    /// Each peer's paths (at most [`MAX_ADDRS_PER_PEER`]).
+    addrs: HashMap<ParticipantId, Vec<NetPath>>,
 }
 
 impl Router {
@@ -81,11 +83,11 @@ impl Router {
     }
 
     /// Route a datagram. STUN is routed by the ufrag it names and binds nothing (see [`Router::learn`]);
-    /// anything else by its source address, which counts as hearing from that address.
+    /// anything else by its path, which counts as hearing from that path.
     pub fn route(
         &mut self,
         now: Instant,
-        source: SocketAddr,
+        source: NetPath,
         data: &[u8],
     ) -> Result<Route, RouteMiss> {
         if is_stun(data) {
@@ -101,12 +103,12 @@ impl Router {
         Ok(Route::Bound(binding.id))
     }
 
-    /// Peer `id` verified a STUN request from `source`: bind the address to it, unless another peer was
-    /// heard from that address within [`ADDRESS_FRESH`].
+    /// Peer `id` verified a STUN request from `source`: bind the path to it, unless another peer was
+    /// heard from that path within [`ADDRESS_FRESH`].
     pub fn learn(
         &mut self,
         now: Instant,
-        source: SocketAddr,
+        source: NetPath,
         id: ParticipantId,
     ) -> Result<(), AddressTaken> {
         if let Some(binding) = self.by_addr.get_mut(&source) {
@@ -146,7 +148,12 @@ impl Router {
         Ok(())
     }
 
-    /// Addresses bound to any peer.
+    /// Whether `path` is bound to a peer (learned from a verified STUN request, not forgotten since).
+    pub fn is_bound(&self, path: &NetPath) -> bool {
+        self.by_addr.contains_key(path)
+    }
+
+    /// Paths bound to any peer.
     pub fn address_count(&self) -> usize {
         self.by_addr.len()
     }
@@ -178,6 +185,13 @@ fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+
+    const SERVER: ([u8; 4], u16) = ([127, 0, 0, 1], 7882);
+
+    fn udp(remote: SocketAddr) -> NetPath {
+        NetPath::udp(SocketAddr::from(SERVER), remote)
+    }
 
     #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
     fn epoch() -> Instant {
@@ -200,8 +214,11 @@ mod tests {
         msg
     }
 
-    fn addr(i: u32) -> SocketAddr {
-        SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 5000))
+    fn addr(i: u32) -> NetPath {
+        udp(SocketAddr::from((
+            [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+            5000,
+        )))
     }
 
     #[test]
@@ -210,7 +227,7 @@ mod tests {
         let mut r = Router::default();
         r.add_peer("srvA", ParticipantId(1));
         r.add_peer("srvB", ParticipantId(2));
-        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let a = udp("127.0.0.1:5000".parse().unwrap());
         assert_eq!(
             r.route(now, a, &[0x80, 0, 0, 1]),
             Err(RouteMiss::UnknownSource)
@@ -282,6 +299,62 @@ mod tests {
     }
 
     #[test]
+    fn tcp_and_udp_from_the_same_remote_are_separate_paths() {
+        let now = epoch();
+        let mut r = Router::default();
+        r.add_peer("one", ParticipantId(1));
+        r.add_peer("two", ParticipantId(2));
+        let remote: SocketAddr = "10.0.0.9:40000".parse().unwrap();
+        let server = SocketAddr::from(SERVER);
+        let over_udp = NetPath::udp(server, remote);
+        let over_tcp = NetPath::tcp(server, remote);
+        // A second local candidate (development mode's LAN address) is another path too.
+        let other_local = NetPath::udp("192.168.1.5:7882".parse().unwrap(), remote);
+        r.learn(now, over_udp, ParticipantId(1)).unwrap();
+        assert_eq!(
+            r.route(now, over_udp, &[0x80, 0, 0, 1]),
+            Ok(Route::Bound(ParticipantId(1)))
+        );
+        // Learning the UDP path binds neither the TCP connection from the same address nor another local.
+        assert_eq!(
+            r.route(now, over_tcp, &[0x80, 0, 0, 1]),
+            Err(RouteMiss::UnknownSource)
+        );
+        assert_eq!(
+            r.route(now, other_local, &[0x80, 0, 0, 1]),
+            Err(RouteMiss::UnknownSource)
+        );
+        r.learn(now, over_tcp, ParticipantId(2)).unwrap();
+        assert_eq!(
+            r.route(now, over_tcp, &[0x80, 0, 0, 1]),
+            Ok(Route::Bound(ParticipantId(2)))
+        );
+        // The anti-hijack rule holds per path: peer 2's fresh TCP path is not handed to peer 1, nor peer 1's
+        // fresh UDP path to peer 2.
+        assert_eq!(
+            r.learn(now, over_tcp, ParticipantId(1)),
+            Err(AddressTaken {
+                owner: ParticipantId(2)
+            })
+        );
+        assert_eq!(
+            r.learn(now, over_udp, ParticipantId(2)),
+            Err(AddressTaken {
+                owner: ParticipantId(1)
+            })
+        );
+        r.remove_peer("two", ParticipantId(2));
+        assert_eq!(
+            r.route(now, over_tcp, &[0x80, 0, 0, 1]),
+            Err(RouteMiss::UnknownSource)
+        );
+        assert_eq!(
+            r.route(now, over_udp, &[0x80, 0, 0, 1]),
+            Ok(Route::Bound(ParticipantId(1)))
+        );
+    }
+
+    #[test]
     fn addresses_per_peer_are_capped_and_the_least_recently_heard_goes() {
         let t0 = epoch();
         let mut r = Router::default();
@@ -330,7 +403,7 @@ mod tests {
     fn truncated_stun_is_malformed_not_a_panic() {
         let now = epoch();
         let mut r = Router::default();
-        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let a = udp("127.0.0.1:5000".parse().unwrap());
         let mut m = stun_with_username("srvA:cli");
         m[3] = 200; // claims a longer body than present
         assert_eq!(r.route(now, a, &m), Err(RouteMiss::MalformedStun));

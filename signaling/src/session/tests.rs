@@ -2,6 +2,7 @@
 //! elapse in virtual time, so nothing here depends on the speed of the machine.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
@@ -9,10 +10,11 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::auth::{create_token, ApiKeys, Claims};
-use crate::media::{MediaRouter, ParticipantId, RoomMode, SlotAssignment};
+use crate::auth::{create_token, unix_now, ApiKeys, Claims};
+use crate::media::{MediaError, MediaRouter, ParticipantId, RoomMode, SlotAssignment};
 use crate::protocol::{
-    ParticipantInfo, ParticipantJoined, ParticipantLeft, ParticipantMuted, RoomInfo,
+    Answer, Joined, MediaConnectionState, MediaState, ParticipantInfo, ParticipantJoined,
+    ParticipantLeft, ParticipantMuted, RoomInfo, Slot, Slots, Speaker, Speakers,
 };
 use crate::{AdminError, RoomSpec, SignalingConfig};
 

@@ -1,0 +1,283 @@
+//! Input from the network: datagrams demultiplexed to their peer, the peers' events processed, and each
+//! microphone packet forwarded to its subscribers' slots and its room's mixer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::rtp::RtpPacket;
+
+use super::{CoreEvent, MediaCore, MAX_DATAGRAM};
+use crate::core::net::{NetPath, Transport};
+use crate::core::peer::{PeerError, PeerEvent, StreamStats};
+use crate::core::router::{Route, RouteMiss};
+use crate::ids::{ParticipantId, SlotIndex, Ssrc};
+use crate::red;
+use crate::sfu::rewrite::SlotRewriter;
+use crate::stats::{DropReason, Samples};
+
+impl MediaCore {
+    /// The first UDP candidate: where [`MediaCore::handle_datagram`]'s datagrams arrived.
+    fn primary_udp(&self) -> Option<SocketAddr> {
+        self.config
+            .candidates
+            .iter()
+            .find(|c| c.transport == Transport::Udp)
+            .map(|c| c.addr)
+    }
+
+    /// A datagram arrived on the worker's primary UDP socket (the first UDP candidate).
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        match self.primary_udp() {
+            Some(local) => self.handle_datagram_via(now, NetPath::udp(local, source), data),
+            None => {
+                self.last_now = now;
+                self.stats.datagrams_in += 1;
+                self.stats.bytes_in += data.len() as u64;
+                self.stats.drop(DropReason::UnknownSource);
+            }
+        }
+    }
+
+    /// Whether `path` is bound to a peer: a STUN request over it was verified by that peer's ICE agent.
+    pub fn path_bound(&self, path: &NetPath) -> bool {
+        self.router.is_bound(path)
+    }
+
+    /// A datagram arrived over `path`: on one of the core's candidates (`path.local`, as advertised, over
+    /// `path.transport`; for TCP one de-framed RFC 4571 frame) from `path.remote`. A datagram on an address
+    /// that is not one of the candidates is dropped.
+    pub fn handle_datagram_via(&mut self, now: Instant, path: NetPath, data: &[u8]) {
+        self.last_now = now;
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        if data.len() > MAX_DATAGRAM {
+            self.stats.drop(DropReason::Oversized);
+            return;
+        }
+        let ours = self
+            .config
+            .candidates
+            .iter()
+            .any(|c| c.transport == path.transport && c.addr == path.local);
+        if !ours {
+            return self.stats.drop(DropReason::UnknownSource);
+        }
+        let source = path.remote;
+        let route = match self.router.route(now, path, data) {
+            Ok(route) => route,
+            Err(RouteMiss::UnknownSource) => return self.stats.drop(DropReason::UnknownSource),
+            Err(RouteMiss::UnknownUfrag) => return self.stats.drop(DropReason::UnknownUfrag),
+            Err(RouteMiss::MalformedStun) => return self.stats.drop(DropReason::Malformed),
+        };
+        let id = match route {
+            Route::Stun(id) | Route::Bound(id) => id,
+        };
+        let Some(p) = self.participants.get_mut(&id) else {
+            return self.stats.drop(DropReason::UnknownSource);
+        };
+        if let Route::Stun(_) = route {
+            // The path is learned only from a request the peer's ICE agent authenticates, and only if
+            // no other live peer is using it (credentials for one's own peer do not prove the source).
+            if !p.peer.verifies_stun(now, path, data) {
+                return self.stats.drop(DropReason::BadIntegrity);
+            }
+            if let Err(taken) = self.router.learn(now, path, id) {
+                tracing::debug!(participant = %id, owner = %taken.owner, %source,
+                    transport = path.transport.as_str(),
+                    "verified STUN from another peer's address dropped");
+                return self.stats.drop(DropReason::Misrouted);
+            }
+        }
+        match p.peer.handle_datagram(now, path, data) {
+            Ok(()) => {}
+            Err(PeerError::Panicked) => {
+                self.stats.drop(DropReason::Malformed);
+                self.disconnect(id, "webrtc stack fault");
+                return;
+            }
+            // str0m rejects a packet it cannot parse or decrypt; the peer carries on.
+            Err(_) => self.stats.drop(DropReason::Malformed),
+        }
+        self.drive(id, now);
+        self.process_pending(now);
+    }
+
+    pub(super) fn process_pending(&mut self, now: Instant) {
+        while let Some((id, event)) = self.out.events.pop_front() {
+            match event {
+                PeerEvent::Connected => self.events.push_back(CoreEvent::Connected(id)),
+                PeerEvent::Disconnected(reason) => self.disconnect(id, reason),
+                PeerEvent::Rtp(packet) => self.forward(now, id, packet),
+                PeerEvent::Stats(s) => self.record_stream_stats(s),
+            }
+        }
+    }
+
+    fn record_stream_stats(&mut self, s: StreamStats) {
+        self.stats.nacks_received += s.nacks_received;
+        self.stats.nacks_sent += s.nacks_sent;
+        if let Some(rtt) = s.rtt {
+            Samples::push(&mut self.samples.rtt_seconds, rtt.as_secs_f64());
+        }
+        if let Some(jitter) = s.jitter {
+            Samples::push(&mut self.samples.jitter_seconds, jitter.as_secs_f64());
+        }
+    }
+
+    /// Forward one microphone packet to every (subscriber, slot) it is routed to.
+    fn forward(&mut self, now: Instant, from: ParticipantId, packet: RtpPacket) {
+        self.stats.rtp_in += 1;
+        let Some(p) = self.participants.get_mut(&from) else {
+            return;
+        };
+        if !p.publishes() {
+            return self.stats.drop(DropReason::NotPublishing);
+        }
+        // A RED packet (RFC 2198) is unwrapped: its primary goes where a plain Opus packet would, its
+        // redundancy to RED subscribers and the mixer. Anything malformed is a counted drop.
+        let opus_pt = p.peer.mic_opus_pt().map(|pt| *pt);
+        let is_red = p
+            .peer
+            .mic_red_pt()
+            .is_some_and(|pt| pt == packet.header.payload_type);
+        if is_red {
+            self.stats.rtp_red_in += 1;
+        }
+        let red = match (is_red, opus_pt) {
+            (false, _) => None,
+            (true, Some(opus_pt)) => match red::parse(&packet.payload, opus_pt) {
+                Ok(r) => Some(r),
+                Err(_) => return self.stats.drop(DropReason::Malformed),
+            },
+            (true, None) => return self.stats.drop(DropReason::Malformed),
+        };
+        let source = Ssrc(*packet.header.ssrc);
+        p.ssrc = Some(source);
+        let level = packet.header.ext_vals.audio_level;
+        let vad = packet.header.ext_vals.voice_activity;
+        let level_dbov = level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);
+        let Some(room) = self.rooms.get_mut(&p.room) else {
+            return;
+        };
+        room.selector.on_audio(now, from, level_dbov, vad);
+        room.dominant.on_level(from, now, level_dbov);
+        if let Some(mixer) = room.mixer_mut() {
+            let primary = match &red {
+                Some(r) => Arc::from(r.primary),
+                None => packet.payload.clone(),
+            };
+            let pushed = mixer.push(
+                now,
+                from,
+                source,
+                *packet.seq_no,
+                packet.header.timestamp,
+                primary,
+                level.map(|l| l.unsigned_abs().min(127)),
+                &mut self.stats.mix,
+            );
+            if pushed.is_err() {
+                self.stats.drop(DropReason::Malformed);
+            } else if let Some(r) = &red {
+                mixer.push_redundant(from, *packet.seq_no, packet.header.timestamp, &r.redundant);
+            }
+            room.arm_tick(&mut self.next_tick);
+            return;
+        }
+        room.arm_tick(&mut self.next_tick);
+        let routes = room.selector.routes(from);
+        if routes.is_empty() {
+            self.stats.rtp_unrouted += 1;
+            return;
+        }
+        let seq = *packet.seq_no;
+        let ts = packet.header.timestamp;
+        // Plain Opus for subscribers without RED (a RED packet's primary); RED subscribers get the RED
+        // packet re-encoded with their payload types, one encoding per distinct (Opus PT, kept blocks).
+        let payload: Arc<[u8]> = match &red {
+            Some(r) => Arc::from(r.primary),
+            None => packet.payload.clone(),
+        };
+        let mut red_variants: Vec<(u8, u32, Arc<[u8]>)> = Vec::new();
+        for &(sub, SlotIndex(slot)) in routes {
+            let Some(s) = self.participants.get_mut(&sub) else {
+                continue;
+            };
+            if !s.peer.is_connected() {
+                continue;
+            }
+            let slot = slot as usize;
+            let Some(rewriter) = s.rewriters.get_mut(slot) else {
+                continue;
+            };
+            let Some((out_seq, out_ts)) = rewriter.rewrite(now, source, seq, ts) else {
+                self.stats.drop(DropReason::StaleOrDuplicate);
+                continue;
+            };
+            let red_payload = match (&red, s.peer.slots().get(slot)) {
+                (Some(r), Some(stream)) if stream.red_pt.is_some() => {
+                    Some(red_variant(&mut red_variants, r, ts, *stream.pt, rewriter))
+                }
+                _ => None,
+            };
+            let written = s.peer.write_slot(
+                slot,
+                out_seq,
+                out_ts,
+                packet.timestamp,
+                red_payload.as_ref().unwrap_or(&payload),
+                red_payload.is_some(),
+                level,
+                vad,
+                source,
+            );
+            let result = written.and_then(|()| s.peer.drive(now, &mut self.out));
+            match result {
+                Ok(()) => {
+                    self.stats.rtp_forwarded += 1;
+                    self.stats.rtp_red_forwarded += u64::from(red_payload.is_some());
+                }
+                Err(_) => self
+                    .out
+                    .events
+                    .push_back((sub, PeerEvent::Disconnected("webrtc error"))),
+            }
+        }
+    }
+}
+
+/// The RED payload for one subscriber's slot: the redundant frames the slot's current source covers (none
+/// from before a speaker switch), labelled with the subscriber's Opus payload type. Encoded once per distinct
+/// (payload type, kept frames) and shared through `variants`.
+fn red_variant(
+    variants: &mut Vec<(u8, u32, Arc<[u8]>)>,
+    red: &red::RedPayload<'_>,
+    ts: u32,
+    opus_pt: u8,
+    rewriter: &SlotRewriter,
+) -> Arc<[u8]> {
+    let mut kept = 0u32;
+    for (i, f) in red.redundant.iter().enumerate().take(32) {
+        if rewriter.covers(red::frame_ts(ts, f)) {
+            kept |= 1 << i;
+        }
+    }
+    if let Some((_, _, p)) = variants
+        .iter()
+        .find(|(pt, k, _)| *pt == opus_pt && *k == kept)
+    {
+        return p.clone();
+    }
+    let mut out = Vec::with_capacity(red.primary.len() + 8 + red.redundant.len() * 64);
+    red::encode(
+        opus_pt,
+        red.primary,
+        &red.redundant,
+        |i, _| i < 32 && kept & (1 << i) != 0,
+        &mut out,
+    );
+    let payload: Arc<[u8]> = Arc::from(out);
+    variants.push((opus_pt, kept, payload.clone()));
+    payload
+}

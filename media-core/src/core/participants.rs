@@ -1,0 +1,210 @@
+//! The peer table: participants added (with their peer and room), removed and muted; one peer driven
+//! after a mutation, or disconnected when it fails.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{CoreError, CoreEvent, JoinParams, MediaCore, Participant};
+use crate::core::offer::check_offer;
+use crate::core::peer::{Peer, PeerParams};
+use crate::core::room::{Room, RoomKind};
+use crate::ids::{ParticipantId, RoomId};
+use crate::mixer::Mixer;
+use crate::sfu::rewrite::SlotRewriter;
+use crate::sfu::slots::SlotSelector;
+use crate::speakers::dominant::{DominantConfig, DominantSpeaker};
+use vocab::{RoomMode, RoomSettings};
+
+impl MediaCore {
+    /// Create a participant's peer from its SDP offer, creating the room with `settings` if needed.
+    /// Returns the answer. A room that exists with other settings (see [`RoomSettings::conflicts_with`])
+    /// is refused with [`CoreError::RoomSettingsConflict`]; settings out of range with
+    /// [`CoreError::BadRoomSettings`].
+    pub fn add_participant(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        settings: RoomSettings,
+        id: ParticipantId,
+        params: JoinParams,
+        offer_sdp: &str,
+    ) -> Result<String, CoreError> {
+        self.last_now = now;
+        if self.participants.contains_key(&id) {
+            return Err(CoreError::AlreadyConnected(id));
+        }
+        // Before str0m sees it: its cost grows with the offer's m-lines.
+        check_offer(offer_sdp)?;
+        settings.validate()?;
+        let existing = self.room_keys.get(room).copied();
+        // An existing room keeps the settings it was created with: a request for others is refused.
+        if let Some(current) = existing.and_then(|k| self.rooms.get(&k)) {
+            if current.config.conflicts_with(&settings) {
+                return Err(CoreError::RoomSettingsConflict(room.clone()));
+            }
+        }
+        let settings = existing
+            .and_then(|k| self.rooms.get(&k))
+            .map(|r| r.config)
+            .unwrap_or(settings);
+        let mixed = settings.mode == RoomMode::Mix;
+        let slots = if mixed {
+            1
+        } else {
+            usize::from(settings.slots)
+        };
+        let peer_params = PeerParams {
+            // Not used: the peer gets the whole list below.
+            candidate_addr: self
+                .config
+                .candidates
+                .first()
+                .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.addr),
+            dtls_cert: &self.dtls_cert,
+            slots: if params.can_subscribe { slots } else { 0 },
+        };
+        let (peer, answer) = Peer::from_offer_with_candidates(
+            now,
+            id,
+            &peer_params,
+            &self.config.candidates,
+            offer_sdp,
+        )?;
+
+        let key = match existing {
+            Some(k) => k,
+            None => {
+                let k = self.next_room_key;
+                self.next_room_key += 1;
+                self.room_keys.insert(room.clone(), k);
+                self.rooms.insert(
+                    k,
+                    Room {
+                        id: room.clone(),
+                        config: settings,
+                        selector: SlotSelector::new(slots, self.config.selector),
+                        members: Vec::new(),
+                        kind: if mixed {
+                            RoomKind::Mix(Box::new(Mixer::new(now, settings.mix)))
+                        } else {
+                            RoomKind::Forward
+                        },
+                        dominant: DominantSpeaker::new(DominantConfig::default()),
+                    },
+                );
+                k
+            }
+        };
+        let rewriters = (0..peer.slots().len())
+            .map(|_| {
+                SlotRewriter::new(
+                    self.rng.next_u64() as u16 & 0x7fff,
+                    self.rng.next_u64() as u32,
+                )
+            })
+            .collect();
+        self.router.add_peer(peer.ufrag(), id);
+        let participant = Participant {
+            room: key,
+            peer,
+            params,
+            ssrc: None,
+            rewriters,
+        };
+        let room = self
+            .rooms
+            .get_mut(&key)
+            .expect("room key was just looked up or inserted");
+        let subscribes = !participant.peer.slots().is_empty();
+        // In a mixed room the selector only tracks levels and speakers: nobody is assigned slots.
+        room.selector
+            .add_participant(id, participant.publishes(), subscribes && !mixed);
+        if let Some(mixer) = room.mixer_mut() {
+            mixer.add_member(
+                id,
+                participant.publishes(),
+                subscribes,
+                self.rng.next_u64() as u16 & 0x7fff,
+                self.rng.next_u64() as u32,
+            );
+        }
+        room.dominant.add(id);
+        room.members.push(id);
+        self.participants.insert(id, participant);
+        self.schedule(id, now);
+        self.arm_tick(key);
+        self.emit_slots(id);
+        Ok(answer)
+    }
+
+    /// Remove a participant and its peer; the room goes with its last participant.
+    pub fn remove_participant(&mut self, now: Instant, id: ParticipantId) -> Result<(), CoreError> {
+        self.last_now = now;
+        let p = self
+            .participants
+            .remove(&id)
+            .ok_or(CoreError::UnknownParticipant(id))?;
+        self.router.remove_peer(p.peer.ufrag(), id);
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.selector.remove_participant(id);
+            room.dominant.remove(id);
+            if let Some(mixer) = room.mixer_mut() {
+                mixer.remove_member(id);
+            }
+            room.members.retain(|m| *m != id);
+            if room.members.is_empty() {
+                let room = self.rooms.remove(&p.room).expect("room was just found");
+                self.room_keys.remove(&room.id);
+            } else {
+                self.arm_tick(p.room);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop or resume forwarding a participant's audio.
+    pub fn set_muted(&mut self, id: ParticipantId, muted: bool) -> Result<(), CoreError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(CoreError::UnknownParticipant(id))?;
+        p.params.muted = muted;
+        let publishes = p.publishes();
+        let key = p.room;
+        if let Some(room) = self.rooms.get_mut(&key) {
+            room.selector.set_publishing(id, publishes);
+            if let Some(mixer) = room.mixer_mut() {
+                mixer.set_publishing(id, publishes);
+            }
+        }
+        self.arm_tick(key);
+        Ok(())
+    }
+
+    pub(super) fn schedule(&mut self, id: ParticipantId, at: Instant) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            self.out.schedule(&mut p.peer, at);
+        }
+    }
+
+    /// Drain one peer after a mutation.
+    pub(super) fn drive(&mut self, id: ParticipantId, now: Instant) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = p.peer.drive(now, &mut self.out) {
+            tracing::debug!(participant = %id, error = %e, "peer failed");
+            self.disconnect(id, "webrtc error");
+        }
+    }
+
+    /// Remove a failed peer and tell signaling.
+    pub(super) fn disconnect(&mut self, id: ParticipantId, reason: &'static str) {
+        if self.remove_participant(self.last_now, id).is_ok() {
+            self.events.push_back(CoreEvent::Disconnected {
+                participant: id,
+                reason,
+            });
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Time passing: due peer timers and connection deadlines, and the room tick (the mixers' ticks, slot
+//! selection and speaker reports).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{CoreEvent, MediaCore, Participant};
+use crate::core::peer::PeerEvent;
+use crate::ids::ParticipantId;
+use crate::red;
+use vocab::SlotAssignment;
+
+impl MediaCore {
+    /// Time passed: run due peer timers, the room tick, and connection deadlines.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        while let Some((at, id)) = self.out.pop_due(now) {
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
+            if !p.peer.take_wake(at) {
+                continue; // superseded by an earlier entry
+            }
+            if p.peer.connect_timed_out(now, self.config.connect_timeout) {
+                self.disconnect(id, "connect timeout");
+                continue;
+            }
+            if let Err(e) = p.peer.handle_timeout(now) {
+                tracing::debug!(participant = %id, error = %e, "peer timeout failed");
+                self.disconnect(id, "webrtc error");
+                continue;
+            }
+            self.drive(id, now);
+        }
+        if self.next_tick.is_some_and(|t| t <= now) {
+            self.room_tick(now);
+        }
+        self.process_pending(now);
+    }
+
+    /// Make sure the room tick runs when room `key`'s selector next needs an update.
+    pub(super) fn arm_tick(&mut self, key: u64) {
+        if let Some(room) = self.rooms.get(&key) {
+            room.arm_tick(&mut self.next_tick);
+        }
+    }
+
+    /// Run every room's due work: the mixer tick of mixed rooms, slot selection and speaker reports. An idle
+    /// room costs nothing.
+    fn room_tick(&mut self, now: Instant) {
+        self.next_tick = None;
+        let mut mixed = std::mem::take(&mut self.mix_out);
+        for room in self.rooms.values_mut() {
+            if let Some(mixer) = room.mixer_mut() {
+                if mixer.next_tick().is_some_and(|t| t <= now) {
+                    mixed.clear();
+                    mixer.tick(now, &mut mixed, &mut self.stats.mix, &mut self.samples);
+                    // Listeners of the shared mix get the same RED payloads: encoded once per tick.
+                    let mut red_variants: Vec<MixRedVariant> = Vec::new();
+                    for packet in mixed.drain(..) {
+                        let Some(p) = self.participants.get_mut(&packet.to) else {
+                            continue;
+                        };
+                        if !p.peer.is_connected() {
+                            continue;
+                        }
+                        let red = match (p.peer.slots().first(), &packet.previous) {
+                            (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
+                                Some(mix_red_payload(
+                                    &mut red_variants,
+                                    &packet.payload,
+                                    previous,
+                                    *slot.pt,
+                                ))
+                            }
+                            _ => None,
+                        };
+                        let written = p.peer.write_mix(
+                            packet.seq,
+                            packet.ts,
+                            now,
+                            red.as_ref().unwrap_or(&packet.payload),
+                            red.is_some(),
+                            packet.level,
+                            &packet.contributors,
+                        );
+                        let result = written.and_then(|()| p.peer.drive(now, &mut self.out));
+                        if result.is_err() {
+                            self.out
+                                .events
+                                .push_back((packet.to, PeerEvent::Disconnected("webrtc error")));
+                        }
+                    }
+                }
+            }
+            if room.selector.next_update().is_some_and(|t| t <= now) && room.selector.update(now) {
+                let changed: Vec<ParticipantId> = room.selector.drain_changes().collect();
+                for sub in changed {
+                    if let Some(p) = self.participants.get(&sub) {
+                        self.events.push_back(CoreEvent::Slots {
+                            subscriber: sub,
+                            slots: slot_infos(p, room.selector.assignment(sub), &self.participants),
+                        });
+                    }
+                }
+                if let Some(speakers) = room.selector.speakers_changed(now) {
+                    self.events.push_back(CoreEvent::Speakers {
+                        room: room.id.clone(),
+                        speakers,
+                    });
+                }
+                if let Some(participant) = room.dominant.update(now) {
+                    self.events.push_back(CoreEvent::DominantSpeaker {
+                        room: room.id.clone(),
+                        participant,
+                    });
+                }
+            }
+            room.arm_tick(&mut self.next_tick);
+        }
+        self.mix_out = mixed;
+    }
+
+    pub(super) fn emit_slots(&mut self, sub: ParticipantId) {
+        let Some(p) = self.participants.get(&sub) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&p.room) else {
+            return;
+        };
+        let slots = slot_infos(p, room.selector.assignment(sub), &self.participants);
+        self.events.push_back(CoreEvent::Slots {
+            subscriber: sub,
+            slots,
+        });
+    }
+}
+
+/// A mixed packet's RED payload for listeners of one Opus payload type: (primary, previous, payload type,
+/// RED payload).
+type MixRedVariant = (Arc<[u8]>, Arc<[u8]>, u8, Arc<[u8]>);
+
+/// The RED payload of a mixed packet for a listener that negotiated RED: the previous packet it was sent
+/// as redundancy (20 ms back), then this one, labelled with the listener's Opus payload type. Encoded once
+/// per distinct (packets, payload type) in a tick and shared through `variants`.
+fn mix_red_payload(
+    variants: &mut Vec<MixRedVariant>,
+    primary: &Arc<[u8]>,
+    previous: &Arc<[u8]>,
+    opus_pt: u8,
+) -> Arc<[u8]> {
+    if let Some((_, _, _, p)) = variants
+        .iter()
+        .find(|(a, b, pt, _)| Arc::ptr_eq(a, primary) && Arc::ptr_eq(b, previous) && *pt == opus_pt)
+    {
+        return p.clone();
+    }
+    let mut out = Vec::with_capacity(primary.len() + previous.len() + 5);
+    let redundant = [red::RedundantFrame {
+        ts_offset: crate::audio::FRAME_SAMPLES as u32,
+        payload: previous,
+    }];
+    red::encode(opus_pt, primary, &redundant, |_, _| true, &mut out);
+    let payload: Arc<[u8]> = Arc::from(out);
+    variants.push((primary.clone(), previous.clone(), opus_pt, payload.clone()));
+    payload
+}
+
+fn slot_infos(
+    p: &Participant,
+    assignment: &[Option<ParticipantId>],
+    all: &HashMap<ParticipantId, Participant>,
+) -> Vec<SlotAssignment> {
+    p.peer
+        .slots()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let participant = assignment.get(i).copied().flatten();
+            SlotAssignment {
+                slot: i as u8,
+                mid: s.mid.to_string(),
+                participant,
+                ssrc: participant
+                    .and_then(|o| all.get(&o).and_then(|x| x.ssrc))
+                    .map(|ssrc| ssrc.0),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,103 @@
+//! What a listener receives: the Opus encoders (with their limiters) of the shared and personal mixes, the
+//! pre-encoded silence frame, and the per-listener packet numbering.
+
+use std::sync::Arc;
+
+use super::encoder::{EncoderSettings, MixEncoder, OpusError};
+use super::limiter::Limiter;
+use super::{Member, MixPacket, MAX_OPUS};
+use crate::audio::FRAME_SAMPLES;
+use crate::speakers::csrc_levels::Contributors;
+use vocab::MixSettings;
+
+/// An Opus encoder with its limiter: one output stream's state. Cloned whole when a listener moves from the
+/// shared encode to its own, so its decoder sees one continuous stream.
+pub(super) struct OutEncoder {
+    encoder: MixEncoder,
+    limiter: Limiter,
+}
+
+impl OutEncoder {
+    pub(super) fn new(config: &MixSettings) -> Result<OutEncoder, OpusError> {
+        Ok(OutEncoder {
+            encoder: MixEncoder::new(encoder_settings(config))?,
+            limiter: Limiter::new(),
+        })
+    }
+
+    pub(super) fn try_clone(&self) -> Result<OutEncoder, OpusError> {
+        Ok(OutEncoder {
+            encoder: self.encoder.try_clone()?,
+            limiter: self.limiter.clone(),
+        })
+    }
+
+    /// Limit and encode `pcm` (one frame; modified in place) into a packet with its level; `None` if
+    /// libopus fails.
+    pub(super) fn encode(
+        &mut self,
+        pcm: &mut [f32],
+        out: &mut [u8; MAX_OPUS],
+    ) -> Option<(Arc<[u8]>, u8)> {
+        self.limiter.process(pcm);
+        let level = crate::audio::audio_level_from_samples(pcm);
+        let n = self.encoder.encode(pcm, out).ok()?;
+        Some((Arc::from(&out[..n]), level))
+    }
+}
+
+fn encoder_settings(config: &MixSettings) -> EncoderSettings {
+    EncoderSettings {
+        bitrate_bps: config.bitrate_bps,
+        complexity: config.complexity,
+        fec: config.fec,
+    }
+}
+
+/// The encoder in `slot`, created on first use; `None` if libopus cannot create one.
+pub(super) fn ensure_encoder<'a>(
+    slot: &'a mut Option<OutEncoder>,
+    config: &MixSettings,
+) -> Option<&'a mut OutEncoder> {
+    if slot.is_none() {
+        *slot = OutEncoder::new(config).ok();
+    }
+    slot.as_mut()
+}
+
+impl Member {
+    /// Send the member the packet of the tick whose room timestamp is `frame_ts`.
+    pub(super) fn send(
+        &mut self,
+        frame_ts: u32,
+        payload: Arc<[u8]>,
+        contributors: Contributors,
+        level: u8,
+        out: &mut Vec<MixPacket>,
+    ) {
+        let ts = self.ts_offset.wrapping_add(frame_ts);
+        let previous = match self.last_sent.take() {
+            Some((last_ts, last)) if ts.wrapping_sub(last_ts) == FRAME_SAMPLES as u32 => Some(last),
+            _ => None,
+        };
+        self.last_sent = Some((ts, payload.clone()));
+        out.push(MixPacket {
+            to: self.id,
+            seq: self.next_seq,
+            ts,
+            payload,
+            contributors,
+            level,
+            previous,
+        });
+        self.next_seq += 1;
+    }
+}
+
+/// A 20 ms Opus frame of digital silence, encoded once per room.
+pub(super) fn silence_frame(config: &MixSettings) -> Option<Arc<[u8]>> {
+    let mut encoder = MixEncoder::new(encoder_settings(config)).ok()?;
+    let mut out = [0u8; MAX_OPUS];
+    let n = encoder.encode(&[0.0; FRAME_SAMPLES], &mut out).ok()?;
+    Some(Arc::from(&out[..n]))
+}

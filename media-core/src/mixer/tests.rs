@@ -1,0 +1,469 @@
+//! The mixer driven directly, packet by packet, with a browser-like sender (libopus with DTX, RFC 6464
+//! levels) and a receiver that decodes what a listener gets: frame-exact talk-spurt edges, inaudible
+//! encoder switches, and late ticks.
+use super::*;
+use crate::audio::{audio_level_from_samples, mean_square, SAMPLE_RATE};
+use crate::testkit::analysis::{goertzel_power, sine};
+
+const MS: Duration = Duration::from_millis(1);
+const A: ParticipantId = ParticipantId(1);
+const B: ParticipantId = ParticipantId(2);
+const C: ParticipantId = ParticipantId(3);
+
+/// A browser-like microphone: libopus VOIP at 32 kb/s with DTX, 20 ms frames, levels from the frame.
+struct Sender {
+    encoder: opus::Encoder,
+    ssrc: Ssrc,
+    seq: u64,
+}
+
+impl Sender {
+    fn new(ssrc: u32) -> Sender {
+        let mut encoder =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .expect("libopus creates an encoder");
+        encoder
+            .set_bitrate(opus::Bitrate::Bits(32_000))
+            .expect("valid bitrate");
+        encoder.set_dtx(true).expect("DTX is a valid setting");
+        Sender {
+            encoder,
+            ssrc: Ssrc(ssrc),
+            seq: 100,
+        }
+    }
+
+    /// Encode frame `k`; `None` when libopus is in DTX (WebRTC sends nothing then).
+    fn frame(&mut self, k: usize, pcm: &[f32]) -> Option<(u64, u32, Arc<[u8]>, u8)> {
+        let packet = self
+            .encoder
+            .encode_vec_float(pcm, MAX_OPUS)
+            .expect("a 20 ms frame encodes");
+        if packet.len() <= 2 {
+            return None;
+        }
+        self.seq += 1;
+        let ts = (k * FRAME_SAMPLES) as u32;
+        Some((
+            self.seq,
+            ts,
+            Arc::from(packet),
+            audio_level_from_samples(pcm),
+        ))
+    }
+}
+
+/// What one listener receives, decoded in timestamp order (DTX gaps as silence), indexed by the mixer's
+/// tick grid.
+#[derive(Default)]
+struct Received {
+    decoder: Option<opus::Decoder>,
+    pcm: Vec<f32>,
+    next_ts: Option<u32>,
+    packets: usize,
+    /// Packets whose timestamp did not follow the previous packet's end (DTX gaps count too).
+    jumps: usize,
+}
+
+impl Received {
+    fn take(&mut self, p: &MixPacket, ts_offset: u32) {
+        let decoder = self.decoder.get_or_insert_with(|| {
+            opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).expect("decoder")
+        });
+        let at = p.ts.wrapping_sub(ts_offset) as usize;
+        if let Some(next) = self.next_ts {
+            assert!(
+                p.ts.wrapping_sub(next) as i32 >= 0,
+                "timestamps went backwards"
+            );
+            self.jumps += usize::from(p.ts != next);
+        }
+        self.pcm.resize(at, 0.0);
+        let mut buf = vec![0.0; MAX_PACKET_SAMPLES];
+        let n = decoder
+            .decode_float(&p.payload, &mut buf, false)
+            .expect("the mixer sends valid Opus");
+        self.pcm.extend_from_slice(&buf[..n]);
+        self.next_ts = Some(p.ts.wrapping_add(n as u32));
+        self.packets += 1;
+    }
+}
+
+struct Room {
+    mixer: Mixer,
+    t0: Instant,
+    stats: MixStats,
+    samples: Samples,
+    rx: HashMap<ParticipantId, Received>,
+}
+
+const TS_OFFSET: u32 = 7_000;
+
+/// The base of virtual time; only ever offset by durations.
+#[allow(clippy::disallowed_methods)]
+pub(super) fn t0() -> Instant {
+    Instant::now()
+}
+
+impl Room {
+    fn new(members: &[ParticipantId]) -> Room {
+        Room::with_config(members, MixSettings::default())
+    }
+
+    fn with_config(members: &[ParticipantId], config: MixSettings) -> Room {
+        let t0 = t0();
+        let mut mixer = Mixer::new(t0, config);
+        for &id in members {
+            mixer.add_member(id, true, true, 0, TS_OFFSET);
+        }
+        Room {
+            mixer,
+            t0,
+            stats: MixStats::default(),
+            samples: Samples::default(),
+            rx: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, at: Instant, id: ParticipantId, ssrc: Ssrc, p: (u64, u32, Arc<[u8]>, u8)) {
+        let (seq, ts, payload, level) = p;
+        self.mixer
+            .push(at, id, ssrc, seq, ts, payload, Some(level), &mut self.stats)
+            .expect("valid Opus");
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let mut out = Vec::new();
+        self.mixer
+            .tick(now, &mut out, &mut self.stats, &mut self.samples);
+        for p in &out {
+            self.rx.entry(p.to).or_default().take(p, TS_OFFSET);
+        }
+    }
+}
+
+/// Frame `k` of the test signal: a distinct tone per frame during talk runs, digital silence in pauses.
+/// Returns the tone's frequency, `None` in a pause.
+fn frame_tone(k: usize) -> Option<f32> {
+    // Runs of 6..13 frames separated by pauses of 4..19 frames (80..380 ms, as in speech).
+    let mut start = 5;
+    let mut run = 0;
+    loop {
+        let len = 6 + (run * 5) % 8;
+        let pause = 4 + (run * 7) % 16;
+        if k < start {
+            return None;
+        }
+        if k < start + len {
+            // Neighbouring frames differ by at least 250 Hz.
+            return Some(400.0 + 250.0 * ((k * 3) % 11) as f32);
+        }
+        start += len + pause;
+        run += 1;
+    }
+}
+
+/// Frame `k` of the test signal: each talk frame's tone continues the previous frame's phase, and talk
+/// runs fade in and out over 5 ms, so the codec sees no click at any edge.
+fn tone_frame(k: usize, amplitude: f32, phase: &mut f64) -> Vec<f32> {
+    let mut pcm = vec![0.0; FRAME_SAMPLES];
+    let Some(f) = frame_tone(k) else {
+        *phase = 0.0;
+        return pcm;
+    };
+    sine(f64::from(f), amplitude, SAMPLE_RATE, phase, &mut pcm);
+    let fade = 240;
+    for i in 0..fade {
+        let g = 0.5 - 0.5 * (std::f32::consts::PI * i as f32 / fade as f32).cos();
+        if k == 0 || frame_tone(k - 1).is_none() {
+            pcm[i] *= g;
+        }
+        if frame_tone(k + 1).is_none() {
+            pcm[FRAME_SAMPLES - 1 - i] *= g;
+        }
+    }
+    pcm
+}
+
+/// The central 10 ms of frame `k` of `pcm` shifted by `lag` samples.
+fn window(pcm: &[f32], k: usize, lag: usize) -> &[f32] {
+    let start = (k * FRAME_SAMPLES + lag + 240).min(pcm.len());
+    let end = (start + 480).min(pcm.len());
+    &pcm[start..end]
+}
+
+/// The talk runs of the test signal among its first `frames`: (first frame, frames).
+fn runs(frames: usize) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for k in 0..frames {
+        if frame_tone(k).is_none() {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == k => *len += 1,
+            _ => runs.push((k, 1)),
+        }
+    }
+    runs
+}
+
+/// Check that each talk run of the signal is in `pcm` whole — every frame once, in order, at its level,
+/// at one delay per run (the jitter buffer re-anchors each talk spurt) — and that nothing is heard
+/// outside the runs. Returns the errors and each run's delay in samples.
+fn check_runs(pcm: &[f32], frames: usize, amplitude: f32) -> (Vec<String>, Vec<usize>) {
+    let power = amplitude * amplitude / 2.0;
+    let mut errors = Vec::new();
+    let mut lags = Vec::new();
+    let mut covered = Vec::new();
+    for (start, len) in runs(frames) {
+        let score = |lag: usize| -> f32 {
+            (start..start + len)
+                .map(|k| {
+                    let f = frame_tone(k).expect("a talk frame");
+                    goertzel_power(window(pcm, k, lag), f, SAMPLE_RATE)
+                })
+                .sum()
+        };
+        let lag = (0..=200)
+            .map(|ms| ms * 48)
+            .max_by(|&a, &b| score(a).total_cmp(&score(b)))
+            .expect("a non-empty range");
+        lags.push(lag);
+        covered.push((
+            start * FRAME_SAMPLES + lag,
+            (start + len) * FRAME_SAMPLES + lag,
+        ));
+        for k in start..start + len {
+            let f = frame_tone(k).expect("a talk frame");
+            let w = window(pcm, k, lag);
+            // Its own tone, at its level, and far louder than any other frame's tone.
+            let own = goertzel_power(w, f, SAMPLE_RATE);
+            let db = 10.0 * (own / power).log10();
+            let other = (0..11)
+                .map(|i| 400.0 + 250.0 * i as f32)
+                .filter(|g| *g != f)
+                .map(|g| goertzel_power(w, g, SAMPLE_RATE))
+                .fold(0.0f32, f32::max);
+            if db < -3.0 || own < 10.0 * other {
+                errors.push(format!("run at {start}: frame {k} ({f} Hz) at {db:.1} dB"));
+            }
+        }
+    }
+    // Outside the runs silence, in 5 ms windows: below −45 dBFS, except 5 ms of codec ringing after a run
+    // and, in the 20 ms before one, the pre-echo of its onset (the mixer's encoder frames do not line up
+    // with the sender's, so an onset can fall late in a frame): there 15 dB below the run's level.
+    let first = covered.first().map_or(0, |c| c.0);
+    let last = covered.last().map_or(0, |c| c.1);
+    let guard = 240;
+    let mut at = first;
+    while at + 240 <= last.min(pcm.len()) {
+        let inside = covered.iter().any(|&(a, b)| at + 240 > a && at < b + guard);
+        let onset = covered
+            .iter()
+            .any(|&(a, _)| at + 240 > a.saturating_sub(960) && at < a);
+        let limit = if onset {
+            10.0 * f64::from(power).log10() - 15.0
+        } else {
+            -45.0
+        };
+        if !inside {
+            let db = 10.0 * mean_square(&pcm[at..at + 240]).max(1e-12).log10();
+            if db > limit {
+                let after = covered
+                    .iter()
+                    .rev()
+                    .find(|c| c.1 <= at)
+                    .map_or(0, |c| at - c.1);
+                let before = covered.iter().find(|c| c.0 >= at).map_or(0, |c| c.0 - at);
+                errors.push(format!(
+                    "{db:.1} dBFS between runs at {} ms ({} ms after one, {} ms before the next)",
+                    at / 48,
+                    after / 48,
+                    before / 48
+                ));
+            }
+        }
+        at += 240;
+    }
+    (errors, lags)
+}
+
+#[test]
+fn every_talk_frame_reaches_the_mix_once_and_pauses_stay_silent() {
+    let mut room = Room::new(&[A, B]);
+    let mut mic = Sender::new(0xA);
+    let frames = 600; // 12 s
+    let mut phase = 0.0;
+    let amplitude = 0.3;
+    for k in 0..frames {
+        let sent = room.t0 + FRAME_DURATION * k as u32;
+        if let Some(p) = mic.frame(k, &tone_frame(k, amplitude, &mut phase)) {
+            // 10 ms one-way delay with ±4 ms of jitter.
+            let jitter = Duration::from_micros(((k * 7919) % 8000) as u64);
+            room.push(sent + 6 * MS + jitter, A, mic.ssrc, p);
+        }
+        // The mixer's ticks up to the next frame.
+        while let Some(t) = room
+            .mixer
+            .next_tick()
+            .filter(|t| *t < sent + FRAME_DURATION)
+        {
+            room.tick(t);
+        }
+    }
+    let pcm = &room.rx.get(&B).expect("B heard A").pcm;
+    let (errors, lags) = check_runs(pcm, frames - 20, amplitude);
+    let lags_ms: Vec<usize> = lags.iter().map(|l| l / 48).collect();
+    assert!(
+        errors.is_empty(),
+        "{} errors: {errors:?}; delay per run (ms): {lags_ms:?}",
+        errors.len()
+    );
+    assert_eq!(room.stats.ticks_late, 0);
+}
+
+/// How far `pcm` is from a pure sine at `freq` (least-squares fit of amplitude and phase): the energy of
+/// what remains, relative to the whole, in dB. Clicks and codec artefacts show here.
+fn residual_db(pcm: &[f32], freq: f32) -> f32 {
+    let w = std::f64::consts::TAU * f64::from(freq) / f64::from(SAMPLE_RATE);
+    let (mut ss, mut cc, mut sc, mut ys, mut yc, mut yy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (i, &y) in pcm.iter().enumerate() {
+        let (s, c) = (w * i as f64).sin_cos();
+        let y = f64::from(y);
+        ss += s * s;
+        cc += c * c;
+        sc += s * c;
+        ys += y * s;
+        yc += y * c;
+        yy += y * y;
+    }
+    let det = ss * cc - sc * sc;
+    let a = (ys * cc - yc * sc) / det;
+    let b = (yc * ss - ys * sc) / det;
+    let residual: f64 = pcm
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| {
+            let (s, c) = (w * i as f64).sin_cos();
+            (f64::from(y) - a * s - b * c).powi(2)
+        })
+        .sum();
+    (10.0 * (residual / yy.max(1e-12)).log10()) as f32
+}
+
+/// A talks a steady tone (with one pause of 300 ms from frame 200); B talks in frames `b_talks`; C only
+/// listens. A stalled worker runs no tick in frames `stall`.
+fn switch_run(
+    frames: usize,
+    b_talks: std::ops::Range<usize>,
+    stall: Option<(usize, usize)>,
+) -> Room {
+    // A jitter buffer that never needs to steer its delay (it starts at 60 ms): its own corrections of a
+    // continuous talker (dropping a packet) would hide what this measures.
+    let config = MixSettings {
+        jitter_min_ms: 60,
+        ..MixSettings::default()
+    };
+    let mut room = Room::with_config(&[A, B, C], config);
+    let (mut mic_a, mut mic_b) = (Sender::new(0xA), Sender::new(0xB));
+    let (mut tone_a, mut tone_b) = (
+        crate::testkit::analysis::ToneGenerator::new(440.0, 0.3, SAMPLE_RATE),
+        crate::testkit::analysis::ToneGenerator::new(1_000.0, 0.2, SAMPLE_RATE),
+    );
+    let mut pcm = vec![0.0; FRAME_SAMPLES];
+    for k in 0..frames {
+        let sent = room.t0 + FRAME_DURATION * k as u32;
+        tone_a.fill(&mut pcm);
+        if (200..215).contains(&k) {
+            pcm.iter_mut().for_each(|s| *s = 0.0);
+        }
+        if let Some(p) = mic_a.frame(k, &pcm) {
+            room.push(sent + 10 * MS, A, mic_a.ssrc, p);
+        }
+        if b_talks.contains(&k) {
+            tone_b.fill(&mut pcm);
+        } else {
+            pcm.iter_mut().for_each(|s| *s = 0.0);
+        }
+        if let Some(p) = mic_b.frame(k, &pcm) {
+            room.push(sent + 10 * MS, B, mic_b.ssrc, p);
+        }
+        // A stalled worker runs no tick from `from` until `to`, then catches up.
+        if stall.is_some_and(|(from, to)| (from..to).contains(&k)) {
+            continue;
+        }
+        while let Some(t) = room
+            .mixer
+            .next_tick()
+            .filter(|t| *t < sent + FRAME_DURATION)
+        {
+            room.tick(sent.max(t));
+        }
+    }
+    room
+}
+
+#[test]
+fn moving_between_shared_and_personal_encodes_is_not_heard() {
+    let frames = 300;
+    let room = switch_run(frames, 100..160, None);
+    let b = &room.rx.get(&B).expect("B heard A").pcm;
+    let c = &room.rx.get(&C).expect("C heard A and B").pcm;
+    // B never hears itself; C hears B while it talks.
+    let talk = 110 * FRAME_SAMPLES..150 * FRAME_SAMPLES;
+    assert!(goertzel_power(&b[talk.clone()], 1_000.0, SAMPLE_RATE) < 1e-6);
+    assert!(goertzel_power(&c[talk], 1_000.0, SAMPLE_RATE) > 0.01);
+    // B moved back to the shared encode in A's pause.
+    let b_member = &room.mixer.members[1];
+    assert!(b_member.personal.is_none() && b_member.feed == Feed::Shared);
+    // Everything B hears is A's tone. In 10 ms windows every 2.5 ms, what is not the tone must not stand
+    // out where B moves to its own encode (when it starts talking, ≈ frame 103) and back (in A's pause):
+    // while B is silent it is compared with C's window (the same shared packets, so the codec's own
+    // artefacts cancel out); while C hears B, with B's median.
+    let windows: Vec<(usize, f32, f32, bool)> = (40 * FRAME_SAMPLES..(frames - 20) * FRAME_SAMPLES)
+        .step_by(120)
+        .filter(|at| !(195 * FRAME_SAMPLES..225 * FRAME_SAMPLES).contains(at))
+        .map(|at| {
+            let c_hears_b = goertzel_power(&c[at..at + 480], 1_000.0, SAMPLE_RATE) > 1e-5;
+            (
+                at,
+                residual_db(&b[at..at + 480], 440.0),
+                residual_db(&c[at..at + 480], 440.0),
+                c_hears_b,
+            )
+        })
+        .collect();
+    let mut steady: Vec<f32> = windows.iter().map(|w| w.1).collect();
+    steady.sort_by(f32::total_cmp);
+    let median = steady[steady.len() / 2];
+    let (worst_at, worst) = windows
+        .iter()
+        .map(|&(at, b, c, c_hears_b)| (at, if c_hears_b { b - median } else { b - c }))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("windows");
+    // A fresh encoder at the move (what the mixer did before) stands 37 dB out. What remains after the
+    // move back is the decoders' older state (SILK's, kept through CELT stretches), which can surface
+    // later at a mode change of the shared stream: measured 15.6 dB above C, about −25 dB of the tone.
+    assert!(
+        worst <= 20.0,
+        "a discontinuity {worst:.1} dB above the reference at {} ms (median {median:.1} dB)",
+        worst_at / 48
+    );
+}
+
+#[test]
+fn a_late_worker_catches_up_without_holes_and_counts_what_it_gave_up() {
+    // 100 ms without ticks: caught up, every timestamp there, counted late.
+    let room = switch_run(200, 0..0, Some((100, 105)));
+    assert_eq!(room.stats.ticks_skipped, 0);
+    assert!(room.stats.ticks_late >= 4, "{:?}", room.stats);
+    let b = &room.rx.get(&B).expect("B heard A");
+    assert_eq!(b.jumps, 0, "a hole in B's stream");
+    // 400 ms without ticks: 10 caught up, the rest given up and counted.
+    let room = switch_run(200, 0..0, Some((100, 120)));
+    assert!(
+        (9..=11).contains(&room.stats.ticks_skipped),
+        "{:?}",
+        room.stats
+    );
+}

@@ -1,0 +1,251 @@
+//! The 20 ms mix tick: rank and decode the talkers, sum them, pick each listener's encode and send.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::input::{decode_member, report_recovered_red};
+use super::jitter::Playout;
+use super::output::{ensure_encoder, OutEncoder};
+use super::{
+    Feed, MixPacket, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS, PERSONAL_HANGOVER_TICKS,
+    PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL, SILENT_LEVEL,
+};
+use crate::audio::{FRAME_DURATION, FRAME_SAMPLES};
+use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
+use crate::stats::{MixStats, Samples};
+
+impl Mixer {
+    /// The tick of grid point `due`: every input plays and every output is stamped as of that point, however
+    /// late it actually runs, so a late worker delays the audio but never leaves a hole in it.
+    pub(super) fn tick_at(
+        &mut self,
+        due: Instant,
+        out: &mut Vec<MixPacket>,
+        stats: &mut MixStats,
+        samples: &mut Samples,
+    ) {
+        stats.ticks += 1;
+        self.ticks += 1;
+        let grid = self.grid_index(due);
+        let frame_ts = (grid as u32).wrapping_mul(FRAME_SAMPLES as u32);
+
+        // 1. Pull playout from every publisher; rank the voiced ones by level without decoding.
+        self.talkers.clear();
+        let mut candidates: Vec<(u8, usize)> = Vec::new();
+        let mut any_active = false;
+        for (i, m) in self.members.iter_mut().enumerate() {
+            m.talking = false;
+            m.voiced_level = None;
+            m.spans.clear();
+            if !m.publishes {
+                continue;
+            }
+            let mut have = m.surplus.len();
+            // Bounded: every span covers at least one sample; a tick needs at most 960 of them, and spans
+            // are at least 2.5 ms (120 samples) long, so 8 spans always suffice.
+            for _ in 0..8 {
+                if have >= FRAME_SAMPLES {
+                    break;
+                }
+                // The span starts to play after what the member already holds for this tick.
+                let span = m.jitter.pop(due + crate::audio::samples_duration(have));
+                have += span.samples() as usize;
+                m.spans.push(span);
+            }
+            let mut audible = false;
+            for span in &m.spans {
+                let level = match span {
+                    Playout::Packet { audio_level, .. } => {
+                        audible = true;
+                        let l = audio_level.unwrap_or(0);
+                        (l < SILENT_LEVEL).then_some(l)
+                    }
+                    // Concealment continues a talker (at its last level); it does not start one.
+                    Playout::Fec { .. } | Playout::Plc { .. } if m.was_talking => {
+                        audible = true;
+                        Some(m.last_level)
+                    }
+                    _ => None,
+                };
+                if let Some(l) = level {
+                    m.voiced_level = Some(m.voiced_level.map_or(l, |v| v.min(l)));
+                }
+                if let Playout::Packet {
+                    audio_level: Some(l),
+                    ..
+                } = span
+                {
+                    m.last_level = *l;
+                }
+            }
+            if let Some(l) = m.voiced_level {
+                m.decode_hangover = DECODE_HANGOVER_TICKS;
+                candidates.push((l, i));
+            } else if m.was_talking && m.decode_hangover > 0 && audible {
+                // The quiet packets right after a talk spurt still carry its end (codec delay): keep
+                // decoding them into the mix, ranked after every voiced input.
+                m.decode_hangover -= 1;
+                candidates.push((SILENT_LEVEL.max(m.last_level), i));
+            } else {
+                m.decode_hangover = 0;
+            }
+            any_active |= m.jitter.is_active();
+            // The buffer knows a gap was loss (not DTX) only once the packet after it plays.
+            let lost = m.jitter.stats().lost;
+            stats.packets_lost += lost.saturating_sub(m.lost_reported);
+            m.lost_reported = lost;
+            report_recovered_red(m, stats);
+            if self.ticks.is_multiple_of(DELAY_SAMPLE_TICKS) && m.jitter.is_active() {
+                Samples::push(
+                    &mut samples.jitter_buffer_delay_seconds,
+                    m.jitter.target_delay().as_secs_f64(),
+                );
+            }
+        }
+        candidates.sort_unstable();
+        candidates.truncate(MAX_CSRCS);
+
+        // 2. Decode the talkers and sum them.
+        self.mix.iter_mut().for_each(|s| *s = 0.0);
+        let mut list = Vec::with_capacity(candidates.len());
+        for &(level, i) in &candidates {
+            let m = &mut self.members[i];
+            if decode_member(m, &mut self.decode_buf, stats).is_err() {
+                continue;
+            }
+            m.talking = true;
+            for (acc, s) in self.mix.iter_mut().zip(&m.frame) {
+                *acc += *s;
+            }
+            if let Some(ssrc) = m.ssrc {
+                list.push((ssrc.0, level.min(127)));
+            }
+            self.talkers.push(i);
+        }
+        // Built once per tick: the shared mix's listeners all get this one (levels shared, not copied).
+        let contributors = Contributors::new(list);
+        for m in &mut self.members {
+            if !m.talking {
+                // Not decoded this tick: the decoder restarts from the last packet played (see `prime`).
+                // What the spans covered beyond this tick is still owed to the next one (as silence: the
+                // member was silent), or its buffer would see time vanish and add it back every tick.
+                let covered =
+                    m.surplus.len() + m.spans.iter().map(|s| s.samples() as usize).sum::<usize>();
+                m.surplus.clear();
+                m.surplus.resize(covered.saturating_sub(FRAME_SAMPLES), 0.0);
+                m.prime = match m.spans.last() {
+                    Some(Playout::Packet { payload, .. }) => Some(payload.clone()),
+                    _ => None,
+                };
+            }
+            m.was_talking = m.talking;
+        }
+
+        // 3. Decide each listener's encode. A listener who starts hearing its own mix-minus continues the
+        //    shared stream it was hearing: its personal encoder starts as a copy of the shared one, taken
+        //    before this tick's shared encode.
+        //    A former talker moves back to the shared encode once its hangover is over and the mix is quiet:
+        //    its decoder's state (pitch history above all) then no longer matters.
+        let talkers = self.talkers.len();
+        let mix_quiet = crate::audio::audio_level_from_samples(&self.mix) >= QUIET_SWITCH_LEVEL;
+        for m in &mut self.members {
+            if m.talking {
+                m.since_talked = 0;
+            } else if m.personal.is_some() {
+                m.since_talked += 1;
+                if m.since_talked > PERSONAL_MAX_HANGOVER_TICKS
+                    || (m.since_talked > PERSONAL_HANGOVER_TICKS && mix_quiet)
+                {
+                    m.personal = None;
+                }
+            }
+            let others = talkers - usize::from(m.talking);
+            if !m.subscribes || others == 0 {
+                continue;
+            }
+            if m.talking && m.personal.is_none() {
+                m.personal = match (&self.shared, m.feed) {
+                    (Some(shared), Feed::Shared) => shared.try_clone().ok(),
+                    _ => OutEncoder::new(&self.config).ok(),
+                };
+            }
+        }
+
+        // 4. Encode: one shared full mix for the listeners who do not talk, one mix-minus per talker.
+        let mut shared_packet: Option<Option<(Arc<[u8]>, u8)>> = None;
+        for i in 0..self.members.len() {
+            let talking = self.members[i].talking;
+            let m = &mut self.members[i];
+            let was_fed = m.feed != Feed::Nothing;
+            m.feed = Feed::Nothing;
+            if !m.subscribes {
+                continue;
+            }
+            let others = talkers - usize::from(talking);
+            // Nothing to hear. With DTX the listener is sent nothing, but only after one last frame of its
+            // (now silent) mix from the encoder it was hearing: that flushes the encoder's lookahead (the
+            // last milliseconds of the talk spurt) and ends the stream on silence, so a receiver that
+            // conceals the gap (it cannot tell DTX from loss) conceals silence.
+            let last_frame = others == 0 && was_fed && self.config.dtx;
+            if others == 0 && !last_frame {
+                if self.config.dtx {
+                    continue; // the listener's decoder sees a DTX gap
+                }
+                let Some(silence) = self.silence.clone() else {
+                    continue;
+                };
+                m.send(frame_ts, silence, Contributors::default(), 127, out);
+                stats.packets_sent += 1;
+                continue;
+            }
+            let packet = if let Some(encoder) = m.personal.as_mut() {
+                self.scratch.copy_from_slice(&self.mix);
+                if talking {
+                    for (acc, s) in self.scratch.iter_mut().zip(&m.frame) {
+                        *acc -= *s;
+                    }
+                }
+                stats.frames_encoded += 1;
+                m.feed = Feed::Personal;
+                encoder.encode(&mut self.scratch, &mut self.encoded)
+            } else if talking {
+                continue; // libopus could not create the personal encoder; never send a talker itself
+            } else {
+                // Encoded at most once per tick, for the first listener that needs it.
+                if shared_packet.is_none() {
+                    let Some(encoder) = ensure_encoder(&mut self.shared, &self.config) else {
+                        continue;
+                    };
+                    self.scratch.copy_from_slice(&self.mix);
+                    stats.frames_encoded += 1;
+                    shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
+                }
+                m.feed = Feed::Shared;
+                shared_packet.clone().flatten()
+            };
+            let Some((payload, level)) = packet else {
+                continue;
+            };
+            if last_frame {
+                m.feed = Feed::Nothing;
+            }
+            let m = &mut self.members[i];
+            let heard = match m.ssrc {
+                Some(own) if talking => contributors.without(own.0),
+                _ => contributors.clone(),
+            };
+            m.send(frame_ts, payload, heard, level, out);
+            stats.packets_sent += 1;
+        }
+        // 5. Keep ticking while anything is buffered, playing or in hangover; otherwise sleep until a packet.
+        let busy = any_active
+            || talkers > 0
+            || self.members.iter().any(|m| m.feed != Feed::Nothing)
+            || self.members.iter().any(|m| m.personal.is_some())
+            || (!self.config.dtx && self.members.iter().any(|m| m.subscribes));
+        self.next_tick = busy.then(|| self.epoch + FRAME_DURATION * (grid + 1) as u32);
+        if !busy {
+            self.shared = None;
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The periodic update: re-rank the publishers and reassign every subscriber's slots by the rules in the
+//! [module docs](super).
+
+use std::time::Instant;
+
+use super::{Candidate, Held, SlotSelector, MAX_SLOTS};
+use crate::ids::ParticipantId;
+
+impl SlotSelector {
+    /// Recomputes the assignment if due (see [`next_update`](Self::next_update)); returns whether it ran.
+    /// Afterwards, [`drain_changes`](Self::drain_changes) lists the subscribers whose assignment changed and
+    /// [`routes`](Self::routes) reflects the new assignment. Allocation-free in steady state.
+    pub fn update(&mut self, now: Instant) -> bool {
+        if self.last_now.is_none_or(|t| now > t) {
+            self.last_now = Some(now);
+        }
+        if self.next_update().is_none_or(|due| now < due) {
+            return false;
+        }
+        self.pending = false;
+        self.last_update = Some(now);
+        self.rank(now);
+
+        let mut any_changed = false;
+        for s in 0..self.members.len() {
+            let Some(sub) = self.members[s].as_ref() else {
+                continue;
+            };
+            if !sub.subscribes || sub.slots.is_empty() {
+                continue;
+            }
+            let sub_id = sub.id;
+            let k = sub.slots.len();
+            let mut slots = [None; MAX_SLOTS];
+            slots[..k].copy_from_slice(&sub.slots);
+            let slots = &mut slots[..k];
+            if self.assign(now, sub_id, slots) {
+                let m = self.members[s].as_mut().expect("present");
+                for (i, &h) in slots.iter().enumerate() {
+                    m.set_slot(i, h);
+                }
+                self.mark_changed(sub_id);
+                any_changed = true;
+            }
+        }
+        if any_changed {
+            self.last_assignment_change = Some(now);
+            self.rebuild_routes();
+        }
+        true
+    }
+
+    /// Scores every eligible publisher and sorts the candidates loudest first (ties: lower id first).
+    fn rank(&mut self, now: Instant) {
+        self.candidates.clear();
+        let bonus = self.config.speaking_bonus_db;
+        for (idx, m) in self.members.iter_mut().enumerate() {
+            let Some(m) = m else { continue };
+            m.candidate = m.publishes && m.eligible;
+            if m.candidate {
+                let speaking = if m.tracker.is_speaking(now) {
+                    bonus
+                } else {
+                    0.0
+                };
+                m.priority = m.tracker.score(now) + speaking;
+                self.candidates.push(Candidate {
+                    priority: m.priority,
+                    id: m.id,
+                    idx,
+                });
+            }
+        }
+        self.candidates
+            .sort_unstable_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
+    }
+
+    /// Updates one subscriber's slots in place; returns whether they changed.
+    fn assign(&self, now: Instant, sub_id: ParticipantId, slots: &mut [Option<Held>]) -> bool {
+        let mut changed = false;
+        let is_candidate = |h: &Held| {
+            self.members
+                .get(h.idx)
+                .and_then(Option::as_ref)
+                .is_some_and(|m| m.id == h.id && m.candidate)
+        };
+        // Publishers that left, muted or stopped being candidates free their slots.
+        for slot in slots.iter_mut() {
+            if slot.is_some_and(|h| !is_candidate(&h)) {
+                *slot = None;
+                changed = true;
+            }
+        }
+        let holds = |slots: &[Option<Held>], id: ParticipantId| {
+            slots.iter().any(|h| h.is_some_and(|h| h.id == id))
+        };
+
+        // Free slots: the loudest publishers not heard yet, however quiet.
+        let mut free = slots.iter().filter(|s| s.is_none()).count();
+        if free > 0 {
+            for c in &self.candidates {
+                if c.id == sub_id || holds(slots, c.id) {
+                    continue;
+                }
+                let i = slots.iter().position(Option::is_none).expect("a free slot");
+                slots[i] = Some(Held {
+                    id: c.id,
+                    idx: c.idx,
+                    since: now,
+                });
+                changed = true;
+                free -= 1;
+                if free == 0 {
+                    break;
+                }
+            }
+            // Everybody is heard already: nothing to replace.
+            return changed;
+        }
+
+        // Full: the loudest unslotted candidates replace the quietest incumbents past `min_hold`, by a margin.
+        for c in &self.candidates {
+            if c.id == sub_id || holds(slots, c.id) {
+                continue;
+            }
+            let mut victim: Option<(usize, f32, ParticipantId)> = None;
+            for (i, h) in slots.iter().enumerate() {
+                let Some(h) = h else { continue };
+                if now.saturating_duration_since(h.since) < self.config.min_hold {
+                    continue;
+                }
+                let p = self.members[h.idx]
+                    .as_ref()
+                    .map_or(f32::NEG_INFINITY, |m| m.priority);
+                let quieter = victim.is_none_or(|(_, vp, vid)| p < vp || (p == vp && h.id > vid));
+                if quieter {
+                    victim = Some((i, p, h.id));
+                }
+            }
+            let Some((i, vp, _)) = victim else { break };
+            if c.priority >= vp + self.config.switch_margin_db {
+                slots[i] = Some(Held {
+                    id: c.id,
+                    idx: c.idx,
+                    since: now,
+                });
+                changed = true;
+            } else {
+                // Candidates are sorted: no quieter one can do better against the same victim.
+                break;
+            }
+        }
+        changed
+    }
+}

@@ -1,0 +1,245 @@
+//! A room's participants: admission (room and server limits, bans, draining), mute, media attachment,
+//! lookup by sid, and leaving.
+
+use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::auth::unix_now;
+use crate::events::RoomEvent;
+use crate::media::ParticipantId;
+use crate::metrics::SessionLimit;
+use crate::protocol::{LeftReason, ParticipantInfo, ParticipantLeftReason};
+
+use super::{
+    next_participant_id, AdminError, Admission, AdmitError, JoinRequest, Member, MuteChange,
+    PresenceEvent, Room, RoomOrigin, RoomRegistry,
+};
+
+impl RoomRegistry {
+    /// [`Self::admit_at`] now.
+    pub(crate) fn admit(
+        &self,
+        request: JoinRequest,
+        draining: &AtomicBool,
+    ) -> Result<Admission, AdmitError> {
+        self.admit_at(request, draining, Instant::now())
+    }
+
+    /// Admits a participant at `now`, creating the room from the defaults if this is its first
+    /// participant, and tells everyone else. Refused while `draining` is set, while the identity is
+    /// banned from the room (kicked less than the ban period ago), when the room is at its limit, or
+    /// while it is being deleted. A participant already in the room with the same identity is replaced:
+    /// its session is told `left` (`replaced`), the others `participant_left` (`replaced`), and the
+    /// newcomer takes its place (so a reconnecting client never finds itself squatting its own seat).
+    pub(crate) fn admit_at(
+        &self,
+        request: JoinRequest,
+        draining: &AtomicBool,
+        now: Instant,
+    ) -> Result<Admission, AdmitError> {
+        let mut rooms = self.lock();
+        // Checked under the lock: see `fence`.
+        if draining.load(Ordering::SeqCst) {
+            return Err(AdmitError::Draining);
+        }
+        let ban_key = (request.room.clone(), request.identity.clone());
+        if let Some(until) = self.lock_bans().get(&ban_key).copied() {
+            if until > now {
+                self.metrics.limit_hit(SessionLimit::Banned);
+                let left = until - now;
+                return Err(AdmitError::Banned {
+                    remaining_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+                });
+            }
+        }
+        let room = match rooms.entry(request.room.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let room = entry.insert(Room {
+                    settings: self.settings,
+                    max_participants: self.max_participants,
+                    origin: RoomOrigin::Join,
+                    empty_timeout: Duration::ZERO,
+                    created_at_unix: unix_now(),
+                    empty_since: None,
+                    closing: false,
+                    members: Vec::new(),
+                });
+                self.room_created(&request.room, room);
+                room
+            }
+        };
+        if room.closing {
+            return Err(AdmitError::RoomClosed);
+        }
+        if let Some(index) = room
+            .members
+            .iter()
+            .position(|m| m.info.identity == request.identity)
+        {
+            let old = room.members.remove(index);
+            old.remove.send_replace(Some(LeftReason::Replaced));
+            self.metrics.participant_left(room.settings.mode);
+            self.metrics.limit_hit(SessionLimit::IdentityReplaced);
+            tracing::info!(
+                room = %request.room,
+                participant = %old.info.sid,
+                "participant replaced by a new session with the same identity"
+            );
+            self.notify(RoomEvent::ParticipantLeft {
+                room: room.info(&request.room),
+                participant: old.info.clone(),
+                reason: ParticipantLeftReason::Replaced,
+            });
+            let event = PresenceEvent::Left {
+                sid: old.info.sid,
+                reason: ParticipantLeftReason::Replaced,
+            };
+            self.broadcast(&room.members, &event);
+        }
+        if room.members.len() >= room.max_participants {
+            return Err(AdmitError::RoomFull {
+                max_participants: room.max_participants,
+            });
+        }
+        let id = next_participant_id();
+        let participant = ParticipantInfo {
+            sid: id.to_string(),
+            identity: request.identity,
+            name: request.name,
+            muted: false,
+            can_publish: request.can_publish,
+            can_subscribe: request.can_subscribe,
+        };
+        let others = room.members.iter().map(|m| m.info.clone()).collect();
+        self.broadcast(&room.members, &PresenceEvent::Joined(participant.clone()));
+        let (remove, removed) = watch::channel(None);
+        room.members.push(Member {
+            id,
+            media: false,
+            info: participant.clone(),
+            events: request.events,
+            remove,
+        });
+        room.empty_since = None;
+        self.metrics.participant_joined(room.settings.mode);
+        let info = room.info(&request.room);
+        self.notify(RoomEvent::ParticipantJoined {
+            room: info.clone(),
+            participant: participant.clone(),
+        });
+        Ok(Admission {
+            id,
+            participant,
+            room: info,
+            settings: room.settings,
+            others,
+            removed,
+        })
+    }
+
+    /// Records a participant's mute state and tells everyone in the room, the participant included
+    /// (nothing is sent if the state did not change). The registry is the one place the state lives; use
+    /// it through [`crate::Signaling::set_muted`], which also tells the media worker.
+    pub(crate) fn set_muted(&self, room: &str, id: ParticipantId, muted: bool) -> MuteChange {
+        let mut rooms = self.lock();
+        let Some(member) = rooms
+            .get_mut(room)
+            .and_then(|room| room.members.iter_mut().find(|m| m.id == id))
+        else {
+            return MuteChange::default();
+        };
+        if member.info.muted == muted {
+            return MuteChange::default();
+        }
+        member.info.muted = muted;
+        let media = member.media;
+        let event = PresenceEvent::Muted {
+            sid: member.info.sid.clone(),
+            muted,
+        };
+        let room = rooms
+            .get(room)
+            .expect("the room was found above, under the same lock");
+        self.broadcast(&room.members, &event);
+        MuteChange {
+            changed: true,
+            media,
+        }
+    }
+
+    /// The participant's session sends its offer to a media worker: from now on the worker hears of
+    /// mute changes. Returns the mute state the offer carries (`None` if the participant left).
+    pub(crate) fn attach_media(&self, room: &str, id: ParticipantId) -> Option<bool> {
+        let mut rooms = self.lock();
+        let member = rooms
+            .get_mut(room)?
+            .members
+            .iter_mut()
+            .find(|m| m.id == id)?;
+        member.media = true;
+        Some(member.info.muted)
+    }
+
+    /// The internal id of the participant `sid` in `room`.
+    pub(crate) fn find(&self, room: &str, sid: &str) -> Result<ParticipantId, AdminError> {
+        let rooms = self.lock();
+        let room = rooms.get(room).ok_or(AdminError::RoomNotFound)?;
+        room.members
+            .iter()
+            .find(|m| m.info.sid == sid)
+            .map(|m| m.id)
+            .ok_or(AdminError::ParticipantNotFound)
+    }
+
+    /// Removes a participant and tells the others. A room created by a join goes with its last
+    /// participant (and the media router is told, under the registry lock, so that a room re-created by
+    /// a later join is routed afresh only after the router forgot the old one); a room created through
+    /// the admin API stays until its empty timeout. Returns whether the participant was present.
+    pub(crate) fn leave(
+        &self,
+        room_name: &str,
+        id: ParticipantId,
+        reason: ParticipantLeftReason,
+    ) -> bool {
+        let mut rooms = self.lock();
+        let Some(room) = rooms.get_mut(room_name) else {
+            return false;
+        };
+        let Some(index) = room.members.iter().position(|m| m.id == id) else {
+            return false;
+        };
+        let member = room.members.remove(index);
+        self.metrics.participant_left(room.settings.mode);
+        self.notify(RoomEvent::ParticipantLeft {
+            room: room.info(room_name),
+            participant: member.info.clone(),
+            reason,
+        });
+        if room.members.is_empty() {
+            if room.origin == RoomOrigin::Join || room.closing || room.empty_timeout.is_zero() {
+                if let Some(room) = rooms.remove(room_name) {
+                    self.room_removed(room_name, &room);
+                }
+            } else {
+                room.empty_since = Some(Instant::now());
+            }
+        } else {
+            let event = PresenceEvent::Left {
+                sid: member.info.sid,
+                reason,
+            };
+            self.broadcast(&room.members, &event);
+        }
+        true
+    }
+
+    /// Waits for any admission in progress: after `draining` is set and this returns, no admission can
+    /// succeed any more.
+    pub(crate) fn fence(&self) {
+        drop(self.lock());
+    }
+}

@@ -1,0 +1,172 @@
+//! Joining a room: the `join` checks and admission, and the membership released exactly once.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::{Sink, Stream};
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+
+use super::{Flow, Media, Member, Membership, Session, WsFrame};
+use crate::auth::{unix_now, verify_token};
+use crate::media::MediaCommand;
+use crate::metrics::LeaveReason;
+use crate::protocol::{
+    ErrorCode, Join, Joined, ParticipantLeftReason, ServerMessage, PROTOCOL_VERSION,
+};
+use crate::registry::JoinRequest;
+use crate::{Signaling, SERVER_VERSION};
+
+impl Membership {
+    pub(super) async fn end(&mut self, reason: ParticipantLeftReason, metric: LeaveReason) {
+        if let Some(worker) = &self.worker {
+            let command = MediaCommand::Leave {
+                participant: self.id,
+            };
+            match worker.try_send(command) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(command)) => {
+                    let limit = self.ctx.config().media_timeout();
+                    if timeout(limit, worker.send(command)).await.is_err() {
+                        tracing::warn!(room = %self.room, "media worker queue stayed full; leave not delivered");
+                    }
+                }
+            }
+            self.worker = None;
+        }
+        if std::mem::take(&mut self.in_registry) {
+            self.ctx.registry().leave(&self.room, self.id, reason);
+            self.ctx.metrics().left(metric);
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            let command = MediaCommand::Leave {
+                participant: self.id,
+            };
+            if let Err(mpsc::error::TrySendError::Full(command)) = worker.try_send(command) {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let limit = self.ctx.config().media_timeout();
+                    runtime.spawn(async move {
+                        let _ = timeout(limit, worker.send(command)).await;
+                    });
+                }
+            }
+        }
+        if std::mem::take(&mut self.in_registry) {
+            self.ctx
+                .registry()
+                .leave(&self.room, self.id, ParticipantLeftReason::Left);
+            self.ctx.metrics().left(LeaveReason::Aborted);
+        }
+    }
+}
+
+impl<T, E> Session<T>
+where
+    T: Stream<Item = Result<WsFrame, E>> + Sink<WsFrame> + Unpin,
+    E: fmt::Display,
+{
+    pub(super) async fn on_join(&mut self, join: Join, received: Instant) -> Flow {
+        let ctx = Arc::clone(&self.wire.ctx);
+        if self.joined.is_some() {
+            ctx.metrics().join_failed(ErrorCode::AlreadyJoined);
+            let message = "this session has already joined a room";
+            return self.wire.reject(ErrorCode::AlreadyJoined, message).await;
+        }
+        match admit(&ctx, join) {
+            Err((code, message)) => {
+                ctx.metrics().join_failed(code);
+                self.wire.reject(code, message).await
+            }
+            Ok((member, reply)) => {
+                let sid = member.sid.clone();
+                self.joined = Some(member);
+                self.wire.send(&reply).await?;
+                ctx.metrics().join_ok(received.elapsed().as_secs_f64());
+                // The transport's span (see `run_session`) carries room and participant from here on.
+                let span = tracing::Span::current();
+                span.record("participant", sid.as_str());
+                if let Some(m) = &self.joined {
+                    span.record("room", m.membership.room.as_str());
+                }
+                tracing::debug!(%sid, "participant joined");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Checks a `join` and admits the participant to its room: the new member and its `joined` reply, or
+/// the error to send.
+pub(super) fn admit(
+    ctx: &Arc<Signaling>,
+    join: Join,
+) -> Result<(Member, ServerMessage), (ErrorCode, String)> {
+    if join.protocol != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}",
+            join.protocol
+        );
+        return Err((ErrorCode::UnsupportedProtocol, message));
+    }
+    let claims = verify_token(&join.token, ctx.api_keys(), unix_now())
+        .map_err(|e| (e.code(), e.to_string()))?;
+    if join.room.as_ref().is_some_and(|room| *room != claims.room) {
+        let message = "join.room differs from the room of the access token";
+        return Err((ErrorCode::RoomMismatch, message.into()));
+    }
+    let name = join
+        .name
+        .filter(|name| !name.is_empty())
+        .or_else(|| claims.name.clone().filter(|name| !name.is_empty()))
+        .unwrap_or_else(|| claims.sub.clone());
+    let (events, presence) = mpsc::channel(ctx.config().presence_queue);
+    let request = JoinRequest {
+        room: claims.room.clone(),
+        identity: claims.sub,
+        name,
+        can_publish: claims.can_publish,
+        can_subscribe: claims.can_subscribe,
+        events,
+    };
+    let admission = ctx
+        .registry()
+        .admit(request, &ctx.draining)
+        .map_err(|e| (e.code(), e.to_string()))?;
+    let member = Member {
+        membership: Membership {
+            ctx: Arc::clone(ctx),
+            room: claims.room,
+            id: admission.id,
+            worker: None,
+            in_registry: true,
+        },
+        sid: admission.participant.sid.clone(),
+        settings: admission.settings,
+        can_publish: admission.participant.can_publish,
+        can_subscribe: admission.participant.can_subscribe,
+        presence,
+        removed: admission.removed,
+        media: Media::None,
+    };
+    let ice_servers = ctx
+        .config()
+        .turn
+        .ice_servers(&admission.participant.sid, unix_now());
+    if !ice_servers.is_empty() {
+        ctx.metrics().turn_credential_issued();
+    }
+    let reply = ServerMessage::Joined(Joined {
+        protocol: PROTOCOL_VERSION,
+        server_version: SERVER_VERSION.to_owned(),
+        participant: admission.participant,
+        room: admission.room,
+        participants: admission.others,
+        ice_servers,
+    });
+    Ok((member, reply))
+}

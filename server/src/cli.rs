@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// First ICE-TCP port; worker i uses tcp_port_start + i (default: the UDP port numbers).
     #[arg(long)]
     media_tcp_port_start: Option<u16>,
+    /// In development mode with media on loopback, also offer a candidate on the first non-loopback
+    /// interface (for Firefox): true (default) or false.
+    #[arg(long)]
+    media_dev_lan_candidate: Option<bool>,
     /// Address advertised in ICE candidates (public IP).
     #[arg(long)]
     public_ip: Option<IpAddr>,
@@ -159,6 +163,9 @@ pub fn apply_flags(c: &mut Config, a: &ServeArgs) {
     }
     if let Some(v) = a.media_tcp_enabled {
         c.media.tcp_enabled = v;
+    }
+    if let Some(v) = a.media_dev_lan_candidate {
+        c.media.dev_lan_candidate = v;
     }
     if let Some(v) = a.media_tcp_port_start {
         c.media.tcp_port_start = Some(v);

@@ -100,6 +100,10 @@ pub struct MediaConfig {
     /// An ICE-TCP connection with no STUN request verified by a peer within this long (idle, half-open,
     /// or not ICE) is closed.
     pub tcp_stun_timeout_ms: u64,
+    /// In development mode with media on loopback and no `public_ip`: also receive on the machine's first
+    /// non-loopback interface address and offer it as a second host candidate, so that browsers that never
+    /// pair with a loopback candidate (Firefox) work on the default start. Off: loopback only.
+    pub dev_lan_candidate: bool,
 }
 
 impl Default for MediaConfig {
@@ -115,6 +119,7 @@ impl Default for MediaConfig {
             tcp_port_start: None,
             tcp_max_connections: 1_024,
             tcp_stun_timeout_ms: 5_000,
+            dev_lan_candidate: true,
         }
     }
 }
@@ -410,6 +415,9 @@ impl Config {
         if let Some(v) = get("CHORUS_MEDIA_TCP_ENABLED") {
             self.media.tcp_enabled = parse("CHORUS_MEDIA_TCP_ENABLED", &v)?;
         }
+        if let Some(v) = get("CHORUS_MEDIA_DEV_LAN_CANDIDATE") {
+            self.media.dev_lan_candidate = parse("CHORUS_MEDIA_DEV_LAN_CANDIDATE", &v)?;
+        }
         if let Some(v) = get("CHORUS_MEDIA_TCP_PORT_START") {
             self.media.tcp_port_start = Some(parse("CHORUS_MEDIA_TCP_PORT_START", &v)?);
         }
@@ -619,7 +627,7 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_HTTP_MAX_CONNECTIONS_PER_IP, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
-CHORUS_MEDIA_TCP_ENABLED, CHORUS_MEDIA_TCP_PORT_START, CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
+CHORUS_MEDIA_TCP_ENABLED, CHORUS_MEDIA_TCP_PORT_START, CHORUS_MEDIA_DEV_LAN_CANDIDATE, CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
 CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_TURN_URLS (comma-separated), CHORUS_TURN_SECRET, CHORUS_LOG, CHORUS_LOG_JSON";
 

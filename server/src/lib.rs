@@ -67,6 +67,7 @@ impl Server {
         // Development mode with media on loopback: Firefox pairs with no loopback candidate, so the
         // workers also receive on the first non-loopback interface (never outside development mode).
         let extra_udp = (config.auth.dev_mode_active()
+            && config.media.dev_lan_candidate
             && config.media.bind_ip.is_loopback()
             && config.media.public_ip.is_none())
         .then(worker::first_non_loopback_ip)

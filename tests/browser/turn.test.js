@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
-  withDiagnostics as runWithDiagnostics, launchParticipant, makeTempDir, measure, pollUntil, snapshot, waitConnected,
+  withDiagnostics as runWithDiagnostics, hearsTone, launchParticipant, makeTempDir, pollUntil, snapshot, waitConnected,
 } from './lib/browser.js';
 import { freeUdpPorts, startServer } from './lib/server.js';
 
@@ -23,7 +23,6 @@ const TURNSERVER = process.env.TURNSERVER || '/usr/bin/turnserver';
 const SECRET = 'chorus-turn-test-shared-secret';
 const WRONG_SECRET = 'not-the-secret-coturn-was-given';
 const ROOM = 'relayed';
-const FREQS = [440, 660];
 /** Relay ports coturn may allocate (a block of free ones). */
 const RELAY_PORTS = 40;
 
@@ -224,20 +223,13 @@ describe('TURN relay only, through a real coturn', { timeout: 90000 }, () => {
   }));
 
   /**
-   * Wait until `listener` hears `freq` clearly and not its own tone `own`.
+   * Wait until `listener` hears `freq` clearly and not its own tone `own`, still through the relay.
    * @param {import('./lib/browser.js').Participant} listener
    * @param {number} freq
    * @param {number} own
    */
   const hears = async (listener, freq, own) => {
-    const m = await pollUntil(`${listener.name} to hear ${freq} Hz through the relay`, async () => {
-      const r = await measure(listener, 1000, FREQS);
-      const top = r.peaks[0];
-      const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
-        r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;
-      return { ok, ...r };
-    }, { timeoutMs: 15000, intervalMs: 0 });
-    console.log(`${listener.name} hears: peaks ${JSON.stringify(m.peaks.slice(0, 4))} powerAt ${JSON.stringify(m.powerAt)}`);
+    await hearsTone(listener, freq, own, { timeoutMs: 15000 });
     assert.equal((await selectedPair(listener)).local, 'relay', 'still relayed');
   };
 

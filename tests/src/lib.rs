@@ -110,6 +110,9 @@ impl Server {
             ])
             .args(extra)
             .env("CHORUS_LOG", "info,str0m=error")
+            // Tests use loopback and addresses of their own network namespaces only: no candidate on the
+            // machine's own interfaces (development mode's default, for Firefox on the README's start).
+            .env("CHORUS_MEDIA_DEV_LAN_CANDIDATE", "false")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -201,6 +201,17 @@ fn invalid_settings_are_refused_with_reasons() {
 }
 
 #[test]
+fn development_mode_offers_a_lan_candidate_unless_turned_off() {
+    let mut c = Config::default();
+    assert!(c.media.dev_lan_candidate);
+    c.apply_env(|k| (k == "CHORUS_MEDIA_DEV_LAN_CANDIDATE").then(|| "false".to_owned()))
+        .unwrap();
+    assert!(!c.media.dev_lan_candidate);
+    let c = Config::from_toml("[media]\ndev_lan_candidate = false\n").unwrap();
+    assert!(!c.media.dev_lan_candidate);
+}
+
+#[test]
 fn turn_section_env_and_validation() {
     let mut c = Config::default();
     assert!(!c.turn.enabled());

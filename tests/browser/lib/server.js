@@ -92,6 +92,9 @@ export async function startServer(opts = {}) {
   const args = [
     '--http-listen', `${host}:${httpPort}`,
     ...(ns ? ['--unsafe-dev-mode-on-network'] : []),
+    // Outside a namespace of the test's own: loopback only, no candidate on the machine's own interfaces
+    // (development mode offers one for Firefox; firefox.test.js checks that inside its namespace).
+    ...(ns ? [] : ['--media-dev-lan-candidate', 'false']),
     ...(mediaBindIp ? ['--media-bind-ip', mediaBindIp] : []),
     ...(publicIp ? ['--public-ip', publicIp] : []),
     '--media-port-start', String(mediaPort),

@@ -116,6 +116,7 @@ impl Server {
             resume_window_ms: config.session.resume_window_ms,
             max_suspended: config.session.max_suspended,
             kick_ban_secs: config.room.kick_ban_secs,
+            turn: config.turn.clone(),
             ..Default::default()
         };
         let keys = signaling::auth::ApiKeys::new(config.auth.effective_keys())?;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::media::{MixSettings, RoomMode, RoomSettings, SettingsError};
+use crate::turn::{TurnConfig, TurnConfigError};
 use vocab::MAX_SLOTS;
 /// The longest any timeout may be set to (one day): larger values are surely typos.
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
@@ -54,6 +55,8 @@ pub struct SignalingConfig {
     pub resume_window_ms: u64,
     /// Suspended sessions this server keeps at most; a drop beyond that removes the participant at once.
     pub max_suspended: usize,
+    /// TURN servers handed out in `joined` with time-limited credentials (off when it has no URLs).
+    pub turn: TurnConfig,
 }
 
 impl Default for SignalingConfig {
@@ -74,6 +77,7 @@ impl Default for SignalingConfig {
             kick_ban_secs: 300,
             resume_window_ms: 15_000,
             max_suspended: 10_000,
+            turn: TurnConfig::default(),
         }
     }
 }
@@ -99,6 +103,8 @@ pub enum ConfigError {
     ResumeWindow(u64),
     #[error("max_suspended must be at most {MAX_SUSPENDED}, not {0}")]
     MaxSuspended(usize),
+    #[error(transparent)]
+    Turn(#[from] TurnConfigError),
     #[error("cannot register the signaling metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -146,6 +152,7 @@ impl SignalingConfig {
                 return Err(ConfigError::Queue(name, capacity));
             }
         }
+        self.turn.validate()?;
         Ok(())
     }
 
@@ -269,6 +276,10 @@ mod tests {
         assert!(matches!(
             with(&|c| c.max_suspended = 1_000_001),
             Err(ConfigError::MaxSuspended(1_000_001))
+        ));
+        assert!(matches!(
+            with(&|c| c.turn.urls = vec!["stun:turn.example.com".into()]),
+            Err(ConfigError::Turn(TurnConfigError::Url(_)))
         ));
         assert!(matches!(
             with(&|c| c.presence_queue = 0),

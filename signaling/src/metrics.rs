@@ -129,6 +129,7 @@ pub struct SignalingMetrics {
     room_events_dropped: IntCounter,
     ws_violations: IntCounterVec,
     limits: IntCounterVec,
+    turn_credentials: IntCounter,
     resumed: IntCounter,
     resume_failures: IntCounterVec,
     suspended: IntGauge,
@@ -264,6 +265,10 @@ impl SignalingMetrics {
         for reason in ResumeFailure::ALL {
             resume_failures.with_label_values(&[reason.as_str()]);
         }
+        let turn_credentials = IntCounter::new(
+            "chorus_turn_credentials_issued_total",
+            "TURN credentials handed out in joined and resumed messages (zero while TURN is not configured).",
+        )?;
         for limit in SessionLimit::ALL {
             limits.with_label_values(&[limit.as_str()]);
         }
@@ -302,6 +307,7 @@ impl SignalingMetrics {
         registry.register(Box::new(resume_failures.clone()))?;
         registry.register(Box::new(suspended.clone()))?;
         registry.register(Box::new(ice_restarts.clone()))?;
+        registry.register(Box::new(turn_credentials.clone()))?;
         Ok(Self {
             errors,
             joins,
@@ -319,6 +325,7 @@ impl SignalingMetrics {
             resume_failures,
             suspended,
             ice_restarts,
+            turn_credentials,
         })
     }
 
@@ -360,6 +367,16 @@ impl SignalingMetrics {
     /// Sessions suspended now.
     pub fn suspended(&self) -> i64 {
         self.suspended.get()
+    }
+
+    /// A `joined` carried a TURN credential.
+    pub(crate) fn turn_credential_issued(&self) {
+        self.turn_credentials.inc();
+    }
+
+    /// TURN credentials handed out so far.
+    pub fn turn_credentials_issued(&self) -> u64 {
+        self.turn_credentials.get()
     }
 
     pub(crate) fn limit_hit(&self, limit: SessionLimit) {
@@ -511,6 +528,7 @@ mod tests {
             "chorus_session_resume_failures_total",
             "chorus_sessions_suspended",
             "chorus_ice_restarts_total",
+            "chorus_turn_credentials_issued_total",
         ] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }

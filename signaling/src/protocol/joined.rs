@@ -15,6 +15,18 @@ pub struct RoomInfo {
     pub max_participants: usize,
 }
 
+/// A TURN server (or several sharing one credential) the client may relay its media through: the shape
+/// of WebRTC's `RTCIceServer`, so a browser passes it to `RTCPeerConnection` unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `turn:` and `turns:` URIs (RFC 7065).
+    pub urls: Vec<String>,
+    /// The TURN REST user name: `<unix expiry>:<participant sid>`.
+    pub username: String,
+    /// base64(HMAC-SHA1(shared secret, username)); valid until the expiry in `username`.
+    pub credential: String,
+}
+
 /// Server → client: the answer to a successful `join`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Joined {
@@ -31,6 +43,9 @@ pub struct Joined {
     pub resume_token: String,
     /// How long after a drop the session may be resumed, in milliseconds (0: sessions are not kept).
     pub resume_window_ms: u64,
+    /// TURN servers with time-limited credentials; absent (empty) when the server configures none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<IceServer>,
 }
 
 #[cfg(test)]
@@ -61,6 +76,7 @@ mod tests {
             participants: vec![participant("PA_9a0b1c2d3e4f", "bob")],
             resume_token: "q8Jx0yDq3nB6TQ3s2fX1ZkS9dE4tH7wA".into(),
             resume_window_ms: 15_000,
+            ice_servers: Vec::new(),
         });
         let json = serde_json::to_value(&msg).expect("serializes");
         assert_eq!(json["type"], "joined");
@@ -68,6 +84,34 @@ mod tests {
         assert_eq!(json["participants"][0]["identity"], "bob");
         assert_eq!(json["resume_token"], "q8Jx0yDq3nB6TQ3s2fX1ZkS9dE4tH7wA");
         assert_eq!(json["resume_window_ms"], 15_000);
+        assert!(json.get("ice_servers").is_none(), "no TURN: no ice_servers");
+        let back: ServerMessage = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, msg);
+
+        let ServerMessage::Joined(mut joined) = msg else {
+            unreachable!("built as joined")
+        };
+        joined.ice_servers = vec![IceServer {
+            urls: vec![
+                "turn:turn.example.com:3478?transport=udp".into(),
+                "turns:turn.example.com:443?transport=tcp".into(),
+            ],
+            username: "1700000000:PA_4f2c9a1b7d3e".into(),
+            credential: "1Zi3EqF0R1pA8/IpuIIqqV7Io0U=".into(),
+        }];
+        let msg = ServerMessage::Joined(joined);
+        let json = serde_json::to_value(&msg).expect("serializes");
+        assert_eq!(
+            json["ice_servers"],
+            serde_json::json!([{
+                "urls": [
+                    "turn:turn.example.com:3478?transport=udp",
+                    "turns:turn.example.com:443?transport=tcp"
+                ],
+                "username": "1700000000:PA_4f2c9a1b7d3e",
+                "credential": "1Zi3EqF0R1pA8/IpuIIqqV7Io0U="
+            }])
+        );
         let back: ServerMessage = serde_json::from_value(json).expect("parses");
         assert_eq!(back, msg);
     }

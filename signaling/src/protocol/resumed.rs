@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ParticipantInfo, RoomInfo};
+use super::{IceServer, ParticipantInfo, RoomInfo};
 
 /// Server → client: the answer to a successful `resume`. The same participant (sid, slots, mute state)
 /// with the room as it is now; the token of the `resume` is spent, `resume_token` is the next one.
@@ -24,6 +24,9 @@ pub struct Resumed {
     /// (it sends a fresh `offer`), `true` when it keeps its peer connection (and restarts ICE with an
     /// `offer` if its media path died).
     pub media: bool,
+    /// Fresh TURN credentials (as in `joined`), for an ICE restart through the relays; absent without TURN.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<IceServer>,
 }
 
 #[cfg(test)]
@@ -56,12 +59,14 @@ mod tests {
             resume_token: "n3Vq8sLkR0aZ7cYt1pWmE5uHxG2oB9dF".into(),
             resume_window_ms: 15_000,
             media: true,
+            ice_servers: Vec::new(),
         });
         let json = serde_json::to_value(&msg).expect("serializes");
         assert_eq!(json["type"], "resumed");
         assert_eq!(json["participant"]["muted"], true);
         assert_eq!(json["resume_window_ms"], 15_000);
         assert_eq!(json["media"], true);
+        assert!(json.get("ice_servers").is_none(), "no TURN: no ice_servers");
         let back: ServerMessage = serde_json::from_value(json).expect("parses");
         assert_eq!(back, msg);
     }

@@ -156,6 +156,13 @@ pub(super) fn admit(
         resume,
         missed: Missed::default(),
     };
+    let ice_servers = ctx
+        .config()
+        .turn
+        .ice_servers(&admission.participant.sid, unix_now());
+    if !ice_servers.is_empty() {
+        ctx.metrics().turn_credential_issued();
+    }
     let reply = ServerMessage::Joined(Joined {
         protocol: PROTOCOL_VERSION,
         server_version: SERVER_VERSION.to_owned(),
@@ -164,6 +171,7 @@ pub(super) fn admit(
         participants: admission.others,
         resume_token,
         resume_window_ms: ctx.config().resume_window_ms,
+        ice_servers,
     });
     Ok((member, reply))
 }

@@ -278,6 +278,13 @@ where
         };
         let (room, participants) = room;
         let (resumable, resume_token) = Resumable::issue(&ctx);
+        let ice_servers = ctx
+            .config()
+            .turn
+            .ice_servers(&member.sid, crate::auth::unix_now());
+        if !ice_servers.is_empty() {
+            ctx.metrics().turn_credential_issued();
+        }
         member.resume = resumable;
         let missed = std::mem::take(&mut member.missed);
         let media = !matches!(member.media, Media::None);
@@ -294,6 +301,7 @@ where
             resume_token,
             resume_window_ms: ctx.config().resume_window_ms,
             media,
+            ice_servers,
         });
         ctx.metrics().session_resumed();
         let span = tracing::Span::current();

@@ -321,3 +321,29 @@ async fn suspension_is_bounded_and_ends_with_a_drain() {
     assert_eq!(ctx.suspended_sessions(), 0);
     assert_eq!(ctx.participant_count(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_suspended_participant_keeps_its_seat_in_a_full_room() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let spec = RoomSpec {
+        settings: crate::media::RoomSettings::forward(3),
+        max_participants: 2,
+        empty_timeout: Duration::from_secs(60),
+    };
+    ctx.create_room("lobby", spec).expect("created");
+    let mut ada = Client::open(&ctx);
+    let joined = ada.join(&token("lobby", "ada")).await;
+    let mut bob = Client::open(&ctx);
+    bob.join(&token("lobby", "bob")).await;
+    ada.drop_socket().await;
+    // ada's seat is still taken while she may resume.
+    let mut cy = Client::open(&ctx);
+    cy.json(json!({"type": "join", "protocol": 1, "token": token("lobby", "cy")}));
+    cy.error(ErrorCode::RoomFull).await;
+    let mut ada = Client::open(&ctx);
+    let resumed = ada.resume(&joined.resume_token).await;
+    assert_eq!(resumed.participant.sid, joined.participant.sid);
+    assert_eq!(resumed.room.max_participants, 2);
+    assert!(!resumed.media, "ada never offered: she offers now");
+    ada.offer().await;
+}

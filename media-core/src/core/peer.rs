@@ -137,7 +137,16 @@ pub struct Peer {
     /// address for 15 s; the controlling client's latest nomination is where it wants media
     /// (RFC 8445 §8.1.1). STUN replies still go where str0m sends them: to each request's source.
     client_path: Option<NetPath>,
+    /// Transaction ids of the latest verified nominations, newest last (at most [`NOMINATIONS_KEPT`]).
+    /// MESSAGE-INTEGRITY does not cover the source address: someone who sees a client's check can
+    /// resend it from elsewhere, and str0m takes the copy. A copy carries a transaction id already seen,
+    /// so it never moves the media; a new check from the client does.
+    nominations: std::collections::VecDeque<[u8; 12]>,
 }
+
+/// How many nominations' transaction ids a peer remembers to recognise a replayed one: at one check
+/// every few seconds, the last half minute (the ICE consent timeout).
+const NOMINATIONS_KEPT: usize = 16;
 
 impl Peer {
     /// Create a peer from a client's offer, with one UDP host candidate at `params.candidate_addr`.
@@ -257,6 +266,7 @@ impl Peer {
             created: now,
             nack_totals: Vec::new(),
             client_path: None,
+            nominations: std::collections::VecDeque::with_capacity(NOMINATIONS_KEPT),
         };
         Ok((peer, answer.to_sdp_string()))
     }
@@ -333,15 +343,25 @@ impl Peer {
         };
         let rtc = &mut self.rtc;
         if is_nomination(data) && guard(|| rtc.accepts(&input)).unwrap_or(false) {
-            self.nominated(path);
+            self.nominated(path, data);
         }
         let rtc = &mut self.rtc;
         guard(|| rtc.handle_input(input))??;
         Ok(())
     }
 
-    /// The client nominated `path` in a request our ICE agent verified: media follows it.
-    fn nominated(&mut self, path: NetPath) {
+    /// The client nominated `path` in `request`, which our ICE agent verified: media follows it, unless
+    /// the request is a copy of one already taken (a replay from another address).
+    fn nominated(&mut self, path: NetPath, request: &[u8]) {
+        let mut transaction = [0u8; 12];
+        transaction.copy_from_slice(&request[8..20]);
+        if self.nominations.contains(&transaction) {
+            return;
+        }
+        if self.nominations.len() == NOMINATIONS_KEPT {
+            self.nominations.pop_front();
+        }
+        self.nominations.push_back(transaction);
         if self.client_path == Some(path) {
             return;
         }
@@ -919,6 +939,8 @@ mod tests {
         /// Non-STUN datagrams the server sent to an address the client is not at any more.
         lost: u64,
         seq: u64,
+        /// The client's latest nominating binding request, as sent.
+        nomination: Option<Vec<u8>>,
     }
 
     impl Rebinding {
@@ -951,6 +973,7 @@ mod tests {
                 heard: 0,
                 lost: 0,
                 seq: 0,
+                nomination: None,
             }
         }
 
@@ -965,6 +988,9 @@ mod tests {
                     ClientOutput::Timeout(_) => break,
                     ClientOutput::Transmit(t) => {
                         assert_eq!(t.destination, self.server);
+                        if is_nomination(&t.contents) {
+                            self.nomination = Some(t.contents.clone());
+                        }
                         let path = NetPath::udp(self.server, self.nat);
                         self.peer
                             .handle_datagram(now, path, &t.contents)
@@ -1056,6 +1082,39 @@ mod tests {
         let lost_before_the_check = after.as_millis() as u64 / 20 + 2;
         assert!(r.lost <= lost_before_the_check, "lost {}", r.lost);
         assert_ne!(old, r.nat);
+    }
+
+    #[test]
+    fn a_replayed_nomination_from_another_address_does_not_move_the_media() {
+        // Someone who sees the client's checks resends them from elsewhere: the integrity verifies (it
+        // does not cover the source), but the transaction id was taken already.
+        let t0 = epoch();
+        let mut r = Rebinding::new(t0);
+        let tick = Duration::from_millis(10);
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(4) {
+            now += tick;
+            r.step(now);
+        }
+        let heard = r.heard;
+        let attacker = NetPath::udp(
+            r.server,
+            "203.0.113.66:5555".parse().expect("literal address"),
+        );
+        let until = now + Duration::from_secs(4);
+        while now < until {
+            now += tick;
+            r.step(now);
+            let replay = r.nomination.clone().expect("the client nominates its path");
+            r.peer
+                .handle_datagram(now, attacker, &replay)
+                .expect("the peer takes a replayed check");
+            r.peer.drive(now, &mut r.out).expect("the peer drains");
+            r.out.transmits.retain(|t| t.destination != attacker.remote);
+            assert_eq!(r.peer.client_path().map(|p| p.remote), Some(r.nat));
+        }
+        assert_eq!(r.lost, 0, "nothing went anywhere but the client");
+        assert!(r.heard - heard >= 195, "heard {} in 4 s", r.heard - heard);
     }
 
     #[test]

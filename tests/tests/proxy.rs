@@ -48,6 +48,8 @@ pub struct ProxyStats {
     /// Of `dropped`: during a blackout.
     pub blacked_out: AtomicU64,
     pub reordered: AtomicU64,
+    /// STUN binding requests the client sent (its connectivity and consent checks).
+    pub binding_requests: AtomicU64,
     pub duplicated: AtomicU64,
 }
 
@@ -274,6 +276,7 @@ impl Direction {
             }
             let data = buf[..n].to_vec();
             if data.len() >= 20 && data[..2] == [0x00, 0x01] {
+                stats.binding_requests.fetch_add(1, Ordering::Relaxed);
                 *self
                     .shared
                     .binding_request

@@ -32,6 +32,11 @@ command -v pulseaudio >/dev/null || need_apt+=(pulseaudio)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v nft >/dev/null || need_apt+=(nftables)
 # --- end firefox tests ---
+# --- TURN test (tests/browser/turn.test.js): Debian's coturn, started by the test on 127.0.0.1 and stopped by
+# PID. The package's own service does not start here (no systemd in CI; a policy-rc.d, if present, blocks
+# it too) ---
+command -v turnserver >/dev/null || need_apt+=(coturn)
+# --- end TURN test ---
 # --- deploy checks: systemd-analyze verify on the unit ---
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # --- end deploy checks ---
@@ -87,6 +92,9 @@ sed "s|^ExecStart=/usr/local/bin/chorus |ExecStart=$ROOT/target/debug/chorus |" 
 grep -q "^ExecStart=$ROOT/target/debug/chorus " "$unit_dir/chorus.service"
 # systemd ignores a bad setting with a warning and exits 0: any output is a failure.
 verify_out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$unit_dir/chorus.service" 2>&1) || true
+if [ -n "$verify_out" ]; then echo "$verify_out"; exit 1; fi
+# deploy/systemd/coturn.service runs Debian's /usr/bin/turnserver (installed above).
+verify_out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify deploy/systemd/coturn.service 2>&1) || true
 if [ -n "$verify_out" ]; then echo "$verify_out"; exit 1; fi
 rm -rf "$unit_dir"
 # Strict: unknown fields fail. The PodMonitor (Prometheus operator CRD) has no schema there: a warning.

@@ -5,13 +5,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  withDiagnostics as runWithDiagnostics, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot,
+  withDiagnostics as runWithDiagnostics, launchParticipant, hearsTone, makeTempDir, openDemo, pollUntil, snapshot,
   waitConnected,
 } from './lib/browser.js';
 import { freeTcpPort, startServer } from './lib/server.js';
 
 const ROOM = 'restart';
-const FREQS = [440, 660];
 /** The issue's bound: every client rejoins within 10 s of the server being back. */
 const REJOIN_WITHIN_MS = 10000;
 
@@ -44,27 +43,11 @@ describe('server restart', { timeout: 150000 }, () => {
     tmp.cleanup();
   });
 
-  /**
-   * @param {import('./lib/browser.js').Participant} listener
-   * @param {number} freq
-   * @param {number} own
-   */
-  const hears = async (listener, freq, own) => {
-    const m = await pollUntil(`${listener.name} to hear ${freq} Hz`, async () => {
-      const r = await measure(listener, 1000, FREQS);
-      const top = r.peaks[0];
-      const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
-        r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;
-      return { ok, ...r };
-    }, { timeoutMs: 20000, intervalMs: 0 });
-    console.log(`${listener.name} hears: peaks ${JSON.stringify(m.peaks.slice(0, 3))}`);
-  };
-
   it('both talk before the restart', () => withDiagnostics(async () => {
     await Promise.all(all.map((p) => openDemo(p, server.url, ROOM)));
     await Promise.all(all.map((p) => waitConnected(p, 20000)));
-    await hears(bob, 440, 660);
-    await hears(alice, 660, 440);
+    await hearsTone(bob, 440, 660);
+    await hearsTone(alice, 660, 440);
   }));
 
   it('after kill -9 and a restart both rejoin within 10 s and hear each other again', () => withDiagnostics(async () => {
@@ -103,7 +86,7 @@ describe('server restart', { timeout: 150000 }, () => {
       assert.ok(log.some((l) => / reconnected /.test(l)), `${p.name} logged reconnected: ${log.join('\n')}`);
       assert.equal(s.status, 'joined', `${p.name} stayed in the call view`);
     }
-    await hears(bob, 440, 660);
-    await hears(alice, 660, 440);
+    await hearsTone(bob, 440, 660);
+    await hearsTone(alice, 660, 440);
   }));
 });

@@ -5,14 +5,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  CHROMIUM, inboundAudioStats, launchParticipant, makeTempDir, measure, openDemo, pollUntil, waitConnected,
+  CHROMIUM, launchParticipant, hearsTone, makeTempDir, openDemo, pollUntil, waitConnected,
   withDiagnostics as runWithDiagnostics,
 } from './lib/browser.js';
 import { createNetns } from './lib/netns.js';
 import { startServer } from './lib/server.js';
 
 const ROOM = 'tcp-only';
-const FREQS = [440, 660];
 /** The server's HTTP port inside the namespace (fixed: Chromium's insecure-origin flag names it). */
 const HTTP_PORT = 7880;
 
@@ -76,32 +75,13 @@ describe('ICE-TCP where UDP is dropped', { timeout: 120000 }, () => {
     assert.match(counters, /counter packets [1-9]/, counters);
   }));
 
-  /**
-   * Wait until `listener` hears `freq` clearly and not its own tone `own`.
-   * @param {import('./lib/browser.js').Participant} listener
-   * @param {number} freq
-   * @param {number} own
-   */
-  const hears = async (listener, freq, own) => {
-    const m = await pollUntil(`${listener.name} to hear ${freq} Hz`, async () => {
-      const r = await measure(listener, 1000, FREQS);
-      const top = r.peaks[0];
-      const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
-        r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;
-      return { ok, ...r };
-    }, { timeoutMs: 20000, intervalMs: 0 });
-    console.log(`${listener.name} hears: peaks ${JSON.stringify(m.peaks.slice(0, 4))} powerAt ${JSON.stringify(m.powerAt)}`);
-    const stats = await inboundAudioStats(listener);
-    const opus = stats.filter((s) => s.packetsReceived > 0 && /^audio\/opus$/i.test(s.mimeType || ''));
-    assert.ok(opus.length >= 1, `inbound Opus packets at ${listener.name}: ${JSON.stringify(stats)}`);
-  };
 
   it('Bob hears Alice (440 Hz) over TCP', () => withDiagnostics(async () => {
-    await hears(bob, 440, 660);
+    await hearsTone(bob, 440, 660);
   }));
 
   it('Alice hears Bob (660 Hz) over TCP', () => withDiagnostics(async () => {
-    await hears(alice, 660, 440);
+    await hearsTone(alice, 660, 440);
   }));
 });
 

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  withDiagnostics as runWithDiagnostics, inboundAudioStats, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot,
+  withDiagnostics as runWithDiagnostics, hearsTone, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot,
   waitConnected,
 } from './lib/browser.js';
 import { startServer } from './lib/server.js';
@@ -53,24 +53,14 @@ describe('two participants', { timeout: 120000 }, () => {
   }));
 
   /**
-   * Wait until `listener` hears `freq` clearly and not its own tone `own`.
+   * Wait until `listener` hears `freq` clearly and not its own tone `own`, one inbound stream per slot at most.
    * @param {import('./lib/browser.js').Participant} listener
    * @param {number} freq
    * @param {number} own
    */
   const hears = async (listener, freq, own) => {
-    const m = await pollUntil(`${listener.name} to hear ${freq} Hz`, async () => {
-      const r = await measure(listener, 1000, FREQS);
-      const top = r.peaks[0];
-      const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
-        r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;
-      return { ok, ...r };
-    }, { timeoutMs: 20000, intervalMs: 0 });
-    console.log(`${listener.name} hears: peaks ${JSON.stringify(m.peaks.slice(0, 4))} powerAt ${JSON.stringify(m.powerAt)}`);
-    const stats = await inboundAudioStats(listener);
-    const opus = stats.filter((s) => s.packetsReceived > 0 && /^audio\/opus$/i.test(s.mimeType || ''));
-    assert.ok(opus.length >= 1, `inbound Opus packets at ${listener.name}: ${JSON.stringify(stats)}`);
-    assert.ok(stats.length <= 3, `at most one inbound stream per slot: ${JSON.stringify(stats)}`);
+    const m = await hearsTone(listener, freq, own);
+    assert.ok(m.stats.length <= 3, `at most one inbound stream per slot: ${JSON.stringify(m.stats)}`);
     return m;
   };
 

@@ -128,6 +128,31 @@ export async function inboundAudioStats(p) {
 }
 
 /**
+ * Wait until `listener` hears the tone `freq` clearly (the strongest peak within 15 Hz of it, above −35 dB)
+ * and its own tone `own` at least 30 dB below it, measuring 1 s at a time; then check that Opus packets
+ * arrive. Logs what was heard and returns the last measurement.
+ * @param {Participant} listener
+ * @param {number} freq
+ * @param {number} own
+ * @param {{timeoutMs?: number}} [opts]
+ */
+export async function hearsTone(listener, freq, own, opts = {}) {
+  const freqs = [freq, own];
+  const m = await pollUntil(`${listener.name} to hear ${freq} Hz`, async () => {
+    const r = await measure(listener, 1000, freqs);
+    const top = r.peaks[0];
+    const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
+      r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;
+    return { ok, ...r };
+  }, { timeoutMs: opts.timeoutMs ?? 20000, intervalMs: 0 });
+  console.log(`${listener.name} hears: peaks ${JSON.stringify(m.peaks.slice(0, 4))} powerAt ${JSON.stringify(m.powerAt)}`);
+  const stats = await inboundAudioStats(listener);
+  const opus = stats.filter((x) => x.packetsReceived > 0 && /^audio\/opus$/i.test(x.mimeType || ''));
+  if (opus.length < 1) throw new Error(`no inbound Opus packets at ${listener.name}: ${JSON.stringify(stats)}`);
+  return { ...m, stats };
+}
+
+/**
  * Evaluate `fn` repeatedly until its result has `ok: true`, or throw after `timeoutMs` with the last result.
  * @template T
  * @param {string} what

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  CHROMIUM, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot, waitConnected,
+  CHROMIUM, hearsTone, launchParticipant, makeTempDir, measure, openDemo, snapshot, waitConnected,
   withDiagnostics as runWithDiagnostics,
 } from './lib/browser.js';
 import { createNetns } from './lib/netns.js';
@@ -70,31 +70,14 @@ describe('a 3 s media blackout', { timeout: 90000 }, () => {
     tmp.cleanup();
   });
 
-  /**
-   * Whether `listener` hears `freq` clearly over its own tone `own` in a `ms` window.
-   * @param {import('./lib/browser.js').Participant} listener
-   * @param {number} freq
-   * @param {number} own
-   * @param {number} ms
-   */
-  const hearsNow = async (listener, freq, own, ms) => {
-    const r = await measure(listener, ms, FREQS);
-    const top = r.peaks[0];
-    const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
-      r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;
-    return { ok, ...r };
-  };
-
   it('both join, hear each other, survive the blackout and hear each other again', () => withDiagnostics(async () => {
     const netns = /** @type {import('./lib/netns.js').Netns} */ (ns);
     const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
     await Promise.all(all.map((p) => openDemo(p, srv.url, ROOM)));
     await Promise.all(all.map((p) => waitConnected(p, 30000)));
+    /** @type {[import('./lib/browser.js').Participant, number, number][]} */
     const pairs = [[bob, 440, 660], [alice, 660, 440]];
-    for (const [listener, freq, own] of /** @type {[any, number, number][]} */ (pairs)) {
-      await pollUntil(`${listener.name} to hear ${freq} Hz`, () => hearsNow(listener, freq, own, 1000),
-        { timeoutMs: 20000, intervalMs: 0 });
-    }
+    for (const [listener, freq, own] of pairs) await hearsTone(listener, freq, own);
 
     // Every 100 ms from here: each page's status and connection state, to see what the blackout did.
     /** @type {Record<string, string[]>} */
@@ -128,10 +111,8 @@ describe('a 3 s media blackout', { timeout: 90000 }, () => {
     /** @type {Record<string, number>} */
     const back = {};
     await Promise.all(pairs.map(async ([listener, freq, own]) => {
-      const p = /** @type {import('./lib/browser.js').Participant} */ (listener);
-      await pollUntil(`${p.name} to hear ${freq} Hz again`, () => hearsNow(p, /** @type {number} */ (freq),
-        /** @type {number} */ (own), 300), { timeoutMs: 15000, intervalMs: 0 });
-      back[p.name] = Date.now() - restored;
+      await hearsTone(listener, freq, own, { windowMs: 300, timeoutMs: 15000 });
+      back[listener.name] = Date.now() - restored;
     }));
     watching = false;
     await watch;

@@ -78,9 +78,9 @@ cargo build --locked --quiet -p chorus-server --bin chorus
 step "cargo test"
 # The real-time speech calls (tests/tests/speech) pace their clients by the wall clock: they run after
 # everything else, one at a time, so no other test competes with them for the CPU.
-cargo test --locked --workspace -- --skip speech_over_real_udp
+cargo test --locked --workspace -- --skip real_udp_
 step "cargo test: speech over real UDP, one call at a time"
-cargo test --locked -p chorus-tests --test e2e speech_over_real_udp -- --test-threads=1
+cargo test --locked -p chorus-tests --test e2e real_udp_ -- --test-threads=1
 
 # The deploy files, checked by the real tools. The Dockerfile builds with `cargo build --release --locked`:
 # the cargo steps above use --locked too, so a stale Cargo.lock fails here as it would in the image build.

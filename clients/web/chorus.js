@@ -33,11 +33,13 @@ const ICE_RESTART_AFTER_MS = 3000;
 /** How often the SDK checks that the media path still answers connectivity checks. */
 const MEDIA_PATH_CHECK_MS = 1000;
 /**
- * Connectivity checks on the selected candidate pair left unanswered (with none answered since) after which
- * the media path counts as dead and ICE is restarted. Chromium keeps `iceConnectionState` at `connected` for
- * a long time when a path dies; its checks go unanswered at about one a second.
+ * The media path counts as dead, and ICE is restarted, when the selected candidate pair's connectivity checks
+ * have gone unanswered this long (at least {@link MEDIA_PATH_UNANSWERED_CHECKS} of them). Chromium keeps
+ * `iceConnectionState` at `connected` for a long time when a path dies. Shorter outages (a 3 s blackout)
+ * recover on the same pair by themselves; the server keeps a peer without checks for 15 s.
  */
-const MEDIA_PATH_UNANSWERED_CHECKS = 4;
+const MEDIA_PATH_DEAD_MS = 5000;
+const MEDIA_PATH_UNANSWERED_CHECKS = 3;
 /** How long the SDK keeps trying to rejoin a lost session by default. */
 const RECONNECT_WINDOW_MS = 60000;
 /**
@@ -588,7 +590,11 @@ export class Room extends EventTarget {
     /** @private */ this._iceRestartedAt = -Infinity;
     /** @private @type {ReturnType<typeof setTimeout>|null} */ this._iceRestartTimer = null;
     /** @private @type {ReturnType<typeof setInterval>|null} */ this._pathTimer = null;
-    /** @private @type {{pair: string, requests: number, responses: number}|null} */ this._pathBaseline = null;
+    /**
+     * @private @type {{pair: string, requests: number, responses: number, at: number}|null}
+     * the selected pair's counters when a check was last answered
+     */
+    this._pathBaseline = null;
     /** @private after an ICE restart's answer: until a connectivity check is answered again */
     this._awaitingPath = false;
     /** @private @type {Map<string, number>} responses per candidate pair when the ICE restart was answered */
@@ -1391,7 +1397,7 @@ export class Room extends EventTarget {
       return;
     }
     const now = { pair: String(pair.id), requests: Number(pair.requestsSent) || 0,
-      responses: Number(pair.responsesReceived) || 0 };
+      responses: Number(pair.responsesReceived) || 0, at: performance.now() };
     const base = this._pathBaseline;
     if (this._awaitingPath) {
       // After an ICE restart: a check answered on the selected pair since the restart's answer (browsers keep
@@ -1408,7 +1414,8 @@ export class Room extends EventTarget {
       this._pathBaseline = now;
       return;
     }
-    if (now.requests - base.requests >= MEDIA_PATH_UNANSWERED_CHECKS && this._mayReconnect()) {
+    if (now.at - base.at >= MEDIA_PATH_DEAD_MS && now.requests - base.requests >= MEDIA_PATH_UNANSWERED_CHECKS
+      && this._mayReconnect()) {
       this._pathBaseline = null;
       this._startReconnect('the media path is lost (connectivity checks unanswered)', true);
     }

@@ -28,6 +28,18 @@ const LEAVE_TIMEOUT_MS = 1500;
 const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000];
 /** One reconnect attempt may take this long up to the answer before the next one starts. */
 const RECONNECT_ATTEMPT_TIMEOUT_MS = 8000;
+/** How long ICE may stay `disconnected` on a live session before the SDK restarts it. */
+const ICE_RESTART_AFTER_MS = 3000;
+/** How often the SDK checks that the media path still answers connectivity checks. */
+const MEDIA_PATH_CHECK_MS = 1000;
+/**
+ * The media path counts as dead, and ICE is restarted, when the selected candidate pair's connectivity checks
+ * have gone unanswered this long (at least {@link MEDIA_PATH_UNANSWERED_CHECKS} of them). Chromium keeps
+ * `iceConnectionState` at `connected` for a long time when a path dies. Shorter outages (a 3 s blackout)
+ * recover on the same pair by themselves; the server keeps a peer without checks for 15 s.
+ */
+const MEDIA_PATH_DEAD_MS = 5000;
+const MEDIA_PATH_UNANSWERED_CHECKS = 3;
 /** How long the SDK keeps trying to rejoin a lost session by default. */
 const RECONNECT_WINDOW_MS = 60000;
 /**
@@ -50,7 +62,8 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @typedef {'bad_json' | 'unknown_type' | 'bad_message' | 'binary_frame' | 'frame_too_large'
  *   | 'unsupported_protocol' | 'invalid_token' | 'token_expired' | 'room_mismatch' | 'not_joined'
  *   | 'already_joined' | 'forbidden' | 'room_full' | 'room_closed' | 'banned' | 'draining' | 'bad_sdp'
- *   | 'bad_room_settings' | 'room_settings_conflict' | 'media_unavailable' | 'internal'} ServerErrorCode
+ *   | 'bad_room_settings' | 'room_settings_conflict' | 'media_unavailable' | 'resume_failed'
+ *   | 'internal'} ServerErrorCode
  */
 // </error-codes>
 
@@ -112,8 +125,16 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  */
 
 /**
+ * Client → server `resume`: instead of `join` on a new socket, take over the session whose socket dropped.
+ * @typedef {object} ResumeMessage
+ * @property {'resume'} type
+ * @property {number} protocol
+ * @property {string} resume_token    from the last `joined` or `resumed` (single-use)
+ */
+
+/**
  * Every message the SDK sends.
- * @typedef {JoinMessage | OfferMessage | MuteMessage | PingMessage | LeaveMessage} ClientMessage
+ * @typedef {JoinMessage | OfferMessage | MuteMessage | PingMessage | LeaveMessage | ResumeMessage} ClientMessage
  */
 
 /**
@@ -125,8 +146,25 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {ParticipantInfo} participant       this session's participant
  * @property {RoomInfo} room
  * @property {ParticipantInfo[]} participants    everyone else already in the room
+ * @property {string} [resume_token]             resumes this session on a new socket if this one drops
+ * @property {number} [resume_window_ms]         for how long after a drop
  * @property {IceServer[]} [ice_servers]         TURN servers with time-limited credentials; absent when the
  *                                               server has no TURN configured
+ */
+
+/**
+ * Server → client `resumed`: the answer to `resume` (the same participant; the room as it is now).
+ * @typedef {object} ResumedMessage
+ * @property {'resumed'} type
+ * @property {number} protocol
+ * @property {string} server_version
+ * @property {ParticipantInfo} participant
+ * @property {RoomInfo} room
+ * @property {ParticipantInfo[]} participants    everyone else in the room now
+ * @property {string} resume_token               the next token (the one sent is spent)
+ * @property {number} resume_window_ms
+ * @property {boolean} media                     whether the server still has our media peer (else: offer again)
+ * @property {IceServer[]} [ice_servers]         fresh TURN credentials, as in `joined`
  */
 
 /**
@@ -243,7 +281,7 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
 
 /**
  * Every message the server sends.
- * @typedef {JoinedMessage | AnswerMessage | ParticipantJoinedMessage | ParticipantLeftMessage
+ * @typedef {JoinedMessage | ResumedMessage | AnswerMessage | ParticipantJoinedMessage | ParticipantLeftMessage
  *   | ParticipantMutedMessage | MediaStateMessage | SpeakersMessage | DominantSpeakerMessage | SlotsMessage
  *   | PongMessage | LeftMessage | DrainingMessage | ErrorMessage} ServerMessage
  */
@@ -409,6 +447,20 @@ function preferCodecs(transceiver, codecs) {
 }
 
 /**
+ * Connectivity-check responses received so far, per candidate pair id.
+ * @param {RTCPeerConnection} pc
+ * @returns {Promise<Map<string, number>>}
+ */
+async function pairResponses(pc) {
+  /** @type {Map<string, number>} */
+  const responses = new Map();
+  (await pc.getStats()).forEach((/** @type {any} */ s) => {
+    if (s.type === 'candidate-pair') responses.set(String(s.id), Number(s.responsesReceived) || 0);
+  });
+  return responses;
+}
+
+/**
  * Wait until ICE gathering is complete or `timeoutMs` has passed.
  * @param {RTCPeerConnection} pc
  * @param {number} timeoutMs
@@ -449,10 +501,16 @@ function waitForIceGathering(pc, timeoutMs) {
  *                       (e.g. `connection_failed`: the media server could not be reached) is followed by
  *                       `connectionstate` → `failed` and `closed`.
  * - `reconnecting`      `{reason, attempt}` — the session was lost (see {@link ConnectOptions}.reconnect); the
- *                       SDK rejoins with backoff (0.25, 0.5, 1, then every 2 s) and keeps the microphone, the
- *                       mute state and the Room object; {@link Room#connectionState} is `reconnecting`
- * - `reconnected`       `{attempts, downtimeMs}` — media flows again. The rejoined session has a new
- *                       participant sid; `participantleft`/`participantjoined` fire only for real changes
+ *                       SDK reconnects with backoff (0.25, 0.5, 1, then every 2 s) and keeps the microphone, the
+ *                       mute state and the Room object; {@link Room#connectionState} is `reconnecting`. Within
+ *                       the server's resume window (`joined.resume_window_ms`, 15 s by default) it first
+ *                       resumes the same session on a new socket, keeping the peer connection (and restarting
+ *                       ICE on it if the media path died too); otherwise, or if the server does not know the
+ *                       session any more, it rejoins afresh
+ * - `reconnected`       `{attempts, downtimeMs, how, iceRestarted}` — media flows again. `how` is `resumed`
+ *                       (the same participant sid; the others saw nothing) or `rejoined` (a new session with a
+ *                       new sid; `participantleft`/`participantjoined` fire only for real changes);
+ *                       `iceRestarted` says whether the peer connection restarted ICE
  * - `closed`            `{reason, code}` — the session ended (left, socket closed, or failed); after a failure
  *                       {@link Room#connectionState} stays `failed`
  * - `autoplayblocked`   `{slot}` — an `<audio>` element could not start; call {@link Room#resumeAudio}
@@ -520,10 +578,27 @@ export class Room extends EventTarget {
     /** @private @type {Promise<void>} */ this._queue = Promise.resolve();
     /**
      * @private @type {{since: number, attempt: number, reason: string,
-     *   timer: ReturnType<typeof setTimeout>|null, attemptTimer: ReturnType<typeof setTimeout>|null}|null}
-     * set while a lost session is being rejoined
+     *   timer: ReturnType<typeof setTimeout>|null, attemptTimer: ReturnType<typeof setTimeout>|null,
+     *   resume: boolean, fresh: boolean, ready: boolean, how: 'resumed'|'rejoined', iceRestarted: boolean}|null}
+     * set while a lost session is being resumed or rejoined
      */
     this._reconnect = null;
+    /** @private @type {string|null} resumes the session on a new socket (from `joined`/`resumed`) */
+    this._resumeToken = null;
+    /** @private */ this._resumeWindowMs = 0;
+    /** @private */ this._iceRestarting = false;
+    /** @private */ this._iceRestartedAt = -Infinity;
+    /** @private @type {ReturnType<typeof setTimeout>|null} */ this._iceRestartTimer = null;
+    /** @private @type {ReturnType<typeof setInterval>|null} */ this._pathTimer = null;
+    /**
+     * @private @type {{pair: string, requests: number, responses: number, at: number}|null}
+     * the selected pair's counters when a check was last answered
+     */
+    this._pathBaseline = null;
+    /** @private after an ICE restart's answer: until a connectivity check is answered again */
+    this._awaitingPath = false;
+    /** @private @type {Map<string, number>} responses per candidate pair when the ICE restart was answered */
+    this._pathResponses = new Map();
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -727,11 +802,17 @@ export class Room extends EventTarget {
     this._ws = ws;
     const socket = ws;
     ws.onopen = () => {
-      /** @type {JoinMessage} */
-      const join = { type: 'join', protocol: PROTOCOL_VERSION, token: this._token };
-      if (opts.room) join.room = opts.room;
-      if (opts.name) join.name = String(opts.name).slice(0, 64);
-      this._send(join);
+      const r = this._reconnect;
+      if (r && r.resume && this._resumeToken) {
+        /** @type {ResumeMessage} */
+        const resume = { type: 'resume', protocol: PROTOCOL_VERSION, resume_token: this._resumeToken };
+        // Single-use: a second attempt with it would only be refused.
+        this._resumeToken = null;
+        this._send(resume);
+      } else {
+        if (r) r.resume = false;
+        this._sendJoin();
+      }
       this._pingTimer = setInterval(() => this._ping(), PING_INTERVAL_MS);
     };
     ws.onmessage = (ev) => {
@@ -759,6 +840,9 @@ export class Room extends EventTarget {
           return;
         }
         const lostMedia = ev.reason === 'media_disconnected';
+        // Only a socket that dropped (1006: no close frame) leaves a session on the server to resume; a
+        // close frame from the server means it ended the session.
+        if (ev.code !== 1006) this._resumeToken = null;
         if (!this._failed && this._mayReconnect() && (RECONNECT_CLOSE_CODES.has(ev.code) || lostMedia)) {
           this._startReconnect(lostMedia ? 'the server lost our media' : why);
           return;
@@ -778,6 +862,16 @@ export class Room extends EventTarget {
     };
   }
 
+  /** @private */
+  _sendJoin() {
+    const opts = this._options;
+    /** @type {JoinMessage} */
+    const join = { type: 'join', protocol: PROTOCOL_VERSION, token: this._token };
+    if (opts.room) join.room = opts.room;
+    if (opts.name) join.name = String(opts.name).slice(0, 64);
+    this._send(join);
+  }
+
   /**
    * @private
    * @param {unknown} frame   one parsed JSON frame from the server
@@ -788,6 +882,7 @@ export class Room extends EventTarget {
     if (!msg || typeof msg.type !== 'string') return;
     switch (msg.type) {
       case 'joined': return this._onJoined(msg);
+      case 'resumed': return this._onResumed(msg);
       case 'answer': return this._onAnswer(msg);
       case 'participant_joined': return this._onParticipantJoined(msg);
       case 'participant_left': return this._onParticipantLeft(msg);
@@ -815,6 +910,10 @@ export class Room extends EventTarget {
    * @param {JoinedMessage} msg
    */
   async _onJoined(msg) {
+    this._resumeToken = typeof msg.resume_token === 'string' ? msg.resume_token : null;
+    this._resumeWindowMs = Number(msg.resume_window_ms) || 0;
+    if (this._reconnect) this._reconnect.how = 'rejoined';
+    this._iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
     this.serverVersion = msg.server_version ?? null;
     this.roomInfo = msg.room;
     this.localParticipant = participantFrom(msg.participant, true);
@@ -826,10 +925,17 @@ export class Room extends EventTarget {
     this._emit('participants', { participants: this.allParticipants() });
     // A rejoined session starts unmuted on the server.
     if (this._muted && this.localParticipant.canPublish) this._send({ type: 'mute', muted: true });
+    await this._negotiate();
+  }
 
-    const k = Math.max(0, Number(msg.room && msg.room.slots) || 0);
+  /**
+   * A new peer connection and its offer, on the session {@link Room#roomInfo} describes, with the TURN
+   * servers of its last `joined` or `resumed`.
+   * @private
+   */
+  async _negotiate() {
+    const k = Math.max(0, Number(this.roomInfo && this.roomInfo.slots) || 0);
     // A rejoin (reconnect) gets fresh credentials and a new peer connection: forget the old one's refusals.
-    this._iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
     this._turnErrors = [];
     const rtcConfig = this._options.rtcConfig || {};
     const pc = new RTCPeerConnection({
@@ -847,7 +953,7 @@ export class Room extends EventTarget {
     pc.addEventListener('connectionstatechange', () => this._updateState());
     pc.addEventListener('iceconnectionstatechange', () => this._updateState());
 
-    const canPublish = this.localParticipant.canPublish;
+    const canPublish = !!this.localParticipant && this.localParticipant.canPublish;
     // RED first on the microphone (the server then receives it) and on the slots (it forwards RED there).
     const codecs = this._options.red === false ? null : redFirstCodecs();
     if (canPublish) {
@@ -883,17 +989,110 @@ export class Room extends EventTarget {
   }
 
   /**
+   * The answer to `resume`: the same session on this socket. The peer connection stays when the server
+   * still has its peer: as it is if it still works, with an ICE restart if the media path died too.
+   * @private
+   * @param {ResumedMessage} msg
+   */
+  async _onResumed(msg) {
+    const r = this._reconnect;
+    this._resumeToken = typeof msg.resume_token === 'string' ? msg.resume_token : null;
+    this._resumeWindowMs = Number(msg.resume_window_ms) || 0;
+    this.serverVersion = msg.server_version ?? this.serverVersion;
+    this.roomInfo = msg.room;
+    this.localParticipant = participantFrom(msg.participant, true);
+    if (this.localParticipant.muted !== this._muted && this.localParticipant.canPublish) {
+      // Muted or unmuted here while the socket was away: the server learns it now.
+      this._send({ type: 'mute', muted: this._muted });
+    }
+    this.localParticipant.muted = this._muted;
+    const before = new Map(this.participants);
+    this.participants = new Map();
+    for (const p of msg.participants || []) this.participants.set(p.sid, participantFrom(p, false));
+    this._reconcileParticipants(before);
+    for (const p of this.participants.values()) {
+      const was = before.get(p.sid);
+      if (was && was.muted !== p.muted) this._emit('participantmuted', { participant: p, muted: p.muted });
+    }
+    this._emit('participants', { participants: this.allParticipants() });
+    if (r) {
+      r.how = 'resumed';
+      if (r.attemptTimer) clearTimeout(r.attemptTimer);
+      r.attemptTimer = null;
+    }
+    if (Array.isArray(msg.ice_servers) && msg.ice_servers.length > 0) {
+      // Fresh TURN credentials: an ICE restart (or a new peer connection) uses them.
+      this._iceServers = msg.ice_servers;
+      if (this.pc && this.pc.signalingState !== 'closed') {
+        const rtcConfig = this._options.rtcConfig || {};
+        try {
+          this.pc.setConfiguration({ ...this.pc.getConfiguration(),
+            iceServers: [...this._iceServers, ...(rtcConfig.iceServers || [])] });
+        } catch (e) { /* keeps the previous servers */ }
+      }
+    }
+    const pc = this.pc;
+    if (!msg.media || !pc || pc.signalingState === 'closed') {
+      // The server has no media peer for us (never answered, or refused meanwhile): offer afresh.
+      this._dropMedia();
+      await this._negotiate();
+      return;
+    }
+    const ice = pc.iceConnectionState;
+    if (ice === 'failed' || ice === 'disconnected' || pc.connectionState === 'failed') {
+      await this._restartIce();
+      return;
+    }
+    if (r) r.ready = true;
+    this._updateState();
+  }
+
+  /**
+   * Restart ICE on the peer connection (new credentials, the same m-lines) through an `offer` on the
+   * session; the server answers it on the same peer.
+   * @private
+   */
+  async _restartIce() {
+    const pc = this.pc;
+    if (!pc || this._iceRestarting || !this._isOpen()) return;
+    this._iceRestarting = true;
+    if (this._reconnect) this._reconnect.iceRestarted = true;
+    const offer = await pc.createOffer({ iceRestart: true });
+    await pc.setLocalDescription(offer);
+    await waitForIceGathering(pc, ICE_GATHERING_TIMEOUT_MS);
+    if (this._closed || this.pc !== pc) return;
+    const sdp = pc.localDescription ? pc.localDescription.sdp : /** @type {string} */ (offer.sdp);
+    this._send({ type: 'offer', sdp });
+  }
+
+  /**
    * @private
    * @param {AnswerMessage} msg
    */
   async _onAnswer(msg) {
     const pc = this.pc;
     if (!pc) throw new ChorusError('protocol', 'answer before joined');
+    if (this._iceRestarting) {
+      // Checks answered so far, per candidate pair: after the restart only more of them show a live path.
+      this._pathResponses = await pairResponses(pc);
+    }
     await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
     this._mediaCandidate = serverCandidate(msg.sdp);
     if (this._reconnect && this._reconnect.attemptTimer) {
       clearTimeout(this._reconnect.attemptTimer);
       this._reconnect.attemptTimer = null;
+    }
+    if (this._reconnect) this._reconnect.ready = true;
+    if (this._iceRestarting) {
+      // The same transceivers and tracks: only the ICE credentials changed. ICE may still report the old
+      // failure for a moment: a failure is only believed again a while after the restart.
+      this._iceRestarting = false;
+      this._iceRestartedAt = performance.now();
+      // The browser may say `connected` all along: media flows again once a check is answered.
+      this._awaitingPath = true;
+      this._pathBaseline = null;
+      this._updateState();
+      return;
     }
     for (const s of this.slots) {
       if (!s.transceiver) continue;
@@ -1019,6 +1218,19 @@ export class Room extends EventTarget {
   _onError(msg) {
     const code = String(msg.code || 'unknown');
     const message = String(msg.message || code);
+    if (code === 'resume_failed' && this._reconnect) {
+      // The server does not know the session any more: a fresh join on this socket.
+      this._reconnect.resume = false;
+      this._dropMedia();
+      this._sendJoin();
+      return;
+    }
+    if (this._iceRestarting && code === 'bad_sdp') {
+      // The server would not restart ICE on our peer: rejoin afresh.
+      this._iceRestarting = false;
+      this._rejoinAfresh('the server refused the ICE restart');
+      return;
+    }
     // A code newer than this SDK is not in the set, so it counts as not fatal.
     const fatal = FATAL_CODES.has(/** @type {ServerErrorCode} */ (code));
     if (this._pending) {
@@ -1051,23 +1263,40 @@ export class Room extends EventTarget {
     let next;
     const pcState = this.pc ? this.pc.connectionState : 'new';
     const ice = this.pc ? this.pc.iceConnectionState : 'new';
-    if (!this._failed && (pcState === 'failed' || ice === 'failed')) {
-      // A failed peer connection ends the session; one that had worked is rejoined.
-      if (this._reconnect) this._scheduleReconnect('ICE failed');
+    const restarting = this._iceRestarting || performance.now() - this._iceRestartedAt < ICE_RESTART_AFTER_MS;
+    if (!this._failed && (pcState === 'failed' || ice === 'failed') && !restarting) {
+      // A failed peer connection ends the session; one that had worked is restarted or rejoined.
+      if (this._reconnect && this._reconnect.ready) this._rejoinAfresh('ICE failed');
+      else if (this._reconnect) { /* a resume under way restarts ICE once the session is back */ }
+      else if (this._mayReconnect() && this._isOpen()) this._startReconnect('ICE failed after the call had connected', true);
       else if (this._mayReconnect()) this._startReconnect('ICE failed after the call had connected');
       else this._fail(this._mediaError('ice'));
       return;
     }
+    if (ice === 'disconnected' && this._everConnected && !this._reconnect && !this._iceRestarting
+      && !this._iceRestartTimer && this._isOpen()) {
+      // Often transient; if it lasts, the path died (a network change): restart ICE before the server gives
+      // the peer up (15 s without connectivity checks).
+      this._iceRestartTimer = setTimeout(() => {
+        this._iceRestartTimer = null;
+        if (this.pc && this.pc.iceConnectionState === 'disconnected' && !this._reconnect && this._isOpen()) {
+          this._startReconnect('the media path is lost (ICE disconnected)', true);
+        }
+      }, ICE_RESTART_AFTER_MS);
+    }
     if (this._failed) next = 'failed';
     else if (this._reconnect) {
-      if (pcState !== 'connected') {
+      const r = this._reconnect;
+      if (pcState !== 'connected' || !r.ready || this._iceRestarting || this._awaitingPath) {
         this._setState('reconnecting');
         return;
       }
-      const r = this._reconnect;
       this._reconnect = null;
       this._setState('connected');
-      this._emit('reconnected', { attempts: r.attempt, downtimeMs: Math.round(performance.now() - r.since) });
+      this._emit('reconnected', {
+        attempts: r.attempt, downtimeMs: Math.round(performance.now() - r.since),
+        how: r.how, iceRestarted: r.iceRestarted,
+      });
       return;
     }
     else if (pcState === 'disconnected' || this.serverMediaState === 'disconnected') next = 'disconnected';
@@ -1083,7 +1312,10 @@ export class Room extends EventTarget {
   _setState(next) {
     if (next === this._state) return;
     if (this._state === 'failed' || this._state === 'closed') return; // final
-    if (next === 'connected') this._everConnected = true;
+    if (next === 'connected') {
+      this._everConnected = true;
+      if (!this._pathTimer) this._pathTimer = setInterval(() => { this._checkMediaPath().catch(() => {}); }, MEDIA_PATH_CHECK_MS);
+    }
     const previous = this._state;
     this._state = next;
     this._emit('connectionstate', { state: next, previous });
@@ -1117,6 +1349,10 @@ export class Room extends EventTarget {
     this._setState(state);
     this._closed = true;
     this._stopReconnecting();
+    if (this._iceRestartTimer) clearTimeout(this._iceRestartTimer);
+    this._iceRestartTimer = null;
+    if (this._pathTimer) clearInterval(this._pathTimer);
+    this._pathTimer = null;
     if (this._pingTimer) clearInterval(this._pingTimer);
     this._pingTimer = null;
     if (this._ws) {
@@ -1140,6 +1376,51 @@ export class Room extends EventTarget {
     this._emit('closed', { reason, code: code ?? null });
   }
 
+  /**
+   * Restart ICE when the selected candidate pair's connectivity checks stop being answered while the session
+   * is up: the media path died (a network change) though the browser may not say so for a long time.
+   * @private
+   */
+  async _checkMediaPath() {
+    const pc = this.pc;
+    if (!pc || this._closed || this._iceRestarting || !this._isOpen() || (this._reconnect && !this._awaitingPath)) {
+      this._pathBaseline = null;
+      return;
+    }
+    /** @type {Map<string, any>} */
+    const byId = new Map();
+    (await pc.getStats()).forEach((/** @type {any} */ s) => byId.set(s.id, s));
+    const transport = [...byId.values()].find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+    const pair = transport ? byId.get(transport.selectedCandidatePairId) : null;
+    if (!pair || this.pc !== pc || this._iceRestarting) {
+      this._pathBaseline = null;
+      return;
+    }
+    const now = { pair: String(pair.id), requests: Number(pair.requestsSent) || 0,
+      responses: Number(pair.responsesReceived) || 0, at: performance.now() };
+    const base = this._pathBaseline;
+    if (this._awaitingPath) {
+      // After an ICE restart: a check answered on the selected pair since the restart's answer (browsers keep
+      // the counters of pairs they had before).
+      if (now.responses > (this._pathResponses.get(now.pair) ?? 0)) {
+        this._awaitingPath = false;
+        this._pathBaseline = now;
+        this._updateState();
+      }
+      return;
+    }
+    if (this._reconnect) return;
+    if (!base || base.pair !== now.pair || now.responses > base.responses) {
+      this._pathBaseline = now;
+      return;
+    }
+    if (now.at - base.at >= MEDIA_PATH_DEAD_MS && now.requests - base.requests >= MEDIA_PATH_UNANSWERED_CHECKS
+      && this._mayReconnect()) {
+      this._pathBaseline = null;
+      this._startReconnect('the media path is lost (connectivity checks unanswered)', true);
+    }
+  }
+
   // ---------------------------------------------------------------------------------------------
   // Reconnect
 
@@ -1154,10 +1435,48 @@ export class Room extends EventTarget {
    * @private
    * @param {string} reason
    */
-  _startReconnect(reason) {
+  _startReconnect(reason, iceOnly = false) {
     if (this._reconnect) return;
-    this._reconnect = { since: performance.now(), attempt: 0, reason, timer: null, attemptTimer: null };
+    this._reconnect = {
+      since: performance.now(), attempt: 0, reason, timer: null, attemptTimer: null,
+      resume: false, fresh: false, ready: false, how: 'rejoined', iceRestarted: false,
+    };
     this._setState('reconnecting');
+    if (iceOnly) {
+      // The socket is fine, the media path is not: restart ICE on this session first.
+      const r = this._reconnect;
+      r.how = 'resumed';
+      r.ready = true;
+      this._emit('reconnecting', { reason, attempt: 1 });
+      r.attempt = 1;
+      r.attemptTimer = setTimeout(() => {
+        if (this._reconnect === r) this._rejoinAfresh('no ICE restart in time');
+      }, RECONNECT_ATTEMPT_TIMEOUT_MS);
+      this._restartIce().catch(() => this._rejoinAfresh('ICE restart failed'));
+      return;
+    }
+    this._scheduleReconnect(reason);
+  }
+
+  /**
+   * Give up on the session (resumed or not) and rejoin with a new one.
+   * @private
+   * @param {string} reason
+   */
+  _rejoinAfresh(reason) {
+    if (this._closed || this._failed) return;
+    if (!this._reconnect) {
+      if (!this._mayReconnect()) {
+        this._fail(this._mediaError('ice'));
+        return;
+      }
+      this._startReconnect(reason);
+    }
+    const r = this._reconnect;
+    if (!r) return;
+    r.fresh = true;
+    this._iceRestarting = false;
+    if (this._isOpen()) this._send({ type: 'leave' });
     this._scheduleReconnect(reason);
   }
 
@@ -1169,10 +1488,15 @@ export class Room extends EventTarget {
   _scheduleReconnect(reason) {
     const r = this._reconnect;
     if (!r || this._closed) return;
-    this._dropSession();
+    const waited = performance.now() - r.since;
+    // Within the server's window the session is resumed and the peer connection kept; else a fresh join.
+    r.resume = !r.fresh && !!this._resumeToken && waited < this._resumeWindowMs;
+    r.ready = false;
+    this._iceRestarting = false;
+    if (r.resume) this._dropSocket();
+    else this._dropSession();
     r.reason = reason;
     const windowMs = this._options.reconnectWindowMs ?? RECONNECT_WINDOW_MS;
-    const waited = performance.now() - r.since;
     if (waited >= windowMs) {
       this._reconnect = null;
       this._fail(new ChorusError('connection_lost', `lost the connection to the server and could not rejoin `
@@ -1204,17 +1528,40 @@ export class Room extends EventTarget {
    * @private
    */
   _dropSession() {
+    this._dropSocket();
+    this._dropMedia();
+  }
+
+  /**
+   * Close the socket of a lost session (usually already closed: a close frame that still reaches the
+   * server ends the session there, and the next attempt joins afresh).
+   * @private
+   */
+  _dropSocket() {
     const r = this._reconnect;
     if (r && r.attemptTimer) clearTimeout(r.attemptTimer);
     if (r) r.attemptTimer = null;
     if (this._pingTimer) clearInterval(this._pingTimer);
     this._pingTimer = null;
+    if (this._iceRestartTimer) clearTimeout(this._iceRestartTimer);
+    this._iceRestartTimer = null;
     if (this._ws) {
       const ws = this._ws;
       this._ws = null;
       ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
       try { ws.close(1000); } catch (e) { /* already closed */ }
     }
+    this._pingSent.clear();
+  }
+
+  /**
+   * Close the peer connection and the slots' audio of a lost session (not the microphone).
+   * @private
+   */
+  _dropMedia() {
+    this._iceRestarting = false;
+    this._awaitingPath = false;
+    this._pathBaseline = null;
     for (const s of this.slots) {
       if (s.element) {
         s.element.pause();
@@ -1231,7 +1578,6 @@ export class Room extends EventTarget {
       pc.close();
     }
     this.serverMediaState = null;
-    this._pingSent.clear();
   }
 
   /** @private */

@@ -189,8 +189,9 @@ function wireRoom(room) {
     log('reconnecting', { attempt, reason });
     els.roomHint.textContent = `Connection lost (${reason}): reconnecting, attempt ${attempt}…`;
   });
-  room.on('reconnected', ({ attempts, downtimeMs }) => {
-    log('reconnected', { attempts, downtimeMs });
+  room.on('reconnected', ({ attempts, downtimeMs, how, iceRestarted }) => {
+    // `resumed`: the same session (the others saw nothing); `rejoined`: a new one.
+    log('reconnected', { attempts, downtimeMs, how, iceRestarted });
     els.roomHint.textContent = '';
     render();
   });

@@ -321,6 +321,10 @@ pub struct SessionConfig {
     /// A joined session that has not sent its first offer this long after `joined` is closed
     /// (`offer_timeout`).
     pub offer_deadline_ms: u64,
+    /// A session whose WebSocket drops without `leave` is kept this long for a `resume` (0: not kept).
+    pub resume_window_ms: u64,
+    /// Suspended sessions kept at most on this server.
+    pub max_suspended: usize,
 }
 
 impl Default for SessionConfig {
@@ -329,6 +333,8 @@ impl Default for SessionConfig {
         SessionConfig {
             join_deadline_ms: signaling.join_deadline_ms,
             offer_deadline_ms: signaling.offer_deadline_ms,
+            resume_window_ms: signaling.resume_window_ms,
+            max_suspended: signaling.max_suspended,
         }
     }
 }
@@ -519,6 +525,13 @@ impl Config {
             || !(1..=MAX_EMPTY_TIMEOUT_SECS * 1000).contains(&self.session.offer_deadline_ms)
         {
             return invalid("session.join_deadline_ms and offer_deadline_ms must be 1..=86400000");
+        }
+        if self.session.resume_window_ms > MAX_EMPTY_TIMEOUT_SECS * 1000
+            || self.session.max_suspended > 1_000_000
+        {
+            return invalid(
+                "session.resume_window_ms must be 0..=86400000 and max_suspended 0..=1000000",
+            );
         }
         if self.shutdown.grace_period_secs > MAX_EMPTY_TIMEOUT_SECS {
             return invalid("shutdown.grace_period_secs must be at most 86400");

@@ -108,6 +108,11 @@ fn violation(e: axum::Error) -> Result<WsFrame, axum::Error> {
     let inner = e.into_inner();
     let kind = match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Utf8(_)) => ProtocolViolation::InvalidUtf8,
+        // The TCP connection ended without a close frame: a dropped socket, not a bad frame (the session
+        // is suspended for a resume, docs/protocol.md).
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => return Err(axum::Error::new(inner)),
         Some(tungstenite::Error::Protocol(_)) => ProtocolViolation::BadFrame,
         Some(tungstenite::Error::Capacity(_)) => ProtocolViolation::TooLarge,
         _ => return Err(axum::Error::new(inner)),

@@ -113,6 +113,8 @@ impl Server {
             default_max_participants: config.room.max_participants,
             join_deadline_ms: config.session.join_deadline_ms,
             offer_deadline_ms: config.session.offer_deadline_ms,
+            resume_window_ms: config.session.resume_window_ms,
+            max_suspended: config.session.max_suspended,
             kick_ban_secs: config.room.kick_ban_secs,
             turn: config.turn.clone(),
             ..Default::default()

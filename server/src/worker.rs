@@ -610,6 +610,24 @@ impl Worker {
                 // The session may have gone away meanwhile; its Leave follows.
                 let _ = reply.send(result);
             }
+            MediaCommand::RestartIce {
+                participant: id,
+                offer_sdp,
+                reply,
+            } => {
+                let _enter = info_span!("participant", participant = %id).entered();
+                let result = self.core.restart_ice(now, id, &offer_sdp).map_err(|e| {
+                    debug!(error = %e, "ICE restart offer refused");
+                    match e {
+                        CoreError::UnknownParticipant(_) => MediaError::UnknownParticipant,
+                        other => MediaError::BadSdp(other.client_message()),
+                    }
+                });
+                if result.is_ok() {
+                    debug!("ICE restarted");
+                }
+                let _ = reply.send(result);
+            }
             MediaCommand::Mute {
                 participant: id,
                 muted,

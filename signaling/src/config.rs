@@ -11,6 +11,8 @@ use vocab::MAX_SLOTS;
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// The largest per-session queue: larger values are surely typos.
 const MAX_QUEUE: usize = 65_536;
+/// The most suspended sessions a server may be told to keep: larger values are surely typos.
+const MAX_SUSPENDED: usize = 1_000_000;
 
 /// Settings of the signaling layer. Every field has a default, so an empty config section is valid.
 ///
@@ -48,6 +50,11 @@ pub struct SignalingConfig {
     pub offer_deadline_ms: u64,
     /// A kicked identity may not rejoin the room for this long (0: no ban).
     pub kick_ban_secs: u64,
+    /// A joined session whose WebSocket drops without `leave` is kept (suspended) this long for a `resume`
+    /// on a new WebSocket; then it is removed (`participant_left`, reason `disconnected`). 0: never kept.
+    pub resume_window_ms: u64,
+    /// Suspended sessions this server keeps at most; a drop beyond that removes the participant at once.
+    pub max_suspended: usize,
     /// TURN servers handed out in `joined` with time-limited credentials (off when it has no URLs).
     pub turn: TurnConfig,
 }
@@ -68,6 +75,8 @@ impl Default for SignalingConfig {
             join_deadline_ms: 10_000,
             offer_deadline_ms: 30_000,
             kick_ban_secs: 300,
+            resume_window_ms: 15_000,
+            max_suspended: 10_000,
             turn: TurnConfig::default(),
         }
     }
@@ -90,6 +99,10 @@ pub enum ConfigError {
     Queue(&'static str, usize),
     #[error("kick_ban_secs must be at most one day, not {0}")]
     KickBan(u64),
+    #[error("resume_window_ms must be at most one day, not {0}")]
+    ResumeWindow(u64),
+    #[error("max_suspended must be at most {MAX_SUSPENDED}, not {0}")]
+    MaxSuspended(usize),
     #[error(transparent)]
     Turn(#[from] TurnConfigError),
     #[error("cannot register the signaling metrics: {0}")]
@@ -124,6 +137,12 @@ impl SignalingConfig {
         }
         if self.kick_ban_secs > MAX_TIMEOUT_MS / 1000 {
             return Err(ConfigError::KickBan(self.kick_ban_secs));
+        }
+        if self.resume_window_ms > MAX_TIMEOUT_MS {
+            return Err(ConfigError::ResumeWindow(self.resume_window_ms));
+        }
+        if self.max_suspended > MAX_SUSPENDED {
+            return Err(ConfigError::MaxSuspended(self.max_suspended));
         }
         for (name, capacity) in [
             ("presence_queue", self.presence_queue),
@@ -168,6 +187,10 @@ impl SignalingConfig {
     pub fn kick_ban(&self) -> Duration {
         Duration::from_secs(self.kick_ban_secs)
     }
+
+    pub fn resume_window(&self) -> Duration {
+        Duration::from_millis(self.resume_window_ms)
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +212,7 @@ mod tests {
         assert_eq!(config.idle_timeout(), Duration::from_secs(30));
         assert_eq!(config.media_timeout(), Duration::from_secs(5));
         assert_eq!(config.send_timeout(), Duration::from_secs(10));
+        assert_eq!(config.resume_window(), Duration::from_secs(15));
     }
 
     #[test]
@@ -244,6 +268,15 @@ mod tests {
             Err(ConfigError::KickBan(86_401))
         ));
         assert!(with(&|c| c.kick_ban_secs = 0).is_ok());
+        assert!(with(&|c| c.resume_window_ms = 0).is_ok());
+        assert!(matches!(
+            with(&|c| c.resume_window_ms = 86_400_001),
+            Err(ConfigError::ResumeWindow(86_400_001))
+        ));
+        assert!(matches!(
+            with(&|c| c.max_suspended = 1_000_001),
+            Err(ConfigError::MaxSuspended(1_000_001))
+        ));
         assert!(matches!(
             with(&|c| c.turn.urls = vec!["stun:turn.example.com".into()]),
             Err(ConfigError::Turn(TurnConfigError::Url(_)))

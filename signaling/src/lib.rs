@@ -45,6 +45,8 @@ pub struct Signaling {
     metrics: SignalingMetrics,
     rooms: RoomRegistry,
     draining: AtomicBool,
+    /// The resume tokens of joined sessions, and the count of suspended ones.
+    resumes: session::ResumeTable,
     /// When the drain ends (set once, when it begins): sessions tell their clients.
     drain_deadline: watch::Sender<Option<Instant>>,
     closing: watch::Sender<bool>,
@@ -84,6 +86,7 @@ impl Signaling {
             metrics,
             rooms,
             draining: AtomicBool::new(false),
+            resumes: session::ResumeTable::default(),
             drain_deadline: watch::Sender::new(None),
             closing: watch::Sender::new(false),
         })
@@ -107,6 +110,15 @@ impl Signaling {
 
     pub(crate) fn registry(&self) -> &RoomRegistry {
         &self.rooms
+    }
+
+    pub(crate) fn resumes(&self) -> &session::ResumeTable {
+        &self.resumes
+    }
+
+    /// Sessions whose WebSocket dropped and that are kept for a resume now.
+    pub fn suspended_sessions(&self) -> usize {
+        self.resumes.suspended()
     }
 
     /// Stops admitting participants: every later `join` fails with `draining`. Sessions already in a room

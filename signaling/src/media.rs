@@ -47,6 +47,13 @@ pub enum MediaCommand {
         events: mpsc::Sender<MediaEvent>,
         reply: oneshot::Sender<Result<String, MediaError>>,
     },
+    /// Answer the connected participant's ICE restart offer on its existing peer: same participant, room,
+    /// slots; new ICE credentials (and the paths learned under the old ones forgotten).
+    RestartIce {
+        participant: ParticipantId,
+        offer_sdp: String,
+        reply: oneshot::Sender<Result<String, MediaError>>,
+    },
     /// Stop (or resume) forwarding the participant's audio.
     Mute {
         participant: ParticipantId,

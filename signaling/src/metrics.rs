@@ -130,6 +130,37 @@ pub struct SignalingMetrics {
     ws_violations: IntCounterVec,
     limits: IntCounterVec,
     turn_credentials: IntCounter,
+    resumed: IntCounter,
+    resume_failures: IntCounterVec,
+    suspended: IntGauge,
+    ice_restarts: IntCounter,
+}
+
+/// Why a `resume` failed (the `reason` label of `chorus_session_resume_failures_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeFailure {
+    /// No session has this token: never issued, already used, or its window ended.
+    Unknown,
+    /// The session ended while it was being taken over.
+    Ended,
+    /// The `resume` named a protocol version this server does not speak.
+    Protocol,
+}
+
+impl ResumeFailure {
+    pub const ALL: [ResumeFailure; 3] = [
+        ResumeFailure::Unknown,
+        ResumeFailure::Ended,
+        ResumeFailure::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResumeFailure::Unknown => "unknown",
+            ResumeFailure::Ended => "ended",
+            ResumeFailure::Protocol => "protocol",
+        }
+    }
 }
 
 impl SignalingMetrics {
@@ -212,9 +243,31 @@ impl SignalingMetrics {
             ),
             &["reason"],
         )?;
+        let resumed = IntCounter::new(
+            "chorus_sessions_resumed_total",
+            "Signaling sessions taken over by a new WebSocket with a resume token.",
+        )?;
+        let resume_failures = IntCounterVec::new(
+            Opts::new(
+                "chorus_session_resume_failures_total",
+                "resume requests refused with resume_failed, by reason: unknown, ended, protocol.",
+            ),
+            &["reason"],
+        )?;
+        let suspended = IntGauge::new(
+            "chorus_sessions_suspended",
+            "Joined sessions whose WebSocket dropped, kept for a resume.",
+        )?;
+        let ice_restarts = IntCounter::new(
+            "chorus_ice_restarts_total",
+            "ICE restart offers answered on a participant's existing media peer.",
+        )?;
+        for reason in ResumeFailure::ALL {
+            resume_failures.with_label_values(&[reason.as_str()]);
+        }
         let turn_credentials = IntCounter::new(
             "chorus_turn_credentials_issued_total",
-            "TURN credentials handed out in joined messages (zero while TURN is not configured).",
+            "TURN credentials handed out in joined and resumed messages (zero while TURN is not configured).",
         )?;
         for limit in SessionLimit::ALL {
             limits.with_label_values(&[limit.as_str()]);
@@ -250,6 +303,10 @@ impl SignalingMetrics {
         registry.register(Box::new(room_events_dropped.clone()))?;
         registry.register(Box::new(ws_violations.clone()))?;
         registry.register(Box::new(limits.clone()))?;
+        registry.register(Box::new(resumed.clone()))?;
+        registry.register(Box::new(resume_failures.clone()))?;
+        registry.register(Box::new(suspended.clone()))?;
+        registry.register(Box::new(ice_restarts.clone()))?;
         registry.register(Box::new(turn_credentials.clone()))?;
         Ok(Self {
             errors,
@@ -264,8 +321,52 @@ impl SignalingMetrics {
             room_events_dropped,
             ws_violations,
             limits,
+            resumed,
+            resume_failures,
+            suspended,
+            ice_restarts,
             turn_credentials,
         })
+    }
+
+    pub(crate) fn session_resumed(&self) {
+        self.resumed.inc();
+    }
+
+    pub(crate) fn resume_failed(&self, reason: ResumeFailure) {
+        self.resume_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    pub(crate) fn suspended_changed(&self, delta: i64) {
+        self.suspended.add(delta);
+    }
+
+    pub(crate) fn ice_restarted(&self) {
+        self.ice_restarts.inc();
+    }
+
+    /// ICE restart offers answered so far.
+    pub fn ice_restarts(&self) -> u64 {
+        self.ice_restarts.get()
+    }
+
+    /// Sessions resumed so far.
+    pub fn resumes(&self) -> u64 {
+        self.resumed.get()
+    }
+
+    /// Resumes refused for `reason` so far.
+    pub fn resume_failures(&self, reason: ResumeFailure) -> u64 {
+        self.resume_failures
+            .with_label_values(&[reason.as_str()])
+            .get()
+    }
+
+    /// Sessions suspended now.
+    pub fn suspended(&self) -> i64 {
+        self.suspended.get()
     }
 
     /// A `joined` carried a TURN credential.
@@ -423,6 +524,10 @@ mod tests {
             "chorus_participants",
             "chorus_room_events_dropped_total",
             "chorus_session_limits_total",
+            "chorus_sessions_resumed_total",
+            "chorus_session_resume_failures_total",
+            "chorus_sessions_suspended",
+            "chorus_ice_restarts_total",
             "chorus_turn_credentials_issued_total",
         ] {
             assert!(names.contains(&name), "{name} in {names:?}");

@@ -26,8 +26,11 @@ use crate::Signaling;
 
 mod media;
 mod membership;
+mod resume;
 
 use media::{on_mute, on_offer, ConnectError, Media};
+pub(crate) use resume::ResumeTable;
+use resume::{hand_over, Claim, Missed, Resumable};
 
 /// Close code of a normal end (`leave`, media lost).
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -130,7 +133,15 @@ where
         offered: false,
     };
     let exit = session.serve().await;
-    session.finish(exit).await;
+    match session.suspend(exit) {
+        Some(suspended) => {
+            // No socket any more: the session counts as suspended, not open.
+            drop(session);
+            drop(_open);
+            suspended.run().await;
+        }
+        None => session.finish(exit).await,
+    }
 }
 
 /// The span a transport should run [`run_session`] in.
@@ -185,6 +196,8 @@ enum Exit {
     Shutdown,
     /// An operator removed the participant (admin API).
     Removed(LeftReason),
+    /// A `resume` on another WebSocket took the session over.
+    Resumed,
 }
 
 impl Exit {
@@ -216,6 +229,8 @@ impl Exit {
             Exit::Shutdown => LeaveReason::Shutdown,
             Exit::Removed(LeftReason::Replaced) => LeaveReason::Replaced,
             Exit::Removed(_) => LeaveReason::Kicked,
+            // The participant stays, on the new socket.
+            Exit::Resumed => LeaveReason::Closed,
         }
     }
 
@@ -236,6 +251,7 @@ impl Exit {
             Exit::Removed(LeftReason::Kicked) => Some((CLOSE_NORMAL, "kicked")),
             Exit::Removed(LeftReason::RoomDeleted) => Some((CLOSE_NORMAL, "room_deleted")),
             Exit::Removed(LeftReason::Replaced) => Some((CLOSE_NORMAL, "replaced")),
+            Exit::Resumed => Some((CLOSE_NORMAL, "resumed")),
             Exit::Closed | Exit::ReadFailed | Exit::WriteFailed => None,
         }
     }
@@ -301,6 +317,10 @@ struct Member {
     /// Becomes `Some` when an operator removes the participant.
     removed: watch::Receiver<Option<LeftReason>>,
     media: Media,
+    /// The session's current resume token, and the claims a `resume` makes with it.
+    resume: Resumable,
+    /// What the client missed while the session was suspended.
+    missed: Missed,
 }
 
 /// A participant's place in its room and on its media worker, released exactly once: by [`Membership::end`]
@@ -326,6 +346,8 @@ enum Input<E> {
     Removed(LeftReason),
     Draining(std::time::Instant),
     Shutdown,
+    /// A `resume` on another WebSocket claims this session.
+    Claimed(Claim),
 }
 
 struct Session<T> {
@@ -403,6 +425,16 @@ where
                 Input::Media(event) => self.on_media_event(event).await,
                 Input::Answer(answer) => self.on_answer(answer).await,
                 Input::Shutdown => Err(Exit::Shutdown),
+                Input::Claimed(claim) => match self.joined.take() {
+                    Some(member) => match hand_over(member, claim) {
+                        None => Err(Exit::Resumed),
+                        Some(member) => {
+                            self.joined = Some(member);
+                            Ok(())
+                        }
+                    },
+                    None => Ok(()),
+                },
             };
             if let Err(exit) = flow {
                 return exit;
@@ -468,9 +500,11 @@ where
             Ok(message) => message,
             Err(error) => return self.wire.reject(error.code(), error.to_string()).await,
         };
-        if let ClientMessage::Join(join) = message {
-            return self.on_join(join, received).await;
-        }
+        let message = match message {
+            ClientMessage::Join(join) => return self.on_join(join, received).await,
+            ClientMessage::Resume(resume) => return self.on_resume(resume).await,
+            message => message,
+        };
         let Some(member) = self.joined.as_mut() else {
             let reply = "send join first: this message needs a joined session";
             return self.wire.reject(ErrorCode::NotJoined, reply).await;
@@ -485,8 +519,8 @@ where
                 self.wire.send(&ServerMessage::Pong(Pong { id })).await
             }
             ClientMessage::Leave(_) => Err(Exit::Leave),
-            // Handled above; a second `join` is `already_joined` there.
-            ClientMessage::Join(_) => Ok(()),
+            // Handled above; a second `join` or a `resume` is `already_joined` there.
+            ClientMessage::Join(_) | ClientMessage::Resume(_) => Ok(()),
         }
     }
 }
@@ -497,6 +531,7 @@ async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
         presence,
         media,
         removed,
+        resume,
         ..
     }) = joined
     else {
@@ -526,13 +561,26 @@ async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
             // Polled to completion at most once: the session leaves `Offered` as soon as it resolves.
             Media::Offered { answer, .. } => Input::Answer(answer.await),
             Media::Answered { events } => Input::Media(events.recv().await),
+            Media::Restarting { answer, events } => tokio::select! {
+                // Polled to completion at most once, like `Offered`.
+                answer = answer => Input::Answer(answer),
+                event = events.recv() => Input::Media(event),
+            },
             Media::None => pending().await,
+        }
+    };
+    let claimed = async {
+        match resume.claims.recv().await {
+            Some(claim) => Input::Claimed(claim),
+            // The token left the table without a claim: none will come.
+            None => pending().await,
         }
     };
     tokio::select! {
         input = presence => input,
         input = media => input,
         input = removed => input,
+        input = claimed => input,
     }
 }
 
@@ -554,7 +602,7 @@ async fn drain_notice(
     }
 }
 
-async fn closing(closing: &mut watch::Receiver<bool>) {
+pub(super) async fn closing(closing: &mut watch::Receiver<bool>) {
     let closed = closing.wait_for(|closing| *closing).await.is_ok();
     if !closed {
         // The context is gone without closing sessions: nothing to wait for.

@@ -105,7 +105,9 @@ impl CoreError {
                 "the WebRTC stack failed on the offer".to_owned()
             }
             // Our own texts: fixed strings and counts.
-            CoreError::Peer(e @ PeerError::MissingMedia(_)) => e.to_string(),
+            CoreError::Peer(e @ (PeerError::MissingMedia(_) | PeerError::NotIceRestart(_))) => {
+                e.to_string()
+            }
             CoreError::Offer(e) => e.to_string(),
             e @ (CoreError::AlreadyConnected(_)
             | CoreError::UnknownParticipant(_)

@@ -162,6 +162,29 @@ impl MediaCore {
         Ok(())
     }
 
+    /// Answer a participant's ICE restart offer on its existing peer (see [`Peer::restart_ice`]): the same
+    /// participant, room membership, slots and rewriters; only the ICE credentials change. The router
+    /// forgets the old ufrag and every path the peer had learned, so the new path binds only through a
+    /// STUN request the peer verifies under its new credentials (the anti-hijack rule, unchanged).
+    pub fn restart_ice(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        offer_sdp: &str,
+    ) -> Result<String, CoreError> {
+        self.last_now = now;
+        check_offer(offer_sdp)?;
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(CoreError::UnknownParticipant(id))?;
+        let (old_ufrag, answer) = p.peer.restart_ice(offer_sdp)?;
+        self.router.remove_peer(&old_ufrag, id);
+        self.router.add_peer(p.peer.ufrag(), id);
+        self.drive(id, now);
+        Ok(answer)
+    }
+
     /// Stop or resume forwarding a participant's audio.
     pub fn set_muted(&mut self, id: ParticipantId, muted: bool) -> Result<(), CoreError> {
         let p = self

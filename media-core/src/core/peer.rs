@@ -47,6 +47,9 @@ pub enum PeerError {
     BadSdp(String),
     #[error("the offer has no usable audio m-line for {0}")]
     MissingMedia(&'static str),
+    /// A second offer that is no ICE restart of the first (see [`Peer::restart_ice`]).
+    #[error("{0}")]
+    NotIceRestart(&'static str),
     #[error("webrtc: {0}")]
     Rtc(#[from] RtcError),
     #[error("the webrtc stack panicked")]
@@ -118,6 +121,10 @@ pub struct Peer {
     id: ParticipantId,
     rtc: Rtc,
     ufrag: String,
+    /// The client's ICE ufrag and the m-lines of its offer: an ICE restart offer changes the first and
+    /// keeps the second.
+    remote_ufrag: Option<String>,
+    mlines: usize,
     mic_mid: Option<Mid>,
     mic_pt: Option<Pt>,
     /// The RED payload type the microphone may send, when the client offered RED on it.
@@ -173,8 +180,41 @@ impl Peer {
     ) -> Result<(Peer, String), PeerError> {
         // The most hostile input a peer takes: parsed under the same guard as every other str0m call.
         let offer = parse_offer(offer_sdp, SdpOffer::from_sdp_string)?;
-        let (peer, answer) = guard(|| Self::from_parsed(now, id, params, candidates, offer))??;
+        let (mut peer, answer) = guard(|| Self::from_parsed(now, id, params, candidates, offer))??;
+        peer.remote_ufrag = offer_ufrag(offer_sdp).map(str::to_owned);
+        peer.mlines = mline_count(offer_sdp);
         Ok((peer, finish_answer(offer_sdp, &answer)))
+    }
+
+    /// Answers the client's ICE restart offer on this peer (RFC 8445 §9): new ICE credentials on both
+    /// sides, the same m-lines, slots, SSRCs and DTLS association. str0m flushes the ICE agent's pairs
+    /// and answers with fresh local credentials; the caller re-keys its routing from the returned old
+    /// ufrag to [`Peer::ufrag`]. An offer that keeps the client's ICE credentials (a renegotiation) or
+    /// changes the m-lines is refused with [`PeerError::NotIceRestart`] and leaves the peer as it was.
+    pub fn restart_ice(&mut self, offer_sdp: &str) -> Result<(String, String), PeerError> {
+        let ufrag = offer_ufrag(offer_sdp)
+            .ok_or(PeerError::NotIceRestart("the offer has no a=ice-ufrag"))?;
+        if self.remote_ufrag.as_deref() == Some(ufrag) {
+            return Err(PeerError::NotIceRestart(
+                "a second offer must be an ICE restart (new ICE credentials); renegotiation is not supported",
+            ));
+        }
+        if mline_count(offer_sdp) != self.mlines {
+            return Err(PeerError::NotIceRestart(
+                "an ICE restart offer must keep the m-lines of the first offer",
+            ));
+        }
+        let offer = parse_offer(offer_sdp, SdpOffer::from_sdp_string)?;
+        let rtc = &mut self.rtc;
+        let answer = guard(|| rtc.sdp_api().accept_offer(offer))??;
+        let local = self.rtc.direct_api().local_ice_credentials().ufrag;
+        let old = std::mem::replace(&mut self.ufrag, local);
+        self.remote_ufrag = Some(ufrag.to_owned());
+        // The ICE state is flushed (RFC 8445 §9): media waits for a nomination under the new credentials,
+        // as the router forgets the paths learned under the old ones.
+        self.client_path = None;
+        self.nominations.clear();
+        Ok((old, finish_answer(offer_sdp, &answer.to_sdp_string())))
     }
 
     /// The peer and str0m's answer as str0m writes it (see [`finish_answer`] for what it lacks).
@@ -257,6 +297,8 @@ impl Peer {
             id,
             rtc,
             ufrag,
+            remote_ufrag: None,
+            mlines: 0,
             mic_mid,
             mic_pt,
             mic_red_pt,
@@ -725,6 +767,16 @@ fn net_input(now: Instant, path: NetPath, data: &[u8]) -> Option<Input<'_>> {
             contents,
         },
     ))
+}
+
+/// The offer's first `a=ice-ufrag` (session or media level: browsers bundle, so every m-line has the same).
+fn offer_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+}
+
+fn mline_count(sdp: &str) -> usize {
+    sdp.lines().filter(|l| l.starts_with("m=")).count()
 }
 
 /// Parse an SDP offer with `parse` (str0m's parser in production) under [`guard`]: a parse error is

@@ -98,3 +98,118 @@ fn a_datagram_on_an_address_that_is_no_candidate_is_dropped() {
     core.handle_datagram_via(now, NetPath::tcp(lo, remote), &[0x80, 0, 0, 1]);
     assert_eq!(core.stats().dropped(DropReason::UnknownSource), 1);
 }
+
+/// The offer with other ICE credentials: what a browser's `restartIce()` offer changes.
+fn with_new_ice_credentials(offer: &str) -> String {
+    offer
+        .lines()
+        .map(|l| {
+            if l.starts_with("a=ice-ufrag:") {
+                "a=ice-ufrag:rstA".to_owned()
+            } else if l.starts_with("a=ice-pwd:") {
+                "a=ice-pwd:restartedpasswordrestartedpw".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n"
+}
+
+/// A STUN binding request naming `username` (no MESSAGE-INTEGRITY: it routes, it does not verify).
+fn stun_naming(username: &str) -> Vec<u8> {
+    let mut attr = vec![0x00, 0x06];
+    attr.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attr.extend_from_slice(username.as_bytes());
+    while attr.len() % 4 != 0 {
+        attr.push(0);
+    }
+    let mut msg = vec![0x00, 0x01];
+    msg.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+    msg.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+    msg.extend_from_slice(&[7; 12]);
+    msg.extend_from_slice(&attr);
+    msg
+}
+
+fn answer_ufrag(answer: &str) -> String {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("an answer has an ice-ufrag")
+        .to_owned()
+}
+
+#[test]
+fn an_ice_restart_offer_is_answered_on_the_same_peer_with_new_credentials() {
+    let now = epoch();
+    let lo: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
+    let mut core = MediaCore::new(now, CoreConfig::new(lo, 1));
+    let client = ClientConfig {
+        local_addr: "127.0.0.1:6000".parse().expect("literal"),
+        slots: 2,
+        publish: true,
+        red: 0,
+    };
+    let (_, offer) = ClientPeer::new(now, client).expect("client offer");
+    let room = RoomId("r".into());
+    let id = ParticipantId(1);
+    let params = JoinParams {
+        can_publish: true,
+        can_subscribe: true,
+        muted: false,
+    };
+    let first = core
+        .add_participant(now, &room, RoomSettings::forward(2), id, params, &offer)
+        .expect("answer");
+    let old_ufrag = answer_ufrag(&first);
+
+    // The same offer again is a renegotiation, not a restart: refused, nothing changes.
+    assert!(matches!(
+        core.restart_ice(now, id, &offer),
+        Err(CoreError::Peer(PeerError::NotIceRestart(_)))
+    ));
+    // A restart offer must keep the m-lines.
+    let fewer = with_new_ice_credentials(&offer);
+    let cut = fewer.rfind("m=audio").expect("audio m-lines");
+    assert!(matches!(
+        core.restart_ice(now, id, &fewer[..cut]),
+        Err(CoreError::Peer(PeerError::NotIceRestart(_)))
+    ));
+    assert!(matches!(
+        core.restart_ice(now, ParticipantId(2), &with_new_ice_credentials(&offer)),
+        Err(CoreError::UnknownParticipant(_))
+    ));
+
+    let restarted = core
+        .restart_ice(now, id, &with_new_ice_credentials(&offer))
+        .expect("the restart offer is answered");
+    let new_ufrag = answer_ufrag(&restarted);
+    assert_ne!(new_ufrag, old_ufrag, "new server credentials");
+    assert_eq!(
+        candidates_per_mline(&restarted.replace(&new_ufrag, "U")),
+        candidates_per_mline(&first.replace(&old_ufrag, "U")),
+        "the same m-lines and candidates"
+    );
+    let mids = |sdp: &str| -> Vec<String> {
+        sdp.lines()
+            .filter(|l| l.starts_with("a=mid:") || l.starts_with("a=ssrc:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        mids(&restarted),
+        mids(&first),
+        "the same mids and slot SSRCs"
+    );
+    // Still the same participant in the same room.
+    assert_eq!(core.participant_count(), 1);
+
+    // STUN naming the old ufrag no longer reaches the peer; the new one does (and is then checked).
+    let source: SocketAddr = "127.0.0.1:6000".parse().expect("literal");
+    core.handle_datagram(now, source, &stun_naming(&format!("{old_ufrag}:rstA")));
+    assert_eq!(core.stats().dropped(DropReason::UnknownUfrag), 1);
+    core.handle_datagram(now, source, &stun_naming(&format!("{new_ufrag}:rstA")));
+    assert_eq!(core.stats().dropped(DropReason::UnknownUfrag), 1);
+}

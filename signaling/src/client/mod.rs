@@ -218,6 +218,7 @@ impl Client {
 pub fn message_type(message: &ServerMessage) -> &'static str {
     match message {
         ServerMessage::Joined(_) => "joined",
+        ServerMessage::Resumed(_) => "resumed",
         ServerMessage::Answer(_) => "answer",
         ServerMessage::ParticipantJoined(_) => "participant_joined",
         ServerMessage::ParticipantLeft(_) => "participant_left",
@@ -247,7 +248,7 @@ mod tests {
         "participant": {"sid": "PA_1", "identity": "ada", "name": "Ada", "muted": false,
                         "can_publish": true, "can_subscribe": true},
         "room": {"name": "lobby", "mode": "forward", "slots": 3, "max_participants": 100},
-        "participants": []}"#;
+        "participants": [], "resume_token": "t", "resume_window_ms": 15000}"#;
     const BOB_JOINED: &str = r#"{"type": "participant_joined", "participant": {"sid": "PA_2",
         "identity": "bob", "name": "Bob", "muted": false, "can_publish": true, "can_subscribe": true}}"#;
 
@@ -394,6 +395,6 @@ mod tests {
                 named.insert(message_type(&message));
             }
         }
-        assert_eq!(named.len(), 13, "{named:?}");
+        assert_eq!(named.len(), 14, "{named:?}");
     }
 }

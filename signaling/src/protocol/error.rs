@@ -33,12 +33,13 @@ pub enum ErrorCode {
     BadRoomSettings,
     RoomSettingsConflict,
     MediaUnavailable,
+    ResumeFailed,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -59,6 +60,7 @@ impl ErrorCode {
         ErrorCode::BadRoomSettings,
         ErrorCode::RoomSettingsConflict,
         ErrorCode::MediaUnavailable,
+        ErrorCode::ResumeFailed,
         ErrorCode::Internal,
     ];
 
@@ -85,6 +87,7 @@ impl ErrorCode {
             ErrorCode::BadRoomSettings => "bad_room_settings",
             ErrorCode::RoomSettingsConflict => "room_settings_conflict",
             ErrorCode::MediaUnavailable => "media_unavailable",
+            ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -101,7 +104,8 @@ impl ErrorCode {
             | ErrorCode::Forbidden
             | ErrorCode::BadSdp
             | ErrorCode::BadRoomSettings
-            | ErrorCode::RoomSettingsConflict => false,
+            | ErrorCode::RoomSettingsConflict
+            | ErrorCode::ResumeFailed => false,
             ErrorCode::FrameTooLarge
             | ErrorCode::UnsupportedProtocol
             | ErrorCode::InvalidToken
@@ -249,6 +253,7 @@ mod tests {
             BadRoomSettings,
             RoomSettingsConflict,
             MediaUnavailable,
+            ResumeFailed,
             Internal,
         );
         assert_eq!(every.as_slice(), ErrorCode::ALL.as_slice());

@@ -38,6 +38,11 @@ pub struct Joined {
     pub room: RoomInfo,
     /// Everyone else already in the room.
     pub participants: Vec<ParticipantInfo>,
+    /// Opaque and single-use: a new WebSocket sends it in `resume` to take this session over after the
+    /// socket dropped (at least 128 random bits; never derived from the sid).
+    pub resume_token: String,
+    /// How long after a drop the session may be resumed, in milliseconds (0: sessions are not kept).
+    pub resume_window_ms: u64,
     /// TURN servers with time-limited credentials; absent (empty) when the server configures none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ice_servers: Vec<IceServer>,
@@ -69,12 +74,16 @@ mod tests {
                 max_participants: 100,
             },
             participants: vec![participant("PA_9a0b1c2d3e4f", "bob")],
+            resume_token: "q8Jx0yDq3nB6TQ3s2fX1ZkS9dE4tH7wA".into(),
+            resume_window_ms: 15_000,
             ice_servers: Vec::new(),
         });
         let json = serde_json::to_value(&msg).expect("serializes");
         assert_eq!(json["type"], "joined");
         assert_eq!(json["room"]["mode"], "forward");
         assert_eq!(json["participants"][0]["identity"], "bob");
+        assert_eq!(json["resume_token"], "q8Jx0yDq3nB6TQ3s2fX1ZkS9dE4tH7wA");
+        assert_eq!(json["resume_window_ms"], 15_000);
         assert!(json.get("ice_servers").is_none(), "no TURN: no ice_servers");
         let back: ServerMessage = serde_json::from_value(json).expect("parses");
         assert_eq!(back, msg);

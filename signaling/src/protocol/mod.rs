@@ -21,6 +21,8 @@ mod participant_left;
 mod participant_muted;
 mod ping;
 mod pong;
+mod resume;
+mod resumed;
 mod slots;
 mod speakers;
 
@@ -43,6 +45,8 @@ pub use participant_left::{ParticipantLeft, ParticipantLeftReason};
 pub use participant_muted::ParticipantMuted;
 pub use ping::Ping;
 pub use pong::Pong;
+pub use resume::Resume;
+pub use resumed::Resumed;
 pub use slots::{Slot, Slots};
 pub use speakers::{Speaker, Speakers};
 
@@ -64,11 +68,12 @@ pub enum ClientMessage {
     Mute(Mute),
     Ping(Ping),
     Leave(Leave),
+    Resume(Resume),
 }
 
 impl ClientMessage {
     /// The `type` of every client message of this protocol version.
-    pub const TYPES: [&'static str; 5] = ["join", "offer", "mute", "ping", "leave"];
+    pub const TYPES: [&'static str; 6] = ["join", "offer", "mute", "ping", "leave", "resume"];
 }
 
 /// A message from server to client.
@@ -76,6 +81,7 @@ impl ClientMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Joined(Joined),
+    Resumed(Resumed),
     Answer(Answer),
     ParticipantJoined(ParticipantJoined),
     ParticipantLeft(ParticipantLeft),
@@ -219,6 +225,10 @@ mod tests {
             ClientMessage::Mute(Mute { muted: false }),
             ClientMessage::Ping(Ping { id: 1.into() }),
             ClientMessage::Leave(Leave {}),
+            ClientMessage::Resume(Resume {
+                protocol: 1,
+                resume_token: "t".into(),
+            }),
         ];
         assert_eq!(samples.len(), ClientMessage::TYPES.len());
         for (sample, name) in samples.iter().zip(ClientMessage::TYPES) {
@@ -268,8 +278,8 @@ mod tests {
         }
         assert_eq!(client, ClientMessage::TYPES.len());
         assert_eq!(
-            server, 17,
-            "16 messages, joined twice (with and without TURN)"
+            server, 18,
+            "17 messages, joined twice (with and without TURN)"
         );
     }
 }

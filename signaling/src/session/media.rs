@@ -31,6 +31,11 @@ pub(super) enum Media {
     },
     /// The client has its answer; media events flow.
     Answered { events: mpsc::Receiver<MediaEvent> },
+    /// An ICE restart offer went to the media worker; media events flow meanwhile.
+    Restarting {
+        answer: PendingAnswer,
+        events: mpsc::Receiver<MediaEvent>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +59,10 @@ where
         };
         let events = match std::mem::replace(&mut member.media, Media::None) {
             Media::Offered { events, .. } => events,
+            Media::Restarting { events, .. } => {
+                member.media = Media::Answered { events };
+                return self.on_restart_answer(answer).await;
+            }
             // Only an offered session polls for an answer.
             other => {
                 member.media = other;
@@ -98,6 +107,29 @@ where
                 self.wire
                     .reject(ErrorCode::Internal, "internal error")
                     .await
+            }
+        }
+    }
+
+    /// The answer to an ICE restart offer; the peer (and the session) carry on either way.
+    async fn on_restart_answer(&mut self, answer: Result<String, ConnectError>) -> Flow {
+        match answer {
+            Ok(sdp) => {
+                self.wire.ctx.metrics().ice_restarted();
+                self.wire.send(&ServerMessage::Answer(Answer { sdp })).await
+            }
+            Err(ConnectError::Media(MediaError::BadSdp(why))) => {
+                let message = format!(
+                    "the ICE restart offer cannot be used: {}",
+                    truncate(&why, MAX_DETAIL_CHARS)
+                );
+                self.wire.reject(ErrorCode::BadSdp, message).await
+            }
+            // The peer is gone (its Disconnected event ends the session) or the worker is.
+            Err(error) => {
+                tracing::warn!(%error, "ICE restart offer not answered");
+                let message = "no media worker could answer the ICE restart";
+                self.wire.reject(ErrorCode::MediaUnavailable, message).await
             }
         }
     }
@@ -165,14 +197,11 @@ pub(super) async fn on_offer<T: Sink<WsFrame> + Unpin>(
 ) -> Flow {
     match member.media {
         Media::None => {}
-        Media::Offered { .. } => {
+        Media::Offered { .. } | Media::Restarting { .. } => {
             let message = "an offer is already being answered";
             return wire.reject(ErrorCode::BadMessage, message).await;
         }
-        Media::Answered { .. } => {
-            let message = "the session already has its answer; renegotiation is not supported";
-            return wire.reject(ErrorCode::BadMessage, message).await;
-        }
+        Media::Answered { .. } => return restart_ice(wire, member, offer),
     }
     let config = wire.ctx.config();
     let worker = wire.ctx.router().route(&member.membership.room);
@@ -203,7 +232,35 @@ pub(super) async fn on_offer<T: Sink<WsFrame> + Unpin>(
     Ok(())
 }
 
-/// Delivers `Connect` and waits for its reply, all within `limit`.
+/// A second offer on an answered session: an ICE restart of its peer (the media worker refuses anything
+/// else with `bad_sdp`).
+fn restart_ice<T: Sink<WsFrame> + Unpin>(
+    wire: &mut Wire<T>,
+    member: &mut Member,
+    offer: Offer,
+) -> Flow {
+    let Some(worker) = member.membership.worker.clone() else {
+        // Answered sessions have their worker; nothing to restart otherwise.
+        return Ok(());
+    };
+    let Media::Answered { events } = std::mem::replace(&mut member.media, Media::None) else {
+        return Ok(());
+    };
+    let (reply, reply_rx) = oneshot::channel();
+    let command = MediaCommand::RestartIce {
+        participant: member.membership.id,
+        offer_sdp: offer.sdp,
+        reply,
+    };
+    let limit = wire.ctx.config().media_timeout();
+    member.media = Media::Restarting {
+        answer: Box::pin(connect(worker, command, reply_rx, limit)),
+        events,
+    };
+    Ok(())
+}
+
+/// Delivers `Connect` (or `RestartIce`) and waits for its reply, all within `limit`.
 pub(super) async fn connect(
     worker: mpsc::Sender<MediaCommand>,
     command: MediaCommand,

@@ -7,7 +7,7 @@ use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
-use super::{Flow, Media, Member, Membership, Session, WsFrame};
+use super::{Flow, Media, Member, Membership, Missed, Resumable, Session, WsFrame};
 use crate::auth::{unix_now, verify_token};
 use crate::media::MediaCommand;
 use crate::metrics::LeaveReason;
@@ -137,6 +137,7 @@ pub(super) fn admit(
         .registry()
         .admit(request, &ctx.draining)
         .map_err(|e| (e.code(), e.to_string()))?;
+    let (resume, resume_token) = Resumable::issue(ctx);
     let member = Member {
         membership: Membership {
             ctx: Arc::clone(ctx),
@@ -152,6 +153,8 @@ pub(super) fn admit(
         presence,
         removed: admission.removed,
         media: Media::None,
+        resume,
+        missed: Missed::default(),
     };
     let ice_servers = ctx
         .config()
@@ -166,6 +169,8 @@ pub(super) fn admit(
         participant: admission.participant,
         room: admission.room,
         participants: admission.others,
+        resume_token,
+        resume_window_ms: ctx.config().resume_window_ms,
         ice_servers,
     });
     Ok((member, reply))

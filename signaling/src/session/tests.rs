@@ -22,6 +22,10 @@ const KEY: &str = "APItest";
 const SECRET: &str = "test-secret-test-secret-test-secret!";
 const OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
 const ANSWER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\na=ice-lite\r\n";
+/// An ICE restart of [`OFFER`] as the fake worker knows it: new ICE credentials.
+const RESTART_OFFER: &str = "v=0\r\no=- 4611731400430051336 3 IN IP4 127.0.0.1\r\ns=-\r\na=ice-ufrag:rst\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+const RESTART_ANSWER: &str =
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\na=ice-lite\r\na=ice-ufrag:new\r\n";
 /// Far longer than any timeout a test waits for (virtual time: it costs nothing).
 const GUARD: Duration = Duration::from_secs(600);
 
@@ -228,6 +232,9 @@ enum Seen {
     Leave {
         participant: ParticipantId,
     },
+    RestartIce {
+        participant: ParticipantId,
+    },
 }
 
 struct FakeRouter {
@@ -331,6 +338,21 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                         can_publish,
                         can_subscribe,
                     }
+                }
+                MediaCommand::RestartIce {
+                    participant,
+                    offer_sdp,
+                    reply,
+                } => {
+                    // Like the media core: only an offer with new ICE credentials restarts ICE.
+                    let _ = reply.send(if offer_sdp.contains("a=ice-ufrag:rst") {
+                        Ok(RESTART_ANSWER.to_owned())
+                    } else {
+                        Err(MediaError::BadSdp(
+                            "a second offer must be an ICE restart (new ICE credentials)".into(),
+                        ))
+                    });
+                    Seen::RestartIce { participant }
                 }
                 MediaCommand::Mute { participant, muted } => Seen::Mute { participant, muted },
                 MediaCommand::Leave { participant } => {
@@ -984,11 +1006,28 @@ async fn offers_are_answered_once() {
     // The client may correct its offer.
     ada.offer().await;
     media.next().await;
+    // A second offer is an ICE restart of the same peer (issue 12); anything else is refused by the
+    // worker, and the session carries on with its peer either way.
+    let id = id_of(&ctx.room("lobby").expect("room").participants[0].sid);
     ada.json(json!({"type": "offer", "sdp": OFFER}));
-    ada.error(ErrorCode::BadMessage).await;
+    let message = ada.error(ErrorCode::BadSdp).await;
+    assert!(message.contains("ICE restart"), "{message}");
+    assert_eq!(media.next().await, Seen::RestartIce { participant: id });
+    ada.json(json!({"type": "offer", "sdp": RESTART_OFFER}));
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::Answer(Answer {
+            sdp: RESTART_ANSWER.into()
+        })
+    );
+    assert_eq!(media.next().await, Seen::RestartIce { participant: id });
+    assert_eq!(ctx.metrics().ice_restarts(), 1);
     ada.ping(1).await;
     media.assert_no_command();
-    assert_eq!(ctx.metrics().errors(ErrorCode::BadSdp), 1);
+    assert_eq!(ctx.metrics().errors(ErrorCode::BadSdp), 2);
+    // Media events still reach the session.
+    media.emit(id, MediaEvent::Connected);
+    assert!(matches!(ada.message().await, ServerMessage::MediaState(_)));
 }
 
 /// Issue 11: media errors stay typed to the client; like `bad_sdp` they leave the session open and the
@@ -1186,9 +1225,15 @@ async fn read_errors_end_the_session() {
     let mut ada = Client::open(&ctx);
     ada.join(&token("lobby", "ada")).await;
     ada.send(Err("connection reset".into()));
-    ada.finished().await;
+    assert_eq!(ada.output.recv().await, None, "the socket ends");
+    // A dropped socket suspends the session for the resume window (see tests/resume.rs); then it leaves.
+    assert_eq!(ctx.participant_count(), 1);
+    assert_eq!(ctx.suspended_sessions(), 1);
+    tokio::time::sleep(ctx.config().resume_window() + Duration::from_millis(1)).await;
     assert_eq!(ctx.participant_count(), 0);
+    assert_eq!(ctx.suspended_sessions(), 0);
     assert_eq!(ctx.metrics().leaves(LeaveReason::TransportError), 1);
+    ada.finished().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -1812,3 +1857,5 @@ async fn joined_carries_turn_credentials_when_configured() {
     assert_eq!(server.credential, credential);
     assert_eq!(ctx.metrics().turn_credentials_issued(), 1);
 }
+
+mod resume;

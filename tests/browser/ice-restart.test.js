@@ -1,0 +1,156 @@
+// ICE restart (issue 12 item 4): in a network namespace of the test's own (lib/netns.js), Alice's media path
+// is cut with nftables (every path to the media port but Bob's, UDP and ICE-TCP) while her signaling socket
+// stays up, for longer than her SDK needs to notice (her connectivity checks go unanswered); then it is
+// restored. Her SDK restarts ICE on the same peer connection and session (new
+// ICE credentials, answered by the server on the same peer): `reconnected` with `how: resumed` and
+// `iceRestarted: true`, the same sid, Bob's page sees no one leave or join, and both hear each other again.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import {
+  CHROMIUM, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot, waitConnected,
+  withDiagnostics as runWithDiagnostics,
+} from './lib/browser.js';
+import { createNetns } from './lib/netns.js';
+import { startServer } from './lib/server.js';
+
+const ROOM = 'ice-restart';
+const FREQS = [440, 660];
+/** The server's HTTP port inside the namespace (fixed: Chromium's insecure-origin flag names it). */
+const HTTP_PORT = 7880;
+/** How long Alice's media path stays cut: past Chromium's `disconnected` and the SDK's restart delay. */
+const CUT_MS = 9000;
+
+describe('ICE restart after the media path died', { timeout: 150000 }, () => {
+  /** @type {import('./lib/netns.js').Netns|null} */
+  let ns = null;
+  /** @type {import('./lib/server.js').ChorusServer|null} */
+  let server = null;
+  /** @type {import('./lib/browser.js').Participant[]} */
+  let all = [];
+  /** @type {import('./lib/browser.js').Participant} */ let alice;
+  /** @type {import('./lib/browser.js').Participant} */ let bob;
+  const tmp = makeTempDir('chorus-ice-restart-');
+
+  /** @param {() => Promise<void>} fn */
+  const withDiagnostics = (fn) => runWithDiagnostics(() => all, () => server, fn);
+
+  before(async () => {
+    ns = await createNetns({ prefix: 'chorus-icer' });
+    server = await startServer({ netns: /** @type {any} */ (ns), httpPort: HTTP_PORT, workers: 1, slots: 3 });
+    const chromium = ns.wrapper(CHROMIUM, tmp.dir);
+    const extraArgs = [`--unsafely-treat-insecure-origin-as-secure=${server.url}`];
+    [alice, bob] = await Promise.all([
+      launchParticipant({ name: 'Alice', freq: 440, amplitude: 0.5, tmpDir: tmp.dir, executablePath: chromium, extraArgs }),
+      launchParticipant({ name: 'Bob', freq: 660, amplitude: 0.5, tmpDir: tmp.dir, executablePath: chromium, extraArgs }),
+    ]);
+    all = [alice, bob];
+  });
+
+  after(async () => {
+    await Promise.all(all.map((p) => p.close()));
+    if (server) await server.stop();
+    if (ns) await ns.destroy();
+    tmp.cleanup();
+  });
+
+  /**
+   * @param {import('./lib/browser.js').Participant} listener
+   * @param {number} freq
+   * @param {number} own
+   * @param {number} [timeoutMs]
+   */
+  const hears = async (listener, freq, own, timeoutMs = 20000) => {
+    const m = await pollUntil(`${listener.name} to hear ${freq} Hz`, async () => {
+      const r = await measure(listener, 1000, FREQS);
+      const top = r.peaks[0];
+      const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
+        r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;
+      return { ok, ...r };
+    }, { timeoutMs, intervalMs: 0 });
+    console.log(`${listener.name} hears: peaks ${JSON.stringify(m.peaks.slice(0, 3))}`);
+  };
+
+  /** @param {import('./lib/browser.js').Participant} p @returns {Promise<string[]>} */
+  const demoLog = (p) => p.page.evaluate(() => /** @type {any} */ (window).chorusDemo.log.slice());
+
+  it('both talk', () => withDiagnostics(async () => {
+    await Promise.all(all.map((p) => openDemo(p, /** @type {any} */ (server).url, ROOM)));
+    await Promise.all(all.map((p) => waitConnected(p, 30000)));
+    await hears(bob, 440, 660);
+    await hears(alice, 660, 440);
+  }));
+
+  it('a dead media path is restarted on the same peer and session', () => withDiagnostics(async () => {
+    const netns = /** @type {import('./lib/netns.js').Netns} */ (ns);
+    const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
+    const sid = (await snapshot(alice)).local.sid;
+    const pair = await selectedPair(alice);
+    assert.equal(pair.local.protocol, 'udp', JSON.stringify(pair));
+    const bobLogBefore = (await demoLog(bob)).length;
+    // Every path to and from the media port but Bob's: Alice's browser finds no other pair that works (it
+    // has candidates on both of the namespace's addresses), her signaling (the HTTP port) is untouched.
+    const bobPair = await selectedPair(bob);
+    const m = String(srv.mediaPort);
+    const b = String(bobPair.local.port);
+    const rules = [
+      ['add', 'table', 'inet', 'alice_media'],
+      ['add', 'chain', 'inet', 'alice_media', 'output', '{ type filter hook output priority 0; policy accept; }'],
+      ['add', 'rule', 'inet', 'alice_media', 'output', 'udp', 'dport', m, 'udp', 'sport', '!=', b, 'counter', 'drop'],
+      ['add', 'rule', 'inet', 'alice_media', 'output', 'udp', 'sport', m, 'udp', 'dport', '!=', b, 'counter', 'drop'],
+      ['add', 'rule', 'inet', 'alice_media', 'output', 'tcp', 'dport', m, 'counter', 'drop'],
+      ['add', 'rule', 'inet', 'alice_media', 'output', 'tcp', 'sport', m, 'counter', 'drop'],
+    ];
+    for (const args of rules) netns.run('nft', args);
+    const cutAt = Date.now();
+    console.log(`cut Alice's media: ${JSON.stringify(pair)} (Bob: ${JSON.stringify(bobPair)})`);
+    await pollUntil('Alice\'s SDK to notice', async () => {
+      const log = await demoLog(alice);
+      return { ok: log.some((l) => / reconnecting /.test(l)), tail: log.slice(-4) };
+    }, { timeoutMs: CUT_MS });
+    console.log(`Alice started reconnecting ${Date.now() - cutAt} ms after the cut`);
+    await new Promise((r) => setTimeout(r, Math.max(0, CUT_MS - (Date.now() - cutAt))));
+    const during = await demoLog(alice);
+    assert.ok(!during.some((l) => / reconnected /.test(l)), `not reconnected while cut:\n${during.slice(-6).join('\n')}`);
+    assert.equal((await snapshot(alice)).connectionState, 'reconnecting');
+    netns.run('nft', ['delete', 'table', 'inet', 'alice_media']);
+    const done = await pollUntil('Alice to log reconnected', async () => {
+      const log = await demoLog(alice);
+      const line = log.find((l) => / reconnected /.test(l));
+      return { ok: !!line, line, tail: log.slice(-6) };
+    }, { timeoutMs: 15000 });
+    console.log(`Alice: ${done.line}`);
+    assert.match(done.line ?? '', /"how":"resumed"/);
+    assert.match(done.line ?? '', /"iceRestarted":true/);
+    const s = await snapshot(alice);
+    assert.equal(s.local.sid, sid, 'the same participant');
+    await hears(bob, 440, 660);
+    await hears(alice, 660, 440);
+    const bobLog = (await demoLog(bob)).slice(bobLogBefore);
+    assert.ok(!bobLog.some((l) => / participant (left|joined) /.test(l)), `Bob saw nobody leave or join:\n${bobLog.join('\n')}`);
+    const metrics = (await netns.httpGet(`${srv.url}/metrics`)).body;
+    const restarts = metrics.split('\n').find((l) => l.startsWith('chorus_ice_restarts_total '));
+    assert.ok(restarts && Number(restarts.split(' ')[1]) >= 1, `ICE restarts counted: ${restarts}`);
+  }));
+});
+
+/**
+ * The selected candidate pair of a page's peer connection, with both candidates.
+ * @param {import('./lib/browser.js').Participant} p
+ * @returns {Promise<{state: string, local: any, remote: any}>}
+ */
+async function selectedPair(p) {
+  return p.page.evaluate(async () => {
+    const room = /** @type {any} */ (window).chorusDemo.room;
+    const report = await room.getStats();
+    /** @type {Map<string, any>} */
+    const byId = new Map();
+    report.forEach((/** @type {any} */ s) => byId.set(s.id, s));
+    const transport = [...byId.values()].find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+    const pair = transport
+      ? byId.get(transport.selectedCandidatePairId)
+      : [...byId.values()].find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
+    if (!pair) return { state: 'none', local: {}, remote: {} };
+    const pick = (/** @type {any} */ c) => (c ? { protocol: c.protocol, address: c.address, port: c.port } : {});
+    return { state: pair.state, local: pick(byId.get(pair.localCandidateId)), remote: pick(byId.get(pair.remoteCandidateId)) };
+  });
+}

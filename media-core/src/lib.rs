@@ -10,6 +10,10 @@
 //! `testkit`, compiled only for tests and with the `testkit` feature.
 
 pub mod audio;
+/// The client side of a Chorus session (a sans-IO str0m peer), for native clients, tests and the load
+/// tester; feature `client` (the `testkit` feature includes it).
+#[cfg(any(test, feature = "client"))]
+pub mod client;
 pub mod core;
 pub mod ids;
 pub mod mixer;
@@ -26,7 +30,7 @@ pub use crate::mixer::{encoder, jitter, limiter};
 pub use crate::sfu::{rewrite, slots};
 pub use crate::speakers::{csrc_levels, dominant, levels};
 #[cfg(any(test, feature = "testkit"))]
-pub use crate::testkit::{client, sim};
+pub use crate::testkit::sim;
 
 pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output};
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};

@@ -4,6 +4,8 @@
 //! the `testkit` feature.
 
 pub mod analysis;
-pub mod client;
 pub mod dtls;
 pub mod sim;
+
+/// The client peer, a production module now (`media_core::client`, feature `client`), under its old path.
+pub use crate::client;

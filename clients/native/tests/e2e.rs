@@ -5,7 +5,7 @@
 //! the static library and the header. `header`: the checked-in header is what cbindgen generates.
 
 // mod c;
-// mod header;
+mod header;
 mod rust;
 
 use std::time::{Duration, Instant};

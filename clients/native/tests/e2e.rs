@@ -4,7 +4,7 @@
 //! `rust`: the Rust API. `c`: the C example (`examples/c/tone.c`) built with the system C compiler against
 //! the static library and the header. `header`: the checked-in header is what cbindgen generates.
 
-// mod c;
+mod c;
 mod header;
 mod rust;
 

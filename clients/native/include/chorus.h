@@ -64,6 +64,8 @@ typedef enum ChorusEventKind {
   CHORUS_EVENT_KIND_LEFT = 10,
   // `text`: the message.
   CHORUS_EVENT_KIND_ERROR = 11,
+  // Rejoin attempt `index` (from 1) after a lost connection; `text`: why.
+  CHORUS_EVENT_KIND_RECONNECTING = 12,
 } ChorusEventKind;
 
 // A session's connection state.
@@ -73,6 +75,7 @@ typedef enum ChorusConnectionState {
   CHORUS_CONNECTION_STATE_CONNECTED = 2,
   CHORUS_CONNECTION_STATE_DISCONNECTED = 3,
   CHORUS_CONNECTION_STATE_CLOSED = 4,
+  CHORUS_CONNECTION_STATE_RECONNECTING = 5,
 } ChorusConnectionState;
 
 // A client (opaque).

@@ -21,6 +21,8 @@ pub(crate) struct Shared {
     pub muted: AtomicBool,
     /// Set to end the network thread (and, seen by the signaling thread, the session).
     pub stop: AtomicBool,
+    /// How many times media connected (the session sees whether a connection ever came up).
+    pub media_connections: AtomicU64,
     pub stats: Counters,
 }
 

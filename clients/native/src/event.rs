@@ -9,8 +9,12 @@ pub enum ConnectionState {
     Joined,
     /// Media flows (ICE and DTLS are up).
     Connected,
-    /// The media path was lost (ICE disconnected); it may come back ([`ConnectionState::Connected`]).
+    /// The media path was lost (ICE disconnected); it may come back ([`ConnectionState::Connected`]), or
+    /// after 5 s the session rejoins.
     Disconnected,
+    /// The connection was lost after media had connected; the session is rejoining ([`Event::Reconnecting`]
+    /// says why and which attempt). `Joined` and `Connected` follow, or `Closed` after 60 s of attempts.
+    Reconnecting,
     /// The session has ended (left, closed by the server, or failed): the SDK's threads are gone.
     Closed,
 }
@@ -62,8 +66,14 @@ pub enum Event {
     },
     /// The slot assignment changed: every slot and who is in it.
     Slots(Vec<SlotInfo>),
-    /// The server is shutting down; the session ends soon.
+    /// The server is shutting down; the connection ends soon (and the session rejoins).
     Draining,
+    /// Rejoin attempt `attempt` (from 1) is scheduled after a lost connection. The rejoined session is a
+    /// new one on the server: a new `sid`, the participants reported again; mute state carries over.
+    Reconnecting {
+        attempt: u32,
+        reason: String,
+    },
     /// The server confirmed `leave` or ended the session; `reason` as the protocol spells it.
     Left {
         reason: Option<String>,

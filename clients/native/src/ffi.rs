@@ -102,6 +102,8 @@ pub enum ChorusEventKind {
     Left = 10,
     /// `text`: the message.
     Error = 11,
+    /// Rejoin attempt `index` (from 1) after a lost connection; `text`: why.
+    Reconnecting = 12,
 }
 
 /// A session's connection state.
@@ -113,6 +115,7 @@ pub enum ChorusConnectionState {
     Connected = 2,
     Disconnected = 3,
     Closed = 4,
+    Reconnecting = 5,
 }
 
 /// One event. Strings are NUL-terminated UTF-8 (truncated to fit).
@@ -694,6 +697,7 @@ fn c_events(event: Event) -> VecDeque<ChorusEvent> {
                 ConnectionState::Connected => ChorusConnectionState::Connected,
                 ConnectionState::Disconnected => ChorusConnectionState::Disconnected,
                 ConnectionState::Closed => ChorusConnectionState::Closed,
+                ConnectionState::Reconnecting => ChorusConnectionState::Reconnecting,
             };
         }
         Event::Joined { sid, room, slots } => {
@@ -753,6 +757,11 @@ fn c_events(event: Event) -> VecDeque<ChorusEvent> {
         Event::Left { reason } => {
             e.kind = ChorusEventKind::Left;
             fill(&mut e.text, reason.as_deref().unwrap_or_default());
+        }
+        Event::Reconnecting { attempt, reason } => {
+            e.kind = ChorusEventKind::Reconnecting;
+            e.index = attempt;
+            fill(&mut e.text, &reason);
         }
         Event::Error { message } => {
             e.kind = ChorusEventKind::Error;

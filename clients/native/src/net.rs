@@ -3,7 +3,7 @@
 //! plays every slot out on a 20 ms grid into the output rings.
 
 use std::net::UdpSocket;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,9 @@ use crate::{Config, Error};
 
 /// The longest the thread sleeps before it looks at the microphone ring again.
 const MIC_POLL: Duration = Duration::from_millis(5);
+
+/// ICE disconnected this long: the media path is lost (the session rejoins).
+const MEDIA_LOST: Duration = Duration::from_secs(5);
 
 /// The network thread's ends of the audio rings.
 pub(crate) struct NetAudio {
@@ -38,17 +41,25 @@ pub(crate) struct Net {
     pub events: Sender<Event>,
     /// The room's slot count.
     pub slots: usize,
+    /// Set to end this connection (the session ends or rejoins); the thread sets it when it fails.
+    pub leg_stop: Arc<AtomicBool>,
 }
 
 impl Net {
-    /// Run until [`Shared::stop`] is set or the peer fails.
-    pub(crate) fn run(mut self) {
+    /// Run until [`Shared::stop`] or `leg_stop` is set or the peer fails; the rings go back to the
+    /// session (for the next connection after a rejoin).
+    pub(crate) fn run(mut self) -> NetAudio {
         if let Err(e) = self.drive() {
             let _ = self.events.send(Event::Error {
                 message: format!("media: {e}"),
             });
         }
-        self.shared.stop.store(true, Ordering::Release);
+        self.leg_stop.store(true, Ordering::Release);
+        self.audio
+    }
+
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire) || self.leg_stop.load(Ordering::Acquire)
     }
 
     fn drive(&mut self) -> Result<(), Error> {
@@ -66,9 +77,18 @@ impl Net {
         let mut buf = vec![0u8; 2048];
         let mut next_tick: Option<Instant> = None;
         let mut connected = false;
-        let mut peer_timeout = self.drain(&mut players, &mut next_tick, &mut connected)?;
-        while !self.shared.stop.load(Ordering::Acquire) {
+        let mut disconnected_since: Option<Instant> = None;
+        let mut peer_timeout = self.drain(
+            &mut players,
+            &mut next_tick,
+            &mut connected,
+            &mut disconnected_since,
+        )?;
+        while !self.stopped() {
             let now = Instant::now();
+            if disconnected_since.is_some_and(|t| now.duration_since(t) > MEDIA_LOST) {
+                return Err(Error::Media(format!("ICE disconnected for {MEDIA_LOST:?}")));
+            }
             // Microphone: every whole frame the game pushed. Before media is up and while muted it is
             // dropped (the RTP clock moves on while muted, as for DTX).
             let muted = self.shared.muted.load(Ordering::Acquire);
@@ -145,7 +165,7 @@ impl Net {
                 }
             }
             // Wait for a datagram, the peer's timeout, the next tick or the next look at the microphone.
-            if self.shared.stop.load(Ordering::Acquire) {
+            if self.stopped() {
                 break;
             }
             let mut wake = peer_timeout.min(now + MIC_POLL);
@@ -173,7 +193,12 @@ impl Net {
             if now >= peer_timeout {
                 self.peer.handle_timeout(now)?;
             }
-            peer_timeout = self.drain(&mut players, &mut next_tick, &mut connected)?;
+            peer_timeout = self.drain(
+                &mut players,
+                &mut next_tick,
+                &mut connected,
+                &mut disconnected_since,
+            )?;
         }
         Ok(())
     }
@@ -184,6 +209,7 @@ impl Net {
         players: &mut [SlotPlayer],
         next_tick: &mut Option<Instant>,
         connected: &mut bool,
+        disconnected_since: &mut Option<Instant>,
     ) -> Result<Instant, Error> {
         loop {
             match self.peer.poll_output()? {
@@ -193,11 +219,14 @@ impl Net {
                 }
                 ClientOutput::Connected => {
                     *connected = true;
+                    *disconnected_since = None;
+                    self.shared.media_connections.fetch_add(1, Ordering::AcqRel);
                     let _ = self
                         .events
                         .send(Event::ConnectionState(ConnectionState::Connected));
                 }
                 ClientOutput::Disconnected => {
+                    disconnected_since.get_or_insert_with(Instant::now);
                     let _ = self
                         .events
                         .send(Event::ConnectionState(ConnectionState::Disconnected));
@@ -207,6 +236,8 @@ impl Net {
                         .stats
                         .packets_received
                         .fetch_add(1, Ordering::Relaxed);
+                    // Media flows again (str0m reports no ICE recovery to the client peer).
+                    *disconnected_since = None;
                     if let Some(player) = players.get_mut(a.slot) {
                         player.receive(&a);
                         // The playout grid starts with the first packet of any slot.

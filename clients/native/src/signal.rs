@@ -3,7 +3,7 @@
 //! slot-map updates, and carries the game's commands (mute, leave) to the server.
 
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,28 @@ use crate::{Config, Error};
 
 /// The server closes a session that sent nothing for 30 s; a ping every 10 s keeps it.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Delays before the rejoin attempts after a lost connection (the browser SDK's): quickly first, then every
+/// 2 s.
+const RECONNECT_DELAYS: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+/// How long a lost session keeps trying to rejoin before it fails.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
+/// Close codes after which a session rejoins (going away, abnormal, server errors, restarts, overload);
+/// others (normal, policy: kicked, replaced, idle) end it.
+const RECONNECT_CLOSE_CODES: [u16; 6] = [1001, 1006, 1011, 1012, 1013, 1014];
+
+/// How a connection ended.
+enum End {
+    /// For good: left, closed by the game, or ended by the server.
+    Done,
+    /// Lost: rejoin.
+    Lost(String),
+}
 
 /// What the game asks of the session.
 #[derive(Debug)]
@@ -64,8 +86,63 @@ impl Session {
         let _ = events.send(Event::ConnectionState(ConnectionState::Closed));
     }
 
+    /// Connections until the session ends: the first, then a rejoin after each loss (once media had
+    /// connected), as the browser SDK does.
     async fn session(mut self) -> Result<(), Error> {
         self.event(Event::ConnectionState(ConnectionState::Connecting));
+        let mut ever_connected = false;
+        let mut lost_since: Option<Instant> = None;
+        let mut attempt = 0u32;
+        loop {
+            let connections = self.shared.media_connections.load(Ordering::Acquire);
+            let end = self.connection().await;
+            if self.shared.media_connections.load(Ordering::Acquire) != connections {
+                ever_connected = true;
+                lost_since = None;
+                attempt = 0;
+            }
+            let reason = match end {
+                Ok(End::Done) => return Ok(()),
+                Ok(End::Lost(reason)) => reason,
+                Err(e) => e.to_string(),
+            };
+            if !ever_connected || self.shared.stop.load(Ordering::Acquire) {
+                return Err(Error::Signaling(reason));
+            }
+            let since = *lost_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > RECONNECT_WINDOW {
+                return Err(Error::Signaling(format!(
+                    "connection lost for {RECONNECT_WINDOW:?}: {reason}"
+                )));
+            }
+            attempt += 1;
+            self.event(Event::Reconnecting {
+                attempt,
+                reason: reason.clone(),
+            });
+            self.event(Event::ConnectionState(ConnectionState::Reconnecting));
+            let delay = RECONNECT_DELAYS[(attempt as usize - 1).min(RECONNECT_DELAYS.len() - 1)];
+            let wait = tokio::time::sleep(delay);
+            tokio::pin!(wait);
+            // The game may leave (or drop the client) while we wait.
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    command = self.commands.recv() => match command {
+                        Some(Command::Mute(_)) => {} // sent with the rejoin
+                        Some(Command::Leave) => {
+                            self.event(Event::Left { reason: None });
+                            return Ok(());
+                        }
+                        Some(Command::Close) | None => return Ok(()),
+                    },
+                }
+            }
+        }
+    }
+
+    /// One connection: join, negotiate media, serve until it ends.
+    async fn connection(&mut self) -> Result<End, Error> {
         let timeout = self.config.reply_timeout;
         let mut client = Client::connect(&self.url).await?;
         let joined = client
@@ -129,52 +206,76 @@ impl Session {
             }
         };
         peer.accept_answer(&answer.sdp)?;
+        let leg_stop = Arc::new(AtomicBool::new(false));
         let net = Net {
             peer,
             socket,
             audio: self
                 .audio
                 .take()
-                .expect("a session starts one network thread, which takes the rings"),
+                .expect("the rings are back from the previous network thread"),
             config: self.config.clone(),
             shared: self.shared.clone(),
             events: self.events.clone(),
             slots,
+            leg_stop: leg_stop.clone(),
         };
         let net_thread = std::thread::Builder::new()
             .name("chorus-net".into())
             .spawn(move || net.run())?;
 
-        let result = self.serve(&mut client).await;
-        self.shared.stop.store(true, Ordering::Release);
-        client.close().await;
-        let _ = net_thread.join();
-        result
+        let end = self.serve(&mut client, &leg_stop).await;
+        leg_stop.store(true, Ordering::Release);
+        if !matches!(end, Ok(End::Lost(_))) {
+            client.close().await;
+        }
+        self.audio = Some(
+            net_thread
+                .join()
+                .map_err(|_| Error::Media("the network thread panicked".into()))?,
+        );
+        end
     }
 
-    /// Events and commands until the session ends.
-    async fn serve(&mut self, client: &mut Client) -> Result<(), Error> {
+    /// Events and commands until the connection ends.
+    async fn serve(&mut self, client: &mut Client, leg_stop: &AtomicBool) -> Result<End, Error> {
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.tick().await;
         let mut ping_id = 0u64;
-        // The network thread sets `stop` when it fails; look at it now and then.
+        // The network thread sets `leg_stop` when it fails; look at it now and then.
         let mut watch = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
-                message = client.recv() => match message? {
-                    None => return Ok(()),
-                    Some(ServerMessage::Left(left)) => {
+                message = client.recv() => match message {
+                    Err(e) => return Ok(End::Lost(e.to_string())),
+                    Ok(None) => {
+                        let close = client.close_frame(Duration::ZERO).await.ok().flatten();
+                        // No close frame: the socket broke (1006).
+                        let code = close.as_ref().map_or(1006, |c| c.code);
+                        return Ok(if RECONNECT_CLOSE_CODES.contains(&code) {
+                            End::Lost(format!("the signaling socket closed ({code})"))
+                        } else {
+                            self.event(Event::Error {
+                                message: format!(
+                                    "the server closed the session ({code} {})",
+                                    close.map(|c| c.reason).unwrap_or_default()
+                                ),
+                            });
+                            End::Done
+                        });
+                    }
+                    Ok(Some(ServerMessage::Left(left))) => {
                         self.event(Event::Left {
                             reason: left.reason.map(|r| spelling(&r)),
                         });
-                        return Ok(());
+                        return Ok(End::Done);
                     }
-                    Some(other) => self.server_message(other),
+                    Ok(Some(other)) => self.server_message(other),
                 },
                 command = self.commands.recv() => match command {
                     Some(Command::Mute(muted)) => client.mute(muted).await?,
                     Some(Command::Leave) => client.leave().await?,
-                    Some(Command::Close) | None => return Ok(()),
+                    Some(Command::Close) | None => return Ok(End::Done),
                 },
                 _ = ping.tick() => {
                     ping_id += 1;
@@ -182,7 +283,10 @@ impl Session {
                 }
                 _ = watch.tick() => {
                     if self.shared.stop.load(Ordering::Acquire) {
-                        return Ok(());
+                        return Ok(End::Done);
+                    }
+                    if leg_stop.load(Ordering::Acquire) {
+                        return Ok(End::Lost("the media path was lost".into()));
                     }
                 }
             }

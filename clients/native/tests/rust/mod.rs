@@ -197,3 +197,143 @@ async fn sdk_clients_and_a_browser_like_client_hear_each_other() -> anyhow::Resu
     carol.stop().await?;
     Ok(())
 }
+
+/// A TCP proxy in front of the signaling port whose connections can be cut (no close frame: 1006).
+struct CuttableProxy {
+    url: String,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start(ws_url: &str) -> anyhow::Result<CuttableProxy> {
+        let upstream = ws_url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .expect("a ws:// url with a host")
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("ws://{}/ws", listener.local_addr()?);
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    connections
+                        .lock()
+                        .expect("no panic while holding the connections lock")
+                        .push(task);
+                }
+            })
+        };
+        Ok(CuttableProxy {
+            url,
+            connections,
+            accept,
+        })
+    }
+
+    /// Drop every open connection (both sockets close without a WebSocket close frame).
+    fn cut(&self) {
+        for task in self
+            .connections
+            .lock()
+            .expect("no panic while holding the connections lock")
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// A lost signaling connection is rejoined on its own: `Reconnecting`, then joined and connected again
+/// as a new session, and the others hear the client again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_rejoined_and_heard_again() -> anyhow::Result<()> {
+    let server = Server::start(&[]).await?;
+    let room = "rejoin";
+    let proxy = CuttableProxy::start(&server.ws_url()).await?;
+    let (_carol_signal, mut carol, _) = audio_client(&server, room, "carol", 660.0).await?;
+    carol.wait_connected(SECONDS).await?;
+    let mut ada = Client::new(Config {
+        input_rate_hz: 24_000,
+        buffer_ms: 1_000,
+        ..Config::default()
+    })?;
+    ada.connect(&proxy.url, &server.token(room, "ada", &[])?, Some(room))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mic = ada
+        .take_microphone()
+        .expect("a new client has its microphone");
+    let capture_thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || capture(mic, 24_000, 440.0, stop))
+    };
+    let (ada, mut seen, first_sid) = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        let sid = wait_connected(&ada, &mut seen)?;
+        anyhow::Ok((ada, seen, sid))
+    })
+    .await??;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let streams_before = carol
+        .heard
+        .lock()
+        .expect("no panic while holding the heard lock")
+        .pcm_by_csrc
+        .len();
+    assert_eq!(streams_before, 1, "carol hears ada");
+
+    proxy.cut();
+    let (ada, second_sid) = tokio::task::spawn_blocking(move || {
+        let attempt = wait_event(&ada, &mut seen, SECONDS, |e| match e {
+            Event::Reconnecting { attempt, .. } => Some(*attempt),
+            _ => None,
+        })?;
+        assert_eq!(attempt, 1);
+        let sid = wait_connected(&ada, &mut seen)?;
+        anyhow::Ok((ada, sid))
+    })
+    .await??;
+    assert_ne!(first_sid, second_sid, "the rejoined session is a new one");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    capture_thread
+        .join()
+        .expect("the capture thread does not panic");
+    {
+        // The rejoined session's microphone is a new stream, and it is ada's tone.
+        let heard = carol
+            .heard
+            .lock()
+            .expect("no panic while holding the heard lock");
+        let tones: Vec<Vec<f32>> = heard
+            .pcm_by_csrc
+            .values()
+            .filter(|pcm| pcm.len() > SAMPLE_RATE as usize / 2)
+            .map(|pcm| tones_in(pcm, SAMPLE_RATE).0)
+            .collect();
+        assert_eq!(
+            tones,
+            vec![vec![440.0], vec![440.0]],
+            "carol hears {tones:?}"
+        );
+    }
+    drop(ada);
+    carol.stop().await?;
+    Ok(())
+}

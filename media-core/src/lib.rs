@@ -6,8 +6,9 @@
 //!
 //! Layout: [`core`] is the worker's state machine (peers, timers, datagram demux); [`sfu`] forwards speakers
 //! into subscribers' slots; [`mixer`] mixes a room into one stream; [`speakers`] tracks levels and the
-//! dominant speaker for both modes. The simulated network, the test client and audio analysis are in
-//! `testkit`, compiled only for tests and with the `testkit` feature.
+//! dominant speaker for both modes. `client` is the client side of a session (feature `client`, for the
+//! native SDK). The simulated network and audio analysis are in `testkit`, compiled only for tests and with
+//! the `testkit` feature.
 
 pub mod audio;
 /// The client side of a Chorus session (a sans-IO str0m peer), for native clients, tests and the load

@@ -37,6 +37,8 @@ typedef enum ChorusError {
   CHORUS_ERROR_OPUS = 14,
   // The SDK panicked (a bug); the handle may still be freed.
   CHORUS_ERROR_PANIC = 15,
+  // The output pulled from is turned off in the config.
+  CHORUS_ERROR_OUTPUT_OFF = 16,
 } ChorusError;
 
 // The kind of a [`ChorusEvent`]; which fields are set depends on it.

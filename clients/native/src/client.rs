@@ -294,7 +294,7 @@ impl Speaker {
         let ring = self
             .mixed
             .as_mut()
-            .ok_or(Error::Config("mixed_output is off".into()))?;
+            .ok_or(Error::OutputOff("mixed_output"))?;
         Ok(pull(ring, out))
     }
 
@@ -308,13 +308,13 @@ impl Speaker {
             }
         }
         if self.slots.is_empty() {
-            return Err(Error::Config("participant_output is off".into()));
+            return Err(Error::OutputOff("participant_output"));
         }
         let slot = self
             .occupants
             .iter()
             .position(|o| o.as_bytes() == sid.as_bytes() && !sid.is_empty())
-            .ok_or_else(|| Error::UnknownParticipant(sid.to_owned()))?;
+            .ok_or(Error::UnknownParticipant)?;
         Ok(pull(&mut self.slots[slot], out))
     }
 }
@@ -350,7 +350,7 @@ mod tests {
         assert!(out.iter().all(|s| *s == 0.0));
         assert!(matches!(
             speaker.pull_participant("PA_x", &mut out),
-            Err(Error::UnknownParticipant(_))
+            Err(Error::UnknownParticipant)
         ));
         assert!(matches!(client.leave(), Err(Error::NotConnected)));
         assert!(client.set_muted(true).is_ok() && client.is_muted());

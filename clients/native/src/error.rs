@@ -15,9 +15,13 @@ pub enum Error {
     /// The microphone or speaker handle was already taken ([`crate::Client::take_microphone`]).
     #[error("the {0} handle was already taken")]
     Taken(&'static str),
-    /// A participant this session has no audio stream for.
-    #[error("no participant {0} in the room")]
-    UnknownParticipant(String),
+    /// A participant this session has no audio stream for (in no slot). Carries nothing, so that the
+    /// audio path does not allocate.
+    #[error("the participant is in no slot")]
+    UnknownParticipant,
+    /// The output asked for is turned off in the [`crate::Config`] (`mixed_output`, `participant_output`).
+    #[error("{0} is off")]
+    OutputOff(&'static str),
     /// A pre-encoded Opus frame that is empty, too long or not Opus.
     #[error("not a usable Opus frame: {0}")]
     BadOpus(String),

@@ -53,6 +53,8 @@ pub enum ChorusError {
     Opus = 14,
     /// The SDK panicked (a bug); the handle may still be freed.
     Panic = 15,
+    /// The output pulled from is turned off in the config.
+    OutputOff = 16,
 }
 
 /// A client's settings; [`chorus_config_default`] fills the defaults.
@@ -175,7 +177,8 @@ impl From<Error> for Failure {
             Error::AlreadyConnected => ChorusError::AlreadyConnected,
             Error::NotConnected => ChorusError::NotConnected,
             Error::Taken(_) => ChorusError::Taken,
-            Error::UnknownParticipant(_) => ChorusError::UnknownParticipant,
+            Error::UnknownParticipant => ChorusError::UnknownParticipant,
+            Error::OutputOff(_) => ChorusError::OutputOff,
             Error::BadOpus(_) => ChorusError::BadOpus,
             Error::Ended => ChorusError::Ended,
             Error::Signaling(_) => ChorusError::Signaling,

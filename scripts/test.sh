@@ -32,6 +32,11 @@ command -v pulseaudio >/dev/null || need_apt+=(pulseaudio)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v nft >/dev/null || need_apt+=(nftables)
 # --- end firefox tests ---
+# --- TURN test (tests/browser/turn.test.js): Debian's coturn, started by the test on 127.0.0.1 and stopped by
+# PID. The package's own service does not start here (no systemd in CI; a policy-rc.d, if present, blocks
+# it too) ---
+command -v turnserver >/dev/null || need_apt+=(coturn)
+# --- end TURN test ---
 # --- deploy checks: systemd-analyze verify on the unit ---
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # --- end deploy checks ---
@@ -73,9 +78,9 @@ cargo build --locked --quiet -p chorus-server --bin chorus
 step "cargo test"
 # The real-time speech calls (tests/tests/speech) pace their clients by the wall clock: they run after
 # everything else, one at a time, so no other test competes with them for the CPU.
-cargo test --locked --workspace -- --skip speech_over_real_udp
+cargo test --locked --workspace -- --skip real_udp_
 step "cargo test: speech over real UDP, one call at a time"
-cargo test --locked -p chorus-tests --test e2e speech_over_real_udp -- --test-threads=1
+cargo test --locked -p chorus-tests --test e2e real_udp_ -- --test-threads=1
 
 # The deploy files, checked by the real tools. The Dockerfile builds with `cargo build --release --locked`:
 # the cargo steps above use --locked too, so a stale Cargo.lock fails here as it would in the image build.
@@ -87,6 +92,9 @@ sed "s|^ExecStart=/usr/local/bin/chorus |ExecStart=$ROOT/target/debug/chorus |" 
 grep -q "^ExecStart=$ROOT/target/debug/chorus " "$unit_dir/chorus.service"
 # systemd ignores a bad setting with a warning and exits 0: any output is a failure.
 verify_out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$unit_dir/chorus.service" 2>&1) || true
+if [ -n "$verify_out" ]; then echo "$verify_out"; exit 1; fi
+# deploy/systemd/coturn.service runs Debian's /usr/bin/turnserver (installed above).
+verify_out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify deploy/systemd/coturn.service 2>&1) || true
 if [ -n "$verify_out" ]; then echo "$verify_out"; exit 1; fi
 rm -rf "$unit_dir"
 # Strict: unknown fields fail. The PodMonitor (Prometheus operator CRD) has no schema there: a warning.

@@ -125,6 +125,16 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {ParticipantInfo} participant       this session's participant
  * @property {RoomInfo} room
  * @property {ParticipantInfo[]} participants    everyone else already in the room
+ * @property {IceServer[]} [ice_servers]         TURN servers with time-limited credentials; absent when the
+ *                                               server has no TURN configured
+ */
+
+/**
+ * A TURN server entry of `joined` (the shape of `RTCIceServer`, passed to `RTCPeerConnection` as it is).
+ * @typedef {object} IceServer
+ * @property {string[]} urls          `turn:` / `turns:` URIs
+ * @property {string} username        `<unix expiry>:<participant sid>` (TURN REST API)
+ * @property {string} credential      base64(HMAC-SHA1(shared secret, username))
  */
 
 /**
@@ -285,9 +295,12 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {HTMLElement|null} [audioContainer]   where to append the slots' `<audio>` elements (default: none,
  *                                                  they play detached)
  * @property {number} [timeoutMs]                  how long `connect` may take up to the answer (default 15000)
- * @property {RTCConfiguration} [rtcConfig]        extra RTCPeerConnection configuration (default
- *                                                  `{iceServers: []}`: the server is ICE-lite with a host
- *                                                  candidate, no STUN/TURN is needed)
+ * @property {RTCConfiguration} [rtcConfig]        extra RTCPeerConnection configuration (default: the
+ *                                                  TURN servers of `joined`, if any; the server is ICE-lite
+ *                                                  with a host candidate, so no STUN is needed). Its
+ *                                                  `iceServers` are added after the server's.
+ * @property {RTCIceTransportPolicy} [iceTransportPolicy]  `all` (default) or `relay`: use only TURN relay
+ *                                                  candidates (the server's `turn.urls` must be configured)
  * @property {boolean} [red]                       prefer RFC 2198 redundant audio (RED) over plain Opus when the
  *                                                 browser supports it (default true): each packet repeats the
  *                                                 previous frame, so a single lost packet costs nothing
@@ -489,6 +502,13 @@ export class Room extends EventTarget {
      * the answer
      */
     this._mediaCandidate = null;
+    /** @private @type {IceServer[]} the TURN servers of `joined` */
+    this._iceServers = [];
+    /**
+     * @private @type {{url: string, errorCode: number, errorText: string}[]} TURN servers' refusals
+     * (`icecandidateerror`), for the explanation of a failed connection
+     */
+    this._turnErrors = [];
     /** @private */ this._muted = false;
     /** @private */ this._pingId = 0;
     /** @private @type {Map<number, number>} */ this._pingSent = new Map();
@@ -808,8 +828,22 @@ export class Room extends EventTarget {
     if (this._muted && this.localParticipant.canPublish) this._send({ type: 'mute', muted: true });
 
     const k = Math.max(0, Number(msg.room && msg.room.slots) || 0);
-    const pc = new RTCPeerConnection({ iceServers: [], ...(this._options.rtcConfig || {}) });
+    // A rejoin (reconnect) gets fresh credentials and a new peer connection: forget the old one's refusals.
+    this._iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+    this._turnErrors = [];
+    const rtcConfig = this._options.rtcConfig || {};
+    const pc = new RTCPeerConnection({
+      iceTransportPolicy: this._options.iceTransportPolicy || 'all',
+      ...rtcConfig,
+      iceServers: [...this._iceServers, ...(rtcConfig.iceServers || [])],
+    });
     this.pc = pc;
+    pc.addEventListener('icecandidateerror', (ev) => {
+      const e = /** @type {RTCPeerConnectionIceErrorEvent} */ (ev);
+      if (this.pc === pc && /^turns?:/.test(e.url || '') && this._turnErrors.length < 16) {
+        this._turnErrors.push({ url: e.url, errorCode: e.errorCode, errorText: e.errorText || '' });
+      }
+    });
     pc.addEventListener('connectionstatechange', () => this._updateState());
     pc.addEventListener('iceconnectionstatechange', () => this._updateState());
 
@@ -1281,6 +1315,8 @@ export class Room extends EventTarget {
     const why = how === 'ice'
       ? 'ICE failed (no candidate pair worked)'
       : 'the server never received our media and gave up (ICE did not complete)';
+    const turn = this._turnHint();
+    if (turn) return new ChorusError('connection_failed', `could not reach ${where}: ${why}; ${turn}`, true);
     let hint = c ? `a firewall may block UDP port ${c.port}` : 'a firewall may block UDP';
     if (c && isLoopback(c.ip)) {
       hint += `; the server advertises the loopback address ${c.ip}, which some browsers (Firefox) never `
@@ -1289,6 +1325,32 @@ export class Room extends EventTarget {
       hint += `, or ${c.ip} is not reachable from this device (the server's --public-ip)`;
     }
     return new ChorusError('connection_failed', `could not reach ${where}: ${why}; ${hint}`, true);
+  }
+
+  /**
+   * What went wrong with TURN, when the connection depended on it (relay only) or a TURN server refused us.
+   * @private
+   * @returns {string|null}
+   */
+  _turnHint() {
+    const relayOnly = (this.pc && this.pc.getConfiguration().iceTransportPolicy === 'relay')
+      || this._options.iceTransportPolicy === 'relay';
+    const refused = this._turnErrors.find((e) => e.errorCode === 401 || e.errorCode === 403);
+    if (refused) {
+      return `the TURN server ${refused.url} refused the relay allocation (${refused.errorCode}`
+        + `${refused.errorText ? ' ' + refused.errorText : ''}): the TURN server's static-auth-secret differs from `
+        + 'the server\'s turn.secret, or the credential expired';
+    }
+    if (!relayOnly) return null;
+    if (this._iceServers.length === 0 && !(this._options.rtcConfig && this._options.rtcConfig.iceServers)) {
+      return 'only TURN relays may be used (iceTransportPolicy "relay") but the server hands out no TURN servers '
+        + '(configure turn.urls and turn.secret)';
+    }
+    const other = this._turnErrors[0];
+    const urls = this._iceServers.flatMap((s) => s.urls).join(', ');
+    return `only TURN relays may be used (iceTransportPolicy "relay") and none worked (${urls})`
+      + (other ? `: ${other.url} answered ${other.errorCode}${other.errorText ? ' ' + other.errorText : ''}`
+        : ': the TURN servers may be unreachable, or unable to reach the media server from their relay address');
   }
 }
 

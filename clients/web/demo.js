@@ -6,6 +6,7 @@
 //   &autojoin=1        join at once
 //   &processing=0      turn off echoCancellation / noiseSuppression / autoGainControl
 //   &mic=0             join without publishing the microphone
+//   &relay=1           relay media through the server's TURN servers only (iceTransportPolicy "relay")
 //
 // window.chorusDemo exposes the state and test helpers: room, join(), leave(), back(), retry(), setMuted(),
 // measure(ms, {freqs}), record(ms), inboundAudioStats(), outboundAudioStats(), snapshot().
@@ -104,7 +105,10 @@ async function join(opts) {
     }
     const { token } = await res.json();
     // The page is served by the Chorus server itself, so its WebSocket is on the same origin.
-    const room = await connect(sameOriginWsUrl(), token, { name, room: roomName, audioContainer: els.audioSink });
+    const room = await connect(sameOriginWsUrl(), token, {
+      name, room: roomName, audioContainer: els.audioSink,
+      iceTransportPolicy: params.get('relay') === '1' ? 'relay' : 'all',
+    });
     state.room = room;
     wireRoom(room);
     showRoom(room);

@@ -29,7 +29,8 @@ use crate::net::{participant_ip, MultiSocket, Outgoing};
 use crate::stats::StreamStats;
 use crate::talk::{Rng, TalkModel, Talker};
 
-const FRAME: Duration = Duration::from_millis(20);
+// One Opus frame (20 ms).
+use media_core::audio::FRAME_DURATION as FRAME;
 
 /// How the engine runs.
 #[derive(Clone)]

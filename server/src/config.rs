@@ -42,6 +42,8 @@ pub struct Config {
     pub session: SessionConfig,
     pub shutdown: ShutdownConfig,
     pub webhooks: WebhookConfig,
+    /// TURN servers handed to clients in `joined` (signaling's section: see [`signaling::TurnConfig`]).
+    pub turn: signaling::TurnConfig,
     pub log: LogConfig,
 }
 
@@ -466,6 +468,17 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
+        if let Some(v) = get("CHORUS_TURN_URLS") {
+            self.turn.urls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = get("CHORUS_TURN_SECRET") {
+            self.turn.secret = v;
+        }
         if let Some(v) = get("CHORUS_LOG") {
             self.log.filter = v;
         }
@@ -511,6 +524,9 @@ impl Config {
             return invalid("shutdown.grace_period_secs must be at most 86400");
         }
         self.webhooks.validate()?;
+        self.turn
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(key) = &self.webhooks.api_key {
             if !self.auth.effective_keys().contains_key(key) {
                 return invalid("webhooks.api_key names no configured API key");
@@ -585,6 +601,9 @@ impl Config {
         for url in &mut c.webhooks.urls {
             *url = redact_userinfo(url);
         }
+        if !c.turn.secret.is_empty() {
+            c.turn.secret = REDACTED.to_owned();
+        }
         c
     }
 }
@@ -610,7 +629,7 @@ fn redact_userinfo(url: &str) -> String {
 pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_HTTP_MAX_CONNECTIONS_PER_IP, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
 CHORUS_MEDIA_TCP_ENABLED, CHORUS_MEDIA_TCP_PORT_START, CHORUS_MEDIA_DEV_LAN_CANDIDATE, CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
-CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_LOG, CHORUS_LOG_JSON";
+CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_TURN_URLS (comma-separated), CHORUS_TURN_SECRET, CHORUS_LOG, CHORUS_LOG_JSON";
 
 #[cfg(test)]
 mod tests;

@@ -114,6 +114,7 @@ impl Server {
             join_deadline_ms: config.session.join_deadline_ms,
             offer_deadline_ms: config.session.offer_deadline_ms,
             kick_ban_secs: config.room.kick_ban_secs,
+            turn: config.turn.clone(),
             ..Default::default()
         };
         let keys = signaling::auth::ApiKeys::new(config.auth.effective_keys())?;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::media::{MixSettings, RoomMode, RoomSettings, SettingsError};
+use crate::turn::{TurnConfig, TurnConfigError};
 use vocab::MAX_SLOTS;
 /// The longest any timeout may be set to (one day): larger values are surely typos.
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
@@ -47,6 +48,8 @@ pub struct SignalingConfig {
     pub offer_deadline_ms: u64,
     /// A kicked identity may not rejoin the room for this long (0: no ban).
     pub kick_ban_secs: u64,
+    /// TURN servers handed out in `joined` with time-limited credentials (off when it has no URLs).
+    pub turn: TurnConfig,
 }
 
 impl Default for SignalingConfig {
@@ -65,6 +68,7 @@ impl Default for SignalingConfig {
             join_deadline_ms: 10_000,
             offer_deadline_ms: 30_000,
             kick_ban_secs: 300,
+            turn: TurnConfig::default(),
         }
     }
 }
@@ -86,6 +90,8 @@ pub enum ConfigError {
     Queue(&'static str, usize),
     #[error("kick_ban_secs must be at most one day, not {0}")]
     KickBan(u64),
+    #[error(transparent)]
+    Turn(#[from] TurnConfigError),
     #[error("cannot register the signaling metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -127,6 +133,7 @@ impl SignalingConfig {
                 return Err(ConfigError::Queue(name, capacity));
             }
         }
+        self.turn.validate()?;
         Ok(())
     }
 
@@ -237,6 +244,10 @@ mod tests {
             Err(ConfigError::KickBan(86_401))
         ));
         assert!(with(&|c| c.kick_ban_secs = 0).is_ok());
+        assert!(matches!(
+            with(&|c| c.turn.urls = vec!["stun:turn.example.com".into()]),
+            Err(ConfigError::Turn(TurnConfigError::Url(_)))
+        ));
         assert!(matches!(
             with(&|c| c.presence_queue = 0),
             Err(ConfigError::Queue("presence_queue", 0))

@@ -129,6 +129,7 @@ pub struct SignalingMetrics {
     room_events_dropped: IntCounter,
     ws_violations: IntCounterVec,
     limits: IntCounterVec,
+    turn_credentials: IntCounter,
 }
 
 impl SignalingMetrics {
@@ -211,6 +212,10 @@ impl SignalingMetrics {
             ),
             &["reason"],
         )?;
+        let turn_credentials = IntCounter::new(
+            "chorus_turn_credentials_issued_total",
+            "TURN credentials handed out in joined messages (zero while TURN is not configured).",
+        )?;
         for limit in SessionLimit::ALL {
             limits.with_label_values(&[limit.as_str()]);
         }
@@ -245,6 +250,7 @@ impl SignalingMetrics {
         registry.register(Box::new(room_events_dropped.clone()))?;
         registry.register(Box::new(ws_violations.clone()))?;
         registry.register(Box::new(limits.clone()))?;
+        registry.register(Box::new(turn_credentials.clone()))?;
         Ok(Self {
             errors,
             joins,
@@ -258,7 +264,18 @@ impl SignalingMetrics {
             room_events_dropped,
             ws_violations,
             limits,
+            turn_credentials,
         })
+    }
+
+    /// A `joined` carried a TURN credential.
+    pub(crate) fn turn_credential_issued(&self) {
+        self.turn_credentials.inc();
+    }
+
+    /// TURN credentials handed out so far.
+    pub fn turn_credentials_issued(&self) -> u64 {
+        self.turn_credentials.get()
     }
 
     pub(crate) fn limit_hit(&self, limit: SessionLimit) {
@@ -406,6 +423,7 @@ mod tests {
             "chorus_participants",
             "chorus_room_events_dropped_total",
             "chorus_session_limits_total",
+            "chorus_turn_credentials_issued_total",
         ] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }

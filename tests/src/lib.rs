@@ -35,6 +35,18 @@ pub async fn cpu_heavy() -> tokio::sync::MutexGuard<'static, ()> {
     CPU_HEAVY.lock().await
 }
 
+/// The real-time calls (`real_udp_` tests: speech scored by PESQ, calls through faults and address changes)
+/// run one at a time: each paces its clients by the wall clock, and two of them at once (four clients, two
+/// servers, PESQ) on a small CI machine made the speaker's frames up to 45 ms late and cost a clean forward
+/// call 0.46 PESQ. `scripts/test.sh` also runs them in a pass of their own, after the rest of the workspace,
+/// so no other test shares the machine with them.
+static ONE_REAL_TIME_CALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Wait for the other real-time calls of this binary to finish; hold the guard for the whole test.
+pub async fn real_time_call() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_REAL_TIME_CALL.lock().await
+}
+
 /// The `chorus` binary: `$CHORUS_BIN`, else the workspace's debug build, brought up to date once per test
 /// process (`cargo build` of an up-to-date binary takes a moment; a stale one would test yesterday's server).
 pub fn chorus_bin() -> anyhow::Result<PathBuf> {

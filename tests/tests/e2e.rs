@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
 
+mod faults;
 mod interop;
 mod ops;
+mod proxy;
 mod speech;
 mod tcp;
 use media_core::audio;

@@ -18,6 +18,7 @@ use str0m::{Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig, 
 use crate::core::answer::finish_answer;
 use crate::core::net::{LocalCandidate, NetPath, NetTransmit, Transport};
 use crate::core::outbox::Outbox;
+use crate::core::router::{is_nomination, is_stun};
 use crate::ids::{ParticipantId, Ssrc};
 use crate::sfu::slots::MAX_SLOTS;
 
@@ -129,7 +130,23 @@ pub struct Peer {
     created: Instant,
     /// Cumulative NACK counts per (mid, outgoing) from str0m's last stats, to report differences.
     nack_totals: Vec<(Mid, bool, u64)>,
+    /// The path of the client's latest verified nomination (a binding request with USE-CANDIDATE that our
+    /// ICE agent authenticated): DTLS, RTP and RTCP go there. str0m's ICE-lite agent keeps sending to the
+    /// highest-priority pair ever nominated until that pair has had no check for 15 s, so after a NAT
+    /// rebinding (same client candidate, same priority, new source port) it would send to the dead
+    /// address for 15 s; the controlling client's latest nomination is where it wants media
+    /// (RFC 8445 §8.1.1). STUN replies still go where str0m sends them: to each request's source.
+    client_path: Option<NetPath>,
+    /// Transaction ids of the latest verified nominations, newest last (at most [`NOMINATIONS_KEPT`]).
+    /// MESSAGE-INTEGRITY does not cover the source address: someone who sees a client's check can
+    /// resend it from elsewhere, and str0m takes the copy. A copy carries a transaction id already seen,
+    /// so it never moves the media; a new check from the client does.
+    nominations: std::collections::VecDeque<[u8; 12]>,
 }
+
+/// How many nominations' transaction ids a peer remembers to recognise a replayed one: at one check
+/// every few seconds, the last half minute (the ICE consent timeout).
+const NOMINATIONS_KEPT: usize = 16;
 
 impl Peer {
     /// Create a peer from a client's offer, with one UDP host candidate at `params.candidate_addr`.
@@ -248,6 +265,8 @@ impl Peer {
             wake: None,
             created: now,
             nack_totals: Vec::new(),
+            client_path: None,
+            nominations: std::collections::VecDeque::with_capacity(NOMINATIONS_KEPT),
         };
         Ok((peer, answer.to_sdp_string()))
     }
@@ -323,8 +342,39 @@ impl Peer {
             return Ok(());
         };
         let rtc = &mut self.rtc;
+        if is_nomination(data) && guard(|| rtc.accepts(&input)).unwrap_or(false) {
+            self.nominated(path, data);
+        }
+        let rtc = &mut self.rtc;
         guard(|| rtc.handle_input(input))??;
         Ok(())
+    }
+
+    /// The client nominated `path` in `request`, which our ICE agent verified: media follows it, unless
+    /// the request is a copy of one already taken (a replay from another address).
+    fn nominated(&mut self, path: NetPath, request: &[u8]) {
+        let mut transaction = [0u8; 12];
+        transaction.copy_from_slice(&request[8..20]);
+        if self.nominations.contains(&transaction) {
+            return;
+        }
+        if self.nominations.len() == NOMINATIONS_KEPT {
+            self.nominations.pop_front();
+        }
+        self.nominations.push_back(transaction);
+        if self.client_path == Some(path) {
+            return;
+        }
+        if let Some(old) = self.client_path {
+            tracing::debug!(participant = %self.id, from = %old.remote, to = %path.remote,
+                transport = path.transport.as_str(), "the client moved its media to another path");
+        }
+        self.client_path = Some(path);
+    }
+
+    /// Where DTLS, RTP and RTCP go: the path of the client's latest verified nomination, if any.
+    pub fn client_path(&self) -> Option<NetPath> {
+        self.client_path
     }
 
     /// Whether this peer's ICE agent takes a STUN message from `source` as its own: a binding request naming
@@ -460,6 +510,7 @@ impl Peer {
     /// Drain str0m until it returns its next timeout: datagrams and events go to `out`.
     fn drain(&mut self, out: &mut Outbox) -> Result<Instant, PeerError> {
         let id = self.id;
+        let client_path = self.client_path;
         let Outbox {
             transmits, events, ..
         } = out;
@@ -471,10 +522,18 @@ impl Peer {
                 Output::Transmit(t) => {
                     // Chorus offers UDP and plain TCP only, so str0m sends on nothing else.
                     if let Some(transport) = Transport::from_protocol(t.proto) {
-                        transmits.push_back(NetTransmit {
+                        let mut path = NetPath {
                             transport,
-                            source: t.source,
-                            destination: t.destination,
+                            local: t.source,
+                            remote: t.destination,
+                        };
+                        if let Some(nominated) = client_path.filter(|_| !is_stun(&t.contents)) {
+                            path = nominated;
+                        }
+                        transmits.push_back(NetTransmit {
+                            transport: path.transport,
+                            source: path.local,
+                            destination: path.remote,
                             contents: t.contents.into(),
                         });
                     }
@@ -685,7 +744,7 @@ fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::client::{ClientConfig, ClientPeer};
+    use crate::testkit::client::{ClientConfig, ClientOutput, ClientPeer};
 
     #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
     fn epoch() -> Instant {
@@ -865,6 +924,197 @@ mod tests {
             peer.slots.iter().all(|s| s.red_pt.is_none()),
             "slots whose line did not offer RED never carry it: {answer}"
         );
+    }
+
+    /// A client and a server peer on a virtual loopback: the client's datagrams reach the server from
+    /// `nat` (the address its NAT maps it to), the server's reach the client only when sent to `nat`.
+    struct Rebinding {
+        client: ClientPeer,
+        peer: Peer,
+        out: Outbox,
+        server: SocketAddr,
+        nat: SocketAddr,
+        /// RTP packets the client received on slot 0.
+        heard: u64,
+        /// Non-STUN datagrams the server sent to an address the client is not at any more.
+        lost: u64,
+        seq: u64,
+        /// The client's latest nominating binding request, as sent.
+        nomination: Option<Vec<u8>>,
+    }
+
+    impl Rebinding {
+        fn new(now: Instant) -> Rebinding {
+            let client = ClientConfig {
+                local_addr: "10.0.0.2:6000".parse().expect("literal address"),
+                slots: 1,
+                publish: true,
+                red: 0,
+            };
+            let (mut client, offer) = ClientPeer::new(now, client).expect("client offer");
+            let cert = test_cert();
+            let server: SocketAddr = "127.0.0.1:5000".parse().expect("literal address");
+            let params = PeerParams {
+                candidate_addr: server,
+                dtls_cert: &cert,
+                slots: 1,
+            };
+            let (peer, answer) =
+                Peer::from_offer(now, ParticipantId(1), &params, &offer).expect("answer");
+            client
+                .accept_answer(&answer)
+                .expect("the client takes the answer");
+            Rebinding {
+                client,
+                peer,
+                out: Outbox::default(),
+                server,
+                nat: "198.51.100.7:40000".parse().expect("literal address"),
+                heard: 0,
+                lost: 0,
+                seq: 0,
+                nomination: None,
+            }
+        }
+
+        /// 10 ms of virtual time: both sides' timers, their datagrams, and (once connected) one forwarded
+        /// packet every 20 ms into the client's slot.
+        fn step(&mut self, now: Instant) {
+            self.client
+                .handle_timeout(now)
+                .expect("the client handles time");
+            while let Some(output) = Some(self.client.poll_output().expect("client output")) {
+                match output {
+                    ClientOutput::Timeout(_) => break,
+                    ClientOutput::Transmit(t) => {
+                        assert_eq!(t.destination, self.server);
+                        if is_nomination(&t.contents) {
+                            self.nomination = Some(t.contents.clone());
+                        }
+                        let path = NetPath::udp(self.server, self.nat);
+                        self.peer
+                            .handle_datagram(now, path, &t.contents)
+                            .expect("the server peer takes the client's datagram");
+                    }
+                    ClientOutput::Audio(a) => self.heard += u64::from(a.slot == 0),
+                    ClientOutput::Disconnected => panic!("the client lost ICE consent"),
+                    ClientOutput::Connected => {}
+                }
+            }
+            if self.peer.is_connected() && (now - self.peer.created).as_millis() % 20 < 10 {
+                self.seq += 1;
+                let payload: std::sync::Arc<[u8]> = std::sync::Arc::from(&[0xf8, 0xff, 0xfe][..]);
+                let ts = (self.seq * 960) as u32;
+                self.peer
+                    .write_slot(
+                        0,
+                        self.seq,
+                        ts,
+                        now,
+                        &payload,
+                        false,
+                        Some(-30),
+                        Some(true),
+                        Ssrc(7),
+                    )
+                    .expect("a slot packet is written");
+            }
+            self.peer
+                .handle_timeout(now)
+                .expect("the peer handles time");
+            self.peer
+                .drive(now, &mut self.out)
+                .expect("the peer drains");
+            while let Some(t) = self.out.transmits.pop_front() {
+                if t.destination == self.nat {
+                    self.client
+                        .handle_datagram(now, self.server, &t.contents)
+                        .expect("the client takes the server's datagram");
+                } else if !is_stun(&t.contents) {
+                    self.lost += 1;
+                }
+            }
+            self.out.events.clear();
+        }
+    }
+
+    #[test]
+    fn after_a_nat_rebinding_media_follows_the_clients_next_verified_nomination() {
+        let t0 = epoch();
+        let mut r = Rebinding::new(t0);
+        let tick = Duration::from_millis(10);
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(4) {
+            now += tick;
+            r.step(now);
+        }
+        assert!(r.peer.is_connected() && r.heard > 100, "heard {}", r.heard);
+        assert_eq!(r.lost, 0);
+        let first = r.peer.client_path().expect("the client nominated its path");
+        assert_eq!(first.remote, r.nat);
+
+        // The NAT maps the client to a new port: the same client candidate, the same ICE priority.
+        let old = r.nat;
+        r.nat = "198.51.100.7:40001".parse().expect("literal address");
+        let moved = now;
+        // (time since the move, packets heard by then) when the server first sent to the new port.
+        let mut switched: Option<(Duration, u64)> = None;
+        while now < moved + Duration::from_secs(6) {
+            now += tick;
+            r.step(now);
+            if switched.is_none() && r.peer.client_path().map(|p| p.remote) == Some(r.nat) {
+                switched = Some((now - moved, r.heard));
+            }
+        }
+        let (after, heard_then) =
+            switched.expect("the client's check from its new port moved the media");
+        // str0m's client checks its nominated pair at least every 3 s (its maximum STUN RTO): the first
+        // check from the new port moves the media. (str0m alone keeps sending to the old port for 15 s.)
+        assert!(after <= Duration::from_millis(3100), "{after:?}");
+        // From then on everything reaches the client (50 packets a second), and nothing is lost.
+        let heard_after = r.heard - heard_then;
+        let expected = (Duration::from_secs(6) - after).as_millis() as u64 / 20;
+        assert!(
+            heard_after + 2 >= expected,
+            "heard {heard_after} of {expected} in the {:?} after the move",
+            Duration::from_secs(6) - after
+        );
+        let lost_before_the_check = after.as_millis() as u64 / 20 + 2;
+        assert!(r.lost <= lost_before_the_check, "lost {}", r.lost);
+        assert_ne!(old, r.nat);
+    }
+
+    #[test]
+    fn a_replayed_nomination_from_another_address_does_not_move_the_media() {
+        // Someone who sees the client's checks resends them from elsewhere: the integrity verifies (it
+        // does not cover the source), but the transaction id was taken already.
+        let t0 = epoch();
+        let mut r = Rebinding::new(t0);
+        let tick = Duration::from_millis(10);
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(4) {
+            now += tick;
+            r.step(now);
+        }
+        let heard = r.heard;
+        let attacker = NetPath::udp(
+            r.server,
+            "203.0.113.66:5555".parse().expect("literal address"),
+        );
+        let until = now + Duration::from_secs(4);
+        while now < until {
+            now += tick;
+            r.step(now);
+            let replay = r.nomination.clone().expect("the client nominates its path");
+            r.peer
+                .handle_datagram(now, attacker, &replay)
+                .expect("the peer takes a replayed check");
+            r.peer.drive(now, &mut r.out).expect("the peer drains");
+            r.out.transmits.retain(|t| t.destination != attacker.remote);
+            assert_eq!(r.peer.client_path().map(|p| p.remote), Some(r.nat));
+        }
+        assert_eq!(r.lost, 0, "nothing went anywhere but the client");
+        assert!(r.heard - heard >= 195, "heard {} in 4 s", r.heard - heard);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::ids::ParticipantId;
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const STUN_HEADER_LEN: usize = 20;
 const ATTR_USERNAME: u16 = 0x0006;
+const ATTR_USE_CANDIDATE: u16 = 0x0025;
+const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
 
 /// Most addresses one peer may be reached from (host, reflexive, IPv4/IPv6 candidates and NAT rebinding);
 /// learning one more forgets the peer's least recently heard address.
@@ -160,22 +162,35 @@ impl Router {
 }
 
 /// RFC 7983 demultiplexing: STUN starts with 0 or 1 and carries the magic cookie.
-fn is_stun(data: &[u8]) -> bool {
+pub(crate) fn is_stun(data: &[u8]) -> bool {
     data.len() >= STUN_HEADER_LEN && data[0] < 2 && data[4..8] == STUN_MAGIC_COOKIE
+}
+
+/// Whether `data` is a binding request carrying USE-CANDIDATE: the controlling client nominates the path
+/// it arrived on (RFC 8445 §7.2.5.1, §8.1.1). Says nothing about its integrity: the peer checks that.
+pub(crate) fn is_nomination(data: &[u8]) -> bool {
+    is_stun(data)
+        && data[..2] == BINDING_REQUEST
+        && stun_attribute(data, ATTR_USE_CANDIDATE).is_some()
 }
 
 /// The part of the USERNAME attribute before the colon: our own ufrag (RFC 8445 §7.2.2).
 fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
+    let username = std::str::from_utf8(stun_attribute(data, ATTR_USERNAME)?).ok()?;
+    username.split(':').next()
+}
+
+/// The value of the first attribute of type `kind` of a STUN message (`None` also for broken framing).
+fn stun_attribute(data: &[u8], kind: u16) -> Option<&[u8]> {
     let body_len = u16::from_be_bytes([data[2], data[3]]) as usize;
     let body = data.get(STUN_HEADER_LEN..STUN_HEADER_LEN + body_len)?;
     let mut at = 0;
     while at + 4 <= body.len() {
-        let kind = u16::from_be_bytes([body[at], body[at + 1]]);
+        let attr = u16::from_be_bytes([body[at], body[at + 1]]);
         let len = u16::from_be_bytes([body[at + 2], body[at + 3]]) as usize;
         let value = body.get(at + 4..at + 4 + len)?;
-        if kind == ATTR_USERNAME {
-            let username = std::str::from_utf8(value).ok()?;
-            return username.split(':').next();
+        if attr == kind {
+            return Some(value);
         }
         at += 4 + len.div_ceil(4) * 4;
     }
@@ -397,6 +412,29 @@ mod tests {
         assert_eq!(r.address_count(), MAX_ADDRS_PER_PEER);
         r.remove_peer("p", ParticipantId(1));
         assert_eq!(r.address_count(), 0);
+    }
+
+    #[test]
+    fn a_nomination_is_a_binding_request_with_use_candidate() {
+        let plain = stun_with_username("srvA:cli");
+        assert!(!is_nomination(&plain));
+        let mut nominating = plain.clone();
+        nominating.extend_from_slice(&ATTR_USE_CANDIDATE.to_be_bytes());
+        nominating.extend_from_slice(&[0, 0]);
+        let body_len = (nominating.len() - STUN_HEADER_LEN) as u16;
+        nominating[2..4].copy_from_slice(&body_len.to_be_bytes());
+        assert!(is_nomination(&nominating));
+        // The attribute after USERNAME is found, and USERNAME still routes.
+        assert_eq!(stun_local_ufrag(&nominating), Some("srvA"));
+        // A success response with the same attributes nominates nothing.
+        let mut response = nominating.clone();
+        response[0..2].copy_from_slice(&[0x01, 0x01]);
+        assert!(!is_nomination(&response));
+        // RTP, and STUN whose framing is broken, are not nominations.
+        assert!(!is_nomination(&[0x80; 40]));
+        let mut broken = nominating;
+        broken[3] = 200;
+        assert!(!is_nomination(&broken));
     }
 
     #[test]

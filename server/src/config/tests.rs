@@ -6,12 +6,16 @@ fn printed_configuration_has_no_secrets() {
     let c = Config::from_toml(
         "[auth]\ndev_mode = false\n\
          api_keys = { prod = \"0123456789abcdef0123456789abcdef\" }\n\
-         [webhooks]\nurls = [\"https://hook:s3cr3t@example.com/x?a=b\", \"http://example.com/y@z\"]\n",
+         [webhooks]\nurls = [\"https://hook:s3cr3t@example.com/x?a=b\", \"http://example.com/y@z\"]\n\
+         [turn]\nurls = [\"turn:turn.example.com\"]\nsecret = \"turn-secret-turn-secret\"\n",
     )
     .unwrap();
     c.validate().unwrap();
     let printed = toml::to_string_pretty(&c.redacted()).unwrap();
     assert!(!printed.contains("0123456789abcdef"), "{printed}");
+    assert!(!printed.contains("turn-secret"), "{printed}");
+    assert!(printed.contains("secret = \"<redacted>\""), "{printed}");
+    assert_eq!(c.turn.secret, "turn-secret-turn-secret");
     assert!(!printed.contains("s3cr3t"), "{printed}");
     assert!(printed.contains("prod = \"<redacted>\""), "{printed}");
     assert!(
@@ -205,4 +209,40 @@ fn development_mode_offers_a_lan_candidate_unless_turned_off() {
     assert!(!c.media.dev_lan_candidate);
     let c = Config::from_toml("[media]\ndev_lan_candidate = false\n").unwrap();
     assert!(!c.media.dev_lan_candidate);
+}
+
+#[test]
+fn turn_section_env_and_validation() {
+    let mut c = Config::default();
+    assert!(!c.turn.enabled());
+    c.apply_env(|k| match k {
+        "CHORUS_TURN_URLS" => {
+            Some("turn:192.0.2.1:3478?transport=udp, turns:turn.example.com:443".into())
+        }
+        "CHORUS_TURN_SECRET" => Some("a-long-enough-turn-secret".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(
+        c.turn.urls,
+        [
+            "turn:192.0.2.1:3478?transport=udp",
+            "turns:turn.example.com:443"
+        ]
+    );
+    c.validate().unwrap();
+    c.turn.secret = "short-secret".into();
+    let error = c.validate().unwrap_err().to_string();
+    assert!(error.contains("turn.secret"), "{error}");
+    assert!(!error.contains("short-secret"), "{error}");
+    let bad = Config::from_toml(
+        "[turn]\nurls = [\"stun:192.0.2.1\"]\nsecret = \"a-long-enough-turn-secret\"\n",
+    )
+    .unwrap();
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("turn.urls"));
+    assert!(Config::from_toml("[turn]\nttl = 5\n").is_err());
 }

@@ -129,7 +129,8 @@ impl Client {
     }
 
     /// Join with `token` (the first message of a session); `room`, if given, must be the token's. The
-    /// `joined` reply, or [`ClientError::Server`] with the refusal.
+    /// `joined` reply (with the TURN servers and credentials in `ice_servers` when the server has TURN), or
+    /// [`ClientError::Server`] with the refusal.
     pub async fn join(
         &mut self,
         token: &str,
@@ -299,6 +300,7 @@ mod tests {
             .expect("joined");
         assert_eq!(joined.room.name, "lobby");
         assert_eq!(joined.room.slots, 3);
+        assert!(joined.ice_servers.is_empty(), "no TURN in this joined");
         // The event before the answer is skipped by `offer` (a caller that wants events uses recv).
         let answer = client.offer("v=0 offer", SECOND).await.expect("answer");
         assert_eq!(answer.sdp, "v=0 answer");

@@ -15,6 +15,18 @@ pub struct RoomInfo {
     pub max_participants: usize,
 }
 
+/// A TURN server (or several sharing one credential) the client may relay its media through: the shape
+/// of WebRTC's `RTCIceServer`, so a browser passes it to `RTCPeerConnection` unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `turn:` and `turns:` URIs (RFC 7065).
+    pub urls: Vec<String>,
+    /// The TURN REST user name: `<unix expiry>:<participant sid>`.
+    pub username: String,
+    /// base64(HMAC-SHA1(shared secret, username)); valid until the expiry in `username`.
+    pub credential: String,
+}
+
 /// Server → client: the answer to a successful `join`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Joined {
@@ -26,6 +38,9 @@ pub struct Joined {
     pub room: RoomInfo,
     /// Everyone else already in the room.
     pub participants: Vec<ParticipantInfo>,
+    /// TURN servers with time-limited credentials; absent (empty) when the server configures none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<IceServer>,
 }
 
 #[cfg(test)]
@@ -54,11 +69,40 @@ mod tests {
                 max_participants: 100,
             },
             participants: vec![participant("PA_9a0b1c2d3e4f", "bob")],
+            ice_servers: Vec::new(),
         });
         let json = serde_json::to_value(&msg).expect("serializes");
         assert_eq!(json["type"], "joined");
         assert_eq!(json["room"]["mode"], "forward");
         assert_eq!(json["participants"][0]["identity"], "bob");
+        assert!(json.get("ice_servers").is_none(), "no TURN: no ice_servers");
+        let back: ServerMessage = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, msg);
+
+        let ServerMessage::Joined(mut joined) = msg else {
+            unreachable!("built as joined")
+        };
+        joined.ice_servers = vec![IceServer {
+            urls: vec![
+                "turn:turn.example.com:3478?transport=udp".into(),
+                "turns:turn.example.com:443?transport=tcp".into(),
+            ],
+            username: "1700000000:PA_4f2c9a1b7d3e".into(),
+            credential: "1Zi3EqF0R1pA8/IpuIIqqV7Io0U=".into(),
+        }];
+        let msg = ServerMessage::Joined(joined);
+        let json = serde_json::to_value(&msg).expect("serializes");
+        assert_eq!(
+            json["ice_servers"],
+            serde_json::json!([{
+                "urls": [
+                    "turn:turn.example.com:3478?transport=udp",
+                    "turns:turn.example.com:443?transport=tcp"
+                ],
+                "username": "1700000000:PA_4f2c9a1b7d3e",
+                "credential": "1Zi3EqF0R1pA8/IpuIIqqV7Io0U="
+            }])
+        );
         let back: ServerMessage = serde_json::from_value(json).expect("parses");
         assert_eq!(back, msg);
     }

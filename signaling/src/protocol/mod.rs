@@ -31,7 +31,7 @@ pub use dominant_speaker::DominantSpeaker;
 pub use draining::Draining;
 pub use error::{ErrorCode, ErrorMessage, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION};
 pub use join::{Join, MAX_NAME_CHARS};
-pub use joined::{Joined, RoomInfo};
+pub use joined::{IceServer, Joined, RoomInfo};
 pub use leave::Leave;
 pub use left::{Left, LeftReason};
 pub use media_state::{MediaConnectionState, MediaState};
@@ -267,6 +267,9 @@ mod tests {
             assert_eq!(reparsed, original, "{example}");
         }
         assert_eq!(client, ClientMessage::TYPES.len());
-        assert_eq!(server, 16);
+        assert_eq!(
+            server, 17,
+            "16 messages, joined twice (with and without TURN)"
+        );
     }
 }

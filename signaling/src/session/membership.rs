@@ -153,12 +153,20 @@ pub(super) fn admit(
         removed: admission.removed,
         media: Media::None,
     };
+    let ice_servers = ctx
+        .config()
+        .turn
+        .ice_servers(&admission.participant.sid, unix_now());
+    if !ice_servers.is_empty() {
+        ctx.metrics().turn_credential_issued();
+    }
     let reply = ServerMessage::Joined(Joined {
         protocol: PROTOCOL_VERSION,
         server_version: SERVER_VERSION.to_owned(),
         participant: admission.participant,
         room: admission.room,
         participants: admission.others,
+        ice_servers,
     });
     Ok((member, reply))
 }

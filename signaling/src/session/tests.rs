@@ -1774,3 +1774,41 @@ async fn a_kicked_identity_cannot_rejoin_during_its_ban() {
     let mut elsewhere = Client::open(&ctx);
     elsewhere.join(&token("other", "ada")).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn joined_carries_turn_credentials_when_configured() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let joined = ada.join(&token("lobby", "ada")).await;
+    assert!(joined.ice_servers.is_empty(), "TURN is off by default");
+    assert_eq!(ctx.metrics().turn_credentials_issued(), 0);
+
+    let turn = crate::TurnConfig {
+        urls: vec![
+            "turn:turn.example.com:3478?transport=udp".into(),
+            "turns:turn.example.com:443?transport=tcp".into(),
+        ],
+        secret: "turn-shared-secret-of-the-test".into(),
+        credential_ttl_s: 600,
+    };
+    let config = SignalingConfig {
+        turn: turn.clone(),
+        ..SignalingConfig::default()
+    };
+    let (ctx, _media) = setup_with(config, Mode::Answer);
+    let before = crate::auth::unix_now();
+    let mut bob = Client::open(&ctx);
+    let joined = bob.join(&token("lobby", "bob")).await;
+    let after = crate::auth::unix_now();
+    let [server] = joined.ice_servers.as_slice() else {
+        panic!("one ICE server entry: {:?}", joined.ice_servers)
+    };
+    assert_eq!(server.urls, turn.urls);
+    let (expiry, user) = server.username.split_once(':').expect("expiry:user");
+    assert_eq!(user, joined.participant.sid);
+    let expiry: u64 = expiry.parse().expect("unix expiry");
+    assert!((before + 600..=after + 600).contains(&expiry), "{expiry}");
+    let (_, credential) = crate::turn::credential(&turn.secret, user, expiry);
+    assert_eq!(server.credential, credential);
+    assert_eq!(ctx.metrics().turn_credentials_issued(), 1);
+}

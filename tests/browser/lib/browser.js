@@ -129,17 +129,17 @@ export async function inboundAudioStats(p) {
 
 /**
  * Wait until `listener` hears the tone `freq` clearly (the strongest peak within 15 Hz of it, above −35 dB)
- * and its own tone `own` at least 30 dB below it, measuring 1 s at a time; then check that Opus packets
- * arrive. Logs what was heard and returns the last measurement.
+ * and its own tone `own` at least 30 dB below it, measuring 1 s (`windowMs`) at a time; then check that Opus
+ * packets arrive. Logs what was heard and returns the last measurement.
  * @param {Participant} listener
  * @param {number} freq
  * @param {number} own
- * @param {{timeoutMs?: number}} [opts]
+ * @param {{timeoutMs?: number, windowMs?: number}} [opts]
  */
 export async function hearsTone(listener, freq, own, opts = {}) {
   const freqs = [freq, own];
   const m = await pollUntil(`${listener.name} to hear ${freq} Hz`, async () => {
-    const r = await measure(listener, 1000, freqs);
+    const r = await measure(listener, opts.windowMs ?? 1000, freqs);
     const top = r.peaks[0];
     const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
       r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;

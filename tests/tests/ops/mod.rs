@@ -1,12 +1,14 @@
 //! Operators' features against the real binary: the admin API over HTTP, webhooks to a local receiver,
 //! SIGTERM drain of a real process, and the metrics checked by the real `promtool` and scraped by a real
-//! Prometheus server (Debian package `prometheus`; scripts/test.sh installs it).
+//! Prometheus server (Debian package `prometheus`; scripts/test.sh installs it), and TURN credentials in
+//! `joined`.
 
 mod admin;
 mod api_spec;
 mod drain;
 mod limits;
 mod prom;
+mod turn;
 mod webhooks;
 
 use std::path::PathBuf;

@@ -10,8 +10,6 @@
 //!
 //! Needs `espeak-ng`, `sox` and the `.venv` with PyPI `pesq`: `scripts/test.sh` installs them.
 
-mod proxy;
-
 #[allow(dead_code)] // shared with media-core's tests; this binary needs only part of it
 #[path = "../../../media-core/tests/support/speech.rs"]
 mod support;
@@ -24,14 +22,8 @@ use chorus_tests::{AudioClient, MediaOptions, Mic, Server, Signal};
 use media_core::jitter::JitterStats;
 use serde_json::json;
 
-use proxy::{Impairment, Proxy};
+use crate::proxy::{Impairment, Proxy};
 use support::Pesq;
-
-/// The real-time calls run one at a time: each paces a speaker and a listener by the wall clock, and two of
-/// them at once (four clients, two servers, PESQ) on a small CI machine made the speaker's frames up to 45 ms
-/// late and cost a clean forward call 0.46 PESQ. `scripts/test.sh` also runs them in a pass of their own,
-/// after the rest of the workspace, so no other test shares the machine with them.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Listening after the last sample was sent: the network, both jitter buffers and the mixer drain.
@@ -43,6 +35,7 @@ fn lossy() -> Impairment {
     Impairment {
         loss: 0.05,
         delay_ms: 10.0..50.0,
+        ..Impairment::default()
     }
 }
 
@@ -335,7 +328,7 @@ fn below(what: &str, scored: &Scored, floor: f64) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_over_real_udp_scores_forward_4_4_and_mix_3_9_on_a_clean_link() -> anyhow::Result<()>
 {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _alone = chorus_tests::real_time_call().await;
     let (forward, mix) = forward_and_mix("clean", None, 0).await?;
     let failures: Vec<String> = [
         below("forwarded speech", &forward, 4.4),
@@ -355,7 +348,7 @@ async fn speech_over_real_udp_scores_forward_4_4_and_mix_3_9_on_a_clean_link() -
 // docs/architecture.md): mix 3.25, 3.64, 3.71 (virtual time, 3-seed mean: 3.43).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_over_real_udp_with_5_percent_loss_and_jitter_on_each_leg() -> anyhow::Result<()> {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _alone = chorus_tests::real_time_call().await;
     let (forward, mix) = forward_and_mix("lossy", Some(lossy()), 0).await?;
     let failures: Vec<String> = [
         below("mixed speech at 5 % loss", &mix, MIX_LOSSY_FLOOR),
@@ -387,7 +380,7 @@ const MIX_LOSSY_FLOOR: f64 = 3.0;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_over_real_udp_with_red_at_5_percent_loss_and_jitter_on_each_leg(
 ) -> anyhow::Result<()> {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _alone = chorus_tests::real_time_call().await;
     let (forward, mix) = forward_and_mix("lossy-red", Some(lossy()), 1).await?;
     let failures: Vec<String> = [
         below(

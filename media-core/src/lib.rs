@@ -6,10 +6,15 @@
 //!
 //! Layout: [`core`] is the worker's state machine (peers, timers, datagram demux); [`sfu`] forwards speakers
 //! into subscribers' slots; [`mixer`] mixes a room into one stream; [`speakers`] tracks levels and the
-//! dominant speaker for both modes. The simulated network, the test client and audio analysis are in
-//! `testkit`, compiled only for tests and with the `testkit` feature.
+//! dominant speaker for both modes. `client` is the client side of a session (feature `client`, for the
+//! native SDK). The simulated network and audio analysis are in `testkit`, compiled only for tests and with
+//! the `testkit` feature.
 
 pub mod audio;
+/// The client side of a Chorus session (a sans-IO str0m peer), for native clients, tests and the load
+/// tester; feature `client` (the `testkit` feature includes it).
+#[cfg(any(test, feature = "client"))]
+pub mod client;
 pub mod core;
 pub mod ids;
 pub mod mixer;
@@ -26,7 +31,7 @@ pub use crate::mixer::{encoder, jitter, limiter};
 pub use crate::sfu::{rewrite, slots};
 pub use crate::speakers::{csrc_levels, dominant, levels};
 #[cfg(any(test, feature = "testkit"))]
-pub use crate::testkit::{client, sim};
+pub use crate::testkit::sim;
 
 pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output};
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};

@@ -37,7 +37,7 @@ macro_rules! red_mids {
             .collect::<Vec<str0m::media::Mid>>()
     };
 }
-#[cfg(any(test, feature = "testkit"))]
+#[cfg(any(test, feature = "client"))]
 pub(crate) use red_mids;
 
 /// Why a peer could not be created or driven.

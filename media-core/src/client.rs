@@ -2,7 +2,8 @@
 //!
 //! It offers what the protocol asks of a client: one microphone m-line, then K recvonly slot m-lines. It
 //! sends Opus frames the caller encodes (with the RFC 6464 audio level) and reports every received slot
-//! packet with its CSRC. Used by simulation tests, the end-to-end tests and the load tester.
+//! packet with its CSRC. Used by the native client SDK (`clients/native`), simulation tests, the end-to-end
+//! tests and the load tester; feature `client` (the testkit re-exports it as `testkit::client`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -1,0 +1,207 @@
+/*
+ * Chorus native SDK, C example: join a room, send a tone, report which tones the others send.
+ *
+ *   tone <ws-url> <token> <room> <tone-hz> <seconds> <candidate-hz>...
+ *
+ * It connects, waits for media, then for <seconds> acts as a game's audio callbacks would every 10 ms:
+ * pushes the <tone-hz> sine (24 kHz, 16-bit) and pulls the mix (48 kHz, float). Then it analyses the
+ * second half of the mix for the candidate tones and prints one line per candidate heard:
+ *
+ *   heard <hz> <fraction of the energy>
+ *
+ * and finally "participants <n>" (the others it was told about), leaves and frees the client. Exit status:
+ * 0, or 1 with the SDK's error message on stderr.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "chorus.h"
+
+#define IN_RATE 24000
+#define OUT_RATE 48000
+#define BLOCK (OUT_RATE / 10) /* 100 ms analysis blocks */
+#define PI 3.14159265358979323846
+
+static double now_seconds(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&t, NULL);
+}
+
+static int fail(const char *what, ChorusError code) {
+  fprintf(stderr, "%s failed (%d): %s\n", what, (int)code, chorus_last_error_message());
+  return 1;
+}
+
+/* Print an event; count the others that joined; note the states. */
+static void on_event(const ChorusEvent *e, int *participants, ChorusConnectionState *state) {
+  switch (e->kind) {
+  case CHORUS_EVENT_KIND_CONNECTION_STATE:
+    *state = e->state;
+    printf("event state %d\n", (int)e->state);
+    break;
+  case CHORUS_EVENT_KIND_JOINED:
+    printf("event joined %s room %s slots %u\n", e->sid, e->name, e->slot);
+    break;
+  case CHORUS_EVENT_KIND_PARTICIPANT_JOINED:
+    (*participants)++;
+    printf("event participant_joined %s (%s)\n", e->sid, e->identity);
+    break;
+  case CHORUS_EVENT_KIND_PARTICIPANT_LEFT:
+    printf("event participant_left %s %s\n", e->sid, e->text);
+    break;
+  case CHORUS_EVENT_KIND_SLOT:
+    printf("event slot %u: %s\n", e->slot, e->sid[0] ? e->sid : "-");
+    break;
+  case CHORUS_EVENT_KIND_LEFT:
+    printf("event left %s\n", e->text);
+    break;
+  case CHORUS_EVENT_KIND_ERROR:
+    printf("event error %s\n", e->text);
+    break;
+  default:
+    break;
+  }
+}
+
+/* Poll every waiting event. */
+static ChorusError drain_events(ChorusClient *client, int *participants, ChorusConnectionState *state) {
+  for (;;) {
+    ChorusEvent e;
+    ChorusError code = chorus_client_poll_event(client, &e);
+    if (code != CHORUS_ERROR_OK || e.kind == CHORUS_EVENT_KIND_NONE) {
+      return code;
+    }
+    on_event(&e, participants, state);
+  }
+}
+
+/* The power of `freq` in `x` (Goertzel, Hann window), as a mean square. */
+static double goertzel(const float *x, size_t n, double freq) {
+  const double w = 2.0 * PI * freq / OUT_RATE;
+  const double coeff = 2.0 * cos(w);
+  double s1 = 0.0, s2 = 0.0, window_sum = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    double h = 0.5 - 0.5 * cos(2.0 * PI * (double)i / (double)(n - 1));
+    double s0 = h * x[i] + coeff * s1 - s2;
+    s2 = s1;
+    s1 = s0;
+    window_sum += h;
+  }
+  double power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+  /* A sine of amplitude A has mean square A^2/2 and a windowed DFT magnitude of A/2 * sum(h). */
+  return 2.0 * power / (window_sum * window_sum);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 7) {
+    fprintf(stderr, "usage: %s <ws-url> <token> <room> <tone-hz> <seconds> <candidate-hz>...\n", argv[0]);
+    return 2;
+  }
+  const char *url = argv[1], *token = argv[2], *room = argv[3];
+  const double tone_hz = atof(argv[4]);
+  const double seconds = atof(argv[5]);
+
+  ChorusConfig config;
+  ChorusError code = chorus_config_default(&config);
+  if (code != CHORUS_ERROR_OK) return fail("chorus_config_default", code);
+  config.input_rate_hz = IN_RATE;
+  config.output_rate_hz = OUT_RATE;
+  config.participant_output = false;
+  config.name = "C example";
+  ChorusClient *client = chorus_client_new(&config);
+  if (!client) return fail("chorus_client_new", CHORUS_ERROR_OK);
+  code = chorus_client_connect(client, url, token, room);
+  if (code != CHORUS_ERROR_OK) return fail("chorus_client_connect", code);
+
+  int participants = 0;
+  ChorusConnectionState state = CHORUS_CONNECTION_STATE_CONNECTING;
+  double deadline = now_seconds() + 10.0;
+  while (state != CHORUS_CONNECTION_STATE_CONNECTED) {
+    if ((code = drain_events(client, &participants, &state)) != CHORUS_ERROR_OK) return fail("poll", code);
+    if (state == CHORUS_CONNECTION_STATE_CLOSED || now_seconds() > deadline) {
+      fprintf(stderr, "media did not connect (state %d)\n", (int)state);
+      return 1;
+    }
+    sleep_ms(5);
+  }
+
+  /* The game's audio callbacks, every 10 ms: push what is due of the tone, pull what is due of the mix. */
+  size_t total = (size_t)(seconds * OUT_RATE);
+  float *heard = calloc(total, sizeof(float));
+  float *pull = calloc(OUT_RATE, sizeof(float));
+  int16_t *push = calloc(IN_RATE, sizeof(int16_t));
+  if (!heard || !pull || !push) return 1;
+  size_t pushed = 0, pulled = 0, got = 0;
+  const double start = now_seconds();
+  while (pulled < total) {
+    double elapsed = now_seconds() - start;
+    size_t due_in = (size_t)(elapsed * IN_RATE);
+    size_t n = due_in - pushed;
+    if (n > IN_RATE) n = IN_RATE;
+    for (size_t i = 0; i < n; i++) {
+      push[i] = (int16_t)lrint(0.3 * 32767.0 * sin(2.0 * PI * tone_hz * (double)(pushed + i) / IN_RATE));
+    }
+    size_t taken = 0;
+    code = chorus_client_push_pcm_i16(client, push, n, &taken);
+    if (code != CHORUS_ERROR_OK) return fail("chorus_client_push_pcm_i16", code);
+    pushed += n;
+
+    size_t due_out = (size_t)(elapsed * OUT_RATE);
+    if (due_out > total) due_out = total;
+    size_t m = due_out - pulled;
+    if (m > OUT_RATE) m = OUT_RATE;
+    size_t filled = 0;
+    code = chorus_client_pull_mixed_f32(client, pull, m, &filled);
+    if (code != CHORUS_ERROR_OK) return fail("chorus_client_pull_mixed_f32", code);
+    memcpy(heard + pulled, pull, m * sizeof(float));
+    pulled += m;
+    got += filled;
+    if ((code = drain_events(client, &participants, &state)) != CHORUS_ERROR_OK) return fail("poll", code);
+    sleep_ms(10);
+  }
+  printf("pulled %zu samples, %zu from the network\n", pulled, got);
+
+  /* Which candidates hold at least 5 % of the energy of the second half, block by block. */
+  const float *tail = heard + total / 2;
+  size_t blocks = (total - total / 2) / BLOCK;
+  double energy = 0.0;
+  for (size_t i = 0; i < blocks * BLOCK; i++) energy += (double)tail[i] * tail[i];
+  energy /= (double)(blocks * BLOCK);
+  for (int c = 6; c < argc; c++) {
+    double freq = atof(argv[c]), power = 0.0;
+    for (size_t b = 0; b < blocks; b++) power += goertzel(tail + b * BLOCK, BLOCK, freq);
+    power /= (double)blocks;
+    double fraction = energy > 0.0 ? power / energy : 0.0;
+    if (energy > 1e-7 && fraction >= 0.05) printf("heard %.0f %.3f\n", freq, fraction);
+  }
+
+  ChorusStats stats;
+  if ((code = chorus_client_stats(client, &stats)) != CHORUS_ERROR_OK) return fail("stats", code);
+  printf("stats frames_sent %llu packets_received %llu mic_dropped %llu\n",
+         (unsigned long long)stats.frames_sent, (unsigned long long)stats.packets_received,
+         (unsigned long long)stats.mic_dropped);
+
+  if ((code = chorus_client_leave(client)) != CHORUS_ERROR_OK) return fail("chorus_client_leave", code);
+  deadline = now_seconds() + 5.0;
+  while (state != CHORUS_CONNECTION_STATE_CLOSED && now_seconds() < deadline) {
+    if ((code = drain_events(client, &participants, &state)) != CHORUS_ERROR_OK) return fail("poll", code);
+    sleep_ms(5);
+  }
+  printf("participants %d\n", participants);
+  chorus_client_free(client);
+  free(heard);
+  free(pull);
+  free(push);
+  return state == CHORUS_CONNECTION_STATE_CLOSED ? 0 : 1;
+}

@@ -1,0 +1,281 @@
+//! The SDK's audio processing on its network thread: Opus encoding at the caller's rate, per-slot playout
+//! through media-core's jitter buffer decoded at the caller's rate, and the soft-clipped mix.
+
+use std::time::Instant;
+
+use media_core::audio::{audio_level_from_samples, samples_duration, SAMPLE_RATE};
+use media_core::client::ReceivedAudio;
+use media_core::jitter::{JitterBuffer, JitterConfig, Playout};
+
+use crate::{Config, Error};
+
+/// The longest Opus frame libopus produces (RFC 6716: 1275 bytes of one frame, plus the TOC).
+pub const MAX_OPUS_BYTES: usize = 1_276;
+
+/// Encodes the microphone, one 20 ms frame at the caller's rate per call (libopus VOIP).
+pub(crate) struct MicEncoder {
+    encoder: opus::Encoder,
+    packet: Vec<u8>,
+}
+
+/// One encoded microphone frame.
+pub(crate) enum Encoded<'a> {
+    /// Send this packet with this RFC 6464 level.
+    Packet { opus: &'a [u8], level: u8 },
+    /// A DTX stub: nothing is sent, the RTP clock moves on.
+    Dtx,
+}
+
+impl MicEncoder {
+    pub(crate) fn new(config: &Config) -> Result<Self, Error> {
+        let mut encoder = opus::Encoder::new(
+            config.input_rate_hz,
+            opus::Channels::Mono,
+            opus::Application::Voip,
+        )?;
+        encoder.set_bitrate(opus::Bitrate::Bits(config.bitrate_bps))?;
+        encoder.set_inband_fec(config.fec)?;
+        encoder.set_packet_loss_perc(config.expected_loss_percent)?;
+        encoder.set_dtx(config.dtx)?;
+        Ok(MicEncoder {
+            encoder,
+            packet: vec![0; MAX_OPUS_BYTES],
+        })
+    }
+
+    /// Encode one 20 ms frame (`input_rate_hz / 50` samples).
+    pub(crate) fn encode(&mut self, pcm: &[f32]) -> Result<Encoded<'_>, Error> {
+        let level = audio_level_from_samples(pcm);
+        let n = self.encoder.encode_float(pcm, &mut self.packet)?;
+        if n <= 2 {
+            return Ok(Encoded::Dtx);
+        }
+        Ok(Encoded::Packet {
+            opus: &self.packet[..n],
+            level,
+        })
+    }
+}
+
+/// One slot's playout: packets into a jitter buffer, 20 ms out per tick decoded at the output rate (FEC,
+/// PLC, silence for DTX gaps and before the first packet).
+pub(crate) struct SlotPlayer {
+    jitter: JitterBuffer,
+    decoder: opus::Decoder,
+    rate_hz: u32,
+    /// Decoded samples not played yet (a packet longer than what the last tick still needed).
+    pending: Vec<f32>,
+    scratch: Vec<f32>,
+    /// Whether any packet arrived (a slot that never had audio is not decoded).
+    active: bool,
+}
+
+impl SlotPlayer {
+    pub(crate) fn new(rate_hz: u32) -> Result<Self, Error> {
+        Ok(SlotPlayer {
+            jitter: JitterBuffer::new(JitterConfig::default()),
+            decoder: opus::Decoder::new(rate_hz, opus::Channels::Mono)?,
+            rate_hz,
+            pending: Vec::with_capacity(rate_hz as usize / 5),
+            // 120 ms, the longest Opus packet.
+            scratch: vec![0.0; rate_hz as usize * 120 / 1000],
+            active: false,
+        })
+    }
+
+    pub(crate) fn receive(&mut self, audio: &ReceivedAudio) {
+        if audio.push_into(&mut self.jitter) {
+            self.active = true;
+        }
+    }
+
+    /// `samples` at 48 kHz (the RTP clock) as samples at the output rate.
+    fn at_rate(&self, samples_48k: u32) -> usize {
+        (samples_48k as usize * self.rate_hz as usize / SAMPLE_RATE as usize)
+            .min(self.scratch.len())
+    }
+
+    /// The 20 ms of playout due at `due`, written to `out` (`output_rate_hz / 50` samples).
+    pub(crate) fn tick(&mut self, due: Instant, out: &mut [f32]) {
+        if !self.active {
+            out.fill(0.0);
+            return;
+        }
+        while self.pending.len() < out.len() {
+            // Each span is asked for as of when it starts to play, after what this tick already holds (as the
+            // mixer does).
+            let have_48k = self.pending.len() * SAMPLE_RATE as usize / self.rate_hz as usize;
+            let span = self.jitter.pop(due + samples_duration(have_48k));
+            let (decoded, keep) = match span {
+                Playout::Packet {
+                    payload, samples, ..
+                } => (
+                    self.decoder
+                        .decode_float(&payload, &mut self.scratch, false),
+                    self.at_rate(samples),
+                ),
+                Playout::Fec { payload, samples } => {
+                    let n = self.at_rate(samples);
+                    (
+                        self.decoder
+                            .decode_float(&payload, &mut self.scratch[..n], true),
+                        n,
+                    )
+                }
+                Playout::Plc { samples } => {
+                    let n = self.at_rate(samples);
+                    (
+                        self.decoder
+                            .decode_float(&[], &mut self.scratch[..n], false),
+                        n,
+                    )
+                }
+                Playout::Silence { samples } => {
+                    let n = self.at_rate(samples);
+                    self.scratch[..n].fill(0.0);
+                    (Ok(n), n)
+                }
+            };
+            // A frame libopus cannot decode plays as silence of its length.
+            let n = match decoded {
+                Ok(n) => n.min(keep),
+                Err(_) => {
+                    self.scratch[..keep].fill(0.0);
+                    keep
+                }
+            };
+            if n == 0 {
+                // Nothing to render (a zero-length span): play silence for the rest of the tick.
+                self.pending.resize(out.len(), 0.0);
+                break;
+            }
+            self.pending.extend_from_slice(&self.scratch[..n]);
+        }
+        out.copy_from_slice(&self.pending[..out.len()]);
+        self.pending.drain(..out.len());
+    }
+}
+
+/// Soft clipping for a mix: linear up to the knee, then a tanh curve towards ±1 (continuous, with a
+/// continuous slope at the knee).
+pub fn soft_clip(x: f32) -> f32 {
+    const KNEE: f32 = 0.8;
+    let a = x.abs();
+    if a <= KNEE {
+        return x;
+    }
+    let y = KNEE + (1.0 - KNEE) * ((a - KNEE) / (1.0 - KNEE)).tanh();
+    y.copysign(x)
+}
+
+/// A participant id (`sid`) stored inline, so slot updates reach the audio thread without allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sid {
+    len: u8,
+    bytes: [u8; Sid::CAPACITY],
+}
+
+impl Sid {
+    const CAPACITY: usize = 63;
+    pub(crate) const EMPTY: Sid = Sid {
+        len: 0,
+        bytes: [0; Sid::CAPACITY],
+    };
+
+    /// `sid` if it fits (server sids are `PA_` and 12 hex digits).
+    pub(crate) fn new(sid: &str) -> Option<Sid> {
+        let len = sid.len();
+        if len == 0 || len > Sid::CAPACITY {
+            return None;
+        }
+        let mut bytes = [0; Sid::CAPACITY];
+        bytes[..len].copy_from_slice(sid.as_bytes());
+        Some(Sid {
+            len: len as u8,
+            bytes,
+        })
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// A slot's new occupant (`Sid::EMPTY`: nobody), from a `slots` message, for the speaker's map.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotUpdate {
+    pub slot: u8,
+    pub sid: Sid,
+}
+
+/// A pre-encoded Opus frame on its way from the game to the network thread, inline (no allocation).
+#[derive(Clone, Copy)]
+pub(crate) struct OpusFrame {
+    pub len: u16,
+    pub bytes: [u8; MAX_OPUS_BYTES],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use media_core::testkit::analysis::{ToneAnalysis, ToneGenerator};
+
+    #[test]
+    fn soft_clip_is_linear_below_the_knee_and_bounded_above() {
+        assert_eq!(soft_clip(0.5), 0.5);
+        assert_eq!(soft_clip(-0.8), -0.8);
+        assert!(soft_clip(3.0) <= 1.0 && soft_clip(3.0) > 0.99);
+        assert!(soft_clip(1.0) < 1.0 && soft_clip(1.0) > 0.9);
+        assert!(soft_clip(-3.0) >= -1.0 && soft_clip(-1.0) < -0.9);
+        assert!((soft_clip(0.801) - 0.801).abs() < 1e-4);
+    }
+
+    #[test]
+    fn sids_fit_inline_or_are_refused() {
+        let sid = Sid::new("PA_9a0b1c2d3e4f").expect("a server sid fits");
+        assert_eq!(sid.as_bytes(), b"PA_9a0b1c2d3e4f");
+        assert!(Sid::new("").is_none());
+        assert!(Sid::new(&"x".repeat(64)).is_none());
+    }
+
+    /// A 16 kHz tone encoded by the microphone encoder and played through a slot at 24 kHz comes out as the
+    /// same tone (the rates meet at Opus' 48 kHz RTP clock).
+    #[test]
+    fn a_tone_survives_encoding_at_one_rate_and_playout_at_another() {
+        let config = Config {
+            input_rate_hz: 16_000,
+            ..Config::default()
+        };
+        let mut mic = MicEncoder::new(&config).expect("encoder");
+        let mut player = SlotPlayer::new(24_000).expect("player");
+        let mut tone = ToneGenerator::new(440.0, 0.3, 16_000);
+        let start = Instant::now();
+        let mut played = Vec::new();
+        let mut out = [0.0f32; 480];
+        for i in 0..100u32 {
+            let mut pcm = [0.0f32; 320];
+            tone.fill(&mut pcm);
+            let now = start + samples_duration(960 * i as usize);
+            if let Encoded::Packet { opus, level } = mic.encode(&pcm).expect("encode") {
+                assert!(level < 127);
+                player.receive(&ReceivedAudio {
+                    slot: 0,
+                    ssrc: 1,
+                    csrc: Some(2),
+                    contributors: vec![(2, None)],
+                    seq: u64::from(i),
+                    timestamp: 960 * i,
+                    audio_level: Some(level),
+                    payload: opus.into(),
+                    redundant: None,
+                    arrival: now,
+                });
+            }
+            player.tick(now, &mut out);
+            played.extend_from_slice(&out);
+        }
+        let tail = &played[played.len() / 2..];
+        let analysis = ToneAnalysis::analyze(tail, 24_000, &[440.0, 660.0]);
+        assert_eq!(analysis.present_default(), vec![440.0], "{analysis:?}");
+    }
+}

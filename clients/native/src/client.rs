@@ -1,0 +1,359 @@
+//! The SDK's handles: [`Client`] for the game thread, [`Microphone`] and [`Speaker`] for its audio
+//! callbacks.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rtrb::{Consumer, Producer, RingBuffer};
+use tokio::sync::mpsc::UnboundedSender;
+use vocab::MAX_SLOTS;
+
+use crate::audio::{OpusFrame, Sid, SlotUpdate, MAX_OPUS_BYTES};
+use crate::net::NetAudio;
+use crate::signal::{Command, Session};
+use crate::{Config, Error, Event};
+
+/// State the game's handles and the SDK's threads share (atomics only).
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub muted: AtomicBool,
+    /// Set to end the network thread (and, seen by the signaling thread, the session).
+    pub stop: AtomicBool,
+    /// How many times media connected (the session sees whether a connection ever came up).
+    pub media_connections: AtomicU64,
+    pub stats: Counters,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub mic_dropped: AtomicU64,
+    pub output_dropped: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub packets_received: AtomicU64,
+}
+
+/// The SDK's counters, as of [`Client::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Microphone samples (or pre-encoded frames) dropped because the ring towards the network thread
+    /// was full.
+    pub mic_dropped: u64,
+    /// Output samples dropped because the game did not pull them in time (mixed and per participant).
+    pub output_dropped: u64,
+    /// Opus frames sent.
+    pub frames_sent: u64,
+    /// RTP packets received in the slots.
+    pub packets_received: u64,
+}
+
+/// A native Chorus client: one session in one room.
+///
+/// [`Client::new`] sets up the audio rings; [`Client::connect`] starts the SDK's threads and returns at
+/// once (progress arrives as [`Event`]s). No call blocks on the network; dropping the client leaves
+/// (closes the socket) and joins the SDK's threads.
+pub struct Client {
+    config: Config,
+    shared: Arc<Shared>,
+    events: Receiver<Event>,
+    /// Until `connect`: what the session thread takes.
+    pending: Option<Pending>,
+    microphone: Option<Microphone>,
+    speaker: Option<Speaker>,
+    commands: Option<UnboundedSender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Pending {
+    events: Sender<Event>,
+    audio: NetAudio,
+    slot_updates: Producer<SlotUpdate>,
+}
+
+impl Client {
+    /// A client with `config` (checked), not connected.
+    pub fn new(config: Config) -> Result<Client, Error> {
+        config.validate()?;
+        let shared = Arc::new(Shared::default());
+        let (mic_tx, mic_rx) = RingBuffer::new(config.ring_samples(config.input_rate_hz));
+        // Pre-encoded frames: as many 20 ms frames as the ring's length.
+        let (opus_tx, opus_rx) = RingBuffer::new((config.buffer_ms as usize / 20).max(2));
+        let out_len = config.ring_samples(config.output_rate_hz);
+        let (mixed_tx, mixed_rx) = if config.mixed_output {
+            let (tx, rx) = RingBuffer::new(out_len);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (slot_txs, slot_rxs): (Vec<_>, Vec<_>) = if config.participant_output {
+            (0..MAX_SLOTS).map(|_| RingBuffer::new(out_len)).unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let (updates_tx, updates_rx) = RingBuffer::new(MAX_SLOTS * 8);
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        Ok(Client {
+            pending: Some(Pending {
+                events: events_tx,
+                audio: NetAudio {
+                    mic: mic_rx,
+                    opus: opus_rx,
+                    mixed: mixed_tx,
+                    slots: slot_txs,
+                },
+                slot_updates: updates_tx,
+            }),
+            microphone: Some(Microphone {
+                pcm: mic_tx,
+                opus: opus_tx,
+                shared: shared.clone(),
+            }),
+            speaker: Some(Speaker {
+                mixed: mixed_rx,
+                slots: slot_rxs,
+                updates: updates_rx,
+                occupants: [Sid::EMPTY; MAX_SLOTS],
+            }),
+            config,
+            shared,
+            events: events_rx,
+            commands: None,
+            thread: None,
+        })
+    }
+
+    /// Connect to `url` (`ws://host:port/ws` or `wss://…`) and join with `token`; `room`, if given, must be
+    /// the token's. Returns at once: the SDK's threads join, negotiate media and report [`Event`]s.
+    pub fn connect(&mut self, url: &str, token: &str, room: Option<&str>) -> Result<(), Error> {
+        let pending = self.pending.take().ok_or(Error::AlreadyConnected)?;
+        let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+        let session = Session {
+            url: url.to_owned(),
+            token: token.to_owned(),
+            room: room.map(str::to_owned),
+            config: self.config.clone(),
+            shared: self.shared.clone(),
+            events: pending.events,
+            commands: commands_rx,
+            audio: Some(pending.audio),
+            slot_updates: pending.slot_updates,
+        };
+        let thread = std::thread::Builder::new()
+            .name("chorus-signal".into())
+            .spawn(move || session.run())?;
+        self.thread = Some(thread);
+        self.commands = Some(commands_tx);
+        Ok(())
+    }
+
+    /// The microphone handle, for the game's capture callback (once).
+    pub fn take_microphone(&mut self) -> Option<Microphone> {
+        self.microphone.take()
+    }
+
+    /// The speaker handle, for the game's playback callback (once).
+    pub fn take_speaker(&mut self) -> Option<Speaker> {
+        self.speaker.take()
+    }
+
+    /// Mute or unmute: takes effect on the network thread at once (nothing more is sent) and tells the
+    /// room. Before `connect`, the session joins muted.
+    pub fn set_muted(&self, muted: bool) -> Result<(), Error> {
+        self.shared.muted.store(muted, Ordering::Release);
+        match &self.commands {
+            Some(commands) => commands
+                .send(Command::Mute(muted))
+                .map_err(|_| Error::Ended),
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_muted(&self) -> bool {
+        self.shared.muted.load(Ordering::Acquire)
+    }
+
+    /// Leave the room; [`Event::Left`] and [`ConnectionState::Closed`](crate::ConnectionState::Closed)
+    /// follow.
+    pub fn leave(&self) -> Result<(), Error> {
+        self.commands
+            .as_ref()
+            .ok_or(Error::NotConnected)?
+            .send(Command::Leave)
+            .map_err(|_| Error::Ended)
+    }
+
+    /// The next event, if any (never waits).
+    pub fn poll_event(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// The next event, waiting up to `timeout` (for tools and tests; a game polls).
+    pub fn wait_event(&self, timeout: std::time::Duration) -> Option<Event> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.stats;
+        Stats {
+            mic_dropped: c.mic_dropped.load(Ordering::Relaxed),
+            output_dropped: c.output_dropped.load(Ordering::Relaxed),
+            frames_sent: c.frames_sent.load(Ordering::Relaxed),
+            packets_received: c.packets_received.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(Command::Close);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The game's end of the microphone: push mono PCM at [`Config::input_rate_hz`] (or pre-encoded Opus)
+/// from the capture callback. Lock-free and allocation-free; what does not fit is a counted drop.
+pub struct Microphone {
+    pcm: Producer<f32>,
+    opus: Producer<OpusFrame>,
+    shared: Arc<Shared>,
+}
+
+impl Microphone {
+    /// Push samples in −1..=1; returns how many were taken (the rest are dropped and counted).
+    pub fn push_f32(&mut self, pcm: &[f32]) -> usize {
+        let (taken, dropped) = self.pcm.push_partial_slice(pcm);
+        self.count_drops(dropped.len());
+        taken.len()
+    }
+
+    /// Push 16-bit samples; returns how many were taken (the rest are dropped and counted).
+    pub fn push_i16(&mut self, pcm: &[i16]) -> usize {
+        let room = self.pcm.slots().min(pcm.len());
+        let taken = match self.pcm.write_chunk_uninit(room) {
+            Ok(chunk) => chunk.fill_from_iter(
+                pcm[..room]
+                    .iter()
+                    .map(|s| media_core::audio::i16_to_f32(*s)),
+            ),
+            Err(_) => 0,
+        };
+        self.count_drops(pcm.len() - taken);
+        taken
+    }
+
+    /// Push one pre-encoded Opus packet (mono, any duration Opus allows). Its audio level is measured on the
+    /// network thread.
+    pub fn push_opus(&mut self, packet: &[u8]) -> Result<(), Error> {
+        if packet.is_empty() || packet.len() > MAX_OPUS_BYTES {
+            return Err(Error::BadOpus(format!("{} bytes", packet.len())));
+        }
+        if media_core::mixer::opus_packet_info(packet).is_none() {
+            return Err(Error::BadOpus("not a valid Opus packet".into()));
+        }
+        let mut frame = OpusFrame {
+            len: packet.len() as u16,
+            bytes: [0; MAX_OPUS_BYTES],
+        };
+        frame.bytes[..packet.len()].copy_from_slice(packet);
+        if self.opus.push(frame).is_err() {
+            self.count_drops(1);
+        }
+        Ok(())
+    }
+
+    fn count_drops(&self, n: usize) {
+        if n > 0 {
+            self.shared
+                .stats
+                .mic_dropped
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The game's end of the output: pull mono PCM at [`Config::output_rate_hz`] from the playback callback,
+/// mixed or per participant. Lock-free and allocation-free; what is not there yet is silence.
+pub struct Speaker {
+    mixed: Option<Consumer<f32>>,
+    slots: Vec<Consumer<f32>>,
+    updates: Consumer<SlotUpdate>,
+    /// Who is in each slot, from the `slots` messages.
+    occupants: [Sid; MAX_SLOTS],
+}
+
+impl Speaker {
+    /// Fill `out` with the mix of everyone (soft-clipped); returns how many samples were audio from the
+    /// network, the rest is silence. `Err` if the mixed output is off ([`Config::mixed_output`]).
+    pub fn pull_mixed(&mut self, out: &mut [f32]) -> Result<usize, Error> {
+        let ring = self
+            .mixed
+            .as_mut()
+            .ok_or(Error::OutputOff("mixed_output"))?;
+        Ok(pull(ring, out))
+    }
+
+    /// Fill `out` with what participant `sid` says; returns how many samples were audio from the network,
+    /// the rest is silence. `Err(UnknownParticipant)` if `sid` is in no slot (not speaking lately, or not in
+    /// the room).
+    pub fn pull_participant(&mut self, sid: &str, out: &mut [f32]) -> Result<usize, Error> {
+        while let Ok(update) = self.updates.pop() {
+            if let Some(occupant) = self.occupants.get_mut(usize::from(update.slot)) {
+                *occupant = update.sid;
+            }
+        }
+        if self.slots.is_empty() {
+            return Err(Error::OutputOff("participant_output"));
+        }
+        let slot = self
+            .occupants
+            .iter()
+            .position(|o| o.as_bytes() == sid.as_bytes() && !sid.is_empty())
+            .ok_or(Error::UnknownParticipant)?;
+        Ok(pull(&mut self.slots[slot], out))
+    }
+}
+
+fn pull(ring: &mut Consumer<f32>, out: &mut [f32]) -> usize {
+    let (filled, rest) = ring.pop_partial_slice(out);
+    let n = filled.len();
+    rest.fill(0.0);
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_beyond_the_ring_are_counted_drops_and_pulls_pad_with_silence() {
+        let mut client = Client::new(Config {
+            buffer_ms: 40,
+            ..Config::default()
+        })
+        .expect("valid config");
+        let mut mic = client.take_microphone().expect("the microphone");
+        assert!(client.take_microphone().is_none());
+        // 40 ms at 48 kHz: 1920 samples fit.
+        assert_eq!(mic.push_f32(&[0.1; 1_500]), 1_500);
+        assert_eq!(mic.push_i16(&[100; 1_000]), 420);
+        assert_eq!(client.stats().mic_dropped, 580);
+        assert!(matches!(mic.push_opus(&[]), Err(Error::BadOpus(_))));
+        let mut speaker = client.take_speaker().expect("the speaker");
+        let mut out = [1.0f32; 64];
+        assert_eq!(speaker.pull_mixed(&mut out).expect("mixed is on"), 0);
+        assert!(out.iter().all(|s| *s == 0.0));
+        assert!(matches!(
+            speaker.pull_participant("PA_x", &mut out),
+            Err(Error::UnknownParticipant)
+        ));
+        assert!(matches!(client.leave(), Err(Error::NotConnected)));
+        assert!(client.set_muted(true).is_ok() && client.is_muted());
+        assert!(client.poll_event().is_none());
+    }
+}

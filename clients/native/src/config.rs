@@ -1,0 +1,136 @@
+//! How a [`crate::Client`] is set up.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// The sample rates the SDK takes and gives PCM at (libopus encodes and decodes them directly: no
+/// resampler).
+pub const SAMPLE_RATES_HZ: [u32; 3] = [16_000, 24_000, 48_000];
+
+/// A client's settings. `Config::default()` is mono 48 kHz in and out, 32 kb/s, FEC on, DTX off.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The rate of the PCM the game pushes (16, 24 or 48 kHz, mono).
+    pub input_rate_hz: u32,
+    /// The rate of the PCM the game pulls (16, 24 or 48 kHz, mono).
+    pub output_rate_hz: u32,
+    /// The Opus encoder's bitrate (6 to 510 kb/s).
+    pub bitrate_bps: i32,
+    /// Opus in-band forward error correction (a lost frame comes back from the next packet).
+    pub fec: bool,
+    /// The packet loss the encoder's FEC is tuned for, 0..=100 %.
+    pub expected_loss_percent: i32,
+    /// Opus discontinuous transmission: silence is not sent.
+    pub dtx: bool,
+    /// The length of each audio ring (microphone in, mixed out, each participant out), 40..=2000 ms. A
+    /// full ring is a counted drop ([`crate::Stats`]).
+    pub buffer_ms: u32,
+    /// Produce the mixed output stream ([`crate::Speaker::pull_mixed`]).
+    pub mixed_output: bool,
+    /// Produce one output stream per participant ([`crate::Speaker::pull_participant`]).
+    pub participant_output: bool,
+    /// The display name sent with `join` (the token's is used if `None`).
+    pub name: Option<String>,
+    /// How long to wait for each signaling reply (`joined`, `answer`).
+    pub reply_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            input_rate_hz: 48_000,
+            output_rate_hz: 48_000,
+            bitrate_bps: 32_000,
+            fec: true,
+            expected_loss_percent: 10,
+            dtx: false,
+            buffer_ms: 200,
+            mixed_output: true,
+            participant_output: true,
+            name: None,
+            reply_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Check every value's range.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (what, rate) in [
+            ("input_rate_hz", self.input_rate_hz),
+            ("output_rate_hz", self.output_rate_hz),
+        ] {
+            if !SAMPLE_RATES_HZ.contains(&rate) {
+                return Err(Error::Config(format!(
+                    "{what} {rate} is not one of {SAMPLE_RATES_HZ:?}"
+                )));
+            }
+        }
+        if !(6_000..=510_000).contains(&self.bitrate_bps) {
+            return Err(Error::Config(format!(
+                "bitrate_bps {} is not in 6000..=510000",
+                self.bitrate_bps
+            )));
+        }
+        if !(0..=100).contains(&self.expected_loss_percent) {
+            return Err(Error::Config(format!(
+                "expected_loss_percent {} is not in 0..=100",
+                self.expected_loss_percent
+            )));
+        }
+        if !(40..=2_000).contains(&self.buffer_ms) {
+            return Err(Error::Config(format!(
+                "buffer_ms {} is not in 40..=2000",
+                self.buffer_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// Samples in one 20 ms frame at `rate_hz`.
+    pub(crate) fn frame_samples(rate_hz: u32) -> usize {
+        rate_hz as usize / 50
+    }
+
+    /// Samples in a ring of `buffer_ms` at `rate_hz`.
+    pub(crate) fn ring_samples(&self, rate_hz: u32) -> usize {
+        rate_hz as usize * self.buffer_ms as usize / 1000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_valid_and_ranges_are_checked() {
+        assert!(Config::default().validate().is_ok());
+        for bad in [
+            Config {
+                input_rate_hz: 44_100,
+                ..Config::default()
+            },
+            Config {
+                output_rate_hz: 8_000,
+                ..Config::default()
+            },
+            Config {
+                bitrate_bps: 1_000,
+                ..Config::default()
+            },
+            Config {
+                expected_loss_percent: 101,
+                ..Config::default()
+            },
+            Config {
+                buffer_ms: 10,
+                ..Config::default()
+            },
+        ] {
+            assert!(matches!(bad.validate(), Err(Error::Config(_))), "{bad:?}");
+        }
+        assert_eq!(Config::frame_samples(16_000), 320);
+        assert_eq!(Config::default().ring_samples(24_000), 4_800);
+    }
+}

@@ -1,0 +1,85 @@
+//! What the SDK tells the game, through [`crate::Client::poll_event`].
+
+/// The session's connection state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Opening the WebSocket and joining.
+    Connecting,
+    /// Joined (signaling is up); media is being negotiated.
+    Joined,
+    /// Media flows (ICE and DTLS are up).
+    Connected,
+    /// The media path was lost (ICE disconnected); it may come back ([`ConnectionState::Connected`]), or
+    /// after 5 s the session rejoins.
+    Disconnected,
+    /// The connection was lost after media had connected; the session is rejoining ([`Event::Reconnecting`]
+    /// says why and which attempt). `Joined` and `Connected` follow, or `Closed` after 60 s of attempts.
+    Reconnecting,
+    /// The session has ended (left, closed by the server, or failed): the SDK's threads are gone.
+    Closed,
+}
+
+/// One participant of the room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Participant {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+    pub muted: bool,
+}
+
+/// Who is in a slot (the stream [`crate::Speaker::pull_participant`] gives for that participant).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub slot: u8,
+    /// `None`: the slot is free.
+    pub sid: Option<String>,
+}
+
+/// An event of the session.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    ConnectionState(ConnectionState),
+    /// This session joined: its own participant id, the room and its slot count.
+    Joined {
+        sid: String,
+        room: String,
+        slots: usize,
+    },
+    /// Someone is in the room (each participant already there is reported after `Joined`).
+    ParticipantJoined(Participant),
+    /// Someone left; `reason` as the protocol spells it (`left`, `disconnected`, `kicked`, …).
+    ParticipantLeft {
+        sid: String,
+        reason: String,
+    },
+    /// Someone muted or unmuted (this session included).
+    ParticipantMuted {
+        sid: String,
+        muted: bool,
+    },
+    /// Who is speaking now, loudest first, with levels 0..=1 (empty: nobody).
+    Speaking(Vec<(String, f32)>),
+    /// The dominant speaker changed.
+    DominantSpeaker {
+        sid: String,
+    },
+    /// The slot assignment changed: every slot and who is in it.
+    Slots(Vec<SlotInfo>),
+    /// The server is shutting down; the connection ends soon (and the session rejoins).
+    Draining,
+    /// Rejoin attempt `attempt` (from 1) is scheduled after a lost connection. The rejoined session is a
+    /// new one on the server: a new `sid`, the participants reported again; mute state carries over.
+    Reconnecting {
+        attempt: u32,
+        reason: String,
+    },
+    /// The server confirmed `leave` or ended the session; `reason` as the protocol spells it.
+    Left {
+        reason: Option<String>,
+    },
+    /// Something failed; a [`ConnectionState::Closed`] follows if the session ended.
+    Error {
+        message: String,
+    },
+}

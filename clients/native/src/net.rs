@@ -1,0 +1,253 @@
+//! The network thread: one UDP socket and the sans-IO client peer, driven as media-core's peers are (one
+//! input, then drain the outputs until a timeout). It also encodes the microphone frames the game pushed and
+//! plays every slot out on a 20 ms grid into the output rings.
+
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use media_core::audio::{audio_level_from_samples, FRAME_DURATION, SAMPLE_RATE};
+use media_core::client::{ClientOutput, ClientPeer};
+use rtrb::{Consumer, Producer};
+
+use crate::audio::{soft_clip, Encoded, MicEncoder, OpusFrame, SlotPlayer};
+use crate::client::Shared;
+use crate::event::{ConnectionState, Event};
+use crate::{Config, Error};
+
+/// The longest the thread sleeps before it looks at the microphone ring again.
+const MIC_POLL: Duration = Duration::from_millis(5);
+
+/// ICE disconnected this long: the media path is lost (the session rejoins).
+const MEDIA_LOST: Duration = Duration::from_secs(5);
+
+/// The network thread's ends of the audio rings.
+pub(crate) struct NetAudio {
+    pub mic: Consumer<f32>,
+    pub opus: Consumer<OpusFrame>,
+    pub mixed: Option<Producer<f32>>,
+    /// One per slot (up to `MAX_SLOTS`), when per-participant output is on.
+    pub slots: Vec<Producer<f32>>,
+}
+
+pub(crate) struct Net {
+    pub peer: ClientPeer,
+    pub socket: UdpSocket,
+    pub audio: NetAudio,
+    pub config: Config,
+    pub shared: Arc<Shared>,
+    pub events: Sender<Event>,
+    /// The room's slot count.
+    pub slots: usize,
+    /// Set to end this connection (the session ends or rejoins); the thread sets it when it fails.
+    pub leg_stop: Arc<AtomicBool>,
+}
+
+impl Net {
+    /// Run until [`Shared::stop`] or `leg_stop` is set or the peer fails; the rings go back to the
+    /// session (for the next connection after a rejoin).
+    pub(crate) fn run(mut self) -> NetAudio {
+        if let Err(e) = self.drive() {
+            let _ = self.events.send(Event::Error {
+                message: format!("media: {e}"),
+            });
+        }
+        self.leg_stop.store(true, Ordering::Release);
+        self.audio
+    }
+
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire) || self.leg_stop.load(Ordering::Acquire)
+    }
+
+    fn drive(&mut self) -> Result<(), Error> {
+        let mut encoder = MicEncoder::new(&self.config)?;
+        let mut opus_decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?;
+        let mut players = (0..self.slots)
+            .map(|_| SlotPlayer::new(self.config.output_rate_hz))
+            .collect::<Result<Vec<_>, _>>()?;
+        let frame_in = Config::frame_samples(self.config.input_rate_hz);
+        let frame_out = Config::frame_samples(self.config.output_rate_hz);
+        let mut mic_frame = vec![0.0f32; frame_in];
+        let mut slot_frame = vec![0.0f32; frame_out];
+        let mut mix = vec![0.0f32; frame_out];
+        let mut decoded = vec![0.0f32; SAMPLE_RATE as usize * 120 / 1000];
+        let mut buf = vec![0u8; 2048];
+        let mut next_tick: Option<Instant> = None;
+        let mut connected = false;
+        let mut disconnected_since: Option<Instant> = None;
+        let mut peer_timeout = self.drain(
+            &mut players,
+            &mut next_tick,
+            &mut connected,
+            &mut disconnected_since,
+        )?;
+        while !self.stopped() {
+            let now = Instant::now();
+            if disconnected_since.is_some_and(|t| now.duration_since(t) > MEDIA_LOST) {
+                return Err(Error::Media(format!("ICE disconnected for {MEDIA_LOST:?}")));
+            }
+            // Microphone: every whole frame the game pushed. Before media is up and while muted it is
+            // dropped (the RTP clock moves on while muted, as for DTX).
+            let muted = self.shared.muted.load(Ordering::Acquire);
+            while self.audio.mic.slots() >= frame_in {
+                let (popped, _) = self.audio.mic.pop_partial_slice(&mut mic_frame);
+                debug_assert_eq!(popped.len(), frame_in);
+                if !connected {
+                    continue;
+                }
+                if muted {
+                    self.peer.skip_audio(FRAME_SAMPLES_48K);
+                    continue;
+                }
+                match encoder.encode(&mic_frame)? {
+                    Encoded::Packet { opus, level } => {
+                        self.peer.send_audio(now, opus, FRAME_SAMPLES_48K, level)?;
+                        self.shared
+                            .stats
+                            .frames_sent
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Encoded::Dtx => self.peer.skip_audio(FRAME_SAMPLES_48K),
+                }
+            }
+            while let Ok(frame) = self.audio.opus.pop() {
+                let opus = &frame.bytes[..usize::from(frame.len)];
+                let Some((samples, _)) = media_core::mixer::opus_packet_info(opus) else {
+                    continue; // checked by push_opus
+                };
+                if !connected {
+                    continue;
+                }
+                if muted {
+                    self.peer.skip_audio(samples);
+                    continue;
+                }
+                // The level the server ranks speakers by, from what the frame decodes to.
+                let level = match opus_decoder.decode_float(opus, &mut decoded, false) {
+                    Ok(n) => audio_level_from_samples(&decoded[..n]),
+                    Err(_) => 127,
+                };
+                self.peer.send_audio(now, opus, samples, level)?;
+                self.shared
+                    .stats
+                    .frames_sent
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            // Playout: every 20 ms due by now, each as of its own deadline.
+            while let Some(due) = next_tick.filter(|due| *due <= now) {
+                next_tick = Some(due + FRAME_DURATION);
+                mix.fill(0.0);
+                for (slot, player) in players.iter_mut().enumerate() {
+                    player.tick(due, &mut slot_frame);
+                    for (m, s) in mix.iter_mut().zip(&slot_frame) {
+                        *m += s;
+                    }
+                    if let Some(ring) = self.audio.slots.get_mut(slot) {
+                        let (_, dropped) = ring.push_partial_slice(&slot_frame);
+                        self.shared
+                            .stats
+                            .output_dropped
+                            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                if let Some(ring) = self.audio.mixed.as_mut() {
+                    for m in mix.iter_mut() {
+                        *m = soft_clip(*m);
+                    }
+                    let (_, dropped) = ring.push_partial_slice(&mix);
+                    self.shared
+                        .stats
+                        .output_dropped
+                        .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+                }
+            }
+            // Wait for a datagram, the peer's timeout, the next tick or the next look at the microphone.
+            if self.stopped() {
+                break;
+            }
+            let mut wake = peer_timeout.min(now + MIC_POLL);
+            if let Some(tick) = next_tick {
+                wake = wake.min(tick);
+            }
+            let wait = wake
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_micros(500));
+            self.socket.set_read_timeout(Some(wait))?;
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    self.peer.handle_datagram(Instant::now(), from, &buf[..n])?;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                // An ICMP error of an earlier send (the server went away); ICE notices.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(e.into()),
+            }
+            let now = Instant::now();
+            if now >= peer_timeout {
+                self.peer.handle_timeout(now)?;
+            }
+            peer_timeout = self.drain(
+                &mut players,
+                &mut next_tick,
+                &mut connected,
+                &mut disconnected_since,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Drain the peer until it asks for a timeout, which is returned.
+    fn drain(
+        &mut self,
+        players: &mut [SlotPlayer],
+        next_tick: &mut Option<Instant>,
+        connected: &mut bool,
+        disconnected_since: &mut Option<Instant>,
+    ) -> Result<Instant, Error> {
+        loop {
+            match self.peer.poll_output()? {
+                ClientOutput::Timeout(t) => return Ok(t),
+                ClientOutput::Transmit(t) => {
+                    let _ = self.socket.send_to(&t.contents, t.destination);
+                }
+                ClientOutput::Connected => {
+                    *connected = true;
+                    *disconnected_since = None;
+                    self.shared.media_connections.fetch_add(1, Ordering::AcqRel);
+                    let _ = self
+                        .events
+                        .send(Event::ConnectionState(ConnectionState::Connected));
+                }
+                ClientOutput::Disconnected => {
+                    disconnected_since.get_or_insert_with(Instant::now);
+                    let _ = self
+                        .events
+                        .send(Event::ConnectionState(ConnectionState::Disconnected));
+                }
+                ClientOutput::Audio(a) => {
+                    self.shared
+                        .stats
+                        .packets_received
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Media flows again (str0m reports no ICE recovery to the client peer).
+                    *disconnected_since = None;
+                    if let Some(player) = players.get_mut(a.slot) {
+                        player.receive(&a);
+                        // The playout grid starts with the first packet of any slot.
+                        next_tick.get_or_insert(a.arrival);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One 20 ms frame on the RTP clock (48 kHz for Opus whatever the codec's rate).
+const FRAME_SAMPLES_48K: u32 = media_core::audio::FRAME_SAMPLES as u32;

@@ -1,0 +1,424 @@
+//! The signaling thread: a tokio current-thread runtime running the typed WebSocket client. It joins,
+//! negotiates media (then starts the network thread with the peer), turns server messages into events and
+//! slot-map updates, and carries the game's commands (mute, leave) to the server.
+
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use media_core::client::{ClientConfig, ClientPeer};
+use rtrb::Producer;
+use signaling::client::Client;
+use signaling::protocol::{ClientMessage, Offer, ServerMessage};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::audio::{Sid, SlotUpdate};
+use crate::client::Shared;
+use crate::event::{ConnectionState, Event, Participant, SlotInfo};
+use crate::net::{Net, NetAudio};
+use crate::{Config, Error};
+
+/// The server closes a session that sent nothing for 30 s; a ping every 10 s keeps it.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Delays before the rejoin attempts after a lost connection (the browser SDK's): quickly first, then every
+/// 2 s.
+const RECONNECT_DELAYS: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+/// How long a lost session keeps trying to rejoin before it fails.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
+/// Close codes after which a session rejoins (going away, abnormal, server errors, restarts, overload);
+/// others (normal, policy: kicked, replaced, idle) end it.
+const RECONNECT_CLOSE_CODES: [u16; 6] = [1001, 1006, 1011, 1012, 1013, 1014];
+
+/// How a connection ended.
+enum End {
+    /// For good: left, closed by the game, or ended by the server.
+    Done,
+    /// Lost: rejoin.
+    Lost(String),
+}
+
+/// What the game asks of the session.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Mute(bool),
+    Leave,
+    /// Close the socket and end (the client is being dropped).
+    Close,
+}
+
+pub(crate) struct Session {
+    pub url: String,
+    pub token: String,
+    pub room: Option<String>,
+    pub config: Config,
+    pub shared: Arc<Shared>,
+    pub events: Sender<Event>,
+    pub commands: UnboundedReceiver<Command>,
+    /// The network thread's ring ends, until it starts.
+    pub audio: Option<NetAudio>,
+    pub slot_updates: Producer<SlotUpdate>,
+}
+
+impl Session {
+    /// The thread's body: run the session to its end, then report `Closed`.
+    pub(crate) fn run(self) {
+        let events = self.events.clone();
+        let shared = self.shared.clone();
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::from)
+            .and_then(|runtime| runtime.block_on(self.session()));
+        if let Err(e) = result {
+            let _ = events.send(Event::Error {
+                message: e.to_string(),
+            });
+        }
+        shared.stop.store(true, Ordering::Release);
+        let _ = events.send(Event::ConnectionState(ConnectionState::Closed));
+    }
+
+    /// Connections until the session ends: the first, then a rejoin after each loss (once media had
+    /// connected), as the browser SDK does.
+    async fn session(mut self) -> Result<(), Error> {
+        self.event(Event::ConnectionState(ConnectionState::Connecting));
+        let mut ever_connected = false;
+        let mut lost_since: Option<Instant> = None;
+        let mut attempt = 0u32;
+        loop {
+            let connections = self.shared.media_connections.load(Ordering::Acquire);
+            let end = self.connection().await;
+            if self.shared.media_connections.load(Ordering::Acquire) != connections {
+                ever_connected = true;
+                lost_since = None;
+                attempt = 0;
+            }
+            let reason = match end {
+                Ok(End::Done) => return Ok(()),
+                Ok(End::Lost(reason)) => reason,
+                Err(e) => e.to_string(),
+            };
+            if !ever_connected || self.shared.stop.load(Ordering::Acquire) {
+                return Err(Error::Signaling(reason));
+            }
+            let since = *lost_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > RECONNECT_WINDOW {
+                return Err(Error::Signaling(format!(
+                    "connection lost for {RECONNECT_WINDOW:?}: {reason}"
+                )));
+            }
+            attempt += 1;
+            self.event(Event::Reconnecting {
+                attempt,
+                reason: reason.clone(),
+            });
+            self.event(Event::ConnectionState(ConnectionState::Reconnecting));
+            let delay = RECONNECT_DELAYS[(attempt as usize - 1).min(RECONNECT_DELAYS.len() - 1)];
+            let wait = tokio::time::sleep(delay);
+            tokio::pin!(wait);
+            // The game may leave (or drop the client) while we wait.
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    command = self.commands.recv() => match command {
+                        Some(Command::Mute(_)) => {} // sent with the rejoin
+                        Some(Command::Leave) => {
+                            self.event(Event::Left { reason: None });
+                            return Ok(());
+                        }
+                        Some(Command::Close) | None => return Ok(()),
+                    },
+                }
+            }
+        }
+    }
+
+    /// One connection: join, negotiate media, serve until it ends.
+    async fn connection(&mut self) -> Result<End, Error> {
+        let timeout = self.config.reply_timeout;
+        let mut client = Client::connect(&self.url).await?;
+        let joined = client
+            .join(
+                &self.token,
+                self.room.as_deref(),
+                self.config.name.as_deref(),
+                timeout,
+            )
+            .await?;
+        let slots = usize::from(joined.room.slots);
+        self.event(Event::Joined {
+            sid: joined.participant.sid.clone(),
+            room: joined.room.name.clone(),
+            slots,
+        });
+        self.event(Event::ConnectionState(ConnectionState::Joined));
+        for p in joined.participants {
+            self.event(Event::ParticipantJoined(Participant {
+                sid: p.sid,
+                identity: p.identity,
+                name: p.name,
+                muted: p.muted,
+            }));
+        }
+        if self.shared.muted.load(Ordering::Acquire) {
+            client.mute(true).await?;
+        }
+
+        // Media: a UDP socket on the address that routes to the server, the peer's offer, the answer.
+        let socket = bind_towards(&self.url)?;
+        let local_addr = socket.local_addr()?;
+        let (mut peer, offer) = ClientPeer::new(
+            Instant::now(),
+            ClientConfig {
+                local_addr,
+                slots,
+                publish: joined.participant.can_publish,
+                red: 0,
+            },
+        )?;
+        client
+            .send(&ClientMessage::Offer(Offer { sdp: offer }))
+            .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let answer = loop {
+            let message = tokio::time::timeout_at(deadline, client.recv())
+                .await
+                .map_err(|_| Error::Signaling("timed out waiting for the answer".into()))??
+                .ok_or(Error::Signaling("closed before the answer".into()))?;
+            match message {
+                ServerMessage::Answer(answer) => break answer,
+                ServerMessage::Error(e) => {
+                    return Err(Error::Signaling(format!(
+                        "{}: {}",
+                        e.code.as_str(),
+                        e.message
+                    )))
+                }
+                other => self.server_message(other),
+            }
+        };
+        peer.accept_answer(&answer.sdp)?;
+        let leg_stop = Arc::new(AtomicBool::new(false));
+        let net = Net {
+            peer,
+            socket,
+            audio: self
+                .audio
+                .take()
+                .expect("the rings are back from the previous network thread"),
+            config: self.config.clone(),
+            shared: self.shared.clone(),
+            events: self.events.clone(),
+            slots,
+            leg_stop: leg_stop.clone(),
+        };
+        let net_thread = std::thread::Builder::new()
+            .name("chorus-net".into())
+            .spawn(move || net.run())?;
+
+        let end = self.serve(&mut client, &leg_stop).await;
+        leg_stop.store(true, Ordering::Release);
+        if !matches!(end, Ok(End::Lost(_))) {
+            client.close().await;
+        }
+        self.audio = Some(
+            net_thread
+                .join()
+                .map_err(|_| Error::Media("the network thread panicked".into()))?,
+        );
+        end
+    }
+
+    /// Events and commands until the connection ends.
+    async fn serve(&mut self, client: &mut Client, leg_stop: &AtomicBool) -> Result<End, Error> {
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.tick().await;
+        let mut ping_id = 0u64;
+        // The network thread sets `leg_stop` when it fails; look at it now and then.
+        let mut watch = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                message = client.recv() => match message {
+                    Err(e) => return Ok(End::Lost(e.to_string())),
+                    Ok(None) => {
+                        let close = client.close_frame(Duration::ZERO).await.ok().flatten();
+                        // No close frame: the socket broke (1006).
+                        let code = close.as_ref().map_or(1006, |c| c.code);
+                        return Ok(if RECONNECT_CLOSE_CODES.contains(&code) {
+                            End::Lost(format!("the signaling socket closed ({code})"))
+                        } else {
+                            self.event(Event::Error {
+                                message: format!(
+                                    "the server closed the session ({code} {})",
+                                    close.map(|c| c.reason).unwrap_or_default()
+                                ),
+                            });
+                            End::Done
+                        });
+                    }
+                    Ok(Some(ServerMessage::Left(left))) => {
+                        self.event(Event::Left {
+                            reason: left.reason.map(|r| spelling(&r)),
+                        });
+                        return Ok(End::Done);
+                    }
+                    Ok(Some(other)) => self.server_message(other),
+                },
+                command = self.commands.recv() => match command {
+                    Some(Command::Mute(muted)) => client.mute(muted).await?,
+                    Some(Command::Leave) => client.leave().await?,
+                    Some(Command::Close) | None => return Ok(End::Done),
+                },
+                _ = ping.tick() => {
+                    ping_id += 1;
+                    client.ping(ping_id).await?;
+                }
+                _ = watch.tick() => {
+                    if self.shared.stop.load(Ordering::Acquire) {
+                        return Ok(End::Done);
+                    }
+                    if leg_stop.load(Ordering::Acquire) {
+                        return Ok(End::Lost("the media path was lost".into()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn event(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// An event from the server, as an [`Event`] (and slot-map updates for the speaker).
+    fn server_message(&mut self, message: ServerMessage) {
+        let event = match message {
+            ServerMessage::ParticipantJoined(j) => Event::ParticipantJoined(Participant {
+                sid: j.participant.sid,
+                identity: j.participant.identity,
+                name: j.participant.name,
+                muted: j.participant.muted,
+            }),
+            ServerMessage::ParticipantLeft(l) => Event::ParticipantLeft {
+                sid: l.sid,
+                reason: spelling(&l.reason),
+            },
+            ServerMessage::ParticipantMuted(m) => Event::ParticipantMuted {
+                sid: m.sid,
+                muted: m.muted,
+            },
+            ServerMessage::Speakers(s) => {
+                Event::Speaking(s.speakers.into_iter().map(|s| (s.sid, s.level)).collect())
+            }
+            ServerMessage::DominantSpeaker(d) => Event::DominantSpeaker { sid: d.sid },
+            ServerMessage::Slots(s) => {
+                for slot in &s.slots {
+                    let sid = slot.sid.as_deref().and_then(Sid::new).unwrap_or(Sid::EMPTY);
+                    // A full ring (the game never pulls per participant) only delays the map.
+                    let _ = self.slot_updates.push(SlotUpdate {
+                        slot: slot.slot,
+                        sid,
+                    });
+                }
+                Event::Slots(
+                    s.slots
+                        .into_iter()
+                        .map(|s| SlotInfo {
+                            slot: s.slot,
+                            sid: s.sid,
+                        })
+                        .collect(),
+                )
+            }
+            ServerMessage::Draining(_) => Event::Draining,
+            ServerMessage::Error(e) => Event::Error {
+                message: format!("{}: {}", e.code.as_str(), e.message),
+            },
+            ServerMessage::Left(l) => Event::Left {
+                reason: l.reason.map(|r| spelling(&r)),
+            },
+            // Replies this session does not wait for, and state it does not track.
+            ServerMessage::Joined(_)
+            | ServerMessage::Answer(_)
+            | ServerMessage::MediaState(_)
+            | ServerMessage::Pong(_) => return,
+        };
+        self.event(event);
+    }
+}
+
+/// How the protocol spells a reason (its serde name).
+fn spelling<T: serde::Serialize>(reason: &T) -> String {
+    match serde_json::to_value(reason) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+/// A UDP socket bound to the local address that routes to the signaling server's host (its ICE host
+/// candidate); the port is the system's choice.
+fn bind_towards(url: &str) -> Result<UdpSocket, Error> {
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let secure = url.starts_with("wss://");
+    let with_port = if rest
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !rest.ends_with(']')
+    {
+        rest.to_owned()
+    } else {
+        format!("{rest}:{}", if secure { 443 } else { 80 })
+    };
+    let server: SocketAddr = with_port
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| Error::Signaling(format!("{url}: no address for the host")))?;
+    let unspecified: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("a literal socket address parses");
+    let probe = UdpSocket::bind(unspecified)?;
+    probe.connect(server)?;
+    let local_ip = probe.local_addr()?.ip();
+    Ok(UdpSocket::bind(SocketAddr::new(local_ip, 0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_media_socket_binds_to_the_address_routing_to_the_server() {
+        for url in ["ws://127.0.0.1:7880/ws", "ws://localhost:7880/ws?x=1"] {
+            let socket = bind_towards(url).expect(url);
+            let local = socket.local_addr().expect("bound");
+            assert!(local.ip().is_loopback(), "{url}: {local}");
+            assert_ne!(local.port(), 0);
+        }
+        assert!(bind_towards("ws://no-such-host.invalid/ws").is_err());
+    }
+
+    #[test]
+    fn reasons_are_spelled_as_on_the_wire() {
+        use signaling::protocol::ParticipantLeftReason;
+        assert_eq!(
+            spelling(&ParticipantLeftReason::Disconnected),
+            "disconnected"
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! The C example (`examples/c/tone.c`), built with the system C compiler against the static library and
+//! the header, joins a room where two `AudioClient`s send 440 and 660 Hz and sends 880 Hz: it must report
+//! hearing 440 and 660 Hz (and not its own 880), and both others must hear 880 Hz from it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use chorus_tests::{Server, SAMPLE_RATE};
+
+use crate::{audio_client, tones_in, SECONDS};
+
+/// Build the static library (cargo test does not keep it up to date) and link the example against it; the
+/// example's path.
+fn build_example() -> anyhow::Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = dir.join("../..");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-p", "chorus-native", "--lib"])
+        .current_dir(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "cargo build -p chorus-native failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"))
+        .join("debug");
+    let exe = target.join("chorus-tone-c");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let out = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
+        .arg(dir.join("include"))
+        .arg(dir.join("examples/c/tone.c"))
+        .arg(target.join("libchorus_native.a"))
+        // What the Rust standard library needs from the system (rustc --print native-static-libs).
+        .args(["-lpthread", "-ldl", "-lm", "-lrt", "-lutil"])
+        // Unreferenced sections out and no debug symbols: the static library is half a gigabyte.
+        .args(["-Wl,--gc-sections", "-s", "-o"])
+        .arg(&exe)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cc} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(exe)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_c_example_hears_two_clients_and_is_heard() -> anyhow::Result<()> {
+    let exe = tokio::task::spawn_blocking(build_example).await??;
+    let server = Server::start(&[]).await?;
+    let room = "c-example";
+    let (_carol_signal, mut carol, _) = audio_client(&server, room, "carol", 440.0).await?;
+    let (_dave_signal, mut dave, _) = audio_client(&server, room, "dave", 660.0).await?;
+    carol.wait_connected(SECONDS).await?;
+    dave.wait_connected(SECONDS).await?;
+
+    let token = server.token(room, "c-example", &[])?;
+    let url = server.ws_url();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(&exe)
+            .args([&url, &token, room, "880", "3", "440", "660", "880"])
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!(
+        "{stdout}\nstderr: {}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_tail()
+    );
+    assert!(out.status.success(), "the example failed: {report}");
+    println!("{stdout}");
+    let heard: Vec<f32> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("heard "))
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(heard, vec![440.0, 660.0], "{report}");
+    assert!(stdout.contains("participants 2"), "{report}");
+    assert!(stdout.contains("event left"), "{report}");
+
+    for (name, client) in [("carol", &carol), ("dave", &dave)] {
+        let heard = client
+            .heard
+            .lock()
+            .expect("no panic while holding the heard lock");
+        let hears_880 = heard.pcm_by_csrc.values().any(|pcm| {
+            pcm.len() > SAMPLE_RATE as usize && tones_in(pcm, SAMPLE_RATE).0 == vec![880.0]
+        });
+        assert!(
+            hears_880,
+            "{name} does not hear the C example's 880 Hz: {report}"
+        );
+    }
+    carol.stop().await?;
+    dave.stop().await?;
+    Ok(())
+}

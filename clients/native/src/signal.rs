@@ -344,8 +344,10 @@ impl Session {
             ServerMessage::Left(l) => Event::Left {
                 reason: l.reason.map(|r| spelling(&r)),
             },
-            // Replies this session does not wait for, and state it does not track.
+            // Replies this session does not wait for, and state it does not track (it rejoins rather
+            // than resumes, so `resumed` never comes).
             ServerMessage::Joined(_)
+            | ServerMessage::Resumed(_)
             | ServerMessage::Answer(_)
             | ServerMessage::MediaState(_)
             | ServerMessage::Pong(_) => return,

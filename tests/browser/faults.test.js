@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  CHROMIUM, hearsTone, launchParticipant, makeTempDir, measure, openDemo, snapshot, waitConnected,
+  hearsTone, launchAliceAndBob, makeTempDir, measure, openDemo, snapshot, waitConnected,
   withDiagnostics as runWithDiagnostics,
 } from './lib/browser.js';
 import { createNetns } from './lib/netns.js';
@@ -53,13 +53,7 @@ describe('a 3 s media blackout', { timeout: 90000 }, () => {
   before(async () => {
     ns = await createNetns({ prefix: 'chorus-faults' });
     server = await startServer({ netns: /** @type {any} */ (ns), httpPort: HTTP_PORT, workers: 1, slots: 3 });
-    const chromium = ns.wrapper(CHROMIUM, tmp.dir);
-    // the page is served from http://198.51.100.1:PORT, not a secure context: allow getUserMedia there
-    const extraArgs = [`--unsafely-treat-insecure-origin-as-secure=${server.url}`];
-    [alice, bob] = await Promise.all([
-      launchParticipant({ name: 'Alice', freq: 440, amplitude: 0.5, tmpDir: tmp.dir, executablePath: chromium, extraArgs }),
-      launchParticipant({ name: 'Bob', freq: 660, amplitude: 0.5, tmpDir: tmp.dir, executablePath: chromium, extraArgs }),
-    ]);
+    [alice, bob] = await launchAliceAndBob({ tmpDir: tmp.dir, netns: ns, serverUrl: server.url });
     all = [alice, bob];
   });
 

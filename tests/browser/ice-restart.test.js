@@ -7,14 +7,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  CHROMIUM, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot, waitConnected,
+  launchAliceAndBob, hearsTone, makeTempDir, openDemo, pollUntil, snapshot, waitConnected,
   withDiagnostics as runWithDiagnostics,
 } from './lib/browser.js';
 import { createNetns } from './lib/netns.js';
 import { startServer } from './lib/server.js';
 
 const ROOM = 'ice-restart';
-const FREQS = [440, 660];
 /** The server's HTTP port inside the namespace (fixed: Chromium's insecure-origin flag names it). */
 const HTTP_PORT = 7880;
 /** How long Alice's media path stays cut: past Chromium's `disconnected` and the SDK's restart delay. */
@@ -37,12 +36,7 @@ describe('ICE restart after the media path died', { timeout: 150000 }, () => {
   before(async () => {
     ns = await createNetns({ prefix: 'chorus-icer' });
     server = await startServer({ netns: /** @type {any} */ (ns), httpPort: HTTP_PORT, workers: 1, slots: 3 });
-    const chromium = ns.wrapper(CHROMIUM, tmp.dir);
-    const extraArgs = [`--unsafely-treat-insecure-origin-as-secure=${server.url}`];
-    [alice, bob] = await Promise.all([
-      launchParticipant({ name: 'Alice', freq: 440, amplitude: 0.5, tmpDir: tmp.dir, executablePath: chromium, extraArgs }),
-      launchParticipant({ name: 'Bob', freq: 660, amplitude: 0.5, tmpDir: tmp.dir, executablePath: chromium, extraArgs }),
-    ]);
+    [alice, bob] = await launchAliceAndBob({ tmpDir: tmp.dir, netns: ns, serverUrl: server.url });
     all = [alice, bob];
   });
 
@@ -59,16 +53,7 @@ describe('ICE restart after the media path died', { timeout: 150000 }, () => {
    * @param {number} own
    * @param {number} [timeoutMs]
    */
-  const hears = async (listener, freq, own, timeoutMs = 20000) => {
-    const m = await pollUntil(`${listener.name} to hear ${freq} Hz`, async () => {
-      const r = await measure(listener, 1000, FREQS);
-      const top = r.peaks[0];
-      const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
-        r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;
-      return { ok, ...r };
-    }, { timeoutMs, intervalMs: 0 });
-    console.log(`${listener.name} hears: peaks ${JSON.stringify(m.peaks.slice(0, 3))}`);
-  };
+  const hears = (listener, freq, own, timeoutMs = 20000) => hearsTone(listener, freq, own, { timeoutMs });
 
   /** @param {import('./lib/browser.js').Participant} p @returns {Promise<string[]>} */
   const demoLog = (p) => p.page.evaluate(() => /** @type {any} */ (window).chorusDemo.log.slice());

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  withDiagnostics as runWithDiagnostics, launchParticipant, hearsTone, makeTempDir, openDemo, pollUntil, snapshot,
+  withDiagnostics as runWithDiagnostics, launchAliceAndBob, hearsTone, makeTempDir, openDemo, pollUntil, snapshot,
   waitConnected,
 } from './lib/browser.js';
 import { freeTcpPort, startServer } from './lib/server.js';
@@ -30,10 +30,7 @@ describe('server restart', { timeout: 150000 }, () => {
   before(async () => {
     httpPort = await freeTcpPort();
     server = await startServer({ workers: 1, slots: 3, httpPort });
-    [alice, bob] = await Promise.all([
-      launchParticipant({ name: 'Alice', freq: 440, amplitude: 0.5, tmpDir: tmp.dir }),
-      launchParticipant({ name: 'Bob', freq: 660, amplitude: 0.5, tmpDir: tmp.dir }),
-    ]);
+    [alice, bob] = await launchAliceAndBob({ tmpDir: tmp.dir });
     all = [alice, bob];
   });
 

@@ -5,14 +5,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  withDiagnostics as runWithDiagnostics, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot,
+  withDiagnostics as runWithDiagnostics, launchAliceAndBob, hearsTone, makeTempDir, openDemo, pollUntil, snapshot,
   waitConnected,
 } from './lib/browser.js';
 import { startServer } from './lib/server.js';
 import { startCuttableRelay } from './lib/tcp-cut.js';
 
 const ROOM = 'resume';
-const FREQS = [440, 660];
 
 describe('signaling resume', { timeout: 120000 }, () => {
   /** @type {import('./lib/server.js').ChorusServer|null} */
@@ -31,10 +30,7 @@ describe('signaling resume', { timeout: 120000 }, () => {
   before(async () => {
     server = await startServer({ workers: 1, slots: 3 });
     relay = await startCuttableRelay(server.httpPort);
-    [alice, bob] = await Promise.all([
-      launchParticipant({ name: 'Alice', freq: 440, amplitude: 0.5, tmpDir: tmp.dir }),
-      launchParticipant({ name: 'Bob', freq: 660, amplitude: 0.5, tmpDir: tmp.dir }),
-    ]);
+    [alice, bob] = await launchAliceAndBob({ tmpDir: tmp.dir });
     all = [alice, bob];
   });
 
@@ -51,16 +47,7 @@ describe('signaling resume', { timeout: 120000 }, () => {
    * @param {number} own
    * @param {number} [timeoutMs]
    */
-  const hears = async (listener, freq, own, timeoutMs = 20000) => {
-    const m = await pollUntil(`${listener.name} to hear ${freq} Hz`, async () => {
-      const r = await measure(listener, 1000, FREQS);
-      const top = r.peaks[0];
-      const ok = !!top && Math.abs(top.freqHz - freq) <= 15 &&
-        r.powerAt[freq] > -35 && r.powerAt[freq] - r.powerAt[own] >= 30;
-      return { ok, ...r };
-    }, { timeoutMs, intervalMs: 0 });
-    console.log(`${listener.name} hears: peaks ${JSON.stringify(m.peaks.slice(0, 3))}`);
-  };
+  const hears = (listener, freq, own, timeoutMs = 20000) => hearsTone(listener, freq, own, { timeoutMs });
 
   /** @param {import('./lib/browser.js').Participant} p @returns {Promise<string[]>} */
   const demoLog = (p) => p.page.evaluate(() => /** @type {any} */ (window).chorusDemo.log.slice());

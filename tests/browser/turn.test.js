@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
-  withDiagnostics as runWithDiagnostics, hearsTone, launchParticipant, makeTempDir, pollUntil, snapshot, waitConnected,
+  withDiagnostics as runWithDiagnostics, hearsTone, launchAliceAndBob, makeTempDir, pollUntil, snapshot, waitConnected,
 } from './lib/browser.js';
 import { freeUdpPorts, startServer } from './lib/server.js';
 
@@ -170,10 +170,7 @@ describe('TURN relay only, through a real coturn', { timeout: 90000 }, () => {
       startServer({ workers: 1, slots: 3, extraArgs: ['--config', config('chorus.toml', SECRET)] }),
       startServer({ workers: 1, slots: 3, extraArgs: ['--config', config('wrong.toml', WRONG_SECRET)] }),
     ]);
-    [alice, bob] = await Promise.all([
-      launchParticipant({ name: 'Alice', freq: 440, amplitude: 0.5, tmpDir: tmp.dir }),
-      launchParticipant({ name: 'Bob', freq: 660, amplitude: 0.5, tmpDir: tmp.dir }),
-    ]);
+    [alice, bob] = await launchAliceAndBob({ tmpDir: tmp.dir });
     all = [alice, bob];
   });
 

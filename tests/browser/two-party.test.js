@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
-  withDiagnostics as runWithDiagnostics, hearsTone, launchParticipant, makeTempDir, measure, openDemo, pollUntil, snapshot,
+  withDiagnostics as runWithDiagnostics, hearsTone, launchAliceAndBob, makeTempDir, measure, openDemo, pollUntil, snapshot,
   waitConnected,
 } from './lib/browser.js';
 import { startServer } from './lib/server.js';
@@ -25,10 +25,7 @@ describe('two participants', { timeout: 120000 }, () => {
 
   before(async () => {
     server = await startServer({ workers: 1, slots: 3 });
-    [alice, bob] = await Promise.all([
-      launchParticipant({ name: 'Alice', freq: 440, amplitude: 0.5, tmpDir: tmp.dir }),
-      launchParticipant({ name: 'Bob', freq: 660, amplitude: 0.5, tmpDir: tmp.dir }),
-    ]);
+    [alice, bob] = await launchAliceAndBob({ tmpDir: tmp.dir });
     all = [alice, bob];
   });
 

@@ -128,6 +128,25 @@ export async function inboundAudioStats(p) {
 }
 
 /**
+ * The two-party set-up most tests use: Alice with a 440 Hz tone and Bob with 660 Hz (amplitude 0.5). With
+ * `netns` (lib/netns.js) both browsers run inside that namespace, and `serverUrl` (http://198.51.100.1:PORT,
+ * not a secure context) is allowed getUserMedia.
+ * @param {{tmpDir: string, netns?: {wrapper: (exe: string, dir: string) => string}, serverUrl?: string}} opts
+ * @returns {Promise<[Participant, Participant]>}
+ */
+export async function launchAliceAndBob({ tmpDir, netns, serverUrl }) {
+  const inNs = netns ? {
+    executablePath: netns.wrapper(CHROMIUM, tmpDir),
+    extraArgs: serverUrl ? [`--unsafely-treat-insecure-origin-as-secure=${serverUrl}`] : [],
+  } : {};
+  const [alice, bob] = await Promise.all([
+    launchParticipant({ name: 'Alice', freq: 440, amplitude: 0.5, tmpDir, ...inNs }),
+    launchParticipant({ name: 'Bob', freq: 660, amplitude: 0.5, tmpDir, ...inNs }),
+  ]);
+  return [alice, bob];
+}
+
+/**
  * Wait until `listener` hears the tone `freq` clearly (the strongest peak within 15 Hz of it, above −35 dB)
  * and its own tone `own` at least 30 dB below it, measuring 1 s (`windowMs`) at a time; then check that Opus
  * packets arrive. Logs what was heard and returns the last measurement.

@@ -16,7 +16,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
-use crate::core::peer::{opus_only, opus_pt, red_mids, red_pt, PeerError, Transmit};
+use crate::core::codec::{opus_only, opus_pt, red_mids, red_pt};
+use crate::core::peer::{PeerError, Transmit};
 use crate::red::{self, RedundantFrame};
 
 /// How a client peer is set up.

@@ -3,6 +3,7 @@
 //! until it returns [`Output::Timeout`].
 
 mod answer;
+pub(crate) mod codec;
 pub mod net;
 pub mod offer;
 mod outbox;

@@ -1,0 +1,467 @@
+//! One participant's WebRTC peer on the server side: a str0m [`Rtc`] in ICE-lite, RTP mode.
+//!
+//! The first audio m-line of the client's offer is its microphone; every further audio m-line the client
+//! receives on is one of its slots. The peer only wraps str0m: what to forward where is decided by the room.
+
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::Receive;
+use str0m::rtp::RtpPacket;
+use str0m::{IceCreds, Input, Rtc, RtcError};
+
+use crate::core::answer::finish_answer;
+use crate::core::codec::{opus_only, opus_pt, red_mids, red_pt};
+use crate::core::net::{LocalCandidate, NetPath};
+use crate::core::router::is_nomination;
+use crate::ids::{ParticipantId, Ssrc};
+use crate::sfu::slots::MAX_SLOTS;
+
+mod output;
+#[cfg(test)]
+mod tests;
+
+/// Why a peer could not be created or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("the offer is not valid SDP: {0}")]
+    BadSdp(String),
+    #[error("the offer has no usable audio m-line for {0}")]
+    MissingMedia(&'static str),
+    /// A second offer that is no ICE restart of the first (see [`Peer::restart_ice`]).
+    #[error("{0}")]
+    NotIceRestart(&'static str),
+    #[error("webrtc: {0}")]
+    Rtc(#[from] RtcError),
+    #[error("the webrtc stack panicked")]
+    Panicked,
+}
+
+/// A datagram to send (the test client's output; the core's is [`NetTransmit`], which names its path).
+#[derive(Debug)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// What a peer reports to its owner while being drained.
+///
+/// The RTP variant is large; it is kept inline because the events live in a reused queue, where boxing would
+/// cost an allocation per packet.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum PeerEvent {
+    /// DTLS-SRTP is established.
+    Connected,
+    /// ICE consent was lost, the DTLS handshake failed, or the peer closed.
+    Disconnected(&'static str),
+    /// An RTP packet arrived on the microphone m-line.
+    Rtp(RtpPacket),
+    /// Periodic RTCP-derived statistics of one stream.
+    Stats(StreamStats),
+}
+
+/// What one RTCP statistics report of a stream says.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StreamStats {
+    pub rtt: Option<Duration>,
+    /// Interarrival jitter of an incoming stream.
+    pub jitter: Option<Duration>,
+    /// NACKs received for an outgoing stream since the last report.
+    pub nacks_received: u64,
+    /// NACKs sent for an incoming stream since the last report.
+    pub nacks_sent: u64,
+}
+
+/// How often str0m reports stream statistics.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Settings for creating a peer.
+pub struct PeerParams<'a> {
+    /// The address in the ICE candidate: the socket's bound (or explicitly mapped public) address. The
+    /// only candidate of [`Peer::from_offer`]; [`Peer::from_offer_with_candidates`] takes a list instead.
+    pub candidate_addr: SocketAddr,
+    /// The certificate shared by every peer of the worker.
+    pub dtls_cert: &'a DtlsCert,
+    /// Slot streams to send (the room's K); extra recvonly m-lines in the offer stay unused.
+    pub slots: usize,
+}
+
+/// One of the subscriber's outgoing slot streams.
+#[derive(Debug)]
+pub struct SlotStream {
+    pub mid: Mid,
+    pub ssrc: Ssrc,
+    /// The Opus payload type negotiated on this m-line.
+    pub pt: Pt,
+    /// The RED (RFC 2198) payload type, when the subscriber offered RED on this m-line.
+    pub red_pt: Option<Pt>,
+}
+
+pub struct Peer {
+    id: ParticipantId,
+    rtc: Rtc,
+    ufrag: String,
+    /// The client's ICE ufrag and the m-lines of its offer: an ICE restart offer changes the first and
+    /// keeps the second.
+    remote_ufrag: Option<String>,
+    mlines: usize,
+    mic_mid: Option<Mid>,
+    mic_pt: Option<Pt>,
+    /// The RED payload type the microphone may send, when the client offered RED on it.
+    mic_red_pt: Option<Pt>,
+    slots: Vec<SlotStream>,
+    connected: bool,
+    /// When the peer next needs a timeout, as scheduled in the core's [`Outbox`]; `None` while no wake-up
+    /// is pending. The only record of the peer's timer: the outbox's heap entries are checked against it.
+    wake: Option<Instant>,
+    created: Instant,
+    /// Cumulative NACK counts per (mid, outgoing) from str0m's last stats, to report differences.
+    nack_totals: Vec<(Mid, bool, u64)>,
+    /// The path of the client's latest verified nomination (a binding request with USE-CANDIDATE that our
+    /// ICE agent authenticated): DTLS, RTP and RTCP go there. str0m's ICE-lite agent keeps sending to the
+    /// highest-priority pair ever nominated until that pair has had no check for 15 s, so after a NAT
+    /// rebinding (same client candidate, same priority, new source port) it would send to the dead
+    /// address for 15 s; the controlling client's latest nomination is where it wants media
+    /// (RFC 8445 §8.1.1). STUN replies still go where str0m sends them: to each request's source.
+    client_path: Option<NetPath>,
+    /// Transaction ids of the latest verified nominations, newest last (at most [`NOMINATIONS_KEPT`]).
+    /// MESSAGE-INTEGRITY does not cover the source address: someone who sees a client's check can
+    /// resend it from elsewhere, and str0m takes the copy. A copy carries a transaction id already seen,
+    /// so it never moves the media; a new check from the client does.
+    nominations: std::collections::VecDeque<[u8; 12]>,
+}
+
+/// How many nominations' transaction ids a peer remembers to recognise a replayed one: at one check
+/// every few seconds, the last half minute (the ICE consent timeout).
+const NOMINATIONS_KEPT: usize = 16;
+
+impl Peer {
+    /// Create a peer from a client's offer, with one UDP host candidate at `params.candidate_addr`.
+    /// Returns the peer and the SDP answer.
+    pub fn from_offer(
+        now: Instant,
+        id: ParticipantId,
+        params: &PeerParams<'_>,
+        offer_sdp: &str,
+    ) -> Result<(Peer, String), PeerError> {
+        let candidates = [LocalCandidate::udp(params.candidate_addr)];
+        Self::from_offer_with_candidates(now, id, params, &candidates, offer_sdp)
+    }
+
+    /// Create a peer from a client's offer, offering `candidates` (in this order; see
+    /// [`crate::core::net::offer_order`]) instead of `params.candidate_addr`. Returns the peer and the SDP
+    /// answer, which lists every candidate.
+    pub fn from_offer_with_candidates(
+        now: Instant,
+        id: ParticipantId,
+        params: &PeerParams<'_>,
+        candidates: &[LocalCandidate],
+        offer_sdp: &str,
+    ) -> Result<(Peer, String), PeerError> {
+        // The most hostile input a peer takes: parsed under the same guard as every other str0m call.
+        let offer = parse_offer(offer_sdp, SdpOffer::from_sdp_string)?;
+        let (mut peer, answer) = guard(|| Self::from_parsed(now, id, params, candidates, offer))??;
+        peer.remote_ufrag = offer_ufrag(offer_sdp).map(str::to_owned);
+        peer.mlines = mline_count(offer_sdp);
+        Ok((peer, finish_answer(offer_sdp, &answer)))
+    }
+
+    /// Answers the client's ICE restart offer on this peer (RFC 8445 §9): new ICE credentials on both
+    /// sides, the same m-lines, slots, SSRCs and DTLS association. str0m flushes the ICE agent's pairs
+    /// and answers with fresh local credentials; the caller re-keys its routing from the returned old
+    /// ufrag to [`Peer::ufrag`]. An offer that keeps the client's ICE credentials (a renegotiation) or
+    /// changes the m-lines is refused with [`PeerError::NotIceRestart`] and leaves the peer as it was.
+    pub fn restart_ice(&mut self, offer_sdp: &str) -> Result<(String, String), PeerError> {
+        let ufrag = offer_ufrag(offer_sdp)
+            .ok_or(PeerError::NotIceRestart("the offer has no a=ice-ufrag"))?;
+        if self.remote_ufrag.as_deref() == Some(ufrag) {
+            return Err(PeerError::NotIceRestart(
+                "a second offer must be an ICE restart (new ICE credentials); renegotiation is not supported",
+            ));
+        }
+        if mline_count(offer_sdp) != self.mlines {
+            return Err(PeerError::NotIceRestart(
+                "an ICE restart offer must keep the m-lines of the first offer",
+            ));
+        }
+        let offer = parse_offer(offer_sdp, SdpOffer::from_sdp_string)?;
+        let rtc = &mut self.rtc;
+        let answer = guard(|| rtc.sdp_api().accept_offer(offer))??;
+        let local = self.rtc.direct_api().local_ice_credentials().ufrag;
+        let old = std::mem::replace(&mut self.ufrag, local);
+        self.remote_ufrag = Some(ufrag.to_owned());
+        // The ICE state is flushed (RFC 8445 §9): media waits for a nomination under the new credentials,
+        // as the router forgets the paths learned under the old ones.
+        self.client_path = None;
+        self.nominations.clear();
+        Ok((old, finish_answer(offer_sdp, &answer.to_sdp_string())))
+    }
+
+    /// The peer and str0m's answer as str0m writes it (see [`finish_answer`] for what it lacks).
+    pub(super) fn from_parsed(
+        now: Instant,
+        id: ParticipantId,
+        params: &PeerParams<'_>,
+        candidates: &[LocalCandidate],
+        offer: SdpOffer,
+    ) -> Result<(Peer, String), PeerError> {
+        let red_mids = red_mids!(offer);
+        let creds = IceCreds::new();
+        let ufrag = creds.ufrag.clone();
+        let mut rtc = opus_only(
+            Rtc::builder()
+                .set_ice_lite(true)
+                .set_dtls_cert(params.dtls_cert.clone())
+                .set_local_ice_credentials(creds),
+            true,
+        )
+        .set_stats_interval(Some(STATS_INTERVAL))
+        .build(now);
+        for local in candidates {
+            let candidate = local.ice().map_err(PeerError::BadSdp)?;
+            rtc.add_local_candidate(candidate);
+        }
+        let answer = rtc.sdp_api().accept_offer(offer)?;
+
+        // The m-lines in offer order; str0m reports MediaAdded only once connected, so read the answer.
+        let audio_mids: Vec<(Mid, Direction)> = answer
+            .media_lines
+            .iter()
+            .filter_map(|line| {
+                let media = rtc.media(line.mid())?;
+                (media.kind() == MediaKind::Audio).then(|| (media.mid(), media.direction()))
+            })
+            .collect();
+        let mut mids = audio_mids.into_iter();
+        let (mic_mid, mic_dir) = mids
+            .next()
+            .ok_or(PeerError::MissingMedia("the microphone"))?;
+        let mic_mid =
+            matches!(mic_dir, Direction::RecvOnly | Direction::SendRecv).then_some(mic_mid);
+        let mic_pt = mic_mid.and_then(|m| opus_pt(&rtc, m));
+        let mic_red_pt = mic_mid
+            .filter(|m| red_mids.contains(m))
+            .and_then(|m| red_pt(&rtc, m));
+
+        let mut slots = Vec::with_capacity(params.slots);
+        for (mid, dir) in mids {
+            if slots.len() == params.slots.min(MAX_SLOTS) {
+                break;
+            }
+            if !matches!(dir, Direction::SendOnly | Direction::SendRecv) {
+                continue;
+            }
+            let Some(pt) = opus_pt(&rtc, mid) else {
+                continue;
+            };
+            let mut api = rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                continue;
+            };
+            let ssrc = Ssrc(*tx.ssrc());
+            let red_pt = red_mids.contains(&mid).then(|| red_pt(&rtc, mid)).flatten();
+            slots.push(SlotStream {
+                mid,
+                ssrc,
+                pt,
+                red_pt,
+            });
+        }
+        if params.slots > 0 && slots.is_empty() {
+            return Err(PeerError::MissingMedia(
+                "the slots (recvonly audio m-lines with Opus)",
+            ));
+        }
+
+        let peer = Peer {
+            id,
+            rtc,
+            ufrag,
+            remote_ufrag: None,
+            mlines: 0,
+            mic_mid,
+            mic_pt,
+            mic_red_pt,
+            slots,
+            connected: false,
+            wake: None,
+            created: now,
+            nack_totals: Vec::new(),
+            client_path: None,
+            nominations: std::collections::VecDeque::with_capacity(NOMINATIONS_KEPT),
+        };
+        Ok((peer, answer.to_sdp_string()))
+    }
+
+    pub fn id(&self) -> ParticipantId {
+        self.id
+    }
+
+    /// The local ICE username fragment: what the router demultiplexes STUN by.
+    pub fn ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
+    /// The subscriber's outgoing slot streams, in offer order.
+    pub fn slots(&self) -> &[SlotStream] {
+        &self.slots
+    }
+
+    /// Whether DTLS-SRTP is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Whether the peer is still not connected more than `timeout` after its offer.
+    pub fn connect_timed_out(&self, now: Instant, timeout: Duration) -> bool {
+        !self.connected && now.saturating_duration_since(self.created) > timeout
+    }
+
+    /// Record a wake-up at `at`; `true` if it is earlier than the pending one (or none was pending), so the
+    /// outbox must hold an entry for it.
+    pub(crate) fn wake_earlier(&mut self, at: Instant) -> bool {
+        if self.wake.is_some_and(|w| w <= at) {
+            return false;
+        }
+        self.wake = Some(at);
+        true
+    }
+
+    /// Whether a timer entry for `at` is this peer's live wake-up; if so it is consumed (none is pending
+    /// any more).
+    pub(crate) fn take_wake(&mut self, at: Instant) -> bool {
+        if self.wake != Some(at) {
+            return false;
+        }
+        self.wake = None;
+        true
+    }
+
+    /// Whether the microphone m-line lets the client send to us.
+    pub fn has_microphone(&self) -> bool {
+        self.mic_mid.is_some()
+    }
+
+    /// The Opus payload type the microphone sends.
+    pub fn mic_opus_pt(&self) -> Option<Pt> {
+        self.mic_pt
+    }
+
+    /// The RED payload type the microphone may send (the client offered RED).
+    pub fn mic_red_pt(&self) -> Option<Pt> {
+        self.mic_red_pt
+    }
+
+    /// Feed a datagram from the network, received over `path`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        path: NetPath,
+        data: &[u8],
+    ) -> Result<(), PeerError> {
+        let Some(input) = net_input(now, path, data) else {
+            // Not STUN, DTLS, RTP or RTCP: str0m refuses to classify it.
+            return Ok(());
+        };
+        let rtc = &mut self.rtc;
+        if is_nomination(data) && guard(|| rtc.accepts(&input)).unwrap_or(false) {
+            self.nominated(path, data);
+        }
+        let rtc = &mut self.rtc;
+        guard(|| rtc.handle_input(input))??;
+        Ok(())
+    }
+
+    /// The client nominated `path` in `request`, which our ICE agent verified: media follows it, unless
+    /// the request is a copy of one already taken (a replay from another address).
+    fn nominated(&mut self, path: NetPath, request: &[u8]) {
+        let mut transaction = [0u8; 12];
+        transaction.copy_from_slice(&request[8..20]);
+        if self.nominations.contains(&transaction) {
+            return;
+        }
+        if self.nominations.len() == NOMINATIONS_KEPT {
+            self.nominations.pop_front();
+        }
+        self.nominations.push_back(transaction);
+        if self.client_path == Some(path) {
+            return;
+        }
+        if let Some(old) = self.client_path {
+            tracing::debug!(participant = %self.id, from = %old.remote, to = %path.remote,
+                transport = path.transport.as_str(), "the client moved its media to another path");
+        }
+        self.client_path = Some(path);
+    }
+
+    /// Where DTLS, RTP and RTCP go: the path of the client's latest verified nomination, if any.
+    pub fn client_path(&self) -> Option<NetPath> {
+        self.client_path
+    }
+
+    /// Whether this peer's ICE agent takes a STUN message from `source` as its own: a binding request naming
+    /// our ufrag and the client's, with MESSAGE-INTEGRITY under our ICE password (str0m's `Rtc::accepts`).
+    /// Only then may the router learn `source` for this peer.
+    pub fn verifies_stun(&self, now: Instant, path: NetPath, data: &[u8]) -> bool {
+        let Some(input) = net_input(now, path, data) else {
+            return false;
+        };
+        let rtc = &self.rtc;
+        guard(|| rtc.accepts(&input)).unwrap_or(false)
+    }
+
+    /// Advance time.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
+        let rtc = &mut self.rtc;
+        guard(|| rtc.handle_input(Input::Timeout(now)))??;
+        Ok(())
+    }
+
+    /// Whether str0m still considers the peer alive.
+    pub fn is_alive(&self) -> bool {
+        self.rtc.is_alive()
+    }
+}
+
+/// A datagram as str0m's input; `None` for one str0m cannot classify (not STUN, DTLS, RTP or RTCP).
+fn net_input(now: Instant, path: NetPath, data: &[u8]) -> Option<Input<'_>> {
+    let contents = data.try_into().ok()?;
+    Some(Input::Receive(
+        now,
+        Receive {
+            proto: path.transport.protocol(),
+            source: path.remote,
+            destination: path.local,
+            contents,
+        },
+    ))
+}
+
+/// The offer's first `a=ice-ufrag` (session or media level: browsers bundle, so every m-line has the same).
+fn offer_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+}
+
+fn mline_count(sdp: &str) -> usize {
+    sdp.lines().filter(|l| l.starts_with("m=")).count()
+}
+
+/// Parse an SDP offer with `parse` (str0m's parser in production) under [`guard`]: a parse error is
+/// [`PeerError::BadSdp`], a panic in the parser [`PeerError::Panicked`].
+fn parse_offer<E: std::fmt::Display>(
+    sdp: &str,
+    parse: impl FnOnce(&str) -> Result<SdpOffer, E>,
+) -> Result<SdpOffer, PeerError> {
+    guard(|| parse(sdp).map_err(|e| PeerError::BadSdp(e.to_string())))?
+}
+
+/// Run a call into str0m so that a bug (panic) in it cannot take down the worker: the peer is dropped.
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| PeerError::Panicked)
+}

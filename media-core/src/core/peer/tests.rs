@@ -1,0 +1,430 @@
+use super::*;
+use crate::core::outbox::Outbox;
+use crate::core::router::is_stun;
+use crate::testkit::client::{ClientConfig, ClientOutput, ClientPeer};
+
+#[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
+fn epoch() -> Instant {
+    Instant::now()
+}
+
+fn test_cert() -> DtlsCert {
+    str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .expect("the aws-lc-rs provider generates certificates")
+}
+
+fn answer_for(
+    slots_offered: usize,
+    publish: bool,
+    room_slots: usize,
+) -> Result<(Peer, String), PeerError> {
+    let now = epoch();
+    let client = ClientConfig {
+        local_addr: "127.0.0.1:6000".parse().expect("literal address"),
+        slots: slots_offered,
+        publish,
+        red: 0,
+    };
+    let (_, offer) = ClientPeer::new(now, client).expect("client offer");
+    let cert = test_cert();
+    let params = PeerParams {
+        candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+        dtls_cert: &cert,
+        slots: room_slots,
+    };
+    Peer::from_offer(now, ParticipantId(1), &params, &offer)
+}
+
+#[test]
+fn the_answer_keeps_the_audio_level_and_drops_transport_wide_feedback() {
+    // A browser offers TWCC and abs-send-time on every m-line; the answer must not take them.
+    let now = epoch();
+    let client = ClientConfig {
+        local_addr: "127.0.0.1:6000".parse().expect("literal address"),
+        slots: 2,
+        publish: true,
+        red: 0,
+    };
+    let (_, offer) = ClientPeer::new(now, client).expect("client offer");
+    let offer = offer.replace(
+        "a=mid:",
+        "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+         a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\na=mid:",
+    );
+    assert!(offer.contains("transport-wide-cc"), "{offer}");
+    let cert = test_cert();
+    let params = PeerParams {
+        candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+        dtls_cert: &cert,
+        slots: 2,
+    };
+    let (_, answer) = Peer::from_offer(now, ParticipantId(1), &params, &offer).expect("answer");
+    assert!(answer.contains("ssrc-audio-level"), "{answer}");
+    assert!(!answer.contains("transport-wide-cc"), "{answer}");
+    assert!(!answer.contains("abs-send-time"), "{answer}");
+}
+
+#[test]
+fn the_answer_is_ice_lite_opus_with_fec_and_dtx_and_one_stream_per_slot() {
+    let (peer, answer) = answer_for(3, true, 3).expect("answer");
+    assert!(answer.contains("a=ice-lite"), "{answer}");
+    assert!(answer.contains("127.0.0.1 5000 typ host"), "{answer}");
+    assert!(
+        answer.contains("useinbandfec=1") && answer.contains("usedtx=1"),
+        "{answer}"
+    );
+    assert_eq!(
+        answer.matches("a=recvonly").count(),
+        1,
+        "the microphone is answered recvonly"
+    );
+    assert_eq!(
+        answer.matches("a=sendonly").count(),
+        3,
+        "each slot is answered sendonly"
+    );
+    assert!(peer.has_microphone());
+    assert_eq!(peer.slots.len(), 3);
+    let mut ssrcs: Vec<u32> = peer.slots.iter().map(|s| s.ssrc.0).collect();
+    ssrcs.dedup();
+    assert_eq!(ssrcs.len(), 3, "every slot has its own SSRC");
+}
+
+fn red_answer(red: u8) -> (Peer, String, String) {
+    let now = epoch();
+    let client = ClientConfig {
+        local_addr: "127.0.0.1:6000".parse().expect("literal address"),
+        slots: 2,
+        publish: true,
+        red,
+    };
+    let (_, offer) = ClientPeer::new(now, client).expect("client offer");
+    let cert = test_cert();
+    let params = PeerParams {
+        candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+        dtls_cert: &cert,
+        slots: 2,
+    };
+    let (peer, answer) = Peer::from_offer(now, ParticipantId(1), &params, &offer).expect("answer");
+    (peer, offer, answer)
+}
+
+#[test]
+fn red_is_answered_first_on_every_line_when_offered_and_opus_keeps_fec_and_dtx() {
+    let (peer, offer, answer) = red_answer(1);
+    assert_eq!(offer.matches("red/48000/2").count(), 3, "{offer}");
+    assert_eq!(
+        answer.matches("a=rtpmap:63 red/48000/2").count(),
+        3,
+        "{answer}"
+    );
+    assert_eq!(answer.matches("a=fmtp:63 111/111").count(), 3, "{answer}");
+    assert_eq!(
+        answer.matches("m=audio 9 UDP/TLS/RTP/SAVPF 63 111").count(),
+        3,
+        "RED goes before Opus (libwebrtc sends RED only then): {answer}"
+    );
+    assert!(
+        answer.contains("useinbandfec=1") && answer.contains("usedtx=1"),
+        "{answer}"
+    );
+    assert_eq!(peer.mic_red_pt(), Some(Pt::from(63)));
+    assert_eq!(peer.mic_opus_pt(), Some(Pt::from(111)));
+    assert!(peer.slots.iter().all(|s| s.red_pt == Some(Pt::from(63))));
+}
+
+#[test]
+fn without_red_in_the_offer_the_answer_is_opus_only() {
+    let (peer, offer, answer) = red_answer(0);
+    assert!(!offer.contains("red/"), "{offer}");
+    assert!(!answer.contains("red/"), "{answer}");
+    assert!(answer.contains("usedtx=1"), "{answer}");
+    assert_eq!(peer.mic_red_pt(), None);
+    assert!(peer.slots.iter().all(|s| s.red_pt.is_none()));
+}
+
+#[test]
+fn red_is_recorded_per_line_and_follows_the_offered_payload_type() {
+    // Chrome's numbers, but RED only on the microphone line and at another payload type.
+    let (_, offer, _) = red_answer(1);
+    let mut lines: Vec<String> = Vec::new();
+    let mut media_index = 0;
+    for line in offer.split("\r\n") {
+        if line.starts_with("m=audio") {
+            media_index += 1;
+        }
+        let line = line.replace("63", "98");
+        if media_index > 1 && (line.contains(" red/") || line.starts_with("a=fmtp:98")) {
+            continue;
+        }
+        let line = if media_index > 1 && line.starts_with("m=audio") {
+            line.replace(" 98 111", " 111")
+        } else {
+            line
+        };
+        lines.push(line);
+    }
+    let offer = lines.join("\r\n");
+    let cert = test_cert();
+    let params = PeerParams {
+        candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+        dtls_cert: &cert,
+        slots: 2,
+    };
+    let (peer, answer) =
+        Peer::from_offer(epoch(), ParticipantId(1), &params, &offer).expect("answer");
+    assert_eq!(peer.mic_red_pt(), Some(Pt::from(98)), "{answer}");
+    assert!(
+        peer.slots.iter().all(|s| s.red_pt.is_none()),
+        "slots whose line did not offer RED never carry it: {answer}"
+    );
+}
+
+/// A client and a server peer on a virtual loopback: the client's datagrams reach the server from
+/// `nat` (the address its NAT maps it to), the server's reach the client only when sent to `nat`.
+struct Rebinding {
+    client: ClientPeer,
+    peer: Peer,
+    out: Outbox,
+    server: SocketAddr,
+    nat: SocketAddr,
+    /// RTP packets the client received on slot 0.
+    heard: u64,
+    /// Non-STUN datagrams the server sent to an address the client is not at any more.
+    lost: u64,
+    seq: u64,
+    /// The client's latest nominating binding request, as sent.
+    nomination: Option<Vec<u8>>,
+}
+
+impl Rebinding {
+    fn new(now: Instant) -> Rebinding {
+        let client = ClientConfig {
+            local_addr: "10.0.0.2:6000".parse().expect("literal address"),
+            slots: 1,
+            publish: true,
+            red: 0,
+        };
+        let (mut client, offer) = ClientPeer::new(now, client).expect("client offer");
+        let cert = test_cert();
+        let server: SocketAddr = "127.0.0.1:5000".parse().expect("literal address");
+        let params = PeerParams {
+            candidate_addr: server,
+            dtls_cert: &cert,
+            slots: 1,
+        };
+        let (peer, answer) =
+            Peer::from_offer(now, ParticipantId(1), &params, &offer).expect("answer");
+        client
+            .accept_answer(&answer)
+            .expect("the client takes the answer");
+        Rebinding {
+            client,
+            peer,
+            out: Outbox::default(),
+            server,
+            nat: "198.51.100.7:40000".parse().expect("literal address"),
+            heard: 0,
+            lost: 0,
+            seq: 0,
+            nomination: None,
+        }
+    }
+
+    /// 10 ms of virtual time: both sides' timers, their datagrams, and (once connected) one forwarded
+    /// packet every 20 ms into the client's slot.
+    fn step(&mut self, now: Instant) {
+        self.client
+            .handle_timeout(now)
+            .expect("the client handles time");
+        while let Some(output) = Some(self.client.poll_output().expect("client output")) {
+            match output {
+                ClientOutput::Timeout(_) => break,
+                ClientOutput::Transmit(t) => {
+                    assert_eq!(t.destination, self.server);
+                    if is_nomination(&t.contents) {
+                        self.nomination = Some(t.contents.clone());
+                    }
+                    let path = NetPath::udp(self.server, self.nat);
+                    self.peer
+                        .handle_datagram(now, path, &t.contents)
+                        .expect("the server peer takes the client's datagram");
+                }
+                ClientOutput::Audio(a) => self.heard += u64::from(a.slot == 0),
+                ClientOutput::Disconnected => panic!("the client lost ICE consent"),
+                ClientOutput::Connected => {}
+            }
+        }
+        if self.peer.is_connected() && (now - self.peer.created).as_millis() % 20 < 10 {
+            self.seq += 1;
+            let payload: std::sync::Arc<[u8]> = std::sync::Arc::from(&[0xf8, 0xff, 0xfe][..]);
+            let ts = (self.seq * 960) as u32;
+            self.peer
+                .write_slot(
+                    0,
+                    self.seq,
+                    ts,
+                    now,
+                    &payload,
+                    false,
+                    Some(-30),
+                    Some(true),
+                    Ssrc(7),
+                )
+                .expect("a slot packet is written");
+        }
+        self.peer
+            .handle_timeout(now)
+            .expect("the peer handles time");
+        self.peer
+            .drive(now, &mut self.out)
+            .expect("the peer drains");
+        while let Some(t) = self.out.transmits.pop_front() {
+            if t.destination == self.nat {
+                self.client
+                    .handle_datagram(now, self.server, &t.contents)
+                    .expect("the client takes the server's datagram");
+            } else if !is_stun(&t.contents) {
+                self.lost += 1;
+            }
+        }
+        self.out.events.clear();
+    }
+}
+
+#[test]
+fn after_a_nat_rebinding_media_follows_the_clients_next_verified_nomination() {
+    let t0 = epoch();
+    let mut r = Rebinding::new(t0);
+    let tick = Duration::from_millis(10);
+    let mut now = t0;
+    while now < t0 + Duration::from_secs(4) {
+        now += tick;
+        r.step(now);
+    }
+    assert!(r.peer.is_connected() && r.heard > 100, "heard {}", r.heard);
+    assert_eq!(r.lost, 0);
+    let first = r.peer.client_path().expect("the client nominated its path");
+    assert_eq!(first.remote, r.nat);
+
+    // The NAT maps the client to a new port: the same client candidate, the same ICE priority.
+    let old = r.nat;
+    r.nat = "198.51.100.7:40001".parse().expect("literal address");
+    let moved = now;
+    // (time since the move, packets heard by then) when the server first sent to the new port.
+    let mut switched: Option<(Duration, u64)> = None;
+    while now < moved + Duration::from_secs(6) {
+        now += tick;
+        r.step(now);
+        if switched.is_none() && r.peer.client_path().map(|p| p.remote) == Some(r.nat) {
+            switched = Some((now - moved, r.heard));
+        }
+    }
+    let (after, heard_then) =
+        switched.expect("the client's check from its new port moved the media");
+    // str0m's client checks its nominated pair at least every 3 s (its maximum STUN RTO): the first
+    // check from the new port moves the media. (str0m alone keeps sending to the old port for 15 s.)
+    assert!(after <= Duration::from_millis(3100), "{after:?}");
+    // From then on everything reaches the client (50 packets a second), and nothing is lost.
+    let heard_after = r.heard - heard_then;
+    let expected = (Duration::from_secs(6) - after).as_millis() as u64 / 20;
+    assert!(
+        heard_after + 2 >= expected,
+        "heard {heard_after} of {expected} in the {:?} after the move",
+        Duration::from_secs(6) - after
+    );
+    let lost_before_the_check = after.as_millis() as u64 / 20 + 2;
+    assert!(r.lost <= lost_before_the_check, "lost {}", r.lost);
+    assert_ne!(old, r.nat);
+}
+
+#[test]
+fn a_replayed_nomination_from_another_address_does_not_move_the_media() {
+    // Someone who sees the client's checks resends them from elsewhere: the integrity verifies (it
+    // does not cover the source), but the transaction id was taken already.
+    let t0 = epoch();
+    let mut r = Rebinding::new(t0);
+    let tick = Duration::from_millis(10);
+    let mut now = t0;
+    while now < t0 + Duration::from_secs(4) {
+        now += tick;
+        r.step(now);
+    }
+    let heard = r.heard;
+    let attacker = NetPath::udp(
+        r.server,
+        "203.0.113.66:5555".parse().expect("literal address"),
+    );
+    let until = now + Duration::from_secs(4);
+    while now < until {
+        now += tick;
+        r.step(now);
+        let replay = r.nomination.clone().expect("the client nominates its path");
+        r.peer
+            .handle_datagram(now, attacker, &replay)
+            .expect("the peer takes a replayed check");
+        r.peer.drive(now, &mut r.out).expect("the peer drains");
+        r.out.transmits.retain(|t| t.destination != attacker.remote);
+        assert_eq!(r.peer.client_path().map(|p| p.remote), Some(r.nat));
+    }
+    assert_eq!(r.lost, 0, "nothing went anywhere but the client");
+    assert!(r.heard - heard >= 195, "heard {} in 4 s", r.heard - heard);
+}
+
+#[test]
+fn extra_slot_lines_stay_unused_and_listeners_have_no_microphone() {
+    let (peer, _) = answer_for(5, false, 2).expect("answer");
+    assert_eq!(peer.slots.len(), 2);
+    assert!(!peer.has_microphone());
+}
+
+#[test]
+fn a_panic_while_parsing_an_offer_is_a_typed_error() {
+    let panicking = |_: &str| -> Result<SdpOffer, String> { panic!("parser bug") };
+    assert!(matches!(
+        parse_offer("v=0", panicking),
+        Err(PeerError::Panicked)
+    ));
+    // Through str0m's parser: garbage is a parse error, a real offer parses.
+    assert!(matches!(
+        parse_offer("not sdp", SdpOffer::from_sdp_string),
+        Err(PeerError::BadSdp(_))
+    ));
+    let client = ClientConfig {
+        local_addr: "127.0.0.1:6000".parse().expect("literal address"),
+        slots: 1,
+        publish: true,
+        red: 0,
+    };
+    let (_, offer) = ClientPeer::new(epoch(), client).expect("client offer");
+    assert!(parse_offer(&offer, SdpOffer::from_sdp_string).is_ok());
+}
+
+#[test]
+fn bad_offers_are_typed_errors() {
+    let now = epoch();
+    let cert = test_cert();
+    let params = PeerParams {
+        candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+        dtls_cert: &cert,
+        slots: 3,
+    };
+    for garbage in [
+        "",
+        "v=0",
+        "not sdp at all\r\nm=audio",
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n",
+    ] {
+        assert!(
+            Peer::from_offer(now, ParticipantId(1), &params, garbage).is_err(),
+            "{garbage:?}"
+        );
+    }
+    // A valid offer without slot lines cannot subscribe.
+    assert!(matches!(
+        answer_for(0, true, 3),
+        Err(PeerError::MissingMedia(_))
+    ));
+}

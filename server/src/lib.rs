@@ -12,6 +12,7 @@ pub mod config;
 mod conn;
 mod http;
 mod metrics;
+mod placement;
 mod shutdown;
 mod state;
 mod tcp;
@@ -101,7 +102,7 @@ impl Server {
         let media_addrs = workers.iter().map(|w| w.local_addr).collect();
         let tcp_addrs = workers.iter().filter_map(|w| w.tcp_addr).collect();
         let dev_udp_addrs = workers.iter().filter_map(|w| w.extra_udp_addr).collect();
-        let placement = Arc::new(worker::Placement::new(
+        let placement = Arc::new(placement::Placement::new(
             workers.into_iter().map(|w| w.commands).collect(),
         ));
 

@@ -6,27 +6,29 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::core::net::{offer_order, LocalCandidate, NetPath, NetTransmit, Transport};
-use media_core::{
-    CoreConfig, CoreError, CoreEvent, CoreStats, JoinParams, MediaCore, Output, ParticipantId,
-    RoomId,
-};
+use media_core::{CoreConfig, CoreStats, MediaCore, Output, ParticipantId};
 use prometheus::core::AtomicI64;
 use prometheus::core::{AtomicF64, GenericCounter, GenericGauge};
 use prometheus::local::LocalHistogram;
-use signaling::media::{MediaCommand, MediaError, MediaEvent, MediaRouter};
+use signaling::media::{MediaCommand, MediaEvent};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn};
 
 use crate::metrics::MediaMetrics;
-use crate::tcp::{self, CloseReason, ConnHandle, TcpEvent};
+use crate::tcp::{self, CloseReason, TcpEvent};
 use crate::udp;
+
+mod commands;
+mod tcp_conns;
+
+use tcp_conns::{tcp_listener, TcpState};
 
 /// Commands waiting for a worker; beyond this, signaling waits (never the media loop).
 const COMMAND_QUEUE: usize = 1024;
@@ -178,58 +180,6 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
         extra_udp_addr,
         commands: tx,
     })
-}
-
-/// A non-blocking TCP listener whose connections get a small kernel send buffer (they inherit it): audio
-/// queued in the kernel is only latency, and a client that does not read fills the connection's write
-/// queue soon after.
-fn tcp_listener(addr: SocketAddr) -> io::Result<StdTcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_send_buffer_size(tcp::SEND_BUFFER_BYTES)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
-/// The worker's ICE-TCP connections.
-struct TcpState {
-    /// The TCP candidate's address (as advertised).
-    candidate: SocketAddr,
-    stun_timeout: Duration,
-    /// Open connections by their remote address.
-    conns: HashMap<SocketAddr, Conn>,
-}
-
-struct Conn {
-    id: u64,
-    handle: ConnHandle,
-    opened: Instant,
-    last_heard: Instant,
-    /// A STUN request on this connection was verified by a peer (the core learned its path).
-    verified: bool,
-}
-
-impl TcpState {
-    /// Close connections with no verified STUN in time, and verified ones silent for the idle timeout.
-    fn sweep(&mut self, now: Instant, metrics: &MediaMetrics) {
-        let stun_timeout = self.stun_timeout;
-        self.conns.retain(|remote, c| {
-            let reason = if !c.verified && now.saturating_duration_since(c.opened) > stun_timeout {
-                CloseReason::NoStun
-            } else if c.verified && now.saturating_duration_since(c.last_heard) > tcp::IDLE_TIMEOUT
-            {
-                CloseReason::Idle
-            } else {
-                return true;
-            };
-            debug!(%remote, reason = reason.as_str(), "closing ICE-TCP connection");
-            metrics.tcp_closed(reason);
-            false
-        });
-    }
 }
 
 /// Wait until `socket` is readable; never, without one.
@@ -448,50 +398,6 @@ impl Worker {
         }
     }
 
-    /// A connection opened, closed or sent a frame. Returns the core's next wake-up after a frame.
-    fn tcp_event(&mut self, event: TcpEvent) -> Option<Instant> {
-        let tcp = self.tcp.as_mut()?;
-        let now = Instant::now();
-        match event {
-            TcpEvent::Opened { id, remote, conn } => {
-                tcp.conns.insert(
-                    remote,
-                    Conn {
-                        id,
-                        handle: conn,
-                        opened: now,
-                        last_heard: now,
-                        verified: false,
-                    },
-                );
-                None
-            }
-            TcpEvent::Closed { id, remote } => {
-                if tcp.conns.get(&remote).is_some_and(|c| c.id == id) {
-                    tcp.conns.remove(&remote);
-                }
-                None
-            }
-            TcpEvent::Frame { id, remote, data } => {
-                // A frame from a connection the worker already closed is stale.
-                let conn = tcp.conns.get_mut(&remote).filter(|c| c.id == id)?;
-                conn.last_heard = now;
-                let path = NetPath::tcp(tcp.candidate, remote);
-                self.core.handle_datagram_via(now, path, &data);
-                if !conn.verified {
-                    conn.verified = self.core.path_bound(&path);
-                }
-                let deadline = self.drain();
-                let sent = self.flush();
-                let latency = now.elapsed().as_secs_f64();
-                for _ in 0..sent {
-                    self.forwarding.observe(latency);
-                }
-                Some(deadline)
-            }
-        }
-    }
-
     /// Drain the core after an input: dispatch events, queue datagrams; return the next wake-up.
     fn drain(&mut self) -> Instant {
         loop {
@@ -564,131 +470,6 @@ impl Worker {
         }
     }
 
-    fn command(&mut self, cmd: MediaCommand) {
-        let now = Instant::now();
-        match cmd {
-            MediaCommand::Connect {
-                room,
-                settings,
-                participant,
-                can_publish,
-                can_subscribe,
-                muted,
-                offer_sdp,
-                events,
-                reply,
-            } => {
-                let id = participant;
-                let span = info_span!("participant", room = %room, participant = %id);
-                let _enter = span.enter();
-                let result = self
-                    .core
-                    .add_participant(
-                        now,
-                        &RoomId(room),
-                        settings,
-                        id,
-                        JoinParams {
-                            can_publish,
-                            can_subscribe,
-                            muted,
-                        },
-                        &offer_sdp,
-                    )
-                    .map_err(|e| {
-                        debug!(error = %e, "offer refused");
-                        match e {
-                            CoreError::AlreadyConnected(_) => MediaError::AlreadyConnected,
-                            CoreError::BadRoomSettings(why) => MediaError::BadRoomSettings(why),
-                            CoreError::RoomSettingsConflict(_) => MediaError::RoomSettingsConflict,
-                            other => MediaError::BadSdp(other.client_message()),
-                        }
-                    });
-                if result.is_ok() {
-                    self.sessions.insert(id, events);
-                }
-                // The session may have gone away meanwhile; its Leave follows.
-                let _ = reply.send(result);
-            }
-            MediaCommand::RestartIce {
-                participant: id,
-                offer_sdp,
-                reply,
-            } => {
-                let _enter = info_span!("participant", participant = %id).entered();
-                let result = self.core.restart_ice(now, id, &offer_sdp).map_err(|e| {
-                    debug!(error = %e, "ICE restart offer refused");
-                    match e {
-                        CoreError::UnknownParticipant(_) => MediaError::UnknownParticipant,
-                        other => MediaError::BadSdp(other.client_message()),
-                    }
-                });
-                if result.is_ok() {
-                    debug!("ICE restarted");
-                }
-                let _ = reply.send(result);
-            }
-            MediaCommand::Mute {
-                participant: id,
-                muted,
-            } => {
-                let _enter = info_span!("participant", participant = %id).entered();
-                if let Err(e) = self.core.set_muted(id, muted) {
-                    // Not connected yet: the state reaches the worker with the offer.
-                    debug!(error = %e, muted, "mute for a participant without media");
-                }
-            }
-            MediaCommand::Leave { participant: id } => {
-                let _enter = info_span!("participant", participant = %id).entered();
-                debug!("participant leaves");
-                self.sessions.remove(&id);
-                let _ = self.core.remove_participant(now, id);
-            }
-        }
-    }
-
-    fn event(&mut self, event: CoreEvent) {
-        match event {
-            CoreEvent::Connected(id) => self.send(id, MediaEvent::Connected),
-            CoreEvent::Disconnected {
-                participant,
-                reason,
-            } => {
-                self.send(
-                    participant,
-                    MediaEvent::Disconnected {
-                        reason: reason.to_owned(),
-                    },
-                );
-                self.sessions.remove(&participant);
-            }
-            CoreEvent::Slots { subscriber, slots } => {
-                self.send(subscriber, MediaEvent::Slots(slots));
-            }
-            CoreEvent::Speakers { room, speakers } => {
-                let members: Vec<ParticipantId> = self.core.room_members(&room).to_vec();
-                for member in members {
-                    self.send(member, MediaEvent::Speakers(speakers.clone()));
-                }
-            }
-            CoreEvent::DominantSpeaker { room, participant } => {
-                let members: Vec<ParticipantId> = self.core.room_members(&room).to_vec();
-                for member in members {
-                    self.send(member, MediaEvent::DominantSpeaker(participant));
-                }
-            }
-        }
-    }
-
-    /// Queue an event for a participant's session; a full queue is a counted drop.
-    fn send(&mut self, id: ParticipantId, event: MediaEvent) {
-        if let Some(tx) = self.sessions.get(&id) {
-            if tx.try_send(event).is_err() {
-                self.metrics.events_dropped.inc();
-            }
-        }
-    }
-
     fn publish_stats(&mut self) {
         let now = self.core.stats().clone();
         self.metrics.add_delta(&self.last_stats, &now);
@@ -732,66 +513,4 @@ fn seed(index: usize) -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     nanos ^ ((index as u64 + 1) << 48) ^ u64::from(std::process::id())
-}
-
-/// Places rooms on workers: a room lives on one worker; new rooms go to the worker with fewest rooms.
-pub struct Placement {
-    workers: Vec<mpsc::Sender<MediaCommand>>,
-    rooms: Mutex<HashMap<String, usize>>,
-}
-
-impl Placement {
-    pub fn new(workers: Vec<mpsc::Sender<MediaCommand>>) -> Self {
-        assert!(
-            !workers.is_empty(),
-            "at least one media worker is configured"
-        );
-        Placement {
-            workers,
-            rooms: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl MediaRouter for Placement {
-    fn route(&self, room: &str) -> mpsc::Sender<MediaCommand> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&w) = rooms.get(room) {
-            return self.workers[w].clone();
-        }
-        let mut load = vec![0usize; self.workers.len()];
-        for &w in rooms.values() {
-            load[w] += 1;
-        }
-        let w = (0..self.workers.len())
-            .min_by_key(|&i| (load[i], i))
-            .expect("there is at least one worker");
-        rooms.insert(room.to_owned(), w);
-        self.workers[w].clone()
-    }
-
-    fn room_closed(&self, room: &str) {
-        self.rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(room);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rooms_spread_over_workers_and_stick() {
-        let (a, _ra) = mpsc::channel(1);
-        let (b, _rb) = mpsc::channel(1);
-        let p = Placement::new(vec![a.clone(), b.clone()]);
-        let r1 = p.route("one");
-        let r2 = p.route("two");
-        assert!(!r1.same_channel(&r2));
-        assert!(p.route("one").same_channel(&r1));
-        p.room_closed("one");
-        assert!(p.route("three").same_channel(&r1));
-    }
 }

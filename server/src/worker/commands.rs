@@ -1,0 +1,138 @@
+//! What crosses between a worker and signaling: commands from sessions into the core, and the core's events
+//! out to the sessions' bounded queues (a full queue is a counted drop).
+
+use std::time::Instant;
+
+use media_core::{CoreError, CoreEvent, JoinParams, ParticipantId, RoomId};
+use signaling::media::{MediaCommand, MediaError, MediaEvent};
+
+use tracing::{debug, info_span};
+
+use super::Worker;
+
+impl Worker {
+    pub(super) fn command(&mut self, cmd: MediaCommand) {
+        let now = Instant::now();
+        match cmd {
+            MediaCommand::Connect {
+                room,
+                settings,
+                participant,
+                can_publish,
+                can_subscribe,
+                muted,
+                offer_sdp,
+                events,
+                reply,
+            } => {
+                let id = participant;
+                let span = info_span!("participant", room = %room, participant = %id);
+                let _enter = span.enter();
+                let result = self
+                    .core
+                    .add_participant(
+                        now,
+                        &RoomId(room),
+                        settings,
+                        id,
+                        JoinParams {
+                            can_publish,
+                            can_subscribe,
+                            muted,
+                        },
+                        &offer_sdp,
+                    )
+                    .map_err(|e| {
+                        debug!(error = %e, "offer refused");
+                        match e {
+                            CoreError::AlreadyConnected(_) => MediaError::AlreadyConnected,
+                            CoreError::BadRoomSettings(why) => MediaError::BadRoomSettings(why),
+                            CoreError::RoomSettingsConflict(_) => MediaError::RoomSettingsConflict,
+                            other => MediaError::BadSdp(other.client_message()),
+                        }
+                    });
+                if result.is_ok() {
+                    self.sessions.insert(id, events);
+                }
+                // The session may have gone away meanwhile; its Leave follows.
+                let _ = reply.send(result);
+            }
+            MediaCommand::RestartIce {
+                participant: id,
+                offer_sdp,
+                reply,
+            } => {
+                let _enter = info_span!("participant", participant = %id).entered();
+                let result = self.core.restart_ice(now, id, &offer_sdp).map_err(|e| {
+                    debug!(error = %e, "ICE restart offer refused");
+                    match e {
+                        CoreError::UnknownParticipant(_) => MediaError::UnknownParticipant,
+                        other => MediaError::BadSdp(other.client_message()),
+                    }
+                });
+                if result.is_ok() {
+                    debug!("ICE restarted");
+                }
+                let _ = reply.send(result);
+            }
+            MediaCommand::Mute {
+                participant: id,
+                muted,
+            } => {
+                let _enter = info_span!("participant", participant = %id).entered();
+                if let Err(e) = self.core.set_muted(id, muted) {
+                    // Not connected yet: the state reaches the worker with the offer.
+                    debug!(error = %e, muted, "mute for a participant without media");
+                }
+            }
+            MediaCommand::Leave { participant: id } => {
+                let _enter = info_span!("participant", participant = %id).entered();
+                debug!("participant leaves");
+                self.sessions.remove(&id);
+                let _ = self.core.remove_participant(now, id);
+            }
+        }
+    }
+
+    pub(super) fn event(&mut self, event: CoreEvent) {
+        match event {
+            CoreEvent::Connected(id) => self.send(id, MediaEvent::Connected),
+            CoreEvent::Disconnected {
+                participant,
+                reason,
+            } => {
+                self.send(
+                    participant,
+                    MediaEvent::Disconnected {
+                        reason: reason.to_owned(),
+                    },
+                );
+                self.sessions.remove(&participant);
+            }
+            CoreEvent::Slots { subscriber, slots } => {
+                self.send(subscriber, MediaEvent::Slots(slots));
+            }
+            CoreEvent::Speakers { room, speakers } => {
+                let members: Vec<ParticipantId> = self.core.room_members(&room).to_vec();
+                for member in members {
+                    self.send(member, MediaEvent::Speakers(speakers.clone()));
+                }
+            }
+            CoreEvent::DominantSpeaker { room, participant } => {
+                let members: Vec<ParticipantId> = self.core.room_members(&room).to_vec();
+                for member in members {
+                    self.send(member, MediaEvent::DominantSpeaker(participant));
+                }
+            }
+        }
+    }
+
+    /// Queue an event for a participant's session; a full queue is a counted drop.
+    pub(super) fn send(&mut self, id: ParticipantId, event: MediaEvent) {
+        if let Some(tx) = self.sessions.get(&id) {
+            if tx.try_send(event).is_err() {
+                self.metrics.events_dropped.inc();
+            }
+        }
+    }
+}

@@ -350,6 +350,8 @@ impl Session {
             | ServerMessage::Resumed(_)
             | ServerMessage::Answer(_)
             | ServerMessage::MediaState(_)
+            | ServerMessage::ParticipantUpdated(_)
+            | ServerMessage::Moved(_)
             | ServerMessage::Pong(_) => return,
         };
         self.event(event);

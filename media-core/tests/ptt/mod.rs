@@ -130,10 +130,7 @@ fn deafen_round(sim: &mut Sim) {
     let b = sim.clients[1].id;
     sim.run_for(Duration::from_secs(1));
     let hears = |sim: &Sim, i: usize, mark: usize| sim.clients[i].received.len() - mark;
-    let (mark_b, mark_c) = (
-        sim.clients[1].received.len(),
-        sim.clients[2].received.len(),
-    );
+    let (mark_b, mark_c) = (sim.clients[1].received.len(), sim.clients[2].received.len());
     sim.run_for(Duration::from_millis(500));
     assert!(hears(sim, 1, mark_b) > 20 && hears(sim, 2, mark_c) > 20);
 
@@ -146,7 +143,11 @@ fn deafen_round(sim: &mut Sim) {
         sim.clients[2].received.len(),
     );
     sim.run_for(Duration::from_secs(1));
-    assert_eq!(hears(sim, 1, mark_b), 0, "a deafened listener is sent audio");
+    assert_eq!(
+        hears(sim, 1, mark_b),
+        0,
+        "a deafened listener is sent audio"
+    );
     assert!(
         heard_since(sim, 2, mark_c, 0) > 40,
         "c stops hearing a when b is deafened"

@@ -201,7 +201,9 @@ impl RoomRegistry {
     /// Records whether a participant talks by push-to-talk and tells everyone in the room with
     /// `participant_updated` (nothing if unchanged).
     pub(crate) fn set_ptt(&self, room: &str, id: ParticipantId, ptt: bool) -> MuteChange {
-        self.update(room, id, |info| std::mem::replace(&mut info.ptt, ptt) != ptt)
+        self.update(room, id, |info| {
+            std::mem::replace(&mut info.ptt, ptt) != ptt
+        })
     }
 
     /// Applies `change` to a participant's info; if it reports a change, everyone in the room is sent the

@@ -12,12 +12,12 @@ use tokio::time::{timeout_at, Instant};
 
 use super::{truncate, Exit, Flow, Member, Session, Wire, WsFrame, MAX_DETAIL_CHARS};
 use crate::media::{MediaCommand, MediaError, MediaEvent};
-use crate::registry::Actor;
-use crate::ChangeError;
 use crate::protocol::{
     Answer, DominantSpeaker, ErrorCode, MediaConnectionState, MediaState, Mute, Offer,
     ServerMessage, Slot, Slots, Speaker, Speakers,
 };
+use crate::registry::Actor;
+use crate::ChangeError;
 
 /// The reply to `MediaCommand::Connect`, under way.
 pub(super) type PendingAnswer = Pin<Box<dyn Future<Output = Result<String, ConnectError>> + Send>>;
@@ -301,7 +301,9 @@ pub(super) async fn on_mute<T: Sink<WsFrame> + Unpin>(
         .set_muted(&membership.room, membership.id, mute.muted, Actor::Own)
         .await;
     if let Err(ChangeError::ServerMuted(refused)) = set {
-        return wire.reject(ErrorCode::ServerMuted, refused.to_string()).await;
+        return wire
+            .reject(ErrorCode::ServerMuted, refused.to_string())
+            .await;
     }
     if set.is_err() {
         tracing::warn!(sid = %member.sid, "media worker did not take a mute command");

@@ -319,5 +319,8 @@ async fn the_admin_api_deafens_and_moves() {
         .expect("present");
     assert!(matches!(ada.message().await, ServerMessage::Moved(_)));
     assert!(ctx.room("lobby").is_none(), "the lobby went with ada");
-    assert_eq!(ctx.room("elsewhere").expect("created").participants.len(), 1);
+    assert_eq!(
+        ctx.room("elsewhere").expect("created").participants.len(),
+        1
+    );
 }

@@ -251,19 +251,22 @@ impl RoomRegistry {
         })
     }
 
-    /// Tells the participant `sid` of `room` to move to room `to` (its session leaves and joins; see
+    /// Tells the participant `sid` of `from` to move to room `to` (its session leaves and joins; see
     /// [`crate::Signaling::move_participant`]).
-    pub(crate) fn request_move(&self, room: &str, sid: &str, to: &str) -> Result<(), AdminError> {
+    pub(crate) fn request_move(&self, from: &str, sid: &str, to: &str) -> Result<(), AdminError> {
         if !crate::auth::is_valid_room_name(to) {
             return Err(AdminError::InvalidRoomName);
         }
         let rooms = self.lock();
-        let room = rooms.get(room).ok_or(AdminError::RoomNotFound)?;
+        let room = rooms.get(from).ok_or(AdminError::RoomNotFound)?;
         let member = room
             .members
             .iter()
             .find(|m| m.info.sid == sid)
             .ok_or(AdminError::ParticipantNotFound)?;
+        if from == to {
+            return Err(AdminError::SameRoom);
+        }
         member.moves.send_replace(Some(to.to_owned()));
         Ok(())
     }

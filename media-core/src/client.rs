@@ -131,6 +131,10 @@ pub struct ClientPeer {
     seq: u64,
     ts: u32,
     connected: bool,
+    /// Nominate like Firefox: USE-CANDIDATE only until connected (see [`ClientPeer::set_nominate_once`]).
+    nominate_once: bool,
+    /// The server's ICE password from its answer: what our binding requests are signed with.
+    remote_ice_pwd: Option<String>,
 }
 
 impl ClientPeer {
@@ -157,6 +161,8 @@ impl ClientPeer {
             seq: 0,
             ts: 0,
             connected: false,
+            nominate_once: false,
+            remote_ice_pwd: None,
         }
     }
 
@@ -248,6 +254,10 @@ impl ClientPeer {
             .ok_or(PeerError::BadSdp("an answer was already applied".into()))?;
         let red_mids = red_mids!(answer);
         self.rtc.sdp_api().accept_answer(pending, answer)?;
+        self.remote_ice_pwd = answer_sdp
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("a=ice-pwd:"))
+            .map(str::to_owned);
         self.mic_pt = opus_pt(&self.rtc, self.mic_mid);
         self.mic_red_pt = red_mids
             .contains(&self.mic_mid)
@@ -258,6 +268,43 @@ impl ClientPeer {
 
     pub fn is_connected(&self) -> bool {
         self.connected
+    }
+
+    /// Nominate the way Firefox does: USE-CANDIDATE on the checks until the connection is up (DTLS-SRTP,
+    /// which the server starts only on a nominated pair), and never again, so the later checks (consent freshness, RFC 7675) are plain binding requests, also after the
+    /// client's NAT maps it to a new address. str0m (and Chromium) put USE-CANDIDATE on every check of
+    /// the nominated pair. Each later request is signed afresh with the server's ICE password (same
+    /// transaction id, so our agent takes the reply): its integrity holds, as a real client's would.
+    pub fn set_nominate_once(&mut self, on: bool) {
+        self.nominate_once = on;
+    }
+
+    /// `request` without USE-CANDIDATE, signed again with the server's ICE password; `None` for anything
+    /// but a nominating binding request of ours.
+    fn without_nomination(&self, request: &[u8]) -> Option<Vec<u8>> {
+        use str0m::ice::StunMessage;
+        let password = self.remote_ice_pwd.as_deref()?;
+        let message = StunMessage::parse(request).ok()?;
+        if !message.is_binding_request() || !message.use_candidate() {
+            return None;
+        }
+        let plain = StunMessage::binding_request(
+            message.username()?,
+            message.trans_id(),
+            true,
+            message.ice_controlling()?,
+            message.prio()?,
+            false,
+        );
+        let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
+        let mut buf = vec![0u8; request.len()];
+        let n = plain
+            .to_bytes(Some(password.as_bytes()), &mut buf, |key, parts| {
+                hmac.sha1_hmac(key, parts)
+            })
+            .ok()?;
+        buf.truncate(n);
+        Some(buf)
     }
 
     /// The SSRC our microphone packets carry (what a subscriber sees as CSRC).
@@ -421,11 +468,18 @@ impl ClientPeer {
             match self.rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(ClientOutput::Timeout(t)),
                 Output::Transmit(t) => {
+                    let mut contents: Vec<u8> = t.contents.into();
+                    if self.nominate_once && self.connected {
+                        if let Some(plain) = self.without_nomination(&contents) {
+                            contents = plain;
+                        }
+                    }
                     return Ok(ClientOutput::Transmit(Transmit {
                         destination: t.destination,
-                        contents: t.contents.into(),
-                    }))
+                        contents,
+                    }));
                 }
+
                 Output::Event(Event::Connected) => {
                     self.connected = true;
                     return Ok(ClientOutput::Connected);

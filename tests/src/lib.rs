@@ -556,6 +556,23 @@ impl AudioClient {
         signal: &mut Signal,
         options: MediaOptions,
     ) -> anyhow::Result<AudioClient> {
+        Self::start_inner(signal, options, false).await
+    }
+
+    /// As [`AudioClient::start_with`], with a client that nominates like Firefox: USE-CANDIDATE only until
+    /// it connects, plain consent checks after that ([`ClientPeer::set_nominate_once`]).
+    pub async fn start_nominating_once(
+        signal: &mut Signal,
+        options: MediaOptions,
+    ) -> anyhow::Result<AudioClient> {
+        Self::start_inner(signal, options, true).await
+    }
+
+    async fn start_inner(
+        signal: &mut Signal,
+        options: MediaOptions,
+        nominate_once: bool,
+    ) -> anyhow::Result<AudioClient> {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local = socket.local_addr()?;
         let (mut peer, offer) = ClientPeer::new(
@@ -576,6 +593,7 @@ impl AudioClient {
             answer = candidates_via(&answer, via);
         }
         peer.accept_answer(&answer)?;
+        peer.set_nominate_once(nominate_once);
         let heard = Arc::new(Mutex::new(Heard {
             ear: options.play_slot.map(|_| Ear::default()),
             ..Heard::default()

@@ -109,6 +109,19 @@ async fn join(
     freq: f32,
     impairment: Option<(Impairment, u64)>,
 ) -> anyhow::Result<Party> {
+    join_with(server, room, identity, freq, impairment, false).await
+}
+
+/// As [`join`]; `nominate_once`: the client nominates like Firefox (USE-CANDIDATE only until it
+/// connects).
+async fn join_with(
+    server: &Server,
+    room: &str,
+    identity: &str,
+    freq: f32,
+    impairment: Option<(Impairment, u64)>,
+    nominate_once: bool,
+) -> anyhow::Result<Party> {
     let token = server.token(room, identity, &[])?;
     let mut signal = Signal::connect(&server.ws_url()).await?;
     let joined = signal.join(&token, room).await?;
@@ -119,20 +132,21 @@ async fn join(
         Some((impairment, seed)) => Some(Proxy::start(server.media, impairment, seed).await?),
         None => None,
     };
-    let mut client = AudioClient::start_with(
-        &mut signal,
-        MediaOptions {
-            slots,
-            mic: Mic::Tone {
-                freq_hz: freq,
-                amplitude: 0.3,
-            },
-            via: proxy.as_ref().map(|p| p.addr),
-            play_slot: None,
-            red: 0,
+    let options = MediaOptions {
+        slots,
+        mic: Mic::Tone {
+            freq_hz: freq,
+            amplitude: 0.3,
         },
-    )
-    .await?;
+        via: proxy.as_ref().map(|p| p.addr),
+        play_slot: None,
+        red: 0,
+    };
+    let mut client = if nominate_once {
+        AudioClient::start_nominating_once(&mut signal, options).await?
+    } else {
+        AudioClient::start_with(&mut signal, options).await?
+    };
     client
         .wait_connected(CONNECT_TIMEOUT)
         .await

@@ -20,6 +20,22 @@ use crate::core::codec::{opus_only, opus_pt, red_mids, red_pt};
 use crate::core::peer::{PeerError, Transmit};
 use crate::red::{self, RedundantFrame};
 
+/// How many of its nominating checks' transaction ids a client that nominates once tracks.
+const NOMINATIONS_TRACKED: usize = 16;
+
+/// Whether `data` is a STUN binding request with USE-CANDIDATE.
+fn is_nominating_request(data: &[u8]) -> bool {
+    str0m::ice::StunMessage::parse(data)
+        .is_ok_and(|m| m.is_binding_request() && m.use_candidate())
+}
+
+/// The transaction id of a STUN message at least 20 bytes long.
+fn transaction_id(data: &[u8]) -> [u8; 12] {
+    let mut id = [0u8; 12];
+    id.copy_from_slice(&data[8..20]);
+    id
+}
+
 /// How a client peer is set up.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientConfig {
@@ -131,8 +147,14 @@ pub struct ClientPeer {
     seq: u64,
     ts: u32,
     connected: bool,
-    /// Nominate like Firefox: USE-CANDIDATE only until connected (see [`ClientPeer::set_nominate_once`]).
+    /// Nominate like Firefox: USE-CANDIDATE only until a nomination succeeded (see
+    /// [`ClientPeer::set_nominate_once`]).
     nominate_once: bool,
+    /// Whether the server answered a nominating check of ours under the current ICE credentials.
+    nominated: bool,
+    /// Transaction ids of our latest nominating checks (at most [`NOMINATIONS_TRACKED`]), to recognise
+    /// the server's answer to one.
+    nominating: VecDeque<[u8; 12]>,
     /// The server's ICE password from its answer: what our binding requests are signed with.
     remote_ice_pwd: Option<String>,
 }
@@ -162,6 +184,8 @@ impl ClientPeer {
             ts: 0,
             connected: false,
             nominate_once: false,
+            nominated: false,
+            nominating: VecDeque::new(),
             remote_ice_pwd: None,
         }
     }
@@ -244,6 +268,22 @@ impl ClientPeer {
         Ok((peer, answer.to_sdp_string()))
     }
 
+    /// Restart ICE (RFC 8445 §9, what `pc.restartIce()` does): new ICE credentials, the same m-lines,
+    /// streams and DTLS association. Returns the offer to send (as signaling's `offer`); apply the
+    /// server's answer with [`ClientPeer::accept_answer`]. Connectivity checks under the new
+    /// credentials start once the answer is applied.
+    pub fn restart_ice(&mut self) -> Result<String, PeerError> {
+        let mut change = self.rtc.sdp_api();
+        change.ice_restart(true);
+        let (offer, pending) = change
+            .apply()
+            .ok_or(PeerError::MissingMedia("an ICE restart offer"))?;
+        self.pending = Some(pending);
+        self.nominated = false;
+        self.nominating.clear();
+        Ok(offer.to_sdp_string())
+    }
+
     /// Apply the server's answer.
     pub fn accept_answer(&mut self, answer_sdp: &str) -> Result<(), PeerError> {
         let answer =
@@ -270,8 +310,8 @@ impl ClientPeer {
         self.connected
     }
 
-    /// Nominate the way Firefox does: USE-CANDIDATE on the checks until the connection is up (DTLS-SRTP,
-    /// which the server starts only on a nominated pair), and never again, so the later checks (consent freshness, RFC 7675) are plain binding requests, also after the
+    /// Nominate the way Firefox does: USE-CANDIDATE on the checks until the server answers one, and
+    /// never again under the same ICE credentials (an ICE restart nominates afresh), so the later checks (consent freshness, RFC 7675) are plain binding requests, also after the
     /// client's NAT maps it to a new address. str0m (and Chromium) put USE-CANDIDATE on every check of
     /// the nominated pair. Each later request is signed afresh with the server's ICE password (same
     /// transaction id, so our agent takes the reply): its integrity holds, as a real client's would.
@@ -336,6 +376,14 @@ impl ClientPeer {
         let Ok(contents) = data.try_into() else {
             return Ok(());
         };
+        // A success response (0x0101) to one of our nominating checks: the server took the nomination.
+        if self.nominate_once
+            && data.len() >= 20
+            && data[..2] == [0x01, 0x01]
+            && self.nominating.contains(&transaction_id(data))
+        {
+            self.nominated = true;
+        }
         self.rtc.handle_input(Input::Receive(
             now,
             Receive {
@@ -469,9 +517,16 @@ impl ClientPeer {
                 Output::Timeout(t) => return Ok(ClientOutput::Timeout(t)),
                 Output::Transmit(t) => {
                     let mut contents: Vec<u8> = t.contents.into();
-                    if self.nominate_once && self.connected {
-                        if let Some(plain) = self.without_nomination(&contents) {
-                            contents = plain;
+                    if self.nominate_once && is_nominating_request(&contents) {
+                        if self.nominated {
+                            if let Some(plain) = self.without_nomination(&contents) {
+                                contents = plain;
+                            }
+                        } else {
+                            if self.nominating.len() == NOMINATIONS_TRACKED {
+                                self.nominating.pop_front();
+                            }
+                            self.nominating.push_back(transaction_id(&contents));
                         }
                     }
                     return Ok(ClientOutput::Transmit(Transmit {

@@ -489,6 +489,10 @@ enum MediaCommand {
         samples: Arc<[f32]>,
         expected_loss_percent: i32,
     },
+    /// Start an ICE restart: the offer comes back.
+    RestartIce(tokio::sync::oneshot::Sender<anyhow::Result<String>>),
+    /// Apply the server's answer to the restart offer.
+    Answer(String, tokio::sync::oneshot::Sender<anyhow::Result<()>>),
 }
 
 /// A str0m client peer over a real UDP socket that sends a tone or speech and decodes what it receives.
@@ -647,6 +651,28 @@ impl AudioClient {
             .map_err(|_| anyhow!("the media task has ended"))
     }
 
+    /// Restart ICE on the running peer (RFC 8445 §9, what a browser's `pc.restartIce()` does): its new
+    /// offer goes through `signal`, the answer (new server ICE credentials) back to the peer. Returns the
+    /// answer's SDP.
+    pub async fn restart_ice(&self, signal: &mut Signal) -> anyhow::Result<String> {
+        let (offer_tx, offer_rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(MediaCommand::RestartIce(offer_tx))
+            .map_err(|_| anyhow!("the media task has ended"))?;
+        let offer = offer_rx.await??;
+        let answer = signal
+            .client()
+            .offer(&offer, Duration::from_secs(5))
+            .await?
+            .sdp;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(MediaCommand::Answer(answer.clone(), done_tx))
+            .map_err(|_| anyhow!("the media task has ended"))?;
+        done_rx.await??;
+        Ok(answer)
+    }
+
     /// Wait until the PCM given to [`speak`](Self::speak) has all been sent.
     pub async fn wait_spoken(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
@@ -728,6 +754,15 @@ impl Media {
                         }
                         let encoder = BrowserEncoder::new(samples, expected_loss_percent)?;
                         self.speech = Some((encoder, Instant::now()));
+                    }
+                    MediaCommand::RestartIce(reply) => {
+                        let _ = reply.send(self.peer.restart_ice().map_err(Into::into));
+                    }
+                    MediaCommand::Answer(mut sdp, reply) => {
+                        if let Some(via) = self.options.via {
+                            sdp = candidates_via(&sdp, via);
+                        }
+                        let _ = reply.send(self.peer.accept_answer(&sdp).map_err(Into::into));
                     }
                 },
                 _ = stop.changed() => return Ok(()),

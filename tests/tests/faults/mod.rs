@@ -6,6 +6,7 @@
 //! count. Real-time: named `real_udp_` so that `scripts/test.sh` runs them one at a time in the pass of its
 //! own, and each holds [`chorus_tests::real_time_call`].
 
+mod ice_restart;
 mod rebinding;
 
 use std::time::{Duration, Instant};

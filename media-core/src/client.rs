@@ -25,8 +25,7 @@ const NOMINATIONS_TRACKED: usize = 16;
 
 /// Whether `data` is a STUN binding request with USE-CANDIDATE.
 fn is_nominating_request(data: &[u8]) -> bool {
-    str0m::ice::StunMessage::parse(data)
-        .is_ok_and(|m| m.is_binding_request() && m.use_candidate())
+    str0m::ice::StunMessage::parse(data).is_ok_and(|m| m.is_binding_request() && m.use_candidate())
 }
 
 /// The transaction id of a STUN message at least 20 bytes long.

@@ -31,7 +31,12 @@ async fn sids(server: &Server, room: &str) -> anyhow::Result<Vec<(String, String
         .as_array()
         .context("participants is an array")?
         .iter()
-        .filter_map(|p| Some((p["identity"].as_str()?.to_owned(), p["sid"].as_str()?.to_owned())))
+        .filter_map(|p| {
+            Some((
+                p["identity"].as_str()?.to_owned(),
+                p["sid"].as_str()?.to_owned(),
+            ))
+        })
         .collect();
     out.sort();
     Ok(out)
@@ -91,7 +96,11 @@ async fn real_udp_a_client_whose_path_died_restarts_ice_and_is_heard_again_as_it
     tokio::time::sleep(RESTART_AFTER).await;
     let (a_dead, b_dead) = heard(&a, &b);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(heard(&a, &b), (a_dead, b_dead), "nothing crosses a dead path");
+    assert_eq!(
+        heard(&a, &b),
+        (a_dead, b_dead),
+        "nothing crosses a dead path"
+    );
 
     // 2. Ada restarts ICE through signaling (the WebSocket still works): a new offer with new ICE
     //    credentials, answered on her existing peer.

@@ -19,8 +19,8 @@ use crate::core::codec::{opus_only, opus_pt, red_mids, red_pt};
 use crate::core::net::{LocalCandidate, NetPath};
 use crate::core::router::{is_binding_request, is_nomination};
 use crate::ids::{ParticipantId, Ssrc};
-use crate::stats::PathMove;
 use crate::sfu::slots::MAX_SLOTS;
+use crate::stats::PathMove;
 
 mod output;
 #[cfg(test)]

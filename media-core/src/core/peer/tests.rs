@@ -413,7 +413,12 @@ fn a_replayed_nomination_from_another_address_does_not_move_the_media() {
 }
 
 /// Run `r` for `span` of virtual time from `*now` in 10 ms steps, calling `each` after every step.
-fn run(r: &mut Rebinding, now: &mut Instant, span: Duration, mut each: impl FnMut(&mut Rebinding, Instant)) {
+fn run(
+    r: &mut Rebinding,
+    now: &mut Instant,
+    span: Duration,
+    mut each: impl FnMut(&mut Rebinding, Instant),
+) {
     let until = *now + span;
     while *now < until {
         *now += Duration::from_millis(10);
@@ -452,18 +457,27 @@ fn a_client_that_never_nominates_again_gets_its_media_back_after_a_rebinding() {
             heard_then = r.heard;
         }
     });
-    assert_eq!(r.nominations_sent, nominations, "the client nominated again");
+    assert_eq!(
+        r.nominations_sent, nominations,
+        "the client nominated again"
+    );
     let after = switched.expect("the client's checks from its new port moved the media");
     // Its first check at least PATH_SILENCE after the move does it; str0m's client checks its pair at
     // least every 3 s (its maximum STUN RTO).
     assert!(after >= PATH_SILENCE, "{after:?}");
-    assert!(after <= PATH_SILENCE + Duration::from_millis(3100), "{after:?}");
+    assert!(
+        after <= PATH_SILENCE + Duration::from_millis(3100),
+        "{after:?}"
+    );
     assert_eq!(r.moves, [PathMove::Silence]);
     // Past str0m's own 15 s ICE-lite pair timeout the peer is alive and everything reaches the client.
     assert!(r.peer.is_alive());
     let expected = (Duration::from_secs(30) - after).as_millis() as u64 / 20;
     let heard_after = r.heard - heard_then;
-    assert!(heard_after + 2 >= expected, "heard {heard_after} of {expected}");
+    assert!(
+        heard_after + 2 >= expected,
+        "heard {heard_after} of {expected}"
+    );
 }
 
 #[test]
@@ -479,7 +493,10 @@ fn a_client_whose_path_still_delivers_keeps_its_media_there_while_it_checks_anot
     run(&mut r, &mut now, Duration::from_secs(20), |r, _| {
         assert_eq!(r.peer.client_path().map(|p| p.remote), Some(r.nat));
     });
-    assert_ne!(r.check, checks_before, "the client checked over the second path");
+    assert_ne!(
+        r.check, checks_before,
+        "the client checked over the second path"
+    );
     assert!(r.moves.is_empty(), "{:?}", r.moves);
     assert_eq!(r.lost, 0);
     assert!(r.heard - heard >= 995, "heard {} in 20 s", r.heard - heard);
@@ -512,7 +529,12 @@ fn replayed_unsigned_or_badly_signed_checks_from_a_new_address_move_nothing() {
     let client_ufrag = r
         .check
         .as_deref()
-        .and_then(|c| str0m::ice::StunMessage::parse(c).ok()?.split_username().map(|(_, c)| c.to_owned()))
+        .and_then(|c| {
+            str0m::ice::StunMessage::parse(c)
+                .ok()?
+                .split_username()
+                .map(|(_, c)| c.to_owned())
+        })
         .expect("the client checked consent");
     let attacker = NetPath::udp(
         r.server,
@@ -521,9 +543,7 @@ fn replayed_unsigned_or_badly_signed_checks_from_a_new_address_move_nothing() {
     let heard = r.heard;
     let mut tried_in_silence = 0;
     run(&mut r, &mut now, Duration::from_secs(20), |r, now| {
-        let silent = r
-            .heard_from_client
-            .is_some_and(|h| now - h >= PATH_SILENCE);
+        let silent = r.heard_from_client.is_some_and(|h| now - h >= PATH_SILENCE);
         tried_in_silence += u64::from(silent);
         let replay = r.check.clone().expect("the client checks consent");
         let unsigned = forged_check(&r.peer, &client_ufrag, None);
@@ -539,7 +559,10 @@ fn replayed_unsigned_or_badly_signed_checks_from_a_new_address_move_nothing() {
         r.out.transmits.retain(|t| t.destination != attacker.remote);
         assert_eq!(r.peer.client_path().map(|p| p.remote), Some(r.nat));
     });
-    assert!(tried_in_silence > 100, "the path was silent in {tried_in_silence} steps");
+    assert!(
+        tried_in_silence > 100,
+        "the path was silent in {tried_in_silence} steps"
+    );
     assert!(r.moves.is_empty(), "{:?}", r.moves);
     assert_eq!(r.lost, 0, "nothing went anywhere but the client");
     assert!(r.heard - heard >= 995, "heard {} in 20 s", r.heard - heard);

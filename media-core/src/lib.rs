@@ -35,5 +35,5 @@ pub use crate::testkit::sim;
 
 pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output};
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
-pub use stats::{CoreStats, DropReason, MixStats, Samples};
+pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples};
 pub use vocab::{MixSettings, RoomMode, RoomSettings, SettingsError, SlotAssignment};

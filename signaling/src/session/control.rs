@@ -86,6 +86,28 @@ async fn send_key(member: &mut super::Member) {
     }
 }
 
+/// Releases a held key without waiting (the session's socket is gone): the worker is told with
+/// `try_send`, or from a task if its queue is full.
+pub(super) fn release_key(member: &mut super::Member) {
+    if !std::mem::take(&mut member.ptt_keys.down) {
+        return;
+    }
+    let Some(worker) = member.membership.worker.clone() else {
+        return;
+    };
+    let command = MediaCommand::PttKey {
+        participant: member.membership.id,
+        down: false,
+    };
+    if let Err(mpsc::error::TrySendError::Full(command)) = worker.try_send(command) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(KEY_SEND_LIMIT, worker.send(command)).await;
+            });
+        }
+    }
+}
+
 /// After the answer: a key already down reaches the worker's new peer.
 pub(super) async fn key_after_answer(member: &mut super::Member) {
     if member.ptt_keys.down {

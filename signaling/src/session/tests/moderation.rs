@@ -324,3 +324,53 @@ async fn the_admin_api_deafens_and_moves() {
         1
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_held_when_the_socket_drops_is_released_and_a_suspended_session_that_is_moved_leaves()
+{
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut watcher = Client::open(&ctx);
+    watcher.join(&token("lobby", "watcher")).await;
+    let mut ada = Client::open(&ctx);
+    let sid = ada.join(&token("lobby", "ada")).await.participant.sid;
+    let id = id_of(&sid);
+    watcher.message().await; // ada joined
+    ada.offer().await;
+    assert!(matches!(media.next().await, Seen::Connect { .. }));
+    ada.json(json!({"type": "ptt", "enabled": true}));
+    ada.json(json!({"type": "ptt_key", "down": true}));
+    ada.ping(1).await;
+    assert!(matches!(
+        media.next().await,
+        Seen::Ptt { enabled: true, .. }
+    ));
+    assert_eq!(
+        media.next().await,
+        Seen::PttKey {
+            participant: id,
+            down: true
+        }
+    );
+    // The socket drops without a close frame: suspended, and the key is released at once.
+    ada.send(Err("connection reset by peer".into()));
+    ada.input = None;
+    assert_eq!(
+        media.next().await,
+        Seen::PttKey {
+            participant: id,
+            down: false
+        }
+    );
+    assert_eq!(ctx.suspended_sessions(), 1);
+    // Moved while suspended: nobody can be told where to go, so it leaves.
+    ctx.move_participant("lobby", &sid, "breakout")
+        .expect("still in the room");
+    let left = until(&mut watcher, |m| match m {
+        ServerMessage::ParticipantLeft(left) => Some(left),
+        _ => None,
+    })
+    .await;
+    assert_eq!(left.reason, ParticipantLeftReason::Moved);
+    assert_eq!(media.next().await, Seen::Leave { participant: id });
+    assert!(ctx.room("breakout").is_none());
+}

@@ -339,6 +339,10 @@ async fn a_key_held_when_the_socket_drops_is_released_and_a_suspended_session_th
     assert!(matches!(media.next().await, Seen::Connect { .. }));
     ada.json(json!({"type": "ptt", "enabled": true}));
     ada.json(json!({"type": "ptt_key", "down": true}));
+    until(&mut ada, |m| {
+        matches!(m, ServerMessage::ParticipantUpdated(_)).then_some(())
+    })
+    .await;
     ada.ping(1).await;
     assert!(matches!(
         media.next().await,

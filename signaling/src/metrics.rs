@@ -81,7 +81,7 @@ pub enum SessionLimit {
     IdentityReplaced,
     /// A join was refused because the identity was kicked from the room less than the ban period ago.
     Banned,
-    /// A `ptt_key` beyond the push-to-talk key rate was refused with `rate_limited`.
+    /// A `ptt_key` key-down or a `ptt` beyond the push-to-talk rate was refused with `rate_limited`.
     PttKeyFlood,
 }
 

@@ -128,6 +128,14 @@ pub(super) async fn on_ptt<T: Sink<WsFrame> + Unpin>(
         let message = "the access token requires push-to-talk";
         return wire.reject(ErrorCode::Forbidden, message).await;
     }
+    // Each change is told to the whole room: the same bucket as key-downs bounds what a flood costs them.
+    if !member.ptt_keys.allow(Instant::now()) {
+        wire.ctx.metrics().limit_hit(SessionLimit::PttKeyFlood);
+        let message = format!(
+            "push-to-talk changes are limited to {PTT_KEY_BURST} at once and {PTT_KEY_PER_SEC} per second"
+        );
+        return wire.reject(ErrorCode::RateLimited, message).await;
+    }
     let membership = &member.membership;
     match wire
         .ctx

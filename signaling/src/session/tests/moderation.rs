@@ -68,8 +68,8 @@ async fn ptt_keys_reach_the_worker_and_a_key_flood_is_refused_without_harming_an
     ada.ping(1).await;
     media.assert_no_command();
 
-    // A flood: 50 presses at once. The bucket (10, one used) lets 9 more through; the other 41
-    // key-downs are refused with a typed error, and their key-ups change nothing.
+    // A flood: 50 presses at once. The bucket (10; the `ptt` and one key-down used 2) lets 8 more
+    // through; the other 42 key-downs are refused with a typed error, and their key-ups change nothing.
     for _ in 0..50 {
         ada.json(json!({"type": "ptt_key", "down": true}));
         ada.json(json!({"type": "ptt_key", "down": false}));
@@ -86,8 +86,8 @@ async fn ptt_keys_reach_the_worker_and_a_key_flood_is_refused_without_harming_an
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(refused, 41);
-    assert_eq!(ctx.metrics().limit_hits(SessionLimit::PttKeyFlood), 41);
+    assert_eq!(refused, 42);
+    assert_eq!(ctx.metrics().limit_hits(SessionLimit::PttKeyFlood), 42);
     let mut keys = Vec::new();
     while let Ok(seen) = media.seen.try_recv() {
         match seen {
@@ -95,7 +95,7 @@ async fn ptt_keys_reach_the_worker_and_a_key_flood_is_refused_without_harming_an
             other => panic!("unexpected command {other:?}"),
         }
     }
-    assert_eq!(keys.len(), 18, "9 presses reach the worker");
+    assert_eq!(keys.len(), 16, "8 presses reach the worker");
     assert_eq!(keys.last(), Some(&false), "the flood ends with the key up");
     // Nobody else noticed, and ada is still in the call.
     bob.ping(3).await;

@@ -542,7 +542,13 @@ function waitForIceGathering(pc, timeoutMs) {
  * - `participants`      `{participants: Participant[]}` — the full list (local first) after any change
  * - `participantjoined` `{participant}`
  * - `participantleft`   `{participant, reason}`
- * - `participantmuted`  `{participant, muted}`
+ * - `participantmuted`  `{participant, muted, byModerator}` — `byModerator`: a moderator's or operator's (server)
+ *                       mute, which the participant cannot undo (its unmute gets an `error` `server_muted`)
+ * - `participantupdated` `{participant}` — its `deafened`, `serverMuted` or `ptt` changed
+ * - `moved`             `{from, room, participant}` — a moderator or operator moved this session to `room`: the
+ *                       SDK has dropped the old peer connection and re-offers there (a new sid; mute and
+ *                       push-to-talk start afresh unless the token forces push-to-talk). A later rejoin after a
+ *                       lost connection goes to the token's room.
  * - `speaking`          `{speakers: {sid, level, participant}[]}` — loudest first, empty when silence
  * - `draining`          `{gracePeriodSecs}` — the server is shutting down: calls continue for at most this long;
  *                       reconnect elsewhere (a new join to this server is refused)

@@ -130,21 +130,22 @@ async fn the_c_example_with_push_to_talk_is_heard_only_while_its_key_is_down() -
         stdout.contains("participant_updated") && stdout.contains("ptt 1"),
         "the server confirms push-to-talk: {report}"
     );
-    let heard = carol
-        .heard
-        .lock()
-        .expect("no panic while holding the heard lock");
-    // Only the 2 s with the key down reached carol (the first 2 s were neither sent nor forwarded).
-    let samples: usize = heard.pcm_by_csrc.values().map(Vec::len).sum();
-    let secs = samples as f64 / f64::from(SAMPLE_RATE);
-    println!("carol heard {secs:.2} s of the C example's 4 s (key down for the last 2 s)");
-    assert!(
-        (1.3..2.6).contains(&secs),
-        "carol heard {secs:.2} s of the C example's 4 s: {report}"
-    );
-    let pcm = heard.pcm_by_csrc.values().next().expect("one talker");
-    assert_eq!(tones_in(pcm, SAMPLE_RATE).0, vec![880.0], "{report}");
-    drop(heard);
+    {
+        let heard = carol
+            .heard
+            .lock()
+            .expect("no panic while holding the heard lock");
+        // Only the 2 s with the key down reached carol (the first 2 s were neither sent nor forwarded).
+        let samples: usize = heard.pcm_by_csrc.values().map(Vec::len).sum();
+        let secs = samples as f64 / f64::from(SAMPLE_RATE);
+        println!("carol heard {secs:.2} s of the C example's 4 s (key down for the last 2 s)");
+        assert!(
+            (1.3..2.6).contains(&secs),
+            "carol heard {secs:.2} s of the C example's 4 s: {report}"
+        );
+        let pcm = heard.pcm_by_csrc.values().next().expect("one talker");
+        assert_eq!(tones_in(pcm, SAMPLE_RATE).0, vec![880.0], "{report}");
+    }
     carol.stop().await?;
     Ok(())
 }

@@ -1,0 +1,576 @@
+//! The C ABI (`include/chorus.h`): opaque handles, error codes, events as a tagged struct, no panic
+//! crossing the boundary.
+//!
+//! Every function wraps its body in `catch_unwind`; a panic is [`ChorusError::Panic`]. Null pointers and
+//! strings that are not UTF-8 are typed errors ([`ChorusError::Null`], [`ChorusError::Utf8`]). After an
+//! error, [`chorus_last_error_message`] describes it (per thread). Using a handle after
+//! [`chorus_client_free`] is undefined behaviour, as in any C API.
+//!
+//! Threads: the game thread calls `connect`, `set_muted`, `leave`, `poll_event`, `stats`; one capture
+//! thread may push and one playback thread may pull at the same time. Push and pull never wait: each
+//! takes its direction's handle with a try-lock, and a second thread pushing (or pulling) at the same
+//! moment gets [`ChorusError::Busy`] instead of waiting.
+
+// The C boundary dereferences the caller's pointers; each `unsafe` block states what the caller
+// guarantees (see the `# Safety` sections).
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::ffi::c_char;
+
+use std::sync::Mutex;
+
+use crate::{Client, Config, Microphone, Speaker};
+
+mod args;
+mod events;
+mod failure;
+
+use args::{client, lock, optional_string, put, slice, slice_mut, string};
+use events::{c_events, empty_event};
+use failure::{failure, guard, Failure, LAST_ERROR};
+
+/// What a call returned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChorusError {
+    Ok = 0,
+    /// A required pointer was null.
+    Null = 1,
+    /// A string was not UTF-8.
+    Utf8 = 2,
+    /// A configuration value is out of range.
+    Config = 3,
+    AlreadyConnected = 4,
+    NotConnected = 5,
+    /// No stream for that participant (not in a slot).
+    UnknownParticipant = 6,
+    /// Not a usable Opus packet.
+    BadOpus = 7,
+    /// The session has ended.
+    Ended = 8,
+    Io = 9,
+    /// The server refused, timed out or closed.
+    Signaling = 10,
+    Media = 11,
+    /// Another thread is pushing (or pulling) on this client at this moment.
+    Busy = 12,
+    /// The microphone or speaker handle is not available.
+    Taken = 13,
+    Opus = 14,
+    /// The SDK panicked (a bug); the handle may still be freed.
+    Panic = 15,
+    /// The output pulled from is turned off in the config.
+    OutputOff = 16,
+}
+
+/// A client's settings; [`chorus_config_default`] fills the defaults.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ChorusConfig {
+    /// 16000, 24000 or 48000: the rate of the PCM pushed (mono).
+    pub input_rate_hz: u32,
+    /// 16000, 24000 or 48000: the rate of the PCM pulled (mono).
+    pub output_rate_hz: u32,
+    pub bitrate_bps: i32,
+    pub fec: bool,
+    pub expected_loss_percent: i32,
+    pub dtx: bool,
+    /// The length of each audio ring, 40..=2000 ms.
+    pub buffer_ms: u32,
+    pub mixed_output: bool,
+    pub participant_output: bool,
+    /// The display name, UTF-8, or null for the token's.
+    pub name: *const c_char,
+}
+
+/// The kind of a [`ChorusEvent`]; which fields are set depends on it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChorusEventKind {
+    /// No event was waiting.
+    None = 0,
+    /// `state`.
+    ConnectionState = 1,
+    /// `sid` (this session's), `name` (the room), `slot` (the slot count).
+    Joined = 2,
+    /// `sid`, `identity`, `name`, `muted`.
+    ParticipantJoined = 3,
+    /// `sid`, `text` (the reason).
+    ParticipantLeft = 4,
+    /// `sid`, `muted`.
+    ParticipantMuted = 5,
+    /// Speaker `index` of `count` (loudest first): `sid`, `level` 0..=1. `count` 0: nobody speaks.
+    Speaking = 6,
+    /// `sid`.
+    DominantSpeaker = 7,
+    /// Slot `slot` (entry `index` of `count`): `sid`, empty if free.
+    Slot = 8,
+    Draining = 9,
+    /// `text`: the reason, empty if none.
+    Left = 10,
+    /// `text`: the message.
+    Error = 11,
+    /// Rejoin attempt `index` (from 1) after a lost connection; `text`: why.
+    Reconnecting = 12,
+    /// `sid`, `server_muted`, `deafened`, `ptt`: a participant's moderation or push-to-talk state.
+    ParticipantUpdated = 13,
+    /// A moderator moved this session: `sid` (its new id), `name` (the new room), `slot` (its slot count).
+    /// Media is renegotiated by the SDK.
+    Moved = 14,
+}
+
+/// A session's connection state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChorusConnectionState {
+    Connecting = 0,
+    Joined = 1,
+    Connected = 2,
+    Disconnected = 3,
+    Closed = 4,
+    Reconnecting = 5,
+}
+
+/// One event. Strings are NUL-terminated UTF-8 (truncated to fit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ChorusEvent {
+    pub kind: ChorusEventKind,
+    pub state: ChorusConnectionState,
+    pub sid: [c_char; 64],
+    pub identity: [c_char; 128],
+    pub name: [c_char; 128],
+    pub text: [c_char; 256],
+    pub muted: bool,
+    pub level: f32,
+    pub slot: u32,
+    pub index: u32,
+    pub count: u32,
+    /// Muted by a moderator (it cannot unmute itself).
+    pub server_muted: bool,
+    /// Sent no audio by the server.
+    pub deafened: bool,
+    /// Push-to-talk: heard only while its key is down.
+    pub ptt: bool,
+}
+
+/// The SDK's counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChorusStats {
+    pub mic_dropped: u64,
+    pub output_dropped: u64,
+    pub frames_sent: u64,
+    pub packets_received: u64,
+}
+
+/// A client (opaque).
+pub struct ChorusClient {
+    client: Mutex<GameSide>,
+    microphone: Mutex<Option<Microphone>>,
+    speaker: Mutex<Option<Speaker>>,
+}
+
+struct GameSide {
+    client: Client,
+    /// Events already converted, not yet polled (one Rust event can be several C events).
+    events: VecDeque<ChorusEvent>,
+}
+
+/// The message of the last failed call on this thread ("" if none). Valid until the next failing call on
+/// this thread.
+#[no_mangle]
+pub extern "C" fn chorus_last_error_message() -> *const c_char {
+    LAST_ERROR.with(|last| {
+        let last = last.borrow();
+        if last.is_empty() {
+            c"".as_ptr()
+        } else {
+            last.as_ptr().cast()
+        }
+    })
+}
+
+/// Fill `out` with the defaults: 48 kHz mono in and out, 32 kb/s, FEC on, DTX off, 200 ms rings, both
+/// outputs, the token's name.
+///
+/// # Safety
+/// `out` is null or valid for writing a `ChorusConfig`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_config_default(out: *mut ChorusConfig) -> ChorusError {
+    guard(|| {
+        if out.is_null() {
+            return Err(failure(ChorusError::Null, "out is null"));
+        }
+        let d = Config::default();
+        let config = ChorusConfig {
+            input_rate_hz: d.input_rate_hz,
+            output_rate_hz: d.output_rate_hz,
+            bitrate_bps: d.bitrate_bps,
+            fec: d.fec,
+            expected_loss_percent: d.expected_loss_percent,
+            dtx: d.dtx,
+            buffer_ms: d.buffer_ms,
+            mixed_output: d.mixed_output,
+            participant_output: d.participant_output,
+            name: std::ptr::null(),
+        };
+        // SAFETY: non-null, writable per the caller.
+        unsafe { put(out, config) };
+        Ok(())
+    })
+}
+
+/// A new client with `config` (null: the defaults), not connected; null on failure (see
+/// [`chorus_last_error_message`]). Free it with [`chorus_client_free`].
+///
+/// # Safety
+/// `config` is null or points to a `ChorusConfig` whose `name` is null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_new(config: *const ChorusConfig) -> *mut ChorusClient {
+    let mut created = None;
+    let code = guard(|| {
+        // SAFETY: null or a valid ChorusConfig, per the caller.
+        let config = match unsafe { config.as_ref() } {
+            None => Config::default(),
+            Some(c) => Config {
+                input_rate_hz: c.input_rate_hz,
+                output_rate_hz: c.output_rate_hz,
+                bitrate_bps: c.bitrate_bps,
+                fec: c.fec,
+                expected_loss_percent: c.expected_loss_percent,
+                dtx: c.dtx,
+                buffer_ms: c.buffer_ms,
+                mixed_output: c.mixed_output,
+                participant_output: c.participant_output,
+                // SAFETY: null or NUL-terminated, per the caller.
+                name: unsafe { optional_string(c.name, "config.name") }?.map(str::to_owned),
+                ..Config::default()
+            },
+        };
+        let mut client = Client::new(config)?;
+        let microphone = client.take_microphone();
+        let speaker = client.take_speaker();
+        created = Some(Box::new(ChorusClient {
+            client: Mutex::new(GameSide {
+                client,
+                events: VecDeque::new(),
+            }),
+            microphone: Mutex::new(microphone),
+            speaker: Mutex::new(speaker),
+        }));
+        Ok(())
+    });
+    match created {
+        Some(client) if code == ChorusError::Ok => Box::into_raw(client),
+        _ => std::ptr::null_mut(),
+    }
+}
+
+/// Connect to `url` (`ws://host:port/ws`) and join with `token`; `room` (null: the token's) must be the
+/// token's. Returns at once; progress arrives as events.
+///
+/// # Safety
+/// `client` is null or live; the strings are null or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_connect(
+    client: *mut ChorusClient,
+    url: *const c_char,
+    token: *const c_char,
+    room: *const c_char,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let (c, url, token, room) = unsafe {
+            (
+                self::client(client)?,
+                string(url, "url")?,
+                string(token, "token")?,
+                optional_string(room, "room")?,
+            )
+        };
+        lock(&c.client).client.connect(url, token, room)?;
+        Ok(())
+    })
+}
+
+/// Push mono PCM (−1..=1) at the input rate from the capture callback; `*taken` (if not null) is how many
+/// samples fit, the rest are counted drops. Never waits.
+///
+/// # Safety
+/// `client` is null or live; `pcm` is null or valid for `len` floats; `taken` is null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_push_pcm_f32(
+    client: *mut ChorusClient,
+    pcm: *const f32,
+    len: usize,
+    taken: *mut usize,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let (c, pcm) = unsafe { (self::client(client)?, slice(pcm, len, "pcm")?) };
+        let n = with_microphone(c, |mic| mic.push_f32(pcm))?;
+        // SAFETY: per the caller.
+        unsafe { put(taken, n) };
+        Ok(())
+    })
+}
+
+/// [`chorus_client_push_pcm_f32`] for 16-bit samples.
+///
+/// # Safety
+/// `client` is null or live; `pcm` is null or valid for `len` samples; `taken` is null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_push_pcm_i16(
+    client: *mut ChorusClient,
+    pcm: *const i16,
+    len: usize,
+    taken: *mut usize,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let (c, pcm) = unsafe { (self::client(client)?, slice(pcm, len, "pcm")?) };
+        let n = with_microphone(c, |mic| mic.push_i16(pcm))?;
+        // SAFETY: per the caller.
+        unsafe { put(taken, n) };
+        Ok(())
+    })
+}
+
+/// Push one pre-encoded Opus packet (mono). Never waits.
+///
+/// # Safety
+/// `client` is null or live; `packet` is null or valid for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_push_opus(
+    client: *mut ChorusClient,
+    packet: *const u8,
+    len: usize,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let (c, packet) = unsafe { (self::client(client)?, slice(packet, len, "packet")?) };
+        with_microphone(c, |mic| mic.push_opus(packet))??;
+        Ok(())
+    })
+}
+
+/// Fill `out` with `len` samples of the mix at the output rate; `*filled` (if not null) is how many came
+/// from the network, the rest is silence. Never waits.
+///
+/// # Safety
+/// `client` is null or live; `out` is null or valid for writing `len` floats; `filled` is null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_pull_mixed_f32(
+    client: *mut ChorusClient,
+    out: *mut f32,
+    len: usize,
+    filled: *mut usize,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let (c, out) = unsafe { (self::client(client)?, slice_mut(out, len, "out")?) };
+        let n = with_speaker(c, |speaker| speaker.pull_mixed(out))??;
+        // SAFETY: per the caller.
+        unsafe { put(filled, n) };
+        Ok(())
+    })
+}
+
+/// Fill `out` with `len` samples of participant `sid` at the output rate; `*filled` as for the mix.
+/// [`ChorusError::UnknownParticipant`] if `sid` is in no slot.
+///
+/// # Safety
+/// As [`chorus_client_pull_mixed_f32`]; `sid` is null or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_pull_participant_f32(
+    client: *mut ChorusClient,
+    sid: *const c_char,
+    out: *mut f32,
+    len: usize,
+    filled: *mut usize,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let (c, sid, out) = unsafe {
+            (
+                self::client(client)?,
+                string(sid, "sid")?,
+                slice_mut(out, len, "out")?,
+            )
+        };
+        let n = with_speaker(c, |speaker| speaker.pull_participant(sid, out))??;
+        // SAFETY: per the caller.
+        unsafe { put(filled, n) };
+        Ok(())
+    })
+}
+
+/// Mute or unmute the microphone (the room is told).
+///
+/// # Safety
+/// `client` is null or live.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_set_muted(
+    client: *mut ChorusClient,
+    muted: bool,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let c = unsafe { self::client(client)? };
+        lock(&c.client).client.set_muted(muted)?;
+        Ok(())
+    })
+}
+
+/// Turn push-to-talk on or off: with it on, the server forwards this client's audio only while its key
+/// is down (`chorus_client_set_ptt_key`), and nothing is sent while it is up.
+///
+/// # Safety
+/// `client` is null or live.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_set_ptt(
+    client: *mut ChorusClient,
+    enabled: bool,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let c = unsafe { self::client(client)? };
+        lock(&c.client).client.set_ptt(enabled)?;
+        Ok(())
+    })
+}
+
+/// The push-to-talk key went down (`true`) or up. Call it from the key's handler; repeats are harmless.
+/// Key-downs beyond 10 at once and 5 per second are refused by the server (an `ERROR` event,
+/// `rate_limited`).
+///
+/// # Safety
+/// `client` is null or live.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_set_ptt_key(
+    client: *mut ChorusClient,
+    down: bool,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let c = unsafe { self::client(client)? };
+        lock(&c.client).client.set_ptt_key(down)?;
+        Ok(())
+    })
+}
+
+/// Leave the room; a `LEFT` event and the `CLOSED` state follow.
+///
+/// # Safety
+/// `client` is null or live.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_leave(client: *mut ChorusClient) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let c = unsafe { self::client(client)? };
+        lock(&c.client).client.leave()?;
+        Ok(())
+    })
+}
+
+/// The next event into `*out` (kind `NONE` if there is none). Never waits.
+///
+/// # Safety
+/// `client` is null or live; `out` is null or valid for writing a `ChorusEvent`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_poll_event(
+    client: *mut ChorusClient,
+    out: *mut ChorusEvent,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let c = unsafe { self::client(client)? };
+        if out.is_null() {
+            return Err(failure(ChorusError::Null, "out is null"));
+        }
+        let mut game = lock(&c.client);
+        if game.events.is_empty() {
+            if let Some(event) = game.client.poll_event() {
+                game.events = c_events(event);
+            }
+        }
+        let event = game.events.pop_front().unwrap_or_else(empty_event);
+        // SAFETY: non-null, writable per the caller.
+        unsafe { put(out, event) };
+        Ok(())
+    })
+}
+
+/// The SDK's counters into `*out`.
+///
+/// # Safety
+/// `client` is null or live; `out` is null or valid for writing a `ChorusStats`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_stats(
+    client: *mut ChorusClient,
+    out: *mut ChorusStats,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let c = unsafe { self::client(client)? };
+        if out.is_null() {
+            return Err(failure(ChorusError::Null, "out is null"));
+        }
+        let s = lock(&c.client).client.stats();
+        let stats = ChorusStats {
+            mic_dropped: s.mic_dropped,
+            output_dropped: s.output_dropped,
+            frames_sent: s.frames_sent,
+            packets_received: s.packets_received,
+        };
+        // SAFETY: non-null, writable per the caller.
+        unsafe { put(out, stats) };
+        Ok(())
+    })
+}
+
+/// Close the session (without waiting for the server) and free the client; returns once the SDK's threads
+/// have ended (milliseconds). Null is a no-op. The handle must not be used afterwards.
+///
+/// # Safety
+/// `client` is null or a live handle from [`chorus_client_new`], freed once.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_free(client: *mut ChorusClient) -> ChorusError {
+    guard(|| {
+        if !client.is_null() {
+            // SAFETY: a live handle from chorus_client_new (Box::into_raw), freed once, per the caller.
+            drop(unsafe { Box::from_raw(client) });
+        }
+        Ok(())
+    })
+}
+
+fn with_microphone<T>(
+    c: &ChorusClient,
+    f: impl FnOnce(&mut Microphone) -> T,
+) -> Result<T, Failure> {
+    let mut guard = c
+        .microphone
+        .try_lock()
+        .map_err(|_| failure(ChorusError::Busy, "another thread is pushing"))?;
+    let mic = guard
+        .as_mut()
+        .ok_or_else(|| failure(ChorusError::Taken, "no microphone"))?;
+    Ok(f(mic))
+}
+
+fn with_speaker<T>(c: &ChorusClient, f: impl FnOnce(&mut Speaker) -> T) -> Result<T, Failure> {
+    let mut guard = c
+        .speaker
+        .try_lock()
+        .map_err(|_| failure(ChorusError::Busy, "another thread is pulling"))?;
+    let speaker = guard
+        .as_mut()
+        .ok_or_else(|| failure(ChorusError::Taken, "no speaker"))?;
+    Ok(f(speaker))
+}
+
+#[cfg(test)]
+mod tests;

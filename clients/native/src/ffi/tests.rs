@@ -1,0 +1,241 @@
+use super::*;
+use std::ffi::CStr;
+
+use super::events::fill;
+use crate::Event;
+use std::ptr::{null, null_mut};
+
+fn last_error() -> String {
+    // SAFETY: chorus_last_error_message returns a NUL-terminated string owned by this thread.
+    unsafe { CStr::from_ptr(chorus_last_error_message()) }
+        .to_str()
+        .expect("the SDK writes UTF-8 messages")
+        .to_owned()
+}
+
+#[test]
+fn null_handles_and_arguments_are_typed_errors() {
+    let mut out = [0.0f32; 4];
+    // SAFETY: every pointer is null or valid.
+    unsafe {
+        assert_eq!(
+            chorus_client_connect(null_mut(), null(), null(), null()),
+            ChorusError::Null
+        );
+        assert_eq!(last_error(), "the client is null");
+        assert_eq!(
+            chorus_client_pull_mixed_f32(null_mut(), out.as_mut_ptr(), 4, null_mut()),
+            ChorusError::Null
+        );
+        assert_eq!(chorus_client_set_muted(null_mut(), true), ChorusError::Null);
+        assert_eq!(chorus_client_leave(null_mut()), ChorusError::Null);
+        assert_eq!(chorus_config_default(null_mut()), ChorusError::Null);
+        assert_eq!(chorus_client_free(null_mut()), ChorusError::Ok);
+
+        let client = chorus_client_new(null());
+        assert!(!client.is_null());
+        assert_eq!(
+            chorus_client_connect(client, null(), c"tok".as_ptr(), null()),
+            ChorusError::Null
+        );
+        assert_eq!(last_error(), "url is null");
+        assert_eq!(
+            chorus_client_push_pcm_f32(client, null(), 10, null_mut()),
+            ChorusError::Null
+        );
+        // Null with no samples is an empty push.
+        let mut taken = 7usize;
+        assert_eq!(
+            chorus_client_push_pcm_f32(client, null(), 0, &mut taken),
+            ChorusError::Ok
+        );
+        assert_eq!(taken, 0);
+        assert_eq!(
+            chorus_client_poll_event(client, null_mut()),
+            ChorusError::Null
+        );
+        assert_eq!(
+            chorus_client_pull_participant_f32(client, null(), out.as_mut_ptr(), 4, null_mut()),
+            ChorusError::Null
+        );
+        assert_eq!(chorus_client_free(client), ChorusError::Ok);
+    }
+}
+
+#[test]
+fn bad_utf8_bad_config_and_state_errors_are_typed() {
+    let bad = [0xffu8 as c_char, 0xfe_u8 as c_char, 0];
+    // SAFETY: every pointer is null or valid, the client is freed once.
+    unsafe {
+        let mut config = std::mem::zeroed::<ChorusConfig>();
+        assert_eq!(chorus_config_default(&mut config), ChorusError::Ok);
+        assert_eq!(config.output_rate_hz, 48_000);
+        config.name = bad.as_ptr();
+        assert!(chorus_client_new(&config).is_null());
+        assert_eq!(last_error(), "config.name is not UTF-8");
+        config.name = c"Ada".as_ptr();
+        config.input_rate_hz = 44_100;
+        assert!(chorus_client_new(&config).is_null());
+        assert!(
+            last_error().contains("input_rate_hz 44100"),
+            "{}",
+            last_error()
+        );
+        config.input_rate_hz = 16_000;
+        let client = chorus_client_new(&config);
+        assert!(!client.is_null());
+
+        assert_eq!(
+            chorus_client_connect(
+                client,
+                c"ws://127.0.0.1:1/ws".as_ptr(),
+                bad.as_ptr(),
+                null()
+            ),
+            ChorusError::Utf8
+        );
+        assert_eq!(last_error(), "token is not UTF-8");
+        let mut out = [1.0f32; 8];
+        let mut filled = 9usize;
+        assert_eq!(
+            chorus_client_pull_participant_f32(
+                client,
+                bad.as_ptr(),
+                out.as_mut_ptr(),
+                8,
+                &mut filled
+            ),
+            ChorusError::Utf8
+        );
+        assert_eq!(
+            chorus_client_pull_participant_f32(
+                client,
+                c"PA_x".as_ptr(),
+                out.as_mut_ptr(),
+                8,
+                &mut filled
+            ),
+            ChorusError::UnknownParticipant
+        );
+        assert_eq!(
+            chorus_client_pull_mixed_f32(client, out.as_mut_ptr(), 8, &mut filled),
+            ChorusError::Ok
+        );
+        assert_eq!(filled, 0);
+        assert_eq!(out, [0.0; 8]);
+        assert_eq!(chorus_client_leave(client), ChorusError::NotConnected);
+        assert_eq!(
+            chorus_client_push_opus(client, [0u8; 2].as_ptr(), 0),
+            ChorusError::BadOpus
+        );
+        let samples = [0i16; 320];
+        let mut taken = 0usize;
+        assert_eq!(
+            chorus_client_push_pcm_i16(client, samples.as_ptr(), samples.len(), &mut taken),
+            ChorusError::Ok
+        );
+        assert_eq!(taken, 320);
+        let mut event = empty_event();
+        event.kind = ChorusEventKind::Error;
+        assert_eq!(
+            chorus_client_poll_event(client, &mut event),
+            ChorusError::Ok
+        );
+        assert_eq!(event.kind, ChorusEventKind::None);
+        let mut stats = ChorusStats::default();
+        assert_eq!(chorus_client_stats(client, &mut stats), ChorusError::Ok);
+        assert_eq!(stats.mic_dropped, 0);
+        assert_eq!(chorus_client_free(client), ChorusError::Ok);
+    }
+}
+
+/// Counts this thread's allocations, so a test can show that a call does not allocate.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator unchanged; the counter is a const-initialised thread local
+// without a destructor, so touching it never allocates.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        // SAFETY: per GlobalAlloc's contract, forwarded.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: per GlobalAlloc's contract, forwarded.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        // SAFETY: per GlobalAlloc's contract, forwarded.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+#[test]
+fn failing_audio_calls_do_not_allocate() {
+    // SAFETY: every pointer is null or valid, the client is freed once.
+    unsafe {
+        let mut config = std::mem::zeroed::<ChorusConfig>();
+        assert_eq!(chorus_config_default(&mut config), ChorusError::Ok);
+        let client = chorus_client_new(&config);
+        assert!(!client.is_null());
+        let mut out = [0.0f32; 480];
+        let mut filled = 0usize;
+        let mut pull_unknown = || {
+            chorus_client_pull_participant_f32(
+                client,
+                c"PA_gone".as_ptr(),
+                out.as_mut_ptr(),
+                out.len(),
+                &mut filled,
+            )
+        };
+        // The first failure on this thread grows the message buffer.
+        assert_eq!(pull_unknown(), ChorusError::UnknownParticipant);
+        let before = ALLOCATIONS.with(|n| n.get());
+        assert!(before > 0, "the counter sees this thread's allocations");
+        for _ in 0..100 {
+            assert_eq!(pull_unknown(), ChorusError::UnknownParticipant);
+            assert_eq!(
+                chorus_client_pull_mixed_f32(client, null_mut(), 4, null_mut()),
+                ChorusError::Null
+            );
+        }
+        assert_eq!(ALLOCATIONS.with(|n| n.get()) - before, 0);
+        assert_eq!(last_error(), "out is null");
+        assert_eq!(chorus_client_free(client), ChorusError::Ok);
+    }
+}
+
+#[test]
+fn a_panic_is_a_code_not_an_unwind_across_the_boundary() {
+    assert_eq!(guard(|| panic!("boom")), ChorusError::Panic);
+    assert_eq!(last_error(), "the SDK panicked: boom");
+}
+
+#[test]
+fn lists_become_one_event_per_entry_and_strings_are_truncated_safely() {
+    let events = c_events(Event::Speaking(vec![
+        ("PA_a".into(), 0.5),
+        ("PA_b".into(), 0.25),
+    ]));
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].index, 1);
+    assert_eq!(events[1].count, 2);
+    assert_eq!(events[1].level, 0.25);
+    assert_eq!(c_events(Event::Speaking(vec![]))[0].count, 0);
+    let mut field = [1 as c_char; 4];
+    fill(&mut field, "aé€");
+    // "aé" is 3 bytes: it fits with the NUL; "€" would not.
+    assert_eq!(
+        field,
+        [b'a' as c_char, 0xc3_u8 as c_char, 0xa9_u8 as c_char, 0]
+    );
+}

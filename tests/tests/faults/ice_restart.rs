@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::Value;
 
-use super::{assert_call_survived, assert_tone, hears_again, join, Party, TONES};
-use crate::proxy::Impairment;
+use super::{
+    ada_behind_a_nat_and_bob, assert_call_survived, assert_tone, heard, hears_again, TONES,
+};
 use chorus_tests::Server;
 
 /// How long ada's path is dead: the client restarts ICE in the middle of it.
@@ -56,30 +57,13 @@ fn stun_username(request: &[u8]) -> Option<String> {
     None
 }
 
-fn heard(a: &Party, b: &Party) -> (u64, u64) {
-    (a.packets_from(b.ssrc), b.packets_from(a.ssrc))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_udp_a_client_whose_path_died_restarts_ice_and_is_heard_again_as_itself(
 ) -> anyhow::Result<()> {
     let _alone = chorus_tests::real_time_call().await;
     let server = Server::start(&[]).await?;
     let room = "ice-restart";
-    let mut a = join(
-        &server,
-        room,
-        "ada",
-        TONES[0],
-        Some((Impairment::default(), 63)),
-    )
-    .await?;
-    let mut b = join(&server, room, "bob", TONES[1], None).await?;
-    for (listener, talker) in [(&a, &b), (&b, &a)] {
-        hears_again(listener, talker.ssrc, 0, Duration::from_secs(5))
-            .await
-            .context("the call connects")?;
-    }
+    let (mut a, mut b) = ada_behind_a_nat_and_bob(&server, room, 63, false).await?;
     let before = sids(&server, room).await?;
     let restarts = || server.metric("chorus_ice_restarts_total");
     let restarts_before = restarts().await?;

@@ -162,6 +162,38 @@ async fn join_with(
     })
 }
 
+/// The two-party call of the NAT tests: ada talks through a NAT (a proxy seeded by `seed`, unimpaired
+/// until told), nominating like Firefox if `nominate_once`; bob talks directly. Returns once each hears the
+/// other.
+async fn ada_behind_a_nat_and_bob(
+    server: &Server,
+    room: &str,
+    seed: u64,
+    nominate_once: bool,
+) -> anyhow::Result<(Party, Party)> {
+    let a = join_with(
+        server,
+        room,
+        "ada",
+        TONES[0],
+        Some((Impairment::default(), seed)),
+        nominate_once,
+    )
+    .await?;
+    let b = join(server, room, "bob", TONES[1], None).await?;
+    for (listener, talker) in [(&a, &b), (&b, &a)] {
+        hears_again(listener, talker.ssrc, 0, Duration::from_secs(5))
+            .await
+            .context("the call connects")?;
+    }
+    Ok((a, b))
+}
+
+/// Packets each party heard of the other so far: (ada of bob, bob of ada).
+fn heard(a: &Party, b: &Party) -> (u64, u64) {
+    (a.packets_from(b.ssrc), b.packets_from(a.ssrc))
+}
+
 /// A server with a mixed room `room` (created through the admin API): the server's jitter buffer then
 /// counts lost and concealed frames of each input in /metrics.
 async fn server_with_mix_room(room: &str) -> anyhow::Result<Server> {

@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::UdpSocket;
 
-use super::{assert_call_survived, assert_tone, hears_again, join, join_with, Party, TONES};
-use crate::proxy::Impairment;
+use super::{
+    ada_behind_a_nat_and_bob, assert_call_survived, assert_tone, heard, hears_again, TONES,
+};
 use chorus_tests::Server;
 
 /// str0m's client checks its nominated pair every 3 s (its maximum STUN retransmission timeout): the first
@@ -63,11 +64,6 @@ fn with_broken_integrity(request: &[u8], n: u8) -> Vec<u8> {
     m
 }
 
-/// Packets each party heard of the other so far: (ada of bob, bob of ada).
-fn heard(a: &Party, b: &Party) -> (u64, u64) {
-    (a.packets_from(b.ssrc), b.packets_from(a.ssrc))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_udp_media_follows_a_nat_rebinding_and_a_spoofer_takes_nothing() -> anyhow::Result<()>
 {
@@ -75,20 +71,7 @@ async fn real_udp_media_follows_a_nat_rebinding_and_a_spoofer_takes_nothing() ->
     let server = Server::start(&[]).await?;
     let room = "rebinding";
     // Ada talks through a NAT (the proxy); bob directly. A forward room: each hears the other's stream.
-    let mut a = join(
-        &server,
-        room,
-        "ada",
-        TONES[0],
-        Some((Impairment::default(), 61)),
-    )
-    .await?;
-    let mut b = join(&server, room, "bob", TONES[1], None).await?;
-    for (listener, talker) in [(&a, &b), (&b, &a)] {
-        hears_again(listener, talker.ssrc, 0, Duration::from_secs(5))
-            .await
-            .context("the call connects")?;
-    }
+    let (mut a, mut b) = ada_behind_a_nat_and_bob(&server, room, 61, false).await?;
     let nat = a.proxy.as_ref().context("ada talks through the proxy")?;
     let checks = || {
         nat.stats()
@@ -247,21 +230,7 @@ async fn real_udp_rebinding_a_client_that_nominates_only_once_gets_its_media_bac
     let server = Server::start(&[]).await?;
     let room = "rebinding-once";
     // Ada nominates like Firefox, through a NAT; bob directly.
-    let mut a = join_with(
-        &server,
-        room,
-        "ada",
-        TONES[0],
-        Some((Impairment::default(), 62)),
-        true,
-    )
-    .await?;
-    let mut b = join(&server, room, "bob", TONES[1], None).await?;
-    for (listener, talker) in [(&a, &b), (&b, &a)] {
-        hears_again(listener, talker.ssrc, 0, Duration::from_secs(5))
-            .await
-            .context("the call connects")?;
-    }
+    let (mut a, mut b) = ada_behind_a_nat_and_bob(&server, room, 62, true).await?;
     let nat = a.proxy.as_ref().context("ada talks through the proxy")?;
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     let moves = |cause: &'static str| {

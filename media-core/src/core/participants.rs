@@ -92,6 +92,11 @@ impl MediaCore {
                         dominant: DominantSpeaker::new(DominantConfig::default()),
                     },
                 );
+                if self.broadcast_rooms.contains(room) {
+                    if let Some(mixer) = self.rooms.get_mut(&k).and_then(|r| r.mixer_mut()) {
+                        mixer.set_tap(now, true);
+                    }
+                }
                 k
             }
         };

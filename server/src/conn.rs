@@ -17,13 +17,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tower::ServiceExt;
 use hyper_util::service::TowerToHyperService;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use crate::broadcast::ConnectionKill;
 use crate::metrics::ServerMetrics;
 
 /// The connection limits in force.
@@ -212,12 +215,30 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, metrics: 
             stream,
             _permit: permit,
         });
+        // The connection's kill switch rides on each of its requests: a listener stream that must be dropped
+        // (its client stopped reading) closes the connection even while it waits on a full socket.
+        let kill = ConnectionKill::default();
+        let service = {
+            let kill = kill.clone();
+            let app = app.clone();
+            tower::service_fn(move |mut request: axum::extract::Request<Incoming>| {
+                request.extensions_mut().insert(kill.clone());
+                app.clone().oneshot(request)
+            })
+        };
         let connection = http
-            .serve_connection(io, TowerToHyperService::new(app.clone()))
+            .serve_connection(io, TowerToHyperService::new(service))
             .with_upgrades();
         let counted = counted.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let result = tokio::select! {
+                result = connection => result,
+                () = kill.killed() => {
+                    debug!(%peer, "HTTP connection closed by the server (a listener that did not read)");
+                    return;
+                }
+            };
+            if let Err(e) = result {
                 if e.is_timeout() {
                     count(&counted, "header_timeout");
                     debug!(%peer, "HTTP request headers not complete in time; connection closed");

@@ -575,10 +575,9 @@ async fn list_broadcasts(State(state): State<Arc<AppState>>) -> Json<serde_json:
 fn broadcast_view(state: &AppState, room: &str) -> Result<MountView, ApiError> {
     match state.broadcasts.mount(room) {
         Some(mount) => Ok(mount.view(state.broadcasts.config())),
-        None if state.signaling.room(room).is_some() => Ok(MountView::unused(
-            room,
-            state.broadcasts.config(),
-        )),
+        None if state.signaling.room(room).is_some() => {
+            Ok(MountView::unused(room, state.broadcasts.config()))
+        }
         None => Err(AdminError::RoomNotFound.into()),
     }
 }

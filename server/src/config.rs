@@ -66,6 +66,10 @@ pub struct BroadcastConfig {
     pub icy_metaint_bytes: usize,
     /// Listeners at most, over all mounts (also bounded by `http.max_connections`).
     pub max_listeners: usize,
+    /// The kernel send buffer of a listener's connection (Linux doubles it): what a listener does not
+    /// read waits in its queue, where it is seen, not in the kernel (whose autotuning on loopback grows
+    /// past a megabyte, minutes of audio), and a slow reader hears less delay.
+    pub listener_send_buffer_bytes: usize,
 }
 
 impl Default for BroadcastConfig {
@@ -77,6 +81,7 @@ impl Default for BroadcastConfig {
             listener_queue_pages: 30,
             icy_metaint_bytes: 16_000,
             max_listeners: 10_000,
+            listener_send_buffer_bytes: 16_384,
         }
     }
 }
@@ -95,6 +100,9 @@ impl BroadcastConfig {
         }
         if !(1..=1_000_000).contains(&self.max_listeners) {
             return invalid("broadcast.max_listeners must be 1..=1000000");
+        }
+        if !(4096..=(4 << 20)).contains(&self.listener_send_buffer_bytes) {
+            return invalid("broadcast.listener_send_buffer_bytes must be 4096..=4194304");
         }
         Ok(())
     }

@@ -521,9 +521,13 @@ fn the_broadcast_tap_carries_the_full_mix_every_tick_silence_included() {
     let total = mean_square(talk) as f32;
     let a = goertzel_power(talk, 500.0, SAMPLE_RATE);
     let b = goertzel_power(talk, 1300.0, SAMPLE_RATE);
-    assert!(a > 0.2 * total && b > 0.2 * total, "both talkers: {a} {b} of {total}");
+    assert!(
+        a > 0.2 * total && b > 0.2 * total,
+        "both talkers: {a} {b} of {total}"
+    );
     let last = tapped.last().expect("frames");
     assert_eq!(last.talkers.len(), 2, "both talk: {:?}", last.talkers);
-    room.mixer.set_tap(room.t0 + FRAME_DURATION * frames as u32, false);
+    room.mixer
+        .set_tap(room.t0 + FRAME_DURATION * frames as u32, false);
     assert_eq!(room.mixer.take_tapped().count(), 0);
 }

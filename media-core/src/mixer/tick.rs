@@ -7,8 +7,8 @@ use super::input::{decode_member, report_recovered_red};
 use super::jitter::Playout;
 use super::output::{ensure_encoder, OutEncoder};
 use super::{
-    Feed, MixPacket, MixTap, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS, PERSONAL_HANGOVER_TICKS,
-    PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL, SILENT_LEVEL,
+    Feed, MixPacket, MixTap, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS,
+    PERSONAL_HANGOVER_TICKS, PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL, SILENT_LEVEL,
 };
 use crate::audio::{FRAME_DURATION, FRAME_SAMPLES};
 use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};

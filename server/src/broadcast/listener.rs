@@ -3,7 +3,7 @@
 //! every `icy-metaint` bytes when the client asked for it (`Icy-MetaData: 1`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError};
 
 use axum::body::Body;
@@ -21,20 +21,41 @@ use tracing::debug;
 use super::{Broadcasts, ListenerSlot, Mount, Page};
 use crate::state::AppState;
 
-/// Closes the HTTP connection it was handed with (the accept loop, `conn.rs`, waits on it beside the
-/// connection): how a listener whose client stopped reading is dropped even while its connection waits
-/// for the socket, not for data.
+/// What a request may ask of the HTTP connection it came on (the accept loop, `conn.rs`, hands one to
+/// every request): to be closed — how a listener whose client stopped reading is dropped even while its
+/// connection waits for the socket, not for data — and a smaller kernel send buffer, so that what a
+/// listener does not read piles up in its bounded queue, where it is seen, rather than in the kernel
+/// (loopback's autotuning grows a send buffer past a megabyte: minutes of audio).
 #[derive(Clone, Debug, Default)]
-pub struct ConnectionKill(Arc<Notify>);
+pub struct ConnectionControl(Arc<ControlState>);
 
-impl ConnectionKill {
+#[derive(Debug, Default)]
+struct ControlState {
+    kill: Notify,
+    send_buffer_bytes: AtomicUsize,
+}
+
+impl ConnectionControl {
     pub fn kill(&self) {
-        self.0.notify_one();
+        self.0.kill.notify_one();
     }
 
-    /// Resolves once [`ConnectionKill::kill`] was called (before or after).
+    /// Resolves once [`ConnectionControl::kill`] was called (before or after).
     pub async fn killed(&self) {
-        self.0.notified().await;
+        self.0.kill.notified().await;
+    }
+
+    /// Ask for a kernel send buffer of `bytes`; applied by the connection before its next write.
+    pub fn set_send_buffer(&self, bytes: usize) {
+        self.0.send_buffer_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The send buffer asked for since the last call, if any.
+    pub fn take_send_buffer(&self) -> Option<usize> {
+        match self.0.send_buffer_bytes.load(Ordering::Relaxed) {
+            0 => None,
+            _ => Some(self.0.send_buffer_bytes.swap(0, Ordering::Relaxed)).filter(|b| *b > 0),
+        }
     }
 }
 
@@ -49,7 +70,12 @@ struct ListenQuery {
 }
 
 /// The reason a listener is refused, as its status and a one-line text body.
-fn refuse(broadcasts: &Broadcasts, status: StatusCode, result: &str, text: &'static str) -> Response {
+fn refuse(
+    broadcasts: &Broadcasts,
+    status: StatusCode,
+    result: &str,
+    text: &'static str,
+) -> Response {
     broadcasts
         .metrics
         .requests
@@ -62,15 +88,25 @@ async fn listen(
     State(state): State<Arc<AppState>>,
     Path(file): Path<String>,
     Query(query): Query<ListenQuery>,
-    kill: Option<Extension<ConnectionKill>>,
+    kill: Option<Extension<ConnectionControl>>,
     headers: HeaderMap,
 ) -> Response {
     let broadcasts = &state.broadcasts;
     let Some(room) = file.strip_suffix(".opus") else {
-        return refuse(broadcasts, StatusCode::NOT_FOUND, "not_found", "no such mount\n");
+        return refuse(
+            broadcasts,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such mount\n",
+        );
     };
     if state.signaling.room(room).is_none() && broadcasts.mount(room).is_none() {
-        return refuse(broadcasts, StatusCode::NOT_FOUND, "not_found", "no such room\n");
+        return refuse(
+            broadcasts,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such room\n",
+        );
     }
     if !broadcasts.is_public(room) && !authorized(&state, room, &headers, query.token.as_deref()) {
         let mut response = refuse(
@@ -103,6 +139,7 @@ async fn listen(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim() == "1");
     let kill = kill.map(|Extension(k)| k).unwrap_or_default();
+    kill.set_send_buffer(broadcasts.config.listener_send_buffer_bytes);
     let stream = ListenerStream::start(state.broadcasts.clone(), room, kill, icy);
     let metaint = broadcasts.config.icy_metaint_bytes;
     let mut response = Response::new(Body::from_stream(futures_util::stream::unfold(
@@ -172,7 +209,7 @@ struct ListenerStream {
 static NO_META: &[u8] = &[0];
 
 impl ListenerStream {
-    fn start(broadcasts: Arc<Broadcasts>, room: &str, kill: ConnectionKill, icy: bool) -> Self {
+    fn start(broadcasts: Arc<Broadcasts>, room: &str, kill: ConnectionControl, icy: bool) -> Self {
         let mount = broadcasts.mount_or_create(room);
         let id = broadcasts.next_listener.fetch_add(1, Ordering::Relaxed);
         let (rx, headers, last, joined) = {
@@ -288,7 +325,9 @@ impl Drop for ListenerStream {
             pager.last = None;
             pager.packets.clear();
         }
-        self.broadcasts.listeners_now.fetch_sub(1, Ordering::Relaxed);
+        self.broadcasts
+            .listeners_now
+            .fetch_sub(1, Ordering::Relaxed);
         self.broadcasts.metrics.listeners.dec();
         self.broadcasts.update_taps();
         debug!(room = %self.mount.room, listener = self.id, "broadcast listener gone");

@@ -33,7 +33,7 @@ use crate::config::BroadcastConfig;
 use crate::metrics::BroadcastMetrics;
 use ogg::{OggStream, PRE_SKIP};
 
-pub use listener::{router, ConnectionKill};
+pub use listener::{router, ConnectionControl};
 
 /// Frames waiting between the media workers and the pager (beyond this they are dropped and counted:
 /// 2 s of 20 ms frames for 50 tapped rooms).
@@ -69,7 +69,7 @@ pub struct MountSettings {
 struct ListenerSlot {
     /// The number of the last page handed to its connection (+1; 0 before the first live page).
     taken: AtomicU64,
-    kill: ConnectionKill,
+    kill: ConnectionControl,
     /// The page number when it started (a listener is not behind pages published before it came).
     joined: u64,
 }
@@ -284,7 +284,12 @@ impl Broadcasts {
     }
 
     /// Set a mount's public flag and title (the admin API). The mount is made if the room has none yet.
-    pub fn configure(&self, room: &str, public: Option<Option<bool>>, title: Option<Option<String>>) {
+    pub fn configure(
+        &self,
+        room: &str,
+        public: Option<Option<bool>>,
+        title: Option<Option<String>>,
+    ) {
         let mount = self.mount_or_create(room);
         let mut settings = mount
             .settings
@@ -403,7 +408,7 @@ impl Broadcasts {
     }
 
     /// Close a listener that fell `behind` pages behind: counted, logged once, its connection closed.
-    fn drop_slow(&self, mount: &Mount, id: u64, kill: &ConnectionKill, behind: u64) {
+    fn drop_slow(&self, mount: &Mount, id: u64, kill: &ConnectionControl, behind: u64) {
         let removed = mount
             .listeners
             .lock()
@@ -535,7 +540,9 @@ mod tests {
         assert_eq!(&m[1..21], b"StreamTitle='Alice';");
         assert!(m[21..].iter().all(|b| *b == 0));
         let q = icy_metadata("O'Neil");
-        assert!(std::str::from_utf8(&q[1..]).expect("UTF-8").contains("O’Neil"));
+        assert!(std::str::from_utf8(&q[1..])
+            .expect("UTF-8")
+            .contains("O’Neil"));
         let long = icy_metadata(&"é".repeat(5000));
         assert_eq!(long.len(), 1 + long[0] as usize * 16);
         assert!(long.len() <= 1 + 255 * 16);

@@ -134,8 +134,15 @@ mod tests {
         assert_eq!(headers[5], BEGINNING_OF_STREAM);
         let long = vec![7u8; 510];
         let page = s.audio_page(960 * 2, &[&[1, 2, 3], &long]);
-        assert_eq!(u64::from_le_bytes(page[6..14].try_into().expect("8 bytes")), 1920);
-        assert_eq!(u32::from_le_bytes(page[18..22].try_into().expect("4 bytes")), 2, "third page");
+        assert_eq!(
+            u64::from_le_bytes(page[6..14].try_into().expect("8 bytes")),
+            1920
+        );
+        assert_eq!(
+            u32::from_le_bytes(page[18..22].try_into().expect("4 bytes")),
+            2,
+            "third page"
+        );
         // 3 bytes: one segment; 510 bytes: 255, 255, 0.
         assert_eq!(page[26], 4);
         assert_eq!(&page[27..31], &[3, 255, 255, 0]);

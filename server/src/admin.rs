@@ -599,8 +599,8 @@ struct SetBroadcast {
     title: Option<Option<String>>,
 }
 
-/// Longest StreamTitle the admin API accepts, in bytes (an ICY block holds about 4 KB).
-const MAX_TITLE_BYTES: usize = 1024;
+/// Longest StreamTitle the admin API accepts, in characters (an ICY block holds 4,080 bytes).
+const MAX_TITLE_CHARS: usize = 256;
 
 async fn set_broadcast(
     State(state): State<Arc<AppState>>,
@@ -612,9 +612,9 @@ async fn set_broadcast(
         return Err(AdminError::RoomNotFound.into());
     }
     if let Some(Some(title)) = &req.title {
-        if title.len() > MAX_TITLE_BYTES || title.chars().any(char::is_control) {
+        if title.chars().count() > MAX_TITLE_CHARS || title.chars().any(char::is_control) {
             return Err(ApiError::invalid_settings(format!(
-                "title must be at most {MAX_TITLE_BYTES} bytes with no control characters"
+                "title must be at most {MAX_TITLE_CHARS} characters with no control characters"
             )));
         }
     }

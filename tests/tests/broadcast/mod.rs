@@ -174,6 +174,7 @@ async fn real_udp_broadcast_ffmpeg_hears_the_mix_and_icy_names_the_speaker() -> 
         String::from_utf8_lossy(&out.stderr),
         server.log_tail()
     );
+    eprintln!("ffmpeg decoded 3 s of the mount in {:?}", started.elapsed());
     let pcm: Vec<f32> = out
         .stdout
         .chunks_exact(2)

@@ -242,19 +242,22 @@ impl MediaCore {
         }
     }
 
-    /// The rooms that have a broadcast mount (all of them, replacing the previous set). A mixed room among
-    /// them yields its full mix as [`Output::Broadcast`] every tick, from now on and whenever it is created
-    /// on this core later; a room that left the set stops. Forwarding rooms have no mix and yield nothing.
+    /// The rooms that have a broadcast mount (all of them, replacing the previous set). A room among them
+    /// yields its full mix as [`Output::Broadcast`] every tick, from now on and whenever it is created on
+    /// this core later; a room that left the set stops. A mixed room taps its mixer's shared encode; a
+    /// forwarding room, which has no mix, gets a mixer that only feeds the mount (its publishers in, no
+    /// listener out: one decode per talker and one encode per tick while the mount has listeners).
     pub fn set_broadcast_rooms(&mut self, now: Instant, rooms: HashSet<RoomId>) {
         self.last_now = now;
         self.broadcast_rooms = rooms;
         for room in self.rooms.values_mut() {
             let on = self.broadcast_rooms.contains(&room.id);
-            if let Some(mixer) = room.mixer_mut() {
-                if mixer.is_tapped() != on {
-                    mixer.set_tap(now, on);
-                }
-            }
+            let publishers: Vec<(ParticipantId, bool)> = room
+                .members
+                .iter()
+                .filter_map(|id| Some((*id, self.participants.get(id)?.publishes())))
+                .collect();
+            room.set_broadcast(now, on, &publishers);
             room.arm_tick(&mut self.next_tick);
         }
     }

@@ -54,7 +54,13 @@ impl MediaCore {
         let mut mixed = std::mem::take(&mut self.mix_out);
         for room in self.rooms.values_mut() {
             let room_id = &room.id;
-            if let RoomKind::Mix(mixer) = &mut room.kind {
+            // A mixed room's mixer, or a forwarding room's mount-only one (it has no listeners: only its
+            // broadcast frames come out).
+            let mixer = match &mut room.kind {
+                RoomKind::Mix(mixer) => Some(&mut **mixer),
+                RoomKind::Forward => room.broadcast.as_deref_mut(),
+            };
+            if let Some(mixer) = mixer {
                 if mixer.next_tick().is_some_and(|t| t <= now) {
                     mixed.clear();
                     mixer.tick(now, &mut mixed, &mut self.stats.mix, &mut self.samples);

@@ -21,6 +21,16 @@ async fn server_with_talker(
     room: &str,
     toml: &str,
 ) -> anyhow::Result<(Server, Signal, AudioClient, std::path::PathBuf)> {
+    server_with_talker_in(room, "mix", toml).await
+}
+
+/// A server with `[broadcast]` settings `toml`, and a room `room` of `mode` where Alice talks a 660 Hz
+/// tone.
+async fn server_with_talker_in(
+    room: &str,
+    mode: &str,
+    toml: &str,
+) -> anyhow::Result<(Server, Signal, AudioClient, std::path::PathBuf)> {
     let path = std::env::temp_dir().join(format!(
         "chorus-broadcast-{}-{room}.toml",
         std::process::id()
@@ -29,7 +39,7 @@ async fn server_with_talker(
     let path_str = path.to_str().context("a UTF-8 temp path")?.to_owned();
     let server = Server::start(&["--config", &path_str]).await?;
     let admin = server.admin_token()?;
-    let body = json!({"name": room, "mode": "mix"}).to_string();
+    let body = json!({"name": room, "mode": mode}).to_string();
     let (status, reply) = server
         .admin("POST", "/admin/v1/rooms", Some(&admin), Some(&body))
         .await?;
@@ -139,6 +149,52 @@ async fn read_for(s: &mut TcpStream, how_long: Duration) -> anyhow::Result<Vec<u
     Ok(out)
 }
 
+/// Three seconds of `url` decoded by ffmpeg (mono, 48 kHz).
+async fn ffmpeg_decode(server: &Server, url: &str) -> anyhow::Result<Vec<f32>> {
+    let started = Instant::now();
+    let out = tokio::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-i", url, "-t", "3"])
+        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .context("ffmpeg did not finish in 30 s")??;
+    ensure!(
+        out.status.success(),
+        "ffmpeg failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_tail()
+    );
+    let pcm: Vec<f32> = out
+        .stdout
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect();
+    assert!(
+        pcm.len() >= 2 * SAMPLE_RATE as usize,
+        "ffmpeg decoded {} samples in {:?}",
+        pcm.len(),
+        started.elapsed()
+    );
+
+    Ok(pcm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_udp_broadcast_a_forwarding_room_is_mixed_for_its_mount() -> anyhow::Result<()> {
+    let _alone = chorus_tests::real_time_call().await;
+    let (server, _signal, client, config) =
+        server_with_talker_in("fwd", "forward", "public = true").await?;
+    let pcm = ffmpeg_decode(&server, &format!("http://{}/live/fwd.opus", server.http)).await?;
+    let tail = &pcm[pcm.len() / 3..];
+    let analysis = ToneAnalysis::analyze(tail, SAMPLE_RATE, &OTHER_TONES);
+    assert_eq!(analysis.present_default(), vec![TONE], "{analysis:?}");
+    client.stop().await?;
+    let _ = std::fs::remove_file(config);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_udp_broadcast_ffmpeg_hears_the_mix_and_icy_names_the_speaker() -> anyhow::Result<()> {
     let _alone = chorus_tests::real_time_call().await;
@@ -160,36 +216,11 @@ async fn real_udp_broadcast_ffmpeg_hears_the_mix_and_icy_names_the_speaker() -> 
     // ffmpeg, a client we did not write, decodes three seconds of the mount: Alice's tone, nothing else.
     let url = format!("http://{}/live/radio.opus?token={token}", server.http);
     let started = Instant::now();
-    let out = tokio::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-i", &url, "-t", "3"])
-        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
-        .stdin(Stdio::null())
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), out)
-        .await
-        .context("ffmpeg did not finish in 30 s")??;
-    ensure!(
-        out.status.success(),
-        "ffmpeg failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log_tail()
-    );
+    let pcm = ffmpeg_decode(&server, &url).await?;
     eprintln!("ffmpeg decoded 3 s of the mount in {:?}", started.elapsed());
-    let pcm: Vec<f32> = out
-        .stdout
-        .chunks_exact(2)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-        .collect();
-    assert!(
-        pcm.len() >= 2 * SAMPLE_RATE as usize,
-        "ffmpeg decoded {} samples in {:?}",
-        pcm.len(),
-        started.elapsed()
-    );
     let tail = &pcm[pcm.len() / 3..];
     let analysis = ToneAnalysis::analyze(tail, SAMPLE_RATE, &OTHER_TONES);
     assert_eq!(analysis.present_default(), vec![TONE], "{analysis:?}");
-
     // ICY: the response announces the interval; the first metadata block names who speaks.
     let (mut s, head, early) = open_listener(
         &server,

@@ -89,7 +89,7 @@ impl Default for BroadcastConfig {
 impl BroadcastConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if !(20..=1000).contains(&self.page_ms) || self.page_ms % 20 != 0 {
+        if !(20..=1000).contains(&self.page_ms) || !self.page_ms.is_multiple_of(20) {
             return invalid("broadcast.page_ms must be a multiple of 20 in 20..=1000");
         }
         if !(2..=1000).contains(&self.listener_queue_pages) {

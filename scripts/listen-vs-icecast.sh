@@ -5,6 +5,7 @@
 #
 #   scripts/listen-vs-icecast.sh                     # N=1000, 20 s
 #   N=5000 DURATION=30 PAGE_US=20000 scripts/listen-vs-icecast.sh
+#   ONLY=chorus N=5000 scripts/listen-vs-icecast.sh   # one target (Icecast's slow rush delays the other's window)
 #
 # Chorus: a mixed room at 32 kb/s where one chorus-loadtest participant talks continuously; its mount is
 # /live/<room>.opus. Icecast (Debian's icecast2): ffmpeg encodes a 660 Hz tone with libopus at 32 kb/s into
@@ -51,7 +52,7 @@ EOF
 CHORUS_PID=$!; pids+=("$CHORUS_PID")
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null && break; sleep 0.1; done
 "$BIN_DIR/chorus-loadtest" run --url "ws://127.0.0.1:$HTTP_PORT/ws" --mode mix -n 1 --talkers 1 \
-  --talk continuous --duration 3600 --no-floor > "$OUT/talker.log" 2>&1 &
+  --talk continuous --duration 3600 --join-timeout 100000 --no-floor > "$OUT/talker.log" 2>&1 &
 pids+=("$!")
 ROOM=""
 for _ in $(seq 100); do
@@ -97,7 +98,11 @@ ffmpeg -nostdin -loglevel error -re -f lavfi -i "sine=frequency=660:sample_rate=
 pids+=("$!")
 sleep 3
 
+# ONLY=chorus or ONLY=icecast listens to one of them (both servers still run).
+CHORUS_TARGET=1; ICECAST_TARGET=1
+[ "${ONLY:-}" = icecast ] && CHORUS_TARGET=""
+[ "${ONLY:-}" = chorus ] && ICECAST_TARGET=""
 echo "== $N listeners each: chorus /live/$ROOM.opus (pid $CHORUS_PID), icecast /radio.opus (pid $ICECAST_PID)"
 "$BIN_DIR/chorus-loadtest" listen -n "$N" --duration "$DURATION" --json "$OUT/listen.json" \
-  --target "chorus=127.0.0.1:$HTTP_PORT/live/$ROOM.opus@$CHORUS_PID" \
-  --target "icecast=127.0.0.1:$ICE_PORT/radio.opus@$ICECAST_PID" | tee "$OUT/summary.txt"
+  ${CHORUS_TARGET:+--target "chorus=127.0.0.1:$HTTP_PORT/live/$ROOM.opus@$CHORUS_PID"} \
+  ${ICECAST_TARGET:+--target "icecast=127.0.0.1:$ICE_PORT/radio.opus@$ICECAST_PID"} | tee "$OUT/summary.txt"

@@ -37,5 +37,5 @@ pub use crate::core::{
     BroadcastFrame, CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output,
 };
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
-pub use stats::{CoreStats, DropReason, MixStats, Samples};
+pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples};
 pub use vocab::{MixSettings, RoomMode, RoomSettings, SettingsError, SlotAssignment};

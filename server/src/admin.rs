@@ -605,9 +605,12 @@ const MAX_TITLE_CHARS: usize = 256;
 async fn set_broadcast(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
-    body: Result<Json<SetBroadcast>, JsonRejection>,
+    body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
 ) -> Result<Json<MountView>, ApiError> {
-    let Json(req) = body?;
+    // An object, not whatever serde would read the struct from (it also takes a JSON array).
+    let Json(object) = body?;
+    let req: SetBroadcast = serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if state.signaling.room(&room).is_none() && state.broadcasts.mount(&room).is_none() {
         return Err(AdminError::RoomNotFound.into());
     }

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod engine;
 pub mod floor;
 pub mod janus;
+pub mod listen;
 pub mod net;
 pub mod procstat;
 pub mod report;

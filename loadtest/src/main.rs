@@ -42,6 +42,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Listeners of Ogg/Opus HTTP streams (Chorus mounts, Icecast mounts), every target at once, with each
+    /// server's CPU and memory over the same window (docs/loadtest.md, "Listeners").
+    Listen {
+        /// A stream: `label=host:port/path[@server-pid]` (repeatable; the first two are compared).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// Listeners per target.
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        listeners: usize,
+        /// Connects in flight at once per target.
+        #[arg(long, default_value_t = 500)]
+        connect_concurrency: usize,
+        /// Seconds of the measured window, after the rush and 5 s to settle.
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        /// Write the reports as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Print side-by-side ratios from JSON reports of `run` (any subset).
     Compare {
         #[arg(long)]
@@ -210,6 +229,37 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Listen {
+            targets,
+            listeners,
+            connect_concurrency,
+            duration,
+            json,
+        } => {
+            let targets = targets
+                .iter()
+                .map(|t| chorus_loadtest::listen::ListenTarget::parse(t))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            raise_fd_limit();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            let reports = rt.block_on(chorus_loadtest::listen::run(
+                chorus_loadtest::listen::ListenConfig {
+                    targets,
+                    listeners,
+                    connect_concurrency: connect_concurrency.max(1),
+                    duration: Duration::from_secs_f64(duration),
+                },
+            ))?;
+            print!("{}", chorus_loadtest::listen::render(&reports));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&reports)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Command::Run(a) => run_cmd(*a),
         Command::Soak(a) => soak_cmd(*a),
         Command::Compare {
@@ -337,4 +387,14 @@ fn run_config(a: &RunArgs, mode: Mode) -> anyhow::Result<RunConfig> {
         floor: (!a.no_floor).then(FloorConfig::default),
         progress: !a.quiet,
     })
+}
+
+/// Raise the soft file-descriptor limit to the hard one (thousands of listeners).
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
 }

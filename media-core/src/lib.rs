@@ -33,7 +33,9 @@ pub use crate::speakers::{csrc_levels, dominant, levels};
 #[cfg(any(test, feature = "testkit"))]
 pub use crate::testkit::sim;
 
-pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output};
+pub use crate::core::{
+    BroadcastFrame, CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output,
+};
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples};
 pub use vocab::{MixSettings, RoomMode, RoomSettings, SettingsError, SlotAssignment};

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use vocab::room::{MIX_BITRATE_BPS, MIX_MAX_COMPLEXITY, MIX_MAX_JITTER_MS};
 use vocab::MAX_SLOTS;
 
+use crate::broadcast::MountView;
 use crate::config::{MAX_EMPTY_TIMEOUT_SECS, MAX_ROOM_PARTICIPANTS};
 use crate::state::{begin_drain, AppState};
 
@@ -171,7 +172,7 @@ impl IntoResponse for ApiError {
 
 /// Every admin route (method, path), as docs/openapi.json documents them.
 #[cfg(test)]
-const ROUTES: [(&str, &str); 11] = [
+const ROUTES: [(&str, &str); 14] = [
     ("GET", "/admin/v1/rooms"),
     ("POST", "/admin/v1/rooms"),
     ("GET", "/admin/v1/rooms/{room}"),
@@ -183,6 +184,9 @@ const ROUTES: [(&str, &str); 11] = [
     ("POST", "/admin/v1/rooms/{room}/participants/{sid}/move"),
     ("GET", "/admin/v1/drain"),
     ("POST", "/admin/v1/drain"),
+    ("GET", "/admin/v1/broadcasts"),
+    ("GET", "/admin/v1/rooms/{room}/broadcast"),
+    ("PUT", "/admin/v1/rooms/{room}/broadcast"),
 ];
 
 /// The admin routes, under `/admin/v1` (the same as [`ROUTES`]).
@@ -211,6 +215,11 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             post(move_participant),
         )
         .route("/admin/v1/drain", get(drain_status).post(start_drain))
+        .route("/admin/v1/broadcasts", get(list_broadcasts))
+        .route(
+            "/admin/v1/rooms/{room}/broadcast",
+            get(get_broadcast).put(set_broadcast),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(state, authorize))
 }
@@ -621,6 +630,65 @@ async fn drain_status(State(state): State<Arc<AppState>>) -> Json<DrainView> {
 async fn start_drain(State(state): State<Arc<AppState>>) -> Json<DrainView> {
     begin_drain(&state);
     Json(drain_view(&state))
+}
+
+/// Listener mounts (docs/broadcast.md): every mount the server has (rooms listened to or configured).
+async fn list_broadcasts(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "broadcasts": state.broadcasts.views() }))
+}
+
+/// The room's mount, as it is or would be (a room no one listens to yet has the defaults).
+fn broadcast_view(state: &AppState, room: &str) -> Result<MountView, ApiError> {
+    match state.broadcasts.mount(room) {
+        Some(mount) => Ok(mount.view(state.broadcasts.config())),
+        None if state.signaling.room(room).is_some() => {
+            Ok(MountView::unused(room, state.broadcasts.config()))
+        }
+        None => Err(AdminError::RoomNotFound.into()),
+    }
+}
+
+async fn get_broadcast(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> Result<Json<MountView>, ApiError> {
+    broadcast_view(&state, &room).map(Json)
+}
+
+/// What `PUT /admin/v1/rooms/{room}/broadcast` may set; a field left out stays, `null` restores the default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBroadcast {
+    #[serde(default, deserialize_with = "present")]
+    public: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "present")]
+    title: Option<Option<String>>,
+}
+
+/// Longest StreamTitle the admin API accepts, in characters (an ICY block holds 4,080 bytes).
+const MAX_TITLE_CHARS: usize = 256;
+
+async fn set_broadcast(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
+) -> Result<Json<MountView>, ApiError> {
+    // An object, not whatever serde would read the struct from (it also takes a JSON array).
+    let Json(object) = body?;
+    let req: SetBroadcast = serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if state.signaling.room(&room).is_none() && state.broadcasts.mount(&room).is_none() {
+        return Err(AdminError::RoomNotFound.into());
+    }
+    if let Some(Some(title)) = &req.title {
+        if title.chars().count() > MAX_TITLE_CHARS || title.chars().any(char::is_control) {
+            return Err(ApiError::invalid_settings(format!(
+                "title must be at most {MAX_TITLE_CHARS} characters with no control characters"
+            )));
+        }
+    }
+    state.broadcasts.configure(&room, req.public, req.title);
+    broadcast_view(&state, &room).map(Json)
 }
 
 #[cfg(test)]

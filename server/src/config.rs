@@ -45,6 +45,67 @@ pub struct Config {
     /// TURN servers handed to clients in `joined` (signaling's section: see [`signaling::TurnConfig`]).
     pub turn: signaling::TurnConfig,
     pub log: LogConfig,
+    pub broadcast: BroadcastConfig,
+}
+
+/// Listener streams (docs/broadcast.md): a room's mix as Ogg/Opus over HTTP at `/live/{room}.opus`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BroadcastConfig {
+    /// Serve listener streams.
+    pub enabled: bool,
+    /// Mounts anyone may listen to without a token (the admin API can set it per room).
+    pub public: bool,
+    /// Opus audio per Ogg page (a multiple of 20 ms): a new listener's first audio comes at once, and a
+    /// listener hears at most one page behind the mix.
+    pub page_ms: u32,
+    /// Pages a listener may fall behind before it is dropped (its bounded queue): a listener that does not
+    /// read for `page_ms × listener_queue_pages` (after its socket buffers fill) is closed and counted.
+    pub listener_queue_pages: usize,
+    /// Audio bytes between two ICY metadata blocks, for clients that send `Icy-MetaData: 1`.
+    pub icy_metaint_bytes: usize,
+    /// Listeners at most, over all mounts (also bounded by `http.max_connections`).
+    pub max_listeners: usize,
+    /// The kernel send buffer of a listener's connection (Linux doubles it): what a listener does not
+    /// read waits in its queue, where it is seen, not in the kernel (whose autotuning on loopback grows
+    /// past a megabyte, minutes of audio), and a slow reader hears less delay.
+    pub listener_send_buffer_bytes: usize,
+}
+
+impl Default for BroadcastConfig {
+    fn default() -> Self {
+        BroadcastConfig {
+            enabled: true,
+            public: false,
+            page_ms: 100,
+            listener_queue_pages: 30,
+            icy_metaint_bytes: 16_000,
+            max_listeners: 10_000,
+            listener_send_buffer_bytes: 16_384,
+        }
+    }
+}
+
+impl BroadcastConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !(20..=1000).contains(&self.page_ms) || !self.page_ms.is_multiple_of(20) {
+            return invalid("broadcast.page_ms must be a multiple of 20 in 20..=1000");
+        }
+        if !(2..=1000).contains(&self.listener_queue_pages) {
+            return invalid("broadcast.listener_queue_pages must be 2..=1000");
+        }
+        if !(256..=1_000_000).contains(&self.icy_metaint_bytes) {
+            return invalid("broadcast.icy_metaint_bytes must be 256..=1000000");
+        }
+        if !(1..=1_000_000).contains(&self.max_listeners) {
+            return invalid("broadcast.max_listeners must be 1..=1000000");
+        }
+        if !(4096..=(4 << 20)).contains(&self.listener_send_buffer_bytes) {
+            return invalid("broadcast.listener_send_buffer_bytes must be 4096..=4194304");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -537,6 +598,7 @@ impl Config {
             return invalid("shutdown.grace_period_secs must be at most 86400");
         }
         self.webhooks.validate()?;
+        self.broadcast.validate()?;
         self.turn
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -17,13 +17,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use crate::broadcast::ConnectionControl;
 use crate::metrics::ServerMetrics;
 
 /// The connection limits in force.
@@ -123,10 +126,22 @@ impl Drop for Permit {
     }
 }
 
-/// A socket that holds its connection's permit.
+/// A socket that holds its connection's permit, and applies what its requests ask of it.
 struct Counted {
     stream: TcpStream,
     _permit: Permit,
+    control: ConnectionControl,
+}
+
+impl Counted {
+    /// A send buffer size a request asked for (a listener stream), set before the next write.
+    fn apply_control(&self) {
+        if let Some(bytes) = self.control.take_send_buffer() {
+            if let Err(e) = socket2::SockRef::from(&self.stream).set_send_buffer_size(bytes) {
+                debug!(error = %e, "cannot set the connection's send buffer");
+            }
+        }
+    }
 }
 
 impl AsyncRead for Counted {
@@ -145,6 +160,7 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.apply_control();
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -161,6 +177,7 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.apply_control();
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -208,16 +225,35 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, metrics: 
             }
         };
         let _ = stream.set_nodelay(true);
+        // The connection's control rides on each of its requests: a listener stream that must be dropped
+        // (its client stopped reading) closes the connection even while it waits on a full socket.
+        let control = ConnectionControl::default();
         let io = TokioIo::new(Counted {
             stream,
             _permit: permit,
+            control: control.clone(),
         });
+        let service = {
+            let control = control.clone();
+            let app = app.clone();
+            tower::service_fn(move |mut request: axum::extract::Request<Incoming>| {
+                request.extensions_mut().insert(control.clone());
+                app.clone().oneshot(request)
+            })
+        };
         let connection = http
-            .serve_connection(io, TowerToHyperService::new(app.clone()))
+            .serve_connection(io, TowerToHyperService::new(service))
             .with_upgrades();
         let counted = counted.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let result = tokio::select! {
+                result = connection => result,
+                () = control.killed() => {
+                    debug!(%peer, "HTTP connection closed by the server (a listener that did not read)");
+                    return;
+                }
+            };
+            if let Err(e) = result {
                 if e.is_timeout() {
                     count(&counted, "header_timeout");
                     debug!(%peer, "HTTP request headers not complete in time; connection closed");

@@ -8,6 +8,7 @@
 //! `webhooks`, `metrics`, `config`.
 
 mod admin;
+mod broadcast;
 pub mod config;
 mod conn;
 mod http;
@@ -61,6 +62,10 @@ impl Server {
         let registry = prometheus::Registry::new();
         let media_metrics = Arc::new(metrics::MediaMetrics::new(&registry)?);
         let server_metrics = ServerMetrics::new(&registry)?;
+        let broadcasts = broadcast::Broadcasts::new(
+            config.broadcast.clone(),
+            metrics::BroadcastMetrics::new(&registry)?,
+        );
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -90,6 +95,10 @@ impl Server {
                     max_connections: config.media.tcp_max_connections,
                     stun_timeout: Duration::from_millis(config.media.tcp_stun_timeout_ms),
                 }),
+                broadcast: worker::BroadcastSpec {
+                    taps: broadcasts.taps(),
+                    frames: broadcasts.frame_sink(),
+                },
             };
             let handle = worker::spawn(spec, media_metrics.clone()).with_context(|| {
                 format!(
@@ -142,6 +151,7 @@ impl Server {
             room_defaults: config.room.clone(),
             grace: Duration::from_secs(config.shutdown.grace_period_secs),
             sessions: Sessions::default(),
+            broadcasts,
         });
 
         let webhook_key = match &config.webhooks.api_key {
@@ -289,7 +299,8 @@ impl Server {
                 }
             }
         });
-        let app = app(state.clone());
+        state.broadcasts.start(state.signaling.clone());
+        let app = app(state.clone(), config.broadcast.enabled);
         let fd_limit = conn::raise_fd_limit();
         let max_connections = conn::cap_for_fd_limit(config.http.max_connections, fd_limit);
         if max_connections < config.http.max_connections {
@@ -324,10 +335,16 @@ impl Server {
     }
 }
 
-/// Every route: the page, SDK, signaling, metrics and health (http.rs), the admin API (admin.rs), and the
-/// admin API's JSON errors for unknown paths and methods.
-fn app(state: Arc<AppState>) -> Router {
+/// Every route: the page, SDK, signaling, metrics and health (http.rs), listener streams (broadcast/, when
+/// enabled), the admin API (admin.rs), and the admin API's JSON errors for unknown paths and methods.
+fn app(state: Arc<AppState>, broadcast: bool) -> Router {
+    let listeners = if broadcast {
+        broadcast::router()
+    } else {
+        Router::new()
+    };
     http::router()
+        .merge(listeners)
         .merge(admin::router(state.clone()))
         .method_not_allowed_fallback(admin::method_not_allowed)
         .fallback(admin::not_found)

@@ -543,3 +543,69 @@ mod tests {
         assert_eq!(m.jitter.get_sample_count(), 1);
     }
 }
+
+/// Listener streams (docs/broadcast.md).
+#[derive(Clone)]
+pub struct BroadcastMetrics {
+    pub listeners: IntGauge,
+    pub mounts: IntGauge,
+    pub requests: IntCounterVec,
+    pub listeners_dropped: IntCounterVec,
+    pub bytes: IntCounter,
+    pub pages: IntCounter,
+    pub frames_dropped: IntCounter,
+}
+
+/// The `result` label values of `chorus_broadcast_requests_total`.
+pub const BROADCAST_RESULTS: [&str; 4] = ["accepted", "unauthorized", "not_found", "over_capacity"];
+
+impl BroadcastMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        Ok(BroadcastMetrics {
+            listeners: gauge(
+                "chorus_broadcast_listeners",
+                "Listeners connected to broadcast mounts now.",
+            )?,
+            mounts: gauge(
+                "chorus_broadcast_mounts",
+                "Mounts with listeners now (rooms whose mix is tapped and paged).",
+            )?,
+            requests: counter_vec(
+                registry,
+                "chorus_broadcast_requests_total",
+                "Listener requests for a mount, by result.",
+                "result",
+                &BROADCAST_RESULTS,
+            )?,
+            listeners_dropped: counter_vec(
+                registry,
+                "chorus_broadcast_listeners_dropped_total",
+                "Listeners the server closed, by reason: slow (fell a whole queue behind live).",
+                "reason",
+                &["slow"],
+            )?,
+            bytes: counter(
+                "chorus_broadcast_bytes_total",
+                "Bytes handed to listener connections (Ogg pages and ICY metadata).",
+            )?,
+            pages: counter(
+                "chorus_broadcast_pages_total",
+                "Ogg pages published, over all mounts (each once, whatever the listeners).",
+            )?,
+            frames_dropped: counter(
+                "chorus_broadcast_frames_dropped_total",
+                "Mix frames lost between the media workers and the pager (its queue was full).",
+            )?,
+        })
+    }
+}

@@ -23,6 +23,8 @@ pub struct AppState {
     pub grace: Duration,
     /// The WebSocket sessions open now.
     pub sessions: Sessions,
+    /// Listener streams: mounts, their listeners, the tap set the media workers follow.
+    pub broadcasts: Arc<crate::broadcast::Broadcasts>,
 }
 
 /// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is

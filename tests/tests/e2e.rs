@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
 
+mod broadcast;
 mod faults;
 mod interop;
 mod ops;

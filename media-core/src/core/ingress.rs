@@ -165,7 +165,9 @@ impl MediaCore {
         };
         room.selector.on_audio(now, from, level_dbov, vad);
         room.dominant.on_level(from, now, level_dbov);
-        if let Some(mixer) = room.mixer_mut() {
+        let mixed = room.mixer().is_some();
+        // A mixed room's mixer, or a forwarding room's mount-only one (the packet is forwarded too).
+        if let Some(mixer) = room.input_mixer_mut() {
             let primary = match &red {
                 Some(r) => Arc::from(r.primary),
                 None => packet.payload.clone(),
@@ -185,8 +187,10 @@ impl MediaCore {
             } else if let Some(r) = &red {
                 mixer.push_redundant(from, *packet.seq_no, packet.header.timestamp, &r.redundant);
             }
-            room.arm_tick(&mut self.next_tick);
-            return;
+            if mixed {
+                room.arm_tick(&mut self.next_tick);
+                return;
+            }
         }
         // The first packet after the gate opened (key down, unmute) holds no slot yet: select now, so a
         // free slot takes it at once and the onset is heard, not dropped until the next selection tick.

@@ -16,7 +16,7 @@ mod ingress;
 mod participants;
 mod timers;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -145,12 +145,26 @@ pub enum CoreEvent {
     },
 }
 
+/// One 20 ms Opus frame of a broadcast room's full mix: what a listener who talks to no one hears, encoded
+/// once per tick by the room's shared encode.
+#[derive(Clone, Debug)]
+pub struct BroadcastFrame {
+    pub room: RoomId,
+    /// The tick's index on the room's 20 ms grid; a gap means ticks were skipped (or the room was re-made).
+    pub tick: u64,
+    pub payload: std::sync::Arc<[u8]>,
+    /// Who talks in this frame, loudest first.
+    pub talkers: Vec<ParticipantId>,
+}
+
 /// What to do next.
 #[derive(Debug)]
 pub enum Output {
     /// A datagram to send over the path it names (transport, local candidate, remote).
     Transmit(NetTransmit),
     Event(CoreEvent),
+    /// One tick of a broadcast room's full mix (see [`MediaCore::set_broadcast_rooms`]).
+    Broadcast(BroadcastFrame),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
 }
@@ -211,6 +225,9 @@ pub struct MediaCore {
     samples: Samples,
     /// Reused buffer for a mixer tick's packets.
     mix_out: Vec<MixPacket>,
+    /// Rooms with a broadcast mount: their mixers are tapped (now, and when they are created here).
+    broadcast_rooms: HashSet<RoomId>,
+    broadcasts: VecDeque<BroadcastFrame>,
 }
 
 impl MediaCore {
@@ -242,6 +259,28 @@ impl MediaCore {
             stats: CoreStats::default(),
             samples: Samples::default(),
             mix_out: Vec::new(),
+            broadcast_rooms: HashSet::new(),
+            broadcasts: VecDeque::new(),
+        }
+    }
+
+    /// The rooms that have a broadcast mount (all of them, replacing the previous set). A room among them
+    /// yields its full mix as [`Output::Broadcast`] every tick, from now on and whenever it is created on
+    /// this core later; a room that left the set stops. A mixed room taps its mixer's shared encode; a
+    /// forwarding room, which has no mix, gets a mixer that only feeds the mount (its publishers in, no
+    /// listener out: one decode per talker and one encode per tick while the mount has listeners).
+    pub fn set_broadcast_rooms(&mut self, now: Instant, rooms: HashSet<RoomId>) {
+        self.last_now = now;
+        self.broadcast_rooms = rooms;
+        for room in self.rooms.values_mut() {
+            let on = self.broadcast_rooms.contains(&room.id);
+            let publishers: Vec<(ParticipantId, bool)> = room
+                .members
+                .iter()
+                .filter_map(|id| Some((*id, self.participants.get(id)?.publishes())))
+                .collect();
+            room.set_broadcast(now, on, &publishers);
+            room.arm_tick(&mut self.next_tick);
         }
     }
 
@@ -287,6 +326,9 @@ impl MediaCore {
         }
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
+        }
+        if let Some(f) = self.broadcasts.pop_front() {
+            return Output::Broadcast(f);
         }
         let timer = self.out.next_wake();
         let next = match (timer, self.next_tick) {

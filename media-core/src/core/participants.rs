@@ -90,8 +90,14 @@ impl MediaCore {
                             RoomKind::Forward
                         },
                         dominant: DominantSpeaker::new(DominantConfig::default()),
+                        broadcast: None,
                     },
                 );
+                if self.broadcast_rooms.contains(room) {
+                    if let Some(r) = self.rooms.get_mut(&k) {
+                        r.set_broadcast(now, true, &[]);
+                    }
+                }
                 k
             }
         };
@@ -120,11 +126,12 @@ impl MediaCore {
         // In a mixed room the selector only tracks levels and speakers: nobody is assigned slots.
         room.selector
             .add_participant(id, participant.publishes(), subscribes && !mixed);
-        if let Some(mixer) = room.mixer_mut() {
+        // A forwarding room's mount-only mixer has no listeners.
+        if let Some(mixer) = room.input_mixer_mut() {
             mixer.add_member(
                 id,
                 participant.publishes(),
-                subscribes,
+                subscribes && mixed,
                 self.rng.next_u64() as u16 & 0x7fff,
                 self.rng.next_u64() as u32,
             );
@@ -149,7 +156,7 @@ impl MediaCore {
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.selector.remove_participant(id);
             room.dominant.remove(id);
-            if let Some(mixer) = room.mixer_mut() {
+            if let Some(mixer) = room.input_mixer_mut() {
                 mixer.remove_member(id);
             }
             room.members.retain(|m| *m != id);
@@ -253,7 +260,7 @@ impl MediaCore {
         let key = p.room;
         if let Some(room) = self.rooms.get_mut(&key) {
             room.selector.set_publishing(id, publishes);
-            if let Some(mixer) = room.mixer_mut() {
+            if let Some(mixer) = room.input_mixer_mut() {
                 mixer.set_publishing(id, publishes);
             }
         }

@@ -26,6 +26,9 @@ pub(crate) struct Room {
     /// Dominant speaker detection (both modes).
     pub(crate) dominant: DominantSpeaker,
     pub(crate) kind: RoomKind,
+    /// A forwarding room with a listener mount: a mixer that only feeds the mount (every publisher in,
+    /// no listener out; [`crate::MediaCore::set_broadcast_rooms`]). A mixed room's mount taps its mixer.
+    pub(crate) broadcast: Option<Box<Mixer>>,
 }
 
 impl Room {
@@ -37,10 +40,38 @@ impl Room {
         }
     }
 
-    /// The mixer of a mixed room.
-    pub(crate) fn mixer_mut(&mut self) -> Option<&mut Mixer> {
+    /// Start (or stop) feeding the room's listener mount: a mixed room taps its mixer; a forwarding room
+    /// gets (or loses) a mount-only mixer, with `publishers` (its members now, and whether each publishes).
+    pub(crate) fn set_broadcast(
+        &mut self,
+        now: Instant,
+        on: bool,
+        publishers: &[(ParticipantId, bool)],
+    ) {
         match &mut self.kind {
-            RoomKind::Forward => None,
+            RoomKind::Mix(mixer) => {
+                if mixer.is_tapped() != on {
+                    mixer.set_tap(now, on);
+                }
+            }
+            RoomKind::Forward if !on => self.broadcast = None,
+            RoomKind::Forward => {
+                if self.broadcast.is_none() {
+                    let mut mixer = Mixer::new(now, self.config.mix);
+                    for &(id, publishes) in publishers {
+                        mixer.add_member(id, publishes, false, 0, 0);
+                    }
+                    mixer.set_tap(now, true);
+                    self.broadcast = Some(Box::new(mixer));
+                }
+            }
+        }
+    }
+
+    /// The mixer the room's microphones feed: a mixed room's, or a forwarding room's mount-only mixer.
+    pub(crate) fn input_mixer_mut(&mut self) -> Option<&mut Mixer> {
+        match &mut self.kind {
+            RoomKind::Forward => self.broadcast.as_deref_mut(),
             RoomKind::Mix(m) => Some(m),
         }
     }
@@ -49,7 +80,11 @@ impl Room {
     /// tick).
     pub(crate) fn arm_tick(&self, next_tick: &mut Option<Instant>) {
         let mixer = self.mixer().and_then(|m| m.next_tick());
-        for t in [self.selector.next_update(), mixer].into_iter().flatten() {
+        let broadcast = self.broadcast.as_ref().and_then(|m| m.next_tick());
+        for t in [self.selector.next_update(), mixer, broadcast]
+            .into_iter()
+            .flatten()
+        {
             *next_tick = Some(next_tick.map_or(t, |n| n.min(t)));
         }
     }

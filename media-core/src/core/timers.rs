@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::{CoreEvent, MediaCore, Participant};
 use crate::core::peer::PeerEvent;
+use crate::core::room::RoomKind;
 use crate::ids::ParticipantId;
 use crate::red;
 use vocab::SlotAssignment;
@@ -52,10 +53,25 @@ impl MediaCore {
         self.next_tick = None;
         let mut mixed = std::mem::take(&mut self.mix_out);
         for room in self.rooms.values_mut() {
-            if let Some(mixer) = room.mixer_mut() {
+            let room_id = &room.id;
+            // A mixed room's mixer, or a forwarding room's mount-only one (it has no listeners: only its
+            // broadcast frames come out).
+            let mixer = match &mut room.kind {
+                RoomKind::Mix(mixer) => Some(&mut **mixer),
+                RoomKind::Forward => room.broadcast.as_deref_mut(),
+            };
+            if let Some(mixer) = mixer {
                 if mixer.next_tick().is_some_and(|t| t <= now) {
                     mixed.clear();
                     mixer.tick(now, &mut mixed, &mut self.stats.mix, &mut self.samples);
+                    for tap in mixer.take_tapped() {
+                        self.broadcasts.push_back(super::BroadcastFrame {
+                            room: room_id.clone(),
+                            tick: tap.tick,
+                            payload: tap.payload,
+                            talkers: tap.talkers,
+                        });
+                    }
                     // Listeners of the shared mix get the same RED payloads: encoded once per tick.
                     let mut red_variants: Vec<MixRedVariant> = Vec::new();
                     for packet in mixed.drain(..) {

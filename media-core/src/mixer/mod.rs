@@ -98,6 +98,17 @@ pub struct MixPacket {
     pub previous: Option<Arc<[u8]>>,
 }
 
+/// One tick of the room's full mix — what a listener who talks to no one hears — for a broadcast mount
+/// (see [`Mixer::set_tap`]): the shared encode, taken once per tick whoever else receives it.
+#[derive(Clone, Debug)]
+pub struct MixTap {
+    /// The tick's index on the room's grid (20 ms each): a gap means ticks were skipped.
+    pub tick: u64,
+    pub payload: Arc<[u8]>,
+    /// Who talks in this tick, loudest first.
+    pub talkers: Vec<ParticipantId>,
+}
+
 pub use input::{opus_packet_info, red_jitter_packets};
 use output::{silence_frame, OutEncoder};
 
@@ -168,6 +179,9 @@ pub struct Mixer {
     decode_buf: Vec<f32>,
     encoded: Box<[u8; MAX_OPUS]>,
     talkers: Vec<usize>,
+    /// A broadcast mount listens: the full mix is encoded every tick (silence included) into `tapped`.
+    tap: bool,
+    tapped: Vec<MixTap>,
 }
 
 /// A microphone payload that is not a valid Opus packet.
@@ -198,6 +212,8 @@ impl Mixer {
             decode_buf: vec![0.0; MAX_PACKET_SAMPLES],
             encoded: Box::new([0u8; MAX_OPUS]),
             talkers: Vec::with_capacity(MAX_CSRCS),
+            tap: false,
+            tapped: Vec::new(),
         }
     }
 
@@ -271,6 +287,27 @@ impl Mixer {
                 m.was_talking = false;
             }
         }
+    }
+
+    /// Start (or stop) the broadcast tap: while on, every tick encodes the full mix once — silence too, so
+    /// the mount's stream is continuous — and keeps it for [`Mixer::take_tapped`]. The room keeps ticking
+    /// while tapped, even when silent.
+    pub fn set_tap(&mut self, now: Instant, on: bool) {
+        self.tap = on;
+        if !on {
+            self.tapped.clear();
+        } else if self.next_tick.is_none() {
+            self.next_tick = Some(self.grid_at_or_after(now));
+        }
+    }
+
+    pub fn is_tapped(&self) -> bool {
+        self.tap
+    }
+
+    /// The full-mix frames of the ticks run since the last call, oldest first.
+    pub fn take_tapped(&mut self) -> std::vec::Drain<'_, MixTap> {
+        self.tapped.drain(..)
     }
 
     /// A member's current jitter-buffer target delay.

@@ -467,3 +467,67 @@ fn a_late_worker_catches_up_without_holes_and_counts_what_it_gave_up() {
         room.stats
     );
 }
+
+/// A broadcast mount hears the full mix — both talkers, where each talker hears only the other — one frame
+/// per tick with no gap, silence included (the mount's stream is continuous), and who talks.
+#[test]
+fn the_broadcast_tap_carries_the_full_mix_every_tick_silence_included() {
+    let mut room = Room::new(&[A, B]);
+    room.mixer.set_tap(room.t0, true);
+    let mut mic_a = Sender::new(0xA);
+    let mut mic_b = Sender::new(0xB);
+    let (mut pa, mut pb) = (0.0, 0.0);
+    let frames = 150; // 3 s: 1 s of silence, then A at 500 Hz and B at 1,300 Hz
+    let mut tapped: Vec<MixTap> = Vec::new();
+    for k in 0..frames {
+        let sent = room.t0 + FRAME_DURATION * k as u32;
+        if k >= 50 {
+            let mut a = vec![0.0; FRAME_SAMPLES];
+            sine(500.0, 0.2, SAMPLE_RATE, &mut pa, &mut a);
+            let mut b = vec![0.0; FRAME_SAMPLES];
+            sine(1300.0, 0.2, SAMPLE_RATE, &mut pb, &mut b);
+            if let Some(p) = mic_a.frame(k, &a) {
+                room.push(sent + 6 * MS, A, mic_a.ssrc, p);
+            }
+            if let Some(p) = mic_b.frame(k, &b) {
+                room.push(sent + 6 * MS, B, mic_b.ssrc, p);
+            }
+        }
+        while let Some(t) = room
+            .mixer
+            .next_tick()
+            .filter(|t| *t < sent + FRAME_DURATION)
+        {
+            room.tick(t);
+            tapped.extend(room.mixer.take_tapped());
+        }
+    }
+    assert!(tapped.len() >= frames - 1, "{} frames", tapped.len());
+    for pair in tapped.windows(2) {
+        assert_eq!(pair[1].tick, pair[0].tick + 1, "a frame every tick");
+    }
+    let mut decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).expect("decoder");
+    let mut pcm = Vec::new();
+    for f in &tapped {
+        let mut out = vec![0.0; MAX_PACKET_SAMPLES];
+        let n = decoder
+            .decode_float(&f.payload, &mut out, false)
+            .expect("the tap is valid Opus");
+        pcm.extend_from_slice(&out[..n]);
+    }
+    let silent = &pcm[..40 * FRAME_SAMPLES];
+    assert!(mean_square(silent) < 1e-8, "silence before anyone talks");
+    let talk = &pcm[pcm.len() - 50 * FRAME_SAMPLES..];
+    let total = mean_square(talk) as f32;
+    let a = goertzel_power(talk, 500.0, SAMPLE_RATE);
+    let b = goertzel_power(talk, 1300.0, SAMPLE_RATE);
+    assert!(
+        a > 0.2 * total && b > 0.2 * total,
+        "both talkers: {a} {b} of {total}"
+    );
+    let last = tapped.last().expect("frames");
+    assert_eq!(last.talkers.len(), 2, "both talk: {:?}", last.talkers);
+    room.mixer
+        .set_tap(room.t0 + FRAME_DURATION * frames as u32, false);
+    assert_eq!(room.mixer.take_tapped().count(), 0);
+}

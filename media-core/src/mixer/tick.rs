@@ -7,8 +7,8 @@ use super::input::{decode_member, report_recovered_red};
 use super::jitter::Playout;
 use super::output::{ensure_encoder, OutEncoder};
 use super::{
-    Feed, MixPacket, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS, PERSONAL_HANGOVER_TICKS,
-    PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL, SILENT_LEVEL,
+    Feed, MixPacket, MixTap, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS,
+    PERSONAL_HANGOVER_TICKS, PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL, SILENT_LEVEL,
 };
 use crate::audio::{FRAME_DURATION, FRAME_SAMPLES};
 use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
@@ -237,8 +237,27 @@ impl Mixer {
             m.send(frame_ts, payload, heard, level, out);
             stats.packets_sent += 1;
         }
+        // 4b. The broadcast tap: the full mix, from the shared encode (made now if no listener needed it).
+        if self.tap {
+            if shared_packet.is_none() {
+                if let Some(encoder) = ensure_encoder(&mut self.shared, &self.config) {
+                    self.scratch.copy_from_slice(&self.mix);
+                    stats.frames_encoded += 1;
+                    shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
+                }
+            }
+            if let Some(Some((payload, _))) = shared_packet {
+                let talkers = self.talkers.iter().map(|&i| self.members[i].id).collect();
+                self.tapped.push(MixTap {
+                    tick: grid,
+                    payload,
+                    talkers,
+                });
+            }
+        }
         // 5. Keep ticking while anything is buffered, playing or in hangover; otherwise sleep until a packet.
-        let busy = any_active
+        let busy = self.tap
+            || any_active
             || talkers > 0
             || self.members.iter().any(|m| m.feed != Feed::Nothing)
             || self.members.iter().any(|m| m.personal.is_some())

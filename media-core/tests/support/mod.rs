@@ -439,6 +439,7 @@ impl Sim {
                         .send(self.now, self.server, t.destination, t.contents)
                 }
                 Output::Event(e) => self.events.push((self.now, e)),
+                Output::Broadcast(_) => {}
                 Output::Timeout(t) => {
                     self.core_timeout = t;
                     return;

@@ -246,3 +246,25 @@ fn turn_section_env_and_validation() {
         .contains("turn.urls"));
     assert!(Config::from_toml("[turn]\nttl = 5\n").is_err());
 }
+
+#[test]
+fn broadcast_settings_have_defaults_and_limits() {
+    let c = Config::from_toml("[broadcast]\npage_ms = 60\npublic = true\n").expect("valid TOML");
+    assert_eq!(c.broadcast.page_ms, 60);
+    assert!(c.broadcast.public);
+    assert_eq!(c.broadcast.listener_queue_pages, 30, "the default stays");
+    c.validate().expect("valid");
+    for bad in [
+        "page_ms = 50",
+        "page_ms = 0",
+        "page_ms = 1020",
+        "listener_queue_pages = 1",
+        "icy_metaint_bytes = 10",
+        "max_listeners = 0",
+        "listener_send_buffer_bytes = 100",
+    ] {
+        let c = Config::from_toml(&format!("[broadcast]\n{bad}\n")).expect("valid TOML");
+        let err = c.validate().expect_err(bad).to_string();
+        assert!(err.contains("broadcast."), "{bad}: {err}");
+    }
+}

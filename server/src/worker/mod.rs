@@ -21,6 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn};
 
+use crate::broadcast::{FrameSink, Taps};
 use crate::metrics::MediaMetrics;
 use crate::tcp::{self, CloseReason, TcpEvent};
 use crate::udp;
@@ -47,6 +48,13 @@ pub struct WorkerSpec {
     pub extra_udp: Option<IpAddr>,
     /// ICE-TCP, when enabled.
     pub tcp: Option<TcpSpec>,
+    pub broadcast: BroadcastSpec,
+}
+
+/// Listener streams: which rooms to tap, and where their mix frames go.
+pub struct BroadcastSpec {
+    pub taps: Taps,
+    pub frames: FrameSink,
 }
 
 /// A worker's ICE-TCP listener.
@@ -190,6 +198,17 @@ async fn readable(socket: Option<&UdpSocket>) -> io::Result<()> {
     }
 }
 
+/// The tap set once it changed; never again once its sender is gone.
+async fn taps_changed(taps: &mut Option<Taps>) {
+    let Some(rx) = taps else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *taps = None;
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The next connection event; never, without ICE-TCP.
 async fn next_tcp_event(events: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
     match events {
@@ -224,6 +243,9 @@ struct Worker {
     busy: Duration,
     /// Forwarding latency observations, published with the counters (no atomics per datagram).
     forwarding: LocalHistogram,
+    /// The rooms with listener streams, and where their mix frames go.
+    taps: Option<Taps>,
+    frames: FrameSink,
 }
 
 /// What woke the worker up.
@@ -234,6 +256,7 @@ enum Wake {
     Tcp(Option<TcpEvent>),
     Timeout,
     Stats,
+    Taps,
 }
 
 impl Worker {
@@ -264,6 +287,8 @@ impl Worker {
         info!(bind = %spec.bind, candidates = ?candidates, "media worker started");
         let label = spec.index.to_string();
         Worker {
+            taps: Some(spec.broadcast.taps),
+            frames: spec.broadcast.frames,
             rooms_gauge: metrics.worker_rooms.with_label_values(&[&label]),
             participants_gauge: metrics.worker_participants.with_label_values(&[&label]),
             busy_counter: metrics.worker_busy.with_label_values(&[&label]),
@@ -303,6 +328,7 @@ impl Worker {
                 event = next_tcp_event(&mut tcp_events) => Wake::Tcp(event),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
                 _ = stats_tick.tick() => Wake::Stats,
+                () = taps_changed(&mut self.taps) => Wake::Taps,
             };
             let woke = Instant::now();
             match wake {
@@ -345,6 +371,14 @@ impl Worker {
                         self.metrics
                             .mixer_tick_duration
                             .observe(woke.elapsed().as_secs_f64());
+                    }
+                }
+                Wake::Taps => {
+                    if let Some(taps) = &mut self.taps {
+                        let rooms = taps.borrow_and_update().as_ref().clone();
+                        self.core.set_broadcast_rooms(woke, rooms);
+                        deadline = self.drain();
+                        self.flush();
                     }
                 }
                 Wake::Stats => {
@@ -404,6 +438,7 @@ impl Worker {
             match self.core.poll_output() {
                 Output::Transmit(t) => self.outbox.push(t),
                 Output::Event(e) => self.event(e),
+                Output::Broadcast(frame) => self.frames.push(frame),
                 Output::Timeout(t) => return t,
             }
         }

@@ -46,7 +46,7 @@ async fn admin_api_refuses_requests_without_an_admin_token() -> anyhow::Result<(
         let path = path
             .replace("{room}", "lobby")
             .replace("{sid}", "PA_000000000001");
-        for method in ["get", "post", "delete"] {
+        for method in ["get", "post", "put", "delete"] {
             if item.get(method).is_some() {
                 let (status, body) = server
                     .admin(&method.to_uppercase(), &path, None, Some("{}"))
@@ -56,7 +56,7 @@ async fn admin_api_refuses_requests_without_an_admin_token() -> anyhow::Result<(
             }
         }
     }
-    assert_eq!(refused, 11);
+    assert_eq!(refused, 14);
     // Nothing happened, and every refusal was counted.
     assert_eq!(server.http_get("/readyz").await?.0, 200);
     assert!(

@@ -139,7 +139,9 @@ async fn a_second_join_with_the_same_identity_replaces_the_first() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kicked_identity_cannot_rejoin_during_the_ban() -> anyhow::Result<()> {
     let config = std::env::temp_dir().join(format!("chorus-ban-{}.toml", std::process::id()));
-    std::fs::write(&config, "[room]\nkick_ban_secs = 3\n")?;
+    // Long enough that the refused rejoin below falls inside the ban on a loaded machine (at 3 s it once
+    // did not).
+    std::fs::write(&config, "[room]\nkick_ban_secs = 8\n")?;
     let config_path = config.display().to_string();
     let server = chorus_tests::Server::start(&["--config", &config_path]).await?;
     let admin = server.admin_token()?;
@@ -182,8 +184,8 @@ async fn a_kicked_identity_cannot_rejoin_during_the_ban() -> anyhow::Result<()> 
     );
     // Someone else may join meanwhile.
     super::join(&server, "standup", "bob").await?;
-    // After the ban (3 s here) the same token is admitted again.
-    tokio::time::sleep(std::time::Duration::from_secs(3).saturating_sub(kicked_at.elapsed())).await;
+    // After the ban (8 s here) the same token is admitted again.
+    tokio::time::sleep(std::time::Duration::from_secs(8).saturating_sub(kicked_at.elapsed())).await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let mut back = chorus_tests::Signal::connect(&server.ws_url()).await?;
     back.join(&token, "standup").await?;

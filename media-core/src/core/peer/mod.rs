@@ -22,6 +22,7 @@ use crate::ids::{ParticipantId, Ssrc};
 use crate::sfu::slots::MAX_SLOTS;
 use crate::stats::PathMove;
 
+pub(crate) mod dtls;
 mod output;
 #[cfg(test)]
 mod tests;
@@ -227,15 +228,16 @@ impl Peer {
         let red_mids = red_mids!(offer);
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut rtc = opus_only(
-            Rtc::builder()
-                .set_ice_lite(true)
-                .set_dtls_cert(params.dtls_cert.clone())
-                .set_local_ice_credentials(creds),
-            true,
-        )
-        .set_stats_interval(Some(STATS_INTERVAL))
-        .build(now);
+        let mut builder = Rtc::builder()
+            .set_ice_lite(true)
+            .set_dtls_cert(params.dtls_cert.clone())
+            .set_local_ice_credentials(creds);
+        if let Some(provider) = dtls::crypto_provider() {
+            builder = builder.set_crypto_provider(provider);
+        }
+        let mut rtc = opus_only(builder, true)
+            .set_stats_interval(Some(STATS_INTERVAL))
+            .build(now);
         for local in candidates {
             let candidate = local.ice().map_err(PeerError::BadSdp)?;
             rtc.add_local_candidate(candidate);

@@ -12,6 +12,7 @@ use str0m::crypto::dtls::{
     DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
+use str0m::{Rtc, RtcConfig};
 
 /// dimpl configurations, built once per MTU str0m asks for (one in practice) and shared.
 #[derive(Debug)]
@@ -126,6 +127,16 @@ pub(crate) fn crypto_provider() -> Option<Arc<CryptoProvider>> {
         Arc::new(provider)
     });
     Some(shared.clone())
+}
+
+/// `Rtc::builder()` with [`crypto_provider`]: what every peer this crate builds starts from (the
+/// server's peers and the test and load-test clients of `crate::client`).
+pub(crate) fn rtc_builder() -> RtcConfig {
+    let builder = Rtc::builder();
+    match crypto_provider() {
+        Some(provider) => builder.set_crypto_provider(provider),
+        None => builder,
+    }
 }
 
 /// A dimpl connection as str0m's [`DtlsInstance`].

@@ -228,13 +228,10 @@ impl Peer {
         let red_mids = red_mids!(offer);
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut builder = Rtc::builder()
+        let builder = dtls::rtc_builder()
             .set_ice_lite(true)
             .set_dtls_cert(params.dtls_cert.clone())
             .set_local_ice_credentials(creds);
-        if let Some(provider) = dtls::crypto_provider() {
-            builder = builder.set_crypto_provider(provider);
-        }
         let mut rtc = opus_only(builder, true)
             .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);

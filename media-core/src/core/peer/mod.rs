@@ -106,7 +106,9 @@ pub struct SlotStream {
 
 pub struct Peer {
     id: ParticipantId,
-    rtc: Rtc,
+    /// Boxed: str0m's `Rtc` is about 10 KB, and the core's participant table (a hash map, up to twice
+    /// as many slots as entries) would otherwise hold it inline in every slot, used or not (issue 15).
+    rtc: Box<Rtc>,
     ufrag: String,
     /// The client's ICE ufrag and the m-lines of its offer: an ICE restart offer changes the first and
     /// keeps the second.
@@ -293,7 +295,7 @@ impl Peer {
 
         let peer = Peer {
             id,
-            rtc,
+            rtc: Box::new(rtc),
             ufrag,
             remote_ufrag: None,
             mlines: 0,

@@ -34,12 +34,15 @@ pub enum ErrorCode {
     RoomSettingsConflict,
     MediaUnavailable,
     ResumeFailed,
+    RateLimited,
+    ServerMuted,
+    ParticipantNotFound,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -61,6 +64,9 @@ impl ErrorCode {
         ErrorCode::RoomSettingsConflict,
         ErrorCode::MediaUnavailable,
         ErrorCode::ResumeFailed,
+        ErrorCode::RateLimited,
+        ErrorCode::ServerMuted,
+        ErrorCode::ParticipantNotFound,
         ErrorCode::Internal,
     ];
 
@@ -88,6 +94,9 @@ impl ErrorCode {
             ErrorCode::RoomSettingsConflict => "room_settings_conflict",
             ErrorCode::MediaUnavailable => "media_unavailable",
             ErrorCode::ResumeFailed => "resume_failed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ServerMuted => "server_muted",
+            ErrorCode::ParticipantNotFound => "participant_not_found",
             ErrorCode::Internal => "internal",
         }
     }
@@ -105,7 +114,10 @@ impl ErrorCode {
             | ErrorCode::BadSdp
             | ErrorCode::BadRoomSettings
             | ErrorCode::RoomSettingsConflict
-            | ErrorCode::ResumeFailed => false,
+            | ErrorCode::ResumeFailed
+            | ErrorCode::RateLimited
+            | ErrorCode::ServerMuted
+            | ErrorCode::ParticipantNotFound => false,
             ErrorCode::FrameTooLarge
             | ErrorCode::UnsupportedProtocol
             | ErrorCode::InvalidToken
@@ -254,6 +266,9 @@ mod tests {
             RoomSettingsConflict,
             MediaUnavailable,
             ResumeFailed,
+            RateLimited,
+            ServerMuted,
+            ParticipantNotFound,
             Internal,
         );
         assert_eq!(every.as_slice(), ErrorCode::ALL.as_slice());

@@ -13,14 +13,18 @@ mod joined;
 mod leave;
 mod left;
 mod media_state;
+mod moderate;
+mod moved;
 mod mute;
 mod offer;
 mod participant;
 mod participant_joined;
 mod participant_left;
 mod participant_muted;
+mod participant_updated;
 mod ping;
 mod pong;
+mod ptt;
 mod resume;
 mod resumed;
 mod slots;
@@ -37,14 +41,18 @@ pub use joined::{IceServer, Joined, RoomInfo};
 pub use leave::Leave;
 pub use left::{Left, LeftReason};
 pub use media_state::{MediaConnectionState, MediaState};
+pub use moderate::{Moderate, ModerateAction};
+pub use moved::Moved;
 pub use mute::Mute;
 pub use offer::Offer;
 pub use participant::ParticipantInfo;
 pub use participant_joined::ParticipantJoined;
 pub use participant_left::{ParticipantLeft, ParticipantLeftReason};
 pub use participant_muted::ParticipantMuted;
+pub use participant_updated::ParticipantUpdated;
 pub use ping::Ping;
 pub use pong::Pong;
+pub use ptt::{Ptt, PttKey};
 pub use resume::Resume;
 pub use resumed::Resumed;
 pub use slots::{Slot, Slots};
@@ -69,11 +77,16 @@ pub enum ClientMessage {
     Ping(Ping),
     Leave(Leave),
     Resume(Resume),
+    Ptt(Ptt),
+    PttKey(PttKey),
+    Moderate(Moderate),
 }
 
 impl ClientMessage {
     /// The `type` of every client message of this protocol version.
-    pub const TYPES: [&'static str; 6] = ["join", "offer", "mute", "ping", "leave", "resume"];
+    pub const TYPES: [&'static str; 9] = [
+        "join", "offer", "mute", "ping", "leave", "resume", "ptt", "ptt_key", "moderate",
+    ];
 }
 
 /// A message from server to client.
@@ -86,6 +99,8 @@ pub enum ServerMessage {
     ParticipantJoined(ParticipantJoined),
     ParticipantLeft(ParticipantLeft),
     ParticipantMuted(ParticipantMuted),
+    ParticipantUpdated(ParticipantUpdated),
+    Moved(Moved),
     MediaState(MediaState),
     Speakers(Speakers),
     DominantSpeaker(DominantSpeaker),
@@ -229,6 +244,13 @@ mod tests {
                 protocol: 1,
                 resume_token: "t".into(),
             }),
+            ClientMessage::Ptt(Ptt { enabled: true }),
+            ClientMessage::PttKey(PttKey { down: true }),
+            ClientMessage::Moderate(Moderate {
+                action: ModerateAction::Kick,
+                sid: "PA_9a0b1c2d3e4f".into(),
+                room: None,
+            }),
         ];
         assert_eq!(samples.len(), ClientMessage::TYPES.len());
         for (sample, name) in samples.iter().zip(ClientMessage::TYPES) {
@@ -278,8 +300,8 @@ mod tests {
         }
         assert_eq!(client, ClientMessage::TYPES.len());
         assert_eq!(
-            server, 18,
-            "17 messages, joined twice (with and without TURN)"
+            server, 21,
+            "19 messages, joined and participant_muted twice"
         );
     }
 }

@@ -235,6 +235,18 @@ enum Seen {
     RestartIce {
         participant: ParticipantId,
     },
+    Deafen {
+        participant: ParticipantId,
+        deafened: bool,
+    },
+    Ptt {
+        participant: ParticipantId,
+        enabled: bool,
+    },
+    PttKey {
+        participant: ParticipantId,
+        down: bool,
+    },
 }
 
 struct FakeRouter {
@@ -300,6 +312,8 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     can_publish,
                     can_subscribe,
                     muted,
+                    deafened: _,
+                    ptt: _,
                     offer_sdp,
                     events,
                     reply,
@@ -355,6 +369,21 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     Seen::RestartIce { participant }
                 }
                 MediaCommand::Mute { participant, muted } => Seen::Mute { participant, muted },
+                MediaCommand::Deafen {
+                    participant,
+                    deafened,
+                } => Seen::Deafen {
+                    participant,
+                    deafened,
+                },
+                MediaCommand::Ptt {
+                    participant,
+                    enabled,
+                } => Seen::Ptt {
+                    participant,
+                    enabled,
+                },
+                MediaCommand::PttKey { participant, down } => Seen::PttKey { participant, down },
                 MediaCommand::Leave { participant } => {
                     worker_events
                         .lock()
@@ -406,6 +435,8 @@ fn claims(room: &str, identity: &str) -> Claims {
         name: None,
         can_publish: true,
         can_subscribe: true,
+        moderator: false,
+        ptt: false,
     }
 }
 
@@ -599,6 +630,7 @@ async fn participants_see_each_other() {
     let muted = ServerMessage::ParticipantMuted(ParticipantMuted {
         sid: bob_info.sid.clone(),
         muted: true,
+        by_moderator: false,
     });
     assert_eq!(bob.message().await, muted);
     assert_eq!(ada.message().await, muted);
@@ -615,6 +647,7 @@ async fn participants_see_each_other() {
     let unmuted = ServerMessage::ParticipantMuted(ParticipantMuted {
         sid: bob_info.sid.clone(),
         muted: false,
+        by_moderator: false,
     });
     assert_eq!(bob.message().await, unmuted);
     assert_eq!(ada.message().await, unmuted);
@@ -1190,6 +1223,9 @@ async fn a_bad_session_does_not_disturb_its_room() {
                 muted: false,
                 can_publish: true,
                 can_subscribe: true,
+                server_muted: false,
+                deafened: false,
+                ptt: false,
             }
         })
     );
@@ -1537,7 +1573,8 @@ async fn admin_mute_reaches_the_worker_the_room_and_the_session() {
         ada.message().await,
         ServerMessage::ParticipantMuted(ParticipantMuted {
             sid: sid.clone(),
-            muted: true
+            muted: true,
+            by_moderator: true,
         })
     );
     ada.offer().await;
@@ -1545,8 +1582,17 @@ async fn admin_mute_reaches_the_worker_the_room_and_the_session() {
         media.next().await,
         Seen::Connect { muted: true, .. }
     ));
-    // The participant may unmute itself: the session knows it is muted.
+    // A server mute: the participant cannot unmute itself, and is told why.
     ada.json(json!({"type": "mute", "muted": false}));
+    ada.error(ErrorCode::ServerMuted).await;
+    media.assert_no_command();
+    assert!(ctx.room("lobby").expect("exists").participants[0].server_muted);
+    // The operator can.
+    let info = ctx
+        .mute_participant("lobby", &sid, false)
+        .await
+        .expect("present");
+    assert!(!info.muted && !info.server_muted);
     assert_eq!(
         media.next().await,
         Seen::Mute {
@@ -1625,7 +1671,15 @@ async fn client_and_admin_mute_give_the_same_events_and_state() {
             .collect()
     };
     let client = mask(client);
-    assert_eq!(mask(admin), client);
+    // The admin's is a server mute: the same, but marked as such.
+    let admin: Vec<String> = mask(admin)
+        .into_iter()
+        .map(|l| {
+            l.replace("by_moderator: true", "by_moderator: false")
+                .replace("server_muted: true", "server_muted: false")
+        })
+        .collect();
+    assert_eq!(admin, client);
     // And what they are: the muted event to both, one worker command per change, the state.
     assert_eq!(
         client
@@ -1859,3 +1913,5 @@ async fn joined_carries_turn_credentials_when_configured() {
 }
 
 mod resume;
+
+mod moderation;

@@ -20,6 +20,17 @@ use crate::state::AppState;
 /// with a typed error, so the transport limit only needs to be above it.
 const WS_TRANSPORT_LIMIT: usize = 1 << 20;
 
+/// What each WebSocket's read buffer starts at. tungstenite's default (128 KiB, allocated and zero-filled
+/// on the first read) was the largest single cost of a participant (issue 15); signaling messages are a
+/// few hundred bytes, an offer a few KiB, and a longer frame still arrives whole: tungstenite reserves a
+/// frame's announced length before reading it (up to [`WS_TRANSPORT_LIMIT`]).
+pub(crate) const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// How many bytes of outgoing frames tungstenite gathers before writing them to the socket. Signaling
+/// flushes after every message, so this only ever held one message; the buffer itself grows to the
+/// largest message sent (an answer, a few KiB) whatever this says.
+pub(crate) const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
+
 /// The routes of the page, the SDK, signaling, metrics, health and development tokens (the admin API and
 /// the fallbacks are added by the caller: lib.rs).
 pub fn router() -> Router<Arc<AppState>> {
@@ -78,6 +89,8 @@ async fn ws(upgrade: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Re
     upgrade
         .max_message_size(WS_TRANSPORT_LIMIT)
         .max_frame_size(WS_TRANSPORT_LIMIT)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| run_ws(socket, state))
 }
 

@@ -6,16 +6,20 @@
 //! for its non-cryptographic randomness (timers); keys and signatures still come from the system's secure
 //! random source. For simulations only: the load tester and the server never call it.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
-use str0m::crypto::dtls::{
-    DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
-};
+use str0m::crypto::dtls::{DtlsCert, DtlsInstance, DtlsProvider, DtlsVersion};
 use str0m::crypto::CryptoError;
+
+use crate::core::peer::dtls::SharedConfigs;
 
 /// The seed of every simulated DTLS instance's timer jitter.
 const DTLS_TIMER_SEED: u64 = 0x5EED_D715;
+
+/// The seeded configurations, shared by every simulated peer and client as the server's peers share theirs
+/// (`core::peer::dtls`): building one costs a key exchange and a signature check.
+static SEEDED_CONFIGS: SharedConfigs = SharedConfigs::new(Some(DTLS_TIMER_SEED));
 
 /// Installs, once per process, a crypto provider whose DTLS timers are seeded. Call it before any peer or core
 /// is created; later calls do nothing.
@@ -45,78 +49,6 @@ impl DtlsProvider for SeededDtlsProvider {
         dtls_version: DtlsVersion,
         mtu: Option<usize>,
     ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
-        // As str0m's own provider: ICE has checked return routability, so no server cookie.
-        let mut builder = dimpl::Config::builder()
-            .use_server_cookie(false)
-            .dangerously_set_rng_seed(DTLS_TIMER_SEED);
-        if let Some(mtu) = mtu {
-            builder = builder.mtu(mtu);
-        }
-        let config = Arc::new(
-            builder
-                .build()
-                .map_err(|e| CryptoError::Other(format!("dimpl config: {e}")))?,
-        );
-        let dtls = match dtls_version {
-            DtlsVersion::Dtls12 => dimpl::Dtls::new_12(config, cert.clone(), now),
-            DtlsVersion::Dtls13 => dimpl::Dtls::new_13(config, cert.clone(), now),
-            DtlsVersion::Auto => dimpl::Dtls::new_auto(config, cert.clone(), now),
-            other => {
-                return Err(CryptoError::Other(format!(
-                    "unsupported DTLS version {other}"
-                )))
-            }
-        };
-        Ok(Box::new(SeededDtls(dtls)))
-    }
-}
-
-struct SeededDtls(dimpl::Dtls);
-
-impl std::fmt::Debug for SeededDtls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SeededDtls").finish_non_exhaustive()
-    }
-}
-
-impl DtlsInstance for SeededDtls {
-    fn set_active(&mut self, active: bool) {
-        self.0.set_active(active);
-    }
-
-    fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
-        self.0.handle_packet(packet)
-    }
-
-    fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        self.0.poll_output(buf)
-    }
-
-    fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
-        self.0.handle_timeout(now)
-    }
-
-    fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
-        self.0.send_application_data(data)
-    }
-
-    fn is_active(&self) -> bool {
-        self.0.is_active()
-    }
-
-    fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.0.protocol_version()
-    }
-
-    fn is_closing(&self) -> bool {
-        self.0.is_closing()
-    }
-
-    fn is_closed(&self) -> bool {
-        self.0.is_closed()
-    }
-
-    fn close(&mut self) -> Result<(), DtlsImplError> {
-        self.0.close()
+        SEEDED_CONFIGS.new_dtls(cert, now, dtls_version, mtu)
     }
 }

@@ -22,6 +22,7 @@ use crate::ids::{ParticipantId, Ssrc};
 use crate::sfu::slots::MAX_SLOTS;
 use crate::stats::PathMove;
 
+pub(crate) mod dtls;
 mod output;
 #[cfg(test)]
 mod tests;
@@ -105,7 +106,9 @@ pub struct SlotStream {
 
 pub struct Peer {
     id: ParticipantId,
-    rtc: Rtc,
+    /// Boxed: str0m's `Rtc` is about 10 KB, and the core's participant table (a hash map, up to twice
+    /// as many slots as entries) would otherwise hold it inline in every slot, used or not (issue 15).
+    rtc: Box<Rtc>,
     ufrag: String,
     /// The client's ICE ufrag and the m-lines of its offer: an ICE restart offer changes the first and
     /// keeps the second.
@@ -227,15 +230,13 @@ impl Peer {
         let red_mids = red_mids!(offer);
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut rtc = opus_only(
-            Rtc::builder()
-                .set_ice_lite(true)
-                .set_dtls_cert(params.dtls_cert.clone())
-                .set_local_ice_credentials(creds),
-            true,
-        )
-        .set_stats_interval(Some(STATS_INTERVAL))
-        .build(now);
+        let builder = dtls::rtc_builder()
+            .set_ice_lite(true)
+            .set_dtls_cert(params.dtls_cert.clone())
+            .set_local_ice_credentials(creds);
+        let mut rtc = opus_only(builder, true)
+            .set_stats_interval(Some(STATS_INTERVAL))
+            .build(now);
         for local in candidates {
             let candidate = local.ice().map_err(PeerError::BadSdp)?;
             rtc.add_local_candidate(candidate);
@@ -294,7 +295,7 @@ impl Peer {
 
         let peer = Peer {
             id,
-            rtc,
+            rtc: Box::new(rtc),
             ufrag,
             remote_ufrag: None,
             mlines: 0,

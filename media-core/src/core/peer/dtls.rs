@@ -1,0 +1,267 @@
+//! DTLS for the server's peers: dimpl, str0m's own DTLS, with one configuration shared by every peer.
+//!
+//! str0m's aws-lc-rs provider builds a new `dimpl::Config` for every `Rtc`, and building one validates the
+//! crypto provider by running a key exchange and verifying a signature: about 11 M of the 13 M instructions
+//! adding a participant cost (issue 15, callgrind). A configuration holds nothing of a connection (each
+//! DTLS instance has its own state, keys and random numbers), so one per MTU serves every peer.
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Instant;
+
+use str0m::crypto::dtls::{
+    DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
+};
+use str0m::crypto::{CryptoError, CryptoProvider};
+use str0m::{Rtc, RtcConfig};
+
+/// dimpl configurations, built once per MTU str0m asks for (one in practice) and shared.
+#[derive(Debug)]
+pub(crate) struct SharedConfigs {
+    /// A fixed seed for dimpl's non-cryptographic randomness (retransmission timer jitter): simulations
+    /// only (`testkit::dtls`).
+    seed: Option<u64>,
+    built: Mutex<Vec<(Option<usize>, Arc<dimpl::Config>)>>,
+}
+
+impl SharedConfigs {
+    pub(crate) const fn new(seed: Option<u64>) -> Self {
+        Self {
+            seed,
+            built: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The configuration for `mtu`, built on first use: as str0m's own provider builds it (ICE has
+    /// checked return routability, so no server cookie).
+    pub(crate) fn get(&self, mtu: Option<usize>) -> Result<Arc<dimpl::Config>, CryptoError> {
+        // A panic while the lock was held cannot leave the list half-changed (one push), so a poisoned
+        // lock's list is still good.
+        let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, config)) = built.iter().find(|(m, _)| *m == mtu) {
+            return Ok(config.clone());
+        }
+        let mut builder = dimpl::Config::builder().use_server_cookie(false);
+        if let Some(mtu) = mtu {
+            builder = builder.mtu(mtu);
+        }
+        if let Some(seed) = self.seed {
+            builder = builder.dangerously_set_rng_seed(seed);
+        }
+        let config = Arc::new(
+            builder
+                .build()
+                .map_err(|e| CryptoError::Other(format!("dimpl config: {e}")))?,
+        );
+        built.push((mtu, config.clone()));
+        Ok(config)
+    }
+
+    /// How many configurations were built.
+    #[cfg(test)]
+    pub(crate) fn built(&self) -> usize {
+        self.built
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// A DTLS instance of `version` on the shared configuration for `mtu`.
+    pub(crate) fn new_dtls(
+        &self,
+        cert: &DtlsCert,
+        now: Instant,
+        version: DtlsVersion,
+        mtu: Option<usize>,
+    ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+        let config = self.get(mtu)?;
+        let dtls = match version {
+            DtlsVersion::Dtls12 => dimpl::Dtls::new_12(config, cert.clone(), now),
+            DtlsVersion::Dtls13 => dimpl::Dtls::new_13(config, cert.clone(), now),
+            DtlsVersion::Auto => dimpl::Dtls::new_auto(config, cert.clone(), now),
+            other => {
+                return Err(CryptoError::Other(format!(
+                    "unsupported DTLS version {other}"
+                )))
+            }
+        };
+        Ok(Box::new(Dimpl(dtls)))
+    }
+}
+
+/// The configurations of the server's peers.
+static SERVER_CONFIGS: SharedConfigs = SharedConfigs::new(None);
+
+/// The DTLS provider of the server's peers: str0m's aws-lc-rs provider with shared configurations.
+#[derive(Debug)]
+struct SharedDtlsProvider;
+
+impl DtlsProvider for SharedDtlsProvider {
+    fn generate_certificate(&self) -> Option<DtlsCert> {
+        dimpl::certificate::generate_self_signed_certificate().ok()
+    }
+
+    fn new_dtls(
+        &self,
+        cert: &DtlsCert,
+        now: Instant,
+        version: DtlsVersion,
+        mtu: Option<usize>,
+    ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+        SERVER_CONFIGS.new_dtls(cert, now, version, mtu)
+    }
+}
+
+/// The crypto provider a server peer is built with: `None` when the process has installed a default
+/// (simulations install seeded DTLS timers, `testkit::dtls`, which share their configuration the same
+/// way), which str0m then uses; otherwise str0m's provider from its feature flags with
+/// [`SharedDtlsProvider`] for DTLS.
+pub(crate) fn crypto_provider() -> Option<Arc<CryptoProvider>> {
+    static SHARED: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    if CryptoProvider::get_default().is_some() {
+        return None;
+    }
+    let shared = SHARED.get_or_init(|| {
+        static PROVIDER: SharedDtlsProvider = SharedDtlsProvider;
+        let mut provider = str0m::crypto::from_feature_flags();
+        provider.dtls_provider = &PROVIDER;
+        Arc::new(provider)
+    });
+    Some(shared.clone())
+}
+
+/// `Rtc::builder()` with [`crypto_provider`]: what every peer this crate builds starts from (the
+/// server's peers and the test and load-test clients of `crate::client`).
+pub(crate) fn rtc_builder() -> RtcConfig {
+    let builder = Rtc::builder();
+    match crypto_provider() {
+        Some(provider) => builder.set_crypto_provider(provider),
+        None => builder,
+    }
+}
+
+/// A dimpl connection as str0m's [`DtlsInstance`].
+pub(crate) struct Dimpl(dimpl::Dtls);
+
+impl std::fmt::Debug for Dimpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dimpl").finish_non_exhaustive()
+    }
+}
+
+impl DtlsInstance for Dimpl {
+    fn set_active(&mut self, active: bool) {
+        self.0.set_active(active);
+    }
+
+    fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        self.0.handle_packet(packet)
+    }
+
+    fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
+        self.0.poll_output(buf)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
+        self.0.handle_timeout(now)
+    }
+
+    fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
+        self.0.send_application_data(data)
+    }
+
+    fn is_active(&self) -> bool {
+        self.0.is_active()
+    }
+
+    fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.0.protocol_version()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.0.is_closing()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    fn close(&mut self) -> Result<(), DtlsImplError> {
+        self.0.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    fn cert() -> DtlsCert {
+        dimpl::certificate::generate_self_signed_certificate()
+            .expect("aws-lc-rs makes certificates")
+    }
+
+    /// Hands everything `from` has to send to `to`; keeps the keying material `from` derived.
+    fn pump(from: &mut dyn DtlsInstance, to: &mut dyn DtlsInstance, keys: &mut Option<Vec<u8>>) {
+        let mut buf = vec![0u8; 2048];
+        let mut packets = Vec::new();
+        loop {
+            match from.poll_output(&mut buf) {
+                DtlsOutput::Packet(p) => packets.push(p.to_vec()),
+                DtlsOutput::KeyingMaterial(k, _) => *keys = Some(k.to_vec()),
+                DtlsOutput::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        for p in packets {
+            to.handle_packet(&p)
+                .expect("a handshake record is accepted");
+        }
+    }
+
+    /// Runs a DTLS 1.2 handshake between a client and a server instance until both have derived their
+    /// SRTP keying material (at most 20 rounds) and returns it.
+    fn handshake(configs: &SharedConfigs, now: Instant) -> (Vec<u8>, Vec<u8>) {
+        let new = |active| {
+            let mut dtls = configs
+                .new_dtls(&cert(), now, DtlsVersion::Dtls12, Some(1150))
+                .expect("an instance on the shared configuration");
+            dtls.set_active(active);
+            dtls
+        };
+        let (mut client, mut server) = (new(true), new(false));
+        let (mut client_keys, mut server_keys) = (None, None);
+        client.handle_timeout(now).expect("the client starts");
+        server.handle_timeout(now).expect("the server starts");
+        for _ in 0..20 {
+            pump(client.as_mut(), server.as_mut(), &mut client_keys);
+            pump(server.as_mut(), client.as_mut(), &mut server_keys);
+            if let (Some(c), Some(s)) = (&client_keys, &server_keys) {
+                return (c.clone(), s.clone());
+            }
+        }
+        panic!("no handshake in 20 rounds");
+    }
+
+    #[test]
+    fn connections_share_one_configuration_per_mtu_and_derive_their_own_keys() {
+        let configs = SharedConfigs::new(None);
+        let now = epoch();
+        let (client_a, server_a) = handshake(&configs, now);
+        let (client_b, server_b) = handshake(&configs, now);
+        assert_eq!(
+            client_a, server_a,
+            "both ends of a connection derive the same keys"
+        );
+        assert_eq!(client_b, server_b);
+        assert_ne!(client_a, client_b, "two connections never share keys");
+        assert_eq!(configs.built(), 1, "four instances, one configuration");
+        configs.get(Some(1200)).expect("another MTU");
+        configs.get(None).expect("no MTU");
+        configs.get(Some(1150)).expect("the first MTU again");
+        assert_eq!(configs.built(), 3);
+    }
+}

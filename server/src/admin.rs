@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use signaling::media::{MixSettings, RoomMode, RoomSettings};
+use signaling::media::{MixSettings, RoomMode, RoomSettings, SpatialSettings};
 use signaling::protocol::ParticipantInfo;
 use signaling::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
 use tracing::{info, warn};
@@ -284,6 +284,9 @@ pub struct RoomView {
     pub num_participants: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mix: Option<MixSettings>,
+    /// Positional voice, in a spatial room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spatial: Option<SpatialSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub participants: Option<Vec<ParticipantInfo>>,
 }
@@ -300,6 +303,7 @@ impl RoomView {
             closing: room.closing,
             num_participants: room.participants.len(),
             mix: (room.settings.mode == RoomMode::Mix).then_some(room.settings.mix),
+            spatial: room.settings.spatial,
             participants: with_participants.then_some(room.participants),
             name: room.name,
         }
@@ -332,6 +336,10 @@ pub struct CreateRoom {
     pub empty_timeout_secs: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     pub mix: Option<MixPatch>,
+    /// Positional voice (either mode); absent fields take the defaults of [`SpatialSettings`], not the
+    /// server's `[room.spatial]`. Absent: the room is not spatial.
+    #[serde(default, deserialize_with = "present")]
+    pub spatial: Option<SpatialSettings>,
 }
 
 /// Mixer settings of a new room; absent fields take the server's `[room.mix]`.
@@ -427,6 +435,15 @@ pub fn room_spec(
                 .map_err(|why| ApiError::invalid_settings(why.to_string()))?;
             RoomSettings::mix(mix)
         }
+    };
+    let settings = match req.spatial {
+        Some(spatial) => {
+            spatial
+                .validate()
+                .map_err(|why| ApiError::bad_request(why.to_string()))?;
+            settings.with_spatial(spatial)
+        }
+        None => settings,
     };
     let max_participants = req.max_participants.unwrap_or(defaults.max_participants);
     if !(1..=MAX_ROOM_PARTICIPANTS).contains(&max_participants) {

@@ -26,9 +26,12 @@ use crate::Signaling;
 
 mod media;
 mod membership;
+mod position;
 mod resume;
 
 use media::{on_mute, on_offer, ConnectError, Media};
+pub use position::MIN_POSITION_INTERVAL;
+use position::{on_position, Placement};
 pub(crate) use resume::ResumeTable;
 use resume::{hand_over, Claim, Missed, Resumable};
 
@@ -321,6 +324,8 @@ struct Member {
     resume: Resumable,
     /// What the client missed while the session was suspended.
     missed: Missed,
+    /// Its place in a spatial room.
+    placement: Placement,
 }
 
 /// A participant's place in its room and on its media worker, released exactly once: by [`Membership::end`]
@@ -515,6 +520,9 @@ where
                 on_offer(&mut self.wire, member, offer).await
             }
             ClientMessage::Mute(mute) => on_mute(&mut self.wire, member, mute).await,
+            ClientMessage::Position(update) => {
+                on_position(&mut self.wire, member, update, received).await
+            }
             ClientMessage::Ping(Ping { id }) => {
                 self.wire.send(&ServerMessage::Pong(Pong { id })).await
             }

@@ -55,7 +55,7 @@ pub const MIX_MAX_COMPLEXITY: u8 = 10;
 pub const MIX_MAX_JITTER_MS: u32 = 1000;
 
 /// Why room settings cannot be used. The messages name the offending field.
-#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SettingsError {
     #[error("slots must be 1..={MAX_SLOTS}")]
     Slots(u8),

@@ -41,12 +41,12 @@ pub enum FadeModel {
 }
 
 /// Why spatial settings or a position cannot be used. The messages name the offending field.
-#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpatialError {
     #[error("spatial conversational_distance must be finite and > 0, and audible_distance >= it and <= 100000")]
-    Distances { conversational: f64, audible: f64 },
+    Distances,
     #[error("spatial fade_intensity must be 0 to 10")]
-    FadeIntensity(f64),
+    FadeIntensity,
     #[error("spatial max_audible must be 1 to 1000")]
     MaxAudible(u16),
     #[error("a position's x, y, z and yaw_deg must be finite numbers")]
@@ -89,13 +89,10 @@ impl SpatialSettings {
     pub fn validate(&self) -> Result<(), SpatialError> {
         let (c, a) = (self.conversational_distance, self.audible_distance);
         if !(c.is_finite() && a.is_finite() && c > 0.0 && a >= c && a <= MAX_AUDIBLE_DISTANCE) {
-            return Err(SpatialError::Distances {
-                conversational: c,
-                audible: a,
-            });
+            return Err(SpatialError::Distances);
         }
         if !FADE_INTENSITY.contains(&self.fade_intensity) {
-            return Err(SpatialError::FadeIntensity(self.fade_intensity));
+            return Err(SpatialError::FadeIntensity);
         }
         if !(1..=MAX_AUDIBLE).contains(&self.max_audible) {
             return Err(SpatialError::MaxAudible(self.max_audible));
@@ -211,7 +208,11 @@ mod tests {
         ] {
             assert_eq!(near(m), 1.0, "{m:?} within the conversational distance");
             assert_eq!(settings(m).gain_at(2.0), 1.0, "{m:?} at it");
-            assert_eq!(settings(m).gain_at(40.5), 0.0, "{m:?} beyond the audible distance");
+            assert_eq!(
+                settings(m).gain_at(40.5),
+                0.0,
+                "{m:?} beyond the audible distance"
+            );
             assert_eq!(settings(m).gain_at(f64::NAN), 0.0, "{m:?} NaN");
         }
         assert_eq!(settings(FadeModel::None).gain_at(39.0), 1.0);
@@ -244,12 +245,17 @@ mod tests {
         assert!(me.pan_towards(&north).abs() < 1e-6);
         assert_eq!(me.pan_towards(&me), 0.0);
         // Turned to face east, east is ahead and north is on the left.
-        let facing_east = Position { yaw_deg: 90.0, ..me };
+        let facing_east = Position {
+            yaw_deg: 90.0,
+            ..me
+        };
         assert!(facing_east.pan_towards(&east).abs() < 1e-6);
         assert!((facing_east.pan_towards(&north) + 1.0).abs() < 1e-6);
         let diagonal = Position::new(5.0, 5.0, 0.0, 0.0).expect("valid");
         assert!((me.pan_towards(&diagonal) - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
-        assert!((me.distance(&Position::new(3.0, 4.0, 12.0, 7.0).expect("valid")) - 13.0).abs() < 1e-12);
+        assert!(
+            (me.distance(&Position::new(3.0, 4.0, 12.0, 7.0).expect("valid")) - 13.0).abs() < 1e-12
+        );
     }
 
     #[test]
@@ -291,18 +297,23 @@ mod tests {
             fade_intensity: -1.0,
             ..Default::default()
         };
-        assert_eq!(bad.validate(), Err(SpatialError::FadeIntensity(-1.0)));
+        assert_eq!(bad.validate(), Err(SpatialError::FadeIntensity));
         let bad = SpatialSettings {
             max_audible: 0,
             ..Default::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("max_audible"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_audible"));
     }
 
     #[test]
     fn wire_forms() {
         let s: SpatialSettings =
-            serde_json::from_str(r#"{"audible_distance":50,"fade_model":"linear"}"#).expect("parses");
+            serde_json::from_str(r#"{"audible_distance":50,"fade_model":"linear"}"#)
+                .expect("parses");
         assert_eq!(s.audible_distance, 50.0);
         assert_eq!(s.fade_model, FadeModel::Linear);
         assert_eq!(s.max_audible, 20);

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::ids::{ParticipantId, RoomId};
 use crate::mixer::Mixer;
 use crate::sfu::slots::SlotSelector;
+use crate::spatial::Space;
 use crate::speakers::dominant::DominantSpeaker;
 use vocab::RoomSettings;
 
@@ -26,6 +27,8 @@ pub(crate) struct Room {
     /// Dominant speaker detection (both modes).
     pub(crate) dominant: DominantSpeaker,
     pub(crate) kind: RoomKind,
+    /// Positions and audibility of a spatial room.
+    pub(crate) space: Option<Space>,
 }
 
 impl Room {
@@ -49,7 +52,11 @@ impl Room {
     /// tick).
     pub(crate) fn arm_tick(&self, next_tick: &mut Option<Instant>) {
         let mixer = self.mixer().and_then(|m| m.next_tick());
-        for t in [self.selector.next_update(), mixer].into_iter().flatten() {
+        let space = self.space.as_ref().and_then(Space::next_refresh);
+        for t in [self.selector.next_update(), mixer, space]
+            .into_iter()
+            .flatten()
+        {
             *next_tick = Some(next_tick.map_or(t, |n| n.min(t)));
         }
     }

@@ -1,7 +1,7 @@
 //! Time passing: due peer timers and connection deadlines, and the room tick (the mixers' ticks, slot
 //! selection and speaker reports).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,7 +9,8 @@ use super::{CoreEvent, MediaCore, Participant};
 use crate::core::peer::PeerEvent;
 use crate::ids::ParticipantId;
 use crate::red;
-use vocab::SlotAssignment;
+use crate::spatial::Space;
+use vocab::{RoomMode, SlotAssignment};
 
 impl MediaCore {
     /// Time passed: run due peer timers, the room tick, and connection deadlines.
@@ -94,7 +95,23 @@ impl MediaCore {
                     }
                 }
             }
-            if room.selector.next_update().is_some_and(|t| t <= now) && room.selector.update(now) {
+            if let Some(space) = room.space.as_mut() {
+                let mode = room.config.mode;
+                if refresh_space(
+                    now,
+                    space,
+                    &room.members,
+                    &self.participants,
+                    mode,
+                    &mut self.events,
+                ) {
+                    // The selector sees the new sets at once.
+                    room.selector.audibility_changed();
+                }
+            }
+            if room.selector.next_update().is_some_and(|t| t <= now)
+                && room.selector.update_in(now, room.space.as_ref())
+            {
                 let changed: Vec<ParticipantId> = room.selector.drain_changes().collect();
                 for sub in changed {
                     if let Some(p) = self.participants.get(&sub) {
@@ -135,6 +152,46 @@ impl MediaCore {
             slots,
         });
     }
+}
+
+/// Recompute a spatial room's audible sets if due; in a forwarding room, tell each listener whose set
+/// changed where its speakers now are. Returns whether it ran.
+fn refresh_space(
+    now: Instant,
+    space: &mut Space,
+    members: &[ParticipantId],
+    participants: &HashMap<ParticipantId, Participant>,
+    mode: RoomMode,
+    events: &mut VecDeque<CoreEvent>,
+) -> bool {
+    if space.next_refresh().is_none_or(|t| t > now) {
+        return false;
+    }
+    let with = |keep: fn(&Participant) -> bool| -> Vec<ParticipantId> {
+        members
+            .iter()
+            .copied()
+            .filter(|id| participants.get(id).is_some_and(keep))
+            .collect()
+    };
+    let listeners = with(|p| !p.peer.slots().is_empty());
+    let speakers = with(Participant::publishes);
+    let mut changed = Vec::new();
+    space.refresh(now, &listeners, &speakers, &mut changed);
+    if mode != RoomMode::Forward {
+        return true;
+    }
+    for listener in changed {
+        events.push_back(CoreEvent::Positions {
+            listener,
+            positions: space
+                .audible(listener)
+                .iter()
+                .map(|h| (h.speaker, h.position))
+                .collect(),
+        });
+    }
+    true
 }
 
 /// A mixed packet's RED payload for listeners of one Opus payload type: (primary, previous, payload type,

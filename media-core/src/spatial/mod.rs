@@ -148,7 +148,10 @@ impl Space {
     /// When [`refresh`](Self::refresh) has work to do: `None` while nothing changed.
     pub fn next_refresh(&self) -> Option<Instant> {
         let since = self.dirty_since?;
-        Some(self.last_refresh.map_or(since, |t| since.max(t + REFRESH_INTERVAL)))
+        Some(
+            self.last_refresh
+                .map_or(since, |t| since.max(t + REFRESH_INTERVAL)),
+        )
     }
 
     /// Recompute every listener's audible set among `speakers` if due at `now`; push the listeners whose

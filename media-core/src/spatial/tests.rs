@@ -33,7 +33,16 @@ fn equal_power_pan() {
     let right = Hearing { pan: 1.0, ..centre };
     assert!(right.stereo_gains().0.abs() < 1e-6);
     assert!((centre.gain_db()).abs() < 1e-6);
-    assert!((Hearing { gain: 0.5, ..centre }.gain_db() + 6.0206).abs() < 1e-3);
+    assert!(
+        (Hearing {
+            gain: 0.5,
+            ..centre
+        }
+        .gain_db()
+            + 6.0206)
+            .abs()
+            < 1e-3
+    );
 }
 
 #[test]
@@ -51,9 +60,13 @@ fn audible_sets_are_the_nearest_in_range() {
     // 1 listens at the origin; 2 at 3, 3 at 6 (left), 4 at 9, 5 at 12 (out of range).
     space.set_position(now, all[0], p(0.0, 0.0)).expect("valid");
     space.set_position(now, all[1], p(3.0, 0.0)).expect("valid");
-    space.set_position(now, all[2], p(-6.0, 0.0)).expect("valid");
+    space
+        .set_position(now, all[2], p(-6.0, 0.0))
+        .expect("valid");
     space.set_position(now, all[3], p(0.0, 9.0)).expect("valid");
-    space.set_position(now, all[4], p(12.0, 0.0)).expect("valid");
+    space
+        .set_position(now, all[4], p(12.0, 0.0))
+        .expect("valid");
     assert_eq!(space.next_refresh(), Some(now));
     let mut changed = Vec::new();
     assert!(space.refresh(now, &all, &all, &mut changed));
@@ -66,11 +79,16 @@ fn audible_sets_are_the_nearest_in_range() {
     assert!(space.heard(all[0], all[2]).expect("heard").hearing.pan < -0.99);
     assert!(space.heard(all[0], all[0]).is_none(), "nobody hears itself");
     assert!(space.hearing(all[0], all[4]).is_none(), "out of range");
-    assert!(space.hearing(all[0], all[3]).is_some(), "in range, cut by max_audible");
+    assert!(
+        space.hearing(all[0], all[3]).is_some(),
+        "in range, cut by max_audible"
+    );
     // Nothing changed: no refresh. A move is refreshed no sooner than 100 ms after the last one.
     assert_eq!(space.next_refresh(), None);
     let later = now + Duration::from_millis(30);
-    space.set_position(later, all[1], p(20.0, 0.0)).expect("valid");
+    space
+        .set_position(later, all[1], p(20.0, 0.0))
+        .expect("valid");
     assert_eq!(space.next_refresh(), Some(now + REFRESH_INTERVAL));
     assert!(!space.refresh(later, &all, &all, &mut changed));
     changed.clear();

@@ -32,6 +32,7 @@ pub enum ErrorCode {
     BadSdp,
     BadRoomSettings,
     RoomSettingsConflict,
+    BadPosition,
     MediaUnavailable,
     ResumeFailed,
     Internal,
@@ -39,7 +40,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -59,6 +60,7 @@ impl ErrorCode {
         ErrorCode::BadSdp,
         ErrorCode::BadRoomSettings,
         ErrorCode::RoomSettingsConflict,
+        ErrorCode::BadPosition,
         ErrorCode::MediaUnavailable,
         ErrorCode::ResumeFailed,
         ErrorCode::Internal,
@@ -86,6 +88,7 @@ impl ErrorCode {
             ErrorCode::BadSdp => "bad_sdp",
             ErrorCode::BadRoomSettings => "bad_room_settings",
             ErrorCode::RoomSettingsConflict => "room_settings_conflict",
+            ErrorCode::BadPosition => "bad_position",
             ErrorCode::MediaUnavailable => "media_unavailable",
             ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::Internal => "internal",
@@ -105,6 +108,7 @@ impl ErrorCode {
             | ErrorCode::BadSdp
             | ErrorCode::BadRoomSettings
             | ErrorCode::RoomSettingsConflict
+            | ErrorCode::BadPosition
             | ErrorCode::ResumeFailed => false,
             ErrorCode::FrameTooLarge
             | ErrorCode::UnsupportedProtocol
@@ -252,6 +256,7 @@ mod tests {
             BadSdp,
             BadRoomSettings,
             RoomSettingsConflict,
+            BadPosition,
             MediaUnavailable,
             ResumeFailed,
             Internal,

@@ -21,6 +21,7 @@ mod participant_left;
 mod participant_muted;
 mod ping;
 mod pong;
+mod position;
 mod resume;
 mod resumed;
 mod slots;
@@ -45,6 +46,7 @@ pub use participant_left::{ParticipantLeft, ParticipantLeftReason};
 pub use participant_muted::ParticipantMuted;
 pub use ping::Ping;
 pub use pong::Pong;
+pub use position::{PositionUpdate, Positions, SpeakerPosition};
 pub use resume::Resume;
 pub use resumed::Resumed;
 pub use slots::{Slot, Slots};
@@ -60,7 +62,7 @@ pub const MAX_FRAME_BYTES: usize = 65_536;
 const MAX_QUOTED_CHARS: usize = 120;
 
 /// A message from client to server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     Join(Join),
@@ -69,11 +71,14 @@ pub enum ClientMessage {
     Ping(Ping),
     Leave(Leave),
     Resume(Resume),
+    Position(PositionUpdate),
 }
 
 impl ClientMessage {
     /// The `type` of every client message of this protocol version.
-    pub const TYPES: [&'static str; 6] = ["join", "offer", "mute", "ping", "leave", "resume"];
+    pub const TYPES: [&'static str; 7] = [
+        "join", "offer", "mute", "ping", "leave", "resume", "position",
+    ];
 }
 
 /// A message from server to client.
@@ -90,6 +95,7 @@ pub enum ServerMessage {
     Speakers(Speakers),
     DominantSpeaker(DominantSpeaker),
     Slots(Slots),
+    Positions(Positions),
     Pong(Pong),
     Left(Left),
     Draining(Draining),
@@ -229,6 +235,12 @@ mod tests {
                 protocol: 1,
                 resume_token: "t".into(),
             }),
+            ClientMessage::Position(PositionUpdate {
+                x: 0.0,
+                y: 0.0,
+                z: 0.0,
+                yaw_deg: 0.0,
+            }),
         ];
         assert_eq!(samples.len(), ClientMessage::TYPES.len());
         for (sample, name) in samples.iter().zip(ClientMessage::TYPES) {
@@ -278,8 +290,8 @@ mod tests {
         }
         assert_eq!(client, ClientMessage::TYPES.len());
         assert_eq!(
-            server, 18,
-            "17 messages, joined twice (with and without TURN)"
+            server, 19,
+            "18 messages, joined twice (with and without TURN)"
         );
     }
 }

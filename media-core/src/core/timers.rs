@@ -9,6 +9,7 @@ use super::{CoreEvent, MediaCore, Participant};
 use crate::core::peer::PeerEvent;
 use crate::ids::ParticipantId;
 use crate::red;
+use crate::sfu::slots::SlotSelector;
 use crate::spatial::Space;
 use vocab::{RoomMode, SlotAssignment};
 
@@ -102,6 +103,7 @@ impl MediaCore {
                     space,
                     &room.members,
                     &self.participants,
+                    &room.selector,
                     mode,
                     &mut self.events,
                 ) {
@@ -161,23 +163,30 @@ fn refresh_space(
     space: &mut Space,
     members: &[ParticipantId],
     participants: &HashMap<ParticipantId, Participant>,
+    selector: &SlotSelector,
     mode: RoomMode,
     events: &mut VecDeque<CoreEvent>,
 ) -> bool {
-    if space.next_refresh().is_none_or(|t| t > now) {
+    let listeners: Vec<ParticipantId> = members
+        .iter()
+        .copied()
+        .filter(|id| {
+            participants
+                .get(id)
+                .is_some_and(|p| !p.peer.slots().is_empty())
+        })
+        .collect();
+    // Speakers are the publishers that have sent audio since they started publishing: a participant who
+    // never talks does not take one of a listener's `max_audible` places.
+    let speakers: Vec<ParticipantId> = members
+        .iter()
+        .copied()
+        .filter(|id| selector.is_eligible(*id))
+        .collect();
+    let mut changed = Vec::new();
+    if !space.refresh(now, &listeners, &speakers, &mut changed) {
         return false;
     }
-    let with = |keep: fn(&Participant) -> bool| -> Vec<ParticipantId> {
-        members
-            .iter()
-            .copied()
-            .filter(|id| participants.get(id).is_some_and(keep))
-            .collect()
-    };
-    let listeners = with(|p| !p.peer.slots().is_empty());
-    let speakers = with(Participant::publishes);
-    let mut changed = Vec::new();
-    space.refresh(now, &listeners, &speakers, &mut changed);
     if mode != RoomMode::Forward {
         return true;
     }

@@ -68,6 +68,9 @@ pub struct Space {
     last_refresh: Option<Instant>,
     /// Scratch for `refresh`.
     scratch: Vec<Heard>,
+    /// The listeners and speakers of the last refresh.
+    listeners: Vec<ParticipantId>,
+    speakers: Vec<ParticipantId>,
 }
 
 impl Space {
@@ -79,6 +82,8 @@ impl Space {
             dirty_since: None,
             last_refresh: None,
             scratch: Vec::new(),
+            listeners: Vec::new(),
+            speakers: Vec::new(),
         }
     }
 
@@ -154,8 +159,9 @@ impl Space {
         )
     }
 
-    /// Recompute every listener's audible set among `speakers` if due at `now`; push the listeners whose
-    /// set (speakers, or their positions) changed onto `changed`. Returns whether it ran.
+    /// Recompute every listener's audible set among `speakers` if due at `now` (a position changed, or
+    /// the listeners or speakers differ from the last refresh's); push the listeners whose set (speakers,
+    /// or their positions) changed onto `changed`. Returns whether it ran.
     pub fn refresh(
         &mut self,
         now: Instant,
@@ -163,6 +169,13 @@ impl Space {
         speakers: &[ParticipantId],
         changed: &mut Vec<ParticipantId>,
     ) -> bool {
+        if self.listeners != listeners || self.speakers != speakers {
+            self.listeners.clear();
+            self.listeners.extend_from_slice(listeners);
+            self.speakers.clear();
+            self.speakers.extend_from_slice(speakers);
+            self.changed(now);
+        }
         if self.next_refresh().is_none_or(|due| now < due) {
             return false;
         }

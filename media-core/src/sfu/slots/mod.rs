@@ -308,6 +308,11 @@ impl SlotSelector {
         self.pending = true;
     }
 
+    /// Whether `id` publishes and has sent audio since it started: a candidate for slots.
+    pub fn is_eligible(&self, id: ParticipantId) -> bool {
+        self.member(id).is_some_and(|m| m.publishes && m.eligible)
+    }
+
     /// Whether `id` is publishing (not muted).
     pub fn is_publishing(&self, id: ParticipantId) -> bool {
         self.member(id).is_some_and(|m| m.publishes)

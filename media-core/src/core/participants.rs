@@ -63,6 +63,7 @@ impl MediaCore {
                 .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.addr),
             dtls_cert: &self.dtls_cert,
             slots: if params.can_subscribe { slots } else { 0 },
+            stereo: mixed && settings.spatial.is_some(),
         };
         let (peer, answer) = Peer::from_offer_with_candidates(
             now,

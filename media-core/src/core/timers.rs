@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::{CoreEvent, MediaCore, Participant};
 use crate::core::peer::PeerEvent;
+use crate::core::room::RoomKind;
 use crate::ids::ParticipantId;
 use crate::red;
 use crate::sfu::slots::SlotSelector;
@@ -54,10 +55,26 @@ impl MediaCore {
         self.next_tick = None;
         let mut mixed = std::mem::take(&mut self.mix_out);
         for room in self.rooms.values_mut() {
-            if let Some(mixer) = room.mixer_mut() {
+            if let Some(space) = room.space.as_mut() {
+                let mode = room.config.mode;
+                if refresh_space(
+                    now,
+                    space,
+                    &room.members,
+                    &self.participants,
+                    &room.selector,
+                    mode,
+                    &mut self.events,
+                ) {
+                    // The selector sees the new sets at once.
+                    room.selector.audibility_changed();
+                }
+            }
+            if let RoomKind::Mix(mixer) = &mut room.kind {
                 if mixer.next_tick().is_some_and(|t| t <= now) {
                     mixed.clear();
-                    mixer.tick(now, &mut mixed, &mut self.stats.mix, &mut self.samples);
+                    let (stats, samples) = (&mut self.stats.mix, &mut self.samples);
+                    mixer.tick_in(now, &mut mixed, stats, samples, room.space.as_ref());
                     // Listeners of the shared mix get the same RED payloads: encoded once per tick.
                     let mut red_variants: Vec<MixRedVariant> = Vec::new();
                     for packet in mixed.drain(..) {
@@ -94,21 +111,6 @@ impl MediaCore {
                                 .push_back((packet.to, PeerEvent::Disconnected("webrtc error")));
                         }
                     }
-                }
-            }
-            if let Some(space) = room.space.as_mut() {
-                let mode = room.config.mode;
-                if refresh_space(
-                    now,
-                    space,
-                    &room.members,
-                    &self.participants,
-                    &room.selector,
-                    mode,
-                    &mut self.events,
-                ) {
-                    // The selector sees the new sets at once.
-                    room.selector.audibility_changed();
                 }
             }
             if room.selector.next_update().is_some_and(|t| t <= now)

@@ -37,6 +37,7 @@ pub mod limiter;
 
 mod input;
 mod output;
+mod spatial;
 mod tick;
 
 use std::collections::HashMap;
@@ -148,6 +149,11 @@ struct Member {
     last_sent: Option<(u32, Arc<[u8]>)>,
     next_seq: u64,
     ts_offset: u32,
+    /// Spatial rooms: what the member hears this tick (see [`spatial`]), its own stereo encoder (while
+    /// its packets come from it), and whose encoder its last packet came from.
+    spatial_key: Vec<spatial::KeyEntry>,
+    stereo: Option<OutEncoder>,
+    heard_from: Option<ParticipantId>,
 }
 
 /// One mixed room's mixing state.
@@ -168,6 +174,10 @@ pub struct Mixer {
     decode_buf: Vec<f32>,
     encoded: Box<[u8; MAX_OPUS]>,
     talkers: Vec<usize>,
+    /// This tick's talkers with their packet levels (−dBov).
+    talker_levels: Vec<(usize, u8)>,
+    /// A spatial room's interleaved stereo mix.
+    stereo_buf: Vec<f32>,
 }
 
 /// A microphone payload that is not a valid Opus packet.
@@ -198,6 +208,8 @@ impl Mixer {
             decode_buf: vec![0.0; MAX_PACKET_SAMPLES],
             encoded: Box::new([0u8; MAX_OPUS]),
             talkers: Vec::with_capacity(MAX_CSRCS),
+            talker_levels: Vec::with_capacity(MAX_CSRCS),
+            stereo_buf: vec![0.0; 2 * FRAME_SAMPLES],
         }
     }
 
@@ -247,6 +259,9 @@ impl Mixer {
             last_sent: None,
             next_seq: u64::from(seq),
             ts_offset,
+            spatial_key: Vec::new(),
+            stereo: None,
+            heard_from: None,
         });
     }
 
@@ -303,6 +318,19 @@ impl Mixer {
         stats: &mut MixStats,
         samples: &mut Samples,
     ) {
+        self.tick_in(now, out, stats, samples, None);
+    }
+
+    /// [`tick`](Self::tick) in a spatial room: each listener gets its own stereo mix of the talkers it
+    /// hears in `space` (see [`spatial`]).
+    pub fn tick_in(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<MixPacket>,
+        stats: &mut MixStats,
+        samples: &mut Samples,
+        space: Option<&crate::spatial::Space>,
+    ) {
         let mut ran = 0;
         while let Some(due) = self.next_tick.filter(|due| *due <= now) {
             if ran == MAX_CATCH_UP_TICKS {
@@ -316,7 +344,7 @@ impl Mixer {
             if now.saturating_duration_since(due) >= FRAME_DURATION {
                 stats.ticks_late += 1;
             }
-            self.tick_at(due, out, stats, samples);
+            self.tick_at(due, out, stats, samples, space);
             ran += 1;
         }
     }

@@ -281,3 +281,198 @@ fn bad_positions_are_refused_and_harm_no_one() {
         Err(CoreError::NotSpatial(_))
     ));
 }
+
+/// The gain the room's inverse fade (conversational 2, audible 40, intensity 1) gives at `d`, computed
+/// here from the formula in docs/protocol.md.
+fn inverse_gain(d: f64) -> f64 {
+    if d > 40.0 {
+        0.0
+    } else if d <= 2.0 {
+        1.0
+    } else {
+        2.0 / (2.0 + (d - 2.0))
+    }
+}
+
+/// Where a talker at `to` is for a listener at `from` facing `yaw_deg` (clockwise from +y): −1 left,
+/// +1 right.
+fn pan(from: (f64, f64), yaw_deg: f64, to: (f64, f64)) -> f64 {
+    let azimuth = (to.0 - from.0).atan2(to.1 - from.1) - yaw_deg.to_radians();
+    azimuth.sin()
+}
+
+/// Decode the stereo packets `client` received between `from` and `to` (arrival), in order: left and
+/// right PCM.
+fn stereo_between(sim: &Sim, client: usize, from: Instant, to: Instant) -> (Vec<f32>, Vec<f32>) {
+    let mut decoder =
+        opus::Decoder::new(48_000, opus::Channels::Stereo).expect("a stereo Opus decoder");
+    let mut buf = vec![0f32; 2 * 5760];
+    let (mut left, mut right) = (Vec::new(), Vec::new());
+    for r in &sim.clients[client].received {
+        // Decode everything (the decoder needs its history); keep the window.
+        let n = decoder
+            .decode_float(&r.payload, &mut buf, false)
+            .expect("the mix decodes");
+        if r.arrival >= from && r.arrival < to {
+            for frame in buf[..2 * n].chunks_exact(2) {
+                left.push(frame[0]);
+                right.push(frame[1]);
+            }
+        }
+    }
+    (left, right)
+}
+
+/// 50 players, 8 of them talking, in a spatial mixed room. They move to new places on scripted paths
+/// every 1.2 s, facing different ways; in the last 0.6 s of each stop every listener's stereo mix holds
+/// exactly the talkers in range, each at the level the fade model gives (±1.5 dB), on the side it is on
+/// (left/right energy as the equal-power pan gives it, ±1.5 dB), and nothing of those out of range or of
+/// itself.
+#[test]
+fn mix_renders_each_listener_its_own_stereo_scene() {
+    use media_core::audio::ToneAnalysis;
+    use media_core::MixSettings;
+
+    const PLAYERS: usize = 50;
+    const TALKERS: usize = 8;
+    const AMPLITUDE: f32 = 0.08;
+    let spatial = SpatialSettings {
+        audible_distance: 40.0,
+        conversational_distance: 2.0,
+        fade_intensity: 1.0,
+        fade_model: FadeModel::Inverse,
+        max_audible: 20,
+    };
+    // Stereo tones want bits: 64 kb/s (a room setting), as the ten-voice mono test.
+    let room = RoomSettings::mix(MixSettings {
+        bitrate_bps: 64_000,
+        ..MixSettings::default()
+    })
+    .with_spatial(spatial);
+    let voices: Vec<(f32, f32)> = (0..PLAYERS)
+        .map(|i| {
+            if i < TALKERS {
+                (FREQS[i], AMPLITUDE)
+            } else {
+                (0.0, 0.0)
+            }
+        })
+        .collect();
+    let mut sim = Sim::with_room(11, LinkConfig::with_delay(5.0), room, &voices);
+    sim.connect();
+    // Players 47–49 are a squad standing with player 10, facing its way: they hear the same mix, one
+    // shared encode.
+    let anchor = |i: usize| if i >= 47 { 10 } else { i };
+    let yaw = |i: usize| (anchor(i) as f64 * 47.0) % 360.0;
+    let stop = Duration::from_millis(1200);
+    let (mut checked, mut silent_checked, mut sides) = (0, 0, [0, 0]);
+    for phase in 0..4 {
+        // A stop on each player's path (the same circles as the forward test, in a 100 × 100 world).
+        let positions: Vec<(f64, f64)> = (0..PLAYERS)
+            .map(|i| {
+                let (x, y) = path(anchor(i), phase as f64 * 2.5);
+                (x * 100.0 / 120.0, y * 100.0 / 120.0)
+            })
+            .collect();
+        let now = sim.now;
+        for (i, &(x, y)) in positions.iter().enumerate() {
+            let id = sim.clients[i].id;
+            let p = Position::new(x, y, 1.7, yaw(i)).expect("in the world");
+            sim.core.set_position(now, id, p).expect("a spatial room");
+        }
+        sim.drain_core();
+        let start = sim.now;
+        sim.run_for(stop);
+        let window = (start + Duration::from_millis(600), start + stop);
+        for listener in 0..PLAYERS {
+            let heard: Vec<(usize, f64, f64)> = (0..TALKERS)
+                .filter(|&t| t != listener)
+                .map(|t| {
+                    let d = ruler(positions[listener], positions[t]);
+                    (
+                        t,
+                        inverse_gain(d),
+                        pan(positions[listener], yaw(listener), positions[t]),
+                    )
+                })
+                .filter(|&(_, g, _)| g > 0.0)
+                .collect();
+            let (left, right) = stereo_between(&sim, listener, window.0, window.1);
+            let what = format!("phase {phase}, listener {listener}");
+            if heard.is_empty() {
+                let energy: f32 = left.iter().chain(&right).map(|s| s * s).sum();
+                assert!(
+                    energy < 1e-3,
+                    "{what} hears nobody in range but got {} samples of energy {energy}",
+                    left.len()
+                );
+                silent_checked += 1;
+                continue;
+            }
+            assert!(
+                left.len() >= 48_000 * 55 / 100,
+                "{what}: only {} samples",
+                left.len()
+            );
+            let freqs = &FREQS[..TALKERS];
+            let (l, r) = (
+                ToneAnalysis::analyze(&left, 48_000, freqs),
+                ToneAnalysis::analyze(&right, 48_000, freqs),
+            );
+            for t in 0..TALKERS {
+                let (pl, pr) = (
+                    l.get(FREQS[t]).expect("a candidate").power,
+                    r.get(FREQS[t]).expect("a candidate").power,
+                );
+                let sent = AMPLITUDE * AMPLITUDE / 2.0;
+                let Some(&(_, gain, pan)) = heard.iter().find(|h| h.0 == t) else {
+                    assert!(
+                        (pl + pr) < sent * 0.003,
+                        "{what} hears talker {t} (out of range or itself) at {:.1} dB",
+                        10.0 * ((pl + pr) / sent).log10()
+                    );
+                    continue;
+                };
+                let want_db = 20.0 * gain.log10();
+                let got_db = 10.0 * (f64::from(pl + pr) / f64::from(sent)).log10();
+                assert!(
+                    (got_db - want_db).abs() <= 1.5,
+                    "{what}: talker {t} at {got_db:.2} dB, the fade model says {want_db:.2} dB"
+                );
+                // Equal-power pan: L = cos((p+1)π/4), R = sin((p+1)π/4).
+                let angle = (pan + 1.0) * std::f64::consts::FRAC_PI_4;
+                let (wl, wr) = (angle.cos().powi(2), angle.sin().powi(2));
+                if wl.min(wr) > 0.05 {
+                    let want = 10.0 * (wl / wr).log10();
+                    let got = 10.0 * (f64::from(pl) / f64::from(pr)).log10();
+                    assert!(
+                        (got - want).abs() <= 1.5,
+                        "{what}: talker {t} (pan {pan:.2}) L/R {got:.2} dB, expected {want:.2} dB"
+                    );
+                } else {
+                    // Nearly all on one side: that side has it.
+                    let (near, far) = if wl > wr { (pl, pr) } else { (pr, pl) };
+                    assert!(
+                        near > 10.0 * far,
+                        "{what}: talker {t} (pan {pan:.2}) on the wrong side"
+                    );
+                }
+                sides[usize::from(pan > 0.0)] += 1;
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100, "{checked} voices checked");
+    assert!(silent_checked > 0, "some listener out of everyone's range");
+    assert!(
+        sides[0] > 20 && sides[1] > 20,
+        "voices on both sides: {sides:?}"
+    );
+    let stats = &sim.core.stats().mix;
+    assert!(
+        stats.frames_encoded < stats.packets_sent,
+        "listeners who hear the same share an encode ({} encodes, {} packets)",
+        stats.frames_encoded,
+        stats.packets_sent
+    );
+}

@@ -103,8 +103,8 @@ impl SpatialSettings {
     /// The linear gain (0..=1) of a voice `distance` away: 0 beyond the audible distance, 1 within the
     /// conversational distance, the fade model between.
     pub fn gain_at(&self, distance: f64) -> f32 {
-        if !(distance <= self.audible_distance) {
-            return 0.0; // beyond, or NaN
+        if distance.is_nan() || distance > self.audible_distance {
+            return 0.0;
         }
         let c = self.conversational_distance;
         if distance <= c {

@@ -24,7 +24,7 @@ fn path(i: usize, t_secs: f64) -> (f64, f64) {
     let (cx, cy) = ((k * 37.0) % 120.0, (k * 53.0 + 11.0) % 120.0);
     let radius = 5.0 + (k * 7.0) % 20.0;
     let speed = 0.3 + (k * 0.13) % 0.6; // radians per second
-    let phase = k * 0.7 + t_secs * speed * if i % 2 == 0 { 1.0 } else { -1.0 };
+    let phase = k * 0.7 + t_secs * speed * if i.is_multiple_of(2) { 1.0 } else { -1.0 };
     (cx + radius * phase.cos(), cy + radius * phase.sin())
 }
 
@@ -419,10 +419,10 @@ fn mix_renders_each_listener_its_own_stereo_scene() {
                 ToneAnalysis::analyze(&left, 48_000, freqs),
                 ToneAnalysis::analyze(&right, 48_000, freqs),
             );
-            for t in 0..TALKERS {
+            for (t, freq) in freqs.iter().enumerate() {
                 let (pl, pr) = (
-                    l.get(FREQS[t]).expect("a candidate").power,
-                    r.get(FREQS[t]).expect("a candidate").power,
+                    l.get(*freq).expect("a candidate").power,
+                    r.get(*freq).expect("a candidate").power,
                 );
                 let sent = AMPLITUDE * AMPLITUDE / 2.0;
                 let Some(&(_, gain, pan)) = heard.iter().find(|h| h.0 == t) else {

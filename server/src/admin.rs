@@ -625,9 +625,24 @@ mod tests {
             r#"{"name": "a", "empty_timeout_secs": 100000}"#,
             r#"{"name": "a", "slots": 3}"#,
             r#"{"name": "a", "mode": "mix", "mix": {"complexity": 11}}"#,
+            r#"{"name": "a", "spatial": {"max_audible": 0}}"#,
+            r#"{"name": "a", "spatial": {"audible_distance": 0.5}}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        for bad in [
+            r#"{"name": "a", "spatial": {"fade_model": "cubic"}}"#,
+            r#"{"name": "a", "spatial": {"range": 4}}"#,
+            r#"{"name": "a", "spatial": null}"#,
+        ] {
+            assert!(serde_json::from_str::<CreateRoom>(bad).is_err(), "{bad}");
+        }
+        let spec = parse(r#"{"name": "a", "mode": "mix", "spatial": {"audible_distance": 50}}"#)
+            .expect("valid");
+        assert_eq!(spec.settings.mode, RoomMode::Mix);
+        let spatial = spec.settings.spatial.expect("spatial");
+        assert_eq!(spatial.audible_distance, 50.0);
+        assert_eq!(spatial.max_audible, SpatialSettings::default().max_audible);
         let err = parse(r#"{"name": "a", "mode": "mix", "mix": {"jitter_min_ms": 201}}"#)
             .expect_err("above the default jitter_max_ms");
         assert_eq!(

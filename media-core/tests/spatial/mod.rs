@@ -476,3 +476,103 @@ fn mix_renders_each_listener_its_own_stereo_scene() {
         stats.packets_sent
     );
 }
+
+/// Each fade model end to end: one talker, listeners lined up at distances from 1 to beyond the audible
+/// distance, half of them facing so the talker is on their left, half on their right; each hears it at the
+/// level its model gives (±1.5 dB) on the right side, or not at all beyond range.
+#[test]
+fn every_fade_model_sets_the_level_heard() {
+    use media_core::audio::ToneAnalysis;
+    use media_core::MixSettings;
+
+    const AMPLITUDE: f32 = 0.2;
+    let distances = [1.0, 3.0, 6.0, 10.0, 15.0, 19.0, 25.0];
+    let models = [
+        FadeModel::None,
+        FadeModel::Inverse,
+        FadeModel::Linear,
+        FadeModel::Exponential,
+    ];
+    for (m, model) in models.into_iter().enumerate() {
+        let spatial = SpatialSettings {
+            audible_distance: 20.0,
+            conversational_distance: 2.0,
+            fade_intensity: 1.5,
+            fade_model: model,
+            max_audible: 20,
+        };
+        // The same formulas as docs/protocol.md, written out here.
+        let (a, c, f) = (20.0f64, 2.0f64, 1.5f64);
+        let want = |d: f64| -> f64 {
+            if d > a {
+                0.0
+            } else if d <= c {
+                1.0
+            } else {
+                match model {
+                    FadeModel::None => 1.0,
+                    FadeModel::Inverse => c / (c + f * (d - c)),
+                    FadeModel::Linear => (1.0 - f * (d - c) / (a - c)).max(0.0),
+                    FadeModel::Exponential => (d / c).powf(-f),
+                }
+            }
+        };
+        let room = RoomSettings::mix(MixSettings::default()).with_spatial(spatial);
+        let mut voices = vec![(440.0, AMPLITUDE)];
+        voices.extend(std::iter::repeat_n((0.0, 0.0), 2 * distances.len()));
+        let mut sim = Sim::with_room(20 + m as u64, LinkConfig::with_delay(5.0), room, &voices);
+        sim.connect();
+        let now = sim.now;
+        let talker = Position::new(0.0, 0.0, 0.0, 0.0).expect("valid");
+        sim.core
+            .set_position(now, sim.clients[0].id, talker)
+            .expect("spatial");
+        for (k, &d) in distances.iter().enumerate() {
+            // On the +y axis, the talker (at the origin) is south: facing west (yaw 270) it is on the
+            // left, facing east (yaw 90) on the right.
+            for (side, yaw) in [(0, 270.0), (1, 90.0)] {
+                let i = 1 + 2 * k + side;
+                let p = Position::new(0.0, d, 0.0, yaw).expect("valid");
+                sim.core
+                    .set_position(now, sim.clients[i].id, p)
+                    .expect("spatial");
+            }
+        }
+        sim.drain_core();
+        let start = sim.now;
+        sim.run_for(Duration::from_millis(1500));
+        for (k, &d) in distances.iter().enumerate() {
+            for side in 0..2 {
+                let i = 1 + 2 * k + side;
+                let what = format!(
+                    "{model:?} at {d}, talker on the {}",
+                    ["left", "right"][side]
+                );
+                let (left, right) =
+                    stereo_between(&sim, i, start + Duration::from_millis(500), sim.now);
+                let gain = want(d);
+                if gain == 0.0 {
+                    assert!(left.is_empty(), "{what}: heard beyond range");
+                    continue;
+                }
+                let (l, r) = (
+                    ToneAnalysis::analyze(&left, 48_000, &[440.0]),
+                    ToneAnalysis::analyze(&right, 48_000, &[440.0]),
+                );
+                let (pl, pr) = (
+                    l.get(440.0).expect("a candidate").power,
+                    r.get(440.0).expect("a candidate").power,
+                );
+                let sent = AMPLITUDE * AMPLITUDE / 2.0;
+                let got_db = 10.0 * (f64::from(pl + pr) / f64::from(sent)).log10();
+                let want_db = 20.0 * gain.log10();
+                assert!(
+                    (got_db - want_db).abs() <= 1.5,
+                    "{what}: {got_db:.2} dB, the model says {want_db:.2} dB"
+                );
+                let (near, far) = if side == 0 { (pl, pr) } else { (pr, pl) };
+                assert!(near > 100.0 * far, "{what}: L {pl:e}, R {pr:e}");
+            }
+        }
+    }
+}

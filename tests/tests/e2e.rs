@@ -12,6 +12,7 @@ mod interop;
 mod ops;
 mod proxy;
 mod resume;
+mod spatial;
 mod speech;
 mod tcp;
 use media_core::audio;

@@ -214,6 +214,41 @@ fn whole_core(name: &str, players: usize, talkers: usize, room: RoomSettings, se
     );
 }
 
+/// Audible sets alone: `players`, all of them speakers (open microphones), spread over a square world
+/// `side` wide, all moving; one refresh (every 100 ms in a room).
+fn refresh_only(players: usize, side: f64) {
+    let start = support::epoch();
+    let mut space = Space::new(settings());
+    let ids: Vec<ParticipantId> = (0..players).map(|i| ParticipantId(i as u64)).collect();
+    let scale = side / 160.0;
+    let mut busy = Duration::ZERO;
+    let mut heard = 0usize;
+    let rounds = 20;
+    let mut changed = Vec::new();
+    for round in 0..rounds {
+        let now = start + Duration::from_millis(100 * round);
+        for (i, &id) in ids.iter().enumerate() {
+            let p = position(i % 1000, round as f64 * 0.1);
+            let shift = (i / 1000) as f64 * 160.0;
+            let p = Position::new(p.x * scale + shift, p.y * scale, 0.0, p.yaw_deg).expect("valid");
+            space.set_position(now, id, p).expect("valid");
+        }
+        changed.clear();
+        let started = wall();
+        space.refresh(now, &ids, &ids, &mut changed);
+        busy += wall() - started;
+        heard += ids.iter().map(|&id| space.audible(id).len()).sum::<usize>();
+    }
+    let per_refresh = busy / rounds as u32;
+    println!(
+        "{players:>8} {side:>8.0} {:>14.1} {:>12.1} {:>16.2}",
+        heard as f64 / (rounds as usize * players) as f64,
+        per_refresh.as_secs_f64() * 1e6,
+        // Ten refreshes a second.
+        10.0 * 100.0 * per_refresh.as_secs_f64(),
+    );
+}
+
 fn main() {
     println!("(a) mixer alone: 100 players moving, 10 talking; CPU per 20 ms tick (positions, decode, mix, encode)");
     println!("   mix players talkers complexity   µs/tick µs/player/20ms encodes/tick packets/tick players/core");
@@ -223,6 +258,14 @@ fn main() {
         }
         mixer_only(100, 10, 5, false, 10);
     }
+    println!();
+    println!(
+        "(c) audible sets alone: every player a speaker, all moving; one refresh (10 per second)"
+    );
+    println!(" players    world heard/listener  µs/refresh core% at 10 Hz");
+    refresh_only(1000, 160.0);
+    refresh_only(1000, 500.0);
+    refresh_only(5000, 500.0);
     println!();
     println!("(b) whole core (str0m SRTP/RTCP to every player; virtual time, no syscalls), positions every 100 ms");
     println!("room                         players talkers core%/1 core µs/player/20ms players/core forwarded/s  timers% positions%");

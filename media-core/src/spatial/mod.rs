@@ -15,7 +15,7 @@
 //!   `max_audible` of them: the nearest (ties: lower participant id);
 //! - nobody hears itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::ids::ParticipantId;
@@ -66,8 +66,9 @@ pub struct Space {
     /// When a position or the membership first changed since the last refresh.
     dirty_since: Option<Instant>,
     last_refresh: Option<Instant>,
-    /// Scratch for `refresh`.
+    /// Scratch for `refresh`: one listener's set, and the speakers near it with squared distances.
     scratch: Vec<Heard>,
+    near: Vec<(f64, ParticipantId, Position)>,
     /// The listeners and speakers of the last refresh.
     listeners: Vec<ParticipantId>,
     speakers: Vec<ParticipantId>,
@@ -82,6 +83,7 @@ impl Space {
             dirty_since: None,
             last_refresh: None,
             scratch: Vec::new(),
+            near: Vec::new(),
             listeners: Vec::new(),
             speakers: Vec::new(),
         }
@@ -131,13 +133,7 @@ impl Space {
         }
         let at = self.positions.get(&listener)?;
         let other = self.positions.get(&speaker)?;
-        let distance = at.distance(other);
-        let gain = self.settings.gain_at(distance);
-        (gain > 0.0).then(|| Hearing {
-            distance,
-            gain,
-            pan: at.pan_towards(other),
-        })
+        hear(&self.settings, at, other)
     }
 
     /// The speakers `listener` heard at the last refresh, nearest first (at most `max_audible`).
@@ -182,17 +178,59 @@ impl Space {
         self.dirty_since = None;
         self.last_refresh = Some(now);
         let max = usize::from(self.settings.max_audible);
-        self.audible.retain(|id, _| listeners.contains(id));
+        let present: HashSet<ParticipantId> = listeners.iter().copied().collect();
+        self.audible.retain(|id, _| present.contains(id));
+        // The placed speakers by grid cell, one audible distance wide: whoever a listener can hear is in
+        // its own cell or a neighbouring one, so a refresh costs O(listeners × speakers nearby), not
+        // O(listeners × speakers).
+        let cell = self.settings.audible_distance;
+        let cell_of = |p: &Position| [p.x, p.y, p.z].map(|v| (v / cell).floor() as i64);
+        let mut grid: HashMap<[i64; 3], Vec<(ParticipantId, Position)>> = HashMap::new();
+        for &speaker in speakers {
+            if let Some(p) = self.positions.get(&speaker) {
+                grid.entry(cell_of(p)).or_default().push((speaker, *p));
+            }
+        }
+        // Squared distances pre-select (with a hair of slack: `hear` has the last word at the border).
+        let reach = cell * cell * (1.0 + 1e-9);
+        let mut near = std::mem::take(&mut self.near);
         for &listener in listeners {
             let mut found = std::mem::take(&mut self.scratch);
             found.clear();
-            for &speaker in speakers {
-                if let Some(hearing) = self.hearing(listener, speaker) {
-                    found.push(Heard {
-                        speaker,
-                        position: self.positions[&speaker],
-                        hearing,
-                    });
+            near.clear();
+            if let Some(at) = self.positions.get(&listener) {
+                let [x, y, z] = cell_of(at);
+                for (dx, dy, dz) in NEIGHBOURS {
+                    let Some(cell) = grid.get(&[x + dx, y + dy, z + dz]) else {
+                        continue;
+                    };
+                    for &(speaker, position) in cell {
+                        let (ex, ey, ez) =
+                            (position.x - at.x, position.y - at.y, position.z - at.z);
+                        let squared = ex * ex + ey * ey + ez * ez;
+                        if speaker != listener && squared <= reach {
+                            near.push((squared, speaker, position));
+                        }
+                    }
+                }
+                // Only the nearest `max_audible` need their gain and pan (a fade is monotonic: if one of
+                // them fades to nothing, so does everyone farther).
+                let by_distance =
+                    |a: &(f64, ParticipantId, Position), b: &(f64, ParticipantId, Position)| {
+                        a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+                    };
+                if near.len() > max {
+                    near.select_nth_unstable_by(max, by_distance);
+                    near.truncate(max);
+                }
+                for &(_, speaker, position) in &near {
+                    if let Some(hearing) = hear(&self.settings, at, &position) {
+                        found.push(Heard {
+                            speaker,
+                            position,
+                            hearing,
+                        });
+                    }
                 }
             }
             found.sort_unstable_by(|a, b| {
@@ -201,7 +239,6 @@ impl Space {
                     .total_cmp(&b.hearing.distance)
                     .then(a.speaker.cmp(&b.speaker))
             });
-            found.truncate(max);
             let entry = self.audible.entry(listener).or_default();
             if *entry != found {
                 entry.clone_from(&found);
@@ -209,8 +246,36 @@ impl Space {
             }
             self.scratch = found;
         }
+        self.near = near;
         true
     }
+}
+
+/// The 27 grid cells around and including a listener's.
+const NEIGHBOURS: [(i64, i64, i64); 27] = {
+    let mut out = [(0, 0, 0); 27];
+    let mut i = 0;
+    while i < 27 {
+        out[i] = (
+            (i / 9) as i64 - 1,
+            ((i / 3) % 3) as i64 - 1,
+            (i % 3) as i64 - 1,
+        );
+        i += 1;
+    }
+    out
+};
+
+/// The rule: how a listener at `at` hears a voice at `other` (`None`: not at all). Placement, identity
+/// and `max_audible` are the callers' part.
+fn hear(settings: &SpatialSettings, at: &Position, other: &Position) -> Option<Hearing> {
+    let distance = at.distance(other);
+    let gain = settings.gain_at(distance);
+    (gain > 0.0).then(|| Hearing {
+        distance,
+        gain,
+        pan: at.pan_towards(other),
+    })
 }
 
 #[cfg(test)]

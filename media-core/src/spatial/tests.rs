@@ -123,3 +123,75 @@ impl WithX for Position {
         Position { x, ..self }
     }
 }
+
+/// The grid the refresh uses finds exactly what comparing every pair finds, across cell borders, in
+/// three dimensions and at the world's edges.
+#[test]
+fn refresh_finds_what_every_pair_finds() {
+    let now = t0();
+    let settings = SpatialSettings {
+        audible_distance: 7.0,
+        conversational_distance: 1.0,
+        fade_intensity: 1.0,
+        fade_model: FadeModel::Inverse,
+        max_audible: 1000,
+    };
+    let mut space = Space::new(settings);
+    let all = ids(300);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |span: f64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % 1_000_000) as f64 / 1_000_000.0 * span - span / 2.0
+    };
+    for (i, &id) in all.iter().enumerate() {
+        let p = if i < 10 {
+            // At the edge of the world, and exactly on cell borders.
+            Position::new(1.0e6 - i as f64 * 3.5, 7.0 * i as f64, 0.0, 0.0).expect("valid")
+        } else {
+            Position::new(next(60.0), next(60.0), next(10.0), next(360.0)).expect("valid")
+        };
+        space.set_position(now, id, p).expect("valid");
+    }
+    assert!(space.refresh(now, &all, &all[..150], &mut Vec::new()));
+    // The same world where each hears only its nearest three.
+    let mut nearest = Space::new(SpatialSettings {
+        max_audible: 3,
+        ..settings
+    });
+    for &id in &all {
+        let p = *space.position(id).expect("placed");
+        nearest.set_position(now, id, p).expect("valid");
+    }
+    assert!(nearest.refresh(now, &all, &all[..150], &mut Vec::new()));
+    for &listener in &all {
+        let mut want: Vec<Heard> = all[..150]
+            .iter()
+            .filter_map(|&s| {
+                space.hearing(listener, s).map(|hearing| Heard {
+                    speaker: s,
+                    position: *space.position(s).expect("placed"),
+                    hearing,
+                })
+            })
+            .collect();
+        want.sort_by(|a, b| {
+            a.hearing
+                .distance
+                .total_cmp(&b.hearing.distance)
+                .then(a.speaker.cmp(&b.speaker))
+        });
+        assert_eq!(space.audible(listener), want.as_slice(), "{listener:?}");
+        want.truncate(3);
+        assert_eq!(
+            nearest.audible(listener),
+            want.as_slice(),
+            "{listener:?}, nearest 3"
+        );
+    }
+    assert!(
+        all.iter().any(|&l| space.audible(l).len() > 3),
+        "a dense enough world"
+    );
+}

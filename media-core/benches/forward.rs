@@ -4,7 +4,8 @@
 //!
 //!     cargo bench -p media-core --bench forward
 //!
-//! Not a test: it asserts nothing and prints a table.
+//! Not a test: it asserts nothing and prints a table. `CHORUS_BENCH_ONLY=listeners,talkers,seconds` runs one
+//! row only (scripts/callgrind.sh counts instructions that way).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -48,7 +49,27 @@ fn run(listeners: usize, talkers: usize, seconds: u64) {
     );
 }
 
+/// `CHORUS_BENCH_ONLY=a,b,c` as numbers, if set.
+fn only_case() -> Option<(usize, usize, u64)> {
+    let v = std::env::var("CHORUS_BENCH_ONLY").ok()?;
+    let n: Vec<u64> = v
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .expect("CHORUS_BENCH_ONLY is three numbers")
+        })
+        .collect();
+    assert_eq!(n.len(), 3, "CHORUS_BENCH_ONLY is listeners,talkers,seconds");
+    Some((n[0] as usize, n[1] as usize, n[2]))
+}
+
 fn main() {
+    if let Some((listeners, talkers, seconds)) = only_case() {
+        println!("listeners talkers   rtp_in  forwarded  datagrams  µs/forwarded  core%/1 core  timers% wakeup/s");
+        run(listeners, talkers, seconds);
+        return;
+    }
     println!("media-core forwarding: CPU inside MediaCore per forwarded packet (virtual time, no syscalls)");
     println!("listeners talkers   rtp_in  forwarded  datagrams  µs/forwarded  core%/1 core  timers% wakeup/s");
     for (listeners, talkers) in [(10, 3), (50, 3), (200, 3), (500, 3)] {

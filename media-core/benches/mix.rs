@@ -138,7 +138,32 @@ fn whole_core(listeners: usize, talkers: usize, seconds: u64) {
     );
 }
 
+/// `CHORUS_BENCH_ONLY=mixer|core,listeners,talkers,seconds`: one row only (scripts/callgrind.sh).
+fn only_case() -> Option<(String, usize, usize, u64)> {
+    let v = std::env::var("CHORUS_BENCH_ONLY").ok()?;
+    let parts: Vec<&str> = v.split(',').map(str::trim).collect();
+    assert_eq!(
+        parts.len(),
+        4,
+        "CHORUS_BENCH_ONLY is mixer|core,listeners,talkers,seconds"
+    );
+    let n = |i: usize| -> u64 {
+        parts[i]
+            .parse()
+            .expect("CHORUS_BENCH_ONLY counts are numbers")
+    };
+    Some((parts[0].to_owned(), n(1) as usize, n(2) as usize, n(3)))
+}
+
 fn main() {
+    if let Some((what, listeners, talkers, seconds)) = only_case() {
+        match what.as_str() {
+            "mixer" => mixer_only(listeners, talkers, seconds),
+            "core" => whole_core(listeners, talkers, seconds),
+            other => panic!("CHORUS_BENCH_ONLY names mixer or core, not {other}"),
+        }
+        return;
+    }
     println!("mixer alone: CPU per 20 ms tick (jitter buffers, decode, mix, limiter, encode)");
     println!("listeners talkers   µs/tick   %/1 core   decodes/tick encodes/tick packets/tick");
     mixer_only(1000, 3, 10);

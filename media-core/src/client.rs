@@ -20,6 +20,21 @@ use crate::core::codec::{opus_only, opus_pt, red_mids, red_pt};
 use crate::core::peer::{PeerError, Transmit};
 use crate::red::{self, RedundantFrame};
 
+/// How many of its nominating checks' transaction ids a client that nominates once tracks.
+const NOMINATIONS_TRACKED: usize = 16;
+
+/// Whether `data` is a STUN binding request with USE-CANDIDATE.
+fn is_nominating_request(data: &[u8]) -> bool {
+    str0m::ice::StunMessage::parse(data).is_ok_and(|m| m.is_binding_request() && m.use_candidate())
+}
+
+/// The transaction id of a STUN message at least 20 bytes long.
+fn transaction_id(data: &[u8]) -> [u8; 12] {
+    let mut id = [0u8; 12];
+    id.copy_from_slice(&data[8..20]);
+    id
+}
+
 /// How a client peer is set up.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientConfig {
@@ -131,6 +146,16 @@ pub struct ClientPeer {
     seq: u64,
     ts: u32,
     connected: bool,
+    /// Nominate like Firefox: USE-CANDIDATE only until a nomination succeeded (see
+    /// [`ClientPeer::set_nominate_once`]).
+    nominate_once: bool,
+    /// Whether the server answered a nominating check of ours under the current ICE credentials.
+    nominated: bool,
+    /// Transaction ids of our latest nominating checks (at most [`NOMINATIONS_TRACKED`]), to recognise
+    /// the server's answer to one.
+    nominating: VecDeque<[u8; 12]>,
+    /// The server's ICE password from its answer: what our binding requests are signed with.
+    remote_ice_pwd: Option<String>,
 }
 
 impl ClientPeer {
@@ -157,6 +182,10 @@ impl ClientPeer {
             seq: 0,
             ts: 0,
             connected: false,
+            nominate_once: false,
+            nominated: false,
+            nominating: VecDeque::new(),
+            remote_ice_pwd: None,
         }
     }
 
@@ -238,6 +267,22 @@ impl ClientPeer {
         Ok((peer, answer.to_sdp_string()))
     }
 
+    /// Restart ICE (RFC 8445 §9, what `pc.restartIce()` does): new ICE credentials, the same m-lines,
+    /// streams and DTLS association. Returns the offer to send (as signaling's `offer`); apply the
+    /// server's answer with [`ClientPeer::accept_answer`]. Connectivity checks under the new
+    /// credentials start once the answer is applied.
+    pub fn restart_ice(&mut self) -> Result<String, PeerError> {
+        let mut change = self.rtc.sdp_api();
+        change.ice_restart(true);
+        let (offer, pending) = change
+            .apply()
+            .ok_or(PeerError::MissingMedia("an ICE restart offer"))?;
+        self.pending = Some(pending);
+        self.nominated = false;
+        self.nominating.clear();
+        Ok(offer.to_sdp_string())
+    }
+
     /// Apply the server's answer.
     pub fn accept_answer(&mut self, answer_sdp: &str) -> Result<(), PeerError> {
         let answer =
@@ -248,6 +293,10 @@ impl ClientPeer {
             .ok_or(PeerError::BadSdp("an answer was already applied".into()))?;
         let red_mids = red_mids!(answer);
         self.rtc.sdp_api().accept_answer(pending, answer)?;
+        self.remote_ice_pwd = answer_sdp
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("a=ice-pwd:"))
+            .map(str::to_owned);
         self.mic_pt = opus_pt(&self.rtc, self.mic_mid);
         self.mic_red_pt = red_mids
             .contains(&self.mic_mid)
@@ -258,6 +307,43 @@ impl ClientPeer {
 
     pub fn is_connected(&self) -> bool {
         self.connected
+    }
+
+    /// Nominate the way Firefox does: USE-CANDIDATE on the checks until the server answers one, and
+    /// never again under the same ICE credentials (an ICE restart nominates afresh), so the later checks (consent freshness, RFC 7675) are plain binding requests, also after the
+    /// client's NAT maps it to a new address. str0m (and Chromium) put USE-CANDIDATE on every check of
+    /// the nominated pair. Each later request is signed afresh with the server's ICE password (same
+    /// transaction id, so our agent takes the reply): its integrity holds, as a real client's would.
+    pub fn set_nominate_once(&mut self, on: bool) {
+        self.nominate_once = on;
+    }
+
+    /// `request` without USE-CANDIDATE, signed again with the server's ICE password; `None` for anything
+    /// but a nominating binding request of ours.
+    fn without_nomination(&self, request: &[u8]) -> Option<Vec<u8>> {
+        use str0m::ice::StunMessage;
+        let password = self.remote_ice_pwd.as_deref()?;
+        let message = StunMessage::parse(request).ok()?;
+        if !message.is_binding_request() || !message.use_candidate() {
+            return None;
+        }
+        let plain = StunMessage::binding_request(
+            message.username()?,
+            message.trans_id(),
+            true,
+            message.ice_controlling()?,
+            message.prio()?,
+            false,
+        );
+        let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
+        let mut buf = vec![0u8; request.len()];
+        let n = plain
+            .to_bytes(Some(password.as_bytes()), &mut buf, |key, parts| {
+                hmac.sha1_hmac(key, parts)
+            })
+            .ok()?;
+        buf.truncate(n);
+        Some(buf)
     }
 
     /// The SSRC our microphone packets carry (what a subscriber sees as CSRC).
@@ -289,6 +375,14 @@ impl ClientPeer {
         let Ok(contents) = data.try_into() else {
             return Ok(());
         };
+        // A success response (0x0101) to one of our nominating checks: the server took the nomination.
+        if self.nominate_once
+            && data.len() >= 20
+            && data[..2] == [0x01, 0x01]
+            && self.nominating.contains(&transaction_id(data))
+        {
+            self.nominated = true;
+        }
         self.rtc.handle_input(Input::Receive(
             now,
             Receive {
@@ -421,11 +515,25 @@ impl ClientPeer {
             match self.rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(ClientOutput::Timeout(t)),
                 Output::Transmit(t) => {
+                    let mut contents: Vec<u8> = t.contents.into();
+                    if self.nominate_once && is_nominating_request(&contents) {
+                        if self.nominated {
+                            if let Some(plain) = self.without_nomination(&contents) {
+                                contents = plain;
+                            }
+                        } else {
+                            if self.nominating.len() == NOMINATIONS_TRACKED {
+                                self.nominating.pop_front();
+                            }
+                            self.nominating.push_back(transaction_id(&contents));
+                        }
+                    }
                     return Ok(ClientOutput::Transmit(Transmit {
                         destination: t.destination,
-                        contents: t.contents.into(),
-                    }))
+                        contents,
+                    }));
                 }
+
                 Output::Event(Event::Connected) => {
                     self.connected = true;
                     return Ok(ClientOutput::Connected);

@@ -36,7 +36,7 @@ pub use crate::testkit::sim;
 
 pub use crate::core::{CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output};
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
-pub use stats::{CoreStats, DropReason, MixStats, Samples};
+pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples};
 pub use vocab::{
     FadeModel, MixSettings, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
     SpatialError, SpatialSettings,

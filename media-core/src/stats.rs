@@ -51,6 +51,28 @@ impl DropReason {
     }
 }
 
+/// Why the media of a peer moved to another of the client's paths (see [`crate::core::peer::Peer::client_path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathMove {
+    /// The client nominated the new path (a verified binding request with USE-CANDIDATE).
+    Nomination,
+    /// The old path went silent and the client's verified consent checks came from the new one: a client
+    /// that nominates only once (Firefox) after its NAT rebound it.
+    Silence,
+}
+
+impl PathMove {
+    pub const ALL: [PathMove; 2] = [PathMove::Nomination, PathMove::Silence];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathMove::Nomination => "nomination",
+            PathMove::Silence => "silence",
+        }
+    }
+}
+
 /// Monotonic counters of one core.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CoreStats {
@@ -73,6 +95,8 @@ pub struct CoreStats {
     pub nacks_received: u64,
     /// RTCP NACKs str0m sent to publishers.
     pub nacks_sent: u64,
+    /// Peers whose media moved to another path of their client, by [`PathMove`].
+    pub path_moves: [u64; PathMove::ALL.len()],
     /// Mixed rooms' counters.
     pub mix: MixStats,
 }
@@ -139,6 +163,14 @@ impl CoreStats {
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
     }
+
+    pub fn path_moved(&mut self, cause: PathMove) {
+        self.path_moves[cause as usize] += 1;
+    }
+
+    pub fn path_moves(&self, cause: PathMove) -> u64 {
+        self.path_moves[cause as usize]
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +184,11 @@ mod tests {
             assert_eq!(*r as usize, i);
             s.drop(*r);
             assert_eq!(s.dropped(*r), 1);
+        }
+        for (i, m) in PathMove::ALL.iter().enumerate() {
+            assert_eq!(*m as usize, i);
+            s.path_moved(*m);
+            assert_eq!(s.path_moves(*m), 1);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! time their own loop (forwarding latency, mixer ticks, busy time). No per-room or per-participant labels:
 //! the only label with more than a handful of values is `worker`, bounded by the core count.
 
-use media_core::{CoreStats, DropReason, Samples};
+use media_core::{CoreStats, DropReason, PathMove, Samples};
 use prometheus::{
     Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry,
@@ -42,6 +42,7 @@ pub struct MediaMetrics {
     pub events_dropped: IntCounter,
     pub nacks_received: IntCounter,
     pub nacks_sent: IntCounter,
+    pub path_moves: IntCounterVec,
     pub rtt: Histogram,
     pub jitter: Histogram,
     pub forwarding_latency: Histogram,
@@ -99,6 +100,7 @@ fn histogram(
 impl MediaMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let drop_reasons: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        let move_causes: Vec<&str> = PathMove::ALL.iter().map(|m| m.as_str()).collect();
         let tcp_reasons: Vec<&str> = crate::tcp::CloseReason::COUNTED
             .iter()
             .map(|r| r.as_str())
@@ -194,6 +196,13 @@ impl MediaMetrics {
                 registry,
                 "chorus_rtcp_nacks_received_total",
                 "RTCP NACKs received from subscribers (retransmission requests for the server's streams).",
+            )?,
+            path_moves: counter_vec(
+                registry,
+                "chorus_media_path_moves_total",
+                "Peers whose media moved to another path of their client, by cause.",
+                "cause",
+                &move_causes,
             )?,
             nacks_sent: counter(
                 registry,
@@ -331,6 +340,12 @@ impl MediaMetrics {
         self.nacks_received
             .inc_by(d(before.nacks_received, now.nacks_received));
         self.nacks_sent.inc_by(d(before.nacks_sent, now.nacks_sent));
+        for m in PathMove::ALL {
+            let n = d(before.path_moves(m), now.path_moves(m));
+            if n > 0 {
+                self.path_moves.with_label_values(&[m.as_str()]).inc_by(n);
+            }
+        }
         let (b, n) = (&before.mix, &now.mix);
         self.mixer_ticks.inc_by(d(b.ticks, n.ticks));
         self.mixer_ticks_late.inc_by(d(b.ticks_late, n.ticks_late));
@@ -512,7 +527,10 @@ mod tests {
         };
         now.mix.concealed_plc = 2;
         now.mix.recovered_red = 3;
+        now.path_moved(PathMove::Silence);
         m.add_delta(&CoreStats::default(), &now);
+        assert_eq!(m.path_moves.with_label_values(&["silence"]).get(), 1);
+        assert_eq!(m.path_moves.with_label_values(&["nomination"]).get(), 0);
         assert_eq!(m.nacks_received.get(), 3);
         assert_eq!(m.concealed.with_label_values(&["plc"]).get(), 2);
         assert_eq!(m.concealed.with_label_values(&["red"]).get(), 3);

@@ -3,7 +3,8 @@
 // test's own (lib/netns.js) where the server binds and advertises 198.51.100.1. Firefox's fake microphone
 // plays a sine of FOX.freq (media.navigator.audio.fake_frequency), Chromium's a WAV sine of CHROME.freq;
 // each must hear the other's pitch (AnalyserNode on the received audio, inbound-rtp packets) and not its own.
-// Last, the README's loopback start: Firefox's call fails, and the page explains why.
+// Then the README's loopback start: Firefox's call fails, and the page explains why. Last, a NAT rebinding:
+// Firefox nominates its path only once, so only its consent checks from the new port can bring its audio back.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -14,6 +15,7 @@ import {
 import { launchFirefox, startPulse } from './lib/firefox.js';
 import { createNetns } from './lib/netns.js';
 import { startServer } from './lib/server.js';
+import { startRebindingNat } from './lib/udp-rebind.js';
 
 const FOX = { name: 'Fox', freq: 750 };
 const CHROME = { name: 'Chrome', freq: 440, amplitude: 0.3 };
@@ -36,6 +38,8 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
   let chrome = null;
   /** @type {import('./lib/server.js').ChorusServer|null} */
   let server = null;
+  /** @type {{rebind: () => Promise<string[]>, stop: () => void}|null} */
+  let nat = null;
   const tmp = makeTempDir('chorus-firefox-');
   const t0 = Date.now();
 
@@ -77,6 +81,7 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
   });
 
   after(async () => {
+    if (nat) nat.stop();
     if (fox) await fox.close();
     if (chrome) await chrome.close();
     if (server) await server.stop();
@@ -209,5 +214,71 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
       return { ok: heard > HEARD_DB && x.powerAt[FOX.freq] <= heard - ABSENT_DB, ...x };
     }, { timeoutMs: 25000, intervalMs: 0 });
     console.log(`default start: Firefox hears powerAt ${JSON.stringify(m.powerAt)}`);
+  }));
+
+  // Issue 12 item 5: Firefox puts USE-CANDIDATE on its checks only until it connects, so after its NAT maps
+  // it to a new port only its plain consent checks come from there. The server moves the media to them once
+  // nothing has arrived over the old path for 2 s (chorus_media_path_moves_total{cause="silence"}).
+  it('forward: after its NAT maps it to a new port, Firefox hears Chromium again', () => withDiagnostics(async () => {
+    if (server) await server.stop();
+    server = null;
+    server = await startServer({ netns: /** @type {any} */ (ns), httpPort: HTTP_PORT, workers: 1, slots: 3,
+      extraArgs: ['--room-mode', 'forward'] });
+    const n = /** @type {import('./lib/netns.js').Netns} */ (ns);
+    nat = await startRebindingNat(n, server.mediaPort);
+    const room = 'firefox-rebinding';
+    const c = /** @type {import('./lib/browser.js').Participant} */ (chrome);
+    const q = new URLSearchParams({ room, name: FOX.name, autojoin: '1', processing: '0' });
+    await Promise.all([
+      /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.navigate(`${server.url}/?${q}`),
+      openDemo(c, server.url, room),
+    ]);
+    await pollUntil('Firefox to connect', async () => {
+      const st = await foxEval(`window.chorusDemo ? { status: chorusDemo.status,
+        state: chorusDemo.room && chorusDemo.room.connectionState } : { status: 'no chorusDemo' }`);
+      return { ok: st.status === 'joined' && st.state === 'connected', ...st };
+    }, { timeoutMs: 30000, intervalMs: 250 });
+    await waitConnected(c, 30000);
+    const hearsChrome = async (/** @type {string} */ what) => pollUntil(what, async () => {
+      const x = await foxEval(`chorusDemo.measure(1200, { freqs: ${JSON.stringify(FREQS)} })`);
+      const heard = x.powerAt[CHROME.freq];
+      return { ok: heard > HEARD_DB && x.powerAt[FOX.freq] <= heard - ABSENT_DB, ...x };
+    }, { timeoutMs: 25000, intervalMs: 0 });
+    await hearsChrome(`Firefox to hear ${CHROME.freq} Hz through the NAT`);
+    const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
+    const moves = async (/** @type {string} */ cause) => {
+      const { body } = await n.httpGet(`${srv.url}/metrics`);
+      const m = body.match(new RegExp(`^chorus_media_path_moves_total\\{cause="${cause}"\\} (\\S+)$`, 'm'));
+      assert.ok(m, `chorus_media_path_moves_total{cause="${cause}"} is exported`);
+      return Number(m[1]);
+    };
+    const packets = async () => (await foxEval('chorusDemo.inboundAudioStats()'))
+      .reduce((/** @type {number} */ a, /** @type {any} */ s) => a + s.packetsReceived, 0);
+    const silenceBefore = await moves('silence');
+
+    const rebound = await /** @type {any} */ (nat).rebind();
+    const t = Date.now();
+    await new Promise((res) => setTimeout(res, 300));
+    const p0 = await packets();
+    await new Promise((res) => setTimeout(res, 1000));
+    const p1 = await packets();
+    const moved = await pollUntil('the server to move Firefox\'s media to its new port', async () => {
+      const silence = await moves('silence');
+      return { ok: silence > silenceBefore, silence };
+    }, { timeoutMs: 15000, intervalMs: 100 });
+    const movedAfterMs = Date.now() - t;
+    await hearsChrome(`Firefox to hear ${CHROME.freq} Hz again`);
+    const hearsAfterMs = Date.now() - t;
+    console.log(`rebinding ${JSON.stringify(rebound)}: Firefox received ${p1 - p0} packets in the second after ` +
+      `it; media moved after ${movedAfterMs} ms (silence moves ${silenceBefore} -> ${moved.silence}), Firefox ` +
+      `hears ${CHROME.freq} Hz again ${hearsAfterMs} ms after the rebinding (including a 1.2 s measurement)`);
+    assert.ok(rebound.length >= 1, 'the NAT had Firefox\'s mapping to rebind');
+    assert.ok(p1 - p0 < 10, `the old port is dead: ${p1 - p0} packets in the second after the rebinding`);
+    // Firefox checks consent every ~5 s: the first check at least 2 s after the rebinding moves the media.
+    assert.ok(movedAfterMs < 9000, `media moved ${movedAfterMs} ms after the rebinding`);
+    const st = await foxEval('chorusDemo.room && chorusDemo.room.connectionState');
+    assert.equal(st, 'connected', 'Firefox stayed connected');
+    nat.stop();
+    nat = null;
   }));
 });

@@ -489,6 +489,10 @@ enum MediaCommand {
         samples: Arc<[f32]>,
         expected_loss_percent: i32,
     },
+    /// Start an ICE restart: the offer comes back.
+    RestartIce(tokio::sync::oneshot::Sender<anyhow::Result<String>>),
+    /// Apply the server's answer to the restart offer.
+    Answer(String, tokio::sync::oneshot::Sender<anyhow::Result<()>>),
 }
 
 /// A str0m client peer over a real UDP socket that sends a tone or speech and decodes what it receives.
@@ -556,6 +560,23 @@ impl AudioClient {
         signal: &mut Signal,
         options: MediaOptions,
     ) -> anyhow::Result<AudioClient> {
+        Self::start_inner(signal, options, false).await
+    }
+
+    /// As [`AudioClient::start_with`], with a client that nominates like Firefox: USE-CANDIDATE only until
+    /// it connects, plain consent checks after that ([`ClientPeer::set_nominate_once`]).
+    pub async fn start_nominating_once(
+        signal: &mut Signal,
+        options: MediaOptions,
+    ) -> anyhow::Result<AudioClient> {
+        Self::start_inner(signal, options, true).await
+    }
+
+    async fn start_inner(
+        signal: &mut Signal,
+        options: MediaOptions,
+        nominate_once: bool,
+    ) -> anyhow::Result<AudioClient> {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local = socket.local_addr()?;
         let (mut peer, offer) = ClientPeer::new(
@@ -576,6 +597,7 @@ impl AudioClient {
             answer = candidates_via(&answer, via);
         }
         peer.accept_answer(&answer)?;
+        peer.set_nominate_once(nominate_once);
         let heard = Arc::new(Mutex::new(Heard {
             ear: options.play_slot.map(|_| Ear::default()),
             ..Heard::default()
@@ -627,6 +649,28 @@ impl AudioClient {
                 expected_loss_percent,
             })
             .map_err(|_| anyhow!("the media task has ended"))
+    }
+
+    /// Restart ICE on the running peer (RFC 8445 §9, what a browser's `pc.restartIce()` does): its new
+    /// offer goes through `signal`, the answer (new server ICE credentials) back to the peer. Returns the
+    /// answer's SDP.
+    pub async fn restart_ice(&self, signal: &mut Signal) -> anyhow::Result<String> {
+        let (offer_tx, offer_rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(MediaCommand::RestartIce(offer_tx))
+            .map_err(|_| anyhow!("the media task has ended"))?;
+        let offer = offer_rx.await??;
+        let answer = signal
+            .client()
+            .offer(&offer, Duration::from_secs(5))
+            .await?
+            .sdp;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(MediaCommand::Answer(answer.clone(), done_tx))
+            .map_err(|_| anyhow!("the media task has ended"))?;
+        done_rx.await??;
+        Ok(answer)
     }
 
     /// Wait until the PCM given to [`speak`](Self::speak) has all been sent.
@@ -710,6 +754,15 @@ impl Media {
                         }
                         let encoder = BrowserEncoder::new(samples, expected_loss_percent)?;
                         self.speech = Some((encoder, Instant::now()));
+                    }
+                    MediaCommand::RestartIce(reply) => {
+                        let _ = reply.send(self.peer.restart_ice().map_err(Into::into));
+                    }
+                    MediaCommand::Answer(mut sdp, reply) => {
+                        if let Some(via) = self.options.via {
+                            sdp = candidates_via(&sdp, via);
+                        }
+                        let _ = reply.send(self.peer.accept_answer(&sdp).map_err(Into::into));
                     }
                 },
                 _ = stop.changed() => return Ok(()),

@@ -50,6 +50,8 @@ pub struct ProxyStats {
     pub reordered: AtomicU64,
     /// STUN binding requests the client sent (its connectivity and consent checks).
     pub binding_requests: AtomicU64,
+    /// Of `binding_requests`: those with USE-CANDIDATE (the client nominating the path).
+    pub nominations: AtomicU64,
     pub duplicated: AtomicU64,
 }
 
@@ -242,6 +244,20 @@ impl Proxy {
     }
 }
 
+/// Whether a STUN message has a USE-CANDIDATE attribute (0x0025).
+fn has_use_candidate(message: &[u8]) -> bool {
+    let mut at = 20;
+    while let Some(header) = message.get(at..at + 4) {
+        let kind = u16::from_be_bytes([header[0], header[1]]);
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        if kind == 0x0025 {
+            return true;
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    false
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.upstream.abort();
@@ -277,6 +293,9 @@ impl Direction {
             let data = buf[..n].to_vec();
             if data.len() >= 20 && data[..2] == [0x00, 0x01] {
                 stats.binding_requests.fetch_add(1, Ordering::Relaxed);
+                if has_use_candidate(&data) {
+                    stats.nominations.fetch_add(1, Ordering::Relaxed);
+                }
                 *self
                     .shared
                     .binding_request

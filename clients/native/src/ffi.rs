@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, MutexGuard};
 
@@ -161,13 +161,37 @@ struct GameSide {
 }
 
 thread_local! {
-    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// The last failed call's message on this thread, NUL-terminated; empty before the first failure. The
+    /// buffer is reused, so a failing call on the audio path (pulling a participant that left, a busy
+    /// direction) does not allocate once the buffer has grown to the longest message.
+    static LAST_ERROR: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Why a call failed, before it becomes a code.
+/// Why a call failed, before it becomes a code. Its message is formatted only into [`LAST_ERROR`].
 struct Failure {
     code: ChorusError,
-    message: String,
+    why: Why,
+}
+
+/// A failure's message, kept as values (no `String`) so that building one does not allocate.
+enum Why {
+    Text(&'static str),
+    /// An argument (`what`) and what is wrong with it.
+    Argument {
+        what: &'static str,
+        problem: &'static str,
+    },
+    Sdk(Error),
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Text(text) => f.write_str(text),
+            Why::Argument { what, problem } => write!(f, "{what} {problem}"),
+            Why::Sdk(e) => e.fmt(f),
+        }
+    }
 }
 
 impl From<Error> for Failure {
@@ -188,22 +212,38 @@ impl From<Error> for Failure {
         };
         Failure {
             code,
-            message: e.to_string(),
+            why: Why::Sdk(e),
         }
     }
 }
 
-fn failure(code: ChorusError, message: impl Into<String>) -> Failure {
+fn failure(code: ChorusError, text: &'static str) -> Failure {
     Failure {
         code,
-        message: message.into(),
+        why: Why::Text(text),
     }
 }
 
-fn set_last_error(message: &str) {
-    let message = CString::new(message.replace('\0', " "))
-        .expect("a string without NUL bytes converts to a C string");
-    LAST_ERROR.with(|last| *last.borrow_mut() = message);
+fn bad_argument(code: ChorusError, what: &'static str, problem: &'static str) -> Failure {
+    Failure {
+        code,
+        why: Why::Argument { what, problem },
+    }
+}
+
+/// Format `message` into this thread's reused [`LAST_ERROR`] buffer (NUL bytes become spaces).
+fn set_last_error(message: &dyn std::fmt::Display) {
+    use std::io::Write;
+    LAST_ERROR.with(|last| {
+        let mut buf = last.borrow_mut();
+        buf.clear();
+        // Writing into a Vec cannot fail.
+        let _ = write!(buf, "{message}");
+        for b in buf.iter_mut().filter(|b| **b == 0) {
+            *b = b' ';
+        }
+        buf.push(0);
+    });
 }
 
 /// Run `body`, turning its error or panic into a code (and the thread's last error message).
@@ -211,16 +251,16 @@ fn guard(body: impl FnOnce() -> Result<(), Failure>) -> ChorusError {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => ChorusError::Ok,
         Ok(Err(f)) => {
-            set_last_error(&f.message);
+            set_last_error(&f.why);
             f.code
         }
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or_default();
-            set_last_error(&format!("the SDK panicked: {what}"));
+            set_last_error(&format_args!("the SDK panicked: {what}"));
             ChorusError::Panic
         }
     }
@@ -246,21 +286,24 @@ unsafe fn client<'a>(handle: *const ChorusClient) -> Result<&'a ChorusClient, Fa
 ///
 /// # Safety
 /// `s` is null or a NUL-terminated string valid for the call.
-unsafe fn string<'a>(s: *const c_char, what: &str) -> Result<&'a str, Failure> {
+unsafe fn string<'a>(s: *const c_char, what: &'static str) -> Result<&'a str, Failure> {
     if s.is_null() {
-        return Err(failure(ChorusError::Null, format!("{what} is null")));
+        return Err(bad_argument(ChorusError::Null, what, "is null"));
     }
     // SAFETY: non-null, and the caller guarantees NUL termination.
     unsafe { CStr::from_ptr(s) }
         .to_str()
-        .map_err(|_| failure(ChorusError::Utf8, format!("{what} is not UTF-8")))
+        .map_err(|_| bad_argument(ChorusError::Utf8, what, "is not UTF-8"))
 }
 
 /// An optional string argument (null: `None`).
 ///
 /// # Safety
 /// As [`string`].
-unsafe fn optional_string<'a>(s: *const c_char, what: &str) -> Result<Option<&'a str>, Failure> {
+unsafe fn optional_string<'a>(
+    s: *const c_char,
+    what: &'static str,
+) -> Result<Option<&'a str>, Failure> {
     if s.is_null() {
         return Ok(None);
     }
@@ -272,12 +315,12 @@ unsafe fn optional_string<'a>(s: *const c_char, what: &str) -> Result<Option<&'a
 ///
 /// # Safety
 /// `ptr` is null or valid for `len` elements for the call.
-unsafe fn slice<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [T], Failure> {
+unsafe fn slice<'a, T>(ptr: *const T, len: usize, what: &'static str) -> Result<&'a [T], Failure> {
     if len == 0 {
         return Ok(&[]);
     }
     if ptr.is_null() {
-        return Err(failure(ChorusError::Null, format!("{what} is null")));
+        return Err(bad_argument(ChorusError::Null, what, "is null"));
     }
     // SAFETY: non-null, and the caller guarantees `len` valid elements.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
@@ -287,12 +330,16 @@ unsafe fn slice<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [T],
 ///
 /// # Safety
 /// `ptr` is null or valid for writing `len` elements for the call, and not aliased.
-unsafe fn slice_mut<'a, T>(ptr: *mut T, len: usize, what: &str) -> Result<&'a mut [T], Failure> {
+unsafe fn slice_mut<'a, T>(
+    ptr: *mut T,
+    len: usize,
+    what: &'static str,
+) -> Result<&'a mut [T], Failure> {
     if len == 0 {
         return Ok(&mut []);
     }
     if ptr.is_null() {
-        return Err(failure(ChorusError::Null, format!("{what} is null")));
+        return Err(bad_argument(ChorusError::Null, what, "is null"));
     }
     // SAFETY: non-null, and the caller guarantees `len` writable, unaliased elements.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
@@ -313,7 +360,14 @@ unsafe fn put<T>(out: *mut T, value: T) {
 /// this thread.
 #[no_mangle]
 pub extern "C" fn chorus_last_error_message() -> *const c_char {
-    LAST_ERROR.with(|last| last.borrow().as_ptr())
+    LAST_ERROR.with(|last| {
+        let last = last.borrow();
+        if last.is_empty() {
+            c"".as_ptr()
+        } else {
+            last.as_ptr().cast()
+        }
+    })
 }
 
 /// Fill `out` with the defaults: 48 kHz mono in and out, 32 kb/s, FEC on, DTX off, 200 ms rings, both
@@ -920,6 +974,76 @@ mod tests {
             let mut stats = ChorusStats::default();
             assert_eq!(chorus_client_stats(client, &mut stats), ChorusError::Ok);
             assert_eq!(stats.mic_dropped, 0);
+            assert_eq!(chorus_client_free(client), ChorusError::Ok);
+        }
+    }
+
+    /// Counts this thread's allocations, so a test can show that a call does not allocate.
+    struct CountingAlloc;
+
+    thread_local! {
+        static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: forwards to the system allocator unchanged; the counter is a const-initialised thread local
+    // without a destructor, so touching it never allocates.
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+            // SAFETY: per GlobalAlloc's contract, forwarded.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: per GlobalAlloc's contract, forwarded.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+            // SAFETY: per GlobalAlloc's contract, forwarded.
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: CountingAlloc = CountingAlloc;
+
+    #[test]
+    fn failing_audio_calls_do_not_allocate() {
+        // SAFETY: every pointer is null or valid, the client is freed once.
+        unsafe {
+            let mut config = std::mem::zeroed::<ChorusConfig>();
+            assert_eq!(chorus_config_default(&mut config), ChorusError::Ok);
+            let client = chorus_client_new(&config);
+            assert!(!client.is_null());
+            let mut out = [0.0f32; 480];
+            let mut filled = 0usize;
+            let mut pull_unknown = || {
+                chorus_client_pull_participant_f32(
+                    client,
+                    c"PA_gone".as_ptr(),
+                    out.as_mut_ptr(),
+                    out.len(),
+                    &mut filled,
+                )
+            };
+            // The first failure on this thread grows the message buffer.
+            assert_eq!(pull_unknown(), ChorusError::UnknownParticipant);
+            let before = ALLOCATIONS.with(|n| n.get());
+            assert!(before > 0, "the counter sees this thread's allocations");
+            for _ in 0..100 {
+                assert_eq!(pull_unknown(), ChorusError::UnknownParticipant);
+                assert_eq!(
+                    chorus_client_pull_mixed_f32(client, null_mut(), 4, null_mut()),
+                    ChorusError::Null
+                );
+            }
+            assert_eq!(ALLOCATIONS.with(|n| n.get()) - before, 0);
+            assert_eq!(last_error(), "out is null");
             assert_eq!(chorus_client_free(client), ChorusError::Ok);
         }
     }

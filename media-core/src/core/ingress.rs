@@ -90,7 +90,8 @@ impl MediaCore {
             }
         }
         match p.peer.handle_datagram(now, path, data) {
-            Ok(()) => {}
+            Ok(None) => {}
+            Ok(Some(cause)) => self.stats.path_moved(cause),
             Err(PeerError::Panicked) => {
                 self.stats.drop(DropReason::Malformed);
                 self.disconnect(id, "webrtc stack fault");

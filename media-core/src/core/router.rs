@@ -166,12 +166,15 @@ pub(crate) fn is_stun(data: &[u8]) -> bool {
     data.len() >= STUN_HEADER_LEN && data[0] < 2 && data[4..8] == STUN_MAGIC_COOKIE
 }
 
+/// Whether `data` is a binding request (a connectivity or consent check). Says nothing about its integrity.
+pub(crate) fn is_binding_request(data: &[u8]) -> bool {
+    is_stun(data) && data[..2] == BINDING_REQUEST
+}
+
 /// Whether `data` is a binding request carrying USE-CANDIDATE: the controlling client nominates the path
 /// it arrived on (RFC 8445 §7.2.5.1, §8.1.1). Says nothing about its integrity: the peer checks that.
 pub(crate) fn is_nomination(data: &[u8]) -> bool {
-    is_stun(data)
-        && data[..2] == BINDING_REQUEST
-        && stun_attribute(data, ATTR_USE_CANDIDATE).is_some()
+    is_binding_request(data) && stun_attribute(data, ATTR_USE_CANDIDATE).is_some()
 }
 
 /// The part of the USERNAME attribute before the colon: our own ufrag (RFC 8445 §7.2.2).

@@ -6,6 +6,7 @@
 //! count. Real-time: named `real_udp_` so that `scripts/test.sh` runs them one at a time in the pass of its
 //! own, and each holds [`chorus_tests::real_time_call`].
 
+mod ice_restart;
 mod rebinding;
 
 use std::time::{Duration, Instant};
@@ -109,6 +110,19 @@ async fn join(
     freq: f32,
     impairment: Option<(Impairment, u64)>,
 ) -> anyhow::Result<Party> {
+    join_with(server, room, identity, freq, impairment, false).await
+}
+
+/// As [`join`]; `nominate_once`: the client nominates like Firefox (USE-CANDIDATE only until it
+/// connects).
+async fn join_with(
+    server: &Server,
+    room: &str,
+    identity: &str,
+    freq: f32,
+    impairment: Option<(Impairment, u64)>,
+    nominate_once: bool,
+) -> anyhow::Result<Party> {
     let token = server.token(room, identity, &[])?;
     let mut signal = Signal::connect(&server.ws_url()).await?;
     let joined = signal.join(&token, room).await?;
@@ -119,20 +133,21 @@ async fn join(
         Some((impairment, seed)) => Some(Proxy::start(server.media, impairment, seed).await?),
         None => None,
     };
-    let mut client = AudioClient::start_with(
-        &mut signal,
-        MediaOptions {
-            slots,
-            mic: Mic::Tone {
-                freq_hz: freq,
-                amplitude: 0.3,
-            },
-            via: proxy.as_ref().map(|p| p.addr),
-            play_slot: None,
-            red: 0,
+    let options = MediaOptions {
+        slots,
+        mic: Mic::Tone {
+            freq_hz: freq,
+            amplitude: 0.3,
         },
-    )
-    .await?;
+        via: proxy.as_ref().map(|p| p.addr),
+        play_slot: None,
+        red: 0,
+    };
+    let mut client = if nominate_once {
+        AudioClient::start_nominating_once(&mut signal, options).await?
+    } else {
+        AudioClient::start_with(&mut signal, options).await?
+    };
     client
         .wait_connected(CONNECT_TIMEOUT)
         .await

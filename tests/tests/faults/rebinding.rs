@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::UdpSocket;
 
-use super::{assert_call_survived, assert_tone, hears_again, join, Party, TONES};
+use super::{assert_call_survived, assert_tone, hears_again, join, join_with, Party, TONES};
 use crate::proxy::Impairment;
 use chorus_tests::Server;
 
@@ -24,6 +24,12 @@ const REBIND_AFTER: [Duration; 4] = [
     Duration::from_millis(1500),
     Duration::from_millis(2700),
 ];
+
+/// A client that nominates only once (Firefox): after a rebinding only its plain consent checks come
+/// from the new port. The server hears it again at the first of them (str0m checks every 3 s or less);
+/// media goes back to it at its first check once the old path has been silent for the server's 2 s
+/// (`PATH_SILENCE`), i.e. 2–5 s after the port changes. The bound leaves room for a loaded machine.
+const BACK_WITHIN_NOMINATING_ONCE: Duration = Duration::from_millis(6500);
 
 /// The STUN FINGERPRINT (RFC 8489 §14.7): CRC-32 of the message before it, XOR 0x5354554e.
 fn fingerprint(message: &[u8]) -> u32 {
@@ -228,6 +234,100 @@ async fn real_udp_media_follows_a_nat_rebinding_and_a_spoofer_takes_nothing() ->
         TONES[0],
         "bob hears ada after the spoofing",
     );
+    assert_call_survived(&server, room, &mut [&mut a, &mut b]).await?;
+    a.client.stop().await?;
+    b.client.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_udp_rebinding_a_client_that_nominates_only_once_gets_its_media_back(
+) -> anyhow::Result<()> {
+    let _alone = chorus_tests::real_time_call().await;
+    let server = Server::start(&[]).await?;
+    let room = "rebinding-once";
+    // Ada nominates like Firefox, through a NAT; bob directly.
+    let mut a = join_with(
+        &server,
+        room,
+        "ada",
+        TONES[0],
+        Some((Impairment::default(), 62)),
+        true,
+    )
+    .await?;
+    let mut b = join(&server, room, "bob", TONES[1], None).await?;
+    for (listener, talker) in [(&a, &b), (&b, &a)] {
+        hears_again(listener, talker.ssrc, 0, Duration::from_secs(5))
+            .await
+            .context("the call connects")?;
+    }
+    let nat = a.proxy.as_ref().context("ada talks through the proxy")?;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let moves = |cause: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .metric(&format!(
+                    "chorus_media_path_moves_total{{cause=\"{cause}\"}}"
+                ))
+                .await
+        }
+    };
+    let nominations = count(&nat.stats().nominations);
+    let checks = count(&nat.stats().binding_requests);
+    assert!(nominations >= 1, "ada nominated her path to connect");
+
+    for (i, wait) in REBIND_AFTER.into_iter().enumerate() {
+        tokio::time::sleep(wait).await;
+        let old_port = nat.server_side_addr()?;
+        let new_port = nat.rebind().await?;
+        let (a_then, b_then) = heard(&a, &b);
+        let limit = Duration::from_secs(20);
+        let (bob_hears_ada, ada_hears_bob) = tokio::join!(
+            hears_again(&b, a.ssrc, b_then, limit),
+            hears_again(&a, b.ssrc, a_then, limit)
+        );
+        println!(
+            "rebinding {i} {old_port} -> {new_port} {wait:?} after the last recovery: bob hears ada \
+             again after {bob_hears_ada:?}, ada hears bob after {ada_hears_bob:?}"
+        );
+        let bob_hears_ada = bob_hears_ada.context("bob never hears ada from her new port")?;
+        let ada_hears_bob = ada_hears_bob.context("ada never hears bob at her new port")?;
+        assert!(
+            bob_hears_ada <= BACK_WITHIN,
+            "the server heard ada after {bob_hears_ada:?}"
+        );
+        assert!(
+            ada_hears_bob <= BACK_WITHIN_NOMINATING_ONCE,
+            "ada heard the server after {ada_hears_bob:?}"
+        );
+    }
+    let sent = count(&nat.stats().binding_requests) - checks;
+    assert!(sent >= 4, "ada checked consent {sent} times");
+    assert_eq!(
+        count(&nat.stats().nominations),
+        nominations,
+        "ada never nominated again: her checks alone moved the media"
+    );
+    // The counters are published every 0.5 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let silence = moves("silence").await?;
+    let nominated = moves("nomination").await?;
+    println!("path moves: silence {silence}, nomination {nominated}; ada sent {sent} plain checks");
+    assert_eq!(silence, REBIND_AFTER.len() as f64, "one move per rebinding");
+    assert_eq!(nominated, 0.0);
+    assert_tone(
+        &a.last_pcm(b.ssrc, 0.8),
+        TONES[1],
+        "ada hears bob after the rebindings",
+    );
+    assert_tone(
+        &b.last_pcm(a.ssrc, 0.8),
+        TONES[0],
+        "bob hears ada after the rebindings",
+    );
+    assert_eq!(a.duplicates(), 0, "ada heard no packet twice");
     assert_call_survived(&server, room, &mut [&mut a, &mut b]).await?;
     a.client.stop().await?;
     b.client.stop().await?;

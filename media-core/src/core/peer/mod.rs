@@ -17,9 +17,10 @@ use str0m::{IceCreds, Input, Rtc, RtcError};
 use crate::core::answer::finish_answer;
 use crate::core::codec::{opus_only, opus_pt, red_mids, red_pt};
 use crate::core::net::{LocalCandidate, NetPath};
-use crate::core::router::is_nomination;
+use crate::core::router::{is_binding_request, is_nomination};
 use crate::ids::{ParticipantId, Ssrc};
 use crate::sfu::slots::MAX_SLOTS;
+use crate::stats::PathMove;
 
 mod output;
 #[cfg(test)]
@@ -124,23 +125,35 @@ pub struct Peer {
     created: Instant,
     /// Cumulative NACK counts per (mid, outgoing) from str0m's last stats, to report differences.
     nack_totals: Vec<(Mid, bool, u64)>,
-    /// The path of the client's latest verified nomination (a binding request with USE-CANDIDATE that our
-    /// ICE agent authenticated): DTLS, RTP and RTCP go there. str0m's ICE-lite agent keeps sending to the
-    /// highest-priority pair ever nominated until that pair has had no check for 15 s, so after a NAT
-    /// rebinding (same client candidate, same priority, new source port) it would send to the dead
-    /// address for 15 s; the controlling client's latest nomination is where it wants media
+    /// Where DTLS, RTP and RTCP go: the path of the client's latest verified nomination (a binding request
+    /// with USE-CANDIDATE that our ICE agent authenticated), or the path its verified consent checks come
+    /// from once the current one has gone silent (see [`Peer::checked`]). str0m's ICE-lite agent keeps
+    /// sending to the highest-priority pair ever nominated until that pair has had no check for 15 s, so
+    /// after a NAT rebinding (same client candidate, same priority, new source port) it would send to the
+    /// dead address for 15 s; the controlling client's latest nomination is where it wants media
     /// (RFC 8445 §8.1.1). STUN replies still go where str0m sends them: to each request's source.
     client_path: Option<NetPath>,
-    /// Transaction ids of the latest verified nominations, newest last (at most [`NOMINATIONS_KEPT`]).
-    /// MESSAGE-INTEGRITY does not cover the source address: someone who sees a client's check can
-    /// resend it from elsewhere, and str0m takes the copy. A copy carries a transaction id already seen,
-    /// so it never moves the media; a new check from the client does.
-    nominations: std::collections::VecDeque<[u8; 12]>,
+    /// When anything (verified STUN, DTLS, RTP, RTCP) last arrived over `client_path`.
+    client_path_heard: Option<Instant>,
+    /// Transaction ids of the latest verified binding requests (nominations and consent checks), newest
+    /// last (at most [`CHECKS_KEPT`]). MESSAGE-INTEGRITY does not cover the source address: someone who
+    /// sees a client's check can resend it from elsewhere, and str0m takes the copy. A copy carries a
+    /// transaction id already seen, so it never moves the media; a new check from the client does.
+    checks: std::collections::VecDeque<[u8; 12]>,
 }
 
-/// How many nominations' transaction ids a peer remembers to recognise a replayed one: at one check
-/// every few seconds, the last half minute (the ICE consent timeout).
-const NOMINATIONS_KEPT: usize = 16;
+/// How many checks' transaction ids a peer remembers to recognise a replayed one: at the two checks a
+/// second a browser sends at most once connected (Chromium's pings on its selected and backup pairs), the
+/// last half minute (the ICE consent timeout). 768 bytes a peer.
+const CHECKS_KEPT: usize = 64;
+
+/// How long nothing at all must have arrived over the client's current path before its verified
+/// consent checks from another path take the media there (a client that nominates only once, like
+/// Firefox, after a NAT rebinding). A publishing client sends RTP every 20 ms, every 400 ms in Opus DTX,
+/// so 2 s of silence is no pause of a live path; a browser checks consent every 2.5–5 s, so the media
+/// follows a rebound Firefox at its first check at least 2 s after the rebinding. A client that checks
+/// other pairs while its current one is live (Chromium's backup pairs) does not move the media.
+pub const PATH_SILENCE: Duration = Duration::from_secs(2);
 
 impl Peer {
     /// Create a peer from a client's offer, with one UDP host candidate at `params.candidate_addr`.
@@ -200,7 +213,8 @@ impl Peer {
         // The ICE state is flushed (RFC 8445 §9): media waits for a nomination under the new credentials,
         // as the router forgets the paths learned under the old ones.
         self.client_path = None;
-        self.nominations.clear();
+        self.client_path_heard = None;
+        self.checks.clear();
         Ok((old, finish_answer(offer_sdp, &answer.to_sdp_string())))
     }
 
@@ -296,7 +310,8 @@ impl Peer {
             created: now,
             nack_totals: Vec::new(),
             client_path: None,
-            nominations: std::collections::VecDeque::with_capacity(NOMINATIONS_KEPT),
+            client_path_heard: None,
+            checks: std::collections::VecDeque::with_capacity(CHECKS_KEPT),
         };
         Ok((peer, answer.to_sdp_string()))
     }
@@ -360,49 +375,71 @@ impl Peer {
         self.mic_red_pt
     }
 
-    /// Feed a datagram from the network, received over `path`.
+    /// Feed a datagram from the network, received over `path`. Returns why the media moved to `path`,
+    /// if this datagram moved it (see [`Peer::client_path`]).
     pub fn handle_datagram(
         &mut self,
         now: Instant,
         path: NetPath,
         data: &[u8],
-    ) -> Result<(), PeerError> {
+    ) -> Result<Option<PathMove>, PeerError> {
         let Some(input) = net_input(now, path, data) else {
             // Not STUN, DTLS, RTP or RTCP: str0m refuses to classify it.
-            return Ok(());
+            return Ok(None);
         };
         let rtc = &mut self.rtc;
-        if is_nomination(data) && guard(|| rtc.accepts(&input)).unwrap_or(false) {
-            self.nominated(path, data);
+        let moved = if is_binding_request(data) && guard(|| rtc.accepts(&input)).unwrap_or(false) {
+            self.checked(now, path, data)
+        } else {
+            None
+        };
+        if self.client_path == Some(path) {
+            self.client_path_heard = Some(now);
         }
         let rtc = &mut self.rtc;
         guard(|| rtc.handle_input(input))??;
-        Ok(())
+        Ok(moved)
     }
 
-    /// The client nominated `path` in `request`, which our ICE agent verified: media follows it, unless
-    /// the request is a copy of one already taken (a replay from another address).
-    fn nominated(&mut self, path: NetPath, request: &[u8]) {
+    /// The client sent `request` over `path`, a binding request our ICE agent verified. The media moves
+    /// there when it is a nomination, or when nothing has arrived over the current path for
+    /// [`PATH_SILENCE`] (the client moved without nominating again); never for a copy of a request already
+    /// taken (a replay from another address), and never before the client's first nomination.
+    fn checked(&mut self, now: Instant, path: NetPath, request: &[u8]) -> Option<PathMove> {
         let mut transaction = [0u8; 12];
         transaction.copy_from_slice(&request[8..20]);
-        if self.nominations.contains(&transaction) {
-            return;
+        if self.checks.contains(&transaction) {
+            return None;
         }
-        if self.nominations.len() == NOMINATIONS_KEPT {
-            self.nominations.pop_front();
+        if self.checks.len() == CHECKS_KEPT {
+            self.checks.pop_front();
         }
-        self.nominations.push_back(transaction);
+        self.checks.push_back(transaction);
         if self.client_path == Some(path) {
-            return;
+            return None;
         }
-        if let Some(old) = self.client_path {
-            tracing::debug!(participant = %self.id, from = %old.remote, to = %path.remote,
-                transport = path.transport.as_str(), "the client moved its media to another path");
-        }
-        self.client_path = Some(path);
+        let cause = if is_nomination(request) {
+            PathMove::Nomination
+        } else {
+            let silent = self
+                .client_path_heard
+                .is_some_and(|heard| now.saturating_duration_since(heard) >= PATH_SILENCE);
+            if !silent {
+                return None;
+            }
+            PathMove::Silence
+        };
+        let old = self.client_path.replace(path);
+        self.client_path_heard = Some(now);
+        let old = old?;
+        tracing::debug!(participant = %self.id, from = %old.remote, to = %path.remote,
+            transport = path.transport.as_str(), cause = cause.as_str(),
+            "the client's media moved to another path");
+        Some(cause)
     }
 
-    /// Where DTLS, RTP and RTCP go: the path of the client's latest verified nomination, if any.
+    /// Where DTLS, RTP and RTCP go: the path of the client's latest verified nomination, or of its
+    /// verified checks since the previous path went silent; `None` before the first nomination.
     pub fn client_path(&self) -> Option<NetPath> {
         self.client_path
     }

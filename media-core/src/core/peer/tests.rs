@@ -1,6 +1,6 @@
 use super::*;
 use crate::core::outbox::Outbox;
-use crate::core::router::is_stun;
+use crate::core::router::{is_binding_request, is_stun};
 use crate::testkit::client::{ClientConfig, ClientOutput, ClientPeer};
 
 #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
@@ -201,10 +201,23 @@ struct Rebinding {
     seq: u64,
     /// The client's latest nominating binding request, as sent.
     nomination: Option<Vec<u8>>,
+    /// The client's latest plain binding request (a consent check), as sent, and how many nominating
+    /// requests it has sent in all.
+    check: Option<Vec<u8>>,
+    nominations_sent: u64,
+    /// The client sends a microphone frame every 20 ms.
+    talks: bool,
+    /// Where the client's plain checks arrive from instead of `nat` (a client checking a second pair).
+    checks_via: Option<SocketAddr>,
+    /// When a datagram of the client last reached the server over `nat`.
+    heard_from_client: Option<Instant>,
+    /// Why the media moved, each time it did.
+    moves: Vec<PathMove>,
 }
 
 impl Rebinding {
-    fn new(now: Instant) -> Rebinding {
+    /// `firefox`: the client nominates only once (see [`ClientPeer::set_nominate_once`]).
+    fn new(now: Instant, firefox: bool) -> Rebinding {
         let client = ClientConfig {
             local_addr: "10.0.0.2:6000".parse().expect("literal address"),
             slots: 1,
@@ -212,6 +225,7 @@ impl Rebinding {
             red: 0,
         };
         let (mut client, offer) = ClientPeer::new(now, client).expect("client offer");
+        client.set_nominate_once(firefox);
         let cert = test_cert();
         let server: SocketAddr = "127.0.0.1:5000".parse().expect("literal address");
         let params = PeerParams {
@@ -235,6 +249,12 @@ impl Rebinding {
             lost: 0,
             seq: 0,
             nomination: None,
+            check: None,
+            nominations_sent: 0,
+            talks: false,
+            checks_via: None,
+            heard_from_client: None,
+            moves: Vec::new(),
         }
     }
 
@@ -249,20 +269,36 @@ impl Rebinding {
                 ClientOutput::Timeout(_) => break,
                 ClientOutput::Transmit(t) => {
                     assert_eq!(t.destination, self.server);
+                    let mut from = self.nat;
                     if is_nomination(&t.contents) {
                         self.nomination = Some(t.contents.clone());
+                        self.nominations_sent += 1;
+                    } else if is_binding_request(&t.contents) {
+                        self.check = Some(t.contents.clone());
+                        from = self.checks_via.unwrap_or(self.nat);
                     }
-                    let path = NetPath::udp(self.server, self.nat);
-                    self.peer
+                    if from == self.nat {
+                        self.heard_from_client = Some(now);
+                    }
+                    let path = NetPath::udp(self.server, from);
+                    let moved = self
+                        .peer
                         .handle_datagram(now, path, &t.contents)
                         .expect("the server peer takes the client's datagram");
+                    self.moves.extend(moved);
                 }
                 ClientOutput::Audio(a) => self.heard += u64::from(a.slot == 0),
                 ClientOutput::Disconnected => panic!("the client lost ICE consent"),
                 ClientOutput::Connected => {}
             }
         }
-        if self.peer.is_connected() && (now - self.peer.created).as_millis() % 20 < 10 {
+        let frame_due = (now - self.peer.created).as_millis() % 20 < 10;
+        if self.talks && self.client.is_connected() && frame_due {
+            self.client
+                .send_audio(now, &[0xf8, 0xff, 0xfe], 960, 30)
+                .expect("the client sends a frame");
+        }
+        if self.peer.is_connected() && frame_due {
             self.seq += 1;
             let payload: std::sync::Arc<[u8]> = std::sync::Arc::from(&[0xf8, 0xff, 0xfe][..]);
             let ts = (self.seq * 960) as u32;
@@ -302,7 +338,7 @@ impl Rebinding {
 #[test]
 fn after_a_nat_rebinding_media_follows_the_clients_next_verified_nomination() {
     let t0 = epoch();
-    let mut r = Rebinding::new(t0);
+    let mut r = Rebinding::new(t0, false);
     let tick = Duration::from_millis(10);
     let mut now = t0;
     while now < t0 + Duration::from_secs(4) {
@@ -343,6 +379,7 @@ fn after_a_nat_rebinding_media_follows_the_clients_next_verified_nomination() {
     let lost_before_the_check = after.as_millis() as u64 / 20 + 2;
     assert!(r.lost <= lost_before_the_check, "lost {}", r.lost);
     assert_ne!(old, r.nat);
+    assert_eq!(r.moves, [PathMove::Nomination]);
 }
 
 #[test]
@@ -350,7 +387,7 @@ fn a_replayed_nomination_from_another_address_does_not_move_the_media() {
     // Someone who sees the client's checks resends them from elsewhere: the integrity verifies (it
     // does not cover the source), but the transaction id was taken already.
     let t0 = epoch();
-    let mut r = Rebinding::new(t0);
+    let mut r = Rebinding::new(t0, false);
     let tick = Duration::from_millis(10);
     let mut now = t0;
     while now < t0 + Duration::from_secs(4) {
@@ -367,15 +404,173 @@ fn a_replayed_nomination_from_another_address_does_not_move_the_media() {
         now += tick;
         r.step(now);
         let replay = r.nomination.clone().expect("the client nominates its path");
-        r.peer
+        let moved = r
+            .peer
             .handle_datagram(now, attacker, &replay)
             .expect("the peer takes a replayed check");
+        assert_eq!(moved, None);
         r.peer.drive(now, &mut r.out).expect("the peer drains");
         r.out.transmits.retain(|t| t.destination != attacker.remote);
         assert_eq!(r.peer.client_path().map(|p| p.remote), Some(r.nat));
     }
     assert_eq!(r.lost, 0, "nothing went anywhere but the client");
     assert!(r.heard - heard >= 195, "heard {} in 4 s", r.heard - heard);
+}
+
+/// Run `r` for `span` of virtual time from `*now` in 10 ms steps, calling `each` after every step.
+fn run(
+    r: &mut Rebinding,
+    now: &mut Instant,
+    span: Duration,
+    mut each: impl FnMut(&mut Rebinding, Instant),
+) {
+    let until = *now + span;
+    while *now < until {
+        *now += Duration::from_millis(10);
+        r.step(*now);
+        each(r, *now);
+    }
+}
+
+/// A client that nominates only once (Firefox), connected and talking for 4 s.
+fn connected_firefox(t0: Instant) -> (Rebinding, Instant) {
+    let mut r = Rebinding::new(t0, true);
+    r.talks = true;
+    let mut now = t0;
+    run(&mut r, &mut now, Duration::from_secs(4), |_, _| {});
+    assert!(r.peer.is_connected() && r.heard > 100, "heard {}", r.heard);
+    assert_eq!(r.peer.client_path().map(|p| p.remote), Some(r.nat));
+    (r, now)
+}
+
+#[test]
+fn a_client_that_never_nominates_again_gets_its_media_back_after_a_rebinding() {
+    let t0 = epoch();
+    let (mut r, mut now) = connected_firefox(t0);
+    let nominations = r.nominations_sent;
+    assert!(nominations >= 1);
+
+    // The NAT maps the client to a new port; the client keeps talking and checking consent, without
+    // USE-CANDIDATE.
+    r.nat = "198.51.100.7:40001".parse().expect("literal address");
+    let moved = now;
+    let mut switched: Option<Duration> = None;
+    let mut heard_then = 0;
+    run(&mut r, &mut now, Duration::from_secs(30), |r, now| {
+        if switched.is_none() && r.peer.client_path().map(|p| p.remote) == Some(r.nat) {
+            switched = Some(now - moved);
+            heard_then = r.heard;
+        }
+    });
+    assert_eq!(
+        r.nominations_sent, nominations,
+        "the client nominated again"
+    );
+    let after = switched.expect("the client's checks from its new port moved the media");
+    // Its first check at least PATH_SILENCE after the move does it; str0m's client checks its pair at
+    // least every 3 s (its maximum STUN RTO).
+    assert!(after >= PATH_SILENCE, "{after:?}");
+    assert!(
+        after <= PATH_SILENCE + Duration::from_millis(3100),
+        "{after:?}"
+    );
+    assert_eq!(r.moves, [PathMove::Silence]);
+    // Past str0m's own 15 s ICE-lite pair timeout the peer is alive and everything reaches the client.
+    assert!(r.peer.is_alive());
+    let expected = (Duration::from_secs(30) - after).as_millis() as u64 / 20;
+    let heard_after = r.heard - heard_then;
+    assert!(
+        heard_after + 2 >= expected,
+        "heard {heard_after} of {expected}"
+    );
+}
+
+#[test]
+fn a_client_whose_path_still_delivers_keeps_its_media_there_while_it_checks_another() {
+    // Chromium also checks pairs it does not use; while the current path carries the client's audio,
+    // verified checks from another path move nothing.
+    let t0 = epoch();
+    let (mut r, mut now) = connected_firefox(t0);
+    let second: SocketAddr = "192.0.2.44:50000".parse().expect("literal address");
+    r.checks_via = Some(second);
+    let heard = r.heard;
+    let checks_before = r.check.clone();
+    run(&mut r, &mut now, Duration::from_secs(20), |r, _| {
+        assert_eq!(r.peer.client_path().map(|p| p.remote), Some(r.nat));
+    });
+    assert_ne!(
+        r.check, checks_before,
+        "the client checked over the second path"
+    );
+    assert!(r.moves.is_empty(), "{:?}", r.moves);
+    assert_eq!(r.lost, 0);
+    assert!(r.heard - heard >= 995, "heard {} in 20 s", r.heard - heard);
+}
+
+/// A binding request naming the peer's and the client's ufrags, signed with `password` (none: no
+/// MESSAGE-INTEGRITY at all).
+fn forged_check(peer: &Peer, client_ufrag: &str, password: Option<&str>) -> Vec<u8> {
+    use str0m::ice::{StunMessage, TransId};
+    let username = format!("{}:{client_ufrag}", peer.ufrag());
+    let request = StunMessage::binding_request(&username, TransId::new(), true, 7, 1_000, false);
+    let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
+    let mut buf = vec![0u8; 512];
+    let n = request
+        .to_bytes(password.map(str::as_bytes), &mut buf, |key, parts| {
+            hmac.sha1_hmac(key, parts)
+        })
+        .expect("a binding request fits 512 bytes");
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn replayed_unsigned_or_badly_signed_checks_from_a_new_address_move_nothing() {
+    let t0 = epoch();
+    let (mut r, mut now) = connected_firefox(t0);
+    // A listener: only checks and RTCP arrive, so its path is often silent for PATH_SILENCE, which is
+    // when a check from elsewhere could move the media.
+    r.talks = false;
+    let client_ufrag = r
+        .check
+        .as_deref()
+        .and_then(|c| {
+            str0m::ice::StunMessage::parse(c)
+                .ok()?
+                .split_username()
+                .map(|(_, c)| c.to_owned())
+        })
+        .expect("the client checked consent");
+    let attacker = NetPath::udp(
+        r.server,
+        "203.0.113.66:5555".parse().expect("literal address"),
+    );
+    let heard = r.heard;
+    let mut tried_in_silence = 0;
+    run(&mut r, &mut now, Duration::from_secs(20), |r, now| {
+        let silent = r.heard_from_client.is_some_and(|h| now - h >= PATH_SILENCE);
+        tried_in_silence += u64::from(silent);
+        let replay = r.check.clone().expect("the client checks consent");
+        let unsigned = forged_check(&r.peer, &client_ufrag, None);
+        let wrong_key = forged_check(&r.peer, &client_ufrag, Some("not-the-ice-password-at-all"));
+        for forged in [&replay, &unsigned, &wrong_key] {
+            let moved = r
+                .peer
+                .handle_datagram(now, attacker, forged)
+                .expect("the peer takes a forged check");
+            assert_eq!(moved, None);
+        }
+        r.peer.drive(now, &mut r.out).expect("the peer drains");
+        r.out.transmits.retain(|t| t.destination != attacker.remote);
+        assert_eq!(r.peer.client_path().map(|p| p.remote), Some(r.nat));
+    });
+    assert!(
+        tried_in_silence > 100,
+        "the path was silent in {tried_in_silence} steps"
+    );
+    assert!(r.moves.is_empty(), "{:?}", r.moves);
+    assert_eq!(r.lost, 0, "nothing went anywhere but the client");
+    assert!(r.heard - heard >= 995, "heard {} in 20 s", r.heard - heard);
 }
 
 #[test]

@@ -438,9 +438,30 @@ pub fn room_spec(
     };
     let settings = match req.spatial {
         Some(spatial) => {
+            // Each field's own range (docs/openapi.json states them): 400. What remains is the one rule
+            // between fields, audible_distance >= conversational_distance: 422, like the mixer's jitter
+            // bounds.
+            let alone = SpatialSettings {
+                audible_distance: spatial.audible_distance,
+                conversational_distance: spatial
+                    .conversational_distance
+                    .min(spatial.audible_distance),
+                ..spatial
+            };
+            let in_range = spatial.conversational_distance.is_finite()
+                && spatial.conversational_distance > 0.0;
+            match alone.validate() {
+                Err(why) => return Err(ApiError::bad_request(why.to_string())),
+                Ok(()) if !in_range => {
+                    return Err(ApiError::bad_request(
+                        "spatial conversational_distance must be finite and > 0",
+                    ))
+                }
+                Ok(()) => {}
+            }
             spatial
                 .validate()
-                .map_err(|why| ApiError::bad_request(why.to_string()))?;
+                .map_err(|why| ApiError::invalid_settings(why.to_string()))?;
             settings.with_spatial(spatial)
         }
         None => settings,
@@ -637,6 +658,14 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<CreateRoom>(bad).is_err(), "{bad}");
         }
+        let err = parse(
+            r#"{"name": "a", "spatial": {"audible_distance": 5, "conversational_distance": 10}}"#,
+        )
+        .expect_err("audible below conversational");
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_settings")
+        );
         let spec = parse(r#"{"name": "a", "mode": "mix", "spatial": {"audible_distance": 50}}"#)
             .expect("valid");
         assert_eq!(spec.settings.mode, RoomMode::Mix);

@@ -63,7 +63,7 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  *   | 'unsupported_protocol' | 'invalid_token' | 'token_expired' | 'room_mismatch' | 'not_joined'
  *   | 'already_joined' | 'forbidden' | 'room_full' | 'room_closed' | 'banned' | 'draining' | 'bad_sdp'
  *   | 'bad_room_settings' | 'room_settings_conflict' | 'bad_position' | 'media_unavailable' | 'resume_failed'
- *   | 'internal'} ServerErrorCode
+ *   | 'rate_limited' | 'server_muted' | 'participant_not_found' | 'internal'} ServerErrorCode
  */
 // </error-codes>
 
@@ -76,6 +76,9 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {boolean} muted
  * @property {boolean} can_publish
  * @property {boolean} can_subscribe
+ * @property {boolean} [server_muted]   muted by a moderator or operator: it cannot unmute itself (absent: false)
+ * @property {boolean} [deafened]       sent no audio (absent: false)
+ * @property {boolean} [ptt]            push-to-talk: heard only while its key is down (absent: false)
  */
 
 /**
@@ -133,8 +136,37 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  */
 
 /**
+ * Client → server `ptt`: push-to-talk on or off for this participant (the server gates its audio).
+ * @typedef {object} PttMessage
+ * @property {'ptt'} type
+ * @property {boolean} enabled
+ */
+
+/**
+ * Client → server `ptt_key`: the push-to-talk key went down or up (key-downs are rate-limited).
+ * @typedef {object} PttKeyMessage
+ * @property {'ptt_key'} type
+ * @property {boolean} down
+ */
+
+/**
+ * What a moderator does to a participant of its room.
+ * @typedef {'mute'|'unmute'|'deafen'|'undeafen'|'kick'|'move'} ModerateAction
+ */
+
+/**
+ * Client → server `moderate` (needs the token's `moderator` grant).
+ * @typedef {object} ModerateMessage
+ * @property {'moderate'} type
+ * @property {ModerateAction} action
+ * @property {string} sid
+ * @property {string} [room]          the destination of `move`
+ */
+
+/**
  * Every message the SDK sends.
- * @typedef {JoinMessage | OfferMessage | MuteMessage | PingMessage | LeaveMessage | ResumeMessage} ClientMessage
+ * @typedef {JoinMessage | OfferMessage | MuteMessage | PingMessage | LeaveMessage | ResumeMessage | PttMessage
+ *   | PttKeyMessage | ModerateMessage} ClientMessage
  */
 
 /**
@@ -194,7 +226,7 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @typedef {object} ParticipantLeftMessage
  * @property {'participant_left'} type
  * @property {string} sid
- * @property {'left'|'disconnected'|'kicked'|'replaced'} reason
+ * @property {'left'|'disconnected'|'kicked'|'replaced'|'moved'} reason
  */
 
 /**
@@ -203,6 +235,23 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {'participant_muted'} type
  * @property {string} sid
  * @property {boolean} muted
+ * @property {boolean} [by_moderator]  a moderator's or operator's (server) mute; absent: false
+ */
+
+/**
+ * Server → client `participant_updated`: a participant's deafen or push-to-talk state changed.
+ * @typedef {object} ParticipantUpdatedMessage
+ * @property {'participant_updated'} type
+ * @property {ParticipantInfo} participant
+ */
+
+/**
+ * Server → client `moved`: a moderator or operator moved this session to another room; the SDK re-offers.
+ * @typedef {object} MovedMessage
+ * @property {'moved'} type
+ * @property {ParticipantInfo} participant   this session's participant in the new room (a new sid)
+ * @property {RoomInfo} room
+ * @property {ParticipantInfo[]} participants
  */
 
 /**
@@ -282,8 +331,8 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
 /**
  * Every message the server sends.
  * @typedef {JoinedMessage | ResumedMessage | AnswerMessage | ParticipantJoinedMessage | ParticipantLeftMessage
- *   | ParticipantMutedMessage | MediaStateMessage | SpeakersMessage | DominantSpeakerMessage | SlotsMessage
- *   | PongMessage | LeftMessage | DrainingMessage | ErrorMessage} ServerMessage
+ *   | ParticipantMutedMessage | ParticipantUpdatedMessage | MovedMessage | MediaStateMessage | SpeakersMessage
+ *   | DominantSpeakerMessage | SlotsMessage | PongMessage | LeftMessage | DrainingMessage | ErrorMessage} ServerMessage
  */
 
 // ---------------------------------------------------------------------------------------------
@@ -298,6 +347,9 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {boolean} muted
  * @property {boolean} canPublish
  * @property {boolean} canSubscribe
+ * @property {boolean} serverMuted   muted by a moderator or operator (it cannot unmute itself)
+ * @property {boolean} deafened      sent no audio by the server
+ * @property {boolean} ptt           push-to-talk: heard only while its key is down
  * @property {boolean} isLocal       true for this session's own participant
  * @property {number} level          last speaking level from `speakers`, 0.0 .. 1.0 (0 when not speaking)
  * @property {boolean} speaking      listed in the last `speakers` message
@@ -405,6 +457,9 @@ function participantFrom(info, isLocal) {
     muted: !!info.muted,
     canPublish: info.can_publish !== false,
     canSubscribe: info.can_subscribe !== false,
+    serverMuted: !!info.server_muted,
+    deafened: !!info.deafened,
+    ptt: !!info.ptt,
     isLocal,
     level: 0,
     speaking: false,
@@ -487,7 +542,13 @@ function waitForIceGathering(pc, timeoutMs) {
  * - `participants`      `{participants: Participant[]}` — the full list (local first) after any change
  * - `participantjoined` `{participant}`
  * - `participantleft`   `{participant, reason}`
- * - `participantmuted`  `{participant, muted}`
+ * - `participantmuted`  `{participant, muted, byModerator}` — `byModerator`: a moderator's or operator's (server)
+ *                       mute, which the participant cannot undo (its unmute gets an `error` `server_muted`)
+ * - `participantupdated` `{participant}` — its `deafened`, `serverMuted` or `ptt` changed
+ * - `moved`             `{from, room, participant}` — a moderator or operator moved this session to `room`: the
+ *                       SDK has dropped the old peer connection and re-offers there (a new sid; mute and
+ *                       push-to-talk start afresh unless the token forces push-to-talk). A later rejoin after a
+ *                       lost connection goes to the token's room.
  * - `speaking`          `{speakers: {sid, level, participant}[]}` — loudest first, empty when silence
  * - `draining`          `{gracePeriodSecs}` — the server is shutting down: calls continue for at most this long;
  *                       reconnect elsewhere (a new join to this server is refused)
@@ -568,6 +629,8 @@ export class Room extends EventTarget {
      */
     this._turnErrors = [];
     /** @private */ this._muted = false;
+    /** @private push-to-talk on (`setPtt`) */ this._ptt = false;
+    /** @private the push-to-talk key is down (`keyDown`) */ this._keyDown = false;
     /** @private */ this._pingId = 0;
     /** @private @type {Map<number, number>} */ this._pingSent = new Map();
     /** @private @type {ReturnType<typeof setInterval>|null} */ this._pingTimer = null;
@@ -698,7 +761,7 @@ export class Room extends EventTarget {
     const previousOwned = this._ownsMicTrack;
     this.micTrack = track;
     this._ownsMicTrack = owned;
-    track.enabled = !this._muted;
+    this._applyTrackEnabled();
     if (this.micTransceiver) await this.micTransceiver.sender.replaceTrack(track);
     if (previous && previous !== track && previousOwned) previous.stop();
     return track;
@@ -728,9 +791,74 @@ export class Room extends EventTarget {
       throw new ChorusError('forbidden', 'this token may not publish audio');
     }
     this._muted = muted;
-    if (this.micTrack) this.micTrack.enabled = !muted;
+    this._applyTrackEnabled();
     if (this._isOpen()) this._send({ type: 'mute', muted });
     if (this.localParticipant) this._applyMute(this.localParticipant, muted);
+  }
+
+  /** @returns {boolean} whether push-to-talk is on */
+  get ptt() { return this._ptt; }
+
+  /** @returns {boolean} whether the push-to-talk key is down */
+  get keyIsDown() { return this._keyDown; }
+
+  /**
+   * Turn push-to-talk on or off. With it on, the server forwards our audio only while the key is down
+   * ({@link Room#keyDown} / {@link Room#keyUp}), and the SDK also disables the microphone track while the key
+   * is up. A token with the `ptt` claim forces it on (turning it off is then refused with `forbidden`).
+   * @param {boolean} enabled
+   */
+  setPtt(enabled) {
+    enabled = !!enabled;
+    if (this.localParticipant && !this.localParticipant.canPublish) {
+      throw new ChorusError('forbidden', 'this token may not publish audio');
+    }
+    this._ptt = enabled;
+    this._keyDown = false;
+    this._applyTrackEnabled();
+    if (this._isOpen()) this._send({ type: 'ptt', enabled });
+  }
+
+  /**
+   * The push-to-talk key went down: the server is told first, then the microphone track is enabled, so the
+   * first frame is heard. Call it from the key's `keydown` (repeats are ignored).
+   */
+  keyDown() { this._setKey(true); }
+
+  /** The push-to-talk key went up: nothing more of ours is forwarded. */
+  keyUp() { this._setKey(false); }
+
+  /**
+   * A moderator's action on another participant of the room (the token needs the `moderator` grant, else
+   * the server answers with a `forbidden` error event). Its effects arrive as events (`participantmuted`,
+   * `participantupdated`, `participantleft`).
+   * @param {string} sid
+   * @param {ModerateAction} action
+   * @param {{room?: string}} [options]   `room`: the destination of `move`
+   */
+  moderate(sid, action, options = {}) {
+    if (!this._isOpen()) throw new ChorusError('not_connected', 'the signaling socket is not open');
+    /** @type {ModerateMessage} */
+    const msg = { type: 'moderate', action, sid };
+    if (options.room) msg.room = options.room;
+    this._send(msg);
+  }
+
+  /**
+   * @private
+   * @param {boolean} down
+   */
+  _setKey(down) {
+    if (this._keyDown === down) return;
+    this._keyDown = down;
+    // The key-down reaches the server before the first frame of the enabled track leaves.
+    if (this._isOpen()) this._send({ type: 'ptt_key', down });
+    this._applyTrackEnabled();
+  }
+
+  /** @private the microphone track sends while not muted and, with push-to-talk, while the key is down */
+  _applyTrackEnabled() {
+    if (this.micTrack) this.micTrack.enabled = !this._muted && (!this._ptt || this._keyDown);
   }
 
   /**
@@ -887,6 +1015,8 @@ export class Room extends EventTarget {
       case 'participant_joined': return this._onParticipantJoined(msg);
       case 'participant_left': return this._onParticipantLeft(msg);
       case 'participant_muted': return this._onParticipantMuted(msg);
+      case 'participant_updated': return this._onParticipantUpdated(msg);
+      case 'moved': return this._onMoved(msg);
       case 'media_state': return this._onMediaState(msg);
       case 'speakers': return this._onSpeakers(msg);
       case 'dominant_speaker': return this._onDominantSpeaker(msg);
@@ -923,8 +1053,13 @@ export class Room extends EventTarget {
     for (const p of msg.participants || []) this.participants.set(p.sid, participantFrom(p, false));
     if (before) this._reconcileParticipants(before);
     this._emit('participants', { participants: this.allParticipants() });
-    // A rejoined session starts unmuted on the server.
+    // A rejoined session starts unmuted on the server, without push-to-talk unless the token forces it.
     if (this._muted && this.localParticipant.canPublish) this._send({ type: 'mute', muted: true });
+    if (this.localParticipant.ptt) this._ptt = true;
+    if (this._ptt && this.localParticipant.canPublish) {
+      if (!this.localParticipant.ptt) this._send({ type: 'ptt', enabled: true });
+      if (this._keyDown) this._send({ type: 'ptt_key', down: true });
+    }
     await this._negotiate();
   }
 
@@ -962,7 +1097,7 @@ export class Room extends EventTarget {
         ? pc.addTransceiver(track, { direction: 'sendonly', streams: [new MediaStream([track])] })
         : pc.addTransceiver('audio', { direction: 'sendonly' });
       preferCodecs(this.micTransceiver, codecs);
-      if (track) track.enabled = !this._muted;
+      if (track) this._applyTrackEnabled();
     } else {
       this.micTransceiver = pc.addTransceiver('audio', { direction: 'inactive' });
       if (this.micTrack && this._ownsMicTrack) this.micTrack.stop();
@@ -1143,19 +1278,66 @@ export class Room extends EventTarget {
   _onParticipantMuted(msg) {
     const p = this.participant(msg.sid);
     if (!p) return;
-    this._applyMute(p, !!msg.muted);
+    if (msg.by_moderator) p.serverMuted = !!msg.muted;
+    if (p.isLocal && msg.by_moderator) {
+      // The server's mute is ours too: the track follows it.
+      this._muted = !!msg.muted;
+      this._applyTrackEnabled();
+    }
+    this._applyMute(p, !!msg.muted, !!msg.by_moderator);
+  }
+
+  /** @private @param {ParticipantUpdatedMessage} msg */
+  _onParticipantUpdated(msg) {
+    const info = msg.participant;
+    const p = info && this.participant(info.sid);
+    if (!p) return;
+    p.serverMuted = !!info.server_muted;
+    p.deafened = !!info.deafened;
+    p.ptt = !!info.ptt;
+    if (p.isLocal && p.ptt !== this._ptt) {
+      // Forced by the token, or turned off: the server starts the key up.
+      this._ptt = p.ptt;
+      this._keyDown = false;
+      this._applyTrackEnabled();
+    }
+    this._emit('participantupdated', { participant: p });
+    this._emit('participants', { participants: this.allParticipants() });
+  }
+
+  /**
+   * A moderator or operator moved this session to another room: a new participant there, a new peer
+   * connection and offer (protocol.md, `moved`). The microphone track carries on.
+   * @private
+   * @param {MovedMessage} msg
+   */
+  async _onMoved(msg) {
+    const from = this.roomInfo ? this.roomInfo.name : null;
+    this._dropMedia();
+    this.roomInfo = msg.room;
+    this.localParticipant = participantFrom(msg.participant, true);
+    this.participants = new Map();
+    for (const p of msg.participants || []) this.participants.set(p.sid, participantFrom(p, false));
+    this._muted = false;
+    this._ptt = this.localParticipant.ptt;
+    this._keyDown = false;
+    this._emit('moved', { from, room: msg.room, participant: this.localParticipant });
+    this._emit('participants', { participants: this.allParticipants() });
+    this._updateState();
+    await this._negotiate();
   }
 
   /**
    * @private
    * @param {Participant} p
    * @param {boolean} muted
+   * @param {boolean} [byModerator]
    */
-  _applyMute(p, muted) {
+  _applyMute(p, muted, byModerator = false) {
     if (p.muted === muted) return;
     p.muted = muted;
     if (muted) { p.level = 0; p.speaking = false; }
-    this._emit('participantmuted', { participant: p, muted });
+    this._emit('participantmuted', { participant: p, muted, byModerator });
     this._emit('participants', { participants: this.allParticipants() });
   }
 
@@ -1230,6 +1412,12 @@ export class Room extends EventTarget {
       this._iceRestarting = false;
       this._rejoinAfresh('the server refused the ICE restart');
       return;
+    }
+    if (code === 'server_muted' && this.localParticipant) {
+      // Our unmute was refused: a moderator's mute holds.
+      this._muted = true;
+      this._applyTrackEnabled();
+      this._applyMute(this.localParticipant, true);
     }
     // A code newer than this SDK is not in the set, so it counts as not fatal.
     const fatal = FATAL_CODES.has(/** @type {ServerErrorCode} */ (code));

@@ -36,6 +36,7 @@ const els = {
   roomHint: $('room-hint'),
   participants: $('participants'),
   muteButton: /** @type {HTMLButtonElement} */ ($('mute-button')),
+  pttButton: /** @type {HTMLButtonElement} */ ($('ptt-button')),
   leaveButton: /** @type {HTMLButtonElement} */ ($('leave-button')),
   failure: $('failure'),
   failureText: $('failure-text'),
@@ -176,8 +177,17 @@ function wireRoom(room) {
   });
   room.on('participantjoined', ({ participant }) => log('participant joined', participant.name, participant.sid));
   room.on('participantleft', ({ participant, reason }) => log('participant left', participant.name, reason));
-  room.on('participantmuted', ({ participant, muted }) => {
-    log('participant muted', participant.name, muted);
+  room.on('participantmuted', ({ participant, muted, byModerator }) => {
+    log('participant muted', participant.name, muted, byModerator ? '(by a moderator)' : '');
+    renderMute();
+  });
+  room.on('participantupdated', ({ participant }) => {
+    log('participant updated', participant.name, { deafened: participant.deafened, ptt: participant.ptt });
+    renderMute();
+  });
+  room.on('moved', ({ from, room: info }) => {
+    log('moved', `${from} -> ${info.name}`);
+    els.roomName.textContent = info.name;
     renderMute();
   });
   room.on('connectionstate', ({ state: s, previous }) => {
@@ -254,6 +264,7 @@ function showFailure(message) {
   els.failure.hidden = !message;
   els.failureText.textContent = message || '';
   els.muteButton.hidden = !!message;
+  els.pttButton.hidden = !!message;
   els.leaveButton.hidden = !!message;
 }
 
@@ -304,6 +315,25 @@ function renderMute() {
   els.muteButton.setAttribute('aria-pressed', String(muted));
   els.muteButton.disabled = !live || !room.localParticipant || !room.localParticipant.canPublish;
   els.muteButton.classList.toggle('active', muted);
+  const ptt = !!room && room.ptt;
+  els.pttButton.textContent = ptt ? (room.keyIsDown ? 'Talking…' : 'Hold space to talk') : 'Push-to-talk';
+  els.pttButton.setAttribute('aria-pressed', String(ptt));
+  els.pttButton.disabled = els.muteButton.disabled;
+  els.pttButton.classList.toggle('active', ptt);
+}
+
+/**
+ * Push-to-talk: the space bar is the key (not while typing in a field).
+ * @param {KeyboardEvent} ev
+ * @param {boolean} down
+ */
+function onSpace(ev, down) {
+  const room = state.room;
+  if (ev.code !== 'Space' || !room || !room.ptt) return;
+  if (ev.target instanceof HTMLInputElement) return;
+  ev.preventDefault();
+  if (down) room.keyDown(); else room.keyUp();
+  renderMute();
 }
 
 /** Rebuild the participant list. */
@@ -330,7 +360,9 @@ function render() {
     if (p.isLocal) tags.appendChild(tag('you'));
     if (p.slot !== null) tags.appendChild(tag(`slot ${p.slot}`, 'slot'));
     if (!p.canPublish) tags.appendChild(tag('listener'));
-    if (p.muted) tags.appendChild(tag('muted', 'muted'));
+    if (p.muted) tags.appendChild(tag(p.serverMuted ? 'muted by moderator' : 'muted', 'muted'));
+    if (p.deafened) tags.appendChild(tag('deafened'));
+    if (p.ptt) tags.appendChild(tag('push-to-talk'));
     who.appendChild(tags);
     const meter = document.createElement('span');
     meter.className = 'meter';
@@ -577,6 +609,13 @@ els.form.addEventListener('submit', (ev) => {
   }).catch(() => { /* shown on the page */ });
 });
 els.muteButton.addEventListener('click', () => setMuted(!(state.room && state.room.muted)));
+els.pttButton.addEventListener('click', () => {
+  if (!state.room) return;
+  state.room.setPtt(!state.room.ptt);
+  renderMute();
+});
+window.addEventListener('keydown', (ev) => onSpace(ev, true));
+window.addEventListener('keyup', (ev) => onSpace(ev, false));
 els.leaveButton.addEventListener('click', () => { leave(); });
 els.backButton.addEventListener('click', () => back());
 els.retryButton.addEventListener('click', () => { retry().catch(() => { /* shown on the page */ }); });

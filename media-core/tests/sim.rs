@@ -384,6 +384,7 @@ fn leaving_frees_slots_and_a_newcomer_is_heard_by_all() {
     assert!(!sim.clients[2].pcm_by_csrc.contains_key(&left.mic_ssrc));
 }
 mod mix;
+mod ptt;
 mod security;
 mod speech;
 

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use signaling::media::{MixSettings, RoomMode, RoomSettings, SpatialSettings};
-use signaling::protocol::ParticipantInfo;
+use signaling::protocol::{ModerateAction, ParticipantInfo};
 use signaling::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
 use tracing::{info, warn};
 use vocab::room::{MIX_BITRATE_BPS, MIX_MAX_COMPLEXITY, MIX_MAX_JITTER_MS};
@@ -67,6 +67,7 @@ impl From<AdminError> for ApiError {
             AdminError::ParticipantNotFound => (StatusCode::NOT_FOUND, "participant_not_found"),
             AdminError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             AdminError::MediaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "media_unavailable"),
+            AdminError::SameRoom => (StatusCode::CONFLICT, "same_room"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -170,7 +171,7 @@ impl IntoResponse for ApiError {
 
 /// Every admin route (method, path), as docs/openapi.json documents them.
 #[cfg(test)]
-const ROUTES: [(&str, &str); 9] = [
+const ROUTES: [(&str, &str); 11] = [
     ("GET", "/admin/v1/rooms"),
     ("POST", "/admin/v1/rooms"),
     ("GET", "/admin/v1/rooms/{room}"),
@@ -178,6 +179,8 @@ const ROUTES: [(&str, &str); 9] = [
     ("GET", "/admin/v1/rooms/{room}/participants"),
     ("DELETE", "/admin/v1/rooms/{room}/participants/{sid}"),
     ("POST", "/admin/v1/rooms/{room}/participants/{sid}/mute"),
+    ("POST", "/admin/v1/rooms/{room}/participants/{sid}/deafen"),
+    ("POST", "/admin/v1/rooms/{room}/participants/{sid}/move"),
     ("GET", "/admin/v1/drain"),
     ("POST", "/admin/v1/drain"),
 ];
@@ -198,6 +201,14 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route(
             "/admin/v1/rooms/{room}/participants/{sid}/mute",
             post(mute_participant),
+        )
+        .route(
+            "/admin/v1/rooms/{room}/participants/{sid}/deafen",
+            post(deafen_participant),
+        )
+        .route(
+            "/admin/v1/rooms/{room}/participants/{sid}/move",
+            post(move_participant),
         )
         .route("/admin/v1/drain", get(drain_status).post(start_drain))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -535,6 +546,10 @@ async fn kick_participant(
     Path((room, sid)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state.signaling.kick_participant(&room, &sid)?;
+    state
+        .signaling
+        .metrics()
+        .moderated(ModerateAction::Kick, true);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -554,7 +569,58 @@ async fn mute_participant(
         .signaling
         .mute_participant(&room, &sid, req.muted)
         .await?;
+    let action = if req.muted {
+        ModerateAction::Mute
+    } else {
+        ModerateAction::Unmute
+    };
+    state.signaling.metrics().moderated(action, true);
     Ok(Json(participant))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeafenRequest {
+    pub deafened: bool,
+}
+
+async fn deafen_participant(
+    State(state): State<Arc<AppState>>,
+    Path((room, sid)): Path<(String, String)>,
+    body: Result<Json<DeafenRequest>, JsonRejection>,
+) -> Result<Json<ParticipantInfo>, ApiError> {
+    let Json(req) = body?;
+    let participant = state
+        .signaling
+        .deafen_participant(&room, &sid, req.deafened)
+        .await?;
+    let action = if req.deafened {
+        ModerateAction::Deafen
+    } else {
+        ModerateAction::Undeafen
+    };
+    state.signaling.metrics().moderated(action, true);
+    Ok(Json(participant))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    pub room: String,
+}
+
+async fn move_participant(
+    State(state): State<Arc<AppState>>,
+    Path((room, sid)): Path<(String, String)>,
+    body: Result<Json<MoveRequest>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(req) = body?;
+    state.signaling.move_participant(&room, &sid, &req.room)?;
+    state
+        .signaling
+        .metrics()
+        .moderated(ModerateAction::Move, true);
+    Ok(StatusCode::ACCEPTED)
 }
 
 /// The drain state.

@@ -132,7 +132,7 @@ pub struct TokenCreate {
     #[arg(long, required_unless_present = "admin")]
     identity: Option<String>,
     /// An admin token for the admin API instead of an access token.
-    #[arg(long, conflicts_with_all = ["room", "name", "no_publish", "no_subscribe"])]
+    #[arg(long, conflicts_with_all = ["room", "name", "no_publish", "no_subscribe", "moderator", "ptt"])]
     admin: bool,
     /// Display name.
     #[arg(long)]
@@ -146,6 +146,12 @@ pub struct TokenCreate {
     /// Send only.
     #[arg(long)]
     no_subscribe: bool,
+    /// May mute, deafen, kick and move the others in the room (`moderate`).
+    #[arg(long)]
+    moderator: bool,
+    /// Push-to-talk forced on: heard only while the key is down.
+    #[arg(long)]
+    ptt: bool,
 }
 
 pub fn apply_flags(c: &mut Config, a: &ServeArgs) {
@@ -243,6 +249,8 @@ pub fn token_create(config: &Config, t: TokenCreate) -> anyhow::Result<()> {
         name: t.name,
         can_publish: !t.no_publish,
         can_subscribe: !t.no_subscribe,
+        moderator: t.moderator,
+        ptt: t.ptt,
         ..signaling::auth::Claims::valid_for(&room, &identity, ttl_secs)
     };
     println!(

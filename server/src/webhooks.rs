@@ -295,6 +295,9 @@ mod tests {
             muted: false,
             can_publish: true,
             can_subscribe: true,
+            server_muted: false,
+            deafened: false,
+            ptt: false,
         };
         let left = RoomEvent::ParticipantLeft {
             room: room.clone(),

@@ -61,6 +61,13 @@ pub struct Claims {
     /// May receive audio.
     #[serde(default = "yes")]
     pub can_subscribe: bool,
+    /// May mute, deafen, kick and move the other participants of its room (`moderate`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moderator: bool,
+    /// Push-to-talk is forced on: the participant is heard only while its key is down and cannot turn
+    /// push-to-talk off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ptt: bool,
 }
 
 fn yes() -> bool {
@@ -90,6 +97,8 @@ impl Claims {
             name: None,
             can_publish: true,
             can_subscribe: true,
+            moderator: false,
+            ptt: false,
         }
     }
 }

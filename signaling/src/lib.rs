@@ -31,11 +31,20 @@ pub use session::{run_session, WsFrame};
 pub use turn::TurnConfig;
 
 use media::{MediaCommand, MediaRouter};
-use protocol::ParticipantInfo;
-use registry::RoomRegistry;
+use protocol::{ModerateAction, ParticipantInfo};
+use registry::{Actor, RoomRegistry, ServerMuted};
 
 /// The version of this server, as `joined.server_version` reports it.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a state change (mute) was not made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ChangeError {
+    #[error(transparent)]
+    ServerMuted(#[from] ServerMuted),
+    #[error("the media worker did not take the command")]
+    Unavailable,
+}
 
 /// Everything the sessions of one server share.
 pub struct Signaling {
@@ -181,8 +190,9 @@ impl Signaling {
         self.rooms.kick(room, sid)
     }
 
-    /// Mutes or unmutes a participant (admin API), as if it had sent `mute` (both go through
-    /// [`Signaling::set_muted`]). Returns the participant as it is now.
+    /// Mutes or unmutes a participant (admin API; a moderator's `moderate`). The mute is a server mute:
+    /// the participant cannot unmute itself until it is unmuted this way. Both this and the client's
+    /// `mute` go through [`Signaling::set_muted`]. Returns the participant as it is now.
     pub async fn mute_participant(
         &self,
         room: &str,
@@ -190,13 +200,68 @@ impl Signaling {
         muted: bool,
     ) -> Result<ParticipantInfo, AdminError> {
         let id = self.rooms.find(room, sid)?;
-        self.set_muted(room, id, muted)
-            .await
-            .map_err(|_| AdminError::MediaUnavailable)?;
-        self.rooms
-            .room(room)
-            .and_then(|r| r.participants.into_iter().find(|p| p.sid == sid))
-            .ok_or(AdminError::ParticipantNotFound)
+        match self.set_muted(room, id, muted, Actor::Moderator).await {
+            Ok(_) => {}
+            Err(ChangeError::Unavailable) => return Err(AdminError::MediaUnavailable),
+            // A moderator's request is never refused for a server mute.
+            Err(ChangeError::ServerMuted(_)) => {}
+        }
+        self.rooms.participant(room, sid)
+    }
+
+    /// Deafens or undeafens a participant (admin API; a moderator's `moderate`): it is sent no audio, and
+    /// everyone in the room is sent `participant_updated`. Returns the participant as it is now.
+    pub async fn deafen_participant(
+        &self,
+        room: &str,
+        sid: &str,
+        deafened: bool,
+    ) -> Result<ParticipantInfo, AdminError> {
+        let id = self.rooms.find(room, sid)?;
+        let change = self.rooms.set_deafened(room, id, deafened);
+        if change.changed && change.media {
+            let command = MediaCommand::Deafen {
+                participant: id,
+                deafened,
+            };
+            self.tell_worker(room, command)
+                .await
+                .map_err(|_| AdminError::MediaUnavailable)?;
+        }
+        self.rooms.participant(room, sid)
+    }
+
+    /// Moves a participant to room `to` (admin API; a moderator's `moderate`): its session leaves `room`
+    /// (the others see `participant_left` reason `moved`), joins `to` as a new participant with the same
+    /// identity and grants, and is sent `moved`; the client then offers anew. Refused for the room it is
+    /// in. Returns once the session has been told; the move itself happens on the session.
+    pub fn move_participant(&self, room: &str, sid: &str, to: &str) -> Result<(), AdminError> {
+        self.rooms.request_move(room, sid, to)
+    }
+
+    /// One moderation request on the participant `sid` of `room`, by an operator or a moderator.
+    pub async fn moderate(
+        &self,
+        room: &str,
+        sid: &str,
+        action: ModerateAction,
+        to: Option<&str>,
+    ) -> Result<(), AdminError> {
+        match action {
+            ModerateAction::Mute | ModerateAction::Unmute => {
+                let muted = action == ModerateAction::Mute;
+                self.mute_participant(room, sid, muted).await.map(drop)
+            }
+            ModerateAction::Deafen | ModerateAction::Undeafen => {
+                let deafened = action == ModerateAction::Deafen;
+                self.deafen_participant(room, sid, deafened).await.map(drop)
+            }
+            ModerateAction::Kick => self.kick_participant(room, sid),
+            ModerateAction::Move => {
+                let to = to.ok_or(AdminError::InvalidRoomName)?;
+                self.move_participant(room, sid, to)
+            }
+        }
     }
 
     /// The one owner of a participant's mute state change, for the client's `mute` and the admin API
@@ -204,25 +269,58 @@ impl Signaling {
     /// participant's own session included (a `participant_muted` presence event); then, if the
     /// participant has sent its offer, the room's media worker stops or resumes forwarding its audio.
     /// Before the offer the worker has nothing to mute: the offer carries the registry's state. A request
-    /// that changes nothing does nothing. Returns whether the state changed; an error when the media
+    /// that changes nothing does nothing. A participant's own unmute while a moderator's mute holds is
+    /// refused ([`ChangeError::ServerMuted`]). Returns whether the state changed; an error when the media
     /// worker did not take the command in time.
     pub(crate) async fn set_muted(
         &self,
         room: &str,
         id: media::ParticipantId,
         muted: bool,
-    ) -> Result<bool, media::MediaError> {
-        let change = self.rooms.set_muted(room, id, muted);
+        actor: Actor,
+    ) -> Result<bool, ChangeError> {
+        let change = self.rooms.set_muted(room, id, muted, actor)?;
         if !(change.changed && change.media) {
             return Ok(change.changed);
         }
-        let worker = self.router.route(room);
         let command = MediaCommand::Mute {
             participant: id,
             muted,
         };
+        self.tell_worker(room, command)
+            .await
+            .map_err(|_| ChangeError::Unavailable)?;
+        Ok(true)
+    }
+
+    /// Turns push-to-talk on or off for a participant: the registry records it and tells the room
+    /// (`participant_updated`), then the media worker gates its audio (once it has offered).
+    pub(crate) async fn set_ptt(
+        &self,
+        room: &str,
+        id: media::ParticipantId,
+        enabled: bool,
+    ) -> Result<bool, media::MediaError> {
+        let change = self.rooms.set_ptt(room, id, enabled);
+        if change.changed && change.media {
+            let command = MediaCommand::Ptt {
+                participant: id,
+                enabled,
+            };
+            self.tell_worker(room, command).await?;
+        }
+        Ok(change.changed)
+    }
+
+    /// Sends `command` to the worker that owns `room`, waiting at most the media timeout for queue space.
+    pub(crate) async fn tell_worker(
+        &self,
+        room: &str,
+        command: MediaCommand,
+    ) -> Result<(), media::MediaError> {
+        let worker = self.router.route(room);
         match tokio::time::timeout(self.config.media_timeout(), worker.send(command)).await {
-            Ok(Ok(())) => Ok(true),
+            Ok(Ok(())) => Ok(()),
             _ => Err(media::MediaError::Unavailable),
         }
     }

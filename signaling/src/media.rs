@@ -44,6 +44,10 @@ pub enum MediaCommand {
         can_subscribe: bool,
         /// Start muted (the session's mute state at the time of the offer).
         muted: bool,
+        /// Start deafened: send the participant no audio.
+        deafened: bool,
+        /// Start with push-to-talk on (and the key up).
+        ptt: bool,
         offer_sdp: String,
         events: mpsc::Sender<MediaEvent>,
         reply: oneshot::Sender<Result<String, MediaError>>,
@@ -64,6 +68,21 @@ pub enum MediaCommand {
     Position {
         participant: ParticipantId,
         position: Position,
+    },
+    /// Send the participant no audio (or resume).
+    Deafen {
+        participant: ParticipantId,
+        deafened: bool,
+    },
+    /// Turn push-to-talk on (key up) or off.
+    Ptt {
+        participant: ParticipantId,
+        enabled: bool,
+    },
+    /// The push-to-talk key went down or up: handle it at once (the talker's next packet depends on it).
+    PttKey {
+        participant: ParticipantId,
+        down: bool,
     },
     /// Remove the participant and its peer. The room goes away with its last participant.
     Leave { participant: ParticipantId },

@@ -32,10 +32,12 @@ pub enum LeaveReason {
     Replaced,
     /// The session did not send its first `offer` within the offer deadline.
     OfferTimeout,
+    /// A moderator or operator moved the participant to another room.
+    Moved,
 }
 
 impl LeaveReason {
-    pub const ALL: [LeaveReason; 11] = [
+    pub const ALL: [LeaveReason; 12] = [
         LeaveReason::Leave,
         LeaveReason::Closed,
         LeaveReason::TransportError,
@@ -47,6 +49,7 @@ impl LeaveReason {
         LeaveReason::Kicked,
         LeaveReason::Replaced,
         LeaveReason::OfferTimeout,
+        LeaveReason::Moved,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -62,6 +65,7 @@ impl LeaveReason {
             LeaveReason::Kicked => "kicked",
             LeaveReason::Replaced => "replaced",
             LeaveReason::OfferTimeout => "offer_timeout",
+            LeaveReason::Moved => "moved",
         }
     }
 }
@@ -77,14 +81,17 @@ pub enum SessionLimit {
     IdentityReplaced,
     /// A join was refused because the identity was kicked from the room less than the ban period ago.
     Banned,
+    /// A `ptt_key` key-down or a `ptt` beyond the push-to-talk rate was refused with `rate_limited`.
+    PttKeyFlood,
 }
 
 impl SessionLimit {
-    pub const ALL: [SessionLimit; 4] = [
+    pub const ALL: [SessionLimit; 5] = [
         SessionLimit::JoinTimeout,
         SessionLimit::OfferTimeout,
         SessionLimit::IdentityReplaced,
         SessionLimit::Banned,
+        SessionLimit::PttKeyFlood,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -93,6 +100,7 @@ impl SessionLimit {
             SessionLimit::OfferTimeout => "offer_timeout",
             SessionLimit::IdentityReplaced => "identity_replaced",
             SessionLimit::Banned => "banned",
+            SessionLimit::PttKeyFlood => "ptt_key_flood",
         }
     }
 }
@@ -135,6 +143,7 @@ pub struct SignalingMetrics {
     suspended: IntGauge,
     ice_restarts: IntCounter,
     positions: IntCounterVec,
+    moderation: IntCounterVec,
 }
 
 /// What became of a client's `position` (the `result` label of `chorus_positions_total`).
@@ -271,7 +280,7 @@ impl SignalingMetrics {
         let limits = IntCounterVec::new(
             Opts::new(
                 "chorus_session_limits_total",
-                "Signaling session limits hit, by reason: join_timeout, offer_timeout, identity_replaced, banned.",
+                "Signaling session limits hit, by reason: join_timeout, offer_timeout, identity_replaced, banned, ptt_key_flood.",
             ),
             &["reason"],
         )?;
@@ -304,6 +313,19 @@ impl SignalingMetrics {
         for result in PositionResult::ALL {
             positions.with_label_values(&[result.as_str()]);
         }
+        let moderation = IntCounterVec::new(
+            Opts::new(
+                "chorus_moderation_actions_total",
+                "Moderation actions carried out, by action (mute, unmute, deafen, undeafen, kick, move) and by whom: admin (the admin API) or moderator (a participant's moderate).",
+            ),
+            &["action", "by"],
+        )?;
+        for action in crate::protocol::ModerateAction::ALL {
+            for by in ["admin", "moderator"] {
+                moderation.with_label_values(&[action.as_str(), by]);
+            }
+        }
+        registry.register(Box::new(moderation.clone()))?;
         for reason in ResumeFailure::ALL {
             resume_failures.with_label_values(&[reason.as_str()]);
         }
@@ -370,6 +392,7 @@ impl SignalingMetrics {
             ice_restarts,
             turn_credentials,
             positions,
+            moderation,
         })
     }
 
@@ -398,6 +421,14 @@ impl SignalingMetrics {
 
     pub(crate) fn ice_restarted(&self) {
         self.ice_restarts.inc();
+    }
+
+    /// A moderation action was carried out; `by_admin`: through the admin API, else by a moderator.
+    pub fn moderated(&self, action: crate::protocol::ModerateAction, by_admin: bool) {
+        let by = if by_admin { "admin" } else { "moderator" };
+        self.moderation
+            .with_label_values(&[action.as_str(), by])
+            .inc();
     }
 
     /// ICE restart offers answered so far.

@@ -21,7 +21,7 @@ use crate::media::{MediaRouter, ParticipantId, RoomSettings};
 use crate::metrics::SignalingMetrics;
 use crate::protocol::{
     ErrorCode, LeftReason, ParticipantInfo, ParticipantJoined, ParticipantLeft,
-    ParticipantLeftReason, ParticipantMuted, RoomInfo, ServerMessage,
+    ParticipantLeftReason, ParticipantMuted, ParticipantUpdated, RoomInfo, ServerMessage,
 };
 
 pub(crate) use ids::next_participant_id;
@@ -37,7 +37,10 @@ pub enum PresenceEvent {
     Muted {
         sid: String,
         muted: bool,
+        by_moderator: bool,
     },
+    /// Its deafen or push-to-talk state changed.
+    Updated(ParticipantInfo),
 }
 
 impl PresenceEvent {
@@ -50,14 +53,44 @@ impl PresenceEvent {
             PresenceEvent::Left { sid, reason } => {
                 ServerMessage::ParticipantLeft(ParticipantLeft { sid, reason })
             }
-            PresenceEvent::Muted { sid, muted } => {
-                ServerMessage::ParticipantMuted(ParticipantMuted { sid, muted })
+            PresenceEvent::Muted {
+                sid,
+                muted,
+                by_moderator,
+            } => ServerMessage::ParticipantMuted(ParticipantMuted {
+                sid,
+                muted,
+                by_moderator,
+            }),
+            PresenceEvent::Updated(participant) => {
+                ServerMessage::ParticipantUpdated(ParticipantUpdated { participant })
             }
         }
     }
 }
 
-/// What [`RoomRegistry::set_muted`] did.
+/// Who asks for a mute change: the participant itself, or a moderator or operator (a server mute, which
+/// the participant cannot undo).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Actor {
+    Own,
+    Moderator,
+}
+
+/// The participant asked to unmute itself while a moderator's mute holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a moderator muted this participant; only a moderator can unmute it")]
+pub struct ServerMuted;
+
+/// What a session's offer tells the media worker: the participant's state when it offers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MediaState {
+    pub muted: bool,
+    pub deafened: bool,
+    pub ptt: bool,
+}
+
+/// What [`RoomRegistry::set_muted`] (and the deafen and push-to-talk setters) did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[must_use]
 pub(crate) struct MuteChange {
@@ -148,6 +181,8 @@ pub enum AdminError {
     Draining,
     #[error("the media worker did not take the command")]
     MediaUnavailable,
+    #[error("the participant is in that room already")]
+    SameRoom,
 }
 
 /// What the admin API asks a new room to be.
@@ -165,6 +200,8 @@ pub(crate) struct JoinRequest {
     pub name: String,
     pub can_publish: bool,
     pub can_subscribe: bool,
+    /// Push-to-talk forced by the token.
+    pub ptt: bool,
     pub events: mpsc::Sender<PresenceEvent>,
 }
 
@@ -179,6 +216,8 @@ pub(crate) struct Admission {
     pub others: Vec<ParticipantInfo>,
     /// Becomes `Some` when an operator removes the participant.
     pub removed: watch::Receiver<Option<LeftReason>>,
+    /// Becomes `Some(room)` when a moderator or operator moves the participant to `room`.
+    pub moved: watch::Receiver<Option<String>>,
 }
 
 struct Member {
@@ -189,6 +228,8 @@ struct Member {
     info: ParticipantInfo,
     events: mpsc::Sender<PresenceEvent>,
     remove: watch::Sender<Option<LeftReason>>,
+    /// Tells the session to move to another room.
+    moves: watch::Sender<Option<String>>,
 }
 
 struct Room {

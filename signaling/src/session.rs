@@ -24,11 +24,13 @@ use crate::protocol::{
 use crate::registry::PresenceEvent;
 use crate::Signaling;
 
+mod control;
 mod media;
 mod membership;
 mod position;
 mod resume;
 
+use control::{on_moderate, on_ptt, on_ptt_key, PttKeys};
 use media::{on_mute, on_offer, ConnectError, Media};
 pub use position::MIN_POSITION_INTERVAL;
 use position::{on_position, Placement};
@@ -314,11 +316,22 @@ struct Member {
     membership: Membership,
     sid: String,
     settings: RoomSettings,
+    /// The token's identity and the display name, for a move to another room.
+    identity: String,
+    name: String,
     can_publish: bool,
     can_subscribe: bool,
+    /// The token's moderator grant.
+    moderator: bool,
+    /// Push-to-talk forced on by the token.
+    ptt_forced: bool,
+    /// The push-to-talk key and its rate limit.
+    ptt_keys: PttKeys,
     presence: mpsc::Receiver<PresenceEvent>,
     /// Becomes `Some` when an operator removes the participant.
     removed: watch::Receiver<Option<LeftReason>>,
+    /// Becomes `Some(room)` when a moderator or operator moves the participant to `room`.
+    moved: watch::Receiver<Option<String>>,
     media: Media,
     /// The session's current resume token, and the claims a `resume` makes with it.
     resume: Resumable,
@@ -349,6 +362,8 @@ enum Input<E> {
     Media(Option<MediaEvent>),
     Answer(Result<String, ConnectError>),
     Removed(LeftReason),
+    /// A moderator or operator moves the participant to this room.
+    Moved(String),
     Draining(std::time::Instant),
     Shutdown,
     /// A `resume` on another WebSocket claims this session.
@@ -419,6 +434,7 @@ where
                 }
                 Input::Presence(event) => self.wire.send(&event.into_message()).await,
                 Input::Removed(reason) => Err(Exit::Removed(reason)),
+                Input::Moved(room) => self.on_moved(room).await,
                 Input::Draining(deadline) => {
                     self.drain = None;
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -523,6 +539,9 @@ where
             ClientMessage::Position(update) => {
                 on_position(&mut self.wire, member, update, received).await
             }
+            ClientMessage::Ptt(ptt) => on_ptt(&mut self.wire, member, ptt).await,
+            ClientMessage::PttKey(key) => on_ptt_key(&mut self.wire, member, key, received).await,
+            ClientMessage::Moderate(request) => on_moderate(&mut self.wire, member, request).await,
             ClientMessage::Ping(Ping { id }) => {
                 self.wire.send(&ServerMessage::Pong(Pong { id })).await
             }
@@ -539,6 +558,7 @@ async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
         presence,
         media,
         removed,
+        moved,
         resume,
         ..
     }) = joined
@@ -554,6 +574,16 @@ async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
         };
         match reason {
             Some(reason) => Input::Removed(reason),
+            None => pending().await,
+        }
+    };
+    let moved = async {
+        let room = match moved.wait_for(Option::is_some).await {
+            Ok(room) => room.clone(),
+            Err(_) => None,
+        };
+        match room {
+            Some(room) => Input::Moved(room),
             None => pending().await,
         }
     };
@@ -588,6 +618,7 @@ async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
         input = presence => input,
         input = media => input,
         input = removed => input,
+        input = moved => input,
         input = claimed => input,
     }
 }

@@ -11,6 +11,7 @@ mod faults;
 mod interop;
 mod ops;
 mod proxy;
+mod ptt;
 mod resume;
 mod spatial;
 mod speech;

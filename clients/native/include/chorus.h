@@ -68,6 +68,11 @@ typedef enum ChorusEventKind {
   CHORUS_EVENT_KIND_ERROR = 11,
   // Rejoin attempt `index` (from 1) after a lost connection; `text`: why.
   CHORUS_EVENT_KIND_RECONNECTING = 12,
+  // `sid`, `server_muted`, `deafened`, `ptt`: a participant's moderation or push-to-talk state.
+  CHORUS_EVENT_KIND_PARTICIPANT_UPDATED = 13,
+  // A moderator moved this session: `sid` (its new id), `name` (the new room), `slot` (its slot count).
+  // Media is renegotiated by the SDK.
+  CHORUS_EVENT_KIND_MOVED = 14,
 } ChorusEventKind;
 
 // A session's connection state.
@@ -114,6 +119,12 @@ typedef struct ChorusEvent {
   uint32_t slot;
   uint32_t index;
   uint32_t count;
+  // Muted by a moderator (it cannot unmute itself).
+  bool server_muted;
+  // Sent no audio by the server.
+  bool deafened;
+  // Push-to-talk: heard only while its key is down.
+  bool ptt;
 } ChorusEvent;
 
 // The SDK's counters.
@@ -209,6 +220,23 @@ enum ChorusError chorus_client_pull_participant_f32(struct ChorusClient *client,
 // # Safety
 // `client` is null or live.
 enum ChorusError chorus_client_set_muted(struct ChorusClient *client, bool muted);
+
+// Turn push-to-talk on or off: with it on, the server forwards this client's audio only while its key
+// is down (`chorus_client_set_ptt_key`), and nothing is sent while it is up.
+//
+// # Safety
+// `client` is null or live.
+enum ChorusError chorus_client_set_ptt(struct ChorusClient *client,
+                                       bool enabled);
+
+// The push-to-talk key went down (`true`) or up. Call it from the key's handler; repeats are harmless.
+// Key-downs beyond 10 at once and 5 per second are refused by the server (an `ERROR` event,
+// `rate_limited`).
+//
+// # Safety
+// `client` is null or live.
+enum ChorusError chorus_client_set_ptt_key(struct ChorusClient *client,
+                                           bool down);
 
 // Leave the room; a `LEFT` event and the `CLOSED` state follow.
 //

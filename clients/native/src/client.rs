@@ -19,11 +19,23 @@ use crate::{Config, Error, Event};
 #[derive(Default)]
 pub(crate) struct Shared {
     pub muted: AtomicBool,
+    /// Push-to-talk is on: the microphone is sent only while `key_down`.
+    pub ptt: AtomicBool,
+    /// The push-to-talk key is down (set by the signaling thread once the server has been told).
+    pub key_down: AtomicBool,
     /// Set to end the network thread (and, seen by the signaling thread, the session).
     pub stop: AtomicBool,
     /// How many times media connected (the session sees whether a connection ever came up).
     pub media_connections: AtomicU64,
     pub stats: Counters,
+}
+
+impl Shared {
+    /// Whether the microphone sends nothing now: muted, or push-to-talk with the key up.
+    pub fn silent(&self) -> bool {
+        self.muted.load(Ordering::Acquire)
+            || (self.ptt.load(Ordering::Acquire) && !self.key_down.load(Ordering::Acquire))
+    }
 }
 
 #[derive(Default)]
@@ -138,6 +150,7 @@ impl Client {
             commands: commands_rx,
             audio: Some(pending.audio),
             slot_updates: pending.slot_updates,
+            own_sid: String::new(),
         };
         let thread = std::thread::Builder::new()
             .name("chorus-signal".into())
@@ -171,6 +184,46 @@ impl Client {
 
     pub fn is_muted(&self) -> bool {
         self.shared.muted.load(Ordering::Acquire)
+    }
+
+    /// Turn push-to-talk on or off. With it on, the server forwards this client's audio only while its key
+    /// is down ([`Client::set_ptt_key`]), and the SDK sends nothing while the key is up. It starts with the
+    /// key up. A token with the `ptt` claim forces it on (the server refuses turning it off).
+    pub fn set_ptt(&self, enabled: bool) -> Result<(), Error> {
+        self.shared.ptt.store(enabled, Ordering::Release);
+        self.shared.key_down.store(false, Ordering::Release);
+        match &self.commands {
+            Some(commands) => commands
+                .send(Command::Ptt(enabled))
+                .map_err(|_| Error::Ended),
+            None => Ok(()),
+        }
+    }
+
+    /// The push-to-talk key went down or up. Down: the server is told first, then the microphone sends
+    /// (so its first frame is heard); up: the microphone stops at once and the server is told. Key-downs
+    /// are rate-limited by the server (10 at once, 5 per second; beyond that an [`Event::Error`] with
+    /// `rate_limited` and the key stays up).
+    pub fn set_ptt_key(&self, down: bool) -> Result<(), Error> {
+        let Some(commands) = &self.commands else {
+            // Not connected: the state goes out with the join.
+            self.shared.key_down.store(down, Ordering::Release);
+            return Ok(());
+        };
+        if !down {
+            self.shared.key_down.store(false, Ordering::Release);
+        }
+        commands
+            .send(Command::PttKey(down))
+            .map_err(|_| Error::Ended)
+    }
+
+    pub fn is_ptt(&self) -> bool {
+        self.shared.ptt.load(Ordering::Acquire)
+    }
+
+    pub fn is_ptt_key_down(&self) -> bool {
+        self.shared.key_down.load(Ordering::Acquire)
     }
 
     /// Leave the room; [`Event::Left`] and [`ConnectionState::Closed`](crate::ConnectionState::Closed)

@@ -58,6 +58,22 @@ pub enum Event {
         sid: String,
         muted: bool,
     },
+    /// Someone's moderation or push-to-talk state changed (this session included): `server_muted` (a
+    /// moderator's mute it cannot undo), `deafened` (sent no audio), `ptt` (heard only while its key is
+    /// down).
+    ParticipantUpdated {
+        sid: String,
+        server_muted: bool,
+        deafened: bool,
+        ptt: bool,
+    },
+    /// A moderator or operator moved this session to `room`: it is `sid` there, with `slots` slots. The
+    /// SDK has already renegotiated media; the new room's participants are reported after this.
+    Moved {
+        sid: String,
+        room: String,
+        slots: usize,
+    },
     /// Who is speaking now, loudest first, with levels 0..=1 (empty: nobody).
     Speaking(Vec<(String, f32)>),
     /// The dominant speaker changed.

@@ -106,6 +106,11 @@ pub enum ChorusEventKind {
     Error = 11,
     /// Rejoin attempt `index` (from 1) after a lost connection; `text`: why.
     Reconnecting = 12,
+    /// `sid`, `server_muted`, `deafened`, `ptt`: a participant's moderation or push-to-talk state.
+    ParticipantUpdated = 13,
+    /// A moderator moved this session: `sid` (its new id), `name` (the new room), `slot` (its slot count).
+    /// Media is renegotiated by the SDK.
+    Moved = 14,
 }
 
 /// A session's connection state.
@@ -135,6 +140,12 @@ pub struct ChorusEvent {
     pub slot: u32,
     pub index: u32,
     pub count: u32,
+    /// Muted by a moderator (it cannot unmute itself).
+    pub server_muted: bool,
+    /// Sent no audio by the server.
+    pub deafened: bool,
+    /// Push-to-talk: heard only while its key is down.
+    pub ptt: bool,
 }
 
 /// The SDK's counters.
@@ -602,6 +613,43 @@ pub unsafe extern "C" fn chorus_client_set_muted(
     })
 }
 
+/// Turn push-to-talk on or off: with it on, the server forwards this client's audio only while its key
+/// is down (`chorus_client_set_ptt_key`), and nothing is sent while it is up.
+///
+/// # Safety
+/// `client` is null or live.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_set_ptt(
+    client: *mut ChorusClient,
+    enabled: bool,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let c = unsafe { self::client(client)? };
+        lock(&c.client).client.set_ptt(enabled)?;
+        Ok(())
+    })
+}
+
+/// The push-to-talk key went down (`true`) or up. Call it from the key's handler; repeats are harmless.
+/// Key-downs beyond 10 at once and 5 per second are refused by the server (an `ERROR` event,
+/// `rate_limited`).
+///
+/// # Safety
+/// `client` is null or live.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_set_ptt_key(
+    client: *mut ChorusClient,
+    down: bool,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let c = unsafe { self::client(client)? };
+        lock(&c.client).client.set_ptt_key(down)?;
+        Ok(())
+    })
+}
+
 /// Leave the room; a `LEFT` event and the `CLOSED` state follow.
 ///
 /// # Safety
@@ -726,6 +774,9 @@ fn empty_event() -> ChorusEvent {
         slot: 0,
         index: 0,
         count: 0,
+        server_muted: false,
+        deafened: false,
+        ptt: false,
     }
 }
 
@@ -823,6 +874,24 @@ fn c_events(event: Event) -> VecDeque<ChorusEvent> {
         Event::Error { message } => {
             e.kind = ChorusEventKind::Error;
             fill(&mut e.text, &message);
+        }
+        Event::ParticipantUpdated {
+            sid,
+            server_muted,
+            deafened,
+            ptt,
+        } => {
+            e.kind = ChorusEventKind::ParticipantUpdated;
+            fill(&mut e.sid, &sid);
+            e.server_muted = server_muted;
+            e.deafened = deafened;
+            e.ptt = ptt;
+        }
+        Event::Moved { sid, room, slots } => {
+            e.kind = ChorusEventKind::Moved;
+            fill(&mut e.sid, &sid);
+            fill(&mut e.name, &room);
+            e.slot = slots as u32;
         }
     }
     out.push_back(e);

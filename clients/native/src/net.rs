@@ -91,7 +91,8 @@ impl Net {
             }
             // Microphone: every whole frame the game pushed. Before media is up and while muted it is
             // dropped (the RTP clock moves on while muted, as for DTX).
-            let muted = self.shared.muted.load(Ordering::Acquire);
+            // Push-to-talk with the key up sends nothing either (the server would not forward it).
+            let muted = self.shared.silent();
             while self.audio.mic.slots() >= frame_in {
                 let (popped, _) = self.audio.mic.pop_partial_slice(&mut mic_frame);
                 debug_assert_eq!(popped.len(), frame_in);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use media_core::client::{ClientConfig, ClientPeer};
 use rtrb::Producer;
 use signaling::client::Client;
-use signaling::protocol::{ClientMessage, Offer, ServerMessage};
+use signaling::protocol::{ClientMessage, Moved, Offer, ParticipantInfo, ServerMessage};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::audio::{Sid, SlotUpdate};
@@ -43,12 +43,16 @@ enum End {
     Done,
     /// Lost: rejoin.
     Lost(String),
+    /// Moved to another room by a moderator: negotiate media there on the same socket.
+    Moved(Moved),
 }
 
 /// What the game asks of the session.
 #[derive(Debug)]
 pub(crate) enum Command {
     Mute(bool),
+    Ptt(bool),
+    PttKey(bool),
     Leave,
     /// Close the socket and end (the client is being dropped).
     Close,
@@ -65,6 +69,8 @@ pub(crate) struct Session {
     /// The network thread's ring ends, until it starts.
     pub audio: Option<NetAudio>,
     pub slot_updates: Producer<SlotUpdate>,
+    /// This session's participant id in its current room.
+    pub own_sid: String,
 }
 
 impl Session {
@@ -104,6 +110,8 @@ impl Session {
             let reason = match end {
                 Ok(End::Done) => return Ok(()),
                 Ok(End::Lost(reason)) => reason,
+                // `connection` renegotiates a move itself.
+                Ok(End::Moved(_)) => "moved".to_owned(),
                 Err(e) => e.to_string(),
             };
             if !ever_connected || self.shared.stop.load(Ordering::Acquire) {
@@ -129,7 +137,11 @@ impl Session {
                 tokio::select! {
                     _ = &mut wait => break,
                     command = self.commands.recv() => match command {
-                        Some(Command::Mute(_)) => {} // sent with the rejoin
+                        // Sent with the rejoin.
+                        Some(Command::Mute(_) | Command::Ptt(_)) => {}
+                        Some(Command::PttKey(down)) => {
+                            self.shared.key_down.store(down, Ordering::Release);
+                        }
                         Some(Command::Leave) => {
                             self.event(Event::Left { reason: None });
                             return Ok(());
@@ -141,7 +153,7 @@ impl Session {
         }
     }
 
-    /// One connection: join, negotiate media, serve until it ends.
+    /// One connection: join, negotiate media, serve until it ends (negotiating again after a move).
     async fn connection(&mut self) -> Result<End, Error> {
         let timeout = self.config.reply_timeout;
         let mut client = Client::connect(&self.url).await?;
@@ -153,14 +165,44 @@ impl Session {
                 timeout,
             )
             .await?;
-        let slots = usize::from(joined.room.slots);
+        let mut slots = usize::from(joined.room.slots);
+        self.own_sid = joined.participant.sid.clone();
         self.event(Event::Joined {
             sid: joined.participant.sid.clone(),
             room: joined.room.name.clone(),
             slots,
         });
         self.event(Event::ConnectionState(ConnectionState::Joined));
-        for p in joined.participants {
+        self.report_participants(joined.participants);
+        let can_publish = joined.participant.can_publish;
+        if self.shared.muted.load(Ordering::Acquire) {
+            client.mute(true).await?;
+        }
+        self.restore_ptt(&mut client, &joined.participant).await?;
+        loop {
+            match self.media(&mut client, slots, can_publish).await? {
+                End::Moved(moved) => {
+                    slots = usize::from(moved.room.slots);
+                    self.own_sid = moved.participant.sid.clone();
+                    self.event(Event::Moved {
+                        sid: moved.participant.sid.clone(),
+                        room: moved.room.name.clone(),
+                        slots,
+                    });
+                    self.event(Event::ConnectionState(ConnectionState::Joined));
+                    self.report_participants(moved.participants);
+                    // A new participant: unmuted, push-to-talk off unless the token forces it.
+                    self.shared.muted.store(false, Ordering::Release);
+                    self.shared.ptt.store(false, Ordering::Release);
+                    self.restore_ptt(&mut client, &moved.participant).await?;
+                }
+                end => return Ok(end),
+            }
+        }
+    }
+
+    fn report_participants(&self, participants: Vec<ParticipantInfo>) {
+        for p in participants {
             self.event(Event::ParticipantJoined(Participant {
                 sid: p.sid,
                 identity: p.identity,
@@ -168,11 +210,35 @@ impl Session {
                 muted: p.muted,
             }));
         }
-        if self.shared.muted.load(Ordering::Acquire) {
-            client.mute(true).await?;
-        }
+    }
 
-        // Media: a UDP socket on the address that routes to the server, the peer's offer, the answer.
+    /// A new participant (join, rejoin, move) starts without push-to-talk on the server unless its token
+    /// forces it: turn it on again if the game had it on, and press the key again if it is down.
+    async fn restore_ptt(
+        &mut self,
+        client: &mut Client,
+        me: &ParticipantInfo,
+    ) -> Result<(), Error> {
+        if me.ptt {
+            self.shared.ptt.store(true, Ordering::Release);
+        } else if self.shared.ptt.load(Ordering::Acquire) && me.can_publish {
+            client.ptt(true).await?;
+        }
+        if self.shared.ptt.load(Ordering::Acquire) && self.shared.key_down.load(Ordering::Acquire) {
+            client.ptt_key(true).await?;
+        }
+        Ok(())
+    }
+
+    /// Media in the current room: a UDP socket on the address that routes to the server, the peer's offer,
+    /// the answer, the network thread; serve until the connection ends or the session is moved.
+    async fn media(
+        &mut self,
+        client: &mut Client,
+        slots: usize,
+        can_publish: bool,
+    ) -> Result<End, Error> {
+        let timeout = self.config.reply_timeout;
         let socket = bind_towards(&self.url)?;
         let local_addr = socket.local_addr()?;
         let (mut peer, offer) = ClientPeer::new(
@@ -180,7 +246,7 @@ impl Session {
             ClientConfig {
                 local_addr,
                 slots,
-                publish: joined.participant.can_publish,
+                publish: can_publish,
                 red: 0,
             },
         )?;
@@ -224,9 +290,9 @@ impl Session {
             .name("chorus-net".into())
             .spawn(move || net.run())?;
 
-        let end = self.serve(&mut client, &leg_stop).await;
+        let end = self.serve(client, &leg_stop).await;
         leg_stop.store(true, Ordering::Release);
-        if !matches!(end, Ok(End::Lost(_))) {
+        if !matches!(end, Ok(End::Lost(_) | End::Moved(_))) {
             client.close().await;
         }
         self.audio = Some(
@@ -264,6 +330,7 @@ impl Session {
                             End::Done
                         });
                     }
+                    Ok(Some(ServerMessage::Moved(moved))) => return Ok(End::Moved(moved)),
                     Ok(Some(ServerMessage::Left(left))) => {
                         self.event(Event::Left {
                             reason: left.reason.map(|r| spelling(&r)),
@@ -274,6 +341,14 @@ impl Session {
                 },
                 command = self.commands.recv() => match command {
                     Some(Command::Mute(muted)) => client.mute(muted).await?,
+                    Some(Command::Ptt(enabled)) => client.ptt(enabled).await?,
+                    Some(Command::PttKey(down)) => {
+                        client.ptt_key(down).await?;
+                        // Only now does the microphone send: the key-down is ahead of its first frame.
+                        if down {
+                            self.shared.key_down.store(true, Ordering::Release);
+                        }
+                    }
                     Some(Command::Leave) => client.leave().await?,
                     Some(Command::Close) | None => return Ok(End::Done),
                 },
@@ -310,10 +385,29 @@ impl Session {
                 sid: l.sid,
                 reason: spelling(&l.reason),
             },
-            ServerMessage::ParticipantMuted(m) => Event::ParticipantMuted {
-                sid: m.sid,
-                muted: m.muted,
-            },
+            ServerMessage::ParticipantMuted(m) => {
+                if m.by_moderator && m.sid == self.own_sid {
+                    // A moderator's mute holds for us too: the microphone stops (or may send again).
+                    self.shared.muted.store(m.muted, Ordering::Release);
+                }
+                Event::ParticipantMuted {
+                    sid: m.sid,
+                    muted: m.muted,
+                }
+            }
+            ServerMessage::ParticipantUpdated(u) => {
+                let p = u.participant;
+                if p.sid == self.own_sid && p.ptt != self.shared.ptt.load(Ordering::Acquire) {
+                    self.shared.ptt.store(p.ptt, Ordering::Release);
+                    self.shared.key_down.store(false, Ordering::Release);
+                }
+                Event::ParticipantUpdated {
+                    sid: p.sid,
+                    server_muted: p.server_muted,
+                    deafened: p.deafened,
+                    ptt: p.ptt,
+                }
+            }
             ServerMessage::Speakers(s) => {
                 Event::Speaking(s.speakers.into_iter().map(|s| (s.sid, s.level)).collect())
             }
@@ -351,6 +445,8 @@ impl Session {
             | ServerMessage::Resumed(_)
             | ServerMessage::Answer(_)
             | ServerMessage::MediaState(_)
+            // Handled by `serve` (a move renegotiates media).
+            | ServerMessage::Moved(_)
             | ServerMessage::Pong(_) => return,
         };
         self.event(event);

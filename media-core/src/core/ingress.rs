@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use str0m::rtp::RtpPacket;
 
+use super::timers::slot_infos;
 use super::{CoreEvent, MediaCore, MAX_DATAGRAM};
 use crate::core::net::{NetPath, Transport};
 use crate::core::peer::{PeerError, PeerEvent, StreamStats};
@@ -155,6 +156,7 @@ impl MediaCore {
         };
         let source = Ssrc(*packet.header.ssrc);
         p.ssrc = Some(source);
+        let onset = std::mem::take(&mut p.gate.onset);
         let level = packet.header.ext_vals.audio_level;
         let vad = packet.header.ext_vals.voice_activity;
         let level_dbov = level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);
@@ -185,6 +187,20 @@ impl MediaCore {
             }
             room.arm_tick(&mut self.next_tick);
             return;
+        }
+        // The first packet after the gate opened (key down, unmute) holds no slot yet: select now, so a
+        // free slot takes it at once and the onset is heard, not dropped until the next selection tick.
+        if onset && room.selector.routes(from).is_empty() && room.selector.update(now) {
+            let changed: Vec<ParticipantId> = room.selector.drain_changes().collect();
+            for sub in changed {
+                if let Some(s) = self.participants.get(&sub) {
+                    let slots = slot_infos(s, room.selector.assignment(sub), &self.participants);
+                    self.events.push_back(CoreEvent::Slots {
+                        subscriber: sub,
+                        slots,
+                    });
+                }
+            }
         }
         room.arm_tick(&mut self.next_tick);
         let routes = room.selector.routes(from);

@@ -177,11 +177,33 @@ struct Participant {
     ssrc: Option<Ssrc>,
     /// One rewriter per slot stream.
     rewriters: Vec<SlotRewriter>,
+    /// Push-to-talk and deafen state (set after the participant is added, see [`MediaCore::set_ptt`]).
+    gate: Gate,
+}
+
+/// What a participant may say and hear right now, beyond its [`JoinParams`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Gate {
+    /// Push-to-talk: its audio is forwarded and mixed only while `key_down`.
+    ptt: bool,
+    key_down: bool,
+    /// Its gate has just opened (unmute, key down): its next packet re-runs slot selection at once, so
+    /// the onset reaches a free slot instead of waiting for the next selection tick.
+    onset: bool,
+    /// It is sent no audio (forward: no slot routed to it; mix: nothing sent).
+    deafened: bool,
 }
 
 impl Participant {
     fn publishes(&self) -> bool {
-        self.params.can_publish && !self.params.muted && self.peer.has_microphone()
+        self.params.can_publish
+            && !self.params.muted
+            && (!self.gate.ptt || self.gate.key_down)
+            && self.peer.has_microphone()
+    }
+
+    fn subscribes(&self) -> bool {
+        !self.gate.deafened && !self.peer.slots().is_empty()
     }
 }
 

@@ -113,6 +113,7 @@ impl MediaCore {
             params,
             ssrc: None,
             rewriters,
+            gate: super::Gate::default(),
         };
         let room = self
             .rooms
@@ -196,12 +197,68 @@ impl MediaCore {
 
     /// Stop or resume forwarding a participant's audio.
     pub fn set_muted(&mut self, id: ParticipantId, muted: bool) -> Result<(), CoreError> {
+        self.update_gate(id, |p| p.params.muted = muted)
+    }
+
+    /// Turn push-to-talk on or off for a participant. With it on, its audio is forwarded and mixed, and it
+    /// is a speaker candidate, only while its key is down ([`MediaCore::set_ptt_key`]); turning it on
+    /// starts with the key up.
+    pub fn set_ptt(&mut self, id: ParticipantId, enabled: bool) -> Result<(), CoreError> {
+        self.update_gate(id, |p| {
+            p.gate.ptt = enabled;
+            p.gate.key_down = false;
+        })
+    }
+
+    /// A push-to-talk participant's key went down or up. Down: its next packet is forwarded (the onset is
+    /// not lost: it re-runs slot selection at once if it holds no slot). Up: nothing more of it is
+    /// forwarded or mixed, and it leaves every slot. Without push-to-talk the key state is kept and
+    /// changes nothing.
+    pub fn set_ptt_key(&mut self, id: ParticipantId, down: bool) -> Result<(), CoreError> {
+        self.update_gate(id, |p| p.gate.key_down = down)
+    }
+
+    /// Deafen (or undeafen) a participant: it is sent no audio. In a forwarding room its slots are
+    /// emptied (a `Slots` event tells it) and nobody is routed to it; in a mixed room nothing is sent to
+    /// it. What it says is not affected.
+    pub fn set_deafened(&mut self, id: ParticipantId, deafened: bool) -> Result<(), CoreError> {
         let p = self
             .participants
             .get_mut(&id)
             .ok_or(CoreError::UnknownParticipant(id))?;
-        p.params.muted = muted;
+        if p.gate.deafened == deafened {
+            return Ok(());
+        }
+        p.gate.deafened = deafened;
+        let subscribes = p.subscribes();
+        let key = p.room;
+        if let Some(room) = self.rooms.get_mut(&key) {
+            if room.mixer().is_none() {
+                room.selector.set_subscribing(id, subscribes);
+            }
+        }
+        self.arm_tick(key);
+        Ok(())
+    }
+
+    /// Applies a change to a participant's mute or push-to-talk state, then tells its room's selector and
+    /// mixer whether it publishes now.
+    fn update_gate(
+        &mut self,
+        id: ParticipantId,
+        change: impl FnOnce(&mut Participant),
+    ) -> Result<(), CoreError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(CoreError::UnknownParticipant(id))?;
+        let before = p.publishes();
+        change(p);
         let publishes = p.publishes();
+        if publishes == before {
+            return Ok(());
+        }
+        p.gate.onset = publishes;
         let key = p.room;
         if let Some(room) = self.rooms.get_mut(&key) {
             room.selector.set_publishing(id, publishes);

@@ -81,7 +81,8 @@ impl MediaCore {
                         let Some(p) = self.participants.get_mut(&packet.to) else {
                             continue;
                         };
-                        if !p.peer.is_connected() {
+                        // A deafened listener is sent nothing.
+                        if !p.peer.is_connected() || p.gate.deafened {
                             continue;
                         }
                         let red = match (p.peer.slots().first(), &packet.previous) {
@@ -235,7 +236,7 @@ fn mix_red_payload(
     payload
 }
 
-fn slot_infos(
+pub(super) fn slot_infos(
     p: &Participant,
     assignment: &[Option<ParticipantId>],
     all: &HashMap<ParticipantId, Participant>,

@@ -21,6 +21,8 @@ impl Worker {
                 can_publish,
                 can_subscribe,
                 muted,
+                deafened,
+                ptt,
                 offer_sdp,
                 events,
                 reply,
@@ -53,6 +55,14 @@ impl Worker {
                     });
                 if result.is_ok() {
                     self.sessions.insert(id, events);
+                    // In the same pass as the peer's creation: no packet of it is handled before.
+                    let gated = self
+                        .core
+                        .set_deafened(id, deafened)
+                        .and_then(|()| self.core.set_ptt(id, ptt));
+                    if let Err(e) = gated {
+                        debug!(error = %e, "the new participant is gone");
+                    }
                 }
                 // The session may have gone away meanwhile; its Leave follows.
                 let _ = reply.send(result);
@@ -94,6 +104,32 @@ impl Worker {
                 if let Err(e) = self.core.set_position(now, id, position) {
                     let _enter = info_span!("participant", participant = %id).entered();
                     debug!(error = %e, "position not taken");
+                }
+            }
+            MediaCommand::Deafen {
+                participant: id,
+                deafened,
+            } => {
+                let _enter = info_span!("participant", participant = %id).entered();
+                if let Err(e) = self.core.set_deafened(id, deafened) {
+                    debug!(error = %e, deafened, "deafen for a participant without media");
+                }
+            }
+            MediaCommand::Ptt {
+                participant: id,
+                enabled,
+            } => {
+                let _enter = info_span!("participant", participant = %id).entered();
+                if let Err(e) = self.core.set_ptt(id, enabled) {
+                    debug!(error = %e, enabled, "ptt for a participant without media");
+                }
+            }
+            MediaCommand::PttKey {
+                participant: id,
+                down,
+            } => {
+                if let Err(e) = self.core.set_ptt_key(id, down) {
+                    debug!(error = %e, down, "ptt key for a participant without media");
                 }
             }
             MediaCommand::Leave { participant: id } => {

@@ -78,6 +78,8 @@ fn access_and_admin_tokens_are_not_interchangeable() {
         name: None,
         can_publish: true,
         can_subscribe: true,
+        moderator: false,
+        ptt: false,
     };
     let access = create_token("ops", SECRET, &access).expect("signs");
     assert_eq!(

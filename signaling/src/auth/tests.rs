@@ -22,6 +22,8 @@ fn claims() -> Claims {
         name: Some("Ada".into()),
         can_publish: true,
         can_subscribe: true,
+        moderator: false,
+        ptt: false,
     }
 }
 

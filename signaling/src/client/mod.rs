@@ -19,8 +19,8 @@ pub use error::ClientError;
 pub use tokio_tungstenite::tungstenite::Message as Frame;
 
 use crate::protocol::{
-    Answer, ClientMessage, Join, Joined, Leave, Left, Mute, Offer, Ping, ServerMessage,
-    PROTOCOL_VERSION,
+    Answer, ClientMessage, Join, Joined, Leave, Left, Moderate, ModerateAction, Mute, Offer, Ping,
+    Ptt, PttKey, ServerMessage, PROTOCOL_VERSION,
 };
 
 /// The close frame the server ended the session with.
@@ -171,6 +171,32 @@ impl Client {
     }
 
     /// Keepalive; the server answers with `pong` carrying `id`.
+    /// Turn push-to-talk on or off (no reply; `participant_updated` follows a change).
+    pub async fn ptt(&mut self, enabled: bool) -> Result<(), ClientError> {
+        self.send(&ClientMessage::Ptt(Ptt { enabled })).await
+    }
+
+    /// The push-to-talk key went down or up (no reply).
+    pub async fn ptt_key(&mut self, down: bool) -> Result<(), ClientError> {
+        self.send(&ClientMessage::PttKey(PttKey { down })).await
+    }
+
+    /// A moderation request on the participant `sid` (no reply; its effects arrive as events, a refusal
+    /// as `error`). `room` is the destination of [`ModerateAction::Move`].
+    pub async fn moderate(
+        &mut self,
+        action: ModerateAction,
+        sid: &str,
+        room: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let message = ClientMessage::Moderate(Moderate {
+            action,
+            sid: sid.to_owned(),
+            room: room.map(str::to_owned),
+        });
+        self.send(&message).await
+    }
+
     pub async fn ping(&mut self, id: u64) -> Result<(), ClientError> {
         self.send(&ClientMessage::Ping(Ping { id: id.into() }))
             .await
@@ -223,6 +249,8 @@ pub fn message_type(message: &ServerMessage) -> &'static str {
         ServerMessage::ParticipantJoined(_) => "participant_joined",
         ServerMessage::ParticipantLeft(_) => "participant_left",
         ServerMessage::ParticipantMuted(_) => "participant_muted",
+        ServerMessage::ParticipantUpdated(_) => "participant_updated",
+        ServerMessage::Moved(_) => "moved",
         ServerMessage::MediaState(_) => "media_state",
         ServerMessage::Speakers(_) => "speakers",
         ServerMessage::DominantSpeaker(_) => "dominant_speaker",

@@ -35,12 +35,15 @@ pub enum ErrorCode {
     BadPosition,
     MediaUnavailable,
     ResumeFailed,
+    RateLimited,
+    ServerMuted,
+    ParticipantNotFound,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -63,6 +66,9 @@ impl ErrorCode {
         ErrorCode::BadPosition,
         ErrorCode::MediaUnavailable,
         ErrorCode::ResumeFailed,
+        ErrorCode::RateLimited,
+        ErrorCode::ServerMuted,
+        ErrorCode::ParticipantNotFound,
         ErrorCode::Internal,
     ];
 
@@ -91,6 +97,9 @@ impl ErrorCode {
             ErrorCode::BadPosition => "bad_position",
             ErrorCode::MediaUnavailable => "media_unavailable",
             ErrorCode::ResumeFailed => "resume_failed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ServerMuted => "server_muted",
+            ErrorCode::ParticipantNotFound => "participant_not_found",
             ErrorCode::Internal => "internal",
         }
     }
@@ -109,7 +118,10 @@ impl ErrorCode {
             | ErrorCode::BadRoomSettings
             | ErrorCode::RoomSettingsConflict
             | ErrorCode::BadPosition
-            | ErrorCode::ResumeFailed => false,
+            | ErrorCode::ResumeFailed
+            | ErrorCode::RateLimited
+            | ErrorCode::ServerMuted
+            | ErrorCode::ParticipantNotFound => false,
             ErrorCode::FrameTooLarge
             | ErrorCode::UnsupportedProtocol
             | ErrorCode::InvalidToken
@@ -259,6 +271,9 @@ mod tests {
             BadPosition,
             MediaUnavailable,
             ResumeFailed,
+            RateLimited,
+            ServerMuted,
+            ParticipantNotFound,
             Internal,
         );
         assert_eq!(every.as_slice(), ErrorCode::ALL.as_slice());

@@ -62,6 +62,9 @@ mod tests {
             muted: false,
             can_publish: true,
             can_subscribe: true,
+            server_muted: false,
+            deafened: false,
+            ptt: false,
         };
         let msg = ServerMessage::Joined(Joined {
             protocol: 1,

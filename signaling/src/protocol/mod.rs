@@ -13,15 +13,19 @@ mod joined;
 mod leave;
 mod left;
 mod media_state;
+mod moderate;
+mod moved;
 mod mute;
 mod offer;
 mod participant;
 mod participant_joined;
 mod participant_left;
 mod participant_muted;
+mod participant_updated;
 mod ping;
 mod pong;
 mod position;
+mod ptt;
 mod resume;
 mod resumed;
 mod slots;
@@ -38,15 +42,19 @@ pub use joined::{IceServer, Joined, RoomInfo};
 pub use leave::Leave;
 pub use left::{Left, LeftReason};
 pub use media_state::{MediaConnectionState, MediaState};
+pub use moderate::{Moderate, ModerateAction};
+pub use moved::Moved;
 pub use mute::Mute;
 pub use offer::Offer;
 pub use participant::ParticipantInfo;
 pub use participant_joined::ParticipantJoined;
 pub use participant_left::{ParticipantLeft, ParticipantLeftReason};
 pub use participant_muted::ParticipantMuted;
+pub use participant_updated::ParticipantUpdated;
 pub use ping::Ping;
 pub use pong::Pong;
 pub use position::{PositionUpdate, Positions, SpeakerPosition};
+pub use ptt::{Ptt, PttKey};
 pub use resume::Resume;
 pub use resumed::Resumed;
 pub use slots::{Slot, Slots};
@@ -72,12 +80,16 @@ pub enum ClientMessage {
     Leave(Leave),
     Resume(Resume),
     Position(PositionUpdate),
+    Ptt(Ptt),
+    PttKey(PttKey),
+    Moderate(Moderate),
 }
 
 impl ClientMessage {
     /// The `type` of every client message of this protocol version.
-    pub const TYPES: [&'static str; 7] = [
-        "join", "offer", "mute", "ping", "leave", "resume", "position",
+    pub const TYPES: [&'static str; 10] = [
+        "join", "offer", "mute", "ping", "leave", "resume", "ptt", "ptt_key", "moderate",
+        "position",
     ];
 }
 
@@ -91,6 +103,8 @@ pub enum ServerMessage {
     ParticipantJoined(ParticipantJoined),
     ParticipantLeft(ParticipantLeft),
     ParticipantMuted(ParticipantMuted),
+    ParticipantUpdated(ParticipantUpdated),
+    Moved(Moved),
     MediaState(MediaState),
     Speakers(Speakers),
     DominantSpeaker(DominantSpeaker),
@@ -235,6 +249,13 @@ mod tests {
                 protocol: 1,
                 resume_token: "t".into(),
             }),
+            ClientMessage::Ptt(Ptt { enabled: true }),
+            ClientMessage::PttKey(PttKey { down: true }),
+            ClientMessage::Moderate(Moderate {
+                action: ModerateAction::Kick,
+                sid: "PA_9a0b1c2d3e4f".into(),
+                room: None,
+            }),
             ClientMessage::Position(PositionUpdate {
                 x: 0.0,
                 y: 0.0,
@@ -290,8 +311,8 @@ mod tests {
         }
         assert_eq!(client, ClientMessage::TYPES.len());
         assert_eq!(
-            server, 19,
-            "18 messages, joined twice (with and without TURN)"
+            server, 22,
+            "20 messages, joined and participant_muted twice"
         );
     }
 }

@@ -14,6 +14,19 @@ pub struct ParticipantInfo {
     pub muted: bool,
     pub can_publish: bool,
     pub can_subscribe: bool,
+    /// Muted by a moderator or operator: the participant cannot unmute itself. Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub server_muted: bool,
+    /// Sent no audio (a moderator's or operator's deafen). Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deafened: bool,
+    /// Push-to-talk: heard only while its key is down. Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ptt: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 #[cfg(test)]
@@ -29,6 +42,9 @@ mod tests {
             muted: false,
             can_publish: true,
             can_subscribe: false,
+            server_muted: false,
+            deafened: false,
+            ptt: false,
         };
         let json = serde_json::to_value(&p).expect("serializes");
         assert_eq!(

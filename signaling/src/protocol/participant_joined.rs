@@ -25,6 +25,9 @@ mod tests {
                 muted: true,
                 can_publish: true,
                 can_subscribe: true,
+                server_muted: false,
+                deafened: false,
+                ptt: false,
             },
         });
         let json = serde_json::to_value(&msg).expect("serializes");

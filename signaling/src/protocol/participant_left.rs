@@ -15,6 +15,8 @@ pub enum ParticipantLeftReason {
     /// A newer session with the same identity took the participant's place (a `participant_joined`
     /// for it follows).
     Replaced,
+    /// A moderator or operator moved the participant to another room.
+    Moved,
 }
 
 /// Server → client: another participant left the room.

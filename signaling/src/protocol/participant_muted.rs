@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 pub struct ParticipantMuted {
     pub sid: String,
     pub muted: bool,
+    /// The change came from a moderator or operator; when muting, the participant cannot unmute itself
+    /// (`server_muted`). Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_moderator: bool,
 }
 
 #[cfg(test)]
@@ -19,6 +23,7 @@ mod tests {
         let msg = ServerMessage::ParticipantMuted(ParticipantMuted {
             sid: "PA_9a0b1c2d3e4f".into(),
             muted: true,
+            by_moderator: false,
         });
         let text = serde_json::to_string(&msg).expect("serializes");
         assert_eq!(

@@ -44,6 +44,9 @@ mod tests {
             muted: identity == "ada",
             can_publish: true,
             can_subscribe: true,
+            server_muted: false,
+            deafened: false,
+            ptt: false,
         };
         let msg = ServerMessage::Resumed(Resumed {
             protocol: 1,

@@ -14,8 +14,8 @@ use crate::metrics::SessionLimit;
 use crate::protocol::{LeftReason, ParticipantInfo, ParticipantLeftReason};
 
 use super::{
-    next_participant_id, AdminError, Admission, AdmitError, JoinRequest, Member, MuteChange,
-    PresenceEvent, Room, RoomOrigin, RoomRegistry,
+    next_participant_id, Actor, AdminError, Admission, AdmitError, JoinRequest, MediaState, Member,
+    MuteChange, PresenceEvent, Room, RoomOrigin, RoomRegistry, ServerMuted,
 };
 
 impl RoomRegistry {
@@ -113,16 +113,21 @@ impl RoomRegistry {
             muted: false,
             can_publish: request.can_publish,
             can_subscribe: request.can_subscribe,
+            server_muted: false,
+            deafened: false,
+            ptt: request.ptt,
         };
         let others = room.members.iter().map(|m| m.info.clone()).collect();
         self.broadcast(&room.members, &PresenceEvent::Joined(participant.clone()));
         let (remove, removed) = watch::channel(None);
+        let (moves, moved) = watch::channel(None);
         room.members.push(Member {
             id,
             media: false,
             info: participant.clone(),
             events: request.events,
             remove,
+            moves,
         });
         room.empty_since = None;
         self.metrics.participant_joined(room.settings.mode);
@@ -138,32 +143,89 @@ impl RoomRegistry {
             settings: room.settings,
             others,
             removed,
+            moved,
         })
     }
 
     /// Records a participant's mute state and tells everyone in the room, the participant included
-    /// (nothing is sent if the state did not change). The registry is the one place the state lives; use
-    /// it through [`crate::Signaling::set_muted`], which also tells the media worker.
-    pub(crate) fn set_muted(&self, room: &str, id: ParticipantId, muted: bool) -> MuteChange {
+    /// (nothing is sent if the state did not change). A moderator's mute is a server mute: the participant's
+    /// own unmute is refused with [`ServerMuted`] until a moderator unmutes it. The registry is the one
+    /// place the state lives; use it through [`crate::Signaling::set_muted`], which also tells the media
+    /// worker.
+    pub(crate) fn set_muted(
+        &self,
+        room: &str,
+        id: ParticipantId,
+        muted: bool,
+        actor: Actor,
+    ) -> Result<MuteChange, ServerMuted> {
         let mut rooms = self.lock();
-        let Some(member) = rooms
-            .get_mut(room)
-            .and_then(|room| room.members.iter_mut().find(|m| m.id == id))
-        else {
-            return MuteChange::default();
+        let Some(room) = rooms.get_mut(room) else {
+            return Ok(MuteChange::default());
         };
-        if member.info.muted == muted {
-            return MuteChange::default();
+        let Some(member) = room.members.iter_mut().find(|m| m.id == id) else {
+            return Ok(MuteChange::default());
+        };
+        let server_muted = match actor {
+            Actor::Own if member.info.server_muted && !muted => return Err(ServerMuted),
+            Actor::Own => member.info.server_muted,
+            Actor::Moderator => muted,
+        };
+        if member.info.muted == muted && member.info.server_muted == server_muted {
+            return Ok(MuteChange::default());
         }
+        let media_changed = member.info.muted != muted;
         member.info.muted = muted;
-        let media = member.media;
+        member.info.server_muted = server_muted;
+        let media = member.media && media_changed;
         let event = PresenceEvent::Muted {
             sid: member.info.sid.clone(),
             muted,
+            by_moderator: actor == Actor::Moderator,
         };
-        let room = rooms
-            .get(room)
-            .expect("the room was found above, under the same lock");
+        self.broadcast(&room.members, &event);
+        Ok(MuteChange {
+            changed: true,
+            media,
+        })
+    }
+
+    /// Records whether a participant is deafened (sent no audio) and tells everyone in the room with
+    /// `participant_updated` (nothing if unchanged).
+    pub(crate) fn set_deafened(&self, room: &str, id: ParticipantId, deafened: bool) -> MuteChange {
+        self.update(room, id, |info| {
+            std::mem::replace(&mut info.deafened, deafened) != deafened
+        })
+    }
+
+    /// Records whether a participant talks by push-to-talk and tells everyone in the room with
+    /// `participant_updated` (nothing if unchanged).
+    pub(crate) fn set_ptt(&self, room: &str, id: ParticipantId, ptt: bool) -> MuteChange {
+        self.update(room, id, |info| {
+            std::mem::replace(&mut info.ptt, ptt) != ptt
+        })
+    }
+
+    /// Applies `change` to a participant's info; if it reports a change, everyone in the room is sent the
+    /// participant as it is now.
+    fn update(
+        &self,
+        room: &str,
+        id: ParticipantId,
+        change: impl FnOnce(&mut ParticipantInfo) -> bool,
+    ) -> MuteChange {
+        let mut rooms = self.lock();
+        let Some(room) = rooms.get_mut(room) else {
+            return MuteChange::default();
+        };
+        let Some(member) = room.members.iter_mut().find(|m| m.id == id) else {
+            return MuteChange::default();
+        };
+        if !change(&mut member.info) {
+            return MuteChange::default();
+        }
+        let media = member.media;
+        let event = PresenceEvent::Updated(member.info.clone());
         self.broadcast(&room.members, &event);
         MuteChange {
             changed: true,
@@ -172,8 +234,9 @@ impl RoomRegistry {
     }
 
     /// The participant's session sends its offer to a media worker: from now on the worker hears of
-    /// mute changes. Returns the mute state the offer carries (`None` if the participant left).
-    pub(crate) fn attach_media(&self, room: &str, id: ParticipantId) -> Option<bool> {
+    /// mute, deafen and push-to-talk changes. Returns the state the offer carries (`None` if the
+    /// participant left).
+    pub(crate) fn attach_media(&self, room: &str, id: ParticipantId) -> Option<MediaState> {
         let mut rooms = self.lock();
         let member = rooms
             .get_mut(room)?
@@ -181,7 +244,42 @@ impl RoomRegistry {
             .iter_mut()
             .find(|m| m.id == id)?;
         member.media = true;
-        Some(member.info.muted)
+        Some(MediaState {
+            muted: member.info.muted,
+            deafened: member.info.deafened,
+            ptt: member.info.ptt,
+        })
+    }
+
+    /// Tells the participant `sid` of `from` to move to room `to` (its session leaves and joins; see
+    /// [`crate::Signaling::move_participant`]).
+    pub(crate) fn request_move(&self, from: &str, sid: &str, to: &str) -> Result<(), AdminError> {
+        if !crate::auth::is_valid_room_name(to) {
+            return Err(AdminError::InvalidRoomName);
+        }
+        let rooms = self.lock();
+        let room = rooms.get(from).ok_or(AdminError::RoomNotFound)?;
+        let member = room
+            .members
+            .iter()
+            .find(|m| m.info.sid == sid)
+            .ok_or(AdminError::ParticipantNotFound)?;
+        if from == to {
+            return Err(AdminError::SameRoom);
+        }
+        member.moves.send_replace(Some(to.to_owned()));
+        Ok(())
+    }
+
+    /// The participant `sid` of `room` as it is now.
+    pub(crate) fn participant(&self, room: &str, sid: &str) -> Result<ParticipantInfo, AdminError> {
+        let rooms = self.lock();
+        let room = rooms.get(room).ok_or(AdminError::RoomNotFound)?;
+        room.members
+            .iter()
+            .find(|m| m.info.sid == sid)
+            .map(|m| m.info.clone())
+            .ok_or(AdminError::ParticipantNotFound)
     }
 
     /// The internal id of the participant `sid` in `room`.

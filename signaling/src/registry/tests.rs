@@ -49,6 +49,7 @@ fn request(
         name: identity.to_uppercase(),
         can_publish: true,
         can_subscribe: true,
+        ptt: false,
         events,
     };
     (request, rx)
@@ -103,14 +104,16 @@ fn admission_broadcast_and_leave() {
     );
     assert!(bob_rx.try_recv().is_err(), "no event about oneself joining");
 
-    assert!(registry.set_muted("lobby", bob.id, true).changed);
+    let own = |muted| registry.set_muted("lobby", bob.id, muted, Actor::Own);
+    assert!(own(true).expect("not server-muted").changed);
     assert!(
-        !registry.set_muted("lobby", bob.id, true).changed,
+        !own(true).expect("not server-muted").changed,
         "no change, no event"
     );
     let muted = PresenceEvent::Muted {
         sid: bob.participant.sid.clone(),
         muted: true,
+        by_moderator: false,
     };
     assert_eq!(ada_rx.try_recv(), Ok(muted.clone()));
     assert_eq!(bob_rx.try_recv(), Ok(muted));

@@ -16,6 +16,8 @@ use crate::protocol::{
     Answer, DominantSpeaker, ErrorCode, MediaConnectionState, MediaState, Mute, Offer,
     ServerMessage, Slot, Slots, Speaker, Speakers,
 };
+use crate::registry::Actor;
+use crate::ChangeError;
 
 /// The reply to `MediaCommand::Connect`, under way.
 pub(super) type PendingAnswer = Pin<Box<dyn Future<Output = Result<String, ConnectError>> + Send>>;
@@ -81,6 +83,7 @@ where
                 member.media = Media::Answered { events };
                 // A position the client sent before its peer existed.
                 super::position::send_position(member);
+                super::control::key_after_answer(member).await;
                 self.wire.send(&ServerMessage::Answer(Answer { sdp })).await
             }
             Err(ConnectError::Media(MediaError::BadSdp(why))) => {
@@ -219,6 +222,11 @@ pub(super) async fn on_offer<T: Sink<WsFrame> + Unpin>(
     let worker = wire.ctx.router().route(&member.membership.room);
     let (events, events_rx) = mpsc::channel(config.media_event_queue);
     let (reply, reply_rx) = oneshot::channel();
+    let state = wire
+        .ctx
+        .registry()
+        .attach_media(&member.membership.room, member.membership.id)
+        .unwrap_or_default();
     let command = MediaCommand::Connect {
         room: member.membership.room.clone(),
         settings: member.settings,
@@ -227,11 +235,9 @@ pub(super) async fn on_offer<T: Sink<WsFrame> + Unpin>(
         can_subscribe: member.can_subscribe,
         // The registry owns the state (the client's `mute` and the admin API both set it there); from
         // now on `Signaling::set_muted` also tells the worker.
-        muted: wire
-            .ctx
-            .registry()
-            .attach_media(&member.membership.room, member.membership.id)
-            .unwrap_or(false),
+        muted: state.muted,
+        deafened: state.deafened,
+        ptt: state.ptt,
         offer_sdp: offer.sdp,
         events,
         reply,
@@ -304,8 +310,13 @@ pub(super) async fn on_mute<T: Sink<WsFrame> + Unpin>(
     let membership = &member.membership;
     let set = wire
         .ctx
-        .set_muted(&membership.room, membership.id, mute.muted)
+        .set_muted(&membership.room, membership.id, mute.muted, Actor::Own)
         .await;
+    if let Err(ChangeError::ServerMuted(refused)) = set {
+        return wire
+            .reject(ErrorCode::ServerMuted, refused.to_string())
+            .await;
+    }
     if set.is_err() {
         tracing::warn!(sid = %member.sid, "media worker did not take a mute command");
         return wire

@@ -7,7 +7,7 @@ use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
-use super::{Flow, Media, Member, Membership, Missed, Resumable, Session, WsFrame};
+use super::{Flow, Media, Member, Membership, Missed, PttKeys, Resumable, Session, WsFrame};
 use crate::auth::{unix_now, verify_token};
 use crate::media::MediaCommand;
 use crate::metrics::LeaveReason;
@@ -127,10 +127,11 @@ pub(super) fn admit(
     let (events, presence) = mpsc::channel(ctx.config().presence_queue);
     let request = JoinRequest {
         room: claims.room.clone(),
-        identity: claims.sub,
-        name,
+        identity: claims.sub.clone(),
+        name: name.clone(),
         can_publish: claims.can_publish,
         can_subscribe: claims.can_subscribe,
+        ptt: claims.ptt,
         events,
     };
     let admission = ctx
@@ -148,10 +149,16 @@ pub(super) fn admit(
         },
         sid: admission.participant.sid.clone(),
         settings: admission.settings,
+        identity: claims.sub,
+        name,
         can_publish: admission.participant.can_publish,
         can_subscribe: admission.participant.can_subscribe,
+        moderator: claims.moderator,
+        ptt_forced: claims.ptt,
+        ptt_keys: PttKeys::new(Instant::now()),
         presence,
         removed: admission.removed,
+        moved: admission.moved,
         media: Media::None,
         resume,
         missed: Missed::default(),

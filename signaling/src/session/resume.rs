@@ -206,9 +206,12 @@ where
             return None;
         }
         ctx.metrics().suspended_changed(1);
-        let joined = self.joined.take();
-        if let Some(member) = &joined {
+        let mut joined = self.joined.take();
+        if let Some(member) = &mut joined {
             tracing::debug!(sid = %member.sid, reason = ?exit, "socket dropped; session suspended");
+            // A push-to-talk key held when the socket dropped is released: its key-up may be lost with
+            // the socket, and a stuck key is an open microphone.
+            super::control::release_key(member);
         }
         // The socket goes with the session; the suspended member keeps only its room and media.
         Some(Suspended {
@@ -377,6 +380,13 @@ impl Suspended {
                 Input::Removed(reason) => {
                     let exit = Exit::Removed(reason);
                     break (exit.left_reason(), exit.metric_reason());
+                }
+                // Nobody to tell where to go: a suspended session that is moved leaves.
+                Input::Moved(_) => {
+                    break (
+                        ParticipantLeftReason::Moved,
+                        crate::metrics::LeaveReason::Moved,
+                    )
                 }
                 // Presence is in `resumed`; the rest cannot reach a member-only wait.
                 _ => {}

@@ -239,6 +239,18 @@ enum Seen {
         participant: ParticipantId,
         position: crate::media::Position,
     },
+    Deafen {
+        participant: ParticipantId,
+        deafened: bool,
+    },
+    Ptt {
+        participant: ParticipantId,
+        enabled: bool,
+    },
+    PttKey {
+        participant: ParticipantId,
+        down: bool,
+    },
 }
 
 struct FakeRouter {
@@ -304,6 +316,8 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     can_publish,
                     can_subscribe,
                     muted,
+                    deafened: _,
+                    ptt: _,
                     offer_sdp,
                     events,
                     reply,
@@ -366,6 +380,21 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     participant,
                     position,
                 },
+                MediaCommand::Deafen {
+                    participant,
+                    deafened,
+                } => Seen::Deafen {
+                    participant,
+                    deafened,
+                },
+                MediaCommand::Ptt {
+                    participant,
+                    enabled,
+                } => Seen::Ptt {
+                    participant,
+                    enabled,
+                },
+                MediaCommand::PttKey { participant, down } => Seen::PttKey { participant, down },
                 MediaCommand::Leave { participant } => {
                     worker_events
                         .lock()
@@ -417,6 +446,8 @@ fn claims(room: &str, identity: &str) -> Claims {
         name: None,
         can_publish: true,
         can_subscribe: true,
+        moderator: false,
+        ptt: false,
     }
 }
 
@@ -610,6 +641,7 @@ async fn participants_see_each_other() {
     let muted = ServerMessage::ParticipantMuted(ParticipantMuted {
         sid: bob_info.sid.clone(),
         muted: true,
+        by_moderator: false,
     });
     assert_eq!(bob.message().await, muted);
     assert_eq!(ada.message().await, muted);
@@ -626,6 +658,7 @@ async fn participants_see_each_other() {
     let unmuted = ServerMessage::ParticipantMuted(ParticipantMuted {
         sid: bob_info.sid.clone(),
         muted: false,
+        by_moderator: false,
     });
     assert_eq!(bob.message().await, unmuted);
     assert_eq!(ada.message().await, unmuted);
@@ -1201,6 +1234,9 @@ async fn a_bad_session_does_not_disturb_its_room() {
                 muted: false,
                 can_publish: true,
                 can_subscribe: true,
+                server_muted: false,
+                deafened: false,
+                ptt: false,
             }
         })
     );
@@ -1548,7 +1584,8 @@ async fn admin_mute_reaches_the_worker_the_room_and_the_session() {
         ada.message().await,
         ServerMessage::ParticipantMuted(ParticipantMuted {
             sid: sid.clone(),
-            muted: true
+            muted: true,
+            by_moderator: true,
         })
     );
     ada.offer().await;
@@ -1556,8 +1593,17 @@ async fn admin_mute_reaches_the_worker_the_room_and_the_session() {
         media.next().await,
         Seen::Connect { muted: true, .. }
     ));
-    // The participant may unmute itself: the session knows it is muted.
+    // A server mute: the participant cannot unmute itself, and is told why.
     ada.json(json!({"type": "mute", "muted": false}));
+    ada.error(ErrorCode::ServerMuted).await;
+    media.assert_no_command();
+    assert!(ctx.room("lobby").expect("exists").participants[0].server_muted);
+    // The operator can.
+    let info = ctx
+        .mute_participant("lobby", &sid, false)
+        .await
+        .expect("present");
+    assert!(!info.muted && !info.server_muted);
     assert_eq!(
         media.next().await,
         Seen::Mute {
@@ -1636,7 +1682,15 @@ async fn client_and_admin_mute_give_the_same_events_and_state() {
             .collect()
     };
     let client = mask(client);
-    assert_eq!(mask(admin), client);
+    // The admin's is a server mute: the same, but marked as such.
+    let admin: Vec<String> = mask(admin)
+        .into_iter()
+        .map(|l| {
+            l.replace("by_moderator: true", "by_moderator: false")
+                .replace("server_muted: true", "server_muted: false")
+        })
+        .collect();
+    assert_eq!(admin, client);
     // And what they are: the muted event to both, one worker command per change, the state.
     assert_eq!(
         client
@@ -1956,3 +2010,5 @@ async fn positions_are_checked_rate_limited_and_reach_the_worker() {
         })
     );
 }
+
+mod moderation;

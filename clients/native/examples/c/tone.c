@@ -1,7 +1,7 @@
 /*
  * Chorus native SDK, C example: join a room, send a tone, report which tones the others send.
  *
- *   tone <ws-url> <token> <room> <tone-hz> <seconds> <candidate-hz>...
+ *   tone [--ptt] <ws-url> <token> <room> <tone-hz> <seconds> <candidate-hz>...
  *
  * It connects, waits for media, then for <seconds> acts as a game's audio callbacks would every 10 ms:
  * pushes the <tone-hz> sine (24 kHz, 16-bit) and pulls the mix (48 kHz, float). Then it analyses the
@@ -11,10 +11,14 @@
  *
  * and finally "participants <n>" (the others it was told about), leaves and frees the client. Exit status:
  * 0, or 1 with the SDK's error message on stderr.
+ *
+ * With --ptt it talks by push-to-talk: the key is up for the first half of <seconds> (nothing of it is sent
+ * or forwarded) and held down for the second half, as a game would from its key handler.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +67,10 @@ static void on_event(const ChorusEvent *e, int *participants, ChorusConnectionSt
   case CHORUS_EVENT_KIND_SLOT:
     printf("event slot %u: %s\n", e->slot, e->sid[0] ? e->sid : "-");
     break;
+  case CHORUS_EVENT_KIND_PARTICIPANT_UPDATED:
+    printf("event participant_updated %s ptt %d deafened %d server_muted %d\n", e->sid, (int)e->ptt,
+           (int)e->deafened, (int)e->server_muted);
+    break;
   case CHORUS_EVENT_KIND_LEFT:
     printf("event left %s\n", e->text);
     break;
@@ -104,8 +112,14 @@ static double goertzel(const float *x, size_t n, double freq) {
 }
 
 int main(int argc, char **argv) {
+  const char *program = argv[0];
+  bool ptt = argc > 1 && strcmp(argv[1], "--ptt") == 0;
+  if (ptt) {
+    argv++;
+    argc--;
+  }
   if (argc < 7) {
-    fprintf(stderr, "usage: %s <ws-url> <token> <room> <tone-hz> <seconds> <candidate-hz>...\n", argv[0]);
+    fprintf(stderr, "usage: %s [--ptt] <ws-url> <token> <room> <tone-hz> <seconds> <candidate-hz>...\n", program);
     return 2;
   }
   const char *url = argv[1], *token = argv[2], *room = argv[3];
@@ -121,6 +135,7 @@ int main(int argc, char **argv) {
   config.name = "C example";
   ChorusClient *client = chorus_client_new(&config);
   if (!client) return fail("chorus_client_new", CHORUS_ERROR_OK);
+  if (ptt && (code = chorus_client_set_ptt(client, true)) != CHORUS_ERROR_OK) return fail("chorus_client_set_ptt", code);
   code = chorus_client_connect(client, url, token, room);
   if (code != CHORUS_ERROR_OK) return fail("chorus_client_connect", code);
 
@@ -143,9 +158,15 @@ int main(int argc, char **argv) {
   int16_t *push = calloc(IN_RATE, sizeof(int16_t));
   if (!heard || !pull || !push) return 1;
   size_t pushed = 0, pulled = 0, got = 0;
+  bool key_down = false;
   const double start = now_seconds();
   while (pulled < total) {
     double elapsed = now_seconds() - start;
+    if (ptt && !key_down && elapsed >= seconds / 2) {
+      if ((code = chorus_client_set_ptt_key(client, true)) != CHORUS_ERROR_OK) return fail("chorus_client_set_ptt_key", code);
+      key_down = true;
+      printf("ptt key down at %.2f s\n", elapsed);
+    }
     size_t due_in = (size_t)(elapsed * IN_RATE);
     size_t n = due_in - pushed;
     if (n > IN_RATE) n = IN_RATE;

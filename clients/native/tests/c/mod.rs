@@ -1,6 +1,8 @@
 //! The C example (`examples/c/tone.c`), built with the system C compiler against the static library and
 //! the header, joins a room where two `AudioClient`s send 440 and 660 Hz and sends 880 Hz: it must report
-//! hearing 440 and 660 Hz (and not its own 880), and both others must hear 880 Hz from it.
+//! hearing 440 and 660 Hz (and not its own 880), and both others must hear 880 Hz from it. With `--ptt` the
+//! example talks by push-to-talk through the C ABI (key up for the first half, down for the second): the
+//! others hear it for the second half only.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,5 +98,54 @@ async fn the_c_example_hears_two_clients_and_is_heard() -> anyhow::Result<()> {
     }
     carol.stop().await?;
     dave.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_c_example_with_push_to_talk_is_heard_only_while_its_key_is_down() -> anyhow::Result<()>
+{
+    let exe = tokio::task::spawn_blocking(build_example).await??;
+    let server = Server::start(&[]).await?;
+    let room = "c-ptt";
+    let (_carol_signal, mut carol, _) = audio_client(&server, room, "carol", 440.0).await?;
+    carol.wait_connected(SECONDS).await?;
+    let token = server.token(room, "c-example", &[])?;
+    let url = server.ws_url();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(&exe)
+            .args(["--ptt", &url, &token, room, "880", "4", "440", "880"])
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!(
+        "{stdout}\nstderr: {}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_tail()
+    );
+    assert!(out.status.success(), "the example failed: {report}");
+    assert!(stdout.contains("ptt key down"), "{report}");
+    assert!(
+        stdout.contains("participant_updated") && stdout.contains("ptt 1"),
+        "the server confirms push-to-talk: {report}"
+    );
+    {
+        let heard = carol
+            .heard
+            .lock()
+            .expect("no panic while holding the heard lock");
+        // Only the 2 s with the key down reached carol (the first 2 s were neither sent nor forwarded).
+        let samples: usize = heard.pcm_by_csrc.values().map(Vec::len).sum();
+        let secs = samples as f64 / f64::from(SAMPLE_RATE);
+        println!("carol heard {secs:.2} s of the C example's 4 s (key down for the last 2 s)");
+        assert!(
+            (1.3..2.6).contains(&secs),
+            "carol heard {secs:.2} s of the C example's 4 s: {report}"
+        );
+        let pcm = heard.pcm_by_csrc.values().next().expect("one talker");
+        assert_eq!(tones_in(pcm, SAMPLE_RATE).0, vec![880.0], "{report}");
+    }
+    carol.stop().await?;
     Ok(())
 }

@@ -337,3 +337,5 @@ async fn a_lost_connection_is_rejoined_and_heard_again() -> anyhow::Result<()> {
     carol.stop().await?;
     Ok(())
 }
+
+mod ptt;

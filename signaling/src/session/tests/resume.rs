@@ -130,6 +130,9 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
                 muted: false,
                 can_publish: true,
                 can_subscribe: true,
+                server_muted: false,
+                deafened: false,
+                ptt: false,
             }
         })
     );

@@ -1,0 +1,54 @@
+//! `moved`: a moderator or operator moved this participant to another room.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ParticipantInfo, RoomInfo};
+
+/// Server → client: the session now belongs to `room` (it left the old one: the others there saw
+/// `participant_left` reason `moved`). Its media peer is gone: the client closes its peer connection and
+/// sends a new `offer` for the new room, as after `joined`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// This participant in the new room (a new `sid`).
+    pub participant: ParticipantInfo,
+    pub room: RoomInfo,
+    /// Everyone else in the new room.
+    pub participants: Vec<ParticipantInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::RoomMode;
+    use crate::protocol::ServerMessage;
+
+    #[test]
+    fn round_trips() {
+        let msg = ServerMessage::Moved(Moved {
+            participant: ParticipantInfo {
+                sid: "PA_0c1d2e3f4a5b".into(),
+                identity: "ada".into(),
+                name: "Ada".into(),
+                muted: false,
+                can_publish: true,
+                can_subscribe: true,
+                server_muted: false,
+                deafened: false,
+                ptt: false,
+            },
+            room: RoomInfo {
+                name: "breakout".into(),
+                mode: RoomMode::Forward,
+                slots: 3,
+                max_participants: 100,
+            },
+            participants: Vec::new(),
+        });
+        let text = serde_json::to_string(&msg).expect("serializes");
+        assert!(text.starts_with(r#"{"type":"moved","participant":{"sid":"PA_0c1d2e3f4a5b""#));
+        assert_eq!(
+            serde_json::from_str::<ServerMessage>(&text).expect("parses"),
+            msg
+        );
+    }
+}

@@ -32,6 +32,7 @@ fn tone() -> &'static [Vec<u8>] {
             bitrate_bps: 32_000,
             complexity: 5,
             fec: true,
+            channels: 1,
         })
         .expect("libopus creates a mono 48 kHz encoder");
         let mut phase = 0.0;

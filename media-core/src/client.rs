@@ -191,7 +191,12 @@ impl ClientPeer {
 
     /// Create the peer and its SDP offer.
     pub fn new(now: Instant, config: ClientConfig) -> Result<(ClientPeer, String), PeerError> {
-        let mut rtc = opus_only(crate::core::peer::dtls::rtc_builder(), config.red > 0).build(now);
+        let mut rtc = opus_only(
+            crate::core::peer::dtls::rtc_builder(),
+            config.red > 0,
+            false,
+        )
+        .build(now);
         let candidate = Candidate::host(config.local_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -225,7 +230,7 @@ impl ClientPeer {
         now: Instant,
         local_addr: SocketAddr,
     ) -> Result<(ClientPeer, String), PeerError> {
-        let mut rtc = opus_only(crate::core::peer::dtls::rtc_builder(), false).build(now);
+        let mut rtc = opus_only(crate::core::peer::dtls::rtc_builder(), false, false).build(now);
         let candidate = Candidate::host(local_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -247,7 +252,7 @@ impl ClientPeer {
     ) -> Result<(ClientPeer, String), PeerError> {
         let offer =
             SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
-        let mut rtc = opus_only(crate::core::peer::dtls::rtc_builder(), false).build(now);
+        let mut rtc = opus_only(crate::core::peer::dtls::rtc_builder(), false, false).build(now);
         let candidate = Candidate::host(local_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
         rtc.add_local_candidate(candidate);

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod mixer;
 pub mod red;
 pub mod sfu;
+pub mod spatial;
 pub mod speakers;
 pub mod stats;
 #[cfg(any(test, feature = "testkit"))]
@@ -38,4 +39,7 @@ pub use crate::core::{
 };
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples};
-pub use vocab::{MixSettings, RoomMode, RoomSettings, SettingsError, SlotAssignment};
+pub use vocab::{
+    FadeModel, MixSettings, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
+    SpatialError, SpatialSettings,
+};

@@ -656,3 +656,4 @@ fn malformed_red_is_a_counted_drop() {
     sim.run_for(Duration::from_secs(1));
     sim.assert_hears_others(1, 0.8);
 }
+mod spatial;

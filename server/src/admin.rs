@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use signaling::media::{MixSettings, RoomMode, RoomSettings};
+use signaling::media::{MixSettings, RoomMode, RoomSettings, SpatialSettings};
 use signaling::protocol::{ModerateAction, ParticipantInfo};
 use signaling::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
 use tracing::{info, warn};
@@ -304,6 +304,9 @@ pub struct RoomView {
     pub num_participants: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mix: Option<MixSettings>,
+    /// Positional voice, in a spatial room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spatial: Option<SpatialSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub participants: Option<Vec<ParticipantInfo>>,
 }
@@ -320,6 +323,7 @@ impl RoomView {
             closing: room.closing,
             num_participants: room.participants.len(),
             mix: (room.settings.mode == RoomMode::Mix).then_some(room.settings.mix),
+            spatial: room.settings.spatial,
             participants: with_participants.then_some(room.participants),
             name: room.name,
         }
@@ -352,6 +356,10 @@ pub struct CreateRoom {
     pub empty_timeout_secs: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     pub mix: Option<MixPatch>,
+    /// Positional voice (either mode); absent fields take the defaults of [`SpatialSettings`], not the
+    /// server's `[room.spatial]`. Absent: the room is not spatial.
+    #[serde(default, deserialize_with = "present")]
+    pub spatial: Option<SpatialSettings>,
 }
 
 /// Mixer settings of a new room; absent fields take the server's `[room.mix]`.
@@ -447,6 +455,36 @@ pub fn room_spec(
                 .map_err(|why| ApiError::invalid_settings(why.to_string()))?;
             RoomSettings::mix(mix)
         }
+    };
+    let settings = match req.spatial {
+        Some(spatial) => {
+            // Each field's own range (docs/openapi.json states them): 400. What remains is the one rule
+            // between fields, audible_distance >= conversational_distance: 422, like the mixer's jitter
+            // bounds.
+            let alone = SpatialSettings {
+                audible_distance: spatial.audible_distance,
+                conversational_distance: spatial
+                    .conversational_distance
+                    .min(spatial.audible_distance),
+                ..spatial
+            };
+            let in_range = spatial.conversational_distance.is_finite()
+                && spatial.conversational_distance > 0.0;
+            match alone.validate() {
+                Err(why) => return Err(ApiError::bad_request(why.to_string())),
+                Ok(()) if !in_range => {
+                    return Err(ApiError::bad_request(
+                        "spatial conversational_distance must be finite and > 0",
+                    ))
+                }
+                Ok(()) => {}
+            }
+            spatial
+                .validate()
+                .map_err(|why| ApiError::invalid_settings(why.to_string()))?;
+            settings.with_spatial(spatial)
+        }
+        None => settings,
     };
     let max_participants = req.max_participants.unwrap_or(defaults.max_participants);
     if !(1..=MAX_ROOM_PARTICIPANTS).contains(&max_participants) {
@@ -742,9 +780,32 @@ mod tests {
             r#"{"name": "a", "empty_timeout_secs": 100000}"#,
             r#"{"name": "a", "slots": 3}"#,
             r#"{"name": "a", "mode": "mix", "mix": {"complexity": 11}}"#,
+            r#"{"name": "a", "spatial": {"max_audible": 0}}"#,
+            r#"{"name": "a", "spatial": {"audible_distance": 0.5}}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        for bad in [
+            r#"{"name": "a", "spatial": {"fade_model": "cubic"}}"#,
+            r#"{"name": "a", "spatial": {"range": 4}}"#,
+            r#"{"name": "a", "spatial": null}"#,
+        ] {
+            assert!(serde_json::from_str::<CreateRoom>(bad).is_err(), "{bad}");
+        }
+        let err = parse(
+            r#"{"name": "a", "spatial": {"audible_distance": 5, "conversational_distance": 10}}"#,
+        )
+        .expect_err("audible below conversational");
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_settings")
+        );
+        let spec = parse(r#"{"name": "a", "mode": "mix", "spatial": {"audible_distance": 50}}"#)
+            .expect("valid");
+        assert_eq!(spec.settings.mode, RoomMode::Mix);
+        let spatial = spec.settings.spatial.expect("spatial");
+        assert_eq!(spatial.audible_distance, 50.0);
+        assert_eq!(spatial.max_audible, SpatialSettings::default().max_audible);
         let err = parse(r#"{"name": "a", "mode": "mix", "mix": {"jitter_min_ms": 201}}"#)
             .expect_err("above the default jitter_max_ms");
         assert_eq!(

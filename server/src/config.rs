@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use signaling::media::{MixSettings, RoomMode, RoomSettings};
+use signaling::media::{MixSettings, RoomMode, RoomSettings, SpatialSettings};
 use vocab::MAX_SLOTS;
 
 /// The development API key used when no keys are configured and development mode is on.
@@ -278,6 +278,9 @@ pub struct RoomDefaults {
     pub empty_timeout_secs: u64,
     /// Encoder and jitter-buffer settings of mixed rooms.
     pub mix: MixSettings,
+    /// Positional voice in rooms created by a join (`[room.spatial]`; absent: none). Rooms created through
+    /// the admin API say for themselves.
+    pub spatial: Option<SpatialSettings>,
     /// A participant kicked through the admin API may not rejoin its room with the same identity for
     /// this long (0: no ban).
     pub kick_ban_secs: u64,
@@ -291,6 +294,7 @@ impl Default for RoomDefaults {
             max_participants: 100,
             empty_timeout_secs: 300,
             mix: MixSettings::default(),
+            spatial: None,
             kick_ban_secs: 300,
         }
     }
@@ -567,6 +571,9 @@ impl Config {
             return invalid("room.empty_timeout_secs must be at most 86400 (one day)");
         }
         if let Err(why) = self.room.mix.validate() {
+            return Err(ConfigError::Invalid(format!("room.{why}")));
+        }
+        if let Some(Err(why)) = self.room.spatial.as_ref().map(SpatialSettings::validate) {
             return Err(ConfigError::Invalid(format!("room.{why}")));
         }
         if !(1..=600_000).contains(&self.http.header_timeout_ms) {

@@ -119,6 +119,7 @@ impl Server {
             default_slots: config.room.slots,
             default_mode: config.room.default_mode,
             default_mix: config.room.mix,
+            default_spatial: config.room.spatial,
             default_empty_timeout_secs: config.room.empty_timeout_secs,
             default_max_participants: config.room.max_participants,
             join_deadline_ms: config.session.join_deadline_ms,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::media::{MixSettings, RoomMode, RoomSettings, SettingsError};
+use crate::media::{MixSettings, RoomMode, RoomSettings, SettingsError, SpatialSettings};
 use crate::turn::{TurnConfig, TurnConfigError};
 use vocab::MAX_SLOTS;
 /// The longest any timeout may be set to (one day): larger values are surely typos.
@@ -18,7 +18,7 @@ const MAX_SUSPENDED: usize = 1_000_000;
 ///
 /// The frame size limit is fixed by the protocol ([`crate::protocol::MAX_FRAME_BYTES`]) and not
 /// configurable.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SignalingConfig {
     /// Audio slots per subscriber of a new room (1 to 16). Rooms take their settings when their first
@@ -28,6 +28,8 @@ pub struct SignalingConfig {
     pub default_mode: RoomMode,
     /// Encoder settings of a mixed room created by a join.
     pub default_mix: MixSettings,
+    /// Positional voice in rooms created by a join (`None`: none).
+    pub default_spatial: Option<SpatialSettings>,
     /// How long a room created through the admin API stays while empty, unless its request says otherwise.
     pub default_empty_timeout_secs: u64,
     /// Participants a new room admits before `room_full`.
@@ -65,6 +67,7 @@ impl Default for SignalingConfig {
             default_slots: 3,
             default_mode: RoomMode::Forward,
             default_mix: MixSettings::default(),
+            default_spatial: None,
             default_empty_timeout_secs: 300,
             default_max_participants: 100,
             idle_timeout_ms: 30_000,
@@ -118,6 +121,11 @@ impl SignalingConfig {
             return Err(ConfigError::Slots(slots));
         }
         self.default_mix.validate().map_err(ConfigError::Mix)?;
+        if let Some(spatial) = &self.default_spatial {
+            spatial
+                .validate()
+                .map_err(|e| ConfigError::Mix(SettingsError::Spatial(e)))?;
+        }
         if self.default_max_participants == 0 {
             return Err(ConfigError::MaxParticipants);
         }
@@ -158,9 +166,13 @@ impl SignalingConfig {
 
     /// The media settings of a room created by a join.
     pub fn room_settings(&self) -> RoomSettings {
-        match self.default_mode {
+        let settings = match self.default_mode {
             RoomMode::Forward => RoomSettings::forward(self.default_slots),
             RoomMode::Mix => RoomSettings::mix(self.default_mix),
+        };
+        RoomSettings {
+            spatial: self.default_spatial,
+            ..settings
         }
     }
 

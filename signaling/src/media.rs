@@ -8,7 +8,8 @@
 use tokio::sync::{mpsc, oneshot};
 
 pub use vocab::{
-    MixSettings, ParticipantId, RoomMode, RoomSettings, SettingsError, SlotAssignment,
+    MixSettings, ParticipantId, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
+    SpatialSettings,
 };
 
 /// Why a command failed on the media side.
@@ -63,6 +64,11 @@ pub enum MediaCommand {
         participant: ParticipantId,
         muted: bool,
     },
+    /// Place or move the participant in its spatial room (checked: finite, within the world).
+    Position {
+        participant: ParticipantId,
+        position: Position,
+    },
     /// Send the participant no audio (or resume).
     Deafen {
         participant: ParticipantId,
@@ -95,6 +101,8 @@ pub enum MediaEvent {
     DominantSpeaker(ParticipantId),
     /// The full slot assignment of this subscriber, sent whenever it changes.
     Slots(Vec<SlotAssignment>),
+    /// Spatial forwarding room: the speakers this subscriber hears and where they are.
+    Positions(Vec<(ParticipantId, Position)>),
 }
 
 /// Finds the worker that owns a room.

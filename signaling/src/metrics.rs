@@ -142,7 +142,39 @@ pub struct SignalingMetrics {
     resume_failures: IntCounterVec,
     suspended: IntGauge,
     ice_restarts: IntCounter,
+    positions: IntCounterVec,
     moderation: IntCounterVec,
+}
+
+/// What became of a client's `position` (the `result` label of `chorus_positions_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PositionResult {
+    /// Passed on to the media worker.
+    Accepted,
+    /// Less than 100 ms after the previous accepted one: dropped.
+    RateLimited,
+    /// Not finite, outside the world, or the room is not spatial: `bad_position`.
+    Refused,
+    /// Accepted, but the media worker's command queue was full.
+    Dropped,
+}
+
+impl PositionResult {
+    pub const ALL: [PositionResult; 4] = [
+        PositionResult::Accepted,
+        PositionResult::RateLimited,
+        PositionResult::Refused,
+        PositionResult::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PositionResult::Accepted => "accepted",
+            PositionResult::RateLimited => "rate_limited",
+            PositionResult::Refused => "refused",
+            PositionResult::Dropped => "dropped",
+        }
+    }
 }
 
 /// Why a `resume` failed (the `reason` label of `chorus_session_resume_failures_total`).
@@ -271,6 +303,16 @@ impl SignalingMetrics {
             "chorus_ice_restarts_total",
             "ICE restart offers answered on a participant's existing media peer.",
         )?;
+        let positions = IntCounterVec::new(
+            Opts::new(
+                "chorus_positions_total",
+                "Client position messages in spatial rooms, by result (accepted, rate_limited, refused, dropped).",
+            ),
+            &["result"],
+        )?;
+        for result in PositionResult::ALL {
+            positions.with_label_values(&[result.as_str()]);
+        }
         let moderation = IntCounterVec::new(
             Opts::new(
                 "chorus_moderation_actions_total",
@@ -330,6 +372,7 @@ impl SignalingMetrics {
         registry.register(Box::new(suspended.clone()))?;
         registry.register(Box::new(ice_restarts.clone()))?;
         registry.register(Box::new(turn_credentials.clone()))?;
+        registry.register(Box::new(positions.clone()))?;
         Ok(Self {
             errors,
             joins,
@@ -348,8 +391,18 @@ impl SignalingMetrics {
             suspended,
             ice_restarts,
             turn_credentials,
+            positions,
             moderation,
         })
+    }
+
+    pub(crate) fn position(&self, result: PositionResult) {
+        self.positions.with_label_values(&[result.as_str()]).inc();
+    }
+
+    /// Client positions with `result` so far.
+    pub fn positions(&self, result: PositionResult) -> u64 {
+        self.positions.with_label_values(&[result.as_str()]).get()
     }
 
     pub(crate) fn session_resumed(&self) {
@@ -560,6 +613,7 @@ mod tests {
             "chorus_sessions_suspended",
             "chorus_ice_restarts_total",
             "chorus_turn_credentials_issued_total",
+            "chorus_positions_total",
         ] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }

@@ -27,10 +27,13 @@ use crate::Signaling;
 mod control;
 mod media;
 mod membership;
+mod position;
 mod resume;
 
 use control::{on_moderate, on_ptt, on_ptt_key, PttKeys};
 use media::{on_mute, on_offer, ConnectError, Media};
+pub use position::MIN_POSITION_INTERVAL;
+use position::{on_position, Placement};
 pub(crate) use resume::ResumeTable;
 use resume::{hand_over, Claim, Missed, Resumable};
 
@@ -334,6 +337,8 @@ struct Member {
     resume: Resumable,
     /// What the client missed while the session was suspended.
     missed: Missed,
+    /// Its place in a spatial room.
+    placement: Placement,
 }
 
 /// A participant's place in its room and on its media worker, released exactly once: by [`Membership::end`]
@@ -531,6 +536,9 @@ where
                 on_offer(&mut self.wire, member, offer).await
             }
             ClientMessage::Mute(mute) => on_mute(&mut self.wire, member, mute).await,
+            ClientMessage::Position(update) => {
+                on_position(&mut self.wire, member, update, received).await
+            }
             ClientMessage::Ptt(ptt) => on_ptt(&mut self.wire, member, ptt).await,
             ClientMessage::PttKey(key) => on_ptt_key(&mut self.wire, member, key, received).await,
             ClientMessage::Moderate(request) => on_moderate(&mut self.wire, member, request).await,

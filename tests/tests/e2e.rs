@@ -14,6 +14,7 @@ mod ops;
 mod proxy;
 mod ptt;
 mod resume;
+mod spatial;
 mod speech;
 mod tcp;
 use media_core::audio;

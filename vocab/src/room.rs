@@ -4,6 +4,7 @@
 use std::ops::RangeInclusive;
 
 use crate::slots::MAX_SLOTS;
+use crate::spatial::{SpatialError, SpatialSettings};
 
 /// How a room delivers audio to its subscribers. Serialized as `"forward"` / `"mix"` (configuration, the
 /// protocol, the admin API and metric labels).
@@ -64,6 +65,8 @@ pub enum SettingsError {
     MixComplexity(u8),
     #[error("mix jitter_min_ms must be <= jitter_max_ms <= 1000")]
     MixJitter { min_ms: u32, max_ms: u32 },
+    #[error(transparent)]
+    Spatial(#[from] SpatialError),
 }
 
 /// Opus encoder and jitter-buffer settings of a mixed room. Absent fields of the serde form take the
@@ -120,13 +123,16 @@ impl MixSettings {
 }
 
 /// Media settings of a room, taken from the request that creates it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RoomSettings {
     pub mode: RoomMode,
     /// Audio slots per subscriber, 1..=[`MAX_SLOTS`]. A mixed room has one: the mix.
     pub slots: u8,
     /// Encoder settings, used in mix mode.
     pub mix: MixSettings,
+    /// Positional voice, in either mode: who hears whom is decided by distance (forward: slots carry only
+    /// speakers in range; mix: a stereo mix per listener). `None`: everybody hears everybody.
+    pub spatial: Option<SpatialSettings>,
 }
 
 impl RoomSettings {
@@ -136,6 +142,7 @@ impl RoomSettings {
             mode: RoomMode::Forward,
             slots,
             mix: MixSettings::default(),
+            spatial: None,
         }
     }
 
@@ -145,6 +152,15 @@ impl RoomSettings {
             mode: RoomMode::Mix,
             slots: 1,
             mix,
+            spatial: None,
+        }
+    }
+
+    /// The same room with positional voice.
+    pub fn with_spatial(self, spatial: SpatialSettings) -> Self {
+        RoomSettings {
+            spatial: Some(spatial),
+            ..self
         }
     }
 
@@ -153,6 +169,9 @@ impl RoomSettings {
         if !(1..=MAX_SLOTS).contains(&usize::from(self.slots)) {
             return Err(SettingsError::Slots(self.slots));
         }
+        if let Some(spatial) = &self.spatial {
+            spatial.validate()?;
+        }
         match self.mode {
             RoomMode::Forward => Ok(()),
             RoomMode::Mix => self.mix.validate(),
@@ -160,9 +179,13 @@ impl RoomSettings {
     }
 
     /// Whether a room with these settings differs from one with `other` in anything its mode uses:
-    /// the mode; the slots of a forwarding room; the mix settings of a mixed one. A request for a room
-    /// that exists with conflicting settings is refused, never joined with settings it did not ask for.
+    /// the mode; the slots of a forwarding room; the mix settings of a mixed one; the spatial settings. A
+    /// request for a room that exists with conflicting settings is refused, never joined with settings it
+    /// did not ask for.
     pub fn conflicts_with(&self, other: &RoomSettings) -> bool {
+        if self.spatial != other.spatial {
+            return true;
+        }
         match (self.mode, other.mode) {
             (RoomMode::Forward, RoomMode::Forward) => self.slots != other.slots,
             (RoomMode::Mix, RoomMode::Mix) => self.mix != other.mix,
@@ -241,6 +264,20 @@ mod tests {
             ..MixSettings::default()
         });
         assert!(mix.conflicts_with(&louder));
+        let spatial = forward.with_spatial(SpatialSettings::default());
+        assert!(spatial.conflicts_with(&forward));
+        assert!(!spatial.conflicts_with(&spatial));
+        let farther = forward.with_spatial(SpatialSettings {
+            audible_distance: 64.0,
+            ..SpatialSettings::default()
+        });
+        assert!(spatial.conflicts_with(&farther));
+        let mut bad = spatial;
+        bad.spatial = Some(SpatialSettings {
+            max_audible: 0,
+            ..SpatialSettings::default()
+        });
+        assert!(matches!(bad.validate(), Err(SettingsError::Spatial(_))));
     }
 
     #[test]

@@ -439,8 +439,9 @@ impl Session {
                 reason: l.reason.map(|r| spelling(&r)),
             },
             // Replies this session does not wait for, and state it does not track (it rejoins rather
-            // than resumes, so `resumed` never comes).
-            ServerMessage::Joined(_)
+            // than resumes, so `resumed` never comes; positional voice is not in this SDK's API yet).
+            ServerMessage::Positions(_)
+            | ServerMessage::Joined(_)
             | ServerMessage::Resumed(_)
             | ServerMessage::Answer(_)
             | ServerMessage::MediaState(_)

@@ -258,6 +258,7 @@ mod tests {
             candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
             dtls_cert: &cert,
             slots: 2,
+            stereo: false,
         };
         let (_, answer) = Peer::from_parsed(
             epoch(),

@@ -40,7 +40,7 @@ const RED_PT: u8 = 63;
 /// `red`, RFC 2198 redundancy (`red/48000/2`, fmtp `111/111`) is offered, or accepted where the remote
 /// offers it; str0m keeps it only when both sides have it, and lists it before Opus in the m-line (libwebrtc
 /// sends RED only then).
-pub(crate) fn opus_only(config: RtcConfig, red: bool) -> RtcConfig {
+pub(crate) fn opus_only(config: RtcConfig, red: bool, stereo: bool) -> RtcConfig {
     let config = config
         .set_rtp_mode(true)
         .clear_codecs()
@@ -59,7 +59,7 @@ pub(crate) fn opus_only(config: RtcConfig, red: bool) -> RtcConfig {
     );
     let mut config = config.set_extension_map(exts);
     if red {
-        *config.codec_config() = CodecConfig::new_from_payload_params(vec![opus_with_red()]);
+        *config.codec_config() = CodecConfig::new_from_payload_params(vec![opus_with_red(stereo)]);
         return config;
     }
     config.codec_config().add_config(
@@ -72,6 +72,8 @@ pub(crate) fn opus_only(config: RtcConfig, red: bool) -> RtcConfig {
             min_p_time: Some(10),
             use_inband_fec: Some(true),
             use_dtx: Some(true),
+            stereo: stereo.then_some(true),
+            sprop_stereo: stereo.then_some(true),
             ..Default::default()
         },
     );
@@ -81,13 +83,18 @@ pub(crate) fn opus_only(config: RtcConfig, red: bool) -> RtcConfig {
 /// Opus with the same format parameters as [`opus_only`] and RED linked to it. str0m 0.25 links RED to a
 /// codec only through `enable_opus` (whose fmtp lacks `usedtx`) or through SDP, so the parameters are read
 /// from a fixed SDP fragment.
-fn opus_with_red() -> PayloadParams {
+fn opus_with_red(stereo: bool) -> PayloadParams {
+    let stereo = if stereo {
+        ";stereo=1;sprop-stereo=1"
+    } else {
+        ""
+    };
     let sdp = format!(
         "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
          m=audio 9 UDP/TLS/RTP/SAVPF {RED_PT} {OPUS_PT}\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\n\
          a=rtcp-mux\r\na=rtpmap:{RED_PT} red/48000/2\r\na=fmtp:{RED_PT} {OPUS_PT}/{OPUS_PT}\r\n\
          a=rtpmap:{OPUS_PT} opus/48000/2\r\na=rtcp-fb:{OPUS_PT} transport-cc\r\n\
-         a=fmtp:{OPUS_PT} minptime=10;useinbandfec=1;usedtx=1\r\n"
+         a=fmtp:{OPUS_PT} minptime=10;useinbandfec=1;usedtx=1{stereo}\r\n"
     );
     let offer = SdpOffer::from_sdp_string(&sdp).expect("the fixed Opus/RED SDP fragment parses");
     offer

@@ -87,6 +87,11 @@ pub enum CoreError {
     /// settings the caller did not ask for.
     #[error("room {0} exists with other settings")]
     RoomSettingsConflict(RoomId),
+    /// A position for a participant whose room has no positional voice.
+    #[error("room {0} is not spatial")]
+    NotSpatial(RoomId),
+    #[error(transparent)]
+    BadPosition(#[from] vocab::SpatialError),
     #[error(transparent)]
     Offer(#[from] OfferError),
     #[error(transparent)]
@@ -113,7 +118,9 @@ impl CoreError {
             e @ (CoreError::AlreadyConnected(_)
             | CoreError::UnknownParticipant(_)
             | CoreError::BadRoomSettings(_)
-            | CoreError::RoomSettingsConflict(_)) => e.to_string(),
+            | CoreError::RoomSettingsConflict(_)
+            | CoreError::NotSpatial(_)
+            | CoreError::BadPosition(_)) => e.to_string(),
         }
     }
 }
@@ -137,6 +144,13 @@ pub enum CoreEvent {
     Speakers {
         room: RoomId,
         speakers: Vec<(ParticipantId, f32)>,
+    },
+    /// In a spatial forwarding room: the speakers `listener` hears (nearest first, at most `max_audible`)
+    /// and where they are, so the client can render them; sent when the set or a position in it changed,
+    /// at most every 100 ms.
+    Positions {
+        listener: ParticipantId,
+        positions: Vec<(ParticipantId, vocab::Position)>,
     },
     /// The room's dominant speaker changed (Volfin & Cohen; decided every 300 ms, with hysteresis).
     DominantSpeaker {

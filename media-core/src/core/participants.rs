@@ -12,6 +12,7 @@ use crate::ids::{ParticipantId, RoomId};
 use crate::mixer::Mixer;
 use crate::sfu::rewrite::SlotRewriter;
 use crate::sfu::slots::SlotSelector;
+use crate::spatial::Space;
 use crate::speakers::dominant::{DominantConfig, DominantSpeaker};
 use vocab::{RoomMode, RoomSettings};
 
@@ -62,6 +63,7 @@ impl MediaCore {
                 .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.addr),
             dtls_cert: &self.dtls_cert,
             slots: if params.can_subscribe { slots } else { 0 },
+            stereo: mixed && settings.spatial.is_some(),
         };
         let (peer, answer) = Peer::from_offer_with_candidates(
             now,
@@ -91,6 +93,7 @@ impl MediaCore {
                         },
                         dominant: DominantSpeaker::new(DominantConfig::default()),
                         broadcast: None,
+                        space: settings.spatial.map(Space::new),
                     },
                 );
                 if self.broadcast_rooms.contains(room) {
@@ -138,6 +141,9 @@ impl MediaCore {
         }
         room.dominant.add(id);
         room.members.push(id);
+        if let Some(space) = room.space.as_mut() {
+            space.changed(now);
+        }
         self.participants.insert(id, participant);
         self.schedule(id, now);
         self.arm_tick(key);
@@ -158,6 +164,9 @@ impl MediaCore {
             room.dominant.remove(id);
             if let Some(mixer) = room.input_mixer_mut() {
                 mixer.remove_member(id);
+            }
+            if let Some(space) = room.space.as_mut() {
+                space.remove(now, id);
             }
             room.members.retain(|m| *m != id);
             if room.members.is_empty() {
@@ -263,7 +272,37 @@ impl MediaCore {
             if let Some(mixer) = room.input_mixer_mut() {
                 mixer.set_publishing(id, publishes);
             }
+            if let Some(space) = room.space.as_mut() {
+                space.changed(self.last_now);
+            }
         }
+        self.arm_tick(key);
+        Ok(())
+    }
+
+    /// Place or move a participant of a spatial room. A position that is not finite or outside the world
+    /// is refused with [`CoreError::BadPosition`] and changes nothing; in a room without positional voice
+    /// with [`CoreError::NotSpatial`]. Who hears whom follows at the next refresh (at most 100 ms later).
+    pub fn set_position(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        position: vocab::Position,
+    ) -> Result<(), CoreError> {
+        self.last_now = now;
+        let p = self
+            .participants
+            .get(&id)
+            .ok_or(CoreError::UnknownParticipant(id))?;
+        let key = p.room;
+        let room = self
+            .rooms
+            .get_mut(&key)
+            .expect("a participant's room exists while it has members");
+        let Some(space) = room.space.as_mut() else {
+            return Err(CoreError::NotSpatial(room.id.clone()));
+        };
+        space.set_position(now, id, position)?;
         self.arm_tick(key);
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::ids::{ParticipantId, RoomId};
 use crate::mixer::Mixer;
 use crate::sfu::slots::SlotSelector;
+use crate::spatial::Space;
 use crate::speakers::dominant::DominantSpeaker;
 use vocab::RoomSettings;
 
@@ -29,6 +30,8 @@ pub(crate) struct Room {
     /// A forwarding room with a listener mount: a mixer that only feeds the mount (every publisher in,
     /// no listener out; [`crate::MediaCore::set_broadcast_rooms`]). A mixed room's mount taps its mixer.
     pub(crate) broadcast: Option<Box<Mixer>>,
+    /// Positions and audibility of a spatial room.
+    pub(crate) space: Option<Space>,
 }
 
 impl Room {
@@ -81,7 +84,8 @@ impl Room {
     pub(crate) fn arm_tick(&self, next_tick: &mut Option<Instant>) {
         let mixer = self.mixer().and_then(|m| m.next_tick());
         let broadcast = self.broadcast.as_ref().and_then(|m| m.next_tick());
-        for t in [self.selector.next_update(), mixer, broadcast]
+        let space = self.space.as_ref().and_then(Space::next_refresh);
+        for t in [self.selector.next_update(), mixer, broadcast, space]
             .into_iter()
             .flatten()
         {

@@ -213,3 +213,80 @@ fn an_ice_restart_offer_is_answered_on_the_same_peer_with_new_credentials() {
     core.handle_datagram(now, source, &stun_naming(&format!("{new_ufrag}:rstA")));
     assert_eq!(core.stats().dropped(DropReason::UnknownUfrag), 1);
 }
+
+/// A spatial mixed room answers Opus with `stereo=1; sprop-stereo=1` (it sends each listener a stereo
+/// mix); other rooms answer as before; a room of the same name with other spatial settings is refused.
+#[test]
+fn spatial_mixed_rooms_answer_stereo() {
+    use vocab::{MixSettings, SpatialSettings};
+    let now = epoch();
+    let lo: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
+    let mut core = MediaCore::new(now, CoreConfig::new(lo, 1));
+    let params = JoinParams {
+        can_publish: true,
+        can_subscribe: true,
+        muted: false,
+    };
+    let mix = RoomSettings::mix(MixSettings::default());
+    let cases = [
+        ("stereo", mix.with_spatial(SpatialSettings::default()), true),
+        ("mono", mix, false),
+        (
+            "forward",
+            RoomSettings::forward(2).with_spatial(SpatialSettings::default()),
+            false,
+        ),
+    ];
+    for (i, (room, settings, stereo)) in cases.into_iter().enumerate() {
+        for red in [0, 1] {
+            let client = ClientConfig {
+                local_addr: format!("127.0.0.1:{}", 6000 + i * 2 + red)
+                    .parse()
+                    .expect("literal"),
+                slots: 1,
+                publish: true,
+                red: red as u8,
+            };
+            let (_, offer) = ClientPeer::new(now, client).expect("client offer");
+            let id = ParticipantId(1 + (i * 2 + red) as u64);
+            let answer = core
+                .add_participant(now, &RoomId(room.into()), settings, id, params, &offer)
+                .expect("answer");
+            assert_eq!(
+                answer.contains("stereo=1"),
+                stereo,
+                "{room}, RED {red}: {answer}"
+            );
+            assert_eq!(
+                answer.contains("sprop-stereo=1"),
+                stereo,
+                "{room}: {answer}"
+            );
+        }
+    }
+    let (_, offer) = ClientPeer::new(
+        now,
+        ClientConfig {
+            local_addr: "127.0.0.1:6100".parse().expect("literal"),
+            slots: 1,
+            publish: true,
+            red: 0,
+        },
+    )
+    .expect("client offer");
+    let farther = mix.with_spatial(SpatialSettings {
+        audible_distance: 99.0,
+        ..SpatialSettings::default()
+    });
+    assert!(matches!(
+        core.add_participant(
+            now,
+            &RoomId("stereo".into()),
+            farther,
+            ParticipantId(99),
+            params,
+            &offer
+        ),
+        Err(CoreError::RoomSettingsConflict(_))
+    ));
+}

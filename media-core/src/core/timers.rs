@@ -1,7 +1,7 @@
 //! Time passing: due peer timers and connection deadlines, and the room tick (the mixers' ticks, slot
 //! selection and speaker reports).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +10,9 @@ use crate::core::peer::PeerEvent;
 use crate::core::room::RoomKind;
 use crate::ids::ParticipantId;
 use crate::red;
-use vocab::SlotAssignment;
+use crate::sfu::slots::SlotSelector;
+use crate::spatial::Space;
+use vocab::{RoomMode, SlotAssignment};
 
 impl MediaCore {
     /// Time passed: run due peer timers, the room tick, and connection deadlines.
@@ -53,17 +55,33 @@ impl MediaCore {
         self.next_tick = None;
         let mut mixed = std::mem::take(&mut self.mix_out);
         for room in self.rooms.values_mut() {
+            if let Some(space) = room.space.as_mut() {
+                let mode = room.config.mode;
+                if refresh_space(
+                    now,
+                    space,
+                    &room.members,
+                    &self.participants,
+                    &room.selector,
+                    mode,
+                    &mut self.events,
+                ) {
+                    // The selector sees the new sets at once.
+                    room.selector.audibility_changed();
+                }
+            }
             let room_id = &room.id;
-            // A mixed room's mixer, or a forwarding room's mount-only one (it has no listeners: only its
-            // broadcast frames come out).
-            let mixer = match &mut room.kind {
-                RoomKind::Mix(mixer) => Some(&mut **mixer),
-                RoomKind::Forward => room.broadcast.as_deref_mut(),
+            // A mixed room's mixer (spatial or not), or a forwarding room's mount-only one (it has no
+            // listeners: only its broadcast frames come out, so it mixes flat).
+            let (mixer, space) = match &mut room.kind {
+                RoomKind::Mix(mixer) => (Some(&mut **mixer), room.space.as_ref()),
+                RoomKind::Forward => (room.broadcast.as_deref_mut(), None),
             };
             if let Some(mixer) = mixer {
                 if mixer.next_tick().is_some_and(|t| t <= now) {
                     mixed.clear();
-                    mixer.tick(now, &mut mixed, &mut self.stats.mix, &mut self.samples);
+                    let (stats, samples) = (&mut self.stats.mix, &mut self.samples);
+                    mixer.tick_in(now, &mut mixed, stats, samples, space);
                     for tap in mixer.take_tapped() {
                         self.broadcasts.push_back(super::BroadcastFrame {
                             room: room_id.clone(),
@@ -111,7 +129,9 @@ impl MediaCore {
                     }
                 }
             }
-            if room.selector.next_update().is_some_and(|t| t <= now) && room.selector.update(now) {
+            if room.selector.next_update().is_some_and(|t| t <= now)
+                && room.selector.update_in(now, room.space.as_ref())
+            {
                 let changed: Vec<ParticipantId> = room.selector.drain_changes().collect();
                 for sub in changed {
                     if let Some(p) = self.participants.get(&sub) {
@@ -152,6 +172,53 @@ impl MediaCore {
             slots,
         });
     }
+}
+
+/// Recompute a spatial room's audible sets if due; in a forwarding room, tell each listener whose set
+/// changed where its speakers now are. Returns whether it ran.
+fn refresh_space(
+    now: Instant,
+    space: &mut Space,
+    members: &[ParticipantId],
+    participants: &HashMap<ParticipantId, Participant>,
+    selector: &SlotSelector,
+    mode: RoomMode,
+    events: &mut VecDeque<CoreEvent>,
+) -> bool {
+    let listeners: Vec<ParticipantId> = members
+        .iter()
+        .copied()
+        .filter(|id| {
+            participants
+                .get(id)
+                .is_some_and(|p| !p.peer.slots().is_empty())
+        })
+        .collect();
+    // Speakers are the publishers that have sent audio since they started publishing: a participant who
+    // never talks does not take one of a listener's `max_audible` places.
+    let speakers: Vec<ParticipantId> = members
+        .iter()
+        .copied()
+        .filter(|id| selector.is_eligible(*id))
+        .collect();
+    let mut changed = Vec::new();
+    if !space.refresh(now, &listeners, &speakers, &mut changed) {
+        return false;
+    }
+    if mode != RoomMode::Forward {
+        return true;
+    }
+    for listener in changed {
+        events.push_back(CoreEvent::Positions {
+            listener,
+            positions: space
+                .audible(listener)
+                .iter()
+                .map(|h| (h.speaker, h.position))
+                .collect(),
+        });
+    }
+    true
 }
 
 /// A mixed packet's RED payload for listeners of one Opus payload type: (primary, previous, payload type,

@@ -51,7 +51,13 @@ impl Limiter {
 
     /// Limit `samples` in place.
     pub fn process(&mut self, samples: &mut [f32]) {
-        for block in samples.chunks_mut(BLOCK) {
+        self.process_interleaved(samples, 1);
+    }
+
+    /// Limit interleaved `samples` of `channels` channels in place, with one gain for all channels (a
+    /// stereo image does not shift when one side is turned down).
+    pub fn process_interleaved(&mut self, samples: &mut [f32], channels: usize) {
+        for block in samples.chunks_mut(BLOCK * channels.max(1)) {
             let peak = block.iter().fold(0.0f32, |m, s| m.max(s.abs()));
             let wanted = if peak * self.gain > THRESHOLD {
                 self.hold = HOLD_BLOCKS;

@@ -37,6 +37,7 @@ pub mod limiter;
 
 mod input;
 mod output;
+mod spatial;
 mod tick;
 
 use std::collections::HashMap;
@@ -159,6 +160,11 @@ struct Member {
     last_sent: Option<(u32, Arc<[u8]>)>,
     next_seq: u64,
     ts_offset: u32,
+    /// Spatial rooms: what the member hears this tick (see [`spatial`]), its own stereo encoder (while
+    /// its packets come from it), and whose encoder its last packet came from.
+    spatial_key: Vec<spatial::KeyEntry>,
+    stereo: Option<OutEncoder>,
+    heard_from: Option<ParticipantId>,
 }
 
 /// One mixed room's mixing state.
@@ -182,6 +188,10 @@ pub struct Mixer {
     /// A broadcast mount listens: the full mix is encoded every tick (silence included) into `tapped`.
     tap: bool,
     tapped: Vec<MixTap>,
+    /// This tick's talkers with their packet levels (−dBov).
+    talker_levels: Vec<(usize, u8)>,
+    /// A spatial room's interleaved stereo mix.
+    stereo_buf: Vec<f32>,
 }
 
 /// A microphone payload that is not a valid Opus packet.
@@ -214,6 +224,8 @@ impl Mixer {
             talkers: Vec::with_capacity(MAX_CSRCS),
             tap: false,
             tapped: Vec::new(),
+            talker_levels: Vec::with_capacity(MAX_CSRCS),
+            stereo_buf: vec![0.0; 2 * FRAME_SAMPLES],
         }
     }
 
@@ -263,6 +275,9 @@ impl Mixer {
             last_sent: None,
             next_seq: u64::from(seq),
             ts_offset,
+            spatial_key: Vec::new(),
+            stereo: None,
+            heard_from: None,
         });
     }
 
@@ -340,6 +355,19 @@ impl Mixer {
         stats: &mut MixStats,
         samples: &mut Samples,
     ) {
+        self.tick_in(now, out, stats, samples, None);
+    }
+
+    /// [`tick`](Self::tick) in a spatial room: each listener gets its own stereo mix of the talkers it
+    /// hears in `space` (see [`spatial`]).
+    pub fn tick_in(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<MixPacket>,
+        stats: &mut MixStats,
+        samples: &mut Samples,
+        space: Option<&crate::spatial::Space>,
+    ) {
         let mut ran = 0;
         while let Some(due) = self.next_tick.filter(|due| *due <= now) {
             if ran == MAX_CATCH_UP_TICKS {
@@ -353,7 +381,7 @@ impl Mixer {
             if now.saturating_duration_since(due) >= FRAME_DURATION {
                 stats.ticks_late += 1;
             }
-            self.tick_at(due, out, stats, samples);
+            self.tick_at(due, out, stats, samples, space);
             ran += 1;
         }
     }

@@ -15,6 +15,7 @@ use vocab::MixSettings;
 pub(super) struct OutEncoder {
     encoder: MixEncoder,
     limiter: Limiter,
+    channels: usize,
 }
 
 impl OutEncoder {
@@ -22,6 +23,19 @@ impl OutEncoder {
         Ok(OutEncoder {
             encoder: MixEncoder::new(encoder_settings(config))?,
             limiter: Limiter::new(),
+            channels: 1,
+        })
+    }
+
+    /// A stereo encoder (a spatial room's mixes: interleaved left/right).
+    pub(super) fn stereo(config: &MixSettings) -> Result<OutEncoder, OpusError> {
+        Ok(OutEncoder {
+            encoder: MixEncoder::new(EncoderSettings {
+                channels: 2,
+                ..encoder_settings(config)
+            })?,
+            limiter: Limiter::new(),
+            channels: 2,
         })
     }
 
@@ -29,6 +43,7 @@ impl OutEncoder {
         Ok(OutEncoder {
             encoder: self.encoder.try_clone()?,
             limiter: self.limiter.clone(),
+            channels: self.channels,
         })
     }
 
@@ -39,7 +54,7 @@ impl OutEncoder {
         pcm: &mut [f32],
         out: &mut [u8; MAX_OPUS],
     ) -> Option<(Arc<[u8]>, u8)> {
-        self.limiter.process(pcm);
+        self.limiter.process_interleaved(pcm, self.channels);
         let level = crate::audio::audio_level_from_samples(pcm);
         let n = self.encoder.encode(pcm, out).ok()?;
         Some((Arc::from(&out[..n]), level))
@@ -51,6 +66,7 @@ fn encoder_settings(config: &MixSettings) -> EncoderSettings {
         bitrate_bps: config.bitrate_bps,
         complexity: config.complexity,
         fec: config.fec,
+        channels: 1,
     }
 }
 

@@ -11,6 +11,7 @@ use super::{
     PERSONAL_HANGOVER_TICKS, PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL, SILENT_LEVEL,
 };
 use crate::audio::{FRAME_DURATION, FRAME_SAMPLES};
+use crate::spatial::Space;
 use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::stats::{MixStats, Samples};
 
@@ -23,6 +24,7 @@ impl Mixer {
         out: &mut Vec<MixPacket>,
         stats: &mut MixStats,
         samples: &mut Samples,
+        space: Option<&Space>,
     ) {
         stats.ticks += 1;
         self.ticks += 1;
@@ -31,6 +33,7 @@ impl Mixer {
 
         // 1. Pull playout from every publisher; rank the voiced ones by level without decoding.
         self.talkers.clear();
+        self.talker_levels.clear();
         let mut candidates: Vec<(u8, usize)> = Vec::new();
         let mut any_active = false;
         for (i, m) in self.members.iter_mut().enumerate() {
@@ -121,6 +124,7 @@ impl Mixer {
                 list.push((ssrc.0, level.min(127)));
             }
             self.talkers.push(i);
+            self.talker_levels.push((i, level.min(127)));
         }
         // Built once per tick: the shared mix's listeners all get this one (levels shared, not copied).
         let contributors = Contributors::new(list);
@@ -141,6 +145,13 @@ impl Mixer {
             m.was_talking = m.talking;
         }
 
+        if let Some(space) = space {
+            // A spatial room: a stereo mix per listener (steps 3 and 4 of its own).
+            self.spatial_outputs(frame_ts, space, out, stats);
+            self.tap_full_mix(grid, None, stats);
+            self.after_tick(grid, self.talkers.len(), any_active);
+            return;
+        }
         // 3. Decide each listener's encode. A listener who starts hearing its own mix-minus continues the
         //    shared stream it was hearing: its personal encoder starts as a copy of the shared one, taken
         //    before this tick's shared encode.
@@ -237,25 +248,41 @@ impl Mixer {
             m.send(frame_ts, payload, heard, level, out);
             stats.packets_sent += 1;
         }
-        // 4b. The broadcast tap: the full mix, from the shared encode (made now if no listener needed it).
-        if self.tap {
-            if shared_packet.is_none() {
-                if let Some(encoder) = ensure_encoder(&mut self.shared, &self.config) {
-                    self.scratch.copy_from_slice(&self.mix);
-                    stats.frames_encoded += 1;
-                    shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
-                }
-            }
-            if let Some(Some((payload, _))) = shared_packet {
-                let talkers = self.talkers.iter().map(|&i| self.members[i].id).collect();
-                self.tapped.push(MixTap {
-                    tick: grid,
-                    payload,
-                    talkers,
-                });
+        self.tap_full_mix(grid, shared_packet, stats);
+        self.after_tick(grid, talkers, any_active);
+    }
+
+    /// 4b. The broadcast tap: the full mix, from the shared encode (made now if no listener needed it;
+    /// always in a spatial room, whose listeners each get their own stereo mix).
+    fn tap_full_mix(
+        &mut self,
+        grid: u64,
+        mut shared_packet: Option<Option<(Arc<[u8]>, u8)>>,
+        stats: &mut MixStats,
+    ) {
+        if !self.tap {
+            return;
+        }
+        if shared_packet.is_none() {
+            if let Some(encoder) = ensure_encoder(&mut self.shared, &self.config) {
+                self.scratch.copy_from_slice(&self.mix);
+                stats.frames_encoded += 1;
+                shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
             }
         }
-        // 5. Keep ticking while anything is buffered, playing or in hangover; otherwise sleep until a packet.
+        if let Some(Some((payload, _))) = shared_packet {
+            let talkers = self.talkers.iter().map(|&i| self.members[i].id).collect();
+            self.tapped.push(MixTap {
+                tick: grid,
+                payload,
+                talkers,
+            });
+        }
+    }
+
+    /// Step 5: keep ticking while anything is buffered, playing or in hangover, or a mount listens;
+    /// otherwise sleep until a packet.
+    fn after_tick(&mut self, grid: u64, talkers: usize, any_active: bool) {
         let busy = self.tap
             || any_active
             || talkers > 0

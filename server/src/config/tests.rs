@@ -268,3 +268,31 @@ fn broadcast_settings_have_defaults_and_limits() {
         assert!(err.contains("broadcast."), "{bad}: {err}");
     }
 }
+
+#[test]
+fn spatial_rooms_by_configuration() {
+    assert_eq!(Config::default().room.spatial, None);
+    let mut c = Config::from_toml(
+        "[room.spatial]\naudible_distance = 50.0\nconversational_distance = 2.0\nfade_model = \"linear\"\nmax_audible = 12\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    let spatial = c.room.spatial.expect("a spatial section");
+    assert_eq!(spatial.audible_distance, 50.0);
+    assert_eq!(spatial.fade_model, vocab::FadeModel::Linear);
+    assert_eq!(spatial.max_audible, 12);
+    assert_eq!(
+        spatial.fade_intensity, 1.0,
+        "absent fields take the defaults"
+    );
+    c.room.spatial = Some(signaling::media::SpatialSettings {
+        max_audible: 0,
+        ..spatial
+    });
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("max_audible"));
+    assert!(Config::from_toml("[room.spatial]\nrange = 5\n").is_err());
+}

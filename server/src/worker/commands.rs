@@ -95,6 +95,17 @@ impl Worker {
                     debug!(error = %e, muted, "mute for a participant without media");
                 }
             }
+            MediaCommand::Position {
+                participant: id,
+                position,
+            } => {
+                // Signaling checked the position and the room; a participant whose peer is gone has
+                // nowhere to be.
+                if let Err(e) = self.core.set_position(now, id, position) {
+                    let _enter = info_span!("participant", participant = %id).entered();
+                    debug!(error = %e, "position not taken");
+                }
+            }
             MediaCommand::Deafen {
                 participant: id,
                 deafened,
@@ -147,6 +158,12 @@ impl Worker {
             }
             CoreEvent::Slots { subscriber, slots } => {
                 self.send(subscriber, MediaEvent::Slots(slots));
+            }
+            CoreEvent::Positions {
+                listener,
+                positions,
+            } => {
+                self.send(listener, MediaEvent::Positions(positions));
             }
             CoreEvent::Speakers { room, speakers } => {
                 let members: Vec<ParticipantId> = self.core.room_members(&room).to_vec();

@@ -255,6 +255,7 @@ pub fn message_type(message: &ServerMessage) -> &'static str {
         ServerMessage::Speakers(_) => "speakers",
         ServerMessage::DominantSpeaker(_) => "dominant_speaker",
         ServerMessage::Slots(_) => "slots",
+        ServerMessage::Positions(_) => "positions",
         ServerMessage::Pong(_) => "pong",
         ServerMessage::Left(_) => "left",
         ServerMessage::Draining(_) => "draining",

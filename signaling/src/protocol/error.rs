@@ -32,6 +32,7 @@ pub enum ErrorCode {
     BadSdp,
     BadRoomSettings,
     RoomSettingsConflict,
+    BadPosition,
     MediaUnavailable,
     ResumeFailed,
     RateLimited,
@@ -42,7 +43,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -62,6 +63,7 @@ impl ErrorCode {
         ErrorCode::BadSdp,
         ErrorCode::BadRoomSettings,
         ErrorCode::RoomSettingsConflict,
+        ErrorCode::BadPosition,
         ErrorCode::MediaUnavailable,
         ErrorCode::ResumeFailed,
         ErrorCode::RateLimited,
@@ -92,6 +94,7 @@ impl ErrorCode {
             ErrorCode::BadSdp => "bad_sdp",
             ErrorCode::BadRoomSettings => "bad_room_settings",
             ErrorCode::RoomSettingsConflict => "room_settings_conflict",
+            ErrorCode::BadPosition => "bad_position",
             ErrorCode::MediaUnavailable => "media_unavailable",
             ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::RateLimited => "rate_limited",
@@ -114,6 +117,7 @@ impl ErrorCode {
             | ErrorCode::BadSdp
             | ErrorCode::BadRoomSettings
             | ErrorCode::RoomSettingsConflict
+            | ErrorCode::BadPosition
             | ErrorCode::ResumeFailed
             | ErrorCode::RateLimited
             | ErrorCode::ServerMuted
@@ -264,6 +268,7 @@ mod tests {
             BadSdp,
             BadRoomSettings,
             RoomSettingsConflict,
+            BadPosition,
             MediaUnavailable,
             ResumeFailed,
             RateLimited,

@@ -24,6 +24,7 @@ mod participant_muted;
 mod participant_updated;
 mod ping;
 mod pong;
+mod position;
 mod ptt;
 mod resume;
 mod resumed;
@@ -52,6 +53,7 @@ pub use participant_muted::ParticipantMuted;
 pub use participant_updated::ParticipantUpdated;
 pub use ping::Ping;
 pub use pong::Pong;
+pub use position::{PositionUpdate, Positions, SpeakerPosition};
 pub use ptt::{Ptt, PttKey};
 pub use resume::Resume;
 pub use resumed::Resumed;
@@ -68,7 +70,7 @@ pub const MAX_FRAME_BYTES: usize = 65_536;
 const MAX_QUOTED_CHARS: usize = 120;
 
 /// A message from client to server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     Join(Join),
@@ -77,6 +79,7 @@ pub enum ClientMessage {
     Ping(Ping),
     Leave(Leave),
     Resume(Resume),
+    Position(PositionUpdate),
     Ptt(Ptt),
     PttKey(PttKey),
     Moderate(Moderate),
@@ -84,8 +87,9 @@ pub enum ClientMessage {
 
 impl ClientMessage {
     /// The `type` of every client message of this protocol version.
-    pub const TYPES: [&'static str; 9] = [
+    pub const TYPES: [&'static str; 10] = [
         "join", "offer", "mute", "ping", "leave", "resume", "ptt", "ptt_key", "moderate",
+        "position",
     ];
 }
 
@@ -105,6 +109,7 @@ pub enum ServerMessage {
     Speakers(Speakers),
     DominantSpeaker(DominantSpeaker),
     Slots(Slots),
+    Positions(Positions),
     Pong(Pong),
     Left(Left),
     Draining(Draining),
@@ -251,6 +256,12 @@ mod tests {
                 sid: "PA_9a0b1c2d3e4f".into(),
                 room: None,
             }),
+            ClientMessage::Position(PositionUpdate {
+                x: 0.0,
+                y: 0.0,
+                z: 0.0,
+                yaw_deg: 0.0,
+            }),
         ];
         assert_eq!(samples.len(), ClientMessage::TYPES.len());
         for (sample, name) in samples.iter().zip(ClientMessage::TYPES) {
@@ -300,8 +311,8 @@ mod tests {
         }
         assert_eq!(client, ClientMessage::TYPES.len());
         assert_eq!(
-            server, 21,
-            "19 messages, joined and participant_muted twice"
+            server, 22,
+            "20 messages, joined and participant_muted twice"
         );
     }
 }

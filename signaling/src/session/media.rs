@@ -40,6 +40,13 @@ pub(super) enum Media {
     },
 }
 
+impl Media {
+    /// Whether the media worker has the participant's peer (its answer was sent).
+    pub(super) fn is_answered(&self) -> bool {
+        matches!(self, Media::Answered { .. } | Media::Restarting { .. })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ConnectError {
     #[error("the media worker did not answer in time")]
@@ -74,6 +81,8 @@ where
         match answer {
             Ok(sdp) => {
                 member.media = Media::Answered { events };
+                // A position the client sent before its peer existed.
+                super::position::send_position(member);
                 super::control::key_after_answer(member).await;
                 self.wire.send(&ServerMessage::Answer(Answer { sdp })).await
             }
@@ -165,6 +174,9 @@ where
                 ServerMessage::DominantSpeaker(DominantSpeaker {
                     sid: id.to_string(),
                 })
+            }
+            Some(MediaEvent::Positions(positions)) => {
+                ServerMessage::Positions(super::position::positions_message(positions))
             }
             Some(MediaEvent::Slots(slots)) => ServerMessage::Slots(Slots {
                 slots: slots

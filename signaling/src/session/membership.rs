@@ -162,6 +162,7 @@ pub(super) fn admit(
         media: Media::None,
         resume,
         missed: Missed::default(),
+        placement: Default::default(),
     };
     let ice_servers = ctx
         .config()

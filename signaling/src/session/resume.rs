@@ -366,7 +366,11 @@ impl Suspended {
                 }
                 Input::Media(Some(MediaEvent::Connected)) => member.missed.connected = true,
                 Input::Media(Some(MediaEvent::Slots(slots))) => member.missed.slots = Some(slots),
-                Input::Media(Some(MediaEvent::Speakers(_) | MediaEvent::DominantSpeaker(_))) => {}
+                Input::Media(Some(
+                    MediaEvent::Speakers(_)
+                    | MediaEvent::DominantSpeaker(_)
+                    | MediaEvent::Positions(_),
+                )) => {}
                 Input::Media(Some(MediaEvent::Disconnected { .. }) | None) => {
                     break (
                         ParticipantLeftReason::Disconnected,

@@ -215,7 +215,7 @@ enum Mode {
 }
 
 /// A command as the worker saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Seen {
     Connect {
         participant: ParticipantId,
@@ -234,6 +234,10 @@ enum Seen {
     },
     RestartIce {
         participant: ParticipantId,
+    },
+    Position {
+        participant: ParticipantId,
+        position: crate::media::Position,
     },
     Deafen {
         participant: ParticipantId,
@@ -369,6 +373,13 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     Seen::RestartIce { participant }
                 }
                 MediaCommand::Mute { participant, muted } => Seen::Mute { participant, muted },
+                MediaCommand::Position {
+                    participant,
+                    position,
+                } => Seen::Position {
+                    participant,
+                    position,
+                },
                 MediaCommand::Deafen {
                     participant,
                     deafened,
@@ -1913,5 +1924,91 @@ async fn joined_carries_turn_credentials_when_configured() {
 }
 
 mod resume;
+
+#[tokio::test(start_paused = true)]
+async fn positions_are_checked_rate_limited_and_reach_the_worker() {
+    use crate::media::{Position, SpatialSettings};
+    use crate::metrics::PositionResult;
+    use crate::protocol::{Positions, SpeakerPosition};
+
+    // A room without positional voice refuses positions.
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut flat = Client::open(&ctx);
+    flat.join(&token("lobby", "ada")).await;
+    flat.json(json!({"type": "position", "x": 1, "y": 2, "z": 0}));
+    assert!(flat
+        .error(ErrorCode::BadPosition)
+        .await
+        .contains("positional"));
+
+    let config = SignalingConfig {
+        default_spatial: Some(SpatialSettings::default()),
+        ..SignalingConfig::default()
+    };
+    let (ctx, mut media) = setup_with(config, Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let sid = ada.join(&token("arena", "ada")).await.participant.sid;
+    let id = id_of(&sid);
+    // Before the offer: kept, and sent to the worker after the answer.
+    ada.json(json!({"type": "position", "x": 1.5, "y": 2, "z": 0, "yaw_deg": 90}));
+    ada.ping(1).await;
+    ada.offer().await;
+    assert!(matches!(media.next().await, Seen::Connect { .. }));
+    let first = Position::new(1.5, 2.0, 0.0, 90.0).expect("valid");
+    assert_eq!(
+        media.next().await,
+        Seen::Position {
+            participant: id,
+            position: first
+        }
+    );
+    // Too soon after the last one: dropped and counted, no reply.
+    ada.json(json!({"type": "position", "x": 3, "y": 2, "z": 0}));
+    ada.ping(2).await;
+    media.assert_no_command();
+    // Garbage: typed errors, nothing reaches the worker, the session carries on.
+    tokio::time::advance(Duration::from_millis(150)).await;
+    for bad in [
+        json!({"type": "position", "x": 2e6, "y": 0, "z": 0}),
+        json!({"type": "position", "x": 0, "y": -1e300, "z": 0}),
+    ] {
+        ada.json(bad);
+        assert!(ada.error(ErrorCode::BadPosition).await.contains("within"));
+    }
+    ada.text(r#"{"type": "position", "x": 1e999, "y": 0, "z": 0}"#);
+    ada.error(ErrorCode::BadJson).await;
+    ada.json(json!({"type": "position", "x": "1", "y": 0, "z": 0}));
+    ada.error(ErrorCode::BadMessage).await;
+    media.assert_no_command();
+    // 100 ms after the last accepted one: taken.
+    ada.json(json!({"type": "position", "x": 4, "y": 5, "z": 6}));
+    assert_eq!(
+        media.next().await,
+        Seen::Position {
+            participant: id,
+            position: Position::new(4.0, 5.0, 6.0, 0.0).expect("valid")
+        }
+    );
+    let metrics = ctx.metrics();
+    assert_eq!(metrics.positions(PositionResult::Accepted), 2);
+    assert_eq!(metrics.positions(PositionResult::RateLimited), 1);
+    assert_eq!(metrics.positions(PositionResult::Refused), 2);
+
+    // What the worker reports reaches the client as `positions`.
+    let other = ParticipantId(0xabc);
+    media.emit(id, MediaEvent::Positions(vec![(other, first)]));
+    assert_eq!(
+        ada.message().await,
+        ServerMessage::Positions(Positions {
+            positions: vec![SpeakerPosition {
+                sid: "PA_000000000abc".into(),
+                x: 1.5,
+                y: 2.0,
+                z: 0.0,
+                yaw_deg: 90.0
+            }]
+        })
+    );
+}
 
 mod moderation;

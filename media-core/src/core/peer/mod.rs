@@ -91,6 +91,8 @@ pub struct PeerParams<'a> {
     pub dtls_cert: &'a DtlsCert,
     /// Slot streams to send (the room's K); extra recvonly m-lines in the offer stay unused.
     pub slots: usize,
+    /// Answer Opus with `stereo=1; sprop-stereo=1`: the peer is sent a stereo mix (a spatial mixed room).
+    pub stereo: bool,
 }
 
 /// One of the subscriber's outgoing slot streams.
@@ -234,7 +236,7 @@ impl Peer {
             .set_ice_lite(true)
             .set_dtls_cert(params.dtls_cert.clone())
             .set_local_ice_credentials(creds);
-        let mut rtc = opus_only(builder, true)
+        let mut rtc = opus_only(builder, true, params.stereo)
             .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
         for local in candidates {

@@ -33,6 +33,7 @@ fn answer_for(
         candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
         dtls_cert: &cert,
         slots: room_slots,
+        stereo: false,
     };
     Peer::from_offer(now, ParticipantId(1), &params, &offer)
 }
@@ -59,6 +60,7 @@ fn the_answer_keeps_the_audio_level_and_drops_transport_wide_feedback() {
         candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
         dtls_cert: &cert,
         slots: 2,
+        stereo: false,
     };
     let (_, answer) = Peer::from_offer(now, ParticipantId(1), &params, &offer).expect("answer");
     assert!(answer.contains("ssrc-audio-level"), "{answer}");
@@ -106,6 +108,7 @@ fn red_answer(red: u8) -> (Peer, String, String) {
         candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
         dtls_cert: &cert,
         slots: 2,
+        stereo: false,
     };
     let (peer, answer) = Peer::from_offer(now, ParticipantId(1), &params, &offer).expect("answer");
     (peer, offer, answer)
@@ -172,6 +175,7 @@ fn red_is_recorded_per_line_and_follows_the_offered_payload_type() {
         candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
         dtls_cert: &cert,
         slots: 2,
+        stereo: false,
     };
     let (peer, answer) =
         Peer::from_offer(epoch(), ParticipantId(1), &params, &offer).expect("answer");
@@ -228,6 +232,7 @@ impl Rebinding {
             candidate_addr: server,
             dtls_cert: &cert,
             slots: 1,
+            stereo: false,
         };
         let (peer, answer) =
             Peer::from_offer(now, ParticipantId(1), &params, &offer).expect("answer");
@@ -605,6 +610,7 @@ fn bad_offers_are_typed_errors() {
         candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
         dtls_cert: &cert,
         slots: 3,
+        stereo: false,
     };
     for garbage in [
         "",

@@ -31,6 +31,10 @@
 //! - A removed or muted participant leaves all slots and routes at once (the freed slots are refilled at the
 //!   next update, which becomes due immediately).
 //! - Everything is deterministic: ties are broken by participant id (lower id = louder).
+//! - In a spatial room ([`SlotSelector::update_in`] with a [`Space`](crate::spatial::Space)) a subscriber's
+//!   candidates are only the publishers it hears (in range, the nearest `max_audible`), each ranked by its
+//!   loudness plus its distance fade in dB: the nearest and loudest first. A publisher that leaves the range
+//!   leaves the slot at the next update.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -131,6 +135,8 @@ pub struct SlotSelector {
     eligible_count: usize,
     /// Scratch for `update`, kept to avoid allocating.
     candidates: Vec<Candidate>,
+    /// Scratch for `update_in`: one subscriber's candidates in a spatial room.
+    heard: Vec<Candidate>,
     changes: Vec<ParticipantId>,
     /// A structural change (join, leave, mute, new eligible publisher) wants an update right away.
     pending: bool,
@@ -159,6 +165,7 @@ impl SlotSelector {
             index: HashMap::new(),
             eligible_count: 0,
             candidates: Vec::new(),
+            heard: Vec::new(),
             changes: Vec::new(),
             pending: false,
             last_now: None,
@@ -301,6 +308,11 @@ impl SlotSelector {
         self.pending = true;
     }
 
+    /// Whether `id` publishes and has sent audio since it started: a candidate for slots.
+    pub fn is_eligible(&self, id: ParticipantId) -> bool {
+        self.member(id).is_some_and(|m| m.publishes && m.eligible)
+    }
+
     /// Whether `id` is publishing (not muted).
     pub fn is_publishing(&self, id: ParticipantId) -> bool {
         self.member(id).is_some_and(|m| m.publishes)
@@ -391,6 +403,12 @@ impl SlotSelector {
             return None;
         }
         Some(last_update + self.config.update_interval)
+    }
+
+    /// Who hears whom changed (a spatial room's audible sets were refreshed): reassign at the next
+    /// update, which becomes due at once.
+    pub fn audibility_changed(&mut self) {
+        self.pending = true;
     }
 
     /// Removes `publisher` from every subscriber's slots, recording the changes.

@@ -5,12 +5,20 @@ use std::time::Instant;
 
 use super::{Candidate, Held, SlotSelector, MAX_SLOTS};
 use crate::ids::ParticipantId;
+use crate::spatial::Space;
 
 impl SlotSelector {
     /// Recomputes the assignment if due (see [`next_update`](Self::next_update)); returns whether it ran.
     /// Afterwards, [`drain_changes`](Self::drain_changes) lists the subscribers whose assignment changed and
     /// [`routes`](Self::routes) reflects the new assignment. Allocation-free in steady state.
     pub fn update(&mut self, now: Instant) -> bool {
+        self.update_in(now, None)
+    }
+
+    /// [`update`](Self::update) in a spatial room: each subscriber's candidates are only the publishers it
+    /// hears ([`Space::audible`]: in range, the nearest `max_audible`), ranked by their level as heard — the
+    /// level plus the fade gain in dB — so the nearest and loudest come first.
+    pub fn update_in(&mut self, now: Instant, space: Option<&Space>) -> bool {
         if self.last_now.is_none_or(|t| now > t) {
             self.last_now = Some(now);
         }
@@ -21,6 +29,7 @@ impl SlotSelector {
         self.last_update = Some(now);
         self.rank(now);
 
+        let mut heard = std::mem::take(&mut self.heard);
         let mut any_changed = false;
         for s in 0..self.members.len() {
             let Some(sub) = self.members[s].as_ref() else {
@@ -34,7 +43,27 @@ impl SlotSelector {
             let mut slots = [None; MAX_SLOTS];
             slots[..k].copy_from_slice(&sub.slots);
             let slots = &mut slots[..k];
-            if self.assign(now, sub_id, slots) {
+            let changed = match space {
+                None => self.assign(now, sub_id, slots, &self.candidates, false),
+                Some(space) => {
+                    // The global ranking, restricted to what this subscriber hears and shifted by the
+                    // distance fade (a whole number of dB would reorder the same way; the gain is exact).
+                    heard.clear();
+                    for h in space.audible(sub_id) {
+                        if let Some(c) = self.candidates.iter().find(|c| c.id == h.speaker) {
+                            heard.push(Candidate {
+                                priority: c.priority + h.hearing.gain_db(),
+                                ..*c
+                            });
+                        }
+                    }
+                    heard.sort_unstable_by(|a, b| {
+                        b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id))
+                    });
+                    self.assign(now, sub_id, slots, &heard, true)
+                }
+            };
+            if changed {
                 let m = self.members[s].as_mut().expect("present");
                 for (i, &h) in slots.iter().enumerate() {
                     m.set_slot(i, h);
@@ -43,6 +72,7 @@ impl SlotSelector {
                 any_changed = true;
             }
         }
+        self.heard = heard;
         if any_changed {
             self.last_assignment_change = Some(now);
             self.rebuild_routes();
@@ -75,15 +105,29 @@ impl SlotSelector {
             .sort_unstable_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
     }
 
-    /// Updates one subscriber's slots in place; returns whether they changed.
-    fn assign(&self, now: Instant, sub_id: ParticipantId, slots: &mut [Option<Held>]) -> bool {
+    /// Updates one subscriber's slots in place from `candidates` (loudest first); returns whether they
+    /// changed. `own`: the candidates and their priorities are this subscriber's own (spatial), not the
+    /// room's ranking.
+    fn assign(
+        &self,
+        now: Instant,
+        sub_id: ParticipantId,
+        slots: &mut [Option<Held>],
+        candidates: &[Candidate],
+        own: bool,
+    ) -> bool {
         let mut changed = false;
-        let is_candidate = |h: &Held| {
+        let priority_of = |h: &Held| -> Option<f32> {
+            if own {
+                return candidates.iter().find(|c| c.id == h.id).map(|c| c.priority);
+            }
             self.members
                 .get(h.idx)
                 .and_then(Option::as_ref)
-                .is_some_and(|m| m.id == h.id && m.candidate)
+                .filter(|m| m.id == h.id && m.candidate)
+                .map(|m| m.priority)
         };
+        let is_candidate = |h: &Held| priority_of(h).is_some();
         // Publishers that left, muted or stopped being candidates free their slots.
         for slot in slots.iter_mut() {
             if slot.is_some_and(|h| !is_candidate(&h)) {
@@ -98,7 +142,7 @@ impl SlotSelector {
         // Free slots: the loudest publishers not heard yet, however quiet.
         let mut free = slots.iter().filter(|s| s.is_none()).count();
         if free > 0 {
-            for c in &self.candidates {
+            for c in candidates {
                 if c.id == sub_id || holds(slots, c.id) {
                     continue;
                 }
@@ -119,7 +163,7 @@ impl SlotSelector {
         }
 
         // Full: the loudest unslotted candidates replace the quietest incumbents past `min_hold`, by a margin.
-        for c in &self.candidates {
+        for c in candidates {
             if c.id == sub_id || holds(slots, c.id) {
                 continue;
             }
@@ -129,9 +173,13 @@ impl SlotSelector {
                 if now.saturating_duration_since(h.since) < self.config.min_hold {
                     continue;
                 }
-                let p = self.members[h.idx]
-                    .as_ref()
-                    .map_or(f32::NEG_INFINITY, |m| m.priority);
+                let p = if own {
+                    priority_of(h).unwrap_or(f32::NEG_INFINITY)
+                } else {
+                    self.members[h.idx]
+                        .as_ref()
+                        .map_or(f32::NEG_INFINITY, |m| m.priority)
+                };
                 let quieter = victim.is_none_or(|(_, vp, vid)| p < vp || (p == vp && h.id > vid));
                 if quieter {
                     victim = Some((i, p, h.id));

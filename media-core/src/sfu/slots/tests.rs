@@ -605,3 +605,70 @@ fn randomized_churn_keeps_invariants() {
         }
     }
 }
+
+/// In a spatial room a subscriber's slots go to the speakers it hears, ranked by level as heard: the
+/// nearest of equally loud speakers, a louder far one over a quiet near one once the fade is outweighed,
+/// never one out of range.
+#[test]
+fn spatial_slots_rank_by_level_as_heard() {
+    use crate::spatial::Space;
+    use vocab::{FadeModel, Position, SpatialSettings};
+
+    let t = t0();
+    let mut sel = SlotSelector::new(1, SelectorConfig::default());
+    for id in 1..=4 {
+        sel.add_participant(p(id), true, true);
+    }
+    // Inverse fade from 1: −6 dB per doubling of the distance. 1 listens at the origin; 2 is 2 away
+    // (−6 dB), 3 is 8 away (−18 dB), 4 is out of range.
+    let mut space = Space::new(SpatialSettings {
+        audible_distance: 20.0,
+        conversational_distance: 1.0,
+        fade_intensity: 1.0,
+        fade_model: FadeModel::Inverse,
+        max_audible: 10,
+    });
+    let at = |x: f64| Position::new(x, 0.0, 0.0, 0.0).expect("valid");
+    for (id, x) in [(1, 0.0), (2, 2.0), (3, -8.0), (4, 30.0)] {
+        space.set_position(t, p(id), at(x)).expect("valid");
+    }
+    let ids: Vec<_> = (1..=4).map(p).collect();
+    let tick = |sel: &mut SlotSelector, space: &mut Space, now: Instant, levels: &[(u64, u8)]| {
+        for &(id, level) in levels {
+            sel.on_audio(now, p(id), level, None);
+        }
+        let speakers: Vec<_> = ids
+            .iter()
+            .copied()
+            .filter(|i| sel.is_eligible(*i))
+            .collect();
+        if space.refresh(now, &ids, &speakers, &mut Vec::new()) {
+            sel.audibility_changed();
+        }
+        sel.update_in(now, Some(space));
+        sel.drain_changes().for_each(drop);
+    };
+    // Equally loud: the nearer one.
+    let mut now = t;
+    for _ in 0..50 {
+        tick(&mut sel, &mut space, now, &[(2, 30), (3, 30), (4, 0)]);
+        now += MS20;
+    }
+    assert_eq!(sel.assignment(p(1)), &[Some(p(2))]);
+    // The far one 24 dB louder (−18 + 24 = +6 over the near one's −6 − 0 … by the 6 dB margin): it takes
+    // the slot. The one out of range never does, however loud.
+    for _ in 0..100 {
+        tick(&mut sel, &mut space, now, &[(2, 40), (3, 10), (4, 0)]);
+        now += MS20;
+    }
+    assert_eq!(sel.assignment(p(1)), &[Some(p(3))]);
+    // The near one walks out of range and the far one goes quiet: the slot stays with the only one heard.
+    space.set_position(now, p(2), at(-30.0)).expect("valid");
+    for _ in 0..50 {
+        tick(&mut sel, &mut space, now, &[(2, 0), (3, 60), (4, 0)]);
+        now += MS20;
+    }
+    assert_eq!(sel.assignment(p(1)), &[Some(p(3))]);
+    // 4 hears nobody (nobody is within 20 of it) and nobody is ever routed to itself.
+    assert_eq!(sel.assignment(p(4)), &[None]);
+}

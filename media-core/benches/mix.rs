@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::audio::FRAME_DURATION;
-use media_core::audio::{audio_level_from_samples, ToneGenerator, FRAME_SAMPLES, SAMPLE_RATE};
+use media_core::audio::FRAME_SAMPLES;
 use media_core::mixer::{MixPacket, Mixer};
 use media_core::sim::LinkConfig;
 use media_core::stats::{MixStats, Samples};
@@ -25,24 +25,6 @@ fn wall() -> Instant {
     Instant::now()
 }
 
-/// Opus frames of a tone, encoded once (like a real client, one encoder per talker).
-fn talker_frames(freq: f64, frames: usize) -> Vec<(Arc<[u8]>, u8)> {
-    let mut enc = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
-        .expect("an Opus encoder");
-    enc.set_bitrate(opus::Bitrate::Bits(32_000))
-        .expect("bitrate");
-    let mut tone = ToneGenerator::new(freq, 0.2, SAMPLE_RATE);
-    let mut pcm = vec![0f32; FRAME_SAMPLES];
-    let mut out = vec![0u8; 1500];
-    (0..frames)
-        .map(|_| {
-            tone.fill(&mut pcm);
-            let n = enc.encode_float(&pcm, &mut out).expect("encode");
-            (Arc::from(&out[..n]), audio_level_from_samples(&pcm))
-        })
-        .collect()
-}
-
 /// The mixer alone: `talkers` send a tone every 20 ms, `listeners` only listen.
 fn mixer_only(listeners: usize, talkers: usize, seconds: u64) {
     let start = support::epoch();
@@ -52,7 +34,7 @@ fn mixer_only(listeners: usize, talkers: usize, seconds: u64) {
         mixer.add_member(ParticipantId(i as u64), talks, true, 1, i as u32 * 7);
     }
     let frames: Vec<Vec<(Arc<[u8]>, u8)>> = (0..talkers)
-        .map(|i| talker_frames(200.0 + 37.0 * i as f64, 50))
+        .map(|i| support::talker_frames(200.0 + 37.0 * i as f64, 50))
         .collect();
     let mut stats = MixStats::default();
     let mut samples = Samples::default();

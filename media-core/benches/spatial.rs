@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::audio::FRAME_DURATION;
-use media_core::audio::{audio_level_from_samples, ToneGenerator, FRAME_SAMPLES, SAMPLE_RATE};
+use media_core::audio::FRAME_SAMPLES;
 use media_core::mixer::{MixPacket, Mixer};
 use media_core::sim::LinkConfig;
 use media_core::spatial::Space;
@@ -61,24 +61,6 @@ fn position(i: usize, t: f64) -> Position {
     .expect("in the world")
 }
 
-/// Opus frames of a tone, encoded once (like a real client, one encoder per talker).
-fn talker_frames(freq: f64, frames: usize) -> Vec<(Arc<[u8]>, u8)> {
-    let mut enc = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
-        .expect("an Opus encoder");
-    enc.set_bitrate(opus::Bitrate::Bits(32_000))
-        .expect("bitrate");
-    let mut tone = ToneGenerator::new(freq, 0.2, SAMPLE_RATE);
-    let mut pcm = vec![0f32; FRAME_SAMPLES];
-    let mut out = vec![0u8; 1500];
-    (0..frames)
-        .map(|_| {
-            tone.fill(&mut pcm);
-            let n = enc.encode_float(&pcm, &mut out).expect("encode");
-            (Arc::from(&out[..n]), audio_level_from_samples(&pcm))
-        })
-        .collect()
-}
-
 /// The mixer alone, `players` of whom the first `talkers` talk; `spatial`: positions and a stereo mix per
 /// listener, else the mono mixer.
 fn mixer_only(players: usize, talkers: usize, complexity: u8, spatial: bool, seconds: u64) {
@@ -94,7 +76,7 @@ fn mixer_only(players: usize, talkers: usize, complexity: u8, spatial: bool, sec
         mixer.add_member(id, i < talkers, true, 1, i as u32 * 7);
     }
     let frames: Vec<Vec<(Arc<[u8]>, u8)>> = (0..talkers)
-        .map(|i| talker_frames(200.0 + 37.0 * i as f64, 50))
+        .map(|i| support::talker_frames(200.0 + 37.0 * i as f64, 50))
         .collect();
     let (mut stats, mut samples) = (MixStats::default(), Samples::default());
     let mut out: Vec<MixPacket> = Vec::new();

@@ -751,3 +751,21 @@ pub fn speech_call(
         frames_dtx: src.frames_dtx,
     }
 }
+
+/// Opus frames of a tone, encoded once (like a real client, one encoder per talker).
+pub fn talker_frames(freq: f64, frames: usize) -> Vec<(Arc<[u8]>, u8)> {
+    let mut enc = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+        .expect("an Opus encoder");
+    enc.set_bitrate(opus::Bitrate::Bits(32_000))
+        .expect("bitrate");
+    let mut tone = ToneGenerator::new(freq, 0.2, SAMPLE_RATE);
+    let mut pcm = vec![0f32; FRAME_SAMPLES];
+    let mut out = vec![0u8; 1500];
+    (0..frames)
+        .map(|_| {
+            tone.fill(&mut pcm);
+            let n = enc.encode_float(&pcm, &mut out).expect("encode");
+            (Arc::from(&out[..n]), audio::audio_level_from_samples(&pcm))
+        })
+        .collect()
+}

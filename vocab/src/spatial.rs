@@ -69,7 +69,23 @@ pub struct SpatialSettings {
     pub fade_intensity: f64,
     pub fade_model: FadeModel,
     /// Each listener hears at most this many speakers: the nearest ones (ties: the lower participant id).
+    #[serde(deserialize_with = "whole_u16")]
     pub max_audible: u16,
+}
+
+/// A `u16` that JSON may write as an integer-valued number such as `20.0` (an OpenAPI `integer` allows it;
+/// the admin API's schema test sends them).
+fn whole_u16<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    use serde::de::Error;
+    let n = <f64 as serde::Deserialize>::deserialize(d)?;
+    if n.fract() == 0.0 && (0.0..=f64::from(u16::MAX)).contains(&n) {
+        Ok(n as u16)
+    } else {
+        Err(D::Error::custom(format!(
+            "expected an integer from 0 to {}, found {n}",
+            u16::MAX
+        )))
+    }
 }
 
 impl Default for SpatialSettings {
@@ -318,6 +334,20 @@ mod tests {
         assert_eq!(s.fade_model, FadeModel::Linear);
         assert_eq!(s.max_audible, 20);
         assert!(serde_json::from_str::<SpatialSettings>(r#"{"range":1}"#).is_err());
+        // An integer may come as an integer-valued number (schemathesis sends them); a fraction may not.
+        let s: SpatialSettings =
+            serde_json::from_str(r#"{"max_audible":223.0}"#).expect("223.0 is an integer");
+        assert_eq!(s.max_audible, 223);
+        for bad in [
+            r#"{"max_audible":2.5}"#,
+            r#"{"max_audible":-1}"#,
+            r#"{"max_audible":70000}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<SpatialSettings>(bad).is_err(),
+                "{bad}"
+            );
+        }
         assert_eq!(
             serde_json::to_value(SpatialSettings::default()).expect("serializes"),
             serde_json::json!({"audible_distance": 32.0, "conversational_distance": 1.0,

@@ -424,6 +424,6 @@ mod tests {
                 named.insert(message_type(&message));
             }
         }
-        assert_eq!(named.len(), 14, "{named:?}");
+        assert_eq!(named.len(), 17, "{named:?}");
     }
 }

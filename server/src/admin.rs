@@ -116,6 +116,20 @@ where
     T::deserialize(d).map(Some)
 }
 
+/// As [`present`] for a settings object: a JSON object only (serde would also read a struct from an
+/// array of its fields in order, which the schema does not allow).
+fn present_object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    let object = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+    T::deserialize(serde_json::Value::Object(object))
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
 /// A path nobody serves: 404 with the JSON error shape.
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path")
@@ -354,11 +368,11 @@ pub struct CreateRoom {
     pub max_participants: Option<usize>,
     #[serde(default, deserialize_with = "integer::opt")]
     pub empty_timeout_secs: Option<u64>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_object")]
     pub mix: Option<MixPatch>,
     /// Positional voice (either mode); absent fields take the defaults of [`SpatialSettings`], not the
     /// server's `[room.spatial]`. Absent: the room is not spatial.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_object")]
     pub spatial: Option<SpatialSettings>,
 }
 
@@ -830,5 +844,25 @@ mod tests {
             );
         }
         assert!(serde_json::from_str::<CreateRoom>(r#"{"name": "a", "mode": null}"#).is_err());
+    }
+
+    /// Settings objects are objects: serde alone would read `mix` from an array of its fields
+    /// (schemathesis sent `"mix": []` and got 201).
+    #[test]
+    fn settings_must_be_objects_not_arrays() {
+        let parse = |json: &str| serde_json::from_str::<CreateRoom>(json);
+        for bad in [
+            r#"{"name": "a", "mode": "mix", "mix": []}"#,
+            r#"{"name": "a", "mode": "mix", "mix": [48000]}"#,
+            r#"{"name": "a", "spatial": []}"#,
+            r#"{"name": "a", "mix": null}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let room =
+            parse(r#"{"name": "a", "mode": "mix", "mix": {"complexity": 3}, "spatial": {}}"#)
+                .expect("objects are accepted");
+        assert_eq!(room.mix.and_then(|m| m.complexity), Some(3));
+        assert!(room.spatial.is_some());
     }
 }

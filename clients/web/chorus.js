@@ -164,9 +164,20 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  */
 
 /**
+ * Client → server `position` (spatial rooms only, at most every 100 ms): where the participant is, in
+ * world units, and which way it faces (degrees clockwise from +y).
+ * @typedef {object} PositionMessage
+ * @property {'position'} type
+ * @property {number} x
+ * @property {number} y
+ * @property {number} z
+ * @property {number} [yaw_deg]
+ */
+
+/**
  * Every message the SDK sends.
  * @typedef {JoinMessage | OfferMessage | MuteMessage | PingMessage | LeaveMessage | ResumeMessage | PttMessage
- *   | PttKeyMessage | ModerateMessage} ClientMessage
+ *   | PttKeyMessage | ModerateMessage | PositionMessage} ClientMessage
  */
 
 /**
@@ -299,6 +310,24 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  */
 
 /**
+ * Where one audible speaker is (an entry of `positions`).
+ * @typedef {object} SpeakerPosition
+ * @property {string} sid
+ * @property {number} x
+ * @property {number} y
+ * @property {number} z
+ * @property {number} yaw_deg
+ */
+
+/**
+ * Server → client `positions` (spatial forwarding rooms): the speakers this participant hears, nearest
+ * first, and where they are.
+ * @typedef {object} PositionsMessage
+ * @property {'positions'} type
+ * @property {SpeakerPosition[]} positions
+ */
+
+/**
  * Server → client `pong`: the answer to `ping`.
  * @typedef {object} PongMessage
  * @property {'pong'} type
@@ -332,7 +361,8 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * Every message the server sends.
  * @typedef {JoinedMessage | ResumedMessage | AnswerMessage | ParticipantJoinedMessage | ParticipantLeftMessage
  *   | ParticipantMutedMessage | ParticipantUpdatedMessage | MovedMessage | MediaStateMessage | SpeakersMessage
- *   | DominantSpeakerMessage | SlotsMessage | PongMessage | LeftMessage | DrainingMessage | ErrorMessage} ServerMessage
+ *   | DominantSpeakerMessage | SlotsMessage | PositionsMessage | PongMessage | LeftMessage | DrainingMessage
+ *   | ErrorMessage} ServerMessage
  */
 
 // ---------------------------------------------------------------------------------------------

@@ -7,12 +7,8 @@
 //! random source. For simulations only: the load tester and the server never call it.
 
 use std::sync::OnceLock;
-use std::time::Instant;
 
-use str0m::crypto::dtls::{DtlsCert, DtlsInstance, DtlsProvider, DtlsVersion};
-use str0m::crypto::CryptoError;
-
-use crate::core::peer::dtls::SharedConfigs;
+use crate::core::peer::dtls::{SharedConfigs, SharedDtlsProvider};
 
 /// The seed of every simulated DTLS instance's timer jitter.
 const DTLS_TIMER_SEED: u64 = 0x5EED_D715;
@@ -26,29 +22,9 @@ static SEEDED_CONFIGS: SharedConfigs = SharedConfigs::new(Some(DTLS_TIMER_SEED))
 pub fn install() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        static PROVIDER: SeededDtlsProvider = SeededDtlsProvider;
+        static PROVIDER: SharedDtlsProvider = SharedDtlsProvider(&SEEDED_CONFIGS);
         let mut provider = str0m::crypto::from_feature_flags();
         provider.dtls_provider = &PROVIDER;
         provider.install_process_default();
     });
-}
-
-/// dimpl with the default provider's certificates and a seeded configuration.
-#[derive(Debug)]
-struct SeededDtlsProvider;
-
-impl DtlsProvider for SeededDtlsProvider {
-    fn generate_certificate(&self) -> Option<DtlsCert> {
-        dimpl::certificate::generate_self_signed_certificate().ok()
-    }
-
-    fn new_dtls(
-        &self,
-        cert: &DtlsCert,
-        now: Instant,
-        dtls_version: DtlsVersion,
-        mtu: Option<usize>,
-    ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
-        SEEDED_CONFIGS.new_dtls(cert, now, dtls_version, mtu)
-    }
 }

@@ -91,9 +91,10 @@ impl SharedConfigs {
 /// The configurations of the server's peers.
 static SERVER_CONFIGS: SharedConfigs = SharedConfigs::new(None);
 
-/// The DTLS provider of the server's peers: str0m's aws-lc-rs provider with shared configurations.
+/// A DTLS provider on shared configurations: the server's peers use [`SERVER_CONFIGS`], simulations a
+/// seeded set (`testkit::dtls`).
 #[derive(Debug)]
-struct SharedDtlsProvider;
+pub(crate) struct SharedDtlsProvider(pub(crate) &'static SharedConfigs);
 
 impl DtlsProvider for SharedDtlsProvider {
     fn generate_certificate(&self) -> Option<DtlsCert> {
@@ -107,7 +108,7 @@ impl DtlsProvider for SharedDtlsProvider {
         version: DtlsVersion,
         mtu: Option<usize>,
     ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
-        SERVER_CONFIGS.new_dtls(cert, now, version, mtu)
+        self.0.new_dtls(cert, now, version, mtu)
     }
 }
 
@@ -121,7 +122,7 @@ pub(crate) fn crypto_provider() -> Option<Arc<CryptoProvider>> {
         return None;
     }
     let shared = SHARED.get_or_init(|| {
-        static PROVIDER: SharedDtlsProvider = SharedDtlsProvider;
+        static PROVIDER: SharedDtlsProvider = SharedDtlsProvider(&SERVER_CONFIGS);
         let mut provider = str0m::crypto::from_feature_flags();
         provider.dtls_provider = &PROVIDER;
         Arc::new(provider)

@@ -341,10 +341,7 @@ fn after_a_nat_rebinding_media_follows_the_clients_next_verified_nomination() {
     let mut r = Rebinding::new(t0, false);
     let tick = Duration::from_millis(10);
     let mut now = t0;
-    while now < t0 + Duration::from_secs(4) {
-        now += tick;
-        r.step(now);
-    }
+    run(&mut r, &mut now, Duration::from_secs(4), |_, _| {});
     assert!(r.peer.is_connected() && r.heard > 100, "heard {}", r.heard);
     assert_eq!(r.lost, 0);
     let first = r.peer.client_path().expect("the client nominated its path");
@@ -390,10 +387,7 @@ fn a_replayed_nomination_from_another_address_does_not_move_the_media() {
     let mut r = Rebinding::new(t0, false);
     let tick = Duration::from_millis(10);
     let mut now = t0;
-    while now < t0 + Duration::from_secs(4) {
-        now += tick;
-        r.step(now);
-    }
+    run(&mut r, &mut now, Duration::from_secs(4), |_, _| {});
     let heard = r.heard;
     let attacker = NetPath::udp(
         r.server,

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use str0m::rtp::RtpPacket;
 
-use super::timers::slot_infos;
+use super::timers::slot_events;
 use super::{CoreEvent, MediaCore, MAX_DATAGRAM};
 use crate::core::net::{NetPath, Transport};
 use crate::core::peer::{PeerError, PeerEvent, StreamStats};
@@ -194,17 +194,11 @@ impl MediaCore {
         }
         // The first packet after the gate opened (key down, unmute) holds no slot yet: select now, so a
         // free slot takes it at once and the onset is heard, not dropped until the next selection tick.
-        if onset && room.selector.routes(from).is_empty() && room.selector.update(now) {
-            let changed: Vec<ParticipantId> = room.selector.drain_changes().collect();
-            for sub in changed {
-                if let Some(s) = self.participants.get(&sub) {
-                    let slots = slot_infos(s, room.selector.assignment(sub), &self.participants);
-                    self.events.push_back(CoreEvent::Slots {
-                        subscriber: sub,
-                        slots,
-                    });
-                }
-            }
+        if onset
+            && room.selector.routes(from).is_empty()
+            && room.selector.update_in(now, room.space.as_ref())
+        {
+            slot_events(&mut room.selector, &self.participants, &mut self.events);
         }
         room.arm_tick(&mut self.next_tick);
         let routes = room.selector.routes(from);

@@ -132,15 +132,7 @@ impl MediaCore {
             if room.selector.next_update().is_some_and(|t| t <= now)
                 && room.selector.update_in(now, room.space.as_ref())
             {
-                let changed: Vec<ParticipantId> = room.selector.drain_changes().collect();
-                for sub in changed {
-                    if let Some(p) = self.participants.get(&sub) {
-                        self.events.push_back(CoreEvent::Slots {
-                            subscriber: sub,
-                            slots: slot_infos(p, room.selector.assignment(sub), &self.participants),
-                        });
-                    }
-                }
+                slot_events(&mut room.selector, &self.participants, &mut self.events);
                 if let Some(speakers) = room.selector.speakers_changed(now) {
                     self.events.push_back(CoreEvent::Speakers {
                         room: room.id.clone(),
@@ -249,6 +241,23 @@ fn mix_red_payload(
     let payload: Arc<[u8]> = Arc::from(out);
     variants.push((primary.clone(), previous.clone(), opus_pt, payload.clone()));
     payload
+}
+
+/// A `Slots` event for every subscriber whose slot assignment changed in the selector's last update.
+pub(super) fn slot_events(
+    selector: &mut crate::sfu::slots::SlotSelector,
+    participants: &HashMap<ParticipantId, Participant>,
+    events: &mut VecDeque<CoreEvent>,
+) {
+    let changed: Vec<ParticipantId> = selector.drain_changes().collect();
+    for sub in changed {
+        if let Some(p) = participants.get(&sub) {
+            events.push_back(CoreEvent::Slots {
+                subscriber: sub,
+                slots: slot_infos(p, selector.assignment(sub), participants),
+            });
+        }
+    }
 }
 
 pub(super) fn slot_infos(

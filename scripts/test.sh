@@ -18,6 +18,8 @@ command -v node >/dev/null || need_apt+=(nodejs npm)
 # --- speech-quality tests (media-core tests/speech, tests/tests/speech): espeak-ng speaks, sox resamples ---
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 command -v sox >/dev/null || need_apt+=(sox)
+# --- broadcast tests (tests/tests/broadcast): ffmpeg decodes a room's listener stream ---
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # pesq builds a C extension when PyPI has no wheel for this Python: it needs the headers and a compiler.

@@ -314,8 +314,8 @@ mod tests {
         }
         assert_eq!(client, ClientMessage::TYPES.len());
         assert_eq!(
-            server, 22,
-            "20 messages, joined and participant_muted twice"
+            server, 23,
+            "21 messages, joined and participant_muted twice"
         );
     }
 }

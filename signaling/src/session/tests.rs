@@ -2012,3 +2012,5 @@ async fn positions_are_checked_rate_limited_and_reach_the_worker() {
 }
 
 mod moderation;
+
+mod cluster;

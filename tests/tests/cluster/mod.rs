@@ -242,6 +242,17 @@ async fn rooms_spread_over_the_nodes_and_a_client_is_redirected_to_the_owner() -
     assert_eq!(owners.len(), 3, "rooms on {owners:?}");
     let listed = cluster.listed(1).await?;
     assert_eq!(listed.len(), 3, "{listed:?}");
+    // Every cluster metric of docs/metrics.md is exposed by a cluster node.
+    let (_, exposed) = cluster.nodes[0].http_get("/metrics").await?;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))?;
+    let documented: HashSet<&str> = doc
+        .split('`')
+        .filter(|word| word.starts_with("chorus_cluster_"))
+        .collect();
+    assert_eq!(documented.len(), 5, "{documented:?}");
+    for name in documented {
+        assert!(exposed.contains(&format!("\n{name}")), "{name} not exposed");
+    }
 
     // Ada is in "talk" on its owner; Bob reaches another node and is redirected there.
     let ada = join_at(&cluster.nodes[1], "talk", "ada", TONES[1]).await?;

@@ -217,7 +217,9 @@ struct Gate {
     deafened: bool,
 }
 
-/// Where a participant's audio comes from (and, for a peer, where the room's goes).
+/// Where a participant's audio comes from (and, for a peer, where the room's goes). Almost every participant
+/// is a peer, so the peer is kept inline (as before sources existed) and the rare source boxed.
+#[allow(clippy::large_enum_variant)]
 enum Link {
     /// A WebRTC client.
     Peer(Peer),

@@ -31,6 +31,19 @@ pub const REQUEST_RESULTS: [&str; 8] = [
     "media_unavailable",
 ];
 
+/// `error` of `chorus_ingest_errors_total` (the Ogg reader's `OggError::as_str`, and `timeout`).
+pub const ERRORS: [&str; 9] = [
+    "not_ogg",
+    "crc",
+    "truncated",
+    "not_opus",
+    "no_tags",
+    "multiplexed",
+    "packet_too_large",
+    "bad_packet",
+    "timeout",
+];
+
 /// `reason` of `chorus_ingest_sources_ended_total`.
 pub const END_REASONS: [&str; 6] = [
     "finished", "failed", "kicked", "replaced", "moved", "shutdown",
@@ -93,7 +106,7 @@ impl IngestMetrics {
                 "chorus_ingest_errors_total",
                 "Bad source input, by kind and error (docs/metrics.md lists them).",
                 "error",
-                &[],
+                &ERRORS,
             )?,
             late: per_kind(
                 "chorus_ingest_late_packets_total",

@@ -46,6 +46,8 @@ pub struct Config {
     pub turn: signaling::TurnConfig,
     pub log: LogConfig,
     pub broadcast: BroadcastConfig,
+    /// Sources publishing into rooms: Icecast, RTP (docs/broadcast.md).
+    pub ingest: crate::ingest::IngestConfig,
 }
 
 /// Listener streams (docs/broadcast.md): a room's mix as Ogg/Opus over HTTP at `/live/{room}.opus`.
@@ -606,6 +608,7 @@ impl Config {
         }
         self.webhooks.validate()?;
         self.broadcast.validate()?;
+        self.ingest.validate()?;
         self.turn
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

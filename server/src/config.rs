@@ -50,6 +50,8 @@ pub struct Config {
     pub broadcast: BroadcastConfig,
     /// Several nodes sharing rooms through Redis (absent: this node alone).
     pub cluster: ClusterConfig,
+    /// Sources publishing into rooms: Icecast, RTP (docs/broadcast.md).
+    pub ingest: crate::ingest::IngestConfig,
 }
 
 /// Listener streams (docs/broadcast.md): a room's mix as Ogg/Opus over HTTP at `/live/{room}.opus`.
@@ -632,6 +634,7 @@ impl Config {
                  (other nodes redirect clients to it)",
             );
         }
+        self.ingest.validate()?;
         self.turn
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

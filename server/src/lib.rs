@@ -13,6 +13,7 @@ mod cluster;
 pub mod config;
 mod conn;
 mod http;
+mod ingest;
 mod metrics;
 mod placement;
 mod shutdown;
@@ -69,6 +70,10 @@ impl Server {
             config.broadcast.clone(),
             metrics::BroadcastMetrics::new(&registry)?,
         );
+        let ingest = Arc::new(ingest::Ingest::new(
+            config.ingest.clone(),
+            ingest::IngestMetrics::new(&registry)?,
+        ));
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -169,6 +174,7 @@ impl Server {
             sessions: Sessions::default(),
             broadcasts,
             cluster,
+            ingest,
         });
 
         let webhook_key = match &config.webhooks.api_key {
@@ -344,7 +350,17 @@ impl Server {
         );
         // Open WebSockets would hold a graceful shutdown forever: the drain decides when to stop, then
         // the accept loop is stopped (the binary then drops the runtime, and every connection with it).
-        let mut server = tokio::spawn(conn::serve(listener, app, limits, state.metrics.clone()));
+        let sources = config
+            .ingest
+            .icecast
+            .then(|| ingest::icecast::Sources(state.clone()));
+        let mut server = tokio::spawn(conn::serve(
+            listener,
+            app,
+            limits,
+            state.metrics.clone(),
+            sources,
+        ));
         let result = tokio::select! {
             result = &mut server => result.map_err(anyhow::Error::from),
             () = shutdown::drain(&state, &webhooks_in_flight, &shutdown) => Ok(()),

@@ -27,6 +27,8 @@ pub struct AppState {
     pub broadcasts: Arc<crate::broadcast::Broadcasts>,
     /// This node's part in a cluster (`None`: a node alone).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Sources publishing into rooms (Icecast, RTP).
+    pub ingest: Arc<crate::ingest::Ingest>,
 }
 
 /// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is

@@ -9,6 +9,7 @@
 
 mod admin;
 mod broadcast;
+mod cluster;
 pub mod config;
 mod conn;
 mod http;
@@ -54,6 +55,8 @@ pub struct Server {
     tcp_addrs: Vec<SocketAddr>,
     dev_udp_addrs: Vec<SocketAddr>,
     webhooks_in_flight: webhooks::InFlight,
+    /// The media workers' busy time, for the cluster's load figure.
+    worker_busy: prometheus::CounterVec,
 }
 
 impl Server {
@@ -143,6 +146,18 @@ impl Server {
             &registry,
         )?);
 
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+        let http_addr = listener.local_addr()?;
+        let cluster = if config.cluster.enabled() {
+            let cluster = cluster::Cluster::new(&config.cluster, http_addr, &registry)?;
+            signaling.set_locator(cluster.clone());
+            Some(cluster)
+        } else {
+            None
+        };
+
         let dev_key = config.auth.dev_mode_active().then(|| {
             (
                 config::DEV_API_KEY.to_owned(),
@@ -158,6 +173,7 @@ impl Server {
             grace: Duration::from_secs(config.shutdown.grace_period_secs),
             sessions: Sessions::default(),
             broadcasts,
+            cluster,
             ingest,
         });
 
@@ -181,10 +197,6 @@ impl Server {
             state.signaling.set_event_sink(events);
         }
 
-        let listener = TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
-        let http_addr = listener.local_addr()?;
         info!(addr = %http_addr, "signaling and HTTP listening");
         Ok(Server {
             config,
@@ -195,6 +207,7 @@ impl Server {
             tcp_addrs,
             dev_udp_addrs,
             webhooks_in_flight,
+            worker_busy: media_metrics.worker_busy.clone(),
         })
     }
 
@@ -282,6 +295,8 @@ impl Server {
             state,
             listener,
             webhooks_in_flight,
+            worker_busy,
+            media_addrs,
             ..
         } = self;
         if config.auth.dev_mode_active() {
@@ -307,6 +322,10 @@ impl Server {
             }
         });
         state.broadcasts.start(state.signaling.clone());
+        let heartbeat = state
+            .cluster
+            .as_ref()
+            .map(|c| c.spawn(state.signaling.clone(), worker_busy, media_addrs.len()));
         let app = app(state.clone(), config.broadcast.enabled);
         let fd_limit = conn::raise_fd_limit();
         let max_connections = conn::cap_for_fd_limit(config.http.max_connections, fd_limit);
@@ -348,6 +367,16 @@ impl Server {
         };
         server.abort();
         sweeping.abort();
+        if let (Some(heartbeat), Some(cluster)) = (heartbeat, &state.cluster) {
+            heartbeat.abort();
+            let leave = cluster.leave(&state.signaling);
+            if tokio::time::timeout(Duration::from_secs(2), leave)
+                .await
+                .is_err()
+            {
+                warn!("could not leave the cluster in time: the node's record expires on its own");
+            }
+        }
         result
     }
 }

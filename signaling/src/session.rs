@@ -203,6 +203,8 @@ enum Exit {
     Removed(LeftReason),
     /// A `resume` on another WebSocket took the session over.
     Resumed,
+    /// The room lives on another node of the cluster: the client was sent `redirect`.
+    Redirected,
 }
 
 impl Exit {
@@ -228,7 +230,7 @@ impl Exit {
             Exit::IdleTimeout => LeaveReason::IdleTimeout,
             Exit::OfferTimeout => LeaveReason::OfferTimeout,
             // Never joined: nothing to count as a leave.
-            Exit::JoinTimeout => LeaveReason::Error,
+            Exit::JoinTimeout | Exit::Redirected => LeaveReason::Error,
             Exit::MediaDisconnected => LeaveReason::MediaDisconnected,
             Exit::Fatal(_) => LeaveReason::Error,
             Exit::Shutdown => LeaveReason::Shutdown,
@@ -257,6 +259,7 @@ impl Exit {
             Exit::Removed(LeftReason::RoomDeleted) => Some((CLOSE_NORMAL, "room_deleted")),
             Exit::Removed(LeftReason::Replaced) => Some((CLOSE_NORMAL, "replaced")),
             Exit::Resumed => Some((CLOSE_NORMAL, "resumed")),
+            Exit::Redirected => Some((CLOSE_NORMAL, "redirect")),
             Exit::Closed | Exit::ReadFailed | Exit::WriteFailed => None,
         }
     }

@@ -2031,4 +2031,7 @@ async fn positions_are_checked_rate_limited_and_reach_the_worker() {
 }
 
 mod moderation;
+
+mod cluster;
+
 mod source;

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use signaling::media::{MixSettings, RoomMode, RoomSettings, SpatialSettings};
 use vocab::MAX_SLOTS;
 
+mod recording;
+pub use recording::RecordingConfig;
+
 /// The development API key used when no keys are configured and development mode is on.
 pub const DEV_API_KEY: &str = "devkey";
 /// The development API secret. Public knowledge: never use it on a reachable server.
@@ -46,6 +49,7 @@ pub struct Config {
     pub turn: signaling::TurnConfig,
     pub log: LogConfig,
     pub broadcast: BroadcastConfig,
+    pub recording: RecordingConfig,
 }
 
 /// Listener streams (docs/broadcast.md): a room's mix as Ogg/Opus over HTTP at `/live/{room}.opus`.
@@ -606,6 +610,7 @@ impl Config {
         }
         self.webhooks.validate()?;
         self.broadcast.validate()?;
+        self.recording.validate()?;
         self.turn
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -14,6 +14,7 @@ mod conn;
 mod http;
 mod metrics;
 mod placement;
+mod recording;
 mod shutdown;
 mod state;
 mod tcp;
@@ -62,9 +63,15 @@ impl Server {
         let registry = prometheus::Registry::new();
         let media_metrics = Arc::new(metrics::MediaMetrics::new(&registry)?);
         let server_metrics = ServerMetrics::new(&registry)?;
+        let recordings = recording::Recordings::new(
+            config.recording.clone(),
+            recording::RecordingMetrics::new(&registry)?,
+        )
+        .context("cannot start the recording writer thread")?;
         let broadcasts = broadcast::Broadcasts::new(
             config.broadcast.clone(),
             metrics::BroadcastMetrics::new(&registry)?,
+            recordings.recorded(),
         );
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -98,6 +105,7 @@ impl Server {
                 broadcast: worker::BroadcastSpec {
                     taps: broadcasts.taps(),
                     frames: broadcasts.frame_sink(),
+                    recorder: recordings.sink(),
                 },
             };
             let handle = worker::spawn(spec, media_metrics.clone()).with_context(|| {
@@ -153,7 +161,11 @@ impl Server {
             grace: Duration::from_secs(config.shutdown.grace_period_secs),
             sessions: Sessions::default(),
             broadcasts,
+            recordings,
         });
+        // The recordings already on disk (a crashed one is marked interrupted), and retention, at start.
+        let loading = state.recordings.clone();
+        tokio::task::spawn_blocking(move || loading.load()).await?;
 
         let webhook_key = match &config.webhooks.api_key {
             Some(name) => config
@@ -301,6 +313,7 @@ impl Server {
             }
         });
         state.broadcasts.start(state.signaling.clone());
+        state.recordings.start_tasks(state.signaling.clone());
         let app = app(state.clone(), config.broadcast.enabled);
         let fd_limit = conn::raise_fd_limit();
         let max_connections = conn::cap_for_fd_limit(config.http.max_connections, fd_limit);
@@ -332,6 +345,8 @@ impl Server {
         };
         server.abort();
         sweeping.abort();
+        // Running recordings end with their last page written and their side file final.
+        state.recordings.shutdown().await;
         result
     }
 }

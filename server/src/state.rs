@@ -25,6 +25,8 @@ pub struct AppState {
     pub sessions: Sessions,
     /// Listener streams: mounts, their listeners, the tap set the media workers follow.
     pub broadcasts: Arc<crate::broadcast::Broadcasts>,
+    /// Recordings: the index, the writer thread, retention.
+    pub recordings: Arc<crate::recording::Recordings>,
 }
 
 /// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is

@@ -163,6 +163,20 @@ impl MediaCore {
         let Some(room) = self.rooms.get_mut(&p.room) else {
             return;
         };
+        if self.tapped_participants.contains(&from) {
+            let payload: Arc<[u8]> = match &red {
+                Some(r) => Arc::from(r.primary),
+                None => packet.payload.clone(),
+            };
+            self.microphones.push_back(super::MicPacket {
+                participant: from,
+                room: room.id.clone(),
+                timestamp: packet.header.timestamp,
+                samples: crate::mixer::opus_packet_info(&payload).map(|(n, _)| n),
+                payload,
+                level: level.map(|l| l.unsigned_abs().min(127)),
+            });
+        }
         room.selector.on_audio(now, from, level_dbov, vad);
         room.dominant.on_level(from, now, level_dbov);
         let mixed = room.mixer().is_some();

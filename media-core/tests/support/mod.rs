@@ -439,7 +439,7 @@ impl Sim {
                         .send(self.now, self.server, t.destination, t.contents)
                 }
                 Output::Event(e) => self.events.push((self.now, e)),
-                Output::Broadcast(_) => {}
+                Output::Broadcast(_) | Output::Microphone(_) => {}
                 Output::Timeout(t) => {
                     self.core_timeout = t;
                     return;

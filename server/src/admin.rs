@@ -109,7 +109,7 @@ pub async fn method_not_allowed() -> ApiError {
 
 /// An optional field that, when present, must be a value (`null` is refused, as the schema says; leave
 /// the field out for the server's default). With `#[serde(default)]` for the absent case.
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,

@@ -105,7 +105,7 @@ async fn list_room(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StartRecording {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::admin::present")]
     participant: Option<String>,
 }
 

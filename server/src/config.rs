@@ -50,6 +50,8 @@ pub struct Config {
     pub log: LogConfig,
     pub broadcast: BroadcastConfig,
     pub recording: RecordingConfig,
+    /// Sources publishing into rooms: Icecast, RTP (docs/broadcast.md).
+    pub ingest: crate::ingest::IngestConfig,
 }
 
 /// Listener streams (docs/broadcast.md): a room's mix as Ogg/Opus over HTTP at `/live/{room}.opus`.
@@ -611,6 +613,7 @@ impl Config {
         self.webhooks.validate()?;
         self.broadcast.validate()?;
         self.recording.validate()?;
+        self.ingest.validate()?;
         self.turn
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

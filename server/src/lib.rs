@@ -12,6 +12,7 @@ mod broadcast;
 pub mod config;
 mod conn;
 mod http;
+mod ingest;
 mod metrics;
 mod placement;
 mod recording;
@@ -73,6 +74,10 @@ impl Server {
             metrics::BroadcastMetrics::new(&registry)?,
             recordings.recorded(),
         );
+        let ingest = Arc::new(ingest::Ingest::new(
+            config.ingest.clone(),
+            ingest::IngestMetrics::new(&registry)?,
+        ));
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -162,6 +167,7 @@ impl Server {
             sessions: Sessions::default(),
             broadcasts,
             recordings,
+            ingest,
         });
         // The recordings already on disk (a crashed one is marked interrupted), and retention, at start.
         let loading = state.recordings.clone();
@@ -338,7 +344,17 @@ impl Server {
         );
         // Open WebSockets would hold a graceful shutdown forever: the drain decides when to stop, then
         // the accept loop is stopped (the binary then drops the runtime, and every connection with it).
-        let mut server = tokio::spawn(conn::serve(listener, app, limits, state.metrics.clone()));
+        let sources = config
+            .ingest
+            .icecast
+            .then(|| ingest::icecast::Sources(state.clone()));
+        let mut server = tokio::spawn(conn::serve(
+            listener,
+            app,
+            limits,
+            state.metrics.clone(),
+            sources,
+        ));
         let result = tokio::select! {
             result = &mut server => result.map_err(anyhow::Error::from),
             () = shutdown::drain(&state, &webhooks_in_flight, &shutdown) => Ok(()),

@@ -27,6 +27,8 @@ pub struct AppState {
     pub broadcasts: Arc<crate::broadcast::Broadcasts>,
     /// Recordings: the index, the writer thread, retention.
     pub recordings: Arc<crate::recording::Recordings>,
+    /// Sources publishing into rooms (Icecast, RTP).
+    pub ingest: Arc<crate::ingest::Ingest>,
 }
 
 /// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod session;
+pub mod source;
 pub mod turn;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,7 @@ pub use events::RoomEvent;
 pub use metrics::SignalingMetrics;
 pub use registry::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
 pub use session::{run_session, WsFrame};
+pub use source::{SourceEnd, SourceMember, SourceRequest};
 pub use turn::TurnConfig;
 
 use media::{MediaCommand, MediaRouter};

@@ -343,13 +343,13 @@ struct Member {
 
 /// A participant's place in its room and on its media worker, released exactly once: by [`Membership::end`]
 /// on every normal exit, or on drop if the session future is dropped before that.
-struct Membership {
-    ctx: Arc<Signaling>,
-    room: String,
-    id: ParticipantId,
+pub(crate) struct Membership {
+    pub(crate) ctx: Arc<Signaling>,
+    pub(crate) room: String,
+    pub(crate) id: ParticipantId,
     /// The worker that received `Connect`, until it has been sent `Leave`.
-    worker: Option<mpsc::Sender<MediaCommand>>,
-    in_registry: bool,
+    pub(crate) worker: Option<mpsc::Sender<MediaCommand>>,
+    pub(crate) in_registry: bool,
 }
 
 /// What woke the session up.

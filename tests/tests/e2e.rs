@@ -9,6 +9,7 @@ use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
 
 mod broadcast;
 mod faults;
+mod ingest;
 mod interop;
 mod ops;
 mod proxy;

@@ -18,7 +18,7 @@ use crate::registry::JoinRequest;
 use crate::{Signaling, SERVER_VERSION};
 
 impl Membership {
-    pub(super) async fn end(&mut self, reason: ParticipantLeftReason, metric: LeaveReason) {
+    pub(crate) async fn end(&mut self, reason: ParticipantLeftReason, metric: LeaveReason) {
         if let Some(worker) = &self.worker {
             let command = MediaCommand::Leave {
                 participant: self.id,

@@ -10,6 +10,8 @@ use signaling::media::{MixSettings, RoomMode, RoomSettings, SpatialSettings};
 use vocab::MAX_SLOTS;
 
 pub use crate::cluster::ClusterConfig;
+mod recording;
+pub use recording::RecordingConfig;
 
 /// The development API key used when no keys are configured and development mode is on.
 pub const DEV_API_KEY: &str = "devkey";
@@ -50,6 +52,7 @@ pub struct Config {
     pub broadcast: BroadcastConfig,
     /// Several nodes sharing rooms through Redis (absent: this node alone).
     pub cluster: ClusterConfig,
+    pub recording: RecordingConfig,
     /// Sources publishing into rooms: Icecast, RTP (docs/broadcast.md).
     pub ingest: crate::ingest::IngestConfig,
 }
@@ -634,6 +637,7 @@ impl Config {
                  (other nodes redirect clients to it)",
             );
         }
+        self.recording.validate()?;
         self.ingest.validate()?;
         self.turn
             .validate()

@@ -16,6 +16,7 @@ mod http;
 mod ingest;
 mod metrics;
 mod placement;
+mod recording;
 mod shutdown;
 mod state;
 mod tcp;
@@ -66,9 +67,15 @@ impl Server {
         let registry = prometheus::Registry::new();
         let media_metrics = Arc::new(metrics::MediaMetrics::new(&registry)?);
         let server_metrics = ServerMetrics::new(&registry)?;
+        let recordings = recording::Recordings::new(
+            config.recording.clone(),
+            recording::RecordingMetrics::new(&registry)?,
+        )
+        .context("cannot start the recording writer thread")?;
         let broadcasts = broadcast::Broadcasts::new(
             config.broadcast.clone(),
             metrics::BroadcastMetrics::new(&registry)?,
+            recordings.recorded(),
         );
         let ingest = Arc::new(ingest::Ingest::new(
             config.ingest.clone(),
@@ -106,6 +113,7 @@ impl Server {
                 broadcast: worker::BroadcastSpec {
                     taps: broadcasts.taps(),
                     frames: broadcasts.frame_sink(),
+                    recorder: recordings.sink(),
                 },
             };
             let handle = worker::spawn(spec, media_metrics.clone()).with_context(|| {
@@ -174,8 +182,12 @@ impl Server {
             sessions: Sessions::default(),
             broadcasts,
             cluster,
+            recordings,
             ingest,
         });
+        // The recordings already on disk (a crashed one is marked interrupted), and retention, at start.
+        let loading = state.recordings.clone();
+        tokio::task::spawn_blocking(move || loading.load()).await?;
 
         let webhook_key = match &config.webhooks.api_key {
             Some(name) => config
@@ -326,6 +338,7 @@ impl Server {
             .cluster
             .as_ref()
             .map(|c| c.spawn(state.signaling.clone(), worker_busy, media_addrs.len()));
+        state.recordings.start_tasks(state.signaling.clone());
         let app = app(state.clone(), config.broadcast.enabled);
         let fd_limit = conn::raise_fd_limit();
         let max_connections = conn::cap_for_fd_limit(config.http.max_connections, fd_limit);
@@ -377,6 +390,8 @@ impl Server {
                 warn!("could not leave the cluster in time: the node's record expires on its own");
             }
         }
+        // Running recordings end with their last page written and their side file final.
+        state.recordings.shutdown().await;
         result
     }
 }

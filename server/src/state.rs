@@ -27,6 +27,8 @@ pub struct AppState {
     pub broadcasts: Arc<crate::broadcast::Broadcasts>,
     /// This node's part in a cluster (`None`: a node alone).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Recordings: the index, the writer thread, retention.
+    pub recordings: Arc<crate::recording::Recordings>,
     /// Sources publishing into rooms (Icecast, RTP).
     pub ingest: Arc<crate::ingest::Ingest>,
 }

@@ -15,6 +15,7 @@ mod interop;
 mod ops;
 mod proxy;
 mod ptt;
+mod recording;
 mod resume;
 mod spatial;
 mod speech;

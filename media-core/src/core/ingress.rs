@@ -196,6 +196,17 @@ impl MediaCore {
         let Some(room) = self.rooms.get_mut(&p.room) else {
             return;
         };
+        // A recorded participant's packet as received (a peer's microphone or a server-side source).
+        if self.tapped_participants.contains(&from) {
+            self.microphones.push_back(super::MicPacket {
+                participant: from,
+                room: room.id.clone(),
+                timestamp: ts,
+                samples: crate::mixer::opus_packet_info(&payload).map(|(n, _)| n),
+                payload: payload.clone(),
+                level: level.map(|l| l.unsigned_abs().min(127)),
+            });
+        }
         room.selector.on_audio(now, from, level_dbov, vad);
         room.dominant.on_level(from, now, level_dbov);
         let mixed = room.mixer().is_some();

@@ -180,6 +180,21 @@ pub struct BroadcastFrame {
     pub talkers: Vec<ParticipantId>,
 }
 
+/// One microphone packet of a tapped participant, as received: the Opus payload (a RED packet's primary),
+/// not decoded or re-encoded (see [`MediaCore::set_tapped_participants`]); a server-side source's packets alike.
+#[derive(Clone, Debug)]
+pub struct MicPacket {
+    pub participant: ParticipantId,
+    pub room: RoomId,
+    /// The packet's RTP timestamp (48 kHz for Opus), as the participant sent it.
+    pub timestamp: u32,
+    /// Its duration in 48 kHz samples; `None` if the payload is not a valid Opus packet.
+    pub samples: Option<u32>,
+    pub payload: std::sync::Arc<[u8]>,
+    /// Its RFC 6464 level in −dBov (0 loudest, 127 silence), if the participant sends it.
+    pub level: Option<u8>,
+}
+
 /// What to do next.
 #[derive(Debug)]
 pub enum Output {
@@ -188,6 +203,8 @@ pub enum Output {
     Event(CoreEvent),
     /// One tick of a broadcast room's full mix (see [`MediaCore::set_broadcast_rooms`]).
     Broadcast(BroadcastFrame),
+    /// A tapped participant's microphone packet (see [`MediaCore::set_tapped_participants`]).
+    Microphone(MicPacket),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
 }
@@ -284,6 +301,9 @@ pub struct MediaCore {
     /// Rooms with a broadcast mount: their mixers are tapped (now, and when they are created here).
     broadcast_rooms: HashSet<RoomId>,
     broadcasts: VecDeque<BroadcastFrame>,
+    /// Participants whose microphone packets are handed out as they arrive ([`Output::Microphone`]).
+    tapped_participants: HashSet<ParticipantId>,
+    microphones: VecDeque<MicPacket>,
 }
 
 impl MediaCore {
@@ -317,6 +337,8 @@ impl MediaCore {
             mix_out: Vec::new(),
             broadcast_rooms: HashSet::new(),
             broadcasts: VecDeque::new(),
+            tapped_participants: HashSet::new(),
+            microphones: VecDeque::new(),
         }
     }
 
@@ -338,6 +360,14 @@ impl MediaCore {
             room.set_broadcast(now, on, &publishers);
             room.arm_tick(&mut self.next_tick);
         }
+    }
+
+    /// The participants whose microphone packets are tapped (all of them, replacing the previous set): each
+    /// packet such a participant publishes — past its gate (muted, push-to-talk), a RED packet's primary —
+    /// is also handed out as [`Output::Microphone`], as received. A participant who is not on this core
+    /// is tapped once it is added here.
+    pub fn set_tapped_participants(&mut self, participants: HashSet<ParticipantId>) {
+        self.tapped_participants = participants;
     }
 
     pub fn stats(&self) -> &CoreStats {
@@ -385,6 +415,9 @@ impl MediaCore {
         }
         if let Some(f) = self.broadcasts.pop_front() {
             return Output::Broadcast(f);
+        }
+        if let Some(m) = self.microphones.pop_front() {
+            return Output::Microphone(m);
         }
         let timer = self.out.next_wake();
         let next = match (timer, self.next_tick) {

@@ -260,6 +260,8 @@ pub struct Sim {
     /// The part of `core_busy` spent on timeouts, and how many there were.
     pub core_busy_timers: Duration,
     pub core_timeouts: u64,
+    /// Tapped participants' microphone packets ([`MediaCore::set_tapped_participants`]).
+    pub microphones: Vec<media_core::MicPacket>,
 }
 
 impl Sim {
@@ -300,6 +302,7 @@ impl Sim {
             core_busy: Duration::ZERO,
             core_busy_timers: Duration::ZERO,
             core_timeouts: 0,
+            microphones: Vec::new(),
         };
         for &(freq, amplitude) in voices {
             sim.join(freq, amplitude);
@@ -440,6 +443,7 @@ impl Sim {
                 }
                 Output::Event(e) => self.events.push((self.now, e)),
                 Output::Broadcast(_) => {}
+                Output::Microphone(m) => self.microphones.push(m),
                 Output::Timeout(t) => {
                     self.core_timeout = t;
                     return;

@@ -38,7 +38,7 @@ pub use dominant_speaker::DominantSpeaker;
 pub use draining::Draining;
 pub use error::{ErrorCode, ErrorMessage, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION};
 pub use join::{Join, MAX_NAME_CHARS};
-pub use joined::{IceServer, Joined, RoomInfo};
+pub use joined::{IceServer, Joined, RoomInfo, SessionState};
 pub use leave::Leave;
 pub use left::{Left, LeftReason};
 pub use media_state::{MediaConnectionState, MediaState};

@@ -53,7 +53,7 @@ pub use participant_muted::ParticipantMuted;
 pub use participant_updated::ParticipantUpdated;
 pub use ping::Ping;
 pub use pong::Pong;
-pub use position::{PositionUpdate, Positions, SpeakerPosition};
+pub use position::{PositionUpdate, Positions, SpeakerPosition, MIN_POSITION_INTERVAL};
 pub use ptt::{Ptt, PttKey};
 pub use resume::Resume;
 pub use resumed::Resumed;

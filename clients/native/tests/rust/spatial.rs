@@ -33,7 +33,11 @@ async fn game_clients_hear_only_who_is_in_range_and_get_their_positions() -> any
     // connects (it goes out with the join); the others once they are in.
     let url = server.ws_url();
     let mut clients = Vec::new();
-    for (who, freq, x) in [("ada", 440.0, 0.0), ("bob", 660.0, 5.0), ("carl", 880.0, 100.0)] {
+    for (who, freq, x) in [
+        ("ada", 440.0, 0.0),
+        ("bob", 660.0, 5.0),
+        ("carl", 880.0, 100.0),
+    ] {
         let mut client = Client::new(Config::default())?;
         if who == "ada" {
             client.set_position(x, 0.0, 0.0, 0.0)?;
@@ -75,11 +79,22 @@ async fn game_clients_hear_only_who_is_in_range_and_get_their_positions() -> any
         .collect();
 
     let (ada_hears, analysis) = tones_in(&pulled[0].mixed, 48_000);
-    assert_eq!(ada_hears, vec![660.0], "ada (bob 5 away, carl 100): {analysis:?}");
+    assert_eq!(
+        ada_hears,
+        vec![660.0],
+        "ada (bob 5 away, carl 100): {analysis:?}"
+    );
     let (bob_hears, analysis) = tones_in(&pulled[1].mixed, 48_000);
-    assert_eq!(bob_hears, vec![440.0], "bob (ada 5 away, carl 95): {analysis:?}");
+    assert_eq!(
+        bob_hears,
+        vec![440.0],
+        "bob (ada 5 away, carl 95): {analysis:?}"
+    );
     let (carl_hears, analysis) = tones_in(&pulled[2].mixed, 48_000);
-    assert!(carl_hears.is_empty(), "carl, out of range, hears {analysis:?}");
+    assert!(
+        carl_hears.is_empty(),
+        "carl, out of range, hears {analysis:?}"
+    );
 
     // Ada's latest `positions` names Bob, where he stands; Carl's latest is nobody.
     let (_, _, _, ada, ada_seen) = clients.remove(0);

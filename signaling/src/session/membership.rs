@@ -166,7 +166,7 @@ pub(super) fn admit(
         placement: Default::default(),
     };
     let reply = ServerMessage::Joined(session_state(
-        &ctx,
+        ctx,
         admission.participant,
         admission.room,
         admission.others,

@@ -63,7 +63,7 @@ async fn game_clients_hear_only_who_is_in_range_and_get_their_positions() -> any
     for (_, freq, _, client, _) in &mut clients {
         let mic = client.take_microphone().expect("a new client's microphone");
         let speaker = client.take_speaker().expect("a new client's speaker");
-        let (freq, stop_mic, stop_out) = (f64::from(*freq), stop.clone(), stop.clone());
+        let (freq, stop_mic, stop_out) = (*freq, stop.clone(), stop.clone());
         captures.push(std::thread::spawn(move || {
             capture(mic, 48_000, freq, stop_mic)
         }));

@@ -41,5 +41,5 @@ pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples};
 pub use vocab::{
     FadeModel, MixSettings, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
-    SpatialError, SpatialSettings,
+    SourcePacket, SpatialError, SpatialSettings,
 };

@@ -386,6 +386,7 @@ fn leaving_frees_slots_and_a_newcomer_is_heard_by_all() {
 mod mix;
 mod ptt;
 mod security;
+mod source;
 mod speech;
 
 /// Speech-like activity for `total`: talk spurts of `on` separated by short pauses (levels vary, as in

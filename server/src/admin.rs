@@ -35,7 +35,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -186,7 +186,7 @@ impl IntoResponse for ApiError {
 
 /// Every admin route (method, path), as docs/openapi.json documents them.
 #[cfg(test)]
-const ROUTES: [(&str, &str); 14] = [
+const ROUTES: [(&str, &str); 15] = [
     ("GET", "/admin/v1/rooms"),
     ("POST", "/admin/v1/rooms"),
     ("GET", "/admin/v1/rooms/{room}"),
@@ -201,6 +201,7 @@ const ROUTES: [(&str, &str); 14] = [
     ("GET", "/admin/v1/broadcasts"),
     ("GET", "/admin/v1/rooms/{room}/broadcast"),
     ("PUT", "/admin/v1/rooms/{room}/broadcast"),
+    ("GET", "/admin/v1/cluster/nodes"),
 ];
 
 /// The admin routes, under `/admin/v1` (the same as [`ROUTES`]).
@@ -233,6 +234,10 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route(
             "/admin/v1/rooms/{room}/broadcast",
             get(get_broadcast).put(set_broadcast),
+        )
+        .route(
+            "/admin/v1/cluster/nodes",
+            get(crate::cluster::admin::list_nodes),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(state, authorize))

@@ -25,6 +25,10 @@ pub struct AppState {
     pub sessions: Sessions,
     /// Listener streams: mounts, their listeners, the tap set the media workers follow.
     pub broadcasts: Arc<crate::broadcast::Broadcasts>,
+    /// This node's part in a cluster (`None`: a node alone).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Sources publishing into rooms (Icecast, RTP).
+    pub ingest: Arc<crate::ingest::Ingest>,
 }
 
 /// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is

@@ -8,7 +8,9 @@ use std::time::Duration;
 use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
 
 mod broadcast;
+mod cluster;
 mod faults;
+mod ingest;
 mod interop;
 mod ops;
 mod proxy;

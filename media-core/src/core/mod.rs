@@ -14,6 +14,7 @@ pub mod router;
 
 mod ingress;
 mod participants;
+mod source;
 mod timers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -92,6 +93,12 @@ pub enum CoreError {
     NotSpatial(RoomId),
     #[error(transparent)]
     BadPosition(#[from] vocab::SpatialError),
+    /// A source packet for a participant that is a WebRTC peer.
+    #[error("participant {0} is not a server-side source")]
+    NotASource(ParticipantId),
+    /// A source packet whose payload is not an Opus packet.
+    #[error("a packet of source {0} is not Opus")]
+    NotOpus(ParticipantId),
     #[error(transparent)]
     Offer(#[from] OfferError),
     #[error(transparent)]
@@ -120,6 +127,8 @@ impl CoreError {
             | CoreError::BadRoomSettings(_)
             | CoreError::RoomSettingsConflict(_)
             | CoreError::NotSpatial(_)
+            | CoreError::NotASource(_)
+            | CoreError::NotOpus(_)
             | CoreError::BadPosition(_)) => e.to_string(),
         }
     }
@@ -185,7 +194,7 @@ pub enum Output {
 
 struct Participant {
     room: u64,
-    peer: Peer,
+    link: Link,
     params: JoinParams,
     /// The SSRC of the participant's microphone stream, learned from its first packet.
     ssrc: Option<Ssrc>,
@@ -208,16 +217,49 @@ struct Gate {
     deafened: bool,
 }
 
+/// Where a participant's audio comes from (and, for a peer, where the room's goes). Almost every participant
+/// is a peer, so the peer is kept inline (as before sources existed) and the rare source boxed.
+#[allow(clippy::large_enum_variant)]
+enum Link {
+    /// A WebRTC client.
+    Peer(Peer),
+    /// A server-side source (`source.rs`): packets from the server process, nothing sent back.
+    Source(Box<source::SourceInput>),
+}
+
 impl Participant {
     fn publishes(&self) -> bool {
+        let microphone = match &self.link {
+            Link::Peer(peer) => peer.has_microphone(),
+            Link::Source(_) => true,
+        };
         self.params.can_publish
             && !self.params.muted
             && (!self.gate.ptt || self.gate.key_down)
-            && self.peer.has_microphone()
+            && microphone
     }
 
     fn subscribes(&self) -> bool {
-        !self.gate.deafened && !self.peer.slots().is_empty()
+        !self.gate.deafened && !self.slots().is_empty()
+    }
+
+    fn peer(&self) -> Option<&Peer> {
+        match &self.link {
+            Link::Peer(peer) => Some(peer),
+            Link::Source(_) => None,
+        }
+    }
+
+    fn peer_mut(&mut self) -> Option<&mut Peer> {
+        match &mut self.link {
+            Link::Peer(peer) => Some(peer),
+            Link::Source(_) => None,
+        }
+    }
+
+    /// The slot streams it receives on (none for a source).
+    fn slots(&self) -> &[peer::SlotStream] {
+        self.peer().map_or(&[], Peer::slots)
     }
 }
 

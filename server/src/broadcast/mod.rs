@@ -16,6 +16,7 @@
 
 mod listener;
 pub mod ogg;
+pub mod ogg_reader;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

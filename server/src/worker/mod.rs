@@ -246,6 +246,8 @@ struct Worker {
     /// The rooms with listener streams, and where their mix frames go.
     taps: Option<Taps>,
     frames: FrameSink,
+    /// The packet queues of the server-side source participants on this worker.
+    sources: commands::SourceQueues,
 }
 
 /// What woke the worker up.
@@ -257,6 +259,7 @@ enum Wake {
     Timeout,
     Stats,
     Taps,
+    Source(Option<(ParticipantId, Option<media_core::SourcePacket>)>),
 }
 
 impl Worker {
@@ -289,6 +292,7 @@ impl Worker {
         Worker {
             taps: Some(spec.broadcast.taps),
             frames: spec.broadcast.frames,
+            sources: commands::SourceQueues::default(),
             rooms_gauge: metrics.worker_rooms.with_label_values(&[&label]),
             participants_gauge: metrics.worker_participants.with_label_values(&[&label]),
             busy_counter: metrics.worker_busy.with_label_values(&[&label]),
@@ -329,6 +333,7 @@ impl Worker {
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
                 _ = stats_tick.tick() => Wake::Stats,
                 () = taps_changed(&mut self.taps) => Wake::Taps,
+                packet = self.sources.next() => Wake::Source(packet),
             };
             let woke = Instant::now();
             match wake {
@@ -338,6 +343,12 @@ impl Worker {
                     self.flush();
                 }
                 Wake::Command(None) => break,
+                Wake::Source(Some((id, packet))) => {
+                    self.source_packet(woke, id, packet);
+                    deadline = self.drain();
+                    self.flush();
+                }
+                Wake::Source(None) => {}
                 Wake::Readable(Err(e)) | Wake::ExtraReadable(Err(e)) => {
                     warn!(error = %e, "socket not readable")
                 }

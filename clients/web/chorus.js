@@ -18,6 +18,18 @@
 /** The signaling protocol version this SDK speaks. */
 export const PROTOCOL_VERSION = 1;
 
+/**
+ * The SDK sends at most one `position` this often: the server takes one per 100 ms (measured at arrival,
+ * so 20 ms more leave room for network jitter), and the newest position replaces any not sent yet.
+ */
+const POSITION_INTERVAL_MS = 120;
+/**
+ * After the player stops moving, its last position is sent once more this long after it was, in case the
+ * server dropped it (two positions brought closer together by jitter).
+ */
+const POSITION_SETTLE_MS = 1000;
+/** The largest coordinate (absolute value) the server takes in a position (docs/protocol.md, `position`). */
+const MAX_COORDINATE = 1e6;
 /** How long to wait for ICE gathering to complete before sending the offer anyway. */
 const ICE_GATHERING_TIMEOUT_MS = 2000;
 /** Keepalive interval; the server drops sessions silent for 30 s. */
@@ -410,6 +422,17 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  */
 
 /**
+ * Where a speaker we hear is (the `positions` event, {@link Room#positions}).
+ * @typedef {object} SpeakerPositionInfo
+ * @property {string} sid
+ * @property {number} x
+ * @property {number} y
+ * @property {number} z
+ * @property {number} yawDeg                 facing, degrees clockwise from +y
+ * @property {Participant|null} participant
+ */
+
+/**
  * @typedef {'connecting'|'connected'|'disconnected'|'reconnecting'|'failed'|'closed'} ConnectionState
  */
 
@@ -597,6 +620,9 @@ function waitForIceGathering(pc, timeoutMs) {
  * - `dominantspeaker`   `{sid, participant}` — who holds the floor now (sustained speech, not every click);
  *                       also in {@link Room#dominantSpeaker}
  * - `slots`             `{slots: Slot[]}` — the full slot assignment after it changed
+ * - `positions`         `{positions: SpeakerPositionInfo[]}` — in a spatial forwarding room: the speakers we hear
+ *                       (in range, nearest first) and where they are, to render their slots (pan, attenuate);
+ *                       empty when nobody is in range. Also in {@link Room#positions}
  * - `connectionstate`   `{state, previous}` — see {@link Room#connectionState}
  * - `mediastate`        `{state}` — the server's view of our media connection (`connected`/`disconnected`)
  * - `error`             `{code, message, fatal, error}` — `error` is a {@link ChorusError} with the same `code`
@@ -663,6 +689,16 @@ export class Room extends EventTarget {
     this.dominantSpeaker = null;
     /** @type {number|null} round-trip time of the last ping, in ms */
     this.signalingRttMs = null;
+    /** @type {SpeakerPositionInfo[]} the speakers we hear in a spatial forwarding room, from `positions` */
+    this.positions = [];
+    /** @private @type {{x: number, y: number, z: number, yaw_deg: number}|null} our newest position */
+    this._position = null;
+    /**
+     * @private @type {{x: number, y: number, z: number, yaw_deg: number, at: number, settle: boolean}|null}
+     * the last position sent on this session, when, and whether it still gets its settling repeat
+     */
+    this._positionSent = null;
+    /** @private @type {ReturnType<typeof setTimeout>|null} */ this._positionTimer = null;
     /** @private @type {ConnectionState} */ this._state = 'connecting';
     /** @private */ this._closed = false;
     /** @private */ this._failed = false;
@@ -896,6 +932,56 @@ export class Room extends EventTarget {
   }
 
   /**
+   * Where we are in a spatial room (world units: `x` right, `y` ahead, `z` up) and which way we face (`yawDeg`,
+   * degrees clockwise from +y). Call it whenever the player moves (every animation frame is fine): the newest
+   * position replaces any not sent yet, and the SDK sends at most one every 120 ms (the server takes one per
+   * 100 ms), never a backlog. It is kept across reconnects and sent again to a new session (a rejoin, a move).
+   * Throws a {@link ChorusError} `bad_position` (nothing is sent) when a value is not a finite number or a
+   * coordinate is beyond ±1,000,000. In a room without positional voice the server answers with an `error`
+   * event `bad_position`.
+   * @param {number} x
+   * @param {number} y
+   * @param {number} z
+   * @param {number} [yawDeg]
+   */
+  setPosition(x, y, z, yawDeg = 0) {
+    if (![x, y, z, yawDeg].every((v) => typeof v === 'number' && Number.isFinite(v))) {
+      throw new ChorusError('bad_position', 'x, y, z and yawDeg must be finite numbers');
+    }
+    if ([x, y, z].some((v) => Math.abs(v) > MAX_COORDINATE)) {
+      throw new ChorusError('bad_position', `coordinates must be within ±${MAX_COORDINATE}`);
+    }
+    this._position = { x, y, z, yaw_deg: yawDeg };
+    this._pacePosition();
+  }
+
+  /**
+   * Send our newest position if it is due, else schedule it (or its one settling repeat).
+   * @private
+   */
+  _pacePosition() {
+    if (this._positionTimer) clearTimeout(this._positionTimer);
+    this._positionTimer = null;
+    const p = this._position;
+    if (!p || !this._isOpen() || !this.localParticipant) return;
+    const now = performance.now();
+    const sent = this._positionSent;
+    const same = !!sent && sent.x === p.x && sent.y === p.y && sent.z === p.z && sent.yaw_deg === p.yaw_deg;
+    let due = now;
+    if (sent && !same) due = sent.at + POSITION_INTERVAL_MS;
+    else if (sent && sent.settle) due = sent.at + POSITION_SETTLE_MS;
+    else if (sent) return;
+    if (due <= now) {
+      this._send({ type: 'position', ...p });
+      // A new position gets one settling repeat; the repeat itself does not.
+      this._positionSent = { ...p, at: now, settle: !same };
+      this._pacePosition();
+      return;
+    }
+    this._positionTimer = setTimeout(() => this._pacePosition(), due - now);
+  }
+
+  /**
    * @private
    * @param {boolean} down
    */
@@ -1087,6 +1173,7 @@ export class Room extends EventTarget {
         this._emit('draining', { gracePeriodSecs: Number(msg.grace_period_secs) || 0 });
         return undefined;
       case 'slots': return this._onSlots(msg);
+      case 'positions': return this._onPositions(msg);
       case 'pong': return this._onPong(msg);
       case 'left':
         if (this._onLeft) this._onLeft();
@@ -1126,6 +1213,10 @@ export class Room extends EventTarget {
       if (!this.localParticipant.ptt) this._send({ type: 'ptt', enabled: true });
       if (this._keyDown) this._send({ type: 'ptt_key', down: true });
     }
+    // A new participant on the server has no position: ours goes out now (it takes effect with the answer).
+    this._positionSent = null;
+    this.positions = [];
+    this._pacePosition();
     await this._negotiate();
   }
 
@@ -1216,6 +1307,8 @@ export class Room extends EventTarget {
       if (was && was.muted !== p.muted) this._emit('participantmuted', { participant: p, muted: p.muted });
     }
     this._emit('participants', { participants: this.allParticipants() });
+    // The same participant: the server kept its position; one set while the socket was away goes out now.
+    this._pacePosition();
     if (r) {
       r.how = 'resumed';
       if (r.attemptTimer) clearTimeout(r.attemptTimer);
@@ -1387,6 +1480,9 @@ export class Room extends EventTarget {
     this._muted = false;
     this._ptt = this.localParticipant.ptt;
     this._keyDown = false;
+    this._positionSent = null;
+    this.positions = [];
+    this._pacePosition();
     this._emit('moved', { from, room: msg.room, participant: this.localParticipant });
     this._emit('participants', { participants: this.allParticipants() });
     this._updateState();
@@ -1451,6 +1547,20 @@ export class Room extends EventTarget {
       if (p) p.slot = s.slot;
     }
     this._emit('slots', { slots: this.slots });
+  }
+
+  /** @private @param {PositionsMessage} msg */
+  _onPositions(msg) {
+    const list = Array.isArray(msg.positions) ? msg.positions : [];
+    this.positions = list.map((/** @type {SpeakerPosition} */ p) => ({
+      sid: p.sid,
+      x: Number(p.x) || 0,
+      y: Number(p.y) || 0,
+      z: Number(p.z) || 0,
+      yawDeg: Number(p.yaw_deg) || 0,
+      participant: this.participant(p.sid) || null,
+    }));
+    this._emit('positions', { positions: this.positions });
   }
 
   /**
@@ -1627,6 +1737,8 @@ export class Room extends EventTarget {
     this._stopReconnecting();
     if (this._iceRestartTimer) clearTimeout(this._iceRestartTimer);
     this._iceRestartTimer = null;
+    if (this._positionTimer) clearTimeout(this._positionTimer);
+    this._positionTimer = null;
     if (this._pathTimer) clearInterval(this._pathTimer);
     this._pathTimer = null;
     if (this._pingTimer) clearInterval(this._pingTimer);
@@ -1819,6 +1931,8 @@ export class Room extends EventTarget {
     if (r) r.attemptTimer = null;
     if (this._iceRestartTimer) clearTimeout(this._iceRestartTimer);
     this._iceRestartTimer = null;
+    if (this._positionTimer) clearTimeout(this._positionTimer);
+    this._positionTimer = null;
     this._closeSocket();
   }
 

@@ -32,7 +32,6 @@ mod resume;
 
 use control::{on_moderate, on_ptt, on_ptt_key, PttKeys};
 use media::{on_mute, on_offer, ConnectError, Media};
-pub use position::MIN_POSITION_INTERVAL;
 use position::{on_position, Placement};
 pub(crate) use resume::ResumeTable;
 use resume::{hand_over, Claim, Missed, Resumable};

@@ -3,32 +3,15 @@
 // operator moves both to another room (admin API): each SDK gets `moved`, renegotiates, and Bob hears Alice
 // there.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import {
   withDiagnostics as runWithDiagnostics, hearsTone, launchAliceAndBob, makeTempDir, measure, openDemo, pollUntil, snapshot,
   waitConnected,
 } from './lib/browser.js';
-import { CHORUS_BIN, startServer } from './lib/server.js';
+import { adminToken, startServer } from './lib/server.js';
 
 const ROOM = 'ptt';
 const FREQS = [440, 660];
-
-/** @returns {Promise<string>} an admin token from `chorus token create --admin` */
-function adminToken() {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(CHORUS_BIN, ['token', 'create', '--admin', '--identity', 'browser-test', '--ttl', '10m'],
-      { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    proc.stdout.on('data', (d) => { out += d; });
-    proc.once('error', reject);
-    proc.once('exit', (code) => {
-      const token = out.trim().split(/\s+/).pop() || '';
-      if (code === 0 && token.split('.').length === 3) resolve(token);
-      else reject(new Error(`token create --admin exited ${code}: ${out}`));
-    });
-  });
-}
 
 describe('push-to-talk and move', { timeout: 180000 }, () => {
   /** @type {import('./lib/server.js').ChorusServer|null} */

@@ -1,13 +1,15 @@
 // The SDK's types: chorus.js and demo.js type-check (`// @ts-check`, JSDoc) with the pinned TypeScript, and
 // chorus.js has a wire-message typedef for every message of docs/protocol.md, both ways. Needs no server and
 // no browser. (Its error-code lists are checked against the server's ErrorCode by signaling's unit tests.)
+// Also the Room's positional API in Node, on a stand-in socket and mocked timers: what `setPosition` sends
+// and when, what it refuses, and the `positions` event.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, it } from 'node:test';
+import { describe, it, mock } from 'node:test';
 import { promisify } from 'node:util';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -82,4 +84,78 @@ describe('chorus.js types', () => {
 
   it('chorus.js and demo.js type-check with tsc --strict', { timeout: 120000 },
     () => typeCheck(['chorus.js', 'demo.js']));
+});
+
+describe('Room positions (Node, a stand-in socket)', () => {
+  /**
+   * A Room on a stand-in open socket that records what it sends, joined as `PA_me`.
+   * @returns {Promise<{room: any, sent: any[]}>}
+   */
+  async function openRoom() {
+    // The constructor makes an (unused) MediaStream; Node has none.
+    const g = /** @type {any} */ (globalThis);
+    g.MediaStream ??= class {};
+    const { Room } = await import('../../clients/web/chorus.js');
+    const room = /** @type {any} */ (new Room('ws://127.0.0.1:1/ws', 'token'));
+    /** @type {any[]} */
+    const sent = [];
+    room._ws = { readyState: 1, send: (/** @type {string} */ text) => sent.push(JSON.parse(text)) };
+    room.localParticipant = { sid: 'PA_me' };
+    return { room, sent };
+  }
+
+  it('refuses what is not a finite position with a ChorusError bad_position, sending nothing', async () => {
+    const { room, sent } = await openRoom();
+    for (const args of [[NaN, 0, 0], [0, Infinity, 0], [0, 0, 0, -Infinity], [2e6, 0, 0], [0, 0, '1']]) {
+      assert.throws(() => room.setPosition(...args), (/** @type {any} */ e) =>
+        e.name === 'ChorusError' && e.code === 'bad_position', JSON.stringify(args));
+    }
+    assert.deepEqual(sent, []);
+  });
+
+  it('sends the newest position at most every 120 ms, then settles it once', async () => {
+    const { room, sent } = await openRoom();
+    let now = 1000;
+    mock.method(performance, 'now', () => now);
+    mock.timers.enable({ apis: ['setTimeout'] });
+    try {
+      const advance = (/** @type {number} */ ms) => { now += ms; mock.timers.tick(ms); };
+      room.setPosition(1, 2, 0, 90);
+      assert.deepEqual(sent, [{ type: 'position', x: 1, y: 2, z: 0, yaw_deg: 90 }], 'the first at once');
+      // A game moving every frame (60 Hz) for a second: one message per 120 ms, each the newest.
+      for (let frame = 1; frame <= 60; frame++) {
+        advance(1000 / 60);
+        room.setPosition(1 + frame, 2, 0, 90);
+      }
+      const xs = sent.map((m) => m.x);
+      assert.ok(xs.length >= 8 && xs.length <= 9, JSON.stringify(xs));
+      assert.ok(xs.every((x, i) => i === 0 || x > xs[i - 1]), `only ever newer: ${xs}`);
+      // Stopped at x = 61: sent at the next slot, then once more a second later, then nothing.
+      advance(120);
+      assert.equal(sent[sent.length - 1].x, 61);
+      const count = sent.length;
+      advance(1000);
+      assert.equal(sent.length, count + 1, 'one settling repeat');
+      advance(5000);
+      assert.equal(sent.length, count + 1, 'nothing more');
+    } finally {
+      mock.timers.reset();
+      mock.restoreAll();
+    }
+  });
+
+  it('turns `positions` into the positions event and Room#positions', async () => {
+    const { room } = await openRoom();
+    /** @type {any[]} */
+    const events = [];
+    room.on('positions', (/** @type {any} */ d) => events.push(d.positions));
+    await room._handle({ type: 'positions', positions: [
+      { sid: 'PA_9a0b1c2d3e4f', x: 14, y: -1.5, z: 0, yaw_deg: 270 },
+    ] });
+    const expected = [{ sid: 'PA_9a0b1c2d3e4f', x: 14, y: -1.5, z: 0, yawDeg: 270, participant: null }];
+    assert.deepEqual(events, [expected]);
+    assert.deepEqual(room.positions, expected);
+    await room._handle({ type: 'positions', positions: [] });
+    assert.deepEqual(room.positions, []);
+  });
 });

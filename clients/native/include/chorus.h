@@ -39,6 +39,8 @@ typedef enum ChorusError {
   CHORUS_ERROR_PANIC = 15,
   // The output pulled from is turned off in the config.
   CHORUS_ERROR_OUTPUT_OFF = 16,
+  // A position with a value that is NaN or infinite, or a coordinate beyond ±1,000,000.
+  CHORUS_ERROR_BAD_POSITION = 17,
 } ChorusError;
 
 // The kind of a [`ChorusEvent`]; which fields are set depends on it.
@@ -73,6 +75,9 @@ typedef enum ChorusEventKind {
   // A moderator moved this session: `sid` (its new id), `name` (the new room), `slot` (its slot count).
   // Media is renegotiated by the SDK.
   CHORUS_EVENT_KIND_MOVED = 14,
+  // In a spatial forwarding room, speaker `index` of `count` this session hears (nearest first): `sid`,
+  // `x`, `y`, `z`, `yaw_deg`. `count` 0: nobody is in range. A new list replaces the previous one.
+  CHORUS_EVENT_KIND_POSITION = 15,
 } ChorusEventKind;
 
 // A session's connection state.
@@ -125,6 +130,12 @@ typedef struct ChorusEvent {
   bool deafened;
   // Push-to-talk: heard only while its key is down.
   bool ptt;
+  // A speaker's position (`POSITION`), world units.
+  double x;
+  double y;
+  double z;
+  // Its facing, degrees clockwise from +y.
+  double yaw_deg;
 } ChorusEvent;
 
 // The SDK's counters.
@@ -237,6 +248,20 @@ enum ChorusError chorus_client_set_ptt(struct ChorusClient *client,
 // `client` is null or live.
 enum ChorusError chorus_client_set_ptt_key(struct ChorusClient *client,
                                            bool down);
+
+// Where the player is (world units: `x` right, `y` ahead, `z` up) and which way it faces (`yaw_deg`
+// clockwise from +y), in a spatial room. Call it whenever the player moves: the newest position replaces
+// any not sent yet, and at most one is sent every ~120 ms (the server's limit is 100 ms).
+// [`ChorusError::BadPosition`] (nothing sent) for NaN, infinity or a coordinate beyond ±1,000,000. Never
+// waits.
+//
+// # Safety
+// `client` is null or live.
+enum ChorusError chorus_client_set_position(struct ChorusClient *client,
+                                            double x,
+                                            double y,
+                                            double z,
+                                            double yaw_deg);
 
 // Leave the room; a `LEFT` event and the `CLOSED` state follow.
 //

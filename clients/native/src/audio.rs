@@ -89,6 +89,12 @@ impl SlotPlayer {
         }
     }
 
+    /// The jitter buffer's current delay.
+    #[cfg(test)]
+    pub(crate) fn delay(&self) -> std::time::Duration {
+        self.jitter.current_delay()
+    }
+
     /// `samples` at 48 kHz (the RTP clock) as samples at the output rate.
     fn at_rate(&self, samples_48k: u32) -> usize {
         (samples_48k as usize * self.rate_hz as usize / SAMPLE_RATE as usize)

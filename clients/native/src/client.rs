@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 
 use rtrb::{Consumer, Producer, RingBuffer};
 use tokio::sync::mpsc::UnboundedSender;
-use vocab::MAX_SLOTS;
+use tokio::sync::watch;
+use vocab::{Position, MAX_SLOTS};
 
 use crate::audio::{OpusFrame, Sid, SlotUpdate, MAX_OPUS_BYTES};
 use crate::net::NetAudio;
@@ -74,6 +75,8 @@ pub struct Client {
     microphone: Option<Microphone>,
     speaker: Option<Speaker>,
     commands: Option<UnboundedSender<Command>>,
+    /// The game's newest position (the signaling thread sends it, paced; a newer one replaces it).
+    position: watch::Sender<Option<Position>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -131,6 +134,7 @@ impl Client {
             shared,
             events: events_rx,
             commands: None,
+            position: watch::Sender::new(None),
             thread: None,
         })
     }
@@ -151,6 +155,8 @@ impl Client {
             commands: commands_rx,
             audio: Some(pending.audio),
             slot_updates: pending.slot_updates,
+            position: self.position.subscribe(),
+            pacer: Default::default(),
             own_sid: String::new(),
         };
         let thread = std::thread::Builder::new()
@@ -225,6 +231,24 @@ impl Client {
 
     pub fn is_ptt_key_down(&self) -> bool {
         self.shared.key_down.load(Ordering::Acquire)
+    }
+
+    /// Where the player is (world units: `x` right, `y` ahead, `z` up) and which way it faces (`yaw_deg`
+    /// clockwise from `+y`), in a spatial room. Call it whenever the player moves (every frame is fine): the
+    /// newest position replaces any not sent yet, and the SDK sends at most one every ~120 ms (the server
+    /// takes one per 100 ms), never a backlog. Refused with [`Error::BadPosition`] (nothing is sent) when
+    /// a value is NaN or infinite or a coordinate is beyond ±1,000,000. Before `connect`, and after a
+    /// rejoin or a move, the newest position goes out as soon as the session has joined. In a room without
+    /// positional voice the server answers with an [`Event::Error`] (`bad_position`).
+    pub fn set_position(&self, x: f64, y: f64, z: f64, yaw_deg: f64) -> Result<(), Error> {
+        let position = Position::new(x, y, z, yaw_deg)?;
+        self.position.send_replace(Some(position));
+        Ok(())
+    }
+
+    /// The last position set with [`Client::set_position`].
+    pub fn position(&self) -> Option<Position> {
+        *self.position.borrow()
     }
 
     /// Leave the room; [`Event::Left`] and [`ConnectionState::Closed`](crate::ConnectionState::Closed)
@@ -409,5 +433,25 @@ mod tests {
         assert!(matches!(client.leave(), Err(Error::NotConnected)));
         assert!(client.set_muted(true).is_ok() && client.is_muted());
         assert!(client.poll_event().is_none());
+        // Positions are checked before anything is sent; the last good one stays.
+        assert!(client.set_position(1.0, 2.0, 3.0, 90.0).is_ok());
+        for (x, y, z, yaw) in [
+            (f64::NAN, 0.0, 0.0, 0.0),
+            (0.0, f64::INFINITY, 0.0, 0.0),
+            (0.0, 0.0, 0.0, f64::NEG_INFINITY),
+            (2.0e6, 0.0, 0.0, 0.0),
+        ] {
+            assert!(
+                matches!(
+                    client.set_position(x, y, z, yaw),
+                    Err(Error::BadPosition(_))
+                ),
+                "{x} {y} {z} {yaw}"
+            );
+        }
+        assert_eq!(
+            client.position(),
+            Some(crate::Position::new(1.0, 2.0, 3.0, 90.0).expect("valid"))
+        );
     }
 }

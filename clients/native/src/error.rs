@@ -25,6 +25,10 @@ pub enum Error {
     /// A pre-encoded Opus frame that is empty, too long or not Opus.
     #[error("not a usable Opus frame: {0}")]
     BadOpus(String),
+    /// A position with a coordinate that is not finite or beyond ±1,000,000 ([`crate::Client::set_position`]);
+    /// nothing was sent.
+    #[error("bad position: {0}")]
+    BadPosition(#[from] vocab::SpatialError),
     /// The SDK's threads have ended (after `leave`, a server close or a failure).
     #[error("the session has ended")]
     Ended,

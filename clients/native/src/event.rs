@@ -36,6 +36,13 @@ pub struct SlotInfo {
     pub sid: Option<String>,
 }
 
+/// Where a speaker this session hears is (an entry of [`Event::Positions`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpeakerPosition {
+    pub sid: String,
+    pub position: vocab::Position,
+}
+
 /// An event of the session.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -82,6 +89,11 @@ pub enum Event {
     },
     /// The slot assignment changed: every slot and who is in it.
     Slots(Vec<SlotInfo>),
+    /// In a spatial forwarding room: the speakers this session hears (in range, nearest first) and where
+    /// they are, for the game to render their streams ([`crate::Speaker::pull_participant`]) in its 3D
+    /// audio engine. Sent when the set or a position in it changes, at most every 100 ms; empty: nobody is
+    /// in range.
+    Positions(Vec<SpeakerPosition>),
     /// The server is shutting down; the connection ends soon (and the session rejoins).
     Draining,
     /// Rejoin attempt `attempt` (from 1) is scheduled after a lost connection. The rejoined session is a

@@ -20,14 +20,17 @@
 mod audio;
 mod client;
 mod config;
+mod drift;
 mod error;
 mod event;
 pub mod ffi;
 mod net;
+mod position;
 mod signal;
 
 pub use audio::soft_clip;
 pub use client::{Client, Microphone, Speaker, Stats};
 pub use config::{Config, SAMPLE_RATES_HZ};
 pub use error::Error;
-pub use event::{ConnectionState, Event, Participant, SlotInfo};
+pub use event::{ConnectionState, Event, Participant, SlotInfo, SpeakerPosition};
+pub use vocab::Position;

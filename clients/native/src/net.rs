@@ -14,6 +14,7 @@ use rtrb::{Consumer, Producer};
 
 use crate::audio::{soft_clip, Encoded, MicEncoder, OpusFrame, SlotPlayer};
 use crate::client::Shared;
+use crate::drift::DriftCompensator;
 use crate::event::{ConnectionState, Event};
 use crate::{Config, Error};
 
@@ -75,6 +76,18 @@ impl Net {
         let mut mix = vec![0.0f32; frame_out];
         let mut decoded = vec![0.0f32; SAMPLE_RATE as usize * 120 / 1000];
         let mut buf = vec![0u8; 2048];
+        // Each output ring follows the game's device clock on its own (a ring the game never pulls just
+        // stays full).
+        let drift_for = |ring: &Producer<f32>| {
+            DriftCompensator::new(
+                self.config.output_rate_hz,
+                ring.buffer().capacity(),
+                frame_out,
+            )
+        };
+        let mut slot_drift: Vec<DriftCompensator> =
+            self.audio.slots.iter().map(drift_for).collect();
+        let mut mixed_drift = self.audio.mixed.as_ref().map(drift_for);
         let mut next_tick: Option<Instant> = None;
         let mut connected = false;
         let mut disconnected_since: Option<Instant> = None;
@@ -146,23 +159,26 @@ impl Net {
                     for (m, s) in mix.iter_mut().zip(&slot_frame) {
                         *m += s;
                     }
-                    if let Some(ring) = self.audio.slots.get_mut(slot) {
-                        let (_, dropped) = ring.push_partial_slice(&slot_frame);
+                    if let (Some(ring), Some(drift)) =
+                        (self.audio.slots.get_mut(slot), slot_drift.get_mut(slot))
+                    {
+                        let dropped = drift.push(&slot_frame, ring);
                         self.shared
                             .stats
                             .output_dropped
-                            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+                            .fetch_add(dropped as u64, Ordering::Relaxed);
                     }
                 }
-                if let Some(ring) = self.audio.mixed.as_mut() {
+                if let (Some(ring), Some(drift)) = (self.audio.mixed.as_mut(), mixed_drift.as_mut())
+                {
                     for m in mix.iter_mut() {
                         *m = soft_clip(*m);
                     }
-                    let (_, dropped) = ring.push_partial_slice(&mix);
+                    let dropped = drift.push(&mix, ring);
                     self.shared
                         .stats
                         .output_dropped
-                        .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+                        .fetch_add(dropped as u64, Ordering::Relaxed);
                 }
             }
             // Wait for a datagram, the peer's timeout, the next tick or the next look at the microphone.

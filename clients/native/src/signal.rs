@@ -13,11 +13,14 @@ use rtrb::Producer;
 use signaling::client::{Client, JoinedSession};
 use signaling::protocol::{ClientMessage, Moved, Offer, ParticipantInfo, ServerMessage};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch;
+use vocab::Position;
 
 use crate::audio::{Sid, SlotUpdate};
 use crate::client::Shared;
-use crate::event::{ConnectionState, Event, Participant, SlotInfo};
+use crate::event::{ConnectionState, Event, Participant, SlotInfo, SpeakerPosition};
 use crate::net::{Net, NetAudio};
+use crate::position::PositionPacer;
 use crate::{Config, Error};
 
 /// The server closes a session that sent nothing for 30 s; a ping every 10 s keeps it.
@@ -72,6 +75,10 @@ pub(crate) struct Session {
     /// The network thread's ring ends, until it starts.
     pub audio: Option<NetAudio>,
     pub slot_updates: Producer<SlotUpdate>,
+    /// The game's newest position.
+    pub position: watch::Receiver<Option<Position>>,
+    /// When to send it.
+    pub pacer: PositionPacer,
     /// This session's participant id in its current room.
     pub own_sid: String,
 }
@@ -188,6 +195,8 @@ impl Session {
             client.mute(true).await?;
         }
         self.restore_ptt(&mut client, &joined.participant).await?;
+        self.pacer.reset();
+        self.send_position(&mut client).await?;
         loop {
             match self.media(&mut client, slots, can_publish).await? {
                 End::Moved(moved) => {
@@ -204,6 +213,8 @@ impl Session {
                     self.shared.muted.store(false, Ordering::Release);
                     self.shared.ptt.store(false, Ordering::Release);
                     self.restore_ptt(&mut client, &moved.participant).await?;
+                    self.pacer.reset();
+                    self.send_position(&mut client).await?;
                 }
                 end => return Ok(end),
             }
@@ -235,6 +246,15 @@ impl Session {
         }
         if self.shared.ptt.load(Ordering::Acquire) && self.shared.key_down.load(Ordering::Acquire) {
             client.ptt_key(true).await?;
+        }
+        Ok(())
+    }
+
+    /// The game's newest position, if the pacer says it is due now.
+    async fn send_position(&mut self, client: &mut Client) -> Result<(), Error> {
+        let latest = *self.position.borrow_and_update();
+        if let Some(update) = self.pacer.poll(Instant::now(), latest) {
+            client.send(&ClientMessage::Position(update)).await?;
         }
         Ok(())
     }
@@ -319,7 +339,10 @@ impl Session {
         let mut ping_id = 0u64;
         // The network thread sets `leg_stop` when it fails; look at it now and then.
         let mut watch = tokio::time::interval(Duration::from_millis(50));
+        // Whether the game's end of the position channel is still there (the client is not dropped).
+        let mut positions_open = true;
         loop {
+            let position_due = self.pacer.wake(*self.position.borrow());
             tokio::select! {
                 message = client.recv() => match message {
                     Err(e) => return Ok(End::Lost(e.to_string())),
@@ -361,6 +384,12 @@ impl Session {
                     Some(Command::Leave) => client.leave().await?,
                     Some(Command::Close) | None => return Ok(End::Done),
                 },
+                changed = self.position.changed(), if positions_open => match changed {
+                    Ok(()) => self.send_position(client).await?,
+                    Err(_) => positions_open = false,
+                },
+                () = tokio::time::sleep_until(position_due.unwrap_or_else(Instant::now).into()),
+                    if position_due.is_some() => self.send_position(client).await?,
                 _ = ping.tick() => {
                     ping_id += 1;
                     client.ping(ping_id).await?;
@@ -440,6 +469,20 @@ impl Session {
                         .collect(),
                 )
             }
+            ServerMessage::Positions(p) => Event::Positions(
+                p.positions
+                    .into_iter()
+                    .map(|s| SpeakerPosition {
+                        sid: s.sid,
+                        position: Position {
+                            x: s.x,
+                            y: s.y,
+                            z: s.z,
+                            yaw_deg: s.yaw_deg,
+                        },
+                    })
+                    .collect(),
+            ),
             ServerMessage::Draining(_) => Event::Draining,
             ServerMessage::Error(e) => Event::Error {
                 message: format!("{}: {}", e.code.as_str(), e.message),
@@ -448,9 +491,8 @@ impl Session {
                 reason: l.reason.map(|r| spelling(&r)),
             },
             // Replies this session does not wait for, and state it does not track (it rejoins rather
-            // than resumes, so `resumed` never comes; positional voice is not in this SDK's API yet).
-            ServerMessage::Positions(_)
-            | ServerMessage::Joined(_)
+            // than resumes, so `resumed` never comes).
+            ServerMessage::Joined(_)
             | ServerMessage::Resumed(_)
             | ServerMessage::Answer(_)
             | ServerMessage::MediaState(_)

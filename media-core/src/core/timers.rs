@@ -201,9 +201,18 @@ fn refresh_space(
     if !space.refresh(now, &listeners, &speakers, &mut changed) {
         return false;
     }
-    if mode != RoomMode::Forward {
-        return true;
+    if mode == RoomMode::Forward {
+        positions_events(space, changed, events);
     }
+    true
+}
+
+/// A `Positions` event for each listener in `changed`: where the speakers it hears now are.
+pub(super) fn positions_events(
+    space: &Space,
+    changed: Vec<ParticipantId>,
+    events: &mut VecDeque<CoreEvent>,
+) {
     for listener in changed {
         events.push_back(CoreEvent::Positions {
             listener,
@@ -214,7 +223,6 @@ fn refresh_space(
                 .collect(),
         });
     }
-    true
 }
 
 /// A mixed packet's RED payload for listeners of one Opus payload type: (primary, previous, payload type,

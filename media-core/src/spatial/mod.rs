@@ -146,6 +146,49 @@ impl Space {
         self.audible(listener).iter().find(|h| h.speaker == speaker)
     }
 
+    /// A speaker starts between two refreshes (a push-to-talk key-down, an unmute: its gate opened, and it
+    /// was no speaker at the last refresh): it joins the cached set of every listener of the last refresh
+    /// that hears it now, in its place by distance (`max_audible` still applies: it pushes the farthest out
+    /// or stays out), so its first packet is routed at once rather than after the next refresh (up to
+    /// [`REFRESH_INTERVAL`] of its speech lost). O(listeners); the next refresh recomputes as usual.
+    /// Listeners whose set changed are pushed onto `changed`.
+    pub fn admit_speaker(&mut self, speaker: ParticipantId, changed: &mut Vec<ParticipantId>) {
+        let Some(&position) = self.positions.get(&speaker) else {
+            return;
+        };
+        let max = usize::from(self.settings.max_audible);
+        for &listener in &self.listeners {
+            let Some(hearing) = self.hearing(listener, speaker) else {
+                continue;
+            };
+            let set = self.audible.entry(listener).or_default();
+            if set.iter().any(|h| h.speaker == speaker) {
+                continue;
+            }
+            // Nearest first, ties to the lower id: the order `refresh` gives.
+            let at = set.partition_point(|h| {
+                h.hearing
+                    .distance
+                    .total_cmp(&hearing.distance)
+                    .then(h.speaker.cmp(&speaker))
+                    .is_lt()
+            });
+            if at >= max {
+                continue;
+            }
+            set.insert(
+                at,
+                Heard {
+                    speaker,
+                    position,
+                    hearing,
+                },
+            );
+            set.truncate(max);
+            changed.push(listener);
+        }
+    }
+
     /// When [`refresh`](Self::refresh) has work to do: `None` while nothing changed.
     pub fn next_refresh(&self) -> Option<Instant> {
         let since = self.dirty_since?;

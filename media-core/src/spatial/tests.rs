@@ -195,3 +195,50 @@ fn refresh_finds_what_every_pair_finds() {
         "a dense enough world"
     );
 }
+
+/// A speaker whose gate opens between refreshes joins the sets of the listeners that hear it, in its
+/// place by distance, as the next refresh would put it; nobody else's set changes.
+#[test]
+fn an_admitted_speaker_is_where_the_next_refresh_puts_it() {
+    let now = t0();
+    let settings = SpatialSettings {
+        audible_distance: 10.0,
+        conversational_distance: 1.0,
+        fade_intensity: 1.0,
+        fade_model: FadeModel::Linear,
+        max_audible: 2,
+    };
+    let mut space = Space::new(settings);
+    let all = ids(5);
+    // Listeners 1 (origin) and 5 (at 50); speakers 2 at 3, 3 at 8; 4 at 5 is silent until admitted.
+    for (id, x) in [(0, 0.0), (1, 3.0), (2, 8.0), (3, 5.0), (4, 50.0)] {
+        space.set_position(now, all[id], p(x, 0.0)).expect("valid");
+    }
+    let listeners = [all[0], all[4]];
+    let speakers = [all[1], all[2]];
+    assert!(space.refresh(now, &listeners, &speakers, &mut Vec::new()));
+    let heard = |space: &Space, l: ParticipantId| -> Vec<ParticipantId> {
+        space.audible(l).iter().map(|h| h.speaker).collect()
+    };
+    assert_eq!(heard(&space, all[0]), vec![all[1], all[2]]);
+
+    let mut changed = Vec::new();
+    space.admit_speaker(all[3], &mut changed);
+    assert_eq!(changed, vec![all[0]], "only the listener in range");
+    // 4 (at 5) goes between 2 (at 3) and 3 (at 8), which max_audible = 2 pushes out.
+    assert_eq!(heard(&space, all[0]), vec![all[1], all[3]]);
+    assert!(heard(&space, all[4]).is_empty());
+    // Admitting it again, or a speaker nobody hears, changes nothing.
+    changed.clear();
+    space.admit_speaker(all[3], &mut changed);
+    space.admit_speaker(all[4], &mut changed);
+    space.admit_speaker(ParticipantId(99), &mut changed);
+    assert!(changed.is_empty());
+    // The next refresh, with 4 among the speakers, agrees.
+    let later = now + REFRESH_INTERVAL;
+    let admitted = heard(&space, all[0]);
+    let speakers = [all[1], all[2], all[3]];
+    assert!(space.refresh(later, &listeners, &speakers, &mut changed));
+    assert_eq!(heard(&space, all[0]), admitted);
+    assert!(changed.is_empty(), "{changed:?}");
+}

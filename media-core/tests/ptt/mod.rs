@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use media_core::sim::LinkConfig;
-use media_core::{CoreEvent, MixSettings, RoomSettings};
+use media_core::{CoreEvent, FadeModel, MixSettings, Position, RoomSettings, SpatialSettings};
 
 use crate::support::Sim;
 
@@ -85,6 +85,64 @@ fn a_push_to_talk_talker_is_forwarded_only_while_its_key_is_down_and_its_onset_f
             "press {press}: key up, yet forwarded"
         );
     }
+}
+
+/// In a spatial forwarding room a key-down's first frame reaches the listener in range at once (the
+/// onset selects slots with the room's audibility) and never the one out of range, press after press.
+#[test]
+fn a_push_to_talk_onset_in_a_spatial_room_reaches_only_the_listeners_in_range_at_once() {
+    let spatial = SpatialSettings {
+        audible_distance: 20.0,
+        conversational_distance: 1.0,
+        fade_model: FadeModel::Linear,
+        ..SpatialSettings::default()
+    };
+    let mut sim = Sim::with_room(
+        25,
+        LinkConfig::with_delay(5.0),
+        RoomSettings::forward(3).with_spatial(spatial),
+        &[(440.0, 0.3), (0.0, 0.0), (0.0, 0.0)],
+    );
+    sim.connect();
+    let a = sim.clients[0].id;
+    sim.core.set_ptt(a, true).expect("a is in the room");
+    sim.drain_core();
+    // b stands 5 from a, c 100 from a (and 95 from b).
+    let now = sim.now;
+    for (i, x) in [(0, 0.0), (1, 5.0), (2, 100.0)] {
+        let id = sim.clients[i].id;
+        let p = Position::new(x, 0.0, 0.0, 0.0).expect("in the world");
+        sim.core.set_position(now, id, p).expect("a spatial room");
+    }
+    sim.drain_core();
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(heard_since(&sim, 1, 0, 0), 0, "key up, yet b hears a");
+
+    for press in 0..3 {
+        let last_frame = sim.clients[0].next_frame;
+        sim.run_for((last_frame + Duration::from_millis(6)).saturating_duration_since(sim.now));
+        let (mark_b, mark_c) = (sim.clients[1].received.len(), sim.clients[2].received.len());
+        sim.core.set_ptt_key(a, true).expect("a is in the room");
+        sim.drain_core();
+        run_past_next_frame(&mut sim, 0);
+        assert_eq!(
+            heard_since(&sim, 1, mark_b, 0),
+            1,
+            "press {press}: b, in range, did not get the first frame after key-down"
+        );
+        sim.run_for(Duration::from_millis(500));
+        let heard = heard_since(&sim, 1, mark_b, 0);
+        assert!((25..=27).contains(&heard), "press {press}: b heard {heard}");
+        assert_eq!(
+            sim.clients[2].received.len() - mark_c,
+            0,
+            "press {press}: c, 100 away, received audio"
+        );
+        sim.core.set_ptt_key(a, false).expect("a is in the room");
+        sim.drain_core();
+        sim.run_for(Duration::from_millis(700));
+    }
+    assert_eq!(sim.clients[2].received.len(), 0, "c heard someone");
 }
 
 #[test]

@@ -27,26 +27,32 @@ pub struct IceServer {
     pub credential: String,
 }
 
-/// Server → client: the answer to a successful `join`.
+/// What `joined` and `resumed` both carry: the session's protocol, its participant, the room and everyone
+/// in it as they are now, the next resume token and the TURN servers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Joined {
+pub struct SessionState {
     /// The protocol version of this session.
     pub protocol: u64,
     pub server_version: String,
-    /// This session's participant.
+    /// This session's participant, as it is now (after a resume its mute state may have changed meanwhile).
     pub participant: ParticipantInfo,
     pub room: RoomInfo,
-    /// Everyone else already in the room.
+    /// Everyone else in the room now (after a resume a client replaces its list with this one).
     pub participants: Vec<ParticipantInfo>,
     /// Opaque and single-use: a new WebSocket sends it in `resume` to take this session over after the
-    /// socket dropped (at least 128 random bits; never derived from the sid).
+    /// socket dropped (at least 128 random bits; never derived from the sid). A `resume` spends the token it
+    /// carried; `resumed` brings the next one.
     pub resume_token: String,
     /// How long after a drop the session may be resumed, in milliseconds (0: sessions are not kept).
     pub resume_window_ms: u64,
-    /// TURN servers with time-limited credentials; absent (empty) when the server configures none.
+    /// TURN servers with time-limited credentials (fresh in each message, for an ICE restart through the
+    /// relays); absent (empty) when the server configures none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ice_servers: Vec<IceServer>,
 }
+
+/// Server → client: the answer to a successful `join` (the session state, nothing more).
+pub type Joined = SessionState;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,12 @@
 //! `position` (client → server) and `positions` (server → client): positional voice in a spatial room.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+/// A client sends at most one `position` this often; the server drops (and counts) the ones that arrive
+/// closer together than this after the last it accepted.
+pub const MIN_POSITION_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Client → server: where the participant is and which way it faces, in the room's world units (x right,
 /// y ahead, z up; `yaw_deg` clockwise from +y). At most one every 100 ms counts; the server drops the

@@ -2,41 +2,28 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{IceServer, ParticipantInfo, RoomInfo};
+use super::SessionState;
 
 /// Server → client: the answer to a successful `resume`. The same participant (sid, slots, mute state)
-/// with the room as it is now; the token of the `resume` is spent, `resume_token` is the next one.
+/// with the room as it is now (the same fields as `joined`, flattened), and whether its media peer is still
+/// there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resumed {
-    /// The protocol version of this session.
-    pub protocol: u64,
-    pub server_version: String,
-    /// This session's participant, as it is now (its mute state may have changed meanwhile).
-    pub participant: ParticipantInfo,
-    pub room: RoomInfo,
-    /// Everyone else in the room now (a client replaces its list with this one).
-    pub participants: Vec<ParticipantInfo>,
-    /// Resumes the session once more if this socket drops too (single-use).
-    pub resume_token: String,
-    /// How long after a drop the session may be resumed, in milliseconds.
-    pub resume_window_ms: u64,
+    #[serde(flatten)]
+    pub state: SessionState,
     /// Whether the session's media peer is still there: `false` when the client never got its answer
     /// (it sends a fresh `offer`), `true` when it keeps its peer connection (and restarts ICE with an
     /// `offer` if its media path died).
     pub media: bool,
-    /// Fresh TURN credentials (as in `joined`), for an ICE restart through the relays; absent without TURN.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ice_servers: Vec<IceServer>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::media::RoomMode;
-    use crate::protocol::ServerMessage;
+    use crate::protocol::{IceServer, ParticipantInfo, RoomInfo, ServerMessage};
 
-    #[test]
-    fn round_trips() {
+    fn state(ice_servers: Vec<IceServer>) -> SessionState {
         let participant = |sid: &str, identity: &str| ParticipantInfo {
             sid: sid.into(),
             identity: identity.into(),
@@ -48,7 +35,7 @@ mod tests {
             deafened: false,
             ptt: false,
         };
-        let msg = ServerMessage::Resumed(Resumed {
+        SessionState {
             protocol: 1,
             server_version: "0.1.0".into(),
             participant: participant("PA_4f2c9a1b7d3e", "ada"),
@@ -61,8 +48,15 @@ mod tests {
             participants: vec![participant("PA_9a0b1c2d3e4f", "bob")],
             resume_token: "n3Vq8sLkR0aZ7cYt1pWmE5uHxG2oB9dF".into(),
             resume_window_ms: 15_000,
+            ice_servers,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let msg = ServerMessage::Resumed(Resumed {
+            state: state(Vec::new()),
             media: true,
-            ice_servers: Vec::new(),
         });
         let json = serde_json::to_value(&msg).expect("serializes");
         assert_eq!(json["type"], "resumed");
@@ -70,7 +64,44 @@ mod tests {
         assert_eq!(json["resume_window_ms"], 15_000);
         assert_eq!(json["media"], true);
         assert!(json.get("ice_servers").is_none(), "no TURN: no ice_servers");
+        assert!(json.get("state").is_none(), "the state's fields are flat");
         let back: ServerMessage = serde_json::from_value(json).expect("parses");
         assert_eq!(back, msg);
+    }
+
+    /// `resumed` is `joined`'s object with `"type": "resumed"` and `media` added: the same fields, flat, as
+    /// on the wire before the two shared one struct.
+    #[test]
+    fn the_wire_form_is_joined_plus_media() {
+        for ice_servers in [
+            Vec::new(),
+            vec![IceServer {
+                urls: vec!["turn:turn.example.com:3478?transport=udp".into()],
+                username: "1700000000:PA_4f2c9a1b7d3e".into(),
+                credential: "1Zi3EqF0R1pA8/IpuIIqqV7Io0U=".into(),
+            }],
+        ] {
+            let state = state(ice_servers);
+            let mut joined =
+                serde_json::to_value(ServerMessage::Joined(state.clone())).expect("serializes");
+            joined["type"] = "resumed".into();
+            joined["media"] = false.into();
+            let resumed = serde_json::to_value(ServerMessage::Resumed(Resumed {
+                state,
+                media: false,
+            }))
+            .expect("serializes");
+            assert_eq!(resumed, joined);
+        }
+        let text = r#"{"type":"resumed","protocol":1,"server_version":"0.1.0","participant":{"sid":"PA_4f2c9a1b7d3e","identity":"ada","name":"ADA","muted":true,"can_publish":true,"can_subscribe":true},"room":{"name":"lobby","mode":"forward","slots":3,"max_participants":100},"participants":[{"sid":"PA_9a0b1c2d3e4f","identity":"bob","name":"BOB","muted":false,"can_publish":true,"can_subscribe":true}],"resume_token":"n3Vq8sLkR0aZ7cYt1pWmE5uHxG2oB9dF","resume_window_ms":15000,"media":true}"#;
+        let parsed: ServerMessage = serde_json::from_str(text).expect("parses");
+        assert_eq!(
+            parsed,
+            ServerMessage::Resumed(Resumed {
+                state: state(Vec::new()),
+                media: true
+            })
+        );
+        assert_eq!(serde_json::to_string(&parsed).expect("serializes"), text);
     }
 }

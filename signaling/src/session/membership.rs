@@ -13,7 +13,8 @@ use crate::locator::{LocateError, Location};
 use crate::media::MediaCommand;
 use crate::metrics::LeaveReason;
 use crate::protocol::{
-    ErrorCode, Join, Joined, ParticipantLeftReason, Redirect, ServerMessage, PROTOCOL_VERSION,
+    ErrorCode, Join, ParticipantInfo, ParticipantLeftReason, Redirect, RoomInfo, ServerMessage,
+    SessionState, PROTOCOL_VERSION,
 };
 use crate::registry::JoinRequest;
 use crate::{Signaling, SERVER_VERSION};
@@ -222,22 +223,36 @@ pub(super) fn admit(
         missed: Missed::default(),
         placement: Default::default(),
     };
-    let ice_servers = ctx
-        .config()
-        .turn
-        .ice_servers(&admission.participant.sid, unix_now());
+    let reply = ServerMessage::Joined(session_state(
+        ctx,
+        admission.participant,
+        admission.room,
+        admission.others,
+        resume_token,
+    ));
+    Ok((member, reply))
+}
+
+/// What `joined` and `resumed` tell the client, with fresh TURN credentials for the participant (counted).
+pub(super) fn session_state(
+    ctx: &Signaling,
+    participant: ParticipantInfo,
+    room: RoomInfo,
+    participants: Vec<ParticipantInfo>,
+    resume_token: String,
+) -> SessionState {
+    let ice_servers = ctx.config().turn.ice_servers(&participant.sid, unix_now());
     if !ice_servers.is_empty() {
         ctx.metrics().turn_credential_issued();
     }
-    let reply = ServerMessage::Joined(Joined {
+    SessionState {
         protocol: PROTOCOL_VERSION,
         server_version: SERVER_VERSION.to_owned(),
-        participant: admission.participant,
-        room: admission.room,
-        participants: admission.others,
+        participant,
+        room,
+        participants,
         resume_token,
         resume_window_ms: ctx.config().resume_window_ms,
         ice_servers,
-    });
-    Ok((member, reply))
+    }
 }

@@ -1,18 +1,15 @@
 //! `position`: a participant's place in a spatial room, checked, rate-limited and handed to the media
 //! worker; and the `positions` the worker reports back.
 
-use std::time::Duration;
-
 use futures_util::Sink;
 use tokio::time::Instant;
 
 use super::{Flow, Member, Wire, WsFrame};
 use crate::media::{MediaCommand, ParticipantId, Position};
 use crate::metrics::PositionResult;
-use crate::protocol::{ErrorCode, PositionUpdate, Positions, SpeakerPosition};
-
-/// Positions closer together than this are dropped (and counted): a client sends at most ~10 a second.
-pub const MIN_POSITION_INTERVAL: Duration = Duration::from_millis(100);
+use crate::protocol::{
+    ErrorCode, PositionUpdate, Positions, SpeakerPosition, MIN_POSITION_INTERVAL,
+};
 
 /// The session's side of its position.
 #[derive(Debug, Default)]

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, timeout};
 
 use super::media::Media;
+use super::membership::session_state;
 use super::{next_member_input, Exit, Flow, Input, Member, Session, WsFrame};
 use crate::media::{MediaEvent, SlotAssignment};
 use crate::metrics::ResumeFailure;
@@ -33,7 +34,7 @@ use crate::protocol::{
     Answer, ErrorCode, MediaConnectionState, MediaState, ParticipantLeftReason, Resume, Resumed,
     ServerMessage, Slot, Slots, PROTOCOL_VERSION,
 };
-use crate::{Signaling, SERVER_VERSION};
+use crate::Signaling;
 
 /// Random bytes in a resume token (256 bits; the protocol promises at least 128).
 const TOKEN_BYTES: usize = 32;
@@ -281,13 +282,6 @@ where
         };
         let (room, participants) = room;
         let (resumable, resume_token) = Resumable::issue(&ctx);
-        let ice_servers = ctx
-            .config()
-            .turn
-            .ice_servers(&member.sid, crate::auth::unix_now());
-        if !ice_servers.is_empty() {
-            ctx.metrics().turn_credential_issued();
-        }
         member.resume = resumable;
         let missed = std::mem::take(&mut member.missed);
         let media = !matches!(member.media, Media::None);
@@ -296,15 +290,8 @@ where
         self.offered = media;
         self.joined = Some(member);
         let reply = ServerMessage::Resumed(Resumed {
-            protocol: PROTOCOL_VERSION,
-            server_version: SERVER_VERSION.to_owned(),
-            participant,
-            room,
-            participants,
-            resume_token,
-            resume_window_ms: ctx.config().resume_window_ms,
+            state: session_state(&ctx, participant, room, participants, resume_token),
             media,
-            ice_servers,
         });
         ctx.metrics().session_resumed();
         let span = tracing::Span::current();

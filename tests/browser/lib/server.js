@@ -167,6 +167,20 @@ export function createToken(opts) {
   if (opts.name) args.push('--name', opts.name);
   if (opts.publish === false) args.push('--no-publish');
   if (opts.subscribe === false) args.push('--no-subscribe');
+  return mintToken(args);
+}
+
+/** @returns {Promise<string>} an admin token from `chorus token create --admin` (for the admin API) */
+export function adminToken() {
+  return mintToken(['token', 'create', '--admin', '--identity', 'browser-test', '--ttl', '10m']);
+}
+
+/**
+ * Run `chorus token create ...` and return the token it prints.
+ * @param {string[]} args
+ * @returns {Promise<string>}
+ */
+function mintToken(args) {
   return new Promise((resolve, reject) => {
     const proc = spawn(CHORUS_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
     let out = '';

@@ -22,6 +22,10 @@ pub(super) fn empty_event() -> ChorusEvent {
         server_muted: false,
         deafened: false,
         ptt: false,
+        x: 0.0,
+        y: 0.0,
+        z: 0.0,
+        yaw_deg: 0.0,
     }
 }
 
@@ -105,6 +109,23 @@ pub(super) fn c_events(event: Event) -> VecDeque<ChorusEvent> {
                 out.push_back(s);
             }
             return out;
+        }
+        Event::Positions(positions) => {
+            e.kind = ChorusEventKind::Position;
+            e.count = positions.len() as u32;
+            for (i, speaker) in positions.iter().enumerate() {
+                let mut s = e;
+                s.index = i as u32;
+                fill(&mut s.sid, &speaker.sid);
+                s.x = speaker.position.x;
+                s.y = speaker.position.y;
+                s.z = speaker.position.z;
+                s.yaw_deg = speaker.position.yaw_deg;
+                out.push_back(s);
+            }
+            if !positions.is_empty() {
+                return out;
+            }
         }
         Event::Draining => e.kind = ChorusEventKind::Draining,
         Event::Left { reason } => {

@@ -51,6 +51,7 @@ impl From<Error> for Failure {
             Error::UnknownParticipant => ChorusError::UnknownParticipant,
             Error::OutputOff(_) => ChorusError::OutputOff,
             Error::BadOpus(_) => ChorusError::BadOpus,
+            Error::BadPosition(_) => ChorusError::BadPosition,
             Error::Ended => ChorusError::Ended,
             Error::Signaling(_) => ChorusError::Signaling,
             Error::Media(_) => ChorusError::Media,

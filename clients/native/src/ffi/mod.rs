@@ -6,7 +6,7 @@
 //! error, [`chorus_last_error_message`] describes it (per thread). Using a handle after
 //! [`chorus_client_free`] is undefined behaviour, as in any C API.
 //!
-//! Threads: the game thread calls `connect`, `set_muted`, `leave`, `poll_event`, `stats`; one capture
+//! Threads: the game thread calls `connect`, `set_muted`, `set_position`, `leave`, `poll_event`, `stats`; one capture
 //! thread may push and one playback thread may pull at the same time. Push and pull never wait: each
 //! takes its direction's handle with a try-lock, and a second thread pushing (or pulling) at the same
 //! moment gets [`ChorusError::Busy`] instead of waiting.
@@ -62,6 +62,8 @@ pub enum ChorusError {
     Panic = 15,
     /// The output pulled from is turned off in the config.
     OutputOff = 16,
+    /// A position with a value that is NaN or infinite, or a coordinate beyond ±1,000,000.
+    BadPosition = 17,
 }
 
 /// A client's settings; [`chorus_config_default`] fills the defaults.
@@ -118,6 +120,9 @@ pub enum ChorusEventKind {
     /// A moderator moved this session: `sid` (its new id), `name` (the new room), `slot` (its slot count).
     /// Media is renegotiated by the SDK.
     Moved = 14,
+    /// In a spatial forwarding room, speaker `index` of `count` this session hears (nearest first): `sid`,
+    /// `x`, `y`, `z`, `yaw_deg`. `count` 0: nobody is in range. A new list replaces the previous one.
+    Position = 15,
 }
 
 /// A session's connection state.
@@ -153,6 +158,12 @@ pub struct ChorusEvent {
     pub deafened: bool,
     /// Push-to-talk: heard only while its key is down.
     pub ptt: bool,
+    /// A speaker's position (`POSITION`), world units.
+    pub x: f64,
+    pub y: f64,
+    pub z: f64,
+    /// Its facing, degrees clockwise from +y.
+    pub yaw_deg: f64,
 }
 
 /// The SDK's counters.
@@ -457,6 +468,30 @@ pub unsafe extern "C" fn chorus_client_set_ptt_key(
         // SAFETY: per the caller.
         let c = unsafe { self::client(client)? };
         lock(&c.client).client.set_ptt_key(down)?;
+        Ok(())
+    })
+}
+
+/// Where the player is (world units: `x` right, `y` ahead, `z` up) and which way it faces (`yaw_deg`
+/// clockwise from +y), in a spatial room. Call it whenever the player moves: the newest position replaces
+/// any not sent yet, and at most one is sent every ~120 ms (the server's limit is 100 ms).
+/// [`ChorusError::BadPosition`] (nothing sent) for NaN, infinity or a coordinate beyond ±1,000,000. Never
+/// waits.
+///
+/// # Safety
+/// `client` is null or live.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_client_set_position(
+    client: *mut ChorusClient,
+    x: f64,
+    y: f64,
+    z: f64,
+    yaw_deg: f64,
+) -> ChorusError {
+    guard(|| {
+        // SAFETY: per the caller.
+        let c = unsafe { self::client(client)? };
+        lock(&c.client).client.set_position(x, y, z, yaw_deg)?;
         Ok(())
     })
 }

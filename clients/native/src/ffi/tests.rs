@@ -125,6 +125,17 @@ fn bad_utf8_bad_config_and_state_errors_are_typed() {
         assert_eq!(out, [0.0; 8]);
         assert_eq!(chorus_client_leave(client), ChorusError::NotConnected);
         assert_eq!(
+            chorus_client_set_position(client, 1.0, 2.0, 0.0, 90.0),
+            ChorusError::Ok
+        );
+        for (x, yaw) in [(f64::NAN, 0.0), (1.0e7, 0.0), (0.0, f64::INFINITY)] {
+            assert_eq!(
+                chorus_client_set_position(client, x, 0.0, 0.0, yaw),
+                ChorusError::BadPosition
+            );
+        }
+        assert!(last_error().contains("finite"), "{}", last_error());
+        assert_eq!(
             chorus_client_push_opus(client, [0u8; 2].as_ptr(), 0),
             ChorusError::BadOpus
         );
@@ -231,6 +242,28 @@ fn lists_become_one_event_per_entry_and_strings_are_truncated_safely() {
     assert_eq!(events[1].count, 2);
     assert_eq!(events[1].level, 0.25);
     assert_eq!(c_events(Event::Speaking(vec![]))[0].count, 0);
+    let at = |x| crate::Position::new(x, 2.0, 0.5, 270.0).expect("valid");
+    let events = c_events(Event::Positions(vec![
+        crate::SpeakerPosition {
+            sid: "PA_a".into(),
+            position: at(1.0),
+        },
+        crate::SpeakerPosition {
+            sid: "PA_b".into(),
+            position: at(-4.0),
+        },
+    ]));
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.kind == ChorusEventKind::Position));
+    assert_eq!((events[1].index, events[1].count), (1, 2));
+    assert_eq!(
+        (events[1].x, events[1].y, events[1].z, events[1].yaw_deg),
+        (-4.0, 2.0, 0.5, 270.0)
+    );
+    assert_eq!(events[1].sid[..5], [80, 65, 95, 98, 0].map(|b| b as c_char));
+    let nobody = c_events(Event::Positions(vec![]));
+    assert_eq!((nobody.len(), nobody[0].count), (1, 0));
+    assert_eq!(nobody[0].kind, ChorusEventKind::Position);
     let mut field = [1 as c_char; 4];
     fill(&mut field, "aé€");
     // "aé" is 3 bytes: it fits with the NUL; "€" would not.

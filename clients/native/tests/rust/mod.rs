@@ -339,3 +339,4 @@ async fn a_lost_connection_is_rejoined_and_heard_again() -> anyhow::Result<()> {
 }
 
 mod ptt;
+mod spatial;

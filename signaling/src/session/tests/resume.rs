@@ -73,13 +73,16 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
     let mut ada = Client::open(&ctx);
     let resumed = ada.resume(&joined.resume_token).await;
     assert_eq!(
-        resumed.participant.sid, joined.participant.sid,
+        resumed.state.participant.sid, joined.participant.sid,
         "same participant"
     );
-    assert_eq!(resumed.participants.len(), 1);
-    assert!(resumed.participants[0].muted, "the room as it is now");
+    assert_eq!(resumed.state.participants.len(), 1);
+    assert!(resumed.state.participants[0].muted, "the room as it is now");
     assert!(resumed.media, "the media peer is still there");
-    assert_ne!(resumed.resume_token, joined.resume_token, "a fresh token");
+    assert_ne!(
+        resumed.state.resume_token, joined.resume_token,
+        "a fresh token"
+    );
     assert_eq!(
         ada.message().await,
         ServerMessage::MediaState(MediaState {
@@ -115,8 +118,8 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
     // The new token resumes once more; `leave` then ends it for good.
     ada.drop_socket().await;
     let mut ada = Client::open(&ctx);
-    let again = ada.resume(&resumed.resume_token).await;
-    assert_eq!(again.participant.sid, joined.participant.sid);
+    let again = ada.resume(&resumed.state.resume_token).await;
+    assert_eq!(again.state.participant.sid, joined.participant.sid);
     ada.json(json!({"type": "leave"}));
     assert!(matches!(ada.message().await, ServerMessage::Left(_)));
     ada.closed_with(1000).await;
@@ -150,7 +153,7 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
         }
     );
     let mut late = Client::open(&ctx);
-    late.json(json!({"type": "resume", "protocol": 1, "resume_token": again.resume_token}));
+    late.json(json!({"type": "resume", "protocol": 1, "resume_token": again.state.resume_token}));
     late.error(ErrorCode::ResumeFailed).await;
 }
 
@@ -265,7 +268,7 @@ async fn a_resume_takes_over_a_socket_that_has_not_noticed_the_drop() {
     let (mut old, joined, mut bob) = two_in_lobby(&ctx, &mut media).await;
     let mut ada = Client::open(&ctx);
     let resumed = ada.resume(&joined.resume_token).await;
-    assert_eq!(resumed.participant.sid, joined.participant.sid);
+    assert_eq!(resumed.state.participant.sid, joined.participant.sid);
     match old.frame().await {
         WsFrame::Close(Some((code, reason))) => {
             assert_eq!((code, reason.as_str()), (1000, "resumed"))
@@ -345,8 +348,8 @@ async fn a_suspended_participant_keeps_its_seat_in_a_full_room() {
     cy.error(ErrorCode::RoomFull).await;
     let mut ada = Client::open(&ctx);
     let resumed = ada.resume(&joined.resume_token).await;
-    assert_eq!(resumed.participant.sid, joined.participant.sid);
-    assert_eq!(resumed.room.max_participants, 2);
+    assert_eq!(resumed.state.participant.sid, joined.participant.sid);
+    assert_eq!(resumed.state.room.max_participants, 2);
     assert!(!resumed.media, "ada never offered: she offers now");
     ada.offer().await;
 }

@@ -63,7 +63,8 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  *   | 'unsupported_protocol' | 'invalid_token' | 'token_expired' | 'room_mismatch' | 'not_joined'
  *   | 'already_joined' | 'forbidden' | 'room_full' | 'room_closed' | 'banned' | 'draining' | 'bad_sdp'
  *   | 'bad_room_settings' | 'room_settings_conflict' | 'bad_position' | 'media_unavailable' | 'resume_failed'
- *   | 'rate_limited' | 'server_muted' | 'participant_not_found' | 'internal'} ServerErrorCode
+ *   | 'rate_limited' | 'server_muted' | 'participant_not_found' | 'bad_target'
+ *   | 'internal'} ServerErrorCode
  */
 // </error-codes>
 

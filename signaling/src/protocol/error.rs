@@ -38,12 +38,13 @@ pub enum ErrorCode {
     RateLimited,
     ServerMuted,
     ParticipantNotFound,
+    BadTarget,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -69,6 +70,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::ServerMuted,
         ErrorCode::ParticipantNotFound,
+        ErrorCode::BadTarget,
         ErrorCode::Internal,
     ];
 
@@ -100,6 +102,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ServerMuted => "server_muted",
             ErrorCode::ParticipantNotFound => "participant_not_found",
+            ErrorCode::BadTarget => "bad_target",
             ErrorCode::Internal => "internal",
         }
     }
@@ -121,7 +124,8 @@ impl ErrorCode {
             | ErrorCode::ResumeFailed
             | ErrorCode::RateLimited
             | ErrorCode::ServerMuted
-            | ErrorCode::ParticipantNotFound => false,
+            | ErrorCode::ParticipantNotFound
+            | ErrorCode::BadTarget => false,
             ErrorCode::FrameTooLarge
             | ErrorCode::UnsupportedProtocol
             | ErrorCode::InvalidToken
@@ -274,6 +278,7 @@ mod tests {
             RateLimited,
             ServerMuted,
             ParticipantNotFound,
+            BadTarget,
             Internal,
         );
         assert_eq!(every.as_slice(), ErrorCode::ALL.as_slice());

@@ -65,6 +65,7 @@ mod tests {
             server_muted: false,
             deafened: false,
             ptt: false,
+            team: None,
         };
         let msg = ServerMessage::Joined(Joined {
             protocol: 1,

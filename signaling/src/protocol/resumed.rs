@@ -47,6 +47,7 @@ mod tests {
             server_muted: false,
             deafened: false,
             ptt: false,
+            team: None,
         };
         let msg = ServerMessage::Resumed(Resumed {
             protocol: 1,

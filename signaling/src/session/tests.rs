@@ -251,6 +251,15 @@ enum Seen {
         participant: ParticipantId,
         down: bool,
     },
+    Talk {
+        participant: ParticipantId,
+        target: crate::media::TalkTarget<ParticipantId>,
+    },
+    Volume {
+        listener: ParticipantId,
+        speaker: ParticipantId,
+        volume: crate::media::Volume,
+    },
 }
 
 struct FakeRouter {
@@ -318,6 +327,8 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     muted,
                     deafened: _,
                     ptt: _,
+                    team: _,
+                    shout: _,
                     offer_sdp,
                     events,
                     reply,
@@ -395,6 +406,22 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     enabled,
                 },
                 MediaCommand::PttKey { participant, down } => Seen::PttKey { participant, down },
+                MediaCommand::Talk {
+                    participant,
+                    target,
+                } => Seen::Talk {
+                    participant,
+                    target,
+                },
+                MediaCommand::Volume {
+                    listener,
+                    speaker,
+                    volume,
+                } => Seen::Volume {
+                    listener,
+                    speaker,
+                    volume,
+                },
                 MediaCommand::Leave { participant } => {
                     worker_events
                         .lock()
@@ -448,6 +475,8 @@ fn claims(room: &str, identity: &str) -> Claims {
         can_subscribe: true,
         moderator: false,
         ptt: false,
+        team: None,
+        shout: false,
     }
 }
 
@@ -1237,6 +1266,7 @@ async fn a_bad_session_does_not_disturb_its_room() {
                 server_muted: false,
                 deafened: false,
                 ptt: false,
+                team: None,
             }
         })
     );
@@ -2012,3 +2042,5 @@ async fn positions_are_checked_rate_limited_and_reach_the_worker() {
 }
 
 mod moderation;
+
+mod talk;

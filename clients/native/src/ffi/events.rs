@@ -22,6 +22,7 @@ pub(super) fn empty_event() -> ChorusEvent {
         server_muted: false,
         deafened: false,
         ptt: false,
+        team: None,
     }
 }
 

@@ -196,7 +196,7 @@ impl MediaCore {
         // free slot takes it at once and the onset is heard, not dropped until the next selection tick.
         if onset
             && room.selector.routes(from).is_empty()
-            && room.selector.update_in(now, room.space.as_ref())
+            && room.selector.update_in(now, Some(&room.audibility))
         {
             slot_events(&mut room.selector, &self.participants, &mut self.events);
         }

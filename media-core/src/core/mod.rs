@@ -14,6 +14,7 @@ pub mod router;
 
 mod ingress;
 mod participants;
+mod talk;
 mod timers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -87,6 +88,9 @@ pub enum CoreError {
     /// settings the caller did not ask for.
     #[error("room {0} exists with other settings")]
     RoomSettingsConflict(RoomId),
+    /// A talk target that names nobody, or the participant itself.
+    #[error("a whisper names 1 to 64 other participants")]
+    BadTarget,
     /// A position for a participant whose room has no positional voice.
     #[error("room {0} is not spatial")]
     NotSpatial(RoomId),
@@ -120,6 +124,7 @@ impl CoreError {
             | CoreError::BadRoomSettings(_)
             | CoreError::RoomSettingsConflict(_)
             | CoreError::NotSpatial(_)
+            | CoreError::BadTarget
             | CoreError::BadPosition(_)) => e.to_string(),
         }
     }
@@ -140,9 +145,10 @@ pub enum CoreEvent {
         subscriber: ParticipantId,
         slots: Vec<SlotAssignment>,
     },
-    /// The speaking participants of a room changed, loudest first.
+    /// The speaking participants of a room changed, loudest first, as `listeners` may know them: each
+    /// itself and the speakers it hears (see [`crate::audibility`]).
     Speakers {
-        room: RoomId,
+        listeners: Vec<ParticipantId>,
         speakers: Vec<(ParticipantId, f32)>,
     },
     /// In a spatial forwarding room: the speakers `listener` hears (nearest first, at most `max_audible`)
@@ -152,9 +158,10 @@ pub enum CoreEvent {
         listener: ParticipantId,
         positions: Vec<(ParticipantId, vocab::Position)>,
     },
-    /// The room's dominant speaker changed (Volfin & Cohen; decided every 300 ms, with hysteresis).
+    /// The room's dominant speaker changed (Volfin & Cohen; decided every 300 ms, with hysteresis); told to
+    /// the `listeners` who hear it (or are it).
     DominantSpeaker {
-        room: RoomId,
+        listeners: Vec<ParticipantId>,
         participant: ParticipantId,
     },
 }

@@ -12,7 +12,7 @@ use crate::ids::{ParticipantId, RoomId};
 use crate::mixer::Mixer;
 use crate::sfu::rewrite::SlotRewriter;
 use crate::sfu::slots::SlotSelector;
-use crate::spatial::Space;
+use crate::audibility::Audibility;
 use crate::speakers::dominant::{DominantConfig, DominantSpeaker};
 use vocab::{RoomMode, RoomSettings};
 
@@ -93,7 +93,8 @@ impl MediaCore {
                         },
                         dominant: DominantSpeaker::new(DominantConfig::default()),
                         broadcast: None,
-                        space: settings.spatial.map(Space::new),
+                        audibility: Audibility::new(settings.spatial),
+                        speakers_sent: std::collections::HashMap::new(),
                     },
                 );
                 if self.broadcast_rooms.contains(room) {
@@ -141,9 +142,7 @@ impl MediaCore {
         }
         room.dominant.add(id);
         room.members.push(id);
-        if let Some(space) = room.space.as_mut() {
-            space.changed(now);
-        }
+        room.audibility.changed(now);
         self.participants.insert(id, participant);
         self.schedule(id, now);
         self.arm_tick(key);
@@ -165,9 +164,8 @@ impl MediaCore {
             if let Some(mixer) = room.input_mixer_mut() {
                 mixer.remove_member(id);
             }
-            if let Some(space) = room.space.as_mut() {
-                space.remove(now, id);
-            }
+            room.audibility.remove(now, id);
+            room.speakers_sent.remove(&id);
             room.members.retain(|m| *m != id);
             if room.members.is_empty() {
                 let room = self.rooms.remove(&p.room).expect("room was just found");
@@ -272,9 +270,7 @@ impl MediaCore {
             if let Some(mixer) = room.input_mixer_mut() {
                 mixer.set_publishing(id, publishes);
             }
-            if let Some(space) = room.space.as_mut() {
-                space.changed(self.last_now);
-            }
+            room.audibility.changed(self.last_now);
         }
         self.arm_tick(key);
         Ok(())
@@ -299,10 +295,10 @@ impl MediaCore {
             .rooms
             .get_mut(&key)
             .expect("a participant's room exists while it has members");
-        let Some(space) = room.space.as_mut() else {
+        let Some(placed) = room.audibility.set_position(now, id, position) else {
             return Err(CoreError::NotSpatial(room.id.clone()));
         };
-        space.set_position(now, id, position)?;
+        placed?;
         self.arm_tick(key);
         Ok(())
     }

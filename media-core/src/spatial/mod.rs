@@ -1,7 +1,6 @@
-//! Audibility in a spatial room: who hears whom, at which gain and pan. One place decides it for both
-//! modes — forward mode restricts each listener's slots to the speakers it hears, mix mode renders them
-//! into a stereo mix — so rules to come (teams that always hear each other, whispers) change
-//! [`Space::hearing`] and nothing else.
+//! Hearing by distance in a spatial room: who is in whose range, at which gain and pan. It is the
+//! positional part of the room's [audibility policy](crate::audibility), which adds teams, whispers, the
+//! shout role and volumes and is what forward and mix mode use.
 //!
 //! A [`Space`] holds the room's [`SpatialSettings`] and every placed participant's [`Position`]. Positions
 //! change at most ~10 times a second (clients are rate-limited), so each listener's audible set is not
@@ -35,7 +34,7 @@ pub struct Hearing {
 }
 
 impl Hearing {
-    /// The gain in dB (≤ 0).
+    /// The gain in dB (≤ 0 by distance; a listener's volume may raise it).
     pub fn gain_db(&self) -> f32 {
         20.0 * self.gain.max(1e-6).log10()
     }
@@ -144,6 +143,12 @@ impl Space {
     /// How `listener` hears `speaker` according to the last refresh (`max_audible` applied).
     pub fn heard(&self, listener: ParticipantId, speaker: ParticipantId) -> Option<&Heard> {
         self.audible(listener).iter().find(|h| h.speaker == speaker)
+    }
+
+    /// Make a pending refresh due at once, not at the positions' pace (a talk rule changed: who hears
+    /// whom must follow before the next packet).
+    pub fn force_due(&mut self) {
+        self.last_refresh = None;
     }
 
     /// When [`refresh`](Self::refresh) has work to do: `None` while nothing changed.

@@ -431,6 +431,8 @@ impl Signal {
                 token: token.to_owned(),
                 room: Some(room.to_owned()),
                 name: None,
+                team: None,
+                listen_only: false,
             }))
             .await?;
         let v = self

@@ -16,6 +16,7 @@ mod ptt;
 mod resume;
 mod spatial;
 mod speech;
+mod teams;
 mod tcp;
 use media_core::audio;
 use serde_json::{json, Value};

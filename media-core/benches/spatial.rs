@@ -18,11 +18,11 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use media_core::audibility::Audibility;
 use media_core::audio::FRAME_DURATION;
 use media_core::audio::FRAME_SAMPLES;
 use media_core::mixer::{MixPacket, Mixer};
 use media_core::sim::LinkConfig;
-use media_core::audibility::Audibility;
 use media_core::spatial::Space;
 use media_core::stats::{MixStats, Samples};
 use media_core::{

@@ -37,8 +37,8 @@ pub use position::MIN_POSITION_INTERVAL;
 use position::{on_position, Placement};
 pub(crate) use resume::ResumeTable;
 use resume::{hand_over, Claim, Missed, Resumable};
-pub use talk::{MAX_VOLUMES, TALK_BURST, TALK_PER_SEC};
 use talk::{on_talk, on_volume, TalkState};
+pub use talk::{MAX_VOLUMES, TALK_BURST, TALK_PER_SEC};
 
 /// Close code of a normal end (`leave`, media lost).
 pub const CLOSE_NORMAL: u16 = 1000;

@@ -145,13 +145,19 @@ mod tests {
         assert_eq!(Volume::SILENT.gain_db(), None);
         let plus12 = Volume::new(12).expect("in range");
         assert!((plus12.gain_db().expect("audible") - 6.0).abs() < 1e-6);
-        assert!((plus12.gain() - 1.995).abs() < 0.01, "+12 doubles the amplitude");
+        assert!(
+            (plus12.gain() - 1.995).abs() < 0.01,
+            "+12 doubles the amplitude"
+        );
         let minus20 = Volume::new(-20).expect("in range");
         assert!((minus20.gain() - 0.3162).abs() < 1e-3);
         assert_eq!(Volume::new(51), Err(TalkError::BadVolume));
         assert_eq!(Volume::new(-51), Err(TalkError::BadVolume));
         assert!(serde_json::from_str::<Volume>("10.5").is_err());
         assert!(serde_json::from_str::<Volume>("60").is_err());
-        assert_eq!(serde_json::from_str::<Volume>("-50.0").ok(), Some(Volume::SILENT));
+        assert_eq!(
+            serde_json::from_str::<Volume>("-50.0").ok(),
+            Some(Volume::SILENT)
+        );
     }
 }

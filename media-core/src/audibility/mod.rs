@@ -127,7 +127,12 @@ impl Audibility {
         }
     }
 
-    pub fn set_target(&mut self, now: Instant, id: ParticipantId, target: TalkTarget<ParticipantId>) {
+    pub fn set_target(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        target: TalkTarget<ParticipantId>,
+    ) {
         let voice = self.voices.entry(id).or_default();
         if voice.target != target {
             voice.target = target;
@@ -188,11 +193,7 @@ impl Audibility {
 
     /// Whether any rule beyond "everyone hears the room" is in effect.
     fn rules_in_effect(&self) -> bool {
-        !self.volumes.is_empty()
-            || self
-                .voices
-                .values()
-                .any(|v| v.target != TalkTarget::Room)
+        !self.volumes.is_empty() || self.voices.values().any(|v| v.target != TalkTarget::Room)
     }
 
     /// Recompute every listener's set if due at `now`; push the listeners whose set changed onto
@@ -289,7 +290,11 @@ impl Audibility {
             };
             out.push(Heard {
                 speaker,
-                position: self.space.as_ref().and_then(|s| s.position(speaker)).copied(),
+                position: self
+                    .space
+                    .as_ref()
+                    .and_then(|s| s.position(speaker))
+                    .copied(),
                 hearing: Hearing {
                     gain: hearing.gain * scale,
                     ..hearing
@@ -331,7 +336,11 @@ impl Audibility {
             }
             None => {
                 for &s in speakers {
-                    if self.voices.get(&s).is_none_or(|v| v.target == TalkTarget::Room) {
+                    if self
+                        .voices
+                        .get(&s)
+                        .is_none_or(|v| v.target == TalkTarget::Room)
+                    {
                         push(s, full(s));
                     }
                 }

@@ -2,6 +2,12 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// Any instant: the tests only compare instants they make from it.
+#[allow(clippy::disallowed_methods)]
+fn t0() -> Instant {
+    Instant::now()
+}
+
 fn p(id: u64) -> ParticipantId {
     ParticipantId(id)
 }
@@ -27,7 +33,7 @@ fn set(a: &Audibility, listener: u64) -> Vec<u64> {
 
 #[test]
 fn a_flat_room_is_open_until_a_rule_applies() {
-    let now = Instant::now();
+    let now = t0();
     let mut a = Audibility::new(None);
     refresh(&mut a, now, &[1, 2, 3, 4]);
     assert!(a.is_open());
@@ -61,7 +67,10 @@ fn a_flat_room_is_open_until_a_rule_applies() {
     let g = a.heard(p(2), p(4)).expect("heard").gain;
     assert!((20.0 * g.log10() + 10.0).abs() < 1e-3, "{g}");
     assert!(!a.hears_public_mix(p(2), &[p(4)]));
-    assert!(a.hears_public_mix(p(1), &[p(3), p(4)]), "3 talks to its team only");
+    assert!(
+        a.hears_public_mix(p(1), &[p(3), p(4)]),
+        "3 talks to its team only"
+    );
 
     // Everything back: open again, everyone told.
     for id in [1, 3] {
@@ -76,7 +85,7 @@ fn a_flat_room_is_open_until_a_rule_applies() {
 
 #[test]
 fn a_spatial_room_adds_team_shout_and_whisper_to_range() {
-    let now = Instant::now();
+    let now = t0();
     let settings = SpatialSettings {
         audible_distance: 10.0,
         conversational_distance: 1.0,
@@ -117,5 +126,8 @@ fn a_spatial_room_adds_team_shout_and_whisper_to_range() {
     refresh(&mut a, later, &[1, 2, 3, 4, 5]);
     assert_eq!(set(&a, 5), vec![2]);
     assert_eq!(set(&a, 3), vec![1, 4]);
-    assert!(!a.hears(p(2), p(1)), "1 talks to its team; 2 is next to it but not in it");
+    assert!(
+        !a.hears(p(2), p(1)),
+        "1 talks to its team; 2 is next to it but not in it"
+    );
 }

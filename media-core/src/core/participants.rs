@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{CoreError, CoreEvent, JoinParams, MediaCore, Participant};
+use crate::audibility::Audibility;
 use crate::core::offer::check_offer;
 use crate::core::peer::{Peer, PeerParams};
 use crate::core::room::{Room, RoomKind};
@@ -12,7 +13,6 @@ use crate::ids::{ParticipantId, RoomId};
 use crate::mixer::Mixer;
 use crate::sfu::rewrite::SlotRewriter;
 use crate::sfu::slots::SlotSelector;
-use crate::audibility::Audibility;
 use crate::speakers::dominant::{DominantConfig, DominantSpeaker};
 use vocab::{RoomMode, RoomSettings};
 

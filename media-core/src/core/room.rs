@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
+use crate::audibility::Audibility;
 use crate::ids::{ParticipantId, RoomId};
 use crate::mixer::Mixer;
 use crate::sfu::slots::SlotSelector;
-use crate::audibility::Audibility;
 use crate::speakers::dominant::DominantSpeaker;
 use vocab::RoomSettings;
 

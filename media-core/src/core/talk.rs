@@ -22,7 +22,12 @@ impl MediaCore {
     }
 
     /// The shout role: heard by the whole room, whatever the distance, team or `max_audible`.
-    pub fn set_shout(&mut self, now: Instant, id: ParticipantId, shout: bool) -> Result<(), CoreError> {
+    pub fn set_shout(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        shout: bool,
+    ) -> Result<(), CoreError> {
         self.with_audibility(now, id, |a| a.set_shout(now, id, shout))
     }
 

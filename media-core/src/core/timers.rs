@@ -191,7 +191,10 @@ pub(super) fn refresh_audibility(
         .filter(|id| room.selector.is_eligible(*id))
         .collect();
     let mut changed = Vec::new();
-    if !room.audibility.refresh(now, &listeners, &speakers, &mut changed) {
+    if !room
+        .audibility
+        .refresh(now, &listeners, &speakers, &mut changed)
+    {
         return false;
     }
     send_speakers(room, &changed, events);
@@ -215,6 +218,9 @@ pub(super) fn refresh_audibility(
     true
 }
 
+/// Speaking participants with their levels, loudest first.
+type Speaking = Vec<(ParticipantId, f32)>;
+
 /// The room's speaking participants as each of `listeners` may know them — itself and those it hears
 /// (see [`crate::audibility`]) — to each whose list differs from the last it was sent; listeners with
 /// equal lists share one event.
@@ -224,9 +230,10 @@ pub(super) fn send_speakers(
     events: &mut VecDeque<CoreEvent>,
 ) {
     let all = room.selector.reported();
-    let mut groups: Vec<(Vec<(ParticipantId, f32)>, Vec<ParticipantId>)> = Vec::new();
+    // (the speakers as told, the listeners told so)
+    let mut groups: Vec<(Speaking, Vec<ParticipantId>)> = Vec::new();
     for &listener in listeners {
-        let scoped: Vec<(ParticipantId, f32)> = all
+        let scoped: Speaking = all
             .iter()
             .filter(|(s, _)| room.audibility.hears(listener, *s))
             .copied()

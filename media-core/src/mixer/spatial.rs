@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use super::output::OutEncoder;
 use super::{Feed, MixPacket, Mixer};
-use crate::audio::FRAME_SAMPLES;
 use crate::audibility::Audibility;
+use crate::audio::FRAME_SAMPLES;
 use crate::speakers::csrc_levels::Contributors;
 use crate::stats::MixStats;
 

@@ -10,8 +10,8 @@ use super::{
     Feed, MixPacket, MixTap, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS,
     PERSONAL_HANGOVER_TICKS, PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL, SILENT_LEVEL,
 };
-use crate::audio::{FRAME_DURATION, FRAME_SAMPLES};
 use crate::audibility::Audibility;
+use crate::audio::{FRAME_DURATION, FRAME_SAMPLES};
 use crate::ids::ParticipantId;
 use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::stats::{MixStats, Samples};
@@ -170,14 +170,21 @@ impl Mixer {
         let policy = audibility.filter(|a| !a.is_open());
         let talker_ids: Vec<ParticipantId> =
             self.talkers.iter().map(|&i| self.members[i].id).collect();
-        let public_talkers = self.talkers.iter().filter(|&&i| self.members[i].public).count();
+        let public_talkers = self
+            .talkers
+            .iter()
+            .filter(|&&i| self.members[i].public)
+            .count();
         let mix_quiet = crate::audio::audio_level_from_samples(&self.mix) >= QUIET_SWITCH_LEVEL;
         for m in &mut self.members {
             let in_mix = m.talking && m.public;
-            m.custom = m.subscribes
-                && policy.is_some_and(|a| !a.hears_public_mix(m.id, &talker_ids));
+            m.custom =
+                m.subscribes && policy.is_some_and(|a| !a.hears_public_mix(m.id, &talker_ids));
             m.heard_talkers = match policy.filter(|_| m.custom) {
-                Some(a) => talker_ids.iter().filter(|&&t| a.heard(m.id, t).is_some()).count(),
+                Some(a) => talker_ids
+                    .iter()
+                    .filter(|&&t| a.heard(m.id, t).is_some())
+                    .count(),
                 None => public_talkers - usize::from(in_mix),
             };
             if in_mix || m.custom {

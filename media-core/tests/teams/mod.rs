@@ -50,8 +50,7 @@ fn ruler(a: (f64, f64), b: (f64, f64)) -> f64 {
 
 /// Who `listener` hears, by the rules, with the positions `at` and the push-to-talk key.
 fn expected(at: &[(f64, f64)], listener: usize, key_down: bool) -> HashSet<usize> {
-    let publishes =
-        |t: usize| t < TALKERS && !LISTEN_ONLY.contains(&t) && (t != PTT || key_down);
+    let publishes = |t: usize| t < TALKERS && !LISTEN_ONLY.contains(&t) && (t != PTT || key_down);
     let to_room = |t: usize| t != WHISPERER && t != TEAM_TALKER;
     let mut near: Vec<(f64, usize)> = (0..TALKERS)
         .filter(|&t| t != listener && publishes(t) && to_room(t))
@@ -76,6 +75,9 @@ fn expected(at: &[(f64, f64)], listener: usize, key_down: bool) -> HashSet<usize
     }
     heard
 }
+
+/// When a step's state was set, the positions, and whether the push-to-talk key was down.
+type Step = (Instant, Vec<(f64, f64)>, bool);
 
 fn place(sim: &mut Sim, at: &[(f64, f64)]) {
     let now = sim.now;
@@ -113,13 +115,7 @@ fn each_listener_hears_exactly_its_range_team_whispers_and_shouts() {
             }
         })
         .collect();
-    let mut sim = Sim::with_listeners(
-        13,
-        LinkConfig::with_delay(5.0),
-        room,
-        &voices,
-        &LISTEN_ONLY,
-    );
+    let mut sim = Sim::with_listeners(13, LinkConfig::with_delay(5.0), room, &voices, &LISTEN_ONLY);
     sim.connect();
     let ids: Vec<ParticipantId> = sim.clients.iter().map(|c| c.id).collect();
     let index_of: HashMap<ParticipantId, usize> =
@@ -137,7 +133,9 @@ fn each_listener_hears_exactly_its_range_team_whispers_and_shouts() {
             .set_team(now, who, Some(teams[team(i)].clone()))
             .expect("present");
     }
-    sim.core.set_shout(now, ids[SHOUTER], true).expect("present");
+    sim.core
+        .set_shout(now, ids[SHOUTER], true)
+        .expect("present");
     let whispered = WHISPERED.iter().map(|&i| ids[i]).collect();
     sim.core
         .set_talk_target(now, ids[WHISPERER], TalkTarget::Whisper(whispered))
@@ -154,8 +152,8 @@ fn each_listener_hears_exactly_its_range_team_whispers_and_shouts() {
     let dropped_before = sim.core.stats().dropped(DropReason::NotPublishing);
 
     let step_len = Duration::from_millis(140);
-    // (when the step's state was set, positions, key down) for the packet check.
-    let mut steps: Vec<(Instant, Vec<(f64, f64)>, bool)> = Vec::new();
+    // Each step's state, for the packet check.
+    let mut steps: Vec<Step> = Vec::new();
     let mut checked = 0;
     for step in 0..50 {
         let t = step as f64 * step_len.as_secs_f64();

@@ -380,6 +380,8 @@ mod tests {
                     token: "tok".into(),
                     room: Some("lobby".into()),
                     name: Some("Ada".into()),
+                    team: None,
+                    listen_only: false,
                 }),
                 ClientMessage::Offer(Offer {
                     sdp: "v=0 offer".into()

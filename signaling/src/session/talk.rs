@@ -56,7 +56,10 @@ impl TalkState {
 }
 
 /// The team a joining participant gets: the token's claim decides; without one, the join may pick.
-pub(super) fn team_for(claim: Option<TeamId>, asked: Option<TeamId>) -> Result<Option<TeamId>, String> {
+pub(super) fn team_for(
+    claim: Option<TeamId>,
+    asked: Option<TeamId>,
+) -> Result<Option<TeamId>, String> {
     match (claim, asked) {
         (Some(claim), Some(asked)) if claim != asked => Err(format!(
             "the access token assigns team {claim}; join.team may not differ"
@@ -75,8 +78,9 @@ async fn rate_limit<T: Sink<WsFrame> + Unpin>(
         return None;
     }
     wire.ctx.metrics().limit_hit(SessionLimit::TalkFlood);
-    let message =
-        format!("talk and volume are limited to {TALK_BURST} at once and {TALK_PER_SEC} per second");
+    let message = format!(
+        "talk and volume are limited to {TALK_BURST} at once and {TALK_PER_SEC} per second"
+    );
     Some(wire.reject(ErrorCode::RateLimited, message).await)
 }
 

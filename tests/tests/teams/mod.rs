@@ -30,12 +30,21 @@ async fn real_udp_team_talk_reaches_the_team_and_a_whisper_its_target_only() -> 
     assert!(heard_of(&bob, &ada) > half / 2 && heard_of(&carl, &ada) > half / 2);
 
     // Team talk: bob keeps hearing ada, carl stops.
-    ada.signal.send(json!({"type": "talk", "target": "team"})).await?;
+    ada.signal
+        .send(json!({"type": "talk", "target": "team"}))
+        .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (bob_mark, carl_mark) = (heard_of(&bob, &ada), heard_of(&carl, &ada));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(heard_of(&bob, &ada) > bob_mark + half, "bob, of ada's team, stopped hearing her");
-    assert_eq!(heard_of(&carl, &ada), carl_mark, "carl, of another team, hears ada's team talk");
+    assert!(
+        heard_of(&bob, &ada) > bob_mark + half,
+        "bob, of ada's team, stopped hearing her"
+    );
+    assert_eq!(
+        heard_of(&carl, &ada),
+        carl_mark,
+        "carl, of another team, hears ada's team talk"
+    );
 
     // A whisper to someone of another room: a typed error, the team talk goes on.
     ada.signal
@@ -50,8 +59,15 @@ async fn real_udp_team_talk_reaches_the_team_and_a_whisper_its_target_only() -> 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (bob_mark, carl_mark) = (heard_of(&bob, &ada), heard_of(&carl, &ada));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(heard_of(&carl, &ada) > carl_mark + half, "carl does not hear the whisper");
-    assert_eq!(heard_of(&bob, &ada), bob_mark, "bob hears a whisper to carl");
+    assert!(
+        heard_of(&carl, &ada) > carl_mark + half,
+        "carl does not hear the whisper"
+    );
+    assert_eq!(
+        heard_of(&bob, &ada),
+        bob_mark,
+        "bob hears a whisper to carl"
+    );
     assert_eq!(heard_of(&eve, &ada), 0, "another room hears ada");
     for p in [ada, bob, carl, eve] {
         p.client.stop().await?;

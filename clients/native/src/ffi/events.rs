@@ -22,7 +22,6 @@ pub(super) fn empty_event() -> ChorusEvent {
         server_muted: false,
         deafened: false,
         ptt: false,
-        team: None,
     }
 }
 

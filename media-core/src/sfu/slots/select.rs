@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use super::{Candidate, Held, SlotSelector, MAX_SLOTS};
-use crate::ids::ParticipantId;
 use crate::audibility::Audibility;
+use crate::ids::ParticipantId;
 
 impl SlotSelector {
     /// Recomputes the assignment if due (see [`next_update`](Self::next_update)); returns whether it ran.

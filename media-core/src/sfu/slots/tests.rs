@@ -636,21 +636,22 @@ fn spatial_slots_rank_by_level_as_heard() {
             .expect("valid");
     }
     let ids: Vec<_> = (1..=4).map(p).collect();
-    let tick = |sel: &mut SlotSelector, space: &mut Audibility, now: Instant, levels: &[(u64, u8)]| {
-        for &(id, level) in levels {
-            sel.on_audio(now, p(id), level, None);
-        }
-        let speakers: Vec<_> = ids
-            .iter()
-            .copied()
-            .filter(|i| sel.is_eligible(*i))
-            .collect();
-        if space.refresh(now, &ids, &speakers, &mut Vec::new()) {
-            sel.audibility_changed();
-        }
-        sel.update_in(now, Some(&*space));
-        sel.drain_changes().for_each(drop);
-    };
+    let tick =
+        |sel: &mut SlotSelector, space: &mut Audibility, now: Instant, levels: &[(u64, u8)]| {
+            for &(id, level) in levels {
+                sel.on_audio(now, p(id), level, None);
+            }
+            let speakers: Vec<_> = ids
+                .iter()
+                .copied()
+                .filter(|i| sel.is_eligible(*i))
+                .collect();
+            if space.refresh(now, &ids, &speakers, &mut Vec::new()) {
+                sel.audibility_changed();
+            }
+            sel.update_in(now, Some(&*space));
+            sel.drain_changes().for_each(drop);
+        };
     // Equally loud: the nearer one.
     let mut now = t;
     for _ in 0..50 {

@@ -21,7 +21,10 @@ async fn the_token_team_wins_and_join_may_pick_one_without_it() {
         .join_with(json!({"type": "join", "protocol": 1,
             "token": team_token("lobby", "ada", Some("red"), false), "team": "red"}))
         .await;
-    assert_eq!(joined.participant.team.as_ref().map(TeamId::as_str), Some("red"));
+    assert_eq!(
+        joined.participant.team.as_ref().map(TeamId::as_str),
+        Some("red")
+    );
     let mut spy = Client::open(&ctx);
     spy.json(json!({"type": "join", "protocol": 1,
         "token": team_token("lobby", "spy", Some("red"), false), "team": "blue"}));
@@ -29,21 +32,31 @@ async fn the_token_team_wins_and_join_may_pick_one_without_it() {
     // Without a claim the join picks; everyone sees it.
     let mut bob = Client::open(&ctx);
     let joined = bob
-        .join_with(json!({"type": "join", "protocol": 1, "token": token("lobby", "bob"),
-            "team": "blue"}))
+        .join_with(
+            json!({"type": "join", "protocol": 1, "token": token("lobby", "bob"),
+            "team": "blue"}),
+        )
         .await;
-    assert_eq!(joined.participant.team.as_ref().map(TeamId::as_str), Some("blue"));
+    assert_eq!(
+        joined.participant.team.as_ref().map(TeamId::as_str),
+        Some("blue")
+    );
     match ada.message().await {
         ServerMessage::ParticipantJoined(p) => {
-            assert_eq!(p.participant.team.as_ref().map(TeamId::as_str), Some("blue"))
+            assert_eq!(
+                p.participant.team.as_ref().map(TeamId::as_str),
+                Some("blue")
+            )
         }
         other => panic!("expected participant_joined, got {other:?}"),
     }
     // A listen-only join never publishes: as `can_publish: false`, so it cannot even mute.
     let mut carl = Client::open(&ctx);
     let joined = carl
-        .join_with(json!({"type": "join", "protocol": 1, "token": token("lobby", "carl"),
-            "listen_only": true}))
+        .join_with(
+            json!({"type": "join", "protocol": 1, "token": token("lobby", "carl"),
+            "listen_only": true}),
+        )
         .await;
     assert!(!joined.participant.can_publish);
     assert!(joined.participant.can_subscribe);
@@ -66,7 +79,11 @@ async fn talk_targets_are_checked_and_reach_the_worker() {
     let bob_id = id_of(&bob_sid);
     ada.message().await; // participant_joined
     let mut other_room = Client::open(&ctx);
-    let stranger = other_room.join(&token("elsewhere", "eve")).await.participant.sid;
+    let stranger = other_room
+        .join(&token("elsewhere", "eve"))
+        .await
+        .participant
+        .sid;
 
     // Before the offer: kept, and sent to the worker after the answer.
     ada.json(json!({"type": "talk", "target": "whisper", "to": [bob_sid]}));
@@ -185,6 +202,10 @@ async fn volumes_are_checked_and_a_flood_is_refused() {
         assert!(matches!(seen, Seen::Volume { .. }), "{seen:?}");
         volumes += 1;
     }
-    assert_eq!(volumes + refused, 60 - 1, "one repeat of -20 changes nothing");
+    assert_eq!(
+        volumes + refused,
+        60 - 1,
+        "one repeat of -20 changes nothing"
+    );
     bob.ping(4).await;
 }

@@ -39,6 +39,10 @@ command -v nft >/dev/null || need_apt+=(nftables)
 # it too) ---
 command -v turnserver >/dev/null || need_apt+=(coturn)
 # --- end TURN test ---
+# --- cluster tests (tests/tests/cluster): a real redis-server, started by each test on a free loopback port
+# (no persistence) and stopped by PID; the package's own service is not used ---
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+# --- end cluster tests ---
 # --- deploy checks: systemd-analyze verify on the unit ---
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # --- end deploy checks ---

@@ -40,6 +40,8 @@ const MEDIA_PATH_CHECK_MS = 1000;
  */
 const MEDIA_PATH_DEAD_MS = 5000;
 const MEDIA_PATH_UNANSWERED_CHECKS = 3;
+/** The most `redirect`s in a row a join follows (a cluster's nodes point to the room's owner). */
+const MAX_REDIRECTS = 3;
 /** How long the SDK keeps trying to rejoin a lost session by default. */
 const RECONNECT_WINDOW_MS = 60000;
 /**
@@ -62,9 +64,9 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @typedef {'bad_json' | 'unknown_type' | 'bad_message' | 'binary_frame' | 'frame_too_large'
  *   | 'unsupported_protocol' | 'invalid_token' | 'token_expired' | 'room_mismatch' | 'not_joined'
  *   | 'already_joined' | 'forbidden' | 'room_full' | 'room_closed' | 'banned' | 'draining' | 'bad_sdp'
- *   | 'bad_room_settings' | 'room_settings_conflict' | 'bad_position' | 'media_unavailable' | 'resume_failed'
- *   | 'rate_limited' | 'server_muted' | 'participant_not_found' | 'bad_target'
- *   | 'internal'} ServerErrorCode
+ *   | 'bad_room_settings' | 'room_settings_conflict' | 'bad_position' | 'media_unavailable'
+ *   | 'cluster_unavailable' | 'resume_failed' | 'rate_limited' | 'server_muted' | 'participant_not_found'
+ *   | 'bad_target' | 'internal'} ServerErrorCode
  */
 // </error-codes>
 
@@ -375,6 +377,14 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  */
 
 /**
+ * Server → client `redirect`: the room lives on another node of the cluster; join there with the same token.
+ * @typedef {object} RedirectMessage
+ * @property {'redirect'} type
+ * @property {string} url       the owner's signaling URL (`ws://…` or `wss://…`)
+ * @property {string} room
+ */
+
+/**
  * Server → client `error`; fatal codes ({@link FATAL_CODES}) are followed by the server closing the socket.
  * @typedef {object} ErrorMessage
  * @property {'error'} type
@@ -387,7 +397,7 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @typedef {JoinedMessage | ResumedMessage | AnswerMessage | ParticipantJoinedMessage | ParticipantLeftMessage
  *   | ParticipantMutedMessage | ParticipantUpdatedMessage | MovedMessage | MediaStateMessage | SpeakersMessage
  *   | DominantSpeakerMessage | SlotsMessage | PositionsMessage | PongMessage | LeftMessage | DrainingMessage
- *   | ErrorMessage} ServerMessage
+ *   | RedirectMessage | ErrorMessage} ServerMessage
  */
 
 // ---------------------------------------------------------------------------------------------
@@ -469,6 +479,7 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * - `connection_failed`  the media connection never came up: ICE failed (no candidate pair worked), or the
  *                        server gave up waiting for this browser's media; also a WebSocket that could not open
  * - `connection_lost`    the media connection came up, then failed for good
+ * - `redirect_loop`      a cluster's nodes redirected the join more than 3 times in a row
  * - `timeout`, `closed`, `no_microphone`, `forbidden`, `not_connected`, `protocol`
  * `message` is meant for people (e.g. "could not reach the media server at 192.0.2.7 UDP port 7882: ICE
  * failed (no candidate pair worked); a firewall may block UDP port 7882").
@@ -499,7 +510,8 @@ export class ChorusError extends Error {
 const FATAL_CODES = new Set(/** @type {ServerErrorCode[]} */ ([
   // <fatal-codes>
   'frame_too_large', 'unsupported_protocol', 'invalid_token', 'token_expired', 'room_mismatch',
-  'room_full', 'room_closed', 'banned', 'draining', 'media_unavailable', 'internal',
+  'room_full', 'room_closed', 'banned', 'draining', 'media_unavailable', 'cluster_unavailable',
+  'internal',
   // </fatal-codes>
 ]));
 
@@ -650,6 +662,15 @@ export class Room extends EventTarget {
     /** @private */ this._token = token;
     /** @private */ this._options = options;
     /** @type {WebSocket|null} @private */ this._ws = null;
+    /**
+     * @private @type {string|null} the node that holds this session, when a cluster redirected the join
+     * elsewhere than `url` (a resume goes there; a fresh join goes through `url` again)
+     */
+    this._serverUrl = null;
+    /** @private @type {string|null} where the next socket opens: a `redirect`'s target */
+    this._redirectUrl = null;
+    /** @private `redirect`s followed since the last join */ this._redirects = 0;
+    /** @private the URL of the current socket */ this._socketUrl = url;
     /** @type {RTCPeerConnection|null} */ this.pc = null;
     /** @type {RTCRtpTransceiver|null} the microphone transceiver (first m-line) */
     this.micTransceiver = null;
@@ -1038,10 +1059,16 @@ export class Room extends EventTarget {
       this.micTrack = opts.audioTrack;
     }
     const WS = opts.WebSocket || WebSocket;
-    const ws = new WS(this._url);
+    const resuming = !!(this._reconnect && this._reconnect.resume && this._resumeToken);
+    const url = this._redirectUrl || (resuming && this._serverUrl) || this._url;
+    this._redirectUrl = null;
+    const ws = new WS(url);
     this._ws = ws;
+    this._socketUrl = url;
     const socket = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       const r = this._reconnect;
       if (r && r.resume && this._resumeToken) {
         /** @type {ResumeMessage} */
@@ -1068,13 +1095,19 @@ export class Room extends EventTarget {
         ? e : new ChorusError('connection_failed', String(e && e.message || e))));
     };
     ws.onerror = () => {
-      if (this._pending) this._fail(new ChorusError('connection_failed', `WebSocket error on ${this._url}`));
+      if (this._pending) this._fail(new ChorusError('connection_failed', `WebSocket error on ${url}`));
     };
     ws.onclose = (ev) => {
       // Behind the queued messages, so that an `error` sent just before the close is reported first.
       this._queue = this._queue.then(() => {
         if (this._closed || this._ws !== socket) return;
         const why = `WebSocket closed (code ${ev.code}${ev.reason ? ', ' + ev.reason : ''})`;
+        if (!opened && resuming && url !== this._url) {
+          // The node a cluster redirected us to is unreachable (it died): its session is gone with it, so
+          // the next attempt joins afresh through the entry URL, which finds where the room lives now.
+          this._resumeToken = null;
+          this._serverUrl = null;
+        }
         if (!this._failed && this._reconnect) {
           this._scheduleReconnect(why); // this attempt did not get through: the next one
           return;
@@ -1142,6 +1175,7 @@ export class Room extends EventTarget {
       case 'left':
         if (this._onLeft) this._onLeft();
         return undefined;
+      case 'redirect': return this._onRedirect(msg);
       case 'error': return this._onError(msg);
       default:
         // A newer server may add message types; ignore them.
@@ -1154,6 +1188,8 @@ export class Room extends EventTarget {
    * @param {JoinedMessage} msg
    */
   async _onJoined(msg) {
+    this._serverUrl = this._socketUrl === this._url ? null : this._socketUrl;
+    this._redirects = 0;
     this._resumeToken = typeof msg.resume_token === 'string' ? msg.resume_token : null;
     this._resumeWindowMs = Number(msg.resume_window_ms) || 0;
     if (this._reconnect) this._reconnect.how = 'rejoined';
@@ -1502,6 +1538,28 @@ export class Room extends EventTarget {
     this._emit('slots', { slots: this.slots });
   }
 
+  /**
+   * The answer to `join` on a node of a cluster that does not host the room: join at the owner's URL with
+   * the same token, on a new socket (the server closes this one).
+   * @private
+   * @param {RedirectMessage} msg
+   */
+  _onRedirect(msg) {
+    const url = typeof msg.url === 'string' ? msg.url : '';
+    this._redirects += 1;
+    if (!/^wss?:\/\//.test(url) || this._redirects > MAX_REDIRECTS) {
+      const message = `the cluster redirected the join ${this._redirects} times (last to ${url || 'no URL'})`;
+      this._redirects = 0;
+      if (this._reconnect) this._scheduleReconnect(message);
+      else this._fail(new ChorusError('redirect_loop', message, true));
+      return;
+    }
+    this._redirectUrl = url;
+    this._closeSocket();
+    this._openSocket().catch((e) => this._fail(e instanceof ChorusError ? e
+      : new ChorusError('connection_failed', String(e && e.message || e))));
+  }
+
   /** @private @param {PongMessage} msg */
   _onPong(msg) {
     const sent = this._pingSent.get(msg.id);
@@ -1844,10 +1902,18 @@ export class Room extends EventTarget {
     const r = this._reconnect;
     if (r && r.attemptTimer) clearTimeout(r.attemptTimer);
     if (r) r.attemptTimer = null;
-    if (this._pingTimer) clearInterval(this._pingTimer);
-    this._pingTimer = null;
     if (this._iceRestartTimer) clearTimeout(this._iceRestartTimer);
     this._iceRestartTimer = null;
+    this._closeSocket();
+  }
+
+  /**
+   * Close the current socket without handling its close (and stop its pings).
+   * @private
+   */
+  _closeSocket() {
+    if (this._pingTimer) clearInterval(this._pingTimer);
+    this._pingTimer = null;
     if (this._ws) {
       const ws = this._ws;
       this._ws = null;

@@ -38,7 +38,10 @@ impl From<ClientError> for SignalError {
                 code: e.code.as_str().to_owned(),
                 message: e.message,
             },
-            e @ ClientError::Decode { .. } => SignalError::Unexpected(e.to_string()),
+            // The load tester drives one node: a cluster's redirect is not followed.
+            e @ (ClientError::Decode { .. }
+            | ClientError::Redirected(_)
+            | ClientError::RedirectLoop(..)) => SignalError::Unexpected(e.to_string()),
         }
     }
 }

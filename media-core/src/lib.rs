@@ -36,11 +36,11 @@ pub use crate::speakers::{csrc_levels, dominant, levels};
 pub use crate::testkit::sim;
 
 pub use crate::core::{
-    BroadcastFrame, CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, Output,
+    BroadcastFrame, CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, MicPacket, Output,
 };
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples};
 pub use vocab::{
     FadeModel, MixSettings, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
-    SpatialError, SpatialSettings, TalkTarget, TeamId, Volume,
+    SourcePacket, SpatialError, SpatialSettings, TalkTarget, TeamId, Volume,
 };

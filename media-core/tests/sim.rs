@@ -386,6 +386,7 @@ fn leaving_frees_slots_and_a_newcomer_is_heard_by_all() {
 mod mix;
 mod ptt;
 mod security;
+mod source;
 mod speech;
 mod teams;
 
@@ -658,3 +659,44 @@ fn malformed_red_is_a_counted_drop() {
     sim.assert_hears_others(1, 0.8);
 }
 mod spatial;
+
+/// A tapped participant's microphone packets come out as received (a recording of its own stream): every
+/// 20 ms frame once, in order, its RTP timestamps and duration; nobody else's; nothing once untapped.
+#[test]
+fn a_tapped_participants_packets_come_out_as_received() {
+    let mut sim = Sim::new(
+        3,
+        LinkConfig::with_delay(5.0),
+        3,
+        &[(440.0, 0.3), (660.0, 0.3)],
+    );
+    sim.connect();
+    let a = sim.clients[0].id;
+    sim.core
+        .set_tapped_participants(std::collections::HashSet::from([a]));
+    sim.run_for(Duration::from_secs(1));
+    let tapped = std::mem::take(&mut sim.microphones);
+    assert!(
+        (45..=51).contains(&tapped.len()),
+        "{} packets in 1 s",
+        tapped.len()
+    );
+    for m in &tapped {
+        assert_eq!((m.participant, &m.room), (a, &sim.room));
+        assert_eq!(m.samples, Some(FRAME_SAMPLES as u32));
+        assert!(
+            m.level.is_some_and(|l| l < 30),
+            "a tone at 0.3: {:?}",
+            m.level
+        );
+    }
+    for pair in tapped.windows(2) {
+        assert_eq!(
+            pair[1].timestamp.wrapping_sub(pair[0].timestamp),
+            FRAME_SAMPLES as u32
+        );
+    }
+    sim.core.set_tapped_participants(Default::default());
+    sim.run_for(Duration::from_millis(200));
+    assert!(sim.microphones.is_empty());
+}

@@ -23,6 +23,7 @@ use vocab::MAX_SLOTS;
 
 use crate::broadcast::MountView;
 use crate::config::{MAX_EMPTY_TIMEOUT_SECS, MAX_ROOM_PARTICIPANTS};
+use crate::recording::RecordSettings;
 use crate::state::{begin_drain, AppState};
 
 /// A refused admin request: HTTP status, stable code, human message.
@@ -35,7 +36,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -43,7 +44,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
@@ -108,7 +109,7 @@ pub async fn method_not_allowed() -> ApiError {
 
 /// An optional field that, when present, must be a value (`null` is refused, as the schema says; leave
 /// the field out for the server's default). With `#[serde(default)]` for the absent case.
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -186,7 +187,7 @@ impl IntoResponse for ApiError {
 
 /// Every admin route (method, path), as docs/openapi.json documents them.
 #[cfg(test)]
-const ROUTES: [(&str, &str); 14] = [
+const ROUTES: [(&str, &str); 23] = [
     ("GET", "/admin/v1/rooms"),
     ("POST", "/admin/v1/rooms"),
     ("GET", "/admin/v1/rooms/{room}"),
@@ -201,6 +202,15 @@ const ROUTES: [(&str, &str); 14] = [
     ("GET", "/admin/v1/broadcasts"),
     ("GET", "/admin/v1/rooms/{room}/broadcast"),
     ("PUT", "/admin/v1/rooms/{room}/broadcast"),
+    ("GET", "/admin/v1/cluster/nodes"),
+    ("GET", "/admin/v1/recordings"),
+    ("GET", "/admin/v1/recordings/{id}"),
+    ("DELETE", "/admin/v1/recordings/{id}"),
+    ("GET", "/admin/v1/recordings/{id}/audio"),
+    ("GET", "/admin/v1/recordings/{id}/metadata"),
+    ("GET", "/admin/v1/rooms/{room}/recordings"),
+    ("POST", "/admin/v1/rooms/{room}/recordings"),
+    ("DELETE", "/admin/v1/rooms/{room}/recordings"),
 ];
 
 /// The admin routes, under `/admin/v1` (the same as [`ROUTES`]).
@@ -234,6 +244,11 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             "/admin/v1/rooms/{room}/broadcast",
             get(get_broadcast).put(set_broadcast),
         )
+        .route(
+            "/admin/v1/cluster/nodes",
+            get(crate::cluster::admin::list_nodes),
+        )
+        .merge(crate::recording::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(state, authorize))
 }
@@ -321,13 +336,17 @@ pub struct RoomView {
     /// Positional voice, in a spatial room.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spatial: Option<SpatialSettings>,
+    /// What the room records automatically (its `record` setting).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub participants: Option<Vec<ParticipantInfo>>,
 }
 
 impl RoomView {
-    fn new(room: RoomSnapshot, with_participants: bool) -> Self {
+    fn new(room: RoomSnapshot, with_participants: bool, record: Option<RecordSettings>) -> Self {
         RoomView {
+            record,
             mode: room.settings.mode,
             slots: room.settings.slots,
             max_participants: room.max_participants,
@@ -349,7 +368,10 @@ async fn list_rooms(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         .signaling
         .rooms()
         .into_iter()
-        .map(|r| RoomView::new(r, false))
+        .map(|r| {
+            let record = state.recordings.record_settings(&r.name);
+            RoomView::new(r, false, record)
+        })
         .collect();
     Json(serde_json::json!({ "rooms": rooms }))
 }
@@ -374,6 +396,9 @@ pub struct CreateRoom {
     /// server's `[room.spatial]`. Absent: the room is not spatial.
     #[serde(default, deserialize_with = "present_object")]
     pub spatial: Option<SpatialSettings>,
+    /// Recorded from its creation on (docs/broadcast.md, "Recording"). Absent: not recorded.
+    #[serde(default, deserialize_with = "present_object")]
+    pub record: Option<RecordSettings>,
 }
 
 /// Mixer settings of a new room; absent fields take the server's `[room.mix]`.
@@ -527,9 +552,16 @@ async fn create_room(
 ) -> Result<(StatusCode, Json<RoomView>), ApiError> {
     let Json(req) = body?;
     let name = req.name.clone();
+    let record = req.record;
+    if record.is_some() && !state.recordings.enabled() {
+        return Err(crate::recording::RecordError::Disabled.into());
+    }
     let spec = room_spec(req, &state.room_defaults)?;
     let room = state.signaling.create_room(&name, spec)?;
-    Ok((StatusCode::CREATED, Json(RoomView::new(room, true))))
+    if let Some(settings) = record {
+        state.recordings.record_room(&name, settings).await;
+    }
+    Ok((StatusCode::CREATED, Json(RoomView::new(room, true, record))))
 }
 
 async fn get_room(
@@ -540,7 +572,8 @@ async fn get_room(
         .signaling
         .room(&room)
         .ok_or(AdminError::RoomNotFound)?;
-    Ok(Json(RoomView::new(room, true)))
+    let record = state.recordings.record_settings(&room.name);
+    Ok(Json(RoomView::new(room, true, record)))
 }
 
 async fn delete_room(

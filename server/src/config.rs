@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 use signaling::media::{MixSettings, RoomMode, RoomSettings, SpatialSettings};
 use vocab::MAX_SLOTS;
 
+pub use crate::cluster::ClusterConfig;
+mod recording;
+pub use recording::RecordingConfig;
+
 /// The development API key used when no keys are configured and development mode is on.
 pub const DEV_API_KEY: &str = "devkey";
 /// The development API secret. Public knowledge: never use it on a reachable server.
@@ -46,6 +50,11 @@ pub struct Config {
     pub turn: signaling::TurnConfig,
     pub log: LogConfig,
     pub broadcast: BroadcastConfig,
+    /// Several nodes sharing rooms through Redis (absent: this node alone).
+    pub cluster: ClusterConfig,
+    pub recording: RecordingConfig,
+    /// Sources publishing into rooms: Icecast, RTP (docs/broadcast.md).
+    pub ingest: crate::ingest::IngestConfig,
 }
 
 /// Listener streams (docs/broadcast.md): a room's mix as Ogg/Opus over HTTP at `/live/{room}.opus`.
@@ -556,6 +565,18 @@ impl Config {
         if let Some(v) = get("CHORUS_LOG_JSON") {
             self.log.json = parse("CHORUS_LOG_JSON", &v)?;
         }
+        if let Some(v) = get("CHORUS_CLUSTER_REDIS_URL") {
+            self.cluster.redis_url = Some(v);
+        }
+        if let Some(v) = get("CHORUS_CLUSTER_NODE_ID") {
+            self.cluster.node_id = Some(v);
+        }
+        if let Some(v) = get("CHORUS_CLUSTER_PUBLIC_URL") {
+            self.cluster.public_url = Some(v);
+        }
+        if let Some(v) = get("CHORUS_CLUSTER_REGION") {
+            self.cluster.region = v;
+        }
         Ok(())
     }
 
@@ -606,6 +627,18 @@ impl Config {
         }
         self.webhooks.validate()?;
         self.broadcast.validate()?;
+        self.cluster.validate()?;
+        if self.cluster.enabled()
+            && self.cluster.public_url.is_none()
+            && (self.http.listen.ip().is_unspecified() || self.http.listen.port() == 0)
+        {
+            return invalid(
+                "cluster.public_url is required when http.listen is a wildcard address or port 0 \
+                 (other nodes redirect clients to it)",
+            );
+        }
+        self.recording.validate()?;
+        self.ingest.validate()?;
         self.turn
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -686,6 +719,9 @@ impl Config {
         if !c.turn.secret.is_empty() {
             c.turn.secret = REDACTED.to_owned();
         }
+        if let Some(url) = &mut c.cluster.redis_url {
+            *url = redact_userinfo(url);
+        }
         c
     }
 }
@@ -711,7 +747,8 @@ fn redact_userinfo(url: &str) -> String {
 pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_HTTP_MAX_CONNECTIONS_PER_IP, CHORUS_MEDIA_BIND_IP, CHORUS_MEDIA_PORT_START, \
 CHORUS_MEDIA_TCP_ENABLED, CHORUS_MEDIA_TCP_PORT_START, CHORUS_MEDIA_DEV_LAN_CANDIDATE, CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
-CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_TURN_URLS (comma-separated), CHORUS_TURN_SECRET, CHORUS_LOG, CHORUS_LOG_JSON";
+CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_TURN_URLS (comma-separated), CHORUS_TURN_SECRET, CHORUS_LOG, CHORUS_LOG_JSON, \
+CHORUS_CLUSTER_REDIS_URL, CHORUS_CLUSTER_NODE_ID, CHORUS_CLUSTER_PUBLIC_URL, CHORUS_CLUSTER_REGION";
 
 #[cfg(test)]
 mod tests;

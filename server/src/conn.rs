@@ -194,7 +194,15 @@ const REFUSED: &[u8] =
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `app` on `listener` (HTTP/1.1 with upgrades) under `limits`; runs until the task is dropped.
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, metrics: ServerMetrics) {
+/// With `sources`, a connection whose first bytes are an Icecast source request (`PUT`/`SOURCE /live/…`)
+/// is served by the ingest (its body is not HTTP-framed; `ingest/icecast.rs`), still holding its permit.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    metrics: ServerMetrics,
+    sources: Option<crate::ingest::icecast::Sources>,
+) {
     let tracker = Tracker::new(limits, metrics.http_connections.clone());
     let counted = metrics.http_connection_limits.clone();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -225,6 +233,38 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, metrics: 
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Some(sources) = &sources {
+            let (sources, app, http, counted) =
+                (sources.clone(), app.clone(), http.clone(), counted.clone());
+            tokio::spawn(async move {
+                match sources.take(stream, peer, limits.header_timeout).await {
+                    Some(stream) => serve_http(stream, peer, permit, app, http, counted).await,
+                    None => drop(permit),
+                }
+            });
+            continue;
+        }
+        tokio::spawn(serve_http(
+            stream,
+            peer,
+            permit,
+            app.clone(),
+            http.clone(),
+            counted.clone(),
+        ));
+    }
+}
+
+/// One HTTP connection, until it ends.
+async fn serve_http(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    permit: Permit,
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    counted: IntCounterVec,
+) {
+    {
         // The connection's control rides on each of its requests: a listener stream that must be dropped
         // (its client stopped reading) closes the connection even while it waits on a full socket.
         let control = ConnectionControl::default();
@@ -244,8 +284,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, metrics: 
         let connection = http
             .serve_connection(io, TowerToHyperService::new(service))
             .with_upgrades();
-        let counted = counted.clone();
-        tokio::spawn(async move {
+        {
             let result = tokio::select! {
                 result = connection => result,
                 () = control.killed() => {
@@ -261,7 +300,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, metrics: 
                     debug!(%peer, error = %e, "HTTP connection ended with an error");
                 }
             }
-        });
+        }
     }
 }
 

@@ -9,11 +9,14 @@
 
 mod admin;
 mod broadcast;
+mod cluster;
 pub mod config;
 mod conn;
 mod http;
+mod ingest;
 mod metrics;
 mod placement;
+mod recording;
 mod shutdown;
 mod state;
 mod tcp;
@@ -53,6 +56,8 @@ pub struct Server {
     tcp_addrs: Vec<SocketAddr>,
     dev_udp_addrs: Vec<SocketAddr>,
     webhooks_in_flight: webhooks::InFlight,
+    /// The media workers' busy time, for the cluster's load figure.
+    worker_busy: prometheus::CounterVec,
 }
 
 impl Server {
@@ -62,10 +67,20 @@ impl Server {
         let registry = prometheus::Registry::new();
         let media_metrics = Arc::new(metrics::MediaMetrics::new(&registry)?);
         let server_metrics = ServerMetrics::new(&registry)?;
+        let recordings = recording::Recordings::new(
+            config.recording.clone(),
+            recording::RecordingMetrics::new(&registry)?,
+        )
+        .context("cannot start the recording writer thread")?;
         let broadcasts = broadcast::Broadcasts::new(
             config.broadcast.clone(),
             metrics::BroadcastMetrics::new(&registry)?,
+            recordings.recorded(),
         );
+        let ingest = Arc::new(ingest::Ingest::new(
+            config.ingest.clone(),
+            ingest::IngestMetrics::new(&registry)?,
+        ));
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -98,6 +113,7 @@ impl Server {
                 broadcast: worker::BroadcastSpec {
                     taps: broadcasts.taps(),
                     frames: broadcasts.frame_sink(),
+                    recorder: recordings.sink(),
                 },
             };
             let handle = worker::spawn(spec, media_metrics.clone()).with_context(|| {
@@ -138,6 +154,18 @@ impl Server {
             &registry,
         )?);
 
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+        let http_addr = listener.local_addr()?;
+        let cluster = if config.cluster.enabled() {
+            let cluster = cluster::Cluster::new(&config.cluster, http_addr, &registry)?;
+            signaling.set_locator(cluster.clone());
+            Some(cluster)
+        } else {
+            None
+        };
+
         let dev_key = config.auth.dev_mode_active().then(|| {
             (
                 config::DEV_API_KEY.to_owned(),
@@ -153,7 +181,13 @@ impl Server {
             grace: Duration::from_secs(config.shutdown.grace_period_secs),
             sessions: Sessions::default(),
             broadcasts,
+            cluster,
+            recordings,
+            ingest,
         });
+        // The recordings already on disk (a crashed one is marked interrupted), and retention, at start.
+        let loading = state.recordings.clone();
+        tokio::task::spawn_blocking(move || loading.load()).await?;
 
         let webhook_key = match &config.webhooks.api_key {
             Some(name) => config
@@ -175,10 +209,6 @@ impl Server {
             state.signaling.set_event_sink(events);
         }
 
-        let listener = TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
-        let http_addr = listener.local_addr()?;
         info!(addr = %http_addr, "signaling and HTTP listening");
         Ok(Server {
             config,
@@ -189,6 +219,7 @@ impl Server {
             tcp_addrs,
             dev_udp_addrs,
             webhooks_in_flight,
+            worker_busy: media_metrics.worker_busy.clone(),
         })
     }
 
@@ -276,6 +307,8 @@ impl Server {
             state,
             listener,
             webhooks_in_flight,
+            worker_busy,
+            media_addrs,
             ..
         } = self;
         if config.auth.dev_mode_active() {
@@ -301,6 +334,11 @@ impl Server {
             }
         });
         state.broadcasts.start(state.signaling.clone());
+        let heartbeat = state
+            .cluster
+            .as_ref()
+            .map(|c| c.spawn(state.signaling.clone(), worker_busy, media_addrs.len()));
+        state.recordings.start_tasks(state.signaling.clone());
         let app = app(state.clone(), config.broadcast.enabled);
         let fd_limit = conn::raise_fd_limit();
         let max_connections = conn::cap_for_fd_limit(config.http.max_connections, fd_limit);
@@ -325,13 +363,35 @@ impl Server {
         );
         // Open WebSockets would hold a graceful shutdown forever: the drain decides when to stop, then
         // the accept loop is stopped (the binary then drops the runtime, and every connection with it).
-        let mut server = tokio::spawn(conn::serve(listener, app, limits, state.metrics.clone()));
+        let sources = config
+            .ingest
+            .icecast
+            .then(|| ingest::icecast::Sources(state.clone()));
+        let mut server = tokio::spawn(conn::serve(
+            listener,
+            app,
+            limits,
+            state.metrics.clone(),
+            sources,
+        ));
         let result = tokio::select! {
             result = &mut server => result.map_err(anyhow::Error::from),
             () = shutdown::drain(&state, &webhooks_in_flight, &shutdown) => Ok(()),
         };
         server.abort();
         sweeping.abort();
+        if let (Some(heartbeat), Some(cluster)) = (heartbeat, &state.cluster) {
+            heartbeat.abort();
+            let leave = cluster.leave(&state.signaling);
+            if tokio::time::timeout(Duration::from_secs(2), leave)
+                .await
+                .is_err()
+            {
+                warn!("could not leave the cluster in time: the node's record expires on its own");
+            }
+        }
+        // Running recordings end with their last page written and their side file final.
+        state.recordings.shutdown().await;
         result
     }
 }

@@ -71,7 +71,7 @@ fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounte
     Ok(c)
 }
 
-fn counter_vec(
+pub(crate) fn counter_vec(
     r: &Registry,
     name: &str,
     help: &str,

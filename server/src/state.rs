@@ -25,6 +25,12 @@ pub struct AppState {
     pub sessions: Sessions,
     /// Listener streams: mounts, their listeners, the tap set the media workers follow.
     pub broadcasts: Arc<crate::broadcast::Broadcasts>,
+    /// This node's part in a cluster (`None`: a node alone).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Recordings: the index, the writer thread, retention.
+    pub recordings: Arc<crate::recording::Recordings>,
+    /// Sources publishing into rooms (Icecast, RTP).
+    pub ingest: Arc<crate::ingest::Ingest>,
 }
 
 /// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is

@@ -9,15 +9,17 @@ pub mod auth;
 pub mod client;
 mod config;
 pub mod events;
+pub mod locator;
 pub mod media;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod session;
+pub mod source;
 pub mod turn;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -28,6 +30,7 @@ pub use events::RoomEvent;
 pub use metrics::SignalingMetrics;
 pub use registry::{AdminError, RoomOrigin, RoomSnapshot, RoomSpec};
 pub use session::{run_session, WsFrame};
+pub use source::{SourceEnd, SourceMember, SourceRequest};
 pub use turn::TurnConfig;
 
 use media::{MediaCommand, MediaRouter};
@@ -59,6 +62,8 @@ pub struct Signaling {
     /// When the drain ends (set once, when it begins): sessions tell their clients.
     drain_deadline: watch::Sender<Option<Instant>>,
     closing: watch::Sender<bool>,
+    /// Where rooms live, on a node of a cluster (none: every room is local).
+    locator: OnceLock<Arc<dyn locator::RoomLocator>>,
 }
 
 impl std::fmt::Debug for Signaling {
@@ -98,6 +103,7 @@ impl Signaling {
             resumes: session::ResumeTable::default(),
             drain_deadline: watch::Sender::new(None),
             closing: watch::Sender::new(false),
+            locator: OnceLock::new(),
         })
     }
 
@@ -170,6 +176,27 @@ impl Signaling {
     /// and counts it. Only the first sink set is used; returns whether this one was.
     pub fn set_event_sink(&self, events: mpsc::Sender<RoomEvent>) -> bool {
         self.rooms.set_observer(events)
+    }
+
+    /// Makes this node part of a cluster: every `join` asks `locator` where its room lives (and is sent
+    /// `redirect` when another node owns it). Only the first locator set is used; returns whether this one
+    /// was.
+    pub fn set_locator(&self, locator: Arc<dyn locator::RoomLocator>) -> bool {
+        self.locator.set(locator).is_ok()
+    }
+
+    pub(crate) fn locator(&self) -> Option<&dyn locator::RoomLocator> {
+        self.locator.get().map(|l| l.as_ref())
+    }
+
+    /// Whether `room` exists on this node now.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.has_room(room)
+    }
+
+    /// The names of the rooms on this node.
+    pub fn room_names(&self) -> Vec<String> {
+        self.rooms.room_names()
     }
 
     /// Creates an empty room (admin API). Refused while draining.

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use vocab::{
     MixSettings, ParticipantId, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
-    SpatialSettings, TalkTarget, TeamId, Volume,
+    SourcePacket, SpatialSettings, TalkTarget, TeamId, Volume,
 };
 
 /// Why a command failed on the media side.
@@ -54,6 +54,17 @@ pub enum MediaCommand {
         offer_sdp: String,
         events: mpsc::Sender<MediaEvent>,
         reply: oneshot::Sender<Result<String, MediaError>>,
+    },
+    /// Add a server-side source participant (creating the room with `settings` if this worker does not
+    /// have it yet): its Opus packets arrive on `packets` instead of from a WebRTC peer, until the
+    /// sender is dropped or `Leave` comes. Replies once it is in the room.
+    ConnectSource {
+        room: String,
+        settings: RoomSettings,
+        participant: ParticipantId,
+        muted: bool,
+        packets: mpsc::Receiver<SourcePacket>,
+        reply: oneshot::Sender<Result<(), MediaError>>,
     },
     /// Answer the connected participant's ICE restart offer on its existing peer: same participant, room,
     /// slots; new ICE credentials (and the paths learned under the old ones forgotten).

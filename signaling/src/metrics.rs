@@ -111,9 +111,11 @@ impl SessionLimit {
 
 /// The `result` label of `chorus_joins_total` for a successful join.
 pub const JOIN_OK: &str = "ok";
+/// The `result` label of `chorus_joins_total` for a join answered with `redirect` (cluster).
+pub const JOIN_REDIRECT: &str = "redirect";
 
 /// The error codes a `join` can fail with (the other `result` values of `chorus_joins_total`).
-const JOIN_FAILURES: [ErrorCode; 10] = [
+const JOIN_FAILURES: [ErrorCode; 11] = [
     ErrorCode::AlreadyJoined,
     ErrorCode::UnsupportedProtocol,
     ErrorCode::InvalidToken,
@@ -123,6 +125,7 @@ const JOIN_FAILURES: [ErrorCode; 10] = [
     ErrorCode::RoomClosed,
     ErrorCode::Banned,
     ErrorCode::Draining,
+    ErrorCode::ClusterUnavailable,
     ErrorCode::Internal,
 ];
 
@@ -352,6 +355,7 @@ impl SignalingMetrics {
             errors.with_label_values(&[code.as_str()]);
         }
         joins.with_label_values(&[JOIN_OK]);
+        joins.with_label_values(&[JOIN_REDIRECT]);
         for code in JOIN_FAILURES {
             joins.with_label_values(&[code.as_str()]);
         }
@@ -529,6 +533,11 @@ impl SignalingMetrics {
     pub(crate) fn join_ok(&self, seconds: f64) {
         self.joins.with_label_values(&[JOIN_OK]).inc();
         self.join_duration.observe(seconds);
+    }
+
+    /// A join was answered with `redirect`: the room lives on another node.
+    pub(crate) fn join_redirected(&self) {
+        self.joins.with_label_values(&[JOIN_REDIRECT]).inc();
     }
 
     /// A join failed with `code`.

@@ -376,6 +376,15 @@ impl RoomRegistry {
         self.lock().len()
     }
 
+    pub fn has_room(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+
+    /// The rooms' names, unsorted.
+    pub fn room_names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     pub fn participant_count(&self) -> usize {
         self.lock().values().map(|room| room.members.len()).sum()
     }

@@ -206,6 +206,8 @@ enum Exit {
     Removed(LeftReason),
     /// A `resume` on another WebSocket took the session over.
     Resumed,
+    /// The room lives on another node of the cluster: the client was sent `redirect`.
+    Redirected,
 }
 
 impl Exit {
@@ -231,7 +233,7 @@ impl Exit {
             Exit::IdleTimeout => LeaveReason::IdleTimeout,
             Exit::OfferTimeout => LeaveReason::OfferTimeout,
             // Never joined: nothing to count as a leave.
-            Exit::JoinTimeout => LeaveReason::Error,
+            Exit::JoinTimeout | Exit::Redirected => LeaveReason::Error,
             Exit::MediaDisconnected => LeaveReason::MediaDisconnected,
             Exit::Fatal(_) => LeaveReason::Error,
             Exit::Shutdown => LeaveReason::Shutdown,
@@ -260,6 +262,7 @@ impl Exit {
             Exit::Removed(LeftReason::RoomDeleted) => Some((CLOSE_NORMAL, "room_deleted")),
             Exit::Removed(LeftReason::Replaced) => Some((CLOSE_NORMAL, "replaced")),
             Exit::Resumed => Some((CLOSE_NORMAL, "resumed")),
+            Exit::Redirected => Some((CLOSE_NORMAL, "redirect")),
             Exit::Closed | Exit::ReadFailed | Exit::WriteFailed => None,
         }
     }
@@ -348,13 +351,13 @@ struct Member {
 
 /// A participant's place in its room and on its media worker, released exactly once: by [`Membership::end`]
 /// on every normal exit, or on drop if the session future is dropped before that.
-struct Membership {
-    ctx: Arc<Signaling>,
-    room: String,
-    id: ParticipantId,
+pub(crate) struct Membership {
+    pub(crate) ctx: Arc<Signaling>,
+    pub(crate) room: String,
+    pub(crate) id: ParticipantId,
     /// The worker that received `Connect`, until it has been sent `Leave`.
-    worker: Option<mpsc::Sender<MediaCommand>>,
-    in_registry: bool,
+    pub(crate) worker: Option<mpsc::Sender<MediaCommand>>,
+    pub(crate) in_registry: bool,
 }
 
 /// What woke the session up.

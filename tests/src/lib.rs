@@ -74,7 +74,8 @@ pub fn chorus_bin() -> anyhow::Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!(e))
 }
 
-fn free_tcp_port() -> u16 {
+/// A TCP port on the loopback interface that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -365,6 +366,31 @@ impl Signal {
         Ok(Signal {
             client: Client::connect(url).await?,
         })
+    }
+
+    /// Join through `entry` (any node of a cluster) as the SDKs do, following `redirect`s to the node that
+    /// owns the room ([`Client::connect_and_join`]): the session, its `joined` as JSON, and the URL of the
+    /// node that admitted it.
+    pub async fn join_following(
+        entry: &str,
+        token: &str,
+        room: &str,
+    ) -> Result<(Signal, Value, String), ClientError> {
+        let session =
+            Client::connect_and_join(entry, token, Some(room), None, Duration::from_secs(5))
+                .await?;
+        let joined = ServerMessage::Joined(session.joined);
+        let joined = wire_json(&joined).map_err(|e| ClientError::Decode {
+            reason: e.to_string(),
+            text: format!("{joined:?}"),
+        })?;
+        Ok((
+            Signal {
+                client: session.client,
+            },
+            joined,
+            session.url,
+        ))
     }
 
     /// The typed client of this session.

@@ -8,11 +8,14 @@ use std::time::Duration;
 use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
 
 mod broadcast;
+mod cluster;
 mod faults;
+mod ingest;
 mod interop;
 mod ops;
 mod proxy;
 mod ptt;
+mod recording;
 mod resume;
 mod spatial;
 mod speech;

@@ -12,6 +12,16 @@ pub const FRAME_DURATION: Duration = Duration::from_millis(20);
 /// Samples (and RTP timestamp units) in one [`FRAME_DURATION`] frame at [`SAMPLE_RATE`].
 pub const FRAME_SAMPLES: usize = 960;
 
+/// One Opus packet of a server-side source participant (an Icecast source, an RTP socket, a playlist): what
+/// enters a room from the server process instead of a WebRTC peer. `timestamp` is in [`SAMPLE_RATE`] units
+/// (the RTP clock of Opus) on the source's own timeline; `seq` counts packets (a gap is a lost packet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourcePacket {
+    pub seq: u16,
+    pub timestamp: u32,
+    pub payload: std::sync::Arc<[u8]>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

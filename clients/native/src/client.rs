@@ -142,6 +142,7 @@ impl Client {
         let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
         let session = Session {
             url: url.to_owned(),
+            server_url: url.to_owned(),
             token: token.to_owned(),
             room: room.map(str::to_owned),
             config: self.config.clone(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use media_core::client::{ClientConfig, ClientPeer};
 use rtrb::Producer;
-use signaling::client::Client;
+use signaling::client::{Client, JoinedSession};
 use signaling::protocol::{ClientMessage, Moved, Offer, ParticipantInfo, ServerMessage};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -59,7 +59,10 @@ pub(crate) enum Command {
 }
 
 pub(crate) struct Session {
+    /// The entry URL the game gave: every join goes through it.
     pub url: String,
+    /// The node that admitted the current connection (the entry URL, or where a cluster redirected).
+    pub server_url: String,
     pub token: String,
     pub room: Option<String>,
     pub config: Config,
@@ -156,15 +159,21 @@ impl Session {
     /// One connection: join, negotiate media, serve until it ends (negotiating again after a move).
     async fn connection(&mut self) -> Result<End, Error> {
         let timeout = self.config.reply_timeout;
-        let mut client = Client::connect(&self.url).await?;
-        let joined = client
-            .join(
-                &self.token,
-                self.room.as_deref(),
-                self.config.name.as_deref(),
-                timeout,
-            )
-            .await?;
+        // Through the entry URL every time, following a cluster's redirects: after a node died, its rooms
+        // are found wherever they are placed again.
+        let JoinedSession {
+            mut client,
+            joined,
+            url,
+        } = Client::connect_and_join(
+            &self.url,
+            &self.token,
+            self.room.as_deref(),
+            self.config.name.as_deref(),
+            timeout,
+        )
+        .await?;
+        self.server_url = url;
         let mut slots = usize::from(joined.room.slots);
         self.own_sid = joined.participant.sid.clone();
         self.event(Event::Joined {
@@ -239,7 +248,7 @@ impl Session {
         can_publish: bool,
     ) -> Result<End, Error> {
         let timeout = self.config.reply_timeout;
-        let socket = bind_towards(&self.url)?;
+        let socket = bind_towards(&self.server_url)?;
         let local_addr = socket.local_addr()?;
         let (mut peer, offer) = ClientPeer::new(
             Instant::now(),
@@ -445,6 +454,8 @@ impl Session {
             | ServerMessage::Resumed(_)
             | ServerMessage::Answer(_)
             | ServerMessage::MediaState(_)
+            // Answers `join` only (the typed client follows it).
+            | ServerMessage::Redirect(_)
             // Handled by `serve` (a move renegotiates media).
             | ServerMessage::Moved(_)
             | ServerMessage::Pong(_) => return,

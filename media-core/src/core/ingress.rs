@@ -8,7 +8,7 @@ use std::time::Instant;
 use str0m::rtp::RtpPacket;
 
 use super::timers::slot_events;
-use super::{CoreEvent, MediaCore, MAX_DATAGRAM};
+use super::{CoreEvent, Link, MediaCore, Participant, MAX_DATAGRAM};
 use crate::core::net::{NetPath, Transport};
 use crate::core::peer::{PeerError, PeerEvent, StreamStats};
 use crate::core::router::{Route, RouteMiss};
@@ -74,13 +74,17 @@ impl MediaCore {
         let id = match route {
             Route::Stun(id) | Route::Bound(id) => id,
         };
-        let Some(p) = self.participants.get_mut(&id) else {
+        let Some(p) = self
+            .participants
+            .get_mut(&id)
+            .and_then(Participant::peer_mut)
+        else {
             return self.stats.drop(DropReason::UnknownSource);
         };
         if let Route::Stun(_) = route {
             // The path is learned only from a request the peer's ICE agent authenticates, and only if
             // no other live peer is using it (credentials for one's own peer do not prove the source).
-            if !p.peer.verifies_stun(now, path, data) {
+            if !p.verifies_stun(now, path, data) {
                 return self.stats.drop(DropReason::BadIntegrity);
             }
             if let Err(taken) = self.router.learn(now, path, id) {
@@ -90,7 +94,7 @@ impl MediaCore {
                 return self.stats.drop(DropReason::Misrouted);
             }
         }
-        match p.peer.handle_datagram(now, path, data) {
+        match p.handle_datagram(now, path, data) {
             Ok(None) => {}
             Ok(Some(cause)) => self.stats.path_moved(cause),
             Err(PeerError::Panicked) => {
@@ -127,20 +131,16 @@ impl MediaCore {
         }
     }
 
-    /// Forward one microphone packet to every (subscriber, slot) it is routed to.
+    /// A peer's microphone packet: RED unwrapped, then delivered like any audio of the room.
     fn forward(&mut self, now: Instant, from: ParticipantId, packet: RtpPacket) {
         self.stats.rtp_in += 1;
-        let Some(p) = self.participants.get_mut(&from) else {
+        let Some(peer) = self.participants.get(&from).and_then(Participant::peer) else {
             return;
         };
-        if !p.publishes() {
-            return self.stats.drop(DropReason::NotPublishing);
-        }
         // A RED packet (RFC 2198) is unwrapped: its primary goes where a plain Opus packet would, its
         // redundancy to RED subscribers and the mixer. Anything malformed is a counted drop.
-        let opus_pt = p.peer.mic_opus_pt().map(|pt| *pt);
-        let is_red = p
-            .peer
+        let opus_pt = peer.mic_opus_pt().map(|pt| *pt);
+        let is_red = peer
             .mic_red_pt()
             .is_some_and(|pt| pt == packet.header.payload_type);
         if is_red {
@@ -154,38 +154,78 @@ impl MediaCore {
             },
             (true, None) => return self.stats.drop(DropReason::Malformed),
         };
-        let source = Ssrc(*packet.header.ssrc);
+        let payload: Arc<[u8]> = match &red {
+            Some(r) => Arc::from(r.primary),
+            None => packet.payload.clone(),
+        };
+        let audio = Audio {
+            source: Ssrc(*packet.header.ssrc),
+            seq: *packet.seq_no,
+            ts: packet.header.timestamp,
+            arrival: packet.timestamp,
+            payload,
+            red,
+            level: packet.header.ext_vals.audio_level,
+            vad: packet.header.ext_vals.voice_activity,
+        };
+        self.deliver(now, from, audio);
+    }
+
+    /// One packet of a participant's audio (a peer's microphone or a server-side source) to its room:
+    /// levels and speakers, the mixer, and every (subscriber, slot) it is routed to.
+    pub(super) fn deliver(&mut self, now: Instant, from: ParticipantId, audio: Audio<'_>) {
+        let Some(p) = self.participants.get_mut(&from) else {
+            return;
+        };
+        if !p.publishes() {
+            return self.stats.drop(DropReason::NotPublishing);
+        }
+        let Audio {
+            source,
+            seq,
+            ts,
+            arrival,
+            payload,
+            red,
+            level,
+            vad,
+        } = audio;
         p.ssrc = Some(source);
         let onset = std::mem::take(&mut p.gate.onset);
-        let level = packet.header.ext_vals.audio_level;
-        let vad = packet.header.ext_vals.voice_activity;
         let level_dbov = level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);
         let Some(room) = self.rooms.get_mut(&p.room) else {
             return;
         };
+        // A recorded participant's packet as received (a peer's microphone or a server-side source).
+        if self.tapped_participants.contains(&from) {
+            self.microphones.push_back(super::MicPacket {
+                participant: from,
+                room: room.id.clone(),
+                timestamp: ts,
+                samples: crate::mixer::opus_packet_info(&payload).map(|(n, _)| n),
+                payload: payload.clone(),
+                level: level.map(|l| l.unsigned_abs().min(127)),
+            });
+        }
         room.selector.on_audio(now, from, level_dbov, vad);
         room.dominant.on_level(from, now, level_dbov);
         let mixed = room.mixer().is_some();
         // A mixed room's mixer, or a forwarding room's mount-only one (the packet is forwarded too).
         if let Some(mixer) = room.input_mixer_mut() {
-            let primary = match &red {
-                Some(r) => Arc::from(r.primary),
-                None => packet.payload.clone(),
-            };
             let pushed = mixer.push(
                 now,
                 from,
                 source,
-                *packet.seq_no,
-                packet.header.timestamp,
-                primary,
+                seq,
+                ts,
+                payload.clone(),
                 level.map(|l| l.unsigned_abs().min(127)),
                 &mut self.stats.mix,
             );
             if pushed.is_err() {
                 self.stats.drop(DropReason::Malformed);
             } else if let Some(r) = &red {
-                mixer.push_redundant(from, *packet.seq_no, packet.header.timestamp, &r.redundant);
+                mixer.push_redundant(from, seq, ts, &r.redundant);
             }
             if mixed {
                 room.arm_tick(&mut self.next_tick);
@@ -206,20 +246,17 @@ impl MediaCore {
             self.stats.rtp_unrouted += 1;
             return;
         }
-        let seq = *packet.seq_no;
-        let ts = packet.header.timestamp;
         // Plain Opus for subscribers without RED (a RED packet's primary); RED subscribers get the RED
         // packet re-encoded with their payload types, one encoding per distinct (Opus PT, kept blocks).
-        let payload: Arc<[u8]> = match &red {
-            Some(r) => Arc::from(r.primary),
-            None => packet.payload.clone(),
-        };
         let mut red_variants: Vec<(u8, u32, Arc<[u8]>)> = Vec::new();
         for &(sub, SlotIndex(slot)) in routes {
             let Some(s) = self.participants.get_mut(&sub) else {
                 continue;
             };
-            if !s.peer.is_connected() {
+            let Link::Peer(peer) = &mut s.link else {
+                continue;
+            };
+            if !peer.is_connected() {
                 continue;
             }
             let slot = slot as usize;
@@ -230,24 +267,24 @@ impl MediaCore {
                 self.stats.drop(DropReason::StaleOrDuplicate);
                 continue;
             };
-            let red_payload = match (&red, s.peer.slots().get(slot)) {
+            let red_payload = match (&red, peer.slots().get(slot)) {
                 (Some(r), Some(stream)) if stream.red_pt.is_some() => {
                     Some(red_variant(&mut red_variants, r, ts, *stream.pt, rewriter))
                 }
                 _ => None,
             };
-            let written = s.peer.write_slot(
+            let written = peer.write_slot(
                 slot,
                 out_seq,
                 out_ts,
-                packet.timestamp,
+                arrival,
                 red_payload.as_ref().unwrap_or(&payload),
                 red_payload.is_some(),
                 level,
                 vad,
                 source,
             );
-            let result = written.and_then(|()| s.peer.drive(now, &mut self.out));
+            let result = written.and_then(|()| peer.drive(now, &mut self.out));
             match result {
                 Ok(()) => {
                     self.stats.rtp_forwarded += 1;
@@ -260,6 +297,25 @@ impl MediaCore {
             }
         }
     }
+}
+
+/// One packet of a participant's audio on its way into the room.
+pub(super) struct Audio<'a> {
+    /// The stream it belongs to (a peer's microphone SSRC; a source's made-up one).
+    pub source: Ssrc,
+    /// Extended sequence number.
+    pub seq: u64,
+    /// RTP timestamp, 48 kHz.
+    pub ts: u32,
+    /// When it arrived (the wall clock of the forwarded packet).
+    pub arrival: Instant,
+    /// Plain Opus (a RED packet's primary).
+    pub payload: Arc<[u8]>,
+    /// A RED packet's parse, for its redundancy.
+    pub red: Option<red::RedPayload<'a>>,
+    /// RFC 6464 level (−dBov, negative), if known.
+    pub level: Option<i8>,
+    pub vad: Option<bool>,
 }
 
 /// The RED payload for one subscriber's slot: the redundant frames the slot's current source covers (none

@@ -14,6 +14,7 @@ pub mod router;
 
 mod ingress;
 mod participants;
+mod source;
 mod talk;
 mod timers;
 
@@ -96,6 +97,12 @@ pub enum CoreError {
     NotSpatial(RoomId),
     #[error(transparent)]
     BadPosition(#[from] vocab::SpatialError),
+    /// A source packet for a participant that is a WebRTC peer.
+    #[error("participant {0} is not a server-side source")]
+    NotASource(ParticipantId),
+    /// A source packet whose payload is not an Opus packet.
+    #[error("a packet of source {0} is not Opus")]
+    NotOpus(ParticipantId),
     #[error(transparent)]
     Offer(#[from] OfferError),
     #[error(transparent)]
@@ -125,6 +132,8 @@ impl CoreError {
             | CoreError::RoomSettingsConflict(_)
             | CoreError::NotSpatial(_)
             | CoreError::BadTarget
+            | CoreError::NotASource(_)
+            | CoreError::NotOpus(_)
             | CoreError::BadPosition(_)) => e.to_string(),
         }
     }
@@ -178,6 +187,21 @@ pub struct BroadcastFrame {
     pub talkers: Vec<ParticipantId>,
 }
 
+/// One microphone packet of a tapped participant, as received: the Opus payload (a RED packet's primary),
+/// not decoded or re-encoded (see [`MediaCore::set_tapped_participants`]); a server-side source's packets alike.
+#[derive(Clone, Debug)]
+pub struct MicPacket {
+    pub participant: ParticipantId,
+    pub room: RoomId,
+    /// The packet's RTP timestamp (48 kHz for Opus), as the participant sent it.
+    pub timestamp: u32,
+    /// Its duration in 48 kHz samples; `None` if the payload is not a valid Opus packet.
+    pub samples: Option<u32>,
+    pub payload: std::sync::Arc<[u8]>,
+    /// Its RFC 6464 level in −dBov (0 loudest, 127 silence), if the participant sends it.
+    pub level: Option<u8>,
+}
+
 /// What to do next.
 #[derive(Debug)]
 pub enum Output {
@@ -186,13 +210,15 @@ pub enum Output {
     Event(CoreEvent),
     /// One tick of a broadcast room's full mix (see [`MediaCore::set_broadcast_rooms`]).
     Broadcast(BroadcastFrame),
+    /// A tapped participant's microphone packet (see [`MediaCore::set_tapped_participants`]).
+    Microphone(MicPacket),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
 }
 
 struct Participant {
     room: u64,
-    peer: Peer,
+    link: Link,
     params: JoinParams,
     /// The SSRC of the participant's microphone stream, learned from its first packet.
     ssrc: Option<Ssrc>,
@@ -215,16 +241,49 @@ struct Gate {
     deafened: bool,
 }
 
+/// Where a participant's audio comes from (and, for a peer, where the room's goes). Almost every participant
+/// is a peer, so the peer is kept inline (as before sources existed) and the rare source boxed.
+#[allow(clippy::large_enum_variant)]
+enum Link {
+    /// A WebRTC client.
+    Peer(Peer),
+    /// A server-side source (`source.rs`): packets from the server process, nothing sent back.
+    Source(Box<source::SourceInput>),
+}
+
 impl Participant {
     fn publishes(&self) -> bool {
+        let microphone = match &self.link {
+            Link::Peer(peer) => peer.has_microphone(),
+            Link::Source(_) => true,
+        };
         self.params.can_publish
             && !self.params.muted
             && (!self.gate.ptt || self.gate.key_down)
-            && self.peer.has_microphone()
+            && microphone
     }
 
     fn subscribes(&self) -> bool {
-        !self.gate.deafened && !self.peer.slots().is_empty()
+        !self.gate.deafened && !self.slots().is_empty()
+    }
+
+    fn peer(&self) -> Option<&Peer> {
+        match &self.link {
+            Link::Peer(peer) => Some(peer),
+            Link::Source(_) => None,
+        }
+    }
+
+    fn peer_mut(&mut self) -> Option<&mut Peer> {
+        match &mut self.link {
+            Link::Peer(peer) => Some(peer),
+            Link::Source(_) => None,
+        }
+    }
+
+    /// The slot streams it receives on (none for a source).
+    fn slots(&self) -> &[peer::SlotStream] {
+        self.peer().map_or(&[], Peer::slots)
     }
 }
 
@@ -249,6 +308,9 @@ pub struct MediaCore {
     /// Rooms with a broadcast mount: their mixers are tapped (now, and when they are created here).
     broadcast_rooms: HashSet<RoomId>,
     broadcasts: VecDeque<BroadcastFrame>,
+    /// Participants whose microphone packets are handed out as they arrive ([`Output::Microphone`]).
+    tapped_participants: HashSet<ParticipantId>,
+    microphones: VecDeque<MicPacket>,
 }
 
 impl MediaCore {
@@ -282,6 +344,8 @@ impl MediaCore {
             mix_out: Vec::new(),
             broadcast_rooms: HashSet::new(),
             broadcasts: VecDeque::new(),
+            tapped_participants: HashSet::new(),
+            microphones: VecDeque::new(),
         }
     }
 
@@ -303,6 +367,14 @@ impl MediaCore {
             room.set_broadcast(now, on, &publishers);
             room.arm_tick(&mut self.next_tick);
         }
+    }
+
+    /// The participants whose microphone packets are tapped (all of them, replacing the previous set): each
+    /// packet such a participant publishes — past its gate (muted, push-to-talk), a RED packet's primary —
+    /// is also handed out as [`Output::Microphone`], as received. A participant who is not on this core
+    /// is tapped once it is added here.
+    pub fn set_tapped_participants(&mut self, participants: HashSet<ParticipantId>) {
+        self.tapped_participants = participants;
     }
 
     pub fn stats(&self) -> &CoreStats {
@@ -350,6 +422,9 @@ impl MediaCore {
         }
         if let Some(f) = self.broadcasts.pop_front() {
             return Output::Broadcast(f);
+        }
+        if let Some(m) = self.microphones.pop_front() {
+            return Output::Microphone(m);
         }
         let timer = self.out.next_wake();
         let next = match (timer, self.next_tick) {

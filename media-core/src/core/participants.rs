@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{CoreError, CoreEvent, JoinParams, MediaCore, Participant};
+use super::{CoreError, CoreEvent, JoinParams, Link, MediaCore, Participant};
 use crate::audibility::Audibility;
 use crate::core::offer::check_offer;
 use crate::core::peer::{Peer, PeerParams};
@@ -36,18 +36,7 @@ impl MediaCore {
         }
         // Before str0m sees it: its cost grows with the offer's m-lines.
         check_offer(offer_sdp)?;
-        settings.validate()?;
-        let existing = self.room_keys.get(room).copied();
-        // An existing room keeps the settings it was created with: a request for others is refused.
-        if let Some(current) = existing.and_then(|k| self.rooms.get(&k)) {
-            if current.config.conflicts_with(&settings) {
-                return Err(CoreError::RoomSettingsConflict(room.clone()));
-            }
-        }
-        let settings = existing
-            .and_then(|k| self.rooms.get(&k))
-            .map(|r| r.config)
-            .unwrap_or(settings);
+        let (existing, settings) = self.room_settings_for(room, settings)?;
         let mixed = settings.mode == RoomMode::Mix;
         let slots = if mixed {
             1
@@ -72,13 +61,56 @@ impl MediaCore {
             &self.config.candidates,
             offer_sdp,
         )?;
+        self.router.add_peer(peer.ufrag(), id);
+        self.join_room(now, room, settings, existing, id, params, Link::Peer(peer));
+        self.schedule(id, now);
+        Ok(answer)
+    }
 
+    /// The settings a participant of `room` gets: the room's own if it exists here (a request for others
+    /// is refused), else `settings` once validated. Also returns the existing room's key.
+    pub(super) fn room_settings_for(
+        &self,
+        room: &RoomId,
+        settings: RoomSettings,
+    ) -> Result<(Option<u64>, RoomSettings), CoreError> {
+        settings.validate()?;
+        let existing = self.room_keys.get(room).copied();
+        // An existing room keeps the settings it was created with: a request for others is refused.
+        match existing.and_then(|k| self.rooms.get(&k)) {
+            Some(current) if current.config.conflicts_with(&settings) => {
+                Err(CoreError::RoomSettingsConflict(room.clone()))
+            }
+            Some(current) => Ok((existing, current.config)),
+            None => Ok((None, settings)),
+        }
+    }
+
+    /// Put a new participant into its room (created with `settings` unless `existing`): the selector,
+    /// the mixer, the dominant speaker, the space; then its slots are announced.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn join_room(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        settings: RoomSettings,
+        existing: Option<u64>,
+        id: ParticipantId,
+        params: JoinParams,
+        link: Link,
+    ) {
+        let mixed = settings.mode == RoomMode::Mix;
         let key = match existing {
             Some(k) => k,
             None => {
                 let k = self.next_room_key;
                 self.next_room_key += 1;
                 self.room_keys.insert(room.clone(), k);
+                let slots = if mixed {
+                    1
+                } else {
+                    usize::from(settings.slots)
+                };
                 self.rooms.insert(
                     k,
                     Room {
@@ -105,7 +137,11 @@ impl MediaCore {
                 k
             }
         };
-        let rewriters = (0..peer.slots().len())
+        let slot_count = match &link {
+            Link::Peer(peer) => peer.slots().len(),
+            Link::Source(_) => 0,
+        };
+        let rewriters = (0..slot_count)
             .map(|_| {
                 SlotRewriter::new(
                     self.rng.next_u64() as u16 & 0x7fff,
@@ -113,12 +149,15 @@ impl MediaCore {
                 )
             })
             .collect();
-        self.router.add_peer(peer.ufrag(), id);
+        let ssrc = match &link {
+            Link::Peer(_) => None,
+            Link::Source(input) => Some(input.ssrc),
+        };
         let participant = Participant {
             room: key,
-            peer,
+            link,
             params,
-            ssrc: None,
+            ssrc,
             rewriters,
             gate: super::Gate::default(),
         };
@@ -126,7 +165,7 @@ impl MediaCore {
             .rooms
             .get_mut(&key)
             .expect("room key was just looked up or inserted");
-        let subscribes = !participant.peer.slots().is_empty();
+        let subscribes = !participant.slots().is_empty();
         // In a mixed room the selector only tracks levels and speakers: nobody is assigned slots.
         room.selector
             .add_participant(id, participant.publishes(), subscribes && !mixed);
@@ -144,10 +183,8 @@ impl MediaCore {
         room.members.push(id);
         room.audibility.changed(now);
         self.participants.insert(id, participant);
-        self.schedule(id, now);
         self.arm_tick(key);
         self.emit_slots(id);
-        Ok(answer)
     }
 
     /// Remove a participant and its peer; the room goes with its last participant.
@@ -157,7 +194,9 @@ impl MediaCore {
             .participants
             .remove(&id)
             .ok_or(CoreError::UnknownParticipant(id))?;
-        self.router.remove_peer(p.peer.ufrag(), id);
+        if let Some(peer) = p.peer() {
+            self.router.remove_peer(peer.ufrag(), id);
+        }
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.selector.remove_participant(id);
             room.dominant.remove(id);
@@ -193,9 +232,10 @@ impl MediaCore {
             .participants
             .get_mut(&id)
             .ok_or(CoreError::UnknownParticipant(id))?;
-        let (old_ufrag, answer) = p.peer.restart_ice(offer_sdp)?;
+        let peer = p.peer_mut().ok_or(CoreError::UnknownParticipant(id))?;
+        let (old_ufrag, answer) = peer.restart_ice(offer_sdp)?;
         self.router.remove_peer(&old_ufrag, id);
-        self.router.add_peer(p.peer.ufrag(), id);
+        self.router.add_peer(peer.ufrag(), id);
         self.drive(id, now);
         Ok(answer)
     }
@@ -304,17 +344,25 @@ impl MediaCore {
     }
 
     pub(super) fn schedule(&mut self, id: ParticipantId, at: Instant) {
-        if let Some(p) = self.participants.get_mut(&id) {
-            self.out.schedule(&mut p.peer, at);
+        if let Some(peer) = self
+            .participants
+            .get_mut(&id)
+            .and_then(Participant::peer_mut)
+        {
+            self.out.schedule(peer, at);
         }
     }
 
     /// Drain one peer after a mutation.
     pub(super) fn drive(&mut self, id: ParticipantId, now: Instant) {
-        let Some(p) = self.participants.get_mut(&id) else {
+        let Some(peer) = self
+            .participants
+            .get_mut(&id)
+            .and_then(Participant::peer_mut)
+        else {
             return;
         };
-        if let Err(e) = p.peer.drive(now, &mut self.out) {
+        if let Err(e) = peer.drive(now, &mut self.out) {
             tracing::debug!(participant = %id, error = %e, "peer failed");
             self.disconnect(id, "webrtc error");
         }

@@ -17,17 +17,21 @@ impl MediaCore {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
         while let Some((at, id)) = self.out.pop_due(now) {
-            let Some(p) = self.participants.get_mut(&id) else {
+            let Some(peer) = self
+                .participants
+                .get_mut(&id)
+                .and_then(Participant::peer_mut)
+            else {
                 continue;
             };
-            if !p.peer.take_wake(at) {
+            if !peer.take_wake(at) {
                 continue; // superseded by an earlier entry
             }
-            if p.peer.connect_timed_out(now, self.config.connect_timeout) {
+            if peer.connect_timed_out(now, self.config.connect_timeout) {
                 self.disconnect(id, "connect timeout");
                 continue;
             }
-            if let Err(e) = p.peer.handle_timeout(now) {
+            if let Err(e) = peer.handle_timeout(now) {
                 tracing::debug!(participant = %id, error = %e, "peer timeout failed");
                 self.disconnect(id, "webrtc error");
                 continue;
@@ -84,11 +88,15 @@ impl MediaCore {
                         let Some(p) = self.participants.get_mut(&packet.to) else {
                             continue;
                         };
+                        let deafened = p.gate.deafened;
+                        let Some(peer) = p.peer_mut() else {
+                            continue;
+                        };
                         // A deafened listener is sent nothing.
-                        if !p.peer.is_connected() || p.gate.deafened {
+                        if !peer.is_connected() || deafened {
                             continue;
                         }
-                        let red = match (p.peer.slots().first(), &packet.previous) {
+                        let red = match (peer.slots().first(), &packet.previous) {
                             (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
                                 Some(mix_red_payload(
                                     &mut red_variants,
@@ -99,7 +107,7 @@ impl MediaCore {
                             }
                             _ => None,
                         };
-                        let written = p.peer.write_mix(
+                        let written = peer.write_mix(
                             packet.seq,
                             packet.ts,
                             now,
@@ -108,7 +116,7 @@ impl MediaCore {
                             packet.level,
                             &packet.contributors,
                         );
-                        let result = written.and_then(|()| p.peer.drive(now, &mut self.out));
+                        let result = written.and_then(|()| peer.drive(now, &mut self.out));
                         if result.is_err() {
                             self.out
                                 .events
@@ -176,11 +184,7 @@ pub(super) fn refresh_audibility(
         .members
         .iter()
         .copied()
-        .filter(|id| {
-            participants
-                .get(id)
-                .is_some_and(|p| !p.peer.slots().is_empty())
-        })
+        .filter(|id| participants.get(id).is_some_and(|p| !p.slots().is_empty()))
         .collect();
     // Speakers are the publishers that have sent audio since they started publishing: a participant who
     // never talks does not take one of a listener's `max_audible` places.
@@ -308,8 +312,7 @@ pub(super) fn slot_infos(
     assignment: &[Option<ParticipantId>],
     all: &HashMap<ParticipantId, Participant>,
 ) -> Vec<SlotAssignment> {
-    p.peer
-        .slots()
+    p.slots()
         .iter()
         .enumerate()
         .map(|(i, s)| {

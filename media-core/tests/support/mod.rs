@@ -262,6 +262,8 @@ pub struct Sim {
     pub core_timeouts: u64,
     /// Clients (by index) that join listen-only: without `can_publish`, so the core drops what they send.
     pub listen_only: std::collections::HashSet<usize>,
+    /// Tapped participants' microphone packets ([`MediaCore::set_tapped_participants`]).
+    pub microphones: Vec<media_core::MicPacket>,
 }
 
 impl Sim {
@@ -315,6 +317,7 @@ impl Sim {
             core_busy_timers: Duration::ZERO,
             core_timeouts: 0,
             listen_only: listen_only.iter().copied().collect(),
+            microphones: Vec::new(),
         };
         for &(freq, amplitude) in voices {
             sim.join(freq, amplitude);
@@ -455,6 +458,7 @@ impl Sim {
                 }
                 Output::Event(e) => self.events.push((self.now, e)),
                 Output::Broadcast(_) => {}
+                Output::Microphone(m) => self.microphones.push(m),
                 Output::Timeout(t) => {
                     self.core_timeout = t;
                     return;

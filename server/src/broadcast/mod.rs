@@ -13,9 +13,12 @@
 //!
 //! Which rooms are tapped reaches every worker through a [`watch`] channel of room names, so no command
 //! needs to find the worker a room lives on (a room re-created on another worker is tapped there too).
+//! The set is the rooms whose mounts have listeners and whatever the recorder taps ([`TapSet`]: rooms and
+//! participants, `crate::recording`), published here as one set.
 
 mod listener;
 pub mod ogg;
+pub mod ogg_reader;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,8 +49,16 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Samples in one 20 ms Opus frame at the granule rate.
 const FRAME_SAMPLES: u64 = 960;
 
-/// What the media workers read: the rooms to tap.
-pub type Taps = watch::Receiver<Arc<HashSet<RoomId>>>;
+/// What the media workers read: the rooms and participants to tap.
+pub type Taps = watch::Receiver<Arc<TapSet>>;
+
+/// Rooms whose full mix, and participants whose microphone packets, the media workers hand out
+/// ([`media_core::MediaCore::set_broadcast_rooms`], [`media_core::MediaCore::set_tapped_participants`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TapSet {
+    pub rooms: HashSet<RoomId>,
+    pub participants: HashSet<ParticipantId>,
+}
 
 /// One page as published: its number on the mount (to tell how far behind a listener is) and its bytes.
 #[derive(Clone, Debug)]
@@ -187,7 +198,9 @@ pub struct Broadcasts {
     signaling: std::sync::OnceLock<Arc<Signaling>>,
     metrics: BroadcastMetrics,
     mounts: Mutex<HashMap<String, Arc<Mount>>>,
-    taps: watch::Sender<Arc<HashSet<RoomId>>>,
+    taps: watch::Sender<Arc<TapSet>>,
+    /// What the recorder taps; part of `taps`.
+    recorded: watch::Receiver<Arc<TapSet>>,
     frames: mpsc::Sender<BroadcastFrame>,
     frames_rx: Mutex<Option<mpsc::Receiver<BroadcastFrame>>>,
     next_listener: AtomicU64,
@@ -195,14 +208,20 @@ pub struct Broadcasts {
 }
 
 impl Broadcasts {
-    pub fn new(config: BroadcastConfig, metrics: BroadcastMetrics) -> Arc<Self> {
+    /// `recorded`: what the recorder taps, followed once [`Broadcasts::start`]ed.
+    pub fn new(
+        config: BroadcastConfig,
+        metrics: BroadcastMetrics,
+        recorded: watch::Receiver<Arc<TapSet>>,
+    ) -> Arc<Self> {
         let (frames, rx) = mpsc::channel(FRAME_QUEUE);
         Arc::new(Broadcasts {
             config,
             signaling: std::sync::OnceLock::new(),
             metrics,
             mounts: Mutex::new(HashMap::new()),
-            taps: watch::Sender::new(Arc::new(HashSet::new())),
+            taps: watch::Sender::new(Arc::new(TapSet::default())),
+            recorded,
             frames,
             frames_rx: Mutex::new(Some(rx)),
             next_listener: AtomicU64::new(1),
@@ -321,20 +340,26 @@ impl Broadcasts {
             .unwrap_or(self.config.public)
     }
 
-    /// Publish the tap set: the rooms whose mounts have listeners.
+    /// Publish the tap set: the rooms whose mounts have listeners, and what the recorder taps.
     fn update_taps(&self) {
-        let rooms: HashSet<RoomId> = self
+        let mut rooms: HashSet<RoomId> = self
             .mounts()
             .values()
             .filter(|m| m.listeners_now.load(Ordering::Relaxed) > 0)
             .map(|m| RoomId(m.room.clone()))
             .collect();
         self.metrics.mounts.set(rooms.len() as i64);
+        let recorded = self.recorded.borrow().clone();
+        rooms.extend(recorded.rooms.iter().cloned());
+        let taps = TapSet {
+            rooms,
+            participants: recorded.participants.clone(),
+        };
         self.taps.send_if_modified(|now| {
-            if **now == rooms {
+            if **now == taps {
                 return false;
             }
-            *now = Arc::new(rooms);
+            *now = Arc::new(taps);
             true
         });
     }
@@ -367,6 +392,14 @@ impl Broadcasts {
             return;
         };
         tokio::spawn(pager(self.clone(), frames));
+        let me = self.clone();
+        let mut recorded = self.recorded.clone();
+        tokio::spawn(async move {
+            me.update_taps();
+            while recorded.changed().await.is_ok() {
+                me.update_taps();
+            }
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);

@@ -33,7 +33,7 @@ fn crc_table() -> &'static [u32; 256] {
     })
 }
 
-fn crc(data: &[u8]) -> u32 {
+pub(super) fn crc(data: &[u8]) -> u32 {
     let table = crc_table();
     data.iter().fold(0u32, |c, &b| {
         (c << 8) ^ table[((c >> 24) as u8 ^ b) as usize]
@@ -58,6 +58,11 @@ impl OggStream {
     /// The two header pages (OpusHead, then OpusTags naming `vendor`), as one buffer: what every listener
     /// receives first. Pages 0 and 1 of the stream.
     pub fn header_pages(&mut self, vendor: &str) -> Bytes {
+        self.header_pages_with(vendor, &[])
+    }
+
+    /// The two header pages, with `comments` (`NAME=value`, RFC 7845 §5.2) in OpusTags.
+    pub fn header_pages_with(&mut self, vendor: &str, comments: &[String]) -> Bytes {
         let mut head = Vec::with_capacity(19);
         head.extend_from_slice(b"OpusHead");
         head.push(1); // version
@@ -67,10 +72,19 @@ impl OggStream {
         head.extend_from_slice(&0i16.to_le_bytes()); // output gain
         head.push(0); // channel mapping family 0
         let mut tags = Vec::with_capacity(16 + vendor.len());
+        // A packet larger than a page's 255 segments could not be paged whole: comments past it are cut.
+        debug_assert!(
+            comments.iter().map(|c| c.len() + 4).sum::<usize>() < 60_000,
+            "the recorder's comments are bounded (room name, sids, timestamps)"
+        );
         tags.extend_from_slice(b"OpusTags");
         tags.extend_from_slice(&(vendor.len() as u32).to_le_bytes());
         tags.extend_from_slice(vendor.as_bytes());
-        tags.extend_from_slice(&0u32.to_le_bytes()); // no user comments
+        tags.extend_from_slice(&(comments.len() as u32).to_le_bytes());
+        for c in comments {
+            tags.extend_from_slice(&(c.len() as u32).to_le_bytes());
+            tags.extend_from_slice(c.as_bytes());
+        }
         let mut out = BytesMut::new();
         self.write_page(&mut out, BEGINNING_OF_STREAM, 0, &[&head]);
         self.write_page(&mut out, 0, 0, &[&tags]);

@@ -3,12 +3,45 @@
 
 use std::time::Instant;
 
-use media_core::{CoreError, CoreEvent, JoinParams, ParticipantId, RoomId};
+use futures_util::stream::{SelectAll, StreamExt};
+use media_core::{CoreError, CoreEvent, JoinParams, ParticipantId, RoomId, SourcePacket};
 use signaling::media::{MediaCommand, MediaError, MediaEvent};
+use tokio::sync::mpsc;
 
 use tracing::{debug, info_span};
 
 use super::Worker;
+
+/// One source's packets, tagged with its participant; `None` once its sender is gone.
+type SourceStream = futures_util::stream::BoxStream<'static, (ParticipantId, Option<SourcePacket>)>;
+
+/// The packet queues of the worker's server-side sources, polled together.
+#[derive(Default)]
+pub(super) struct SourceQueues {
+    streams: SelectAll<SourceStream>,
+}
+
+impl SourceQueues {
+    fn add(&mut self, id: ParticipantId, packets: mpsc::Receiver<SourcePacket>) {
+        let stream = futures_util::stream::unfold(Some(packets), move |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(packet) => Some(((id, Some(packet)), Some(rx))),
+                // The end is reported once, then the stream is over.
+                None => Some(((id, None), None)),
+            }
+        });
+        self.streams.push(stream.boxed());
+    }
+
+    /// The next packet of any source; never while there is none.
+    pub(super) async fn next(&mut self) -> Option<(ParticipantId, Option<SourcePacket>)> {
+        if self.streams.is_empty() {
+            return std::future::pending().await;
+        }
+        self.streams.next().await
+    }
+}
 
 impl Worker {
     pub(super) fn command(&mut self, cmd: MediaCommand) {
@@ -69,6 +102,32 @@ impl Worker {
                     }
                 }
                 // The session may have gone away meanwhile; its Leave follows.
+                let _ = reply.send(result);
+            }
+            MediaCommand::ConnectSource {
+                room,
+                settings,
+                participant: id,
+                muted,
+                packets,
+                reply,
+            } => {
+                let _enter = info_span!("source", room = %room, participant = %id).entered();
+                let result = self
+                    .core
+                    .add_source(now, &RoomId(room), settings, id, muted)
+                    .map_err(|e| {
+                        debug!(error = %e, "source refused");
+                        match e {
+                            CoreError::AlreadyConnected(_) => MediaError::AlreadyConnected,
+                            CoreError::BadRoomSettings(why) => MediaError::BadRoomSettings(why),
+                            CoreError::RoomSettingsConflict(_) => MediaError::RoomSettingsConflict,
+                            _ => MediaError::Unavailable,
+                        }
+                    });
+                if result.is_ok() {
+                    self.sources.add(id, packets);
+                }
                 let _ = reply.send(result);
             }
             MediaCommand::RestartIce {
@@ -159,6 +218,22 @@ impl Worker {
                 self.sessions.remove(&id);
                 let _ = self.core.remove_participant(now, id);
             }
+        }
+    }
+
+    /// A source's packet, or the end of its queue (its `Leave` follows from its holder).
+    pub(super) fn source_packet(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        packet: Option<SourcePacket>,
+    ) {
+        let Some(packet) = packet else {
+            return;
+        };
+        // The core counts a packet that is not Opus; a source that left meanwhile is no one's concern.
+        if let Err(e) = self.core.push_source(now, id, packet) {
+            debug!(participant = %id, error = %e, "source packet not taken");
         }
     }
 

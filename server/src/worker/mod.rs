@@ -23,6 +23,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::broadcast::{FrameSink, Taps};
 use crate::metrics::MediaMetrics;
+use crate::recording::RecordSink;
 use crate::tcp::{self, CloseReason, TcpEvent};
 use crate::udp;
 
@@ -51,10 +52,11 @@ pub struct WorkerSpec {
     pub broadcast: BroadcastSpec,
 }
 
-/// Listener streams: which rooms to tap, and where their mix frames go.
+/// Listener streams and recordings: which rooms and participants to tap, and where their frames go.
 pub struct BroadcastSpec {
     pub taps: Taps,
     pub frames: FrameSink,
+    pub recorder: RecordSink,
 }
 
 /// A worker's ICE-TCP listener.
@@ -246,6 +248,9 @@ struct Worker {
     /// The rooms with listener streams, and where their mix frames go.
     taps: Option<Taps>,
     frames: FrameSink,
+    recorder: RecordSink,
+    /// The packet queues of the server-side source participants on this worker.
+    sources: commands::SourceQueues,
 }
 
 /// What woke the worker up.
@@ -257,6 +262,7 @@ enum Wake {
     Timeout,
     Stats,
     Taps,
+    Source(Option<(ParticipantId, Option<media_core::SourcePacket>)>),
 }
 
 impl Worker {
@@ -289,6 +295,8 @@ impl Worker {
         Worker {
             taps: Some(spec.broadcast.taps),
             frames: spec.broadcast.frames,
+            recorder: spec.broadcast.recorder,
+            sources: commands::SourceQueues::default(),
             rooms_gauge: metrics.worker_rooms.with_label_values(&[&label]),
             participants_gauge: metrics.worker_participants.with_label_values(&[&label]),
             busy_counter: metrics.worker_busy.with_label_values(&[&label]),
@@ -329,6 +337,7 @@ impl Worker {
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
                 _ = stats_tick.tick() => Wake::Stats,
                 () = taps_changed(&mut self.taps) => Wake::Taps,
+                packet = self.sources.next() => Wake::Source(packet),
             };
             let woke = Instant::now();
             match wake {
@@ -338,6 +347,12 @@ impl Worker {
                     self.flush();
                 }
                 Wake::Command(None) => break,
+                Wake::Source(Some((id, packet))) => {
+                    self.source_packet(woke, id, packet);
+                    deadline = self.drain();
+                    self.flush();
+                }
+                Wake::Source(None) => {}
                 Wake::Readable(Err(e)) | Wake::ExtraReadable(Err(e)) => {
                     warn!(error = %e, "socket not readable")
                 }
@@ -375,8 +390,9 @@ impl Worker {
                 }
                 Wake::Taps => {
                     if let Some(taps) = &mut self.taps {
-                        let rooms = taps.borrow_and_update().as_ref().clone();
-                        self.core.set_broadcast_rooms(woke, rooms);
+                        let set = taps.borrow_and_update().clone();
+                        self.core.set_broadcast_rooms(woke, set.rooms.clone());
+                        self.core.set_tapped_participants(set.participants.clone());
                         deadline = self.drain();
                         self.flush();
                     }
@@ -438,7 +454,11 @@ impl Worker {
             match self.core.poll_output() {
                 Output::Transmit(t) => self.outbox.push(t),
                 Output::Event(e) => self.event(e),
-                Output::Broadcast(frame) => self.frames.push(frame),
+                Output::Broadcast(frame) => {
+                    self.recorder.room_frame(&frame);
+                    self.frames.push(frame);
+                }
+                Output::Microphone(packet) => self.recorder.microphone(packet),
                 Output::Timeout(t) => return t,
             }
         }

@@ -1,6 +1,6 @@
 //! What can go wrong on the client side of a signaling session.
 
-use crate::protocol::ErrorMessage;
+use crate::protocol::{ErrorMessage, Redirect};
 
 /// Errors of a [`super::Client`].
 #[derive(Debug, thiserror::Error)]
@@ -20,4 +20,10 @@ pub enum ClientError {
     /// The server answered with an `error` message.
     #[error("server error {}: {}", .0.code.as_str(), .0.message)]
     Server(ErrorMessage),
+    /// The server answered `join` with `redirect`: the room lives on another node of its cluster.
+    #[error("redirected to {}", .0.url)]
+    Redirected(Redirect),
+    /// More `redirect`s in a row than a client follows ([`super::MAX_REDIRECTS`]).
+    #[error("redirect_loop: {0} redirects in a row, the last to {1}")]
+    RedirectLoop(usize, String),
 }

@@ -31,6 +31,17 @@ pub struct Close {
     pub reason: String,
 }
 
+/// The most `redirect`s in a row [`Client::connect_and_join`] follows.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// A session joined by [`Client::connect_and_join`]: the client, its `joined`, and the URL of the node
+/// that admitted it (after any redirects; a `resume` goes there).
+pub struct JoinedSession {
+    pub client: Client,
+    pub joined: Joined,
+    pub url: String,
+}
+
 /// One signaling session with a server.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -43,6 +54,37 @@ impl Client {
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
         let (ws, _) = tokio_tungstenite::connect_async(url).await?;
         Ok(Client { ws, ended: None })
+    }
+
+    /// Connect to `url` and join, following the cluster's `redirect`s (at most [`MAX_REDIRECTS`] in a row)
+    /// to the node that owns the room: every SDK built on this client joins through here, so a room
+    /// re-placed after its node died is found again from the same entry URL.
+    pub async fn connect_and_join(
+        url: &str,
+        token: &str,
+        room: Option<&str>,
+        name: Option<&str>,
+        timeout: Duration,
+    ) -> Result<JoinedSession, ClientError> {
+        let mut url = url.to_owned();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut client = Client::connect(&url).await?;
+            match client.join(token, room, name, timeout).await {
+                Ok(joined) => {
+                    return Ok(JoinedSession {
+                        client,
+                        joined,
+                        url,
+                    })
+                }
+                Err(ClientError::Redirected(redirect)) => {
+                    client.close().await;
+                    url = redirect.url;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::RedirectLoop(MAX_REDIRECTS + 1, url))
     }
 
     /// Send one message.
@@ -130,8 +172,9 @@ impl Client {
     }
 
     /// Join with `token` (the first message of a session); `room`, if given, must be the token's. The
-    /// `joined` reply (with the TURN servers and credentials in `ice_servers` when the server has TURN), or
-    /// [`ClientError::Server`] with the refusal.
+    /// `joined` reply (with the TURN servers and credentials in `ice_servers` when the server has TURN),
+    /// [`ClientError::Server`] with the refusal, or [`ClientError::Redirected`] from a node of a cluster
+    /// that does not host the room ([`Client::connect_and_join`] follows it).
     pub async fn join(
         &mut self,
         token: &str,
@@ -149,10 +192,12 @@ impl Client {
         }))
         .await?;
         self.reply("joined", timeout, |m| match m {
-            ServerMessage::Joined(joined) => Some(joined),
+            ServerMessage::Joined(joined) => Some(Ok(joined)),
+            ServerMessage::Redirect(redirect) => Some(Err(redirect)),
             _ => None,
         })
-        .await
+        .await?
+        .map_err(ClientError::Redirected)
     }
 
     /// Send an SDP offer; the server's answer.
@@ -277,6 +322,7 @@ pub fn message_type(message: &ServerMessage) -> &'static str {
         ServerMessage::Pong(_) => "pong",
         ServerMessage::Left(_) => "left",
         ServerMessage::Draining(_) => "draining",
+        ServerMessage::Redirect(_) => "redirect",
         ServerMessage::Error(_) => "error",
     }
 }
@@ -431,6 +477,50 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_redirect_is_followed_to_the_node_that_owns_the_room() {
+        let (owner, owner_read) = server(vec![vec![JOINED]]).await;
+        let redirect: &'static str = Box::leak(
+            format!(r#"{{"type": "redirect", "url": "{owner}", "room": "lobby"}}"#)
+                .into_boxed_str(),
+        );
+        let (entry, entry_read) = server(vec![vec![redirect]]).await;
+        let session = Client::connect_and_join(&entry, "tok", Some("lobby"), None, SECOND)
+            .await
+            .expect("joined at the owner");
+        assert_eq!(session.url, owner);
+        assert_eq!(session.joined.room.name, "lobby");
+        // The same join went to both nodes.
+        let entry_read = entry_read.await.expect("entry server");
+        let owner_read = owner_read.await.expect("owner server");
+        assert_eq!(entry_read, owner_read);
+        assert!(matches!(entry_read[0], ClientMessage::Join(_)));
+    }
+
+    #[tokio::test]
+    async fn redirects_in_a_loop_are_followed_only_a_few_times() {
+        // Each node redirects to the next; the chain is longer than a client follows.
+        let mut next: Option<String> = None;
+        let mut first = String::new();
+        for _ in 0..=MAX_REDIRECTS + 1 {
+            let frames = match &next {
+                Some(url) => vec![&*Box::leak(
+                    format!(r#"{{"type": "redirect", "url": "{url}", "room": "lobby"}}"#)
+                        .into_boxed_str(),
+                )],
+                None => vec![JOINED],
+            };
+            let (url, _task) = server(vec![frames]).await;
+            first = url.clone();
+            next = Some(url);
+        }
+        match Client::connect_and_join(&first, "tok", None, None, SECOND).await {
+            Err(ClientError::RedirectLoop(n, _)) => assert_eq!(n, MAX_REDIRECTS + 1),
+            Err(e) => panic!("expected a redirect loop, got {e}"),
+            Ok(_) => panic!("expected a redirect loop, got joined"),
+        }
+    }
+
     /// Every server example of docs/protocol.md is named by `message_type` as its `type` says.
     #[test]
     fn message_type_is_the_wire_type() {
@@ -444,6 +534,6 @@ mod tests {
                 named.insert(message_type(&message));
             }
         }
-        assert_eq!(named.len(), 17, "{named:?}");
+        assert_eq!(named.len(), 18, "{named:?}");
     }
 }

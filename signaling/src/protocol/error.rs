@@ -34,6 +34,7 @@ pub enum ErrorCode {
     RoomSettingsConflict,
     BadPosition,
     MediaUnavailable,
+    ClusterUnavailable,
     ResumeFailed,
     RateLimited,
     ServerMuted,
@@ -44,7 +45,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -66,6 +67,7 @@ impl ErrorCode {
         ErrorCode::RoomSettingsConflict,
         ErrorCode::BadPosition,
         ErrorCode::MediaUnavailable,
+        ErrorCode::ClusterUnavailable,
         ErrorCode::ResumeFailed,
         ErrorCode::RateLimited,
         ErrorCode::ServerMuted,
@@ -98,6 +100,7 @@ impl ErrorCode {
             ErrorCode::RoomSettingsConflict => "room_settings_conflict",
             ErrorCode::BadPosition => "bad_position",
             ErrorCode::MediaUnavailable => "media_unavailable",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
             ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ServerMuted => "server_muted",
@@ -136,6 +139,7 @@ impl ErrorCode {
             | ErrorCode::Banned
             | ErrorCode::Draining
             | ErrorCode::MediaUnavailable
+            | ErrorCode::ClusterUnavailable
             | ErrorCode::Internal => true,
         }
     }
@@ -274,6 +278,7 @@ mod tests {
             RoomSettingsConflict,
             BadPosition,
             MediaUnavailable,
+            ClusterUnavailable,
             ResumeFailed,
             RateLimited,
             ServerMuted,

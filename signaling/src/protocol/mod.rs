@@ -26,6 +26,7 @@ mod ping;
 mod pong;
 mod position;
 mod ptt;
+mod redirect;
 mod resume;
 mod resumed;
 mod slots;
@@ -57,6 +58,7 @@ pub use ping::Ping;
 pub use pong::Pong;
 pub use position::{PositionUpdate, Positions, SpeakerPosition};
 pub use ptt::{Ptt, PttKey};
+pub use redirect::Redirect;
 pub use resume::Resume;
 pub use resumed::Resumed;
 pub use slots::{Slot, Slots};
@@ -119,6 +121,7 @@ pub enum ServerMessage {
     Pong(Pong),
     Left(Left),
     Draining(Draining),
+    Redirect(Redirect),
     Error(ErrorMessage),
 }
 
@@ -326,8 +329,8 @@ mod tests {
         }
         assert_eq!(client, ClientMessage::TYPES.len());
         assert_eq!(
-            server, 22,
-            "20 messages, joined and participant_muted twice"
+            server, 23,
+            "21 messages, joined and participant_muted twice"
         );
     }
 }

@@ -8,18 +8,19 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
 use super::talk::{team_for, TalkState};
-use super::{Flow, Media, Member, Membership, Missed, PttKeys, Resumable, Session, WsFrame};
-use crate::auth::{unix_now, verify_token};
+use super::{Exit, Flow, Media, Member, Membership, Missed, PttKeys, Resumable, Session, WsFrame};
+use crate::auth::{unix_now, verify_token, Claims};
+use crate::locator::{LocateError, Location};
 use crate::media::MediaCommand;
 use crate::metrics::LeaveReason;
 use crate::protocol::{
-    ErrorCode, Join, Joined, ParticipantLeftReason, ServerMessage, PROTOCOL_VERSION,
+    ErrorCode, Join, Joined, ParticipantLeftReason, Redirect, ServerMessage, PROTOCOL_VERSION,
 };
 use crate::registry::JoinRequest;
 use crate::{Signaling, SERVER_VERSION};
 
 impl Membership {
-    pub(super) async fn end(&mut self, reason: ParticipantLeftReason, metric: LeaveReason) {
+    pub(crate) async fn end(&mut self, reason: ParticipantLeftReason, metric: LeaveReason) {
         if let Some(worker) = &self.worker {
             let command = MediaCommand::Leave {
                 participant: self.id,
@@ -78,7 +79,23 @@ where
             let message = "this session has already joined a room";
             return self.wire.reject(ErrorCode::AlreadyJoined, message).await;
         }
-        match admit(&ctx, join) {
+        let checked = match check(&ctx, join) {
+            Ok(checked) => checked,
+            Err((code, message)) => {
+                ctx.metrics().join_failed(code);
+                return self.wire.reject(code, message).await;
+            }
+        };
+        if let Some(url) = self.locate(&ctx, &checked.claims.room).await? {
+            ctx.metrics().join_redirected();
+            let room = checked.claims.room;
+            tracing::debug!(%room, %url, "room lives on another node: redirected");
+            self.wire
+                .send(&ServerMessage::Redirect(Redirect { url, room }))
+                .await?;
+            return Err(Exit::Redirected);
+        }
+        match admit(&ctx, checked) {
             Err((code, message)) => {
                 ctx.metrics().join_failed(code);
                 self.wire.reject(code, message).await
@@ -99,14 +116,46 @@ where
             }
         }
     }
+
+    /// On a node of a cluster: where `room` lives. `None` to admit here, the owner's URL to redirect to;
+    /// a locator that cannot tell ends the session with `cluster_unavailable`.
+    async fn locate(&mut self, ctx: &Arc<Signaling>, room: &str) -> Result<Option<String>, Exit> {
+        let Some(locator) = ctx.locator() else {
+            return Ok(None);
+        };
+        let located = timeout(
+            ctx.config().media_timeout(),
+            locator.locate(room, ctx.has_room(room)),
+        )
+        .await
+        .unwrap_or(Err(LocateError::Unreachable));
+        let error = match located {
+            Ok(Location::Here) => return Ok(None),
+            Ok(Location::Elsewhere { url }) => return Ok(Some(url)),
+            Err(error) => error,
+        };
+        ctx.metrics().join_failed(ErrorCode::ClusterUnavailable);
+        let message = format!("{error}: cannot join a room this node does not host; retry later");
+        match self
+            .wire
+            .reject(ErrorCode::ClusterUnavailable, message)
+            .await
+        {
+            // `cluster_unavailable` is fatal: `reject` always ends the session.
+            Ok(()) => Err(Exit::Fatal(ErrorCode::ClusterUnavailable)),
+            Err(exit) => Err(exit),
+        }
+    }
 }
 
-/// Checks a `join` and admits the participant to its room: the new member and its `joined` reply, or
-/// the error to send.
-pub(super) fn admit(
-    ctx: &Arc<Signaling>,
+/// A `join` whose protocol version and token have been checked.
+pub(super) struct CheckedJoin {
     join: Join,
-) -> Result<(Member, ServerMessage), (ErrorCode, String)> {
+    claims: Claims,
+}
+
+/// Checks a `join`'s protocol version, token and room: the verified claims, or the error to send.
+fn check(ctx: &Signaling, join: Join) -> Result<CheckedJoin, (ErrorCode, String)> {
     if join.protocol != PROTOCOL_VERSION {
         let message = format!(
             "protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}",
@@ -120,6 +169,15 @@ pub(super) fn admit(
         let message = "join.room differs from the room of the access token";
         return Err((ErrorCode::RoomMismatch, message.into()));
     }
+    Ok(CheckedJoin { join, claims })
+}
+
+/// Admits a checked `join` to its room: the new member and its `joined` reply, or the error to send.
+pub(super) fn admit(
+    ctx: &Arc<Signaling>,
+    checked: CheckedJoin,
+) -> Result<(Member, ServerMessage), (ErrorCode, String)> {
+    let CheckedJoin { join, claims } = checked;
     let name = join
         .name
         .filter(|name| !name.is_empty())

@@ -232,6 +232,11 @@ enum Seen {
     Leave {
         participant: ParticipantId,
     },
+    ConnectSource {
+        participant: ParticipantId,
+        room: String,
+        muted: bool,
+    },
     RestartIce {
         participant: ParticipantId,
     },
@@ -422,6 +427,20 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     speaker,
                     volume,
                 },
+                MediaCommand::ConnectSource {
+                    room,
+                    participant,
+                    muted,
+                    reply,
+                    ..
+                } => {
+                    let _ = reply.send(Ok(()));
+                    Seen::ConnectSource {
+                        participant,
+                        room,
+                        muted,
+                    }
+                }
                 MediaCommand::Leave { participant } => {
                     worker_events
                         .lock()
@@ -2042,5 +2061,9 @@ async fn positions_are_checked_rate_limited_and_reach_the_worker() {
 }
 
 mod moderation;
+
+mod cluster;
+
+mod source;
 
 mod talk;

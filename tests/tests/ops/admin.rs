@@ -45,7 +45,8 @@ async fn admin_api_refuses_requests_without_an_admin_token() -> anyhow::Result<(
     for (path, item) in doc["paths"].as_object().cloned().unwrap_or_default() {
         let path = path
             .replace("{room}", "lobby")
-            .replace("{sid}", "PA_000000000001");
+            .replace("{sid}", "PA_000000000001")
+            .replace("{id}", "0000000000000000beef");
         for method in ["get", "post", "put", "delete"] {
             if item.get(method).is_some() {
                 let (status, body) = server
@@ -56,7 +57,7 @@ async fn admin_api_refuses_requests_without_an_admin_token() -> anyhow::Result<(
             }
         }
     }
-    assert_eq!(refused, 14);
+    assert_eq!(refused, 23);
     // Nothing happened, and every refusal was counted.
     assert_eq!(server.http_get("/readyz").await?.0, 200);
     assert!(

@@ -86,7 +86,21 @@ async fn run_schemathesis(
 async fn admin_api_agrees_with_its_openapi_document() -> anyhow::Result<()> {
     let _one_at_a_time = chorus_tests::cpu_heavy().await;
     let st = schemathesis()?;
-    let server = std::sync::Arc::new(Server::start(&[]).await?);
+    // Recording on, into a directory of this test's own, so the recording routes do their work (every
+    // room made with `record` records; no cap is reached in one run).
+    let base = std::env::temp_dir().join(format!("chorus-api-spec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base)?;
+    let config = base.join("chorus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[recording]\nenabled = true\nmax_active = 10000\ndir = \"{}\"\n",
+            base.join("recordings").display()
+        ),
+    )?;
+    let config_arg = config.to_str().context("a UTF-8 temp path")?.to_owned();
+    let server = std::sync::Arc::new(Server::start(&["--config", &config_arg]).await?);
     let admin = server.admin_token()?;
 
     // Keep two participants in the lobby.
@@ -170,5 +184,7 @@ async fn admin_api_agrees_with_its_openapi_document() -> anyhow::Result<()> {
         "schemathesis made {} requests in all",
         requests + drain_requests
     );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }

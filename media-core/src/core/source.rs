@@ -1,0 +1,197 @@
+//! Server-side source participants: members of a room whose Opus packets come from the server process (an
+//! Icecast source connection, an RTP socket, a playlist decoder) instead of a WebRTC peer.
+//!
+//! A source is a participant like any other — slot selection, dominant speaker, the mixer and its jitter
+//! buffer, a spatial room's audibility, mute — with a [`SourceInput`] where a peer would be: no SDP, no ICE,
+//! nothing sent to it. Its packets enter with [`MediaCore::push_source`] and take the same path as a
+//! peer's microphone packets from there (`ingress.rs`). A source carries no RFC 6464 level, so the core
+//! measures one per packet from its own decode.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::ingress::Audio;
+use super::{CoreError, JoinParams, Link, MediaCore};
+use crate::audio::{audio_level_from_samples, SAMPLE_RATE};
+use crate::ids::{ParticipantId, RoomId, Ssrc};
+use crate::mixer::opus_packet_info;
+use crate::stats::DropReason;
+use vocab::{RoomSettings, SourcePacket};
+
+/// The longest Opus packet: 120 ms at 48 kHz.
+const MAX_PACKET_SAMPLES: usize = 5760;
+
+/// Where a source participant's packets come from inside the core: its stream identity and the decoder
+/// that measures each packet's level.
+pub(crate) struct SourceInput {
+    /// Made up by the core (a source has no RTP stream of its own): the CSRC of its forwarded packets
+    /// and the SSRC its slot assignments name.
+    pub(crate) ssrc: Ssrc,
+    /// The last extended sequence number: the source's 16-bit numbers continue across wrap-arounds.
+    last_seq: Option<u64>,
+    decoder: Option<opus::Decoder>,
+    pcm: Vec<f32>,
+}
+
+impl SourceInput {
+    fn new(ssrc: Ssrc) -> Self {
+        SourceInput {
+            ssrc,
+            last_seq: None,
+            decoder: None,
+            pcm: vec![0.0; MAX_PACKET_SAMPLES],
+        }
+    }
+
+    /// `seq` extended to 64 bits: the value with these low 16 bits nearest to the last one.
+    fn extend_seq(&mut self, seq: u16) -> u64 {
+        let ext = match self.last_seq {
+            None => u64::from(seq) + (1 << 16),
+            Some(last) => {
+                let base = last & !0xffff;
+                [base.wrapping_sub(1 << 16), base, base + (1 << 16)]
+                    .into_iter()
+                    .map(|b| b + u64::from(seq))
+                    .min_by_key(|c| c.abs_diff(last))
+                    .unwrap_or(last)
+            }
+        };
+        if self.last_seq.is_none_or(|last| ext > last) {
+            self.last_seq = Some(ext);
+        }
+        ext
+    }
+
+    /// The RFC 6464 level of one Opus packet (0 loudest … 127 silence), from decoding it; `None` when the
+    /// decoder refuses it.
+    fn level(&mut self, payload: &[u8]) -> Option<u8> {
+        if self.decoder.is_none() {
+            self.decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).ok();
+        }
+        let decoder = self.decoder.as_mut()?;
+        let n = decoder.decode_float(payload, &mut self.pcm, false).ok()?;
+        Some(audio_level_from_samples(&self.pcm[..n]))
+    }
+}
+
+impl MediaCore {
+    /// Add a server-side source participant to `room` (created with `settings` if needed, refused as
+    /// [`MediaCore::add_participant`] refuses a peer's room). It publishes (unless `muted`) and subscribes
+    /// to nothing; its packets come through [`MediaCore::push_source`].
+    pub fn add_source(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        settings: RoomSettings,
+        id: ParticipantId,
+        muted: bool,
+    ) -> Result<(), CoreError> {
+        self.last_now = now;
+        if self.participants.contains_key(&id) {
+            return Err(CoreError::AlreadyConnected(id));
+        }
+        let (existing, settings) = self.room_settings_for(room, settings)?;
+        let ssrc = Ssrc(self.rng.next_u64() as u32);
+        let params = JoinParams {
+            can_publish: true,
+            can_subscribe: false,
+            muted,
+        };
+        self.join_room(
+            now,
+            room,
+            settings,
+            existing,
+            id,
+            params,
+            Link::Source(Box::new(SourceInput::new(ssrc))),
+        );
+        Ok(())
+    }
+
+    /// One Opus packet of a source participant. A packet that is not Opus is refused with
+    /// [`CoreError::NotOpus`] (and counted as a `malformed` drop); a muted source's packets are counted
+    /// as `not_publishing` and go nowhere.
+    pub fn push_source(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        packet: SourcePacket,
+    ) -> Result<(), CoreError> {
+        self.last_now = now;
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(CoreError::UnknownParticipant(id))?;
+        let publishes = p.publishes();
+        let Link::Source(input) = &mut p.link else {
+            return Err(CoreError::NotASource(id));
+        };
+        if opus_packet_info(&packet.payload).is_none() {
+            self.stats.drop(DropReason::Malformed);
+            return Err(CoreError::NotOpus(id));
+        }
+        let seq = input.extend_seq(packet.seq);
+        let source = input.ssrc;
+        // Only a publishing source costs a decode.
+        let level = if publishes {
+            input.level(&packet.payload)
+        } else {
+            None
+        };
+        let audio = Audio {
+            source,
+            seq,
+            ts: packet.timestamp,
+            arrival: now,
+            payload: Arc::clone(&packet.payload),
+            red: None,
+            level: Some(-(level.unwrap_or(127).min(127) as i8)),
+            vad: None,
+        };
+        self.deliver(now, id, audio);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_extend_across_wraps_and_reordering() {
+        let mut input = SourceInput::new(Ssrc(1));
+        let a = input.extend_seq(65534);
+        assert_eq!(input.extend_seq(65535), a + 1);
+        assert_eq!(input.extend_seq(0), a + 2);
+        // Reordered from before the wrap: behind, not 65,535 ahead.
+        assert_eq!(input.extend_seq(65535), a + 1);
+        assert_eq!(input.extend_seq(1), a + 3);
+    }
+
+    #[test]
+    fn levels_are_measured_from_the_decode() {
+        let mut input = SourceInput::new(Ssrc(1));
+        let mut encoder =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .expect("a mono 48 kHz encoder");
+        let silence = vec![0i16; 960];
+        let tone: Vec<i16> = (0..960)
+            .map(|i| ((i as f32 * 0.06).sin() * 16000.0) as i16)
+            .collect();
+        let mut out = vec![0u8; 1500];
+        let mut last_loud = 127;
+        for _ in 0..10 {
+            let n = encoder.encode(&tone, &mut out).expect("encodes");
+            last_loud = input.level(&out[..n]).expect("decodes");
+        }
+        assert!(last_loud < 20, "a loud tone: level {last_loud}");
+        let mut last_quiet = 0;
+        for _ in 0..10 {
+            let n = encoder.encode(&silence, &mut out).expect("encodes");
+            last_quiet = input.level(&out[..n]).expect("decodes");
+        }
+        assert!(last_quiet > 90, "silence: level {last_quiet}");
+        assert_eq!(input.level(&[0xff, 0xff, 0xff]), None);
+    }
+}

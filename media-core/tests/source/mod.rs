@@ -1,0 +1,185 @@
+//! Server-side source participants in virtual time: Opus packets pushed by the server process (an
+//! Icecast source, an RTP socket) are heard by WebRTC listeners in forwarding and mixed rooms, are
+//! speakers and slot occupants like anyone, stop when muted, and bad payloads are refused and counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use media_core::audio::{ToneAnalysis, FRAME_SAMPLES, SAMPLE_RATE};
+use media_core::sim::LinkConfig;
+use media_core::testkit::analysis::ToneGenerator;
+use media_core::{
+    CoreError, CoreEvent, DropReason, MixSettings, ParticipantId, RoomSettings, SourcePacket,
+};
+
+use crate::support::Sim;
+
+const SOURCE: ParticipantId = ParticipantId(9_000);
+const TONE_HZ: f32 = 523.0;
+
+/// A libopus encoder for the source's tone, one 20 ms packet at a time.
+struct ToneSource {
+    encoder: opus::Encoder,
+    tone: ToneGenerator,
+    seq: u16,
+    ts: u32,
+}
+
+impl ToneSource {
+    fn new() -> Self {
+        ToneSource {
+            encoder: opus::Encoder::new(
+                SAMPLE_RATE,
+                opus::Channels::Mono,
+                opus::Application::Audio,
+            )
+            .expect("a mono 48 kHz encoder"),
+            tone: ToneGenerator::new(f64::from(TONE_HZ), 0.3, SAMPLE_RATE),
+            seq: 40_000,
+            ts: 7,
+        }
+    }
+
+    fn next(&mut self) -> SourcePacket {
+        let mut pcm = [0f32; FRAME_SAMPLES];
+        self.tone.fill(&mut pcm);
+        let payload = self
+            .encoder
+            .encode_vec_float(&pcm, 1500)
+            .expect("encodes a frame");
+        let packet = SourcePacket {
+            seq: self.seq,
+            timestamp: self.ts,
+            payload: Arc::from(payload),
+        };
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(FRAME_SAMPLES as u32);
+        packet
+    }
+}
+
+/// Runs `d` of virtual time, pushing one source packet every 20 ms.
+fn play(sim: &mut Sim, source: &mut ToneSource, d: Duration) {
+    let frames = d.as_millis() / 20;
+    for _ in 0..frames {
+        let now = sim.now;
+        sim.core
+            .push_source(now, SOURCE, source.next())
+            .expect("the source is in the room");
+        sim.drain_core();
+        sim.run_for(Duration::from_millis(20));
+    }
+}
+
+fn assert_tone(pcm: &[f32], what: &str) {
+    let tail = &pcm[pcm.len().saturating_sub(SAMPLE_RATE as usize)..];
+    assert!(
+        tail.len() >= SAMPLE_RATE as usize / 2,
+        "{what}: too little audio ({})",
+        pcm.len()
+    );
+    let a = ToneAnalysis::analyze(tail, SAMPLE_RATE, &[TONE_HZ, 440.0]);
+    assert_eq!(a.present_default(), vec![TONE_HZ], "{what}: {a:?}");
+}
+
+#[test]
+fn a_source_in_a_forwarding_room_is_a_speaker_in_a_listeners_slot() {
+    // One silent WebRTC listener.
+    let mut sim = Sim::new(31, LinkConfig::with_delay(5.0), 3, &[(440.0, 0.0)]);
+    sim.connect();
+    let now = sim.now;
+    let room = sim.room.clone();
+    sim.core
+        .add_source(now, &room, RoomSettings::forward(3), SOURCE, false)
+        .expect("a source joins the room");
+    sim.drain_core();
+    let mut source = ToneSource::new();
+    play(&mut sim, &mut source, Duration::from_secs(2));
+
+    // The listener's slot names the source and its (made-up) SSRC; the room hears it speak.
+    let slot_ssrc = sim
+        .events
+        .iter()
+        .rev()
+        .find_map(|(_, e)| match e {
+            CoreEvent::Slots { slots, .. } => slots
+                .iter()
+                .find(|s| s.participant == Some(SOURCE))
+                .and_then(|s| s.ssrc),
+            _ => None,
+        })
+        .expect("the source took a slot");
+    assert!(sim.events.iter().any(|(_, e)| matches!(e,
+        CoreEvent::Speakers { speakers, .. } if speakers.iter().any(|(p, _)| *p == SOURCE))));
+    assert_tone(sim.clients[0].pcm(slot_ssrc), "the listener");
+
+    // Muted: nothing more is forwarded; the packets count as not publishing.
+    sim.core
+        .set_muted(SOURCE, true)
+        .expect("the source is here");
+    let before = sim.clients[0].pcm(slot_ssrc).len();
+    let dropped = sim.core.stats().dropped(DropReason::NotPublishing);
+    play(&mut sim, &mut source, Duration::from_millis(500));
+    assert_eq!(sim.clients[0].pcm(slot_ssrc).len(), before);
+    assert_eq!(
+        sim.core.stats().dropped(DropReason::NotPublishing),
+        dropped + 25
+    );
+
+    // Not Opus: refused, counted, nothing else changes.
+    let malformed = sim.core.stats().dropped(DropReason::Malformed);
+    let bad = SourcePacket {
+        seq: 1,
+        timestamp: 1,
+        payload: Arc::from(&[0xffu8, 0xff, 0xff][..]),
+    };
+    let now = sim.now;
+    assert!(matches!(
+        sim.core.push_source(now, SOURCE, bad),
+        Err(CoreError::NotOpus(_))
+    ));
+    assert_eq!(
+        sim.core.stats().dropped(DropReason::Malformed),
+        malformed + 1
+    );
+    // A WebRTC participant is no source.
+    let peer = sim.clients[0].id;
+    let packet = source.next();
+    assert!(matches!(
+        sim.core.push_source(now, peer, packet),
+        Err(CoreError::NotASource(_))
+    ));
+
+    sim.core
+        .remove_participant(now, SOURCE)
+        .expect("the source leaves");
+    assert_eq!(sim.core.room_members(&room), &[peer]);
+}
+
+#[test]
+fn a_source_in_a_mixed_room_is_mixed_through_its_jitter_buffer() {
+    let room = RoomSettings::mix(MixSettings::default());
+    let mut sim = Sim::with_room(32, LinkConfig::with_delay(5.0), room, &[(440.0, 0.0)]);
+    sim.connect();
+    let now = sim.now;
+    let id = sim.room.clone();
+    sim.core
+        .add_source(now, &id, room, SOURCE, false)
+        .expect("a source joins the room");
+    // Other settings for the same room are refused, as for a peer.
+    assert!(matches!(
+        sim.core.add_source(
+            now,
+            &id,
+            RoomSettings::forward(2),
+            ParticipantId(9_001),
+            false
+        ),
+        Err(CoreError::RoomSettingsConflict(_))
+    ));
+    sim.drain_core();
+    let mut source = ToneSource::new();
+    play(&mut sim, &mut source, Duration::from_secs(2));
+    assert_tone(&sim.clients[0].mix.pcm, "the mixed listener");
+    assert!(sim.core.jitter_target(SOURCE).is_some());
+}

@@ -1,0 +1,126 @@
+//! The cluster's metrics (docs/metrics.md, "Cluster"): registered only on a node with a `cluster` section.
+
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+
+/// The `op` label values of `chorus_cluster_redis_errors_total`.
+pub const OPS: [&str; 5] = ["heartbeat", "nodes", "place", "refresh", "release"];
+
+/// How a join of a room was located (`result` of `chorus_cluster_locate_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Located {
+    /// The room exists on this node: no Redis asked.
+    Hosted,
+    /// This node owns the room now (it was placed here, or this node already owned it).
+    Here,
+    /// Another node owns it: `redirect`.
+    Redirect,
+    /// Redis did not answer: `cluster_unavailable`.
+    Unavailable,
+    /// No live node takes new rooms: `cluster_unavailable`.
+    NoCandidate,
+}
+
+impl Located {
+    pub const ALL: [Located; 5] = [
+        Located::Hosted,
+        Located::Here,
+        Located::Redirect,
+        Located::Unavailable,
+        Located::NoCandidate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Located::Hosted => "hosted",
+            Located::Here => "here",
+            Located::Redirect => "redirect",
+            Located::Unavailable => "unavailable",
+            Located::NoCandidate => "no_candidate",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    redis_up: IntGauge,
+    redis_errors: IntCounterVec,
+    locate: IntCounterVec,
+    nodes: IntGauge,
+    claim_conflicts: prometheus::IntCounter,
+}
+
+impl ClusterMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let redis_up = IntGauge::new(
+            "chorus_cluster_redis_up",
+            "1 while this node's last Redis command succeeded, else 0.",
+        )?;
+        let redis_errors = IntCounterVec::new(
+            Opts::new(
+                "chorus_cluster_redis_errors_total",
+                "Redis commands of the cluster that failed (unreachable, timed out), by operation.",
+            ),
+            &["op"],
+        )?;
+        let locate = IntCounterVec::new(
+            Opts::new(
+                "chorus_cluster_locate_total",
+                "Joins of this node located in the cluster, by result.",
+            ),
+            &["result"],
+        )?;
+        let nodes = IntGauge::new(
+            "chorus_cluster_nodes",
+            "Live nodes of the cluster (records not expired), as of this node's last heartbeat.",
+        )?;
+        let claim_conflicts = prometheus::IntCounter::new(
+            "chorus_cluster_claim_conflicts_total",
+            "Rooms this node hosts whose claim another live node holds (seen at a heartbeat).",
+        )?;
+        for op in OPS {
+            redis_errors.with_label_values(&[op]);
+        }
+        for located in Located::ALL {
+            locate.with_label_values(&[located.as_str()]);
+        }
+        registry.register(Box::new(redis_up.clone()))?;
+        registry.register(Box::new(redis_errors.clone()))?;
+        registry.register(Box::new(locate.clone()))?;
+        registry.register(Box::new(nodes.clone()))?;
+        registry.register(Box::new(claim_conflicts.clone()))?;
+        Ok(ClusterMetrics {
+            redis_up,
+            redis_errors,
+            locate,
+            nodes,
+            claim_conflicts,
+        })
+    }
+
+    /// A Redis command of `op` (one of [`OPS`]) failed.
+    pub fn redis_failed(&self, op: &'static str) {
+        self.redis_up.set(0);
+        self.redis_errors.with_label_values(&[op]).inc();
+    }
+
+    /// A Redis command succeeded.
+    pub fn redis_ok(&self) {
+        self.redis_up.set(1);
+    }
+
+    pub fn redis_up(&self) -> bool {
+        self.redis_up.get() == 1
+    }
+
+    pub fn located(&self, located: Located) {
+        self.locate.with_label_values(&[located.as_str()]).inc();
+    }
+
+    pub fn nodes(&self, live: usize) {
+        self.nodes.set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
+
+    pub fn claim_conflicts(&self, n: usize) {
+        self.claim_conflicts.inc_by(n as u64);
+    }
+}

@@ -1,0 +1,400 @@
+//! A cluster of Chorus nodes sharing rooms through Redis (docs/architecture.md, "Cluster").
+//!
+//! Each node writes its record (URL, region, capacity, load) every heartbeat with a TTL, so a node that
+//! stops is gone within `node_ttl_ms`; a room is owned by the node whose claim its key holds, taken
+//! atomically by a Lua script on the first join anywhere (the least loaded live node, preferably in the
+//! region of the node the client reached) and refreshed by the owner while the room exists there. A join
+//! reaching another node is answered with `redirect` to the owner's URL ([`signaling::locator`]); a join
+//! of a room this node hosts never waits for Redis, so calls and their joins go on while Redis is down.
+//!
+//! `config` (the `[cluster]` section), `store` (keys, records, the scripts), `metrics`, `admin` (the
+//! cluster-wide node list).
+
+pub mod admin;
+pub mod config;
+mod metrics;
+mod store;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use prometheus::core::Collector;
+use prometheus::CounterVec;
+use signaling::locator::{LocateError, Locating, Location, RoomLocator};
+use signaling::Signaling;
+use tracing::{info, warn};
+
+pub use config::ClusterConfig;
+use metrics::{ClusterMetrics, Located};
+pub use store::{LiveNode, NodeRecord};
+use store::{Store, StoreError};
+
+/// This node's part in the cluster: its identity, the shared state, its metrics.
+pub struct Cluster {
+    id: String,
+    url: String,
+    region: String,
+    config: ClusterConfig,
+    store: Store,
+    metrics: ClusterMetrics,
+}
+
+impl Cluster {
+    /// Joins the cluster of `config` (which must have a `redis_url`) as the node serving signaling on
+    /// `http_addr`. Connects lazily: a node starts while Redis is down and joins when it returns.
+    pub fn new(
+        config: &ClusterConfig,
+        http_addr: SocketAddr,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let redis_url = config
+            .redis_url
+            .as_deref()
+            .context("cluster.redis_url is not set")?;
+        let timeout = Duration::from_millis(config.redis_timeout_ms);
+        let store = Store::new(redis_url, &config.key_prefix, timeout)
+            .context("cluster.redis_url is not a usable Redis URL")?;
+        let id = match &config.node_id {
+            Some(id) => id.clone(),
+            None => random_node_id()?,
+        };
+        let url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("ws://{http_addr}/ws"));
+        info!(node = %id, %url, region = %config.region, "cluster node (Redis shared state)");
+        Ok(Arc::new(Cluster {
+            id,
+            url,
+            region: config.region.clone(),
+            config: config.clone(),
+            store,
+            metrics: ClusterMetrics::new(registry)?,
+        }))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Every live node of the cluster (this one included once it has written its record), by id.
+    pub async fn nodes(&self) -> Result<Vec<LiveNode>, StoreError> {
+        let nodes = self.store.nodes().await;
+        self.observe(&nodes, "nodes");
+        nodes
+    }
+
+    fn observe<T>(&self, result: &Result<T, StoreError>, op: &'static str) {
+        match result {
+            Ok(_) => self.metrics.redis_ok(),
+            Err(error) => {
+                if self.metrics.redis_up() {
+                    warn!(%error, op, "cluster: Redis unreachable; rooms hosted here go on");
+                }
+                self.metrics.redis_failed(op);
+            }
+        }
+    }
+
+    /// The node a join of a room this node does not host goes to: the room's live owner, or the node it
+    /// is placed on now.
+    async fn place(&self, room: &str) -> Result<Location, LocateError> {
+        let nodes = self.nodes().await.map_err(|_| LocateError::Unreachable)?;
+        let candidate = choose(&nodes, &self.region, self.config.same_region);
+        let placed = self
+            .store
+            .place(
+                room,
+                candidate.map(|n| n.id.as_str()),
+                Duration::from_millis(self.config.claim_ttl_ms),
+                // Until the node's next heartbeat counts the room in its record.
+                Duration::from_millis(2 * self.config.heartbeat_ms),
+            )
+            .await;
+        self.observe(&placed, "place");
+        let owner = placed
+            .map_err(|_| LocateError::Unreachable)?
+            .ok_or(LocateError::NoCandidate)?;
+        if owner == self.id {
+            return Ok(Location::Here);
+        }
+        match nodes.iter().find(|n| n.record.id == owner) {
+            Some(node) => Ok(Location::Elsewhere {
+                url: node.record.url.clone(),
+            }),
+            // The owner wrote its first record after the list was read: read it again.
+            None => {
+                let nodes = self.nodes().await.map_err(|_| LocateError::Unreachable)?;
+                let node = nodes
+                    .into_iter()
+                    .find(|n| n.record.id == owner)
+                    .ok_or(LocateError::Unreachable)?;
+                Ok(Location::Elsewhere {
+                    url: node.record.url,
+                })
+            }
+        }
+    }
+
+    /// Starts the heartbeat: this node's record and room claims, every `heartbeat_ms`, until aborted.
+    pub fn spawn(
+        self: &Arc<Self>,
+        signaling: Arc<Signaling>,
+        busy: CounterVec,
+        workers: usize,
+    ) -> tokio::task::JoinHandle<()> {
+        let cluster = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut heart = Heart {
+                cluster,
+                signaling,
+                cpu: WorkerCpu::new(busy, workers),
+                hosted: HashSet::new(),
+            };
+            let period = Duration::from_millis(heart.cluster.config.heartbeat_ms);
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                heart.beat().await;
+            }
+        })
+    }
+
+    /// Leaves the cluster at once (the drain is over): the record and this node's room claims go.
+    pub async fn leave(&self, signaling: &Signaling) {
+        let rooms = signaling.room_names();
+        let released = self.store.release(&rooms, &self.id).await;
+        self.observe(&released, "release");
+        let left = self.store.deregister(&self.id).await;
+        self.observe(&left, "heartbeat");
+        if left.is_ok() {
+            info!(node = %self.id, "left the cluster");
+        }
+    }
+}
+
+impl RoomLocator for Cluster {
+    fn locate<'a>(&'a self, room: &'a str, hosted_here: bool) -> Locating<'a> {
+        Box::pin(async move {
+            if hosted_here {
+                self.metrics.located(Located::Hosted);
+                return Ok(Location::Here);
+            }
+            let located = self.place(room).await;
+            self.metrics.located(match &located {
+                Ok(Location::Here) => Located::Here,
+                Ok(Location::Elsewhere { .. }) => Located::Redirect,
+                Err(LocateError::Unreachable) => Located::Unavailable,
+                Err(LocateError::NoCandidate) => Located::NoCandidate,
+            });
+            located
+        })
+    }
+}
+
+/// The node a new room goes to: among the live nodes that take rooms (not draining, below capacity) —
+/// those of `region` if `same_region` and one of them is live — the least loaded (in 5 % steps), then the
+/// one with the fewest rooms (counting rooms placed since its last heartbeat), then by id.
+pub fn choose<'a>(
+    nodes: &'a [LiveNode],
+    region: &str,
+    same_region: bool,
+) -> Option<&'a NodeRecord> {
+    let open = || nodes.iter().filter(|n| n.record.takes_rooms());
+    let regional = same_region && !region.is_empty() && open().any(|n| n.record.region == region);
+    open()
+        .filter(|n| !regional || n.record.region == region)
+        .min_by_key(|n| {
+            let step = (n.record.load() * 20.0).floor() as u32;
+            (step, n.record.rooms + n.placed, n.record.id.as_str())
+        })
+        .map(|n| &n.record)
+}
+
+/// One heartbeat's work, with what it remembers between beats.
+struct Heart {
+    cluster: Arc<Cluster>,
+    signaling: Arc<Signaling>,
+    cpu: WorkerCpu,
+    /// The rooms this node hosted at the last beat: those gone since have their claims released.
+    hosted: HashSet<String>,
+}
+
+impl Heart {
+    async fn beat(&mut self) {
+        let cluster = &self.cluster;
+        let rooms = self.signaling.room_names();
+        let record = NodeRecord {
+            id: cluster.id.clone(),
+            url: cluster.url.clone(),
+            region: cluster.region.clone(),
+            draining: self.signaling.is_draining(),
+            capacity_participants: cluster.config.capacity_participants,
+            participants: self.signaling.participant_count() as u64,
+            rooms: rooms.len() as u64,
+            worker_cpu: self.cpu.sample(Instant::now()),
+            workers: u32::try_from(self.cpu.workers).unwrap_or(u32::MAX),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let was_up = cluster.metrics.redis_up();
+        let written = cluster
+            .store
+            .heartbeat(&record, Duration::from_millis(cluster.config.node_ttl_ms))
+            .await;
+        cluster.observe(&written, "heartbeat");
+        if written.is_err() {
+            return;
+        }
+        if !was_up {
+            info!(node = %cluster.id, "cluster: Redis reachable; node registered");
+        }
+        let claim_ttl = Duration::from_millis(cluster.config.claim_ttl_ms);
+        let refreshed = cluster.store.refresh(&rooms, &cluster.id, claim_ttl).await;
+        cluster.observe(&refreshed, "refresh");
+        if let Ok(conflicts) = &refreshed {
+            if !conflicts.is_empty() {
+                warn!(
+                    rooms = ?conflicts,
+                    "cluster: rooms hosted here are claimed by another live node; calls here go on"
+                );
+                cluster.metrics.claim_conflicts(conflicts.len());
+            }
+        }
+        let now: HashSet<String> = rooms.into_iter().collect();
+        let gone: Vec<String> = self.hosted.difference(&now).cloned().collect();
+        if !gone.is_empty() {
+            let released = cluster.store.release(&gone, &cluster.id).await;
+            cluster.observe(&released, "release");
+        }
+        self.hosted = now;
+        if let Ok(nodes) = cluster.nodes().await {
+            cluster.metrics.nodes(nodes.len());
+        }
+    }
+}
+
+/// The media workers' busy share since the last sample, from `chorus_worker_busy_seconds_total`.
+struct WorkerCpu {
+    busy: CounterVec,
+    workers: usize,
+    last: Option<(Instant, f64)>,
+}
+
+impl WorkerCpu {
+    fn new(busy: CounterVec, workers: usize) -> Self {
+        WorkerCpu {
+            busy,
+            workers: workers.max(1),
+            last: None,
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.busy
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    }
+
+    /// 0.0..=1.0: the workers' busy time over the time since the previous sample, per worker.
+    fn sample(&mut self, now: Instant) -> f64 {
+        let total = self.total();
+        let share = match self.last {
+            Some((then, before)) => {
+                let elapsed = now.duration_since(then).as_secs_f64();
+                if elapsed > 0.0 {
+                    (total - before) / elapsed / self.workers as f64
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, total));
+        share.clamp(0.0, 1.0)
+    }
+}
+
+/// `node-` and 8 random hex digits.
+fn random_node_id() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    Ok(format!(
+        "node-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, region: &str, participants: u64, rooms: u64, placed: u64) -> LiveNode {
+        LiveNode {
+            record: NodeRecord {
+                id: id.into(),
+                url: format!("ws://{id}/ws"),
+                region: region.into(),
+                draining: false,
+                capacity_participants: 100,
+                participants,
+                rooms,
+                worker_cpu: 0.0,
+                workers: 1,
+                version: "0".into(),
+            },
+            placed,
+        }
+    }
+
+    fn chosen(nodes: &[LiveNode], region: &str, same: bool) -> Option<String> {
+        choose(nodes, region, same).map(|r| r.id.clone())
+    }
+
+    #[test]
+    fn the_least_loaded_node_takes_a_new_room() {
+        let nodes = [node("a", "", 40, 2, 0), node("b", "", 10, 5, 0)];
+        assert_eq!(chosen(&nodes, "", true).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn equal_load_goes_to_the_node_with_fewest_rooms_counting_recent_placements() {
+        let nodes = [
+            node("a", "", 0, 1, 0),
+            node("b", "", 0, 0, 2),
+            node("c", "", 0, 1, 1),
+        ];
+        assert_eq!(chosen(&nodes, "", true).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn draining_and_full_nodes_take_no_rooms() {
+        let mut draining = node("a", "", 0, 0, 0);
+        draining.record.draining = true;
+        let full = node("b", "", 100, 1, 0);
+        assert_eq!(chosen(&[draining.clone(), full.clone()], "", true), None);
+        let open = node("c", "", 99, 9, 0);
+        assert_eq!(
+            chosen(&[draining, full, open], "", true).as_deref(),
+            Some("c")
+        );
+    }
+
+    #[test]
+    fn the_same_region_is_preferred_while_it_has_a_node_that_takes_rooms() {
+        let nodes = [node("eu", "eu", 50, 9, 0), node("us", "us", 0, 0, 0)];
+        assert_eq!(chosen(&nodes, "eu", true).as_deref(), Some("eu"));
+        assert_eq!(chosen(&nodes, "eu", false).as_deref(), Some("us"));
+        assert_eq!(chosen(&nodes, "ap", true).as_deref(), Some("us"));
+        let mut full = nodes.clone();
+        full[0].record.participants = 100;
+        assert_eq!(chosen(&full, "eu", true).as_deref(), Some("us"));
+    }
+}

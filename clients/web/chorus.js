@@ -77,7 +77,8 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  *   | 'unsupported_protocol' | 'invalid_token' | 'token_expired' | 'room_mismatch' | 'not_joined'
  *   | 'already_joined' | 'forbidden' | 'room_full' | 'room_closed' | 'banned' | 'draining' | 'bad_sdp'
  *   | 'bad_room_settings' | 'room_settings_conflict' | 'bad_position' | 'media_unavailable'
- *   | 'cluster_unavailable' | 'resume_failed' | 'rate_limited' | 'server_muted' | 'participant_not_found' | 'internal'} ServerErrorCode
+ *   | 'cluster_unavailable' | 'resume_failed' | 'rate_limited' | 'server_muted' | 'participant_not_found'
+ *   | 'bad_target' | 'internal'} ServerErrorCode
  */
 // </error-codes>
 
@@ -93,6 +94,7 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {boolean} [server_muted]   muted by a moderator or operator: it cannot unmute itself (absent: false)
  * @property {boolean} [deafened]       sent no audio (absent: false)
  * @property {boolean} [ptt]            push-to-talk: heard only while its key is down (absent: false)
+ * @property {string} [team]            its team (absent: none)
  */
 
 /**
@@ -112,6 +114,8 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {string} token           the access token
  * @property {string} [room]          must equal the token's room when present
  * @property {string} [name]          display name, at most 64 characters
+ * @property {string} [team]          the team to join when the token has no `team` claim
+ * @property {boolean} [listen_only]  never publish
  */
 
 /**
@@ -189,9 +193,30 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  */
 
 /**
+ * Whom this participant's voice is for.
+ * @typedef {'room'|'team'|'whisper'} TalkTarget
+ */
+
+/**
+ * Client → server `talk`: talk to the room (default), the team, or whisper to `to` (1 to 64 sids).
+ * @typedef {object} TalkMessage
+ * @property {'talk'} type
+ * @property {TalkTarget} target
+ * @property {string[]} [to]          the whisper's sids (only with `whisper`)
+ */
+
+/**
+ * Client → server `volume`: how loud this participant hears `sid`, −50 (silent) .. +50, 0 unchanged.
+ * @typedef {object} VolumeMessage
+ * @property {'volume'} type
+ * @property {string} sid
+ * @property {number} volume
+ */
+
+/**
  * Every message the SDK sends.
  * @typedef {JoinMessage | OfferMessage | MuteMessage | PingMessage | LeaveMessage | ResumeMessage | PttMessage
- *   | PttKeyMessage | ModerateMessage | PositionMessage} ClientMessage
+ *   | PttKeyMessage | ModerateMessage | PositionMessage | TalkMessage | VolumeMessage} ClientMessage
  */
 
 /**
@@ -402,6 +427,8 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {boolean} serverMuted   muted by a moderator or operator (it cannot unmute itself)
  * @property {boolean} deafened      sent no audio by the server
  * @property {boolean} ptt           push-to-talk: heard only while its key is down
+ * @property {string|null} team      its team, or null
+ * @property {number} volume         how loud we hear it, −50 (silent) .. +50, 0 unchanged ({@link Room#setVolume})
  * @property {boolean} isLocal       true for this session's own participant
  * @property {number} level          last speaking level from `speakers`, 0.0 .. 1.0 (0 when not speaking)
  * @property {boolean} speaking      listed in the last `speakers` message
@@ -441,6 +468,8 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @typedef {object} ConnectOptions
  * @property {string} [name]                       display name sent in `join` (defaults to the token's)
  * @property {string} [room]                       room name sent in `join` (must match the token's room)
+ * @property {string} [team]                       team sent in `join` (a token's `team` claim wins)
+ * @property {boolean} [listenOnly]                join as a listener only: never publish
  * @property {boolean|MediaTrackConstraints} [microphone]
  *   acquire the microphone before the offer is made (the track is then in the offer from the start).
  *   Without it, call {@link Room#publishMicrophone} later; no renegotiation is needed either way.
@@ -525,6 +554,8 @@ function participantFrom(info, isLocal) {
     serverMuted: !!info.server_muted,
     deafened: !!info.deafened,
     ptt: !!info.ptt,
+    team: typeof info.team === 'string' ? info.team : null,
+    volume: 0,
     isLocal,
     level: 0,
     speaking: false,
@@ -717,6 +748,7 @@ export class Room extends EventTarget {
     this._turnErrors = [];
     /** @private */ this._muted = false;
     /** @private push-to-talk on (`setPtt`) */ this._ptt = false;
+    /** @private @type {Map<string, number>} the volumes set with `setVolume`, by sid */ this._volumes = new Map();
     /** @private the push-to-talk key is down (`keyDown`) */ this._keyDown = false;
     /** @private */ this._pingId = 0;
     /** @private @type {Map<number, number>} */ this._pingSent = new Map();
@@ -982,6 +1014,56 @@ export class Room extends EventTarget {
   }
 
   /**
+   * Whom our voice is for: `'room'` (the default), `'team'` (our team only; needs a team), or `'whisper'`
+   * to the participants `sids` (1 to 64 of this room). The server enforces it; a bad target arrives as an
+   * `error` event `bad_target`.
+   * @param {TalkTarget} target
+   * @param {string[]} [sids]   the whisper's participants
+   */
+  talkTo(target, sids = []) {
+    if (!this._isOpen()) throw new ChorusError('not_connected', 'the signaling socket is not open');
+    /** @type {TalkMessage} */
+    const msg = { type: 'talk', target };
+    if (target === 'whisper') {
+      if (sids.length < 1 || sids.length > 64) {
+        throw new ChorusError('bad_target', 'a whisper names 1 to 64 participants');
+      }
+      msg.to = sids.map(String);
+    }
+    this._send(msg);
+  }
+
+  /**
+   * How loud we hear participant `sid`: −50 (silent) .. +50, 0 unchanged, 0.5 dB per step (Vivox's scale).
+   * A mixed room applies it on the server; in a forwarding room the SDK applies it to the slot that carries
+   * the participant (an `<audio>` element cannot amplify: above 0 it plays at full volume), and the server
+   * ranks our slots by it (−50: the participant takes none).
+   * @param {string} sid
+   * @param {number} volume   a whole number, −50 .. 50
+   */
+  setVolume(sid, volume) {
+    if (!Number.isInteger(volume) || volume < -50 || volume > 50) {
+      throw new ChorusError('bad_message', 'a volume is a whole number from -50 to 50');
+    }
+    if (volume === 0) this._volumes.delete(sid);
+    else this._volumes.set(sid, volume);
+    const p = this.participant(sid);
+    if (p) p.volume = volume;
+    this._applyVolumes();
+    if (this._isOpen()) this._send({ type: 'volume', sid, volume });
+  }
+
+  /** @private forwarding rooms: each slot's element plays at its participant's volume (at most 1) */
+  _applyVolumes() {
+    const mixed = this.roomInfo && this.roomInfo.mode === 'mix';
+    for (const s of this.slots) {
+      if (!s.element) continue;
+      const v = (!mixed && s.sid !== null && this._volumes.get(s.sid)) || 0;
+      s.element.volume = v <= -50 ? 0 : Math.min(1, Math.pow(10, (v * 0.5) / 20));
+    }
+  }
+
+  /**
    * @private
    * @param {boolean} down
    */
@@ -1146,6 +1228,8 @@ export class Room extends EventTarget {
     const join = { type: 'join', protocol: PROTOCOL_VERSION, token: this._token };
     if (opts.room) join.room = opts.room;
     if (opts.name) join.name = String(opts.name).slice(0, 64);
+    if (opts.team) join.team = String(opts.team);
+    if (opts.listenOnly) join.listen_only = true;
     this._send(join);
   }
 
@@ -1546,6 +1630,7 @@ export class Room extends EventTarget {
       const p = this.participant(s.sid);
       if (p) p.slot = s.slot;
     }
+    this._applyVolumes();
     this._emit('slots', { slots: this.slots });
   }
 

@@ -18,6 +18,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use media_core::audibility::Audibility;
 use media_core::audio::FRAME_DURATION;
 use media_core::audio::FRAME_SAMPLES;
 use media_core::mixer::{MixPacket, Mixer};
@@ -70,7 +71,7 @@ fn mixer_only(players: usize, talkers: usize, complexity: u8, spatial: bool, sec
         ..MixSettings::default()
     };
     let mut mixer = Mixer::new(start, config);
-    let mut space = spatial.then(|| Space::new(settings()));
+    let mut space = spatial.then(|| Audibility::new(Some(settings())));
     let ids: Vec<ParticipantId> = (0..players).map(|i| ParticipantId(i as u64)).collect();
     for (i, &id) in ids.iter().enumerate() {
         mixer.add_member(id, i < talkers, true, 1, i as u32 * 7);
@@ -107,7 +108,10 @@ fn mixer_only(players: usize, talkers: usize, complexity: u8, spatial: bool, sec
             if t % 5 == 0 {
                 for (i, &id) in ids.iter().enumerate() {
                     let p = position(i, t as f64 * 0.02);
-                    space.set_position(now, id, p).expect("valid");
+                    space
+                        .set_position(now, id, p)
+                        .expect("spatial")
+                        .expect("valid");
                 }
             }
             changed.clear();

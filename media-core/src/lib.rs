@@ -6,10 +6,11 @@
 //!
 //! Layout: [`core`] is the worker's state machine (peers, timers, datagram demux); [`sfu`] forwards speakers
 //! into subscribers' slots; [`mixer`] mixes a room into one stream; [`speakers`] tracks levels and the
-//! dominant speaker for both modes. `client` is the client side of a session (feature `client`, for the
+//! dominant speaker for both modes; [`audibility`] decides who hears whom in every room. `client` is the client side of a session (feature `client`, for the
 //! native SDK). The simulated network and audio analysis are in `testkit`, compiled only for tests and with
 //! the `testkit` feature.
 
+pub mod audibility;
 pub mod audio;
 /// The client side of a Chorus session (a sans-IO str0m peer), for native clients, tests and the load
 /// tester; feature `client` (the `testkit` feature includes it).
@@ -41,5 +42,5 @@ pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples};
 pub use vocab::{
     FadeModel, MixSettings, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
-    SourcePacket, SpatialError, SpatialSettings,
+    SourcePacket, SpatialError, SpatialSettings, TalkTarget, TeamId, Volume,
 };

@@ -132,7 +132,7 @@ pub struct TokenCreate {
     #[arg(long, required_unless_present = "admin")]
     identity: Option<String>,
     /// An admin token for the admin API instead of an access token.
-    #[arg(long, conflicts_with_all = ["room", "name", "no_publish", "no_subscribe", "moderator", "ptt"])]
+    #[arg(long, conflicts_with_all = ["room", "name", "no_publish", "no_subscribe", "moderator", "ptt", "team", "shout"])]
     admin: bool,
     /// Display name.
     #[arg(long)]
@@ -152,6 +152,12 @@ pub struct TokenCreate {
     /// Push-to-talk forced on: heard only while the key is down.
     #[arg(long)]
     ptt: bool,
+    /// The participant's team (1–64 characters of A-Z, a-z, 0-9, '_', '.', '-').
+    #[arg(long)]
+    team: Option<String>,
+    /// The shout role: heard by everyone in the room, whatever the distance, team or max_audible.
+    #[arg(long)]
+    shout: bool,
 }
 
 pub fn apply_flags(c: &mut Config, a: &ServeArgs) {
@@ -251,6 +257,8 @@ pub fn token_create(config: &Config, t: TokenCreate) -> anyhow::Result<()> {
         can_subscribe: !t.no_subscribe,
         moderator: t.moderator,
         ptt: t.ptt,
+        team: t.team.map(vocab::TeamId::new).transpose()?,
+        shout: t.shout,
         ..signaling::auth::Claims::valid_for(&room, &identity, ttl_secs)
     };
     println!(

@@ -298,6 +298,7 @@ mod tests {
             server_muted: false,
             deafened: false,
             ptt: false,
+            team: None,
         };
         let left = RoomEvent::ParticipantLeft {
             room: room.clone(),

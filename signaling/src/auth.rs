@@ -68,6 +68,13 @@ pub struct Claims {
     /// push-to-talk off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ptt: bool,
+    /// The participant's team, assigned by the application (a game server): it wins over a `join.team`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<vocab::TeamId>,
+    /// The shout (broadcast) role: heard by everyone in the room, whatever the distance, team or
+    /// `max_audible` (a caster, a game master).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shout: bool,
 }
 
 fn yes() -> bool {
@@ -99,6 +106,8 @@ impl Claims {
             can_subscribe: true,
             moderator: false,
             ptt: false,
+            team: None,
+            shout: false,
         }
     }
 }

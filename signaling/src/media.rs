@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use vocab::{
     MixSettings, ParticipantId, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
-    SourcePacket, SpatialSettings,
+    SourcePacket, SpatialSettings, TalkTarget, TeamId, Volume,
 };
 
 /// Why a command failed on the media side.
@@ -48,6 +48,9 @@ pub enum MediaCommand {
         deafened: bool,
         /// Start with push-to-talk on (and the key up).
         ptt: bool,
+        /// Its team, and whether it has the shout role (heard by the whole room).
+        team: Option<TeamId>,
+        shout: bool,
         offer_sdp: String,
         events: mpsc::Sender<MediaEvent>,
         reply: oneshot::Sender<Result<String, MediaError>>,
@@ -94,6 +97,17 @@ pub enum MediaCommand {
     PttKey {
         participant: ParticipantId,
         down: bool,
+    },
+    /// Whom the participant's voice is for (whisper targets are participants of its room).
+    Talk {
+        participant: ParticipantId,
+        target: TalkTarget<ParticipantId>,
+    },
+    /// How loud `listener` hears `speaker` (mixed rooms apply it in the listener's mix).
+    Volume {
+        listener: ParticipantId,
+        speaker: ParticipantId,
+        volume: Volume,
     },
     /// Remove the participant and its peer. The room goes away with its last participant.
     Leave { participant: ParticipantId },

@@ -83,15 +83,18 @@ pub enum SessionLimit {
     Banned,
     /// A `ptt_key` key-down or a `ptt` beyond the push-to-talk rate was refused with `rate_limited`.
     PttKeyFlood,
+    /// A `talk` or `volume` beyond their rate was refused with `rate_limited`.
+    TalkFlood,
 }
 
 impl SessionLimit {
-    pub const ALL: [SessionLimit; 5] = [
+    pub const ALL: [SessionLimit; 6] = [
         SessionLimit::JoinTimeout,
         SessionLimit::OfferTimeout,
         SessionLimit::IdentityReplaced,
         SessionLimit::Banned,
         SessionLimit::PttKeyFlood,
+        SessionLimit::TalkFlood,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -101,6 +104,7 @@ impl SessionLimit {
             SessionLimit::IdentityReplaced => "identity_replaced",
             SessionLimit::Banned => "banned",
             SessionLimit::PttKeyFlood => "ptt_key_flood",
+            SessionLimit::TalkFlood => "talk_flood",
         }
     }
 }

@@ -202,6 +202,8 @@ pub(crate) struct JoinRequest {
     pub can_subscribe: bool,
     /// Push-to-talk forced by the token.
     pub ptt: bool,
+    /// The token's team, else the one the join asked for.
+    pub team: Option<vocab::TeamId>,
     pub events: mpsc::Sender<PresenceEvent>,
 }
 

@@ -29,12 +29,15 @@ mod media;
 mod membership;
 mod position;
 mod resume;
+mod talk;
 
 use control::{on_moderate, on_ptt, on_ptt_key, PttKeys};
 use media::{on_mute, on_offer, ConnectError, Media};
 use position::{on_position, Placement};
 pub(crate) use resume::ResumeTable;
 use resume::{hand_over, Claim, Missed, Resumable};
+use talk::{on_talk, on_volume, TalkState};
+pub use talk::{MAX_VOLUMES, TALK_BURST, TALK_PER_SEC};
 
 /// Close code of a normal end (`leave`, media lost).
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -341,6 +344,8 @@ struct Member {
     missed: Missed,
     /// Its place in a spatial room.
     placement: Placement,
+    /// Its team, shout role, talk target and volumes.
+    talk: TalkState,
 }
 
 /// A participant's place in its room and on its media worker, released exactly once: by [`Membership::end`]
@@ -544,6 +549,10 @@ where
             ClientMessage::Ptt(ptt) => on_ptt(&mut self.wire, member, ptt).await,
             ClientMessage::PttKey(key) => on_ptt_key(&mut self.wire, member, key, received).await,
             ClientMessage::Moderate(request) => on_moderate(&mut self.wire, member, request).await,
+            ClientMessage::Talk(talk) => on_talk(&mut self.wire, member, talk, received).await,
+            ClientMessage::Volume(volume) => {
+                on_volume(&mut self.wire, member, volume, received).await
+            }
             ClientMessage::Ping(Ping { id }) => {
                 self.wire.send(&ServerMessage::Pong(Pong { id })).await
             }

@@ -98,6 +98,7 @@ impl Signaling {
             can_publish: true,
             can_subscribe: false,
             ptt: false,
+            team: None,
             events,
         };
         let admission = self.registry().admit(join, &self.draining)?;

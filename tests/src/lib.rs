@@ -457,6 +457,8 @@ impl Signal {
                 token: token.to_owned(),
                 room: Some(room.to_owned()),
                 name: None,
+                team: None,
+                listen_only: false,
             }))
             .await?;
         let v = self

@@ -20,6 +20,7 @@ mod resume;
 mod spatial;
 mod speech;
 mod tcp;
+mod teams;
 use media_core::audio;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;

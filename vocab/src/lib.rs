@@ -9,9 +9,11 @@ pub mod ids;
 pub mod room;
 pub mod slots;
 pub mod spatial;
+pub mod talk;
 
 pub use audio::{SourcePacket, FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
 pub use ids::{ParticipantId, RoomId};
 pub use room::{MixSettings, RoomMode, RoomSettings, SettingsError};
 pub use slots::{SlotAssignment, MAX_SLOTS};
 pub use spatial::{FadeModel, Position, SpatialError, SpatialSettings};
+pub use talk::{TalkError, TalkTarget, TeamId, Volume, MAX_WHISPER_TARGETS};

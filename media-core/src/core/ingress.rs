@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use str0m::rtp::RtpPacket;
 
-use super::timers::{positions_events, slot_events};
+use super::timers::slot_events;
 use super::{CoreEvent, Link, MediaCore, Participant, MAX_DATAGRAM};
 use crate::core::net::{NetPath, Transport};
 use crate::core::peer::{PeerError, PeerEvent, StreamStats};
@@ -234,19 +234,15 @@ impl MediaCore {
         }
         // The first packet after the gate opened (key down, unmute) holds no slot yet: select now, so a
         // free slot takes it at once and the onset is heard, not dropped until the next selection tick.
-        // In a spatial room the speaker first joins the audible sets of the listeners in its range (it was
-        // no speaker at the last refresh while its gate was closed), so the selection routes it to them;
-        // they are told where it is (a forwarding room: a mixed one returned above).
         if onset && room.selector.routes(from).is_empty() {
-            if let Some(space) = room.space.as_mut() {
-                let mut changed = Vec::new();
-                space.admit_speaker(from, &mut changed);
-                if !changed.is_empty() {
-                    room.selector.audibility_changed();
-                    positions_events(space, changed, &mut self.events);
-                }
+            // In a spatial room the speaker was no speaker at the last refresh (its gate was closed): make
+            // the audible sets current now rather than at the positions' 100 ms pace, so the selection
+            // routes the key-down frame to the listeners in range (and tells them where it is).
+            if room.audibility.is_spatial() {
+                room.audibility.changed(now);
+                super::timers::refresh_audibility(now, room, &self.participants, &mut self.events);
             }
-            if room.selector.update_in(now, room.space.as_ref()) {
+            if room.selector.update_in(now, Some(&room.audibility)) {
                 slot_events(&mut room.selector, &self.participants, &mut self.events);
             }
         }

@@ -15,6 +15,7 @@ pub mod router;
 mod ingress;
 mod participants;
 mod source;
+mod talk;
 mod timers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -88,6 +89,9 @@ pub enum CoreError {
     /// settings the caller did not ask for.
     #[error("room {0} exists with other settings")]
     RoomSettingsConflict(RoomId),
+    /// A talk target that names nobody, or the participant itself.
+    #[error("a whisper names 1 to 64 other participants")]
+    BadTarget,
     /// A position for a participant whose room has no positional voice.
     #[error("room {0} is not spatial")]
     NotSpatial(RoomId),
@@ -127,6 +131,7 @@ impl CoreError {
             | CoreError::BadRoomSettings(_)
             | CoreError::RoomSettingsConflict(_)
             | CoreError::NotSpatial(_)
+            | CoreError::BadTarget
             | CoreError::NotASource(_)
             | CoreError::NotOpus(_)
             | CoreError::BadPosition(_)) => e.to_string(),
@@ -149,9 +154,10 @@ pub enum CoreEvent {
         subscriber: ParticipantId,
         slots: Vec<SlotAssignment>,
     },
-    /// The speaking participants of a room changed, loudest first.
+    /// The speaking participants of a room changed, loudest first, as `listeners` may know them: each
+    /// itself and the speakers it hears (see [`crate::audibility`]).
     Speakers {
-        room: RoomId,
+        listeners: Vec<ParticipantId>,
         speakers: Vec<(ParticipantId, f32)>,
     },
     /// In a spatial forwarding room: the speakers `listener` hears (nearest first, at most `max_audible`)
@@ -161,9 +167,10 @@ pub enum CoreEvent {
         listener: ParticipantId,
         positions: Vec<(ParticipantId, vocab::Position)>,
     },
-    /// The room's dominant speaker changed (Volfin & Cohen; decided every 300 ms, with hysteresis).
+    /// The room's dominant speaker changed (Volfin & Cohen; decided every 300 ms, with hysteresis); told to
+    /// the `listeners` who hear it (or are it).
     DominantSpeaker {
-        room: RoomId,
+        listeners: Vec<ParticipantId>,
         participant: ParticipantId,
     },
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{CoreError, CoreEvent, JoinParams, Link, MediaCore, Participant};
+use crate::audibility::Audibility;
 use crate::core::offer::check_offer;
 use crate::core::peer::{Peer, PeerParams};
 use crate::core::room::{Room, RoomKind};
@@ -12,7 +13,6 @@ use crate::ids::{ParticipantId, RoomId};
 use crate::mixer::Mixer;
 use crate::sfu::rewrite::SlotRewriter;
 use crate::sfu::slots::SlotSelector;
-use crate::spatial::Space;
 use crate::speakers::dominant::{DominantConfig, DominantSpeaker};
 use vocab::{RoomMode, RoomSettings};
 
@@ -125,7 +125,8 @@ impl MediaCore {
                         },
                         dominant: DominantSpeaker::new(DominantConfig::default()),
                         broadcast: None,
-                        space: settings.spatial.map(Space::new),
+                        audibility: Audibility::new(settings.spatial),
+                        speakers_sent: std::collections::HashMap::new(),
                     },
                 );
                 if self.broadcast_rooms.contains(room) {
@@ -180,9 +181,7 @@ impl MediaCore {
         }
         room.dominant.add(id);
         room.members.push(id);
-        if let Some(space) = room.space.as_mut() {
-            space.changed(now);
-        }
+        room.audibility.changed(now);
         self.participants.insert(id, participant);
         self.arm_tick(key);
         self.emit_slots(id);
@@ -204,9 +203,8 @@ impl MediaCore {
             if let Some(mixer) = room.input_mixer_mut() {
                 mixer.remove_member(id);
             }
-            if let Some(space) = room.space.as_mut() {
-                space.remove(now, id);
-            }
+            room.audibility.remove(now, id);
+            room.speakers_sent.remove(&id);
             room.members.retain(|m| *m != id);
             if room.members.is_empty() {
                 let room = self.rooms.remove(&p.room).expect("room was just found");
@@ -312,9 +310,7 @@ impl MediaCore {
             if let Some(mixer) = room.input_mixer_mut() {
                 mixer.set_publishing(id, publishes);
             }
-            if let Some(space) = room.space.as_mut() {
-                space.changed(self.last_now);
-            }
+            room.audibility.changed(self.last_now);
         }
         self.arm_tick(key);
         Ok(())
@@ -339,10 +335,10 @@ impl MediaCore {
             .rooms
             .get_mut(&key)
             .expect("a participant's room exists while it has members");
-        let Some(space) = room.space.as_mut() else {
+        let Some(placed) = room.audibility.set_position(now, id, position) else {
             return Err(CoreError::NotSpatial(room.id.clone()));
         };
-        space.set_position(now, id, position)?;
+        placed?;
         self.arm_tick(key);
         Ok(())
     }

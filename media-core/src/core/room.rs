@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
+use crate::audibility::Audibility;
 use crate::ids::{ParticipantId, RoomId};
 use crate::mixer::Mixer;
 use crate::sfu::slots::SlotSelector;
-use crate::spatial::Space;
 use crate::speakers::dominant::DominantSpeaker;
 use vocab::RoomSettings;
 
@@ -30,8 +30,10 @@ pub(crate) struct Room {
     /// A forwarding room with a listener mount: a mixer that only feeds the mount (every publisher in,
     /// no listener out; [`crate::MediaCore::set_broadcast_rooms`]). A mixed room's mount taps its mixer.
     pub(crate) broadcast: Option<Box<Mixer>>,
-    /// Positions and audibility of a spatial room.
-    pub(crate) space: Option<Space>,
+    /// Who hears whom: positions (a spatial room), teams, talk targets, volumes.
+    pub(crate) audibility: Audibility,
+    /// The `speakers` list each member was last sent (scoped to what it hears).
+    pub(crate) speakers_sent: std::collections::HashMap<ParticipantId, Vec<(ParticipantId, f32)>>,
 }
 
 impl Room {
@@ -84,7 +86,7 @@ impl Room {
     pub(crate) fn arm_tick(&self, next_tick: &mut Option<Instant>) {
         let mixer = self.mixer().and_then(|m| m.next_tick());
         let broadcast = self.broadcast.as_ref().and_then(|m| m.next_tick());
-        let space = self.space.as_ref().and_then(Space::next_refresh);
+        let space = self.audibility.next_refresh();
         for t in [self.selector.next_update(), mixer, broadcast, space]
             .into_iter()
             .flatten()

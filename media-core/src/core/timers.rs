@@ -7,11 +7,9 @@ use std::time::Instant;
 
 use super::{CoreEvent, MediaCore, Participant};
 use crate::core::peer::PeerEvent;
-use crate::core::room::RoomKind;
+use crate::core::room::{Room, RoomKind};
 use crate::ids::ParticipantId;
 use crate::red;
-use crate::sfu::slots::SlotSelector;
-use crate::spatial::Space;
 use vocab::{RoomMode, SlotAssignment};
 
 impl MediaCore {
@@ -59,33 +57,23 @@ impl MediaCore {
         self.next_tick = None;
         let mut mixed = std::mem::take(&mut self.mix_out);
         for room in self.rooms.values_mut() {
-            if let Some(space) = room.space.as_mut() {
-                let mode = room.config.mode;
-                if refresh_space(
-                    now,
-                    space,
-                    &room.members,
-                    &self.participants,
-                    &room.selector,
-                    mode,
-                    &mut self.events,
-                ) {
-                    // The selector sees the new sets at once.
-                    room.selector.audibility_changed();
-                }
+            if refresh_audibility(now, room, &self.participants, &mut self.events) {
+                // The selector sees the new sets at once.
+                room.selector.audibility_changed();
             }
             let room_id = &room.id;
             // A mixed room's mixer (spatial or not), or a forwarding room's mount-only one (it has no
-            // listeners: only its broadcast frames come out, so it mixes flat).
-            let (mixer, space) = match &mut room.kind {
-                RoomKind::Mix(mixer) => (Some(&mut **mixer), room.space.as_ref()),
-                RoomKind::Forward => (room.broadcast.as_deref_mut(), None),
+            // listeners: only its broadcast frames come out, the room's voices without whispers and team
+            // talk).
+            let mixer = match &mut room.kind {
+                RoomKind::Mix(mixer) => Some(&mut **mixer),
+                RoomKind::Forward => room.broadcast.as_deref_mut(),
             };
             if let Some(mixer) = mixer {
                 if mixer.next_tick().is_some_and(|t| t <= now) {
                     mixed.clear();
                     let (stats, samples) = (&mut self.stats.mix, &mut self.samples);
-                    mixer.tick_in(now, &mut mixed, stats, samples, space);
+                    mixer.tick_in(now, &mut mixed, stats, samples, Some(&room.audibility));
                     for tap in mixer.take_tapped() {
                         self.broadcasts.push_back(super::BroadcastFrame {
                             room: room_id.clone(),
@@ -138,18 +126,23 @@ impl MediaCore {
                 }
             }
             if room.selector.next_update().is_some_and(|t| t <= now)
-                && room.selector.update_in(now, room.space.as_ref())
+                && room.selector.update_in(now, Some(&room.audibility))
             {
                 slot_events(&mut room.selector, &self.participants, &mut self.events);
-                if let Some(speakers) = room.selector.speakers_changed(now) {
-                    self.events.push_back(CoreEvent::Speakers {
-                        room: room.id.clone(),
-                        speakers,
-                    });
+                if room.selector.speakers_changed(now).is_some() {
+                    let members = room.members.clone();
+                    send_speakers(room, &members, &mut self.events);
                 }
                 if let Some(participant) = room.dominant.update(now) {
+                    // Only to those who hear it: the others must not learn that it talks.
+                    let listeners = room
+                        .members
+                        .iter()
+                        .copied()
+                        .filter(|&m| room.audibility.hears(m, participant))
+                        .collect();
                     self.events.push_back(CoreEvent::DominantSpeaker {
-                        room: room.id.clone(),
+                        listeners,
                         participant,
                     });
                 }
@@ -174,53 +167,95 @@ impl MediaCore {
     }
 }
 
-/// Recompute a spatial room's audible sets if due; in a forwarding room, tell each listener whose set
-/// changed where its speakers now are. Returns whether it ran.
-fn refresh_space(
+/// Recompute a room's audible sets if due; tell each listener whose set changed what it now hears of the
+/// room's speakers and, in a spatial forwarding room, where its speakers are. Returns whether it ran.
+pub(super) fn refresh_audibility(
     now: Instant,
-    space: &mut Space,
-    members: &[ParticipantId],
+    room: &mut Room,
     participants: &HashMap<ParticipantId, Participant>,
-    selector: &SlotSelector,
-    mode: RoomMode,
     events: &mut VecDeque<CoreEvent>,
 ) -> bool {
-    let listeners: Vec<ParticipantId> = members
+    // An open room (no positions, no rules) has no sets to keep current until a rule arrives; any other
+    // compares its listeners and speakers every tick (a speaker becomes one with its first packet).
+    if room.audibility.is_open() && room.audibility.next_refresh().is_none_or(|due| now < due) {
+        return false;
+    }
+    let listeners: Vec<ParticipantId> = room
+        .members
         .iter()
         .copied()
         .filter(|id| participants.get(id).is_some_and(|p| !p.slots().is_empty()))
         .collect();
     // Speakers are the publishers that have sent audio since they started publishing: a participant who
     // never talks does not take one of a listener's `max_audible` places.
-    let speakers: Vec<ParticipantId> = members
+    let speakers: Vec<ParticipantId> = room
+        .members
         .iter()
         .copied()
-        .filter(|id| selector.is_eligible(*id))
+        .filter(|id| room.selector.is_eligible(*id))
         .collect();
     let mut changed = Vec::new();
-    if !space.refresh(now, &listeners, &speakers, &mut changed) {
+    if !room
+        .audibility
+        .refresh(now, &listeners, &speakers, &mut changed)
+    {
         return false;
     }
-    if mode == RoomMode::Forward {
-        positions_events(space, changed, events);
+    send_speakers(room, &changed, events);
+    if room.config.mode != RoomMode::Forward || !room.audibility.is_spatial() {
+        return true;
+    }
+    for listener in changed {
+        let mut heard: Vec<_> = room
+            .audibility
+            .audible(listener)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|h| Some((h.hearing.distance, h.speaker, h.position?)))
+            .collect();
+        heard.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        events.push_back(CoreEvent::Positions {
+            listener,
+            positions: heard.into_iter().map(|(_, s, p)| (s, p)).collect(),
+        });
     }
     true
 }
 
-/// A `Positions` event for each listener in `changed`: where the speakers it hears now are.
-pub(super) fn positions_events(
-    space: &Space,
-    changed: Vec<ParticipantId>,
+/// Speaking participants with their levels, loudest first.
+type Speaking = Vec<(ParticipantId, f32)>;
+
+/// The room's speaking participants as each of `listeners` may know them — itself and those it hears
+/// (see [`crate::audibility`]) — to each whose list differs from the last it was sent; listeners with
+/// equal lists share one event.
+pub(super) fn send_speakers(
+    room: &mut Room,
+    listeners: &[ParticipantId],
     events: &mut VecDeque<CoreEvent>,
 ) {
-    for listener in changed {
-        events.push_back(CoreEvent::Positions {
-            listener,
-            positions: space
-                .audible(listener)
-                .iter()
-                .map(|h| (h.speaker, h.position))
-                .collect(),
+    let all = room.selector.reported();
+    // (the speakers as told, the listeners told so)
+    let mut groups: Vec<(Speaking, Vec<ParticipantId>)> = Vec::new();
+    for &listener in listeners {
+        let scoped: Speaking = all
+            .iter()
+            .filter(|(s, _)| room.audibility.hears(listener, *s))
+            .copied()
+            .collect();
+        let last = room.speakers_sent.get(&listener);
+        if last.map_or(scoped.is_empty(), |l| *l == scoped) {
+            continue;
+        }
+        room.speakers_sent.insert(listener, scoped.clone());
+        match groups.iter_mut().find(|(list, _)| *list == scoped) {
+            Some((_, to)) => to.push(listener),
+            None => groups.push((scoped, vec![listener])),
+        }
+    }
+    for (speakers, listeners) in groups {
+        events.push_back(CoreEvent::Speakers {
+            listeners,
+            speakers,
         });
     }
 }

@@ -138,6 +138,12 @@ struct Member {
     /// Loudest packet level of this tick (lower = louder), if the member is voiced.
     voiced_level: Option<u8>,
     talking: bool,
+    /// This tick: it talks to the room (it is in the full mix); a whisper or team talk is not.
+    public: bool,
+    /// This tick: it hears other than the full mix (a rule of the room's audibility), so it gets its own.
+    custom: bool,
+    /// This tick: how many talkers it hears.
+    heard_talkers: usize,
     /// The buffer's loss count already added to the room's stats.
     lost_reported: u64,
     /// The buffer's count of frames played from RED already added to the room's stats.
@@ -263,6 +269,9 @@ impl Mixer {
             spans: Vec::new(),
             voiced_level: None,
             talking: false,
+            public: true,
+            custom: false,
+            heard_talkers: 0,
             last_level: SILENT_LEVEL - 1,
             lost_reported: 0,
             red_reported: 0,
@@ -358,15 +367,17 @@ impl Mixer {
         self.tick_in(now, out, stats, samples, None);
     }
 
-    /// [`tick`](Self::tick) in a spatial room: each listener gets its own stereo mix of the talkers it
-    /// hears in `space` (see [`spatial`]).
+    /// [`tick`](Self::tick) under the room's audibility policy: in a spatial room each listener gets its
+    /// own stereo mix of the talkers it hears (see [`spatial`]); in a flat room a listener that does not
+    /// hear exactly the full mix (a whisper to it, its team's talk, its volumes) gets its own mono mix,
+    /// and everyone else keeps sharing one encode.
     pub fn tick_in(
         &mut self,
         now: Instant,
         out: &mut Vec<MixPacket>,
         stats: &mut MixStats,
         samples: &mut Samples,
-        space: Option<&crate::spatial::Space>,
+        audibility: Option<&crate::audibility::Audibility>,
     ) {
         let mut ran = 0;
         while let Some(due) = self.next_tick.filter(|due| *due <= now) {
@@ -381,7 +392,7 @@ impl Mixer {
             if now.saturating_duration_since(due) >= FRAME_DURATION {
                 stats.ticks_late += 1;
             }
-            self.tick_at(due, out, stats, samples, space);
+            self.tick_at(due, out, stats, samples, audibility);
             ran += 1;
         }
     }

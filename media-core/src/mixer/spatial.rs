@@ -1,6 +1,6 @@
 //! The outputs of a spatial mixed room: a **stereo** mix per listener, each talker it hears attenuated by
 //! the room's fade model and panned by equal power to the side it is on (both from
-//! [`Space`](crate::spatial::Space), the one place that decides who hears whom).
+//! the room's [`Audibility`], the one place that decides who hears whom).
 //!
 //! Encoding is shared where the audio is: a listener's mix is described by its *key*, the talkers it hears
 //! with their gain quantised to [`GAIN_STEP_DB`] and their pan to [`PAN_STEPS`] steps, and the mix is
@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use super::output::OutEncoder;
 use super::{Feed, MixPacket, Mixer};
+use crate::audibility::Audibility;
 use crate::audio::FRAME_SAMPLES;
-use crate::spatial::Space;
 use crate::speakers::csrc_levels::Contributors;
 use crate::stats::MixStats;
 
@@ -49,7 +49,7 @@ impl Mixer {
     pub(super) fn spatial_outputs(
         &mut self,
         frame_ts: u32,
-        space: &Space,
+        audibility: &Audibility,
         out: &mut Vec<MixPacket>,
         stats: &mut MixStats,
     ) {
@@ -67,9 +67,9 @@ impl Mixer {
                 if t == i {
                     continue;
                 }
-                if let Some(h) = space.heard(self.members[i].id, self.members[t].id) {
-                    let gain = (h.hearing.gain_db() / GAIN_STEP_DB).round() as i16;
-                    let pan = (h.hearing.pan * PAN_STEPS).round() as i8;
+                if let Some(h) = audibility.heard(self.members[i].id, self.members[t].id) {
+                    let gain = (h.gain_db() / GAIN_STEP_DB).round() as i16;
+                    let pan = (h.pan * PAN_STEPS).round() as i8;
                     key.push((t as u32, gain, pan));
                 }
             }

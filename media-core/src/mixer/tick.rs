@@ -10,8 +10,9 @@ use super::{
     Feed, MixPacket, MixTap, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS,
     PERSONAL_HANGOVER_TICKS, PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL, SILENT_LEVEL,
 };
+use crate::audibility::Audibility;
 use crate::audio::{FRAME_DURATION, FRAME_SAMPLES};
-use crate::spatial::Space;
+use crate::ids::ParticipantId;
 use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::stats::{MixStats, Samples};
 
@@ -24,7 +25,7 @@ impl Mixer {
         out: &mut Vec<MixPacket>,
         stats: &mut MixStats,
         samples: &mut Samples,
-        space: Option<&Space>,
+        audibility: Option<&Audibility>,
     ) {
         stats.ticks += 1;
         self.ticks += 1;
@@ -108,7 +109,8 @@ impl Mixer {
         candidates.sort_unstable();
         candidates.truncate(MAX_CSRCS);
 
-        // 2. Decode the talkers and sum them.
+        // 2. Decode the talkers and sum those who talk to the room into the full mix (a whisper or a team
+        //    talk is only in its listeners' own mixes, and never in a broadcast mount's).
         self.mix.iter_mut().for_each(|s| *s = 0.0);
         let mut list = Vec::with_capacity(candidates.len());
         for &(level, i) in &candidates {
@@ -117,6 +119,12 @@ impl Mixer {
                 continue;
             }
             m.talking = true;
+            m.public = audibility.is_none_or(|a| a.is_public(m.id));
+            if !m.public {
+                self.talkers.push(i);
+                self.talker_levels.push((i, level.min(127)));
+                continue;
+            }
             for (acc, s) in self.mix.iter_mut().zip(&m.frame) {
                 *acc += *s;
             }
@@ -145,9 +153,9 @@ impl Mixer {
             m.was_talking = m.talking;
         }
 
-        if let Some(space) = space {
+        if let Some(audibility) = audibility.filter(|a| a.is_spatial()) {
             // A spatial room: a stereo mix per listener (steps 3 and 4 of its own).
-            self.spatial_outputs(frame_ts, space, out, stats);
+            self.spatial_outputs(frame_ts, audibility, out, stats);
             self.tap_full_mix(grid, None, stats);
             self.after_tick(grid, self.talkers.len(), any_active);
             return;
@@ -157,10 +165,29 @@ impl Mixer {
         //    before this tick's shared encode.
         //    A former talker moves back to the shared encode once its hangover is over and the mix is quiet:
         //    its decoder's state (pitch history above all) then no longer matters.
-        let talkers = self.talkers.len();
+        //    Under a rule (whispers, team talk, volumes: see `crate::audibility`) a listener who does not
+        //    hear exactly the full mix gets a mix of its own, through the same personal encoder.
+        let policy = audibility.filter(|a| !a.is_open());
+        let talker_ids: Vec<ParticipantId> =
+            self.talkers.iter().map(|&i| self.members[i].id).collect();
+        let public_talkers = self
+            .talkers
+            .iter()
+            .filter(|&&i| self.members[i].public)
+            .count();
         let mix_quiet = crate::audio::audio_level_from_samples(&self.mix) >= QUIET_SWITCH_LEVEL;
         for m in &mut self.members {
-            if m.talking {
+            let in_mix = m.talking && m.public;
+            m.custom =
+                m.subscribes && policy.is_some_and(|a| !a.hears_public_mix(m.id, &talker_ids));
+            m.heard_talkers = match policy.filter(|_| m.custom) {
+                Some(a) => talker_ids
+                    .iter()
+                    .filter(|&&t| a.heard(m.id, t).is_some())
+                    .count(),
+                None => public_talkers - usize::from(in_mix),
+            };
+            if in_mix || m.custom {
                 m.since_talked = 0;
             } else if m.personal.is_some() {
                 m.since_talked += 1;
@@ -170,11 +197,10 @@ impl Mixer {
                     m.personal = None;
                 }
             }
-            let others = talkers - usize::from(m.talking);
-            if !m.subscribes || others == 0 {
+            if !m.subscribes || m.heard_talkers == 0 {
                 continue;
             }
-            if m.talking && m.personal.is_none() {
+            if (in_mix || m.custom) && m.personal.is_none() {
                 m.personal = match (&self.shared, m.feed) {
                     (Some(shared), Feed::Shared) => shared.try_clone().ok(),
                     _ => OutEncoder::new(&self.config).ok(),
@@ -185,14 +211,14 @@ impl Mixer {
         // 4. Encode: one shared full mix for the listeners who do not talk, one mix-minus per talker.
         let mut shared_packet: Option<Option<(Arc<[u8]>, u8)>> = None;
         for i in 0..self.members.len() {
-            let talking = self.members[i].talking;
             let m = &mut self.members[i];
+            let in_mix = m.talking && m.public;
             let was_fed = m.feed != Feed::Nothing;
             m.feed = Feed::Nothing;
             if !m.subscribes {
                 continue;
             }
-            let others = talkers - usize::from(talking);
+            let others = m.heard_talkers;
             // Nothing to hear. With DTX the listener is sent nothing, but only after one last frame of its
             // (now silent) mix from the encoder it was hearing: that flushes the encoder's lookahead (the
             // last milliseconds of the talk spurt) and ends the stream on silence, so a receiver that
@@ -209,17 +235,39 @@ impl Mixer {
                 stats.packets_sent += 1;
                 continue;
             }
-            let packet = if let Some(encoder) = m.personal.as_mut() {
+            let mut heard = None;
+            if let Some(a) = policy.filter(|_| m.custom) {
+                // Its own mix: each talker it hears at its gain (volume included).
+                self.scratch.iter_mut().for_each(|s| *s = 0.0);
+                let mut list = Vec::new();
+                for &(t, level) in &self.talker_levels {
+                    let talker = &self.members[t];
+                    let Some(h) = a.heard(self.members[i].id, talker.id) else {
+                        continue;
+                    };
+                    for (acc, s) in self.scratch.iter_mut().zip(&talker.frame) {
+                        *acc += h.gain * *s;
+                    }
+                    if let Some(ssrc) = talker.ssrc {
+                        list.push((ssrc.0, level));
+                    }
+                }
+                heard = Some(Contributors::new(list));
+            } else {
                 self.scratch.copy_from_slice(&self.mix);
-                if talking {
+                if in_mix {
+                    let m = &self.members[i];
                     for (acc, s) in self.scratch.iter_mut().zip(&m.frame) {
                         *acc -= *s;
                     }
                 }
+            }
+            let m = &mut self.members[i];
+            let packet = if let Some(encoder) = m.personal.as_mut() {
                 stats.frames_encoded += 1;
                 m.feed = Feed::Personal;
                 encoder.encode(&mut self.scratch, &mut self.encoded)
-            } else if talking {
+            } else if in_mix || m.custom {
                 continue; // libopus could not create the personal encoder; never send a talker itself
             } else {
                 // Encoded at most once per tick, for the first listener that needs it.
@@ -241,15 +289,16 @@ impl Mixer {
                 m.feed = Feed::Nothing;
             }
             let m = &mut self.members[i];
-            let heard = match m.ssrc {
-                Some(own) if talking => contributors.without(own.0),
-                _ => contributors.clone(),
+            let heard = match (heard, m.ssrc) {
+                (Some(own_mix), _) => own_mix,
+                (None, Some(own)) if in_mix => contributors.without(own.0),
+                (None, _) => contributors.clone(),
             };
             m.send(frame_ts, payload, heard, level, out);
             stats.packets_sent += 1;
         }
         self.tap_full_mix(grid, shared_packet, stats);
-        self.after_tick(grid, talkers, any_active);
+        self.after_tick(grid, self.talkers.len(), any_active);
     }
 
     /// 4b. The broadcast tap: the full mix, from the shared encode (made now if no listener needed it;

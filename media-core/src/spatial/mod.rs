@@ -1,7 +1,6 @@
-//! Audibility in a spatial room: who hears whom, at which gain and pan. One place decides it for both
-//! modes — forward mode restricts each listener's slots to the speakers it hears, mix mode renders them
-//! into a stereo mix — so rules to come (teams that always hear each other, whispers) change
-//! [`Space::hearing`] and nothing else.
+//! Hearing by distance in a spatial room: who is in whose range, at which gain and pan. It is the
+//! positional part of the room's [audibility policy](crate::audibility), which adds teams, whispers, the
+//! shout role and volumes and is what forward and mix mode use.
 //!
 //! A [`Space`] holds the room's [`SpatialSettings`] and every placed participant's [`Position`]. Positions
 //! change at most ~10 times a second (clients are rate-limited), so each listener's audible set is not
@@ -35,7 +34,7 @@ pub struct Hearing {
 }
 
 impl Hearing {
-    /// The gain in dB (≤ 0).
+    /// The gain in dB (≤ 0 by distance; a listener's volume may raise it).
     pub fn gain_db(&self) -> f32 {
         20.0 * self.gain.max(1e-6).log10()
     }
@@ -146,47 +145,10 @@ impl Space {
         self.audible(listener).iter().find(|h| h.speaker == speaker)
     }
 
-    /// A speaker starts between two refreshes (a push-to-talk key-down, an unmute: its gate opened, and it
-    /// was no speaker at the last refresh): it joins the cached set of every listener of the last refresh
-    /// that hears it now, in its place by distance (`max_audible` still applies: it pushes the farthest out
-    /// or stays out), so its first packet is routed at once rather than after the next refresh (up to
-    /// [`REFRESH_INTERVAL`] of its speech lost). O(listeners); the next refresh recomputes as usual.
-    /// Listeners whose set changed are pushed onto `changed`.
-    pub fn admit_speaker(&mut self, speaker: ParticipantId, changed: &mut Vec<ParticipantId>) {
-        let Some(&position) = self.positions.get(&speaker) else {
-            return;
-        };
-        let max = usize::from(self.settings.max_audible);
-        for &listener in &self.listeners {
-            let Some(hearing) = self.hearing(listener, speaker) else {
-                continue;
-            };
-            let set = self.audible.entry(listener).or_default();
-            if set.iter().any(|h| h.speaker == speaker) {
-                continue;
-            }
-            // Nearest first, ties to the lower id: the order `refresh` gives.
-            let at = set.partition_point(|h| {
-                h.hearing
-                    .distance
-                    .total_cmp(&hearing.distance)
-                    .then(h.speaker.cmp(&speaker))
-                    .is_lt()
-            });
-            if at >= max {
-                continue;
-            }
-            set.insert(
-                at,
-                Heard {
-                    speaker,
-                    position,
-                    hearing,
-                },
-            );
-            set.truncate(max);
-            changed.push(listener);
-        }
+    /// Make a pending refresh due at once, not at the positions' pace (a talk rule changed: who hears
+    /// whom must follow before the next packet).
+    pub fn force_due(&mut self) {
+        self.last_refresh = None;
     }
 
     /// When [`refresh`](Self::refresh) has work to do: `None` while nothing changed.

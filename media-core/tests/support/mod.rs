@@ -260,6 +260,8 @@ pub struct Sim {
     /// The part of `core_busy` spent on timeouts, and how many there were.
     pub core_busy_timers: Duration,
     pub core_timeouts: u64,
+    /// Clients (by index) that join listen-only: without `can_publish`, so the core drops what they send.
+    pub listen_only: std::collections::HashSet<usize>,
     /// Tapped participants' microphone packets ([`MediaCore::set_tapped_participants`]).
     pub microphones: Vec<media_core::MicPacket>,
 }
@@ -276,6 +278,18 @@ impl Sim {
         link: LinkConfig,
         room_config: RoomSettings,
         voices: &[(f32, f32)],
+    ) -> Sim {
+        Self::with_listeners(seed, link, room_config, voices, &[])
+    }
+
+    /// [`Sim::with_room`] where the clients at `listen_only` (indexes into `voices`) join without
+    /// `can_publish`: they send their voice anyway, and the core must drop it.
+    pub fn with_listeners(
+        seed: u64,
+        link: LinkConfig,
+        room_config: RoomSettings,
+        voices: &[(f32, f32)],
+        listen_only: &[usize],
     ) -> Sim {
         let slots = usize::from(room_config.slots);
         let now = epoch();
@@ -302,6 +316,7 @@ impl Sim {
             core_busy: Duration::ZERO,
             core_busy_timers: Duration::ZERO,
             core_timeouts: 0,
+            listen_only: listen_only.iter().copied().collect(),
             microphones: Vec::new(),
         };
         for &(freq, amplitude) in voices {
@@ -347,7 +362,7 @@ impl Sim {
                 self.room_config,
                 id,
                 JoinParams {
-                    can_publish: true,
+                    can_publish: !self.listen_only.contains(&index),
                     can_subscribe: true,
                     muted: false,
                 },

@@ -56,6 +56,8 @@ impl Worker {
                 muted,
                 deafened,
                 ptt,
+                team,
+                shout,
                 offer_sdp,
                 events,
                 reply,
@@ -92,7 +94,9 @@ impl Worker {
                     let gated = self
                         .core
                         .set_deafened(id, deafened)
-                        .and_then(|()| self.core.set_ptt(id, ptt));
+                        .and_then(|()| self.core.set_ptt(id, ptt))
+                        .and_then(|()| self.core.set_team(now, id, team))
+                        .and_then(|()| self.core.set_shout(now, id, shout));
                     if let Err(e) = gated {
                         debug!(error = %e, "the new participant is gone");
                     }
@@ -191,6 +195,23 @@ impl Worker {
                     debug!(error = %e, down, "ptt key for a participant without media");
                 }
             }
+            MediaCommand::Talk {
+                participant: id,
+                target,
+            } => {
+                if let Err(e) = self.core.set_talk_target(now, id, target) {
+                    debug!(participant = %id, error = %e, "talk target not taken");
+                }
+            }
+            MediaCommand::Volume {
+                listener,
+                speaker,
+                volume,
+            } => {
+                if let Err(e) = self.core.set_volume(now, listener, speaker, volume) {
+                    debug!(participant = %listener, error = %e, "volume not taken");
+                }
+            }
             MediaCommand::Leave { participant: id } => {
                 let _enter = info_span!("participant", participant = %id).entered();
                 debug!("participant leaves");
@@ -240,16 +261,20 @@ impl Worker {
             } => {
                 self.send(listener, MediaEvent::Positions(positions));
             }
-            CoreEvent::Speakers { room, speakers } => {
-                let members: Vec<ParticipantId> = self.core.room_members(&room).to_vec();
-                for member in members {
-                    self.send(member, MediaEvent::Speakers(speakers.clone()));
+            CoreEvent::Speakers {
+                listeners,
+                speakers,
+            } => {
+                for listener in listeners {
+                    self.send(listener, MediaEvent::Speakers(speakers.clone()));
                 }
             }
-            CoreEvent::DominantSpeaker { room, participant } => {
-                let members: Vec<ParticipantId> = self.core.room_members(&room).to_vec();
-                for member in members {
-                    self.send(member, MediaEvent::DominantSpeaker(participant));
+            CoreEvent::DominantSpeaker {
+                listeners,
+                participant,
+            } => {
+                for listener in listeners {
+                    self.send(listener, MediaEvent::DominantSpeaker(participant));
                 }
             }
         }

@@ -80,6 +80,8 @@ fn access_and_admin_tokens_are_not_interchangeable() {
         can_subscribe: true,
         moderator: false,
         ptt: false,
+        team: None,
+        shout: false,
     };
     let access = create_token("ops", SECRET, &access).expect("signs");
     assert_eq!(

@@ -24,6 +24,8 @@ fn claims() -> Claims {
         can_subscribe: true,
         moderator: false,
         ptt: false,
+        team: None,
+        shout: false,
     }
 }
 

@@ -18,9 +18,10 @@ pub use error::ClientError;
 /// A raw WebSocket frame, for sending what a well-behaved client would not (protocol tests).
 pub use tokio_tungstenite::tungstenite::Message as Frame;
 
+use crate::media::{TalkTarget, Volume};
 use crate::protocol::{
     Answer, ClientMessage, Join, Joined, Leave, Left, Moderate, ModerateAction, Mute, Offer, Ping,
-    Ptt, PttKey, ServerMessage, PROTOCOL_VERSION,
+    Ptt, PttKey, ServerMessage, SetVolume, Talk, PROTOCOL_VERSION,
 };
 
 /// The close frame the server ended the session with.
@@ -186,6 +187,8 @@ impl Client {
             token: token.to_owned(),
             room: room.map(str::to_owned),
             name: name.map(str::to_owned),
+            team: None,
+            listen_only: false,
         }))
         .await?;
         self.reply("joined", timeout, |m| match m {
@@ -224,6 +227,21 @@ impl Client {
     /// The push-to-talk key went down or up (no reply).
     pub async fn ptt_key(&mut self, down: bool) -> Result<(), ClientError> {
         self.send(&ClientMessage::PttKey(PttKey { down })).await
+    }
+
+    /// Whom our voice is for: the room, our team, or a whisper to sids of the room (no reply; a refusal
+    /// arrives as `error` `bad_target`).
+    pub async fn talk(&mut self, target: TalkTarget<String>) -> Result<(), ClientError> {
+        self.send(&ClientMessage::Talk(Talk { target })).await
+    }
+
+    /// How loud we hear `sid` (no reply; the server applies it in a mixed room).
+    pub async fn volume(&mut self, sid: &str, volume: Volume) -> Result<(), ClientError> {
+        let message = ClientMessage::Volume(SetVolume {
+            sid: sid.to_owned(),
+            volume,
+        });
+        self.send(&message).await
     }
 
     /// A moderation request on the participant `sid` (no reply; its effects arrive as events, a refusal
@@ -408,6 +426,8 @@ mod tests {
                     token: "tok".into(),
                     room: Some("lobby".into()),
                     name: Some("Ada".into()),
+                    team: None,
+                    listen_only: false,
                 }),
                 ClientMessage::Offer(Offer {
                     sdp: "v=0 offer".into()

@@ -39,12 +39,13 @@ pub enum ErrorCode {
     RateLimited,
     ServerMuted,
     ParticipantNotFound,
+    BadTarget,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the protocol table.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -71,6 +72,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::ServerMuted,
         ErrorCode::ParticipantNotFound,
+        ErrorCode::BadTarget,
         ErrorCode::Internal,
     ];
 
@@ -103,6 +105,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ServerMuted => "server_muted",
             ErrorCode::ParticipantNotFound => "participant_not_found",
+            ErrorCode::BadTarget => "bad_target",
             ErrorCode::Internal => "internal",
         }
     }
@@ -124,7 +127,8 @@ impl ErrorCode {
             | ErrorCode::ResumeFailed
             | ErrorCode::RateLimited
             | ErrorCode::ServerMuted
-            | ErrorCode::ParticipantNotFound => false,
+            | ErrorCode::ParticipantNotFound
+            | ErrorCode::BadTarget => false,
             ErrorCode::FrameTooLarge
             | ErrorCode::UnsupportedProtocol
             | ErrorCode::InvalidToken
@@ -279,6 +283,7 @@ mod tests {
             RateLimited,
             ServerMuted,
             ParticipantNotFound,
+            BadTarget,
             Internal,
         );
         assert_eq!(every.as_slice(), ErrorCode::ALL.as_slice());

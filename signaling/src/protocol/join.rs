@@ -22,6 +22,13 @@ pub struct Join {
         deserialize_with = "bounded_name"
     )]
     pub name: Option<String>,
+    /// The team the participant asks for. A token with a `team` claim decides alone: a different team here
+    /// is `forbidden` (a game server assigns teams; a player must not pick the enemy's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<vocab::TeamId>,
+    /// Join as a listener only: never publish (as the token grant `can_publish: false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub listen_only: bool,
 }
 
 fn bounded_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
@@ -49,6 +56,8 @@ mod tests {
             token: "a.b.c".into(),
             room: Some("lobby".into()),
             name: Some("Ada".into()),
+            team: None,
+            listen_only: false,
         };
         let msg = ClientMessage::Join(join.clone());
         let text = serde_json::to_string(&msg).expect("serializes");
@@ -68,7 +77,9 @@ mod tests {
                 protocol: 1,
                 token: "t".into(),
                 room: None,
-                name: None
+                name: None,
+                team: None,
+                listen_only: false,
             })
         );
     }
@@ -110,6 +121,29 @@ mod tests {
         let text = serde_json::json!({"type": "join", "protocol": 1, "token": "t", "name": fine})
             .to_string();
         assert!(parse_client(&text).is_ok());
+    }
+
+    #[test]
+    fn team_and_listen_only_round_trip() {
+        let text = r#"{"type":"join","protocol":1,"token":"t","team":"red","listen_only":true}"#;
+        let msg = parse_client(text).expect("parses");
+        let ClientMessage::Join(join) = &msg else {
+            panic!("{msg:?}")
+        };
+        assert_eq!(join.team.as_ref().map(vocab::TeamId::as_str), Some("red"));
+        assert!(join.listen_only);
+        assert_eq!(serde_json::to_string(&msg).expect("serializes"), text);
+        for bad in [
+            r#"{"type":"join","protocol":1,"token":"t","team":"red team"}"#,
+            r#"{"type":"join","protocol":1,"token":"t","team":""}"#,
+            r#"{"type":"join","protocol":1,"token":"t","team":5}"#,
+            r#"{"type":"join","protocol":1,"token":"t","listen_only":"yes"}"#,
+        ] {
+            assert!(
+                matches!(parse_client(bad), Err(ProtocolError::BadMessage { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -71,6 +71,7 @@ mod tests {
             server_muted: false,
             deafened: false,
             ptt: false,
+            team: None,
         };
         let msg = ServerMessage::Joined(Joined {
             protocol: 1,

@@ -31,6 +31,8 @@ mod resume;
 mod resumed;
 mod slots;
 mod speakers;
+mod talk;
+mod volume;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +63,8 @@ pub use resume::Resume;
 pub use resumed::Resumed;
 pub use slots::{Slot, Slots};
 pub use speakers::{Speaker, Speakers};
+pub use talk::Talk;
+pub use volume::SetVolume;
 
 /// The protocol version this server speaks.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -85,13 +89,15 @@ pub enum ClientMessage {
     Ptt(Ptt),
     PttKey(PttKey),
     Moderate(Moderate),
+    Talk(Talk),
+    Volume(SetVolume),
 }
 
 impl ClientMessage {
     /// The `type` of every client message of this protocol version.
-    pub const TYPES: [&'static str; 10] = [
+    pub const TYPES: [&'static str; 12] = [
         "join", "offer", "mute", "ping", "leave", "resume", "ptt", "ptt_key", "moderate",
-        "position",
+        "position", "talk", "volume",
     ];
 }
 
@@ -243,6 +249,8 @@ mod tests {
                 token: "t".into(),
                 room: None,
                 name: None,
+                team: None,
+                listen_only: false,
             }),
             ClientMessage::Offer(Offer { sdp: "v=0".into() }),
             ClientMessage::Mute(Mute { muted: false }),
@@ -264,6 +272,13 @@ mod tests {
                 y: 0.0,
                 z: 0.0,
                 yaw_deg: 0.0,
+            }),
+            ClientMessage::Talk(Talk {
+                target: vocab::TalkTarget::Team,
+            }),
+            ClientMessage::Volume(SetVolume {
+                sid: "PA_9a0b1c2d3e4f".into(),
+                volume: vocab::Volume::SILENT,
             }),
         ];
         assert_eq!(samples.len(), ClientMessage::TYPES.len());

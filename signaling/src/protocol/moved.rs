@@ -35,6 +35,7 @@ mod tests {
                 server_muted: false,
                 deafened: false,
                 ptt: false,
+                team: None,
             },
             room: RoomInfo {
                 name: "breakout".into(),

@@ -23,6 +23,9 @@ pub struct ParticipantInfo {
     /// Push-to-talk: heard only while its key is down. Absent when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub ptt: bool,
+    /// The participant's team (its token's `team` claim, or the one it asked for in `join`). Absent without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<vocab::TeamId>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -45,6 +48,7 @@ mod tests {
             server_muted: false,
             deafened: false,
             ptt: false,
+            team: None,
         };
         let json = serde_json::to_value(&p).expect("serializes");
         assert_eq!(

@@ -28,6 +28,7 @@ mod tests {
                 server_muted: false,
                 deafened: false,
                 ptt: false,
+                team: None,
             },
         });
         let json = serde_json::to_value(&msg).expect("serializes");

@@ -29,6 +29,7 @@ mod tests {
                 server_muted: false,
                 deafened: true,
                 ptt: false,
+                team: None,
             },
         });
         let text = serde_json::to_string(&msg).expect("serializes");

@@ -34,6 +34,7 @@ mod tests {
             server_muted: false,
             deafened: false,
             ptt: false,
+            team: None,
         };
         SessionState {
             protocol: 1,

@@ -116,6 +116,7 @@ impl RoomRegistry {
             server_muted: false,
             deafened: false,
             ptt: request.ptt,
+            team: request.team,
         };
         let others = room.members.iter().map(|m| m.info.clone()).collect();
         self.broadcast(&room.members, &PresenceEvent::Joined(participant.clone()));

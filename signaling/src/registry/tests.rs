@@ -50,6 +50,7 @@ fn request(
         can_publish: true,
         can_subscribe: true,
         ptt: false,
+        team: None,
         events,
     };
     (request, rx)

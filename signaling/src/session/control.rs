@@ -21,30 +21,32 @@ pub const PTT_KEY_BURST: u32 = 10;
 /// Key-downs per second a session may send in the long run (the burst refills at this rate).
 pub const PTT_KEY_PER_SEC: u32 = 5;
 
-/// A session's push-to-talk key: its state and the token bucket that limits key-downs.
+/// A token bucket: `burst` actions at once, refilled at `per_sec`.
 #[derive(Debug)]
-pub(super) struct PttKeys {
-    pub down: bool,
-    /// Key-downs left in the bucket, in thousandths.
+pub(super) struct Bucket {
+    burst: u32,
+    per_sec: u32,
+    /// Actions left, in thousandths.
     tokens_milli: u64,
     refilled: Instant,
 }
 
-impl PttKeys {
-    pub fn new(now: Instant) -> Self {
+impl Bucket {
+    pub fn new(now: Instant, burst: u32, per_sec: u32) -> Self {
         Self {
-            down: false,
-            tokens_milli: u64::from(PTT_KEY_BURST) * 1000,
+            burst,
+            per_sec,
+            tokens_milli: u64::from(burst) * 1000,
             refilled: now,
         }
     }
 
-    /// Takes one key-down from the bucket at `now`; false when it is empty.
-    fn allow(&mut self, now: Instant) -> bool {
+    /// Takes one action from the bucket at `now`; false when it is empty.
+    pub fn allow(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled);
-        let refill = elapsed.as_micros() as u64 * u64::from(PTT_KEY_PER_SEC) / 1000;
+        let refill = elapsed.as_micros() as u64 * u64::from(self.per_sec) / 1000;
         if refill > 0 {
-            self.tokens_milli = (self.tokens_milli + refill).min(u64::from(PTT_KEY_BURST) * 1000);
+            self.tokens_milli = (self.tokens_milli + refill).min(u64::from(self.burst) * 1000);
             self.refilled = now;
         }
         if self.tokens_milli >= 1000 {
@@ -53,6 +55,27 @@ impl PttKeys {
         } else {
             false
         }
+    }
+}
+
+/// A session's push-to-talk key: its state and the token bucket that limits key-downs.
+#[derive(Debug)]
+pub(super) struct PttKeys {
+    pub down: bool,
+    bucket: Bucket,
+}
+
+impl PttKeys {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            down: false,
+            bucket: Bucket::new(now, PTT_KEY_BURST, PTT_KEY_PER_SEC),
+        }
+    }
+
+    /// Takes one key-down from the bucket at `now`; false when it is empty.
+    fn allow(&mut self, now: Instant) -> bool {
+        self.bucket.allow(now)
     }
 }
 
@@ -252,6 +275,7 @@ where
             can_publish: member.can_publish,
             can_subscribe: member.can_subscribe,
             ptt: member.ptt_forced,
+            team: member.talk.team.clone(),
             events,
         };
         let admission = match ctx.registry().admit(request, &ctx.draining) {
@@ -273,6 +297,8 @@ where
         member.moved = admission.moved;
         member.media = Media::None;
         member.ptt_keys.down = false;
+        // Whom it talked to and how loud it heard others were about the old room's participants.
+        member.talk.reset();
         let span = tracing::Span::current();
         span.record("participant", member.sid.as_str());
         span.record("room", member.membership.room.as_str());

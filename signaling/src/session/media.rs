@@ -84,6 +84,7 @@ where
                 // A position the client sent before its peer existed.
                 super::position::send_position(member);
                 super::control::key_after_answer(member).await;
+                super::talk::talk_after_answer(member).await;
                 self.wire.send(&ServerMessage::Answer(Answer { sdp })).await
             }
             Err(ConnectError::Media(MediaError::BadSdp(why))) => {
@@ -238,6 +239,8 @@ pub(super) async fn on_offer<T: Sink<WsFrame> + Unpin>(
         muted: state.muted,
         deafened: state.deafened,
         ptt: state.ptt,
+        team: member.talk.team.clone(),
+        shout: member.talk.shout,
         offer_sdp: offer.sdp,
         events,
         reply,

@@ -7,6 +7,7 @@ use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
+use super::talk::{team_for, TalkState};
 use super::{Exit, Flow, Media, Member, Membership, Missed, PttKeys, Resumable, Session, WsFrame};
 use crate::auth::{unix_now, verify_token, Claims};
 use crate::locator::{LocateError, Location};
@@ -183,14 +184,17 @@ pub(super) fn admit(
         .filter(|name| !name.is_empty())
         .or_else(|| claims.name.clone().filter(|name| !name.is_empty()))
         .unwrap_or_else(|| claims.sub.clone());
+    let team = team_for(claims.team.clone(), join.team).map_err(|m| (ErrorCode::Forbidden, m))?;
     let (events, presence) = mpsc::channel(ctx.config().presence_queue);
     let request = JoinRequest {
         room: claims.room.clone(),
         identity: claims.sub.clone(),
         name: name.clone(),
-        can_publish: claims.can_publish,
+        // A listener only never publishes: as a token without `can_publish`.
+        can_publish: claims.can_publish && !join.listen_only,
         can_subscribe: claims.can_subscribe,
         ptt: claims.ptt,
+        team: team.clone(),
         events,
     };
     let admission = ctx
@@ -222,6 +226,7 @@ pub(super) fn admit(
         resume,
         missed: Missed::default(),
         placement: Default::default(),
+        talk: TalkState::new(Instant::now(), team, claims.shout),
     };
     let reply = ServerMessage::Joined(session_state(
         ctx,

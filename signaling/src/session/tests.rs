@@ -256,6 +256,15 @@ enum Seen {
         participant: ParticipantId,
         down: bool,
     },
+    Talk {
+        participant: ParticipantId,
+        target: crate::media::TalkTarget<ParticipantId>,
+    },
+    Volume {
+        listener: ParticipantId,
+        speaker: ParticipantId,
+        volume: crate::media::Volume,
+    },
 }
 
 struct FakeRouter {
@@ -323,6 +332,8 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     muted,
                     deafened: _,
                     ptt: _,
+                    team: _,
+                    shout: _,
                     offer_sdp,
                     events,
                     reply,
@@ -400,6 +411,22 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     enabled,
                 },
                 MediaCommand::PttKey { participant, down } => Seen::PttKey { participant, down },
+                MediaCommand::Talk {
+                    participant,
+                    target,
+                } => Seen::Talk {
+                    participant,
+                    target,
+                },
+                MediaCommand::Volume {
+                    listener,
+                    speaker,
+                    volume,
+                } => Seen::Volume {
+                    listener,
+                    speaker,
+                    volume,
+                },
                 MediaCommand::ConnectSource {
                     room,
                     participant,
@@ -467,6 +494,8 @@ fn claims(room: &str, identity: &str) -> Claims {
         can_subscribe: true,
         moderator: false,
         ptt: false,
+        team: None,
+        shout: false,
     }
 }
 
@@ -1256,6 +1285,7 @@ async fn a_bad_session_does_not_disturb_its_room() {
                 server_muted: false,
                 deafened: false,
                 ptt: false,
+                team: None,
             }
         })
     );
@@ -2035,3 +2065,5 @@ mod moderation;
 mod cluster;
 
 mod source;
+
+mod talk;

@@ -12,7 +12,7 @@ use media_core::audio;
 use super::{join, Participant, SECONDS};
 
 /// Samples of `talker`'s audio `listener` has decoded so far.
-fn heard_of(listener: &Participant, talker: &Participant) -> usize {
+pub(super) fn heard_of(listener: &Participant, talker: &Participant) -> usize {
     let ssrc = talker.client.mic_ssrc.expect("a publishing client");
     let heard = listener.client.heard.lock().expect("heard lock");
     heard.pcm_by_csrc.get(&ssrc).map_or(0, Vec::len)
@@ -30,7 +30,7 @@ fn packets(listener: &Participant) -> usize {
 }
 
 /// Joins with extra `chorus token create` flags (`--ptt`, `--moderator`).
-async fn join_with(
+pub(super) async fn join_with(
     server: &Server,
     room: &str,
     identity: &str,
@@ -56,7 +56,7 @@ async fn join_with(
 }
 
 /// Reads `p`'s messages until a pong for `id`, returning the error codes received meanwhile.
-async fn errors_until_pong(p: &mut Participant, id: u64) -> anyhow::Result<Vec<String>> {
+pub(super) async fn errors_until_pong(p: &mut Participant, id: u64) -> anyhow::Result<Vec<String>> {
     p.signal
         .send(serde_json::json!({"type": "ping", "id": id}))
         .await?;

@@ -31,10 +31,10 @@
 //! - A removed or muted participant leaves all slots and routes at once (the freed slots are refilled at the
 //!   next update, which becomes due immediately).
 //! - Everything is deterministic: ties are broken by participant id (lower id = louder).
-//! - In a spatial room ([`SlotSelector::update_in`] with a [`Space`](crate::spatial::Space)) a subscriber's
-//!   candidates are only the publishers it hears (in range, the nearest `max_audible`), each ranked by its
-//!   loudness plus its distance fade in dB: the nearest and loudest first. A publisher that leaves the range
-//!   leaves the slot at the next update.
+//! - Under a room's [audibility policy](crate::audibility) ([`SlotSelector::update_in`]) a subscriber's
+//!   candidates are only the publishers it hears (in range, the nearest `max_audible`; its team, whispers
+//!   to it, shouters; not those it silenced), each ranked by its loudness plus its gain in dB: the nearest
+//!   and loudest first. A publisher that leaves the range leaves the slot at the next update.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -488,6 +488,11 @@ impl SlotSelector {
             .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         out
+    }
+
+    /// The room's speakers as last reported by [`speakers_changed`](Self::speakers_changed).
+    pub fn reported(&self) -> &[(ParticipantId, f32)] {
+        &self.reported
     }
 
     /// The `speakers` event, if one is due at `now`: immediately when the set of speakers changed (including to

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use super::{Candidate, Held, SlotSelector, MAX_SLOTS};
+use crate::audibility::Audibility;
 use crate::ids::ParticipantId;
-use crate::spatial::Space;
 
 impl SlotSelector {
     /// Recomputes the assignment if due (see [`next_update`](Self::next_update)); returns whether it ran.
@@ -15,10 +15,11 @@ impl SlotSelector {
         self.update_in(now, None)
     }
 
-    /// [`update`](Self::update) in a spatial room: each subscriber's candidates are only the publishers it
-    /// hears ([`Space::audible`]: in range, the nearest `max_audible`), ranked by their level as heard — the
-    /// level plus the fade gain in dB — so the nearest and loudest come first.
-    pub fn update_in(&mut self, now: Instant, space: Option<&Space>) -> bool {
+    /// [`update`](Self::update) under the room's audibility policy: unless the room is open (everyone hears
+    /// everyone), each subscriber's candidates are only the publishers it hears
+    /// ([`Audibility::audible`]: in range, its team, whispers to it, shouters; volumes applied), ranked by
+    /// their level as heard — the level plus the gain in dB — so the nearest and loudest come first.
+    pub fn update_in(&mut self, now: Instant, audibility: Option<&Audibility>) -> bool {
         if self.last_now.is_none_or(|t| now > t) {
             self.last_now = Some(now);
         }
@@ -43,17 +44,21 @@ impl SlotSelector {
             let mut slots = [None; MAX_SLOTS];
             slots[..k].copy_from_slice(&sub.slots);
             let slots = &mut slots[..k];
-            let changed = match space {
+            let changed = match audibility.and_then(|a| a.audible(sub_id)) {
                 None => self.assign(now, sub_id, slots, &self.candidates, false),
-                Some(space) => {
+                Some(audible) => {
                     // The global ranking, restricted to what this subscriber hears and shifted by the
-                    // distance fade (a whole number of dB would reorder the same way; the gain is exact).
+                    // gain (a whole number of dB would reorder the same way; the gain is exact).
                     heard.clear();
-                    for h in space.audible(sub_id) {
-                        if let Some(c) = self.candidates.iter().find(|c| c.id == h.speaker) {
+                    for h in audible {
+                        let Some(&idx) = self.index.get(&h.speaker) else {
+                            continue;
+                        };
+                        if let Some(m) = self.members[idx].as_ref().filter(|m| m.candidate) {
                             heard.push(Candidate {
-                                priority: c.priority + h.hearing.gain_db(),
-                                ..*c
+                                priority: m.priority + h.hearing.gain_db(),
+                                id: m.id,
+                                idx,
                             });
                         }
                     }

@@ -611,7 +611,7 @@ fn randomized_churn_keeps_invariants() {
 /// never one out of range.
 #[test]
 fn spatial_slots_rank_by_level_as_heard() {
-    use crate::spatial::Space;
+    use crate::audibility::Audibility;
     use vocab::{FadeModel, Position, SpatialSettings};
 
     let t = t0();
@@ -621,33 +621,37 @@ fn spatial_slots_rank_by_level_as_heard() {
     }
     // Inverse fade from 1: −6 dB per doubling of the distance. 1 listens at the origin; 2 is 2 away
     // (−6 dB), 3 is 8 away (−18 dB), 4 is out of range.
-    let mut space = Space::new(SpatialSettings {
+    let mut space = Audibility::new(Some(SpatialSettings {
         audible_distance: 20.0,
         conversational_distance: 1.0,
         fade_intensity: 1.0,
         fade_model: FadeModel::Inverse,
         max_audible: 10,
-    });
+    }));
     let at = |x: f64| Position::new(x, 0.0, 0.0, 0.0).expect("valid");
     for (id, x) in [(1, 0.0), (2, 2.0), (3, -8.0), (4, 30.0)] {
-        space.set_position(t, p(id), at(x)).expect("valid");
+        space
+            .set_position(t, p(id), at(x))
+            .expect("spatial")
+            .expect("valid");
     }
     let ids: Vec<_> = (1..=4).map(p).collect();
-    let tick = |sel: &mut SlotSelector, space: &mut Space, now: Instant, levels: &[(u64, u8)]| {
-        for &(id, level) in levels {
-            sel.on_audio(now, p(id), level, None);
-        }
-        let speakers: Vec<_> = ids
-            .iter()
-            .copied()
-            .filter(|i| sel.is_eligible(*i))
-            .collect();
-        if space.refresh(now, &ids, &speakers, &mut Vec::new()) {
-            sel.audibility_changed();
-        }
-        sel.update_in(now, Some(space));
-        sel.drain_changes().for_each(drop);
-    };
+    let tick =
+        |sel: &mut SlotSelector, space: &mut Audibility, now: Instant, levels: &[(u64, u8)]| {
+            for &(id, level) in levels {
+                sel.on_audio(now, p(id), level, None);
+            }
+            let speakers: Vec<_> = ids
+                .iter()
+                .copied()
+                .filter(|i| sel.is_eligible(*i))
+                .collect();
+            if space.refresh(now, &ids, &speakers, &mut Vec::new()) {
+                sel.audibility_changed();
+            }
+            sel.update_in(now, Some(&*space));
+            sel.drain_changes().for_each(drop);
+        };
     // Equally loud: the nearer one.
     let mut now = t;
     for _ in 0..50 {
@@ -663,7 +667,10 @@ fn spatial_slots_rank_by_level_as_heard() {
     }
     assert_eq!(sel.assignment(p(1)), &[Some(p(3))]);
     // The near one walks out of range and the far one goes quiet: the slot stays with the only one heard.
-    space.set_position(now, p(2), at(-30.0)).expect("valid");
+    space
+        .set_position(now, p(2), at(-30.0))
+        .expect("spatial")
+        .expect("valid");
     for _ in 0..50 {
         tick(&mut sel, &mut space, now, &[(2, 0), (3, 60), (4, 0)]);
         now += MS20;

@@ -136,6 +136,7 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
                 server_muted: false,
                 deafened: false,
                 ptt: false,
+                team: None,
             }
         })
     );

@@ -25,6 +25,38 @@ use media_core::audio;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+/// `input` (a file or a URL) decoded by ffmpeg to mono 48 kHz samples in -1..1: all of it, or its first
+/// `seconds`. ffmpeg's stderr is the error when it fails.
+pub async fn ffmpeg_pcm(
+    input: impl AsRef<std::ffi::OsStr>,
+    seconds: Option<u32>,
+) -> anyhow::Result<Vec<f32>> {
+    let mut command = tokio::process::Command::new("ffmpeg");
+    command
+        .args(["-nostdin", "-loglevel", "error", "-i"])
+        .arg(input);
+    if let Some(seconds) = seconds {
+        command.arg("-t").arg(seconds.to_string());
+    }
+    let out = command
+        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .map_err(|_| anyhow::anyhow!("ffmpeg did not finish in 30 s"))??;
+    anyhow::ensure!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out
+        .stdout
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect())
+}
+
 const DEV_KEY: &str = "devkey";
 const DEV_SECRET: &str = "chorus-development-secret-do-not-use-in-production";
 const SECONDS: Duration = Duration::from_secs(5);

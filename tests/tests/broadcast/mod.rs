@@ -3,7 +3,6 @@
 //! set; a protected mount refuses a listener without a token for the room; a listener that never reads is
 //! dropped and counted while another keeps its audio.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -152,25 +151,9 @@ async fn read_for(s: &mut TcpStream, how_long: Duration) -> anyhow::Result<Vec<u
 /// Three seconds of `url` decoded by ffmpeg (mono, 48 kHz).
 async fn ffmpeg_decode(server: &Server, url: &str) -> anyhow::Result<Vec<f32>> {
     let started = Instant::now();
-    let out = tokio::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-i", url, "-t", "3"])
-        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
-        .stdin(Stdio::null())
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), out)
+    let pcm = crate::ffmpeg_pcm(url, Some(3))
         .await
-        .context("ffmpeg did not finish in 30 s")??;
-    ensure!(
-        out.status.success(),
-        "ffmpeg failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log_tail()
-    );
-    let pcm: Vec<f32> = out
-        .stdout
-        .chunks_exact(2)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-        .collect();
+        .with_context(|| server.log_tail())?;
     assert!(
         pcm.len() >= 2 * SAMPLE_RATE as usize,
         "ffmpeg decoded {} samples in {:?}",

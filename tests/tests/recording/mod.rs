@@ -5,7 +5,6 @@
 //! enforces retention (the oldest goes); bad ids, ranges, rooms and participants get their errors.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,26 +79,9 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 /// A file decoded by ffmpeg (mono, 48 kHz), as samples in -1..1.
 async fn ffmpeg_decode(file: &Path) -> anyhow::Result<Vec<f32>> {
-    let out = tokio::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-i"])
-        .arg(file)
-        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
-        .stdin(Stdio::null())
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), out)
+    crate::ffmpeg_pcm(file, None)
         .await
-        .context("ffmpeg did not finish in 30 s")??;
-    ensure!(
-        out.status.success(),
-        "ffmpeg failed on {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out
-        .stdout
-        .chunks_exact(2)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-        .collect())
+        .with_context(|| format!("decoding {}", file.display()))
 }
 
 fn seconds(pcm: &[f32]) -> f64 {

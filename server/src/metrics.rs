@@ -65,10 +65,16 @@ pub struct MediaMetrics {
     pub tcp_closed: IntCounterVec,
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+pub(crate) fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
     let c = IntCounter::new(name, help)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
+}
+
+pub(crate) fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 pub(crate) fn counter_vec(
@@ -561,22 +567,14 @@ pub const BROADCAST_RESULTS: [&str; 4] = ["accepted", "unauthorized", "not_found
 
 impl BroadcastMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
         Ok(BroadcastMetrics {
             listeners: gauge(
+                registry,
                 "chorus_broadcast_listeners",
                 "Listeners connected to broadcast mounts now.",
             )?,
             mounts: gauge(
+                registry,
                 "chorus_broadcast_mounts",
                 "Mounts with listeners now (rooms whose mix is tapped and paged).",
             )?,
@@ -595,14 +593,17 @@ impl BroadcastMetrics {
                 &["slow"],
             )?,
             bytes: counter(
+                registry,
                 "chorus_broadcast_bytes_total",
                 "Bytes handed to listener connections (Ogg pages and ICY metadata).",
             )?,
             pages: counter(
+                registry,
                 "chorus_broadcast_pages_total",
                 "Ogg pages published, over all mounts (each once, whatever the listeners).",
             )?,
             frames_dropped: counter(
+                registry,
                 "chorus_broadcast_frames_dropped_total",
                 "Mix frames lost between the media workers and the pager (its queue was full).",
             )?,

@@ -1,6 +1,8 @@
 //! The cluster's metrics (docs/metrics.md, "Cluster"): registered only on a node with a `cluster` section.
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
+
+use crate::metrics::{counter, counter_vec, gauge};
 
 /// The `op` label values of `chorus_cluster_redis_errors_total`.
 pub const OPS: [&str; 5] = ["heartbeat", "nodes", "place", "refresh", "release"];
@@ -46,48 +48,41 @@ pub struct ClusterMetrics {
     redis_errors: IntCounterVec,
     locate: IntCounterVec,
     nodes: IntGauge,
-    claim_conflicts: prometheus::IntCounter,
+    claim_conflicts: IntCounter,
 }
 
 impl ClusterMetrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let redis_up = IntGauge::new(
+        let locate_results = Located::ALL.map(Located::as_str);
+        let redis_up = gauge(
+            registry,
             "chorus_cluster_redis_up",
             "1 while this node's last Redis command succeeded, else 0.",
         )?;
-        let redis_errors = IntCounterVec::new(
-            Opts::new(
-                "chorus_cluster_redis_errors_total",
-                "Redis commands of the cluster that failed (unreachable, timed out), by operation.",
-            ),
-            &["op"],
+        let redis_errors = counter_vec(
+            registry,
+            "chorus_cluster_redis_errors_total",
+            "Redis commands of the cluster that failed (unreachable, timed out), by operation.",
+            "op",
+            &OPS,
         )?;
-        let locate = IntCounterVec::new(
-            Opts::new(
-                "chorus_cluster_locate_total",
-                "Joins of this node located in the cluster, by result.",
-            ),
-            &["result"],
+        let locate = counter_vec(
+            registry,
+            "chorus_cluster_locate_total",
+            "Joins of this node located in the cluster, by result.",
+            "result",
+            &locate_results,
         )?;
-        let nodes = IntGauge::new(
+        let nodes = gauge(
+            registry,
             "chorus_cluster_nodes",
             "Live nodes of the cluster (records not expired), as of this node's last heartbeat.",
         )?;
-        let claim_conflicts = prometheus::IntCounter::new(
+        let claim_conflicts = counter(
+            registry,
             "chorus_cluster_claim_conflicts_total",
             "Rooms this node hosts whose claim another live node holds (seen at a heartbeat).",
         )?;
-        for op in OPS {
-            redis_errors.with_label_values(&[op]);
-        }
-        for located in Located::ALL {
-            locate.with_label_values(&[located.as_str()]);
-        }
-        registry.register(Box::new(redis_up.clone()))?;
-        registry.register(Box::new(redis_errors.clone()))?;
-        registry.register(Box::new(locate.clone()))?;
-        registry.register(Box::new(nodes.clone()))?;
-        registry.register(Box::new(claim_conflicts.clone()))?;
         Ok(ClusterMetrics {
             redis_up,
             redis_errors,

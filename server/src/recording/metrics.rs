@@ -2,7 +2,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
-use crate::metrics::counter_vec;
+use crate::metrics::{counter, counter_vec, gauge};
 
 #[derive(Clone)]
 pub struct RecordingMetrics {
@@ -21,18 +21,8 @@ pub const ERROR_REASONS: [&str; 3] = ["disk_full", "permission_denied", "io"];
 
 impl RecordingMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
         Ok(RecordingMetrics {
-            active: gauge("chorus_recordings_active", "Recordings running now.")?,
+            active: gauge(registry, "chorus_recordings_active", "Recordings running now.")?,
             started: counter_vec(
                 registry,
                 "chorus_recordings_started_total",
@@ -54,12 +44,10 @@ impl RecordingMetrics {
                 "reason",
                 &ERROR_REASONS,
             )?,
-            bytes: counter(
-                "chorus_recording_bytes_total",
+            bytes: counter(registry, "chorus_recording_bytes_total",
                 "Bytes written to recording files (Ogg pages).",
             )?,
-            frames_dropped: counter(
-                "chorus_recording_frames_dropped_total",
+            frames_dropped: counter(registry, "chorus_recording_frames_dropped_total",
                 "Frames lost between the media workers and the recording writer (its queue was full).",
             )?,
             deleted: counter_vec(
@@ -69,8 +57,7 @@ impl RecordingMetrics {
                 "reason",
                 &["age", "size", "request"],
             )?,
-            stored_bytes: gauge(
-                "chorus_recording_stored_bytes",
+            stored_bytes: gauge(registry, "chorus_recording_stored_bytes",
                 "Bytes of all recordings kept (as of the last retention pass or change).",
             )?,
         })

@@ -6,15 +6,27 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use chorus_tests::{Server, SAMPLE_RATE};
 
 use crate::{audio_client, tones_in, SECONDS};
 
-/// Build the static library (cargo test does not keep it up to date) and link the example against it; the
-/// example's path.
+/// The example's path, built once per test process: both tests run concurrently, and one linking the
+/// file while the other executes it fails with "Text file busy" (ETXTBSY).
 fn build_example() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| link_example().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Build the static library (cargo test does not keep it up to date) and link the example against it; the
+/// example's path. It is linked under a temporary name and renamed into place, so a process still running
+/// an older copy never sees a half-written file.
+fn link_example() -> anyhow::Result<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = dir.join("../..");
     let status = Command::new(env!("CARGO"))
@@ -27,6 +39,7 @@ fn build_example() -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|_| root.join("target"))
         .join("debug");
     let exe = target.join("chorus-tone-c");
+    let partial = target.join(format!("chorus-tone-c.{}.partial", std::process::id()));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
     let out = Command::new(&cc)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
@@ -37,13 +50,14 @@ fn build_example() -> anyhow::Result<PathBuf> {
         .args(["-lpthread", "-ldl", "-lm", "-lrt", "-lutil"])
         // Unreferenced sections out and no debug symbols: the static library is half a gigabyte.
         .args(["-Wl,--gc-sections", "-s", "-o"])
-        .arg(&exe)
+        .arg(&partial)
         .output()?;
     anyhow::ensure!(
         out.status.success(),
         "{cc} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::rename(&partial, &exe)?;
     Ok(exe)
 }
 

@@ -37,6 +37,10 @@ pub struct ClusterConfig {
     /// A Redis command (and a connection attempt) that takes longer fails: joins of rooms this node does
     /// not host then get `cluster_unavailable` instead of waiting.
     pub redis_timeout_ms: u64,
+    /// When this node drains, hand its rooms to other nodes and redirect their participants there (a
+    /// break of about a rejoin, well under a second), instead of letting the calls finish here. Rooms no
+    /// other node takes (all draining or full) still finish here.
+    pub migrate_on_drain: bool,
 }
 
 impl Default for ClusterConfig {
@@ -53,6 +57,7 @@ impl Default for ClusterConfig {
             node_ttl_ms: 5_000,
             claim_ttl_ms: 10_000,
             redis_timeout_ms: 1_000,
+            migrate_on_drain: true,
         }
     }
 }

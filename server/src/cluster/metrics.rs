@@ -49,6 +49,7 @@ pub struct ClusterMetrics {
     locate: IntCounterVec,
     nodes: IntGauge,
     claim_conflicts: IntCounter,
+    migrated: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -83,12 +84,18 @@ impl ClusterMetrics {
             "chorus_cluster_claim_conflicts_total",
             "Rooms this node hosts whose claim another live node holds (seen at a heartbeat).",
         )?;
+        let migrated = counter(
+            registry,
+            "chorus_cluster_rooms_migrated_total",
+            "Rooms this node handed to another node while draining (their clients were redirected there).",
+        )?;
         Ok(ClusterMetrics {
             redis_up,
             redis_errors,
             locate,
             nodes,
             claim_conflicts,
+            migrated,
         })
     }
 
@@ -117,5 +124,9 @@ impl ClusterMetrics {
 
     pub fn claim_conflicts(&self, n: usize) {
         self.claim_conflicts.inc_by(n as u64);
+    }
+
+    pub fn room_migrated(&self) {
+        self.migrated.inc();
     }
 }

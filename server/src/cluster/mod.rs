@@ -157,8 +157,20 @@ impl Cluster {
             let period = Duration::from_millis(heart.cluster.config.heartbeat_ms);
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut drain = heart.signaling.drain_notices();
+            let mut drain_begun = false;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    // The drain's first beat does not wait for the tick: other nodes stop placing
+                    // rooms here, and the rooms move, at once.
+                    changed = drain.changed(), if !drain_begun => {
+                        drain_begun = changed.is_err() || drain.borrow().is_some();
+                        if !drain_begun {
+                            continue;
+                        }
+                    }
+                }
                 heart.beat().await;
             }
         })
@@ -252,8 +264,21 @@ impl Heart {
         if !was_up {
             info!(node = %cluster.id, "cluster: Redis reachable; node registered");
         }
+        if record.draining && cluster.config.migrate_on_drain {
+            self.migrate(&rooms).await;
+        }
+        // Rooms handed to another node are that node's claim now.
+        let claimed: Vec<String> = rooms
+            .iter()
+            .filter(|room| !self.signaling.is_migrated(room))
+            .cloned()
+            .collect();
+        let cluster = &self.cluster;
         let claim_ttl = Duration::from_millis(cluster.config.claim_ttl_ms);
-        let refreshed = cluster.store.refresh(&rooms, &cluster.id, claim_ttl).await;
+        let refreshed = cluster
+            .store
+            .refresh(&claimed, &cluster.id, claim_ttl)
+            .await;
         cluster.observe(&refreshed, "refresh");
         if let Ok(conflicts) = &refreshed {
             if !conflicts.is_empty() {
@@ -273,6 +298,62 @@ impl Heart {
         self.hosted = now;
         if let Ok(nodes) = cluster.nodes().await {
             cluster.metrics.nodes(nodes.len());
+        }
+    }
+}
+
+impl Heart {
+    /// A draining node hands each room it hosts to another node (chosen as for a new room, counting the
+    /// rooms handed out so far) and has its sessions redirected there. Rooms that no node takes, or whose
+    /// hand-over Redis did not confirm, stay and are tried again at the next beat.
+    async fn migrate(&self, rooms: &[String]) {
+        let cluster = &self.cluster;
+        let pending: Vec<&String> = rooms
+            .iter()
+            .filter(|room| !self.signaling.is_migrated(room))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let Ok(mut nodes) = cluster.nodes().await else {
+            return;
+        };
+        nodes.retain(|n| n.record.id != cluster.id);
+        let claim_ttl = Duration::from_millis(cluster.config.claim_ttl_ms);
+        let placed_ttl = Duration::from_millis(2 * cluster.config.heartbeat_ms);
+        for room in pending {
+            let Some(target) =
+                choose(&nodes, &cluster.region, cluster.config.same_region).map(|n| n.id.clone())
+            else {
+                warn!(
+                    node = %cluster.id,
+                    "cluster: no other node takes rooms; the calls left here finish here"
+                );
+                return;
+            };
+            let released = cluster
+                .store
+                .release(std::slice::from_ref(room), &cluster.id)
+                .await;
+            cluster.observe(&released, "release");
+            let placed = cluster
+                .store
+                .place(room, Some(&target), claim_ttl, placed_ttl)
+                .await;
+            cluster.observe(&placed, "place");
+            // Another node's join may have placed it in between: the room goes wherever Redis says.
+            let Ok(Some(owner)) = placed else {
+                continue;
+            };
+            let Some(node) = nodes.iter_mut().find(|n| n.record.id == owner) else {
+                // Placed back here (a race with this node's own heartbeat) or on a node not listed.
+                continue;
+            };
+            node.placed += 1;
+            if self.signaling.migrate_room(room, &node.record.url) {
+                cluster.metrics.room_migrated();
+                info!(%room, to = %owner, "cluster: room handed over; its participants are redirected");
+            }
         }
     }
 }

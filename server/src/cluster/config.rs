@@ -16,6 +16,10 @@ pub struct ClusterConfig {
     /// The signaling URL clients are redirected to for rooms on this node (`ws://…/ws` or `wss://…/ws`);
     /// unset: `ws://{http.listen}/ws`, which needs a concrete listen address.
     pub public_url: Option<String>,
+    /// Where the other nodes reach this node's admin API (`http://10.0.0.7:7880`), to forward an admin
+    /// request for a room this node hosts; unset: `http://{http.listen}`, which needs a concrete listen
+    /// address.
+    pub admin_url: Option<String>,
     /// A label for placement (e.g. `eu-west`): with `same_region`, new rooms go to nodes with the label
     /// of the node the client reached, when one of them is live.
     pub region: String,
@@ -49,6 +53,7 @@ impl Default for ClusterConfig {
             redis_url: None,
             node_id: None,
             public_url: None,
+            admin_url: None,
             region: String::new(),
             same_region: true,
             capacity_participants: 1_000,
@@ -90,6 +95,16 @@ impl ClusterConfig {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.len() > 512 {
                 return invalid(
                     "cluster.public_url must be a ws:// or wss:// URL (at most 512 bytes)",
+                );
+            }
+        }
+        if let Some(url) = &self.admin_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.len() > 512
+                || url.ends_with('/')
+            {
+                return invalid(
+                    "cluster.admin_url must be an http:// or https:// URL without a trailing / (at most 512 bytes)",
                 );
             }
         }

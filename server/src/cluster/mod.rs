@@ -36,10 +36,13 @@ use store::{Store, StoreError};
 pub struct Cluster {
     id: String,
     url: String,
+    admin_url: String,
     region: String,
     config: ClusterConfig,
     store: Store,
     metrics: ClusterMetrics,
+    /// For admin requests forwarded to other nodes.
+    http: reqwest::Client,
 }
 
 impl Cluster {
@@ -65,14 +68,23 @@ impl Cluster {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("ws://{http_addr}/ws"));
+        let admin_url = config
+            .admin_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
         info!(node = %id, %url, region = %config.region, "cluster node (Redis shared state)");
         Ok(Arc::new(Cluster {
             id,
             url,
+            admin_url,
             region: config.region.clone(),
             config: config.clone(),
             store,
             metrics: ClusterMetrics::new(registry)?,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .context("the HTTP client for forwarded admin requests")?,
         }))
     }
 
@@ -137,6 +149,34 @@ impl Cluster {
                 })
             }
         }
+    }
+
+    /// The live node other than this one that owns `room`, if any (a room this node does not host).
+    pub async fn owner_elsewhere(&self, room: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let ttl = Duration::from_millis(self.config.claim_ttl_ms);
+        let owner = self.store.place(room, None, ttl, ttl).await;
+        self.observe(&owner, "place");
+        let Some(owner) = owner? else {
+            return Ok(None);
+        };
+        if owner == self.id {
+            return Ok(None);
+        }
+        Ok(self
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|n| n.record)
+            .find(|r| r.id == owner))
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Counts an admin request forwarded to another node.
+    pub fn forwarded(&self, ok: bool) {
+        self.metrics.admin_forwarded(ok);
     }
 
     /// Starts the heartbeat: this node's record and room claims, every `heartbeat_ms`, until aborted.
@@ -243,6 +283,7 @@ impl Heart {
         let record = NodeRecord {
             id: cluster.id.clone(),
             url: cluster.url.clone(),
+            admin_url: cluster.admin_url.clone(),
             region: cluster.region.clone(),
             draining: self.signaling.is_draining(),
             capacity_participants: cluster.config.capacity_participants,
@@ -297,7 +338,7 @@ impl Heart {
         }
         self.hosted = now;
         if let Ok(nodes) = cluster.nodes().await {
-            cluster.metrics.nodes(nodes.len());
+            cluster.metrics.totals(&nodes);
         }
     }
 }
@@ -422,6 +463,7 @@ mod tests {
             record: NodeRecord {
                 id: id.into(),
                 url: format!("ws://{id}/ws"),
+                admin_url: String::new(),
                 region: region.into(),
                 draining: false,
                 capacity_participants: 100,

@@ -331,6 +331,7 @@ fn the_shipped_deploy_configurations_are_valid() {
         "CHORUS_TURN_SECRET" => Some("0123456789abcdef0123456789abcdef".to_owned()),
         "CHORUS_CLUSTER_NODE_ID" => Some("chorus-7d9f8-abcde".to_owned()),
         "CHORUS_CLUSTER_PUBLIC_URL" => Some("ws://203.0.113.7:7880/ws".to_owned()),
+        "CHORUS_CLUSTER_ADMIN_URL" => Some("http://203.0.113.7:7880".to_owned()),
         "CHORUS_CLUSTER_REDIS_URL" => {
             Some("redis://chorus-redis.chorus.svc.cluster.local:6379/0".to_owned())
         }

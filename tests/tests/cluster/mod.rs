@@ -250,7 +250,7 @@ async fn rooms_spread_over_the_nodes_and_a_client_is_redirected_to_the_owner() -
         .split('`')
         .filter(|word| word.starts_with("chorus_cluster_"))
         .collect();
-    assert_eq!(documented.len(), 5, "{documented:?}");
+    assert_eq!(documented.len(), 10, "{documented:?}");
     for name in documented {
         assert!(exposed.contains(&format!("\n{name}")), "{name} not exposed");
     }
@@ -279,6 +279,57 @@ async fn rooms_spread_over_the_nodes_and_a_client_is_redirected_to_the_owner() -
         .find(|n| n["url"] == ada.url.as_str())
         .context("the owner is listed")?;
     assert!(owner["participants"].as_u64() >= Some(3), "{owner}");
+    // Admin requests about a room go to the node hosting it, whichever node they reach.
+    let admin = entry.admin_token()?;
+    let (status, body) = entry
+        .admin(
+            "GET",
+            "/admin/v1/rooms/talk/participants",
+            Some(&admin),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body)?;
+    let mut names: Vec<&str> = v["participants"]
+        .as_array()
+        .context("participants")?
+        .iter()
+        .filter_map(|p| p["identity"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["ada", "bob"], "{body}");
+    let (status, body) = entry
+        .admin("GET", "/admin/v1/rooms/nowhere", Some(&admin), None)
+        .await?;
+    assert_eq!(status, 404, "a room no node hosts: {body}");
+    let (status, _) = entry
+        .admin("GET", "/admin/v1/rooms/talk/participants", None, None)
+        .await?;
+    assert_eq!(
+        status, 401,
+        "the token is checked before anything is forwarded"
+    );
+    assert_eq!(
+        entry
+            .metric(r#"chorus_cluster_admin_forwarded_total{result="ok"}"#)
+            .await?,
+        1.0
+    );
+    // Every node exports the cluster's totals (from the records of the next heartbeat).
+    let deadline = Instant::now() + SECONDS;
+    while entry.metric("chorus_cluster_participants").await? != 5.0
+        || entry.metric("chorus_cluster_rooms").await? != 4.0
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "cluster totals: {} participants, {} rooms",
+                entry.metric("chorus_cluster_participants").await?,
+                entry.metric("chorus_cluster_rooms").await?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for m in hosts.into_iter().chain([ada, bob]) {
         m.p.client.stop().await?;
     }

@@ -248,7 +248,8 @@ impl Peer {
             .set_ice_lite(true)
             .set_dtls_cert(params.dtls_cert.clone())
             .set_local_ice_credentials(creds);
-        let config = opus_only(builder, true, params.stereo).set_stats_interval(Some(STATS_INTERVAL));
+        let config =
+            opus_only(builder, true, params.stereo).set_stats_interval(Some(STATS_INTERVAL));
         let (mut rtc, keys) = dtls::build_tapped(config, now);
         for local in candidates {
             let candidate = local.ice().map_err(PeerError::BadSdp)?;

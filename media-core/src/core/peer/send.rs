@@ -1,5 +1,6 @@
-//! Forwarded packets sent without str0m's per-packet machinery (issue 15): a header template per slot
-//! stream, patched per packet, sealed by the peer's own [`SrtpSender`] straight into the datagram.
+//! Forwarded and mixed packets sent without str0m's per-packet machinery (issue 15): a header template
+//! per slot stream (SSRC, MID, extension ids) completed per packet, the payload sealed behind it by the
+//! peer's own [`SrtpSender`] straight into the datagram.
 //!
 //! str0m's path for one written packet (send queue, pacer, a timeout round through the whole `Rtc`, a
 //! zero-filled 2 KB buffer, the RTX cache, statistics) cost most of the server's instructions per forwarded
@@ -233,7 +234,11 @@ impl Peer {
 mod tests {
     use super::*;
 
-    fn fields<'a>(csrcs: &'a [u32], level: Option<(i8, bool)>, csrc_levels: &'a [u8]) -> PacketFields<'a> {
+    fn fields<'a>(
+        csrcs: &'a [u32],
+        level: Option<(i8, bool)>,
+        csrc_levels: &'a [u8],
+    ) -> PacketFields<'a> {
         PacketFields {
             pt: Pt::from(111),
             seq: 0x1_0005,
@@ -247,20 +252,26 @@ mod tests {
     #[test]
     fn a_forwarded_header_carries_the_speaker_its_level_and_the_mid() {
         let (audio_level, mid) = (Extension::AudioLevel, Extension::RtpMid);
-        let t = HeaderTemplate::new(Ssrc(0x0102_0304), Mid::from("1"), &[(1, &audio_level), (4, &mid)])
-            .expect("one-byte ids");
+        let t = HeaderTemplate::new(
+            Ssrc(0x0102_0304),
+            Mid::from("1"),
+            &[(1, &audio_level), (4, &mid)],
+        )
+        .expect("one-byte ids");
         let mut out = Vec::new();
         t.write(&mut out, &fields(&[9], Some((-30, true)), &[]));
-        assert_eq!(
-            out,
-            [
-                0x91, 111, 0, 5, 0, 0, 3, 0xC0, 1, 2, 3, 4, 0, 0, 0, 9, 0xBE, 0xDE, 0, 1, 0x10,
-                0x80 | 30, 0x40, b'1'
-            ]
-        );
+        assert_eq!(&out[..4], &[0x91, 111, 0, 5], "V=2, X, one CSRC; PT; seq");
+        assert_eq!(&out[4..12], &[0, 0, 3, 0xC0, 1, 2, 3, 4], "timestamp, SSRC");
+        assert_eq!(&out[12..16], &[0, 0, 0, 9], "the speaker as CSRC");
+        let level = 0x80 | 30;
+        assert_eq!(&out[16..], &[0xBE, 0xDE, 0, 1, 0x10, level, 0x40, b'1']);
         out.clear();
         t.write(&mut out, &fields(&[9], None, &[]));
-        assert_eq!(&out[16..], &[0xBE, 0xDE, 0, 1, 0x40, b'1', 0, 0], "no level element");
+        assert_eq!(
+            &out[16..],
+            &[0xBE, 0xDE, 0, 1, 0x40, b'1', 0, 0],
+            "no level element"
+        );
     }
 
     #[test]
@@ -272,7 +283,10 @@ mod tests {
         t.write(&mut out, &fields(&[7, 8], Some((-20, true)), &[20, 0xff]));
         assert_eq!(out[0], 0x92, "two CSRCs, extensions");
         assert_eq!(&out[12..20], &[0, 0, 0, 7, 0, 0, 0, 8]);
-        assert_eq!(&out[20..], &[0xBE, 0xDE, 0, 2, 0x10, 0x94, 0xC1, 20, 0x7f, 0, 0, 0]);
+        assert_eq!(
+            &out[20..],
+            &[0xBE, 0xDE, 0, 2, 0x10, 0x94, 0xC1, 20, 0x7f, 0, 0, 0]
+        );
     }
 
     #[test]

@@ -329,17 +329,17 @@ impl Rebinding {
             if !sent {
                 self.peer
                     .write_slot(
-                    0,
-                    self.seq,
-                    ts,
-                    now,
-                    &payload,
-                    false,
-                    Some(-30),
-                    Some(true),
-                    Ssrc(7),
-                )
-                .expect("a slot packet is written");
+                        0,
+                        self.seq,
+                        ts,
+                        now,
+                        &payload,
+                        false,
+                        Some(-30),
+                        Some(true),
+                        Ssrc(7),
+                    )
+                    .expect("a slot packet is written");
             }
         }
         self.peer
@@ -373,7 +373,10 @@ fn slot_packets_sealed_by_the_peer_itself_decrypt_at_a_str0m_client_across_a_seq
     assert!(r.peer.srtp.is_some(), "the direct path sealed the packets");
     assert_eq!(r.lost, 0);
     assert!(r.received.len() >= 150, "received {}", r.received.len());
-    assert!(r.received.last().is_some_and(|a| a.seq > 65_536), "the sequence wrapped");
+    assert!(
+        r.received.last().is_some_and(|a| a.seq > 65_536),
+        "the sequence wrapped"
+    );
     for a in &r.received {
         assert_eq!(a.slot, 0);
         assert_eq!(a.ssrc, r.peer.slots()[0].ssrc.0);
@@ -383,7 +386,10 @@ fn slot_packets_sealed_by_the_peer_itself_decrypt_at_a_str0m_client_across_a_seq
         assert_eq!(&a.payload[..], &[0xf8, 0xff, 0xfe]);
     }
     let seqs: Vec<u64> = r.received.iter().map(|a| a.seq).collect();
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "in order, none lost");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, none lost"
+    );
 }
 
 #[test]

@@ -1,0 +1,109 @@
+//! `[hls]`: a room's mix as HLS (docs/broadcast.md, "HLS").
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HlsConfig {
+    /// Serve `/hls/{room}/index.m3u8` and its segments. Access is the listener mounts' (`broadcast.public`
+    /// and the per-room setting of the admin API).
+    pub enabled: bool,
+    /// Audio per segment, a multiple of 20 ms. 2 s: a player starts about three segments behind live
+    /// (≈ 6 s), and each viewer makes one playlist and one segment request per segment (1 request/s);
+    /// shorter segments cut the delay and multiply the requests an origin or CDN serves.
+    pub segment_ms: u32,
+    /// Segments listed in the playlist (at least three target durations, RFC 8216 §6.2.2); as many more
+    /// are kept in memory, and served, after they leave it. Memory: 2 × this × a segment (≈ 8 KB at
+    /// 32 kb/s and 2 s) per room being watched.
+    pub window_segments: usize,
+    /// A room's mix is segmented while its playlist is asked for; this long without a playlist request
+    /// (from a player, or a CDN refreshing it for its viewers) the tap stops and the segments go.
+    pub idle_timeout_secs: u64,
+    /// Rooms segmented at once, at most (beyond: 503).
+    pub max_streams: usize,
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        HlsConfig {
+            enabled: true,
+            segment_ms: 2_000,
+            window_segments: 6,
+            idle_timeout_secs: 30,
+            max_streams: 100,
+        }
+    }
+}
+
+impl HlsConfig {
+    /// `EXT-X-TARGETDURATION`: the segment length rounded up to whole seconds.
+    pub fn target_duration_s(&self) -> u64 {
+        u64::from(self.segment_ms).div_ceil(1000)
+    }
+
+    /// Frames of 20 ms per segment.
+    pub fn segment_frames(&self) -> u32 {
+        self.segment_ms / 20
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !(200..=10_000).contains(&self.segment_ms) || !self.segment_ms.is_multiple_of(20) {
+            return invalid("hls.segment_ms must be a multiple of 20 in 200..=10000");
+        }
+        if !(3..=100).contains(&self.window_segments) {
+            return invalid("hls.window_segments must be 3..=100");
+        }
+        if (self.window_segments as u64) * u64::from(self.segment_ms)
+            < 3 * 1000 * self.target_duration_s()
+        {
+            return invalid(
+                "hls.window_segments × hls.segment_ms must be at least three target durations \
+                 (the segment length rounded up to whole seconds)",
+            );
+        }
+        if !(5..=3_600).contains(&self.idle_timeout_secs) {
+            return invalid("hls.idle_timeout_secs must be 5..=3600");
+        }
+        if !(1..=10_000).contains(&self.max_streams) {
+            return invalid("hls.max_streams must be 1..=10000");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_do_not() {
+        HlsConfig::default().validate().expect("defaults are valid");
+        assert_eq!(HlsConfig::default().target_duration_s(), 2);
+        let bad = |f: fn(&mut HlsConfig)| {
+            let mut c = HlsConfig::default();
+            f(&mut c);
+            c.validate().expect_err("invalid")
+        };
+        bad(|c| c.segment_ms = 2_010);
+        bad(|c| c.segment_ms = 100);
+        bad(|c| c.window_segments = 2);
+        // 1.5 s segments have a 2 s target: three of them are 4.5 s, less than 6 s.
+        bad(|c| {
+            c.segment_ms = 1_500;
+            c.window_segments = 3;
+        });
+        bad(|c| c.idle_timeout_secs = 0);
+        bad(|c| c.max_streams = 0);
+        let mut ok = HlsConfig {
+            segment_ms: 1_500,
+            window_segments: 4,
+            ..HlsConfig::default()
+        };
+        ok.validate().expect("6 s of 1.5 s segments");
+        ok.segment_ms = 500;
+        assert_eq!(ok.target_duration_s(), 1);
+    }
+}

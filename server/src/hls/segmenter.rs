@@ -1,0 +1,408 @@
+//! One room's HLS stream as data: the room's 20 ms mix frames cut into fMP4 segments of a fixed length,
+//! and the sliding window of segments kept in memory. Time enters as Unix milliseconds; no I/O.
+//!
+//! The timeline: segments of one *run* (frames arriving without a break) follow each other, numbered
+//! consecutively, each exactly `segment_frames` long. A run starts at media sequence number
+//! `max(next, now / segment_ms)` — numbers grow across idle periods and server restarts alike, so an
+//! origin's caches never see one number twice — and its decode time is that number × the segment's
+//! samples (so decode times too only grow). A short gap inside a run (ticks the mixer skipped, at most
+//! [`MAX_FILL_FRAMES`]) is filled with silent packets, keeping the audio continuous; anything longer
+//! (the room closed or was re-made, frames stopped for [`MAX_PAUSE_MS`]) closes the open segment early and
+//! starts a new run marked as a discontinuity.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::fmp4::{fragment, FRAME_SAMPLES};
+use crate::broadcast::ogg::crc;
+
+/// Frames of a skipped stretch inside a run that are filled with silence (1 s); a longer gap is a
+/// discontinuity.
+pub const MAX_FILL_FRAMES: u64 = 50;
+
+/// Without a frame for this long, the open segment is closed (what was said gets out) and the run ends.
+pub const MAX_PAUSE_MS: u64 = 1_000;
+
+/// A 20 ms Opus packet that decodes to silence: TOC 0xf8 (CELT, fullband, 20 ms, mono, one frame) and a
+/// frame whose range coder yields the silence flag.
+pub const SILENT_PACKET: [u8; 3] = [0xf8, 0xff, 0xfe];
+
+/// One complete segment, shared by every request for it.
+#[derive(Debug)]
+pub struct Segment {
+    pub msn: u64,
+    /// `moof` + `mdat`.
+    pub bytes: Bytes,
+    pub frames: u32,
+    /// The wall-clock time of its first sample (`EXT-X-PROGRAM-DATE-TIME`), Unix ms.
+    pub start_ms: u64,
+    /// When it was completed (`Last-Modified`), Unix ms.
+    pub made_ms: u64,
+    /// The first segment of a run after an earlier one (`EXT-X-DISCONTINUITY`).
+    pub discontinuity: bool,
+    /// The CRC-32 of its bytes (its `ETag`).
+    pub crc: u32,
+    /// Requests for it: how many viewers fetched it.
+    pub hits: AtomicU64,
+}
+
+impl Segment {
+    pub fn duration_ms(&self) -> u64 {
+        u64::from(self.frames) * 20
+    }
+}
+
+/// The run being cut: its open segment and where it is.
+#[derive(Debug)]
+struct Run {
+    /// Packets of the open segment.
+    open: Vec<Bytes>,
+    /// The open segment's number and first sample's wall-clock time.
+    msn: u64,
+    start_ms: u64,
+    /// The open segment starts the run after another one.
+    discontinuity: bool,
+    last_tick: u64,
+    last_frame_ms: u64,
+}
+
+/// A room's segments: the window kept in memory, the run being cut.
+#[derive(Debug)]
+pub struct Segmenter {
+    segment_frames: u32,
+    /// Segments listed in the playlist.
+    window: usize,
+    /// Segments kept: the playlist's and as many that left it, still served (RFC 8216 §6.2.2: a segment
+    /// stays available for the playlist's duration after it leaves it).
+    keep: usize,
+    segments: VecDeque<Arc<Segment>>,
+    /// Discontinuities that left memory (the playlist adds those still in memory but before its window).
+    discontinuities_gone: u64,
+    run: Option<Run>,
+    /// The number the next run starts at, at least.
+    next_msn: u64,
+    /// A run ended: the next one is a discontinuity.
+    ran: bool,
+}
+
+impl Segmenter {
+    pub fn new(segment_frames: u32, window: usize) -> Self {
+        Segmenter {
+            segment_frames,
+            window,
+            keep: window * 2,
+            segments: VecDeque::new(),
+            discontinuities_gone: 0,
+            run: None,
+            next_msn: 0,
+            ran: false,
+        }
+    }
+
+    fn segment_ms(&self) -> u64 {
+        u64::from(self.segment_frames) * 20
+    }
+
+    /// Take one frame of the room's mix (its tick on the room's 20 ms grid). Returns the segments it
+    /// completed (usually none, at most a few when a gap is filled).
+    pub fn push(&mut self, tick: u64, payload: &Bytes, now_ms: u64) -> usize {
+        let mut completed = 0;
+        let gap = match &self.run {
+            Some(run) if tick <= run.last_tick => None, // the room was re-made: its ticks count anew
+            Some(run) if now_ms.saturating_sub(run.last_frame_ms) > MAX_PAUSE_MS => None,
+            Some(run) if tick - run.last_tick - 1 > MAX_FILL_FRAMES => None,
+            Some(run) => Some(tick - run.last_tick - 1),
+            None => None,
+        };
+        match gap {
+            Some(skipped) => {
+                let silence = Bytes::from_static(&SILENT_PACKET);
+                for _ in 0..skipped {
+                    completed += self.append(silence.clone(), now_ms);
+                }
+            }
+            None => {
+                completed += self.end_run(now_ms);
+                let msn = self.next_msn.max(now_ms / self.segment_ms());
+                self.run = Some(Run {
+                    open: Vec::with_capacity(self.segment_frames as usize),
+                    msn,
+                    start_ms: now_ms,
+                    discontinuity: self.ran,
+                    last_tick: tick,
+                    last_frame_ms: now_ms,
+                });
+            }
+        }
+        let run = self
+            .run
+            .as_mut()
+            .expect("a run was started above or goes on");
+        run.last_tick = tick;
+        run.last_frame_ms = now_ms;
+        completed + self.append(payload.clone(), now_ms)
+    }
+
+    /// Add a packet to the open segment; completes it when full (returns 1 then).
+    fn append(&mut self, packet: Bytes, now_ms: u64) -> usize {
+        let frames = self.segment_frames as usize;
+        let Some(run) = self.run.as_mut() else {
+            return 0;
+        };
+        run.open.push(packet);
+        if run.open.len() < frames {
+            return 0;
+        }
+        self.close(now_ms);
+        1
+    }
+
+    /// Complete the open segment (full or, at the end of a run, short); the next one follows it.
+    fn close(&mut self, now_ms: u64) {
+        let segment_ms = self.segment_ms();
+        let samples = u64::from(self.segment_frames) * u64::from(FRAME_SAMPLES);
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        if run.open.is_empty() {
+            return;
+        }
+        let packets = std::mem::take(&mut run.open);
+        let refs: Vec<&[u8]> = packets.iter().map(|p| &p[..]).collect();
+        // The fragment sequence number only has to grow; it wraps after 272 years of 2 s segments.
+        let bytes = fragment(run.msn as u32, run.msn * samples, &refs);
+        let segment = Segment {
+            msn: run.msn,
+            crc: crc(&bytes),
+            bytes,
+            frames: packets.len() as u32,
+            start_ms: run.start_ms,
+            made_ms: now_ms,
+            discontinuity: run.discontinuity,
+            hits: AtomicU64::new(0),
+        };
+        run.msn += 1;
+        run.start_ms += segment_ms;
+        run.discontinuity = false;
+        self.next_msn = run.msn;
+        self.segments.push_back(Arc::new(segment));
+        while self.segments.len() > self.keep {
+            if let Some(old) = self.segments.pop_front() {
+                self.discontinuities_gone += u64::from(old.discontinuity);
+            }
+        }
+    }
+
+    /// End the run (its open segment closed short): the next frame starts a new run, a discontinuity.
+    /// Returns the segments completed (0 or 1).
+    fn end_run(&mut self, now_ms: u64) -> usize {
+        let Some(run) = &self.run else {
+            return 0;
+        };
+        let had = !run.open.is_empty();
+        self.close(now_ms);
+        self.run = None;
+        self.ran = true;
+        usize::from(had)
+    }
+
+    /// Close the open segment if frames stopped coming (the room closed, the tap stopped). Returns the
+    /// segments completed (0 or 1).
+    pub fn flush_idle(&mut self, now_ms: u64) -> usize {
+        match &self.run {
+            Some(run) if now_ms.saturating_sub(run.last_frame_ms) > MAX_PAUSE_MS => {
+                self.end_run(now_ms)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Nobody watches any more: the run ends and the segments go (a viewer coming later must not start
+    /// in stale audio); numbers and discontinuities go on from where they were.
+    pub fn stop(&mut self, now_ms: u64) {
+        self.end_run(now_ms);
+        for old in self.segments.drain(..) {
+            self.discontinuities_gone += u64::from(old.discontinuity);
+        }
+    }
+
+    /// The segment `msn`, if it is still kept.
+    pub fn get(&self, msn: u64) -> Option<Arc<Segment>> {
+        let first = self.segments.front()?.msn;
+        // Numbers are consecutive within a run but jump between runs: search near the expected place.
+        let guess = msn.checked_sub(first).map(|i| i as usize);
+        if let Some(s) = guess.and_then(|i| self.segments.get(i)) {
+            if s.msn == msn {
+                return Some(s.clone());
+            }
+        }
+        self.segments.iter().find(|s| s.msn == msn).cloned()
+    }
+
+    /// The newest complete segment's number.
+    pub fn newest(&self) -> Option<u64> {
+        self.segments.back().map(|s| s.msn)
+    }
+
+    /// The playlist's segments (the newest `window`) and its discontinuity sequence number.
+    pub fn window(&self) -> (Vec<Arc<Segment>>, u64) {
+        let skip = self.segments.len().saturating_sub(self.window);
+        let before = self
+            .segments
+            .iter()
+            .take(skip)
+            .filter(|s| s.discontinuity)
+            .count() as u64;
+        (
+            self.segments.iter().skip(skip).cloned().collect(),
+            self.discontinuities_gone + before,
+        )
+    }
+
+    /// The viewers now, estimated: requests for the segment before the newest (it has been out for a
+    /// whole segment, and every player fetches every segment once).
+    pub fn viewers(&self) -> u64 {
+        let n = self.segments.len();
+        match n {
+            0 => 0,
+            1 => self.segments[0].hits.load(Ordering::Relaxed),
+            _ => self.segments[n - 2].hits.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 1 s after the epoch's segment 1000 (2 s segments) began.
+    const T0: u64 = 2_000_000;
+
+    fn packet(i: u8) -> Bytes {
+        Bytes::from(vec![0xfc, i])
+    }
+
+    /// Feed `frames` frames from `tick`, 20 ms apart from `now`; returns segments completed.
+    fn feed(s: &mut Segmenter, tick: u64, now: u64, frames: u64) -> usize {
+        (0..frames)
+            .map(|i| s.push(tick + i, &packet(i as u8), now + i * 20))
+            .sum()
+    }
+
+    #[test]
+    fn frames_become_consecutive_full_segments_numbered_from_the_clock() {
+        let mut s = Segmenter::new(100, 3);
+        assert_eq!(feed(&mut s, 7, T0, 350), 3);
+        let (w, disc) = s.window();
+        assert_eq!(disc, 0);
+        let numbers: Vec<u64> = w.iter().map(|x| x.msn).collect();
+        assert_eq!(numbers, [1000, 1001, 1002], "T0 / 2000 ms");
+        for (i, seg) in w.iter().enumerate() {
+            assert_eq!(seg.frames, 100);
+            assert_eq!(seg.start_ms, T0 + i as u64 * 2000);
+            assert!(!seg.discontinuity);
+            // The decode time (tfdt, version 1, at byte 64) is the number × 96,000 samples.
+            let tfdt = u64::from_be_bytes(seg.bytes[64..72].try_into().expect("8 bytes"));
+            assert_eq!(tfdt, seg.msn * 96_000);
+        }
+    }
+
+    #[test]
+    fn skipped_ticks_are_filled_with_silence_and_keep_the_timeline() {
+        let mut s = Segmenter::new(100, 3);
+        feed(&mut s, 0, T0, 60);
+        // 10 ticks skipped: 60 + 10 silent + 30 = one full segment.
+        assert_eq!(feed(&mut s, 70, T0 + 1400, 30), 1);
+        let seg = s.get(1000).expect("kept");
+        assert_eq!(seg.frames, 100);
+        let silent = seg.bytes.windows(3).filter(|w| *w == SILENT_PACKET).count();
+        assert_eq!(silent, 10);
+    }
+
+    #[test]
+    fn a_long_gap_or_a_remade_room_is_a_discontinuity_with_growing_numbers() {
+        let mut s = Segmenter::new(100, 4);
+        feed(&mut s, 500, T0, 150); // segment 1000 full, 50 frames open
+                                    // The room is re-made: its ticks start again at 0.
+        assert_eq!(
+            s.push(0, &packet(1), T0 + 3020),
+            1,
+            "the open segment closes short"
+        );
+        let short = s.get(1001).expect("kept");
+        assert_eq!((short.frames, short.discontinuity), (50, false));
+        feed(&mut s, 1, T0 + 3040, 99);
+        let next = s
+            .get(1002)
+            .expect("the new run goes on from the last number");
+        assert!(next.discontinuity);
+        assert_eq!(next.start_ms, T0 + 3020);
+        // Frames stop: the open segment goes out after MAX_PAUSE_MS.
+        feed(&mut s, 100, T0 + 5020, 10);
+        assert_eq!(s.flush_idle(T0 + 5300), 0);
+        assert_eq!(s.flush_idle(T0 + 5200 + MAX_PAUSE_MS + 1), 1);
+        assert_eq!(s.get(1003).expect("kept").frames, 10);
+        // A minute later: the number follows the clock.
+        feed(&mut s, 3000, T0 + 60_000, 100);
+        let late = s.get((T0 + 60_000) / 2000).expect("numbered by the clock");
+        assert!(late.discontinuity);
+        let (w, disc) = s.window();
+        assert_eq!(w.len(), 4);
+        assert_eq!(disc, 0, "both discontinuities are still in the window");
+    }
+
+    #[test]
+    fn the_window_slides_counting_discontinuities_that_leave_it() {
+        let mut s = Segmenter::new(50, 2);
+        feed(&mut s, 0, T0, 50); // 2000
+        feed(&mut s, 1000, T0 + 10_000, 50); // new run: discontinuity, number 2010 (1 s segments)
+        assert_eq!(s.window().1, 0);
+        feed(&mut s, 1050, T0 + 11_000, 50);
+        let (w, disc) = s.window();
+        assert_eq!(w.iter().map(|x| x.msn).collect::<Vec<_>>(), [2010, 2011]);
+        assert_eq!(
+            disc, 0,
+            "the discontinuity is on the window's first segment"
+        );
+        feed(&mut s, 1100, T0 + 12_000, 50);
+        assert_eq!(s.window().1, 1, "it left the playlist");
+        feed(&mut s, 1150, T0 + 13_000, 100);
+        assert_eq!(s.window().1, 1, "and then memory: still counted");
+        assert!(s.get(2010).is_none(), "gone from memory: not served");
+        assert!(s.get(2012).is_some(), "left the playlist, still served");
+    }
+
+    #[test]
+    fn stopping_drops_the_segments_and_the_next_run_is_a_discontinuity() {
+        let mut s = Segmenter::new(50, 3);
+        feed(&mut s, 0, T0, 75);
+        s.stop(T0 + 2000);
+        assert_eq!(s.newest(), None);
+        feed(&mut s, 0, T0 + 3000, 50);
+        let (w, disc) = s.window();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].discontinuity);
+        assert_eq!(w[0].msn, 2003);
+        assert_eq!(disc, 0);
+    }
+
+    #[test]
+    fn viewers_are_the_requests_for_the_segment_before_the_newest() {
+        let mut s = Segmenter::new(50, 3);
+        feed(&mut s, 0, T0, 150);
+        for _ in 0..4 {
+            s.get(2001)
+                .expect("kept")
+                .hits
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        s.get(2002)
+            .expect("kept")
+            .hits
+            .fetch_add(1, Ordering::Relaxed);
+        assert_eq!(s.viewers(), 4);
+    }
+}

@@ -1,7 +1,8 @@
 // HLS (docs/broadcast.md, "HLS"): hls.js (npm) in Chromium plays a room's /hls/{room}/index.m3u8 — fMP4
 // segments with Opus, through Media Source Extensions — in an <audio> element while a participant talks a
 // 440 Hz tone in the mixed room. The page analyses what the element plays (Web Audio, same origin) and
-// reports how far behind live it plays (hls.js's playingDate, from EXT-X-PROGRAM-DATE-TIME).
+// reports how far behind live it plays (hls.js's playingDate, from EXT-X-PROGRAM-DATE-TIME). hls.js's
+// low-latency mode loads the LL-HLS parts (500 ms, the default) and plays about three parts behind live.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -64,6 +65,8 @@ describe('a room mix played by hls.js from its HLS playlist', { timeout: 120000 
       const errors = [];
       hls.on(Hls.Events.ERROR, (/** @type {any} */ _e, /** @type {any} */ d) => errors.push(`${d.type}/${d.details}${d.fatal ? ' (fatal)' : ''}`));
       let codec = '';
+      let parts = 0;
+      hls.on(Hls.Events.FRAG_LOADED, (/** @type {any} */ _e, /** @type {any} */ d) => { if (d.part) parts += 1; });
       hls.on(Hls.Events.BUFFER_CODECS, (/** @type {any} */ _e, /** @type {any} */ d) => { codec = d.audio?.codec ?? ''; });
       const ctx = new AudioContext();
       const analyser = ctx.createAnalyser();
@@ -93,12 +96,13 @@ describe('a room mix played by hls.js from its HLS playlist', { timeout: 120000 
       const behindLiveMs = hls.playingDate ? Date.now() - hls.playingDate.getTime() : null;
       audio.pause();
       hls.destroy();
-      return { firstAudioMs, played, waiting, powerAt, codec, behindLiveMs, errors, error: audio.error && audio.error.message };
+      return { firstAudioMs, played, waiting, powerAt, codec, parts, behindLiveMs, errors, error: audio.error && audio.error.message };
     }, { room: ROOM, freqs: [TONE, ...OTHERS] });
     console.log(`hls.js on the playlist: ${JSON.stringify(r)}`);
     assert.equal(r.error, null);
     assert.deepEqual(r.errors.filter((e) => e.includes('fatal')), [], `hls.js errors: ${r.errors}`);
     assert.match(r.codec, /opus/i, 'hls.js took the init segment\'s Opus sample entry');
+    assert.ok(r.parts > 0, 'hls.js (low-latency mode) loads LL-HLS parts');
     assert.ok(r.firstAudioMs < 12000, `first audio after ${r.firstAudioMs} ms`);
     assert.ok(r.played > 3.5, `played ${r.played} s in 4 s`);
     assert.equal(r.waiting, 0, 'no stall while playing');

@@ -1,6 +1,7 @@
-//! `GET /hls/{room}/index.m3u8`, `init.mp4` and `{n}.m4s`: access (the listener mounts' rules), blocking
-//! playlist reloads (`_HLS_msn`), and headers for an origin behind a CDN — immutable segments, short-lived
-//! playlists, `ETag`/`Last-Modified` with 304s, CORS for browser players.
+//! `GET /hls/{room}/index.m3u8`, `init.mp4`, `{n}.m4s` and parts `{n}.{i}.m4s`: access (the listener
+//! mounts' rules), blocking playlist reloads (`_HLS_msn`, `_HLS_part`) and preload-hinted parts, and
+//! headers for an origin behind a CDN — immutable segments and parts, short-lived playlists,
+//! `ETag`/`Last-Modified` with 304s, CORS for browser players.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,8 +17,8 @@ use axum::Router;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::playlist::{token_query, Playlist, INIT_FILE, SEGMENT_SUFFIX};
-use super::Hls;
+use super::playlist::{token_query, Parts, Playlist, INIT_FILE, SEGMENT_SUFFIX};
+use super::{Hls, Progress};
 use crate::broadcast::ogg::crc;
 use crate::state::AppState;
 
@@ -47,6 +48,15 @@ enum File {
     Playlist,
     Init,
     Segment(u64),
+    Part(u64, u32),
+}
+
+/// A number as the playlist writes it: digits, no sign, no leading zero.
+fn number<T: std::str::FromStr>(n: &str) -> Option<T> {
+    let canonical = !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && (n.len() == 1 || !n.starts_with('0'));
+    canonical.then(|| n.parse().ok()).flatten()
 }
 
 fn parse_file(file: &str) -> Option<File> {
@@ -54,15 +64,11 @@ fn parse_file(file: &str) -> Option<File> {
         PLAYLIST_FILE => Some(File::Playlist),
         INIT_FILE => Some(File::Init),
         _ => {
-            let n = file.strip_suffix(SEGMENT_SUFFIX)?;
-            // Digits only: `+1` or `01` are not the names the playlist gives.
-            if n.is_empty()
-                || !n.bytes().all(|b| b.is_ascii_digit())
-                || (n.len() > 1 && n.starts_with('0'))
-            {
-                return None;
+            let name = file.strip_suffix(SEGMENT_SUFFIX)?;
+            match name.split_once('.') {
+                None => number(name).map(File::Segment),
+                Some((msn, part)) => Some(File::Part(number(msn)?, number(part)?)),
             }
-            n.parse().ok().map(File::Segment)
         }
     }
 }
@@ -152,6 +158,7 @@ async fn serve(
             let cache = immutable(public);
             content(hls, "init", init, &etag, None, &cache, &headers)
         }
+        File::Part(msn, index) => part(hls, &room, msn, index, public, &headers).await,
         File::Segment(msn) => {
             let segment = hls.stream(&room).and_then(|s| s.lock().get(msn));
             let Some(segment) = segment else {
@@ -184,8 +191,56 @@ fn immutable(public: bool) -> String {
     format!("{scope}, max-age={IMMUTABLE_MAX_AGE_SECS}, immutable")
 }
 
-/// The playlist: started on demand; a blocking reload (`_HLS_msn=N`) waits until segment N is complete,
-/// at most three target durations (then 503); the first viewer waits for the first segment alike.
+/// A part: served if made; the part a playlist hints at next (`EXT-X-PRELOAD-HINT`) is waited for, at
+/// most three target durations; any other is not found.
+async fn part(
+    hls: &Hls,
+    room: &str,
+    msn: u64,
+    index: u32,
+    public: bool,
+    headers: &HeaderMap,
+) -> Response {
+    let Some(stream) = hls.stream(room) else {
+        return refuse(
+            hls,
+            StatusCode::NOT_FOUND,
+            "outside_window",
+            "no such part\n",
+        );
+    };
+    let mut found = stream.lock().part(msn, index);
+    let hinted = stream.progress.borrow().position == Some((msn, index));
+    if found.is_none() && hinted {
+        let mut progress = stream.progress.subscribe();
+        let wait = Duration::from_secs(3 * hls.config.target_duration_s());
+        let past = |p: &Progress| p.position.is_some_and(|at| at > (msn, index));
+        let _ = tokio::time::timeout(wait, progress.wait_for(past)).await;
+        found = stream.lock().part(msn, index);
+    }
+    let Some((bytes, crc, made_ms)) = found else {
+        return refuse(
+            hls,
+            StatusCode::NOT_FOUND,
+            "outside_window",
+            "no such part: not yet made, or it left the window\n",
+        );
+    };
+    let etag = format!("\"{crc:08x}\"");
+    content(
+        hls,
+        "part",
+        bytes,
+        &etag,
+        Some(made_ms),
+        &immutable(public),
+        headers,
+    )
+}
+
+/// The playlist: started on demand; a blocking reload (`_HLS_msn=N`, `_HLS_part=P`) waits until segment N
+/// (part P of it) is made, at most three target durations (then 503); the first viewer waits for the
+/// first segment alike.
 async fn playlist(
     hls: &Hls,
     room: &str,
@@ -193,10 +248,10 @@ async fn playlist(
     public: bool,
     headers: &HeaderMap,
 ) -> Response {
-    let msn = match query.msn.as_deref().map(str::parse::<u64>) {
+    let msn = match query.msn.as_deref().map(number::<u64>) {
         None => None,
-        Some(Ok(n)) => Some(n),
-        Some(Err(_)) => {
+        Some(Some(n)) => Some(n),
+        Some(None) => {
             return refuse(
                 hls,
                 StatusCode::BAD_REQUEST,
@@ -205,16 +260,22 @@ async fn playlist(
             );
         }
     };
-    // This server has no partial segments: `_HLS_part` waits for the whole segment, and is an error
-    // without `_HLS_msn` (RFC 8216bis §6.2.5.2).
-    if query.part.is_some() && msn.is_none() {
-        return refuse(
-            hls,
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "_HLS_part needs _HLS_msn\n",
-        );
-    }
+    let parts_on = hls.config.part_ms != 0;
+    let max_parts = hls.config.segment_frames() / hls.config.part_frames();
+    // `_HLS_part` is an error without `_HLS_msn` (RFC 8216bis §6.2.5.2), and past a segment's parts;
+    // without parts on this server, it waits for the whole segment.
+    let part = match query.part.as_deref().map(number::<u32>) {
+        None => None,
+        Some(Some(p)) if msn.is_some() && p < max_parts => Some(p).filter(|_| parts_on),
+        Some(_) => {
+            return refuse(
+                hls,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "_HLS_part must be a part index of a segment, with _HLS_msn\n",
+            );
+        }
+    };
     let Some(stream) = hls.watch(room) else {
         return refuse(
             hls,
@@ -224,8 +285,9 @@ async fn playlist(
         );
     };
     let target = hls.config.target_duration_s();
-    let mut newest = stream.newest.subscribe();
-    if let (Some(n), Some(last)) = (msn, *newest.borrow()) {
+    let mut progress = stream.progress.subscribe();
+    let newest = progress.borrow().newest;
+    if let (Some(n), Some(last)) = (msn, newest) {
         // A client may ask for at most the segment after the next (RFC 8216bis §6.2.5.2).
         if n > last + 2 {
             return refuse(
@@ -236,13 +298,15 @@ async fn playlist(
             );
         }
     }
-    let ready = |n: &Option<u64>| match (n, msn) {
-        (Some(newest), Some(wanted)) => *newest >= wanted,
-        (Some(_), None) => true,
-        (None, _) => false,
+    // Segment N is complete, or part P of it made; without a wish, a first segment exists.
+    let ready = |p: &Progress| match (p.newest, p.position, msn, part) {
+        (_, Some(at), Some(n), Some(i)) => at > (n, i),
+        (_, Some(at), Some(n), None) => at > (n, u32::MAX),
+        (Some(_), _, None, _) => true,
+        _ => false,
     };
     let wait = Duration::from_secs(3 * target);
-    let waited = tokio::time::timeout(wait, newest.wait_for(ready)).await;
+    let waited = tokio::time::timeout(wait, progress.wait_for(ready)).await;
     if !matches!(waited, Ok(Ok(_))) {
         let mut response = refuse(
             hls,
@@ -255,7 +319,10 @@ async fn playlist(
             .insert(header::RETRY_AFTER, HeaderValue::from(target));
         return response;
     }
-    let (segments, discontinuity_sequence) = stream.lock().window();
+    let ((segments, discontinuity_sequence), open) = {
+        let s = stream.lock();
+        (s.window(), parts_on.then(|| s.open()).flatten())
+    };
     let made_ms = segments.last().map(|s| s.made_ms);
     let q = token_query(query.token.as_deref());
     let text = Playlist {
@@ -263,6 +330,10 @@ async fn playlist(
         discontinuity_sequence,
         target_duration_s: target,
         query: &q,
+        parts: parts_on.then_some(Parts {
+            target_ms: hls.config.part_ms,
+            open: open.as_ref(),
+        }),
     }
     .render();
     let etag = format!("\"{:08x}\"", crc(text.as_bytes()));
@@ -359,6 +430,7 @@ mod tests {
             Some(File::Segment(881_000_123))
         ));
         assert!(matches!(parse_file("0.m4s"), Some(File::Segment(0))));
+        assert!(matches!(parse_file("12.3.m4s"), Some(File::Part(12, 3))));
         for bad in [
             "",
             ".m4s",
@@ -369,6 +441,10 @@ mod tests {
             "99999999999999999999999.m4s",
             "a.m4s",
             "../init.mp4",
+            "1.01.m4s",
+            "1..m4s",
+            "1.2.3.m4s",
+            "1.99999999999.m4s",
         ] {
             assert!(parse_file(bad).is_none(), "{bad}");
         }

@@ -16,7 +16,7 @@ pub struct HlsMetrics {
 }
 
 /// The `kind` label values of `chorus_hls_requests_total` and `chorus_hls_bytes_total`.
-pub const KINDS: [&str; 3] = ["playlist", "init", "segment"];
+pub const KINDS: [&str; 4] = ["playlist", "init", "segment", "part"];
 
 /// The `reason` label values of `chorus_hls_refused_total`.
 pub const REFUSALS: [&str; 6] = [
@@ -50,7 +50,7 @@ impl HlsMetrics {
             requests: counter_vec(
                 registry,
                 "chorus_hls_requests_total",
-                "HLS requests answered with content or 304, by kind (playlist, init, segment).",
+                "HLS requests answered with content or 304, by kind (playlist, init, segment, part).",
                 "kind",
                 &KINDS,
             )?,
@@ -66,7 +66,7 @@ impl HlsMetrics {
             bytes: counter_vec(
                 registry,
                 "chorus_hls_bytes_total",
-                "HLS bytes served, by kind (playlist, init, segment).",
+                "HLS bytes served, by kind (playlist, init, segment, part).",
                 "kind",
                 &KINDS,
             )?,

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use media_core::{BroadcastFrame, RoomId};
 use signaling::Signaling;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::broadcast::TapSet;
 use crate::recording::unix_ms;
@@ -48,8 +48,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 pub struct Stream {
     room: String,
     segmenter: Mutex<Segmenter>,
-    /// The newest complete segment's number: what a blocking reload or a first viewer waits on.
-    newest: watch::Sender<Option<u64>>,
+    /// How far the stream is: what a blocking reload, a preload-hinted part or a first viewer waits on.
+    progress: watch::Sender<Progress>,
     /// The room's mix is tapped for it.
     tapped: AtomicBool,
     /// The last playlist request, Unix ms.
@@ -64,13 +64,26 @@ impl Stream {
     }
 
     fn publish(&self) {
-        let newest = self.lock().newest();
-        self.newest.send_if_modified(|n| {
-            let changed = *n != newest;
-            *n = newest;
+        let progress = {
+            let s = self.lock();
+            Progress {
+                newest: s.newest(),
+                position: s.position(),
+            }
+        };
+        self.progress.send_if_modified(|p| {
+            let changed = *p != progress;
+            *p = progress;
             changed
         });
     }
+}
+
+/// A stream's progress ([`Segmenter::newest`], [`Segmenter::position`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub newest: Option<u64>,
+    pub position: Option<(u64, u32)>,
 }
 
 /// Every room's HLS stream, the rooms tapped for them, the frames queue from the workers.
@@ -146,9 +159,10 @@ impl Hls {
                         room: room.to_owned(),
                         segmenter: Mutex::new(Segmenter::new(
                             self.config.segment_frames(),
+                            self.config.part_frames(),
                             self.config.window_segments,
                         )),
-                        newest: watch::Sender::new(None),
+                        progress: watch::Sender::new(Progress::default()),
                         tapped: AtomicBool::new(false),
                         last_request_ms: AtomicU64::new(0),
                     });
@@ -272,11 +286,9 @@ async fn segmenter_task(hls: Arc<Hls>, mut frames: mpsc::Receiver<BroadcastFrame
         }
         let payload = Bytes::from_owner(frame.payload);
         let completed = stream.lock().push(frame.tick, &payload, unix_ms());
-        if completed > 0 {
-            hls.metrics.segments.inc_by(completed as u64);
-            stream.publish();
-            debug!(room = %stream.room, "HLS segment completed");
-        }
+        hls.metrics.segments.inc_by(completed as u64);
+        // Parts complete between segments: waiters are told of both.
+        stream.publish();
     }
     info!("HLS segmenter stopped");
 }

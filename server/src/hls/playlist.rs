@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use super::segmenter::Segment;
+use super::segmenter::{Open, Part, Segment};
 use crate::recording::rfc3339;
 
 /// The playlist file of the init segment and the segments, relative to the playlist's URL.
@@ -19,6 +19,20 @@ pub struct Playlist<'a> {
     /// Appended to every URI (`?token=…` when the playlist was asked for with a token in its query, so
     /// that players which do not carry a query over fetch the init segment and segments with it).
     pub query: &'a str,
+    /// LL-HLS: the part target (`EXT-X-PART-INF`), and the segment being cut with its parts so far;
+    /// `None`: no parts.
+    pub parts: Option<Parts<'a>>,
+}
+
+/// What an LL-HLS playlist adds.
+pub struct Parts<'a> {
+    pub target_ms: u32,
+    pub open: Option<&'a Open>,
+}
+
+/// A part's file name: `{msn}.{index}.m4s`.
+fn part_uri(out: &mut String, msn: u64, index: usize, query: &str) {
+    let _ = write!(out, "{msn}.{index}{SEGMENT_SUFFIX}{query}");
 }
 
 impl Playlist<'_> {
@@ -26,7 +40,7 @@ impl Playlist<'_> {
     /// time, and each run's start, without counting durations); a new run is an `EXT-X-DISCONTINUITY`.
     pub fn render(&self) -> String {
         let first = self.segments.first().map_or(0, |s| s.msn);
-        let mut out = String::with_capacity(256 + 96 * self.segments.len());
+        let mut out = String::with_capacity(512 + 256 * self.segments.len());
         // Writing to a String cannot fail.
         let _ = write!(
             out,
@@ -36,27 +50,81 @@ impl Playlist<'_> {
              #EXT-X-MEDIA-SEQUENCE:{first}\n\
              #EXT-X-DISCONTINUITY-SEQUENCE:{}\n\
              #EXT-X-INDEPENDENT-SEGMENTS\n\
-             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n\
-             #EXT-X-MAP:URI=\"{INIT_FILE}{}\"\n",
-            self.target_duration_s, self.discontinuity_sequence, self.query,
+             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES",
+            self.target_duration_s, self.discontinuity_sequence,
         );
-        for s in self.segments {
+        if let Some(parts) = &self.parts {
+            // The hold-back the spec recommends: three part targets.
+            let _ = write!(
+                out,
+                ",PART-HOLD-BACK={}\n#EXT-X-PART-INF:PART-TARGET={}",
+                seconds(3 * u64::from(parts.target_ms)),
+                seconds(u64::from(parts.target_ms)),
+            );
+        }
+        let _ = writeln!(out, "\n#EXT-X-MAP:URI=\"{INIT_FILE}{}\"", self.query);
+        // Parts are listed for the segments within three target durations of the end (RFC 8216bis
+        // §4.4.4.9), and the open one.
+        let listed_from = self.parts.as_ref().map_or(usize::MAX, |_| {
+            let mut within = 0;
+            let mut span_ms = 0;
+            for s in self.segments.iter().rev() {
+                if span_ms >= 3000 * self.target_duration_s {
+                    break;
+                }
+                span_ms += s.duration_ms();
+                within += 1;
+            }
+            self.segments.len() - within
+        });
+        for (i, s) in self.segments.iter().enumerate() {
             if s.discontinuity {
                 out.push_str("#EXT-X-DISCONTINUITY\n");
             }
-            let ms = s.duration_ms();
+            let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339(s.start_ms));
+            if i >= listed_from {
+                self.list_parts(&mut out, s.msn, &s.parts);
+            }
             let _ = write!(
                 out,
-                "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{}.{:03},\n{}{SEGMENT_SUFFIX}{}\n",
-                rfc3339(s.start_ms),
-                ms / 1000,
-                ms % 1000,
+                "#EXTINF:{},\n{}{SEGMENT_SUFFIX}{}\n",
+                seconds(s.duration_ms()),
                 s.msn,
                 self.query,
             );
         }
+        if let Some(open) = self.parts.as_ref().and_then(|p| p.open) {
+            if !open.parts.is_empty() {
+                if open.discontinuity {
+                    out.push_str("#EXT-X-DISCONTINUITY\n");
+                }
+                let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339(open.start_ms));
+                self.list_parts(&mut out, open.msn, &open.parts);
+            }
+            out.push_str("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"");
+            part_uri(&mut out, open.msn, open.parts.len(), self.query);
+            out.push_str("\"\n");
+        }
         out
     }
+
+    fn list_parts(&self, out: &mut String, msn: u64, parts: &[Part]) {
+        for (index, p) in parts.iter().enumerate() {
+            let _ = write!(
+                out,
+                "#EXT-X-PART:DURATION={},URI=\"",
+                seconds(u64::from(p.frames) * 20)
+            );
+            part_uri(out, msn, index, self.query);
+            // Every Opus packet decodes on its own.
+            out.push_str("\",INDEPENDENT=YES\n");
+        }
+    }
+}
+
+/// Milliseconds as decimal seconds with three decimals.
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 /// `?token=…` for a token given in the query, percent-encoded where it is not URL-safe.
@@ -93,6 +161,18 @@ mod tests {
             discontinuity,
             crc: 0,
             hits: AtomicU64::new(0),
+            parts: vec![
+                Part {
+                    frames: frames - frames / 2,
+                    range: 0..1,
+                    crc: 0,
+                },
+                Part {
+                    frames: frames / 2,
+                    range: 1..2,
+                    crc: 0,
+                },
+            ],
         })
     }
 
@@ -108,6 +188,7 @@ mod tests {
             discontinuity_sequence: 3,
             target_duration_s: 2,
             query: "",
+            parts: None,
         }
         .render();
         assert_eq!(
@@ -134,6 +215,57 @@ mod tests {
     }
 
     #[test]
+    fn an_ll_hls_playlist_lists_the_last_segments_parts_the_open_ones_and_a_preload_hint() {
+        // 1 s segments of two 500 ms parts, a 1 s target: parts for the last three segments.
+        let segments: Vec<Arc<Segment>> = (0..5)
+            .map(|i| segment(100 + i, 50, 1_762_000_000_000 + i * 1000, false))
+            .collect();
+        let open = Open {
+            msn: 105,
+            start_ms: 1_762_000_005_000,
+            discontinuity: false,
+            parts: vec![Part {
+                frames: 25,
+                range: 0..1,
+                crc: 0,
+            }],
+        };
+        let text = Playlist {
+            segments: &segments,
+            discontinuity_sequence: 0,
+            target_duration_s: 1,
+            query: "?token=t",
+            parts: Some(Parts {
+                target_ms: 500,
+                open: Some(&open),
+            }),
+        }
+        .render();
+        assert!(text.contains(
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.500\n\
+             #EXT-X-PART-INF:PART-TARGET=0.500\n\
+             #EXT-X-MAP:URI=\"init.mp4?token=t\"\n"
+        ));
+        assert!(text.contains(
+            "#EXTINF:1.000,\n101.m4s?token=t\n\
+             #EXT-X-PROGRAM-DATE-TIME:2025-11-01T12:26:42.000Z\n\
+             #EXT-X-PART:DURATION=0.500,URI=\"102.0.m4s?token=t\",INDEPENDENT=YES\n\
+             #EXT-X-PART:DURATION=0.500,URI=\"102.1.m4s?token=t\",INDEPENDENT=YES\n\
+             #EXTINF:1.000,\n102.m4s?token=t\n"
+        ));
+        assert!(
+            !text.contains("\"101.0.m4s"),
+            "parts only within three target durations"
+        );
+        assert!(text.ends_with(
+            "#EXTINF:1.000,\n104.m4s?token=t\n\
+             #EXT-X-PROGRAM-DATE-TIME:2025-11-01T12:26:45.000Z\n\
+             #EXT-X-PART:DURATION=0.500,URI=\"105.0.m4s?token=t\",INDEPENDENT=YES\n\
+             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"105.1.m4s?token=t\"\n"
+        ));
+    }
+
+    #[test]
     fn a_query_token_is_carried_to_every_uri_and_encoded() {
         let segments = [segment(5, 50, 0, false)];
         let q = token_query(Some("ab.c_d-9/+="));
@@ -143,6 +275,7 @@ mod tests {
             discontinuity_sequence: 0,
             target_duration_s: 1,
             query: &q,
+            parts: None,
         }
         .render();
         assert!(text.contains("#EXT-X-MAP:URI=\"init.mp4?token=ab.c_d-9%2F%2B%3D\"\n"));

@@ -1,5 +1,10 @@
-//! One room's HLS stream as data: the room's 20 ms mix frames cut into fMP4 segments of a fixed length,
-//! and the sliding window of segments kept in memory. Time enters as Unix milliseconds; no I/O.
+//! One room's HLS stream as data: the room's 20 ms mix frames cut into fMP4 partial segments and
+//! segments of fixed lengths, and the sliding window of segments kept in memory. Time enters as Unix
+//! milliseconds; no I/O.
+//!
+//! A segment is the concatenation of its parts (one `moof` + `mdat` each, LL-HLS `EXT-X-PART`), built as
+//! the frames come: a part is published as soon as it is full, and a part request of a complete segment is
+//! a slice of the segment's bytes. Without parts (`hls.part_ms = 0`) a segment is one part.
 //!
 //! The timeline: segments of one *run* (frames arriving without a break) follow each other, numbered
 //! consecutively, each exactly `segment_frames` long. A run starts at media sequence number
@@ -11,10 +16,11 @@
 //! starts a new run marked as a discontinuity.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::fmp4::{fragment, FRAME_SAMPLES};
 use crate::broadcast::ogg::crc;
@@ -47,6 +53,26 @@ pub struct Segment {
     pub crc: u32,
     /// Requests for it: how many viewers fetched it.
     pub hits: AtomicU64,
+    /// Its parts, in order: where each is in `bytes`.
+    pub parts: Vec<Part>,
+}
+
+/// A partial segment (LL-HLS): its length and where it is in its segment's bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub frames: u32,
+    pub range: Range<usize>,
+    /// The CRC-32 of its bytes (its `ETag`).
+    pub crc: u32,
+}
+
+/// The segment being cut, as a playlist lists it: its number, start, and the parts done so far.
+#[derive(Clone, Debug)]
+pub struct Open {
+    pub msn: u64,
+    pub start_ms: u64,
+    pub discontinuity: bool,
+    pub parts: Vec<Part>,
 }
 
 impl Segment {
@@ -58,8 +84,15 @@ impl Segment {
 /// The run being cut: its open segment and where it is.
 #[derive(Debug)]
 struct Run {
-    /// Packets of the open segment.
+    /// Packets of the open segment not yet in a part.
     open: Vec<Bytes>,
+    /// The open segment's bytes so far (its complete parts) and those parts.
+    done: BytesMut,
+    parts: Vec<Part>,
+    /// The same parts' bytes, each shared by its requests.
+    part_bytes: Vec<Bytes>,
+    /// When its last part was completed (`Last-Modified`), Unix ms.
+    part_made_ms: u64,
     /// The open segment's number and first sample's wall-clock time.
     msn: u64,
     start_ms: u64,
@@ -69,10 +102,37 @@ struct Run {
     last_frame_ms: u64,
 }
 
+impl Run {
+    /// Make the packets not yet in a part the open segment's next part (none: nothing).
+    fn cut_part(&mut self, segment_samples: u64, now_ms: u64) {
+        if self.open.is_empty() {
+            return;
+        }
+        let packets = std::mem::take(&mut self.open);
+        let refs: Vec<&[u8]> = packets.iter().map(|p| &p[..]).collect();
+        let before: u32 = self.parts.iter().map(|p| p.frames).sum();
+        let decode_time = self.msn * segment_samples + u64::from(before) * u64::from(FRAME_SAMPLES);
+        // The fragment sequence number only has to grow (it wraps after decades of parts).
+        let sequence = (self.msn.wrapping_mul(128) + self.parts.len() as u64) as u32;
+        let bytes = fragment(sequence, decode_time, &refs);
+        let start = self.done.len();
+        self.done.extend_from_slice(&bytes);
+        self.part_bytes.push(bytes.clone());
+        self.parts.push(Part {
+            frames: packets.len() as u32,
+            range: start..self.done.len(),
+            crc: crc(&bytes),
+        });
+        self.part_made_ms = now_ms;
+    }
+}
+
 /// A room's segments: the window kept in memory, the run being cut.
 #[derive(Debug)]
 pub struct Segmenter {
     segment_frames: u32,
+    /// Frames per part (`segment_frames` without parts).
+    part_frames: u32,
     /// Segments listed in the playlist.
     window: usize,
     /// Segments kept: the playlist's and as many that left it, still served (RFC 8216 §6.2.2: a segment
@@ -89,9 +149,15 @@ pub struct Segmenter {
 }
 
 impl Segmenter {
-    pub fn new(segment_frames: u32, window: usize) -> Self {
+    /// `part_frames`: frames per part, a divisor of `segment_frames` (equal to it: no parts).
+    pub fn new(segment_frames: u32, part_frames: u32, window: usize) -> Self {
+        debug_assert!(
+            part_frames > 0 && segment_frames.is_multiple_of(part_frames),
+            "hls.validate(): part_ms divides segment_ms"
+        );
         Segmenter {
             segment_frames,
+            part_frames,
             window,
             keep: window * 2,
             segments: VecDeque::new(),
@@ -128,7 +194,11 @@ impl Segmenter {
                 completed += self.end_run(now_ms);
                 let msn = self.next_msn.max(now_ms / self.segment_ms());
                 self.run = Some(Run {
-                    open: Vec::with_capacity(self.segment_frames as usize),
+                    open: Vec::with_capacity(self.part_frames as usize),
+                    done: BytesMut::new(),
+                    parts: Vec::new(),
+                    part_bytes: Vec::new(),
+                    part_made_ms: now_ms,
                     msn,
                     start_ms: now_ms,
                     discontinuity: self.ran,
@@ -146,14 +216,20 @@ impl Segmenter {
         completed + self.append(payload.clone(), now_ms)
     }
 
-    /// Add a packet to the open segment; completes it when full (returns 1 then).
+    /// Add a packet to the open segment; completes a part when it is full, and the segment when that was
+    /// its last part (returns 1 then).
     fn append(&mut self, packet: Bytes, now_ms: u64) -> usize {
-        let frames = self.segment_frames as usize;
+        let (part_frames, segment_frames) = (self.part_frames as usize, self.segment_frames);
         let Some(run) = self.run.as_mut() else {
             return 0;
         };
         run.open.push(packet);
-        if run.open.len() < frames {
+        if run.open.len() < part_frames {
+            return 0;
+        }
+        let samples = u64::from(segment_frames) * u64::from(FRAME_SAMPLES);
+        run.cut_part(samples, now_ms);
+        if run.parts.iter().map(|p| p.frames).sum::<u32>() < segment_frames {
             return 0;
         }
         self.close(now_ms);
@@ -167,22 +243,23 @@ impl Segmenter {
         let Some(run) = self.run.as_mut() else {
             return;
         };
-        if run.open.is_empty() {
+        run.cut_part(samples, now_ms);
+        if run.parts.is_empty() {
             return;
         }
-        let packets = std::mem::take(&mut run.open);
-        let refs: Vec<&[u8]> = packets.iter().map(|p| &p[..]).collect();
-        // The fragment sequence number only has to grow; it wraps after 272 years of 2 s segments.
-        let bytes = fragment(run.msn as u32, run.msn * samples, &refs);
+        let bytes = std::mem::take(&mut run.done).freeze();
+        let parts = std::mem::take(&mut run.parts);
+        run.part_bytes.clear();
         let segment = Segment {
             msn: run.msn,
             crc: crc(&bytes),
             bytes,
-            frames: packets.len() as u32,
+            frames: parts.iter().map(|p| p.frames).sum(),
             start_ms: run.start_ms,
             made_ms: now_ms,
             discontinuity: run.discontinuity,
             hits: AtomicU64::new(0),
+            parts,
         };
         run.msn += 1;
         run.start_ms += segment_ms;
@@ -202,7 +279,7 @@ impl Segmenter {
         let Some(run) = &self.run else {
             return 0;
         };
-        let had = !run.open.is_empty();
+        let had = !run.open.is_empty() || !run.parts.is_empty();
         self.close(now_ms);
         self.run = None;
         self.ran = true;
@@ -245,6 +322,40 @@ impl Segmenter {
     /// The newest complete segment's number.
     pub fn newest(&self) -> Option<u64> {
         self.segments.back().map(|s| s.msn)
+    }
+
+    /// How far the stream is: the open segment's number and its parts done (the segment after the newest
+    /// and 0 between runs); `None` before anything was made. Grows in (number, part) order.
+    pub fn position(&self) -> Option<(u64, u32)> {
+        match &self.run {
+            Some(run) if !run.parts.is_empty() || self.newest().is_some() => {
+                Some((run.msn, run.parts.len() as u32))
+            }
+            _ => self.newest().map(|n| (n + 1, 0)),
+        }
+    }
+
+    /// The open segment, for the playlist.
+    pub fn open(&self) -> Option<Open> {
+        self.run.as_ref().map(|run| Open {
+            msn: run.msn,
+            start_ms: run.start_ms,
+            discontinuity: run.discontinuity,
+            parts: run.parts.clone(),
+        })
+    }
+
+    /// Part `index` of segment `msn` (complete or open): its bytes, CRC and when it was made.
+    pub fn part(&self, msn: u64, index: u32) -> Option<(Bytes, u32, u64)> {
+        let index = index as usize;
+        if let Some(run) = self.run.as_ref().filter(|r| r.msn == msn) {
+            let p = run.parts.get(index)?;
+            let bytes = run.part_bytes.get(index)?.clone();
+            return Some((bytes, p.crc, run.part_made_ms));
+        }
+        let s = self.get(msn)?;
+        let p = s.parts.get(index)?;
+        Some((s.bytes.slice(p.range.clone()), p.crc, s.made_ms))
     }
 
     /// The playlist's segments (the newest `window`) and its discontinuity sequence number.
@@ -294,7 +405,7 @@ mod tests {
 
     #[test]
     fn frames_become_consecutive_full_segments_numbered_from_the_clock() {
-        let mut s = Segmenter::new(100, 3);
+        let mut s = Segmenter::new(100, 100, 3);
         assert_eq!(feed(&mut s, 7, T0, 350), 3);
         let (w, disc) = s.window();
         assert_eq!(disc, 0);
@@ -312,7 +423,7 @@ mod tests {
 
     #[test]
     fn skipped_ticks_are_filled_with_silence_and_keep_the_timeline() {
-        let mut s = Segmenter::new(100, 3);
+        let mut s = Segmenter::new(100, 100, 3);
         feed(&mut s, 0, T0, 60);
         // 10 ticks skipped: 60 + 10 silent + 30 = one full segment.
         assert_eq!(feed(&mut s, 70, T0 + 1400, 30), 1);
@@ -324,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_long_gap_or_a_remade_room_is_a_discontinuity_with_growing_numbers() {
-        let mut s = Segmenter::new(100, 4);
+        let mut s = Segmenter::new(100, 100, 4);
         feed(&mut s, 500, T0, 150); // segment 1000 full, 50 frames open
                                     // The room is re-made: its ticks start again at 0.
         assert_eq!(
@@ -356,7 +467,7 @@ mod tests {
 
     #[test]
     fn the_window_slides_counting_discontinuities_that_leave_it() {
-        let mut s = Segmenter::new(50, 2);
+        let mut s = Segmenter::new(50, 50, 2);
         feed(&mut s, 0, T0, 50); // 2000
         feed(&mut s, 1000, T0 + 10_000, 50); // new run: discontinuity, number 2010 (1 s segments)
         assert_eq!(s.window().1, 0);
@@ -377,7 +488,7 @@ mod tests {
 
     #[test]
     fn stopping_drops_the_segments_and_the_next_run_is_a_discontinuity() {
-        let mut s = Segmenter::new(50, 3);
+        let mut s = Segmenter::new(50, 50, 3);
         feed(&mut s, 0, T0, 75);
         s.stop(T0 + 2000);
         assert_eq!(s.newest(), None);
@@ -390,8 +501,47 @@ mod tests {
     }
 
     #[test]
+    fn parts_are_published_as_they_fill_and_a_segment_is_their_concatenation() {
+        // 1 s segments of 200 ms parts.
+        let mut s = Segmenter::new(50, 10, 3);
+        assert_eq!(s.position(), None);
+        feed(&mut s, 0, T0, 25);
+        assert_eq!(
+            s.position(),
+            Some((2000, 2)),
+            "two parts of the first segment"
+        );
+        let open = s.open().expect("a segment is open");
+        assert_eq!((open.msn, open.parts.len()), (2000, 2));
+        let (p1, _, _) = s.part(2000, 1).expect("part 1 is out");
+        assert_eq!(&p1[4..8], b"moof");
+        // Its decode time: the segment's plus part 0's 10 frames.
+        let tfdt = u64::from_be_bytes(p1[64..72].try_into().expect("8 bytes"));
+        assert_eq!(tfdt, 2000 * 48_000 + 10 * 960);
+        assert!(s.part(2000, 2).is_none(), "not yet full");
+        feed(&mut s, 25, T0 + 500, 25);
+        assert_eq!(s.position(), Some((2001, 0)));
+        let seg = s.get(2000).expect("complete");
+        assert_eq!(seg.parts.len(), 5);
+        let mut joined = Vec::new();
+        for i in 0..5 {
+            let (bytes, crc, _) = s.part(2000, i).expect("a part of a complete segment");
+            assert_eq!(super::crc(&bytes), crc);
+            joined.extend_from_slice(&bytes);
+        }
+        assert_eq!(joined, seg.bytes.to_vec());
+        assert_eq!(&p1[..], &seg.bytes[seg.parts[1].range.clone()]);
+        // A run that ends early: its last part is short.
+        feed(&mut s, 50, T0 + 1000, 13);
+        assert_eq!(s.flush_idle(T0 + 1240 + MAX_PAUSE_MS + 1), 1);
+        let short = s.get(2001).expect("closed short");
+        let frames: Vec<u32> = short.parts.iter().map(|p| p.frames).collect();
+        assert_eq!(frames, [10, 3]);
+    }
+
+    #[test]
     fn viewers_are_the_requests_for_the_segment_before_the_newest() {
-        let mut s = Segmenter::new(50, 3);
+        let mut s = Segmenter::new(50, 50, 3);
         feed(&mut s, 0, T0, 150);
         for _ in 0..4 {
             s.get(2001)

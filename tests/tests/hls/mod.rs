@@ -90,7 +90,10 @@ async fn real_udp_hls_ffmpeg_plays_the_mix_without_gaps_and_caches_are_told_the_
         assert!(text.contains(tag), "{tag} in {text}");
     }
     assert!(text.contains(&format!("#EXT-X-MAP:URI=\"init.mp4?token={token}\"")));
-    let segments: Vec<&str> = text.lines().filter(|l| l.contains(".m4s")).collect();
+    let segments: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(".m4s"))
+        .collect();
     assert!(segments.len() >= 3, "{text}");
     let first: u64 = text
         .lines()
@@ -173,7 +176,60 @@ async fn real_udp_hls_ffmpeg_plays_the_mix_without_gaps_and_caches_are_told_the_
     let path = format!("/hls/show/index.m3u8?token={token}&_HLS_msn={}", last + 1);
     let (status, _, body) = get(&server, &path, &[]).await?;
     assert_eq!(status, 200);
-    assert!(String::from_utf8(body)?.contains(&format!("\n{}.m4s?", last + 1)));
+    let text = String::from_utf8(body)?;
+    assert!(text.contains(&format!("\n{}.m4s?", last + 1)));
+
+    // LL-HLS (500 ms parts by default): the newest segments' parts, then the open one's, and a hint at
+    // the next part, whose request waits until it is made.
+    assert!(
+        text.contains("#EXT-X-PART-INF:PART-TARGET=0.500\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "#EXT-X-PART:DURATION=0.500,URI=\"{}.1.m4s?token={token}\",INDEPENDENT=YES\n",
+            last + 1
+        )),
+        "{text}"
+    );
+    let hint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .context("a preload hint")?;
+    let (status, head, body) = get(&server, &format!("/hls/show/{hint}"), &[]).await?;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(&body[4..8], b"moof");
+    let (hint_msn, hint_part) = hint
+        .split('.')
+        .take(2)
+        .map(str::parse::<u64>)
+        .collect::<Result<Vec<_>, _>>()
+        .map(|v| (v[0], v[1]))?;
+    // A blocking reload for the part after it.
+    let path = format!(
+        "/hls/show/index.m3u8?token={token}&_HLS_msn={hint_msn}&_HLS_part={}",
+        hint_part + 1
+    );
+    let (status, _, body) = get(&server, &path, &[]).await?;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body)?;
+    let next = if hint_part == 0 {
+        format!("{hint_msn}.1.m4s")
+    } else {
+        format!("{}.0.m4s", hint_msn + 1)
+    };
+    assert!(
+        text.contains(&format!("URI=\"{next}?token=")),
+        "{next} in {text}"
+    );
+    let (status, _, _) = get(
+        &server,
+        &format!("/hls/show/{}.0.m4s?token={token}", hint_msn + 50),
+        &[],
+    )
+    .await?;
+    assert_eq!(status, 404, "a part far ahead is not waited for");
 
     assert!(server.metric("chorus_hls_segments_total").await? >= 4.0);
     assert!(

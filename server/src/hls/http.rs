@@ -226,6 +226,9 @@ async fn part(
             "no such part: not yet made, or it left the window\n",
         );
     };
+    if index == 0 {
+        stream.lock().hit(msn);
+    }
     let etag = format!("\"{crc:08x}\"");
     content(
         hls,

@@ -93,6 +93,8 @@ struct Run {
     part_bytes: Vec<Bytes>,
     /// When its last part was completed (`Last-Modified`), Unix ms.
     part_made_ms: u64,
+    /// Requests for the open segment's first part (LL-HLS viewers), carried over to the segment.
+    hits: AtomicU64,
     /// The open segment's number and first sample's wall-clock time.
     msn: u64,
     start_ms: u64,
@@ -199,6 +201,7 @@ impl Segmenter {
                     parts: Vec::new(),
                     part_bytes: Vec::new(),
                     part_made_ms: now_ms,
+                    hits: AtomicU64::new(0),
                     msn,
                     start_ms: now_ms,
                     discontinuity: self.ran,
@@ -258,7 +261,7 @@ impl Segmenter {
             start_ms: run.start_ms,
             made_ms: now_ms,
             discontinuity: run.discontinuity,
-            hits: AtomicU64::new(0),
+            hits: AtomicU64::new(run.hits.swap(0, Ordering::Relaxed)),
             parts,
         };
         run.msn += 1;
@@ -343,6 +346,17 @@ impl Segmenter {
             discontinuity: run.discontinuity,
             parts: run.parts.clone(),
         })
+    }
+
+    /// A viewer fetched segment `msn`, or its first part (a low-latency player fetches parts instead).
+    pub fn hit(&self, msn: u64) {
+        match &self.run {
+            Some(run) if run.msn == msn => run.hits.fetch_add(1, Ordering::Relaxed),
+            _ => match self.get(msn) {
+                Some(s) => s.hits.fetch_add(1, Ordering::Relaxed),
+                None => 0,
+            },
+        };
     }
 
     /// Part `index` of segment `msn` (complete or open): its bytes, CRC and when it was made.
@@ -544,15 +558,16 @@ mod tests {
         let mut s = Segmenter::new(50, 50, 3);
         feed(&mut s, 0, T0, 150);
         for _ in 0..4 {
-            s.get(2001)
-                .expect("kept")
-                .hits
-                .fetch_add(1, Ordering::Relaxed);
+            s.hit(2001);
         }
-        s.get(2002)
-            .expect("kept")
-            .hits
-            .fetch_add(1, Ordering::Relaxed);
+        s.hit(2002);
         assert_eq!(s.viewers(), 4);
+        // Low-latency viewers fetch the open segment's first part: counted for it once complete.
+        feed(&mut s, 150, T0 + 3000, 10);
+        s.hit(2003);
+        s.hit(2003);
+        feed(&mut s, 160, T0 + 3200, 40);
+        feed(&mut s, 200, T0 + 4000, 50);
+        assert_eq!(s.viewers(), 2);
     }
 }

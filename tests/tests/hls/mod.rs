@@ -118,9 +118,9 @@ async fn real_udp_hls_ffmpeg_plays_the_mix_without_gaps_and_caches_are_told_the_
 
     // Bad input.
     let bad = [
-        (format!("/hls/show/index.m3u8"), 401, "no token"),
+        ("/hls/show/index.m3u8".to_owned(), 401, "no token"),
         (
-            format!("/hls/show/index.m3u8?token=not-a-token"),
+            "/hls/show/index.m3u8?token=not-a-token".to_owned(),
             401,
             "a bad token",
         ),

@@ -145,31 +145,35 @@ impl Hls {
     fn watch(&self, room: &str) -> Option<Arc<Stream>> {
         let stream = {
             let mut streams = self.streams();
-            match streams.get(room) {
-                Some(s) => s.clone(),
-                None => {
-                    let tapped = streams
-                        .values()
-                        .filter(|s| s.tapped.load(Ordering::Relaxed))
-                        .count();
-                    if tapped >= self.config.max_streams {
-                        return None;
-                    }
-                    let s = Arc::new(Stream {
-                        room: room.to_owned(),
-                        segmenter: Mutex::new(Segmenter::new(
-                            self.config.segment_frames(),
-                            self.config.part_frames(),
-                            self.config.window_segments,
-                        )),
-                        progress: watch::Sender::new(Progress::default()),
-                        tapped: AtomicBool::new(false),
-                        last_request_ms: AtomicU64::new(0),
-                    });
-                    streams.insert(room.to_owned(), s.clone());
-                    s
+            let known = streams.get(room).cloned();
+            if !known
+                .as_ref()
+                .is_some_and(|s| s.tapped.load(Ordering::Relaxed))
+            {
+                // Starting to segment a room: within the limit.
+                let tapped = streams
+                    .values()
+                    .filter(|s| s.tapped.load(Ordering::Relaxed))
+                    .count();
+                if tapped >= self.config.max_streams {
+                    return None;
                 }
             }
+            known.unwrap_or_else(|| {
+                let s = Arc::new(Stream {
+                    room: room.to_owned(),
+                    segmenter: Mutex::new(Segmenter::new(
+                        self.config.segment_frames(),
+                        self.config.part_frames(),
+                        self.config.window_segments,
+                    )),
+                    progress: watch::Sender::new(Progress::default()),
+                    tapped: AtomicBool::new(false),
+                    last_request_ms: AtomicU64::new(0),
+                });
+                streams.insert(room.to_owned(), s.clone());
+                s
+            })
         };
         stream.last_request_ms.store(unix_ms(), Ordering::Relaxed);
         if !stream.tapped.swap(true, Ordering::Relaxed) {
@@ -291,4 +295,76 @@ async fn segmenter_task(hls: Arc<Hls>, mut frames: mpsc::Receiver<BroadcastFrame
         stream.publish();
     }
     info!("HLS segmenter stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hls(max_streams: usize) -> Arc<Hls> {
+        let config = HlsConfig {
+            max_streams,
+            ..HlsConfig::default()
+        };
+        let metrics = HlsMetrics::new(&prometheus::Registry::new()).expect("a fresh registry");
+        Hls::new(config, metrics)
+    }
+
+    fn tapped_rooms(hls: &Hls) -> Vec<String> {
+        let mut rooms: Vec<String> = hls
+            .tapped()
+            .borrow()
+            .rooms
+            .iter()
+            .map(|r| r.0.clone())
+            .collect();
+        rooms.sort();
+        rooms
+    }
+
+    #[test]
+    fn a_playlist_request_taps_the_room_until_idle_within_max_streams() {
+        let hls = hls(1);
+        assert!(hls.watch("a").is_some());
+        assert_eq!(tapped_rooms(&hls), ["a"]);
+        assert!(hls.watch("b").is_none(), "hls.max_streams is 1");
+        assert!(
+            hls.watch("a").is_some(),
+            "a room already segmented is served"
+        );
+        assert_eq!(hls.metrics.streams.get(), 1);
+        // Nobody asks for a's playlist for longer than the idle timeout: its tap stops.
+        hls.sweep(unix_ms() + hls.config.idle_timeout_secs * 1000 + 1);
+        assert!(tapped_rooms(&hls).is_empty());
+        assert_eq!(hls.metrics.streams.get(), 0);
+        assert!(hls.watch("b").is_some(), "room for another");
+        assert!(
+            hls.watch("a").is_none(),
+            "re-tapping counts against the limit too"
+        );
+        assert_eq!(tapped_rooms(&hls), ["b"]);
+    }
+
+    #[test]
+    fn the_sink_passes_only_frames_of_tapped_rooms() {
+        let hls = hls(10);
+        let sink = hls.sink();
+        let frame = |room: &str| BroadcastFrame {
+            room: RoomId(room.to_owned()),
+            tick: 1,
+            payload: Arc::from(&[0xf8u8, 0xff, 0xfe][..]),
+            talkers: Vec::new(),
+        };
+        hls.watch("on");
+        sink.room_frame(&frame("on"));
+        sink.room_frame(&frame("off"));
+        let mut rx = hls
+            .frames_rx
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .expect("not started");
+        assert_eq!(rx.try_recv().expect("one frame").room.0, "on");
+        assert!(rx.try_recv().is_err(), "the other room's frame stayed out");
+    }
 }

@@ -17,12 +17,12 @@ pub struct HlsConfig {
     /// LL-HLS partial segments (`EXT-X-PART`, blocking reloads for parts, preload hints): audio per part,
     /// a multiple of 20 ms dividing `segment_ms`; 0: none. A low-latency player (hls.js) plays about
     /// three parts behind live (`PART-HOLD-BACK`) instead of three segments; each part costs a request
-    /// and ≈ 140 bytes of `moof` (at 500 ms, ≈ 2 kb/s over a 32 kb/s mix). Other players ignore the
+    /// and ≈ 140 bytes of `moof` (at 500 ms, ≈ 2 kb/s over the 48 kb/s mix). Other players ignore the
     /// parts and fetch whole segments.
     pub part_ms: u32,
     /// Segments listed in the playlist (at least three target durations, RFC 8216 §6.2.2); as many more
-    /// are kept in memory, and served, after they leave it. Memory: 2 × this × a segment (≈ 8 KB at
-    /// 32 kb/s and 2 s) per room being watched.
+    /// are kept in memory, and served, after they leave it. Memory: 2 × this × a segment (≈ 12 KB at
+    /// 48 kb/s and 2 s) per room being watched.
     pub window_segments: usize,
     /// A room's mix is segmented while its playlist is asked for; this long without a playlist request
     /// (from a player, or a CDN refreshing it for its viewers) the tap stops and the segments go.

@@ -11,9 +11,10 @@
 //! `max(next, now / segment_ms)` — numbers grow across idle periods and server restarts alike, so an
 //! origin's caches never see one number twice — and its decode time is that number × the segment's
 //! samples (so decode times too only grow). A short gap inside a run (ticks the mixer skipped, at most
-//! [`MAX_FILL_FRAMES`]) is filled with silent packets, keeping the audio continuous; anything longer
-//! (the room closed or was re-made, frames stopped for [`MAX_PAUSE_MS`]) closes the open segment early and
-//! starts a new run marked as a discontinuity.
+//! [`MAX_FILL_FRAMES`]) is filled with silent packets, keeping the audio continuous, and so is a room
+//! re-made while its frames keep coming (its ticks count anew: the gap is told by the clock); anything
+//! longer (frames stopped for [`MAX_PAUSE_MS`]: the room closed, or its tap stopped) closes the open
+//! segment early and starts a new run marked as a discontinuity.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -179,8 +180,13 @@ impl Segmenter {
     pub fn push(&mut self, tick: u64, payload: &Bytes, now_ms: u64) -> usize {
         let mut completed = 0;
         let gap = match &self.run {
-            Some(run) if tick <= run.last_tick => None, // the room was re-made: its ticks count anew
             Some(run) if now_ms.saturating_sub(run.last_frame_ms) > MAX_PAUSE_MS => None,
+            // The room was re-made (its ticks count anew) while frames kept coming, as when its last
+            // member leaves and a tapped room's mixer is replaced: the run goes on, the ticks between
+            // told by the clock (as the Ogg mount continues its stream).
+            Some(run) if tick <= run.last_tick => {
+                Some((now_ms.saturating_sub(run.last_frame_ms) / 20).saturating_sub(1))
+            }
             Some(run) if tick - run.last_tick - 1 > MAX_FILL_FRAMES => None,
             Some(run) => Some(tick - run.last_tick - 1),
             None => None,
@@ -450,26 +456,33 @@ mod tests {
     #[test]
     fn a_long_gap_or_a_remade_room_is_a_discontinuity_with_growing_numbers() {
         let mut s = Segmenter::new(100, 100, 4);
-        feed(&mut s, 500, T0, 150); // segment 1000 full, 50 frames open
-                                    // The room is re-made: its ticks start again at 0.
+        // Segment 1000 full, 50 frames of 1001 open, the last at T0 + 2980.
+        feed(&mut s, 500, T0, 150);
+        // The room is re-made while its frames keep coming: its ticks start again at 0, the run goes
+        // on (one tick's gap by the clock, filled with silence).
+        assert_eq!(feed(&mut s, 0, T0 + 3020, 49), 1);
+        let same_run = s.get(1001).expect("kept");
+        assert_eq!((same_run.frames, same_run.discontinuity), (100, false));
+        // 1002 open with 50 frames, the last at T0 + 4980; then frames stop for longer than
+        // MAX_PAUSE_MS and the room's ticks count anew: 1002 closes short when they resume, and a new
+        // run starts, numbered by the clock.
+        feed(&mut s, 49, T0 + 4000, 50);
         assert_eq!(
-            s.push(0, &packet(1), T0 + 3020),
+            s.push(0, &packet(1), T0 + 6020),
             1,
             "the open segment closes short"
         );
-        let short = s.get(1001).expect("kept");
+        let short = s.get(1002).expect("kept");
         assert_eq!((short.frames, short.discontinuity), (50, false));
-        feed(&mut s, 1, T0 + 3040, 99);
-        let next = s
-            .get(1002)
-            .expect("the new run goes on from the last number");
+        feed(&mut s, 1, T0 + 6040, 99);
+        let next = s.get(1003).expect("the new run's first segment");
         assert!(next.discontinuity);
-        assert_eq!(next.start_ms, T0 + 3020);
+        assert_eq!(next.start_ms, T0 + 6020);
         // Frames stop: the open segment goes out after MAX_PAUSE_MS.
-        feed(&mut s, 100, T0 + 5020, 10);
-        assert_eq!(s.flush_idle(T0 + 5300), 0);
-        assert_eq!(s.flush_idle(T0 + 5200 + MAX_PAUSE_MS + 1), 1);
-        assert_eq!(s.get(1003).expect("kept").frames, 10);
+        feed(&mut s, 100, T0 + 8020, 10);
+        assert_eq!(s.flush_idle(T0 + 8300), 0);
+        assert_eq!(s.flush_idle(T0 + 8200 + MAX_PAUSE_MS + 1), 1);
+        assert_eq!(s.get(1004).expect("kept").frames, 10);
         // A minute later: the number follows the clock.
         feed(&mut s, 3000, T0 + 60_000, 100);
         let late = s.get((T0 + 60_000) / 2000).expect("numbered by the clock");

@@ -255,3 +255,99 @@ async fn real_udp_hls_ffmpeg_plays_the_mix_without_gaps_and_caches_are_told_the_
     let _ = std::fs::remove_file(config);
     Ok(())
 }
+
+/// The playlist's segment numbers, and the index of the first one after an `EXT-X-DISCONTINUITY`.
+fn numbers(text: &str) -> anyhow::Result<(Vec<u64>, Option<usize>)> {
+    let mut numbers = Vec::new();
+    let mut discontinuity = None;
+    for line in text.lines() {
+        if line == "#EXT-X-DISCONTINUITY" {
+            discontinuity = Some(numbers.len());
+        } else if !line.starts_with('#') {
+            numbers.push(line.trim_end_matches(".m4s").parse()?);
+        }
+    }
+    Ok((numbers, discontinuity))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_udp_hls_a_room_left_empty_goes_on_and_a_closed_one_is_a_discontinuity(
+) -> anyhow::Result<()> {
+    let _alone = chorus_tests::real_time_call().await;
+    let (server, signal, client, config) =
+        server_with_talker("talk", &format!("public = true\n{CONFIG}")).await?;
+    let playlist = || async {
+        let (status, _, body) = get(&server, "/hls/talk/index.m3u8", &[]).await?;
+        ensure!(status == 200, "playlist: {status}");
+        Ok::<_, anyhow::Error>(String::from_utf8(body)?)
+    };
+    // The stream starts with the first playlist request.
+    let (seen, _) = numbers(&playlist().await?)?;
+    let last = *seen.last().context("a segment")?;
+
+    // Alice leaves: the empty room goes on as silence, without a discontinuity.
+    client.stop().await?;
+    drop(signal);
+    // Two segments on (the most a blocking reload may ask ahead).
+    let path = format!("/hls/talk/index.m3u8?_HLS_msn={}", last + 2);
+    let (status, _, body) = get(&server, &path, &[]).await?;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body)?;
+    let (seen, discontinuity) = numbers(&text)?;
+    assert_eq!(discontinuity, None, "{text}");
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{text}");
+
+    // The room is closed, and made again 2.5 s later where Alice talks again: a discontinuity, the
+    // numbers jump with the clock over the break.
+    let admin = server.admin_token()?;
+    let (status, reply) = server
+        .admin("DELETE", "/admin/v1/rooms/talk", Some(&admin), None)
+        .await?;
+    ensure!(
+        status == 204 || status == 200,
+        "closing the room: {status} {reply}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let body = serde_json::json!({"name": "talk", "mode": "mix"}).to_string();
+    let (status, reply) = server
+        .admin("POST", "/admin/v1/rooms", Some(&admin), Some(&body))
+        .await?;
+    ensure!(status == 201, "re-creating the room: {status} {reply}");
+    let token = server.token("talk", "alice", &["--name", "Alice"])?;
+    let mut signal = chorus_tests::Signal::connect(&server.ws_url()).await?;
+    let joined = signal.join(&token, "talk").await?;
+    let slots = joined["room"]["slots"].as_u64().context("slots")? as usize;
+    let mut client = chorus_tests::AudioClient::start(&mut signal, slots, TONE, 0.3).await?;
+    client.wait_connected(Duration::from_secs(5)).await?;
+    let mut text = String::new();
+    for _ in 0..20 {
+        text = playlist().await?;
+        // A complete segment after the discontinuity.
+        let (seen, discontinuity) = numbers(&text)?;
+        if discontinuity.is_some_and(|d| d < seen.len()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (seen, discontinuity) = numbers(&text)?;
+    let at = discontinuity.with_context(|| format!("a discontinuity in {text}"))?;
+    ensure!(
+        at > 0 && at < seen.len(),
+        "segments around the discontinuity: {text}"
+    );
+    assert!(seen.windows(2).all(|w| w[1] > w[0]), "{text}");
+    assert!(
+        seen[at] >= seen[at - 1] + 3,
+        "the numbers followed the clock over the break: {text}"
+    );
+    // ffmpeg plays the playlist across it and hears Alice.
+    let url = format!("http://{}/hls/talk/index.m3u8", server.http);
+    let pcm = crate::ffmpeg_pcm(&url, Some(2))
+        .await
+        .with_context(|| server.log_tail())?;
+    let analysis = ToneAnalysis::analyze(&pcm, SAMPLE_RATE, &OTHER_TONES);
+    assert_eq!(analysis.present_default(), vec![TONE], "{analysis:?}");
+    client.stop().await?;
+    let _ = std::fs::remove_file(config);
+    Ok(())
+}

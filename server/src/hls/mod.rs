@@ -13,12 +13,12 @@
 //! the playlist requests are the only sign of an audience. The first viewer waits for the first segment
 //! (one segment's time); the playlist is a live one from then on.
 
-pub mod config;
-pub mod fmp4;
+mod config;
+mod fmp4;
 mod http;
 mod metrics;
-pub mod playlist;
-pub mod segmenter;
+mod playlist;
+mod segmenter;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -115,5 +115,5 @@ if [ "${1:-}" = "--rust" ]; then exit 0; fi
 
 step "browser tests (headless Chromium)"
 cd "$ROOT/tests/browser"
-[ -d node_modules/playwright-core ] && [ -d node_modules/typescript ] || npm ci --no-audit --no-fund --loglevel=error
+[ -d node_modules/playwright-core ] && [ -d node_modules/typescript ] && [ -d node_modules/hls.js ] || npm ci --no-audit --no-fund --loglevel=error
 CHORUS_BIN="$ROOT/target/debug/chorus" node --test --test-concurrency=1 .

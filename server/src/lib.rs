@@ -22,6 +22,7 @@ mod state;
 mod tcp;
 mod udp;
 mod webhooks;
+mod whip;
 mod worker;
 
 use std::net::SocketAddr;
@@ -80,6 +81,10 @@ impl Server {
         let ingest = Arc::new(ingest::Ingest::new(
             config.ingest.clone(),
             ingest::IngestMetrics::new(&registry)?,
+        ));
+        let whip = Arc::new(whip::Whip::new(
+            &config.ingest,
+            whip::WhipMetrics::new(&registry)?,
         ));
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -184,6 +189,7 @@ impl Server {
             cluster,
             recordings,
             ingest,
+            whip,
         });
         // The recordings already on disk (a crashed one is marked interrupted), and retention, at start.
         let loading = state.recordings.clone();
@@ -406,6 +412,7 @@ fn app(state: Arc<AppState>, broadcast: bool) -> Router {
     };
     http::router()
         .merge(listeners)
+        .merge(whip::router())
         .merge(admin::router(state.clone()))
         .method_not_allowed_fallback(admin::method_not_allowed)
         .fallback(admin::not_found)

@@ -139,7 +139,11 @@ impl From<PatchError> for Refusal {
 }
 
 /// Counts the outcome by kind and result.
-fn counted(state: &AppState, kind: Kind, result: Result<(&'static str, Response), Refusal>) -> Response {
+fn counted(
+    state: &AppState,
+    kind: Kind,
+    result: Result<(&'static str, Response), Refusal>,
+) -> Response {
     let (label, response) = match result {
         Ok((label, response)) => (label, response),
         Err(refusal) => {
@@ -170,7 +174,11 @@ fn text(body: Result<Bytes, BytesRejection>) -> Result<String, Refusal> {
                 format!("the body is over {MAX_OFFER_BYTES} bytes"),
             )
         } else {
-            Refusal::new(StatusCode::BAD_REQUEST, "bad_sdp", "the body could not be read")
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_sdp",
+                "the body could not be read",
+            )
         }
     })?;
     String::from_utf8(bytes.to_vec())
@@ -232,7 +240,11 @@ async fn start(
 ) -> Result<Response, Refusal> {
     let whip = &state.whip;
     if !whip.enabled || !is_valid_room_name(&room) {
-        return Err(Refusal::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"));
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint",
+        ));
     }
     if !content_type_is(headers, SDP) {
         return Err(Refusal::new(

@@ -73,8 +73,10 @@ impl ResourceId {
 
     /// A path segment as an id: anything but 32 lowercase hex digits is no id.
     fn parse(s: &str) -> Option<ResourceId> {
-        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| ResourceId(s.to_owned()))
+        (s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| ResourceId(s.to_owned()))
     }
 }
 

@@ -31,8 +31,9 @@ pub const REQUEST_RESULTS: [&str; 8] = [
     "media_unavailable",
 ];
 
-/// `error` of `chorus_ingest_errors_total` (the Ogg reader's `OggError::as_str`, and `timeout`).
-pub const ERRORS: [&str; 9] = [
+/// `error` of `chorus_ingest_errors_total` (the Ogg reader's `OggError::as_str`, `timeout`, and the RTP
+/// endpoints' `not_rtp`, `foreign_source`, `queue_full`).
+pub const ERRORS: [&str; 12] = [
     "not_ogg",
     "crc",
     "truncated",
@@ -42,6 +43,9 @@ pub const ERRORS: [&str; 9] = [
     "packet_too_large",
     "bad_packet",
     "timeout",
+    "not_rtp",
+    "foreign_source",
+    "queue_full",
 ];
 
 /// `reason` of `chorus_ingest_sources_ended_total`.

@@ -268,12 +268,26 @@ async fn whip_refuses_bad_requests_with_their_statuses() -> anyhow::Result<()> {
         .is_some_and(|h| h.contains("Authorization")));
 
     // A real session: PATCH needs If-Match; a trickle fragment is 204; the wrong ETag 412.
-    let r = post("/whip/stage", bearer(&token), sdp(&offer)).await?;
+    // With a video m-line besides the audio: the video is rejected (port 0), the audio answered.
+    let bundled: String = offer
+        .lines()
+        .map(|l| match l.strip_prefix("a=group:BUNDLE") {
+            Some(mids) => format!("a=group:BUNDLE{mids} v\r\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    let with_video = format!(
+        "{bundled}m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:v\r\na=sendonly\r\n\
+         a=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n"
+    );
+    let r = post("/whip/stage", bearer(&token), sdp(&with_video)).await?;
     assert_eq!(r.status, 201, "{r:?}\n{}", server.log_tail());
+    assert!(r.body.contains("m=video 0 "), "{}", r.body);
+    assert!(r.body.contains("a=recvonly"), "{}", r.body);
     let location = r.header("location").context("Location")?.to_owned();
     let etag = r.header("etag").context("ETag")?.to_owned();
     let frag = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\na=end-of-candidates\r\n";
-    let patch = |headers: Vec<(&'static str, String)>| {
+    let patch = |headers: Vec<(&'static str, String)>, frag: &'static str| {
         let (addr, location) = (server.http, location.clone());
         async move {
             let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
@@ -287,12 +301,35 @@ async fn whip_refuses_bad_requests_with_their_statuses() -> anyhow::Result<()> {
             .await
         }
     };
-    assert_eq!(patch(vec![]).await?.status, 428);
+    assert_eq!(patch(vec![], frag).await?.status, 428);
+    let stale = vec![("If-Match", "\"nope\"".to_owned())];
+    assert_eq!(patch(stale, frag).await?.status, 412);
     assert_eq!(
-        patch(vec![("If-Match", "\"nope\"".into())]).await?.status,
+        patch(vec![("If-Match", etag.clone())], frag).await?.status,
+        204
+    );
+    // New credentials: an ICE restart, answered with the server's new ones and a new ETag.
+    let restart = "a=ice-ufrag:rst1\r\na=ice-pwd:restartedpasswordrestarted\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n";
+    let r = patch(vec![("If-Match", "*".into())], restart).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/trickle-ice-sdpfrag")
+    );
+    for line in [
+        "a=ice-lite",
+        "a=ice-ufrag:",
+        "a=ice-pwd:",
+        "a=candidate:",
+        "a=end-of-candidates",
+    ] {
+        assert!(r.body.contains(line), "{line}: {}", r.body);
+    }
+    assert_ne!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(
+        patch(vec![("If-Match", etag.clone())], frag).await?.status,
         412
     );
-    assert_eq!(patch(vec![("If-Match", etag.clone())]).await?.status, 204);
 
     // Nobody connects: the participant leaves at the connect timeout, the resource with it.
     let admin = server.admin_token()?;

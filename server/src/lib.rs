@@ -16,6 +16,7 @@ mod http;
 mod ingest;
 mod metrics;
 mod placement;
+mod random;
 mod recording;
 mod shutdown;
 mod state;

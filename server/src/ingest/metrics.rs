@@ -60,14 +60,8 @@ fn vec2(
     label: &str,
     values: &[&str],
 ) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), &["kind", label])?;
-    r.register(Box::new(c.clone()))?;
-    for kind in Kind::ALL {
-        for v in values {
-            c.with_label_values(&[kind.as_str(), v]);
-        }
-    }
-    Ok(c)
+    let kinds = Kind::ALL.map(Kind::as_str);
+    crate::metrics::counter_vec2(r, name, help, ["kind", label], &kinds, values)
 }
 
 impl IngestMetrics {

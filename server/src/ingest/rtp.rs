@@ -31,16 +31,11 @@ pub struct EndpointId(String);
 
 impl EndpointId {
     fn random() -> EndpointId {
-        let mut bytes = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut bytes).expect("the system random source is available");
-        EndpointId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        EndpointId(crate::random::hex(8))
     }
 
     pub fn parse(s: &str) -> Option<EndpointId> {
-        (s.len() == 16
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then(|| EndpointId(s.to_owned()))
+        crate::random::is_hex(s, 16).then(|| EndpointId(s.to_owned()))
     }
 }
 

@@ -76,11 +76,7 @@ async fn open(
     }
     let identity = match req.identity {
         Some(identity) => identity,
-        None => {
-            let mut bytes = [0u8; 4];
-            aws_lc_rs::rand::fill(&mut bytes).expect("the system random source is available");
-            format!("rtp-{}", u32::from_be_bytes(bytes))
-        }
+        None => format!("rtp-{}", crate::random::hex(4)),
     };
     valid_text("identity", &identity)?;
     let name = req.name.unwrap_or_else(|| identity.clone());

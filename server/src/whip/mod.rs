@@ -66,17 +66,12 @@ pub struct ResourceId(String);
 
 impl ResourceId {
     fn random() -> ResourceId {
-        let mut bytes = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut bytes).expect("the system random source is available");
-        ResourceId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        ResourceId(crate::random::hex(16))
     }
 
     /// A path segment as an id: anything but 32 lowercase hex digits is no id.
     fn parse(s: &str) -> Option<ResourceId> {
-        (s.len() == 32
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then(|| ResourceId(s.to_owned()))
+        crate::random::is_hex(s, 32).then(|| ResourceId(s.to_owned()))
     }
 }
 

@@ -18,10 +18,7 @@ pub struct Etag(String);
 
 impl Etag {
     pub fn random() -> Etag {
-        let mut bytes = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut bytes).expect("the system random source is available");
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Etag(format!("\"{hex}\""))
+        Etag(format!("\"{}\"", crate::random::hex(8)))
     }
 
     /// The header value, quotes included.

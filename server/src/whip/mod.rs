@@ -292,3 +292,33 @@ pub enum StartError {
     #[error("{0}")]
     Media(#[from] MediaError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publisher_needs_the_publish_grant_and_a_listener_the_subscribe_grant() {
+        let claims = signaling::Claims::valid_for("stage", "obs", 60);
+        assert_eq!(Kind::Whip.grants(&claims), Some((true, false)));
+        assert_eq!(Kind::Whep.grants(&claims), Some((false, true)));
+        let listen_only = signaling::Claims {
+            can_publish: false,
+            ..claims.clone()
+        };
+        assert_eq!(Kind::Whip.grants(&listen_only), None);
+        let speak_only = signaling::Claims {
+            can_subscribe: false,
+            ..claims
+        };
+        assert_eq!(Kind::Whep.grants(&speak_only), None);
+    }
+
+    #[test]
+    fn resource_ids_are_unguessable_hex_and_paths_are_not_ids() {
+        let id = ResourceId::random();
+        assert_eq!(ResourceId::parse(&id.0), Some(id));
+        assert!(ResourceId::parse("..").is_none());
+        assert!(ResourceId::parse("0123456789abcdef").is_none());
+    }
+}

@@ -230,12 +230,30 @@ impl ClientPeer {
         now: Instant,
         local_addr: SocketAddr,
     ) -> Result<(ClientPeer, String), PeerError> {
+        Self::single_line(now, local_addr, Direction::SendRecv)
+    }
+
+    /// A WHEP-style receive-only peer: one `recvonly` audio m-line (its slot 0) and no microphone, and
+    /// its SDP offer.
+    pub fn new_receive_only(
+        now: Instant,
+        local_addr: SocketAddr,
+    ) -> Result<(ClientPeer, String), PeerError> {
+        Self::single_line(now, local_addr, Direction::RecvOnly)
+    }
+
+    /// A peer with one audio m-line in `direction` (the microphone and slot 0 alike), and its offer.
+    fn single_line(
+        now: Instant,
+        local_addr: SocketAddr,
+        direction: Direction,
+    ) -> Result<(ClientPeer, String), PeerError> {
         let mut rtc = opus_only(crate::core::peer::dtls::rtc_builder(), false, false).build(now);
         let candidate = Candidate::host(local_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
         let mut change = rtc.sdp_api();
-        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let mid = change.add_media(MediaKind::Audio, direction, None, None, None);
         let (offer, pending) = change
             .apply()
             .ok_or(PeerError::MissingMedia("an offer with media"))?;

@@ -174,6 +174,20 @@ pub fn soft_clip(x: f32) -> f32 {
     y.copysign(x)
 }
 
+/// A participant's volume applied to its 20 ms `frame`: the gain moves linearly from `from` (the last
+/// frame's) to `to` across the frame, so a change does not click, and anything louder than the knee is
+/// soft-clipped ([`soft_clip`]), so +25 dB does not wrap or square off. Gain 1 throughout: untouched.
+pub(crate) fn apply_gain(frame: &mut [f32], from: f32, to: f32) {
+    if from == 1.0 && to == 1.0 {
+        return;
+    }
+    let step = (to - from) / frame.len().max(1) as f32;
+    for (i, s) in frame.iter_mut().enumerate() {
+        let gain = from + step * (i + 1) as f32;
+        *s = soft_clip(*s * gain);
+    }
+}
+
 /// A participant id (`sid`) stored inline, so slot updates reach the audio thread without allocating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Sid {
@@ -234,6 +248,30 @@ mod tests {
         assert!(soft_clip(1.0) < 1.0 && soft_clip(1.0) > 0.9);
         assert!(soft_clip(-3.0) >= -1.0 && soft_clip(-1.0) < -0.9);
         assert!((soft_clip(0.801) - 0.801).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_volume_scales_the_frame_without_a_jump_and_never_beyond_full_scale() {
+        let mut frame = [0.5f32; 480];
+        apply_gain(&mut frame, 1.0, 1.0);
+        assert!(frame.iter().all(|s| *s == 0.5), "unchanged");
+        let quieter = vocab::Volume::new(-12).expect("in range").gain();
+        apply_gain(&mut frame, 1.0, quieter);
+        // A ramp from the last frame's gain: no step at the start, the new gain at the end.
+        assert!((frame[0] - 0.5).abs() < 0.01, "{}", frame[0]);
+        assert!((frame[479] - 0.5 * quieter).abs() < 1e-4, "{}", frame[479]);
+        assert!(frame.windows(2).all(|w| w[1] <= w[0]));
+        // +50 (+25 dB) on a loud frame: soft-clipped below full scale, not wrapped.
+        let louder = vocab::Volume::new(50).expect("in range").gain();
+        let mut loud = [0.6f32, -0.6, 0.3, -0.01];
+        apply_gain(&mut loud, louder, louder);
+        assert!(loud[0] > 0.99 && loud[0] <= 1.0 && loud[1] < -0.99 && loud[1] >= -1.0);
+        assert!(loud[2] > 0.99, "{loud:?}");
+        assert!((loud[3] + 0.01 * louder).abs() < 1e-4, "quiet stays linear");
+        // Silent (−50): nothing.
+        let mut silenced = [0.5f32; 4];
+        apply_gain(&mut silenced, 0.0, vocab::Volume::SILENT.gain());
+        assert!(silenced.iter().all(|s| *s == 0.0));
     }
 
     #[test]

@@ -12,10 +12,11 @@ use media_core::audio::{audio_level_from_samples, FRAME_DURATION, SAMPLE_RATE};
 use media_core::client::{ClientOutput, ClientPeer};
 use rtrb::{Consumer, Producer};
 
-use crate::audio::{soft_clip, Encoded, MicEncoder, OpusFrame, SlotPlayer};
+use crate::audio::{apply_gain, soft_clip, Encoded, MicEncoder, OpusFrame, SlotPlayer};
 use crate::client::Shared;
 use crate::drift::DriftCompensator;
 use crate::event::{ConnectionState, Event};
+use crate::talk::slot_volume;
 use crate::{Config, Error};
 
 /// The longest the thread sleeps before it looks at the microphone ring again.
@@ -52,6 +53,7 @@ impl Net {
     pub(crate) fn run(mut self) -> NetAudio {
         if let Err(e) = self.drive() {
             let _ = self.events.send(Event::Error {
+                code: None,
                 message: format!("media: {e}"),
             });
         }
@@ -88,6 +90,8 @@ impl Net {
         let mut slot_drift: Vec<DriftCompensator> =
             self.audio.slots.iter().map(drift_for).collect();
         let mut mixed_drift = self.audio.mixed.as_ref().map(drift_for);
+        // Each slot's gain in its last frame (its participant's volume, in a forwarding room).
+        let mut gains = vec![1.0f32; players.len()];
         let mut next_tick: Option<Instant> = None;
         let mut connected = false;
         let mut disconnected_since: Option<Instant> = None;
@@ -154,8 +158,11 @@ impl Net {
             while let Some(due) = next_tick.filter(|due| *due <= now) {
                 next_tick = Some(due + FRAME_DURATION);
                 mix.fill(0.0);
-                for (slot, player) in players.iter_mut().enumerate() {
+                for (slot, (player, gain)) in players.iter_mut().zip(&mut gains).enumerate() {
                     player.tick(due, &mut slot_frame);
+                    let volume = slot_volume(&self.shared, slot).gain();
+                    apply_gain(&mut slot_frame, *gain, volume);
+                    *gain = volume;
                     for (m, s) in mix.iter_mut().zip(&slot_frame) {
                         *m += s;
                     }

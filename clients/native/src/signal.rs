@@ -14,13 +14,14 @@ use signaling::client::{Client, JoinedSession};
 use signaling::protocol::{ClientMessage, Moved, Offer, ParticipantInfo, ServerMessage};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
-use vocab::Position;
+use vocab::{Position, TalkTarget, Volume};
 
 use crate::audio::{Sid, SlotUpdate};
 use crate::client::Shared;
 use crate::event::{ConnectionState, Event, Participant, SlotInfo, SpeakerPosition};
 use crate::net::{Net, NetAudio};
 use crate::position::PositionPacer;
+use crate::talk::TalkState;
 use crate::{Config, Error};
 
 /// The server closes a session that sent nothing for 30 s; a ping every 10 s keeps it.
@@ -56,6 +57,8 @@ pub(crate) enum Command {
     Mute(bool),
     Ptt(bool),
     PttKey(bool),
+    Talk(TalkTarget<String>),
+    Volume(String, Volume),
     Leave,
     /// Close the socket and end (the client is being dropped).
     Close,
@@ -81,6 +84,8 @@ pub(crate) struct Session {
     pub pacer: PositionPacer,
     /// This session's participant id in its current room.
     pub own_sid: String,
+    /// The talk target and volumes.
+    pub talk: TalkState,
 }
 
 impl Session {
@@ -95,6 +100,7 @@ impl Session {
             .and_then(|runtime| runtime.block_on(self.session()));
         if let Err(e) = result {
             let _ = events.send(Event::Error {
+                code: None,
                 message: e.to_string(),
             });
         }
@@ -152,6 +158,12 @@ impl Session {
                         Some(Command::PttKey(down)) => {
                             self.shared.key_down.store(down, Ordering::Release);
                         }
+                        Some(Command::Talk(target)) => {
+                            self.talk.set_target(target);
+                        }
+                        Some(Command::Volume(sid, volume)) => {
+                            self.talk.set_volume(&sid, volume, &self.shared);
+                        }
                         Some(Command::Leave) => {
                             self.event(Event::Left { reason: None });
                             return Ok(());
@@ -189,12 +201,15 @@ impl Session {
             slots,
         });
         self.event(Event::ConnectionState(ConnectionState::Joined));
+        let present: Vec<String> = joined.participants.iter().map(|p| p.sid.clone()).collect();
         self.report_participants(joined.participants);
         let can_publish = joined.participant.can_publish;
         if self.shared.muted.load(Ordering::Acquire) {
             client.mute(true).await?;
         }
         self.restore_ptt(&mut client, &joined.participant).await?;
+        self.talk.joined(joined.room.mode, &self.shared);
+        self.talk.restore(&mut client, &present).await?;
         self.pacer.reset();
         self.send_position(&mut client).await?;
         loop {
@@ -213,6 +228,7 @@ impl Session {
                     self.shared.muted.store(false, Ordering::Release);
                     self.shared.ptt.store(false, Ordering::Release);
                     self.restore_ptt(&mut client, &moved.participant).await?;
+                    self.talk.moved(moved.room.mode, &self.shared);
                     self.pacer.reset();
                     self.send_position(&mut client).await?;
                 }
@@ -354,6 +370,7 @@ impl Session {
                             End::Lost(format!("the signaling socket closed ({code})"))
                         } else {
                             self.event(Event::Error {
+                                code: None,
                                 message: format!(
                                     "the server closed the session ({code} {})",
                                     close.map(|c| c.reason).unwrap_or_default()
@@ -379,6 +396,15 @@ impl Session {
                         // Only now does the microphone send: the key-down is ahead of its first frame.
                         if down {
                             self.shared.key_down.store(true, Ordering::Release);
+                        }
+                    }
+                    Some(Command::Talk(target)) => {
+                        self.talk.set_target(target.clone());
+                        client.talk(target).await?;
+                    }
+                    Some(Command::Volume(sid, volume)) => {
+                        if self.talk.set_volume(&sid, volume, &self.shared) {
+                            client.volume(&sid, volume).await?;
                         }
                     }
                     Some(Command::Leave) => client.leave().await?,
@@ -452,6 +478,7 @@ impl Session {
             ServerMessage::DominantSpeaker(d) => Event::DominantSpeaker { sid: d.sid },
             ServerMessage::Slots(s) => {
                 for slot in &s.slots {
+                    self.talk.slot(slot.slot, slot.sid.as_deref(), &self.shared);
                     let sid = slot.sid.as_deref().and_then(Sid::new).unwrap_or(Sid::EMPTY);
                     // A full ring (the game never pulls per participant) only delays the map.
                     let _ = self.slot_updates.push(SlotUpdate {
@@ -485,6 +512,7 @@ impl Session {
             ),
             ServerMessage::Draining(_) => Event::Draining,
             ServerMessage::Error(e) => Event::Error {
+                code: Some(e.code.as_str().to_owned()),
                 message: format!("{}: {}", e.code.as_str(), e.message),
             },
             ServerMessage::Left(l) => Event::Left {

@@ -6,7 +6,8 @@
 //! error, [`chorus_last_error_message`] describes it (per thread). Using a handle after
 //! [`chorus_client_free`] is undefined behaviour, as in any C API.
 //!
-//! Threads: the game thread calls `connect`, `set_muted`, `set_position`, `leave`, `poll_event`, `stats`; one capture
+//! Threads: the game thread calls `connect`, `set_muted`, `set_position`, the talk target and volume
+//! calls, `leave`, `poll_event`, `stats`; one capture
 //! thread may push and one playback thread may pull at the same time. Push and pull never wait: each
 //! takes its direction's handle with a try-lock, and a second thread pushing (or pulling) at the same
 //! moment gets [`ChorusError::Busy`] instead of waiting.
@@ -25,6 +26,12 @@ use crate::{Client, Config, Microphone, Speaker};
 mod args;
 mod events;
 mod failure;
+mod talk;
+
+pub use talk::{
+    chorus_client_set_volume, chorus_client_talk_to_room, chorus_client_talk_to_team,
+    chorus_client_whisper,
+};
 
 use args::{client, lock, optional_string, put, slice, slice_mut, string};
 use events::{c_events, empty_event};
@@ -64,6 +71,11 @@ pub enum ChorusError {
     OutputOff = 16,
     /// A position with a value that is NaN or infinite, or a coordinate beyond ±1,000,000.
     BadPosition = 17,
+    /// A whisper to no one or to more than 64 participants (nothing sent). The room's own refusals
+    /// arrive later as an `ERROR` event with `code` `bad_target`.
+    BadTarget = 18,
+    /// A volume outside −50..=50 (nothing sent).
+    BadVolume = 19,
 }
 
 /// A client's settings; [`chorus_config_default`] fills the defaults.
@@ -111,7 +123,8 @@ pub enum ChorusEventKind {
     Draining = 9,
     /// `text`: the reason, empty if none.
     Left = 10,
-    /// `text`: the message.
+    /// `text`: the message; `code`: the protocol's error code when the server refused a request and the
+    /// session goes on (`bad_target`, `participant_not_found`, `rate_limited`, …), empty for the SDK's own.
     Error = 11,
     /// Rejoin attempt `index` (from 1) after a lost connection; `text`: why.
     Reconnecting = 12,
@@ -147,6 +160,8 @@ pub struct ChorusEvent {
     pub identity: [c_char; 128],
     pub name: [c_char; 128],
     pub text: [c_char; 256],
+    /// `ERROR`: the server's error code, empty if none.
+    pub code: [c_char; 32],
     pub muted: bool,
     pub level: f32,
     pub slot: u32,

@@ -2,7 +2,7 @@
 //! input, then drain the outputs until a timeout). It also encodes the microphone frames the game pushed and
 //! plays every slot out on a 20 ms grid into the output rings.
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -273,5 +273,57 @@ impl Net {
     }
 }
 
+/// A UDP socket bound to the local address that routes to the signaling server's host (its ICE host
+/// candidate); the port is the system's choice.
+pub(crate) fn bind_towards(url: &str) -> Result<UdpSocket, Error> {
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let secure = url.starts_with("wss://");
+    let with_port = if rest
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !rest.ends_with(']')
+    {
+        rest.to_owned()
+    } else {
+        format!("{rest}:{}", if secure { 443 } else { 80 })
+    };
+    let server: SocketAddr = with_port
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| Error::Signaling(format!("{url}: no address for the host")))?;
+    let unspecified: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("a literal socket address parses");
+    let probe = UdpSocket::bind(unspecified)?;
+    probe.connect(server)?;
+    let local_ip = probe.local_addr()?.ip();
+    Ok(UdpSocket::bind(SocketAddr::new(local_ip, 0))?)
+}
+
 /// One 20 ms frame on the RTP clock (48 kHz for Opus whatever the codec's rate).
 const FRAME_SAMPLES_48K: u32 = media_core::audio::FRAME_SAMPLES as u32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_media_socket_binds_to_the_address_routing_to_the_server() {
+        for url in ["ws://127.0.0.1:7880/ws", "ws://localhost:7880/ws?x=1"] {
+            let socket = bind_towards(url).expect(url);
+            let local = socket.local_addr().expect("bound");
+            assert!(local.ip().is_loopback(), "{url}: {local}");
+            assert_ne!(local.port(), 0);
+        }
+        assert!(bind_towards("ws://no-such-host.invalid/ws").is_err());
+    }
+}

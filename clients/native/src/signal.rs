@@ -2,7 +2,6 @@
 //! negotiates media (then starts the network thread with the peer), turns server messages into events and
 //! slot-map updates, and carries the game's commands (mute, leave) to the server.
 
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use vocab::{Position, TalkTarget, Volume};
 use crate::audio::{Sid, SlotUpdate};
 use crate::client::Shared;
 use crate::event::{ConnectionState, Event, Participant, SlotInfo, SpeakerPosition};
-use crate::net::{Net, NetAudio};
+use crate::net::{bind_towards, Net, NetAudio};
 use crate::position::PositionPacer;
 use crate::talk::TalkState;
 use crate::{Config, Error};
@@ -158,9 +157,8 @@ impl Session {
                         Some(Command::PttKey(down)) => {
                             self.shared.key_down.store(down, Ordering::Release);
                         }
-                        Some(Command::Talk(target)) => {
-                            self.talk.set_target(target);
-                        }
+                        // Sent with the rejoin (the latest asked for).
+                        Some(Command::Talk(target)) => self.talk.want(target),
                         Some(Command::Volume(sid, volume)) => {
                             self.talk.set_volume(&sid, volume, &self.shared);
                         }
@@ -398,10 +396,7 @@ impl Session {
                             self.shared.key_down.store(true, Ordering::Release);
                         }
                     }
-                    Some(Command::Talk(target)) => {
-                        self.talk.set_target(target.clone());
-                        client.talk(target).await?;
-                    }
+                    Some(Command::Talk(target)) => self.talk.send(client, target).await?,
                     Some(Command::Volume(sid, volume)) => {
                         if self.talk.set_volume(&sid, volume, &self.shared) {
                             client.volume(&sid, volume).await?;
@@ -511,10 +506,13 @@ impl Session {
                     .collect(),
             ),
             ServerMessage::Draining(_) => Event::Draining,
-            ServerMessage::Error(e) => Event::Error {
+            ServerMessage::Error(e) => {
+                self.talk.error();
+                Event::Error {
                 code: Some(e.code.as_str().to_owned()),
                 message: format!("{}: {}", e.code.as_str(), e.message),
-            },
+            }
+            }
             ServerMessage::Left(l) => Event::Left {
                 reason: l.reason.map(|r| spelling(&r)),
             },
@@ -527,8 +525,13 @@ impl Session {
             // Answers `join` only (the typed client follows it).
             | ServerMessage::Redirect(_)
             // Handled by `serve` (a move renegotiates media).
-            | ServerMessage::Moved(_)
-            | ServerMessage::Pong(_) => return,
+            | ServerMessage::Moved(_) => return,
+            ServerMessage::Pong(p) => {
+                if let Some(id) = p.id.as_u64() {
+                    self.talk.pong(id);
+                }
+                return;
+            }
         };
         self.event(event);
     }
@@ -542,56 +545,9 @@ fn spelling<T: serde::Serialize>(reason: &T) -> String {
     }
 }
 
-/// A UDP socket bound to the local address that routes to the signaling server's host (its ICE host
-/// candidate); the port is the system's choice.
-fn bind_towards(url: &str) -> Result<UdpSocket, Error> {
-    let rest = url
-        .split_once("://")
-        .map_or(url, |(_, rest)| rest)
-        .split(['/', '?'])
-        .next()
-        .unwrap_or_default();
-    let secure = url.starts_with("wss://");
-    let with_port = if rest
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !rest.ends_with(']')
-    {
-        rest.to_owned()
-    } else {
-        format!("{rest}:{}", if secure { 443 } else { 80 })
-    };
-    let server: SocketAddr = with_port
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| Error::Signaling(format!("{url}: no address for the host")))?;
-    let unspecified: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("a literal socket address parses");
-    let probe = UdpSocket::bind(unspecified)?;
-    probe.connect(server)?;
-    let local_ip = probe.local_addr()?.ip();
-    Ok(UdpSocket::bind(SocketAddr::new(local_ip, 0))?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_media_socket_binds_to_the_address_routing_to_the_server() {
-        for url in ["ws://127.0.0.1:7880/ws", "ws://localhost:7880/ws?x=1"] {
-            let socket = bind_towards(url).expect(url);
-            let local = socket.local_addr().expect("bound");
-            assert!(local.ip().is_loopback(), "{url}: {local}");
-            assert_ne!(local.port(), 0);
-        }
-        assert!(bind_towards("ws://no-such-host.invalid/ws").is_err());
-    }
 
     #[test]
     fn reasons_are_spelled_as_on_the_wire() {

@@ -2,12 +2,17 @@
 //! as the signaling thread keeps them: what the server was told, sent again to each new participant on the
 //! server (a rejoin), dropped on a move (the server resets them: they named the old room's people).
 //!
+//! A refused `talk` (`bad_target`, `rate_limited`) leaves the server's target as it was, and the server
+//! does not confirm the accepted ones, so each `talk` goes out between two fence pings: an error between
+//! their pongs is that `talk`'s refusal (the server answers in order, and nothing else is sent between
+//! them). The SDK's accepted target is then the server's, which a rejoin restores.
+//!
 //! In a forwarding room the SDK applies the volumes itself, to the decoded audio of the slot that carries
 //! each participant: the signaling thread writes each slot's volume into [`Shared::slot_volumes`] whenever
 //! a `slots` message or a volume changes it, and the network thread reads it every 20 ms. In a mixed room
 //! the server applies them in this listener's mix, so the slots play unchanged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 
 use signaling::client::Client;
@@ -18,10 +23,29 @@ use vocab::{TalkTarget, Volume, MAX_SLOTS};
 use crate::client::Shared;
 use crate::Error;
 
+/// Fence pings' ids start here (the keepalive counts from 1 and never gets near).
+const FENCE_BASE: u64 = 1 << 40;
+
+/// A `talk` on its way: the fences around it, and whether an error arrived between them.
+#[derive(Debug)]
+struct InFlight {
+    before: u64,
+    after: u64,
+    target: TalkTarget<String>,
+    /// The pong of `before` arrived: errors from now on are this talk's.
+    open: bool,
+    refused: bool,
+}
+
 /// The session's talk target and volumes, and who is in each slot (to place the volumes).
 #[derive(Debug, Default)]
 pub(crate) struct TalkState {
-    target: TalkTarget<String>,
+    /// The target the server took last (as far as the fences tell).
+    accepted: TalkTarget<String>,
+    /// `talk`s sent, oldest first, until their second fence's pong.
+    in_flight: VecDeque<InFlight>,
+    /// The next fence id, from [`FENCE_BASE`].
+    fences: u64,
     /// By participant id; a volume set back to 0 is removed (as on the server).
     volumes: HashMap<String, Volume>,
     /// Who is in each slot, from the `slots` messages.
@@ -31,10 +55,65 @@ pub(crate) struct TalkState {
 }
 
 impl TalkState {
-    /// The game asked for a target. It is always sent (the server refuses a bad one with `bad_target` and
-    /// keeps the previous one, so an equal request is not necessarily a repeat); a rejoin sends the last.
-    pub(crate) fn set_target(&mut self, target: TalkTarget<String>) {
-        self.target = target;
+    /// The latest target asked for (in flight, else the accepted one).
+    pub(crate) fn wanted(&self) -> &TalkTarget<String> {
+        self.in_flight
+            .back()
+            .map_or(&self.accepted, |talk| &talk.target)
+    }
+
+    /// Send `target` to the server between two fence pings. Always sent, even if equal to the current
+    /// one: the server dedupes, and the SDK's idea of it may lag a refusal.
+    pub(crate) async fn send(
+        &mut self,
+        client: &mut Client,
+        target: TalkTarget<String>,
+    ) -> Result<(), Error> {
+        let before = FENCE_BASE + self.fences;
+        let after = before + 1;
+        self.fences += 2;
+        client.ping(before).await?;
+        client.talk(target.clone()).await?;
+        client.ping(after).await?;
+        self.in_flight.push_back(InFlight {
+            before,
+            after,
+            target,
+            open: false,
+            refused: false,
+        });
+        Ok(())
+    }
+
+    /// While the session is not connected (between rejoin attempts): the target the rejoin sends.
+    pub(crate) fn want(&mut self, target: TalkTarget<String>) {
+        self.in_flight.clear();
+        self.accepted = target;
+    }
+
+    /// A `pong`: a fence of the oldest talk in flight passed.
+    pub(crate) fn pong(&mut self, id: u64) {
+        let Some(front) = self.in_flight.front_mut() else {
+            return;
+        };
+        if id == front.before {
+            front.open = true;
+        } else if id == front.after {
+            let talk = self
+                .in_flight
+                .pop_front()
+                .expect("front_mut just returned it");
+            if !talk.refused {
+                self.accepted = talk.target;
+            }
+        }
+    }
+
+    /// An error from the server: if it came between the fences of the oldest talk, that talk was refused.
+    pub(crate) fn error(&mut self) {
+        if let Some(front) = self.in_flight.front_mut().filter(|f| f.open) {
+            front.refused = true;
+        }
     }
 
     /// The game set a volume; whether it changed. Beyond the server's [`MAX_VOLUMES`] a new participant's
@@ -62,7 +141,8 @@ impl TalkState {
 
     /// Moved to another room: the server talks to the room again and forgot the volumes.
     pub(crate) fn moved(&mut self, mode: RoomMode, shared: &Shared) {
-        self.target = TalkTarget::Room;
+        self.accepted = TalkTarget::Room;
+        self.in_flight.clear();
         self.volumes.clear();
         self.joined(mode, shared);
     }
@@ -75,15 +155,18 @@ impl TalkState {
         }
     }
 
-    /// Tell a new participant on the server (a rejoin) the target and the volumes of those still in the
-    /// room (`present`: the participants of its `joined`).
+    /// Tell a new participant on the server (a rejoin) the latest target and the volumes of those still
+    /// in the room (`present`: the participants of its `joined`).
     pub(crate) async fn restore(
-        &self,
+        &mut self,
         client: &mut Client,
         present: &[String],
     ) -> Result<(), Error> {
-        if self.target != TalkTarget::Room {
-            client.talk(self.target.clone()).await?;
+        let wanted = self.wanted().clone();
+        self.accepted = TalkTarget::Room;
+        self.in_flight.clear();
+        if wanted != TalkTarget::Room {
+            self.send(client, wanted).await?;
         }
         for (sid, volume) in &self.volumes {
             if present.contains(sid) {
@@ -133,7 +216,11 @@ mod tests {
         assert!(talk.set_volume("PA_a", volume(-20), &shared));
         assert!(!talk.set_volume("PA_a", volume(-20), &shared), "unchanged");
         assert!(talk.set_volume("PA_b", volume(12), &shared));
-        assert_eq!(slot_volume(&shared, 0), Volume::UNCHANGED, "nobody in slots");
+        assert_eq!(
+            slot_volume(&shared, 0),
+            Volume::UNCHANGED,
+            "nobody in slots"
+        );
         talk.slot(0, Some("PA_b"), &shared);
         talk.slot(1, Some("PA_a"), &shared);
         talk.slot(2, Some("PA_c"), &shared);
@@ -160,10 +247,54 @@ mod tests {
         assert_eq!(talk.volumes.get("PA_b"), Some(&volume(12)), "kept");
 
         // A move forgets the target and the volumes.
-        talk.set_target(TalkTarget::Team);
+        talk.accepted = TalkTarget::Team;
         talk.moved(RoomMode::Forward, &shared);
-        assert_eq!(talk.target, TalkTarget::Room);
+        assert_eq!(*talk.wanted(), TalkTarget::Room);
         assert!(talk.volumes.is_empty());
+    }
+
+    fn in_flight(talk: &mut TalkState, target: TalkTarget<String>) -> (u64, u64) {
+        let before = FENCE_BASE + talk.fences;
+        talk.fences += 2;
+        talk.in_flight.push_back(InFlight {
+            before,
+            after: before + 1,
+            target,
+            open: false,
+            refused: false,
+        });
+        (before, before + 1)
+    }
+
+    #[test]
+    fn a_talk_refused_between_its_fences_leaves_the_accepted_target() {
+        let mut talk = TalkState::default();
+        let whisper = |sid: &str| TalkTarget::Whisper(vec![sid.to_owned()]);
+        // Team, then a whisper to someone unknown, then one to carl; an unrelated error (a position's
+        // rate limit) arrives before the first fence.
+        let (team_before, team_after) = in_flight(&mut talk, TalkTarget::Team);
+        let (bad_before, bad_after) = in_flight(&mut talk, whisper("PA_nobody"));
+        let (carl_before, carl_after) = in_flight(&mut talk, whisper("PA_carl"));
+        assert_eq!(*talk.wanted(), whisper("PA_carl"));
+        talk.error();
+        talk.pong(team_before);
+        talk.pong(team_after);
+        assert_eq!(
+            talk.accepted,
+            TalkTarget::Team,
+            "the earlier error was not its"
+        );
+        talk.pong(bad_before);
+        talk.error();
+        talk.pong(bad_after);
+        assert_eq!(talk.accepted, TalkTarget::Team, "refused: the team stays");
+        // A keepalive pong changes nothing.
+        talk.pong(3);
+        talk.pong(carl_before);
+        talk.pong(carl_after);
+        assert_eq!(talk.accepted, whisper("PA_carl"));
+        assert!(talk.in_flight.is_empty());
+        assert_eq!(*talk.wanted(), whisper("PA_carl"));
     }
 
     #[test]

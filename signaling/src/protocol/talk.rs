@@ -66,8 +66,8 @@ impl From<Talk> for TalkWire {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vocab::MAX_WHISPER_TARGETS;
     use crate::protocol::{parse_client, ClientMessage, ProtocolError};
+    use vocab::MAX_WHISPER_TARGETS;
 
     #[test]
     fn round_trips() {

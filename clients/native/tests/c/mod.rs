@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chorus_native::{Client, Config, Speaker};
+use chorus_native::{Client, Config};
 use chorus_tests::{Server, SAMPLE_RATE};
 
-use crate::{audio_client, tones_in, wait_connected, SECONDS};
+use crate::{audio_client, loud_span, loudness, tones_in, wait_connected, SECONDS};
 
 /// The example's path, built once per test process: both tests run concurrently, and one linking the
 /// file while the other executes it fails with "Text file busy" (ETXTBSY).
@@ -168,43 +168,9 @@ async fn the_c_example_with_push_to_talk_is_heard_only_while_its_key_is_down() -
     Ok(())
 }
 
-/// A game's playback callback that keeps, every 10 ms, when it pulled and how loud the mix was (RMS).
-fn loudness(mut speaker: Speaker, stop: Arc<AtomicBool>) -> (Vec<(Instant, f32)>, Vec<f32>) {
-    let rate = SAMPLE_RATE as usize;
-    let (mut levels, mut pcm) = (Vec::new(), Vec::new());
-    let start = Instant::now();
-    let mut done = 0usize;
-    let mut buf = vec![0.0f32; rate];
-    while !stop.load(Ordering::Relaxed) {
-        let due = (start.elapsed().as_secs_f64() * rate as f64) as usize;
-        let n = (due - done).min(rate);
-        speaker
-            .pull_mixed(&mut buf[..n])
-            .expect("mixed output is on");
-        let rms = (buf[..n].iter().map(|s| s * s).sum::<f32>() / n.max(1) as f32).sqrt();
-        levels.push((Instant::now(), rms));
-        pcm.extend_from_slice(&buf[..n]);
-        done += n;
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (levels, pcm)
-}
-
-/// How long `levels` was loud (the 0.3 tone is ≈ 0.2 RMS), and when that started and ended.
-fn loud_span(levels: &[(Instant, f32)]) -> (f64, Option<(Instant, Instant)>) {
-    let mut secs = 0.0;
-    for w in levels.windows(2) {
-        if w[1].1 > 0.05 {
-            secs += (w[1].0 - w[0].0).as_secs_f64();
-        }
-    }
-    let mut loud = levels.iter().filter(|(_, rms)| *rms > 0.05).map(|(t, _)| *t);
-    let first = loud.next();
-    (secs, first.map(|f| (f, loud.last().unwrap_or(f))))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_c_example_talks_to_its_team_then_whispers_and_only_they_hear_it() -> anyhow::Result<()> {
+async fn the_c_example_talks_to_its_team_then_whispers_and_only_they_hear_it() -> anyhow::Result<()>
+{
     let exe = tokio::task::spawn_blocking(build_example).await??;
     let server = Server::start(&[]).await?;
     let room = "c-teams";
@@ -213,7 +179,11 @@ async fn the_c_example_talks_to_its_team_then_whispers_and_only_they_hear_it() -
     let mut bob = Client::new(Config::default())?;
     let mut carl = Client::new(Config::default())?;
     bob.connect(&url, &server.token(room, "bob", &["--team", "red"])?, None)?;
-    carl.connect(&url, &server.token(room, "carl", &["--team", "blue"])?, None)?;
+    carl.connect(
+        &url,
+        &server.token(room, "carl", &["--team", "blue"])?,
+        None,
+    )?;
     let (mut bob, mut carl) = tokio::task::spawn_blocking(move || {
         wait_connected(&bob, &mut Vec::new())?;
         wait_connected(&carl, &mut Vec::new())?;
@@ -232,7 +202,17 @@ async fn the_c_example_talks_to_its_team_then_whispers_and_only_they_hear_it() -
     let out = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::process::Command::new(&exe)
-            .args(["--team", "--whisper", "carl", &url, &token, room, "880", "4", "440"])
+            .args([
+                "--team",
+                "--whisper",
+                "carl",
+                &url,
+                &token,
+                room,
+                "880",
+                "4",
+                "440",
+            ])
             .output(),
     )
     .await??;
@@ -253,8 +233,14 @@ async fn the_c_example_talks_to_its_team_then_whispers_and_only_they_hear_it() -
     let (carl_secs, carl_span) = loud_span(&carl_levels);
     println!("bob (team mate) heard {bob_secs:.2} s, carl (whispered to) {carl_secs:.2} s of 4 s");
     // Team talk for the first 2 s reaches bob only; the whisper for the last 2 s carl only.
-    assert!((1.3..2.6).contains(&bob_secs), "bob heard {bob_secs:.2} s: {report}");
-    assert!((1.3..2.6).contains(&carl_secs), "carl heard {carl_secs:.2} s: {report}");
+    assert!(
+        (1.3..2.6).contains(&bob_secs),
+        "bob heard {bob_secs:.2} s: {report}"
+    );
+    assert!(
+        (1.3..2.6).contains(&carl_secs),
+        "carl heard {carl_secs:.2} s: {report}"
+    );
     let ((_, bob_last), (carl_first, _)) = (
         bob_span.expect("bob heard the team talk"),
         carl_span.expect("carl heard the whisper"),
@@ -271,7 +257,11 @@ async fn the_c_example_talks_to_its_team_then_whispers_and_only_they_hear_it() -
             .flatten()
             .copied()
             .collect();
-        assert_eq!(tones_in(&loud, SAMPLE_RATE).0, vec![880.0], "{name}: {report}");
+        assert_eq!(
+            tones_in(&loud, SAMPLE_RATE).0,
+            vec![880.0],
+            "{name}: {report}"
+        );
     }
     drop((bob, carl));
     Ok(())

@@ -1,11 +1,10 @@
-//! The SDK's audio processing on its network thread: Opus encoding at the caller's rate, per-slot playout
-//! through media-core's jitter buffer decoded at the caller's rate, and the soft-clipped mix.
+//! The SDK's audio processing on its network thread: Opus encoding at the caller's rate, the volume applied
+//! to a slot, and the soft-clipped mix. Each slot plays out through media-core's [`Player`]
+//! (`media_core::client::Player`: jitter buffer, FEC, PLC, decoded at the caller's rate).
 
-use std::time::Instant;
-
-use media_core::audio::{audio_level_from_samples, samples_duration, SAMPLE_RATE};
-use media_core::client::ReceivedAudio;
-use media_core::jitter::{JitterBuffer, JitterConfig, Playout};
+#[cfg(doc)]
+use media_core::client::Player;
+use media_core::audio::audio_level_from_samples;
 
 use crate::{Config, Error};
 
@@ -54,111 +53,6 @@ impl MicEncoder {
             opus: &self.packet[..n],
             level,
         })
-    }
-}
-
-/// One slot's playout: packets into a jitter buffer, 20 ms out per tick decoded at the output rate (FEC,
-/// PLC, silence for DTX gaps and before the first packet).
-pub(crate) struct SlotPlayer {
-    jitter: JitterBuffer,
-    decoder: opus::Decoder,
-    rate_hz: u32,
-    /// Decoded samples not played yet (a packet longer than what the last tick still needed).
-    pending: Vec<f32>,
-    scratch: Vec<f32>,
-    /// Whether any packet arrived (a slot that never had audio is not decoded).
-    active: bool,
-}
-
-impl SlotPlayer {
-    pub(crate) fn new(rate_hz: u32) -> Result<Self, Error> {
-        Ok(SlotPlayer {
-            jitter: JitterBuffer::new(JitterConfig::default()),
-            decoder: opus::Decoder::new(rate_hz, opus::Channels::Mono)?,
-            rate_hz,
-            pending: Vec::with_capacity(rate_hz as usize / 5),
-            // 120 ms, the longest Opus packet.
-            scratch: vec![0.0; rate_hz as usize * 120 / 1000],
-            active: false,
-        })
-    }
-
-    pub(crate) fn receive(&mut self, audio: &ReceivedAudio) {
-        if audio.push_into(&mut self.jitter) {
-            self.active = true;
-        }
-    }
-
-    /// The jitter buffer's current delay.
-    #[cfg(test)]
-    pub(crate) fn delay(&self) -> std::time::Duration {
-        self.jitter.current_delay()
-    }
-
-    /// `samples` at 48 kHz (the RTP clock) as samples at the output rate.
-    fn at_rate(&self, samples_48k: u32) -> usize {
-        (samples_48k as usize * self.rate_hz as usize / SAMPLE_RATE as usize)
-            .min(self.scratch.len())
-    }
-
-    /// The 20 ms of playout due at `due`, written to `out` (`output_rate_hz / 50` samples).
-    pub(crate) fn tick(&mut self, due: Instant, out: &mut [f32]) {
-        if !self.active {
-            out.fill(0.0);
-            return;
-        }
-        while self.pending.len() < out.len() {
-            // Each span is asked for as of when it starts to play, after what this tick already holds (as the
-            // mixer does).
-            let have_48k = self.pending.len() * SAMPLE_RATE as usize / self.rate_hz as usize;
-            let span = self.jitter.pop(due + samples_duration(have_48k));
-            let (decoded, keep) = match span {
-                Playout::Packet {
-                    payload, samples, ..
-                } => (
-                    self.decoder
-                        .decode_float(&payload, &mut self.scratch, false),
-                    self.at_rate(samples),
-                ),
-                Playout::Fec { payload, samples } => {
-                    let n = self.at_rate(samples);
-                    (
-                        self.decoder
-                            .decode_float(&payload, &mut self.scratch[..n], true),
-                        n,
-                    )
-                }
-                Playout::Plc { samples } => {
-                    let n = self.at_rate(samples);
-                    (
-                        self.decoder
-                            .decode_float(&[], &mut self.scratch[..n], false),
-                        n,
-                    )
-                }
-                Playout::Silence { samples } => {
-                    let n = self.at_rate(samples);
-                    self.scratch[..n].fill(0.0);
-                    (Ok(n), n)
-                }
-            };
-            // A frame libopus cannot decode plays as silence of its length.
-            let n = match decoded {
-                Ok(n) => n.min(keep),
-                Err(_) => {
-                    self.scratch[..keep].fill(0.0);
-                    keep
-                }
-            };
-            if n == 0 {
-                // Nothing to render (a zero-length span): play silence for the rest of the tick.
-                self.pending.resize(out.len(), 0.0);
-                break;
-            }
-            self.pending.extend_from_slice(&self.scratch[..n]);
-        }
-        out.copy_from_slice(&self.pending[..out.len()]);
-        self.pending.drain(..out.len());
     }
 }
 
@@ -238,7 +132,10 @@ pub(crate) struct OpusFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use media_core::audio::samples_duration;
+    use media_core::client::{Player, ReceivedAudio};
     use media_core::testkit::analysis::{ToneAnalysis, ToneGenerator};
+    use std::time::Instant;
 
     #[test]
     fn soft_clip_is_linear_below_the_knee_and_bounded_above() {
@@ -291,7 +188,7 @@ mod tests {
             ..Config::default()
         };
         let mut mic = MicEncoder::new(&config).expect("encoder");
-        let mut player = SlotPlayer::new(24_000).expect("player");
+        let mut player = Player::new(24_000).expect("player");
         let mut tone = ToneGenerator::new(440.0, 0.3, 16_000);
         let start = Instant::now();
         let mut played = Vec::new();

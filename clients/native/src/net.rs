@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::audio::{audio_level_from_samples, FRAME_DURATION, SAMPLE_RATE};
-use media_core::client::{ClientOutput, ClientPeer};
+use media_core::client::{ClientOutput, ClientPeer, Player};
 use rtrb::{Consumer, Producer};
 
-use crate::audio::{apply_gain, soft_clip, Encoded, MicEncoder, OpusFrame, SlotPlayer};
+use crate::audio::{apply_gain, soft_clip, Encoded, MicEncoder, OpusFrame};
 use crate::client::Shared;
 use crate::drift::DriftCompensator;
 use crate::event::{ConnectionState, Event};
@@ -69,7 +69,7 @@ impl Net {
         let mut encoder = MicEncoder::new(&self.config)?;
         let mut opus_decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?;
         let mut players = (0..self.slots)
-            .map(|_| SlotPlayer::new(self.config.output_rate_hz))
+            .map(|_| Player::new(self.config.output_rate_hz))
             .collect::<Result<Vec<_>, _>>()?;
         let frame_in = Config::frame_samples(self.config.input_rate_hz);
         let frame_out = Config::frame_samples(self.config.output_rate_hz);
@@ -230,7 +230,7 @@ impl Net {
     /// Drain the peer until it asks for a timeout, which is returned.
     fn drain(
         &mut self,
-        players: &mut [SlotPlayer],
+        players: &mut [Player],
         next_tick: &mut Option<Instant>,
         connected: &mut bool,
         disconnected_since: &mut Option<Instant>,

@@ -115,6 +115,11 @@ typedef struct ChorusConfig {
   bool participant_output;
   // The display name, UTF-8, or null for the token's.
   const char *name;
+  // The team to ask for (1–64 of `A-Z a-z 0-9 _ . -`), or null: the token's `team` claim decides (a
+  // different team is refused by the server), so a game server's players leave it null.
+  const char *team;
+  // Join as a listener only: never publish.
+  bool listen_only;
 } ChorusConfig;
 
 // One event. Strings are NUL-terminated UTF-8 (truncated to fit).
@@ -173,7 +178,8 @@ enum ChorusError chorus_config_default(struct ChorusConfig *out);
 // [`chorus_last_error_message`]). Free it with [`chorus_client_free`].
 //
 // # Safety
-// `config` is null or points to a `ChorusConfig` whose `name` is null or a NUL-terminated string.
+// `config` is null or points to a `ChorusConfig` whose `name` and `team` are null or NUL-terminated
+// strings.
 struct ChorusClient *chorus_client_new(const struct ChorusConfig *config);
 
 // Connect to `url` (`ws://host:port/ws`) and join with `token`; `room` (null: the token's) must be the

@@ -43,6 +43,9 @@ pub(crate) struct Net {
     pub events: Sender<Event>,
     /// The room's slot count.
     pub slots: usize,
+    /// The participant may publish (not listen-only): without it the microphone has no stream and what
+    /// the game pushes is discarded.
+    pub publish: bool,
     /// Set to end this connection (the session ends or rejoins); the thread sets it when it fails.
     pub leg_stop: Arc<AtomicBool>,
 }
@@ -109,7 +112,7 @@ impl Net {
             // Microphone: every whole frame the game pushed. Before media is up and while muted it is
             // dropped (the RTP clock moves on while muted, as for DTX).
             // Push-to-talk with the key up sends nothing either (the server would not forward it).
-            let muted = self.shared.silent();
+            let muted = !self.publish || self.shared.silent();
             while self.audio.mic.slots() >= frame_in {
                 let (popped, _) = self.audio.mic.pop_partial_slice(&mut mic_frame);
                 debug_assert_eq!(popped.len(), frame_in);

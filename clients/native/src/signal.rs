@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use media_core::client::{ClientConfig, ClientPeer};
 use rtrb::Producer;
-use signaling::client::{Client, JoinedSession};
-use signaling::protocol::{ClientMessage, Moved, Offer, ParticipantInfo, ServerMessage};
+use signaling::client::{join_message, Client, JoinedSession};
+use signaling::protocol::{ClientMessage, Join, Moved, Offer, ParticipantInfo, ServerMessage};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 use vocab::{Position, TalkTarget, Volume};
@@ -182,11 +182,17 @@ impl Session {
             mut client,
             joined,
             url,
-        } = Client::connect_and_join(
+        } = Client::connect_and_join_as(
             &self.url,
-            &self.token,
-            self.room.as_deref(),
-            self.config.name.as_deref(),
+            &Join {
+                team: self.config.team.clone(),
+                listen_only: self.config.listen_only,
+                ..join_message(
+                    &self.token,
+                    self.room.as_deref(),
+                    self.config.name.as_deref(),
+                )
+            },
             timeout,
         )
         .await?;
@@ -327,6 +333,7 @@ impl Session {
             shared: self.shared.clone(),
             events: self.events.clone(),
             slots,
+            publish: can_publish,
             leg_stop: leg_stop.clone(),
         };
         let net_thread = std::thread::Builder::new()

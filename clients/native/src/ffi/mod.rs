@@ -96,6 +96,11 @@ pub struct ChorusConfig {
     pub participant_output: bool,
     /// The display name, UTF-8, or null for the token's.
     pub name: *const c_char,
+    /// The team to ask for (1–64 of `A-Z a-z 0-9 _ . -`), or null: the token's `team` claim decides (a
+    /// different team is refused by the server), so a game server's players leave it null.
+    pub team: *const c_char,
+    /// Join as a listener only: never publish.
+    pub listen_only: bool,
 }
 
 /// The kind of a [`ChorusEvent`]; which fields are set depends on it.
@@ -241,6 +246,8 @@ pub unsafe extern "C" fn chorus_config_default(out: *mut ChorusConfig) -> Chorus
             mixed_output: d.mixed_output,
             participant_output: d.participant_output,
             name: std::ptr::null(),
+            team: std::ptr::null(),
+            listen_only: d.listen_only,
         };
         // SAFETY: non-null, writable per the caller.
         unsafe { put(out, config) };
@@ -252,7 +259,8 @@ pub unsafe extern "C" fn chorus_config_default(out: *mut ChorusConfig) -> Chorus
 /// [`chorus_last_error_message`]). Free it with [`chorus_client_free`].
 ///
 /// # Safety
-/// `config` is null or points to a `ChorusConfig` whose `name` is null or a NUL-terminated string.
+/// `config` is null or points to a `ChorusConfig` whose `name` and `team` are null or NUL-terminated
+/// strings.
 #[no_mangle]
 pub unsafe extern "C" fn chorus_client_new(config: *const ChorusConfig) -> *mut ChorusClient {
     let mut created = None;
@@ -272,6 +280,14 @@ pub unsafe extern "C" fn chorus_client_new(config: *const ChorusConfig) -> *mut 
                 participant_output: c.participant_output,
                 // SAFETY: null or NUL-terminated, per the caller.
                 name: unsafe { optional_string(c.name, "config.name") }?.map(str::to_owned),
+                // SAFETY: null or NUL-terminated, per the caller.
+                team: unsafe { optional_string(c.team, "config.team") }?
+                    .map(|team| {
+                        vocab::TeamId::new(team)
+                            .map_err(|e| crate::Error::Config(format!("team: {e}")))
+                    })
+                    .transpose()?,
+                listen_only: c.listen_only,
                 ..Config::default()
             },
         };

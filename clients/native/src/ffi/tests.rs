@@ -74,6 +74,20 @@ fn bad_utf8_bad_config_and_state_errors_are_typed() {
         assert!(chorus_client_new(&config).is_null());
         assert_eq!(last_error(), "config.name is not UTF-8");
         config.name = c"Ada".as_ptr();
+        assert!(config.team.is_null() && !config.listen_only);
+        config.team = c"red team".as_ptr();
+        assert!(chorus_client_new(&config).is_null());
+        assert!(last_error().contains("team: a team is 1 to 64"), "{}", last_error());
+        assert_eq!(
+            {
+                config.team = bad.as_ptr();
+                chorus_client_new(&config)
+            },
+            null_mut()
+        );
+        assert_eq!(last_error(), "config.team is not UTF-8");
+        config.team = c"red".as_ptr();
+        config.listen_only = true;
         config.input_rate_hz = 44_100;
         assert!(chorus_client_new(&config).is_null());
         assert!(

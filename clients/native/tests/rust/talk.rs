@@ -1,7 +1,7 @@
 //! Volumes and talk targets through the SDK: in a forwarding room a game hears a participant at the volume
 //! it set (the SDK scales the slot's audio: −12 is −6 dB, +12 is +6 dB, −50 silent); the server's refusals
 //! of a talk target or a volume arrive as events with their code; malformed ones are refused before
-//! anything is sent.
+//! anything is sent. A listen-only client's microphone reaches nobody, and its session goes on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,7 +34,11 @@ async fn a_volume_sets_the_level_a_game_hears_and_refusals_carry_their_code() ->
         buffer_ms: 1_000,
         ..Config::default()
     })?;
-    let mut bob = Client::new(Config::default())?;
+    // bob joins listen-only: what his game pushes is heard by nobody.
+    let mut bob = Client::new(Config {
+        listen_only: true,
+        ..Config::default()
+    })?;
     ada.connect(&url, &server.token(room, "ada", &[])?, None)?;
     bob.connect(&url, &server.token(room, "bob", &[])?, None)?;
     let (mut ada, mut bob, ada_sid) = tokio::task::spawn_blocking(move || {
@@ -47,6 +51,14 @@ async fn a_volume_sets_the_level_a_game_hears_and_refusals_carry_their_code() ->
     let capture_thread = {
         let (mic, stop) = (ada.take_microphone().expect("a microphone"), stop.clone());
         std::thread::spawn(move || capture(mic, 16_000, 440.0, stop))
+    };
+    let bob_capture = {
+        let (mic, stop) = (bob.take_microphone().expect("a microphone"), stop.clone());
+        std::thread::spawn(move || capture(mic, 48_000, 660.0, stop))
+    };
+    let ada_ear = {
+        let (speaker, stop) = (ada.take_speaker().expect("a speaker"), stop.clone());
+        std::thread::spawn(move || loudness(speaker, stop))
     };
     let ear = {
         let (speaker, stop) = (bob.take_speaker().expect("a speaker"), stop.clone());
@@ -63,6 +75,11 @@ async fn a_volume_sets_the_level_a_game_hears_and_refusals_carry_their_code() ->
     marks.push(Instant::now());
     stop.store(true, Ordering::Relaxed);
     capture_thread.join().expect("capture does not panic");
+    bob_capture.join().expect("capture does not panic");
+    let (ada_levels, _) = ada_ear.join().expect("playback does not panic");
+    let (heard_bob, _) = crate::loud_span(&ada_levels);
+    assert!(heard_bob < 0.1, "ada heard listen-only bob for {heard_bob:.2} s");
+    assert_eq!(bob.stats().frames_sent, 0, "listen-only bob sent");
     let (levels, _) = ear.join().expect("playback does not panic");
     let unchanged = rms_between(&levels, marks[0] - settle, marks[0]);
     let db = |i: usize| {

@@ -2,9 +2,9 @@
 //! to a slot, and the soft-clipped mix. Each slot plays out through media-core's [`Player`]
 //! (`media_core::client::Player`: jitter buffer, FEC, PLC, decoded at the caller's rate).
 
+use media_core::audio::audio_level_from_samples;
 #[cfg(doc)]
 use media_core::client::Player;
-use media_core::audio::audio_level_from_samples;
 
 use crate::{Config, Error};
 

@@ -10,8 +10,8 @@ use rtrb::RingBuffer;
 
 use super::*;
 use crate::audio::{Encoded, MicEncoder};
-use media_core::client::Player;
 use crate::Config;
+use media_core::client::Player;
 
 const RATE: u32 = 48_000;
 const FRAME: usize = 960;

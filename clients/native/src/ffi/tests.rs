@@ -77,7 +77,11 @@ fn bad_utf8_bad_config_and_state_errors_are_typed() {
         assert!(config.team.is_null() && !config.listen_only);
         config.team = c"red team".as_ptr();
         assert!(chorus_client_new(&config).is_null());
-        assert!(last_error().contains("team: a team is 1 to 64"), "{}", last_error());
+        assert!(
+            last_error().contains("team: a team is 1 to 64"),
+            "{}",
+            last_error()
+        );
         assert_eq!(
             {
                 config.team = bad.as_ptr();

@@ -78,7 +78,10 @@ async fn a_volume_sets_the_level_a_game_hears_and_refusals_carry_their_code() ->
     bob_capture.join().expect("capture does not panic");
     let (ada_levels, _) = ada_ear.join().expect("playback does not panic");
     let (heard_bob, _) = crate::loud_span(&ada_levels);
-    assert!(heard_bob < 0.1, "ada heard listen-only bob for {heard_bob:.2} s");
+    assert!(
+        heard_bob < 0.1,
+        "ada heard listen-only bob for {heard_bob:.2} s"
+    );
     assert_eq!(bob.stats().frames_sent, 0, "listen-only bob sent");
     let (levels, _) = ear.join().expect("playback does not panic");
     let unchanged = rms_between(&levels, marks[0] - settle, marks[0]);

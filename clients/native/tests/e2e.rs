@@ -116,5 +116,5 @@ pub fn loud_span(levels: &[(Instant, f32)]) -> (f64, Option<(Instant, Instant)>)
         .filter(|(_, rms)| *rms > 0.05)
         .map(|(t, _)| *t);
     let first = loud.next();
-    (secs, first.map(|f| (f, loud.last().unwrap_or(f))))
+    (secs, first.map(|f| (f, loud.next_back().unwrap_or(f))))
 }

@@ -55,6 +55,8 @@ pub struct Config {
     pub recording: RecordingConfig,
     /// Sources publishing into rooms: Icecast, RTP (docs/broadcast.md).
     pub ingest: crate::ingest::IngestConfig,
+    /// A room's mix as HLS (docs/broadcast.md, "HLS").
+    pub hls: crate::hls::HlsConfig,
 }
 
 /// Listener streams (docs/broadcast.md): a room's mix as Ogg/Opus over HTTP at `/live/{room}.opus`.
@@ -642,6 +644,7 @@ impl Config {
         }
         self.recording.validate()?;
         self.ingest.validate()?;
+        self.hls.validate()?;
         self.turn
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -12,6 +12,7 @@ mod broadcast;
 mod cluster;
 pub mod config;
 mod conn;
+mod hls;
 mod http;
 mod ingest;
 mod metrics;
@@ -72,10 +73,11 @@ impl Server {
             recording::RecordingMetrics::new(&registry)?,
         )
         .context("cannot start the recording writer thread")?;
+        let hls = hls::Hls::new(config.hls.clone(), hls::HlsMetrics::new(&registry)?);
         let broadcasts = broadcast::Broadcasts::new(
             config.broadcast.clone(),
             metrics::BroadcastMetrics::new(&registry)?,
-            recordings.recorded(),
+            vec![recordings.recorded(), hls.tapped()],
         );
         let ingest = Arc::new(ingest::Ingest::new(
             config.ingest.clone(),
@@ -114,6 +116,7 @@ impl Server {
                     taps: broadcasts.taps(),
                     frames: broadcasts.frame_sink(),
                     recorder: recordings.sink(),
+                    hls: hls.sink(),
                 },
             };
             let handle = worker::spawn(spec, media_metrics.clone()).with_context(|| {
@@ -184,6 +187,7 @@ impl Server {
             cluster,
             recordings,
             ingest,
+            hls,
         });
         // The recordings already on disk (a crashed one is marked interrupted), and retention, at start.
         let loading = state.recordings.clone();
@@ -334,6 +338,7 @@ impl Server {
             }
         });
         state.broadcasts.start(state.signaling.clone());
+        state.hls.start(state.signaling.clone());
         let heartbeat = state
             .cluster
             .as_ref()
@@ -397,15 +402,21 @@ impl Server {
 }
 
 /// Every route: the page, SDK, signaling, metrics and health (http.rs), listener streams (broadcast/, when
-/// enabled), the admin API (admin.rs), and the admin API's JSON errors for unknown paths and methods.
+/// enabled), HLS (hls/, when enabled), the admin API (admin.rs), and the admin API's JSON errors for unknown paths and methods.
 fn app(state: Arc<AppState>, broadcast: bool) -> Router {
     let listeners = if broadcast {
         broadcast::router()
     } else {
         Router::new()
     };
+    let hls = if state.hls.config().enabled {
+        hls::router()
+    } else {
+        Router::new()
+    };
     http::router()
         .merge(listeners)
+        .merge(hls)
         .merge(admin::router(state.clone()))
         .method_not_allowed_fallback(admin::method_not_allowed)
         .fallback(admin::not_found)

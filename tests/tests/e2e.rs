@@ -10,6 +10,7 @@ use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
 mod broadcast;
 mod cluster;
 mod faults;
+mod hls;
 mod ingest;
 mod interop;
 mod ops;

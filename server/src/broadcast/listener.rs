@@ -168,7 +168,12 @@ async fn listen(
 
 /// A token for this room (an access token whose `room` is it) or an admin token, in the query or the
 /// `Authorization: Bearer` header.
-fn authorized(state: &AppState, room: &str, headers: &HeaderMap, query: Option<&str>) -> bool {
+pub(crate) fn authorized(
+    state: &AppState,
+    room: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> bool {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -13,8 +13,9 @@
 //!
 //! Which rooms are tapped reaches every worker through a [`watch`] channel of room names, so no command
 //! needs to find the worker a room lives on (a room re-created on another worker is tapped there too).
-//! The set is the rooms whose mounts have listeners and whatever the recorder taps ([`TapSet`]: rooms and
-//! participants, `crate::recording`), published here as one set.
+//! The set is the rooms whose mounts have listeners and whatever the other tap users want ([`TapSet`]:
+//! rooms and participants; the recorder, `crate::recording`, and HLS, `crate::hls`), published here as
+//! one set.
 
 mod listener;
 pub mod ogg;
@@ -36,6 +37,7 @@ use crate::config::BroadcastConfig;
 use crate::metrics::BroadcastMetrics;
 use ogg::{OggStream, PRE_SKIP};
 
+pub(crate) use listener::authorized;
 pub use listener::{router, ConnectionControl};
 
 /// Frames waiting between the media workers and the pager (beyond this they are dropped and counted:
@@ -199,8 +201,8 @@ pub struct Broadcasts {
     metrics: BroadcastMetrics,
     mounts: Mutex<HashMap<String, Arc<Mount>>>,
     taps: watch::Sender<Arc<TapSet>>,
-    /// What the recorder taps; part of `taps`.
-    recorded: watch::Receiver<Arc<TapSet>>,
+    /// What the other tap users (the recorder, HLS) tap; part of `taps`.
+    others: Vec<watch::Receiver<Arc<TapSet>>>,
     frames: mpsc::Sender<BroadcastFrame>,
     frames_rx: Mutex<Option<mpsc::Receiver<BroadcastFrame>>>,
     next_listener: AtomicU64,
@@ -208,11 +210,11 @@ pub struct Broadcasts {
 }
 
 impl Broadcasts {
-    /// `recorded`: what the recorder taps, followed once [`Broadcasts::start`]ed.
+    /// `others`: what the other tap users (the recorder, HLS) tap, followed once [`Broadcasts::start`]ed.
     pub fn new(
         config: BroadcastConfig,
         metrics: BroadcastMetrics,
-        recorded: watch::Receiver<Arc<TapSet>>,
+        others: Vec<watch::Receiver<Arc<TapSet>>>,
     ) -> Arc<Self> {
         let (frames, rx) = mpsc::channel(FRAME_QUEUE);
         Arc::new(Broadcasts {
@@ -221,7 +223,7 @@ impl Broadcasts {
             metrics,
             mounts: Mutex::new(HashMap::new()),
             taps: watch::Sender::new(Arc::new(TapSet::default())),
-            recorded,
+            others,
             frames,
             frames_rx: Mutex::new(Some(rx)),
             next_listener: AtomicU64::new(1),
@@ -334,13 +336,13 @@ impl Broadcasts {
     }
 
     /// Whether a mount needs no token.
-    fn is_public(&self, room: &str) -> bool {
+    pub(crate) fn is_public(&self, room: &str) -> bool {
         self.mount(room)
             .and_then(|m| m.settings().public)
             .unwrap_or(self.config.public)
     }
 
-    /// Publish the tap set: the rooms whose mounts have listeners, and what the recorder taps.
+    /// Publish the tap set: the rooms whose mounts have listeners, and what the others tap.
     fn update_taps(&self) {
         let mut rooms: HashSet<RoomId> = self
             .mounts()
@@ -349,11 +351,15 @@ impl Broadcasts {
             .map(|m| RoomId(m.room.clone()))
             .collect();
         self.metrics.mounts.set(rooms.len() as i64);
-        let recorded = self.recorded.borrow().clone();
-        rooms.extend(recorded.rooms.iter().cloned());
+        let mut participants = HashSet::new();
+        for other in &self.others {
+            let set = other.borrow().clone();
+            rooms.extend(set.rooms.iter().cloned());
+            participants.extend(set.participants.iter().copied());
+        }
         let taps = TapSet {
             rooms,
-            participants: recorded.participants.clone(),
+            participants,
         };
         self.taps.send_if_modified(|now| {
             if **now == taps {
@@ -392,14 +398,16 @@ impl Broadcasts {
             return;
         };
         tokio::spawn(pager(self.clone(), frames));
-        let me = self.clone();
-        let mut recorded = self.recorded.clone();
-        tokio::spawn(async move {
-            me.update_taps();
-            while recorded.changed().await.is_ok() {
-                me.update_taps();
-            }
-        });
+        self.update_taps();
+        for other in &self.others {
+            let me = self.clone();
+            let mut other = other.clone();
+            tokio::spawn(async move {
+                while other.changed().await.is_ok() {
+                    me.update_taps();
+                }
+            });
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);

@@ -33,7 +33,7 @@ fn crc_table() -> &'static [u32; 256] {
     })
 }
 
-pub(super) fn crc(data: &[u8]) -> u32 {
+pub(crate) fn crc(data: &[u8]) -> u32 {
     let table = crc_table();
     data.iter().fold(0u32, |c, &b| {
         (c << 8) ^ table[((c >> 24) as u8 ^ b) as usize]

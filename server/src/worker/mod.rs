@@ -57,6 +57,7 @@ pub struct BroadcastSpec {
     pub taps: Taps,
     pub frames: FrameSink,
     pub recorder: RecordSink,
+    pub hls: crate::hls::HlsSink,
 }
 
 /// A worker's ICE-TCP listener.
@@ -249,6 +250,7 @@ struct Worker {
     taps: Option<Taps>,
     frames: FrameSink,
     recorder: RecordSink,
+    hls: crate::hls::HlsSink,
     /// The packet queues of the server-side source participants on this worker.
     sources: commands::SourceQueues,
 }
@@ -296,6 +298,7 @@ impl Worker {
             taps: Some(spec.broadcast.taps),
             frames: spec.broadcast.frames,
             recorder: spec.broadcast.recorder,
+            hls: spec.broadcast.hls,
             sources: commands::SourceQueues::default(),
             rooms_gauge: metrics.worker_rooms.with_label_values(&[&label]),
             participants_gauge: metrics.worker_participants.with_label_values(&[&label]),
@@ -456,6 +459,7 @@ impl Worker {
                 Output::Event(e) => self.event(e),
                 Output::Broadcast(frame) => {
                     self.recorder.room_frame(&frame);
+                    self.hls.room_frame(&frame);
                     self.frames.push(frame);
                 }
                 Output::Microphone(packet) => self.recorder.microphone(packet),

@@ -12,11 +12,11 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-const TONE: f32 = 660.0;
-const OTHER_TONES: [f32; 3] = [440.0, 660.0, 880.0];
+pub(crate) const TONE: f32 = 660.0;
+pub(crate) const OTHER_TONES: [f32; 3] = [440.0, 660.0, 880.0];
 
 /// A server with `[broadcast]` settings `toml`, and a mixed room `room` where Alice talks a 660 Hz tone.
-async fn server_with_talker(
+pub(crate) async fn server_with_talker(
     room: &str,
     toml: &str,
 ) -> anyhow::Result<(Server, Signal, AudioClient, std::path::PathBuf)> {
@@ -56,7 +56,7 @@ async fn server_with_talker_in(
 }
 
 /// A raw listener: sends the request, returns the stream after the response head, and the head.
-async fn open_listener(
+pub(crate) async fn open_listener(
     server: &Server,
     path: &str,
     headers: &[(&str, &str)],
@@ -87,7 +87,7 @@ async fn open_listener(
     Ok((s, head, buf[head_end..].to_vec()))
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|l| {
         let (n, v) = l.split_once(':')?;
         n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
@@ -134,7 +134,7 @@ fn icy_titles(stream: &[u8], metaint: usize) -> Vec<String> {
 }
 
 /// Read from `s` for `how_long` (or until it closes); the bytes.
-async fn read_for(s: &mut TcpStream, how_long: Duration) -> anyhow::Result<Vec<u8>> {
+pub(crate) async fn read_for(s: &mut TcpStream, how_long: Duration) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut chunk = [0u8; 16384];
     let deadline = tokio::time::Instant::now() + how_long;

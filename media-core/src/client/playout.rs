@@ -72,11 +72,13 @@ impl Player {
             let span = self.jitter.pop(due + samples_duration(have_48k));
             let (decoded, keep) = match span {
                 // A packet plays whole, also when the buffer asks to play only its start to steer its delay
-                // down (`samples`, a trim inside a pause): the skipped middle of a pause is a discontinuity
-                // a listener hears: the end-to-end speech tests (real UDP, PESQ-WB) scored a mixed room on a
-                // clean link 3.66–4.38 over four runs with trims, 3.93 and 4.40 with whole packets, and no
-                // lower mouth-to-ear delay with trims. The delay still comes down where it is free: in DTX
-                // gaps (silence is shortened) and by the buffer's forced drops.
+                // down (`samples`, a trim inside a pause, which skips the middle of the pause: a
+                // discontinuity). This is how the end-to-end speech tests' listener has always played, and
+                // their PESQ floors were set with it; on the shared 2-core machine the real-UDP runs did not
+                // settle which is better (mixed room, clean link: 3.66–4.38 over four runs with trims,
+                // 3.73–4.40 over three whole; mouth-to-ear no lower with trims). The delay still comes down
+                // in DTX gaps (silence is shortened) and by the buffer's forced drops, whose `delay_dropped`
+                // count also includes the trims not applied here.
                 Playout::Packet {
                     payload, samples, ..
                 } => {

@@ -3,7 +3,8 @@
 //! It offers what the protocol asks of a client: one microphone m-line, then K recvonly slot m-lines. It
 //! sends Opus frames the caller encodes (with the RFC 6464 audio level) and reports every received slot
 //! packet with its CSRC. Used by the native client SDK (`clients/native`), simulation tests, the end-to-end
-//! tests and the load tester; feature `client` (the testkit re-exports it as `testkit::client`).
+//! tests and the load tester; feature `client` (the testkit re-exports it as `testkit::client`). Its
+//! [`Player`] plays one received stream out as a receiver does (jitter buffer, FEC, PLC).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,6 +20,9 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use crate::core::codec::{opus_only, opus_pt, red_mids, red_pt};
 use crate::core::peer::{PeerError, Transmit};
 use crate::red::{self, RedundantFrame};
+
+mod playout;
+pub use playout::Player;
 
 /// How many of its nominating checks' transaction ids a client that nominates once tracks.
 const NOMINATIONS_TRACKED: usize = 16;

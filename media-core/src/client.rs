@@ -3,7 +3,8 @@
 //! It offers what the protocol asks of a client: one microphone m-line, then K recvonly slot m-lines. It
 //! sends Opus frames the caller encodes (with the RFC 6464 audio level) and reports every received slot
 //! packet with its CSRC. Used by the native client SDK (`clients/native`), simulation tests, the end-to-end
-//! tests and the load tester; feature `client` (the testkit re-exports it as `testkit::client`).
+//! tests and the load tester; feature `client` (the testkit re-exports it as `testkit::client`). Its
+//! [`Player`] plays one received stream out as a receiver does (jitter buffer, FEC, PLC).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,6 +20,9 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use crate::core::codec::{opus_only, opus_pt, red_mids, red_pt};
 use crate::core::peer::{PeerError, Transmit};
 use crate::red::{self, RedundantFrame};
+
+mod playout;
+pub use playout::Player;
 
 /// How many of its nominating checks' transaction ids a client that nominates once tracks.
 const NOMINATIONS_TRACKED: usize = 16;
@@ -230,12 +234,30 @@ impl ClientPeer {
         now: Instant,
         local_addr: SocketAddr,
     ) -> Result<(ClientPeer, String), PeerError> {
+        Self::single_line(now, local_addr, Direction::SendRecv)
+    }
+
+    /// A WHEP-style receive-only peer: one `recvonly` audio m-line (its slot 0) and no microphone, and
+    /// its SDP offer.
+    pub fn new_receive_only(
+        now: Instant,
+        local_addr: SocketAddr,
+    ) -> Result<(ClientPeer, String), PeerError> {
+        Self::single_line(now, local_addr, Direction::RecvOnly)
+    }
+
+    /// A peer with one audio m-line in `direction` (the microphone and slot 0 alike), and its offer.
+    fn single_line(
+        now: Instant,
+        local_addr: SocketAddr,
+        direction: Direction,
+    ) -> Result<(ClientPeer, String), PeerError> {
         let mut rtc = opus_only(crate::core::peer::dtls::rtc_builder(), false, false).build(now);
         let candidate = Candidate::host(local_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
         let mut change = rtc.sdp_api();
-        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let mid = change.add_media(MediaKind::Audio, direction, None, None, None);
         let (offer, pending) = change
             .apply()
             .ok_or(PeerError::MissingMedia("an offer with media"))?;

@@ -187,7 +187,7 @@ impl IntoResponse for ApiError {
 
 /// Every admin route (method, path), as docs/openapi.json documents them.
 #[cfg(test)]
-const ROUTES: [(&str, &str); 23] = [
+const ROUTES: [(&str, &str); 26] = [
     ("GET", "/admin/v1/rooms"),
     ("POST", "/admin/v1/rooms"),
     ("GET", "/admin/v1/rooms/{room}"),
@@ -211,6 +211,9 @@ const ROUTES: [(&str, &str); 23] = [
     ("GET", "/admin/v1/rooms/{room}/recordings"),
     ("POST", "/admin/v1/rooms/{room}/recordings"),
     ("DELETE", "/admin/v1/rooms/{room}/recordings"),
+    ("POST", "/admin/v1/rooms/{room}/rtp"),
+    ("GET", "/admin/v1/rtp"),
+    ("DELETE", "/admin/v1/rtp/{id}"),
 ];
 
 /// The admin routes, under `/admin/v1` (the same as [`ROUTES`]).
@@ -249,6 +252,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             get(crate::cluster::admin::list_nodes),
         )
         .merge(crate::recording::routes())
+        .merge(crate::ingest::rtp_routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Inside the token check: only authorised requests are forwarded.
         .route_layer(middleware::from_fn_with_state(

@@ -17,12 +17,14 @@ mod http;
 mod ingest;
 mod metrics;
 mod placement;
+mod random;
 mod recording;
 mod shutdown;
 mod state;
 mod tcp;
 mod udp;
 mod webhooks;
+mod whip;
 mod worker;
 
 use std::net::SocketAddr;
@@ -82,6 +84,10 @@ impl Server {
         let ingest = Arc::new(ingest::Ingest::new(
             config.ingest.clone(),
             ingest::IngestMetrics::new(&registry)?,
+        ));
+        let whip = Arc::new(whip::Whip::new(
+            &config.ingest,
+            whip::WhipMetrics::new(&registry)?,
         ));
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -188,6 +194,7 @@ impl Server {
             recordings,
             ingest,
             hls,
+            whip,
         });
         // The recordings already on disk (a crashed one is marked interrupted), and retention, at start.
         let loading = state.recordings.clone();
@@ -417,6 +424,7 @@ fn app(state: Arc<AppState>, broadcast: bool) -> Router {
     http::router()
         .merge(listeners)
         .merge(hls)
+        .merge(whip::router())
         .merge(admin::router(state.clone()))
         .method_not_allowed_fallback(admin::method_not_allowed)
         .fallback(admin::not_found)

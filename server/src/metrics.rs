@@ -92,6 +92,25 @@ pub(crate) fn counter_vec(
     Ok(c)
 }
 
+/// A counter with two labels, every pair of `firsts` × `seconds` exposed from the start (at 0).
+pub(crate) fn counter_vec2(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: [&str; 2],
+    firsts: &[&str],
+    seconds: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), &labels)?;
+    r.register(Box::new(c.clone()))?;
+    for a in firsts {
+        for b in seconds {
+            c.with_label_values(&[*a, *b]);
+        }
+    }
+    Ok(c)
+}
+
 fn histogram(
     r: &Registry,
     name: &str,

@@ -33,6 +33,8 @@ pub struct AppState {
     pub ingest: Arc<crate::ingest::Ingest>,
     /// HLS of rooms' mixes: streams, their segments, the rooms tapped for them.
     pub hls: Arc<crate::hls::Hls>,
+    /// WHIP publishers and WHEP listeners.
+    pub whip: Arc<crate::whip::Whip>,
 }
 
 /// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is

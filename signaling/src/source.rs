@@ -20,6 +20,8 @@ use crate::registry::{AdmitError, JoinRequest};
 use crate::session::Membership;
 use crate::Signaling;
 
+mod peer;
+
 /// Who a source is in its room.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceRequest {
@@ -68,6 +70,8 @@ pub struct SourceMember {
     membership: Membership,
     sid: String,
     settings: RoomSettings,
+    /// May publish, may subscribe (a WHIP/WHEP peer's `Connect` carries them).
+    grants: (bool, bool),
     removed: watch::Receiver<Option<LeftReason>>,
     moved: watch::Receiver<Option<String>>,
     closing: watch::Receiver<bool>,
@@ -89,14 +93,27 @@ impl Signaling {
         self: &Arc<Self>,
         request: SourceRequest,
     ) -> Result<SourceMember, AdmitError> {
-        // A source reads no presence: its queue's receiver is dropped, so events to it are not sent.
+        self.admit_server_member(request, true, false)
+    }
+
+    /// Admits a server-side member with the given grants: a source (publishes only), or a WHIP
+    /// publisher or WHEP listener whose WebRTC peer the server holds for an HTTP client
+    /// ([`SourceMember::connect_peer`]).
+    pub fn admit_server_member(
+        self: &Arc<Self>,
+        request: SourceRequest,
+        can_publish: bool,
+        can_subscribe: bool,
+    ) -> Result<SourceMember, AdmitError> {
+        // A server member reads no presence: its queue's receiver is dropped, so events to it are not
+        // sent.
         let (events, _) = mpsc::channel(1);
         let join = JoinRequest {
             room: request.room.clone(),
             identity: request.identity,
             name: request.name,
-            can_publish: true,
-            can_subscribe: false,
+            can_publish,
+            can_subscribe,
             ptt: false,
             team: None,
             events,
@@ -112,6 +129,7 @@ impl Signaling {
             },
             sid: admission.participant.sid,
             settings: admission.settings,
+            grants: (can_publish, can_subscribe),
             removed: admission.removed,
             moved: admission.moved,
             closing: self.closing(),
@@ -123,6 +141,11 @@ impl SourceMember {
     /// Its participant id as the protocol and the admin API show it.
     pub fn sid(&self) -> &str {
         &self.sid
+    }
+
+    /// The participant id the media worker knows it by.
+    pub fn id(&self) -> crate::media::ParticipantId {
+        self.membership.id
     }
 
     pub fn room(&self) -> &str {

@@ -281,45 +281,80 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = TcpStream::connect(addr).await?;
-        let mut request =
-            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if let Some(body) = body {
-            request.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        request.push_str("\r\n");
-        request.push_str(body.unwrap_or(""));
-        s.write_all(request.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("no HTTP status in {text:?}"))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        let body = if text
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(&body)
-        } else {
-            body
-        };
-        Ok((status, body))
+    let body = body.map(|b| ("application/json", b));
+    let response = http_exchange(addr, method, path, headers, body).await?;
+    Ok((response.status, response.body))
+}
+
+/// An HTTP response as [`http_exchange`] read it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case, in order (a repeated header appears once per line).
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
+}
+
+/// A minimal HTTP/1.1 request to `addr` with an optional `(content type, body)`: the whole response.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &str)>,
+) -> anyhow::Result<HttpResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some((content_type, body)) = body {
+        request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.map_or("", |(_, b)| b));
+    s.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("no HTTP status in {text:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 impl Drop for Server {
@@ -626,6 +661,52 @@ impl AudioClient {
         }
         peer.accept_answer(&answer)?;
         peer.set_nominate_once(nominate_once);
+        Ok(Self::run(peer, socket, options))
+    }
+
+    /// A WHIP publisher (`whep` false: one sendonly microphone line, sending `options.mic`) or a WHEP
+    /// listener (one recvonly line: slot 0) that posts its offer to `path` of the server at `http` with
+    /// `token`: the client and the server's `201` response (`Location`, `ETag`, the answer), or the
+    /// refusal's response as the error.
+    pub async fn http_offer(
+        http: SocketAddr,
+        path: &str,
+        token: &str,
+        whep: bool,
+        options: MediaOptions,
+    ) -> anyhow::Result<(AudioClient, HttpResponse)> {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let local = socket.local_addr()?;
+        let (mut peer, offer) = if whep {
+            ClientPeer::new_receive_only(Instant::now(), local)?
+        } else {
+            let config = ClientConfig {
+                local_addr: local,
+                slots: 0,
+                publish: true,
+                red: options.red,
+            };
+            ClientPeer::new(Instant::now(), config)?
+        };
+        let auth = format!("Bearer {token}");
+        let headers = [("Authorization", auth.as_str())];
+        let response = http_exchange(
+            http,
+            "POST",
+            path,
+            &headers,
+            Some(("application/sdp", &offer)),
+        )
+        .await?;
+        if response.status != 201 {
+            bail!("{} {}", response.status, response.body);
+        }
+        peer.accept_answer(&response.body)?;
+        Ok((Self::run(peer, socket, options), response))
+    }
+
+    /// Runs the media of a negotiated peer in a task.
+    fn run(mut peer: ClientPeer, socket: UdpSocket, options: MediaOptions) -> AudioClient {
         let heard = Arc::new(Mutex::new(Heard {
             ear: options.play_slot.map(|_| Ear::default()),
             ..Heard::default()
@@ -649,7 +730,7 @@ impl AudioClient {
             }
             .run(stop_rx, cmd_rx),
         );
-        Ok(AudioClient {
+        AudioClient {
             heard,
             spoken,
             mic_ssrc,
@@ -657,7 +738,7 @@ impl AudioClient {
             commands: cmd_tx,
             stop: stop_tx,
             task,
-        })
+        }
     }
 
     pub async fn wait_connected(&mut self, timeout: Duration) -> anyhow::Result<()> {

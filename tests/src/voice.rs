@@ -1,15 +1,15 @@
 //! Speech like a browser, over real time: the sending side encodes PCM the way a browser does (libopus VOIP,
 //! 32 kb/s, 20 ms frames, DTX, in-band FEC, the RFC 6464 level of every frame) and keeps what its own
-//! packets decode to; the receiving side plays a slot through a jitter buffer every 20 ms (FEC, PLC, DTX
-//! gaps as silence) and records it. The same model as media-core's virtual-time speech harness
+//! packets decode to; the receiving side plays a slot every 20 ms through the native SDK's playout
+//! (`media_core::client::Player`: jitter buffer, FEC, PLC, DTX gaps as silence) and records it. The same model as media-core's virtual-time speech harness
 //! (`media-core/tests/support`), driven by the wall clock.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::audio::{self, FRAME_SAMPLES, SAMPLE_RATE};
-use media_core::client::{ClientPeer, ReceivedAudio};
-use media_core::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
+use media_core::client::{ClientPeer, Player, ReceivedAudio};
+use media_core::jitter::JitterStats;
 
 /// One frame of audio (20 ms).
 pub use media_core::audio::FRAME_DURATION as FRAME;
@@ -112,17 +112,13 @@ impl BrowserEncoder {
     }
 }
 
-/// A receiver that plays one stream like a browser: a jitter buffer (FEC, PLC, DTX gaps as silence) asked
-/// for 20 ms every 20 ms on a fixed grid from the first packet's arrival.
+/// A receiver that plays one stream like a browser, through the native SDK's playout
+/// ([`media_core::client::Player`]: jitter buffer, FEC, PLC, DTX gaps as silence), asked for 20 ms every
+/// 20 ms on a fixed grid from the first packet's arrival; and records what it played.
 pub struct Ear {
-    jitter: JitterBuffer,
-    decoder: opus::Decoder,
+    player: Player,
     /// The deadline of the next 20 ms of playout.
     next_play: Option<Instant>,
-    /// Samples played ahead of real time (a packet longer than what the last tick still needed): the next
-    /// tick asks the buffer for that much less, as the mixer does. Without it the player runs ahead of the
-    /// clock and drains the buffer.
-    surplus: usize,
     /// Everything played, from the first tick on.
     pub played: Vec<f32>,
     /// The deadline of the first tick: the "ear" time of `played[0]`.
@@ -142,11 +138,8 @@ pub struct Ear {
 impl Default for Ear {
     fn default() -> Self {
         Ear {
-            jitter: JitterBuffer::new(JitterConfig::default()),
-            decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
-                .expect("libopus creates a 48 kHz mono decoder"),
+            player: Player::new(SAMPLE_RATE).expect("libopus creates a 48 kHz mono decoder"),
             next_play: None,
-            surplus: 0,
             played: Vec::new(),
             started: None,
             packets: 0,
@@ -162,7 +155,7 @@ impl Default for Ear {
 impl Ear {
     /// A packet of the played stream arrived.
     pub fn receive(&mut self, a: &ReceivedAudio) {
-        if !a.push_into(&mut self.jitter) {
+        if !self.player.receive(a) {
             return;
         }
         self.packets += 1;
@@ -199,7 +192,7 @@ impl Ear {
 
     /// The receive jitter buffer's counters (losses, concealment, delay changes) and delays.
     pub fn stats(&self) -> JitterStats {
-        self.jitter.stats()
+        self.player.stats()
     }
 
     /// Play every tick due by `now`, each as of its own deadline (a late wake-up catches up, the audio is
@@ -208,39 +201,10 @@ impl Ear {
         while let Some(due) = self.next_play.filter(|due| *due <= now) {
             self.next_play = Some(due + FRAME);
             self.started.get_or_insert(due);
-            self.tick(due)?;
+            let mut frame = [0f32; FRAME_SAMPLES];
+            self.player.tick(due, &mut frame);
+            self.played.extend_from_slice(&frame);
         }
-        Ok(())
-    }
-
-    fn tick(&mut self, due: Instant) -> anyhow::Result<()> {
-        let mut buf = [0f32; FRAME_SAMPLES * 6];
-        let mut have = self.surplus;
-        while have < FRAME_SAMPLES {
-            // Each span is asked for as of when it starts to play: after what this tick already holds (as the
-            // mixer and the virtual-time listener do). Asked for at the tick, a span after a shortened packet
-            // looked late, and the buffer inserted silence right after every trim.
-            let n = match self.jitter.pop(due + audio::samples_duration(have)) {
-                Playout::Packet { payload, .. } => {
-                    self.decoder.decode_float(&payload, &mut buf, false)?
-                }
-                Playout::Fec { payload, samples } => {
-                    self.decoder
-                        .decode_float(&payload, &mut buf[..samples as usize], true)?
-                }
-                Playout::Plc { samples } => {
-                    self.decoder
-                        .decode_float(&[], &mut buf[..samples as usize], false)?
-                }
-                Playout::Silence { samples } => {
-                    buf[..samples as usize].fill(0.0);
-                    samples as usize
-                }
-            };
-            self.played.extend_from_slice(&buf[..n]);
-            have += n.max(1);
-        }
-        self.surplus = have - FRAME_SAMPLES;
         Ok(())
     }
 }

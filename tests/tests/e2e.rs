@@ -22,6 +22,7 @@ mod spatial;
 mod speech;
 mod tcp;
 mod teams;
+mod whip;
 use media_core::audio;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;

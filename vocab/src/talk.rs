@@ -72,6 +72,20 @@ pub enum TalkTarget<P> {
     Whisper(Vec<P>),
 }
 
+impl<P> TalkTarget<P> {
+    /// Whether the target can be asked for at all: a whisper names 1 to [`MAX_WHISPER_TARGETS`]
+    /// participants. (Whether they are in the room, and whether the talker has a team, is the room's to
+    /// say.)
+    pub fn validate(&self) -> Result<(), TalkError> {
+        match self {
+            TalkTarget::Whisper(to) if !(1..=MAX_WHISPER_TARGETS).contains(&to.len()) => {
+                Err(TalkError::WhisperTargets)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The volume a listener gives one other participant: −50..=+50 like Vivox's `SetLocalVolume`, 0 unchanged.
 /// Vivox's scale is logarithmic with 0.5 dB per step (its core SDK: "a level increase of 6 represents a
 /// doubling in energy, and a level increase of 20 represents a ten-fold increase in energy"), so +50 is
@@ -136,6 +150,21 @@ mod tests {
         assert!(serde_json::from_str::<TeamId>(r#""a b""#).is_err());
         let t: TeamId = serde_json::from_str(r#""blue""#).expect("a team");
         assert_eq!(serde_json::to_string(&t).expect("json"), r#""blue""#);
+    }
+
+    #[test]
+    fn whispers_name_1_to_64_participants() {
+        assert_eq!(TalkTarget::<u32>::Room.validate(), Ok(()));
+        assert_eq!(TalkTarget::<u32>::Team.validate(), Ok(()));
+        assert_eq!(TalkTarget::Whisper(vec![1u32]).validate(), Ok(()));
+        let most: Vec<u32> = (0..MAX_WHISPER_TARGETS as u32).collect();
+        assert_eq!(TalkTarget::Whisper(most).validate(), Ok(()));
+        for bad in [Vec::new(), (0..=MAX_WHISPER_TARGETS as u32).collect()] {
+            assert_eq!(
+                TalkTarget::Whisper(bad).validate(),
+                Err(TalkError::WhisperTargets)
+            );
+        }
     }
 
     #[test]

@@ -41,6 +41,11 @@ typedef enum ChorusError {
   CHORUS_ERROR_OUTPUT_OFF = 16,
   // A position with a value that is NaN or infinite, or a coordinate beyond ±1,000,000.
   CHORUS_ERROR_BAD_POSITION = 17,
+  // A whisper to no one or to more than 64 participants (nothing sent). The room's own refusals
+  // arrive later as an `ERROR` event with `code` `bad_target`.
+  CHORUS_ERROR_BAD_TARGET = 18,
+  // A volume outside −50..=50 (nothing sent).
+  CHORUS_ERROR_BAD_VOLUME = 19,
 } ChorusError;
 
 // The kind of a [`ChorusEvent`]; which fields are set depends on it.
@@ -66,7 +71,8 @@ typedef enum ChorusEventKind {
   CHORUS_EVENT_KIND_DRAINING = 9,
   // `text`: the reason, empty if none.
   CHORUS_EVENT_KIND_LEFT = 10,
-  // `text`: the message.
+  // `text`: the message; `code`: the protocol's error code when the server refused a request and the
+  // session goes on (`bad_target`, `participant_not_found`, `rate_limited`, …), empty for the SDK's own.
   CHORUS_EVENT_KIND_ERROR = 11,
   // Rejoin attempt `index` (from 1) after a lost connection; `text`: why.
   CHORUS_EVENT_KIND_RECONNECTING = 12,
@@ -109,6 +115,11 @@ typedef struct ChorusConfig {
   bool participant_output;
   // The display name, UTF-8, or null for the token's.
   const char *name;
+  // The team to ask for (1–64 of `A-Z a-z 0-9 _ . -`), or null: the token's `team` claim decides (a
+  // different team is refused by the server), so a game server's players leave it null.
+  const char *team;
+  // Join as a listener only: never publish.
+  bool listen_only;
 } ChorusConfig;
 
 // One event. Strings are NUL-terminated UTF-8 (truncated to fit).
@@ -119,6 +130,8 @@ typedef struct ChorusEvent {
   char identity[128];
   char name[128];
   char text[256];
+  // `ERROR`: the server's error code, empty if none.
+  char code[32];
   bool muted;
   float level;
   uint32_t slot;
@@ -165,7 +178,8 @@ enum ChorusError chorus_config_default(struct ChorusConfig *out);
 // [`chorus_last_error_message`]). Free it with [`chorus_client_free`].
 //
 // # Safety
-// `config` is null or points to a `ChorusConfig` whose `name` is null or a NUL-terminated string.
+// `config` is null or points to a `ChorusConfig` whose `name` and `team` are null or NUL-terminated
+// strings.
 struct ChorusClient *chorus_client_new(const struct ChorusConfig *config);
 
 // Connect to `url` (`ws://host:port/ws`) and join with `token`; `room` (null: the token's) must be the
@@ -287,6 +301,45 @@ enum ChorusError chorus_client_stats(struct ChorusClient *client, struct ChorusS
 // # Safety
 // `client` is null or a live handle from [`chorus_client_new`], freed once.
 enum ChorusError chorus_client_free(struct ChorusClient *client);
+
+// Talk to the room (the default): whoever the room's rules let hear this client. Never waits.
+//
+// # Safety
+// `client` is null or live.
+enum ChorusError chorus_client_talk_to_room(struct ChorusClient *client);
+
+// Talk to this client's team only, wherever its members are (the team comes from the token's `team`
+// claim). Without a team the server refuses: an `ERROR` event with `code` `bad_target`, the previous
+// target stays. Never waits.
+//
+// # Safety
+// `client` is null or live.
+enum ChorusError chorus_client_talk_to_team(struct ChorusClient *client);
+
+// Whisper to the `n` participants `sids` (1 to 64 participant ids of this room, as in the `sid` of
+// `PARTICIPANT_JOINED`): only they hear this client. `n` 0 or above 64: [`ChorusError::BadTarget`],
+// nothing sent. A sid not in the room, or this client's own: an `ERROR` event with `code` `bad_target`,
+// the previous target stays. Sent again after a rejoin; a move resets the target to the room. Never
+// waits.
+//
+// # Safety
+// `client` is null or live; `sids` is null or valid for `n` pointers, each null or NUL-terminated.
+enum ChorusError chorus_client_whisper(struct ChorusClient *client,
+                                       const char *const *sids,
+                                       size_t n);
+
+// How loud this client hears participant `sid`: −50 (silent) to +50, 0 unchanged, 0.5 dB per step
+// (Vivox's scale). Out of range: [`ChorusError::BadVolume`], nothing sent. In a forwarding room the SDK
+// scales that participant's audio (louder too, soft-clipped); in a mixed room the server does it in this
+// client's mix. A sid not in the room: an `ERROR` event with `code` `participant_not_found`. Talk and
+// volume calls together are limited by the server to 20 at once and 10 per second (`rate_limited`):
+// send a slider's final value. Never waits.
+//
+// # Safety
+// `client` is null or live; `sid` is null or NUL-terminated.
+enum ChorusError chorus_client_set_volume(struct ChorusClient *client,
+                                          const char *sid,
+                                          int32_t volume);
 
 #ifdef __cplusplus
 }  // extern "C"

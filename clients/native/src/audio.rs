@@ -1,11 +1,10 @@
-//! The SDK's audio processing on its network thread: Opus encoding at the caller's rate, per-slot playout
-//! through media-core's jitter buffer decoded at the caller's rate, and the soft-clipped mix.
+//! The SDK's audio processing on its network thread: Opus encoding at the caller's rate, the volume applied
+//! to a slot, and the soft-clipped mix. Each slot plays out through media-core's [`Player`]
+//! (`media_core::client::Player`: jitter buffer, FEC, PLC, decoded at the caller's rate).
 
-use std::time::Instant;
-
-use media_core::audio::{audio_level_from_samples, samples_duration, SAMPLE_RATE};
-use media_core::client::ReceivedAudio;
-use media_core::jitter::{JitterBuffer, JitterConfig, Playout};
+use media_core::audio::audio_level_from_samples;
+#[cfg(doc)]
+use media_core::client::Player;
 
 use crate::{Config, Error};
 
@@ -57,111 +56,6 @@ impl MicEncoder {
     }
 }
 
-/// One slot's playout: packets into a jitter buffer, 20 ms out per tick decoded at the output rate (FEC,
-/// PLC, silence for DTX gaps and before the first packet).
-pub(crate) struct SlotPlayer {
-    jitter: JitterBuffer,
-    decoder: opus::Decoder,
-    rate_hz: u32,
-    /// Decoded samples not played yet (a packet longer than what the last tick still needed).
-    pending: Vec<f32>,
-    scratch: Vec<f32>,
-    /// Whether any packet arrived (a slot that never had audio is not decoded).
-    active: bool,
-}
-
-impl SlotPlayer {
-    pub(crate) fn new(rate_hz: u32) -> Result<Self, Error> {
-        Ok(SlotPlayer {
-            jitter: JitterBuffer::new(JitterConfig::default()),
-            decoder: opus::Decoder::new(rate_hz, opus::Channels::Mono)?,
-            rate_hz,
-            pending: Vec::with_capacity(rate_hz as usize / 5),
-            // 120 ms, the longest Opus packet.
-            scratch: vec![0.0; rate_hz as usize * 120 / 1000],
-            active: false,
-        })
-    }
-
-    pub(crate) fn receive(&mut self, audio: &ReceivedAudio) {
-        if audio.push_into(&mut self.jitter) {
-            self.active = true;
-        }
-    }
-
-    /// The jitter buffer's current delay.
-    #[cfg(test)]
-    pub(crate) fn delay(&self) -> std::time::Duration {
-        self.jitter.current_delay()
-    }
-
-    /// `samples` at 48 kHz (the RTP clock) as samples at the output rate.
-    fn at_rate(&self, samples_48k: u32) -> usize {
-        (samples_48k as usize * self.rate_hz as usize / SAMPLE_RATE as usize)
-            .min(self.scratch.len())
-    }
-
-    /// The 20 ms of playout due at `due`, written to `out` (`output_rate_hz / 50` samples).
-    pub(crate) fn tick(&mut self, due: Instant, out: &mut [f32]) {
-        if !self.active {
-            out.fill(0.0);
-            return;
-        }
-        while self.pending.len() < out.len() {
-            // Each span is asked for as of when it starts to play, after what this tick already holds (as the
-            // mixer does).
-            let have_48k = self.pending.len() * SAMPLE_RATE as usize / self.rate_hz as usize;
-            let span = self.jitter.pop(due + samples_duration(have_48k));
-            let (decoded, keep) = match span {
-                Playout::Packet {
-                    payload, samples, ..
-                } => (
-                    self.decoder
-                        .decode_float(&payload, &mut self.scratch, false),
-                    self.at_rate(samples),
-                ),
-                Playout::Fec { payload, samples } => {
-                    let n = self.at_rate(samples);
-                    (
-                        self.decoder
-                            .decode_float(&payload, &mut self.scratch[..n], true),
-                        n,
-                    )
-                }
-                Playout::Plc { samples } => {
-                    let n = self.at_rate(samples);
-                    (
-                        self.decoder
-                            .decode_float(&[], &mut self.scratch[..n], false),
-                        n,
-                    )
-                }
-                Playout::Silence { samples } => {
-                    let n = self.at_rate(samples);
-                    self.scratch[..n].fill(0.0);
-                    (Ok(n), n)
-                }
-            };
-            // A frame libopus cannot decode plays as silence of its length.
-            let n = match decoded {
-                Ok(n) => n.min(keep),
-                Err(_) => {
-                    self.scratch[..keep].fill(0.0);
-                    keep
-                }
-            };
-            if n == 0 {
-                // Nothing to render (a zero-length span): play silence for the rest of the tick.
-                self.pending.resize(out.len(), 0.0);
-                break;
-            }
-            self.pending.extend_from_slice(&self.scratch[..n]);
-        }
-        out.copy_from_slice(&self.pending[..out.len()]);
-        self.pending.drain(..out.len());
-    }
-}
-
 /// Soft clipping for a mix: linear up to the knee, then a tanh curve towards ±1 (continuous, with a
 /// continuous slope at the knee).
 pub fn soft_clip(x: f32) -> f32 {
@@ -172,6 +66,20 @@ pub fn soft_clip(x: f32) -> f32 {
     }
     let y = KNEE + (1.0 - KNEE) * ((a - KNEE) / (1.0 - KNEE)).tanh();
     y.copysign(x)
+}
+
+/// A participant's volume applied to its 20 ms `frame`: the gain moves linearly from `from` (the last
+/// frame's) to `to` across the frame, so a change does not click, and anything louder than the knee is
+/// soft-clipped ([`soft_clip`]), so +25 dB does not wrap or square off. Gain 1 throughout: untouched.
+pub(crate) fn apply_gain(frame: &mut [f32], from: f32, to: f32) {
+    if from == 1.0 && to == 1.0 {
+        return;
+    }
+    let step = (to - from) / frame.len().max(1) as f32;
+    for (i, s) in frame.iter_mut().enumerate() {
+        let gain = from + step * (i + 1) as f32;
+        *s = soft_clip(*s * gain);
+    }
 }
 
 /// A participant id (`sid`) stored inline, so slot updates reach the audio thread without allocating.
@@ -224,7 +132,10 @@ pub(crate) struct OpusFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use media_core::audio::samples_duration;
+    use media_core::client::{Player, ReceivedAudio};
     use media_core::testkit::analysis::{ToneAnalysis, ToneGenerator};
+    use std::time::Instant;
 
     #[test]
     fn soft_clip_is_linear_below_the_knee_and_bounded_above() {
@@ -234,6 +145,30 @@ mod tests {
         assert!(soft_clip(1.0) < 1.0 && soft_clip(1.0) > 0.9);
         assert!(soft_clip(-3.0) >= -1.0 && soft_clip(-1.0) < -0.9);
         assert!((soft_clip(0.801) - 0.801).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_volume_scales_the_frame_without_a_jump_and_never_beyond_full_scale() {
+        let mut frame = [0.5f32; 480];
+        apply_gain(&mut frame, 1.0, 1.0);
+        assert!(frame.iter().all(|s| *s == 0.5), "unchanged");
+        let quieter = vocab::Volume::new(-12).expect("in range").gain();
+        apply_gain(&mut frame, 1.0, quieter);
+        // A ramp from the last frame's gain: no step at the start, the new gain at the end.
+        assert!((frame[0] - 0.5).abs() < 0.01, "{}", frame[0]);
+        assert!((frame[479] - 0.5 * quieter).abs() < 1e-4, "{}", frame[479]);
+        assert!(frame.windows(2).all(|w| w[1] <= w[0]));
+        // +50 (+25 dB) on a loud frame: soft-clipped below full scale, not wrapped.
+        let louder = vocab::Volume::new(50).expect("in range").gain();
+        let mut loud = [0.6f32, -0.6, 0.3, -0.01];
+        apply_gain(&mut loud, louder, louder);
+        assert!(loud[0] > 0.99 && loud[0] <= 1.0 && loud[1] < -0.99 && loud[1] >= -1.0);
+        assert!(loud[2] > 0.99, "{loud:?}");
+        assert!((loud[3] + 0.01 * louder).abs() < 1e-4, "quiet stays linear");
+        // Silent (−50): nothing.
+        let mut silenced = [0.5f32; 4];
+        apply_gain(&mut silenced, 0.0, vocab::Volume::SILENT.gain());
+        assert!(silenced.iter().all(|s| *s == 0.0));
     }
 
     #[test]
@@ -253,7 +188,7 @@ mod tests {
             ..Config::default()
         };
         let mut mic = MicEncoder::new(&config).expect("encoder");
-        let mut player = SlotPlayer::new(24_000).expect("player");
+        let mut player = Player::new(24_000).expect("player");
         let mut tone = ToneGenerator::new(440.0, 0.3, 16_000);
         let start = Instant::now();
         let mut played = Vec::new();

@@ -1,15 +1,15 @@
 //! The SDK's handles: [`Client`] for the game thread, [`Microphone`] and [`Speaker`] for its audio
 //! callbacks.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI8, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rtrb::{Consumer, Producer, RingBuffer};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::watch;
-use vocab::{Position, MAX_SLOTS};
+use vocab::{Position, TalkTarget, Volume, MAX_SLOTS};
 
 use crate::audio::{OpusFrame, Sid, SlotUpdate, MAX_OPUS_BYTES};
 use crate::net::NetAudio;
@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     /// How many times media connected (the session sees whether a connection ever came up).
     pub media_connections: AtomicU64,
+    /// Each slot's playout volume ([`Volume`]'s value; 0 unchanged): its participant's volume in a
+    /// forwarding room (written by the signaling thread, read by the network thread every 20 ms).
+    pub slot_volumes: [AtomicI8; MAX_SLOTS],
     pub stats: Counters,
 }
 
@@ -74,7 +77,8 @@ pub struct Client {
     pending: Option<Pending>,
     microphone: Option<Microphone>,
     speaker: Option<Speaker>,
-    commands: Option<UnboundedSender<Command>>,
+    /// To the signaling thread (queued until `connect` starts it).
+    commands: UnboundedSender<Command>,
     /// The game's newest position (the signaling thread sends it, paced; a newer one replaces it).
     position: watch::Sender<Option<Position>>,
     thread: Option<JoinHandle<()>>,
@@ -82,6 +86,7 @@ pub struct Client {
 
 struct Pending {
     events: Sender<Event>,
+    commands: UnboundedReceiver<Command>,
     audio: NetAudio,
     slot_updates: Producer<SlotUpdate>,
 }
@@ -108,9 +113,11 @@ impl Client {
         };
         let (updates_tx, updates_rx) = RingBuffer::new(MAX_SLOTS * 8);
         let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Client {
             pending: Some(Pending {
                 events: events_tx,
+                commands: commands_rx,
                 audio: NetAudio {
                     mic: mic_rx,
                     opus: opus_rx,
@@ -133,7 +140,7 @@ impl Client {
             config,
             shared,
             events: events_rx,
-            commands: None,
+            commands: commands_tx,
             position: watch::Sender::new(None),
             thread: None,
         })
@@ -143,7 +150,6 @@ impl Client {
     /// the token's. Returns at once: the SDK's threads join, negotiate media and report [`Event`]s.
     pub fn connect(&mut self, url: &str, token: &str, room: Option<&str>) -> Result<(), Error> {
         let pending = self.pending.take().ok_or(Error::AlreadyConnected)?;
-        let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
         let session = Session {
             url: url.to_owned(),
             server_url: url.to_owned(),
@@ -153,18 +159,18 @@ impl Client {
             config: self.config.clone(),
             shared: self.shared.clone(),
             events: pending.events,
-            commands: commands_rx,
+            commands: pending.commands,
             audio: Some(pending.audio),
             slot_updates: pending.slot_updates,
             position: self.position.subscribe(),
             pacer: Default::default(),
             own_sid: String::new(),
+            talk: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name("chorus-signal".into())
             .spawn(move || session.run())?;
         self.thread = Some(thread);
-        self.commands = Some(commands_tx);
         Ok(())
     }
 
@@ -182,12 +188,7 @@ impl Client {
     /// room. Before `connect`, the session joins muted.
     pub fn set_muted(&self, muted: bool) -> Result<(), Error> {
         self.shared.muted.store(muted, Ordering::Release);
-        match &self.commands {
-            Some(commands) => commands
-                .send(Command::Mute(muted))
-                .map_err(|_| Error::Ended),
-            None => Ok(()),
-        }
+        self.send_if_connected(Command::Mute(muted))
     }
 
     pub fn is_muted(&self) -> bool {
@@ -200,12 +201,7 @@ impl Client {
     pub fn set_ptt(&self, enabled: bool) -> Result<(), Error> {
         self.shared.ptt.store(enabled, Ordering::Release);
         self.shared.key_down.store(false, Ordering::Release);
-        match &self.commands {
-            Some(commands) => commands
-                .send(Command::Ptt(enabled))
-                .map_err(|_| Error::Ended),
-            None => Ok(()),
-        }
+        self.send_if_connected(Command::Ptt(enabled))
     }
 
     /// The push-to-talk key went down or up. Down: the server is told first, then the microphone sends
@@ -213,17 +209,15 @@ impl Client {
     /// are rate-limited by the server (10 at once, 5 per second; beyond that an [`Event::Error`] with
     /// `rate_limited` and the key stays up).
     pub fn set_ptt_key(&self, down: bool) -> Result<(), Error> {
-        let Some(commands) = &self.commands else {
+        if self.thread.is_none() {
             // Not connected: the state goes out with the join.
             self.shared.key_down.store(down, Ordering::Release);
             return Ok(());
-        };
+        }
         if !down {
             self.shared.key_down.store(false, Ordering::Release);
         }
-        commands
-            .send(Command::PttKey(down))
-            .map_err(|_| Error::Ended)
+        self.send(Command::PttKey(down))
     }
 
     pub fn is_ptt(&self) -> bool {
@@ -255,11 +249,49 @@ impl Client {
     /// Leave the room; [`Event::Left`] and [`ConnectionState::Closed`](crate::ConnectionState::Closed)
     /// follow.
     pub fn leave(&self) -> Result<(), Error> {
-        self.commands
-            .as_ref()
-            .ok_or(Error::NotConnected)?
-            .send(Command::Leave)
-            .map_err(|_| Error::Ended)
+        if self.thread.is_none() {
+            return Err(Error::NotConnected);
+        }
+        self.send(Command::Leave)
+    }
+
+    /// Whom this client's voice is for: [`TalkTarget::Room`] (the default: whoever the room's rules let
+    /// hear it), [`TalkTarget::Team`] (its team only, wherever they are: the team comes from the token's
+    /// `team` claim) or [`TalkTarget::Whisper`] to 1 to 64 participant ids of this room. Checked here with
+    /// the server's rules ([`Error::Talk`] with [`vocab::TalkError::WhisperTargets`], nothing sent); the
+    /// room's own refusal (a whisper to someone not in the room or to oneself, team talk without a team)
+    /// arrives as an [`Event::Error`] with code `bad_target`, and the previous target stays. Before
+    /// `connect` it goes out once joined; after a rejoin it is sent again; a move to another room resets
+    /// it to the room (as the server does). Never waits.
+    pub fn talk_to(&self, target: TalkTarget<String>) -> Result<(), Error> {
+        target.validate()?;
+        self.send(Command::Talk(target))
+    }
+
+    /// How loud this client hears participant `sid`: −50 (silent) to +50, 0 unchanged, 0.5 dB per step
+    /// (Vivox's scale, [`Volume`]). Out of range: [`Error::Talk`] with [`vocab::TalkError::BadVolume`],
+    /// nothing sent. In a forwarding room the SDK scales that participant's decoded audio (louder too,
+    /// soft-clipped) and the server ranks it for the slots at that level (−50: it takes none); in a mixed
+    /// room the server applies it in this listener's mix. A `sid` not in the room: an [`Event::Error`]
+    /// with code `participant_not_found`. Kept over rejoins for those still in the room, dropped on a move.
+    /// Talk and volume changes together are limited by the server to 20 at once and 10 per second
+    /// (`rate_limited`): a game should send a slider's final value, not every step. Never waits.
+    pub fn set_volume(&self, sid: &str, volume: i32) -> Result<(), Error> {
+        let volume = Volume::new(i64::from(volume))?;
+        self.send(Command::Volume(sid.to_owned(), volume))
+    }
+
+    /// A command to the signaling thread (queued until `connect`).
+    fn send(&self, command: Command) -> Result<(), Error> {
+        self.commands.send(command).map_err(|_| Error::Ended)
+    }
+
+    /// A command whose state also goes out with the join (`shared`): sent only once connected.
+    fn send_if_connected(&self, command: Command) -> Result<(), Error> {
+        if self.thread.is_none() {
+            return Ok(());
+        }
+        self.send(command)
     }
 
     /// The next event, if any (never waits).
@@ -286,9 +318,7 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        if let Some(commands) = &self.commands {
-            let _ = commands.send(Command::Close);
-        }
+        let _ = self.commands.send(Command::Close);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

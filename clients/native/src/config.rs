@@ -32,6 +32,12 @@ pub struct Config {
     pub participant_output: bool,
     /// The display name sent with `join` (the token's is used if `None`).
     pub name: Option<String>,
+    /// The team asked for with `join` (a casual room's party chat). A token's `team` claim decides alone:
+    /// a different team here is refused (`forbidden`), so a game server's players leave it `None`.
+    pub team: Option<vocab::TeamId>,
+    /// Join as a listener only: never publish (as a token with `can_publish: false`); the microphone's
+    /// audio is dropped.
+    pub listen_only: bool,
     /// How long to wait for each signaling reply (`joined`, `answer`).
     pub reply_timeout: Duration,
 }
@@ -49,6 +55,8 @@ impl Default for Config {
             mixed_output: true,
             participant_output: true,
             name: None,
+            team: None,
+            listen_only: false,
             reply_timeout: Duration::from_secs(10),
         }
     }

@@ -9,8 +9,9 @@ use media_core::testkit::analysis::{ToneAnalysis, ToneGenerator};
 use rtrb::RingBuffer;
 
 use super::*;
-use crate::audio::{Encoded, MicEncoder, SlotPlayer};
+use crate::audio::{Encoded, MicEncoder};
 use crate::Config;
+use media_core::client::Player;
 
 const RATE: u32 = 48_000;
 const FRAME: usize = 960;
@@ -164,7 +165,7 @@ fn sender_and_device_clocks_300_ppm_apart_keep_a_bounded_delay() {
     for (sender_ppm, device_ppm) in [(300.0, -300.0), (-300.0, 300.0)] {
         let config = Config::default();
         let mut mic = MicEncoder::new(&config).expect("encoder");
-        let mut player = SlotPlayer::new(RATE).expect("player");
+        let mut player = Player::new(RATE).expect("player");
         let mut tone = ToneGenerator::new(440.0, 0.3, RATE);
         let mut pcm = vec![0.0f32; FRAME];
         let mut net = Lcg(11);

@@ -29,6 +29,11 @@ pub enum Error {
     /// nothing was sent.
     #[error("bad position: {0}")]
     BadPosition(#[from] vocab::SpatialError),
+    /// A talk target or volume the server would refuse as malformed ([`crate::Client::talk_to`],
+    /// [`crate::Client::set_volume`]): a whisper to no one or to more than 64, a volume outside −50..=50.
+    /// Nothing was sent.
+    #[error("{0}")]
+    Talk(#[from] vocab::TalkError),
     /// The SDK's threads have ended (after `leave`, a server close or a failure).
     #[error("the session has ended")]
     Ended,

@@ -106,8 +106,12 @@ pub enum Event {
     Left {
         reason: Option<String>,
     },
-    /// Something failed; a [`ConnectionState::Closed`] follows if the session ended.
+    /// Something failed; a [`ConnectionState::Closed`] follows if the session ended. `code` is the
+    /// protocol's error code when the server refused a request and the session goes on (`bad_target`: a
+    /// whisper to someone not in the room, team talk without a team; `participant_not_found`: a volume for
+    /// someone not in the room; `rate_limited`; `bad_position`; …), `None` for the SDK's own failures.
     Error {
+        code: Option<String>,
         message: String,
     },
 }

@@ -27,10 +27,11 @@ pub mod ffi;
 mod net;
 mod position;
 mod signal;
+mod talk;
 
 pub use audio::soft_clip;
 pub use client::{Client, Microphone, Speaker, Stats};
 pub use config::{Config, SAMPLE_RATES_HZ};
 pub use error::Error;
 pub use event::{ConnectionState, Event, Participant, SlotInfo, SpeakerPosition};
-pub use vocab::Position;
+pub use vocab::{Position, TalkError, TalkTarget, Volume};

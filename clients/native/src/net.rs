@@ -2,20 +2,21 @@
 //! input, then drain the outputs until a timeout). It also encodes the microphone frames the game pushed and
 //! plays every slot out on a 20 ms grid into the output rings.
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::audio::{audio_level_from_samples, FRAME_DURATION, SAMPLE_RATE};
-use media_core::client::{ClientOutput, ClientPeer};
+use media_core::client::{ClientOutput, ClientPeer, Player};
 use rtrb::{Consumer, Producer};
 
-use crate::audio::{soft_clip, Encoded, MicEncoder, OpusFrame, SlotPlayer};
+use crate::audio::{apply_gain, soft_clip, Encoded, MicEncoder, OpusFrame};
 use crate::client::Shared;
 use crate::drift::DriftCompensator;
 use crate::event::{ConnectionState, Event};
+use crate::talk::slot_volume;
 use crate::{Config, Error};
 
 /// The longest the thread sleeps before it looks at the microphone ring again.
@@ -42,6 +43,9 @@ pub(crate) struct Net {
     pub events: Sender<Event>,
     /// The room's slot count.
     pub slots: usize,
+    /// The participant may publish (not listen-only): without it the microphone has no stream and what
+    /// the game pushes is discarded.
+    pub publish: bool,
     /// Set to end this connection (the session ends or rejoins); the thread sets it when it fails.
     pub leg_stop: Arc<AtomicBool>,
 }
@@ -52,6 +56,7 @@ impl Net {
     pub(crate) fn run(mut self) -> NetAudio {
         if let Err(e) = self.drive() {
             let _ = self.events.send(Event::Error {
+                code: None,
                 message: format!("media: {e}"),
             });
         }
@@ -67,7 +72,7 @@ impl Net {
         let mut encoder = MicEncoder::new(&self.config)?;
         let mut opus_decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?;
         let mut players = (0..self.slots)
-            .map(|_| SlotPlayer::new(self.config.output_rate_hz))
+            .map(|_| Player::new(self.config.output_rate_hz))
             .collect::<Result<Vec<_>, _>>()?;
         let frame_in = Config::frame_samples(self.config.input_rate_hz);
         let frame_out = Config::frame_samples(self.config.output_rate_hz);
@@ -88,6 +93,8 @@ impl Net {
         let mut slot_drift: Vec<DriftCompensator> =
             self.audio.slots.iter().map(drift_for).collect();
         let mut mixed_drift = self.audio.mixed.as_ref().map(drift_for);
+        // Each slot's gain in its last frame (its participant's volume, in a forwarding room).
+        let mut gains = vec![1.0f32; players.len()];
         let mut next_tick: Option<Instant> = None;
         let mut connected = false;
         let mut disconnected_since: Option<Instant> = None;
@@ -105,7 +112,7 @@ impl Net {
             // Microphone: every whole frame the game pushed. Before media is up and while muted it is
             // dropped (the RTP clock moves on while muted, as for DTX).
             // Push-to-talk with the key up sends nothing either (the server would not forward it).
-            let muted = self.shared.silent();
+            let muted = !self.publish || self.shared.silent();
             while self.audio.mic.slots() >= frame_in {
                 let (popped, _) = self.audio.mic.pop_partial_slice(&mut mic_frame);
                 debug_assert_eq!(popped.len(), frame_in);
@@ -154,8 +161,11 @@ impl Net {
             while let Some(due) = next_tick.filter(|due| *due <= now) {
                 next_tick = Some(due + FRAME_DURATION);
                 mix.fill(0.0);
-                for (slot, player) in players.iter_mut().enumerate() {
+                for (slot, (player, gain)) in players.iter_mut().zip(&mut gains).enumerate() {
                     player.tick(due, &mut slot_frame);
+                    let volume = slot_volume(&self.shared, slot).gain();
+                    apply_gain(&mut slot_frame, *gain, volume);
+                    *gain = volume;
                     for (m, s) in mix.iter_mut().zip(&slot_frame) {
                         *m += s;
                     }
@@ -223,7 +233,7 @@ impl Net {
     /// Drain the peer until it asks for a timeout, which is returned.
     fn drain(
         &mut self,
-        players: &mut [SlotPlayer],
+        players: &mut [Player],
         next_tick: &mut Option<Instant>,
         connected: &mut bool,
         disconnected_since: &mut Option<Instant>,
@@ -266,5 +276,57 @@ impl Net {
     }
 }
 
+/// A UDP socket bound to the local address that routes to the signaling server's host (its ICE host
+/// candidate); the port is the system's choice.
+pub(crate) fn bind_towards(url: &str) -> Result<UdpSocket, Error> {
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let secure = url.starts_with("wss://");
+    let with_port = if rest
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !rest.ends_with(']')
+    {
+        rest.to_owned()
+    } else {
+        format!("{rest}:{}", if secure { 443 } else { 80 })
+    };
+    let server: SocketAddr = with_port
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| Error::Signaling(format!("{url}: no address for the host")))?;
+    let unspecified: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("a literal socket address parses");
+    let probe = UdpSocket::bind(unspecified)?;
+    probe.connect(server)?;
+    let local_ip = probe.local_addr()?.ip();
+    Ok(UdpSocket::bind(SocketAddr::new(local_ip, 0))?)
+}
+
 /// One 20 ms frame on the RTP clock (48 kHz for Opus whatever the codec's rate).
 const FRAME_SAMPLES_48K: u32 = media_core::audio::FRAME_SAMPLES as u32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_media_socket_binds_to_the_address_routing_to_the_server() {
+        for url in ["ws://127.0.0.1:7880/ws", "ws://localhost:7880/ws?x=1"] {
+            let socket = bind_towards(url).expect(url);
+            let local = socket.local_addr().expect("bound");
+            assert!(local.ip().is_loopback(), "{url}: {local}");
+            assert_ne!(local.port(), 0);
+        }
+        assert!(bind_towards("ws://no-such-host.invalid/ws").is_err());
+    }
+}

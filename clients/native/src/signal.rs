@@ -2,7 +2,6 @@
 //! negotiates media (then starts the network thread with the peer), turns server messages into events and
 //! slot-map updates, and carries the game's commands (mute, leave) to the server.
 
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -10,17 +9,18 @@ use std::time::{Duration, Instant};
 
 use media_core::client::{ClientConfig, ClientPeer};
 use rtrb::Producer;
-use signaling::client::{Client, JoinedSession};
-use signaling::protocol::{ClientMessage, Moved, Offer, ParticipantInfo, ServerMessage};
+use signaling::client::{join_message, Client, JoinedSession};
+use signaling::protocol::{ClientMessage, Join, Moved, Offer, ParticipantInfo, ServerMessage};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
-use vocab::Position;
+use vocab::{Position, TalkTarget, Volume};
 
 use crate::audio::{Sid, SlotUpdate};
 use crate::client::Shared;
 use crate::event::{ConnectionState, Event, Participant, SlotInfo, SpeakerPosition};
-use crate::net::{Net, NetAudio};
+use crate::net::{bind_towards, Net, NetAudio};
 use crate::position::PositionPacer;
+use crate::talk::TalkState;
 use crate::{Config, Error};
 
 /// The server closes a session that sent nothing for 30 s; a ping every 10 s keeps it.
@@ -58,6 +58,8 @@ pub(crate) enum Command {
     Mute(bool),
     Ptt(bool),
     PttKey(bool),
+    Talk(TalkTarget<String>),
+    Volume(String, Volume),
     Leave,
     /// Close the socket and end (the client is being dropped).
     Close,
@@ -86,6 +88,8 @@ pub(crate) struct Session {
     pub pacer: PositionPacer,
     /// This session's participant id in its current room.
     pub own_sid: String,
+    /// The talk target and volumes.
+    pub talk: TalkState,
 }
 
 impl Session {
@@ -100,6 +104,7 @@ impl Session {
             .and_then(|runtime| runtime.block_on(self.session()));
         if let Err(e) = result {
             let _ = events.send(Event::Error {
+                code: None,
                 message: e.to_string(),
             });
         }
@@ -167,6 +172,11 @@ impl Session {
                         Some(Command::PttKey(down)) => {
                             self.shared.key_down.store(down, Ordering::Release);
                         }
+                        // Sent with the rejoin (the latest asked for).
+                        Some(Command::Talk(target)) => self.talk.want(target),
+                        Some(Command::Volume(sid, volume)) => {
+                            self.talk.set_volume(&sid, volume, &self.shared);
+                        }
                         Some(Command::Leave) => {
                             self.event(Event::Left { reason: None });
                             return Ok(());
@@ -188,11 +198,17 @@ impl Session {
             mut client,
             joined,
             url,
-        } = Client::connect_and_join(
+        } = Client::connect_and_join_as(
             &entry,
-            &self.token,
-            self.room.as_deref(),
-            self.config.name.as_deref(),
+            &Join {
+                team: self.config.team.clone(),
+                listen_only: self.config.listen_only,
+                ..join_message(
+                    &self.token,
+                    self.room.as_deref(),
+                    self.config.name.as_deref(),
+                )
+            },
             timeout,
         )
         .await?;
@@ -205,12 +221,15 @@ impl Session {
             slots,
         });
         self.event(Event::ConnectionState(ConnectionState::Joined));
+        let present: Vec<String> = joined.participants.iter().map(|p| p.sid.clone()).collect();
         self.report_participants(joined.participants);
         let can_publish = joined.participant.can_publish;
         if self.shared.muted.load(Ordering::Acquire) {
             client.mute(true).await?;
         }
         self.restore_ptt(&mut client, &joined.participant).await?;
+        self.talk.joined(joined.room.mode, &self.shared);
+        self.talk.restore(&mut client, &present).await?;
         self.pacer.reset();
         self.send_position(&mut client).await?;
         loop {
@@ -229,6 +248,7 @@ impl Session {
                     self.shared.muted.store(false, Ordering::Release);
                     self.shared.ptt.store(false, Ordering::Release);
                     self.restore_ptt(&mut client, &moved.participant).await?;
+                    self.talk.moved(moved.room.mode, &self.shared);
                     self.pacer.reset();
                     self.send_position(&mut client).await?;
                 }
@@ -329,6 +349,7 @@ impl Session {
             shared: self.shared.clone(),
             events: self.events.clone(),
             slots,
+            publish: can_publish,
             leg_stop: leg_stop.clone(),
         };
         let net_thread = std::thread::Builder::new()
@@ -370,6 +391,7 @@ impl Session {
                             End::Lost(format!("the signaling socket closed ({code})"))
                         } else {
                             self.event(Event::Error {
+                                code: None,
                                 message: format!(
                                     "the server closed the session ({code} {})",
                                     close.map(|c| c.reason).unwrap_or_default()
@@ -398,6 +420,12 @@ impl Session {
                         // Only now does the microphone send: the key-down is ahead of its first frame.
                         if down {
                             self.shared.key_down.store(true, Ordering::Release);
+                        }
+                    }
+                    Some(Command::Talk(target)) => self.talk.send(client, target).await?,
+                    Some(Command::Volume(sid, volume)) => {
+                        if self.talk.set_volume(&sid, volume, &self.shared) {
+                            client.volume(&sid, volume).await?;
                         }
                     }
                     Some(Command::Leave) => client.leave().await?,
@@ -471,6 +499,7 @@ impl Session {
             ServerMessage::DominantSpeaker(d) => Event::DominantSpeaker { sid: d.sid },
             ServerMessage::Slots(s) => {
                 for slot in &s.slots {
+                    self.talk.slot(slot.slot, slot.sid.as_deref(), &self.shared);
                     let sid = slot.sid.as_deref().and_then(Sid::new).unwrap_or(Sid::EMPTY);
                     // A full ring (the game never pulls per participant) only delays the map.
                     let _ = self.slot_updates.push(SlotUpdate {
@@ -503,9 +532,13 @@ impl Session {
                     .collect(),
             ),
             ServerMessage::Draining(_) => Event::Draining,
-            ServerMessage::Error(e) => Event::Error {
+            ServerMessage::Error(e) => {
+                self.talk.error();
+                Event::Error {
+                code: Some(e.code.as_str().to_owned()),
                 message: format!("{}: {}", e.code.as_str(), e.message),
-            },
+            }
+            }
             ServerMessage::Left(l) => Event::Left {
                 reason: l.reason.map(|r| spelling(&r)),
             },
@@ -518,8 +551,13 @@ impl Session {
             // Handled by `serve` (the room moved to another node).
             | ServerMessage::Redirect(_)
             // Handled by `serve` (a move renegotiates media).
-            | ServerMessage::Moved(_)
-            | ServerMessage::Pong(_) => return,
+            | ServerMessage::Moved(_) => return,
+            ServerMessage::Pong(p) => {
+                if let Some(id) = p.id.as_u64() {
+                    self.talk.pong(id);
+                }
+                return;
+            }
         };
         self.event(event);
     }
@@ -533,56 +571,9 @@ fn spelling<T: serde::Serialize>(reason: &T) -> String {
     }
 }
 
-/// A UDP socket bound to the local address that routes to the signaling server's host (its ICE host
-/// candidate); the port is the system's choice.
-fn bind_towards(url: &str) -> Result<UdpSocket, Error> {
-    let rest = url
-        .split_once("://")
-        .map_or(url, |(_, rest)| rest)
-        .split(['/', '?'])
-        .next()
-        .unwrap_or_default();
-    let secure = url.starts_with("wss://");
-    let with_port = if rest
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !rest.ends_with(']')
-    {
-        rest.to_owned()
-    } else {
-        format!("{rest}:{}", if secure { 443 } else { 80 })
-    };
-    let server: SocketAddr = with_port
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| Error::Signaling(format!("{url}: no address for the host")))?;
-    let unspecified: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("a literal socket address parses");
-    let probe = UdpSocket::bind(unspecified)?;
-    probe.connect(server)?;
-    let local_ip = probe.local_addr()?.ip();
-    Ok(UdpSocket::bind(SocketAddr::new(local_ip, 0))?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_media_socket_binds_to_the_address_routing_to_the_server() {
-        for url in ["ws://127.0.0.1:7880/ws", "ws://localhost:7880/ws?x=1"] {
-            let socket = bind_towards(url).expect(url);
-            let local = socket.local_addr().expect("bound");
-            assert!(local.ip().is_loopback(), "{url}: {local}");
-            assert_ne!(local.port(), 0);
-        }
-        assert!(bind_towards("ws://no-such-host.invalid/ws").is_err());
-    }
 
     #[test]
     fn reasons_are_spelled_as_on_the_wire() {

@@ -8,10 +8,12 @@ mod c;
 mod header;
 mod rust;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chorus_native::{Client, ConnectionState, Event};
-use chorus_tests::{AudioClient, Server, Signal};
+use chorus_native::{Client, ConnectionState, Event, Speaker};
+use chorus_tests::{AudioClient, Server, Signal, SAMPLE_RATE};
 use media_core::audio::ToneAnalysis;
 
 /// The tones the participants send (far apart, clean through Opus).
@@ -77,4 +79,42 @@ pub fn wait_connected(client: &Client, seen: &mut Vec<Event>) -> anyhow::Result<
         (*e == Event::ConnectionState(ConnectionState::Connected)).then_some(())
     })?;
     Ok(sid)
+}
+
+/// A game's playback callback that keeps, every 10 ms, when it pulled and how loud the mix was (RMS).
+pub fn loudness(mut speaker: Speaker, stop: Arc<AtomicBool>) -> (Vec<(Instant, f32)>, Vec<f32>) {
+    let rate = SAMPLE_RATE as usize;
+    let (mut levels, mut pcm) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    let mut done = 0usize;
+    let mut buf = vec![0.0f32; rate];
+    while !stop.load(Ordering::Relaxed) {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as usize;
+        let n = (due - done).min(rate);
+        speaker
+            .pull_mixed(&mut buf[..n])
+            .expect("mixed output is on");
+        let rms = (buf[..n].iter().map(|s| s * s).sum::<f32>() / n.max(1) as f32).sqrt();
+        levels.push((Instant::now(), rms));
+        pcm.extend_from_slice(&buf[..n]);
+        done += n;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (levels, pcm)
+}
+
+/// How long `levels` was loud (the 0.3 tone is ≈ 0.2 RMS), and when that started and ended.
+pub fn loud_span(levels: &[(Instant, f32)]) -> (f64, Option<(Instant, Instant)>) {
+    let mut secs = 0.0;
+    for w in levels.windows(2) {
+        if w[1].1 > 0.05 {
+            secs += (w[1].0 - w[0].0).as_secs_f64();
+        }
+    }
+    let mut loud = levels
+        .iter()
+        .filter(|(_, rms)| *rms > 0.05)
+        .map(|(t, _)| *t);
+    let first = loud.next();
+    (secs, first.map(|f| (f, loud.next_back().unwrap_or(f))))
 }

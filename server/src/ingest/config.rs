@@ -26,6 +26,10 @@ pub struct IngestConfig {
     /// The address RTP endpoints are announced with (the admin API's `address`), when it differs from
     /// `rtp_bind_ip` (NAT, or a wildcard bind).
     pub rtp_public_ip: Option<IpAddr>,
+    /// Accept WHIP publishers (`POST /whip/{room}`) and WHEP listeners (`POST /whep/{room}`).
+    pub whip: bool,
+    /// WHIP and WHEP sessions at most, together.
+    pub whip_max_sessions: usize,
 }
 
 impl Default for IngestConfig {
@@ -38,6 +42,8 @@ impl Default for IngestConfig {
             source_receive_buffer_bytes: 16_384,
             rtp_bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             rtp_public_ip: None,
+            whip: true,
+            whip_max_sessions: 1_000,
         }
     }
 }
@@ -53,6 +59,9 @@ impl IngestConfig {
         }
         if !(1..=10_000).contains(&self.max_sources) {
             return invalid("ingest.max_sources must be 1..=10000");
+        }
+        if !(1..=100_000).contains(&self.whip_max_sessions) {
+            return invalid("ingest.whip_max_sessions must be 1..=100000");
         }
         if !(4096..=(4 << 20)).contains(&self.source_receive_buffer_bytes) {
             return invalid("ingest.source_receive_buffer_bytes must be 4096..=4194304");

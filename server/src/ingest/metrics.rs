@@ -31,8 +31,9 @@ pub const REQUEST_RESULTS: [&str; 8] = [
     "media_unavailable",
 ];
 
-/// `error` of `chorus_ingest_errors_total` (the Ogg reader's `OggError::as_str`, and `timeout`).
-pub const ERRORS: [&str; 9] = [
+/// `error` of `chorus_ingest_errors_total` (the Ogg reader's `OggError::as_str`, `timeout`, and the RTP
+/// endpoints' `not_rtp`, `foreign_source`, `queue_full`).
+pub const ERRORS: [&str; 12] = [
     "not_ogg",
     "crc",
     "truncated",
@@ -42,6 +43,9 @@ pub const ERRORS: [&str; 9] = [
     "packet_too_large",
     "bad_packet",
     "timeout",
+    "not_rtp",
+    "foreign_source",
+    "queue_full",
 ];
 
 /// `reason` of `chorus_ingest_sources_ended_total`.
@@ -56,14 +60,8 @@ fn vec2(
     label: &str,
     values: &[&str],
 ) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), &["kind", label])?;
-    r.register(Box::new(c.clone()))?;
-    for kind in Kind::ALL {
-        for v in values {
-            c.with_label_values(&[kind.as_str(), v]);
-        }
-    }
-    Ok(c)
+    let kinds = Kind::ALL.map(Kind::as_str);
+    crate::metrics::counter_vec2(r, name, help, ["kind", label], &kinds, values)
 }
 
 impl IngestMetrics {

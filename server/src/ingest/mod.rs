@@ -8,6 +8,8 @@ mod config;
 pub mod icecast;
 mod metrics;
 mod pacer;
+pub mod rtp;
+mod rtp_admin;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tokio::sync::mpsc;
 
 pub use config::IngestConfig;
 pub use metrics::IngestMetrics;
+pub use rtp_admin::routes as rtp_routes;
 
 use crate::state::{SessionGuard, Sessions};
 
@@ -72,6 +75,8 @@ pub struct Ingest {
     pub config: IngestConfig,
     pub metrics: IngestMetrics,
     running: AtomicUsize,
+    /// The RTP endpoints the admin API opened.
+    pub rtp: rtp::Endpoints,
 }
 
 impl Ingest {
@@ -80,6 +85,7 @@ impl Ingest {
             config,
             metrics,
             running: AtomicUsize::new(0),
+            rtp: rtp::Endpoints::default(),
         }
     }
 }

@@ -66,10 +66,19 @@ impl Client {
         name: Option<&str>,
         timeout: Duration,
     ) -> Result<JoinedSession, ClientError> {
+        Client::connect_and_join_as(url, &join_message(token, room, name), timeout).await
+    }
+
+    /// [`Client::connect_and_join`] with a whole `join` message (a team, listen-only).
+    pub async fn connect_and_join_as(
+        url: &str,
+        join: &Join,
+        timeout: Duration,
+    ) -> Result<JoinedSession, ClientError> {
         let mut url = url.to_owned();
         for _ in 0..=MAX_REDIRECTS {
             let mut client = Client::connect(&url).await?;
-            match client.join(token, room, name, timeout).await {
+            match client.join_as(join.clone(), timeout).await {
                 Ok(joined) => {
                     return Ok(JoinedSession {
                         client,
@@ -182,15 +191,12 @@ impl Client {
         name: Option<&str>,
         timeout: Duration,
     ) -> Result<Joined, ClientError> {
-        self.send(&ClientMessage::Join(Join {
-            protocol: PROTOCOL_VERSION,
-            token: token.to_owned(),
-            room: room.map(str::to_owned),
-            name: name.map(str::to_owned),
-            team: None,
-            listen_only: false,
-        }))
-        .await?;
+        self.join_as(join_message(token, room, name), timeout).await
+    }
+
+    /// [`Client::join`] with a whole `join` message (a team, listen-only).
+    pub async fn join_as(&mut self, join: Join, timeout: Duration) -> Result<Joined, ClientError> {
+        self.send(&ClientMessage::Join(join)).await?;
         self.reply("joined", timeout, |m| match m {
             ServerMessage::Joined(joined) => Some(Ok(joined)),
             ServerMessage::Redirect(redirect) => Some(Err(redirect)),
@@ -324,6 +330,18 @@ pub fn message_type(message: &ServerMessage) -> &'static str {
         ServerMessage::Draining(_) => "draining",
         ServerMessage::Redirect(_) => "redirect",
         ServerMessage::Error(_) => "error",
+    }
+}
+
+/// A `join` of this protocol version with `token`, and `room` and `name` if given.
+pub fn join_message(token: &str, room: Option<&str>, name: Option<&str>) -> Join {
+    Join {
+        protocol: PROTOCOL_VERSION,
+        token: token.to_owned(),
+        room: room.map(str::to_owned),
+        name: name.map(str::to_owned),
+        team: None,
+        listen_only: false,
     }
 }
 

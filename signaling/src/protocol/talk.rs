@@ -1,7 +1,7 @@
 //! `talk`: whom the participant's voice is for — the room, its team, or a whisper to named participants.
 
 use serde::{Deserialize, Serialize};
-use vocab::{TalkTarget, MAX_WHISPER_TARGETS};
+use vocab::TalkTarget;
 
 /// Client → server: set the talk target. `to` lists the sids of a whisper (1 to 64) and only of a whisper.
 /// Not answered on success; a whisper naming a sid that is not in the room is refused with `bad_target`,
@@ -31,19 +31,15 @@ impl TryFrom<TalkWire> for Talk {
     type Error = String;
 
     fn try_from(wire: TalkWire) -> Result<Talk, String> {
-        let target = match (wire.target, wire.to.len()) {
-            (TargetKind::Room, 0) => TalkTarget::Room,
-            (TargetKind::Team, 0) => TalkTarget::Team,
-            (TargetKind::Room | TargetKind::Team, _) => {
+        let target = match (wire.target, wire.to.is_empty()) {
+            (TargetKind::Room, true) => TalkTarget::Room,
+            (TargetKind::Team, true) => TalkTarget::Team,
+            (TargetKind::Room | TargetKind::Team, false) => {
                 return Err("`to` is only for a whisper".into())
             }
-            (TargetKind::Whisper, 1..=MAX_WHISPER_TARGETS) => TalkTarget::Whisper(wire.to),
-            (TargetKind::Whisper, _) => {
-                return Err(format!(
-                    "a whisper's `to` lists 1 to {MAX_WHISPER_TARGETS} sids"
-                ))
-            }
+            (TargetKind::Whisper, _) => TalkTarget::Whisper(wire.to),
         };
+        target.validate().map_err(|e| e.to_string())?;
         Ok(Talk { target })
     }
 }
@@ -71,6 +67,7 @@ impl From<Talk> for TalkWire {
 mod tests {
     use super::*;
     use crate::protocol::{parse_client, ClientMessage, ProtocolError};
+    use vocab::MAX_WHISPER_TARGETS;
 
     #[test]
     fn round_trips() {

@@ -304,3 +304,104 @@ async fn real_udp_ingest_a_fast_source_is_paced_and_bad_sources_get_clear_errors
     assert_eq!(a.present_default(), vec![440.0], "{a:?}");
     Ok(())
 }
+
+/// Plain RTP/Opus (docs/broadcast.md, "Plain RTP/Opus"): the admin API opens an endpoint, ffmpeg sends a
+/// tone with `-f rtp`, a WebRTC client hears it; garbage before, and packets from another address after
+/// the sender is latched, are dropped and counted; `DELETE` closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_udp_ingest_rtp_from_ffmpeg_is_heard_and_strangers_are_dropped() -> anyhow::Result<()>
+{
+    let _alone = chorus_tests::real_time_call().await;
+    let server = Server::start(&[]).await?;
+    let mut bob = join(&server, "phone", "bob", 0.0, 0.0).await?;
+    bob.client
+        .wait_connected(SECONDS)
+        .await
+        .map_err(|e| e.context(server.log_tail()))?;
+    let admin = server.admin_token()?;
+    let (status, body) = server
+        .admin(
+            "POST",
+            "/admin/v1/rooms/phone/rtp",
+            Some(&admin),
+            Some(r#"{"identity": "sip-1", "name": "Phone line"}"#),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let endpoint: serde_json::Value = serde_json::from_str(&body)?;
+    let port = endpoint["port"].as_u64().context("port")?;
+    let id = endpoint["id"].as_str().context("id")?.to_owned();
+    let target = format!("127.0.0.1:{port}");
+    let joined = bob.signal.expect("participant_joined", SECONDS).await?;
+    assert_eq!(joined["participant"]["name"], "Phone line");
+
+    // Garbage first: dropped, and it latches nothing.
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    stranger
+        .send_to(b"INVITE sip:nobody SIP/2.0", &target)
+        .await?;
+    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("sine=frequency={SOURCE_TONE}:duration=3"))
+        .args(["-c:a", "libopus", "-b:a", "32k", "-f", "rtp"])
+        .arg(format!("rtp://{target}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ffmpeg (scripts/test.sh installs it)")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A well-formed Opus packet from another address once ffmpeg is latched: dropped.
+    let mut forged = vec![0x80, 97, 0, 1, 0, 0, 0, 0, 9, 9, 9, 9];
+    forged.extend_from_slice(&[0xf8, 0xff, 0xfe]);
+    for _ in 0..5 {
+        stranger.send_to(&forged, &target).await?;
+    }
+    let status = ffmpeg.wait().await?;
+    ensure!(status.success(), "ffmpeg failed\n{}", server.log_tail());
+    let pcm = source_audio(&bob).context("bob heard no RTP source")?;
+    assert!(
+        pcm.len() > 2 * SAMPLE_RATE as usize,
+        "bob heard {} samples",
+        pcm.len()
+    );
+    let a = ToneAnalysis::analyze(&pcm[pcm.len() / 4..], SAMPLE_RATE, &[SOURCE_TONE, 440.0]);
+    assert_eq!(a.present_default(), vec![SOURCE_TONE], "{a:?}");
+    let errors = |e: &'static str| {
+        let sample = format!("chorus_ingest_errors_total{{error=\"{e}\",kind=\"rtp\"}}");
+        let server = &server;
+        async move { server.metric(&sample).await }
+    };
+    assert_eq!(errors("not_rtp").await?, 1.0);
+    assert_eq!(errors("foreign_source").await?, 5.0);
+    let packets = server
+        .metric("chorus_ingest_packets_total{kind=\"rtp\"}")
+        .await?;
+    assert!(packets > 120.0, "{packets} packets");
+
+    // Listed, then closed: the participant leaves; a second close is 404.
+    let (status, body) = server
+        .admin("GET", "/admin/v1/rtp", Some(&admin), None)
+        .await?;
+    assert!(status == 200 && body.contains(&id), "{status} {body}");
+    let path = format!("/admin/v1/rtp/{id}");
+    let (status, body) = server.admin("DELETE", &path, Some(&admin), None).await?;
+    assert_eq!(status, 204, "{body}");
+    let left = bob.signal.expect("participant_left", SECONDS).await?;
+    assert_eq!(left["sid"], joined["participant"]["sid"]);
+    let (status, _) = server.admin("DELETE", &path, Some(&admin), None).await?;
+    assert_eq!(status, 404);
+    assert_eq!(
+        server.metric("chorus_ingest_sources{kind=\"rtp\"}").await?,
+        0.0
+    );
+    Ok(())
+}

@@ -1,7 +1,7 @@
 /*
  * Chorus native SDK, C example: join a room, send a tone, report which tones the others send.
  *
- *   tone [--ptt] <ws-url> <token> <room> <tone-hz> <seconds> <candidate-hz>...
+ *   tone [--ptt] [--team] [--whisper <identity>] <ws-url> <token> <room> <tone-hz> <seconds> <candidate-hz>...
  *
  * It connects, waits for media, then for <seconds> acts as a game's audio callbacks would every 10 ms:
  * pushes the <tone-hz> sine (24 kHz, 16-bit) and pulls the mix (48 kHz, float). Then it analyses the
@@ -14,6 +14,12 @@
  *
  * With --ptt it talks by push-to-talk: the key is up for the first half of <seconds> (nothing of it is sent
  * or forwarded) and held down for the second half, as a game would from its key handler.
+ *
+ * With --team it talks to its team only (the token's `team` claim) from the start. With --whisper it
+ * whispers to the participant whose identity is <identity> (its sid from the PARTICIPANT_JOINED events)
+ * for the second half of <seconds>; together, team talk for the first half and the whisper for the second.
+ * It prints "talk team", "whisper <identity> <sid> at <s>", and the server's refusals as
+ * "event error <code> <message>".
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -42,23 +48,46 @@ static void sleep_ms(long ms) {
   nanosleep(&t, NULL);
 }
 
+#define MAX_ROSTER 16
+
+/* What the events told us: the others that joined (and who they are), the connection state. */
+typedef struct {
+  int participants;
+  ChorusConnectionState state;
+  char identities[MAX_ROSTER][128];
+  char sids[MAX_ROSTER][64];
+} Session;
+
+/* The sid of the participant `identity`, or NULL if it has not joined (yet). */
+static const char *sid_of(const Session *s, const char *identity) {
+  int known = s->participants < MAX_ROSTER ? s->participants : MAX_ROSTER;
+  for (int i = 0; i < known; i++) {
+    if (strcmp(s->identities[i], identity) == 0) return s->sids[i];
+  }
+  return NULL;
+}
+
 static int fail(const char *what, ChorusError code) {
   fprintf(stderr, "%s failed (%d): %s\n", what, (int)code, chorus_last_error_message());
   return 1;
 }
 
-/* Print an event; count the others that joined; note the states. */
-static void on_event(const ChorusEvent *e, int *participants, ChorusConnectionState *state) {
+/* Print an event; note the others that joined and the states. */
+static void on_event(const ChorusEvent *e, Session *s) {
   switch (e->kind) {
   case CHORUS_EVENT_KIND_CONNECTION_STATE:
-    *state = e->state;
+    s->state = e->state;
     printf("event state %d\n", (int)e->state);
     break;
   case CHORUS_EVENT_KIND_JOINED:
     printf("event joined %s room %s slots %u\n", e->sid, e->name, e->slot);
     break;
   case CHORUS_EVENT_KIND_PARTICIPANT_JOINED:
-    (*participants)++;
+    if (s->participants < MAX_ROSTER) {
+      snprintf(s->identities[s->participants], sizeof s->identities[0], "%s", e->identity);
+      snprintf(s->sids[s->participants], sizeof s->sids[0], "%s", e->sid);
+    }
+    s->participants++;
     printf("event participant_joined %s (%s)\n", e->sid, e->identity);
     break;
   case CHORUS_EVENT_KIND_PARTICIPANT_LEFT:
@@ -75,7 +104,7 @@ static void on_event(const ChorusEvent *e, int *participants, ChorusConnectionSt
     printf("event left %s\n", e->text);
     break;
   case CHORUS_EVENT_KIND_ERROR:
-    printf("event error %s\n", e->text);
+    printf("event error %s %s\n", e->code[0] ? e->code : "-", e->text);
     break;
   default:
     break;
@@ -83,14 +112,14 @@ static void on_event(const ChorusEvent *e, int *participants, ChorusConnectionSt
 }
 
 /* Poll every waiting event. */
-static ChorusError drain_events(ChorusClient *client, int *participants, ChorusConnectionState *state) {
+static ChorusError drain_events(ChorusClient *client, Session *s) {
   for (;;) {
     ChorusEvent e;
     ChorusError code = chorus_client_poll_event(client, &e);
     if (code != CHORUS_ERROR_OK || e.kind == CHORUS_EVENT_KIND_NONE) {
       return code;
     }
-    on_event(&e, participants, state);
+    on_event(&e, s);
   }
 }
 
@@ -113,13 +142,29 @@ static double goertzel(const float *x, size_t n, double freq) {
 
 int main(int argc, char **argv) {
   const char *program = argv[0];
-  bool ptt = argc > 1 && strcmp(argv[1], "--ptt") == 0;
-  if (ptt) {
+  bool ptt = false, team = false;
+  const char *whisper = NULL;
+  while (argc > 1 && strncmp(argv[1], "--", 2) == 0) {
+    if (strcmp(argv[1], "--ptt") == 0) {
+      ptt = true;
+    } else if (strcmp(argv[1], "--team") == 0) {
+      team = true;
+    } else if (strcmp(argv[1], "--whisper") == 0 && argc > 2) {
+      whisper = argv[2];
+      argv++;
+      argc--;
+    } else {
+      argc = 0; /* unknown: usage */
+      break;
+    }
     argv++;
     argc--;
   }
   if (argc < 7) {
-    fprintf(stderr, "usage: %s [--ptt] <ws-url> <token> <room> <tone-hz> <seconds> <candidate-hz>...\n", program);
+    fprintf(stderr,
+            "usage: %s [--ptt] [--team] [--whisper <identity>] <ws-url> <token> <room> <tone-hz> <seconds> "
+            "<candidate-hz>...\n",
+            program);
     return 2;
   }
   const char *url = argv[1], *token = argv[2], *room = argv[3];
@@ -136,16 +181,22 @@ int main(int argc, char **argv) {
   ChorusClient *client = chorus_client_new(&config);
   if (!client) return fail("chorus_client_new", CHORUS_ERROR_OK);
   if (ptt && (code = chorus_client_set_ptt(client, true)) != CHORUS_ERROR_OK) return fail("chorus_client_set_ptt", code);
+  /* Set before connecting: it goes out once joined. */
+  if (team) {
+    if ((code = chorus_client_talk_to_team(client)) != CHORUS_ERROR_OK) return fail("chorus_client_talk_to_team", code);
+    printf("talk team\n");
+  }
   code = chorus_client_connect(client, url, token, room);
   if (code != CHORUS_ERROR_OK) return fail("chorus_client_connect", code);
 
-  int participants = 0;
-  ChorusConnectionState state = CHORUS_CONNECTION_STATE_CONNECTING;
+  Session session;
+  memset(&session, 0, sizeof session);
+  session.state = CHORUS_CONNECTION_STATE_CONNECTING;
   double deadline = now_seconds() + 10.0;
-  while (state != CHORUS_CONNECTION_STATE_CONNECTED) {
-    if ((code = drain_events(client, &participants, &state)) != CHORUS_ERROR_OK) return fail("poll", code);
-    if (state == CHORUS_CONNECTION_STATE_CLOSED || now_seconds() > deadline) {
-      fprintf(stderr, "media did not connect (state %d)\n", (int)state);
+  while (session.state != CHORUS_CONNECTION_STATE_CONNECTED) {
+    if ((code = drain_events(client, &session)) != CHORUS_ERROR_OK) return fail("poll", code);
+    if (session.state == CHORUS_CONNECTION_STATE_CLOSED || now_seconds() > deadline) {
+      fprintf(stderr, "media did not connect (state %d)\n", (int)session.state);
       return 1;
     }
     sleep_ms(5);
@@ -158,7 +209,7 @@ int main(int argc, char **argv) {
   int16_t *push = calloc(IN_RATE, sizeof(int16_t));
   if (!heard || !pull || !push) return 1;
   size_t pushed = 0, pulled = 0, got = 0;
-  bool key_down = false;
+  bool key_down = false, whispering = false;
   const double start = now_seconds();
   while (pulled < total) {
     double elapsed = now_seconds() - start;
@@ -166,6 +217,17 @@ int main(int argc, char **argv) {
       if ((code = chorus_client_set_ptt_key(client, true)) != CHORUS_ERROR_OK) return fail("chorus_client_set_ptt_key", code);
       key_down = true;
       printf("ptt key down at %.2f s\n", elapsed);
+    }
+    if (whisper && !whispering && elapsed >= seconds / 2) {
+      const char *sid = sid_of(&session, whisper);
+      if (!sid) {
+        fprintf(stderr, "%s is not in the room\n", whisper);
+        return 1;
+      }
+      const char *to[1] = {sid};
+      if ((code = chorus_client_whisper(client, to, 1)) != CHORUS_ERROR_OK) return fail("chorus_client_whisper", code);
+      whispering = true;
+      printf("whisper %s %s at %.2f s\n", whisper, sid, elapsed);
     }
     size_t due_in = (size_t)(elapsed * IN_RATE);
     size_t n = due_in - pushed;
@@ -188,7 +250,7 @@ int main(int argc, char **argv) {
     memcpy(heard + pulled, pull, m * sizeof(float));
     pulled += m;
     got += filled;
-    if ((code = drain_events(client, &participants, &state)) != CHORUS_ERROR_OK) return fail("poll", code);
+    if ((code = drain_events(client, &session)) != CHORUS_ERROR_OK) return fail("poll", code);
     sleep_ms(10);
   }
   printf("pulled %zu samples, %zu from the network\n", pulled, got);
@@ -215,14 +277,14 @@ int main(int argc, char **argv) {
 
   if ((code = chorus_client_leave(client)) != CHORUS_ERROR_OK) return fail("chorus_client_leave", code);
   deadline = now_seconds() + 5.0;
-  while (state != CHORUS_CONNECTION_STATE_CLOSED && now_seconds() < deadline) {
-    if ((code = drain_events(client, &participants, &state)) != CHORUS_ERROR_OK) return fail("poll", code);
+  while (session.state != CHORUS_CONNECTION_STATE_CLOSED && now_seconds() < deadline) {
+    if ((code = drain_events(client, &session)) != CHORUS_ERROR_OK) return fail("poll", code);
     sleep_ms(5);
   }
-  printf("participants %d\n", participants);
+  printf("participants %d\n", session.participants);
   chorus_client_free(client);
   free(heard);
   free(pull);
   free(push);
-  return state == CHORUS_CONNECTION_STATE_CLOSED ? 0 : 1;
+  return session.state == CHORUS_CONNECTION_STATE_CLOSED ? 0 : 1;
 }

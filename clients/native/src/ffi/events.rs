@@ -14,6 +14,7 @@ pub(super) fn empty_event() -> ChorusEvent {
         identity: [0; 128],
         name: [0; 128],
         text: [0; 256],
+        code: [0; 32],
         muted: false,
         level: 0.0,
         slot: 0,
@@ -137,8 +138,9 @@ pub(super) fn c_events(event: Event) -> VecDeque<ChorusEvent> {
             e.index = attempt;
             fill(&mut e.text, &reason);
         }
-        Event::Error { message } => {
+        Event::Error { code, message } => {
             e.kind = ChorusEventKind::Error;
+            fill(&mut e.code, code.as_deref().unwrap_or_default());
             fill(&mut e.text, &message);
         }
         Event::ParticipantUpdated {

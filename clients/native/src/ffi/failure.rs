@@ -52,6 +52,10 @@ impl From<Error> for Failure {
             Error::OutputOff(_) => ChorusError::OutputOff,
             Error::BadOpus(_) => ChorusError::BadOpus,
             Error::BadPosition(_) => ChorusError::BadPosition,
+            Error::Talk(vocab::TalkError::BadVolume) => ChorusError::BadVolume,
+            Error::Talk(vocab::TalkError::WhisperTargets | vocab::TalkError::BadTeam) => {
+                ChorusError::BadTarget
+            }
             Error::Ended => ChorusError::Ended,
             Error::Signaling(_) => ChorusError::Signaling,
             Error::Media(_) => ChorusError::Media,

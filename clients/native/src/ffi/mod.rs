@@ -6,7 +6,8 @@
 //! error, [`chorus_last_error_message`] describes it (per thread). Using a handle after
 //! [`chorus_client_free`] is undefined behaviour, as in any C API.
 //!
-//! Threads: the game thread calls `connect`, `set_muted`, `set_position`, `leave`, `poll_event`, `stats`; one capture
+//! Threads: the game thread calls `connect`, `set_muted`, `set_position`, the talk target and volume
+//! calls, `leave`, `poll_event`, `stats`; one capture
 //! thread may push and one playback thread may pull at the same time. Push and pull never wait: each
 //! takes its direction's handle with a try-lock, and a second thread pushing (or pulling) at the same
 //! moment gets [`ChorusError::Busy`] instead of waiting.
@@ -25,6 +26,12 @@ use crate::{Client, Config, Microphone, Speaker};
 mod args;
 mod events;
 mod failure;
+mod talk;
+
+pub use talk::{
+    chorus_client_set_volume, chorus_client_talk_to_room, chorus_client_talk_to_team,
+    chorus_client_whisper,
+};
 
 use args::{client, lock, optional_string, put, slice, slice_mut, string};
 use events::{c_events, empty_event};
@@ -64,6 +71,11 @@ pub enum ChorusError {
     OutputOff = 16,
     /// A position with a value that is NaN or infinite, or a coordinate beyond ±1,000,000.
     BadPosition = 17,
+    /// A whisper to no one or to more than 64 participants (nothing sent). The room's own refusals
+    /// arrive later as an `ERROR` event with `code` `bad_target`.
+    BadTarget = 18,
+    /// A volume outside −50..=50 (nothing sent).
+    BadVolume = 19,
 }
 
 /// A client's settings; [`chorus_config_default`] fills the defaults.
@@ -84,6 +96,11 @@ pub struct ChorusConfig {
     pub participant_output: bool,
     /// The display name, UTF-8, or null for the token's.
     pub name: *const c_char,
+    /// The team to ask for (1–64 of `A-Z a-z 0-9 _ . -`), or null: the token's `team` claim decides (a
+    /// different team is refused by the server), so a game server's players leave it null.
+    pub team: *const c_char,
+    /// Join as a listener only: never publish.
+    pub listen_only: bool,
 }
 
 /// The kind of a [`ChorusEvent`]; which fields are set depends on it.
@@ -111,7 +128,8 @@ pub enum ChorusEventKind {
     Draining = 9,
     /// `text`: the reason, empty if none.
     Left = 10,
-    /// `text`: the message.
+    /// `text`: the message; `code`: the protocol's error code when the server refused a request and the
+    /// session goes on (`bad_target`, `participant_not_found`, `rate_limited`, …), empty for the SDK's own.
     Error = 11,
     /// Rejoin attempt `index` (from 1) after a lost connection; `text`: why.
     Reconnecting = 12,
@@ -147,6 +165,8 @@ pub struct ChorusEvent {
     pub identity: [c_char; 128],
     pub name: [c_char; 128],
     pub text: [c_char; 256],
+    /// `ERROR`: the server's error code, empty if none.
+    pub code: [c_char; 32],
     pub muted: bool,
     pub level: f32,
     pub slot: u32,
@@ -226,6 +246,8 @@ pub unsafe extern "C" fn chorus_config_default(out: *mut ChorusConfig) -> Chorus
             mixed_output: d.mixed_output,
             participant_output: d.participant_output,
             name: std::ptr::null(),
+            team: std::ptr::null(),
+            listen_only: d.listen_only,
         };
         // SAFETY: non-null, writable per the caller.
         unsafe { put(out, config) };
@@ -237,7 +259,8 @@ pub unsafe extern "C" fn chorus_config_default(out: *mut ChorusConfig) -> Chorus
 /// [`chorus_last_error_message`]). Free it with [`chorus_client_free`].
 ///
 /// # Safety
-/// `config` is null or points to a `ChorusConfig` whose `name` is null or a NUL-terminated string.
+/// `config` is null or points to a `ChorusConfig` whose `name` and `team` are null or NUL-terminated
+/// strings.
 #[no_mangle]
 pub unsafe extern "C" fn chorus_client_new(config: *const ChorusConfig) -> *mut ChorusClient {
     let mut created = None;
@@ -257,6 +280,14 @@ pub unsafe extern "C" fn chorus_client_new(config: *const ChorusConfig) -> *mut 
                 participant_output: c.participant_output,
                 // SAFETY: null or NUL-terminated, per the caller.
                 name: unsafe { optional_string(c.name, "config.name") }?.map(str::to_owned),
+                // SAFETY: null or NUL-terminated, per the caller.
+                team: unsafe { optional_string(c.team, "config.team") }?
+                    .map(|team| {
+                        vocab::TeamId::new(team)
+                            .map_err(|e| crate::Error::Config(format!("team: {e}")))
+                    })
+                    .transpose()?,
+                listen_only: c.listen_only,
                 ..Config::default()
             },
         };

@@ -74,6 +74,24 @@ fn bad_utf8_bad_config_and_state_errors_are_typed() {
         assert!(chorus_client_new(&config).is_null());
         assert_eq!(last_error(), "config.name is not UTF-8");
         config.name = c"Ada".as_ptr();
+        assert!(config.team.is_null() && !config.listen_only);
+        config.team = c"red team".as_ptr();
+        assert!(chorus_client_new(&config).is_null());
+        assert!(
+            last_error().contains("team: a team is 1 to 64"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            {
+                config.team = bad.as_ptr();
+                chorus_client_new(&config)
+            },
+            null_mut()
+        );
+        assert_eq!(last_error(), "config.team is not UTF-8");
+        config.team = c"red".as_ptr();
+        config.listen_only = true;
         config.input_rate_hz = 44_100;
         assert!(chorus_client_new(&config).is_null());
         assert!(
@@ -271,4 +289,96 @@ fn lists_become_one_event_per_entry_and_strings_are_truncated_safely() {
         field,
         [b'a' as c_char, 0xc3_u8 as c_char, 0xa9_u8 as c_char, 0]
     );
+}
+
+#[test]
+fn talk_targets_and_volumes_are_checked_with_the_servers_rules_before_anything_is_sent() {
+    let bad = [0xffu8 as c_char, 0];
+    // SAFETY: every pointer is null or valid, the client is freed once.
+    unsafe {
+        assert_eq!(chorus_client_talk_to_team(null_mut()), ChorusError::Null);
+        assert_eq!(
+            chorus_client_set_volume(null_mut(), c"PA_a".as_ptr(), 0),
+            ChorusError::Null
+        );
+        let client = chorus_client_new(null());
+        assert!(!client.is_null());
+        // Before `connect` the target and volumes are kept for the join.
+        assert_eq!(chorus_client_talk_to_room(client), ChorusError::Ok);
+        assert_eq!(chorus_client_talk_to_team(client), ChorusError::Ok);
+        let sids = [c"PA_a".as_ptr(), c"PA_b".as_ptr()];
+        assert_eq!(
+            chorus_client_whisper(client, sids.as_ptr(), sids.len()),
+            ChorusError::Ok
+        );
+        assert_eq!(
+            chorus_client_whisper(client, sids.as_ptr(), 0),
+            ChorusError::BadTarget
+        );
+        assert_eq!(last_error(), "a whisper names 1 to 64 participants");
+        let many = [c"PA_a".as_ptr(); 65];
+        assert_eq!(
+            chorus_client_whisper(client, many.as_ptr(), many.len()),
+            ChorusError::BadTarget
+        );
+        assert_eq!(
+            chorus_client_whisper(client, many.as_ptr(), 64),
+            ChorusError::Ok
+        );
+        assert_eq!(chorus_client_whisper(client, null(), 2), ChorusError::Null);
+        let with_null = [c"PA_a".as_ptr(), null()];
+        assert_eq!(
+            chorus_client_whisper(client, with_null.as_ptr(), 2),
+            ChorusError::Null
+        );
+        assert_eq!(last_error(), "a sid is null");
+        let with_bad = [bad.as_ptr()];
+        assert_eq!(
+            chorus_client_whisper(client, with_bad.as_ptr(), 1),
+            ChorusError::Utf8
+        );
+        for volume in [-50, -1, 0, 12, 50] {
+            assert_eq!(
+                chorus_client_set_volume(client, c"PA_a".as_ptr(), volume),
+                ChorusError::Ok,
+                "{volume}"
+            );
+        }
+        for volume in [-51, 51, i32::MIN, i32::MAX] {
+            assert_eq!(
+                chorus_client_set_volume(client, c"PA_a".as_ptr(), volume),
+                ChorusError::BadVolume,
+                "{volume}"
+            );
+        }
+        assert_eq!(last_error(), "a volume is a whole number from -50 to 50");
+        assert_eq!(
+            chorus_client_set_volume(client, null(), 10),
+            ChorusError::Null
+        );
+        assert_eq!(chorus_client_free(client), ChorusError::Ok);
+    }
+}
+
+#[test]
+fn a_servers_refusal_carries_its_code() {
+    let events = c_events(Event::Error {
+        code: Some("bad_target".into()),
+        message: "bad_target: PA_x is not a participant of this room".into(),
+    });
+    assert_eq!(events[0].kind, ChorusEventKind::Error);
+    // SAFETY: `fill` NUL-terminates the fields.
+    let (code, text) = unsafe {
+        (
+            CStr::from_ptr(events[0].code.as_ptr()),
+            CStr::from_ptr(events[0].text.as_ptr()),
+        )
+    };
+    assert_eq!(code, c"bad_target");
+    assert!(text.to_bytes().starts_with(b"bad_target: PA_x"));
+    let own = c_events(Event::Error {
+        code: None,
+        message: "media: boom".into(),
+    });
+    assert_eq!(own[0].code[0], 0);
 }

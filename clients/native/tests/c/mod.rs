@@ -2,16 +2,20 @@
 //! the header, joins a room where two `AudioClient`s send 440 and 660 Hz and sends 880 Hz: it must report
 //! hearing 440 and 660 Hz (and not its own 880), and both others must hear 880 Hz from it. With `--ptt` the
 //! example talks by push-to-talk through the C ABI (key up for the first half, down for the second): the
-//! others hear it for the second half only.
+//! others hear it for the second half only. With `--team --whisper carl` it talks to its team (bob) for the
+//! first half and whispers to carl, of the other team, for the second: each of the two SDK clients hears it
+//! for its half only.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use chorus_native::{Client, Config};
 use chorus_tests::{Server, SAMPLE_RATE};
 
-use crate::{audio_client, tones_in, SECONDS};
+use crate::{audio_client, loud_span, loudness, tones_in, wait_connected, SECONDS};
 
 /// The example's path, built once per test process: both tests run concurrently, and one linking the
 /// file while the other executes it fails with "Text file busy" (ETXTBSY).
@@ -171,5 +175,104 @@ async fn the_c_example_with_push_to_talk_is_heard_only_while_its_key_is_down() -
         assert_eq!(tones_in(pcm, SAMPLE_RATE).0, vec![880.0], "{report}");
     }
     carol.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_c_example_talks_to_its_team_then_whispers_and_only_they_hear_it() -> anyhow::Result<()>
+{
+    let exe = tokio::task::spawn_blocking(build_example).await??;
+    let server = Server::start(&[]).await?;
+    let room = "c-teams";
+    let url = server.ws_url();
+    // bob is of the C example's team (red), carl of the other (blue): SDK clients that listen.
+    let mut bob = Client::new(Config::default())?;
+    let mut carl = Client::new(Config::default())?;
+    bob.connect(&url, &server.token(room, "bob", &["--team", "red"])?, None)?;
+    carl.connect(
+        &url,
+        &server.token(room, "carl", &["--team", "blue"])?,
+        None,
+    )?;
+    let (mut bob, mut carl) = tokio::task::spawn_blocking(move || {
+        wait_connected(&bob, &mut Vec::new())?;
+        wait_connected(&carl, &mut Vec::new())?;
+        anyhow::Ok((bob, carl))
+    })
+    .await??;
+    let stop = Arc::new(AtomicBool::new(false));
+    let listen = |client: &mut Client| {
+        let speaker = client.take_speaker().expect("a new client has its speaker");
+        let stop = stop.clone();
+        std::thread::spawn(move || loudness(speaker, stop))
+    };
+    let (bob_ear, carl_ear) = (listen(&mut bob), listen(&mut carl));
+
+    let token = server.token(room, "c-example", &["--team", "red"])?;
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(&exe)
+            .args([
+                "--team",
+                "--whisper",
+                "carl",
+                &url,
+                &token,
+                room,
+                "880",
+                "4",
+                "440",
+            ])
+            .output(),
+    )
+    .await??;
+    stop.store(true, Ordering::Relaxed);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!(
+        "{stdout}\nstderr: {}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_tail()
+    );
+    assert!(out.status.success(), "the example failed: {report}");
+    assert!(stdout.contains("talk team"), "{report}");
+    assert!(stdout.contains("whisper carl PA_"), "{report}");
+    assert!(!stdout.contains("event error"), "{report}");
+    let (bob_levels, bob_pcm) = bob_ear.join().expect("bob's playback does not panic");
+    let (carl_levels, carl_pcm) = carl_ear.join().expect("carl's playback does not panic");
+    let (bob_secs, bob_span) = loud_span(&bob_levels);
+    let (carl_secs, carl_span) = loud_span(&carl_levels);
+    println!("bob (team mate) heard {bob_secs:.2} s, carl (whispered to) {carl_secs:.2} s of 4 s");
+    // Team talk for the first 2 s reaches bob only; the whisper for the last 2 s carl only.
+    assert!(
+        (1.3..2.6).contains(&bob_secs),
+        "bob heard {bob_secs:.2} s: {report}"
+    );
+    assert!(
+        (1.3..2.6).contains(&carl_secs),
+        "carl heard {carl_secs:.2} s: {report}"
+    );
+    let ((_, bob_last), (carl_first, _)) = (
+        bob_span.expect("bob heard the team talk"),
+        carl_span.expect("carl heard the whisper"),
+    );
+    assert!(
+        bob_last < carl_first + Duration::from_millis(300),
+        "bob still heard the C example {:?} after carl started to: {report}",
+        bob_last - carl_first
+    );
+    for (name, pcm) in [("bob", &bob_pcm), ("carl", &carl_pcm)] {
+        let loud: Vec<f32> = pcm
+            .chunks(480)
+            .filter(|c| c.iter().map(|s| s * s).sum::<f32>() / 480.0 > 0.0025)
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(
+            tones_in(&loud, SAMPLE_RATE).0,
+            vec![880.0],
+            "{name}: {report}"
+        );
+    }
+    drop((bob, carl));
     Ok(())
 }

@@ -267,13 +267,23 @@ async fn a_lost_connection_is_rejoined_and_heard_again() -> anyhow::Result<()> {
     let server = Server::start(&[]).await?;
     let room = "rejoin";
     let proxy = CuttableProxy::start(&server.ws_url()).await?;
-    let (_carol_signal, mut carol, _) = audio_client(&server, room, "carol", 660.0).await?;
+    let (_carol_signal, mut carol, carol_sid) = audio_client(&server, room, "carol", 660.0).await?;
     carol.wait_connected(SECONDS).await?;
+    // dave listens; ada whispers to carol (set before connecting), so dave never hears her, before or
+    // after her rejoin (the SDK sends the whisper again).
+    let mut dave = Client::new(Config::default())?;
+    dave.connect(&server.ws_url(), &server.token(room, "dave", &[])?, None)?;
+    let mut dave = tokio::task::spawn_blocking(move || {
+        wait_connected(&dave, &mut Vec::new())?;
+        anyhow::Ok(dave)
+    })
+    .await??;
     let mut ada = Client::new(Config {
         input_rate_hz: 24_000,
         buffer_ms: 1_000,
         ..Config::default()
     })?;
+    ada.talk_to(chorus_native::TalkTarget::Whisper(vec![carol_sid]))?;
     ada.connect(&proxy.url, &server.token(room, "ada", &[])?, Some(room))?;
     let stop = Arc::new(AtomicBool::new(false));
     let mic = ada
@@ -282,6 +292,10 @@ async fn a_lost_connection_is_rejoined_and_heard_again() -> anyhow::Result<()> {
     let capture_thread = {
         let stop = stop.clone();
         std::thread::spawn(move || capture(mic, 24_000, 440.0, stop))
+    };
+    let dave_ear = {
+        let (speaker, stop) = (dave.take_speaker().expect("a speaker"), stop.clone());
+        std::thread::spawn(move || crate::loudness(speaker, stop))
     };
     let (ada, mut seen, first_sid) = tokio::task::spawn_blocking(move || {
         let mut seen = Vec::new();
@@ -315,6 +329,17 @@ async fn a_lost_connection_is_rejoined_and_heard_again() -> anyhow::Result<()> {
     capture_thread
         .join()
         .expect("the capture thread does not panic");
+    // dave hears carol's 660 Hz, never ada's 440 Hz: before the cut nor after the rejoin.
+    let (_, dave_pcm) = dave_ear.join().expect("dave's playback does not panic");
+    let (before, after) = dave_pcm.split_at(dave_pcm.len() / 2);
+    for (when, pcm) in [("before the cut", before), ("after the rejoin", after)] {
+        let analysis = media_core::audio::ToneAnalysis::analyze(pcm, SAMPLE_RATE, &crate::TONES);
+        assert_eq!(
+            analysis.present_default(),
+            vec![660.0],
+            "dave {when}: {analysis:?}"
+        );
+    }
     {
         // The rejoined session's microphone is a new stream, and it is ada's tone.
         let heard = carol
@@ -333,10 +358,11 @@ async fn a_lost_connection_is_rejoined_and_heard_again() -> anyhow::Result<()> {
             "carol hears {tones:?}"
         );
     }
-    drop(ada);
+    drop((ada, dave));
     carol.stop().await?;
     Ok(())
 }
 
 mod ptt;
 mod spatial;
+mod talk;

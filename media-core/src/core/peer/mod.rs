@@ -266,19 +266,28 @@ impl Peer {
                 (media.kind() == MediaKind::Audio).then(|| (media.mid(), media.direction()))
             })
             .collect();
+        let lines = audio_mids.len();
         let mut mids = audio_mids.into_iter();
-        let (mic_mid, mic_dir) = mids
+        let (first_mid, mic_dir) = mids
             .next()
             .ok_or(PeerError::MissingMedia("the microphone"))?;
         let mic_mid =
-            matches!(mic_dir, Direction::RecvOnly | Direction::SendRecv).then_some(mic_mid);
+            matches!(mic_dir, Direction::RecvOnly | Direction::SendRecv).then_some(first_mid);
+        // A receive-only offer (WHEP: one audio m-line the client only receives on) has no microphone:
+        // its one line is its slot. A Chorus client's offer always has a microphone line and slots.
+        let receive_only = lines == 1 && mic_dir == Direction::SendOnly && params.slots > 0;
+        let slot_lines: Vec<(Mid, Direction)> = receive_only
+            .then_some((first_mid, mic_dir))
+            .into_iter()
+            .chain(mids)
+            .collect();
         let mic_pt = mic_mid.and_then(|m| opus_pt(&rtc, m));
         let mic_red_pt = mic_mid
             .filter(|m| red_mids.contains(m))
             .and_then(|m| red_pt(&rtc, m));
 
         let mut slots = Vec::with_capacity(params.slots);
-        for (mid, dir) in mids {
+        for (mid, dir) in slot_lines {
             if slots.len() == params.slots.min(MAX_SLOTS) {
                 break;
             }

@@ -632,6 +632,29 @@ fn extra_slot_lines_stay_unused_and_listeners_have_no_microphone() {
 }
 
 #[test]
+fn a_receive_only_offer_has_no_microphone_and_its_one_line_is_its_slot() {
+    // WHEP: one recvonly audio m-line.
+    let now = epoch();
+    let local = "127.0.0.1:6000".parse().expect("literal address");
+    let (_, offer) = ClientPeer::new_receive_only(now, local).expect("client offer");
+    let cert = test_cert();
+    let params = PeerParams {
+        candidate_addr: "127.0.0.1:5000".parse().expect("literal address"),
+        dtls_cert: &cert,
+        slots: 3,
+        stereo: false,
+    };
+    let (peer, answer) = Peer::from_offer(now, ParticipantId(1), &params, &offer).expect("answer");
+    assert!(!peer.has_microphone());
+    assert_eq!(peer.slots.len(), 1);
+    assert!(answer.contains("a=sendonly"), "{answer}");
+    // Without slots (a publisher-only grant) the same offer has nothing to carry.
+    let params = PeerParams { slots: 0, ..params };
+    let (peer, _) = Peer::from_offer(now, ParticipantId(2), &params, &offer).expect("answer");
+    assert!(peer.slots.is_empty() && !peer.has_microphone());
+}
+
+#[test]
 fn a_panic_while_parsing_an_offer_is_a_typed_error() {
     let panicking = |_: &str| -> Result<SdpOffer, String> { panic!("parser bug") };
     assert!(matches!(

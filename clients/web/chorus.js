@@ -749,6 +749,8 @@ export class Room extends EventTarget {
     /** @private */ this._muted = false;
     /** @private push-to-talk on (`setPtt`) */ this._ptt = false;
     /** @private @type {Map<string, number>} the volumes set with `setVolume`, by sid */ this._volumes = new Map();
+    /** @private @type {{target: TalkTarget, to: string[]}} the last `talkTo`, sent again after a rejoin */
+    this._talk = { target: 'room', to: [] };
     /** @private the push-to-talk key is down (`keyDown`) */ this._keyDown = false;
     /** @private */ this._pingId = 0;
     /** @private @type {Map<number, number>} */ this._pingSent = new Map();
@@ -1031,6 +1033,7 @@ export class Room extends EventTarget {
       msg.to = sids.map(String);
     }
     this._send(msg);
+    this._talk = { target, to: msg.to || [] };
   }
 
   /**
@@ -1051,6 +1054,26 @@ export class Room extends EventTarget {
     if (p) p.volume = volume;
     this._applyVolumes();
     if (this._isOpen()) this._send({ type: 'volume', sid, volume });
+  }
+
+  /**
+   * A rejoined session is a new participant on the server, talking to the room at volume 0 for everyone:
+   * send our talk target and volumes again, for the participants still here (a whisper whose participants
+   * all left goes back to the room).
+   * @private
+   */
+  _restoreTalk() {
+    for (const [sid, volume] of [...this._volumes]) {
+      if (this.participants.has(sid)) this._send({ type: 'volume', sid, volume });
+      else this._volumes.delete(sid);
+    }
+    const { target } = this._talk;
+    const to = this._talk.to.filter((sid) => this.participants.has(sid));
+    if (target === 'whisper' && to.length === 0) this._talk = { target: 'room', to: [] };
+    else if (target === 'whisper') {
+      this._talk = { target, to };
+      this._send({ type: 'talk', target, to });
+    } else if (target === 'team') this._send({ type: 'talk', target });
   }
 
   /** @private forwarding rooms: each slot's element plays at its participant's volume (at most 1) */
@@ -1297,6 +1320,7 @@ export class Room extends EventTarget {
       if (!this.localParticipant.ptt) this._send({ type: 'ptt', enabled: true });
       if (this._keyDown) this._send({ type: 'ptt_key', down: true });
     }
+    if (before) this._restoreTalk();
     // A new participant on the server has no position: ours goes out now (it takes effect with the answer).
     this._positionSent = null;
     this.positions = [];

@@ -144,6 +144,31 @@ describe('Room positions (Node, a stand-in socket)', () => {
     }
   });
 
+  it('sends the talk target and volumes again after a rejoin, for the participants still there', async () => {
+    const { room, sent } = await openRoom();
+    room.participants = new Map([['PA_a', { sid: 'PA_a' }], ['PA_b', { sid: 'PA_b' }], ['PA_c', { sid: 'PA_c' }]]);
+    room.talkTo('whisper', ['PA_a', 'PA_c']);
+    room.setVolume('PA_b', -12);
+    room.setVolume('PA_c', 8);
+    sent.length = 0;
+    // Rejoined: PA_c left meanwhile.
+    room.participants.delete('PA_c');
+    room._restoreTalk();
+    assert.deepEqual(sent, [
+      { type: 'volume', sid: 'PA_b', volume: -12 },
+      { type: 'talk', target: 'whisper', to: ['PA_a'] },
+    ]);
+    // A whisper whose participants all left goes back to the room: nothing to send.
+    room.participants.delete('PA_a');
+    sent.length = 0;
+    room._restoreTalk();
+    assert.deepEqual(sent, [{ type: 'volume', sid: 'PA_b', volume: -12 }]);
+    room.talkTo('team');
+    sent.length = 0;
+    room._restoreTalk();
+    assert.deepEqual(sent, [{ type: 'volume', sid: 'PA_b', volume: -12 }, { type: 'talk', target: 'team' }]);
+  });
+
   it('turns `positions` into the positions event and Room#positions', async () => {
     const { room } = await openRoom();
     /** @type {any[]} */

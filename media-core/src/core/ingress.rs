@@ -279,18 +279,29 @@ impl MediaCore {
                 }
                 _ => None,
             };
-            let written = peer.write_slot(
+            let body = red_payload.as_ref().unwrap_or(&payload);
+            let is_red = red_payload.is_some();
+            // The direct path (header template, the peer's own SRTP sender); str0m's while it is not
+            // available for this peer.
+            let result = match peer.send_slot(
                 slot,
                 out_seq,
                 out_ts,
-                arrival,
-                red_payload.as_ref().unwrap_or(&payload),
-                red_payload.is_some(),
+                body,
+                is_red,
                 level,
                 vad,
                 source,
-            );
-            let result = written.and_then(|()| peer.drive(now, &mut self.out));
+                &mut self.out,
+            ) {
+                Ok(true) => Ok(()),
+                Ok(false) => peer
+                    .write_slot(
+                        slot, out_seq, out_ts, arrival, body, is_red, level, vad, source,
+                    )
+                    .and_then(|()| peer.drive(now, &mut self.out)),
+                Err(e) => Err(e),
+            };
             match result {
                 Ok(()) => {
                     self.stats.rtp_forwarded += 1;

@@ -118,7 +118,7 @@ impl CoreError {
             CoreError::Peer(PeerError::Rtc(_)) => {
                 "the offer was refused by the WebRTC stack".to_owned()
             }
-            CoreError::Peer(PeerError::Panicked) => {
+            CoreError::Peer(PeerError::Panicked | PeerError::Srtp(_)) => {
                 "the WebRTC stack failed on the offer".to_owned()
             }
             // Our own texts: fixed strings and counts.

@@ -107,16 +107,32 @@ impl MediaCore {
                             }
                             _ => None,
                         };
-                        let written = peer.write_mix(
+                        let body = red.as_ref().unwrap_or(&packet.payload);
+                        // The direct path (the peer's own SRTP sender); str0m's while it is not
+                        // available for this peer.
+                        let result = match peer.send_mix(
                             packet.seq,
                             packet.ts,
-                            now,
-                            red.as_ref().unwrap_or(&packet.payload),
+                            body,
                             red.is_some(),
                             packet.level,
                             &packet.contributors,
-                        );
-                        let result = written.and_then(|()| peer.drive(now, &mut self.out));
+                            &mut self.out,
+                        ) {
+                            Ok(true) => Ok(()),
+                            Ok(false) => peer
+                                .write_mix(
+                                    packet.seq,
+                                    packet.ts,
+                                    now,
+                                    body,
+                                    red.is_some(),
+                                    packet.level,
+                                    &packet.contributors,
+                                )
+                                .and_then(|()| peer.drive(now, &mut self.out)),
+                            Err(e) => Err(e),
+                        };
                         if result.is_err() {
                             self.out
                                 .events

@@ -5,6 +5,7 @@
 //! adding a participant cost (issue 15, callgrind). A configuration holds nothing of a connection (each
 //! DTLS instance has its own state, keys and random numbers), so one per MTU serves every peer.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -13,6 +14,8 @@ use str0m::crypto::dtls::{
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
 use str0m::{Rtc, RtcConfig};
+
+use super::srtp::ExportedKeys;
 
 /// dimpl configurations, built once per MTU str0m asks for (one in practice) and shared.
 #[derive(Debug)]
@@ -84,7 +87,46 @@ impl SharedConfigs {
                 )))
             }
         };
-        Ok(Box::new(Dimpl(dtls)))
+        let tap = PENDING_TAP.with(|pending| pending.borrow_mut().take());
+        Ok(Box::new(Dimpl { dtls, tap }))
+    }
+}
+
+/// Where a peer's DTLS connection leaves the SRTP keying material it exports, for the peer's own SRTP
+/// sender ([`super::srtp`]). str0m keeps its SRTP contexts to itself; its DTLS instance is ours
+/// ([`Dimpl`]), so the material is read on its way past. Written once (the handshake's export), read by
+/// the one peer that owns the connection.
+#[derive(Debug, Default)]
+pub(crate) struct KeyTap(OnceLock<ExportedKeys>);
+
+impl KeyTap {
+    /// The exported keys, once the handshake has derived them.
+    pub(crate) fn keys(&self) -> Option<&ExportedKeys> {
+        self.0.get()
+    }
+}
+
+thread_local! {
+    /// The tap for the DTLS instance the `Rtc` being built on this thread creates ([`build_tapped`]).
+    static PENDING_TAP: RefCell<Option<Arc<KeyTap>>> = const { RefCell::new(None) };
+}
+
+/// Build an `Rtc` whose DTLS connection exports its SRTP keys into the returned tap. str0m creates the
+/// connection inside `build`, on this thread; any other `Rtc` gets no tap.
+pub(crate) fn build_tapped(config: RtcConfig, now: Instant) -> (Rtc, Arc<KeyTap>) {
+    let tap = Arc::new(KeyTap::default());
+    PENDING_TAP.with(|pending| *pending.borrow_mut() = Some(tap.clone()));
+    let rtc = config.build(now);
+    // Taken by the DTLS instance; cleared here should a provider other than ours have built it.
+    PENDING_TAP.with(|pending| pending.borrow_mut().take());
+    (rtc, tap)
+}
+
+/// The crypto provider the peers' `Rtc`s use: the process default when one is installed, else ours.
+pub(crate) fn active_provider() -> &'static CryptoProvider {
+    match CryptoProvider::get_default() {
+        Some(installed) => installed,
+        None => shared_provider(),
     }
 }
 
@@ -117,17 +159,24 @@ impl DtlsProvider for SharedDtlsProvider {
 /// way), which str0m then uses; otherwise str0m's provider from its feature flags with
 /// [`SharedDtlsProvider`] for DTLS.
 pub(crate) fn crypto_provider() -> Option<Arc<CryptoProvider>> {
-    static SHARED: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     if CryptoProvider::get_default().is_some() {
         return None;
     }
-    let shared = SHARED.get_or_init(|| {
+    Some(shared_arc().clone())
+}
+
+fn shared_arc() -> &'static Arc<CryptoProvider> {
+    static SHARED: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    SHARED.get_or_init(|| {
         static PROVIDER: SharedDtlsProvider = SharedDtlsProvider(&SERVER_CONFIGS);
         let mut provider = str0m::crypto::from_feature_flags();
         provider.dtls_provider = &PROVIDER;
         Arc::new(provider)
-    });
-    Some(shared.clone())
+    })
+}
+
+fn shared_provider() -> &'static CryptoProvider {
+    shared_arc()
 }
 
 /// `Rtc::builder()` with [`crypto_provider`]: what every peer this crate builds starts from (the
@@ -140,8 +189,11 @@ pub(crate) fn rtc_builder() -> RtcConfig {
     }
 }
 
-/// A dimpl connection as str0m's [`DtlsInstance`].
-pub(crate) struct Dimpl(dimpl::Dtls);
+/// A dimpl connection as str0m's [`DtlsInstance`], exporting its SRTP keys into `tap` when it has one.
+pub(crate) struct Dimpl {
+    dtls: dimpl::Dtls,
+    tap: Option<Arc<KeyTap>>,
+}
 
 impl std::fmt::Debug for Dimpl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,43 +203,53 @@ impl std::fmt::Debug for Dimpl {
 
 impl DtlsInstance for Dimpl {
     fn set_active(&mut self, active: bool) {
-        self.0.set_active(active);
+        self.dtls.set_active(active);
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
-        self.0.handle_packet(packet)
+        self.dtls.handle_packet(packet)
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        self.0.poll_output(buf)
+        let output = self.dtls.poll_output(buf);
+        if let (DtlsOutput::KeyingMaterial(material, profile), Some(tap)) = (&output, &self.tap) {
+            // The first export is the session's; a second set would be ignored, as str0m keeps its first
+            // contexts too.
+            let _ = tap.0.set(ExportedKeys {
+                material: material.to_vec(),
+                profile: *profile,
+                active: self.dtls.is_active(),
+            });
+        }
+        output
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
-        self.0.handle_timeout(now)
+        self.dtls.handle_timeout(now)
     }
 
     fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
-        self.0.send_application_data(data)
+        self.dtls.send_application_data(data)
     }
 
     fn is_active(&self) -> bool {
-        self.0.is_active()
+        self.dtls.is_active()
     }
 
     fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.0.protocol_version()
+        self.dtls.protocol_version()
     }
 
     fn is_closing(&self) -> bool {
-        self.0.is_closing()
+        self.dtls.is_closing()
     }
 
     fn is_closed(&self) -> bool {
-        self.0.is_closed()
+        self.dtls.is_closed()
     }
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
-        self.0.close()
+        self.dtls.close()
     }
 }
 

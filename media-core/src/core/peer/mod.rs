@@ -24,6 +24,8 @@ use crate::stats::PathMove;
 
 pub(crate) mod dtls;
 mod output;
+mod send;
+mod srtp;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +43,9 @@ pub enum PeerError {
     Rtc(#[from] RtcError),
     #[error("the webrtc stack panicked")]
     Panicked,
+    /// Sealing a forwarded packet failed (the crypto provider refused it).
+    #[error("srtp: {0}")]
+    Srtp(#[from] str0m::crypto::CryptoError),
 }
 
 /// A datagram to send (the test client's output; the core's is [`NetTransmit`], which names its path).
@@ -104,6 +109,9 @@ pub struct SlotStream {
     pub pt: Pt,
     /// The RED (RFC 2198) payload type, when the subscriber offered RED on this m-line.
     pub red_pt: Option<Pt>,
+    /// The RTP header forwarded packets are written from ([`Peer::send_slot`]); `None` when the
+    /// negotiated extension ids need str0m's path.
+    pub(crate) header: Option<send::HeaderTemplate>,
 }
 
 pub struct Peer {
@@ -143,6 +151,10 @@ pub struct Peer {
     /// sees a client's check can resend it from elsewhere, and str0m takes the copy. A copy carries a
     /// transaction id already seen, so it never moves the media; a new check from the client does.
     checks: std::collections::VecDeque<[u8; 12]>,
+    /// The SRTP keys the peer's DTLS connection exports, and the sender built from them at the first
+    /// forwarded packet after they arrived ([`Peer::send_slot`]).
+    keys: std::sync::Arc<dtls::KeyTap>,
+    srtp: Option<srtp::SrtpSender>,
 }
 
 /// How many checks' transaction ids a peer remembers to recognise a replayed one: at the two checks a
@@ -236,9 +248,9 @@ impl Peer {
             .set_ice_lite(true)
             .set_dtls_cert(params.dtls_cert.clone())
             .set_local_ice_credentials(creds);
-        let mut rtc = opus_only(builder, true, params.stereo)
-            .set_stats_interval(Some(STATS_INTERVAL))
-            .build(now);
+        let config =
+            opus_only(builder, true, params.stereo).set_stats_interval(Some(STATS_INTERVAL));
+        let (mut rtc, keys) = dtls::build_tapped(config, now);
         for local in candidates {
             let candidate = local.ice().map_err(PeerError::BadSdp)?;
             rtc.add_local_candidate(candidate);
@@ -291,11 +303,17 @@ impl Peer {
             };
             let ssrc = Ssrc(*tx.ssrc());
             let red_pt = red_mids.contains(&mid).then(|| red_pt(&rtc, mid)).flatten();
+            let header = answer
+                .media_lines
+                .iter()
+                .find(|line| line.mid() == mid)
+                .and_then(|line| send::HeaderTemplate::new(ssrc, mid, &line.extmaps()));
             slots.push(SlotStream {
                 mid,
                 ssrc,
                 pt,
                 red_pt,
+                header,
             });
         }
         if params.slots > 0 && slots.is_empty() {
@@ -321,6 +339,8 @@ impl Peer {
             client_path: None,
             client_path_heard: None,
             checks: std::collections::VecDeque::with_capacity(CHECKS_KEPT),
+            keys,
+            srtp: None,
         };
         Ok((peer, answer.to_sdp_string()))
     }

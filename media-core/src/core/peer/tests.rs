@@ -213,6 +213,10 @@ struct Rebinding {
     heard_from_client: Option<Instant>,
     /// Why the media moved, each time it did.
     moves: Vec<PathMove>,
+    /// Forward with [`Peer::send_slot`] (the direct path) rather than str0m's `write_slot`.
+    direct: bool,
+    /// What the client received on its slot, in order.
+    received: Vec<crate::client::ReceivedAudio>,
 }
 
 impl Rebinding {
@@ -255,6 +259,8 @@ impl Rebinding {
             checks_via: None,
             heard_from_client: None,
             moves: Vec::new(),
+            direct: false,
+            received: Vec::new(),
         }
     }
 
@@ -287,7 +293,10 @@ impl Rebinding {
                         .expect("the server peer takes the client's datagram");
                     self.moves.extend(moved);
                 }
-                ClientOutput::Audio(a) => self.heard += u64::from(a.slot == 0),
+                ClientOutput::Audio(a) => {
+                    self.heard += u64::from(a.slot == 0);
+                    self.received.push(a);
+                }
                 ClientOutput::Disconnected => panic!("the client lost ICE consent"),
                 ClientOutput::Connected => {}
             }
@@ -302,19 +311,36 @@ impl Rebinding {
             self.seq += 1;
             let payload: std::sync::Arc<[u8]> = std::sync::Arc::from(&[0xf8, 0xff, 0xfe][..]);
             let ts = (self.seq * 960) as u32;
-            self.peer
-                .write_slot(
-                    0,
-                    self.seq,
-                    ts,
-                    now,
-                    &payload,
-                    false,
-                    Some(-30),
-                    Some(true),
-                    Ssrc(7),
-                )
-                .expect("a slot packet is written");
+            let sent = self.direct
+                && self
+                    .peer
+                    .send_slot(
+                        0,
+                        self.seq,
+                        ts,
+                        &payload,
+                        false,
+                        Some(-30),
+                        Some(true),
+                        Ssrc(7),
+                        &mut self.out,
+                    )
+                    .expect("a slot packet is sealed");
+            if !sent {
+                self.peer
+                    .write_slot(
+                        0,
+                        self.seq,
+                        ts,
+                        now,
+                        &payload,
+                        false,
+                        Some(-30),
+                        Some(true),
+                        Ssrc(7),
+                    )
+                    .expect("a slot packet is written");
+            }
         }
         self.peer
             .handle_timeout(now)
@@ -333,6 +359,37 @@ impl Rebinding {
         }
         self.out.events.clear();
     }
+}
+
+#[test]
+fn slot_packets_sealed_by_the_peer_itself_decrypt_at_a_str0m_client_across_a_sequence_wrap() {
+    let t0 = epoch();
+    let mut r = Rebinding::new(t0, false);
+    r.direct = true;
+    // 150 packets from 65,450 on: the rollover counter (part of the SRTP index) steps during the run.
+    r.seq = 65_450;
+    let mut now = t0;
+    run(&mut r, &mut now, Duration::from_secs(4), |_, _| {});
+    assert!(r.peer.srtp.is_some(), "the direct path sealed the packets");
+    assert_eq!(r.lost, 0);
+    assert!(r.received.len() >= 150, "received {}", r.received.len());
+    assert!(
+        r.received.last().is_some_and(|a| a.seq > 65_536),
+        "the sequence wrapped"
+    );
+    for a in &r.received {
+        assert_eq!(a.slot, 0);
+        assert_eq!(a.ssrc, r.peer.slots()[0].ssrc.0);
+        assert_eq!(a.csrc, Some(7), "the speaker is the CSRC");
+        assert_eq!(a.audio_level, Some(30));
+        assert_eq!(a.timestamp, (a.seq * 960) as u32);
+        assert_eq!(&a.payload[..], &[0xf8, 0xff, 0xfe]);
+    }
+    let seqs: Vec<u64> = r.received.iter().map(|a| a.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, none lost"
+    );
 }
 
 #[test]

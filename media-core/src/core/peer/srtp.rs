@@ -1,0 +1,276 @@
+//! The server's own SRTP sender for forwarded packets (issue 15): RFC 3711 key derivation and RTP
+//! protection for the three DTLS-SRTP profiles str0m and dimpl negotiate, on str0m's crypto provider.
+//!
+//! str0m's per-packet send path (send queue, pacer, timeout round, RTX cache, stats, a zero-filled
+//! 2 KB buffer, a copy per step) cost most of a forwarded packet. A forwarded packet needs only its header
+//! and one encryption with the subscriber's SRTP master key, which the peer's DTLS connection exports
+//! ([`super::dtls::KeyTap`]). The sender owns only the slot SSRCs, which str0m never writes to, so no
+//! (SSRC, index) pair, and thus no keystream, is ever used twice. SRTCP stays str0m's.
+
+use str0m::crypto::dtls::SrtpProfile;
+use str0m::crypto::{
+    AeadAes128Gcm, AeadAes128GcmCipher, AeadAes256Gcm, AeadAes256GcmCipher, Aes128CmSha1_80,
+    Aes128CmSha1_80Cipher, CryptoError, CryptoProvider, Sha1HmacProvider, SrtpProvider,
+};
+
+/// RFC 3711 §4.3.1 key derivation labels for SRTP (RTCP's are str0m's business).
+const LABEL_RTP_ENCRYPTION: u8 = 0;
+const LABEL_RTP_AUTHENTICATION: u8 = 1;
+const LABEL_RTP_SALT: u8 = 2;
+
+/// aws-lc-rs' AES-CTR writes whole blocks: the output needs up to a block less one byte of room.
+const CTR_SLACK: usize = 15;
+
+/// The largest authentication tag of the profiles: what a sealed packet adds at most.
+pub(crate) const MAX_TAG: usize = 16;
+
+/// The keying material a DTLS-SRTP connection exported (RFC 5764 §4.2: client key, server key, client
+/// salt, server salt) and which side this end is.
+pub(crate) struct ExportedKeys {
+    pub(crate) material: Vec<u8>,
+    pub(crate) profile: SrtpProfile,
+    /// DTLS client (active): its outgoing keys are the client's (left) half.
+    pub(crate) active: bool,
+}
+
+impl std::fmt::Debug for ExportedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secret: never printed.
+        f.debug_struct("ExportedKeys")
+            .field("profile", &self.profile)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Encrypts and authenticates outgoing RTP with one session's keys.
+pub(crate) struct SrtpSender {
+    cipher: Cipher,
+}
+
+enum Cipher {
+    CmSha1 {
+        enc: Box<dyn Aes128CmSha1_80Cipher>,
+        auth: [u8; Aes128CmSha1_80::HMAC_KEY_LEN],
+        salt: [u8; Aes128CmSha1_80::SALT_LEN],
+        hmac: &'static dyn Sha1HmacProvider,
+    },
+    Gcm128 {
+        enc: Box<dyn AeadAes128GcmCipher>,
+        salt: [u8; AeadAes128Gcm::SALT_LEN],
+    },
+    Gcm256 {
+        enc: Box<dyn AeadAes256GcmCipher>,
+        salt: [u8; AeadAes256Gcm::SALT_LEN],
+    },
+}
+
+impl SrtpSender {
+    /// The sender for this end's outgoing half of `keys`; `None` for a profile it does not know or keying
+    /// material of the wrong length (the caller keeps str0m's own send path).
+    pub(crate) fn new(provider: &CryptoProvider, keys: &ExportedKeys) -> Option<Self> {
+        let srtp = provider.srtp_provider;
+        let cipher = match keys.profile {
+            SrtpProfile::AES128_CM_SHA1_80 => {
+                let master = Master::<16, 14>::split(&keys.material, keys.active)?;
+                Cipher::CmSha1 {
+                    enc: srtp
+                        .aes_128_cm_sha1_80()
+                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), true),
+                    auth: master.derive(srtp, LABEL_RTP_AUTHENTICATION),
+                    salt: master.derive(srtp, LABEL_RTP_SALT),
+                    hmac: provider.sha1_hmac_provider,
+                }
+            }
+            SrtpProfile::AEAD_AES_128_GCM => {
+                let master = Master::<16, 12>::split(&keys.material, keys.active)?;
+                Cipher::Gcm128 {
+                    enc: srtp
+                        .aead_aes_128_gcm()
+                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), true),
+                    salt: master.derive(srtp, LABEL_RTP_SALT),
+                }
+            }
+            SrtpProfile::AEAD_AES_256_GCM => {
+                let master = Master::<32, 12>::split(&keys.material, keys.active)?;
+                Cipher::Gcm256 {
+                    enc: srtp
+                        .aead_aes_256_gcm()
+                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), true),
+                    salt: master.derive(srtp, LABEL_RTP_SALT),
+                }
+            }
+            _ => return None,
+        };
+        Some(Self { cipher })
+    }
+
+    /// Seal one packet: `out` holds its RTP header; `payload` is encrypted behind it and the tag appended.
+    /// `index` is the packet's extended sequence number (ROC × 65536 + sequence number) on `ssrc`.
+    pub(crate) fn seal(
+        &mut self,
+        out: &mut Vec<u8>,
+        payload: &[u8],
+        ssrc: u32,
+        index: u64,
+    ) -> Result<(), CryptoError> {
+        let header_len = out.len();
+        let end = header_len + payload.len();
+        let roc = (index >> 16) as u32;
+        match &mut self.cipher {
+            Cipher::CmSha1 {
+                enc,
+                auth,
+                salt,
+                hmac,
+            } => {
+                let iv = Aes128CmSha1_80::rtp_iv(*salt, ssrc, index);
+                out.resize(end + CTR_SLACK, 0);
+                enc.encrypt(&iv, payload, &mut out[header_len..])?;
+                // RFC 3711 §4.2: the tag covers the packet and the ROC.
+                let tag = hmac.sha1_hmac(&auth[..], &[&out[..end], &roc.to_be_bytes()]);
+                out.truncate(end);
+                out.extend_from_slice(&tag[..Aes128CmSha1_80::HMAC_TAG_LEN]);
+            }
+            Cipher::Gcm128 { enc, salt } => {
+                let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
+                out.resize(end + AeadAes128Gcm::TAG_LEN, 0);
+                let (aad, body) = out.split_at_mut(header_len);
+                enc.encrypt(&iv, aad, payload, body)?;
+            }
+            Cipher::Gcm256 { enc, salt } => {
+                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
+                out.resize(end + AeadAes256Gcm::TAG_LEN, 0);
+                let (aad, body) = out.split_at_mut(header_len);
+                enc.encrypt(&iv, aad, payload, body)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One direction's master key and salt.
+struct Master<const KEY: usize, const SALT: usize> {
+    key: [u8; KEY],
+    salt: [u8; SALT],
+}
+
+impl<const KEY: usize, const SALT: usize> Master<KEY, SALT> {
+    /// This end's outgoing half of the exported material: the client's (left) half when `active`.
+    fn split(material: &[u8], active: bool) -> Option<Self> {
+        if material.len() != 2 * (KEY + SALT) {
+            return None;
+        }
+        let (key_at, salt_at) = if active {
+            (0, 2 * KEY)
+        } else {
+            (KEY, 2 * KEY + SALT)
+        };
+        Some(Self {
+            key: material[key_at..key_at + KEY].try_into().ok()?,
+            salt: material[salt_at..salt_at + SALT].try_into().ok()?,
+        })
+    }
+
+    /// RFC 3711 §4.3.1 (key derivation rate 0, index 0): AES in counter mode keyed with the master key
+    /// over (master salt XOR label at byte 7) || block counter.
+    fn derive<const N: usize>(&self, srtp: &dyn SrtpProvider, label: u8) -> [u8; N] {
+        let mut input = [0u8; 16];
+        input[..SALT].copy_from_slice(&self.salt);
+        input[7] ^= label;
+        let mut out = [0u8; N];
+        let mut block = [0u8; 32];
+        for (round, chunk) in out.chunks_mut(16).enumerate() {
+            input[14..].copy_from_slice(&(round as u16).to_be_bytes());
+            match KEY {
+                16 => srtp.srtp_aes_128_ecb_round(&self.key, &input, &mut block),
+                _ => srtp.srtp_aes_256_ecb_round(&self.key, &input, &mut block),
+            }
+            chunk.copy_from_slice(&block[..chunk.len()]);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("test vectors are hex"))
+            .collect()
+    }
+
+    fn provider() -> CryptoProvider {
+        str0m::crypto::from_feature_flags()
+    }
+
+    /// RFC 3711 appendix B.3: the session keys of the example master key and salt.
+    #[test]
+    fn derives_the_rfc_3711_session_keys() {
+        let master = Master::<16, 14> {
+            key: hex("E1F97A0D3E018BE0D64FA32C06DE4139")
+                .try_into()
+                .expect("16 bytes"),
+            salt: hex("0EC675AD498AFEEBB6960B3AABE6")
+                .try_into()
+                .expect("14 bytes"),
+        };
+        let p = provider();
+        let key: [u8; 16] = master.derive(p.srtp_provider, LABEL_RTP_ENCRYPTION);
+        let salt: [u8; 14] = master.derive(p.srtp_provider, LABEL_RTP_SALT);
+        let auth: [u8; 20] = master.derive(p.srtp_provider, LABEL_RTP_AUTHENTICATION);
+        assert_eq!(key.to_vec(), hex("C61E7A93744F39EE10734AFE3FF7A087"));
+        assert_eq!(salt.to_vec(), hex("30CBBC08863D8C85D49DB34A9AE1"));
+        assert_eq!(
+            auth.to_vec(),
+            hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
+        );
+    }
+
+    #[test]
+    fn takes_its_own_half_of_the_material_and_refuses_a_wrong_length() {
+        let material: Vec<u8> = (0..60).collect();
+        let client = Master::<16, 14>::split(&material, true).expect("60 bytes for CM");
+        let server = Master::<16, 14>::split(&material, false).expect("60 bytes for CM");
+        assert_eq!(client.key[0], 0);
+        assert_eq!(server.key[0], 16);
+        assert_eq!(client.salt[0], 32);
+        assert_eq!(server.salt[0], 46);
+        assert!(Master::<16, 12>::split(&material, true).is_none());
+    }
+
+    #[test]
+    fn seals_with_each_profile_and_the_tag_depends_on_the_index() {
+        let p = provider();
+        for (profile, len, tag) in [
+            (SrtpProfile::AES128_CM_SHA1_80, 60, 10),
+            (SrtpProfile::AEAD_AES_128_GCM, 56, 16),
+            (SrtpProfile::AEAD_AES_256_GCM, 88, 16),
+        ] {
+            let keys = ExportedKeys {
+                material: (0..len as u8).collect(),
+                profile,
+                active: false,
+            };
+            let mut sender = SrtpSender::new(&p, &keys).expect("a known profile");
+            let header = [0x80u8, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+            let payload = [0xAAu8; 33];
+            let seal = |sender: &mut SrtpSender, index| {
+                let mut out = header.to_vec();
+                sender
+                    .seal(&mut out, &payload, 7, index)
+                    .expect("sealing never fails for a sane packet");
+                out
+            };
+            let a = seal(&mut sender, 1);
+            assert_eq!(a.len(), header.len() + payload.len() + tag, "{profile:?}");
+            assert_eq!(&a[..12], &header, "the header stays clear");
+            assert_ne!(&a[12..45], &payload[..], "the payload is encrypted");
+            let b = seal(&mut sender, 1 + (1 << 16));
+            assert_ne!(a, b, "{profile:?}: another ROC, another keystream and tag");
+        }
+    }
+}

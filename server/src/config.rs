@@ -55,6 +55,8 @@ pub struct Config {
     pub recording: RecordingConfig,
     /// Sources publishing into rooms: Icecast, RTP (docs/broadcast.md).
     pub ingest: crate::ingest::IngestConfig,
+    /// Files and playlists played into rooms, hold music, announcements (docs/broadcast.md, "Playout").
+    pub playout: crate::playout::PlayoutConfig,
 }
 
 /// Listener streams (docs/broadcast.md): a room's mix as Ogg/Opus over HTTP at `/live/{room}.opus`.
@@ -639,6 +641,7 @@ impl Config {
         }
         self.recording.validate()?;
         self.ingest.validate()?;
+        self.playout.validate()?;
         self.turn
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

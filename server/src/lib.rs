@@ -16,6 +16,7 @@ mod http;
 mod ingest;
 mod metrics;
 mod placement;
+mod playout;
 mod recording;
 mod shutdown;
 mod state;
@@ -81,6 +82,13 @@ impl Server {
             config.ingest.clone(),
             ingest::IngestMetrics::new(&registry)?,
         ));
+        let playout = Arc::new(
+            playout::Playout::new(
+                config.playout.clone(),
+                playout::PlayoutMetrics::new(&registry)?,
+            )
+            .context("cannot open playout.media_dir")?,
+        );
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -184,6 +192,7 @@ impl Server {
             cluster,
             recordings,
             ingest,
+            playout,
         });
         // The recordings already on disk (a crashed one is marked interrupted), and retention, at start.
         let loading = state.recordings.clone();
@@ -339,6 +348,7 @@ impl Server {
             .as_ref()
             .map(|c| c.spawn(state.signaling.clone(), worker_busy, media_addrs.len()));
         state.recordings.start_tasks(state.signaling.clone());
+        state.playout.start_tasks(state.clone());
         let app = app(state.clone(), config.broadcast.enabled);
         let fd_limit = conn::raise_fd_limit();
         let max_connections = conn::cap_for_fd_limit(config.http.max_connections, fd_limit);

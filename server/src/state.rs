@@ -31,6 +31,8 @@ pub struct AppState {
     pub recordings: Arc<crate::recording::Recordings>,
     /// Sources publishing into rooms (Icecast, RTP).
     pub ingest: Arc<crate::ingest::Ingest>,
+    /// Playbacks, hold music and announcements.
+    pub playout: Arc<crate::playout::Playout>,
 }
 
 /// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is

@@ -13,6 +13,7 @@ mod faults;
 mod ingest;
 mod interop;
 mod ops;
+mod playout;
 mod proxy;
 mod ptt;
 mod recording;

@@ -79,14 +79,19 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
-step "cargo build (chorus binary for end-to-end tests)"
-cargo build --locked --quiet -p chorus-server --bin chorus
+step "cargo build (every test, and the chorus binary the end-to-end tests run)"
+# Every cargo command below selects the whole workspace: one resolution of the dependencies' features, so
+# nothing is compiled twice (a `-p <crate>` build resolves features for that crate alone and recompiles
+# whatever differs: minutes on a fresh machine). `cargo test` builds the server's binary too
+# (target/debug/chorus); the end-to-end harnesses run it instead of building their own.
+cargo test --locked --workspace --no-run --quiet
+export CHORUS_BIN="$ROOT/target/debug/chorus"
 step "cargo test"
 # The real-time speech calls (tests/tests/speech) pace their clients by the wall clock: they run after
 # everything else, one at a time, so no other test competes with them for the CPU.
 cargo test --locked --workspace -- --skip real_udp_
 step "cargo test: speech over real UDP, one call at a time"
-cargo test --locked -p chorus-tests --test e2e real_udp_ -- --test-threads=1
+cargo test --locked --workspace --test e2e real_udp_ -- --test-threads=1
 
 # The deploy files, checked by the real tools. The Dockerfile builds with `cargo build --release --locked`:
 # the cargo steps above use --locked too, so a stale Cargo.lock fails here as it would in the image build.

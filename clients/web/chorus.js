@@ -1650,12 +1650,19 @@ export class Room extends EventTarget {
 
   /**
    * The answer to `join` on a node of a cluster that does not host the room: join at the owner's URL with
-   * the same token, on a new socket (the server closes this one).
+   * the same token, on a new socket (the server closes this one). During a call: a draining node handed the
+   * room to another node; rejoin there at once (a new session: it cannot be resumed on the old node).
    * @private
    * @param {RedirectMessage} msg
    */
   _onRedirect(msg) {
     const url = typeof msg.url === 'string' ? msg.url : '';
+    if (this._everConnected && !this._pending && !this._reconnect && /^wss?:\/\//.test(url)) {
+      this._resumeToken = null;
+      this._redirectUrl = url;
+      this._rejoinAfresh('the room moved to another server');
+      return;
+    }
     this._redirects += 1;
     if (!/^wss?:\/\//.test(url) || this._redirects > MAX_REDIRECTS) {
       const message = `the cluster redirected the join ${this._redirects} times (last to ${url || 'no URL'})`;

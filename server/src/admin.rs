@@ -257,6 +257,11 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(crate::recording::routes())
         .merge(crate::playout::http::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Inside the token check: only authorised requests are forwarded.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::admin::forward_room_requests,
+        ))
         .route_layer(middleware::from_fn_with_state(state, authorize))
 }
 

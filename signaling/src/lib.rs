@@ -18,6 +18,7 @@ pub mod session;
 pub mod source;
 pub mod turn;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -64,6 +65,9 @@ pub struct Signaling {
     closing: watch::Sender<bool>,
     /// Where rooms live, on a node of a cluster (none: every room is local).
     locator: OnceLock<Arc<dyn locator::RoomLocator>>,
+    /// Rooms this node handed to another node of its cluster (while draining): room → the signaling URL
+    /// its participants are redirected to.
+    migrations: watch::Sender<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Signaling {
@@ -104,6 +108,7 @@ impl Signaling {
             drain_deadline: watch::Sender::new(None),
             closing: watch::Sender::new(false),
             locator: OnceLock::new(),
+            migrations: watch::Sender::new(HashMap::new()),
         })
     }
 
@@ -168,8 +173,31 @@ impl Signaling {
         *self.drain_deadline.borrow()
     }
 
-    pub(crate) fn drain_notices(&self) -> watch::Receiver<Option<Instant>> {
+    /// Changes to the drain deadline: `Some` once the drain has begun.
+    pub fn drain_notices(&self) -> watch::Receiver<Option<Instant>> {
         self.drain_deadline.subscribe()
+    }
+
+    /// Hands `room` to the node of the cluster at `url` (a draining node moving its calls): each of the
+    /// room's sessions is sent `redirect` and closed (1012), its client rejoins there; a join of the room
+    /// reaching this node is located through the cluster again. One-way. Returns whether it was new.
+    pub fn migrate_room(&self, room: &str, url: &str) -> bool {
+        self.migrations.send_if_modified(|rooms| {
+            if rooms.contains_key(room) {
+                return false;
+            }
+            rooms.insert(room.to_owned(), url.to_owned());
+            true
+        })
+    }
+
+    /// Whether `room` was handed to another node ([`Signaling::migrate_room`]).
+    pub fn is_migrated(&self, room: &str) -> bool {
+        self.migrations.borrow().contains_key(room)
+    }
+
+    pub(crate) fn migrations(&self) -> watch::Receiver<HashMap<String, String>> {
+        self.migrations.subscribe()
     }
 
     /// Sends room lifecycle events (for webhooks) to `events`, with `try_send`: a full queue drops the event

@@ -34,10 +34,13 @@ pub enum LeaveReason {
     OfferTimeout,
     /// A moderator or operator moved the participant to another room.
     Moved,
+    /// The node handed the participant's room to another node of its cluster (a drain): the client was
+    /// sent `redirect` and rejoins there.
+    Migrated,
 }
 
 impl LeaveReason {
-    pub const ALL: [LeaveReason; 12] = [
+    pub const ALL: [LeaveReason; 13] = [
         LeaveReason::Leave,
         LeaveReason::Closed,
         LeaveReason::TransportError,
@@ -50,6 +53,7 @@ impl LeaveReason {
         LeaveReason::Replaced,
         LeaveReason::OfferTimeout,
         LeaveReason::Moved,
+        LeaveReason::Migrated,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -66,6 +70,7 @@ impl LeaveReason {
             LeaveReason::Replaced => "replaced",
             LeaveReason::OfferTimeout => "offer_timeout",
             LeaveReason::Moved => "moved",
+            LeaveReason::Migrated => "migrated",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! `error` code (and a metric), fatal ones close the socket, and whatever way the session ends it leaves
 //! its room and its media worker exactly once.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::pending;
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub use talk::{MAX_VOLUMES, TALK_BURST, TALK_PER_SEC};
 pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code when the server closes every session.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code after `redirect` to the node a draining node handed the room to (Service Restart: clients
+/// that do not follow the redirect rejoin through their entry URL and are redirected there).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
 /// The longest part of a media worker's message quoted in a `bad_sdp` error.
 const MAX_DETAIL_CHARS: usize = 200;
@@ -207,6 +211,8 @@ enum Exit {
     Resumed,
     /// The room lives on another node of the cluster: the client was sent `redirect`.
     Redirected,
+    /// This node handed the room to another node of the cluster: the joined client was sent `redirect`.
+    Migrated,
 }
 
 impl Exit {
@@ -240,6 +246,7 @@ impl Exit {
             Exit::Removed(_) => LeaveReason::Kicked,
             // The participant stays, on the new socket.
             Exit::Resumed => LeaveReason::Closed,
+            Exit::Migrated => LeaveReason::Migrated,
         }
     }
 
@@ -262,6 +269,7 @@ impl Exit {
             Exit::Removed(LeftReason::Replaced) => Some((CLOSE_NORMAL, "replaced")),
             Exit::Resumed => Some((CLOSE_NORMAL, "resumed")),
             Exit::Redirected => Some((CLOSE_NORMAL, "redirect")),
+            Exit::Migrated => Some((CLOSE_SERVICE_RESTART, "migrated")),
             Exit::Closed | Exit::ReadFailed | Exit::WriteFailed => None,
         }
     }
@@ -337,6 +345,8 @@ struct Member {
     removed: watch::Receiver<Option<LeftReason>>,
     /// Becomes `Some(room)` when a moderator or operator moves the participant to `room`.
     moved: watch::Receiver<Option<String>>,
+    /// The rooms this node handed to other nodes of its cluster (see [`Signaling::migrate_room`]).
+    migrations: watch::Receiver<HashMap<String, String>>,
     media: Media,
     /// The session's current resume token, and the claims a `resume` makes with it.
     resume: Resumable,
@@ -371,6 +381,8 @@ enum Input<E> {
     Removed(LeftReason),
     /// A moderator or operator moves the participant to this room.
     Moved(String),
+    /// The room was handed to the node of the cluster at this signaling URL.
+    Migrated(String),
     Draining(std::time::Instant),
     Shutdown,
     /// A `resume` on another WebSocket claims this session.
@@ -442,6 +454,7 @@ where
                 Input::Presence(event) => self.wire.send(&event.into_message()).await,
                 Input::Removed(reason) => Err(Exit::Removed(reason)),
                 Input::Moved(room) => self.on_moved(room).await,
+                Input::Migrated(url) => self.on_migrated(url).await,
                 Input::Draining(deadline) => {
                     self.drain = None;
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -566,10 +579,12 @@ where
 /// The next presence event, media event or offer answer of a joined session; never resolves before `join`.
 async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
     let Some(Member {
+        membership,
         presence,
         media,
         removed,
         moved,
+        migrations,
         resume,
         ..
     }) = joined
@@ -625,11 +640,24 @@ async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
             None => pending().await,
         }
     };
+    let migrated = async {
+        let room = membership.room.as_str();
+        let url = match migrations.wait_for(|rooms| rooms.contains_key(room)).await {
+            Ok(rooms) => rooms.get(room).cloned(),
+            // The context is gone: no migration will come.
+            Err(_) => None,
+        };
+        match url {
+            Some(url) => Input::Migrated(url),
+            None => pending().await,
+        }
+    };
     tokio::select! {
         input = presence => input,
         input = media => input,
         input = removed => input,
         input = moved => input,
+        input = migrated => input,
         input = claimed => input,
     }
 }

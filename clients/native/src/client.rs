@@ -147,6 +147,7 @@ impl Client {
         let session = Session {
             url: url.to_owned(),
             server_url: url.to_owned(),
+            next_url: None,
             token: token.to_owned(),
             room: room.map(str::to_owned),
             config: self.config.clone(),

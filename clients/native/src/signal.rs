@@ -48,6 +48,8 @@ enum End {
     Lost(String),
     /// Moved to another room by a moderator: negotiate media there on the same socket.
     Moved(Moved),
+    /// The node handed the room to another node of its cluster (a drain): rejoin at this URL at once.
+    Migrated(String),
 }
 
 /// What the game asks of the session.
@@ -66,6 +68,9 @@ pub(crate) struct Session {
     pub url: String,
     /// The node that admitted the current connection (the entry URL, or where a cluster redirected).
     pub server_url: String,
+    /// Where the next connection joins instead of the entry URL (once): the node a draining node handed
+    /// the room to.
+    pub next_url: Option<String>,
     pub token: String,
     pub room: Option<String>,
     pub config: Config,
@@ -119,6 +124,16 @@ impl Session {
             }
             let reason = match end {
                 Ok(End::Done) => return Ok(()),
+                Ok(End::Migrated(url)) => {
+                    // Not a loss: straight to the new node, without a backoff.
+                    self.next_url = Some(url);
+                    self.event(Event::Reconnecting {
+                        attempt: 1,
+                        reason: "migrated".to_owned(),
+                    });
+                    self.event(Event::ConnectionState(ConnectionState::Reconnecting));
+                    continue;
+                }
                 Ok(End::Lost(reason)) => reason,
                 // `connection` renegotiates a move itself.
                 Ok(End::Moved(_)) => "moved".to_owned(),
@@ -167,13 +182,14 @@ impl Session {
     async fn connection(&mut self) -> Result<End, Error> {
         let timeout = self.config.reply_timeout;
         // Through the entry URL every time, following a cluster's redirects: after a node died, its rooms
-        // are found wherever they are placed again.
+        // are found wherever they are placed again. After a migration, straight to the room's new node.
+        let entry = self.next_url.take().unwrap_or_else(|| self.url.clone());
         let JoinedSession {
             mut client,
             joined,
             url,
         } = Client::connect_and_join(
-            &self.url,
+            &entry,
             &self.token,
             self.room.as_deref(),
             self.config.name.as_deref(),
@@ -321,7 +337,7 @@ impl Session {
 
         let end = self.serve(client, &leg_stop).await;
         leg_stop.store(true, Ordering::Release);
-        if !matches!(end, Ok(End::Lost(_) | End::Moved(_))) {
+        if !matches!(end, Ok(End::Lost(_) | End::Moved(_) | End::Migrated(_))) {
             client.close().await;
         }
         self.audio = Some(
@@ -363,6 +379,9 @@ impl Session {
                         });
                     }
                     Ok(Some(ServerMessage::Moved(moved))) => return Ok(End::Moved(moved)),
+                    Ok(Some(ServerMessage::Redirect(redirect))) => {
+                        return Ok(End::Migrated(redirect.url))
+                    }
                     Ok(Some(ServerMessage::Left(left))) => {
                         self.event(Event::Left {
                             reason: left.reason.map(|r| spelling(&r)),
@@ -496,7 +515,7 @@ impl Session {
             | ServerMessage::Resumed(_)
             | ServerMessage::Answer(_)
             | ServerMessage::MediaState(_)
-            // Answers `join` only (the typed client follows it).
+            // Handled by `serve` (the room moved to another node).
             | ServerMessage::Redirect(_)
             // Handled by `serve` (a move renegotiates media).
             | ServerMessage::Moved(_)

@@ -16,6 +16,10 @@ pub struct ClusterConfig {
     /// The signaling URL clients are redirected to for rooms on this node (`ws://…/ws` or `wss://…/ws`);
     /// unset: `ws://{http.listen}/ws`, which needs a concrete listen address.
     pub public_url: Option<String>,
+    /// Where the other nodes reach this node's admin API (`http://10.0.0.7:7880`), to forward an admin
+    /// request for a room this node hosts; unset: `http://{http.listen}`, which needs a concrete listen
+    /// address.
+    pub admin_url: Option<String>,
     /// A label for placement (e.g. `eu-west`): with `same_region`, new rooms go to nodes with the label
     /// of the node the client reached, when one of them is live.
     pub region: String,
@@ -37,6 +41,10 @@ pub struct ClusterConfig {
     /// A Redis command (and a connection attempt) that takes longer fails: joins of rooms this node does
     /// not host then get `cluster_unavailable` instead of waiting.
     pub redis_timeout_ms: u64,
+    /// When this node drains, hand its rooms to other nodes and redirect their participants there (a
+    /// break of about a rejoin, well under a second), instead of letting the calls finish here. Rooms no
+    /// other node takes (all draining or full) still finish here.
+    pub migrate_on_drain: bool,
 }
 
 impl Default for ClusterConfig {
@@ -45,6 +53,7 @@ impl Default for ClusterConfig {
             redis_url: None,
             node_id: None,
             public_url: None,
+            admin_url: None,
             region: String::new(),
             same_region: true,
             capacity_participants: 1_000,
@@ -53,6 +62,7 @@ impl Default for ClusterConfig {
             node_ttl_ms: 5_000,
             claim_ttl_ms: 10_000,
             redis_timeout_ms: 1_000,
+            migrate_on_drain: true,
         }
     }
 }
@@ -85,6 +95,16 @@ impl ClusterConfig {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.len() > 512 {
                 return invalid(
                     "cluster.public_url must be a ws:// or wss:// URL (at most 512 bytes)",
+                );
+            }
+        }
+        if let Some(url) = &self.admin_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.len() > 512
+                || url.ends_with('/')
+            {
+                return invalid(
+                    "cluster.admin_url must be an http:// or https:// URL without a trailing / (at most 512 bytes)",
                 );
             }
         }

@@ -2,6 +2,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
+use super::LiveNode;
 use crate::metrics::{counter, counter_vec, gauge};
 
 /// The `op` label values of `chorus_cluster_redis_errors_total`.
@@ -49,6 +50,11 @@ pub struct ClusterMetrics {
     locate: IntCounterVec,
     nodes: IntGauge,
     claim_conflicts: IntCounter,
+    migrated: IntCounter,
+    participants: IntGauge,
+    rooms: IntGauge,
+    draining: IntGauge,
+    forwarded: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -83,12 +89,44 @@ impl ClusterMetrics {
             "chorus_cluster_claim_conflicts_total",
             "Rooms this node hosts whose claim another live node holds (seen at a heartbeat).",
         )?;
+        let migrated = counter(
+            registry,
+            "chorus_cluster_rooms_migrated_total",
+            "Rooms this node handed to another node while draining (their clients were redirected there).",
+        )?;
+        let participants = gauge(
+            registry,
+            "chorus_cluster_participants",
+            "Participants on all live nodes of the cluster, from their records at this node's last heartbeat.",
+        )?;
+        let rooms = gauge(
+            registry,
+            "chorus_cluster_rooms",
+            "Rooms on all live nodes of the cluster, from their records at this node's last heartbeat.",
+        )?;
+        let draining = gauge(
+            registry,
+            "chorus_cluster_nodes_draining",
+            "Live nodes of the cluster that are draining, at this node's last heartbeat.",
+        )?;
+        let forwarded = counter_vec(
+            registry,
+            "chorus_cluster_admin_forwarded_total",
+            "Admin requests for a room another node hosts, forwarded to it, by result.",
+            "result",
+            &["ok", "failed"],
+        )?;
         Ok(ClusterMetrics {
             redis_up,
             redis_errors,
             locate,
             nodes,
             claim_conflicts,
+            migrated,
+            participants,
+            rooms,
+            draining,
+            forwarded,
         })
     }
 
@@ -111,11 +149,28 @@ impl ClusterMetrics {
         self.locate.with_label_values(&[located.as_str()]).inc();
     }
 
-    pub fn nodes(&self, live: usize) {
-        self.nodes.set(i64::try_from(live).unwrap_or(i64::MAX));
+    /// The cluster's totals, from the live nodes' records.
+    pub fn totals(&self, nodes: &[LiveNode]) {
+        let sum = |f: fn(&LiveNode) -> u64| {
+            i64::try_from(nodes.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)
+        };
+        self.nodes
+            .set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
+        self.participants.set(sum(|n| n.record.participants));
+        self.rooms.set(sum(|n| n.record.rooms));
+        self.draining.set(sum(|n| u64::from(n.record.draining)));
+    }
+
+    pub fn admin_forwarded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.forwarded.with_label_values(&[result]).inc();
     }
 
     pub fn claim_conflicts(&self, n: usize) {
         self.claim_conflicts.inc_by(n as u64);
+    }
+
+    pub fn room_migrated(&self) {
+        self.migrated.inc();
     }
 }

@@ -36,10 +36,13 @@ use store::{Store, StoreError};
 pub struct Cluster {
     id: String,
     url: String,
+    admin_url: String,
     region: String,
     config: ClusterConfig,
     store: Store,
     metrics: ClusterMetrics,
+    /// For admin requests forwarded to other nodes.
+    http: reqwest::Client,
 }
 
 impl Cluster {
@@ -65,14 +68,23 @@ impl Cluster {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("ws://{http_addr}/ws"));
+        let admin_url = config
+            .admin_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
         info!(node = %id, %url, region = %config.region, "cluster node (Redis shared state)");
         Ok(Arc::new(Cluster {
             id,
             url,
+            admin_url,
             region: config.region.clone(),
             config: config.clone(),
             store,
             metrics: ClusterMetrics::new(registry)?,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .context("the HTTP client for forwarded admin requests")?,
         }))
     }
 
@@ -139,6 +151,34 @@ impl Cluster {
         }
     }
 
+    /// The live node other than this one that owns `room`, if any (a room this node does not host).
+    pub async fn owner_elsewhere(&self, room: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let ttl = Duration::from_millis(self.config.claim_ttl_ms);
+        let owner = self.store.place(room, None, ttl, ttl).await;
+        self.observe(&owner, "place");
+        let Some(owner) = owner? else {
+            return Ok(None);
+        };
+        if owner == self.id {
+            return Ok(None);
+        }
+        Ok(self
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|n| n.record)
+            .find(|r| r.id == owner))
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Counts an admin request forwarded to another node.
+    pub fn forwarded(&self, ok: bool) {
+        self.metrics.admin_forwarded(ok);
+    }
+
     /// Starts the heartbeat: this node's record and room claims, every `heartbeat_ms`, until aborted.
     pub fn spawn(
         self: &Arc<Self>,
@@ -157,8 +197,20 @@ impl Cluster {
             let period = Duration::from_millis(heart.cluster.config.heartbeat_ms);
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut drain = heart.signaling.drain_notices();
+            let mut drain_begun = false;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    // The drain's first beat does not wait for the tick: other nodes stop placing
+                    // rooms here, and the rooms move, at once.
+                    changed = drain.changed(), if !drain_begun => {
+                        drain_begun = changed.is_err() || drain.borrow().is_some();
+                        if !drain_begun {
+                            continue;
+                        }
+                    }
+                }
                 heart.beat().await;
             }
         })
@@ -231,6 +283,7 @@ impl Heart {
         let record = NodeRecord {
             id: cluster.id.clone(),
             url: cluster.url.clone(),
+            admin_url: cluster.admin_url.clone(),
             region: cluster.region.clone(),
             draining: self.signaling.is_draining(),
             capacity_participants: cluster.config.capacity_participants,
@@ -252,8 +305,21 @@ impl Heart {
         if !was_up {
             info!(node = %cluster.id, "cluster: Redis reachable; node registered");
         }
+        if record.draining && cluster.config.migrate_on_drain {
+            self.migrate(&rooms).await;
+        }
+        // Rooms handed to another node are that node's claim now.
+        let claimed: Vec<String> = rooms
+            .iter()
+            .filter(|room| !self.signaling.is_migrated(room))
+            .cloned()
+            .collect();
+        let cluster = &self.cluster;
         let claim_ttl = Duration::from_millis(cluster.config.claim_ttl_ms);
-        let refreshed = cluster.store.refresh(&rooms, &cluster.id, claim_ttl).await;
+        let refreshed = cluster
+            .store
+            .refresh(&claimed, &cluster.id, claim_ttl)
+            .await;
         cluster.observe(&refreshed, "refresh");
         if let Ok(conflicts) = &refreshed {
             if !conflicts.is_empty() {
@@ -272,7 +338,63 @@ impl Heart {
         }
         self.hosted = now;
         if let Ok(nodes) = cluster.nodes().await {
-            cluster.metrics.nodes(nodes.len());
+            cluster.metrics.totals(&nodes);
+        }
+    }
+}
+
+impl Heart {
+    /// A draining node hands each room it hosts to another node (chosen as for a new room, counting the
+    /// rooms handed out so far) and has its sessions redirected there. Rooms that no node takes, or whose
+    /// hand-over Redis did not confirm, stay and are tried again at the next beat.
+    async fn migrate(&self, rooms: &[String]) {
+        let cluster = &self.cluster;
+        let pending: Vec<&String> = rooms
+            .iter()
+            .filter(|room| !self.signaling.is_migrated(room))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let Ok(mut nodes) = cluster.nodes().await else {
+            return;
+        };
+        nodes.retain(|n| n.record.id != cluster.id);
+        let claim_ttl = Duration::from_millis(cluster.config.claim_ttl_ms);
+        let placed_ttl = Duration::from_millis(2 * cluster.config.heartbeat_ms);
+        for room in pending {
+            let Some(target) =
+                choose(&nodes, &cluster.region, cluster.config.same_region).map(|n| n.id.clone())
+            else {
+                warn!(
+                    node = %cluster.id,
+                    "cluster: no other node takes rooms; the calls left here finish here"
+                );
+                return;
+            };
+            let released = cluster
+                .store
+                .release(std::slice::from_ref(room), &cluster.id)
+                .await;
+            cluster.observe(&released, "release");
+            let placed = cluster
+                .store
+                .place(room, Some(&target), claim_ttl, placed_ttl)
+                .await;
+            cluster.observe(&placed, "place");
+            // Another node's join may have placed it in between: the room goes wherever Redis says.
+            let Ok(Some(owner)) = placed else {
+                continue;
+            };
+            let Some(node) = nodes.iter_mut().find(|n| n.record.id == owner) else {
+                // Placed back here (a race with this node's own heartbeat) or on a node not listed.
+                continue;
+            };
+            node.placed += 1;
+            if self.signaling.migrate_room(room, &node.record.url) {
+                cluster.metrics.room_migrated();
+                info!(%room, to = %owner, "cluster: room handed over; its participants are redirected");
+            }
         }
     }
 }
@@ -341,6 +463,7 @@ mod tests {
             record: NodeRecord {
                 id: id.into(),
                 url: format!("ws://{id}/ws"),
+                admin_url: String::new(),
                 region: region.into(),
                 draining: false,
                 capacity_participants: 100,

@@ -24,6 +24,10 @@ pub struct NodeRecord {
     pub id: String,
     /// The signaling URL clients are redirected to.
     pub url: String,
+    /// The admin API's base URL, for admin requests forwarded to this node (empty from nodes of a version
+    /// without it: nothing is forwarded to them).
+    #[serde(default)]
+    pub admin_url: String,
     pub region: String,
     /// Draining: its calls go on, it takes no new rooms.
     pub draining: bool,
@@ -303,6 +307,7 @@ mod tests {
         NodeRecord {
             id: "a".into(),
             url: "ws://a/ws".into(),
+            admin_url: String::new(),
             region: String::new(),
             draining,
             capacity_participants: 100,

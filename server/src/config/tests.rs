@@ -296,3 +296,76 @@ fn spatial_rooms_by_configuration() {
         .contains("max_audible"));
     assert!(Config::from_toml("[room.spatial]\nrange = 5\n").is_err());
 }
+
+/// The `chorus.toml` blocks of the Kubernetes ConfigMaps (`chorus.toml: |` then lines indented deeper).
+fn configmap_tomls(manifest: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut lines = manifest.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(key_indent) = line.find("chorus.toml: |") else {
+            continue;
+        };
+        let mut block = String::new();
+        while let Some(next) = lines.peek() {
+            let indent = next.len() - next.trim_start().len();
+            if !next.trim().is_empty() && indent <= key_indent {
+                break;
+            }
+            block.push_str(next.get(key_indent + 2..).unwrap_or(""));
+            block.push('\n');
+            lines.next();
+        }
+        blocks.push(block);
+    }
+    blocks
+}
+
+#[test]
+fn the_shipped_deploy_configurations_are_valid() {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    // What the manifests and the systemd unit's environment file provide.
+    let env = |k: &str| match k {
+        "CHORUS_API_KEY" => Some("prod".to_owned()),
+        "CHORUS_API_SECRET" => Some("0123456789abcdef0123456789abcdef0123456789abcdef".to_owned()),
+        "CHORUS_PUBLIC_IP" => Some("203.0.113.7".to_owned()),
+        "CHORUS_TURN_SECRET" => Some("0123456789abcdef0123456789abcdef".to_owned()),
+        "CHORUS_CLUSTER_NODE_ID" => Some("chorus-7d9f8-abcde".to_owned()),
+        "CHORUS_CLUSTER_PUBLIC_URL" => Some("ws://203.0.113.7:7880/ws".to_owned()),
+        "CHORUS_CLUSTER_ADMIN_URL" => Some("http://203.0.113.7:7880".to_owned()),
+        "CHORUS_CLUSTER_REDIS_URL" => {
+            Some("redis://chorus-redis.chorus.svc.cluster.local:6379/0".to_owned())
+        }
+        _ => None,
+    };
+    let mut configs = vec![(
+        "chorus.toml".to_owned(),
+        std::fs::read_to_string(format!("{deploy}/chorus.toml"))
+            .expect("deploy/chorus.toml exists"),
+    )];
+    for manifest in ["chorus.yaml", "cluster.yaml"] {
+        let text = std::fs::read_to_string(format!("{deploy}/kubernetes/{manifest}"))
+            .expect("the Kubernetes manifests exist");
+        let blocks = configmap_tomls(&text);
+        assert_eq!(blocks.len(), 1, "{manifest}: one chorus.toml ConfigMap");
+        configs.extend(blocks.into_iter().map(|b| (manifest.to_owned(), b)));
+    }
+    for (name, text) in configs {
+        let mut c = Config::from_toml(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+        c.apply_env(env).unwrap_or_else(|e| panic!("{name}: {e}"));
+        c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            !c.auth.dev_mode_active(),
+            "{name}: production configs have no dev mode"
+        );
+    }
+    let cluster = std::fs::read_to_string(format!("{deploy}/kubernetes/cluster.yaml"))
+        .expect("the cluster manifest exists");
+    let block = &configmap_tomls(&cluster)[0];
+    assert!(
+        block.contains("\n[cluster]\n") && block.ends_with("json = true\n"),
+        "{block}"
+    );
+    let mut c = Config::from_toml(block).expect("parsed above");
+    c.apply_env(env).expect("applied above");
+    assert!(c.cluster.enabled(), "cluster.yaml's nodes join the cluster");
+}

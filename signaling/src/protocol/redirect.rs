@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 
 /// Server → client, the answer to `join` on a node that does not host the token's room (a cluster of
 /// nodes sharing rooms through Redis): join at `url` instead, with the same token. The server closes the
-/// socket right after (1000, `redirect`). A client follows at most a few redirects in a row.
+/// socket right after (1000, `redirect`). A client follows at most a few redirects in a row. Also sent to a
+/// joined session whose room a draining node handed to another node (then closed with 1012, `migrated`):
+/// the client rejoins at `url`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Redirect {
     /// The signaling WebSocket URL of the node that owns the room (`ws://…/ws` or `wss://…/ws`).

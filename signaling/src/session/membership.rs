@@ -118,6 +118,20 @@ where
         }
     }
 
+    /// This node handed the room to the node at `url` (a drain in a cluster): the client is told to rejoin
+    /// there, and the session ends (its participant leaves this node's room).
+    pub(super) async fn on_migrated(&mut self, url: String) -> Flow {
+        let Some(member) = &self.joined else {
+            return Ok(());
+        };
+        let room = member.membership.room.clone();
+        tracing::debug!(%room, %url, "room handed to another node: redirected");
+        self.wire
+            .send(&ServerMessage::Redirect(Redirect { url, room }))
+            .await?;
+        Err(Exit::Migrated)
+    }
+
     /// On a node of a cluster: where `room` lives. `None` to admit here, the owner's URL to redirect to;
     /// a locator that cannot tell ends the session with `cluster_unavailable`.
     async fn locate(&mut self, ctx: &Arc<Signaling>, room: &str) -> Result<Option<String>, Exit> {
@@ -126,7 +140,8 @@ where
         };
         let located = timeout(
             ctx.config().media_timeout(),
-            locator.locate(room, ctx.has_room(room)),
+            // A room handed to another node is located through the cluster again.
+            locator.locate(room, ctx.has_room(room) && !ctx.is_migrated(room)),
         )
         .await
         .unwrap_or(Err(LocateError::Unreachable));
@@ -222,6 +237,7 @@ pub(super) fn admit(
         presence,
         removed: admission.removed,
         moved: admission.moved,
+        migrations: ctx.migrations(),
         media: Media::None,
         resume,
         missed: Missed::default(),

@@ -2,8 +2,9 @@
 //! persistence) and three `chorus` nodes sharing rooms through it. Rooms spread over the nodes; a client
 //! reaching a node that does not own its room is redirected and hears the participant there; the clients
 //! of a node killed with SIGKILL rejoin through the entry URL (as the SDKs do) and hear each other again
-//! within 10 s; with Redis killed a call goes on, a join of a new room gets `cluster_unavailable`, and
-//! joins work again once Redis is back.
+//! within 10 s; a drained node hands its room to another node and its clients, redirected mid-call, hear
+//! each other there within seconds; with Redis killed a call goes on, a join of a new room gets
+//! `cluster_unavailable`, and joins work again once Redis is back.
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -249,7 +250,7 @@ async fn rooms_spread_over_the_nodes_and_a_client_is_redirected_to_the_owner() -
         .split('`')
         .filter(|word| word.starts_with("chorus_cluster_"))
         .collect();
-    assert_eq!(documented.len(), 5, "{documented:?}");
+    assert_eq!(documented.len(), 10, "{documented:?}");
     for name in documented {
         assert!(exposed.contains(&format!("\n{name}")), "{name} not exposed");
     }
@@ -278,6 +279,57 @@ async fn rooms_spread_over_the_nodes_and_a_client_is_redirected_to_the_owner() -
         .find(|n| n["url"] == ada.url.as_str())
         .context("the owner is listed")?;
     assert!(owner["participants"].as_u64() >= Some(3), "{owner}");
+    // Admin requests about a room go to the node hosting it, whichever node they reach.
+    let admin = entry.admin_token()?;
+    let (status, body) = entry
+        .admin(
+            "GET",
+            "/admin/v1/rooms/talk/participants",
+            Some(&admin),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body)?;
+    let mut names: Vec<&str> = v["participants"]
+        .as_array()
+        .context("participants")?
+        .iter()
+        .filter_map(|p| p["identity"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["ada", "bob"], "{body}");
+    let (status, body) = entry
+        .admin("GET", "/admin/v1/rooms/nowhere", Some(&admin), None)
+        .await?;
+    assert_eq!(status, 404, "a room no node hosts: {body}");
+    let (status, _) = entry
+        .admin("GET", "/admin/v1/rooms/talk/participants", None, None)
+        .await?;
+    assert_eq!(
+        status, 401,
+        "the token is checked before anything is forwarded"
+    );
+    assert_eq!(
+        entry
+            .metric(r#"chorus_cluster_admin_forwarded_total{result="ok"}"#)
+            .await?,
+        1.0
+    );
+    // Every node exports the cluster's totals (from the records of the next heartbeat).
+    let deadline = Instant::now() + SECONDS;
+    while entry.metric("chorus_cluster_participants").await? != 5.0
+        || entry.metric("chorus_cluster_rooms").await? != 4.0
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "cluster totals: {} participants, {} rooms",
+                entry.metric("chorus_cluster_participants").await?,
+                entry.metric("chorus_cluster_rooms").await?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for m in hosts.into_iter().chain([ada, bob]) {
         m.p.client.stop().await?;
     }
@@ -332,6 +384,75 @@ async fn the_clients_of_a_killed_node_rejoin_on_a_live_node_within_10_s() -> any
     let back = killed.elapsed();
     println!("cluster: clients of the killed node hear each other again {back:?} after the kill");
     assert!(back < Duration::from_secs(10), "back after {back:?}");
+    ada.p.client.stop().await?;
+    bob.p.client.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_room_over_and_the_call_goes_on_elsewhere() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let ada = join_at(&cluster.nodes[0], "handover", "ada", TONES[0]).await?;
+    let bob = join_at(&cluster.nodes[1], "handover", "bob", TONES[1]).await?;
+    assert_eq!(ada.url, bob.url);
+    wait_hearing(&ada, &bob, SAMPLE_RATE as usize / 2, SECONDS).await?;
+    let owner = cluster.node(&ada.url);
+    let admin = owner.admin_token()?;
+    let (status, body) = owner
+        .admin("POST", "/admin/v1/drain", Some(&admin), None)
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let drained = Instant::now();
+
+    // What the SDKs do with a `redirect` during a call: close the peer connection, join at its URL.
+    async fn follow(mut m: Member) -> anyhow::Result<(Member, String)> {
+        let redirect = m.p.signal.expect("redirect", SECONDS).await?;
+        assert_eq!(redirect["room"], m.room.as_str(), "{redirect}");
+        let url = redirect["url"].as_str().context("redirect.url")?.to_owned();
+        let close = m.p.signal.close_frame(SECONDS).await?;
+        assert_eq!(close, Some((1012, "migrated".to_owned())));
+        m.p.client.stop().await?;
+        let again = member(&url, m.token.clone(), &m.room, m.p.freq).await?;
+        Ok((again, url))
+    }
+    let ((ada, to_a), (bob, to_b)) = tokio::try_join!(follow(ada), follow(bob))?;
+    assert_eq!(to_a, to_b, "both were sent to the same node");
+    assert_ne!(to_a, owner.ws_url(), "the room left the draining node");
+    assert_eq!(
+        (ada.url.as_str(), bob.url.as_str()),
+        (to_a.as_str(), to_a.as_str())
+    );
+    wait_hearing(&ada, &bob, SAMPLE_RATE as usize / 4, SECONDS).await?;
+    let back = drained.elapsed();
+    println!(
+        "cluster: a drained node's call hears itself again on {to_a} {back:?} after the drain"
+    );
+    assert!(back < Duration::from_secs(5), "back after {back:?}");
+
+    // The drained node is empty (its drain ends now, not after the grace period) and says why.
+    let (_, drain) = owner
+        .admin("GET", "/admin/v1/drain", Some(&admin), None)
+        .await?;
+    let drain: Value = serde_json::from_str(&drain)?;
+    assert_eq!(drain["participants"], 0, "{drain}");
+    assert_eq!(
+        owner.metric("chorus_cluster_rooms_migrated_total").await?,
+        1.0
+    );
+    assert_eq!(
+        owner
+            .metric(r#"chorus_leaves_total{reason="migrated"}"#)
+            .await?,
+        2.0
+    );
+    // A new join of the room through the drained node is redirected to the room's new node.
+    let token = owner.token("handover", "cy", &[])?;
+    let mut s = Signal::connect(&owner.ws_url()).await?;
+    s.send(json!({"type": "join", "protocol": 1, "token": token, "room": "handover"}))
+        .await?;
+    // A session opened during a drain is told `draining` first.
+    let reply = s.expect("redirect", SECONDS).await?;
+    assert_eq!(reply["url"], to_a.as_str(), "{reply}");
     ada.p.client.stop().await?;
     bob.p.client.stop().await?;
     Ok(())

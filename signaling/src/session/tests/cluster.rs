@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::locator::{LocateError, Locating, Location, RoomLocator};
-use crate::protocol::Redirect;
+use crate::metrics::LeaveReason;
+use crate::protocol::{ParticipantLeftReason, Redirect};
 
 /// Answers from a table: room → where; records what it was asked.
 struct Table {
@@ -99,4 +100,54 @@ async fn a_bad_token_is_refused_before_the_locator_is_asked() {
     ada.json(json!({"type": "join", "protocol": 1, "token": "not-a-token"}));
     ada.error(ErrorCode::InvalidToken).await;
     assert!(table.asked.lock().expect("test lock").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_handed_to_another_node_redirects_its_sessions_and_later_joins() {
+    let (ctx, table) = clustered();
+    let mut ada = Client::open(&ctx);
+    ada.join(&token("lobby", "ada")).await;
+    let mut bob = Client::open(&ctx);
+    bob.join(&token("lobby", "bob")).await;
+    let _ = ada.message().await; // bob's participant_joined
+    let mut other = Client::open(&ctx);
+    other.join(&token("quiet", "cy")).await;
+
+    assert!(ctx.migrate_room("lobby", "ws://node-c:7880/ws"));
+    assert!(!ctx.migrate_room("lobby", "ws://node-d:7880/ws"), "one-way");
+    assert!(ctx.is_migrated("lobby") && !ctx.is_migrated("quiet"));
+    for client in [&mut ada, &mut bob] {
+        let mut redirect = None;
+        // A `participant_left` of the other one may come first.
+        while redirect.is_none() {
+            match client.message().await {
+                ServerMessage::Redirect(r) => redirect = Some(r),
+                ServerMessage::ParticipantLeft(left) => {
+                    assert_eq!(left.reason, ParticipantLeftReason::Left);
+                }
+                other => panic!("expected redirect, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            redirect,
+            Some(Redirect {
+                url: "ws://node-c:7880/ws".into(),
+                room: "lobby".into(),
+            })
+        );
+    }
+    ada.closed_with(CLOSE_SERVICE_RESTART).await;
+    bob.closed_with(CLOSE_SERVICE_RESTART).await;
+    assert_eq!(ctx.metrics().leaves(LeaveReason::Migrated), 2);
+    // Another room's session goes on.
+    other.ping(7).await;
+
+    // A join of the handed-over room is located through the cluster again, not admitted as hosted.
+    let mut dee = Client::open(&ctx);
+    dee.json(json!({"type": "join", "protocol": 1, "token": token("lobby", "dee")}));
+    let _ = dee.message().await;
+    assert_eq!(
+        table.asked.lock().expect("test lock").last(),
+        Some(&("lobby".to_owned(), false))
+    );
 }

@@ -42,5 +42,5 @@ pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples};
 pub use vocab::{
     FadeModel, MixSettings, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
-    SourcePacket, SpatialError, SpatialSettings, TalkTarget, TeamId, Volume,
+    SourcePacket, SourceRole, SpatialError, SpatialSettings, TalkTarget, TeamId, Volume,
 };

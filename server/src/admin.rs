@@ -187,7 +187,7 @@ impl IntoResponse for ApiError {
 
 /// Every admin route (method, path), as docs/openapi.json documents them.
 #[cfg(test)]
-const ROUTES: [(&str, &str); 26] = [
+const ROUTES: [(&str, &str); 32] = [
     ("GET", "/admin/v1/rooms"),
     ("POST", "/admin/v1/rooms"),
     ("GET", "/admin/v1/rooms/{room}"),
@@ -214,6 +214,12 @@ const ROUTES: [(&str, &str); 26] = [
     ("POST", "/admin/v1/rooms/{room}/rtp"),
     ("GET", "/admin/v1/rtp"),
     ("DELETE", "/admin/v1/rtp/{id}"),
+    ("POST", "/admin/v1/rooms/{room}/playback"),
+    ("GET", "/admin/v1/rooms/{room}/playback"),
+    ("DELETE", "/admin/v1/rooms/{room}/playback"),
+    ("POST", "/admin/v1/rooms/{room}/playback/skip"),
+    ("POST", "/admin/v1/rooms/{room}/announce"),
+    ("GET", "/admin/v1/rooms/{room}/announce"),
 ];
 
 /// The admin routes, under `/admin/v1` (the same as [`ROUTES`]).
@@ -253,6 +259,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         )
         .merge(crate::recording::routes())
         .merge(crate::ingest::rtp_routes())
+        .merge(crate::playout::http::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Inside the token check: only authorised requests are forwarded.
         .route_layer(middleware::from_fn_with_state(
@@ -348,14 +355,18 @@ pub struct RoomView {
     /// What the room records automatically (its `record` setting).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordSettings>,
+    /// What the room plays while it has one person (its `hold_music` setting).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_music: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub participants: Option<Vec<ParticipantInfo>>,
 }
 
 impl RoomView {
-    fn new(room: RoomSnapshot, with_participants: bool, record: Option<RecordSettings>) -> Self {
+    fn new(state: &AppState, room: RoomSnapshot, with_participants: bool) -> Self {
         RoomView {
-            record,
+            record: state.recordings.record_settings(&room.name),
+            hold_music: state.playout.hold_music(&room.name),
             mode: room.settings.mode,
             slots: room.settings.slots,
             max_participants: room.max_participants,
@@ -377,10 +388,7 @@ async fn list_rooms(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         .signaling
         .rooms()
         .into_iter()
-        .map(|r| {
-            let record = state.recordings.record_settings(&r.name);
-            RoomView::new(r, false, record)
-        })
+        .map(|r| RoomView::new(&state, r, false))
         .collect();
     Json(serde_json::json!({ "rooms": rooms }))
 }
@@ -408,6 +416,10 @@ pub struct CreateRoom {
     /// Recorded from its creation on (docs/broadcast.md, "Recording"). Absent: not recorded.
     #[serde(default, deserialize_with = "present_object")]
     pub record: Option<RecordSettings>,
+    /// Played while the room has one person (docs/broadcast.md, "Playout"): a file or `.m3u` playlist in
+    /// the media directory. Absent: none.
+    #[serde(default, deserialize_with = "present")]
+    pub hold_music: Option<String>,
 }
 
 /// Mixer settings of a new room; absent fields take the server's `[room.mix]`.
@@ -565,12 +577,20 @@ async fn create_room(
     if record.is_some() && !state.recordings.enabled() {
         return Err(crate::recording::RecordError::Disabled.into());
     }
+    let hold_music = req.hold_music.clone();
+    if let Some(hold) = &hold_music {
+        // Checked before the room exists: a bad name creates nothing.
+        state.playout.expand(std::slice::from_ref(hold))?;
+    }
     let spec = room_spec(req, &state.room_defaults)?;
     let room = state.signaling.create_room(&name, spec)?;
     if let Some(settings) = record {
         state.recordings.record_room(&name, settings).await;
     }
-    Ok((StatusCode::CREATED, Json(RoomView::new(room, true, record))))
+    if hold_music.is_some() {
+        state.playout.set_hold_music(&name, hold_music)?;
+    }
+    Ok((StatusCode::CREATED, Json(RoomView::new(&state, room, true))))
 }
 
 async fn get_room(
@@ -581,8 +601,7 @@ async fn get_room(
         .signaling
         .room(&room)
         .ok_or(AdminError::RoomNotFound)?;
-    let record = state.recordings.record_settings(&room.name);
-    Ok(Json(RoomView::new(room, true, record)))
+    Ok(Json(RoomView::new(&state, room, true)))
 }
 
 async fn delete_room(

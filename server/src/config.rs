@@ -57,6 +57,8 @@ pub struct Config {
     pub ingest: crate::ingest::IngestConfig,
     /// A room's mix as HLS (docs/broadcast.md, "HLS").
     pub hls: crate::hls::HlsConfig,
+    /// Files and playlists played into rooms, hold music, announcements (docs/broadcast.md, "Playout").
+    pub playout: crate::playout::PlayoutConfig,
 }
 
 /// Listener streams (docs/broadcast.md): a room's mix as Ogg/Opus over HTTP at `/live/{room}.opus`.
@@ -645,6 +647,7 @@ impl Config {
         self.recording.validate()?;
         self.ingest.validate()?;
         self.hls.validate()?;
+        self.playout.validate()?;
         self.turn
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -18,6 +18,7 @@ mod ingest;
 mod metrics;
 mod placement;
 mod random;
+mod playout;
 mod recording;
 mod shutdown;
 mod state;
@@ -89,6 +90,13 @@ impl Server {
             &config.ingest,
             whip::WhipMetrics::new(&registry)?,
         ));
+        let playout = Arc::new(
+            playout::Playout::new(
+                config.playout.clone(),
+                playout::PlayoutMetrics::new(&registry)?,
+            )
+            .context("cannot open playout.media_dir")?,
+        );
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -195,6 +203,7 @@ impl Server {
             ingest,
             hls,
             whip,
+            playout,
         });
         // The recordings already on disk (a crashed one is marked interrupted), and retention, at start.
         let loading = state.recordings.clone();
@@ -351,6 +360,7 @@ impl Server {
             .as_ref()
             .map(|c| c.spawn(state.signaling.clone(), worker_busy, media_addrs.len()));
         state.recordings.start_tasks(state.signaling.clone());
+        state.playout.start_tasks(state.clone());
         let app = app(state.clone(), config.broadcast.enabled);
         let fd_limit = conn::raise_fd_limit();
         let max_connections = conn::cap_for_fd_limit(config.http.max_connections, fd_limit);

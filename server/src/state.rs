@@ -35,6 +35,8 @@ pub struct AppState {
     pub hls: Arc<crate::hls::Hls>,
     /// WHIP publishers and WHEP listeners.
     pub whip: Arc<crate::whip::Whip>,
+    /// Playbacks, hold music and announcements.
+    pub playout: Arc<crate::playout::Playout>,
 }
 
 /// Begins draining (SIGTERM or the admin API): `/readyz` turns 503, joins are refused, every client is

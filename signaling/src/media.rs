@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use vocab::{
     MixSettings, ParticipantId, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
-    SourcePacket, SpatialSettings, TalkTarget, TeamId, Volume,
+    SourcePacket, SourceRole, SpatialSettings, TalkTarget, TeamId, Volume,
 };
 
 /// Why a command failed on the media side.
@@ -63,6 +63,8 @@ pub enum MediaCommand {
         settings: RoomSettings,
         participant: ParticipantId,
         muted: bool,
+        /// What the source is for (hold music is gated, an announcement ducks the room).
+        role: SourceRole,
         packets: mpsc::Receiver<SourcePacket>,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },

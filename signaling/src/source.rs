@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 
-use crate::media::{MediaCommand, MediaError, RoomSettings, SourcePacket};
+use crate::media::{MediaCommand, MediaError, RoomSettings, SourcePacket, SourceRole};
 use crate::metrics::LeaveReason;
 use crate::protocol::{LeftReason, ParticipantLeftReason};
 use crate::registry::{AdmitError, JoinRequest};
@@ -158,6 +158,16 @@ impl SourceMember {
         &mut self,
         packets: mpsc::Receiver<SourcePacket>,
     ) -> Result<(), MediaError> {
+        self.connect_as(packets, SourceRole::Plain).await
+    }
+
+    /// [`SourceMember::connect`] in a [`SourceRole`] (hold music, an announcement that ducks the room):
+    /// the role reaches the worker with the source, so its first packet is already treated by it.
+    pub async fn connect_as(
+        &mut self,
+        packets: mpsc::Receiver<SourcePacket>,
+        role: SourceRole,
+    ) -> Result<(), MediaError> {
         let ctx = Arc::clone(&self.membership.ctx);
         let room = self.membership.room.clone();
         let state = ctx
@@ -171,6 +181,7 @@ impl SourceMember {
             settings: self.settings,
             participant: self.membership.id,
             muted: state.muted,
+            role,
             packets,
             reply,
         };

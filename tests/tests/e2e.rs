@@ -14,6 +14,7 @@ mod hls;
 mod ingest;
 mod interop;
 mod ops;
+mod playout;
 mod proxy;
 mod ptt;
 mod recording;

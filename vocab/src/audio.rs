@@ -22,6 +22,21 @@ pub struct SourcePacket {
     pub payload: std::sync::Arc<[u8]>,
 }
 
+/// What a server-side source is for, which decides how its room treats it (docs/broadcast.md, "Playout").
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum SourceRole {
+    /// A participant like any other (an Icecast or RTP source, a playback).
+    #[default]
+    Plain,
+    /// Hold music: its audio enters the room only while the room has exactly one WebRTC participant
+    /// (checked per packet, so it stops within a frame of a second one joining).
+    Hold,
+    /// An announcement: while it is in the room, the room's mixer lowers every other voice by `duck_db`
+    /// (negative, dB) with short ramps. A forwarding room without a listener mount has no mixer: there
+    /// it is a participant like any other.
+    Announcement { duck_db: f32 },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ pub mod slots;
 pub mod spatial;
 pub mod talk;
 
-pub use audio::{SourcePacket, FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
+pub use audio::{SourcePacket, SourceRole, FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
 pub use ids::{ParticipantId, RoomId};
 pub use room::{MixSettings, RoomMode, RoomSettings, SettingsError};
 pub use slots::{SlotAssignment, MAX_SLOTS};

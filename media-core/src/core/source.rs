@@ -16,7 +16,7 @@ use crate::audio::{audio_level_from_samples, SAMPLE_RATE};
 use crate::ids::{ParticipantId, RoomId, Ssrc};
 use crate::mixer::opus_packet_info;
 use crate::stats::DropReason;
-use vocab::{RoomSettings, SourcePacket};
+use vocab::{RoomSettings, SourcePacket, SourceRole};
 
 /// The longest Opus packet: 120 ms at 48 kHz.
 const MAX_PACKET_SAMPLES: usize = 5760;
@@ -31,12 +31,14 @@ pub(crate) struct SourceInput {
     last_seq: Option<u64>,
     decoder: Option<opus::Decoder>,
     pcm: Vec<f32>,
+    role: SourceRole,
 }
 
 impl SourceInput {
-    fn new(ssrc: Ssrc) -> Self {
+    fn new(ssrc: Ssrc, role: SourceRole) -> Self {
         SourceInput {
             ssrc,
+            role,
             last_seq: None,
             decoder: None,
             pcm: vec![0.0; MAX_PACKET_SAMPLES],
@@ -86,6 +88,21 @@ impl MediaCore {
         id: ParticipantId,
         muted: bool,
     ) -> Result<(), CoreError> {
+        self.add_source_as(now, room, settings, id, muted, SourceRole::Plain)
+    }
+
+    /// [`MediaCore::add_source`] with a [`SourceRole`]: hold music is gated per packet on the room's
+    /// WebRTC participants; an announcement ducks every other voice in the room's mixer (a mixed room's,
+    /// or a forwarding room's listener mount's) until it leaves.
+    pub fn add_source_as(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        settings: RoomSettings,
+        id: ParticipantId,
+        muted: bool,
+        role: SourceRole,
+    ) -> Result<(), CoreError> {
         self.last_now = now;
         if self.participants.contains_key(&id) {
             return Err(CoreError::AlreadyConnected(id));
@@ -104,14 +121,42 @@ impl MediaCore {
             existing,
             id,
             params,
-            Link::Source(Box::new(SourceInput::new(ssrc))),
+            Link::Source(Box::new(SourceInput::new(ssrc, role))),
         );
+        if let SourceRole::Announcement { duck_db } = role {
+            let key = self.participants.get(&id).map(|p| p.room);
+            if let Some(mixer) = key
+                .and_then(|k| self.rooms.get_mut(&k))
+                .and_then(|r| r.input_mixer_mut())
+            {
+                mixer.set_duck(id, crate::mixer::duck::db_to_gain(duck_db.min(0.0)));
+            }
+        }
         Ok(())
     }
 
+    /// Whether the room `key` has exactly one WebRTC participant (hold music plays only then).
+    fn alone_in_room(&self, key: u64) -> bool {
+        let Some(room) = self.rooms.get(&key) else {
+            return false;
+        };
+        let peers = room
+            .members
+            .iter()
+            .filter(|m| {
+                self.participants
+                    .get(m)
+                    .is_some_and(|p| matches!(p.link, Link::Peer(_)))
+            })
+            .take(2)
+            .count();
+        peers == 1
+    }
+
     /// One Opus packet of a source participant. A packet that is not Opus is refused with
-    /// [`CoreError::NotOpus`] (and counted as a `malformed` drop); a muted source's packets are counted
-    /// as `not_publishing` and go nowhere.
+    /// [`CoreError::NotOpus`] (and counted as a `malformed` drop); a muted source's packets, and hold
+    /// music's while its room has other than one WebRTC participant, are counted as `not_publishing` and
+    /// go nowhere.
     pub fn push_source(
         &mut self,
         now: Instant,
@@ -119,6 +164,15 @@ impl MediaCore {
         packet: SourcePacket,
     ) -> Result<(), CoreError> {
         self.last_now = now;
+        let p = self
+            .participants
+            .get(&id)
+            .ok_or(CoreError::UnknownParticipant(id))?;
+        let Link::Source(input) = &p.link else {
+            return Err(CoreError::NotASource(id));
+        };
+        // Hold music while the room is not down to one person: gated like a muted source's.
+        let held = input.role == SourceRole::Hold && !self.alone_in_room(p.room);
         let p = self
             .participants
             .get_mut(&id)
@@ -132,6 +186,10 @@ impl MediaCore {
             return Err(CoreError::NotOpus(id));
         }
         let seq = input.extend_seq(packet.seq);
+        if held {
+            self.stats.drop(DropReason::NotPublishing);
+            return Ok(());
+        }
         let source = input.ssrc;
         // Only a publishing source costs a decode.
         let level = if publishes {
@@ -160,7 +218,7 @@ mod tests {
 
     #[test]
     fn sequence_numbers_extend_across_wraps_and_reordering() {
-        let mut input = SourceInput::new(Ssrc(1));
+        let mut input = SourceInput::new(Ssrc(1), SourceRole::Plain);
         let a = input.extend_seq(65534);
         assert_eq!(input.extend_seq(65535), a + 1);
         assert_eq!(input.extend_seq(0), a + 2);
@@ -171,7 +229,7 @@ mod tests {
 
     #[test]
     fn levels_are_measured_from_the_decode() {
-        let mut input = SourceInput::new(Ssrc(1));
+        let mut input = SourceInput::new(Ssrc(1), SourceRole::Plain);
         let mut encoder =
             opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
                 .expect("a mono 48 kHz encoder");

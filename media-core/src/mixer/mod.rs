@@ -31,6 +31,7 @@
 //! timestamps (the room's tick grid plus a per-listener random offset), so it stays continuous when the
 //! listener moves between the shared and a personal mix. Packets list the talkers as CSRCs with their levels.
 
+pub mod duck;
 pub mod encoder;
 pub mod jitter;
 pub mod limiter;
@@ -198,6 +199,8 @@ pub struct Mixer {
     talker_levels: Vec<(usize, u8)>,
     /// A spatial room's interleaved stereo mix.
     stereo_buf: Vec<f32>,
+    /// An announcement's duck of every other voice.
+    duck: duck::Duck,
 }
 
 /// A microphone payload that is not a valid Opus packet.
@@ -232,6 +235,7 @@ impl Mixer {
             tapped: Vec::new(),
             talker_levels: Vec::with_capacity(MAX_CSRCS),
             stereo_buf: vec![0.0; 2 * FRAME_SAMPLES],
+            duck: duck::Duck::default(),
         }
     }
 
@@ -291,6 +295,7 @@ impl Mixer {
     }
 
     pub fn remove_member(&mut self, id: ParticipantId) {
+        self.duck.member_left(id);
         let Some(i) = self.index.remove(&id) else {
             return;
         };
@@ -298,6 +303,12 @@ impl Mixer {
         if let Some(moved) = self.members.get(i) {
             self.index.insert(moved.id, i);
         }
+    }
+
+    /// An announcement by member `exempt` plays: every other voice is lowered to `gain` (linear) with a
+    /// short ramp, until `exempt` leaves (see [`duck`]).
+    pub fn set_duck(&mut self, exempt: ParticipantId, gain: f32) {
+        self.duck.set(exempt, gain);
     }
 
     /// Mute (or unmute): a muted member's buffered audio is dropped.

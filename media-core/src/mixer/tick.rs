@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::duck::apply_ramp;
 use super::input::{decode_member, report_recovered_red};
 use super::jitter::Playout;
 use super::output::{ensure_encoder, OutEncoder};
@@ -111,12 +112,19 @@ impl Mixer {
 
         // 2. Decode the talkers and sum those who talk to the room into the full mix (a whisper or a team
         //    talk is only in its listeners' own mixes, and never in a broadcast mount's).
+        //    An announcement's duck lowers every other talker's frame here, before any sum: the full mix,
+        //    mix-minus, own and spatial mixes all hear the same ducked voices.
         self.mix.iter_mut().for_each(|s| *s = 0.0);
         let mut list = Vec::with_capacity(candidates.len());
+        let (duck_start, duck_end) = self.duck.advance();
+        let ducking = duck_start < 1.0 || duck_end < 1.0;
         for &(level, i) in &candidates {
             let m = &mut self.members[i];
             if decode_member(m, &mut self.decode_buf, stats).is_err() {
                 continue;
+            }
+            if ducking && !self.duck.is_exempt(m.id) {
+                apply_ramp(&mut m.frame, duck_start, duck_end);
             }
             m.talking = true;
             m.public = audibility.is_none_or(|a| a.is_public(m.id));

@@ -10,6 +10,7 @@ use media_core::sim::LinkConfig;
 use media_core::testkit::analysis::ToneGenerator;
 use media_core::{
     CoreError, CoreEvent, DropReason, MixSettings, ParticipantId, RoomSettings, SourcePacket,
+    SourceRole,
 };
 
 use crate::support::Sim;
@@ -182,4 +183,104 @@ fn a_source_in_a_mixed_room_is_mixed_through_its_jitter_buffer() {
     play(&mut sim, &mut source, Duration::from_secs(2));
     assert_tone(&sim.clients[0].mix.pcm, "the mixed listener");
     assert!(sim.core.jitter_target(SOURCE).is_some());
+}
+
+/// Hold music (docs/broadcast.md, "Playout") is heard only while its room has exactly one WebRTC
+/// participant: the packet right after a second one joins is dropped, and the packet right after they
+/// leave is heard again.
+#[test]
+fn hold_music_is_heard_by_one_person_and_gated_from_the_next_packet_for_two() {
+    let room = RoomSettings::mix(MixSettings::default());
+    let mut sim = Sim::with_room(
+        33,
+        LinkConfig::with_delay(5.0),
+        room,
+        &[(440.0, 0.0), (660.0, 0.0)],
+    );
+    sim.connect();
+    let now = sim.now;
+    let id = sim.room.clone();
+    sim.core
+        .add_source_as(now, &id, room, SOURCE, false, SourceRole::Hold)
+        .expect("hold music joins");
+    sim.drain_core();
+    let mut source = ToneSource::new();
+    // Two people: every hold packet is gated (counted as not publishing), nobody hears it.
+    let gated = sim.core.stats().dropped(DropReason::NotPublishing);
+    play(&mut sim, &mut source, Duration::from_secs(1));
+    assert_eq!(
+        sim.core.stats().dropped(DropReason::NotPublishing),
+        gated + 50
+    );
+    assert!(sim.clients[0].mix.pcm.iter().all(|s| s.abs() < 1e-3));
+    // One leaves: the very next packet is heard.
+    let now = sim.now;
+    let second = sim.clients[1].id;
+    sim.core.remove_participant(now, second).expect("leaves");
+    play(&mut sim, &mut source, Duration::from_millis(20));
+    assert_eq!(
+        sim.core.stats().dropped(DropReason::NotPublishing),
+        gated + 50
+    );
+    play(&mut sim, &mut source, Duration::from_secs(2));
+    assert_tone(&sim.clients[0].mix.pcm, "the one person");
+}
+
+/// An announcement in a mixed room lowers the other voices by its duck in a listener's mix, and lifts
+/// the duck when it leaves.
+#[test]
+fn an_announcement_ducks_the_other_voices_in_the_mix_until_it_leaves() {
+    let room = RoomSettings::mix(MixSettings::default());
+    // A talks a 440 Hz tone; B listens.
+    let mut sim = Sim::with_room(
+        34,
+        LinkConfig::with_delay(5.0),
+        room,
+        &[(440.0, 0.2), (660.0, 0.0)],
+    );
+    sim.connect();
+    sim.run_for(Duration::from_secs(1));
+    // The tone's level in 100 ms windows, averaged (a level, whatever its phase does between windows).
+    let power = |pcm: &[f32]| {
+        let windows: Vec<f32> = pcm
+            .chunks_exact(4800)
+            .map(|w| media_core::audio::goertzel_power(w, 440.0, SAMPLE_RATE))
+            .collect();
+        windows.iter().sum::<f32>() / windows.len().max(1) as f32
+    };
+    let mark = |sim: &Sim| sim.clients[1].mix.pcm.len();
+    let a = mark(&sim);
+    sim.run_for(Duration::from_secs(1));
+    let before = power(&sim.clients[1].mix.pcm[a..]);
+    let now = sim.now;
+    let id = sim.room.clone();
+    sim.core
+        .add_source_as(
+            now,
+            &id,
+            room,
+            SOURCE,
+            false,
+            SourceRole::Announcement { duck_db: -12.0 },
+        )
+        .expect("the announcement joins");
+    sim.drain_core();
+    let mut source = ToneSource::new();
+    play(&mut sim, &mut source, Duration::from_millis(300));
+    let b = mark(&sim);
+    play(&mut sim, &mut source, Duration::from_secs(1));
+    let during = power(&sim.clients[1].mix.pcm[b..]);
+    let now = sim.now;
+    sim.core.remove_participant(now, SOURCE).expect("leaves");
+    sim.run_for(Duration::from_millis(300));
+    let c = mark(&sim);
+    sim.run_for(Duration::from_secs(1));
+    let after = power(&sim.clients[1].mix.pcm[c..]);
+    let db = |p: f32| 10.0 * (p / before).log10();
+    assert!(
+        (db(during) + 12.0).abs() <= 1.0,
+        "ducked by {:.2} dB",
+        db(during)
+    );
+    assert!(db(after).abs() <= 1.0, "after: {:.2} dB", db(after));
 }

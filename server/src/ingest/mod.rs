@@ -7,14 +7,14 @@
 mod config;
 pub mod icecast;
 mod metrics;
-mod pacer;
+pub(crate) mod pacer;
 pub mod rtp;
 mod rtp_admin;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use signaling::media::{MediaError, SourcePacket};
+use signaling::media::{MediaError, SourcePacket, SourceRole};
 use signaling::registry::AdmitError;
 use signaling::{Signaling, SourceEnd, SourceMember, SourceRequest};
 use tokio::sync::mpsc;
@@ -34,15 +34,18 @@ const PACKET_QUEUE: usize = 64;
 pub enum Kind {
     Icecast,
     Rtp,
+    /// Files and playlists played by the server (`crate::playout`).
+    Playout,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Icecast, Kind::Rtp];
+    pub const ALL: [Kind; 3] = [Kind::Icecast, Kind::Rtp, Kind::Playout];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Icecast => "icecast",
             Kind::Rtp => "rtp",
+            Kind::Playout => "playout",
         }
     }
 }
@@ -110,6 +113,26 @@ impl Source {
         kind: Kind,
         request: SourceRequest,
     ) -> Result<Source, StartError> {
+        Self::start_as(
+            ingest,
+            signaling,
+            sessions,
+            kind,
+            request,
+            SourceRole::Plain,
+        )
+        .await
+    }
+
+    /// [`Source::start`] in a [`SourceRole`] (hold music, an announcement).
+    pub async fn start_as(
+        ingest: &Arc<Ingest>,
+        signaling: &Arc<Signaling>,
+        sessions: &Sessions,
+        kind: Kind,
+        request: SourceRequest,
+        role: SourceRole,
+    ) -> Result<Source, StartError> {
         let max = ingest.config.max_sources;
         let taken = ingest
             .running
@@ -122,7 +145,7 @@ impl Source {
         let slot = Slot::new(ingest, kind);
         let mut member = signaling.admit_source(request)?;
         let (packets, queue) = mpsc::channel(PACKET_QUEUE);
-        if let Err(e) = member.connect(queue).await {
+        if let Err(e) = member.connect_as(queue, role).await {
             member.leave(SourceEnd::Failed).await;
             return Err(e.into());
         }

@@ -109,13 +109,14 @@ impl Worker {
                 settings,
                 participant: id,
                 muted,
+                role,
                 packets,
                 reply,
             } => {
                 let _enter = info_span!("source", room = %room, participant = %id).entered();
                 let result = self
                     .core
-                    .add_source(now, &RoomId(room), settings, id, muted)
+                    .add_source_as(now, &RoomId(room), settings, id, muted, role)
                     .map_err(|e| {
                         debug!(error = %e, "source refused");
                         match e {

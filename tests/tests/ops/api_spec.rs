@@ -92,11 +92,16 @@ async fn admin_api_agrees_with_its_openapi_document() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
     let config = base.join("chorus.toml");
+    // Playout on, with an empty media directory: its routes check names and answer.
+    let media = base.join("media");
+    std::fs::create_dir_all(&media)?;
     std::fs::write(
         &config,
         format!(
-            "[recording]\nenabled = true\nmax_active = 10000\ndir = \"{}\"\n",
-            base.join("recordings").display()
+            "[recording]\nenabled = true\nmax_active = 10000\ndir = \"{}\"\n\
+             [playout]\nmedia_dir = \"{}\"\n",
+            base.join("recordings").display(),
+            media.display()
         ),
     )?;
     let config_arg = config.to_str().context("a UTF-8 temp path")?.to_owned();

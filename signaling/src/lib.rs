@@ -196,6 +196,12 @@ impl Signaling {
         self.migrations.borrow().contains_key(room)
     }
 
+    /// Whether this node hosts `room` for new joins and admin requests: the room exists here and was not
+    /// handed to another node of the cluster (a handed-over room is located through the cluster again).
+    pub fn hosts(&self, room: &str) -> bool {
+        self.has_room(room) && !self.is_migrated(room)
+    }
+
     pub(crate) fn migrations(&self) -> watch::Receiver<HashMap<String, String>> {
         self.migrations.subscribe()
     }

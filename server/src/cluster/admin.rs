@@ -111,8 +111,7 @@ pub async fn forward_room_requests(
     let Some(room) = room_segment(request.uri().path()).map(str::to_owned) else {
         return next.run(request).await;
     };
-    let hosted = state.signaling.has_room(&room) && !state.signaling.is_migrated(&room);
-    if hosted || request.headers().contains_key(FORWARDED_HEADER) {
+    if state.signaling.hosts(&room) || request.headers().contains_key(FORWARDED_HEADER) {
         return next.run(request).await;
     }
     let owner = match cluster.owner_elsewhere(&room).await {

@@ -140,8 +140,7 @@ where
         };
         let located = timeout(
             ctx.config().media_timeout(),
-            // A room handed to another node is located through the cluster again.
-            locator.locate(room, ctx.has_room(room) && !ctx.is_migrated(room)),
+            locator.locate(room, ctx.hosts(room)),
         )
         .await
         .unwrap_or(Err(LocateError::Unreachable));

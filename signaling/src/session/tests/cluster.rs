@@ -116,6 +116,7 @@ async fn a_room_handed_to_another_node_redirects_its_sessions_and_later_joins() 
     assert!(ctx.migrate_room("lobby", "ws://node-c:7880/ws"));
     assert!(!ctx.migrate_room("lobby", "ws://node-d:7880/ws"), "one-way");
     assert!(ctx.is_migrated("lobby") && !ctx.is_migrated("quiet"));
+    assert!(!ctx.hosts("lobby") && ctx.hosts("quiet"));
     for client in [&mut ada, &mut bob] {
         let mut redirect = None;
         // A `participant_left` of the other one may come first.

@@ -95,6 +95,29 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// An admin request body: a JSON object, deserialized into `T`. Serde alone would also take an array for a
+/// struct (its fields in order, `[true]` for `{"muted": true}`); the API documents objects, so an array or
+/// any other JSON value is 400 like every body that does not match the schema.
+pub struct JsonObject<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S>
+    for JsonObject<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(object) =
+            Json::<serde_json::Map<String, serde_json::Value>>::from_request(req, state).await?;
+        serde_json::from_value(serde_json::Value::Object(object))
+            .map(JsonObject)
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "Failed to deserialize the JSON body into the target type: {e}"
+                ))
+            })
+    }
+}
+
 /// Largest admin request body; the largest valid one (a room with every setting) is under 1 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -569,9 +592,8 @@ pub fn room_spec(
 
 async fn create_room(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<CreateRoom>, JsonRejection>,
+    JsonObject(req): JsonObject<CreateRoom>,
 ) -> Result<(StatusCode, Json<RoomView>), ApiError> {
-    let Json(req) = body?;
     let name = req.name.clone();
     let record = req.record;
     if record.is_some() && !state.recordings.enabled() {
@@ -646,9 +668,8 @@ pub struct MuteRequest {
 async fn mute_participant(
     State(state): State<Arc<AppState>>,
     Path((room, sid)): Path<(String, String)>,
-    body: Result<Json<MuteRequest>, JsonRejection>,
+    JsonObject(req): JsonObject<MuteRequest>,
 ) -> Result<Json<ParticipantInfo>, ApiError> {
-    let Json(req) = body?;
     let participant = state
         .signaling
         .mute_participant(&room, &sid, req.muted)
@@ -671,9 +692,8 @@ pub struct DeafenRequest {
 async fn deafen_participant(
     State(state): State<Arc<AppState>>,
     Path((room, sid)): Path<(String, String)>,
-    body: Result<Json<DeafenRequest>, JsonRejection>,
+    JsonObject(req): JsonObject<DeafenRequest>,
 ) -> Result<Json<ParticipantInfo>, ApiError> {
-    let Json(req) = body?;
     let participant = state
         .signaling
         .deafen_participant(&room, &sid, req.deafened)
@@ -696,9 +716,8 @@ pub struct MoveRequest {
 async fn move_participant(
     State(state): State<Arc<AppState>>,
     Path((room, sid)): Path<(String, String)>,
-    body: Result<Json<MoveRequest>, JsonRejection>,
+    JsonObject(req): JsonObject<MoveRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let Json(req) = body?;
     state.signaling.move_participant(&room, &sid, &req.room)?;
     state
         .signaling
@@ -925,5 +944,40 @@ mod tests {
                 .expect("objects are accepted");
         assert_eq!(room.mix.and_then(|m| m.complexity), Some(3));
         assert!(room.spatial.is_some());
+    }
+
+    /// Bodies are objects: serde alone would read a struct from an array of its fields (schemathesis sent
+    /// `[]` to `POST /rooms/{room}/rtp` and got 201).
+    #[tokio::test]
+    async fn bodies_must_be_objects_not_arrays() {
+        async fn extract<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, ApiError> {
+            let req = Request::builder()
+                .method("POST")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(body.to_owned()))
+                .expect("a valid request");
+            let JsonObject(value) =
+                <JsonObject<T> as axum::extract::FromRequest<()>>::from_request(req, &()).await?;
+            Ok(value)
+        }
+        for bad in [
+            "[]",
+            "[true]",
+            "true",
+            "null",
+            "\"x\"",
+            "{\"muted\": 1}",
+            "{",
+        ] {
+            let err = extract::<MuteRequest>(bad).await.expect_err(bad);
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        for bad in [r#"["a"]"#, r#"{"name": "a", "extra": 1}"#] {
+            assert!(extract::<CreateRoom>(bad).await.is_err(), "{bad}");
+        }
+        let ok = extract::<MuteRequest>(r#"{"muted": true}"#)
+            .await
+            .expect("an object");
+        assert!(ok.muted);
     }
 }

@@ -82,11 +82,22 @@ pub fn free_tcp_port() -> u16 {
         .expect("the loopback interface can bind an ephemeral TCP port")
 }
 
-fn free_udp_port() -> u16 {
-    StdUdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("the loopback interface can bind an ephemeral UDP port")
+/// A port number free on the loopback interface for UDP and for TCP a moment ago, other than `avoid`: the
+/// server listens for ICE-TCP on its UDP port numbers by default, and the HTTP port picked just before is
+/// no longer held.
+fn free_media_port(avoid: u16) -> u16 {
+    for _ in 0..100 {
+        let udp = StdUdpSocket::bind("127.0.0.1:0")
+            .expect("the loopback interface can bind an ephemeral UDP port");
+        let port = udp
+            .local_addr()
+            .expect("a bound UDP socket has a local address")
+            .port();
+        if port != avoid && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on the loopback interface in 100 tries")
 }
 
 /// A running `chorus` process, killed on drop.
@@ -106,7 +117,7 @@ impl Server {
     /// Like [`Server::start`], with extra environment variables.
     pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse()?;
-        let media_port = free_udp_port();
+        let media_port = free_media_port(http.port());
         let stderr_path = std::env::temp_dir().join(format!(
             "chorus-test-{}-{}.log",
             std::process::id(),

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
@@ -15,7 +14,7 @@ use signaling::SourceRequest;
 
 use super::rtp::{self, EndpointId, EndpointView, OpenError};
 use super::{Kind, Source, StartError};
-use crate::admin::{present, ApiError};
+use crate::admin::{present, ApiError, JsonObject};
 use crate::state::AppState;
 
 /// The longest identity or name (as a token's).
@@ -68,9 +67,8 @@ fn valid_text(field: &str, text: &str) -> Result<(), ApiError> {
 async fn open(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
-    body: Result<Json<OpenRequest>, JsonRejection>,
+    JsonObject(req): JsonObject<OpenRequest>,
 ) -> Result<(StatusCode, Json<EndpointView>), ApiError> {
-    let Json(req) = body?;
     if !is_valid_room_name(&room) {
         return Err(ApiError::bad_request("invalid room name"));
     }

@@ -26,23 +26,44 @@ export function freeTcpPort() {
 }
 
 /**
- * A UDP port `p` such that p .. p+count-1 were all free on 127.0.0.1 a moment ago.
+ * A UDP port `p` such that p .. p+count-1 were all free on 127.0.0.1 a moment ago. With `tcp`, the same
+ * numbers were free for TCP too (the server listens for ICE-TCP on its UDP port numbers by default) and none
+ * is in `avoid` (a TCP port picked but not held, such as the HTTP port).
  * @param {number} [count]
+ * @param {{tcp?: boolean, avoid?: number[]}} [opts]
  * @returns {Promise<number>}
  */
-export async function freeUdpPorts(count = 1) {
+export async function freeUdpPorts(count = 1, opts = {}) {
+  const avoid = new Set(opts.avoid || []);
   for (let attempt = 0; attempt < 50; attempt++) {
     const first = await bindUdp(0);
     const base = first.port;
+    /** @type {{close: (cb: () => void) => void}[]} */
     const held = [first.sock];
-    let ok = true;
-    for (let i = 1; i < count && ok; i++) {
-      try { held.push((await bindUdp(base + i)).sock); } catch { ok = false; }
+    let ok = base + count - 1 <= 65535;
+    for (let i = 0; i < count && ok; i++) {
+      if (avoid.has(base + i)) { ok = false; break; }
+      try {
+        if (i > 0) held.push((await bindUdp(base + i)).sock);
+        if (opts.tcp) held.push(await listenTcp(base + i));
+      } catch { ok = false; }
     }
     await Promise.all(held.map((s) => new Promise((r) => s.close(() => r(undefined)))));
-    if (ok && base + count - 1 <= 65535) return base;
+    if (ok) return base;
   }
-  throw new Error(`no ${count} consecutive free UDP ports found`);
+  throw new Error(`no ${count} consecutive free UDP${opts.tcp ? '+TCP' : ''} ports found`);
+}
+
+/**
+ * @param {number} port
+ * @returns {Promise<net.Server>}
+ */
+function listenTcp(port) {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(port, '127.0.0.1', () => resolve(srv));
+  });
 }
 
 /**
@@ -84,7 +105,8 @@ export async function startServer(opts = {}) {
     throw new Error(`chorus binary not found at ${CHORUS_BIN}: build it with 'cargo build' or set CHORUS_BIN`);
   }
   const httpPort = opts.httpPort ?? await freeTcpPort();
-  const mediaPort = await freeUdpPorts(workers);
+  // ICE-TCP listens on the same numbers unless the arguments turn it off or move it.
+  const mediaPort = await freeUdpPorts(workers, { tcp: true, avoid: [httpPort] });
   const ns = opts.netns;
   const host = ns ? ns.addrA : '127.0.0.1';
   const mediaBindIp = opts.mediaBindIp ?? (ns ? host : null);

@@ -993,6 +993,7 @@ impl Session {
                 stream.handle_rtcp(now, fb);
             }
         }
+        release_feedback_storage(&mut self.feedback_rx);
 
         // Not in the above if due to lifetime issues, still okay because the method
         // doesn't do anything when BWE isn't configured.
@@ -1210,6 +1211,7 @@ impl Session {
         };
 
         let len = Rtcp::write_packet(&mut self.feedback_tx, &mut data, output);
+        release_feedback_storage(&mut self.feedback_tx);
 
         if len == 0 {
             return None;
@@ -1607,6 +1609,15 @@ fn update_max_seq(map: &mut HashMap<Ssrc, SeqNoWindow>, ssrc: Ssrc, seq_no: SeqN
         .or_insert_with(|| SeqNoWindow::new(seq_no));
 }
 
+
+/// Chorus patch: frees an emptied RTCP queue's storage. A queued `Rtcp` holds its report lists inline
+/// (about 1 KiB each), and a peer sends or receives a compound packet about once a second, so keeping the
+/// largest capacity ever reached costs a server of many peers more memory than allocating it again.
+fn release_feedback_storage(queue: &mut VecDeque<Rtcp>) {
+    if queue.is_empty() && queue.capacity() > 0 {
+        *queue = VecDeque::new();
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,11 @@ use crate::util::already_happened;
 /// overwrite an entry that has not been evicted due to age, the buffer grows.
 #[derive(Debug)]
 pub struct EvictingBuffer<T> {
+    /// Empty until the first push (chorus patch: a stream that never caches, such as audio without
+    /// NACK, allocates nothing).
     buf: Vec<Option<Entry<T>>>,
+    /// The size `buf` gets on the first push.
+    initial_size: usize,
     /// How long to keep entries for.
     max_age: Duration,
     /// The maximum size allowed to grow to. Once this sized is reached, new pushed
@@ -53,7 +57,8 @@ impl<T> EvictingBuffer<T> {
     /// Creates a new buffer with an initial size.
     pub fn new(initial_size: usize, max_age: Duration, max_size: usize) -> Self {
         Self {
-            buf: prepare_buf(initial_size),
+            buf: Vec::new(),
+            initial_size,
             max_age,
             max_size,
             last_position: None,
@@ -75,8 +80,11 @@ impl<T> EvictingBuffer<T> {
     ///
     /// Position is an increasing sequence number. The sequence can be out of order.
     pub fn push(&mut self, position: u64, timestamp: Instant, value: T) {
-        if self.is_inert() {
+        if self.initial_size == 0 || self.max_age.is_zero() {
             return;
+        }
+        if self.buf.is_empty() {
+            self.buf = prepare_buf(self.initial_size);
         }
 
         if timestamp < self.last_timeout {
@@ -266,6 +274,17 @@ impl<T> EvictingBuffer<T> {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn allocates_on_first_push() {
+        let mut buf = EvictingBuffer::new(10, Duration::from_secs(10), 10);
+        assert_eq!(buf.buf.capacity(), 0);
+        assert_eq!(buf.get(5), None);
+        buf.maybe_evict(Instant::now());
+        buf.push(5, Instant::now(), 'A');
+        assert_eq!(buf.buf.len(), 10);
+        assert_eq!(buf.get(5), Some(&'A'));
+    }
 
     #[test]
     fn push_and_get() {

@@ -216,6 +216,10 @@ pub enum Output {
     Timeout(Instant),
 }
 
+/// The core's participant table. FxHash: looked up once per forwarded packet and subscriber, and its keys
+/// are ids the server assigns, which no client can choose to collide.
+type ParticipantMap = HashMap<ParticipantId, Participant, rustc_hash::FxBuildHasher>;
+
 struct Participant {
     room: u64,
     link: Link,
@@ -291,7 +295,7 @@ pub struct MediaCore {
     config: CoreConfig,
     dtls_cert: DtlsCert,
     rng: SeqRng,
-    participants: HashMap<ParticipantId, Participant>,
+    participants: ParticipantMap,
     rooms: HashMap<u64, Room>,
     room_keys: HashMap<RoomId, u64>,
     next_room_key: u64,
@@ -330,7 +334,7 @@ impl MediaCore {
             rng: SeqRng::new(config.seed),
             config,
             dtls_cert,
-            participants: HashMap::new(),
+            participants: ParticipantMap::default(),
             rooms: HashMap::new(),
             room_keys: HashMap::new(),
             next_room_key: 0,

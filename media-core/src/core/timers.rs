@@ -1,7 +1,7 @@
 //! Time passing: due peer timers and connection deadlines, and the room tick (the mixers' ticks, slot
 //! selection and speaker reports).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -188,7 +188,7 @@ impl MediaCore {
 pub(super) fn refresh_audibility(
     now: Instant,
     room: &mut Room,
-    participants: &HashMap<ParticipantId, Participant>,
+    participants: &super::ParticipantMap,
     events: &mut VecDeque<CoreEvent>,
 ) -> bool {
     // An open room (no positions, no rules) has no sets to keep current until a rule arrives; any other
@@ -309,7 +309,7 @@ fn mix_red_payload(
 /// A `Slots` event for every subscriber whose slot assignment changed in the selector's last update.
 pub(super) fn slot_events(
     selector: &mut crate::sfu::slots::SlotSelector,
-    participants: &HashMap<ParticipantId, Participant>,
+    participants: &super::ParticipantMap,
     events: &mut VecDeque<CoreEvent>,
 ) {
     let changed: Vec<ParticipantId> = selector.drain_changes().collect();
@@ -326,7 +326,7 @@ pub(super) fn slot_events(
 pub(super) fn slot_infos(
     p: &Participant,
     assignment: &[Option<ParticipantId>],
-    all: &HashMap<ParticipantId, Participant>,
+    all: &super::ParticipantMap,
 ) -> Vec<SlotAssignment> {
     p.slots()
         .iter()

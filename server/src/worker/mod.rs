@@ -94,7 +94,7 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
             match bound {
                 Ok(s) => {
                     s.set_nonblocking(true)?;
-                    crate::udp::set_buffer_sizes(&s, spec.socket_buffer_bytes);
+                    crate::udp::set_up_media_socket(&s, spec.socket_buffer_bytes);
                     let addr = s.local_addr()?;
                     tracing::info!(
                         worker = spec.index,
@@ -124,7 +124,7 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
     };
     let tcp_addr = listener.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let extra_udp_addr = extra.as_ref().map(|(_, a)| *a);
-    let (rcv, snd) = crate::udp::set_buffer_sizes(&socket, spec.socket_buffer_bytes);
+    let (rcv, snd) = crate::udp::set_up_media_socket(&socket, spec.socket_buffer_bytes);
     tracing::info!(
         worker = spec.index,
         %local_addr,
@@ -429,9 +429,12 @@ impl Worker {
             Ok(_) => {
                 let now = Instant::now();
                 let mut deadline = None;
-                for (source, data) in batch.datagrams() {
+                for (source, arrival, data) in batch.datagrams() {
+                    // The kernel's receive time: the mixers' jitter buffers measure the network's jitter,
+                    // not the worker's own lateness (the core takes a time before its last input as that).
+                    let at = arrival.map_or(now, |a| a.min(now));
                     self.core
-                        .handle_datagram_via(now, NetPath::udp(local, source), data);
+                        .handle_datagram_via(at, NetPath::udp(local, source), data);
                     deadline = Some(self.drain());
                 }
                 let sent = self.flush();

@@ -412,8 +412,10 @@ impl MediaCore {
         self.rooms.get(&p.room)?.mixer()?.jitter_target(id)
     }
 
+    /// The participants on this core: peers and sources, not the other shards' speakers it imports.
     pub fn participant_count(&self) -> usize {
-        self.participants.len()
+        let remote: usize = self.rooms.values().map(|r| r.trunk.imported.len()).sum();
+        self.participants.len() - remote
     }
 
     pub fn room_count(&self) -> usize {

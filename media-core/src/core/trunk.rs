@@ -57,7 +57,10 @@ pub enum TrunkMessage {
     Audio(TrunkPacket),
     /// A speaker is no longer among its candidates (quieter than the others, muted, or gone): the other
     /// shards remove it now rather than after [`REMOTE_IDLE`].
-    Withdrawn { room: RoomId, speaker: ParticipantId },
+    Withdrawn {
+        room: RoomId,
+        speaker: ParticipantId,
+    },
 }
 
 impl TrunkMessage {
@@ -299,7 +302,10 @@ impl MediaCore {
         }
         let only_remote = !was_remote
             && !room.trunk.imported.is_empty()
-            && room.members.iter().all(|m| *m == id || room.trunk.is_remote(m));
+            && room
+                .members
+                .iter()
+                .all(|m| *m == id || room.trunk.is_remote(m));
         if only_remote {
             room.trunk.imported.keys().copied().collect()
         } else {

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use media_core::audio::{ToneAnalysis, SAMPLE_RATE};
 use media_core::sim::LinkConfig;
-use media_core::{
-    CoreError, CoreEvent, MixSettings, ParticipantId, RoomSettings,
-};
+use media_core::{CoreError, CoreEvent, MixSettings, ParticipantId, RoomSettings};
 
 use crate::support::Sim;
 
@@ -136,8 +134,16 @@ fn speakers_on_each_shard_are_heard_on_the_other_and_both_select_the_same() {
     // Heard, not only slotted: each talker's tone through the other shard.
     assert_eq!(hears(&s.a, 1, &speaker(&s.b, 0)), vec![660.0]);
     assert_eq!(hears(&s.b, 2, &speaker(&s.a, 0)), vec![440.0]);
-    assert_eq!(hears(&s.b, 0, &speaker(&s.a, 0)), vec![440.0], "talker B hears A");
-    assert_eq!(hears(&s.a, 0, &speaker(&s.b, 0)), vec![660.0], "talker A hears B");
+    assert_eq!(
+        hears(&s.b, 0, &speaker(&s.a, 0)),
+        vec![440.0],
+        "talker B hears A"
+    );
+    assert_eq!(
+        hears(&s.a, 0, &speaker(&s.b, 0)),
+        vec![660.0],
+        "talker A hears B"
+    );
     // Each shard exported its own talkers only: at most K a shard, never an imported one back.
     assert!(s.a.core.stats().trunk.packets_out > 100);
     assert!(s.b.core.stats().trunk.packets_in > 100);
@@ -152,8 +158,16 @@ fn speakers_on_each_shard_are_heard_on_the_other_and_both_select_the_same() {
     s.run_for(Duration::from_secs(3));
     let b770 = s.b.clients[1].id;
     let now_loud = BTreeSet::from([b660, b770]);
-    assert_eq!(slotted(&s.a, 1), now_loud, "the listener on A after the switch");
-    assert_eq!(slotted(&s.b, 2), now_loud, "the listener on B after the switch");
+    assert_eq!(
+        slotted(&s.a, 1),
+        now_loud,
+        "the listener on A after the switch"
+    );
+    assert_eq!(
+        slotted(&s.b, 2),
+        now_loud,
+        "the listener on B after the switch"
+    );
     assert_eq!(hears(&s.a, 1, &speaker(&s.b, 1)), vec![770.0]);
 }
 
@@ -182,7 +196,9 @@ fn a_muted_speaker_is_withdrawn_and_a_shard_ends_with_its_last_local_member() {
     // messages for the room are refused as for a room it does not host.
     let a440 = s.a.clients[0].id;
     let now = s.a.now;
-    s.a.core.remove_participant(now, a440).expect("A's participant");
+    s.a.core
+        .remove_participant(now, a440)
+        .expect("A's participant");
     assert_eq!(s.a.core.room_count(), 0);
     assert_eq!(s.a.core.participant_count(), 0);
     s.b.set_amplitude(1, 0.3);
@@ -201,7 +217,10 @@ fn a_mixed_room_across_shards_mixes_both_shards_talkers() {
     for (sim, listener, what) in [(&s.a, 1, "A's listener"), (&s.b, 1, "B's listener")] {
         let played = &sim.clients[listener].mix.played;
         let tail = &played[played.len().saturating_sub(SAMPLE_RATE as usize * 2)..];
-        assert!(tail.len() > SAMPLE_RATE as usize, "{what} played too little");
+        assert!(
+            tail.len() > SAMPLE_RATE as usize,
+            "{what} played too little"
+        );
         let a = ToneAnalysis::analyze(tail, SAMPLE_RATE, &[440.0, 550.0, 660.0, 770.0]);
         assert_eq!(a.present_default(), vec![440.0, 660.0], "{what}: {a:?}");
     }

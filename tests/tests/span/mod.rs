@@ -46,19 +46,25 @@ async fn real_udp_a_room_spanning_two_workers_carries_audio_both_ways() -> anyho
             .map_err(|e| e.context(server.log_tail()))?;
         people.push(p);
     }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two on each worker (the gauges are published every half second).
     for worker in ["0", "1"] {
         let n = server
-            .metric(&format!("chorus_worker_participants{{worker=\"{worker}\"}}"))
+            .metric(&format!(
+                "chorus_worker_participants{{worker=\"{worker}\"}}"
+            ))
             .await?;
         assert_eq!(n, 2.0, "worker {worker} holds {n} participants");
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
 
     let talkers: HashMap<u32, (String, f32)> = people
         .iter()
         .filter(|p| p.freq > 0.0)
         .map(|p| {
-            let ssrc = p.client.mic_ssrc.expect("a publishing client has a mic SSRC");
+            let ssrc = p
+                .client
+                .mic_ssrc
+                .expect("a publishing client has a mic SSRC");
             (ssrc, (p.sid.clone(), p.freq))
         })
         .collect();
@@ -72,9 +78,10 @@ async fn real_udp_a_room_spanning_two_workers_carries_audio_both_ways() -> anyho
                 assert!(!heard.pcm_by_csrc.contains_key(ssrc), "{i} hears itself");
                 continue;
             }
-            let pcm = heard.pcm_by_csrc.get(ssrc).unwrap_or_else(|| {
-                panic!("client {i} does not hear {sid}: {}", server.log_tail())
-            });
+            let pcm = heard
+                .pcm_by_csrc
+                .get(ssrc)
+                .unwrap_or_else(|| panic!("client {i} does not hear {sid}: {}", server.log_tail()));
             assert!(
                 pcm.len() > SAMPLE_RATE as usize,
                 "client {i} heard only {} samples of {sid}",
@@ -82,7 +89,11 @@ async fn real_udp_a_room_spanning_two_workers_carries_audio_both_ways() -> anyho
             );
             let tail = &pcm[pcm.len() - SAMPLE_RATE as usize..];
             let a = ToneAnalysis::analyze(tail, SAMPLE_RATE, &freqs);
-            assert_eq!(a.present_default(), vec![*freq], "client {i} from {sid}: {a:?}");
+            assert_eq!(
+                a.present_default(),
+                vec![*freq],
+                "client {i} from {sid}: {a:?}"
+            );
             let report = a.get(*freq).expect("the talker's tone is analysed");
             let db = 10.0 * report.power.log10() - sent_db;
             assert!(
@@ -103,7 +114,10 @@ async fn real_udp_a_room_spanning_two_workers_carries_audio_both_ways() -> anyho
     let dropped = server
         .metric("chorus_trunk_packets_total{result=\"dropped\"}")
         .await?;
-    assert!(sent > 300.0 && received > 300.0, "sent {sent}, received {received}");
+    assert!(
+        sent > 300.0 && received > 300.0,
+        "sent {sent}, received {received}"
+    );
     assert_eq!(dropped, 0.0);
     let hops = server.metric("chorus_trunk_hop_seconds_count").await?;
     let hop_sum = server.metric("chorus_trunk_hop_seconds_sum").await?;

@@ -214,6 +214,16 @@ impl MediaCore {
         }
         room.selector.on_audio(now, from, level_dbov, vad);
         room.dominant.on_level(from, now, level_dbov);
+        super::trunk::export(
+            room,
+            from,
+            source,
+            seq,
+            ts,
+            level,
+            &payload,
+            &mut self.trunk_out,
+        );
         let mixed = room.mixer().is_some();
         // A mixed room's mixer, or a forwarding room's mount-only one (the packet is forwarded too).
         if let Some(mixer) = room.input_mixer_mut() {

@@ -4,7 +4,8 @@
 //!
 //! Each listener is a raw HTTP/1.0 GET (close-delimited body, no chunking) read as fast as it comes; the
 //! body is parsed into Ogg pages. Per target: how long the rush of connects took (all response heads
-//! in), each listener's first audio (the first page with a granule position, after the header pages),
+//! in), each listener's first audio (the first page with a granule position, after the header pages,
+//! from the start of its own connect),
 //! how far ahead of the wall clock the audio it received runs (what a player that starts at the first
 //! page plays behind live: a connect burst shows here), bytes per listener, and listeners that starved
 //! (no data for a second or more) or were closed before the end.
@@ -158,6 +159,8 @@ async fn listen_inner(
 ) -> ListenerResult {
     let mut r = ListenerResult::default();
     let permit = rush.acquire_owned().await;
+    // First audio counts from this listener's own connect (the rush's queueing is `rush_s`).
+    let connecting = Instant::now();
     let mut s = match TcpStream::connect(target.addr).await {
         Ok(s) => s,
         Err(e) => {
@@ -227,7 +230,7 @@ async fn listen_inner(
             }
             if first_audio.is_none() {
                 first_audio = Some((now, g));
-                r.first_audio_after = Some(now - started);
+                r.first_audio_after = Some(now - connecting);
             }
             last_audio = Some((now, g));
         }

@@ -196,12 +196,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Serves `app` on `listener` (HTTP/1.1 with upgrades) under `limits`; runs until the task is dropped.
 /// With `sources`, a connection whose first bytes are an Icecast source request (`PUT`/`SOURCE /live/…`)
 /// is served by the ingest (its body is not HTTP-framed; `ingest/icecast.rs`), still holding its permit.
+/// With `listeners`, a connection that opens with an admitted `GET /live/…` is handed, with its permit, to
+/// the mount's fan-out (`broadcast/raw.rs`): no HTTP connection is kept for a listener.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     metrics: ServerMetrics,
     sources: Option<crate::ingest::icecast::Sources>,
+    listeners: Option<Arc<crate::state::AppState>>,
 ) {
     let tracker = Tracker::new(limits, metrics.http_connections.clone());
     let counted = metrics.http_connection_limits.clone();
@@ -233,14 +236,33 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        if let Some(sources) = &sources {
-            let (sources, app, http, counted) =
-                (sources.clone(), app.clone(), http.clone(), counted.clone());
+        if sources.is_some() || listeners.is_some() {
+            let (sources, listeners, app, http, counted) = (
+                sources.clone(),
+                listeners.clone(),
+                app.clone(),
+                http.clone(),
+                counted.clone(),
+            );
             tokio::spawn(async move {
-                match sources.take(stream, peer, limits.header_timeout).await {
-                    Some(stream) => serve_http(stream, peer, permit, app, http, counted).await,
-                    None => drop(permit),
-                }
+                let limit = limits.header_timeout;
+                let stream = match &sources {
+                    Some(sources) => match sources.take(stream, peer, limit).await {
+                        Some(stream) => stream,
+                        None => return drop(permit),
+                    },
+                    None => stream,
+                };
+                let (stream, permit) = match &listeners {
+                    Some(state) => {
+                        match crate::broadcast::take_listener(state, stream, permit, limit).await {
+                            Some(back) => back,
+                            None => return,
+                        }
+                    }
+                    None => (stream, permit),
+                };
+                serve_http(stream, peer, permit, app, http, counted).await
             });
             continue;
         }

@@ -406,6 +406,7 @@ impl Server {
             limits,
             state.metrics.clone(),
             sources,
+            config.broadcast.enabled.then(|| state.clone()),
         ));
         let result = tokio::select! {
             result = &mut server => result.map_err(anyhow::Error::from),

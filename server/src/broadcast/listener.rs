@@ -1,6 +1,8 @@
-//! One listener: `GET /live/{room}.opus` — access, the response headers Icecast clients expect, and the
-//! body: header pages, the last page, then live pages from the mount's ring, with ICY metadata interleaved
-//! every `icy-metaint` bytes when the client asked for it (`Icy-MetaData: 1`).
+//! One listener: `GET /live/{room}.opus` — access (shared by both paths), the response headers Icecast
+//! clients expect, ICY interleaving (a metadata block every `icy-metaint` bytes when the client asked for
+//! it, `Icy-MetaData: 1`), and the body of a listener served by its HTTP connection (a `GET` after another
+//! request on a keep-alive connection; the others are served by the mount's fan-out, `fanout.rs`): header
+//! pages, the last page, then live pages from the mount's ring.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,29 +61,106 @@ impl ConnectionControl {
     }
 }
 
-/// The listener route (served when `broadcast.enabled`).
+/// The listener route (served when `broadcast.enabled`): `HEAD`, and a `GET` on a connection that already
+/// served another request (keep-alive). A `GET` that opens its connection is taken before hyper
+/// (`raw.rs`) and served by the mount's fan-out (`fanout.rs`).
 pub fn router() -> Router<Arc<AppState>> {
     Router::new().route("/live/{file}", get(listen))
 }
 
 #[derive(Deserialize)]
-struct ListenQuery {
-    token: Option<String>,
+pub(super) struct ListenQuery {
+    pub(super) token: Option<String>,
 }
 
-/// The reason a listener is refused, as its status and a one-line text body.
-fn refuse(
-    broadcasts: &Broadcasts,
-    status: StatusCode,
-    result: &str,
-    text: &'static str,
-) -> Response {
-    broadcasts
-        .metrics
-        .requests
-        .with_label_values(&[result])
-        .inc();
-    (status, text).into_response()
+/// Why a listener is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    #[error("no such mount")]
+    NoMount,
+    #[error("no such room")]
+    NoRoom,
+    #[error(
+        "this mount needs a token: ?token=<access token for the room> or Authorization: Bearer"
+    )]
+    Unauthorized,
+    #[error("the server has its maximum of listeners")]
+    OverCapacity,
+}
+
+impl Refused {
+    fn status(self) -> StatusCode {
+        match self {
+            Refused::NoMount | Refused::NoRoom => StatusCode::NOT_FOUND,
+            Refused::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refused::OverCapacity => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `result` label of `chorus_broadcast_requests_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Refused::NoMount | Refused::NoRoom => "not_found",
+            Refused::Unauthorized => "unauthorized",
+            Refused::OverCapacity => "over_capacity",
+        }
+    }
+}
+
+/// Whether a listener for mount file `file` (`{room}.opus`) may listen, with `token` (the query's, else the
+/// `Authorization: Bearer` one): its room, or why not. Nothing is counted here (the caller does).
+pub(super) fn admit<'a>(
+    state: &AppState,
+    file: &'a str,
+    token: Option<&str>,
+) -> Result<&'a str, Refused> {
+    let broadcasts = &state.broadcasts;
+    let room = file.strip_suffix(".opus").ok_or(Refused::NoMount)?;
+    if state.signaling.room(room).is_none() && broadcasts.mount(room).is_none() {
+        return Err(Refused::NoRoom);
+    }
+    if !broadcasts.is_public(room) && !token.is_some_and(|t| token_admits(state, room, t)) {
+        return Err(Refused::Unauthorized);
+    }
+    if broadcasts.listeners_now.load(Ordering::Relaxed) >= broadcasts.config.max_listeners {
+        return Err(Refused::OverCapacity);
+    }
+    Ok(room)
+}
+
+/// The token of a request: the query's, else the `Authorization: Bearer` header's.
+pub(super) fn request_token<'a>(
+    query: Option<&'a str>,
+    authorization: Option<&'a str>,
+) -> Option<&'a str> {
+    query.or_else(|| {
+        authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+    })
+}
+
+/// Whether a request for a listener stream asks for ICY metadata (`Icy-MetaData: 1`).
+pub(super) fn wants_icy(value: Option<&[u8]>) -> bool {
+    value.is_some_and(|v| v.trim_ascii() == b"1")
+}
+
+/// The headers of a listener's `200` response, beside the status line: the same on both paths.
+pub(super) fn response_headers(
+    room: &str,
+    icy_metaint: Option<usize>,
+) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("content-type", "audio/ogg".to_owned()),
+        ("cache-control", "no-cache, no-store".to_owned()),
+        ("x-content-type-options", "nosniff".to_owned()),
+        ("icy-name", room.to_owned()),
+        ("icy-pub", "0".to_owned()),
+    ];
+    if let Some(metaint) = icy_metaint {
+        h.push(("icy-metaint", metaint.to_string()));
+    }
+    h
 }
 
 async fn listen(
@@ -92,76 +171,50 @@ async fn listen(
     headers: HeaderMap,
 ) -> Response {
     let broadcasts = &state.broadcasts;
-    let Some(room) = file.strip_suffix(".opus") else {
-        return refuse(
-            broadcasts,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such mount\n",
-        );
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = request_token(query.token.as_deref(), authorization);
+    let room = match admit(&state, &file, token) {
+        Ok(room) => room,
+        Err(refused) => return refuse(broadcasts, refused),
     };
-    if state.signaling.room(room).is_none() && broadcasts.mount(room).is_none() {
-        return refuse(
-            broadcasts,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such room\n",
-        );
-    }
-    if !broadcasts.is_public(room) && !authorized(&state, room, &headers, query.token.as_deref()) {
-        let mut response = refuse(
-            broadcasts,
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this mount needs a token: ?token=<access token for the room> or Authorization: Bearer\n",
-        );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"chorus-broadcast\""),
-        );
-        return response;
-    }
-    if broadcasts.listeners_now.load(Ordering::Relaxed) >= broadcasts.config.max_listeners {
-        return refuse(
-            broadcasts,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "over_capacity",
-            "the server has its maximum of listeners\n",
-        );
-    }
     broadcasts
         .metrics
         .requests
         .with_label_values(&["accepted"])
         .inc();
-    let icy = headers
-        .get("icy-metadata")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == "1");
+    let icy = wants_icy(headers.get("icy-metadata").map(HeaderValue::as_bytes));
     let kill = kill.map(|Extension(k)| k).unwrap_or_default();
     kill.set_send_buffer(broadcasts.config.listener_send_buffer_bytes);
-    let stream = ListenerStream::start(state.broadcasts.clone(), room, kill, icy);
     let metaint = broadcasts.config.icy_metaint_bytes;
+    let stream = ListenerStream::start(state.broadcasts.clone(), room, kill, icy);
     let mut response = Response::new(Body::from_stream(futures_util::stream::unfold(
         stream,
         ListenerStream::next,
     )));
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/ogg"));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-store"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    if let Ok(name) = HeaderValue::from_str(room) {
-        h.insert("icy-name", name);
+    for (name, value) in response_headers(room, icy.then_some(metaint)) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            h.insert(name, value);
+        }
     }
-    h.insert("icy-pub", HeaderValue::from_static("0"));
-    if icy {
-        h.insert("icy-metaint", HeaderValue::from(metaint));
+    response
+}
+
+/// A refused listener: its status, a one-line text body, counted.
+fn refuse(broadcasts: &Broadcasts, refused: Refused) -> Response {
+    broadcasts
+        .metrics
+        .requests
+        .with_label_values(&[refused.label()])
+        .inc();
+    let mut response = (refused.status(), format!("{refused}\n")).into_response();
+    if refused == Refused::Unauthorized {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"chorus-broadcast\""),
+        );
     }
     response
 }
@@ -174,22 +227,23 @@ pub(crate) fn authorized(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> bool {
-    let bearer = headers
+    let authorization = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = query.or(bearer) else {
-        return false;
-    };
+        .and_then(|v| v.to_str().ok());
+    request_token(query, authorization).is_some_and(|t| token_admits(state, room, t))
+}
+
+/// Whether `token` is an access token for `room` or an admin token.
+fn token_admits(state: &AppState, room: &str, token: &str) -> bool {
     let keys = state.signaling.api_keys();
     let now = signaling::auth::unix_now();
     signaling::auth::verify_token(token, keys, now).is_ok_and(|c| c.room == room)
         || signaling::auth::verify_admin_token(token, keys, now).is_ok()
 }
 
-/// ICY interleaving state of one listener.
-struct Icy {
+/// ICY interleaving state of one listener: a metadata block after every `metaint` bytes of the body.
+#[derive(Clone, Debug)]
+pub(super) struct Icy {
     metaint: usize,
     /// Audio bytes until the next metadata block.
     until: usize,
@@ -197,7 +251,40 @@ struct Icy {
     sent: Option<Bytes>,
 }
 
-/// One listener's body.
+/// The byte a metadata interval carries when the title did not change.
+static NO_META: &[u8] = &[0];
+
+impl Icy {
+    pub(super) fn new(metaint: usize) -> Self {
+        Icy {
+            metaint,
+            until: metaint,
+            sent: None,
+        }
+    }
+
+    /// Audio bytes that may go before the next metadata block.
+    pub(super) fn room(&self) -> usize {
+        self.until
+    }
+
+    /// `n` audio bytes went out (at most [`Icy::room`]): the metadata block due after them, if one is —
+    /// `meta`, the mount's block now, when it differs from the last one sent; a zero byte otherwise.
+    pub(super) fn after(&mut self, n: usize, meta: &Bytes) -> Option<Bytes> {
+        self.until -= n;
+        if self.until > 0 {
+            return None;
+        }
+        self.until = self.metaint;
+        if self.sent.as_ref() == Some(meta) {
+            return Some(Bytes::from_static(NO_META));
+        }
+        self.sent = Some(meta.clone());
+        Some(meta.clone())
+    }
+}
+
+/// One listener's body on an HTTP connection (the keep-alive case, see [`router`]).
 struct ListenerStream {
     broadcasts: Arc<Broadcasts>,
     mount: Arc<Mount>,
@@ -209,9 +296,6 @@ struct ListenerStream {
     icy: Option<Icy>,
     done: bool,
 }
-
-/// The byte a metadata interval carries when the title did not change.
-static NO_META: &[u8] = &[0];
 
 impl ListenerStream {
     fn start(broadcasts: Arc<Broadcasts>, room: &str, kill: ConnectionControl, icy: bool) -> Self {
@@ -236,11 +320,7 @@ impl ListenerStream {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, slot.clone());
-        mount.listeners_now.fetch_add(1, Ordering::Relaxed);
-        mount.listeners_total.fetch_add(1, Ordering::Relaxed);
-        broadcasts.listeners_now.fetch_add(1, Ordering::Relaxed);
-        broadcasts.metrics.listeners.inc();
-        broadcasts.update_taps();
+        broadcasts.listener_joined(&mount);
         debug!(room, listener = id, icy, "broadcast listener connected");
         let metaint = broadcasts.config.icy_metaint_bytes;
         let mut stream = ListenerStream {
@@ -250,11 +330,7 @@ impl ListenerStream {
             slot,
             rx,
             out: VecDeque::new(),
-            icy: icy.then_some(Icy {
-                metaint,
-                until: metaint,
-                sent: None,
-            }),
+            icy: icy.then(|| Icy::new(metaint)),
             done: false,
         };
         stream.push(headers);
@@ -270,19 +346,12 @@ impl ListenerStream {
             self.out.push_back(data);
             return;
         };
+        let meta = self.mount.meta();
         while !data.is_empty() {
-            let n = icy.until.min(data.len());
+            let n = icy.room().min(data.len());
             self.out.push_back(data.split_to(n));
-            icy.until -= n;
-            if icy.until == 0 {
-                icy.until = icy.metaint;
-                let meta = self.mount.meta();
-                if icy.sent.as_ref() == Some(&meta) {
-                    self.out.push_back(Bytes::from_static(NO_META));
-                } else {
-                    icy.sent = Some(meta.clone());
-                    self.out.push_back(meta);
-                }
+            if let Some(block) = icy.after(n, &meta) {
+                self.out.push_back(block);
             }
         }
     }
@@ -290,9 +359,7 @@ impl ListenerStream {
     async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, Self)> {
         loop {
             if let Some(chunk) = self.out.pop_front() {
-                let n = chunk.len() as u64;
-                self.mount.bytes_sent.fetch_add(n, Ordering::Relaxed);
-                self.broadcasts.metrics.bytes.inc_by(n);
+                self.broadcasts.count_sent(&self.mount, chunk.len());
                 return Some((Ok(chunk), self));
             }
             if self.done {
@@ -324,17 +391,7 @@ impl Drop for ListenerStream {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
-        if self.mount.listeners_now.fetch_sub(1, Ordering::Relaxed) == 1 {
-            // The tap stops: the next listener must not start on a page from before the pause.
-            let mut pager = self.mount.lock_pager();
-            pager.last = None;
-            pager.packets.clear();
-        }
-        self.broadcasts
-            .listeners_now
-            .fetch_sub(1, Ordering::Relaxed);
-        self.broadcasts.metrics.listeners.dec();
-        self.broadcasts.update_taps();
+        self.broadcasts.listener_left(&self.mount);
         debug!(room = %self.mount.room, listener = self.id, "broadcast listener gone");
     }
 }

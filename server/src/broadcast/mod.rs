@@ -17,9 +17,11 @@
 //! rooms and participants; the recorder, `crate::recording`, and HLS, `crate::hls`), published here as
 //! one set.
 
+mod fanout;
 mod listener;
 pub mod ogg;
 pub mod ogg_reader;
+mod raw;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +41,7 @@ use ogg::{OggStream, PRE_SKIP};
 
 pub(crate) use listener::authorized;
 pub use listener::{router, ConnectionControl};
+pub(crate) use raw::take as take_listener;
 
 /// Frames waiting between the media workers and the pager (beyond this they are dropped and counted:
 /// 2 s of 20 ms frames for 50 tapped rooms).
@@ -112,7 +115,10 @@ pub struct Mount {
     settings: Mutex<MountSettings>,
     /// The ICY metadata block now (length byte and padded `StreamTitle='…';`), shared by all listeners.
     meta: Mutex<Bytes>,
+    /// The listeners served by their HTTP connection (`listener.rs`), for the sweep.
     listeners: Mutex<HashMap<u64, Arc<ListenerSlot>>>,
+    /// Where listeners taken before hyper go (`fanout.rs`); `None` while the mount has no fan-out running.
+    fanout: Mutex<Option<mpsc::UnboundedSender<fanout::Arrival>>>,
     listeners_now: AtomicUsize,
     listeners_total: AtomicU64,
     listeners_dropped: AtomicU64,
@@ -201,6 +207,7 @@ pub struct Broadcasts {
     metrics: BroadcastMetrics,
     mounts: Mutex<HashMap<String, Arc<Mount>>>,
     taps: watch::Sender<Arc<TapSet>>,
+    taps_update: Mutex<()>,
     /// What the other tap users (the recorder, HLS) tap; part of `taps`.
     others: Vec<watch::Receiver<Arc<TapSet>>>,
     frames: mpsc::Sender<BroadcastFrame>,
@@ -223,6 +230,7 @@ impl Broadcasts {
             metrics,
             mounts: Mutex::new(HashMap::new()),
             taps: watch::Sender::new(Arc::new(TapSet::default())),
+            taps_update: Mutex::new(()),
             others,
             frames,
             frames_rx: Mutex::new(Some(rx)),
@@ -295,6 +303,7 @@ impl Broadcasts {
             settings: Mutex::new(MountSettings::default()),
             meta: Mutex::new(icy_metadata("")),
             listeners: Mutex::new(HashMap::new()),
+            fanout: Mutex::new(None),
             listeners_now: AtomicUsize::new(0),
             listeners_total: AtomicU64::new(0),
             listeners_dropped: AtomicU64::new(0),
@@ -344,6 +353,11 @@ impl Broadcasts {
 
     /// Publish the tap set: the rooms whose mounts have listeners, and what the others tap.
     fn update_taps(&self) {
+        // One at a time: a join and a leave racing must not publish a set computed before the other.
+        let _one = self
+            .taps_update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut rooms: HashSet<RoomId> = self
             .mounts()
             .values()
@@ -448,6 +462,36 @@ impl Broadcasts {
         }
     }
 
+    /// A listener of `mount` starts (either path): counted; the first one taps the room.
+    fn listener_joined(&self, mount: &Mount) {
+        mount.listeners_total.fetch_add(1, Ordering::Relaxed);
+        self.listeners_now.fetch_add(1, Ordering::Relaxed);
+        self.metrics.listeners.inc();
+        if mount.listeners_now.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.update_taps();
+        }
+    }
+
+    /// A listener of `mount` is gone (either path); the last one stops the tap.
+    fn listener_left(&self, mount: &Mount) {
+        self.listeners_now.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.listeners.dec();
+        if mount.listeners_now.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // The tap stops: the next listener must not start on a page from before the pause.
+            let mut pager = mount.lock_pager();
+            pager.last = None;
+            pager.packets.clear();
+            drop(pager);
+            self.update_taps();
+        }
+    }
+
+    /// `n` bytes handed to listener connections of `mount`.
+    fn count_sent(&self, mount: &Mount, n: usize) {
+        mount.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.bytes.inc_by(n as u64);
+    }
+
     /// Close a listener that fell `behind` pages behind: counted, logged once, its connection closed.
     fn drop_slow(&self, mount: &Mount, id: u64, kill: &ConnectionControl, behind: u64) {
         let removed = mount
@@ -459,6 +503,12 @@ impl Broadcasts {
         if !removed {
             return; // already dropped
         }
+        self.count_slow(mount, id, behind);
+        kill.kill();
+    }
+
+    /// A listener `behind` pages behind live is dropped: counted and logged (the caller closes it).
+    fn count_slow(&self, mount: &Mount, id: u64, behind: u64) {
         mount.listeners_dropped.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .listeners_dropped
@@ -470,7 +520,6 @@ impl Broadcasts {
             pages_behind = behind,
             "broadcast listener dropped: it did not read its stream (queue full)"
         );
-        kill.kill();
     }
 }
 
@@ -511,7 +560,9 @@ async fn pager(broadcasts: Arc<Broadcasts>, mut frames: mpsc::Receiver<Broadcast
                 pager.talkers.push(t);
             }
         }
-        if pager.packets.len() < per_page {
+        // The first page after the tap starts goes out with the first frame: a listener waiting for
+        // its first audio gets it within a tick rather than a page.
+        if pager.packets.len() < per_page && pager.last.is_some() {
             continue;
         }
         let granule = u64::from(PRE_SKIP) + pager.position * FRAME_SAMPLES;

@@ -94,6 +94,37 @@ pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The stream of a response: `body` as is, or undone of its chunked transfer coding when `head` says so
+/// (a listener served by its HTTP connection after another request on it).
+fn stream_of(head: &str, body: &[u8]) -> Vec<u8> {
+    match header(head, "transfer-encoding") {
+        Some(te) if te.eq_ignore_ascii_case("chunked") => dechunk(body),
+        _ => body.to_vec(),
+    }
+}
+
+/// The Ogg pages in `stream` (complete ones): sequence number, granule position, packets ending in it.
+pub(crate) fn ogg_pages(stream: &[u8]) -> Vec<(u32, u64, usize)> {
+    let mut pages = Vec::new();
+    let mut at = 0;
+    while at + 27 <= stream.len() && &stream[at..at + 4] == b"OggS" {
+        let segments = stream[at + 26] as usize;
+        let Some(table) = stream.get(at + 27..at + 27 + segments) else {
+            break;
+        };
+        let len = 27 + segments + table.iter().map(|b| *b as usize).sum::<usize>();
+        if at + len > stream.len() {
+            break;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(stream[i..i + 4].try_into().expect("4 bytes"));
+        let granule = u64::from_le_bytes(stream[at + 6..at + 14].try_into().expect("8 bytes"));
+        let packets = table.iter().filter(|b| **b < 255).count();
+        pages.push((u32_at(at + 18), granule, packets));
+        at += len;
+    }
+    pages
+}
+
 /// Undo HTTP/1.1 chunked transfer coding of `body` (complete chunks only): the payload bytes.
 fn dechunk(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -217,7 +248,12 @@ async fn real_udp_broadcast_ffmpeg_hears_the_mix_and_icy_names_the_speaker() -> 
     assert_eq!(header(&head, "icy-metaint"), Some("1000"));
     let mut body = early;
     body.extend(read_for(&mut s, Duration::from_millis(1500)).await?);
-    let stream = dechunk(&body);
+    assert_eq!(
+        header(&head, "transfer-encoding"),
+        None,
+        "close-delimited, as Icecast"
+    );
+    let stream = stream_of(&head, &body);
     assert_eq!(&stream[..4], b"OggS", "the stream starts with a page");
     let titles = icy_titles(&stream, 1000);
     assert_eq!(
@@ -241,7 +277,7 @@ async fn real_udp_broadcast_ffmpeg_hears_the_mix_and_icy_names_the_speaker() -> 
     assert_eq!(view["listeners"], 1, "{view}");
     assert!(view["bytes_sent"].as_u64().unwrap_or(0) > 0, "{view}");
     body.extend(read_for(&mut s, Duration::from_millis(1500)).await?);
-    let titles = icy_titles(&dechunk(&body), 1000);
+    let titles = icy_titles(&stream_of(&head, &body), 1000);
     assert_eq!(
         titles.last().map(String::as_str),
         Some("Morning show"),
@@ -283,28 +319,40 @@ async fn real_udp_broadcast_a_listener_that_never_reads_is_dropped_and_others_ke
     // The first listener reads its head, then never again (a small receive buffer fills fast).
     let (stuck, head, _) = open_listener(&server, "/live/stuck.opus", &[], Some(4096)).await?;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let (mut reader, head, _) = open_listener(&server, "/live/stuck.opus", &[], None).await?;
+    let (mut reader, head, mut got) = open_listener(&server, "/live/stuck.opus", &[], None).await?;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let dropped = "chorus_broadcast_listeners_dropped_total{reason=\"slow\"}";
     let start = Instant::now();
-    let mut heard = 0;
     while server.metric(dropped).await? < 1.0 {
         if start.elapsed() > Duration::from_secs(90) {
             bail!("the stuck listener was not dropped: {}", server.log_tail());
         }
         // The reading listener keeps reading meanwhile.
-        heard += read_for(&mut reader, Duration::from_millis(500))
-            .await?
-            .len();
+        got.extend(read_for(&mut reader, Duration::from_millis(500)).await?);
     }
-    let took = start.elapsed();
+    let (heard, took) = (got.len(), start.elapsed());
     assert_eq!(server.metric(dropped).await?, 1.0, "only the stuck one");
     // The other one still gets audio: about 4 kB/s of Opus at the default bitrate.
-    let after = read_for(&mut reader, Duration::from_secs(2)).await?.len();
+    let after = read_for(&mut reader, Duration::from_secs(2)).await?;
     assert!(
-        after > 2_000,
-        "the reading listener got {after} bytes in 2 s (before: {heard} in {took:?})"
+        after.len() > 2_000,
+        "the reading listener got {} bytes in 2 s (before: {heard} in {took:?})",
+        after.len()
     );
+    // Every page, in order, before, during and after the drop: the header pages, then audio pages with
+    // consecutive sequence numbers and growing granule positions.
+    got.extend(after);
+    let pages = ogg_pages(&stream_of(&head, &got));
+    assert!(pages.len() > 20, "{} pages", pages.len());
+    assert_eq!((pages[0].0, pages[1].0), (0, 1), "the header pages first");
+    for w in pages[2..].windows(2) {
+        assert_eq!(
+            w[1].0,
+            w[0].0 + 1,
+            "pages in order, none missing: {pages:?}"
+        );
+        assert!(w[1].1 > w[0].1, "granule positions grow: {pages:?}");
+    }
     assert_eq!(server.metric("chorus_broadcast_listeners").await?, 1.0);
     assert!(
         server.log_tail().contains("broadcast listener dropped"),
@@ -321,6 +369,48 @@ async fn real_udp_broadcast_a_listener_that_never_reads_is_dropped_and_others_ke
         matches!(rest, Ok(Ok(_)) | Ok(Err(_))),
         "the dropped listener's connection is closed"
     );
+    client.stop().await?;
+    let _ = std::fs::remove_file(config);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_udp_broadcast_first_audio_comes_with_the_first_frame_and_joiners_start_on_the_last_page(
+) -> anyhow::Result<()> {
+    let _alone = chorus_tests::real_time_call().await;
+    let (server, _signal, client, config) = server_with_talker("prompt", "public = true").await?;
+    // The first listener starts the tap: after the header pages, its first audio page is the first frame
+    // of the mix alone (one packet), not a whole page's worth of frames waited for.
+    let (mut first, head, mut got) = open_listener(&server, "/live/prompt.opus", &[], None).await?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(header(&head, "connection"), Some("close"), "{head}");
+    let mut pages = Vec::new();
+    while pages.len() < 8 {
+        let more = read_for(&mut first, Duration::from_millis(300)).await?;
+        ensure!(!more.is_empty(), "no audio: {}", server.log_tail());
+        got.extend(more);
+        pages = ogg_pages(&got);
+    }
+    assert_eq!(
+        (pages[0].0, pages[1].0, pages[0].1, pages[1].1),
+        (0, 1, 0, 0),
+        "header pages"
+    );
+    assert_eq!(
+        pages[2].2, 1,
+        "the first audio page holds the first frame: {pages:?}"
+    );
+    assert_eq!(
+        pages[3].2, 5,
+        "then pages of page_ms (100 ms: five frames): {pages:?}"
+    );
+    // A listener joining a running mount gets, in the same write as its response head, the header pages
+    // and the last page published: audio at once, not at the next page.
+    let (_second, _, early) = open_listener(&server, "/live/prompt.opus", &[], None).await?;
+    let joined = ogg_pages(&early);
+    assert!(joined.len() >= 3, "with the head: {joined:?}");
+    assert_eq!((joined[0].0, joined[1].0), (0, 1), "header pages");
+    assert!(joined[2].1 > 0, "then audio: {joined:?}");
     client.stop().await?;
     let _ = std::fs::remove_file(config);
     Ok(())

@@ -1,0 +1,586 @@
+//! The fan-out of one mount: one task writes every page to every listener taken before hyper (`raw.rs`),
+//! straight to the listener's non-blocking socket.
+//!
+//! Icecast serves its listeners from one thread that sends each new block to every client; so does this,
+//! with less per listener: a listener is its socket, its connection's permit and a [`Feed`] — what is left
+//! of the buffer it is writing (a slice of a shared page, no copy), the number of the next page, and its
+//! ICY state. A page is written to all listeners in one pass of the task (one wake-up per page, not one per
+//! listener), each with one `writev` of whatever it has pending: what is left of the page before, the ICY
+//! block due, the new page. A socket that takes less is *blocked*: it is not offered the next pages but
+//! waits for writability (the task is woken by its readiness, the others are not held up), then gets all it
+//! missed in one `writev`. A blocked listener whose next page has left the ring — it is
+//! `broadcast.listener_queue_pages` behind live — is dropped, counted and logged. Nothing is allocated per
+//! listener per page.
+//!
+//! The task lives while the mount has listeners of its own; `hand_over` starts one when there is none.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, PoisonError};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, warn};
+
+use super::listener::Icy;
+use super::{Broadcasts, Mount, Page};
+use crate::conn::Permit;
+
+/// Buffers handed to one `writev` at most (a listener that missed more writes again at once).
+const MAX_IOV: usize = 64;
+
+/// How often the fan-out looks for listeners whose client hung up while nothing was written to them (a
+/// mount with no audio yet): a read-readiness check each, a syscall only for those the kernel flagged.
+const HANGUP_CHECK: Duration = Duration::from_secs(1);
+
+/// A listener whose request head `raw.rs` read and admitted.
+pub(crate) struct Arrival {
+    pub(super) stream: TcpStream,
+    pub(super) permit: Permit,
+    /// The response head (status line and headers) to write before the stream.
+    pub(super) head: Bytes,
+    pub(super) icy: bool,
+}
+
+/// Hands `arrival` to `mount`'s fan-out, started if it has none. The listener counts from now.
+pub(super) fn hand_over(broadcasts: &Arc<Broadcasts>, mount: &Arc<Mount>, arrival: Arrival) {
+    broadcasts.listener_joined(mount);
+    let mut slot = mount.fanout.lock().unwrap_or_else(PoisonError::into_inner);
+    let arrival = match slot.as_ref() {
+        Some(tx) => match tx.send(arrival) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(arrival)) => arrival,
+        },
+        None => arrival,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    // The receiver is alive: it is moved into the task below.
+    let _ = tx.send(arrival);
+    *slot = Some(tx);
+    // Under the pager's lock (pages are published under it): the ring starts with the last page published
+    // and the receiver has every page after it.
+    let (pages, ring, headers) = {
+        let pager = mount.lock_pager();
+        let mut ring = Ring {
+            pages: VecDeque::with_capacity(broadcasts.config.listener_queue_pages),
+            capacity: broadcasts.config.listener_queue_pages,
+            next: pager.next_number,
+        };
+        if let Some(last) = pager.last.clone() {
+            ring.push(last);
+        }
+        (mount.pages.subscribe(), ring, pager.headers.clone())
+    };
+    let fanout = Fanout {
+        broadcasts: broadcasts.clone(),
+        mount: mount.clone(),
+        headers,
+        ring,
+        listeners: Vec::new(),
+        scratch: Vec::with_capacity(MAX_IOV),
+    };
+    tokio::spawn(fanout.run(rx, pages));
+}
+
+/// One listener of the fan-out.
+struct Listener {
+    id: u64,
+    stream: TcpStream,
+    _permit: Permit,
+    feed: Feed,
+    /// Its socket took less than it was offered: it is written again once writable, not on new pages.
+    blocked: bool,
+}
+
+/// The pages a fan-out keeps: the last `listener_queue_pages`, numbered in order.
+struct Ring {
+    pages: VecDeque<Page>,
+    capacity: usize,
+    /// The number the next page will have.
+    next: u64,
+}
+
+impl Ring {
+    fn get(&self, number: u64) -> Option<&Bytes> {
+        let oldest = self.pages.front()?.number;
+        let i = usize::try_from(number.checked_sub(oldest)?).ok()?;
+        self.pages.get(i).map(|p| &p.bytes)
+    }
+
+    /// The oldest page still kept: a listener that needs one before it is a queue behind.
+    fn oldest(&self) -> u64 {
+        self.pages.front().map_or(self.next, |p| p.number)
+    }
+
+    /// Where a new listener starts: the newest page (its first audio at once), else the next to come.
+    fn start(&self) -> u64 {
+        self.pages.back().map_or(self.next, |p| p.number)
+    }
+
+    /// Keeps `page`; returns whether pages were missed before it (the fan-out itself fell behind).
+    fn push(&mut self, page: Page) -> bool {
+        let gap = page.number != self.next && !self.pages.is_empty();
+        if gap {
+            self.pages.clear();
+        }
+        if self.pages.len() == self.capacity {
+            self.pages.pop_front();
+        }
+        self.next = page.number + 1;
+        self.pages.push_back(page);
+        gap
+    }
+}
+
+/// What one listener has to write, in order: its response head, an ICY block under way, the rest of the
+/// audio buffer it is in (the header pages, then a page), then the ring from page `next` on — with an ICY
+/// block after every `metaint` audio bytes when it asked for them. All slices of shared buffers.
+#[derive(Clone, Debug)]
+struct Feed {
+    head: Bytes,
+    meta: Bytes,
+    current: Bytes,
+    next: u64,
+    icy: Option<Icy>,
+}
+
+impl Feed {
+    /// The next contiguous piece to write (a cheap reference-counted slice), if any.
+    fn piece(&self, ring: &Ring) -> Option<Bytes> {
+        if !self.head.is_empty() {
+            return Some(self.head.clone());
+        }
+        if !self.meta.is_empty() {
+            return Some(self.meta.clone());
+        }
+        let audio = if self.current.is_empty() {
+            ring.get(self.next)?.clone()
+        } else {
+            self.current.clone()
+        };
+        Some(match &self.icy {
+            Some(icy) => audio.slice(..icy.room().min(audio.len())),
+            None => audio,
+        })
+    }
+
+    /// `n` bytes (at most the length of [`Feed::piece`]) went out; `meta` is the mount's ICY block now.
+    fn consume(&mut self, n: usize, ring: &Ring, meta: &Bytes) {
+        if !self.head.is_empty() {
+            self.head.advance(n);
+            return;
+        }
+        if !self.meta.is_empty() {
+            self.meta.advance(n);
+            return;
+        }
+        if self.current.is_empty() {
+            self.current = ring.get(self.next).cloned().unwrap_or_default();
+            self.next += 1;
+        }
+        self.current.advance(n);
+        if let Some(block) = self.icy.as_mut().and_then(|icy| icy.after(n, meta)) {
+            self.meta = block;
+        }
+    }
+}
+
+/// What woke the fan-out.
+enum Wake {
+    Arrival(Option<Arrival>),
+    Page(Result<Page, RecvError>),
+    Writable(usize),
+    HangupCheck,
+}
+
+struct Fanout {
+    broadcasts: Arc<Broadcasts>,
+    mount: Arc<Mount>,
+    headers: Bytes,
+    ring: Ring,
+    listeners: Vec<Listener>,
+    /// The pieces of one `writev` (reused: no allocation per write).
+    scratch: Vec<Bytes>,
+}
+
+impl Fanout {
+    async fn run(
+        mut self,
+        mut arrivals: mpsc::UnboundedReceiver<Arrival>,
+        mut pages: broadcast::Receiver<Page>,
+    ) {
+        let mut hangups = tokio::time::interval(HANGUP_CHECK);
+        hangups.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = tokio::select! {
+                biased;
+                arrival = arrivals.recv() => Wake::Arrival(arrival),
+                page = pages.recv() => Wake::Page(page),
+                i = writable(&self.listeners) => Wake::Writable(i),
+                _ = hangups.tick() => Wake::HangupCheck,
+            };
+            match wake {
+                Wake::Arrival(Some(arrival)) => self.add(arrival),
+                // The mount's slot holds the sender while the task runs.
+                Wake::Arrival(None) => {}
+                Wake::Page(Ok(page)) => {
+                    self.page(page);
+                    // Pages that came meanwhile go out in the same pass.
+                    loop {
+                        match pages.try_recv() {
+                            Ok(page) => self.page(page),
+                            Err(TryRecvError::Lagged(missed)) => self.lagged(missed),
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_all();
+                }
+                Wake::Page(Err(RecvError::Lagged(missed))) => self.lagged(missed),
+                Wake::Page(Err(RecvError::Closed)) => {}
+                Wake::Writable(i) => {
+                    let meta = self.mount.meta();
+                    let sent = self.write(i, &meta);
+                    self.broadcasts.count_sent(&self.mount, sent);
+                }
+                Wake::HangupCheck => self.check_hangups(),
+            }
+            if self.listeners.is_empty() {
+                let mut slot = self
+                    .mount
+                    .fanout
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match arrivals.try_recv() {
+                    Ok(arrival) => {
+                        drop(slot);
+                        self.add(arrival);
+                    }
+                    Err(_) => {
+                        *slot = None;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, arrival: Arrival) {
+        let id = self
+            .broadcasts
+            .next_listener
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        debug!(room = %self.mount.room, listener = id, icy = arrival.icy, "broadcast listener connected");
+        let metaint = self.broadcasts.config.icy_metaint_bytes;
+        self.listeners.push(Listener {
+            id,
+            stream: arrival.stream,
+            _permit: arrival.permit,
+            feed: Feed {
+                head: arrival.head,
+                meta: Bytes::new(),
+                current: self.headers.clone(),
+                next: self.ring.start(),
+                icy: arrival.icy.then(|| Icy::new(metaint)),
+            },
+            blocked: false,
+        });
+        let meta = self.mount.meta();
+        let sent = self.write(self.listeners.len() - 1, &meta);
+        self.broadcasts.count_sent(&self.mount, sent);
+    }
+
+    fn page(&mut self, page: Page) {
+        let number = page.number;
+        if self.ring.push(page) {
+            // The task fell a whole ring behind the pager: its listeners skip to this page.
+            for l in &mut self.listeners {
+                if l.feed.next < number {
+                    l.feed.next = number;
+                }
+            }
+        }
+    }
+
+    fn lagged(&mut self, missed: u64) {
+        warn!(room = %self.mount.room, missed, "broadcast fan-out fell behind: its listeners skip pages");
+    }
+
+    /// A pass over every listener after new pages: the ready ones are written, the blocked ones a queue
+    /// behind are dropped.
+    fn write_all(&mut self) {
+        let meta = self.mount.meta();
+        let oldest = self.ring.oldest();
+        let mut sent = 0;
+        let mut i = 0;
+        while i < self.listeners.len() {
+            let l = &self.listeners[i];
+            if !l.blocked {
+                let before = self.listeners.len();
+                sent += self.write(i, &meta);
+                if self.listeners.len() < before {
+                    continue; // removed: another one is at `i` now
+                }
+            } else if l.feed.next < oldest {
+                let behind = self.ring.next - l.feed.next;
+                self.broadcasts.count_slow(&self.mount, l.id, behind);
+                self.remove(i);
+                continue;
+            }
+            i += 1;
+        }
+        self.broadcasts.count_sent(&self.mount, sent);
+    }
+
+    /// Writes what listener `i` has pending, as far as its socket takes it; removes it if its connection
+    /// is gone. The bytes written.
+    fn write(&mut self, i: usize, meta: &Bytes) -> usize {
+        let l = &mut self.listeners[i];
+        match write_listener(l, &self.ring, meta, &mut self.scratch) {
+            Ok(sent) => sent,
+            Err((sent, e)) => {
+                debug!(room = %self.mount.room, listener = l.id, error = %e, "broadcast listener gone");
+                self.remove(i);
+                sent
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize) {
+        // Order does not matter: every listener is written in each pass.
+        let gone = self.listeners.swap_remove(i);
+        drop(gone);
+        self.broadcasts.listener_left(&self.mount);
+    }
+
+    /// Listeners whose client closed its end (the kernel flagged the socket readable): gone. Bytes a client
+    /// sends after its request are read and ignored.
+    fn check_hangups(&mut self) {
+        let mut buf = [0u8; 256];
+        let mut i = 0;
+        while i < self.listeners.len() {
+            match self.listeners[i].stream.try_read(&mut buf) {
+                Ok(0) => {
+                    debug!(room = %self.mount.room, listener = self.listeners[i].id, "broadcast listener hung up");
+                    self.remove(i);
+                    continue;
+                }
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                    self.remove(i);
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+}
+
+/// Resolves with the index of a blocked listener whose socket can take data again.
+async fn writable(listeners: &[Listener]) -> usize {
+    poll_fn(|cx| {
+        for (i, l) in listeners.iter().enumerate() {
+            if l.blocked && l.stream.poll_write_ready(cx).is_ready() {
+                return Poll::Ready(i);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// One listener's `writev`s until it has nothing pending or its socket is full. `Err`: its connection
+/// failed (with what was written before).
+fn write_listener(
+    l: &mut Listener,
+    ring: &Ring,
+    meta: &Bytes,
+    scratch: &mut Vec<Bytes>,
+) -> Result<usize, (usize, io::Error)> {
+    let mut sent = 0;
+    loop {
+        gather(&l.feed, ring, meta, scratch);
+        if scratch.is_empty() {
+            l.blocked = false;
+            return Ok(sent);
+        }
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        for (slot, piece) in iov.iter_mut().zip(scratch.iter()) {
+            *slot = IoSlice::new(piece);
+        }
+        match l.stream.try_write_vectored(&iov[..scratch.len()]) {
+            Ok(0) => return Err((sent, io::ErrorKind::WriteZero.into())),
+            // Written whole: the next round finds more or nothing; in part: the next round's `writev`
+            // meets the full socket and arms its writability.
+            Ok(n) => {
+                sent += n;
+                commit(&mut l.feed, scratch, n, ring, meta);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                l.blocked = true;
+                return Ok(sent);
+            }
+            Err(e) => return Err((sent, e)),
+        }
+    }
+}
+
+/// The pieces `feed` has pending (at most [`MAX_IOV`]) into `scratch`, without consuming them.
+fn gather(feed: &Feed, ring: &Ring, meta: &Bytes, scratch: &mut Vec<Bytes>) {
+    scratch.clear();
+    let mut probe = feed.clone();
+    while scratch.len() < MAX_IOV {
+        let Some(piece) = probe.piece(ring) else {
+            break;
+        };
+        probe.consume(piece.len(), ring, meta);
+        scratch.push(piece);
+    }
+}
+
+/// `n` bytes of the gathered `pieces` were written: `feed` moves past them.
+fn commit(feed: &mut Feed, pieces: &[Bytes], n: usize, ring: &Ring, meta: &Bytes) {
+    let mut left = n;
+    for piece in pieces {
+        if left == 0 {
+            break;
+        }
+        let k = piece.len().min(left);
+        feed.consume(k, ring, meta);
+        left -= k;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring_of(pages: &[Bytes], capacity: usize) -> Ring {
+        let mut ring = Ring {
+            pages: VecDeque::new(),
+            capacity,
+            next: 0,
+        };
+        for (number, bytes) in pages.iter().enumerate() {
+            ring.push(Page {
+                number: number as u64,
+                bytes: bytes.clone(),
+            });
+        }
+        ring
+    }
+
+    /// Splits an ICY stream (metadata every `metaint` body bytes) into its body and its titles.
+    fn unweave(stream: &[u8], metaint: usize) -> (Vec<u8>, Vec<String>) {
+        let (mut body, mut titles, mut at) = (Vec::new(), Vec::new(), 0);
+        while at < stream.len() {
+            let n = metaint.min(stream.len() - at);
+            body.extend_from_slice(&stream[at..at + n]);
+            at += n;
+            let Some(&blocks) = stream.get(at) else { break };
+            let len = blocks as usize * 16;
+            let block = &stream[at + 1..at + 1 + len];
+            if len > 0 {
+                let text = String::from_utf8_lossy(block);
+                let title = text
+                    .strip_prefix("StreamTitle='")
+                    .and_then(|t| t.split_once("';"))
+                    .map(|(t, _)| t.to_owned())
+                    .expect("a block is a StreamTitle");
+                assert!(
+                    block[13 + title.len() + 2..].iter().all(|b| *b == 0),
+                    "zero padding"
+                );
+                titles.push(title);
+            }
+            at += 1 + len;
+        }
+        (body, titles)
+    }
+
+    /// Writes of every size, cut anywhere (inside a page, an ICY block, the response head): the
+    /// stream is the head, then the body with a block after every `metaint` bytes — the title in full when
+    /// it changed, a zero byte otherwise — and the body is the header pages and the pages whole, in order.
+    #[test]
+    fn icy_blocks_fall_every_metaint_bytes_across_partial_writes() {
+        let pages: Vec<Bytes> = (0..12u8)
+            .map(|i| Bytes::from(vec![i; 37 + i as usize * 11]))
+            .collect();
+        let ring = ring_of(&pages, 32);
+        let headers = Bytes::from_static(b"HEADERS-PAGES");
+        for metaint in [1, 7, 64, 1000] {
+            for cut in [1, 2, 5, 16, 33, 100, 4096] {
+                let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n");
+                let mut feed = Feed {
+                    head: head.clone(),
+                    meta: Bytes::new(),
+                    current: headers.clone(),
+                    next: 0,
+                    icy: Some(Icy::new(metaint)),
+                };
+                let (alice, bob) = (
+                    super::super::icy_metadata("Alice"),
+                    super::super::icy_metadata("Bob"),
+                );
+                let mut out = Vec::new();
+                let mut scratch = Vec::new();
+                loop {
+                    // The title changes once the first block (Alice) is out.
+                    let switch = head.len() + 2 * metaint + 40;
+                    let meta = if out.len() < switch { &alice } else { &bob };
+                    gather(&feed, &ring, meta, &mut scratch);
+                    if scratch.is_empty() {
+                        break;
+                    }
+                    let all: Vec<u8> = scratch.iter().flat_map(|p| p.iter().copied()).collect();
+                    let n = cut.min(all.len());
+                    out.extend_from_slice(&all[..n]);
+                    commit(&mut feed, &scratch, n, &ring, meta);
+                }
+                assert!(out.starts_with(&head));
+                let (body, titles) = unweave(&out[head.len()..], metaint);
+                let mut expected = headers.to_vec();
+                for p in &pages {
+                    expected.extend_from_slice(p);
+                }
+                assert_eq!(body, expected, "metaint {metaint}, writes of {cut}");
+                // A title is sent again only when it changed: Alice, then Bob where a block is written
+                // after the change (the body is 1,183 bytes; one long write takes the title of its time).
+                if metaint <= 64 && cut <= 100 {
+                    assert_eq!(
+                        titles,
+                        ["Alice", "Bob"],
+                        "metaint {metaint}, writes of {cut}"
+                    );
+                } else {
+                    assert_eq!(titles.first().map(String::as_str), Some("Alice"));
+                    assert!(titles.len() <= 2 && titles.get(1).is_none_or(|t| t == "Bob"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_listener_starts_on_the_newest_page_and_a_gap_restarts_the_ring() {
+        let pages: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 3])).collect();
+        let mut ring = ring_of(&pages, 3);
+        assert_eq!((ring.oldest(), ring.start(), ring.next), (2, 4, 5));
+        assert!(ring.get(1).is_none(), "left the ring");
+        assert!(!ring.push(Page {
+            number: 5,
+            bytes: Bytes::from_static(b"x")
+        }));
+        assert!(
+            ring.push(Page {
+                number: 9,
+                bytes: Bytes::from_static(b"y")
+            }),
+            "pages 6..9 missed"
+        );
+        assert_eq!((ring.oldest(), ring.start()), (9, 9));
+    }
+}

@@ -137,8 +137,8 @@ impl SrtpReceiver {
             return Err(wrong());
         }
         let (key, salt) = master.split_at(key_len);
-        let cipher = Cipher::new(active_provider(), suite.profile(), key, salt, false)
-            .ok_or_else(wrong)?;
+        let cipher =
+            Cipher::new(active_provider(), suite.profile(), key, salt, false).ok_or_else(wrong)?;
         Ok(SrtpReceiver {
             cipher,
             streams: Vec::new(),
@@ -264,7 +264,9 @@ mod tests {
     fn sealed(cipher: &mut Cipher, ssrc: u32, index: u64, payload: &[u8]) -> Vec<u8> {
         let seq = (index as u16).to_be_bytes();
         let s = ssrc.to_be_bytes();
-        let mut out = vec![0x80, 111, seq[0], seq[1], 0, 0, 3, 0xc0, s[0], s[1], s[2], s[3]];
+        let mut out = vec![
+            0x80, 111, seq[0], seq[1], 0, 0, 3, 0xc0, s[0], s[1], s[2], s[3],
+        ];
         cipher
             .seal(&mut out, payload, ssrc, index)
             .expect("sealing a sane packet");
@@ -314,13 +316,18 @@ mod tests {
         let ahead = sealed(&mut tx, 9, 1005, &[0xf8, 3]);
         rx.open(&first, &mut out).expect("first");
         rx.open(&ahead, &mut out).expect("ahead");
-        rx.open(&late, &mut out).expect("reordered within the window");
+        rx.open(&late, &mut out)
+            .expect("reordered within the window");
         assert_eq!(rx.open(&late, &mut out), Err(SrtpError::Replay));
         assert_eq!(rx.open(&first, &mut out), Err(SrtpError::Replay));
         let far = sealed(&mut tx, 9, 1005 + 100, &[0xf8, 4]);
         rx.open(&far, &mut out).expect("a jump forward");
         let old = sealed(&mut tx, 9, 1004, &[0xf8, 5]);
-        assert_eq!(rx.open(&old, &mut out), Err(SrtpError::Replay), "behind the window");
+        assert_eq!(
+            rx.open(&old, &mut out),
+            Err(SrtpError::Replay),
+            "behind the window"
+        );
     }
 
     #[test]
@@ -332,7 +339,8 @@ mod tests {
         let mut out = Vec::new();
         for index in [65_534u64, 65_535, 65_536 + 1, 65_536] {
             let p = sealed(&mut tx, 3, index, &[0xf8, index as u8]);
-            rx.open(&p, &mut out).expect("the ROC is guessed across the wrap");
+            rx.open(&p, &mut out)
+                .expect("the ROC is guessed across the wrap");
             assert_eq!(out[13], index as u8);
         }
     }

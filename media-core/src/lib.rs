@@ -36,11 +36,12 @@ pub use crate::speakers::{csrc_levels, dominant, levels};
 #[cfg(any(test, feature = "testkit"))]
 pub use crate::testkit::sim;
 
+pub use crate::core::trunk::{TrunkMessage, TrunkPacket};
 pub use crate::core::{
     BroadcastFrame, CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, MicPacket, Output,
 };
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
-pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples};
+pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples, TrunkStats};
 pub use vocab::{
     FadeModel, MixSettings, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
     SourcePacket, SourceRole, SpatialError, SpatialSettings, TalkTarget, TeamId, Volume,

@@ -99,6 +99,25 @@ pub struct CoreStats {
     pub path_moves: [u64; PathMove::ALL.len()],
     /// Mixed rooms' counters.
     pub mix: MixStats,
+    /// Spanned rooms' trunk counters.
+    pub trunk: TrunkStats,
+}
+
+/// Counters of spanned rooms' trunks (`core/trunk.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrunkStats {
+    /// Candidates' packets exported to the room's other shards.
+    pub packets_out: u64,
+    /// Packets imported from other shards.
+    pub packets_in: u64,
+    /// Withdrawals received.
+    pub withdrawn_in: u64,
+    /// Messages for a room this core does not host.
+    pub no_room: u64,
+    /// Packets refused: their speaker is a local participant, or the room has too many remote ones.
+    pub refused: u64,
+    /// Remote participants removed after silence (a lost withdrawal or a dead shard).
+    pub expired: u64,
 }
 
 /// Counters of mixed rooms and their jitter buffers.

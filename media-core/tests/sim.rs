@@ -389,6 +389,7 @@ mod security;
 mod source;
 mod speech;
 mod teams;
+mod trunk;
 
 /// Speech-like activity for `total`: talk spurts of `on` separated by short pauses (levels vary, as in
 /// speech; a constant level from the start is background noise to the dominant-speaker detector).

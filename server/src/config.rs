@@ -178,6 +178,13 @@ pub struct MediaConfig {
     /// non-loopback interface address and offer it as a second host candidate, so that browsers that never
     /// pair with a loopback candidate (Firefox) work on the default start. Off: loopback only.
     pub dev_lan_candidate: bool,
+    /// A room's participants go to its first worker until it holds this many, then to the room's next
+    /// shard on another worker (docs/architecture.md, "Rooms larger than a worker"). High enough that
+    /// ordinary rooms never split; set it above a spatial room's size (its positions do not cross shards).
+    pub room_shard_participants: usize,
+    /// Trunk messages waiting for a worker from the other shards of its rooms; beyond this they are dropped
+    /// (and counted).
+    pub trunk_queue_packets: usize,
 }
 
 impl Default for MediaConfig {
@@ -194,6 +201,8 @@ impl Default for MediaConfig {
             tcp_max_connections: 1_024,
             tcp_stun_timeout_ms: 5_000,
             dev_lan_candidate: true,
+            room_shard_participants: 400,
+            trunk_queue_packets: 4_096,
         }
     }
 }
@@ -672,6 +681,12 @@ impl Config {
                     "media.tcp_port_start: a fixed port, with room for every worker above",
                 );
             }
+        }
+        if self.media.room_shard_participants == 0 {
+            return invalid("media.room_shard_participants must be at least 1");
+        }
+        if !(16..=1_000_000).contains(&self.media.trunk_queue_packets) {
+            return invalid("media.trunk_queue_packets must be 16..=1000000");
         }
         if !(1..=1_000_000).contains(&self.media.tcp_max_connections) {
             return invalid("media.tcp_max_connections must be 1..=1000000");

@@ -109,8 +109,12 @@ impl Server {
             && config.media.public_ip.is_none())
         .then(worker::first_non_loopback_ip)
         .flatten();
+        let worker_count = config.media.worker_count();
+        let (trunk_peers, trunk_inboxes) =
+            worker::trunk::inboxes(worker_count, config.media.trunk_queue_packets);
+        let (spans, spans_rx) = tokio::sync::watch::channel(worker::trunk::Spans::default());
         let mut workers = Vec::new();
-        for index in 0..config.media.worker_count() {
+        for (index, inbox) in trunk_inboxes.into_iter().enumerate() {
             let bind =
                 SocketAddr::new(config.media.bind_ip, config.media.port_start + index as u16);
             let spec = worker::WorkerSpec {
@@ -132,6 +136,11 @@ impl Server {
                     recorder: recordings.sink(),
                     hls: hls.sink(),
                 },
+                trunk: worker::trunk::TrunkSpec {
+                    inbox,
+                    peers: trunk_peers.clone(),
+                    spans: spans_rx.clone(),
+                },
             };
             let handle = worker::spawn(spec, media_metrics.clone()).with_context(|| {
                 format!(
@@ -146,6 +155,8 @@ impl Server {
         let dev_udp_addrs = workers.iter().filter_map(|w| w.extra_udp_addr).collect();
         let placement = Arc::new(placement::Placement::new(
             workers.into_iter().map(|w| w.commands).collect(),
+            config.media.room_shard_participants,
+            spans,
         ));
 
         let signaling_config = signaling::SignalingConfig {

@@ -63,6 +63,8 @@ pub struct MediaMetrics {
     /// Open ICE-TCP connections (all workers).
     pub tcp_connections: IntGauge,
     pub tcp_closed: IntCounterVec,
+    /// Spanned rooms' trunks between workers.
+    pub trunk: crate::worker::trunk::TrunkMetrics,
 }
 
 pub(crate) fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -331,6 +333,7 @@ impl MediaMetrics {
                 "reason",
                 &tcp_reasons,
             )?,
+            trunk: crate::worker::trunk::TrunkMetrics::new(registry)?,
         })
     }
 
@@ -399,6 +402,7 @@ impl MediaMetrics {
             .inc_by(d(b.packets_duplicate, n.packets_duplicate));
         self.jitter_buffer_lost
             .inc_by(d(b.packets_lost, n.packets_lost));
+        self.trunk.add_delta(&before.trunk, &now.trunk);
     }
 
     /// Feed a core's observations into the histograms.

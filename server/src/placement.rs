@@ -1,52 +1,191 @@
-//! Which worker a room lives on.
+//! Which worker a participant lives on: a room on one worker (new rooms go to the worker with the fewest
+//! rooms) until it outgrows `media.room_shard_participants`, then on several — its shards (docs/
+//! architecture.md, "Rooms larger than a worker"). The rooms on more than one worker are published to the
+//! workers as [`Spans`] whenever a room's shards change.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use signaling::media::{MediaCommand, MediaRouter};
-use tokio::sync::mpsc;
+use media_core::RoomId;
+use signaling::media::{MediaCommand, MediaRouter, ParticipantId};
+use tokio::sync::{mpsc, watch};
 
-/// Places rooms on workers: a room lives on one worker; new rooms go to the worker with fewest rooms.
+use crate::worker::trunk::Spans;
+
+/// One worker's part of a room.
+struct Shard {
+    worker: usize,
+    participants: usize,
+}
+
+/// Where a room's participants are.
+#[derive(Default)]
+struct RoomPlace {
+    /// The first one is the room's primary; in the order they were opened.
+    shards: Vec<Shard>,
+    /// Each placed participant's worker.
+    members: HashMap<ParticipantId, usize>,
+}
+
+impl RoomPlace {
+    fn shard_mut(&mut self, worker: usize) -> Option<&mut Shard> {
+        self.shards.iter_mut().find(|s| s.worker == worker)
+    }
+}
+
+/// Places rooms and their participants on workers.
 pub struct Placement {
     workers: Vec<mpsc::Sender<MediaCommand>>,
-    rooms: Mutex<HashMap<String, usize>>,
+    shard_participants: usize,
+    rooms: Mutex<HashMap<String, RoomPlace>>,
+    spans: watch::Sender<Spans>,
 }
 
 impl Placement {
-    pub fn new(workers: Vec<mpsc::Sender<MediaCommand>>) -> Self {
+    /// `shard_participants`: a shard takes participants until it holds this many.
+    pub fn new(
+        workers: Vec<mpsc::Sender<MediaCommand>>,
+        shard_participants: usize,
+        spans: watch::Sender<Spans>,
+    ) -> Self {
         assert!(
             !workers.is_empty(),
             "at least one media worker is configured"
         );
         Placement {
             workers,
+            shard_participants: shard_participants.max(1),
             rooms: Mutex::new(HashMap::new()),
+            spans,
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomPlace>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The worker for a new participant of `room` (created if new): the first shard with room, else a new
+    /// shard on the worker with the fewest participants that has none of the room, else the least full
+    /// shard. Returns it and whether the room's shards changed.
+    fn place(
+        &self,
+        rooms: &mut HashMap<String, RoomPlace>,
+        room: &str,
+        id: ParticipantId,
+    ) -> (usize, bool) {
+        if let Some(&w) = rooms.get(room).and_then(|r| r.members.get(&id)) {
+            return (w, false);
+        }
+        let n = self.workers.len();
+        let mut room_count = vec![0usize; n];
+        let mut participant_count = vec![0usize; n];
+        for place in rooms.values() {
+            for s in &place.shards {
+                room_count[s.worker] += 1;
+                participant_count[s.worker] += s.participants;
+            }
+        }
+        let place = rooms.entry(room.to_owned()).or_default();
+        let mut opened = false;
+        let worker = if let Some(s) = place
+            .shards
+            .iter()
+            .find(|s| s.participants < self.shard_participants)
+        {
+            s.worker
+        } else {
+            let outside = (0..n).filter(|w| place.shards.iter().all(|s| s.worker != *w));
+            // A new room goes where the fewest rooms are; another shard where the fewest participants are.
+            let new_room = place.shards.is_empty();
+            let fresh = outside.min_by_key(|&w| {
+                let load = if new_room {
+                    room_count[w]
+                } else {
+                    participant_count[w]
+                };
+                (load, w)
+            });
+            match fresh {
+                Some(w) => {
+                    opened = !new_room;
+                    place.shards.push(Shard {
+                        worker: w,
+                        participants: 0,
+                    });
+                    w
+                }
+                None => {
+                    place
+                        .shards
+                        .iter()
+                        .min_by_key(|s| (s.participants, s.worker))
+                        .expect("a room with every worker in it has shards")
+                        .worker
+                }
+            }
+        };
+        if let Some(s) = place.shard_mut(worker) {
+            s.participants += 1;
+        }
+        place.members.insert(id, worker);
+        (worker, opened)
+    }
+
+    /// Publish the rooms on more than one worker.
+    fn publish(&self, rooms: &HashMap<String, RoomPlace>) {
+        let spans: HashMap<RoomId, Vec<usize>> = rooms
+            .iter()
+            .filter(|(_, p)| p.shards.len() > 1)
+            .map(|(name, p)| {
+                let workers = p.shards.iter().map(|s| s.worker).collect();
+                (RoomId(name.clone()), workers)
+            })
+            .collect();
+        self.spans.send_replace(Arc::new(spans));
     }
 }
 
 impl MediaRouter for Placement {
-    fn route(&self, room: &str) -> mpsc::Sender<MediaCommand> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&w) = rooms.get(room) {
-            return self.workers[w].clone();
+    fn route(&self, room: &str, participant: ParticipantId) -> mpsc::Sender<MediaCommand> {
+        let mut rooms = self.lock();
+        let (worker, opened) = self.place(&mut rooms, room, participant);
+        if opened {
+            tracing::info!(
+                room,
+                worker,
+                shards = rooms.get(room).map_or(0, |p| p.shards.len()),
+                "room spans another worker"
+            );
+            self.publish(&rooms);
         }
-        let mut load = vec![0usize; self.workers.len()];
-        for &w in rooms.values() {
-            load[w] += 1;
+        self.workers[worker].clone()
+    }
+
+    fn left(&self, room: &str, participant: ParticipantId) {
+        let mut rooms = self.lock();
+        let Some(place) = rooms.get_mut(room) else {
+            return;
+        };
+        let Some(worker) = place.members.remove(&participant) else {
+            return;
+        };
+        let Some(shard) = place.shard_mut(worker) else {
+            return;
+        };
+        shard.participants = shard.participants.saturating_sub(1);
+        // An emptied shard closes unless it is the room's last (the room itself closes with the registry's).
+        if shard.participants == 0 && place.shards.len() > 1 {
+            place.shards.retain(|s| s.worker != worker);
+            self.publish(&rooms);
         }
-        let w = (0..self.workers.len())
-            .min_by_key(|&i| (load[i], i))
-            .expect("there is at least one worker");
-        rooms.insert(room.to_owned(), w);
-        self.workers[w].clone()
     }
 
     fn room_closed(&self, room: &str) {
-        self.rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(room);
+        let mut rooms = self.lock();
+        let spanned = rooms.remove(room).is_some_and(|p| p.shards.len() > 1);
+        if spanned {
+            self.publish(&rooms);
+        }
     }
 }
 
@@ -54,16 +193,62 @@ impl MediaRouter for Placement {
 mod tests {
     use super::*;
 
+    fn placement(workers: usize, limit: usize) -> (Placement, Vec<mpsc::Sender<MediaCommand>>) {
+        let senders: Vec<_> = (0..workers).map(|_| mpsc::channel(1).0).collect();
+        let (spans, _) = watch::channel(Spans::default());
+        (Placement::new(senders.clone(), limit, spans), senders)
+    }
+
+    fn on(p: &Placement, room: &str, id: u64) -> mpsc::Sender<MediaCommand> {
+        p.route(room, ParticipantId(id))
+    }
+
     #[test]
     fn rooms_spread_over_workers_and_stick() {
-        let (a, _ra) = mpsc::channel(1);
-        let (b, _rb) = mpsc::channel(1);
-        let p = Placement::new(vec![a.clone(), b.clone()]);
-        let r1 = p.route("one");
-        let r2 = p.route("two");
+        let (p, _) = placement(2, 100);
+        let r1 = on(&p, "one", 1);
+        let r2 = on(&p, "two", 2);
         assert!(!r1.same_channel(&r2));
-        assert!(p.route("one").same_channel(&r1));
+        assert!(on(&p, "one", 3).same_channel(&r1));
+        p.left("one", ParticipantId(1));
+        p.left("one", ParticipantId(3));
         p.room_closed("one");
-        assert!(p.route("three").same_channel(&r1));
+        assert!(on(&p, "three", 4).same_channel(&r1));
+    }
+
+    #[test]
+    fn a_full_shard_opens_another_on_the_least_loaded_worker_and_closes_when_empty() {
+        let (p, w) = placement(3, 2);
+        let mut spans = p.spans.subscribe();
+        // Worker 0 gets "big"; worker 1 a small room with one participant.
+        assert!(on(&p, "big", 1).same_channel(&w[0]));
+        assert!(on(&p, "small", 50).same_channel(&w[1]));
+        assert!(on(&p, "big", 2).same_channel(&w[0]));
+        assert!(spans.borrow_and_update().is_empty());
+        // The primary is full: the third goes to worker 2 (no participants), and the span is published.
+        assert!(on(&p, "big", 3).same_channel(&w[2]));
+        assert!(spans.has_changed().expect("placement is alive"));
+        assert_eq!(
+            spans.borrow_and_update().get(&RoomId("big".into())),
+            Some(&vec![0, 2])
+        );
+        // A participant keeps its worker; commands about it go there.
+        assert!(on(&p, "big", 3).same_channel(&w[2]));
+        assert!(on(&p, "big", 1).same_channel(&w[0]));
+        // A place on the primary frees up: the next one goes there again.
+        p.left("big", ParticipantId(2));
+        assert!(on(&p, "big", 4).same_channel(&w[0]));
+        // The second shard empties: it closes, and the room spans one worker again.
+        p.left("big", ParticipantId(3));
+        assert!(spans.borrow_and_update().is_empty());
+    }
+
+    #[test]
+    fn with_every_worker_in_the_room_the_least_full_shard_takes_more() {
+        let (p, w) = placement(2, 1);
+        assert!(on(&p, "r", 1).same_channel(&w[0]));
+        assert!(on(&p, "r", 2).same_channel(&w[1]));
+        assert!(on(&p, "r", 3).same_channel(&w[0]));
+        assert!(on(&p, "r", 4).same_channel(&w[1]));
     }
 }

@@ -6,10 +6,28 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::time::Instant;
 
 use media_core::core::net::NetTransmit;
 
-pub use chorus_udp::{set_buffer_sizes, SendOutcome};
+pub use chorus_udp::SendOutcome;
+
+/// Set up a media socket: `bytes` of kernel buffers (returns what was granted: receive, send), the
+/// don't-fragment bit on what it sends ([`chorus_udp::set_dont_fragment`]: no IPv4 identification drawn
+/// per packet), and the kernel's receive time on what it reads, so the core measures network jitter from
+/// when a datagram arrived, not from when the worker got round to reading it (a mixer tick or a large
+/// fan-out in between would count as jitter, issue 15). Either option failing costs only that gain.
+pub fn set_up_media_socket(socket: impl AsFd, bytes: usize) -> (usize, usize) {
+    let fd = socket.as_fd();
+    let granted = chorus_udp::set_buffer_sizes(fd, bytes);
+    if let Err(e) = chorus_udp::set_dont_fragment(fd) {
+        tracing::debug!(error = %e, "cannot set the don't-fragment bit on a media socket");
+    }
+    if let Err(e) = chorus_udp::enable(fd, chorus_udp::Ancillary::KernelTimestamp) {
+        tracing::debug!(error = %e, "no kernel receive timestamps on a media socket");
+    }
+    granted
+}
 
 /// Larger than any datagram the core accepts, so an oversized one is seen (and counted) rather than cut.
 const RECV_BUFFER: usize = 2048;
@@ -44,9 +62,12 @@ impl RecvBatch {
         self.0.recv(socket)
     }
 
-    /// The datagrams of the last [`recv`](Self::recv) with their sources (unknown address families skipped).
-    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
-        self.0.datagrams().map(|d| (d.source, d.contents))
+    /// The datagrams of the last [`recv`](Self::recv) with their sources and, on a socket set up by
+    /// [`set_up_media_socket`], their kernel receive times (unknown address families skipped).
+    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, Option<Instant>, &[u8])> {
+        self.0
+            .datagrams()
+            .map(|d| (d.source, d.arrival, d.contents))
     }
 }
 
@@ -60,6 +81,9 @@ mod tests {
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         rx.set_nonblocking(true).expect("nonblocking");
+        set_up_media_socket(&tx, 1 << 20);
+        set_up_media_socket(&rx, 1 << 20);
+        let before = Instant::now();
         let batch: Vec<NetTransmit> = (0..100)
             .map(|i| NetTransmit {
                 transport: media_core::core::net::Transport::Udp,
@@ -80,8 +104,12 @@ mod tests {
         let mut seen = Vec::new();
         while seen.len() < 100 {
             recv.recv(&rx).expect("recv");
-            for (from, data) in recv.datagrams() {
+            for (from, arrival, data) in recv.datagrams() {
                 assert_eq!(from, tx.local_addr().expect("bound"));
+                let arrival = arrival.expect("a media socket reports kernel receive times");
+                assert!(arrival <= Instant::now(), "arrived before it was read");
+                // The realtime-to-monotonic mapping is exact to a few µs; allow a millisecond.
+                assert!(arrival + std::time::Duration::from_millis(1) >= before);
                 seen.push(data.to_vec());
             }
         }

@@ -373,13 +373,14 @@ impl Signaling {
         Ok(change.changed)
     }
 
-    /// Sends `command` to the worker that owns `room`, waiting at most the media timeout for queue space.
+    /// Sends `command` to the worker that hosts its participant in `room`, waiting at most the media
+    /// timeout for queue space.
     pub(crate) async fn tell_worker(
         &self,
         room: &str,
         command: MediaCommand,
     ) -> Result<(), media::MediaError> {
-        let worker = self.router.route(room);
+        let worker = self.router.route(room, command.participant());
         match tokio::time::timeout(self.config.media_timeout(), worker.send(command)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(media::MediaError::Unavailable),

@@ -134,10 +134,33 @@ pub enum MediaEvent {
     Positions(Vec<(ParticipantId, Position)>),
 }
 
-/// Finds the worker that owns a room.
+impl MediaCommand {
+    /// The participant the command is about (a volume's listener: the one whose audio it shapes).
+    pub fn participant(&self) -> ParticipantId {
+        match self {
+            MediaCommand::Connect { participant, .. }
+            | MediaCommand::ConnectSource { participant, .. }
+            | MediaCommand::RestartIce { participant, .. }
+            | MediaCommand::Mute { participant, .. }
+            | MediaCommand::Position { participant, .. }
+            | MediaCommand::Deafen { participant, .. }
+            | MediaCommand::Ptt { participant, .. }
+            | MediaCommand::PttKey { participant, .. }
+            | MediaCommand::Talk { participant, .. }
+            | MediaCommand::Leave { participant } => *participant,
+            MediaCommand::Volume { listener, .. } => *listener,
+        }
+    }
+}
+
+/// Finds the worker that hosts a participant. A room lives on one worker, or, once larger than a worker's
+/// share, on several (its shards; docs/architecture.md, "Rooms larger than a worker").
 pub trait MediaRouter: Send + Sync + 'static {
-    /// The command queue of the worker that owns `room`, placing the room on a worker if it is new.
-    fn route(&self, room: &str) -> mpsc::Sender<MediaCommand>;
+    /// The command queue of the worker that hosts `participant` of `room`, placing it (and the room, if it
+    /// is new) on a worker if it is not placed yet.
+    fn route(&self, room: &str, participant: ParticipantId) -> mpsc::Sender<MediaCommand>;
+    /// `participant` left `room`: its place on its worker is free.
+    fn left(&self, _room: &str, _participant: ParticipantId) {}
     /// The room has no participants left: its placement may be forgotten.
     fn room_closed(&self, room: &str);
 }

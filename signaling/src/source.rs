@@ -174,7 +174,7 @@ impl SourceMember {
             .registry()
             .attach_media(&room, self.membership.id)
             .ok_or(MediaError::UnknownParticipant)?;
-        let worker = ctx.router().route(&room);
+        let worker = ctx.router().route(&room, self.membership.id);
         let (reply, answer) = oneshot::channel();
         let command = MediaCommand::ConnectSource {
             room,

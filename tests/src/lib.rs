@@ -109,7 +109,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start chorus with one media worker on free loopback ports, plus `extra` flags.
+    /// Start chorus with one media worker (unless `extra` says `--workers`) on free loopback ports, plus
+    /// `extra` flags.
     pub async fn start(extra: &[&str]) -> anyhow::Result<Server> {
         Self::start_with_env(extra, &[]).await
     }
@@ -124,14 +125,15 @@ impl Server {
             http.port()
         ));
         let stderr = std::fs::File::create(&stderr_path)?;
+        let workers: &[&str] = if extra.contains(&"--workers") {
+            &[]
+        } else {
+            &["--workers", "1"]
+        };
         let child = Command::new(chorus_bin()?)
             .args(["--http-listen", &http.to_string()])
-            .args([
-                "--media-port-start",
-                &media_port.to_string(),
-                "--workers",
-                "1",
-            ])
+            .args(["--media-port-start", &media_port.to_string()])
+            .args(workers)
             .args(extra)
             .env("CHORUS_LOG", "info,str0m=error")
             // Tests use loopback and addresses of their own network namespaces only: no candidate on the

@@ -19,6 +19,7 @@ mod proxy;
 mod ptt;
 mod recording;
 mod resume;
+mod span;
 mod spatial;
 mod speech;
 mod tcp;

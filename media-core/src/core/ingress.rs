@@ -48,7 +48,12 @@ impl MediaCore {
     /// A datagram arrived over `path`: on one of the core's candidates (`path.local`, as advertised, over
     /// `path.transport`; for TCP one de-framed RFC 4571 frame) from `path.remote`. A datagram on an address
     /// that is not one of the candidates is dropped.
+    ///
+    /// `now` may be the datagram's arrival (the kernel's receive time) rather than when it was read, so
+    /// that jitter buffers measure the network's jitter and not the caller's lateness; a time before the
+    /// core's latest input is taken as that input's (the core's clock never goes back).
     pub fn handle_datagram_via(&mut self, now: Instant, path: NetPath, data: &[u8]) {
+        let now = now.max(self.last_now);
         self.last_now = now;
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
@@ -209,6 +214,16 @@ impl MediaCore {
         }
         room.selector.on_audio(now, from, level_dbov, vad);
         room.dominant.on_level(from, now, level_dbov);
+        super::trunk::export(
+            room,
+            from,
+            source,
+            seq,
+            ts,
+            level,
+            &payload,
+            &mut self.trunk_out,
+        );
         let mixed = room.mixer().is_some();
         // A mixed room's mixer, or a forwarding room's mount-only one (the packet is forwarded too).
         if let Some(mixer) = room.input_mixer_mut() {

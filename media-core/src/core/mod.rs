@@ -17,6 +17,7 @@ mod participants;
 mod source;
 mod talk;
 mod timers;
+pub mod trunk;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -104,6 +105,15 @@ pub enum CoreError {
     /// A source packet for a participant that is a WebRTC peer.
     #[error("participant {0} is not a server-side source")]
     NotASource(ParticipantId),
+    /// A trunk message for a room this core does not host (its shard here ended).
+    #[error("room {0} has no shard here")]
+    UnknownRoom(RoomId),
+    /// A trunk packet whose speaker is a local participant here.
+    #[error("participant {0} is local here, not remote")]
+    NotRemote(ParticipantId),
+    /// A trunk packet of a new speaker for a room that imports the most remote participants it may.
+    #[error("room {0} has too many remote participants")]
+    RemoteLimit(RoomId),
     /// A source packet whose payload is not an Opus packet.
     #[error("a packet of source {0} is not Opus")]
     NotOpus(ParticipantId),
@@ -137,6 +147,9 @@ impl CoreError {
             | CoreError::NotSpatial(_)
             | CoreError::BadTarget
             | CoreError::NotASource(_)
+            | CoreError::UnknownRoom(_)
+            | CoreError::NotRemote(_)
+            | CoreError::RemoteLimit(_)
             | CoreError::NotOpus(_)
             | CoreError::BadPosition(_)) => e.to_string(),
         }
@@ -216,9 +229,15 @@ pub enum Output {
     Broadcast(BroadcastFrame),
     /// A tapped participant's microphone packet (see [`MediaCore::set_tapped_participants`]).
     Microphone(MicPacket),
+    /// For the other shards of a spanned room (see [`MediaCore::set_spanned_rooms`]).
+    Trunk(trunk::TrunkMessage),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
 }
+
+/// The core's participant table. FxHash: looked up once per forwarded packet and subscriber, and its keys
+/// are ids the server assigns, which no client can choose to collide.
+type ParticipantMap = HashMap<ParticipantId, Participant, rustc_hash::FxBuildHasher>;
 
 struct Participant {
     room: u64,
@@ -311,7 +330,7 @@ pub struct MediaCore {
     config: CoreConfig,
     dtls_cert: DtlsCert,
     rng: SeqRng,
-    participants: HashMap<ParticipantId, Participant>,
+    participants: ParticipantMap,
     rooms: HashMap<u64, Room>,
     room_keys: HashMap<RoomId, u64>,
     next_room_key: u64,
@@ -331,6 +350,9 @@ pub struct MediaCore {
     /// Participants whose microphone packets are handed out as they arrive ([`Output::Microphone`]).
     tapped_participants: HashSet<ParticipantId>,
     microphones: VecDeque<MicPacket>,
+    /// Rooms with shards elsewhere: their candidates are exported (now, and when they are created here).
+    spanned_rooms: HashSet<RoomId>,
+    trunk_out: VecDeque<trunk::TrunkMessage>,
 }
 
 impl MediaCore {
@@ -350,7 +372,7 @@ impl MediaCore {
             rng: SeqRng::new(config.seed),
             config,
             dtls_cert,
-            participants: HashMap::new(),
+            participants: ParticipantMap::default(),
             rooms: HashMap::new(),
             room_keys: HashMap::new(),
             next_room_key: 0,
@@ -366,6 +388,8 @@ impl MediaCore {
             broadcasts: VecDeque::new(),
             tapped_participants: HashSet::new(),
             microphones: VecDeque::new(),
+            spanned_rooms: HashSet::new(),
+            trunk_out: VecDeque::new(),
         }
     }
 
@@ -408,8 +432,10 @@ impl MediaCore {
         self.rooms.get(&p.room)?.mixer()?.jitter_target(id)
     }
 
+    /// The participants on this core: peers and sources, not the other shards' speakers it imports.
     pub fn participant_count(&self) -> usize {
-        self.participants.len()
+        let remote: usize = self.rooms.values().map(|r| r.trunk.imported.len()).sum();
+        self.participants.len() - remote
     }
 
     pub fn room_count(&self) -> usize {
@@ -432,6 +458,12 @@ impl MediaCore {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += t.contents.len() as u64;
             return Output::Transmit(t);
+        }
+        if let Some(m) = self.trunk_out.pop_front() {
+            if let trunk::TrunkMessage::Audio(_) = m {
+                self.stats.trunk.packets_out += 1;
+            }
+            return Output::Trunk(m);
         }
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);

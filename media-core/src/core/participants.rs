@@ -128,6 +128,10 @@ impl MediaCore {
                         broadcast: None,
                         audibility: Audibility::new(settings.spatial),
                         speakers_sent: std::collections::HashMap::new(),
+                        trunk: super::trunk::RoomTrunk {
+                            spanned: self.spanned_rooms.contains(room),
+                            ..Default::default()
+                        },
                     },
                 );
                 if self.broadcast_rooms.contains(room) {
@@ -208,6 +212,8 @@ impl MediaCore {
         if let Some(peer) = p.peer() {
             self.router.remove_peer(peer.ufrag(), id);
         }
+        // The last local participant of a shard takes its remote ones along.
+        let remote_left = self.leave_trunk(p.room, id);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.selector.remove_participant(id);
             room.dominant.remove(id);
@@ -224,6 +230,9 @@ impl MediaCore {
             } else {
                 self.arm_tick(p.room);
             }
+        }
+        for remote in remote_left {
+            self.remove_participant(now, remote)?;
         }
         Ok(())
     }

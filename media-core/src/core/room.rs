@@ -35,6 +35,8 @@ pub(crate) struct Room {
     pub(crate) audibility: Audibility,
     /// The `speakers` list each member was last sent (scoped to what it hears).
     pub(crate) speakers_sent: std::collections::HashMap<ParticipantId, Vec<(ParticipantId, f32)>>,
+    /// Its exports to, and the participants imported from, its other shards (`core/trunk.rs`).
+    pub(crate) trunk: super::trunk::RoomTrunk,
 }
 
 impl Room {
@@ -117,7 +119,8 @@ impl Room {
         let mixer = self.mixer().and_then(|m| m.next_tick());
         let broadcast = self.broadcast.as_ref().and_then(|m| m.next_tick());
         let space = self.audibility.next_refresh();
-        for t in [self.selector.next_update(), mixer, broadcast, space]
+        let remote = self.trunk.next_expiry();
+        for t in [self.selector.next_update(), mixer, broadcast, space, remote]
             .into_iter()
             .flatten()
         {

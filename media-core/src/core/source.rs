@@ -35,7 +35,7 @@ pub(crate) struct SourceInput {
 }
 
 impl SourceInput {
-    fn new(ssrc: Ssrc, role: SourceRole) -> Self {
+    pub(super) fn new(ssrc: Ssrc, role: SourceRole) -> Self {
         SourceInput {
             ssrc,
             role,

@@ -1,7 +1,7 @@
 //! Time passing: due peer timers and connection deadlines, and the room tick (the mixers' ticks, slot
 //! selection and speaker reports).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -56,6 +56,7 @@ impl MediaCore {
     fn room_tick(&mut self, now: Instant) {
         self.next_tick = None;
         let mut mixed = std::mem::take(&mut self.mix_out);
+        let mut expired = Vec::new();
         for room in self.rooms.values_mut() {
             if refresh_audibility(now, room, &self.participants, &mut self.events) {
                 // The selector sees the new sets at once.
@@ -140,9 +141,8 @@ impl MediaCore {
                     }
                 }
             }
-            if room.selector.next_update().is_some_and(|t| t <= now)
-                && room.selector.update_in(now, Some(&room.audibility))
-            {
+            let update_due = room.selector.next_update().is_some_and(|t| t <= now);
+            if update_due && room.selector.update_in(now, Some(&room.audibility)) {
                 slot_events(&mut room.selector, &self.participants, &mut self.events);
                 if room.selector.speakers_changed(now).is_some() {
                     let members = room.members.clone();
@@ -162,9 +162,14 @@ impl MediaCore {
                     });
                 }
             }
+            if update_due {
+                super::trunk::refresh_exports(room, &mut self.trunk_out);
+            }
+            expired.extend(room.trunk.expired(now));
             room.arm_tick(&mut self.next_tick);
         }
         self.mix_out = mixed;
+        self.expire_remote(now, expired);
     }
 
     pub(super) fn emit_slots(&mut self, sub: ParticipantId) {
@@ -187,7 +192,7 @@ impl MediaCore {
 pub(super) fn refresh_audibility(
     now: Instant,
     room: &mut Room,
-    participants: &HashMap<ParticipantId, Participant>,
+    participants: &super::ParticipantMap,
     events: &mut VecDeque<CoreEvent>,
 ) -> bool {
     // An open room (no positions, no rules) has no sets to keep current until a rule arrives; any other
@@ -308,7 +313,7 @@ fn mix_red_payload(
 /// A `Slots` event for every subscriber whose slot assignment changed in the selector's last update.
 pub(super) fn slot_events(
     selector: &mut crate::sfu::slots::SlotSelector,
-    participants: &HashMap<ParticipantId, Participant>,
+    participants: &super::ParticipantMap,
     events: &mut VecDeque<CoreEvent>,
 ) {
     let changed: Vec<ParticipantId> = selector.drain_changes().collect();
@@ -325,7 +330,7 @@ pub(super) fn slot_events(
 pub(super) fn slot_infos(
     p: &Participant,
     assignment: &[Option<ParticipantId>],
-    all: &HashMap<ParticipantId, Participant>,
+    all: &super::ParticipantMap,
 ) -> Vec<SlotAssignment> {
     p.slots()
         .iter()

@@ -264,6 +264,10 @@ pub struct Sim {
     pub listen_only: std::collections::HashSet<usize>,
     /// Tapped participants' microphone packets ([`MediaCore::set_tapped_participants`]).
     pub microphones: Vec<media_core::MicPacket>,
+    /// Trunk messages for the room's other shards ([`MediaCore::set_spanned_rooms`]).
+    pub trunk: Vec<media_core::TrunkMessage>,
+    /// Client `i` joins as participant `id_base + i` (two sims as two shards of one room use two bases).
+    pub id_base: u64,
 }
 
 impl Sim {
@@ -318,6 +322,8 @@ impl Sim {
             core_timeouts: 0,
             listen_only: listen_only.iter().copied().collect(),
             microphones: Vec::new(),
+            trunk: Vec::new(),
+            id_base: 100,
         };
         for &(freq, amplitude) in voices {
             sim.join(freq, amplitude);
@@ -353,7 +359,7 @@ impl Sim {
             },
         )
         .expect("a client offer");
-        let id = ParticipantId(100 + index as u64);
+        let id = ParticipantId(self.id_base + index as u64);
         let answer = self
             .core
             .add_participant(
@@ -460,6 +466,7 @@ impl Sim {
                 Output::Event(e) => self.events.push((self.now, e)),
                 Output::Broadcast(_) => {}
                 Output::Microphone(m) => self.microphones.push(m),
+                Output::Trunk(m) => self.trunk.push(m),
                 Output::Timeout(t) => {
                     self.core_timeout = t;
                     return;

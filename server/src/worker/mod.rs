@@ -29,6 +29,7 @@ use crate::udp;
 
 mod commands;
 mod tcp_conns;
+pub mod trunk;
 
 use tcp_conns::{tcp_listener, TcpState};
 
@@ -50,6 +51,8 @@ pub struct WorkerSpec {
     /// ICE-TCP, when enabled.
     pub tcp: Option<TcpSpec>,
     pub broadcast: BroadcastSpec,
+    /// Trunk messages of spanned rooms to and from the other workers.
+    pub trunk: trunk::TrunkSpec,
 }
 
 /// Listener streams and recordings: which rooms and participants to tap, and where their frames go.
@@ -94,7 +97,7 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
             match bound {
                 Ok(s) => {
                     s.set_nonblocking(true)?;
-                    crate::udp::set_buffer_sizes(&s, spec.socket_buffer_bytes);
+                    crate::udp::set_up_media_socket(&s, spec.socket_buffer_bytes);
                     let addr = s.local_addr()?;
                     tracing::info!(
                         worker = spec.index,
@@ -124,7 +127,7 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
     };
     let tcp_addr = listener.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let extra_udp_addr = extra.as_ref().map(|(_, a)| *a);
-    let (rcv, snd) = crate::udp::set_buffer_sizes(&socket, spec.socket_buffer_bytes);
+    let (rcv, snd) = crate::udp::set_up_media_socket(&socket, spec.socket_buffer_bytes);
     tracing::info!(
         worker = spec.index,
         %local_addr,
@@ -253,6 +256,8 @@ struct Worker {
     hls: crate::hls::HlsSink,
     /// The packet queues of the server-side source participants on this worker.
     sources: commands::SourceQueues,
+    /// Spanned rooms' other shards.
+    trunk: trunk::TrunkLink,
 }
 
 /// What woke the worker up.
@@ -265,6 +270,7 @@ enum Wake {
     Stats,
     Taps,
     Source(Option<(ParticipantId, Option<media_core::SourcePacket>)>),
+    Trunk(trunk::TrunkWake),
 }
 
 impl Worker {
@@ -295,6 +301,7 @@ impl Worker {
         info!(bind = %spec.bind, candidates = ?candidates, "media worker started");
         let label = spec.index.to_string();
         Worker {
+            trunk: trunk::TrunkLink::new(spec.index, spec.trunk, &metrics.trunk),
             taps: Some(spec.broadcast.taps),
             frames: spec.broadcast.frames,
             recorder: spec.broadcast.recorder,
@@ -341,6 +348,7 @@ impl Worker {
                 _ = stats_tick.tick() => Wake::Stats,
                 () = taps_changed(&mut self.taps) => Wake::Taps,
                 packet = self.sources.next() => Wake::Source(packet),
+                trunk = self.trunk.next() => Wake::Trunk(trunk),
             };
             let woke = Instant::now();
             match wake {
@@ -356,6 +364,17 @@ impl Worker {
                     self.flush();
                 }
                 Wake::Source(None) => {}
+                Wake::Trunk(trunk::TrunkWake::Message(message)) => {
+                    self.trunk_message(woke, message);
+                    deadline = self.drain();
+                    self.flush();
+                }
+                Wake::Trunk(trunk::TrunkWake::Spans) => {
+                    let rooms = self.trunk.refresh();
+                    self.core.set_spanned_rooms(woke, rooms);
+                    deadline = self.drain();
+                    self.flush();
+                }
                 Wake::Readable(Err(e)) | Wake::ExtraReadable(Err(e)) => {
                     warn!(error = %e, "socket not readable")
                 }
@@ -429,9 +448,12 @@ impl Worker {
             Ok(_) => {
                 let now = Instant::now();
                 let mut deadline = None;
-                for (source, data) in batch.datagrams() {
+                for (source, arrival, data) in batch.datagrams() {
+                    // The kernel's receive time: the mixers' jitter buffers measure the network's jitter,
+                    // not the worker's own lateness (the core takes a time before its last input as that).
+                    let at = arrival.map_or(now, |a| a.min(now));
                     self.core
-                        .handle_datagram_via(now, NetPath::udp(local, source), data);
+                        .handle_datagram_via(at, NetPath::udp(local, source), data);
                     deadline = Some(self.drain());
                 }
                 let sent = self.flush();
@@ -463,6 +485,7 @@ impl Worker {
                     self.frames.push(frame);
                 }
                 Output::Microphone(packet) => self.recorder.microphone(packet),
+                Output::Trunk(message) => self.trunk.send(Instant::now(), message),
                 Output::Timeout(t) => return t,
             }
         }
@@ -535,6 +558,7 @@ impl Worker {
         self.last_stats = now;
         self.metrics.observe(&self.core.take_samples());
         self.forwarding.flush();
+        self.trunk.publish(&self.metrics.trunk);
         self.rooms_gauge.set(self.core.room_count() as i64);
         self.participants_gauge
             .set(self.core.participant_count() as i64);

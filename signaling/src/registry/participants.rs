@@ -312,6 +312,7 @@ impl RoomRegistry {
             return false;
         };
         let member = room.members.remove(index);
+        self.router.left(room_name, id);
         self.metrics.participant_left(room.settings.mode);
         self.notify(RoomEvent::ParticipantLeft {
             room: room.info(room_name),

@@ -12,7 +12,7 @@ struct Router {
 }
 
 impl MediaRouter for Router {
-    fn route(&self, _room: &str) -> mpsc::Sender<MediaCommand> {
+    fn route(&self, _room: &str, _participant: ParticipantId) -> mpsc::Sender<MediaCommand> {
         mpsc::channel(1).0
     }
     fn room_closed(&self, room: &str) {

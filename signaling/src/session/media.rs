@@ -220,7 +220,10 @@ pub(super) async fn on_offer<T: Sink<WsFrame> + Unpin>(
         Media::Answered { .. } => return restart_ice(wire, member, offer),
     }
     let config = wire.ctx.config();
-    let worker = wire.ctx.router().route(&member.membership.room);
+    let worker = wire
+        .ctx
+        .router()
+        .route(&member.membership.room, member.membership.id);
     let (events, events_rx) = mpsc::channel(config.media_event_queue);
     let (reply, reply_rx) = oneshot::channel();
     let state = wire

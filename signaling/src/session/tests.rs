@@ -273,7 +273,7 @@ struct FakeRouter {
 }
 
 impl MediaRouter for FakeRouter {
-    fn route(&self, _room: &str) -> mpsc::Sender<MediaCommand> {
+    fn route(&self, _room: &str, _participant: ParticipantId) -> mpsc::Sender<MediaCommand> {
         self.commands.clone()
     }
 
@@ -521,7 +521,7 @@ fn session_future_is_send() {
     fn assert_send<F: Send>(_: &F) {}
     struct Nowhere;
     impl MediaRouter for Nowhere {
-        fn route(&self, _room: &str) -> mpsc::Sender<MediaCommand> {
+        fn route(&self, _room: &str, _participant: ParticipantId) -> mpsc::Sender<MediaCommand> {
             mpsc::channel(1).0
         }
         fn room_closed(&self, _room: &str) {}

@@ -27,7 +27,7 @@ impl SourceMember {
             .registry()
             .attach_media(&room, self.membership.id)
             .ok_or(MediaError::UnknownParticipant)?;
-        let worker = ctx.router().route(&room);
+        let worker = ctx.router().route(&room, self.membership.id);
         let (events, events_rx) = mpsc::channel(ctx.config().media_event_queue);
         let (reply, answer) = oneshot::channel();
         let (can_publish, can_subscribe) = self.grants;

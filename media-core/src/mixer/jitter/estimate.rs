@@ -92,7 +92,12 @@ impl JitterBuffer {
         } else {
             0
         };
-        self.target_us = (upper + duration_us(self.config.headroom) + margin).clamp(min, max);
+        // The headroom covers what the percentile has not seen yet, in proportion to what it has: a stream
+        // whose delays spread little (a LAN, loopback, a worker that stamps arrivals with the kernel's
+        // receive time) gets at most that spread again, not the full headroom.
+        let headroom = duration_us(self.config.headroom).min(upper);
+        // The loss margin comes on top of the floor: the next packet must be there, whatever the floor.
+        self.target_us = ((upper + headroom).clamp(min, max) + margin).min(max);
     }
 
     /// A packet plays after `missing` lost ones; `lost` if it is itself a copy recovered from RED (its

@@ -24,7 +24,8 @@
 //! per 20 ms of audio, every bucket is multiplied by [`JitterConfig::forget_factor`] (0.983) and the
 //! packet's bucket gains the remainder, so the histogram always sums to one and old jitter fades within a few
 //! seconds. The *target delay* is the [`JitterConfig::percentile`] (95th) of that histogram plus
-//! [`JitterConfig::headroom`], clamped to `[min_delay, max_delay]`. The histogram starts with all its mass
+//! [`JitterConfig::headroom`] (at most the percentile itself, so a stream with little jitter gets little
+//! headroom), clamped to `[min_delay, max_delay]`. The histogram starts with all its mass
 //! at [`JitterConfig::initial_delay`], so a new stream starts there and converges within a few seconds.
 //!
 //! The *current delay* ([`JitterBuffer::current_delay`]) is how long a packet on the fastest path waits
@@ -185,7 +186,8 @@ pub struct JitterConfig {
     pub percentile: f64,
     /// Forgetting factor of the delay histogram per 20 ms of audio (0.983: old jitter fades over ~3 s).
     pub forget_factor: f64,
-    /// Added to the measured percentile.
+    /// Added to the measured percentile, but never more than the percentile itself (the upper edge of its
+    /// 5 ms bucket): delays that spread over 5 ms get 5 ms of headroom, over 20 ms or more the full 20.
     pub headroom: Duration,
     /// Length of the sliding window for the minimum transit (the relative-delay baseline).
     pub window: Duration,

@@ -920,6 +920,32 @@ fn target_rises_to_cover_jitter_and_falls_when_the_network_calms() {
     assert!(h.trace.max_len <= 10, "{}", h.trace.max_len);
 }
 
+#[test]
+fn headroom_follows_the_measured_spread_so_a_calm_stream_waits_only_the_floor() {
+    // A calm path (delays within ±1 ms: a LAN, or a worker stamping arrivals with the kernel's receive
+    // time) waits the floor, and so do delays spread over 8 ms (their 95th percentile, 10 ms, plus as
+    // much headroom, where the full 20 ms made it 30); a spread of 16 ms gets the full headroom. Every
+    // loud packet still plays.
+    for (spread, floor, ceiling) in [(1.0, 20, 20), (4.0, 20, 20), (8.0, 35, 45)] {
+        let frames = continuous(1500, 960, Some(30)); // 30 s
+        let mut jitter = Rng::new(9);
+        let delay =
+            |_: usize| Duration::from_secs_f64((40.0 + jitter.range_f64(-spread, spread)) / 1000.0);
+        let mut h = Harness::new(
+            JitterConfig::default(),
+            send(&frames, 0, 0, 0.0, delay, none),
+        );
+        h.run_until(32 * SECOND);
+        let target = h.jb.target_delay();
+        assert!(
+            target >= floor * MS && target <= ceiling * MS,
+            "±{spread} ms: {target:?}"
+        );
+        let on_time = loud_played_fraction(&h.trace, &frames, 500..1490);
+        assert!(on_time >= 0.97, "±{spread} ms: {on_time}");
+    }
+}
+
 fn drift_run(drift: f64, dtx: bool) -> (Harness, u64) {
     let mut rng = Rng::new(11);
     let frames = if dtx {

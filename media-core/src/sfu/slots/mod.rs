@@ -490,6 +490,12 @@ impl SlotSelector {
         out
     }
 
+    /// The candidates of the last update, loudest first, as slot selection ranked them (smoothed level plus
+    /// the speaking bonus). May name a participant removed since; check [`Self::is_eligible`].
+    pub fn ranking(&self) -> impl Iterator<Item = ParticipantId> + '_ {
+        self.candidates.iter().map(|c| c.id)
+    }
+
     /// The room's speakers as last reported by [`speakers_changed`](Self::speakers_changed).
     pub fn reported(&self) -> &[(ParticipantId, f32)] {
         &self.reported

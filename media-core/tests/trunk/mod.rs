@@ -1,0 +1,232 @@
+//! A room larger than a worker in virtual time: two cores hold one shard each of the same room and exchange
+//! their trunk messages (as two workers' glue would, one hop after each 5 ms step). Speakers on either
+//! shard are heard on the other at their level, both shards select the same speakers, a louder voice
+//! takes over on both, a withdrawn speaker leaves at once, and a shard ends with its last local member.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use media_core::audio::{ToneAnalysis, SAMPLE_RATE};
+use media_core::sim::LinkConfig;
+use media_core::{CoreError, CoreEvent, MixSettings, ParticipantId, RoomSettings};
+
+use crate::support::Sim;
+
+/// Two shards of one room: `a` with clients `id 100 + i`, `b` with `id 200 + i`, both spanned.
+struct Shards {
+    a: Sim,
+    b: Sim,
+}
+
+impl Shards {
+    fn new(settings: RoomSettings, a: &[(f32, f32)], b: &[(f32, f32)]) -> Shards {
+        let mut sa = Sim::with_room(41, LinkConfig::with_delay(5.0), settings, &[]);
+        let mut sb = Sim::with_room(42, LinkConfig::with_delay(5.0), settings, &[]);
+        sb.id_base = 200;
+        for &(f, amp) in a {
+            sa.join(f, amp);
+        }
+        for &(f, amp) in b {
+            sb.join(f, amp);
+        }
+        let mut shards = Shards { a: sa, b: sb };
+        for sim in [&mut shards.a, &mut shards.b] {
+            let (now, room) = (sim.now, sim.room.clone());
+            sim.core.set_spanned_rooms(now, HashSet::from([room]));
+            sim.drain_core();
+        }
+        for _ in 0..300 {
+            if shards.a.all_connected() && shards.b.all_connected() {
+                break;
+            }
+            shards.run_for(Duration::from_millis(100));
+        }
+        assert!(shards.a.all_connected() && shards.b.all_connected());
+        for sim in [&mut shards.a, &mut shards.b] {
+            let now = sim.now;
+            for c in &mut sim.clients {
+                c.next_frame = c.next_frame.max(now);
+            }
+        }
+        shards
+    }
+
+    /// Both shards run in 5 ms steps (each on its own virtual clock, as two workers' cores); after each, each one's trunk messages are pushed into the other.
+    fn run_for(&mut self, d: Duration) {
+        let step = Duration::from_millis(5);
+        let mut left = d;
+        while !left.is_zero() {
+            let s = step.min(left);
+            self.a.run_for(s);
+            self.b.run_for(s);
+            exchange(&mut self.a, &mut self.b);
+            exchange(&mut self.b, &mut self.a);
+            left -= s;
+        }
+    }
+}
+
+/// `from`'s trunk messages into `to`'s core.
+fn exchange(from: &mut Sim, to: &mut Sim) {
+    for message in std::mem::take(&mut from.trunk) {
+        let now = to.now;
+        match to.core.push_trunk(now, message) {
+            Ok(()) | Err(CoreError::UnknownRoom(_)) => {}
+            Err(e) => panic!("a trunk message refused: {e}"),
+        }
+        to.drain_core();
+    }
+}
+
+/// The participants in `sim`'s client `i`'s slots, from its last `Slots` event.
+fn slotted(sim: &Sim, i: usize) -> BTreeSet<ParticipantId> {
+    let id = sim.clients[i].id;
+    sim.events
+        .iter()
+        .rev()
+        .find_map(|(_, e)| match e {
+            CoreEvent::Slots { subscriber, slots } if *subscriber == id => {
+                Some(slots.iter().filter_map(|s| s.participant).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// The tones `sim`'s client `i` hears from `speaker` (a client of either shard) in the last second.
+fn hears(sim: &Sim, i: usize, speaker: &Speaker) -> Vec<f32> {
+    let pcm = sim.clients[i].pcm(speaker.ssrc);
+    let tail = &pcm[pcm.len().saturating_sub(SAMPLE_RATE as usize)..];
+    if tail.len() < SAMPLE_RATE as usize / 2 {
+        return Vec::new();
+    }
+    ToneAnalysis::analyze(tail, SAMPLE_RATE, &[speaker.freq, 1234.0]).present_default()
+}
+
+/// A client as the other shard knows it: its microphone SSRC and its tone.
+struct Speaker {
+    ssrc: u32,
+    freq: f32,
+}
+
+fn speaker(sim: &Sim, i: usize) -> Speaker {
+    Speaker {
+        ssrc: sim.clients[i].mic_ssrc,
+        freq: sim.clients[i].freq,
+    }
+}
+
+#[test]
+fn speakers_on_each_shard_are_heard_on_the_other_and_both_select_the_same() {
+    // K = 2. Shard A: a talker at 440 Hz and a silent listener; shard B: a talker at 660 Hz and two
+    // silent listeners (one of them the 770 Hz voice that talks later).
+    let mut s = Shards::new(
+        RoomSettings::forward(2),
+        &[(440.0, 0.3), (550.0, 0.0)],
+        &[(660.0, 0.3), (770.0, 0.0), (880.0, 0.0)],
+    );
+    s.run_for(Duration::from_secs(3));
+
+    let (a440, b660) = (s.a.clients[0].id, s.b.clients[0].id);
+    let loud = BTreeSet::from([a440, b660]);
+    assert_eq!(slotted(&s.a, 1), loud, "the listener on A");
+    assert_eq!(slotted(&s.b, 2), loud, "the listener on B");
+    // Heard, not only slotted: each talker's tone through the other shard.
+    assert_eq!(hears(&s.a, 1, &speaker(&s.b, 0)), vec![660.0]);
+    assert_eq!(hears(&s.b, 2, &speaker(&s.a, 0)), vec![440.0]);
+    assert_eq!(
+        hears(&s.b, 0, &speaker(&s.a, 0)),
+        vec![440.0],
+        "talker B hears A"
+    );
+    assert_eq!(
+        hears(&s.a, 0, &speaker(&s.b, 0)),
+        vec![660.0],
+        "talker A hears B"
+    );
+    // Each shard exported its own talkers only: at most K a shard, never an imported one back.
+    assert!(s.a.core.stats().trunk.packets_out > 100);
+    assert!(s.b.core.stats().trunk.packets_in > 100);
+    // The speakers event on either shard names both talkers.
+    assert!(s.a.events.iter().any(|(_, e)| matches!(e,
+        CoreEvent::Speakers { speakers, .. } if speakers.iter().any(|(p, _)| *p == b660))));
+
+    // Level-based switching: A's talker falls silent and B's 770 Hz voice starts: both shards move it
+    // into the slot A's talker held.
+    s.a.set_amplitude(0, 0.0);
+    s.b.set_amplitude(1, 0.3);
+    s.run_for(Duration::from_secs(3));
+    let b770 = s.b.clients[1].id;
+    let now_loud = BTreeSet::from([b660, b770]);
+    assert_eq!(
+        slotted(&s.a, 1),
+        now_loud,
+        "the listener on A after the switch"
+    );
+    assert_eq!(
+        slotted(&s.b, 2),
+        now_loud,
+        "the listener on B after the switch"
+    );
+    assert_eq!(hears(&s.a, 1, &speaker(&s.b, 1)), vec![770.0]);
+}
+
+#[test]
+fn a_muted_speaker_is_withdrawn_and_a_shard_ends_with_its_last_local_member() {
+    let mut s = Shards::new(
+        RoomSettings::forward(3),
+        &[(440.0, 0.3)],
+        &[(660.0, 0.3), (770.0, 0.0)],
+    );
+    s.run_for(Duration::from_secs(2));
+    let room = s.a.room.clone();
+    let b660 = s.b.clients[0].id;
+    assert!(s.a.core.room_members(&room).contains(&b660));
+
+    // Muted on B: withdrawn at B's next selection, gone from A within a few ticks (not after 2 s).
+    s.b.core.set_muted(b660, true).expect("a participant of B");
+    s.run_for(Duration::from_millis(100));
+    assert!(
+        !s.a.core.room_members(&room).contains(&b660),
+        "A still has B's muted talker"
+    );
+    assert!(s.a.core.stats().trunk.withdrawn_in >= 1);
+
+    // A's only local participant leaves: the shard ends with it, its remote participants too, and B's
+    // messages for the room are refused as for a room it does not host.
+    let a440 = s.a.clients[0].id;
+    let now = s.a.now;
+    s.a.core
+        .remove_participant(now, a440)
+        .expect("A's participant");
+    assert_eq!(s.a.core.room_count(), 0);
+    assert_eq!(s.a.core.participant_count(), 0);
+    s.b.set_amplitude(1, 0.3);
+    s.run_for(Duration::from_millis(500));
+    assert!(s.a.core.stats().trunk.no_room > 0);
+}
+
+#[test]
+fn a_mixed_room_across_shards_mixes_both_shards_talkers() {
+    let mut s = Shards::new(
+        RoomSettings::mix(MixSettings::default()),
+        &[(440.0, 0.2), (550.0, 0.0)],
+        &[(660.0, 0.2), (770.0, 0.0)],
+    );
+    s.run_for(Duration::from_secs(4));
+    for (sim, listener, what) in [(&s.a, 1, "A's listener"), (&s.b, 1, "B's listener")] {
+        let played = &sim.clients[listener].mix.played;
+        let tail = &played[played.len().saturating_sub(SAMPLE_RATE as usize * 2)..];
+        assert!(
+            tail.len() > SAMPLE_RATE as usize,
+            "{what} played too little"
+        );
+        let a = ToneAnalysis::analyze(tail, SAMPLE_RATE, &[440.0, 550.0, 660.0, 770.0]);
+        assert_eq!(a.present_default(), vec![440.0, 660.0], "{what}: {a:?}");
+    }
+    // A talker hears the other shard's talker, not itself.
+    let played = &s.a.clients[0].mix.played;
+    let tail = &played[played.len().saturating_sub(SAMPLE_RATE as usize * 2)..];
+    let a = ToneAnalysis::analyze(tail, SAMPLE_RATE, &[440.0, 660.0]);
+    assert_eq!(a.present_default(), vec![660.0], "A's talker: {a:?}");
+}

@@ -111,6 +111,7 @@ fuzz_target!(|input: Input| {
         can_publish: true,
         can_subscribe: true,
         muted: false,
+        hears_mix: false,
     };
     let offers = offers();
     let count = if input.two { 2 } else { 1 };

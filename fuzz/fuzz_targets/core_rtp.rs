@@ -109,6 +109,7 @@ impl World {
             can_publish: true,
             can_subscribe: true,
             muted: false,
+            hears_mix: false,
         };
         let mut clients = Vec::new();
         for i in 0..CLIENTS {

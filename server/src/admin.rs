@@ -142,7 +142,7 @@ where
 
 /// As [`present`] for a settings object: a JSON object only (serde would also read a struct from an
 /// array of its fields in order, which the schema does not allow).
-fn present_object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn present_object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: serde::de::DeserializeOwned,
@@ -210,7 +210,7 @@ impl IntoResponse for ApiError {
 
 /// Every admin route (method, path), as docs/openapi.json documents them.
 #[cfg(test)]
-const ROUTES: [(&str, &str); 32] = [
+const ROUTES: [(&str, &str); 35] = [
     ("GET", "/admin/v1/rooms"),
     ("POST", "/admin/v1/rooms"),
     ("GET", "/admin/v1/rooms/{room}"),
@@ -243,6 +243,9 @@ const ROUTES: [(&str, &str); 32] = [
     ("POST", "/admin/v1/rooms/{room}/playback/skip"),
     ("POST", "/admin/v1/rooms/{room}/announce"),
     ("GET", "/admin/v1/rooms/{room}/announce"),
+    ("PUT", "/admin/v1/rooms/{room}/hold_music"),
+    ("GET", "/admin/v1/rooms/{room}/hold_music"),
+    ("DELETE", "/admin/v1/rooms/{room}/hold_music"),
 ];
 
 /// The admin routes, under `/admin/v1` (the same as [`ROUTES`]).

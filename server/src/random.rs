@@ -1,11 +1,19 @@
-//! Random identifiers the server hands out (session resources, endpoints, entity tags): hex of the system's
+//! Random identifiers the server hands out (session resources, endpoints, entity tags, SRTP keys): hex of the system's
 //! random source, and the check that a path segment has the shape of one.
+
+/// `n` random bytes (secrets too: the system's random source).
+pub fn bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    aws_lc_rs::rand::fill(&mut buf).expect("the system random source is available");
+    buf
+}
 
 /// `bytes` random bytes as lowercase hex.
 pub fn hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    aws_lc_rs::rand::fill(&mut buf).expect("the system random source is available");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    self::bytes(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Whether `s` is `chars` lowercase hex digits (what [`hex`] makes of `chars / 2` bytes).

@@ -51,6 +51,8 @@ pub enum MediaCommand {
         /// Its team, and whether it has the shout role (heard by the whole room).
         team: Option<TeamId>,
         shout: bool,
+        /// Hears the room's mix in one stream whatever the room's mode (a WHEP player), not slots.
+        hears_mix: bool,
         offer_sdp: String,
         events: mpsc::Sender<MediaEvent>,
         reply: oneshot::Sender<Result<String, MediaError>>,

@@ -75,6 +75,10 @@ pub struct JoinParams {
     pub can_publish: bool,
     pub can_subscribe: bool,
     pub muted: bool,
+    /// Hears the room's mix in one stream whatever the room's mode (a WHEP player): in a forwarding room
+    /// from the room's own mixer ([`room::Room::forward_mixer`]), one shared encode for all such
+    /// listeners, instead of slots.
+    pub hears_mix: bool,
 }
 
 /// Why a command failed.
@@ -286,6 +290,11 @@ impl Participant {
         !self.gate.deafened && !self.slots().is_empty()
     }
 
+    /// Hears a forwarding room through its mixer ([`JoinParams::hears_mix`]) rather than slots.
+    fn mix_listener(&self) -> bool {
+        self.params.hears_mix && !self.slots().is_empty()
+    }
+
     fn peer(&self) -> Option<&Peer> {
         match &self.link {
             Link::Peer(peer) => Some(peer),
@@ -304,6 +313,17 @@ impl Participant {
     fn slots(&self) -> &[peer::SlotStream] {
         self.peer().map_or(&[], Peer::slots)
     }
+}
+
+/// `(id, publishes)` of `members`, for a forwarding room's mixer made now.
+fn publishers(
+    members: &[ParticipantId],
+    participants: &HashMap<ParticipantId, Participant>,
+) -> Vec<(ParticipantId, bool)> {
+    members
+        .iter()
+        .filter_map(|id| Some((*id, participants.get(id)?.publishes())))
+        .collect()
 }
 
 pub struct MediaCore {
@@ -383,11 +403,7 @@ impl MediaCore {
         self.broadcast_rooms = rooms;
         for room in self.rooms.values_mut() {
             let on = self.broadcast_rooms.contains(&room.id);
-            let publishers: Vec<(ParticipantId, bool)> = room
-                .members
-                .iter()
-                .filter_map(|id| Some((*id, self.participants.get(id)?.publishes())))
-                .collect();
+            let publishers = publishers(&room.members, &self.participants);
             room.set_broadcast(now, on, &publishers);
             room.arm_tick(&mut self.next_tick);
         }

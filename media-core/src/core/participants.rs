@@ -38,7 +38,8 @@ impl MediaCore {
         check_offer(offer_sdp)?;
         let (existing, settings) = self.room_settings_for(room, settings)?;
         let mixed = settings.mode == RoomMode::Mix;
-        let slots = if mixed {
+        // The mix comes in one stream.
+        let slots = if mixed || params.hears_mix {
             1
         } else {
             usize::from(settings.slots)
@@ -170,15 +171,25 @@ impl MediaCore {
             .get_mut(&key)
             .expect("room key was just looked up or inserted");
         let subscribes = !participant.slots().is_empty();
-        // In a mixed room the selector only tracks levels and speakers: nobody is assigned slots.
-        room.selector
-            .add_participant(id, participant.publishes(), subscribes && !mixed);
-        // A forwarding room's mount-only mixer has no listeners.
+        let mix_listener = !mixed && participant.mix_listener();
+        // In a mixed room the selector only tracks levels and speakers: nobody is assigned slots; nor to
+        // a forwarding room's member who hears its mix.
+        room.selector.add_participant(
+            id,
+            participant.publishes(),
+            subscribes && !mixed && !mix_listener,
+        );
+        if mix_listener {
+            // The room's mixer, made now from its members if it has none (mount, other listeners).
+            let publishers = super::publishers(&room.members, &self.participants);
+            room.forward_mixer(now, &publishers);
+        }
+        // A forwarding room's mixer has only its mix listeners as listeners.
         if let Some(mixer) = room.input_mixer_mut() {
             mixer.add_member(
                 id,
                 participant.publishes(),
-                subscribes && mixed,
+                subscribes && (mixed || mix_listener),
                 self.rng.next_u64() as u16 & 0x7fff,
                 self.rng.next_u64() as u32,
             );
@@ -209,6 +220,7 @@ impl MediaCore {
             if let Some(mixer) = room.input_mixer_mut() {
                 mixer.remove_member(id);
             }
+            room.release_forward_mixer();
             room.audibility.remove(now, id);
             room.speakers_sent.remove(&id);
             room.members.retain(|m| *m != id);

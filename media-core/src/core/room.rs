@@ -27,8 +27,9 @@ pub(crate) struct Room {
     /// Dominant speaker detection (both modes).
     pub(crate) dominant: DominantSpeaker,
     pub(crate) kind: RoomKind,
-    /// A forwarding room with a listener mount: a mixer that only feeds the mount (every publisher in,
-    /// no listener out; [`crate::MediaCore::set_broadcast_rooms`]). A mixed room's mount taps its mixer.
+    /// A forwarding room's mixer, while it has a listener mount ([`crate::MediaCore::set_broadcast_rooms`])
+    /// or members who hear its mix ([`crate::JoinParams::hears_mix`], WHEP players): every publisher in,
+    /// those members out (one shared encode). A mixed room's mount taps its own mixer.
     pub(crate) broadcast: Option<Box<Mixer>>,
     /// Who hears whom: positions (a spatial room), teams, talk targets, volumes.
     pub(crate) audibility: Audibility,
@@ -48,7 +49,7 @@ impl Room {
     }
 
     /// Start (or stop) feeding the room's listener mount: a mixed room taps its mixer; a forwarding room
-    /// gets (or loses) a mount-only mixer, with `publishers` (its members now, and whether each publishes).
+    /// taps its mixer, made now with `publishers` (its members, and whether each publishes) if it has none.
     pub(crate) fn set_broadcast(
         &mut self,
         now: Instant,
@@ -61,17 +62,46 @@ impl Room {
                     mixer.set_tap(now, on);
                 }
             }
-            RoomKind::Forward if !on => self.broadcast = None,
+            RoomKind::Forward if !on => {
+                if let Some(mixer) = &mut self.broadcast {
+                    mixer.set_tap(now, false);
+                }
+                self.release_forward_mixer();
+            }
             RoomKind::Forward => {
-                if self.broadcast.is_none() {
-                    let mut mixer = Mixer::new(now, self.config.mix);
-                    for &(id, publishes) in publishers {
-                        mixer.add_member(id, publishes, false, 0, 0);
-                    }
+                let mixer = self.forward_mixer(now, publishers);
+                if !mixer.is_tapped() {
                     mixer.set_tap(now, true);
-                    self.broadcast = Some(Box::new(mixer));
                 }
             }
+        }
+    }
+
+    /// A forwarding room's mixer, made now with `publishers` (its members, and whether each publishes) if
+    /// it has none: nobody listens to a mixer made now (a member who hears the mix keeps it alive).
+    pub(crate) fn forward_mixer(
+        &mut self,
+        now: Instant,
+        publishers: &[(ParticipantId, bool)],
+    ) -> &mut Mixer {
+        let config = self.config.mix;
+        self.broadcast.get_or_insert_with(|| {
+            let mut mixer = Mixer::new(now, config);
+            for &(id, publishes) in publishers {
+                mixer.add_member(id, publishes, false, 0, 0);
+            }
+            Box::new(mixer)
+        })
+    }
+
+    /// Drops a forwarding room's mixer nobody needs any more (no mount, no listener).
+    pub(crate) fn release_forward_mixer(&mut self) {
+        if self
+            .broadcast
+            .as_ref()
+            .is_some_and(|m| !m.is_tapped() && !m.has_listeners())
+        {
+            self.broadcast = None;
         }
     }
 

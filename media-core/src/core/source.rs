@@ -113,6 +113,7 @@ impl MediaCore {
             can_publish: true,
             can_subscribe: false,
             muted,
+            hears_mix: false,
         };
         self.join_room(
             now,

@@ -57,6 +57,7 @@ fn every_bundled_m_line_offers_the_udp_candidates_first_then_passive_tcp() {
                 can_publish: true,
                 can_subscribe: true,
                 muted: false,
+                hears_mix: false,
             },
             &offer,
         )
@@ -159,6 +160,7 @@ fn an_ice_restart_offer_is_answered_on_the_same_peer_with_new_credentials() {
         can_publish: true,
         can_subscribe: true,
         muted: false,
+        hears_mix: false,
     };
     let first = core
         .add_participant(now, &room, RoomSettings::forward(2), id, params, &offer)
@@ -226,6 +228,7 @@ fn spatial_mixed_rooms_answer_stereo() {
         can_publish: true,
         can_subscribe: true,
         muted: false,
+        hears_mix: false,
     };
     let mix = RoomSettings::mix(MixSettings::default());
     let cases = [

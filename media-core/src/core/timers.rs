@@ -63,9 +63,8 @@ impl MediaCore {
                 room.selector.audibility_changed();
             }
             let room_id = &room.id;
-            // A mixed room's mixer (spatial or not), or a forwarding room's mount-only one (it has no
-            // listeners: only its broadcast frames come out, the room's voices without whispers and team
-            // talk).
+            // A mixed room's mixer (spatial or not), or a forwarding room's (its broadcast frames, the
+            // room's voices without whispers and team talk, and the streams of its mix listeners).
             let mixer = match &mut room.kind {
                 RoomKind::Mix(mixer) => Some(&mut **mixer),
                 RoomKind::Forward => room.broadcast.as_deref_mut(),

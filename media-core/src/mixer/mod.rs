@@ -355,6 +355,11 @@ impl Mixer {
         self.members.len()
     }
 
+    /// Whether any member hears the mix.
+    pub fn has_listeners(&self) -> bool {
+        self.members.iter().any(|m| m.subscribes)
+    }
+
     /// The first tick-grid instant at or after `t`.
     fn grid_at_or_after(&self, t: Instant) -> Instant {
         let since = t.saturating_duration_since(self.epoch);

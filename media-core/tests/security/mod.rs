@@ -179,6 +179,7 @@ fn join(
             can_publish: true,
             can_subscribe: true,
             muted: false,
+            hears_mix: false,
         },
         offer,
     )
@@ -290,6 +291,7 @@ fn a_room_that_exists_with_other_settings_is_not_joined() {
         can_publish: true,
         can_subscribe: true,
         muted: false,
+        hears_mix: false,
     };
     let mut join = |id: u64, settings: RoomSettings| {
         core.add_participant(

@@ -371,6 +371,7 @@ impl Sim {
                     can_publish: !self.listen_only.contains(&index),
                     can_subscribe: true,
                     muted: false,
+                    hears_mix: false,
                 },
                 &offer,
             )

@@ -32,8 +32,8 @@ pub const REQUEST_RESULTS: [&str; 8] = [
 ];
 
 /// `error` of `chorus_ingest_errors_total` (the Ogg reader's `OggError::as_str`, `timeout`, and the RTP
-/// endpoints' `not_rtp`, `foreign_source`, `queue_full`).
-pub const ERRORS: [&str; 12] = [
+/// endpoints' `not_rtp`, `foreign_source`, `queue_full`, and SRTP's `srtp_auth`, `srtp_replay`).
+pub const ERRORS: [&str; 14] = [
     "not_ogg",
     "crc",
     "truncated",
@@ -46,6 +46,8 @@ pub const ERRORS: [&str; 12] = [
     "not_rtp",
     "foreign_source",
     "queue_full",
+    "srtp_auth",
+    "srtp_replay",
 ];
 
 /// `reason` of `chorus_ingest_sources_ended_total`.

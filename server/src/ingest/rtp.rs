@@ -6,12 +6,17 @@
 //! room's own jitter buffer and loss concealment (a mixed room) or the forwarding path take it as they
 //! take a browser's. RTCP on the same port is ignored; anything that is not RTP version 2, or not Opus, is
 //! a counted drop. Nothing for `ingest.source_timeout_ms` (before or after the first packet) ends it.
+//!
+//! An endpoint opened with SRTP (SDES, RFC 4568: the admin API hands out the key) opens every packet with
+//! its [`SrtpReceiver`] before anything else looks at it: a packet that fails authentication or is a
+//! replay is a counted drop (`srtp_auth`, `srtp_replay`) and latches nothing.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use media_core::sdes::{rtp_header_len, SdesSuite, SrtpError, SrtpReceiver};
 use serde::Serialize;
 use signaling::media::SourcePacket;
 use signaling::SourceEnd;
@@ -50,6 +55,8 @@ pub struct EndpointView {
     /// Where the gateway sends: `ingest.rtp_public_ip` (else the bound address) and the port.
     pub address: String,
     pub port: u16,
+    /// The SDES suite its packets are protected with (`AES_CM_128_HMAC_SHA1_80`, …); `None`: plain RTP.
+    pub srtp: Option<&'static str>,
 }
 
 /// A running endpoint: what the admin API lists, and how it is stopped.
@@ -101,10 +108,12 @@ pub enum OpenError {
 }
 
 /// Opens an endpoint for `source` (already in its room as `name`): binds its socket and runs it in a task.
+/// With `srtp`, its packets are SRTP opened by the receiver.
 pub async fn open(
     ingest: &Arc<Ingest>,
     source: Source,
     name: String,
+    srtp: Option<(SdesSuite, SrtpReceiver)>,
 ) -> Result<EndpointView, OpenError> {
     let bind = SocketAddr::new(ingest.config.rtp_bind_ip, 0);
     let socket = match UdpSocket::bind(bind).await {
@@ -133,6 +142,7 @@ pub async fn open(
         name,
         address,
         port,
+        srtp: srtp.as_ref().map(|(suite, _)| suite.as_str()),
     };
     let (stop, stops) = mpsc::channel(1);
     ingest.rtp.table().insert(
@@ -142,12 +152,13 @@ pub async fn open(
             stop,
         },
     );
-    info!(room = %view.room, sid = %view.sid, port, "RTP endpoint opened");
+    info!(room = %view.room, sid = %view.sid, port, srtp = view.srtp, "RTP endpoint opened");
     tokio::spawn(run(
         Arc::clone(ingest),
         view.id.clone(),
         socket,
         source,
+        srtp.map(|(_, receiver)| receiver),
         stops,
     ));
     Ok(view)
@@ -171,22 +182,19 @@ enum Datagram<'a> {
     NotRtp,
 }
 
+/// RTCP (RFC 5761 §4: payload types 200–204 in the second byte; SRTCP's header is clear too).
+fn is_rtcp(data: &[u8]) -> bool {
+    data.len() >= 12 && data[0] >> 6 == 2 && (200..=204).contains(&data[1])
+}
+
 /// RFC 3550 §5.1: version 2, CSRCs, a header extension and padding skipped.
 fn parse(data: &[u8]) -> Datagram<'_> {
-    if data.len() < 12 || data[0] >> 6 != 2 {
-        return Datagram::NotRtp;
-    }
-    if (200..=204).contains(&data[1]) {
+    if is_rtcp(data) {
         return Datagram::Rtcp;
     }
-    let csrcs = usize::from(data[0] & 0x0f);
-    let mut start = 12 + 4 * csrcs;
-    if data[0] & 0x10 != 0 {
-        let Some(ext) = data.get(start + 2..start + 4) else {
-            return Datagram::NotRtp;
-        };
-        start += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
-    }
+    let Some(start) = rtp_header_len(data) else {
+        return Datagram::NotRtp;
+    };
     let mut end = data.len();
     if data[0] & 0x20 != 0 {
         let padding = usize::from(data[data.len() - 1]);
@@ -212,12 +220,15 @@ async fn run(
     id: EndpointId,
     socket: UdpSocket,
     mut source: Source,
+    mut srtp: Option<SrtpReceiver>,
     mut stops: mpsc::Receiver<oneshot::Sender<()>>,
 ) {
     let silence = Duration::from_millis(ingest.config.source_timeout_ms);
     let mut latched: Option<SocketAddr> = None;
     let mut payload_type: Option<u8> = None;
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // An SRTP packet opened: its header and clear payload.
+    let mut clear = Vec::with_capacity(MAX_DATAGRAM);
     let mut stopped = None;
     let end = loop {
         let received = tokio::select! {
@@ -248,7 +259,17 @@ async fn run(
             }
             _ => {}
         }
-        let rtp = match parse(&buf[..n]) {
+        let data = match &mut srtp {
+            Some(receiver) if !is_rtcp(&buf[..n]) => match receiver.open(&buf[..n], &mut clear) {
+                Ok(()) => &clear[..],
+                Err(e) => {
+                    ingest.metrics.error(Kind::Rtp, srtp_label(&e));
+                    continue;
+                }
+            },
+            _ => &buf[..n],
+        };
+        let rtp = match parse(data) {
             Datagram::Rtp(rtp) => rtp,
             Datagram::Rtcp => continue,
             Datagram::NotRtp => {
@@ -291,6 +312,17 @@ async fn run(
     source.leave(end).await;
     if let Some(done) = stopped {
         let _ = done.send(());
+    }
+}
+
+/// The `error` label of a packet SRTP dropped.
+fn srtp_label(e: &SrtpError) -> &'static str {
+    match e {
+        SrtpError::Malformed => "not_rtp",
+        SrtpError::Auth => "srtp_auth",
+        SrtpError::Replay => "srtp_replay",
+        // An authentic fifth stream: not one the endpoint takes.
+        SrtpError::TooManySsrcs => "foreign_source",
     }
 }
 

@@ -1,14 +1,14 @@
-//! Playout's admin routes (docs/openapi.json): a room's playback (start, status, stop, skip) and its
-//! announcements. Behind the admin API's token check (`admin::router`).
+//! Playout's admin routes (docs/openapi.json): a room's playback (start, status, stop, skip), its
+//! announcements and its hold music. Behind the admin API's token check (`admin::router`).
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use signaling::media::SourceRole;
 
 use super::{Control, JobKind, MediaError, PlayoutError, Request, Status, MIN_DUCK_DB};
@@ -26,6 +26,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(
             "/admin/v1/rooms/{room}/announce",
             post(announce).get(announcement),
+        )
+        .route(
+            "/admin/v1/rooms/{room}/hold_music",
+            put(set_hold).get(hold).delete(clear_hold),
         )
 }
 
@@ -223,4 +227,62 @@ async fn announcement(
         .status(&room, JobKind::Announcement)
         .map(Json)
         .ok_or_else(|| not_playing(JobKind::Announcement))
+}
+
+/// `PUT /admin/v1/rooms/{room}/hold_music`: the room's `hold_music` setting, as at its creation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetHold {
+    /// A file or `.m3u` playlist in the media directory.
+    hold_music: String,
+}
+
+/// A room's hold-music setting (`null`: none).
+#[derive(Debug, Serialize)]
+struct Hold {
+    room: String,
+    hold_music: Option<String>,
+}
+
+/// The room, if this node has it.
+fn existing(state: &AppState, room: String) -> Result<String, ApiError> {
+    if state.signaling.has_room(&room) {
+        Ok(room)
+    } else {
+        Err(PlayoutError::RoomNotFound(room).into())
+    }
+}
+
+async fn set_hold(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
+) -> Result<Json<Hold>, ApiError> {
+    let req: SetHold = object(body)?;
+    let room = existing(&state, room)?;
+    state
+        .playout
+        .set_hold_music(&room, Some(req.hold_music.clone()))?;
+    Ok(Json(Hold {
+        room,
+        hold_music: Some(req.hold_music),
+    }))
+}
+
+async fn hold(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> Result<Json<Hold>, ApiError> {
+    let room = existing(&state, room)?;
+    let hold_music = state.playout.hold_music(&room);
+    Ok(Json(Hold { room, hold_music }))
+}
+
+async fn clear_hold(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let room = existing(&state, room)?;
+    state.playout.set_hold_music(&room, None)?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -256,7 +256,7 @@ impl Playout {
         }
     }
 
-    /// Sets (or clears) a room's hold music: checked now, played by the manager.
+    /// Sets (or clears) a room's hold music: checked now, played by the manager. Clearing stops it.
     pub fn set_hold_music(&self, room: &str, name: Option<String>) -> Result<(), MediaError> {
         match name {
             Some(name) => {
@@ -268,7 +268,11 @@ impl Playout {
                 self.jobs().remove(&(room.to_owned(), JobKind::Hold));
             }
             None => {
-                self.holds().remove(room);
+                // Under the settings' lock, as the manager starts hold music (settings, then jobs): it
+                // cannot start what was just cleared.
+                let mut holds = self.holds();
+                holds.remove(room);
+                self.control(room, JobKind::Hold, Control::Stop);
             }
         }
         Ok(())
@@ -318,6 +322,10 @@ impl Playout {
             // Hold music that failed (nothing in it plays, or the room refused it) is not retried
             // until the setting is made again.
             if people > 0 && !running && !failed {
+                let holds = self.holds();
+                if holds.get(&room) != Some(&name) {
+                    continue; // cleared or changed since: the next round plays what is set
+                }
                 let req = Request {
                     room: room.clone(),
                     kind: JobKind::Hold,
@@ -327,7 +335,9 @@ impl Playout {
                     start_at_unix_ms: None,
                     role: SourceRole::Hold,
                 };
-                if let Err(e) = self.start(state, req) {
+                let started = self.start(state, req);
+                drop(holds);
+                if let Err(e) = started {
                     tracing::warn!(%room, error = %e, "hold music cannot start");
                 }
             } else if people == 0 && running {

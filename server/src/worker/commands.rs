@@ -58,6 +58,7 @@ impl Worker {
                 ptt,
                 team,
                 shout,
+                hears_mix,
                 offer_sdp,
                 events,
                 reply,
@@ -76,6 +77,7 @@ impl Worker {
                             can_publish,
                             can_subscribe,
                             muted,
+                            hears_mix,
                         },
                         &offer_sdp,
                     )

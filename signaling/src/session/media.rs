@@ -244,6 +244,8 @@ pub(super) async fn on_offer<T: Sink<WsFrame> + Unpin>(
         ptt: state.ptt,
         team: member.talk.team.clone(),
         shout: member.talk.shout,
+        // A session's client plays its slots (a mixed room's mix is its one slot).
+        hears_mix: false,
         offer_sdp: offer.sdp,
         events,
         reply,

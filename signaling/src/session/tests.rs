@@ -334,6 +334,7 @@ fn fake_media(mode: Mode) -> (FakeRouter, FakeMedia) {
                     ptt: _,
                     team: _,
                     shout: _,
+                    hears_mix: _,
                     offer_sdp,
                     events,
                     reply,

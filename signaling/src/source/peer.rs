@@ -42,6 +42,8 @@ impl SourceMember {
             ptt: state.ptt,
             team: None,
             shout: false,
+            // A WHEP player (the one kind of server member that subscribes) plays one stream: the mix.
+            hears_mix: can_subscribe,
             offer_sdp,
             events,
             reply,

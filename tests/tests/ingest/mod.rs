@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 
 use super::{join, Participant, SECONDS};
 
+mod srtp;
+
 const SOURCE_TONE: f32 = 523.0;
 
 /// What `p` heard of the one other participant it heard.

@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 
 use super::{ffmpeg_pcm, SECONDS};
 
+mod hold;
+
 const MP3_TONE: f32 = 660.0;
 const HOLD_TONE: f32 = 880.0;
 const TALKER_TONE: f32 = 440.0;

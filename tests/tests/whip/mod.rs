@@ -1,6 +1,7 @@
 //! WHIP publishers and WHEP listeners (docs/broadcast.md, "WHIP and WHEP") over HTTP with a str0m client
 //! (Debian's simple-whip-client cannot run on Debian 12: its libsoup2 and libnice's libsoup3 abort in one
-//! process): a publisher is heard by the room and leaves on `DELETE`; a listener hears a mixed room; bad
+//! process): a publisher is heard by the room and leaves on `DELETE`; a listener hears a mixed room, and
+//! every talker of a forwarding room (its mix, one encode shared by the players); bad
 //! requests get their statuses; a publisher that never connects leaves at the connect timeout.
 
 use std::time::Duration;
@@ -167,6 +168,75 @@ async fn real_udp_whep_a_listener_hears_a_mixed_room() -> anyhow::Result<()> {
     assert_eq!(r.status, 404, "{r:?}");
     let r = http_exchange(server.http, "DELETE", location, &[], None).await?;
     assert_eq!(r.status, 200, "{r:?}");
+    Ok(())
+}
+
+/// A WHEP player in a forwarding room hears everyone (the room's mix from its forward mixer), not one
+/// slot; two players share one encode per tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_udp_whep_players_hear_every_talker_of_a_forwarding_room() -> anyhow::Result<()> {
+    let _alone = chorus_tests::real_time_call().await;
+    let server = Server::start(&["--room-mode", "forward"]).await?;
+    let mut alice = join(&server, "panel", "alice", 440.0, 0.3).await?;
+    let mut carol = join(&server, "panel", "carol", 660.0, 0.3).await?;
+    for p in [&mut alice, &mut carol] {
+        p.client
+            .wait_connected(SECONDS)
+            .await
+            .map_err(|e| e.context(server.log_tail()))?;
+    }
+    let mut players = Vec::new();
+    for viewer in ["viewer-1", "viewer-2"] {
+        let token = server.token("panel", viewer, &[])?;
+        let options = MediaOptions {
+            play_slot: Some(0),
+            ..listener()
+        };
+        let (mut player, created) =
+            AudioClient::http_offer(server.http, "/whep/panel", &token, true, options)
+                .await
+                .map_err(|e| e.context(server.log_tail()))?;
+        assert_eq!(
+            created.body.matches("m=audio").count(),
+            1,
+            "{}",
+            created.body
+        );
+        player
+            .wait_connected(SECONDS)
+            .await
+            .map_err(|e| e.context(server.log_tail()))?;
+        players.push(player);
+    }
+    let ticks_before = server.metric("chorus_mixer_ticks_total").await?;
+    let encoded_before = server.metric("chorus_mixer_frames_encoded_total").await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ticks = server.metric("chorus_mixer_ticks_total").await? - ticks_before;
+    let encoded = server.metric("chorus_mixer_frames_encoded_total").await? - encoded_before;
+    for player in &players {
+        let pcm = {
+            let heard = player.heard.lock().expect("heard lock");
+            heard
+                .ear
+                .as_ref()
+                .map(|e| e.rtp_time.clone())
+                .unwrap_or_default()
+        };
+        anyhow::ensure!(
+            pcm.len() > 2 * SAMPLE_RATE as usize,
+            "a player heard {} samples\n{}",
+            pcm.len(),
+            server.log_tail()
+        );
+        let a = ToneAnalysis::analyze(&pcm[SAMPLE_RATE as usize..], SAMPLE_RATE, &[440.0, 660.0]);
+        assert_eq!(a.present_default(), vec![440.0, 660.0], "{a:?}");
+    }
+    // One shared encode per tick for both players (not one each).
+    assert!(ticks > 100.0, "{ticks} mixer ticks");
+    assert!(
+        encoded <= ticks * 1.05,
+        "{encoded} frames encoded in {ticks} ticks"
+    );
     Ok(())
 }
 

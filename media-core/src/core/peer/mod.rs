@@ -25,7 +25,7 @@ use crate::stats::PathMove;
 pub(crate) mod dtls;
 mod output;
 mod send;
-mod srtp;
+pub(crate) mod srtp;
 #[cfg(test)]
 mod tests;
 

@@ -6,6 +6,9 @@
 //! and one encryption with the subscriber's SRTP master key, which the peer's DTLS connection exports
 //! ([`super::dtls::KeyTap`]). The sender owns only the slot SSRCs, which str0m never writes to, so no
 //! (SSRC, index) pair, and thus no keystream, is ever used twice. SRTCP stays str0m's.
+//!
+//! The same session keys also open received packets ([`Cipher::open`]): the SDES-keyed SRTP of plain RTP
+//! ingest ([`crate::sdes`]).
 
 use str0m::crypto::dtls::SrtpProfile;
 use str0m::crypto::{
@@ -48,7 +51,8 @@ pub(crate) struct SrtpSender {
     cipher: Cipher,
 }
 
-enum Cipher {
+/// One direction's session keys of a profile (RFC 3711 §4.3.1), sealing (sending) or opening (receiving).
+pub(crate) enum Cipher {
     CmSha1 {
         enc: Box<dyn Aes128CmSha1_80Cipher>,
         auth: [u8; Aes128CmSha1_80::HMAC_KEY_LEN],
@@ -65,44 +69,94 @@ enum Cipher {
     },
 }
 
+/// Why a received packet was not opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// Too short for its header and tag.
+    #[error("the packet is too short for its profile's tag")]
+    TooShort,
+    /// The tag does not match: another key, or a forged or damaged packet.
+    #[error("the packet failed authentication")]
+    Auth,
+}
+
+/// The (master key, master salt) lengths of a profile; `None` for a profile this crate does not know.
+pub(crate) fn master_lengths(profile: SrtpProfile) -> Option<(usize, usize)> {
+    match profile {
+        SrtpProfile::AES128_CM_SHA1_80 => Some((16, 14)),
+        SrtpProfile::AEAD_AES_128_GCM => Some((16, 12)),
+        SrtpProfile::AEAD_AES_256_GCM => Some((32, 12)),
+        _ => None,
+    }
+}
+
 impl SrtpSender {
     /// The sender for this end's outgoing half of `keys`; `None` for a profile it does not know or keying
     /// material of the wrong length (the caller keeps str0m's own send path).
     pub(crate) fn new(provider: &CryptoProvider, keys: &ExportedKeys) -> Option<Self> {
+        let (key_len, salt_len) = master_lengths(keys.profile)?;
+        let (key, salt) = outgoing_half(&keys.material, keys.active, key_len, salt_len)?;
+        let cipher = Cipher::new(provider, keys.profile, key, salt, true)?;
+        Some(Self { cipher })
+    }
+
+    /// Seal one packet: `out` holds its RTP header; `payload` is encrypted behind it and the tag appended.
+    /// `index` is the packet's extended sequence number (ROC × 65536 + sequence number) on `ssrc`.
+    pub(crate) fn seal(
+        &mut self,
+        out: &mut Vec<u8>,
+        payload: &[u8],
+        ssrc: u32,
+        index: u64,
+    ) -> Result<(), CryptoError> {
+        self.cipher.seal(out, payload, ssrc, index)
+    }
+}
+
+impl Cipher {
+    /// The session cipher of `profile` derived from one direction's master key and salt, for sealing
+    /// (`encrypt`) or opening; `None` for a profile it does not know or lengths that do not fit it.
+    pub(crate) fn new(
+        provider: &CryptoProvider,
+        profile: SrtpProfile,
+        key: &[u8],
+        salt: &[u8],
+        encrypt: bool,
+    ) -> Option<Self> {
         let srtp = provider.srtp_provider;
-        let cipher = match keys.profile {
+        let cipher = match profile {
             SrtpProfile::AES128_CM_SHA1_80 => {
-                let master = Master::<16, 14>::split(&keys.material, keys.active)?;
+                let master = Master::<16, 14>::new(key, salt)?;
                 Cipher::CmSha1 {
                     enc: srtp
                         .aes_128_cm_sha1_80()
-                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), true),
+                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), encrypt),
                     auth: master.derive(srtp, LABEL_RTP_AUTHENTICATION),
                     salt: master.derive(srtp, LABEL_RTP_SALT),
                     hmac: provider.sha1_hmac_provider,
                 }
             }
             SrtpProfile::AEAD_AES_128_GCM => {
-                let master = Master::<16, 12>::split(&keys.material, keys.active)?;
+                let master = Master::<16, 12>::new(key, salt)?;
                 Cipher::Gcm128 {
                     enc: srtp
                         .aead_aes_128_gcm()
-                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), true),
+                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), encrypt),
                     salt: master.derive(srtp, LABEL_RTP_SALT),
                 }
             }
             SrtpProfile::AEAD_AES_256_GCM => {
-                let master = Master::<32, 12>::split(&keys.material, keys.active)?;
+                let master = Master::<32, 12>::new(key, salt)?;
                 Cipher::Gcm256 {
                     enc: srtp
                         .aead_aes_256_gcm()
-                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), true),
+                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), encrypt),
                     salt: master.derive(srtp, LABEL_RTP_SALT),
                 }
             }
             _ => return None,
         };
-        Some(Self { cipher })
+        Some(cipher)
     }
 
     /// Seal one packet: `out` holds its RTP header; `payload` is encrypted behind it and the tag appended.
@@ -117,7 +171,7 @@ impl SrtpSender {
         let header_len = out.len();
         let end = header_len + payload.len();
         let roc = (index >> 16) as u32;
-        match &mut self.cipher {
+        match self {
             Cipher::CmSha1 {
                 enc,
                 auth,
@@ -147,6 +201,97 @@ impl SrtpSender {
         }
         Ok(())
     }
+
+    /// Open one received packet whose RTP header is `packet[..header_len]`: authenticate it (the tag is
+    /// checked before anything is decrypted) and write the header and the clear payload to `out`.
+    /// `index` is the packet's estimated extended sequence number on `ssrc` (RFC 3711 §3.3.1).
+    pub(crate) fn open(
+        &mut self,
+        packet: &[u8],
+        header_len: usize,
+        ssrc: u32,
+        index: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
+        let roc = (index >> 16) as u32;
+        let header = packet.get(..header_len).ok_or(OpenError::TooShort)?;
+        out.clear();
+        out.extend_from_slice(header);
+        match self {
+            Cipher::CmSha1 {
+                enc,
+                auth,
+                salt,
+                hmac,
+            } => {
+                let tag_at = packet
+                    .len()
+                    .checked_sub(Aes128CmSha1_80::HMAC_TAG_LEN)
+                    .filter(|&at| at >= header_len)
+                    .ok_or(OpenError::TooShort)?;
+                let (signed, tag) = packet.split_at(tag_at);
+                let sha1_hmac = |k: &[u8], parts: &[&[u8]]| hmac.sha1_hmac(k, parts);
+                if !Aes128CmSha1_80::rtp_verify(sha1_hmac, &auth[..], signed, index, tag) {
+                    return Err(OpenError::Auth);
+                }
+                let iv = Aes128CmSha1_80::rtp_iv(*salt, ssrc, index);
+                let body = &signed[header_len..];
+                out.resize(header_len + body.len() + CTR_SLACK, 0);
+                enc.decrypt(&iv, body, &mut out[header_len..])
+                    .map_err(|_| OpenError::Auth)?;
+                out.truncate(header_len + body.len());
+            }
+            Cipher::Gcm128 { enc, salt } => {
+                let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
+                let body = gcm_body(packet, header_len, AeadAes128Gcm::TAG_LEN)?;
+                out.resize(header_len + body.len() - AeadAes128Gcm::TAG_LEN, 0);
+                let n = enc
+                    .decrypt(&iv, &[header], body, &mut out[header_len..])
+                    .map_err(|_| OpenError::Auth)?;
+                out.truncate(header_len + n);
+            }
+            Cipher::Gcm256 { enc, salt } => {
+                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
+                let body = gcm_body(packet, header_len, AeadAes256Gcm::TAG_LEN)?;
+                out.resize(header_len + body.len() - AeadAes256Gcm::TAG_LEN, 0);
+                let n = enc
+                    .decrypt(&iv, &[header], body, &mut out[header_len..])
+                    .map_err(|_| OpenError::Auth)?;
+                out.truncate(header_len + n);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The encrypted payload and tag of an AEAD packet: at least the tag (the provider asserts it).
+fn gcm_body(packet: &[u8], header_len: usize, tag_len: usize) -> Result<&[u8], OpenError> {
+    packet
+        .get(header_len..)
+        .filter(|body| body.len() >= tag_len)
+        .ok_or(OpenError::TooShort)
+}
+
+/// This end's outgoing half of DTLS-exported material (RFC 5764 §4.2: client key, server key, client
+/// salt, server salt): the client's (left) half when `active`.
+fn outgoing_half(
+    material: &[u8],
+    active: bool,
+    key_len: usize,
+    salt_len: usize,
+) -> Option<(&[u8], &[u8])> {
+    if material.len() != 2 * (key_len + salt_len) {
+        return None;
+    }
+    let (key_at, salt_at) = if active {
+        (0, 2 * key_len)
+    } else {
+        (key_len, 2 * key_len + salt_len)
+    };
+    Some((
+        &material[key_at..key_at + key_len],
+        &material[salt_at..salt_at + salt_len],
+    ))
 }
 
 /// One direction's master key and salt.
@@ -156,19 +301,11 @@ struct Master<const KEY: usize, const SALT: usize> {
 }
 
 impl<const KEY: usize, const SALT: usize> Master<KEY, SALT> {
-    /// This end's outgoing half of the exported material: the client's (left) half when `active`.
-    fn split(material: &[u8], active: bool) -> Option<Self> {
-        if material.len() != 2 * (KEY + SALT) {
-            return None;
-        }
-        let (key_at, salt_at) = if active {
-            (0, 2 * KEY)
-        } else {
-            (KEY, 2 * KEY + SALT)
-        };
+    /// A master key and salt of this profile's lengths.
+    fn new(key: &[u8], salt: &[u8]) -> Option<Self> {
         Some(Self {
-            key: material[key_at..key_at + KEY].try_into().ok()?,
-            salt: material[salt_at..salt_at + SALT].try_into().ok()?,
+            key: key.try_into().ok()?,
+            salt: salt.try_into().ok()?,
         })
     }
 
@@ -233,13 +370,12 @@ mod tests {
     #[test]
     fn takes_its_own_half_of_the_material_and_refuses_a_wrong_length() {
         let material: Vec<u8> = (0..60).collect();
-        let client = Master::<16, 14>::split(&material, true).expect("60 bytes for CM");
-        let server = Master::<16, 14>::split(&material, false).expect("60 bytes for CM");
-        assert_eq!(client.key[0], 0);
-        assert_eq!(server.key[0], 16);
-        assert_eq!(client.salt[0], 32);
-        assert_eq!(server.salt[0], 46);
-        assert!(Master::<16, 12>::split(&material, true).is_none());
+        let client = outgoing_half(&material, true, 16, 14).expect("60 bytes for CM");
+        let server = outgoing_half(&material, false, 16, 14).expect("60 bytes for CM");
+        assert_eq!((client.0[0], client.1[0]), (0, 32));
+        assert_eq!((server.0[0], server.1[0]), (16, 46));
+        assert_eq!(client.1.len(), 14);
+        assert!(outgoing_half(&material, true, 16, 12).is_none());
     }
 
     #[test]

@@ -318,7 +318,7 @@ impl Participant {
 /// `(id, publishes)` of `members`, for a forwarding room's mixer made now.
 fn publishers(
     members: &[ParticipantId],
-    participants: &HashMap<ParticipantId, Participant>,
+    participants: &ParticipantMap,
 ) -> Vec<(ParticipantId, bool)> {
     members
         .iter()

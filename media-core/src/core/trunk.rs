@@ -246,6 +246,7 @@ impl MediaCore {
                     can_publish: true,
                     can_subscribe: false,
                     muted: false,
+                    hears_mix: false,
                 };
                 let input = SourceInput::new(packet.ssrc, SourceRole::Plain);
                 let room_id = room.id.clone();

@@ -341,6 +341,9 @@ impl Worker {
             let wake = tokio::select! {
                 biased;
                 cmd = commands.recv() => Wake::Command(cmd),
+                // Before the socket: a busy socket is always readable, and another shard's speakers are
+                // as urgent as this one's (a few messages per 20 ms, each one wake).
+                trunk = self.trunk.next() => Wake::Trunk(trunk),
                 ready = self.socket.readable() => Wake::Readable(ready),
                 ready = readable(self.extra.as_ref().map(|(s, _)| s)) => Wake::ExtraReadable(ready),
                 event = next_tcp_event(&mut tcp_events) => Wake::Tcp(event),
@@ -348,7 +351,6 @@ impl Worker {
                 _ = stats_tick.tick() => Wake::Stats,
                 () = taps_changed(&mut self.taps) => Wake::Taps,
                 packet = self.sources.next() => Wake::Source(packet),
-                trunk = self.trunk.next() => Wake::Trunk(trunk),
             };
             let woke = Instant::now();
             match wake {

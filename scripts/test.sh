@@ -75,6 +75,14 @@ if ! .venv/bin/python -c 'import aiortc, websockets' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check --only-binary :all: 'aiortc>=1.16,<2' 'websockets>=14,<18'
 fi
 
+# A one-shot build gains nothing from incremental compilation, and its caches took gigabytes of disk.
+export CARGO_INCREMENTAL=0
+# Disk before the build: the workspace's test build needs a few GB (target/ and the cargo registry).
+avail_kb=$(df -Pk "$ROOT" | awk 'NR==2 {print $4}')
+if [ "$avail_kb" -lt $((6 * 1024 * 1024)) ]; then
+  echo "warning: only $((avail_kb / 1024)) MB free on the disk holding $ROOT; the build needs about 6 GB" >&2
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"

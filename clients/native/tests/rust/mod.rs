@@ -363,6 +363,8 @@ async fn a_lost_connection_is_rejoined_and_heard_again() -> anyhow::Result<()> {
     Ok(())
 }
 
+mod moderation;
+mod paths;
 mod ptt;
 mod spatial;
 mod talk;

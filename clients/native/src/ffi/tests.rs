@@ -562,16 +562,12 @@ fn a_participants_team_and_shout_role_reach_the_c_event() {
     // A 64-character team (the longest) fits whole.
     let long = "t".repeat(64);
     let events = c_events(Event::ParticipantJoined(crate::Participant {
+        sid: String::new(),
+        identity: String::new(),
+        name: String::new(),
+        muted: false,
         team: Some(vocab::TeamId::new(long.clone()).expect("a valid team")),
         shout: false,
-        ..crate::Participant {
-            sid: String::new(),
-            identity: String::new(),
-            name: String::new(),
-            muted: false,
-            team: None,
-            shout: false,
-        }
     }));
     // SAFETY: as above.
     let team = unsafe { CStr::from_ptr(events[0].team.as_ptr()) };

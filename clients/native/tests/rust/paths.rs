@@ -6,29 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chorus_native::{Client, Config, Microphone, Speaker};
+use chorus_native::{Client, Config, Microphone};
 use chorus_tests::Server;
 use media_core::audio::ToneGenerator;
 
+use super::{capture_with, playback, Pulled};
 use crate::{tones_in, wait_connected};
 
 const OUT_RATE_HZ: u32 = 16_000;
-
-/// A game's capture callback: every 10 ms, the samples of a `freq_hz` tone due by then, as f32.
-fn capture_f32(mut mic: Microphone, rate_hz: u32, freq_hz: f64, stop: Arc<AtomicBool>) {
-    let mut tone = ToneGenerator::new(freq_hz, 0.3, rate_hz);
-    let start = Instant::now();
-    let mut pushed = 0usize;
-    let mut pcm = vec![0.0f32; rate_hz as usize];
-    while !stop.load(Ordering::Relaxed) {
-        let due = (start.elapsed().as_secs_f64() * f64::from(rate_hz)) as usize;
-        let n = (due - pushed).min(pcm.len());
-        tone.fill(&mut pcm[..n]);
-        mic.push_f32(&pcm[..n]);
-        pushed += n;
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// A game that encodes its own voice: every 20 ms frame of a `freq_hz` tone due by then, encoded with
 /// libopus (48 kHz mono, VoIP) and pushed as a packet.
@@ -54,35 +39,6 @@ fn capture_opus(mut mic: Microphone, freq_hz: f64, stop: Arc<AtomicBool>) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// A game's playback callback at 16 kHz: the mix and each of `sids`, every 10 ms.
-fn playback(
-    mut speaker: Speaker,
-    sids: Vec<String>,
-    stop: Arc<AtomicBool>,
-) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let rate = OUT_RATE_HZ as usize;
-    let (mut mixed, mut by_sid) = (Vec::new(), vec![Vec::new(); sids.len()]);
-    let mut buf = vec![0.0f32; rate];
-    let start = Instant::now();
-    let mut done = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        let due = (start.elapsed().as_secs_f64() * rate as f64) as usize;
-        let n = (due - done).min(rate);
-        speaker
-            .pull_mixed(&mut buf[..n])
-            .expect("mixed output is on");
-        mixed.extend_from_slice(&buf[..n]);
-        for (sid, pcm) in sids.iter().zip(&mut by_sid) {
-            if let Ok(got) = speaker.pull_participant(sid, &mut buf[..n]) {
-                pcm.extend_from_slice(&buf[..got]);
-            }
-        }
-        done += n;
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (mixed, by_sid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +74,11 @@ async fn f32_at_24_khz_and_pre_encoded_opus_are_heard_at_16_khz() -> anyhow::Res
     let threads = [
         {
             let (mic, stop) = (ada.take_microphone().expect("a microphone"), stop.clone());
-            std::thread::spawn(move || capture_f32(mic, 24_000, 440.0, stop))
+            std::thread::spawn(move || {
+                capture_with(mic, 24_000, 440.0, stop, |mic, pcm| {
+                    mic.push_f32(pcm);
+                })
+            })
         },
         {
             let (mic, stop) = (bob.take_microphone().expect("a microphone"), stop.clone());
@@ -127,14 +87,14 @@ async fn f32_at_24_khz_and_pre_encoded_opus_are_heard_at_16_khz() -> anyhow::Res
     ];
     let ear = {
         let (speaker, stop) = (carol.take_speaker().expect("a speaker"), stop.clone());
-        std::thread::spawn(move || playback(speaker, sids, stop))
+        std::thread::spawn(move || playback(speaker, OUT_RATE_HZ, sids, stop))
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     for thread in threads {
         thread.join().expect("capture does not panic");
     }
-    let (mixed, by_sid) = ear.join().expect("playback does not panic");
+    let Pulled { mixed, by_sid } = ear.join().expect("playback does not panic");
 
     assert!(
         mixed.len() > OUT_RATE_HZ as usize * 2,
@@ -143,7 +103,7 @@ async fn f32_at_24_khz_and_pre_encoded_opus_are_heard_at_16_khz() -> anyhow::Res
     );
     let (present, analysis) = tones_in(&mixed, OUT_RATE_HZ);
     assert_eq!(present, vec![440.0, 660.0], "carol's mix: {analysis:?}");
-    for (pcm, (who, freq)) in by_sid
+    for ((_, pcm), (who, freq)) in by_sid
         .iter()
         .zip([("ada (f32, 24 kHz)", 440.0), ("bob (Opus)", 660.0)])
     {

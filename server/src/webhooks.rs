@@ -299,6 +299,7 @@ mod tests {
             deafened: false,
             ptt: false,
             team: None,
+            shout: false,
         };
         let left = RoomEvent::ParticipantLeft {
             room: room.clone(),

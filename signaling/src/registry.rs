@@ -204,6 +204,8 @@ pub(crate) struct JoinRequest {
     pub ptt: bool,
     /// The token's team, else the one the join asked for.
     pub team: Option<vocab::TeamId>,
+    /// The token's shout role.
+    pub shout: bool,
     pub events: mpsc::Sender<PresenceEvent>,
 }
 

@@ -116,6 +116,7 @@ impl Signaling {
             can_subscribe,
             ptt: false,
             team: None,
+            shout: false,
             events,
         };
         let admission = self.registry().admit(join, &self.draining)?;

@@ -46,6 +46,8 @@ typedef enum ChorusError {
   CHORUS_ERROR_BAD_TARGET = 18,
   // A volume outside −50..=50 (nothing sent).
   CHORUS_ERROR_BAD_VOLUME = 19,
+  // A number that is not one of the enum's values (`chorus_client_moderate`'s action).
+  CHORUS_ERROR_BAD_ACTION = 20,
 } ChorusError;
 
 // The kind of a [`ChorusEvent`]; which fields are set depends on it.
@@ -56,7 +58,7 @@ typedef enum ChorusEventKind {
   CHORUS_EVENT_KIND_CONNECTION_STATE = 1,
   // `sid` (this session's), `name` (the room), `slot` (the slot count).
   CHORUS_EVENT_KIND_JOINED = 2,
-  // `sid`, `identity`, `name`, `muted`.
+  // `sid`, `identity`, `name`, `muted`, `team`, `shout`.
   CHORUS_EVENT_KIND_PARTICIPANT_JOINED = 3,
   // `sid`, `text` (the reason).
   CHORUS_EVENT_KIND_PARTICIPANT_LEFT = 4,
@@ -96,6 +98,20 @@ typedef enum ChorusConnectionState {
   CHORUS_CONNECTION_STATE_RECONNECTING = 5,
 } ChorusConnectionState;
 
+// What a moderator does to a participant (the protocol's `moderate` actions).
+typedef enum ChorusModerateAction {
+  // A server mute: the participant cannot unmute itself until a moderator unmutes it.
+  CHORUS_MODERATE_ACTION_MUTE = 0,
+  CHORUS_MODERATE_ACTION_UNMUTE = 1,
+  // The participant is sent no audio (what it says is still heard).
+  CHORUS_MODERATE_ACTION_DEAFEN = 2,
+  CHORUS_MODERATE_ACTION_UNDEAFEN = 3,
+  // Removed from the room (reason `kicked`) and banned from it for a while.
+  CHORUS_MODERATE_ACTION_KICK = 4,
+  // Moved to the room `room` (required), where it is a new participant.
+  CHORUS_MODERATE_ACTION_MOVE = 5,
+} ChorusModerateAction;
+
 // A client (opaque).
 typedef struct ChorusClient ChorusClient;
 
@@ -122,6 +138,14 @@ typedef struct ChorusConfig {
   bool listen_only;
 } ChorusConfig;
 
+// The SDK's counters.
+typedef struct ChorusStats {
+  uint64_t mic_dropped;
+  uint64_t output_dropped;
+  uint64_t frames_sent;
+  uint64_t packets_received;
+} ChorusStats;
+
 // One event. Strings are NUL-terminated UTF-8 (truncated to fit).
 typedef struct ChorusEvent {
   enum ChorusEventKind kind;
@@ -132,6 +156,10 @@ typedef struct ChorusEvent {
   char text[256];
   // `ERROR`: the server's error code, empty if none.
   char code[32];
+  // `PARTICIPANT_JOINED`: its team (up to 64 characters), empty without.
+  char team[65];
+  // `PARTICIPANT_JOINED`: the shout role (heard by everyone in the room).
+  bool shout;
   bool muted;
   float level;
   uint32_t slot;
@@ -151,13 +179,8 @@ typedef struct ChorusEvent {
   double yaw_deg;
 } ChorusEvent;
 
-// The SDK's counters.
-typedef struct ChorusStats {
-  uint64_t mic_dropped;
-  uint64_t output_dropped;
-  uint64_t frames_sent;
-  uint64_t packets_received;
-} ChorusStats;
+// A game's event callback: `event` is valid only during the call; `user` is the pointer given with it.
+typedef void (*ChorusEventCallback)(const struct ChorusEvent *event, void *user);
 
 #ifdef __cplusplus
 extern "C" {
@@ -283,24 +306,59 @@ enum ChorusError chorus_client_set_position(struct ChorusClient *client,
 // `client` is null or live.
 enum ChorusError chorus_client_leave(struct ChorusClient *client);
 
-// The next event into `*out` (kind `NONE` if there is none). Never waits.
-//
-// # Safety
-// `client` is null or live; `out` is null or valid for writing a `ChorusEvent`.
-enum ChorusError chorus_client_poll_event(struct ChorusClient *client, struct ChorusEvent *out);
-
 // The SDK's counters into `*out`.
 //
 // # Safety
 // `client` is null or live; `out` is null or valid for writing a `ChorusStats`.
 enum ChorusError chorus_client_stats(struct ChorusClient *client, struct ChorusStats *out);
 
-// Close the session (without waiting for the server) and free the client; returns once the SDK's threads
-// have ended (milliseconds). Null is a no-op. The handle must not be used afterwards.
+// Have every event from now on delivered to `callback(event, user)` instead of the queue that
+// [`chorus_client_poll_event`] reads; null clears it (events are queued again). Events queued before
+// stay in the queue.
+//
+// The callback runs on the SDK's `chorus-events` thread, one event at a time, in order. It must return
+// quickly (it must not block: events and their conversion wait for it), `event` is valid only during the
+// call, and it must not free the client nor change the callback (both return [`ChorusError::Busy`] from
+// inside it); the other calls (`set_muted`, `leave`, …) are allowed. Once this returns, the previous
+// callback is not called again (a call in progress is waited for), so its `user` may be released.
 //
 // # Safety
-// `client` is null or a live handle from [`chorus_client_new`], freed once.
+// `client` is null or live; `user` is whatever `callback` expects, usable from the `chorus-events` thread
+// until the callback is replaced, cleared or the client freed.
+enum ChorusError chorus_client_set_event_callback(struct ChorusClient *client,
+                                                  ChorusEventCallback callback,
+                                                  void *user);
+
+// The next queued event into `*out` (kind `NONE` if there is none). Never waits. With an event callback
+// set, events go to the callback and not to this queue.
+//
+// # Safety
+// `client` is null or live; `out` is null or valid for writing a `ChorusEvent`.
+enum ChorusError chorus_client_poll_event(struct ChorusClient *client,
+                                          struct ChorusEvent *out);
+
+// Close the session (without waiting for the server) and free the client; returns once the SDK's threads
+// have ended (milliseconds, also while it is still connecting). Null is a no-op. The handle must not be
+// used afterwards. From inside the client's own event callback: [`ChorusError::Busy`], nothing freed.
+//
+// # Safety
+// `client` is null or a live handle from [`chorus_client_new`](super::chorus_client_new), freed once.
 enum ChorusError chorus_client_free(struct ChorusClient *client);
+
+// A moderator's `action` (a [`ChorusModerateAction`] value; another number is
+// [`ChorusError::BadAction`]) on participant `sid` of this room (the token needs the `moderator` grant);
+// `room` (null otherwise) is where `MOVE` sends it. Never waits; no reply on success: the effects arrive
+// as events (`PARTICIPANT_MUTED`, `PARTICIPANT_UPDATED`, `PARTICIPANT_LEFT`). The server's refusals arrive
+// as an `ERROR` event with `code`: `forbidden` (no moderator grant), `participant_not_found` (`sid` is not
+// in the room), `bad_message` (a move without a room, to an invalid room name or to this room).
+// [`ChorusError::NotConnected`] before `chorus_client_connect`.
+//
+// # Safety
+// `client` is null or live; `sid` and `room` are null or NUL-terminated.
+enum ChorusError chorus_client_moderate(struct ChorusClient *client,
+                                        const char *sid,
+                                        uint32_t action,
+                                        const char *room);
 
 // Talk to the room (the default): whoever the room's rules let hear this client. Never waits.
 //

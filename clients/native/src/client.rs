@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rtrb::{Consumer, Producer, RingBuffer};
+use signaling::protocol::ModerateAction;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::watch;
 use vocab::{Position, TalkTarget, Volume, MAX_SLOTS};
@@ -281,6 +282,30 @@ impl Client {
         self.send(Command::Volume(sid.to_owned(), volume))
     }
 
+    /// A moderator's action on participant `sid` of this room (the token needs the `moderator` grant):
+    /// [`ModerateAction::Mute`]/`Unmute` (a server mute the participant cannot undo), `Deafen`/`Undeafen`
+    /// (it is sent no audio), `Kick` (it leaves with reason `kicked`, banned for a while), `Move` to `room`
+    /// (required for a move, ignored otherwise). Never waits; no reply on success: the effects arrive as
+    /// events ([`Event::ParticipantMuted`], [`Event::ParticipantUpdated`], [`Event::ParticipantLeft`]). The
+    /// server's refusals arrive as [`Event::Error`] with the protocol's code: `forbidden` (no moderator
+    /// grant), `participant_not_found` (`sid` is not in the room), `bad_message` (a move without a room, to
+    /// an invalid room name or to this room). [`Error::NotConnected`] before `connect`.
+    pub fn moderate(
+        &self,
+        sid: &str,
+        action: ModerateAction,
+        room: Option<&str>,
+    ) -> Result<(), Error> {
+        if self.thread.is_none() {
+            return Err(Error::NotConnected);
+        }
+        self.send(Command::Moderate {
+            action,
+            sid: sid.to_owned(),
+            room: room.map(str::to_owned),
+        })
+    }
+
     /// A command to the signaling thread (queued until `connect`).
     fn send(&self, command: Command) -> Result<(), Error> {
         self.commands.send(command).map_err(|_| Error::Ended)
@@ -297,6 +322,12 @@ impl Client {
     /// The next event, if any (never waits).
     pub fn poll_event(&self) -> Option<Event> {
         self.events.try_recv().ok()
+    }
+
+    /// The session's events, for a dispatcher of its own (the C ABI's `chorus-events` thread); from then on
+    /// [`Client::poll_event`] has none. The channel ends once the client is dropped.
+    pub(crate) fn take_events(&mut self) -> Receiver<Event> {
+        std::mem::replace(&mut self.events, std::sync::mpsc::channel().1)
     }
 
     /// The next event, waiting up to `timeout` (for tools and tests; a game polls).
@@ -483,6 +514,32 @@ mod tests {
         assert_eq!(
             client.position(),
             Some(crate::Position::new(1.0, 2.0, 3.0, 90.0).expect("valid"))
+        );
+    }
+
+    /// Dropping a client whose join is never answered (a listener that never accepts: the WebSocket
+    /// upgrade hangs) does not wait for the reply timeout (10 s): a game thread never stalls on a free.
+    #[test]
+    fn a_client_joining_a_server_that_never_answers_is_dropped_at_once() {
+        use std::time::{Duration, Instant};
+        let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let url = format!("ws://{}/ws", black_hole.local_addr().expect("bound"));
+        let mut client = Client::new(Config::default()).expect("valid config");
+        client
+            .connect(&url, "token", None)
+            .expect("connect returns at once");
+        assert_eq!(
+            client.wait_event(Duration::from_secs(5)),
+            Some(Event::ConnectionState(crate::ConnectionState::Connecting))
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        drop(client);
+        // A hang check, not a performance figure.
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
         );
     }
 }

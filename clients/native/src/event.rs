@@ -26,6 +26,10 @@ pub struct Participant {
     pub identity: String,
     pub name: String,
     pub muted: bool,
+    /// Its team (its token's `team` claim, or the one it asked for), `None` without.
+    pub team: Option<vocab::TeamId>,
+    /// The shout role: heard by everyone in the room, whatever the distance or team.
+    pub shout: bool,
 }
 
 /// Who is in a slot (the stream [`crate::Speaker::pull_participant`] gives for that participant).

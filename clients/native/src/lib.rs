@@ -34,4 +34,5 @@ pub use client::{Client, Microphone, Speaker, Stats};
 pub use config::{Config, SAMPLE_RATES_HZ};
 pub use error::Error;
 pub use event::{ConnectionState, Event, Participant, SlotInfo, SpeakerPosition};
-pub use vocab::{Position, TalkError, TalkTarget, Volume};
+pub use signaling::protocol::ModerateAction;
+pub use vocab::{Position, TalkError, TalkTarget, TeamId, Volume};

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use media_core::client::{ClientConfig, ClientPeer};
 use rtrb::Producer;
 use signaling::client::{join_message, Client, JoinedSession};
-use signaling::protocol::{ClientMessage, Join, Moved, Offer, ParticipantInfo, ServerMessage};
+use signaling::protocol::{
+    ClientMessage, Join, ModerateAction, Moved, Offer, ParticipantInfo, ServerMessage,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 use vocab::{Position, TalkTarget, Volume};
@@ -60,6 +62,12 @@ pub(crate) enum Command {
     PttKey(bool),
     Talk(TalkTarget<String>),
     Volume(String, Volume),
+    /// A moderator's action on participant `sid`; `room`: the destination of a move.
+    Moderate {
+        action: ModerateAction,
+        sid: String,
+        room: Option<String>,
+    },
     Leave,
     /// Close the socket and end (the client is being dropped).
     Close,
@@ -177,6 +185,14 @@ impl Session {
                         Some(Command::Volume(sid, volume)) => {
                             self.talk.set_volume(&sid, volume, &self.shared);
                         }
+                        // Its `sid` named a participant of the lost session's room: not sent.
+                        Some(Command::Moderate { action, sid, .. }) => self.event(Event::Error {
+                            code: None,
+                            message: format!(
+                                "moderate {} {sid}: not sent, the session was reconnecting",
+                                action.as_str()
+                            ),
+                        }),
                         Some(Command::Leave) => {
                             self.event(Event::Left { reason: None });
                             return Ok(());
@@ -194,24 +210,24 @@ impl Session {
         // Through the entry URL every time, following a cluster's redirects: after a node died, its rooms
         // are found wherever they are placed again. After a migration, straight to the room's new node.
         let entry = self.next_url.take().unwrap_or_else(|| self.url.clone());
+        let join = Join {
+            team: self.config.team.clone(),
+            listen_only: self.config.listen_only,
+            ..join_message(
+                &self.token,
+                self.room.as_deref(),
+                self.config.name.as_deref(),
+            )
+        };
+        // Freeing the client while the server is slow (or never answers) ends the join at once.
         let JoinedSession {
             mut client,
             joined,
             url,
-        } = Client::connect_and_join_as(
-            &entry,
-            &Join {
-                team: self.config.team.clone(),
-                listen_only: self.config.listen_only,
-                ..join_message(
-                    &self.token,
-                    self.room.as_deref(),
-                    self.config.name.as_deref(),
-                )
-            },
-            timeout,
-        )
-        .await?;
+        } = tokio::select! {
+            joined = Client::connect_and_join_as(&entry, &join, timeout) => joined?,
+            () = stopped(&self.shared) => return Ok(End::Done),
+        };
         self.server_url = url;
         let mut slots = usize::from(joined.room.slots);
         self.own_sid = joined.participant.sid.clone();
@@ -259,12 +275,7 @@ impl Session {
 
     fn report_participants(&self, participants: Vec<ParticipantInfo>) {
         for p in participants {
-            self.event(Event::ParticipantJoined(Participant {
-                sid: p.sid,
-                identity: p.identity,
-                name: p.name,
-                muted: p.muted,
-            }));
+            self.event(Event::ParticipantJoined(participant(p)));
         }
     }
 
@@ -320,8 +331,11 @@ impl Session {
             .await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let answer = loop {
-            let message = tokio::time::timeout_at(deadline, client.recv())
-                .await
+            let message = tokio::select! {
+                message = tokio::time::timeout_at(deadline, client.recv()) => message,
+                () = stopped(&self.shared) => return Ok(End::Done),
+            };
+            let message = message
                 .map_err(|_| Error::Signaling("timed out waiting for the answer".into()))??
                 .ok_or(Error::Signaling("closed before the answer".into()))?;
             match message {
@@ -428,6 +442,9 @@ impl Session {
                             client.volume(&sid, volume).await?;
                         }
                     }
+                    Some(Command::Moderate { action, sid, room }) => {
+                        client.moderate(action, &sid, room.as_deref()).await?;
+                    }
                     Some(Command::Leave) => client.leave().await?,
                     Some(Command::Close) | None => return Ok(End::Done),
                 },
@@ -460,12 +477,7 @@ impl Session {
     /// An event from the server, as an [`Event`] (and slot-map updates for the speaker).
     fn server_message(&mut self, message: ServerMessage) {
         let event = match message {
-            ServerMessage::ParticipantJoined(j) => Event::ParticipantJoined(Participant {
-                sid: j.participant.sid,
-                identity: j.participant.identity,
-                name: j.participant.name,
-                muted: j.participant.muted,
-            }),
+            ServerMessage::ParticipantJoined(j) => Event::ParticipantJoined(participant(j.participant)),
             ServerMessage::ParticipantLeft(l) => Event::ParticipantLeft {
                 sid: l.sid,
                 reason: spelling(&l.reason),
@@ -560,6 +572,30 @@ impl Session {
             }
         };
         self.event(event);
+    }
+}
+
+/// How often a wait for the server looks whether the client is being dropped.
+const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Resolves once the client is being dropped (`Shared::stop`): raced against the waits for the server
+/// that come before `serve` (which watches the command channel), so a drop never waits for a reply.
+async fn stopped(shared: &Shared) {
+    let mut check = tokio::time::interval(STOP_CHECK_INTERVAL);
+    while !shared.stop.load(Ordering::Acquire) {
+        check.tick().await;
+    }
+}
+
+/// A participant object of the protocol, as the game sees it.
+fn participant(p: ParticipantInfo) -> Participant {
+    Participant {
+        sid: p.sid,
+        identity: p.identity,
+        name: p.name,
+        muted: p.muted,
+        team: p.team,
+        shout: p.shout,
     }
 }
 

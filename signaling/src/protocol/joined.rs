@@ -72,6 +72,7 @@ mod tests {
             deafened: false,
             ptt: false,
             team: None,
+            shout: false,
         };
         let msg = ServerMessage::Joined(Joined {
             protocol: 1,

@@ -36,6 +36,7 @@ mod tests {
                 deafened: false,
                 ptt: false,
                 team: None,
+                shout: false,
             },
             room: RoomInfo {
                 name: "breakout".into(),

@@ -26,6 +26,9 @@ pub struct ParticipantInfo {
     /// The participant's team (its token's `team` claim, or the one it asked for in `join`). Absent without.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<vocab::TeamId>,
+    /// The shout role (its token's `shout` claim): heard by everyone in the room. Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shout: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -49,6 +52,7 @@ mod tests {
             deafened: false,
             ptt: false,
             team: None,
+            shout: false,
         };
         let json = serde_json::to_value(&p).expect("serializes");
         assert_eq!(
@@ -58,5 +62,16 @@ mod tests {
         );
         let back: ParticipantInfo = serde_json::from_value(json).expect("parses");
         assert_eq!(back, p);
+        // A team and the shout role are present only when set.
+        let caster = ParticipantInfo {
+            team: Some(vocab::TeamId::new("blue").expect("a valid team")),
+            shout: true,
+            ..p
+        };
+        let json = serde_json::to_value(&caster).expect("serializes");
+        assert_eq!(json["team"], "blue");
+        assert_eq!(json["shout"], true);
+        let back: ParticipantInfo = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, caster);
     }
 }

@@ -29,6 +29,7 @@ mod tests {
                 deafened: false,
                 ptt: false,
                 team: None,
+                shout: false,
             },
         });
         let json = serde_json::to_value(&msg).expect("serializes");

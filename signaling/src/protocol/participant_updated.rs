@@ -30,6 +30,7 @@ mod tests {
                 deafened: true,
                 ptt: false,
                 team: None,
+                shout: false,
             },
         });
         let text = serde_json::to_string(&msg).expect("serializes");

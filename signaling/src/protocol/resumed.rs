@@ -35,6 +35,7 @@ mod tests {
             deafened: false,
             ptt: false,
             team: None,
+            shout: false,
         };
         SessionState {
             protocol: 1,

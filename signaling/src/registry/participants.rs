@@ -117,6 +117,7 @@ impl RoomRegistry {
             deafened: false,
             ptt: request.ptt,
             team: request.team,
+            shout: request.shout,
         };
         let others = room.members.iter().map(|m| m.info.clone()).collect();
         self.broadcast(&room.members, &PresenceEvent::Joined(participant.clone()));

@@ -51,6 +51,7 @@ fn request(
         can_subscribe: true,
         ptt: false,
         team: None,
+        shout: false,
         events,
     };
     (request, rx)

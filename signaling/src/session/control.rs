@@ -276,6 +276,7 @@ where
             can_subscribe: member.can_subscribe,
             ptt: member.ptt_forced,
             team: member.talk.team.clone(),
+            shout: member.talk.shout,
             events,
         };
         let admission = match ctx.registry().admit(request, &ctx.draining) {

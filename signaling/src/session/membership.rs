@@ -209,6 +209,7 @@ pub(super) fn admit(
         can_subscribe: claims.can_subscribe,
         ptt: claims.ptt,
         team: team.clone(),
+        shout: claims.shout,
         events,
     };
     let admission = ctx

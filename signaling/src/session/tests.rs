@@ -1287,6 +1287,7 @@ async fn a_bad_session_does_not_disturb_its_room() {
                 deafened: false,
                 ptt: false,
                 team: None,
+                shout: false,
             }
         })
     );

@@ -20,10 +20,14 @@
  * for the second half of <seconds>; together, team talk for the first half and the whisper for the second.
  * It prints "talk team", "whisper <identity> <sid> at <s>", and the server's refusals as
  * "event error <code> <message>".
+ *
+ * Events arrive through an event callback (chorus_client_set_event_callback) on the SDK's own thread, so
+ * what they tell is kept under a mutex that the game thread takes to read it.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,21 +54,36 @@ static void sleep_ms(long ms) {
 
 #define MAX_ROSTER 16
 
-/* What the events told us: the others that joined (and who they are), the connection state. */
+/* What the events told us: the others that joined (and who they are), the connection state. Written by
+ * the event callback (the SDK's thread), read by the game thread: both under `lock`. */
 typedef struct {
+  pthread_mutex_t lock;
   int participants;
   ChorusConnectionState state;
   char identities[MAX_ROSTER][128];
   char sids[MAX_ROSTER][64];
 } Session;
 
-/* The sid of the participant `identity`, or NULL if it has not joined (yet). */
-static const char *sid_of(const Session *s, const char *identity) {
+/* Copy the sid of the participant `identity` into `out`; false if it has not joined (yet). */
+static bool sid_of(Session *s, const char *identity, char out[64]) {
+  bool found = false;
+  pthread_mutex_lock(&s->lock);
   int known = s->participants < MAX_ROSTER ? s->participants : MAX_ROSTER;
-  for (int i = 0; i < known; i++) {
-    if (strcmp(s->identities[i], identity) == 0) return s->sids[i];
+  for (int i = 0; i < known && !found; i++) {
+    if (strcmp(s->identities[i], identity) == 0) {
+      snprintf(out, 64, "%s", s->sids[i]);
+      found = true;
+    }
   }
-  return NULL;
+  pthread_mutex_unlock(&s->lock);
+  return found;
+}
+
+static ChorusConnectionState state_of(Session *s) {
+  pthread_mutex_lock(&s->lock);
+  ChorusConnectionState state = s->state;
+  pthread_mutex_unlock(&s->lock);
+  return state;
 }
 
 static int fail(const char *what, ChorusError code) {
@@ -72,8 +91,11 @@ static int fail(const char *what, ChorusError code) {
   return 1;
 }
 
-/* Print an event; note the others that joined and the states. */
-static void on_event(const ChorusEvent *e, Session *s) {
+/* The event callback, on the SDK's thread: print an event; note the others that joined and the states.
+ * It returns at once (a game would not block here either). */
+static void on_event(const ChorusEvent *e, void *user) {
+  Session *s = user;
+  pthread_mutex_lock(&s->lock);
   switch (e->kind) {
   case CHORUS_EVENT_KIND_CONNECTION_STATE:
     s->state = e->state;
@@ -88,7 +110,8 @@ static void on_event(const ChorusEvent *e, Session *s) {
       snprintf(s->sids[s->participants], sizeof s->sids[0], "%s", e->sid);
     }
     s->participants++;
-    printf("event participant_joined %s (%s)\n", e->sid, e->identity);
+    printf("event participant_joined %s (%s) team %s shout %d\n", e->sid, e->identity, e->team[0] ? e->team : "-",
+           (int)e->shout);
     break;
   case CHORUS_EVENT_KIND_PARTICIPANT_LEFT:
     printf("event participant_left %s %s\n", e->sid, e->text);
@@ -109,18 +132,8 @@ static void on_event(const ChorusEvent *e, Session *s) {
   default:
     break;
   }
-}
-
-/* Poll every waiting event. */
-static ChorusError drain_events(ChorusClient *client, Session *s) {
-  for (;;) {
-    ChorusEvent e;
-    ChorusError code = chorus_client_poll_event(client, &e);
-    if (code != CHORUS_ERROR_OK || e.kind == CHORUS_EVENT_KIND_NONE) {
-      return code;
-    }
-    on_event(&e, s);
-  }
+  fflush(stdout);
+  pthread_mutex_unlock(&s->lock);
 }
 
 /* The power of `freq` in `x` (Goertzel, Hann window), as a mean square. */
@@ -186,17 +199,20 @@ int main(int argc, char **argv) {
     if ((code = chorus_client_talk_to_team(client)) != CHORUS_ERROR_OK) return fail("chorus_client_talk_to_team", code);
     printf("talk team\n");
   }
+  static Session session; /* outlives the client: the callback's user pointer */
+  memset(&session, 0, sizeof session);
+  pthread_mutex_init(&session.lock, NULL);
+  session.state = CHORUS_CONNECTION_STATE_CONNECTING;
+  code = chorus_client_set_event_callback(client, on_event, &session);
+  if (code != CHORUS_ERROR_OK) return fail("chorus_client_set_event_callback", code);
   code = chorus_client_connect(client, url, token, room);
   if (code != CHORUS_ERROR_OK) return fail("chorus_client_connect", code);
 
-  Session session;
-  memset(&session, 0, sizeof session);
-  session.state = CHORUS_CONNECTION_STATE_CONNECTING;
   double deadline = now_seconds() + 10.0;
-  while (session.state != CHORUS_CONNECTION_STATE_CONNECTED) {
-    if ((code = drain_events(client, &session)) != CHORUS_ERROR_OK) return fail("poll", code);
-    if (session.state == CHORUS_CONNECTION_STATE_CLOSED || now_seconds() > deadline) {
-      fprintf(stderr, "media did not connect (state %d)\n", (int)session.state);
+  ChorusConnectionState state;
+  while ((state = state_of(&session)) != CHORUS_CONNECTION_STATE_CONNECTED) {
+    if (state == CHORUS_CONNECTION_STATE_CLOSED || now_seconds() > deadline) {
+      fprintf(stderr, "media did not connect (state %d)\n", (int)state);
       return 1;
     }
     sleep_ms(5);
@@ -219,8 +235,8 @@ int main(int argc, char **argv) {
       printf("ptt key down at %.2f s\n", elapsed);
     }
     if (whisper && !whispering && elapsed >= seconds / 2) {
-      const char *sid = sid_of(&session, whisper);
-      if (!sid) {
+      char sid[64];
+      if (!sid_of(&session, whisper, sid)) {
         fprintf(stderr, "%s is not in the room\n", whisper);
         return 1;
       }
@@ -250,7 +266,6 @@ int main(int argc, char **argv) {
     memcpy(heard + pulled, pull, m * sizeof(float));
     pulled += m;
     got += filled;
-    if ((code = drain_events(client, &session)) != CHORUS_ERROR_OK) return fail("poll", code);
     sleep_ms(10);
   }
   printf("pulled %zu samples, %zu from the network\n", pulled, got);
@@ -277,14 +292,15 @@ int main(int argc, char **argv) {
 
   if ((code = chorus_client_leave(client)) != CHORUS_ERROR_OK) return fail("chorus_client_leave", code);
   deadline = now_seconds() + 5.0;
-  while (session.state != CHORUS_CONNECTION_STATE_CLOSED && now_seconds() < deadline) {
-    if ((code = drain_events(client, &session)) != CHORUS_ERROR_OK) return fail("poll", code);
+  while ((state = state_of(&session)) != CHORUS_CONNECTION_STATE_CLOSED && now_seconds() < deadline) {
     sleep_ms(5);
   }
-  printf("participants %d\n", session.participants);
+  /* The callback is done once free returns. */
   chorus_client_free(client);
+  printf("participants %d\n", session.participants);
   free(heard);
   free(pull);
   free(push);
-  return session.state == CHORUS_CONNECTION_STATE_CLOSED ? 0 : 1;
+  pthread_mutex_destroy(&session.lock);
+  return state == CHORUS_CONNECTION_STATE_CLOSED ? 0 : 1;
 }

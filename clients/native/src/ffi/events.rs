@@ -15,6 +15,8 @@ pub(super) fn empty_event() -> ChorusEvent {
         name: [0; 128],
         text: [0; 256],
         code: [0; 32],
+        team: [0; 65],
+        shout: false,
         muted: false,
         level: 0.0,
         slot: 0,
@@ -69,6 +71,14 @@ pub(super) fn c_events(event: Event) -> VecDeque<ChorusEvent> {
             fill(&mut e.sid, &p.sid);
             fill(&mut e.identity, &p.identity);
             fill(&mut e.name, &p.name);
+            fill(
+                &mut e.team,
+                p.team
+                    .as_ref()
+                    .map(vocab::TeamId::as_str)
+                    .unwrap_or_default(),
+            );
+            e.shout = p.shout;
             e.muted = p.muted;
         }
         Event::ParticipantLeft { sid, reason } => {

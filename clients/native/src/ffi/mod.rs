@@ -7,7 +7,8 @@
 //! [`chorus_client_free`] is undefined behaviour, as in any C API.
 //!
 //! Threads: the game thread calls `connect`, `set_muted`, `set_position`, the talk target and volume
-//! calls, `leave`, `poll_event`, `stats`; one capture
+//! calls, `leave`, `poll_event`, `stats`, `set_event_callback`; the event callback runs on the SDK's
+//! `chorus-events` thread (`callback.rs`); one capture
 //! thread may push and one playback thread may pull at the same time. Push and pull never wait: each
 //! takes its direction's handle with a try-lock, and a second thread pushing (or pulling) at the same
 //! moment gets [`ChorusError::Busy`] instead of waiting.
@@ -16,25 +17,29 @@
 // guarantees (see the `# Safety` sections).
 #![allow(unsafe_code)]
 
-use std::collections::VecDeque;
 use std::ffi::c_char;
-
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::{Client, Config, Microphone, Speaker};
 
 mod args;
+mod callback;
 mod events;
 mod failure;
+mod moderate;
 mod talk;
 
+pub use callback::{
+    chorus_client_free, chorus_client_poll_event, chorus_client_set_event_callback,
+    ChorusEventCallback,
+};
+pub use moderate::{chorus_client_moderate, ChorusModerateAction};
 pub use talk::{
     chorus_client_set_volume, chorus_client_talk_to_room, chorus_client_talk_to_team,
     chorus_client_whisper,
 };
 
 use args::{client, lock, optional_string, put, slice, slice_mut, string};
-use events::{c_events, empty_event};
 use failure::{failure, guard, Failure, LAST_ERROR};
 
 /// What a call returned.
@@ -76,6 +81,8 @@ pub enum ChorusError {
     BadTarget = 18,
     /// A volume outside −50..=50 (nothing sent).
     BadVolume = 19,
+    /// A number that is not one of the enum's values (`chorus_client_moderate`'s action).
+    BadAction = 20,
 }
 
 /// A client's settings; [`chorus_config_default`] fills the defaults.
@@ -113,7 +120,7 @@ pub enum ChorusEventKind {
     ConnectionState = 1,
     /// `sid` (this session's), `name` (the room), `slot` (the slot count).
     Joined = 2,
-    /// `sid`, `identity`, `name`, `muted`.
+    /// `sid`, `identity`, `name`, `muted`, `team`, `shout`.
     ParticipantJoined = 3,
     /// `sid`, `text` (the reason).
     ParticipantLeft = 4,
@@ -167,6 +174,10 @@ pub struct ChorusEvent {
     pub text: [c_char; 256],
     /// `ERROR`: the server's error code, empty if none.
     pub code: [c_char; 32],
+    /// `PARTICIPANT_JOINED`: its team (up to 64 characters), empty without.
+    pub team: [c_char; 65],
+    /// `PARTICIPANT_JOINED`: the shout role (heard by everyone in the room).
+    pub shout: bool,
     pub muted: bool,
     pub level: f32,
     pub slot: u32,
@@ -198,15 +209,13 @@ pub struct ChorusStats {
 
 /// A client (opaque).
 pub struct ChorusClient {
-    client: Mutex<GameSide>,
+    client: Mutex<Client>,
     microphone: Mutex<Option<Microphone>>,
     speaker: Mutex<Option<Speaker>>,
-}
-
-struct GameSide {
-    client: Client,
-    /// Events already converted, not yet polled (one Rust event can be several C events).
-    events: VecDeque<ChorusEvent>,
+    /// The event callback or queue, fed by `dispatcher`.
+    hub: Arc<callback::Hub>,
+    /// The `chorus-events` thread (joined by `chorus_client_free`, after the client).
+    dispatcher: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The message of the last failed call on this thread ("" if none). Valid until the next failing call on
@@ -294,13 +303,15 @@ pub unsafe extern "C" fn chorus_client_new(config: *const ChorusConfig) -> *mut 
         let mut client = Client::new(config)?;
         let microphone = client.take_microphone();
         let speaker = client.take_speaker();
+        let hub = Arc::new(callback::Hub::default());
+        let dispatcher =
+            callback::spawn(client.take_events(), hub.clone()).map_err(crate::Error::from)?;
         created = Some(Box::new(ChorusClient {
-            client: Mutex::new(GameSide {
-                client,
-                events: VecDeque::new(),
-            }),
+            client: Mutex::new(client),
             microphone: Mutex::new(microphone),
             speaker: Mutex::new(speaker),
+            hub,
+            dispatcher: Some(dispatcher),
         }));
         Ok(())
     });
@@ -332,7 +343,7 @@ pub unsafe extern "C" fn chorus_client_connect(
                 optional_string(room, "room")?,
             )
         };
-        lock(&c.client).client.connect(url, token, room)?;
+        lock(&c.client).connect(url, token, room)?;
         Ok(())
     })
 }
@@ -461,7 +472,7 @@ pub unsafe extern "C" fn chorus_client_set_muted(
     guard(|| {
         // SAFETY: per the caller.
         let c = unsafe { self::client(client)? };
-        lock(&c.client).client.set_muted(muted)?;
+        lock(&c.client).set_muted(muted)?;
         Ok(())
     })
 }
@@ -479,7 +490,7 @@ pub unsafe extern "C" fn chorus_client_set_ptt(
     guard(|| {
         // SAFETY: per the caller.
         let c = unsafe { self::client(client)? };
-        lock(&c.client).client.set_ptt(enabled)?;
+        lock(&c.client).set_ptt(enabled)?;
         Ok(())
     })
 }
@@ -498,7 +509,7 @@ pub unsafe extern "C" fn chorus_client_set_ptt_key(
     guard(|| {
         // SAFETY: per the caller.
         let c = unsafe { self::client(client)? };
-        lock(&c.client).client.set_ptt_key(down)?;
+        lock(&c.client).set_ptt_key(down)?;
         Ok(())
     })
 }
@@ -522,7 +533,7 @@ pub unsafe extern "C" fn chorus_client_set_position(
     guard(|| {
         // SAFETY: per the caller.
         let c = unsafe { self::client(client)? };
-        lock(&c.client).client.set_position(x, y, z, yaw_deg)?;
+        lock(&c.client).set_position(x, y, z, yaw_deg)?;
         Ok(())
     })
 }
@@ -536,35 +547,7 @@ pub unsafe extern "C" fn chorus_client_leave(client: *mut ChorusClient) -> Choru
     guard(|| {
         // SAFETY: per the caller.
         let c = unsafe { self::client(client)? };
-        lock(&c.client).client.leave()?;
-        Ok(())
-    })
-}
-
-/// The next event into `*out` (kind `NONE` if there is none). Never waits.
-///
-/// # Safety
-/// `client` is null or live; `out` is null or valid for writing a `ChorusEvent`.
-#[no_mangle]
-pub unsafe extern "C" fn chorus_client_poll_event(
-    client: *mut ChorusClient,
-    out: *mut ChorusEvent,
-) -> ChorusError {
-    guard(|| {
-        // SAFETY: per the caller.
-        let c = unsafe { self::client(client)? };
-        if out.is_null() {
-            return Err(failure(ChorusError::Null, "out is null"));
-        }
-        let mut game = lock(&c.client);
-        if game.events.is_empty() {
-            if let Some(event) = game.client.poll_event() {
-                game.events = c_events(event);
-            }
-        }
-        let event = game.events.pop_front().unwrap_or_else(empty_event);
-        // SAFETY: non-null, writable per the caller.
-        unsafe { put(out, event) };
+        lock(&c.client).leave()?;
         Ok(())
     })
 }
@@ -584,7 +567,7 @@ pub unsafe extern "C" fn chorus_client_stats(
         if out.is_null() {
             return Err(failure(ChorusError::Null, "out is null"));
         }
-        let s = lock(&c.client).client.stats();
+        let s = lock(&c.client).stats();
         let stats = ChorusStats {
             mic_dropped: s.mic_dropped,
             output_dropped: s.output_dropped,
@@ -593,22 +576,6 @@ pub unsafe extern "C" fn chorus_client_stats(
         };
         // SAFETY: non-null, writable per the caller.
         unsafe { put(out, stats) };
-        Ok(())
-    })
-}
-
-/// Close the session (without waiting for the server) and free the client; returns once the SDK's threads
-/// have ended (milliseconds). Null is a no-op. The handle must not be used afterwards.
-///
-/// # Safety
-/// `client` is null or a live handle from [`chorus_client_new`], freed once.
-#[no_mangle]
-pub unsafe extern "C" fn chorus_client_free(client: *mut ChorusClient) -> ChorusError {
-    guard(|| {
-        if !client.is_null() {
-            // SAFETY: a live handle from chorus_client_new (Box::into_raw), freed once, per the caller.
-            drop(unsafe { Box::from_raw(client) });
-        }
         Ok(())
     })
 }

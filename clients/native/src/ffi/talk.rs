@@ -57,7 +57,7 @@ pub unsafe extern "C" fn chorus_client_whisper(
             // SAFETY: each is null or NUL-terminated, per the caller.
             .map(|sid| unsafe { string(*sid, "a sid") }.map(str::to_owned))
             .collect::<Result<Vec<_>, _>>()?;
-        lock(&c.client).client.talk_to(TalkTarget::Whisper(to))?;
+        lock(&c.client).talk_to(TalkTarget::Whisper(to))?;
         Ok(())
     })
 }
@@ -80,7 +80,7 @@ pub unsafe extern "C" fn chorus_client_set_volume(
     guard(|| {
         // SAFETY: per the caller.
         let (c, sid) = unsafe { (self::client(client)?, string(sid, "sid")?) };
-        lock(&c.client).client.set_volume(sid, volume)?;
+        lock(&c.client).set_volume(sid, volume)?;
         Ok(())
     })
 }
@@ -91,7 +91,7 @@ unsafe fn talk_to(client: *mut ChorusClient, target: TalkTarget<String>) -> Chor
     guard(|| {
         // SAFETY: per the caller.
         let c = unsafe { self::client(client)? };
-        lock(&c.client).client.talk_to(target)?;
+        lock(&c.client).talk_to(target)?;
         Ok(())
     })
 }

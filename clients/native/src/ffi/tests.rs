@@ -1,7 +1,7 @@
 use super::*;
 use std::ffi::CStr;
 
-use super::events::fill;
+use super::events::{c_events, empty_event, fill};
 use crate::Event;
 use std::ptr::{null, null_mut};
 
@@ -381,4 +381,219 @@ fn a_servers_refusal_carries_its_code() {
         message: "media: boom".into(),
     });
     assert_eq!(own[0].code[0], 0);
+}
+
+/// What an event callback saw, behind its `user` pointer.
+#[derive(Default)]
+struct Seen {
+    client: std::sync::atomic::AtomicPtr<ChorusClient>,
+    events: Mutex<Vec<(ChorusEventKind, ChorusConnectionState, Option<String>)>>,
+    /// What changing the callback and freeing the client answered from inside the callback.
+    from_inside: Mutex<Vec<ChorusError>>,
+}
+
+extern "C" fn record(event: *const ChorusEvent, user: *mut std::ffi::c_void) {
+    // SAFETY: the test passes a `Seen` that outlives the client, and the SDK a valid event for the call.
+    let (seen, event) = unsafe { (&*user.cast::<Seen>(), &*event) };
+    let thread = std::thread::current().name().map(str::to_owned);
+    let mut events = seen
+        .events
+        .lock()
+        .expect("no panic while holding the events lock");
+    if events.is_empty() {
+        let client = seen.client.load(std::sync::atomic::Ordering::Acquire);
+        // SAFETY: the client is live while its callback runs; both calls refuse from in here.
+        let answers = unsafe {
+            [
+                chorus_client_set_event_callback(client, None, null_mut()),
+                chorus_client_free(client),
+            ]
+        };
+        seen.from_inside
+            .lock()
+            .expect("no panic while holding the lock")
+            .extend(answers);
+    }
+    events.push((event.kind, event.state, thread));
+}
+
+/// A callback gets the events on the SDK's `chorus-events` thread instead of the queue; it cannot free the
+/// client nor change itself from inside; freeing a client whose join is never answered (a listener that
+/// never accepts: the WebSocket upgrade hangs) does not wait for the reply timeout (10 s).
+#[test]
+fn events_go_to_the_callback_on_the_sdks_thread_and_free_never_waits_for_the_server() {
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let url = std::ffi::CString::new(format!(
+        "ws://{}/ws",
+        black_hole.local_addr().expect("bound")
+    ))
+    .expect("no NUL in a URL");
+    let seen = Seen::default();
+    let user = std::ptr::from_ref(&seen).cast_mut().cast();
+    // SAFETY: every pointer is null or valid; `seen` outlives the client.
+    unsafe {
+        let client = chorus_client_new(null());
+        assert!(!client.is_null());
+        seen.client
+            .store(client, std::sync::atomic::Ordering::Release);
+        assert_eq!(
+            chorus_client_set_event_callback(client, Some(record), user),
+            ChorusError::Ok
+        );
+        assert_eq!(
+            chorus_client_connect(client, url.as_ptr(), c"token".as_ptr(), null()),
+            ChorusError::Ok
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while seen.events.lock().expect("no panic").is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no event came");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // In the join now; nothing is queued for polling.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut polled = empty_event();
+        assert_eq!(
+            chorus_client_poll_event(client, &mut polled),
+            ChorusError::Ok
+        );
+        assert_eq!(polled.kind, ChorusEventKind::None);
+        let start = std::time::Instant::now();
+        assert_eq!(chorus_client_free(client), ChorusError::Ok);
+        let took = start.elapsed();
+        // A hang check, not a performance figure: the join's reply timeout is 10 s.
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "free took {took:?}"
+        );
+    }
+    assert_eq!(
+        *seen.from_inside.lock().expect("no panic"),
+        [ChorusError::Busy, ChorusError::Busy]
+    );
+    let events = seen.events.into_inner().expect("no panic");
+    let on = Some("chorus-events".to_owned());
+    assert_eq!(
+        events.first(),
+        Some(&(
+            ChorusEventKind::ConnectionState,
+            ChorusConnectionState::Connecting,
+            on.clone()
+        ))
+    );
+    // The free ended the session: its last event still reached the callback, before free returned.
+    assert_eq!(
+        events.last(),
+        Some(&(
+            ChorusEventKind::ConnectionState,
+            ChorusConnectionState::Closed,
+            on
+        ))
+    );
+}
+
+/// Without a callback (or once it is cleared) events are queued for polling.
+#[test]
+fn a_cleared_callback_leaves_the_events_to_polling() {
+    let seen = Seen::default();
+    let user = std::ptr::from_ref(&seen).cast_mut().cast();
+    // SAFETY: every pointer is null or valid; `seen` outlives the client.
+    unsafe {
+        let client = chorus_client_new(null());
+        assert!(!client.is_null());
+        assert_eq!(
+            chorus_client_set_event_callback(client, Some(record), user),
+            ChorusError::Ok
+        );
+        assert_eq!(
+            chorus_client_set_event_callback(client, None, null_mut()),
+            ChorusError::Ok
+        );
+        assert_eq!(
+            chorus_client_set_event_callback(null_mut(), None, null_mut()),
+            ChorusError::Null
+        );
+        // Nothing listens on port 1: the connection is refused, the session ends.
+        assert_eq!(
+            chorus_client_connect(
+                client,
+                c"ws://127.0.0.1:1/ws".as_ptr(),
+                c"t".as_ptr(),
+                null()
+            ),
+            ChorusError::Ok
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut kinds = Vec::new();
+        loop {
+            let mut e = empty_event();
+            assert_eq!(chorus_client_poll_event(client, &mut e), ChorusError::Ok);
+            if e.kind == ChorusEventKind::ConnectionState
+                && e.state == ChorusConnectionState::Closed
+            {
+                break;
+            }
+            if e.kind != ChorusEventKind::None {
+                kinds.push(e.kind);
+            }
+            assert!(std::time::Instant::now() < deadline, "polled {kinds:?}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(kinds.contains(&ChorusEventKind::Error), "{kinds:?}");
+        assert_eq!(chorus_client_free(client), ChorusError::Ok);
+    }
+    assert!(seen.events.into_inner().expect("no panic").is_empty());
+}
+
+#[test]
+fn a_participants_team_and_shout_role_reach_the_c_event() {
+    let events = c_events(Event::ParticipantJoined(crate::Participant {
+        sid: "PA_9a0b1c2d3e4f".into(),
+        identity: "carol".into(),
+        name: "Carol".into(),
+        muted: false,
+        team: Some(vocab::TeamId::new("blue").expect("a valid team")),
+        shout: true,
+    }));
+    assert_eq!(events[0].kind, ChorusEventKind::ParticipantJoined);
+    // SAFETY: `fill` NUL-terminates the field.
+    let team = unsafe { CStr::from_ptr(events[0].team.as_ptr()) };
+    assert_eq!(team, c"blue");
+    assert!(events[0].shout);
+    // A 64-character team (the longest) fits whole.
+    let long = "t".repeat(64);
+    let events = c_events(Event::ParticipantJoined(crate::Participant {
+        sid: String::new(),
+        identity: String::new(),
+        name: String::new(),
+        muted: false,
+        team: Some(vocab::TeamId::new(long.clone()).expect("a valid team")),
+        shout: false,
+    }));
+    // SAFETY: as above.
+    let team = unsafe { CStr::from_ptr(events[0].team.as_ptr()) };
+    assert_eq!(team.to_str().expect("UTF-8"), long);
+}
+
+#[test]
+fn moderation_checks_its_arguments_before_anything_is_sent() {
+    // SAFETY: every pointer is null or valid.
+    unsafe {
+        let client = chorus_client_new(null());
+        assert!(!client.is_null());
+        let kick = ChorusModerateAction::Kick as u32;
+        assert_eq!(
+            chorus_client_moderate(client, c"PA_9a0b1c2d3e4f".as_ptr(), 99, null()),
+            ChorusError::BadAction
+        );
+        assert_eq!(
+            chorus_client_moderate(client, null(), kick, null()),
+            ChorusError::Null
+        );
+        assert_eq!(last_error(), "sid is null");
+        assert_eq!(
+            chorus_client_moderate(client, c"PA_9a0b1c2d3e4f".as_ptr(), kick, null()),
+            ChorusError::NotConnected
+        );
+        assert_eq!(chorus_client_free(client), ChorusError::Ok);
+    }
 }

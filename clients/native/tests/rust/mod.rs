@@ -13,20 +13,33 @@ use media_core::audio::{f32_to_i16, ToneGenerator};
 use crate::{audio_client, tones_in, wait_connected, wait_event, SECONDS};
 
 /// A game's capture callback: every 10 ms, the samples of a `freq_hz` tone due by then, as i16.
-fn capture(mut mic: Microphone, rate_hz: u32, freq_hz: f64, stop: Arc<AtomicBool>) {
+fn capture(mic: Microphone, rate_hz: u32, freq_hz: f64, stop: Arc<AtomicBool>) {
+    let mut samples = vec![0i16; rate_hz as usize];
+    capture_with(mic, rate_hz, freq_hz, stop, move |mic, pcm| {
+        for (s, f) in samples.iter_mut().zip(pcm) {
+            *s = f32_to_i16(*f);
+        }
+        mic.push_i16(&samples[..pcm.len()]);
+    });
+}
+
+/// A game's capture callback: every 10 ms, the samples of a `freq_hz` tone due by then, given to `push`.
+fn capture_with(
+    mut mic: Microphone,
+    rate_hz: u32,
+    freq_hz: f64,
+    stop: Arc<AtomicBool>,
+    mut push: impl FnMut(&mut Microphone, &[f32]),
+) {
     let mut tone = ToneGenerator::new(freq_hz, 0.3, rate_hz);
     let start = Instant::now();
     let mut pushed = 0usize;
     let mut pcm = vec![0.0f32; rate_hz as usize];
-    let mut samples = vec![0i16; rate_hz as usize];
     while !stop.load(Ordering::Relaxed) {
         let due = (start.elapsed().as_secs_f64() * f64::from(rate_hz)) as usize;
         let n = (due - pushed).min(pcm.len());
         tone.fill(&mut pcm[..n]);
-        for (s, f) in samples.iter_mut().zip(&pcm[..n]) {
-            *s = f32_to_i16(*f);
-        }
-        mic.push_i16(&samples[..n]);
+        push(&mut mic, &pcm[..n]);
         pushed += n;
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -363,6 +376,8 @@ async fn a_lost_connection_is_rejoined_and_heard_again() -> anyhow::Result<()> {
     Ok(())
 }
 
+mod moderation;
+mod paths;
 mod ptt;
 mod spatial;
 mod talk;

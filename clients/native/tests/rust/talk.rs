@@ -41,10 +41,33 @@ async fn a_volume_sets_the_level_a_game_hears_and_refusals_carry_their_code() ->
     })?;
     ada.connect(&url, &server.token(room, "ada", &[])?, None)?;
     bob.connect(&url, &server.token(room, "bob", &[])?, None)?;
-    let (mut ada, mut bob, ada_sid) = tokio::task::spawn_blocking(move || {
-        let ada_sid = wait_connected(&ada, &mut Vec::new())?;
-        wait_connected(&bob, &mut Vec::new())?;
-        anyhow::Ok((ada, bob, ada_sid))
+    // carol, listening only, is on a team and has the shout role: a game sees both in her participant
+    // object (and neither in bob's).
+    let mut carol = Client::new(Config {
+        listen_only: true,
+        ..Config::default()
+    })?;
+    let carol_token = server.token(room, "carol", &["--team", "blue", "--shout"])?;
+    carol.connect(&url, &carol_token, None)?;
+    let (mut ada, mut bob, carol, ada_sid) = tokio::task::spawn_blocking(move || {
+        let mut ada_seen = Vec::new();
+        let ada_sid = wait_connected(&ada, &mut ada_seen)?;
+        let bob_sid = wait_connected(&bob, &mut Vec::new())?;
+        let carol_sid = wait_connected(&carol, &mut Vec::new())?;
+        let mut roster = std::collections::HashMap::new();
+        let mut joined = |e: &Event| {
+            if let Event::ParticipantJoined(p) = e {
+                roster.insert(p.sid.clone(), (p.team.clone(), p.shout));
+            }
+            (roster.contains_key(&bob_sid) && roster.contains_key(&carol_sid)).then_some(())
+        };
+        if !ada_seen.iter().any(|e| joined(e).is_some()) {
+            wait_event(&ada, &mut ada_seen, SECONDS, &mut joined)?;
+        }
+        let blue = vocab::TeamId::new("blue").expect("a valid team");
+        assert_eq!(roster[&carol_sid], (Some(blue), true), "{ada_seen:#?}");
+        assert_eq!(roster[&bob_sid], (None, false), "{ada_seen:#?}");
+        anyhow::Ok((ada, bob, carol, ada_sid))
     })
     .await??;
     let stop = Arc::new(AtomicBool::new(false));
@@ -129,5 +152,6 @@ async fn a_volume_sets_the_level_a_game_hears_and_refusals_carry_their_code() ->
         ["bad_target", "participant_not_found", "bad_target"],
         "a whisper to nobody, a volume for nobody, team talk without a team"
     );
+    drop(carol);
     Ok(())
 }

@@ -137,6 +137,7 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
                 deafened: false,
                 ptt: false,
                 team: None,
+                shout: false,
             }
         })
     );

@@ -171,7 +171,11 @@ impl Cluster {
         if owner == self.id {
             return Ok((Location::Here, Located::Here));
         }
-        if let Some(spanning) = &self.spanning {
+        // A shard opens only on a node that takes rooms (not draining, below capacity).
+        let open_here = nodes
+            .iter()
+            .any(|n| n.record.id == self.id && n.record.takes_rooms());
+        if let (Some(spanning), true) = (&self.spanning, open_here) {
             let ttl = Duration::from_millis(self.config.claim_ttl_ms);
             let opened = spanning
                 .open(&self.store, &self.id, ttl, room, &owner, &nodes)

@@ -145,6 +145,11 @@ impl TrunkNet {
             None => Vec::new(),
         };
         if workers.is_empty() {
+            tracing::trace!(
+                node = %opened.node,
+                room = %opened.message.room().0,
+                "trunk datagram for a room with no shard here"
+            );
             self.metrics.count("no_shard");
             return;
         }

@@ -147,7 +147,7 @@ impl Spanning {
         let current = self.remote.borrow().clone();
         for room in self.opened().keys() {
             let id = RoomId(room.clone());
-            if !now_written.contains(room) {
+            if !written.contains(room) {
                 if let Some(addrs) = current.get(&id) {
                     remote.insert(id, addrs.clone());
                 }

@@ -603,7 +603,8 @@ impl Config {
             self.cluster.trunk_secret = Some(v);
         }
         if let Some(v) = get("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS") {
-            self.cluster.room_node_participants = parse("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS", &v)?;
+            self.cluster.room_node_participants =
+                parse("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS", &v)?;
         }
         Ok(())
     }

@@ -218,9 +218,7 @@ impl MediaRouter for Placement {
 
     fn room_closed(&self, room: &str) {
         let mut rooms = self.lock();
-        let spanned = rooms
-            .remove(room)
-            .is_some_and(|p| self.spanned(&p, room));
+        let spanned = rooms.remove(room).is_some_and(|p| self.spanned(&p, room));
         if spanned {
             self.publish(&rooms);
         }
@@ -292,7 +290,11 @@ mod tests {
         on(&p, "big", 1);
         assert_eq!(spans.borrow_and_update().get(&big), Some(&vec![0, 2]));
         on(&p, "small", 2);
-        assert_eq!(spans.borrow_and_update().len(), 1, "a local room spans nothing");
+        assert_eq!(
+            spans.borrow_and_update().len(),
+            1,
+            "a local room spans nothing"
+        );
         // The other node's shard closed.
         p.set_remote_rooms(HashSet::new());
         assert!(spans.borrow_and_update().is_empty());

@@ -220,6 +220,9 @@ mod tests {
             ("dead".to_owned(), 9),
         ]);
         let addrs = addresses("a", &shards, &nodes);
-        assert_eq!(addrs, vec!["10.0.0.2:7884".parse::<SocketAddr>().expect("an address")]);
+        assert_eq!(
+            addrs,
+            vec!["10.0.0.2:7884".parse::<SocketAddr>().expect("an address")]
+        );
     }
 }

@@ -31,13 +31,7 @@ pub struct TrunkNetMetrics {
 
 impl TrunkNetMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let mut results = vec![
-            "sent",
-            "send_failed",
-            "received",
-            "no_shard",
-            "dropped",
-        ];
+        let mut results = vec!["sent", "send_failed", "received", "no_shard", "dropped"];
         results.extend(WireError::LABELS);
         Ok(TrunkNetMetrics {
             datagrams: counter_vec(

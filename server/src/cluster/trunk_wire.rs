@@ -152,8 +152,7 @@ impl Sealer {
         out.extend_from_slice(room.0.as_bytes());
         out.extend_from_slice(&speaker.0.to_be_bytes());
         if let TrunkMessage::Audio(p) = message {
-            let payload_len =
-                u16::try_from(p.payload.len()).map_err(|_| WireError::Oversized)?;
+            let payload_len = u16::try_from(p.payload.len()).map_err(|_| WireError::Oversized)?;
             out.extend_from_slice(&p.ssrc.0.to_be_bytes());
             out.extend_from_slice(&p.seq.to_be_bytes());
             out.extend_from_slice(&p.timestamp.to_be_bytes());
@@ -255,9 +254,7 @@ impl Opener {
         if !r.0.is_empty() {
             return Err(WireError::Malformed("trailing bytes"));
         }
-        let skew = now
-            .duration_since(sent)
-            .unwrap_or_else(|e| e.duration());
+        let skew = now.duration_since(sent).unwrap_or_else(|e| e.duration());
         if skew > MAX_CLOCK_SKEW {
             return Err(WireError::Stale);
         }
@@ -271,12 +268,17 @@ impl Opener {
     }
 
     /// Records `seq` of (node, boot), refusing it if already seen or below the window.
-    fn accept(&mut self, node: &str, boot: u64, seq: u64, now: SystemTime) -> Result<(), WireError> {
+    fn accept(
+        &mut self,
+        node: &str,
+        boot: u64,
+        seq: u64,
+        now: SystemTime,
+    ) -> Result<(), WireError> {
         let key: (Arc<str>, u64) = (Arc::from(node), boot);
         if !self.windows.contains_key(&key) && self.windows.len() >= MAX_SENDERS {
-            self.windows.retain(|_, w| {
-                now.duration_since(w.heard).unwrap_or_default() < SENDER_IDLE
-            });
+            self.windows
+                .retain(|_, w| now.duration_since(w.heard).unwrap_or_default() < SENDER_IDLE);
             if self.windows.len() >= MAX_SENDERS {
                 // Only holders of the key can make senders: a cluster restarting this often is refused
                 // until its old boots are forgotten.
@@ -422,7 +424,10 @@ mod tests {
         let mut v2 = d.clone();
         v2[0] = 2;
         assert_eq!(o.open(&v2, at(0)), Err(WireError::Version(2)));
-        assert_eq!(o.open(&d[..MIN_BYTES - 1], at(0)), Err(WireError::Truncated));
+        assert_eq!(
+            o.open(&d[..MIN_BYTES - 1], at(0)),
+            Err(WireError::Truncated)
+        );
         assert_eq!(
             o.open(&[VERSION; MAX_DATAGRAM_BYTES + 1], at(0)),
             Err(WireError::Oversized)
@@ -432,7 +437,10 @@ mod tests {
             Err(WireError::Oversized)
         );
         assert_eq!(o.open(&d, at(2_001)), Err(WireError::Stale));
-        assert_eq!(o.open(&d, at(0) - Duration::from_millis(2_001)), Err(WireError::Stale));
+        assert_eq!(
+            o.open(&d, at(0) - Duration::from_millis(2_001)),
+            Err(WireError::Stale)
+        );
         assert!(o.open(&d, at(0)).is_ok());
         assert_eq!(o.open(&d, at(0)), Err(WireError::Replay));
     }

@@ -56,9 +56,14 @@ impl Redis {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
             .ok()?;
-        s.write_all(format!("{command}\r\n").as_bytes()).await.ok()?;
+        s.write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .ok()?;
         let mut line = String::new();
-        tokio::io::BufReader::new(s).read_line(&mut line).await.ok()?;
+        tokio::io::BufReader::new(s)
+            .read_line(&mut line)
+            .await
+            .ok()?;
         Some(line.trim_end().to_owned())
     }
 

@@ -19,6 +19,17 @@ mod srtp;
 
 const SOURCE_TONE: f32 = 523.0;
 
+/// A server and `bob`, a connected participant without a microphone in `room`.
+async fn server_and_listener(room: &str) -> anyhow::Result<(Server, Participant)> {
+    let server = Server::start(&[]).await?;
+    let mut bob = join(&server, room, "bob", 0.0, 0.0).await?;
+    bob.client
+        .wait_connected(SECONDS)
+        .await
+        .map_err(|e| e.context(server.log_tail()))?;
+    Ok((server, bob))
+}
+
 /// What `p` heard of the one other participant it heard.
 fn source_audio(p: &Participant) -> Option<Vec<f32>> {
     let heard = p.client.heard.lock().expect("heard lock");
@@ -119,12 +130,7 @@ async fn source_visit(
 async fn real_udp_ingest_ffmpeg_publishes_as_an_icecast_source_and_a_client_hears_it(
 ) -> anyhow::Result<()> {
     let _alone = chorus_tests::real_time_call().await;
-    let server = Server::start(&[]).await?;
-    let mut bob = join(&server, "radio", "bob", 0.0, 0.0).await?;
-    bob.client
-        .wait_connected(SECONDS)
-        .await
-        .map_err(|e| e.context(server.log_tail()))?;
+    let (server, mut bob) = server_and_listener("radio").await?;
     let key = server.token("radio", "studio", &["--name", "Studio A"])?;
     let url = format!("icecast://source:{key}@{}/live/radio.opus", server.http);
     let mut ffmpeg = tokio::process::Command::new("ffmpeg")
@@ -314,12 +320,7 @@ async fn real_udp_ingest_a_fast_source_is_paced_and_bad_sources_get_clear_errors
 async fn real_udp_ingest_rtp_from_ffmpeg_is_heard_and_strangers_are_dropped() -> anyhow::Result<()>
 {
     let _alone = chorus_tests::real_time_call().await;
-    let server = Server::start(&[]).await?;
-    let mut bob = join(&server, "phone", "bob", 0.0, 0.0).await?;
-    bob.client
-        .wait_connected(SECONDS)
-        .await
-        .map_err(|e| e.context(server.log_tail()))?;
+    let (server, mut bob) = server_and_listener("phone").await?;
     let admin = server.admin_token()?;
     let (status, body) = server
         .admin(

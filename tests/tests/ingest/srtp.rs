@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::net::UdpSocket;
 use tokio::process::Child;
 
-use super::{join, source_audio, SOURCE_TONE};
+use super::{server_and_listener, source_audio, SOURCE_TONE};
 use crate::SECONDS;
 
 /// The wrong sender's tone: never to be heard.
@@ -76,12 +76,7 @@ async fn open(server: &Server, admin: &str, body: &str) -> anyhow::Result<(u16, 
 async fn real_udp_ingest_srtp_from_ffmpeg_is_heard_and_a_wrong_key_or_a_replay_is_dropped(
 ) -> anyhow::Result<()> {
     let _alone = chorus_tests::real_time_call().await;
-    let server = Server::start(&[]).await?;
-    let mut bob = join(&server, "phone", "bob", 0.0, 0.0).await?;
-    bob.client
-        .wait_connected(SECONDS)
-        .await
-        .map_err(|e| e.context(server.log_tail()))?;
+    let (server, bob) = server_and_listener("phone").await?;
     let admin = server.admin_token()?;
 
     // Bad SRTP requests open nothing.

@@ -88,6 +88,22 @@ async fn tone_file(path: &Path, freq: f32, seconds: f32, codec: &[&str]) -> anyh
     run("ffmpeg", &args).await
 }
 
+/// A server whose media folder holds one Ogg/Opus tone file (`freq` Hz for `seconds`), with its admin
+/// token; the folder lives as long as the returned [`Media`].
+async fn start_with_tone(
+    name: &str,
+    file: &str,
+    freq: f32,
+    seconds: f32,
+) -> anyhow::Result<(Media, Server, String)> {
+    let media = media(name)?;
+    let ogg_opus = ["-c:a", "libopus", "-b:a", "48k", "-f", "ogg"];
+    tone_file(&media.dir.join(file), freq, seconds, &ogg_opus).await?;
+    let server = start(&media).await?;
+    let admin = server.admin_token()?;
+    Ok((media, server, admin))
+}
+
 /// A listener with no microphone that plays its first slot (a mixed room's mix) like a browser.
 async fn listener(
     server: &Server,
@@ -339,16 +355,7 @@ async fn real_udp_playout_a_playlist_plays_speech_then_an_mp3_and_skips_bad_item
 async fn real_udp_playout_hold_music_plays_for_one_person_and_stops_for_two() -> anyhow::Result<()>
 {
     let _alone = chorus_tests::real_time_call().await;
-    let media = media("hold")?;
-    tone_file(
-        &media.dir.join("hold.opus"),
-        HOLD_TONE,
-        2.0,
-        &["-c:a", "libopus", "-b:a", "48k", "-f", "ogg"],
-    )
-    .await?;
-    let server = start(&media).await?;
-    let admin = server.admin_token()?;
+    let (_media, server, admin) = start_with_tone("hold", "hold.opus", HOLD_TONE, 2.0).await?;
     let room = create_room(
         &server,
         &admin,
@@ -421,16 +428,7 @@ async fn real_udp_playout_hold_music_plays_for_one_person_and_stops_for_two() ->
 async fn real_udp_playout_an_announcement_ducks_a_talker_in_the_mix_and_restores_it(
 ) -> anyhow::Result<()> {
     let _alone = chorus_tests::real_time_call().await;
-    let media = media("duck")?;
-    tone_file(
-        &media.dir.join("chime.opus"),
-        CHIME_TONE,
-        1.5,
-        &["-c:a", "libopus", "-b:a", "48k", "-f", "ogg"],
-    )
-    .await?;
-    let server = start(&media).await?;
-    let admin = server.admin_token()?;
+    let (_media, server, admin) = start_with_tone("duck", "chime.opus", CHIME_TONE, 1.5).await?;
     create_room(&server, &admin, json!({"name": "hall", "mode": "mix"})).await?;
     let (_alice_signal, alice) = participant(
         &server,

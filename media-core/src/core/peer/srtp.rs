@@ -59,14 +59,50 @@ pub(crate) enum Cipher {
         salt: [u8; Aes128CmSha1_80::SALT_LEN],
         hmac: &'static dyn Sha1HmacProvider,
     },
-    Gcm128 {
-        enc: Box<dyn AeadAes128GcmCipher>,
+    /// AEAD_AES_128_GCM and AEAD_AES_256_GCM (RFC 7714): the same IV, salt and tag lengths and packet
+    /// layout; only the key size differs.
+    Gcm {
+        enc: GcmCipher,
         salt: [u8; AeadAes128Gcm::SALT_LEN],
     },
-    Gcm256 {
-        enc: Box<dyn AeadAes256GcmCipher>,
-        salt: [u8; AeadAes256Gcm::SALT_LEN],
-    },
+}
+
+/// The AES-GCM cipher of either key size.
+pub(crate) enum GcmCipher {
+    Aes128(Box<dyn AeadAes128GcmCipher>),
+    Aes256(Box<dyn AeadAes256GcmCipher>),
+}
+
+// RFC 7714 uses one salt length, tag length and IV construction for both key sizes: one `Gcm` arm serves both.
+const _: () = assert!(AeadAes128Gcm::SALT_LEN == AeadAes256Gcm::SALT_LEN);
+const _: () = assert!(AeadAes128Gcm::TAG_LEN == AeadAes256Gcm::TAG_LEN);
+
+impl GcmCipher {
+    fn encrypt(
+        &mut self,
+        iv: &[u8; 12],
+        aad: &[u8],
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        match self {
+            GcmCipher::Aes128(c) => c.encrypt(iv, aad, input, output),
+            GcmCipher::Aes256(c) => c.encrypt(iv, aad, input, output),
+        }
+    }
+
+    fn decrypt(
+        &mut self,
+        iv: &[u8; 12],
+        aads: &[&[u8]],
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, CryptoError> {
+        match self {
+            GcmCipher::Aes128(c) => c.decrypt(iv, aads, input, output),
+            GcmCipher::Aes256(c) => c.decrypt(iv, aads, input, output),
+        }
+    }
 }
 
 /// Why a received packet was not opened.
@@ -138,19 +174,21 @@ impl Cipher {
             }
             SrtpProfile::AEAD_AES_128_GCM => {
                 let master = Master::<16, 12>::new(key, salt)?;
-                Cipher::Gcm128 {
-                    enc: srtp
-                        .aead_aes_128_gcm()
-                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), encrypt),
+                Cipher::Gcm {
+                    enc: GcmCipher::Aes128(
+                        srtp.aead_aes_128_gcm()
+                            .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), encrypt),
+                    ),
                     salt: master.derive(srtp, LABEL_RTP_SALT),
                 }
             }
             SrtpProfile::AEAD_AES_256_GCM => {
                 let master = Master::<32, 12>::new(key, salt)?;
-                Cipher::Gcm256 {
-                    enc: srtp
-                        .aead_aes_256_gcm()
-                        .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), encrypt),
+                Cipher::Gcm {
+                    enc: GcmCipher::Aes256(
+                        srtp.aead_aes_256_gcm()
+                            .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), encrypt),
+                    ),
                     salt: master.derive(srtp, LABEL_RTP_SALT),
                 }
             }
@@ -186,15 +224,9 @@ impl Cipher {
                 out.truncate(end);
                 out.extend_from_slice(&tag[..Aes128CmSha1_80::HMAC_TAG_LEN]);
             }
-            Cipher::Gcm128 { enc, salt } => {
+            Cipher::Gcm { enc, salt } => {
                 let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
                 out.resize(end + AeadAes128Gcm::TAG_LEN, 0);
-                let (aad, body) = out.split_at_mut(header_len);
-                enc.encrypt(&iv, aad, payload, body)?;
-            }
-            Cipher::Gcm256 { enc, salt } => {
-                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
-                out.resize(end + AeadAes256Gcm::TAG_LEN, 0);
                 let (aad, body) = out.split_at_mut(header_len);
                 enc.encrypt(&iv, aad, payload, body)?;
             }
@@ -241,19 +273,10 @@ impl Cipher {
                     .map_err(|_| OpenError::Auth)?;
                 out.truncate(header_len + body.len());
             }
-            Cipher::Gcm128 { enc, salt } => {
+            Cipher::Gcm { enc, salt } => {
                 let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
                 let body = gcm_body(packet, header_len, AeadAes128Gcm::TAG_LEN)?;
                 out.resize(header_len + body.len() - AeadAes128Gcm::TAG_LEN, 0);
-                let n = enc
-                    .decrypt(&iv, &[header], body, &mut out[header_len..])
-                    .map_err(|_| OpenError::Auth)?;
-                out.truncate(header_len + n);
-            }
-            Cipher::Gcm256 { enc, salt } => {
-                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
-                let body = gcm_body(packet, header_len, AeadAes256Gcm::TAG_LEN)?;
-                out.resize(header_len + body.len() - AeadAes256Gcm::TAG_LEN, 0);
                 let n = enc
                     .decrypt(&iv, &[header], body, &mut out[header_len..])
                     .map_err(|_| OpenError::Auth)?;

@@ -593,6 +593,19 @@ impl Config {
         if let Some(v) = get("CHORUS_CLUSTER_REGION") {
             self.cluster.region = v;
         }
+        if let Some(v) = get("CHORUS_CLUSTER_TRUNK_LISTEN") {
+            self.cluster.trunk_listen = Some(parse("CHORUS_CLUSTER_TRUNK_LISTEN", &v)?);
+        }
+        if let Some(v) = get("CHORUS_CLUSTER_TRUNK_PUBLIC_ADDR") {
+            self.cluster.trunk_public_addr = Some(parse("CHORUS_CLUSTER_TRUNK_PUBLIC_ADDR", &v)?);
+        }
+        if let Some(v) = get("CHORUS_CLUSTER_TRUNK_SECRET") {
+            self.cluster.trunk_secret = Some(v);
+        }
+        if let Some(v) = get("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS") {
+            self.cluster.room_node_participants =
+                parse("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS", &v)?;
+        }
         Ok(())
     }
 
@@ -746,6 +759,9 @@ impl Config {
         if let Some(url) = &mut c.cluster.redis_url {
             *url = redact_userinfo(url);
         }
+        if let Some(secret) = &mut c.cluster.trunk_secret {
+            *secret = REDACTED.to_owned();
+        }
         c
     }
 }
@@ -772,7 +788,8 @@ pub const ENV_VARS: &str = "CHORUS_CONFIG, CHORUS_HTTP_LISTEN, CHORUS_HTTP_MAX_C
 CHORUS_MEDIA_TCP_ENABLED, CHORUS_MEDIA_TCP_PORT_START, CHORUS_MEDIA_DEV_LAN_CANDIDATE, CHORUS_PUBLIC_IP, CHORUS_WORKERS, CHORUS_DEV_MODE, CHORUS_UNSAFE_DEV_MODE_ON_NETWORK, CHORUS_API_KEY + CHORUS_API_SECRET, CHORUS_ROOM_SLOTS, \
 CHORUS_ROOM_MAX_PARTICIPANTS, CHORUS_ROOM_MODE, CHORUS_ROOM_EMPTY_TIMEOUT_SECS, CHORUS_SHUTDOWN_GRACE_PERIOD_SECS, \
 CHORUS_WEBHOOK_URLS (comma-separated), CHORUS_TURN_URLS (comma-separated), CHORUS_TURN_SECRET, CHORUS_LOG, CHORUS_LOG_JSON, \
-CHORUS_CLUSTER_REDIS_URL, CHORUS_CLUSTER_NODE_ID, CHORUS_CLUSTER_PUBLIC_URL, CHORUS_CLUSTER_ADMIN_URL, CHORUS_CLUSTER_REGION";
+CHORUS_CLUSTER_REDIS_URL, CHORUS_CLUSTER_NODE_ID, CHORUS_CLUSTER_PUBLIC_URL, CHORUS_CLUSTER_ADMIN_URL, CHORUS_CLUSTER_REGION, \
+CHORUS_CLUSTER_TRUNK_LISTEN, CHORUS_CLUSTER_TRUNK_PUBLIC_ADDR, CHORUS_CLUSTER_TRUNK_SECRET, CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS";
 
 #[cfg(test)]
 mod tests;

@@ -113,6 +113,13 @@ impl Server {
         let (trunk_peers, trunk_inboxes) =
             worker::trunk::inboxes(worker_count, config.media.trunk_queue_packets);
         let (spans, spans_rx) = tokio::sync::watch::channel(worker::trunk::Spans::default());
+        // Rooms spanning nodes: the node's trunk socket is one more peer of every worker's trunk.
+        let node_outbox = config
+            .cluster
+            .spans_nodes()
+            .then(|| tokio::sync::mpsc::channel(config.cluster.trunk_queue_packets));
+        let mut worker_peers = trunk_peers.clone();
+        worker_peers.extend(node_outbox.as_ref().map(|(tx, _)| tx.clone()));
         let mut workers = Vec::new();
         for (index, inbox) in trunk_inboxes.into_iter().enumerate() {
             let bind =
@@ -138,7 +145,7 @@ impl Server {
                 },
                 trunk: worker::trunk::TrunkSpec {
                     inbox,
-                    peers: trunk_peers.clone(),
+                    peers: worker_peers.clone(),
                     spans: spans_rx.clone(),
                 },
             };
@@ -178,7 +185,7 @@ impl Server {
         let signaling = Arc::new(Signaling::new(
             signaling_config,
             keys,
-            placement,
+            placement.clone(),
             &registry,
         )?);
 
@@ -187,7 +194,15 @@ impl Server {
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
         let http_addr = listener.local_addr()?;
         let cluster = if config.cluster.enabled() {
-            let cluster = cluster::Cluster::new(&config.cluster, http_addr, &registry)?;
+            let trunk = node_outbox.map(|(_, outbox)| {
+                let parts = cluster::trunk_net::TrunkParts {
+                    outbox,
+                    workers: trunk_peers,
+                    spans: spans_rx,
+                };
+                (placement.clone(), parts)
+            });
+            let cluster = cluster::Cluster::new(&config.cluster, http_addr, &registry, trunk)?;
             signaling.set_locator(cluster.clone());
             Some(cluster)
         } else {

@@ -1,9 +1,10 @@
 //! Which worker a participant lives on: a room on one worker (new rooms go to the worker with the fewest
 //! rooms) until it outgrows `media.room_shard_participants`, then on several — its shards (docs/
 //! architecture.md, "Rooms larger than a worker"). The rooms on more than one worker are published to the
-//! workers as [`Spans`] whenever a room's shards change.
+//! workers as [`Spans`] whenever a room's shards change. A room with shards on other nodes (the cluster says
+//! which: [`Placement::set_remote_rooms`]) also lists the node's trunk socket, at index `workers`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use media_core::RoomId;
@@ -38,6 +39,8 @@ pub struct Placement {
     workers: Vec<mpsc::Sender<MediaCommand>>,
     shard_participants: usize,
     rooms: Mutex<HashMap<String, RoomPlace>>,
+    /// The rooms with shards on other nodes (locked after `rooms`).
+    remote: Mutex<HashSet<String>>,
     spans: watch::Sender<Spans>,
 }
 
@@ -56,6 +59,7 @@ impl Placement {
             workers,
             shard_participants: shard_participants.max(1),
             rooms: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashSet::new()),
             spans,
         }
     }
@@ -131,25 +135,57 @@ impl Placement {
         (worker, opened)
     }
 
-    /// Publish the rooms on more than one worker.
+    fn remote(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.remote.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rooms with shards on other nodes now (from the cluster); republishes the spans if they changed.
+    pub fn set_remote_rooms(&self, remote: HashSet<String>) {
+        let rooms = self.lock();
+        let changed = {
+            let mut current = self.remote();
+            let changed = *current != remote;
+            *current = remote;
+            changed
+        };
+        if changed {
+            self.publish(&rooms);
+        }
+    }
+
+    /// Publish the rooms on more than one worker, or with shards on other nodes (those list the trunk
+    /// socket's index, `workers`, too).
     fn publish(&self, rooms: &HashMap<String, RoomPlace>) {
+        let remote = self.remote();
+        let trunk = self.workers.len();
         let spans: HashMap<RoomId, Vec<usize>> = rooms
             .iter()
-            .filter(|(_, p)| p.shards.len() > 1)
-            .map(|(name, p)| {
-                let workers = p.shards.iter().map(|s| s.worker).collect();
-                (RoomId(name.clone()), workers)
+            .filter_map(|(name, p)| {
+                let mut workers: Vec<usize> = p.shards.iter().map(|s| s.worker).collect();
+                if remote.contains(name) {
+                    workers.push(trunk);
+                }
+                (workers.len() > 1).then(|| (RoomId(name.clone()), workers))
             })
             .collect();
         self.spans.send_replace(Arc::new(spans));
+    }
+
+    /// Whether `room` is spanned: on several workers or with shards on other nodes.
+    fn spanned(&self, place: &RoomPlace, room: &str) -> bool {
+        place.shards.len() > 1 || self.remote().contains(room)
     }
 }
 
 impl MediaRouter for Placement {
     fn route(&self, room: &str, participant: ParticipantId) -> mpsc::Sender<MediaCommand> {
         let mut rooms = self.lock();
+        let new_room = !rooms.contains_key(room);
         let (worker, opened) = self.place(&mut rooms, room, participant);
-        if opened {
+        if new_room && self.remote().contains(room) {
+            // The room's first participant here, of a room with shards on other nodes.
+            self.publish(&rooms);
+        } else if opened {
             tracing::info!(
                 room,
                 worker,
@@ -182,7 +218,7 @@ impl MediaRouter for Placement {
 
     fn room_closed(&self, room: &str) {
         let mut rooms = self.lock();
-        let spanned = rooms.remove(room).is_some_and(|p| p.shards.len() > 1);
+        let spanned = rooms.remove(room).is_some_and(|p| self.spanned(&p, room));
         if spanned {
             self.publish(&rooms);
         }
@@ -240,6 +276,32 @@ mod tests {
         assert!(on(&p, "big", 4).same_channel(&w[0]));
         // The second shard empties: it closes, and the room spans one worker again.
         p.left("big", ParticipantId(3));
+        assert!(spans.borrow_and_update().is_empty());
+    }
+
+    #[test]
+    fn a_room_with_shards_on_other_nodes_lists_the_trunk_socket() {
+        let (p, _) = placement(2, 100);
+        let mut spans = p.spans.subscribe();
+        let big = RoomId("big".into());
+        // Another node opened a shard of "big" before its first participant here.
+        p.set_remote_rooms(HashSet::from(["big".to_owned()]));
+        assert!(spans.borrow_and_update().is_empty());
+        on(&p, "big", 1);
+        assert_eq!(spans.borrow_and_update().get(&big), Some(&vec![0, 2]));
+        on(&p, "small", 2);
+        assert_eq!(
+            spans.borrow_and_update().len(),
+            1,
+            "a local room spans nothing"
+        );
+        // The other node's shard closed.
+        p.set_remote_rooms(HashSet::new());
+        assert!(spans.borrow_and_update().is_empty());
+        p.set_remote_rooms(HashSet::from(["big".to_owned()]));
+        assert!(!spans.borrow_and_update().is_empty());
+        p.left("big", ParticipantId(1));
+        p.room_closed("big");
         assert!(spans.borrow_and_update().is_empty());
     }
 

@@ -423,4 +423,9 @@ impl Signaling {
     pub fn participant_count(&self) -> usize {
         self.rooms.participant_count()
     }
+
+    /// Every room of this node with its participants here.
+    pub fn room_sizes(&self) -> Vec<(String, usize)> {
+        self.rooms.room_sizes()
+    }
 }

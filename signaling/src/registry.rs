@@ -390,6 +390,13 @@ impl RoomRegistry {
     pub fn participant_count(&self) -> usize {
         self.lock().values().map(|room| room.members.len()).sum()
     }
+
+    pub fn room_sizes(&self) -> Vec<(String, usize)> {
+        self.lock()
+            .iter()
+            .map(|(name, room)| (name.clone(), room.members.len()))
+            .collect()
+    }
 }
 
 fn snapshot(name: &str, room: &Room) -> RoomSnapshot {

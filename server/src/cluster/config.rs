@@ -1,6 +1,8 @@
 //! The `[cluster]` section: several nodes sharing rooms through Redis. Without `redis_url` the node is
 //! alone, as before.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
@@ -45,6 +47,20 @@ pub struct ClusterConfig {
     /// break of about a rejoin, well under a second), instead of letting the calls finish here. Rooms no
     /// other node takes (all draining or full) still finish here.
     pub migrate_on_drain: bool,
+    /// Rooms spanning nodes: the UDP address this node receives the other nodes' trunk datagrams on
+    /// (`0.0.0.0:7884`). Unset: rooms never span nodes (a join for another node's room is redirected).
+    pub trunk_listen: Option<SocketAddr>,
+    /// The address the other nodes send this node's trunk datagrams to (published in its record); unset:
+    /// `trunk_listen`, which then needs a concrete IP (and a port other than 0 only if it is to be stable).
+    pub trunk_public_addr: Option<SocketAddr>,
+    /// The secret every node of the cluster shares to authenticate trunk datagrams (at least 32 bytes;
+    /// required with `trunk_listen`).
+    pub trunk_secret: Option<String>,
+    /// With `trunk_listen`: when the room's owner node already holds this many of its participants, a join
+    /// reaching another node opens a shard of the room there instead of being redirected.
+    pub room_node_participants: usize,
+    /// Trunk messages waiting for the trunk socket; a full queue is a counted drop.
+    pub trunk_queue_packets: usize,
 }
 
 impl Default for ClusterConfig {
@@ -63,6 +79,11 @@ impl Default for ClusterConfig {
             claim_ttl_ms: 10_000,
             redis_timeout_ms: 1_000,
             migrate_on_drain: true,
+            trunk_listen: None,
+            trunk_public_addr: None,
+            trunk_secret: None,
+            room_node_participants: 5_000,
+            trunk_queue_packets: 4_096,
         }
     }
 }
@@ -71,6 +92,11 @@ impl ClusterConfig {
     /// Whether this node is part of a cluster.
     pub fn enabled(&self) -> bool {
         self.redis_url.is_some()
+    }
+
+    /// Whether rooms may span this node and others.
+    pub fn spans_nodes(&self) -> bool {
+        self.enabled() && self.trunk_listen.is_some()
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -127,9 +153,31 @@ impl ClusterConfig {
         if !(50..=30_000).contains(&self.redis_timeout_ms) {
             return invalid("cluster.redis_timeout_ms must be 50..=30000");
         }
+        if let Some(listen) = self.trunk_listen {
+            if self
+                .trunk_secret
+                .as_ref()
+                .is_none_or(|s| s.len() < MIN_TRUNK_SECRET_BYTES)
+            {
+                return invalid("cluster.trunk_secret of at least 32 bytes is required with cluster.trunk_listen");
+            }
+            let public = self.trunk_public_addr.unwrap_or(listen);
+            if public.ip().is_unspecified() {
+                return invalid("cluster.trunk_public_addr is required when cluster.trunk_listen has no concrete IP");
+            }
+        }
+        if self.room_node_participants == 0 {
+            return invalid("cluster.room_node_participants must be at least 1");
+        }
+        if !(16..=1_000_000).contains(&self.trunk_queue_packets) {
+            return invalid("cluster.trunk_queue_packets must be 16..=1000000");
+        }
         Ok(())
     }
 }
+
+/// The shortest `trunk_secret`: 256 bits of a random hex or base64 string.
+pub const MIN_TRUNK_SECRET_BYTES: usize = 32;
 
 /// At most 64 of `[A-Za-z0-9_.-]` (Redis keys and node ids stay readable and bounded).
 fn valid_label(s: &str) -> bool {
@@ -175,6 +223,16 @@ mod tests {
             },
             ClusterConfig {
                 key_prefix: String::new(),
+                ..Default::default()
+            },
+            ClusterConfig {
+                trunk_listen: Some("127.0.0.1:7884".parse().expect("an address")),
+                trunk_secret: Some("short".into()),
+                ..Default::default()
+            },
+            ClusterConfig {
+                trunk_listen: Some("0.0.0.0:7884".parse().expect("an address")),
+                trunk_secret: Some("x".repeat(32)),
                 ..Default::default()
             },
         ];

@@ -6,7 +6,14 @@ use super::LiveNode;
 use crate::metrics::{counter, counter_vec, gauge};
 
 /// The `op` label values of `chorus_cluster_redis_errors_total`.
-pub const OPS: [&str; 5] = ["heartbeat", "nodes", "place", "refresh", "release"];
+pub const OPS: [&str; 6] = [
+    "heartbeat",
+    "nodes",
+    "place",
+    "refresh",
+    "release",
+    "shards",
+];
 
 /// How a join of a room was located (`result` of `chorus_cluster_locate_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +24,8 @@ pub enum Located {
     Here,
     /// Another node owns it: `redirect`.
     Redirect,
+    /// Another node owns it and holds `room_node_participants` of it: a shard of it opened here.
+    Shard,
     /// Redis did not answer: `cluster_unavailable`.
     Unavailable,
     /// No live node takes new rooms: `cluster_unavailable`.
@@ -24,10 +33,11 @@ pub enum Located {
 }
 
 impl Located {
-    pub const ALL: [Located; 5] = [
+    pub const ALL: [Located; 6] = [
         Located::Hosted,
         Located::Here,
         Located::Redirect,
+        Located::Shard,
         Located::Unavailable,
         Located::NoCandidate,
     ];
@@ -37,6 +47,7 @@ impl Located {
             Located::Hosted => "hosted",
             Located::Here => "here",
             Located::Redirect => "redirect",
+            Located::Shard => "shard",
             Located::Unavailable => "unavailable",
             Located::NoCandidate => "no_candidate",
         }

@@ -7,15 +7,22 @@
 //! reaching another node is answered with `redirect` to the owner's URL ([`signaling::locator`]); a join
 //! of a room this node hosts never waits for Redis, so calls and their joins go on while Redis is down.
 //!
+//! With `trunk_listen`, a room whose owner holds `room_node_participants` of it spans nodes instead: a join
+//! reaching another node opens a shard there (`span`), and the shards exchange trunk messages as
+//! authenticated UDP datagrams (`trunk_wire`, `trunk_net`).
+//!
 //! `config` (the `[cluster]` section), `store` (keys, records, the scripts), `metrics`, `admin` (the
 //! cluster-wide node list).
 
 pub mod admin;
 pub mod config;
 mod metrics;
+mod span;
 mod store;
+pub mod trunk_net;
+pub mod trunk_wire;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +36,7 @@ use tracing::{info, warn};
 
 pub use config::ClusterConfig;
 use metrics::{ClusterMetrics, Located};
+pub use span::Spanning;
 pub use store::{LiveNode, NodeRecord};
 use store::{Store, StoreError};
 
@@ -43,6 +51,8 @@ pub struct Cluster {
     metrics: ClusterMetrics,
     /// For admin requests forwarded to other nodes.
     http: reqwest::Client,
+    /// Rooms spanning nodes (with `trunk_listen`).
+    spanning: Option<Spanning>,
 }
 
 impl Cluster {
@@ -52,6 +62,7 @@ impl Cluster {
         config: &ClusterConfig,
         http_addr: SocketAddr,
         registry: &prometheus::Registry,
+        trunk: Option<(Arc<crate::placement::Placement>, trunk_net::TrunkParts)>,
     ) -> anyhow::Result<Arc<Cluster>> {
         let redis_url = config
             .redis_url
@@ -73,6 +84,32 @@ impl Cluster {
             .clone()
             .unwrap_or_else(|| format!("http://{http_addr}"));
         info!(node = %id, %url, region = %config.region, "cluster node (Redis shared state)");
+        let trunk_metrics = trunk_net::TrunkNetMetrics::new(registry)?;
+        let spanning = match (trunk, config.trunk_listen, &config.trunk_secret) {
+            (Some((placement, parts)), Some(listen), Some(secret)) => {
+                let key = trunk_wire::WireKey::derive(secret.as_bytes());
+                let mut boot = [0u8; 8];
+                aws_lc_rs::rand::fill(&mut boot)
+                    .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+                let (addr, remote) = trunk_net::start(
+                    listen,
+                    config.trunk_public_addr,
+                    trunk_wire::Sealer::new(key.clone(), &id, u64::from_be_bytes(boot)),
+                    trunk_wire::Opener::new(key),
+                    parts,
+                    trunk_metrics,
+                )?;
+                Some(Spanning::new(
+                    placement,
+                    remote,
+                    addr,
+                    config.room_node_participants,
+                    // A join located here is admitted well within two heartbeats.
+                    Duration::from_millis(2 * config.heartbeat_ms),
+                ))
+            }
+            _ => None,
+        };
         Ok(Arc::new(Cluster {
             id,
             url,
@@ -85,6 +122,7 @@ impl Cluster {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .context("the HTTP client for forwarded admin requests")?,
+            spanning,
         }))
     }
 
@@ -113,7 +151,7 @@ impl Cluster {
 
     /// The node a join of a room this node does not host goes to: the room's live owner, or the node it
     /// is placed on now.
-    async fn place(&self, room: &str) -> Result<Location, LocateError> {
+    async fn place(&self, room: &str) -> Result<(Location, Located), LocateError> {
         let nodes = self.nodes().await.map_err(|_| LocateError::Unreachable)?;
         let candidate = choose(&nodes, &self.region, self.config.same_region);
         let placed = self
@@ -131,12 +169,28 @@ impl Cluster {
             .map_err(|_| LocateError::Unreachable)?
             .ok_or(LocateError::NoCandidate)?;
         if owner == self.id {
-            return Ok(Location::Here);
+            return Ok((Location::Here, Located::Here));
         }
+        // A shard opens only on a node that takes rooms (not draining, below capacity).
+        let open_here = nodes
+            .iter()
+            .any(|n| n.record.id == self.id && n.record.takes_rooms());
+        if let (Some(spanning), true) = (&self.spanning, open_here) {
+            let ttl = Duration::from_millis(self.config.claim_ttl_ms);
+            let opened = spanning
+                .open(&self.store, &self.id, ttl, room, &owner, &nodes)
+                .await;
+            self.observe(&opened, "shards");
+            if let Ok(true) = opened {
+                info!(%room, %owner, "room spans this node: a shard of it opened here");
+                return Ok((Location::Here, Located::Shard));
+            }
+        }
+        let redirect = |url: String| -> Result<(Location, Located), LocateError> {
+            Ok((Location::Elsewhere { url }, Located::Redirect))
+        };
         match nodes.iter().find(|n| n.record.id == owner) {
-            Some(node) => Ok(Location::Elsewhere {
-                url: node.record.url.clone(),
-            }),
+            Some(node) => redirect(node.record.url.clone()),
             // The owner wrote its first record after the list was read: read it again.
             None => {
                 let nodes = self.nodes().await.map_err(|_| LocateError::Unreachable)?;
@@ -144,9 +198,7 @@ impl Cluster {
                     .into_iter()
                     .find(|n| n.record.id == owner)
                     .ok_or(LocateError::Unreachable)?;
-                Ok(Location::Elsewhere {
-                    url: node.record.url,
-                })
+                redirect(node.record.url)
             }
         }
     }
@@ -193,6 +245,7 @@ impl Cluster {
                 signaling,
                 cpu: WorkerCpu::new(busy, workers),
                 hosted: HashSet::new(),
+                shards: HashSet::new(),
             };
             let period = Duration::from_millis(heart.cluster.config.heartbeat_ms);
             let mut tick = tokio::time::interval(period);
@@ -238,12 +291,11 @@ impl RoomLocator for Cluster {
             }
             let located = self.place(room).await;
             self.metrics.located(match &located {
-                Ok(Location::Here) => Located::Here,
-                Ok(Location::Elsewhere { .. }) => Located::Redirect,
+                Ok((_, how)) => *how,
                 Err(LocateError::Unreachable) => Located::Unavailable,
                 Err(LocateError::NoCandidate) => Located::NoCandidate,
             });
-            located
+            located.map(|(location, _)| location)
         })
     }
 }
@@ -274,12 +326,15 @@ struct Heart {
     cpu: WorkerCpu,
     /// The rooms this node hosted at the last beat: those gone since have their claims released.
     hosted: HashSet<String>,
+    /// The rooms whose shard this node wrote at the last beat: those no longer written are removed.
+    shards: HashSet<String>,
 }
 
 impl Heart {
     async fn beat(&mut self) {
         let cluster = &self.cluster;
-        let rooms = self.signaling.room_names();
+        let sizes: HashMap<String, usize> = self.signaling.room_sizes().into_iter().collect();
+        let rooms: Vec<String> = sizes.keys().cloned().collect();
         let record = NodeRecord {
             id: cluster.id.clone(),
             url: cluster.url.clone(),
@@ -292,6 +347,7 @@ impl Heart {
             worker_cpu: self.cpu.sample(Instant::now()),
             workers: u32::try_from(self.cpu.workers).unwrap_or(u32::MAX),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            trunk_addr: cluster.spanning.as_ref().map(|s| s.trunk_addr),
         };
         let was_up = cluster.metrics.redis_up();
         let written = cluster
@@ -316,11 +372,20 @@ impl Heart {
             .collect();
         let cluster = &self.cluster;
         let claim_ttl = Duration::from_millis(cluster.config.claim_ttl_ms);
-        let refreshed = cluster
+        let mut refreshed = cluster
             .store
             .refresh(&claimed, &cluster.id, claim_ttl)
             .await;
         cluster.observe(&refreshed, "refresh");
+        if let (Ok(conflicts), Some(spanning)) = (&mut refreshed, &cluster.spanning) {
+            // A shard of another node's room is not a conflict; one whose claim came here is owned now.
+            for room in &claimed {
+                if spanning.is_opened(room) && !conflicts.contains(room) {
+                    spanning.owned(room);
+                }
+            }
+            conflicts.retain(|room| !spanning.is_opened(room));
+        }
         if let Ok(conflicts) = &refreshed {
             if !conflicts.is_empty() {
                 warn!(
@@ -339,6 +404,19 @@ impl Heart {
         self.hosted = now;
         if let Ok(nodes) = cluster.nodes().await {
             cluster.metrics.totals(&nodes);
+            if let Some(spanning) = &cluster.spanning {
+                let spanned = spanning
+                    .beat(
+                        &cluster.store,
+                        &cluster.id,
+                        claim_ttl,
+                        &sizes,
+                        &nodes,
+                        &mut self.shards,
+                    )
+                    .await;
+                cluster.observe(&spanned, "shards");
+            }
         }
     }
 }
@@ -472,6 +550,7 @@ mod tests {
                 worker_cpu: 0.0,
                 workers: 1,
                 version: "0".into(),
+                trunk_addr: None,
             },
             placed,
         }

@@ -7,11 +7,16 @@
 //! - `{p}:room:{name}`: the id of the node that owns the room, expiring `claim_ttl_ms` after the owner's
 //!   last refresh;
 //! - `{p}:placed:{id}`: rooms placed on the node since its last heartbeat (not yet in its record), so that
-//!   rooms created in a burst spread instead of all going to the node that looked emptiest.
+//!   rooms created in a burst spread instead of all going to the node that looked emptiest;
+//! - `{p}:shards:{name}`: a hash of the nodes holding a shard of a room that spans (or may span) nodes,
+//!   node id → its participants in the room, expiring `claim_ttl_ms` after the last node's refresh (a dead
+//!   node's field is ignored by readers: its record is gone).
 //!
 //! The scripts name the node and placed keys they touch from a prefix: a single Redis (or a primary with
 //! replicas), not Redis Cluster.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -38,6 +43,10 @@ pub struct NodeRecord {
     pub worker_cpu: f64,
     pub workers: u32,
     pub version: String,
+    /// Where other nodes send trunk datagrams for rooms spanning this node (`cluster.trunk_public_addr`);
+    /// none: rooms do not span this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk_addr: Option<SocketAddr>,
 }
 
 impl NodeRecord {
@@ -152,6 +161,54 @@ impl Store {
 
     fn room_key(&self, room: &str) -> String {
         format!("{}:room:{room}", self.prefix)
+    }
+
+    fn shards_key(&self, room: &str) -> String {
+        format!("{}:shards:{room}", self.prefix)
+    }
+
+    /// Writes this node's shard of each room (its participants there), alive for `ttl`, and reads every
+    /// node's shards of those rooms (node id → participants), in one round trip.
+    pub async fn shards(
+        &self,
+        mine: &[(String, u64)],
+        me: &str,
+        ttl: Duration,
+    ) -> Result<Vec<HashMap<String, u64>>, StoreError> {
+        if mine.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for (room, participants) in mine {
+            let key = self.shards_key(room);
+            pipe.hset(&key, me, participants)
+                .ignore()
+                .pexpire(&key, millis(ttl).try_into().unwrap_or(i64::MAX))
+                .ignore()
+                .hgetall(&key);
+        }
+        Ok(pipe.query_async(&mut conn).await?)
+    }
+
+    /// Every node's shards of `room` (node id → participants).
+    pub async fn room_shards(&self, room: &str) -> Result<HashMap<String, u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.hgetall(self.shards_key(room)).await?)
+    }
+
+    /// Removes this node's shards of `rooms`.
+    pub async fn remove_shards(&self, rooms: &[String], me: &str) -> Result<(), StoreError> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.hdel(self.shards_key(room), me).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
     }
 
     /// Writes this node's record (alive for `ttl`) and clears its placed count: the record counts its rooms
@@ -316,6 +373,7 @@ mod tests {
             worker_cpu: cpu,
             workers: 2,
             version: "0".into(),
+            trunk_addr: Some("10.0.0.7:7884".parse().expect("an address")),
         }
     }
 

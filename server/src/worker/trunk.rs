@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{counter, counter_vec};
 
-/// The rooms on more than one worker of this process, each with its shards' worker indexes.
+/// The rooms on more than one worker of this process, each with its shards' worker indexes; index
+/// `workers` (one past the last worker) is the node's trunk socket, listed for rooms with shards on other
+/// nodes (`cluster::trunk_net`).
 pub type Spans = Arc<HashMap<RoomId, Vec<usize>>>;
 
 /// A trunk message on its way to another worker, with the instant the sending worker handed it over.

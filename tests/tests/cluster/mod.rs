@@ -4,7 +4,9 @@
 //! of a node killed with SIGKILL rejoin through the entry URL (as the SDKs do) and hear each other again
 //! within 10 s; a drained node hands its room to another node and its clients, redirected mid-call, hear
 //! each other there within seconds; with Redis killed a call goes on, a join of a new room gets
-//! `cluster_unavailable`, and joins work again once Redis is back.
+//! `cluster_unavailable`, and joins work again once Redis is back. A room spanning two nodes: `span_nodes`.
+
+mod span_nodes;
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -45,14 +47,24 @@ impl Redis {
     }
 
     async fn pong(&self) -> bool {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
-            return false;
-        };
-        let mut reply = [0u8; 7];
-        s.write_all(b"PING\r\n").await.is_ok()
-            && s.read_exact(&mut reply).await.is_ok()
-            && &reply == b"+PONG\r\n"
+        self.query("PING").await.as_deref() == Some("+PONG")
+    }
+
+    /// One inline command (no reply longer than a line expected); its reply line, if Redis answered.
+    async fn query(&self, command: &str) -> Option<String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        s.write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(s)
+            .read_line(&mut line)
+            .await
+            .ok()?;
+        Some(line.trim_end().to_owned())
     }
 
     fn url(&self) -> String {
@@ -80,20 +92,26 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> anyhow::Result<Cluster> {
+        Self::start_nodes(3, &[]).await
+    }
+
+    /// Redis and `count` nodes, each with the environment `extra` too.
+    async fn start_nodes(count: usize, extra: &[(&str, &str)]) -> anyhow::Result<Cluster> {
         let redis = Redis::start(free_tcp_port()).await?;
         let mut nodes = Vec::new();
-        for i in 0..3 {
+        for i in 0..count {
             let id = format!("node-{i}");
             let env = [
                 ("CHORUS_CLUSTER_REDIS_URL", redis.url()),
                 ("CHORUS_CLUSTER_NODE_ID", id),
             ];
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            env.extend_from_slice(extra);
             nodes.push(Server::start_with_env(&[], &env).await?);
         }
         let cluster = Cluster { redis, nodes };
         let deadline = Instant::now() + SECONDS;
-        while cluster.listed(0).await?.len() < 3 {
+        while cluster.listed(0).await?.len() < count {
             if Instant::now() > deadline {
                 bail!("the nodes did not register: {:?}", cluster.listed(0).await?);
             }
@@ -250,7 +268,7 @@ async fn rooms_spread_over_the_nodes_and_a_client_is_redirected_to_the_owner() -
         .split('`')
         .filter(|word| word.starts_with("chorus_cluster_"))
         .collect();
-    assert_eq!(documented.len(), 10, "{documented:?}");
+    assert_eq!(documented.len(), 11, "{documented:?}");
     for name in documented {
         assert!(exposed.contains(&format!("\n{name}")), "{name} not exposed");
     }

@@ -1,0 +1,228 @@
+//! Rooms larger than a node (docs/architecture.md, "Rooms larger than a node"): which rooms have shards
+//! on other nodes, and where.
+//!
+//! A node holding a room that may span nodes (its owner holds `room_node_participants` of it, or it already
+//! spans) writes its shard into the room's shard hash in Redis (node id → participants there) at every
+//! heartbeat and reads the others'; a join of a full room reaching another node opens a shard there
+//! ([`Spanning::open`]) instead of being redirected. The other live nodes' trunk addresses (from their
+//! records) become the [`RemoteShards`] the trunk socket sends to, and the rooms among them are told to
+//! placement, which lists the trunk socket in the room's [`Spans`](crate::worker::trunk::Spans).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use media_core::RoomId;
+use tokio::sync::watch;
+
+use super::store::{LiveNode, Store, StoreError};
+use super::trunk_net::RemoteShards;
+use crate::placement::Placement;
+
+/// This node's part in rooms spanning nodes.
+pub struct Spanning {
+    placement: Arc<Placement>,
+    remote: watch::Sender<RemoteShards>,
+    /// This node's trunk address, as published in its record.
+    pub(super) trunk_addr: SocketAddr,
+    /// `cluster.room_node_participants`.
+    limit: u64,
+    /// How long a shard opened by a join waits for that join to be admitted before the heartbeat drops it.
+    admit_grace: Duration,
+    /// The rooms this node opened a shard of while another node owns them, and when.
+    opened: Mutex<HashMap<String, Instant>>,
+}
+
+impl Spanning {
+    pub fn new(
+        placement: Arc<Placement>,
+        remote: watch::Sender<RemoteShards>,
+        trunk_addr: SocketAddr,
+        limit: usize,
+        admit_grace: Duration,
+    ) -> Spanning {
+        Spanning {
+            placement,
+            remote,
+            trunk_addr,
+            limit: u64::try_from(limit).unwrap_or(u64::MAX),
+            admit_grace,
+            opened: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn opened(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.opened.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this node holds `room` as a shard of another node's room (its claim is not this node's).
+    pub(super) fn is_opened(&self, room: &str) -> bool {
+        self.opened().contains_key(room)
+    }
+
+    /// A room this node opened a shard of is its own now (its owner released the claim).
+    pub(super) fn owned(&self, room: &str) {
+        self.opened().remove(room);
+    }
+
+    /// A join of `room`, owned by `owner` on another node, reached this node: when the owner holds
+    /// `room_node_participants` of it, a shard opens here (returns true) and the room's other shards are
+    /// known at once.
+    pub(super) async fn open(
+        &self,
+        store: &Store,
+        me: &str,
+        ttl: Duration,
+        room: &str,
+        owner: &str,
+        nodes: &[LiveNode],
+    ) -> Result<bool, StoreError> {
+        let shards = store.room_shards(room).await?;
+        if shards.get(owner).is_none_or(|&n| n < self.limit) {
+            return Ok(false);
+        }
+        let mine = [(room.to_owned(), 0)];
+        let shards = store.shards(&mine, me, ttl).await?;
+        self.opened().insert(room.to_owned(), Instant::now());
+        let addrs = shards
+            .first()
+            .map(|s| addresses(me, s, nodes))
+            .unwrap_or_default();
+        let mut remote = (**self.remote.borrow()).clone();
+        remote.insert(RoomId(room.to_owned()), addrs);
+        self.publish(remote);
+        Ok(true)
+    }
+
+    /// At a heartbeat: writes this node's shards of the rooms that may span (`sizes`: the participants of
+    /// each room hosted here), reads the others', removes the shards of rooms that ended here (`written`:
+    /// the rooms written at the previous beat) and publishes the remote shards.
+    pub(super) async fn beat(
+        &self,
+        store: &Store,
+        me: &str,
+        ttl: Duration,
+        sizes: &HashMap<String, usize>,
+        nodes: &[LiveNode],
+        written: &mut HashSet<String>,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let opened: HashSet<String> = {
+            let mut opened = self.opened();
+            opened.retain(|room, at| {
+                sizes.contains_key(room) || now.duration_since(*at) < self.admit_grace
+            });
+            opened.keys().cloned().collect()
+        };
+        let spanned = self.remote.borrow().clone();
+        let mut mine: Vec<(String, u64)> = sizes
+            .iter()
+            .map(|(room, &n)| (room, u64::try_from(n).unwrap_or(u64::MAX)))
+            .filter(|(room, n)| {
+                *n >= self.limit
+                    || opened.contains(*room)
+                    || spanned.contains_key(&RoomId((*room).clone()))
+            })
+            .map(|(room, n)| (room.clone(), n))
+            .collect();
+        mine.extend(
+            opened
+                .iter()
+                .filter(|room| !sizes.contains_key(*room))
+                .map(|room| (room.clone(), 0)),
+        );
+        let shards = store.shards(&mine, me, ttl).await?;
+        let now_written: HashSet<String> = mine.iter().map(|(room, _)| room.clone()).collect();
+        let gone: Vec<String> = written.difference(&now_written).cloned().collect();
+        store.remove_shards(&gone, me).await?;
+        *written = now_written;
+        let mut remote: HashMap<RoomId, Vec<SocketAddr>> = mine
+            .iter()
+            .zip(&shards)
+            .map(|((room, _), s)| (RoomId(room.clone()), addresses(me, s, nodes)))
+            .filter(|(_, addrs)| !addrs.is_empty())
+            .collect();
+        // Shards opened by joins while this beat ran keep what those joins found.
+        let current = self.remote.borrow().clone();
+        for room in self.opened().keys() {
+            let id = RoomId(room.clone());
+            if !written.contains(room) {
+                if let Some(addrs) = current.get(&id) {
+                    remote.insert(id, addrs.clone());
+                }
+            }
+        }
+        self.publish(remote);
+        Ok(())
+    }
+
+    /// The rooms with shards elsewhere, to the trunk socket and to placement.
+    fn publish(&self, remote: HashMap<RoomId, Vec<SocketAddr>>) {
+        let rooms: HashSet<String> = remote.keys().map(|r| r.0.clone()).collect();
+        self.remote.send_if_modified(|current| {
+            if **current == remote {
+                return false;
+            }
+            *current = Arc::new(remote);
+            true
+        });
+        self.placement.set_remote_rooms(rooms);
+    }
+}
+
+/// The trunk addresses of the live nodes other than `me` holding a shard, in node id order.
+fn addresses(me: &str, shards: &HashMap<String, u64>, nodes: &[LiveNode]) -> Vec<SocketAddr> {
+    let mut ids: Vec<&String> = shards.keys().filter(|id| id.as_str() != me).collect();
+    ids.sort();
+    ids.into_iter()
+        .filter_map(|id| nodes.iter().find(|n| &n.record.id == id))
+        .filter_map(|n| n.record.trunk_addr)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::NodeRecord;
+
+    fn live(id: &str, trunk: Option<&str>) -> LiveNode {
+        LiveNode {
+            record: NodeRecord {
+                id: id.into(),
+                url: format!("ws://{id}/ws"),
+                admin_url: String::new(),
+                region: String::new(),
+                draining: false,
+                capacity_participants: 100,
+                participants: 0,
+                rooms: 0,
+                worker_cpu: 0.0,
+                workers: 1,
+                version: "0".into(),
+                trunk_addr: trunk.map(|t| t.parse().expect("an address")),
+            },
+            placed: 0,
+        }
+    }
+
+    #[test]
+    fn the_other_live_nodes_with_a_trunk_are_the_addresses() {
+        let nodes = [
+            live("a", Some("10.0.0.1:7884")),
+            live("b", Some("10.0.0.2:7884")),
+            live("c", None),
+        ];
+        let shards = HashMap::from([
+            ("a".to_owned(), 3),
+            ("b".to_owned(), 1),
+            ("c".to_owned(), 1),
+            ("dead".to_owned(), 9),
+        ]);
+        let addrs = addresses("a", &shards, &nodes);
+        assert_eq!(
+            addrs,
+            vec!["10.0.0.2:7884".parse::<SocketAddr>().expect("an address")]
+        );
+    }
+}

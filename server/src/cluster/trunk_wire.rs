@@ -1,0 +1,489 @@
+//! Trunk messages between nodes: one [`TrunkMessage`] per UDP datagram, authenticated with HMAC-SHA256
+//! under a key every node derives from `cluster.trunk_secret` (docs/architecture.md, "Rooms larger than a
+//! node").
+//!
+//! Layout (integers big-endian):
+//!
+//! ```text
+//! version u8 (1) | kind u8 (1 audio, 2 withdrawn) | boot u64 | seq u64 | sent_us u64
+//! | node_len u8 | node | room_len u16 | room | speaker u64
+//! | audio only: ssrc u32 | rtp_seq u64 | timestamp u32 | level u8 (255: none) | payload_len u16 | payload
+//! | tag [32]: HMAC-SHA256 over everything before it
+//! ```
+//!
+//! `boot` is random per start of the sending node and `seq` counts its datagrams from 1, so a receiver
+//! keeps a replay window per (node, boot); `sent_us` is the sender's wall clock in µs since the Unix epoch,
+//! for the hop metric and to refuse stale datagrams (a replay older than any window). The version is read
+//! before the tag (another version may authenticate differently), everything else after it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::hmac;
+use media_core::{ParticipantId, RoomId, Ssrc, TrunkMessage, TrunkPacket};
+
+/// The only version this node speaks.
+pub const VERSION: u8 = 1;
+
+/// The largest datagram sent or accepted: a 1500-byte Ethernet MTU less the IPv4 and UDP headers.
+pub const MAX_DATAGRAM_BYTES: usize = 1472;
+
+/// A datagram whose send time is further than this from the receiver's clock (either way) is refused:
+/// nodes keep their clocks within milliseconds (NTP), and the replay windows need not remember longer.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(2);
+
+/// A sender (node and boot) not heard from this long is forgotten.
+const SENDER_IDLE: Duration = Duration::from_secs(60);
+
+/// Most senders remembered at once (a cluster's nodes and their recent restarts).
+const MAX_SENDERS: usize = 1024;
+
+/// Datagrams this far below a sender's newest are refused as replays (a reordering deeper than 64
+/// datagrams is a loss).
+const REPLAY_WINDOW: u64 = 64;
+
+const TAG_BYTES: usize = 32;
+const KIND_AUDIO: u8 = 1;
+const KIND_WITHDRAWN: u8 = 2;
+const NO_LEVEL: u8 = 255;
+const MAX_NODE_BYTES: usize = 64;
+/// version, kind, boot, seq, sent_us, node_len, room_len, speaker: the smallest possible message.
+const MIN_BYTES: usize = 1 + 1 + 8 + 8 + 8 + 1 + 2 + 8 + TAG_BYTES;
+
+/// Why a datagram was refused (or a message could not be sent); each has its own metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("datagram shorter than its fields")]
+    Truncated,
+    #[error("datagram longer than 1472 bytes")]
+    Oversized,
+    #[error("unknown trunk version {0}")]
+    Version(u8),
+    #[error("authentication tag does not match")]
+    BadTag,
+    #[error("malformed field: {0}")]
+    Malformed(&'static str),
+    #[error("sequence number already seen or too old")]
+    Replay,
+    #[error("send time more than 2 s from this node's clock")]
+    Stale,
+}
+
+impl WireError {
+    /// The `result` label of `chorus_cluster_trunk_datagrams_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            WireError::Truncated => "truncated",
+            WireError::Oversized => "oversized",
+            WireError::Version(_) => "bad_version",
+            WireError::BadTag => "bad_tag",
+            WireError::Malformed(_) => "malformed",
+            WireError::Replay => "replay",
+            WireError::Stale => "stale",
+        }
+    }
+
+    /// Every label, for the metric's declaration.
+    pub const LABELS: [&'static str; 7] = [
+        "truncated",
+        "oversized",
+        "bad_version",
+        "bad_tag",
+        "malformed",
+        "replay",
+        "stale",
+    ];
+}
+
+/// The key every node derives from the shared secret: HMAC-SHA256(secret, label), so the secret itself
+/// never keys anything and another use of it would derive another key.
+#[derive(Clone)]
+pub struct WireKey(hmac::Key);
+
+impl WireKey {
+    pub fn derive(secret: &[u8]) -> WireKey {
+        let master = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let derived = hmac::sign(&master, b"chorus cluster trunk v1");
+        WireKey(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+    }
+}
+
+/// This node's sending side: its id, boot and next sequence number.
+pub struct Sealer {
+    key: WireKey,
+    node: String,
+    boot: u64,
+    seq: u64,
+}
+
+impl Sealer {
+    /// `node`: this node's id (at most 64 bytes, as `cluster.node_id` is); `boot`: random per start.
+    pub fn new(key: WireKey, node: &str, boot: u64) -> Sealer {
+        Sealer {
+            key,
+            node: node.to_owned(),
+            boot,
+            seq: 0,
+        }
+    }
+
+    /// One datagram carrying `message`, sent at `now`. Refused (`Oversized`, `Malformed`) only for a
+    /// message no receiver would accept; the sequence number is used only by datagrams returned.
+    pub fn seal(&mut self, message: &TrunkMessage, now: SystemTime) -> Result<Vec<u8>, WireError> {
+        let (kind, room, speaker) = match message {
+            TrunkMessage::Audio(p) => (KIND_AUDIO, &p.room, p.speaker),
+            TrunkMessage::Withdrawn { room, speaker } => (KIND_WITHDRAWN, room, *speaker),
+        };
+        let node_len = u8::try_from(self.node.len())
+            .ok()
+            .filter(|&n| usize::from(n) <= MAX_NODE_BYTES)
+            .ok_or(WireError::Malformed("node id"))?;
+        let room_len = u16::try_from(room.0.len()).map_err(|_| WireError::Malformed("room"))?;
+        let mut out = Vec::with_capacity(256);
+        out.push(VERSION);
+        out.push(kind);
+        out.extend_from_slice(&self.boot.to_be_bytes());
+        out.extend_from_slice(&(self.seq + 1).to_be_bytes());
+        out.extend_from_slice(&unix_micros(now).to_be_bytes());
+        out.push(node_len);
+        out.extend_from_slice(self.node.as_bytes());
+        out.extend_from_slice(&room_len.to_be_bytes());
+        out.extend_from_slice(room.0.as_bytes());
+        out.extend_from_slice(&speaker.0.to_be_bytes());
+        if let TrunkMessage::Audio(p) = message {
+            let payload_len = u16::try_from(p.payload.len()).map_err(|_| WireError::Oversized)?;
+            out.extend_from_slice(&p.ssrc.0.to_be_bytes());
+            out.extend_from_slice(&p.seq.to_be_bytes());
+            out.extend_from_slice(&p.timestamp.to_be_bytes());
+            out.push(p.level.map_or(NO_LEVEL, |l| l.min(127)));
+            out.extend_from_slice(&payload_len.to_be_bytes());
+            out.extend_from_slice(&p.payload);
+        }
+        if out.len() + TAG_BYTES > MAX_DATAGRAM_BYTES {
+            return Err(WireError::Oversized);
+        }
+        let tag = hmac::sign(&self.key.0, &out);
+        out.extend_from_slice(tag.as_ref());
+        self.seq += 1;
+        Ok(out)
+    }
+}
+
+/// A verified datagram.
+#[derive(Debug, PartialEq)]
+pub struct Opened {
+    /// The sending node's id.
+    pub node: String,
+    /// When the sender sealed it, by the sender's clock.
+    pub sent: SystemTime,
+    pub message: TrunkMessage,
+}
+
+/// What a receiver remembers of one sender (node and boot).
+struct Window {
+    /// The highest sequence number accepted.
+    top: u64,
+    /// Bit i: `top - i` was accepted.
+    seen: u64,
+    heard: SystemTime,
+}
+
+/// This node's receiving side: the key and a replay window per sender.
+pub struct Opener {
+    key: WireKey,
+    windows: HashMap<(Arc<str>, u64), Window>,
+}
+
+impl Opener {
+    pub fn new(key: WireKey) -> Opener {
+        Opener {
+            key,
+            windows: HashMap::new(),
+        }
+    }
+
+    /// Verifies and decodes one datagram received at `now`.
+    pub fn open(&mut self, datagram: &[u8], now: SystemTime) -> Result<Opened, WireError> {
+        if datagram.len() > MAX_DATAGRAM_BYTES {
+            return Err(WireError::Oversized);
+        }
+        if datagram.len() < MIN_BYTES {
+            return Err(WireError::Truncated);
+        }
+        if datagram[0] != VERSION {
+            return Err(WireError::Version(datagram[0]));
+        }
+        let (body, tag) = datagram.split_at(datagram.len() - TAG_BYTES);
+        hmac::verify(&self.key.0, body, tag).map_err(|_| WireError::BadTag)?;
+        let mut r = Reader(&body[1..]);
+        let kind = r.u8()?;
+        let boot = r.u64()?;
+        let seq = r.u64()?;
+        let sent = UNIX_EPOCH + Duration::from_micros(r.u64()?);
+        let node_len = usize::from(r.u8()?);
+        let node = r.str(node_len, "node id")?;
+        let room_len = usize::from(r.u16()?);
+        let room = RoomId(r.str(room_len, "room")?.to_owned());
+        let speaker = ParticipantId(r.u64()?);
+        let message = match kind {
+            KIND_AUDIO => {
+                let ssrc = Ssrc(r.u32()?);
+                let rtp_seq = r.u64()?;
+                let timestamp = r.u32()?;
+                let level = match r.u8()? {
+                    NO_LEVEL => None,
+                    l if l <= 127 => Some(l),
+                    _ => return Err(WireError::Malformed("level")),
+                };
+                let len = usize::from(r.u16()?);
+                let payload: Arc<[u8]> = Arc::from(r.take(len)?);
+                TrunkMessage::Audio(TrunkPacket {
+                    room,
+                    speaker,
+                    ssrc,
+                    seq: rtp_seq,
+                    timestamp,
+                    level,
+                    payload,
+                })
+            }
+            KIND_WITHDRAWN => TrunkMessage::Withdrawn { room, speaker },
+            _ => return Err(WireError::Malformed("kind")),
+        };
+        if !r.0.is_empty() {
+            return Err(WireError::Malformed("trailing bytes"));
+        }
+        let skew = now.duration_since(sent).unwrap_or_else(|e| e.duration());
+        if skew > MAX_CLOCK_SKEW {
+            return Err(WireError::Stale);
+        }
+        let node = node.to_owned();
+        self.accept(&node, boot, seq, now)?;
+        Ok(Opened {
+            node,
+            sent,
+            message,
+        })
+    }
+
+    /// Records `seq` of (node, boot), refusing it if already seen or below the window.
+    fn accept(
+        &mut self,
+        node: &str,
+        boot: u64,
+        seq: u64,
+        now: SystemTime,
+    ) -> Result<(), WireError> {
+        let key: (Arc<str>, u64) = (Arc::from(node), boot);
+        if !self.windows.contains_key(&key) && self.windows.len() >= MAX_SENDERS {
+            self.windows
+                .retain(|_, w| now.duration_since(w.heard).unwrap_or_default() < SENDER_IDLE);
+            if self.windows.len() >= MAX_SENDERS {
+                // Only holders of the key can make senders: a cluster restarting this often is refused
+                // until its old boots are forgotten.
+                return Err(WireError::Replay);
+            }
+        }
+        let w = self.windows.entry(key).or_insert(Window {
+            top: 0,
+            seen: 0,
+            heard: now,
+        });
+        if seq > w.top {
+            let shift = seq - w.top;
+            w.seen = if shift >= REPLAY_WINDOW {
+                0
+            } else {
+                w.seen << shift
+            };
+            w.seen |= 1;
+            w.top = seq;
+        } else {
+            let back = w.top - seq;
+            if back >= REPLAY_WINDOW || w.seen & (1 << back) != 0 {
+                return Err(WireError::Replay);
+            }
+            w.seen |= 1 << back;
+        }
+        w.heard = now;
+        Ok(())
+    }
+}
+
+/// Reads fields off the front of a slice; running out is `Truncated`.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn str(&mut self, n: usize, field: &'static str) -> Result<&'a str, WireError> {
+        let s = std::str::from_utf8(self.take(n)?).map_err(|_| WireError::Malformed(field))?;
+        if s.is_empty() {
+            return Err(WireError::Malformed(field));
+        }
+        Ok(s)
+    }
+}
+
+fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn audio(payload: &[u8]) -> TrunkMessage {
+        TrunkMessage::Audio(TrunkPacket {
+            room: RoomId("big".into()),
+            speaker: ParticipantId(7),
+            ssrc: Ssrc(0xdead_beef),
+            seq: 70_000,
+            timestamp: 960,
+            level: Some(30),
+            payload: Arc::from(payload),
+        })
+    }
+
+    fn pair() -> (Sealer, Opener) {
+        let key = WireKey::derive(SECRET);
+        (Sealer::new(key.clone(), "node-a", 42), Opener::new(key))
+    }
+
+    fn at(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
+    }
+
+    #[test]
+    fn audio_and_withdrawals_round_trip() {
+        let (mut s, mut o) = pair();
+        let withdrawn = TrunkMessage::Withdrawn {
+            room: RoomId("big".into()),
+            speaker: ParticipantId(9),
+        };
+        for m in [audio(&[1, 2, 3]), withdrawn, audio(&[])] {
+            let d = s.seal(&m, at(0)).expect("a small message seals");
+            let opened = o.open(&d, at(1)).expect("a fresh datagram opens");
+            assert_eq!(opened.message, m);
+            assert_eq!(opened.node, "node-a");
+            assert_eq!(opened.sent, at(0));
+        }
+    }
+
+    #[test]
+    fn a_wrong_key_or_any_flipped_bit_is_a_bad_tag() {
+        let (mut s, _) = pair();
+        let d = s.seal(&audio(&[5; 40]), at(0)).expect("seals");
+        let mut other = Opener::new(WireKey::derive(b"another secret of thirty-two bytes"));
+        assert_eq!(other.open(&d, at(0)), Err(WireError::BadTag));
+        for i in 1..d.len() {
+            let (_, mut o) = pair();
+            let mut bad = d.clone();
+            bad[i] ^= 0x10;
+            assert_eq!(o.open(&bad, at(0)), Err(WireError::BadTag), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn versions_lengths_replays_and_stale_times_are_refused() {
+        let (mut s, mut o) = pair();
+        let d = s.seal(&audio(&[1]), at(0)).expect("seals");
+        let mut v2 = d.clone();
+        v2[0] = 2;
+        assert_eq!(o.open(&v2, at(0)), Err(WireError::Version(2)));
+        assert_eq!(
+            o.open(&d[..MIN_BYTES - 1], at(0)),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(
+            o.open(&[VERSION; MAX_DATAGRAM_BYTES + 1], at(0)),
+            Err(WireError::Oversized)
+        );
+        assert_eq!(
+            s.seal(&audio(&[0; MAX_DATAGRAM_BYTES]), at(0)),
+            Err(WireError::Oversized)
+        );
+        assert_eq!(o.open(&d, at(2_001)), Err(WireError::Stale));
+        assert_eq!(
+            o.open(&d, at(0) - Duration::from_millis(2_001)),
+            Err(WireError::Stale)
+        );
+        assert!(o.open(&d, at(0)).is_ok());
+        assert_eq!(o.open(&d, at(0)), Err(WireError::Replay));
+    }
+
+    #[test]
+    fn the_window_takes_reordered_datagrams_once_and_refuses_older_ones() {
+        let (mut s, mut o) = pair();
+        let ds: Vec<Vec<u8>> = (0..100)
+            .map(|_| s.seal(&audio(&[1]), at(0)).expect("seals"))
+            .collect();
+        assert!(o.open(&ds[99], at(0)).is_ok());
+        assert!(o.open(&ds[50], at(0)).is_ok(), "49 behind: in the window");
+        assert_eq!(o.open(&ds[50], at(0)), Err(WireError::Replay));
+        assert_eq!(o.open(&ds[10], at(0)), Err(WireError::Replay), "89 behind");
+        // Another boot of the same node has a window of its own.
+        let mut restarted = Sealer::new(WireKey::derive(SECRET), "node-a", 43);
+        let d = restarted.seal(&audio(&[1]), at(0)).expect("seals");
+        assert!(o.open(&d, at(0)).is_ok());
+    }
+
+    #[test]
+    fn random_and_mutated_bytes_never_panic_and_never_open() {
+        let (mut s, mut o) = pair();
+        let valid = s.seal(&audio(&[9; 100]), at(0)).expect("seals");
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 1600) as usize;
+            let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if next() % 2 == 0 && !d.is_empty() {
+                d[0] = VERSION;
+            }
+            assert!(o.open(&d, at(0)).is_err());
+            let mut m = valid.clone();
+            let i = (next() as usize) % m.len();
+            m[i] = m[i].wrapping_add(1 + (next() % 255) as u8);
+            let cut = (next() as usize) % (m.len() + 1);
+            assert!(o.open(&m[..cut], at(0)).is_err());
+        }
+    }
+}

@@ -20,6 +20,7 @@ pub mod core;
 pub mod ids;
 pub mod mixer;
 pub mod red;
+pub mod replay;
 pub mod sdes;
 pub mod sfu;
 pub mod spatial;

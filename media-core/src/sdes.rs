@@ -9,6 +9,7 @@ use str0m::crypto::dtls::SrtpProfile;
 
 use crate::core::peer::dtls::active_provider;
 use crate::core::peer::srtp::{master_lengths, Cipher, OpenError};
+use crate::replay::ReplayWindow;
 
 /// The SDES crypto suites a receiver opens (RFC 4568 §6.2, RFC 7714 §14.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,9 +92,6 @@ pub enum SrtpError {
 /// new one; more is not a gateway.
 pub const MAX_SSRCS: usize = 4;
 
-/// The replay window (RFC 3711 §3.3.2 asks for at least 64).
-const WINDOW: u64 = 64;
-
 /// The length of an RTP packet's header (RFC 3550 §5.1: CSRCs and a header extension included);
 /// `None` if `data` is not RTP version 2 or too short for its header.
 pub fn rtp_header_len(data: &[u8]) -> Option<usize> {
@@ -155,8 +153,10 @@ impl SrtpReceiver {
         let index = match stream {
             Some(i) => {
                 let window = &self.streams[i].1;
-                let index = window.estimate(seq).ok_or(SrtpError::Replay)?;
-                window.check(index)?;
+                let index = estimate_index(window.highest(), seq).ok_or(SrtpError::Replay)?;
+                if !window.is_fresh(index) {
+                    return Err(SrtpError::Replay);
+                }
                 index
             }
             // A new stream starts with a roll-over counter of 0 (RFC 4568 §6.4.1).
@@ -180,68 +180,25 @@ impl SrtpReceiver {
     }
 }
 
-/// One SSRC's highest authenticated index and which of the [`WINDOW`] before it were received.
-#[derive(Debug)]
-struct ReplayWindow {
-    highest: u64,
-    /// Bit `i`: index `highest - i` was received.
-    seen: u64,
-}
-
-impl ReplayWindow {
-    fn starting_at(index: u64) -> ReplayWindow {
-        ReplayWindow {
-            highest: index,
-            seen: 1,
-        }
-    }
-
-    /// RFC 3711 §3.3.1 (appendix A): the index of sequence number `seq`, guessing the roll-over counter
-    /// from the highest one; `None` for a packet from before the stream's first roll-over counter.
-    fn estimate(&self, seq: u16) -> Option<u64> {
-        let roc = (self.highest >> 16) as i64;
-        let s_l = i64::from(self.highest as u16);
-        let s = i64::from(seq);
-        let v = if s_l < 32_768 {
-            if s - s_l > 32_768 {
-                roc - 1
-            } else {
-                roc
-            }
-        } else if s_l - 32_768 > s {
-            roc + 1
+/// RFC 3711 §3.3.1 (appendix A): the index of sequence number `seq` on a stream whose highest
+/// authenticated index is `highest`, guessing the roll-over counter; `None` for a packet from before the
+/// stream's first roll-over counter.
+fn estimate_index(highest: u64, seq: u16) -> Option<u64> {
+    let roc = (highest >> 16) as i64;
+    let s_l = i64::from(highest as u16);
+    let s = i64::from(seq);
+    let v = if s_l < 32_768 {
+        if s - s_l > 32_768 {
+            roc - 1
         } else {
             roc
-        };
-        u64::try_from(v).ok().map(|v| (v << 16) | u64::from(seq))
-    }
-
-    fn check(&self, index: u64) -> Result<(), SrtpError> {
-        if index > self.highest {
-            return Ok(());
         }
-        let behind = self.highest - index;
-        if behind >= WINDOW || self.seen & (1 << behind) != 0 {
-            return Err(SrtpError::Replay);
-        }
-        Ok(())
-    }
-
-    /// Records an authenticated packet's index.
-    fn accept(&mut self, index: u64) {
-        if index > self.highest {
-            let ahead = index - self.highest;
-            self.seen = if ahead >= WINDOW {
-                0
-            } else {
-                self.seen << ahead
-            };
-            self.seen |= 1;
-            self.highest = index;
-        } else {
-            self.seen |= 1 << (self.highest - index);
-        }
-    }
+    } else if s_l - 32_768 > s {
+        roc + 1
+    } else {
+        roc
+    };
+    u64::try_from(v).ok().map(|v| (v << 16) | u64::from(seq))
 }
 
 #[cfg(test)]

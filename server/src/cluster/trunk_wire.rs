@@ -16,11 +16,13 @@
 //! for the hop metric and to refuse stale datagrams (a replay older than any window). The version is read
 //! before the tag (another version may authenticate differently), everything else after it.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::hmac;
+use media_core::replay::ReplayWindow;
 use media_core::{ParticipantId, RoomId, Ssrc, TrunkMessage, TrunkPacket};
 
 /// The only version this node speaks.
@@ -38,10 +40,6 @@ const SENDER_IDLE: Duration = Duration::from_secs(60);
 
 /// Most senders remembered at once (a cluster's nodes and their recent restarts).
 const MAX_SENDERS: usize = 1024;
-
-/// Datagrams this far below a sender's newest are refused as replays (a reordering deeper than 64
-/// datagrams is a loss).
-const REPLAY_WINDOW: u64 = 64;
 
 const TAG_BYTES: usize = 32;
 const KIND_AUDIO: u8 = 1;
@@ -182,10 +180,7 @@ pub struct Opened {
 
 /// What a receiver remembers of one sender (node and boot).
 struct Window {
-    /// The highest sequence number accepted.
-    top: u64,
-    /// Bit i: `top - i` was accepted.
-    seen: u64,
+    window: ReplayWindow,
     heard: SystemTime,
 }
 
@@ -285,28 +280,22 @@ impl Opener {
                 return Err(WireError::Replay);
             }
         }
-        let w = self.windows.entry(key).or_insert(Window {
-            top: 0,
-            seen: 0,
-            heard: now,
-        });
-        if seq > w.top {
-            let shift = seq - w.top;
-            w.seen = if shift >= REPLAY_WINDOW {
-                0
-            } else {
-                w.seen << shift
-            };
-            w.seen |= 1;
-            w.top = seq;
-        } else {
-            let back = w.top - seq;
-            if back >= REPLAY_WINDOW || w.seen & (1 << back) != 0 {
-                return Err(WireError::Replay);
+        match self.windows.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert(Window {
+                    window: ReplayWindow::starting_at(seq),
+                    heard: now,
+                });
             }
-            w.seen |= 1 << back;
+            Entry::Occupied(mut o) => {
+                let w = o.get_mut();
+                if !w.window.is_fresh(seq) {
+                    return Err(WireError::Replay);
+                }
+                w.window.accept(seq);
+                w.heard = now;
+            }
         }
-        w.heard = now;
         Ok(())
     }
 }

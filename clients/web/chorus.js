@@ -95,6 +95,7 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {boolean} [deafened]       sent no audio (absent: false)
  * @property {boolean} [ptt]            push-to-talk: heard only while its key is down (absent: false)
  * @property {string} [team]            its team (absent: none)
+ * @property {boolean} [shout]          the shout role: heard by everyone in the room at full level (absent: false)
  */
 
 /**
@@ -428,6 +429,7 @@ const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
  * @property {boolean} deafened      sent no audio by the server
  * @property {boolean} ptt           push-to-talk: heard only while its key is down
  * @property {string|null} team      its team, or null
+ * @property {boolean} shout         the shout role: heard by everyone in the room at full level
  * @property {number} volume         how loud we hear it, −50 (silent) .. +50, 0 unchanged ({@link Room#setVolume})
  * @property {boolean} isLocal       true for this session's own participant
  * @property {number} level          last speaking level from `speakers`, 0.0 .. 1.0 (0 when not speaking)
@@ -555,6 +557,7 @@ function participantFrom(info, isLocal) {
     deafened: !!info.deafened,
     ptt: !!info.ptt,
     team: typeof info.team === 'string' ? info.team : null,
+    shout: !!info.shout,
     volume: 0,
     isLocal,
     level: 0,

@@ -169,6 +169,16 @@ describe('Room positions (Node, a stand-in socket)', () => {
     assert.deepEqual(sent, [{ type: 'volume', sid: 'PA_b', volume: -12 }, { type: 'talk', target: 'team' }]);
   });
 
+  it('shows each participant\'s team and shout role, absent as null and false', async () => {
+    const { room } = await openRoom();
+    const base = { identity: 'x', name: 'x', muted: false, can_publish: true, can_subscribe: true };
+    await room._handle({ type: 'participant_joined', participant: { ...base, sid: 'PA_a', team: 'blue', shout: true } });
+    await room._handle({ type: 'participant_joined', participant: { ...base, sid: 'PA_b' } });
+    const a = room.participant('PA_a');
+    const b = room.participant('PA_b');
+    assert.deepEqual([a.team, a.shout, b.team, b.shout], ['blue', true, null, false]);
+  });
+
   it('turns `positions` into the positions event and Room#positions', async () => {
     const { room } = await openRoom();
     /** @type {any[]} */

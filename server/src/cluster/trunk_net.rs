@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use media_core::RoomId;
-use prometheus::{IntCounterVec, Registry};
+use prometheus::{IntCounter, IntCounterVec, Registry};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
@@ -23,29 +23,42 @@ use crate::worker::trunk::{Spans, Trunked};
 /// The rooms with shards on other nodes, each with those nodes' trunk addresses.
 pub type RemoteShards = Arc<HashMap<RoomId, Vec<SocketAddr>>>;
 
-/// `chorus_cluster_trunk_datagrams_total` (docs/metrics.md).
+/// `chorus_cluster_trunk_datagrams_total` (docs/metrics.md): the per-datagram results resolved once, the
+/// refusals (rare) by their label.
 #[derive(Clone)]
 pub struct TrunkNetMetrics {
     datagrams: IntCounterVec,
+    sent: IntCounter,
+    send_failed: IntCounter,
+    received: IntCounter,
+    no_shard: IntCounter,
+    dropped: IntCounter,
 }
 
 impl TrunkNetMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let mut results = vec!["sent", "send_failed", "received", "no_shard", "dropped"];
         results.extend(WireError::LABELS);
+        let datagrams = counter_vec(
+            registry,
+            "chorus_cluster_trunk_datagrams_total",
+            "Trunk datagrams between nodes: sent, failed to send, received and handed to a worker, received for a room with no shard here, dropped (the worker's inbox full), or refused (truncated, oversized, bad_version, bad_tag, malformed, replay, stale).",
+            "result",
+            &results,
+        )?;
+        let result = |l: &str| datagrams.with_label_values(&[l]);
         Ok(TrunkNetMetrics {
-            datagrams: counter_vec(
-                registry,
-                "chorus_cluster_trunk_datagrams_total",
-                "Trunk datagrams between nodes: sent, failed to send, received and handed to a worker, received for a room with no shard here, dropped (the worker's inbox full), or refused (truncated, oversized, bad_version, bad_tag, malformed, replay, stale).",
-                "result",
-                &results,
-            )?,
+            sent: result("sent"),
+            send_failed: result("send_failed"),
+            received: result("received"),
+            no_shard: result("no_shard"),
+            dropped: result("dropped"),
+            datagrams,
         })
     }
 
-    fn count(&self, result: &str) {
-        self.datagrams.with_label_values(&[result]).inc();
+    fn refused(&self, error: &WireError) {
+        self.datagrams.with_label_values(&[error.label()]).inc();
     }
 }
 
@@ -92,8 +105,9 @@ impl TrunkNet {
 
     /// One of this node's messages to each other node with a shard of its room.
     async fn send(&mut self, trunked: Trunked) {
-        let addrs = self.remote.borrow().get(trunked.message.room()).cloned();
-        let Some(addrs) = addrs else {
+        // The published map (an `Arc`), not the room's list: nothing is copied per message.
+        let remote = RemoteShards::clone(&self.remote.borrow());
+        let Some(addrs) = remote.get(trunked.message.room()) else {
             // The room's other shards closed since the worker sent it.
             return;
         };
@@ -101,16 +115,16 @@ impl TrunkNet {
             Ok(d) => d,
             Err(error) => {
                 tracing::debug!(%error, "trunk message not sendable");
-                self.metrics.count("send_failed");
+                self.metrics.send_failed.inc();
                 return;
             }
         };
-        for addr in addrs {
+        for &addr in addrs {
             match self.socket.send_to(&datagram, addr).await {
-                Ok(_) => self.metrics.count("sent"),
+                Ok(_) => self.metrics.sent.inc(),
                 Err(error) => {
                     tracing::debug!(%error, %addr, "trunk datagram not sent");
-                    self.metrics.count("send_failed");
+                    self.metrics.send_failed.inc();
                 }
             }
         }
@@ -123,38 +137,41 @@ impl TrunkNet {
         let opened = match self.opener.open(datagram, wall) {
             Ok(opened) => opened,
             Err(error) => {
-                self.metrics.count(error.label());
+                self.metrics.refused(&error);
                 return;
             }
         };
         let now = Instant::now();
         let age = wall.duration_since(opened.sent).unwrap_or_default();
         let sent = now.checked_sub(age).unwrap_or(now);
-        let workers: Vec<usize> = match self.spans.borrow().get(opened.message.room()) {
-            Some(ws) => ws
-                .iter()
-                .copied()
-                .filter(|&w| w < self.workers.len())
-                .collect(),
-            None => Vec::new(),
-        };
-        if workers.is_empty() {
+        // The published spans (an `Arc`); the room's workers here are those below `workers.len()` (the
+        // index `workers.len()` is this socket's own outbox).
+        let spans = Spans::clone(&self.spans.borrow());
+        let local = self.workers.len();
+        let mut shards = spans
+            .get(opened.message.room())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&w| w < local)
+            .peekable();
+        if shards.peek().is_none() {
             tracing::trace!(
                 node = %opened.node,
                 room = %opened.message.room().0,
                 "trunk datagram for a room with no shard here"
             );
-            self.metrics.count("no_shard");
+            self.metrics.no_shard.inc();
             return;
         }
-        for w in workers {
+        for w in shards {
             let trunked = Trunked {
                 sent,
                 message: opened.message.clone(),
             };
             match self.workers[w].try_send(trunked) {
-                Ok(()) => self.metrics.count("received"),
-                Err(_) => self.metrics.count("dropped"),
+                Ok(()) => self.metrics.received.inc(),
+                Err(_) => self.metrics.dropped.inc(),
             }
         }
     }

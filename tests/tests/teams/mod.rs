@@ -1,14 +1,17 @@
 //! Teams and whisper through the real `chorus` binary with Rust WebRTC clients (str0m over real UDP): a
 //! team talk reaches the team only, a whisper only its target, and a whisper to someone of another room
-//! is a typed error that changes nothing. Real-time: named `real_udp_` so it runs alone.
+//! is a typed error that changes nothing; speaking events reach only those who hear the talker.
+//! Real-time: named `real_udp_` so they run alone.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_tests::SAMPLE_RATE;
+use chorus_tests::{AudioClient, MediaOptions, Mic, SAMPLE_RATE};
+use media_core::audio::ToneGenerator;
 use serde_json::json;
 
 use super::ptt::{errors_until_pong, heard_of, join_with};
-use super::{join, SECONDS};
+use super::{join, Participant, SECONDS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_udp_team_talk_reaches_the_team_and_a_whisper_its_target_only() -> anyhow::Result<()> {
@@ -70,6 +73,131 @@ async fn real_udp_team_talk_reaches_the_team_and_a_whisper_its_target_only() -> 
     );
     assert_eq!(heard_of(&eve, &ada), 0, "another room hears ada");
     for p in [ada, bob, carl, eve] {
+        p.client.stop().await?;
+    }
+    Ok(())
+}
+
+/// Joins `room` with a browser-like microphone that stays silent until [`AudioClient::speak`].
+async fn join_silent(
+    server: &chorus_tests::Server,
+    room: &str,
+    identity: &str,
+    flags: &[&str],
+) -> anyhow::Result<Participant> {
+    let token = server.token(room, identity, flags)?;
+    let mut signal = chorus_tests::Signal::connect(&server.ws_url()).await?;
+    let joined = signal.join(&token, room).await?;
+    let slots = joined["room"]["slots"].as_u64().expect("slots") as usize;
+    let sid = joined["participant"]["sid"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    let options = MediaOptions {
+        slots,
+        mic: Mic::Speech,
+        via: None,
+        play_slot: None,
+        red: 0,
+    };
+    let client = AudioClient::start_with(&mut signal, options).await?;
+    Ok(Participant {
+        signal,
+        client,
+        sid,
+        freq: 0.0,
+    })
+}
+
+/// `seconds` of a `freq_hz` tone at 48 kHz.
+fn tone(freq_hz: f64, seconds: usize) -> Arc<[f32]> {
+    let mut pcm = vec![0.0f32; SAMPLE_RATE as usize * seconds];
+    ToneGenerator::new(freq_hz, 0.3, SAMPLE_RATE).fill(&mut pcm);
+    pcm.into()
+}
+
+/// The speakers named in every `speakers` message `p` receives for `duration`.
+async fn speakers_seen(
+    p: &mut Participant,
+    duration: Duration,
+) -> anyhow::Result<Vec<Vec<String>>> {
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Ok(seen);
+        }
+        let v = match p.signal.recv(left).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(seen),
+            // Nothing more before the deadline.
+            Err(_) if tokio::time::Instant::now() >= deadline => return Ok(seen),
+            Err(e) => return Err(e),
+        };
+        if v["type"] == "speakers" {
+            let sids = v["speakers"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|s| s["sid"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            seen.push(sids);
+        }
+    }
+}
+
+/// Speaking events go only to those who hear the talker: ada (team red) talks to her team, so bob (red)
+/// hears her and is told she speaks, while carl (blue) neither hears her nor is told — yet carl is told
+/// when dave (blue, talking to the room), whom he does hear, speaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_udp_speaking_events_go_only_to_those_who_hear_the_talker() -> anyhow::Result<()> {
+    let _rt = chorus_tests::real_time_call().await;
+    let server = chorus_tests::Server::start(&[]).await?;
+    let mut ada = join_silent(&server, "arena", "ada", &["--team", "red"]).await?;
+    let mut bob = join_silent(&server, "arena", "bob", &["--team", "red"]).await?;
+    let mut carl = join_silent(&server, "arena", "carl", &["--team", "blue"]).await?;
+    let mut dave = join_silent(&server, "arena", "dave", &["--team", "blue"]).await?;
+    for p in [&mut ada, &mut bob, &mut carl, &mut dave] {
+        p.client
+            .wait_connected(SECONDS)
+            .await
+            .map_err(|e| e.context(server.log_tail()))?;
+    }
+    // Team talk before ada makes a sound (the fence's pong: the server has taken it).
+    ada.signal
+        .send(json!({"type": "talk", "target": "team"}))
+        .await?;
+    assert!(errors_until_pong(&mut ada, 1).await?.is_empty());
+    ada.client.speak(tone(440.0, 3), 0)?;
+    dave.client.speak(tone(660.0, 3), 0)?;
+    let (bob_saw, carl_saw) = tokio::try_join!(
+        speakers_seen(&mut bob, Duration::from_millis(2_500)),
+        speakers_seen(&mut carl, Duration::from_millis(2_500)),
+    )?;
+    let names = |seen: &[Vec<String>], sid: &str| seen.iter().any(|s| s.iter().any(|x| x == sid));
+    assert!(
+        names(&bob_saw, &ada.sid),
+        "bob, ada's teammate: {bob_saw:?}"
+    );
+    assert!(names(&carl_saw, &dave.sid), "carl hears dave: {carl_saw:?}");
+    assert!(
+        !names(&carl_saw, &ada.sid),
+        "carl, of another team, is told ada speaks: {carl_saw:?}"
+    );
+    // And what they are told is what they hear.
+    assert!(
+        heard_of(&bob, &ada) > SAMPLE_RATE as usize,
+        "bob does not hear ada"
+    );
+    assert!(
+        heard_of(&carl, &dave) > SAMPLE_RATE as usize,
+        "carl does not hear dave"
+    );
+    assert_eq!(heard_of(&carl, &ada), 0, "carl hears ada's team talk");
+    for p in [ada, bob, carl, dave] {
         p.client.stop().await?;
     }
     Ok(())

@@ -306,7 +306,7 @@ impl ListenerStream {
             (
                 mount.pages.subscribe(),
                 pager.headers.clone(),
-                pager.last.clone(),
+                pager.recent.back().cloned(),
                 pager.next_number,
             )
         };

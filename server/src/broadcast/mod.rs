@@ -23,7 +23,7 @@ pub mod ogg;
 pub mod ogg_reader;
 mod raw;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -94,8 +94,9 @@ struct ListenerSlot {
 struct Pager {
     stream: OggStream,
     headers: Bytes,
-    /// The page last published: a new listener's first audio.
-    last: Option<Page>,
+    /// The pages last published, oldest first, at most `broadcast.pages_per_write()`: a new listener's
+    /// first audio (the newest), and what a fan-out starting now writes it at once.
+    recent: VecDeque<Page>,
     next_number: u64,
     /// Packets of the page being filled.
     packets: Vec<Arc<[u8]>>,
@@ -292,7 +293,7 @@ impl Broadcasts {
             pager: Mutex::new(Pager {
                 stream,
                 headers,
-                last: None,
+                recent: VecDeque::new(),
                 next_number: 0,
                 packets: Vec::new(),
                 position: 0,
@@ -479,7 +480,7 @@ impl Broadcasts {
         if mount.listeners_now.fetch_sub(1, Ordering::Relaxed) == 1 {
             // The tap stops: the next listener must not start on a page from before the pause.
             let mut pager = mount.lock_pager();
-            pager.last = None;
+            pager.recent.clear();
             pager.packets.clear();
             drop(pager);
             self.update_taps();
@@ -541,6 +542,7 @@ impl FrameSink {
 /// The pager: frames from every worker, paged per mount and published.
 async fn pager(broadcasts: Arc<Broadcasts>, mut frames: mpsc::Receiver<BroadcastFrame>) {
     let per_page = (broadcasts.config.page_ms / 20).max(1) as usize;
+    let recent_pages = broadcasts.config.pages_per_write();
     while let Some(frame) = frames.recv().await {
         let Some(mount) = broadcasts.mount(&frame.room.0) else {
             continue;
@@ -562,7 +564,7 @@ async fn pager(broadcasts: Arc<Broadcasts>, mut frames: mpsc::Receiver<Broadcast
         }
         // The first page after the tap starts goes out with the first frame: a listener waiting for
         // its first audio gets it within a tick rather than a page.
-        if pager.packets.len() < per_page && pager.last.is_some() {
+        if pager.packets.len() < per_page && !pager.recent.is_empty() {
             continue;
         }
         let granule = u64::from(PRE_SKIP) + pager.position * FRAME_SAMPLES;
@@ -574,8 +576,11 @@ async fn pager(broadcasts: Arc<Broadcasts>, mut frames: mpsc::Receiver<Broadcast
             bytes,
         };
         pager.next_number += 1;
-        pager.last = Some(page.clone());
-        // Listeners join under this lock: each sees this page either as its `last` or on the ring.
+        if pager.recent.len() as u64 >= recent_pages {
+            pager.recent.pop_front();
+        }
+        pager.recent.push_back(page.clone());
+        // Listeners join under this lock: each sees this page either in `recent` or on the ring.
         let _ = mount.pages.send(page);
         broadcasts.metrics.pages.inc();
         let loudest = pager.talkers.first().copied();

@@ -475,7 +475,7 @@ impl Speaker {
     /// The channel count, if `out` holds whole sample frames.
     fn whole_frames(&self, out: &[f32]) -> Result<usize, Error> {
         let channels = usize::from(self.channels);
-        if out.len() % channels != 0 {
+        if !out.len().is_multiple_of(channels) {
             return Err(Error::BufferLength {
                 len: out.len(),
                 channels: self.channels,

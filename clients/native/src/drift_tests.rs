@@ -106,7 +106,7 @@ fn run_channels(
         } else {
             let got = consumer.pop_partial_slice(&mut pulled).0.len();
             pull += 1;
-            seen.crossed += u64::from(got % channels != 0);
+            seen.crossed += u64::from(!got.is_multiple_of(channels));
             if judged {
                 seen.underruns += u64::from(got < CHUNK * channels);
                 for s in pulled[..got].chunks_exact(channels) {

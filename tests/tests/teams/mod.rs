@@ -1,6 +1,7 @@
 //! Teams and whisper through the real `chorus` binary with Rust WebRTC clients (str0m over real UDP): a
 //! team talk reaches the team only, a whisper only its target, and a whisper to someone of another room
-//! is a typed error that changes nothing; speaking events reach only those who hear the talker.
+//! is a typed error that changes nothing; speaking events reach only those who hear the talker (by team
+//! and by distance).
 //! Real-time: named `real_udp_` so they run alone.
 
 use std::sync::Arc;
@@ -149,6 +150,11 @@ async fn speakers_seen(
     }
 }
 
+/// Whether any of the `speakers` messages `seen` names `sid`.
+fn names(seen: &[Vec<String>], sid: &str) -> bool {
+    seen.iter().any(|s| s.iter().any(|x| x == sid))
+}
+
 /// Speaking events go only to those who hear the talker: ada (team red) talks to her team, so bob (red)
 /// hears her and is told she speaks, while carl (blue) neither hears her nor is told — yet carl is told
 /// when dave (blue, talking to the room), whom he does hear, speaks.
@@ -177,7 +183,6 @@ async fn real_udp_speaking_events_go_only_to_those_who_hear_the_talker() -> anyh
         speakers_seen(&mut bob, Duration::from_millis(2_500)),
         speakers_seen(&mut carl, Duration::from_millis(2_500)),
     )?;
-    let names = |seen: &[Vec<String>], sid: &str| seen.iter().any(|s| s.iter().any(|x| x == sid));
     assert!(
         names(&bob_saw, &ada.sid),
         "bob, ada's teammate: {bob_saw:?}"
@@ -197,6 +202,73 @@ async fn real_udp_speaking_events_go_only_to_those_who_hear_the_talker() -> anyh
         "carl does not hear dave"
     );
     assert_eq!(heard_of(&carl, &ada), 0, "carl hears ada's team talk");
+    for p in [ada, bob, carl, dave] {
+        p.client.stop().await?;
+    }
+    Ok(())
+}
+
+/// By distance too: in a spatial room ada and bob stand 5 apart, carl and dave 3 apart and 100 away from
+/// them; ada and dave talk. Each listener is told only of the talker in its range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_udp_speaking_events_stay_within_audible_range() -> anyhow::Result<()> {
+    let _rt = chorus_tests::real_time_call().await;
+    let server = chorus_tests::Server::start(&[]).await?;
+    let body = json!({"name": "field", "mode": "forward", "slots": 2,
+        "spatial": {"audible_distance": 20, "conversational_distance": 1, "fade_model": "linear"}});
+    let (status, reply) = server
+        .admin(
+            "POST",
+            "/admin/v1/rooms",
+            Some(&server.admin_token()?),
+            Some(&body.to_string()),
+        )
+        .await?;
+    assert_eq!(status, 201, "{reply}");
+    let mut people = Vec::new();
+    for (who, x) in [("ada", 0.0), ("bob", 5.0), ("carl", 100.0), ("dave", 103.0)] {
+        let mut p = join_silent(&server, "field", who, &[]).await?;
+        p.client
+            .wait_connected(SECONDS)
+            .await
+            .map_err(|e| e.context(server.log_tail()))?;
+        p.signal
+            .send(json!({"type": "position", "x": x, "y": 0.0, "z": 0.0, "yaw_deg": 0.0}))
+            .await?;
+        people.push(p);
+    }
+    // The audible sets follow within 100 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let [ada, mut bob, mut carl, dave] =
+        <[Participant; 4]>::try_from(people).map_err(|_| anyhow::anyhow!("four participants"))?;
+    ada.client.speak(tone(440.0, 3), 0)?;
+    dave.client.speak(tone(660.0, 3), 0)?;
+    let (bob_saw, carl_saw) = tokio::try_join!(
+        speakers_seen(&mut bob, Duration::from_millis(2_500)),
+        speakers_seen(&mut carl, Duration::from_millis(2_500)),
+    )?;
+    assert!(names(&bob_saw, &ada.sid), "bob, 5 from ada: {bob_saw:?}");
+    assert!(
+        !names(&bob_saw, &dave.sid),
+        "bob, 98 from dave: {bob_saw:?}"
+    );
+    assert!(
+        names(&carl_saw, &dave.sid),
+        "carl, 3 from dave: {carl_saw:?}"
+    );
+    assert!(
+        !names(&carl_saw, &ada.sid),
+        "carl, 100 from ada: {carl_saw:?}"
+    );
+    assert!(
+        heard_of(&bob, &ada) > SAMPLE_RATE as usize,
+        "bob does not hear ada"
+    );
+    assert!(
+        heard_of(&carl, &dave) > SAMPLE_RATE as usize,
+        "carl does not hear dave"
+    );
+    assert_eq!(heard_of(&carl, &ada), 0, "carl hears ada from 100 away");
     for p in [ada, bob, carl, dave] {
         p.client.stop().await?;
     }

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_tests::{AudioClient, MediaOptions, Mic, SAMPLE_RATE};
+use chorus_tests::{Mic, SAMPLE_RATE};
 use media_core::audio::ToneGenerator;
 use serde_json::json;
 
-use super::ptt::{errors_until_pong, heard_of, join_with};
+use super::ptt::{errors_until_pong, heard_of, join_with, join_with_mic};
 use super::{join, Participant, SECONDS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,37 +79,6 @@ async fn real_udp_team_talk_reaches_the_team_and_a_whisper_its_target_only() -> 
     Ok(())
 }
 
-/// Joins `room` with a browser-like microphone that stays silent until [`AudioClient::speak`].
-async fn join_silent(
-    server: &chorus_tests::Server,
-    room: &str,
-    identity: &str,
-    flags: &[&str],
-) -> anyhow::Result<Participant> {
-    let token = server.token(room, identity, flags)?;
-    let mut signal = chorus_tests::Signal::connect(&server.ws_url()).await?;
-    let joined = signal.join(&token, room).await?;
-    let slots = joined["room"]["slots"].as_u64().expect("slots") as usize;
-    let sid = joined["participant"]["sid"]
-        .as_str()
-        .expect("sid")
-        .to_owned();
-    let options = MediaOptions {
-        slots,
-        mic: Mic::Speech,
-        via: None,
-        play_slot: None,
-        red: 0,
-    };
-    let client = AudioClient::start_with(&mut signal, options).await?;
-    Ok(Participant {
-        signal,
-        client,
-        sid,
-        freq: 0.0,
-    })
-}
-
 /// `seconds` of a `freq_hz` tone at 48 kHz.
 fn tone(freq_hz: f64, seconds: usize) -> Arc<[f32]> {
     let mut pcm = vec![0.0f32; SAMPLE_RATE as usize * seconds];
@@ -162,10 +131,12 @@ fn names(seen: &[Vec<String>], sid: &str) -> bool {
 async fn real_udp_speaking_events_go_only_to_those_who_hear_the_talker() -> anyhow::Result<()> {
     let _rt = chorus_tests::real_time_call().await;
     let server = chorus_tests::Server::start(&[]).await?;
-    let mut ada = join_silent(&server, "arena", "ada", &["--team", "red"]).await?;
-    let mut bob = join_silent(&server, "arena", "bob", &["--team", "red"]).await?;
-    let mut carl = join_silent(&server, "arena", "carl", &["--team", "blue"]).await?;
-    let mut dave = join_silent(&server, "arena", "dave", &["--team", "blue"]).await?;
+    let mut ada = join_with_mic(&server, "arena", "ada", Mic::Speech, &["--team", "red"]).await?;
+    let mut bob = join_with_mic(&server, "arena", "bob", Mic::Speech, &["--team", "red"]).await?;
+    let mut carl =
+        join_with_mic(&server, "arena", "carl", Mic::Speech, &["--team", "blue"]).await?;
+    let mut dave =
+        join_with_mic(&server, "arena", "dave", Mic::Speech, &["--team", "blue"]).await?;
     for p in [&mut ada, &mut bob, &mut carl, &mut dave] {
         p.client
             .wait_connected(SECONDS)
@@ -227,7 +198,7 @@ async fn real_udp_speaking_events_stay_within_audible_range() -> anyhow::Result<
     assert_eq!(status, 201, "{reply}");
     let mut people = Vec::new();
     for (who, x) in [("ada", 0.0), ("bob", 5.0), ("carl", 100.0), ("dave", 103.0)] {
-        let mut p = join_silent(&server, "field", who, &[]).await?;
+        let mut p = join_with_mic(&server, "field", who, Mic::Speech, &[]).await?;
         p.client
             .wait_connected(SECONDS)
             .await

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod config;
 mod metrics;
+mod roster;
 mod span;
 mod store;
 pub mod trunk_net;
@@ -32,10 +33,12 @@ use prometheus::core::Collector;
 use prometheus::CounterVec;
 use signaling::locator::{LocateError, Locating, Location, RoomLocator};
 use signaling::Signaling;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use config::ClusterConfig;
 use metrics::{ClusterMetrics, Located};
+use roster::RosterCommand;
 pub use span::Spanning;
 pub use store::{LiveNode, NodeRecord};
 use store::{Store, StoreError};
@@ -53,6 +56,10 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Rooms spanning nodes (with `trunk_listen`).
     spanning: Option<Spanning>,
+    /// To the roster task of rooms spanning nodes (with `spanning`).
+    roster: Option<mpsc::Sender<RosterCommand>>,
+    /// The roster task's end of `roster`, until [`Cluster::spawn`] starts it.
+    roster_commands: std::sync::Mutex<Option<mpsc::Receiver<RosterCommand>>>,
 }
 
 impl Cluster {
@@ -110,7 +117,17 @@ impl Cluster {
             }
             _ => None,
         };
+        // A join's opened shard and a heartbeat's rooms: a few at once.
+        let (roster, roster_commands) = match spanning {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(64);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         Ok(Arc::new(Cluster {
+            roster,
+            roster_commands: std::sync::Mutex::new(roster_commands),
             id,
             url,
             admin_url,
@@ -181,9 +198,13 @@ impl Cluster {
                 .open(&self.store, &self.id, ttl, room, &owner, &nodes)
                 .await;
             self.observe(&opened, "shards");
-            if let Ok(true) = opened {
+            if let Ok(Some(seed)) = opened {
                 info!(%room, %owner, "room spans this node: a shard of it opened here");
-                return Ok((Location::Here, Located::Shard));
+                if let Some(roster) = &self.roster {
+                    // The roster task is never far behind: a full queue leaves this to the heartbeat.
+                    let _ = roster.try_send(RosterCommand::Opened(room.to_owned()));
+                }
+                return Ok((Location::Shard(seed), Located::Shard));
             }
         }
         let redirect = |url: String| -> Result<(Location, Located), LocateError> {
@@ -239,6 +260,17 @@ impl Cluster {
         workers: usize,
     ) -> tokio::task::JoinHandle<()> {
         let cluster = Arc::clone(self);
+        let commands = self
+            .roster_commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(commands) = commands {
+            let (sink, local) = mpsc::channel(roster::LOCAL_QUEUE);
+            signaling.set_roster_sink(sink);
+            let parts = roster::RosterParts { commands, local };
+            roster::spawn(Arc::clone(self), Arc::clone(&signaling), parts);
+        }
         tokio::spawn(async move {
             let mut heart = Heart {
                 cluster,
@@ -405,9 +437,11 @@ impl Heart {
         if let Ok(nodes) = cluster.nodes().await {
             cluster.metrics.totals(&nodes);
             if let Some(spanning) = &cluster.spanning {
+                let read_at = Instant::now();
                 let spanned = spanning
                     .beat(
                         &cluster.store,
+                        &self.signaling,
                         &cluster.id,
                         claim_ttl,
                         &sizes,
@@ -416,6 +450,10 @@ impl Heart {
                     )
                     .await;
                 cluster.observe(&spanned, "shards");
+                if let (Ok(rooms), Some(roster)) = (spanned, &cluster.roster) {
+                    // A full queue skips this beat's word; the next one says it again.
+                    let _ = roster.try_send(RosterCommand::Beat { rooms, read_at });
+                }
             }
         }
     }

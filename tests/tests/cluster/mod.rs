@@ -154,6 +154,8 @@ impl Cluster {
 /// A participant of the cluster: joined through `entry`, admitted at `url`.
 struct Member {
     p: Participant,
+    /// Its `joined`, as JSON.
+    joined: Value,
     url: String,
     token: String,
     room: String,
@@ -183,6 +185,7 @@ async fn member(entry: &str, token: String, room: &str, freq: f32) -> anyhow::Re
             sid,
             freq,
         },
+        joined,
         url,
         token,
         room: room.to_owned(),

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use super::store::{LiveNode, Store, StoreError};
 use super::trunk_net::RemoteShards;
+use super::Cluster;
 use crate::placement::Placement;
 
 /// This node's part in rooms spanning nodes.
@@ -141,14 +142,14 @@ impl Spanning {
     /// shards. Returns the rooms written, each with the other live nodes holding a shard of it.
     pub(super) async fn beat(
         &self,
-        store: &Store,
+        cluster: &Cluster,
         signaling: &Signaling,
-        me: &str,
-        ttl: Duration,
         sizes: &HashMap<String, usize>,
         nodes: &[LiveNode],
         written: &mut HashSet<String>,
     ) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        let (store, me) = (&cluster.store, cluster.id.as_str());
+        let ttl = Duration::from_millis(cluster.config.claim_ttl_ms);
         let now = Instant::now();
         let opened: HashSet<String> = {
             let mut opened = self.opened();
@@ -298,5 +299,21 @@ mod tests {
             addrs,
             vec!["10.0.0.2:7884".parse::<SocketAddr>().expect("an address")]
         );
+    }
+
+    #[test]
+    fn the_other_live_nodes_are_read_and_a_bad_member_is_skipped() {
+        let nodes = [live("a", None), live("c", None), live("b", None)];
+        let shards = HashMap::from([
+            ("a".to_owned(), 3),
+            ("c".to_owned(), 1),
+            ("b".to_owned(), 1),
+            ("dead".to_owned(), 9),
+        ]);
+        assert_eq!(live_others("a", &shards, &nodes), vec!["b", "c"]);
+        let bob = r#"{"sid":"PA_0000000000b0","identity":"bob","name":"Bob","muted":false,"can_publish":true,"can_subscribe":true}"#;
+        let members = parse_members(&[bob.to_owned(), "{not json".to_owned()]);
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].identity, "bob");
     }
 }

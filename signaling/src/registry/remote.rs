@@ -62,6 +62,15 @@ impl RoomRegistry {
         Some(room.members.iter().map(|m| m.info.clone()).collect())
     }
 
+    /// The participants of `room` on other nodes.
+    pub(crate) fn remote_participants(&self, room: &str) -> Vec<ParticipantInfo> {
+        let rooms = self.lock();
+        rooms
+            .get(room)
+            .map(|room| room.remote.iter().map(|r| r.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Applies a change of `node`'s part of `room` and tells this node's participants.
     pub(crate) fn remote_roster(
         &self,

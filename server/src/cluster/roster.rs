@@ -10,7 +10,7 @@
 //! Reading a hash and applying notices happen in this one task, in order, so a snapshot never undoes a
 //! later change.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,7 +76,7 @@ pub(super) fn spawn(cluster: Arc<Cluster>, signaling: Arc<Signaling>, parts: Ros
     let roster = Roster {
         cluster,
         signaling,
-        published: HashSet::new(),
+        published: HashMap::new(),
         synced: HashMap::new(),
     };
     tokio::spawn(roster.run(parts, inbound));
@@ -121,8 +121,8 @@ async fn subscribe(cluster: Arc<Cluster>, inbound: mpsc::Sender<Inbound>) {
 struct Roster {
     cluster: Arc<Cluster>,
     signaling: Arc<Signaling>,
-    /// The rooms whose roster this node publishes (it wrote its shard of them).
-    published: HashSet<String>,
+    /// The rooms whose roster this node publishes (it wrote its shard of them), since when.
+    published: HashMap<String, Instant>,
     /// Room → the other nodes whose members this node knows, and since when (none: to read again).
     synced: HashMap<String, HashMap<String, Option<Instant>>>,
 }
@@ -171,7 +171,7 @@ impl Roster {
         match command {
             RosterCommand::Opened(room) => {
                 self.write_whole(&room).await;
-                self.published.insert(room);
+                self.published.insert(room, Instant::now());
             }
             RosterCommand::Beat { rooms, read_at } => self.beat(rooms, read_at).await,
         }
@@ -204,24 +204,28 @@ impl Roster {
         }
         let mut keep = Vec::new();
         for room in rooms.keys() {
-            if self.published.contains(room) {
+            if self.published.contains_key(room) {
                 keep.push(room.clone());
             } else {
                 self.write_whole(room).await;
+                self.published.insert(room.clone(), Instant::now());
             }
         }
+        // A shard opened by a join after this beat's read is kept: the next beat lists it.
         let drop: Vec<String> = self
             .published
             .iter()
-            .filter(|room| !rooms.contains_key(*room))
-            .cloned()
+            .filter(|(room, since)| !rooms.contains_key(*room) && **since < read_at)
+            .map(|(room, _)| room.clone())
             .collect();
         let touched = cluster
             .store
             .touch_members(&keep, &drop, &cluster.id, self.ttl())
             .await;
         cluster.observe(&touched, "roster");
-        self.published = rooms.keys().cloned().collect();
+        for room in &drop {
+            self.published.remove(room);
+        }
 
         // Other nodes: read those not known yet, drop those gone (unless heard of since the read).
         let gone_rooms: Vec<String> = self
@@ -299,7 +303,7 @@ impl Roster {
     async fn local(&mut self, batch: Vec<LocalRosterChange>) {
         let changes: Vec<MemberChange> = batch
             .into_iter()
-            .filter(|c| self.published.contains(&c.room))
+            .filter(|c| self.published.contains_key(&c.room))
             .map(|LocalRosterChange { room, change }| {
                 let (sid, participant) = match &change {
                     RosterChange::Joined { participant }

@@ -271,7 +271,7 @@ async fn rooms_spread_over_the_nodes_and_a_client_is_redirected_to_the_owner() -
         .split('`')
         .filter(|word| word.starts_with("chorus_cluster_"))
         .collect();
-    assert_eq!(documented.len(), 11, "{documented:?}");
+    assert_eq!(documented.len(), 14, "{documented:?}");
     for name in documented {
         assert!(exposed.contains(&format!("\n{name}")), "{name} not exposed");
     }

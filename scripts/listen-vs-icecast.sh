@@ -6,6 +6,7 @@
 #   scripts/listen-vs-icecast.sh                     # N=1000, 20 s
 #   N=5000 DURATION=30 PAGE_US=20000 scripts/listen-vs-icecast.sh
 #   ONLY=chorus N=5000 scripts/listen-vs-icecast.sh   # one target (Icecast's slow rush delays the other's window)
+#   WRITE_MS=100 ONLY=chorus scripts/listen-vs-icecast.sh  # Chorus writes every 100 ms page (its default: 300 ms)
 #
 # Chorus: a mixed room at 32 kb/s where one chorus-loadtest participant talks continuously; its mount is
 # /live/<room>.opus. Icecast (Debian's icecast2): ffmpeg encodes a 660 Hz tone with libopus at 32 kb/s into
@@ -44,6 +45,7 @@ bitrate_bps = 32000
 public = true
 page_ms = $((PAGE_US / 1000))
 max_listeners = 60000
+${WRITE_MS:+listener_write_ms = $WRITE_MS}
 [log]
 filter = "warn"
 json = false

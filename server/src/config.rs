@@ -75,6 +75,12 @@ pub struct BroadcastConfig {
     /// Pages a listener may fall behind before it is dropped (its bounded queue): a listener that does not
     /// read for `page_ms × listener_queue_pages` (after its socket buffers fill) is closed and counted.
     pub listener_queue_pages: usize,
+    /// How often a listener's socket is written: every `max(1, listener_write_ms / page_ms)` pages, the
+    /// pages published since in one `writev` (listeners are spread over the pages, so each page is written
+    /// to a share of them). One write per page costs the sender a send per listener per page (on loopback
+    /// ≈ 5 µs each, the receiver's path included); writing every third page a third of that, for up to
+    /// that much more delay. A new listener gets that many pages at once, so its player never waits.
+    pub listener_write_ms: u32,
     /// Audio bytes between two ICY metadata blocks, for clients that send `Icy-MetaData: 1`.
     pub icy_metaint_bytes: usize,
     /// Listeners at most, over all mounts (also bounded by `http.max_connections`).
@@ -92,6 +98,7 @@ impl Default for BroadcastConfig {
             public: false,
             page_ms: 100,
             listener_queue_pages: 30,
+            listener_write_ms: 300,
             icy_metaint_bytes: 16_000,
             max_listeners: 10_000,
             listener_send_buffer_bytes: 16_384,
@@ -108,6 +115,14 @@ impl BroadcastConfig {
         if !(2..=1000).contains(&self.listener_queue_pages) {
             return invalid("broadcast.listener_queue_pages must be 2..=1000");
         }
+        if !(20..=2000).contains(&self.listener_write_ms) {
+            return invalid("broadcast.listener_write_ms must be 20..=2000");
+        }
+        if self.pages_per_write() >= self.listener_queue_pages as u64 {
+            return invalid(
+                "broadcast.listener_write_ms / page_ms must be below listener_queue_pages",
+            );
+        }
         if !(256..=1_000_000).contains(&self.icy_metaint_bytes) {
             return invalid("broadcast.icy_metaint_bytes must be 256..=1000000");
         }
@@ -118,6 +133,11 @@ impl BroadcastConfig {
             return invalid("broadcast.listener_send_buffer_bytes must be 4096..=4194304");
         }
         Ok(())
+    }
+
+    /// Pages that go out to a listener in one write (`listener_write_ms`), at least one.
+    pub fn pages_per_write(&self) -> u64 {
+        u64::from((self.listener_write_ms / self.page_ms.max(1)).max(1))
     }
 }
 

@@ -583,7 +583,19 @@ pub struct BroadcastMetrics {
     pub bytes: IntCounter,
     pub pages: IntCounter,
     pub frames_dropped: IntCounter,
+    pub relays: IntCounterVec,
 }
+
+/// The `result` label values of `chorus_broadcast_relays_total`.
+pub const RELAY_RESULTS: [&str; 7] = [
+    "started",
+    "ended",
+    "no_owner",
+    "cluster_unavailable",
+    "upstream_failed",
+    "bad_stream",
+    "no_key",
+];
 
 /// The `result` label values of `chorus_broadcast_requests_total`.
 pub const BROADCAST_RESULTS: [&str; 4] = ["accepted", "unauthorized", "not_found", "over_capacity"];
@@ -629,6 +641,13 @@ impl BroadcastMetrics {
                 registry,
                 "chorus_broadcast_frames_dropped_total",
                 "Mix frames lost between the media workers and the pager (its queue was full).",
+            )?,
+            relays: counter_vec(
+                registry,
+                "chorus_broadcast_relays_total",
+                "Relays of another node's mount for listeners here (cluster), by result: started, ended, or why one could not start.",
+                "result",
+                &RELAY_RESULTS,
             )?,
         })
     }

@@ -48,6 +48,9 @@ typedef enum ChorusError {
   CHORUS_ERROR_BAD_VOLUME = 19,
   // A number that is not one of the enum's values (`chorus_client_moderate`'s action).
   CHORUS_ERROR_BAD_ACTION = 20,
+  // A pull whose `len` is not a whole number of sample frames (`output_channels` 2: an odd `len`);
+  // nothing was pulled.
+  CHORUS_ERROR_BAD_LENGTH = 21,
 } ChorusError;
 
 // The kind of a [`ChorusEvent`]; which fields are set depends on it.
@@ -119,7 +122,7 @@ typedef struct ChorusClient ChorusClient;
 typedef struct ChorusConfig {
   // 16000, 24000 or 48000: the rate of the PCM pushed (mono).
   uint32_t input_rate_hz;
-  // 16000, 24000 or 48000: the rate of the PCM pulled (mono).
+  // 16000, 24000 or 48000: the rate of the PCM pulled.
   uint32_t output_rate_hz;
   int32_t bitrate_bps;
   bool fec;
@@ -136,6 +139,10 @@ typedef struct ChorusConfig {
   const char *team;
   // Join as a listener only: never publish.
   bool listen_only;
+  // 1 (mono, the default) or 2: the PCM pulled is stereo, interleaved L/R (a spatial mixed room's
+  // stereo mix; a forwarding room's streams panned by the speakers' positions; else the same on both
+  // sides), and every pull's `len` is `frames × 2`.
+  uint16_t output_channels;
 } ChorusConfig;
 
 // The SDK's counters.
@@ -243,7 +250,8 @@ enum ChorusError chorus_client_push_opus(struct ChorusClient *client,
                                          size_t len);
 
 // Fill `out` with `len` samples of the mix at the output rate; `*filled` (if not null) is how many came
-// from the network, the rest is silence. Never waits.
+// from the network, the rest is silence. Never waits. With `output_channels` 2 the samples are
+// interleaved L/R and `len` is `frames × 2` (an odd `len`: [`ChorusError::BadLength`], nothing pulled).
 //
 // # Safety
 // `client` is null or live; `out` is null or valid for writing `len` floats; `filled` is null or writable.
@@ -252,8 +260,8 @@ enum ChorusError chorus_client_pull_mixed_f32(struct ChorusClient *client,
                                               size_t len,
                                               size_t *filled);
 
-// Fill `out` with `len` samples of participant `sid` at the output rate; `*filled` as for the mix.
-// [`ChorusError::UnknownParticipant`] if `sid` is in no slot.
+// Fill `out` with `len` samples of participant `sid` at the output rate; `*filled`, the channels and
+// `len`'s rule as for the mix. [`ChorusError::UnknownParticipant`] if `sid` is in no slot.
 //
 // # Safety
 // As [`chorus_client_pull_mixed_f32`]; `sid` is null or NUL-terminated.

@@ -68,17 +68,27 @@ pub fn soft_clip(x: f32) -> f32 {
     y.copysign(x)
 }
 
-/// A participant's volume applied to its 20 ms `frame`: the gain moves linearly from `from` (the last
-/// frame's) to `to` across the frame, so a change does not click, and anything louder than the knee is
-/// soft-clipped ([`soft_clip`]), so +25 dB does not wrap or square off. Gain 1 throughout: untouched.
-pub(crate) fn apply_gain(frame: &mut [f32], from: f32, to: f32) {
-    if from == 1.0 && to == 1.0 {
+/// Per-channel gains applied to a 20 ms `frame` of `channels` interleaved (1, or 2: L/R; a participant's
+/// volume, times its pan in stereo): each channel's gain moves linearly from `from` (the last frame's) to
+/// `to` across the frame, one step per sample frame (both sides of a sample frame move together), so a
+/// change does not click, and anything louder than the knee is soft-clipped ([`soft_clip`]), so +25 dB
+/// does not wrap or square off. Gain 1 throughout: untouched.
+pub(crate) fn apply_gain(frame: &mut [f32], channels: usize, from: [f32; 2], to: [f32; 2]) {
+    let channels = channels.clamp(1, 2);
+    if from[..channels]
+        .iter()
+        .chain(&to[..channels])
+        .all(|g| *g == 1.0)
+    {
         return;
     }
-    let step = (to - from) / frame.len().max(1) as f32;
-    for (i, s) in frame.iter_mut().enumerate() {
-        let gain = from + step * (i + 1) as f32;
-        *s = soft_clip(*s * gain);
+    let frames = (frame.len() / channels).max(1) as f32;
+    for (i, sample_frame) in frame.chunks_exact_mut(channels).enumerate() {
+        let at = (i + 1) as f32 / frames;
+        for (c, s) in sample_frame.iter_mut().enumerate() {
+            let gain = from[c] + (to[c] - from[c]) * at;
+            *s = soft_clip(*s * gain);
+        }
     }
 }
 
@@ -149,11 +159,12 @@ mod tests {
 
     #[test]
     fn a_volume_scales_the_frame_without_a_jump_and_never_beyond_full_scale() {
+        let mono = |g: f32| [g, g];
         let mut frame = [0.5f32; 480];
-        apply_gain(&mut frame, 1.0, 1.0);
+        apply_gain(&mut frame, 1, mono(1.0), mono(1.0));
         assert!(frame.iter().all(|s| *s == 0.5), "unchanged");
         let quieter = vocab::Volume::new(-12).expect("in range").gain();
-        apply_gain(&mut frame, 1.0, quieter);
+        apply_gain(&mut frame, 1, mono(1.0), mono(quieter));
         // A ramp from the last frame's gain: no step at the start, the new gain at the end.
         assert!((frame[0] - 0.5).abs() < 0.01, "{}", frame[0]);
         assert!((frame[479] - 0.5 * quieter).abs() < 1e-4, "{}", frame[479]);
@@ -161,14 +172,48 @@ mod tests {
         // +50 (+25 dB) on a loud frame: soft-clipped below full scale, not wrapped.
         let louder = vocab::Volume::new(50).expect("in range").gain();
         let mut loud = [0.6f32, -0.6, 0.3, -0.01];
-        apply_gain(&mut loud, louder, louder);
+        apply_gain(&mut loud, 1, mono(louder), mono(louder));
         assert!(loud[0] > 0.99 && loud[0] <= 1.0 && loud[1] < -0.99 && loud[1] >= -1.0);
         assert!(loud[2] > 0.99, "{loud:?}");
         assert!((loud[3] + 0.01 * louder).abs() < 1e-4, "quiet stays linear");
         // Silent (−50): nothing.
         let mut silenced = [0.5f32; 4];
-        apply_gain(&mut silenced, 0.0, vocab::Volume::SILENT.gain());
+        apply_gain(
+            &mut silenced,
+            1,
+            mono(0.0),
+            mono(vocab::Volume::SILENT.gain()),
+        );
         assert!(silenced.iter().all(|s| *s == 0.0));
+    }
+
+    /// Stereo: each side ramps to its own gain, both sides of a sample frame at the same point of the
+    /// ramp (a centred frame panned fully right keeps L and R in step: L falls as R holds).
+    #[test]
+    fn stereo_gains_ramp_per_side_in_whole_sample_frames() {
+        let mut frame = [0.5f32; 960];
+        apply_gain(&mut frame, 2, [1.0, 1.0], [0.0, 1.0]);
+        let (left, right): (Vec<f32>, Vec<f32>) =
+            frame.chunks_exact(2).map(|f| (f[0], f[1])).unzip();
+        assert!(
+            right.iter().all(|s| *s == 0.5),
+            "the right side is untouched"
+        );
+        assert!(
+            (left[0] - 0.5).abs() < 0.01 && left[479] == 0.0,
+            "{} {}",
+            left[0],
+            left[479]
+        );
+        assert!(left.windows(2).all(|w| w[1] <= w[0]));
+        // The same gains on both sides of a stereo frame are the mono ramp on each.
+        let mut stereo = [0.5f32; 960];
+        let mut mono = [0.5f32; 480];
+        apply_gain(&mut stereo, 2, [1.0, 1.0], [0.25, 0.25]);
+        apply_gain(&mut mono, 1, [1.0, 1.0], [0.25, 0.25]);
+        for (pair, m) in stereo.chunks_exact(2).zip(&mono) {
+            assert_eq!(pair, [*m, *m]);
+        }
     }
 
     #[test]

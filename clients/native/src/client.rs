@@ -14,6 +14,7 @@ use vocab::{Position, TalkTarget, Volume, MAX_SLOTS};
 
 use crate::audio::{OpusFrame, Sid, SlotUpdate, MAX_OPUS_BYTES};
 use crate::net::NetAudio;
+use crate::pan::SlotPan;
 use crate::signal::{Command, Session};
 use crate::{Config, Error, Event};
 
@@ -32,6 +33,9 @@ pub(crate) struct Shared {
     /// Each slot's playout volume ([`Volume`]'s value; 0 unchanged): its participant's volume in a
     /// forwarding room (written by the signaling thread, read by the network thread every 20 ms).
     pub slot_volumes: [AtomicI8; MAX_SLOTS],
+    /// Each slot's pan in stereo output ([`crate::pan`]: a forwarding room's speaker at its side; written
+    /// by the signaling thread, read by the network thread every 20 ms).
+    pub slot_pans: [SlotPan; MAX_SLOTS],
     pub stats: Counters,
 }
 
@@ -100,7 +104,7 @@ impl Client {
         let (mic_tx, mic_rx) = RingBuffer::new(config.ring_samples(config.input_rate_hz));
         // Pre-encoded frames: as many 20 ms frames as the ring's length.
         let (opus_tx, opus_rx) = RingBuffer::new((config.buffer_ms as usize / 20).max(2));
-        let out_len = config.ring_samples(config.output_rate_hz);
+        let out_len = config.output_ring_samples();
         let (mixed_tx, mixed_rx) = if config.mixed_output {
             let (tx, rx) = RingBuffer::new(out_len);
             (Some(tx), Some(rx))
@@ -133,6 +137,7 @@ impl Client {
                 shared: shared.clone(),
             }),
             speaker: Some(Speaker {
+                channels: config.output_channels,
                 mixed: mixed_rx,
                 slots: slot_rxs,
                 updates: updates_rx,
@@ -167,6 +172,7 @@ impl Client {
             pacer: Default::default(),
             own_sid: String::new(),
             talk: Default::default(),
+            panning: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name("chorus-signal".into())
@@ -417,9 +423,12 @@ impl Microphone {
     }
 }
 
-/// The game's end of the output: pull mono PCM at [`Config::output_rate_hz`] from the playback callback,
-/// mixed or per participant. Lock-free and allocation-free; what is not there yet is silence.
+/// The game's end of the output: pull PCM at [`Config::output_rate_hz`] from the playback callback,
+/// mixed or per participant, mono or interleaved L/R stereo ([`Config::output_channels`]). Lock-free and
+/// allocation-free; what is not there yet is silence.
 pub struct Speaker {
+    /// [`Config::output_channels`]: every pull is a whole number of sample frames of this many samples.
+    channels: u16,
     mixed: Option<Consumer<f32>>,
     slots: Vec<Consumer<f32>>,
     updates: Consumer<SlotUpdate>,
@@ -430,18 +439,23 @@ pub struct Speaker {
 impl Speaker {
     /// Fill `out` with the mix of everyone (soft-clipped); returns how many samples were audio from the
     /// network, the rest is silence. `Err` if the mixed output is off ([`Config::mixed_output`]).
+    ///
+    /// With [`Config::output_channels`] 2, `out` is interleaved L/R: `out.len()` is `frames × 2` (an odd
+    /// length is [`Error::BufferLength`] and nothing is pulled), and the count returned is in samples too.
     pub fn pull_mixed(&mut self, out: &mut [f32]) -> Result<usize, Error> {
+        let channels = self.whole_frames(out)?;
         let ring = self
             .mixed
             .as_mut()
             .ok_or(Error::OutputOff("mixed_output"))?;
-        Ok(pull(ring, out))
+        Ok(pull(ring, out, channels))
     }
 
     /// Fill `out` with what participant `sid` says; returns how many samples were audio from the network,
     /// the rest is silence. `Err(UnknownParticipant)` if `sid` is in no slot (not speaking lately, or not in
-    /// the room).
+    /// the room). Channels and `out`'s length as for [`Speaker::pull_mixed`].
     pub fn pull_participant(&mut self, sid: &str, out: &mut [f32]) -> Result<usize, Error> {
+        let channels = self.whole_frames(out)?;
         while let Ok(update) = self.updates.pop() {
             if let Some(occupant) = self.occupants.get_mut(usize::from(update.slot)) {
                 *occupant = update.sid;
@@ -455,13 +469,29 @@ impl Speaker {
             .iter()
             .position(|o| o.as_bytes() == sid.as_bytes() && !sid.is_empty())
             .ok_or(Error::UnknownParticipant)?;
-        Ok(pull(&mut self.slots[slot], out))
+        Ok(pull(&mut self.slots[slot], out, channels))
+    }
+
+    /// The channel count, if `out` holds whole sample frames.
+    fn whole_frames(&self, out: &[f32]) -> Result<usize, Error> {
+        let channels = usize::from(self.channels);
+        if !out.len().is_multiple_of(channels) {
+            return Err(Error::BufferLength {
+                len: out.len(),
+                channels: self.channels,
+            });
+        }
+        Ok(channels)
     }
 }
 
-fn pull(ring: &mut Consumer<f32>, out: &mut [f32]) -> usize {
-    let (filled, rest) = ring.pop_partial_slice(out);
-    let n = filled.len();
+/// Pop whole sample frames of `channels` into `out` (the network thread pushes whole ones, so the ring
+/// always holds whole ones), pad with silence; how many samples came from the ring.
+fn pull(ring: &mut Consumer<f32>, out: &mut [f32], channels: usize) -> usize {
+    let n = (ring.slots() / channels * channels).min(out.len());
+    let (filled, rest) = out.split_at_mut(n);
+    let popped = ring.pop_partial_slice(filled).0.len();
+    debug_assert_eq!(popped, n, "a single consumer: what was there stays there");
     rest.fill(0.0);
     n
 }
@@ -493,6 +523,32 @@ mod tests {
             Err(Error::UnknownParticipant)
         ));
         assert!(matches!(client.leave(), Err(Error::NotConnected)));
+        // Stereo output: pulls take whole L/R sample frames.
+        let mut stereo = Client::new(Config {
+            output_channels: 2,
+            ..Config::default()
+        })
+        .expect("valid config");
+        let mut stereo_speaker = stereo.take_speaker().expect("the speaker");
+        let mut odd = [1.0f32; 5];
+        assert!(matches!(
+            stereo_speaker.pull_mixed(&mut odd),
+            Err(Error::BufferLength {
+                len: 5,
+                channels: 2
+            })
+        ));
+        assert!(matches!(
+            stereo_speaker.pull_participant("PA_x", &mut odd),
+            Err(Error::BufferLength { .. })
+        ));
+        assert_eq!(odd, [1.0; 5], "nothing pulled");
+        let mut even = [1.0f32; 6];
+        assert_eq!(
+            stereo_speaker.pull_mixed(&mut even).expect("whole frames"),
+            0
+        );
+        assert_eq!(even, [0.0; 6]);
         assert!(client.set_muted(true).is_ok() && client.is_muted());
         assert!(client.poll_event().is_none());
         // Positions are checked before anything is sent; the last good one stays.

@@ -8,13 +8,21 @@ use crate::Error;
 /// resampler).
 pub const SAMPLE_RATES_HZ: [u32; 3] = [16_000, 24_000, 48_000];
 
+/// The output channel counts: mono, or stereo as interleaved L/R sample frames.
+pub const OUTPUT_CHANNELS: [u16; 2] = [1, 2];
+
 /// A client's settings. `Config::default()` is mono 48 kHz in and out, 32 kb/s, FEC on, DTX off.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The rate of the PCM the game pushes (16, 24 or 48 kHz, mono).
     pub input_rate_hz: u32,
-    /// The rate of the PCM the game pulls (16, 24 or 48 kHz, mono).
+    /// The rate of the PCM the game pulls (16, 24 or 48 kHz).
     pub output_rate_hz: u32,
+    /// The channels of the PCM the game pulls: 1 (mono, the default) or 2 (stereo, interleaved L/R: a
+    /// spatial mixed room's stereo mix as the server panned it; a forwarding room's streams panned by
+    /// the speakers' positions; anything else identical on both sides). Every pull then takes a whole
+    /// number of sample frames: `frames × output_channels` samples.
+    pub output_channels: u16,
     /// The Opus encoder's bitrate (6 to 510 kb/s).
     pub bitrate_bps: i32,
     /// Opus in-band forward error correction (a lost frame comes back from the next packet).
@@ -47,6 +55,7 @@ impl Default for Config {
         Config {
             input_rate_hz: 48_000,
             output_rate_hz: 48_000,
+            output_channels: 1,
             bitrate_bps: 32_000,
             fec: true,
             expected_loss_percent: 10,
@@ -74,6 +83,12 @@ impl Config {
                     "{what} {rate} is not one of {SAMPLE_RATES_HZ:?}"
                 )));
             }
+        }
+        if !OUTPUT_CHANNELS.contains(&self.output_channels) {
+            return Err(Error::Config(format!(
+                "output_channels {} is not 1 or 2",
+                self.output_channels
+            )));
         }
         if !(6_000..=510_000).contains(&self.bitrate_bps) {
             return Err(Error::Config(format!(
@@ -105,6 +120,30 @@ impl Config {
     pub(crate) fn ring_samples(&self, rate_hz: u32) -> usize {
         rate_hz as usize * self.buffer_ms as usize / 1000
     }
+
+    /// The output's channels, as a count.
+    pub(crate) fn channels(&self) -> usize {
+        usize::from(self.output_channels)
+    }
+
+    /// The output's channels, for libopus.
+    pub(crate) fn opus_channels(&self) -> opus::Channels {
+        if self.output_channels == 2 {
+            opus::Channels::Stereo
+        } else {
+            opus::Channels::Mono
+        }
+    }
+
+    /// Samples (all channels) in one 20 ms output frame.
+    pub(crate) fn output_frame_samples(&self) -> usize {
+        Config::frame_samples(self.output_rate_hz) * self.channels()
+    }
+
+    /// Samples (all channels) in each output ring.
+    pub(crate) fn output_ring_samples(&self) -> usize {
+        self.ring_samples(self.output_rate_hz) * self.channels()
+    }
 }
 
 #[cfg(test)]
@@ -124,6 +163,14 @@ mod tests {
                 ..Config::default()
             },
             Config {
+                output_channels: 0,
+                ..Config::default()
+            },
+            Config {
+                output_channels: 3,
+                ..Config::default()
+            },
+            Config {
                 bitrate_bps: 1_000,
                 ..Config::default()
             },
@@ -140,5 +187,13 @@ mod tests {
         }
         assert_eq!(Config::frame_samples(16_000), 320);
         assert_eq!(Config::default().ring_samples(24_000), 4_800);
+        let stereo = Config {
+            output_rate_hz: 24_000,
+            output_channels: 2,
+            ..Config::default()
+        };
+        assert!(stereo.validate().is_ok());
+        assert_eq!(stereo.output_frame_samples(), 960);
+        assert_eq!(stereo.output_ring_samples(), 9_600);
     }
 }

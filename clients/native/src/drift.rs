@@ -14,6 +14,9 @@
 //! coarsely where nobody hears it: a ring that ran dry gets [`TARGET_MARGIN`] of silence (as at the start of
 //! playout), and a ring far above the margin (the game started pulling late, or paused) loses whole silent
 //! frames.
+//!
+//! A stereo ring holds interleaved L/R samples: the compensator measures, pads, drops and resamples whole
+//! sample frames (both channels at the same instants), so a channel never slides into the other.
 
 use rtrb::Producer;
 
@@ -36,10 +39,15 @@ const EXCESS_SECS: f64 = 0.040;
 /// A frame whose every sample is below this (−60 dBFS) is silence that may be dropped.
 const SILENT_PEAK: f32 = 0.001;
 
+/// The most channels a ring carries (stereo).
+pub(crate) const MAX_CHANNELS: usize = 2;
+
 /// One output ring's drift compensation (see the [module docs](self)).
 pub(crate) struct DriftCompensator {
     rate_hz: u32,
-    /// [`TARGET_MARGIN_MS`] in samples, at most a quarter of the ring.
+    /// Interleaved channels per sample frame (1 or 2).
+    channels: usize,
+    /// [`TARGET_MARGIN_MS`] in sample frames, at most a quarter of the ring.
     target: usize,
     /// The lowest fill of the current window, and how many ticks it has seen.
     window_min: usize,
@@ -48,12 +56,12 @@ pub(crate) struct DriftCompensator {
     integral: f64,
     /// Output samples per input sample.
     ratio: f64,
-    /// Samples that may still be dropped in silent frames (from the last window's excess).
+    /// Sample frames that may still be dropped in silent frames (from the last window's excess).
     drop_budget: usize,
-    /// The resampler's read position in the current frame, in input samples (−1: the previous frame's
-    /// last sample), and that sample.
+    /// The resampler's read position in the current frame, in input sample frames (−1: the previous
+    /// frame's last one), and that sample frame.
     position: f64,
-    previous: f32,
+    previous: [f32; MAX_CHANNELS],
     /// Whether anything was pushed yet (the first push is preceded by the margin of silence).
     started: bool,
     /// The resampled frame.
@@ -68,54 +76,64 @@ pub(crate) struct DriftCounters {
     pub rebuffers: u64,
     /// Silent frames dropped because the ring was far above the margin.
     pub frames_dropped: u64,
-    /// Samples the ring had no room for.
+    /// Samples the ring had no room for (each channel's counted).
     pub overflowed: u64,
 }
 
 impl DriftCompensator {
-    /// A compensator for a ring of `capacity` samples at `rate_hz`, fed frames of `frame` samples.
-    pub(crate) fn new(rate_hz: u32, capacity: usize, frame: usize) -> Self {
+    /// A compensator for a ring of `capacity` samples at `rate_hz` with `channels` interleaved (1 or 2),
+    /// fed frames of `frame` samples (all channels).
+    pub(crate) fn new(rate_hz: u32, channels: usize, capacity: usize, frame: usize) -> Self {
+        let channels = channels.clamp(1, MAX_CHANNELS);
         DriftCompensator {
             rate_hz,
-            target: (rate_hz as usize * TARGET_MARGIN_MS / 1000).min(capacity / 4),
+            channels,
+            target: (rate_hz as usize * TARGET_MARGIN_MS / 1000).min(capacity / channels / 4),
             window_min: usize::MAX,
             window_ticks: 0,
             integral: 0.0,
             ratio: 1.0,
             drop_budget: 0,
             position: 0.0,
-            previous: 0.0,
+            previous: [0.0; MAX_CHANNELS],
             started: false,
             out: Vec::with_capacity(frame * 2 + 2),
             counters: DriftCounters::default(),
         }
     }
 
-    /// Push one frame into `ring`, corrected for drift; returns how many samples did not fit.
+    /// Push one frame into `ring` (interleaved, a whole number of sample frames), corrected for drift;
+    /// returns how many samples did not fit.
     pub(crate) fn push(&mut self, frame: &[f32], ring: &mut Producer<f32>) -> usize {
-        let fill = ring.buffer().capacity() - ring.slots();
+        let channels = self.channels;
+        // The game pulls whole sample frames, so the fill is one too.
+        let fill = (ring.buffer().capacity() - ring.slots()) / channels;
         let mut overflow = 0;
         if !self.started || fill == 0 {
             // The start of playout, or the game pulled everything: the margin of silence first (an
             // underrun was heard already, or nothing was playing).
             self.started = true;
             self.counters.rebuffers += 1;
-            overflow += push_silence(ring, self.target);
+            overflow += push_silence(ring, self.target * channels, channels);
             self.restart_window();
         } else {
             self.measure(fill);
         }
-        if self.drop_budget >= frame.len() && frame.iter().all(|s| s.abs() < SILENT_PEAK) {
-            self.drop_budget -= frame.len();
+        let frames = frame.len() / channels;
+        if self.drop_budget >= frames && frame.iter().all(|s| s.abs() < SILENT_PEAK) {
+            self.drop_budget -= frames;
             self.counters.frames_dropped += 1;
             // The resampler continues from this frame's end.
-            self.previous = frame.last().copied().unwrap_or(0.0);
+            self.remember_last(frame);
             self.restart_window();
             return overflow;
         }
         self.resample(frame);
-        let (_, dropped) = ring.push_partial_slice(&self.out);
-        overflow += dropped.len();
+        // Whole sample frames only: a partial one would swap the channels of everything after it.
+        let room = ring.slots() / channels * channels;
+        let fits = self.out.len().min(room);
+        let (_, dropped) = ring.push_partial_slice(&self.out[..fits]);
+        overflow += dropped.len() + self.out.len() - fits;
         self.counters.overflowed += overflow as u64;
         overflow
     }
@@ -161,35 +179,50 @@ impl DriftCompensator {
         self.restart_window();
     }
 
-    /// `frame` at `ratio` into `out`, by linear interpolation (exact copies at ratio 1).
+    /// `frame` at `ratio` into `out`, by linear interpolation between sample frames, each channel from
+    /// its own samples (exact copies at ratio 1).
     fn resample(&mut self, frame: &[f32]) {
         self.out.clear();
+        let channels = self.channels;
+        let frames = frame.len() / channels;
+        if frames == 0 {
+            return;
+        }
         let step = 1.0 / self.ratio;
-        let last = frame.len() as f64 - 1.0;
+        let last = frames as f64 - 1.0;
         while self.position <= last {
             let index = self.position.floor();
             let fraction = (self.position - index) as f32;
             let i = index as isize;
-            let a = if i < 0 {
-                self.previous
-            } else {
-                frame[i as usize]
-            };
-            let b = frame
-                .get((i + 1) as usize)
-                .copied()
-                .unwrap_or(frame[frame.len() - 1]);
-            self.out.push(a + (b - a) * fraction);
+            let next = ((i + 1) as usize).min(frames - 1);
+            for c in 0..channels {
+                let a = if i < 0 {
+                    self.previous[c]
+                } else {
+                    frame[i as usize * channels + c]
+                };
+                let b = frame[next * channels + c];
+                self.out.push(a + (b - a) * fraction);
+            }
             self.position += step;
         }
-        self.position -= frame.len() as f64;
-        self.previous = frame.last().copied().unwrap_or(self.previous);
+        self.position -= frames as f64;
+        self.remember_last(frame);
+    }
+
+    /// Keep `frame`'s last sample frame: the resampler's left neighbour for the next frame's start.
+    fn remember_last(&mut self, frame: &[f32]) {
+        let channels = self.channels;
+        if frame.len() >= channels {
+            let last = &frame[frame.len() - channels..];
+            self.previous[..channels].copy_from_slice(last);
+        }
     }
 }
 
-/// Push `n` samples of silence; returns how many did not fit.
-fn push_silence(ring: &mut Producer<f32>, n: usize) -> usize {
-    let room = ring.slots().min(n);
+/// Push `n` samples of silence (whole sample frames of `channels`); returns how many did not fit.
+fn push_silence(ring: &mut Producer<f32>, n: usize, channels: usize) -> usize {
+    let room = (ring.slots() / channels * channels).min(n);
     if let Ok(chunk) = ring.write_chunk_uninit(room) {
         chunk.fill_from_iter(std::iter::repeat(0.0));
     }

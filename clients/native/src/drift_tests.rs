@@ -41,30 +41,46 @@ impl Lcg {
 struct Seen {
     /// Pulls that got less than a whole chunk.
     underruns: u64,
-    /// The ring's fill after each push and each pull, in samples.
+    /// The ring's fill after each push and each pull, in sample frames.
     min_fill: usize,
     max_fill: usize,
     /// The largest step between two consecutive samples pulled (a drop or insertion inside a tone would be
-    /// a jump far above the tone's own slope).
+    /// a jump far above the tone's own slope), on any channel.
     max_step: f32,
+    /// Stereo: pulled sample frames whose right sample is not the left one negated (what the tests push),
+    /// and pulls that ended inside a sample frame.
+    crossed: u64,
     counters: DriftCounters,
     learnt_ppm: f64,
 }
 
-/// A game's device at `device_ppm` pulling from `seconds` of playout, from `start_s`; `frame_at(k)` is the
-/// k-th 20 ms frame the network thread plays. Everything after `warm_up_s` is judged.
+/// A game's device at `device_ppm` pulling from `seconds` of mono playout, from `start_s`; `frame_at(k)`
+/// is the k-th 20 ms frame the network thread plays. Everything after `warm_up_s` is judged.
 fn run(
+    device_ppm: f64,
+    seconds: u32,
+    start_s: f64,
+    warm_up_s: f64,
+    frame_at: impl FnMut(u64, Instant, &mut [f32]),
+) -> Seen {
+    run_channels(1, device_ppm, seconds, start_s, warm_up_s, frame_at)
+}
+
+/// [`run`] with `channels` interleaved: the ring, the frames and the device's chunks hold that many
+/// samples per sample frame (the ring's length in time is the same).
+fn run_channels(
+    channels: usize,
     device_ppm: f64,
     seconds: u32,
     start_s: f64,
     warm_up_s: f64,
     mut frame_at: impl FnMut(u64, Instant, &mut [f32]),
 ) -> Seen {
-    let (mut producer, mut consumer) = RingBuffer::new(CAPACITY);
-    let mut drift = DriftCompensator::new(RATE, CAPACITY, FRAME);
+    let (mut producer, mut consumer) = RingBuffer::new(CAPACITY * channels);
+    let mut drift = DriftCompensator::new(RATE, channels, CAPACITY * channels, FRAME * channels);
     let mut late = Lcg(7);
-    let mut frame = vec![0.0f32; FRAME];
-    let mut pulled = vec![0.0f32; CHUNK];
+    let mut frame = vec![0.0f32; FRAME * channels];
+    let mut pulled = vec![0.0f32; CHUNK * channels];
     let mut seen = Seen {
         min_fill: usize::MAX,
         ..Seen::default()
@@ -73,7 +89,7 @@ fn run(
     let pull_period = CHUNK as f64 / (f64::from(RATE) * (1.0 + device_ppm * 1e-6));
     let ticks = u64::from(seconds) * 50;
     let (mut tick, mut pull) = (0u64, 0u64);
-    let mut last_sample: Option<f32> = None;
+    let mut last_sample: Option<[f32; MAX_CHANNELS]> = None;
     while tick < ticks {
         // The network thread wakes 0–8 ms after each tick is due; the device runs on its own clock.
         let tick_at = tick as f64 * 0.02 + (late.next() % 8_000) as f64 * 1e-6;
@@ -90,18 +106,24 @@ fn run(
         } else {
             let got = consumer.pop_partial_slice(&mut pulled).0.len();
             pull += 1;
+            seen.crossed += u64::from(!got.is_multiple_of(channels));
             if judged {
-                seen.underruns += u64::from(got < CHUNK);
-                for s in &pulled[..got] {
+                seen.underruns += u64::from(got < CHUNK * channels);
+                for s in pulled[..got].chunks_exact(channels) {
                     if let Some(last) = last_sample {
-                        seen.max_step = seen.max_step.max((s - last).abs());
+                        for (c, s) in s.iter().enumerate() {
+                            seen.max_step = seen.max_step.max((s - last[c]).abs());
+                        }
                     }
-                    last_sample = Some(*s);
+                    let mut now = [0.0; MAX_CHANNELS];
+                    now[..channels].copy_from_slice(s);
+                    last_sample = Some(now);
+                    seen.crossed += u64::from(channels == 2 && s[1] != -s[0]);
                 }
             }
         }
         if judged {
-            let fill = consumer.slots();
+            let fill = consumer.slots() / channels;
             seen.min_fill = seen.min_fill.min(fill);
             seen.max_fill = seen.max_fill.max(fill);
         }
@@ -135,6 +157,33 @@ fn a_device_300_ppm_off_either_way_neither_fills_the_ring_nor_runs_it_dry() {
         // Only the start of playout was a rebuffer; no tone frame was dropped.
         assert_eq!(seen.counters.rebuffers, 1, "{ppm} ppm: {seen:?}");
         assert_eq!(seen.counters.frames_dropped, 0, "{ppm} ppm: {seen:?}");
+    }
+}
+
+/// Stereo (interleaved L/R, the right the left negated), a device 300 ppm off either way: the same
+/// bounds as mono, and every sample frame the device pulls still has its right sample the left one
+/// negated, so the resampling and the silence never shifted one channel into the other.
+#[test]
+fn a_stereo_ring_is_corrected_in_whole_sample_frames() {
+    for ppm in [300.0, -300.0] {
+        let mut tone = ToneGenerator::new(440.0, 0.5, RATE);
+        let mut mono = vec![0.0f32; FRAME];
+        let seen = run_channels(2, ppm, 120, 0.0, 60.0, |_, _, frame| {
+            tone.fill(&mut mono);
+            for (pair, s) in frame.chunks_exact_mut(2).zip(&mono) {
+                pair[0] = *s;
+                pair[1] = -*s;
+            }
+        });
+        assert_eq!(seen.crossed, 0, "{ppm} ppm: {seen:?}");
+        assert_eq!(seen.underruns, 0, "{ppm} ppm: {seen:?}");
+        assert_eq!(seen.counters.overflowed, 0, "{ppm} ppm: {seen:?}");
+        assert!(
+            seen.max_fill <= MAX_FILL && seen.min_fill > 0,
+            "{ppm} ppm: {seen:?}"
+        );
+        assert!((seen.learnt_ppm - ppm).abs() < 30.0, "{ppm} ppm: {seen:?}");
+        assert!(seen.max_step <= tone_slope() * 1.01, "{ppm} ppm: {seen:?}");
     }
 }
 
@@ -217,7 +266,7 @@ fn sender_and_device_clocks_300_ppm_apart_keep_a_bounded_delay() {
     let mut tone = ToneGenerator::new(440.0, 0.3, RATE);
     let mut last = Vec::new();
     let (mut producer, mut consumer) = RingBuffer::new(CAPACITY);
-    let mut drift = DriftCompensator::new(RATE, CAPACITY, FRAME);
+    let mut drift = DriftCompensator::new(RATE, 1, CAPACITY, FRAME);
     let mut frame = vec![0.0f32; FRAME];
     for _ in 0..100 {
         tone.fill(&mut frame);

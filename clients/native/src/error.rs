@@ -22,6 +22,12 @@ pub enum Error {
     /// The output asked for is turned off in the [`crate::Config`] (`mixed_output`, `participant_output`).
     #[error("{0} is off")]
     OutputOff(&'static str),
+    /// A pull into a buffer that is not a whole number of sample frames: with
+    /// [`crate::Config::output_channels`] 2 a buffer holds `frames × 2` samples (interleaved L/R), so an odd
+    /// length would end inside a frame. Nothing was pulled. Carries numbers only (no allocation on the
+    /// audio path).
+    #[error("a buffer of {len} samples is not a whole number of {channels}-channel sample frames")]
+    BufferLength { len: usize, channels: u16 },
     /// A pre-encoded Opus frame that is empty, too long or not Opus.
     #[error("not a usable Opus frame: {0}")]
     BadOpus(String),

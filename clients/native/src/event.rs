@@ -95,7 +95,7 @@ pub enum Event {
     Slots(Vec<SlotInfo>),
     /// In a spatial forwarding room: the speakers this session hears (in range, nearest first) and where
     /// they are, for the game to render their streams ([`crate::Speaker::pull_participant`]) in its 3D
-    /// audio engine. Sent when the set or a position in it changes, at most every 100 ms; empty: nobody is
+    /// audio engine (with [`crate::Config::output_channels`] 2 the SDK pans them itself). Sent when the set or a position in it changes, at most every 100 ms; empty: nobody is
     /// in range.
     Positions(Vec<SpeakerPosition>),
     /// The server is shutting down; the connection ends soon (and the session rejoins).

@@ -25,13 +25,14 @@ mod error;
 mod event;
 pub mod ffi;
 mod net;
+mod pan;
 mod position;
 mod signal;
 mod talk;
 
 pub use audio::soft_clip;
 pub use client::{Client, Microphone, Speaker, Stats};
-pub use config::{Config, SAMPLE_RATES_HZ};
+pub use config::{Config, OUTPUT_CHANNELS, SAMPLE_RATES_HZ};
 pub use error::Error;
 pub use event::{ConnectionState, Event, Participant, SlotInfo, SpeakerPosition};
 pub use signaling::protocol::ModerateAction;

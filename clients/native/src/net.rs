@@ -16,6 +16,7 @@ use crate::audio::{apply_gain, soft_clip, Encoded, MicEncoder, OpusFrame};
 use crate::client::Shared;
 use crate::drift::DriftCompensator;
 use crate::event::{ConnectionState, Event};
+use crate::pan::{pan_gains, SlotPan};
 use crate::talk::slot_volume;
 use crate::{Config, Error};
 
@@ -71,11 +72,14 @@ impl Net {
     fn drive(&mut self) -> Result<(), Error> {
         let mut encoder = MicEncoder::new(&self.config)?;
         let mut opus_decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?;
+        // Stereo output decodes stereo: a spatial mixed room's stereo mix keeps its sides, a mono stream
+        // comes out the same on both (then panned, in a spatial forwarding room).
         let mut players = (0..self.slots)
-            .map(|_| Player::new(self.config.output_rate_hz))
+            .map(|_| Player::with_channels(self.config.output_rate_hz, self.config.opus_channels()))
             .collect::<Result<Vec<_>, _>>()?;
+        let channels = self.config.channels();
         let frame_in = Config::frame_samples(self.config.input_rate_hz);
-        let frame_out = Config::frame_samples(self.config.output_rate_hz);
+        let frame_out = self.config.output_frame_samples();
         let mut mic_frame = vec![0.0f32; frame_in];
         let mut slot_frame = vec![0.0f32; frame_out];
         let mut mix = vec![0.0f32; frame_out];
@@ -86,6 +90,7 @@ impl Net {
         let drift_for = |ring: &Producer<f32>| {
             DriftCompensator::new(
                 self.config.output_rate_hz,
+                channels,
                 ring.buffer().capacity(),
                 frame_out,
             )
@@ -93,8 +98,9 @@ impl Net {
         let mut slot_drift: Vec<DriftCompensator> =
             self.audio.slots.iter().map(drift_for).collect();
         let mut mixed_drift = self.audio.mixed.as_ref().map(drift_for);
-        // Each slot's gain in its last frame (its participant's volume, in a forwarding room).
-        let mut gains = vec![1.0f32; players.len()];
+        // Each slot's gains (left, right; mono: the first) in its last frame: its participant's volume in
+        // a forwarding room, times its pan in stereo.
+        let mut gains = vec![[1.0f32; 2]; players.len()];
         let mut next_tick: Option<Instant> = None;
         let mut connected = false;
         let mut disconnected_since: Option<Instant> = None;
@@ -164,8 +170,13 @@ impl Net {
                 for (slot, (player, gain)) in players.iter_mut().zip(&mut gains).enumerate() {
                     player.tick(due, &mut slot_frame);
                     let volume = slot_volume(&self.shared, slot).gain();
-                    apply_gain(&mut slot_frame, *gain, volume);
-                    *gain = volume;
+                    let pan = match channels {
+                        2 => pan_gains(self.shared.slot_pans.get(slot).and_then(SlotPan::load)),
+                        _ => [1.0, 1.0],
+                    };
+                    let target = pan.map(|side| side * volume);
+                    apply_gain(&mut slot_frame, channels, *gain, target);
+                    *gain = target;
                     for (m, s) in mix.iter_mut().zip(&slot_frame) {
                         *m += s;
                     }

@@ -21,6 +21,7 @@ use crate::audio::{Sid, SlotUpdate};
 use crate::client::Shared;
 use crate::event::{ConnectionState, Event, Participant, SlotInfo, SpeakerPosition};
 use crate::net::{bind_towards, Net, NetAudio};
+use crate::pan::Panning;
 use crate::position::PositionPacer;
 use crate::talk::TalkState;
 use crate::{Config, Error};
@@ -98,6 +99,8 @@ pub(crate) struct Session {
     pub own_sid: String,
     /// The talk target and volumes.
     pub talk: TalkState,
+    /// Where the speakers this session hears are (stereo output in a forwarding room).
+    pub panning: Panning,
 }
 
 impl Session {
@@ -245,6 +248,8 @@ impl Session {
         }
         self.restore_ptt(&mut client, &joined.participant).await?;
         self.talk.joined(joined.room.mode, &self.shared);
+        self.panning.reset();
+        self.publish_pans();
         self.talk.restore(&mut client, &present).await?;
         self.pacer.reset();
         self.send_position(&mut client).await?;
@@ -265,6 +270,8 @@ impl Session {
                     self.shared.ptt.store(false, Ordering::Release);
                     self.restore_ptt(&mut client, &moved.participant).await?;
                     self.talk.moved(moved.room.mode, &self.shared);
+                    self.panning.reset();
+                    self.publish_pans();
                     self.pacer.reset();
                     self.send_position(&mut client).await?;
                 }
@@ -449,7 +456,10 @@ impl Session {
                     Some(Command::Close) | None => return Ok(End::Done),
                 },
                 changed = self.position.changed(), if positions_open => match changed {
-                    Ok(()) => self.send_position(client).await?,
+                    Ok(()) => {
+                        self.send_position(client).await?;
+                        self.publish_pans();
+                    }
                     Err(_) => positions_open = false,
                 },
                 () = tokio::time::sleep_until(position_due.unwrap_or_else(Instant::now).into()),
@@ -472,6 +482,15 @@ impl Session {
 
     fn event(&self, event: Event) {
         let _ = self.events.send(event);
+    }
+
+    /// Each slot's pan for stereo output, from who is in it, where they are and where the game is.
+    fn publish_pans(&self) {
+        if self.config.output_channels == 2 {
+            let own = *self.position.borrow();
+            self.panning
+                .publish(own, self.talk.slots(), self.talk.mixed(), &self.shared);
+        }
     }
 
     /// An event from the server, as an [`Event`] (and slot-map updates for the speaker).
@@ -519,6 +538,7 @@ impl Session {
                         sid,
                     });
                 }
+                self.publish_pans();
                 Event::Slots(
                     s.slots
                         .into_iter()
@@ -529,8 +549,9 @@ impl Session {
                         .collect(),
                 )
             }
-            ServerMessage::Positions(p) => Event::Positions(
-                p.positions
+            ServerMessage::Positions(p) => {
+                let positions: Vec<SpeakerPosition> = p
+                    .positions
                     .into_iter()
                     .map(|s| SpeakerPosition {
                         sid: s.sid,
@@ -541,8 +562,11 @@ impl Session {
                             yaw_deg: s.yaw_deg,
                         },
                     })
-                    .collect(),
-            ),
+                    .collect();
+                self.panning.positions(&positions);
+                self.publish_pans();
+                Event::Positions(positions)
+            }
             ServerMessage::Draining(_) => Event::Draining,
             ServerMessage::Error(e) => {
                 self.talk.error();

@@ -176,6 +176,16 @@ impl TalkState {
         Ok(())
     }
 
+    /// Who is in each slot (from the `slots` messages).
+    pub(crate) fn slots(&self) -> &[Option<String>] {
+        &self.slots
+    }
+
+    /// Whether the room mixes on the server.
+    pub(crate) fn mixed(&self) -> bool {
+        self.mixed
+    }
+
     /// Each slot's volume for the network thread: its participant's, or unchanged (free slots, mixed rooms).
     fn publish(&self, shared: &Shared) {
         for (slot, occupant) in self.slots.iter().enumerate() {

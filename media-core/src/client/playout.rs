@@ -14,6 +14,8 @@ pub struct Player {
     jitter: JitterBuffer,
     decoder: opus::Decoder,
     rate_hz: u32,
+    /// Output channels (1, or 2 interleaved L/R).
+    channels: usize,
     /// Decoded samples not played yet (a packet longer than what the last tick still needed).
     pending: Vec<f32>,
     scratch: Vec<f32>,
@@ -24,13 +26,22 @@ pub struct Player {
 impl Player {
     /// A player whose output is mono at `rate_hz` (8, 12, 16, 24 or 48 kHz: libopus' decoder rates).
     pub fn new(rate_hz: u32) -> Result<Self, opus::Error> {
+        Player::with_channels(rate_hz, opus::Channels::Mono)
+    }
+
+    /// A player whose output is `channels` at `rate_hz`; stereo is interleaved L/R. libopus decodes any
+    /// stream to the decoder's channels: a stereo stream played mono is folded down, a mono stream played
+    /// stereo comes out identical on both sides.
+    pub fn with_channels(rate_hz: u32, channels: opus::Channels) -> Result<Self, opus::Error> {
+        let count = channels as usize;
         Ok(Player {
             jitter: JitterBuffer::new(JitterConfig::default()),
-            decoder: opus::Decoder::new(rate_hz, opus::Channels::Mono)?,
+            decoder: opus::Decoder::new(rate_hz, channels)?,
             rate_hz,
-            pending: Vec::with_capacity(rate_hz as usize / 5),
+            channels: count,
+            pending: Vec::with_capacity(rate_hz as usize / 5 * count),
             // 120 ms, the longest Opus packet.
-            scratch: vec![0.0; rate_hz as usize * 120 / 1000],
+            scratch: vec![0.0; rate_hz as usize * 120 / 1000 * count],
             active: false,
         })
     }
@@ -52,13 +63,14 @@ impl Player {
         self.jitter.stats()
     }
 
-    /// `samples` at 48 kHz (the RTP clock) as samples at the output rate.
+    /// `samples` at 48 kHz (the RTP clock) as samples per channel at the output rate.
     fn at_rate(&self, samples_48k: u32) -> usize {
         (samples_48k as usize * self.rate_hz as usize / SAMPLE_RATE as usize)
-            .min(self.scratch.len())
+            .min(self.scratch.len() / self.channels)
     }
 
-    /// The 20 ms of playout due at `due`, written to `out` (`rate_hz / 50` samples; any length works).
+    /// The 20 ms of playout due at `due`, written to `out` (`rate_hz / 50` samples per channel,
+    /// interleaved; any whole number of sample frames works).
     /// Each span is asked of the jitter buffer as of when it starts to play, after what this tick already
     /// holds (as the server's mixer does): asked for at the tick, a span after a shortened packet would
     /// look late, and the buffer would insert silence right after every trim.
@@ -67,8 +79,10 @@ impl Player {
             out.fill(0.0);
             return;
         }
+        let channels = self.channels;
         while self.pending.len() < out.len() {
-            let have_48k = self.pending.len() * SAMPLE_RATE as usize / self.rate_hz as usize;
+            let have_48k =
+                self.pending.len() / channels * SAMPLE_RATE as usize / self.rate_hz as usize;
             let span = self.jitter.pop(due + samples_duration(have_48k));
             let (decoded, keep) = match span {
                 // A packet plays whole, also when the buffer asks to play only its start to steer its delay
@@ -95,8 +109,11 @@ impl Player {
                 Playout::Fec { payload, samples } => {
                     let n = self.at_rate(samples);
                     (
-                        self.decoder
-                            .decode_float(&payload, &mut self.scratch[..n], true),
+                        self.decoder.decode_float(
+                            &payload,
+                            &mut self.scratch[..n * channels],
+                            true,
+                        ),
                         n,
                     )
                 }
@@ -104,21 +121,21 @@ impl Player {
                     let n = self.at_rate(samples);
                     (
                         self.decoder
-                            .decode_float(&[], &mut self.scratch[..n], false),
+                            .decode_float(&[], &mut self.scratch[..n * channels], false),
                         n,
                     )
                 }
                 Playout::Silence { samples } => {
                     let n = self.at_rate(samples);
-                    self.scratch[..n].fill(0.0);
+                    self.scratch[..n * channels].fill(0.0);
                     (Ok(n), n)
                 }
             };
-            // A frame libopus cannot decode plays as silence of its length.
+            // Samples per channel; a frame libopus cannot decode plays as silence of its length.
             let n = match decoded {
                 Ok(n) => n.min(keep),
                 Err(_) => {
-                    self.scratch[..keep].fill(0.0);
+                    self.scratch[..keep * channels].fill(0.0);
                     keep
                 }
             };
@@ -127,7 +144,8 @@ impl Player {
                 self.pending.resize(out.len(), 0.0);
                 break;
             }
-            self.pending.extend_from_slice(&self.scratch[..n]);
+            self.pending
+                .extend_from_slice(&self.scratch[..n * channels]);
         }
         out.copy_from_slice(&self.pending[..out.len()]);
         self.pending.drain(..out.len());
@@ -201,6 +219,65 @@ mod tests {
         assert!(player.delay() <= Duration::from_millis(200));
         let tail = &played[played.len() / 2..];
         let analysis = ToneAnalysis::analyze(tail, 16_000, &[500.0, 1000.0]);
+        assert_eq!(analysis.present_default(), vec![500.0], "{analysis:?}");
+    }
+
+    /// Played stereo, a stereo stream keeps its sides (a tone on the left, silence on the right) and a
+    /// mono stream comes out identical on both; the output is interleaved, 20 ms per tick.
+    #[test]
+    fn a_stereo_player_keeps_the_sides_of_a_stereo_stream_and_duplicates_a_mono_one() {
+        let start = t0();
+        let mut stereo = opus::Encoder::new(
+            SAMPLE_RATE,
+            opus::Channels::Stereo,
+            opus::Application::Audio,
+        )
+        .expect("a stereo encoder");
+        let mut mono =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .expect("a mono encoder");
+        let mut from_stereo =
+            Player::with_channels(24_000, opus::Channels::Stereo).expect("a player");
+        let mut from_mono =
+            Player::with_channels(24_000, opus::Channels::Stereo).expect("a player");
+        let mut tone = ToneGenerator::new(500.0, 0.3, SAMPLE_RATE);
+        let (mut left, mut right, mut mono_out) = (Vec::new(), Vec::new(), Vec::new());
+        let mut out = [0.0f32; 960];
+        for i in 0..50u32 {
+            let mut pcm = [0.0f32; FRAME_SAMPLES];
+            tone.fill(&mut pcm);
+            let mut interleaved = [0.0f32; FRAME_SAMPLES * 2];
+            for (frame, s) in interleaved.chunks_exact_mut(2).zip(&pcm) {
+                frame[0] = *s;
+            }
+            let now = start + samples_duration(FRAME_SAMPLES * i as usize);
+            let mut bytes = [0u8; 1_000];
+            let n = stereo
+                .encode_float(&interleaved, &mut bytes)
+                .expect("encodes");
+            assert!(from_stereo.receive(&packet(i, &bytes[..n], now)));
+            let n = mono.encode_float(&pcm, &mut bytes).expect("encodes");
+            assert!(from_mono.receive(&packet(i, &bytes[..n], now)));
+            from_stereo.tick(now, &mut out);
+            for frame in out.chunks_exact(2) {
+                left.push(frame[0]);
+                right.push(frame[1]);
+            }
+            from_mono.tick(now, &mut out);
+            assert!(out.chunks_exact(2).all(|f| f[0] == f[1]), "mono duplicated");
+            mono_out.extend(out.iter().step_by(2));
+        }
+        let energy = |pcm: &[f32]| pcm[pcm.len() / 2..].iter().map(|s| s * s).sum::<f32>();
+        assert!(
+            energy(&left) > 1000.0 * energy(&right).max(1e-9),
+            "{} {}",
+            energy(&left),
+            energy(&right)
+        );
+        let analysis = ToneAnalysis::analyze(&left[left.len() / 2..], 24_000, &[500.0, 1000.0]);
+        assert_eq!(analysis.present_default(), vec![500.0], "{analysis:?}");
+        let analysis =
+            ToneAnalysis::analyze(&mono_out[mono_out.len() / 2..], 24_000, &[500.0, 1000.0]);
         assert_eq!(analysis.present_default(), vec![500.0], "{analysis:?}");
     }
 }

@@ -22,6 +22,7 @@ use super::output::OutEncoder;
 use super::{Feed, MixPacket, Mixer};
 use crate::audibility::Audibility;
 use crate::audio::FRAME_SAMPLES;
+use crate::spatial::equal_power_gains;
 use crate::speakers::csrc_levels::Contributors;
 use crate::stats::MixStats;
 
@@ -38,9 +39,7 @@ pub(super) type KeyEntry = (u32, i16, i8);
 /// The left and right gains a quantised (gain, pan) renders at.
 fn quantised_gains(gain_steps: i16, pan_steps: i8) -> (f32, f32) {
     let gain = 10f32.powf(f32::from(gain_steps) * GAIN_STEP_DB / 20.0);
-    let pan = f32::from(pan_steps) / PAN_STEPS;
-    let angle = (pan + 1.0) * std::f32::consts::FRAC_PI_4;
-    (gain * angle.cos(), gain * angle.sin())
+    equal_power_gains(gain, f32::from(pan_steps) / PAN_STEPS)
 }
 
 impl Mixer {

@@ -42,9 +42,17 @@ impl Hearing {
     /// Left and right channel gains: the fade gain split by an equal-power (sine/cosine) pan law, so the
     /// voice's total energy does not depend on where it is (`l² + r² = gain²`).
     pub fn stereo_gains(&self) -> (f32, f32) {
-        let angle = (self.pan.clamp(-1.0, 1.0) + 1.0) * std::f32::consts::FRAC_PI_4;
-        (self.gain * angle.cos(), self.gain * angle.sin())
+        equal_power_gains(self.gain, self.pan)
     }
+}
+
+/// The left and right gains of a voice at linear `gain` panned to `pan` (−1 left ..= +1 right) by the
+/// equal-power (sine/cosine) law: `l² + r² = gain²`, so the voice's energy does not depend on its side;
+/// centred, each channel gets `gain / √2` (−3 dB); fully right, the left gets nothing. The one pan law of
+/// Chorus: the server's spatial mix and the native SDK's rendering of forwarded streams both use it.
+pub fn equal_power_gains(gain: f32, pan: f32) -> (f32, f32) {
+    let angle = (pan.clamp(-1.0, 1.0) + 1.0) * std::f32::consts::FRAC_PI_4;
+    (gain * angle.cos(), gain * angle.sin())
 }
 
 /// A speaker a listener hears.

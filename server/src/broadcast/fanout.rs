@@ -4,9 +4,11 @@
 //! Icecast serves its listeners from one thread that sends each new block to every client; so does this,
 //! with less per listener: a listener is its socket, its connection's permit and a [`Feed`] — what is left
 //! of the buffer it is writing (a slice of a shared page, no copy), the number of the next page, and its
-//! ICY state. A page is written to all listeners in one pass of the task (one wake-up per page, not one per
-//! listener), each with one `writev` of whatever it has pending: what is left of the page before, the ICY
-//! block due, the new page. A socket that takes less is *blocked*: it is not offered the next pages but
+//! ICY state. Pages are written in one pass of the task per page (one wake-up per page, not one per
+//! listener), each listener with one `writev` of whatever it has pending: what is left of the page before,
+//! the ICY blocks due, the new pages. A listener is written every [`Cadence::pages`] pages
+//! (`broadcast.listener_write_ms`), on its own phase, so each pass writes a share of the listeners and
+//! each listener gets that many pages per system call. A socket that takes less is *blocked*: it is not offered the next pages but
 //! waits for writability (the task is woken by its readiness, the others are not held up), then gets all it
 //! missed in one `writev`. A blocked listener whose next page has left the ring — it is
 //! `broadcast.listener_queue_pages` behind live — is dropped, counted and logged. Nothing is allocated per
@@ -71,8 +73,8 @@ pub(super) fn hand_over(broadcasts: &Arc<Broadcasts>, mount: &Arc<Mount>, arriva
             capacity: broadcasts.config.listener_queue_pages,
             next: pager.next_number,
         };
-        if let Some(last) = pager.last.clone() {
-            ring.push(last);
+        for page in pager.recent.iter().cloned() {
+            ring.push(page);
         }
         (mount.pages.subscribe(), ring, pager.headers.clone())
     };
@@ -81,6 +83,9 @@ pub(super) fn hand_over(broadcasts: &Arc<Broadcasts>, mount: &Arc<Mount>, arriva
         mount: mount.clone(),
         headers,
         ring,
+        cadence: Cadence {
+            pages: broadcasts.config.pages_per_write(),
+        },
         listeners: Vec::new(),
         scratch: Vec::with_capacity(MAX_IOV),
     };
@@ -93,6 +98,8 @@ struct Listener {
     stream: TcpStream,
     _permit: Permit,
     feed: Feed,
+    /// The pages after which it is written: those whose number is this modulo [`Cadence::pages`].
+    phase: u64,
     /// Its socket took less than it was offered: it is written again once writable, not on new pages.
     blocked: bool,
 }
@@ -117,9 +124,16 @@ impl Ring {
         self.pages.front().map_or(self.next, |p| p.number)
     }
 
-    /// Where a new listener starts: the newest page (its first audio at once), else the next to come.
-    fn start(&self) -> u64 {
-        self.pages.back().map_or(self.next, |p| p.number)
+    /// Where a new listener starts: `pages` pages back from the newest (its first audio at once, enough to
+    /// play until its next write), as far as the ring goes; else the next page to come.
+    fn start(&self, pages: u64) -> u64 {
+        match self.pages.back() {
+            Some(newest) => newest
+                .number
+                .saturating_sub(pages.saturating_sub(1))
+                .max(self.oldest()),
+            None => self.next,
+        }
     }
 
     /// Keeps `page`; returns whether pages were missed before it (the fan-out itself fell behind).
@@ -134,6 +148,20 @@ impl Ring {
         self.next = page.number + 1;
         self.pages.push_back(page);
         gap
+    }
+}
+
+/// When listeners are written: every `pages` pages, each on its phase (the pass of page `n` writes the
+/// listeners whose phase is `n % pages`).
+#[derive(Clone, Copy, Debug)]
+struct Cadence {
+    pages: u64,
+}
+
+impl Cadence {
+    /// Whether a listener of `phase` is due after a pass that received pages `first..=last`.
+    fn due(self, phase: u64, first: u64, last: u64) -> bool {
+        last - first + 1 >= self.pages || (first..=last).any(|n| n % self.pages == phase)
     }
 }
 
@@ -203,6 +231,7 @@ struct Fanout {
     mount: Arc<Mount>,
     headers: Bytes,
     ring: Ring,
+    cadence: Cadence,
     listeners: Vec<Listener>,
     /// The pieces of one `writev` (reused: no allocation per write).
     scratch: Vec<Bytes>,
@@ -229,6 +258,7 @@ impl Fanout {
                 // The mount's slot holds the sender while the task runs.
                 Wake::Arrival(None) => {}
                 Wake::Page(Ok(page)) => {
+                    let first = page.number;
                     self.page(page);
                     // Pages that came meanwhile go out in the same pass.
                     loop {
@@ -238,7 +268,8 @@ impl Fanout {
                             Err(_) => break,
                         }
                     }
-                    self.write_all();
+                    let last = self.ring.next - 1;
+                    self.write_all(first.min(last), last);
                 }
                 Wake::Page(Err(RecvError::Lagged(missed))) => self.lagged(missed),
                 Wake::Page(Err(RecvError::Closed)) => {}
@@ -284,9 +315,10 @@ impl Fanout {
                 head: arrival.head,
                 meta: Bytes::new(),
                 current: self.headers.clone(),
-                next: self.ring.start(),
+                next: self.ring.start(self.cadence.pages),
                 icy: arrival.icy.then(|| Icy::new(metaint)),
             },
+            phase: id % self.cadence.pages,
             blocked: false,
         });
         let meta = self.mount.meta();
@@ -310,9 +342,9 @@ impl Fanout {
         warn!(room = %self.mount.room, missed, "broadcast fan-out fell behind: its listeners skip pages");
     }
 
-    /// A pass over every listener after new pages: the ready ones are written, the blocked ones a queue
-    /// behind are dropped.
-    fn write_all(&mut self) {
+    /// A pass over every listener after pages `first..=last`: the ready ones whose phase is due are
+    /// written, the blocked ones a queue behind are dropped.
+    fn write_all(&mut self, first: u64, last: u64) {
         let meta = self.mount.meta();
         let oldest = self.ring.oldest();
         let mut sent = 0;
@@ -320,6 +352,10 @@ impl Fanout {
         while i < self.listeners.len() {
             let l = &self.listeners[i];
             if !l.blocked {
+                if !self.cadence.due(l.phase, first, last) {
+                    i += 1;
+                    continue;
+                }
                 let before = self.listeners.len();
                 sent += self.write(i, &meta);
                 if self.listeners.len() < before {
@@ -568,7 +604,9 @@ mod tests {
     fn a_listener_starts_on_the_newest_page_and_a_gap_restarts_the_ring() {
         let pages: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 3])).collect();
         let mut ring = ring_of(&pages, 3);
-        assert_eq!((ring.oldest(), ring.start(), ring.next), (2, 4, 5));
+        assert_eq!((ring.oldest(), ring.start(1), ring.next), (2, 4, 5));
+        assert_eq!(ring.start(2), 3, "two pages at once");
+        assert_eq!(ring.start(9), 2, "as far back as the ring goes");
         assert!(ring.get(1).is_none(), "left the ring");
         assert!(!ring.push(Page {
             number: 5,
@@ -581,6 +619,30 @@ mod tests {
             }),
             "pages 6..9 missed"
         );
-        assert_eq!((ring.oldest(), ring.start()), (9, 9));
+        assert_eq!((ring.oldest(), ring.start(3)), (9, 9));
+        let empty = ring_of(&[], 3);
+        assert_eq!(empty.start(3), 0, "the first page to come");
+    }
+
+    /// Every listener is written once every `pages` pages whatever its phase, also when a pass takes
+    /// several pages at once; with one page per write, after every page.
+    #[test]
+    fn each_phase_is_due_once_per_cadence() {
+        let cadence = Cadence { pages: 3 };
+        for phase in 0..3 {
+            let due: Vec<u64> = (0..12).filter(|&n| cadence.due(phase, n, n)).collect();
+            assert_eq!(
+                due,
+                vec![phase, phase + 3, phase + 6, phase + 9],
+                "phase {phase}"
+            );
+        }
+        assert!(
+            cadence.due(2, 3, 5),
+            "a pass of three pages writes everyone"
+        );
+        assert!(cadence.due(1, 3, 4) && cadence.due(0, 3, 4) && !cadence.due(2, 3, 4));
+        let every = Cadence { pages: 1 };
+        assert!((0..5).all(|n| every.due(0, n, n)));
     }
 }

@@ -145,10 +145,15 @@ pub(super) fn wants_icy(value: Option<&[u8]>) -> bool {
     value.is_some_and(|v| v.trim_ascii() == b"1")
 }
 
+/// Whether the mount is public, on a listener's response: how a node relaying it (`relay.rs`) learns
+/// whether its own listeners need a token.
+pub(super) const PUBLIC_HEADER: &str = "chorus-public";
+
 /// The headers of a listener's `200` response, beside the status line: the same on both paths.
 pub(super) fn response_headers(
     room: &str,
     icy_metaint: Option<usize>,
+    public: bool,
 ) -> Vec<(&'static str, String)> {
     let mut h = vec![
         ("content-type", "audio/ogg".to_owned()),
@@ -156,6 +161,7 @@ pub(super) fn response_headers(
         ("x-content-type-options", "nosniff".to_owned()),
         ("icy-name", room.to_owned()),
         ("icy-pub", "0".to_owned()),
+        (PUBLIC_HEADER, if public { "1" } else { "0" }.to_owned()),
     ];
     if let Some(metaint) = icy_metaint {
         h.push(("icy-metaint", metaint.to_string()));
@@ -177,6 +183,17 @@ async fn listen(
     let token = request_token(query.token.as_deref(), authorization);
     let room = match admit(&state, &file, token) {
         Ok(room) => room,
+        // A room another node of the cluster hosts: its mount is relayed here, once for all listeners.
+        Err(Refused::NoRoom) if state.cluster.is_some() => {
+            if let Err(e) = super::relay::ensure(&state, &file).await {
+                debug!(file, error = %e, "no mount to relay");
+                return refuse(broadcasts, Refused::NoRoom);
+            }
+            match admit(&state, &file, token) {
+                Ok(room) => room,
+                Err(refused) => return refuse(broadcasts, refused),
+            }
+        }
         Err(refused) => return refuse(broadcasts, refused),
     };
     broadcasts
@@ -194,7 +211,8 @@ async fn listen(
         ListenerStream::next,
     )));
     let h = response.headers_mut();
-    for (name, value) in response_headers(room, icy.then_some(metaint)) {
+    for (name, value) in response_headers(room, icy.then_some(metaint), broadcasts.is_public(room))
+    {
         if let Ok(value) = HeaderValue::from_str(&value) {
             h.insert(name, value);
         }
@@ -306,7 +324,7 @@ impl ListenerStream {
             (
                 mount.pages.subscribe(),
                 pager.headers.clone(),
-                pager.last.clone(),
+                pager.recent.back().cloned(),
                 pager.next_number,
             )
         };

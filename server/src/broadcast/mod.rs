@@ -22,9 +22,10 @@ mod listener;
 pub mod ogg;
 pub mod ogg_reader;
 mod raw;
+mod relay;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -94,8 +95,9 @@ struct ListenerSlot {
 struct Pager {
     stream: OggStream,
     headers: Bytes,
-    /// The page last published: a new listener's first audio.
-    last: Option<Page>,
+    /// The pages last published, oldest first, at most `broadcast.pages_per_write()`: a new listener's
+    /// first audio (the newest), and what a fan-out starting now writes it at once.
+    recent: VecDeque<Page>,
     next_number: u64,
     /// Packets of the page being filled.
     packets: Vec<Arc<[u8]>>,
@@ -123,6 +125,9 @@ pub struct Mount {
     listeners_total: AtomicU64,
     listeners_dropped: AtomicU64,
     bytes_sent: AtomicU64,
+    /// Fed by a relay of another node's mount (`relay.rs`), not by this node's workers: never tapped, and
+    /// removed by its relay when it ends.
+    relayed: AtomicBool,
 }
 
 impl Mount {
@@ -146,6 +151,21 @@ impl Mount {
 
     fn set_meta(&self, title: &str) {
         *self.meta.lock().unwrap_or_else(PoisonError::into_inner) = icy_metadata(title);
+    }
+
+    /// Publishes `bytes` as the mount's next page. Under the pager's lock (`pager`): a listener joining
+    /// sees the page either in `recent` (the last `recent_pages`) or on the ring.
+    fn publish(&self, pager: &mut Pager, bytes: Bytes, recent_pages: u64) {
+        let page = Page {
+            number: pager.next_number,
+            bytes,
+        };
+        pager.next_number += 1;
+        if pager.recent.len() as u64 >= recent_pages {
+            pager.recent.pop_front();
+        }
+        pager.recent.push_back(page.clone());
+        let _ = self.pages.send(page);
     }
 
     /// The admin API's view.
@@ -214,6 +234,8 @@ pub struct Broadcasts {
     frames_rx: Mutex<Option<mpsc::Receiver<BroadcastFrame>>>,
     next_listener: AtomicU64,
     listeners_now: AtomicUsize,
+    /// Relays of other nodes' mounts start one at a time (`relay.rs`).
+    relay_start: tokio::sync::Mutex<()>,
 }
 
 impl Broadcasts {
@@ -236,6 +258,7 @@ impl Broadcasts {
             frames_rx: Mutex::new(Some(rx)),
             next_listener: AtomicU64::new(1),
             listeners_now: AtomicUsize::new(0),
+            relay_start: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -276,9 +299,15 @@ impl Broadcasts {
 
     /// The mount of `room`, made if there is none.
     fn mount_or_create(&self, room: &str) -> Arc<Mount> {
+        self.mount_or_make(room, false).0
+    }
+
+    /// The mount of `room`, made if there is none (`relayed`: fed by a relay of another node's mount, its
+    /// `public` flag the owner's); and whether it was made now.
+    fn mount_or_make(&self, room: &str, relayed: bool) -> (Arc<Mount>, bool) {
         let mut mounts = self.mounts();
         if let Some(m) = mounts.get(room) {
-            return m.clone();
+            return (m.clone(), false);
         }
         let mut serial = [0u8; 4];
         // A serial number only tells streams apart; a failed random source leaves it 0.
@@ -292,7 +321,7 @@ impl Broadcasts {
             pager: Mutex::new(Pager {
                 stream,
                 headers,
-                last: None,
+                recent: VecDeque::new(),
                 next_number: 0,
                 packets: Vec::new(),
                 position: 0,
@@ -308,9 +337,21 @@ impl Broadcasts {
             listeners_total: AtomicU64::new(0),
             listeners_dropped: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
+            relayed: AtomicBool::new(relayed),
         });
         mounts.insert(room.to_owned(), mount.clone());
-        mount
+        (mount, true)
+    }
+
+    /// Removes `mount` from the mounts if it is still `room`'s (a relay that ended).
+    fn remove_mount(&self, mount: &Arc<Mount>) {
+        let mut mounts = self.mounts();
+        if mounts
+            .get(&mount.room)
+            .is_some_and(|m| Arc::ptr_eq(m, mount))
+        {
+            mounts.remove(&mount.room);
+        }
     }
 
     /// Set a mount's public flag and title (the admin API). The mount is made if the room has none yet.
@@ -361,7 +402,9 @@ impl Broadcasts {
         let mut rooms: HashSet<RoomId> = self
             .mounts()
             .values()
-            .filter(|m| m.listeners_now.load(Ordering::Relaxed) > 0)
+            .filter(|m| {
+                m.listeners_now.load(Ordering::Relaxed) > 0 && !m.relayed.load(Ordering::Relaxed)
+            })
             .map(|m| RoomId(m.room.clone()))
             .collect();
         self.metrics.mounts.set(rooms.len() as i64);
@@ -436,10 +479,12 @@ impl Broadcasts {
     /// Drop the listeners the ring has overtaken while their connection asked for nothing (a client that
     /// does not read; one that reads late finds out itself, see `listener`).
     fn sweep(&self) {
-        // A mount nobody listens to goes with its room.
+        // A mount nobody listens to goes with its room (a relayed one with its relay).
         if let Some(signaling) = self.signaling.get() {
             self.mounts().retain(|room, m| {
-                m.listeners_now.load(Ordering::Relaxed) > 0 || signaling.room(room).is_some()
+                m.listeners_now.load(Ordering::Relaxed) > 0
+                    || signaling.room(room).is_some()
+                    || m.relayed.load(Ordering::Relaxed)
             });
         }
         let mounts: Vec<Arc<Mount>> = self.mounts().values().cloned().collect();
@@ -479,7 +524,7 @@ impl Broadcasts {
         if mount.listeners_now.fetch_sub(1, Ordering::Relaxed) == 1 {
             // The tap stops: the next listener must not start on a page from before the pause.
             let mut pager = mount.lock_pager();
-            pager.last = None;
+            pager.recent.clear();
             pager.packets.clear();
             drop(pager);
             self.update_taps();
@@ -541,8 +586,12 @@ impl FrameSink {
 /// The pager: frames from every worker, paged per mount and published.
 async fn pager(broadcasts: Arc<Broadcasts>, mut frames: mpsc::Receiver<BroadcastFrame>) {
     let per_page = (broadcasts.config.page_ms / 20).max(1) as usize;
+    let recent_pages = broadcasts.config.pages_per_write();
     while let Some(frame) = frames.recv().await {
-        let Some(mount) = broadcasts.mount(&frame.room.0) else {
+        let Some(mount) = broadcasts
+            .mount(&frame.room.0)
+            .filter(|m| !m.relayed.load(Ordering::Relaxed))
+        else {
             continue;
         };
         let mut pager = mount.lock_pager();
@@ -562,21 +611,14 @@ async fn pager(broadcasts: Arc<Broadcasts>, mut frames: mpsc::Receiver<Broadcast
         }
         // The first page after the tap starts goes out with the first frame: a listener waiting for
         // its first audio gets it within a tick rather than a page.
-        if pager.packets.len() < per_page && pager.last.is_some() {
+        if pager.packets.len() < per_page && !pager.recent.is_empty() {
             continue;
         }
         let granule = u64::from(PRE_SKIP) + pager.position * FRAME_SAMPLES;
         let packets = std::mem::take(&mut pager.packets);
         let refs: Vec<&[u8]> = packets.iter().map(|p| &p[..]).collect();
         let bytes = pager.stream.audio_page(granule, &refs);
-        let page = Page {
-            number: pager.next_number,
-            bytes,
-        };
-        pager.next_number += 1;
-        pager.last = Some(page.clone());
-        // Listeners join under this lock: each sees this page either as its `last` or on the ring.
-        let _ = mount.pages.send(page);
+        mount.publish(&mut pager, bytes, recent_pages);
         broadcasts.metrics.pages.inc();
         let loudest = pager.talkers.first().copied();
         pager.talkers.clear();

@@ -158,18 +158,9 @@ impl OggReader {
     /// Parses one page if a whole one is buffered; `Ok(false)` if more bytes are needed.
     fn page(&mut self) -> Result<bool, OggError> {
         let data = &self.buf[self.pos..];
-        if data.len() < 27 {
-            if !b"OggS".starts_with(&data[..data.len().min(4)]) {
-                return Err(OggError::NotOgg);
-            }
+        let Some(len) = page_len(data)? else {
             return Ok(false);
-        }
-        if &data[..4] != b"OggS" {
-            return Err(OggError::NotOgg);
-        }
-        if data[4] != 0 {
-            return Err(OggError::Version(data[4]));
-        }
+        };
         let flags = data[5];
         let granule =
             u64::from_le_bytes(data[6..14].try_into().expect("8 bytes of a 27-byte header"));
@@ -179,24 +170,11 @@ impl OggReader {
                 .expect("4 bytes of a 27-byte header"),
         );
         let segments = usize::from(data[26]);
-        if data.len() < 27 + segments {
-            return Ok(false);
-        }
-        let lacing = &data[27..27 + segments];
-        let body: usize = lacing.iter().map(|&l| usize::from(l)).sum();
-        let len = 27 + segments + body;
-        if data.len() < len {
-            return Ok(false);
-        }
-        let mut page = data[..len].to_vec();
-        page[22..26].fill(0);
-        if crc(&page).to_le_bytes() != data[22..26] {
-            return Err(OggError::Crc);
-        }
+        let page = data[..len].to_vec();
         self.pos += len;
-        let lacing = page[27..27 + segments].to_vec();
+        let lacing = &page[27..27 + segments];
         let body = &page[27 + segments..];
-        self.on_page(flags, granule, serial, &lacing, body)?;
+        self.on_page(flags, granule, serial, lacing, body)?;
         Ok(true)
     }
 
@@ -316,6 +294,41 @@ fn codec_name(packet: &[u8]) -> String {
     } else {
         "not a known codec".into()
     }
+}
+
+/// The length of the whole Ogg page `data` starts with, its capture pattern, version and CRC checked;
+/// `Ok(None)` if more bytes are needed.
+pub fn page_len(data: &[u8]) -> Result<Option<usize>, OggError> {
+    if data.len() < 27 {
+        if !b"OggS".starts_with(&data[..data.len().min(4)]) {
+            return Err(OggError::NotOgg);
+        }
+        return Ok(None);
+    }
+    if &data[..4] != b"OggS" {
+        return Err(OggError::NotOgg);
+    }
+    if data[4] != 0 {
+        return Err(OggError::Version(data[4]));
+    }
+    let segments = usize::from(data[26]);
+    if data.len() < 27 + segments {
+        return Ok(None);
+    }
+    let body: usize = data[27..27 + segments]
+        .iter()
+        .map(|&l| usize::from(l))
+        .sum();
+    let len = 27 + segments + body;
+    if data.len() < len {
+        return Ok(None);
+    }
+    let mut page = data[..len].to_vec();
+    page[22..26].fill(0);
+    if crc(&page).to_le_bytes() != data[22..26] {
+        return Err(OggError::Crc);
+    }
+    Ok(Some(len))
 }
 
 #[cfg(test)]

@@ -146,7 +146,11 @@ fn parse(state: &AppState, head: &[u8]) -> Option<Admitted> {
     let config = &state.broadcasts.config;
     let version = if req.version == Some(0) { "1.0" } else { "1.1" };
     let mut out = format!("HTTP/{version} 200 OK\r\n");
-    for (name, value) in response_headers(room, icy.then_some(config.icy_metaint_bytes)) {
+    for (name, value) in response_headers(
+        room,
+        icy.then_some(config.icy_metaint_bytes),
+        state.broadcasts.is_public(room),
+    ) {
         out.push_str(name);
         out.push_str(": ");
         out.push_str(&value);

@@ -253,8 +253,25 @@ fn broadcast_settings_have_defaults_and_limits() {
     assert_eq!(c.broadcast.page_ms, 60);
     assert!(c.broadcast.public);
     assert_eq!(c.broadcast.listener_queue_pages, 30, "the default stays");
+    assert_eq!(c.broadcast.pages_per_write(), 5, "300 ms of 60 ms pages");
     c.validate().expect("valid");
+    let every_page = Config::from_toml(
+        "[broadcast]
+listeners_write_ms = 1
+",
+    );
+    assert!(every_page.is_err(), "unknown fields are refused");
+    let c = Config::from_toml(
+        "[broadcast]
+listener_write_ms = 20
+",
+    )
+    .expect("valid TOML");
+    assert_eq!(c.broadcast.pages_per_write(), 1, "never less than a page");
     for bad in [
+        "listener_write_ms = 10",
+        "listener_write_ms = 3000",
+        "listener_queue_pages = 3",
         "page_ms = 50",
         "page_ms = 0",
         "page_ms = 1020",

@@ -6,6 +6,7 @@
 //! each other there within seconds; with Redis killed a call goes on, a join of a new room gets
 //! `cluster_unavailable`, and joins work again once Redis is back. A room spanning two nodes: `span_nodes`.
 
+mod relay_mount;
 mod span_nodes;
 
 use std::collections::HashSet;

@@ -5,6 +5,7 @@
 
 mod admin;
 mod api_spec;
+mod deafen;
 mod drain;
 mod limits;
 mod prom;

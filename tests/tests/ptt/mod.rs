@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chorus_tests::{AudioClient, Server, SAMPLE_RATE};
+use chorus_tests::{AudioClient, MediaOptions, Mic, Server, SAMPLE_RATE};
 use media_core::audio;
 
 use super::{join, Participant, SECONDS};
@@ -37,6 +37,27 @@ pub(super) async fn join_with(
     freq: f32,
     flags: &[&str],
 ) -> anyhow::Result<Participant> {
+    let mic = if freq > 0.0 {
+        Mic::Tone {
+            freq_hz: freq,
+            amplitude: 0.3,
+        }
+    } else {
+        Mic::Off
+    };
+    let mut p = join_with_mic(server, room, identity, mic, flags).await?;
+    p.freq = freq;
+    Ok(p)
+}
+
+/// Joins with extra `chorus token create` flags and the microphone `mic`.
+pub(super) async fn join_with_mic(
+    server: &Server,
+    room: &str,
+    identity: &str,
+    mic: Mic,
+    flags: &[&str],
+) -> anyhow::Result<Participant> {
     let token = server.token(room, identity, flags)?;
     let mut signal = chorus_tests::Signal::connect(&server.ws_url()).await?;
     let joined = signal.join(&token, room).await?;
@@ -45,13 +66,19 @@ pub(super) async fn join_with(
         .as_str()
         .expect("sid")
         .to_owned();
-    let client =
-        AudioClient::start(&mut signal, slots, freq, if freq > 0.0 { 0.3 } else { 0.0 }).await?;
+    let options = MediaOptions {
+        slots,
+        mic,
+        via: None,
+        play_slot: None,
+        red: 0,
+    };
+    let client = AudioClient::start_with(&mut signal, options).await?;
     Ok(Participant {
         signal,
         client,
         sid,
-        freq,
+        freq: 0.0,
     })
 }
 

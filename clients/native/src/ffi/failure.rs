@@ -50,6 +50,7 @@ impl From<Error> for Failure {
             Error::Taken(_) => ChorusError::Taken,
             Error::UnknownParticipant => ChorusError::UnknownParticipant,
             Error::OutputOff(_) => ChorusError::OutputOff,
+            Error::BufferLength { .. } => ChorusError::BadLength,
             Error::BadOpus(_) => ChorusError::BadOpus,
             Error::BadPosition(_) => ChorusError::BadPosition,
             Error::Talk(vocab::TalkError::BadVolume) => ChorusError::BadVolume,

@@ -83,6 +83,9 @@ pub enum ChorusError {
     BadVolume = 19,
     /// A number that is not one of the enum's values (`chorus_client_moderate`'s action).
     BadAction = 20,
+    /// A pull whose `len` is not a whole number of sample frames (`output_channels` 2: an odd `len`);
+    /// nothing was pulled.
+    BadLength = 21,
 }
 
 /// A client's settings; [`chorus_config_default`] fills the defaults.
@@ -91,7 +94,7 @@ pub enum ChorusError {
 pub struct ChorusConfig {
     /// 16000, 24000 or 48000: the rate of the PCM pushed (mono).
     pub input_rate_hz: u32,
-    /// 16000, 24000 or 48000: the rate of the PCM pulled (mono).
+    /// 16000, 24000 or 48000: the rate of the PCM pulled.
     pub output_rate_hz: u32,
     pub bitrate_bps: i32,
     pub fec: bool,
@@ -108,6 +111,10 @@ pub struct ChorusConfig {
     pub team: *const c_char,
     /// Join as a listener only: never publish.
     pub listen_only: bool,
+    /// 1 (mono, the default) or 2: the PCM pulled is stereo, interleaved L/R (a spatial mixed room's
+    /// stereo mix; a forwarding room's streams panned by the speakers' positions; else the same on both
+    /// sides), and every pull's `len` is `frames × 2`.
+    pub output_channels: u16,
 }
 
 /// The kind of a [`ChorusEvent`]; which fields are set depends on it.
@@ -257,6 +264,7 @@ pub unsafe extern "C" fn chorus_config_default(out: *mut ChorusConfig) -> Chorus
             name: std::ptr::null(),
             team: std::ptr::null(),
             listen_only: d.listen_only,
+            output_channels: d.output_channels,
         };
         // SAFETY: non-null, writable per the caller.
         unsafe { put(out, config) };
@@ -297,6 +305,7 @@ pub unsafe extern "C" fn chorus_client_new(config: *const ChorusConfig) -> *mut 
                     })
                     .transpose()?,
                 listen_only: c.listen_only,
+                output_channels: c.output_channels,
                 ..Config::default()
             },
         };
@@ -410,7 +419,8 @@ pub unsafe extern "C" fn chorus_client_push_opus(
 }
 
 /// Fill `out` with `len` samples of the mix at the output rate; `*filled` (if not null) is how many came
-/// from the network, the rest is silence. Never waits.
+/// from the network, the rest is silence. Never waits. With `output_channels` 2 the samples are
+/// interleaved L/R and `len` is `frames × 2` (an odd `len`: [`ChorusError::BadLength`], nothing pulled).
 ///
 /// # Safety
 /// `client` is null or live; `out` is null or valid for writing `len` floats; `filled` is null or writable.
@@ -431,8 +441,8 @@ pub unsafe extern "C" fn chorus_client_pull_mixed_f32(
     })
 }
 
-/// Fill `out` with `len` samples of participant `sid` at the output rate; `*filled` as for the mix.
-/// [`ChorusError::UnknownParticipant`] if `sid` is in no slot.
+/// Fill `out` with `len` samples of participant `sid` at the output rate; `*filled`, the channels and
+/// `len`'s rule as for the mix. [`ChorusError::UnknownParticipant`] if `sid` is in no slot.
 ///
 /// # Safety
 /// As [`chorus_client_pull_mixed_f32`]; `sid` is null or NUL-terminated.

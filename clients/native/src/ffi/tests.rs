@@ -100,8 +100,25 @@ fn bad_utf8_bad_config_and_state_errors_are_typed() {
             last_error()
         );
         config.input_rate_hz = 16_000;
+        assert_eq!(config.output_channels, 1, "mono by default");
+        config.output_channels = 3;
+        assert!(chorus_client_new(&config).is_null());
+        assert!(
+            last_error().contains("output_channels 3"),
+            "{}",
+            last_error()
+        );
+        config.output_channels = 2;
         let client = chorus_client_new(&config);
         assert!(!client.is_null());
+        // Stereo: a pull is a whole number of L/R sample frames.
+        let mut odd = [1.0f32; 7];
+        assert_eq!(
+            chorus_client_pull_mixed_f32(client, odd.as_mut_ptr(), 7, null_mut()),
+            ChorusError::BadLength
+        );
+        assert!(last_error().contains("7 samples"), "{}", last_error());
+        assert_eq!(odd, [1.0; 7], "nothing pulled");
 
         assert_eq!(
             chorus_client_connect(

@@ -380,4 +380,5 @@ mod moderation;
 mod paths;
 mod ptt;
 mod spatial;
+mod stereo;
 mod talk;

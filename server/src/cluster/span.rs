@@ -248,9 +248,8 @@ pub(super) fn parse_members(members: &[String]) -> Vec<ParticipantInfo> {
 
 /// The trunk addresses of the live nodes other than `me` holding a shard, in node id order.
 fn addresses(me: &str, shards: &HashMap<String, u64>, nodes: &[LiveNode]) -> Vec<SocketAddr> {
-    let mut ids: Vec<&String> = shards.keys().filter(|id| id.as_str() != me).collect();
-    ids.sort();
-    ids.into_iter()
+    live_others(me, shards, nodes)
+        .iter()
         .filter_map(|id| nodes.iter().find(|n| &n.record.id == id))
         .filter_map(|n| n.record.trunk_addr)
         .collect()

@@ -130,9 +130,11 @@ enum TalkArg {
 struct RunArgs {
     #[arg(long, value_enum, default_value = "chorus")]
     target: TargetKind,
-    /// Server WebSocket URL (Chorus: ws://HOST:PORT/ws; Janus: ws://HOST:PORT).
+    /// Server WebSocket URL (Chorus: ws://HOST:PORT/ws; Janus: ws://HOST:PORT). Chorus: repeat it for the
+    /// nodes of a cluster; participants are spread over the URLs round-robin (by index), and follow
+    /// `redirect`s (a room spanning nodes keeps each one on the node it reached).
     #[arg(long, default_value = "ws://127.0.0.1:7880/ws")]
-    url: String,
+    url: Vec<String>,
     #[arg(long, value_enum, default_value = "forward")]
     mode: ModeArg,
     #[arg(long, default_value_t = 1)]
@@ -349,12 +351,15 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
 fn run_config(a: &RunArgs, mode: Mode) -> anyhow::Result<RunConfig> {
     let target = match a.target {
         TargetKind::Chorus => Target::Chorus {
-            ws_url: a.url.clone(),
+            ws_urls: a.url.clone(),
             api_key: a.api_key.clone(),
             api_secret: a.api_secret.clone(),
         },
         TargetKind::Janus => Target::Janus {
-            ws_url: a.url.clone(),
+            ws_url: match a.url.as_slice() {
+                [one] => one.clone(),
+                _ => anyhow::bail!("--target janus takes one --url"),
+            },
             prebuffer: a.janus_prebuffer,
             room_base: 7_000_000 + u64::from(std::process::id() % 10_000) * 100,
         },

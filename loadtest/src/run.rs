@@ -26,7 +26,8 @@ use crate::talk::TalkModel;
 #[derive(Clone, Debug)]
 pub enum Target {
     Chorus {
-        ws_url: String,
+        /// Entry URLs (the nodes of a cluster): participant `i` joins through `ws_urls[i % len]`.
+        ws_urls: Vec<String>,
         api_key: String,
         api_secret: String,
     },
@@ -37,6 +38,14 @@ pub enum Target {
         /// Janus room numbers of this run: `room_base + room`.
         room_base: u64,
     },
+}
+
+/// The entry URL of participant `index`: the URLs taken round-robin.
+pub fn entry_url(ws_urls: &[String], index: usize) -> &str {
+    match ws_urls.len() {
+        0 => "",
+        n => &ws_urls[index % n],
+    }
 }
 
 impl Target {

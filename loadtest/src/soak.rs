@@ -126,7 +126,7 @@ struct Counts {
 pub async fn run(config: SoakConfig) -> Result<SoakReport, RunError> {
     let base = &config.base;
     let Target::Chorus {
-        ws_url,
+        ws_urls,
         api_key,
         api_secret,
     } = &base.target
@@ -138,6 +138,8 @@ pub async fn run(config: SoakConfig) -> Result<SoakReport, RunError> {
             "need at least one participant per room".into(),
         ));
     }
+    // The first node's metrics and admin API (its rooms are created there).
+    let ws_url = run::entry_url(ws_urls, 0);
     let http_root = http_base(ws_url);
     let metrics_url = config
         .metrics_url

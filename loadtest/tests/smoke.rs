@@ -16,7 +16,7 @@ async fn a_short_run_measures_the_injected_loss_and_every_join() {
     let drop = 0.10;
     let config = RunConfig {
         target: Target::Chorus {
-            ws_url: server.ws_url(),
+            ws_urls: vec![server.ws_url()],
             api_key: "devkey".into(),
             api_secret: "chorus-development-secret-do-not-use-in-production".into(),
         },

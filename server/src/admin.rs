@@ -67,6 +67,8 @@ impl From<AdminError> for ApiError {
             AdminError::RoomSettingsConflict => (StatusCode::CONFLICT, "room_settings_conflict"),
             AdminError::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
             AdminError::ParticipantNotFound => (StatusCode::NOT_FOUND, "participant_not_found"),
+            // Not this node's participant (a room spanning nodes): not found here, the message says where.
+            AdminError::RemoteParticipant => (StatusCode::NOT_FOUND, "participant_not_found"),
             AdminError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             AdminError::MediaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "media_unavailable"),
             AdminError::SameRoom => (StatusCode::CONFLICT, "same_room"),

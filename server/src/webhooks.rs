@@ -300,6 +300,7 @@ mod tests {
             ptt: false,
             team: None,
             shout: false,
+            remote: false,
         };
         let left = RoomEvent::ParticipantLeft {
             room: room.clone(),

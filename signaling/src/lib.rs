@@ -14,6 +14,7 @@ pub mod media;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod roster;
 pub mod session;
 pub mod source;
 pub mod turn;
@@ -427,5 +428,42 @@ impl Signaling {
     /// Every room of this node with its participants here.
     pub fn room_sizes(&self) -> Vec<(String, usize)> {
         self.rooms.room_sizes()
+    }
+
+    /// Hands this node's roster changes (joins, leaves, state changes of its participants, in every room)
+    /// to `sink` with `try_send`: a full sink loses the change, and [`Signaling::take_roster_lost`] says
+    /// so. For a cluster's rooms spanning nodes. Only the first sink set is used; returns whether this one
+    /// was.
+    pub fn set_roster_sink(&self, sink: mpsc::Sender<roster::LocalRosterChange>) -> bool {
+        self.rooms.set_roster_sink(sink)
+    }
+
+    /// Whether a roster change did not fit in the sink since the last call (the rosters shared with other
+    /// nodes must then be written whole again).
+    pub fn take_roster_lost(&self) -> bool {
+        self.rooms.take_roster_lost()
+    }
+
+    /// This node's participants of `room`, in join order (none if it has no such room).
+    pub fn local_roster(&self, room: &str) -> Option<Vec<ParticipantInfo>> {
+        self.rooms.local_roster(room)
+    }
+
+    /// The settings of `room` as other nodes holding a shard of it take them.
+    pub fn shared_room(&self, room: &str) -> Option<roster::SharedRoom> {
+        self.rooms
+            .room(room)
+            .map(|r| roster::SharedRoom::new(r.settings, r.max_participants))
+    }
+
+    /// A change of `node`'s participants in `room` (a room spanning nodes): recorded, and this node's
+    /// participants of the room are told as of a local change.
+    pub fn remote_roster(
+        &self,
+        room: &str,
+        node: &str,
+        change: roster::RemoteRoster,
+    ) -> roster::RosterOutcome {
+        self.rooms.remote_roster(room, node, change)
     }
 }

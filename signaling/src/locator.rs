@@ -8,10 +8,13 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// Where a join for a room goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Location {
     /// This node hosts the room (or has just claimed it): admit here.
     Here,
+    /// The room spans nodes and a shard of it opened here for this join: admit here, with the room's
+    /// settings and the other nodes' participants if the join creates the room on this node.
+    Shard(crate::roster::ShardSeed),
     /// Another node owns the room: the client is sent `redirect` to this signaling URL.
     Elsewhere { url: String },
 }

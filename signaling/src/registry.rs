@@ -8,9 +8,11 @@
 
 mod ids;
 mod participants;
+mod remote;
 mod rooms;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,7 @@ use crate::protocol::{
     ErrorCode, LeftReason, ParticipantInfo, ParticipantJoined, ParticipantLeft,
     ParticipantLeftReason, ParticipantMuted, ParticipantUpdated, RoomInfo, ServerMessage,
 };
+use crate::roster::{LocalRosterChange, ShardSeed};
 
 pub(crate) use ids::next_participant_id;
 
@@ -124,7 +127,8 @@ pub struct RoomSnapshot {
     pub created_at_unix: u64,
     /// Being deleted: its participants are being removed and it admits nobody.
     pub closing: bool,
-    /// In join order.
+    /// This node's participants, in join order (those of other nodes of a room spanning nodes are not
+    /// listed: each node's admin API shows its own).
     pub participants: Vec<ParticipantInfo>,
 }
 
@@ -183,6 +187,10 @@ pub enum AdminError {
     MediaUnavailable,
     #[error("the participant is in that room already")]
     SameRoom,
+    /// The participant is on another node of the cluster (a room spanning nodes): moderate it through
+    /// that node.
+    #[error("the participant is on another node of the cluster; act on it there")]
+    RemoteParticipant,
 }
 
 /// What the admin API asks a new room to be.
@@ -207,6 +215,9 @@ pub(crate) struct JoinRequest {
     /// The token's shout role.
     pub shout: bool,
     pub events: mpsc::Sender<PresenceEvent>,
+    /// The join opens a shard of another node's room: its settings and the other nodes' participants, used
+    /// if this join creates the room here.
+    pub shard: Option<ShardSeed>,
 }
 
 /// A participant admitted to a room.
@@ -216,7 +227,7 @@ pub(crate) struct Admission {
     pub participant: ParticipantInfo,
     pub room: RoomInfo,
     pub settings: RoomSettings,
-    /// Everyone else in the room, in join order.
+    /// Everyone else in the room: this node's participants in join order, then those of other nodes.
     pub others: Vec<ParticipantInfo>,
     /// Becomes `Some` when an operator removes the participant.
     pub removed: watch::Receiver<Option<LeftReason>>,
@@ -247,6 +258,14 @@ struct Room {
     closing: bool,
     /// In join order.
     members: Vec<Member>,
+    /// The participants on other nodes of the cluster (a room spanning nodes), by arrival.
+    remote: Vec<RemoteMember>,
+}
+
+/// A participant of the room on another node (`info.remote` is set).
+struct RemoteMember {
+    node: String,
+    info: ParticipantInfo,
 }
 
 impl Room {
@@ -274,6 +293,10 @@ pub struct RoomRegistry {
     router: Arc<dyn MediaRouter>,
     metrics: SignalingMetrics,
     observer: OnceLock<mpsc::Sender<RoomEvent>>,
+    /// Where this node's roster changes go (a cluster's rooms spanning nodes), with `try_send`.
+    roster: OnceLock<mpsc::Sender<LocalRosterChange>>,
+    /// A roster change did not fit in the sink: the cluster republishes its rosters whole.
+    roster_lost: AtomicBool,
 }
 
 impl RoomRegistry {
@@ -294,6 +317,8 @@ impl RoomRegistry {
             router,
             metrics,
             observer: OnceLock::new(),
+            roster: OnceLock::new(),
+            roster_lost: AtomicBool::new(false),
         }
     }
 

@@ -118,6 +118,7 @@ impl Signaling {
             team: None,
             shout: false,
             events,
+            shard: None,
         };
         let admission = self.registry().admit(join, &self.draining)?;
         Ok(SourceMember {

@@ -29,12 +29,13 @@ pub(super) async fn participant(
     };
     let r = match &config.target {
         Target::Chorus {
-            ws_url,
+            ws_urls,
             api_key,
             api_secret,
         } => {
+            let entry = super::entry_url(ws_urls, spec.index);
             chorus_session(
-                &config, &engine, spec, ws_url, api_key, api_secret, stop, &mut rec,
+                &config, &engine, spec, entry, api_key, api_secret, stop, &mut rec,
             )
             .await
         }
@@ -136,11 +137,11 @@ pub async fn chorus_join(
     let t = config.join_timeout;
     let t0 = Instant::now();
     let detailed = |e: ClientError| SignalError::from(e).detailed();
-    let mut ws = Client::connect(ws_url).await.map_err(detailed)?;
-    let joined = ws
-        .join(&token, Some(&room), Some(&identity), t)
+    // Through the entry URL, following redirects to the node that owns the room.
+    let session = Client::connect_and_join(ws_url, &token, Some(&room), Some(&identity), t)
         .await
         .map_err(detailed)?;
+    let (mut ws, joined) = (session.client, session.joined);
     spec.slots = usize::from(joined.room.slots);
     let (offer, milestones) = engine.create(spec).await.map_err(|e| e.to_string())?;
     let answer = ws.offer(&offer, t).await.map_err(detailed)?;

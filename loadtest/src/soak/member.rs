@@ -19,7 +19,7 @@ pub(super) async fn member(
     tx: mpsc::UnboundedSender<Event>,
 ) {
     let Target::Chorus {
-        ws_url,
+        ws_urls,
         api_key,
         api_secret,
     } = &config.target
@@ -27,6 +27,7 @@ pub(super) async fn member(
         return;
     };
     let index = spec.index;
+    let ws_url = run::entry_url(ws_urls, index);
     let mut record = JoinRecord {
         index,
         room: spec.room,

@@ -6,14 +6,18 @@ use super::LiveNode;
 use crate::metrics::{counter, counter_vec, gauge};
 
 /// The `op` label values of `chorus_cluster_redis_errors_total`.
-pub const OPS: [&str; 6] = [
+pub const OPS: [&str; 7] = [
     "heartbeat",
     "nodes",
     "place",
     "refresh",
     "release",
+    "roster",
     "shards",
 ];
+
+/// The `result` label values of `chorus_cluster_roster_received_total`.
+pub const ROSTER_RESULTS: [&str; 5] = ["applied", "no_room", "collision", "malformed", "dropped"];
 
 /// How a join of a room was located (`result` of `chorus_cluster_locate_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +70,9 @@ pub struct ClusterMetrics {
     rooms: IntGauge,
     draining: IntGauge,
     forwarded: IntCounterVec,
+    roster_received: IntCounterVec,
+    roster_published: IntCounter,
+    roster_resyncs: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -127,7 +134,27 @@ impl ClusterMetrics {
             "result",
             &["ok", "failed"],
         )?;
+        let roster_received = counter_vec(
+            registry,
+            "chorus_cluster_roster_received_total",
+            "Roster changes of other nodes' participants in rooms spanning nodes, by result.",
+            "result",
+            &ROSTER_RESULTS,
+        )?;
+        let roster_published = counter(
+            registry,
+            "chorus_cluster_roster_published_total",
+            "Roster changes of this node's participants in rooms spanning nodes, published to the others.",
+        )?;
+        let roster_resyncs = counter(
+            registry,
+            "chorus_cluster_roster_resyncs_total",
+            "Times this node wrote its rosters of rooms spanning nodes whole again after losing a change.",
+        )?;
         Ok(ClusterMetrics {
+            roster_received,
+            roster_published,
+            roster_resyncs,
             redis_up,
             redis_errors,
             locate,
@@ -183,5 +210,19 @@ impl ClusterMetrics {
 
     pub fn room_migrated(&self) {
         self.migrated.inc();
+    }
+
+    /// A roster change from another node (or a read of its members), by result (one of
+    /// [`ROSTER_RESULTS`]).
+    pub fn roster_received(&self, result: &str) {
+        self.roster_received.with_label_values(&[result]).inc();
+    }
+
+    pub fn roster_published(&self, n: usize) {
+        self.roster_published.inc_by(n as u64);
+    }
+
+    pub fn roster_resynced(&self) {
+        self.roster_resyncs.inc();
     }
 }

@@ -9,33 +9,38 @@
 //!
 //! With `trunk_listen`, a room whose owner holds `room_node_participants` of it spans nodes instead: a join
 //! reaching another node opens a shard there (`span`), and the shards exchange trunk messages as
-//! authenticated UDP datagrams (`trunk_wire`, `trunk_net`).
+//! authenticated UDP datagrams (`trunk_wire`, `trunk_net`), and the room has one roster and one set of
+//! settings (`roster`).
 //!
-//! `config` (the `[cluster]` section), `store` (keys, records, the scripts), `metrics`, `admin` (the
-//! cluster-wide node list).
+//! `heart` (the heartbeat), `config` (the `[cluster]` section), `store` (keys, records, the scripts),
+//! `metrics`, `admin` (the cluster-wide node list).
 
 pub mod admin;
 pub mod config;
+mod heart;
 mod metrics;
+mod roster;
 mod span;
 mod store;
 pub mod trunk_net;
 pub mod trunk_wire;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use prometheus::core::Collector;
 use prometheus::CounterVec;
 use signaling::locator::{LocateError, Locating, Location, RoomLocator};
 use signaling::Signaling;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use config::ClusterConfig;
+use heart::{Heart, WorkerCpu};
 use metrics::{ClusterMetrics, Located};
+use roster::RosterCommand;
 pub use span::Spanning;
 pub use store::{LiveNode, NodeRecord};
 use store::{Store, StoreError};
@@ -53,6 +58,10 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Rooms spanning nodes (with `trunk_listen`).
     spanning: Option<Spanning>,
+    /// To the roster task of rooms spanning nodes (with `spanning`).
+    roster: Option<mpsc::Sender<RosterCommand>>,
+    /// The roster task's end of `roster`, until [`Cluster::spawn`] starts it.
+    roster_commands: std::sync::Mutex<Option<mpsc::Receiver<RosterCommand>>>,
 }
 
 impl Cluster {
@@ -110,7 +119,17 @@ impl Cluster {
             }
             _ => None,
         };
+        // A join's opened shard and a heartbeat's rooms: a few at once.
+        let (roster, roster_commands) = match spanning {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(64);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         Ok(Arc::new(Cluster {
+            roster,
+            roster_commands: std::sync::Mutex::new(roster_commands),
             id,
             url,
             admin_url,
@@ -181,9 +200,13 @@ impl Cluster {
                 .open(&self.store, &self.id, ttl, room, &owner, &nodes)
                 .await;
             self.observe(&opened, "shards");
-            if let Ok(true) = opened {
+            if let Ok(Some(seed)) = opened {
                 info!(%room, %owner, "room spans this node: a shard of it opened here");
-                return Ok((Location::Here, Located::Shard));
+                if let Some(roster) = &self.roster {
+                    // The roster task is never far behind: a full queue leaves this to the heartbeat.
+                    let _ = roster.try_send(RosterCommand::Opened(room.to_owned()));
+                }
+                return Ok((Location::Shard(seed), Located::Shard));
             }
         }
         let redirect = |url: String| -> Result<(Location, Located), LocateError> {
@@ -239,6 +262,17 @@ impl Cluster {
         workers: usize,
     ) -> tokio::task::JoinHandle<()> {
         let cluster = Arc::clone(self);
+        let commands = self
+            .roster_commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(commands) = commands {
+            let (sink, local) = mpsc::channel(roster::LOCAL_QUEUE);
+            signaling.set_roster_sink(sink);
+            let parts = roster::RosterParts { commands, local };
+            roster::spawn(Arc::clone(self), Arc::clone(&signaling), parts);
+        }
         tokio::spawn(async move {
             let mut heart = Heart {
                 cluster,
@@ -317,208 +351,6 @@ pub fn choose<'a>(
             (step, n.record.rooms + n.placed, n.record.id.as_str())
         })
         .map(|n| &n.record)
-}
-
-/// One heartbeat's work, with what it remembers between beats.
-struct Heart {
-    cluster: Arc<Cluster>,
-    signaling: Arc<Signaling>,
-    cpu: WorkerCpu,
-    /// The rooms this node hosted at the last beat: those gone since have their claims released.
-    hosted: HashSet<String>,
-    /// The rooms whose shard this node wrote at the last beat: those no longer written are removed.
-    shards: HashSet<String>,
-}
-
-impl Heart {
-    async fn beat(&mut self) {
-        let cluster = &self.cluster;
-        let sizes: HashMap<String, usize> = self.signaling.room_sizes().into_iter().collect();
-        let rooms: Vec<String> = sizes.keys().cloned().collect();
-        let record = NodeRecord {
-            id: cluster.id.clone(),
-            url: cluster.url.clone(),
-            admin_url: cluster.admin_url.clone(),
-            region: cluster.region.clone(),
-            draining: self.signaling.is_draining(),
-            capacity_participants: cluster.config.capacity_participants,
-            participants: self.signaling.participant_count() as u64,
-            rooms: rooms.len() as u64,
-            worker_cpu: self.cpu.sample(Instant::now()),
-            workers: u32::try_from(self.cpu.workers).unwrap_or(u32::MAX),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            trunk_addr: cluster.spanning.as_ref().map(|s| s.trunk_addr),
-        };
-        let was_up = cluster.metrics.redis_up();
-        let written = cluster
-            .store
-            .heartbeat(&record, Duration::from_millis(cluster.config.node_ttl_ms))
-            .await;
-        cluster.observe(&written, "heartbeat");
-        if written.is_err() {
-            return;
-        }
-        if !was_up {
-            info!(node = %cluster.id, "cluster: Redis reachable; node registered");
-        }
-        if record.draining && cluster.config.migrate_on_drain {
-            self.migrate(&rooms).await;
-        }
-        // Rooms handed to another node are that node's claim now.
-        let claimed: Vec<String> = rooms
-            .iter()
-            .filter(|room| !self.signaling.is_migrated(room))
-            .cloned()
-            .collect();
-        let cluster = &self.cluster;
-        let claim_ttl = Duration::from_millis(cluster.config.claim_ttl_ms);
-        let mut refreshed = cluster
-            .store
-            .refresh(&claimed, &cluster.id, claim_ttl)
-            .await;
-        cluster.observe(&refreshed, "refresh");
-        if let (Ok(conflicts), Some(spanning)) = (&mut refreshed, &cluster.spanning) {
-            // A shard of another node's room is not a conflict; one whose claim came here is owned now.
-            for room in &claimed {
-                if spanning.is_opened(room) && !conflicts.contains(room) {
-                    spanning.owned(room);
-                }
-            }
-            conflicts.retain(|room| !spanning.is_opened(room));
-        }
-        if let Ok(conflicts) = &refreshed {
-            if !conflicts.is_empty() {
-                warn!(
-                    rooms = ?conflicts,
-                    "cluster: rooms hosted here are claimed by another live node; calls here go on"
-                );
-                cluster.metrics.claim_conflicts(conflicts.len());
-            }
-        }
-        let now: HashSet<String> = rooms.into_iter().collect();
-        let gone: Vec<String> = self.hosted.difference(&now).cloned().collect();
-        if !gone.is_empty() {
-            let released = cluster.store.release(&gone, &cluster.id).await;
-            cluster.observe(&released, "release");
-        }
-        self.hosted = now;
-        if let Ok(nodes) = cluster.nodes().await {
-            cluster.metrics.totals(&nodes);
-            if let Some(spanning) = &cluster.spanning {
-                let spanned = spanning
-                    .beat(
-                        &cluster.store,
-                        &cluster.id,
-                        claim_ttl,
-                        &sizes,
-                        &nodes,
-                        &mut self.shards,
-                    )
-                    .await;
-                cluster.observe(&spanned, "shards");
-            }
-        }
-    }
-}
-
-impl Heart {
-    /// A draining node hands each room it hosts to another node (chosen as for a new room, counting the
-    /// rooms handed out so far) and has its sessions redirected there. Rooms that no node takes, or whose
-    /// hand-over Redis did not confirm, stay and are tried again at the next beat.
-    async fn migrate(&self, rooms: &[String]) {
-        let cluster = &self.cluster;
-        let pending: Vec<&String> = rooms
-            .iter()
-            .filter(|room| !self.signaling.is_migrated(room))
-            .collect();
-        if pending.is_empty() {
-            return;
-        }
-        let Ok(mut nodes) = cluster.nodes().await else {
-            return;
-        };
-        nodes.retain(|n| n.record.id != cluster.id);
-        let claim_ttl = Duration::from_millis(cluster.config.claim_ttl_ms);
-        let placed_ttl = Duration::from_millis(2 * cluster.config.heartbeat_ms);
-        for room in pending {
-            let Some(target) =
-                choose(&nodes, &cluster.region, cluster.config.same_region).map(|n| n.id.clone())
-            else {
-                warn!(
-                    node = %cluster.id,
-                    "cluster: no other node takes rooms; the calls left here finish here"
-                );
-                return;
-            };
-            let released = cluster
-                .store
-                .release(std::slice::from_ref(room), &cluster.id)
-                .await;
-            cluster.observe(&released, "release");
-            let placed = cluster
-                .store
-                .place(room, Some(&target), claim_ttl, placed_ttl)
-                .await;
-            cluster.observe(&placed, "place");
-            // Another node's join may have placed it in between: the room goes wherever Redis says.
-            let Ok(Some(owner)) = placed else {
-                continue;
-            };
-            let Some(node) = nodes.iter_mut().find(|n| n.record.id == owner) else {
-                // Placed back here (a race with this node's own heartbeat) or on a node not listed.
-                continue;
-            };
-            node.placed += 1;
-            if self.signaling.migrate_room(room, &node.record.url) {
-                cluster.metrics.room_migrated();
-                info!(%room, to = %owner, "cluster: room handed over; its participants are redirected");
-            }
-        }
-    }
-}
-
-/// The media workers' busy share since the last sample, from `chorus_worker_busy_seconds_total`.
-struct WorkerCpu {
-    busy: CounterVec,
-    workers: usize,
-    last: Option<(Instant, f64)>,
-}
-
-impl WorkerCpu {
-    fn new(busy: CounterVec, workers: usize) -> Self {
-        WorkerCpu {
-            busy,
-            workers: workers.max(1),
-            last: None,
-        }
-    }
-
-    fn total(&self) -> f64 {
-        self.busy
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .map(|m| m.get_counter().get_value())
-            .sum()
-    }
-
-    /// 0.0..=1.0: the workers' busy time over the time since the previous sample, per worker.
-    fn sample(&mut self, now: Instant) -> f64 {
-        let total = self.total();
-        let share = match self.last {
-            Some((then, before)) => {
-                let elapsed = now.duration_since(then).as_secs_f64();
-                if elapsed > 0.0 {
-                    (total - before) / elapsed / self.workers as f64
-                } else {
-                    0.0
-                }
-            }
-            None => 0.0,
-        };
-        self.last = Some((now, total));
-        share.clamp(0.0, 1.0)
-    }
 }
 
 /// `node-` and 8 random hex digits.

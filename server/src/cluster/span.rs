@@ -14,10 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use media_core::RoomId;
+use signaling::protocol::ParticipantInfo;
+use signaling::roster::ShardSeed;
+use signaling::Signaling;
 use tokio::sync::watch;
 
 use super::store::{LiveNode, Store, StoreError};
 use super::trunk_net::RemoteShards;
+use super::Cluster;
 use crate::placement::Placement;
 
 /// This node's part in rooms spanning nodes.
@@ -67,8 +71,9 @@ impl Spanning {
     }
 
     /// A join of `room`, owned by `owner` on another node, reached this node: when the owner holds
-    /// `room_node_participants` of it, a shard opens here (returns true) and the room's other shards are
-    /// known at once.
+    /// `room_node_participants` of it, a shard opens here and the room's other shards are known at once.
+    /// Returns what the join brings to the room (none: no shard, redirect): the owner's settings and the
+    /// other live nodes' participants.
     pub(super) async fn open(
         &self,
         store: &Store,
@@ -77,36 +82,74 @@ impl Spanning {
         room: &str,
         owner: &str,
         nodes: &[LiveNode],
-    ) -> Result<bool, StoreError> {
-        let shards = store.room_shards(room).await?;
+    ) -> Result<Option<ShardSeed>, StoreError> {
+        let (shards, settings) = store.room_shards(room).await?;
         if shards.get(owner).is_none_or(|&n| n < self.limit) {
-            return Ok(false);
+            return Ok(None);
         }
         let mine = [(room.to_owned(), 0)];
-        let shards = store.shards(&mine, me, ttl).await?;
+        let shards = store.shards(&mine, &[], me, ttl).await?;
         self.opened().insert(room.to_owned(), Instant::now());
-        let addrs = shards
-            .first()
-            .map(|s| addresses(me, s, nodes))
-            .unwrap_or_default();
+        let shards = shards.into_iter().next().unwrap_or_default();
+        let others = live_others(me, &shards, nodes);
+        let members = store.members(room, &others).await?;
+        let settings = settings.and_then(|json| match serde_json::from_str(&json) {
+            Ok(shared) => Some(shared),
+            Err(error) => {
+                tracing::warn!(%room, %error, "cluster: a room's shared settings do not parse; this node's defaults apply");
+                None
+            }
+        });
+        let seed = ShardSeed {
+            room: settings,
+            members: others
+                .into_iter()
+                .zip(members)
+                .map(|(node, members)| (node, parse_members(&members)))
+                .collect(),
+        };
         let mut remote = (**self.remote.borrow()).clone();
-        remote.insert(RoomId(room.to_owned()), addrs);
+        remote.insert(RoomId(room.to_owned()), addresses(me, &shards, nodes));
         self.publish(remote);
-        Ok(true)
+        Ok(Some(seed))
     }
 
-    /// At a heartbeat: writes this node's shards of the rooms that may span (`sizes`: the participants of
-    /// each room hosted here), reads the others', removes the shards of rooms that ended here (`written`:
-    /// the rooms written at the previous beat) and publishes the remote shards.
-    pub(super) async fn beat(
+    /// Another node opened a shard of `room`, which this node holds: its shards are read now rather than
+    /// at the next heartbeat, so that audio flows both ways at once.
+    pub(super) async fn refresh(
         &self,
         store: &Store,
         me: &str,
-        ttl: Duration,
+        room: &str,
+        nodes: &[LiveNode],
+    ) -> Result<(), StoreError> {
+        let (shards, _) = store.room_shards(room).await?;
+        let addrs = addresses(me, &shards, nodes);
+        let mut remote = (**self.remote.borrow()).clone();
+        let id = RoomId(room.to_owned());
+        if addrs.is_empty() {
+            remote.remove(&id);
+        } else {
+            remote.insert(id, addrs);
+        }
+        self.publish(remote);
+        Ok(())
+    }
+
+    /// At a heartbeat: writes this node's shards of the rooms that may span (`sizes`: the participants of
+    /// each room hosted here) with the settings of those it owns, reads the others', removes the shards of
+    /// rooms that ended here (`written`: the rooms written at the previous beat) and publishes the remote
+    /// shards. Returns the rooms written, each with the other live nodes holding a shard of it.
+    pub(super) async fn beat(
+        &self,
+        cluster: &Cluster,
+        signaling: &Signaling,
         sizes: &HashMap<String, usize>,
         nodes: &[LiveNode],
         written: &mut HashSet<String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        let (store, me) = (&cluster.store, cluster.id.as_str());
+        let ttl = Duration::from_millis(cluster.config.claim_ttl_ms);
         let now = Instant::now();
         let opened: HashSet<String> = {
             let mut opened = self.opened();
@@ -132,7 +175,16 @@ impl Spanning {
                 .filter(|room| !sizes.contains_key(*room))
                 .map(|room| (room.clone(), 0)),
         );
-        let shards = store.shards(&mine, me, ttl).await?;
+        // The owner's settings are the room's: a shard opened here has the owner's already.
+        let settings: Vec<(String, String)> = mine
+            .iter()
+            .filter(|(room, _)| !opened.contains(room))
+            .filter_map(|(room, _)| {
+                let shared = signaling.shared_room(room)?;
+                Some((room.clone(), serde_json::to_string(&shared).ok()?))
+            })
+            .collect();
+        let shards = store.shards(&mine, &settings, me, ttl).await?;
         let now_written: HashSet<String> = mine.iter().map(|(room, _)| room.clone()).collect();
         let gone: Vec<String> = written.difference(&now_written).cloned().collect();
         store.remove_shards(&gone, me).await?;
@@ -154,7 +206,11 @@ impl Spanning {
             }
         }
         self.publish(remote);
-        Ok(())
+        Ok(mine
+            .iter()
+            .zip(&shards)
+            .map(|((room, _), s)| (room.clone(), live_others(me, s, nodes)))
+            .collect())
     }
 
     /// The rooms with shards elsewhere, to the trunk socket and to placement.
@@ -171,11 +227,29 @@ impl Spanning {
     }
 }
 
+/// The live nodes other than `me` holding a shard, in id order.
+fn live_others(me: &str, shards: &HashMap<String, u64>, nodes: &[LiveNode]) -> Vec<String> {
+    let mut ids: Vec<String> = shards
+        .keys()
+        .filter(|id| id.as_str() != me && nodes.iter().any(|n| &n.record.id == *id))
+        .cloned()
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Participant objects as another node wrote them; one that does not parse is skipped.
+pub(super) fn parse_members(members: &[String]) -> Vec<ParticipantInfo> {
+    members
+        .iter()
+        .filter_map(|json| serde_json::from_str(json).ok())
+        .collect()
+}
+
 /// The trunk addresses of the live nodes other than `me` holding a shard, in node id order.
 fn addresses(me: &str, shards: &HashMap<String, u64>, nodes: &[LiveNode]) -> Vec<SocketAddr> {
-    let mut ids: Vec<&String> = shards.keys().filter(|id| id.as_str() != me).collect();
-    ids.sort();
-    ids.into_iter()
+    live_others(me, shards, nodes)
+        .iter()
         .filter_map(|id| nodes.iter().find(|n| &n.record.id == id))
         .filter_map(|n| n.record.trunk_addr)
         .collect()
@@ -224,5 +298,21 @@ mod tests {
             addrs,
             vec!["10.0.0.2:7884".parse::<SocketAddr>().expect("an address")]
         );
+    }
+
+    #[test]
+    fn the_other_live_nodes_are_read_and_a_bad_member_is_skipped() {
+        let nodes = [live("a", None), live("c", None), live("b", None)];
+        let shards = HashMap::from([
+            ("a".to_owned(), 3),
+            ("c".to_owned(), 1),
+            ("b".to_owned(), 1),
+            ("dead".to_owned(), 9),
+        ]);
+        assert_eq!(live_others("a", &shards, &nodes), vec!["b", "c"]);
+        let bob = r#"{"sid":"PA_0000000000b0","identity":"bob","name":"Bob","muted":false,"can_publish":true,"can_subscribe":true}"#;
+        let members = parse_members(&[bob.to_owned(), "{not json".to_owned()]);
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].identity, "bob");
     }
 }

@@ -11,6 +11,12 @@
 //! - `{p}:shards:{name}`: a hash of the nodes holding a shard of a room that spans (or may span) nodes,
 //!   node id → its participants in the room, expiring `claim_ttl_ms` after the last node's refresh (a dead
 //!   node's field is ignored by readers: its record is gone).
+//! - `{p}:settings:{name}`: the settings of such a room as its owner has them ([`signaling::roster::SharedRoom`]
+//!   as JSON), written with the owner's shard and expiring with it; a node opening a shard takes them;
+//! - `{p}:members:{name}:{id}`: a hash of the node's participants in such a room, sid → participant object
+//!   (JSON), expiring `claim_ttl_ms` after the node's last heartbeat (a dead node's hash goes with it);
+//! - `{p}:roster` (a pub/sub channel, one per cluster): the changes of those hashes, and "re-read my shard
+//!   and members of this room" when a node opens a shard or rewrites its hash (`roster.rs`).
 //!
 //! The scripts name the node and placed keys they touch from a prefix: a single Redis (or a primary with
 //! replicas), not Redis Cluster.
@@ -118,6 +124,9 @@ return 0
 
 /// The Redis side of the cluster: one multiplexed connection that reconnects by itself.
 pub struct Store {
+    /// For the roster subscription (a connection of its own).
+    client: redis::Client,
+    timeout: Duration,
     conn: ConnectionManager,
     prefix: String,
     place: Script,
@@ -137,8 +146,10 @@ impl Store {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(Store {
+            client,
+            timeout,
             conn,
             prefix: prefix.to_owned(),
             place: Script::new(PLACE),
@@ -167,11 +178,26 @@ impl Store {
         format!("{}:shards:{room}", self.prefix)
     }
 
-    /// Writes this node's shard of each room (its participants there), alive for `ttl`, and reads every
-    /// node's shards of those rooms (node id → participants), in one round trip.
+    fn settings_key(&self, room: &str) -> String {
+        format!("{}:settings:{room}", self.prefix)
+    }
+
+    fn members_key(&self, room: &str, node: &str) -> String {
+        format!("{}:members:{room}:{node}", self.prefix)
+    }
+
+    /// The pub/sub channel of the rooms' rosters.
+    pub fn roster_channel(&self) -> String {
+        format!("{}:roster", self.prefix)
+    }
+
+    /// Writes this node's shard of each room (its participants there), alive for `ttl`, with the settings
+    /// of the rooms it owns (`settings`: room → JSON), and reads every node's shards of those rooms (node
+    /// id → participants), in one round trip.
     pub async fn shards(
         &self,
         mine: &[(String, u64)],
+        settings: &[(String, String)],
         me: &str,
         ttl: Duration,
     ) -> Result<Vec<HashMap<String, u64>>, StoreError> {
@@ -180,21 +206,150 @@ impl Store {
         }
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
+        for (room, json) in settings {
+            pipe.set_options(
+                self.settings_key(room),
+                json,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(millis(ttl))),
+            )
+            .ignore();
+        }
         for (room, participants) in mine {
             let key = self.shards_key(room);
             pipe.hset(&key, me, participants)
                 .ignore()
-                .pexpire(&key, millis(ttl).try_into().unwrap_or(i64::MAX))
+                .pexpire(&key, millis_i64(ttl))
                 .ignore()
                 .hgetall(&key);
         }
         Ok(pipe.query_async(&mut conn).await?)
     }
 
-    /// Every node's shards of `room` (node id → participants).
-    pub async fn room_shards(&self, room: &str) -> Result<HashMap<String, u64>, StoreError> {
+    /// Every node's shards of `room` (node id → participants), and its settings as its owner wrote them.
+    pub async fn room_shards(
+        &self,
+        room: &str,
+    ) -> Result<(HashMap<String, u64>, Option<String>), StoreError> {
         let mut conn = self.conn.clone();
-        Ok(conn.hgetall(self.shards_key(room)).await?)
+        Ok(redis::pipe()
+            .hgetall(self.shards_key(room))
+            .get(self.settings_key(room))
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Replaces this node's members of `room` (sid → participant JSON), alive for `ttl`, and publishes
+    /// `notice` on the roster channel, atomically.
+    pub async fn write_members(
+        &self,
+        room: &str,
+        me: &str,
+        members: &[(String, String)],
+        notice: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.members_key(room, me);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).ignore();
+        if !members.is_empty() {
+            pipe.hset_multiple(&key, members).ignore();
+        }
+        pipe.pexpire(&key, millis_i64(ttl))
+            .ignore()
+            .publish(self.roster_channel(), notice)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies changes to this node's members hashes (room, sid, participant JSON or none when it left)
+    /// and publishes each one's notice, in order and atomically.
+    pub async fn change_members(
+        &self,
+        changes: &[MemberChange],
+        me: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for change in changes {
+            let key = self.members_key(&change.room, me);
+            match &change.participant {
+                Some(json) => pipe.hset(&key, &change.sid, json).ignore(),
+                None => pipe.hdel(&key, &change.sid).ignore(),
+            };
+            pipe.pexpire(&key, millis_i64(ttl))
+                .ignore()
+                .publish(self.roster_channel(), &change.notice)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Keeps this node's members hashes of `keep` alive for `ttl`, and deletes those of `drop`.
+    pub async fn touch_members(
+        &self,
+        keep: &[String],
+        drop: &[String],
+        me: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if keep.is_empty() && drop.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for room in keep {
+            pipe.pexpire(self.members_key(room, me), millis_i64(ttl))
+                .ignore();
+        }
+        for room in drop {
+            pipe.del(self.members_key(room, me)).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// The members of `room` on each of `nodes` (participant JSONs), in one round trip.
+    pub async fn members(
+        &self,
+        room: &str,
+        nodes: &[String],
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for node in nodes {
+            pipe.hvals(self.members_key(room, node));
+        }
+        Ok(pipe.query_async(&mut conn).await?)
+    }
+
+    /// A connection of its own subscribed to the roster channel.
+    pub async fn subscribe_roster(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let timed_out = || {
+            StoreError(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the roster subscription timed out",
+            )))
+        };
+        let subscribe = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(self.roster_channel()).await?;
+            Ok::<_, StoreError>(pubsub)
+        };
+        tokio::time::timeout(self.timeout, subscribe)
+            .await
+            .map_err(|_| timed_out())?
     }
 
     /// Removes this node's shards of `rooms`.
@@ -354,6 +509,20 @@ impl Store {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn millis_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One change of this node's members of a room, with the notice that tells the other nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberChange {
+    pub room: String,
+    pub sid: String,
+    /// The participant object as JSON; none: it left.
+    pub participant: Option<String>,
+    pub notice: String,
 }
 
 #[cfg(test)]

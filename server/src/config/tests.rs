@@ -386,3 +386,24 @@ fn the_shipped_deploy_configurations_are_valid() {
     c.apply_env(env).expect("applied above");
     assert!(c.cluster.enabled(), "cluster.yaml's nodes join the cluster");
 }
+
+#[test]
+fn the_cluster_timings_come_from_the_environment_and_are_checked() {
+    let env = |k: &str| match k {
+        "CHORUS_CLUSTER_REDIS_URL" => Some("redis://127.0.0.1:6379/".to_owned()),
+        "CHORUS_CLUSTER_HEARTBEAT_MS" => Some("500".to_owned()),
+        "CHORUS_CLUSTER_NODE_TTL_MS" => Some("1500".to_owned()),
+        _ => None,
+    };
+    let mut c = Config::from_toml("").expect("an empty config");
+    c.apply_env(env).expect("applied");
+    assert_eq!((c.cluster.heartbeat_ms, c.cluster.node_ttl_ms), (500, 1500));
+    c.validate().expect("a TTL of three heartbeats is valid");
+    let short = |k: &str| match k {
+        "CHORUS_CLUSTER_NODE_TTL_MS" => Some("700".to_owned()),
+        _ => env(k),
+    };
+    let mut c = Config::from_toml("").expect("an empty config");
+    c.apply_env(short).expect("applied");
+    assert!(c.validate().is_err(), "a TTL under two heartbeats");
+}

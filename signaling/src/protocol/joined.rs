@@ -73,6 +73,7 @@ mod tests {
             ptt: false,
             team: None,
             shout: false,
+            remote: false,
         };
         let msg = ServerMessage::Joined(Joined {
             protocol: 1,

@@ -329,8 +329,8 @@ mod tests {
         }
         assert_eq!(client, ClientMessage::TYPES.len());
         assert_eq!(
-            server, 23,
-            "21 messages, joined and participant_muted twice"
+            server, 24,
+            "21 messages, joined, participant_muted and participant_joined (a remote one) twice"
         );
     }
 }

@@ -37,6 +37,7 @@ mod tests {
                 ptt: false,
                 team: None,
                 shout: false,
+                remote: false,
             },
             room: RoomInfo {
                 name: "breakout".into(),

@@ -29,6 +29,10 @@ pub struct ParticipantInfo {
     /// The shout role (its token's `shout` claim): heard by everyone in the room. Absent when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub shout: bool,
+    /// On another node of the cluster (a room spanning nodes): listed and heard like the others, but not a
+    /// target of `moderate`, whisper or `volume` from this node. Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub remote: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -53,6 +57,7 @@ mod tests {
             ptt: false,
             team: None,
             shout: false,
+            remote: false,
         };
         let json = serde_json::to_value(&p).expect("serializes");
         assert_eq!(
@@ -73,5 +78,14 @@ mod tests {
         assert_eq!(json["shout"], true);
         let back: ParticipantInfo = serde_json::from_value(json).expect("parses");
         assert_eq!(back, caster);
+        // A participant on another node of the cluster is marked.
+        let remote = ParticipantInfo {
+            remote: true,
+            ..caster
+        };
+        let json = serde_json::to_value(&remote).expect("serializes");
+        assert_eq!(json["remote"], true);
+        let back: ParticipantInfo = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, remote);
     }
 }

@@ -30,6 +30,7 @@ mod tests {
                 ptt: false,
                 team: None,
                 shout: false,
+                remote: false,
             },
         });
         let json = serde_json::to_value(&msg).expect("serializes");

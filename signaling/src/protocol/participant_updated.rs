@@ -31,6 +31,7 @@ mod tests {
                 ptt: false,
                 team: None,
                 shout: false,
+                remote: false,
             },
         });
         let text = serde_json::to_string(&msg).expect("serializes");

@@ -36,6 +36,7 @@ mod tests {
             ptt: false,
             team: None,
             shout: false,
+            remote: false,
         };
         SessionState {
             protocol: 1,

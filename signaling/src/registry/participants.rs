@@ -12,6 +12,7 @@ use crate::events::RoomEvent;
 use crate::media::ParticipantId;
 use crate::metrics::SessionLimit;
 use crate::protocol::{LeftReason, ParticipantInfo, ParticipantLeftReason};
+use crate::roster::{RemoteRoster, RosterChange};
 
 use super::{
     next_participant_id, Actor, AdminError, Admission, AdmitError, JoinRequest, MediaState, Member,
@@ -36,7 +37,7 @@ impl RoomRegistry {
     /// newcomer takes its place (so a reconnecting client never finds itself squatting its own seat).
     pub(crate) fn admit_at(
         &self,
-        request: JoinRequest,
+        mut request: JoinRequest,
         draining: &AtomicBool,
         now: Instant,
     ) -> Result<Admission, AdmitError> {
@@ -58,17 +59,27 @@ impl RoomRegistry {
         let room = match rooms.entry(request.room.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
+                // A shard of another node's room takes that room's settings (if they are valid).
+                let seed = request.shard.take().unwrap_or_default();
+                let (settings, max_participants) = seed
+                    .room
+                    .and_then(|shared| Some((shared.settings()?, shared.max_participants)))
+                    .unwrap_or((self.settings, self.max_participants));
                 let room = entry.insert(Room {
-                    settings: self.settings,
-                    max_participants: self.max_participants,
+                    settings,
+                    max_participants,
                     origin: RoomOrigin::Join,
                     empty_timeout: Duration::ZERO,
                     created_at_unix: unix_now(),
                     empty_since: None,
                     closing: false,
                     members: Vec::new(),
+                    remote: Vec::new(),
                 });
                 self.room_created(&request.room, room);
+                for (node, members) in seed.members {
+                    self.apply_remote(room, &node, RemoteRoster::Sync(members));
+                }
                 room
             }
         };
@@ -94,13 +105,21 @@ impl RoomRegistry {
                 participant: old.info.clone(),
                 reason: ParticipantLeftReason::Replaced,
             });
+            self.publish(
+                &request.room,
+                RosterChange::Left {
+                    sid: old.info.sid.clone(),
+                    reason: ParticipantLeftReason::Replaced,
+                },
+            );
             let event = PresenceEvent::Left {
                 sid: old.info.sid,
                 reason: ParticipantLeftReason::Replaced,
             };
             self.broadcast(&room.members, &event);
         }
-        if room.members.len() >= room.max_participants {
+        // A room spanning nodes counts its participants everywhere.
+        if room.members.len() + room.remote.len() >= room.max_participants {
             return Err(AdmitError::RoomFull {
                 max_participants: room.max_participants,
             });
@@ -118,9 +137,21 @@ impl RoomRegistry {
             ptt: request.ptt,
             team: request.team,
             shout: request.shout,
+            remote: false,
         };
-        let others = room.members.iter().map(|m| m.info.clone()).collect();
+        let others = room
+            .members
+            .iter()
+            .map(|m| m.info.clone())
+            .chain(room.remote.iter().map(|r| r.info.clone()))
+            .collect();
         self.broadcast(&room.members, &PresenceEvent::Joined(participant.clone()));
+        self.publish(
+            &request.room,
+            RosterChange::Joined {
+                participant: participant.clone(),
+            },
+        );
         let (remove, removed) = watch::channel(None);
         let (moves, moved) = watch::channel(None);
         room.members.push(Member {
@@ -156,13 +187,13 @@ impl RoomRegistry {
     /// worker.
     pub(crate) fn set_muted(
         &self,
-        room: &str,
+        name: &str,
         id: ParticipantId,
         muted: bool,
         actor: Actor,
     ) -> Result<MuteChange, ServerMuted> {
         let mut rooms = self.lock();
-        let Some(room) = rooms.get_mut(room) else {
+        let Some(room) = rooms.get_mut(name) else {
             return Ok(MuteChange::default());
         };
         let Some(member) = room.members.iter_mut().find(|m| m.id == id) else {
@@ -185,7 +216,9 @@ impl RoomRegistry {
             muted,
             by_moderator: actor == Actor::Moderator,
         };
+        let participant = member.info.clone();
         self.broadcast(&room.members, &event);
+        self.publish(name, RosterChange::Updated { participant });
         Ok(MuteChange {
             changed: true,
             media,
@@ -212,12 +245,12 @@ impl RoomRegistry {
     /// participant as it is now.
     fn update(
         &self,
-        room: &str,
+        name: &str,
         id: ParticipantId,
         change: impl FnOnce(&mut ParticipantInfo) -> bool,
     ) -> MuteChange {
         let mut rooms = self.lock();
-        let Some(room) = rooms.get_mut(room) else {
+        let Some(room) = rooms.get_mut(name) else {
             return MuteChange::default();
         };
         let Some(member) = room.members.iter_mut().find(|m| m.id == id) else {
@@ -227,8 +260,9 @@ impl RoomRegistry {
             return MuteChange::default();
         }
         let media = member.media;
-        let event = PresenceEvent::Updated(member.info.clone());
-        self.broadcast(&room.members, &event);
+        let participant = member.info.clone();
+        self.broadcast(&room.members, &PresenceEvent::Updated(participant.clone()));
+        self.publish(name, RosterChange::Updated { participant });
         MuteChange {
             changed: true,
             media,
@@ -265,7 +299,7 @@ impl RoomRegistry {
             .members
             .iter()
             .find(|m| m.info.sid == sid)
-            .ok_or(AdminError::ParticipantNotFound)?;
+            .ok_or_else(|| room.missing(sid))?;
         if from == to {
             return Err(AdminError::SameRoom);
         }
@@ -281,7 +315,7 @@ impl RoomRegistry {
             .iter()
             .find(|m| m.info.sid == sid)
             .map(|m| m.info.clone())
-            .ok_or(AdminError::ParticipantNotFound)
+            .ok_or_else(|| room.missing(sid))
     }
 
     /// The internal id of the participant `sid` in `room`.
@@ -292,7 +326,7 @@ impl RoomRegistry {
             .iter()
             .find(|m| m.info.sid == sid)
             .map(|m| m.id)
-            .ok_or(AdminError::ParticipantNotFound)
+            .ok_or_else(|| room.missing(sid))
     }
 
     /// Removes a participant and tells the others. A room created by a join goes with its last
@@ -314,6 +348,13 @@ impl RoomRegistry {
         };
         let member = room.members.remove(index);
         self.router.left(room_name, id);
+        self.publish(
+            room_name,
+            RosterChange::Left {
+                sid: member.info.sid.clone(),
+                reason,
+            },
+        );
         self.metrics.participant_left(room.settings.mode);
         self.notify(RoomEvent::ParticipantLeft {
             room: room.info(room_name),

@@ -37,6 +37,7 @@ impl RoomRegistry {
             empty_since: Some(now),
             closing: false,
             members: Vec::new(),
+            remote: Vec::new(),
         });
         self.room_created(name, room);
         Ok(snapshot(name, room))
@@ -79,7 +80,7 @@ impl RoomRegistry {
             .members
             .iter()
             .find(|m| m.info.sid == sid)
-            .ok_or(AdminError::ParticipantNotFound)?;
+            .ok_or_else(|| room.missing(sid))?;
         member.remove.send_replace(Some(LeftReason::Kicked));
         if !self.kick_ban.is_zero() {
             let mut bans = self.lock_bans();

@@ -53,6 +53,7 @@ fn request(
         team: None,
         shout: false,
         events,
+        shard: None,
     };
     (request, rx)
 }
@@ -337,3 +338,5 @@ fn a_zero_ban_period_means_no_ban() {
     let (again, _) = request("lobby", "ada", 8);
     registry.admit_at(again, &open(), t0).expect("no ban");
 }
+
+mod remote;

@@ -238,6 +238,11 @@ pub(super) async fn on_moderate<T: Sink<WsFrame> + Unpin>(
             let message = "no such participant in this room";
             wire.reject(ErrorCode::ParticipantNotFound, message).await
         }
+        // A participant on another node of a room spanning nodes: its session is not here.
+        Err(error @ AdminError::RemoteParticipant) => {
+            wire.reject(ErrorCode::ParticipantNotFound, error.to_string())
+                .await
+        }
         Err(error @ (AdminError::InvalidRoomName | AdminError::SameRoom)) => {
             wire.reject(ErrorCode::BadMessage, error.to_string()).await
         }
@@ -278,6 +283,7 @@ where
             team: member.talk.team.clone(),
             shout: member.talk.shout,
             events,
+            shard: None,
         };
         let admission = match ctx.registry().admit(request, &ctx.draining) {
             Ok(admission) => admission,

@@ -18,6 +18,7 @@ use crate::protocol::{
     SessionState, PROTOCOL_VERSION,
 };
 use crate::registry::JoinRequest;
+use crate::roster::ShardSeed;
 use crate::{Signaling, SERVER_VERSION};
 
 impl Membership {
@@ -87,16 +88,19 @@ where
                 return self.wire.reject(code, message).await;
             }
         };
-        if let Some(url) = self.locate(&ctx, &checked.claims.room).await? {
-            ctx.metrics().join_redirected();
-            let room = checked.claims.room;
-            tracing::debug!(%room, %url, "room lives on another node: redirected");
-            self.wire
-                .send(&ServerMessage::Redirect(Redirect { url, room }))
-                .await?;
-            return Err(Exit::Redirected);
-        }
-        match admit(&ctx, checked) {
+        let shard = match self.locate(&ctx, &checked.claims.room).await? {
+            Located::Admit(shard) => shard,
+            Located::Redirect(url) => {
+                ctx.metrics().join_redirected();
+                let room = checked.claims.room;
+                tracing::debug!(%room, %url, "room lives on another node: redirected");
+                self.wire
+                    .send(&ServerMessage::Redirect(Redirect { url, room }))
+                    .await?;
+                return Err(Exit::Redirected);
+            }
+        };
+        match admit(&ctx, checked, shard) {
             Err((code, message)) => {
                 ctx.metrics().join_failed(code);
                 self.wire.reject(code, message).await
@@ -132,11 +136,11 @@ where
         Err(Exit::Migrated)
     }
 
-    /// On a node of a cluster: where `room` lives. `None` to admit here, the owner's URL to redirect to;
-    /// a locator that cannot tell ends the session with `cluster_unavailable`.
-    async fn locate(&mut self, ctx: &Arc<Signaling>, room: &str) -> Result<Option<String>, Exit> {
+    /// On a node of a cluster: where `room` lives. A locator that cannot tell ends the session with
+    /// `cluster_unavailable`.
+    async fn locate(&mut self, ctx: &Arc<Signaling>, room: &str) -> Result<Located, Exit> {
         let Some(locator) = ctx.locator() else {
-            return Ok(None);
+            return Ok(Located::Admit(None));
         };
         let located = timeout(
             ctx.config().media_timeout(),
@@ -145,8 +149,9 @@ where
         .await
         .unwrap_or(Err(LocateError::Unreachable));
         let error = match located {
-            Ok(Location::Here) => return Ok(None),
-            Ok(Location::Elsewhere { url }) => return Ok(Some(url)),
+            Ok(Location::Here) => return Ok(Located::Admit(None)),
+            Ok(Location::Shard(seed)) => return Ok(Located::Admit(Some(seed))),
+            Ok(Location::Elsewhere { url }) => return Ok(Located::Redirect(url)),
             Err(error) => error,
         };
         ctx.metrics().join_failed(ErrorCode::ClusterUnavailable);
@@ -161,6 +166,14 @@ where
             Err(exit) => Err(exit),
         }
     }
+}
+
+/// What a session does with a located join.
+enum Located {
+    /// Admit it here (with what a shard of a room spanning nodes brings).
+    Admit(Option<ShardSeed>),
+    /// Redirect the client to this signaling URL.
+    Redirect(String),
 }
 
 /// A `join` whose protocol version and token have been checked.
@@ -191,6 +204,7 @@ fn check(ctx: &Signaling, join: Join) -> Result<CheckedJoin, (ErrorCode, String)
 pub(super) fn admit(
     ctx: &Arc<Signaling>,
     checked: CheckedJoin,
+    shard: Option<ShardSeed>,
 ) -> Result<(Member, ServerMessage), (ErrorCode, String)> {
     let CheckedJoin { join, claims } = checked;
     let name = join
@@ -211,6 +225,7 @@ pub(super) fn admit(
         team: team.clone(),
         shout: claims.shout,
         events,
+        shard,
     };
     let admission = ctx
         .registry()

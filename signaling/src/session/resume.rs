@@ -268,7 +268,10 @@ where
             let info = room.info();
             let mut participants = room.participants;
             let me = participants.iter().position(|p| p.sid == member.sid)?;
-            Some((participants.remove(me), (info, participants)))
+            let participant = participants.remove(me);
+            // And those of the other nodes of a room spanning nodes.
+            participants.extend(ctx.registry().remote_participants(&info.name));
+            Some((participant, (info, participants)))
         }) else {
             // Removed from its room while changing hands: it ends as it would have.
             member

@@ -14,6 +14,7 @@ use super::{Flow, Member, Wire, WsFrame};
 use crate::media::{MediaCommand, ParticipantId, TalkTarget, TeamId, Volume};
 use crate::metrics::SessionLimit;
 use crate::protocol::{ErrorCode, SetVolume, Talk};
+use crate::AdminError;
 
 /// `talk` and `volume` messages a session may send in a burst …
 pub const TALK_BURST: u32 = 20;
@@ -114,9 +115,14 @@ pub(super) async fn on_talk<T: Sink<WsFrame> + Unpin>(
                             ids.push(id);
                         }
                     }
-                    Err(_) => {
+                    Err(error) => {
                         let sid = super::truncate(sid, 20);
-                        let message = format!("{sid} is not a participant of this room");
+                        let message = match error {
+                            AdminError::RemoteParticipant => {
+                                format!("{sid} is on another node of the cluster: a whisper reaches only participants of this node")
+                            }
+                            _ => format!("{sid} is not a participant of this room"),
+                        };
                         return wire.reject(ErrorCode::BadTarget, message).await;
                     }
                 }
@@ -154,6 +160,11 @@ pub(super) async fn on_volume<T: Sink<WsFrame> + Unpin>(
             return wire.reject(ErrorCode::BadTarget, message).await;
         }
         Ok(id) => id,
+        Err(AdminError::RemoteParticipant) => {
+            let message =
+                "the participant is on another node of the cluster: its volume is set there";
+            return wire.reject(ErrorCode::ParticipantNotFound, message).await;
+        }
         Err(_) => {
             let message = "no such participant in this room";
             return wire.reject(ErrorCode::ParticipantNotFound, message).await;

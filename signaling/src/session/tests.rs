@@ -1288,6 +1288,7 @@ async fn a_bad_session_does_not_disturb_its_room() {
                 ptt: false,
                 team: None,
                 shout: false,
+                remote: false,
             }
         })
     );

@@ -155,6 +155,8 @@ impl Cluster {
 /// A participant of the cluster: joined through `entry`, admitted at `url`.
 struct Member {
     p: Participant,
+    /// Its `joined`, as JSON.
+    joined: Value,
     url: String,
     token: String,
     room: String,
@@ -184,6 +186,7 @@ async fn member(entry: &str, token: String, room: &str, freq: f32) -> anyhow::Re
             sid,
             freq,
         },
+        joined,
         url,
         token,
         room: room.to_owned(),
@@ -269,7 +272,7 @@ async fn rooms_spread_over_the_nodes_and_a_client_is_redirected_to_the_owner() -
         .split('`')
         .filter(|word| word.starts_with("chorus_cluster_"))
         .collect();
-    assert_eq!(documented.len(), 11, "{documented:?}");
+    assert_eq!(documented.len(), 14, "{documented:?}");
     for name in documented {
         assert!(exposed.contains(&format!("\n{name}")), "{name} not exposed");
     }

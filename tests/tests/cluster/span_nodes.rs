@@ -1,14 +1,18 @@
 //! A room spanning two nodes (issue 16 item 2): with `room_node_participants = 1` a join reaching the node
 //! that does not own the room opens a shard of it there instead of being redirected, and the two shards
 //! exchange their speakers as authenticated trunk datagrams: each participant hears the other's tone. A
-//! forged datagram (a wrong tag) sent to the trunk port is counted and changes nothing.
+//! forged datagram (a wrong tag) sent to the trunk port is counted and changes nothing. The room has one
+//! roster and one set of settings: the admin-created room's two slots hold on the other node, each side
+//! lists the other in `participants` / `participant_joined`, sees a leave there, and sees the other node's
+//! participant leave when that node is killed.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use chorus_tests::SAMPLE_RATE;
+use anyhow::{bail, ensure, Context};
+use chorus_tests::{Signal, SAMPLE_RATE};
+use serde_json::{json, Value};
 
-use super::{join_at, wait_hearing, Cluster, SECONDS, TONES};
+use super::{heard_of, join_at, wait_hearing, Cluster, Member, SECONDS, TONES};
 
 const SECRET: &str = "e2e-trunk-secret-of-at-least-32-bytes";
 
@@ -20,16 +24,23 @@ async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<(
             ("CHORUS_CLUSTER_TRUNK_LISTEN", "127.0.0.1:0"),
             ("CHORUS_CLUSTER_TRUNK_SECRET", SECRET),
             ("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS", "1"),
+            // A killed node is gone within 1.5 s.
+            ("CHORUS_CLUSTER_HEARTBEAT_MS", "500"),
+            ("CHORUS_CLUSTER_NODE_TTL_MS", "1500"),
         ],
     )
     .await?;
-    let ada = join_at(&cluster.nodes[0], "wide", "ada", TONES[0]).await?;
-    let owner = cluster
-        .nodes
-        .iter()
-        .position(|n| n.ws_url() == ada.url)
-        .context("Ada's node is one of the cluster's")?;
-    let other = &cluster.nodes[1 - owner];
+    // An operator creates the room on node 0 with two slots (the server's default is three).
+    let admin = cluster.nodes[0].admin_token()?;
+    let body = json!({"name": "wide", "mode": "forward", "slots": 2}).to_string();
+    let (status, reply) = cluster.nodes[0]
+        .admin("POST", "/admin/v1/rooms", Some(&admin), Some(&body))
+        .await?;
+    ensure!(status == 201, "creating the room: {status} {reply}");
+    let mut ada = join_at(&cluster.nodes[0], "wide", "ada", TONES[0]).await?;
+    ensure!(ada.url == cluster.nodes[0].ws_url(), "the room is node 0's");
+    let owner = 0;
+    let other = &cluster.nodes[1];
     // The owner lists its shard at its next heartbeat: it holds room_node_participants (1) of the room.
     let listed = format!("HEXISTS chorus:shards:wide node-{owner}");
     let deadline = Instant::now() + SECONDS;
@@ -41,6 +52,7 @@ async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<(
     }
 
     // Bob reaches the other node and stays there: a shard of the room opens there.
+    let joining = Instant::now();
     let bob = join_at(other, "wide", "bob", TONES[1]).await?;
     assert_eq!(bob.url, other.ws_url(), "Bob is not redirected");
     assert_eq!(
@@ -49,7 +61,36 @@ async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<(
             .await?,
         1.0
     );
+    // One set of settings: the operator's two slots on Bob's node too.
+    assert_eq!(bob.joined["room"]["slots"], 2, "{}", bob.joined["room"]);
+    // One roster: Bob is told of Ada (on the other node, marked remote), Ada of Bob.
+    let listed = &bob.joined["participants"];
+    ensure!(
+        listed.as_array().is_some_and(|l| l
+            .iter()
+            .any(|p| p["sid"] == ada.p.sid && p["remote"] == true)),
+        "Bob's participants list Ada: {listed}"
+    );
+    let joined = ada.p.signal.expect("participant_joined", SECONDS).await?;
+    assert_eq!(joined["participant"]["sid"], bob.p.sid.as_str());
+    assert_eq!(joined["participant"]["remote"], true);
+    println!(
+        "cluster: Ada is told of Bob on the other node {:?} after his join began",
+        joining.elapsed()
+    );
     let spanning = Instant::now();
+    // No one-way second: the owner learns of the new shard at once, not at its next heartbeat.
+    let deadline = Instant::now() + SECONDS;
+    while heard_of(&ada, &bob) == 0 || heard_of(&bob, &ada) == 0 {
+        if Instant::now() > deadline {
+            bail!("Ada and Bob do not hear each other at all");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "cluster: first audio both ways across nodes {:?} after Bob's join",
+        spanning.elapsed()
+    );
     wait_hearing(&ada, &bob, SAMPLE_RATE as usize / 2, SECONDS).await?;
     println!(
         "cluster: Ada and Bob hear each other across nodes {:?} after Bob's join",
@@ -89,7 +130,40 @@ async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<(
             sum / hops * 1000.0
         );
     }
+    leaves_are_seen_across_nodes(&cluster, &mut ada, &bob).await?;
     ada.p.client.stop().await?;
-    bob.p.client.stop().await?;
+    Ok(())
+}
+
+/// Cy joins Bob's node and leaves: Ada sees her come and go. Then Bob's node is killed: Ada sees Bob
+/// leave (`disconnected`) once its record expires.
+async fn leaves_are_seen_across_nodes(
+    cluster: &Cluster,
+    ada: &mut Member,
+    bob: &Member,
+) -> anyhow::Result<()> {
+    let other = cluster.node(&bob.url);
+    let token = other.token("wide", "cy", &[])?;
+    let (mut cy, joined, url) = Signal::join_following(&other.ws_url(), &token, "wide").await?;
+    ensure!(url == other.ws_url(), "Cy stays on Bob's node");
+    let cy_sid = joined["participant"]["sid"].clone();
+    let seen = ada.p.signal.expect("participant_joined", SECONDS).await?;
+    assert_eq!(seen["participant"]["sid"], cy_sid);
+    cy.send(json!({"type": "leave"})).await?;
+    let left = ada.p.signal.expect("participant_left", SECONDS).await?;
+    assert_eq!(
+        (&left["sid"], &left["reason"]),
+        (&cy_sid, &Value::from("left"))
+    );
+
+    other.signal(libc::SIGKILL)?;
+    let killed = Instant::now();
+    let left = ada.p.signal.expect("participant_left", 3 * SECONDS).await?;
+    assert_eq!(left["sid"], bob.p.sid.as_str());
+    assert_eq!(left["reason"], "disconnected");
+    println!(
+        "cluster: Ada sees Bob leave {:?} after his node was killed (node TTL 1.5 s)",
+        killed.elapsed()
+    );
     Ok(())
 }

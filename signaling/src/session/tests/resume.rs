@@ -138,6 +138,7 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
                 ptt: false,
                 team: None,
                 shout: false,
+                remote: false,
             }
         })
     );

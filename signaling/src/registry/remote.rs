@@ -1,0 +1,193 @@
+//! A room spanning nodes of a cluster: the participants of the other nodes (listed and evented like local
+//! ones, marked `remote`), and this node's roster changes handed to the cluster (crate::roster).
+
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+
+use crate::protocol::{ParticipantInfo, ParticipantLeftReason};
+use crate::roster::{LocalRosterChange, RemoteRoster, RosterChange, RosterOutcome};
+
+use super::{AdminError, PresenceEvent, RemoteMember, Room, RoomRegistry};
+
+impl Room {
+    /// Why `sid` is not a local participant: it is another node's, or nobody's.
+    pub(super) fn missing(&self, sid: &str) -> AdminError {
+        if self.remote.iter().any(|r| r.info.sid == sid) {
+            AdminError::RemoteParticipant
+        } else {
+            AdminError::ParticipantNotFound
+        }
+    }
+
+    /// Whether `sid` belongs to a participant other than `node`'s: a local one, or a third node's.
+    fn taken(&self, node: &str, sid: &str) -> bool {
+        self.members.iter().any(|m| m.info.sid == sid)
+            || self
+                .remote
+                .iter()
+                .any(|r| r.info.sid == sid && r.node != node)
+    }
+}
+
+impl RoomRegistry {
+    /// Where this node's roster changes go (once; later calls return false).
+    pub(crate) fn set_roster_sink(&self, sink: mpsc::Sender<LocalRosterChange>) -> bool {
+        self.roster.set(sink).is_ok()
+    }
+
+    /// Whether a roster change was lost (the sink was full) since the last call.
+    pub(crate) fn take_roster_lost(&self) -> bool {
+        self.roster_lost.swap(false, Ordering::SeqCst)
+    }
+
+    /// Hands a change of this node's roster of `room` to the sink, if there is one.
+    pub(super) fn publish(&self, room: &str, change: RosterChange) {
+        let Some(sink) = self.roster.get() else {
+            return;
+        };
+        let change = LocalRosterChange {
+            room: room.to_owned(),
+            change,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = sink.try_send(change) {
+            self.roster_lost.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// This node's participants of `room` (none if it has no such room).
+    pub(crate) fn local_roster(&self, room: &str) -> Option<Vec<ParticipantInfo>> {
+        let rooms = self.lock();
+        let room = rooms.get(room)?;
+        Some(room.members.iter().map(|m| m.info.clone()).collect())
+    }
+
+    /// The participants of `room` on other nodes.
+    pub(crate) fn remote_participants(&self, room: &str) -> Vec<ParticipantInfo> {
+        let rooms = self.lock();
+        rooms
+            .get(room)
+            .map(|room| room.remote.iter().map(|r| r.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Applies a change of `node`'s part of `room` and tells this node's participants.
+    pub(crate) fn remote_roster(
+        &self,
+        room: &str,
+        node: &str,
+        change: RemoteRoster,
+    ) -> RosterOutcome {
+        let mut rooms = self.lock();
+        let Some(room) = rooms.get_mut(room) else {
+            return RosterOutcome::NoRoom;
+        };
+        self.apply_remote(room, node, change)
+    }
+
+    pub(super) fn apply_remote(
+        &self,
+        room: &mut Room,
+        node: &str,
+        change: RemoteRoster,
+    ) -> RosterOutcome {
+        match change {
+            RemoteRoster::Change(RosterChange::Joined { participant })
+            | RemoteRoster::Change(RosterChange::Updated { participant }) => {
+                self.upsert(room, node, participant)
+            }
+            RemoteRoster::Change(RosterChange::Left { sid, reason }) => {
+                self.remove(room, |r| r.node == node && r.info.sid == sid, reason);
+                RosterOutcome::Applied
+            }
+            RemoteRoster::Sync(participants) => {
+                self.remove(
+                    room,
+                    |r| r.node == node && !participants.iter().any(|p| p.sid == r.info.sid),
+                    ParticipantLeftReason::Left,
+                );
+                let mut outcome = RosterOutcome::Applied;
+                for participant in participants {
+                    if self.upsert(room, node, participant) == RosterOutcome::Collision {
+                        outcome = RosterOutcome::Collision;
+                    }
+                }
+                outcome
+            }
+            RemoteRoster::Gone => {
+                self.remove(
+                    room,
+                    |r| r.node == node,
+                    ParticipantLeftReason::Disconnected,
+                );
+                RosterOutcome::Applied
+            }
+        }
+    }
+
+    /// Adds or updates `node`'s participant; this node's participants are told `participant_joined`,
+    /// or `participant_muted` and `participant_updated` for what changed.
+    fn upsert(&self, room: &mut Room, node: &str, info: ParticipantInfo) -> RosterOutcome {
+        if room.taken(node, &info.sid) {
+            tracing::warn!(sid = %info.sid, node, "a participant id of another node is taken here");
+            return RosterOutcome::Collision;
+        }
+        let info = ParticipantInfo {
+            remote: true,
+            ..info
+        };
+        let Some(known) = room
+            .remote
+            .iter_mut()
+            .find(|r| r.node == node && r.info.sid == info.sid)
+        else {
+            self.broadcast(&room.members, &PresenceEvent::Joined(info.clone()));
+            room.remote.push(RemoteMember {
+                node: node.to_owned(),
+                info,
+            });
+            return RosterOutcome::Applied;
+        };
+        let before = std::mem::replace(&mut known.info, info.clone());
+        if (before.muted, before.server_muted) != (info.muted, info.server_muted) {
+            let event = PresenceEvent::Muted {
+                sid: info.sid.clone(),
+                muted: info.muted,
+                by_moderator: info.server_muted || before.server_muted,
+            };
+            self.broadcast(&room.members, &event);
+        }
+        let rest = |p: &ParticipantInfo| ParticipantInfo {
+            muted: false,
+            server_muted: false,
+            ..p.clone()
+        };
+        if rest(&before) != rest(&info) {
+            self.broadcast(&room.members, &PresenceEvent::Updated(info));
+        }
+        RosterOutcome::Applied
+    }
+
+    /// Removes the remote participants `gone` selects; this node's participants are told
+    /// `participant_left` with `reason`.
+    fn remove(
+        &self,
+        room: &mut Room,
+        gone: impl Fn(&RemoteMember) -> bool,
+        reason: ParticipantLeftReason,
+    ) {
+        let mut kept = Vec::with_capacity(room.remote.len());
+        for remote in std::mem::take(&mut room.remote) {
+            if gone(&remote) {
+                let event = PresenceEvent::Left {
+                    sid: remote.info.sid,
+                    reason,
+                };
+                self.broadcast(&room.members, &event);
+            } else {
+                kept.push(remote);
+            }
+        }
+        room.remote = kept;
+    }
+}

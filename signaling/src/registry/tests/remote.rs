@@ -1,0 +1,192 @@
+//! A room spanning nodes: other nodes' participants listed and evented like local ones, this node's
+//! changes handed to the roster sink.
+
+use super::*;
+use crate::roster::{
+    LocalRosterChange, RemoteRoster, RosterChange, RosterOutcome, ShardSeed, SharedRoom,
+};
+
+fn remote(sid: &str, identity: &str) -> ParticipantInfo {
+    ParticipantInfo {
+        sid: sid.into(),
+        identity: identity.into(),
+        name: identity.to_uppercase(),
+        muted: false,
+        can_publish: true,
+        can_subscribe: true,
+        server_muted: false,
+        deafened: false,
+        ptt: false,
+        team: None,
+        shout: false,
+        remote: false,
+    }
+}
+
+fn marked(p: ParticipantInfo) -> ParticipantInfo {
+    ParticipantInfo { remote: true, ..p }
+}
+
+#[test]
+fn another_nodes_participants_are_listed_evented_and_dropped_with_their_node() {
+    let (registry, _, _) = registry(10);
+    let (ada, mut ada_rx) = request("wide", "ada", 8);
+    let ada = registry.admit(ada, &open()).expect("admitted");
+    let bob = remote("PA_0000000000b0", "bob");
+    let joined = RemoteRoster::Change(RosterChange::Joined {
+        participant: bob.clone(),
+    });
+    assert_eq!(
+        registry.remote_roster("wide", "node-b", joined.clone()),
+        RosterOutcome::Applied
+    );
+    assert_eq!(
+        ada_rx.try_recv(),
+        Ok(PresenceEvent::Joined(marked(bob.clone())))
+    );
+    // Heard again (a sync after a message): no second event.
+    registry.remote_roster("wide", "node-b", joined);
+    assert!(ada_rx.try_recv().is_err());
+    // A newcomer here lists Bob, marked remote.
+    let (cy, _cy_rx) = request("wide", "cy", 8);
+    let cy = registry.admit(cy, &open()).expect("admitted");
+    assert_eq!(
+        cy.others,
+        vec![ada.participant.clone(), marked(bob.clone())]
+    );
+    let _ = ada_rx.try_recv();
+    // Bob mutes on his node: a mute event here.
+    let muted = ParticipantInfo {
+        muted: true,
+        ..bob.clone()
+    };
+    let change = RemoteRoster::Change(RosterChange::Updated { participant: muted });
+    registry.remote_roster("wide", "node-b", change);
+    assert_eq!(
+        ada_rx.try_recv(),
+        Ok(PresenceEvent::Muted {
+            sid: bob.sid.clone(),
+            muted: true,
+            by_moderator: false
+        })
+    );
+    assert!(ada_rx.try_recv().is_err(), "nothing else changed");
+    // Bob is not this node's to moderate, whisper to or kick.
+    assert_eq!(
+        registry.find("wide", &bob.sid),
+        Err(AdminError::RemoteParticipant)
+    );
+    assert_eq!(
+        registry.kick("wide", &bob.sid),
+        Err(AdminError::RemoteParticipant)
+    );
+    assert_eq!(
+        registry.find("wide", "PA_000000000000"),
+        Err(AdminError::ParticipantNotFound)
+    );
+    // Its node dies: Bob leaves, disconnected.
+    registry.remote_roster("wide", "node-b", RemoteRoster::Gone);
+    assert_eq!(
+        ada_rx.try_recv(),
+        Ok(PresenceEvent::Left {
+            sid: bob.sid.clone(),
+            reason: ParticipantLeftReason::Disconnected
+        })
+    );
+    assert_eq!(
+        registry.remote_roster("nowhere", "node-b", RemoteRoster::Gone),
+        RosterOutcome::NoRoom
+    );
+}
+
+#[test]
+fn a_sync_replaces_a_nodes_participants_and_a_taken_id_is_refused() {
+    let (registry, _, _) = registry(3);
+    let (ada, mut ada_rx) = request("wide", "ada", 8);
+    let ada = registry.admit(ada, &open()).expect("admitted");
+    let (bob, cy) = (
+        remote("PA_0000000000b0", "bob"),
+        remote("PA_0000000000c0", "cy"),
+    );
+    registry.remote_roster("wide", "node-b", RemoteRoster::Sync(vec![bob.clone()]));
+    assert_eq!(
+        ada_rx.try_recv(),
+        Ok(PresenceEvent::Joined(marked(bob.clone())))
+    );
+    registry.remote_roster("wide", "node-b", RemoteRoster::Sync(vec![cy.clone()]));
+    assert_eq!(
+        ada_rx.try_recv(),
+        Ok(PresenceEvent::Left {
+            sid: bob.sid.clone(),
+            reason: ParticipantLeftReason::Left
+        })
+    );
+    assert_eq!(
+        ada_rx.try_recv(),
+        Ok(PresenceEvent::Joined(marked(cy.clone())))
+    );
+    // A third node naming Ada's id, or Cy's: refused, nobody told.
+    let twin = remote(&ada.participant.sid, "eve");
+    let sync = RemoteRoster::Sync(vec![twin, remote(&cy.sid, "mallory")]);
+    assert_eq!(
+        registry.remote_roster("wide", "node-c", sync),
+        RosterOutcome::Collision
+    );
+    assert!(ada_rx.try_recv().is_err());
+    // The room counts its participants on every node: Ada and Cy, one more seat.
+    let (dan, _) = request("wide", "dan", 8);
+    registry.admit(dan, &open()).expect("admitted");
+    let (eve, _) = request("wide", "eve", 8);
+    assert!(matches!(
+        registry.admit(eve, &open()),
+        Err(AdmitError::RoomFull {
+            max_participants: 3
+        })
+    ));
+}
+
+#[test]
+fn local_changes_go_to_the_sink_and_a_shard_takes_the_owners_settings() {
+    let (registry, _, _) = registry(10);
+    let (sink, mut changes) = mpsc::channel::<LocalRosterChange>(2);
+    assert!(registry.set_roster_sink(sink));
+    let mut ada = request("wide", "ada", 8).0;
+    let bob = remote("PA_0000000000b0", "bob");
+    ada.shard = Some(ShardSeed {
+        room: Some(SharedRoom::new(RoomSettings::forward(5), 7)),
+        members: vec![("node-b".into(), vec![bob.clone()])],
+    });
+    let ada = registry.admit(ada, &open()).expect("admitted");
+    assert_eq!(ada.settings, RoomSettings::forward(5));
+    assert_eq!(ada.room.max_participants, 7);
+    assert_eq!(ada.others, vec![marked(bob)]);
+    assert_eq!(
+        changes.try_recv().map(|c| c.change),
+        Ok(RosterChange::Joined {
+            participant: ada.participant.clone()
+        })
+    );
+    let _ = registry.set_muted("wide", ada.id, true, Actor::Own);
+    let _ = registry.set_deafened("wide", ada.id, true);
+    // The sink holds two: the third change is lost, and that is said once.
+    let _ = registry.set_ptt("wide", ada.id, true);
+    assert!(registry.take_roster_lost());
+    assert!(!registry.take_roster_lost());
+    let updated = changes.try_recv().expect("the mute");
+    assert_eq!(updated.room, "wide");
+    assert!(matches!(updated.change, RosterChange::Updated { participant } if participant.muted));
+    let _ = changes.try_recv();
+    assert!(registry.leave("wide", ada.id, ParticipantLeftReason::Left));
+    assert_eq!(
+        changes.try_recv().map(|c| c.change),
+        Ok(RosterChange::Left {
+            sid: ada.participant.sid.clone(),
+            reason: ParticipantLeftReason::Left
+        })
+    );
+    assert_eq!(
+        registry.local_roster("wide"),
+        None,
+        "the room went with Ada"
+    );
+}

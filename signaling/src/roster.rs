@@ -1,0 +1,174 @@
+//! Rooms spanning nodes of a cluster (docs/architecture.md, "Rooms larger than a node"): what signaling
+//! shares of a room with the other nodes holding a shard of it, as values.
+//!
+//! Signaling knows nothing of Redis. It hands its local roster changes to a sink
+//! ([`crate::Signaling::set_roster_sink`]) and takes the other nodes' through
+//! [`crate::Signaling::remote_roster`]; a join that opens a shard of another node's room brings the room's
+//! settings and the other nodes' participants with it ([`ShardSeed`], in
+//! [`crate::locator::Location::Shard`]). Remote participants are listed and evented like local ones, with
+//! `remote: true` in their participant object; they cannot be moderated, whispered to or given a volume
+//! from this node ([`crate::AdminError::RemoteParticipant`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::{MixSettings, RoomMode, RoomSettings, SpatialSettings};
+use crate::protocol::{ParticipantInfo, ParticipantLeftReason};
+
+/// A change of one room's roster on one node: what the other nodes hear of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RosterChange {
+    Joined {
+        participant: ParticipantInfo,
+    },
+    Left {
+        sid: String,
+        reason: ParticipantLeftReason,
+    },
+    /// Its state changed (mute, deafen, push-to-talk): the participant as it is now.
+    Updated {
+        participant: ParticipantInfo,
+    },
+}
+
+/// A roster change of a room on this node, for the cluster to pass on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalRosterChange {
+    pub room: String,
+    pub change: RosterChange,
+}
+
+/// What the cluster tells signaling about another node's part of a room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteRoster {
+    Change(RosterChange),
+    /// The node's participants in the room now, replacing what was known of them.
+    Sync(Vec<ParticipantInfo>),
+    /// The node is gone (its record expired): its participants left (`disconnected`).
+    Gone,
+}
+
+/// What [`crate::Signaling::remote_roster`] did with a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RosterOutcome {
+    /// Recorded, and this node's participants told.
+    Applied,
+    /// This node has no shard of the room: nothing to do.
+    NoRoom,
+    /// A participant id that another participant of the room has (here or on a third node): the remote
+    /// one is not listed.
+    Collision,
+}
+
+impl RosterOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RosterOutcome::Applied => "applied",
+            RosterOutcome::NoRoom => "no_room",
+            RosterOutcome::Collision => "collision",
+        }
+    }
+}
+
+/// A room's settings as the nodes holding its shards share them (the owner's).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SharedRoom {
+    pub mode: RoomMode,
+    pub slots: u8,
+    pub mix: MixSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spatial: Option<SpatialSettings>,
+    pub max_participants: usize,
+}
+
+impl SharedRoom {
+    pub fn new(settings: RoomSettings, max_participants: usize) -> SharedRoom {
+        SharedRoom {
+            mode: settings.mode,
+            slots: settings.slots,
+            mix: settings.mix,
+            spatial: settings.spatial,
+            max_participants,
+        }
+    }
+
+    /// The room's settings, if they are valid (another node's data is checked like a request's).
+    pub fn settings(&self) -> Option<RoomSettings> {
+        let settings = RoomSettings {
+            mode: self.mode,
+            slots: self.slots,
+            mix: self.mix,
+            spatial: self.spatial,
+        };
+        (settings.validate().is_ok() && self.max_participants >= 1).then_some(settings)
+    }
+}
+
+/// What a join opening a shard of another node's room knows of the room: the owner's settings (none:
+/// this node's defaults) and the participants of the other nodes, by node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardSeed {
+    pub room: Option<SharedRoom>,
+    pub members: Vec<(String, Vec<ParticipantInfo>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bob() -> ParticipantInfo {
+        ParticipantInfo {
+            sid: "PA_9a0b1c2d3e4f".into(),
+            identity: "bob".into(),
+            name: "Bob".into(),
+            muted: true,
+            can_publish: true,
+            can_subscribe: true,
+            server_muted: false,
+            deafened: false,
+            ptt: false,
+            team: None,
+            shout: false,
+            remote: false,
+        }
+    }
+
+    #[test]
+    fn a_roster_change_round_trips() {
+        let joined = RosterChange::Joined { participant: bob() };
+        let json = serde_json::to_value(&joined).expect("serializes");
+        assert_eq!(json["kind"], "joined");
+        assert_eq!(json["participant"]["sid"], "PA_9a0b1c2d3e4f");
+        let back: RosterChange = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, joined);
+        let left = RosterChange::Left {
+            sid: "PA_9a0b1c2d3e4f".into(),
+            reason: ParticipantLeftReason::Kicked,
+        };
+        let json = serde_json::to_string(&left).expect("serializes");
+        assert_eq!(
+            json,
+            r#"{"kind":"left","sid":"PA_9a0b1c2d3e4f","reason":"kicked"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<RosterChange>(&json).expect("parses"),
+            left
+        );
+    }
+
+    #[test]
+    fn shared_settings_round_trip_and_are_checked() {
+        let shared = SharedRoom::new(RoomSettings::forward(2), 50);
+        let json = serde_json::to_string(&shared).expect("serializes");
+        let back: SharedRoom = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, shared);
+        assert_eq!(back.settings(), Some(RoomSettings::forward(2)));
+        let bad = SharedRoom { slots: 0, ..shared };
+        assert_eq!(bad.settings(), None, "zero slots is refused");
+        let nobody = SharedRoom {
+            max_participants: 0,
+            ..shared
+        };
+        assert_eq!(nobody.settings(), None);
+    }
+}

@@ -4,13 +4,13 @@
 # every node"); a redis-server of its own shares the cluster state. N listeners on each node at once
 # (`chorus-loadtest listen`), each node's CPU and memory per listener (docs/loadtest.md).
 #   scripts/listen-across-nodes.sh                 # N=1000 on each node, 15 s
-#   N=10000 DURATION=20 BIN_DIR=/tmp/bin scripts/listen-across-nodes.sh
+#   N=9900 DURATION=20 BIN_DIR=/tmp/bin scripts/listen-across-nodes.sh   # ≈ 20,000 listeners in all
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN_DIR="${BIN_DIR:-$ROOT/target/release}"; N="${N:-1000}"; DURATION="${DURATION:-15}"
 OUT="${OUT:-$ROOT/target/listen-across-nodes}"; mkdir -p "$OUT"; rm -f "$OUT"/*.log
 pids=(); cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }; trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)"
+ulimit -n "$(ulimit -Hn)"   # the tool holds 2 × N sockets: N ≤ (hard limit − 100) / 2
 redis-server --port 26379 --save '' --appendonly no > $OUT/redis.log 2>&1 & pids+=($!)
 sleep 0.5
 for i in 0 1; do

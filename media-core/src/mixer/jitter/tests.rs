@@ -1187,3 +1187,58 @@ fn invalid_durations_are_rejected() {
     assert_eq!(jb.stats().invalid, 2);
     assert!(jb.is_empty());
 }
+
+/// A talker without DTX: spurts of 1 s of voice and runs of 1 s of quiet packets (the silence frames a
+/// browser sends by default), back to back for `seconds`: no gap ever re-anchors the delay.
+fn spurts_without_dtx(seconds: usize) -> Vec<Frame> {
+    let mut frames = continuous(seconds * 50, 960, Some(30));
+    for (i, f) in frames.iter_mut().enumerate() {
+        if (i / 50) % 2 == 1 {
+            f.level = Some(90);
+        }
+    }
+    frames
+}
+
+#[test]
+fn without_dtx_the_quiet_runs_bring_the_delay_down_to_a_10ms_target() {
+    // The mixer decodes a whole tick at once: a packet must be there at the tick that needs it, so the
+    // delay cannot go below how long a packet waits for that tick (`wait`, the arrival's phase against
+    // the tick grid). Packets arriving 13 ms after a tick wait 7 ms: the 10 ms target is reachable (the
+    // consumer holds 3 ms); arriving 3 ms after one, they wait 17 ms, the floor. Before, a quiet packet
+    // was shortened only once its successor had arrived, which never happens once the delay is below a
+    // packet, so the delay stayed wherever the last such trim left it (up to a tick above the floor).
+    for (arrival_ms, wait_ms) in [(13.0, 7.0_f64), (3.0, 17.0), (19.0, 1.0)] {
+        let frames = spurts_without_dtx(30);
+        let mut jitter = Rng::new(17);
+        let delay = |_: usize| {
+            Duration::from_secs_f64((40.0 + arrival_ms + jitter.range_f64(-0.4, 0.4)) / 1000.0)
+        };
+        let config = JitterConfig {
+            min_delay: 10 * MS,
+            ..JitterConfig::default()
+        };
+        let mut h = Harness::new(config, send(&frames, 0, 0, 0.0, delay, none));
+        h.run_until(32 * SECOND);
+        let what = format!("arriving {arrival_ms} ms after a tick");
+        assert_eq!(h.jb.target_delay(), 10 * MS, "{what}");
+        // Inside each voice spurt after the first few (100 ms after its first packet was sent).
+        let expected = Duration::from_secs_f64(wait_ms.max(10.0) / 1000.0);
+        for spurt in (5..15).map(|k| k * 100) {
+            let at = frames[spurt].at as u64 * 1_000 / 48 + 100_000;
+            let (_, _, current) = *h
+                .trace
+                .delays
+                .iter()
+                .find(|(t, ..)| t.as_micros() as u64 >= at)
+                .expect("playing");
+            assert!(
+                current >= expected.saturating_sub(MS) && current <= expected + 3 * MS,
+                "{what}: spurt at packet {spurt} plays with {current:?} of delay, not ≈ {expected:?}"
+            );
+        }
+        let stats = h.jb.stats();
+        assert_eq!(stats.late + stats.concealed_plc, 0, "{what}: {stats:?}");
+        assert_eq!(loud_played_fraction(&h.trace, &frames, 50..1450), 1.0, "{what}");
+    }
+}

@@ -81,7 +81,7 @@ fuzz_target!(|input: Input| {
             }
             Op::Pop { after_us } => {
                 now += Duration::from_micros(u64::from(*after_us));
-                let span = jb.pop(now);
+                let span = jb.pop(now, 0);
                 let samples = span.samples();
                 assert!(samples > 0, "an empty span: {span:?}");
                 assert!(samples <= 5760, "a span longer than 120 ms: {span:?}");

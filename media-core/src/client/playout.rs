@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::audio::{samples_duration, SAMPLE_RATE};
+use crate::audio::SAMPLE_RATE;
 use crate::client::ReceivedAudio;
 use crate::mixer::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 
@@ -83,7 +83,10 @@ impl Player {
         while self.pending.len() < out.len() {
             let have_48k =
                 self.pending.len() / channels * SAMPLE_RATE as usize / self.rate_hz as usize;
-            let span = self.jitter.pop(due + samples_duration(have_48k));
+            let span = self.jitter.pop(
+                due,
+                u32::try_from(have_48k).expect("less than a tick is held"),
+            );
             let (decoded, keep) = match span {
                 // A packet plays whole, also when the buffer asks to play only its start to steer its delay
                 // down (`samples`, a trim inside a pause, which skips the middle of the pause: a
@@ -155,7 +158,7 @@ impl Player {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::FRAME_SAMPLES;
+    use crate::audio::{samples_duration, FRAME_SAMPLES};
     use crate::testkit::analysis::{ToneAnalysis, ToneGenerator};
 
     fn packet(i: u32, payload: &[u8], arrival: Instant) -> ReceivedAudio {

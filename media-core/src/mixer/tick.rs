@@ -53,7 +53,9 @@ impl Mixer {
                     break;
                 }
                 // The span starts to play after what the member already holds for this tick.
-                let span = m.jitter.pop(due + crate::audio::samples_duration(have));
+                let span = m
+                    .jitter
+                    .pop(due, u32::try_from(have).expect("less than a tick is held"));
                 have += span.samples() as usize;
                 m.spans.push(span);
             }

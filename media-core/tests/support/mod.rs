@@ -185,7 +185,8 @@ impl MixedStream {
         let mut buf = vec![0f32; FRAME_SAMPLES * 6];
         let mut have = self.play_surplus;
         while have < FRAME_SAMPLES {
-            let n = match self.jitter.pop(now + audio::samples_duration(have)) {
+            let held = u32::try_from(have).expect("less than a tick is held");
+            let n = match self.jitter.pop(now, held) {
                 Playout::Packet {
                     payload, samples, ..
                 } => self

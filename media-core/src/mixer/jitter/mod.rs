@@ -30,10 +30,16 @@
 //!
 //! The *current delay* ([`JitterBuffer::current_delay`]) is how long a packet on the fastest path waits
 //! between arriving and being needed: `now − playout position / 48 kHz − minimum transit`, where `now` is
-//! the tick time passed to [`JitterBuffer::pop`] when the playout position is asked for (its deadline: the
-//! mixer decodes at the tick, even if part of the result plays later from its surplus). A packet is on time
-//! exactly when its relative delay is at most the current delay, so steering the current delay onto the
-//! target keeps about 95 % of packets on time.
+//! when the span asked for starts to play: the consumer's tick passed to [`JitterBuffer::pop`] plus the
+//! audio it already holds for that tick (its surplus from the last tick and the spans popped before). A
+//! packet is on time when its relative delay is at most the current delay, so steering the current delay
+//! onto the target keeps about 95 % of packets on time.
+//!
+//! **The tick floor.** The consumer decodes a whole tick at once, so a packet must be buffered at the tick
+//! that needs it, however late in that tick it starts to play. A stream whose packets arrive a fixed phase
+//! before the consumer's ticks cannot have less delay than that phase (up to a tick: the mixer's grid is
+//! shared by all its inputs); what the consumer holds on top of it is pure delay, which quiet packets
+//! give up (see below).
 //!
 //! **Loss margin.** A lost frame comes back from the next packet (its in-band FEC, or its RED copy) only
 //! if that packet has arrived when the lost frame is decided. The consumer decides a whole tick at once and
@@ -58,8 +64,12 @@
 //!   delay is below target. Quiet packets give up time *inside a pause* (after 80 ms of quiet packets); inside a
 //!   sentence (a stop consonant, a breath: a shorter quiet run) only when the delay is 10 ms too long, so
 //!   the wander of the delay estimate under jitter is not heard as time shifts mid-sentence; never the first
-//!   quiet packet after audio (the sender's codec delay carries the end of the audio into it) nor the last
-//!   one before audio (it primes the mixer's decoder for the audio after it). Silence is inserted right after
+//!   quiet packet after audio (the sender's codec delay carries the end of the audio into it) nor one whose
+//!   successor is buffered and loud (the last before audio). Once the delay is below a packet plus what
+//!   the consumer holds, a quiet packet's successor has not arrived yet when it plays (a stream without DTX
+//!   pauses, as browsers send by default, would then keep up to a tick of extra delay for good): inside a
+//!   pause such a packet is still shortened, but only by the part of it in the last tick it reaches, so
+//!   its successor stays due at the tick it was due at anyway (down to the tick floor). Silence is inserted right after
 //!   any quiet packet (too little delay makes packets late, which costs more; and after the quiet packet
 //!   that carries the end of some audio, nothing is split).
 //! - **Forced**: when the delay is more than [`JitterConfig::force_margin`] (40 ms) off target and no quiet
@@ -488,19 +498,23 @@ impl JitterBuffer {
         &self.config
     }
 
-    /// The next span to render; `now` is when it starts to play: the consumer's tick time plus the audio it
-    /// already holds for that tick (its surplus and the spans popped before). Measuring the delay at the
-    /// span's own start, not at the tick, keeps a shortened packet and the spans after it from looking like
-    /// too little delay (which inserted silence right after every trim).
-    pub fn pop(&mut self, now: Instant) -> Playout {
+    /// The next span to render. `tick` is when the consumer decodes it (its tick: the span's packet must be
+    /// buffered by then); `held` is the audio (48 kHz samples) it already holds for that tick before this
+    /// span (its surplus and the spans popped before), so the span starts to play at `tick + held`.
+    /// Measuring the delay at the span's own start, not at the tick, keeps a shortened packet and the spans
+    /// after it from looking like too little delay (which inserted silence right after every trim).
+    /// `held` also bounds how much of a quiet packet may be cut while its successor has not arrived (see
+    /// the module docs).
+    pub fn pop(&mut self, tick: Instant, held: u32) -> Playout {
         let Some(base) = self.base else {
             // Nothing ever arrived: there is no timeline yet.
             return Playout::Silence {
                 samples: TICK_SAMPLES,
             };
         };
-        let now_us = duration_us(now.saturating_duration_since(base));
-        let out = self.next_span(now_us);
+        let held = i64::from(held);
+        let now_us = duration_us(tick.saturating_duration_since(base)) + samples_to_us(held);
+        let out = self.next_span(now_us, held);
         if !matches!(out, Playout::Silence { .. }) {
             self.audio_end = self.pos;
         }

@@ -32,7 +32,7 @@ impl JitterBuffer {
         now_us - samples_to_us(self.pos) - min_transit
     }
 
-    pub(super) fn next_span(&mut self, now_us: i64) -> Playout {
+    pub(super) fn next_span(&mut self, now_us: i64, held: i64) -> Playout {
         match self.phase {
             Phase::Idle => {
                 return Playout::Silence {
@@ -60,7 +60,7 @@ impl JitterBuffer {
         }
         // Each pass either returns or shortens the buffer / the gap, so this ends; the bound is a backstop.
         for _ in 0..=self.config.max_packets.saturating_add(2) {
-            if let Some(span) = self.step(now_us) {
+            if let Some(span) = self.step(now_us, held) {
                 return span;
             }
         }
@@ -69,9 +69,9 @@ impl JitterBuffer {
         }
     }
 
-    /// One decision at the playout position; `None` means the state changed and the caller should decide
-    /// again.
-    pub(super) fn step(&mut self, now_us: i64) -> Option<Playout> {
+    /// One decision at the playout position, `held` samples into the consumer's tick; `None` means the
+    /// state changed and the caller should decide again.
+    pub(super) fn step(&mut self, now_us: i64, held: i64) -> Option<Playout> {
         let delay = self.delay_us(now_us);
         self.last_delay_us = delay;
         let target = self.target_us;
@@ -111,9 +111,16 @@ impl JitterBuffer {
             let in_pause = quiet && self.quiet_run >= STEER_AFTER_QUIET_PACKETS;
             let between = quiet && self.quiet_run >= 1;
             let may_shrink = in_pause || (between && delay - target >= MID_SENTENCE_STEER_US);
+            // The successor has not arrived yet (nothing else is buffered): inside a pause the packet is
+            // still shortened, but only by what keeps the successor due at the tick it was due at anyway
+            // (`successor_slack`). Without that, a stream without DTX could never get below a packet of
+            // delay plus what the consumer holds: its successor is not there yet once the delay is lower.
+            let awaited = self.packets.len() == 1;
             let steerable = may_shrink
-                && next
-                    .is_some_and(|n| n.audio_level.is_some_and(|l| l >= self.config.quiet_level));
+                && match next {
+                    Some(n) => n.audio_level.is_some_and(|l| l >= self.config.quiet_level),
+                    None => awaited && in_pause,
+                };
             let spare = delay - samples_to_us(samples) - target;
             // Right after concealment, play the packet that was waited for; drop later ones.
             let forced_drop = self.force == Force::Shrink
@@ -136,7 +143,10 @@ impl JitterBuffer {
             // A quiet packet gives up what keeps the delay at the target, down to 2.5 ms of it: it is still
             // handed out (and decoded: a decoder that skipped it would continue from a stale state), but
             // only its first part is played.
-            let trim = round_down_grain(us_to_samples(delay - target)).min(samples - GRAIN);
+            let mut trim = round_down_grain(us_to_samples(delay - target)).min(samples - GRAIN);
+            if next.is_none() {
+                trim = trim.min(round_down_grain(successor_slack(held, samples)));
+            }
             if steerable && trim >= GRAIN {
                 let trimmed = self
                     .packets
@@ -305,6 +315,14 @@ impl JitterBuffer {
             samples: TICK_SAMPLES,
         }
     }
+}
+
+/// How much of a packet of `samples`, starting `held` samples into the consumer's tick, can be cut without
+/// its successor becoming due at an earlier tick: the part of the packet in the last tick it reaches. The
+/// consumer decodes a whole tick at once, so a packet must be buffered at the tick that needs it, however
+/// late in that tick it starts to play.
+fn successor_slack(held: i64, samples: i64) -> i64 {
+    (held + samples).rem_euclid(i64::from(TICK_SAMPLES))
 }
 
 fn round_down_grain(samples: i64) -> i64 {

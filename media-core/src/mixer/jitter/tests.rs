@@ -216,9 +216,10 @@ impl Harness {
             let mut need = i64::from(TICK_SAMPLES) - self.surplus;
             while need > 0 {
                 let held = i64::from(TICK_SAMPLES) - need;
-                let out = self
-                    .jb
-                    .pop(self.base + self.t + us_duration(samples_to_us(held)));
+                let out = self.jb.pop(
+                    self.base + self.t,
+                    u32::try_from(held).expect("0 ≤ held < a tick"),
+                );
                 assert!(out.samples() > 0, "empty span at {:?}", self.t);
                 need -= i64::from(out.samples());
                 match out {
@@ -317,20 +318,20 @@ fn in_order_stream_plays_every_packet_once_in_order() {
 fn playout_starts_after_the_target_delay_and_is_active_in_a_talk_spurt() {
     let mut jb = JitterBuffer::new(fixed_40ms());
     let base = t0();
-    assert_eq!(jb.pop(base), Playout::Silence { samples: 960 });
+    assert_eq!(jb.pop(base, 0), Playout::Silence { samples: 960 });
     assert!(!jb.is_active());
     assert_eq!(
         jb.push(base + 5 * MS, packet(7, 0, 960, false, Some(20))),
         PushOutcome::Accepted
     );
-    assert_eq!(jb.pop(base + 20 * MS), Playout::Silence { samples: 960 });
+    assert_eq!(jb.pop(base + 20 * MS, 0), Playout::Silence { samples: 960 });
     assert_eq!(
         jb.push(base + 25 * MS, packet(8, 960, 960, false, Some(20))),
         PushOutcome::Accepted
     );
-    assert_eq!(jb.pop(base + 40 * MS), Playout::Silence { samples: 960 });
+    assert_eq!(jb.pop(base + 40 * MS, 0), Playout::Silence { samples: 960 });
     assert_eq!(jb.buffered(), 40 * MS);
-    let first = jb.pop(base + 60 * MS);
+    let first = jb.pop(base + 60 * MS, 0);
     assert!(
         matches!(
             first,
@@ -1239,6 +1240,10 @@ fn without_dtx_the_quiet_runs_bring_the_delay_down_to_a_10ms_target() {
         }
         let stats = h.jb.stats();
         assert_eq!(stats.late + stats.concealed_plc, 0, "{what}: {stats:?}");
-        assert_eq!(loud_played_fraction(&h.trace, &frames, 50..1450), 1.0, "{what}");
+        assert_eq!(
+            loud_played_fraction(&h.trace, &frames, 50..1450),
+            1.0,
+            "{what}"
+        );
     }
 }

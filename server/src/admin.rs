@@ -72,6 +72,7 @@ impl From<AdminError> for ApiError {
             AdminError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             AdminError::MediaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "media_unavailable"),
             AdminError::SameRoom => (StatusCode::CONFLICT, "same_room"),
+            AdminError::NodeUnavailable => (StatusCode::BAD_GATEWAY, "cluster_unavailable"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -191,6 +191,10 @@ pub enum AdminError {
     /// that node.
     #[error("the participant is on another node of the cluster; act on it there")]
     RemoteParticipant,
+    /// The node holding the participant (a room spanning nodes) did not take a moderation: it did not
+    /// answer, or this node could not reach it.
+    #[error("the participant's node did not answer; try again")]
+    NodeUnavailable,
 }
 
 /// What the admin API asks a new room to be.

@@ -96,10 +96,23 @@ fn room_segment(path: &str) -> Option<&str> {
     (!room.is_empty()).then_some(room)
 }
 
+/// The `{room}` and `{sid}` of `/admin/v1/rooms/{room}/participants/{sid}` and the routes under it.
+fn participant_segments(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/admin/v1/rooms/")?;
+    let mut segments = rest.split('/');
+    let room = segments.next()?;
+    let sid = match (segments.next(), segments.next()) {
+        (Some("participants"), Some(sid)) if !sid.is_empty() => sid,
+        _ => return None,
+    };
+    Some((room, sid))
+}
+
 /// Any node answers for the cluster: an admin request about a room another live node hosts (get, delete,
-/// participants, kick, mute, deafen, move, broadcast, recordings) is forwarded to that node's admin API with
-/// the same token (the nodes share their API keys) and its answer returned, marked with [`NODE_HEADER`].
-/// A room no node hosts is answered here (404). Runs after the token check.
+/// participants, kick, mute, deafen, move, broadcast, recordings), or about a participant another live
+/// node holds in a room spanning nodes (kick, mute, deafen, move), is forwarded to that node's admin API
+/// with the same token (the nodes share their API keys) and its answer returned, marked with
+/// [`NODE_HEADER`]. A room no node hosts is answered here (404). Runs after the token check.
 pub async fn forward_room_requests(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -108,16 +121,27 @@ pub async fn forward_room_requests(
     let Some(cluster) = state.cluster.clone() else {
         return next.run(request).await;
     };
-    let Some(room) = room_segment(request.uri().path()).map(str::to_owned) else {
+    let path = request.uri().path();
+    let Some(room) = room_segment(path).map(str::to_owned) else {
         return next.run(request).await;
     };
-    if state.signaling.hosts(&room) || request.headers().contains_key(FORWARDED_HEADER) {
+    if request.headers().contains_key(FORWARDED_HEADER) {
         return next.run(request).await;
     }
-    let owner = match cluster.owner_elsewhere(&room).await {
+    let holder = participant_segments(path).and_then(|(_, sid)| {
+        // Only a request about the participant itself: the room's list stays this node's view.
+        state.signaling.remote_node(&room, sid)
+    });
+    let target = match holder {
+        Some(node) => cluster.live_node(&node).await,
+        None if state.signaling.hosts(&room) => return next.run(request).await,
+        None => cluster.owner_elsewhere(&room).await,
+    };
+    let owner = match target {
         Ok(Some(owner)) if !owner.admin_url.is_empty() => owner,
         // Nobody else hosts it (or Redis cannot tell, or the owner is too old to be reached): this node
-        // answers, which for a room it does not have is 404.
+        // answers, which for a room it does not have is 404 (and for another node's participant, 404
+        // with a message saying so).
         _ => return next.run(request).await,
     };
     match forward(&cluster, &owner, request).await {
@@ -131,7 +155,7 @@ pub async fn forward_room_requests(
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "cluster_unavailable",
-                format!("node {} hosts the room and did not answer", owner.id),
+                format!("node {} hosts the room or participant and did not answer", owner.id),
             )
             .into_response()
         }
@@ -188,7 +212,22 @@ async fn forward(
 
 #[cfg(test)]
 mod tests {
-    use super::room_segment;
+    use super::{participant_segments, room_segment};
+
+    #[test]
+    fn the_room_and_participant_of_participant_paths() {
+        assert_eq!(
+            participant_segments("/admin/v1/rooms/wide/participants/PA_1/mute"),
+            Some(("wide", "PA_1"))
+        );
+        assert_eq!(
+            participant_segments("/admin/v1/rooms/wide/participants/PA_1"),
+            Some(("wide", "PA_1"))
+        );
+        assert_eq!(participant_segments("/admin/v1/rooms/wide/participants"), None);
+        assert_eq!(participant_segments("/admin/v1/rooms/wide/participants/"), None);
+        assert_eq!(participant_segments("/admin/v1/rooms/wide/broadcast"), None);
+    }
 
     #[test]
     fn the_room_of_room_scoped_admin_paths() {

@@ -187,8 +187,8 @@ pub enum AdminError {
     MediaUnavailable,
     #[error("the participant is in that room already")]
     SameRoom,
-    /// The participant is on another node of the cluster (a room spanning nodes): moderate it through
-    /// that node.
+    /// The participant is on another node of the cluster (a room spanning nodes): this node cannot act on
+    /// it itself ([`crate::Signaling::moderate`] hands a moderation to that node).
     #[error("the participant is on another node of the cluster; act on it there")]
     RemoteParticipant,
     /// The node holding the participant (a room spanning nodes) did not take a moderation: it did not

@@ -155,7 +155,10 @@ pub async fn forward_room_requests(
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "cluster_unavailable",
-                format!("node {} hosts the room or participant and did not answer", owner.id),
+                format!(
+                    "node {} hosts the room or participant and did not answer",
+                    owner.id
+                ),
             )
             .into_response()
         }
@@ -224,8 +227,14 @@ mod tests {
             participant_segments("/admin/v1/rooms/wide/participants/PA_1"),
             Some(("wide", "PA_1"))
         );
-        assert_eq!(participant_segments("/admin/v1/rooms/wide/participants"), None);
-        assert_eq!(participant_segments("/admin/v1/rooms/wide/participants/"), None);
+        assert_eq!(
+            participant_segments("/admin/v1/rooms/wide/participants"),
+            None
+        );
+        assert_eq!(
+            participant_segments("/admin/v1/rooms/wide/participants/"),
+            None
+        );
         assert_eq!(participant_segments("/admin/v1/rooms/wide/broadcast"), None);
     }
 

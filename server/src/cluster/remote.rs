@@ -84,12 +84,18 @@ async fn carry(
             AdminError::NodeUnavailable
         })?;
     let (method, route, body) = route(action);
-    let mut url =
-        reqwest::Url::parse(&node.admin_url).map_err(|_| AdminError::NodeUnavailable)?;
+    let mut url = reqwest::Url::parse(&node.admin_url).map_err(|_| AdminError::NodeUnavailable)?;
     url.path_segments_mut()
         .map_err(|_| AdminError::NodeUnavailable)?
         .pop_if_empty()
-        .extend(["admin", "v1", "rooms", &action.room, "participants", &action.sid])
+        .extend([
+            "admin",
+            "v1",
+            "rooms",
+            &action.room,
+            "participants",
+            &action.sid,
+        ])
         .extend(route);
     let mut request = cluster
         .http()
@@ -175,13 +181,19 @@ mod tests {
         assert_eq!((method, route_), (Method::POST, Some("mute")));
         assert_eq!(body, Some(json!({"muted": false})));
         let (_, route_, body) = route(&action(ModerateAction::Deafen, None));
-        assert_eq!((route_, body), (Some("deafen"), Some(json!({"deafened": true}))));
+        assert_eq!(
+            (route_, body),
+            (Some("deafen"), Some(json!({"deafened": true})))
+        );
         assert_eq!(
             route(&action(ModerateAction::Kick, None)),
             (Method::DELETE, None, None)
         );
         let (_, route_, body) = route(&action(ModerateAction::Move, Some("breakout")));
-        assert_eq!((route_, body), (Some("move"), Some(json!({"room": "breakout"}))));
+        assert_eq!(
+            (route_, body),
+            (Some("move"), Some(json!({"room": "breakout"})))
+        );
     }
 
     #[test]

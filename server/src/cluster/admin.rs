@@ -89,23 +89,24 @@ const RESPONSE_HEADERS: [header::HeaderName; 4] = [
 /// How long the owner may take to answer a forwarded request.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The segments of `/admin/v1/rooms/{room}` and the routes under it, from `{room}` on.
+fn room_path(path: &str) -> Option<std::str::Split<'_, char>> {
+    Some(path.strip_prefix("/admin/v1/rooms/")?.split('/'))
+}
+
 /// The `{room}` of `/admin/v1/rooms/{room}` and the routes under it.
 fn room_segment(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/admin/v1/rooms/")?;
-    let room = rest.split('/').next()?;
+    let room = room_path(path)?.next()?;
     (!room.is_empty()).then_some(room)
 }
 
 /// The `{room}` and `{sid}` of `/admin/v1/rooms/{room}/participants/{sid}` and the routes under it.
 fn participant_segments(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix("/admin/v1/rooms/")?;
-    let mut segments = rest.split('/');
-    let room = segments.next()?;
-    let sid = match (segments.next(), segments.next()) {
-        (Some("participants"), Some(sid)) if !sid.is_empty() => sid,
-        _ => return None,
-    };
-    Some((room, sid))
+    let mut segments = room_path(path)?;
+    match (segments.next(), segments.next(), segments.next()) {
+        (Some(room), Some("participants"), Some(sid)) if !sid.is_empty() => Some((room, sid)),
+        _ => None,
+    }
 }
 
 /// Any node answers for the cluster: an admin request about a room another live node hosts (get, delete,

@@ -148,18 +148,9 @@ mod tests {
 
     fn bob() -> ParticipantInfo {
         ParticipantInfo {
-            sid: "PA_9a0b1c2d3e4f".into(),
-            identity: "bob".into(),
             name: "Bob".into(),
             muted: true,
-            can_publish: true,
-            can_subscribe: true,
-            server_muted: false,
-            deafened: false,
-            ptt: false,
-            team: None,
-            shout: false,
-            remote: false,
+            ..ParticipantInfo::sample("PA_9a0b1c2d3e4f", "bob")
         }
     }
 

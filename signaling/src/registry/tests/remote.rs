@@ -7,20 +7,7 @@ use crate::roster::{
 };
 
 fn remote(sid: &str, identity: &str) -> ParticipantInfo {
-    ParticipantInfo {
-        sid: sid.into(),
-        identity: identity.into(),
-        name: identity.to_uppercase(),
-        muted: false,
-        can_publish: true,
-        can_subscribe: true,
-        server_muted: false,
-        deafened: false,
-        ptt: false,
-        team: None,
-        shout: false,
-        remote: false,
-    }
+    ParticipantInfo::sample(sid, identity)
 }
 
 fn marked(p: ParticipantInfo) -> ParticipantInfo {

@@ -387,18 +387,8 @@ async fn a_participant_on_another_node_is_moderated_through_the_cluster() {
     let mut mo = Client::open(&ctx);
     mo.join(&moderator_token("wide", "mo")).await;
     let bob = ParticipantInfo {
-        sid: "PA_0000000000b0".into(),
-        identity: "bob".into(),
         name: "bob".into(),
-        muted: false,
-        can_publish: true,
-        can_subscribe: true,
-        server_muted: false,
-        deafened: false,
-        ptt: false,
-        team: None,
-        shout: false,
-        remote: false,
+        ..ParticipantInfo::sample("PA_0000000000b0", "bob")
     };
     let joined = RosterChange::Joined {
         participant: bob.clone(),

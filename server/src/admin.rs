@@ -72,6 +72,7 @@ impl From<AdminError> for ApiError {
             AdminError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             AdminError::MediaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "media_unavailable"),
             AdminError::SameRoom => (StatusCode::CONFLICT, "same_room"),
+            AdminError::NodeUnavailable => (StatusCode::BAD_GATEWAY, "cluster_unavailable"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -402,10 +403,10 @@ impl RoomView {
             origin: room.origin,
             created_at: room.created_at_unix,
             closing: room.closing,
-            num_participants: room.participants.len(),
+            num_participants: room.participants.len() + room.remote_participants.len(),
             mix: (room.settings.mode == RoomMode::Mix).then_some(room.settings.mix),
             spatial: room.settings.spatial,
-            participants: with_participants.then_some(room.participants),
+            participants: with_participants.then(|| room.all_participants().cloned().collect()),
             name: room.name,
         }
     }
@@ -647,9 +648,8 @@ async fn list_participants(
         .signaling
         .room(&room)
         .ok_or(AdminError::RoomNotFound)?;
-    Ok(Json(
-        serde_json::json!({ "participants": room.participants }),
-    ))
+    let participants: Vec<&ParticipantInfo> = room.all_participants().collect();
+    Ok(Json(serde_json::json!({ "participants": participants })))
 }
 
 async fn kick_participant(

@@ -339,6 +339,17 @@ impl ApiKeys {
         let secret = self.keys.get(key).ok_or(AuthError::UnknownKey)?;
         create_token(key, &secret.bytes, claims)
     }
+
+    /// An admin token for `subject`, valid for `ttl_secs` from now, signed with the first key by name:
+    /// for a node of a cluster acting on another node's admin API (the nodes share their API keys).
+    pub fn sign_admin(&self, subject: &str, ttl_secs: u64) -> Result<String, AuthError> {
+        let (key, secret) = self
+            .keys
+            .iter()
+            .min_by_key(|(key, _)| key.as_str())
+            .ok_or(AuthError::UnknownKey)?;
+        mint_admin_token(key, &secret.bytes, subject, ttl_secs)
+    }
 }
 
 /// Makes the process use aws-lc-rs for JWT signatures unless a provider was already chosen.

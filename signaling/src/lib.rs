@@ -69,6 +69,8 @@ pub struct Signaling {
     /// Rooms this node handed to another node of its cluster (while draining): room → the signaling URL
     /// its participants are redirected to.
     migrations: watch::Sender<HashMap<String, String>>,
+    /// Where moderations of other nodes' participants go (a cluster's rooms spanning nodes).
+    remote_actions: OnceLock<mpsc::Sender<roster::RemoteRequest>>,
 }
 
 impl std::fmt::Debug for Signaling {
@@ -110,6 +112,7 @@ impl Signaling {
             closing: watch::Sender::new(false),
             locator: OnceLock::new(),
             migrations: watch::Sender::new(HashMap::new()),
+            remote_actions: OnceLock::new(),
         })
     }
 
@@ -301,8 +304,70 @@ impl Signaling {
         self.rooms.request_move(room, sid, to)
     }
 
-    /// One moderation request on the participant `sid` of `room`, by an operator or a moderator.
+    /// One moderation request on the participant `sid` of `room`, by a moderator: a participant another
+    /// node holds (a room spanning nodes) is moderated there ([`Signaling::set_remote_actions`]).
     pub async fn moderate(
+        &self,
+        room: &str,
+        sid: &str,
+        action: ModerateAction,
+        to: Option<&str>,
+    ) -> Result<(), AdminError> {
+        match self.moderate_here(room, sid, action, to).await {
+            Err(AdminError::RemoteParticipant) => self.moderate_remote(room, sid, action, to).await,
+            result => result,
+        }
+    }
+
+    /// Hands the moderation of another node's participant to the cluster and waits for that node's
+    /// answer, at most [`roster::REMOTE_ACTION_TIMEOUT`]. Without a cluster to hand it to, the participant
+    /// stays [`AdminError::RemoteParticipant`]; a full queue or no answer is [`AdminError::NodeUnavailable`].
+    async fn moderate_remote(
+        &self,
+        room: &str,
+        sid: &str,
+        action: ModerateAction,
+        to: Option<&str>,
+    ) -> Result<(), AdminError> {
+        let node = self
+            .rooms
+            .remote_node(room, sid)
+            .ok_or(AdminError::ParticipantNotFound)?;
+        let sink = self
+            .remote_actions
+            .get()
+            .ok_or(AdminError::RemoteParticipant)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let action = roster::RemoteAction {
+            room: room.to_owned(),
+            node,
+            sid: sid.to_owned(),
+            action,
+            to: to.map(str::to_owned),
+        };
+        sink.try_send(roster::RemoteRequest { action, reply })
+            .map_err(|_| AdminError::NodeUnavailable)?;
+        match tokio::time::timeout(roster::REMOTE_ACTION_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            // No answer in time, or the cluster dropped the request.
+            _ => Err(AdminError::NodeUnavailable),
+        }
+    }
+
+    /// Where moderations of participants other nodes hold go, with `try_send` (a full queue is
+    /// [`AdminError::NodeUnavailable`] for the moderator). For a cluster's rooms spanning nodes. Only the
+    /// first sink set is used; returns whether this one was.
+    pub fn set_remote_actions(&self, sink: mpsc::Sender<roster::RemoteRequest>) -> bool {
+        self.remote_actions.set(sink).is_ok()
+    }
+
+    /// The node holding `sid`, if it is a participant of `room` on another node.
+    pub fn remote_node(&self, room: &str, sid: &str) -> Option<String> {
+        self.rooms.remote_node(room, sid)
+    }
+
+    /// One moderation request on this node's participant `sid` of `room`.
+    async fn moderate_here(
         &self,
         room: &str,
         sid: &str,

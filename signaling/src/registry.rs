@@ -127,9 +127,18 @@ pub struct RoomSnapshot {
     pub created_at_unix: u64,
     /// Being deleted: its participants are being removed and it admits nobody.
     pub closing: bool,
-    /// This node's participants, in join order (those of other nodes of a room spanning nodes are not
-    /// listed: each node's admin API shows its own).
+    /// This node's participants, in join order.
     pub participants: Vec<ParticipantInfo>,
+    /// The participants on the other nodes of a room spanning nodes (marked `remote`), by arrival: what
+    /// this node knows of them from the cluster's roster. Nothing here has a session on this node.
+    pub remote_participants: Vec<ParticipantInfo>,
+}
+
+impl RoomSnapshot {
+    /// Every participant of the room on all nodes: this node's, then the others'.
+    pub fn all_participants(&self) -> impl Iterator<Item = &ParticipantInfo> {
+        self.participants.iter().chain(&self.remote_participants)
+    }
 }
 
 impl RoomSnapshot {
@@ -187,10 +196,14 @@ pub enum AdminError {
     MediaUnavailable,
     #[error("the participant is in that room already")]
     SameRoom,
-    /// The participant is on another node of the cluster (a room spanning nodes): moderate it through
-    /// that node.
+    /// The participant is on another node of the cluster (a room spanning nodes): this node cannot act on
+    /// it itself ([`crate::Signaling::moderate`] hands a moderation to that node).
     #[error("the participant is on another node of the cluster; act on it there")]
     RemoteParticipant,
+    /// The node holding the participant (a room spanning nodes) did not take a moderation: it did not
+    /// answer, or this node could not reach it.
+    #[error("the participant's node did not answer; try again")]
+    NodeUnavailable,
 }
 
 /// What the admin API asks a new room to be.
@@ -434,6 +447,7 @@ fn snapshot(name: &str, room: &Room) -> RoomSnapshot {
         created_at_unix: room.created_at_unix,
         closing: room.closing,
         participants: room.members.iter().map(|m| m.info.clone()).collect(),
+        remote_participants: room.remote.iter().map(|m| m.info.clone()).collect(),
     }
 }
 

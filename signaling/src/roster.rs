@@ -6,13 +6,18 @@
 //! [`crate::Signaling::remote_roster`]; a join that opens a shard of another node's room brings the room's
 //! settings and the other nodes' participants with it ([`ShardSeed`], in
 //! [`crate::locator::Location::Shard`]). Remote participants are listed and evented like local ones, with
-//! `remote: true` in their participant object; they cannot be moderated, whispered to or given a volume
-//! from this node ([`crate::AdminError::RemoteParticipant`]).
+//! `remote: true` in their participant object. A moderation of one of them is handed to the cluster as a
+//! [`RemoteRequest`], for the node holding it to act ([`crate::Signaling::set_remote_actions`]); they
+//! cannot be whispered to or given a volume from this node ([`crate::AdminError::RemoteParticipant`]).
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use crate::media::{MixSettings, RoomMode, RoomSettings, SpatialSettings};
-use crate::protocol::{ParticipantInfo, ParticipantLeftReason};
+use crate::protocol::{ModerateAction, ParticipantInfo, ParticipantLeftReason};
+use crate::AdminError;
 
 /// A change of one room's roster on one node: what the other nodes hear of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +75,31 @@ impl RosterOutcome {
     }
 }
 
+/// How long a moderation of another node's participant may take, there and back: the moderator's session
+/// waits this long at most (the cluster's request to that node gives up at the same bound).
+pub const REMOTE_ACTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A moderation of a participant another node holds, for that node to carry out as one of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteAction {
+    pub room: String,
+    /// The node holding the participant's session.
+    pub node: String,
+    pub sid: String,
+    pub action: ModerateAction,
+    /// The destination room of `move`.
+    pub to: Option<String>,
+}
+
+/// A [`RemoteAction`] and where its answer goes: `Ok` once the holding node took it; the holding node's
+/// refusal as the [`AdminError`] a local target would have given (`ParticipantNotFound` if it is gone
+/// there), or [`AdminError::NodeUnavailable`] if that node did not answer.
+#[derive(Debug)]
+pub struct RemoteRequest {
+    pub action: RemoteAction,
+    pub reply: oneshot::Sender<Result<(), AdminError>>,
+}
+
 /// A room's settings as the nodes holding its shards share them (the owner's).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SharedRoom {
@@ -118,18 +148,9 @@ mod tests {
 
     fn bob() -> ParticipantInfo {
         ParticipantInfo {
-            sid: "PA_9a0b1c2d3e4f".into(),
-            identity: "bob".into(),
             name: "Bob".into(),
             muted: true,
-            can_publish: true,
-            can_subscribe: true,
-            server_muted: false,
-            deafened: false,
-            ptt: false,
-            team: None,
-            shout: false,
-            remote: false,
+            ..ParticipantInfo::sample("PA_9a0b1c2d3e4f", "bob")
         }
     }
 

@@ -433,11 +433,11 @@ impl Broadcasts {
         self.signaling
             .get()
             .and_then(|s| s.room(room))
+            // A speaker on another node of a room spanning nodes has its name in the shared roster.
             .and_then(|r| {
-                r.participants
-                    .into_iter()
+                r.all_participants()
                     .find(|p| p.sid == sid)
-                    .map(|p| p.name)
+                    .map(|p| p.name.clone())
             })
             .filter(|n| !n.is_empty())
             .unwrap_or(sid)

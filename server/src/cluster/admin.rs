@@ -89,17 +89,31 @@ const RESPONSE_HEADERS: [header::HeaderName; 4] = [
 /// How long the owner may take to answer a forwarded request.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The segments of `/admin/v1/rooms/{room}` and the routes under it, from `{room}` on.
+fn room_path(path: &str) -> Option<std::str::Split<'_, char>> {
+    Some(path.strip_prefix("/admin/v1/rooms/")?.split('/'))
+}
+
 /// The `{room}` of `/admin/v1/rooms/{room}` and the routes under it.
 fn room_segment(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/admin/v1/rooms/")?;
-    let room = rest.split('/').next()?;
+    let room = room_path(path)?.next()?;
     (!room.is_empty()).then_some(room)
 }
 
+/// The `{room}` and `{sid}` of `/admin/v1/rooms/{room}/participants/{sid}` and the routes under it.
+fn participant_segments(path: &str) -> Option<(&str, &str)> {
+    let mut segments = room_path(path)?;
+    match (segments.next(), segments.next(), segments.next()) {
+        (Some(room), Some("participants"), Some(sid)) if !sid.is_empty() => Some((room, sid)),
+        _ => None,
+    }
+}
+
 /// Any node answers for the cluster: an admin request about a room another live node hosts (get, delete,
-/// participants, kick, mute, deafen, move, broadcast, recordings) is forwarded to that node's admin API with
-/// the same token (the nodes share their API keys) and its answer returned, marked with [`NODE_HEADER`].
-/// A room no node hosts is answered here (404). Runs after the token check.
+/// participants, kick, mute, deafen, move, broadcast, recordings), or about a participant another live
+/// node holds in a room spanning nodes (kick, mute, deafen, move), is forwarded to that node's admin API
+/// with the same token (the nodes share their API keys) and its answer returned, marked with
+/// [`NODE_HEADER`]. A room no node hosts is answered here (404). Runs after the token check.
 pub async fn forward_room_requests(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -108,16 +122,27 @@ pub async fn forward_room_requests(
     let Some(cluster) = state.cluster.clone() else {
         return next.run(request).await;
     };
-    let Some(room) = room_segment(request.uri().path()).map(str::to_owned) else {
+    let path = request.uri().path();
+    let Some(room) = room_segment(path).map(str::to_owned) else {
         return next.run(request).await;
     };
-    if state.signaling.hosts(&room) || request.headers().contains_key(FORWARDED_HEADER) {
+    if request.headers().contains_key(FORWARDED_HEADER) {
         return next.run(request).await;
     }
-    let owner = match cluster.owner_elsewhere(&room).await {
+    let holder = participant_segments(path).and_then(|(_, sid)| {
+        // Only a request about the participant itself: the room's list stays this node's view.
+        state.signaling.remote_node(&room, sid)
+    });
+    let target = match holder {
+        Some(node) => cluster.live_node(&node).await,
+        None if state.signaling.hosts(&room) => return next.run(request).await,
+        None => cluster.owner_elsewhere(&room).await,
+    };
+    let owner = match target {
         Ok(Some(owner)) if !owner.admin_url.is_empty() => owner,
         // Nobody else hosts it (or Redis cannot tell, or the owner is too old to be reached): this node
-        // answers, which for a room it does not have is 404.
+        // answers, which for a room it does not have is 404 (and for another node's participant, 404
+        // with a message saying so).
         _ => return next.run(request).await,
     };
     match forward(&cluster, &owner, request).await {
@@ -131,7 +156,10 @@ pub async fn forward_room_requests(
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "cluster_unavailable",
-                format!("node {} hosts the room and did not answer", owner.id),
+                format!(
+                    "node {} hosts the room or participant and did not answer",
+                    owner.id
+                ),
             )
             .into_response()
         }
@@ -188,7 +216,28 @@ async fn forward(
 
 #[cfg(test)]
 mod tests {
-    use super::room_segment;
+    use super::{participant_segments, room_segment};
+
+    #[test]
+    fn the_room_and_participant_of_participant_paths() {
+        assert_eq!(
+            participant_segments("/admin/v1/rooms/wide/participants/PA_1/mute"),
+            Some(("wide", "PA_1"))
+        );
+        assert_eq!(
+            participant_segments("/admin/v1/rooms/wide/participants/PA_1"),
+            Some(("wide", "PA_1"))
+        );
+        assert_eq!(
+            participant_segments("/admin/v1/rooms/wide/participants"),
+            None
+        );
+        assert_eq!(
+            participant_segments("/admin/v1/rooms/wide/participants/"),
+            None
+        );
+        assert_eq!(participant_segments("/admin/v1/rooms/wide/broadcast"), None);
+    }
 
     #[test]
     fn the_room_of_room_scoped_admin_paths() {

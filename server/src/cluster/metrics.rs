@@ -19,6 +19,9 @@ pub const OPS: [&str; 7] = [
 /// The `result` label values of `chorus_cluster_roster_received_total`.
 pub const ROSTER_RESULTS: [&str; 5] = ["applied", "no_room", "collision", "malformed", "dropped"];
 
+/// The `result` label values of `chorus_cluster_remote_actions_total`.
+pub const REMOTE_ACTION_RESULTS: [&str; 4] = ["ok", "not_found", "refused", "unavailable"];
+
 /// How a join of a room was located (`result` of `chorus_cluster_locate_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Located {
@@ -70,6 +73,7 @@ pub struct ClusterMetrics {
     rooms: IntGauge,
     draining: IntGauge,
     forwarded: IntCounterVec,
+    remote_actions: IntCounterVec,
     roster_received: IntCounterVec,
     roster_published: IntCounter,
     roster_resyncs: IntCounter,
@@ -130,9 +134,16 @@ impl ClusterMetrics {
         let forwarded = counter_vec(
             registry,
             "chorus_cluster_admin_forwarded_total",
-            "Admin requests for a room another node hosts, forwarded to it, by result.",
+            "Admin requests for a room another node hosts or a participant another node holds, forwarded to it, by result.",
             "result",
             &["ok", "failed"],
+        )?;
+        let remote_actions = counter_vec(
+            registry,
+            "chorus_cluster_remote_actions_total",
+            "Moderations of participants other nodes hold (rooms spanning nodes), sent to their node's admin API, by result.",
+            "result",
+            &REMOTE_ACTION_RESULTS,
         )?;
         let roster_received = counter_vec(
             registry,
@@ -165,6 +176,7 @@ impl ClusterMetrics {
             rooms,
             draining,
             forwarded,
+            remote_actions,
         })
     }
 
@@ -202,6 +214,11 @@ impl ClusterMetrics {
     pub fn admin_forwarded(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.forwarded.with_label_values(&[result]).inc();
+    }
+
+    /// A moderation sent to another node ended with `result` (one of [`REMOTE_ACTION_RESULTS`]).
+    pub fn remote_action(&self, result: &'static str) {
+        self.remote_actions.with_label_values(&[result]).inc();
     }
 
     pub fn claim_conflicts(&self, n: usize) {

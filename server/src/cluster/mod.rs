@@ -13,12 +13,13 @@
 //! settings (`roster`).
 //!
 //! `heart` (the heartbeat), `config` (the `[cluster]` section), `store` (keys, records, the scripts),
-//! `metrics`, `admin` (the cluster-wide node list).
+//! `metrics`, `admin` (the cluster-wide node list), `remote` (moderations of other nodes' participants).
 
 pub mod admin;
 pub mod config;
 mod heart;
 mod metrics;
+mod remote;
 mod roster;
 mod span;
 mod store;
@@ -237,12 +238,17 @@ impl Cluster {
         if owner == self.id {
             return Ok(None);
         }
+        self.live_node(&owner).await
+    }
+
+    /// The record of the live node `id` (none if its record expired).
+    pub async fn live_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
         Ok(self
             .nodes()
             .await?
             .into_iter()
             .map(|n| n.record)
-            .find(|r| r.id == owner))
+            .find(|r| r.id == id))
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -272,6 +278,10 @@ impl Cluster {
             signaling.set_roster_sink(sink);
             let parts = roster::RosterParts { commands, local };
             roster::spawn(Arc::clone(self), Arc::clone(&signaling), parts);
+            // Moderations of the other nodes' participants of the rooms spanning nodes.
+            let (actions, requests) = mpsc::channel(remote::QUEUE);
+            signaling.set_remote_actions(actions);
+            remote::spawn(Arc::clone(self), Arc::clone(&signaling), requests);
         }
         tokio::spawn(async move {
             let mut heart = Heart {

@@ -352,6 +352,9 @@ fn the_shipped_deploy_configurations_are_valid() {
         "CHORUS_CLUSTER_REDIS_URL" => {
             Some("redis://chorus-redis.chorus.svc.cluster.local:6379/0".to_owned())
         }
+        "CHORUS_CLUSTER_TRUNK_LISTEN" => Some("0.0.0.0:7881".to_owned()),
+        "CHORUS_CLUSTER_TRUNK_PUBLIC_ADDR" => Some("203.0.113.7:7881".to_owned()),
+        "CHORUS_CLUSTER_TRUNK_SECRET" => Some("0123456789abcdef".repeat(4)),
         _ => None,
     };
     let mut configs = vec![(
@@ -385,6 +388,17 @@ fn the_shipped_deploy_configurations_are_valid() {
     let mut c = Config::from_toml(block).expect("parsed above");
     c.apply_env(env).expect("applied above");
     assert!(c.cluster.enabled(), "cluster.yaml's nodes join the cluster");
+    for var in [
+        "CHORUS_CLUSTER_TRUNK_LISTEN",
+        "CHORUS_CLUSTER_TRUNK_PUBLIC_ADDR",
+        "CHORUS_CLUSTER_TRUNK_SECRET",
+    ] {
+        assert!(
+            cluster.contains(&format!("- name: {var}\n")),
+            "cluster.yaml sets {var}: rooms may span its nodes"
+        );
+    }
+    assert!(c.cluster.room_node_participants < c.cluster.capacity_participants as usize);
 }
 
 #[test]

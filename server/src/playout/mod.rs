@@ -308,9 +308,9 @@ impl Playout {
             let Some(snapshot) = state.signaling.room(&room) else {
                 continue;
             };
+            // A room spanning nodes is not alone because this node holds one of its people.
             let people = snapshot
-                .participants
-                .iter()
+                .all_participants()
                 .filter(|p| !is_playout_identity(&p.identity))
                 .count();
             let (running, failed) = self

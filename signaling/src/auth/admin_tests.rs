@@ -136,3 +136,22 @@ fn minted_tokens_verify_now_and_expire_after_their_ttl() {
         claims.iat.expect("minted tokens carry iat") + 60
     );
 }
+
+#[test]
+fn a_node_signs_short_admin_tokens_with_its_first_key() {
+    let keys = ApiKeys::new([("zz", SECRET), ("ops", SECRET)]).expect("valid keys");
+    let token = keys.sign_admin("node-a", 10).expect("signs");
+    let claims = verify_admin_token(&token, &keys, unix_now()).expect("verifies");
+    assert_eq!(
+        (claims.iss.as_str(), claims.sub.as_str()),
+        ("ops", "node-a")
+    );
+    assert_eq!(
+        claims.exp,
+        claims.iat.expect("minted tokens carry iat") + 10
+    );
+    assert_eq!(
+        ApiKeys::default().sign_admin("node-a", 10),
+        Err(AuthError::UnknownKey)
+    );
+}

@@ -61,20 +61,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let participant = |sid: &str, identity: &str| ParticipantInfo {
-            sid: sid.into(),
-            identity: identity.into(),
-            name: identity.to_uppercase(),
-            muted: false,
-            can_publish: true,
-            can_subscribe: true,
-            server_muted: false,
-            deafened: false,
-            ptt: false,
-            team: None,
-            shout: false,
-            remote: false,
-        };
+        let participant = |sid: &str, identity: &str| ParticipantInfo::sample(sid, identity);
         let msg = ServerMessage::Joined(Joined {
             protocol: 1,
             server_version: "0.1.0".into(),

@@ -26,18 +26,8 @@ mod tests {
     fn round_trips() {
         let msg = ServerMessage::Moved(Moved {
             participant: ParticipantInfo {
-                sid: "PA_0c1d2e3f4a5b".into(),
-                identity: "ada".into(),
                 name: "Ada".into(),
-                muted: false,
-                can_publish: true,
-                can_subscribe: true,
-                server_muted: false,
-                deafened: false,
-                ptt: false,
-                team: None,
-                shout: false,
-                remote: false,
+                ..ParticipantInfo::sample("PA_0c1d2e3f4a5b", "ada")
             },
             room: RoomInfo {
                 name: "breakout".into(),

@@ -40,6 +40,28 @@ fn is_false(b: &bool) -> bool {
 }
 
 #[cfg(test)]
+impl ParticipantInfo {
+    /// A participant for tests: named after its identity (upper-cased), may publish and subscribe, nothing
+    /// else set.
+    pub(crate) fn sample(sid: &str, identity: &str) -> Self {
+        ParticipantInfo {
+            sid: sid.into(),
+            identity: identity.into(),
+            name: identity.to_uppercase(),
+            muted: false,
+            can_publish: true,
+            can_subscribe: true,
+            server_muted: false,
+            deafened: false,
+            ptt: false,
+            team: None,
+            shout: false,
+            remote: false,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

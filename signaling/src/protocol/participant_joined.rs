@@ -19,18 +19,9 @@ mod tests {
     fn round_trips() {
         let msg = ServerMessage::ParticipantJoined(ParticipantJoined {
             participant: ParticipantInfo {
-                sid: "PA_9a0b1c2d3e4f".into(),
-                identity: "bob".into(),
                 name: "Bob".into(),
                 muted: true,
-                can_publish: true,
-                can_subscribe: true,
-                server_muted: false,
-                deafened: false,
-                ptt: false,
-                team: None,
-                shout: false,
-                remote: false,
+                ..ParticipantInfo::sample("PA_9a0b1c2d3e4f", "bob")
             },
         });
         let json = serde_json::to_value(&msg).expect("serializes");

@@ -20,18 +20,9 @@ mod tests {
     fn round_trips() {
         let msg = ServerMessage::ParticipantUpdated(ParticipantUpdated {
             participant: ParticipantInfo {
-                sid: "PA_9a0b1c2d3e4f".into(),
-                identity: "bob".into(),
                 name: "Bob".into(),
-                muted: false,
-                can_publish: true,
-                can_subscribe: true,
-                server_muted: false,
                 deafened: true,
-                ptt: false,
-                team: None,
-                shout: false,
-                remote: false,
+                ..ParticipantInfo::sample("PA_9a0b1c2d3e4f", "bob")
             },
         });
         let text = serde_json::to_string(&msg).expect("serializes");

@@ -25,18 +25,8 @@ mod tests {
 
     fn state(ice_servers: Vec<IceServer>) -> SessionState {
         let participant = |sid: &str, identity: &str| ParticipantInfo {
-            sid: sid.into(),
-            identity: identity.into(),
-            name: identity.to_uppercase(),
             muted: identity == "ada",
-            can_publish: true,
-            can_subscribe: true,
-            server_muted: false,
-            deafened: false,
-            ptt: false,
-            team: None,
-            shout: false,
-            remote: false,
+            ..ParticipantInfo::sample(sid, identity)
         };
         SessionState {
             protocol: 1,

@@ -62,6 +62,16 @@ impl RoomRegistry {
         Some(room.members.iter().map(|m| m.info.clone()).collect())
     }
 
+    /// The node holding `sid`, a participant of `room` on another node.
+    pub(crate) fn remote_node(&self, room: &str, sid: &str) -> Option<String> {
+        let rooms = self.lock();
+        let room = rooms.get(room)?;
+        room.remote
+            .iter()
+            .find(|r| r.info.sid == sid)
+            .map(|r| r.node.clone())
+    }
+
     /// The participants of `room` on other nodes.
     pub(crate) fn remote_participants(&self, room: &str) -> Vec<ParticipantInfo> {
         let rooms = self.lock();

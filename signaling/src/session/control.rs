@@ -238,8 +238,9 @@ pub(super) async fn on_moderate<T: Sink<WsFrame> + Unpin>(
             let message = "no such participant in this room";
             wire.reject(ErrorCode::ParticipantNotFound, message).await
         }
-        // A participant on another node of a room spanning nodes: its session is not here.
-        Err(error @ AdminError::RemoteParticipant) => {
+        // A participant on another node of a room spanning nodes that could not be reached (or no
+        // cluster to reach it through): not found from here, the message says why.
+        Err(error @ (AdminError::RemoteParticipant | AdminError::NodeUnavailable)) => {
             wire.reject(ErrorCode::ParticipantNotFound, error.to_string())
                 .await
         }

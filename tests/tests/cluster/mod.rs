@@ -4,9 +4,11 @@
 //! of a node killed with SIGKILL rejoin through the entry URL (as the SDKs do) and hear each other again
 //! within 10 s; a drained node hands its room to another node and its clients, redirected mid-call, hear
 //! each other there within seconds; with Redis killed a call goes on, a join of a new room gets
-//! `cluster_unavailable`, and joins work again once Redis is back. A room spanning two nodes: `span_nodes`.
+//! `cluster_unavailable`, and joins work again once Redis is back. A room spanning two nodes: `span_nodes`;
+//! moderating a participant on the other node of such a room: `remote_moderation`.
 
 mod relay_mount;
+mod remote_moderation;
 mod span_nodes;
 
 use std::collections::HashSet;
@@ -272,7 +274,7 @@ async fn rooms_spread_over_the_nodes_and_a_client_is_redirected_to_the_owner() -
         .split('`')
         .filter(|word| word.starts_with("chorus_cluster_"))
         .collect();
-    assert_eq!(documented.len(), 14, "{documented:?}");
+    assert_eq!(documented.len(), 15, "{documented:?}");
     for name in documented {
         assert!(exposed.contains(&format!("\n{name}")), "{name} not exposed");
     }

@@ -78,6 +78,23 @@ async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<(
         "cluster: Ada is told of Bob on the other node {:?} after his join began",
         joining.elapsed()
     );
+    // The admin API of either node lists the whole room: its own participants and the other's, marked.
+    let (status, body) = cluster.nodes[0]
+        .admin("GET", "/admin/v1/rooms/wide", Some(&admin), None)
+        .await?;
+    ensure!(status == 200, "GET the room: {status} {body}");
+    let room: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(room["num_participants"], 2, "{room}");
+    let listed = room["participants"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        listed
+            .iter()
+            .any(|p| p["sid"] == bob.p.sid.as_str() && p["remote"] == true)
+            && listed
+                .iter()
+                .any(|p| p["sid"] == ada.p.sid.as_str() && p.get("remote").is_none()),
+        "node 0's admin API lists Ada and Bob (remote): {room}"
+    );
     let spanning = Instant::now();
     // No one-way second: the owner learns of the new shard at once, not at its next heartbeat.
     let deadline = Instant::now() + SECONDS;

@@ -1,7 +1,8 @@
 /*
  * Chorus native SDK, C example: join a room, send a tone, report which tones the others send.
  *
- *   tone [--ptt] [--team] [--whisper <identity>] <ws-url> <token> <room> <tone-hz> <seconds> <candidate-hz>...
+ *   tone [--ptt] [--team] [--whisper <identity>] [--stereo] <ws-url> <token> <room> <tone-hz> <seconds>
+ *        <candidate-hz>...
  *
  * It connects, waits for media, then for <seconds> acts as a game's audio callbacks would every 10 ms:
  * pushes the <tone-hz> sine (24 kHz, 16-bit) and pulls the mix (48 kHz, float). Then it analyses the
@@ -20,6 +21,10 @@
  * for the second half of <seconds>; together, team talk for the first half and the whisper for the second.
  * It prints "talk team", "whisper <identity> <sid> at <s>", and the server's refusals as
  * "event error <code> <message>".
+ *
+ * With --stereo it asks for stereo output (output_channels 2): the mix comes interleaved L/R; it analyses
+ * the average of the two sides and prints "stereo left <mean square> right <mean square>" for the second
+ * half (the same on both sides in a room without positions; the server's panning in a spatial one).
  *
  * Events arrive through an event callback (chorus_client_set_event_callback) on the SDK's own thread, so
  * what they tell is kept under a mutex that the game thread takes to read it.
@@ -155,13 +160,15 @@ static double goertzel(const float *x, size_t n, double freq) {
 
 int main(int argc, char **argv) {
   const char *program = argv[0];
-  bool ptt = false, team = false;
+  bool ptt = false, team = false, stereo = false;
   const char *whisper = NULL;
   while (argc > 1 && strncmp(argv[1], "--", 2) == 0) {
     if (strcmp(argv[1], "--ptt") == 0) {
       ptt = true;
     } else if (strcmp(argv[1], "--team") == 0) {
       team = true;
+    } else if (strcmp(argv[1], "--stereo") == 0) {
+      stereo = true;
     } else if (strcmp(argv[1], "--whisper") == 0 && argc > 2) {
       whisper = argv[2];
       argv++;
@@ -175,7 +182,7 @@ int main(int argc, char **argv) {
   }
   if (argc < 7) {
     fprintf(stderr,
-            "usage: %s [--ptt] [--team] [--whisper <identity>] <ws-url> <token> <room> <tone-hz> <seconds> "
+            "usage: %s [--ptt] [--team] [--whisper <identity>] [--stereo] <ws-url> <token> <room> <tone-hz> <seconds> "
             "<candidate-hz>...\n",
             program);
     return 2;
@@ -190,6 +197,8 @@ int main(int argc, char **argv) {
   config.input_rate_hz = IN_RATE;
   config.output_rate_hz = OUT_RATE;
   config.participant_output = false;
+  const size_t channels = stereo ? 2 : 1;
+  config.output_channels = (uint16_t)channels;
   config.name = "C example";
   ChorusClient *client = chorus_client_new(&config);
   if (!client) return fail("chorus_client_new", CHORUS_ERROR_OK);
@@ -221,10 +230,11 @@ int main(int argc, char **argv) {
   /* The game's audio callbacks, every 10 ms: push what is due of the tone, pull what is due of the mix. */
   size_t total = (size_t)(seconds * OUT_RATE);
   float *heard = calloc(total, sizeof(float));
-  float *pull = calloc(OUT_RATE, sizeof(float));
+  float *pull = calloc(OUT_RATE * channels, sizeof(float));
   int16_t *push = calloc(IN_RATE, sizeof(int16_t));
   if (!heard || !pull || !push) return 1;
   size_t pushed = 0, pulled = 0, got = 0;
+  double side_energy[2] = {0.0, 0.0}; /* stereo: left and right over the second half */
   bool key_down = false, whispering = false;
   const double start = now_seconds();
   while (pulled < total) {
@@ -261,14 +271,31 @@ int main(int argc, char **argv) {
     size_t m = due_out - pulled;
     if (m > OUT_RATE) m = OUT_RATE;
     size_t filled = 0;
-    code = chorus_client_pull_mixed_f32(client, pull, m, &filled);
+    /* Stereo: m frames of two interleaved samples; `filled` counts samples. */
+    code = chorus_client_pull_mixed_f32(client, pull, m * channels, &filled);
     if (code != CHORUS_ERROR_OK) return fail("chorus_client_pull_mixed_f32", code);
-    memcpy(heard + pulled, pull, m * sizeof(float));
+    filled /= channels;
+    for (size_t i = 0; i < m; i++) {
+      if (!stereo) {
+        heard[pulled + i] = pull[i];
+        continue;
+      }
+      const float left = pull[2 * i], right = pull[2 * i + 1];
+      heard[pulled + i] = 0.5f * (left + right);
+      if (pulled + i >= total / 2) {
+        side_energy[0] += (double)left * left;
+        side_energy[1] += (double)right * right;
+      }
+    }
     pulled += m;
     got += filled;
     sleep_ms(10);
   }
   printf("pulled %zu samples, %zu from the network\n", pulled, got);
+  if (stereo) {
+    const double half = (double)(total - total / 2);
+    printf("stereo left %.6f right %.6f\n", side_energy[0] / half, side_energy[1] / half);
+  }
 
   /* Which candidates hold at least 5 % of the energy of the second half, block by block. */
   const float *tail = heard + total / 2;

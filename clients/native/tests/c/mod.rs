@@ -4,7 +4,8 @@
 //! example talks by push-to-talk through the C ABI (key up for the first half, down for the second): the
 //! others hear it for the second half only. With `--team --whisper carl` it talks to its team (bob) for the
 //! first half and whispers to carl, of the other team, for the second: each of the two SDK clients hears it
-//! for its half only.
+//! for its half only. The push-to-talk run also asks for stereo output (`--stereo`, `output_channels` 2):
+//! it hears carol's 440 Hz on both sides alike (a room without positions).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,7 +143,9 @@ async fn the_c_example_with_push_to_talk_is_heard_only_while_its_key_is_down() -
     let out = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::process::Command::new(&exe)
-            .args(["--ptt", &url, &token, room, "880", "4", "440", "880"])
+            .args([
+                "--ptt", "--stereo", &url, &token, room, "880", "4", "440", "880",
+            ])
             .output(),
     )
     .await??;
@@ -154,6 +157,18 @@ async fn the_c_example_with_push_to_talk_is_heard_only_while_its_key_is_down() -
     );
     assert!(out.status.success(), "the example failed: {report}");
     assert!(stdout.contains("ptt key down"), "{report}");
+    // Stereo output through the C ABI: carol's tone, the same on both sides.
+    assert!(stdout.contains("heard 440"), "{report}");
+    let sides: Vec<f64> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stereo "))
+        .map(|l| l.split(' ').filter_map(|w| w.parse().ok()).collect())
+        .unwrap_or_default();
+    assert_eq!(sides.len(), 2, "left and right: {report}");
+    assert!(
+        sides[0] > 1e-4 && (sides[0] / sides[1] - 1.0).abs() < 0.05,
+        "both sides alike: {sides:?}: {report}"
+    );
     assert!(
         stdout.contains("participant_updated") && stdout.contains("ptt 1"),
         "the server confirms push-to-talk: {report}"

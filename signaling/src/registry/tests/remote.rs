@@ -7,20 +7,7 @@ use crate::roster::{
 };
 
 fn remote(sid: &str, identity: &str) -> ParticipantInfo {
-    ParticipantInfo {
-        sid: sid.into(),
-        identity: identity.into(),
-        name: identity.to_uppercase(),
-        muted: false,
-        can_publish: true,
-        can_subscribe: true,
-        server_muted: false,
-        deafened: false,
-        ptt: false,
-        team: None,
-        shout: false,
-        remote: false,
-    }
+    ParticipantInfo::sample(sid, identity)
 }
 
 fn marked(p: ParticipantInfo) -> ParticipantInfo {
@@ -84,6 +71,12 @@ fn another_nodes_participants_are_listed_evented_and_dropped_with_their_node() {
         registry.find("wide", "PA_000000000000"),
         Err(AdminError::ParticipantNotFound)
     );
+    // Its node is known, for a moderation to go there.
+    assert_eq!(
+        registry.remote_node("wide", &bob.sid).as_deref(),
+        Some("node-b")
+    );
+    assert_eq!(registry.remote_node("wide", "PA_000000000000"), None);
     // Its node dies: Bob leaves, disconnected.
     registry.remote_roster("wide", "node-b", RemoteRoster::Gone);
     assert_eq!(

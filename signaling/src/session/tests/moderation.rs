@@ -378,3 +378,57 @@ async fn a_key_held_when_the_socket_drops_is_released_and_a_suspended_session_th
     assert_eq!(media.next().await, Seen::Leave { participant: id });
     assert!(ctx.room("breakout").is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_participant_on_another_node_is_moderated_through_the_cluster() {
+    use crate::protocol::ModerateAction;
+    use crate::roster::{RemoteAction, RemoteRoster, RosterChange};
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut mo = Client::open(&ctx);
+    mo.join(&moderator_token("wide", "mo")).await;
+    let bob = ParticipantInfo {
+        name: "bob".into(),
+        ..ParticipantInfo::sample("PA_0000000000b0", "bob")
+    };
+    let joined = RosterChange::Joined {
+        participant: bob.clone(),
+    };
+    ctx.remote_roster("wide", "node-b", RemoteRoster::Change(joined));
+    mo.message().await; // bob joined (remote)
+    let mute = json!({"type": "moderate", "action": "mute", "sid": bob.sid});
+
+    // No cluster to hand it to: not found here, the message says where it is.
+    mo.json(mute.clone());
+    let message = mo.error(ErrorCode::ParticipantNotFound).await;
+    assert!(message.contains("another node"), "{message}");
+
+    let (sink, mut actions) = mpsc::channel(1);
+    assert!(ctx.set_remote_actions(sink));
+    // Bob's node takes it: no error (the roster channel brings his new state back).
+    mo.json(mute.clone());
+    let request = actions.recv().await.expect("the moderation is handed over");
+    assert_eq!(
+        request.action,
+        RemoteAction {
+            room: "wide".into(),
+            node: "node-b".into(),
+            sid: bob.sid.clone(),
+            action: ModerateAction::Mute,
+            to: None,
+        }
+    );
+    request.reply.send(Ok(())).expect("the session waits");
+    mo.ping(1).await;
+    // He left there meanwhile: not found.
+    mo.json(mute.clone());
+    let request = actions.recv().await.expect("handed over");
+    let gone = Err(AdminError::ParticipantNotFound);
+    request.reply.send(gone).expect("the session waits");
+    mo.error(ErrorCode::ParticipantNotFound).await;
+    // His node does not answer: the moderator is told after the timeout, and the session goes on.
+    mo.json(mute);
+    let _unanswered = actions.recv().await.expect("handed over");
+    let message = mo.error(ErrorCode::ParticipantNotFound).await;
+    assert!(message.contains("did not answer"), "{message}");
+    mo.ping(2).await;
+}

@@ -100,7 +100,7 @@ impl Default for MixSettings {
             complexity: 5,
             fec: true,
             dtx: true,
-            jitter_min_ms: 10,
+            jitter_min_ms: 20,
             jitter_max_ms: 200,
         }
     }
@@ -303,7 +303,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(MixSettings::default()).expect("serializes"),
             serde_json::json!({"bitrate_bps": 48000, "complexity": 5, "fec": true, "dtx": true,
-                "jitter_min_ms": 10, "jitter_max_ms": 200})
+                "jitter_min_ms": 20, "jitter_max_ms": 200})
         );
     }
 }

@@ -243,6 +243,22 @@ impl Server {
         http_request(self.http, method, path, &headers, body).await
     }
 
+    /// `POST /admin/v1/rooms` with `body` (the room's name and settings) under an admin token: the room as
+    /// created. Any answer but 201 is an error.
+    pub async fn create_room(&self, body: &Value) -> anyhow::Result<Value> {
+        let token = self.admin_token()?;
+        let (status, reply) = self
+            .admin(
+                "POST",
+                "/admin/v1/rooms",
+                Some(&token),
+                Some(&body.to_string()),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "creating {}: {status} {reply}", body["name"]);
+        Ok(serde_json::from_str(&reply)?)
+    }
+
     /// Mint an admin token with `chorus token create --admin`.
     pub fn admin_token(&self) -> anyhow::Result<String> {
         let out = Command::new(chorus_bin()?)

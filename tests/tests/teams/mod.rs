@@ -187,15 +187,7 @@ async fn real_udp_speaking_events_stay_within_audible_range() -> anyhow::Result<
     let server = chorus_tests::Server::start(&[]).await?;
     let body = json!({"name": "field", "mode": "forward", "slots": 2,
         "spatial": {"audible_distance": 20, "conversational_distance": 1, "fade_model": "linear"}});
-    let (status, reply) = server
-        .admin(
-            "POST",
-            "/admin/v1/rooms",
-            Some(&server.admin_token()?),
-            Some(&body.to_string()),
-        )
-        .await?;
-    assert_eq!(status, 201, "{reply}");
+    server.create_room(&body).await?;
     let mut people = Vec::new();
     for (who, x) in [("ada", 0.0), ("bob", 5.0), ("carl", 100.0), ("dave", 103.0)] {
         let mut p = join_with_mic(&server, "field", who, Mic::Speech, &[]).await?;

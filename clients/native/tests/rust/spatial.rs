@@ -19,15 +19,7 @@ async fn game_clients_hear_only_who_is_in_range_and_get_their_positions() -> any
     let room = "arena-native";
     let body = json!({"name": room, "mode": "forward", "slots": 2,
         "spatial": {"audible_distance": 20, "conversational_distance": 1, "fade_model": "linear"}});
-    let (status, reply) = server
-        .admin(
-            "POST",
-            "/admin/v1/rooms",
-            Some(&server.admin_token()?),
-            Some(&body.to_string()),
-        )
-        .await?;
-    assert_eq!(status, 201, "{reply}");
+    server.create_room(&body).await?;
 
     // Ada (440 Hz) and Bob (660 Hz) stand 5 apart, Carl (880 Hz) 100 away. Ada sets hers before she
     // connects (it goes out with the join); the others once they are in.

@@ -81,15 +81,7 @@ async fn the_talker_is_heard_on_its_side(mode: &str) -> anyhow::Result<()> {
     let slots = if mode == "mix" { 1 } else { 2 };
     let body = json!({"name": room, "mode": mode, "slots": slots,
         "spatial": {"audible_distance": 50, "conversational_distance": 1, "fade_model": "none"}});
-    let (status, reply) = server
-        .admin(
-            "POST",
-            "/admin/v1/rooms",
-            Some(&server.admin_token()?),
-            Some(&body.to_string()),
-        )
-        .await?;
-    assert_eq!(status, 201, "{reply}");
+    server.create_room(&body).await?;
     let url = server.ws_url();
     let mut listener = Client::new(Config {
         output_channels: 2,

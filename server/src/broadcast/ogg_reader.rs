@@ -298,7 +298,7 @@ fn codec_name(packet: &[u8]) -> String {
 
 /// The length of the whole Ogg page `data` starts with, its capture pattern, version and CRC checked;
 /// `Ok(None)` if more bytes are needed.
-pub fn page_len(data: &[u8]) -> Result<Option<usize>, OggError> {
+fn page_len(data: &[u8]) -> Result<Option<usize>, OggError> {
     if data.len() < 27 {
         if !b"OggS".starts_with(&data[..data.len().min(4)]) {
             return Err(OggError::NotOgg);

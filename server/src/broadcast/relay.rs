@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use super::listener::PUBLIC_HEADER;
 use super::ogg::PRE_SKIP;
 use super::ogg_reader::{OggError, OggItem, OggReader};
-use super::{Broadcasts, Mount, MountSettings, FRAME_SAMPLES};
+use super::{Broadcasts, Mount, FRAME_SAMPLES};
 use crate::state::AppState;
 
 /// How long a relayed mount lives with no listener (a listener reconnecting finds it running).
@@ -84,8 +84,7 @@ pub(super) async fn ensure(state: &Arc<AppState>, file: &str) -> Result<(), Rela
     if broadcasts.mount(room).is_some() {
         return Ok(());
     }
-    let result = Upstream::connect(state, room).await;
-    let upstream = match result {
+    let upstream = match Upstream::connect(state, room).await {
         Ok(upstream) => upstream,
         Err(e) => {
             broadcasts
@@ -196,16 +195,13 @@ impl Upstream {
         }
     }
 
-    /// The owner's settings onto the local mount.
+    /// The owner's `public` flag onto the local mount.
     fn apply(&self, mount: &Mount) {
-        let mut settings = mount
+        mount
             .settings
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *settings = MountSettings {
-            public: Some(self.public),
-            title: settings.title.take(),
-        };
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .public = Some(self.public);
     }
 
     /// Reads the next chunk into the Ogg reader (ICY blocks taken out); the last title in it, if any.

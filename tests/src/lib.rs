@@ -756,6 +756,7 @@ impl AudioClient {
                 speech: None,
                 tone: None,
                 decoders: HashMap::new(),
+                clock: Instant::now(),
             }
             .run(stop_rx, cmd_rx),
         );
@@ -853,6 +854,9 @@ struct Media {
     /// The tone's generator and encoder, and the deadline of its next frame (from the connection on).
     tone: Option<(audio::ToneGenerator, opus::Encoder, Instant)>,
     decoders: HashMap<u32, opus::Decoder>,
+    /// The latest time events were handled at: a kernel arrival time is never taken as earlier (the
+    /// peer and the listener see time move forward only).
+    clock: Instant,
 }
 
 impl Media {
@@ -861,7 +865,8 @@ impl Media {
         mut stop: watch::Receiver<bool>,
         mut commands: tokio::sync::mpsc::UnboundedReceiver<MediaCommand>,
     ) -> anyhow::Result<()> {
-        let mut buf = vec![0u8; 2048];
+        chorus_udp::enable(&self.socket, chorus_udp::Ancillary::KernelTimestamp)?;
+        let mut batch = chorus_udp::RecvBatch::new(2048);
         loop {
             let mut next = self.drain().await?;
             if let Some((_, due)) = &self.speech {
@@ -874,17 +879,16 @@ impl Media {
                 next = next.min(due);
             }
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
-                    let (n, from) = r?;
-                    let now = Instant::now();
-                    // Events in time order: playout ticks due before this arrival happen first (the
-                    // timer may fire up to a millisecond late), as in virtual time.
-                    if let Some(ear) = self.heard_lock().ear.as_mut() {
-                        ear.play_due(now)?;
-                    }
-                    self.peer.handle_datagram(now, from, &buf[..n])?;
+                r = self.socket.readable() => {
+                    r?;
+                    self.receive_queued(&mut batch).await?;
                 }
-                _ = tokio::time::sleep_until(next.into()) => self.on_time().await?,
+                _ = tokio::time::sleep_until(next.into()) => {
+                    // What reached the socket while this task waited for a core comes first, at its
+                    // kernel arrival time: a playout tick must not miss a packet that was there.
+                    self.receive_queued(&mut batch).await?;
+                    self.on_time().await?;
+                }
                 Some(command) = commands.recv() => match command {
                     MediaCommand::Speak { samples, expected_loss_percent } => {
                         if !matches!(self.options.mic, Mic::Speech) {
@@ -908,6 +912,38 @@ impl Media {
         }
     }
 
+    /// Handle every datagram queued on the socket, each at the kernel's receive time (`SO_TIMESTAMPNS`),
+    /// not at when this task got round to reading it: a test machine that keeps the task off a core for
+    /// 30 ms must not look like 30 ms of network jitter to the listener's jitter buffer. Events in time
+    /// order: playout ticks due before an arrival happen first, as in virtual time.
+    async fn receive_queued(&mut self, batch: &mut chorus_udp::RecvBatch) -> anyhow::Result<()> {
+        loop {
+            let read = self.socket.try_io(tokio::io::Interest::READABLE, || {
+                match batch.recv(&self.socket)? {
+                    0 => Err(std::io::ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                }
+            });
+            match read {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            let now = Instant::now();
+            for datagram in batch.datagrams() {
+                let arrival = datagram.arrival.map_or(now, |a| a.min(now)).max(self.clock);
+                self.clock = arrival;
+                if let Some(ear) = self.heard_lock().ear.as_mut() {
+                    ear.play_due(arrival)?;
+                }
+                self.peer
+                    .handle_datagram(arrival, datagram.source, datagram.contents)?;
+                // One input, then everything it caused: the peer keeps no queue of unread outputs.
+                self.drain().await?;
+            }
+        }
+    }
+
     fn heard_lock(&self) -> std::sync::MutexGuard<'_, Heard> {
         self.heard
             .lock()
@@ -918,6 +954,7 @@ impl Media {
     /// wake-up sends the missed frames at once instead of drifting), playout ticks.
     async fn on_time(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
+        self.clock = now;
         self.peer.handle_timeout(now)?;
         while let Some((encoder, due)) = self.speech.as_mut().filter(|(_, due)| *due <= now) {
             let deadline = *due;

@@ -133,6 +133,11 @@ pub struct Ear {
     /// The first packet's timestamp, and the last decoded packet's sequence number.
     first_ts: Option<u32>,
     last_seq: Option<u64>,
+    /// Each packet's arrival less its RTP time, relative to the first packet's (µs): the least and the
+    /// most. Their difference is the arrival jitter the listener's buffer had to absorb (the speaker's
+    /// lateness, the server's and the kernel's), on the machine's one clock.
+    transit_us: Option<(i64, i64)>,
+    first_arrival: Option<Instant>,
 }
 
 impl Default for Ear {
@@ -148,6 +153,8 @@ impl Default for Ear {
                 .expect("libopus creates a 48 kHz mono decoder"),
             first_ts: None,
             last_seq: None,
+            transit_us: None,
+            first_arrival: None,
         }
     }
 }
@@ -161,6 +168,29 @@ impl Ear {
         self.packets += 1;
         self.next_play.get_or_insert(a.arrival);
         self.record_rtp_time(a);
+        self.note_transit(a);
+    }
+
+    fn note_transit(&mut self, a: &ReceivedAudio) {
+        let first = *self.first_arrival.get_or_insert(a.arrival);
+        let Some(first_ts) = self.first_ts else {
+            return;
+        };
+        let rtp_us = i64::from(a.timestamp.wrapping_sub(first_ts) as i32) * 1_000_000
+            / i64::from(SAMPLE_RATE);
+        let arrived_us = i64::try_from(a.arrival.saturating_duration_since(first).as_micros())
+            .unwrap_or(i64::MAX);
+        let transit = arrived_us - rtp_us;
+        let (least, most) = self.transit_us.get_or_insert((transit, transit));
+        *least = (*least).min(transit);
+        *most = (*most).max(transit);
+    }
+
+    /// The spread of the packets' arrival times against their RTP times: the jitter the listener met.
+    pub fn arrival_spread(&self) -> Duration {
+        self.transit_us.map_or(Duration::ZERO, |(least, most)| {
+            Duration::from_micros(u64::try_from(most - least).unwrap_or(0))
+        })
     }
 
     fn record_rtp_time(&mut self, a: &ReceivedAudio) {

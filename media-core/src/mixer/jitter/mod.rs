@@ -31,15 +31,19 @@
 //! The *current delay* ([`JitterBuffer::current_delay`]) is how long a packet on the fastest path waits
 //! between arriving and being needed: `now − playout position / 48 kHz − minimum transit`, where `now` is
 //! when the span asked for starts to play: the consumer's tick passed to [`JitterBuffer::pop`] plus the
-//! audio it already holds for that tick (its surplus from the last tick and the spans popped before). A
-//! packet is on time when its relative delay is at most the current delay, so steering the current delay
-//! onto the target keeps about 95 % of packets on time.
+//! audio it already holds for that tick (its surplus from the last tick and the spans popped before). That
+//! is the delay a listener hears.
 //!
-//! **The tick floor.** The consumer decodes a whole tick at once, so a packet must be buffered at the tick
-//! that needs it, however late in that tick it starts to play. A stream whose packets arrive a fixed phase
-//! before the consumer's ticks cannot have less delay than that phase (up to a tick: the mixer's grid is
-//! shared by all its inputs); what the consumer holds on top of it is pure delay, which quiet packets
-//! give up (see below).
+//! **The margin.** The consumer decodes a whole tick at once, so a packet must be buffered at the tick
+//! that needs it, however late in that tick it starts to play: what protects it from jitter is the
+//! *margin*, the same measure as of the tick itself (the current delay less what the consumer holds). A
+//! packet is on time when its relative delay is at most the margin, so keeping the margin at the target
+//! keeps about 95 % of packets on time. (Steering the current delay onto the target instead left the
+//! margin up to a tick short: on a loaded machine, packets 10 ms late against a 20 ms target were
+//! concealed.) A stream whose packets arrive a fixed phase before the consumer's ticks has a margin of that
+//! phase plus whole ticks (the mixer's grid is shared by all its inputs): the delay heard is the first such
+//! margin at or above the target, plus what the consumer holds on top of it, which quiet packets give up
+//! (see below).
 //!
 //! **Loss margin.** A lost frame comes back from the next packet (its in-band FEC, or its RED copy) only
 //! if that packet has arrived when the lost frame is decided. The consumer decides a whole tick at once and
@@ -54,14 +58,17 @@
 //! The buffer cannot stretch audio (it never sees PCM), so it changes the delay in whole spans:
 //!
 //! - **In a gap** (a DTX pause or a run of lost packets, i.e. the next buffered packet starts after the
-//!   playout position): too much delay is removed by jumping the playout position forward (up to the whole
-//!   gap, exactly to the target); too little is added by rendering extra silence without advancing. This is
+//!   playout position): too much margin is removed by jumping the playout position forward (up to the whole
+//!   gap, exactly to the target); too little is added by rendering silence to the end of the tick without
+//!   advancing, which moves the next packet to the next tick (in a run of lost packets, only a forced insert
+//!   adds time, by what the delay lacks). This is
 //!   free, and it is how each talk spurt after a DTX pause is re-anchored at the target delay, which also
 //!   absorbs sender clock drift.
 //! - **On a quiet packet** (RFC 6464 level of −[`JitterConfig::quiet_level`] dBov or quieter, −60 dBov
 //!   by default): a packet is shortened (played only in part, down to 2.5 ms, but still decoded, so a
-//!   decoder's state stays continuous) so that the delay lands on the target; silence is inserted when the
-//!   delay is below target. Quiet packets give up time *inside a pause* (after 80 ms of quiet packets); inside a
+//!   decoder's state stays continuous) so that the margin lands on the target, or (without cost to the
+//!   margin) so that its successor starts its tick; silence is inserted when the margin is below target.
+//!   Quiet packets give up time *inside a pause* (after 80 ms of quiet packets); inside a
 //!   sentence (a stop consonant, a breath: a shorter quiet run) only when the delay is 10 ms too long, so
 //!   the wander of the delay estimate under jitter is not heard as time shifts mid-sentence; never the first
 //!   quiet packet after audio (the sender's codec delay carries the end of the audio into it) nor one whose
@@ -69,10 +76,11 @@
 //!   the consumer holds, a quiet packet's successor has not arrived yet when it plays (a stream without DTX
 //!   pauses, as browsers send by default, would then keep up to a tick of extra delay for good): inside a
 //!   pause such a packet is still shortened, but only by the part of it in the last tick it reaches, so
-//!   its successor stays due at the tick it was due at anyway (down to the tick floor). Silence is inserted right after
+//!   its successor stays due at the tick it was due at anyway (its margin unchanged). Silence is inserted right after
 //!   any quiet packet (too little delay makes packets late, which costs more; and after the quiet packet
 //!   that carries the end of some audio, nothing is split).
-//! - **Forced**: when the delay is more than [`JitterConfig::force_margin`] (40 ms) off target and no quiet
+//! - **Forced**: when the margin is more than [`JitterConfig::force_margin`] (40 ms) above target, or the
+//!   delay as far below it, and no quiet
 //!   moment comes (for shrinking: none for 4 s of audio, since speech pauses far more often and a pause
 //!   shrinks the delay for free), loud packets are dropped (or PLC is inserted) until the delay is back in the band, at most
 //!   one such step per 100 ms of audio. Packets are only dropped when their successor is already buffered,
@@ -522,14 +530,15 @@ impl JitterBuffer {
         out
     }
 
-    /// The delay the buffer aims for.
+    /// The margin the buffer aims for (the delay as of the consumer's tick; see the module docs).
     pub fn target_delay(&self) -> Duration {
         us_duration(self.target_us)
     }
 
     /// The delay the buffer currently applies, as of the last span handed out: how long a packet on the
     /// fastest recent path waits between arriving and being asked for by [`pop`](Self::pop) (see the module
-    /// docs). This is what is steered onto [`target_delay`](Self::target_delay). Zero before playout starts.
+    /// docs). Less what the consumer held at that span, this is the margin steered onto
+    /// [`target_delay`](Self::target_delay). Zero before playout starts.
     pub fn current_delay(&self) -> Duration {
         match self.phase {
             Phase::Playing => us_duration(self.last_delay_us),

@@ -47,7 +47,9 @@ impl JitterBuffer {
                     };
                 };
                 let min_transit = self.window.front().map_or(0, |f| f.1);
-                let waited = now_us - samples_to_us(first.ts) - min_transit;
+                // As of the tick: the consumer needs the first packet at its tick, however far into the
+                // tick it starts to play.
+                let waited = now_us - samples_to_us(held) - samples_to_us(first.ts) - min_transit;
                 if waited < self.target_us {
                     return Playout::Silence {
                         samples: TICK_SAMPLES,
@@ -72,14 +74,24 @@ impl JitterBuffer {
     /// One decision at the playout position, `held` samples into the consumer's tick; `None` means the
     /// state changed and the caller should decide again.
     pub(super) fn step(&mut self, now_us: i64, held: i64) -> Option<Playout> {
+        // Two views of the delay. `delay`, as of the span's start, is what a listener hears; `margin`, as of
+        // the consumer's tick, is what protects the packet at the playout position from jitter: the tick
+        // needs it at its start however far into the tick (`held`) it starts to play. Steering the delay
+        // onto the target left the margin up to a tick short of it, and packets arriving well inside the
+        // target's spread were concealed. So time is given up (trims, skips, forced drops) only while the
+        // margin stays at the target, and where adding time is inaudible (after a quiet packet, in a DTX
+        // gap) it is added until the margin reaches the target: silence to the end of the tick, which moves
+        // the next packet to the next tick. Inside speech (concealment for a lost packet, a forced insert)
+        // only a short delay adds time, as before: whole ticks of PLC there cost more than they protect.
         let delay = self.delay_us(now_us);
         self.last_delay_us = delay;
+        let margin = delay - samples_to_us(held);
         let target = self.target_us;
         let force_us = duration_us(self.config.force_margin);
         self.force = match self.force {
-            _ if delay - target > force_us => Force::Shrink,
+            _ if margin - target > force_us => Force::Shrink,
             _ if target - delay > force_us => Force::Grow,
-            Force::Shrink if delay <= target + samples_to_us(GRAIN) => Force::None,
+            Force::Shrink if margin <= target + samples_to_us(GRAIN) => Force::None,
             Force::Grow if delay >= target => Force::None,
             other => other,
         };
@@ -110,18 +122,18 @@ impl JitterBuffer {
             // primes the decoder for it).
             let in_pause = quiet && self.quiet_run >= STEER_AFTER_QUIET_PACKETS;
             let between = quiet && self.quiet_run >= 1;
-            let may_shrink = in_pause || (between && delay - target >= MID_SENTENCE_STEER_US);
+            let may_shrink = in_pause || (between && margin - target >= MID_SENTENCE_STEER_US);
             // The successor has not arrived yet (nothing else is buffered): inside a pause the packet is
             // still shortened, but only by what keeps the successor due at the tick it was due at anyway
-            // (`successor_slack`). Without that, a stream without DTX could never get below a packet of
-            // delay plus what the consumer holds: its successor is not there yet once the delay is lower.
+            // (`trim_keeping_margin`): it then plays sooner, with the margin it had. Without that, a stream
+            // without DTX could never play sooner than a packet of delay plus what the consumer holds.
             let awaited = self.packets.len() == 1;
             let steerable = may_shrink
                 && match next {
                     Some(n) => n.audio_level.is_some_and(|l| l >= self.config.quiet_level),
                     None => awaited && in_pause,
                 };
-            let spare = delay - samples_to_us(samples) - target;
+            let spare = margin - samples_to_us(samples) - target;
             // Right after concealment, play the packet that was waited for; drop later ones.
             let forced_drop = self.force == Force::Shrink
                 && force_allowed
@@ -143,10 +155,13 @@ impl JitterBuffer {
             // A quiet packet gives up what keeps the delay at the target, down to 2.5 ms of it: it is still
             // handed out (and decoded: a decoder that skipped it would continue from a stale state), but
             // only its first part is played.
-            let mut trim = round_down_grain(us_to_samples(delay - target)).min(samples - GRAIN);
-            if next.is_none() {
-                trim = trim.min(round_down_grain(successor_slack(held, samples)));
-            }
+            let trim = round_down_grain(trim_keeping_margin(
+                held,
+                samples,
+                margin - target,
+                next_ready,
+            ))
+            .min(samples - GRAIN);
             if steerable && trim >= GRAIN {
                 let trimmed = self
                     .packets
@@ -171,13 +186,12 @@ impl JitterBuffer {
             // Time is added right after a quiet packet, before whatever comes next: that never separates
             // audio from its end (which the quiet packet after it carries).
             let after_quiet = self.last_quiet;
-            if delay < target && (after_quiet || (self.force == Force::Grow && force_allowed)) {
+            let forced_insert = delay < target && self.force == Force::Grow && force_allowed;
+            if (after_quiet && margin < target) || forced_insert {
                 self.stats.delay_inserted += 1;
                 if after_quiet {
-                    let samples = round_up_grain(us_to_samples(target - delay).max(1))
-                        .min(i64::from(TICK_SAMPLES));
                     return Some(Playout::Silence {
-                        samples: to_u32(samples),
+                        samples: to_u32(to_tick_end(held)),
                     });
                 }
                 self.last_forced = Some(self.pos);
@@ -236,18 +250,25 @@ impl JitterBuffer {
         } else {
             0
         };
-        if delay - target >= samples_to_us(GRAIN) {
-            let skip = round_down_grain(us_to_samples(delay - target)).min(gap - fec_frame);
+        if margin - target >= samples_to_us(GRAIN) {
+            let skip = round_down_grain(us_to_samples(margin - target)).min(gap - fec_frame);
             if skip > 0 {
                 self.pos += skip;
                 return None;
             }
         }
-        if target - delay >= samples_to_us(GRAIN)
-            && (!loss || (self.force == Force::Grow && force_allowed))
-        {
-            let samples =
-                round_up_grain(us_to_samples(target - delay)).min(i64::from(TICK_SAMPLES));
+        let grain_us = samples_to_us(GRAIN);
+        let short = if loss {
+            target - delay >= grain_us && self.force == Force::Grow && force_allowed
+        } else {
+            target - margin >= grain_us
+        };
+        if short {
+            let samples = if loss {
+                round_up_grain(us_to_samples(target - delay)).min(i64::from(TICK_SAMPLES))
+            } else {
+                to_tick_end(held)
+            };
             self.stats.delay_inserted += 1;
             if loss {
                 self.last_forced = Some(self.pos);
@@ -317,22 +338,37 @@ impl JitterBuffer {
     }
 }
 
-/// How much of a packet of `samples`, starting `held` samples into the consumer's tick, can be cut without
-/// its successor becoming due at an earlier tick: the part of the packet in the last tick it reaches. The
-/// consumer decodes a whole tick at once, so a packet must be buffered at the tick that needs it, however
-/// late in that tick it starts to play.
-fn successor_slack(held: i64, samples: i64) -> i64 {
-    (held + samples).rem_euclid(i64::from(TICK_SAMPLES))
+/// How much of a packet of `samples`, starting `held` samples into the consumer's tick, can be cut while
+/// its successor keeps a margin of at least the target: `excess_us` is the margin above the target now.
+/// The consumer takes a whole tick at once, so a packet must be buffered at the tick that needs it, however
+/// late in that tick it starts to play: a cut that moves the successor into an earlier tick takes a whole
+/// tick from its margin, a cut within the tick it starts in takes nothing (it only plays sooner). The
+/// successor must already be buffered (`successor_ready`) to be cut into the current tick.
+fn trim_keeping_margin(held: i64, samples: i64, excess_us: i64, successor_ready: bool) -> i64 {
+    let tick = i64::from(TICK_SAMPLES);
+    // The successor, `ticks` ticks after this one, keeps margin + ticks·tick − samples; at least the target.
+    let needed = us_to_samples(samples_to_us(samples) - excess_us);
+    let ticks = needed.div_euclid(tick) + i64::from(needed.rem_euclid(tick) != 0);
+    let ticks = ticks.max(i64::from(!successor_ready));
+    held + samples - ticks * tick
 }
 
 fn round_down_grain(samples: i64) -> i64 {
     samples.div_euclid(GRAIN) * GRAIN
 }
 
+fn to_u32(samples: i64) -> u32 {
+    u32::try_from(samples.max(0)).unwrap_or(u32::MAX)
+}
+
 fn round_up_grain(samples: i64) -> i64 {
     (samples + GRAIN - 1).div_euclid(GRAIN) * GRAIN
 }
 
-fn to_u32(samples: i64) -> u32 {
-    u32::try_from(samples.max(0)).unwrap_or(u32::MAX)
+/// Silence that fills the consumer's tick from `held` on (a whole tick when it holds nothing): the packet at
+/// the playout position then starts the next tick, which gains it a tick of margin. Less would only delay
+/// it inside the tick that needs it anyway.
+fn to_tick_end(held: i64) -> i64 {
+    let tick = i64::from(TICK_SAMPLES);
+    tick - held.rem_euclid(tick)
 }

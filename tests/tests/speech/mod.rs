@@ -101,6 +101,8 @@ struct Recording {
     sender_max_late: Duration,
     sender_frames_late_5ms: u64,
     packets_received: u64,
+    /// The spread of arrival times against RTP times at the listener (`chorus_tests::voice::Ear::arrival_spread`).
+    arrival_spread: Duration,
     /// The listener's jitter buffer at the end.
     listener_jitter: JitterStats,
     /// (forwarded, dropped) by the speaker's and the listener's proxies.
@@ -156,7 +158,7 @@ async fn call(
             spoken.started.context("the speaker encoded frames")?,
         )
     };
-    let (played, received_rtp_time, ear_started, packets_received, listener_jitter) = {
+    let (played, received_rtp_time, ear_started, packets_received, arrival_spread, listener_jitter) = {
         let heard = listener
             .client
             .heard
@@ -168,6 +170,7 @@ async fn call(
             ear.rtp_time.clone(),
             ear.started,
             ear.packets,
+            ear.arrival_spread(),
             ear.stats(),
         )
     };
@@ -186,6 +189,7 @@ async fn call(
         sender_max_late,
         sender_frames_late_5ms,
         packets_received,
+        arrival_spread,
         listener_jitter,
         proxies,
     })
@@ -215,7 +219,7 @@ fn score(r: &Recording, speech: &[f32], clean: bool) -> Scored {
         .unwrap_or_default();
     eprintln!(
         "{}: {pesq} vs the sender's decode, {pesq_vs_speech} vs the passage{received}; mouth-to-ear \
-         {:.0} ms; {} frames sent, {} DTX (sender late by up to {:.1} ms, {} frames ≥ 5 ms); {} packets received; proxies (forwarded, dropped) {:?}; \
+         {:.0} ms; {} frames sent, {} DTX (sender late by up to {:.1} ms, {} frames ≥ 5 ms); {} packets received, arrival spread {:.1} ms; proxies (forwarded, dropped) {:?}; \
          listener's jitter buffer {:?}",
         r.name,
         (r.first_play_after.as_secs_f64() * 1000.0) + pesq_vs_speech.delay_ms,
@@ -224,6 +228,7 @@ fn score(r: &Recording, speech: &[f32], clean: bool) -> Scored {
         r.sender_max_late.as_secs_f64() * 1000.0,
         r.sender_frames_late_5ms,
         r.packets_received,
+        r.arrival_spread.as_secs_f64() * 1000.0,
         r.proxies,
         r.listener_jitter
     );
@@ -324,14 +329,35 @@ fn below(what: &str, scored: &Scored, floor: f64) -> Option<String> {
 // Clean loopback. This test first found that the mixer's input buffer moved its delay inside sentences under
 // the ~1 ms of arrival jitter a real socket has (mix 3.2 to 3.7 here, while the virtual clean link had no
 // jitter at all): forced packet drops and quiet-packet steering mid-sentence, now fixed. Measured after the
-// fix: forward 4.64, mix 4.11.
+// fix: forward 4.64, mix 4.11 to 4.41.
+//
+// Forwarding is bit-exact, so what the server sends is held to the clean-stream score (as received, in RTP
+// time: 4.64 in every run). What the listener plays also depends on the test machine. A CI run played
+// 4.27: one concealment, a packet later than the listener's buffer allowed although the target was 20 ms
+// and the arrivals spread less. Two causes, both fixed: the listener stamped arrivals when its task got
+// round to reading them (now the kernel's receive time), and the jitter buffer steered the delay as of
+// the span's start onto the target, which left the packet that starts late in a tick up to a tick less
+// margin (now the margin is steered; media-core's jitter docs). With two busy loops beside this test on
+// the 2-core VM, before: forward 3.88 to 4.64 (up to 3 concealments), mix 3.62 to 4.38; after: forward
+// 4.64 and mix 4.38 in each of four runs. The floor for what the listener plays still allows one
+// concealment from a scheduler stall on a shared machine (4.09 to 4.30 for one, on this passage).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_over_real_udp_scores_forward_4_4_and_mix_3_9_on_a_clean_link() -> anyhow::Result<()>
 {
     let _alone = chorus_tests::real_time_call().await;
     let (forward, mix) = forward_and_mix("clean", None, 0).await?;
+    let forward_sent = forward
+        .pesq_received
+        .context("a clean link scores the stream as received")?;
     let failures: Vec<String> = [
-        below("forwarded speech", &forward, 4.4),
+        (forward_sent.mos_lqo < FORWARD_CLEAN_SENT_FLOOR).then(|| {
+            format!(
+                "the server's forwarded stream (as received, in RTP time) scores PESQ-WB {:.2} < \
+                 {FORWARD_CLEAN_SENT_FLOOR}: forwarding damaged it",
+                forward_sent.mos_lqo
+            )
+        }),
+        below("forwarded speech", &forward, FORWARD_CLEAN_PLAYED_FLOOR),
         below("mixed speech", &mix, 3.9),
     ]
     .into_iter()
@@ -340,6 +366,12 @@ async fn speech_over_real_udp_scores_forward_4_4_and_mix_3_9_on_a_clean_link() -
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+/// The forwarded stream as the listener received it on a clean link, before its jitter buffer.
+const FORWARD_CLEAN_SENT_FLOOR: f64 = 4.4;
+
+/// What the listener played of a forwarded stream on a clean link: one concealment allowed (see above).
+const FORWARD_CLEAN_PLAYED_FLOOR: f64 = 4.2;
 
 // 5 % loss and 10..50 ms on each leg, the speaker's FEC expecting 5 %: the issue's target for mix, 3.0.
 // History: over real UDP this listener first asked its buffer for every span as of the tick (not as of the

@@ -84,10 +84,10 @@ pub struct MixSettings {
     /// for gateways that expect a continuous stream. (libopus' own DTX is never used on mixes: its voice
     /// detector would cut stationary sound, such as music or a held tone, out of a mix.)
     pub dtx: bool,
-    /// Smallest jitter-buffer delay, milliseconds; the buffer adapts between this and the maximum. 10 by
-    /// default: the target still rises with the measured jitter (its 95th percentile plus headroom), arrivals
-    /// are the kernel's receive times (the worker's own lateness is not jitter), and a packet never waits less
-    /// than it takes to reach the mixer tick that decodes it.
+    /// Smallest jitter-buffer target, milliseconds: the least time a packet on the fastest path waits for
+    /// the mixer tick that decodes it (its margin); the buffer adapts between this and the maximum. 20 by
+    /// default. The target rises with the measured jitter (its 95th percentile plus headroom); arrivals are
+    /// the kernel's receive times (the worker's own lateness is not jitter).
     pub jitter_min_ms: u32,
     /// Largest jitter-buffer delay, milliseconds.
     pub jitter_max_ms: u32,

@@ -402,7 +402,7 @@ async fn speech_over_real_udp_with_5_percent_loss_and_jitter_on_each_leg() -> an
 /// the server adds nothing else (it forwards the packets bit-exact). Measured 2.58 and 2.72, later 2.56 to
 /// 2.71 (before the listener's span-time fix 1.96 to 2.66; virtual time, one seed: 3.26). With the margin
 /// steered (the listener adds silence after a quiet packet to the end of its tick, not by the 2.5 ms it
-/// lacks as of the span's start): 2.12 to 2.63 in six runs.
+/// lacks as of the span's start): 2.12 to 2.63 in five runs.
 const FORWARD_LOSSY_FLOOR: f64 = 2.0;
 
 /// Mixing at 5 % loss per leg: the target.

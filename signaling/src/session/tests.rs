@@ -1277,18 +1277,8 @@ async fn a_bad_session_does_not_disturb_its_room() {
         ada.message().await,
         ServerMessage::ParticipantJoined(ParticipantJoined {
             participant: ParticipantInfo {
-                sid: mallory_sid.clone(),
-                identity: "mallory".into(),
                 name: "mallory".into(),
-                muted: false,
-                can_publish: true,
-                can_subscribe: true,
-                server_muted: false,
-                deafened: false,
-                ptt: false,
-                team: None,
-                shout: false,
-                remote: false,
+                ..ParticipantInfo::sample(&mallory_sid, "mallory")
             }
         })
     );

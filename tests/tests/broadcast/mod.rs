@@ -37,12 +37,9 @@ async fn server_with_talker_in(
     std::fs::write(&path, format!("[broadcast]\n{toml}\n"))?;
     let path_str = path.to_str().context("a UTF-8 temp path")?.to_owned();
     let server = Server::start(&["--config", &path_str]).await?;
-    let admin = server.admin_token()?;
-    let body = json!({"name": room, "mode": mode}).to_string();
-    let (status, reply) = server
-        .admin("POST", "/admin/v1/rooms", Some(&admin), Some(&body))
+    server
+        .create_room(&json!({"name": room, "mode": mode}))
         .await?;
-    ensure!(status == 201, "creating the mixed room: {status} {reply}");
     let token = server.token(room, "alice", &["--name", "Alice"])?;
     let mut signal = Signal::connect(&server.ws_url()).await?;
     let joined = signal.join(&token, room).await?;

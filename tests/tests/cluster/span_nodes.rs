@@ -32,11 +32,9 @@ async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<(
     .await?;
     // An operator creates the room on node 0 with two slots (the server's default is three).
     let admin = cluster.nodes[0].admin_token()?;
-    let body = json!({"name": "wide", "mode": "forward", "slots": 2}).to_string();
-    let (status, reply) = cluster.nodes[0]
-        .admin("POST", "/admin/v1/rooms", Some(&admin), Some(&body))
+    cluster.nodes[0]
+        .create_room(&json!({"name": "wide", "mode": "forward", "slots": 2}))
         .await?;
-    ensure!(status == 201, "creating the room: {status} {reply}");
     let mut ada = join_at(&cluster.nodes[0], "wide", "ada", TONES[0]).await?;
     ensure!(ada.url == cluster.nodes[0].ws_url(), "the room is node 0's");
     let owner = 0;

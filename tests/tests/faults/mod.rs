@@ -198,12 +198,9 @@ fn heard(a: &Party, b: &Party) -> (u64, u64) {
 /// counts lost and concealed frames of each input in /metrics.
 async fn server_with_mix_room(room: &str) -> anyhow::Result<Server> {
     let server = Server::start(&[]).await?;
-    let admin = server.admin_token()?;
-    let body = json!({"name": room, "mode": "mix"}).to_string();
-    let (status, reply) = server
-        .admin("POST", "/admin/v1/rooms", Some(&admin), Some(&body))
+    server
+        .create_room(&json!({"name": room, "mode": "mix"}))
         .await?;
-    anyhow::ensure!(status == 201, "creating the mixed room: {status} {reply}");
     Ok(server)
 }
 

@@ -309,11 +309,9 @@ async fn real_udp_hls_a_room_left_empty_goes_on_and_a_closed_one_is_a_discontinu
         "closing the room: {status} {reply}"
     );
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let body = serde_json::json!({"name": "talk", "mode": "mix"}).to_string();
-    let (status, reply) = server
-        .admin("POST", "/admin/v1/rooms", Some(&admin), Some(&body))
+    server
+        .create_room(&serde_json::json!({"name": "talk", "mode": "mix"}))
         .await?;
-    ensure!(status == 201, "re-creating the room: {status} {reply}");
     let token = server.token("talk", "alice", &["--name", "Alice"])?;
     let mut signal = chorus_tests::Signal::connect(&server.ws_url()).await?;
     let joined = signal.join(&token, "talk").await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use serde_json::{json, Value};
 
-use super::{blocks_with, create_room, heard, joined_named, listener, start_with_tone};
+use super::{blocks_with, heard, joined_named, listener, start_with_tone};
 use super::{HOLD_TONE, SECONDS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,7 +15,9 @@ async fn real_udp_playout_hold_music_set_on_an_existing_room_plays_until_cleared
 ) -> anyhow::Result<()> {
     let _alone = chorus_tests::real_time_call().await;
     let (_media, server, admin) = start_with_tone("hold-set", "hold.opus", HOLD_TONE, 2.0).await?;
-    let room = create_room(&server, &admin, json!({"name": "desk", "mode": "mix"})).await?;
+    let room = server
+        .create_room(&json!({"name": "desk", "mode": "mix"}))
+        .await?;
     assert_eq!(room["hold_music"], Value::Null);
     let path = "/admin/v1/rooms/desk/hold_music";
     let put = |path: &'static str, body: Value| {

@@ -148,19 +148,6 @@ fn heard(client: &AudioClient) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-async fn create_room(server: &Server, admin: &str, body: Value) -> anyhow::Result<Value> {
-    let (status, reply) = server
-        .admin(
-            "POST",
-            "/admin/v1/rooms",
-            Some(admin),
-            Some(&body.to_string()),
-        )
-        .await?;
-    ensure!(status == 201, "creating the room: {status} {reply}");
-    Ok(serde_json::from_str(&reply)?)
-}
-
 /// Waits until `signal` sees `participant_joined` for a participant named `name`; returns its sid.
 async fn joined_named(signal: &mut Signal, name: &str) -> anyhow::Result<String> {
     loop {
@@ -222,12 +209,9 @@ async fn real_udp_playout_a_playlist_plays_speech_then_an_mp3_and_skips_bad_item
 
     let server = start(&media).await?;
     let admin = server.admin_token()?;
-    create_room(
-        &server,
-        &admin,
-        json!({"name": "radio", "mode": "forward", "slots": 1}),
-    )
-    .await?;
+    server
+        .create_room(&json!({"name": "radio", "mode": "forward", "slots": 1}))
+        .await?;
     let post = |room: &str, body: Value| {
         let path = format!("/admin/v1/rooms/{room}/playback");
         let (server, admin) = (&server, admin.clone());
@@ -356,12 +340,9 @@ async fn real_udp_playout_hold_music_plays_for_one_person_and_stops_for_two() ->
 {
     let _alone = chorus_tests::real_time_call().await;
     let (_media, server, admin) = start_with_tone("hold", "hold.opus", HOLD_TONE, 2.0).await?;
-    let room = create_room(
-        &server,
-        &admin,
-        json!({"name": "lobby", "mode": "mix", "hold_music": "hold.opus"}),
-    )
-    .await?;
+    let room = server
+        .create_room(&json!({"name": "lobby", "mode": "mix", "hold_music": "hold.opus"}))
+        .await?;
     assert_eq!(room["hold_music"], "hold.opus");
 
     let (_signal, alice) = listener(&server, "lobby", "alice").await?;
@@ -429,7 +410,9 @@ async fn real_udp_playout_an_announcement_ducks_a_talker_in_the_mix_and_restores
 ) -> anyhow::Result<()> {
     let _alone = chorus_tests::real_time_call().await;
     let (_media, server, admin) = start_with_tone("duck", "chime.opus", CHIME_TONE, 1.5).await?;
-    create_room(&server, &admin, json!({"name": "hall", "mode": "mix"})).await?;
+    server
+        .create_room(&json!({"name": "hall", "mode": "mix"}))
+        .await?;
     let (_alice_signal, alice) = participant(
         &server,
         "hall",

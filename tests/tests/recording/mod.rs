@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use anyhow::Context;
 use chorus_tests::{AudioClient, MediaOptions, Mic, Server, Signal, SAMPLE_RATE};
 use media_core::audio::ToneAnalysis;
 use serde_json::{json, Value};
@@ -102,12 +102,9 @@ async fn room_with_alice(
     room: &str,
     mic: Mic,
 ) -> anyhow::Result<(Signal, AudioClient, String)> {
-    let admin = server.admin_token()?;
-    let body = json!({"name": room, "mode": "mix"}).to_string();
-    let (status, reply) = server
-        .admin("POST", "/admin/v1/rooms", Some(&admin), Some(&body))
+    server
+        .create_room(&json!({"name": room, "mode": "mix"}))
         .await?;
-    ensure!(status == 201, "creating the room: {status} {reply}");
     let token = server.token(room, "alice", &["--name", "Alice"])?;
     let mut signal = Signal::connect(&server.ws_url()).await?;
     let joined = signal.join(&token, room).await?;

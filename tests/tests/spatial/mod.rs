@@ -29,19 +29,11 @@ async fn latest_positions(p: &mut Participant) -> Option<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spatial_room_forwards_only_who_is_in_range() -> anyhow::Result<()> {
     let server = Server::start(&[]).await?;
-    let admin = server.admin_token()?;
-    let body = json!({"name": "arena", "mode": "forward", "slots": 2,
-        "spatial": {"audible_distance": 20, "conversational_distance": 1, "fade_model": "linear"}});
-    let (status, reply) = server
-        .admin(
-            "POST",
-            "/admin/v1/rooms",
-            Some(&admin),
-            Some(&body.to_string()),
-        )
+    let room = server
+        .create_room(&json!({"name": "arena", "mode": "forward", "slots": 2,
+            "spatial": {"audible_distance": 20, "conversational_distance": 1, "fade_model": "linear"}}))
         .await?;
-    assert_eq!(status, 201, "{reply}");
-    assert!(reply.contains(r#""spatial""#), "{reply}");
+    assert!(room.get("spatial").is_some(), "{room}");
 
     // Ada and Bob stand 5 apart; Carl is 100 away.
     let mut ada = join(&server, "arena", "ada", 440.0, 0.3).await?;

@@ -242,12 +242,9 @@ fn score(r: &Recording, speech: &[f32], clean: bool) -> Scored {
 /// A server with a forward room (created by the first join) and a mixed room (created by the admin API).
 async fn server_with_rooms() -> anyhow::Result<Server> {
     let server = Server::start(&[]).await?;
-    let admin = server.admin_token()?;
-    let body = json!({"name": "speech-mix", "mode": "mix"}).to_string();
-    let (status, reply) = server
-        .admin("POST", "/admin/v1/rooms", Some(&admin), Some(&body))
+    server
+        .create_room(&json!({"name": "speech-mix", "mode": "mix"}))
         .await?;
-    anyhow::ensure!(status == 201, "creating the mixed room: {status} {reply}");
     Ok(server)
 }
 

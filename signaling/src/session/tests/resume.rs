@@ -127,18 +127,8 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
         bob.message().await,
         ServerMessage::ParticipantJoined(ParticipantJoined {
             participant: ParticipantInfo {
-                sid: bob.join_sid_of("mallory", &ctx),
-                identity: "mallory".into(),
                 name: "mallory".into(),
-                muted: false,
-                can_publish: true,
-                can_subscribe: true,
-                server_muted: false,
-                deafened: false,
-                ptt: false,
-                team: None,
-                shout: false,
-                remote: false,
+                ..ParticipantInfo::sample(&bob.join_sid_of("mallory", &ctx), "mallory")
             }
         })
     );

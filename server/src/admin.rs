@@ -59,21 +59,27 @@ impl ApiError {
     }
 }
 
+/// The admin API's status and error code for `e`: the one mapping, also read back when another node's
+/// admin API refuses a moderation (`cluster::remote`).
+pub(crate) fn admin_error_status(e: &AdminError) -> (StatusCode, &'static str) {
+    match e {
+        AdminError::InvalidRoomName => (StatusCode::BAD_REQUEST, "bad_request"),
+        AdminError::RoomExists => (StatusCode::CONFLICT, "room_exists"),
+        AdminError::RoomSettingsConflict => (StatusCode::CONFLICT, "room_settings_conflict"),
+        AdminError::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
+        AdminError::ParticipantNotFound => (StatusCode::NOT_FOUND, "participant_not_found"),
+        // Not this node's participant (a room spanning nodes): not found here, the message says where.
+        AdminError::RemoteParticipant => (StatusCode::NOT_FOUND, "participant_not_found"),
+        AdminError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+        AdminError::MediaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "media_unavailable"),
+        AdminError::SameRoom => (StatusCode::CONFLICT, "same_room"),
+        AdminError::NodeUnavailable => (StatusCode::BAD_GATEWAY, "cluster_unavailable"),
+    }
+}
+
 impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> Self {
-        let (status, code) = match e {
-            AdminError::InvalidRoomName => (StatusCode::BAD_REQUEST, "bad_request"),
-            AdminError::RoomExists => (StatusCode::CONFLICT, "room_exists"),
-            AdminError::RoomSettingsConflict => (StatusCode::CONFLICT, "room_settings_conflict"),
-            AdminError::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
-            AdminError::ParticipantNotFound => (StatusCode::NOT_FOUND, "participant_not_found"),
-            // Not this node's participant (a room spanning nodes): not found here, the message says where.
-            AdminError::RemoteParticipant => (StatusCode::NOT_FOUND, "participant_not_found"),
-            AdminError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
-            AdminError::MediaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "media_unavailable"),
-            AdminError::SameRoom => (StatusCode::CONFLICT, "same_room"),
-            AdminError::NodeUnavailable => (StatusCode::BAD_GATEWAY, "cluster_unavailable"),
-        };
+        let (status, code) = admin_error_status(&e);
         ApiError::new(status, code, e.to_string())
     }
 }

@@ -18,6 +18,7 @@ use tracing::warn;
 
 use super::admin::FORWARDED_HEADER;
 use super::Cluster;
+use crate::admin::admin_error_status;
 
 /// Moderations waiting for the task: a moderator's request finding it full is answered at once.
 pub(super) const QUEUE: usize = 64;
@@ -148,17 +149,27 @@ fn refusal(status: u16, body: &[u8]) -> AdminError {
     let code = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
-    match code.as_deref() {
-        Some("participant_not_found" | "room_not_found") => AdminError::ParticipantNotFound,
-        Some("same_room") => AdminError::SameRoom,
-        Some("bad_request") => AdminError::InvalidRoomName,
-        Some("media_unavailable") => AdminError::MediaUnavailable,
-        Some("draining") => AdminError::Draining,
-        _ => {
-            warn!(status, code = ?code, "cluster: another node refused a moderation");
-            AdminError::NodeUnavailable
+    // What a moderation there can answer, read back through the admin API's own codes; a room it does
+    // not know holds no such participant either.
+    let carried = [
+        AdminError::ParticipantNotFound,
+        AdminError::SameRoom,
+        AdminError::InvalidRoomName,
+        AdminError::MediaUnavailable,
+        AdminError::Draining,
+    ];
+    let known = code.as_deref().and_then(|code| {
+        if code == admin_error_status(&AdminError::RoomNotFound).1 {
+            return Some(AdminError::ParticipantNotFound);
         }
-    }
+        carried
+            .into_iter()
+            .find(|e| admin_error_status(e).1 == code)
+    });
+    known.unwrap_or_else(|| {
+        warn!(status, code = ?code, "cluster: another node refused a moderation");
+        AdminError::NodeUnavailable
+    })
 }
 
 #[cfg(test)]

@@ -139,9 +139,7 @@ impl RoomSnapshot {
     pub fn all_participants(&self) -> impl Iterator<Item = &ParticipantInfo> {
         self.participants.iter().chain(&self.remote_participants)
     }
-}
 
-impl RoomSnapshot {
     /// The room as `joined` describes it (serializable).
     pub fn info(&self) -> RoomInfo {
         RoomInfo {

@@ -25,15 +25,17 @@ use crate::AdminError;
 pub enum RosterChange {
     Joined {
         participant: ParticipantInfo,
+        /// Participants of other nodes with the same identity that this join replaces (their nodes end
+        /// them with `replaced`, as a second join replaces the first on one node). Absent when none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replaces: Vec<String>,
     },
     Left {
         sid: String,
         reason: ParticipantLeftReason,
     },
     /// Its state changed (mute, deafen, push-to-talk): the participant as it is now.
-    Updated {
-        participant: ParticipantInfo,
-    },
+    Updated { participant: ParticipantInfo },
 }
 
 /// A roster change of a room on this node, for the cluster to pass on.
@@ -156,12 +158,24 @@ mod tests {
 
     #[test]
     fn a_roster_change_round_trips() {
-        let joined = RosterChange::Joined { participant: bob() };
+        let joined = RosterChange::Joined {
+            participant: bob(),
+            replaces: Vec::new(),
+        };
         let json = serde_json::to_value(&joined).expect("serializes");
         assert_eq!(json["kind"], "joined");
         assert_eq!(json["participant"]["sid"], "PA_9a0b1c2d3e4f");
+        assert!(json.get("replaces").is_none(), "absent when empty");
         let back: RosterChange = serde_json::from_value(json).expect("parses");
         assert_eq!(back, joined);
+        let replacing = RosterChange::Joined {
+            participant: bob(),
+            replaces: vec!["PA_0000000000a1".into()],
+        };
+        let json = serde_json::to_value(&replacing).expect("serializes");
+        assert_eq!(json["replaces"][0], "PA_0000000000a1");
+        let back: RosterChange = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, replacing);
         let left = RosterChange::Left {
             sid: "PA_9a0b1c2d3e4f".into(),
             reason: ParticipantLeftReason::Kicked,

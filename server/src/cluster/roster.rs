@@ -306,7 +306,7 @@ impl Roster {
             .filter(|c| self.published.contains_key(&c.room))
             .map(|LocalRosterChange { room, change }| {
                 let (sid, participant) = match &change {
-                    RosterChange::Joined { participant }
+                    RosterChange::Joined { participant, .. }
                     | RosterChange::Updated { participant } => (
                         participant.sid.clone(),
                         serde_json::to_string(participant).ok(),

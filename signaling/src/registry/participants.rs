@@ -78,7 +78,7 @@ impl RoomRegistry {
                 });
                 self.room_created(&request.room, room);
                 for (node, members) in seed.members {
-                    self.apply_remote(room, &node, RemoteRoster::Sync(members));
+                    self.apply_remote(&request.room, room, &node, RemoteRoster::Sync(members));
                 }
                 room
             }
@@ -91,32 +91,28 @@ impl RoomRegistry {
             .iter()
             .position(|m| m.info.identity == request.identity)
         {
-            let old = room.members.remove(index);
-            old.remove.send_replace(Some(LeftReason::Replaced));
-            self.metrics.participant_left(room.settings.mode);
+            self.replace_member(&request.room, room, index);
+        }
+        // The same identity on another node of a spanned room: it goes too. Its node ends it when it reads
+        // `replaces` in this join's roster change; it is no longer listed here from now.
+        let replaces: Vec<String> = room
+            .remote
+            .iter()
+            .filter(|r| r.info.identity == request.identity)
+            .map(|r| r.info.sid.clone())
+            .collect();
+        if !replaces.is_empty() {
             self.metrics.limit_hit(SessionLimit::IdentityReplaced);
             tracing::info!(
                 room = %request.room,
-                participant = %old.info.sid,
-                "participant replaced by a new session with the same identity"
+                participants = ?replaces,
+                "a participant on another node replaced by a new session with the same identity"
             );
-            self.notify(RoomEvent::ParticipantLeft {
-                room: room.info(&request.room),
-                participant: old.info.clone(),
-                reason: ParticipantLeftReason::Replaced,
-            });
-            self.publish(
-                &request.room,
-                RosterChange::Left {
-                    sid: old.info.sid.clone(),
-                    reason: ParticipantLeftReason::Replaced,
-                },
+            self.remove_remote(
+                room,
+                |r| replaces.contains(&r.info.sid),
+                ParticipantLeftReason::Replaced,
             );
-            let event = PresenceEvent::Left {
-                sid: old.info.sid,
-                reason: ParticipantLeftReason::Replaced,
-            };
-            self.broadcast(&room.members, &event);
         }
         // A room spanning nodes counts its participants everywhere.
         if room.members.len() + room.remote.len() >= room.max_participants {
@@ -150,6 +146,7 @@ impl RoomRegistry {
             &request.room,
             RosterChange::Joined {
                 participant: participant.clone(),
+                replaces,
             },
         );
         let (remove, removed) = watch::channel(None);
@@ -178,6 +175,38 @@ impl RoomRegistry {
             removed,
             moved,
         })
+    }
+
+    /// Ends local participant `index` of `room` (named `name`): a new session with its identity joined,
+    /// here or on another node. It is told `left` `replaced`, the others `participant_left`, and so are the
+    /// other nodes of a spanned room.
+    pub(super) fn replace_member(&self, name: &str, room: &mut Room, index: usize) {
+        let old = room.members.remove(index);
+        old.remove.send_replace(Some(LeftReason::Replaced));
+        self.metrics.participant_left(room.settings.mode);
+        self.metrics.limit_hit(SessionLimit::IdentityReplaced);
+        tracing::info!(
+            room = %name,
+            participant = %old.info.sid,
+            "participant replaced by a new session with the same identity"
+        );
+        self.notify(RoomEvent::ParticipantLeft {
+            room: room.info(name),
+            participant: old.info.clone(),
+            reason: ParticipantLeftReason::Replaced,
+        });
+        self.publish(
+            name,
+            RosterChange::Left {
+                sid: old.info.sid.clone(),
+                reason: ParticipantLeftReason::Replaced,
+            },
+        );
+        let event = PresenceEvent::Left {
+            sid: old.info.sid,
+            reason: ParticipantLeftReason::Replaced,
+        };
+        self.broadcast(&room.members, &event);
     }
 
     /// Records a participant's mute state and tells everyone in the room, the participant included

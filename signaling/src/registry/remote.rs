@@ -84,34 +84,42 @@ impl RoomRegistry {
     /// Applies a change of `node`'s part of `room` and tells this node's participants.
     pub(crate) fn remote_roster(
         &self,
-        room: &str,
+        name: &str,
         node: &str,
         change: RemoteRoster,
     ) -> RosterOutcome {
         let mut rooms = self.lock();
-        let Some(room) = rooms.get_mut(room) else {
+        let Some(room) = rooms.get_mut(name) else {
             return RosterOutcome::NoRoom;
         };
-        self.apply_remote(room, node, change)
+        self.apply_remote(name, room, node, change)
     }
 
+    /// Applies `node`'s `change` to `room` (named `name`).
     pub(super) fn apply_remote(
         &self,
+        name: &str,
         room: &mut Room,
         node: &str,
         change: RemoteRoster,
     ) -> RosterOutcome {
         match change {
-            RemoteRoster::Change(RosterChange::Joined { participant })
-            | RemoteRoster::Change(RosterChange::Updated { participant }) => {
+            RemoteRoster::Change(RosterChange::Joined {
+                participant,
+                replaces,
+            }) => {
+                self.replaced_by(name, room, &participant, &replaces);
+                self.upsert(room, node, participant)
+            }
+            RemoteRoster::Change(RosterChange::Updated { participant }) => {
                 self.upsert(room, node, participant)
             }
             RemoteRoster::Change(RosterChange::Left { sid, reason }) => {
-                self.remove(room, |r| r.node == node && r.info.sid == sid, reason);
+                self.remove_remote(room, |r| r.node == node && r.info.sid == sid, reason);
                 RosterOutcome::Applied
             }
             RemoteRoster::Sync(participants) => {
-                self.remove(
+                self.remove_remote(
                     room,
                     |r| r.node == node && !participants.iter().any(|p| p.sid == r.info.sid),
                     ParticipantLeftReason::Left,
@@ -125,13 +133,32 @@ impl RoomRegistry {
                 outcome
             }
             RemoteRoster::Gone => {
-                self.remove(
+                self.remove_remote(
                     room,
                     |r| r.node == node,
                     ParticipantLeftReason::Disconnected,
                 );
                 RosterOutcome::Applied
             }
+        }
+    }
+
+    /// A participant joined on another node: the local participants with its identity that it replaces
+    /// end with `replaced` — those its join names (the joining node saw them), and, when both joined
+    /// before either node knew of the other, the one with the lower id (each node decides alike for its
+    /// own, from the same two ids, so exactly one of them stays).
+    fn replaced_by(
+        &self,
+        name: &str,
+        room: &mut Room,
+        joined: &ParticipantInfo,
+        replaces: &[String],
+    ) {
+        while let Some(index) = room.members.iter().position(|m| {
+            m.info.identity == joined.identity
+                && (replaces.contains(&m.info.sid) || m.info.sid < joined.sid)
+        }) {
+            self.replace_member(name, room, index);
         }
     }
 
@@ -180,7 +207,7 @@ impl RoomRegistry {
 
     /// Removes the remote participants `gone` selects; this node's participants are told
     /// `participant_left` with `reason`.
-    fn remove(
+    pub(super) fn remove_remote(
         &self,
         room: &mut Room,
         gone: impl Fn(&RemoteMember) -> bool,

@@ -51,7 +51,7 @@ async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<(
 
     // Bob reaches the other node and stays there: a shard of the room opens there.
     let joining = Instant::now();
-    let bob = join_at(other, "wide", "bob", TONES[1]).await?;
+    let mut bob = join_at(other, "wide", "bob", TONES[1]).await?;
     assert_eq!(bob.url, other.ws_url(), "Bob is not redirected");
     assert_eq!(
         other
@@ -145,17 +145,18 @@ async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<(
             sum / hops * 1000.0
         );
     }
-    leaves_are_seen_across_nodes(&cluster, &mut ada, &bob).await?;
+    leaves_are_seen_across_nodes(&cluster, &mut ada, &mut bob).await?;
     ada.p.client.stop().await?;
     Ok(())
 }
 
-/// Cy joins Bob's node and leaves: Ada sees her come and go. Then Bob's node is killed: Ada sees Bob
+/// Cy joins Bob's node, then again the owner's, which replaces her first seat, and leaves: Ada and Bob
+/// see her come, be replaced and go. Then Bob's node is killed: Ada sees Bob
 /// leave (`disconnected`) once its record expires.
 async fn leaves_are_seen_across_nodes(
     cluster: &Cluster,
     ada: &mut Member,
-    bob: &Member,
+    bob: &mut Member,
 ) -> anyhow::Result<()> {
     let other = cluster.node(&bob.url);
     let token = other.token("wide", "cy", &[])?;
@@ -164,11 +165,53 @@ async fn leaves_are_seen_across_nodes(
     let cy_sid = joined["participant"]["sid"].clone();
     let seen = ada.p.signal.expect("participant_joined", SECONDS).await?;
     assert_eq!(seen["participant"]["sid"], cy_sid);
-    cy.send(json!({"type": "leave"})).await?;
+    // Cy joins again, on the owner's node: one identity, one seat in the room, as on one node. Her
+    // session on Bob's node ends (`left` `replaced`); Ada sees the old seat go and the new one come.
+    let owner = &cluster.nodes[0];
+    let token = owner.token("wide", "cy", &[])?;
+    let replacing = Instant::now();
+    let (mut cy_again, joined, url) =
+        Signal::join_following(&owner.ws_url(), &token, "wide").await?;
+    ensure!(
+        url == owner.ws_url(),
+        "Cy's second session stays on the owner's node"
+    );
+    let listed = joined["participants"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        !listed.iter().any(|p| p["sid"] == cy_sid),
+        "Cy's second session does not list her first: {listed:?}"
+    );
+    let cy_again_sid = joined["participant"]["sid"].clone();
     let left = ada.p.signal.expect("participant_left", SECONDS).await?;
     assert_eq!(
         (&left["sid"], &left["reason"]),
-        (&cy_sid, &Value::from("left"))
+        (&cy_sid, &Value::from("replaced"))
+    );
+    let seen = ada.p.signal.expect("participant_joined", SECONDS).await?;
+    assert_eq!(seen["participant"]["sid"], cy_again_sid);
+    let ended = cy.expect("left", SECONDS).await?;
+    assert_eq!(ended["reason"], "replaced", "{ended}");
+    println!(
+        "cluster: Cy's seat on the other node is replaced {:?} after her second join began",
+        replacing.elapsed()
+    );
+    // Bob, on the other node, sees the same: the old seat replaced, then the new one, remote.
+    let left = bob.p.signal.expect("participant_left", SECONDS).await?;
+    assert_eq!(
+        (&left["sid"], &left["reason"]),
+        (&cy_sid, &Value::from("replaced"))
+    );
+    let seen = bob.p.signal.expect("participant_joined", SECONDS).await?;
+    assert_eq!(seen["participant"]["sid"], cy_again_sid);
+    assert_eq!(seen["participant"]["remote"], true);
+    cy_again.send(json!({"type": "leave"})).await?;
+    let left = ada.p.signal.expect("participant_left", SECONDS).await?;
+    assert_eq!(
+        (&left["sid"], &left["reason"]),
+        (&cy_again_sid, &Value::from("left"))
     );
 
     other.signal(libc::SIGKILL)?;

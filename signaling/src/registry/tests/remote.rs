@@ -22,6 +22,7 @@ fn another_nodes_participants_are_listed_evented_and_dropped_with_their_node() {
     let bob = remote("PA_0000000000b0", "bob");
     let joined = RemoteRoster::Change(RosterChange::Joined {
         participant: bob.clone(),
+        replaces: Vec::new(),
     });
     assert_eq!(
         registry.remote_roster("wide", "node-b", joined.clone()),
@@ -156,7 +157,8 @@ fn local_changes_go_to_the_sink_and_a_shard_takes_the_owners_settings() {
     assert_eq!(
         changes.try_recv().map(|c| c.change),
         Ok(RosterChange::Joined {
-            participant: ada.participant.clone()
+            participant: ada.participant.clone(),
+            replaces: Vec::new(),
         })
     );
     let _ = registry.set_muted("wide", ada.id, true, Actor::Own);
@@ -182,4 +184,117 @@ fn local_changes_go_to_the_sink_and_a_shard_takes_the_owners_settings() {
         None,
         "the room went with Ada"
     );
+}
+
+#[test]
+fn a_join_replaces_the_same_identity_on_another_node() {
+    let (registry, _, metrics) = registry(10);
+    let (sink, mut changes) = mpsc::channel::<LocalRosterChange>(8);
+    assert!(registry.set_roster_sink(sink));
+    let (ada, mut ada_rx) = request("wide", "ada", 8);
+    let ada = registry.admit(ada, &open()).expect("admitted");
+    let _ = changes.try_recv();
+    let bob_there = remote("PA_0000000000b0", "bob");
+    let joined = RemoteRoster::Change(RosterChange::Joined {
+        participant: bob_there.clone(),
+        replaces: Vec::new(),
+    });
+    registry.remote_roster("wide", "node-b", joined);
+    let _ = ada_rx.try_recv();
+    // Bob joins here too: his seat on node-b is named for its node to end, and is not listed from now.
+    let (bob, _bob_rx) = request("wide", "bob", 8);
+    let bob = registry.admit(bob, &open()).expect("admitted");
+    assert_eq!(bob.others, vec![ada.participant.clone()]);
+    assert_eq!(
+        ada_rx.try_recv(),
+        Ok(PresenceEvent::Left {
+            sid: bob_there.sid.clone(),
+            reason: ParticipantLeftReason::Replaced
+        })
+    );
+    assert_eq!(
+        ada_rx.try_recv(),
+        Ok(PresenceEvent::Joined(bob.participant.clone()))
+    );
+    assert_eq!(
+        changes.try_recv().map(|c| c.change),
+        Ok(RosterChange::Joined {
+            participant: bob.participant.clone(),
+            replaces: vec![bob_there.sid.clone()],
+        })
+    );
+    assert_eq!(metrics.limit_hits(SessionLimit::IdentityReplaced), 1);
+    assert!(registry.remote_participants("wide").is_empty());
+    // Its node's `left` (replaced) comes after: nothing more to tell.
+    let left = RemoteRoster::Change(RosterChange::Left {
+        sid: bob_there.sid,
+        reason: ParticipantLeftReason::Replaced,
+    });
+    registry.remote_roster("wide", "node-b", left);
+    assert!(ada_rx.try_recv().is_err());
+}
+
+#[test]
+fn a_join_on_another_node_ends_the_seat_it_names_and_concurrent_joins_keep_one() {
+    let (registry, _, metrics) = registry(10);
+    let (sink, mut changes) = mpsc::channel::<LocalRosterChange>(8);
+    assert!(registry.set_roster_sink(sink));
+    let (ada, _ada_rx) = request("wide", "ada", 8);
+    let mut ada = registry.admit(ada, &open()).expect("admitted");
+    let (cy, mut cy_rx) = request("wide", "cy", 8);
+    let _cy = registry.admit(cy, &open()).expect("admitted");
+    while changes.try_recv().is_ok() {}
+    // Ada joins on node-b, which saw her seat here: this one ends, replaced, whatever the ids' order.
+    let ada_there = remote("PA_000000000001", "ada");
+    let joined = RemoteRoster::Change(RosterChange::Joined {
+        participant: ada_there.clone(),
+        replaces: vec![ada.participant.sid.clone()],
+    });
+    registry.remote_roster("wide", "node-b", joined);
+    assert_eq!(*ada.removed.borrow_and_update(), Some(LeftReason::Replaced));
+    assert_eq!(
+        cy_rx.try_recv(),
+        Ok(PresenceEvent::Left {
+            sid: ada.participant.sid.clone(),
+            reason: ParticipantLeftReason::Replaced
+        })
+    );
+    assert_eq!(
+        cy_rx.try_recv(),
+        Ok(PresenceEvent::Joined(marked(ada_there.clone())))
+    );
+    assert_eq!(
+        changes.try_recv().map(|c| c.change),
+        Ok(RosterChange::Left {
+            sid: ada.participant.sid.clone(),
+            reason: ParticipantLeftReason::Replaced,
+        })
+    );
+    assert_eq!(metrics.limit_hits(SessionLimit::IdentityReplaced), 1);
+    // Dan joins here and on node-b at once, neither node knowing of the other seat: the lower id goes,
+    // on its own node. Here Dan's id is the higher one: he stays, and node-b's Dan is listed until his
+    // node ends him.
+    let (dan, _dan_rx) = request("wide", "dan", 8);
+    let mut dan = registry.admit(dan, &open()).expect("admitted");
+    let _ = cy_rx.try_recv();
+    let dan_lower = remote("PA_000000000002", "dan");
+    let joined = RemoteRoster::Change(RosterChange::Joined {
+        participant: dan_lower.clone(),
+        replaces: Vec::new(),
+    });
+    registry.remote_roster("wide", "node-b", joined);
+    assert_eq!(*dan.removed.borrow_and_update(), None);
+    assert_eq!(
+        cy_rx.try_recv(),
+        Ok(PresenceEvent::Joined(marked(dan_lower)))
+    );
+    // Node-c's Dan has a higher id than this one: this one goes.
+    let dan_higher = remote("PA_ffffffffff00", "dan");
+    let joined = RemoteRoster::Change(RosterChange::Joined {
+        participant: dan_higher,
+        replaces: Vec::new(),
+    });
+    registry.remote_roster("wide", "node-c", joined);
+    assert_eq!(*dan.removed.borrow_and_update(), Some(LeftReason::Replaced));
+    assert_eq!(metrics.limit_hits(SessionLimit::IdentityReplaced), 2);
 }

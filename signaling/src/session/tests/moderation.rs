@@ -392,6 +392,7 @@ async fn a_participant_on_another_node_is_moderated_through_the_cluster() {
     };
     let joined = RosterChange::Joined {
         participant: bob.clone(),
+        replaces: Vec::new(),
     };
     ctx.remote_roster("wide", "node-b", RemoteRoster::Change(joined));
     mo.message().await; // bob joined (remote)

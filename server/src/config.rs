@@ -154,6 +154,10 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Open connections from one client IP at most; more get 503.
     pub max_connections_per_ip: usize,
+    /// Connections the kernel completes before the server accepts them (`listen(2)`'s backlog; Linux caps
+    /// it at `net.core.somaxconn`). A rush of connects (thousands of listeners at a show's start) beyond it
+    /// has SYNs dropped, and each such client waits a 1 s retransmission.
+    pub listen_backlog: u32,
 }
 
 impl Default for HttpConfig {
@@ -163,6 +167,7 @@ impl Default for HttpConfig {
             header_timeout_ms: 10_000,
             max_connections: 10_000,
             max_connections_per_ip: 512,
+            listen_backlog: 4096,
         }
     }
 }
@@ -516,6 +521,9 @@ impl Config {
         if let Some(v) = get("CHORUS_HTTP_LISTEN") {
             self.http.listen = parse("CHORUS_HTTP_LISTEN", &v)?;
         }
+        if let Some(v) = get("CHORUS_HTTP_LISTEN_BACKLOG") {
+            self.http.listen_backlog = parse("CHORUS_HTTP_LISTEN_BACKLOG", &v)?;
+        }
         if let Some(v) = get("CHORUS_HTTP_MAX_CONNECTIONS_PER_IP") {
             self.http.max_connections_per_ip = parse("CHORUS_HTTP_MAX_CONNECTIONS_PER_IP", &v)?;
         }
@@ -654,6 +662,9 @@ impl Config {
         }
         if !(1..=600_000).contains(&self.http.header_timeout_ms) {
             return invalid("http.header_timeout_ms must be 1..=600000");
+        }
+        if !(1..=65_535).contains(&self.http.listen_backlog) {
+            return invalid("http.listen_backlog must be 1..=65535");
         }
         if !(1..=1_000_000).contains(&self.http.max_connections)
             || !(1..=self.http.max_connections).contains(&self.http.max_connections_per_ip)

@@ -189,8 +189,7 @@ impl Server {
             &registry,
         )?);
 
-        let listener = TcpListener::bind(config.http.listen)
-            .await
+        let listener = http_listener(config.http.listen, config.http.listen_backlog)
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
         let http_addr = listener.local_addr()?;
         let cluster = if config.cluster.enabled() {
@@ -443,6 +442,20 @@ impl Server {
         state.recordings.shutdown().await;
         result
     }
+}
+
+/// The HTTP listener, with `backlog` connections completed ahead of `accept` (`http.listen_backlog`; the
+/// standard library's and tokio's `bind` use 128, which a rush of a few hundred connects overflows: each
+/// dropped SYN costs its client a 1 s retransmission).
+fn http_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Every route: the page, SDK, signaling, metrics and health (http.rs), listener streams (broadcast/, when

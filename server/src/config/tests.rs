@@ -117,8 +117,16 @@ fn connection_limits_are_validated() {
         .unwrap_err()
         .to_string()
         .contains("header_timeout_ms"));
+    c.http.header_timeout_ms = 500;
+    c.http.listen_backlog = 0;
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("listen_backlog"));
     let c = Config::default();
     assert_eq!(c.http.header_timeout_ms, 10_000);
+    assert_eq!(c.http.listen_backlog, 4096);
     assert_eq!(c.session.join_deadline_ms, 10_000);
     assert_eq!(c.room.kick_ban_secs, 300);
 }

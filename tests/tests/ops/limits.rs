@@ -381,3 +381,39 @@ async fn connections_over_the_per_ip_cap_are_refused_and_counted() -> anyhow::Re
     );
     Ok(())
 }
+
+/// A rush of connects (a show's audience arriving at once) while the server is too busy to accept: the
+/// kernel completes them into the listen backlog (`http.listen_backlog`, 4096), so none waits the 1 s SYN
+/// retransmission. With the 128 that `bind` gives by default, all but ~129 of them did, and listeners'
+/// first audio p95 was ≈ 1 s in a rush of 5,000 (docs/loadtest.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rush_of_connects_is_queued_while_the_server_is_busy() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    const RUSH: usize = 600;
+    let server = chorus_tests::Server::start(&[]).await?;
+    // Stopped, the server accepts nothing: what completes is what the backlog holds.
+    server.signal(libc::SIGSTOP)?;
+    let started = Instant::now();
+    let connects = (0..RUSH).map(|_| {
+        tokio::time::timeout(
+            Duration::from_millis(800),
+            tokio::net::TcpStream::connect(server.http),
+        )
+    });
+    let results = futures_util::future::join_all(connects).await;
+    let elapsed = started.elapsed();
+    server.signal(libc::SIGCONT)?;
+    let completed = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    println!(
+        "limits: {completed} of {RUSH} connects completed in {elapsed:?} with the server stopped"
+    );
+    assert_eq!(
+        completed, RUSH,
+        "connects beyond the listen backlog wait a SYN retransmission"
+    );
+    drop(results);
+    // Resumed, it serves as before.
+    let (status, _) = server.http_get("/healthz").await?;
+    assert_eq!(status, 200);
+    Ok(())
+}

@@ -292,6 +292,17 @@ impl MediaCore {
                 }
             }
         }
+        // The speaker's voice as its own shard has it, in this room's audibility before its packet is
+        // routed or mixed (the sets, slots and speaker lists follow at once, as for a local `talk`).
+        let same_voice = self
+            .rooms
+            .get(&key)
+            .is_some_and(|r| r.audibility.has_voice(id, &packet.voice));
+        if !same_voice {
+            let voice = Voice::clone(&packet.voice);
+            self.stats.trunk.voice_changes += 1;
+            self.with_audibility(now, id, |a| a.set_voice(now, id, voice))?;
+        }
         self.stats.trunk.packets_in += 1;
         let audio = Audio {
             source: packet.ssrc,

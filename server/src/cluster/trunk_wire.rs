@@ -19,7 +19,7 @@
 //! datagram loses nothing else (docs/architecture.md, "Rooms larger than a node"). Version 1 had no voice:
 //! a node refuses it (`bad_version`) rather than hear a whisper as talking to the room. A whisper names at
 //! most [`MAX_WHISPER_TARGETS`] (the protocol's own bound, so no list is cut): with the longest node id, room
-//! name and team that leaves 600 bytes of Opus (240 kbit/s at 20 ms); a packet that still does not fit is not
+//! name and team that leaves 612 bytes of Opus (240 kbit/s at 20 ms); a packet that still does not fit is not
 //! sent (`Oversized`, counted as a failed send), never sent without its voice.
 //!
 //! `boot` is random per start of the sending node and `seq` counts its datagrams from 1, so a receiver

@@ -30,7 +30,7 @@ use crate::ids::{ParticipantId, RoomId, Ssrc};
 use crate::mixer::opus_packet_info;
 use crate::speakers::csrc_levels::MAX_CSRCS;
 use crate::stats::DropReason;
-use vocab::{RoomSettings, SourceRole};
+use vocab::{Position, RoomSettings, SourceRole};
 
 /// A remote participant not heard from this long is removed (its withdrawal was lost, or its shard died).
 pub const REMOTE_IDLE: Duration = Duration::from_secs(2);
@@ -57,6 +57,8 @@ pub struct TrunkPacket {
     pub payload: Arc<[u8]>,
     /// Whom the speaker talks to, and its team and shout role: the importing shard applies them.
     pub voice: Arc<Voice>,
+    /// Where the speaker is, in a spatial room once it sent a position: the importing shard places it.
+    pub position: Option<Position>,
 }
 
 /// What one shard of a room tells the others.
@@ -142,6 +144,11 @@ pub(super) fn export(
         return;
     }
     let voice = room.trunk.voice(&room.audibility, from);
+    let position = room
+        .audibility
+        .space()
+        .and_then(|space| space.position(from))
+        .copied();
     out.push_back(TrunkMessage::Audio(TrunkPacket {
         room: room.id.clone(),
         speaker: from,
@@ -151,6 +158,7 @@ pub(super) fn export(
         level: level.map(|l| l.unsigned_abs().min(127)),
         payload: Arc::clone(payload),
         voice,
+        position,
     }));
 }
 
@@ -302,6 +310,18 @@ impl MediaCore {
             let voice = Voice::clone(&packet.voice);
             self.stats.trunk.voice_changes += 1;
             self.with_audibility(now, id, |a| a.set_voice(now, id, voice))?;
+        }
+        // Its place in a spatial room (heard by distance from the next refresh, ≤ 10 Hz, as a local move).
+        if let Some(position) = packet.position {
+            let moved = self.rooms.get(&key).is_some_and(|r| {
+                r.audibility
+                    .space()
+                    .is_some_and(|space| space.position(id) != Some(&position))
+            });
+            if moved {
+                // A room that is not spatial here, or a position out of the world: not placed.
+                let _ = self.set_position(now, id, position);
+            }
         }
         self.stats.trunk.packets_in += 1;
         let audio = Audio {

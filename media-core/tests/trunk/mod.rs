@@ -4,6 +4,7 @@
 //! takes over on both, a withdrawn speaker leaves at once, and a shard ends with its last local member.
 //! A speaker's voice (team, shout role, talk target) travels with its packets: a whisper or a team's talk
 //! reaches only whom it is for on the other shard, in forward and mixed rooms, and a change applies there.
+//! In a spatial room a speaker's position travels too: the other shard's listeners hear it by distance.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use media_core::audio::{ToneAnalysis, SAMPLE_RATE};
 use media_core::sim::LinkConfig;
 use media_core::{
-    CoreError, CoreEvent, MixSettings, ParticipantId, RoomSettings, TalkTarget, TeamId, Volume,
+    CoreError, CoreEvent, FadeModel, MixSettings, ParticipantId, Position, RoomSettings,
+    SpatialSettings, TalkTarget, TeamId, Volume,
 };
 
 use crate::support::Sim;
@@ -393,4 +395,49 @@ fn a_mixed_room_mixes_a_remote_whisper_only_for_its_listener_and_keeps_volumes_f
     );
     assert_eq!(tone(&s.b, 0), vec![440.0]);
     assert_eq!(tone(&s.b, 1), Vec::<f32>::new(), "still silenced on B");
+}
+
+/// A spatial room split over two shards: A's talker is placed next to one of B's listeners and far from
+/// the other; only the near one hears it. It walks over to the other: the hearing follows.
+#[test]
+fn a_remote_speakers_position_travels_and_listeners_hear_it_by_distance() {
+    let spatial = SpatialSettings {
+        audible_distance: 20.0,
+        conversational_distance: 2.0,
+        fade_intensity: 1.0,
+        fade_model: FadeModel::Linear,
+        max_audible: 4,
+    };
+    let mut s = Shards::new(
+        RoomSettings::forward(3).with_spatial(spatial),
+        &[(440.0, 0.3)],
+        &[(660.0, 0.0), (770.0, 0.0)],
+    );
+    let place = |sim: &mut Sim, i: usize, x: f64| {
+        let (now, id) = (sim.now, sim.clients[i].id);
+        let at = Position::new(x, 0.0, 0.0, 0.0).expect("in the world");
+        sim.core.set_position(now, id, at).expect("a spatial room");
+        sim.drain_core();
+    };
+    place(&mut s.b, 0, 0.0);
+    place(&mut s.b, 1, 100.0);
+    place(&mut s.a, 0, 1.0);
+    s.run_for(Duration::from_millis(500));
+    forget(&mut s);
+    s.run_for(Duration::from_secs(3));
+    let talker = speaker(&s.a, 0);
+    assert_eq!(hears(&s.b, 0, &talker), vec![440.0], "the near listener");
+    assert!(
+        s.b.clients[1].pcm(talker.ssrc).is_empty(),
+        "the far listener"
+    );
+    assert!(!told_of(&s.b, 1, s.a.clients[0].id));
+
+    // The talker walks over to the other listener.
+    place(&mut s.a, 0, 99.0);
+    s.run_for(Duration::from_millis(500));
+    forget(&mut s);
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(hears(&s.b, 1, &talker), vec![440.0], "now near");
+    assert!(s.b.clients[0].pcm(talker.ssrc).is_empty(), "now far");
 }

@@ -8,19 +8,21 @@
 //! version u8 (2) | kind u8 (1 audio, 2 withdrawn) | boot u64 | seq u64 | sent_us u64
 //! | node_len u8 | node | room_len u16 | room | speaker u64
 //! | audio only: ssrc u32 | rtp_seq u64 | timestamp u32 | level u8 (255: none)
-//!   | voice: flags u8 (bit 0: shout; the others 0) | team_len u8 (0: none) | team
+//!   | voice: flags u8 (bit 0: shout, bit 1: placed; the others 0) | team_len u8 (0: none) | team
 //!     | target u8 (0 room, 1 team, 2 whisper) | whisper only: count u8 (1..=64) | count × participant u64
+//!     | placed only: x f64 | y f64 | z f64 | yaw_deg f64 (IEEE 754 bits, a valid `Position`)
 //!   | payload_len u16 | payload
 //! | tag [32]: HMAC-SHA256 over everything before it
 //! ```
 //!
-//! The speaker's voice (its team, shout role and talk target: `media_core::audibility::Voice`) is in every
-//! audio datagram, so the receiving shard applies the same rules to it from its first packet and a lost
-//! datagram loses nothing else (docs/architecture.md, "Rooms larger than a node"). Version 1 had no voice:
-//! a node refuses it (`bad_version`) rather than hear a whisper as talking to the room. A whisper names at
-//! most [`MAX_WHISPER_TARGETS`] (the protocol's own bound, so no list is cut): with the longest node id, room
-//! name and team that leaves 612 bytes of Opus (240 kbit/s at 20 ms); a packet that still does not fit is not
-//! sent (`Oversized`, counted as a failed send), never sent without its voice.
+//! The speaker's voice (its team, shout role and talk target: `media_core::audibility::Voice`, and its
+//! position in a spatial room) is in every audio datagram, so the receiving shard applies the same rules to
+//! it from its first packet and a lost datagram loses nothing else (docs/architecture.md, "Rooms larger
+//! than a node"). Version 1 had no voice: a node refuses it (`bad_version`) rather than hear a whisper as
+//! talking to the room. A whisper names at most [`MAX_WHISPER_TARGETS`] (the protocol's own bound, so no
+//! list is cut): with the longest node id, room name and team, and a position, that leaves 580 bytes of
+//! Opus (230 kbit/s at 20 ms); a packet that still does not fit is not sent (`Oversized`, counted as a
+//! failed send), never sent without its voice.
 //!
 //! `boot` is random per start of the sending node and `seq` counts its datagrams from 1, so a receiver
 //! keeps a replay window per (node, boot); `sent_us` is the sender's wall clock in µs since the Unix epoch,
@@ -36,7 +38,7 @@ use aws_lc_rs::hmac;
 use media_core::audibility::Voice;
 use media_core::replay::ReplayWindow;
 use media_core::{ParticipantId, RoomId, Ssrc, TrunkMessage, TrunkPacket};
-use vocab::{TalkTarget, TeamId, MAX_WHISPER_TARGETS};
+use vocab::{Position, TalkTarget, TeamId, MAX_WHISPER_TARGETS};
 
 /// The only version this node speaks (2: audio carries its speaker's voice).
 pub const VERSION: u8 = 2;
@@ -59,6 +61,7 @@ const KIND_AUDIO: u8 = 1;
 const KIND_WITHDRAWN: u8 = 2;
 const NO_LEVEL: u8 = 255;
 const SHOUT: u8 = 1;
+const PLACED: u8 = 2;
 const TARGET_ROOM: u8 = 0;
 const TARGET_TEAM: u8 = 1;
 const TARGET_WHISPER: u8 = 2;
@@ -172,7 +175,7 @@ impl Sealer {
             out.extend_from_slice(&p.seq.to_be_bytes());
             out.extend_from_slice(&p.timestamp.to_be_bytes());
             out.push(p.level.map_or(NO_LEVEL, |l| l.min(127)));
-            put_voice(&mut out, &p.voice)?;
+            put_voice(&mut out, &p.voice, p.position)?;
             out.extend_from_slice(&payload_len.to_be_bytes());
             out.extend_from_slice(&p.payload);
         }
@@ -249,7 +252,8 @@ impl Opener {
                     l if l <= 127 => Some(l),
                     _ => return Err(WireError::Malformed("level")),
                 };
-                let voice = Arc::new(r.voice()?);
+                let (voice, position) = r.voice()?;
+                let voice = Arc::new(voice);
                 let len = usize::from(r.u16()?);
                 let payload: Arc<[u8]> = Arc::from(r.take(len)?);
                 TrunkMessage::Audio(TrunkPacket {
@@ -261,6 +265,7 @@ impl Opener {
                     level,
                     payload,
                     voice,
+                    position,
                 })
             }
             KIND_WITHDRAWN => TrunkMessage::Withdrawn { room, speaker },
@@ -355,10 +360,11 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
-    /// A speaker's voice (see the layout): anything but the values it may take is `Malformed`.
-    fn voice(&mut self) -> Result<Voice, WireError> {
+    /// A speaker's voice and position (see the layout): anything but the values they may take is
+    /// `Malformed`.
+    fn voice(&mut self) -> Result<(Voice, Option<Position>), WireError> {
         let flags = self.u8()?;
-        if flags & !SHOUT != 0 {
+        if flags & !(SHOUT | PLACED) != 0 {
             return Err(WireError::Malformed("voice flags"));
         }
         let team = match usize::from(self.u8()?) {
@@ -381,11 +387,19 @@ impl<'a> Reader<'a> {
             }
             _ => return Err(WireError::Malformed("talk target")),
         };
-        Ok(Voice {
+        let position = if flags & PLACED != 0 {
+            let mut f = || -> Result<f64, WireError> { Ok(f64::from_bits(self.u64()?)) };
+            let (x, y, z, yaw) = (f()?, f()?, f()?, f()?);
+            Some(Position::new(x, y, z, yaw).map_err(|_| WireError::Malformed("position"))?)
+        } else {
+            None
+        };
+        let voice = Voice {
             team,
             shout: flags & SHOUT != 0,
             target,
-        })
+        };
+        Ok((voice, position))
     }
 
     fn str(&mut self, n: usize, field: &'static str) -> Result<&'a str, WireError> {
@@ -399,8 +413,14 @@ impl<'a> Reader<'a> {
 
 /// A speaker's voice, as [`Reader::voice`] reads it. A whisper beyond [`MAX_WHISPER_TARGETS`] (the core
 /// refuses one) or a team id longer than a byte's count is `Malformed`: never sent cut.
-fn put_voice(out: &mut Vec<u8>, voice: &Voice) -> Result<(), WireError> {
-    out.push(if voice.shout { SHOUT } else { 0 });
+fn put_voice(
+    out: &mut Vec<u8>,
+    voice: &Voice,
+    position: Option<Position>,
+) -> Result<(), WireError> {
+    let shout = if voice.shout { SHOUT } else { 0 };
+    let placed = if position.is_some() { PLACED } else { 0 };
+    out.push(shout | placed);
     match &voice.team {
         None => out.push(0),
         Some(team) => {
@@ -422,6 +442,12 @@ fn put_voice(out: &mut Vec<u8>, voice: &Voice) -> Result<(), WireError> {
             for id in to {
                 out.extend_from_slice(&id.0.to_be_bytes());
             }
+        }
+    }
+    if let Some(p) = position {
+        p.validate().map_err(|_| WireError::Malformed("position"))?;
+        for v in [p.x, p.y, p.z, p.yaw_deg] {
+            out.extend_from_slice(&v.to_bits().to_be_bytes());
         }
     }
     Ok(())
@@ -452,7 +478,16 @@ mod tests {
             level: Some(30),
             payload: Arc::from(payload),
             voice: Arc::new(voice),
+            position: None,
         })
+    }
+
+    fn placed(payload: &[u8], voice: Voice, position: Position) -> TrunkMessage {
+        let TrunkMessage::Audio(mut p) = voiced(payload, voice) else {
+            unreachable!()
+        };
+        p.position = Some(position);
+        TrunkMessage::Audio(p)
     }
 
     fn team(name: &str) -> Option<TeamId> {
@@ -529,29 +564,36 @@ mod tests {
             },
             widest_whisper(),
         ];
+        let somewhere = Position::new(-12.5, 1e6, 0.25, 725.0).expect("in the world");
         for voice in voices {
-            let m = voiced(&[7; 80], voice);
-            let d = s.seal(&m, at(0)).expect("seals");
-            assert_eq!(o.open(&d, at(0)).expect("opens").message, m);
+            for m in [
+                voiced(&[7; 80], voice.clone()),
+                placed(&[7; 80], voice, somewhere),
+            ] {
+                let d = s.seal(&m, at(0)).expect("seals");
+                assert_eq!(o.open(&d, at(0)).expect("opens").message, m);
+            }
         }
     }
 
     #[test]
-    fn the_widest_voice_leaves_room_for_600_bytes_of_opus_and_more_is_not_sent() {
+    fn the_widest_voice_leaves_room_for_580_bytes_of_opus_and_more_is_not_sent() {
         let key = WireKey::derive(SECRET);
         let mut s = Sealer::new(key.clone(), &"n".repeat(MAX_NODE_BYTES), 1);
         let room = RoomId("r".repeat(128));
+        let at_origin = Position::new(0.0, 0.0, 0.0, 0.0).expect("in the world");
         let packet = |payload: usize| {
-            let TrunkMessage::Audio(mut p) = voiced(&vec![1; payload], widest_whisper()) else {
+            let TrunkMessage::Audio(mut p) = placed(&vec![1; payload], widest_whisper(), at_origin)
+            else {
                 unreachable!()
             };
             p.room = room.clone();
             TrunkMessage::Audio(p)
         };
-        let d = s.seal(&packet(600), at(0)).expect("600 bytes of Opus fit");
-        assert!(d.len() <= MAX_DATAGRAM_BYTES);
+        let d = s.seal(&packet(580), at(0)).expect("580 bytes of Opus fit");
+        assert_eq!(d.len(), MAX_DATAGRAM_BYTES);
         assert!(Opener::new(key).open(&d, at(0)).is_ok());
-        assert_eq!(s.seal(&packet(700), at(0)), Err(WireError::Oversized));
+        assert_eq!(s.seal(&packet(581), at(0)), Err(WireError::Oversized));
         // A whisper the core would have refused is not sent cut.
         let mut too_wide = widest_whisper();
         too_wide.target = TalkTarget::Whisper(vec![ParticipantId(1); MAX_WHISPER_TARGETS + 1]);
@@ -577,7 +619,9 @@ mod tests {
         let target_at = VOICE_AT + 5;
         let count_at = target_at + 1;
         let cases: Vec<(usize, u8, WireError)> = vec![
-            (VOICE_AT, 0x82, WireError::Malformed("voice flags")),
+            (VOICE_AT, 0x84, WireError::Malformed("voice flags")),
+            // Placed, without the position's bytes: the payload length and payload are taken for it.
+            (VOICE_AT, SHOUT | PLACED, WireError::Truncated),
             (team_at, b'!', WireError::Malformed("team")),
             (team_at, 0xff, WireError::Malformed("team")),
             (target_at, 3, WireError::Malformed("talk target")),
@@ -598,6 +642,41 @@ mod tests {
             let got = o.open(&signed(bad), at(0));
             assert_eq!(got.map(|_| ()), Err(expected), "byte {at_byte} = {value}");
         }
+        // A position that is not one (NaN, out of the world): malformed.
+        let (mut s, _) = pair();
+        let origin = Position::new(0.0, 0.0, 0.0, 0.0).expect("in the world");
+        let d = s
+            .seal(&placed(&[9; 20], Voice::default(), origin), at(0))
+            .expect("seals");
+        let body = d[..d.len() - TAG_BYTES].to_vec();
+        assert_eq!(body[VOICE_AT], PLACED);
+        let x_at = VOICE_AT + 3;
+        for bad in [f64::NAN, f64::INFINITY, 2e6] {
+            let mut b = body.clone();
+            b[x_at..x_at + 8].copy_from_slice(&bad.to_bits().to_be_bytes());
+            let (_, mut o) = pair();
+            assert_eq!(
+                o.open(&signed(b), at(0)).map(|_| ()),
+                Err(WireError::Malformed("position")),
+                "x = {bad}"
+            );
+        }
+        for cut in x_at..x_at + 32 {
+            let (_, mut o) = pair();
+            assert_eq!(
+                o.open(&signed(body[..cut].to_vec()), at(0)).map(|_| ()),
+                Err(WireError::Truncated),
+                "cut at {cut}"
+            );
+        }
+        let (mut s, _) = pair();
+        let whisper = Voice {
+            team: team("red"),
+            shout: true,
+            target: TalkTarget::Whisper(vec![ParticipantId(5), ParticipantId(6)]),
+        };
+        let d = s.seal(&voiced(&[9; 20], whisper), at(0)).expect("seals");
+        let body = &d[..d.len() - TAG_BYTES];
         // Cut anywhere inside the voice (and signed again): truncated, never a panic.
         for cut in VOICE_AT..count_at + 1 + 16 {
             let (_, mut o) = pair();

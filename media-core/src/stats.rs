@@ -118,6 +118,9 @@ pub struct TrunkStats {
     pub refused: u64,
     /// Remote participants removed after silence (a lost withdrawal or a dead shard).
     pub expired: u64,
+    /// Imported packets whose speaker's voice (team, shout role, talk target) differed from the one its
+    /// remote participant had: applied to the room's audibility (the first packet of a speaker with one).
+    pub voice_changes: u64,
 }
 
 /// Counters of mixed rooms and their jitter buffers.

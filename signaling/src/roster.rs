@@ -7,8 +7,9 @@
 //! settings and the other nodes' participants with it ([`ShardSeed`], in
 //! [`crate::locator::Location::Shard`]). Remote participants are listed and evented like local ones, with
 //! `remote: true` in their participant object. A moderation of one of them is handed to the cluster as a
-//! [`RemoteRequest`], for the node holding it to act ([`crate::Signaling::set_remote_actions`]); they
-//! cannot be whispered to or given a volume from this node ([`crate::AdminError::RemoteParticipant`]).
+//! [`RemoteRequest`], for the node holding it to act ([`crate::Signaling::set_remote_actions`]). They can
+//! be whispered to and given a volume like local ones: the media shards know them by the id their sid
+//! names (a remote speaker is imported with its own id, and a whisper's list travels with its audio).
 
 use std::time::Duration;
 

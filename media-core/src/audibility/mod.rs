@@ -42,12 +42,20 @@ pub struct Heard {
     pub hearing: Hearing,
 }
 
-/// A participant's voice settings: its team, its shout role, whom it talks to.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Voice {
-    team: Option<TeamId>,
-    shout: bool,
-    target: TalkTarget<ParticipantId>,
+/// A participant's voice settings: its team, its shout role, whom it talks to. What another shard of a
+/// spanned room needs to apply the same rules to it (it travels with its trunk packets).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Voice {
+    pub team: Option<TeamId>,
+    pub shout: bool,
+    pub target: TalkTarget<ParticipantId>,
+}
+
+impl Voice {
+    /// No team, no shout role, talking to the room: what a participant has until told otherwise.
+    pub fn is_default(&self) -> bool {
+        self.team.is_none() && !self.shout && self.target == TalkTarget::Room
+    }
 }
 
 /// One room's audibility. See the [module docs](self).
@@ -140,6 +148,26 @@ impl Audibility {
         }
     }
 
+    /// A participant's team, shout role and target ([`Voice::default`] until any was set).
+    pub fn voice(&self, id: ParticipantId) -> Option<&Voice> {
+        self.voices.get(&id)
+    }
+
+    /// Whether `id`'s voice settings are `voice` (no allocation: compared in place).
+    pub fn has_voice(&self, id: ParticipantId, voice: &Voice) -> bool {
+        self.voices
+            .get(&id)
+            .map_or_else(|| voice.is_default(), |v| v == voice)
+    }
+
+    /// All of a participant's voice settings at once (a remote speaker's, as its own shard has them).
+    pub fn set_voice(&mut self, now: Instant, id: ParticipantId, voice: Voice) {
+        if !self.has_voice(id, &voice) {
+            self.voices.insert(id, voice);
+            self.changed(now);
+        }
+    }
+
     /// How loud `listener` hears `speaker` from now on.
     pub fn set_volume(
         &mut self,
@@ -173,6 +201,18 @@ impl Audibility {
             of.remove(&id);
         }
         self.volumes.retain(|_, of| !of.is_empty());
+        self.sets.remove(&id);
+        self.changed(now);
+    }
+
+    /// A remote speaker left this shard (withdrawn while quiet, or expired): forget it as a speaker, but
+    /// keep the volumes listeners here gave it, for when it is imported again (it keeps its id). They go
+    /// with their listener.
+    pub fn remove_remote(&mut self, now: Instant, id: ParticipantId) {
+        if let Some(space) = self.space.as_mut() {
+            space.remove(now, id);
+        }
+        self.voices.remove(&id);
         self.sets.remove(&id);
         self.changed(now);
     }

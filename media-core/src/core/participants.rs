@@ -212,6 +212,10 @@ impl MediaCore {
         if let Some(peer) = p.peer() {
             self.router.remove_peer(peer.ufrag(), id);
         }
+        let remote = self
+            .rooms
+            .get(&p.room)
+            .is_some_and(|r| r.trunk.is_remote(&id));
         // The last local participant of a shard takes its remote ones along.
         let remote_left = self.leave_trunk(p.room, id);
         if let Some(room) = self.rooms.get_mut(&p.room) {
@@ -221,7 +225,12 @@ impl MediaCore {
                 mixer.remove_member(id);
             }
             room.release_forward_mixer();
-            room.audibility.remove(now, id);
+            if remote {
+                // The volumes given it stay for its next import (it comes back with the same id).
+                room.audibility.remove_remote(now, id);
+            } else {
+                room.audibility.remove(now, id);
+            }
             room.speakers_sent.remove(&id);
             room.members.retain(|m| *m != id);
             if room.members.is_empty() {

@@ -64,7 +64,7 @@ impl MediaCore {
 
     /// Change `id`'s room's audibility, then apply it at once: the sets, the slots (and their events) and
     /// the scoped speaker lists follow before the next packet.
-    fn with_audibility(
+    pub(super) fn with_audibility(
         &mut self,
         now: Instant,
         id: ParticipantId,

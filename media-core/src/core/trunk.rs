@@ -10,6 +10,12 @@
 //! so its slot selection or mixer ranks local and remote candidates alike. The global top K is inside the
 //! union of the local top Ks, so every shard selects the same speakers. Imported packets are never
 //! exported again.
+//!
+//! Every packet carries its speaker's [`Voice`] (team, shout role, talk target) as its own shard's
+//! [`Audibility`](crate::audibility::Audibility) has it, and the importing shard puts it in its room's
+//! audibility before the packet is delivered: a whisper or a team's talk is heard on every shard only by
+//! whom it is for, by the one policy. In every packet rather than in a state message of its own, so a lost
+//! datagram loses nothing but its audio and a remote speaker is never heard under a stale or missing target.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -19,11 +25,12 @@ use super::ingress::Audio;
 use super::room::{Room, RoomKind};
 use super::source::SourceInput;
 use super::{CoreError, JoinParams, Link, MediaCore};
+use crate::audibility::{Audibility, Voice};
 use crate::ids::{ParticipantId, RoomId, Ssrc};
 use crate::mixer::opus_packet_info;
 use crate::speakers::csrc_levels::MAX_CSRCS;
 use crate::stats::DropReason;
-use vocab::{RoomSettings, SourceRole};
+use vocab::{Position, RoomSettings, SourceRole};
 
 /// A remote participant not heard from this long is removed (its withdrawal was lost, or its shard died).
 pub const REMOTE_IDLE: Duration = Duration::from_secs(2);
@@ -48,6 +55,10 @@ pub struct TrunkPacket {
     pub level: Option<u8>,
     /// Plain Opus (a RED packet's primary).
     pub payload: Arc<[u8]>,
+    /// Whom the speaker talks to, and its team and shout role: the importing shard applies them.
+    pub voice: Arc<Voice>,
+    /// Where the speaker is, in a spatial room once it sent a position: the importing shard places it.
+    pub position: Option<Position>,
 }
 
 /// What one shard of a room tells the others.
@@ -81,6 +92,8 @@ pub(crate) struct RoomTrunk {
     pub(crate) exports: Vec<ParticipantId>,
     /// The remote participants imported into the room, and when each was last heard.
     pub(crate) imported: HashMap<ParticipantId, Instant>,
+    /// The voice each export's packets carry, shared by them until it changes.
+    pub(crate) voices: HashMap<ParticipantId, Arc<Voice>>,
 }
 
 impl RoomTrunk {
@@ -91,6 +104,19 @@ impl RoomTrunk {
     /// When the first remote participant expires, if any.
     pub(crate) fn next_expiry(&self) -> Option<Instant> {
         self.imported.values().min().map(|t| *t + REMOTE_IDLE)
+    }
+
+    /// The voice `id`'s packets carry: the cached one while the room's audibility still has it (compared in
+    /// place, no allocation per packet), else a fresh copy.
+    fn voice(&mut self, audibility: &Audibility, id: ParticipantId) -> Arc<Voice> {
+        if let Some(cached) = self.voices.get(&id) {
+            if audibility.has_voice(id, cached) {
+                return Arc::clone(cached);
+            }
+        }
+        let voice = Arc::new(audibility.voice(id).cloned().unwrap_or_default());
+        self.voices.insert(id, Arc::clone(&voice));
+        voice
     }
 
     /// The remote participants not heard since `now - REMOTE_IDLE`.
@@ -105,7 +131,7 @@ impl RoomTrunk {
 /// A delivered packet of `from` leaves for the other shards if `from` is one of the room's exports.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn export(
-    room: &Room,
+    room: &mut Room,
     from: ParticipantId,
     ssrc: Ssrc,
     seq: u64,
@@ -117,6 +143,12 @@ pub(super) fn export(
     if !room.trunk.exports.contains(&from) {
         return;
     }
+    let voice = room.trunk.voice(&room.audibility, from);
+    let position = room
+        .audibility
+        .space()
+        .and_then(|space| space.position(from))
+        .copied();
     out.push_back(TrunkMessage::Audio(TrunkPacket {
         room: room.id.clone(),
         speaker: from,
@@ -125,6 +157,8 @@ pub(super) fn export(
         timestamp,
         level: level.map(|l| l.unsigned_abs().min(127)),
         payload: Arc::clone(payload),
+        voice,
+        position,
     }));
 }
 
@@ -159,6 +193,7 @@ pub(super) fn refresh_exports(room: &mut Room, out: &mut VecDeque<TrunkMessage>)
             speaker: *gone,
         });
     }
+    room.trunk.voices.retain(|id, _| exports.contains(id));
     room.trunk.exports = exports;
 }
 
@@ -180,6 +215,7 @@ impl MediaCore {
                 room.selector.audibility_changed();
                 room.arm_tick(&mut self.next_tick);
             } else {
+                room.trunk.voices.clear();
                 for speaker in room.trunk.exports.drain(..) {
                     self.trunk_out.push_back(TrunkMessage::Withdrawn {
                         room: room.id.clone(),
@@ -264,6 +300,29 @@ impl MediaCore {
                 }
             }
         }
+        // The speaker's voice as its own shard has it, in this room's audibility before its packet is
+        // routed or mixed (the sets, slots and speaker lists follow at once, as for a local `talk`).
+        let same_voice = self
+            .rooms
+            .get(&key)
+            .is_some_and(|r| r.audibility.has_voice(id, &packet.voice));
+        if !same_voice {
+            let voice = Voice::clone(&packet.voice);
+            self.stats.trunk.voice_changes += 1;
+            self.with_audibility(now, id, |a| a.set_voice(now, id, voice))?;
+        }
+        // Its place in a spatial room (heard by distance from the next refresh, ≤ 10 Hz, as a local move).
+        if let Some(position) = packet.position {
+            let moved = self.rooms.get(&key).is_some_and(|r| {
+                r.audibility
+                    .space()
+                    .is_some_and(|space| space.position(id) != Some(&position))
+            });
+            if moved {
+                // A room that is not spatial here, or a position out of the world: not placed.
+                let _ = self.set_position(now, id, position);
+            }
+        }
         self.stats.trunk.packets_in += 1;
         let audio = Audio {
             source: packet.ssrc,
@@ -296,6 +355,7 @@ impl MediaCore {
         let was_remote = room.trunk.imported.remove(&id).is_some();
         if let Some(i) = room.trunk.exports.iter().position(|e| *e == id) {
             room.trunk.exports.swap_remove(i);
+            room.trunk.voices.remove(&id);
             self.trunk_out.push_back(TrunkMessage::Withdrawn {
                 room: room.id.clone(),
                 speaker: id,

@@ -2,13 +2,19 @@
 //! their trunk messages (as two workers' glue would, one hop after each 5 ms step). Speakers on either
 //! shard are heard on the other at their level, both shards select the same speakers, a louder voice
 //! takes over on both, a withdrawn speaker leaves at once, and a shard ends with its last local member.
+//! A speaker's voice (team, shout role, talk target) travels with its packets: a whisper or a team's talk
+//! reaches only whom it is for on the other shard, in forward and mixed rooms, and a change applies there.
+//! In a spatial room a speaker's position travels too: the other shard's listeners hear it by distance.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use media_core::audio::{ToneAnalysis, SAMPLE_RATE};
 use media_core::sim::LinkConfig;
-use media_core::{CoreError, CoreEvent, MixSettings, ParticipantId, RoomSettings};
+use media_core::{
+    CoreError, CoreEvent, FadeModel, MixSettings, ParticipantId, Position, RoomSettings,
+    SpatialSettings, TalkTarget, TeamId, Volume,
+};
 
 use crate::support::Sim;
 
@@ -229,4 +235,209 @@ fn a_mixed_room_across_shards_mixes_both_shards_talkers() {
     let tail = &played[played.len().saturating_sub(SAMPLE_RATE as usize * 2)..];
     let a = ToneAnalysis::analyze(tail, SAMPLE_RATE, &[440.0, 660.0]);
     assert_eq!(a.present_default(), vec![660.0], "A's talker: {a:?}");
+}
+
+/// Whether `sim`'s client `i` was ever told that `speaker` speaks (`speakers` events sent to it).
+fn told_of(sim: &Sim, i: usize, speaker: ParticipantId) -> bool {
+    let id = sim.clients[i].id;
+    sim.events.iter().any(|(_, e)| {
+        matches!(e, CoreEvent::Speakers { listeners, speakers }
+            if listeners.contains(&id) && speakers.iter().any(|(p, _)| *p == speaker))
+    })
+}
+
+fn team(name: &str) -> Option<TeamId> {
+    Some(TeamId::new(name).expect("a valid team"))
+}
+
+/// Forget what every client of both shards received and was told so far.
+fn forget(s: &mut Shards) {
+    for sim in [&mut s.a, &mut s.b] {
+        sim.events.clear();
+        for c in &mut sim.clients {
+            c.pcm_by_csrc.clear();
+        }
+    }
+}
+
+/// A talker on shard A whispers to one listener on shard B: that one hears it (slot and audio), the other
+/// listener on B and the one on A neither hear it nor are told it speaks. Then it talks to its team (one
+/// listener on B shares it), then to the room (everyone); each change applies on B.
+#[test]
+fn a_whisper_or_a_team_talk_across_shards_reaches_only_whom_it_is_for() {
+    let mut s = Shards::new(
+        RoomSettings::forward(3),
+        &[(440.0, 0.3), (550.0, 0.0)],
+        &[(660.0, 0.0), (770.0, 0.0)],
+    );
+    let a440 = s.a.clients[0].id;
+    let (b660, b770) = (s.b.clients[0].id, s.b.clients[1].id);
+    let now = s.a.now;
+    s.a.core.set_team(now, a440, team("red")).expect("A's");
+    let now = s.b.now;
+    s.b.core.set_team(now, b770, team("red")).expect("B's");
+    s.b.core.set_team(now, b660, team("blue")).expect("B's");
+    let now = s.a.now;
+    s.a.core
+        .set_talk_target(now, a440, TalkTarget::Whisper(vec![b660]))
+        .expect("a remote participant may be whispered to");
+    // What was said to the room while the shards connected is not the whisper's.
+    s.run_for(Duration::from_millis(500));
+    forget(&mut s);
+    s.run_for(Duration::from_secs(3));
+
+    let whisperer = speaker(&s.a, 0);
+    assert_eq!(hears(&s.b, 0, &whisperer), vec![440.0], "the whispered-to");
+    assert!(
+        s.b.clients[1].pcm(whisperer.ssrc).is_empty(),
+        "B's other listener"
+    );
+    assert!(!slotted(&s.b, 1).contains(&a440));
+    assert!(
+        !told_of(&s.b, 1, a440),
+        "B's other listener told of the whisper"
+    );
+    assert!(
+        s.a.clients[1].pcm(whisperer.ssrc).is_empty(),
+        "A's listener"
+    );
+    assert!(!told_of(&s.a, 1, a440), "A's listener told of the whisper");
+    assert!(s.b.core.stats().trunk.voice_changes >= 1);
+
+    // Team talk: only B's red listener.
+    forget(&mut s);
+    let now = s.a.now;
+    s.a.core
+        .set_talk_target(now, a440, TalkTarget::Team)
+        .expect("A's");
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(hears(&s.b, 1, &whisperer), vec![440.0], "the team mate");
+    assert!(told_of(&s.b, 1, a440));
+    let b660_pcm = s.b.clients[0].pcm(whisperer.ssrc);
+    // At most the tail of the whisper (packets in flight when the target changed).
+    assert!(
+        b660_pcm.len() < 48_000 / 5,
+        "the other team heard {}",
+        b660_pcm.len()
+    );
+    assert!(
+        s.a.clients[1].pcm(whisperer.ssrc).is_empty(),
+        "A's listener, no team"
+    );
+
+    // To the room: everyone.
+    let now = s.a.now;
+    s.a.core
+        .set_talk_target(now, a440, TalkTarget::Room)
+        .expect("A's");
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(hears(&s.b, 0, &whisperer), vec![440.0]);
+    assert_eq!(hears(&s.b, 1, &whisperer), vec![440.0]);
+    assert_eq!(hears(&s.a, 1, &whisperer), vec![440.0]);
+}
+
+/// A mixed room: a whisper from A to one listener on B is in that listener's own mix only; B's other
+/// listener's (shared) mix has no trace of it. A volume B's listener gives the remote talker applies there,
+/// and is kept when the talker is withdrawn and imported again.
+#[test]
+fn a_mixed_room_mixes_a_remote_whisper_only_for_its_listener_and_keeps_volumes_for_remote_talkers()
+{
+    let mut s = Shards::new(
+        RoomSettings::mix(MixSettings::default()),
+        &[(440.0, 0.2), (550.0, 0.0)],
+        &[(660.0, 0.0), (770.0, 0.0)],
+    );
+    let a440 = s.a.clients[0].id;
+    let b660 = s.b.clients[0].id;
+    let now = s.a.now;
+    s.a.core
+        .set_talk_target(now, a440, TalkTarget::Whisper(vec![b660]))
+        .expect("A's");
+    s.run_for(Duration::from_secs(4));
+    let tone = |sim: &Sim, i: usize| {
+        let played = &sim.clients[i].mix.played;
+        let tail = &played[played.len().saturating_sub(SAMPLE_RATE as usize * 2)..];
+        if tail.len() < SAMPLE_RATE as usize / 2 {
+            // Sent nothing to mix: silence.
+            return Vec::new();
+        }
+        ToneAnalysis::analyze(tail, SAMPLE_RATE, &[440.0, 550.0, 660.0, 770.0]).present_default()
+    };
+    assert_eq!(tone(&s.b, 0), vec![440.0], "the whispered-to");
+    assert_eq!(tone(&s.b, 1), Vec::<f32>::new(), "B's other listener");
+    assert_eq!(tone(&s.a, 1), Vec::<f32>::new(), "A's listener");
+
+    // B's other listener silences the talker, which then talks to the room: everyone else hears it.
+    let b770 = s.b.clients[1].id;
+    let now = s.b.now;
+    s.b.core
+        .set_volume(now, b770, a440, Volume::SILENT)
+        .expect("a volume for a remote talker");
+    let now = s.a.now;
+    s.a.core
+        .set_talk_target(now, a440, TalkTarget::Room)
+        .expect("A's");
+    s.run_for(Duration::from_secs(4));
+    assert_eq!(tone(&s.b, 0), vec![440.0]);
+    assert_eq!(tone(&s.a, 1), vec![440.0]);
+    assert_eq!(tone(&s.b, 1), Vec::<f32>::new(), "silenced on B");
+
+    // Gone from B (muted: withdrawn, or expired) and imported again: the volume still holds.
+    let room = s.b.room.clone();
+    s.a.core.set_muted(a440, true).expect("A's");
+    s.run_for(Duration::from_millis(2_500));
+    assert!(!s.b.core.room_members(&room).contains(&a440), "gone from B");
+    s.a.core.set_muted(a440, false).expect("A's");
+    s.run_for(Duration::from_secs(4));
+    assert!(
+        s.b.core.room_members(&room).contains(&a440),
+        "imported again"
+    );
+    assert_eq!(tone(&s.b, 0), vec![440.0]);
+    assert_eq!(tone(&s.b, 1), Vec::<f32>::new(), "still silenced on B");
+}
+
+/// A spatial room split over two shards: A's talker is placed next to one of B's listeners and far from
+/// the other; only the near one hears it. It walks over to the other: the hearing follows.
+#[test]
+fn a_remote_speakers_position_travels_and_listeners_hear_it_by_distance() {
+    let spatial = SpatialSettings {
+        audible_distance: 20.0,
+        conversational_distance: 2.0,
+        fade_intensity: 1.0,
+        fade_model: FadeModel::Linear,
+        max_audible: 4,
+    };
+    let mut s = Shards::new(
+        RoomSettings::forward(3).with_spatial(spatial),
+        &[(440.0, 0.3)],
+        &[(660.0, 0.0), (770.0, 0.0)],
+    );
+    let place = |sim: &mut Sim, i: usize, x: f64| {
+        let (now, id) = (sim.now, sim.clients[i].id);
+        let at = Position::new(x, 0.0, 0.0, 0.0).expect("in the world");
+        sim.core.set_position(now, id, at).expect("a spatial room");
+        sim.drain_core();
+    };
+    place(&mut s.b, 0, 0.0);
+    place(&mut s.b, 1, 100.0);
+    place(&mut s.a, 0, 1.0);
+    s.run_for(Duration::from_millis(500));
+    forget(&mut s);
+    s.run_for(Duration::from_secs(3));
+    let talker = speaker(&s.a, 0);
+    assert_eq!(hears(&s.b, 0, &talker), vec![440.0], "the near listener");
+    assert!(
+        s.b.clients[1].pcm(talker.ssrc).is_empty(),
+        "the far listener"
+    );
+    assert!(!told_of(&s.b, 1, s.a.clients[0].id));
+
+    // The talker walks over to the other listener.
+    place(&mut s.a, 0, 99.0);
+    s.run_for(Duration::from_millis(500));
+    forget(&mut s);
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(hears(&s.b, 1, &talker), vec![440.0], "now near");
+    assert!(s.b.clients[0].pcm(talker.ssrc).is_empty(), "now far");
 }

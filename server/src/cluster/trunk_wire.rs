@@ -5,11 +5,24 @@
 //! Layout (integers big-endian):
 //!
 //! ```text
-//! version u8 (1) | kind u8 (1 audio, 2 withdrawn) | boot u64 | seq u64 | sent_us u64
+//! version u8 (2) | kind u8 (1 audio, 2 withdrawn) | boot u64 | seq u64 | sent_us u64
 //! | node_len u8 | node | room_len u16 | room | speaker u64
-//! | audio only: ssrc u32 | rtp_seq u64 | timestamp u32 | level u8 (255: none) | payload_len u16 | payload
+//! | audio only: ssrc u32 | rtp_seq u64 | timestamp u32 | level u8 (255: none)
+//!   | voice: flags u8 (bit 0: shout, bit 1: placed; the others 0) | team_len u8 (0: none) | team
+//!     | target u8 (0 room, 1 team, 2 whisper) | whisper only: count u8 (1..=64) | count × participant u64
+//!     | placed only: x f64 | y f64 | z f64 | yaw_deg f64 (IEEE 754 bits, a valid `Position`)
+//!   | payload_len u16 | payload
 //! | tag [32]: HMAC-SHA256 over everything before it
 //! ```
+//!
+//! The speaker's voice (its team, shout role and talk target: `media_core::audibility::Voice`, and its
+//! position in a spatial room) is in every audio datagram, so the receiving shard applies the same rules to
+//! it from its first packet and a lost datagram loses nothing else (docs/architecture.md, "Rooms larger
+//! than a node"). Version 1 had no voice: a node refuses it (`bad_version`) rather than hear a whisper as
+//! talking to the room. A whisper names at most [`MAX_WHISPER_TARGETS`] (the protocol's own bound, so no
+//! list is cut): with the longest node id, room name and team, and a position, that leaves 580 bytes of
+//! Opus (230 kbit/s at 20 ms); a packet that still does not fit is not sent (`Oversized`, counted as a
+//! failed send), never sent without its voice.
 //!
 //! `boot` is random per start of the sending node and `seq` counts its datagrams from 1, so a receiver
 //! keeps a replay window per (node, boot); `sent_us` is the sender's wall clock in µs since the Unix epoch,
@@ -22,11 +35,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::hmac;
+use media_core::audibility::Voice;
 use media_core::replay::ReplayWindow;
 use media_core::{ParticipantId, RoomId, Ssrc, TrunkMessage, TrunkPacket};
+use vocab::{Position, TalkTarget, TeamId, MAX_WHISPER_TARGETS};
 
-/// The only version this node speaks.
-pub const VERSION: u8 = 1;
+/// The only version this node speaks (2: audio carries its speaker's voice).
+pub const VERSION: u8 = 2;
 
 /// The largest datagram sent or accepted: a 1500-byte Ethernet MTU less the IPv4 and UDP headers.
 pub const MAX_DATAGRAM_BYTES: usize = 1472;
@@ -45,6 +60,11 @@ const TAG_BYTES: usize = 32;
 const KIND_AUDIO: u8 = 1;
 const KIND_WITHDRAWN: u8 = 2;
 const NO_LEVEL: u8 = 255;
+const SHOUT: u8 = 1;
+const PLACED: u8 = 2;
+const TARGET_ROOM: u8 = 0;
+const TARGET_TEAM: u8 = 1;
+const TARGET_WHISPER: u8 = 2;
 const MAX_NODE_BYTES: usize = 64;
 /// version, kind, boot, seq, sent_us, node_len, room_len, speaker: the smallest possible message.
 const MIN_BYTES: usize = 1 + 1 + 8 + 8 + 8 + 1 + 2 + 8 + TAG_BYTES;
@@ -155,6 +175,7 @@ impl Sealer {
             out.extend_from_slice(&p.seq.to_be_bytes());
             out.extend_from_slice(&p.timestamp.to_be_bytes());
             out.push(p.level.map_or(NO_LEVEL, |l| l.min(127)));
+            put_voice(&mut out, &p.voice, p.position)?;
             out.extend_from_slice(&payload_len.to_be_bytes());
             out.extend_from_slice(&p.payload);
         }
@@ -231,6 +252,8 @@ impl Opener {
                     l if l <= 127 => Some(l),
                     _ => return Err(WireError::Malformed("level")),
                 };
+                let (voice, position) = r.voice()?;
+                let voice = Arc::new(voice);
                 let len = usize::from(r.u16()?);
                 let payload: Arc<[u8]> = Arc::from(r.take(len)?);
                 TrunkMessage::Audio(TrunkPacket {
@@ -241,6 +264,8 @@ impl Opener {
                     timestamp,
                     level,
                     payload,
+                    voice,
+                    position,
                 })
             }
             KIND_WITHDRAWN => TrunkMessage::Withdrawn { room, speaker },
@@ -335,6 +360,48 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
+    /// A speaker's voice and position (see the layout): anything but the values they may take is
+    /// `Malformed`.
+    fn voice(&mut self) -> Result<(Voice, Option<Position>), WireError> {
+        let flags = self.u8()?;
+        if flags & !(SHOUT | PLACED) != 0 {
+            return Err(WireError::Malformed("voice flags"));
+        }
+        let team = match usize::from(self.u8()?) {
+            0 => None,
+            n => Some(TeamId::new(self.str(n, "team")?).map_err(|_| WireError::Malformed("team"))?),
+        };
+        let target = match self.u8()? {
+            TARGET_ROOM => TalkTarget::Room,
+            TARGET_TEAM => TalkTarget::Team,
+            TARGET_WHISPER => {
+                let count = usize::from(self.u8()?);
+                if !(1..=MAX_WHISPER_TARGETS).contains(&count) {
+                    return Err(WireError::Malformed("whisper count"));
+                }
+                let mut to = Vec::with_capacity(count);
+                for _ in 0..count {
+                    to.push(ParticipantId(self.u64()?));
+                }
+                TalkTarget::Whisper(to)
+            }
+            _ => return Err(WireError::Malformed("talk target")),
+        };
+        let position = if flags & PLACED != 0 {
+            let mut f = || -> Result<f64, WireError> { Ok(f64::from_bits(self.u64()?)) };
+            let (x, y, z, yaw) = (f()?, f()?, f()?, f()?);
+            Some(Position::new(x, y, z, yaw).map_err(|_| WireError::Malformed("position"))?)
+        } else {
+            None
+        };
+        let voice = Voice {
+            team,
+            shout: flags & SHOUT != 0,
+            target,
+        };
+        Ok((voice, position))
+    }
+
     fn str(&mut self, n: usize, field: &'static str) -> Result<&'a str, WireError> {
         let s = std::str::from_utf8(self.take(n)?).map_err(|_| WireError::Malformed(field))?;
         if s.is_empty() {
@@ -342,6 +409,48 @@ impl<'a> Reader<'a> {
         }
         Ok(s)
     }
+}
+
+/// A speaker's voice, as [`Reader::voice`] reads it. A whisper beyond [`MAX_WHISPER_TARGETS`] (the core
+/// refuses one) or a team id longer than a byte's count is `Malformed`: never sent cut.
+fn put_voice(
+    out: &mut Vec<u8>,
+    voice: &Voice,
+    position: Option<Position>,
+) -> Result<(), WireError> {
+    let shout = if voice.shout { SHOUT } else { 0 };
+    let placed = if position.is_some() { PLACED } else { 0 };
+    out.push(shout | placed);
+    match &voice.team {
+        None => out.push(0),
+        Some(team) => {
+            let len =
+                u8::try_from(team.as_str().len()).map_err(|_| WireError::Malformed("team"))?;
+            out.push(len);
+            out.extend_from_slice(team.as_str().as_bytes());
+        }
+    }
+    match &voice.target {
+        TalkTarget::Room => out.push(TARGET_ROOM),
+        TalkTarget::Team => out.push(TARGET_TEAM),
+        TalkTarget::Whisper(to) => {
+            if !(1..=MAX_WHISPER_TARGETS).contains(&to.len()) {
+                return Err(WireError::Malformed("whisper count"));
+            }
+            out.push(TARGET_WHISPER);
+            out.push(to.len() as u8);
+            for id in to {
+                out.extend_from_slice(&id.0.to_be_bytes());
+            }
+        }
+    }
+    if let Some(p) = position {
+        p.validate().map_err(|_| WireError::Malformed("position"))?;
+        for v in [p.x, p.y, p.z, p.yaw_deg] {
+            out.extend_from_slice(&v.to_bits().to_be_bytes());
+        }
+    }
+    Ok(())
 }
 
 fn unix_micros(t: SystemTime) -> u64 {
@@ -356,6 +465,10 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn audio(payload: &[u8]) -> TrunkMessage {
+        voiced(payload, Voice::default())
+    }
+
+    fn voiced(payload: &[u8], voice: Voice) -> TrunkMessage {
         TrunkMessage::Audio(TrunkPacket {
             room: RoomId("big".into()),
             speaker: ParticipantId(7),
@@ -364,8 +477,45 @@ mod tests {
             timestamp: 960,
             level: Some(30),
             payload: Arc::from(payload),
+            voice: Arc::new(voice),
+            position: None,
         })
     }
+
+    fn placed(payload: &[u8], voice: Voice, position: Position) -> TrunkMessage {
+        let TrunkMessage::Audio(mut p) = voiced(payload, voice) else {
+            unreachable!()
+        };
+        p.position = Some(position);
+        TrunkMessage::Audio(p)
+    }
+
+    fn team(name: &str) -> Option<TeamId> {
+        Some(TeamId::new(name).expect("a valid team"))
+    }
+
+    /// Whispers to the most participants a whisper may name.
+    fn widest_whisper() -> Voice {
+        Voice {
+            team: team(&"t".repeat(64)),
+            shout: false,
+            target: TalkTarget::Whisper(
+                (0..MAX_WHISPER_TARGETS as u64)
+                    .map(|i| ParticipantId(0xffff_ffff_ffff - i))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// `body` (a datagram without its tag) with a valid tag: what a holder of the key could send.
+    fn signed(mut body: Vec<u8>) -> Vec<u8> {
+        let tag = hmac::sign(&WireKey::derive(SECRET).0, &body);
+        body.extend_from_slice(tag.as_ref());
+        body
+    }
+
+    /// Where the voice starts in a sealed audio datagram of node "node-a", room "big".
+    const VOICE_AT: usize = 1 + 1 + 8 + 8 + 8 + 1 + 6 + 2 + 3 + 8 + 4 + 8 + 4 + 1;
 
     fn pair() -> (Sealer, Opener) {
         let key = WireKey::derive(SECRET);
@@ -393,6 +543,152 @@ mod tests {
     }
 
     #[test]
+    fn every_voice_round_trips() {
+        let (mut s, mut o) = pair();
+        let voices = [
+            Voice::default(),
+            Voice {
+                team: team("red"),
+                shout: true,
+                target: TalkTarget::Room,
+            },
+            Voice {
+                team: team("blue.2"),
+                shout: false,
+                target: TalkTarget::Team,
+            },
+            Voice {
+                team: None,
+                shout: false,
+                target: TalkTarget::Whisper(vec![ParticipantId(1), ParticipantId(0xabc)]),
+            },
+            widest_whisper(),
+        ];
+        let somewhere = Position::new(-12.5, 1e6, 0.25, 725.0).expect("in the world");
+        for voice in voices {
+            for m in [
+                voiced(&[7; 80], voice.clone()),
+                placed(&[7; 80], voice, somewhere),
+            ] {
+                let d = s.seal(&m, at(0)).expect("seals");
+                assert_eq!(o.open(&d, at(0)).expect("opens").message, m);
+            }
+        }
+    }
+
+    #[test]
+    fn the_widest_voice_leaves_room_for_580_bytes_of_opus_and_more_is_not_sent() {
+        let key = WireKey::derive(SECRET);
+        let mut s = Sealer::new(key.clone(), &"n".repeat(MAX_NODE_BYTES), 1);
+        let room = RoomId("r".repeat(128));
+        let at_origin = Position::new(0.0, 0.0, 0.0, 0.0).expect("in the world");
+        let packet = |payload: usize| {
+            let TrunkMessage::Audio(mut p) = placed(&vec![1; payload], widest_whisper(), at_origin)
+            else {
+                unreachable!()
+            };
+            p.room = room.clone();
+            TrunkMessage::Audio(p)
+        };
+        let d = s.seal(&packet(580), at(0)).expect("580 bytes of Opus fit");
+        assert_eq!(d.len(), MAX_DATAGRAM_BYTES);
+        assert!(Opener::new(key).open(&d, at(0)).is_ok());
+        assert_eq!(s.seal(&packet(581), at(0)), Err(WireError::Oversized));
+        // A whisper the core would have refused is not sent cut.
+        let mut too_wide = widest_whisper();
+        too_wide.target = TalkTarget::Whisper(vec![ParticipantId(1); MAX_WHISPER_TARGETS + 1]);
+        assert_eq!(
+            s.seal(&voiced(&[1], too_wide), at(0)),
+            Err(WireError::Malformed("whisper count"))
+        );
+    }
+
+    #[test]
+    fn garbage_or_truncated_voices_are_refused_by_name() {
+        let (mut s, _) = pair();
+        let whisper = Voice {
+            team: team("red"),
+            shout: true,
+            target: TalkTarget::Whisper(vec![ParticipantId(5), ParticipantId(6)]),
+        };
+        let d = s.seal(&voiced(&[9; 20], whisper), at(0)).expect("seals");
+        let body = &d[..d.len() - TAG_BYTES];
+        // flags, team_len, "red", target, count, 2 ids
+        assert_eq!(&body[VOICE_AT..VOICE_AT + 5], &[SHOUT, 3, b'r', b'e', b'd']);
+        let team_at = VOICE_AT + 2;
+        let target_at = VOICE_AT + 5;
+        let count_at = target_at + 1;
+        let cases: Vec<(usize, u8, WireError)> = vec![
+            (VOICE_AT, 0x84, WireError::Malformed("voice flags")),
+            // Placed, without the position's bytes: the payload length and payload are taken for it.
+            (VOICE_AT, SHOUT | PLACED, WireError::Truncated),
+            (team_at, b'!', WireError::Malformed("team")),
+            (team_at, 0xff, WireError::Malformed("team")),
+            (target_at, 3, WireError::Malformed("talk target")),
+            (target_at, 0xff, WireError::Malformed("talk target")),
+            (count_at, 0, WireError::Malformed("whisper count")),
+            (count_at, 65, WireError::Malformed("whisper count")),
+            // A count beyond the ids present: runs out of bytes.
+            (count_at, 64, WireError::Truncated),
+            // A team length beyond the datagram.
+            (VOICE_AT + 1, 0xff, WireError::Truncated),
+            // Room with ids after it: the ids are trailing bytes (or a wrong payload length).
+            (target_at, TARGET_ROOM, WireError::Truncated),
+        ];
+        for (at_byte, value, expected) in cases {
+            let mut bad = body.to_vec();
+            bad[at_byte] = value;
+            let (_, mut o) = pair();
+            let got = o.open(&signed(bad), at(0));
+            assert_eq!(got.map(|_| ()), Err(expected), "byte {at_byte} = {value}");
+        }
+        // A position that is not one (NaN, out of the world): malformed.
+        let (mut s, _) = pair();
+        let origin = Position::new(0.0, 0.0, 0.0, 0.0).expect("in the world");
+        let d = s
+            .seal(&placed(&[9; 20], Voice::default(), origin), at(0))
+            .expect("seals");
+        let body = d[..d.len() - TAG_BYTES].to_vec();
+        assert_eq!(body[VOICE_AT], PLACED);
+        let x_at = VOICE_AT + 3;
+        for bad in [f64::NAN, f64::INFINITY, 2e6] {
+            let mut b = body.clone();
+            b[x_at..x_at + 8].copy_from_slice(&bad.to_bits().to_be_bytes());
+            let (_, mut o) = pair();
+            assert_eq!(
+                o.open(&signed(b), at(0)).map(|_| ()),
+                Err(WireError::Malformed("position")),
+                "x = {bad}"
+            );
+        }
+        for cut in x_at..x_at + 32 {
+            let (_, mut o) = pair();
+            assert_eq!(
+                o.open(&signed(body[..cut].to_vec()), at(0)).map(|_| ()),
+                Err(WireError::Truncated),
+                "cut at {cut}"
+            );
+        }
+        let (mut s, _) = pair();
+        let whisper = Voice {
+            team: team("red"),
+            shout: true,
+            target: TalkTarget::Whisper(vec![ParticipantId(5), ParticipantId(6)]),
+        };
+        let d = s.seal(&voiced(&[9; 20], whisper), at(0)).expect("seals");
+        let body = &d[..d.len() - TAG_BYTES];
+        // Cut anywhere inside the voice (and signed again): truncated, never a panic.
+        for cut in VOICE_AT..count_at + 1 + 16 {
+            let (_, mut o) = pair();
+            assert_eq!(
+                o.open(&signed(body[..cut].to_vec()), at(0)).map(|_| ()),
+                Err(WireError::Truncated),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
     fn a_wrong_key_or_any_flipped_bit_is_a_bad_tag() {
         let (mut s, _) = pair();
         let d = s.seal(&audio(&[5; 40]), at(0)).expect("seals");
@@ -410,9 +706,12 @@ mod tests {
     fn versions_lengths_replays_and_stale_times_are_refused() {
         let (mut s, mut o) = pair();
         let d = s.seal(&audio(&[1]), at(0)).expect("seals");
-        let mut v2 = d.clone();
-        v2[0] = 2;
-        assert_eq!(o.open(&v2, at(0)), Err(WireError::Version(2)));
+        for version in [1, 3] {
+            // Version 1 (no voice) is refused before its tag is checked, as any other.
+            let mut other = d.clone();
+            other[0] = version;
+            assert_eq!(o.open(&other, at(0)), Err(WireError::Version(version)));
+        }
         assert_eq!(
             o.open(&d[..MIN_BYTES - 1], at(0)),
             Err(WireError::Truncated)

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
+use crate::media::ParticipantId;
 use crate::protocol::{ParticipantInfo, ParticipantLeftReason};
 use crate::roster::{LocalRosterChange, RemoteRoster, RosterChange, RosterOutcome};
 
@@ -31,6 +32,18 @@ impl Room {
 }
 
 impl RoomRegistry {
+    /// The media id of `sid`, a participant of `room` here or on another node (a room spanning nodes):
+    /// whom a whisper or a volume may name. A remote participant's shards know it by the id its sid
+    /// names (its speech is imported with its own id, and a whisper's list travels with its audio).
+    pub(crate) fn find_audible(&self, room: &str, sid: &str) -> Result<ParticipantId, AdminError> {
+        match self.find(room, sid) {
+            Err(AdminError::RemoteParticipant) => sid
+                .parse::<ParticipantId>()
+                .map_err(|_| AdminError::ParticipantNotFound),
+            found => found,
+        }
+    }
+
     /// Where this node's roster changes go (once; later calls return false).
     pub(crate) fn set_roster_sink(&self, sink: mpsc::Sender<LocalRosterChange>) -> bool {
         self.roster.set(sink).is_ok()

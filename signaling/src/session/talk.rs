@@ -1,5 +1,6 @@
 //! `talk` and `volume`: whom the participant's voice is for, and how loud it hears each other participant.
-//! Both are checked here (whisper targets and volume subjects must be in the room), kept in the session (a
+//! Both are checked here (whisper targets and volume subjects must be in the room, on this node or, in a
+//! room spanning nodes, another one: the roster's `remote` participants), kept in the session (a
 //! resumed session keeps them; a move resets them) and handed to the media worker once it has the peer.
 
 use std::collections::HashMap;
@@ -14,7 +15,6 @@ use super::{Flow, Member, Wire, WsFrame};
 use crate::media::{MediaCommand, ParticipantId, TalkTarget, TeamId, Volume};
 use crate::metrics::SessionLimit;
 use crate::protocol::{ErrorCode, SetVolume, Talk};
-use crate::AdminError;
 
 /// `talk` and `volume` messages a session may send in a burst …
 pub const TALK_BURST: u32 = 20;
@@ -104,7 +104,10 @@ pub(super) async fn on_talk<T: Sink<WsFrame> + Unpin>(
         TalkTarget::Whisper(sids) => {
             let mut ids = Vec::with_capacity(sids.len());
             for sid in &sids {
-                let found = wire.ctx.registry().find(&member.membership.room, sid);
+                let found = wire
+                    .ctx
+                    .registry()
+                    .find_audible(&member.membership.room, sid);
                 match found {
                     Ok(id) if id == member.membership.id => {
                         let message = "a whisper is for others, not for oneself";
@@ -115,14 +118,9 @@ pub(super) async fn on_talk<T: Sink<WsFrame> + Unpin>(
                             ids.push(id);
                         }
                     }
-                    Err(error) => {
+                    Err(_) => {
                         let sid = super::truncate(sid, 20);
-                        let message = match error {
-                            AdminError::RemoteParticipant => {
-                                format!("{sid} is on another node of the cluster: a whisper reaches only participants of this node")
-                            }
-                            _ => format!("{sid} is not a participant of this room"),
-                        };
+                        let message = format!("{sid} is not a participant of this room");
                         return wire.reject(ErrorCode::BadTarget, message).await;
                     }
                 }
@@ -153,18 +151,13 @@ pub(super) async fn on_volume<T: Sink<WsFrame> + Unpin>(
     let speaker = match wire
         .ctx
         .registry()
-        .find(&member.membership.room, &request.sid)
+        .find_audible(&member.membership.room, &request.sid)
     {
         Ok(id) if id == member.membership.id => {
             let message = "a volume is for another participant";
             return wire.reject(ErrorCode::BadTarget, message).await;
         }
         Ok(id) => id,
-        Err(AdminError::RemoteParticipant) => {
-            let message =
-                "the participant is on another node of the cluster: its volume is set there";
-            return wire.reject(ErrorCode::ParticipantNotFound, message).await;
-        }
         Err(_) => {
             let message = "no such participant in this room";
             return wire.reject(ErrorCode::ParticipantNotFound, message).await;

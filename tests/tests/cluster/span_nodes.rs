@@ -1,10 +1,13 @@
 //! A room spanning two nodes (issue 16 item 2): with `room_node_participants = 1` a join reaching the node
 //! that does not own the room opens a shard of it there instead of being redirected, and the two shards
 //! exchange their speakers as authenticated trunk datagrams: each participant hears the other's tone. A
-//! forged datagram (a wrong tag) sent to the trunk port is counted and changes nothing. The room has one
+//! forged datagram (a wrong tag) or one of the old version 1 sent to the trunk port is counted and changes
+//! nothing. The room has one
 //! roster and one set of settings: the admin-created room's two slots hold on the other node, each side
 //! lists the other in `participants` / `participant_joined`, sees a leave there, and sees the other node's
-//! participant leave when that node is killed.
+//! participant leave when that node is killed. A whisper from one node to a participant on the other is
+//! heard by that one only: a third participant on the whispered-to's node hears nothing of it and is not
+//! told in `speakers` that the whisperer speaks; a volume for the remote talker is accepted.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +15,7 @@ use anyhow::{bail, ensure, Context};
 use chorus_tests::{Signal, SAMPLE_RATE};
 use serde_json::{json, Value};
 
-use super::{heard_of, join_at, wait_hearing, Cluster, Member, SECONDS, TONES};
+use super::{heard_of, hears_tone, join_at, wait_hearing, Cluster, Member, SECONDS, TONES};
 
 const SECRET: &str = "e2e-trunk-secret-of-at-least-32-bytes";
 
@@ -120,17 +123,21 @@ async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<(
         .and_then(|n| n["trunk_addr"].as_str())
         .context("the other node publishes its trunk address")?
         .parse()?;
-    let mut forged = vec![1u8, 1];
-    forged.extend_from_slice(&[7u8; 120]);
+    // Version 2 (audio with its speaker's voice) with a wrong tag, and a version-1 datagram (audio without
+    // a voice: a whisper would be heard by the room): each refused with its own counter.
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-    socket.send_to(&forged, trunk).await?;
-    let bad_tag = r#"chorus_cluster_trunk_datagrams_total{result="bad_tag"}"#;
-    let deadline = Instant::now() + SECONDS;
-    while other.metric(bad_tag).await? != 1.0 {
-        if Instant::now() > deadline {
-            bail!("the forged datagram was not counted");
+    for (version, result) in [(2u8, "bad_tag"), (1, "bad_version")] {
+        let mut forged = vec![version, 1];
+        forged.extend_from_slice(&[7u8; 120]);
+        socket.send_to(&forged, trunk).await?;
+        let counter = format!(r#"chorus_cluster_trunk_datagrams_total{{result="{result}"}}"#);
+        let deadline = Instant::now() + SECONDS;
+        while other.metric(&counter).await? != 1.0 {
+            if Instant::now() > deadline {
+                bail!("the forged datagram (version {version}) was not counted as {result}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_hearing(&ada, &bob, SAMPLE_RATE as usize / 2, SECONDS).await?;
     for node in [&cluster.nodes[owner], other] {
@@ -223,5 +230,117 @@ async fn leaves_are_seen_across_nodes(
         "cluster: Ada sees Bob leave {:?} after his node was killed (node TTL 1.5 s)",
         killed.elapsed()
     );
+    Ok(())
+}
+
+/// Receives `member`'s signaling messages for `during`: whether any `speakers` event named `sid`.
+async fn told_speaking(member: &mut Member, sid: &str, during: Duration) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + during;
+    let mut told = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(told);
+        }
+        match member.p.signal.recv(left).await {
+            Ok(Some(v)) if v["type"] == "speakers" => {
+                let named = v["speakers"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|s| s["sid"] == sid));
+                told |= named;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("{}'s socket closed", member.p.sid),
+            // No message before the deadline.
+            Err(_) => return Ok(told),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whisper_across_nodes_reaches_only_its_listener() -> anyhow::Result<()> {
+    let cluster = Cluster::start_nodes(
+        2,
+        &[
+            ("CHORUS_CLUSTER_TRUNK_LISTEN", "127.0.0.1:0"),
+            ("CHORUS_CLUSTER_TRUNK_SECRET", SECRET),
+            ("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS", "1"),
+        ],
+    )
+    .await?;
+    let (here, there) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut ada = join_at(here, "wide", "ada", TONES[0]).await?;
+    ensure!(ada.url == here.ws_url(), "the room is node 0's");
+    let listed = "HEXISTS chorus:shards:wide node-0";
+    let deadline = Instant::now() + SECONDS;
+    while cluster.redis.query(listed).await.as_deref() != Some(":1") {
+        if Instant::now() > deadline {
+            bail!("the owner did not list its shard of the room");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Bob and Cy reach node 1 and stay there.
+    let bob = join_at(there, "wide", "bob", TONES[1]).await?;
+    let mut cy = join_at(there, "wide", "cy", TONES[2]).await?;
+    ensure!(
+        bob.url == there.ws_url() && cy.url == there.ws_url(),
+        "Bob and Cy are on node 1"
+    );
+    for _ in 0..2 {
+        let joined = ada.p.signal.expect("participant_joined", SECONDS).await?;
+        assert_eq!(joined["participant"]["remote"], true, "{joined}");
+    }
+    // Everyone talks to the room first: Cy hears Ada across the nodes.
+    wait_hearing(&ada, &cy, SAMPLE_RATE as usize / 2, SECONDS).await?;
+
+    // Ada whispers to Bob, on the other node; she sets a volume for Cy there too (accepted: no error).
+    ada.p
+        .signal
+        .send(json!({"type": "talk", "target": "whisper", "to": [bob.p.sid]}))
+        .await?;
+    ada.p
+        .signal
+        .send(json!({"type": "volume", "sid": cy.p.sid, "volume": -6}))
+        .await?;
+    ada.p.signal.send(json!({"type": "ping", "id": 1})).await?;
+    let deadline = Instant::now() + SECONDS;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = ada
+            .p
+            .signal
+            .recv(left)
+            .await?
+            .context("Ada's socket closed")?;
+        ensure!(v["type"] != "error", "Ada's whisper or volume refused: {v}");
+        if v["type"] == "pong" {
+            break;
+        }
+    }
+    // What was on its way to Cy when the target changed arrives within a few hundred milliseconds, and
+    // the `speakers` update that drops Ada with it.
+    let whispering = Instant::now();
+    told_speaking(&mut cy, &ada.p.sid, Duration::from_millis(500)).await?;
+    let (cy_before, bob_before) = (heard_of(&cy, &ada), heard_of(&bob, &ada));
+    let told = told_speaking(&mut cy, &ada.p.sid, 2 * SECONDS).await?;
+    ensure!(!told, "Cy is told that Ada, who whispers to Bob, speaks");
+    let cy_heard = heard_of(&cy, &ada) - cy_before;
+    ensure!(
+        cy_heard == 0,
+        "Cy heard {cy_heard} samples of Ada's whisper to Bob"
+    );
+    let bob_heard = heard_of(&bob, &ada) - bob_before;
+    ensure!(
+        bob_heard >= SAMPLE_RATE as usize,
+        "Bob heard only {bob_heard} samples of Ada's whisper in 2 s"
+    );
+    ensure!(hears_tone(&bob, &ada), "Bob hears Ada's tone");
+    // Cy still hears Bob (same node) and Ada hears Cy: only the whisper is scoped.
+    ensure!(hears_tone(&cy, &bob) && hears_tone(&ada, &cy));
+    println!(
+        "cluster: over {:?} of Ada's whisper across nodes Bob decoded {bob_heard} samples of it, Cy none",
+        whispering.elapsed()
+    );
+    ada.p.client.stop().await?;
     Ok(())
 }

@@ -72,6 +72,19 @@ fn another_nodes_participants_are_listed_evented_and_dropped_with_their_node() {
         registry.find("wide", "PA_000000000000"),
         Err(AdminError::ParticipantNotFound)
     );
+    // … but may be whispered to or given a volume: by the id its sid names.
+    assert_eq!(
+        registry.find_audible("wide", &bob.sid),
+        Ok(ParticipantId(0xb0))
+    );
+    assert_eq!(
+        registry.find_audible("wide", &ada.participant.sid),
+        registry.find("wide", &ada.participant.sid)
+    );
+    assert_eq!(
+        registry.find_audible("wide", "PA_000000000000"),
+        Err(AdminError::ParticipantNotFound)
+    );
     // Its node is known, for a moderation to go there.
     assert_eq!(
         registry.remote_node("wide", &bob.sid).as_deref(),

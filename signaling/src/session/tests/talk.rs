@@ -209,3 +209,56 @@ async fn volumes_are_checked_and_a_flood_is_refused() {
     );
     bob.ping(4).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_participant_on_another_node_may_be_whispered_to_and_given_a_volume() {
+    use crate::protocol::ParticipantLeftReason;
+    use crate::roster::{RemoteRoster, RosterChange};
+    let (ctx, mut media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    let ada_sid = ada.join(&token("wide", "ada")).await.participant.sid;
+    let ada_id = id_of(&ada_sid);
+    let bob = ParticipantInfo::sample("PA_0000000000b0", "bob");
+    let joined = RosterChange::Joined {
+        participant: bob.clone(),
+        replaces: Vec::new(),
+    };
+    ctx.remote_roster("wide", "node-b", RemoteRoster::Change(joined));
+    ada.message().await; // bob joined (remote)
+    ada.offer().await;
+    assert!(matches!(media.next().await, Seen::Connect { .. }));
+
+    // The media worker gets the id bob's sid names: his speech is imported here with it, and the whisper's
+    // list travels to his node with ada's audio.
+    ada.json(json!({"type": "talk", "target": "whisper", "to": [bob.sid]}));
+    ada.json(json!({"type": "volume", "sid": bob.sid, "volume": -10}));
+    ada.ping(1).await;
+    assert_eq!(
+        media.next().await,
+        Seen::Talk {
+            participant: ada_id,
+            target: TalkTarget::Whisper(vec![id_of(&bob.sid)])
+        }
+    );
+    assert_eq!(
+        media.next().await,
+        Seen::Volume {
+            listener: ada_id,
+            speaker: id_of(&bob.sid),
+            volume: Volume::new(-10).expect("in range")
+        }
+    );
+    // Gone from his node: no longer a target.
+    let left = RosterChange::Left {
+        sid: bob.sid.clone(),
+        reason: ParticipantLeftReason::Left,
+    };
+    ctx.remote_roster("wide", "node-b", RemoteRoster::Change(left));
+    ada.message().await; // bob left
+    ada.json(json!({"type": "talk", "target": "whisper", "to": [bob.sid]}));
+    ada.error(ErrorCode::BadTarget).await;
+    ada.json(json!({"type": "volume", "sid": bob.sid, "volume": 5}));
+    ada.error(ErrorCode::ParticipantNotFound).await;
+    ada.ping(2).await;
+    media.assert_no_command();
+}

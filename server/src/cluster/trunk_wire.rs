@@ -612,7 +612,8 @@ mod tests {
             target: TalkTarget::Whisper(vec![ParticipantId(5), ParticipantId(6)]),
         };
         let d = s.seal(&voiced(&[9; 20], whisper), at(0)).expect("seals");
-        let body = &d[..d.len() - TAG_BYTES];
+        let whisper_body = d[..d.len() - TAG_BYTES].to_vec();
+        let body = &whisper_body;
         // flags, team_len, "red", target, count, 2 ids
         assert_eq!(&body[VOICE_AT..VOICE_AT + 5], &[SHOUT, 3, b'r', b'e', b'd']);
         let team_at = VOICE_AT + 2;
@@ -669,19 +670,12 @@ mod tests {
                 "cut at {cut}"
             );
         }
-        let (mut s, _) = pair();
-        let whisper = Voice {
-            team: team("red"),
-            shout: true,
-            target: TalkTarget::Whisper(vec![ParticipantId(5), ParticipantId(6)]),
-        };
-        let d = s.seal(&voiced(&[9; 20], whisper), at(0)).expect("seals");
-        let body = &d[..d.len() - TAG_BYTES];
-        // Cut anywhere inside the voice (and signed again): truncated, never a panic.
+        // Cut anywhere inside the whisper's voice (and signed again): truncated, never a panic.
         for cut in VOICE_AT..count_at + 1 + 16 {
             let (_, mut o) = pair();
             assert_eq!(
-                o.open(&signed(body[..cut].to_vec()), at(0)).map(|_| ()),
+                o.open(&signed(whisper_body[..cut].to_vec()), at(0))
+                    .map(|_| ()),
                 Err(WireError::Truncated),
                 "cut at {cut}"
             );

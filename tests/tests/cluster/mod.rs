@@ -98,6 +98,21 @@ impl Cluster {
         Self::start_nodes(3, &[]).await
     }
 
+    /// Redis and two nodes whose rooms span both from their first participant on each (a trunk socket on
+    /// loopback, a shared trunk secret, `room_node_participants` 1), each with the environment `extra` too.
+    async fn start_spanning(extra: &[(&str, &str)]) -> anyhow::Result<Cluster> {
+        let mut env = vec![
+            ("CHORUS_CLUSTER_TRUNK_LISTEN", "127.0.0.1:0"),
+            (
+                "CHORUS_CLUSTER_TRUNK_SECRET",
+                "e2e-trunk-secret-of-at-least-32-bytes",
+            ),
+            ("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS", "1"),
+        ];
+        env.extend_from_slice(extra);
+        Self::start_nodes(2, &env).await
+    }
+
     /// Redis and `count` nodes, each with the environment `extra` too.
     async fn start_nodes(count: usize, extra: &[(&str, &str)]) -> anyhow::Result<Cluster> {
         let redis = Redis::start(free_tcp_port()).await?;

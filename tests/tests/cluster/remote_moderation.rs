@@ -11,8 +11,6 @@ use serde_json::{json, Value};
 
 use super::{heard_of, join_at, member, wait_hearing, Cluster, Member, SECONDS, TONES};
 
-const SECRET: &str = "e2e-trunk-secret-of-at-least-32-bytes";
-
 /// Waits until `listener` has decoded nothing new of `talker` for 300 ms (within two seconds); returns
 /// how long after `since` the last sample arrived.
 async fn silent(listener: &Member, talker: &Member, since: Instant) -> anyhow::Result<Duration> {
@@ -45,15 +43,7 @@ async fn told_muted(ada: &mut Member, bob: &Member, muted: bool) -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moderator_on_one_node_mutes_and_kicks_a_participant_on_another() -> anyhow::Result<()> {
-    let cluster = Cluster::start_nodes(
-        2,
-        &[
-            ("CHORUS_CLUSTER_TRUNK_LISTEN", "127.0.0.1:0"),
-            ("CHORUS_CLUSTER_TRUNK_SECRET", SECRET),
-            ("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS", "1"),
-        ],
-    )
-    .await?;
+    let cluster = Cluster::start_spanning(&[]).await?;
     let (here, there) = (&cluster.nodes[0], &cluster.nodes[1]);
     let token = here.token("wide", "ada", &["--moderator"])?;
     let mut ada = member(&here.ws_url(), token, "wide", TONES[0]).await?;

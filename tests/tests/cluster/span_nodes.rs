@@ -17,21 +17,13 @@ use serde_json::{json, Value};
 
 use super::{heard_of, hears_tone, join_at, wait_hearing, Cluster, Member, SECONDS, TONES};
 
-const SECRET: &str = "e2e-trunk-secret-of-at-least-32-bytes";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<()> {
-    let cluster = Cluster::start_nodes(
-        2,
-        &[
-            ("CHORUS_CLUSTER_TRUNK_LISTEN", "127.0.0.1:0"),
-            ("CHORUS_CLUSTER_TRUNK_SECRET", SECRET),
-            ("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS", "1"),
-            // A killed node is gone within 1.5 s.
-            ("CHORUS_CLUSTER_HEARTBEAT_MS", "500"),
-            ("CHORUS_CLUSTER_NODE_TTL_MS", "1500"),
-        ],
-    )
+    // A killed node is gone within 1.5 s.
+    let cluster = Cluster::start_spanning(&[
+        ("CHORUS_CLUSTER_HEARTBEAT_MS", "500"),
+        ("CHORUS_CLUSTER_NODE_TTL_MS", "1500"),
+    ])
     .await?;
     // An operator creates the room on node 0 with two slots (the server's default is three).
     let admin = cluster.nodes[0].admin_token()?;
@@ -259,15 +251,7 @@ async fn told_speaking(member: &mut Member, sid: &str, during: Duration) -> anyh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whisper_across_nodes_reaches_only_its_listener() -> anyhow::Result<()> {
-    let cluster = Cluster::start_nodes(
-        2,
-        &[
-            ("CHORUS_CLUSTER_TRUNK_LISTEN", "127.0.0.1:0"),
-            ("CHORUS_CLUSTER_TRUNK_SECRET", SECRET),
-            ("CHORUS_CLUSTER_ROOM_NODE_PARTICIPANTS", "1"),
-        ],
-    )
-    .await?;
+    let cluster = Cluster::start_spanning(&[]).await?;
     let (here, there) = (&cluster.nodes[0], &cluster.nodes[1]);
     let mut ada = join_at(here, "wide", "ada", TONES[0]).await?;
     ensure!(ada.url == here.ws_url(), "the room is node 0's");

@@ -682,6 +682,77 @@ mod tests {
         }
     }
 
+    /// What a holder of the key could send, at random: valid datagrams of every kind with bytes changed,
+    /// cut or added behind the tag's protection (signed again), 20,000 of them from a fixed seed. Each
+    /// opens or is refused by name; none panics, and one that opens seals back to the same body.
+    #[test]
+    fn signed_mutations_open_or_are_refused_never_panic() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let origin = Position::new(1.0, 2.0, 3.0, 90.0).expect("in the world");
+        let whisper = Voice {
+            team: team("red"),
+            shout: true,
+            target: TalkTarget::Whisper(vec![ParticipantId(5), ParticipantId(6)]),
+        };
+        let messages = [
+            audio(&[1; 40]),
+            voiced(&[2; 30], whisper.clone()),
+            placed(&[3; 20], whisper, origin),
+            TrunkMessage::Withdrawn {
+                room: RoomId("big".into()),
+                speaker: ParticipantId(9),
+            },
+        ];
+        let (mut s, _) = pair();
+        let bodies: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|m| {
+                let d = s.seal(m, at(0)).expect("seals");
+                d[..d.len() - TAG_BYTES].to_vec()
+            })
+            .collect();
+        let (mut opened, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut body = bodies[(next() % bodies.len() as u64) as usize].clone();
+            for _ in 0..1 + next() % 4 {
+                match next() % 3 {
+                    0 => {
+                        let i = (next() % body.len() as u64) as usize;
+                        body[i] = next() as u8;
+                    }
+                    1 => body.truncate((next() % (body.len() as u64 + 1)) as usize),
+                    _ => body.extend((0..1 + next() % 8).map(|_| next() as u8)),
+                }
+                if body.is_empty() {
+                    break;
+                }
+            }
+            // A fresh opener each time: the replay window is not what is tested.
+            let (_, mut o) = pair();
+            match o.open(&signed(body.clone()), at(0)) {
+                Ok(got) => {
+                    opened += 1;
+                    // What opened is a message the sealer could have sent: sealing it gives a body
+                    // that opens to the same message.
+                    let (mut again, mut o2) = pair();
+                    if let Ok(d) = again.seal(&got.message, at(0)) {
+                        let back = o2.open(&d, at(0)).expect("a sealed message opens");
+                        assert_eq!(back.message, got.message);
+                    }
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        println!("trunk_wire: {opened} of 20000 mutated datagrams opened, {refused} refused");
+        assert!(refused > 0 && opened + refused == 20_000, "{opened} opened");
+    }
+
     #[test]
     fn a_wrong_key_or_any_flipped_bit_is_a_bad_tag() {
         let (mut s, _) = pair();

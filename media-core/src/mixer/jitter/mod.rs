@@ -438,12 +438,21 @@ pub struct JitterBuffer {
     /// Samples played since the last moment the delay could shrink for free: a gap or a quiet packet between
     /// quiet ones (see [`FORCE_SHRINK_PATIENCE`]).
     loud_run: i64,
+    /// A moment to shrink the delay for free (see `loud_run`) has come since the stream started. Until then
+    /// the delay playout started at (`start_target_us`) is not forced down: what the first talk spurt keeps
+    /// above a target that fell while it played is given up in the talker's first pause.
+    settled: bool,
+    /// The target when playout last started (µs).
+    start_target_us: i64,
     force: Force,
     /// Playout position of the last forced correction.
     last_forced: Option<i64>,
     /// Monotonic deque for the sliding minimum transit: (arrival µs, transit µs), transit increasing.
     window: VecDeque<(i64, i64)>,
     histogram: Vec<f64>,
+    /// Delays measured into the histogram (saturating): until the forgetting factor takes over, each
+    /// measurement weighs as much as the seed and every one before it (see [`JitterBuffer::measure`]).
+    measured: u32,
     target_us: i64,
     /// Smoothed share of packets lost (see [`LOSS_SMOOTHING`]); kept across restarts, like the histogram.
     loss_rate: f64,
@@ -484,10 +493,13 @@ impl JitterBuffer {
             last_delay_us: 0,
             conceal_run: 0,
             loud_run: 0,
+            settled: false,
+            start_target_us: 0,
             force: Force::None,
             last_forced: None,
             window: VecDeque::with_capacity(WINDOW_CAPACITY),
             histogram: vec![0.0; buckets],
+            measured: 0,
             target_us: 0,
             loss_rate: 0.0,
             loss_margin: false,

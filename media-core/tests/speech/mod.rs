@@ -247,7 +247,9 @@ fn frame_exact_failures(name: &str, room: RoomSettings) -> Vec<String> {
     let mut failures = Vec::new();
     let mut lag = global;
     let mut lags = Vec::new();
-    let (mut run_index, mut heard) = (0, 0);
+    // First the delay of every run, then the frames: a pause is checked at the delay of the run before it
+    // and of the run after it (the mixer may change its delay in a pause).
+    let mut segments = Vec::new();
     let mut i = 0;
     while i < frames.len() {
         let start = i;
@@ -291,16 +293,28 @@ fn frame_exact_failures(name: &str, room: RoomSettings) -> Vec<String> {
             }
             lag = (powers[lo].0 + powers[hi].0) / 2;
             lags.push(lag);
-            run_index += 1;
         }
+        segments.push((start, i, tone, lag));
+    }
+    let (mut run_index, mut heard) = (0, 0);
+    for (k, &(start, i, tone, lag)) in segments.iter().enumerate() {
+        run_index += usize::from(tone);
+        // A pause's other alignment: the run after it (the last pause has none).
+        let next_lag = segments
+            .get(k + 1)
+            .filter(|next| next.2)
+            .map_or(lag, |next| next.3);
         for (f, sent) in frames.iter().enumerate().take(i).skip(start) {
-            let from = (f * FRAME_SAMPLES + FRAME_SAMPLES / 4) as i64 + lag * block;
-            let to = from + FRAME_SAMPLES as i64 / 2;
-            let window = if from >= 0 && to as usize <= received.len() {
-                &received[from as usize..to as usize]
-            } else {
-                &[][..]
+            let window_at = |lag: i64| {
+                let from = (f * FRAME_SAMPLES + FRAME_SAMPLES / 4) as i64 + lag * block;
+                let to = from + FRAME_SAMPLES as i64 / 2;
+                if from >= 0 && to as usize <= received.len() {
+                    &received[from as usize..to as usize]
+                } else {
+                    &[][..]
+                }
             };
+            let window = window_at(lag);
             let what = match sent {
                 Some(freq) => format!("run {run_index} frame {} ({freq} Hz)", f - start + 1),
                 None => format!("pause frame {f}"),
@@ -338,7 +352,7 @@ fn frame_exact_failures(name: &str, room: RoomSettings) -> Vec<String> {
                     // 17 dB under it, or a whole frame). Anywhere else a pause is silent.
                     let edge = f == start || f + 1 == i;
                     let limit = if edge { -40.0 } else { -50.0 };
-                    let dbov = audio::rms_dbov(window);
+                    let dbov = audio::rms_dbov(window).min(audio::rms_dbov(window_at(next_lag)));
                     if dbov > limit {
                         failures.push(format!("{what}: {dbov:.1} dBFS of stray audio"));
                     }

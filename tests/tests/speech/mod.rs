@@ -242,9 +242,13 @@ fn score(r: &Recording, speech: &[f32], clean: bool) -> Scored {
 /// A server with a forward room (created by the first join) and a mixed room (created by the admin API).
 async fn server_with_rooms() -> anyhow::Result<Server> {
     let server = Server::start(&[]).await?;
-    server
-        .create_room(&json!({"name": "speech-mix", "mode": "mix"}))
-        .await?;
+    let mut room = json!({"name": "speech-mix", "mode": "mix"});
+    // For measuring another floor of the mixer's jitter buffer by hand (docs/loadtest.md), e.g. 10.
+    if let Ok(ms) = std::env::var("CHORUS_TEST_MIX_JITTER_MIN_MS") {
+        room["mix"] =
+            json!({"jitter_min_ms": ms.parse::<u32>().context("CHORUS_TEST_MIX_JITTER_MIN_MS")?});
+    }
+    server.create_room(&room).await?;
     Ok(server)
 }
 

@@ -62,11 +62,20 @@ impl JitterBuffer {
         let index = usize::try_from(relative / BUCKET_US)
             .unwrap_or(last)
             .min(last);
+        // A new stream's histogram is the seed and the delays measured so far, each weighing alike (the
+        // seed counts as one measurement): the n-th keeps n / (n + 1) of the mass, until the forgetting
+        // factor keeps less (from the 58th, at 0.983). The seed alone used to fade at the forgetting
+        // factor's pace, so the target stayed at `initial_delay` for 3.5 s whatever was measured, then fell
+        // to the floor at once, 50 ms at a 10 ms floor: beyond `force_margin`, and loud packets of the first
+        // long sentence were dropped.
+        self.measured = self.measured.saturating_add(1);
+        let n = f64::from(self.measured);
         let forget = self
             .config
             .forget_factor
             .clamp(0.0, 1.0)
-            .powf(f64::from(samples) / f64::from(TICK_SAMPLES));
+            .powf(f64::from(samples) / f64::from(TICK_SAMPLES))
+            .min(n / (n + 1.0));
         self.histogram.iter_mut().for_each(|b| *b *= forget);
         self.histogram[index] += 1.0 - forget;
         self.update_target();

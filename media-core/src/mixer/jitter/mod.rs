@@ -26,7 +26,13 @@
 //! seconds. The *target delay* is the [`JitterConfig::percentile`] (95th) of that histogram plus
 //! [`JitterConfig::headroom`] (at most the percentile itself, so a stream with little jitter gets little
 //! headroom), clamped to `[min_delay, max_delay]`. The histogram starts with all its mass
-//! at [`JitterConfig::initial_delay`], so a new stream starts there and converges within a few seconds.
+//! at [`JitterConfig::initial_delay`], so a new stream starts playing there, but that seed weighs as one
+//! measurement: the n-th delay measured keeps only n / (n + 1) of the mass (until the forgetting factor
+//! keeps less, from the 58th), so the histogram is the plain distribution of what was measured, the seed
+//! included, and the target reaches the measured one within about 20 packets (0.4 s). (The seed used to fade
+//! at the forgetting factor's pace: the target stayed at `initial_delay` for 3.5 s whatever was measured,
+//! then fell to the floor in one step, and at a 10 ms floor that step, 50 ms, was beyond `force_margin`:
+//! loud packets of the first long sentence were dropped, Chorus issue 15.)
 //!
 //! The *current delay* ([`JitterBuffer::current_delay`]) is how long a packet on the fastest path waits
 //! between arriving and being needed: `now − playout position / 48 kHz − minimum transit`, where `now` is
@@ -84,7 +90,10 @@
 //!   moment comes (for shrinking: none for 4 s of audio, since speech pauses far more often and a pause
 //!   shrinks the delay for free), loud packets are dropped (or PLC is inserted) until the delay is back in the band, at most
 //!   one such step per 100 ms of audio. Packets are only dropped when their successor is already buffered,
-//!   and never the first packet after concealment (the one that was waited for).
+//!   and never the first packet after concealment (the one that was waited for). Until the stream's first
+//!   quiet moment (a gap, or a quiet packet that steers), the delay is not forced below the target playout
+//!   started at: the first talk spurt starts at the start-up target and keeps it while the target falls to
+//!   the measured one; its first pause gives that up for free. Only what a stall adds on top is forced out.
 //!
 //! When the buffer runs empty mid-stream after a packet that was not quiet (a delayed packet, a loss, or a
 //! talker who stopped without DTX), the playout position stays where it is and the buffer conceals with PLC
@@ -438,12 +447,21 @@ pub struct JitterBuffer {
     /// Samples played since the last moment the delay could shrink for free: a gap or a quiet packet between
     /// quiet ones (see [`FORCE_SHRINK_PATIENCE`]).
     loud_run: i64,
+    /// A moment to shrink the delay for free (see `loud_run`) has come since the stream started. Until then
+    /// the delay playout started at (`start_target_us`) is not forced down: what the first talk spurt keeps
+    /// above a target that fell while it played is given up in the talker's first pause.
+    settled: bool,
+    /// The target when playout last started (µs).
+    start_target_us: i64,
     force: Force,
     /// Playout position of the last forced correction.
     last_forced: Option<i64>,
     /// Monotonic deque for the sliding minimum transit: (arrival µs, transit µs), transit increasing.
     window: VecDeque<(i64, i64)>,
     histogram: Vec<f64>,
+    /// Delays measured into the histogram (saturating): until the forgetting factor takes over, each
+    /// measurement weighs as much as the seed and every one before it (see [`JitterBuffer::measure`]).
+    measured: u32,
     target_us: i64,
     /// Smoothed share of packets lost (see [`LOSS_SMOOTHING`]); kept across restarts, like the histogram.
     loss_rate: f64,
@@ -484,10 +502,13 @@ impl JitterBuffer {
             last_delay_us: 0,
             conceal_run: 0,
             loud_run: 0,
+            settled: false,
+            start_target_us: 0,
             force: Force::None,
             last_forced: None,
             window: VecDeque::with_capacity(WINDOW_CAPACITY),
             histogram: vec![0.0; buckets],
+            measured: 0,
             target_us: 0,
             loss_rate: 0.0,
             loss_margin: false,

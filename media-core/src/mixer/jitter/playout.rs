@@ -57,6 +57,7 @@ impl JitterBuffer {
                 }
                 self.pos = first.ts;
                 self.phase = Phase::Playing;
+                self.start_target_us = self.target_us;
             }
             Phase::Playing => {}
         }
@@ -88,10 +89,19 @@ impl JitterBuffer {
         let margin = delay - samples_to_us(held);
         let target = self.target_us;
         let force_us = duration_us(self.config.force_margin);
+        // Before the stream's first quiet moment, the delay its playout started at is not forced down (only
+        // what a stall added on top of it): the first talk spurt starts at the start-up target, which falls
+        // to the measured one within half a second, by more than `force_margin` at a 10 ms floor, and loud
+        // packets of the first long sentence were dropped (Chorus issue 15). The first pause removes it.
+        let shrink_above = if self.settled {
+            target
+        } else {
+            target.max(self.start_target_us)
+        };
         self.force = match self.force {
-            _ if margin - target > force_us => Force::Shrink,
+            _ if margin - shrink_above > force_us => Force::Shrink,
             _ if target - delay > force_us => Force::Grow,
-            Force::Shrink if margin <= target + samples_to_us(GRAIN) => Force::None,
+            Force::Shrink if margin <= shrink_above + samples_to_us(GRAIN) => Force::None,
             Force::Grow if delay >= target => Force::None,
             other => other,
         };
@@ -175,6 +185,7 @@ impl JitterBuffer {
                 self.quiet_run += 1;
                 self.conceal_run = 0;
                 self.loud_run = 0;
+                self.settled = true;
                 self.stats.played += 1;
                 self.stats.delay_dropped += 1;
                 return Some(Playout::Packet {
@@ -220,6 +231,7 @@ impl JitterBuffer {
             self.last_quiet = quiet;
             self.quiet_run = if quiet { self.quiet_run + 1 } else { 0 };
             self.conceal_run = 0;
+            self.settled |= steerable;
             self.loud_run = if steerable {
                 0
             } else {
@@ -285,6 +297,7 @@ impl JitterBuffer {
             let samples = gap.min(i64::from(TICK_SAMPLES));
             self.pos += samples;
             self.loud_run = 0;
+            self.settled = true;
             return Some(Playout::Silence {
                 samples: to_u32(samples),
             });
@@ -326,6 +339,7 @@ impl JitterBuffer {
         if self.last_quiet || self.conceal_run >= max_plc {
             self.pos += i64::from(TICK_SAMPLES);
             self.loud_run = 0;
+            self.settled = true;
             return Playout::Silence {
                 samples: TICK_SAMPLES,
             };

@@ -1286,3 +1286,98 @@ fn packets_inside_the_targets_spread_are_on_time_whatever_the_consumer_holds() {
         );
     }
 }
+
+/// Arrivals on a loaded machine: 40 ms of path plus 0–3 ms of scheduling noise, and every second or two
+/// a stall of 10–20 ms that holds back the packet it hits.
+fn loaded(seed: u64) -> impl FnMut(usize) -> Duration {
+    let mut rng = Rng::new(seed);
+    move |_| {
+        let mut ms = 40.0 + rng.range_f64(0.0, 3.0);
+        if rng.chance(1.0 / 75.0) {
+            ms += rng.range_f64(10.0, 20.0);
+        }
+        Duration::from_secs_f64(ms / 1000.0)
+    }
+}
+
+/// Speech without DTX pauses: `voice_s` seconds of voice (a quiet frame now and then, as between words),
+/// then one second of quiet frames, repeated for `seconds`.
+fn sentences_without_dtx(rng: &mut Rng, seconds: usize, voice_s: usize) -> Vec<Frame> {
+    let period = (voice_s + 1) * 50;
+    let mut frames = continuous(seconds * 50, 960, Some(30));
+    for (i, f) in frames.iter_mut().enumerate() {
+        let quiet = i % period >= voice_s * 50 || rng.chance(0.05);
+        f.level = Some(if quiet { 70 } else { 20 + rng.below(25) as u8 });
+    }
+    frames
+}
+
+#[test]
+fn a_new_stream_converges_at_once_and_its_first_sentence_keeps_every_loud_packet() {
+    // Chorus issue 15: at a 10 ms floor, one loaded real-UDP speech run in three lost loud packets of the
+    // mix's input. The histogram started with all its mass at the start-up target (60 ms) and that seed
+    // faded only at the forgetting factor's pace: the target stayed at 60 ms for 3.5 s whatever was
+    // measured, then fell to the floor in one step, 50 ms, beyond the 40 ms force margin, and 4 s into the
+    // first sentence loud packets were dropped (here 200, 206, 212 of every seed without DTX). Now the seed
+    // weighs as one measurement, the target reaches the floor within half a second, and what the first talk
+    // spurt keeps above it (it started at 60 ms) is given up in the first pause, not by forced drops.
+    let config = JitterConfig {
+        min_delay: 10 * MS,
+        ..JitterConfig::default()
+    };
+    for dtx in [true, false] {
+        for seed in 0..4u64 {
+            let what = format!("dtx {dtx}, seed {seed}");
+            let mut rng = Rng::new(100 + seed);
+            let frames = if dtx {
+                talk_spurts(&mut rng, 12.0, true)
+            } else {
+                sentences_without_dtx(&mut rng, 12, 5)
+            };
+            let mut h = Harness::new(config, send(&frames, 0, 0, 0.0, loaded(200 + seed), none));
+            h.run_until(12 * SECOND);
+            let (converged, ..) = *h
+                .trace
+                .delays
+                .iter()
+                .find(|(_, target, _)| *target <= 20 * MS)
+                .expect("the target reaches the floor");
+            assert!(
+                converged <= SECOND,
+                "{what}: at the floor after {converged:?}"
+            );
+            let played: Vec<u64> = h.trace.played.clone();
+            // Every loud packet of the first 5 s (the first sentence without DTX) is played.
+            let dropped: Vec<u64> = (0..frames.len() as u64)
+                .filter(|s| frames[*s as usize].at < 5 * 48_000)
+                .filter(|s| frames[*s as usize].level.is_some_and(|l| l < 60))
+                .filter(|s| !played.contains(s))
+                .collect();
+            assert!(
+                dropped.is_empty(),
+                "{what}: loud packets dropped: {dropped:?}"
+            );
+            // After the first pause (DTX, or the first quiet second), the delay is the floor's.
+            let first_pause_end = if dtx {
+                frames
+                    .windows(2)
+                    .find(|w| w[1].at - w[0].at > 960)
+                    .map(|w| w[1].at)
+                    .expect("a pause")
+            } else {
+                6 * 48_000
+            };
+            let after = Duration::from_micros(first_pause_end as u64 * 1_000 / 48) + 200 * MS;
+            let (_, _, current) = *h
+                .trace
+                .delays
+                .iter()
+                .find(|(t, ..)| *t >= after)
+                .expect("playing");
+            assert!(
+                current <= 30 * MS,
+                "{what}: {current:?} after the first pause"
+            );
+        }
+    }
+}

@@ -94,6 +94,8 @@
 //!   quiet moment (a gap, or a quiet packet that steers), the delay is not forced below the target playout
 //!   started at: the first talk spurt starts at the start-up target and keeps it while the target falls to
 //!   the measured one; its first pause gives that up for free. Only what a stall adds on top is forced out.
+//!   A stream with no quiet moment in its first 8 s of audio (music, a source that never pauses) is treated
+//!   as settled then, so it does not keep the start-up delay for good.
 //!
 //! When the buffer runs empty mid-stream after a packet that was not quiet (a delayed packet, a loss, or a
 //! talker who stopped without DTX), the playout position stays where it is and the buffer conceals with PLC
@@ -161,6 +163,11 @@ const MAX_COUNTED_LOSS: u64 = 1_000;
 /// Audio played without a quiet moment before loud packets may be dropped to shrink the delay (4 s): speech
 /// pauses far more often, and a pause shrinks it for free.
 const FORCE_SHRINK_PATIENCE: i64 = 192_000;
+
+/// Audio played without a quiet moment after which a stream's start-up delay may be forced down like any
+/// excess (8 s): speech has paused long before, so this is a source that never pauses (music, hold music
+/// through a source participant), which would otherwise keep the start-up delay for good.
+const SETTLE_PATIENCE: i64 = 2 * FORCE_SHRINK_PATIENCE;
 
 /// Quiet packets a talker must have played in a row before the delay is steered on quiet packets (80 ms): a
 /// stop consonant or a breath inside a sentence is shorter, and a delay change there is heard (and, in a mixer

@@ -93,7 +93,9 @@ impl JitterBuffer {
         // what a stall added on top of it): the first talk spurt starts at the start-up target, which falls
         // to the measured one within half a second, by more than `force_margin` at a 10 ms floor, and loud
         // packets of the first long sentence were dropped (Chorus issue 15). The first pause removes it.
-        let shrink_above = if self.settled {
+        // A stream that never pauses (music, a source without quiet moments) is settled after
+        // [`SETTLE_PATIENCE`] of audio all the same, so its start-up delay is not kept for good.
+        let shrink_above = if self.settled || self.loud_run >= SETTLE_PATIENCE {
             target
         } else {
             target.max(self.start_target_us)

@@ -1381,3 +1381,32 @@ fn a_new_stream_converges_at_once_and_its_first_sentence_keeps_every_loud_packet
         }
     }
 }
+
+#[test]
+fn a_stream_that_never_pauses_gives_up_its_start_up_delay_all_the_same() {
+    // The start-up delay (playout starts at the 60 ms seed target) is kept until the stream's first quiet
+    // moment rather than forced down mid-sentence; a source that never has one (music, hold music) gives it
+    // up by forced steps once it has played 8 s, and ends near the floor's delay.
+    let config = JitterConfig {
+        min_delay: 10 * MS,
+        ..JitterConfig::default()
+    };
+    let frames = continuous(1_000, 960, Some(20));
+    let mut h = Harness::new(config, send(&frames, 0, 0, 0.0, constant(0), none));
+    h.run_until(20 * SECOND);
+    let delay_at = |at: Duration| {
+        h.trace
+            .delays
+            .iter()
+            .find(|(t, ..)| *t >= at)
+            .map(|(_, _, current)| *current)
+            .expect("playing")
+    };
+    let early = delay_at(5 * SECOND);
+    assert!(
+        early >= 40 * MS,
+        "the start-up delay is kept at 5 s: {early:?}"
+    );
+    let late = delay_at(19 * SECOND);
+    assert!(late <= 40 * MS, "given up by 19 s: {late:?}");
+}

@@ -116,7 +116,26 @@ impl Server {
     }
 
     /// Like [`Server::start`], with extra environment variables.
+    ///
+    /// Ports are picked free a moment before the server binds them, and tests run in parallel: another
+    /// test's server (or a client's ephemeral port) may take one in between. A start that fails on an
+    /// address in use is tried again on other ports (at most three times); any other failure is returned.
     pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Server> {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(extra, env).await {
+                Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => {
+                    eprintln!(
+                        "chorus start-up lost a port race (attempt {attempt}), retrying: {e:#}"
+                    );
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_start(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse()?;
         let media_port = free_media_port(http.port());
         let stderr_path = std::env::temp_dir().join(format!(
@@ -174,11 +193,18 @@ impl Server {
         format!("ws://{}/ws", self.http)
     }
 
-    /// The last lines of the server's log, for failure messages.
+    /// The last lines of the server's log, for failure messages, after its error line if it has one (an
+    /// error's backtrace alone is longer than the tail and says nothing of the cause).
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        let tail = lines.len().saturating_sub(30);
+        let error = lines[..tail]
+            .iter()
+            .position(|l| l.starts_with("Error:") || l.contains("panicked"))
+            .map(|i| lines[i..(i + 6).min(tail)].join("\n") + "\n[...]\n")
+            .unwrap_or_default();
+        error + &lines[tail..].join("\n")
     }
 
     /// The process id of the server.

@@ -113,6 +113,21 @@ impl Cluster {
         Self::start_nodes(2, &env).await
     }
 
+    /// Waits (a second at most) until node `node` lists its shard of `room` in Redis: it does at its next
+    /// heartbeat once it holds `room_node_participants` of the room, and only then does a join reaching
+    /// another node open a shard there rather than being redirected.
+    async fn wait_shard_listed(&self, room: &str, node: usize) -> anyhow::Result<()> {
+        let listed = format!("HEXISTS chorus:shards:{room} node-{node}");
+        let deadline = Instant::now() + SECONDS;
+        while self.redis.query(&listed).await.as_deref() != Some(":1") {
+            if Instant::now() > deadline {
+                bail!("node {node} did not list its shard of {room}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     /// Redis and `count` nodes, each with the environment `extra` too.
     async fn start_nodes(count: usize, extra: &[(&str, &str)]) -> anyhow::Result<Cluster> {
         let redis = Redis::start(free_tcp_port()).await?;

@@ -48,14 +48,7 @@ async fn a_moderator_on_one_node_mutes_and_kicks_a_participant_on_another() -> a
     let token = here.token("wide", "ada", &["--moderator"])?;
     let mut ada = member(&here.ws_url(), token, "wide", TONES[0]).await?;
     ensure!(ada.url == here.ws_url(), "the room is node 0's");
-    let listed = "HEXISTS chorus:shards:wide node-0";
-    let deadline = Instant::now() + SECONDS;
-    while cluster.redis.query(listed).await.as_deref() != Some(":1") {
-        if Instant::now() > deadline {
-            bail!("the owner did not list its shard of the room");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.wait_shard_listed("wide", 0).await?;
     let bob = join_at(there, "wide", "bob", TONES[1]).await?;
     ensure!(bob.url == there.ws_url(), "Bob stays on node 1");
     wait_hearing(&ada, &bob, SAMPLE_RATE as usize / 2, 3 * SECONDS).await?;

@@ -35,14 +35,7 @@ async fn a_room_spanning_two_nodes_carries_audio_both_ways() -> anyhow::Result<(
     let owner = 0;
     let other = &cluster.nodes[1];
     // The owner lists its shard at its next heartbeat: it holds room_node_participants (1) of the room.
-    let listed = format!("HEXISTS chorus:shards:wide node-{owner}");
-    let deadline = Instant::now() + SECONDS;
-    while cluster.redis.query(&listed).await.as_deref() != Some(":1") {
-        if Instant::now() > deadline {
-            bail!("the owner did not list its shard of the room");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.wait_shard_listed("wide", owner).await?;
 
     // Bob reaches the other node and stays there: a shard of the room opens there.
     let joining = Instant::now();
@@ -255,14 +248,7 @@ async fn a_whisper_across_nodes_reaches_only_its_listener() -> anyhow::Result<()
     let (here, there) = (&cluster.nodes[0], &cluster.nodes[1]);
     let mut ada = join_at(here, "wide", "ada", TONES[0]).await?;
     ensure!(ada.url == here.ws_url(), "the room is node 0's");
-    let listed = "HEXISTS chorus:shards:wide node-0";
-    let deadline = Instant::now() + SECONDS;
-    while cluster.redis.query(listed).await.as_deref() != Some(":1") {
-        if Instant::now() > deadline {
-            bail!("the owner did not list its shard of the room");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.wait_shard_listed("wide", 0).await?;
     // Bob and Cy reach node 1 and stay there.
     let bob = join_at(there, "wide", "bob", TONES[1]).await?;
     let mut cy = join_at(there, "wide", "cy", TONES[2]).await?;

@@ -192,17 +192,12 @@ impl Audibility {
 
     /// A participant left: forget it as a speaker, a listener and a volume subject.
     pub fn remove(&mut self, now: Instant, id: ParticipantId) {
-        if let Some(space) = self.space.as_mut() {
-            space.remove(now, id);
-        }
-        self.voices.remove(&id);
         self.volumes.remove(&id);
         for of in self.volumes.values_mut() {
             of.remove(&id);
         }
         self.volumes.retain(|_, of| !of.is_empty());
-        self.sets.remove(&id);
-        self.changed(now);
+        self.remove_remote(now, id);
     }
 
     /// A remote speaker left this shard (withdrawn while quiet, or expired): forget it as a speaker, but

@@ -212,12 +212,8 @@ impl MediaCore {
         if let Some(peer) = p.peer() {
             self.router.remove_peer(peer.ufrag(), id);
         }
-        let remote = self
-            .rooms
-            .get(&p.room)
-            .is_some_and(|r| r.trunk.is_remote(&id));
         // The last local participant of a shard takes its remote ones along.
-        let remote_left = self.leave_trunk(p.room, id);
+        let (remote, remote_left) = self.leave_trunk(p.room, id);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.selector.remove_participant(id);
             room.dominant.remove(id);

@@ -347,10 +347,15 @@ impl MediaCore {
     }
 
     /// A participant leaves its room's trunk: a local export is withdrawn, a remote one forgotten. Returns
-    /// the room's remaining members if only remote participants are left (the shard ends with them).
-    pub(super) fn leave_trunk(&mut self, key: u64, id: ParticipantId) -> Vec<ParticipantId> {
+    /// whether it was a remote participant, and the room's remaining members if only remote participants
+    /// are left (the shard ends with them).
+    pub(super) fn leave_trunk(
+        &mut self,
+        key: u64,
+        id: ParticipantId,
+    ) -> (bool, Vec<ParticipantId>) {
         let Some(room) = self.rooms.get_mut(&key) else {
-            return Vec::new();
+            return (false, Vec::new());
         };
         let was_remote = room.trunk.imported.remove(&id).is_some();
         if let Some(i) = room.trunk.exports.iter().position(|e| *e == id) {
@@ -367,10 +372,11 @@ impl MediaCore {
                 .members
                 .iter()
                 .all(|m| *m == id || room.trunk.is_remote(m));
-        if only_remote {
+        let remote_left = if only_remote {
             room.trunk.imported.keys().copied().collect()
         } else {
             Vec::new()
-        }
+        };
+        (was_remote, remote_left)
     }
 }

@@ -93,9 +93,7 @@ impl JitterBuffer {
         // what a stall added on top of it): the first talk spurt starts at the start-up target, which falls
         // to the measured one within half a second, by more than `force_margin` at a 10 ms floor, and loud
         // packets of the first long sentence were dropped (Chorus issue 15). The first pause removes it.
-        // A stream that never pauses (music, a source without quiet moments) is settled after
-        // [`SETTLE_PATIENCE`] of audio all the same, so its start-up delay is not kept for good.
-        let shrink_above = if self.settled || self.loud_run >= SETTLE_PATIENCE {
+        let shrink_above = if self.settled {
             target
         } else {
             target.max(self.start_target_us)
@@ -233,12 +231,14 @@ impl JitterBuffer {
             self.last_quiet = quiet;
             self.quiet_run = if quiet { self.quiet_run + 1 } else { 0 };
             self.conceal_run = 0;
-            self.settled |= steerable;
             self.loud_run = if steerable {
                 0
             } else {
                 self.loud_run + i64::from(packet.samples)
             };
+            // A stream that never pauses (music, a source without quiet moments) is settled after
+            // [`SETTLE_PATIENCE`] of audio all the same, so its start-up delay is not kept for good.
+            self.settled |= steerable || self.loud_run >= SETTLE_PATIENCE;
             if packet.recovered {
                 self.stats.recovered_red += 1;
                 self.stats.lost += 1;

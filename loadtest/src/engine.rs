@@ -104,6 +104,9 @@ pub struct Snapshot {
     pub latency_ms: Vec<f64>,
     /// Mix mode: chirp send → detected in the mix, ms (codec delay removed), since the previous snapshot.
     pub chirp_ms: Vec<f64>,
+    /// Publishers: how late each frame they sent left its 20 ms grid (handled after its due time), ms,
+    /// since the previous snapshot. The server cannot tell this from network jitter.
+    pub send_late_ms: Vec<f64>,
     /// CPU seconds of the engine thread so far.
     pub engine_cpu_s: f64,
     /// Datagrams the kernel dropped on the tool's full receive queue (the tool fell behind).

@@ -114,6 +114,14 @@ pub fn table(r: &Report) -> String {
             1,
         ));
     }
+    if r.send_late_ms.count > 0 {
+        s.push_str(&summary_row(
+            "tool: frame sent after its grid time",
+            "ms",
+            &r.send_late_ms,
+            2,
+        ));
+    }
     s.push_str(&summary_row(
         "loss per stream",
         "%",

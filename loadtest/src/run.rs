@@ -245,6 +245,7 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
     let w0 = Instant::now();
     monitor.window_latency.clear();
     monitor.window_chirp.clear();
+    monitor.window_send_late.clear();
     monitor.measuring = true;
     let end = w0 + config.duration;
     while Instant::now() < end {
@@ -313,6 +314,7 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
         streams: stream_summary(&streams, &s1, epoch.elapsed().as_secs_f64()),
         latency_ms: Summary::of(&mut monitor.window_latency),
         mix_latency_ms: Summary::of(&mut monitor.window_chirp),
+        send_late_ms: Summary::of(&mut monitor.window_send_late),
         server,
         tool_cpu_share: (tool1.cpu_s() - tool0.cpu_s()) / window,
         tool_socket_drops: s1.tool_socket_drops,
@@ -384,4 +386,5 @@ struct Monitor {
     measuring: bool,
     window_latency: Vec<f64>,
     window_chirp: Vec<f64>,
+    window_send_late: Vec<f64>,
 }

@@ -61,6 +61,9 @@ impl Loop {
         } else {
             &frames.silence
         };
+        self.snap
+            .send_late_ms
+            .push(now.saturating_duration_since(due).as_secs_f64() * 1e3);
         let sent_ns = now.saturating_duration_since(epoch).as_nanos() as u64;
         stamp::stamp_into(
             &frame.opus,
@@ -212,6 +215,7 @@ impl Loop {
         let out = self.snap.clone();
         self.snap.latency_ms.clear();
         self.snap.chirp_ms.clear();
+        self.snap.send_late_ms.clear();
         out
     }
 

@@ -19,6 +19,7 @@ impl Monitor {
             measuring: false,
             window_latency: Vec::new(),
             window_chirp: Vec::new(),
+            window_send_late: Vec::new(),
         }
     }
 
@@ -30,6 +31,7 @@ impl Monitor {
         if self.measuring {
             self.window_latency.append(&mut s.latency_ms);
             self.window_chirp.append(&mut s.chirp_ms);
+            self.window_send_late.append(&mut s.send_late_ms);
         }
     }
 

@@ -47,6 +47,9 @@ pub struct Report {
     pub latency_ms: Summary,
     /// Mix mode: chirp sent → chirp in the received mix, ms, codec delay removed, steady state.
     pub mix_latency_ms: Summary,
+    /// The tool's own publishers: how late each frame was sent after its 20 ms grid time, ms, steady
+    /// state. It reaches the server as jitter, so a mixer's jitter buffer is right to wait for it.
+    pub send_late_ms: Summary,
     pub server: Option<ServerSummary>,
     /// CPU share of one core used by this tool in the steady state.
     pub tool_cpu_share: f64,

@@ -29,10 +29,12 @@ use crate::roster::{LocalRosterChange, ShardSeed};
 
 pub(crate) use ids::next_participant_id;
 
-/// Something that happened in a participant's room.
+/// Something that happened in a participant's room. One event is queued to every member's session, so the
+/// participant's details are shared (`Arc`), not copied per member, and the event stays small: each
+/// session's presence queue holds blocks of 32 of them for its whole life.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PresenceEvent {
-    Joined(ParticipantInfo),
+    Joined(Arc<ParticipantInfo>),
     Left {
         sid: String,
         reason: ParticipantLeftReason,
@@ -43,7 +45,7 @@ pub enum PresenceEvent {
         by_moderator: bool,
     },
     /// Its deafen or push-to-talk state changed.
-    Updated(ParticipantInfo),
+    Updated(Arc<ParticipantInfo>),
 }
 
 impl PresenceEvent {
@@ -51,7 +53,9 @@ impl PresenceEvent {
     pub fn into_message(self) -> ServerMessage {
         match self {
             PresenceEvent::Joined(participant) => {
-                ServerMessage::ParticipantJoined(ParticipantJoined { participant })
+                ServerMessage::ParticipantJoined(ParticipantJoined {
+                    participant: Arc::unwrap_or_clone(participant),
+                })
             }
             PresenceEvent::Left { sid, reason } => {
                 ServerMessage::ParticipantLeft(ParticipantLeft { sid, reason })
@@ -66,7 +70,9 @@ impl PresenceEvent {
                 by_moderator,
             }),
             PresenceEvent::Updated(participant) => {
-                ServerMessage::ParticipantUpdated(ParticipantUpdated { participant })
+                ServerMessage::ParticipantUpdated(ParticipantUpdated {
+                    participant: Arc::unwrap_or_clone(participant),
+                })
             }
         }
     }

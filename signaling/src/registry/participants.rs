@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -141,7 +142,10 @@ impl RoomRegistry {
             .map(|m| m.info.clone())
             .chain(room.remote.iter().map(|r| r.info.clone()))
             .collect();
-        self.broadcast(&room.members, &PresenceEvent::Joined(participant.clone()));
+        self.broadcast(
+            &room.members,
+            &PresenceEvent::Joined(Arc::new(participant.clone())),
+        );
         self.publish(
             &request.room,
             RosterChange::Joined {
@@ -290,7 +294,10 @@ impl RoomRegistry {
         }
         let media = member.media;
         let participant = member.info.clone();
-        self.broadcast(&room.members, &PresenceEvent::Updated(participant.clone()));
+        self.broadcast(
+            &room.members,
+            &PresenceEvent::Updated(Arc::new(participant.clone())),
+        );
         self.publish(name, RosterChange::Updated { participant });
         MuteChange {
             changed: true,

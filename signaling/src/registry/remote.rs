@@ -2,6 +2,7 @@
 //! ones, marked `remote`), and this node's roster changes handed to the cluster (crate::roster).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
@@ -191,7 +192,10 @@ impl RoomRegistry {
             .iter_mut()
             .find(|r| r.node == node && r.info.sid == info.sid)
         else {
-            self.broadcast(&room.members, &PresenceEvent::Joined(info.clone()));
+            self.broadcast(
+                &room.members,
+                &PresenceEvent::Joined(Arc::new(info.clone())),
+            );
             room.remote.push(RemoteMember {
                 node: node.to_owned(),
                 info,
@@ -213,7 +217,7 @@ impl RoomRegistry {
             ..p.clone()
         };
         if rest(&before) != rest(&info) {
-            self.broadcast(&room.members, &PresenceEvent::Updated(info));
+            self.broadcast(&room.members, &PresenceEvent::Updated(Arc::new(info)));
         }
         RosterOutcome::Applied
     }

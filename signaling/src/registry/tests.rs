@@ -103,7 +103,7 @@ fn admission_broadcast_and_leave() {
     assert_eq!(bob.others, vec![ada.participant.clone()]);
     assert_eq!(
         ada_rx.try_recv(),
-        Ok(PresenceEvent::Joined(bob.participant.clone()))
+        Ok(PresenceEvent::Joined(Arc::new(bob.participant.clone())))
     );
     assert!(bob_rx.try_recv().is_err(), "no event about oneself joining");
 
@@ -260,7 +260,7 @@ fn a_second_join_with_the_same_identity_replaces_the_first() {
     );
     assert_eq!(
         bob_rx.try_recv(),
-        Ok(PresenceEvent::Joined(again.participant.clone()))
+        Ok(PresenceEvent::Joined(Arc::new(again.participant.clone())))
     );
     assert_eq!(registry.participant_count(), 2);
     assert_eq!(metrics.participants(crate::media::RoomMode::Forward), 2);

@@ -27,8 +27,9 @@ const WS_TRANSPORT_LIMIT: usize = 1 << 20;
 pub(crate) const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// How many bytes of outgoing frames tungstenite gathers before writing them to the socket. Signaling
-/// flushes after every message, so this only ever held one message; the buffer itself grows to the
-/// largest message sent (an answer, a few KiB) whatever this says.
+/// flushes after every message, so this only ever held one message. A larger message (the `joined` of a
+/// big room) grows the buffer for as long as it takes to write it; the patched tungstenite
+/// (vendor/tungstenite/PATCHES.md) then frees it, as it frees a read buffer grown by a large frame.
 pub(crate) const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
 /// The routes of the page, the SDK, signaling, metrics, health and development tokens (the admin API and
@@ -202,3 +203,6 @@ async fn dev_token(
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests;

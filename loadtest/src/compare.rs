@@ -143,6 +143,14 @@ pub fn text(r: &Reports) -> String {
         );
         line(
             &mut out,
+            "  of which the second half of the joins",
+            g(c, &["server", "rss_kb_per_participant_second_half"]),
+            g(j, &["server", "rss_kb_per_participant_second_half"]),
+            "kB",
+            0,
+        );
+        line(
+            &mut out,
             "tool CPU",
             g(c, &["tool_cpu_share"]).map(|x| x * 100.0),
             g(j, &["tool_cpu_share"]).map(|x| x * 100.0),

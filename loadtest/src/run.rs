@@ -181,6 +181,9 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
     let interval = Duration::from_secs_f64(1.0 / config.ramp_rate.max(0.001));
     let mut monitor = Monitor::new(epoch, config.server_pid, config.progress);
     let mut next_tick = Instant::now() + Duration::from_secs(1);
+    // The server's RSS when half the participants have been started: the second half's growth is what a
+    // participant costs once the first joins have paged in the binary's code (once per process).
+    let mut rss_half: Option<(usize, u64)> = None;
     for index in 0..config.participants {
         let start_at = ramp_start + interval.mul_f64(index as f64);
         loop {
@@ -194,6 +197,9 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
                 continue;
             }
             tokio::time::sleep_until(start_at.min(next_tick).into()).await;
+        }
+        if index == config.participants / 2 && index >= 10 {
+            rss_half = sample_opt(config.server_pid).map(|s| (index, s.rss_kb));
         }
         let spec = spec_for(&config, index);
         let t = tokio::spawn(participant(
@@ -293,6 +299,10 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
                 rss_after_kb: b.rss_kb,
                 rss_kb_per_participant: (b.rss_kb as f64 - before.rss_kb as f64)
                     / done.max(1) as f64,
+                rss_kb_per_participant_second_half: rss_half.and_then(|(started, kb)| {
+                    let later = done.checked_sub(started).filter(|n| *n > 0)?;
+                    Some((b.rss_kb as f64 - kb as f64) / later as f64)
+                }),
             })
         }
         _ => None,

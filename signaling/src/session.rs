@@ -144,14 +144,17 @@ where
         offered: false,
     };
     let exit = session.serve().await;
+    // The endings are boxed: this future lives as long as the connection and is as large as its
+    // largest await, and each ending's future is larger than serving (docs/loadtest.md, memory third
+    // pass).
     match session.suspend(exit) {
         Some(suspended) => {
             // No socket any more: the session counts as suspended, not open.
             drop(session);
             drop(_open);
-            suspended.run().await;
+            Box::pin(suspended.run()).await;
         }
-        None => session.finish(exit).await,
+        None => Box::pin(session.finish(exit)).await,
     }
 }
 
@@ -433,7 +436,11 @@ where
             let flow = match input {
                 Input::Frame(Some(Ok(frame))) => {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
-                    self.on_frame(frame).await
+                    // Boxed, like `on_moved` below: a session's future is as large as its largest
+                    // await and lives as long as the connection, while handling a message takes a
+                    // moment (its future was 3.6 KB of serving's 3.9 KB; docs/loadtest.md, memory
+                    // third pass).
+                    Box::pin(self.on_frame(frame)).await
                 }
                 Input::Frame(Some(Err(error))) => {
                     tracing::debug!(%error, "WebSocket read failed");
@@ -453,7 +460,7 @@ where
                 }
                 Input::Presence(event) => self.wire.send(&event.into_message()).await,
                 Input::Removed(reason) => Err(Exit::Removed(reason)),
-                Input::Moved(room) => self.on_moved(room).await,
+                Input::Moved(room) => Box::pin(self.on_moved(room)).await,
                 Input::Migrated(url) => self.on_migrated(url).await,
                 Input::Draining(deadline) => {
                     self.drain = None;

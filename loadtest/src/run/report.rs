@@ -104,6 +104,10 @@ pub struct ServerSummary {
     pub rss_before_kb: u64,
     pub rss_after_kb: u64,
     pub rss_kb_per_participant: f64,
+    /// RSS growth from the moment half the participants were started to the end, per participant who
+    /// joined in that half: a participant's own cost, without the code pages the first joins fault in
+    /// (a few MB once per process, which the whole-run figure spreads over the participants).
+    pub rss_kb_per_participant_second_half: Option<f64>,
 }
 
 pub(super) fn ms(d: Duration) -> f64 {

@@ -105,6 +105,8 @@ pub(super) struct FrameCodec {
     /// Buffer to read data from the stream.
     in_buffer: BytesMut,
     in_buf_max_read: usize,
+    /// Chorus patch (vendor/tungstenite/PATCHES.md): `in_buffer` was grown for the frame being read.
+    in_buf_grown: bool,
     /// Buffer to send packets to the network.
     out_buffer: Vec<u8>,
     /// Capacity limit for `out_buffer`.
@@ -125,6 +127,7 @@ impl FrameCodec {
         Self {
             in_buffer: BytesMut::with_capacity(in_buf_len),
             in_buf_max_read: in_buf_len.max(FrameHeader::MAX_SIZE),
+            in_buf_grown: false,
             out_buffer: <_>::default(),
             max_out_buffer_len: usize::MAX,
             out_buffer_write_len: 0,
@@ -139,6 +142,7 @@ impl FrameCodec {
         Self {
             in_buffer,
             in_buf_max_read: min_in_buf_len.max(FrameHeader::MAX_SIZE),
+            in_buf_grown: false,
             out_buffer: <_>::default(),
             max_out_buffer_len: usize::MAX,
             out_buffer_write_len: 0,
@@ -187,9 +191,9 @@ impl FrameCodec {
 
                     // Reserve full message length only once, even for multiple
                     // loops or if WouldBlock errors cause multiple fn calls.
-                    self.in_buffer.reserve(len);
+                    self.reserve_in(len);
                 } else {
-                    self.in_buffer.reserve(FrameHeader::MAX_SIZE);
+                    self.reserve_in(FrameHeader::MAX_SIZE);
                 }
             }
 
@@ -197,12 +201,15 @@ impl FrameCodec {
                 let len = *len as usize;
                 if len <= self.in_buffer.len() {
                     let payload = self.in_buffer.split_to(len);
-                    // Chorus patch (vendor/tungstenite/PATCHES.md): a frame longer than the read size
-                    // grew the buffer; once it is read out, go back to a buffer of the read size, so
-                    // that the large allocation goes with the payload instead of staying for the
-                    // connection's whole life.
-                    if len > self.in_buf_max_read && self.in_buffer.is_empty() {
-                        self.in_buffer = BytesMut::with_capacity(self.in_buf_max_read);
+                    // Chorus patch (vendor/tungstenite/PATCHES.md): reading this frame grew the
+                    // buffer; once it is read out, go back to a buffer of the read size (with what
+                    // follows the frame, at most one read), so that the grown allocation goes with
+                    // the payload instead of staying for the connection's whole life.
+                    if self.in_buf_grown && self.in_buffer.len() <= self.in_buf_max_read {
+                        let mut fresh = BytesMut::with_capacity(self.in_buf_max_read);
+                        fresh.extend_from_slice(&self.in_buffer);
+                        self.in_buffer = fresh;
+                        self.in_buf_grown = false;
                     }
                     break payload;
                 }
@@ -235,6 +242,15 @@ impl FrameCodec {
         let frame = Frame::from_payload(header, payload.freeze());
         trace!("received frame {frame}");
         Ok(Some(frame))
+    }
+
+    /// Chorus patch (vendor/tungstenite/PATCHES.md): `in_buffer.reserve`, noting when it has to grow
+    /// (or move) the buffer.
+    fn reserve_in(&mut self, additional: usize) {
+        if self.in_buffer.capacity() - self.in_buffer.len() < additional {
+            self.in_buf_grown = true;
+        }
+        self.in_buffer.reserve(additional);
     }
 
     /// Read into available `in_buffer` capacity.

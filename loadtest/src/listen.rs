@@ -72,6 +72,26 @@ pub struct ListenConfig {
     pub connect_concurrency: usize,
     /// How long every listener stays, from the end of the rush.
     pub duration: Duration,
+    /// Other threads or processes whose CPU is reported over the same windows, `(label, pid)`: the kernel's
+    /// receive threads when listeners sit behind a veth pair with threaded NAPI (the script's `REMOTE=1`),
+    /// so the receive path's cost is shown apart from the server's instead of inside its system calls.
+    pub also: Vec<(String, u32)>,
+}
+
+/// Parses `label=pid` (`--also`).
+pub fn parse_also(spec: &str) -> anyhow::Result<(String, u32)> {
+    let (label, pid) = spec.split_once('=').context("expected label=pid")?;
+    Ok((label.to_owned(), pid.parse().context("the pid after =")?))
+}
+
+/// The CPU of one `--also` thread over the windows of a target.
+#[derive(Debug, Serialize)]
+pub struct AlsoReport {
+    pub label: String,
+    pub pid: u32,
+    /// What it spent in the steady window minus with no listener, per 1,000 listeners of *all* targets,
+    /// in % of one core (meaningful with one target).
+    pub cpu_percent_per_1000: Option<f64>,
 }
 
 /// What one listener saw.
@@ -275,6 +295,8 @@ pub struct TargetReport {
     pub cpu_percent_per_1000: Option<f64>,
     /// Resident memory added per listener (end of the window minus before the rush).
     pub rss_bytes_per_listener: Option<f64>,
+    /// `--also` threads over the same windows.
+    pub also: Vec<AlsoReport>,
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -299,11 +321,18 @@ pub async fn run(config: ListenConfig) -> anyhow::Result<Vec<TargetReport>> {
             .map(|t| t.pid.and_then(|p| procstat::sample(Some(p)).ok()))
             .collect()
     };
-    let before = sample_all();
+    let sample_also = || -> Vec<Option<procstat::ProcSample>> {
+        config
+            .also
+            .iter()
+            .map(|(_, p)| procstat::sample(Some(*p)).ok())
+            .collect()
+    };
+    let (before, also_before) = (sample_all(), sample_also());
     let idle_begin = Instant::now();
     tokio::time::sleep(IDLE_WINDOW).await;
     let idle_window = idle_begin.elapsed().as_secs_f64();
-    let idle_end = sample_all();
+    let (idle_end, also_idle_end) = (sample_all(), sample_also());
     let (stop, until) = tokio::sync::watch::channel(false);
     let settled = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -329,19 +358,12 @@ pub async fn run(config: ListenConfig) -> anyhow::Result<Vec<TargetReport>> {
     // Let the rush settle, then measure CPU over the steady window.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let window_begin = Instant::now();
-    let cpu_begin: Vec<Option<procstat::ProcSample>> = config
-        .targets
-        .iter()
-        .map(|t| t.pid.and_then(|p| procstat::sample(Some(p)).ok()))
-        .collect();
+    let (cpu_begin, also_begin) = (sample_all(), sample_also());
     tokio::time::sleep(config.duration).await;
     let window = window_begin.elapsed().as_secs_f64();
-    let cpu_end: Vec<Option<procstat::ProcSample>> = config
-        .targets
-        .iter()
-        .map(|t| t.pid.and_then(|p| procstat::sample(Some(p)).ok()))
-        .collect();
+    let (cpu_end, also_end) = (sample_all(), sample_also());
     let _ = stop.send(true);
+    let mut all_connected = 0;
     let mut reports = Vec::new();
     for (i, (target, tasks)) in config.targets.iter().zip(groups).enumerate() {
         let mut results = Vec::with_capacity(tasks.len());
@@ -403,7 +425,39 @@ pub async fn run(config: ListenConfig) -> anyhow::Result<Vec<TargetReport>> {
                 .filter(|_| !connected.is_empty())
                 .map(|(c, idle)| (c - idle) * 100.0 * 1000.0 / connected.len() as f64),
             rss_bytes_per_listener: rss,
+            also: Vec::new(),
         });
+        all_connected += connected.len();
+    }
+    let also: Vec<(String, u32, Option<f64>)> = config
+        .also
+        .iter()
+        .enumerate()
+        .map(|(i, (label, pid))| {
+            let cores =
+                |a: &Option<procstat::ProcSample>, b: &Option<procstat::ProcSample>, w: f64| {
+                    a.as_ref()
+                        .zip(b.as_ref())
+                        .map(|(a, b)| (b.cpu_s() - a.cpu_s()) / w)
+                };
+            let busy = cores(&also_begin[i], &also_end[i], window);
+            let idle = cores(&also_before[i], &also_idle_end[i], idle_window);
+            let per_1000 = busy
+                .zip(idle)
+                .filter(|_| all_connected > 0)
+                .map(|(c, idle)| (c - idle) * 100.0 * 1000.0 / all_connected as f64);
+            (label.clone(), *pid, per_1000)
+        })
+        .collect();
+    for r in &mut reports {
+        r.also = also
+            .iter()
+            .map(|(label, pid, cpu)| AlsoReport {
+                label: label.clone(),
+                pid: *pid,
+                cpu_percent_per_1000: *cpu,
+            })
+            .collect();
     }
     Ok(reports)
 }
@@ -434,6 +488,17 @@ pub fn render(reports: &[TargetReport]) -> String {
         ));
         if let Some(e) = &r.first_error {
             out.push_str(&format!("  {}: {} errors, first: {e}\n", r.label, r.errors));
+        }
+    }
+    if let Some(r) = reports.first() {
+        for a in &r.also {
+            out.push_str(&format!(
+                "also {} (pid {}): {} % of a core per 1,000 listeners\n",
+                a.label,
+                a.pid,
+                a.cpu_percent_per_1000
+                    .map_or("-".into(), |c| format!("{c:.2}")),
+            ));
         }
     }
     if let [a, b, ..] = reports {

@@ -60,6 +60,10 @@ enum Command {
         /// Write the reports as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// `label=pid`: another thread or process whose CPU is reported over the same windows, e.g. the
+        /// kernel's NAPI threads of a veth pair (repeatable; scripts/listen-vs-icecast.sh `REMOTE=1`).
+        #[arg(long = "also")]
+        also: Vec<String>,
     },
     /// Print side-by-side ratios from JSON reports of `run` (any subset).
     Compare {
@@ -237,7 +241,12 @@ fn main() -> anyhow::Result<()> {
             connect_concurrency,
             duration,
             json,
+            also,
         } => {
+            let also = also
+                .iter()
+                .map(|a| chorus_loadtest::listen::parse_also(a))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let targets = targets
                 .iter()
                 .map(|t| chorus_loadtest::listen::ListenTarget::parse(t))
@@ -253,6 +262,7 @@ fn main() -> anyhow::Result<()> {
                     listeners,
                     connect_concurrency: connect_concurrency.max(1),
                     duration: Duration::from_secs_f64(duration),
+                    also,
                 },
             ))?;
             print!("{}", chorus_loadtest::listen::render(&reports));

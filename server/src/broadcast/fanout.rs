@@ -86,7 +86,10 @@ pub(super) fn hand_over(broadcasts: &Arc<Broadcasts>, mount: &Arc<Mount>, arriva
         cadence: Cadence {
             pages: broadcasts.config.pages_per_write(),
         },
-        listeners: Vec::new(),
+        phases: (0..broadcasts.config.pages_per_write())
+            .map(|_| Vec::new())
+            .collect(),
+        blocked: 0,
         scratch: Vec::with_capacity(MAX_IOV),
     };
     tokio::spawn(fanout.run(rx, pages));
@@ -98,8 +101,6 @@ struct Listener {
     stream: TcpStream,
     _permit: Permit,
     feed: Feed,
-    /// The pages after which it is written: those whose number is this modulo [`Cadence::pages`].
-    phase: u64,
     /// Its socket took less than it was offered: it is written again once writable, not on new pages.
     blocked: bool,
 }
@@ -222,8 +223,16 @@ impl Feed {
 enum Wake {
     Arrival(Option<Arrival>),
     Page(Result<Page, RecvError>),
-    Writable(usize),
+    Writable(At),
     HangupCheck,
+}
+
+/// Where a listener is: its phase (the pages after which it is written: those whose number is this modulo
+/// [`Cadence::pages`]) and its place in that phase's list.
+#[derive(Clone, Copy, Debug)]
+struct At {
+    phase: usize,
+    index: usize,
 }
 
 struct Fanout {
@@ -232,7 +241,13 @@ struct Fanout {
     headers: Bytes,
     ring: Ring,
     cadence: Cadence,
-    listeners: Vec<Listener>,
+    /// The listeners, one list per phase: a pass looks only at the lists whose phase is due (and at the
+    /// others only while some listener is blocked), so a listener costs nothing in the passes between its
+    /// writes.
+    phases: Vec<Vec<Listener>>,
+    /// Listeners whose socket was full ([`Listener::blocked`]); while there is none, neither the passes nor
+    /// the wait for writability look at a listener that is not due.
+    blocked: usize,
     /// The pieces of one `writev` (reused: no allocation per write).
     scratch: Vec<Bytes>,
 }
@@ -250,7 +265,7 @@ impl Fanout {
                 biased;
                 arrival = arrivals.recv() => Wake::Arrival(arrival),
                 page = pages.recv() => Wake::Page(page),
-                i = writable(&self.listeners) => Wake::Writable(i),
+                at = writable(&self.phases, self.blocked) => Wake::Writable(at),
                 _ = hangups.tick() => Wake::HangupCheck,
             };
             match wake {
@@ -273,14 +288,14 @@ impl Fanout {
                 }
                 Wake::Page(Err(RecvError::Lagged(missed))) => self.lagged(missed),
                 Wake::Page(Err(RecvError::Closed)) => {}
-                Wake::Writable(i) => {
+                Wake::Writable(at) => {
                     let meta = self.mount.meta();
-                    let sent = self.write(i, &meta);
+                    let sent = self.write(at, &meta);
                     self.broadcasts.count_sent(&self.mount, sent);
                 }
                 Wake::HangupCheck => self.check_hangups(),
             }
-            if self.listeners.is_empty() {
+            if self.phases.iter().all(Vec::is_empty) {
                 let mut slot = self
                     .mount
                     .fanout
@@ -307,7 +322,10 @@ impl Fanout {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         debug!(room = %self.mount.room, listener = id, icy = arrival.icy, "broadcast listener connected");
         let metaint = self.broadcasts.config.icy_metaint_bytes;
-        self.listeners.push(Listener {
+        let phase = usize::try_from(id % self.cadence.pages)
+            .expect("a phase is below the pages per write, a usize");
+        let list = &mut self.phases[phase];
+        list.push(Listener {
             id,
             stream: arrival.stream,
             _permit: arrival.permit,
@@ -318,11 +336,14 @@ impl Fanout {
                 next: self.ring.start(self.cadence.pages),
                 icy: arrival.icy.then(|| Icy::new(metaint)),
             },
-            phase: id % self.cadence.pages,
             blocked: false,
         });
+        let at = At {
+            phase,
+            index: list.len() - 1,
+        };
         let meta = self.mount.meta();
-        let sent = self.write(self.listeners.len() - 1, &meta);
+        let sent = self.write(at, &meta);
         self.broadcasts.count_sent(&self.mount, sent);
     }
 
@@ -330,7 +351,7 @@ impl Fanout {
         let number = page.number;
         if self.ring.push(page) {
             // The task fell a whole ring behind the pager: its listeners skip to this page.
-            for l in &mut self.listeners {
+            for l in self.phases.iter_mut().flatten() {
                 if l.feed.next < number {
                     l.feed.next = number;
                 }
@@ -348,47 +369,64 @@ impl Fanout {
         let meta = self.mount.meta();
         let oldest = self.ring.oldest();
         let mut sent = 0;
-        let mut i = 0;
-        while i < self.listeners.len() {
-            let l = &self.listeners[i];
-            if !l.blocked {
-                if !self.cadence.due(l.phase, first, last) {
-                    i += 1;
-                    continue;
-                }
-                let before = self.listeners.len();
-                sent += self.write(i, &meta);
-                if self.listeners.len() < before {
-                    continue; // removed: another one is at `i` now
-                }
-            } else if l.feed.next < oldest {
-                let behind = self.ring.next - l.feed.next;
-                self.broadcasts.count_slow(&self.mount, l.id, behind);
-                self.remove(i);
+        for phase in 0..self.phases.len() {
+            let due = self.cadence.due(phase as u64, first, last);
+            if !due && self.blocked == 0 {
                 continue;
             }
-            i += 1;
+            let mut index = 0;
+            while index < self.phases[phase].len() {
+                let at = At { phase, index };
+                let l = &self.phases[phase][index];
+                if !l.blocked {
+                    if !due {
+                        index += 1;
+                        continue;
+                    }
+                    let before = self.phases[phase].len();
+                    sent += self.write(at, &meta);
+                    if self.phases[phase].len() < before {
+                        continue; // removed: another one is at `index` now
+                    }
+                } else if l.feed.next < oldest {
+                    let behind = self.ring.next - l.feed.next;
+                    self.broadcasts.count_slow(&self.mount, l.id, behind);
+                    self.remove(at);
+                    continue;
+                }
+                index += 1;
+            }
         }
         self.broadcasts.count_sent(&self.mount, sent);
     }
 
     /// Writes what listener `i` has pending, as far as its socket takes it; removes it if its connection
     /// is gone. The bytes written.
-    fn write(&mut self, i: usize, meta: &Bytes) -> usize {
-        let l = &mut self.listeners[i];
-        match write_listener(l, &self.ring, meta, &mut self.scratch) {
+    fn write(&mut self, at: At, meta: &Bytes) -> usize {
+        let l = &mut self.phases[at.phase][at.index];
+        let was_blocked = l.blocked;
+        let result = write_listener(l, &self.ring, meta, &mut self.scratch);
+        match (was_blocked, l.blocked) {
+            (false, true) => self.blocked += 1,
+            (true, false) => self.blocked -= 1,
+            _ => {}
+        }
+        match result {
             Ok(sent) => sent,
             Err((sent, e)) => {
                 debug!(room = %self.mount.room, listener = l.id, error = %e, "broadcast listener gone");
-                self.remove(i);
+                self.remove(at);
                 sent
             }
         }
     }
 
-    fn remove(&mut self, i: usize) {
-        // Order does not matter: every listener is written in each pass.
-        let gone = self.listeners.swap_remove(i);
+    fn remove(&mut self, at: At) {
+        // Order does not matter: every listener of a phase is written in each of its passes.
+        let gone = self.phases[at.phase].swap_remove(at.index);
+        if gone.blocked {
+            self.blocked -= 1;
+        }
         drop(gone);
         self.broadcasts.listener_left(&self.mount);
     }
@@ -397,31 +435,41 @@ impl Fanout {
     /// sends after its request are read and ignored.
     fn check_hangups(&mut self) {
         let mut buf = [0u8; 256];
-        let mut i = 0;
-        while i < self.listeners.len() {
-            match self.listeners[i].stream.try_read(&mut buf) {
-                Ok(0) => {
-                    debug!(room = %self.mount.room, listener = self.listeners[i].id, "broadcast listener hung up");
-                    self.remove(i);
-                    continue;
+        for phase in 0..self.phases.len() {
+            let mut index = 0;
+            while index < self.phases[phase].len() {
+                let at = At { phase, index };
+                let l = &self.phases[phase][index];
+                match l.stream.try_read(&mut buf) {
+                    Ok(0) => {
+                        debug!(room = %self.mount.room, listener = l.id, "broadcast listener hung up");
+                        self.remove(at);
+                        continue;
+                    }
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                        self.remove(at);
+                        continue;
+                    }
+                    _ => {}
                 }
-                Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
-                    self.remove(i);
-                    continue;
-                }
-                _ => {}
+                index += 1;
             }
-            i += 1;
         }
     }
 }
 
-/// Resolves with the index of a blocked listener whose socket can take data again.
-async fn writable(listeners: &[Listener]) -> usize {
+/// Resolves with a blocked listener whose socket can take data again; never while none is blocked
+/// (`blocked`), without looking at a listener.
+async fn writable(phases: &[Vec<Listener>], blocked: usize) -> At {
+    if blocked == 0 {
+        return std::future::pending().await;
+    }
     poll_fn(|cx| {
-        for (i, l) in listeners.iter().enumerate() {
-            if l.blocked && l.stream.poll_write_ready(cx).is_ready() {
-                return Poll::Ready(i);
+        for (phase, list) in phases.iter().enumerate() {
+            for (index, l) in list.iter().enumerate() {
+                if l.blocked && l.stream.poll_write_ready(cx).is_ready() {
+                    return Poll::Ready(At { phase, index });
+                }
             }
         }
         Poll::Pending

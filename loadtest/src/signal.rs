@@ -80,7 +80,12 @@ impl Ws {
                 .map_err(|_| SignalError::Unexpected(format!("bad subprotocol {p}")))?;
             req.headers_mut().insert("Sec-WebSocket-Protocol", v);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(
+            req,
+            Some(signaling::client::websocket_config()),
+            false,
+        )
+        .await?;
         Ok(Ws { ws })
     }
 

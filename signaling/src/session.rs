@@ -281,6 +281,18 @@ impl Exit {
 /// The outcome of handling one input: go on, or end the session.
 type Flow = Result<(), Exit>;
 
+/// The most presence events written together before one flush ([`Wire::send_presence`]).
+const PRESENCE_BATCH: usize = 64;
+
+/// A server message as the text of a WebSocket frame.
+fn to_text(message: &ServerMessage) -> Result<String, Exit> {
+    serde_json::to_string(message).map_err(|error| {
+        // Server messages are plain structs with string keys; this cannot happen.
+        tracing::error!(%error, "cannot serialize a server message");
+        Exit::Fatal(ErrorCode::Internal)
+    })
+}
+
 /// The sending half of a session, and the shared context.
 struct Wire<T> {
     transport: T,
@@ -301,12 +313,37 @@ impl<T: Sink<WsFrame> + Unpin> Wire<T> {
     }
 
     async fn send(&mut self, message: &ServerMessage) -> Flow {
-        match serde_json::to_string(message) {
-            Ok(text) => self.send_frame(WsFrame::Text(text)).await,
-            Err(error) => {
-                // Server messages are plain structs with string keys; this cannot happen.
-                tracing::error!(%error, "cannot serialize a server message");
-                Err(Exit::Fatal(ErrorCode::Internal))
+        self.send_frame(WsFrame::Text(to_text(message)?)).await
+    }
+
+    /// Sends the presence event `first` and those already queued behind it (at most
+    /// [`PRESENCE_BATCH`]), flushed once: a burst of joins costs each member one system call per burst
+    /// instead of one per join (500 joining at 100/s, the server's signaling thread spent 30 % of its
+    /// time in `send`; issue 15). Nothing waits for more: an event alone goes out at once.
+    async fn send_presence(
+        &mut self,
+        first: PresenceEvent,
+        queued: &mut mpsc::Receiver<PresenceEvent>,
+    ) -> Flow {
+        let transport = &mut self.transport;
+        let work = async {
+            let (mut next, mut fed) = (Some(first), 0);
+            while let Some(event) = next.take() {
+                let frame = WsFrame::Text(to_text(&event.into_message())?);
+                transport.feed(frame).await.map_err(|_| Exit::WriteFailed)?;
+                fed += 1;
+                // Taken off the queue only when it will be written.
+                if fed < PRESENCE_BATCH {
+                    next = queued.try_recv().ok();
+                }
+            }
+            transport.flush().await.map_err(|_| Exit::WriteFailed)
+        };
+        match timeout(self.send_timeout, work).await {
+            Ok(flow) => flow,
+            Err(_) => {
+                tracing::debug!("client does not read its socket; dropping the session");
+                Err(Exit::WriteFailed)
             }
         }
     }
@@ -458,7 +495,10 @@ where
                     self.wire.ctx.metrics().limit_hit(limit);
                     Err(exit)
                 }
-                Input::Presence(event) => self.wire.send(&event.into_message()).await,
+                Input::Presence(event) => match self.joined.as_mut() {
+                    Some(member) => self.wire.send_presence(event, &mut member.presence).await,
+                    None => Ok(()),
+                },
                 Input::Removed(reason) => Err(Exit::Removed(reason)),
                 Input::Moved(room) => Box::pin(self.on_moved(room)).await,
                 Input::Migrated(url) => self.on_migrated(url).await,

@@ -2060,3 +2060,106 @@ mod cluster;
 mod source;
 
 mod talk;
+
+// ---------------------------------------------------------------------------------------------------
+// Presence bursts
+
+/// A sink that logs what it is asked to do: each frame's text, and `flush`.
+#[derive(Default)]
+struct Recorder {
+    log: Vec<String>,
+}
+
+impl Sink<WsFrame> for Recorder {
+    type Error = String;
+
+    fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, frame: WsFrame) -> Result<(), String> {
+        let entry = match frame {
+            WsFrame::Text(text) => text.to_string(),
+            other => format!("{other:?}"),
+        };
+        self.log.push(entry);
+        Ok(())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.log.push("flush".into());
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The sids of the `participant_left` frames in `log`, and the number of flushes.
+fn lefts_and_flushes(log: &[String]) -> (Vec<String>, usize) {
+    let mut sids = Vec::new();
+    let mut flushes = 0;
+    for entry in log {
+        if entry == "flush" {
+            flushes += 1;
+            continue;
+        }
+        match serde_json::from_str(entry).expect("a server message") {
+            ServerMessage::ParticipantLeft(ParticipantLeft { sid, .. }) => sids.push(sid),
+            other => panic!("expected participant_left, got {other:?}"),
+        }
+    }
+    (sids, flushes)
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_presence_events_go_out_together_in_order_and_none_is_lost() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut wire = Wire {
+        transport: Recorder::default(),
+        ctx,
+        send_timeout: Duration::from_secs(5),
+    };
+    let sid = |i: usize| format!("PA_{i:012x}");
+    let left = |i: usize| PresenceEvent::Left {
+        sid: sid(i),
+        reason: ParticipantLeftReason::Left,
+    };
+    let (queue, mut queued) = mpsc::channel(PRESENCE_BATCH * 2);
+    for i in 1..PRESENCE_BATCH + 5 {
+        queue.try_send(left(i)).expect("room in the queue");
+    }
+
+    // A burst: the event in hand and the queued ones up to the batch, in order, then one flush.
+    wire.send_presence(left(0), &mut queued)
+        .await
+        .expect("written");
+    let (sids, flushes) = lefts_and_flushes(&wire.transport.log);
+    assert_eq!(sids, (0..PRESENCE_BATCH).map(sid).collect::<Vec<_>>());
+    assert_eq!(flushes, 1);
+    assert_eq!(wire.transport.log.last().map(String::as_str), Some("flush"));
+    // What did not fit stays queued for the next wake-up.
+    assert_eq!(queued.len(), 5);
+
+    wire.transport.log.clear();
+    let next = queued.try_recv().expect("still queued");
+    wire.send_presence(next, &mut queued)
+        .await
+        .expect("written");
+    let (sids, flushes) = lefts_and_flushes(&wire.transport.log);
+    assert_eq!(
+        sids,
+        (PRESENCE_BATCH..PRESENCE_BATCH + 5)
+            .map(sid)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(flushes, 1);
+
+    // An event alone goes out at once.
+    wire.transport.log.clear();
+    wire.send_presence(left(99), &mut queued)
+        .await
+        .expect("written");
+    assert_eq!(lefts_and_flushes(&wire.transport.log), (vec![sid(99)], 1));
+}

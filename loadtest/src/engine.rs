@@ -64,6 +64,9 @@ pub struct ParticipantSpec {
     pub chirper: bool,
     /// Decodes what it receives and detects chirps (mix mode).
     pub probe: bool,
+    /// Hands every RTP packet it receives to its peer. When false, only those until its first audio; the
+    /// rest are counted ([`Snapshot::rx_unmeasured`]) and dropped undecrypted.
+    pub measured: bool,
     /// The shape of its WebRTC session.
     pub shape: PeerShape,
 }
@@ -111,6 +114,9 @@ pub struct Snapshot {
     pub engine_cpu_s: f64,
     /// Datagrams the kernel dropped on the tool's full receive queue (the tool fell behind).
     pub tool_socket_drops: u64,
+    /// RTP packets received by participants that are not measured ([`ParticipantSpec::measured`]) after
+    /// their first audio: counted, not decrypted.
+    pub rx_unmeasured: u64,
     /// Per room: (expected, received) packets of every stream so far, retired participants included.
     pub by_room: std::collections::BTreeMap<usize, (u64, u64)>,
     /// Every participant still in the engine and alive: (index, arrival of its latest audio packet).

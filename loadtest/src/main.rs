@@ -177,6 +177,12 @@ struct RunArgs {
     /// Mix mode: listeners per room that decode the mix and detect chirps.
     #[arg(long, default_value_t = 3)]
     probes: usize,
+    /// Measure only the first K participants of each room (talkers and probes always): the others hand
+    /// their received RTP to their peer until their first audio, then only count it, undecrypted. The
+    /// tool's CPU then grows with K instead of with the room, so a room of hundreds does not saturate the
+    /// tool (loss, jitter and latency cover the K; join and first-audio times cover everyone).
+    #[arg(long)]
+    measure_receivers: Option<usize>,
     /// Mix mode: seconds between chirps.
     #[arg(long, default_value_t = 2.0)]
     chirp_period: f64,
@@ -397,6 +403,7 @@ fn run_config(a: &RunArgs, mode: Mode) -> anyhow::Result<RunConfig> {
         server_pid: a.server_pid,
         device: (!a.any_device).then(|| "lo".to_string()),
         probes: a.probes,
+        measure_receivers: a.measure_receivers,
         chirp_period: Duration::from_secs_f64(a.chirp_period),
         room_prefix: format!("{}-{}-", a.room_prefix, std::process::id()),
         floor: (!a.no_floor).then(FloorConfig::default),

@@ -178,6 +178,13 @@ pub fn table(r: &Report) -> String {
         r.tool_cpu_share * 100.0,
         r.tool_socket_drops
     );
+    if r.rx_unmeasured > 0 {
+        let _ = writeln!(
+            s,
+            "tool: {} RTP packets counted undecrypted by receivers not measured (--measure-receivers)",
+            r.rx_unmeasured
+        );
+    }
     s
 }
 

@@ -91,6 +91,9 @@ pub struct RunConfig {
     pub device: Option<String>,
     /// Mix mode: listeners per room that decode and detect chirps.
     pub probes: usize,
+    /// Only the first K participants of each room are measured after their first audio (`None`: all;
+    /// [`ParticipantSpec::measured`]).
+    pub measure_receivers: Option<usize>,
     pub chirp_period: Duration,
     pub room_prefix: String,
     /// Measure the machine's floor first (in the same run).
@@ -279,7 +282,8 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
     let server = match (config.server_pid, server_before, p0, p1) {
         (Some(pid), Some(before), Some(a), Some(b)) => {
             let cpu = b.cpu_s() - a.cpu_s();
-            let packets = s1.rx_packets - s0.rx_packets;
+            // What the server sent: decrypted by measured receivers or only counted by the others.
+            let packets = (s1.rx_packets + s1.rx_unmeasured) - (s0.rx_packets + s0.rx_unmeasured);
             let per = (packets > 0).then(|| cpu * 1e6 / packets as f64);
             let share = cpu / window;
             let per_part = share / done.max(1) as f64;
@@ -328,6 +332,7 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
         server,
         tool_cpu_share: (tool1.cpu_s() - tool0.cpu_s()) / window,
         tool_socket_drops: s1.tool_socket_drops,
+        rx_unmeasured: s1.rx_unmeasured,
         series: monitor.series,
     })
 }
@@ -365,6 +370,7 @@ pub fn spec_for(config: &RunConfig, index: usize) -> ParticipantSpec {
         voice: ordinal,
         chirper: config.mode == Mode::Mix && talker && ordinal == 0,
         probe,
+        measured: talker || probe || config.measure_receivers.is_none_or(|k| ordinal < k),
         shape: match (&config.target, config.mode) {
             (Target::Janus { .. }, Mode::Mix) => PeerShape::SendRecv,
             _ => PeerShape::Slots,

@@ -35,6 +35,7 @@ async fn a_short_run_measures_the_injected_loss_and_every_join() {
         server_pid: Some(server.pid()),
         device: Some("lo".into()),
         probes: 0,
+        measure_receivers: None,
         chirp_period: Duration::from_secs(2),
         room_prefix: "smoke-".into(),
         floor: None,
@@ -75,10 +76,61 @@ async fn a_short_run_measures_the_injected_loss_and_every_join() {
     assert!(s.rss_after_kb > 0);
     // The tool kept up: its own socket never overflowed, so the loss measured is the loss injected.
     assert_eq!(r.tool_socket_drops, 0);
+    assert_eq!(r.rx_unmeasured, 0, "every receiver is measured by default");
 
     // The machine-readable and HTML reports carry the same figures.
     let json = serde_json::to_value(&r).expect("the report serialises");
     assert_eq!(json["streams"]["lost"], r.streams.lost);
     let html = chorus_loadtest::report::html(&r);
     assert!(html.contains("<svg") && html.contains("loss"));
+}
+
+/// With `--measure-receivers 3` the two listeners beyond the first three participants still join and hear
+/// their first audio, then only count what they receive: nothing is lost from the figures that remain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_beyond_the_measured_ones_join_hear_and_then_only_count() {
+    let server = Server::start(&["--dev-mode", "true"])
+        .await
+        .expect("the chorus binary starts");
+    let config = RunConfig {
+        target: Target::Chorus {
+            ws_urls: vec![server.ws_url()],
+            api_key: "devkey".into(),
+            api_secret: "chorus-development-secret-do-not-use-in-production".into(),
+        },
+        mode: Mode::Forward,
+        rooms: 1,
+        participants: 5,
+        talkers: 2,
+        talk: TalkModel::Continuous,
+        dtx: false,
+        slots: 3,
+        ramp_rate: 50.0,
+        duration: Duration::from_secs(3),
+        join_timeout: Duration::from_secs(15),
+        drop_rtp: 0.0,
+        seed: 7,
+        server_pid: Some(server.pid()),
+        device: Some("lo".into()),
+        probes: 0,
+        measure_receivers: Some(3),
+        chirp_period: Duration::from_secs(2),
+        room_prefix: "smoke-measured-".into(),
+        floor: None,
+        progress: false,
+    };
+    let r = run::run(config).await.expect("the run completes");
+    eprintln!("{}", chorus_loadtest::report::table(&r));
+    assert_eq!(r.joins.failed, 0, "failures: {:?}", r.joins.failures);
+    assert_eq!(
+        r.joins.first_audio_ms.count, 5,
+        "everyone hears its first audio"
+    );
+    // Two listeners × two talkers × 50 packets/s for about 3 s, counted without decrypting.
+    assert!(r.rx_unmeasured > 300, "unmeasured {}", r.rx_unmeasured);
+    // The measured streams lose (almost) nothing on loopback.
+    assert!(r.streams.loss_pct < 1.0, "loss {} %", r.streams.loss_pct);
+    assert_eq!(r.streams.received + r.streams.lost, r.streams.expected);
+    assert!(r.latency_ms.count > 100, "{:?}", r.latency_ms);
+    assert_eq!(r.tool_socket_drops, 0);
 }

@@ -18,8 +18,8 @@ use crate::net::{participant_index, participant_ip, MultiSocket};
 use crate::talk::{Rng, Talker};
 
 use super::{
-    Command, EngineConfig, Loop, Milestones, Participant, ParticipantSpec, PeerShape, Snapshot,
-    StreamReport, Timer, Waker,
+    is_rtp, Command, EngineConfig, Loop, Milestones, Participant, ParticipantSpec, PeerShape,
+    Snapshot, StreamReport, Timer, Waker,
 };
 
 impl Loop {
@@ -217,6 +217,14 @@ impl Loop {
             return;
         };
         if !p.alive {
+            return;
+        }
+        if !p.spec.measured && p.first_audio.is_none() && is_rtp(data) {
+            // Heard already and not measured: what a client on another machine would decrypt is only
+            // counted here (STUN, DTLS and RTCP still go to the peer, which keeps its session alive).
+            self.snap.rx_bytes += data.len() as u64;
+            self.snap.rx_unmeasured += 1;
+            p.last_audio = Some(self.socket.arrival(i));
             return;
         }
         if let Err(e) = p.peer.handle_datagram(now, source, data) {

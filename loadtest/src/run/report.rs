@@ -55,6 +55,8 @@ pub struct Report {
     pub tool_cpu_share: f64,
     /// Datagrams dropped on the tool's own full receive queue during the whole run (should be 0).
     pub tool_socket_drops: u64,
+    /// RTP packets that participants not measured (`--measure-receivers`) counted without decrypting.
+    pub rx_unmeasured: u64,
     pub series: Vec<Point>,
 }
 

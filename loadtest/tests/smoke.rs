@@ -8,13 +8,15 @@ use chorus_loadtest::run::{self, Mode, RunConfig, Target};
 use chorus_loadtest::talk::TalkModel;
 use chorus_tests::Server;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_run_measures_the_injected_loss_and_every_join() {
-    let server = Server::start(&["--dev-mode", "true"])
-        .await
-        .expect("the chorus binary starts");
-    let drop = 0.10;
-    let config = RunConfig {
+/// One room of 5 on `server`, two of them talking continuously, for 3 s: `drop_rtp` of the talkers' RTP
+/// dropped by the tool, the first `measure_receivers` of the room measured (all when `None`).
+fn config(
+    server: &Server,
+    room_prefix: &str,
+    drop_rtp: f64,
+    measure_receivers: Option<usize>,
+) -> RunConfig {
+    RunConfig {
         target: Target::Chorus {
             ws_urls: vec![server.ws_url()],
             api_key: "devkey".into(),
@@ -30,17 +32,26 @@ async fn a_short_run_measures_the_injected_loss_and_every_join() {
         ramp_rate: 50.0,
         duration: Duration::from_secs(3),
         join_timeout: Duration::from_secs(15),
-        drop_rtp: drop,
+        drop_rtp,
         seed: 7,
         server_pid: Some(server.pid()),
         device: Some("lo".into()),
         probes: 0,
-        measure_receivers: None,
+        measure_receivers,
         chirp_period: Duration::from_secs(2),
-        room_prefix: "smoke-".into(),
+        room_prefix: room_prefix.into(),
         floor: None,
         progress: false,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_measures_the_injected_loss_and_every_join() {
+    let server = Server::start(&["--dev-mode", "true"])
+        .await
+        .expect("the chorus binary starts");
+    let drop = 0.10;
+    let config = config(&server, "smoke-", drop, None);
     let r = run::run(config).await.expect("the run completes");
     eprintln!("{}", chorus_loadtest::report::table(&r));
 
@@ -92,33 +103,7 @@ async fn receivers_beyond_the_measured_ones_join_hear_and_then_only_count() {
     let server = Server::start(&["--dev-mode", "true"])
         .await
         .expect("the chorus binary starts");
-    let config = RunConfig {
-        target: Target::Chorus {
-            ws_urls: vec![server.ws_url()],
-            api_key: "devkey".into(),
-            api_secret: "chorus-development-secret-do-not-use-in-production".into(),
-        },
-        mode: Mode::Forward,
-        rooms: 1,
-        participants: 5,
-        talkers: 2,
-        talk: TalkModel::Continuous,
-        dtx: false,
-        slots: 3,
-        ramp_rate: 50.0,
-        duration: Duration::from_secs(3),
-        join_timeout: Duration::from_secs(15),
-        drop_rtp: 0.0,
-        seed: 7,
-        server_pid: Some(server.pid()),
-        device: Some("lo".into()),
-        probes: 0,
-        measure_receivers: Some(3),
-        chirp_period: Duration::from_secs(2),
-        room_prefix: "smoke-measured-".into(),
-        floor: None,
-        progress: false,
-    };
+    let config = config(&server, "smoke-measured-", 0.0, Some(3));
     let r = run::run(config).await.expect("the run completes");
     eprintln!("{}", chorus_loadtest::report::table(&r));
     assert_eq!(r.joins.failed, 0, "failures: {:?}", r.joins.failures);

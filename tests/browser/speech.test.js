@@ -12,7 +12,8 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import {
-  withDiagnostics as runWithDiagnostics, launchParticipant, makeTempDir, openDemo, waitConnected,
+  withDiagnostics as runWithDiagnostics, inboundAudioStats, launchParticipant, makeTempDir, openDemo,
+  waitConnected,
 } from './lib/browser.js';
 import { startServer } from './lib/server.js';
 
@@ -97,6 +98,16 @@ for (const mode of /** @type {const} */ (['forward', 'mix'])) {
       const s = pesq(wav, received);
       console.log(`${mode}: PESQ-WB ${s.mos_lqo.toFixed(2)} (correlation ${s.correlation.toFixed(2)}, passage found `
         + `${(s.delay_ms / 1000).toFixed(1)} s into the recording)`);
+      // Where damage came from, should the score fall: the listener's receive side (packets lost on the way,
+      // samples its jitter buffer concealed) against the speaker's send side. Losses and concealment near 0
+      // with a low score point upstream of the server (the speaker's capture or encoder starved on a loaded
+      // machine); one forward run in a CI rehearsal scored 3.14 once and 3.89–3.93 when rerun. In a mixed
+      // room the concealed share includes the mix's DTX pauses (about a third of this passage).
+      const heard = (await inboundAudioStats(listener)).filter((x) => x.packetsReceived > 0);
+      console.log(`${mode}: listener receive side ${JSON.stringify(heard.map((x) => ({
+        slot: x.slot, packetsReceived: x.packetsReceived, packetsLost: x.packetsLost, jitterS: x.jitter,
+        concealedShare: x.totalSamplesReceived ? +(x.concealedSamples / x.totalSamplesReceived).toFixed(4) : null,
+      })))}`);
       // Scored against the passage itself, so Chromium's own encode and jitter buffer count too. Measured on
       // this 2-core VM (with other work running): forward 3.50–3.93, mix 2.74–3.01 (in virtual time with
       // libopus clients: 4.04 and 3.23 against the passage); the mix before the gate fix scored 1.5. The floors

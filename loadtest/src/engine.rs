@@ -123,6 +123,14 @@ pub struct Snapshot {
     pub live: Vec<(usize, Option<Instant>)>,
 }
 
+impl Snapshot {
+    /// RTP packets the server delivered to the tool so far: decrypted by measured receivers, or only
+    /// counted by the others ([`ParticipantSpec::measured`]).
+    pub fn rtp_delivered(&self) -> u64 {
+        self.rx_packets + self.rx_unmeasured
+    }
+}
+
 /// One received stream's final figures.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StreamReport {

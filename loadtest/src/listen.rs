@@ -85,7 +85,7 @@ pub fn parse_also(spec: &str) -> anyhow::Result<(String, u32)> {
 }
 
 /// The CPU of one `--also` thread over the windows of a target.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct AlsoReport {
     pub label: String,
     pub pid: u32,
@@ -314,20 +314,8 @@ pub async fn run(config: ListenConfig) -> anyhow::Result<Vec<TargetReport>> {
     }
     // Each server's cost with no listener (its sources: Chorus' room and mixer, Icecast's source client),
     // subtracted from the loaded window's: what the listeners cost.
-    let sample_all = || -> Vec<Option<procstat::ProcSample>> {
-        config
-            .targets
-            .iter()
-            .map(|t| t.pid.and_then(|p| procstat::sample(Some(p)).ok()))
-            .collect()
-    };
-    let sample_also = || -> Vec<Option<procstat::ProcSample>> {
-        config
-            .also
-            .iter()
-            .map(|(_, p)| procstat::sample(Some(*p)).ok())
-            .collect()
-    };
+    let sample_all = || sample_pids(config.targets.iter().map(|t| t.pid));
+    let sample_also = || sample_pids(config.also.iter().map(|(_, pid)| Some(*pid)));
     let (before, also_before) = (sample_all(), sample_also());
     let idle_begin = Instant::now();
     tokio::time::sleep(IDLE_WINDOW).await;
@@ -390,14 +378,8 @@ pub async fn run(config: ListenConfig) -> anyhow::Result<Vec<TargetReport>> {
             .filter(|r| r.listened > Duration::from_secs(1))
             .map(|r| r.bytes as f64 / r.listened.as_secs_f64())
             .collect();
-        let cpu_cores = match (&cpu_begin[i], &cpu_end[i]) {
-            (Some(a), Some(b)) => Some((b.cpu_s() - a.cpu_s()) / window),
-            _ => None,
-        };
-        let idle_cores = match (&before[i], &idle_end[i]) {
-            (Some(a), Some(b)) => Some((b.cpu_s() - a.cpu_s()) / idle_window),
-            _ => None,
-        };
+        let cpu_cores = cores(&cpu_begin[i], &cpu_end[i], window);
+        let idle_cores = cores(&before[i], &idle_end[i], idle_window);
         let rss = match (&before[i], &cpu_end[i]) {
             (Some(a), Some(b)) if !connected.is_empty() => {
                 Some((b.rss_kb as f64 - a.rss_kb as f64) * 1024.0 / connected.len() as f64)
@@ -420,46 +402,54 @@ pub async fn run(config: ListenConfig) -> anyhow::Result<Vec<TargetReport>> {
             closed_early: results.iter().filter(|r| r.closed_early).count(),
             server_cpu_cores: cpu_cores,
             server_cpu_cores_idle: idle_cores,
-            cpu_percent_per_1000: cpu_cores
-                .zip(idle_cores)
-                .filter(|_| !connected.is_empty())
-                .map(|(c, idle)| (c - idle) * 100.0 * 1000.0 / connected.len() as f64),
+            cpu_percent_per_1000: percent_per_1000(cpu_cores, idle_cores, connected.len()),
             rss_bytes_per_listener: rss,
             also: Vec::new(),
         });
         all_connected += connected.len();
     }
-    let also: Vec<(String, u32, Option<f64>)> = config
+    let also: Vec<AlsoReport> = config
         .also
         .iter()
         .enumerate()
-        .map(|(i, (label, pid))| {
-            let cores =
-                |a: &Option<procstat::ProcSample>, b: &Option<procstat::ProcSample>, w: f64| {
-                    a.as_ref()
-                        .zip(b.as_ref())
-                        .map(|(a, b)| (b.cpu_s() - a.cpu_s()) / w)
-                };
-            let busy = cores(&also_begin[i], &also_end[i], window);
-            let idle = cores(&also_before[i], &also_idle_end[i], idle_window);
-            let per_1000 = busy
-                .zip(idle)
-                .filter(|_| all_connected > 0)
-                .map(|(c, idle)| (c - idle) * 100.0 * 1000.0 / all_connected as f64);
-            (label.clone(), *pid, per_1000)
+        .map(|(i, (label, pid))| AlsoReport {
+            label: label.clone(),
+            pid: *pid,
+            cpu_percent_per_1000: percent_per_1000(
+                cores(&also_begin[i], &also_end[i], window),
+                cores(&also_before[i], &also_idle_end[i], idle_window),
+                all_connected,
+            ),
         })
         .collect();
     for r in &mut reports {
-        r.also = also
-            .iter()
-            .map(|(label, pid, cpu)| AlsoReport {
-                label: label.clone(),
-                pid: *pid,
-                cpu_percent_per_1000: *cpu,
-            })
-            .collect();
+        r.also.clone_from(&also);
     }
     Ok(reports)
+}
+
+/// A sample of each process (`None` where there is no pid or it cannot be read).
+fn sample_pids(pids: impl Iterator<Item = Option<u32>>) -> Vec<Option<procstat::ProcSample>> {
+    pids.map(|pid| pid.and_then(|p| procstat::sample(Some(p)).ok()))
+        .collect()
+}
+
+/// Cores used between samples `a` and `b`, `window_s` apart.
+fn cores(
+    a: &Option<procstat::ProcSample>,
+    b: &Option<procstat::ProcSample>,
+    window_s: f64,
+) -> Option<f64> {
+    a.as_ref()
+        .zip(b.as_ref())
+        .map(|(a, b)| (b.cpu_s() - a.cpu_s()) / window_s)
+}
+
+/// What `listeners` added to a process (`busy` minus `idle` cores), in % of one core per 1,000.
+fn percent_per_1000(busy: Option<f64>, idle: Option<f64>, listeners: usize) -> Option<f64> {
+    busy.zip(idle)
+        .filter(|_| listeners > 0)
+        .map(|(c, idle)| (c - idle) * 100.0 * 1000.0 / listeners as f64)
 }
 
 /// A text table of `reports`, one row per target, and the ratio of the first two.

@@ -282,8 +282,7 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
     let server = match (config.server_pid, server_before, p0, p1) {
         (Some(pid), Some(before), Some(a), Some(b)) => {
             let cpu = b.cpu_s() - a.cpu_s();
-            // What the server sent: decrypted by measured receivers or only counted by the others.
-            let packets = (s1.rx_packets + s1.rx_unmeasured) - (s0.rx_packets + s0.rx_unmeasured);
+            let packets = s1.rtp_delivered() - s0.rtp_delivered();
             let per = (packets > 0).then(|| cpu * 1e6 / packets as f64);
             let share = cpu / window;
             let per_part = share / done.max(1) as f64;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::pending;
+use std::future::{pending, Future};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -284,6 +284,15 @@ type Flow = Result<(), Exit>;
 /// The most presence events written together before one flush ([`Wire::send_presence`]).
 const PRESENCE_BATCH: usize = 64;
 
+/// `write` (frames to the client), given at most `send_timeout`: a client that does not read its socket
+/// is dropped rather than held.
+async fn within(send_timeout: Duration, write: impl Future<Output = Flow>) -> Flow {
+    timeout(send_timeout, write).await.unwrap_or_else(|_| {
+        tracing::debug!("client does not read its socket; dropping the session");
+        Err(Exit::WriteFailed)
+    })
+}
+
 /// A server message as the text of a WebSocket frame.
 fn to_text(message: &ServerMessage) -> Result<String, Exit> {
     serde_json::to_string(message).map_err(|error| {
@@ -302,14 +311,11 @@ struct Wire<T> {
 
 impl<T: Sink<WsFrame> + Unpin> Wire<T> {
     async fn send_frame(&mut self, frame: WsFrame) -> Flow {
-        match timeout(self.send_timeout, self.transport.send(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Exit::WriteFailed),
-            Err(_) => {
-                tracing::debug!("client does not read its socket; dropping the session");
-                Err(Exit::WriteFailed)
-            }
-        }
+        let transport = &mut self.transport;
+        within(self.send_timeout, async {
+            transport.send(frame).await.map_err(|_| Exit::WriteFailed)
+        })
+        .await
     }
 
     async fn send(&mut self, message: &ServerMessage) -> Flow {
@@ -326,7 +332,7 @@ impl<T: Sink<WsFrame> + Unpin> Wire<T> {
         queued: &mut mpsc::Receiver<PresenceEvent>,
     ) -> Flow {
         let transport = &mut self.transport;
-        let work = async {
+        within(self.send_timeout, async {
             let (mut next, mut fed) = (Some(first), 0);
             while let Some(event) = next.take() {
                 let frame = WsFrame::Text(to_text(&event.into_message())?);
@@ -338,14 +344,8 @@ impl<T: Sink<WsFrame> + Unpin> Wire<T> {
                 }
             }
             transport.flush().await.map_err(|_| Exit::WriteFailed)
-        };
-        match timeout(self.send_timeout, work).await {
-            Ok(flow) => flow,
-            Err(_) => {
-                tracing::debug!("client does not read its socket; dropping the session");
-                Err(Exit::WriteFailed)
-            }
-        }
+        })
+        .await
     }
 
     /// Sends an `error`; ends the session if the code is fatal.

@@ -60,9 +60,7 @@ impl Monitor {
         };
         if let Some((t, prev, prev_server, prev_tool)) = &self.last {
             let dt = now.saturating_duration_since(*t).as_secs_f64().max(1e-3);
-            p.rx_pps = ((s.rx_packets + s.rx_unmeasured) - (prev.rx_packets + prev.rx_unmeasured))
-                as f64
-                / dt;
+            p.rx_pps = (s.rtp_delivered() - prev.rtp_delivered()) as f64 / dt;
             let de = s.expected.saturating_sub(prev.expected);
             let dr = s.received.saturating_sub(prev.received);
             p.loss_pct = (de > 0).then(|| 100.0 * de.saturating_sub(dr) as f64 / de as f64);

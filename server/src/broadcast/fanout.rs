@@ -78,17 +78,16 @@ pub(super) fn hand_over(broadcasts: &Arc<Broadcasts>, mount: &Arc<Mount>, arriva
         }
         (mount.pages.subscribe(), ring, pager.headers.clone())
     };
+    let cadence = Cadence {
+        pages: broadcasts.config.pages_per_write(),
+    };
     let fanout = Fanout {
         broadcasts: broadcasts.clone(),
         mount: mount.clone(),
         headers,
         ring,
-        cadence: Cadence {
-            pages: broadcasts.config.pages_per_write(),
-        },
-        phases: (0..broadcasts.config.pages_per_write())
-            .map(|_| Vec::new())
-            .collect(),
+        cadence,
+        phases: (0..cadence.pages).map(|_| Vec::new()).collect(),
         blocked: 0,
         scratch: Vec::with_capacity(MAX_IOV),
     };

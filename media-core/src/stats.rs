@@ -22,10 +22,13 @@ pub enum DropReason {
     /// Verified STUN for one peer from an address another live peer is using (a spoofed source): dropped,
     /// so the address stays with the peer that was heard from it.
     Misrouted,
+    /// RTP that waited in the worker's receive queue longer than [`crate::CoreConfig::stale_rtp_after`]
+    /// (the worker fell behind): dropped unread rather than decrypted, forwarded or mixed seconds late.
+    Overloaded,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Oversized,
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
@@ -34,6 +37,7 @@ impl DropReason {
         DropReason::StaleOrDuplicate,
         DropReason::BadIntegrity,
         DropReason::Misrouted,
+        DropReason::Overloaded,
     ];
 
     /// The metric label value.
@@ -47,6 +51,7 @@ impl DropReason {
             DropReason::StaleOrDuplicate => "stale_or_duplicate",
             DropReason::BadIntegrity => "bad_integrity",
             DropReason::Misrouted => "misrouted",
+            DropReason::Overloaded => "overloaded",
         }
     }
 }

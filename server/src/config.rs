@@ -210,6 +210,10 @@ pub struct MediaConfig {
     /// Trunk messages waiting for a worker from the other shards of its rooms; beyond this they are dropped
     /// (and counted).
     pub trunk_queue_packets: usize,
+    /// RTP that waited this long or longer in a worker's receive queue (from the kernel's receive time to
+    /// the worker reading it) is dropped unread, counted as drop reason `overloaded`: an overloaded worker
+    /// sheds its backlog instead of delivering it seconds late.
+    pub stale_rtp_ms: u64,
 }
 
 impl Default for MediaConfig {
@@ -228,6 +232,7 @@ impl Default for MediaConfig {
             dev_lan_candidate: true,
             room_shard_participants: 400,
             trunk_queue_packets: 4_096,
+            stale_rtp_ms: media_core::STALE_RTP_AFTER.as_millis() as u64,
         }
     }
 }
@@ -731,6 +736,9 @@ impl Config {
                     "media.tcp_port_start: a fixed port, with room for every worker above",
                 );
             }
+        }
+        if !(20..=10_000).contains(&self.media.stale_rtp_ms) {
+            return invalid("media.stale_rtp_ms must be 20..=10000");
         }
         if self.media.room_shard_participants == 0 {
             return invalid("media.room_shard_participants must be at least 1");

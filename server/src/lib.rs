@@ -129,6 +129,7 @@ impl Server {
                 bind,
                 candidate: config.media.candidate_addr(index),
                 connect_timeout: Duration::from_millis(config.media.connect_timeout_ms),
+                stale_rtp_after: Duration::from_millis(config.media.stale_rtp_ms),
                 socket_buffer_bytes: config.media.socket_buffer_bytes,
                 extra_udp,
                 tcp: config.media.tcp_enabled.then(|| worker::TcpSpec {

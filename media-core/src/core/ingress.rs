@@ -11,7 +11,7 @@ use super::timers::slot_events;
 use super::{CoreEvent, Link, MediaCore, Participant, MAX_DATAGRAM};
 use crate::core::net::{NetPath, Transport};
 use crate::core::peer::{PeerError, PeerEvent, StreamStats};
-use crate::core::router::{Route, RouteMiss};
+use crate::core::router::{is_rtp, Route, RouteMiss};
 use crate::ids::{ParticipantId, SlotIndex, Ssrc};
 use crate::red;
 use crate::sfu::rewrite::SlotRewriter;
@@ -43,6 +43,28 @@ impl MediaCore {
     /// Whether `path` is bound to a peer: a STUN request over it was verified by that peer's ICE agent.
     pub fn path_bound(&self, path: &NetPath) -> bool {
         self.router.is_bound(path)
+    }
+
+    /// A datagram that arrived over `path` at `arrival` (the kernel's receive time) and was read at `now`.
+    /// RTP that waited [`crate::CoreConfig::stale_rtp_after`] or longer is dropped unread
+    /// ([`DropReason::Overloaded`]): the listeners' jitter buffers would throw it away as late, and
+    /// decrypting, forwarding or mixing a backlog keeps a worker that fell behind behind (under overload its
+    /// receive queue grew to seconds, and every listener heard the room seconds late: docs/loadtest.md,
+    /// "A room of 2,000 on two cores"). STUN, DTLS and RTCP are always handled. Everything else is
+    /// [`MediaCore::handle_datagram_via`] at `arrival`.
+    pub fn handle_datagram_read(
+        &mut self,
+        now: Instant,
+        arrival: Instant,
+        path: NetPath,
+        data: &[u8],
+    ) {
+        if now.saturating_duration_since(arrival) >= self.config.stale_rtp_after && is_rtp(data) {
+            self.stats.datagrams_in += 1;
+            self.stats.bytes_in += data.len() as u64;
+            return self.stats.drop(DropReason::Overloaded);
+        }
+        self.handle_datagram_via(arrival.min(now), path, data);
     }
 
     /// A datagram arrived over `path`: on one of the core's candidates (`path.local`, as advertised, over

@@ -55,7 +55,15 @@ pub struct CoreConfig {
     pub connect_timeout: Duration,
     /// Slot selection tuning.
     pub selector: SelectorConfig,
+    /// RTP read this long or longer after it arrived is dropped unread ([`MediaCore::handle_datagram_read`],
+    /// [`crate::DropReason::Overloaded`]): a worker that falls behind sheds its backlog instead of delivering
+    /// it seconds late.
+    pub stale_rtp_after: Duration,
 }
+
+/// The default of [`CoreConfig::stale_rtp_after`]: as late as the mixer lets itself fall before it skips
+/// ticks, and beyond what a listener's jitter buffer waits for.
+pub const STALE_RTP_AFTER: Duration = Duration::from_millis(200);
 
 impl CoreConfig {
     /// One UDP host candidate at `candidate_addr`.
@@ -65,6 +73,7 @@ impl CoreConfig {
             seed,
             connect_timeout: Duration::from_secs(20),
             selector: SelectorConfig::default(),
+            stale_rtp_after: STALE_RTP_AFTER,
         }
     }
 }

@@ -166,6 +166,12 @@ pub(crate) fn is_stun(data: &[u8]) -> bool {
     data.len() >= STUN_HEADER_LEN && data[0] < 2 && data[4..8] == STUN_MAGIC_COOKIE
 }
 
+/// RFC 7983 and RFC 5761 demultiplexing: RTP starts with 128..=191 (version 2), and its second byte (marker
+/// and payload type) is not an RTCP packet type (192..=223).
+pub(crate) fn is_rtp(data: &[u8]) -> bool {
+    matches!(data, [128..=191, second, ..] if !(192..=223).contains(second))
+}
+
 /// Whether `data` is a binding request (a connectivity or consent check). Says nothing about its integrity.
 pub(crate) fn is_binding_request(data: &[u8]) -> bool {
     is_stun(data) && data[..2] == BINDING_REQUEST

@@ -293,3 +293,35 @@ fn spatial_mixed_rooms_answer_stereo() {
         Err(CoreError::RoomSettingsConflict(_))
     ));
 }
+
+#[test]
+fn rtp_read_long_after_it_arrived_is_shed_and_stun_and_rtcp_never_are() {
+    let arrived = epoch();
+    let lo: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
+    let mut core = MediaCore::new(arrived, CoreConfig::new(lo, 1));
+    let path = NetPath::udp(lo, "127.0.0.1:6000".parse().expect("literal"));
+    let rtp = [0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xAA];
+    // A receiver report (packet type 201), and a binding request (magic cookie) naming no peer.
+    let rtcp = [0x80, 201, 0, 1, 0, 0, 0, 1];
+    let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    stun.extend_from_slice(&[7; 12]);
+    let late = arrived + STALE_RTP_AFTER;
+    let overloaded = |core: &MediaCore| core.stats().dropped(DropReason::Overloaded);
+
+    // Waited exactly the limit: shed, counted, nothing else looked at.
+    core.handle_datagram_read(late, arrived, path, &rtp);
+    assert_eq!(overloaded(&core), 1);
+    assert_eq!(core.stats().dropped(DropReason::UnknownSource), 0);
+    assert_eq!(core.stats().datagrams_in, 1);
+    // A millisecond less: handled as any datagram (here: from no known peer).
+    core.handle_datagram_read(late, arrived + Duration::from_millis(1), path, &rtp);
+    assert_eq!(overloaded(&core), 1);
+    assert_eq!(core.stats().dropped(DropReason::UnknownSource), 1);
+    // RTCP and STUN however long they waited: consent, handshakes and reports go on under overload.
+    let much_later = late + Duration::from_secs(5);
+    core.handle_datagram_read(much_later, arrived, path, &rtcp);
+    assert_eq!(core.stats().dropped(DropReason::UnknownSource), 2);
+    core.handle_datagram_read(much_later, arrived, path, &stun);
+    assert_eq!(overloaded(&core), 1);
+    assert_eq!(core.stats().datagrams_in, 4);
+}

@@ -206,6 +206,15 @@ fn invalid_settings_are_refused_with_reasons() {
     assert!(c
         .apply_env(|k| (k == "CHORUS_WORKERS").then(|| "many".into()))
         .is_err());
+    for stale_rtp_ms in [0, 19, 10_001] {
+        let mut c = Config::default();
+        c.media.stale_rtp_ms = stale_rtp_ms;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("stale_rtp_ms"));
+    }
 }
 
 #[test]

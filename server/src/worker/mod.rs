@@ -35,6 +35,10 @@ use tcp_conns::{tcp_listener, TcpState};
 
 /// Commands waiting for a worker; beyond this, signaling waits (never the media loop).
 const COMMAND_QUEUE: usize = 1024;
+/// Queued datagrams that are sent at once, before the rest of a receive batch is handled: four
+/// `sendmmsg` batches, so the extra system calls are at most one partly filled batch per flush, and only in
+/// rooms large enough to fill them.
+const FLUSH_AT_DATAGRAMS: usize = 4 * chorus_udp::BATCH;
 /// How often the worker publishes its counters.
 const STATS_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -43,6 +47,8 @@ pub struct WorkerSpec {
     pub bind: SocketAddr,
     pub candidate: SocketAddr,
     pub connect_timeout: Duration,
+    /// RTP read this long after it arrived is dropped unread (`CoreConfig::stale_rtp_after`).
+    pub stale_rtp_after: Duration,
     pub socket_buffer_bytes: usize,
     /// Development mode with media on loopback: also receive on this (non-loopback interface) address, at
     /// the same port if free, and offer it as a second UDP host candidate. Browsers that pair with no
@@ -293,6 +299,7 @@ impl Worker {
         );
         offer_order(&mut config.candidates);
         config.connect_timeout = spec.connect_timeout;
+        config.stale_rtp_after = spec.stale_rtp_after;
         let candidates: Vec<String> = config
             .candidates
             .iter()
@@ -338,19 +345,24 @@ impl Worker {
         let mut deadline = self.drain();
         self.flush();
         loop {
+            // The sockets come last: under load a socket is readable every time it is asked, and whatever
+            // is polled after it never runs. Everything before it is due at most once per wake-up (a timer)
+            // or comes at a bounded rate (another shard's speakers, a TCP client's frames, an ingest source's
+            // packets), one item per wake-up against the socket's batch. With the timers after the socket, a
+            // worker given more than a core's work ran no timer at all: no str0m timeouts, no slot
+            // selection or trunk export (a room of 2,000 spanning two workers went silent on the second), no
+            // published counters, and its second socket was never read.
             let wake = tokio::select! {
                 biased;
                 cmd = commands.recv() => Wake::Command(cmd),
-                // Before the socket: a busy socket is always readable, and another shard's speakers are
-                // as urgent as this one's (a few messages per 20 ms, each one wake).
                 trunk = self.trunk.next() => Wake::Trunk(trunk),
-                ready = self.socket.readable() => Wake::Readable(ready),
-                ready = readable(self.extra.as_ref().map(|(s, _)| s)) => Wake::ExtraReadable(ready),
-                event = next_tcp_event(&mut tcp_events) => Wake::Tcp(event),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
                 _ = stats_tick.tick() => Wake::Stats,
                 () = taps_changed(&mut self.taps) => Wake::Taps,
                 packet = self.sources.next() => Wake::Source(packet),
+                event = next_tcp_event(&mut tcp_events) => Wake::Tcp(event),
+                ready = self.socket.readable() => Wake::Readable(ready),
+                ready = readable(self.extra.as_ref().map(|(s, _)| s)) => Wake::ExtraReadable(ready),
             };
             let woke = Instant::now();
             match wake {
@@ -383,6 +395,14 @@ impl Worker {
                 Wake::Readable(Ok(())) => {
                     if let Some(d) = self.read_udp(false, &mut batch) {
                         deadline = d;
+                    }
+                    // The second socket's branch is after this one: read it here too when it has data
+                    // (no system call when the reactor has not seen it readable), or a busy primary
+                    // socket would leave it unread.
+                    if self.extra.is_some() {
+                        if let Some(d) = self.read_udp(true, &mut batch) {
+                            deadline = d;
+                        }
                     }
                 }
                 Wake::ExtraReadable(Ok(())) => {
@@ -452,18 +472,19 @@ impl Worker {
                 let mut deadline = None;
                 for (source, arrival, data) in batch.datagrams() {
                     // The kernel's receive time: the mixers' jitter buffers measure the network's jitter,
-                    // not the worker's own lateness (the core takes a time before its last input as that).
-                    let at = arrival.map_or(now, |a| a.min(now));
+                    // not the worker's own lateness, and RTP that waited too long is shed.
+                    let arrival = arrival.unwrap_or(now);
                     self.core
-                        .handle_datagram_via(at, NetPath::udp(local, source), data);
+                        .handle_datagram_read(now, arrival, NetPath::udp(local, source), data);
                     deadline = Some(self.drain());
+                    // A large room's packet fans out to hundreds: what is queued leaves now rather than
+                    // after the rest of the batch (a batch of talkers' packets in a room of 1,000 is tens
+                    // of thousands of datagrams, and the first ones waited for all of them).
+                    if self.outbox.len() >= FLUSH_AT_DATAGRAMS {
+                        self.flush_read(now);
+                    }
                 }
-                let sent = self.flush();
-                // Every datagram this batch produced left in this flush.
-                let latency = now.elapsed().as_secs_f64();
-                for _ in 0..sent {
-                    self.forwarding.observe(latency);
-                }
+                self.flush_read(now);
                 deadline
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
@@ -472,6 +493,16 @@ impl Worker {
                 debug!(error = %e, "recv failed");
                 None
             }
+        }
+    }
+
+    /// [`flush`](Self::flush) what datagrams read at `now` produced, and record how long after their reading
+    /// they left (`chorus_forwarding_latency_seconds`).
+    fn flush_read(&mut self, now: Instant) {
+        let sent = self.flush();
+        let latency = now.elapsed().as_secs_f64();
+        for _ in 0..sent {
+            self.forwarding.observe(latency);
         }
     }
 

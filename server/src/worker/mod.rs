@@ -345,26 +345,28 @@ impl Worker {
         let mut deadline = self.drain();
         self.flush();
         loop {
-            // The sockets come last: under load a socket is readable every time it is asked, and whatever
-            // is polled after it never runs. Everything before it is due at most once per wake-up (a timer)
-            // or comes at a bounded rate (another shard's speakers, a TCP client's frames, an ingest source's
-            // packets), one item per wake-up against the socket's batch. With the timers after the socket, a
-            // worker given more than a core's work ran no timer at all: no str0m timeouts, no slot
-            // selection or trunk export (a room of 2,000 spanning two workers went silent on the second), no
-            // published counters, and its second socket was never read.
+            // Under load a socket is readable every time it is asked, and whatever is polled after it never
+            // runs: a worker given more than a core's work ran no timer at all (no str0m timeouts, no slot
+            // selection or trunk export, no published counters) and never read its second socket. So what
+            // comes at a bounded rate (another shard's speakers, a TCP client's frames, an ingest source's
+            // packets, the counters' tick) is polled before the socket, one item per wake-up against the
+            // socket's batch; and the core's timeout, which must come after the datagrams that arrived
+            // before it (a mixer tick decodes what is there: a packet left unread would be concealed), stays
+            // after the socket but runs at the end of any wake-up that found it due (below).
             let wake = tokio::select! {
                 biased;
                 cmd = commands.recv() => Wake::Command(cmd),
                 trunk = self.trunk.next() => Wake::Trunk(trunk),
-                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
                 _ = stats_tick.tick() => Wake::Stats,
                 () = taps_changed(&mut self.taps) => Wake::Taps,
                 packet = self.sources.next() => Wake::Source(packet),
                 event = next_tcp_event(&mut tcp_events) => Wake::Tcp(event),
                 ready = self.socket.readable() => Wake::Readable(ready),
                 ready = readable(self.extra.as_ref().map(|(s, _)| s)) => Wake::ExtraReadable(ready),
+                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
             };
             let woke = Instant::now();
+            let timed_out = matches!(wake, Wake::Timeout);
             match wake {
                 Wake::Command(Some(cmd)) => {
                     self.command(cmd);
@@ -419,19 +421,7 @@ impl Worker {
                         deadline = d;
                     }
                 }
-                Wake::Timeout => {
-                    // The core has no clock: the mixer's cost is the wall time of the timeout passes in
-                    // which its tick counter moved.
-                    let ticks = self.core.stats().mix.ticks;
-                    self.core.handle_timeout(woke);
-                    deadline = self.drain();
-                    self.flush();
-                    if self.core.stats().mix.ticks > ticks {
-                        self.metrics
-                            .mixer_tick_duration
-                            .observe(woke.elapsed().as_secs_f64());
-                    }
-                }
+                Wake::Timeout => deadline = self.timeout(woke),
                 Wake::Taps => {
                     if let Some(taps) = &mut self.taps {
                         let set = taps.borrow_and_update().clone();
@@ -446,6 +436,14 @@ impl Worker {
                         tcp.sweep(woke, &self.metrics);
                     }
                     self.publish_stats();
+                }
+            }
+            // A timeout that fell due while something else kept the worker busy runs now, after the input
+            // that delayed it, not after every input that follows (see the select above).
+            if !timed_out {
+                let now = Instant::now();
+                if now >= deadline {
+                    deadline = self.timeout(now);
                 }
             }
             self.busy += woke.elapsed();
@@ -504,6 +502,22 @@ impl Worker {
         for _ in 0..sent {
             self.forwarding.observe(latency);
         }
+    }
+
+    /// The core's timeout at `now`; returns the next one.
+    fn timeout(&mut self, now: Instant) -> Instant {
+        // The core has no clock: the mixer's cost is the wall time of the timeout passes in which its tick
+        // counter moved.
+        let ticks = self.core.stats().mix.ticks;
+        self.core.handle_timeout(now);
+        let deadline = self.drain();
+        self.flush();
+        if self.core.stats().mix.ticks > ticks {
+            self.metrics
+                .mixer_tick_duration
+                .observe(now.elapsed().as_secs_f64());
+        }
+        deadline
     }
 
     /// Drain the core after an input: dispatch events, queue datagrams; return the next wake-up.

@@ -345,28 +345,21 @@ impl Worker {
         let mut deadline = self.drain();
         self.flush();
         loop {
-            // Under load a socket is readable every time it is asked, and whatever is polled after it never
-            // runs: a worker given more than a core's work ran no timer at all (no str0m timeouts, no slot
-            // selection or trunk export, no published counters) and never read its second socket. So what
-            // comes at a bounded rate (another shard's speakers, a TCP client's frames, an ingest source's
-            // packets, the counters' tick) is polled before the socket, one item per wake-up against the
-            // socket's batch; and the core's timeout, which must come after the datagrams that arrived
-            // before it (a mixer tick decodes what is there: a packet left unread would be concealed), stays
-            // after the socket but runs at the end of any wake-up that found it due (below).
             let wake = tokio::select! {
                 biased;
                 cmd = commands.recv() => Wake::Command(cmd),
+                // Before the socket: a busy socket is always readable, and another shard's speakers are
+                // as urgent as this one's (a few messages per 20 ms, each one wake).
                 trunk = self.trunk.next() => Wake::Trunk(trunk),
+                ready = self.socket.readable() => Wake::Readable(ready),
+                ready = readable(self.extra.as_ref().map(|(s, _)| s)) => Wake::ExtraReadable(ready),
+                event = next_tcp_event(&mut tcp_events) => Wake::Tcp(event),
+                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
                 _ = stats_tick.tick() => Wake::Stats,
                 () = taps_changed(&mut self.taps) => Wake::Taps,
                 packet = self.sources.next() => Wake::Source(packet),
-                event = next_tcp_event(&mut tcp_events) => Wake::Tcp(event),
-                ready = self.socket.readable() => Wake::Readable(ready),
-                ready = readable(self.extra.as_ref().map(|(s, _)| s)) => Wake::ExtraReadable(ready),
-                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
             };
             let woke = Instant::now();
-            let timed_out = matches!(wake, Wake::Timeout);
             match wake {
                 Wake::Command(Some(cmd)) => {
                     self.command(cmd);
@@ -398,14 +391,6 @@ impl Worker {
                     if let Some(d) = self.read_udp(false, &mut batch) {
                         deadline = d;
                     }
-                    // The second socket's branch is after this one: read it here too when it has data
-                    // (no system call when the reactor has not seen it readable), or a busy primary
-                    // socket would leave it unread.
-                    if self.extra.is_some() {
-                        if let Some(d) = self.read_udp(true, &mut batch) {
-                            deadline = d;
-                        }
-                    }
                 }
                 Wake::ExtraReadable(Ok(())) => {
                     if let Some(d) = self.read_udp(true, &mut batch) {
@@ -436,14 +421,6 @@ impl Worker {
                         tcp.sweep(woke, &self.metrics);
                     }
                     self.publish_stats();
-                }
-            }
-            // A timeout that fell due while something else kept the worker busy runs now, after the input
-            // that delayed it, not after every input that follows (see the select above).
-            if !timed_out {
-                let now = Instant::now();
-                if now >= deadline {
-                    deadline = self.timeout(now);
                 }
             }
             self.busy += woke.elapsed();

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media_core::client::ClientPeer;
+use media_core::router::is_rtp;
 use tokio::sync::oneshot;
 
 use crate::audio::{ChirpDetector, Frames};
@@ -341,37 +342,4 @@ struct Loop {
     arrival: Option<Instant>,
     /// Per room: (expected, received) of the streams of retired participants.
     retired: std::collections::BTreeMap<usize, (u64, u64)>,
-}
-
-fn is_rtp(d: &[u8]) -> bool {
-    // RFC 7983: 128..=191 is RTP or RTCP; RTCP packet types 192..=223 sit in the second byte
-    // (RFC 5761: with the marker bit, 64..=95 after masking).
-    d.len() >= 12 && (128..=191).contains(&d[0]) && !(64..=95).contains(&(d[1] & 0x7f))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rtp_is_told_from_rtcp_and_dtls_and_stun() {
-        let mut rtp = vec![0x80, 111];
-        rtp.resize(40, 0);
-        assert!(is_rtp(&rtp));
-        let mut marker = vec![0x80, 0x80 | 111];
-        marker.resize(40, 0);
-        assert!(is_rtp(&marker));
-        let mut sr = vec![0x80, 200];
-        sr.resize(40, 0);
-        assert!(!is_rtp(&sr));
-        let mut rr = vec![0x81, 201];
-        rr.resize(40, 0);
-        assert!(!is_rtp(&rr));
-        let mut dtls = vec![22, 254, 253];
-        dtls.resize(40, 0);
-        assert!(!is_rtp(&dtls));
-        let mut stun = vec![0x00, 0x01];
-        stun.resize(40, 0);
-        assert!(!is_rtp(&stun));
-    }
 }

@@ -183,6 +183,12 @@ impl Samples {
 }
 
 impl CoreStats {
+    /// One datagram of `data.len()` bytes came in from the network.
+    pub fn datagram_in(&mut self, data: &[u8]) {
+        self.datagrams_in += 1;
+        self.bytes_in += data.len() as u64;
+    }
+
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason as usize] += 1;
     }

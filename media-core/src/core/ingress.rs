@@ -33,8 +33,7 @@ impl MediaCore {
             Some(local) => self.handle_datagram_via(now, NetPath::udp(local, source), data),
             None => {
                 self.last_now = now;
-                self.stats.datagrams_in += 1;
-                self.stats.bytes_in += data.len() as u64;
+                self.stats.datagram_in(data);
                 self.stats.drop(DropReason::UnknownSource);
             }
         }
@@ -60,8 +59,7 @@ impl MediaCore {
         data: &[u8],
     ) {
         if now.saturating_duration_since(arrival) >= self.config.stale_rtp_after && is_rtp(data) {
-            self.stats.datagrams_in += 1;
-            self.stats.bytes_in += data.len() as u64;
+            self.stats.datagram_in(data);
             return self.stats.drop(DropReason::Overloaded);
         }
         self.handle_datagram_via(arrival.min(now), path, data);
@@ -77,8 +75,7 @@ impl MediaCore {
     pub fn handle_datagram_via(&mut self, now: Instant, path: NetPath, data: &[u8]) {
         let now = now.max(self.last_now);
         self.last_now = now;
-        self.stats.datagrams_in += 1;
-        self.stats.bytes_in += data.len() as u64;
+        self.stats.datagram_in(data);
         if data.len() > MAX_DATAGRAM {
             self.stats.drop(DropReason::Oversized);
             return;

@@ -166,10 +166,10 @@ pub(crate) fn is_stun(data: &[u8]) -> bool {
     data.len() >= STUN_HEADER_LEN && data[0] < 2 && data[4..8] == STUN_MAGIC_COOKIE
 }
 
-/// RFC 7983 and RFC 5761 demultiplexing: RTP starts with 128..=191 (version 2), and its second byte (marker
-/// and payload type) is not an RTCP packet type (192..=223).
-pub(crate) fn is_rtp(data: &[u8]) -> bool {
-    matches!(data, [128..=191, second, ..] if !(192..=223).contains(second))
+/// RFC 7983 demultiplexing: RTP (not RTCP, DTLS or STUN). 128..=191 is RTP or RTCP; RTCP packet types
+/// 192..=223 sit in the second byte (RFC 5761: with the marker bit, 64..=95 after masking).
+pub fn is_rtp(d: &[u8]) -> bool {
+    d.len() >= 12 && (128..=191).contains(&d[0]) && !(64..=95).contains(&(d[1] & 0x7f))
 }
 
 /// Whether `data` is a binding request (a connectivity or consent check). Says nothing about its integrity.
@@ -220,6 +220,28 @@ mod tests {
     #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
     fn epoch() -> Instant {
         Instant::now()
+    }
+
+    #[test]
+    fn rtp_is_told_from_rtcp_and_dtls_and_stun() {
+        let mut rtp = vec![0x80, 111];
+        rtp.resize(40, 0);
+        assert!(is_rtp(&rtp));
+        let mut marker = vec![0x80, 0x80 | 111];
+        marker.resize(40, 0);
+        assert!(is_rtp(&marker));
+        let mut sr = vec![0x80, 200];
+        sr.resize(40, 0);
+        assert!(!is_rtp(&sr));
+        let mut rr = vec![0x81, 201];
+        rr.resize(40, 0);
+        assert!(!is_rtp(&rr));
+        let mut dtls = vec![22, 254, 253];
+        dtls.resize(40, 0);
+        assert!(!is_rtp(&dtls));
+        let mut stun = vec![0x00, 0x01];
+        stun.resize(40, 0);
+        assert!(!is_rtp(&stun));
     }
 
     fn stun_with_username(username: &str) -> Vec<u8> {

@@ -406,7 +406,19 @@ impl Worker {
                         deadline = d;
                     }
                 }
-                Wake::Timeout => deadline = self.timeout(woke),
+                Wake::Timeout => {
+                    // The core has no clock: the mixer's cost is the wall time of the timeout passes in
+                    // which its tick counter moved.
+                    let ticks = self.core.stats().mix.ticks;
+                    self.core.handle_timeout(woke);
+                    deadline = self.drain();
+                    self.flush();
+                    if self.core.stats().mix.ticks > ticks {
+                        self.metrics
+                            .mixer_tick_duration
+                            .observe(woke.elapsed().as_secs_f64());
+                    }
+                }
                 Wake::Taps => {
                     if let Some(taps) = &mut self.taps {
                         let set = taps.borrow_and_update().clone();
@@ -479,22 +491,6 @@ impl Worker {
         for _ in 0..sent {
             self.forwarding.observe(latency);
         }
-    }
-
-    /// The core's timeout at `now`; returns the next one.
-    fn timeout(&mut self, now: Instant) -> Instant {
-        // The core has no clock: the mixer's cost is the wall time of the timeout passes in which its tick
-        // counter moved.
-        let ticks = self.core.stats().mix.ticks;
-        self.core.handle_timeout(now);
-        let deadline = self.drain();
-        self.flush();
-        if self.core.stats().mix.ticks > ticks {
-            self.metrics
-                .mixer_tick_duration
-                .observe(now.elapsed().as_secs_f64());
-        }
-        deadline
     }
 
     /// Drain the core after an input: dispatch events, queue datagrams; return the next wake-up.

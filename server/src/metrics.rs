@@ -60,6 +60,7 @@ pub struct MediaMetrics {
     pub worker_rooms: IntGaugeVec,
     pub worker_participants: IntGaugeVec,
     pub worker_busy: CounterVec,
+    pub worker_socket_yields: IntCounterVec,
     /// Open ICE-TCP connections (all workers).
     pub tcp_connections: IntGauge,
     pub tcp_closed: IntCounterVec,
@@ -156,6 +157,14 @@ impl MediaMetrics {
             &["worker"],
         )?;
         registry.register(Box::new(worker_busy.clone()))?;
+        let worker_socket_yields = IntCounterVec::new(
+            Opts::new(
+                "chorus_worker_socket_yields_total",
+                "Times a media worker's sockets, full at every read for 5 ms, let its taps, ingest sources, ICE-TCP events and then its core's timeout go first (a rising rate: the worker is given more than its core).",
+            ),
+            &["worker"],
+        )?;
+        registry.register(Box::new(worker_socket_yields.clone()))?;
         Ok(MediaMetrics {
             datagrams_in: counter(
                 registry,
@@ -318,6 +327,7 @@ impl MediaMetrics {
             worker_rooms,
             worker_participants,
             worker_busy,
+            worker_socket_yields,
             tcp_connections: {
                 let g = IntGauge::new(
                     "chorus_tcp_connections",

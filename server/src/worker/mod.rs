@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use media_core::core::net::{offer_order, LocalCandidate, NetPath, NetTransmit, Transport};
 use media_core::{CoreConfig, CoreStats, MediaCore, Output, ParticipantId};
 use prometheus::core::AtomicI64;
-use prometheus::core::{AtomicF64, GenericCounter, GenericGauge};
+use prometheus::core::{AtomicF64, AtomicU64, GenericCounter, GenericGauge};
 use prometheus::local::LocalHistogram;
 use signaling::media::{MediaCommand, MediaEvent};
 use tokio::net::UdpSocket;
@@ -30,6 +30,7 @@ use crate::udp;
 mod commands;
 mod tcp_conns;
 pub mod trunk;
+mod turns;
 
 use tcp_conns::{tcp_listener, TcpState};
 
@@ -253,6 +254,9 @@ struct Worker {
     busy_counter: GenericCounter<AtomicF64>,
     /// Time spent handling input since the last publication.
     busy: Duration,
+    socket_yields_counter: GenericCounter<AtomicU64>,
+    /// Whether the sockets go first (`turns.rs`).
+    turns: turns::SocketTurns,
     /// Forwarding latency observations, published with the counters (no atomics per datagram).
     forwarding: LocalHistogram,
     /// The rooms with listener streams, and where their mix frames go.
@@ -264,6 +268,21 @@ struct Worker {
     sources: commands::SourceQueues,
     /// Spanned rooms' other shards.
     trunk: trunk::TrunkLink,
+}
+
+/// What one read of a media socket did.
+struct UdpRead {
+    /// The core's next wake-up, if anything was read.
+    deadline: Option<Instant>,
+    /// The read filled its batch: more is probably queued.
+    full: bool,
+}
+
+impl UdpRead {
+    const NOTHING: UdpRead = UdpRead {
+        deadline: None,
+        full: false,
+    };
 }
 
 /// What woke the worker up.
@@ -318,6 +337,8 @@ impl Worker {
             participants_gauge: metrics.worker_participants.with_label_values(&[&label]),
             busy_counter: metrics.worker_busy.with_label_values(&[&label]),
             busy: Duration::ZERO,
+            socket_yields_counter: metrics.worker_socket_yields.with_label_values(&[&label]),
+            turns: turns::SocketTurns::default(),
             forwarding: metrics.forwarding_latency.local(),
             index: spec.index,
             core: MediaCore::new(now, config),
@@ -340,26 +361,40 @@ impl Worker {
         mut tcp_events: Option<mpsc::Receiver<TcpEvent>>,
     ) {
         let mut batch = udp::RecvBatch::default();
-        let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
-        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_stats = Instant::now() + STATS_INTERVAL;
         let mut deadline = self.drain();
         self.flush();
         loop {
+            // Sockets that held the worker for a turn go after everything else (`turns.rs`).
+            let sockets_yield = self.turns.sockets_yield(Instant::now());
             let wake = tokio::select! {
                 biased;
                 cmd = commands.recv() => Wake::Command(cmd),
                 // Before the socket: a busy socket is always readable, and another shard's speakers are
                 // as urgent as this one's (a few messages per 20 ms, each one wake).
                 trunk = self.trunk.next() => Wake::Trunk(trunk),
-                ready = self.socket.readable() => Wake::Readable(ready),
-                ready = readable(self.extra.as_ref().map(|(s, _)| s)) => Wake::ExtraReadable(ready),
+                ready = self.socket.readable(), if !sockets_yield => Wake::Readable(ready),
+                ready = readable(self.extra.as_ref().map(|(s, _)| s)), if !sockets_yield => {
+                    Wake::ExtraReadable(ready)
+                }
                 event = next_tcp_event(&mut tcp_events) => Wake::Tcp(event),
-                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timeout,
-                _ = stats_tick.tick() => Wake::Stats,
+                _ = tokio::time::sleep_until(deadline.into()), if !sockets_yield => Wake::Timeout,
+                _ = tokio::time::sleep_until(next_stats.into()) => Wake::Stats,
                 () = taps_changed(&mut self.taps) => Wake::Taps,
                 packet = self.sources.next() => Wake::Source(packet),
+                // Yielding: the timeout after the rest (a core past its capacity can be due again as soon
+                // as it ran), and the second socket before the primary, so that cannot starve it either.
+                _ = tokio::time::sleep_until(deadline.into()), if sockets_yield => Wake::Timeout,
+                ready = readable(self.extra.as_ref().map(|(s, _)| s)), if sockets_yield => {
+                    Wake::ExtraReadable(ready)
+                }
+                ready = self.socket.readable(), if sockets_yield => Wake::Readable(ready),
             };
             let woke = Instant::now();
+            if sockets_yield && matches!(wake, Wake::Readable(_) | Wake::Timeout) {
+                // The timeout or the primary socket ran as the last of the rest: the sockets get a new turn.
+                self.turns.served_last();
+            }
             match wake {
                 Wake::Command(Some(cmd)) => {
                     self.command(cmd);
@@ -387,15 +422,13 @@ impl Worker {
                 Wake::Readable(Err(e)) | Wake::ExtraReadable(Err(e)) => {
                     warn!(error = %e, "socket not readable")
                 }
-                Wake::Readable(Ok(())) => {
-                    if let Some(d) = self.read_udp(false, &mut batch) {
+                Wake::Readable(Ok(())) | Wake::ExtraReadable(Ok(())) => {
+                    let read =
+                        self.read_sockets(matches!(wake, Wake::ExtraReadable(_)), &mut batch);
+                    if let Some(d) = read.deadline {
                         deadline = d;
                     }
-                }
-                Wake::ExtraReadable(Ok(())) => {
-                    if let Some(d) = self.read_udp(true, &mut batch) {
-                        deadline = d;
-                    }
+                    self.turns.read(woke, read.full);
                 }
                 Wake::Tcp(None) => {
                     warn!("the ICE-TCP accept loop stopped");
@@ -428,12 +461,15 @@ impl Worker {
                         self.flush();
                     }
                 }
-                Wake::Stats => {
-                    if let Some(tcp) = &mut self.tcp {
-                        tcp.sweep(woke, &self.metrics);
-                    }
-                    self.publish_stats();
+                // Below, after any wake-up: a worker past its capacity may never get here.
+                Wake::Stats => {}
+            }
+            if woke >= next_stats {
+                if let Some(tcp) = &mut self.tcp {
+                    tcp.sweep(woke, &self.metrics);
                 }
+                self.publish_stats();
+                next_stats = woke + STATS_INTERVAL;
             }
             self.busy += woke.elapsed();
         }
@@ -441,9 +477,35 @@ impl Worker {
         info!(index = self.index, "media worker stopped");
     }
 
+    /// Read the socket that woke the worker (the extra one if `extra`). A full batch means a busy worker:
+    /// then both sockets are read in turn, a batch each, until neither fills its batch or the turn is over
+    /// ([`turns::SOCKET_TURN`]). A busy socket is readable at every wake-up, so the other one would
+    /// otherwise wait behind it, and a socket with more traffic gets the rounds the other leaves.
+    fn read_sockets(&mut self, extra: bool, batch: &mut udp::RecvBatch) -> UdpRead {
+        let start = Instant::now();
+        let mut read = self.read_udp(extra, batch);
+        if !read.full || self.extra.is_none() {
+            return read;
+        }
+        // The socket read first and the other, and whether each may have more queued.
+        let sockets = [extra, !extra];
+        let mut more = [true, true];
+        while more.contains(&true) && start.elapsed() < turns::SOCKET_TURN {
+            for i in [1, 0] {
+                if more[i] {
+                    let r = self.read_udp(sockets[i], batch);
+                    more[i] = r.full;
+                    read.deadline = r.deadline.or(read.deadline);
+                }
+            }
+        }
+        read.full = more.contains(&true);
+        read
+    }
+
     /// Read a batch from the primary UDP socket (or the extra one), feed it datagram by datagram (draining
-    /// after each), send once. Returns the core's next wake-up if anything was read.
-    fn read_udp(&mut self, extra: bool, batch: &mut udp::RecvBatch) -> Option<Instant> {
+    /// after each), send once.
+    fn read_udp(&mut self, extra: bool, batch: &mut udp::RecvBatch) -> UdpRead {
         let (socket, local) = match (extra, &self.extra) {
             (true, Some((s, addr))) => (s, *addr),
             _ => (&self.socket, self.udp_candidate),
@@ -454,7 +516,7 @@ impl Worker {
             other => other,
         });
         match received {
-            Ok(_) => {
+            Ok(count) => {
                 let now = Instant::now();
                 let mut deadline = None;
                 for (source, arrival, data) in batch.datagrams() {
@@ -472,13 +534,16 @@ impl Worker {
                     }
                 }
                 self.flush_read(now);
-                deadline
+                UdpRead {
+                    deadline,
+                    full: count == chorus_udp::BATCH,
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => UdpRead::NOTHING,
             // ICMP errors surface here on Linux; they concern one peer only.
             Err(e) => {
                 debug!(error = %e, "recv failed");
-                None
+                UdpRead::NOTHING
             }
         }
     }
@@ -584,6 +649,7 @@ impl Worker {
             .set(self.core.participant_count() as i64);
         self.busy_counter.inc_by(self.busy.as_secs_f64());
         self.busy = Duration::ZERO;
+        self.socket_yields_counter.inc_by(self.turns.take_yields());
     }
 }
 

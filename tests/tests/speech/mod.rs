@@ -374,7 +374,8 @@ const FORWARD_CLEAN_SENT_FLOOR: f64 = 4.4;
 /// What the listener played of a forwarded stream on a clean link: one concealment allowed (see above).
 const FORWARD_CLEAN_PLAYED_FLOOR: f64 = 4.2;
 
-// 5 % loss and 10..50 ms on each leg, the speaker's FEC expecting 5 %: the target for mix, 3.0.
+// 5 % loss and 10..50 ms on each leg, the speaker's FEC expecting 5 %: the target for mix, 3.0, is
+// held in virtual time; the floors here allow for the real clock (see them below).
 // History: over real UDP this listener first asked its buffer for every span as of the tick (not as of the
 // span's start), which made it insert silence after every trim (mix 2.61/2.64); with that fixed and the mixer
 // at 32 kb/s, mix 3.03 to 3.27 in four runs. With the mixer at 48 kb/s (the default since, see
@@ -404,10 +405,22 @@ async fn speech_over_real_udp_with_5_percent_loss_and_jitter_on_each_leg() -> an
 /// 2.71 (before the listener's span-time fix 1.96 to 2.66; virtual time, one seed: 3.26). With the margin
 /// steered (the listener adds silence after a quiet packet to the end of its tick, not by the 2.5 ms it
 /// lacks as of the span's start): 2.12 to 2.63 in five runs.
-const FORWARD_LOSSY_FLOOR: f64 = 2.0;
+///
+/// Then 2.0, lowered to 1.7 on 2026-12-02 after 22 runs of this test alone on a quiet machine, the same
+/// test binary against two servers (c3637db, and the worker's socket turns, identical on a calm worker):
+/// 1.80 to 2.58, below 2.0 in 3 of 8 and 4 of 14 (earlier sessions: 1.81 to 2.64). The proxies are
+/// seeded, so every run lost the same packets (465 received, 58 to 62 frames lost, 51 to 52 of them
+/// recovered from FEC); what varies is how often the listener's jitter buffer steered its delay (12 to 20
+/// frames inserted, 0 to 26 dropped, on 75 ms of arrival spread), and PESQ scores each time warp. The
+/// server's part, forwarding bit-exact, is held by the clean test (4.4 as received); this floor catches a
+/// listener or a path that breaks, not a tenth of a point.
+const FORWARD_LOSSY_FLOOR: f64 = 1.7;
 
-/// Mixing at 5 % loss per leg: the target.
-const MIX_LOSSY_FLOOR: f64 = 3.0;
+/// Mixing at 5 % loss per leg. The target, 3.0, is held in virtual time (media-core's speech
+/// tests, a 3-seed mean). Over real UDP 18 of the same runs as above scored 2.93 to 3.71 (two at or
+/// below 3.00; earlier sessions 2.85 to 3.45): the server's and the listener's jitter buffers both run on the
+/// machine's clock, so the floor here is 2.8 (3.0 until 2026-12-02).
+const MIX_LOSSY_FLOOR: f64 = 2.8;
 
 // The same condition with RED (RFC 2198, depth 1, as Chrome sends it) on every leg: the speaker sends each
 // frame again in the next packet, the server passes RED through (forward) or recovers from it and sends its

@@ -414,7 +414,13 @@ async fn speech_over_real_udp_with_5_percent_loss_and_jitter_on_each_leg() -> an
 /// frames inserted, 0 to 26 dropped, on 75 ms of arrival spread), and PESQ scores each time warp. The
 /// server's part, forwarding bit-exact, is held by the clean test (4.4 as received); this floor catches a
 /// listener or a path that breaks, not a tenth of a point.
-const FORWARD_LOSSY_FLOOR: f64 = 1.7;
+///
+/// 1.9 since 2026-12-03: the listener's delay target now forgets over ~10 s instead of ~3 s and silence is
+/// added after a quiet packet only when the margin is more than 5 ms short (media-core's jitter docs), so
+/// the listener steers far less (trims 10 a run on average before, about 1 after). Interleaved runs of
+/// this test alone, the same build but for that: before 1.75 to 2.67 (mean 2.26, 18 runs), after 2.08 to
+/// 2.61 (mean 2.51, 18 runs).
+const FORWARD_LOSSY_FLOOR: f64 = 1.9;
 
 /// Mixing at 5 % loss per leg. The target, 3.0, is held in virtual time (media-core's speech
 /// tests, a 3-seed mean). Over real UDP 18 of the same runs as above scored 2.93 to 3.71 (two at or

@@ -64,7 +64,7 @@ impl JitterBuffer {
             .min(last);
         // A new stream's histogram is the seed and the delays measured so far, each weighing alike (the
         // seed counts as one measurement): the n-th keeps n / (n + 1) of the mass, until the forgetting
-        // factor keeps less (from the 58th, at 0.983). The seed alone used to fade at the forgetting
+        // factor keeps less (from the 200th, at 0.995). The seed alone used to fade at the forgetting
         // factor's pace, so the target stayed at `initial_delay` for 3.5 s whatever was measured, then fell
         // to the floor at once, 50 ms at a 10 ms floor: beyond `force_margin`, and loud packets of the first
         // long sentence were dropped.

@@ -82,7 +82,8 @@ impl JitterBuffer {
         // target's spread were concealed. So time is given up (trims, skips, forced drops) only while the
         // margin stays at the target, and where adding time is inaudible (after a quiet packet, in a DTX
         // gap) it is added until the margin reaches the target: silence to the end of the tick, which moves
-        // the next packet to the next tick. Inside speech (concealment for a lost packet, a forced insert)
+        // the next packet to the next tick (after a quiet packet only once the margin is more than
+        // `ADD_AFTER_QUIET_SLACK_US` short, so the wander of the minimum transit is not steered). Inside speech (concealment for a lost packet, a forced insert)
         // only a short delay adds time, as before: whole ticks of PLC there cost more than they protect.
         let delay = self.delay_us(now_us);
         self.last_delay_us = delay;
@@ -198,7 +199,7 @@ impl JitterBuffer {
             // audio from its end (which the quiet packet after it carries).
             let after_quiet = self.last_quiet;
             let forced_insert = delay < target && self.force == Force::Grow && force_allowed;
-            if (after_quiet && margin < target) || forced_insert {
+            if (after_quiet && target - margin > ADD_AFTER_QUIET_SLACK_US) || forced_insert {
                 self.stats.delay_inserted += 1;
                 if after_quiet {
                     return Some(Playout::Silence {

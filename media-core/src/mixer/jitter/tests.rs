@@ -1410,3 +1410,43 @@ fn a_stream_that_never_pauses_gives_up_its_start_up_delay_all_the_same() {
     let late = delay_at(19 * SECOND);
     assert!(late <= 40 * MS, "given up by 19 s: {late:?}");
 }
+
+#[test]
+fn a_steady_network_gets_a_steady_target() {
+    // Chorus issue 15: over real UDP at 30 ± 20 ms per leg (two legs, as a forwarded listener hears a
+    // speaker; 5 % loss each), the listener's buffer changed its delay in almost every pause, 11 to 18
+    // insertions and 0 to 20 trims in 11 s of speech, and PESQ-WB ranged 1.75 to 2.67 over the same
+    // packets. The 95th percentile of a histogram that forgot within 3 s wandered over 15 ms (95 to 110
+    // ms here, 50 to 66 moves in 50 s) and each move down was trimmed in the next pause, each move up
+    // added again. With ~10 s of memory it stays within one bucket of 5 ms.
+    for seed in [3, 5, 8] {
+        let mut rng = Rng::new(seed);
+        let frames = talk_spurts(&mut rng, 60.0, true);
+        let lost: Vec<bool> = (0..frames.len()).map(|_| rng.chance(0.1)).collect();
+        let mut jitter = Rng::new(seed + 100);
+        let delay = |_: usize| {
+            let ms = jitter.range_f64(10.0, 50.0) + jitter.range_f64(10.0, 50.0);
+            Duration::from_secs_f64(ms / 1000.0)
+        };
+        let mut h = Harness::new(
+            JitterConfig::default(),
+            send(&frames, 0, 0, 0.0, delay, |i| lost[i]),
+        );
+        h.run_until(62 * SECOND);
+        let targets = || {
+            h.trace
+                .delays
+                .iter()
+                .filter(|(t, ..)| *t >= 10 * SECOND)
+                .map(|(_, target, _)| *target)
+        };
+        let (low, high) = (targets().min(), targets().max());
+        let (Some(low), Some(high)) = (low, high) else {
+            panic!("seed {seed}: not playing after 10 s");
+        };
+        assert!(
+            high - low <= 5 * MS,
+            "seed {seed}: the target wandered over {low:?}..{high:?} on a steady network"
+        );
+    }
+}

@@ -151,6 +151,14 @@ pub fn text(r: &Reports) -> String {
         );
         line(
             &mut out,
+            "server private memory per participant",
+            g(c, &["server", "anon_kb_per_participant"]),
+            g(j, &["server", "anon_kb_per_participant"]),
+            "kB",
+            0,
+        );
+        line(
+            &mut out,
             "tool CPU",
             g(c, &["tool_cpu_share"]).map(|x| x * 100.0),
             g(j, &["tool_cpu_share"]).map(|x| x * 100.0),

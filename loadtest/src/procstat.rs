@@ -8,6 +8,9 @@ pub struct ProcSample {
     pub user_s: f64,
     pub system_s: f64,
     pub rss_kb: u64,
+    /// The anonymous part of `rss_kb` (`RssAnon`): the process' private memory, without the file pages it
+    /// maps (its binary's code and shared libraries, which the page cache holds once for every process).
+    pub rss_anon_kb: u64,
 }
 
 impl ProcSample {
@@ -63,16 +66,19 @@ pub fn sample(pid: Option<u32>) -> Result<ProcSample, ProcError> {
     let status_path = dir.join("status");
     let status = std::fs::read_to_string(&status_path)
         .map_err(|e| ProcError::Read(status_path.clone(), e))?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let kb = |field: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     Ok(ProcSample {
         user_s,
         system_s,
-        rss_kb,
+        rss_kb: kb("VmRSS:"),
+        rss_anon_kb: kb("RssAnon:"),
     })
 }
 
@@ -142,6 +148,7 @@ mod tests {
         std::hint::black_box(x);
         let s = sample(None).expect("/proc/self");
         assert!(s.rss_kb > 0);
+        assert!(s.rss_anon_kb > 0 && s.rss_anon_kb <= s.rss_kb, "{s:?}");
         assert!(s.cpu_s() > 0.0);
         let by_pid = sample(Some(std::process::id())).expect("/proc/pid");
         assert!(by_pid.rss_kb > 0);

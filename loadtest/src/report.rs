@@ -163,13 +163,14 @@ pub fn table(r: &Report) -> String {
         );
         let _ = writeln!(
             s,
-            "  per participant: {:.3} % of a core ({} participants per core); RSS {:.1} → {:.1} MB, {:.0} kB per participant ({} kB each in the second half of the joins)",
+            "  per participant: {:.3} % of a core ({} participants per core); RSS {:.1} → {:.1} MB, {:.0} kB per participant ({} kB each in the second half of the joins; private memory {} kB per participant)",
             sv.cpu_share_per_participant * 100.0,
             opt(sv.participants_per_core, 0),
             sv.rss_before_kb as f64 / 1024.0,
             sv.rss_after_kb as f64 / 1024.0,
             sv.rss_kb_per_participant,
             opt(sv.rss_kb_per_participant_second_half, 0),
+            opt(sv.anon_kb_per_participant, 0),
         );
     }
     let _ = writeln!(

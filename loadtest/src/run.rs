@@ -306,6 +306,9 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
                     let later = done.checked_sub(started).filter(|n| *n > 0)?;
                     Some((b.rss_kb as f64 - kb as f64) / later as f64)
                 }),
+                anon_kb_per_participant: (b.rss_anon_kb > 0).then(|| {
+                    (b.rss_anon_kb as f64 - before.rss_anon_kb as f64) / done.max(1) as f64
+                }),
             })
         }
         _ => None,

@@ -110,6 +110,11 @@ pub struct ServerSummary {
     /// joined in that half: a participant's own cost, without the code pages the first joins fault in
     /// (a few MB once per process, which the whole-run figure spreads over the participants).
     pub rss_kb_per_participant_second_half: Option<f64>,
+    /// Growth of the anonymous part of the RSS (`RssAnon`) over the whole run, per participant: what the
+    /// participants cost in private memory, without the code pages of the binary that the first joins
+    /// fault in (file pages, shared through the page cache), which `rss_kb_per_participant` spreads over
+    /// them. `None` when /proc does not give `RssAnon`.
+    pub anon_kb_per_participant: Option<f64>,
 }
 
 pub(super) fn ms(d: Duration) -> f64 {

@@ -531,3 +531,79 @@ fn the_broadcast_tap_carries_the_full_mix_every_tick_silence_included() {
         .set_tap(room.t0 + FRAME_DURATION * frames as u32, false);
     assert_eq!(room.mixer.take_tapped().count(), 0);
 }
+
+#[test]
+fn a_talker_waking_an_idle_mixer_plays_at_its_target_not_a_tick_later() {
+    // Chorus issue 15: the tick grid stayed wherever the room's creation put it, so a talker's packet
+    // waited for its jitter buffer's target and then for the next tick, up to a tick more (the mix latency
+    // at 503 participants: 45 to 48 ms with a 20 ms target). The packet that wakes an idle mixer now sets
+    // the grid's phase. Two talk spurts, at two phases against the room's original grid, with a DTX pause
+    // (the mixer idle) between them; the output's timestamps never go back (`Received::take`).
+    let mut room = Room::new(&[A, B]);
+    let mut mic = Sender::new(0xA);
+    let mut phase = 0.0;
+    let mut out = Vec::new();
+    let mut first_heard = Vec::new();
+    for (start_ms, offset_us) in [(1_000u64, 7_300u64), (4_000, 15_900)] {
+        let first_k = (start_ms / 20) as usize;
+        let arrival0 = room.t0 + Duration::from_millis(start_ms) + Duration::from_micros(offset_us);
+        assert!(
+            room.mixer.next_tick().is_none(),
+            "the mixer is idle before the spurt at {start_ms} ms"
+        );
+        let mut heard = None;
+        let mut waking_target = None;
+        for k in first_k..first_k + 50 {
+            let arrival = arrival0 + FRAME_DURATION * (k - first_k) as u32;
+            // A loud, steady frame (no DTX inside the spurt).
+            let pcm: Vec<f32> = (0..FRAME_SAMPLES)
+                .map(|_| {
+                    phase += std::f64::consts::TAU * 440.0 / f64::from(SAMPLE_RATE);
+                    (0.3 * phase.sin()) as f32
+                })
+                .collect();
+            if let Some(p) = mic.frame(k, &pcm) {
+                room.push(arrival, A, mic.ssrc, p);
+            }
+            if k == first_k {
+                waking_target = room.mixer.jitter_target(A);
+            }
+            while let Some(t) = room
+                .mixer
+                .next_tick()
+                .filter(|t| *t < arrival + FRAME_DURATION)
+            {
+                out.clear();
+                room.mixer
+                    .tick(t, &mut out, &mut room.stats, &mut room.samples);
+                for p in &out {
+                    room.rx.entry(p.to).or_default().take(p, TS_OFFSET);
+                    if p.to == B && p.payload.len() > 10 && heard.is_none() {
+                        heard = Some(t);
+                    }
+                }
+            }
+        }
+        let target = waking_target.expect("A is a member");
+        let heard = heard.expect("B heard A's spurt");
+        first_heard.push((start_ms, heard.duration_since(arrival0), target));
+        // Silence (DTX: nothing sent) until the mixer goes idle.
+        let end = arrival0 + FRAME_DURATION * 50 + Duration::from_millis(1_500);
+        while let Some(t) = room.mixer.next_tick().filter(|t| *t < end) {
+            out.clear();
+            room.mixer
+                .tick(t, &mut out, &mut room.stats, &mut room.samples);
+            for p in &out {
+                room.rx.entry(p.to).or_default().take(p, TS_OFFSET);
+            }
+        }
+    }
+    // Each spurt plays 1 ms after its first packet's target (the start-up target, 60 ms, then the one
+    // measured since), where the room's own grid gave up to a tick more (72.7 ms for the first).
+    for (start_ms, waited, target) in first_heard {
+        assert!(
+            waited >= target && waited <= target + 2 * MS,
+            "the spurt at {start_ms} ms was first heard {waited:?} after it arrived, target {target:?}"
+        );
+    }
+}

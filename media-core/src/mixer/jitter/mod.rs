@@ -26,8 +26,8 @@
 //! ten seconds. (It was 0.983, fading within three: the 95th percentile of so short a memory moved by a
 //! bucket or two every few seconds under steady jitter, and each move was steered: over real UDP at 30 ± 20
 //! ms per leg a forwarded listener inserted 11 to 18 and dropped 0 to 20 spans in 11 s of speech, and its
-//! PESQ-WB ranged 1.75 to 2.67 over the same packets; Chorus issue 15.) The *target delay* is the [`JitterConfig::percentile`] (95th) of that histogram plus
-//! [`JitterConfig::headroom`] (at most the percentile itself, so a stream with little jitter gets little
+//! PESQ-WB ranged 1.75 to 2.67 over the same packets; Chorus issue 15.) The *target delay* is the
+//! [`JitterConfig::percentile`] (95th) of that histogram plus [`JitterConfig::headroom`] (at most the percentile itself, so a stream with little jitter gets little
 //! headroom), clamped to `[min_delay, max_delay]`. The histogram starts with all its mass
 //! at [`JitterConfig::initial_delay`], so a new stream starts playing there, but that seed weighs as one
 //! measurement: the n-th delay measured keeps only n / (n + 1) of the mass (until the forgetting factor
@@ -76,9 +76,9 @@
 //! - **On a quiet packet** (RFC 6464 level of −[`JitterConfig::quiet_level`] dBov or quieter, −60 dBov
 //!   by default): a packet is shortened (played only in part, down to 2.5 ms, but still decoded, so a
 //!   decoder's state stays continuous) so that the margin lands on the target, or (without cost to the
-//!   margin) so that its successor starts its tick; silence is inserted when the margin is more than a bucket (5 ms)
-//!   below target (a whole tick of it, so any shortfall at all was re-added, and trimmed again, in almost
-//!   every pause).
+//!   margin) so that its successor starts its tick; silence is inserted when the margin is more than a
+//!   bucket (5 ms) below target (a whole tick of it: when any shortfall at all added one, it was trimmed
+//!   again in the next pause, and the delay changed in almost every pause).
 //!   Quiet packets give up time *inside a pause* (after 80 ms of quiet packets); inside a
 //!   sentence (a stop consonant, a breath: a shorter quiet run) only when the delay is 10 ms too long, so
 //!   the wander of the delay estimate under jitter is not heard as time shifts mid-sentence; never the first

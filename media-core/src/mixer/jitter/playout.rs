@@ -83,8 +83,9 @@ impl JitterBuffer {
         // margin stays at the target, and where adding time is inaudible (after a quiet packet, in a DTX
         // gap) it is added until the margin reaches the target: silence to the end of the tick, which moves
         // the next packet to the next tick (after a quiet packet only once the margin is more than
-        // `ADD_AFTER_QUIET_SLACK_US` short, so the wander of the minimum transit is not steered). Inside speech (concealment for a lost packet, a forced insert)
-        // only a short delay adds time, as before: whole ticks of PLC there cost more than they protect.
+        // `ADD_AFTER_QUIET_SLACK_US` short, so the wander of the minimum transit is not steered). Inside
+        // speech (concealment for a lost packet, a forced insert) only a short delay adds time, as before:
+        // whole ticks of PLC there cost more than they protect.
         let delay = self.delay_us(now_us);
         self.last_delay_us = delay;
         let margin = delay - samples_to_us(held);

@@ -27,8 +27,9 @@
 //! bucket or two every few seconds under steady jitter, and each move was steered: over real UDP at 30 ± 20
 //! ms per leg a forwarded listener inserted 11 to 18 and dropped 0 to 20 spans in 11 s of speech, and its
 //! PESQ-WB ranged 1.75 to 2.67 over the same packets; Chorus issue 15.) The *target delay* is the
-//! [`JitterConfig::percentile`] (95th) of that histogram plus [`JitterConfig::headroom`] (at most the percentile itself, so a stream with little jitter gets little
-//! headroom), clamped to `[min_delay, max_delay]`. The histogram starts with all its mass
+//! [`JitterConfig::percentile`] (95th) of that histogram plus [`JitterConfig::headroom`] (at most the
+//! percentile itself, so a stream with little jitter gets little headroom), clamped to
+//! `[min_delay, max_delay]`. The histogram starts with all its mass
 //! at [`JitterConfig::initial_delay`], so a new stream starts playing there, but that seed weighs as one
 //! measurement: the n-th delay measured keeps only n / (n + 1) of the mass (until the forgetting factor
 //! keeps less, from the 200th), so the histogram is the plain distribution of what was measured, the seed

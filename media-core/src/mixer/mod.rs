@@ -368,8 +368,8 @@ impl Mixer {
     /// packet that wakes the mixer (arrived at `arrival`, its jitter buffer waiting `wait` before playing)
     /// plays at the first tick its buffer allows, not up to a tick later. The grid is otherwise wherever the
     /// room's creation put it, and a packet waits for its target and then for the next tick: on average
-    /// half a tick more, up to a whole one (Chorus issue 15: the mix latency at 503 participants was 45 to
-    /// 50 ms with a 20 ms target, 37 to 40 ms with the grid anchored). Only the waking talker is aligned;
+    /// half a tick more, up to a whole one (Chorus issue 15: the mix latency p50 at 503 participants was 48 to
+    /// 50 ms with a 20 ms target, 33 ms with the grid anchored). Only the waking talker is aligned;
     /// those who join the talk later keep whatever phase they have, as before. The grid only moves back,
     /// by less than a tick, so grid indices (the output's RTP timestamps) still only grow; only call it
     /// while no tick is scheduled.

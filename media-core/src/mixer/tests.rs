@@ -536,7 +536,7 @@ fn the_broadcast_tap_carries_the_full_mix_every_tick_silence_included() {
 fn a_talker_waking_an_idle_mixer_plays_at_its_target_not_a_tick_later() {
     // Chorus issue 15: the tick grid stayed wherever the room's creation put it, so a talker's packet
     // waited for its jitter buffer's target and then for the next tick, up to a tick more (the mix latency
-    // at 503 participants: 45 to 50 ms with a 20 ms target). The packet that wakes an idle mixer now sets
+    // p50 at 503 participants: 48 to 50 ms with a 20 ms target, 33 ms anchored). The packet that wakes an idle mixer now sets
     // the grid's phase. Two talk spurts, at two phases against the room's original grid, with a DTX pause
     // (the mixer idle) between them; the output's timestamps never go back (`Received::take`).
     let mut room = Room::new(&[A, B]);

@@ -54,12 +54,8 @@ impl Mixer {
             PushOutcome::Invalid => return Err(NotOpus),
             PushOutcome::Accepted | PushOutcome::TooFarAhead | PushOutcome::Overflow => {}
         }
-        if self.next_tick.is_none() {
-            // The mixer was idle: nobody is playing, so its ticks may move to where this packet wants them.
-            let wait = m.jitter.target_delay();
-            self.anchor_grid(now, wait);
-            self.next_tick = Some(self.grid_at_or_after(now));
-        }
+        let wait = m.jitter.target_delay();
+        self.wake_anchored(now, wait);
         Ok(())
     }
 

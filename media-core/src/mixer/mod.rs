@@ -174,7 +174,7 @@ struct Member {
     heard_from: Option<ParticipantId>,
 }
 
-/// How long after a waking packet's wait the anchored tick falls (see [`Mixer::anchor_grid`]): the packets
+/// How long after a waking packet's wait the anchored tick falls (see [`Mixer::wake_anchored`]): the packets
 /// after it come by other paths, and the fastest of them sets the margin.
 const ANCHOR_SLACK: Duration = Duration::from_millis(1);
 
@@ -364,27 +364,26 @@ impl Mixer {
         self.members.iter().any(|m| m.subscribes)
     }
 
-    /// Move the idle mixer's tick grid so that a tick falls [`ANCHOR_SLACK`] after `arrival + wait`: the
-    /// packet that wakes the mixer (arrived at `arrival`, its jitter buffer waiting `wait` before playing)
+    /// Wake an idle mixer for a packet (nothing if a tick is scheduled): first move its tick grid so that
+    /// a tick falls [`ANCHOR_SLACK`] after `arrival + wait`. Nobody is playing while it is idle, so the
+    /// move is free, and the packet that wakes the mixer (arrived at `arrival`, its jitter buffer waiting `wait` before playing)
     /// plays at the first tick its buffer allows, not up to a tick later. The grid is otherwise wherever the
     /// room's creation put it, and a packet waits for its target and then for the next tick: on average
     /// half a tick more, up to a whole one (Chorus issue 15: the mix latency p50 at 503 participants was 48 to
     /// 50 ms with a 20 ms target, 33 ms with the grid anchored). Only the waking talker is aligned;
     /// those who join the talk later keep whatever phase they have, as before. The grid only moves back,
-    /// by less than a tick, so grid indices (the output's RTP timestamps) still only grow; only call it
-    /// while no tick is scheduled.
-    fn anchor_grid(&mut self, arrival: Instant, wait: Duration) {
-        let want = arrival + wait + ANCHOR_SLACK;
-        let past =
-            want.saturating_duration_since(self.epoch).as_nanos() % FRAME_DURATION.as_nanos();
-        if past != 0 {
-            let back = FRAME_DURATION.as_nanos() - past;
-            // `back` is below one tick (20 ms): it fits a u64 of nanoseconds.
-            let back = Duration::from_nanos(u64::try_from(back).unwrap_or(0));
-            if let Some(epoch) = self.epoch.checked_sub(back) {
-                self.epoch = epoch;
-            }
+    /// by less than a tick, so grid indices (the output's RTP timestamps) still only grow.
+    fn wake_anchored(&mut self, arrival: Instant, wait: Duration) {
+        if self.next_tick.is_some() {
+            return;
         }
+        // The grid point at or after `want`, less `want`: how far the grid moves back.
+        let want = arrival + wait + ANCHOR_SLACK;
+        let back = self.grid_at_or_after(want) - want;
+        if let Some(epoch) = self.epoch.checked_sub(back) {
+            self.epoch = epoch;
+        }
+        self.next_tick = Some(self.grid_at_or_after(arrival));
     }
 
     /// The first tick-grid instant at or after `t`.

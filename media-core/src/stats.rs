@@ -138,6 +138,8 @@ pub struct MixStats {
     pub ticks_late: u64,
     /// Ticks given up because the worker was more than [`crate::mixer::MAX_CATCH_UP_TICKS`] behind.
     pub ticks_skipped: u64,
+    /// Times a ticking room's grid moved earlier to its talkers' phase (`Mixer::rephase`).
+    pub grid_moves: u64,
     /// Opus frames decoded from participants.
     pub frames_decoded: u64,
     /// Opus frames encoded (one per shared mix plus one per talker per tick).

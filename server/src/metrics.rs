@@ -49,6 +49,7 @@ pub struct MediaMetrics {
     pub mixer_ticks: IntCounter,
     pub mixer_ticks_late: IntCounter,
     pub mixer_ticks_skipped: IntCounter,
+    pub mixer_grid_moves: IntCounter,
     pub mixer_tick_duration: Histogram,
     pub mixer_frames_decoded: IntCounter,
     pub mixer_frames_encoded: IntCounter,
@@ -278,6 +279,11 @@ impl MediaMetrics {
                 "chorus_mixer_ticks_skipped_total",
                 "Mixer ticks given up because the worker was more than 200 ms behind.",
             )?,
+            mixer_grid_moves: counter(
+                registry,
+                "chorus_mixer_grid_moves_total",
+                "Times a ticking mixed room moved its 20 ms tick grid earlier to its talkers' arrival phase.",
+            )?,
             mixer_tick_duration: histogram(
                 registry,
                 "chorus_mixer_tick_duration_seconds",
@@ -389,6 +395,7 @@ impl MediaMetrics {
         self.mixer_ticks_late.inc_by(d(b.ticks_late, n.ticks_late));
         self.mixer_ticks_skipped
             .inc_by(d(b.ticks_skipped, n.ticks_skipped));
+        self.mixer_grid_moves.inc_by(d(b.grid_moves, n.grid_moves));
         self.mixer_frames_decoded
             .inc_by(d(b.frames_decoded, n.frames_decoded));
         self.mixer_frames_encoded

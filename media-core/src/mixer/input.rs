@@ -54,8 +54,8 @@ impl Mixer {
             PushOutcome::Invalid => return Err(NotOpus),
             PushOutcome::Accepted | PushOutcome::TooFarAhead | PushOutcome::Overflow => {}
         }
-        let wait = m.jitter.target_delay();
-        self.wake_anchored(now, wait);
+        let due = m.jitter.due().unwrap_or(now + m.jitter.target_delay());
+        self.wake_anchored(now, due);
         Ok(())
     }
 

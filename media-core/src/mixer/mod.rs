@@ -174,9 +174,17 @@ struct Member {
     heard_from: Option<ParticipantId>,
 }
 
-/// How long after a waking packet's wait the anchored tick falls (see [`Mixer::wake_anchored`]): the packets
-/// after it come by other paths, and the fastest of them sets the margin.
+/// How long after a packet is due the tick that plays it falls when the grid is set for it (see
+/// [`Mixer::wake_anchored`] and [`Mixer::rephase`]).
 const ANCHOR_SLACK: Duration = Duration::from_millis(1);
+
+/// A ticking room moves its grid only when every talker has had at least this much margin to spare for
+/// [`REPHASE_TICKS`] ticks in a row (see [`Mixer::rephase`]): smaller moves are not worth a listener's early
+/// packet, and the spare wanders by a millisecond or two with the fastest path.
+const REPHASE_MIN_SPARE: Duration = Duration::from_millis(3);
+
+/// Ticks in a row (200 ms) every talker must have spared [`REPHASE_MIN_SPARE`] before the grid moves.
+const REPHASE_TICKS: u32 = 10;
 
 /// One mixed room's mixing state.
 pub struct Mixer {
@@ -186,6 +194,9 @@ pub struct Mixer {
     epoch: Instant,
     next_tick: Option<Instant>,
     ticks: u64,
+    /// Ticks in a row in which every talker could spare [`REPHASE_MIN_SPARE`], and the least any spared.
+    spare_run: u32,
+    least_spare: Duration,
     members: Vec<Member>,
     index: HashMap<ParticipantId, usize>,
     shared: Option<OutEncoder>,
@@ -226,6 +237,8 @@ impl Mixer {
             epoch: now,
             next_tick: None,
             ticks: 0,
+            spare_run: 0,
+            least_spare: Duration::MAX,
             members: Vec::new(),
             index: HashMap::new(),
             shared: None,
@@ -364,26 +377,79 @@ impl Mixer {
         self.members.iter().any(|m| m.subscribes)
     }
 
-    /// Wake an idle mixer for a packet (nothing if a tick is scheduled): first move its tick grid so that
-    /// a tick falls [`ANCHOR_SLACK`] after `arrival + wait`. Nobody is playing while it is idle, so the
-    /// move is free, and the packet that wakes the mixer (arrived at `arrival`, its jitter buffer waiting `wait` before playing)
-    /// plays at the first tick its buffer allows, not up to a tick later. The grid is otherwise wherever the
-    /// room's creation put it, and a packet waits for its target and then for the next tick: on average
-    /// half a tick more, up to a whole one (Chorus issue 15: the mix latency p50 at 503 participants was 48 to
-    /// 50 ms with a 20 ms target, 33 ms with the grid anchored). Only the waking talker is aligned;
-    /// those who join the talk later keep whatever phase they have, as before. The grid only moves back,
-    /// by less than a tick, so grid indices (the output's RTP timestamps) still only grow.
-    fn wake_anchored(&mut self, arrival: Instant, wait: Duration) {
+    /// Wake an idle mixer for a packet that arrived at `arrival` and is `due` to play (when its jitter buffer
+    /// would start it: it has waited the target on the fastest recent path; [`JitterBuffer::due`]). Nothing
+    /// if a tick is scheduled. Unless a tick of the grid already falls within [`ANCHOR_SLACK`] after `due`,
+    /// the grid first moves so that one falls [`ANCHOR_SLACK`] after it. Nobody is playing while the mixer is
+    /// idle, so the move is free, and the packet that wakes the mixer plays at the first tick its buffer
+    /// allows, not up to a tick later. The grid is otherwise wherever the room's creation put it, and a
+    /// packet waits for its target and then for the next tick: on average half a tick more, up to a whole
+    /// one (Chorus issue 15: the mix latency p50 at 503 participants was 48 to 50 ms with a 20 ms target,
+    /// 33 ms with the grid anchored). `due` is on the fastest path, not the waking packet's own arrival: a
+    /// waking packet that came a few ms late would otherwise set the phase late, and [`Mixer::rephase`]
+    /// would take it back a few ticks later, a whole tick of grid (and of output timestamps) per talk
+    /// spurt. Only the waking talker is aligned here; the others by `rephase`. The grid only moves back, by
+    /// less than a tick, so grid indices (the output's RTP timestamps) still only grow.
+    fn wake_anchored(&mut self, arrival: Instant, due: Instant) {
         if self.next_tick.is_some() {
             return;
         }
-        // The grid point at or after `want`, less `want`: how far the grid moves back.
-        let want = arrival + wait + ANCHOR_SLACK;
-        let back = self.grid_at_or_after(want) - want;
-        if let Some(epoch) = self.epoch.checked_sub(back) {
-            self.epoch = epoch;
+        let want = due + ANCHOR_SLACK;
+        let tick = self.grid_at_or_after(due);
+        if tick > want {
+            // The grid point at or after `want` is `tick`: the grid moves back by the difference.
+            if let Some(epoch) = self.epoch.checked_sub(tick - want) {
+                self.epoch = epoch;
+            }
         }
         self.next_tick = Some(self.grid_at_or_after(arrival));
+    }
+
+    /// Move a ticking room's grid earlier when its talkers' packets wait longer than their targets: once
+    /// every talker (every input decoded this tick) has spared at least [`REPHASE_MIN_SPARE`] of margin
+    /// for [`REPHASE_TICKS`] ticks in a row, the next tick comes sooner by the least spared, less
+    /// [`ANCHOR_SLACK`] (less than a tick). [`wake_anchored`](Self::wake_anchored) sets the phase only when
+    /// a packet wakes an idle room, from that one packet: a room that never goes idle (a browser room
+    /// without DTX) kept whatever phase it started with, and a waking packet that came late set the grid
+    /// late for every packet after it (Chorus issue 15: at 503 participants one run in four measured a mix
+    /// latency p50 of 48 ms instead of 33 ms). Nothing is heard: every input plays the same spans, only
+    /// sooner, with a margin still at or above its target. The grid index, hence the output timestamps,
+    /// stays continuous, because the grid moves by less than a tick right after a tick ran; the listeners'
+    /// packets come that much sooner from then on, which their jitter buffers see as a faster path and
+    /// give back in a pause (as they do for a sender's clock running fast). With several talkers at
+    /// different phases the tightest one sets the grid and the others keep waiting for it.
+    fn rephase(&mut self, stats: &mut MixStats) {
+        let Some(next) = self.next_tick else {
+            return;
+        };
+        let least = self
+            .members
+            .iter()
+            .filter(|m| m.talking)
+            .map(|m| m.jitter.spare_margin(next).unwrap_or(Duration::ZERO))
+            .min();
+        match least {
+            Some(least) if least >= REPHASE_MIN_SPARE => {
+                self.spare_run += 1;
+                self.least_spare = self.least_spare.min(least);
+            }
+            _ => {
+                self.spare_run = 0;
+                self.least_spare = Duration::MAX;
+                return;
+            }
+        }
+        if self.spare_run < REPHASE_TICKS {
+            return;
+        }
+        let back = (self.least_spare - ANCHOR_SLACK).min(FRAME_DURATION - ANCHOR_SLACK);
+        self.spare_run = 0;
+        self.least_spare = Duration::MAX;
+        if let (Some(epoch), Some(tick)) = (self.epoch.checked_sub(back), next.checked_sub(back)) {
+            self.epoch = epoch;
+            self.next_tick = Some(tick);
+            stats.grid_moves += 1;
+        }
     }
 
     /// The first tick-grid instant at or after `t`.

@@ -167,7 +167,7 @@ impl Mixer {
             // A spatial room: a stereo mix per listener (steps 3 and 4 of its own).
             self.spatial_outputs(frame_ts, audibility, out, stats);
             self.tap_full_mix(grid, None, stats);
-            self.after_tick(grid, self.talkers.len(), any_active);
+            self.after_tick(grid, self.talkers.len(), any_active, stats);
             return;
         }
         // 3. Decide each listener's encode. A listener who starts hearing its own mix-minus continues the
@@ -308,7 +308,7 @@ impl Mixer {
             stats.packets_sent += 1;
         }
         self.tap_full_mix(grid, shared_packet, stats);
-        self.after_tick(grid, self.talkers.len(), any_active);
+        self.after_tick(grid, self.talkers.len(), any_active, stats);
     }
 
     /// 4b. The broadcast tap: the full mix, from the shared encode (made now if no listener needed it;
@@ -340,8 +340,8 @@ impl Mixer {
     }
 
     /// Step 5: keep ticking while anything is buffered, playing or in hangover, or a mount listens;
-    /// otherwise sleep until a packet.
-    fn after_tick(&mut self, grid: u64, talkers: usize, any_active: bool) {
+    /// otherwise sleep until a packet. A ticking room's grid follows its talkers (`rephase`).
+    fn after_tick(&mut self, grid: u64, talkers: usize, any_active: bool, stats: &mut MixStats) {
         let busy = self.tap
             || any_active
             || talkers > 0
@@ -349,7 +349,9 @@ impl Mixer {
             || self.members.iter().any(|m| m.personal.is_some())
             || (!self.config.dtx && self.members.iter().any(|m| m.subscribes));
         self.next_tick = busy.then(|| self.epoch + FRAME_DURATION * (grid + 1) as u32);
-        if !busy {
+        if busy {
+            self.rephase(stats);
+        } else {
             self.shared = None;
         }
     }

@@ -152,6 +152,7 @@ async fn metrics_pass_promtool_and_match_docs_rules_and_dashboard() -> anyhow::R
         "chorus_mixer_tick_duration_seconds",
         "chorus_mixer_ticks_late_total",
         "chorus_mixer_ticks_skipped_total",
+        "chorus_mixer_grid_moves_total",
         "chorus_jitter_buffer_delay_seconds",
         "chorus_jitter_buffer_concealed_frames_total",
         "chorus_join_latency_seconds",

@@ -587,6 +587,29 @@ impl JitterBuffer {
         }
     }
 
+    /// When the earliest buffered packet will have waited the target on the fastest recent path: the tick at
+    /// which a buffering stream starts to play it (a stream in a gap steers onto the same point). `None`
+    /// with nothing buffered.
+    pub fn due(&self) -> Option<Instant> {
+        let base = self.base?;
+        let first = self.packets.front()?;
+        let min_transit = self.window.front().map_or(0, |f| f.1);
+        Some(base + us_duration(samples_to_us(first.ts) + min_transit + self.target_us))
+    }
+
+    /// How much sooner than `tick` the consumer could decode the packet at the playout position and still
+    /// give it the target's margin on the fastest recent path: its margin as of `tick` less the target,
+    /// zero when it is short; `None` unless playing. The mixer moves its tick grid by the least of its
+    /// talkers' (`Mixer::rephase`).
+    pub fn spare_margin(&self, tick: Instant) -> Option<Duration> {
+        let base = self.base?;
+        if self.phase != Phase::Playing {
+            return None;
+        }
+        let now_us = duration_us(tick.saturating_duration_since(base));
+        Some(us_duration(self.delay_us(now_us) - self.target_us))
+    }
+
     /// Audio buffered ahead of the playout position (from the playout position to the end of the last
     /// buffered packet).
     pub fn buffered(&self) -> Duration {

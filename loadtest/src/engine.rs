@@ -61,8 +61,8 @@ pub struct ParticipantSpec {
     pub talk: Option<TalkModel>,
     /// Voice (tone) to send.
     pub voice: usize,
-    /// Sends chirps (mix mode).
-    pub chirper: bool,
+    /// Sends chirps (mix mode), in its turn among its room's chirpers.
+    pub chirper: Option<ChirpTurn>,
     /// Decodes what it receives and detects chirps (mix mode).
     pub probe: bool,
     /// Hands every RTP packet it receives to its peer. When false, only those until its first audio; the
@@ -70,6 +70,30 @@ pub struct ParticipantSpec {
     pub measured: bool,
     /// The shape of its WebRTC session.
     pub shape: PeerShape,
+}
+
+/// A chirper's place in its room's rotation: the room sends one chirp per period, from its chirpers in turn
+/// (`turn` of `of`), so the mix latency covers every talker's phase against the mixer's grid, not only the
+/// first talker's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChirpTurn {
+    pub turn: usize,
+    pub of: usize,
+}
+
+impl ChirpTurn {
+    /// Whether this chirper starts a chirp at `now`, given its room's next due time and whose turn it is
+    /// (`room`, advanced by one turn when it does). A turn overdue by a whole `period` (its talker is not
+    /// sending: not joined yet, or gone) is taken by whoever is sending, and the rotation goes on after it.
+    pub fn take(self, room: &mut (Instant, usize), now: Instant, period: Duration) -> bool {
+        let (due, turn) = room;
+        if now < *due || (*turn != self.turn && now < *due + period) {
+            return false;
+        }
+        *due = now + period;
+        *turn = (*turn + 1) % self.of.max(1);
+        true
+    }
 }
 
 /// The m-lines a participant offers.
@@ -313,7 +337,6 @@ struct Participant {
     detector: ChirpDetector,
     /// Remaining chirp-sequence frames to send (index into `Frames::chirp`), if a chirp is under way.
     chirp_pos: Option<usize>,
-    next_chirp: Option<Instant>,
     alive: bool,
     last_audio: Option<Instant>,
 }
@@ -336,10 +359,63 @@ struct Loop {
     snap: Snapshot,
     /// Per room: send time of the latest chirp.
     chirps: HashMap<usize, Instant>,
+    /// Per room: when the next chirp is due, and whose turn it is ([`ChirpTurn::turn`]).
+    chirp_turns: HashMap<usize, (Instant, usize)>,
     stamped: Vec<u8>,
     pcm: Vec<f32>,
     /// Kernel arrival time of the datagram being handled (RTP in it is timed by this).
     arrival: Option<Instant>,
     /// Per room: (expected, received) of the streams of retired participants.
     retired: std::collections::BTreeMap<usize, (u64, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chirps_rotate_over_the_rooms_talkers_and_a_missing_one_is_skipped() {
+        let period = Duration::from_secs(2);
+        #[allow(clippy::disallowed_methods)] // the base of a virtual timeline
+        let t0 = Instant::now();
+        let talkers = [0, 1, 2].map(|turn| ChirpTurn { turn, of: 3 });
+        let mut room = (t0, 0);
+        let mut chirped = Vec::new();
+        // Every talker asks at every 20 ms frame for 13 s.
+        for k in 0..650u32 {
+            let now = t0 + Duration::from_millis(20) * k;
+            for t in talkers {
+                if t.take(&mut room, now, period) {
+                    chirped.push((t.turn, (now - t0).as_millis()));
+                }
+            }
+        }
+        assert_eq!(
+            chirped,
+            [
+                (0, 0),
+                (1, 2000),
+                (2, 4000),
+                (0, 6000),
+                (1, 8000),
+                (2, 10000),
+                (0, 12000)
+            ]
+        );
+        // Talker 1 never sends: its turn passes after a period to whoever asks, and the rotation goes on.
+        let mut room = (t0, 0);
+        let mut chirped = Vec::new();
+        for k in 0..650u32 {
+            let now = t0 + Duration::from_millis(20) * k;
+            for t in [talkers[0], talkers[2]] {
+                if t.take(&mut room, now, period) {
+                    chirped.push((t.turn, (now - t0).as_millis()));
+                }
+            }
+        }
+        assert_eq!(
+            chirped,
+            [(0, 0), (0, 4000), (2, 6000), (0, 8000), (0, 12000)]
+        );
+    }
 }

@@ -186,6 +186,11 @@ struct RunArgs {
     /// Mix mode: seconds between chirps.
     #[arg(long, default_value_t = 2.0)]
     chirp_period: f64,
+    /// Mix mode: only the first talker of each room chirps (as before 2026-12-03) instead of every talker
+    /// in turn. The first talker usually wakes the room and sets the mixer's phase, so this measures the
+    /// best-placed talker.
+    #[arg(long)]
+    chirp_first_talker_only: bool,
     #[arg(long, default_value = "lt")]
     room_prefix: String,
     /// Chorus API key and secret for tokens (defaults: the development key).
@@ -405,6 +410,7 @@ fn run_config(a: &RunArgs, mode: Mode) -> anyhow::Result<RunConfig> {
         probes: a.probes,
         measure_receivers: a.measure_receivers,
         chirp_period: Duration::from_secs_f64(a.chirp_period),
+        chirp_first_only: a.chirp_first_talker_only,
         room_prefix: format!("{}-{}-", a.room_prefix, std::process::id()),
         floor: (!a.no_floor).then(FloorConfig::default),
         progress: !a.quiet,

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::audio::Frames;
-use crate::engine::{Engine, EngineConfig, ParticipantSpec, PeerShape, Snapshot};
+use crate::engine::{ChirpTurn, Engine, EngineConfig, ParticipantSpec, PeerShape, Snapshot};
 use crate::floor::FloorConfig;
 use crate::procstat::{self, ProcSample};
 use crate::stats::Summary;
@@ -95,6 +95,9 @@ pub struct RunConfig {
     /// [`ParticipantSpec::measured`]).
     pub measure_receivers: Option<usize>,
     pub chirp_period: Duration,
+    /// Mix mode: only the first talker of each room chirps (the measurement before 2026-12-03), instead of
+    /// every talker in turn.
+    pub chirp_first_only: bool,
     pub room_prefix: String,
     /// Measure the machine's floor first (in the same run).
     pub floor: Option<FloorConfig>,
@@ -370,7 +373,15 @@ pub fn spec_for(config: &RunConfig, index: usize) -> ParticipantSpec {
         slots: config.slots,
         talk: talker.then_some(config.talk),
         voice: ordinal,
-        chirper: config.mode == Mode::Mix && talker && ordinal == 0,
+        chirper: (config.mode == Mode::Mix && talker && (ordinal == 0 || !config.chirp_first_only))
+            .then_some(if config.chirp_first_only {
+                ChirpTurn { turn: 0, of: 1 }
+            } else {
+                ChirpTurn {
+                    turn: ordinal,
+                    of: config.talkers,
+                }
+            }),
         probe,
         measured: talker || probe || config.measure_receivers.is_none_or(|k| ordinal < k),
         shape: match (&config.target, config.mode) {

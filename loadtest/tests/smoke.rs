@@ -39,6 +39,7 @@ fn config(
         probes: 0,
         measure_receivers,
         chirp_period: Duration::from_secs(2),
+        chirp_first_only: false,
         room_prefix: room_prefix.into(),
         floor: None,
         progress: false,

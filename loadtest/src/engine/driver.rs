@@ -41,6 +41,7 @@ impl Loop {
             rng,
             snap: Snapshot::default(),
             chirps: HashMap::new(),
+            chirp_turns: HashMap::new(),
             stamped: Vec::with_capacity(1500),
             pcm: vec![0f32; FRAME_SAMPLES * 6],
             arrival: None,
@@ -188,7 +189,6 @@ impl Loop {
             decoder,
             detector: ChirpDetector::new(),
             chirp_pos: None,
-            next_chirp: None,
             alive: true,
             last_audio: None,
         };

@@ -30,13 +30,16 @@ impl Loop {
         }
         p.next_frame = Some(next);
         self.timers.push(Reverse((next, Timer::Frame, index)));
-        // Mix mode: a chirp replaces the voice for a few frames every period.
-        if p.spec.chirper {
-            if let Some(period) = chirp_period {
-                if p.chirp_pos.is_none() && p.next_chirp.is_none_or(|c| c <= now) {
-                    p.chirp_pos = Some(0);
-                    p.next_chirp = Some(now + period);
-                }
+        // Mix mode: a chirp replaces the voice for a few frames, one per period and room, from the room's
+        // chirpers in turn. A turn overdue by a whole period (its talker not sending: not joined yet, or
+        // gone) passes to whoever is sending.
+        if let (Some(me), Some(period), None) = (p.spec.chirper, chirp_period, p.chirp_pos) {
+            let room = self
+                .chirp_turns
+                .entry(p.spec.room)
+                .or_insert((now, me.turn));
+            if me.take(room, now, period) {
+                p.chirp_pos = Some(0);
             }
         }
         let (frame, talking) = if let Some(pos) = p.chirp_pos {

@@ -28,7 +28,6 @@ use crate::tcp::{self, CloseReason, TcpEvent};
 use crate::udp;
 
 mod commands;
-mod deadline;
 mod tcp_conns;
 pub mod trunk;
 mod turns;
@@ -365,18 +364,7 @@ impl Worker {
         let mut next_stats = Instant::now() + STATS_INTERVAL;
         let mut deadline = self.drain();
         self.flush();
-        let timer = match deadline::Deadline::new() {
-            Ok(timer) => timer,
-            Err(e) => {
-                warn!(error = %e, index = self.index, "no timer for the media worker; it stops");
-                return;
-            }
-        };
         loop {
-            if let Err(e) = timer.set(deadline) {
-                warn!(error = %e, "the media worker's timer could not be set; it stops");
-                break;
-            }
             // Sockets that held the worker for a turn go after everything else (`turns.rs`).
             let sockets_yield = self.turns.sockets_yield(Instant::now());
             let wake = tokio::select! {
@@ -390,13 +378,13 @@ impl Worker {
                     Wake::ExtraReadable(ready)
                 }
                 event = next_tcp_event(&mut tcp_events) => Wake::Tcp(event),
-                _ = timer.fired(), if !sockets_yield => Wake::Timeout,
+                _ = tokio::time::sleep_until(deadline.into()), if !sockets_yield => Wake::Timeout,
                 _ = tokio::time::sleep_until(next_stats.into()) => Wake::Stats,
                 () = taps_changed(&mut self.taps) => Wake::Taps,
                 packet = self.sources.next() => Wake::Source(packet),
                 // Yielding: the timeout after the rest (a core past its capacity can be due again as soon
                 // as it ran), and the second socket before the primary, so that cannot starve it either.
-                _ = timer.fired(), if sockets_yield => Wake::Timeout,
+                _ = tokio::time::sleep_until(deadline.into()), if sockets_yield => Wake::Timeout,
                 ready = readable(self.extra.as_ref().map(|(s, _)| s)), if sockets_yield => {
                     Wake::ExtraReadable(ready)
                 }

@@ -423,10 +423,14 @@ impl Mixer {
             return;
         };
         let least = self
-            .members
+            .talkers
             .iter()
-            .filter(|m| m.talking)
-            .map(|m| m.jitter.spare_margin(next).unwrap_or(Duration::ZERO))
+            .map(|&i| {
+                self.members[i]
+                    .jitter
+                    .spare_margin(next)
+                    .unwrap_or(Duration::ZERO)
+            })
             .min();
         match least {
             Some(least) if least >= REPHASE_MIN_SPARE => {

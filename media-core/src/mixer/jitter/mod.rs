@@ -593,8 +593,7 @@ impl JitterBuffer {
     pub fn due(&self) -> Option<Instant> {
         let base = self.base?;
         let first = self.packets.front()?;
-        let min_transit = self.window.front().map_or(0, |f| f.1);
-        Some(base + us_duration(samples_to_us(first.ts) + min_transit + self.target_us))
+        Some(base + us_duration(samples_to_us(first.ts) + self.min_transit_us() + self.target_us))
     }
 
     /// How much sooner than `tick` the consumer could decode the packet at the playout position and still

@@ -25,11 +25,15 @@ impl JitterBuffer {
         }
     }
 
+    /// The fastest recent path's transit (the sliding window's minimum; 0 before any packet).
+    pub(super) fn min_transit_us(&self) -> i64 {
+        self.window.front().map_or(0, |f| f.1)
+    }
+
     /// Current delay in µs: how long before `now_us` (the deadline of the playout position) a packet on the
     /// fastest path carrying the playout position arrived.
     pub(super) fn delay_us(&self, now_us: i64) -> i64 {
-        let min_transit = self.window.front().map_or(0, |f| f.1);
-        now_us - samples_to_us(self.pos) - min_transit
+        now_us - samples_to_us(self.pos) - self.min_transit_us()
     }
 
     pub(super) fn next_span(&mut self, now_us: i64, held: i64) -> Playout {
@@ -46,10 +50,10 @@ impl JitterBuffer {
                         samples: TICK_SAMPLES,
                     };
                 };
-                let min_transit = self.window.front().map_or(0, |f| f.1);
                 // As of the tick: the consumer needs the first packet at its tick, however far into the
                 // tick it starts to play.
-                let waited = now_us - samples_to_us(held) - samples_to_us(first.ts) - min_transit;
+                let waited =
+                    now_us - samples_to_us(held) - samples_to_us(first.ts) - self.min_transit_us();
                 if waited < self.target_us {
                     return Playout::Silence {
                         samples: TICK_SAMPLES,

@@ -59,6 +59,7 @@ fn the_same_seed_replays_the_same_lossy_mixed_call() {
                 base_delay_ms: 15.0,
                 duplicate: 0.02,
                 reorder: true,
+                ..LinkConfig::default()
             },
             media_core::RoomSettings::mix(media_core::MixSettings::default()),
             &[(440.0, 0.1), (660.0, 0.1), (880.0, 0.1), (1100.0, 0.1)],
@@ -87,6 +88,7 @@ fn every_voice_survives_loss_jitter_reordering_and_duplication() {
             base_delay_ms: 20.0,
             duplicate: 0.02,
             reorder: true,
+            ..LinkConfig::default()
         };
         let voices = [(440.0, 0.3), (660.0, 0.3), (880.0, 0.3), (1100.0, 0.3)];
         let mut sim = Sim::new(seed, link, 3, &voices);

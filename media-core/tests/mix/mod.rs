@@ -77,6 +77,7 @@ fn each_listener_hears_the_others_at_their_levels_and_never_itself() {
                 base_delay_ms: 15.0,
                 duplicate: 0.02,
                 reorder: true,
+                ..LinkConfig::default()
             },
             // Concealed frames break the tones' phase, which the analysis counts as lost level. Measured: worst
             // voice −1.5 to −2.9 dB over seeds 1–25; before the runs were reproducible (unseeded DTLS timers),
@@ -92,6 +93,7 @@ fn each_listener_hears_the_others_at_their_levels_and_never_itself() {
                 base_delay_ms: 20.0,
                 duplicate: 0.03,
                 reorder: true,
+                ..LinkConfig::default()
             },
             // ≈ 19 % of frames are concealed end to end (10 % each way, twice through FEC/PLC and two jitter
             // buffers), and every concealment breaks a tone's phase, which the tone analysis counts as lost
@@ -430,6 +432,7 @@ fn lossy_mix(seed: u64, loss: f64, red: u8) -> (Sim, media_core::MixStats) {
         base_delay_ms: 20.0,
         duplicate: 0.0,
         reorder: true,
+        ..LinkConfig::default()
     };
     let mut sim = Sim::with_room(seed, link, mixed_room(), &[]);
     for f in &FREQS[..3] {

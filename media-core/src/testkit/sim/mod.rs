@@ -90,6 +90,13 @@ pub struct LinkConfig {
     /// Whether jitter may reorder datagrams. If `false`, each (source, destination) flow is delivered in send
     /// order (a datagram waits for the ones sent before it, as behind a FIFO queue).
     pub reorder: bool,
+    /// Probability per datagram that the flow stalls from it on (0..=1): it and every datagram the flow
+    /// sends until the stall ends are held until then, then delivered in order. A Wi-Fi retry burst or a
+    /// queue behind cross traffic: a calm link with a sudden delay spike, the case a jitter buffer's floor
+    /// is for. No random number is drawn while it is 0, so links without stalls keep their sequences.
+    pub stall_chance: f64,
+    /// How long a stall holds the flow, milliseconds.
+    pub stall_ms: f64,
 }
 
 impl Default for LinkConfig {
@@ -101,6 +108,8 @@ impl Default for LinkConfig {
             base_delay_ms: 0.0,
             duplicate: 0.0,
             reorder: false,
+            stall_chance: 0.0,
+            stall_ms: 0.0,
         }
     }
 }
@@ -122,6 +131,8 @@ impl LinkConfig {
             base_delay_ms,
             duplicate: 0.0,
             reorder: true,
+            stall_chance: 0.0,
+            stall_ms: 0.0,
         }
     }
 }
@@ -210,6 +221,8 @@ pub struct SimNet {
     queue: BinaryHeap<InFlight>,
     /// Latest scheduled delivery per flow, for in-order links.
     flow_tail: HashMap<Flow, Instant>,
+    /// The end of each flow's current (or last) stall.
+    flow_stall: HashMap<Flow, Instant>,
     order: u64,
     stats: SimStats,
 }
@@ -228,6 +241,7 @@ impl SimNet {
             links: HashMap::new(),
             queue: BinaryHeap::new(),
             flow_tail: HashMap::new(),
+            flow_stall: HashMap::new(),
             order: 0,
             stats: SimStats::default(),
         }
@@ -281,6 +295,10 @@ impl SimNet {
             return;
         }
         let duplicate = rng.chance(link.duplicate);
+        if link.stall_chance > 0.0 && rng.chance(link.stall_chance) {
+            let end = now + Duration::from_secs_f64(link.stall_ms.max(0.0) / 1000.0);
+            self.flow_stall.insert((from, to), end);
+        }
         let mut jitter_ms = || {
             if link.jitter_ms > 0.0 {
                 rng.range_f64(0.0, link.jitter_ms)
@@ -305,6 +323,13 @@ impl SimNet {
     fn schedule(&mut self, now: Instant, link: &LinkConfig, jitter_ms: f64, datagram: Datagram) {
         let delay_ms = (link.base_delay_ms + jitter_ms).max(0.0);
         let mut at = now + Duration::from_secs_f64(delay_ms / 1000.0);
+        let flow = (datagram.source, datagram.destination);
+        if let Some(&end) = self.flow_stall.get(&flow) {
+            // Held at the sending end until the stall ends; it then still takes the link's delay.
+            if now < end {
+                at = at.max(end + Duration::from_secs_f64(link.base_delay_ms.max(0.0) / 1000.0));
+            }
+        }
         if !link.reorder {
             let flow = (datagram.source, datagram.destination);
             let tail = self.flow_tail.entry(flow).or_insert(at);

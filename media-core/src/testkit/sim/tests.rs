@@ -113,6 +113,7 @@ fn same_seed_same_run() {
         base_delay_ms: 20.0,
         duplicate: 0.05,
         reorder: true,
+        ..LinkConfig::default()
     };
     let start = t0();
     let a = run(&mut SimNet::new(7, link), start, 1000);
@@ -270,4 +271,36 @@ fn deliveries_come_in_time_order_across_flows() {
         assert!(net.deliver_due(now).is_some());
     }
     assert_eq!(net.stats().delivered, 200);
+}
+
+#[test]
+fn a_stall_holds_the_flow_and_then_delivers_it_in_order() {
+    let link = LinkConfig {
+        base_delay_ms: 10.0,
+        stall_chance: 1.0,
+        stall_ms: 30.0,
+        ..LinkConfig::default()
+    };
+    let mut net = SimNet::new(3, link);
+    let (a, b) = (addr(1), addr(2));
+    let start = t0();
+    // Every datagram restarts the stall here; the first is held 30 ms, then takes its 10 ms.
+    net.send(start, a, b, vec![1]);
+    assert_eq!(net.next_delivery(), Some(start + Duration::from_millis(40)));
+    let calm = LinkConfig {
+        stall_chance: 0.0,
+        ..link
+    };
+    net.set_link(a, b, calm);
+    // Sent during the stall (which is no longer restarted): held to its end, after the first.
+    net.send(start + Duration::from_millis(20), a, b, vec![2]);
+    // Sent after it: only the link's delay.
+    net.send(start + Duration::from_millis(50), a, b, vec![3]);
+    let mut got = Vec::new();
+    while let Some(now) = net.next_delivery() {
+        while let Some(d) = net.deliver_due(now) {
+            got.push((d.data[0], now.duration_since(start).as_millis()));
+        }
+    }
+    assert_eq!(got, [(1, 40), (2, 40), (3, 60)]);
 }

@@ -387,3 +387,46 @@ fn forwarding_delivers_every_frame_exactly_once_and_nothing_in_the_pauses() {
 fn mixing_delivers_every_frame_exactly_once_and_nothing_in_the_pauses() {
     assert_frame_exact("mix", RoomSettings::mix(MixSettings::default()));
 }
+
+/// A calm leg (as [`clean_leg`]) whose flow stalls for 30 ms now and then (one datagram in 100 starts a
+/// stall: every ~2 s at 50 packets a second), as a Wi-Fi retry burst or a queue behind cross traffic does.
+/// The stalls are too rare for the jitter buffer's 95th percentile, and each one delays a packet or two
+/// beyond a target sized for the calm link.
+fn stalling_leg() -> LinkConfig {
+    LinkConfig {
+        stall_chance: 0.01,
+        stall_ms: 30.0,
+        ..clean_leg()
+    }
+}
+
+// Before the jitter buffer covered delay peaks, every stall was concealed: a mean PESQ-WB of 3.53 at a
+// 20 ms floor and 3.23 at 10 ms over these seeds; the percentile alone never sees them.
+#[test]
+fn mixed_speech_survives_delay_stalls_on_a_calm_link() {
+    let scores: Vec<f64> = [1u64, 2, 4]
+        .into_iter()
+        .map(|seed| {
+            let name = format!("mix-stalls-seed{seed}");
+            let call = speech_call(
+                &name,
+                seed,
+                RoomSettings::mix(MixSettings::default()),
+                stalling_leg(),
+                0,
+                0,
+            );
+            eprintln!(
+                "{name}: {} vs the sender's decode, {} vs the passage; mouth-to-ear {:.0} ms",
+                call.pesq, call.pesq_vs_speech, call.mouth_to_ear_ms
+            );
+            call.pesq.mos_lqo
+        })
+        .collect();
+    let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+    eprintln!("mix, 30 ms stalls on a calm link: mean PESQ-WB {mean:.2}");
+    assert!(
+        mean >= 3.9,
+        "mixed speech with 30 ms stalls scores PESQ-WB {mean:.2} < 3.9"
+    );
+}

@@ -78,6 +78,8 @@ impl JitterBuffer {
             .min(n / (n + 1.0));
         self.histogram.iter_mut().for_each(|b| *b *= forget);
         self.histogram[index] += 1.0 - forget;
+        // Against the percentile's target before this delay moves it: a stall's packets are peaks.
+        self.peak_us = self.peaks.note(arrival_us, relative, self.base_target_us);
         self.update_target();
     }
 
@@ -105,8 +107,12 @@ impl JitterBuffer {
         // whose delays spread little (a LAN, loopback, a worker that stamps arrivals with the kernel's
         // receive time) gets at most that spread again, not the full headroom.
         let headroom = duration_us(self.config.headroom).min(upper);
+        self.base_target_us = (upper + headroom).clamp(min, max);
+        // Repeating delay peaks the percentile does not see are covered too (to the next 1 ms).
+        let peak = (self.peak_us + 999) / 1000 * 1000;
         // The loss margin comes on top of the floor: the next packet must be there, whatever the floor.
-        self.target_us = ((upper + headroom).clamp(min, max) + margin).min(max);
+        self.target_us = (self.base_target_us.max(peak.min(max)) + margin).min(max);
+        self.grow_target_us = (self.base_target_us + margin).min(max);
     }
 
     /// A packet plays after `missing` lost ones; `lost` if it is itself a copy recovered from RED (its

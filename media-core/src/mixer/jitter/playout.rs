@@ -104,11 +104,15 @@ impl JitterBuffer {
         } else {
             target.max(self.start_target_us)
         };
+        // Growth is forced (PLC inside speech) only toward what the histogram asks for: a target raised to
+        // cover a delay peak is reached in quiet moments, where adding time is inaudible (after a stall the
+        // delay has grown by the stall already; a lone late packet does not warrant PLC in a sentence).
+        let grow_to = self.grow_target_us;
         self.force = match self.force {
             _ if margin - shrink_above > force_us => Force::Shrink,
-            _ if target - delay > force_us => Force::Grow,
+            _ if grow_to - delay > force_us => Force::Grow,
             Force::Shrink if margin <= shrink_above + samples_to_us(GRAIN) => Force::None,
-            Force::Grow if delay >= target => Force::None,
+            Force::Grow if delay >= grow_to => Force::None,
             other => other,
         };
         let force_allowed = self

@@ -85,9 +85,10 @@ pub struct MixSettings {
     /// detector would cut stationary sound, such as music or a held tone, out of a mix.)
     pub dtx: bool,
     /// Smallest jitter-buffer target, milliseconds: the least time a packet on the fastest path waits for
-    /// the mixer tick that decodes it (its margin); the buffer adapts between this and the maximum. 20 by
-    /// default. The target rises with the measured jitter (its 95th percentile plus headroom); arrivals are
-    /// the kernel's receive times (the worker's own lateness is not jitter).
+    /// the mixer tick that decodes it (its margin); the buffer adapts between this and the maximum. 10 by
+    /// default. The target rises with the measured jitter (its 95th percentile plus headroom) and covers
+    /// the delay peaks of the last 20 s (a stall that the percentile does not see); arrivals are the
+    /// kernel's receive times (the worker's own lateness is not jitter).
     pub jitter_min_ms: u32,
     /// Largest jitter-buffer delay, milliseconds.
     pub jitter_max_ms: u32,
@@ -100,7 +101,7 @@ impl Default for MixSettings {
             complexity: 5,
             fec: true,
             dtx: true,
-            jitter_min_ms: 20,
+            jitter_min_ms: 10,
             jitter_max_ms: 200,
         }
     }
@@ -303,7 +304,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(MixSettings::default()).expect("serializes"),
             serde_json::json!({"bitrate_bps": 48000, "complexity": 5, "fec": true, "dtx": true,
-                "jitter_min_ms": 20, "jitter_max_ms": 200})
+                "jitter_min_ms": 10, "jitter_max_ms": 200})
         );
     }
 }

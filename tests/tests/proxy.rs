@@ -33,6 +33,12 @@ pub struct Impairment {
     pub reorder: f64,
     /// Probability of sending a datagram twice (the copy [`DUPLICATE_AFTER`] later).
     pub duplicate: f64,
+    /// Probability per datagram that its direction stalls from it on for [`Impairment::stall`]: it and
+    /// every datagram after it are held until the stall ends (a Wi-Fi retry burst, a queue behind cross
+    /// traffic), then sent with their own delay.
+    pub stall_chance: f64,
+    /// How long a stall holds a direction.
+    pub stall: Duration,
 }
 
 /// How much longer a reordered datagram is held: three 20 ms frames.
@@ -53,6 +59,8 @@ pub struct ProxyStats {
     /// Of `binding_requests`: those with USE-CANDIDATE (the client nominating the path).
     pub nominations: AtomicU64,
     pub duplicated: AtomicU64,
+    /// Stalls started (both directions).
+    pub stalls: AtomicU64,
 }
 
 /// What both directions share.
@@ -103,6 +111,10 @@ pub struct Proxy {
 struct Direction {
     rng: Rng,
     shared: Arc<Shared>,
+    /// The end of this direction's current (or last) stall.
+    stall_until: Option<Instant>,
+    /// When the last datagram held by a stall goes out: those after it go later (a stall keeps order).
+    last_held_due: Option<Instant>,
 }
 
 impl Proxy {
@@ -127,6 +139,8 @@ impl Proxy {
         let upstream = Direction {
             rng: Rng::new(seed),
             shared: shared.clone(),
+            stall_until: None,
+            last_held_due: None,
         };
         let learnt = shared.clone();
         let upstream = tokio::spawn(upstream.run(client_side.clone(), move |from| {
@@ -162,6 +176,8 @@ impl Proxy {
         let direction = Direction {
             rng: Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15 ^ generation),
             shared: shared.clone(),
+            stall_until: None,
+            last_held_due: None,
         };
         let shared = shared.clone();
         tokio::spawn(direction.run(server_side, move |from| {
@@ -330,9 +346,23 @@ impl Direction {
             } else {
                 1
             };
+            let now = Instant::now();
+            if impairment.stall_chance > 0.0 && self.rng.chance(impairment.stall_chance) {
+                self.stall_until = Some(now + impairment.stall);
+                stats.stalls.fetch_add(1, Ordering::Relaxed);
+            }
+            let held = self.stall_until.filter(|end| *end > now);
             stats.forwarded.fetch_add(1, Ordering::Relaxed);
-            let due = Instant::now() + delay;
-            if delay.is_zero() && copies == 1 {
+            // Held at the sending end until the stall ends; it then still takes its delay, in order behind
+            // what the stall held before it (each 0.1 ms apart, or the tasks that send them could race).
+            let mut due = held.map_or(now, |end| end) + delay;
+            if held.is_some() {
+                if let Some(last) = self.last_held_due {
+                    due = due.max(last + Duration::from_micros(100));
+                }
+                self.last_held_due = Some(due);
+            }
+            if due <= now && copies == 1 {
                 let _ = socket.send_to(&data, to).await;
                 continue;
             }

@@ -402,6 +402,7 @@ async fn real_udp_call_survives_5_percent_loss_with_30_ms_jitter_reordering_and_
         delay_ms: 10.0..50.0,
         reorder: 0.02,
         duplicate: 0.02,
+        ..Impairment::default()
     };
     let (fraction, [lost, concealed, duplicates]) =
         lossy_call("loss5", impairment, 51, 8.0).await?;

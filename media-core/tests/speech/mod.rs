@@ -75,16 +75,22 @@ fn mixed_speech_scores_at_least_3_9_on_a_clean_link() {
 /// late they come decides a single score by ±0.3): 5 % loss and 30 ± 20 ms on every leg, the speaker's
 /// in-band FEC on, RED depth `red`. Prints each call.
 fn mixed_lossy_mean(red: u8) -> f64 {
+    mixed_mean(&format!("mix-lossy-red{red}"), lossy_leg(), 5, red)
+}
+
+/// The mean PESQ-WB of the passage through a mixed room (default settings) over seeds 1, 2 and 4, every
+/// leg as `leg`, the speaker's encoder expecting `expected_loss_percent`, RED depth `red`. Prints each call.
+fn mixed_mean(name: &str, leg: LinkConfig, expected_loss_percent: i32, red: u8) -> f64 {
     let scores: Vec<f64> = [1u64, 2, 4]
         .into_iter()
         .map(|seed| {
-            let name = format!("mix-lossy-red{red}-seed{seed}");
+            let name = format!("{name}-seed{seed}");
             let call = speech_call(
                 &name,
                 seed,
                 RoomSettings::mix(MixSettings::default()),
-                lossy_leg(),
-                5,
+                leg,
+                expected_loss_percent,
                 red,
             );
             eprintln!(
@@ -404,26 +410,7 @@ fn stalling_leg() -> LinkConfig {
 // 20 ms floor and 3.23 at 10 ms over these seeds; the percentile alone never sees them.
 #[test]
 fn mixed_speech_survives_delay_stalls_on_a_calm_link() {
-    let scores: Vec<f64> = [1u64, 2, 4]
-        .into_iter()
-        .map(|seed| {
-            let name = format!("mix-stalls-seed{seed}");
-            let call = speech_call(
-                &name,
-                seed,
-                RoomSettings::mix(MixSettings::default()),
-                stalling_leg(),
-                0,
-                0,
-            );
-            eprintln!(
-                "{name}: {} vs the sender's decode, {} vs the passage; mouth-to-ear {:.0} ms",
-                call.pesq, call.pesq_vs_speech, call.mouth_to_ear_ms
-            );
-            call.pesq.mos_lqo
-        })
-        .collect();
-    let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+    let mean = mixed_mean("mix-stalls", stalling_leg(), 0, 0);
     eprintln!("mix, 30 ms stalls on a calm link: mean PESQ-WB {mean:.2}");
     assert!(
         mean >= 3.9,

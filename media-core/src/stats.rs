@@ -155,6 +155,9 @@ pub struct MixStats {
     pub packets_late: u64,
     /// Packets received twice.
     pub packets_duplicate: u64,
+    /// Delay peaks (stalls the 95th percentile does not cover) that mixed inputs' jitter buffers began
+    /// covering.
+    pub jitter_delay_peaks: u64,
     /// Frames never received by their playout time (before concealment).
     pub packets_lost: u64,
     /// Mixed packets sent to listeners.

@@ -58,6 +58,7 @@ pub struct MediaMetrics {
     pub concealed: IntCounterVec,
     pub jitter_buffer_discarded: IntCounterVec,
     pub jitter_buffer_lost: IntCounter,
+    pub jitter_buffer_delay_peaks: IntCounter,
     pub worker_rooms: IntGaugeVec,
     pub worker_participants: IntGaugeVec,
     pub worker_busy: CounterVec,
@@ -330,6 +331,11 @@ impl MediaMetrics {
                 "chorus_jitter_buffer_lost_frames_total",
                 "Frames of mixed inputs never received by their playout time (before concealment).",
             )?,
+            jitter_buffer_delay_peaks: counter(
+                registry,
+                "chorus_jitter_buffer_delay_peaks_total",
+                "Delay peaks of mixed inputs: stalls their 95th percentile does not cover; each raises that input's jitter-buffer target to cover it for 20 s.",
+            )?,
             worker_rooms,
             worker_participants,
             worker_busy,
@@ -419,6 +425,8 @@ impl MediaMetrics {
             .inc_by(d(b.packets_duplicate, n.packets_duplicate));
         self.jitter_buffer_lost
             .inc_by(d(b.packets_lost, n.packets_lost));
+        self.jitter_buffer_delay_peaks
+            .inc_by(d(b.jitter_delay_peaks, n.jitter_delay_peaks));
         self.trunk.add_delta(&before.trunk, &now.trunk);
     }
 

@@ -48,7 +48,10 @@ impl Mixer {
             audio_level,
             payload,
         };
-        match m.jitter.push(now, packet) {
+        let peaks = m.jitter.stats().delay_peaks;
+        let outcome = m.jitter.push(now, packet);
+        stats.jitter_delay_peaks += m.jitter.stats().delay_peaks - peaks;
+        match outcome {
             PushOutcome::Duplicate => stats.packets_duplicate += 1,
             PushOutcome::Late => stats.packets_late += 1,
             PushOutcome::Invalid => return Err(NotOpus),

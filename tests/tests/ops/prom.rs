@@ -155,6 +155,7 @@ async fn metrics_pass_promtool_and_match_docs_rules_and_dashboard() -> anyhow::R
         "chorus_mixer_grid_moves_total",
         "chorus_jitter_buffer_delay_seconds",
         "chorus_jitter_buffer_concealed_frames_total",
+        "chorus_jitter_buffer_delay_peaks_total",
         "chorus_join_latency_seconds",
         "chorus_signaling_errors_total",
         "chorus_worker_busy_seconds_total",

@@ -79,7 +79,9 @@ impl JitterBuffer {
         self.histogram.iter_mut().for_each(|b| *b *= forget);
         self.histogram[index] += 1.0 - forget;
         // Against the percentile's target before this delay moves it: a stall's packets are peaks.
-        self.peak_us = self.peaks.note(arrival_us, relative, self.base_target_us);
+        let (peak_us, started) = self.peaks.note(arrival_us, relative, self.base_target_us);
+        self.peak_us = peak_us;
+        self.stats.delay_peaks += u64::from(started);
         self.update_target();
     }
 

@@ -396,6 +396,9 @@ pub struct JitterStats {
     pub delay_dropped: u64,
     /// Times the buffer re-anchored on a new timestamp base (sender restart).
     pub resyncs: u64,
+    /// Delay peaks seen: stalls the percentile does not cover, each raising the target to cover it for
+    /// 20 s (see "Delay peaks").
+    pub delay_peaks: u64,
     /// Calls to [`JitterBuffer::reset`].
     pub resets: u64,
     /// Target delay when the stats were taken.

@@ -39,9 +39,15 @@ pub(super) struct Peaks {
 impl Peaks {
     /// Notes a relative delay measured at `arrival_us`, where `base_target_us` is what the percentile asks
     /// for (its bucket edge plus headroom, at least the floor), and forgets peaks older than the memory.
-    /// Returns the height the target must cover: the highest remembered peak once
-    /// [`PEAKS_TO_TRIGGER`] are remembered, else 0.
-    pub(super) fn note(&mut self, arrival_us: i64, relative_us: i64, base_target_us: i64) -> i64 {
+    /// Returns the height the target must cover (the highest remembered peak once [`PEAKS_TO_TRIGGER`]
+    /// are remembered, else 0) and whether this delay started a new peak.
+    pub(super) fn note(
+        &mut self,
+        arrival_us: i64,
+        relative_us: i64,
+        base_target_us: i64,
+    ) -> (i64, bool) {
+        let mut started = false;
         while self
             .list
             .front()
@@ -55,6 +61,7 @@ impl Peaks {
                     last.height_us = last.height_us.max(relative_us);
                 }
                 _ => {
+                    started = true;
                     if self.list.len() == MAX_PEAKS {
                         self.list.pop_front();
                     }
@@ -65,7 +72,7 @@ impl Peaks {
                 }
             }
         }
-        self.height()
+        (self.height(), started)
     }
 
     /// The height the target must cover (0 while fewer than [`PEAKS_TO_TRIGGER`] peaks are remembered).
@@ -95,21 +102,21 @@ mod tests {
         let mut p = Peaks::default();
         // Calm delays never count.
         for i in 0..100 {
-            assert_eq!(p.note(i * 20 * MS, 3 * MS, 10 * MS), 0);
+            assert_eq!(p.note(i * 20 * MS, 3 * MS, 10 * MS).0, 0);
         }
         // A stall: a burst of late packets is one peak, at its highest.
-        assert_eq!(p.note(3 * S, 30 * MS, 10 * MS), 30 * MS);
-        assert_eq!(p.note(3 * S + 20 * MS, 12 * MS, 10 * MS), 30 * MS);
+        assert_eq!(p.note(3 * S, 30 * MS, 10 * MS), (30 * MS, true));
+        assert_eq!(p.note(3 * S + 20 * MS, 12 * MS, 10 * MS), (30 * MS, false));
         assert_eq!(p.len(), 1);
         // A second stall 8 s later, lower: the target covers the highest.
-        assert_eq!(p.note(11 * S, 18 * MS, 10 * MS), 30 * MS);
+        assert_eq!(p.note(11 * S, 18 * MS, 10 * MS).0, 30 * MS);
         assert_eq!(p.len(), 2);
         // Each forgotten once older than the memory.
         assert_eq!(
             p.note(3 * S + PEAK_MEMORY_US + MS, 3 * MS, 10 * MS),
-            18 * MS
+            (18 * MS, false)
         );
-        assert_eq!(p.note(11 * S + PEAK_MEMORY_US + MS, 3 * MS, 10 * MS), 0);
+        assert_eq!(p.note(11 * S + PEAK_MEMORY_US + MS, 3 * MS, 10 * MS).0, 0);
         assert_eq!(p.len(), 0);
     }
 
@@ -117,10 +124,13 @@ mod tests {
     fn peaks_are_measured_against_the_percentiles_target_and_bounded_in_number() {
         let mut p = Peaks::default();
         // At or below what the percentile covers: not a peak.
-        assert_eq!(p.note(0, 10 * MS, 10 * MS), 0);
+        assert_eq!(p.note(0, 10 * MS, 10 * MS).0, 0);
         assert_eq!(p.len(), 0);
         for i in 0..20 {
-            p.note(i * S, 15 * MS + i * MS, 10 * MS);
+            assert!(
+                p.note(i * S, 15 * MS + i * MS, 10 * MS).1,
+                "each a new peak"
+            );
         }
         assert_eq!(p.len(), MAX_PEAKS);
         // The newest eight: 27..=34 ms.

@@ -699,6 +699,7 @@ fn a_delayed_packet_after_a_loud_one_is_waited_for_with_plc() {
         stats.concealed_plc >= 3 && stats.delay_dropped >= 3,
         "{stats:?}"
     );
+    assert_eq!(stats.delay_peaks, 1, "one stall, one peak: {stats:?}");
     let at = |limit: Duration| {
         *h.trace
             .delays

@@ -59,8 +59,6 @@ pub struct ProxyStats {
     /// Of `binding_requests`: those with USE-CANDIDATE (the client nominating the path).
     pub nominations: AtomicU64,
     pub duplicated: AtomicU64,
-    /// Stalls started (both directions).
-    pub stalls: AtomicU64,
 }
 
 /// What both directions share.
@@ -349,7 +347,6 @@ impl Direction {
             let now = Instant::now();
             if impairment.stall_chance > 0.0 && self.rng.chance(impairment.stall_chance) {
                 self.stall_until = Some(now + impairment.stall);
-                stats.stalls.fetch_add(1, Ordering::Relaxed);
             }
             let held = self.stall_until.filter(|end| *end > now);
             stats.forwarded.fetch_add(1, Ordering::Relaxed);

@@ -48,9 +48,9 @@ impl Mixer {
             audio_level,
             payload,
         };
-        let peaks = m.jitter.stats().delay_peaks;
+        let peaks = m.jitter.delay_peaks();
         let outcome = m.jitter.push(now, packet);
-        stats.jitter_delay_peaks += m.jitter.stats().delay_peaks - peaks;
+        stats.jitter_delay_peaks += m.jitter.delay_peaks() - peaks;
         match outcome {
             PushOutcome::Duplicate => stats.packets_duplicate += 1,
             PushOutcome::Late => stats.packets_late += 1,

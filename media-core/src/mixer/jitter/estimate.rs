@@ -79,8 +79,7 @@ impl JitterBuffer {
         self.histogram.iter_mut().for_each(|b| *b *= forget);
         self.histogram[index] += 1.0 - forget;
         // Against the percentile's target before this delay moves it: a stall's packets are peaks.
-        let (peak_us, started) = self.peaks.note(arrival_us, relative, self.base_target_us);
-        self.peak_us = peak_us;
+        let started = self.peaks.note(arrival_us, relative, self.base_target_us);
         self.stats.delay_peaks += u64::from(started);
         self.update_target();
     }
@@ -111,7 +110,7 @@ impl JitterBuffer {
         let headroom = duration_us(self.config.headroom).min(upper);
         self.base_target_us = (upper + headroom).clamp(min, max);
         // Repeating delay peaks the percentile does not see are covered too (to the next 1 ms).
-        let peak = (self.peak_us + 999) / 1000 * 1000;
+        let peak = (self.peaks.height() + 999) / 1000 * 1000;
         // The loss margin comes on top of the floor: the next packet must be there, whatever the floor.
         self.target_us = (self.base_target_us.max(peak.min(max)) + margin).min(max);
         self.grow_target_us = (self.base_target_us + margin).min(max);

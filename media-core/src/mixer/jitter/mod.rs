@@ -503,8 +503,6 @@ pub struct JitterBuffer {
     base_target_us: i64,
     /// Delay peaks the percentile does not cover (see [`peaks`]).
     peaks: peaks::Peaks,
-    /// The height the target covers for those peaks (0: none).
-    peak_us: i64,
     /// The target without the peaks' part: what concealment inside speech may grow the delay to.
     grow_target_us: i64,
     /// Smoothed share of packets lost (see [`LOSS_SMOOTHING`]); kept across restarts, like the histogram.
@@ -556,7 +554,6 @@ impl JitterBuffer {
             target_us: 0,
             base_target_us: 0,
             peaks: peaks::Peaks::default(),
-            peak_us: 0,
             grow_target_us: 0,
             loss_rate: 0.0,
             loss_margin: false,
@@ -658,6 +655,11 @@ impl JitterBuffer {
     /// No packets held.
     pub fn is_empty(&self) -> bool {
         self.packets.is_empty()
+    }
+
+    /// Delay peaks seen so far (as in [`JitterStats::delay_peaks`], without building the stats).
+    pub fn delay_peaks(&self) -> u64 {
+        self.stats.delay_peaks
     }
 
     /// Counters, with the current target and delay.

@@ -5,8 +5,11 @@
 //! a 95th percentile of a few milliseconds, while every few seconds a packet or two come 15–60 ms late:
 //! too rare to move the percentile, too frequent to conceal every time. A peak is a delay above the
 //! percentile's own target (its bucket edge plus headroom, at least the floor); delays within
-//! [`PEAK_MERGE_US`] of a peak belong to it. Once [`PEAKS_TO_TRIGGER`] peaks have been seen within
-//! [`PEAK_MEMORY_US`], the target covers the highest of them, until they are older than that.
+//! [`PEAK_MERGE_US`] of a peak belong to it. The target covers the highest peak seen within
+//! [`PEAK_MEMORY_US`], from the first one on: the first stall costs a concealment and raises the target.
+//! (NetEQ waits for a second peak; in virtual-time speech with a stall every ~2 s, waiting for it cost a
+//! second concealment early in every call: PESQ-WB 3.81 against 4.17 at 30 ms stalls, media-core's speech
+//! tests.)
 
 use std::collections::VecDeque;
 
@@ -14,11 +17,6 @@ use std::collections::VecDeque;
 pub(super) const PEAK_MERGE_US: i64 = 200_000;
 /// A peak is remembered this long (measured in arrival time): peaks every 10 s keep the target up.
 pub(super) const PEAK_MEMORY_US: i64 = 20_000_000;
-/// Peaks within the memory before the target covers them. One: the first stall costs a concealment and
-/// raises the target for [`PEAK_MEMORY_US`]. (NetEQ waits for two; in virtual-time speech with a stall
-/// every ~2 s, waiting for the second cost a second concealment early in every call: PESQ-WB 3.81 against
-/// 4.17 at 30 ms stalls, media-core's speech tests.)
-pub(super) const PEAKS_TO_TRIGGER: usize = 1;
 /// Peaks remembered at most (the newest).
 const MAX_PEAKS: usize = 8;
 
@@ -39,14 +37,8 @@ pub(super) struct Peaks {
 impl Peaks {
     /// Notes a relative delay measured at `arrival_us`, where `base_target_us` is what the percentile asks
     /// for (its bucket edge plus headroom, at least the floor), and forgets peaks older than the memory.
-    /// Returns the height the target must cover (the highest remembered peak once [`PEAKS_TO_TRIGGER`]
-    /// are remembered, else 0) and whether this delay started a new peak.
-    pub(super) fn note(
-        &mut self,
-        arrival_us: i64,
-        relative_us: i64,
-        base_target_us: i64,
-    ) -> (i64, bool) {
+    /// Returns whether this delay started a new peak.
+    pub(super) fn note(&mut self, arrival_us: i64, relative_us: i64, base_target_us: i64) -> bool {
         let mut started = false;
         while self
             .list
@@ -72,14 +64,11 @@ impl Peaks {
                 }
             }
         }
-        (self.height(), started)
+        started
     }
 
-    /// The height the target must cover (0 while fewer than [`PEAKS_TO_TRIGGER`] peaks are remembered).
+    /// The height the target must cover: the highest remembered peak (0: none).
     pub(super) fn height(&self) -> i64 {
-        if self.list.len() < PEAKS_TO_TRIGGER {
-            return 0;
-        }
         self.list.iter().map(|p| p.height_us).max().unwrap_or(0)
     }
 
@@ -102,21 +91,24 @@ mod tests {
         let mut p = Peaks::default();
         // Calm delays never count.
         for i in 0..100 {
-            assert_eq!(p.note(i * 20 * MS, 3 * MS, 10 * MS).0, 0);
+            assert!(!p.note(i * 20 * MS, 3 * MS, 10 * MS));
+            assert_eq!(p.height(), 0);
         }
         // A stall: a burst of late packets is one peak, at its highest.
-        assert_eq!(p.note(3 * S, 30 * MS, 10 * MS), (30 * MS, true));
-        assert_eq!(p.note(3 * S + 20 * MS, 12 * MS, 10 * MS), (30 * MS, false));
+        assert!(p.note(3 * S, 30 * MS, 10 * MS));
+        assert_eq!(p.height(), 30 * MS);
+        assert!(!p.note(3 * S + 20 * MS, 12 * MS, 10 * MS));
+        assert_eq!(p.height(), 30 * MS);
         assert_eq!(p.len(), 1);
         // A second stall 8 s later, lower: the target covers the highest.
-        assert_eq!(p.note(11 * S, 18 * MS, 10 * MS).0, 30 * MS);
+        assert!(p.note(11 * S, 18 * MS, 10 * MS));
+        assert_eq!(p.height(), 30 * MS);
         assert_eq!(p.len(), 2);
         // Each forgotten once older than the memory.
-        assert_eq!(
-            p.note(3 * S + PEAK_MEMORY_US + MS, 3 * MS, 10 * MS),
-            (18 * MS, false)
-        );
-        assert_eq!(p.note(11 * S + PEAK_MEMORY_US + MS, 3 * MS, 10 * MS).0, 0);
+        assert!(!p.note(3 * S + PEAK_MEMORY_US + MS, 3 * MS, 10 * MS));
+        assert_eq!(p.height(), 18 * MS);
+        assert!(!p.note(11 * S + PEAK_MEMORY_US + MS, 3 * MS, 10 * MS));
+        assert_eq!(p.height(), 0);
         assert_eq!(p.len(), 0);
     }
 
@@ -124,13 +116,11 @@ mod tests {
     fn peaks_are_measured_against_the_percentiles_target_and_bounded_in_number() {
         let mut p = Peaks::default();
         // At or below what the percentile covers: not a peak.
-        assert_eq!(p.note(0, 10 * MS, 10 * MS).0, 0);
+        assert!(!p.note(0, 10 * MS, 10 * MS));
+        assert_eq!(p.height(), 0);
         assert_eq!(p.len(), 0);
         for i in 0..20 {
-            assert!(
-                p.note(i * S, 15 * MS + i * MS, 10 * MS).1,
-                "each a new peak"
-            );
+            assert!(p.note(i * S, 15 * MS + i * MS, 10 * MS), "each a new peak");
         }
         assert_eq!(p.len(), MAX_PEAKS);
         // The newest eight: 27..=34 ms.

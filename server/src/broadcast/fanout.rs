@@ -216,6 +216,45 @@ impl Feed {
             self.meta = block;
         }
     }
+
+    /// Without ICY (`icy` is `None`), what is pending as borrowed slices into `iov`, as many as fit: the
+    /// head, the rest of the current buffer, then the ring's pages from `next` on. The slices used and
+    /// their bytes. No reference count moves: this is the common listener's path ([`write_listener`]).
+    fn pending_plain<'a>(&'a self, ring: &'a Ring, iov: &mut [IoSlice<'a>]) -> (usize, usize) {
+        debug_assert!(self.icy.is_none() && self.meta.is_empty());
+        let (mut used, mut bytes) = (0, 0);
+        let buffered = [&self.head, &self.current].into_iter().map(|b| &b[..]);
+        let pages = (self.next..).map_while(|n| ring.get(n).map(|p| &p[..]));
+        for piece in buffered.chain(pages).filter(|p| !p.is_empty()) {
+            let Some(slot) = iov.get_mut(used) else { break };
+            *slot = IoSlice::new(piece);
+            used += 1;
+            bytes += piece.len();
+        }
+        (used, bytes)
+    }
+
+    /// Without ICY: `n` bytes of [`Feed::pending_plain`] went out. Pages written whole are passed by
+    /// number; only a page written in part is kept (a slice of it).
+    fn consume_plain(&mut self, mut n: usize, ring: &Ring) {
+        for buffer in [&mut self.head, &mut self.current] {
+            let k = buffer.len().min(n);
+            buffer.advance(k);
+            n -= k;
+        }
+        while n > 0 {
+            let Some(page) = ring.get(self.next) else {
+                debug_assert!(false, "wrote {n} bytes past the pending pages");
+                return;
+            };
+            self.next += 1;
+            if n < page.len() {
+                self.current = page.slice(n..);
+                return;
+            }
+            n -= page.len();
+        }
+    }
 }
 
 /// What woke the fan-out.
@@ -484,6 +523,9 @@ fn write_listener(
     meta: &Bytes,
     scratch: &mut Vec<Bytes>,
 ) -> Result<usize, (usize, io::Error)> {
+    if l.feed.icy.is_none() {
+        return write_plain(l, ring);
+    }
     let mut sent = 0;
     loop {
         gather(&l.feed, ring, meta, scratch);
@@ -502,6 +544,37 @@ fn write_listener(
             Ok(n) => {
                 sent += n;
                 commit(&mut l.feed, scratch, n, ring, meta);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                l.blocked = true;
+                return Ok(sent);
+            }
+            Err(e) => return Err((sent, e)),
+        }
+    }
+}
+
+/// [`write_listener`] for a listener without ICY: its pending slices borrowed straight into the `iovec`s
+/// (no reference count moves per write), and no second look when the `writev` took everything there was.
+fn write_plain(l: &mut Listener, ring: &Ring) -> Result<usize, (usize, io::Error)> {
+    let mut sent = 0;
+    loop {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let (used, pending) = l.feed.pending_plain(ring, &mut iov);
+        if used == 0 {
+            l.blocked = false;
+            return Ok(sent);
+        }
+        match l.stream.try_write_vectored(&iov[..used]) {
+            Ok(0) => return Err((sent, io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                sent += n;
+                l.feed.consume_plain(n, ring);
+                // Written whole, and it was all there was: done without another look.
+                if n == pending && used < MAX_IOV {
+                    l.blocked = false;
+                    return Ok(sent);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 l.blocked = true;
@@ -644,6 +717,45 @@ mod tests {
                     assert!(titles.len() <= 2 && titles.get(1).is_none_or(|t| t == "Bob"));
                 }
             }
+        }
+    }
+
+    /// The borrowed path of a listener without ICY, with writes of every size cut anywhere (inside the
+    /// head, the header pages, a page) and more pages pending than one `writev` takes: the stream is the
+    /// head, the header pages, then every page whole and in order, as the general path writes it.
+    #[test]
+    fn a_plain_listener_gets_every_byte_in_order_across_partial_writes() {
+        let pages: Vec<Bytes> = (0..MAX_IOV as u32 + 9)
+            .map(|i| Bytes::from(vec![i as u8; 5 + (i as usize * 7) % 41]))
+            .collect();
+        let ring = ring_of(&pages, pages.len());
+        let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n");
+        let headers = Bytes::from_static(b"HEADERS-PAGES");
+        let mut expected = [head.to_vec(), headers.to_vec()].concat();
+        pages.iter().for_each(|p| expected.extend_from_slice(p));
+        for cut in [1, 2, 5, 16, 33, 100, 4096, usize::MAX] {
+            let mut feed = Feed {
+                head: head.clone(),
+                meta: Bytes::new(),
+                current: headers.clone(),
+                next: 0,
+                icy: None,
+            };
+            let mut out = Vec::new();
+            loop {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let (used, bytes) = feed.pending_plain(&ring, &mut iov);
+                assert_eq!(bytes, iov[..used].iter().map(|s| s.len()).sum::<usize>());
+                if used == 0 {
+                    break;
+                }
+                let all: Vec<u8> = iov[..used].iter().flat_map(|s| s.iter().copied()).collect();
+                let n = cut.min(all.len());
+                out.extend_from_slice(&all[..n]);
+                feed.consume_plain(n, &ring);
+            }
+            assert_eq!(out, expected, "writes of {cut}");
+            assert_eq!(feed.next, pages.len() as u64);
         }
     }
 

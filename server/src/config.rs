@@ -78,8 +78,9 @@ pub struct BroadcastConfig {
     /// How often a listener's socket is written: every `max(1, listener_write_ms / page_ms)` pages, the
     /// pages published since in one `writev` (listeners are spread over the pages, so each page is written
     /// to a share of them). One write per page costs the sender a send per listener per page (on loopback
-    /// ≈ 5 µs each, the receiver's path included); writing every third page a third of that, for up to
-    /// that much more delay. A new listener gets that many pages at once, so its player never waits.
+    /// ≈ 5 µs each, the receiver's path included); writing every fourth page a quarter of that, for up to
+    /// that much more delay (at most `listener_write_ms` plus a page behind the mix: 0.5 s by default). A
+    /// new listener gets that many pages at once, so its player never waits.
     pub listener_write_ms: u32,
     /// Audio bytes between two ICY metadata blocks, for clients that send `Icy-MetaData: 1`.
     pub icy_metaint_bytes: usize,
@@ -98,7 +99,7 @@ impl Default for BroadcastConfig {
             public: false,
             page_ms: 100,
             listener_queue_pages: 30,
-            listener_write_ms: 300,
+            listener_write_ms: 400,
             icy_metaint_bytes: 16_000,
             max_listeners: 10_000,
             listener_send_buffer_bytes: 16_384,

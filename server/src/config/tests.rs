@@ -270,7 +270,7 @@ fn broadcast_settings_have_defaults_and_limits() {
     assert_eq!(c.broadcast.page_ms, 60);
     assert!(c.broadcast.public);
     assert_eq!(c.broadcast.listener_queue_pages, 30, "the default stays");
-    assert_eq!(c.broadcast.pages_per_write(), 5, "300 ms of 60 ms pages");
+    assert_eq!(c.broadcast.pages_per_write(), 6, "400 ms of 60 ms pages");
     c.validate().expect("valid");
     let every_page = Config::from_toml(
         "[broadcast]

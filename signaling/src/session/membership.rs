@@ -250,6 +250,7 @@ pub(super) fn admit(
         ptt_forced: claims.ptt,
         ptt_keys: PttKeys::new(Instant::now()),
         presence,
+        presence_not_before: None,
         removed: admission.removed,
         moved: admission.moved,
         migrations: ctx.migrations(),

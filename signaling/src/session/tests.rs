@@ -750,6 +750,65 @@ async fn participants_see_each_other() {
     media.assert_no_command(); // ada never offered: no Leave for her
 }
 
+/// A join right after another is told to the room's members with the joins around it, in one flush
+/// [`PRESENCE_SPACING`] after the last: a burst of joins writes each member a few times a second instead
+/// of once per join. An event after a quiet moment goes out at once.
+#[tokio::test(start_paused = true)]
+async fn presence_soon_after_a_flush_waits_for_its_spacing_and_goes_out_with_the_rest() {
+    let (ctx, _media) = setup(Mode::Answer);
+    let mut ada = Client::open(&ctx);
+    ada.join(&token("lobby", "ada")).await;
+    let joined_sid = |m: ServerMessage| match m {
+        ServerMessage::ParticipantJoined(ParticipantJoined { participant }) => participant.sid,
+        other => panic!("expected participant_joined, got {other:?}"),
+    };
+    let mut others = Vec::new();
+    let join = |name: &str| {
+        let ctx = Arc::clone(&ctx);
+        let token = token("lobby", name);
+        async move {
+            let mut client = Client::open(&ctx);
+            let sid = client.join(&token).await.participant.sid;
+            (client, sid)
+        }
+    };
+
+    // After a quiet moment: at once.
+    let (bob, bob_sid) = join("bob").await;
+    let quiet = Instant::now();
+    assert_eq!(joined_sid(ada.message().await), bob_sid);
+    assert_eq!(
+        Instant::now(),
+        quiet,
+        "an event after a quiet moment waits for nothing"
+    );
+    let flushed = Instant::now();
+    others.push(bob);
+
+    // Two more within the spacing: both at its end, in order.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let (carl, carl_sid) = join("carl").await;
+    let (dan, dan_sid) = join("dan").await;
+    others.extend([carl, dan]);
+    assert_eq!(joined_sid(ada.message().await), carl_sid);
+    assert_eq!(Instant::now(), flushed + PRESENCE_SPACING);
+    assert_eq!(joined_sid(ada.message().await), dan_sid);
+    assert_eq!(
+        Instant::now(),
+        flushed + PRESENCE_SPACING,
+        "in the same flush"
+    );
+
+    // Quiet again for longer than the spacing: the next one goes out at once.
+    tokio::time::sleep(PRESENCE_SPACING * 2).await;
+    let (erin, erin_sid) = join("erin").await;
+    let quiet = Instant::now();
+    assert_eq!(joined_sid(ada.message().await), erin_sid);
+    assert_eq!(Instant::now(), quiet);
+    others.push(erin);
+    ada.ping(1).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn lost_media_ends_the_session() {
     let (ctx, mut media) = setup(Mode::Answer);
@@ -1684,8 +1743,9 @@ async fn client_and_admin_mute_give_the_same_events_and_state() {
             } else {
                 bob.json(json!({"type": "mute", "muted": muted}));
             }
-            // Let the mute take effect, then a ping: anything it sent arrives before the pong.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Let the mute take effect (its presence event waits at most its spacing after the last
+            // flush), then a ping: anything it sent arrives before the pong.
+            tokio::time::sleep(PRESENCE_SPACING + Duration::from_millis(10)).await;
             for client in [&mut bob, &mut ada] {
                 client.json(json!({"type": "ping", "id": 7}));
                 loop {
@@ -2132,9 +2192,14 @@ async fn queued_presence_events_go_out_together_in_order_and_none_is_lost() {
     }
 
     // A burst: the event in hand and the queued ones up to the batch, in order, then one flush.
-    wire.send_presence(left(0), &mut queued)
+    let fed = wire
+        .send_presence(left(0), &mut queued)
         .await
         .expect("written");
+    assert_eq!(
+        fed, PRESENCE_BATCH,
+        "a full batch: the session sends the rest without a wait"
+    );
     let (sids, flushes) = lefts_and_flushes(&wire.transport.log);
     assert_eq!(sids, (0..PRESENCE_BATCH).map(sid).collect::<Vec<_>>());
     assert_eq!(flushes, 1);

@@ -219,6 +219,8 @@ async fn leave_close_and_media_loss_do_not_suspend() {
     let mut cy = Client::open(&ctx);
     let cy_joined = cy.join(&token("lobby", "cy")).await;
     bob.message().await; // participant_joined cy
+                         // Bob's next presence event then goes out at once (it is not within the spacing of this flush).
+    tokio::time::sleep(crate::session::PRESENCE_SPACING).await;
     cy.offer().await;
     media.next().await;
     let start = Instant::now();

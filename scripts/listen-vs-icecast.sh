@@ -6,7 +6,7 @@
 #   scripts/listen-vs-icecast.sh                     # N=1000, 20 s
 #   N=5000 DURATION=30 PAGE_US=20000 scripts/listen-vs-icecast.sh
 #   ONLY=chorus N=5000 scripts/listen-vs-icecast.sh   # one target (Icecast's slow rush delays the other's window)
-#   WRITE_MS=100 ONLY=chorus scripts/listen-vs-icecast.sh  # Chorus writes every 100 ms page (its default: 300 ms)
+#   WRITE_MS=100 ONLY=chorus scripts/listen-vs-icecast.sh  # Chorus writes every 100 ms page (its default: 400 ms)
 #   REMOTE=1 ONLY=chorus N=5000 scripts/listen-vs-icecast.sh  # listeners behind a veth pair (below)
 #
 # REMOTE=1 (root): the listeners run in a network namespace of their own behind a veth pair whose two ends

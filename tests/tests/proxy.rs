@@ -352,7 +352,7 @@ impl Direction {
             stats.forwarded.fetch_add(1, Ordering::Relaxed);
             // Held at the sending end until the stall ends; it then still takes its delay, in order behind
             // what the stall held before it (each 0.1 ms apart, or the tasks that send them could race).
-            let mut due = held.map_or(now, |end| end) + delay;
+            let mut due = held.unwrap_or(now) + delay;
             if held.is_some() {
                 if let Some(last) = self.last_held_due {
                     due = due.max(last + Duration::from_micros(100));

@@ -219,7 +219,7 @@ impl Feed {
 
     /// Without ICY (`icy` is `None`), what is pending as borrowed slices into `iov`, as many as fit: the
     /// head, the rest of the current buffer, then the ring's pages from `next` on. The slices used and
-    /// their bytes. No reference count moves: this is the common listener's path ([`write_listener`]).
+    /// their bytes. No reference count moves (see [`write_listener`]).
     fn pending_plain<'a>(&'a self, ring: &'a Ring, iov: &mut [IoSlice<'a>]) -> (usize, usize) {
         debug_assert!(self.icy.is_none() && self.meta.is_empty());
         let (mut used, mut bytes) = (0, 0);
@@ -517,60 +517,43 @@ async fn writable(phases: &[Vec<Listener>], blocked: usize) -> At {
 
 /// One listener's `writev`s until it has nothing pending or its socket is full. `Err`: its connection
 /// failed (with what was written before).
+///
+/// Without ICY, the pending slices are borrowed straight into the `iovec`s ([`Feed::pending_plain`]: no
+/// reference count moves per write); with it, they are gathered into `scratch` first (its blocks fall
+/// inside the audio). A `writev` that took everything there was is the last, without another look.
 fn write_listener(
     l: &mut Listener,
     ring: &Ring,
     meta: &Bytes,
     scratch: &mut Vec<Bytes>,
 ) -> Result<usize, (usize, io::Error)> {
-    if l.feed.icy.is_none() {
-        return write_plain(l, ring);
-    }
-    let mut sent = 0;
-    loop {
-        gather(&l.feed, ring, meta, scratch);
-        if scratch.is_empty() {
-            l.blocked = false;
-            return Ok(sent);
-        }
-        let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        for (slot, piece) in iov.iter_mut().zip(scratch.iter()) {
-            *slot = IoSlice::new(piece);
-        }
-        match l.stream.try_write_vectored(&iov[..scratch.len()]) {
-            Ok(0) => return Err((sent, io::ErrorKind::WriteZero.into())),
-            // Written whole: the next round finds more or nothing; in part: the next round's `writev`
-            // meets the full socket and arms its writability.
-            Ok(n) => {
-                sent += n;
-                commit(&mut l.feed, scratch, n, ring, meta);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                l.blocked = true;
-                return Ok(sent);
-            }
-            Err(e) => return Err((sent, e)),
-        }
-    }
-}
-
-/// [`write_listener`] for a listener without ICY: its pending slices borrowed straight into the `iovec`s
-/// (no reference count moves per write), and no second look when the `writev` took everything there was.
-fn write_plain(l: &mut Listener, ring: &Ring) -> Result<usize, (usize, io::Error)> {
+    let plain = l.feed.icy.is_none();
     let mut sent = 0;
     loop {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let (used, pending) = l.feed.pending_plain(ring, &mut iov);
+        let (used, pending) = if plain {
+            l.feed.pending_plain(ring, &mut iov)
+        } else {
+            gather(&l.feed, ring, meta, scratch);
+            for (slot, piece) in iov.iter_mut().zip(scratch.iter()) {
+                *slot = IoSlice::new(piece);
+            }
+            (scratch.len(), scratch.iter().map(Bytes::len).sum())
+        };
         if used == 0 {
             l.blocked = false;
             return Ok(sent);
         }
         match l.stream.try_write_vectored(&iov[..used]) {
             Ok(0) => return Err((sent, io::ErrorKind::WriteZero.into())),
+            // In part: the next round's `writev` meets the full socket and arms its writability.
             Ok(n) => {
                 sent += n;
-                l.feed.consume_plain(n, ring);
-                // Written whole, and it was all there was: done without another look.
+                if plain {
+                    l.feed.consume_plain(n, ring);
+                } else {
+                    commit(&mut l.feed, scratch, n, ring, meta);
+                }
                 if n == pending && used < MAX_IOV {
                     l.blocked = false;
                     return Ok(sent);

@@ -324,14 +324,11 @@ impl SimNet {
         let delay_ms = (link.base_delay_ms + jitter_ms).max(0.0);
         let mut at = now + Duration::from_secs_f64(delay_ms / 1000.0);
         let flow = (datagram.source, datagram.destination);
-        if let Some(&end) = self.flow_stall.get(&flow) {
-            // Held at the sending end until the stall ends; it then still takes the link's delay.
-            if now < end {
-                at = at.max(end + Duration::from_secs_f64(link.base_delay_ms.max(0.0) / 1000.0));
-            }
+        // Held at the sending end until the stall ends; it then still takes the link's delay.
+        if let Some(&end) = self.flow_stall.get(&flow).filter(|end| now < **end) {
+            at = at.max(end + Duration::from_secs_f64(link.base_delay_ms.max(0.0) / 1000.0));
         }
         if !link.reorder {
-            let flow = (datagram.source, datagram.destination);
             let tail = self.flow_tail.entry(flow).or_insert(at);
             if *tail > at {
                 at = *tail;

@@ -180,6 +180,37 @@ impl SrtpReceiver {
     }
 }
 
+/// Seals RTP packets as the sender of an SDES-keyed session does (the cipher the forward path seals
+/// with), for tests and the fuzz targets.
+#[cfg(any(test, feature = "testkit"))]
+pub struct SrtpSealer {
+    cipher: Cipher,
+}
+
+#[cfg(any(test, feature = "testkit"))]
+impl SrtpSealer {
+    /// A sealer for `master` (the master key then the master salt); `None` for a wrong length.
+    pub fn new(suite: SdesSuite, master: &[u8]) -> Option<SrtpSealer> {
+        let (key_len, _) = suite.lengths();
+        if master.len() != suite.master_len() {
+            return None;
+        }
+        let (key, salt) = master.split_at(key_len);
+        Cipher::new(active_provider(), suite.profile(), key, salt, true)
+            .map(|cipher| SrtpSealer { cipher })
+    }
+
+    /// The RTP `header` (whose SSRC is `ssrc` and whose sequence number is `index`'s low 16 bits), then
+    /// `payload` sealed at `index` (ROC × 65536 + sequence number).
+    pub fn seal(&mut self, header: &[u8], payload: &[u8], ssrc: u32, index: u64) -> Vec<u8> {
+        let mut out = header.to_vec();
+        self.cipher
+            .seal(&mut out, payload, ssrc, index)
+            .expect("sealing needs nothing but the key");
+        out
+    }
+}
+
 /// RFC 3711 §3.3.1 (appendix A): the index of sequence number `seq` on a stream whose highest
 /// authenticated index is `highest`, guessing the roll-over counter; `None` for a packet from before the
 /// stream's first roll-over counter.
@@ -204,30 +235,23 @@ fn estimate_index(highest: u64, seq: u16) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::peer::srtp::Cipher;
 
     fn master(suite: SdesSuite) -> Vec<u8> {
         (0..suite.master_len() as u8).map(|b| b ^ 0x5a).collect()
     }
 
     /// A sender with the same keys: the forward path's sealing.
-    fn sender(suite: SdesSuite, master: &[u8]) -> Cipher {
-        let (key_len, _) = suite.lengths();
-        let (key, salt) = master.split_at(key_len);
-        Cipher::new(active_provider(), suite.profile(), key, salt, true)
-            .expect("a known profile and lengths")
+    fn sender(suite: SdesSuite, master: &[u8]) -> SrtpSealer {
+        SrtpSealer::new(suite, master).expect("a known suite and its length")
     }
 
-    fn sealed(cipher: &mut Cipher, ssrc: u32, index: u64, payload: &[u8]) -> Vec<u8> {
+    fn sealed(sealer: &mut SrtpSealer, ssrc: u32, index: u64, payload: &[u8]) -> Vec<u8> {
         let seq = (index as u16).to_be_bytes();
         let s = ssrc.to_be_bytes();
-        let mut out = vec![
+        let header = [
             0x80, 111, seq[0], seq[1], 0, 0, 3, 0xc0, s[0], s[1], s[2], s[3],
         ];
-        cipher
-            .seal(&mut out, payload, ssrc, index)
-            .expect("sealing a sane packet");
-        out
+        sealer.seal(&header, payload, ssrc, index)
     }
 
     #[test]

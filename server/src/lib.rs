@@ -28,6 +28,14 @@ mod webhooks;
 mod whip;
 mod worker;
 
+/// The parsers of network input, for the cargo-fuzz targets in fuzz/: not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::broadcast::ogg::crc as ogg_crc;
+    pub use crate::broadcast::ogg_reader::{OggError, OggItem, OggReader, MAX_PACKET_BYTES};
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -33,7 +33,9 @@ fn crc_table() -> &'static [u32; 256] {
     })
 }
 
-pub(crate) fn crc(data: &[u8]) -> u32 {
+/// The Ogg page checksum (RFC 3533: CRC-32, polynomial 0x04c11db7, no reflection, initial value 0), of a
+/// page whose checksum field is zero.
+pub fn crc(data: &[u8]) -> u32 {
     let table = crc_table();
     data.iter().fold(0u32, |c, &b| {
         (c << 8) ^ table[((c >> 24) as u8 ^ b) as usize]

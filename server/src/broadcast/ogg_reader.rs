@@ -1,7 +1,8 @@
 //! Reading an Ogg Opus stream (RFC 3533 pages, RFC 7845 Ogg Opus) from bytes as they arrive: pages found by
 //! their capture pattern and checked by their CRC (the one in `ogg.rs`), packets joined across pages, the
 //! OpusHead and OpusTags headers checked, and each audio packet handed out with the granule position of
-//! the page that completed it. Used by the Icecast source ingest; every malformation is a typed error.
+//! the page that completed it. Used by the Icecast source ingest, relayed mounts and the playout of Ogg files;
+//! every malformation is a typed error. Fuzzed by `fuzz/fuzz_targets/ogg_reader.rs`.
 
 use super::ogg::crc;
 
@@ -85,7 +86,7 @@ enum State {
     Audio,
 }
 
-/// An incremental Ogg Opus reader: [`OggReader::push`] bytes, then take items with [`OggReader::next`].
+/// An incremental Ogg Opus reader: [`OggReader::push`] bytes, then take items with [`OggReader::next_item`].
 #[derive(Debug)]
 pub struct OggReader {
     buf: Vec<u8>,
@@ -137,7 +138,7 @@ impl OggReader {
     }
 
     /// The next item, or the error that stopped the stream (after the items before it).
-    pub fn next(&mut self) -> Option<Result<OggItem, OggError>> {
+    pub fn next_item(&mut self) -> Option<Result<OggItem, OggError>> {
         if let Some(item) = self.items.pop_front() {
             return Some(Ok(item));
         }
@@ -347,7 +348,7 @@ mod tests {
 
     fn items(reader: &mut OggReader) -> Vec<Result<OggItem, OggError>> {
         let mut v = Vec::new();
-        while let Some(item) = reader.next() {
+        while let Some(item) = reader.next_item() {
             let stop = item.is_err();
             v.push(item);
             if stop {

@@ -175,7 +175,7 @@ impl Upstream {
             body: Vec::new(),
         };
         loop {
-            match upstream.reader.next() {
+            match upstream.reader.next_item() {
                 Some(Ok(OggItem::Headers { channels, pre_skip })) => {
                     if (channels, pre_skip) != (1, PRE_SKIP) {
                         return Err(RelayError::Format);
@@ -334,7 +334,7 @@ async fn run(
 ) -> Ended {
     let recent_pages = broadcasts.config.pages_per_write();
     loop {
-        while let Some(item) = upstream.reader.next() {
+        while let Some(item) = upstream.reader.next_item() {
             match item {
                 Ok(OggItem::Audio {
                     packet,

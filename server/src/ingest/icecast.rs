@@ -260,7 +260,7 @@ async fn read_headers(
 ) -> Result<(), HeaderError> {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        match reader.next() {
+        match reader.next_item() {
             Some(Ok(OggItem::Headers { .. })) => return Ok(()),
             // Audio comes only after the headers.
             Some(Ok(OggItem::Audio { .. })) => continue,
@@ -384,7 +384,7 @@ async fn stream_into(
     let mut buf = vec![0u8; READ_CHUNK];
     let end = 'stream: loop {
         // What the last read completed, paced: nothing more is read until it is due.
-        while let Some(item) = reader.next() {
+        while let Some(item) = reader.next_item() {
             let (packet, granule, last) = match item {
                 Ok(OggItem::Audio {
                     packet,

@@ -81,7 +81,7 @@ impl Item {
                 let mut reader = OggReader::default();
                 reader.push(&bytes);
                 loop {
-                    match reader.next() {
+                    match reader.next_item() {
                         Some(Ok(OggItem::Headers { .. })) => return Ok(Item::Ogg(reader)),
                         Some(Ok(OggItem::Audio { .. })) => continue,
                         Some(Err(e)) => return Err(e.into()),
@@ -99,7 +99,7 @@ impl Item {
     pub fn next(&mut self, encoder: &mut opus::Encoder) -> Option<Result<ItemPacket, ItemError>> {
         match self {
             Item::Ogg(reader) => loop {
-                return match reader.next() {
+                return match reader.next_item() {
                     Some(Ok(OggItem::Audio {
                         packet,
                         granule,

@@ -26,7 +26,7 @@ use media_core::client::{ClientConfig, ClientOutput, ClientPeer, RawRtp};
 use media_core::encoder::{EncoderSettings, MixEncoder};
 use media_core::red::{self, RedundantFrame};
 use media_core::{
-    CoreConfig, JoinParams, MediaCore, MixSettings, Output, ParticipantId, RoomSettings, RoomId,
+    CoreConfig, JoinParams, MediaCore, MixSettings, Output, ParticipantId, RoomId, RoomSettings,
 };
 use str0m::config::DtlsCert;
 
@@ -193,7 +193,11 @@ impl World {
                             let _ = c.peer.handle_datagram(now, CANDIDATE, &t.contents);
                         }
                     }
-                    Output::Event(_) => {}
+                    // No room here is broadcast, tapped or spanned.
+                    Output::Event(_)
+                    | Output::Broadcast(_)
+                    | Output::Microphone(_)
+                    | Output::Trunk(_) => {}
                     Output::Timeout(at) => {
                         self.core_timeout = at;
                         break;

@@ -32,6 +32,8 @@ fuzz_target!(|input: (u8, &str)| {
         candidate_addr: SocketAddr::from(([127, 0, 0, 1], 50_000)),
         dtls_cert: cert(),
         slots: usize::from(slots % 18),
+        // The high bit: a stereo answer (a spatial mixed room).
+        stereo: slots & 0x80 != 0,
     };
     if let Ok((peer, answer)) = Peer::from_offer(Instant::now(), ParticipantId(1), &params, sdp) {
         assert!(peer.slots().len() <= params.slots);

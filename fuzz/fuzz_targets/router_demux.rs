@@ -1,6 +1,7 @@
 //! The datagram demux on its own: `media_core::router::Router` with peers added and removed, arbitrary
 //! datagrams (STUN naming known or unknown ufrags, broken STUN, DTLS / SRTP-looking bytes) from a small pool
-//! of addresses or any address, and addresses learned for arbitrary peers, at increasing times. Checked
+//! of addresses or any path (remote address, transport, local candidate: the router keys by the whole
+//! path), and paths learned for arbitrary peers, at increasing times. Checked
 //! against a model of the documented rules: a routed datagram goes to the peer the model says, an address
 //! heard from a live peer within `ADDRESS_FRESH` is never handed to another one (`AddressTaken` names the
 //! owner), each peer holds at most `MAX_ADDRS_PER_PEER` addresses (learning one more forgets its least
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use media_core::core::net::{NetPath, Transport};
 use media_core::router::{
     AddressTaken, Route, RouteMiss, Router, ADDRESS_FRESH, MAX_ADDRS_PER_PEER,
 };
@@ -20,18 +22,30 @@ use media_core::ParticipantId;
 
 const PEERS: u64 = 4;
 
+/// A datagram's path: the remote address, and which of two local candidates (UDP, or ICE-TCP) it came in on.
 #[derive(Arbitrary, Debug)]
 enum Addr {
-    /// One of 16 addresses shared by everyone (collisions, rebinding, spoofing).
+    /// One of 16 addresses shared by everyone (collisions, rebinding, spoofing), on the first UDP
+    /// candidate.
     Pool(u8),
-    Any([u8; 4], u16),
+    /// Any remote address, on any of the local paths (the same remote on UDP and TCP are two paths).
+    Any([u8; 4], u16, u8),
 }
 
 impl Addr {
-    fn get(&self) -> SocketAddr {
+    fn get(&self) -> NetPath {
+        let local = |i: u8| SocketAddr::from(([127, 0, 0, 1], 40_000 + u16::from(i % 2)));
         match *self {
-            Addr::Pool(i) => SocketAddr::from(([10, 0, 0, i % 16], 5_000)),
-            Addr::Any(ip, port) => SocketAddr::from((ip, port)),
+            Addr::Pool(i) => NetPath::udp(local(0), SocketAddr::from(([10, 0, 0, i % 16], 5_000))),
+            Addr::Any(ip, port, path) => NetPath {
+                transport: if path & 2 == 0 {
+                    Transport::Udp
+                } else {
+                    Transport::Tcp
+                },
+                local: local(path),
+                remote: SocketAddr::from((ip, port)),
+            },
         }
     }
 }
@@ -84,15 +98,15 @@ fn stun_header(kind: u16, body_len: u16) -> Vec<u8> {
 #[derive(Default)]
 struct Model {
     ufrags: HashMap<String, ParticipantId>,
-    by_addr: HashMap<SocketAddr, (ParticipantId, Instant)>,
-    addrs: HashMap<ParticipantId, Vec<SocketAddr>>,
+    by_addr: HashMap<NetPath, (ParticipantId, Instant)>,
+    addrs: HashMap<ParticipantId, Vec<NetPath>>,
 }
 
 impl Model {
     fn learn(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: NetPath,
         id: ParticipantId,
     ) -> Result<(), AddressTaken> {
         if let Some((owner, heard)) = self.by_addr.get_mut(&from) {

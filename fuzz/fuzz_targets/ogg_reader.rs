@@ -4,8 +4,9 @@
 //! OpusHead / OpusTags of any content, granules, end of stream), then optionally one byte flipped.
 //!
 //! The bytes are pushed at once and, in a second reader, in fuzzer-chosen pieces (a source's TCP reads):
-//! both must give the same items, the same error after them, and the same end result; packets stay within
-//! `MAX_PACKET_BYTES`, and no more audio comes out than went in.
+//! both must give the same items, the same error after them, and the same end result; whole, unchanged
+//! pages whose last packet ends are never read as truncated; packets stay within `MAX_PACKET_BYTES`, and no
+//! more audio comes out than went in.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -66,7 +67,8 @@ struct Page {
 }
 
 impl Page {
-    fn write(&self, out: &mut Vec<u8>) {
+    /// Appends the page; whether its last packet ends on it (its last lacing value is below 255).
+    fn write(&self, out: &mut Vec<u8>) -> bool {
         let mut lacing = Vec::new();
         let mut body = Vec::new();
         for (i, p) in self.packets.iter().enumerate() {
@@ -101,6 +103,7 @@ impl Page {
         out.extend_from_slice(&body);
         let crc = ogg_crc(&out[start..]);
         out[start + 22..start + 26].copy_from_slice(&crc.to_le_bytes());
+        lacing.last().is_some_and(|&l| l < 255)
     }
 }
 
@@ -135,18 +138,24 @@ fn drain(reader: &mut OggReader, out: &mut Vec<Result<OggItem, OggError>>) {
 }
 
 fuzz_target!(|input: Input| {
+    // Whether the bytes are whole pages, unchanged, the last of which ends its last packet.
+    let mut whole_pages = false;
     let bytes = match &input.stream {
         Stream::Raw(b) => b.to_vec(),
         Stream::Pages { pages, flip, cut } => {
             let mut b = Vec::new();
+            let mut closed = false;
             for p in pages {
-                p.write(&mut b);
+                closed = p.write(&mut b);
             }
+            let mut changed = *cut > 0 && !b.is_empty();
             if let (Some((at, x)), false) = (flip, b.is_empty()) {
                 let at = usize::from(*at) % b.len();
                 b[at] ^= x;
+                changed |= *x != 0;
             }
             b.truncate(b.len().saturating_sub(usize::from(*cut)));
+            whole_pages = closed && !changed;
             b
         }
     };
@@ -179,6 +188,14 @@ fuzz_target!(|input: Input| {
         "the pieces a source's bytes arrive in change nothing"
     );
     assert_eq!(whole.finish(), pieces.finish());
+    if whole_pages {
+        // Every page is complete and the last packet ended: nothing may be left waiting for more bytes.
+        assert_ne!(
+            whole.finish(),
+            Err(OggError::Truncated),
+            "a complete stream read as truncated"
+        );
+    }
     let mut audio = 0;
     for item in at_once.iter().flatten() {
         if let OggItem::Audio { packet, .. } = item {

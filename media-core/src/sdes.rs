@@ -106,6 +106,25 @@ pub fn rtp_header_len(data: &[u8]) -> Option<usize> {
     (len <= data.len()).then_some(len)
 }
 
+/// The session cipher of `suite` from `master` (the master key then the master salt), for sealing
+/// (`encrypt`) or opening.
+fn session_cipher(
+    suite: SdesSuite,
+    master: &[u8],
+    encrypt: bool,
+) -> Result<Cipher, KeyLengthError> {
+    let wrong = || KeyLengthError {
+        suite: suite.as_str(),
+        expected: suite.master_len(),
+        got: master.len(),
+    };
+    if master.len() != suite.master_len() {
+        return Err(wrong());
+    }
+    let (key, salt) = master.split_at(suite.lengths().0);
+    Cipher::new(active_provider(), suite.profile(), key, salt, encrypt).ok_or_else(wrong)
+}
+
 /// Opens the SRTP packets of one SDES-keyed session.
 pub struct SrtpReceiver {
     cipher: Cipher,
@@ -125,20 +144,8 @@ impl std::fmt::Debug for SrtpReceiver {
 impl SrtpReceiver {
     /// A receiver for `master` (the master key then the master salt, as `a=crypto`'s `inline:`).
     pub fn new(suite: SdesSuite, master: &[u8]) -> Result<SrtpReceiver, KeyLengthError> {
-        let (key_len, _) = suite.lengths();
-        let wrong = || KeyLengthError {
-            suite: suite.as_str(),
-            expected: suite.master_len(),
-            got: master.len(),
-        };
-        if master.len() != suite.master_len() {
-            return Err(wrong());
-        }
-        let (key, salt) = master.split_at(key_len);
-        let cipher =
-            Cipher::new(active_provider(), suite.profile(), key, salt, false).ok_or_else(wrong)?;
         Ok(SrtpReceiver {
-            cipher,
+            cipher: session_cipher(suite, master, false)?,
             streams: Vec::new(),
         })
     }
@@ -189,15 +196,11 @@ pub struct SrtpSealer {
 
 #[cfg(any(test, feature = "testkit"))]
 impl SrtpSealer {
-    /// A sealer for `master` (the master key then the master salt); `None` for a wrong length.
-    pub fn new(suite: SdesSuite, master: &[u8]) -> Option<SrtpSealer> {
-        let (key_len, _) = suite.lengths();
-        if master.len() != suite.master_len() {
-            return None;
-        }
-        let (key, salt) = master.split_at(key_len);
-        Cipher::new(active_provider(), suite.profile(), key, salt, true)
-            .map(|cipher| SrtpSealer { cipher })
+    /// A sealer for `master` (the master key then the master salt).
+    pub fn new(suite: SdesSuite, master: &[u8]) -> Result<SrtpSealer, KeyLengthError> {
+        Ok(SrtpSealer {
+            cipher: session_cipher(suite, master, true)?,
+        })
     }
 
     /// The RTP `header` (whose SSRC is `ssrc` and whose sequence number is `index`'s low 16 bits), then
@@ -242,7 +245,7 @@ mod tests {
 
     /// A sender with the same keys: the forward path's sealing.
     fn sender(suite: SdesSuite, master: &[u8]) -> SrtpSealer {
-        SrtpSealer::new(suite, master).expect("a known suite and its length")
+        SrtpSealer::new(suite, master).expect("the suite's own key length")
     }
 
     fn sealed(sealer: &mut SrtpSealer, ssrc: u32, index: u64, payload: &[u8]) -> Vec<u8> {

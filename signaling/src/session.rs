@@ -681,7 +681,8 @@ async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
         }
     };
     let presence = async {
-        if let Some(at) = *presence_not_before {
+        // Only a spacing still running is waited for: a timer per input otherwise.
+        if let Some(at) = presence_not_before.filter(|at| *at > Instant::now()) {
             tokio::time::sleep_until(at).await;
         }
         match presence.recv().await {

@@ -460,6 +460,13 @@ impl MediaCore {
             .unwrap_or(&[])
     }
 
+    /// Give back the buffer of a datagram [`poll_output`](Self::poll_output) returned, once it is sent: the
+    /// core seals the next ones into it instead of allocating (forwarding allocates nothing per packet
+    /// then). Optional; buffers not given back are simply freed.
+    pub fn recycle(&mut self, contents: Vec<u8>) {
+        self.out.recycle(contents);
+    }
+
     /// The next output: datagrams first, then events, then the next wake-up.
     #[must_use = "the drive loop drains poll_output until it yields a timeout: an output dropped is a datagram not sent or an event lost"]
     pub fn poll_output(&mut self) -> Output {

@@ -18,9 +18,38 @@ pub(crate) struct Outbox {
     /// Min-heap of (wake-up, participant). The peer owns its wake-up; an entry here is live only while it
     /// equals that wake-up (a superseded entry is skipped when it comes up).
     timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
+    /// Sent datagrams' buffers, given back by the drive loop ([`MediaCore::recycle`]) for the next ones.
+    ///
+    /// [`MediaCore::recycle`]: crate::core::MediaCore::recycle
+    spare: Vec<Vec<u8>>,
 }
 
+/// Most spent buffers kept: a few send batches' worth, so a fan-out to hundreds reuses most of its
+/// buffers once the first one has been sent.
+const SPARE_BUFFERS: usize = 1024;
+/// Larger buffers are not kept: one audio datagram fits, and the spares hold at most ≈ 1.5 MB.
+const SPARE_MAX_CAPACITY: usize = 1500;
+
 impl Outbox {
+    /// An empty buffer for a datagram of up to `capacity` bytes: a spare if there is one.
+    pub(crate) fn buffer(&mut self, capacity: usize) -> Vec<u8> {
+        match self.spare.pop() {
+            Some(mut buffer) => {
+                buffer.reserve(capacity);
+                buffer
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Keep a sent datagram's buffer for [`buffer`](Self::buffer), unless enough are kept or it is large.
+    pub(crate) fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= SPARE_MAX_CAPACITY {
+            buffer.clear();
+            self.spare.push(buffer);
+        }
+    }
+
     /// Wake `peer` at `at` unless it already wakes earlier.
     pub(crate) fn schedule(&mut self, peer: &mut Peer, at: Instant) {
         if peer.wake_earlier(at) {
@@ -42,5 +71,39 @@ impl Outbox {
         }
         self.timers.pop();
         Some((at, id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recycled_buffer_comes_back_empty_and_large_ones_are_not_kept() {
+        let mut out = Outbox::default();
+        let mut sent = out.buffer(200);
+        assert!(sent.capacity() >= 200);
+        sent.extend_from_slice(&[7; 150]);
+        let at = sent.as_ptr();
+        out.recycle(sent);
+        let again = out.buffer(100);
+        assert!(again.is_empty(), "a spare comes back cleared");
+        assert_eq!(again.as_ptr(), at, "the same allocation is reused");
+        let grown = out.buffer(300);
+        assert!(
+            grown.capacity() >= 300,
+            "a fresh buffer when no spare is left"
+        );
+
+        out.recycle(Vec::with_capacity(SPARE_MAX_CAPACITY + 1));
+        assert!(out.spare.is_empty(), "a large buffer is dropped, not kept");
+        for _ in 0..SPARE_BUFFERS + 10 {
+            out.recycle(Vec::with_capacity(64));
+        }
+        assert_eq!(
+            out.spare.len(),
+            SPARE_BUFFERS,
+            "at most SPARE_BUFFERS are kept"
+        );
     }
 }

@@ -632,6 +632,10 @@ impl Sim {
                         .handle_datagram(self.now, d.source, &d.data)
                         .expect("client accepts datagram");
                     self.drain_client(i);
+                    // The server's datagram is delivered: its buffer goes back, as the worker's does.
+                    if d.source == self.server {
+                        self.core.recycle(d.data);
+                    }
                 }
             }
             if self.core_timeout <= self.now {

@@ -591,7 +591,9 @@ impl Worker {
             // The common case: everything leaves on the primary socket, in one batch.
             let sent = udp::send_all(&self.socket, &self.outbox);
             self.count_failed(sent.failed);
-            self.outbox.clear();
+            for t in self.outbox.drain(..) {
+                self.core.recycle(t.contents);
+            }
             return queued;
         }
         let extra_addr = self.extra.as_ref().map(|(_, a)| *a);
@@ -621,12 +623,17 @@ impl Worker {
         }
         if !self.outbox_primary.is_empty() {
             failed += udp::send_all(&self.socket, &self.outbox_primary).failed;
-            self.outbox_primary.clear();
         }
         if let (Some((socket, _)), false) = (&self.extra, self.outbox_extra.is_empty()) {
             failed += udp::send_all(socket, &self.outbox_extra).failed;
         }
-        self.outbox_extra.clear();
+        for t in self
+            .outbox_primary
+            .drain(..)
+            .chain(self.outbox_extra.drain(..))
+        {
+            self.core.recycle(t.contents);
+        }
         self.count_failed(failed);
         queued
     }

@@ -217,7 +217,7 @@ impl Peer {
             return Ok(false);
         };
         let fields = fields(pt);
-        let mut contents = Vec::with_capacity(HEADER_MAX + payload.len() + MAX_TAG);
+        let mut contents = out.buffer(HEADER_MAX + payload.len() + MAX_TAG);
         template.write(&mut contents, &fields);
         srtp.seal(&mut contents, payload, template.ssrc, fields.seq)?;
         out.transmits.push_back(NetTransmit {

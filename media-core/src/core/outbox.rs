@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::core::net::NetTransmit;
 use crate::core::peer::{Peer, PeerEvent};
+use crate::core::MAX_DATAGRAM;
 use crate::ids::ParticipantId;
 
 #[derive(Default)]
@@ -25,10 +26,9 @@ pub(crate) struct Outbox {
 }
 
 /// Most spent buffers kept: a few send batches' worth, so a fan-out to hundreds reuses most of its
-/// buffers once the first one has been sent.
+/// buffers once the first one has been sent. Buffers larger than [`MAX_DATAGRAM`] are not kept, so the
+/// spares hold at most ≈ 1.5 MB.
 const SPARE_BUFFERS: usize = 1024;
-/// Larger buffers are not kept: one audio datagram fits, and the spares hold at most ≈ 1.5 MB.
-const SPARE_MAX_CAPACITY: usize = 1500;
 
 impl Outbox {
     /// An empty buffer for a datagram of up to `capacity` bytes: a spare if there is one.
@@ -44,7 +44,7 @@ impl Outbox {
 
     /// Keep a sent datagram's buffer for [`buffer`](Self::buffer), unless enough are kept or it is large.
     pub(crate) fn recycle(&mut self, mut buffer: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= SPARE_MAX_CAPACITY {
+        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= MAX_DATAGRAM {
             buffer.clear();
             self.spare.push(buffer);
         }
@@ -95,7 +95,7 @@ mod tests {
             "a fresh buffer when no spare is left"
         );
 
-        out.recycle(Vec::with_capacity(SPARE_MAX_CAPACITY + 1));
+        out.recycle(Vec::with_capacity(MAX_DATAGRAM + 1));
         assert!(out.spare.is_empty(), "a large buffer is dropped, not kept");
         for _ in 0..SPARE_BUFFERS + 10 {
             out.recycle(Vec::with_capacity(64));

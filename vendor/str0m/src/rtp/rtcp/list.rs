@@ -121,39 +121,19 @@ impl<T> Default for ReportList<T> {
 
 impl<'a, T> IntoIterator for &'a ReportList<T> {
     type Item = &'a T;
-    type IntoIter = Iter<'a, T>;
+    type IntoIter = std::slice::Iter<'a, T>;
 
     fn into_iter(self) -> Self::IntoIter {
-        Iter(self.0.iter())
+        self.0.iter()
     }
 }
 
 impl<T> IntoIterator for ReportList<T> {
     type Item = T;
-    type IntoIter = IterOwned<T>;
+    type IntoIter = std::vec::IntoIter<T>;
 
     fn into_iter(self) -> Self::IntoIter {
-        IterOwned(self.0.into_iter())
-    }
-}
-
-pub struct Iter<'a, T>(std::slice::Iter<'a, T>);
-
-pub struct IterOwned<T>(std::vec::IntoIter<T>);
-
-impl<'a, T> Iterator for Iter<'a, T> {
-    type Item = &'a T;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.0.next()
-    }
-}
-
-impl<T> Iterator for IterOwned<T> {
-    type Item = T;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.0.next()
+        self.0.into_iter()
     }
 }
 

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use crate::core::net::NetTransmit;
 use crate::core::peer::{Peer, PeerEvent};
-use crate::core::MAX_DATAGRAM;
 use crate::ids::ParticipantId;
 
 #[derive(Default)]
@@ -26,9 +25,16 @@ pub(crate) struct Outbox {
 }
 
 /// Most spent buffers kept: a few send batches' worth, so a fan-out to hundreds reuses most of its
-/// buffers once the first one has been sent. Buffers larger than [`MAX_DATAGRAM`] are not kept, so the
-/// spares hold at most ≈ 1.5 MB.
+/// buffers once the first one has been sent.
 const SPARE_BUFFERS: usize = 1024;
+
+/// Largest buffer kept as a spare: room for a forwarded or mixed audio packet (a header of at most
+/// 112 bytes, an Opus payload of up to 384, the 16-byte tag). The datagrams str0m and its ICE agent
+/// write (STUN, DTLS, RTCP) come in MTU-sized buffers; kept, a few seconds of them would fill the
+/// spares with 1,500-byte buffers that forwarding never needs: 1.5 MB per worker, which measured as
+/// 20 kB more private memory per participant in a room of 50. Only buffers the forwarding path sized
+/// itself are kept, so the spares hold no more than its largest burst in flight.
+const SPARE_CAPACITY_MAX: usize = 512;
 
 impl Outbox {
     /// An empty buffer for a datagram of up to `capacity` bytes: a spare if there is one.
@@ -42,9 +48,10 @@ impl Outbox {
         }
     }
 
-    /// Keep a sent datagram's buffer for [`buffer`](Self::buffer), unless enough are kept or it is large.
+    /// Keep a sent datagram's buffer for [`buffer`](Self::buffer), unless enough are kept or it is larger
+    /// than an audio packet needs ([`SPARE_CAPACITY_MAX`]).
     pub(crate) fn recycle(&mut self, mut buffer: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= MAX_DATAGRAM {
+        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() <= SPARE_CAPACITY_MAX {
             buffer.clear();
             self.spare.push(buffer);
         }
@@ -80,6 +87,7 @@ mod tests {
 
     #[test]
     fn a_recycled_buffer_comes_back_empty_and_large_ones_are_not_kept() {
+        use crate::core::MAX_DATAGRAM;
         let mut out = Outbox::default();
         let mut sent = out.buffer(200);
         assert!(sent.capacity() >= 200);
@@ -95,8 +103,13 @@ mod tests {
             "a fresh buffer when no spare is left"
         );
 
-        out.recycle(Vec::with_capacity(MAX_DATAGRAM + 1));
+        out.recycle(Vec::with_capacity(SPARE_CAPACITY_MAX + 1));
         assert!(out.spare.is_empty(), "a large buffer is dropped, not kept");
+        out.recycle(Vec::with_capacity(MAX_DATAGRAM));
+        assert!(
+            out.spare.is_empty(),
+            "an MTU-sized buffer (STUN, DTLS, RTCP from str0m) is not kept"
+        );
         for _ in 0..SPARE_BUFFERS + 10 {
             out.recycle(Vec::with_capacity(64));
         }

@@ -97,7 +97,8 @@ pub(crate) struct Session {
     twcc_tx_register: TwccSendRegister,
     max_rx_seq_lookup: HashMap<Ssrc, SeqNoWindow>,
 
-    bwe: Option<Bwe>,
+    /// Boxed: the estimator is ≈ 2 KiB, and audio-only peers run without it (Chorus patch 4).
+    bwe: Option<Box<Bwe>>,
     bwe_last_event: Option<(Bitrate, bool)>,
 
     enable_twcc_feedback: bool,
@@ -169,7 +170,7 @@ impl Session {
             let rate = config.initial_bitrate;
             let pacer = PacerImpl::leaky_bucket(rate * 2.0);
             let bwe = Bwe::new(rate);
-            (pacer, Some(bwe))
+            (pacer, Some(Box::new(bwe)))
         } else {
             (PacerImpl::null(), None)
         };

@@ -208,7 +208,9 @@ impl Session {
             enable_twcc_feedback: false,
             pacer,
             pacer_control: PacerControl::new(),
-            poll_packet_buf: vec![0; 2000],
+            // Empty until str0m's own send path writes a packet (`poll_packet` sizes it then): a
+            // peer whose RTP goes out another way never needs it (Chorus patch 4).
+            poll_packet_buf: Vec::new(),
             pending_packet: None,
             media_bytes_rx: 0,
             media_bytes_tx: 0,

@@ -19,6 +19,7 @@ pub mod client;
 pub mod core;
 pub mod ids;
 pub mod mixer;
+mod prefetch;
 pub mod red;
 pub mod replay;
 pub mod sdes;

@@ -284,6 +284,19 @@ enum Link {
 }
 
 impl Participant {
+    /// Prefetch what forwarding a packet on slot `slot` to this participant touches: the participant
+    /// itself (its peer is inline), the slot's rewriter, and its peer's slot stream and SRTP key
+    /// ([`crate::prefetch`]).
+    fn prefetch_slot(&self, slot: usize) {
+        crate::prefetch::prefetch(self);
+        if let Some(rewriter) = self.rewriters.get(slot) {
+            crate::prefetch::prefetch(rewriter);
+        }
+        if let Link::Peer(peer) = &self.link {
+            peer.prefetch_slot(slot);
+        }
+    }
+
     fn publishes(&self) -> bool {
         let microphone = match &self.link {
             Link::Peer(peer) => peer.has_microphone(),

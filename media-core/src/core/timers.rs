@@ -84,61 +84,72 @@ impl MediaCore {
                     }
                     // Listeners of the shared mix get the same RED payloads: encoded once per tick.
                     let mut red_variants: Vec<MixRedVariant> = Vec::new();
-                    for packet in mixed.drain(..) {
-                        let Some(p) = self.participants.get_mut(&packet.to) else {
-                            continue;
-                        };
-                        let deafened = p.gate.deafened;
-                        let Some(peer) = p.peer_mut() else {
-                            continue;
-                        };
-                        // A deafened listener is sent nothing.
-                        if !peer.is_connected() || deafened {
-                            continue;
-                        }
-                        let red = match (peer.slots().first(), &packet.previous) {
-                            (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
-                                Some(mix_red_payload(
-                                    &mut red_variants,
-                                    &packet.payload,
-                                    previous,
-                                    *slot.pt,
-                                ))
+                    for group in mixed.chunks(crate::prefetch::FAN_OUT_GROUP) {
+                        // As the forwarding fan-out does (`ingress.rs`): a group's listeners named to the
+                        // CPU before they are sealed for, so that their cache misses overlap.
+                        for packet in group {
+                            if let Some(p) = self.participants.get(&packet.to) {
+                                p.prefetch_slot(0);
                             }
-                            _ => None,
-                        };
-                        let body = red.as_ref().unwrap_or(&packet.payload);
-                        // The direct path (the peer's own SRTP sender); str0m's while it is not
-                        // available for this peer.
-                        let result = match peer.send_mix(
-                            packet.seq,
-                            packet.ts,
-                            body,
-                            red.is_some(),
-                            packet.level,
-                            &packet.contributors,
-                            &mut self.out,
-                        ) {
-                            Ok(true) => Ok(()),
-                            Ok(false) => peer
-                                .write_mix(
-                                    packet.seq,
-                                    packet.ts,
-                                    now,
-                                    body,
-                                    red.is_some(),
-                                    packet.level,
-                                    &packet.contributors,
-                                )
-                                .and_then(|()| peer.drive(now, &mut self.out)),
-                            Err(e) => Err(e),
-                        };
-                        if result.is_err() {
-                            self.out
-                                .events
-                                .push_back((packet.to, PeerEvent::Disconnected("webrtc error")));
+                        }
+                        for packet in group {
+                            let Some(p) = self.participants.get_mut(&packet.to) else {
+                                continue;
+                            };
+                            let deafened = p.gate.deafened;
+                            let Some(peer) = p.peer_mut() else {
+                                continue;
+                            };
+                            // A deafened listener is sent nothing.
+                            if !peer.is_connected() || deafened {
+                                continue;
+                            }
+                            let red = match (peer.slots().first(), &packet.previous) {
+                                (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
+                                    Some(mix_red_payload(
+                                        &mut red_variants,
+                                        &packet.payload,
+                                        previous,
+                                        *slot.pt,
+                                    ))
+                                }
+                                _ => None,
+                            };
+                            let body = red.as_ref().unwrap_or(&packet.payload);
+                            // The direct path (the peer's own SRTP sender); str0m's while it is not
+                            // available for this peer.
+                            let result = match peer.send_mix(
+                                packet.seq,
+                                packet.ts,
+                                body,
+                                red.is_some(),
+                                packet.level,
+                                &packet.contributors,
+                                &mut self.out,
+                            ) {
+                                Ok(true) => Ok(()),
+                                Ok(false) => peer
+                                    .write_mix(
+                                        packet.seq,
+                                        packet.ts,
+                                        now,
+                                        body,
+                                        red.is_some(),
+                                        packet.level,
+                                        &packet.contributors,
+                                    )
+                                    .and_then(|()| peer.drive(now, &mut self.out)),
+                                Err(e) => Err(e),
+                            };
+                            if result.is_err() {
+                                self.out.events.push_back((
+                                    packet.to,
+                                    PeerEvent::Disconnected("webrtc error"),
+                                ));
+                            }
                         }
                     }
+                    mixed.clear();
                 }
             }
             let update_due = room.selector.next_update().is_some_and(|t| t <= now);

@@ -359,6 +359,17 @@ impl Peer {
         &self.slots
     }
 
+    /// Prefetch what sending on slot `slot` directly touches beyond the peer itself: the slot's stream
+    /// (its header template) and the SRTP key ([`crate::prefetch`]).
+    pub(crate) fn prefetch_slot(&self, slot: usize) {
+        if let Some(stream) = self.slots.get(slot) {
+            crate::prefetch::prefetch(stream);
+        }
+        if let Some(srtp) = &self.srtp {
+            srtp.prefetch();
+        }
+    }
+
     /// Whether DTLS-SRTP is up.
     pub fn is_connected(&self) -> bool {
         self.connected

@@ -1,5 +1,6 @@
 //! The server's own SRTP sender for forwarded packets (issue 15): RFC 3711 key derivation and RTP
-//! protection for the three DTLS-SRTP profiles str0m and dimpl negotiate, on str0m's crypto provider.
+//! protection for the three DTLS-SRTP profiles str0m and dimpl negotiate: AES-CM-SHA1-80 on str0m's
+//! crypto provider, both AES-GCM profiles on ring (see [`GcmCipher`] for why).
 //!
 //! str0m's per-packet send path (send queue, pacer, timeout round, RTX cache, stats, a zero-filled
 //! 2 KB buffer, a copy per step) cost most of a forwarded packet. A forwarded packet needs only its header
@@ -10,10 +11,11 @@
 //! The same session keys also open received packets ([`Cipher::open`]): the SDES-keyed SRTP of plain RTP
 //! ingest ([`crate::sdes`]).
 
+use ring::aead;
 use str0m::crypto::dtls::SrtpProfile;
 use str0m::crypto::{
-    AeadAes128Gcm, AeadAes128GcmCipher, AeadAes256Gcm, AeadAes256GcmCipher, Aes128CmSha1_80,
-    Aes128CmSha1_80Cipher, CryptoError, CryptoProvider, Sha1HmacProvider, SrtpProvider,
+    AeadAes128Gcm, AeadAes256Gcm, Aes128CmSha1_80, Aes128CmSha1_80Cipher, CryptoError,
+    CryptoProvider, Sha1HmacProvider, SrtpProvider,
 };
 
 /// RFC 3711 §4.3.1 key derivation labels for SRTP (RTCP's are str0m's business).
@@ -67,43 +69,87 @@ pub(crate) enum Cipher {
     },
 }
 
-/// The AES-GCM cipher of either key size.
-pub(crate) enum GcmCipher {
-    Aes128(Box<dyn AeadAes128GcmCipher>),
-    Aes256(Box<dyn AeadAes256GcmCipher>),
-}
-
-// RFC 7714 uses one salt length, tag length and IV construction for both key sizes: one `Gcm` arm serves both.
-const _: () = assert!(AeadAes128Gcm::SALT_LEN == AeadAes256Gcm::SALT_LEN);
-const _: () = assert!(AeadAes128Gcm::TAG_LEN == AeadAes256Gcm::TAG_LEN);
+/// The AES-GCM key of either size, as ring keeps it: the expanded AES key and the GHASH table are in the
+/// box itself, behind no further pointer. The fan-out prefetches a subscriber's key by address before it
+/// seals ([`GcmCipher::prefetch`]); the provider's aws-lc cipher kept its context behind two more pointers
+/// (each a cache miss on a key that is cold by the next packet) and copied its GHASH key on every seal
+/// (issue 15, docs/architecture.md "Cost per forwarded packet"). Both produce the same bytes (RFC 7714;
+/// the unit tests compare them).
+pub(crate) struct GcmCipher(Box<aead::LessSafeKey>);
 
 impl GcmCipher {
+    /// A cipher for a 16-byte (AES-128) or 32-byte (AES-256) session key.
+    fn new(key: &[u8]) -> Option<Self> {
+        let algorithm = match key.len() {
+            16 => &aead::AES_128_GCM,
+            32 => &aead::AES_256_GCM,
+            _ => return None,
+        };
+        let key = aead::UnboundKey::new(algorithm, key).ok()?;
+        Some(Self(Box::new(aead::LessSafeKey::new(key))))
+    }
+
+    /// Ask the CPU to load the key's cache lines ahead of a seal.
+    fn prefetch(&self) {
+        crate::prefetch::prefetch(&*self.0);
+    }
+
+    /// Encrypt `input` into `output` (at least `input.len()` + the tag) and append the tag.
     fn encrypt(
-        &mut self,
+        &self,
         iv: &[u8; 12],
         aad: &[u8],
         input: &[u8],
         output: &mut [u8],
     ) -> Result<(), CryptoError> {
-        match self {
-            GcmCipher::Aes128(c) => c.encrypt(iv, aad, input, output),
-            GcmCipher::Aes256(c) => c.encrypt(iv, aad, input, output),
-        }
+        let len = input.len();
+        let (body, tag_out) = output.split_at_mut(len);
+        body.copy_from_slice(input);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(*iv),
+                aead::Aad::from(aad),
+                body,
+            )
+            .map_err(|_| CryptoError::Other("AES-GCM seal failed".into()))?;
+        tag_out[..TAG_LEN].copy_from_slice(tag.as_ref());
+        Ok(())
     }
 
+    /// Authenticate and decrypt `input` (ciphertext, then the tag) into `output`; the clear length.
     fn decrypt(
-        &mut self,
+        &self,
         iv: &[u8; 12],
-        aads: &[&[u8]],
+        aad: &[u8],
         input: &[u8],
         output: &mut [u8],
     ) -> Result<usize, CryptoError> {
-        match self {
-            GcmCipher::Aes128(c) => c.decrypt(iv, aads, input, output),
-            GcmCipher::Aes256(c) => c.decrypt(iv, aads, input, output),
-        }
+        let failed = || CryptoError::Other("AES-GCM open failed".into());
+        let len = input.len().checked_sub(TAG_LEN).ok_or_else(failed)?;
+        let (ciphertext, tag) = input.split_at(len);
+        let tag = aead::Tag::try_from(tag).map_err(|_| failed())?;
+        let body = &mut output[..len];
+        body.copy_from_slice(ciphertext);
+        self.0
+            .open_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(*iv),
+                aead::Aad::from(aad),
+                tag,
+                body,
+                0..,
+            )
+            .map_err(|_| failed())?;
+        Ok(len)
     }
 }
+
+/// RFC 7714's tag length, the same for both key sizes.
+const TAG_LEN: usize = AeadAes128Gcm::TAG_LEN;
+
+// RFC 7714 uses one salt length, tag length and IV construction for both key sizes: one `Gcm` arm serves both.
+const _: () = assert!(AeadAes128Gcm::SALT_LEN == AeadAes256Gcm::SALT_LEN);
+const _: () = assert!(AeadAes128Gcm::TAG_LEN == AeadAes256Gcm::TAG_LEN);
 
 /// Why a received packet was not opened.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +180,11 @@ impl SrtpSender {
         let (key, salt) = outgoing_half(&keys.material, keys.active, key_len, salt_len)?;
         let cipher = Cipher::new(provider, keys.profile, key, salt, true)?;
         Some(Self { cipher })
+    }
+
+    /// Prefetch the session key ahead of a seal ([`crate::prefetch`]).
+    pub(crate) fn prefetch(&self) {
+        self.cipher.prefetch();
     }
 
     /// Seal one packet: `out` holds its RTP header; `payload` is encrypted behind it and the tag appended.
@@ -175,26 +226,28 @@ impl Cipher {
             SrtpProfile::AEAD_AES_128_GCM => {
                 let master = Master::<16, 12>::new(key, salt)?;
                 Cipher::Gcm {
-                    enc: GcmCipher::Aes128(
-                        srtp.aead_aes_128_gcm()
-                            .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), encrypt),
-                    ),
+                    enc: GcmCipher::new(&master.derive::<16>(srtp, LABEL_RTP_ENCRYPTION))?,
                     salt: master.derive(srtp, LABEL_RTP_SALT),
                 }
             }
             SrtpProfile::AEAD_AES_256_GCM => {
                 let master = Master::<32, 12>::new(key, salt)?;
                 Cipher::Gcm {
-                    enc: GcmCipher::Aes256(
-                        srtp.aead_aes_256_gcm()
-                            .create_cipher(master.derive(srtp, LABEL_RTP_ENCRYPTION), encrypt),
-                    ),
+                    enc: GcmCipher::new(&master.derive::<32>(srtp, LABEL_RTP_ENCRYPTION))?,
                     salt: master.derive(srtp, LABEL_RTP_SALT),
                 }
             }
             _ => return None,
         };
         Some(cipher)
+    }
+
+    /// Prefetch the session key ahead of a seal or an open ([`crate::prefetch`]).
+    fn prefetch(&self) {
+        match self {
+            Cipher::CmSha1 { enc, .. } => crate::prefetch::prefetch(&**enc),
+            Cipher::Gcm { enc, .. } => enc.prefetch(),
+        }
     }
 
     /// Seal one packet: `out` holds its RTP header; `payload` is encrypted behind it and the tag appended.
@@ -278,7 +331,7 @@ impl Cipher {
                 let body = gcm_body(packet, header_len, AeadAes128Gcm::TAG_LEN)?;
                 out.resize(header_len + body.len() - AeadAes128Gcm::TAG_LEN, 0);
                 let n = enc
-                    .decrypt(&iv, &[header], body, &mut out[header_len..])
+                    .decrypt(&iv, header, body, &mut out[header_len..])
                     .map_err(|_| OpenError::Auth)?;
                 out.truncate(header_len + n);
             }
@@ -399,6 +452,67 @@ mod tests {
         assert_eq!((server.0[0], server.1[0]), (16, 46));
         assert_eq!(client.1.len(), 14);
         assert!(outgoing_half(&material, true, 16, 12).is_none());
+    }
+
+    /// ring's AES-GCM (what the core seals and opens with) gives the bytes str0m's provider gives, so a
+    /// client's SRTP (str0m's, a browser's) opens what the core seals, and the other way round.
+    #[test]
+    fn gcm_seals_and_opens_as_the_provider_does() {
+        let srtp = provider().srtp_provider;
+        let iv: [u8; 12] = std::array::from_fn(|i| i as u8 * 3);
+        let aad = [0x80u8, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+        for len in [0usize, 1, 33, 100, 1_200] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+            for key_len in [16usize, 32] {
+                let key: Vec<u8> = (0..key_len).map(|i| (i * 7 + 1) as u8).collect();
+                let ours = GcmCipher::new(&key).expect("a 16- or 32-byte key");
+                let mut sealed = vec![0u8; len + TAG_LEN];
+                ours.encrypt(&iv, &aad, &payload, &mut sealed)
+                    .expect("sealing never fails");
+                let mut expected = vec![0u8; len + TAG_LEN];
+                let mut opened = vec![0u8; len];
+                let n = match key_len {
+                    16 => {
+                        let key: [u8; 16] = key.clone().try_into().expect("16 bytes");
+                        let gcm = srtp.aead_aes_128_gcm();
+                        gcm.create_cipher(key, true)
+                            .encrypt(&iv, &aad, &payload, &mut expected)
+                            .expect("the provider seals");
+                        gcm.create_cipher(key, false)
+                            .decrypt(&iv, &[&aad], &sealed, &mut opened)
+                            .expect("the provider opens ours")
+                    }
+                    _ => {
+                        let key: [u8; 32] = key.clone().try_into().expect("32 bytes");
+                        let gcm = srtp.aead_aes_256_gcm();
+                        gcm.create_cipher(key, true)
+                            .encrypt(&iv, &aad, &payload, &mut expected)
+                            .expect("the provider seals");
+                        gcm.create_cipher(key, false)
+                            .decrypt(&iv, &[&aad], &sealed, &mut opened)
+                            .expect("the provider opens ours")
+                    }
+                };
+                assert_eq!(sealed, expected, "AES-{}-GCM, {len} bytes", key_len * 8);
+                assert_eq!((n, &opened), (len, &payload));
+                let mut back = vec![0u8; len];
+                assert_eq!(
+                    ours.decrypt(&iv, &aad, &expected, &mut back)
+                        .expect("ours opens the provider's"),
+                    len
+                );
+                assert_eq!(back, payload);
+                let mut forged = expected.clone();
+                forged[len] ^= 1;
+                assert!(
+                    ours.decrypt(&iv, &aad, &forged, &mut back).is_err(),
+                    "a bad tag is refused"
+                );
+                assert!(ours
+                    .decrypt(&iv, &aad, &forged[..TAG_LEN - 1], &mut back)
+                    .is_err());
+            }
+        }
     }
 
     #[test]

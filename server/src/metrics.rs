@@ -62,6 +62,7 @@ pub struct MediaMetrics {
     pub worker_rooms: IntGaugeVec,
     pub worker_participants: IntGaugeVec,
     pub worker_busy: CounterVec,
+    pub worker_core: CounterVec,
     pub worker_socket_yields: IntCounterVec,
     /// Open ICE-TCP connections (all workers).
     pub tcp_connections: IntGauge,
@@ -159,6 +160,14 @@ impl MediaMetrics {
             &["worker"],
         )?;
         registry.register(Box::new(worker_busy.clone()))?;
+        let worker_core = CounterVec::new(
+            Opts::new(
+                "chorus_worker_core_seconds_total",
+                "Time each media worker spent in its media core on datagrams read from its UDP sockets (decrypting, routing, fanning out and sealing; not the system calls), in seconds.",
+            ),
+            &["worker"],
+        )?;
+        registry.register(Box::new(worker_core.clone()))?;
         let worker_socket_yields = IntCounterVec::new(
             Opts::new(
                 "chorus_worker_socket_yields_total",
@@ -339,6 +348,7 @@ impl MediaMetrics {
             worker_rooms,
             worker_participants,
             worker_busy,
+            worker_core,
             worker_socket_yields,
             tcp_connections: {
                 let g = IntGauge::new(

@@ -254,6 +254,9 @@ struct Worker {
     busy_counter: GenericCounter<AtomicF64>,
     /// Time spent handling input since the last publication.
     busy: Duration,
+    core_counter: GenericCounter<AtomicF64>,
+    /// Of `busy`, the time spent in the core on datagrams read from the UDP sockets.
+    in_core: Duration,
     socket_yields_counter: GenericCounter<AtomicU64>,
     /// Whether the sockets go first (`turns.rs`).
     turns: turns::SocketTurns,
@@ -337,6 +340,8 @@ impl Worker {
             participants_gauge: metrics.worker_participants.with_label_values(&[&label]),
             busy_counter: metrics.worker_busy.with_label_values(&[&label]),
             busy: Duration::ZERO,
+            core_counter: metrics.worker_core.with_label_values(&[&label]),
+            in_core: Duration::ZERO,
             socket_yields_counter: metrics.worker_socket_yields.with_label_values(&[&label]),
             turns: turns::SocketTurns::default(),
             forwarding: metrics.forwarding_latency.local(),
@@ -523,9 +528,11 @@ impl Worker {
                     // The kernel's receive time: the mixers' jitter buffers measure the network's jitter,
                     // not the worker's own lateness, and RTP that waited too long is shed.
                     let arrival = arrival.unwrap_or(now);
+                    let start = Instant::now();
                     self.core
                         .handle_datagram_read(now, arrival, NetPath::udp(local, source), data);
                     deadline = Some(self.drain());
+                    self.in_core += start.elapsed();
                     // A large room's packet fans out to hundreds: what is queued leaves now rather than
                     // after the rest of the batch (a batch of talkers' packets in a room of 1,000 is tens
                     // of thousands of datagrams, and the first ones waited for all of them).
@@ -656,6 +663,8 @@ impl Worker {
             .set(self.core.participant_count() as i64);
         self.busy_counter.inc_by(self.busy.as_secs_f64());
         self.busy = Duration::ZERO;
+        self.core_counter.inc_by(self.in_core.as_secs_f64());
+        self.in_core = Duration::ZERO;
         self.socket_yields_counter.inc_by(self.turns.take_yields());
     }
 }

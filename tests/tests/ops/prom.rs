@@ -159,6 +159,7 @@ async fn metrics_pass_promtool_and_match_docs_rules_and_dashboard() -> anyhow::R
         "chorus_join_latency_seconds",
         "chorus_signaling_errors_total",
         "chorus_worker_busy_seconds_total",
+        "chorus_worker_core_seconds_total",
     ] {
         assert!(chorus.contains(needed), "{needed} missing");
     }

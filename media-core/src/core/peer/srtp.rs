@@ -471,27 +471,22 @@ mod tests {
                     .expect("sealing never fails");
                 let mut expected = vec![0u8; len + TAG_LEN];
                 let mut opened = vec![0u8; len];
+                // The provider's 128- and 256-bit ciphers are different types: the same steps for each.
+                macro_rules! provider_seals_and_opens_ours {
+                    ($gcm:expr, $n:literal) => {{
+                        let key: [u8; $n] = key.clone().try_into().expect("the key's length");
+                        let gcm = $gcm;
+                        gcm.create_cipher(key, true)
+                            .encrypt(&iv, &aad, &payload, &mut expected)
+                            .expect("the provider seals");
+                        gcm.create_cipher(key, false)
+                            .decrypt(&iv, &[&aad], &sealed, &mut opened)
+                            .expect("the provider opens ours")
+                    }};
+                }
                 let n = match key_len {
-                    16 => {
-                        let key: [u8; 16] = key.clone().try_into().expect("16 bytes");
-                        let gcm = srtp.aead_aes_128_gcm();
-                        gcm.create_cipher(key, true)
-                            .encrypt(&iv, &aad, &payload, &mut expected)
-                            .expect("the provider seals");
-                        gcm.create_cipher(key, false)
-                            .decrypt(&iv, &[&aad], &sealed, &mut opened)
-                            .expect("the provider opens ours")
-                    }
-                    _ => {
-                        let key: [u8; 32] = key.clone().try_into().expect("32 bytes");
-                        let gcm = srtp.aead_aes_256_gcm();
-                        gcm.create_cipher(key, true)
-                            .encrypt(&iv, &aad, &payload, &mut expected)
-                            .expect("the provider seals");
-                        gcm.create_cipher(key, false)
-                            .decrypt(&iv, &[&aad], &sealed, &mut opened)
-                            .expect("the provider opens ours")
-                    }
+                    16 => provider_seals_and_opens_ours!(srtp.aead_aes_128_gcm(), 16),
+                    _ => provider_seals_and_opens_ours!(srtp.aead_aes_256_gcm(), 32),
                 };
                 assert_eq!(sealed, expected, "AES-{}-GCM, {len} bytes", key_len * 8);
                 assert_eq!((n, &opened), (len, &payload));

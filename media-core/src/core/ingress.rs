@@ -8,11 +8,12 @@ use std::time::Instant;
 use str0m::rtp::RtpPacket;
 
 use super::timers::slot_events;
-use super::{CoreEvent, Link, MediaCore, Participant, MAX_DATAGRAM};
+use super::{prefetch_subscribers, CoreEvent, Link, MediaCore, Participant, MAX_DATAGRAM};
 use crate::core::net::{NetPath, Transport};
 use crate::core::peer::{PeerError, PeerEvent, StreamStats};
 use crate::core::router::{is_rtp, Route, RouteMiss};
 use crate::ids::{ParticipantId, SlotIndex, Ssrc};
+use crate::prefetch::FAN_OUT_GROUP;
 use crate::red;
 use crate::sfu::rewrite::SlotRewriter;
 use crate::stats::{DropReason, Samples};
@@ -289,71 +290,69 @@ impl MediaCore {
         // Plain Opus for subscribers without RED (a RED packet's primary); RED subscribers get the RED
         // packet re-encoded with their payload types, one encoding per distinct (Opus PT, kept blocks).
         let mut red_variants: Vec<(u8, u32, Arc<[u8]>)> = Vec::new();
-        for group in routes.chunks(crate::prefetch::FAN_OUT_GROUP) {
-            // The kernel's send since the last packet left every subscriber's state cold: name a group's
-            // state to the CPU first, so that its cache misses overlap instead of following each other.
-            for &(sub, SlotIndex(slot)) in group {
-                if let Some(s) = self.participants.get(&sub) {
-                    s.prefetch_slot(slot as usize);
-                }
+        for (i, &(sub, SlotIndex(slot))) in routes.iter().enumerate() {
+            if i % FAN_OUT_GROUP == 0 {
+                let group = routes[i..].iter().take(FAN_OUT_GROUP);
+                prefetch_subscribers(
+                    &self.participants,
+                    group.map(|&(sub, SlotIndex(slot))| (sub, slot as usize)),
+                );
             }
-            for &(sub, SlotIndex(slot)) in group {
-                let Some(s) = self.participants.get_mut(&sub) else {
-                    continue;
-                };
-                let Link::Peer(peer) = &mut s.link else {
-                    continue;
-                };
-                if !peer.is_connected() {
-                    continue;
+            let Some(s) = self.participants.get_mut(&sub) else {
+                continue;
+            };
+            let Link::Peer(peer) = &mut s.link else {
+                continue;
+            };
+            if !peer.is_connected() {
+                continue;
+            }
+            let slot = slot as usize;
+            let Some(rewriter) = s.rewriters.get_mut(slot) else {
+                continue;
+            };
+            let Some((out_seq, out_ts)) = rewriter.rewrite(now, source, seq, ts) else {
+                self.stats.drop(DropReason::StaleOrDuplicate);
+                continue;
+            };
+            let red_payload = match (&red, peer.slots().get(slot)) {
+                (Some(r), Some(stream)) if stream.red_pt.is_some() => {
+                    Some(red_variant(&mut red_variants, r, ts, *stream.pt, rewriter))
                 }
-                let slot = slot as usize;
-                let Some(rewriter) = s.rewriters.get_mut(slot) else {
-                    continue;
-                };
-                let Some((out_seq, out_ts)) = rewriter.rewrite(now, source, seq, ts) else {
-                    self.stats.drop(DropReason::StaleOrDuplicate);
-                    continue;
-                };
-                let red_payload = match (&red, peer.slots().get(slot)) {
-                    (Some(r), Some(stream)) if stream.red_pt.is_some() => {
-                        Some(red_variant(&mut red_variants, r, ts, *stream.pt, rewriter))
-                    }
-                    _ => None,
-                };
-                let body = red_payload.as_ref().unwrap_or(&payload);
-                let is_red = red_payload.is_some();
-                // The direct path (header template, the peer's own SRTP sender); str0m's while it is not
-                // available for this peer.
-                let result = match peer.send_slot(
-                    slot,
-                    out_seq,
-                    out_ts,
-                    body,
-                    is_red,
-                    level,
-                    vad,
-                    source,
-                    &mut self.out,
-                ) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => peer
-                        .write_slot(
-                            slot, out_seq, out_ts, arrival, body, is_red, level, vad, source,
-                        )
-                        .and_then(|()| peer.drive(now, &mut self.out)),
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(()) => {
-                        self.stats.rtp_forwarded += 1;
-                        self.stats.rtp_red_forwarded += u64::from(red_payload.is_some());
-                    }
-                    Err(_) => self
-                        .out
-                        .events
-                        .push_back((sub, PeerEvent::Disconnected("webrtc error"))),
+                _ => None,
+            };
+            let body = red_payload.as_ref().unwrap_or(&payload);
+            let is_red = red_payload.is_some();
+            // The direct path (header template, the peer's own SRTP sender); str0m's while it is not
+            // available for this peer.
+            let result = match peer.send_slot(
+                slot,
+                out_seq,
+                out_ts,
+                body,
+                is_red,
+                level,
+                vad,
+                source,
+                &mut self.out,
+            ) {
+                Ok(true) => Ok(()),
+                Ok(false) => peer
+                    .write_slot(
+                        slot, out_seq, out_ts, arrival, body, is_red, level, vad, source,
+                    )
+                    .and_then(|()| peer.drive(now, &mut self.out)),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    self.stats.rtp_forwarded += 1;
+                    self.stats.rtp_red_forwarded += u64::from(red_payload.is_some());
                 }
+                Err(_) => self
+                    .out
+                    .events
+                    .push_back((sub, PeerEvent::Disconnected("webrtc error"))),
             }
         }
     }

@@ -337,6 +337,22 @@ impl Participant {
     }
 }
 
+/// Both fan-outs (a forwarded packet's routes, a mixer tick's listeners) call this at the start of each
+/// group of [`FAN_OUT_GROUP`](crate::prefetch::FAN_OUT_GROUP) subscribers, with the group's
+/// `(subscriber, slot)`s: the kernel's sends since the last packet left every subscriber's state cold,
+/// and naming a group's state to the CPU first overlaps its cache misses instead of taking them one after
+/// another (docs/architecture.md, "The fan-out prefetches").
+fn prefetch_subscribers(
+    participants: &ParticipantMap,
+    group: impl Iterator<Item = (ParticipantId, usize)>,
+) {
+    for (id, slot) in group {
+        if let Some(p) = participants.get(&id) {
+            p.prefetch_slot(slot);
+        }
+    }
+}
+
 /// `(id, publishes)` of `members`, for a forwarding room's mixer made now.
 fn publishers(
     members: &[ParticipantId],

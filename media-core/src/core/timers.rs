@@ -5,10 +5,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{CoreEvent, MediaCore, Participant};
+use super::{prefetch_subscribers, CoreEvent, MediaCore, Participant};
 use crate::core::peer::PeerEvent;
 use crate::core::room::{Room, RoomKind};
 use crate::ids::ParticipantId;
+use crate::prefetch::FAN_OUT_GROUP;
 use crate::red;
 use vocab::{RoomMode, SlotAssignment};
 
@@ -84,69 +85,63 @@ impl MediaCore {
                     }
                     // Listeners of the shared mix get the same RED payloads: encoded once per tick.
                     let mut red_variants: Vec<MixRedVariant> = Vec::new();
-                    for group in mixed.chunks(crate::prefetch::FAN_OUT_GROUP) {
-                        // As the forwarding fan-out does (`ingress.rs`): a group's listeners named to the
-                        // CPU before they are sealed for, so that their cache misses overlap.
-                        for packet in group {
-                            if let Some(p) = self.participants.get(&packet.to) {
-                                p.prefetch_slot(0);
-                            }
+                    for (i, packet) in mixed.iter().enumerate() {
+                        if i % FAN_OUT_GROUP == 0 {
+                            let group = mixed[i..].iter().take(FAN_OUT_GROUP);
+                            prefetch_subscribers(&self.participants, group.map(|p| (p.to, 0)));
                         }
-                        for packet in group {
-                            let Some(p) = self.participants.get_mut(&packet.to) else {
-                                continue;
-                            };
-                            let deafened = p.gate.deafened;
-                            let Some(peer) = p.peer_mut() else {
-                                continue;
-                            };
-                            // A deafened listener is sent nothing.
-                            if !peer.is_connected() || deafened {
-                                continue;
+                        let Some(p) = self.participants.get_mut(&packet.to) else {
+                            continue;
+                        };
+                        let deafened = p.gate.deafened;
+                        let Some(peer) = p.peer_mut() else {
+                            continue;
+                        };
+                        // A deafened listener is sent nothing.
+                        if !peer.is_connected() || deafened {
+                            continue;
+                        }
+                        let red = match (peer.slots().first(), &packet.previous) {
+                            (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
+                                Some(mix_red_payload(
+                                    &mut red_variants,
+                                    &packet.payload,
+                                    previous,
+                                    *slot.pt,
+                                ))
                             }
-                            let red = match (peer.slots().first(), &packet.previous) {
-                                (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
-                                    Some(mix_red_payload(
-                                        &mut red_variants,
-                                        &packet.payload,
-                                        previous,
-                                        *slot.pt,
-                                    ))
-                                }
-                                _ => None,
-                            };
-                            let body = red.as_ref().unwrap_or(&packet.payload);
-                            // The direct path (the peer's own SRTP sender); str0m's while it is not
-                            // available for this peer.
-                            let result = match peer.send_mix(
-                                packet.seq,
-                                packet.ts,
-                                body,
-                                red.is_some(),
-                                packet.level,
-                                &packet.contributors,
-                                &mut self.out,
-                            ) {
-                                Ok(true) => Ok(()),
-                                Ok(false) => peer
-                                    .write_mix(
-                                        packet.seq,
-                                        packet.ts,
-                                        now,
-                                        body,
-                                        red.is_some(),
-                                        packet.level,
-                                        &packet.contributors,
-                                    )
-                                    .and_then(|()| peer.drive(now, &mut self.out)),
-                                Err(e) => Err(e),
-                            };
-                            if result.is_err() {
-                                self.out.events.push_back((
-                                    packet.to,
-                                    PeerEvent::Disconnected("webrtc error"),
-                                ));
-                            }
+                            _ => None,
+                        };
+                        let body = red.as_ref().unwrap_or(&packet.payload);
+                        // The direct path (the peer's own SRTP sender); str0m's while it is not
+                        // available for this peer.
+                        let result = match peer.send_mix(
+                            packet.seq,
+                            packet.ts,
+                            body,
+                            red.is_some(),
+                            packet.level,
+                            &packet.contributors,
+                            &mut self.out,
+                        ) {
+                            Ok(true) => Ok(()),
+                            Ok(false) => peer
+                                .write_mix(
+                                    packet.seq,
+                                    packet.ts,
+                                    now,
+                                    body,
+                                    red.is_some(),
+                                    packet.level,
+                                    &packet.contributors,
+                                )
+                                .and_then(|()| peer.drive(now, &mut self.out)),
+                            Err(e) => Err(e),
+                        };
+                        if result.is_err() {
+                            self.out
+                                .events
+                                .push_back((packet.to, PeerEvent::Disconnected("webrtc error")));
                         }
                     }
                     mixed.clear();

@@ -6,9 +6,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use media_core::core::net::NetTransmit;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 pub use chorus_udp::SendOutcome;
 
@@ -27,6 +30,38 @@ pub fn set_up_media_socket(socket: impl AsFd, bytes: usize) -> (usize, usize) {
         tracing::debug!(error = %e, "no kernel receive timestamps on a media socket");
     }
     granted
+}
+
+/// A media socket as a worker's runtime sees it: registered for reading only.
+///
+/// `tokio::net::UdpSocket` registers for writability too. On a socket that sends hundreds of datagrams
+/// per received one, that costs per datagram sent: each one the kernel frees wakes the socket's
+/// waiters for write space (`sock_wfree`), which adds the socket to the worker's epoll ready list, and
+/// the edge-triggered writable event then returns `epoll_wait` for nothing. The workers never wait for
+/// write space through the runtime ([`send_all`] does not wait at all), so they read through an
+/// [`AsyncFd`] registered for [`Interest::READABLE`] and send on the plain socket ([`AsyncFd::get_ref`]).
+pub type MediaSocket = AsyncFd<std::net::UdpSocket>;
+
+/// Register a non-blocking media socket with the current runtime, for reading only ([`MediaSocket`]).
+// tokio's safe constructors are deprecated (an `AsRawFd` could hand back another descriptor later).
+#[allow(unsafe_code)]
+pub fn register(socket: std::net::UdpSocket) -> io::Result<MediaSocket> {
+    // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and the same until it is dropped.
+    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+/// Mark `socket` as not readable after a read that returned less than a full batch.
+///
+/// `recvmmsg(2)` on a non-blocking socket returns fewer datagrams than asked only when the queue ran dry
+/// (an unconnected socket without `IP_RECVERR`, as the media sockets are, is never handed ICMP errors
+/// that could end a batch early), so the read that would follow only to get `EAGAIN` is skipped. Sound on
+/// the workers' current-thread runtime: the reactor does not run while the worker reads, so a datagram
+/// arriving after the read is a new edge that `epoll_wait` reports after this clear.
+pub fn drained(socket: &MediaSocket) {
+    let mut cx = Context::from_waker(Waker::noop());
+    if let Poll::Ready(Ok(mut guard)) = socket.poll_read_ready(&mut cx) {
+        guard.clear_ready();
+    }
 }
 
 /// Larger than any datagram the core accepts, so an oversized one is seen (and counted) rather than cut.
@@ -116,5 +151,55 @@ mod tests {
         for (i, d) in seen.iter().enumerate() {
             assert_eq!(d, &vec![i as u8; 1 + i]);
         }
+    }
+
+    /// A worker's read of a media socket: wait, read what is queued, mark it drained.
+    async fn read_once(socket: &MediaSocket, recv: &mut RecvBatch) -> usize {
+        readable_within(socket, 2_000)
+            .await
+            .expect("a datagram was sent");
+        let count = socket
+            .try_io(Interest::READABLE, |s| match recv.recv(s) {
+                Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+                other => other,
+            })
+            .expect("the socket had a datagram");
+        if count < chorus_udp::BATCH {
+            drained(socket);
+        }
+        count
+    }
+
+    async fn readable_within(socket: &MediaSocket, ms: u64) -> Option<()> {
+        let wait = std::time::Duration::from_millis(ms);
+        match tokio::time::timeout(wait, socket.readable()).await {
+            Ok(guard) => guard.map(drop).ok(),
+            Err(_) => None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_drained_socket_waits_for_the_next_datagram_and_wakes_on_it() {
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_nonblocking(true).expect("nonblocking");
+        let to = rx.local_addr().expect("bound");
+        let rx = register(rx).expect("registers with the runtime");
+        let mut recv = RecvBatch::default();
+        for round in 0..3 {
+            for i in 0..=round {
+                tx.send_to(&[round, i], to).expect("send");
+            }
+            assert_eq!(read_once(&rx, &mut recv).await, round as usize + 1);
+            // Drained: no wake-up (and no read) until another datagram comes.
+            assert_eq!(readable_within(&rx, 100).await, None, "round {round}");
+        }
+        // A full batch leaves the socket readable: what is still queued is read on the next pass.
+        for i in 0..chorus_udp::BATCH + 5 {
+            tx.send_to(&[i as u8], to).expect("send");
+        }
+        assert_eq!(read_once(&rx, &mut recv).await, chorus_udp::BATCH);
+        assert_eq!(read_once(&rx, &mut recv).await, 5);
+        assert_eq!(readable_within(&rx, 100).await, None);
     }
 }

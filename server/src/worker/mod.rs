@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,6 @@ use prometheus::core::AtomicI64;
 use prometheus::core::{AtomicF64, AtomicU64, GenericCounter, GenericGauge};
 use prometheus::local::LocalHistogram;
 use signaling::media::{MediaCommand, MediaEvent};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn};
 
@@ -25,7 +23,7 @@ use crate::broadcast::{FrameSink, Taps};
 use crate::metrics::MediaMetrics;
 use crate::recording::RecordSink;
 use crate::tcp::{self, CloseReason, TcpEvent};
-use crate::udp;
+use crate::udp::{self, MediaSocket};
 
 mod commands;
 mod tcp_conns;
@@ -163,11 +161,11 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
             let span = info_span!("worker", index);
             let _enter = span.enter();
             runtime.block_on(async move {
-                let socket = UdpSocket::from_std(socket)
-                    .expect("a non-blocking UDP socket registers with tokio");
+                let socket =
+                    udp::register(socket).expect("a non-blocking UDP socket registers with tokio");
                 let extra = extra.map(|(s, addr)| {
-                    let s = UdpSocket::from_std(s)
-                        .expect("a non-blocking UDP socket registers with tokio");
+                    let s =
+                        udp::register(s).expect("a non-blocking UDP socket registers with tokio");
                     (s, addr)
                 });
                 let (tcp, tcp_events) = match (listener, &spec.tcp) {
@@ -204,9 +202,10 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
 }
 
 /// Wait until `socket` is readable; never, without one.
-async fn readable(socket: Option<&UdpSocket>) -> io::Result<()> {
+async fn readable(socket: Option<&MediaSocket>) -> io::Result<()> {
     match socket {
-        Some(s) => s.readable().await,
+        // The guard only says so: dropping it leaves the readiness to `read_udp`'s `try_io`.
+        Some(s) => s.readable().await.map(drop),
         None => std::future::pending().await,
     }
 }
@@ -233,11 +232,11 @@ async fn next_tcp_event(events: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option
 struct Worker {
     index: usize,
     core: MediaCore,
-    socket: UdpSocket,
+    socket: MediaSocket,
     /// The UDP socket's candidate address (as advertised).
     udp_candidate: SocketAddr,
     /// Development mode's second UDP socket and its candidate address.
-    extra: Option<(UdpSocket, SocketAddr)>,
+    extra: Option<(MediaSocket, SocketAddr)>,
     tcp: Option<TcpState>,
     /// Event queues of the participants on this worker.
     sessions: HashMap<ParticipantId, mpsc::Sender<MediaEvent>>,
@@ -304,8 +303,8 @@ enum Wake {
 impl Worker {
     fn new(
         spec: WorkerSpec,
-        socket: UdpSocket,
-        extra: Option<(UdpSocket, SocketAddr)>,
+        socket: MediaSocket,
+        extra: Option<(MediaSocket, SocketAddr)>,
         tcp: Option<TcpState>,
         metrics: Arc<MediaMetrics>,
     ) -> Self {
@@ -378,7 +377,7 @@ impl Worker {
                 // Before the socket: a busy socket is always readable, and another shard's speakers are
                 // as urgent as this one's (a few messages per 20 ms, each one wake).
                 trunk = self.trunk.next() => Wake::Trunk(trunk),
-                ready = self.socket.readable(), if !sockets_yield => Wake::Readable(ready),
+                ready = readable(Some(&self.socket)), if !sockets_yield => Wake::Readable(ready),
                 ready = readable(self.extra.as_ref().map(|(s, _)| s)), if !sockets_yield => {
                     Wake::ExtraReadable(ready)
                 }
@@ -393,7 +392,7 @@ impl Worker {
                 ready = readable(self.extra.as_ref().map(|(s, _)| s)), if sockets_yield => {
                     Wake::ExtraReadable(ready)
                 }
-                ready = self.socket.readable(), if sockets_yield => Wake::Readable(ready),
+                ready = readable(Some(&self.socket)), if sockets_yield => Wake::Readable(ready),
             };
             let woke = Instant::now();
             if sockets_yield && matches!(wake, Wake::Readable(_) | Wake::Timeout) {
@@ -515,13 +514,17 @@ impl Worker {
             (true, Some((s, addr))) => (s, *addr),
             _ => (&self.socket, self.udp_candidate),
         };
-        let fd = socket.as_fd();
-        let received = socket.try_io(tokio::io::Interest::READABLE, || match batch.recv(fd) {
+        let received = socket.try_io(tokio::io::Interest::READABLE, |s| match batch.recv(s) {
             Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
             other => other,
         });
         match received {
             Ok(count) => {
+                if count < chorus_udp::BATCH {
+                    // The queue ran dry within this read: without this the next pass would find the
+                    // socket still marked readable and make a system call only to learn so.
+                    udp::drained(socket);
+                }
                 let now = Instant::now();
                 let mut deadline = None;
                 for (source, arrival, data) in batch.datagrams() {
@@ -596,7 +599,7 @@ impl Worker {
             .all(|t| t.transport == Transport::Udp && t.source == primary)
         {
             // The common case: everything leaves on the primary socket, in one batch.
-            let sent = udp::send_all(&self.socket, &self.outbox);
+            let sent = udp::send_all(self.socket.get_ref(), &self.outbox);
             self.count_failed(sent.failed);
             for t in self.outbox.drain(..) {
                 self.core.recycle(t.contents);
@@ -629,10 +632,10 @@ impl Worker {
             }
         }
         if !self.outbox_primary.is_empty() {
-            failed += udp::send_all(&self.socket, &self.outbox_primary).failed;
+            failed += udp::send_all(self.socket.get_ref(), &self.outbox_primary).failed;
         }
         if let (Some((socket, _)), false) = (&self.extra, self.outbox_extra.is_empty()) {
-            failed += udp::send_all(socket, &self.outbox_extra).failed;
+            failed += udp::send_all(socket.get_ref(), &self.outbox_extra).failed;
         }
         for t in self
             .outbox_primary

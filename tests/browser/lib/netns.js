@@ -72,6 +72,21 @@ function run(cmd, args) {
  */
 
 /**
+ * Wait until the links just brought up in namespace `name` hold no tentative address. Each veth gets an IPv6
+ * link-local address that stays tentative for about a second (duplicate address detection); when it turns
+ * valid, a browser started meanwhile sees the network change and fails what it is loading
+ * (`net::ERR_NETWORK_CHANGED`: once, the demo page's script, so the page never joined).
+ * @param {string} name
+ */
+async function settled(name) {
+  const deadline = Date.now() + 10000;
+  while (run(IP, ['-n', name, '-6', 'addr', 'show', 'tentative']).trim() !== '') {
+    if (Date.now() > deadline) throw new Error(`addresses in ${name} still tentative after 10 s`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/**
  * Create a namespace as described at the top of this file.
  * @param {{prefix?: string}} [opts]
  * @returns {Promise<Netns>}
@@ -106,6 +121,7 @@ export async function createNetns(opts = {}) {
     for (const dev of ['lo', 'veth-a', 'veth-b']) run(IP, ['-n', name, 'link', 'set', dev, 'up']);
     run(IP, ['-n', name, 'route', 'add', 'default', 'via', addrB, 'dev', 'veth-a']);
     run(IP, ['netns', 'exec', name, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=0']);
+    await settled(name);
   } catch (e) {
     await destroy();
     throw e;

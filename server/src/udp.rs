@@ -50,18 +50,27 @@ pub fn register(socket: std::net::UdpSocket) -> io::Result<MediaSocket> {
     unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(io::Error::from)
 }
 
-/// Mark `socket` as not readable after a read that returned less than a full batch.
+/// Read what is queued on a worker's media socket into `batch`, up to a batch; `WouldBlock` when nothing
+/// is (the runtime's readiness is then cleared, as `try_io` does).
 ///
-/// `recvmmsg(2)` on a non-blocking socket returns fewer datagrams than asked only when the queue ran dry
-/// (an unconnected socket without `IP_RECVERR`, as the media sockets are, is never handed ICMP errors
-/// that could end a batch early), so the read that would follow only to get `EAGAIN` is skipped. Sound on
-/// the workers' current-thread runtime: the reactor does not run while the worker reads, so a datagram
-/// arriving after the read is a new edge that `epoll_wait` reports after this clear.
-pub fn drained(socket: &MediaSocket) {
-    let mut cx = Context::from_waker(Waker::noop());
-    if let Poll::Ready(Ok(mut guard)) = socket.poll_read_ready(&mut cx) {
-        guard.clear_ready();
+/// A read that returns less than a full batch also marks the socket not readable: `recvmmsg(2)` on a
+/// non-blocking socket returns fewer datagrams than asked only when the queue ran dry (an unconnected socket
+/// without `IP_RECVERR`, as the media sockets are, is never handed ICMP errors that could end a batch
+/// early), so the read that would follow only to get `EAGAIN` is skipped. Sound on the workers'
+/// current-thread runtime: the reactor does not run while the worker reads, so a datagram arriving after the
+/// read is a new edge that `epoll_wait` reports after this clear. A full batch leaves the socket readable.
+pub fn read(socket: &MediaSocket, batch: &mut RecvBatch) -> io::Result<usize> {
+    let count = socket.try_io(Interest::READABLE, |s| match batch.recv(s) {
+        Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+        other => other,
+    })?;
+    if count < chorus_udp::BATCH {
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(Ok(mut guard)) = socket.poll_read_ready(&mut cx) {
+            guard.clear_ready();
+        }
     }
+    Ok(count)
 }
 
 /// Larger than any datagram the core accepts, so an oversized one is seen (and counted) rather than cut.
@@ -153,21 +162,12 @@ mod tests {
         }
     }
 
-    /// A worker's read of a media socket: wait, read what is queued, mark it drained.
+    /// A worker's read of a media socket: wait until it is readable, then read.
     async fn read_once(socket: &MediaSocket, recv: &mut RecvBatch) -> usize {
         readable_within(socket, 2_000)
             .await
             .expect("a datagram was sent");
-        let count = socket
-            .try_io(Interest::READABLE, |s| match recv.recv(s) {
-                Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
-                other => other,
-            })
-            .expect("the socket had a datagram");
-        if count < chorus_udp::BATCH {
-            drained(socket);
-        }
-        count
+        read(socket, recv).expect("the socket had a datagram")
     }
 
     async fn readable_within(socket: &MediaSocket, ms: u64) -> Option<()> {

@@ -204,7 +204,7 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
 /// Wait until `socket` is readable; never, without one.
 async fn readable(socket: Option<&MediaSocket>) -> io::Result<()> {
     match socket {
-        // The guard only says so: dropping it leaves the readiness to `read_udp`'s `try_io`.
+        // The guard only says so: dropping it leaves the readiness to `udp::read`.
         Some(s) => s.readable().await.map(drop),
         None => std::future::pending().await,
     }
@@ -514,17 +514,8 @@ impl Worker {
             (true, Some((s, addr))) => (s, *addr),
             _ => (&self.socket, self.udp_candidate),
         };
-        let received = socket.try_io(tokio::io::Interest::READABLE, |s| match batch.recv(s) {
-            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
-            other => other,
-        });
-        match received {
+        match udp::read(socket, batch) {
             Ok(count) => {
-                if count < chorus_udp::BATCH {
-                    // The queue ran dry within this read: without this the next pass would find the
-                    // socket still marked readable and make a system call only to learn so.
-                    udp::drained(socket);
-                }
                 let now = Instant::now();
                 let mut deadline = None;
                 for (source, arrival, data) in batch.datagrams() {

@@ -703,3 +703,39 @@ fn a_tapped_participants_packets_come_out_as_received() {
     sim.run_for(Duration::from_millis(200));
     assert!(sim.microphones.is_empty());
 }
+
+/// The selector's 20 ms updates and the speaker reports ride on the talkers' packets: a forwarding room whose
+/// members talk costs the core no wake-up of its own for them, only its peers' own timers (`core/timers.rs`,
+/// `LAZY_SLACK`). Before, the core woke between the packets for every update: 50 a second per room. The
+/// selection stays current: listeners hear the loudest, and a new loudest takes a slot within a few updates.
+#[test]
+fn a_talking_forwarding_room_wakes_the_core_only_for_its_peers_timers() {
+    let voices = [(440.0, 0.4), (660.0, 0.2), (880.0, 0.1), (990.0, 0.05)];
+    let mut sim = Sim::new(9, LinkConfig::lossy(0.0, 10.0, 4.0), 2, &voices);
+    sim.connect();
+    sim.run_for(Duration::from_secs(1));
+    let before = sim.core_timeouts;
+    sim.run_for(Duration::from_secs(2));
+    let woke = sim.core_timeouts - before;
+    assert!(
+        woke <= 20,
+        "the core woke {woke} times in 2 s of talking: the room's updates do not ride on its packets"
+    );
+    // The quietest hears the two loudest.
+    let mark = sim.clients[3].received.len();
+    sim.run_for(Duration::from_secs(1));
+    let mut loud: Vec<u32> = sim.clients[..2].iter().map(|c| c.mic_ssrc).collect();
+    loud.sort_unstable();
+    assert_eq!(sim.clients[3].csrcs_since(mark), loud);
+    // The quietest becomes the loudest: everyone else hears it within 100 ms.
+    sim.set_amplitude(3, 0.8);
+    let marks: Vec<usize> = (0..3).map(|i| sim.clients[i].received.len()).collect();
+    sim.run_for(Duration::from_millis(100));
+    let loudest = sim.clients[3].mic_ssrc;
+    for (i, mark) in marks.into_iter().enumerate() {
+        assert!(
+            sim.clients[i].csrcs_since(mark).contains(&loudest),
+            "client {i} does not hear the new loudest within 100 ms"
+        );
+    }
+}

@@ -76,6 +76,8 @@ impl MediaCore {
     pub fn handle_datagram_via(&mut self, now: Instant, path: NetPath, data: &[u8]) {
         let now = now.max(self.last_now);
         self.last_now = now;
+        // Bookkeeping due by now runs first, as a timeout at `now` would have.
+        self.room_tick_if_due(now);
         self.stats.datagram_in(data);
         if data.len() > MAX_DATAGRAM {
             self.stats.drop(DropReason::Oversized);
@@ -263,7 +265,7 @@ impl MediaCore {
                 mixer.push_redundant(from, seq, ts, &r.redundant);
             }
             if mixed {
-                room.arm_tick(&mut self.next_tick);
+                room.arm_tick(&mut self.tick);
                 return;
             }
         }
@@ -281,7 +283,7 @@ impl MediaCore {
                 slot_events(&mut room.selector, &self.participants, &mut self.events);
             }
         }
-        room.arm_tick(&mut self.next_tick);
+        room.arm_tick(&mut self.tick);
         let routes = room.selector.routes(from);
         if routes.is_empty() {
             self.stats.rtp_unrouted += 1;

@@ -376,7 +376,8 @@ pub struct MediaCore {
     /// What draining peers produced: datagrams, peer events still to act on, and peers' wake-ups.
     out: Outbox,
     events: VecDeque<CoreEvent>,
-    next_tick: Option<Instant>,
+    /// When the room tick (mixers, slot selection, speaker reports) is next needed.
+    tick: timers::RoomTick,
     last_now: Instant,
     stats: CoreStats,
     samples: Samples,
@@ -417,7 +418,7 @@ impl MediaCore {
             router: Router::default(),
             out: Outbox::default(),
             events: VecDeque::new(),
-            next_tick: None,
+            tick: timers::RoomTick::default(),
             last_now: now,
             stats: CoreStats::default(),
             samples: Samples::default(),
@@ -443,7 +444,7 @@ impl MediaCore {
             let on = self.broadcast_rooms.contains(&room.id);
             let publishers = publishers(&room.members, &self.participants);
             room.set_broadcast(now, on, &publishers);
-            room.arm_tick(&mut self.next_tick);
+            room.arm_tick(&mut self.tick);
         }
     }
 
@@ -520,7 +521,7 @@ impl MediaCore {
             return Output::Microphone(m);
         }
         let timer = self.out.next_wake();
-        let next = match (timer, self.next_tick) {
+        let next = match (timer, self.tick.wake()) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
             // Nothing scheduled: an idle core wakes rarely.

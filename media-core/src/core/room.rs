@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::timers::RoomTick;
 use crate::audibility::Audibility;
 use crate::ids::{ParticipantId, RoomId};
 use crate::mixer::Mixer;
@@ -113,18 +114,21 @@ impl Room {
         }
     }
 
-    /// Make sure `next_tick` is no later than when this room next needs work (selector update or mixer
-    /// tick).
-    pub(crate) fn arm_tick(&self, next_tick: &mut Option<Instant>) {
+    /// Make sure `tick` runs when this room next needs work: its mixers' ticks exactly, its bookkeeping
+    /// (selector update, audible sets, expiry of remote speakers) lazily.
+    pub(crate) fn arm_tick(&self, tick: &mut RoomTick) {
         let mixer = self.mixer().and_then(|m| m.next_tick());
         let broadcast = self.broadcast.as_ref().and_then(|m| m.next_tick());
+        for t in [mixer, broadcast].into_iter().flatten() {
+            tick.exact(t);
+        }
         let space = self.audibility.next_refresh();
         let remote = self.trunk.next_expiry();
-        for t in [self.selector.next_update(), mixer, broadcast, space, remote]
+        for t in [self.selector.next_update(), space, remote]
             .into_iter()
             .flatten()
         {
-            *next_tick = Some(next_tick.map_or(t, |n| n.min(t)));
+            tick.lazy(t);
         }
     }
 }

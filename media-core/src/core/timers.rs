@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{prefetch_subscribers, CoreEvent, MediaCore, Participant};
 use crate::core::peer::PeerEvent;
@@ -12,6 +12,51 @@ use crate::ids::ParticipantId;
 use crate::prefetch::FAN_OUT_GROUP;
 use crate::red;
 use vocab::{RoomMode, SlotAssignment};
+
+/// How late a room's bookkeeping may run: slot selection and speaker reports (every 20 ms while someone
+/// talks), a spatial room's audible sets (100 ms), the expiry of speakers relayed from other shards. They run
+/// at the first input after they are due, or this much later without one. On a worker that forwards speech
+/// an input (a talker's packet every 20 ms, their RTCP) nearly always comes first, so these updates cost no
+/// wake-up of their own; with one talker they land on its packets, at most one update interval apart. One
+/// frame: a slot change or a speaker report an update later is not audible, and the onset of a speaker who
+/// needs a free slot is selected at its first packet, not here (`ingress.rs`).
+pub(crate) const LAZY_SLACK: Duration = Duration::from_millis(20);
+
+/// When the room tick is next needed, over all of a core's rooms.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RoomTick {
+    /// The earliest instant any room has work due: the tick runs at the first input or timeout at or
+    /// after it.
+    due: Option<Instant>,
+    /// The latest instant the core may wait for an input before it wakes up for the tick: a mixer's tick
+    /// exactly, bookkeeping [`LAZY_SLACK`] after it is due.
+    wake: Option<Instant>,
+}
+
+impl RoomTick {
+    /// Work that must run at `at`: a mixer's tick (its listeners' next frame).
+    pub(crate) fn exact(&mut self, at: Instant) {
+        self.due = Some(self.due.map_or(at, |d| d.min(at)));
+        self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+    }
+
+    /// Bookkeeping due at `at`, which may wait up to [`LAZY_SLACK`] for an input to run it.
+    pub(crate) fn lazy(&mut self, at: Instant) {
+        self.due = Some(self.due.map_or(at, |d| d.min(at)));
+        let latest = at + LAZY_SLACK;
+        self.wake = Some(self.wake.map_or(latest, |w| w.min(latest)));
+    }
+
+    /// Whether the tick has work at `now`.
+    pub(crate) fn is_due(&self, now: Instant) -> bool {
+        self.due.is_some_and(|d| d <= now)
+    }
+
+    /// When the core must wake up for the tick if no input comes first.
+    pub(crate) fn wake(&self) -> Option<Instant> {
+        self.wake
+    }
+}
 
 impl MediaCore {
     /// Time passed: run due peer timers, the room tick, and connection deadlines.
@@ -39,23 +84,29 @@ impl MediaCore {
             }
             self.drive(id, now);
         }
-        if self.next_tick.is_some_and(|t| t <= now) {
+        self.room_tick_if_due(now);
+        self.process_pending(now);
+    }
+
+    /// Run the room tick if any room has work due at `now`: from a timeout, and at each input, so that
+    /// bookkeeping due rides on the input instead of a wake-up of its own ([`LAZY_SLACK`]).
+    pub(super) fn room_tick_if_due(&mut self, now: Instant) {
+        if self.tick.is_due(now) {
             self.room_tick(now);
         }
-        self.process_pending(now);
     }
 
     /// Make sure the room tick runs when room `key`'s selector next needs an update.
     pub(super) fn arm_tick(&mut self, key: u64) {
         if let Some(room) = self.rooms.get(&key) {
-            room.arm_tick(&mut self.next_tick);
+            room.arm_tick(&mut self.tick);
         }
     }
 
     /// Run every room's due work: the mixer tick of mixed rooms, slot selection and speaker reports. An idle
     /// room costs nothing.
     fn room_tick(&mut self, now: Instant) {
-        self.next_tick = None;
+        self.tick = RoomTick::default();
         let mut mixed = std::mem::take(&mut self.mix_out);
         let mut expired = Vec::new();
         for room in self.rooms.values_mut() {
@@ -172,7 +223,7 @@ impl MediaCore {
                 super::trunk::refresh_exports(room, &mut self.trunk_out);
             }
             expired.extend(room.trunk.expired(now));
-            room.arm_tick(&mut self.next_tick);
+            room.arm_tick(&mut self.tick);
         }
         self.mix_out = mixed;
         self.expire_remote(now, expired);
@@ -353,4 +404,26 @@ pub(super) fn slot_infos(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mixer_tick_wakes_on_time_and_bookkeeping_waits_for_an_input_up_to_the_slack() {
+        #[allow(clippy::disallowed_methods)]
+        let t = Instant::now();
+        let mut tick = RoomTick::default();
+        assert!(!tick.is_due(t));
+        assert_eq!(tick.wake(), None);
+        tick.lazy(t + Duration::from_millis(5));
+        assert!(!tick.is_due(t + Duration::from_millis(4)));
+        assert!(tick.is_due(t + Duration::from_millis(5)));
+        assert_eq!(tick.wake(), Some(t + Duration::from_millis(5) + LAZY_SLACK));
+        // A mixer's tick at 12 ms: the core wakes for it, and the bookkeeping runs then too.
+        tick.exact(t + Duration::from_millis(12));
+        assert_eq!(tick.wake(), Some(t + Duration::from_millis(12)));
+        assert!(tick.is_due(t + Duration::from_millis(5)));
+    }
 }

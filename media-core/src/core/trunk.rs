@@ -213,7 +213,7 @@ impl MediaCore {
             if spanned {
                 // Exports at the next update, which becomes due at once.
                 room.selector.audibility_changed();
-                room.arm_tick(&mut self.next_tick);
+                room.arm_tick(&mut self.tick);
             } else {
                 room.trunk.voices.clear();
                 for speaker in room.trunk.exports.drain(..) {
@@ -237,6 +237,7 @@ impl MediaCore {
     /// a payload that is not Opus, a room with [`MAX_REMOTE_PER_ROOM`] remote participants.
     pub fn push_trunk(&mut self, now: Instant, message: TrunkMessage) -> Result<(), CoreError> {
         self.last_now = now;
+        self.room_tick_if_due(now);
         let Some(&key) = self.room_keys.get(message.room()) else {
             self.stats.trunk.no_room += 1;
             return Err(CoreError::UnknownRoom(message.room().clone()));
@@ -296,7 +297,7 @@ impl MediaCore {
                     Link::Source(Box::new(input)),
                 );
                 if let Some(room) = self.rooms.get_mut(&key) {
-                    room.arm_tick(&mut self.next_tick);
+                    room.arm_tick(&mut self.tick);
                 }
             }
         }

@@ -23,11 +23,19 @@ impl SlotSelector {
         if self.last_now.is_none_or(|t| now > t) {
             self.last_now = Some(now);
         }
-        if self.next_update().is_none_or(|due| now < due) {
+        let Some(due) = self.next_update().filter(|due| *due <= now) else {
             return false;
-        }
+        };
+        // The periodic update keeps its 20 ms grid when it runs a little late (a worker runs it at the
+        // first packet after it is due): the next one is due an interval after this one was, not after it
+        // ran, so lateness does not add up. A structural change, a first packet or a long pause restarts
+        // the grid at `now`.
+        let periodic = self
+            .last_update
+            .is_some_and(|u| u + self.config.update_interval == due);
+        let on_grid = !self.pending && periodic && now - due < self.config.update_interval;
         self.pending = false;
-        self.last_update = Some(now);
+        self.last_update = Some(if on_grid { due } else { now });
         self.rank(now);
 
         let mut heard = std::mem::take(&mut self.heard);

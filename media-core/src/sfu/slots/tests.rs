@@ -449,6 +449,30 @@ fn update_scheduling_and_idle() {
     assert!(room.sel.next_update().is_some());
 }
 
+/// A worker runs the periodic update at the first packet after it is due: the updates stay on their 20 ms
+/// grid however late each runs (within an interval), so a switch is decided no later than on time plus that
+/// lateness; a pause longer than an interval restarts the grid.
+#[test]
+fn late_updates_keep_their_grid() {
+    let mut room = Room::new(3, &[1, 2, 3]);
+    room.sel.on_audio(room.t, p(1), 30, None);
+    assert!(room.sel.update(room.t));
+    let grid = room.t;
+    for n in 1..=10u32 {
+        let due = grid + MS20 * n;
+        assert_eq!(room.sel.next_update(), Some(due), "update {n}");
+        let late = due + Duration::from_millis(u64::from(n % 4) * 6);
+        room.sel.on_audio(late, p(1), 30, None);
+        assert!(room.sel.update(late));
+    }
+    // Run more than an interval late: the grid restarts there.
+    let due = grid + MS20 * 11;
+    let late = due + MS20 + Duration::from_millis(3);
+    room.sel.on_audio(late, p(1), 30, None);
+    assert!(room.sel.update(late));
+    assert_eq!(room.sel.next_update(), Some(late + MS20));
+}
+
 #[test]
 fn speaking_onset_is_reported_within_300ms() {
     let mut room = Room::new(3, &[1, 2, 3]);

@@ -76,8 +76,8 @@ impl MediaCore {
     pub fn handle_datagram_via(&mut self, now: Instant, path: NetPath, data: &[u8]) {
         let now = now.max(self.last_now);
         self.last_now = now;
-        // Bookkeeping due by now runs first, as a timeout at `now` would have.
-        self.room_tick_if_due(now);
+        // Work due by now runs first, as a timeout at `now` would have.
+        self.run_due(now);
         self.stats.datagram_in(data);
         if data.len() > MAX_DATAGRAM {
             self.stats.drop(DropReason::Oversized);

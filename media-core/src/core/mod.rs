@@ -520,7 +520,8 @@ impl MediaCore {
         if let Some(m) = self.microphones.pop_front() {
             return Output::Microphone(m);
         }
-        let timer = self.out.next_wake();
+        // Peer timers may wait for an input (`timers::LAZY_SLACK`).
+        let timer = self.out.next_wake().map(|t| t + timers::LAZY_SLACK);
         let next = match (timer, self.tick.wake()) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,

@@ -13,13 +13,16 @@ use crate::prefetch::FAN_OUT_GROUP;
 use crate::red;
 use vocab::{RoomMode, SlotAssignment};
 
-/// How late a room's bookkeeping may run: slot selection and speaker reports (every 20 ms while someone
-/// talks), a spatial room's audible sets (100 ms), the expiry of speakers relayed from other shards. They run
-/// at the first input after they are due, or this much later without one. On a worker that forwards speech
-/// an input (a talker's packet every 20 ms, their RTCP) nearly always comes first, so these updates cost no
-/// wake-up of their own; with one talker they land on its packets, at most one update interval apart. One
-/// frame: a slot change or a speaker report an update later is not audible, and the onset of a speaker who
-/// needs a free slot is selected at its first packet, not here (`ingress.rs`).
+/// How late work may run that is not a listener's next frame: the peers' own timers (str0m's RTCP reports,
+/// consent and liveness deadlines, DTLS retransmissions; the connect timeout) and a room's bookkeeping (slot
+/// selection and speaker reports every 20 ms while someone talks, a spatial room's audible sets every 100 ms,
+/// the expiry of speakers relayed from other shards). It runs at the first input after it is due, or this
+/// much later without one. On a worker that forwards speech an input (a talker's packet every 20 ms, RTCP)
+/// nearly always comes first, so this work costs no wake-up of its own; with one talker it lands on its
+/// packets. One frame: a slot change or a speaker report one update later is not audible (the selector keeps
+/// its grid, see `SlotSelector::update_in`), the onset of a speaker who needs a free slot is selected at its
+/// first packet (`ingress.rs`), and no peer timer of an ICE-lite audio peer needs millisecond precision.
+/// A mixer's tick is exact: it is the listeners' next frame.
 pub(crate) const LAZY_SLACK: Duration = Duration::from_millis(20);
 
 /// When the room tick is next needed, over all of a core's rooms.
@@ -62,6 +65,13 @@ impl MediaCore {
     /// Time passed: run due peer timers, the room tick, and connection deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
+        self.run_due(now);
+    }
+
+    /// Run what is due at `now`: peer timers and connection deadlines, then the room tick. From a timeout,
+    /// and at each input first, so that work that may wait ([`LAZY_SLACK`]) rides on the input instead of a
+    /// wake-up of its own.
+    pub(super) fn run_due(&mut self, now: Instant) {
         while let Some((at, id)) = self.out.pop_due(now) {
             let Some(peer) = self
                 .participants
@@ -84,16 +94,10 @@ impl MediaCore {
             }
             self.drive(id, now);
         }
-        self.room_tick_if_due(now);
-        self.process_pending(now);
-    }
-
-    /// Run the room tick if any room has work due at `now`: from a timeout, and at each input, so that
-    /// bookkeeping due rides on the input instead of a wake-up of its own ([`LAZY_SLACK`]).
-    pub(super) fn room_tick_if_due(&mut self, now: Instant) {
         if self.tick.is_due(now) {
             self.room_tick(now);
         }
+        self.process_pending(now);
     }
 
     /// Make sure the room tick runs when room `key`'s selector next needs an update.

@@ -237,7 +237,7 @@ impl MediaCore {
     /// a payload that is not Opus, a room with [`MAX_REMOTE_PER_ROOM`] remote participants.
     pub fn push_trunk(&mut self, now: Instant, message: TrunkMessage) -> Result<(), CoreError> {
         self.last_now = now;
-        self.room_tick_if_due(now);
+        self.run_due(now);
         let Some(&key) = self.room_keys.get(message.room()) else {
             self.stats.trunk.no_room += 1;
             return Err(CoreError::UnknownRoom(message.room().clone()));

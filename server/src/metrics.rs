@@ -14,6 +14,12 @@ const FORWARDING_BUCKETS: [f64; 12] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05,
 ];
+/// Receive delay buckets: from 10 µs (a worker waiting for its socket) to 1 s, past the 200 ms after which
+/// waiting RTP is shed (`media.stale_rtp_ms`), so a worker falling behind shows before and while it sheds.
+const RECEIVE_DELAY_BUCKETS: [f64; 15] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.2, 1.0,
+];
 /// Mixer pass buckets: a 20 ms tick must finish well inside its period.
 const MIXER_BUCKETS: [f64; 12] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02,
@@ -46,6 +52,7 @@ pub struct MediaMetrics {
     pub rtt: Histogram,
     pub jitter: Histogram,
     pub forwarding_latency: Histogram,
+    pub receive_delay: Histogram,
     pub mixer_ticks: IntCounter,
     pub mixer_ticks_late: IntCounter,
     pub mixer_ticks_skipped: IntCounter,
@@ -273,6 +280,12 @@ impl MediaMetrics {
                 "chorus_forwarding_latency_seconds",
                 "Time from a receive batch returning from the socket to the datagrams it produced being handed to the socket, per datagram sent, in seconds.",
                 &FORWARDING_BUCKETS,
+            )?,
+            receive_delay: histogram(
+                registry,
+                "chorus_udp_receive_delay_seconds",
+                "Time each UDP datagram waited in a media worker's socket receive queue, from the kernel's receive time to the worker reading it, in seconds.",
+                &RECEIVE_DELAY_BUCKETS,
             )?,
             mixer_ticks: counter(
                 registry,

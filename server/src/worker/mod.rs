@@ -261,6 +261,9 @@ struct Worker {
     turns: turns::SocketTurns,
     /// Forwarding latency observations, published with the counters (no atomics per datagram).
     forwarding: LocalHistogram,
+    /// How long each datagram read waited in its socket's receive queue (`chorus_udp_receive_delay_seconds`):
+    /// the worker's own lateness, which `forwarding` does not see.
+    receive_delay: LocalHistogram,
     /// The rooms with listener streams, and where their mix frames go.
     taps: Option<Taps>,
     frames: FrameSink,
@@ -344,6 +347,7 @@ impl Worker {
             socket_yields_counter: metrics.worker_socket_yields.with_label_values(&[&label]),
             turns: turns::SocketTurns::default(),
             forwarding: metrics.forwarding_latency.local(),
+            receive_delay: metrics.receive_delay.local(),
             index: spec.index,
             core: MediaCore::new(now, config),
             socket,
@@ -521,7 +525,14 @@ impl Worker {
                 for (source, arrival, data) in batch.datagrams() {
                     // The kernel's receive time: the mixers' jitter buffers measure the network's jitter,
                     // not the worker's own lateness, and RTP that waited too long is shed.
-                    let arrival = arrival.unwrap_or(now);
+                    let arrival = match arrival {
+                        Some(a) => {
+                            self.receive_delay
+                                .observe(now.saturating_duration_since(a).as_secs_f64());
+                            a
+                        }
+                        None => now,
+                    };
                     let start = Instant::now();
                     self.core
                         .handle_datagram_read(now, arrival, NetPath::udp(local, source), data);
@@ -651,6 +662,7 @@ impl Worker {
         self.last_stats = now;
         self.metrics.observe(&self.core.take_samples());
         self.forwarding.flush();
+        self.receive_delay.flush();
         self.trunk.publish(&self.metrics.trunk);
         self.rooms_gauge.set(self.core.room_count() as i64);
         self.participants_gauge

@@ -548,3 +548,114 @@ async fn real_udp_call_survives_a_3_s_blackout_of_both_directions() -> anyhow::R
     b.client.stop().await?;
     Ok(())
 }
+
+/// The samples of histogram `name` in `metrics`: (upper bound, cumulative count) per bucket.
+fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Observations of histogram `name` above `bound` (a bucket boundary).
+fn observed_above(metrics: &str, name: &str, bound: f64) -> f64 {
+    let b = buckets(metrics, name);
+    let total = b
+        .iter()
+        .find(|(le, _)| le.is_infinite())
+        .map_or(0.0, |x| x.1);
+    let below = b.iter().find(|(le, _)| *le == bound).map_or(0.0, |x| x.1);
+    total - below
+}
+
+/// A server stalled for 600 ms (SIGSTOP: a host starved of CPU, a VM paused, a long page fault storm): the
+/// talkers' packets queue in its socket meanwhile. Once it runs again it reads them, drops the RTP that
+/// waited 200 ms or more (`media.stale_rtp_ms`) instead of delivering 0.6 s of stale audio late, and says
+/// so: `chorus_udp_receive_delay_seconds` shows how long the datagrams waited, the `overloaded` drop
+/// reason counts what was shed. The call goes on at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_udp_a_stalled_server_sheds_stale_audio_and_shows_the_wait() -> anyhow::Result<()> {
+    let _alone = chorus_tests::real_time_call().await;
+    const DELAY: &str = "chorus_udp_receive_delay_seconds";
+    const SHED: &str = "chorus_packets_dropped_total{reason=\"overloaded\"}";
+    let room = "faults-stall";
+    let server = Server::start(&[]).await?;
+    let mut a = join(&server, room, "ada", TONES[0], None).await?;
+    let mut b = join(&server, room, "bob", TONES[1], None).await?;
+    for (listener, talker) in [(&a, &b), (&b, &a)] {
+        hears_again(listener, talker.ssrc, 0, Duration::from_secs(5))
+            .await
+            .context("the call connects")?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, before) = server.http_get("/metrics").await?;
+    let shed_before = server.metric(SHED).await?;
+    // A worker that keeps up reads its datagrams within a frame.
+    let read = buckets(&before, DELAY);
+    let total = read
+        .iter()
+        .find(|(le, _)| le.is_infinite())
+        .map_or(0.0, |x| x.1);
+    assert!(total >= 100.0, "datagrams read before the stall: {read:?}");
+    assert!(
+        observed_above(&before, DELAY, 0.025) <= total * 0.01,
+        "a calm worker read more than 1 % of its datagrams 25 ms late: {read:?}"
+    );
+
+    let stall = Duration::from_millis(600);
+    let heard_before = heard(&a, &b);
+    server.signal(libc::SIGSTOP)?;
+    tokio::time::sleep(stall).await;
+    server.signal(libc::SIGCONT)?;
+    let resumed = Instant::now();
+    let limit = Duration::from_secs(2);
+    let (ada_back, bob_back) = tokio::join!(
+        hears_again(&a, b.ssrc, heard_before.0, limit),
+        hears_again(&b, a.ssrc, heard_before.1, limit)
+    );
+    let back = [
+        ada_back.with_context(|| format!("ada does not hear bob again: {}", server.log_tail()))?,
+        bob_back.with_context(|| format!("bob does not hear ada again: {}", server.log_tail()))?,
+    ];
+    // The worker publishes its counters twice a second.
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(resumed.elapsed())).await;
+    let (_, after) = server.http_get("/metrics").await?;
+    let shed = server.metric(SHED).await? - shed_before;
+    let late = observed_above(&after, DELAY, 0.2) - observed_above(&before, DELAY, 0.2);
+    let beyond = observed_above(&after, DELAY, 1.0);
+    println!(
+        "stall {stall:?}: heard again after {back:?} (ada, bob); {shed} RTP packets shed, {late} datagrams \
+         read 200 ms or more after they arrived, {beyond} more than 1 s after"
+    );
+    // Two talkers, 50 packets a second each: what they sent in the stall's last 400 ms waited 200 ms or
+    // more (≈ 40 packets, fewer if the stop took a moment to land).
+    assert!(
+        (20.0..=70.0).contains(&shed),
+        "{shed} packets shed after a 600 ms stall"
+    );
+    assert!(
+        late >= shed,
+        "the receive delay shows {late} datagrams read 200 ms late, {shed} were shed"
+    );
+    assert_eq!(beyond, 0.0, "nothing waited a second in a 600 ms stall");
+    for after in back {
+        assert!(
+            after <= Duration::from_millis(500),
+            "audio returned after {after:?}"
+        );
+    }
+    assert_call_survived(&server, room, &mut [&mut a, &mut b]).await?;
+    a.client.stop().await?;
+    b.client.stop().await?;
+    Ok(())
+}

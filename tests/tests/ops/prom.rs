@@ -149,6 +149,7 @@ async fn metrics_pass_promtool_and_match_docs_rules_and_dashboard() -> anyhow::R
         "chorus_rtt_seconds",
         "chorus_jitter_seconds",
         "chorus_forwarding_latency_seconds",
+        "chorus_udp_receive_delay_seconds",
         "chorus_mixer_tick_duration_seconds",
         "chorus_mixer_ticks_late_total",
         "chorus_mixer_ticks_skipped_total",

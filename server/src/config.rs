@@ -215,6 +215,12 @@ pub struct MediaConfig {
     /// the worker reading it) is dropped unread, counted as drop reason `overloaded`: an overloaded worker
     /// sheds its backlog instead of delivering it seconds late.
     pub stale_rtp_ms: u64,
+    /// The scheduler slice each media worker thread asks Linux for (`sched_setattr`, honoured from
+    /// Linux 6.12): a short slice gives the worker an earlier deadline than the other threads on its core,
+    /// so a datagram's arrival wakes it at once and those threads do not preempt it in a fan-out; its share
+    /// of the CPU does not change (docs/architecture.md, "Media workers"). 100..=100000; 0 keeps the
+    /// kernel's default.
+    pub worker_slice_us: u32,
 }
 
 impl Default for MediaConfig {
@@ -234,6 +240,7 @@ impl Default for MediaConfig {
             room_shard_participants: 400,
             trunk_queue_packets: 4_096,
             stale_rtp_ms: media_core::STALE_RTP_AFTER.as_millis() as u64,
+            worker_slice_us: 100,
         }
     }
 }
@@ -740,6 +747,12 @@ impl Config {
         }
         if !(20..=10_000).contains(&self.media.stale_rtp_ms) {
             return invalid("media.stale_rtp_ms must be 20..=10000");
+        }
+        if self.media.worker_slice_us != 0 && !(100..=100_000).contains(&self.media.worker_slice_us)
+        {
+            return invalid(
+                "media.worker_slice_us must be 0 (the kernel's default) or 100..=100000",
+            );
         }
         if self.media.room_shard_participants == 0 {
             return invalid("media.room_shard_participants must be at least 1");

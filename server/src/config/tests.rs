@@ -215,6 +215,21 @@ fn invalid_settings_are_refused_with_reasons() {
             .to_string()
             .contains("stale_rtp_ms"));
     }
+    for worker_slice_us in [1, 99, 100_001] {
+        let mut c = Config::default();
+        c.media.worker_slice_us = worker_slice_us;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("worker_slice_us"));
+    }
+    for worker_slice_us in [0, 100, 100_000] {
+        let mut c = Config::default();
+        c.media.worker_slice_us = worker_slice_us;
+        c.validate()
+            .expect("0 (the kernel's default) and 0.1-100 ms are valid slices");
+    }
 }
 
 #[test]

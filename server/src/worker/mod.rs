@@ -26,6 +26,7 @@ use crate::tcp::{self, CloseReason, TcpEvent};
 use crate::udp::{self, MediaSocket};
 
 mod commands;
+mod sched;
 mod tcp_conns;
 pub mod trunk;
 mod turns;
@@ -48,6 +49,8 @@ pub struct WorkerSpec {
     pub connect_timeout: Duration,
     /// RTP read this long after it arrived is dropped unread (`CoreConfig::stale_rtp_after`).
     pub stale_rtp_after: Duration,
+    /// The scheduler slice the worker's thread asks for (`media.worker_slice_us`); `None`: the kernel's.
+    pub slice: Option<Duration>,
     pub socket_buffer_bytes: usize,
     /// Development mode with media on loopback: also receive on this (non-loopback interface) address, at
     /// the same port if free, and offer it as a second UDP host candidate. Browsers that pair with no
@@ -154,6 +157,9 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
     std::thread::Builder::new()
         .name(format!("chorus-media-{index}"))
         .spawn(move || {
+            if let Some(slice) = spec.slice {
+                sched::log_slice(index, slice, sched::request_slice(slice));
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

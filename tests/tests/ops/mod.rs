@@ -9,6 +9,7 @@ mod deafen;
 mod drain;
 mod limits;
 mod prom;
+mod sched;
 mod turn;
 mod webhooks;
 

@@ -567,15 +567,19 @@ fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Observations in all of `buckets` (the `+Inf` bucket's count).
+fn observed(buckets: &[(f64, f64)]) -> f64 {
+    buckets
+        .iter()
+        .find(|(le, _)| le.is_infinite())
+        .map_or(0.0, |x| x.1)
+}
+
 /// Observations of histogram `name` above `bound` (a bucket boundary).
 fn observed_above(metrics: &str, name: &str, bound: f64) -> f64 {
     let b = buckets(metrics, name);
-    let total = b
-        .iter()
-        .find(|(le, _)| le.is_infinite())
-        .map_or(0.0, |x| x.1);
     let below = b.iter().find(|(le, _)| *le == bound).map_or(0.0, |x| x.1);
-    total - below
+    observed(&b) - below
 }
 
 /// A server stalled for 600 ms (SIGSTOP: a host starved of CPU, a VM paused, a long page fault storm): the
@@ -602,10 +606,7 @@ async fn real_udp_a_stalled_server_sheds_stale_audio_and_shows_the_wait() -> any
     let shed_before = server.metric(SHED).await?;
     // A worker that keeps up reads its datagrams within a frame.
     let read = buckets(&before, DELAY);
-    let total = read
-        .iter()
-        .find(|(le, _)| le.is_infinite())
-        .map_or(0.0, |x| x.1);
+    let total = observed(&read);
     assert!(total >= 100.0, "datagrams read before the stall: {read:?}");
     assert!(
         observed_above(&before, DELAY, 0.025) <= total * 0.01,

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -32,22 +32,54 @@ pub fn set_up_media_socket(socket: impl AsFd, bytes: usize) -> (usize, usize) {
     granted
 }
 
-/// A media socket as a worker's runtime sees it: registered for reading only.
+/// [`set_up_media_socket`] for both sockets of a pair; returns what the receiver was granted.
+pub fn set_up_media_pair(pair: &chorus_udp::SocketPair, bytes: usize) -> (usize, usize) {
+    if let Some(sender) = &pair.sender {
+        set_up_media_socket(sender, bytes);
+    }
+    set_up_media_socket(&pair.receiver, bytes)
+}
+
+/// A media socket as a worker's runtime sees it: registered for reading only, and sending from a sibling.
 ///
 /// `tokio::net::UdpSocket` registers for writability too. On a socket that sends hundreds of datagrams
 /// per received one, that costs per datagram sent: each one the kernel frees wakes the socket's
 /// waiters for write space (`sock_wfree`), which adds the socket to the worker's epoll ready list, and
 /// the edge-triggered writable event then returns `epoll_wait` for nothing. The workers never wait for
 /// write space through the runtime ([`send_all`] does not wait at all), so they read through an
-/// [`AsyncFd`] registered for [`Interest::READABLE`] and send on the plain socket ([`AsyncFd::get_ref`]).
-pub type MediaSocket = AsyncFd<std::net::UdpSocket>;
+/// [`AsyncFd`] registered for [`Interest::READABLE`]. Even so, the epoll entry on the socket's wait queue is
+/// still visited for every datagram freed, so the worker sends on a sibling socket of the same address that
+/// nobody waits on ([`chorus_udp::SocketPair`]), where the kernel allows one, else on the read socket.
+pub struct MediaSocket {
+    read: AsyncFd<std::net::UdpSocket>,
+    send: Option<std::net::UdpSocket>,
+}
 
-/// Register a non-blocking media socket with the current runtime, for reading only ([`MediaSocket`]).
+impl MediaSocket {
+    /// Wait until the socket may have datagrams; [`read`] reads them and clears the readiness.
+    pub async fn readable(&self) -> io::Result<()> {
+        // The guard only says so: dropping it leaves the readiness to `read`.
+        self.read.readable().await.map(drop)
+    }
+
+    /// The socket to send from (the sibling, else the read socket).
+    pub fn send_fd(&self) -> BorrowedFd<'_> {
+        self.send.as_ref().unwrap_or(self.read.get_ref()).as_fd()
+    }
+}
+
+/// Register a media socket pair ([`chorus_udp::bind_pair`]) with the current runtime: its receiver for
+/// reading only, its sender not at all ([`MediaSocket`]).
 // tokio's safe constructors are deprecated (an `AsRawFd` could hand back another descriptor later).
 #[allow(unsafe_code)]
-pub fn register(socket: std::net::UdpSocket) -> io::Result<MediaSocket> {
+pub fn register(pair: chorus_udp::SocketPair) -> io::Result<MediaSocket> {
     // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and the same until it is dropped.
-    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(io::Error::from)
+    let read = unsafe { AsyncFd::register_with_interest(pair.receiver, Interest::READABLE) }
+        .map_err(io::Error::from)?;
+    Ok(MediaSocket {
+        read,
+        send: pair.sender,
+    })
 }
 
 /// Read what is queued on a worker's media socket into `batch`, up to a batch; `WouldBlock` when nothing
@@ -60,13 +92,15 @@ pub fn register(socket: std::net::UdpSocket) -> io::Result<MediaSocket> {
 /// current-thread runtime: the reactor does not run while the worker reads, so a datagram arriving after the
 /// read is a new edge that `epoll_wait` reports after this clear. A full batch leaves the socket readable.
 pub fn read(socket: &MediaSocket, batch: &mut RecvBatch) -> io::Result<usize> {
-    let count = socket.try_io(Interest::READABLE, |s| match batch.recv(s) {
-        Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
-        other => other,
-    })?;
+    let count = socket
+        .read
+        .try_io(Interest::READABLE, |s| match batch.recv(s) {
+            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+            other => other,
+        })?;
     if count < chorus_udp::BATCH {
         let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready(Ok(mut guard)) = socket.poll_read_ready(&mut cx) {
+        if let Poll::Ready(Ok(mut guard)) = socket.read.poll_read_ready(&mut cx) {
             guard.clear_ready();
         }
     }
@@ -122,22 +156,25 @@ mod tests {
 
     #[test]
     fn transmits_go_out_and_datagrams_come_back_with_their_sources() {
-        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        // A worker's pair sends, from the sibling that nobody reads.
+        let tx = chorus_udp::bind_pair(([127, 0, 0, 1], 0).into()).expect("a pair binds");
+        assert!(tx.sender.is_some(), "this kernel allows a sending sibling");
+        let from_addr = tx.receiver.local_addr().expect("bound");
         let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         rx.set_nonblocking(true).expect("nonblocking");
-        set_up_media_socket(&tx, 1 << 20);
+        set_up_media_pair(&tx, 1 << 20);
         set_up_media_socket(&rx, 1 << 20);
         let before = Instant::now();
         let batch: Vec<NetTransmit> = (0..100)
             .map(|i| NetTransmit {
                 transport: media_core::core::net::Transport::Udp,
-                source: tx.local_addr().expect("bound"),
+                source: from_addr,
                 destination: rx.local_addr().expect("bound"),
                 contents: vec![i as u8; 1 + i],
             })
             .collect();
         assert_eq!(
-            send_all(&tx, &batch),
+            send_all(tx.send_fd(), &batch),
             SendOutcome {
                 sent: 100,
                 failed: 0,
@@ -149,7 +186,7 @@ mod tests {
         while seen.len() < 100 {
             recv.recv(&rx).expect("recv");
             for (from, arrival, data) in recv.datagrams() {
-                assert_eq!(from, tx.local_addr().expect("bound"));
+                assert_eq!(from, from_addr);
                 let arrival = arrival.expect("a media socket reports kernel receive times");
                 assert!(arrival <= Instant::now(), "arrived before it was read");
                 // The realtime-to-monotonic mapping is exact to a few µs; allow a millisecond.
@@ -173,7 +210,7 @@ mod tests {
     async fn readable_within(socket: &MediaSocket, ms: u64) -> Option<()> {
         let wait = std::time::Duration::from_millis(ms);
         match tokio::time::timeout(wait, socket.readable()).await {
-            Ok(guard) => guard.map(drop).ok(),
+            Ok(ready) => ready.ok(),
             Err(_) => None,
         }
     }
@@ -181,9 +218,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_drained_socket_waits_for_the_next_datagram_and_wakes_on_it() {
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        rx.set_nonblocking(true).expect("nonblocking");
-        let to = rx.local_addr().expect("bound");
+        let rx = chorus_udp::bind_pair(([127, 0, 0, 1], 0).into()).expect("a pair binds");
+        let to = rx.receiver.local_addr().expect("bound");
         let rx = register(rx).expect("registers with the runtime");
         let mut recv = RecvBatch::default();
         for round in 0..3 {

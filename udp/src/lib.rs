@@ -20,6 +20,7 @@
 #![allow(unsafe_code)]
 
 mod addr;
+mod pair;
 mod recv;
 mod send;
 
@@ -28,6 +29,7 @@ use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
+pub use pair::{bind_pair, SocketPair};
 pub use recv::{Datagram, RecvBatch};
 pub use send::{send_all, Packet, SendOutcome, WhenFull};
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,20 +93,18 @@ pub struct WorkerHandle {
 
 /// Bind the worker's sockets (so a busy port fails start-up) and start its thread.
 pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerHandle> {
-    let socket = StdUdpSocket::bind(spec.bind)?;
-    socket.set_nonblocking(true)?;
-    let local_addr = socket.local_addr()?;
+    let socket = chorus_udp::bind_pair(spec.bind)?;
+    let local_addr = socket.receiver.local_addr()?;
     // The second address takes the same port when it is free there, any port otherwise: it is advertised
     // with whatever it got.
     let extra = match spec.extra_udp {
         Some(ip) => {
-            let bound = StdUdpSocket::bind(SocketAddr::new(ip, local_addr.port()))
-                .or_else(|_| StdUdpSocket::bind(SocketAddr::new(ip, 0)));
+            let bound = chorus_udp::bind_pair(SocketAddr::new(ip, local_addr.port()))
+                .or_else(|_| chorus_udp::bind_pair(SocketAddr::new(ip, 0)));
             match bound {
                 Ok(s) => {
-                    s.set_nonblocking(true)?;
-                    crate::udp::set_up_media_socket(&s, spec.socket_buffer_bytes);
-                    let addr = s.local_addr()?;
+                    crate::udp::set_up_media_pair(&s, spec.socket_buffer_bytes);
+                    let addr = s.receiver.local_addr()?;
                     tracing::info!(
                         worker = spec.index,
                         %addr,
@@ -135,12 +133,13 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
     };
     let tcp_addr = listener.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let extra_udp_addr = extra.as_ref().map(|(_, a)| *a);
-    let (rcv, snd) = crate::udp::set_up_media_socket(&socket, spec.socket_buffer_bytes);
+    let (rcv, snd) = crate::udp::set_up_media_pair(&socket, spec.socket_buffer_bytes);
     tracing::info!(
         worker = spec.index,
         %local_addr,
         receive_buffer_bytes = rcv,
         send_buffer_bytes = snd,
+        sending_sibling = socket.sender.is_some(),
         "media socket bound"
     );
     if rcv < spec.socket_buffer_bytes / 2 {
@@ -210,8 +209,7 @@ pub fn spawn(spec: WorkerSpec, metrics: Arc<MediaMetrics>) -> io::Result<WorkerH
 /// Wait until `socket` is readable; never, without one.
 async fn readable(socket: Option<&MediaSocket>) -> io::Result<()> {
     match socket {
-        // The guard only says so: dropping it leaves the readiness to `udp::read`.
-        Some(s) => s.readable().await.map(drop),
+        Some(s) => s.readable().await,
         None => std::future::pending().await,
     }
 }
@@ -607,7 +605,7 @@ impl Worker {
             .all(|t| t.transport == Transport::Udp && t.source == primary)
         {
             // The common case: everything leaves on the primary socket, in one batch.
-            let sent = udp::send_all(self.socket.get_ref(), &self.outbox);
+            let sent = udp::send_all(self.socket.send_fd(), &self.outbox);
             self.count_failed(sent.failed);
             for t in self.outbox.drain(..) {
                 self.core.recycle(t.contents);
@@ -640,10 +638,10 @@ impl Worker {
             }
         }
         if !self.outbox_primary.is_empty() {
-            failed += udp::send_all(self.socket.get_ref(), &self.outbox_primary).failed;
+            failed += udp::send_all(self.socket.send_fd(), &self.outbox_primary).failed;
         }
         if let (Some((socket, _)), false) = (&self.extra, self.outbox_extra.is_empty()) {
-            failed += udp::send_all(socket.get_ref(), &self.outbox_extra).failed;
+            failed += udp::send_all(socket.send_fd(), &self.outbox_extra).failed;
         }
         for t in self
             .outbox_primary

@@ -1,7 +1,7 @@
 //! Operators' features against the real binary: the admin API over HTTP, webhooks to a local receiver,
 //! SIGTERM drain of a real process, and the metrics checked by the real `promtool` and scraped by a real
-//! Prometheus server (Debian package `prometheus`; scripts/test.sh installs it), and TURN credentials in
-//! `joined`.
+//! Prometheus server (Debian package `prometheus`; scripts/test.sh installs it), TURN credentials in
+//! `joined`, and the media workers' scheduler slice and sockets as the kernel reports them.
 
 mod admin;
 mod api_spec;
@@ -10,6 +10,7 @@ mod drain;
 mod limits;
 mod prom;
 mod sched;
+mod sockets;
 mod turn;
 mod webhooks;
 

@@ -85,17 +85,7 @@ pub fn sample(pid: Option<u32>) -> Result<ProcSample, ProcError> {
 /// UDP sockets of process `pid` and the datagrams the kernel dropped on them (full receive queue), from
 /// the `drops` column of /proc/PID/net/udp and udp6 for the socket inodes among the process' descriptors.
 pub fn udp_drops(pid: u32) -> Result<(usize, u64), ProcError> {
-    let fd_dir = PathBuf::from(format!("/proc/{pid}/fd"));
-    let mut inodes = std::collections::HashSet::new();
-    for e in std::fs::read_dir(&fd_dir).map_err(|e| ProcError::Read(fd_dir.clone(), e))? {
-        let Ok(e) = e else { continue };
-        if let Ok(link) = std::fs::read_link(e.path()) {
-            let l = link.to_string_lossy();
-            if let Some(i) = l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-                inodes.insert(i.to_owned());
-            }
-        }
-    }
+    let inodes = socket_inodes(pid)?;
     let (mut sockets, mut drops) = (0, 0);
     for table in ["udp", "udp6"] {
         let path = PathBuf::from(format!("/proc/{pid}/net/{table}"));
@@ -109,18 +99,58 @@ pub fn udp_drops(pid: u32) -> Result<(usize, u64), ProcError> {
     Ok((sockets, drops))
 }
 
-/// Sockets of `inodes` in a /proc/net/udp table and the sum of their `drops` (the last column).
-pub fn udp_table_drops(text: &str, inodes: &std::collections::HashSet<String>) -> (usize, u64) {
-    let (mut sockets, mut drops) = (0, 0);
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
-        if f.len() >= 13 && inodes.contains(f[9]) {
-            sockets += 1;
-            drops += f[f.len() - 1].parse::<u64>().unwrap_or(0);
+/// The inodes of the sockets among process `pid`'s open descriptors.
+pub fn socket_inodes(pid: u32) -> Result<std::collections::HashSet<String>, ProcError> {
+    let fd_dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let mut inodes = std::collections::HashSet::new();
+    for e in std::fs::read_dir(&fd_dir).map_err(|e| ProcError::Read(fd_dir.clone(), e))? {
+        let Ok(e) = e else { continue };
+        if let Ok(link) = std::fs::read_link(e.path()) {
+            let l = link.to_string_lossy();
+            if let Some(i) = l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                inodes.insert(i.to_owned());
+            }
         }
     }
-    (sockets, drops)
+    Ok(inodes)
+}
+
+/// One socket of a /proc/net/udp (or udp6) table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpRow {
+    pub local_port: u16,
+    pub inode: String,
+    /// Datagrams dropped on its full receive queue.
+    pub drops: u64,
+}
+
+/// The sockets of a /proc/net/udp table.
+pub fn udp_table(text: &str) -> Vec<UdpRow> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            if f.len() < 13 {
+                return None;
+            }
+            Some(UdpRow {
+                local_port: u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?,
+                inode: f[9].to_owned(),
+                drops: f[f.len() - 1].parse().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// Sockets of `inodes` in a /proc/net/udp table and the sum of their `drops` (the last column).
+pub fn udp_table_drops(text: &str, inodes: &std::collections::HashSet<String>) -> (usize, u64) {
+    udp_table(text)
+        .iter()
+        .filter(|row| inodes.contains(&row.inode))
+        .fold((0, 0), |(sockets, drops), row| {
+            (sockets + 1, drops + row.drops)
+        })
 }
 
 #[cfg(test)]
@@ -134,6 +164,14 @@ mod tests {
   2: 0100007F:1EC9 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 222 2 0000000000000000 5\n";
         let ours: std::collections::HashSet<String> = ["111".to_string()].into();
         assert_eq!(udp_table_drops(table, &ours), (1, 17));
+        assert_eq!(
+            udp_table(table)[1],
+            UdpRow {
+                local_port: 0x1EC9,
+                inode: "222".into(),
+                drops: 5
+            }
+        );
         let _socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a loopback socket");
         let (sockets, _) = udp_drops(std::process::id()).expect("our /proc");
         assert!(sockets >= 1);

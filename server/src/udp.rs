@@ -174,7 +174,7 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            send_all(tx.send_fd(), &batch),
+            send_all(tx.sender.as_ref().expect("checked above"), &batch),
             SendOutcome {
                 sent: 100,
                 failed: 0,

@@ -31,29 +31,24 @@ pub struct SocketPair {
     pub sender: Option<UdpSocket>,
 }
 
-impl SocketPair {
-    /// The socket to send from: the sibling, else the receiver itself.
-    pub fn send_fd(&self) -> BorrowedFd<'_> {
-        self.sender.as_ref().unwrap_or(&self.receiver).as_fd()
-    }
-}
-
 /// Bind `addr` (port 0: any free port) exclusively first, so a port in use fails with the plain bind's
 /// error; then serve it with a receiver and a sending sibling ([`SocketPair`]).
 pub fn bind_pair(addr: SocketAddr) -> io::Result<SocketPair> {
     let bound = UdpSocket::bind(addr)?.local_addr()?;
-    let pair = match reuseport_pair(bound) {
-        Ok((receiver, sender)) => SocketPair {
+    match reuseport_pair(bound) {
+        Ok((receiver, sender)) => Ok(SocketPair {
             receiver,
             sender: Some(sender),
-        },
-        Err(_) => SocketPair {
-            receiver: UdpSocket::bind(bound)?,
-            sender: None,
-        },
-    };
-    pair.receiver.set_nonblocking(true)?;
-    Ok(pair)
+        }),
+        Err(_) => {
+            let receiver = UdpSocket::bind(bound)?;
+            receiver.set_nonblocking(true)?;
+            Ok(SocketPair {
+                receiver,
+                sender: None,
+            })
+        }
+    }
 }
 
 fn reuseport_pair(addr: SocketAddr) -> io::Result<(UdpSocket, UdpSocket)> {

@@ -2,49 +2,20 @@
 //! two sockets of the server, one that reads and a sibling that only sends (`udp/src/pair.rs`), and a
 //! second server on the same port still fails start-up.
 
-use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chorus_loadtest::procstat;
 use chorus_tests::{chorus_bin, free_tcp_port, Server};
 
-/// The inodes of the sockets `pid` holds open.
-fn socket_inodes(pid: u32) -> anyhow::Result<HashSet<u64>> {
-    let mut inodes = HashSet::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-        let Ok(target) = std::fs::read_link(fd?.path()) else {
-            continue; // closed meanwhile
-        };
-        let target = target.to_string_lossy();
-        if let Some(inode) = target
-            .strip_prefix("socket:[")
-            .and_then(|t| t.strip_suffix(']'))
-        {
-            inodes.insert(inode.parse()?);
-        }
-    }
-    Ok(inodes)
-}
-
-/// The inodes of the IPv4 UDP sockets bound to local `port` (`/proc/net/udp`: hex `addr:port`, inode in
-/// the tenth column).
-fn udp_sockets_on(port: u16) -> anyhow::Result<Vec<u64>> {
+/// The inodes of the IPv4 UDP sockets bound to local `port`, whoever holds them.
+fn udp_sockets_on(port: u16) -> anyhow::Result<Vec<String>> {
     let table = std::fs::read_to_string("/proc/net/udp")?;
-    let mut found = Vec::new();
-    for line in table.lines().skip(1) {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) else {
-            continue;
-        };
-        let local_port = local
-            .rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok());
-        if local_port == Some(port) {
-            found.push(inode.parse()?);
-        }
-    }
-    Ok(found)
+    Ok(procstat::udp_table(&table)
+        .into_iter()
+        .filter(|row| row.local_port == port)
+        .map(|row| row.inode)
+        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +23,7 @@ async fn a_worker_port_is_two_sockets_of_the_server_and_a_second_server_cannot_t
 ) -> anyhow::Result<()> {
     let server = Server::start(&["--media-tcp-enabled", "false"]).await?;
     let port = server.media.port();
-    let ours = socket_inodes(server.pid())?;
+    let ours = procstat::socket_inodes(server.pid())?;
     let on_port = udp_sockets_on(port)?;
     println!("sockets: UDP port {port} held by inodes {on_port:?}");
     assert_eq!(on_port.len(), 2, "one reading and one sending socket");

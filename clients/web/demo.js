@@ -7,6 +7,7 @@
 //   &processing=0      turn off echoCancellation / noiseSuppression / autoGainControl
 //   &mic=0             join without publishing the microphone
 //   &relay=1           relay media through the server's TURN servers only (iceTransportPolicy "relay")
+//   &red=0             send plain Opus: do not offer RED (RFC 2198) first
 //
 // window.chorusDemo exposes the state and test helpers: room, join(), leave(), back(), retry(), setMuted(),
 // measure(ms, {freqs}), record(ms), inboundAudioStats(), outboundAudioStats(), snapshot().
@@ -109,6 +110,7 @@ async function join(opts) {
     const room = await connect(sameOriginWsUrl(), token, {
       name, room: roomName, audioContainer: els.audioSink,
       iceTransportPolicy: params.get('relay') === '1' ? 'relay' : 'all',
+      ...(params.get('red') === '0' ? { red: false } : {}),
     });
     state.room = room;
     wireRoom(room);

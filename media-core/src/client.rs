@@ -160,7 +160,12 @@ pub struct ClientPeer {
     nominating: VecDeque<[u8; 12]>,
     /// The server's ICE password from its answer: what our binding requests are signed with.
     remote_ice_pwd: Option<String>,
+    /// The fraction lost (0.0 to 1.0) the server's latest receiver reports on the microphone stated.
+    mic_loss_reported: Option<f32>,
 }
+
+/// How often a client made by [`ClientPeer::new`] reads its streams' statistics.
+const MIC_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ClientPeer {
     /// A peer around `rtc` that has sent nothing yet.
@@ -190,6 +195,7 @@ impl ClientPeer {
             nominated: false,
             nominating: VecDeque::new(),
             remote_ice_pwd: None,
+            mic_loss_reported: None,
         }
     }
 
@@ -200,6 +206,8 @@ impl ClientPeer {
             config.red > 0,
             false,
         )
+        // For the loss the server's receiver reports state on the microphone (`reported_mic_loss`).
+        .set_stats_interval(Some(MIC_STATS_INTERVAL))
         .build(now);
         let candidate = Candidate::host(config.local_addr, "udp")
             .map_err(|e| PeerError::BadSdp(format!("candidate: {e}")))?;
@@ -371,6 +379,12 @@ impl ClientPeer {
             .ok()?;
         buf.truncate(n);
         Some(buf)
+    }
+
+    /// The fraction lost (0.0 to 1.0) the server's receiver reports on our microphone stated last (what
+    /// a browser's encoder reads to decide how much in-band FEC to add); `None` before any came.
+    pub fn reported_mic_loss(&self) -> Option<f32> {
+        self.mic_loss_reported
     }
 
     /// The SSRC our microphone packets carry (what a subscriber sees as CSRC).
@@ -618,6 +632,11 @@ impl ClientPeer {
                         redundant,
                         arrival: p.timestamp,
                     }));
+                }
+                Output::Event(Event::MediaEgressStats(s)) if s.mid == self.mic_mid => {
+                    if s.loss.is_some() {
+                        self.mic_loss_reported = s.loss;
+                    }
                 }
                 Output::Event(_) => continue,
             }

@@ -41,7 +41,7 @@ pub use crate::testkit::sim;
 pub use crate::core::trunk::{TrunkMessage, TrunkPacket};
 pub use crate::core::{
     BroadcastFrame, CoreConfig, CoreError, CoreEvent, JoinParams, MediaCore, MicPacket, Output,
-    STALE_RTP_AFTER,
+    LOSS_FEEDBACK_MAX_PERCENT, STALE_RTP_AFTER,
 };
 pub use ids::{ParticipantId, RoomId, SlotIndex, Ssrc};
 pub use stats::{CoreStats, DropReason, MixStats, PathMove, Samples, TrunkStats};

@@ -91,6 +91,9 @@ pub struct CoreStats {
     pub rtp_forwarded: u64,
     /// Microphone RTP packets received as RED (RFC 2198), included in `rtp_in`.
     pub rtp_red_in: u64,
+    /// Microphone RTP packets whose Opus (a RED packet's primary) carries in-band FEC for the packet
+    /// before it, included in `rtp_in`.
+    pub rtp_fec_in: u64,
     /// Packets written into slots as RED, included in `rtp_forwarded`.
     pub rtp_red_forwarded: u64,
     /// Microphone packets nobody was routed to (e.g. alone in the room).

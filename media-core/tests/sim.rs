@@ -385,6 +385,49 @@ fn leaving_frees_slots_and_a_newcomer_is_heard_by_all() {
     // The newcomer never hears the one who left.
     assert!(!sim.clients[2].pcm_by_csrc.contains_key(&left.mic_ssrc));
 }
+/// Loss feedback (`core/loss_feedback.rs`): in a forwarding room the receiver reports to a publisher on a
+/// clean link state the loss a listener of the room sees (10 % here, the default cap), until that
+/// listener leaves; a mixed room's reports state the publisher's own uplink.
+#[test]
+fn a_listeners_loss_reaches_publishers_in_forwarding_rooms_only() {
+    for room in [
+        media_core::RoomSettings::forward(3),
+        media_core::RoomSettings::mix(media_core::MixSettings::default()),
+    ] {
+        let mut sim = Sim::with_room(
+            3,
+            LinkConfig::with_delay(10.0),
+            room,
+            &[(440.0, 0.3), (660.0, 0.3)],
+        );
+        sim.connect();
+        let (server, listener) = (sim.server, sim.clients[1].addr);
+        sim.net
+            .set_link(server, listener, LinkConfig::lossy(0.15, 10.0, 0.0));
+        sim.run_for(Duration::from_secs(25));
+        let told = sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0);
+        let forward = room.mode == media_core::RoomMode::Forward;
+        if forward {
+            // 15 % lost, stated at the cap: 26 / 255.
+            assert!((0.09..=0.11).contains(&told), "forward: told {told}");
+        } else {
+            assert!(told < 0.01, "mix: told {told}");
+        }
+        // The lossy listener leaves: the reports go back to the uplink's own loss.
+        let left = sim.clients.remove(1);
+        sim.core
+            .remove_participant(sim.now, left.id)
+            .expect("a known participant leaves");
+        sim.run_for(Duration::from_secs(12));
+        let told = sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0);
+        assert!(
+            told < 0.01,
+            "{:?}: told {told} after the listener left",
+            room.mode
+        );
+    }
+}
+
 mod mix;
 mod ptt;
 mod security;

@@ -221,6 +221,11 @@ pub struct MediaConfig {
     /// of the CPU does not change (docs/architecture.md, "Media workers"). 100..=100000; 0 keeps the
     /// kernel's default.
     pub worker_slice_us: u32,
+    /// The most a forwarding room's receiver reports tell its publishers their listeners lose, in percent:
+    /// a browser's encoder adds in-band FEC for the loss its reports state, and on a clean uplink it would
+    /// add none for a listener on a bad link (docs/architecture.md, "Loss feedback"). 0..=20; 0 turns it
+    /// off (the reports state the uplink's own loss).
+    pub loss_feedback_max_percent: u8,
 }
 
 impl Default for MediaConfig {
@@ -241,6 +246,7 @@ impl Default for MediaConfig {
             trunk_queue_packets: 4_096,
             stale_rtp_ms: media_core::STALE_RTP_AFTER.as_millis() as u64,
             worker_slice_us: 100,
+            loss_feedback_max_percent: media_core::LOSS_FEEDBACK_MAX_PERCENT,
         }
     }
 }
@@ -747,6 +753,9 @@ impl Config {
         }
         if !(20..=10_000).contains(&self.media.stale_rtp_ms) {
             return invalid("media.stale_rtp_ms must be 20..=10000");
+        }
+        if self.media.loss_feedback_max_percent > 20 {
+            return invalid("media.loss_feedback_max_percent must be 0..=20");
         }
         if self.media.worker_slice_us != 0 && !(100..=100_000).contains(&self.media.worker_slice_us)
         {

@@ -41,6 +41,7 @@ pub struct MediaMetrics {
     pub rtp_in: IntCounter,
     pub rtp_forwarded: IntCounter,
     pub rtp_red_in: IntCounter,
+    pub rtp_fec_in: IntCounter,
     pub rtp_red_forwarded: IntCounter,
     pub rtp_unrouted: IntCounter,
     pub drops: IntCounterVec,
@@ -218,6 +219,11 @@ impl MediaMetrics {
                 registry,
                 "chorus_rtp_red_packets_received_total",
                 "Microphone RTP packets received as RED (RFC 2198 redundancy).",
+            )?,
+            rtp_fec_in: counter(
+                registry,
+                "chorus_rtp_fec_packets_received_total",
+                "Microphone RTP packets whose Opus carries in-band FEC for the packet before it.",
             )?,
             rtp_red_forwarded: counter(
                 registry,
@@ -400,6 +406,7 @@ impl MediaMetrics {
         self.rtp_forwarded
             .inc_by(d(before.rtp_forwarded, now.rtp_forwarded));
         self.rtp_red_in.inc_by(d(before.rtp_red_in, now.rtp_red_in));
+        self.rtp_fec_in.inc_by(d(before.rtp_fec_in, now.rtp_fec_in));
         self.rtp_red_forwarded
             .inc_by(d(before.rtp_red_forwarded, now.rtp_red_forwarded));
         self.rtp_unrouted

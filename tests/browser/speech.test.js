@@ -6,60 +6,19 @@
 // adds a second codec pass, and its gate edges (every pause, every stop consonant) must not damage the speech
 // (issue 9: 1.5 before the fix).
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import {
   withDiagnostics as runWithDiagnostics, inboundAudioStats, launchParticipant, makeTempDir, openDemo,
   waitConnected,
 } from './lib/browser.js';
 import { startServer } from './lib/server.js';
+import { passageWav, pesq, writePcmWav } from './lib/speech.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 /** Seconds of silence after the passage before the fake microphone loops it. */
 const TAIL_S = 3;
 /** Seconds recorded: at least one whole loop (passage ≈ 12 s + tail) wherever the recording starts. */
 const RECORD_S = 32;
-
-/** @param {string} dir @returns {string} the passage as a WAV for Chromium's fake microphone */
-function passageWav(dir) {
-  const file = path.join(dir, 'passage.wav');
-  execFileSync(path.join(ROOT, 'scripts/speech-passage.sh'), [file, String(TAIL_S)]);
-  return file;
-}
-
-/**
- * Write 48 kHz mono 16-bit PCM (base64) as a WAV file.
- * @param {string} file @param {string} pcm16 @param {number} sampleRate
- */
-function writePcmWav(file, pcm16, sampleRate) {
-  const data = Buffer.from(pcm16, 'base64');
-  const header = Buffer.alloc(44);
-  header.write('RIFF', 0, 'ascii');
-  header.writeUInt32LE(36 + data.length, 4);
-  header.write('WAVEfmt ', 8, 'ascii');
-  header.writeUInt32LE(16, 16);
-  header.writeUInt16LE(1, 20);
-  header.writeUInt16LE(1, 22);
-  header.writeUInt32LE(sampleRate, 24);
-  header.writeUInt32LE(sampleRate * 2, 28);
-  header.writeUInt16LE(2, 32);
-  header.writeUInt16LE(16, 34);
-  header.write('data', 36, 'ascii');
-  header.writeUInt32LE(data.length, 40);
-  fs.writeFileSync(file, Buffer.concat([header, data]));
-}
-
-/** @param {string} reference @param {string} degraded @returns {{mos_lqo: number, delay_ms: number, correlation: number}} */
-function pesq(reference, degraded) {
-  const python = path.join(ROOT, '.venv/bin/python');
-  if (!fs.existsSync(python)) throw new Error(`${python} is missing: run scripts/test.sh, which creates .venv with pesq`);
-  const out = execFileSync(python, [path.join(ROOT, 'scripts/pesq_score.py'), reference, degraded, '--json',
-    '--max-delay-s', String(RECORD_S), '--contained'], { encoding: 'utf8' });
-  return JSON.parse(out);
-}
 
 for (const mode of /** @type {const} */ (['forward', 'mix'])) {
   describe(`spoken passage through a ${mode} room between two Chromium pages`, { timeout: 150000 }, () => {
@@ -73,7 +32,7 @@ for (const mode of /** @type {const} */ (['forward', 'mix'])) {
     const withDiagnostics = (fn) => runWithDiagnostics(() => all, () => server, fn);
 
     before(async () => {
-      wav = passageWav(tmp.dir);
+      wav = passageWav(tmp.dir, TAIL_S);
       server = await startServer({ workers: 1, extraArgs: ['--room-mode', mode] });
       const speaker = await launchParticipant({ name: 'Speaker', freq: 0, tmpDir: tmp.dir, wav });
       // The listener's own microphone is silent (a 0-amplitude tone: DTX).
@@ -95,7 +54,7 @@ for (const mode of /** @type {const} */ (['forward', 'mix'])) {
       assert.equal(rec.samples, RECORD_S * rec.sampleRate);
       const received = path.join(tmp.dir, `received-${mode}.wav`);
       writePcmWav(received, rec.pcm16, rec.sampleRate);
-      const s = pesq(wav, received);
+      const s = pesq(wav, received, RECORD_S);
       console.log(`${mode}: PESQ-WB ${s.mos_lqo.toFixed(2)} (correlation ${s.correlation.toFixed(2)}, passage found `
         + `${(s.delay_ms / 1000).toFixed(1)} s into the recording)`);
       // Where damage came from, should the score fall: the listener's receive side (packets lost on the way,

@@ -142,7 +142,12 @@ impl MediaCore {
                 PeerEvent::Connected => self.events.push_back(CoreEvent::Connected(id)),
                 PeerEvent::Disconnected(reason) => self.disconnect(id, reason),
                 PeerEvent::Rtp(packet) => self.forward(now, id, packet),
-                PeerEvent::Stats(s) => self.record_stream_stats(s),
+                PeerEvent::Stats(s) => {
+                    if let Some(d) = s.downstream {
+                        self.record_downstream(now, id, d);
+                    }
+                    self.record_stream_stats(s)
+                }
             }
         }
     }
@@ -185,6 +190,14 @@ impl MediaCore {
             Some(r) => Arc::from(r.primary),
             None => packet.payload.clone(),
         };
+        if crate::mixer::opus_packet_has_fec(&payload) {
+            self.stats.rtp_fec_in += 1;
+        }
+        // Its first packet, or a new SSRC: its stream gets the room's loss feedback once delivered.
+        let new_source = self
+            .participants
+            .get(&from)
+            .is_some_and(|p| p.ssrc != Some(Ssrc(*packet.header.ssrc)));
         let audio = Audio {
             source: Ssrc(*packet.header.ssrc),
             seq: *packet.seq_no,
@@ -196,6 +209,9 @@ impl MediaCore {
             vad: packet.header.ext_vals.voice_activity,
         };
         self.deliver(now, from, audio);
+        if new_source {
+            self.apply_room_loss_floor(from);
+        }
     }
 
     /// One packet of a participant's audio (a peer's microphone or a server-side source) to its room:

@@ -13,6 +13,7 @@ mod room;
 pub mod router;
 
 mod ingress;
+mod loss_feedback;
 mod participants;
 mod source;
 mod talk;
@@ -59,7 +60,15 @@ pub struct CoreConfig {
     /// [`crate::DropReason::Overloaded`]): a worker that falls behind sheds its backlog instead of delivering
     /// it seconds late.
     pub stale_rtp_after: Duration,
+    /// The most a forwarding room's receiver reports tell its publishers their listeners lose, in
+    /// percent; 0 turns the feedback off (`core/loss_feedback.rs`).
+    pub loss_feedback_max_percent: u8,
 }
+
+/// The default of [`CoreConfig::loss_feedback_max_percent`]: enough for a browser's encoder to protect
+/// its audio for a listener losing one packet in ten, and no more than a sender's loss-based bandwidth
+/// estimate tolerates before it backs off.
+pub const LOSS_FEEDBACK_MAX_PERCENT: u8 = 10;
 
 /// The default of [`CoreConfig::stale_rtp_after`]: as late as the mixer lets itself fall before it skips
 /// ticks, and beyond what a listener's jitter buffer waits for.
@@ -74,6 +83,7 @@ impl CoreConfig {
             connect_timeout: Duration::from_secs(20),
             selector: SelectorConfig::default(),
             stale_rtp_after: STALE_RTP_AFTER,
+            loss_feedback_max_percent: LOSS_FEEDBACK_MAX_PERCENT,
         }
     }
 }
@@ -258,6 +268,8 @@ struct Participant {
     rewriters: Vec<SlotRewriter>,
     /// Push-to-talk and deafen state (set after the participant is added, see [`MediaCore::set_ptt`]).
     gate: Gate,
+    /// The loss it last reported on its downlink (`loss_feedback.rs`).
+    downstream_loss: Option<loss_feedback::DownstreamLoss>,
 }
 
 /// What a participant may say and hear right now, beyond its [`JoinParams`].

@@ -132,6 +132,7 @@ impl MediaCore {
                             spanned: self.spanned_rooms.contains(room),
                             ..Default::default()
                         },
+                        loss_feedback: Default::default(),
                     },
                 );
                 if self.broadcast_rooms.contains(room) {
@@ -165,6 +166,7 @@ impl MediaCore {
             ssrc,
             rewriters,
             gate: super::Gate::default(),
+            downstream_loss: None,
         };
         let room = self
             .rooms
@@ -234,6 +236,8 @@ impl MediaCore {
                 self.room_keys.remove(&room.id);
             } else {
                 self.arm_tick(p.room);
+                // Its loss no longer counts.
+                self.refresh_loss_feedback(now, p.room);
             }
         }
         for remote in remote_left {

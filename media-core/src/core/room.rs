@@ -38,6 +38,8 @@ pub(crate) struct Room {
     pub(crate) speakers_sent: std::collections::HashMap<ParticipantId, Vec<(ParticipantId, f32)>>,
     /// Its exports to, and the participants imported from, its other shards (`core/trunk.rs`).
     pub(crate) trunk: super::trunk::RoomTrunk,
+    /// What its receiver reports tell its publishers their listeners lose (forward rooms).
+    pub(crate) loss_feedback: super::loss_feedback::RoomLossFeedback,
 }
 
 impl Room {

@@ -187,6 +187,20 @@ pub fn red_jitter_packets<'a>(
         })
 }
 
+/// Whether an Opus packet carries in-band FEC (LBRR) for the packet before it: what an encoder puts in
+/// when told to expect loss. `false` for anything that is not a valid Opus packet.
+#[allow(unsafe_code)] // one FFI call into libopus (the `opus` crate does not wrap it)
+pub fn opus_packet_has_fec(payload: &[u8]) -> bool {
+    let Ok(len) = i32::try_from(payload.len()) else {
+        return false;
+    };
+    if len == 0 {
+        return false;
+    }
+    // SAFETY: libopus reads at most `len` bytes of `payload`, which outlives the call.
+    unsafe { opusic_sys::opus_packet_has_lbrr(payload.as_ptr(), len) == 1 }
+}
+
 /// An Opus packet's duration in samples and whether it can carry in-band FEC (SILK or hybrid mode); `None`
 /// for a payload that is not a valid Opus packet.
 pub fn opus_packet_info(payload: &[u8]) -> Option<(u32, bool)> {

@@ -111,7 +111,7 @@ pub struct MixTap {
     pub talkers: Vec<ParticipantId>,
 }
 
-pub use input::{opus_packet_info, red_jitter_packets};
+pub use input::{opus_packet_has_fec, opus_packet_info, red_jitter_packets};
 use output::{silence_frame, OutEncoder};
 
 /// Which encode a listener received in the last tick.

@@ -694,3 +694,52 @@ fn a_room_that_never_idles_moves_its_grid_to_its_talkers_phase() {
     let b = &room.rx[&B];
     assert_eq!(b.jumps, 0, "B's stream stayed continuous");
 }
+
+/// `opus_packet_has_fec` tells a packet that carries in-band FEC (an encoder told to expect loss) from one
+/// that does not (the same encoder expecting none), and says no to anything that is not Opus.
+#[test]
+fn fec_is_seen_only_in_packets_an_encoder_coded_it_into() {
+    let share_with_fec = |expected_loss: i32| {
+        let mut enc =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+                .expect("an Opus encoder for 48 kHz mono");
+        enc.set_bitrate(opus::Bitrate::Bits(32_000))
+            .and_then(|()| enc.set_inband_fec(true))
+            .and_then(|()| enc.set_packet_loss_perc(expected_loss))
+            // Coded as voice, as a browser's microphone mostly is: SILK or hybrid, where FEC lives.
+            .and_then(|()| enc.set_signal(opus::Signal::Voice))
+            .expect("valid Opus encoder settings");
+        let mut out = vec![0u8; 1500];
+        let packets = 100;
+        let frame = SAMPLE_RATE as usize / 50;
+        let with_fec = (0..packets)
+            .filter(|k| {
+                // A voiced sound, as syllables: harmonics of a pitch gliding around 140 Hz, its loudness
+                // rising and falling four times a second.
+                let pcm: Vec<f32> = (k * frame..(k + 1) * frame)
+                    .map(|i| {
+                        let t = i as f32 / SAMPLE_RATE as f32;
+                        let envelope = 0.6 + 0.4 * (std::f32::consts::TAU * 4.0 * t).sin();
+                        let pitch = 140.0 * t + 3.0 * (std::f32::consts::TAU * 0.5 * t).sin();
+                        (1..12)
+                            .map(|h| (std::f32::consts::TAU * pitch * h as f32).sin() / h as f32)
+                            .sum::<f32>()
+                            * 0.2
+                            * envelope
+                    })
+                    .collect();
+                let n = enc
+                    .encode_float(&pcm, &mut out)
+                    .expect("Opus encodes a frame");
+                opus_packet_has_fec(&out[..n])
+            })
+            .count();
+        with_fec as f64 / packets as f64
+    };
+    assert_eq!(share_with_fec(0), 0.0);
+    // 0.64 measured: SILK codes a frame's copy only where it judges the frame speech.
+    let share = share_with_fec(10);
+    assert!(share > 0.5, "{share}");
+    assert!(!opus_packet_has_fec(&[]));
+    assert!(!opus_packet_has_fec(&[0xff; 3]));
+}

@@ -76,6 +76,15 @@ pub struct PcmSource {
     /// hears with no server in between (the "no server" reference of issue 9).
     pub decoded: Vec<f32>,
     pub decoder: opus::Decoder,
+    /// Like a browser's encoder: expect the loss the server's receiver reports state (in-band FEC for
+    /// it), instead of a fixed figure. The percentage in use.
+    pub follow_reported_loss: bool,
+    pub loss_percent: i32,
+}
+
+/// A reported fraction lost as libopus' expected loss percentage.
+fn loss_percent(reported: Option<f32>) -> i32 {
+    reported.map_or(0, |l| (l * 100.0).round().clamp(0.0, 100.0) as i32)
 }
 
 /// Bitrate of a client playing PCM, like a browser's default Opus voice bitrate.
@@ -439,7 +448,20 @@ impl Sim {
             decoded: Vec::new(),
             decoder: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
                 .expect("an Opus decoder"),
+            follow_reported_loss: false,
+            loss_percent: expected_loss_percent,
         });
+    }
+
+    /// [`Sim::play_pcm`] with an encoder that expects the loss the server's receiver reports on the
+    /// client's microphone state, as a browser's does (WebRTC's Opus encoder sets libopus' expected packet
+    /// loss from the reports' fraction lost), starting from what was reported so far.
+    pub fn play_pcm_following_reports(&mut self, client: usize, samples: Arc<[f32]>) {
+        let reported = self.clients[client].peer.reported_mic_loss();
+        self.play_pcm(client, samples, loss_percent(reported));
+        if let Some(src) = self.clients[client].pcm_source.as_mut() {
+            src.follow_reported_loss = true;
+        }
     }
 
     /// The stream client `client` plays: the mix in a mixed room, else what it receives in slot 0.
@@ -530,6 +552,15 @@ impl Sim {
         let now = self.now;
         let c = &mut self.clients[i];
         if let Some(src) = c.pcm_source.as_mut() {
+            if src.follow_reported_loss {
+                let percent = loss_percent(c.peer.reported_mic_loss());
+                if percent != src.loss_percent {
+                    c.encoder
+                        .set_packet_loss_perc(percent)
+                        .expect("a loss percentage libopus takes");
+                    src.loss_percent = percent;
+                }
+            }
             let mut pcm = vec![0f32; FRAME_SAMPLES];
             let end = (src.pos + FRAME_SAMPLES).min(src.samples.len());
             if src.pos < end {

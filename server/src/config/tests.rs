@@ -228,6 +228,18 @@ fn invalid_settings_are_refused_with_reasons() {
         c.validate()
             .expect("0 (the kernel's default) and 0.1-100 ms are valid slices");
     }
+    for v in [21, 100, 255] {
+        refused(
+            &|m| m.loss_feedback_max_percent = v,
+            "loss_feedback_max_percent",
+        );
+    }
+    for loss_feedback_max_percent in [0, 10, 20] {
+        let mut c = Config::default();
+        c.media.loss_feedback_max_percent = loss_feedback_max_percent;
+        c.validate()
+            .expect("0 (off) to 20 % are valid loss feedback caps");
+    }
 }
 
 #[test]

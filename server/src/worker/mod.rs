@@ -49,6 +49,8 @@ pub struct WorkerSpec {
     pub connect_timeout: Duration,
     /// RTP read this long after it arrived is dropped unread (`CoreConfig::stale_rtp_after`).
     pub stale_rtp_after: Duration,
+    /// `CoreConfig::loss_feedback_max_percent` (`media.loss_feedback_max_percent`).
+    pub loss_feedback_max_percent: u8,
     /// The scheduler slice the worker's thread asks for (`media.worker_slice_us`); `None`: the kernel's.
     pub slice: Option<Duration>,
     pub socket_buffer_bytes: usize,
@@ -328,6 +330,7 @@ impl Worker {
         offer_order(&mut config.candidates);
         config.connect_timeout = spec.connect_timeout;
         config.stale_rtp_after = spec.stale_rtp_after;
+        config.loss_feedback_max_percent = spec.loss_feedback_max_percent;
         let candidates: Vec<String> = config
             .candidates
             .iter()

@@ -72,9 +72,10 @@ export async function launchParticipant({ name, freq, amplitude = 0.5, tmpDir, w
  * @param {Participant} p
  * @param {string} baseUrl
  * @param {string} room
+ * @param {Record<string, string>} [extra]  more query parameters (demo.js lists them)
  */
-export async function openDemo(p, baseUrl, room) {
-  const q = new URLSearchParams({ room, name: p.name, autojoin: '1', processing: '0' });
+export async function openDemo(p, baseUrl, room, extra = {}) {
+  const q = new URLSearchParams({ room, name: p.name, autojoin: '1', processing: '0', ...extra });
   await p.page.goto(`${baseUrl}/?${q}`, { waitUntil: 'load', timeout: 15000 });
 }
 

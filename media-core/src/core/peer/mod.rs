@@ -82,6 +82,17 @@ pub struct StreamStats {
     pub nacks_received: u64,
     /// NACKs sent for an incoming stream since the last report.
     pub nacks_sent: u64,
+    /// What the client's receiver reports on an outgoing stream counted since the previous statistics:
+    /// packets expected and packets lost; `None` when no report covered a new packet.
+    pub downstream: Option<Downstream>,
+}
+
+/// Packets a client expected and lost on one of its incoming streams (our outgoing ones) over an
+/// interval, from the cumulative figures of its receiver reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Downstream {
+    pub expected: u64,
+    pub lost: u64,
 }
 
 /// How often str0m reports stream statistics.
@@ -136,6 +147,9 @@ pub struct Peer {
     created: Instant,
     /// Cumulative NACK counts per (mid, outgoing) from str0m's last stats, to report differences.
     nack_totals: Vec<(Mid, bool, u64)>,
+    /// The highest sequence number and cumulative loss of each outgoing stream's last receiver report,
+    /// to report differences.
+    remote_totals: Vec<(Mid, u64, u64)>,
     /// Where DTLS, RTP and RTCP go: the path of the client's latest verified nomination (a binding request
     /// with USE-CANDIDATE that our ICE agent authenticated), or the path its verified consent checks come
     /// from once the current one has gone silent (see [`Peer::checked`]). str0m's ICE-lite agent keeps
@@ -336,6 +350,7 @@ impl Peer {
             wake: None,
             created: now,
             nack_totals: Vec::new(),
+            remote_totals: Vec::new(),
             client_path: None,
             client_path_heard: None,
             checks: std::collections::VecDeque::with_capacity(CHECKS_KEPT),
@@ -403,6 +418,22 @@ impl Peer {
     /// Whether the microphone m-line lets the client send to us.
     pub fn has_microphone(&self) -> bool {
         self.mic_mid.is_some()
+    }
+
+    /// Make the receiver reports of the microphone stream `ssrc` state at least `fraction` (1/256) lost
+    /// (`core/loss_feedback.rs`); the real fraction when it is higher.
+    pub fn set_mic_loss_floor(&mut self, ssrc: u32, fraction: u8) {
+        if let Some(stream) = self.rtc.direct_api().stream_rx(&ssrc.into()) {
+            stream.set_reported_loss_floor(fraction);
+        }
+    }
+
+    /// The least fraction lost (1/256) the receiver reports of the microphone stream `ssrc` state.
+    pub fn mic_loss_floor(&mut self, ssrc: u32) -> Option<u8> {
+        self.rtc
+            .direct_api()
+            .stream_rx(&ssrc.into())
+            .map(|s| s.reported_loss_floor())
     }
 
     /// The Opus payload type the microphone sends.

@@ -6,7 +6,7 @@ use str0m::media::Mid;
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Event, IceConnectionState, Output};
 
-use super::{guard, Peer, PeerError, PeerEvent, StreamStats};
+use super::{guard, Downstream, Peer, PeerError, PeerEvent, StreamStats};
 use crate::core::net::{NetPath, NetTransmit, Transport};
 use crate::core::outbox::Outbox;
 use crate::core::router::is_stun;
@@ -182,9 +182,13 @@ impl Peer {
                     }
                     Event::MediaEgressStats(s) => {
                         let nacks_received = self.nack_delta(s.mid, true, s.nacks);
+                        let downstream = s.remote.and_then(|r| {
+                            self.downstream_delta(s.mid, *r.maximum_sequence_number, r.packets_lost)
+                        });
                         let stats = StreamStats {
                             rtt: s.rtt,
                             nacks_received,
+                            downstream,
                             ..Default::default()
                         };
                         events.push_back((id, PeerEvent::Stats(stats)));
@@ -204,6 +208,29 @@ impl Peer {
                 },
             }
         }
+    }
+
+    /// What a stream's receiver reports counted since the previous statistics (`None` for the first,
+    /// or when no new packet was covered).
+    fn downstream_delta(&mut self, mid: Mid, max_seq: u64, lost: u64) -> Option<Downstream> {
+        let Some((_, last_seq, last_lost)) =
+            self.remote_totals.iter_mut().find(|(m, ..)| *m == mid)
+        else {
+            self.remote_totals.push((mid, max_seq, lost));
+            return None;
+        };
+        // The cumulative loss is a signed 24-bit figure: negative (more duplicates than losses) counts
+        // as none.
+        let lost = if lost >= 0x80_0000 { 0 } else { lost };
+        let expected = max_seq.saturating_sub(*last_seq);
+        // Duplicates can make the cumulative loss go down (RFC 3550 §6.4.1).
+        let lost_now = lost.saturating_sub(*last_lost).min(expected);
+        *last_seq = max_seq.max(*last_seq);
+        *last_lost = lost;
+        (expected > 0).then_some(Downstream {
+            expected,
+            lost: lost_now,
+        })
     }
 
     /// The growth of a cumulative NACK count since the last report of the same stream.

@@ -100,6 +100,9 @@ pub struct StreamRx {
     /// Last time we produced regular feedback RR.
     last_receiver_report: Instant,
 
+    /// The least fraction lost (in 1/256) our receiver reports state (Chorus patch 5).
+    reported_loss_floor: u8,
+
     /// Statistics of incoming data.
     stats: StreamRxStats,
 
@@ -181,6 +184,7 @@ impl StreamRx {
             pending_request_remb: None,
             fir_seq_no: 0,
             last_receiver_report: already_happened(),
+            reported_loss_floor: 0,
             stats: StreamRxStats::default(),
             check_paused_at: None,
             paused: true,
@@ -218,6 +222,21 @@ impl StreamRx {
     /// The value is None until we receive a first report with the value set.
     pub fn cname(&self) -> Option<&str> {
         self.cname.as_deref()
+    }
+
+    /// Report at least this fraction lost (in 1/256, as in the report block) in the receiver
+    /// reports of this stream; the real fraction when it is higher. `0` reports the real one.
+    ///
+    /// A forwarding server uses it to tell a sender the loss its receivers downstream see, so
+    /// the sender's encoder protects its audio for them (Opus in-band FEC). The cumulative
+    /// number of packets lost stays the real one.
+    pub fn set_reported_loss_floor(&mut self, fraction: u8) {
+        self.reported_loss_floor = fraction;
+    }
+
+    /// The floor set by [`StreamRx::set_reported_loss_floor`].
+    pub fn reported_loss_floor(&self) -> u8 {
+        self.reported_loss_floor
     }
 
     /// Set threshold duration for emitting the paused event.
@@ -750,6 +769,7 @@ impl StreamRx {
             };
         };
         report.ssrc = self.ssrc;
+        report.fraction_lost = report.fraction_lost.max(self.reported_loss_floor);
 
         // The middle 32 bits out of 64 in the NTP timestamp (as explained in
         // Section 4) received as part of the most recent RTCP sender report

@@ -99,7 +99,9 @@ impl StreamTxStats {
     }
 
     pub(crate) fn fill(&mut self, snapshot: &mut StatsSnapshot, midrid: MidRid, now: Instant) {
-        if self.bytes == 0 {
+        // Chorus patch 5: a stream whose packets its owner sealed and sent itself (str0m counted no
+        // bytes) still reports what its receiver's reports said.
+        if self.bytes == 0 && self.last_rr.is_none() {
             return;
         }
 

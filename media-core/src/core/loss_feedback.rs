@@ -1,0 +1,247 @@
+//! Downstream loss feedback (forward rooms): a publisher's encoder hears of the loss its listeners see.
+//!
+//! In a forwarding room a listener decodes the publisher's own Opus packets, so the only loss protection
+//! that reaches it is what the publisher's encoder put in: in-band FEC (each packet carries a low-rate
+//! copy of the previous one) or RED. A browser's encoder adds in-band FEC only when it expects loss, and
+//! it learns the loss to expect from the receiver reports of whoever receives its stream: the server,
+//! whose uplink from the publisher is usually clean. So every forwarding room's receiver reports to its
+//! publishers state at least the highest loss a subscriber of the room currently reports on its slot
+//! streams (capped by [`CoreConfig::loss_feedback_max_percent`](super::CoreConfig)); the real fraction
+//! when it is higher. Anyone talking in the room may land in any subscriber's slot, hence one figure per
+//! room. The cumulative count of lost packets in the reports stays the real one.
+//!
+//! The cap bounds what one listener on a bad link costs everyone else (the encoder spends part of its
+//! bitrate on the FEC copy) and stays at or below 10 %, where a sender's loss-based bandwidth estimate
+//! would start to back off. Mixed rooms are left alone: their listeners decode the server's mix, whose
+//! encoder has in-band FEC of its own. A spanned room's shards each report their own subscribers' loss.
+
+use std::time::{Duration, Instant};
+
+use super::{room::RoomKind, Link, MediaCore, Participant};
+use crate::core::peer::Downstream;
+use crate::ids::Ssrc;
+
+/// How fast a subscriber's figure forgets: its packets expected and lost are summed over its receiver
+/// reports, each sum decaying by e every 20 s. A report covers only its interval's packets, so a quiet
+/// interval (a pause, 15 DTX packets of which none was lost) moves the figure little, and a link that
+/// got better is believed within a minute or so.
+const FORGET_AFTER: Duration = Duration::from_secs(20);
+
+/// A subscriber's figure counts once its sums cover at least this many packets: about a second of
+/// speech; and a minute and a half after its last report of a talking room it no longer does.
+const MIN_PACKETS: f64 = 50.0;
+
+/// How often a room's figure is recomputed at the latest, so that a listener whose loss went down, or
+/// whose reports stopped, lowers it. A rise is applied at once.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// What a subscriber's receiver reports on its downlink counted, in sums that decay with time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct DownstreamLoss {
+    expected: f64,
+    lost: f64,
+    at: Instant,
+}
+
+impl DownstreamLoss {
+    /// `previous` with one report's interval added at `at`.
+    pub(crate) fn add(
+        previous: Option<DownstreamLoss>,
+        d: Downstream,
+        at: Instant,
+    ) -> DownstreamLoss {
+        let (expected, lost) = previous.map_or((0.0, 0.0), |p| p.decayed(at));
+        DownstreamLoss {
+            expected: expected + d.expected as f64,
+            lost: lost + d.lost.min(d.expected) as f64,
+            at,
+        }
+    }
+
+    /// The sums as they stand at `now`.
+    fn decayed(&self, now: Instant) -> (f64, f64) {
+        let age = now.saturating_duration_since(self.at).as_secs_f64();
+        let k = (-age / FORGET_AFTER.as_secs_f64()).exp();
+        (self.expected * k, self.lost * k)
+    }
+
+    /// The fraction lost (1/256, as in a report block) at `now`, once the sums cover enough packets.
+    pub(crate) fn fraction_at(&self, now: Instant) -> Option<u8> {
+        let (expected, lost) = self.decayed(now);
+        (expected >= MIN_PACKETS).then(|| to_fraction((lost / expected) as f32))
+    }
+}
+
+/// `loss` (0.0 to 1.0) as a report block's fraction, rounded: the inverse of str0m's reading of one
+/// (`fraction / 255`).
+fn to_fraction(loss: f32) -> u8 {
+    if loss.is_nan() {
+        return 0;
+    }
+    (loss.clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+/// A percentage as a report block's fraction.
+pub(crate) fn percent_to_fraction(percent: u8) -> u8 {
+    to_fraction(f32::from(percent) / 100.0)
+}
+
+/// The fraction a forwarding room's receiver reports state at least: the highest of its subscribers'
+/// figures, at most `cap`.
+pub(crate) fn room_floor(
+    now: Instant,
+    subscribers: impl IntoIterator<Item = DownstreamLoss>,
+    cap: u8,
+) -> u8 {
+    subscribers
+        .into_iter()
+        .filter_map(|s| s.fraction_at(now))
+        .max()
+        .unwrap_or(0)
+        .min(cap)
+}
+
+/// A room's state of the feedback: what its receiver reports state at least, and when it was computed.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RoomLossFeedback {
+    pub(crate) floor: u8,
+    refreshed: Option<Instant>,
+}
+
+impl MediaCore {
+    /// A subscriber's receiver reports on one of its downlink streams counted `d`: added to its
+    /// figure, and its room's figure raised at once if this one is above it (or recomputed if due).
+    pub(super) fn record_downstream(
+        &mut self,
+        now: Instant,
+        id: super::ParticipantId,
+        d: Downstream,
+    ) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let figure = DownstreamLoss::add(p.downstream_loss, d, now);
+        p.downstream_loss = Some(figure);
+        let key = p.room;
+        let Some(room) = self.rooms.get(&key) else {
+            return;
+        };
+        let due = room
+            .loss_feedback
+            .refreshed
+            .is_none_or(|t| now.saturating_duration_since(t) >= REFRESH_EVERY);
+        let above = figure
+            .fraction_at(now)
+            .is_some_and(|f| f > room.loss_feedback.floor);
+        if due || above {
+            self.refresh_loss_feedback(now, key);
+        }
+    }
+
+    /// Recompute a forwarding room's figure from its subscribers' fresh reports and give it to every
+    /// publisher's microphone stream whose figure changed.
+    pub(super) fn refresh_loss_feedback(&mut self, now: Instant, key: u64) {
+        let cap = percent_to_fraction(self.config.loss_feedback_max_percent);
+        let Some(room) = self.rooms.get_mut(&key) else {
+            return;
+        };
+        if !matches!(room.kind, RoomKind::Forward) || cap == 0 {
+            return;
+        }
+        let reports = room
+            .members
+            .iter()
+            .filter_map(|id| self.participants.get(id))
+            .filter(|p| p.subscribes() && !p.mix_listener())
+            .filter_map(|p| p.downstream_loss);
+        let floor = room_floor(now, reports, cap);
+        room.loss_feedback.refreshed = Some(now);
+        if floor == room.loss_feedback.floor {
+            return;
+        }
+        room.loss_feedback.floor = floor;
+        for id in &room.members {
+            if let Some(p) = self.participants.get_mut(id) {
+                p.apply_loss_floor(floor);
+            }
+        }
+    }
+
+    /// Give a participant's microphone stream its room's figure (its first packet, or a new SSRC).
+    pub(super) fn apply_room_loss_floor(&mut self, id: super::ParticipantId) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if let Some(room) = self.rooms.get(&p.room) {
+            p.apply_loss_floor(room.loss_feedback.floor);
+        }
+    }
+}
+
+impl Participant {
+    /// Set the least fraction lost its microphone stream's receiver reports state.
+    fn apply_loss_floor(&mut self, floor: u8) {
+        let ssrc = self.ssrc;
+        if let (Link::Peer(peer), Some(Ssrc(ssrc))) = (&mut self.link, ssrc) {
+            peer.set_mic_loss_floor(ssrc, floor);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::disallowed_methods)] // the origin of a test's virtual time
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    fn interval(expected: u64, lost: u64) -> Downstream {
+        Downstream { expected, lost }
+    }
+
+    #[test]
+    fn a_subscribers_figure_weighs_each_interval_by_its_packets() {
+        let t = epoch();
+        // Too few packets yet to say anything.
+        let a = DownstreamLoss::add(None, interval(20, 1), t);
+        assert_eq!(a.fraction_at(t), None);
+        // 5 s of speech at 5 %.
+        let b = DownstreamLoss::add(Some(a), interval(250, 12), t);
+        assert_eq!(b.fraction_at(t), Some(12)); // 13 of 270: 4.8 %
+                                                // A pause: 15 DTX packets, none lost, barely moves it.
+        let c = DownstreamLoss::add(Some(b), interval(15, 0), t + Duration::from_secs(5));
+        assert_eq!(c.fraction_at(t + Duration::from_secs(5)), Some(11));
+        // A link that got better is believed within a minute.
+        let mut d = c;
+        for i in 2..14 {
+            d = DownstreamLoss::add(Some(d), interval(250, 0), t + Duration::from_secs(5 * i));
+        }
+        assert!(d.fraction_at(t + Duration::from_secs(65)).unwrap() <= 1);
+        // A report's loss is never more than its packets.
+        let e = DownstreamLoss::add(None, interval(100, 500), t);
+        assert_eq!(e.fraction_at(t), Some(255));
+        // Its sums fade: no figure long after the last report.
+        assert_eq!(b.fraction_at(t + Duration::from_secs(90)), None);
+        assert_eq!(to_fraction(f32::NAN), 0);
+        assert_eq!(to_fraction(-0.5), 0);
+        assert_eq!(percent_to_fraction(10), 26);
+        assert_eq!(percent_to_fraction(0), 0);
+    }
+
+    #[test]
+    fn a_room_reports_its_worst_subscriber_up_to_the_cap() {
+        let t = epoch();
+        let figure = |expected, lost| DownstreamLoss::add(None, interval(expected, lost), t);
+        let cap = percent_to_fraction(10);
+        assert_eq!(room_floor(t, [], cap), 0);
+        assert_eq!(room_floor(t, [figure(250, 0), figure(250, 8)], cap), 8);
+        // A listener on a terrible link is heard at the cap, not beyond.
+        assert_eq!(room_floor(t, [figure(250, 8), figure(250, 100)], cap), cap);
+        // A figure on too few packets does not count.
+        assert_eq!(room_floor(t, [figure(250, 8), figure(10, 5)], cap), 8);
+        // A cap of 0 turns the feedback off.
+        assert_eq!(room_floor(t, [figure(250, 12)], 0), 0);
+    }
+}

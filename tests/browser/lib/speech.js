@@ -1,0 +1,55 @@
+// Speech for browser tests: the espeak-ng passage (with real pauses) for a fake microphone, a recording
+// written as a WAV, and its PESQ-WB score (ITU-T P.862.2, scripts/pesq_score.py in the .venv).
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+/**
+ * Write the passage followed by `tailS` seconds of silence (before Chromium's fake microphone loops it).
+ * @param {string} dir @param {number} tailS
+ * @returns {string} the WAV's path
+ */
+export function passageWav(dir, tailS) {
+  const file = path.join(dir, 'passage.wav');
+  execFileSync(path.join(ROOT, 'scripts/speech-passage.sh'), [file, String(tailS)]);
+  return file;
+}
+
+/**
+ * Write mono 16-bit PCM (base64, as the demo's `record` returns it) as a WAV file.
+ * @param {string} file @param {string} pcm16 @param {number} sampleRate
+ */
+export function writePcmWav(file, pcm16, sampleRate) {
+  const data = Buffer.from(pcm16, 'base64');
+  const header = Buffer.alloc(44);
+  header.write('RIFF', 0, 'ascii');
+  header.writeUInt32LE(36 + data.length, 4);
+  header.write('WAVEfmt ', 8, 'ascii');
+  header.writeUInt32LE(16, 16);
+  header.writeUInt16LE(1, 20);
+  header.writeUInt16LE(1, 22);
+  header.writeUInt32LE(sampleRate, 24);
+  header.writeUInt32LE(sampleRate * 2, 28);
+  header.writeUInt16LE(2, 32);
+  header.writeUInt16LE(16, 34);
+  header.write('data', 36, 'ascii');
+  header.writeUInt32LE(data.length, 40);
+  fs.writeFileSync(file, Buffer.concat([header, data]));
+}
+
+/**
+ * PESQ-WB of `degraded` against `reference`, the reference found anywhere in the first `maxDelayS` seconds
+ * of the recording and wholly inside it.
+ * @param {string} reference @param {string} degraded @param {number} maxDelayS
+ * @returns {{mos_lqo: number, delay_ms: number, correlation: number}}
+ */
+export function pesq(reference, degraded, maxDelayS) {
+  const python = path.join(ROOT, '.venv/bin/python');
+  if (!fs.existsSync(python)) throw new Error(`${python} is missing: run scripts/test.sh, which creates .venv with pesq`);
+  const out = execFileSync(python, [path.join(ROOT, 'scripts/pesq_score.py'), reference, degraded, '--json',
+    '--max-delay-s', String(maxDelayS), '--contained'], { encoding: 'utf8' });
+  return JSON.parse(out);
+}

@@ -1,0 +1,151 @@
+// Loss feedback with Chromium's own Opus encoder (docs/architecture.md, "Loss feedback"): in a forwarding
+// room only the listener's downlink is bad. In a network namespace of the test's own (lib/netns.js), nftables
+// drops 5 % of the media datagrams the server sends. The speaker's Chromium, on a clean uplink, would measure
+// no loss and add no in-band FEC; the server's receiver reports tell it the listener's loss instead, and its
+// encoder starts protecting every packet, which the server counts
+// (`chorus_rtp_fec_packets_received_total`, libopus' `opus_packet_has_lbrr`).
+//
+// Both pages send plain Opus (`red=0`): RED would protect the listener without any FEC. The speaker's fake
+// microphone loops the espeak-ng passage (scripts/speech-passage.sh), so the encoder codes speech, as
+// in a call.
+//
+// 1. On the clean link, before any loss, the speaker's packets carry no FEC.
+// 2. Once the listener loses 5 %, most of them do, within 40 s.
+// 3. The listener's recording of the passage, made while it loses 5 %, is scored with PESQ-WB against
+//    the passage.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  CHROMIUM, inboundAudioStats, launchParticipant, makeTempDir, openDemo, waitConnected,
+  withDiagnostics as runWithDiagnostics,
+} from './lib/browser.js';
+import { createNetns } from './lib/netns.js';
+import { startServer } from './lib/server.js';
+import { passageWav, pesq, writePcmWav } from './lib/speech.js';
+
+const ROOM = 'loss-feedback';
+/** The server's HTTP port inside the namespace (fixed: Chromium's insecure-origin flag names it). */
+const HTTP_PORT = 7881;
+/** Seconds of silence after the passage before the fake microphone loops it. */
+const TAIL_S = 3;
+/** Seconds recorded: at least one whole loop (passage ≈ 12 s + tail) wherever the recording starts. */
+const RECORD_S = 32;
+/** The share of the server's media datagrams nftables drops. */
+const LOSS_PERCENT = 5;
+
+/** @param {number} mediaPort @returns {string[][]} nft commands: drop LOSS_PERCENT % of the server's UDP */
+const lossRules = (mediaPort) => [
+  ['add', 'table', 'inet', 'lossy'],
+  ['add', 'chain', 'inet', 'lossy', 'output', '{ type filter hook output priority 0; policy accept; }'],
+  ['add', 'rule', 'inet', 'lossy', 'output', 'udp', 'sport', String(mediaPort), 'numgen', 'random', 'mod',
+    '100', '<', String(LOSS_PERCENT), 'counter', 'drop'],
+];
+
+/**
+ * The server's microphone counters.
+ * @param {import('./lib/netns.js').Netns} ns
+ * @param {string} url
+ */
+async function counters(ns, url) {
+  const { body } = await ns.httpGet(`${url}/metrics`);
+  const value = (/** @type {string} */ name) => {
+    const line = body.split('\n').find((l) => l.startsWith(`${name} `));
+    return line ? Number(line.slice(name.length + 1)) : 0;
+  };
+  return {
+    received: value('chorus_rtp_packets_received_total'),
+    fec: value('chorus_rtp_fec_packets_received_total'),
+  };
+}
+
+/**
+ * The share of the speaker's packets that carried FEC over the next `ms`.
+ * @param {import('./lib/netns.js').Netns} ns @param {string} url @param {number} ms
+ */
+async function fecShare(ns, url, ms) {
+  const a = await counters(ns, url);
+  await new Promise((r) => setTimeout(r, ms));
+  const b = await counters(ns, url);
+  const received = b.received - a.received;
+  return { received, fec: b.fec - a.fec, share: received > 0 ? (b.fec - a.fec) / received : 0 };
+}
+
+describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder', { timeout: 180000 }, () => {
+  /** @type {import('./lib/netns.js').Netns|null} */
+  let ns = null;
+  /** @type {import('./lib/server.js').ChorusServer|null} */
+  let server = null;
+  /** @type {import('./lib/browser.js').Participant[]} */
+  let all = [];
+  const tmp = makeTempDir('chorus-loss-feedback-');
+  let wav = '';
+  /** @param {() => Promise<void>} fn */
+  const withDiagnostics = (fn) => runWithDiagnostics(() => all, () => server, fn);
+
+  before(async () => {
+    wav = passageWav(tmp.dir, TAIL_S);
+    ns = await createNetns({ prefix: 'chorus-lossfb' });
+    server = await startServer({ netns: ns, httpPort: HTTP_PORT, workers: 1, slots: 3 });
+    const inNs = {
+      executablePath: ns.wrapper(CHROMIUM, tmp.dir),
+      extraArgs: [`--unsafely-treat-insecure-origin-as-secure=${server.url}`],
+    };
+    const speaker = await launchParticipant({ name: 'Speaker', freq: 0, tmpDir: tmp.dir, wav, ...inNs });
+    // The listener's own microphone is silent (a 0-amplitude tone: DTX).
+    const listener = await launchParticipant({ name: 'Listener', freq: 440, amplitude: 0, tmpDir: tmp.dir, ...inNs });
+    all = [speaker, listener];
+  });
+
+  after(async () => {
+    await Promise.all(all.map((p) => p.close()));
+    if (server) await server.stop();
+    if (ns) await ns.destroy();
+    tmp.cleanup();
+  });
+
+  it('no FEC on a clean link; FEC once the listener loses; the passage heard through the loss', () => withDiagnostics(async () => {
+    const netns = /** @type {import('./lib/netns.js').Netns} */ (ns);
+    const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
+    await Promise.all(all.map((p) => openDemo(p, srv.url, ROOM, { red: '0' })));
+    await Promise.all(all.map((p) => waitConnected(p, 30000)));
+    const listener = all[1];
+
+    // 1. Clean: Chromium expects no loss and codes no FEC.
+    await new Promise((r) => setTimeout(r, 4000));
+    const clean = await fecShare(netns, srv.url, 8000);
+    console.log(`clean link: ${clean.fec} of ${clean.received} packets carried FEC`);
+    assert.ok(clean.received > 150, `the speaker's packets reached the server: ${JSON.stringify(clean)}`);
+    assert.ok(clean.share < 0.1, `FEC on a clean link: ${JSON.stringify(clean)}`);
+
+    // 2. The listener's downlink loses LOSS_PERCENT %: its reports reach the server every ~5 s, the
+    //    server's reach the speaker every 5 s.
+    for (const args of lossRules(srv.mediaPort)) netns.run('nft', args);
+    const lossStart = Date.now();
+    let lossy = { received: 0, fec: 0, share: 0 };
+    while (Date.now() - lossStart < 40000) {
+      lossy = await fecShare(netns, srv.url, 3000);
+      if (lossy.share >= 0.5) break;
+    }
+    const tookMs = Date.now() - lossStart;
+    console.log(`lossy link: ${lossy.fec} of ${lossy.received} packets carried FEC, ${tookMs} ms after the loss began`);
+    assert.ok(lossy.share >= 0.5, `Chromium added no FEC for its lossy listener within 40 s: ${JSON.stringify(lossy)}`);
+
+    // 3. What the listener hears through the loss.
+    const rec = await listener.page.evaluate((ms) => /** @type {any} */ (window).chorusDemo.record(ms), RECORD_S * 1000);
+    const received = path.join(tmp.dir, 'received.wav');
+    writePcmWav(received, rec.pcm16, rec.sampleRate);
+    const dropped = netns.run('nft', ['list', 'table', 'inet', 'lossy']);
+    const s = pesq(wav, received, RECORD_S);
+    const heard = (await inboundAudioStats(listener)).filter((x) => x.packetsReceived > 0);
+    console.log(`listener through ${LOSS_PERCENT} % loss with FEC: PESQ-WB ${s.mos_lqo.toFixed(2)} (correlation `
+      + `${s.correlation.toFixed(2)}); receive side ${JSON.stringify(heard.map((x) => ({
+        slot: x.slot, packetsReceived: x.packetsReceived, packetsLost: x.packetsLost,
+        concealedShare: x.totalSamplesReceived ? +(x.concealedSamples / x.totalSamplesReceived).toFixed(4) : null,
+      })))}`);
+    assert.match(dropped, /counter packets [1-9]/, `nftables dropped datagrams: ${dropped}`);
+    const lost = heard.reduce((n, x) => n + (x.packetsLost || 0), 0);
+    assert.ok(lost > 0, `the listener lost packets: ${JSON.stringify(heard)}`);
+    assert.ok(s.mos_lqo >= 2.5, `PESQ-WB ${s.mos_lqo.toFixed(2)} through ${LOSS_PERCENT} % loss with FEC`);
+  }));
+});

@@ -95,6 +95,26 @@ pub struct Downstream {
     pub lost: u64,
 }
 
+impl Downstream {
+    /// The interval between the report that left `last` (its highest sequence number and cumulative
+    /// loss) and one stating `max_seq` and `lost` (the raw 24-bit field), which `last` becomes. `None`
+    /// when no new packet was covered.
+    pub fn since(last: &mut (u64, u64), max_seq: u64, lost: u64) -> Option<Downstream> {
+        // The cumulative loss is a signed 24-bit figure: negative (more duplicates than losses) counts
+        // as none.
+        let lost = if lost >= 0x80_0000 { 0 } else { lost };
+        let expected = max_seq.saturating_sub(last.0);
+        // Duplicates can make the cumulative loss go down (RFC 3550 §6.4.1); a report never loses more
+        // than its packets.
+        let lost_now = lost.saturating_sub(last.1).min(expected);
+        *last = (max_seq.max(last.0), lost);
+        (expected > 0).then_some(Downstream {
+            expected,
+            lost: lost_now,
+        })
+    }
+}
+
 /// How often str0m reports stream statistics.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -149,7 +169,7 @@ pub struct Peer {
     nack_totals: Vec<(Mid, bool, u64)>,
     /// The highest sequence number and cumulative loss of each outgoing stream's last receiver report,
     /// to report differences.
-    remote_totals: Vec<(Mid, u64, u64)>,
+    remote_totals: Vec<(Mid, (u64, u64))>,
     /// Where DTLS, RTP and RTCP go: the path of the client's latest verified nomination (a binding request
     /// with USE-CANDIDATE that our ICE agent authenticated), or the path its verified consent checks come
     /// from once the current one has gone silent (see [`Peer::checked`]). str0m's ICE-lite agent keeps

@@ -213,24 +213,13 @@ impl Peer {
     /// What a stream's receiver reports counted since the previous statistics (`None` for the first,
     /// or when no new packet was covered).
     fn downstream_delta(&mut self, mid: Mid, max_seq: u64, lost: u64) -> Option<Downstream> {
-        let Some((_, last_seq, last_lost)) =
-            self.remote_totals.iter_mut().find(|(m, ..)| *m == mid)
-        else {
-            self.remote_totals.push((mid, max_seq, lost));
+        let Some((_, last)) = self.remote_totals.iter_mut().find(|(m, _)| *m == mid) else {
+            let mut last = (0, 0);
+            Downstream::since(&mut last, max_seq, lost);
+            self.remote_totals.push((mid, last));
             return None;
         };
-        // The cumulative loss is a signed 24-bit figure: negative (more duplicates than losses) counts
-        // as none.
-        let lost = if lost >= 0x80_0000 { 0 } else { lost };
-        let expected = max_seq.saturating_sub(*last_seq);
-        // Duplicates can make the cumulative loss go down (RFC 3550 §6.4.1).
-        let lost_now = lost.saturating_sub(*last_lost).min(expected);
-        *last_seq = max_seq.max(*last_seq);
-        *last_lost = lost;
-        (expected > 0).then_some(Downstream {
-            expected,
-            lost: lost_now,
-        })
+        Downstream::since(last, max_seq, lost)
     }
 
     /// The growth of a cumulative NACK count since the last report of the same stream.

@@ -703,3 +703,48 @@ fn bad_offers_are_typed_errors() {
         Err(PeerError::MissingMedia(_))
     ));
 }
+
+#[test]
+fn a_receiver_reports_interval_is_the_difference_of_its_cumulative_figures() {
+    use super::Downstream;
+    let mut last = (1_000, 10);
+    let d = Downstream::since(&mut last, 1_250, 22);
+    assert_eq!(
+        d,
+        Some(Downstream {
+            expected: 250,
+            lost: 12
+        })
+    );
+    assert_eq!(last, (1_250, 22));
+    // No new packet: nothing to say.
+    assert_eq!(Downstream::since(&mut last, 1_250, 22), None);
+    // Duplicates made the cumulative loss go down: none lost in the interval.
+    assert_eq!(
+        Downstream::since(&mut last, 1_300, 20),
+        Some(Downstream {
+            expected: 50,
+            lost: 0
+        })
+    );
+    // A negative cumulative loss (0x800000 and up in 24 bits) counts as none.
+    assert_eq!(
+        Downstream::since(&mut last, 1_350, 0xff_fffe),
+        Some(Downstream {
+            expected: 50,
+            lost: 0
+        })
+    );
+    assert_eq!(last, (1_350, 0));
+    // A report that claims more lost than it covered loses its packets, no more.
+    assert_eq!(
+        Downstream::since(&mut last, 1_360, 500),
+        Some(Downstream {
+            expected: 10,
+            lost: 10
+        })
+    );
+    // An older highest sequence number (reordered reports) covers nothing new.
+    assert_eq!(Downstream::since(&mut last, 1_300, 500), None);
+    assert_eq!(last.0, 1_360);
+}

@@ -21,7 +21,7 @@ import {
   withDiagnostics as runWithDiagnostics,
 } from './lib/browser.js';
 import { createNetns } from './lib/netns.js';
-import { startServer } from './lib/server.js';
+import { metricValue, startServer } from './lib/server.js';
 import { passageWav, pesq, writePcmWav } from './lib/speech.js';
 
 const ROOM = 'loss-feedback';
@@ -49,10 +49,7 @@ const lossRules = (mediaPort) => [
  */
 async function counters(ns, url) {
   const { body } = await ns.httpGet(`${url}/metrics`);
-  const value = (/** @type {string} */ name) => {
-    const line = body.split('\n').find((l) => l.startsWith(`${name} `));
-    return line ? Number(line.slice(name.length + 1)) : 0;
-  };
+  const value = (/** @type {string} */ name) => metricValue(body, name) ?? 0;
   return {
     received: value('chorus_rtp_packets_received_total'),
     fec: value('chorus_rtp_fec_packets_received_total'),

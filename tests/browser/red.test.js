@@ -7,7 +7,7 @@ import {
   withDiagnostics as runWithDiagnostics, inboundAudioStats, launchParticipant, makeTempDir, measure, openDemo,
   pollUntil, waitConnected,
 } from './lib/browser.js';
-import { startServer } from './lib/server.js';
+import { metricValue, startServer } from './lib/server.js';
 
 const SPEC = [
   { name: 'Ann', freq: 440, amplitude: 0.3 },
@@ -31,10 +31,7 @@ async function sdps(p) {
  */
 async function metrics(url) {
   const text = await (await fetch(`${url}/metrics`)).text();
-  const value = (/** @type {string} */ name) => {
-    const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-    return line ? Number(line.slice(name.length + 1)) : 0;
-  };
+  const value = (/** @type {string} */ name) => metricValue(text, name) ?? 0;
   return {
     received: value('chorus_rtp_packets_received_total'),
     red: value('chorus_rtp_red_packets_received_total'),

@@ -8,7 +8,7 @@ import {
   withDiagnostics as runWithDiagnostics, launchAliceAndBob, hearsTone, makeTempDir, openDemo, pollUntil, snapshot,
   waitConnected,
 } from './lib/browser.js';
-import { startServer } from './lib/server.js';
+import { metricValue, startServer } from './lib/server.js';
 import { startCuttableRelay } from './lib/tcp-cut.js';
 
 const ROOM = 'resume';
@@ -55,8 +55,7 @@ describe('signaling resume', { timeout: 120000 }, () => {
   /** @param {string} name @returns {Promise<number>} */
   const metric = async (name) => {
     const text = await (await fetch(`${server?.url}/metrics`)).text();
-    const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-    return line ? Number(line.split(' ')[1]) : NaN;
+    return metricValue(text, name) ?? NaN;
   };
 
   it('both talk, Alice through the relay', () => withDiagnostics(async () => {

@@ -455,13 +455,7 @@ fn lossy_listener_call(name: &str, seed: u64, loss_feedback_max_percent: u8) -> 
     let told = sim.clients[0].peer.reported_mic_loss();
     sim.play_pcm_following_reports(0, speech.clone());
     sim.run_for(pass);
-    let played = sim
-        .played(1)
-        .unwrap_or_else(|| panic!("{name}: the listener received nothing"));
-    let src = sim.clients[0]
-        .pcm_source
-        .as_ref()
-        .expect("client 0 plays the speech");
+    let (src, played) = sim.speech_pair(name);
     let pesq = crate::support::speech::pesq_wb(name, &src.decoded, &played.played[start..]);
     eprintln!("{name}: {pesq}; the speaker was told {told:?} lost");
     (pesq.mos_lqo, told)

@@ -464,6 +464,18 @@ impl Sim {
         }
     }
 
+    /// A speech call's two ends: what client 0 played into its microphone, and what client 1 played out.
+    pub fn speech_pair(&self, name: &str) -> (&PcmSource, &MixedStream) {
+        let played = self
+            .played(1)
+            .unwrap_or_else(|| panic!("{name}: the listener received nothing"));
+        let src = self.clients[0]
+            .pcm_source
+            .as_ref()
+            .expect("client 0 plays the speech");
+        (src, played)
+    }
+
     /// The stream client `client` plays: the mix in a mixed room, else what it receives in slot 0.
     pub fn played(&self, client: usize) -> Option<&MixedStream> {
         let c = &self.clients[client];
@@ -792,13 +804,7 @@ pub fn speech_call(
     sim.play_pcm(0, speech.clone(), expected_loss_percent);
     let secs = speech.len() as f64 / f64::from(SAMPLE_RATE) + 1.0;
     sim.run_for(Duration::from_secs_f64(secs));
-    let played = sim
-        .played(1)
-        .unwrap_or_else(|| panic!("{name}: the listener received nothing"));
-    let src = sim.clients[0]
-        .pcm_source
-        .as_ref()
-        .expect("client 0 plays the speech");
+    let (src, played) = sim.speech_pair(name);
     let pesq = speech::pesq_wb(name, &src.decoded, &played.played);
     let pesq_vs_speech = speech::pesq_wb(&format!("{name}-vs-speech"), &speech, &played.played);
     let mouth = src.started.expect("the speaker encoded frames");

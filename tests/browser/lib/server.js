@@ -217,3 +217,13 @@ function mintToken(args) {
     });
   });
 }
+
+/**
+ * The value of an unlabelled sample in a Prometheus text exposition (`/metrics`), or null when absent.
+ * @param {string} text @param {string} name
+ * @returns {number|null}
+ */
+export function metricValue(text, name) {
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.slice(name.length + 1)) : null;
+}

@@ -28,7 +28,7 @@ use crate::ids::Ssrc;
 const FORGET_AFTER: Duration = Duration::from_secs(20);
 
 /// A subscriber's figure counts once its sums cover at least this many packets: about a second of
-/// speech; and a minute and a half after its last report of a talking room it no longer does.
+/// speech; and about a minute after its last report of a talking room it no longer does.
 const MIN_PACKETS: f64 = 50.0;
 
 /// How often a room's figure is recomputed at the latest, so that a listener whose loss went down, or

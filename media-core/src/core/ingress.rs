@@ -193,11 +193,6 @@ impl MediaCore {
         if crate::mixer::opus_packet_has_fec(&payload) {
             self.stats.rtp_fec_in += 1;
         }
-        // Its first packet, or a new SSRC: its stream gets the room's loss feedback once delivered.
-        let new_source = self
-            .participants
-            .get(&from)
-            .is_some_and(|p| p.ssrc != Some(Ssrc(*packet.header.ssrc)));
         let audio = Audio {
             source: Ssrc(*packet.header.ssrc),
             seq: *packet.seq_no,
@@ -209,9 +204,6 @@ impl MediaCore {
             vad: packet.header.ext_vals.voice_activity,
         };
         self.deliver(now, from, audio);
-        if new_source {
-            self.apply_room_loss_floor(from);
-        }
     }
 
     /// One packet of a participant's audio (a peer's microphone or a server-side source) to its room:
@@ -233,12 +225,16 @@ impl MediaCore {
             level,
             vad,
         } = audio;
-        p.ssrc = Some(source);
+        let new_source = p.ssrc.replace(source) != Some(source);
         let onset = std::mem::take(&mut p.gate.onset);
         let level_dbov = level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);
         let Some(room) = self.rooms.get_mut(&p.room) else {
             return;
         };
+        // Its first packet, or a new SSRC: its stream gets the room's loss feedback.
+        if new_source {
+            p.apply_loss_floor(room.loss_feedback.floor);
+        }
         // A recorded participant's packet as received (a peer's microphone or a server-side source).
         if self.tapped_participants.contains(&from) {
             self.microphones.push_back(super::MicPacket {

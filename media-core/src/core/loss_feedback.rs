@@ -130,16 +130,17 @@ impl MediaCore {
             .loss_feedback
             .refreshed
             .is_none_or(|t| now.saturating_duration_since(t) >= REFRESH_EVERY);
+        let cap = percent_to_fraction(self.config.loss_feedback_max_percent);
         let above = figure
             .fraction_at(now)
-            .is_some_and(|f| f > room.loss_feedback.floor);
+            .is_some_and(|f| f.min(cap) > room.loss_feedback.floor);
         if due || above {
             self.refresh_loss_feedback(now, key);
         }
     }
 
-    /// Recompute a forwarding room's figure from its subscribers' fresh reports and give it to every
-    /// publisher's microphone stream whose figure changed.
+    /// Recompute a forwarding room's figure from its subscribers' reports and, when it changed, give it
+    /// to every member's microphone stream.
     pub(super) fn refresh_loss_feedback(&mut self, now: Instant, key: u64) {
         let cap = percent_to_fraction(self.config.loss_feedback_max_percent);
         let Some(room) = self.rooms.get_mut(&key) else {
@@ -166,21 +167,11 @@ impl MediaCore {
             }
         }
     }
-
-    /// Give a participant's microphone stream its room's figure (its first packet, or a new SSRC).
-    pub(super) fn apply_room_loss_floor(&mut self, id: super::ParticipantId) {
-        let Some(p) = self.participants.get_mut(&id) else {
-            return;
-        };
-        if let Some(room) = self.rooms.get(&p.room) {
-            p.apply_loss_floor(room.loss_feedback.floor);
-        }
-    }
 }
 
 impl Participant {
     /// Set the least fraction lost its microphone stream's receiver reports state.
-    fn apply_loss_floor(&mut self, floor: u8) {
+    pub(super) fn apply_loss_floor(&mut self, floor: u8) {
         let ssrc = self.ssrc;
         if let (Link::Peer(peer), Some(Ssrc(ssrc))) = (&mut self.link, ssrc) {
             peer.set_mic_loss_floor(ssrc, floor);

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub use media_core::audio::{FRAME_SAMPLES, SAMPLE_RATE};
 
+pub mod proxy;
 pub mod voice;
 use voice::{BrowserEncoder, FRAME};
 pub use voice::{Ear, Spoken};

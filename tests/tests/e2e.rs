@@ -15,7 +15,6 @@ mod ingest;
 mod interop;
 mod ops;
 mod playout;
-mod proxy;
 mod ptt;
 mod recording;
 mod resume;

@@ -16,7 +16,7 @@ use chorus_tests::{AudioClient, MediaOptions, Mic, Server, Signal, SAMPLE_RATE};
 use media_core::audio;
 use serde_json::{json, Value};
 
-use crate::proxy::{Impairment, Proxy};
+use chorus_tests::proxy::{Impairment, Proxy};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The two talkers' tones.

@@ -3,10 +3,11 @@
 //! wall clock), a listener plays what it receives through a jitter buffer in real time, and PESQ-WB scores
 //! it against the speaker's own decoded packets, the reference of the virtual-time tests
 //! (media-core/tests/speech). A forward and a mixed room run at once on one server, first on a clean
-//! loopback, then with every client behind an impairment proxy ([`proxy`]) that drops 5 % of datagrams and
-//! delays each by 10..50 ms once both clients are connected (the virtual-time calls also connect on a
-//! clean link). The scores, the server's jitter and mixer metrics and the listener's jitter-buffer counters
-//! are printed (`-- --nocapture`); the WAV files stay in the test target's `tmp/speech` directory.
+//! loopback, then with every client behind an impairment proxy ([`chorus_tests::proxy`]) that drops 5 %
+//! of datagrams and delays each by 10..50 ms once both clients are connected (the virtual-time calls also
+//! connect on a clean link). The scores, the server's jitter and mixer metrics and the listener's
+//! jitter-buffer counters are printed (`-- --nocapture`); the WAV files stay in the test target's
+//! `tmp/speech` directory.
 //!
 //! Needs `espeak-ng`, `sox` and the `.venv` with PyPI `pesq`: `scripts/test.sh` installs them.
 
@@ -22,7 +23,7 @@ use chorus_tests::{AudioClient, MediaOptions, Mic, Server, Signal};
 use media_core::jitter::JitterStats;
 use serde_json::json;
 
-use crate::proxy::{Impairment, Proxy};
+use chorus_tests::proxy::{Impairment, Proxy};
 use support::Pesq;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

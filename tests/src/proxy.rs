@@ -1,7 +1,7 @@
-//! A UDP impairment proxy on loopback, shared by the real-time tests (`speech`, `faults`, `rebinding`): a
-//! client sends to [`Proxy::addr`] (its ICE remote candidate, see `MediaOptions::via`), the proxy forwards
-//! to the server from a socket of its own (the client's address as the server sees it, like a NAT's) and
-//! sends the server's replies back to the client.
+//! A UDP impairment proxy on loopback, shared by the real-time tests (`speech`, `faults`, `rebinding`,
+//! the native SDK's `fec`): a client sends to [`Proxy::addr`] (its ICE remote candidate, see
+//! `MediaOptions::via`), the proxy forwards to the server from a socket of its own (the client's address
+//! as the server sees it, like a NAT's) and sends the server's replies back to the client.
 //!
 //! Once [`Proxy::impair`] is called, every datagram in either direction is dropped with a given probability
 //! (seeded, one generator per direction), delayed by a uniform random time (each datagram on its own, so

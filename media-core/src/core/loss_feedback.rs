@@ -35,12 +35,17 @@ const MIN_PACKETS: f64 = 50.0;
 /// whose reports stopped, lowers it. A rise is applied at once.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
-/// What a subscriber's receiver reports on its downlink counted, in sums that decay with time.
+/// What a subscriber's receiver reports on its downlink counted, in sums that decay with time, and the
+/// loss of its latest report's interval on its own. The figure is the higher of the two: a link that got
+/// worse is believed from the first report that covers enough packets of it, one that got better only as
+/// the sums forget (FEC copies cost some bits; a loss they miss costs words).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct DownstreamLoss {
     expected: f64,
     lost: f64,
     at: Instant,
+    /// The fraction lost in the latest interval, when it covered at least [`MIN_PACKETS`].
+    latest: Option<u8>,
 }
 
 impl DownstreamLoss {
@@ -51,10 +56,12 @@ impl DownstreamLoss {
         at: Instant,
     ) -> DownstreamLoss {
         let (expected, lost) = previous.map_or((0.0, 0.0), |p| p.decayed(at));
+        let (d_expected, d_lost) = (d.expected as f64, d.lost.min(d.expected) as f64);
         DownstreamLoss {
-            expected: expected + d.expected as f64,
-            lost: lost + d.lost.min(d.expected) as f64,
+            expected: expected + d_expected,
+            lost: lost + d_lost,
             at,
+            latest: (d_expected >= MIN_PACKETS).then(|| to_fraction((d_lost / d_expected) as f32)),
         }
     }
 
@@ -65,10 +72,15 @@ impl DownstreamLoss {
         (self.expected * k, self.lost * k)
     }
 
-    /// The fraction lost (1/256, as in a report block) at `now`, once the sums cover enough packets.
+    /// The fraction lost (1/256, as in a report block) at `now`, once the sums cover enough packets: the
+    /// sums' fraction, or the latest interval's when it is higher and not older than [`FORGET_AFTER`].
     pub(crate) fn fraction_at(&self, now: Instant) -> Option<u8> {
         let (expected, lost) = self.decayed(now);
-        (expected >= MIN_PACKETS).then(|| to_fraction((lost / expected) as f32))
+        let latest = self
+            .latest
+            .filter(|_| now.saturating_duration_since(self.at) < FORGET_AFTER);
+        (expected >= MIN_PACKETS)
+            .then(|| to_fraction((lost / expected) as f32).max(latest.unwrap_or(0)))
     }
 }
 
@@ -160,10 +172,19 @@ impl MediaCore {
         if floor == room.loss_feedback.floor {
             return;
         }
+        let rose = floor > room.loss_feedback.floor;
         room.loss_feedback.floor = floor;
         for id in &room.members {
-            if let Some(p) = self.participants.get_mut(id) {
-                p.apply_loss_floor(floor);
+            let Some(p) = self.participants.get_mut(id) else {
+                continue;
+            };
+            p.apply_loss_floor(floor);
+            // A higher floor is reported soon (str0m brings the next receiver report forward to a
+            // second after the previous one): the peer's timers run now to learn the new due time.
+            if let (true, Link::Peer(peer)) = (rose, &mut p.link) {
+                if p.ssrc.is_some() {
+                    self.out.schedule(peer, now);
+                }
             }
         }
     }
@@ -200,8 +221,9 @@ mod tests {
         assert_eq!(a.fraction_at(t), None);
         // 5 s of speech at 5 %.
         let b = DownstreamLoss::add(Some(a), interval(250, 12), t);
-        assert_eq!(b.fraction_at(t), Some(12)); // 13 of 270: 4.8 %
-                                                // A pause: 15 DTX packets, none lost, barely moves it.
+        // 13 of 270 (4.8 %), and 12 of 250 in the interval: the higher.
+        assert_eq!(b.fraction_at(t), Some(12));
+        // A pause: 15 DTX packets, none lost, barely moves it.
         let c = DownstreamLoss::add(Some(b), interval(15, 0), t + Duration::from_secs(5));
         assert_eq!(c.fraction_at(t + Duration::from_secs(5)), Some(11));
         // A link that got better is believed within a minute.
@@ -209,7 +231,14 @@ mod tests {
         for i in 2..14 {
             d = DownstreamLoss::add(Some(d), interval(250, 0), t + Duration::from_secs(5 * i));
         }
-        assert!(d.fraction_at(t + Duration::from_secs(65)).unwrap() <= 1);
+        let later = t + Duration::from_secs(65);
+        assert!(d.fraction_at(later).unwrap() <= 1);
+        // One that got worse is believed from the first interval that shows it: 25 of 250 lost (10 %)
+        // after a clean minute, where the sums alone say 2 %.
+        let worse = DownstreamLoss::add(Some(d), interval(250, 25), later);
+        assert_eq!(worse.fraction_at(later), Some(26));
+        // Until the sums forget it, once reports stop.
+        assert_eq!(worse.fraction_at(later + FORGET_AFTER), Some(5));
         // A report's loss is never more than its packets.
         let e = DownstreamLoss::add(None, interval(100, 500), t);
         assert_eq!(e.fraction_at(t), Some(255));

@@ -143,6 +143,9 @@ pub struct SlotStream {
     /// The RTP header forwarded packets are written from ([`Peer::send_slot`]); `None` when the
     /// negotiated extension ids need str0m's path.
     pub(crate) header: Option<send::HeaderTemplate>,
+    /// The extended sequence number of the first packet sent directly: where the subscriber's receiver
+    /// reports count from, so that its first report already counts (`Downstream::since`).
+    pub(crate) first_seq: Option<u64>,
 }
 
 pub struct Peer {
@@ -348,6 +351,7 @@ impl Peer {
                 pt,
                 red_pt,
                 header,
+                first_seq: None,
             });
         }
         if params.slots > 0 && slots.is_empty() {

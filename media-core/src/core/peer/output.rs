@@ -210,14 +210,30 @@ impl Peer {
         }
     }
 
-    /// What a stream's receiver reports counted since the previous statistics (`None` for the first,
-    /// or when no new packet was covered).
+    /// What a stream's receiver reports counted since the previous statistics, or for the first, since
+    /// the stream's first packet sent directly (`None` when that is unknown, or no new packet was
+    /// covered).
     fn downstream_delta(&mut self, mid: Mid, max_seq: u64, lost: u64) -> Option<Downstream> {
         let Some((_, last)) = self.remote_totals.iter_mut().find(|(m, _)| *m == mid) else {
+            let first_seq = self
+                .slots
+                .iter()
+                .find(|s| s.mid == mid)
+                .and_then(|s| s.first_seq);
             let mut last = (0, 0);
-            Downstream::since(&mut last, max_seq, lost);
+            let delta = match first_seq {
+                // Counted from just before the first packet, when the report is about packets since.
+                Some(first) if (first..first + (1 << 16)).contains(&max_seq) => {
+                    last = (first.saturating_sub(1), 0);
+                    Downstream::since(&mut last, max_seq, lost)
+                }
+                _ => {
+                    Downstream::since(&mut last, max_seq, lost);
+                    None
+                }
+            };
             self.remote_totals.push((mid, last));
-            return None;
+            return delta;
         };
         Downstream::since(last, max_seq, lost)
     }

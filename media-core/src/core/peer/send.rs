@@ -195,7 +195,7 @@ impl Peer {
         fields: impl FnOnce(Pt) -> PacketFields<'a>,
         out: &mut Outbox,
     ) -> Result<bool, PeerError> {
-        let (Some(stream), Some(path)) = (self.slots.get(slot), self.client_path) else {
+        let (Some(stream), Some(path)) = (self.slots.get_mut(slot), self.client_path) else {
             return Ok(false);
         };
         let Some(template) = &stream.header else {
@@ -217,6 +217,7 @@ impl Peer {
             return Ok(false);
         };
         let fields = fields(pt);
+        stream.first_seq.get_or_insert(fields.seq);
         let mut contents = out.buffer(HEADER_MAX + payload.len() + MAX_TAG);
         template.write(&mut contents, &fields);
         srtp.seal(&mut contents, payload, template.ssrc, fields.seq)?;

@@ -25,6 +25,10 @@ use super::register::ReceiverRegister;
 /// recovery depth plus some reordering slack.
 const RED_RECENT_PACKETS: usize = 32;
 
+/// How soon after the previous receiver report one stating a risen loss floor goes out (Chorus
+/// patch 5, [`StreamRx::set_reported_loss_floor`]).
+pub const EARLY_REPORT_AFTER: Duration = Duration::from_secs(1);
+
 /// Incoming encoded stream.
 ///
 /// A stream is a primary SSRC + optional RTX SSRC.
@@ -102,6 +106,10 @@ pub struct StreamRx {
 
     /// The least fraction lost (in 1/256) our receiver reports state (Chorus patch 5).
     reported_loss_floor: u8,
+
+    /// Chorus patch 5: the floor rose since the last receiver report, which is then due
+    /// [`EARLY_REPORT_AFTER`] after the previous one.
+    report_early: bool,
 
     /// Statistics of incoming data.
     stats: StreamRxStats,
@@ -185,6 +193,7 @@ impl StreamRx {
             fir_seq_no: 0,
             last_receiver_report: already_happened(),
             reported_loss_floor: 0,
+            report_early: false,
             stats: StreamRxStats::default(),
             check_paused_at: None,
             paused: true,
@@ -230,7 +239,15 @@ impl StreamRx {
     /// A forwarding server uses it to tell a sender the loss its receivers downstream see, so
     /// the sender's encoder protects its audio for them (Opus in-band FEC). The cumulative
     /// number of packets lost stays the real one.
+    ///
+    /// A floor above the previous one is reported soon: the next receiver report is due
+    /// [`EARLY_REPORT_AFTER`] after the previous one rather than at the end of its interval (not
+    /// at once: a sender such as str0m weighs each report's fraction by the packets since the one
+    /// before, so a report right after another would count for nothing).
     pub fn set_reported_loss_floor(&mut self, fraction: u8) {
+        if fraction > self.reported_loss_floor {
+            self.report_early = true;
+        }
         self.reported_loss_floor = fraction;
     }
 
@@ -281,7 +298,11 @@ impl StreamRx {
     }
 
     pub(crate) fn receiver_report_at(&self, intervals: RtcpReportIntervals) -> Instant {
-        self.last_receiver_report + intervals.for_audio(self.is_audio())
+        let interval = intervals.for_audio(self.is_audio());
+        if self.report_early {
+            return self.last_receiver_report + interval.min(EARLY_REPORT_AFTER);
+        }
+        self.last_receiver_report + interval
     }
 
     pub(crate) fn handle_rtcp(&mut self, now: Instant, fb: RtcpFb) {
@@ -759,6 +780,7 @@ impl StreamRx {
         feedback.push_back(Rtcp::ExtendedReport(xr));
 
         self.last_receiver_report = now;
+        self.report_early = false;
     }
 
     fn create_receiver_report(&mut self, now: Instant) -> ReceiverReport {

@@ -387,6 +387,13 @@ impl ClientPeer {
         self.mic_loss_reported
     }
 
+    /// [`ClientPeer::reported_mic_loss`] as the expected packet loss libopus takes (0..=100 %, rounded),
+    /// as WebRTC's Opus encoder sets it from the reports' fraction lost; `None` before any report came.
+    pub fn reported_mic_loss_percent(&self) -> Option<i32> {
+        self.mic_loss_reported
+            .map(|l| (l * 100.0).round().clamp(0.0, 100.0) as i32)
+    }
+
     /// The SSRC our microphone packets carry (what a subscriber sees as CSRC).
     pub fn mic_ssrc(&mut self) -> Option<u32> {
         let mid = self.mic_mid;

@@ -143,6 +143,9 @@ typedef struct ChorusConfig {
   // stereo mix; a forwarding room's streams panned by the speakers' positions; else the same on both
   // sides), and every pull's `len` is `frames × 2`.
   uint16_t output_channels;
+  // Once the server's receiver reports arrive, tune the FEC for the loss they state instead of
+  // `expected_loss_percent`.
+  bool fec_follows_reports;
 } ChorusConfig;
 
 // The SDK's counters.
@@ -151,6 +154,8 @@ typedef struct ChorusStats {
   uint64_t output_dropped;
   uint64_t frames_sent;
   uint64_t packets_received;
+  // The packet loss the encoder's in-band FEC is tuned for now, 0..=100 %.
+  uint32_t expected_loss_percent;
 } ChorusStats;
 
 // One event. Strings are NUL-terminated UTF-8 (truncated to fit).

@@ -15,6 +15,9 @@ pub const MAX_OPUS_BYTES: usize = 1_276;
 pub(crate) struct MicEncoder {
     encoder: opus::Encoder,
     packet: Vec<u8>,
+    /// The packet loss the FEC is tuned for now, and whether it follows the server's reports.
+    expected_loss_percent: i32,
+    follows_reports: bool,
 }
 
 /// One encoded microphone frame.
@@ -39,7 +42,23 @@ impl MicEncoder {
         Ok(MicEncoder {
             encoder,
             packet: vec![0; MAX_OPUS_BYTES],
+            expected_loss_percent: config.expected_loss_percent,
+            follows_reports: config.fec && config.fec_follows_reports,
         })
+    }
+
+    /// Tune the FEC for the loss the server's receiver reports on the microphone stated last
+    /// (`ClientPeer::reported_mic_loss_percent`; `None` before any), when following them. Returns the
+    /// new figure when it changed.
+    pub(crate) fn follow_reports(&mut self, reported: Option<i32>) -> Result<Option<i32>, Error> {
+        let Some(percent) =
+            reported.filter(|p| self.follows_reports && *p != self.expected_loss_percent)
+        else {
+            return Ok(None);
+        };
+        self.encoder.set_packet_loss_perc(percent)?;
+        self.expected_loss_percent = percent;
+        Ok(Some(percent))
     }
 
     /// Encode one 20 ms frame (`input_rate_hz / 50` samples).

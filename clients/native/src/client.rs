@@ -1,7 +1,7 @@
 //! The SDK's handles: [`Client`] for the game thread, [`Microphone`] and [`Speaker`] for its audio
 //! callbacks.
 
-use std::sync::atomic::{AtomicBool, AtomicI8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI8, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,6 +53,7 @@ pub(crate) struct Counters {
     pub output_dropped: AtomicU64,
     pub frames_sent: AtomicU64,
     pub packets_received: AtomicU64,
+    pub expected_loss_percent: AtomicU32,
 }
 
 /// The SDK's counters, as of [`Client::stats`].
@@ -67,6 +68,9 @@ pub struct Stats {
     pub frames_sent: u64,
     /// RTP packets received in the slots.
     pub packets_received: u64,
+    /// The packet loss the encoder's in-band FEC is tuned for now (0..=100 %; see
+    /// [`Config::fec_follows_reports`](crate::Config::fec_follows_reports)).
+    pub expected_loss_percent: u32,
 }
 
 /// A native Chorus client: one session in one room.
@@ -101,6 +105,10 @@ impl Client {
     pub fn new(config: Config) -> Result<Client, Error> {
         config.validate()?;
         let shared = Arc::new(Shared::default());
+        shared.stats.expected_loss_percent.store(
+            config.expected_loss_percent.unsigned_abs(),
+            Ordering::Relaxed,
+        );
         let (mic_tx, mic_rx) = RingBuffer::new(config.ring_samples(config.input_rate_hz));
         // Pre-encoded frames: as many 20 ms frames as the ring's length.
         let (opus_tx, opus_rx) = RingBuffer::new((config.buffer_ms as usize / 20).max(2));
@@ -348,6 +356,7 @@ impl Client {
             output_dropped: c.output_dropped.load(Ordering::Relaxed),
             frames_sent: c.frames_sent.load(Ordering::Relaxed),
             packets_received: c.packets_received.load(Ordering::Relaxed),
+            expected_loss_percent: c.expected_loss_percent.load(Ordering::Relaxed),
         }
     }
 }

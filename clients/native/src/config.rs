@@ -27,8 +27,14 @@ pub struct Config {
     pub bitrate_bps: i32,
     /// Opus in-band forward error correction (a lost frame comes back from the next packet).
     pub fec: bool,
-    /// The packet loss the encoder's FEC is tuned for, 0..=100 %.
+    /// The packet loss the encoder's FEC is tuned for, 0..=100 %: from the start, and throughout unless
+    /// `fec_follows_reports`.
     pub expected_loss_percent: i32,
+    /// Once the server's receiver reports on the microphone stream arrive, tune the FEC for the loss they
+    /// state instead, as a browser's encoder does: the uplink's loss in a mixed room; in a forwarding room
+    /// at least the highest loss a listener of the room reports (up to the server's
+    /// `media.loss_feedback_max_percent`). A clean room then spends no bits on FEC copies.
+    pub fec_follows_reports: bool,
     /// Opus discontinuous transmission: silence is not sent.
     pub dtx: bool,
     /// The length of each audio ring (microphone in, mixed out, each participant out), 40..=2000 ms. A
@@ -59,6 +65,7 @@ impl Default for Config {
             bitrate_bps: 32_000,
             fec: true,
             expected_loss_percent: 10,
+            fec_follows_reports: true,
             dtx: false,
             buffer_ms: 200,
             mixed_output: true,

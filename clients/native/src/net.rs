@@ -119,6 +119,14 @@ impl Net {
             // dropped (the RTP clock moves on while muted, as for DTX).
             // Push-to-talk with the key up sends nothing either (the server would not forward it).
             let muted = !self.publish || self.shared.silent();
+            // The FEC follows the server's newest receiver report (the stats show it to a game that
+            // pushes frames of its own encoder).
+            if let Some(percent) = encoder.follow_reports(self.peer.reported_mic_loss_percent())? {
+                self.shared
+                    .stats
+                    .expected_loss_percent
+                    .store(percent.unsigned_abs(), Ordering::Relaxed);
+            }
             while self.audio.mic.slots() >= frame_in {
                 let (popped, _) = self.audio.mic.pop_partial_slice(&mut mic_frame);
                 debug_assert_eq!(popped.len(), frame_in);

@@ -82,11 +82,6 @@ pub struct PcmSource {
     pub loss_percent: i32,
 }
 
-/// A reported fraction lost as libopus' expected loss percentage.
-fn loss_percent(reported: Option<f32>) -> i32 {
-    reported.map_or(0, |l| (l * 100.0).round().clamp(0.0, 100.0) as i32)
-}
-
 /// Bitrate of a client playing PCM, like a browser's default Opus voice bitrate.
 pub const BROWSER_BITRATE_BPS: i32 = 32_000;
 
@@ -457,8 +452,8 @@ impl Sim {
     /// client's microphone state, as a browser's does (WebRTC's Opus encoder sets libopus' expected packet
     /// loss from the reports' fraction lost), starting from what was reported so far.
     pub fn play_pcm_following_reports(&mut self, client: usize, samples: Arc<[f32]>) {
-        let reported = self.clients[client].peer.reported_mic_loss();
-        self.play_pcm(client, samples, loss_percent(reported));
+        let reported = self.clients[client].peer.reported_mic_loss_percent();
+        self.play_pcm(client, samples, reported.unwrap_or(0));
         if let Some(src) = self.clients[client].pcm_source.as_mut() {
             src.follow_reported_loss = true;
         }
@@ -565,7 +560,7 @@ impl Sim {
         let c = &mut self.clients[i];
         if let Some(src) = c.pcm_source.as_mut() {
             if src.follow_reported_loss {
-                let percent = loss_percent(c.peer.reported_mic_loss());
+                let percent = c.peer.reported_mic_loss_percent().unwrap_or(0);
                 if percent != src.loss_percent {
                     c.encoder
                         .set_packet_loss_perc(percent)

@@ -2,7 +2,8 @@
 //! sentences with real pauses), resampled to 48 kHz by `sox` and cached under the target directory; WAV
 //! writing; and PESQ wide-band (ITU-T P.862.2) through `scripts/pesq_score.py` in the repository's `.venv`.
 //!
-//! Everything here needs only `std`, so the end-to-end tests (crate `chorus-tests`) include this file too.
+//! Everything here needs only `std`, so the end-to-end tests (crates `chorus-tests` and `chorus-native`)
+//! include this file too.
 //! Missing tools are a test failure naming `scripts/test.sh` (which installs them), never a silent skip.
 
 use std::fmt;
@@ -16,11 +17,13 @@ pub const SPEECH_RATE: u32 = media_core::audio::SAMPLE_RATE;
 /// Bumped whenever the passage or its processing changes, so a stale cache is never used.
 const PASSAGE_VERSION: u32 = 2;
 
-/// The repository root (both crates that use this file live one level below it).
+/// The repository root: the nearest directory above the crate that holds `scripts/speech-passage.sh`
+/// (the crates that use this file live one or two levels below it).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate directory has a parent: the repository root")
+        .ancestors()
+        .find(|dir| dir.join("scripts/speech-passage.sh").is_file())
+        .expect("the crate lives inside the repository, which holds scripts/speech-passage.sh")
         .to_path_buf()
 }
 

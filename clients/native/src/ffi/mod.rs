@@ -115,6 +115,9 @@ pub struct ChorusConfig {
     /// stereo mix; a forwarding room's streams panned by the speakers' positions; else the same on both
     /// sides), and every pull's `len` is `frames × 2`.
     pub output_channels: u16,
+    /// Once the server's receiver reports arrive, tune the FEC for the loss they state instead of
+    /// `expected_loss_percent`.
+    pub fec_follows_reports: bool,
 }
 
 /// The kind of a [`ChorusEvent`]; which fields are set depends on it.
@@ -212,6 +215,8 @@ pub struct ChorusStats {
     pub output_dropped: u64,
     pub frames_sent: u64,
     pub packets_received: u64,
+    /// The packet loss the encoder's in-band FEC is tuned for now, 0..=100 %.
+    pub expected_loss_percent: u32,
 }
 
 /// A client (opaque).
@@ -265,6 +270,7 @@ pub unsafe extern "C" fn chorus_config_default(out: *mut ChorusConfig) -> Chorus
             team: std::ptr::null(),
             listen_only: d.listen_only,
             output_channels: d.output_channels,
+            fec_follows_reports: d.fec_follows_reports,
         };
         // SAFETY: non-null, writable per the caller.
         unsafe { put(out, config) };
@@ -306,6 +312,7 @@ pub unsafe extern "C" fn chorus_client_new(config: *const ChorusConfig) -> *mut 
                     .transpose()?,
                 listen_only: c.listen_only,
                 output_channels: c.output_channels,
+                fec_follows_reports: c.fec_follows_reports,
                 ..Config::default()
             },
         };
@@ -583,6 +590,7 @@ pub unsafe extern "C" fn chorus_client_stats(
             output_dropped: s.output_dropped,
             frames_sent: s.frames_sent,
             packets_received: s.packets_received,
+            expected_loss_percent: s.expected_loss_percent,
         };
         // SAFETY: non-null, writable per the caller.
         unsafe { put(out, stats) };

@@ -376,6 +376,7 @@ async fn a_lost_connection_is_rejoined_and_heard_again() -> anyhow::Result<()> {
     Ok(())
 }
 
+mod fec;
 mod moderation;
 mod paths;
 mod ptt;

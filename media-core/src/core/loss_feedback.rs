@@ -13,11 +13,12 @@
 //! The cap bounds what one listener on a bad link costs everyone else (the encoder spends part of its
 //! bitrate on the FEC copy) and stays at or below 10 %, where a sender's loss-based bandwidth estimate
 //! would start to back off. Mixed rooms are left alone: their listeners decode the server's mix, whose
-//! encoder has in-band FEC of its own. A spanned room's shards each report their own subscribers' loss.
+//! encoder has in-band FEC of its own. A spanned room's shards tell each other their own subscribers'
+//! figure (`TrunkMessage::LossFloor`), and each states the highest of them to its publishers.
 
 use std::time::{Duration, Instant};
 
-use super::{room::RoomKind, Link, MediaCore, Participant};
+use super::{room::RoomKind, trunk::TrunkMessage, Link, MediaCore, Participant};
 use crate::core::peer::Downstream;
 use crate::ids::Ssrc;
 
@@ -34,6 +35,14 @@ const MIN_PACKETS: f64 = 50.0;
 /// How often a room's figure is recomputed at the latest, so that a listener whose loss went down, or
 /// whose reports stopped, lowers it. A rise is applied at once.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// How long another shard's figure counts after its last message: it sends one every
+/// [`REFRESH_EVERY`] or so while its figure is above 0, and one when it changes (0 when its lossy
+/// listener left). A shard that died without saying so is forgotten after this.
+const REMOTE_FOR: Duration = Duration::from_secs(15);
+
+/// Most other shards' figures a room keeps (a spanned room has a shard per worker or node hosting it).
+const MAX_REMOTE_SHARDS: usize = 64;
 
 /// What a subscriber's receiver reports on its downlink counted, in sums that decay with time, and the
 /// loss of its latest report's interval on its own. The figure is the higher of the two: a link that got
@@ -113,11 +122,24 @@ pub(crate) fn room_floor(
         .min(cap)
 }
 
-/// A room's state of the feedback: what its receiver reports state at least, and when it was computed.
-#[derive(Clone, Copy, Debug, Default)]
+/// A room's state of the feedback: what its receiver reports state at least, and when it was computed;
+/// in a spanned room, what this shard last told the others and what the others told it.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct RoomLossFeedback {
     pub(crate) floor: u8,
     refreshed: Option<Instant>,
+    /// This shard's own figure as last sent to the room's other shards, and when.
+    sent: Option<(u8, Instant)>,
+    /// The other shards' figures: (shard, fraction, received).
+    remote: Vec<(u64, u8, Instant)>,
+}
+
+impl RoomLossFeedback {
+    /// The room is no longer spanned: the other shards' figures no longer count.
+    pub(crate) fn unspanned(&mut self) {
+        self.sent = None;
+        self.remote.clear();
+    }
 }
 
 impl MediaCore {
@@ -151,8 +173,37 @@ impl MediaCore {
         }
     }
 
-    /// Recompute a forwarding room's figure from its subscribers' reports and, when it changed, give it
-    /// to every member's microphone stream.
+    /// Another shard of a spanned room sent its subscribers' figure: the room's is recomputed when that
+    /// figure changed (a rise at once) or a refresh is due.
+    pub(super) fn import_loss_floor(&mut self, now: Instant, key: u64, shard: u64, fraction: u8) {
+        let Some(room) = self.rooms.get_mut(&key) else {
+            return;
+        };
+        let feedback = &mut room.loss_feedback;
+        let known = feedback.remote.iter().position(|r| r.0 == shard);
+        let changed = match known {
+            Some(i) => {
+                let changed = feedback.remote[i].1 != fraction;
+                feedback.remote[i] = (shard, fraction, now);
+                changed
+            }
+            None if feedback.remote.len() < MAX_REMOTE_SHARDS => {
+                feedback.remote.push((shard, fraction, now));
+                true
+            }
+            None => false,
+        };
+        let due = feedback
+            .refreshed
+            .is_none_or(|t| now.saturating_duration_since(t) >= REFRESH_EVERY);
+        if changed || due {
+            self.refresh_loss_feedback(now, key);
+        }
+    }
+
+    /// Recompute a forwarding room's figure from its subscribers' reports (and, in a spanned room, the
+    /// other shards' figures, after telling them this shard's own) and, when it changed, give it to every
+    /// member's microphone stream.
     pub(super) fn refresh_loss_feedback(&mut self, now: Instant, key: u64) {
         let cap = percent_to_fraction(self.config.loss_feedback_max_percent);
         let Some(room) = self.rooms.get_mut(&key) else {
@@ -167,8 +218,35 @@ impl MediaCore {
             .filter_map(|id| self.participants.get(id))
             .filter(|p| p.subscribes() && !p.mix_listener())
             .filter_map(|p| p.downstream_loss);
-        let floor = room_floor(now, reports, cap);
+        let local = room_floor(now, reports, cap);
         room.loss_feedback.refreshed = Some(now);
+        let feedback = &mut room.loss_feedback;
+        if room.trunk.spanned {
+            let send = match feedback.sent {
+                None => local > 0,
+                Some((sent, at)) => {
+                    sent != local
+                        || (local > 0 && now.saturating_duration_since(at) >= REFRESH_EVERY)
+                }
+            };
+            if send {
+                feedback.sent = Some((local, now));
+                self.trunk_out.push_back(TrunkMessage::LossFloor {
+                    room: room.id.clone(),
+                    shard: self.shard_id,
+                    fraction: local,
+                });
+            }
+        }
+        feedback
+            .remote
+            .retain(|r| now.saturating_duration_since(r.2) < REMOTE_FOR);
+        let floor = feedback
+            .remote
+            .iter()
+            .map(|r| r.1)
+            .fold(local, u8::max)
+            .min(cap);
         if floor == room.loss_feedback.floor {
             return;
         }

@@ -404,6 +404,9 @@ pub struct MediaCore {
     /// Rooms with shards elsewhere: their candidates are exported (now, and when they are created here).
     spanned_rooms: HashSet<RoomId>,
     trunk_out: VecDeque<trunk::TrunkMessage>,
+    /// This core's name among the shards of a spanned room (`TrunkMessage::LossFloor`): from the seed,
+    /// which differs per worker and per start.
+    shard_id: u64,
 }
 
 impl MediaCore {
@@ -421,6 +424,7 @@ impl MediaCore {
     pub fn with_certificate(now: Instant, config: CoreConfig, dtls_cert: DtlsCert) -> Self {
         MediaCore {
             rng: SeqRng::new(config.seed),
+            shard_id: SeqRng::new(config.seed ^ 0x9e37_79b9_7f4a_7c15).next_u64(),
             config,
             dtls_cert,
             participants: ParticipantMap::default(),

@@ -72,6 +72,14 @@ pub enum TrunkMessage {
         room: RoomId,
         speaker: ParticipantId,
     },
+    /// The loss the shard's own subscribers of a forwarding room report (a report block's fraction, at
+    /// most the sender's cap), sent when it changes and every few seconds while it is above 0: the other
+    /// shards' publishers are told it too (`loss_feedback.rs`). `shard` tells the senders apart.
+    LossFloor {
+        room: RoomId,
+        shard: u64,
+        fraction: u8,
+    },
 }
 
 impl TrunkMessage {
@@ -79,6 +87,7 @@ impl TrunkMessage {
         match self {
             TrunkMessage::Audio(p) => &p.room,
             TrunkMessage::Withdrawn { room, .. } => room,
+            TrunkMessage::LossFloor { room, .. } => room,
         }
     }
 }
@@ -216,6 +225,7 @@ impl MediaCore {
                 room.arm_tick(&mut self.tick);
             } else {
                 room.trunk.voices.clear();
+                room.loss_feedback.unspanned();
                 for speaker in room.trunk.exports.drain(..) {
                     self.trunk_out.push_back(TrunkMessage::Withdrawn {
                         room: room.id.clone(),
@@ -252,6 +262,12 @@ impl MediaCore {
                 if remote {
                     self.remove_participant(now, speaker)?;
                 }
+                return Ok(());
+            }
+            TrunkMessage::LossFloor {
+                shard, fraction, ..
+            } => {
+                self.import_loss_floor(now, key, shard, fraction);
                 return Ok(());
             }
             TrunkMessage::Audio(packet) => packet,

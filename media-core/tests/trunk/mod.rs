@@ -212,6 +212,40 @@ fn a_muted_speaker_is_withdrawn_and_a_shard_ends_with_its_last_local_member() {
     assert!(s.a.core.stats().trunk.no_room > 0);
 }
 
+/// Loss feedback across shards (`loss_feedback.rs`): a listener losing 15 % on shard B is stated to a
+/// talker on shard A (at the cap), and no longer once it left.
+#[test]
+fn a_listeners_loss_on_one_shard_reaches_a_talker_on_the_other() {
+    let mut s = Shards::new(RoomSettings::forward(3), &[(440.0, 0.3)], &[(550.0, 0.0)]);
+    let (server, listener) = (s.b.server, s.b.clients[0].addr);
+    s.b.net
+        .set_link(server, listener, LinkConfig::lossy(0.15, 5.0, 0.0));
+    let mut first_told = None;
+    for second in 1..=25 {
+        s.run_for(Duration::from_secs(1));
+        let told = s.a.clients[0].peer.reported_mic_loss().unwrap_or(0.0);
+        if told >= 0.09 && first_told.is_none() {
+            first_told = Some(second);
+        }
+    }
+    let told = s.a.clients[0].peer.reported_mic_loss().unwrap_or(0.0);
+    println!("A's talker was told {told} after {first_told:?} s");
+    // 15 % lost on B, stated at the cap on A: 26 / 255.
+    assert!((0.09..=0.11).contains(&told), "told {told}");
+    assert!(
+        first_told.is_some_and(|s| s <= 13),
+        "A's talker was told after {first_told:?} s"
+    );
+
+    // The lossy listener leaves B (which ends its shard with it): its last word is a figure of 0.
+    let (now, id) = (s.b.now, s.b.clients[0].id);
+    s.b.core.remove_participant(now, id).expect("B's listener");
+    s.b.drain_core();
+    s.run_for(Duration::from_secs(8));
+    let told = s.a.clients[0].peer.reported_mic_loss().unwrap_or(0.0);
+    assert!(told < 0.01, "told {told} after B's listener left");
+}
+
 #[test]
 fn a_mixed_room_across_shards_mixes_both_shards_talkers() {
     let mut s = Shards::new(

@@ -5,8 +5,9 @@
 //! Layout (integers big-endian):
 //!
 //! ```text
-//! version u8 (2) | kind u8 (1 audio, 2 withdrawn) | boot u64 | seq u64 | sent_us u64
-//! | node_len u8 | node | room_len u16 | room | speaker u64
+//! version u8 (2) | kind u8 (1 audio, 2 withdrawn, 3 loss floor) | boot u64 | seq u64 | sent_us u64
+//! | node_len u8 | node | room_len u16 | room | speaker u64 (loss floor: the sending shard)
+//! | loss floor only: fraction u8 (1/256, as in a report block)
 //! | audio only: ssrc u32 | rtp_seq u64 | timestamp u32 | level u8 (255: none)
 //!   | voice: flags u8 (bit 0: shout, bit 1: placed; the others 0) | team_len u8 (0: none) | team
 //!     | target u8 (0 room, 1 team, 2 whisper) | whisper only: count u8 (1..=64) | count × participant u64
@@ -23,6 +24,10 @@
 //! list is cut): with the longest node id, room name and team, and a position, that leaves 580 bytes of
 //! Opus (230 kbit/s at 20 ms); a packet that still does not fit is not sent (`Oversized`, counted as a
 //! failed send), never sent without its voice.
+//!
+//! A loss floor (kind 3) is what the shard's own subscribers of a forwarding room report losing, so that
+//! the other shards' publishers are told it too (docs/architecture.md, "Loss feedback"). A node that
+//! predates it refuses the kind (`malformed`) and keeps its own figure: version 2 stays.
 //!
 //! `boot` is random per start of the sending node and `seq` counts its datagrams from 1, so a receiver
 //! keeps a replay window per (node, boot); `sent_us` is the sender's wall clock in µs since the Unix epoch,
@@ -59,6 +64,7 @@ const MAX_SENDERS: usize = 1024;
 const TAG_BYTES: usize = 32;
 const KIND_AUDIO: u8 = 1;
 const KIND_WITHDRAWN: u8 = 2;
+const KIND_LOSS_FLOOR: u8 = 3;
 const NO_LEVEL: u8 = 255;
 const SHOUT: u8 = 1;
 const PLACED: u8 = 2;
@@ -152,6 +158,9 @@ impl Sealer {
         let (kind, room, speaker) = match message {
             TrunkMessage::Audio(p) => (KIND_AUDIO, &p.room, p.speaker),
             TrunkMessage::Withdrawn { room, speaker } => (KIND_WITHDRAWN, room, *speaker),
+            TrunkMessage::LossFloor { room, shard, .. } => {
+                (KIND_LOSS_FLOOR, room, ParticipantId(*shard))
+            }
         };
         let node_len = u8::try_from(self.node.len())
             .ok()
@@ -178,6 +187,9 @@ impl Sealer {
             put_voice(&mut out, &p.voice, p.position)?;
             out.extend_from_slice(&payload_len.to_be_bytes());
             out.extend_from_slice(&p.payload);
+        }
+        if let TrunkMessage::LossFloor { fraction, .. } = message {
+            out.push(*fraction);
         }
         if out.len() + TAG_BYTES > MAX_DATAGRAM_BYTES {
             return Err(WireError::Oversized);
@@ -269,6 +281,11 @@ impl Opener {
                 })
             }
             KIND_WITHDRAWN => TrunkMessage::Withdrawn { room, speaker },
+            KIND_LOSS_FLOOR => TrunkMessage::LossFloor {
+                room,
+                shard: speaker.0,
+                fraction: r.u8()?,
+            },
             _ => return Err(WireError::Malformed("kind")),
         };
         if !r.0.is_empty() {
@@ -527,13 +544,18 @@ mod tests {
     }
 
     #[test]
-    fn audio_and_withdrawals_round_trip() {
+    fn audio_withdrawals_and_loss_floors_round_trip() {
         let (mut s, mut o) = pair();
         let withdrawn = TrunkMessage::Withdrawn {
             room: RoomId("big".into()),
             speaker: ParticipantId(9),
         };
-        for m in [audio(&[1, 2, 3]), withdrawn, audio(&[])] {
+        let floor = TrunkMessage::LossFloor {
+            room: RoomId("big".into()),
+            shard: u64::MAX - 3,
+            fraction: 26,
+        };
+        for m in [audio(&[1, 2, 3]), withdrawn, floor, audio(&[])] {
             let d = s.seal(&m, at(0)).expect("a small message seals");
             let opened = o.open(&d, at(1)).expect("a fresh datagram opens");
             assert_eq!(opened.message, m);
@@ -707,6 +729,11 @@ mod tests {
             TrunkMessage::Withdrawn {
                 room: RoomId("big".into()),
                 speaker: ParticipantId(9),
+            },
+            TrunkMessage::LossFloor {
+                room: RoomId("big".into()),
+                shard: 7,
+                fraction: 255,
             },
         ];
         let (mut s, _) = pair();

@@ -5,6 +5,11 @@
 // encoder starts protecting every packet, which the server counts
 // (`chorus_rtp_fec_packets_received_total`, libopus' `opus_packet_has_lbrr`).
 //
+// The server's media go through a UDP proxy in the namespace (lib/netns-jitter.js) that delays each
+// datagram it sends by 10–50 ms on its own (reordering them), as a jittery downlink does: FEC helps only
+// when the packet carrying a lost frame's copy arrives before that frame must play, and on a real lossy
+// link it usually does, because its packets also arrive unevenly.
+//
 // Both pages send plain Opus (`red=0`): RED would protect the listener without any FEC. The speaker's fake
 // microphone loops the espeak-ng passage (scripts/speech-passage.sh), so the encoder codes speech, as
 // in a call.
@@ -13,6 +18,10 @@
 // 2. Once the listener loses 5 %, most of them do, within 40 s.
 // 3. The listener's recording of the passage, made while it loses 5 %, is scored with PESQ-WB against
 //    the passage.
+//
+// For measurements (docs/architecture.md, "Loss feedback"), not the suite: LOSS_FEEDBACK_MAX_PERCENT=0
+// runs the same call with the feedback off (then no FEC is asserted), LOSS_FEEDBACK_LOSS_PERCENT changes
+// the loss.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -20,7 +29,9 @@ import {
   CHROMIUM, inboundAudioStats, launchParticipant, makeTempDir, openDemo, waitConnected,
   withDiagnostics as runWithDiagnostics,
 } from './lib/browser.js';
-import { createNetns } from './lib/netns.js';
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { createNetns, stopProcess } from './lib/netns.js';
 import { metricValue, startServer } from './lib/server.js';
 import { passageWav, pesq, writePcmWav } from './lib/speech.js';
 
@@ -31,15 +42,22 @@ const HTTP_PORT = 7881;
 const TAIL_S = 3;
 /** Seconds recorded: at least one whole loop (passage ≈ 12 s + tail) wherever the recording starts. */
 const RECORD_S = 32;
-/** The share of the server's media datagrams nftables drops. */
-const LOSS_PERCENT = 5;
+/** The share of the server's media datagrams nftables drops (`LOSS_FEEDBACK_LOSS_PERCENT` for measurements). */
+const LOSS_PERCENT = Number(process.env.LOSS_FEEDBACK_LOSS_PERCENT ?? 5);
+/** The one-way delay the proxy adds to each of the server's datagrams, uniform (ms). */
+const JITTER_MS = [10, 50];
+/** Where the server binds its media: the proxy in front of it listens on the namespace's address. */
+const SERVER_MEDIA_IP = '127.0.0.1';
+/** For measurements, not the suite: `LOSS_FEEDBACK_MAX_PERCENT=0` runs the same call without the feedback. */
+const MAX_PERCENT = process.env.LOSS_FEEDBACK_MAX_PERCENT;
+const FEEDBACK = MAX_PERCENT === undefined || Number(MAX_PERCENT) > 0;
 
 /** @param {number} mediaPort @returns {string[][]} nft commands: drop LOSS_PERCENT % of the server's UDP */
 const lossRules = (mediaPort) => [
   ['add', 'table', 'inet', 'lossy'],
   ['add', 'chain', 'inet', 'lossy', 'output', '{ type filter hook output priority 0; policy accept; }'],
-  ['add', 'rule', 'inet', 'lossy', 'output', 'udp', 'sport', String(mediaPort), 'numgen', 'random', 'mod',
-    '100', '<', String(LOSS_PERCENT), 'counter', 'drop'],
+  ['add', 'rule', 'inet', 'lossy', 'output', 'ip', 'saddr', SERVER_MEDIA_IP, 'udp', 'sport', String(mediaPort),
+    'numgen', 'random', 'mod', '100', '<', String(LOSS_PERCENT), 'counter', 'drop'],
 ];
 
 /**
@@ -75,6 +93,8 @@ describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder
   let server = null;
   /** @type {import('./lib/browser.js').Participant[]} */
   let all = [];
+  /** @type {import('node:child_process').ChildProcess|null} */
+  let proxy = null;
   const tmp = makeTempDir('chorus-loss-feedback-');
   let wav = '';
   /** @param {() => Promise<void>} fn */
@@ -83,7 +103,26 @@ describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder
   before(async () => {
     wav = passageWav(tmp.dir, TAIL_S);
     ns = await createNetns({ prefix: 'chorus-lossfb' });
-    server = await startServer({ netns: ns, httpPort: HTTP_PORT, workers: 1, slots: 3 });
+    const config = path.join(tmp.dir, 'chorus.toml');
+    fs.writeFileSync(config, MAX_PERCENT === undefined ? '' : `[media]\nloss_feedback_max_percent = ${Number(MAX_PERCENT)}\n`);
+    server = await startServer({
+      netns: ns,
+      httpPort: HTTP_PORT,
+      workers: 1,
+      slots: 3,
+      mediaBindIp: SERVER_MEDIA_IP,
+      publicIp: ns.addrA,
+      extraArgs: ['--config', config, '--media-tcp-enabled', 'false'],
+    });
+    const jitter = fileURLToPath(new URL('./lib/netns-jitter.js', import.meta.url));
+    proxy = ns.spawn(process.execPath, [jitter, ns.addrA, String(server.mediaPort), SERVER_MEDIA_IP,
+      String(server.mediaPort), String(JITTER_MS[0]), String(JITTER_MS[1])], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const started = /** @type {import('node:child_process').ChildProcess} */ (proxy);
+    await new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('the jitter proxy did not start')), 10000);
+      started.once('exit', (code) => { clearTimeout(t); reject(new Error(`the jitter proxy exited ${code}`)); });
+      /** @type {NodeJS.ReadableStream} */ (started.stdout).once('data', () => { clearTimeout(t); resolve(undefined); });
+    });
     const inNs = {
       executablePath: ns.wrapper(CHROMIUM, tmp.dir),
       extraArgs: [`--unsafely-treat-insecure-origin-as-secure=${server.url}`],
@@ -96,6 +135,7 @@ describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder
 
   after(async () => {
     await Promise.all(all.map((p) => p.close()));
+    if (proxy) await stopProcess(proxy);
     if (server) await server.stop();
     if (ns) await ns.destroy();
     tmp.cleanup();
@@ -120,13 +160,17 @@ describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder
     for (const args of lossRules(srv.mediaPort)) netns.run('nft', args);
     const lossStart = Date.now();
     let lossy = { received: 0, fec: 0, share: 0 };
-    while (Date.now() - lossStart < 40000) {
+    while (Date.now() - lossStart < (FEEDBACK ? 40000 : 15000)) {
       lossy = await fecShare(netns, srv.url, 3000);
-      if (lossy.share >= 0.5) break;
+      if (FEEDBACK && lossy.share >= 0.5) break;
     }
     const tookMs = Date.now() - lossStart;
     console.log(`lossy link: ${lossy.fec} of ${lossy.received} packets carried FEC, ${tookMs} ms after the loss began`);
-    assert.ok(lossy.share >= 0.5, `Chromium added no FEC for its lossy listener within 40 s: ${JSON.stringify(lossy)}`);
+    if (FEEDBACK) {
+      assert.ok(lossy.share >= 0.5, `Chromium added no FEC for its lossy listener within 40 s: ${JSON.stringify(lossy)}`);
+    } else {
+      assert.ok(lossy.share < 0.1, `FEC without the feedback: ${JSON.stringify(lossy)}`);
+    }
 
     // 3. What the listener hears through the loss.
     const rec = await listener.page.evaluate((ms) => /** @type {any} */ (window).chorusDemo.record(ms), RECORD_S * 1000);
@@ -135,9 +179,10 @@ describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder
     const dropped = netns.run('nft', ['list', 'table', 'inet', 'lossy']);
     const s = pesq(wav, received, RECORD_S);
     const heard = (await inboundAudioStats(listener)).filter((x) => x.packetsReceived > 0);
-    console.log(`listener through ${LOSS_PERCENT} % loss with FEC: PESQ-WB ${s.mos_lqo.toFixed(2)} (correlation `
+    console.log(`listener through ${LOSS_PERCENT} % loss and ${JITTER_MS.join('–')} ms of delay`
+      + `${MAX_PERCENT === undefined ? '' : ` (loss_feedback_max_percent ${MAX_PERCENT})`}: PESQ-WB ${s.mos_lqo.toFixed(2)} (correlation `
       + `${s.correlation.toFixed(2)}); receive side ${JSON.stringify(heard.map((x) => ({
-        slot: x.slot, packetsReceived: x.packetsReceived, packetsLost: x.packetsLost,
+        slot: x.slot, packetsReceived: x.packetsReceived, packetsLost: x.packetsLost, jitterS: x.jitter,
         concealedShare: x.totalSamplesReceived ? +(x.concealedSamples / x.totalSamplesReceived).toFixed(4) : null,
       })))}`);
     assert.match(dropped, /counter packets [1-9]/, `nftables dropped datagrams: ${dropped}`);

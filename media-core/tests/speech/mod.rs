@@ -448,8 +448,8 @@ fn lossy_listener_call(name: &str, seed: u64, loss_feedback_max_percent: u8) -> 
     let pass = Duration::from_secs_f64(speech.len() as f64 / f64::from(SAMPLE_RATE) + 1.0);
     sim.play_pcm_following_reports(0, speech.clone());
     sim.run_for(pass);
-    // A pause, as in a conversation. The reports are 5 s apart, and the server counts a listener's
-    // loss from its second report on: the speaker hears of it 10–20 s into the call.
+    // A pause, as in a conversation. The reports are 5 s apart: the speaker hears of the listener's
+    // loss about 12 s into the call (`sim.rs`, `a_listeners_loss_reaches_publishers_…`).
     sim.run_for(Duration::from_secs(15));
     let start = sim.played(1).map_or(0, |p| p.played.len());
     let told = sim.clients[0].peer.reported_mic_loss();

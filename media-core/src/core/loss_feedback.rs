@@ -18,8 +18,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{room::RoomKind, trunk::TrunkMessage, Link, MediaCore, Participant};
-use crate::core::peer::Downstream;
+use super::{room::RoomKind, trunk::TrunkMessage, MediaCore, Participant};
+use crate::core::peer::{Downstream, Peer};
 use crate::ids::Ssrc;
 
 /// How fast a subscriber's figure forgets: its packets expected and lost are summed over its receiver
@@ -130,8 +130,16 @@ pub(crate) struct RoomLossFeedback {
     refreshed: Option<Instant>,
     /// This shard's own figure as last sent to the room's other shards, and when.
     sent: Option<(u8, Instant)>,
-    /// The other shards' figures: (shard, fraction, received).
-    remote: Vec<(u64, u8, Instant)>,
+    /// The other shards' figures.
+    remote: Vec<RemoteFigure>,
+}
+
+/// Another shard's figure for a spanned room, and when its last message came.
+#[derive(Clone, Copy, Debug)]
+struct RemoteFigure {
+    shard: u64,
+    fraction: u8,
+    received: Instant,
 }
 
 impl RoomLossFeedback {
@@ -180,15 +188,16 @@ impl MediaCore {
             return;
         };
         let feedback = &mut room.loss_feedback;
-        let known = feedback.remote.iter().position(|r| r.0 == shard);
+        let figure = RemoteFigure {
+            shard,
+            fraction,
+            received: now,
+        };
+        let known = feedback.remote.iter().position(|r| r.shard == shard);
         let changed = match known {
-            Some(i) => {
-                let changed = feedback.remote[i].1 != fraction;
-                feedback.remote[i] = (shard, fraction, now);
-                changed
-            }
+            Some(i) => std::mem::replace(&mut feedback.remote[i], figure).fraction != fraction,
             None if feedback.remote.len() < MAX_REMOTE_SHARDS => {
-                feedback.remote.push((shard, fraction, now));
+                feedback.remote.push(figure);
                 true
             }
             None => false,
@@ -240,11 +249,11 @@ impl MediaCore {
         }
         feedback
             .remote
-            .retain(|r| now.saturating_duration_since(r.2) < REMOTE_FOR);
+            .retain(|r| now.saturating_duration_since(r.received) < REMOTE_FOR);
         let floor = feedback
             .remote
             .iter()
-            .map(|r| r.1)
+            .map(|r| r.fraction)
             .fold(local, u8::max)
             .min(cap);
         if floor == room.loss_feedback.floor {
@@ -253,28 +262,30 @@ impl MediaCore {
         let rose = floor > room.loss_feedback.floor;
         room.loss_feedback.floor = floor;
         for id in &room.members {
-            let Some(p) = self.participants.get_mut(id) else {
+            let Some(peer) = self
+                .participants
+                .get_mut(id)
+                .and_then(|p| p.apply_loss_floor(floor))
+            else {
                 continue;
             };
-            p.apply_loss_floor(floor);
             // A higher floor is reported soon (str0m brings the next receiver report forward to a
             // second after the previous one): the peer's timers run now to learn the new due time.
-            if let (true, Link::Peer(peer)) = (rose, &mut p.link) {
-                if p.ssrc.is_some() {
-                    self.out.schedule(peer, now);
-                }
+            if rose {
+                self.out.schedule(peer, now);
             }
         }
     }
 }
 
 impl Participant {
-    /// Set the least fraction lost its microphone stream's receiver reports state.
-    pub(super) fn apply_loss_floor(&mut self, floor: u8) {
-        let ssrc = self.ssrc;
-        if let (Link::Peer(peer), Some(Ssrc(ssrc))) = (&mut self.link, ssrc) {
-            peer.set_mic_loss_floor(ssrc, floor);
-        }
+    /// Set the least fraction lost its microphone stream's receiver reports state: the peer that got
+    /// it, if the participant has a peer and a microphone stream.
+    pub(super) fn apply_loss_floor(&mut self, floor: u8) -> Option<&mut Peer> {
+        let Ssrc(ssrc) = self.ssrc?;
+        let peer = self.peer_mut()?;
+        peer.set_mic_loss_floor(ssrc, floor);
+        Some(peer)
     }
 }
 

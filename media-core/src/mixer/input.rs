@@ -201,15 +201,21 @@ pub fn opus_packet_has_fec(payload: &[u8]) -> bool {
     unsafe { opusic_sys::opus_packet_has_lbrr(payload.as_ptr(), len) == 1 }
 }
 
-/// An Opus packet's duration in samples and whether it can carry in-band FEC (SILK or hybrid mode); `None`
-/// for a payload that is not a valid Opus packet.
+/// An Opus packet's duration in samples and whether it carries in-band FEC for the frame before it (see
+/// [`opus_packet_has_fec`]); `None` for a payload that is not a valid Opus packet.
+///
+/// Whether it *carries* FEC, not whether its mode could: a SILK or hybrid packet from an encoder that
+/// expects no loss, or of a frame its encoder judged not to be speech, has none. Decoding such a packet
+/// with FEC only runs PLC, so the jitter buffer counted PLC as FEC and kept its loss margin for
+/// redundancy that was not there.
 pub fn opus_packet_info(payload: &[u8]) -> Option<(u32, bool)> {
     let toc = *payload.first()?;
     let samples = opus::packet::get_nb_samples(payload, SAMPLE_RATE).ok()?;
     if samples == 0 || samples > MAX_PACKET_SAMPLES {
         return None;
     }
-    // TOC config 0..=11 is SILK-only, 12..=15 hybrid; both can carry LBRR (FEC) frames. 16..=31 is CELT.
-    let has_fec = (toc >> 3) < 16;
+    // TOC config 0..=11 is SILK-only, 12..=15 hybrid; both can carry LBRR (FEC) frames. 16..=31 is CELT,
+    // which never does: no need to parse it.
+    let has_fec = (toc >> 3) < 16 && opus_packet_has_fec(payload);
     Some((samples as u32, has_fec))
 }

@@ -695,46 +695,61 @@ fn a_room_that_never_idles_moves_its_grid_to_its_talkers_phase() {
     assert_eq!(b.jumps, 0, "B's stream stayed continuous");
 }
 
+/// A browser-like voice encoder (libopus VOIP at 32 kb/s, in-band FEC enabled) told to expect
+/// `expected_loss` percent loss, as a receiver report would tell it.
+fn fec_encoder(expected_loss: i32) -> opus::Encoder {
+    let mut enc = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+        .expect("an Opus encoder for 48 kHz mono");
+    enc.set_bitrate(opus::Bitrate::Bits(32_000))
+        .and_then(|()| enc.set_inband_fec(true))
+        .and_then(|()| enc.set_packet_loss_perc(expected_loss))
+        // Coded as voice, as a browser's microphone mostly is: SILK or hybrid, where FEC lives.
+        .and_then(|()| enc.set_signal(opus::Signal::Voice))
+        .expect("valid Opus encoder settings");
+    enc
+}
+
+/// Frame `k` of a voiced sound, as syllables: harmonics of a pitch gliding around 140 Hz, its loudness
+/// rising and falling four times a second.
+fn voiced_frame(k: usize) -> Vec<f32> {
+    (k * FRAME_SAMPLES..(k + 1) * FRAME_SAMPLES)
+        .map(|i| {
+            let t = i as f32 / SAMPLE_RATE as f32;
+            let envelope = 0.6 + 0.4 * (std::f32::consts::TAU * 4.0 * t).sin();
+            let pitch = 140.0 * t + 3.0 * (std::f32::consts::TAU * 0.5 * t).sin();
+            (1..12)
+                .map(|h| (std::f32::consts::TAU * pitch * h as f32).sin() / h as f32)
+                .sum::<f32>()
+                * 0.2
+                * envelope
+        })
+        .collect()
+}
+
+/// `count` packets of the voiced sound from [`fec_encoder`]`(expected_loss)`.
+fn voiced_packets(expected_loss: i32, count: usize) -> Vec<Vec<u8>> {
+    let mut enc = fec_encoder(expected_loss);
+    (0..count)
+        .map(|k| {
+            enc.encode_vec_float(&voiced_frame(k), MAX_OPUS)
+                .expect("Opus encodes a frame")
+        })
+        .collect()
+}
+
 /// `opus_packet_has_fec` tells a packet that carries in-band FEC (an encoder told to expect loss) from one
 /// that does not (the same encoder expecting none), and says no to anything that is not Opus.
+/// `opus_packet_info` agrees with it.
 #[test]
 fn fec_is_seen_only_in_packets_an_encoder_coded_it_into() {
     let share_with_fec = |expected_loss: i32| {
-        let mut enc =
-            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
-                .expect("an Opus encoder for 48 kHz mono");
-        enc.set_bitrate(opus::Bitrate::Bits(32_000))
-            .and_then(|()| enc.set_inband_fec(true))
-            .and_then(|()| enc.set_packet_loss_perc(expected_loss))
-            // Coded as voice, as a browser's microphone mostly is: SILK or hybrid, where FEC lives.
-            .and_then(|()| enc.set_signal(opus::Signal::Voice))
-            .expect("valid Opus encoder settings");
-        let mut out = vec![0u8; 1500];
-        let packets = 100;
-        let frame = SAMPLE_RATE as usize / 50;
-        let with_fec = (0..packets)
-            .filter(|k| {
-                // A voiced sound, as syllables: harmonics of a pitch gliding around 140 Hz, its loudness
-                // rising and falling four times a second.
-                let pcm: Vec<f32> = (k * frame..(k + 1) * frame)
-                    .map(|i| {
-                        let t = i as f32 / SAMPLE_RATE as f32;
-                        let envelope = 0.6 + 0.4 * (std::f32::consts::TAU * 4.0 * t).sin();
-                        let pitch = 140.0 * t + 3.0 * (std::f32::consts::TAU * 0.5 * t).sin();
-                        (1..12)
-                            .map(|h| (std::f32::consts::TAU * pitch * h as f32).sin() / h as f32)
-                            .sum::<f32>()
-                            * 0.2
-                            * envelope
-                    })
-                    .collect();
-                let n = enc
-                    .encode_float(&pcm, &mut out)
-                    .expect("Opus encodes a frame");
-                opus_packet_has_fec(&out[..n])
-            })
-            .count();
-        with_fec as f64 / packets as f64
+        let packets = voiced_packets(expected_loss, 100);
+        for p in &packets {
+            let info = opus_packet_info(p).expect("Opus");
+            assert_eq!(info, (FRAME_SAMPLES as u32, opus_packet_has_fec(p)));
+        }
+        let with_fec = packets.iter().filter(|p| opus_packet_has_fec(p)).count();
+        with_fec as f64 / packets.len() as f64
     };
     assert_eq!(share_with_fec(0), 0.0);
     // 0.64 measured: SILK codes a frame's copy only where it judges the frame speech.
@@ -742,4 +757,52 @@ fn fec_is_seen_only_in_packets_an_encoder_coded_it_into() {
     assert!(share > 0.5, "{share}");
     assert!(!opus_packet_has_fec(&[]));
     assert!(!opus_packet_has_fec(&[0xff; 3]));
+}
+
+/// A talker losing every tenth packet: a lost frame counts as recovered by FEC only when the packet after
+/// it carries FEC, and the jitter buffer waits one packet longer for that packet (its loss margin) only
+/// while the talker's packets carry FEC. Before, a packet's mode that *could* carry FEC was taken for FEC:
+/// an encoder expecting no loss had every lost frame "recovered by FEC" (only PLC, in fact) and its
+/// listeners waited 20 ms more for nothing.
+#[test]
+fn only_packets_that_carry_fec_recover_a_lost_frame_or_earn_the_loss_margin() {
+    let run = |expected_loss: i32| {
+        let packets = voiced_packets(expected_loss, 300);
+        let mut room = Room::new(&[A, B]);
+        let sender = Ssrc(11);
+        let end = room.t0 + FRAME_DURATION * (packets.len() as u32 + 20);
+        let mut now = room.t0;
+        let mut next = 0;
+        let mut target = Duration::ZERO;
+        while now < end {
+            // Each packet arrives 1 ms after its frame ends; every tenth is lost.
+            while next < packets.len() && room.t0 + FRAME_DURATION * (next as u32 + 1) + MS <= now {
+                if next % 10 != 5 {
+                    let ts = (next * FRAME_SAMPLES) as u32;
+                    let payload = Arc::from(packets[next].as_slice());
+                    room.push(now, A, sender, (next as u64 + 100, ts, payload, 30));
+                }
+                next += 1;
+            }
+            room.tick(now);
+            if next == 250 {
+                target = room.mixer.members[0].jitter.target_delay();
+            }
+            now += MS;
+        }
+        let stats = room.mixer.members[0].jitter.stats();
+        (stats, target)
+    };
+    let (without, target_without) = run(0);
+    let (with, target_with) = run(15);
+    assert_eq!((without.lost, with.lost), (30, 30), "{without:?} {with:?}");
+    assert_eq!(without.concealed_fec, 0, "{without:?}");
+    assert!(without.concealed_plc >= 30, "{without:?}");
+    // About two thirds of the frames are judged speech and carry a copy of the frame before them.
+    assert!((12..=30).contains(&with.concealed_fec), "{with:?}");
+    assert_eq!(
+        target_with.saturating_sub(target_without),
+        FRAME_DURATION,
+        "the loss margin: {target_with:?} with FEC, {target_without:?} without"
+    );
 }

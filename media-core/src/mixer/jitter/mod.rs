@@ -72,8 +72,10 @@
 //! may hold part of a tick already decoded (its surplus), so the delay can be on target while the next
 //! packet is still 10 ms away: then every loss became PLC, held the playout position and moved the delay in
 //! the middle of a sentence. While the stream loses packets (a smoothed loss estimate over the last ~256
-//! packets of at least 0.6 %, off again below 0.2 %) and can recover them (its packets can carry FEC, or its
-//! sender sends RED), the target gains one packet duration. A clean stream keeps its delay.
+//! packets of at least 0.6 %, off again below 0.2 %) and can recover them (one of its last
+//! [`FEC_MEMORY_PACKETS`] packets carried FEC, or its sender sends RED), the target gains one packet
+//! duration. A clean stream keeps its delay, and so does a lossy one whose encoder codes no FEC: waiting
+//! for a packet that cannot bring the lost frame back only adds delay to the PLC.
 //!
 //! # Steering the delay
 //!
@@ -209,6 +211,12 @@ const ADD_AFTER_QUIET_SLACK_US: i64 = BUCKET_US;
 /// packets) count.
 const LOSS_SMOOTHING: f64 = 1.0 / 256.0;
 
+/// A stream counts as carrying in-band FEC while one of its last this many packets played did (10 s of
+/// 20 ms packets). An encoder codes FEC only into frames it judges speech, so the flag of single packets
+/// comes and goes between syllables; the stream's, which gives it the loss margin, follows what its
+/// encoder was told (a loss figure changes over seconds), not its voicing.
+const FEC_MEMORY_PACKETS: u32 = 500;
+
 /// Loss estimate at and above which a stream with redundancy gets the loss margin (two losses close
 /// together), and below which it loses it again (a few seconds without loss).
 const LOSS_MARGIN_ON: f64 = 0.006;
@@ -293,7 +301,10 @@ pub struct JitterPacket {
     pub ts: u32,
     /// Duration of the packet in samples (from the Opus TOC: 480, 960, 1920, 2880, …).
     pub samples: u32,
-    /// The packet carries in-band FEC for the frame before it.
+    /// The packet carries in-band FEC for the frame before it (LBRR: [`opus_packet_info`] says so), not
+    /// merely a mode that could.
+    ///
+    /// [`opus_packet_info`]: crate::mixer::opus_packet_info
     pub has_fec: bool,
     /// RFC 6464 audio level (0..=127, −dBov), if the packet had the extension.
     pub audio_level: Option<u8>,
@@ -509,9 +520,12 @@ pub struct JitterBuffer {
     loss_rate: f64,
     /// The loss margin is on (see [`LOSS_MARGIN_ON`]).
     loss_margin: bool,
-    /// The stream can recover a lost frame from a later packet: its last packet could carry in-band FEC,
-    /// or its sender sends RED.
+    /// The stream can recover a lost frame from a later packet: it carries in-band FEC (see
+    /// [`FEC_MEMORY_PACKETS`]), or its sender sends RED.
     redundancy: bool,
+    /// Packets played since the last one that carried in-band FEC (saturating; `u32::MAX` before any).
+    /// Kept across restarts, like the loss estimate: the same sender's encoder.
+    since_fec: u32,
     /// RED redundancy was ever pushed.
     red_seen: bool,
     outliers: u32,
@@ -558,6 +572,7 @@ impl JitterBuffer {
             loss_rate: 0.0,
             loss_margin: false,
             redundancy: false,
+            since_fec: u32::MAX,
             red_seen: false,
             outliers: 0,
             last_outlier_transit: 0,

@@ -464,12 +464,17 @@ fn a_lost_frame_comes_from_red_before_fec() {
 fn lossy_fec_run(lost: fn(usize) -> bool, fec: bool) -> (Harness, Vec<Frame>) {
     let mut rng = Rng::new(7);
     let frames = talk_spurts(&mut rng, 30.0, fec);
+    (lossy_run(&frames, lost), frames)
+}
+
+/// `frames` (30 s) on a 30 ms path, the packets `lost` says dropped, played like [`lossy_fec_run`].
+fn lossy_run(frames: &[Frame], lost: fn(usize) -> bool) -> Harness {
     let mut h = Harness::new(
         JitterConfig::default(),
-        send(&frames, 0, 0, 0.0, constant(30), lost),
+        send(frames, 0, 0, 0.0, constant(30), lost),
     );
     h.run_until(32 * SECOND);
-    (h, frames)
+    h
 }
 
 fn every_17th(i: usize) -> bool {
@@ -503,6 +508,49 @@ fn under_loss_the_target_gains_a_packet_so_fec_finds_the_next_packet_in_time() {
         "{recovered} of {} lost frames after 5 s came back from FEC",
         lost.len()
     );
+}
+
+/// An encoder codes FEC only into frames it judges speech: a third of a talker's frames (and every quiet
+/// one) carry none. The stream keeps its loss margin all the same, so the delay does not come and go
+/// between syllables; a lost frame whose successor carries no FEC is concealed with PLC, not counted as
+/// FEC. Once the encoder stops coding FEC for good (told the loss is gone), the margin goes after
+/// [`FEC_MEMORY_PACKETS`] packets.
+#[test]
+fn the_loss_margin_follows_a_streams_fec_not_each_packets() {
+    let (clean, _) = lossy_fec_run(none, true);
+    let (_, mut frames) = lossy_fec_run(none, true);
+    let mut rng = Rng::new(11);
+    for f in frames.iter_mut() {
+        f.has_fec = f.level.is_some_and(|l| l < 60) && !rng.chance(1.0 / 3.0);
+    }
+    let lossy = lossy_run(&frames, every_17th);
+    assert_eq!(
+        lossy.jb.target_delay(),
+        clean.jb.target_delay() + 20 * MS,
+        "the margin stays on between syllables"
+    );
+    let stats = lossy.jb.stats();
+    let from_fec: Vec<u64> = lossy.trace.fec.clone();
+    assert!(
+        from_fec.iter().all(|&s| frames[s as usize].has_fec),
+        "only packets that carry FEC recover the frame before them: {from_fec:?}"
+    );
+    assert_eq!(stats.concealed_fec, from_fec.len() as u64);
+    assert!(
+        stats.concealed_fec > 20 && stats.concealed_plc > 10,
+        "{stats:?}"
+    );
+
+    // The encoder stops coding FEC after 10 s: 20 s later the margin is gone, and it has stayed gone.
+    let stop = frames
+        .iter()
+        .position(|f| f.at >= 10 * 48_000)
+        .expect("30 s of frames");
+    assert!(frames.len() - stop > FEC_MEMORY_PACKETS as usize + 50);
+    frames[stop..].iter_mut().for_each(|f| f.has_fec = false);
+    let stopped = lossy_run(&frames, every_17th);
+    assert_eq!(stopped.jb.target_delay(), clean.jb.target_delay());
+    assert!(stopped.trace.fec.iter().all(|&s| (s as usize) < stop));
 }
 
 #[test]

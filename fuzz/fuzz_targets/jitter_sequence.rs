@@ -18,6 +18,7 @@ struct Packet {
     ts_step: i32,
     /// Index into common Opus durations, or any value.
     samples: Samples,
+    fec_mode: bool,
     has_fec: bool,
     audio_level: Option<u8>,
     payload_len: u8,
@@ -63,7 +64,8 @@ fuzz_target!(|input: Input| {
                 Samples::Common(i) => COMMON_SAMPLES[usize::from(i) % COMMON_SAMPLES.len()],
                 Samples::Any(n) => n,
             },
-            has_fec: p.has_fec,
+            fec_mode: p.fec_mode,
+            has_fec: p.fec_mode && p.has_fec,
             audio_level: p.audio_level.map(|l| l & 0x7f),
             payload: Arc::from(vec![0xfc; usize::from(p.payload_len)]),
         }

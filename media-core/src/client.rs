@@ -78,7 +78,7 @@ impl ReceivedAudio {
     /// Hand the packet to a receiver's jitter buffer, as a browser's would take it: the Opus frame, then a
     /// RED packet's older frames to fill what is missing. `false` if the payload is not Opus.
     pub fn push_into(&self, jitter: &mut crate::mixer::jitter::JitterBuffer) -> bool {
-        let Some((samples, has_fec)) = crate::mixer::opus_packet_info(&self.payload) else {
+        let Some((samples, fec_mode)) = crate::mixer::opus_packet_info(&self.payload) else {
             return false;
         };
         jitter.push(
@@ -87,7 +87,8 @@ impl ReceivedAudio {
                 seq: self.seq,
                 ts: self.timestamp,
                 samples,
-                has_fec,
+                fec_mode,
+                has_fec: fec_mode && crate::mixer::opus_packet_has_fec(&self.payload),
                 audio_level: self.audio_level,
                 payload: self.payload.clone(),
             },

@@ -39,12 +39,13 @@ impl Mixer {
             m.decoder = None;
         }
         m.ssrc = Some(ssrc);
-        let (samples, has_fec) = opus_packet_info(&payload).ok_or(NotOpus)?;
+        let (samples, fec_mode) = opus_packet_info(&payload).ok_or(NotOpus)?;
         let packet = JitterPacket {
             seq,
             ts,
             samples,
-            has_fec,
+            fec_mode,
+            has_fec: fec_mode && opus_packet_has_fec(&payload),
             audio_level,
             payload,
         };
@@ -174,13 +175,14 @@ pub fn red_jitter_packets<'a>(
     (1u64..)
         .zip(frames.iter().rev())
         .map_while(move |(k, frame)| {
-            let (samples, has_fec) = opus_packet_info(frame.payload)?;
+            let (samples, fec_mode) = opus_packet_info(frame.payload)?;
             expected_offset = expected_offset.saturating_add(samples);
             (frame.ts_offset == expected_offset && seq >= k).then(|| JitterPacket {
                 seq: seq - k,
                 ts: red::frame_ts(ts, frame),
                 samples,
-                has_fec,
+                fec_mode,
+                has_fec: fec_mode && opus_packet_has_fec(frame.payload),
                 audio_level: None,
                 payload: Arc::from(frame.payload),
             })
@@ -201,21 +203,15 @@ pub fn opus_packet_has_fec(payload: &[u8]) -> bool {
     unsafe { opusic_sys::opus_packet_has_lbrr(payload.as_ptr(), len) == 1 }
 }
 
-/// An Opus packet's duration in samples and whether it carries in-band FEC for the frame before it (see
-/// [`opus_packet_has_fec`]); `None` for a payload that is not a valid Opus packet.
-///
-/// Whether it *carries* FEC, not whether its mode could: a SILK or hybrid packet from an encoder that
-/// expects no loss, or of a frame its encoder judged not to be speech, has none. Decoding such a packet
-/// with FEC only runs PLC, so the jitter buffer counted PLC as FEC and kept its loss margin for
-/// redundancy that was not there.
+/// An Opus packet's duration in samples and whether its mode can carry in-band FEC (SILK or hybrid; whether
+/// it does is [`opus_packet_has_fec`]); `None` for a payload that is not a valid Opus packet.
 pub fn opus_packet_info(payload: &[u8]) -> Option<(u32, bool)> {
     let toc = *payload.first()?;
     let samples = opus::packet::get_nb_samples(payload, SAMPLE_RATE).ok()?;
     if samples == 0 || samples > MAX_PACKET_SAMPLES {
         return None;
     }
-    // TOC config 0..=11 is SILK-only, 12..=15 hybrid; both can carry LBRR (FEC) frames. 16..=31 is CELT,
-    // which never does: no need to parse it.
-    let has_fec = (toc >> 3) < 16 && opus_packet_has_fec(payload);
+    // TOC config 0..=11 is SILK-only, 12..=15 hybrid; both can carry LBRR (FEC) frames. 16..=31 is CELT.
+    let has_fec = (toc >> 3) < 16;
     Some((samples as u32, has_fec))
 }

@@ -117,14 +117,8 @@ impl JitterBuffer {
     }
 
     /// A packet plays after `missing` lost ones; `lost` if it is itself a copy recovered from RED (its
-    /// original was lost on the wire); `has_fec` if it carries in-band FEC. Updates the loss estimate and
-    /// the loss margin.
+    /// original was lost on the wire). Updates the loss estimate and the loss margin.
     pub(super) fn note_loss(&mut self, missing: u64, lost: bool, has_fec: bool) {
-        self.since_fec = if has_fec {
-            0
-        } else {
-            self.since_fec.saturating_add(1)
-        };
         let keep = 1.0 - LOSS_SMOOTHING;
         // A long run of loss saturates the estimate long before 256 packets.
         let missing = i32::try_from(missing.min(256)).unwrap_or(256);
@@ -135,7 +129,7 @@ impl JitterBuffer {
         } else {
             self.loss_rate >= LOSS_MARGIN_ON
         };
-        let redundancy = self.since_fec < FEC_MEMORY_PACKETS || self.red_seen;
+        let redundancy = has_fec || self.red_seen;
         if margin != self.loss_margin || redundancy != self.redundancy {
             self.loss_margin = margin;
             self.redundancy = redundancy;

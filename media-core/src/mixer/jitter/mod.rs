@@ -72,10 +72,8 @@
 //! may hold part of a tick already decoded (its surplus), so the delay can be on target while the next
 //! packet is still 10 ms away: then every loss became PLC, held the playout position and moved the delay in
 //! the middle of a sentence. While the stream loses packets (a smoothed loss estimate over the last ~256
-//! packets of at least 0.6 %, off again below 0.2 %) and can recover them (one of its last
-//! [`FEC_MEMORY_PACKETS`] packets carried FEC, or its sender sends RED), the target gains one packet
-//! duration. A clean stream keeps its delay, and so does a lossy one whose encoder codes no FEC: waiting
-//! for a packet that cannot bring the lost frame back only adds delay to the PLC.
+//! packets of at least 0.6 %, off again below 0.2 %) and can recover them (its packets can carry FEC, or its
+//! sender sends RED), the target gains one packet duration. A clean stream keeps its delay.
 //!
 //! # Steering the delay
 //!
@@ -131,7 +129,8 @@
 //!
 //! A gap before the next buffered packet is *loss* if sequence numbers are missing, else *DTX* (silence,
 //! never counted as loss). Loss is concealed with PLC spans of the last packet's duration, except that the
-//! frame right before a packet with `has_fec` is recovered with [`Playout::Fec`] from that packet. Lost
+//! frame right before a packet that carries FEC (`has_fec`) is recovered with [`Playout::Fec`] from that
+//! packet (one whose mode could carry it but does not has the frame concealed with PLC, steered alike). Lost
 //! packets are counted when the packet after the gap plays.
 //!
 //! A packet whose timestamp is already buffered, or whose sequence number was played in the last 64, is a
@@ -210,12 +209,6 @@ const ADD_AFTER_QUIET_SLACK_US: i64 = BUCKET_US;
 /// Smoothing of the loss estimate per packet (lost or played): about the last 256 packets (5 s of 20 ms
 /// packets) count.
 const LOSS_SMOOTHING: f64 = 1.0 / 256.0;
-
-/// A stream counts as carrying in-band FEC while one of its last this many packets played did (10 s of
-/// 20 ms packets). An encoder codes FEC only into frames it judges speech, so the flag of single packets
-/// comes and goes between syllables; the stream's, which gives it the loss margin, follows what its
-/// encoder was told (a loss figure changes over seconds), not its voicing.
-const FEC_MEMORY_PACKETS: u32 = 500;
 
 /// Loss estimate at and above which a stream with redundancy gets the loss margin (two losses close
 /// together), and below which it loses it again (a few seconds without loss).
@@ -301,10 +294,15 @@ pub struct JitterPacket {
     pub ts: u32,
     /// Duration of the packet in samples (from the Opus TOC: 480, 960, 1920, 2880, …).
     pub samples: u32,
-    /// The packet carries in-band FEC for the frame before it (LBRR: [`opus_packet_info`] says so), not
-    /// merely a mode that could.
+    /// Its mode can carry in-band FEC (SILK or hybrid, from the TOC): a lost frame right before it is
+    /// decoded from it, and the stream gets the loss margin (see "Loss margin").
+    pub fec_mode: bool,
+    /// It does carry in-band FEC (LBRR) for the frame before it ([`opus_packet_has_fec`]): an encoder
+    /// codes it only when told to expect loss, and only into frames it judges speech. A lost frame before
+    /// a packet of a FEC mode that carries none is concealed with PLC in the same place (libopus decodes
+    /// such a packet with FEC into exactly its PLC), and counted as PLC.
     ///
-    /// [`opus_packet_info`]: crate::mixer::opus_packet_info
+    /// [`opus_packet_has_fec`]: crate::mixer::opus_packet_has_fec
     pub has_fec: bool,
     /// RFC 6464 audio level (0..=127, −dBov), if the packet had the extension.
     pub audio_level: Option<u8>,
@@ -423,6 +421,7 @@ struct Buffered {
     ts: i64,
     seq: u64,
     samples: u32,
+    fec_mode: bool,
     has_fec: bool,
     audio_level: Option<u8>,
     payload: Arc<[u8]>,
@@ -437,6 +436,7 @@ impl Buffered {
             ts,
             seq: packet.seq,
             samples: packet.samples,
+            fec_mode: packet.fec_mode,
             has_fec: packet.has_fec,
             audio_level: packet.audio_level,
             payload: packet.payload,
@@ -520,12 +520,9 @@ pub struct JitterBuffer {
     loss_rate: f64,
     /// The loss margin is on (see [`LOSS_MARGIN_ON`]).
     loss_margin: bool,
-    /// The stream can recover a lost frame from a later packet: it carries in-band FEC (see
-    /// [`FEC_MEMORY_PACKETS`]), or its sender sends RED.
+    /// The stream can recover a lost frame from a later packet: its last packet could carry in-band FEC,
+    /// or its sender sends RED.
     redundancy: bool,
-    /// Packets played since the last one that carried in-band FEC (saturating; `u32::MAX` before any).
-    /// Kept across restarts, like the loss estimate: the same sender's encoder.
-    since_fec: u32,
     /// RED redundancy was ever pushed.
     red_seen: bool,
     outliers: u32,
@@ -572,7 +569,6 @@ impl JitterBuffer {
             loss_rate: 0.0,
             loss_margin: false,
             redundancy: false,
-            since_fec: u32::MAX,
             red_seen: false,
             outliers: 0,
             last_outlier_transit: 0,

@@ -233,7 +233,7 @@ impl JitterBuffer {
                     missing = gap;
                 }
             }
-            self.note_loss(missing, packet.recovered, packet.has_fec);
+            self.note_loss(missing, packet.recovered, packet.fec_mode);
             self.pos += i64::from(packet.samples);
             self.last_seq = Some(packet.seq);
             self.mark_played(packet.seq);
@@ -269,7 +269,7 @@ impl JitterBuffer {
             .is_some_and(|last| head.seq > last + 1 && head.seq - last - 1 <= MAX_COUNTED_LOSS);
         // The frame right before `head` can come back from its FEC if the whole frame is still missing.
         let fec_frame = i64::from(head.samples);
-        let fec_frame = if loss && head.has_fec && gap >= fec_frame {
+        let fec_frame = if loss && head.fec_mode && gap >= fec_frame {
             fec_frame
         } else {
             0
@@ -315,8 +315,17 @@ impl JitterBuffer {
             });
         }
         if fec_frame > 0 && gap == fec_frame {
-            let payload = head.payload.clone();
             self.pos += gap;
+            if !head.has_fec {
+                // Its encoder coded no copy of this frame: PLC, which is what decoding it with FEC
+                // would give.
+                self.conceal_run += gap;
+                self.stats.concealed_plc += 1;
+                return Some(Playout::Plc {
+                    samples: to_u32(gap),
+                });
+            }
+            let payload = head.payload.clone();
             self.stats.concealed_fec += 1;
             return Some(Playout::Fec {
                 payload,

@@ -13,7 +13,8 @@
 //! The cap bounds what one listener on a bad link costs everyone else (the encoder spends part of its
 //! bitrate on the FEC copy) and stays at or below 10 %, where a sender's loss-based bandwidth estimate
 //! would start to back off. Mixed rooms are left alone: their listeners decode the server's mix, whose
-//! encoder has in-band FEC of its own. A spanned room's shards tell each other their own subscribers'
+//! encoders code in-band FEC for the loss each listener's own reports state
+//! (`Mixer::set_listener_loss`, fed from the same figures by [`MediaCore::record_downstream`]). A spanned room's shards tell each other their own subscribers'
 //! figure (`TrunkMessage::LossFloor`), and each states the highest of them to its publishers.
 
 use std::time::{Duration, Instant};
@@ -102,6 +103,12 @@ fn to_fraction(loss: f32) -> u8 {
     (loss.clamp(0.0, 1.0) * 255.0).round() as u8
 }
 
+/// A report block's fraction as a percentage, rounded.
+pub(crate) fn fraction_to_percent(fraction: u8) -> u8 {
+    // At most 100: 255 · 100 / 255.
+    ((u16::from(fraction) * 100 + 127) / 255) as u8
+}
+
 /// A percentage as a report block's fraction.
 pub(crate) fn percent_to_fraction(percent: u8) -> u8 {
     to_fraction(f32::from(percent) / 100.0)
@@ -165,9 +172,21 @@ impl MediaCore {
         let figure = DownstreamLoss::add(p.downstream_loss, d, now);
         p.downstream_loss = Some(figure);
         let key = p.room;
-        let Some(room) = self.rooms.get(&key) else {
+        let mix_listener = p.mix_listener();
+        let Some(room) = self.rooms.get_mut(&key) else {
             return;
         };
+        // A listener of a mix: the encoder it hears codes FEC for the loss it reports.
+        if let Some(fraction) = figure.fraction_at(now) {
+            let mixer = match &mut room.kind {
+                RoomKind::Mix(mixer) => Some(&mut **mixer),
+                RoomKind::Forward if mix_listener => room.broadcast.as_deref_mut(),
+                RoomKind::Forward => None,
+            };
+            if let Some(mixer) = mixer {
+                mixer.set_listener_loss(id, fraction_to_percent(fraction));
+            }
+        }
         let due = room
             .loss_feedback
             .refreshed
@@ -337,6 +356,16 @@ mod tests {
         assert_eq!(to_fraction(-0.5), 0);
         assert_eq!(percent_to_fraction(10), 26);
         assert_eq!(percent_to_fraction(0), 0);
+    }
+
+    #[test]
+    fn a_percentage_survives_the_round_trip_through_a_fraction() {
+        for percent in 0..=100 {
+            assert_eq!(fraction_to_percent(percent_to_fraction(percent)), percent);
+        }
+        assert_eq!(fraction_to_percent(255), 100);
+        assert_eq!(fraction_to_percent(1), 0);
+        assert_eq!(fraction_to_percent(2), 1);
     }
 
     #[test]

@@ -34,6 +34,11 @@ fn check(call: &'static str, code: i32) -> Result<i32, OpusError> {
     }
 }
 
+/// The packet loss (percent) a mix encoder expects until its listeners' receiver reports say otherwise
+/// (with the room's in-band FEC on): a listener's first seconds are protected as every listener's were
+/// before the reports were followed.
+pub const UNREPORTED_LOSS_PERCENT: u8 = 10;
+
 /// Encoder settings of one mixed room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EncoderSettings {
@@ -52,6 +57,10 @@ pub struct EncoderSettings {
 pub struct MixEncoder {
     state: NonNull<ffi::OpusEncoder>,
     channels: i32,
+    /// The room's settings have in-band FEC on.
+    fec: bool,
+    /// The packet loss (percent) the encoder was last told to expect.
+    expected_loss: u8,
 }
 
 // libopus: "A single codec state may only be accessed from a single thread at a time"; `MixEncoder` is only
@@ -81,7 +90,17 @@ impl MixEncoder {
             call: "opus_encoder_create",
             code: ffi::OPUS_ALLOC_FAIL,
         })?;
-        let mut encoder = MixEncoder { state, channels };
+        let expected_loss = if settings.fec {
+            UNREPORTED_LOSS_PERCENT
+        } else {
+            0
+        };
+        let mut encoder = MixEncoder {
+            state,
+            channels,
+            fec: settings.fec,
+            expected_loss,
+        };
         let bitrate = i32::try_from(settings.bitrate_bps).unwrap_or(i32::MAX);
         encoder.ctl("OPUS_SET_BITRATE", ffi::OPUS_SET_BITRATE_REQUEST, bitrate)?;
         encoder.ctl(
@@ -97,7 +116,7 @@ impl MixEncoder {
         encoder.ctl(
             "OPUS_SET_PACKET_LOSS_PERC",
             ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
-            if settings.fec { 10 } else { 0 },
+            i32::from(expected_loss),
         )?;
         // Silence is the mixer's business (it sends nothing), never libopus' voice detector's.
         encoder.ctl("OPUS_SET_DTX", ffi::OPUS_SET_DTX_REQUEST, 0)?;
@@ -110,6 +129,27 @@ impl MixEncoder {
             ffi::opus_encoder_ctl(self.state.as_ptr(), request, value)
         })
         .map(drop)
+    }
+
+    /// Tell the encoder the packet loss (percent, at most 100) its listeners report: in-band FEC is coded
+    /// for it, none at 0. Nothing to do when the figure is unchanged or the room has FEC off.
+    pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), OpusError> {
+        let percent = percent.min(100);
+        if !self.fec || percent == self.expected_loss {
+            return Ok(());
+        }
+        self.ctl(
+            "OPUS_SET_PACKET_LOSS_PERC",
+            ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
+            i32::from(percent),
+        )?;
+        self.expected_loss = percent;
+        Ok(())
+    }
+
+    /// The packet loss (percent) the encoder expects.
+    pub fn expected_loss(&self) -> u8 {
+        self.expected_loss
     }
 
     /// Encode one frame of `pcm` (2.5 to 60 ms of samples, interleaved when stereo) into `out`; returns
@@ -159,6 +199,8 @@ impl MixEncoder {
         Ok(MixEncoder {
             state: copy,
             channels: self.channels,
+            fec: self.fec,
+            expected_loss: self.expected_loss,
         })
     }
 }

@@ -111,6 +111,7 @@ pub struct MixTap {
     pub talkers: Vec<ParticipantId>,
 }
 
+use encoder::UNREPORTED_LOSS_PERCENT;
 pub use input::{opus_packet_has_fec, opus_packet_info, red_jitter_packets};
 use output::{silence_frame, OutEncoder};
 
@@ -159,6 +160,10 @@ struct Member {
     /// The packet played (not decoded) right before this tick, to prime the decoder when a talk spurt starts.
     prime: Option<Arc<[u8]>>,
     personal: Option<OutEncoder>,
+    /// The packet loss (percent) the member's receiver reports state for the mix it receives (see
+    /// [`Mixer::set_listener_loss`]): its personal encoder's FEC is tuned for it, the shared one's for the
+    /// highest of its listeners'.
+    expected_loss: u8,
     /// Ticks since the member last talked, while it keeps its personal encoder.
     since_talked: u32,
     /// The encode the member received last tick.
@@ -200,6 +205,9 @@ pub struct Mixer {
     members: Vec<Member>,
     index: HashMap<ParticipantId, usize>,
     shared: Option<OutEncoder>,
+    /// The packet loss (percent) the shared encode is tuned for: the highest of its listeners' figures
+    /// in the last tick it had listeners (0 with none: a broadcast tap's listeners are on TCP).
+    shared_loss: u8,
     /// One 20 ms Opus frame of silence, for listeners of a room without DTX.
     silence: Option<Arc<[u8]>>,
     mix: Vec<f32>,
@@ -242,6 +250,7 @@ impl Mixer {
             members: Vec::new(),
             index: HashMap::new(),
             shared: None,
+            shared_loss: UNREPORTED_LOSS_PERCENT,
             silence,
             mix: vec![0.0; FRAME_SAMPLES],
             scratch: vec![0.0; FRAME_SAMPLES],
@@ -300,6 +309,7 @@ impl Mixer {
             decode_hangover: 0,
             prime: None,
             personal: None,
+            expected_loss: UNREPORTED_LOSS_PERCENT,
             since_talked: 0,
             feed: Feed::Nothing,
             last_sent: None,
@@ -319,6 +329,18 @@ impl Mixer {
         self.members.swap_remove(i);
         if let Some(moved) = self.members.get(i) {
             self.index.insert(moved.id, i);
+        }
+    }
+
+    /// What member `id`'s receiver reports on the mix it receives state, as a percentage lost (rounded):
+    /// the encoder it hears codes in-band FEC for that much loss, up to
+    /// [`UNREPORTED_LOSS_PERCENT`] (the tuning of every listener before its reports, and of every
+    /// mix before they were followed), and none while it reports none. A clean listener's mix spends
+    /// all its bits on the audio (the espeak-ng passage through a clean mixed room: PESQ-WB 4.38 with
+    /// FEC for 10 %, 4.47 without).
+    pub fn set_listener_loss(&mut self, id: ParticipantId, percent: u8) {
+        if let Some(m) = self.index.get(&id).and_then(|i| self.members.get_mut(*i)) {
+            m.expected_loss = percent.min(UNREPORTED_LOSS_PERCENT);
         }
     }
 

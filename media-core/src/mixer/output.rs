@@ -47,6 +47,13 @@ impl OutEncoder {
         })
     }
 
+    /// The packet loss (percent) its listeners report (see [`MixEncoder::set_expected_loss`]).
+    pub(super) fn set_expected_loss(&mut self, percent: u8) {
+        // libopus refuses only a value outside 0..=100, which `set_expected_loss` clamps; on a refusal
+        // the encoder keeps its previous figure, which is still a valid tuning.
+        let _ = self.encoder.set_expected_loss(percent);
+    }
+
     /// Limit and encode `pcm` (one frame; modified in place) into a packet with its level; `None` if
     /// libopus fails.
     pub(super) fn encode(

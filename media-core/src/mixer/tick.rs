@@ -220,6 +220,11 @@ impl Mixer {
 
         // 4. Encode: one shared full mix for the listeners who do not talk, one mix-minus per talker.
         let mut shared_packet: Option<Option<(Arc<[u8]>, u8)>> = None;
+        // The highest loss the listeners sent the shared encode this tick report: its tuning from the
+        // next tick. A tick that sends it to nobody (a pause) keeps the tuning, unless no listener could
+        // be sent it at all (a broadcast tap's listeners are on TCP).
+        let mut shared_loss: Option<u8> = None;
+        let mut shared_listeners = false;
         for i in 0..self.members.len() {
             let m = &mut self.members[i];
             let in_mix = m.talking && m.public;
@@ -228,6 +233,7 @@ impl Mixer {
             if !m.subscribes {
                 continue;
             }
+            shared_listeners |= m.personal.is_none();
             let others = m.heard_talkers;
             // Nothing to hear. With DTX the listener is sent nothing, but only after one last frame of its
             // (now silent) mix from the encoder it was hearing: that flushes the encoder's lookahead (the
@@ -276,6 +282,7 @@ impl Mixer {
             let packet = if let Some(encoder) = m.personal.as_mut() {
                 stats.frames_encoded += 1;
                 m.feed = Feed::Personal;
+                encoder.set_expected_loss(m.expected_loss);
                 encoder.encode(&mut self.scratch, &mut self.encoded)
             } else if in_mix || m.custom {
                 continue; // libopus could not create the personal encoder; never send a talker itself
@@ -287,9 +294,11 @@ impl Mixer {
                     };
                     self.scratch.copy_from_slice(&self.mix);
                     stats.frames_encoded += 1;
+                    encoder.set_expected_loss(self.shared_loss);
                     shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
                 }
                 m.feed = Feed::Shared;
+                shared_loss = Some(shared_loss.unwrap_or(0).max(m.expected_loss));
                 shared_packet.clone().flatten()
             };
             let Some((payload, level)) = packet else {
@@ -306,6 +315,11 @@ impl Mixer {
             };
             m.send(frame_ts, payload, heard, level, out);
             stats.packets_sent += 1;
+        }
+        match shared_loss {
+            Some(loss) => self.shared_loss = loss,
+            None if !shared_listeners => self.shared_loss = 0,
+            None => {}
         }
         self.tap_full_mix(grid, shared_packet, stats);
         self.after_tick(grid, self.talkers.len(), any_active, stats);
@@ -326,6 +340,7 @@ impl Mixer {
             if let Some(encoder) = ensure_encoder(&mut self.shared, &self.config) {
                 self.scratch.copy_from_slice(&self.mix);
                 stats.frames_encoded += 1;
+                encoder.set_expected_loss(self.shared_loss);
                 shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
             }
         }

@@ -483,3 +483,95 @@ fn red_recovers_lost_frames_before_fec_and_plc() {
         }
     }
 }
+
+/// The share of the packets client `client` received from its `from`-th on that carry in-band FEC, and
+/// how many there were.
+fn fec_share(sim: &Sim, client: usize, from: usize) -> (f64, usize) {
+    let packets = &sim.clients[client].received[from..];
+    let fec = packets
+        .iter()
+        .filter(|p| media_core::mixer::opus_packet_has_fec(&p.payload))
+        .count();
+    (fec as f64 / packets.len().max(1) as f64, packets.len())
+}
+
+/// The mix encoders' in-band FEC follows what their listeners' receiver reports state
+/// (`Mixer::set_listener_loss`): until a listener's first reports the mix it hears is coded for 10 %
+/// loss, as every mix was before; a clean listener's then spends no bits on FEC, and sounds better for
+/// it; a listener who starts losing 10 % gets FEC again on the encode it hears, and a listener with an
+/// encoder of its own (a talker's mix-minus) is not charged for another's loss.
+#[test]
+fn the_mix_codes_fec_for_the_loss_its_listeners_report() {
+    let speech = crate::support::speech::passage_48k();
+    let mut sim = Sim::with_room(5, LinkConfig::with_delay(10.0), mixed_room(), &[]);
+    // 0 speaks the passage; 1 and 2 listen to the shared mix (2 hums later, for a mix-minus of its own).
+    for _ in 0..2 {
+        sim.join_with_red(0.0, 0.0, 0);
+    }
+    sim.join_with_red(FREQS[0], 0.0, 0);
+    sim.play_slots = true;
+    sim.connect();
+    let pass = Duration::from_secs_f64(speech.len() as f64 / f64::from(SAMPLE_RATE) + 1.0);
+    let marks = |sim: &Sim| [1, 2].map(|c| sim.clients[c].received.len());
+
+    // Before the first reports: coded for 10 %.
+    sim.play_pcm(0, speech.clone(), 0);
+    sim.run_for(Duration::from_secs(3));
+    let (early, _) = fec_share(&sim, 1, 0);
+    sim.run_for(pass - Duration::from_secs(3));
+
+    // Clean: once reported, no FEC; the pass is scored against the speaker's own decode.
+    let from = marks(&sim);
+    let start = sim.played(1).map_or(0, |p| p.played.len());
+    sim.play_pcm(0, speech.clone(), 0);
+    sim.run_for(pass);
+    let clean = [fec_share(&sim, 1, from[0]), fec_share(&sim, 2, from[1])];
+    let (src, played) = sim.speech_pair("mix-reported-clean");
+    let pesq = crate::support::speech::pesq_wb(
+        "mix-reported-clean",
+        &src.decoded,
+        &played.played[start..],
+    );
+
+    // Listener 1's downlink loses 10 % (its next reports say so); 2 hums.
+    let (server, listener) = (sim.server, sim.clients[1].addr);
+    sim.net
+        .set_link(server, listener, LinkConfig::lossy(0.10, 10.0, 0.0));
+    sim.set_amplitude(2, 0.05);
+    sim.run_for(Duration::from_secs(8));
+    let from = marks(&sim);
+    sim.play_pcm(0, speech.clone(), 0);
+    sim.run_for(pass);
+    let lossy = [fec_share(&sim, 1, from[0]), fec_share(&sim, 2, from[1])];
+    eprintln!(
+        "mix FEC share: first 3 s {early:.3}; clean (share, packets) {clean:?}, {pesq}; listener 1 losing \
+         10 %, 2 humming: {lossy:?}"
+    );
+
+    assert!(
+        early > 0.3,
+        "before any report the mix is coded for loss: {early}"
+    );
+    for (c, (share, n)) in [1, 2].into_iter().zip(clean) {
+        assert!(n > 400, "listener {c} received {n} packets");
+        assert!(
+            share < 0.02,
+            "clean room: {:.1} % of listener {c}'s packets carried FEC",
+            share * 100.0
+        );
+    }
+    // 4.38 while every mix was coded for 10 % loss.
+    assert!(pesq.mos_lqo >= 4.42, "the clean mix scores PESQ-WB {pesq}");
+    let ((listener_share, n), (talker_share, _)) = (lossy[0], lossy[1]);
+    assert!(n > 300, "the lossy listener received {n} packets");
+    assert!(
+        listener_share > 0.3,
+        "the listener losing 10 %: only {:.1} % of its packets carried FEC",
+        listener_share * 100.0
+    );
+    assert!(
+        talker_share < 0.02,
+        "the talker's own mix is charged for another's loss: {:.1} % FEC",
+        talker_share * 100.0
+    );
+}

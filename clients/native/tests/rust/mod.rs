@@ -23,6 +23,19 @@ fn capture(mic: Microphone, rate_hz: u32, freq_hz: f64, stop: Arc<AtomicBool>) {
     });
 }
 
+/// A game's capture thread, paced by the clock: every 10 ms until `stop`, `deliver` is told how many
+/// samples (at `rate_hz`) fell due since its previous call.
+fn paced(rate_hz: u32, stop: &AtomicBool, mut deliver: impl FnMut(usize)) {
+    let start = Instant::now();
+    let mut delivered = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let due = (start.elapsed().as_secs_f64() * f64::from(rate_hz)) as usize;
+        deliver(due - delivered);
+        delivered = due;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A game's capture callback: every 10 ms, the samples of a `freq_hz` tone due by then, given to `push`.
 fn capture_with(
     mut mic: Microphone,
@@ -32,17 +45,15 @@ fn capture_with(
     mut push: impl FnMut(&mut Microphone, &[f32]),
 ) {
     let mut tone = ToneGenerator::new(freq_hz, 0.3, rate_hz);
-    let start = Instant::now();
-    let mut pushed = 0usize;
     let mut pcm = vec![0.0f32; rate_hz as usize];
-    while !stop.load(Ordering::Relaxed) {
-        let due = (start.elapsed().as_secs_f64() * f64::from(rate_hz)) as usize;
-        let n = (due - pushed).min(pcm.len());
-        tone.fill(&mut pcm[..n]);
-        push(&mut mic, &pcm[..n]);
-        pushed += n;
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    paced(rate_hz, &stop, |mut due| {
+        while due > 0 {
+            let n = due.min(pcm.len());
+            tone.fill(&mut pcm[..n]);
+            push(&mut mic, &pcm[..n]);
+            due -= n;
+        }
+    });
 }
 
 /// What a game's playback callback pulled: the mix and two participants' streams.

@@ -177,13 +177,13 @@ impl MediaCore {
             return;
         };
         // A listener of a mix: the encoder it hears codes FEC for the loss it reports.
-        if let Some(fraction) = figure.fraction_at(now) {
-            let mixer = match &mut room.kind {
-                RoomKind::Mix(mixer) => Some(&mut **mixer),
-                RoomKind::Forward if mix_listener => room.broadcast.as_deref_mut(),
-                RoomKind::Forward => None,
-            };
-            if let Some(mixer) = mixer {
+        let mixer = match &mut room.kind {
+            RoomKind::Mix(mixer) => Some(&mut **mixer),
+            RoomKind::Forward if mix_listener => room.broadcast.as_deref_mut(),
+            RoomKind::Forward => None,
+        };
+        if let Some(mixer) = mixer {
+            if let Some(fraction) = figure.fraction_at(now) {
                 mixer.set_listener_loss(id, fraction_to_percent(fraction));
             }
         }

@@ -78,7 +78,9 @@ pub struct MixSettings {
     pub bitrate_bps: u32,
     /// libopus complexity, 0 (cheapest) ..= 10 (best).
     pub complexity: u8,
-    /// Put in-band FEC into the mix (costs bitrate, recovers single losses at the listener).
+    /// Put in-band FEC into the mix (costs bitrate, recovers single losses at the listener), for the loss
+    /// each listener's receiver reports state, at most 10 % (10 % until its first reports; none for a
+    /// listener that reports none).
     pub fec: bool,
     /// Send nothing while a listener's mix is silent (nobody else talks). Off: a silence frame every 20 ms,
     /// for gateways that expect a continuous stream. (libopus' own DTX is never used on mixes: its voice

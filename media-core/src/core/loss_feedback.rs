@@ -13,9 +13,10 @@
 //! The cap bounds what one listener on a bad link costs everyone else (the encoder spends part of its
 //! bitrate on the FEC copy) and stays at or below 10 %, where a sender's loss-based bandwidth estimate
 //! would start to back off. Mixed rooms are left alone: their listeners decode the server's mix, whose
-//! encoders code in-band FEC for the loss each listener's own reports state
-//! (`Mixer::set_listener_loss`, fed from the same figures by [`MediaCore::record_downstream`]). A spanned room's shards tell each other their own subscribers'
-//! figure (`TrunkMessage::LossFloor`), and each states the highest of them to its publishers.
+//! encoders code in-band FEC for the loss each listener's own reports state (`Mixer::set_listener_loss`,
+//! fed the same figures by `MediaCore::record_downstream`). A spanned room's shards tell each other their
+//! own subscribers' figure (`TrunkMessage::LossFloor`), and each states the highest of them to its
+//! publishers.
 
 use std::time::{Duration, Instant};
 

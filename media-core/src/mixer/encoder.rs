@@ -147,11 +147,6 @@ impl MixEncoder {
         Ok(())
     }
 
-    /// The packet loss (percent) the encoder expects.
-    pub fn expected_loss(&self) -> u8 {
-        self.expected_loss
-    }
-
     /// Encode one frame of `pcm` (2.5 to 60 ms of samples, interleaved when stereo) into `out`; returns
     /// the packet length.
     pub fn encode(&mut self, pcm: &[f32], out: &mut [u8]) -> Result<usize, OpusError> {

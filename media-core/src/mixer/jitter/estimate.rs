@@ -117,8 +117,9 @@ impl JitterBuffer {
     }
 
     /// A packet plays after `missing` lost ones; `lost` if it is itself a copy recovered from RED (its
-    /// original was lost on the wire). Updates the loss estimate and the loss margin.
-    pub(super) fn note_loss(&mut self, missing: u64, lost: bool, has_fec: bool) {
+    /// original was lost on the wire); `fec_mode` if its mode can carry in-band FEC. Updates the loss
+    /// estimate and the loss margin.
+    pub(super) fn note_loss(&mut self, missing: u64, lost: bool, fec_mode: bool) {
         let keep = 1.0 - LOSS_SMOOTHING;
         // A long run of loss saturates the estimate long before 256 packets.
         let missing = i32::try_from(missing.min(256)).unwrap_or(256);
@@ -129,7 +130,7 @@ impl JitterBuffer {
         } else {
             self.loss_rate >= LOSS_MARGIN_ON
         };
-        let redundancy = has_fec || self.red_seen;
+        let redundancy = fec_mode || self.red_seen;
         if margin != self.loss_margin || redundancy != self.redundancy {
             self.loss_margin = margin;
             self.redundancy = redundancy;

@@ -78,21 +78,15 @@ impl ReceivedAudio {
     /// Hand the packet to a receiver's jitter buffer, as a browser's would take it: the Opus frame, then a
     /// RED packet's older frames to fill what is missing. `false` if the payload is not Opus.
     pub fn push_into(&self, jitter: &mut crate::mixer::jitter::JitterBuffer) -> bool {
-        let Some((samples, fec_mode)) = crate::mixer::opus_packet_info(&self.payload) else {
+        let Some(packet) = crate::mixer::jitter::JitterPacket::opus(
+            self.seq,
+            self.timestamp,
+            self.payload.clone(),
+            self.audio_level,
+        ) else {
             return false;
         };
-        jitter.push(
-            self.arrival,
-            crate::mixer::jitter::JitterPacket {
-                seq: self.seq,
-                ts: self.timestamp,
-                samples,
-                fec_mode,
-                has_fec: fec_mode && crate::mixer::opus_packet_has_fec(&self.payload),
-                audio_level: self.audio_level,
-                payload: self.payload.clone(),
-            },
-        );
+        jitter.push(self.arrival, packet);
         if let Some(redundant) = &self.redundant {
             let frames: Vec<RedundantFrame<'_>> = redundant
                 .iter()

@@ -39,16 +39,7 @@ impl Mixer {
             m.decoder = None;
         }
         m.ssrc = Some(ssrc);
-        let (samples, fec_mode) = opus_packet_info(&payload).ok_or(NotOpus)?;
-        let packet = JitterPacket {
-            seq,
-            ts,
-            samples,
-            fec_mode,
-            has_fec: fec_mode && opus_packet_has_fec(&payload),
-            audio_level,
-            payload,
-        };
+        let packet = JitterPacket::opus(seq, ts, payload, audio_level).ok_or(NotOpus)?;
         let peaks = m.jitter.delay_peaks();
         let outcome = m.jitter.push(now, packet);
         stats.jitter_delay_peaks += m.jitter.delay_peaks() - peaks;
@@ -175,18 +166,37 @@ pub fn red_jitter_packets<'a>(
     (1u64..)
         .zip(frames.iter().rev())
         .map_while(move |(k, frame)| {
-            let (samples, fec_mode) = opus_packet_info(frame.payload)?;
+            let (samples, _) = opus_packet_info(frame.payload)?;
             expected_offset = expected_offset.saturating_add(samples);
-            (frame.ts_offset == expected_offset && seq >= k).then(|| JitterPacket {
-                seq: seq - k,
-                ts: red::frame_ts(ts, frame),
-                samples,
-                fec_mode,
-                has_fec: fec_mode && opus_packet_has_fec(frame.payload),
-                audio_level: None,
-                payload: Arc::from(frame.payload),
-            })
+            (frame.ts_offset == expected_offset && seq >= k)
+                .then(|| {
+                    JitterPacket::opus(
+                        seq - k,
+                        red::frame_ts(ts, frame),
+                        frame.payload.into(),
+                        None,
+                    )
+                })
+                .flatten()
         })
+}
+
+impl JitterPacket {
+    /// A received Opus packet (extended sequence number `seq`, RTP timestamp `ts`) as the jitter buffer
+    /// takes it: its duration and FEC flags read from the payload here, the one place that does so. `None`
+    /// for a payload that is not a valid Opus packet.
+    pub fn opus(seq: u64, ts: u32, payload: Arc<[u8]>, audio_level: Option<u8>) -> Option<Self> {
+        let (samples, fec_mode) = opus_packet_info(&payload)?;
+        Some(Self {
+            seq,
+            ts,
+            samples,
+            fec_mode,
+            has_fec: fec_mode && opus_packet_has_fec(&payload),
+            audio_level,
+            payload,
+        })
+    }
 }
 
 /// Whether an Opus packet carries in-band FEC (LBRR) for the packet before it: what an encoder puts in

@@ -95,22 +95,61 @@ pub struct Downstream {
     pub lost: u64,
 }
 
-impl Downstream {
-    /// The interval between the report that left `last` (its highest sequence number and cumulative
-    /// loss) and one stating `max_seq` and `lost` (the raw 24-bit field), which `last` becomes. `None`
-    /// when no new packet was covered.
-    pub fn since(last: &mut (u64, u64), max_seq: u64, lost: u64) -> Option<Downstream> {
+/// The most lost packets of one report's interval that may be a packet still in flight, not lost: a
+/// receiver counts a reordered packet that has not arrived yet as lost, and its next report takes it
+/// back (the cumulative loss goes down). A loss this small waits for the next report to keep it; more is
+/// believed at once (10 % of even one second of a stream is 5 packets).
+const HELD_LOSS_PACKETS: u64 = 2;
+
+/// What a stream's receiver reports said so far: the highest sequence number and cumulative loss of the
+/// latest, and the small loss of its interval not yet believed ([`HELD_LOSS_PACKETS`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteTotals {
+    pub max_seq: u64,
+    pub lost: u64,
+    /// Lost packets of the latest interval that the next report must keep.
+    pub held: u64,
+}
+
+impl RemoteTotals {
+    /// Totals whose next interval starts after `max_seq`, with `lost` lost before it.
+    pub fn at(max_seq: u64, lost: u64) -> Self {
+        Self {
+            max_seq,
+            lost,
+            held: 0,
+        }
+    }
+
+    /// The interval up to a report stating `max_seq` and `lost` (the raw 24-bit cumulative field), which
+    /// the totals then hold. `None` when no new packet was covered. The previous interval's held loss
+    /// counts in this one, less what this report took back; this interval's own loss is held when small.
+    pub fn interval(&mut self, max_seq: u64, lost: u64) -> Option<Downstream> {
         // The cumulative loss is a signed 24-bit figure: negative (more duplicates than losses) counts
         // as none.
         let lost = if lost >= 0x80_0000 { 0 } else { lost };
-        let expected = max_seq.saturating_sub(last.0);
-        // Duplicates can make the cumulative loss go down (RFC 3550 §6.4.1); a report never loses more
-        // than its packets.
-        let lost_now = lost.saturating_sub(last.1).min(expected);
-        *last = (max_seq.max(last.0), lost);
-        (expected > 0).then_some(Downstream {
+        let expected = max_seq.saturating_sub(self.max_seq);
+        if expected == 0 {
+            return None;
+        }
+        // Late packets and duplicates make the cumulative loss go down (RFC 3550 §6.4.1): what went
+        // down first takes back the held loss; a report never loses more than its packets.
+        let taken_back = self.lost.saturating_sub(lost);
+        let kept = self.held.saturating_sub(taken_back);
+        let new = lost.saturating_sub(self.lost).min(expected);
+        let (believed, held) = if new <= HELD_LOSS_PACKETS {
+            (kept, new)
+        } else {
+            (kept + new, 0)
+        };
+        *self = Self {
+            max_seq,
+            lost,
+            held,
+        };
+        Some(Downstream {
             expected,
-            lost: lost_now,
+            lost: believed.min(expected),
         })
     }
 }
@@ -148,7 +187,7 @@ pub struct SlotStream {
     /// negotiated extension ids need str0m's path.
     pub(crate) header: Option<send::HeaderTemplate>,
     /// The extended sequence number of the first packet sent directly: where the subscriber's receiver
-    /// reports count from, so that its first report already counts (`Downstream::since`).
+    /// reports count from, so that its first report already counts (`RemoteTotals::interval`).
     pub(crate) first_seq: Option<u64>,
 }
 
@@ -176,7 +215,7 @@ pub struct Peer {
     nack_totals: Vec<(Mid, bool, u64)>,
     /// The highest sequence number and cumulative loss of each outgoing stream's last receiver report,
     /// to report differences.
-    remote_totals: Vec<(Mid, (u64, u64))>,
+    remote_totals: Vec<(Mid, RemoteTotals)>,
     /// Where DTLS, RTP and RTCP go: the path of the client's latest verified nomination (a binding request
     /// with USE-CANDIDATE that our ICE agent authenticated), or the path its verified consent checks come
     /// from once the current one has gone silent (see [`Peer::checked`]). str0m's ICE-lite agent keeps

@@ -6,7 +6,7 @@ use str0m::media::Mid;
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Event, IceConnectionState, Output};
 
-use super::{guard, Downstream, Peer, PeerError, PeerEvent, StreamStats};
+use super::{guard, Downstream, Peer, PeerError, PeerEvent, RemoteTotals, StreamStats};
 use crate::core::net::{NetPath, NetTransmit, Transport};
 use crate::core::outbox::Outbox;
 use crate::core::router::is_stun;
@@ -220,22 +220,24 @@ impl Peer {
                 .iter()
                 .find(|s| s.mid == mid)
                 .and_then(|s| s.first_seq);
-            let mut last = (0, 0);
+            let mut last = RemoteTotals::default();
             let delta = match first_seq {
                 // Counted from just before the first packet, when the report is about packets since.
                 Some(first) if (first..first + (1 << 16)).contains(&max_seq) => {
-                    last = (first.saturating_sub(1), 0);
-                    Downstream::since(&mut last, max_seq, lost)
+                    last = RemoteTotals::at(first.saturating_sub(1), 0);
+                    last.interval(max_seq, lost)
                 }
+                // Otherwise only where the next interval starts: the loss before it is not this call's.
                 _ => {
-                    Downstream::since(&mut last, max_seq, lost);
+                    last.interval(max_seq, lost);
+                    last.held = 0;
                     None
                 }
             };
             self.remote_totals.push((mid, last));
             return delta;
         };
-        Downstream::since(last, max_seq, lost)
+        last.interval(max_seq, lost)
     }
 
     /// The growth of a cumulative NACK count since the last report of the same stream.

@@ -706,45 +706,47 @@ fn bad_offers_are_typed_errors() {
 
 #[test]
 fn a_receiver_reports_interval_is_the_difference_of_its_cumulative_figures() {
-    use super::Downstream;
-    let mut last = (1_000, 10);
-    let d = Downstream::since(&mut last, 1_250, 22);
-    assert_eq!(
-        d,
-        Some(Downstream {
-            expected: 250,
-            lost: 12
-        })
-    );
-    assert_eq!(last, (1_250, 22));
+    use super::{Downstream, RemoteTotals};
+    let d = |expected, lost| Some(Downstream { expected, lost });
+    let mut last = RemoteTotals::at(1_000, 10);
+    assert_eq!(last.interval(1_250, 22), d(250, 12));
+    assert_eq!(last, RemoteTotals::at(1_250, 22));
     // No new packet: nothing to say.
-    assert_eq!(Downstream::since(&mut last, 1_250, 22), None);
+    assert_eq!(last.interval(1_250, 22), None);
     // Duplicates made the cumulative loss go down: none lost in the interval.
-    assert_eq!(
-        Downstream::since(&mut last, 1_300, 20),
-        Some(Downstream {
-            expected: 50,
-            lost: 0
-        })
-    );
+    assert_eq!(last.interval(1_300, 20), d(50, 0));
     // A negative cumulative loss (0x800000 and up in 24 bits) counts as none.
-    assert_eq!(
-        Downstream::since(&mut last, 1_350, 0xff_fffe),
-        Some(Downstream {
-            expected: 50,
-            lost: 0
-        })
-    );
-    assert_eq!(last, (1_350, 0));
+    assert_eq!(last.interval(1_350, 0xff_fffe), d(50, 0));
+    assert_eq!(last, RemoteTotals::at(1_350, 0));
     // A report that claims more lost than it covered loses its packets, no more.
-    assert_eq!(
-        Downstream::since(&mut last, 1_360, 500),
-        Some(Downstream {
-            expected: 10,
-            lost: 10
-        })
-    );
+    assert_eq!(last.interval(1_360, 500), d(10, 10));
     // An older highest sequence number (reordered reports) covers nothing new.
-    assert_eq!(Downstream::since(&mut last, 1_300, 500), None);
-    assert_eq!(last.0, 1_360);
+    assert_eq!(last.interval(1_300, 500), None);
+    assert_eq!(last.max_seq, 1_360);
+}
+
+#[test]
+fn a_small_loss_counts_once_the_next_report_keeps_it() {
+    use super::{Downstream, RemoteTotals};
+    let d = |expected, lost| Some(Downstream { expected, lost });
+    let mut last = RemoteTotals::at(1_000, 0);
+    // A packet still in flight (reordered) counted lost, then taken back: never believed.
+    assert_eq!(last.interval(1_050, 1), d(50, 0));
+    assert_eq!(last.held, 1);
+    assert_eq!(last.interval(1_100, 0), d(50, 0));
+    assert_eq!(last.held, 0);
+    // A packet really lost: the next report keeps it, and it counts there.
+    assert_eq!(last.interval(1_150, 2), d(50, 0));
+    assert_eq!(last.interval(1_200, 2), d(50, 2));
+    // Taken back in part: the rest counts.
+    assert_eq!(last.interval(1_250, 4), d(50, 0));
+    assert_eq!(last.interval(1_300, 3), d(50, 1));
+    // A loss larger than a reordering's counts at once, with what the previous interval held.
+    assert_eq!(last.interval(1_350, 4), d(50, 0));
+    assert_eq!(last.interval(1_400, 10), d(50, 7));
+    assert_eq!(last.held, 0);
+    // A report covering nothing new leaves the held loss waiting.
+    assert_eq!(last.interval(1_450, 11), d(50, 0));
+    assert_eq!(last.interval(1_450, 11), None);
+    assert_eq!(last.interval(1_500, 11), d(50, 1));
 }

@@ -155,11 +155,13 @@ impl RemoteTotals {
 }
 
 /// How often str0m reports stream statistics: among them what a subscriber's latest receiver report said
-/// (the loss feedback's input, `loss_feedback.rs`). Every second made the feedback faster (7 s instead
-/// of 12 s in virtual time) but was reverted: read that often, a browser's report that counts a packet
-/// still in flight (reordered) as lost is seen before the next report takes it back, and a clean call
-/// over a reordering path was stated 1–2 % loss at its start (docs/loadtest.md, sixteenth session).
-const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// (the loss feedback's input, `loss_feedback.rs`). At 5 s the statistics were half the time from a
+/// listener's loss to its speaker's encoder (12 s in virtual time, 7 s at 1 s); the extra statistics
+/// cost 0.1–0.3 % more instructions per forwarded packet and 1.4 % per mixed participant-tick
+/// (`scripts/callgrind.py`, docs/loadtest.md). Read this often, a report that counts a reordered packet
+/// still in flight as lost is seen before the next one takes it back: [`HELD_LOSS_PACKETS`] is why that
+/// does not make a clean call state loss (it did in the sixteenth session, before the hold).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings for creating a peer.
 pub struct PeerParams<'a> {

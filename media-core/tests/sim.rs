@@ -445,31 +445,42 @@ fn a_listeners_loss_reaches_publishers_in_forwarding_rooms_only() {
     }
 }
 
-/// A listener whose downlink loses nothing but reorders (packets 10–110 ms late, in any order): its
-/// receiver reports count a packet still in flight as lost (1–2 packets here), and the next report takes
-/// it back. The speaker must never be told of a loss, or its encoder spends bits on FEC for a clean call
-/// (a browser's did, at 1–2 %, in the browser suite once in ten runs). Before the loss of one report was
-/// held for the next to keep (`RemoteTotals`), seed 5 told the speaker 1/255.
+/// A listener whose downlink loses nothing but reorders (packets late by 10 ms plus up to 100, 150 or
+/// 300 ms, in any order): its receiver reports count packets still in flight as lost (up to 2, 4 and 5
+/// here; over 300 ms, 3–7 at every report), and later reports take them back. The speaker must not be
+/// told of a loss, or its encoder spends bits on FEC for a clean call (a browser's did, at 1–2 %, in the
+/// browser suite once in ten runs). Believing every report at once told the speaker 1/255 at 100 ms;
+/// believing a small rise once the next report kept it, 1/255 at 150 ms and up to 4/255 at 300 ms
+/// (`RemoteTotals`, docs/architecture.md "Loss feedback").
 #[test]
 fn a_listener_whose_packets_arrive_reordered_but_all_states_no_loss() {
-    for seed in [5, 6, 7] {
-        let mut sim = Sim::with_room(
-            seed,
-            LinkConfig::with_delay(10.0),
-            media_core::RoomSettings::forward(3),
-            &[(440.0, 0.3), (660.0, 0.3)],
-        );
-        sim.connect();
-        let (server, listener) = (sim.server, sim.clients[1].addr);
-        sim.net
-            .set_link(server, listener, LinkConfig::lossy(0.0, 10.0, 100.0));
-        let mut most = 0.0f32;
-        for _ in 0..30 {
-            sim.run_for(Duration::from_secs(1));
-            most = most.max(sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0));
+    for jitter_ms in [100.0, 150.0, 300.0] {
+        for seed in [5, 6, 7] {
+            let mut sim = Sim::with_room(
+                seed,
+                LinkConfig::with_delay(10.0),
+                media_core::RoomSettings::forward(3),
+                &[(440.0, 0.3), (660.0, 0.3)],
+            );
+            sim.connect();
+            let (server, listener) = (sim.server, sim.clients[1].addr);
+            sim.net
+                .set_link(server, listener, LinkConfig::lossy(0.0, 10.0, jitter_ms));
+            let mut most = 0.0f32;
+            for _ in 0..30 {
+                sim.run_for(Duration::from_secs(1));
+                most = most.max(sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0));
+            }
+            println!("{jitter_ms} ms, seed {seed}: the speaker was told at most {most} lost");
+            // Reordered over up to 150 ms: nothing. Over 300 ms, packets in flight at three reports in
+            // a row can still count (1/255 for seed 7), but the figure stays below 1 %: libopus takes
+            // whole percents (1/255 is 0 %), and neither it nor a browser codes FEC for less.
+            let allowed = if jitter_ms <= 150.0 { 0.0 } else { 0.01 };
+            assert!(
+                most <= allowed,
+                "{jitter_ms} ms, seed {seed}: a reordering listener stated {most} loss"
+            );
         }
-        println!("seed {seed}: the speaker was told at most {most} lost");
-        assert_eq!(most, 0.0, "seed {seed}: a reordering listener stated loss");
     }
 }
 

@@ -95,20 +95,43 @@ pub struct Downstream {
     pub lost: u64,
 }
 
-/// The most lost packets of one report's interval that may be a packet still in flight, not lost: a
-/// receiver counts a reordered packet that has not arrived yet as lost, and its next report takes it
-/// back (the cumulative loss goes down). A loss this small waits for the next report to keep it; more is
-/// believed at once (10 % of even one second of a stream is 5 packets).
+/// A rise of a receiver's cumulative loss by more than this many packets between two reports is
+/// believed at once (10 % of even one second of a stream is 5 packets). A smaller one may be packets
+/// still in flight, not lost: a receiver counts a reordered packet that has not arrived yet as lost, and
+/// a later report takes it back (the cumulative loss goes down). On a jittery path more packets can be
+/// in flight behind a later one: the limit grows by one packet per [`HELD_PER_JITTER_MS`] of the jitter
+/// the report states (in virtual time, reordering over 100, 150 and 300 ms left transients of up to 2, 4
+/// and 5 packets, at a stated jitter of 35, 55 and 100 ms).
 const HELD_LOSS_PACKETS: u64 = 2;
 
+/// Milliseconds of a report's interarrival jitter per packet that may be in flight behind a later one.
+const HELD_PER_JITTER_MS: u64 = 10;
+
+/// A small rise is believed once this many later reports keep it: as much of it as none of them took
+/// back. One was not enough on a reordering path: a report often takes back one packet in flight and
+/// counts another (150 ms of reordering in virtual time stated 1/255 that way, 300 ms 4/255).
+const HELD_REPORTS: usize = 2;
+
+/// Lost packets never believed, once per stream: on a path that reorders all the time a few packets are
+/// in flight behind a later one at every report, so the cumulative loss never comes back to the true one
+/// (300 ms of reordering in virtual time: 3–7 at every report of a clean stream, which stated 3/255).
+/// A constant, not the jitter-dependent limit: a figure that moved with the jitter would count its
+/// changes as loss.
+const NEVER_BELIEVED_PACKETS: u64 = 2;
+
 /// What a stream's receiver reports said so far: the highest sequence number and cumulative loss of the
-/// latest, and the small loss of its interval not yet believed ([`HELD_LOSS_PACKETS`]).
+/// latest, how much of the cumulative loss is believed (counted in an interval), and the cumulative loss
+/// of the latest few, for the small rises not yet believed ([`HELD_LOSS_PACKETS`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RemoteTotals {
     pub max_seq: u64,
     pub lost: u64,
-    /// Lost packets of the latest interval that the next report must keep.
-    pub held: u64,
+    pub believed: u64,
+    /// The cumulative loss of the latest [`HELD_REPORTS`] reports, oldest first (0 before there were as
+    /// many).
+    recent: [u64; HELD_REPORTS],
+    /// How many of `recent` are reports (at most [`HELD_REPORTS`]).
+    reports: usize,
 }
 
 impl RemoteTotals {
@@ -117,14 +140,16 @@ impl RemoteTotals {
         Self {
             max_seq,
             lost,
-            held: 0,
+            believed: lost.saturating_sub(NEVER_BELIEVED_PACKETS),
+            ..Self::default()
         }
     }
 
-    /// The interval up to a report stating `max_seq` and `lost` (the raw 24-bit cumulative field), which
-    /// the totals then hold. `None` when no new packet was covered. The previous interval's held loss
-    /// counts in this one, less what this report took back; this interval's own loss is held when small.
-    pub fn interval(&mut self, max_seq: u64, lost: u64) -> Option<Downstream> {
+    /// The interval up to a report stating `max_seq`, `lost` (the raw 24-bit cumulative field) and an
+    /// interarrival jitter of `jitter_ms`, which the totals then hold: its packets, and the lost packets
+    /// believed with it. `None` when no new packet was covered. A large rise is believed at once; a
+    /// small one once [`HELD_REPORTS`] later reports keep it.
+    pub fn interval(&mut self, max_seq: u64, lost: u64, jitter_ms: u64) -> Option<Downstream> {
         // The cumulative loss is a signed 24-bit figure: negative (more duplicates than losses) counts
         // as none.
         let lost = if lost >= 0x80_0000 { 0 } else { lost };
@@ -132,24 +157,28 @@ impl RemoteTotals {
         if expected == 0 {
             return None;
         }
-        // Late packets and duplicates make the cumulative loss go down (RFC 3550 §6.4.1): what went
-        // down first takes back the held loss; a report never loses more than its packets.
-        let taken_back = self.lost.saturating_sub(lost);
-        let kept = self.held.saturating_sub(taken_back);
-        let new = lost.saturating_sub(self.lost).min(expected);
-        let (believed, held) = if new <= HELD_LOSS_PACKETS {
-            (kept, new)
-        } else {
-            (kept + new, 0)
-        };
-        *self = Self {
-            max_seq,
-            lost,
-            held,
-        };
+        let believable = |cumulative: u64| cumulative.saturating_sub(NEVER_BELIEVED_PACKETS);
+        // Late packets and duplicates make the cumulative loss go down (RFC 3550 §6.4.1): what was
+        // believed is not taken back, but counting starts again from there.
+        self.believed = self.believed.min(believable(lost));
+        let before = self.believed;
+        let limit = HELD_LOSS_PACKETS.max(jitter_ms.div_ceil(HELD_PER_JITTER_MS));
+        if lost.saturating_sub(self.lost) > limit {
+            self.believed = believable(lost);
+        } else if self.reports == HELD_REPORTS {
+            // The oldest recent report's cumulative loss, as far as every report since kept it.
+            let kept = self.recent.iter().copied().chain([lost]).min();
+            self.believed = self.believed.max(believable(kept.unwrap_or(0)));
+        }
+        self.recent.rotate_left(1);
+        self.recent[HELD_REPORTS - 1] = lost;
+        self.reports = (self.reports + 1).min(HELD_REPORTS);
+        self.max_seq = max_seq;
+        self.lost = lost;
         Some(Downstream {
             expected,
-            lost: believed.min(expected),
+            // A report never loses more than its packets.
+            lost: (self.believed - before).min(expected),
         })
     }
 }
@@ -159,7 +188,7 @@ impl RemoteTotals {
 /// listener's loss to its speaker's encoder (12 s in virtual time, 7 s at 1 s); the extra statistics
 /// cost 0.1–0.3 % more instructions per forwarded packet and 1.4 % per mixed participant-tick
 /// (`scripts/callgrind.py`, docs/loadtest.md). Read this often, a report that counts a reordered packet
-/// still in flight as lost is seen before the next one takes it back: [`HELD_LOSS_PACKETS`] is why that
+/// still in flight as lost is seen before a later one takes it back: [`HELD_REPORTS`] is why that
 /// does not make a clean call state loss (it did in the sixteenth session, before the hold).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 

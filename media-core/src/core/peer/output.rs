@@ -183,7 +183,14 @@ impl Peer {
                     Event::MediaEgressStats(s) => {
                         let nacks_received = self.nack_delta(s.mid, true, s.nacks);
                         let downstream = s.remote.and_then(|r| {
-                            self.downstream_delta(s.mid, *r.maximum_sequence_number, r.packets_lost)
+                            // Opus streams: an RTP clock of 48 kHz.
+                            let jitter_ms = u64::from(r.jitter / 48);
+                            self.downstream_delta(
+                                s.mid,
+                                *r.maximum_sequence_number,
+                                r.packets_lost,
+                                jitter_ms,
+                            )
                         });
                         let stats = StreamStats {
                             rtt: s.rtt,
@@ -213,7 +220,13 @@ impl Peer {
     /// What a stream's receiver reports counted since the previous statistics, or for the first, since
     /// the stream's first packet sent directly (`None` when that is unknown, or no new packet was
     /// covered).
-    fn downstream_delta(&mut self, mid: Mid, max_seq: u64, lost: u64) -> Option<Downstream> {
+    fn downstream_delta(
+        &mut self,
+        mid: Mid,
+        max_seq: u64,
+        lost: u64,
+        jitter_ms: u64,
+    ) -> Option<Downstream> {
         let Some((_, last)) = self.remote_totals.iter_mut().find(|(m, _)| *m == mid) else {
             let first_seq = self
                 .slots
@@ -225,19 +238,19 @@ impl Peer {
                 // Counted from just before the first packet, when the report is about packets since.
                 Some(first) if (first..first + (1 << 16)).contains(&max_seq) => {
                     last = RemoteTotals::at(first.saturating_sub(1), 0);
-                    last.interval(max_seq, lost)
+                    last.interval(max_seq, lost, jitter_ms)
                 }
                 // Otherwise only where the next interval starts: the loss before it is not this call's.
                 _ => {
-                    last.interval(max_seq, lost);
-                    last.held = 0;
+                    last.interval(max_seq, lost, jitter_ms);
+                    last = RemoteTotals::at(last.max_seq, last.lost);
                     None
                 }
             };
             self.remote_totals.push((mid, last));
             return delta;
         };
-        last.interval(max_seq, lost)
+        last.interval(max_seq, lost, jitter_ms)
     }
 
     /// The growth of a cumulative NACK count since the last report of the same stream.

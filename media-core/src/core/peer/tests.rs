@@ -709,44 +709,57 @@ fn a_receiver_reports_interval_is_the_difference_of_its_cumulative_figures() {
     use super::{Downstream, RemoteTotals};
     let d = |expected, lost| Some(Downstream { expected, lost });
     let mut last = RemoteTotals::at(1_000, 10);
-    assert_eq!(last.interval(1_250, 22), d(250, 12));
-    assert_eq!(last, RemoteTotals::at(1_250, 22));
+    assert_eq!(last.interval(1_250, 22, 0), d(250, 12));
+    // Two packets of a stream's loss are never believed (`NEVER_BELIEVED_PACKETS`).
+    assert_eq!((last.max_seq, last.lost, last.believed), (1_250, 22, 20));
     // No new packet: nothing to say.
-    assert_eq!(last.interval(1_250, 22), None);
+    assert_eq!(last.interval(1_250, 22, 0), None);
     // Duplicates made the cumulative loss go down: none lost in the interval.
-    assert_eq!(last.interval(1_300, 20), d(50, 0));
+    assert_eq!(last.interval(1_300, 20, 0), d(50, 0));
     // A negative cumulative loss (0x800000 and up in 24 bits) counts as none.
-    assert_eq!(last.interval(1_350, 0xff_fffe), d(50, 0));
-    assert_eq!(last, RemoteTotals::at(1_350, 0));
+    assert_eq!(last.interval(1_350, 0xff_fffe, 0), d(50, 0));
+    assert_eq!((last.max_seq, last.lost), (1_350, 0));
     // A report that claims more lost than it covered loses its packets, no more.
-    assert_eq!(last.interval(1_360, 500), d(10, 10));
+    assert_eq!(last.interval(1_360, 500, 0), d(10, 10));
     // An older highest sequence number (reordered reports) covers nothing new.
-    assert_eq!(last.interval(1_300, 500), None);
+    assert_eq!(last.interval(1_300, 500, 0), None);
     assert_eq!(last.max_seq, 1_360);
 }
 
 #[test]
-fn a_small_loss_counts_once_the_next_report_keeps_it() {
+fn a_small_loss_counts_once_two_later_reports_keep_it() {
     use super::{Downstream, RemoteTotals};
     let d = |expected, lost| Some(Downstream { expected, lost });
     let mut last = RemoteTotals::at(1_000, 0);
     // A packet still in flight (reordered) counted lost, then taken back: never believed.
-    assert_eq!(last.interval(1_050, 1), d(50, 0));
-    assert_eq!(last.held, 1);
-    assert_eq!(last.interval(1_100, 0), d(50, 0));
-    assert_eq!(last.held, 0);
-    // A packet really lost: the next report keeps it, and it counts there.
-    assert_eq!(last.interval(1_150, 2), d(50, 0));
-    assert_eq!(last.interval(1_200, 2), d(50, 2));
-    // Taken back in part: the rest counts.
-    assert_eq!(last.interval(1_250, 4), d(50, 0));
-    assert_eq!(last.interval(1_300, 3), d(50, 1));
-    // A loss larger than a reordering's counts at once, with what the previous interval held.
-    assert_eq!(last.interval(1_350, 4), d(50, 0));
-    assert_eq!(last.interval(1_400, 10), d(50, 7));
-    assert_eq!(last.held, 0);
-    // A report covering nothing new leaves the held loss waiting.
-    assert_eq!(last.interval(1_450, 11), d(50, 0));
-    assert_eq!(last.interval(1_450, 11), None);
-    assert_eq!(last.interval(1_500, 11), d(50, 1));
+    assert_eq!(last.interval(1_050, 1, 0), d(50, 0));
+    assert_eq!(last.interval(1_100, 0, 0), d(50, 0));
+    // One in flight at each of two reports in a row (the first taken back, another counted): never
+    // believed either, once the third takes the second back.
+    assert_eq!(last.interval(1_150, 1, 0), d(50, 0));
+    assert_eq!(last.interval(1_200, 1, 0), d(50, 0));
+    assert_eq!(last.interval(1_250, 0, 0), d(50, 0));
+    // A path that always has 2–3 packets in flight (30 ms of jitter: rises of 3 wait): never believed.
+    for (seq, lost) in [(1_300, 3), (1_350, 2), (1_400, 3), (1_450, 2)] {
+        assert_eq!(last.interval(seq, lost, 30), d(50, 0));
+    }
+    assert_eq!(last.believed, 0);
+    // Packets really lost, one or two at a time: two later reports keep each rise, and past the two
+    // packets never believed, they count.
+    assert_eq!(last.interval(1_500, 4, 0), d(50, 0));
+    assert_eq!(last.interval(1_550, 5, 0), d(50, 0));
+    assert_eq!(last.interval(1_600, 6, 0), d(50, 2));
+    assert_eq!(last.interval(1_650, 7, 0), d(50, 1));
+    // A rise larger than a reordering's counts at once.
+    assert_eq!(last.interval(1_700, 17, 0), d(50, 12));
+    // A report covering nothing new changes nothing.
+    assert_eq!(last.interval(1_700, 18, 0), None);
+    // Duplicates take the cumulative loss down: what was believed stays counted, and counting starts
+    // again from there.
+    assert_eq!(last.interval(1_750, 12, 0), d(50, 0));
+    assert_eq!(last.interval(1_800, 20, 0), d(50, 8));
+    // On a jittery path (60 ms stated) a rise of up to 6 waits; 7 counts at once.
+    assert_eq!(last.interval(1_850, 26, 60), d(50, 0));
+    assert_eq!(last.interval(1_900, 20, 60), d(50, 0));
+    assert_eq!(last.interval(1_950, 27, 60), d(50, 7));
 }

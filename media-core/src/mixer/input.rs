@@ -166,18 +166,10 @@ pub fn red_jitter_packets<'a>(
     (1u64..)
         .zip(frames.iter().rev())
         .map_while(move |(k, frame)| {
-            let (samples, _) = opus_packet_info(frame.payload)?;
-            expected_offset = expected_offset.saturating_add(samples);
-            (frame.ts_offset == expected_offset && seq >= k)
-                .then(|| {
-                    JitterPacket::opus(
-                        seq - k,
-                        red::frame_ts(ts, frame),
-                        frame.payload.into(),
-                        None,
-                    )
-                })
-                .flatten()
+            let ts = red::frame_ts(ts, frame);
+            let packet = JitterPacket::opus(seq.checked_sub(k)?, ts, frame.payload.into(), None)?;
+            expected_offset = expected_offset.saturating_add(packet.samples);
+            (frame.ts_offset == expected_offset).then_some(packet)
         })
 }
 

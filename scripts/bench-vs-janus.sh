@@ -26,7 +26,7 @@ export CHORUS_BIN OUT FWD_N TALKERS DURATION RAMP JANUS_MIX_N CHORUS_MIX_N JANUS
 if [ "${BENCH_IN_NETNS:-}" != 1 ]; then
   if [ "${SKIP_BUILD:-}" != 1 ]; then
     echo "== building release binaries"
-    (cd "$ROOT" && cargo build --release -p chorus-server --bin chorus -p chorus-loadtest)
+    (cd "$ROOT" && cargo build --release -p chorus-server --bin chorus -p chorus-loadtest --bin chorus-loadtest)
   fi
   command -v janus >/dev/null || "$PEERS/setup.sh"
   mkdir -p "$OUT"

@@ -126,10 +126,10 @@ const NEVER_BELIEVED_PACKETS: u64 = 2;
 /// latest, how much of the cumulative loss is believed (counted in an interval), and the cumulative loss
 /// of the latest few, for the small rises not yet believed ([`HELD_LOSS_PACKETS`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RemoteTotals {
-    pub max_seq: u64,
-    pub lost: u64,
-    pub believed: u64,
+pub(super) struct RemoteTotals {
+    max_seq: u64,
+    lost: u64,
+    believed: u64,
     /// The cumulative loss of the latest [`HELD_REPORTS`] reports, oldest first (0 before there were as
     /// many).
     recent: [u64; HELD_REPORTS],
@@ -138,8 +138,10 @@ pub struct RemoteTotals {
 }
 
 impl RemoteTotals {
-    /// Totals whose next interval starts after `max_seq`, with `lost` lost before it.
-    pub fn at(max_seq: u64, lost: u64) -> Self {
+    /// Totals whose next interval starts after `max_seq`, with `lost` (the raw 24-bit cumulative
+    /// field, [`cumulative_loss`]) lost before it.
+    pub(super) fn at(max_seq: u64, lost: u64) -> Self {
+        let lost = cumulative_loss(lost);
         Self {
             max_seq,
             lost,
@@ -152,10 +154,13 @@ impl RemoteTotals {
     /// interarrival jitter of `jitter_ms`, which the totals then hold: its packets, and the lost packets
     /// believed with it. `None` when no new packet was covered. A large rise is believed at once; a
     /// small one once [`HELD_REPORTS`] later reports keep it.
-    pub fn interval(&mut self, max_seq: u64, lost: u64, jitter_ms: u64) -> Option<Downstream> {
-        // The cumulative loss is a signed 24-bit figure: negative (more duplicates than losses) counts
-        // as none.
-        let lost = if lost >= 0x80_0000 { 0 } else { lost };
+    pub(super) fn interval(
+        &mut self,
+        max_seq: u64,
+        lost: u64,
+        jitter_ms: u64,
+    ) -> Option<Downstream> {
+        let lost = cumulative_loss(lost);
         let expected = max_seq.saturating_sub(self.max_seq);
         if expected == 0 {
             return None;
@@ -184,6 +189,16 @@ impl RemoteTotals {
             // A report never loses more than its packets.
             lost: (self.believed - before).min(expected),
         })
+    }
+}
+
+/// A receiver report's cumulative loss from its raw field: a signed 24-bit figure, of which a negative
+/// one (more duplicates than losses) counts as none.
+fn cumulative_loss(raw: u64) -> u64 {
+    if raw >= 0x80_0000 {
+        0
+    } else {
+        raw
     }
 }
 

@@ -233,19 +233,15 @@ impl Peer {
                 .iter()
                 .find(|s| s.mid == mid)
                 .and_then(|s| s.first_seq);
-            let mut last = RemoteTotals::default();
-            let delta = match first_seq {
+            let (last, delta) = match first_seq {
                 // Counted from just before the first packet, when the report is about packets since.
                 Some(first) if (first..first + (1 << 16)).contains(&max_seq) => {
-                    last = RemoteTotals::at(first.saturating_sub(1), 0);
-                    last.interval(max_seq, lost, jitter_ms)
+                    let mut last = RemoteTotals::at(first.saturating_sub(1), 0);
+                    let delta = last.interval(max_seq, lost, jitter_ms);
+                    (last, delta)
                 }
                 // Otherwise only where the next interval starts: the loss before it is not this call's.
-                _ => {
-                    last.interval(max_seq, lost, jitter_ms);
-                    last = RemoteTotals::at(last.max_seq, last.lost);
-                    None
-                }
+                _ => (RemoteTotals::at(max_seq, lost), None),
             };
             self.remote_totals.push((mid, last));
             return delta;

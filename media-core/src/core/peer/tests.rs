@@ -723,6 +723,11 @@ fn a_receiver_reports_interval_is_the_difference_of_its_cumulative_figures() {
     // An older highest sequence number (reordered reports) covers nothing new.
     assert_eq!(last.interval(1_300, 500, 0), None);
     assert_eq!(last.max_seq, 1_360);
+    // Totals started from a report (a stream whose first packet is unknown) read its loss the same way.
+    assert_eq!(
+        RemoteTotals::at(1_000, 0xff_fffe),
+        RemoteTotals::at(1_000, 0)
+    );
 }
 
 #[test]

@@ -63,6 +63,8 @@ struct Received {
     packets: usize,
     /// Packets whose timestamp did not follow the previous packet's end (DTX gaps count too).
     jumps: usize,
+    /// Each packet's tick (on the mixer's grid) and payload.
+    sent: Vec<(usize, Arc<[u8]>)>,
 }
 
 impl Received {
@@ -79,6 +81,7 @@ impl Received {
             self.jumps += usize::from(p.ts != next);
         }
         self.pcm.resize(at, 0.0);
+        self.sent.push((at / FRAME_SAMPLES, p.payload.clone()));
         let mut buf = vec![0.0; MAX_PACKET_SAMPLES];
         let n = decoder
             .decode_float(&p.payload, &mut buf, false)
@@ -807,4 +810,142 @@ fn only_packets_that_carry_fec_count_as_recovering_a_lost_frame() {
         (without.concealed_fec, with.concealed_fec)
     );
     assert_eq!(target_with, target_without);
+}
+
+/// What [`shared_mix_moves`] measured: the FEC shares of B's packets and of C's before, while and after
+/// it states loss; the ticks where C's packets start or stop being B's; how much B's and C's decodes
+/// differ while they hear different encodes (the median of 10 ms windows, against the voice's power),
+/// and at most in the 200 ms from each of those ticks.
+struct SharedMixMoves {
+    b_fec: f64,
+    c_fec: [f64; 3],
+    flips: Vec<usize>,
+    apart_db: f32,
+    worst_db: Vec<f32>,
+}
+
+/// A talks a voiced sound without a break but for 300 ms from frame 300; listener B states `b_loss`
+/// throughout, C none until frame 100, then 10 % until frame 260.
+fn shared_mix_moves(b_loss: u8) -> SharedMixMoves {
+    let config = MixSettings {
+        jitter_min_ms: 60,
+        ..MixSettings::default()
+    };
+    let mut room = Room::with_config(&[A, B, C], config);
+    room.mixer.set_listener_loss(B, b_loss);
+    room.mixer.set_listener_loss(C, 0);
+    let mut mic = Sender::new(0xA);
+    let frames = 400;
+    for k in 0..frames {
+        let sent = room.t0 + FRAME_DURATION * k as u32;
+        match k {
+            100 => room.mixer.set_listener_loss(C, 10),
+            260 => room.mixer.set_listener_loss(C, 0),
+            _ => {}
+        }
+        let mut pcm = voiced_frame(k);
+        if (300..315).contains(&k) {
+            pcm.iter_mut().for_each(|s| *s = 0.0);
+        }
+        if let Some(p) = mic.frame(k, &pcm) {
+            room.push(sent + 10 * MS, A, mic.ssrc, p);
+        }
+        while let Some(t) = room
+            .mixer
+            .next_tick()
+            .filter(|t| *t < sent + FRAME_DURATION)
+        {
+            room.tick(sent.max(t));
+        }
+    }
+    let share = |id: ParticipantId, ticks: std::ops::Range<usize>| {
+        let inside: Vec<bool> = room.rx[&id]
+            .sent
+            .iter()
+            .filter(|(k, _)| ticks.contains(k))
+            .map(|(_, p)| opus_packet_has_fec(p))
+            .collect();
+        inside.iter().filter(|f| **f).count() as f64 / inside.len().max(1) as f64
+    };
+    // Where C's packets start or stop being B's: where C moved.
+    let b_sent: HashMap<usize, &Arc<[u8]>> =
+        room.rx[&B].sent.iter().map(|(k, p)| (*k, p)).collect();
+    let same: Vec<(usize, bool)> = room.rx[&C]
+        .sent
+        .iter()
+        .map(|(k, p)| (*k, b_sent.get(k).is_some_and(|b| *b == p)))
+        .collect();
+    let flips: Vec<usize> = same
+        .windows(2)
+        .filter(|w| w[0].1 != w[1].1)
+        .map(|w| w[1].0)
+        .collect();
+    let (b, c) = (&room.rx[&B].pcm, &room.rx[&C].pcm);
+    let voice = mean_square(&b[40 * FRAME_SAMPLES..95 * FRAME_SAMPLES]);
+    let diff_db = |at: usize| {
+        let n = 480
+            .min(b.len().saturating_sub(at))
+            .min(c.len().saturating_sub(at));
+        let d: Vec<f32> = (at..at + n).map(|i| b[i] - c[i]).collect();
+        (10.0 * (mean_square(&d).max(1e-12) / voice).log10()) as f32
+    };
+    // 10 ms windows every 5 ms.
+    let windows = |ticks: std::ops::Range<usize>| {
+        (ticks.start * 4..ticks.end * 4).map(|q| diff_db(q * FRAME_SAMPLES / 4))
+    };
+    let apart = if b_loss > 0 { 40..95 } else { 180..250 };
+    let mut steady: Vec<f32> = windows(apart).collect();
+    steady.sort_by(f32::total_cmp);
+    SharedMixMoves {
+        b_fec: share(B, 20..frames),
+        c_fec: [share(C, 0..100), share(C, 160..260), share(C, 330..frames)],
+        apart_db: steady[steady.len() / 2],
+        worst_db: flips
+            .iter()
+            .map(|&k| windows(k..k + 10).fold(f32::MIN, f32::max))
+            .collect(),
+        flips,
+    }
+}
+
+/// A listener of the shared mix that starts stating loss moves to the protected encode (FEC) within
+/// [`SHARED_SWITCH_MAX_TICKS`] in a room that is never quiet, and back to the clean one when it states
+/// none, at the next quiet tick; neither move stands out of what it hears (an encode that had no
+/// listener starts as a copy of the other), and the other listener's encode never changes.
+#[test]
+fn a_listener_moves_between_the_clean_and_protected_shared_mix_unheard() {
+    for b_loss in [10, 0] {
+        let run = shared_mix_moves(b_loss);
+        eprintln!(
+            "B states {b_loss} %: C moved at ticks {:?}; C against B: {:.1} dB apart, {:?} dB from each \
+             move; FEC shares: B {:.2}, C before / while stating loss / after {:.2?}",
+            run.flips, run.apart_db, run.worst_db, run.b_fec, run.c_fec
+        );
+        let [before, during, after] = run.c_fec;
+        assert_eq!((before, after), (0.0, 0.0), "B states {b_loss} %");
+        assert!(during > 0.5, "B states {b_loss} %: C protected {during}");
+        if b_loss > 0 {
+            assert!(run.b_fec > 0.5, "B kept its FEC: {}", run.b_fec);
+        } else {
+            assert_eq!(run.b_fec, 0.0, "B kept its clean mix");
+        }
+        let [start, end] = run.flips[..] else {
+            panic!("B states {b_loss} %: C moved at {:?}", run.flips);
+        };
+        let max_wait = SHARED_SWITCH_MAX_TICKS as usize + 5;
+        assert!((100..=100 + max_wait).contains(&start), "{start}");
+        assert!(
+            (300..320).contains(&end),
+            "C moved back in A's pause: {end}"
+        );
+        // A move back to a clean encoder that had skipped the ticks in between (a stale state) stood
+        // 13 dB out of the apart figure.
+        for worst in run.worst_db {
+            assert!(
+                worst <= run.apart_db + 6.0,
+                "B states {b_loss} %: {worst} dB against {} dB",
+                run.apart_db
+            );
+        }
+    }
 }

@@ -9,7 +9,8 @@ use super::jitter::Playout;
 use super::output::{ensure_encoder, OutEncoder};
 use super::{
     Feed, MixPacket, MixTap, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS,
-    PERSONAL_HANGOVER_TICKS, PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL, SILENT_LEVEL,
+    PERSONAL_HANGOVER_TICKS, PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL,
+    SHARED_SWITCH_MAX_TICKS, SILENT_LEVEL,
 };
 use crate::audibility::Audibility;
 use crate::audio::{FRAME_DURATION, FRAME_SAMPLES};
@@ -177,6 +178,9 @@ impl Mixer {
         //    its decoder's state (pitch history above all) then no longer matters.
         //    Under a rule (whispers, team talk, volumes: see `crate::audibility`) a listener who does not
         //    hear exactly the full mix gets a mix of its own, through the same personal encoder.
+        //    A listener of the shared mix hears its protected encode while it states loss, its clean one
+        //    otherwise; it moves between them where a move back from a personal encoder would (the two
+        //    encoders' states differ), or at once if it was not hearing the shared mix.
         let policy = audibility.filter(|a| !a.is_open());
         let talker_ids: Vec<ParticipantId> =
             self.talkers.iter().map(|&i| self.members[i].id).collect();
@@ -186,6 +190,10 @@ impl Mixer {
             .filter(|&&i| self.members[i].public)
             .count();
         let mix_quiet = crate::audio::audio_level_from_samples(&self.mix) >= QUIET_SWITCH_LEVEL;
+        // The highest loss stated by a listener of the protected encode, if it has any; whether the clean
+        // one has any (a listener whose class changes moves at a quiet tick, as above).
+        let mut protected_loss: Option<u8> = None;
+        let mut clean_listeners = false;
         for m in &mut self.members {
             let in_mix = m.talking && m.public;
             m.custom =
@@ -207,24 +215,61 @@ impl Mixer {
                     m.personal = None;
                 }
             }
-            if !m.subscribes || m.heard_talkers == 0 {
+            if !m.subscribes {
                 continue;
             }
-            if (in_mix || m.custom) && m.personal.is_none() {
-                m.personal = match (&self.shared, m.feed) {
+            if m.heard_talkers > 0 && (in_mix || m.custom) && m.personal.is_none() {
+                let heard = if m.protected {
+                    &self.protected
+                } else {
+                    &self.shared
+                };
+                m.personal = match (heard, m.feed) {
                     (Some(shared), Feed::Shared) => shared.try_clone().ok(),
                     _ => OutEncoder::new(&self.config).ok(),
                 };
             }
+            let protect = self.config.fec && m.expected_loss > 0;
+            if protect == m.protected {
+                m.switch_wait = 0;
+            } else if m.feed != Feed::Shared
+                || mix_quiet
+                || m.switch_wait >= SHARED_SWITCH_MAX_TICKS
+            {
+                // The encode it moves to continues from the one it heard (a copy of it), unless it ran
+                // in the last tick; one that skipped ticks would continue from a stale state.
+                let (from, to, ran) = if protect {
+                    (&self.shared, &mut self.protected, self.protected_tick)
+                } else {
+                    (&self.protected, &mut self.shared, self.shared_tick)
+                };
+                if m.feed == Feed::Shared && ran.is_none_or(|t| t + 1 != grid) {
+                    *to = from.as_ref().and_then(|e| e.try_clone().ok());
+                }
+                m.protected = protect;
+                m.switch_wait = 0;
+            } else {
+                m.switch_wait += 1;
+            }
+            if m.protected && m.personal.is_none() {
+                protected_loss = Some(protected_loss.unwrap_or(0).max(m.expected_loss));
+            }
+            clean_listeners |= !m.protected && m.personal.is_none();
         }
+        // Each encode of the shared mix ends with its last listener (the clean one's may be a broadcast
+        // tap, which takes it every tick).
+        if !clean_listeners && !self.tap {
+            self.shared = None;
+        }
+        if protected_loss.is_none() {
+            self.protected = None;
+        }
+        let protected_loss = protected_loss.unwrap_or(0);
 
-        // 4. Encode: one shared full mix for the listeners who do not talk, one mix-minus per talker.
+        // 4. Encode: the full mix for the listeners who do not talk (clean and protected, each at most
+        //    once), one mix-minus per talker.
         let mut shared_packet: Option<Option<(Arc<[u8]>, u8)>> = None;
-        // The highest loss the listeners sent the shared encode this tick report: its tuning from the
-        // next tick. A tick that sends it to nobody (a pause) keeps the tuning, unless no listener could
-        // be sent it at all (a broadcast tap's listeners are on TCP).
-        let mut shared_loss: Option<u8> = None;
-        let mut shared_listeners = false;
+        let mut protected_packet: Option<Option<(Arc<[u8]>, u8)>> = None;
         for i in 0..self.members.len() {
             let m = &mut self.members[i];
             let in_mix = m.talking && m.public;
@@ -233,7 +278,6 @@ impl Mixer {
             if !m.subscribes {
                 continue;
             }
-            shared_listeners |= m.personal.is_none();
             let others = m.heard_talkers;
             // Nothing to hear. With DTX the listener is sent nothing, but only after one last frame of its
             // (now silent) mix from the encoder it was hearing: that flushes the encoder's lookahead (the
@@ -287,19 +331,34 @@ impl Mixer {
             } else if in_mix || m.custom {
                 continue; // libopus could not create the personal encoder; never send a talker itself
             } else {
-                // Encoded at most once per tick, for the first listener that needs it.
-                if shared_packet.is_none() {
-                    let Some(encoder) = ensure_encoder(&mut self.shared, &self.config) else {
+                // Each encoded at most once per tick, for the first listener that needs it.
+                let (slot, packet, ran, loss) = if m.protected {
+                    (
+                        &mut self.protected,
+                        &mut protected_packet,
+                        &mut self.protected_tick,
+                        protected_loss,
+                    )
+                } else {
+                    (
+                        &mut self.shared,
+                        &mut shared_packet,
+                        &mut self.shared_tick,
+                        0,
+                    )
+                };
+                if packet.is_none() {
+                    let Some(encoder) = ensure_encoder(slot, &self.config) else {
                         continue;
                     };
                     self.scratch.copy_from_slice(&self.mix);
                     stats.frames_encoded += 1;
-                    encoder.set_expected_loss(self.shared_loss);
-                    shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
+                    encoder.set_expected_loss(loss);
+                    *packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
+                    *ran = Some(grid);
                 }
                 m.feed = Feed::Shared;
-                shared_loss = Some(shared_loss.unwrap_or(0).max(m.expected_loss));
-                shared_packet.clone().flatten()
+                packet.clone().flatten()
             };
             let Some((payload, level)) = packet else {
                 continue;
@@ -316,17 +375,12 @@ impl Mixer {
             m.send(frame_ts, payload, heard, level, out);
             stats.packets_sent += 1;
         }
-        match shared_loss {
-            Some(loss) => self.shared_loss = loss,
-            None if !shared_listeners => self.shared_loss = 0,
-            None => {}
-        }
         self.tap_full_mix(grid, shared_packet, stats);
         self.after_tick(grid, self.talkers.len(), any_active, stats);
     }
 
-    /// 4b. The broadcast tap: the full mix, from the shared encode (made now if no listener needed it;
-    /// always in a spatial room, whose listeners each get their own stereo mix).
+    /// 4b. The broadcast tap: the full mix, from the shared clean encode (made now if no listener needed
+    /// it; always in a spatial room, whose listeners each get their own stereo mix).
     fn tap_full_mix(
         &mut self,
         grid: u64,
@@ -340,8 +394,9 @@ impl Mixer {
             if let Some(encoder) = ensure_encoder(&mut self.shared, &self.config) {
                 self.scratch.copy_from_slice(&self.mix);
                 stats.frames_encoded += 1;
-                encoder.set_expected_loss(self.shared_loss);
+                encoder.set_expected_loss(0);
                 shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
+                self.shared_tick = Some(grid);
             }
         }
         if let Some(Some((payload, _))) = shared_packet {
@@ -368,6 +423,7 @@ impl Mixer {
             self.rephase(stats);
         } else {
             self.shared = None;
+            self.protected = None;
         }
     }
 }

@@ -498,8 +498,9 @@ fn fec_share(sim: &Sim, client: usize, from: usize) -> (f64, usize) {
 /// The mix encoders' in-band FEC follows what their listeners' receiver reports state
 /// (`Mixer::set_listener_loss`): until a listener's first reports the mix it hears is coded for 10 %
 /// loss, as every mix was before; a clean listener's then spends no bits on FEC, and sounds better for
-/// it; a listener who starts losing 10 % gets FEC again on the encode it hears, and a listener with an
-/// encoder of its own (a talker's mix-minus) is not charged for another's loss.
+/// it; a listener who starts losing 10 % gets FEC again on the encode it hears, and neither a listener
+/// with an encoder of its own (a talker's mix-minus) nor a clean listener of the shared mix is charged
+/// for another's loss (the shared mix has a protected twin for its lossy listeners).
 #[test]
 fn the_mix_codes_fec_for_the_loss_its_listeners_report() {
     let speech = crate::support::speech::passage_48k();
@@ -509,10 +510,12 @@ fn the_mix_codes_fec_for_the_loss_its_listeners_report() {
         sim.join_with_red(0.0, 0.0, 0);
     }
     sim.join_with_red(FREQS[0], 0.0, 0);
+    // 3 listens to the shared mix on a clean link throughout.
+    sim.join_with_red(0.0, 0.0, 0);
     sim.play_slots = true;
     sim.connect();
     let pass = Duration::from_secs_f64(speech.len() as f64 / f64::from(SAMPLE_RATE) + 1.0);
-    let marks = |sim: &Sim| [1, 2].map(|c| sim.clients[c].received.len());
+    let marks = |sim: &Sim| [1, 2, 3].map(|c| sim.clients[c].received.len());
 
     // Before the first reports: coded for 10 %.
     sim.play_pcm(0, speech.clone(), 0);
@@ -542,10 +545,30 @@ fn the_mix_codes_fec_for_the_loss_its_listeners_report() {
     let from = marks(&sim);
     sim.play_pcm(0, speech.clone(), 0);
     sim.run_for(pass);
-    let lossy = [fec_share(&sim, 1, from[0]), fec_share(&sim, 2, from[1])];
+    let mut lossy = [
+        fec_share(&sim, 1, from[0]),
+        fec_share(&sim, 2, from[1]),
+        fec_share(&sim, 3, from[2]),
+    ];
+
+    // 2 stops humming: the passage again, scored for the clean listener of the shared mix.
+    sim.set_amplitude(2, 0.0);
+    sim.run_for(Duration::from_secs(1));
+    let from = marks(&sim);
+    let start_3 = sim.played(3).map_or(0, |p| p.played.len());
+    sim.play_pcm(0, speech.clone(), 0);
+    sim.run_for(pass);
+    lossy[2] = fec_share(&sim, 3, from[2]);
+    let (src, _) = sim.speech_pair("mix-beside-a-lossy-listener");
+    let played_3 = sim.played(3).expect("listener 3 plays the mix");
+    let pesq_3 = crate::support::speech::pesq_wb(
+        "mix-beside-a-lossy-listener",
+        &src.decoded,
+        &played_3.played[start_3..],
+    );
     eprintln!(
         "mix FEC share: first 3 s {early:.3}; clean (share, packets) {clean:?}, {pesq}; listener 1 losing \
-         10 %, 2 humming: {lossy:?}"
+         10 %, 2 humming, 3 clean: {lossy:?}, 3 scores {pesq_3}"
     );
 
     assert!(
@@ -573,5 +596,16 @@ fn the_mix_codes_fec_for_the_loss_its_listeners_report() {
         talker_share < 0.02,
         "the talker's own mix is charged for another's loss: {:.1} % FEC",
         talker_share * 100.0
+    );
+    let (clean_share, n) = lossy[2];
+    assert!(n > 300, "the clean listener received {n} packets");
+    assert!(
+        clean_share < 0.02,
+        "the clean listener of the shared mix is charged for another's loss: {:.1} % FEC",
+        clean_share * 100.0
+    );
+    assert!(
+        pesq_3.mos_lqo >= 4.42,
+        "the clean listener beside a lossy one scores PESQ-WB {pesq_3}"
     );
 }

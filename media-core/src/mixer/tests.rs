@@ -480,10 +480,12 @@ fn a_late_worker_catches_up_without_holes_and_counts_what_it_gave_up() {
 }
 
 /// A broadcast mount hears the full mix — both talkers, where each talker hears only the other — one frame
-/// per tick with no gap, silence included (the mount's stream is continuous), and who talks.
+/// per tick with no gap, silence included (the mount's stream is continuous), and who talks; from the
+/// clean encode (its listeners are on TCP), whatever loss a listener of the room states.
 #[test]
 fn the_broadcast_tap_carries_the_full_mix_every_tick_silence_included() {
-    let mut room = Room::new(&[A, B]);
+    // C only listens, and states the loss every listener starts with.
+    let mut room = Room::new(&[A, B, C]);
     room.mixer.set_tap(room.t0, true);
     let mut mic_a = Sender::new(0xA);
     let mut mic_b = Sender::new(0xB);
@@ -538,6 +540,13 @@ fn the_broadcast_tap_carries_the_full_mix_every_tick_silence_included() {
     );
     let last = tapped.last().expect("frames");
     assert_eq!(last.talkers.len(), 2, "both talk: {:?}", last.talkers);
+    let with_fec = |packets: &mut dyn Iterator<Item = &[u8]>| {
+        packets.filter(|p| opus_packet_has_fec(p)).count()
+    };
+    let tap_fec = with_fec(&mut tapped.iter().map(|f| &f.payload[..]));
+    let c_fec = with_fec(&mut room.rx[&C].sent.iter().map(|(_, p)| &p[..]));
+    assert_eq!(tap_fec, 0, "the tap is the clean encode");
+    assert!(c_fec > 20, "C's encode codes FEC: {c_fec} packets");
     room.mixer
         .set_tap(room.t0 + FRAME_DURATION * frames as u32, false);
     assert_eq!(room.mixer.take_tapped().count(), 0);

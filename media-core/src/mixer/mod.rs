@@ -215,8 +215,9 @@ pub struct Mixer {
     index: HashMap<ParticipantId, usize>,
     /// The full mix for the listeners who do not talk, in two encodes: `shared` codes no FEC (the clean
     /// listeners' and a broadcast tap's, whose listeners are on TCP), `protected` codes FEC for the
-    /// highest loss its listeners state, and exists while any listener states loss. One lossy listener
-    /// does not make every other pay for its FEC (PESQ-WB 4.38 instead of 4.47 for the espeak-ng passage).
+    /// highest loss its listeners state; each exists while it has listeners. One lossy listener no longer
+    /// makes every other pay for its FEC (the espeak-ng passage to a clean listener beside one losing
+    /// 10 %: PESQ-WB 4.38 with one encode for both, 4.47 now).
     shared: Option<OutEncoder>,
     protected: Option<OutEncoder>,
     /// The tick each of them last encoded (a listener moving to one that skipped ticks gets a copy of
@@ -353,11 +354,10 @@ impl Mixer {
 
     /// What member `id`'s receiver reports on the mix it receives state, as a percentage lost (rounded):
     /// the encoder it hears (its own, or the shared mix's protected one) codes in-band FEC for that much
-    /// loss, up to
-    /// [`UNREPORTED_LOSS_PERCENT`] (the tuning of every listener before its reports, and of every
-    /// mix before they were followed), and none while it reports none. A clean listener's mix spends
-    /// all its bits on the audio (the espeak-ng passage through a clean mixed room: PESQ-WB 4.38 with
-    /// FEC for 10 %, 4.47 without).
+    /// loss, up to [`UNREPORTED_LOSS_PERCENT`] (the tuning of every listener before its reports, and of
+    /// every mix before they were followed), and none while it reports none (the shared mix's clean
+    /// encode). A clean listener's mix spends all its bits on the audio (the espeak-ng passage through a
+    /// clean mixed room: PESQ-WB 4.38 with FEC for 10 %, 4.47 without).
     pub fn set_listener_loss(&mut self, id: ParticipantId, percent: u8) {
         if let Some(m) = self.index.get(&id).and_then(|i| self.members.get_mut(*i)) {
             m.expected_loss = percent.min(UNREPORTED_LOSS_PERCENT);

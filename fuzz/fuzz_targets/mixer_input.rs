@@ -1,11 +1,12 @@
 //! The mixer on its own (`media_core::mixer::Mixer`): up to four members added, removed, muted and unmuted,
 //! fed arbitrary packets (tone frames from libopus, silence, arbitrary bytes claiming to be Opus, RED
 //! redundancy built from arbitrary blocks) with arbitrary sequence numbers, timestamps, levels, SSRC
-//! changes and arrival times, DTX gaps and jumps of up to an hour, ticking as the core does. Every packet
-//! out is checked: valid Opus of one 20 ms frame, per listener sequence numbers consecutive and timestamps
+//! changes and arrival times, DTX gaps and jumps of up to an hour, listeners stating loss (so moving
+//! between the shared mix's clean and protected encodes) and a broadcast tap turned on and off, ticking
+//! as the core does. Every packet out is checked: valid Opus of one 20 ms frame, per listener sequence numbers consecutive and timestamps
 //! moving forward by whole frames, at most 15 talkers and never the listener itself, a level in 0..=127,
 //! the RED redundancy valid Opus too; and each listener's stream decodes to finite samples within the
-//! limiter's range.
+//! limiter's range. The tap's frames are valid 20 ms Opus frames, on consecutive ticks while it is on.
 #![no_main]
 
 use std::collections::HashMap;
@@ -102,6 +103,15 @@ enum Op {
         frames: u8,
         level: u8,
     },
+    /// What the member's receiver reports state (percent).
+    Loss {
+        id: u8,
+        percent: u8,
+    },
+    /// A broadcast mount starts or stops listening.
+    Tap {
+        on: bool,
+    },
     Tick {
         after_ms: u16,
     },
@@ -134,9 +144,25 @@ struct Listener {
 struct Check {
     listeners: HashMap<ParticipantId, Listener>,
     pcm: Vec<f32>,
+    /// The tick of the tap's last frame while it is on.
+    last_tap: Option<u64>,
 }
 
 impl Check {
+    fn tapped(&mut self, mixer: &mut Mixer) {
+        for tap in mixer.take_tapped() {
+            assert_eq!(
+                opus_packet_info(&tap.payload).map(|(n, _)| n),
+                Some(FRAME),
+                "a tapped frame is one valid 20 ms Opus frame"
+            );
+            if let Some(last) = self.last_tap {
+                assert!(tap.tick > last, "the tap's ticks move forward");
+            }
+            self.last_tap = Some(tap.tick);
+        }
+    }
+
     fn packets(&mut self, out: &mut Vec<MixPacket>, ssrcs: &HashMap<ParticipantId, Sender>) {
         for p in out.drain(..) {
             assert_eq!(
@@ -209,6 +235,7 @@ fuzz_target!(|input: Input| {
     let mut check = Check {
         listeners: HashMap::new(),
         pcm: vec![0.0; 5760],
+        last_tap: None,
     };
     let mut now = start;
     let member = |id: u8| ParticipantId(u64::from(id % MEMBERS));
@@ -304,6 +331,15 @@ fuzz_target!(|input: Input| {
                     now += Duration::from_millis(20);
                     mixer.tick(now, &mut out, &mut stats, &mut samples);
                     check.packets(&mut out, &senders);
+                    check.tapped(&mut mixer);
+                }
+            }
+            Op::Loss { id, percent } => mixer.set_listener_loss(member(*id), *percent),
+            Op::Tap { on } => {
+                mixer.set_tap(now, *on);
+                check.tapped(&mut mixer);
+                if !*on {
+                    check.last_tap = None;
                 }
             }
             Op::Tick { after_ms } => {
@@ -320,6 +356,7 @@ fuzz_target!(|input: Input| {
             assert!(ticks < 1_000, "the mixer never catches up");
             mixer.tick(now, &mut out, &mut stats, &mut samples);
             check.packets(&mut out, &senders);
+            check.tapped(&mut mixer);
         }
         assert!(mixer.member_count() <= usize::from(MEMBERS));
     }

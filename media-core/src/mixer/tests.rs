@@ -135,6 +135,18 @@ impl Room {
             .expect("valid Opus");
     }
 
+    /// Every tick due before the frame sent at `sent` ends, none run earlier than `sent` (a worker woken
+    /// by that frame's packet runs the ticks it finds due then).
+    fn tick_frame(&mut self, sent: Instant) {
+        while let Some(t) = self
+            .mixer
+            .next_tick()
+            .filter(|t| *t < sent + FRAME_DURATION)
+        {
+            self.tick(sent.max(t));
+        }
+    }
+
     fn tick(&mut self, now: Instant) {
         let mut out = Vec::new();
         self.mixer
@@ -403,13 +415,7 @@ fn switch_run(
         if stall.is_some_and(|(from, to)| (from..to).contains(&k)) {
             continue;
         }
-        while let Some(t) = room
-            .mixer
-            .next_tick()
-            .filter(|t| *t < sent + FRAME_DURATION)
-        {
-            room.tick(sent.max(t));
-        }
+        room.tick_frame(sent);
     }
     room
 }
@@ -859,13 +865,7 @@ fn shared_mix_moves(b_loss: u8) -> SharedMixMoves {
         if let Some(p) = mic.frame(k, &pcm) {
             room.push(sent + 10 * MS, A, mic.ssrc, p);
         }
-        while let Some(t) = room
-            .mixer
-            .next_tick()
-            .filter(|t| *t < sent + FRAME_DURATION)
-        {
-            room.tick(sent.max(t));
-        }
+        room.tick_frame(sent);
     }
     let share = |id: ParticipantId, ticks: std::ops::Range<usize>| {
         let inside: Vec<bool> = room.rx[&id]

@@ -153,8 +153,8 @@ def mixer_seed(packets, red):
     """mixer_input: member 0 talks the packets (DTX gaps skipped in time and timestamp), member 1 listens."""
     out = boolean(True) + boolean(True) + u8(40) + u16(160)  # dtx, fec, jitter_min_ms, jitter_max_ms
     ops = [
-        variant(0, 7) + u8(0) + boolean(True) + boolean(True) + u16(100) + u32(5000),  # Add
-        variant(0, 7) + u8(1) + boolean(False) + boolean(True) + u16(200) + u32(9000),
+        variant(0, 9) + u8(0) + boolean(True) + boolean(True) + u16(100) + u32(5000),  # Add
+        variant(0, 9) + u8(1) + boolean(False) + boolean(True) + u16(200) + u32(9000),
     ]
     gap = 0
     previous = None
@@ -166,7 +166,7 @@ def mixer_seed(packets, red):
         if red and previous is not None and gap == 0:
             redundant = [u16(960) + variant(2, 3) + vec_u8(previous)]
         ops.append(
-            variant(3, 7)  # Push
+            variant(3, 9)  # Push
             + u32(20000 + gap * 1000 // 48)  # after_us
             + u8(0)  # id
             + boolean(False)  # new_ssrc

@@ -118,7 +118,7 @@ pub struct MixTap {
 
 use encoder::UNREPORTED_LOSS_PERCENT;
 pub use input::{opus_packet_has_fec, opus_packet_info, red_jitter_packets};
-use output::{silence_frame, OutEncoder};
+use output::{silence_frame, OutEncoder, SharedEncode};
 
 /// Which encode a listener received in the last tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,17 +213,13 @@ pub struct Mixer {
     least_spare: Duration,
     members: Vec<Member>,
     index: HashMap<ParticipantId, usize>,
-    /// The full mix for the listeners who do not talk, in two encodes: `shared` codes no FEC (the clean
+    /// The full mix for the listeners who do not talk, in two encodes: `clean` codes no FEC (the clean
     /// listeners' and a broadcast tap's, whose listeners are on TCP), `protected` codes FEC for the
     /// highest loss its listeners state; each exists while it has listeners. One lossy listener no longer
     /// makes every other pay for its FEC (the espeak-ng passage to a clean listener beside one losing
     /// 10 %: PESQ-WB 4.38 with one encode for both, 4.47 now).
-    shared: Option<OutEncoder>,
-    protected: Option<OutEncoder>,
-    /// The tick each of them last encoded (a listener moving to one that skipped ticks gets a copy of
-    /// the one it heard instead).
-    shared_tick: Option<u64>,
-    protected_tick: Option<u64>,
+    clean: SharedEncode,
+    protected: SharedEncode,
     /// One 20 ms Opus frame of silence, for listeners of a room without DTX.
     silence: Option<Arc<[u8]>>,
     mix: Vec<f32>,
@@ -265,10 +261,8 @@ impl Mixer {
             least_spare: Duration::MAX,
             members: Vec::new(),
             index: HashMap::new(),
-            shared: None,
-            protected: None,
-            shared_tick: None,
-            protected_tick: None,
+            clean: SharedEncode::default(),
+            protected: SharedEncode::default(),
             silence,
             mix: vec![0.0; FRAME_SAMPLES],
             scratch: vec![0.0; FRAME_SAMPLES],

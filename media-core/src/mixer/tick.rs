@@ -1,12 +1,11 @@
 //! The 20 ms mix tick: rank and decode the talkers, sum them, pick each listener's encode and send.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::duck::apply_ramp;
 use super::input::{decode_member, report_recovered_red};
 use super::jitter::Playout;
-use super::output::{ensure_encoder, OutEncoder};
+use super::output::{OutEncoder, TickPacket};
 use super::{
     Feed, MixPacket, MixTap, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS,
     PERSONAL_HANGOVER_TICKS, PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL,
@@ -222,9 +221,9 @@ impl Mixer {
                 let heard = if m.protected {
                     &self.protected
                 } else {
-                    &self.shared
+                    &self.clean
                 };
-                m.personal = match (heard, m.feed) {
+                m.personal = match (heard.encoder(), m.feed) {
                     (Some(shared), Feed::Shared) => shared.try_clone().ok(),
                     _ => OutEncoder::new(&self.config).ok(),
                 };
@@ -236,15 +235,12 @@ impl Mixer {
                 || mix_quiet
                 || m.switch_wait >= SHARED_SWITCH_MAX_TICKS
             {
-                // The encode it moves to continues from the one it heard (a copy of it), unless it ran
-                // in the last tick; one that skipped ticks would continue from a stale state.
-                let (from, to, ran) = if protect {
-                    (&self.shared, &mut self.protected, self.protected_tick)
-                } else {
-                    (&self.protected, &mut self.shared, self.shared_tick)
-                };
-                if m.feed == Feed::Shared && ran.is_none_or(|t| t + 1 != grid) {
-                    *to = from.as_ref().and_then(|e| e.try_clone().ok());
+                if m.feed == Feed::Shared {
+                    if protect {
+                        self.protected.take_listener_from(&self.clean, grid);
+                    } else {
+                        self.clean.take_listener_from(&self.protected, grid);
+                    }
                 }
                 m.protected = protect;
                 m.switch_wait = 0;
@@ -259,17 +255,17 @@ impl Mixer {
         // Each encode of the shared mix ends with its last listener (the clean one's may be a broadcast
         // tap, which takes it every tick).
         if !clean_listeners && !self.tap {
-            self.shared = None;
+            self.clean.end();
         }
         if protected_loss.is_none() {
-            self.protected = None;
+            self.protected.end();
         }
         let protected_loss = protected_loss.unwrap_or(0);
 
         // 4. Encode: the full mix for the listeners who do not talk (clean and protected, each at most
         //    once), one mix-minus per talker.
-        let mut shared_packet: Option<Option<(Arc<[u8]>, u8)>> = None;
-        let mut protected_packet: Option<Option<(Arc<[u8]>, u8)>> = None;
+        let mut clean_packet: TickPacket = None;
+        let mut protected_packet: TickPacket = None;
         for i in 0..self.members.len() {
             let m = &mut self.members[i];
             let in_mix = m.talking && m.public;
@@ -332,30 +328,24 @@ impl Mixer {
                 continue; // libopus could not create the personal encoder; never send a talker itself
             } else {
                 // Each encoded at most once per tick, for the first listener that needs it.
-                let (slot, packet, ran, loss) = if m.protected {
-                    (
-                        &mut self.protected,
-                        &mut protected_packet,
-                        &mut self.protected_tick,
-                        protected_loss,
-                    )
+                let (encode, packet, loss) = if m.protected {
+                    (&mut self.protected, &mut protected_packet, protected_loss)
                 } else {
-                    (
-                        &mut self.shared,
-                        &mut shared_packet,
-                        &mut self.shared_tick,
-                        0,
-                    )
+                    (&mut self.clean, &mut clean_packet, 0)
                 };
                 if packet.is_none() {
-                    let Some(encoder) = ensure_encoder(slot, &self.config) else {
-                        continue;
-                    };
                     self.scratch.copy_from_slice(&self.mix);
+                    *packet = encode.encode(
+                        grid,
+                        loss,
+                        &self.config,
+                        &mut self.scratch,
+                        &mut self.encoded,
+                    );
+                    if packet.is_none() {
+                        continue; // libopus could not create the encoder
+                    }
                     stats.frames_encoded += 1;
-                    encoder.set_expected_loss(loss);
-                    *packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
-                    *ran = Some(grid);
                 }
                 m.feed = Feed::Shared;
                 packet.clone().flatten()
@@ -375,31 +365,26 @@ impl Mixer {
             m.send(frame_ts, payload, heard, level, out);
             stats.packets_sent += 1;
         }
-        self.tap_full_mix(grid, shared_packet, stats);
+        self.tap_full_mix(grid, clean_packet, stats);
         self.after_tick(grid, self.talkers.len(), any_active, stats);
     }
 
     /// 4b. The broadcast tap: the full mix, from the shared clean encode (made now if no listener needed
     /// it; always in a spatial room, whose listeners each get their own stereo mix).
-    fn tap_full_mix(
-        &mut self,
-        grid: u64,
-        mut shared_packet: Option<Option<(Arc<[u8]>, u8)>>,
-        stats: &mut MixStats,
-    ) {
+    fn tap_full_mix(&mut self, grid: u64, mut clean_packet: TickPacket, stats: &mut MixStats) {
         if !self.tap {
             return;
         }
-        if shared_packet.is_none() {
-            if let Some(encoder) = ensure_encoder(&mut self.shared, &self.config) {
-                self.scratch.copy_from_slice(&self.mix);
+        if clean_packet.is_none() {
+            self.scratch.copy_from_slice(&self.mix);
+            clean_packet =
+                self.clean
+                    .encode(grid, 0, &self.config, &mut self.scratch, &mut self.encoded);
+            if clean_packet.is_some() {
                 stats.frames_encoded += 1;
-                encoder.set_expected_loss(0);
-                shared_packet = Some(encoder.encode(&mut self.scratch, &mut self.encoded));
-                self.shared_tick = Some(grid);
             }
         }
-        if let Some(Some((payload, _))) = shared_packet {
+        if let Some(Some((payload, _))) = clean_packet {
             let talkers = self.talkers.iter().map(|&i| self.members[i].id).collect();
             self.tapped.push(MixTap {
                 tick: grid,
@@ -422,8 +407,8 @@ impl Mixer {
         if busy {
             self.rephase(stats);
         } else {
-            self.shared = None;
-            self.protected = None;
+            self.clean.end();
+            self.protected.end();
         }
     }
 }

@@ -165,6 +165,9 @@ pub struct MixStats {
     pub packets_lost: u64,
     /// Mixed packets sent to listeners.
     pub packets_sent: u64,
+    /// Of those, the packets that carried in-band FEC (listeners that state loss hear an encode tuned
+    /// for it; the others do not pay for it).
+    pub fec_packets_sent: u64,
 }
 
 /// Observations for histograms, drained by the worker with [`crate::MediaCore::take_samples`]. Each list

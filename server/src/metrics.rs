@@ -62,6 +62,7 @@ pub struct MediaMetrics {
     pub mixer_frames_decoded: IntCounter,
     pub mixer_frames_encoded: IntCounter,
     pub mixer_packets_sent: IntCounter,
+    pub mixer_fec_packets_sent: IntCounter,
     pub jitter_buffer_delay: Histogram,
     pub concealed: IntCounterVec,
     pub jitter_buffer_discarded: IntCounterVec,
@@ -334,6 +335,11 @@ impl MediaMetrics {
                 "chorus_mixer_packets_sent_total",
                 "Mixed RTP packets sent to listeners.",
             )?,
+            mixer_fec_packets_sent: counter(
+                registry,
+                "chorus_mixer_fec_packets_sent_total",
+                "Mixed RTP packets sent to listeners that carried Opus in-band FEC (LBRR): only listeners whose receiver reports state loss hear an encode that codes it.",
+            )?,
             jitter_buffer_delay: histogram(
                 registry,
                 "chorus_jitter_buffer_delay_seconds",
@@ -438,6 +444,8 @@ impl MediaMetrics {
             .inc_by(d(b.frames_encoded, n.frames_encoded));
         self.mixer_packets_sent
             .inc_by(d(b.packets_sent, n.packets_sent));
+        self.mixer_fec_packets_sent
+            .inc_by(d(b.fec_packets_sent, n.fec_packets_sent));
         self.concealed
             .with_label_values(&["red"])
             .inc_by(d(b.recovered_red, n.recovered_red));

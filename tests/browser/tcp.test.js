@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
   launchAliceAndBob, hearsTone, makeTempDir, openDemo, pollUntil, waitConnected,
-  withDiagnostics as runWithDiagnostics,
+  withDiagnostics as runWithDiagnostics, selectedPair,
 } from './lib/browser.js';
 import { createNetns } from './lib/netns.js';
 import { startServer } from './lib/server.js';
@@ -79,25 +79,3 @@ describe('ICE-TCP where UDP is dropped', { timeout: 120000 }, () => {
   }));
 });
 
-/**
- * The selected candidate pair of a page's peer connection, with both candidates.
- * @param {import('./lib/browser.js').Participant} p
- * @returns {Promise<{state: string, local: any, remote: any}>}
- */
-async function selectedPair(p) {
-  return p.page.evaluate(async () => {
-    const room = /** @type {any} */ (window).chorusDemo.room;
-    const report = await room.getStats();
-    /** @type {Map<string, any>} */
-    const byId = new Map();
-    report.forEach((/** @type {any} */ s) => byId.set(s.id, s));
-    const transport = [...byId.values()].find((s) => s.type === 'transport' && s.selectedCandidatePairId);
-    const pair = transport
-      ? byId.get(transport.selectedCandidatePairId)
-      : [...byId.values()].find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
-    if (!pair) return { state: 'none', local: {}, remote: {} };
-    const pick = (/** @type {any} */ c) => (c ? { protocol: c.protocol, address: c.address, port: c.port,
-      candidateType: c.candidateType, tcpType: c.tcpType } : {});
-    return { state: pair.state, local: pick(byId.get(pair.localCandidateId)), remote: pick(byId.get(pair.remoteCandidateId)) };
-  });
-}

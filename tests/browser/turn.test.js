@@ -15,7 +15,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
-  withDiagnostics as runWithDiagnostics, hearsTone, launchAliceAndBob, makeTempDir, pollUntil, snapshot, waitConnected,
+  withDiagnostics as runWithDiagnostics, hearsTone, launchAliceAndBob, makeTempDir, pollUntil, snapshot,
+  waitConnected, selectedPair,
 } from './lib/browser.js';
 import { freeUdpPorts, startServer } from './lib/server.js';
 
@@ -94,30 +95,6 @@ async function startCoturn(dir) {
     await new Promise((r) => setTimeout(r, 100));
   }
   return { port, output: () => out, stop };
-}
-
-/**
- * The selected candidate pair of the page's peer connection: local and remote candidate types.
- * @param {import('./lib/browser.js').Participant} p
- * @returns {Promise<{local: string|null, remote: string|null, localProtocol: string|null, relayProtocol: string|null}>}
- */
-async function selectedPair(p) {
-  return p.page.evaluate(async () => {
-    const room = /** @type {any} */ (window).chorusDemo.room;
-    /** @type {Map<string, any>} */
-    const stats = new Map();
-    (await room.pc.getStats()).forEach((/** @type {any} */ s) => stats.set(s.id, s));
-    const transport = [...stats.values()].find((s) => s.type === 'transport' && s.selectedCandidatePairId);
-    const pair = transport ? stats.get(transport.selectedCandidatePairId) : null;
-    const local = pair ? stats.get(pair.localCandidateId) : null;
-    const remote = pair ? stats.get(pair.remoteCandidateId) : null;
-    return {
-      local: local ? local.candidateType : null,
-      remote: remote ? remote.candidateType : null,
-      localProtocol: local ? local.protocol : null,
-      relayProtocol: local ? local.relayProtocol ?? null : null,
-    };
-  });
 }
 
 describe('TURN relay only, through a real coturn', { timeout: 90000 }, () => {
@@ -211,8 +188,8 @@ describe('TURN relay only, through a real coturn', { timeout: 90000 }, () => {
       assert.match(c.output(), new RegExp(`user <${expiry}:${cfg.sid}>: incoming packet ALLOCATE processed, success`));
       const pair = await selectedPair(p);
       console.log(`${p.name}: selected pair ${JSON.stringify(pair)}`);
-      assert.equal(pair.local, 'relay', `${p.name}: the local candidate of the selected pair is a relay`);
-      assert.equal(pair.remote, 'host', `${p.name}: the server's host candidate`);
+      assert.equal(pair.local.candidateType, 'relay', `${p.name}: the local candidate of the selected pair is a relay`);
+      assert.equal(pair.remote.candidateType, 'host', `${p.name}: the server's host candidate`);
     }
     const metrics = await (await fetch(`${s.url}/metrics`)).text();
     const issued = Number((/^chorus_turn_credentials_issued_total (\d+)/m.exec(metrics) || [])[1]);
@@ -227,7 +204,7 @@ describe('TURN relay only, through a real coturn', { timeout: 90000 }, () => {
    */
   const hears = async (listener, freq, own) => {
     await hearsTone(listener, freq, own, { timeoutMs: 15000 });
-    assert.equal((await selectedPair(listener)).local, 'relay', 'still relayed');
+    assert.equal((await selectedPair(listener)).local.candidateType, 'relay', 'still relayed');
   };
 
   it('Bob hears Alice (440 Hz) and Alice hears Bob (660 Hz), relayed', () => withDiagnostics(async () => {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::encoder::{EncoderSettings, MixEncoder, OpusError};
+use super::input::opus_packet_has_fec;
 use super::limiter::Limiter;
 use super::{Member, MixPacket, MAX_OPUS};
 use crate::audio::FRAME_SAMPLES;
@@ -54,18 +55,28 @@ impl OutEncoder {
         let _ = self.encoder.set_expected_loss(percent);
     }
 
-    /// Limit and encode `pcm` (one frame; modified in place) into a packet with its level; `None` if
-    /// libopus fails.
-    pub(super) fn encode(
-        &mut self,
-        pcm: &mut [f32],
-        out: &mut [u8; MAX_OPUS],
-    ) -> Option<(Arc<[u8]>, u8)> {
+    /// Limit and encode `pcm` (one frame; modified in place) into a packet; `None` if libopus fails.
+    pub(super) fn encode(&mut self, pcm: &mut [f32], out: &mut [u8; MAX_OPUS]) -> Option<Encoded> {
         self.limiter.process_interleaved(pcm, self.channels);
         let level = crate::audio::audio_level_from_samples(pcm);
         let n = self.encoder.encode(pcm, out).ok()?;
-        Some((Arc::from(&out[..n]), level))
+        let payload: Arc<[u8]> = Arc::from(&out[..n]);
+        Some(Encoded {
+            fec: opus_packet_has_fec(&payload),
+            payload,
+            level,
+        })
     }
+}
+
+/// One encoded 20 ms frame of a mix, shared by the listeners it is sent to.
+#[derive(Clone)]
+pub(super) struct Encoded {
+    pub(super) payload: Arc<[u8]>,
+    /// Its audio level (RFC 6464: −dBov, 127 silence).
+    pub(super) level: u8,
+    /// It carries in-band FEC (LBRR) for the frame before it (counted per listener sent it).
+    pub(super) fec: bool,
 }
 
 fn encoder_settings(config: &MixSettings) -> EncoderSettings {
@@ -88,7 +99,7 @@ pub(super) struct SharedEncode {
 }
 
 /// This tick's packet of one shared encode: `None` until it is encoded, `Some(None)` if libopus failed.
-pub(super) type TickPacket = Option<Option<(Arc<[u8]>, u8)>>;
+pub(super) type TickPacket = Option<Option<Encoded>>;
 
 impl SharedEncode {
     /// The encoder its listeners' decoders have been following, if it runs.

@@ -130,11 +130,10 @@ impl Mixer {
                 if let Some(encoder) = m.stereo.as_mut() {
                     self.stereo_buf.iter_mut().for_each(|s| *s = 0.0);
                     stats.frames_encoded += 1;
-                    if let Some((payload, level)) =
-                        encoder.encode(&mut self.stereo_buf, &mut self.encoded)
-                    {
-                        m.send(frame_ts, payload, Contributors::default(), level, out);
+                    if let Some(e) = encoder.encode(&mut self.stereo_buf, &mut self.encoded) {
+                        m.send(frame_ts, e.payload, Contributors::default(), e.level, out);
                         stats.packets_sent += 1;
+                        stats.fec_packets_sent += u64::from(e.fec);
                     }
                 }
                 m.stereo = None;
@@ -179,8 +178,7 @@ impl Mixer {
                 continue; // libopus could not create the encoder
             };
             stats.frames_encoded += 1;
-            let Some((payload, level)) = encoder.encode(&mut self.stereo_buf, &mut self.encoded)
-            else {
+            let Some(encoded) = encoder.encode(&mut self.stereo_buf, &mut self.encoded) else {
                 continue;
             };
             for &i in group {
@@ -193,12 +191,13 @@ impl Mixer {
                 m.heard_from = Some(leader_id);
                 m.send(
                     frame_ts,
-                    Arc::clone(&payload),
+                    Arc::clone(&encoded.payload),
                     contributors.clone(),
-                    level,
+                    encoded.level,
                     out,
                 );
                 stats.packets_sent += 1;
+                stats.fec_packets_sent += u64::from(encoded.fec);
             }
         }
         debug_assert_eq!(self.stereo_buf.len(), 2 * FRAME_SAMPLES);

@@ -553,6 +553,15 @@ fn the_broadcast_tap_carries_the_full_mix_every_tick_silence_included() {
     let c_fec = with_fec(&mut room.rx[&C].sent.iter().map(|(_, p)| &p[..]));
     assert_eq!(tap_fec, 0, "the tap is the clean encode");
     assert!(c_fec > 20, "C's encode codes FEC: {c_fec} packets");
+    let sent_fec: usize = room
+        .rx
+        .values()
+        .map(|r| with_fec(&mut r.sent.iter().map(|(_, p)| &p[..])))
+        .sum();
+    assert_eq!(
+        room.stats.fec_packets_sent, sent_fec as u64,
+        "the packets with FEC sent to listeners are counted"
+    );
     room.mixer
         .set_tap(room.t0 + FRAME_DURATION * frames as u32, false);
     assert_eq!(room.mixer.take_tapped().count(), 0);

@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::duck::apply_ramp;
 use super::input::{decode_member, report_recovered_red};
 use super::jitter::Playout;
-use super::output::{OutEncoder, TickPacket};
+use super::output::{Encoded, OutEncoder, TickPacket};
 use super::{
     Feed, MixPacket, MixTap, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS,
     PERSONAL_HANGOVER_TICKS, PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL,
@@ -350,7 +350,7 @@ impl Mixer {
                 m.feed = Feed::Shared;
                 packet.clone().flatten()
             };
-            let Some((payload, level)) = packet else {
+            let Some(encoded) = packet else {
                 continue;
             };
             if last_frame {
@@ -362,8 +362,9 @@ impl Mixer {
                 (None, Some(own)) if in_mix => contributors.without(own.0),
                 (None, _) => contributors.clone(),
             };
-            m.send(frame_ts, payload, heard, level, out);
+            m.send(frame_ts, encoded.payload, heard, encoded.level, out);
             stats.packets_sent += 1;
+            stats.fec_packets_sent += u64::from(encoded.fec);
         }
         self.tap_full_mix(grid, clean_packet, stats);
         self.after_tick(grid, self.talkers.len(), any_active, stats);
@@ -384,7 +385,7 @@ impl Mixer {
                 stats.frames_encoded += 1;
             }
         }
-        if let Some(Some((payload, _))) = clean_packet {
+        if let Some(Some(Encoded { payload, .. })) = clean_packet {
             let talkers = self.talkers.iter().map(|&i| self.members[i].id).collect();
             self.tapped.push(MixTap {
                 tick: grid,

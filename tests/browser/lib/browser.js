@@ -129,6 +129,30 @@ export async function inboundAudioStats(p) {
 }
 
 /**
+ * The selected candidate pair of a page's peer connection, with both candidates (the pair Chromium
+ * nominated when its transport names none).
+ * @param {Participant} p
+ * @returns {Promise<{state: string, local: any, remote: any}>}
+ */
+export async function selectedPair(p) {
+  return p.page.evaluate(async () => {
+    const room = /** @type {any} */ (window).chorusDemo.room;
+    const report = await room.getStats();
+    /** @type {Map<string, any>} */
+    const byId = new Map();
+    report.forEach((/** @type {any} */ s) => byId.set(s.id, s));
+    const transport = [...byId.values()].find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+    const pair = transport
+      ? byId.get(transport.selectedCandidatePairId)
+      : [...byId.values()].find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
+    if (!pair) return { state: 'none', local: {}, remote: {} };
+    const pick = (/** @type {any} */ c) => (c ? { protocol: c.protocol, address: c.address, port: c.port,
+      candidateType: c.candidateType, tcpType: c.tcpType, relayProtocol: c.relayProtocol } : {});
+    return { state: pair.state, local: pick(byId.get(pair.localCandidateId)), remote: pick(byId.get(pair.remoteCandidateId)) };
+  });
+}
+
+/**
  * The two-party set-up most tests use: Alice with a 440 Hz tone and Bob with 660 Hz (amplitude 0.5). With
  * `netns` (lib/netns.js) both browsers run inside that namespace, and `serverUrl` (http://198.51.100.1:PORT,
  * not a secure context) is allowed getUserMedia.

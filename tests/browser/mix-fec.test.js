@@ -1,0 +1,168 @@
+// The mix's in-band FEC follows each listener's own receiver reports (docs/architecture.md, "The mix's
+// in-band FEC follows its listeners' reports"), with Chromium's reports and Chromium's decoder: in a mixed
+// room, one listener whose downlink loses packets must not make the others' mix spend its bits on FEC.
+//
+// In a network namespace of the test's own (lib/netns.js), a speaker's fake microphone loops the espeak-ng
+// passage into a mixed room; two silent listeners hear the mix. nftables drops a share of the server's
+// datagrams to one listener only (its port, from its selected candidate pair), later to both. The server
+// counts the mixed packets it sends and those that carry in-band FEC (`chorus_mixer_packets_sent_total`,
+// `chorus_mixer_fec_packets_sent_total`, libopus' `opus_packet_has_lbrr` on each encode).
+//
+// 1. Both links clean: once the listeners' first reports arrive (a new listener is protected for 10 %
+//    until then), the mix carries no FEC.
+// 2. One listener loses: it moves to the protected encode, the other stays on the clean one, so about
+//    half the packets sent carry FEC.
+// 3. Both lose: both hear the protected encode, and the share of packets with FEC doubles. One encode for
+//    all (the form before) would show the same share in 2 and 3.
+// 4. The clean listener's recording of the passage (made in 1–2) is scored with PESQ-WB.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  CHROMIUM, launchParticipant, makeTempDir, openDemo, selectedPair, waitConnected,
+  withDiagnostics as runWithDiagnostics,
+} from './lib/browser.js';
+import { createNetns } from './lib/netns.js';
+import { metricValue, startServer } from './lib/server.js';
+import { passageWav, pesq, writePcmWav } from './lib/speech.js';
+
+const ROOM = 'mix-fec';
+/** The server's HTTP port inside the namespace (fixed: Chromium's insecure-origin flag names it). */
+const HTTP_PORT = 7883;
+/** Seconds of silence after the passage before the fake microphone loops it. */
+const TAIL_S = 1;
+/** One loop of the passage (≈ 12 s + tail): each share is measured over a whole loop. */
+const LOOP_MS = 14000;
+/** Seconds of the clean listener's recording scored: one whole loop wherever it starts. */
+const RECORD_S = 28;
+/** The share of the server's datagrams to a lossy listener that nftables drops. */
+const LOSS_PERCENT = 10;
+
+/**
+ * @param {string} table @param {number} mediaPort @param {number} port
+ * @returns {string[][]} nft commands: drop LOSS_PERCENT % of the server's UDP to `port`
+ */
+const lossRules = (table, mediaPort, port) => [
+  ['add', 'table', 'inet', table],
+  ['add', 'chain', 'inet', table, 'output', '{ type filter hook output priority 0; policy accept; }'],
+  ['add', 'rule', 'inet', table, 'output', 'udp', 'sport', String(mediaPort), 'udp', 'dport', String(port),
+    'numgen', 'random', 'mod', '100', '<', String(LOSS_PERCENT), 'counter', 'drop'],
+];
+
+/**
+ * The mixed packets the server sent and those of them that carried FEC, over the next `ms`.
+ * @param {import('./lib/netns.js').Netns} ns @param {string} url @param {number} ms
+ */
+async function fecShare(ns, url, ms) {
+  const read = async () => {
+    const { body } = await ns.httpGet(`${url}/metrics`);
+    return {
+      sent: metricValue(body, 'chorus_mixer_packets_sent_total') ?? 0,
+      fec: metricValue(body, 'chorus_mixer_fec_packets_sent_total') ?? 0,
+    };
+  };
+  const a = await read();
+  await new Promise((r) => setTimeout(r, ms));
+  const b = await read();
+  const sent = b.sent - a.sent;
+  return { sent, fec: b.fec - a.fec, share: sent > 0 ? (b.fec - a.fec) / sent : 0 };
+}
+
+describe('mixed room: FEC only for the listener that loses', { timeout: 180000 }, () => {
+  /** @type {import('./lib/netns.js').Netns|null} */
+  let ns = null;
+  /** @type {import('./lib/server.js').ChorusServer|null} */
+  let server = null;
+  /** @type {import('./lib/browser.js').Participant[]} */
+  let all = [];
+  const tmp = makeTempDir('chorus-mix-fec-');
+  let wav = '';
+  /** @param {() => Promise<void>} fn */
+  const withDiagnostics = (fn) => runWithDiagnostics(() => all, () => server, fn);
+
+  before(async () => {
+    wav = passageWav(tmp.dir, TAIL_S);
+    ns = await createNetns({ prefix: 'chorus-mixfec' });
+    server = await startServer({
+      netns: ns,
+      httpPort: HTTP_PORT,
+      workers: 1,
+      extraArgs: ['--room-mode', 'mix', '--media-tcp-enabled', 'false'],
+    });
+    const inNs = {
+      executablePath: ns.wrapper(CHROMIUM, tmp.dir),
+      extraArgs: [`--unsafely-treat-insecure-origin-as-secure=${server.url}`],
+    };
+    const speaker = await launchParticipant({ name: 'Speaker', freq: 0, tmpDir: tmp.dir, wav, ...inNs });
+    // The listeners' own microphones are silent (a 0-amplitude tone: DTX): they never talk, so both hear
+    // the room's full mix, from one of its two shared encodes.
+    const lossy = await launchParticipant({ name: 'Lossy', freq: 440, amplitude: 0, tmpDir: tmp.dir, ...inNs });
+    const clean = await launchParticipant({ name: 'Clean', freq: 440, amplitude: 0, tmpDir: tmp.dir, ...inNs });
+    all = [speaker, lossy, clean];
+  });
+
+  after(async () => {
+    await Promise.all(all.map((p) => p.close()));
+    if (server) await server.stop();
+    if (ns) await ns.destroy();
+    tmp.cleanup();
+  });
+
+  it('a clean listener hears no FEC beside one that loses; both do once both lose', () => withDiagnostics(async () => {
+    const netns = /** @type {import('./lib/netns.js').Netns} */ (ns);
+    const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
+    // Plain Opus: with RED the mix would protect its listeners without FEC.
+    await Promise.all(all.map((p) => openDemo(p, srv.url, ROOM, { red: '0' })));
+    await Promise.all(all.map((p) => waitConnected(p, 30000)));
+    const [, lossy, clean] = all;
+    const ports = [];
+    for (const p of [lossy, clean]) {
+      const pair = await selectedPair(p);
+      assert.equal(pair.local.protocol, 'udp', `${p.name}: ${JSON.stringify(pair)}`);
+      ports.push(Number(pair.local.port));
+    }
+    // The clean listener's recording runs through phases 1 and 2.
+    const recording = clean.page.evaluate((ms) => /** @type {any} */ (window).chorusDemo.record(ms), RECORD_S * 1000);
+
+    // 1. Both clean, after the listeners' first reports.
+    await new Promise((r) => setTimeout(r, 6000));
+    const bothClean = await fecShare(netns, srv.url, LOOP_MS);
+    console.log(`both links clean: ${bothClean.fec} of ${bothClean.sent} mixed packets carried FEC`);
+    assert.ok(bothClean.sent > 600, `the mix reached both listeners: ${JSON.stringify(bothClean)}`);
+    assert.ok(bothClean.share < 0.05, `FEC with no listener losing: ${JSON.stringify(bothClean)}`);
+
+    // 2. One listener loses. Chromium reports about every 5 s; the listener moves at a quiet moment of
+    //    the mix or after 1 s.
+    for (const args of lossRules('lossy_one', srv.mediaPort, ports[0])) netns.run('nft', args);
+    const lossStart = Date.now();
+    let first = { sent: 0, fec: 0, share: 0 };
+    while (Date.now() - lossStart < 30000 && first.share < 0.15) first = await fecShare(netns, srv.url, 2000);
+    console.log(`FEC began ${Date.now() - lossStart} ms after the loss: ${JSON.stringify(first)}`);
+    assert.ok(first.share >= 0.15, `no FEC for the lossy listener within 30 s: ${JSON.stringify(first)}`);
+    const one = await fecShare(netns, srv.url, LOOP_MS);
+    const rec = await recording;
+
+    // 3. Both lose.
+    for (const args of lossRules('lossy_two', srv.mediaPort, ports[1])) netns.run('nft', args);
+    const bothStart = Date.now();
+    let rising = { sent: 0, fec: 0, share: 0 };
+    while (Date.now() - bothStart < 30000 && rising.share < 1.5 * one.share) rising = await fecShare(netns, srv.url, 2000);
+    const both = await fecShare(netns, srv.url, LOOP_MS);
+    console.log(`one listener losing ${LOSS_PERCENT} %: ${one.fec} of ${one.sent} mixed packets carried FEC `
+      + `(${(100 * one.share).toFixed(1)} %); both losing: ${both.fec} of ${both.sent} (${(100 * both.share).toFixed(1)} %)`);
+    for (const table of ['lossy_one', 'lossy_two']) {
+      const listed = netns.run('nft', ['list', 'table', 'inet', table]);
+      assert.match(listed, /counter packets [1-9]/, `nftables dropped datagrams: ${listed}`);
+    }
+    assert.ok(both.share >= 0.3, `the protected encode codes FEC for two lossy listeners: ${JSON.stringify(both)}`);
+    assert.ok(one.share <= 0.7 * both.share,
+      `the clean listener heard FEC beside the lossy one: ${JSON.stringify({ one, both })}`);
+
+    // 4. What the clean listener heard while the other lost.
+    const received = path.join(tmp.dir, 'clean.wav');
+    writePcmWav(received, rec.pcm16, rec.sampleRate);
+    const s = pesq(wav, received, RECORD_S);
+    console.log(`clean listener: PESQ-WB ${s.mos_lqo.toFixed(2)} (correlation ${s.correlation.toFixed(2)})`);
+    assert.ok(s.mos_lqo >= 2.5, `PESQ-WB ${s.mos_lqo.toFixed(2)} for the clean listener`);
+  }));
+});

@@ -10,11 +10,11 @@
 //
 // 1. Both links clean: once the listeners' first reports arrive (a new listener is protected for 10 %
 //    until then), the mix carries no FEC.
-// 2. One listener loses: it moves to the protected encode, the other stays on the clean one, so about
-//    half the packets sent carry FEC.
-// 3. Both lose: both hear the protected encode, and the share of packets with FEC doubles. One encode for
-//    all (the form before) would show the same share in 2 and 3.
-// 4. The clean listener's recording of the passage (made in 1–2) is scored with PESQ-WB.
+// 2. One listener loses: it moves to the protected encode, the other stays on the clean one, so at most
+//    half the packets sent carry FEC (one encode for both, the form before, sent FEC on 79 %).
+// 3. Both lose: both hear the protected encode, and the share of packets with FEC grows.
+// 4. The listeners' recordings of the passage are scored with PESQ-WB: the clean one's (made in 1–2) and
+//    the lossy one's (in 2–3, through its loss with FEC).
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -139,6 +139,8 @@ describe('mixed room: FEC only for the listener that loses', { timeout: 180000 }
     while (Date.now() - lossStart < 30000 && first.share < 0.15) first = await fecShare(netns, srv.url, 2000);
     console.log(`FEC began ${Date.now() - lossStart} ms after the loss: ${JSON.stringify(first)}`);
     assert.ok(first.share >= 0.15, `no FEC for the lossy listener within 30 s: ${JSON.stringify(first)}`);
+    // The lossy listener's recording, through its loss with FEC, runs through phases 2 and 3.
+    const lossyRecording = lossy.page.evaluate((ms) => /** @type {any} */ (window).chorusDemo.record(ms), RECORD_S * 1000);
     const one = await fecShare(netns, srv.url, LOOP_MS);
     const rec = await recording;
 
@@ -147,6 +149,7 @@ describe('mixed room: FEC only for the listener that loses', { timeout: 180000 }
     const bothStart = Date.now();
     let rising = { sent: 0, fec: 0, share: 0 };
     while (Date.now() - bothStart < 30000 && rising.share < 1.5 * one.share) rising = await fecShare(netns, srv.url, 2000);
+    console.log(`both protected ${Date.now() - bothStart} ms after the second loss began: ${JSON.stringify(rising)}`);
     const both = await fecShare(netns, srv.url, LOOP_MS);
     console.log(`one listener losing ${LOSS_PERCENT} %: ${one.fec} of ${one.sent} mixed packets carried FEC `
       + `(${(100 * one.share).toFixed(1)} %); both losing: ${both.fec} of ${both.sent} (${(100 * both.share).toFixed(1)} %)`);
@@ -154,15 +157,25 @@ describe('mixed room: FEC only for the listener that loses', { timeout: 180000 }
       const listed = netns.run('nft', ['list', 'table', 'inet', table]);
       assert.match(listed, /counter packets [1-9]/, `nftables dropped datagrams: ${listed}`);
     }
-    assert.ok(both.share >= 0.3, `the protected encode codes FEC for two lossy listeners: ${JSON.stringify(both)}`);
-    assert.ok(one.share <= 0.7 * both.share,
-      `the clean listener heard FEC beside the lossy one: ${JSON.stringify({ one, both })}`);
+    // Both listeners are sent every packet of the mix, so with FEC for the lossy one alone at most half
+    // of them can carry it (measured 45 %); the form with one encode for both sent FEC on 79 %.
+    assert.ok(one.share <= 0.55, `the clean listener heard FEC beside the lossy one: ${JSON.stringify(one)}`);
+    // Both losing: both protected (measured 65–89 %: how many frames libopus codes with FEC depends on
+    // the speech and on the encoder's mode decisions, which follow its history).
+    assert.ok(both.share >= one.share + 0.1,
+      `the second listener got no FEC once it lost too: ${JSON.stringify({ one, both })}`);
 
-    // 4. What the clean listener heard while the other lost.
-    const received = path.join(tmp.dir, 'clean.wav');
-    writePcmWav(received, rec.pcm16, rec.sampleRate);
-    const s = pesq(wav, received, RECORD_S);
-    console.log(`clean listener: PESQ-WB ${s.mos_lqo.toFixed(2)} (correlation ${s.correlation.toFixed(2)})`);
-    assert.ok(s.mos_lqo >= 2.5, `PESQ-WB ${s.mos_lqo.toFixed(2)} for the clean listener`);
+    // 4. What each heard: the clean listener while the other lost, the lossy one through its loss.
+    const score = (/** @type {string} */ name, /** @type {any} */ r) => {
+      const received = path.join(tmp.dir, `${name}.wav`);
+      writePcmWav(received, r.pcm16, r.sampleRate);
+      const s = pesq(wav, received, RECORD_S);
+      console.log(`${name} listener: PESQ-WB ${s.mos_lqo.toFixed(2)} (correlation ${s.correlation.toFixed(2)})`);
+      return s.mos_lqo;
+    };
+    const cleanScore = score('clean', rec);
+    const lossyScore = score('lossy', await lossyRecording);
+    assert.ok(cleanScore >= 2.5, `PESQ-WB ${cleanScore.toFixed(2)} for the clean listener`);
+    assert.ok(lossyScore >= 2.5, `PESQ-WB ${lossyScore.toFixed(2)} through ${LOSS_PERCENT} % loss with FEC`);
   }));
 });

@@ -1,14 +1,17 @@
 """A Chorus client we did not write: aiortc (PyPI), following docs/protocol.md and nothing else.
 
 Joins a room through the signaling WebSocket (`join`, then an offer with one sendrecv microphone m-line
-and `room.slots` recvonly slot m-lines, then the `answer`), sends a sine from an aiortc audio track, records
-what arrives on every slot for a while, and prints one JSON object on stdout:
+and `room.slots` recvonly slot m-lines, then the `answer`), sends a sine (or, with `--wav`, a WAV file once,
+then silence) from an aiortc audio track, records what arrives on every slot for a while, and prints one
+JSON object on stdout:
 
     {"connected": bool, "connection_state": str, "slots": int, "answer": str, "sent_frames": int,
-     "tracks": [{"mid": str, "samples": int, "rms": float, "peak_hz": float}, ...]}
+     "tracks": [{"mid": str, "samples": int, "rms": float, "peak_hz": float}, ...], "recorded": str|null}
 
 `peak_hz` is the strongest frequency of the second half of the track (the decoder's start-up skipped),
-`rms` its level (full scale 1.0). Run by tests/tests/interop/mod.rs with the repository's .venv python:
+`rms` its level (full scale 1.0). With `--record-wav`, the loudest track is written there as it would
+play: each decoded frame at its RTP time, silence where nothing came (a DTX pause, a lost packet), and
+`recorded` names the mid. Run by tests/tests/interop/mod.rs with the repository's .venv python:
 
     .venv/bin/python tests/interop/aiortc_client.py --ws ws://127.0.0.1:7880/ws --token T --room R \
         --freq 440 --seconds 4
@@ -19,6 +22,7 @@ import asyncio
 import fractions
 import json
 import sys
+import wave
 
 import numpy as np
 import websockets
@@ -61,8 +65,29 @@ class ToneTrack(MediaStreamTrack):
         return frame
 
 
+class WavTrack(ToneTrack):
+    """A 48 kHz mono 16-bit WAV file, played once from the first frame on, then silence."""
+
+    def __init__(self, path: str):
+        super().__init__(0.0, 0.0)
+        with wave.open(path, "rb") as w:
+            if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (SAMPLE_RATE, 1, 2):
+                raise ValueError(f"{path}: not 48 kHz mono 16-bit")
+            self.samples = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+
+    async def recv(self) -> AudioFrame:
+        frame = await super().recv()
+        n = self.sent - 1
+        chunk = self.samples[n * FRAME_SAMPLES : (n + 1) * FRAME_SAMPLES]
+        pcm = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        pcm[: len(chunk)] = chunk
+        out = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        out.sample_rate, out.pts, out.time_base = frame.sample_rate, frame.pts, frame.time_base
+        return out
+
+
 async def record(track: MediaStreamTrack, into: list) -> None:
-    """Append every received frame of `track` to `into` as mono float samples at 48 kHz."""
+    """Append every received frame of `track` to `into` as (pts, mono float samples at 48 kHz)."""
     while True:
         try:
             frame = await track.recv()
@@ -73,11 +98,34 @@ async def record(track: MediaStreamTrack, into: list) -> None:
         # Packed s16: one row of interleaved samples; planar: one row per channel.
         if pcm.shape[0] == 1 and channels > 1:
             pcm = pcm.reshape(-1, channels).T
-        into.append(pcm.mean(axis=0))
+        into.append((frame.pts, pcm.mean(axis=0)))
 
 
-def analyse(chunks: list) -> dict:
-    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+def as_played(frames: list) -> np.ndarray:
+    """The frames laid out at their RTP times (48 kHz, from the first one), silence in the gaps."""
+    if not frames:
+        return np.zeros(0, dtype=np.float32)
+    first = frames[0][0]
+    # RTP time wraps at 2^32; a frame's offset from the first is taken modulo that.
+    offsets = [((pts - first) % (1 << 32), pcm) for pts, pcm in frames]
+    end = max(o + len(pcm) for o, pcm in offsets)
+    out = np.zeros(end, dtype=np.float32)
+    for o, pcm in offsets:
+        out[o : o + len(pcm)] = pcm
+    return out
+
+
+def write_wav(path: str, samples: np.ndarray) -> None:
+    pcm = (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2")
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+
+
+def analyse(frames: list) -> dict:
+    samples = np.concatenate([pcm for _, pcm in frames]) if frames else np.zeros(0, dtype=np.float32)
     tail = samples[len(samples) // 2 :]
     rms = float(np.sqrt(np.mean(tail**2))) if len(tail) else 0.0
     peak_hz = 0.0
@@ -103,7 +151,7 @@ async def expect(ws, kind: str, timeout: float) -> dict:
 
 async def run(args) -> dict:
     result = {"connected": False, "connection_state": "new", "slots": 0, "answer": "",
-              "sent_frames": 0, "tracks": []}
+              "sent_frames": 0, "tracks": [], "recorded": None}
     async with websockets.connect(args.ws) as ws:
         await ws.send(json.dumps({"type": "join", "protocol": 1, "token": args.token,
                                   "room": args.room, "name": "aiortc"}))
@@ -112,7 +160,7 @@ async def run(args) -> dict:
         result["slots"] = slots
 
         pc = RTCPeerConnection()
-        tone = ToneTrack(args.freq, args.amplitude)
+        tone = WavTrack(args.wav) if args.wav else ToneTrack(args.freq, args.amplitude)
         # The microphone: sendrecv (the server answers sendrecv and never sends on it), then the slots.
         pc.addTransceiver(tone, direction="sendrecv")
         for _ in range(slots):
@@ -153,7 +201,11 @@ async def run(args) -> dict:
                 await ws.send(json.dumps({"type": "ping", "id": 1}))
                 await asyncio.sleep(min(1.0, max(0.0, end - loop.time())))
         result["sent_frames"] = tone.sent
-        result["tracks"] = [dict(mid=mid, **analyse(list(chunks))) for mid, chunks in sorted(received.items())]
+        result["tracks"] = [dict(mid=mid, **analyse(list(frames))) for mid, frames in sorted(received.items())]
+        if args.record_wav and result["tracks"]:
+            loudest = max(result["tracks"], key=lambda t: t["rms"])["mid"]
+            write_wav(args.record_wav, as_played(list(received[loudest])))
+            result["recorded"] = loudest
         # Leave before closing the peer: once DTLS closes, the server may end the session first.
         try:
             await ws.send(json.dumps({"type": "leave"}))
@@ -173,6 +225,8 @@ def main() -> int:
     parser.add_argument("--room", required=True)
     parser.add_argument("--freq", type=float, default=440.0, help="the tone sent, Hz")
     parser.add_argument("--amplitude", type=float, default=0.3)
+    parser.add_argument("--wav", help="send this 48 kHz mono 16-bit WAV once (then silence) instead of the tone")
+    parser.add_argument("--record-wav", help="write the loudest received track here, as it would play")
     parser.add_argument("--seconds", type=float, default=4.0, help="how long to record once connected")
     parser.add_argument("--connect-timeout", type=float, default=10.0)
     args = parser.parse_args()

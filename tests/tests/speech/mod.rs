@@ -13,7 +13,7 @@
 
 #[allow(dead_code)] // shared with media-core's tests; this binary needs only part of it
 #[path = "../../../media-core/tests/support/speech.rs"]
-mod support;
+pub(crate) mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

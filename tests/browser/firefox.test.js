@@ -5,6 +5,7 @@
 // each must hear the other's pitch (AnalyserNode on the received audio, inbound-rtp packets) and not its own.
 // Then the README's loopback start: Firefox's call fails, and the page explains why. Last, a NAT rebinding:
 // Firefox nominates its path only once, so only its consent checks from the new port can bring its audio back.
+// In the mixed room Firefox also records a spoken passage from a Chromium page, scored with PESQ-WB.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,6 +17,7 @@ import { launchFirefox, startPulse } from './lib/firefox.js';
 import { createNetns } from './lib/netns.js';
 import { startServer } from './lib/server.js';
 import { startRebindingNat } from './lib/udp-rebind.js';
+import { passageWav, pesq, writePcmWav } from './lib/speech.js';
 
 const FOX = { name: 'Fox', freq: 750 };
 const CHROME = { name: 'Chrome', freq: 440, amplitude: 0.3 };
@@ -26,6 +28,10 @@ const HEARD_DB = -30;
 const HTTP_PORT = 7880;
 /** One's own tone must be at least this far below the other's (an echo would be ~0 dB). */
 const ABSENT_DB = 30;
+/** Seconds of silence after the passage before the speaker's fake microphone loops it. */
+const SPEECH_TAIL_S = 1;
+/** Seconds Firefox records: one whole loop of the passage (≈ 12 s + tail) wherever the recording starts. */
+const SPEECH_RECORD_S = 28;
 
 describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () => {
   /** @type {import('./lib/netns.js').Netns|null} */
@@ -151,6 +157,41 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
       assert.equal(await foxEval('chorusDemo.status'), 'left');
     }));
   }
+
+  // Speech, not tones, into Firefox's decoder and jitter buffer: a Chromium page loops the espeak-ng passage
+  // into the mixed room (the server from the mixed round above), Firefox records what it plays, and PESQ-WB
+  // scores it against the passage (the floor of speech.test.js's mixed room, where Chromium listens).
+  it('mix: Firefox hears a spoken passage through the mix', () => withDiagnostics(async () => {
+    const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
+    const wav = passageWav(tmp.dir, SPEECH_TAIL_S);
+    const speaker = await launchParticipant({
+      name: 'Speaker', freq: 0, tmpDir: tmp.dir, wav, executablePath: /** @type {any} */ (ns).wrapper(CHROMIUM, tmp.dir),
+      extraArgs: [`--unsafely-treat-insecure-origin-as-secure=http://${/** @type {any} */ (ns).addrA}:${HTTP_PORT}`],
+    });
+    try {
+      const room = 'firefox-speech';
+      const q = new URLSearchParams({ room, name: FOX.name, autojoin: '1', processing: '0' });
+      await Promise.all([
+        /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.navigate(`${srv.url}/?${q}`),
+        openDemo(speaker, srv.url, room),
+      ]);
+      await pollUntil('Firefox to connect', async () => {
+        const st = await foxEval('window.chorusDemo ? { status: chorusDemo.status, state: chorusDemo.room && chorusDemo.room.connectionState } : {}');
+        return { ok: st.status === 'joined' && st.state === 'connected', ...st };
+      }, { timeoutMs: 30000, intervalMs: 250 });
+      await waitConnected(speaker, 30000);
+      const rec = await foxEval(`chorusDemo.record(${SPEECH_RECORD_S * 1000})`, (SPEECH_RECORD_S + 20) * 1000);
+      assert.equal(rec.samples, SPEECH_RECORD_S * rec.sampleRate, 'Firefox recorded the whole time');
+      const received = path.join(tmp.dir, 'firefox-heard.wav');
+      writePcmWav(received, rec.pcm16, rec.sampleRate);
+      const s = pesq(wav, received, SPEECH_RECORD_S);
+      console.log(`mix: Firefox heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)} (correlation ${s.correlation.toFixed(2)})`);
+      assert.ok(s.mos_lqo >= 2.5, `Firefox heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)}`);
+      await foxEval('chorusDemo.leave().then(() => chorusDemo.status)');
+    } finally {
+      await speaker.close();
+    }
+  }));
 
   // Media advertised on 127.0.0.1 alone (--public-ip 127.0.0.1, or a machine without a non-loopback
   // address). Firefox pairs with no loopback candidate, so its call cannot connect; the page must say why and

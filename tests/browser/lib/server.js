@@ -227,3 +227,22 @@ export function metricValue(text, name) {
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
   return line ? Number(line.slice(name.length + 1)) : null;
 }
+
+/**
+ * How two counters of the server's `/metrics` grew over the next `ms`, fetched through `ns` (the server in a
+ * network namespace): `total` and `part` (a share of it, e.g. the packets with FEC), and `part / total`.
+ * @param {{httpGet: (url: string) => Promise<{body: string}>}} ns @param {string} url
+ * @param {string} total @param {string} part @param {number} ms
+ * @returns {Promise<{total: number, part: number, share: number}>}
+ */
+export async function counterShare(ns, url, total, part, ms) {
+  const read = async () => {
+    const { body } = await ns.httpGet(`${url}/metrics`);
+    return { total: metricValue(body, total) ?? 0, part: metricValue(body, part) ?? 0 };
+  };
+  const a = await read();
+  await new Promise((r) => setTimeout(r, ms));
+  const b = await read();
+  const grown = { total: b.total - a.total, part: b.part - a.part };
+  return { ...grown, share: grown.total > 0 ? grown.part / grown.total : 0 };
+}

@@ -136,6 +136,19 @@ def analyse(frames: list) -> dict:
     return {"samples": int(len(samples)), "rms": rms, "peak_hz": peak_hz}
 
 
+def candidates_via(sdp: str, via: str) -> str:
+    """`sdp` with every ICE candidate's address replaced by `via` (host:port): a proxy in between."""
+    host, port = via.rsplit(":", 1)
+    lines = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("a=candidate:"):
+            fields = line.split(" ")
+            fields[4], fields[5] = host, port
+            line = " ".join(fields)
+        lines.append(line)
+    return "\r\n".join(lines)
+
+
 async def expect(ws, kind: str, timeout: float) -> dict:
     """The next message of type `kind`, skipping room events; an `error` is fatal."""
     loop = asyncio.get_running_loop()
@@ -187,7 +200,8 @@ async def run(args) -> dict:
         await ws.send(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
         answer = await expect(ws, "answer", 10)
         result["answer"] = answer["sdp"]
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        sdp = candidates_via(answer["sdp"], args.via) if args.via else answer["sdp"]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         try:
             await asyncio.wait_for(connected.wait(), args.connect_timeout)
             result["connected"] = True
@@ -227,6 +241,7 @@ def main() -> int:
     parser.add_argument("--amplitude", type=float, default=0.3)
     parser.add_argument("--wav", help="send this 48 kHz mono 16-bit WAV once (then silence) instead of the tone")
     parser.add_argument("--record-wav", help="write the loudest received track here, as it would play")
+    parser.add_argument("--via", help="send media to this host:port (a proxy) instead of the answer's candidates")
     parser.add_argument("--seconds", type=float, default=4.0, help="how long to record once connected")
     parser.add_argument("--connect-timeout", type=float, default=10.0)
     args = parser.parse_args()

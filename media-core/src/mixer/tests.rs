@@ -967,3 +967,34 @@ fn a_listener_moves_between_the_clean_and_protected_shared_mix_unheard() {
         }
     }
 }
+
+/// The room's only talker hears nobody, so it is sent nothing and never reports: its figure (the
+/// unreported 10 %) must not tune the shared mix's protected encode, which codes FEC for the loss its
+/// listeners state. The listener stating 3 % receives the same packets whether the talker stated
+/// nothing or 0 % (before, the talker's unreported figure made it FEC for 10 %).
+#[test]
+fn the_only_talker_does_not_tune_the_protected_encode() {
+    let received = |talker_reported: bool| {
+        let mut room = Room::new(&[A, B]);
+        room.mixer.set_listener_loss(B, 3);
+        if talker_reported {
+            room.mixer.set_listener_loss(A, 0);
+        }
+        let mut mic = Sender::new(0xA);
+        for k in 0..150 {
+            let sent = room.t0 + FRAME_DURATION * k as u32;
+            if let Some(p) = mic.frame(k, &voiced_frame(k)) {
+                room.push(sent + 10 * MS, A, mic.ssrc, p);
+            }
+            room.tick_frame(sent);
+        }
+        assert!(!room.rx.contains_key(&A), "the only talker is sent nothing");
+        room.rx[&B].sent.clone()
+    };
+    let (unreported, reported) = (received(false), received(true));
+    assert!(unreported.len() > 100, "{} packets", unreported.len());
+    assert!(
+        unreported == reported,
+        "the talker's figure tuned its listener's encode"
+    );
+}

@@ -247,10 +247,14 @@ impl Mixer {
             } else {
                 m.switch_wait += 1;
             }
-            if m.protected && m.personal.is_none() {
+            // A talker (or a listener under a rule) hears a mix of its own, never the shared one: one who
+            // hears nobody yet (the room's only talker, sent nothing, so never reporting) must not tune
+            // the protected encode with its unreported figure, nor keep an encode alive.
+            let shared_listener = m.personal.is_none() && !in_mix && !m.custom;
+            if shared_listener && m.protected {
                 protected_loss = Some(protected_loss.unwrap_or(0).max(m.expected_loss));
             }
-            clean_listeners |= !m.protected && m.personal.is_none();
+            clean_listeners |= shared_listener && !m.protected;
         }
         // Each encode of the shared mix ends with its last listener (the clean one's may be a broadcast
         // tap, which takes it every tick).

@@ -14,16 +14,14 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chorus_tests::SAMPLE_RATE;
-use media_core::audio;
-use serde_json::Value;
-
 use chorus_tests::proxy::{Impairment, Proxy};
-use chorus_tests::{AudioClient, MediaOptions, Mic, Server, Signal};
-use serde_json::json;
-use std::time::{Duration, Instant};
+use chorus_tests::{AudioClient, MediaOptions, Mic, Server, Signal, SAMPLE_RATE};
+use media_core::audio;
+use serde_json::{json, Value};
 
 use super::speech::support;
 use super::{join, SECONDS};
@@ -184,6 +182,19 @@ async fn our_client(
     Ok((signal, client))
 }
 
+/// A server with the mixed room `room`, the espeak-ng passage, and the passage as a WAV file in the
+/// scratch directory (what aiortc sends).
+async fn mixed_room_and_passage(room: &str) -> anyhow::Result<(Server, Arc<[f32]>, PathBuf)> {
+    let server = Server::start(&[]).await?;
+    server
+        .create_room(&json!({"name": room, "mode": "mix"}))
+        .await?;
+    let speech = support::passage_48k();
+    let passage = support::scratch_dir().join(format!("{room}-passage.wav"));
+    support::write_wav(&passage, &speech);
+    Ok((server, speech, passage))
+}
+
 /// Wait (up to 2 s) until `client` receives anything on the slot it plays: aiortc's voice has come.
 async fn hears_anything(server: &Server, client: &AudioClient) -> anyhow::Result<()> {
     let deadline = Instant::now() + SECONDS * 2;
@@ -221,7 +232,7 @@ fn played(client: &AudioClient) -> anyhow::Result<Vec<f32>> {
 }
 
 /// Least PESQ-WB of aiortc's passage as our client plays it, against the passage itself (aiortc's own
-/// encode is not known here): measured 3.94 in each of three runs. Two codec passes (aiortc's 96 kb/s
+/// encode is not known here): measured 3.91–3.94 in four runs. Two codec passes (aiortc's 96 kb/s
 /// stereo, the mix's 32 kb/s mono) and our client's jitter buffer.
 const AIORTC_TO_OURS_FLOOR: f64 = 3.5;
 
@@ -233,18 +244,9 @@ const OURS_TO_AIORTC_FLOOR: f64 = 3.9;
 async fn real_udp_aiortc_and_our_client_speak_at_once_through_a_mixed_room() -> anyhow::Result<()> {
     let _one_at_a_time = chorus_tests::real_time_call().await;
     let _cpu = chorus_tests::cpu_heavy().await;
-    let server = Server::start(&[]).await?;
     let room = "interop-mix";
-    server
-        .create_room(&json!({"name": room, "mode": "mix"}))
-        .await?;
-    let speech = support::passage_48k();
-    let dir = support::scratch_dir();
-    let (passage, recorded) = (
-        dir.join("interop-mix-passage.wav"),
-        dir.join("interop-mix-aiortc-heard.wav"),
-    );
-    support::write_wav(&passage, &speech);
+    let (server, speech, passage) = mixed_room_and_passage(room).await?;
+    let recorded = support::scratch_dir().join("interop-mix-aiortc-heard.wav");
     let seconds = speech.len() as f64 / f64::from(SAMPLE_RATE);
 
     // Our client speaks like a browser (libopus VOIP, DTX, FEC) and plays what it hears in real time.
@@ -332,14 +334,8 @@ const AIORTC_LOSSY_FLOOR: f64 = 1.6;
 async fn real_udp_aiortc_speaks_through_loss_and_jitter_into_a_mixed_room() -> anyhow::Result<()> {
     let _one_at_a_time = chorus_tests::real_time_call().await;
     let _cpu = chorus_tests::cpu_heavy().await;
-    let server = Server::start(&[]).await?;
     let room = "interop-mix-lossy";
-    server
-        .create_room(&json!({"name": room, "mode": "mix"}))
-        .await?;
-    let speech = support::passage_48k();
-    let passage = support::scratch_dir().join("interop-mix-lossy-passage.wav");
-    support::write_wav(&passage, &speech);
+    let (server, speech, passage) = mixed_room_and_passage(room).await?;
     let seconds = speech.len() as f64 / f64::from(SAMPLE_RATE);
     let impairment = Impairment {
         loss: 0.05,

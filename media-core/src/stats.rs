@@ -170,6 +170,14 @@ pub struct MixStats {
     pub fec_packets_sent: u64,
 }
 
+impl MixStats {
+    /// One mixed packet sent to a listener, `fec` if it carries in-band FEC.
+    pub(crate) fn sent(&mut self, fec: bool) {
+        self.packets_sent += 1;
+        self.fec_packets_sent += u64::from(fec);
+    }
+}
+
 /// Observations for histograms, drained by the worker with [`crate::MediaCore::take_samples`]. Each list
 /// is capped (oldest kept) so an undrained core stays bounded.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -132,8 +132,7 @@ impl Mixer {
                     stats.frames_encoded += 1;
                     if let Some(e) = encoder.encode(&mut self.stereo_buf, &mut self.encoded) {
                         m.send(frame_ts, e.payload, Contributors::default(), e.level, out);
-                        stats.packets_sent += 1;
-                        stats.fec_packets_sent += u64::from(e.fec);
+                        stats.sent(e.fec);
                     }
                 }
                 m.stereo = None;
@@ -143,7 +142,7 @@ impl Mixer {
             if !self.config.dtx {
                 if let Some(silence) = self.silence.clone() {
                     m.send(frame_ts, silence, Contributors::default(), 127, out);
-                    stats.packets_sent += 1;
+                    stats.sent(false);
                 }
             }
         }
@@ -196,8 +195,7 @@ impl Mixer {
                     encoded.level,
                     out,
                 );
-                stats.packets_sent += 1;
-                stats.fec_packets_sent += u64::from(encoded.fec);
+                stats.sent(encoded.fec);
             }
         }
         debug_assert_eq!(self.stereo_buf.len(), 2 * FRAME_SAMPLES);

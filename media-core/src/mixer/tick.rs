@@ -292,7 +292,7 @@ impl Mixer {
                     continue;
                 };
                 m.send(frame_ts, silence, Contributors::default(), 127, out);
-                stats.packets_sent += 1;
+                stats.sent(false);
                 continue;
             }
             let mut heard = None;
@@ -367,8 +367,7 @@ impl Mixer {
                 (None, _) => contributors.clone(),
             };
             m.send(frame_ts, encoded.payload, heard, encoded.level, out);
-            stats.packets_sent += 1;
-            stats.fec_packets_sent += u64::from(encoded.fec);
+            stats.sent(encoded.fec);
         }
         self.tap_full_mix(grid, clean_packet, stats);
         self.after_tick(grid, self.talkers.len(), any_active, stats);

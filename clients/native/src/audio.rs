@@ -2,7 +2,7 @@
 //! to a slot, and the soft-clipped mix. Each slot plays out through media-core's [`Player`]
 //! (`media_core::client::Player`: jitter buffer, FEC, PLC, decoded at the caller's rate).
 
-use media_core::audio::audio_level_from_samples;
+use media_core::audio::{audio_level_from_samples, opus_fec_loss_percent};
 #[cfg(doc)]
 use media_core::client::Player;
 
@@ -18,6 +18,19 @@ pub(crate) struct MicEncoder {
     /// The packet loss the FEC is tuned for now, and whether it follows the server's reports.
     expected_loss_percent: i32,
     follows_reports: bool,
+    /// In-band FEC is on.
+    fec: bool,
+}
+
+/// The packet loss libopus is told for `percent` expected: with in-band FEC on, enough for it to code
+/// FEC at any bitrate ([`opus_fec_loss_percent`]: at 24 kb/s it codes none for 5 % or less unless it
+/// did in the frame before).
+fn told_to_libopus(fec: bool, percent: i32) -> i32 {
+    if !fec {
+        return percent;
+    }
+    let percent = u8::try_from(percent.clamp(0, 100)).unwrap_or(100);
+    i32::from(opus_fec_loss_percent(percent))
 }
 
 /// One encoded microphone frame.
@@ -37,13 +50,14 @@ impl MicEncoder {
         )?;
         encoder.set_bitrate(opus::Bitrate::Bits(config.bitrate_bps))?;
         encoder.set_inband_fec(config.fec)?;
-        encoder.set_packet_loss_perc(config.expected_loss_percent)?;
+        encoder.set_packet_loss_perc(told_to_libopus(config.fec, config.expected_loss_percent))?;
         encoder.set_dtx(config.dtx)?;
         Ok(MicEncoder {
             encoder,
             packet: vec![0; MAX_OPUS_BYTES],
             expected_loss_percent: config.expected_loss_percent,
             follows_reports: config.fec && config.fec_follows_reports,
+            fec: config.fec,
         })
     }
 
@@ -56,7 +70,8 @@ impl MicEncoder {
         else {
             return Ok(None);
         };
-        self.encoder.set_packet_loss_perc(percent)?;
+        self.encoder
+            .set_packet_loss_perc(told_to_libopus(self.fec, percent))?;
         self.expected_loss_percent = percent;
         Ok(Some(percent))
     }
@@ -163,8 +178,54 @@ mod tests {
     use super::*;
     use media_core::audio::samples_duration;
     use media_core::client::{Player, ReceivedAudio};
-    use media_core::testkit::analysis::{ToneAnalysis, ToneGenerator};
+    use media_core::mixer::opus_packet_has_fec;
+    use media_core::testkit::analysis::{ToneAnalysis, ToneGenerator, VoiceBuzz};
     use std::time::Instant;
+
+    /// How many of 50 frames of speech-like sound leave `mic` with in-band FEC.
+    fn fec_frames(mic: &mut MicEncoder, voice: &mut VoiceBuzz, rate: u32) -> usize {
+        let mut pcm = vec![0.0f32; rate as usize / 50];
+        (0..50)
+            .filter(|_| {
+                voice.fill(&mut pcm);
+                match mic.encode(&pcm).expect("a 20 ms frame encodes") {
+                    Encoded::Packet { opus, .. } => opus_packet_has_fec(opus),
+                    Encoded::Dtx => false,
+                }
+            })
+            .count()
+    }
+
+    /// The server's reports say the uplink went from clean to losing 3 %: the encoder codes FEC for it at
+    /// 24 kb/s too (libopus alone codes none there for 5 % or less after a clean stretch).
+    #[test]
+    fn a_small_reported_loss_gets_fec_at_a_low_bitrate() {
+        let config = Config {
+            bitrate_bps: 24_000,
+            ..Config::default()
+        };
+        let rate = config.input_rate_hz;
+        let mut mic = MicEncoder::new(&config).expect("encoder");
+        let mut voice = VoiceBuzz::new(rate);
+        fec_frames(&mut mic, &mut voice, rate);
+        let at_start = fec_frames(&mut mic, &mut voice, rate);
+        assert!(
+            at_start >= 25,
+            "{at_start} of 50 with FEC at the configured 10 %"
+        );
+        assert_eq!(mic.follow_reports(Some(0)).expect("tuned"), Some(0));
+        fec_frames(&mut mic, &mut voice, rate);
+        assert!(
+            fec_frames(&mut mic, &mut voice, rate) <= 1,
+            "FEC on a clean uplink"
+        );
+        assert_eq!(mic.follow_reports(Some(3)).expect("tuned"), Some(3));
+        let lossy = fec_frames(&mut mic, &mut voice, rate);
+        assert!(
+            lossy + 3 >= at_start,
+            "{lossy} of 50 with FEC at 3 %, {at_start} at 10 %"
+        );
+    }
 
     #[test]
     fn soft_clip_is_linear_below_the_knee_and_bounded_above() {

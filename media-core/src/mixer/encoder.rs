@@ -16,7 +16,7 @@ use std::ptr::NonNull;
 
 use opusic_sys as ffi;
 
-use crate::audio::SAMPLE_RATE;
+use crate::audio::{opus_fec_loss_percent, SAMPLE_RATE};
 
 /// A libopus call failed with this error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -116,7 +116,7 @@ impl MixEncoder {
         encoder.ctl(
             "OPUS_SET_PACKET_LOSS_PERC",
             ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
-            i32::from(expected_loss),
+            i32::from(opus_fec_loss_percent(expected_loss)),
         )?;
         // Silence is the mixer's business (it sends nothing), never libopus' voice detector's.
         encoder.ctl("OPUS_SET_DTX", ffi::OPUS_SET_DTX_REQUEST, 0)?;
@@ -132,7 +132,9 @@ impl MixEncoder {
     }
 
     /// Tell the encoder the packet loss (percent, at most 100) its listeners report: in-band FEC is coded
-    /// for it, none at 0. Nothing to do when the figure is unchanged or the room has FEC off.
+    /// for it (libopus is told at least [`OPUS_FEC_MIN_LOSS_PERCENT`](crate::audio::OPUS_FEC_MIN_LOSS_PERCENT),
+    /// so that any loss gets FEC whatever the bitrate and the encoder's history), none at 0. Nothing to
+    /// do when the figure is unchanged or the room has FEC off.
     pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), OpusError> {
         let percent = percent.min(100);
         if !self.fec || percent == self.expected_loss {
@@ -141,7 +143,7 @@ impl MixEncoder {
         self.ctl(
             "OPUS_SET_PACKET_LOSS_PERC",
             ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
-            i32::from(percent),
+            i32::from(opus_fec_loss_percent(percent)),
         )?;
         self.expected_loss = percent;
         Ok(())
@@ -211,7 +213,7 @@ impl Drop for MixEncoder {
 mod tests {
     use super::*;
     use crate::audio::FRAME_SAMPLES;
-    use crate::testkit::analysis::ToneGenerator;
+    use crate::testkit::analysis::{ToneGenerator, VoiceBuzz};
 
     fn settings() -> EncoderSettings {
         EncoderSettings {
@@ -244,6 +246,60 @@ mod tests {
         // The clone owns its state: it still works after the original is gone.
         tone.fill(&mut pcm);
         assert!(b.encode(&pcm, &mut out_b).expect("encodes") > 0);
+    }
+
+    /// How many of `frames` frames of the buzz come out with in-band FEC.
+    fn fec_frames(e: &mut MixEncoder, voice: &mut VoiceBuzz, frames: usize) -> usize {
+        let mut pcm = vec![0.0; FRAME_SAMPLES];
+        let mut out = [0u8; 1500];
+        (0..frames)
+            .filter(|_| {
+                voice.fill(&mut pcm);
+                let n = e.encode(&pcm, &mut out).expect("a 20 ms frame encodes");
+                crate::mixer::opus_packet_has_fec(&out[..n])
+            })
+            .count()
+    }
+
+    /// libopus' own rule (at 5 % or less, FEC only if the bitrate has room, with a hysteresis) left a
+    /// 24 kb/s encoder that had been clean without FEC for a listener starting to lose 3 %, while one
+    /// that started at 10 % kept it: whatever came before, any stated loss gets FEC.
+    #[test]
+    fn any_stated_loss_gets_fec_whatever_the_bitrate_and_history() {
+        for bitrate_bps in [24_000, 32_000, 48_000] {
+            let mut e = MixEncoder::new(EncoderSettings {
+                bitrate_bps,
+                ..settings()
+            })
+            .expect("libopus creates a mono encoder");
+            let mut voice = VoiceBuzz::new(SAMPLE_RATE);
+            // The voice detector's first second, coded for 10 % (before any report).
+            fec_frames(&mut e, &mut voice, 50);
+            let early = fec_frames(&mut e, &mut voice, 50);
+            // Its quieter half-syllables are not coded with FEC (libopus: too little speech activity).
+            assert!(
+                early >= 25,
+                "{bitrate_bps} b/s, 10 % before reports: {early} of 50"
+            );
+            e.set_expected_loss(0).expect("a valid figure");
+            // The first packet may still carry the FEC of the frame before.
+            let clean = fec_frames(&mut e, &mut voice, 50);
+            assert!(
+                clean <= 1,
+                "{bitrate_bps} b/s, clean: {clean} of 50 with FEC"
+            );
+            for percent in [1, 3, 5] {
+                e.set_expected_loss(percent).expect("a valid figure");
+                let with_fec = fec_frames(&mut e, &mut voice, 50);
+                // Without the floor: none at 24 and 32 kb/s.
+                assert!(
+                    with_fec + 3 >= early,
+                    "{bitrate_bps} b/s, {percent} % after none: {with_fec} of 50 with FEC, {early} at 10 %"
+                );
+                e.set_expected_loss(0).expect("a valid figure");
+                fec_frames(&mut e, &mut voice, 5);
+            }
+        }
     }
 
     #[test]

@@ -47,16 +47,23 @@ const REMOTE_FOR: Duration = Duration::from_secs(15);
 const MAX_REMOTE_SHARDS: usize = 64;
 
 /// What a subscriber's receiver reports on its downlink counted, in sums that decay with time, and the
-/// loss of its latest report's interval on its own. The figure is the higher of the two: a link that got
-/// worse is believed from the first report that covers enough packets of it, one that got better only as
-/// the sums forget (FEC copies cost some bits; a loss they miss costs words).
+/// loss of its latest [`MIN_PACKETS`] or more on their own (its latest report's interval, or as many of
+/// its latest reports as it takes). The figure is the higher of the two: a link that got worse is
+/// believed once its reports cover enough packets of it, one that got better only as the sums forget
+/// (FEC copies cost some bits; a loss they miss costs words).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct DownstreamLoss {
     expected: f64,
     lost: f64,
     at: Instant,
-    /// The fraction lost in the latest interval, when it covered at least [`MIN_PACKETS`].
-    latest: Option<u8>,
+    /// The fraction lost in the latest reports that covered at least [`MIN_PACKETS`] together, and
+    /// when the last of them came.
+    latest: Option<(u8, Instant)>,
+    /// The packets expected and lost in the reports since, fewer than [`MIN_PACKETS`] so far. A client
+    /// that reports every second covers about 35 packets of speech (or a few DTX packets) in each: its
+    /// intervals alone never counted, and a listener that started losing 10 % after a clean minute was
+    /// believed only as the sums moved (a few percent after 10 s), not from its first few reports.
+    pending: (u64, u64),
 }
 
 impl DownstreamLoss {
@@ -67,12 +74,21 @@ impl DownstreamLoss {
         at: Instant,
     ) -> DownstreamLoss {
         let (expected, lost) = previous.map_or((0.0, 0.0), |p| p.decayed(at));
-        let (d_expected, d_lost) = (d.expected as f64, d.lost.min(d.expected) as f64);
+        let d_lost = d.lost.min(d.expected);
+        let (latest, pending) = previous.map_or((None, (0, 0)), |p| (p.latest, p.pending));
+        let pending = (pending.0 + d.expected, pending.1 + d_lost);
+        let (latest, pending) = if pending.0 as f64 >= MIN_PACKETS {
+            let fraction = to_fraction((pending.1 as f64 / pending.0 as f64) as f32);
+            (Some((fraction, at)), (0, 0))
+        } else {
+            (latest, pending)
+        };
         DownstreamLoss {
-            expected: expected + d_expected,
-            lost: lost + d_lost,
+            expected: expected + d.expected as f64,
+            lost: lost + d_lost as f64,
             at,
-            latest: (d_expected >= MIN_PACKETS).then(|| to_fraction((d_lost / d_expected) as f32)),
+            latest,
+            pending,
         }
     }
 
@@ -84,14 +100,14 @@ impl DownstreamLoss {
     }
 
     /// The fraction lost (1/256, as in a report block) at `now`, once the sums cover enough packets: the
-    /// sums' fraction, or the latest interval's when it is higher and not older than [`FORGET_AFTER`].
+    /// sums' fraction, or the latest reports' when it is higher and not older than [`FORGET_AFTER`].
     pub(crate) fn fraction_at(&self, now: Instant) -> Option<u8> {
         let (expected, lost) = self.decayed(now);
         let latest = self
             .latest
-            .filter(|_| now.saturating_duration_since(self.at) < FORGET_AFTER);
-        (expected >= MIN_PACKETS)
-            .then(|| to_fraction((lost / expected) as f32).max(latest.unwrap_or(0)))
+            .filter(|(_, at)| now.saturating_duration_since(*at) < FORGET_AFTER)
+            .map_or(0, |(fraction, _)| fraction);
+        (expected >= MIN_PACKETS).then(|| to_fraction((lost / expected) as f32).max(latest))
     }
 }
 
@@ -108,6 +124,15 @@ fn to_fraction(loss: f32) -> u8 {
 pub(crate) fn fraction_to_percent(fraction: u8) -> u8 {
     // At most 100: 255 · 100 / 255.
     ((u16::from(fraction) * 100 + 127) / 255) as u8
+}
+
+/// The loss (percent) a mix encoder codes its listener's FEC for, from the listener's figure: rounded,
+/// but never 0 while the figure states any loss (1/255 is 0.4 %). A listener losing 2 % whose reports
+/// come every 5 s (about 200 packets, 4 lost) has some reports that count none, and its figure then
+/// sank to 1/255 (0 %) for a while: it moved back to the clean encode mid-sentence (FEC on 48 % of its
+/// packets over a pass of the passage, 89 % when its figure held).
+pub(crate) fn protected_percent(fraction: u8) -> u8 {
+    fraction_to_percent(fraction).max(u8::from(fraction > 0))
 }
 
 /// A percentage as a report block's fraction.
@@ -185,7 +210,7 @@ impl MediaCore {
         };
         if let Some(mixer) = mixer {
             if let Some(fraction) = figure.fraction_at(now) {
-                mixer.set_listener_loss(id, fraction_to_percent(fraction));
+                mixer.set_listener_loss(id, protected_percent(fraction));
             }
         }
         let due = room
@@ -332,9 +357,10 @@ mod tests {
         let b = DownstreamLoss::add(Some(a), interval(250, 12), t);
         // 13 of 270 (4.8 %), and 12 of 250 in the interval: the higher.
         assert_eq!(b.fraction_at(t), Some(12));
-        // A pause: 15 DTX packets, none lost, barely moves it.
+        // A pause: 15 DTX packets, none lost, too few to count on their own: the sums barely move
+        // (11) and the latest 270 still count.
         let c = DownstreamLoss::add(Some(b), interval(15, 0), t + Duration::from_secs(5));
-        assert_eq!(c.fraction_at(t + Duration::from_secs(5)), Some(11));
+        assert_eq!(c.fraction_at(t + Duration::from_secs(5)), Some(12));
         // A link that got better is believed within a minute.
         let mut d = c;
         for i in 2..14 {
@@ -357,6 +383,45 @@ mod tests {
         assert_eq!(to_fraction(-0.5), 0);
         assert_eq!(percent_to_fraction(10), 26);
         assert_eq!(percent_to_fraction(0), 0);
+    }
+
+    /// A client that reports every second covers about 35 packets of speech in each report: a loss
+    /// that starts after a clean minute is believed from its first reports that cover enough packets
+    /// together, not only as the sums move.
+    #[test]
+    fn a_loss_is_believed_from_short_reports_together() {
+        let t = epoch();
+        let mut figure = None;
+        let mut now = t;
+        for _ in 0..60 {
+            figure = Some(DownstreamLoss::add(figure, interval(35, 0), now));
+            now += Duration::from_secs(1);
+        }
+        let clean = figure.expect("a minute of reports");
+        assert_eq!(clean.fraction_at(now), Some(0));
+        // 10 % from now: 4 of 35, then 3 of 35. The sums alone say 0.5 %, then 0.9 %.
+        let one = DownstreamLoss::add(Some(clean), interval(35, 4), now);
+        assert_eq!(one.fraction_at(now), Some(1), "the sums after one report");
+        now += Duration::from_secs(1);
+        let two = DownstreamLoss::add(Some(one), interval(35, 3), now);
+        // 7 of 70.
+        assert_eq!(two.fraction_at(now), Some(26));
+        // A clean report of 35 alone does not take it back; a clean 70 does, down to the sums'.
+        now += Duration::from_secs(1);
+        let three = DownstreamLoss::add(Some(two), interval(35, 0), now);
+        assert_eq!(three.fraction_at(now), Some(26));
+        now += Duration::from_secs(1);
+        let four = DownstreamLoss::add(Some(three), interval(35, 0), now);
+        assert_eq!(four.fraction_at(now), Some(2));
+    }
+
+    #[test]
+    fn any_loss_a_figure_states_protects_its_listener() {
+        assert_eq!(protected_percent(0), 0);
+        assert_eq!(fraction_to_percent(1), 0);
+        assert_eq!(protected_percent(1), 1);
+        assert_eq!(protected_percent(2), 1);
+        assert_eq!(protected_percent(26), 10);
     }
 
     #[test]

@@ -56,14 +56,13 @@ pub(crate) struct DownstreamLoss {
     expected: f64,
     lost: f64,
     at: Instant,
-    /// The fraction lost in the latest reports that covered at least [`MIN_PACKETS`] together, and
-    /// when the last of them came.
-    latest: Option<(u8, Instant)>,
+    /// The fraction lost in the latest reports that covered at least [`MIN_PACKETS`] together.
+    latest: Option<u8>,
     /// The packets expected and lost in the reports since, fewer than [`MIN_PACKETS`] so far. A client
     /// that reports every second covers about 35 packets of speech (or a few DTX packets) in each: its
     /// intervals alone never counted, and a listener that started losing 10 % after a clean minute was
     /// believed only as the sums moved (a few percent after 10 s), not from its first few reports.
-    pending: (u64, u64),
+    pending: (u32, u32),
 }
 
 impl DownstreamLoss {
@@ -76,10 +75,12 @@ impl DownstreamLoss {
         let (expected, lost) = previous.map_or((0.0, 0.0), |p| p.decayed(at));
         let d_lost = d.lost.min(d.expected);
         let (latest, pending) = previous.map_or((None, (0, 0)), |p| (p.latest, p.pending));
-        let pending = (pending.0 + d.expected, pending.1 + d_lost);
-        let (latest, pending) = if pending.0 as f64 >= MIN_PACKETS {
-            let fraction = to_fraction((pending.1 as f64 / pending.0 as f64) as f32);
-            (Some((fraction, at)), (0, 0))
+        // An interval of more than 4 billion packets saturates (and then counts at once).
+        let grown = |sum: u32, n: u64| sum.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        let pending = (grown(pending.0, d.expected), grown(pending.1, d_lost));
+        let (latest, pending) = if f64::from(pending.0) >= MIN_PACKETS {
+            let fraction = to_fraction((f64::from(pending.1) / f64::from(pending.0)) as f32);
+            (Some(fraction), (0, 0))
         } else {
             (latest, pending)
         };
@@ -100,13 +101,14 @@ impl DownstreamLoss {
     }
 
     /// The fraction lost (1/256, as in a report block) at `now`, once the sums cover enough packets: the
-    /// sums' fraction, or the latest reports' when it is higher and not older than [`FORGET_AFTER`].
+    /// sums' fraction, or the latest reports' when it is higher and the last report is not older than
+    /// [`FORGET_AFTER`].
     pub(crate) fn fraction_at(&self, now: Instant) -> Option<u8> {
         let (expected, lost) = self.decayed(now);
         let latest = self
             .latest
-            .filter(|(_, at)| now.saturating_duration_since(*at) < FORGET_AFTER)
-            .map_or(0, |(fraction, _)| fraction);
+            .filter(|_| now.saturating_duration_since(self.at) < FORGET_AFTER)
+            .unwrap_or(0);
         (expected >= MIN_PACKETS).then(|| to_fraction((lost / expected) as f32).max(latest))
     }
 }

@@ -357,7 +357,8 @@ mod tests {
         assert_eq!(a.fraction_at(t), None);
         // 5 s of speech at 5 %.
         let b = DownstreamLoss::add(Some(a), interval(250, 12), t);
-        // 13 of 270 (4.8 %), and 12 of 250 in the interval: the higher.
+        // 13 of 270 (4.8 %) in the sums, and in the latest reports together (the first covered too
+        // few packets to count on its own).
         assert_eq!(b.fraction_at(t), Some(12));
         // A pause: 15 DTX packets, none lost, too few to count on their own: the sums barely move
         // (11) and the latest 270 still count.

@@ -72,25 +72,39 @@ impl DownstreamLoss {
         d: Downstream,
         at: Instant,
     ) -> DownstreamLoss {
-        let (expected, lost) = previous.map_or((0.0, 0.0), |p| p.decayed(at));
+        let mut next = previous.map_or(
+            DownstreamLoss {
+                expected: 0.0,
+                lost: 0.0,
+                at,
+                latest: None,
+                pending: (0, 0),
+            },
+            |p| {
+                let (expected, lost) = p.decayed(at);
+                DownstreamLoss {
+                    expected,
+                    lost,
+                    at,
+                    ..p
+                }
+            },
+        );
         let d_lost = d.lost.min(d.expected);
-        let (latest, pending) = previous.map_or((None, (0, 0)), |p| (p.latest, p.pending));
+        next.expected += d.expected as f64;
+        next.lost += d_lost as f64;
         // An interval of more than 4 billion packets saturates (and then counts at once).
         let grown = |sum: u32, n: u64| sum.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-        let pending = (grown(pending.0, d.expected), grown(pending.1, d_lost));
-        let (latest, pending) = if f64::from(pending.0) >= MIN_PACKETS {
-            let fraction = to_fraction((f64::from(pending.1) / f64::from(pending.0)) as f32);
-            (Some(fraction), (0, 0))
-        } else {
-            (latest, pending)
-        };
-        DownstreamLoss {
-            expected: expected + d.expected as f64,
-            lost: lost + d_lost as f64,
-            at,
-            latest,
-            pending,
+        let (expected, lost) = (
+            grown(next.pending.0, d.expected),
+            grown(next.pending.1, d_lost),
+        );
+        next.pending = (expected, lost);
+        if f64::from(expected) >= MIN_PACKETS {
+            next.latest = Some(to_fraction((f64::from(lost) / f64::from(expected)) as f32));
+            next.pending = (0, 0);
         }
+        next
     }
 
     /// The sums as they stand at `now`.

@@ -38,6 +38,23 @@ const MIN_PACKETS: f64 = 50.0;
 /// whose reports stopped, lowers it. A rise is applied at once.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
+/// The least loss (percent) a forwarding room's reports state while any subscriber's figure states
+/// some. A browser's encoder smooths the fractions its reports state (an exponential filter: a report
+/// 5 s after the one before moves it 39 % of the way) and tells libopus the result rounded to a whole
+/// percent, so a figure under 1.3/256 never reached it and one of 3/256 (1.2 %) did only after three
+/// reports: Chromium 156, its listener losing 1 % (`loss-feedback.test.js` with
+/// `LOSS_FEEDBACK_LOSS_PERCENT=1`), coded FEC 21 s after the loss began in one run and not within 42 s
+/// in another. 2 % (5/255) is read as 1 % or more from the first report that states it. What it costs:
+/// the FEC copy libopus codes for 2 % instead of 1 % or none, for a listener that really loses packets.
+/// A figure of [`IN_FLIGHT_FRACTION`] or less is stated as it is.
+const LEAST_STATED_PERCENT: u8 = 2;
+
+/// A room figure this small (1/255, 0.4 %) is stated as it is, not raised to [`LEAST_STATED_PERCENT`]:
+/// on a path that reorders over 300 ms, packets in flight at three reports in a row can leave it
+/// (`sim.rs`, `a_listener_whose_packets_arrive_reordered_but_all_states_no_loss`), and a browser reads
+/// it as 0 %: no FEC for a clean call. A listener really losing 0.4 % is left to its concealment.
+const IN_FLIGHT_FRACTION: u8 = 1;
+
 /// How long another shard's figure counts after its last message: it sends one every
 /// [`REFRESH_EVERY`] or so while its figure is above 0, and one when it changes (0 when its lossy
 /// listener left). A shard that died without saying so is forgotten after this.
@@ -156,8 +173,19 @@ pub(crate) fn percent_to_fraction(percent: u8) -> u8 {
     to_fraction(f32::from(percent) / 100.0)
 }
 
-/// The fraction a forwarding room's receiver reports state at least: the highest of its subscribers'
-/// figures, at most `cap`.
+/// What a forwarding room's receiver reports state at least for a room figure of `fraction` (its
+/// subscribers' highest): at least [`LEAST_STATED_PERCENT`] once it is above [`IN_FLIGHT_FRACTION`],
+/// at most `cap`.
+pub(crate) fn stated_floor(fraction: u8, cap: u8) -> u8 {
+    let least = if fraction > IN_FLIGHT_FRACTION {
+        percent_to_fraction(LEAST_STATED_PERCENT)
+    } else {
+        0
+    };
+    fraction.max(least).min(cap)
+}
+
+/// The highest of a forwarding room's subscribers' figures, at most `cap`.
 pub(crate) fn room_floor(
     now: Instant,
     subscribers: impl IntoIterator<Item = DownstreamLoss>,
@@ -311,12 +339,12 @@ impl MediaCore {
         feedback
             .remote
             .retain(|r| now.saturating_duration_since(r.received) < REMOTE_FOR);
-        let floor = feedback
+        let figure = feedback
             .remote
             .iter()
             .map(|r| r.fraction)
-            .fold(local, u8::max)
-            .min(cap);
+            .fold(local, u8::max);
+        let floor = stated_floor(figure, cap);
         if floor == room.loss_feedback.floor {
             return;
         }
@@ -464,5 +492,28 @@ mod tests {
         assert_eq!(room_floor(t, [figure(250, 8), figure(10, 5)], cap), 8);
         // A cap of 0 turns the feedback off.
         assert_eq!(room_floor(t, [figure(250, 12)], 0), 0);
+    }
+
+    #[test]
+    fn any_loss_a_room_states_reaches_a_browsers_encoder() {
+        let cap = percent_to_fraction(10);
+        let least = percent_to_fraction(LEAST_STATED_PERCENT);
+        assert_eq!(least, 5);
+        // A clean room states none; 1/255, which packets in flight on a reordering path can leave,
+        // as it is (a browser reads it as 0 %).
+        assert_eq!(stated_floor(0, cap), 0);
+        assert_eq!(stated_floor(1, cap), 1);
+        // A listener losing 1 %: 2 %, which a browser rounds to 1 % or more at its first report
+        // (3/256 it rounded to 0 % for two or more reports).
+        assert_eq!(stated_floor(2, cap), least);
+        assert_eq!(stated_floor(3, cap), least);
+        // More loss is stated as it is, up to the cap; a cap under 2 % still bounds it.
+        assert_eq!(stated_floor(13, cap), 13);
+        assert_eq!(stated_floor(200, cap), cap);
+        assert_eq!(
+            stated_floor(2, percent_to_fraction(1)),
+            percent_to_fraction(1)
+        );
+        assert_eq!(stated_floor(9, 0), 0);
     }
 }

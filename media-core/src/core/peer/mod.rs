@@ -152,8 +152,9 @@ impl RemoteTotals {
 
     /// The interval up to a report stating `max_seq`, `lost` (the raw 24-bit cumulative field) and an
     /// interarrival jitter of `jitter_ms`, which the totals then hold: its packets, and the lost packets
-    /// believed with it. `None` when no new packet was covered. A large rise is believed at once; a
-    /// small one once [`HELD_REPORTS`] later reports keep it.
+    /// believed with it. `None` when no new packet was covered. A large rise is believed at once; of
+    /// small ones, all but the packets that may be in flight at once, and the rest once
+    /// [`HELD_REPORTS`] later reports keep it.
     pub(super) fn interval(
         &mut self,
         max_seq: u64,
@@ -172,7 +173,14 @@ impl RemoteTotals {
         let limit = HELD_LOSS_PACKETS.max(jitter_ms.div_ceil(HELD_PER_JITTER_MS));
         if lost.saturating_sub(self.lost) > limit {
             self.believed = lost;
-        } else if self.reports == HELD_REPORTS {
+        } else {
+            // No more than `limit` packets can be in flight (the premise of believing a larger rise
+            // whole): of a cumulative loss that grew by small rises, all but that many are lost. A
+            // listener losing 1 % counts one or two packets per report at a browser's pace, and each
+            // waited for two later reports (`sim.rs`, `a_listener_losing_one_percent_is_stated_soon`).
+            self.believed = self.believed.max(lost.saturating_sub(limit));
+        }
+        if self.reports == HELD_REPORTS {
             // The oldest recent report's cumulative loss, as far as every report since kept it, less
             // what may be in flight at every report.
             let kept = self.recent.iter().copied().chain([lost]).min().unwrap_or(0);

@@ -41,10 +41,11 @@ const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// The least loss (percent) a forwarding room's reports state while any subscriber's figure states
 /// some. A browser's encoder smooths the fractions its reports state (an exponential filter: a report
 /// 5 s after the one before moves it 39 % of the way) and tells libopus the result rounded to a whole
-/// percent, so a figure under 1.3/256 never reached it and one of 3/256 (1.2 %) did only after three
-/// reports: Chromium 156, its listener losing 1 % (`loss-feedback.test.js` with
-/// `LOSS_FEEDBACK_LOSS_PERCENT=1`), coded FEC 21 s after the loss began in one run and not within 42 s
-/// in another. 2 % (5/255) is read as 1 % or more from the first report that states it. What it costs:
+/// percent, so a figure of 2/256 stated for 6–12 s brought no FEC and 3/256 (1.2 %) brought it a report
+/// or two later: Chromium 156, its listener losing 1 % (`loss-feedback.test.js` with
+/// `LOSS_FEEDBACK_LOSS_PERCENT=1`), coded FEC 21–42 s after the loss began in four runs of five and not
+/// within 42 s in the fifth (9–36 s in six with this). 5/255 is read as 1 % or more from the first
+/// report that states it. What it costs:
 /// the FEC copy libopus codes for 2 % instead of 1 % or none, for a listener that really loses packets.
 /// A figure of [`IN_FLIGHT_FRACTION`] or less is stated as it is.
 const LEAST_STATED_PERCENT: u8 = 2;
@@ -503,8 +504,8 @@ mod tests {
         // as it is (a browser reads it as 0 %).
         assert_eq!(stated_floor(0, cap), 0);
         assert_eq!(stated_floor(1, cap), 1);
-        // A listener losing 1 %: 2 %, which a browser rounds to 1 % or more at its first report
-        // (3/256 it rounded to 0 % for two or more reports).
+        // A listener losing 1 %: 2 %, which a browser reads as 1 % or more at its first report
+        // (3/256 only a report or two later, 2/256 not in 6–12 s).
         assert_eq!(stated_floor(2, cap), least);
         assert_eq!(stated_floor(3, cap), least);
         // More loss is stated as it is, up to the cap; a cap under 2 % still bounds it.

@@ -118,8 +118,9 @@ const HELD_REPORTS: usize = 2;
 /// A constant, not the jitter-dependent limit: a figure that moved with the jitter would count its
 /// changes as loss. Not taken off a large rise: taken off the first report of a listener starting to
 /// lose 5 %, it stated 4 % instead of 5 %, and Chromium's encoder, which smooths the fractions it is
-/// told (`loss_feedback::LEAST_STATED_PERCENT`), may have coded FEC later for it (`loss-feedback.test.js`: 14.0 s on average in 12 runs,
-/// against 11.75 s in 12 for the form before, which waited for one later report and left nothing out).
+/// told (`loss_feedback::LEAST_STATED_PERCENT`), may have coded FEC later for it
+/// (`loss-feedback.test.js`: 14.0 s on average in 12 runs, against 11.75 s in 12 for the form before,
+/// which waited for one later report and left nothing out).
 const NEVER_BELIEVED_PACKETS: u64 = 2;
 
 /// What a stream's receiver reports said so far: the highest sequence number and cumulative loss of the

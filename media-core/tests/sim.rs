@@ -401,22 +401,12 @@ fn a_listeners_loss_reaches_publishers_in_forwarding_rooms_only() {
             &[(440.0, 0.3), (660.0, 0.3)],
         );
         sim.connect();
-        let (server, listener) = (sim.server, sim.clients[1].addr);
-        sim.net
-            .set_link(server, listener, LinkConfig::lossy(0.15, 10.0, 0.0));
         // When the speaker was first told: the listener's next report (every 5 s), the server's
         // statistics of it (every second; 12 s when they were 5 s apart), then a second after the
         // server's previous report to the speaker (a rise does not wait for the report's interval;
         // str0m patch 5), and the speaker's statistics (every second). It was 21 s when the first
         // report only set a baseline and the rise waited for the next regular report.
-        let mut first_told = None;
-        for second in 1..=25 {
-            sim.run_for(Duration::from_secs(1));
-            let told = sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0);
-            if told >= 0.09 && first_told.is_none() {
-                first_told = Some(second);
-            }
-        }
+        let first_told = speaker_told_after_listener_loses(&mut sim, 0.15, 0.09, 25);
         let told = sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0);
         let forward = room.mode == media_core::RoomMode::Forward;
         if forward {
@@ -445,6 +435,28 @@ fn a_listeners_loss_reaches_publishers_in_forwarding_rooms_only() {
     }
 }
 
+/// The downlink of client 1 (a listener) starts losing `loss`; the second (of `seconds`, run one at a
+/// time) at whose end the receiver reports to client 0 (the speaker) first stated `at_least` lost.
+fn speaker_told_after_listener_loses(
+    sim: &mut Sim,
+    loss: f64,
+    at_least: f32,
+    seconds: u32,
+) -> Option<u32> {
+    let (server, listener) = (sim.server, sim.clients[1].addr);
+    sim.net
+        .set_link(server, listener, LinkConfig::lossy(loss, 10.0, 0.0));
+    let mut first_told = None;
+    for second in 1..=seconds {
+        sim.run_for(Duration::from_secs(1));
+        let told = sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0);
+        if told >= at_least && first_told.is_none() {
+            first_told = Some(second);
+        }
+    }
+    first_told
+}
+
 /// A listener losing 1 % (two or three packets per report, often a rise of its cumulative loss small
 /// enough to be packets still in flight): the speaker is told at least 2 % (5/255,
 /// `LEAST_STATED_PERCENT`, which a browser's encoder reads as 1 % or more from the first report; the
@@ -462,17 +474,7 @@ fn a_listener_losing_one_percent_is_stated_soon() {
         );
         sim.connect();
         sim.run_for(Duration::from_secs(2));
-        let (server, listener) = (sim.server, sim.clients[1].addr);
-        sim.net
-            .set_link(server, listener, LinkConfig::lossy(0.01, 10.0, 0.0));
-        let mut first_told = None;
-        for second in 1..=40 {
-            sim.run_for(Duration::from_secs(1));
-            let told = sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0);
-            if told >= 0.019 && first_told.is_none() {
-                first_told = Some(second);
-            }
-        }
+        let first_told = speaker_told_after_listener_loses(&mut sim, 0.01, 0.019, 40);
         println!("seed {seed}: the speaker was told 2 % or more after {first_told:?} s");
         assert!(
             first_told.is_some_and(|s| s <= 30),

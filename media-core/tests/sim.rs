@@ -435,6 +435,18 @@ fn a_listeners_loss_reaches_publishers_in_forwarding_rooms_only() {
     }
 }
 
+/// Two clients with tones in a forwarding room of 3 slots over 10-ms links, connected.
+fn speaker_and_listener_forwarded(seed: u64) -> Sim {
+    let mut sim = Sim::with_room(
+        seed,
+        LinkConfig::with_delay(10.0),
+        media_core::RoomSettings::forward(3),
+        &[(440.0, 0.3), (660.0, 0.3)],
+    );
+    sim.connect();
+    sim
+}
+
 /// The downlink of client 1 (a listener) starts losing `loss`; the second (of `seconds`, run one at a
 /// time) at whose end the receiver reports to client 0 (the speaker) first stated `at_least` lost.
 fn speaker_told_after_listener_loses(
@@ -466,13 +478,7 @@ fn speaker_told_after_listener_loses(
 #[test]
 fn a_listener_losing_one_percent_is_stated_soon() {
     for seed in [1, 2, 3, 4, 5, 6] {
-        let mut sim = Sim::with_room(
-            seed,
-            LinkConfig::with_delay(10.0),
-            media_core::RoomSettings::forward(3),
-            &[(440.0, 0.3), (660.0, 0.3)],
-        );
-        sim.connect();
+        let mut sim = speaker_and_listener_forwarded(seed);
         sim.run_for(Duration::from_secs(2));
         let first_told = speaker_told_after_listener_loses(&mut sim, 0.01, 0.019, 40);
         println!("seed {seed}: the speaker was told 2 % or more after {first_told:?} s");
@@ -494,13 +500,7 @@ fn a_listener_losing_one_percent_is_stated_soon() {
 fn a_listener_whose_packets_arrive_reordered_but_all_states_no_loss() {
     for jitter_ms in [100.0, 150.0, 300.0] {
         for seed in [5, 6, 7] {
-            let mut sim = Sim::with_room(
-                seed,
-                LinkConfig::with_delay(10.0),
-                media_core::RoomSettings::forward(3),
-                &[(440.0, 0.3), (660.0, 0.3)],
-            );
-            sim.connect();
+            let mut sim = speaker_and_listener_forwarded(seed);
             let (server, listener) = (sim.server, sim.clients[1].addr);
             sim.net
                 .set_link(server, listener, LinkConfig::lossy(0.0, 10.0, jitter_ms));

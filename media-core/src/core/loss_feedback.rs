@@ -45,9 +45,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// or two later: Chromium 156, its listener losing 1 % (`loss-feedback.test.js` with
 /// `LOSS_FEEDBACK_LOSS_PERCENT=1`), coded FEC 21–42 s after the loss began in four runs of five and not
 /// within 42 s in the fifth (9–36 s in six with this). 5/255 is read as 1 % or more from the first
-/// report that states it. What it costs:
-/// the FEC copy libopus codes for 2 % instead of 1 % or none, for a listener that really loses packets.
-/// A figure of [`IN_FLIGHT_FRACTION`] or less is stated as it is.
+/// report that states it. What it costs: the FEC copy libopus codes for 2 % instead of 1 % or none, for
+/// a listener that really loses packets. A figure of [`IN_FLIGHT_FRACTION`] or less is stated as it is.
 const LEAST_STATED_PERCENT: u8 = 2;
 
 /// A room figure this small (1/255, 0.4 %) is stated as it is, not raised to [`LEAST_STATED_PERCENT`]:

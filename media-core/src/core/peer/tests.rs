@@ -731,7 +731,7 @@ fn a_receiver_reports_interval_is_the_difference_of_its_cumulative_figures() {
 }
 
 #[test]
-fn a_small_loss_counts_once_two_later_reports_keep_it() {
+fn a_small_rise_counts_past_what_may_be_in_flight_or_once_later_reports_keep_it() {
     use super::{Downstream, RemoteTotals};
     let d = |expected, lost| Some(Downstream { expected, lost });
     let mut last = RemoteTotals::at(1_000, 0);
@@ -766,4 +766,10 @@ fn a_small_loss_counts_once_two_later_reports_keep_it() {
     assert_eq!(last.interval(1_850, 26, 60), d(50, 0));
     assert_eq!(last.interval(1_900, 20, 60), d(50, 0));
     assert_eq!(last.interval(1_950, 27, 60), d(50, 7));
+    // There one packet per report is believed once two later reports keep it, 2 short
+    // (`NEVER_BELIEVED_PACKETS`): sooner than all but the 6 that may be in flight would count it.
+    for (seq, lost) in [(2_000, 28), (2_050, 29), (2_100, 30), (2_150, 31)] {
+        assert_eq!(last.interval(seq, lost, 60), d(50, 0));
+    }
+    assert_eq!(last.interval(2_200, 32, 60), d(50, 1));
 }

@@ -107,6 +107,10 @@ pub struct StreamRx {
     /// The least fraction lost (in 1/256) our receiver reports state (Chorus patch 5).
     reported_loss_floor: u8,
 
+    /// Whether our receiver reports state the fraction each report's interval lost when it is above
+    /// the floor (Chorus patch 5, [`StreamRx::set_reports_interval_loss`]).
+    reports_interval_loss: bool,
+
     /// Chorus patch 5: the floor rose since the last receiver report, which is then due
     /// [`EARLY_REPORT_AFTER`] after the previous one.
     report_early: bool,
@@ -193,6 +197,7 @@ impl StreamRx {
             fir_seq_no: 0,
             last_receiver_report: already_happened(),
             reported_loss_floor: 0,
+            reports_interval_loss: true,
             report_early: false,
             stats: StreamRxStats::default(),
             check_paused_at: None,
@@ -249,6 +254,15 @@ impl StreamRx {
             self.report_early = true;
         }
         self.reported_loss_floor = fraction;
+    }
+
+    /// Whether the receiver reports state the fraction each report's interval lost when it is above
+    /// the floor (the default), or the floor alone: an application that counts the stream's loss
+    /// itself (with its own allowance for packets still in flight at a report) gives its figure as the
+    /// floor and turns this off. The fraction is computed either way (its interval still ends at each
+    /// report), and the cumulative number of packets lost stays the real one.
+    pub fn set_reports_interval_loss(&mut self, on: bool) {
+        self.reports_interval_loss = on;
     }
 
     /// The floor set by [`StreamRx::set_reported_loss_floor`].
@@ -791,6 +805,9 @@ impl StreamRx {
             };
         };
         report.ssrc = self.ssrc;
+        if !self.reports_interval_loss {
+            report.fraction_lost = 0;
+        }
         report.fraction_lost = report.fraction_lost.max(self.reported_loss_floor);
 
         // The middle 32 bits out of 64 in the NTP timestamp (as explained in

@@ -437,14 +437,7 @@ fn a_listeners_loss_reaches_publishers_in_forwarding_rooms_only() {
 
 /// Two clients with tones in a forwarding room of 3 slots over 10-ms links, connected.
 fn speaker_and_listener_forwarded(seed: u64) -> Sim {
-    let mut sim = Sim::with_room(
-        seed,
-        LinkConfig::with_delay(10.0),
-        media_core::RoomSettings::forward(3),
-        &[(440.0, 0.3), (660.0, 0.3)],
-    );
-    sim.connect();
-    sim
+    speaker_and_listener_in(media_core::RoomSettings::forward(3), seed)
 }
 
 /// The downlink of client 1 (a listener) starts losing `loss`; the second (of `seconds`, run one at a
@@ -456,8 +449,20 @@ fn speaker_told_after_listener_loses(
     seconds: u32,
 ) -> Option<u32> {
     let (server, listener) = (sim.server, sim.clients[1].addr);
+    speaker_told_after_link_loses(sim, (server, listener), loss, at_least, seconds)
+}
+
+/// The link `from` → `to` starts losing `loss`; the second (of `seconds`, run one at a time) at whose
+/// end the receiver reports to client 0 (the speaker) first stated `at_least` lost.
+fn speaker_told_after_link_loses(
+    sim: &mut Sim,
+    (from, to): (std::net::SocketAddr, std::net::SocketAddr),
+    loss: f64,
+    at_least: f32,
+    seconds: u32,
+) -> Option<u32> {
     sim.net
-        .set_link(server, listener, LinkConfig::lossy(loss, 10.0, 0.0));
+        .set_link(from, to, LinkConfig::lossy(loss, 10.0, 0.0));
     let mut first_told = None;
     for second in 1..=seconds {
         sim.run_for(Duration::from_secs(1));
@@ -518,6 +523,94 @@ fn a_listener_whose_packets_arrive_reordered_but_all_states_no_loss() {
                 most <= allowed,
                 "{jitter_ms} ms, seed {seed}: a reordering listener stated {most} loss"
             );
+        }
+    }
+}
+
+/// Two clients with tones in a room of `room`'s kind over 10-ms links, connected.
+fn speaker_and_listener_in(room: media_core::RoomSettings, seed: u64) -> Sim {
+    let mut sim = Sim::with_room(
+        seed,
+        LinkConfig::with_delay(10.0),
+        room,
+        &[(440.0, 0.3), (660.0, 0.3)],
+    );
+    sim.connect();
+    sim
+}
+
+/// A speaker whose own uplink loses 1 %, in a forwarding and in a mixed room. str0m's receiver reports
+/// state the fraction each interval lost, 2/255 or 3/255 or none, which a browser's encoder smooths
+/// and rounds to no FEC for a while; the server's own count of the uplink's loss is stated instead, at
+/// least 2 % (`loss_feedback::record_upstream`). Before, seeds 1–6 were told 2 % after 21, 5, 10, 10,
+/// 10 and 15 s in a forwarding room (where the listener's reports carry the uplink's gaps too) and in
+/// a mixed room after 9, 34 and 14 s, and not within 40 s for seeds 1, 3 and 5; now after 4–8 s in
+/// both.
+#[test]
+fn a_speaker_whose_uplink_loses_one_percent_is_stated_soon() {
+    for room in [
+        media_core::RoomSettings::forward(3),
+        media_core::RoomSettings::mix(media_core::MixSettings::default()),
+    ] {
+        for seed in [1, 2, 3, 4, 5, 6] {
+            let mut sim = speaker_and_listener_in(room, seed);
+            sim.run_for(Duration::from_secs(2));
+            let (speaker, server) = (sim.clients[0].addr, sim.server);
+            let first_told =
+                speaker_told_after_link_loses(&mut sim, (speaker, server), 0.01, 0.019, 20);
+            println!(
+                "{:?} seed {seed}: the speaker was told 2 % or more after {first_told:?} s",
+                room.mode
+            );
+            assert!(
+                first_told.is_some_and(|s| s <= 12),
+                "{:?} seed {seed}: the speaker was told 2 % after {first_told:?} s",
+                room.mode
+            );
+        }
+    }
+}
+
+/// A speaker whose uplink loses nothing but reorders (late by 10 ms plus up to 100, 150 or 300 ms, in
+/// any order): str0m's reports counted a packet still in flight at the end of an interval as lost
+/// (seeds 5–7, both kinds of room: up to 1/255 at 100 ms, 2/255 at 150 and 300 ms); the server's own
+/// count waits for 32 later packets (`MIC_SETTLE_PACKETS`) and states none. In a forwarding room the
+/// listener's reports carry the same reordering, and at 300 ms its figure (`RemoteTotals`) reaches
+/// 2/255 after 15 s or so, stated as 2 % (before this count too; the downlink test above allows 1/255
+/// there): a path reordering over 300 ms.
+#[test]
+fn a_speaker_whose_uplink_reorders_but_loses_nothing_is_told_no_loss() {
+    for room in [
+        media_core::RoomSettings::forward(3),
+        media_core::RoomSettings::mix(media_core::MixSettings::default()),
+    ] {
+        for jitter_ms in [100.0, 150.0, 300.0] {
+            for seed in [5, 6, 7] {
+                let mut sim = speaker_and_listener_in(room, seed);
+                let (speaker, server) = (sim.clients[0].addr, sim.server);
+                sim.net
+                    .set_link(speaker, server, LinkConfig::lossy(0.0, 10.0, jitter_ms));
+                let mut most = 0.0f32;
+                for _ in 0..30 {
+                    sim.run_for(Duration::from_secs(1));
+                    most = most.max(sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0));
+                }
+                println!(
+                    "{:?}, {jitter_ms} ms, seed {seed}: the speaker was told at most {most} lost",
+                    room.mode
+                );
+                let forward = room.mode == media_core::RoomMode::Forward;
+                let allowed = if forward && jitter_ms > 150.0 {
+                    0.02
+                } else {
+                    0.0
+                };
+                assert!(
+                    most <= allowed,
+                    "{:?}, {jitter_ms} ms, seed {seed}: a reordering uplink stated {most} loss",
+                    room.mode
+                );
+            }
         }
     }
 }

@@ -223,8 +223,9 @@ pub struct MediaConfig {
     pub worker_slice_us: u32,
     /// The most a forwarding room's receiver reports tell its publishers their listeners lose, in percent:
     /// a browser's encoder adds in-band FEC for the loss its reports state, and on a clean uplink it would
-    /// add none for a listener on a bad link (docs/architecture.md, "Loss feedback"). 0..=20; 0 turns it
-    /// off (the reports state the uplink's own loss).
+    /// add none for a listener on a bad link (docs/architecture.md, "Loss feedback"). It also bounds the
+    /// raise of a publisher's own small uplink loss to 2 % (any room). 0..=20; 0 turns both off (the
+    /// reports state the fraction each of their intervals lost on the uplink, as str0m counts it).
     pub loss_feedback_max_percent: u8,
 }
 

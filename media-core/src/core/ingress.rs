@@ -146,6 +146,9 @@ impl MediaCore {
                     if let Some(d) = s.downstream {
                         self.record_downstream(now, id, d);
                     }
+                    if let Some(u) = s.upstream {
+                        self.record_upstream(now, id, u);
+                    }
                     self.record_stream_stats(s)
                 }
             }

@@ -17,6 +17,10 @@
 //! fed the same figures by `MediaCore::record_downstream`). A spanned room's shards tell each other their
 //! own subscribers' figure (`TrunkMessage::LossFloor`), and each states the highest of them to its
 //! publishers.
+//!
+//! In every room a publisher's reports state the loss of its own uplink as the server counts it
+//! (`MicReception`: a packet is lost once later ones settled it, not while it may be in flight), a
+//! small one raised to [`LEAST_STATED_PERCENT`] as a room's figure is ([`MediaCore::record_upstream`]).
 
 use std::time::{Duration, Instant};
 
@@ -67,7 +71,8 @@ const MAX_REMOTE_SHARDS: usize = 64;
 /// loss of its latest [`MIN_PACKETS`] or more on their own (its latest report's interval, or as many of
 /// its latest reports as it takes). The figure is the higher of the two: a link that got worse is
 /// believed once its reports cover enough packets of it, one that got better only as the sums forget
-/// (FEC copies cost some bits; a loss they miss costs words).
+/// (FEC copies cost some bits; a loss they miss costs words). A publisher's own uplink has one too, from
+/// the server's count of its microphone stream ([`MediaCore::record_upstream`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct DownstreamLoss {
     expected: f64,
@@ -185,6 +190,14 @@ pub(crate) fn stated_floor(fraction: u8, cap: u8) -> u8 {
     fraction.max(least).min(cap)
 }
 
+/// What a publisher's microphone stream's receiver reports state for the server's own count of its
+/// loss, `fraction`: the count, raised to at least [`LEAST_STATED_PERCENT`] (but no higher than `cap`)
+/// once it is above [`IN_FLIGHT_FRACTION`], as a forwarding room's figure is. The count itself is not
+/// capped: it is the publisher's own loss, which its encoder and its bandwidth estimate are owed.
+pub(crate) fn upstream_floor(fraction: u8, cap: u8) -> u8 {
+    fraction.max(stated_floor(fraction, cap))
+}
+
 /// The highest of a forwarding room's subscribers' figures, at most `cap`.
 pub(crate) fn room_floor(
     now: Instant,
@@ -267,6 +280,45 @@ impl MediaCore {
             .is_some_and(|f| f.min(cap) > room.loss_feedback.floor);
         if due || above {
             self.refresh_loss_feedback(now, key);
+        }
+    }
+
+    /// The server's own count of a publisher's microphone stream came to `u` more packets expected and
+    /// lost: added to its figure, which its receiver reports then state (at least
+    /// [`LEAST_STATED_PERCENT`] once it is above [`IN_FLIGHT_FRACTION`], and the room's figure when that
+    /// is higher) in place of the fraction each report's interval lost.
+    pub(super) fn record_upstream(
+        &mut self,
+        now: Instant,
+        id: super::ParticipantId,
+        u: Downstream,
+    ) {
+        let cap = percent_to_fraction(self.config.loss_feedback_max_percent);
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let figure = DownstreamLoss::add(p.upstream_loss, u, now);
+        p.upstream_loss = Some(figure);
+        if cap == 0 {
+            return;
+        }
+        let Some(fraction) = figure.fraction_at(now) else {
+            return;
+        };
+        let floor = Some(upstream_floor(fraction, cap));
+        if floor == p.upstream_floor {
+            return;
+        }
+        let rose = floor > p.upstream_floor.or(Some(0));
+        p.upstream_floor = floor;
+        let room_floor = self
+            .rooms
+            .get(&p.room)
+            .map_or(0, |room| room.loss_feedback.floor);
+        if let Some(peer) = p.apply_loss_floor(room_floor) {
+            if rose {
+                self.out.schedule(peer, now);
+            }
         }
     }
 
@@ -368,12 +420,15 @@ impl MediaCore {
 }
 
 impl Participant {
-    /// Set the least fraction lost its microphone stream's receiver reports state: the peer that got
-    /// it, if the participant has a peer and a microphone stream.
-    pub(super) fn apply_loss_floor(&mut self, floor: u8) -> Option<&mut Peer> {
+    /// Set the least fraction lost its microphone stream's receiver reports state: its room's figure
+    /// `room_floor` or its own uplink's, whichever is higher. The peer that got it, if the participant
+    /// has a peer and a microphone stream.
+    pub(super) fn apply_loss_floor(&mut self, room_floor: u8) -> Option<&mut Peer> {
         let Ssrc(ssrc) = self.ssrc?;
+        let upstream = self.upstream_floor;
         let peer = self.peer_mut()?;
-        peer.set_mic_loss_floor(ssrc, floor);
+        let floor = room_floor.max(upstream.unwrap_or(0));
+        peer.set_mic_loss_floor(ssrc, floor, upstream.is_some());
         Some(peer)
     }
 }
@@ -515,5 +570,22 @@ mod tests {
             percent_to_fraction(1)
         );
         assert_eq!(stated_floor(9, 0), 0);
+    }
+
+    #[test]
+    fn a_publishers_own_loss_is_stated_whole_and_raised_as_a_rooms() {
+        let cap = percent_to_fraction(10);
+        // None, or no more than may be in flight: as it is.
+        assert_eq!(upstream_floor(0, cap), 0);
+        assert_eq!(upstream_floor(1, cap), 1);
+        // A small loss: at least 2 %, as a room's figure.
+        assert_eq!(upstream_floor(2, cap), percent_to_fraction(2));
+        assert_eq!(upstream_floor(13, cap), 13);
+        // Above the cap: the publisher's own loss, stated whole (the cap bounds only the raise).
+        assert_eq!(upstream_floor(60, cap), 60);
+        assert_eq!(
+            upstream_floor(2, percent_to_fraction(1)),
+            percent_to_fraction(1)
+        );
     }
 }

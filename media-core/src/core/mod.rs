@@ -61,7 +61,8 @@ pub struct CoreConfig {
     /// it seconds late.
     pub stale_rtp_after: Duration,
     /// The most a forwarding room's receiver reports tell its publishers their listeners lose, in
-    /// percent; 0 turns the feedback off (`core/loss_feedback.rs`).
+    /// percent, and the most a publisher's own small uplink loss is raised to; 0 turns the feedback off
+    /// (`core/loss_feedback.rs`).
     pub loss_feedback_max_percent: u8,
 }
 
@@ -270,6 +271,11 @@ struct Participant {
     gate: Gate,
     /// The loss it last reported on its downlink (`loss_feedback.rs`).
     downstream_loss: Option<loss_feedback::DownstreamLoss>,
+    /// The loss of its own microphone stream, as the server counted it (`loss_feedback.rs`).
+    upstream_loss: Option<loss_feedback::DownstreamLoss>,
+    /// What its microphone stream's receiver reports state for that loss at least, once the count
+    /// covers enough packets (`None` before: str0m's own fraction of each report's interval).
+    upstream_floor: Option<u8>,
 }
 
 /// What a participant may say and hear right now, beyond its [`JoinParams`].

@@ -167,6 +167,8 @@ impl MediaCore {
             rewriters,
             gate: super::Gate::default(),
             downstream_loss: None,
+            upstream_loss: None,
+            upstream_floor: None,
         };
         let room = self
             .rooms

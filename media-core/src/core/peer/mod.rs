@@ -85,6 +85,9 @@ pub struct StreamStats {
     /// What the client's receiver reports on an outgoing stream counted since the previous statistics:
     /// packets expected and packets lost; `None` when no report covered a new packet.
     pub downstream: Option<Downstream>,
+    /// What the server itself received of the microphone stream since the previous statistics, counted
+    /// as a receiver report would ([`MicReception`]); `None` when no new packet came.
+    pub upstream: Option<Downstream>,
 }
 
 /// Packets a client expected and lost on one of its incoming streams (our outgoing ones) over an
@@ -201,6 +204,93 @@ impl RemoteTotals {
     }
 }
 
+/// A microphone packet still missing once this many later sequence numbers arrived counts as lost:
+/// 640 ms of 20-ms packets. Before that it may be in flight behind a later one (a path reordering over
+/// 300 ms had 15 in flight); a packet later still is too late for a jitter buffer anyway.
+const MIC_SETTLE_PACKETS: u64 = 32;
+
+/// What the server received of a peer's microphone stream, for the loss its receiver reports state
+/// (`loss_feedback.rs`): the stream's SSRC, its first and highest sequence numbers, how many packets
+/// arrived and which of the latest 128 did, and the loss counted at the previous statistics. A packet
+/// counts as lost once [`MIC_SETTLE_PACKETS`] later sequence numbers arrived without it; the fraction
+/// str0m's own reports state is that of each report's interval as it stands when the report is
+/// written, so a packet overtaken by a later one counted as lost there (a reordering uplink stated up
+/// to 5/255 in virtual time, `sim.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct MicReception {
+    ssrc: u32,
+    first: u64,
+    max_seq: u64,
+    received: u64,
+    /// Bit `i`: sequence number `max_seq - i` arrived.
+    window: u128,
+    /// The settled sequence numbers and their lost packets at the previous statistics.
+    counted: (u64, u64),
+}
+
+impl MicReception {
+    /// One microphone packet arrived: counted (not a duplicate, nor one counted lost already), or the
+    /// start of a new count for a new SSRC.
+    pub(super) fn on_packet(reception: &mut Option<MicReception>, ssrc: u32, seq: u64) {
+        let r = match reception {
+            Some(r) if r.ssrc == ssrc => r,
+            _ => {
+                *reception = Some(MicReception {
+                    ssrc,
+                    first: seq,
+                    max_seq: seq,
+                    received: 1,
+                    window: 1,
+                    counted: (0, 0),
+                });
+                return;
+            }
+        };
+        if seq > r.max_seq {
+            let ahead = seq - r.max_seq;
+            r.window = if ahead >= u128::BITS.into() {
+                0
+            } else {
+                r.window << ahead
+            };
+            r.window |= 1;
+            r.max_seq = seq;
+        } else if seq < r.first + r.counted.0 {
+            // Settled and counted lost at the previous statistics: it stays lost (too late for a
+            // jitter buffer too), and counting goes on from there.
+            return;
+        } else {
+            let behind = r.max_seq - seq;
+            if behind < u128::BITS.into() {
+                let bit = 1u128 << behind;
+                if r.window & bit != 0 {
+                    return;
+                }
+                r.window |= bit;
+            }
+            r.first = r.first.min(seq);
+        }
+        r.received += 1;
+    }
+
+    /// The settled packets expected and lost since the previous call; `None` when none settled since.
+    pub(super) fn interval(&mut self) -> Option<Downstream> {
+        let span = self.max_seq - self.first + 1;
+        let settled = span.saturating_sub(MIC_SETTLE_PACKETS);
+        // The packets that arrived among the latest sequence numbers, not yet settled.
+        let recent = (self.window & ((1u128 << MIC_SETTLE_PACKETS) - 1)).count_ones();
+        let received = self.received.saturating_sub(u64::from(recent));
+        let lost = settled.saturating_sub(received);
+        let (before, lost_before) = std::mem::replace(&mut self.counted, (settled, lost));
+        let expected = settled.checked_sub(before).filter(|&n| n > 0)?;
+        // A report never loses more than its packets.
+        Some(Downstream {
+            expected,
+            lost: lost.saturating_sub(lost_before).min(expected),
+        })
+    }
+}
+
 /// A receiver report's cumulative loss from its raw field: a signed 24-bit figure, of which a negative
 /// one (more duplicates than losses) counts as none.
 fn cumulative_loss(raw: u64) -> u64 {
@@ -275,6 +365,8 @@ pub struct Peer {
     /// The highest sequence number and cumulative loss of each outgoing stream's last receiver report,
     /// to report differences.
     remote_totals: Vec<(Mid, RemoteTotals)>,
+    /// What the server received of the microphone stream, for the loss its reports state.
+    mic_reception: Option<MicReception>,
     /// Where DTLS, RTP and RTCP go: the path of the client's latest verified nomination (a binding request
     /// with USE-CANDIDATE that our ICE agent authenticated), or the path its verified consent checks come
     /// from once the current one has gone silent (see [`Peer::checked`]). str0m's ICE-lite agent keeps
@@ -477,6 +569,7 @@ impl Peer {
             created: now,
             nack_totals: Vec::new(),
             remote_totals: Vec::new(),
+            mic_reception: None,
             client_path: None,
             client_path_heard: None,
             checks: std::collections::VecDeque::with_capacity(CHECKS_KEPT),
@@ -547,10 +640,12 @@ impl Peer {
     }
 
     /// Make the receiver reports of the microphone stream `ssrc` state at least `fraction` (1/256) lost
-    /// (`core/loss_feedback.rs`); the real fraction when it is higher.
-    pub fn set_mic_loss_floor(&mut self, ssrc: u32, fraction: u8) {
+    /// (`core/loss_feedback.rs`); the fraction each report's interval lost when it is higher, unless
+    /// `floor_only` (the floor then holds the server's own count of the stream's loss).
+    pub fn set_mic_loss_floor(&mut self, ssrc: u32, fraction: u8, floor_only: bool) {
         if let Some(stream) = self.rtc.direct_api().stream_rx(&ssrc.into()) {
             stream.set_reported_loss_floor(fraction);
+            stream.set_reports_interval_loss(!floor_only);
         }
     }
 

@@ -6,7 +6,9 @@ use str0m::media::Mid;
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Event, IceConnectionState, Output};
 
-use super::{guard, Downstream, Peer, PeerError, PeerEvent, RemoteTotals, StreamStats};
+use super::{
+    guard, Downstream, MicReception, Peer, PeerError, PeerEvent, RemoteTotals, StreamStats,
+};
 use crate::core::net::{NetPath, NetTransmit, Transport};
 use crate::core::outbox::Outbox;
 use crate::core::router::is_stun;
@@ -177,6 +179,11 @@ impl Peer {
                                 .map(|s| s.mid())
                                 == self.mic_mid;
                         if on_mic {
+                            MicReception::on_packet(
+                                &mut self.mic_reception,
+                                *p.header.ssrc,
+                                *p.seq_no,
+                            );
                             events.push_back((id, PeerEvent::Rtp(p)));
                         }
                     }
@@ -202,11 +209,17 @@ impl Peer {
                     }
                     Event::MediaIngressStats(s) => {
                         let nacks_sent = self.nack_delta(s.mid, false, s.nacks);
+                        let upstream = self
+                            .mic_reception
+                            .as_mut()
+                            .filter(|_| Some(s.mid) == self.mic_mid)
+                            .and_then(MicReception::interval);
                         let stats = StreamStats {
                             rtt: s.rtt,
                             jitter: (s.packets > 0)
                                 .then(|| Duration::from_secs_f64(s.jitter as f64 / 48_000.0)),
                             nacks_sent,
+                            upstream,
                             ..Default::default()
                         };
                         events.push_back((id, PeerEvent::Stats(stats)));

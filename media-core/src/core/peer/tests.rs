@@ -773,3 +773,40 @@ fn a_small_rise_counts_past_what_may_be_in_flight_or_once_later_reports_keep_it(
     }
     assert_eq!(last.interval(2_200, 32, 60), d(50, 1));
 }
+
+#[test]
+fn the_microphones_loss_counts_a_packet_once_later_ones_settled_it() {
+    use super::{Downstream, MicReception, MIC_SETTLE_PACKETS};
+    let d = |expected, lost| Some(Downstream { expected, lost });
+    let arrive = |r: &mut Option<MicReception>, seqs: std::ops::Range<u64>, skip: &[u64]| {
+        for seq in seqs.filter(|s| !skip.contains(s)) {
+            MicReception::on_packet(r, 7, seq);
+        }
+    };
+    let settle = |r: &mut Option<MicReception>| r.as_mut().expect("packets arrived").interval();
+    let mut r = None;
+    // Nothing settled yet: nothing to say.
+    arrive(&mut r, 100..120, &[110]);
+    assert_eq!(settle(&mut r), None);
+    // 100..150 arrived but for 110, 130 and 145; then 110 late, and twice. 130 and 145 are among the
+    // latest 32 (perhaps still in flight): 100..118 settled, none lost.
+    arrive(&mut r, 120..150, &[130, 145]);
+    arrive(&mut r, 110..111, &[]);
+    arrive(&mut r, 110..111, &[]);
+    assert_eq!(settle(&mut r), d(150 - 100 - MIC_SETTLE_PACKETS, 0));
+    // 32 more: 130 and 145 settled, missing.
+    arrive(&mut r, 150..182, &[]);
+    assert_eq!(settle(&mut r), d(32, 2));
+    // 145 arrives after all: it takes nothing back, and the next loss counts as before.
+    arrive(&mut r, 145..146, &[]);
+    arrive(&mut r, 182..232, &[190]);
+    assert_eq!(settle(&mut r), d(50, 1));
+    arrive(&mut r, 232..250, &[]);
+    assert_eq!(settle(&mut r), d(18, 0));
+    // A jump past the remembered 128 (a gap of 200) counts its packets once settled: 118..450.
+    arrive(&mut r, 450..482, &[]);
+    assert_eq!(settle(&mut r), d(232, 200));
+    // A new SSRC starts a new count.
+    MicReception::on_packet(&mut r, 8, 5);
+    assert_eq!(r.map(|r| (r.first, r.max_seq, r.received)), Some((5, 5, 1)));
+}

@@ -21,7 +21,9 @@
 //
 // For measurements (docs/architecture.md, "Loss feedback"), not the suite: LOSS_FEEDBACK_MAX_PERCENT=0
 // runs the same call with the feedback off (then no FEC is asserted), LOSS_FEEDBACK_LOSS_PERCENT changes
-// the loss.
+// the loss, LOSS_FEEDBACK_DIRECTION=uplink drops the datagrams the server receives instead (the speaker's
+// own uplink loses; the listener then loses nothing of its own), LOSS_FEEDBACK_ROOM_MODE=mix makes the
+// room a mixed one.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -51,10 +53,18 @@ const SERVER_MEDIA_IP = '127.0.0.1';
 /** For measurements, not the suite: `LOSS_FEEDBACK_MAX_PERCENT=0` runs the same call without the feedback. */
 const MAX_PERCENT = process.env.LOSS_FEEDBACK_MAX_PERCENT;
 const FEEDBACK = MAX_PERCENT === undefined || Number(MAX_PERCENT) > 0;
+/** For measurements, not the suite: `uplink` drops what the server receives rather than what it sends. */
+const UPLINK = process.env.LOSS_FEEDBACK_DIRECTION === 'uplink';
+/** For measurements, not the suite: `mix` makes the room a mixed one. */
+const ROOM_MODE = process.env.LOSS_FEEDBACK_ROOM_MODE ?? 'forward';
 
-/** @param {number} mediaPort @returns {string[][]} nft commands: drop LOSS_PERCENT % of the server's UDP */
-const lossRules = (mediaPort) =>
-  nftRandomDrop('lossy', ['ip', 'saddr', SERVER_MEDIA_IP, 'udp', 'sport', String(mediaPort)], LOSS_PERCENT);
+/**
+ * @param {number} mediaPort
+ * @returns {string[][]} nft commands: drop LOSS_PERCENT % of the server's UDP (what it receives, with `UPLINK`)
+ */
+const lossRules = (mediaPort) => nftRandomDrop('lossy', UPLINK
+  ? ['ip', 'daddr', SERVER_MEDIA_IP, 'udp', 'dport', String(mediaPort)]
+  : ['ip', 'saddr', SERVER_MEDIA_IP, 'udp', 'sport', String(mediaPort)], LOSS_PERCENT);
 
 /**
  * The share of the speaker's packets that carried FEC over the next `ms`.
@@ -91,7 +101,7 @@ describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder
       slots: 3,
       mediaBindIp: SERVER_MEDIA_IP,
       publicIp: ns.addrA,
-      extraArgs: ['--config', config, '--media-tcp-enabled', 'false'],
+      extraArgs: ['--config', config, '--media-tcp-enabled', 'false', '--room-mode', ROOM_MODE],
     });
     const jitter = fileURLToPath(new URL('./lib/netns-jitter.js', import.meta.url));
     proxy = ns.spawn(process.execPath, [jitter, ns.addrA, String(server.mediaPort), SERVER_MEDIA_IP,
@@ -144,7 +154,8 @@ describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder
       if (FEEDBACK && lossy.share >= 0.5) break;
     }
     const tookMs = Date.now() - lossStart;
-    console.log(`lossy link: ${lossy.fec} of ${lossy.received} packets carried FEC, ${tookMs} ms after the loss began`);
+    console.log(`lossy ${UPLINK ? 'uplink' : 'downlink'} (${ROOM_MODE} room): ${lossy.fec} of ${lossy.received} packets `
+      + `carried FEC, ${tookMs} ms after the loss began`);
     if (FEEDBACK) {
       assert.ok(lossy.share >= 0.5, `Chromium added no FEC for its lossy listener within 40 s: ${JSON.stringify(lossy)}`);
     } else {
@@ -166,7 +177,7 @@ describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder
       })))}`);
     assert.match(dropped, /counter packets [1-9]/, `nftables dropped datagrams: ${dropped}`);
     const lost = heard.reduce((n, x) => n + (x.packetsLost || 0), 0);
-    assert.ok(lost > 0, `the listener lost packets: ${JSON.stringify(heard)}`);
+    if (!UPLINK) assert.ok(lost > 0, `the listener lost packets: ${JSON.stringify(heard)}`);
     assert.ok(s.mos_lqo >= 2.5, `PESQ-WB ${s.mos_lqo.toFixed(2)} through ${LOSS_PERCENT} % loss with FEC`);
   }));
 });

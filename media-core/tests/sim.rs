@@ -474,6 +474,23 @@ fn speaker_told_after_link_loses(
     first_told
 }
 
+/// The link `from` → `to` loses nothing but delays each packet by 10 ms plus up to `jitter_ms`, in any
+/// order, for 30 s: the most the receiver reports to client 0 (the speaker) stated lost meanwhile.
+fn speaker_told_most_while_link_reorders(
+    sim: &mut Sim,
+    (from, to): (std::net::SocketAddr, std::net::SocketAddr),
+    jitter_ms: f64,
+) -> f32 {
+    sim.net
+        .set_link(from, to, LinkConfig::lossy(0.0, 10.0, jitter_ms));
+    let mut most = 0.0f32;
+    for _ in 0..30 {
+        sim.run_for(Duration::from_secs(1));
+        most = most.max(sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0));
+    }
+    most
+}
+
 /// A listener losing 1 % (two or three packets per report, often a rise of its cumulative loss small
 /// enough to be packets still in flight): the speaker is told at least 2 % (5/255,
 /// `LEAST_STATED_PERCENT`, which a browser's encoder reads as 1 % or more from the first report; the
@@ -507,13 +524,8 @@ fn a_listener_whose_packets_arrive_reordered_but_all_states_no_loss() {
         for seed in [5, 6, 7] {
             let mut sim = speaker_and_listener_forwarded(seed);
             let (server, listener) = (sim.server, sim.clients[1].addr);
-            sim.net
-                .set_link(server, listener, LinkConfig::lossy(0.0, 10.0, jitter_ms));
-            let mut most = 0.0f32;
-            for _ in 0..30 {
-                sim.run_for(Duration::from_secs(1));
-                most = most.max(sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0));
-            }
+            let most =
+                speaker_told_most_while_link_reorders(&mut sim, (server, listener), jitter_ms);
             println!("{jitter_ms} ms, seed {seed}: the speaker was told at most {most} lost");
             // Reordered over up to 150 ms: nothing. Over 300 ms, packets in flight at three reports in
             // a row can still count (1/255 for seed 7), but the figure stays below 1 %: libopus takes
@@ -588,13 +600,8 @@ fn a_speaker_whose_uplink_reorders_but_loses_nothing_is_told_no_loss() {
             for seed in [5, 6, 7] {
                 let mut sim = speaker_and_listener_in(room, seed);
                 let (speaker, server) = (sim.clients[0].addr, sim.server);
-                sim.net
-                    .set_link(speaker, server, LinkConfig::lossy(0.0, 10.0, jitter_ms));
-                let mut most = 0.0f32;
-                for _ in 0..30 {
-                    sim.run_for(Duration::from_secs(1));
-                    most = most.max(sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0));
-                }
+                let most =
+                    speaker_told_most_while_link_reorders(&mut sim, (speaker, server), jitter_ms);
                 println!(
                     "{:?}, {jitter_ms} ms, seed {seed}: the speaker was told at most {most} lost",
                     room.mode

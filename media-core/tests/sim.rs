@@ -474,6 +474,35 @@ fn speaker_told_after_link_loses(
     first_told
 }
 
+/// Two speakers and a listener in a forwarding room, all links clean but the first speaker's uplink,
+/// which loses 10 %: the listener's reports count the gaps of that speaker's slot (kept, so that it
+/// conceals them), but the second speaker is told no loss: nobody loses its packets. Before the slots'
+/// unsent packets were taken out of their subscribers' figures, it was told 10 % (the cap) within 15 s
+/// and coded FEC for it. The first speaker is told its own loss.
+#[test]
+fn one_speakers_lossy_uplink_is_no_other_speakers_loss() {
+    let mut sim = Sim::with_room(
+        3,
+        LinkConfig::with_delay(10.0),
+        media_core::RoomSettings::forward(3),
+        &[(440.0, 0.3), (660.0, 0.3), (880.0, 0.0)],
+    );
+    sim.connect();
+    sim.run_for(Duration::from_secs(2));
+    let (lossy, server) = (sim.clients[0].addr, sim.server);
+    sim.net
+        .set_link(lossy, server, LinkConfig::lossy(0.10, 10.0, 0.0));
+    let mut most = 0.0f32;
+    for _ in 0..30 {
+        sim.run_for(Duration::from_secs(1));
+        most = most.max(sim.clients[1].peer.reported_mic_loss().unwrap_or(0.0));
+    }
+    let own = sim.clients[0].peer.reported_mic_loss().unwrap_or(0.0);
+    println!("the lossy speaker is told {own}; the other was told at most {most}");
+    assert!(own >= 0.07, "the lossy speaker is told {own}");
+    assert!(most <= 1.0 / 255.0, "the other speaker was told {most}");
+}
+
 /// The link `from` → `to` loses nothing but delays each packet by 10 ms plus up to `jitter_ms`, in any
 /// order, for 30 s: the most the receiver reports to client 0 (the speaker) stated lost meanwhile.
 fn speaker_told_most_while_link_reorders(

@@ -335,9 +335,82 @@ pub struct SlotStream {
     /// The RTP header forwarded packets are written from ([`Peer::send_slot`]); `None` when the
     /// negotiated extension ids need str0m's path.
     pub(crate) header: Option<send::HeaderTemplate>,
-    /// The extended sequence number of the first packet sent directly: where the subscriber's receiver
-    /// reports count from, so that its first report already counts (`RemoteTotals::interval`).
-    pub(crate) first_seq: Option<u64>,
+    /// The sequence numbers sent directly: the first is where the subscriber's receiver reports count
+    /// from, so that its first report already counts (`RemoteTotals::interval`); those never sent (the
+    /// speaker's own uplink lost them, and the slot keeps its gaps) are not the subscriber's loss.
+    pub(crate) sent: Option<SentSeqs>,
+}
+
+/// The extended sequence numbers a slot stream sent: the first, the highest, how many, and which of the
+/// latest 128. A forwarding slot keeps the gaps of its speaker's stream (so the subscriber conceals
+/// them), which the subscriber's receiver reports count as lost; a speaker whose uplink loses 10 % made
+/// every listener's figure, and so the room's, 10 %, and every other speaker coded FEC for a loss none
+/// of its listeners had (`sim.rs`, `one_speakers_lossy_uplink_is_no_other_speakers_loss`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SentSeqs {
+    first: u64,
+    max: u64,
+    sent: u64,
+    /// Bit `i`: `max - i` was sent.
+    window: u128,
+}
+
+impl SentSeqs {
+    /// `seq` was sent (again: counted once).
+    pub(crate) fn on_seq(sent: &mut Option<SentSeqs>, seq: u64) {
+        let Some(s) = sent else {
+            *sent = Some(SentSeqs {
+                first: seq,
+                max: seq,
+                sent: 1,
+                window: 1,
+            });
+            return;
+        };
+        if seq > s.max {
+            let ahead = seq - s.max;
+            s.window = if ahead >= u128::BITS.into() {
+                0
+            } else {
+                s.window << ahead
+            };
+            s.window |= 1;
+            s.max = seq;
+        } else {
+            let behind = s.max - seq;
+            if behind < u128::BITS.into() {
+                let bit = 1u128 << behind;
+                if s.window & bit != 0 {
+                    return;
+                }
+                s.window |= bit;
+            }
+            s.first = s.first.min(seq);
+        }
+        s.sent += 1;
+    }
+
+    /// The first sequence number sent.
+    pub(crate) fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// How many sequence numbers from the first through `seq` were never sent (as far as the latest 128
+    /// tell: of older ones, fewer).
+    pub(crate) fn unsent_through(&self, seq: u64) -> u64 {
+        if seq < self.first {
+            return 0;
+        }
+        let seq = seq.min(self.max);
+        let behind = self.max - seq;
+        let after = if behind >= u64::from(u128::BITS) {
+            self.window
+        } else {
+            self.window & ((1u128 << behind) - 1)
+        };
+        let sent_through = self.sent.saturating_sub(u64::from(after.count_ones()));
+        (seq - self.first + 1).saturating_sub(sent_through)
+    }
 }
 
 pub struct Peer {
@@ -545,7 +618,7 @@ impl Peer {
                 pt,
                 red_pt,
                 header,
-                first_seq: None,
+                sent: None,
             });
         }
         if params.slots > 0 && slots.is_empty() {

@@ -7,7 +7,8 @@ use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Event, IceConnectionState, Output};
 
 use super::{
-    guard, Downstream, MicReception, Peer, PeerError, PeerEvent, RemoteTotals, StreamStats,
+    cumulative_loss, guard, Downstream, MicReception, Peer, PeerError, PeerEvent, RemoteTotals,
+    StreamStats,
 };
 use crate::core::net::{NetPath, NetTransmit, Transport};
 use crate::core::outbox::Outbox;
@@ -240,12 +241,16 @@ impl Peer {
         lost: u64,
         jitter_ms: u64,
     ) -> Option<Downstream> {
+        let sent = self
+            .slots
+            .iter()
+            .find(|s| s.mid == mid)
+            .and_then(|s| s.sent);
+        // What the speaker's uplink lost (never sent) is not this subscriber's loss.
+        let lost =
+            cumulative_loss(lost).saturating_sub(sent.map_or(0, |s| s.unsent_through(max_seq)));
         let Some((_, last)) = self.remote_totals.iter_mut().find(|(m, _)| *m == mid) else {
-            let first_seq = self
-                .slots
-                .iter()
-                .find(|s| s.mid == mid)
-                .and_then(|s| s.first_seq);
+            let first_seq = sent.map(|s| s.first());
             let (last, delta) = match first_seq {
                 // Counted from just before the first packet, when the report is about packets since.
                 Some(first) if (first..first + (1 << 16)).contains(&max_seq) => {

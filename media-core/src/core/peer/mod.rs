@@ -210,77 +210,46 @@ impl RemoteTotals {
 const MIC_SETTLE_PACKETS: u64 = 32;
 
 /// What the server received of a peer's microphone stream, for the loss its receiver reports state
-/// (`loss_feedback.rs`): the stream's SSRC, its first and highest sequence numbers, how many packets
-/// arrived and which of the latest 128 did, and the loss counted at the previous statistics. A packet
-/// counts as lost once [`MIC_SETTLE_PACKETS`] later sequence numbers arrived without it; the fraction
-/// str0m's own reports state is that of each report's interval as it stands when the report is
-/// written, so a packet overtaken by a later one counted as lost there (a reordering uplink stated up
-/// to 5/255 in virtual time, `sim.rs`).
+/// (`loss_feedback.rs`): the stream's SSRC, its sequence numbers that arrived, and the loss counted at
+/// the previous statistics. A packet counts as lost once [`MIC_SETTLE_PACKETS`] later sequence numbers
+/// arrived without it; the fraction str0m's own reports state is that of each report's interval as it
+/// stands when the report is written, so a packet overtaken by a later one counted as lost there (a
+/// reordering uplink stated up to 2/255 in virtual time, `sim.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct MicReception {
     ssrc: u32,
-    first: u64,
-    max_seq: u64,
-    received: u64,
-    /// Bit `i`: sequence number `max_seq - i` arrived.
-    window: u128,
+    arrived: SeqRecord,
     /// The settled sequence numbers and their lost packets at the previous statistics.
     counted: (u64, u64),
 }
 
 impl MicReception {
-    /// One microphone packet arrived: counted (not a duplicate, nor one counted lost already), or the
-    /// start of a new count for a new SSRC.
+    /// One microphone packet arrived: recorded (not a duplicate, nor one counted lost already), or the
+    /// start of a new record for a new SSRC.
     pub(super) fn on_packet(reception: &mut Option<MicReception>, ssrc: u32, seq: u64) {
-        let r = match reception {
-            Some(r) if r.ssrc == ssrc => r,
+        match reception {
+            Some(r) if r.ssrc == ssrc => {
+                // Settled and counted lost at the previous statistics: it stays lost (too late for a
+                // jitter buffer too), and counting goes on from there.
+                if seq >= r.arrived.first + r.counted.0 {
+                    r.arrived.insert(seq);
+                }
+            }
             _ => {
                 *reception = Some(MicReception {
                     ssrc,
-                    first: seq,
-                    max_seq: seq,
-                    received: 1,
-                    window: 1,
+                    arrived: SeqRecord::starting_at(seq),
                     counted: (0, 0),
-                });
-                return;
+                })
             }
-        };
-        if seq > r.max_seq {
-            let ahead = seq - r.max_seq;
-            r.window = if ahead >= u128::BITS.into() {
-                0
-            } else {
-                r.window << ahead
-            };
-            r.window |= 1;
-            r.max_seq = seq;
-        } else if seq < r.first + r.counted.0 {
-            // Settled and counted lost at the previous statistics: it stays lost (too late for a
-            // jitter buffer too), and counting goes on from there.
-            return;
-        } else {
-            let behind = r.max_seq - seq;
-            if behind < u128::BITS.into() {
-                let bit = 1u128 << behind;
-                if r.window & bit != 0 {
-                    return;
-                }
-                r.window |= bit;
-            }
-            r.first = r.first.min(seq);
         }
-        r.received += 1;
     }
 
     /// The settled packets expected and lost since the previous call; `None` when none settled since.
     pub(super) fn interval(&mut self) -> Option<Downstream> {
-        let span = self.max_seq - self.first + 1;
-        let settled = span.saturating_sub(MIC_SETTLE_PACKETS);
-        // The packets that arrived among the latest sequence numbers, not yet settled.
-        let recent = (self.window & ((1u128 << MIC_SETTLE_PACKETS) - 1)).count_ones();
-        let received = self.received.saturating_sub(u64::from(recent));
-        let lost = settled.saturating_sub(received);
+        let through = self.arrived.max.checked_sub(MIC_SETTLE_PACKETS)?;
+        let settled = (through + 1).saturating_sub(self.arrived.first);
+        let lost = self.arrived.missing_through(through);
         let (before, lost_before) = std::mem::replace(&mut self.counted, (settled, lost));
         let expected = settled.checked_sub(before).filter(|&n| n > 0)?;
         // A report never loses more than its packets.
@@ -288,6 +257,83 @@ impl MicReception {
             expected,
             lost: lost.saturating_sub(lost_before).min(expected),
         })
+    }
+}
+
+/// Which extended sequence numbers of one stream were recorded (received, or sent): the first, the
+/// highest, how many, and which of the latest 128.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SeqRecord {
+    first: u64,
+    max: u64,
+    count: u64,
+    /// Bit `i`: `max - i` was recorded.
+    window: u128,
+}
+
+impl SeqRecord {
+    fn starting_at(seq: u64) -> Self {
+        SeqRecord {
+            first: seq,
+            max: seq,
+            count: 1,
+            window: 1,
+        }
+    }
+
+    /// `seq` into `record`, started by it if there is none yet.
+    pub(crate) fn record(record: &mut Option<SeqRecord>, seq: u64) {
+        match record {
+            Some(r) => r.insert(seq),
+            None => *record = Some(SeqRecord::starting_at(seq)),
+        }
+    }
+
+    /// Record `seq` (once: again among the latest 128 changes nothing).
+    fn insert(&mut self, seq: u64) {
+        if seq > self.max {
+            let ahead = seq - self.max;
+            self.window = if ahead >= u128::BITS.into() {
+                0
+            } else {
+                self.window << ahead
+            };
+            self.window |= 1;
+            self.max = seq;
+        } else {
+            let behind = self.max - seq;
+            if behind < u128::BITS.into() {
+                let bit = 1u128 << behind;
+                if self.window & bit != 0 {
+                    return;
+                }
+                self.window |= bit;
+            }
+            self.first = self.first.min(seq);
+        }
+        self.count += 1;
+    }
+
+    /// The first sequence number recorded.
+    pub(crate) fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// How many sequence numbers from the first through `seq` were not recorded (as far as the latest
+    /// 128 tell: of older ones, fewer).
+    pub(crate) fn missing_through(&self, seq: u64) -> u64 {
+        if seq < self.first {
+            return 0;
+        }
+        let seq = seq.min(self.max);
+        let behind = self.max - seq;
+        let after = if behind >= u64::from(u128::BITS) {
+            self.window
+        } else {
+            self.window & ((1u128 << behind) - 1)
+        };
+        let recorded_through = self.count.saturating_sub(u64::from(after.count_ones()));
+        (seq - self.first + 1).saturating_sub(recorded_through)
     }
 }
 
@@ -336,81 +382,12 @@ pub struct SlotStream {
     /// negotiated extension ids need str0m's path.
     pub(crate) header: Option<send::HeaderTemplate>,
     /// The sequence numbers sent directly: the first is where the subscriber's receiver reports count
-    /// from, so that its first report already counts (`RemoteTotals::interval`); those never sent (the
-    /// speaker's own uplink lost them, and the slot keeps its gaps) are not the subscriber's loss.
-    pub(crate) sent: Option<SentSeqs>,
-}
-
-/// The extended sequence numbers a slot stream sent: the first, the highest, how many, and which of the
-/// latest 128. A forwarding slot keeps the gaps of its speaker's stream (so the subscriber conceals
-/// them), which the subscriber's receiver reports count as lost; a speaker whose uplink loses 10 % made
-/// every listener's figure, and so the room's, 10 %, and every other speaker coded FEC for a loss none
-/// of its listeners had (`sim.rs`, `one_speakers_lossy_uplink_is_no_other_speakers_loss`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct SentSeqs {
-    first: u64,
-    max: u64,
-    sent: u64,
-    /// Bit `i`: `max - i` was sent.
-    window: u128,
-}
-
-impl SentSeqs {
-    /// `seq` was sent (again: counted once).
-    pub(crate) fn on_seq(sent: &mut Option<SentSeqs>, seq: u64) {
-        let Some(s) = sent else {
-            *sent = Some(SentSeqs {
-                first: seq,
-                max: seq,
-                sent: 1,
-                window: 1,
-            });
-            return;
-        };
-        if seq > s.max {
-            let ahead = seq - s.max;
-            s.window = if ahead >= u128::BITS.into() {
-                0
-            } else {
-                s.window << ahead
-            };
-            s.window |= 1;
-            s.max = seq;
-        } else {
-            let behind = s.max - seq;
-            if behind < u128::BITS.into() {
-                let bit = 1u128 << behind;
-                if s.window & bit != 0 {
-                    return;
-                }
-                s.window |= bit;
-            }
-            s.first = s.first.min(seq);
-        }
-        s.sent += 1;
-    }
-
-    /// The first sequence number sent.
-    pub(crate) fn first(&self) -> u64 {
-        self.first
-    }
-
-    /// How many sequence numbers from the first through `seq` were never sent (as far as the latest 128
-    /// tell: of older ones, fewer).
-    pub(crate) fn unsent_through(&self, seq: u64) -> u64 {
-        if seq < self.first {
-            return 0;
-        }
-        let seq = seq.min(self.max);
-        let behind = self.max - seq;
-        let after = if behind >= u64::from(u128::BITS) {
-            self.window
-        } else {
-            self.window & ((1u128 << behind) - 1)
-        };
-        let sent_through = self.sent.saturating_sub(u64::from(after.count_ones()));
-        (seq - self.first + 1).saturating_sub(sent_through)
-    }
+    /// from, so that its first report already counts (`RemoteTotals::interval`); those never sent are
+    /// not the subscriber's loss. A forwarding slot keeps the gaps of its speaker's stream (so the
+    /// subscriber conceals them), which the subscriber's reports count as lost: a speaker whose uplink
+    /// lost 10 % made every listener's figure, and so the room's, 10 %, and every other speaker coded FEC
+    /// for a loss none of its listeners had (`sim.rs`, `one_speakers_lossy_uplink_is_no_other_speakers_loss`).
+    pub(crate) sent: Option<SeqRecord>,
 }
 
 pub struct Peer {

@@ -248,7 +248,7 @@ impl Peer {
             .and_then(|s| s.sent);
         // What the speaker's uplink lost (never sent) is not this subscriber's loss.
         let lost =
-            cumulative_loss(lost).saturating_sub(sent.map_or(0, |s| s.unsent_through(max_seq)));
+            cumulative_loss(lost).saturating_sub(sent.map_or(0, |s| s.missing_through(max_seq)));
         let Some((_, last)) = self.remote_totals.iter_mut().find(|(m, _)| *m == mid) else {
             let first_seq = sent.map(|s| s.first());
             let (last, delta) = match first_seq {

@@ -217,7 +217,7 @@ impl Peer {
             return Ok(false);
         };
         let fields = fields(pt);
-        super::SentSeqs::on_seq(&mut stream.sent, fields.seq);
+        super::SeqRecord::record(&mut stream.sent, fields.seq);
         let mut contents = out.buffer(HEADER_MAX + payload.len() + MAX_TAG);
         template.write(&mut contents, &fields);
         srtp.seal(&mut contents, payload, template.ssrc, fields.seq)?;

@@ -808,36 +808,36 @@ fn the_microphones_loss_counts_a_packet_once_later_ones_settled_it() {
     assert_eq!(settle(&mut r), d(232, 200));
     // A new SSRC starts a new count.
     MicReception::on_packet(&mut r, 8, 5);
-    assert_eq!(r.map(|r| (r.first, r.max_seq, r.received)), Some((5, 5, 1)));
+    assert_eq!(r.map(|r| r.arrived), Some(super::SeqRecord::starting_at(5)));
 }
 
 #[test]
 fn a_slots_unsent_sequence_numbers_are_its_speakers_gaps() {
-    use super::SentSeqs;
+    use super::SeqRecord;
     let mut s = None;
     for seq in (1_000..1_100).filter(|q| ![1_010, 1_011, 1_050].contains(q)) {
-        SentSeqs::on_seq(&mut s, seq);
+        SeqRecord::record(&mut s, seq);
     }
     let mut s = s.expect("packets were sent");
     assert_eq!(s.first(), 1_000);
     // Before the first and at it: none; through 1_020: the two of 1_010 and 1_011; past the highest:
     // as through the highest.
-    assert_eq!(s.unsent_through(999), 0);
-    assert_eq!(s.unsent_through(1_000), 0);
-    assert_eq!(s.unsent_through(1_020), 2);
-    assert_eq!(s.unsent_through(1_099), 3);
-    assert_eq!(s.unsent_through(5_000), 3);
+    assert_eq!(s.missing_through(999), 0);
+    assert_eq!(s.missing_through(1_000), 0);
+    assert_eq!(s.missing_through(1_020), 2);
+    assert_eq!(s.missing_through(1_099), 3);
+    assert_eq!(s.missing_through(5_000), 3);
     // 1_050 sent late, and again: no longer unsent, counted once.
     let mut some = Some(s);
-    SentSeqs::on_seq(&mut some, 1_050);
-    SentSeqs::on_seq(&mut some, 1_050);
+    SeqRecord::record(&mut some, 1_050);
+    SeqRecord::record(&mut some, 1_050);
     s = some.expect("packets were sent");
-    assert_eq!(s.unsent_through(1_099), 2);
+    assert_eq!(s.missing_through(1_099), 2);
     // A jump: its gap counts (1_100..1_300), and through a sequence number older than the latest 128
     // as far as the count tells (here exactly: nothing was sent between it and the latest 128).
     let mut some = Some(s);
-    SentSeqs::on_seq(&mut some, 1_300);
+    SeqRecord::record(&mut some, 1_300);
     s = some.expect("packets were sent");
-    assert_eq!(s.unsent_through(1_300), 2 + 200);
-    assert_eq!(s.unsent_through(1_150), 2 + 51);
+    assert_eq!(s.missing_through(1_300), 2 + 200);
+    assert_eq!(s.missing_through(1_150), 2 + 51);
 }

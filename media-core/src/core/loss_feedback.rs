@@ -305,12 +305,12 @@ impl MediaCore {
         let Some(fraction) = figure.fraction_at(now) else {
             return;
         };
-        let floor = Some(upstream_floor(fraction, cap));
-        if floor == p.upstream_floor {
+        let floor = upstream_floor(fraction, cap);
+        if p.upstream_floor == Some(floor) {
             return;
         }
-        let rose = floor > p.upstream_floor.or(Some(0));
-        p.upstream_floor = floor;
+        let rose = floor > p.upstream_floor.unwrap_or(0);
+        p.upstream_floor = Some(floor);
         let room_floor = self
             .rooms
             .get(&p.room)

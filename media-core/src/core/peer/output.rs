@@ -246,7 +246,9 @@ impl Peer {
             .iter()
             .find(|s| s.mid == mid)
             .and_then(|s| s.sent);
-        // What the speaker's uplink lost (never sent) is not this subscriber's loss.
+        // What the speaker's uplink lost (never sent) is not this subscriber's loss. The result is a
+        // cumulative loss already, which `RemoteTotals` reads as it is (`cumulative_loss` keeps any
+        // figure below 0x800000).
         let lost =
             cumulative_loss(lost).saturating_sub(sent.map_or(0, |s| s.missing_through(max_seq)));
         let Some((_, last)) = self.remote_totals.iter_mut().find(|(m, _)| *m == mid) else {

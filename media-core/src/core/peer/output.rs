@@ -84,7 +84,7 @@ impl Peer {
         ext: ExtensionValues,
         csrcs: &[u32],
     ) -> Result<(), PeerError> {
-        let Some(stream) = self.slots.get(slot) else {
+        let Some(stream) = self.slots.get_mut(slot) else {
             return Ok(());
         };
         let pt = match (red, stream.red_pt) {
@@ -93,6 +93,9 @@ impl Peer {
             // A RED payload for a subscriber without RED would not decode: never sent.
             (true, None) => return Ok(()),
         };
+        // Sent as far as the subscriber's reports go, whichever path carries it (the direct one records
+        // its own): a packet written here while the direct path waits (an ICE restart) is not a gap.
+        super::SeqRecord::record(&mut stream.sent, seq);
         let mid = stream.mid;
         let write = RtpWrite::new(pt, SeqNo::from(seq), ts, wallclock, payload.clone())
             .ext_vals(ext)

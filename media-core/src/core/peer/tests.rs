@@ -393,6 +393,31 @@ fn slot_packets_sealed_by_the_peer_itself_decrypt_at_a_str0m_client_across_a_seq
 }
 
 #[test]
+fn a_slots_packets_count_as_sent_whichever_path_carried_them() {
+    // str0m's path first (before the direct one is ready), the direct path, str0m's again (as while an
+    // ICE restart waits for its nomination), then the direct one: every packet was sent, none is a gap
+    // of the speaker's that the subscriber's reported loss would lose.
+    let t0 = epoch();
+    let mut r = Rebinding::new(t0, false);
+    let mut now = t0;
+    run(&mut r, &mut now, Duration::from_secs(2), |_, _| {});
+    assert!(r.heard > 20, "heard {} through str0m's path", r.heard);
+    for direct in [true, false, true] {
+        r.direct = direct;
+        run(&mut r, &mut now, Duration::from_secs(1), |_, _| {});
+    }
+    assert!(r.peer.srtp.is_some(), "the direct path sealed packets");
+    assert_eq!(r.lost, 0);
+    let sent = r.peer.slots()[0].sent.expect("packets were sent");
+    assert_eq!(
+        sent.first(),
+        1,
+        "counted from the first packet, through str0m"
+    );
+    assert_eq!(sent.missing_through(r.seq), 0, "every packet was sent");
+}
+
+#[test]
 fn after_a_nat_rebinding_media_follows_the_clients_next_verified_nomination() {
     let t0 = epoch();
     let mut r = Rebinding::new(t0, false);

@@ -222,6 +222,11 @@ struct Rebinding {
 impl Rebinding {
     /// `firefox`: the client nominates only once (see [`ClientPeer::set_nominate_once`]).
     fn new(now: Instant, firefox: bool) -> Rebinding {
+        Rebinding::with_offer(now, firefox, |offer| offer)
+    }
+
+    /// As [`Rebinding::new`], the client's offer changed by `edit` on its way to the server.
+    fn with_offer(now: Instant, firefox: bool, edit: impl FnOnce(String) -> String) -> Rebinding {
         let client = ClientConfig {
             local_addr: "10.0.0.2:6000".parse().expect("literal address"),
             slots: 1,
@@ -230,6 +235,7 @@ impl Rebinding {
         };
         let (mut client, offer) = ClientPeer::new(now, client).expect("client offer");
         client.set_nominate_once(firefox);
+        let offer = edit(offer);
         let cert = test_cert();
         let server: SocketAddr = "127.0.0.1:5000".parse().expect("literal address");
         let params = PeerParams {
@@ -865,4 +871,22 @@ fn a_slots_unsent_sequence_numbers_are_its_speakers_gaps() {
     s = some.expect("packets were sent");
     assert_eq!(s.missing_through(1_300), 2 + 200);
     assert_eq!(s.missing_through(1_150), 2 + 51);
+}
+
+#[test]
+fn an_offer_that_fixes_its_dtls_role_connects_in_that_role() {
+    // RFC 8842 §5.2 asks an offerer for `actpass`; some clients offer `active` or `passive` outright.
+    // The server takes the other role, and the call connects and carries audio either way.
+    for setup in ["actpass", "active", "passive"] {
+        let t0 = epoch();
+        let mut r = Rebinding::with_offer(t0, false, |offer| {
+            assert!(offer.contains("a=setup:actpass"), "{offer}");
+            offer.replace("a=setup:actpass", &format!("a=setup:{setup}"))
+        });
+        let mut now = t0;
+        run(&mut r, &mut now, Duration::from_secs(3), |_, _| {});
+        assert!(r.peer.is_connected(), "offer with setup:{setup}");
+        assert!(r.heard > 100, "setup:{setup}: heard {}", r.heard);
+        assert_eq!(r.lost, 0, "setup:{setup}");
+    }
 }

@@ -278,6 +278,50 @@ fn with_five_voices_and_three_slots_the_quiet_hear_the_three_loudest() {
 }
 
 #[test]
+fn a_talker_without_audio_levels_is_measured_and_wins_a_slot() {
+    // Three quiet talkers that send RFC 6464 levels and a loud one that sends none (as WHIP encoders
+    // such as OBS's do), two slots: the loud one is heard by the others and named the dominant speaker.
+    // Without a level of its own it counted as silent: never in a slot, never speaking.
+    let voices = [(400.0, 0.05), (500.0, 0.04), (600.0, 0.03)];
+    let mut sim = Sim::new(5, LinkConfig::with_delay(5.0), 2, &voices);
+    let loud = sim.join_without_levels(900.0, 0.5);
+    sim.connect();
+    let talking = sim.now;
+    sim.run_for(Duration::from_secs(3));
+    let loud_ssrc = sim.clients[loud].mic_ssrc;
+    let loud_id = sim.clients[loud].id;
+    for quiet in 0..3 {
+        let mark = sim.clients[quiet].received.len();
+        sim.run_for(Duration::from_secs(1));
+        assert!(
+            sim.clients[quiet].csrcs_since(mark).contains(&loud_ssrc),
+            "quiet talker {quiet} hears {:?}, not the loud one ({loud_ssrc})",
+            sim.clients[quiet].csrcs_since(mark)
+        );
+    }
+    sim.assert_hears_others(0, 1.0);
+    // Only its packets were decoded for a level, one per 20 ms; the others' never.
+    let measured = sim.core.stats().rtp_levels_measured;
+    let frames = ((sim.now - talking).as_millis() / 20) as u64;
+    assert!(
+        measured.abs_diff(frames) <= 10,
+        "{measured} levels measured, {frames} frames"
+    );
+    // Speech-like (a steady tone is a hum, never dominant): it takes the floor.
+    let start = sim.now;
+    speak(&mut sim, loud, 0.5, Duration::from_secs(2));
+    let dominant = sim.events.iter().rev().find_map(|(at, e)| match e {
+        CoreEvent::DominantSpeaker { participant, .. } if *at >= start => Some(*participant),
+        _ => None,
+    });
+    assert_eq!(
+        dominant,
+        Some(loud_id),
+        "the loud talker is the dominant speaker"
+    );
+}
+
+#[test]
 fn muting_stops_forwarding_and_garbage_is_counted_not_fatal() {
     let mut sim = Sim::new(
         6,

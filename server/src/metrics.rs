@@ -42,6 +42,7 @@ pub struct MediaMetrics {
     pub rtp_forwarded: IntCounter,
     pub rtp_red_in: IntCounter,
     pub rtp_fec_in: IntCounter,
+    pub rtp_levels_measured: IntCounter,
     pub rtp_red_forwarded: IntCounter,
     pub rtp_unrouted: IntCounter,
     pub drops: IntCounterVec,
@@ -225,6 +226,11 @@ impl MediaMetrics {
                 registry,
                 "chorus_rtp_fec_packets_received_total",
                 "Microphone RTP packets whose Opus carries in-band FEC for the packet before it.",
+            )?,
+            rtp_levels_measured: counter(
+                registry,
+                "chorus_rtp_levels_measured_total",
+                "Microphone RTP packets without an audio level whose level was measured by decoding them.",
             )?,
             rtp_red_forwarded: counter(
                 registry,
@@ -413,6 +419,8 @@ impl MediaMetrics {
             .inc_by(d(before.rtp_forwarded, now.rtp_forwarded));
         self.rtp_red_in.inc_by(d(before.rtp_red_in, now.rtp_red_in));
         self.rtp_fec_in.inc_by(d(before.rtp_fec_in, now.rtp_fec_in));
+        self.rtp_levels_measured
+            .inc_by(d(before.rtp_levels_measured, now.rtp_levels_measured));
         self.rtp_red_forwarded
             .inc_by(d(before.rtp_red_forwarded, now.rtp_red_forwarded));
         self.rtp_unrouted

@@ -11,7 +11,9 @@ JSON object on stdout:
 `peak_hz` is the strongest frequency of the second half of the track (the decoder's start-up skipped),
 `rms` its level (full scale 1.0). With `--record-wav`, the loudest track is written there as it would
 play: each decoded frame at its RTP time, silence where nothing came (a DTX pause, a lost packet), and
-`recorded` names the mid. Run by tests/tests/interop/mod.rs with the repository's .venv python:
+`recorded` names the mid. With `--no-audio-level` the offer sent to the server lists no `ssrc-audio-level`
+extension, so aiortc sends its packets without RFC 6464 levels (as WHIP encoders such as OBS do). Run by
+tests/tests/interop/mod.rs with the repository's .venv python:
 
     .venv/bin/python tests/interop/aiortc_client.py --ws ws://127.0.0.1:7880/ws --token T --room R \
         --freq 440 --seconds 4
@@ -197,7 +199,11 @@ async def run(args) -> dict:
                 connected.set()
 
         await pc.setLocalDescription(await pc.createOffer())
-        await ws.send(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
+        offer = pc.localDescription.sdp
+        if args.no_audio_level:
+            # The answer then lacks it too, and aiortc sends only the extensions both sides listed.
+            offer = "".join(l for l in offer.splitlines(keepends=True) if "ssrc-audio-level" not in l)
+        await ws.send(json.dumps({"type": "offer", "sdp": offer}))
         answer = await expect(ws, "answer", 10)
         result["answer"] = answer["sdp"]
         sdp = candidates_via(answer["sdp"], args.via) if args.via else answer["sdp"]
@@ -244,6 +250,8 @@ def main() -> int:
     parser.add_argument("--via", help="send media to this host:port (a proxy) instead of the answer's candidates")
     parser.add_argument("--seconds", type=float, default=4.0, help="how long to record once connected")
     parser.add_argument("--connect-timeout", type=float, default=10.0)
+    parser.add_argument("--no-audio-level", action="store_true",
+                        help="offer no ssrc-audio-level extension: packets carry no RFC 6464 level")
     args = parser.parse_args()
     result = asyncio.run(run(args))
     json.dump(result, sys.stdout)

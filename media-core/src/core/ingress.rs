@@ -196,6 +196,22 @@ impl MediaCore {
         if crate::mixer::opus_packet_has_fec(&payload) {
             self.stats.rtp_fec_in += 1;
         }
+        // Without the audio-level extension (a WHIP encoder's packets, say) the level is measured by a
+        // decode, so that the talker can win a slot and be listed as speaking; only for a participant
+        // that publishes (the packet goes nowhere otherwise).
+        let level = match packet.header.ext_vals.audio_level {
+            Some(level) => Some(level),
+            None => self
+                .participants
+                .get_mut(&from)
+                .filter(|p| p.publishes())
+                .and_then(Participant::peer_mut)
+                .and_then(|peer| peer.measure_mic_level(&payload))
+                .map(|level| {
+                    self.stats.rtp_levels_measured += 1;
+                    -(level.min(127) as i8)
+                }),
+        };
         let audio = Audio {
             source: Ssrc(*packet.header.ssrc),
             seq: *packet.seq_no,
@@ -203,7 +219,7 @@ impl MediaCore {
             arrival: packet.timestamp,
             payload,
             red,
-            level: packet.header.ext_vals.audio_level,
+            level,
             vad: packet.header.ext_vals.voice_activity,
         };
         self.deliver(now, from, audio);

@@ -12,14 +12,11 @@ use std::time::Instant;
 
 use super::ingress::Audio;
 use super::{CoreError, JoinParams, Link, MediaCore};
-use crate::audio::{audio_level_from_samples, SAMPLE_RATE};
 use crate::ids::{ParticipantId, RoomId, Ssrc};
 use crate::mixer::opus_packet_info;
+use crate::speakers::meter::LevelMeter;
 use crate::stats::DropReason;
 use vocab::{RoomSettings, SourcePacket, SourceRole};
-
-/// The longest Opus packet: 120 ms at 48 kHz.
-const MAX_PACKET_SAMPLES: usize = 5760;
 
 /// Where a source participant's packets come from inside the core: its stream identity and the decoder
 /// that measures each packet's level.
@@ -29,8 +26,7 @@ pub(crate) struct SourceInput {
     pub(crate) ssrc: Ssrc,
     /// The last extended sequence number: the source's 16-bit numbers continue across wrap-arounds.
     last_seq: Option<u64>,
-    decoder: Option<opus::Decoder>,
-    pcm: Vec<f32>,
+    meter: LevelMeter,
     role: SourceRole,
 }
 
@@ -40,8 +36,7 @@ impl SourceInput {
             ssrc,
             role,
             last_seq: None,
-            decoder: None,
-            pcm: vec![0.0; MAX_PACKET_SAMPLES],
+            meter: LevelMeter::default(),
         }
     }
 
@@ -62,17 +57,6 @@ impl SourceInput {
             self.last_seq = Some(ext);
         }
         ext
-    }
-
-    /// The RFC 6464 level of one Opus packet (0 loudest … 127 silence), from decoding it; `None` when the
-    /// decoder refuses it.
-    fn level(&mut self, payload: &[u8]) -> Option<u8> {
-        if self.decoder.is_none() {
-            self.decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).ok();
-        }
-        let decoder = self.decoder.as_mut()?;
-        let n = decoder.decode_float(payload, &mut self.pcm, false).ok()?;
-        Some(audio_level_from_samples(&self.pcm[..n]))
     }
 }
 
@@ -194,7 +178,7 @@ impl MediaCore {
         let source = input.ssrc;
         // Only a publishing source costs a decode.
         let level = if publishes {
-            input.level(&packet.payload)
+            input.meter.level(&packet.payload)
         } else {
             None
         };
@@ -226,31 +210,5 @@ mod tests {
         // Reordered from before the wrap: behind, not 65,535 ahead.
         assert_eq!(input.extend_seq(65535), a + 1);
         assert_eq!(input.extend_seq(1), a + 3);
-    }
-
-    #[test]
-    fn levels_are_measured_from_the_decode() {
-        let mut input = SourceInput::new(Ssrc(1), SourceRole::Plain);
-        let mut encoder =
-            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
-                .expect("a mono 48 kHz encoder");
-        let silence = vec![0i16; 960];
-        let tone: Vec<i16> = (0..960)
-            .map(|i| ((i as f32 * 0.06).sin() * 16000.0) as i16)
-            .collect();
-        let mut out = vec![0u8; 1500];
-        let mut last_loud = 127;
-        for _ in 0..10 {
-            let n = encoder.encode(&tone, &mut out).expect("encodes");
-            last_loud = input.level(&out[..n]).expect("decodes");
-        }
-        assert!(last_loud < 20, "a loud tone: level {last_loud}");
-        let mut last_quiet = 0;
-        for _ in 0..10 {
-            let n = encoder.encode(&silence, &mut out).expect("encodes");
-            last_quiet = input.level(&out[..n]).expect("decodes");
-        }
-        assert!(last_quiet > 90, "silence: level {last_quiet}");
-        assert_eq!(input.level(&[0xff, 0xff, 0xff]), None);
     }
 }

@@ -350,6 +350,32 @@ impl Sim {
     /// A client joining room `room` of the same core (same room settings as the sim's own room), sending
     /// `red` earlier frames with each frame (0: Opus only).
     pub fn join_in(&mut self, room: &RoomId, freq: f32, amplitude: f32, red: u8) -> usize {
+        self.join_in_offering(room, freq, amplitude, red, |offer| offer)
+    }
+
+    /// A client of the sim's room whose offer has no `ssrc-audio-level` extension, so its packets carry no
+    /// RFC 6464 level (as a WHIP encoder's: OBS, GStreamer).
+    pub fn join_without_levels(&mut self, freq: f32, amplitude: f32) -> usize {
+        let room = self.room.clone();
+        self.join_in_offering(&room, freq, amplitude, 0, |offer| {
+            let kept: Vec<&str> = offer
+                .split_inclusive("\r\n")
+                .filter(|line| !line.contains("ssrc-audio-level"))
+                .collect();
+            assert!(kept.concat().len() < offer.len(), "the offer had levels");
+            kept.concat()
+        })
+    }
+
+    /// [`Sim::join_in`] with the client's offer changed by `edit` on its way to the core.
+    fn join_in_offering(
+        &mut self,
+        room: &RoomId,
+        freq: f32,
+        amplitude: f32,
+        red: u8,
+        edit: impl FnOnce(String) -> String,
+    ) -> usize {
         let index = self.clients.len();
         let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + index % 200, 6000 + index / 200)
             .parse()
@@ -364,6 +390,7 @@ impl Sim {
             },
         )
         .expect("a client offer");
+        let offer = edit(offer);
         let id = ParticipantId(self.id_base + index as u64);
         let answer = self
             .core

@@ -4,6 +4,8 @@
 //! - In a forwarding room with a Rust [`AudioClient`], each sends its own tone, and each must hear the
 //!   other's: aiortc's tone decoded by the Rust client, the Rust client's tone on one of aiortc's slot
 //!   tracks.
+//! - In a forwarding room of one slot, aiortc sends its tone without RFC 6464 levels (as WHIP encoders
+//!   do) beside a quieter Rust talker that sends them: a Rust listener's slot carries aiortc, the louder.
 //! - In a mixed room, both speak the espeak-ng passage at once and each hears the other's through its
 //!   mix-minus: aiortc's encoder (ffmpeg's libopus, stereo, 96 kb/s, no DTX) into the server's jitter
 //!   buffer and mix, and the server's mix encode (DTX pauses included) into aiortc's jitter buffer and
@@ -147,6 +149,88 @@ async fn aiortc_connects_from_the_protocol_document_and_hears_and_is_heard() -> 
     assert!(
         analysis.relative(AIORTC_TONE_HZ) > 0.5,
         "the Rust client hears aiortc weakly: {analysis:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_without_audio_levels_wins_a_slot_by_its_measured_level() -> anyhow::Result<()> {
+    let server = Server::start(&[]).await?;
+    server
+        .create_room(&json!({"name": "levels", "mode": "forward", "slots": 1}))
+        .await?;
+    // A quiet talker that sends levels, and a listener with one slot.
+    let mut quiet = join(&server, "levels", "quiet", RUST_TONE_HZ, 0.03).await?;
+    let mut listener = join(&server, "levels", "listener", 0.0, 0.0).await?;
+    for p in [&mut quiet, &mut listener] {
+        p.client
+            .wait_connected(SECONDS)
+            .await
+            .map_err(|e| e.context(server.log_tail()))?;
+    }
+    let (report, stderr) = aiortc(
+        &server,
+        "levels",
+        &[
+            "--freq",
+            &AIORTC_TONE_HZ.to_string(),
+            "--seconds",
+            "4",
+            "--no-audio-level",
+        ],
+    )
+    .await?;
+    let context = || {
+        format!(
+            "aiortc reported {report:#}\n--- its stderr:\n{stderr}\n--- server log:\n{}",
+            server.log_tail()
+        )
+    };
+    assert_eq!(
+        report["connected"],
+        true,
+        "aiortc did not connect: {}",
+        context()
+    );
+    let answer = report["answer"].as_str().unwrap_or_default();
+    assert!(
+        !answer.contains("ssrc-audio-level"),
+        "the answer lists the level extension aiortc did not offer: {}",
+        context()
+    );
+    // aiortc's packets, and only those, were decoded for their level (4 s of 20-ms frames).
+    let measured = server.metric("chorus_rtp_levels_measured_total").await?;
+    assert!(
+        (150.0..=260.0).contains(&measured),
+        "{measured} levels measured: {}",
+        context()
+    );
+    // While aiortc talked, the listener's one slot carried it, not the quiet talker; the slot may
+    // have carried the quiet talker before aiortc came.
+    let heard = listener.client.heard.clone();
+    listener.client.stop().await?;
+    let heard = heard.lock().expect("no panic while holding the heard lock");
+    let louder = heard
+        .pcm_by_csrc
+        .values()
+        .max_by_key(|pcm| pcm.len())
+        .context("the listener heard nothing")?;
+    assert!(
+        louder.len() > SAMPLE_RATE as usize * 2,
+        "the listener heard {} samples of its most heard talker: {}",
+        louder.len(),
+        context()
+    );
+    let analysis = audio::ToneAnalysis::analyze(
+        &louder[louder.len() / 4..],
+        SAMPLE_RATE,
+        &[RUST_TONE_HZ, AIORTC_TONE_HZ],
+    );
+    assert_eq!(
+        analysis.present_default(),
+        vec![AIORTC_TONE_HZ],
+        "the listener's slot carried {analysis:?}: {}",
+        context()
     );
     Ok(())
 }

@@ -417,6 +417,9 @@ pub struct Peer {
     remote_totals: Vec<(Mid, RemoteTotals)>,
     /// What the server received of the microphone stream, for the loss its reports state.
     mic_reception: Option<MicReception>,
+    /// Measures the level of the microphone's packets that come without the audio-level extension (made
+    /// on the first; a browser's never need it).
+    mic_meter: Option<Box<crate::speakers::meter::LevelMeter>>,
     /// Where DTLS, RTP and RTCP go: the path of the client's latest verified nomination (a binding request
     /// with USE-CANDIDATE that our ICE agent authenticated), or the path its verified consent checks come
     /// from once the current one has gone silent (see [`Peer::checked`]). str0m's ICE-lite agent keeps
@@ -620,6 +623,7 @@ impl Peer {
             nack_totals: Vec::new(),
             remote_totals: Vec::new(),
             mic_reception: None,
+            mic_meter: None,
             client_path: None,
             client_path_heard: None,
             checks: std::collections::VecDeque::with_capacity(CHECKS_KEPT),
@@ -710,6 +714,13 @@ impl Peer {
     /// The Opus payload type the microphone sends.
     pub fn mic_opus_pt(&self) -> Option<Pt> {
         self.mic_pt
+    }
+
+    /// The RFC 6464 level of a microphone packet that came without one (its Opus `payload`, a RED
+    /// packet's primary), measured by decoding it (`speakers::meter`): 0 loudest … 127 silence, `None`
+    /// when it does not decode.
+    pub(crate) fn measure_mic_level(&mut self, payload: &[u8]) -> Option<u8> {
+        self.mic_meter.get_or_insert_default().level(payload)
     }
 
     /// The RED payload type the microphone may send (the client offered RED).

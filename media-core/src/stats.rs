@@ -94,8 +94,9 @@ pub struct CoreStats {
     /// Microphone RTP packets whose Opus (a RED packet's primary) carries in-band FEC for the packet
     /// before it, included in `rtp_in`.
     pub rtp_fec_in: u64,
-    /// Microphone RTP packets that came without the RFC 6464 audio-level extension and whose level the
-    /// core measured by decoding them (`speakers::meter`), included in `rtp_in`.
+    /// Microphone RTP packets that came without the RFC 6464 audio-level extension and got a level the
+    /// core measured by decoding (`speakers::meter`: theirs, or within 10 ms the last one's), included in
+    /// `rtp_in`.
     pub rtp_levels_measured: u64,
     /// Packets written into slots as RED, included in `rtp_forwarded`.
     pub rtp_red_forwarded: u64,

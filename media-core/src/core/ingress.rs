@@ -206,7 +206,7 @@ impl MediaCore {
                 .get_mut(&from)
                 .filter(|p| p.publishes())
                 .and_then(Participant::peer_mut)
-                .and_then(|peer| peer.measure_mic_level(&payload))
+                .and_then(|peer| peer.measure_mic_level(now, &payload))
                 .map(|level| {
                     self.stats.rtp_levels_measured += 1;
                     -(level.min(127) as i8)

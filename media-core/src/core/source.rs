@@ -178,7 +178,7 @@ impl MediaCore {
         let source = input.ssrc;
         // Only a publishing source costs a decode.
         let level = if publishes {
-            input.meter.level(&packet.payload)
+            input.meter.level(now, &packet.payload)
         } else {
             None
         };

@@ -719,8 +719,8 @@ impl Peer {
     /// The RFC 6464 level of a microphone packet that came without one (its Opus `payload`, a RED
     /// packet's primary), measured by decoding it (`speakers::meter`): 0 loudest … 127 silence, `None`
     /// when it does not decode.
-    pub(crate) fn measure_mic_level(&mut self, payload: &[u8]) -> Option<u8> {
-        self.mic_meter.get_or_insert_default().level(payload)
+    pub(crate) fn measure_mic_level(&mut self, now: Instant, payload: &[u8]) -> Option<u8> {
+        self.mic_meter.get_or_insert_default().level(now, payload)
     }
 
     /// The RED payload type the microphone may send (the client offered RED).

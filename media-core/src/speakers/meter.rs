@@ -1,8 +1,8 @@
 //! A level measured by decoding, for audio that arrives without one: a server-side source's packets
 //! (`core/source.rs`), and a peer's microphone packets that lack the RFC 6464 `ssrc-audio-level`
 //! extension (OBS's WHIP output sends none, nor does GStreamer's unless its payloader is given the
-//! extension). Slot selection, the dominant speaker
-//! and the mixer's ranking read levels only; without one a talker would count as silent.
+//! extension). Slot selection, the dominant speaker and the mixer's ranking read levels only; without
+//! one a talker would count as silent.
 
 use std::time::{Duration, Instant};
 

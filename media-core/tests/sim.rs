@@ -322,6 +322,35 @@ fn a_talker_without_audio_levels_is_measured_and_wins_a_slot() {
 }
 
 #[test]
+fn a_client_without_mid_extension_or_ssrc_lines_is_heard() {
+    // BUNDLE demultiplexes a client's RTP by the mid header extension or by the SSRCs its offer lists.
+    // A client offering neither (one audio stream, nothing to tell apart) is still heard: its packets
+    // can only be for the microphone m-line, the one the server receives on (str0m patch 6).
+    let without = |offer: String| -> String {
+        let kept: String = offer
+            .split_inclusive("\r\n")
+            .filter(|l| {
+                !["sdes:mid", "a=ssrc:", "a=msid:"]
+                    .iter()
+                    .any(|p| l.contains(p))
+            })
+            .collect();
+        assert!(
+            kept.len() < offer.len() && !kept.contains("a=ssrc:"),
+            "{offer}"
+        );
+        kept
+    };
+    let mut sim = Sim::new(5, LinkConfig::with_delay(5.0), 3, &[(400.0, 0.3)]);
+    let room = sim.room.clone();
+    let bare = sim.join_in_offering(&room, 900.0, 0.3, 0, without);
+    sim.connect();
+    sim.run_for(Duration::from_secs(2));
+    sim.assert_hears_others(0, 1.0);
+    sim.assert_hears_others(bare, 1.0);
+}
+
+#[test]
 fn muting_stops_forwarding_and_garbage_is_counted_not_fatal() {
     let mut sim = Sim::new(
         6,

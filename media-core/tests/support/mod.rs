@@ -367,8 +367,9 @@ impl Sim {
         })
     }
 
-    /// [`Sim::join_in`] with the client's offer changed by `edit` on its way to the core.
-    fn join_in_offering(
+    /// [`Sim::join_in`] with the client's offer changed by `edit` on its way to the core (the client
+    /// then takes the answer to the changed offer).
+    pub fn join_in_offering(
         &mut self,
         room: &RoomId,
         freq: f32,

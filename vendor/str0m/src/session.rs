@@ -570,7 +570,9 @@ impl Session {
         // B) Mid+PT - when not doing simulcast, the PT identifies whether
         //             this is a repair stream.
 
-        let Some(mid) = header.ext_vals.mid else {
+        // Chorus patch 6: a packet without the mid extension (from a client that neither negotiated it
+        // nor signalled its SSRCs) goes to the one media it can be sent on, when there is exactly one.
+        let Some(mid) = header.ext_vals.mid.or_else(|| self.only_receiving_mid()) else {
             return;
         };
         let rid = header.ext_vals.rid.or(header.ext_vals.rid_repair);
@@ -612,6 +614,13 @@ impl Session {
             self.streams
                 .map_dynamic_by_pt(header.ssrc, midrid, media, *payload, is_main);
         }
+    }
+
+    /// The mid of the only media this side receives on (sendrecv or recvonly here), if exactly one.
+    fn only_receiving_mid(&self) -> Option<Mid> {
+        let mut receiving = self.medias.iter().filter(|m| m.direction().is_receiving());
+        let only = receiving.next()?;
+        receiving.next().is_none().then(|| only.mid())
     }
 
     pub(crate) fn handle_rtp(&mut self, now: Instant, mut header: RtpHeader, buf: &[u8]) {

@@ -76,6 +76,25 @@ async fn aiortc(server: &Server, room: &str, args: &[&str]) -> anyhow::Result<(V
     Ok((report, stderr))
 }
 
+/// [`aiortc`] in a forwarding room, which must connect: its report, and a description of the run (the
+/// report, aiortc's stderr, the server's log) for assertion messages.
+async fn aiortc_connected(
+    server: &Server,
+    room: &str,
+    args: &[&str],
+) -> anyhow::Result<(Value, String)> {
+    let (report, stderr) = aiortc(server, room, args).await?;
+    let context = format!(
+        "aiortc reported {report:#}\n--- its stderr:\n{stderr}\n--- server log:\n{}",
+        server.log_tail()
+    );
+    anyhow::ensure!(
+        report["connected"] == true,
+        "aiortc did not connect: {context}"
+    );
+    Ok((report, context))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiortc_connects_from_the_protocol_document_and_hears_and_is_heard() -> anyhow::Result<()> {
     let server = Server::start(&[]).await?;
@@ -85,25 +104,14 @@ async fn aiortc_connects_from_the_protocol_document_and_hears_and_is_heard() -> 
         .await
         .map_err(|e| e.context(server.log_tail()))?;
 
-    let (report, stderr) = aiortc(
+    let (report, context) = aiortc_connected(
         &server,
         "interop",
         &["--freq", &AIORTC_TONE_HZ.to_string(), "--seconds", "4"],
     )
     .await?;
-    let context = || {
-        format!(
-            "aiortc reported {report:#}\n--- its stderr:\n{stderr}\n--- server log:\n{}",
-            server.log_tail()
-        )
-    };
+    let context = || context.as_str();
 
-    assert_eq!(
-        report["connected"],
-        true,
-        "aiortc did not connect: {}",
-        context()
-    );
     assert!(
         report["sent_frames"].as_u64().unwrap_or(0) > 100,
         "aiortc sent too little: {}",
@@ -168,7 +176,7 @@ async fn aiortc_without_audio_levels_wins_a_slot_by_its_measured_level() -> anyh
             .await
             .map_err(|e| e.context(server.log_tail()))?;
     }
-    let (report, stderr) = aiortc(
+    let (report, context) = aiortc_connected(
         &server,
         "levels",
         &[
@@ -180,18 +188,7 @@ async fn aiortc_without_audio_levels_wins_a_slot_by_its_measured_level() -> anyh
         ],
     )
     .await?;
-    let context = || {
-        format!(
-            "aiortc reported {report:#}\n--- its stderr:\n{stderr}\n--- server log:\n{}",
-            server.log_tail()
-        )
-    };
-    assert_eq!(
-        report["connected"],
-        true,
-        "aiortc did not connect: {}",
-        context()
-    );
+    let context = || context.as_str();
     let answer = report["answer"].as_str().unwrap_or_default();
     assert!(
         !answer.contains("ssrc-audio-level"),

@@ -358,12 +358,7 @@ impl Sim {
     pub fn join_without_levels(&mut self, freq: f32, amplitude: f32) -> usize {
         let room = self.room.clone();
         self.join_in_offering(&room, freq, amplitude, 0, |offer| {
-            let kept: Vec<&str> = offer
-                .split_inclusive("\r\n")
-                .filter(|line| !line.contains("ssrc-audio-level"))
-                .collect();
-            assert!(kept.concat().len() < offer.len(), "the offer had levels");
-            kept.concat()
+            without_lines(&offer, &["ssrc-audio-level"])
         })
     }
 
@@ -784,6 +779,17 @@ impl Sim {
             );
         }
     }
+}
+
+/// `sdp` without its lines that contain any of `patterns` (an offer as a client we did not write might
+/// send it); at least one line must go.
+pub fn without_lines(sdp: &str, patterns: &[&str]) -> String {
+    let kept: String = sdp
+        .split_inclusive("\r\n")
+        .filter(|line| !patterns.iter().any(|p| line.contains(p)))
+        .collect();
+    assert!(kept.len() < sdp.len(), "no line of {patterns:?} in {sdp}");
+    kept
 }
 
 /// The outcome of [`speech_call`].

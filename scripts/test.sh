@@ -139,19 +139,54 @@ rm -rf "$canary"
 # adds the benches and examples, so they are linted and known to compile; they are not run.
 cargo test --locked --workspace --all-targets --no-run --quiet
 export CHORUS_BIN="$ROOT/target/debug/chorus"
-# The fuzz targets (fuzz/, a workspace of its own, run by hand with cargo-fuzz) are built nowhere else:
-# a change to the APIs they drive broke four of them unnoticed. Checked here (stable, no sanitizer: about
-# 2 minutes on a fresh machine), not linted: clippy's wrapper is for this workspace's crates.
-step "fuzz targets compile (cargo check)"
-(unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS; cargo check --locked --manifest-path fuzz/Cargo.toml --bins --quiet)
+
+# Two jobs need the CPU but not the wall clock: media-core's simulation tests (virtual time; about 80 s of
+# both cores, mostly Opus encoding) and the fuzz targets' check. They run in the background at the idle
+# scheduling class (SCHED_IDLE: a core only when no other task wants it), beside the end-to-end tests,
+# which leave the machine about 70 % idle waiting on sockets and timers; a test that wakes preempts them at
+# once. Run in the foreground they cost about 3.5 of the suite's 30 minutes. The simulation tests are
+# awaited before the real-time calls; the fuzz check, whose rustc processes are idle-class too, may still
+# be running beside those and is awaited before the browser tests.
+# The fuzz targets (fuzz/, a workspace of its own, run by hand with cargo-fuzz) are built nowhere else: a
+# change to the APIs they drive broke four of them unnoticed. Checked here (stable, no sanitizer), not
+# linted: clippy's wrapper is for this workspace's crates.
+step "in the background, idle-class: the simulation tests (media-core/tests/sim.rs), the fuzz targets' check"
+sim_bin=$(cargo test --locked --workspace --test sim --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "sim":
+        print(m["executable"])')
+[ -x "$sim_bin" ] || { echo "no simulation test binary found" >&2; exit 1; }
+sim_tests() { cd "$ROOT/media-core" && exec chrt --idle 0 "$sim_bin"; }
+background sim sim_tests
+fuzz_check() {
+  unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+  exec chrt --idle 0 cargo check --locked --manifest-path fuzz/Cargo.toml --bins --quiet
+}
+background fuzz_check fuzz_check
+# Every other test target of the workspace (new ones join by themselves), by name, for the step below.
+other_tests=()
+for t in $(cargo metadata --locked --no-deps --format-version 1 | python3 -c 'import json, sys
+names = {t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "test" in t["kind"]}
+print("\n".join(sorted(names - {"sim"})))'); do
+  other_tests+=(--test "$t")
+done
 await venv
 cat "$logs/venv.log"
-step "cargo test"
+step "cargo test (all but the simulation tests and the real-time calls)"
+cargo test --locked --workspace --lib --bins "${other_tests[@]}" -- --skip real_udp_
+cargo test --locked --workspace --doc
+step "the simulation tests' results"
+await sim
+cat "$logs/sim.log"
+step "cargo test: speech over real UDP, one call at a time"
 # The real-time speech calls (tests/tests/speech) pace their clients by the wall clock: they run after
 # everything else, one at a time, so no other test competes with them for the CPU.
-cargo test --locked --workspace -- --skip real_udp_
-step "cargo test: speech over real UDP, one call at a time"
 cargo test --locked --workspace --test e2e real_udp_ -- --test-threads=1
+step "the fuzz targets' check"
+await fuzz_check
+cat "$logs/fuzz_check.log"
 
 # The deploy files, checked by the real tools. The Dockerfile builds with `cargo build --release --locked`:
 # the cargo steps above use --locked too, so a stale Cargo.lock fails here as it would in the image build.

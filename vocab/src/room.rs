@@ -83,8 +83,9 @@ pub struct MixSettings {
     /// listener that reports none). Any stated loss gets FEC at any bitrate (libopus is told at least
     /// 6 %: told less, at 24 and 32 kb/s it coded none).
     pub fec: bool,
-    /// Send nothing while a listener's mix is silent (nobody else talks). Off: a silence frame every 20 ms,
-    /// for gateways that expect a continuous stream. (libopus' own DTX is never used on mixes: its voice
+    /// Send nothing while a listener's mix is silent (nobody else talks), after 2 s of silence frames (a
+    /// pause inside speech must not reach a browser as a gap it conceals). Off: a silence frame every
+    /// 20 ms for as long as the room ticks, for gateways that expect a continuous stream. (libopus' own DTX is never used on mixes: its voice
     /// detector would cut stationary sound, such as music or a held tone, out of a mix.)
     pub dtx: bool,
     /// Smallest jitter-buffer target, milliseconds: the least time a packet on the fastest path waits for

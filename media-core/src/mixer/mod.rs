@@ -52,6 +52,10 @@ use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::stats::{MixStats, Samples};
 use vocab::MixSettings;
 
+/// With DTX, how long a listener's stream goes on as silence frames after the mix it hears falls silent
+/// (2 s): pauses inside speech reach it as silence, not as a gap.
+pub const PAUSE_SILENCE_TICKS: u32 = 100;
+
 /// Packets whose RFC 6464 level is this quiet or quieter (−dBov) count as silence and are not decoded.
 pub const SILENT_LEVEL: u8 = 80;
 
@@ -173,6 +177,9 @@ struct Member {
     protected: bool,
     /// Ticks its loss class has differed from the encode it hears (see [`SHARED_SWITCH_MAX_TICKS`]).
     switch_wait: u32,
+    /// Silence frames still owed after its last frame of a talk spurt (with DTX): a pause shorter than
+    /// [`PAUSE_SILENCE_TICKS`] is sent as silence, not as a gap a browser would conceal.
+    pause_ticks: u32,
     /// Ticks since the member last talked, while it keeps its personal encoder.
     since_talked: u32,
     /// The encode the member received last tick.
@@ -324,6 +331,7 @@ impl Mixer {
             expected_loss: UNREPORTED_LOSS_PERCENT,
             protected: false,
             switch_wait: 0,
+            pause_ticks: 0,
             since_talked: 0,
             feed: Feed::Nothing,
             last_sent: None,

@@ -6,8 +6,8 @@
 //! with their gain quantised to [`GAIN_STEP_DB`] and their pan to [`PAN_STEPS`] steps, and the mix is
 //! rendered from the quantised values, so listeners with equal keys get bit-identical audio and share one
 //! encode (players standing together, or hearing one talker from the same side at the same distance). A
-//! listener who hears nobody is sent nothing (with DTX; else a silence frame), after one last frame that
-//! flushes its encoder.
+//! listener who hears nobody is sent one last frame that flushes its encoder, then silence frames: for 2 s
+//! with DTX ([`PAUSE_SILENCE_TICKS`]), then nothing; without DTX, always.
 //!
 //! Each shared encode belongs to one listener's encoder (the group's *leader*); the others' own encoders
 //! are dropped. A listener whose group changes continues from an exact copy of the encoder whose packets it
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::output::OutEncoder;
-use super::{Feed, MixPacket, Mixer};
+use super::{Feed, MixPacket, Mixer, PAUSE_SILENCE_TICKS};
 use crate::audibility::Audibility;
 use crate::audio::FRAME_SAMPLES;
 use crate::spatial::equal_power_gains;
@@ -117,7 +117,8 @@ impl Mixer {
         }
 
         // 3. Listeners who hear nobody: one last frame of silence from their own encoder (flushing its
-        //    lookahead) if they were fed, then nothing (DTX) or the silence frame.
+        //    lookahead) if they were fed, then the silence frame: for `PAUSE_SILENCE_TICKS` with DTX,
+        //    then nothing; always without.
         for i in 0..self.members.len() {
             let m = &mut self.members[i];
             if !m.subscribes || !m.spatial_key.is_empty() {
@@ -136,10 +137,15 @@ impl Mixer {
                     }
                 }
                 m.stereo = None;
+                m.pause_ticks = PAUSE_SILENCE_TICKS;
                 continue;
             }
             m.stereo = None;
-            if !self.config.dtx {
+            let pause = self.config.dtx && m.pause_ticks > 0;
+            if pause {
+                m.pause_ticks -= 1;
+            }
+            if !self.config.dtx || pause {
                 if let Some(silence) = self.silence.clone() {
                     m.send(frame_ts, silence, Contributors::default(), 127, out);
                     stats.sent(false);

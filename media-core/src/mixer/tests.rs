@@ -579,7 +579,8 @@ fn a_talker_waking_an_idle_mixer_plays_at_its_target_not_a_tick_later() {
     let mut phase = 0.0;
     let mut out = Vec::new();
     let mut first_heard = Vec::new();
-    for (start_ms, offset_us) in [(1_000u64, 7_300u64), (4_000, 15_900)] {
+    // The pause between them (3 s) outlasts the silence frames that follow a spurt (2 s).
+    for (start_ms, offset_us) in [(1_000u64, 7_300u64), (5_000, 15_900)] {
         let first_k = (start_ms / 20) as usize;
         let arrival0 = room.t0 + Duration::from_millis(start_ms) + Duration::from_micros(offset_us);
         assert!(
@@ -622,8 +623,9 @@ fn a_talker_waking_an_idle_mixer_plays_at_its_target_not_a_tick_later() {
         let target = waking_target.expect("A is a member");
         let heard = heard.expect("B heard A's spurt");
         first_heard.push((start_ms, heard.duration_since(arrival0), target));
-        // Silence (DTX: nothing sent) until the mixer goes idle.
-        let end = arrival0 + FRAME_DURATION * 50 + Duration::from_millis(1_500);
+        // Silence until the mixer goes idle: 2 s of silence frames to B (`PAUSE_SILENCE_TICKS`), then
+        // nothing (DTX).
+        let end = arrival0 + FRAME_DURATION * 50 + Duration::from_millis(2_500);
         while let Some(t) = room.mixer.next_tick().filter(|t| *t < end) {
             out.clear();
             room.mixer
@@ -885,12 +887,15 @@ fn shared_mix_moves(b_loss: u8) -> SharedMixMoves {
             .collect();
         inside.iter().filter(|f| **f).count() as f64 / inside.len().max(1) as f64
     };
-    // Where C's packets start or stop being B's: where C moved.
+    // Where C's packets start or stop being B's: where C moved. The silence frames of A's pause
+    // (`PAUSE_SILENCE_TICKS`) are the room's one pre-encoded frame, the same for everyone: no encode's.
+    let silence = room.mixer.silence.clone();
     let b_sent: HashMap<usize, &Arc<[u8]>> =
         room.rx[&B].sent.iter().map(|(k, p)| (*k, p)).collect();
     let same: Vec<(usize, bool)> = room.rx[&C]
         .sent
         .iter()
+        .filter(|(_, p)| silence.as_ref() != Some(p))
         .map(|(k, p)| (*k, b_sent.get(k).is_some_and(|b| *b == p)))
         .collect();
     let flips: Vec<usize> = same
@@ -997,4 +1002,53 @@ fn the_only_talker_does_not_tune_the_protected_encode() {
         unreported == reported,
         "the talker's figure tuned its listener's encode"
     );
+}
+
+/// With DTX a listener is sent nothing while nobody talks, but only after 2 s of silence frames
+/// (`PAUSE_SILENCE_TICKS`): Chromium cannot tell a pause without packets from loss, so it concealed every
+/// pause and time-compressed the next spurt (docs/architecture.md, "Pauses reach a listener as silence").
+/// A 1-s pause inside speech reaches the listener as silence frames, every tick; after the last spurt its
+/// stream ends 2 s later, and the mixer goes idle.
+#[test]
+fn a_pause_reaches_a_listener_as_silence_frames_for_two_seconds_then_nothing() {
+    let mut room = Room::new(&[A, B]);
+    let mut mic = Sender::new(0xA);
+    for k in 0..450 {
+        let sent = room.t0 + FRAME_DURATION * k as u32;
+        let talks = k < 50 || (100..150).contains(&k);
+        let pcm = if talks {
+            voiced_frame(k)
+        } else {
+            vec![0.0; FRAME_SAMPLES]
+        };
+        if let Some(p) = mic.frame(k, &pcm) {
+            room.push(sent + 10 * MS, A, mic.ssrc, p);
+        }
+        room.tick_frame(sent);
+    }
+    let silence = room.mixer.silence.clone().expect("libopus encodes silence");
+    let sent = &room.rx[&B].sent;
+    let ticks: Vec<usize> = sent.iter().map(|(k, _)| *k).collect();
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap in the listener's stream: ticks {ticks:?}"
+    );
+    let last_voiced = sent
+        .iter()
+        .rposition(|(_, p)| *p != silence)
+        .expect("B heard A");
+    assert!(
+        ticks[last_voiced] >= 150,
+        "the second spurt reached B: {ticks:?}"
+    );
+    assert_eq!(
+        sent.len() - 1 - last_voiced,
+        PAUSE_SILENCE_TICKS as usize,
+        "silence frames after the last spurt"
+    );
+    assert!(
+        !room.rx.contains_key(&A),
+        "the only talker hears nobody and is sent nothing"
+    );
+    assert!(room.mixer.next_tick().is_none(), "the mixer went idle");
 }

@@ -7,7 +7,7 @@ use super::input::{decode_member, report_recovered_red};
 use super::jitter::Playout;
 use super::output::{Encoded, OutEncoder, TickPacket};
 use super::{
-    Feed, MixPacket, MixTap, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS,
+    Feed, MixPacket, MixTap, Mixer, DECODE_HANGOVER_TICKS, DELAY_SAMPLE_TICKS, PAUSE_SILENCE_TICKS,
     PERSONAL_HANGOVER_TICKS, PERSONAL_MAX_HANGOVER_TICKS, QUIET_SWITCH_LEVEL,
     SHARED_SWITCH_MAX_TICKS, SILENT_LEVEL,
 };
@@ -279,14 +279,18 @@ impl Mixer {
                 continue;
             }
             let others = m.heard_talkers;
-            // Nothing to hear. With DTX the listener is sent nothing, but only after one last frame of its
-            // (now silent) mix from the encoder it was hearing: that flushes the encoder's lookahead (the
-            // last milliseconds of the talk spurt) and ends the stream on silence, so a receiver that
-            // conceals the gap (it cannot tell DTX from loss) conceals silence.
+            // Nothing to hear. With DTX the listener is sent one last frame of its (now silent) mix from the
+            // encoder it was hearing: that flushes the encoder's lookahead (the last milliseconds of the
+            // talk spurt) and ends the spurt on silence. Then the room's silence frame for
+            // `PAUSE_SILENCE_TICKS` (a pause inside speech is not a gap that a browser conceals and
+            // time-compresses after), then nothing.
             let last_frame = others == 0 && was_fed && self.config.dtx;
             if others == 0 && !last_frame {
                 if self.config.dtx {
-                    continue; // the listener's decoder sees a DTX gap
+                    if m.pause_ticks == 0 {
+                        continue; // the listener's decoder sees a DTX gap
+                    }
+                    m.pause_ticks -= 1;
                 }
                 let Some(silence) = self.silence.clone() else {
                     continue;
@@ -359,6 +363,7 @@ impl Mixer {
             };
             if last_frame {
                 m.feed = Feed::Nothing;
+                m.pause_ticks = PAUSE_SILENCE_TICKS;
             }
             let m = &mut self.members[i];
             let heard = match (heard, m.ssrc) {
@@ -406,7 +411,8 @@ impl Mixer {
             || talkers > 0
             || self.members.iter().any(|m| m.feed != Feed::Nothing)
             || self.members.iter().any(|m| m.personal.is_some())
-            || (!self.config.dtx && self.members.iter().any(|m| m.subscribes));
+            || (!self.config.dtx && self.members.iter().any(|m| m.subscribes))
+            || self.members.iter().any(|m| m.pause_ticks > 0);
         self.next_tick = busy.then(|| self.epoch + FRAME_DURATION * (grid + 1) as u32);
         if busy {
             self.rephase(stats);

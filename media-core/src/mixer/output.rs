@@ -145,6 +145,20 @@ impl SharedEncode {
 }
 
 impl Member {
+    /// Whether the member, hearing nobody this tick, is sent the room's silence frame: always without
+    /// DTX; with it, for the [`PAUSE_SILENCE_TICKS`](super::PAUSE_SILENCE_TICKS) after its last frame of
+    /// a spurt (counted down here), then never (a DTX gap).
+    pub(super) fn takes_silence(&mut self, dtx: bool) -> bool {
+        if !dtx {
+            return true;
+        }
+        if self.pause_ticks == 0 {
+            return false;
+        }
+        self.pause_ticks -= 1;
+        true
+    }
+
     /// Send the member the packet of the tick whose room timestamp is `frame_ts`.
     pub(super) fn send(
         &mut self,

@@ -141,11 +141,7 @@ impl Mixer {
                 continue;
             }
             m.stereo = None;
-            let pause = self.config.dtx && m.pause_ticks > 0;
-            if pause {
-                m.pause_ticks -= 1;
-            }
-            if !self.config.dtx || pause {
+            if m.takes_silence(self.config.dtx) {
                 if let Some(silence) = self.silence.clone() {
                     m.send(frame_ts, silence, Contributors::default(), 127, out);
                     stats.sent(false);

@@ -286,11 +286,8 @@ impl Mixer {
             // time-compresses after), then nothing.
             let last_frame = others == 0 && was_fed && self.config.dtx;
             if others == 0 && !last_frame {
-                if self.config.dtx {
-                    if m.pause_ticks == 0 {
-                        continue; // the listener's decoder sees a DTX gap
-                    }
-                    m.pause_ticks -= 1;
+                if !m.takes_silence(self.config.dtx) {
+                    continue; // the listener's decoder sees a DTX gap
                 }
                 let Some(silence) = self.silence.clone() else {
                     continue;
@@ -409,10 +406,12 @@ impl Mixer {
         let busy = self.tap
             || any_active
             || talkers > 0
-            || self.members.iter().any(|m| m.feed != Feed::Nothing)
-            || self.members.iter().any(|m| m.personal.is_some())
-            || (!self.config.dtx && self.members.iter().any(|m| m.subscribes))
-            || self.members.iter().any(|m| m.pause_ticks > 0);
+            || self.members.iter().any(|m| {
+                m.feed != Feed::Nothing
+                    || m.personal.is_some()
+                    || m.pause_ticks > 0
+                    || (!self.config.dtx && m.subscribes)
+            });
         self.next_tick = busy.then(|| self.epoch + FRAME_DURATION * (grid + 1) as u32);
         if busy {
             self.rephase(stats);

@@ -2,6 +2,7 @@
 """Score a degraded speech WAV against its reference with PESQ wide-band (ITU-T P.862.2).
 
     .venv/bin/python scripts/pesq_score.py REFERENCE.wav DEGRADED.wav [--json] [--max-delay-s S]
+        [--contained | --loops]
 
 Both files are mono (or the first channel is used) PCM or float WAV at any rate. They are resampled to 16 kHz
 with a polyphase anti-aliasing filter, the degraded signal is aligned to the reference by cross-correlation
@@ -10,6 +11,12 @@ utterance), cut or zero-padded to the reference's length, and scored. The delay 
 (--max-delay-s; with --contained only where the whole reference lies inside the recording: e.g. a recording
 of a looping fake microphone that holds one whole passage somewhere). Prints the MOS-LQO, or with --json one
 JSON object: {"mos_lqo", "delay_ms", "correlation", "reference_s", "degraded_s"}.
+
+With --loops the recording is of a source that loops the reference back to back (a fake microphone playing
+the file over and over): every whole loop in it is found and scored on its own, and the MOS-LQO is the
+median over the loops (the JSON adds "loops": one {"mos_lqo", "delay_ms", "correlation"} per loop). A
+listener's own playout glitch (a jitter buffer's time compression in one spurt) then moves the figure only
+if it recurs, as a server's fault that damages the stream does.
 
 Exit status: 0 scored, 2 bad input (missing/unreadable file, silence, no correlation), 3 PESQ refused the
 signals (e.g. no utterances found). The venv is made by scripts/test.sh (PyPI pesq, numpy, scipy).
@@ -57,6 +64,7 @@ class Score:
     correlation: float
     reference_s: float
     degraded_s: float
+    loops: list[dict[str, float]] | None = None
 
 
 def read_mono_16k(path: Path) -> np.ndarray:
@@ -151,6 +159,61 @@ def score(
     )
 
 
+# How far a loop may start from where the previous loop's start and the reference's length put it (the
+# sender's and the listener's clocks drift, a jitter buffer adapts), in seconds.
+LOOP_SLACK_S = 0.25
+
+
+def score_loops(reference_path: Path, degraded_path: Path) -> Score:
+    """Every whole loop of the reference in the recording scored alone; the median MOS-LQO."""
+    reference = read_mono_16k(reference_path)
+    degraded = read_mono_16k(degraded_path)
+    n = len(reference)
+    if len(degraded) < n:
+        raise InputError("the degraded recording is shorter than the reference")
+    ref_energy = float(np.sqrt(np.sum(reference**2)))
+    if ref_energy == 0.0:
+        raise InputError("the reference is silent")
+    # xc[lag] for lag = 0 ..= len(degraded) - n: the reference against the recording from `lag` on
+    xc = correlate(degraded, reference, mode="valid", method="fft")
+    first = int(np.argmax(xc))
+    slack = int(LOOP_SLACK_S * PESQ_RATE)
+    starts = [first]
+    for direction in (-1, 1):
+        lag = first
+        while True:
+            guess = lag + direction * n
+            if guess < 0 or guess > len(xc) - 1:
+                break  # that loop is not whole in the recording
+            lo, hi = max(0, guess - slack), min(len(xc) - 1, guess + slack)
+            lag = lo + int(np.argmax(xc[lo : hi + 1]))
+            starts.append(lag)
+    loops = []
+    for lag in sorted(starts):
+        segment = degraded[lag : lag + n]
+        energy = float(np.sqrt(np.sum(segment**2)))
+        correlation = float(xc[lag]) / (ref_energy * energy) if energy > 0.0 else 0.0
+        if correlation < 0.1:
+            raise InputError(
+                f"the loop at {lag / PESQ_RATE:.2f} s does not resemble the reference "
+                f"(correlation {correlation:.3f})"
+            )
+        try:
+            mos = float(pesq(PESQ_RATE, reference, segment, "wb"))
+        except PesqError as e:
+            raise ScoringError(f"PESQ refused the loop at {lag / PESQ_RATE:.2f} s: {type(e).__name__}: {e}") from e
+        loops.append({"mos_lqo": mos, "delay_ms": 1000.0 * lag / PESQ_RATE, "correlation": correlation})
+    best = max(loops, key=lambda x: x["correlation"])
+    return Score(
+        mos_lqo=float(np.median([x["mos_lqo"] for x in loops])),
+        delay_ms=best["delay_ms"],
+        correlation=best["correlation"],
+        reference_s=n / PESQ_RATE,
+        degraded_s=len(degraded) / PESQ_RATE,
+        loops=loops,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reference", type=Path, help="the clean speech that was sent")
@@ -164,9 +227,17 @@ def main() -> int:
         action="store_true",
         help="the whole reference lies inside the degraded recording (a looping source recorded long enough)",
     )
+    parser.add_argument(
+        "--loops",
+        action="store_true",
+        help="the recording holds the reference looped back to back: score every whole loop, print the median",
+    )
     args = parser.parse_args()
     try:
-        s = score(args.reference, args.degraded, args.max_delay_s, args.contained)
+        if args.loops:
+            s = score_loops(args.reference, args.degraded)
+        else:
+            s = score(args.reference, args.degraded, args.max_delay_s, args.contained)
     except InputError as e:
         print(f"pesq_score: {e}", file=sys.stderr)
         return 2
@@ -174,12 +245,17 @@ def main() -> int:
         print(f"pesq_score: {e}", file=sys.stderr)
         return 3
     if args.json:
-        print(json.dumps(s.__dict__))
+        print(json.dumps({k: v for k, v in s.__dict__.items() if v is not None}))
     else:
         print(
             f"PESQ-WB MOS-LQO {s.mos_lqo:.3f} (degraded delayed {s.delay_ms:.1f} ms, "
             f"correlation {s.correlation:.3f})"
         )
+        for loop in s.loops or []:
+            print(
+                f"  loop at {loop['delay_ms'] / 1000:.2f} s: MOS-LQO {loop['mos_lqo']:.3f} "
+                f"(correlation {loop['correlation']:.3f})"
+            )
     return 0
 
 

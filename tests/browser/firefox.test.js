@@ -5,7 +5,8 @@
 // each must hear the other's pitch (AnalyserNode on the received audio, inbound-rtp packets) and not its own.
 // Then the README's loopback start: Firefox's call fails, and the page explains why. Last, a NAT rebinding:
 // Firefox nominates its path only once, so only its consent checks from the new port can bring its audio back.
-// In the mixed room Firefox also records a spoken passage from a Chromium page, scored with PESQ-WB.
+// In the mixed room Firefox also records a spoken passage from a Chromium page, scored with PESQ-WB: the
+// median over three loops of it, since Firefox's own playout here time-compresses a spurt now and then.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -17,7 +18,7 @@ import { launchFirefox, startPulse } from './lib/firefox.js';
 import { createNetns } from './lib/netns.js';
 import { startServer } from './lib/server.js';
 import { startRebindingNat } from './lib/udp-rebind.js';
-import { passageWav, pesq, writePcmWav } from './lib/speech.js';
+import { passageWav, pesqLoops, wavSeconds, writePcmWav } from './lib/speech.js';
 
 const FOX = { name: 'Fox', freq: 750 };
 const CHROME = { name: 'Chrome', freq: 440, amplitude: 0.3 };
@@ -30,8 +31,8 @@ const HTTP_PORT = 7880;
 const ABSENT_DB = 30;
 /** Seconds of silence after the passage before the speaker's fake microphone loops it. */
 const SPEECH_TAIL_S = 1;
-/** Seconds Firefox records: one whole loop of the passage (≈ 12 s + tail) wherever the recording starts. */
-const SPEECH_RECORD_S = 28;
+/** Whole loops of the passage Firefox records, wherever the recording starts (one more loop's time). */
+const SPEECH_LOOPS = 3;
 
 describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () => {
   /** @type {import('./lib/netns.js').Netns|null} */
@@ -49,8 +50,8 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
   const tmp = makeTempDir('chorus-firefox-');
   const t0 = Date.now();
 
-  /** @param {string} expr */
-  const foxEval = (expr) => /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.evaluate(expr);
+  /** @param {string} expr @param {number} [timeoutMs] Marionette's script timeout (its default 30 s) */
+  const foxEval = (expr, timeoutMs) => /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.evaluate(expr, timeoutMs);
 
   /** @param {() => Promise<void>} fn */
   const withDiagnostics = async (fn) => {
@@ -160,10 +161,16 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
 
   // Speech, not tones, into Firefox's decoder and jitter buffer: a Chromium page loops the espeak-ng passage
   // into the mixed room (the server from the mixed round above), Firefox records what it plays, and PESQ-WB
-  // scores it against the passage (the floor of speech.test.js's mixed room, where Chromium listens).
+  // scores each whole loop of the passage in the recording (the floor of speech.test.js's mixed room, where
+  // Chromium listens). The median of three loops is asserted: Firefox's jitter buffer in this VM, with 0
+  // packets lost, now and then conceals 20 ms mid-spurt and then compresses time to catch up (its
+  // inbound-rtp stats: 60–125 ms removed by acceleration per 28 s, in forward rooms too), which cost one
+  // loop up to a whole point (single loops measured 2.45–3.83 through the mix, 3.22–3.94 forwarded); a
+  // fault of ours that damages the stream damages every loop.
   it('mix: Firefox hears a spoken passage through the mix', () => withDiagnostics(async () => {
     const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
     const wav = passageWav(tmp.dir, SPEECH_TAIL_S);
+    const recordS = Math.ceil((SPEECH_LOOPS + 1) * wavSeconds(wav));
     const speaker = await launchParticipant({
       name: 'Speaker', freq: 0, tmpDir: tmp.dir, wav, executablePath: /** @type {any} */ (ns).wrapper(CHROMIUM, tmp.dir),
       extraArgs: [`--unsafely-treat-insecure-origin-as-secure=http://${/** @type {any} */ (ns).addrA}:${HTTP_PORT}`],
@@ -180,13 +187,15 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
         return { ok: st.status === 'joined' && st.state === 'connected', ...st };
       }, { timeoutMs: 30000, intervalMs: 250 });
       await waitConnected(speaker, 30000);
-      const rec = await foxEval(`chorusDemo.record(${SPEECH_RECORD_S * 1000})`, (SPEECH_RECORD_S + 20) * 1000);
-      assert.equal(rec.samples, SPEECH_RECORD_S * rec.sampleRate, 'Firefox recorded the whole time');
+      const rec = await foxEval(`chorusDemo.record(${recordS * 1000})`, (recordS + 20) * 1000);
+      assert.equal(rec.samples, recordS * rec.sampleRate, 'Firefox recorded the whole time');
       const received = path.join(tmp.dir, 'firefox-heard.wav');
       writePcmWav(received, rec.pcm16, rec.sampleRate);
-      const s = pesq(wav, received, SPEECH_RECORD_S);
-      console.log(`mix: Firefox heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)} (correlation ${s.correlation.toFixed(2)})`);
-      assert.ok(s.mos_lqo >= 2.5, `Firefox heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)}`);
+      const s = pesqLoops(wav, received);
+      const loops = s.loops.map((l) => `${l.mos_lqo.toFixed(2)} (correlation ${l.correlation.toFixed(2)})`).join(', ');
+      console.log(`mix: Firefox heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)}, the median of ${loops}`);
+      assert.ok(s.loops.length >= SPEECH_LOOPS, `${SPEECH_LOOPS} whole loops in ${recordS} s: ${loops}`);
+      assert.ok(s.mos_lqo >= 2.5, `Firefox heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)} (loops ${loops})`);
       await foxEval('chorusDemo.leave().then(() => chorusDemo.status)');
     } finally {
       await speaker.close();

@@ -53,3 +53,35 @@ export function pesq(reference, degraded, maxDelayS) {
     '--max-delay-s', String(maxDelayS), '--contained'], { encoding: 'utf8' });
   return JSON.parse(out);
 }
+
+/**
+ * PESQ-WB of every whole loop of `reference` in `degraded` (a recording of a fake microphone that loops the
+ * reference back to back), each scored alone; `mos_lqo` is their median.
+ * @param {string} reference @param {string} degraded
+ * @returns {{mos_lqo: number, delay_ms: number, correlation: number,
+ *   loops: {mos_lqo: number, delay_ms: number, correlation: number}[]}}
+ */
+export function pesqLoops(reference, degraded) {
+  const python = path.join(ROOT, '.venv/bin/python');
+  if (!fs.existsSync(python)) throw new Error(`${python} is missing: run scripts/test.sh, which creates .venv with pesq`);
+  const out = execFileSync(python, [path.join(ROOT, 'scripts/pesq_score.py'), reference, degraded, '--json',
+    '--loops'], { encoding: 'utf8' });
+  return JSON.parse(out);
+}
+
+/**
+ * A WAV file's duration in seconds (the canonical 44-byte PCM header that `writePcmWav` and sox write).
+ * @param {string} file
+ * @returns {number}
+ */
+export function wavSeconds(file) {
+  const header = Buffer.alloc(44);
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.readSync(fd, header, 0, 44, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const byteRate = header.readUInt32LE(28);
+  return (fs.statSync(file).size - 44) / byteRate;
+}

@@ -18,10 +18,10 @@
 //!    encoder. The switches are not heard: a new personal encoder starts as an exact copy of the shared one (see
 //!    [`crate::mixer::encoder`]), and the move back waits for a quiet mix ([`QUIET_SWITCH_LEVEL`], at most
 //!    [`PERSONAL_MAX_HANGOVER_TICKS`]).
-//! 4. A listener whose mix is empty (nobody else talks) is sent nothing, like DTX (with
-//!    [`MixSettings::dtx`] off, a pre-encoded silence frame instead). An empty or all-silent room decodes and
-//!    encodes nothing, and with DTX stops ticking altogether once every jitter buffer is idle (the next packet
-//!    re-arms it).
+//! 4. A listener whose mix is empty (nobody else talks) is sent the room's pre-encoded silence frame for
+//!    [`PAUSE_SILENCE_TICKS`], then nothing (with [`MixSettings::dtx`] off, the silence frame always). An
+//!    empty or all-silent room decodes and encodes nothing, and with DTX stops ticking altogether once every
+//!    jitter buffer is idle and every pause is sent (the next packet re-arms it).
 //!
 //! A worker that falls behind runs the missed ticks when it gets to them (up to [`MAX_CATCH_UP_TICKS`]), each
 //! as of its own grid point, so listeners get the audio late but with no timestamp hole; beyond that the

@@ -1,12 +1,15 @@
 // Firefox (Debian firefox-esr, driven over Marionette) and Chromium in one call, in a forward and in a mixed
 // room. Firefox never pairs with a loopback candidate, so everything runs in a network namespace of the
-// test's own (lib/netns.js) where the server binds and advertises 198.51.100.1. Firefox's fake microphone
-// plays a sine of FOX.freq (media.navigator.audio.fake_frequency), Chromium's a WAV sine of CHROME.freq;
-// each must hear the other's pitch (AnalyserNode on the received audio, inbound-rtp packets) and not its own.
+// test's own (lib/netns.js) where the server binds and advertises 198.51.100.1. Firefox's microphone is a
+// real one, a private PulseAudio's source into which the test plays a sine of FOX.freq; Chromium's fake one
+// plays a WAV sine of CHROME.freq; each must hear the other's pitch (AnalyserNode on the received audio,
+// inbound-rtp packets) and not its own.
 // Then the README's loopback start: Firefox's call fails, and the page explains why. Last, a NAT rebinding:
 // Firefox nominates its path only once, so only its consent checks from the new port can bring its audio back.
-// In the mixed room Firefox also records a spoken passage from a Chromium page, scored with PESQ-WB: the
-// median over three loops of it, since Firefox's own playout here time-compresses a spurt now and then.
+// In the mixed room Firefox and a Chromium page then both speak the spoken passage and each records the
+// other's, scored with PESQ-WB: the median over three loops, since Firefox's own playout here
+// time-compresses a spurt now and then. Firefox's encoder and packets through our mixer, and our mix
+// through Firefox's jitter buffer and decoder.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -20,7 +23,7 @@ import { startServer } from './lib/server.js';
 import { startRebindingNat } from './lib/udp-rebind.js';
 import { passageWav, pesqLoops, wavSeconds, writePcmWav } from './lib/speech.js';
 
-const FOX = { name: 'Fox', freq: 750 };
+const FOX = { name: 'Fox', freq: 750, amplitude: 0.3 };
 const CHROME = { name: 'Chrome', freq: 440, amplitude: 0.3 };
 const FREQS = [FOX.freq, CHROME.freq];
 /** The other's tone must reach at least this band power (dB re full scale; 0.3 amplitude reads -10.5). */
@@ -47,6 +50,10 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
   let server = null;
   /** @type {{rebind: () => Promise<string[]>, stop: () => void}|null} */
   let nat = null;
+  /** What plays into Firefox's microphone. @type {{stop: () => Promise<void>}|null} */
+  let foxMic = null;
+  const foxTone = () => /** @type {import('./lib/firefox.js').Pulse} */ (pulse).play(['-n'],
+    ['synth', '3600', 'sine', String(FOX.freq), 'vol', String(FOX.amplitude)]);
   const tmp = makeTempDir('chorus-firefox-');
   const t0 = Date.now();
 
@@ -73,9 +80,10 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
 
   before(async () => {
     ns = await createNetns({ prefix: 'chorus-ff' });
-    pulse = await startPulse(path.join(tmp.dir, 'pulse'));
+    pulse = await startPulse(path.join(tmp.dir, 'pulse'), { mic: true });
+    foxMic = foxTone();
     const [f, c] = await Promise.all([
-      launchFirefox({ ...FOX, tmpDir: tmp.dir, pulseServer: pulse.server, netns: ns }),
+      launchFirefox({ name: FOX.name, freq: null, tmpDir: tmp.dir, pulseServer: pulse.server, netns: ns }),
       launchParticipant({
         ...CHROME, tmpDir: tmp.dir, executablePath: ns.wrapper(CHROMIUM, tmp.dir),
         // the page is served from http://198.51.100.1:PORT, not a secure context: allow getUserMedia there
@@ -92,6 +100,7 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
     if (fox) await fox.close();
     if (chrome) await chrome.close();
     if (server) await server.stop();
+    if (foxMic) await foxMic.stop();
     if (pulse) await pulse.stop();
     if (ns) await ns.destroy();
     tmp.cleanup();
@@ -123,10 +132,13 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
     }));
 
     it(`${mode}: Firefox hears Chromium's ${CHROME.freq} Hz and not its own ${FOX.freq} Hz`, () => withDiagnostics(async () => {
+      // the tone in a whole measurement window, and more than a second of its packets
       const m = await pollUntil(`Firefox to hear ${CHROME.freq} Hz`, async () => {
         const r = await foxEval(`chorusDemo.measure(1200, { freqs: ${JSON.stringify(FREQS)} })`);
         const heard = r.powerAt[CHROME.freq];
-        return { ok: heard > HEARD_DB && r.powerAt[FOX.freq] <= heard - ABSENT_DB, ...r };
+        const stats = await foxEval('chorusDemo.inboundAudioStats()');
+        const packets = stats.reduce((/** @type {number} */ a, /** @type {any} */ x) => a + x.packetsReceived, 0);
+        return { ok: heard > HEARD_DB && r.powerAt[FOX.freq] <= heard - ABSENT_DB && packets > 50, packets, ...r };
       }, { timeoutMs: 25000, intervalMs: 0 });
       const inbound = await foxEval('chorusDemo.inboundAudioStats()');
       console.log(`${mode}: Firefox hears powerAt ${JSON.stringify(m.powerAt)} peaks ${JSON.stringify(m.peaks.slice(0, 3))
@@ -138,10 +150,13 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
 
     it(`${mode}: Chromium hears Firefox's ${FOX.freq} Hz and not its own ${CHROME.freq} Hz`, () => withDiagnostics(async () => {
       const c = /** @type {import('./lib/browser.js').Participant} */ (chrome);
+      // the tone in a whole measurement window, and more than a second of its packets: Firefox's capture of
+      // its PulseAudio source starts a second or two after its call connects
       const m = await pollUntil(`Chromium to hear ${FOX.freq} Hz`, async () => {
         const r = await measure(c, 1200, FREQS);
         const heard = r.powerAt[FOX.freq];
-        return { ok: heard > HEARD_DB && r.powerAt[CHROME.freq] <= heard - ABSENT_DB, ...r };
+        const packets = (await inboundAudioStats(c)).reduce((a, x) => a + /** @type {any} */ (x).packetsReceived, 0);
+        return { ok: heard > HEARD_DB && r.powerAt[CHROME.freq] <= heard - ABSENT_DB && packets > 50, packets, ...r };
       }, { timeoutMs: 25000, intervalMs: 0 });
       const inbound = await inboundAudioStats(c);
       console.log(`${mode}: Chromium hears powerAt ${JSON.stringify(m.powerAt)} peaks ${JSON.stringify(m.peaks.slice(0, 3))
@@ -159,22 +174,28 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
     }));
   }
 
-  // Speech, not tones, into Firefox's decoder and jitter buffer: a Chromium page loops the espeak-ng passage
-  // into the mixed room (the server from the mixed round above), Firefox records what it plays, and PESQ-WB
-  // scores each whole loop of the passage in the recording (the floor of speech.test.js's mixed room, where
-  // Chromium listens). The median of three loops is asserted: Firefox's jitter buffer in this VM, with 0
-  // packets lost, now and then conceals 20 ms mid-spurt and then compresses time to catch up (its
-  // inbound-rtp stats: 60–125 ms removed by acceleration per 28 s, in forward rooms too), which cost one
-  // loop up to a whole point (single loops measured 2.45–3.83 through the mix, 3.22–3.94 forwarded); a
-  // fault of ours that damages the stream damages every loop.
-  it('mix: Firefox hears a spoken passage through the mix', () => withDiagnostics(async () => {
+  // Speech, not tones, both ways through the mix (the server from the mixed round above): a Chromium page and
+  // Firefox's microphone both loop the espeak-ng passage; each hears the other alone (a mix-minus of its own)
+  // and records it, and PESQ-WB scores each whole loop of the passage in each recording (the floor of
+  // speech.test.js's mixed room, where Chromium listens to Chromium). Firefox's own encoder, DTX and packets
+  // are what our jitter buffer and decoder take in; our mix is what its jitter buffer and decoder play.
+  // The median of three loops is asserted: Firefox's jitter buffer in this VM, with 0 packets lost, now and
+  // then conceals 20 ms mid-spurt and then compresses time to catch up (its inbound-rtp stats: 60–125 ms
+  // removed by acceleration per 28 s, in forward rooms too), which cost one loop up to a whole point (single
+  // loops measured 2.45–3.83 through the mix, 3.22–3.94 forwarded); a fault of ours that damages the stream
+  // damages every loop.
+  it('mix: Firefox and Chromium each hear the other speak', () => withDiagnostics(async () => {
     const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
     const wav = passageWav(tmp.dir, SPEECH_TAIL_S);
-    const recordS = Math.ceil((SPEECH_LOOPS + 1) * wavSeconds(wav));
+    const loopS = wavSeconds(wav);
+    const recordS = Math.ceil((SPEECH_LOOPS + 1) * loopS);
     const speaker = await launchParticipant({
       name: 'Speaker', freq: 0, tmpDir: tmp.dir, wav, executablePath: /** @type {any} */ (ns).wrapper(CHROMIUM, tmp.dir),
       extraArgs: [`--unsafely-treat-insecure-origin-as-secure=http://${/** @type {any} */ (ns).addrA}:${HTTP_PORT}`],
     });
+    if (foxMic) await foxMic.stop();
+    // the passage back to back for longer than the call lasts (connects, then the recordings)
+    foxMic = /** @type {import('./lib/firefox.js').Pulse} */ (pulse).play([wav], ['repeat', String(Math.ceil((recordS + 60) / loopS))]);
     try {
       const room = 'firefox-speech';
       const q = new URLSearchParams({ room, name: FOX.name, autojoin: '1', processing: '0' });
@@ -187,18 +208,28 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
         return { ok: st.status === 'joined' && st.state === 'connected', ...st };
       }, { timeoutMs: 30000, intervalMs: 250 });
       await waitConnected(speaker, 30000);
-      const rec = await foxEval(`chorusDemo.record(${recordS * 1000})`, (recordS + 20) * 1000);
-      assert.equal(rec.samples, recordS * rec.sampleRate, 'Firefox recorded the whole time');
-      const received = path.join(tmp.dir, 'firefox-heard.wav');
-      writePcmWav(received, rec.pcm16, rec.sampleRate);
-      const s = pesqLoops(wav, received);
-      const loops = s.loops.map((l) => `${l.mos_lqo.toFixed(2)} (correlation ${l.correlation.toFixed(2)})`).join(', ');
-      console.log(`mix: Firefox heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)}, the median of ${loops}`);
-      assert.ok(s.loops.length >= SPEECH_LOOPS, `${SPEECH_LOOPS} whole loops in ${recordS} s: ${loops}`);
-      assert.ok(s.mos_lqo >= 2.5, `Firefox heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)} (loops ${loops})`);
+      const [foxRec, chromeRec] = await Promise.all([
+        foxEval(`chorusDemo.record(${recordS * 1000})`, (recordS + 20) * 1000),
+        speaker.page.evaluate((ms) => /** @type {any} */ (window).chorusDemo.record(ms), recordS * 1000),
+      ]);
+      /** @type {string[]} */
+      const failures = [];
+      for (const [who, rec] of /** @type {const} */ ([['Firefox', foxRec], ['Chromium', chromeRec]])) {
+        assert.equal(rec.samples, recordS * rec.sampleRate, `${who} recorded the whole time`);
+        const received = path.join(tmp.dir, `${who}-heard.wav`);
+        writePcmWav(received, rec.pcm16, rec.sampleRate);
+        const s = pesqLoops(wav, received);
+        const loops = s.loops.map((l) => `${l.mos_lqo.toFixed(2)} (correlation ${l.correlation.toFixed(2)})`).join(', ');
+        console.log(`mix: ${who} heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)}, the median of ${loops}`);
+        if (s.loops.length < SPEECH_LOOPS) failures.push(`${who}: ${SPEECH_LOOPS} whole loops in ${recordS} s: ${loops}`);
+        if (s.mos_lqo < 2.5) failures.push(`${who} heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)} (loops ${loops})`);
+      }
+      assert.deepEqual(failures, []);
       await foxEval('chorusDemo.leave().then(() => chorusDemo.status)');
     } finally {
       await speaker.close();
+      if (foxMic) await foxMic.stop();
+      foxMic = foxTone();
     }
   }));
 

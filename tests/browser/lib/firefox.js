@@ -1,9 +1,10 @@
 // Headless Debian Firefox ESR for the browser tests, driven over Marionette (lib/marionette.js), with a
-// temporary profile, a fake microphone playing a sine (media.navigator.audio.fake_frequency) and a private
-// PulseAudio null sink (headless with no audio device, an AudioContext stays "suspended").
+// temporary profile, a fake microphone playing a sine (media.navigator.audio.fake_frequency) or a real one
+// (a PulseAudio source that plays a file), and a private PulseAudio null sink (headless with no audio
+// device, an AudioContext stays "suspended").
 // Firefox never pairs with a loopback candidate: run it in a network namespace (lib/netns.js) next to a
 // server bound to a non-loopback address.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Marionette } from './marionette.js';
@@ -15,16 +16,22 @@ export const PULSEAUDIO = process.env.PULSEAUDIO || 'pulseaudio';
 /**
  * @typedef {object} Pulse
  * @property {string} server   the PULSE_SERVER value for clients (`unix:SOCKET`)
+ * @property {(input: string[], effects?: string[]) => {stop: () => Promise<void>}} play  with `mic`: play
+ *   into the microphone (the default source), in real time, what sox makes of `input` with `effects` (e.g.
+ *   `['-n']` with `['synth', '600', 'sine', '750']`, or `[wav]` with `['repeat', '9']`), until stopped
  * @property {() => string} tail
  * @property {() => Promise<void>} stop
  */
 
 /**
- * Start a private PulseAudio with one 48 kHz null sink, reachable only on a Unix socket in `dir`.
+ * Start a private PulseAudio with one 48 kHz null sink, reachable only on a Unix socket in `dir`. With
+ * `mic`, a second null sink whose monitor is the default source: a browser with a real (not fake)
+ * microphone records what `play` plays into it.
  * @param {string} dir  an empty directory of the test's own (HOME and runtime dir of the daemon)
+ * @param {{mic?: boolean}} [opts]
  * @returns {Promise<Pulse>}
  */
-export async function startPulse(dir) {
+export async function startPulse(dir, opts = {}) {
   fs.mkdirSync(dir, { recursive: true });
   const sock = path.join(dir, 'native');
   /** @type {string[]} */
@@ -33,6 +40,7 @@ export async function startPulse(dir) {
     '-n', '--daemonize=no', '--exit-idle-time=-1', '--use-pid-file=no', '--log-target=stderr',
     '-L', `module-native-protocol-unix socket=${sock} auth-anonymous=1`,
     '-L', 'module-null-sink sink_name=chorus_null rate=48000',
+    ...(opts.mic ? ['-L', 'module-null-sink sink_name=chorus_mic rate=48000 channels=1'] : []),
     '-L', 'module-always-sink',
   ], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -53,20 +61,42 @@ export async function startPulse(dir) {
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { server: `unix:${sock}`, tail, stop: () => stopProcess(proc) };
+  const server = `unix:${sock}`;
+  if (opts.mic) {
+    // What the browser plays goes to chorus_null, never into the microphone.
+    for (const args of [['set-default-sink', 'chorus_null'], ['set-default-source', 'chorus_mic.monitor']]) {
+      execFileSync('pactl', ['--server', server, ...args], { stdio: 'pipe' });
+    }
+  }
+  /** @param {string[]} input @param {string[]} [effects] */
+  const play = (input, effects = []) => {
+    if (!opts.mic) throw new Error('startPulse without mic: nothing to play into');
+    const raw = ['-t', 'raw', '-r', '48000', '-e', 'signed-integer', '-b', '16', '-c', '1'];
+    const source = spawn('sox', ['-q', ...input, ...raw, '-', ...effects], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // pacat paces the samples at the sink's clock: the microphone hears them in real time
+    const sink = spawn('pacat', ['--server', server, '--device', 'chorus_mic', '--playback', '--raw',
+      '--format=s16le', '--rate=48000', '--channels=1'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    /** @type {NodeJS.ReadableStream} */ (source.stdout).pipe(/** @type {NodeJS.WritableStream} */ (sink.stdin));
+    /** @type {NodeJS.WritableStream} */ (sink.stdin).on('error', () => { /* stopped: the pipe closed */ });
+    /** @type {NodeJS.ReadableStream} */ (source.stderr).on('data', keep);
+    /** @type {NodeJS.ReadableStream} */ (sink.stderr).on('data', keep);
+    return { stop: async () => { await stopProcess(source); await stopProcess(sink); } };
+  };
+  return { server, play, tail, stop: () => stopProcess(proc) };
 }
 
 /**
- * The profile prefs: Marionette on `port`, a fake microphone at `freq` Hz, no permission prompts, real host
- * candidates, autoplay allowed, the page console on stdout, and nothing that talks to the network.
- * @param {{marionettePort: number, freq: number, noProxy: string[], secureHosts: string[]}} o
+ * The profile prefs: Marionette on `port`, a fake microphone at `freq` Hz (with `freq` null, the real one:
+ * PulseAudio's default source), no permission prompts, real host candidates, autoplay allowed, the page
+ * console on stdout, and nothing that talks to the network.
+ * @param {{marionettePort: number, freq: number|null, noProxy: string[], secureHosts: string[]}} o
  * @returns {Record<string, string|number|boolean>}
  */
 export function firefoxPrefs(o) {
   return {
     'marionette.port': o.marionettePort,
-    'media.navigator.streams.fake': true,
-    'media.navigator.audio.fake_frequency': o.freq,
+    'media.navigator.streams.fake': o.freq !== null,
+    ...(o.freq !== null ? { 'media.navigator.audio.fake_frequency': o.freq } : {}),
     'media.navigator.permission.disabled': true,
     // The page is served from http://198.51.100.1 (not a secure context, unlike localhost): allow
     // getUserMedia there.
@@ -114,7 +144,7 @@ export function firefoxPrefs(o) {
 /**
  * @typedef {object} FirefoxParticipant
  * @property {string} name
- * @property {number} freq
+ * @property {number|null} freq  null: the real microphone (PulseAudio's default source)
  * @property {Marionette} m
  * @property {string[]} logs     Firefox's stdout/stderr (page console included), last lines
  * @property {() => Promise<void>} close
@@ -122,7 +152,7 @@ export function firefoxPrefs(o) {
 
 /**
  * Launch headless Firefox (optionally inside a network namespace) and open a Marionette session on it.
- * @param {{name: string, freq: number, tmpDir: string, pulseServer: string,
+ * @param {{name: string, freq: number|null, tmpDir: string, pulseServer: string,
  *   netns?: import('./netns.js').Netns, marionettePort?: number, noProxy?: string[]}} o
  * @returns {Promise<FirefoxParticipant>}
  */

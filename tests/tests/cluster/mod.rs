@@ -564,14 +564,16 @@ async fn with_redis_down_calls_go_on_and_new_rooms_are_refused_until_it_returns(
         }
     };
     assert_eq!(fresh.1["room"]["name"], "fresh");
-    // Every node registers again at its next heartbeat.
+    // Every node registers again at its next heartbeat. Until node 2's own connection to Redis is back,
+    // its cluster view answers 503 (seen once under load, right after the join above went through node 1).
     let deadline = Instant::now() + SECONDS;
-    while cluster.listed(2).await?.len() < 3 {
+    loop {
+        let listed = cluster.listed(2).await;
+        if listed.as_ref().is_ok_and(|nodes| nodes.len() >= 3) {
+            break;
+        }
         if Instant::now() > deadline {
-            bail!(
-                "not every node registered again: {:?}",
-                cluster.listed(2).await?
-            );
+            bail!("not every node registered again: {listed:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

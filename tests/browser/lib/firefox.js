@@ -38,10 +38,11 @@ export async function startPulse(dir, opts = {}) {
   const lines = [];
   const proc = spawn(PULSEAUDIO, [
     '-n', '--daemonize=no', '--exit-idle-time=-1', '--use-pid-file=no', '--log-target=stderr',
-    '-L', `module-native-protocol-unix socket=${sock} auth-anonymous=1`,
+    // the sinks first: the socket, which the wait below looks for, appears once they exist
     '-L', 'module-null-sink sink_name=chorus_null rate=48000',
     ...(opts.mic ? ['-L', 'module-null-sink sink_name=chorus_mic rate=48000 channels=1'] : []),
     '-L', 'module-always-sink',
+    '-L', `module-native-protocol-unix socket=${sock} auth-anonymous=1`,
   ], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, HOME: dir, XDG_RUNTIME_DIR: dir, XDG_CONFIG_HOME: path.join(dir, '.config') },

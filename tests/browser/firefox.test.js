@@ -6,10 +6,10 @@
 // inbound-rtp packets) and not its own.
 // Then the README's loopback start: Firefox's call fails, and the page explains why. Last, a NAT rebinding:
 // Firefox nominates its path only once, so only its consent checks from the new port can bring its audio back.
-// In the mixed room Firefox and a Chromium page then both speak the spoken passage and each records the
+// In each room Firefox and a Chromium page then both speak the spoken passage and each records the
 // other's, scored with PESQ-WB: the median over three loops, since Firefox's own playout here
-// time-compresses a spurt now and then. Firefox's encoder and packets through our mixer, and our mix
-// through Firefox's jitter buffer and decoder.
+// time-compresses a spurt now and then. Firefox's encoder and packets through our forwarder and mixer, and
+// what we send through Firefox's jitter buffer and decoder.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -37,7 +37,7 @@ const SPEECH_TAIL_S = 1;
 /** Whole loops of the passage Firefox records, wherever the recording starts (one more loop's time). */
 const SPEECH_LOOPS = 3;
 
-describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () => {
+describe('Firefox and Chromium in a network namespace', { timeout: 360000 }, () => {
   /** @type {import('./lib/netns.js').Netns|null} */
   let ns = null;
   /** @type {import('./lib/firefox.js').Pulse|null} */
@@ -172,66 +172,70 @@ describe('Firefox and Chromium in a network namespace', { timeout: 240000 }, () 
         () => /** @type {any} */ (window).chorusDemo.leave());
       assert.equal(await foxEval('chorusDemo.status'), 'left');
     }));
-  }
 
-  // Speech, not tones, both ways through the mix (the server from the mixed round above): a Chromium page and
-  // Firefox's microphone both loop the espeak-ng passage; each hears the other alone (a mix-minus of its own)
-  // and records it, and PESQ-WB scores each whole loop of the passage in each recording (the floor of
-  // speech.test.js's mixed room, where Chromium listens to Chromium). Firefox's own encoder, DTX and packets
-  // are what our jitter buffer and decoder take in; our mix is what its jitter buffer and decoder play.
-  // The median of three loops is asserted: Firefox's jitter buffer in this VM, with 0 packets lost, now and
-  // then conceals 20 ms mid-spurt and then compresses time to catch up (its inbound-rtp stats: 60–125 ms
-  // removed by acceleration per 28 s, in forward rooms too), which cost one loop up to a whole point (single
-  // loops measured 2.45–3.83 through the mix, 3.22–3.94 forwarded); a fault of ours that damages the stream
-  // damages every loop.
-  it('mix: Firefox and Chromium each hear the other speak', () => withDiagnostics(async () => {
-    const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
-    const wav = passageWav(tmp.dir, SPEECH_TAIL_S);
-    const loopS = wavSeconds(wav);
-    const recordS = Math.ceil((SPEECH_LOOPS + 1) * loopS);
-    const speaker = await launchParticipant({
-      name: 'Speaker', freq: 0, tmpDir: tmp.dir, wav, executablePath: /** @type {any} */ (ns).wrapper(CHROMIUM, tmp.dir),
-      extraArgs: [`--unsafely-treat-insecure-origin-as-secure=http://${/** @type {any} */ (ns).addrA}:${HTTP_PORT}`],
-    });
-    if (foxMic) await foxMic.stop();
-    // the passage back to back for longer than the call lasts (connects, then the recordings)
-    foxMic = /** @type {import('./lib/firefox.js').Pulse} */ (pulse).play([wav], ['repeat', String(Math.ceil((recordS + 60) / loopS))]);
-    try {
-      const room = 'firefox-speech';
-      const q = new URLSearchParams({ room, name: FOX.name, autojoin: '1', processing: '0' });
-      await Promise.all([
-        /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.navigate(`${srv.url}/?${q}`),
-        openDemo(speaker, srv.url, room),
-      ]);
-      await pollUntil('Firefox to connect', async () => {
-        const st = await foxEval('window.chorusDemo ? { status: chorusDemo.status, state: chorusDemo.room && chorusDemo.room.connectionState } : {}');
-        return { ok: st.status === 'joined' && st.state === 'connected', ...st };
-      }, { timeoutMs: 30000, intervalMs: 250 });
-      await waitConnected(speaker, 30000);
-      const [foxRec, chromeRec] = await Promise.all([
-        foxEval(`chorusDemo.record(${recordS * 1000})`, (recordS + 20) * 1000),
-        speaker.page.evaluate((ms) => /** @type {any} */ (window).chorusDemo.record(ms), recordS * 1000),
-      ]);
-      /** @type {string[]} */
-      const failures = [];
-      for (const [who, rec] of /** @type {const} */ ([['Firefox', foxRec], ['Chromium', chromeRec]])) {
-        assert.equal(rec.samples, recordS * rec.sampleRate, `${who} recorded the whole time`);
-        const received = path.join(tmp.dir, `${who}-heard.wav`);
-        writePcmWav(received, rec.pcm16, rec.sampleRate);
-        const s = pesqLoops(wav, received);
-        const loops = s.loops.map((l) => `${l.mos_lqo.toFixed(2)} (correlation ${l.correlation.toFixed(2)})`).join(', ');
-        console.log(`mix: ${who} heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)}, the median of ${loops}`);
-        if (s.loops.length < SPEECH_LOOPS) failures.push(`${who}: ${SPEECH_LOOPS} whole loops in ${recordS} s: ${loops}`);
-        if (s.mos_lqo < 2.5) failures.push(`${who} heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)} (loops ${loops})`);
-      }
-      assert.deepEqual(failures, []);
-      await foxEval('chorusDemo.leave().then(() => chorusDemo.status)');
-    } finally {
-      await speaker.close();
+    // Speech, not tones, both ways (the server of this round): a Chromium page and Firefox's microphone both
+    // loop the espeak-ng passage; each hears the other alone and records it, and PESQ-WB scores each whole
+    // loop of the passage in each recording. Forwarded, Firefox's packets (its DTX, its timing) go through our
+    // slots and header rewriting to Chromium; mixed, our jitter buffer and decoder take them in and Firefox's
+    // jitter buffer and decoder play our mix. The median of three loops is asserted: Firefox's jitter buffer
+    // in this VM, with 0 packets lost, now and then conceals 20 ms mid-spurt and then compresses time to catch
+    // up (its inbound-rtp stats: 60–125 ms removed by acceleration per 28 s, in both modes), which cost one
+    // loop up to a whole point (single loops measured 2.45–3.83 through the mix, 3.22–3.94 forwarded); a fault
+    // of ours that damages the stream damages every loop. The floors: speech.test.js's (Chromium to Chromium)
+    // mixed one, 2.5, for both modes. Not yet explained: forwarded, Chromium's first loop of Firefox's speech
+    // scored 1.2–1.4 in three runs of four (then 4.0): two seconds after Firefox's capture of its PulseAudio
+    // source starts, Chromium's jitter buffer delay climbs from 22 ms towards a second, though the packets
+    // reach it in step with Firefox's sending (no burst); the median does not see it, the log does.
+    // Measured medians, forward: Firefox heard 3.06–3.44, Chromium 3.96–4.00; mix: 3.13–3.66, 3.19–3.69.
+    it(`${mode}: Firefox and Chromium each hear the other speak`, () => withDiagnostics(async () => {
+      const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
+      const wav = passageWav(tmp.dir, SPEECH_TAIL_S);
+      const loopS = wavSeconds(wav);
+      const recordS = Math.ceil((SPEECH_LOOPS + 1) * loopS);
+      const speaker = await launchParticipant({
+        name: 'Speaker', freq: 0, tmpDir: tmp.dir, wav, executablePath: /** @type {any} */ (ns).wrapper(CHROMIUM, tmp.dir),
+        extraArgs: [`--unsafely-treat-insecure-origin-as-secure=http://${/** @type {any} */ (ns).addrA}:${HTTP_PORT}`],
+      });
       if (foxMic) await foxMic.stop();
-      foxMic = foxTone();
-    }
-  }));
+      // the passage back to back for longer than the call lasts (connects, then the recordings)
+      foxMic = /** @type {import('./lib/firefox.js').Pulse} */ (pulse).play([wav], ['repeat', String(Math.ceil((recordS + 60) / loopS))]);
+      try {
+        const room = `firefox-speech-${mode}`;
+        const q = new URLSearchParams({ room, name: FOX.name, autojoin: '1', processing: '0' });
+        await Promise.all([
+          /** @type {import('./lib/firefox.js').FirefoxParticipant} */ (fox).m.navigate(`${srv.url}/?${q}`),
+          openDemo(speaker, srv.url, room),
+        ]);
+        await pollUntil('Firefox to connect', async () => {
+          const st = await foxEval('window.chorusDemo ? { status: chorusDemo.status, state: chorusDemo.room && chorusDemo.room.connectionState } : {}');
+          return { ok: st.status === 'joined' && st.state === 'connected', ...st };
+        }, { timeoutMs: 30000, intervalMs: 250 });
+        await waitConnected(speaker, 30000);
+        const [foxRec, chromeRec] = await Promise.all([
+          foxEval(`chorusDemo.record(${recordS * 1000})`, (recordS + 20) * 1000),
+          speaker.page.evaluate((ms) => /** @type {any} */ (window).chorusDemo.record(ms), recordS * 1000),
+        ]);
+        /** @type {string[]} */
+        const failures = [];
+        for (const [who, rec] of /** @type {const} */ ([['Firefox', foxRec], ['Chromium', chromeRec]])) {
+          assert.equal(rec.samples, recordS * rec.sampleRate, `${who} recorded the whole time`);
+          const received = path.join(tmp.dir, `${mode}-${who}-heard.wav`);
+          writePcmWav(received, rec.pcm16, rec.sampleRate);
+          const s = pesqLoops(wav, received);
+          const loops = s.loops.map((l) => `${l.mos_lqo.toFixed(2)} (correlation ${l.correlation.toFixed(2)})`).join(', ');
+          console.log(`${mode}: ${who} heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)}, the median of ${loops}`);
+          if (s.loops.length < SPEECH_LOOPS) failures.push(`${who}: ${SPEECH_LOOPS} whole loops in ${recordS} s: ${loops}`);
+          if (s.mos_lqo < 2.5) failures.push(`${who} heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)} (loops ${loops})`);
+        }
+        assert.deepEqual(failures, []);
+        await foxEval('chorusDemo.leave().then(() => chorusDemo.status)');
+      } finally {
+        await speaker.close();
+        if (foxMic) await foxMic.stop();
+        foxMic = foxTone();
+      }
+    }));
+  }
 
   // Media advertised on 127.0.0.1 alone (--public-ip 127.0.0.1, or a machine without a non-loopback
   // address). Firefox pairs with no loopback candidate, so its call cannot connect; the page must say why and

@@ -11,6 +11,13 @@
 //!   [`MAX_SEQ_JUMP`]) the output sequence continues at the highest output so far + 1 and the output
 //!   timestamp advances from the latest output timestamp by the wall-clock time since the last output packet
 //!   (48 kHz, at least one 20 ms frame), so the receiver sees natural timing across the switch.
+//! - **A source that falls behind the wall clock** is re-timed as at a switch: a packet next in sequence whose
+//!   timestamp advances [`MAX_TS_LAG`] or more less than the wall clock since the stream's last packet.
+//!   Firefox, whose microphone starts late, sends a few packets, then none for seconds, then goes on with
+//!   timestamps that did not advance over the gap; passed on, a receiver takes every packet after it for
+//!   seconds late (Chromium raised its jitter-buffer delay to over 0.6 s and then time-compressed the
+//!   speech). A network stall that delivers its packets late in a burst looks the same and is re-timed too:
+//!   the receiver gets them all, later, instead of discarding them as too late.
 //! - Packets older than the switch point and duplicates (64-packet window) are dropped.
 //!
 //! Sequence numbers are extended (u64) on both sides: the input as the receive side extends it (see
@@ -28,6 +35,10 @@ pub const FRAME_TICKS: u32 = crate::audio::FRAME_SAMPLES as u32;
 /// A forward jump of more source sequence numbers than this (20 s of audio) is a stream restart: treated as a
 /// switch rather than preserved as a gap. So is a backward jump of more than this.
 pub const MAX_SEQ_JUMP: u64 = 1000;
+
+/// How far a source's timestamps may fall behind the wall clock between two packets in sequence before the
+/// source is re-timed (1 s: beyond what a receiver's jitter buffer waits for, far beyond any DTX rounding).
+pub const MAX_TS_LAG: Duration = Duration::from_secs(1);
 
 /// How far behind the highest forwarded sequence number duplicates are detected; older packets are dropped.
 const WINDOW: u64 = 64;
@@ -104,6 +115,7 @@ pub struct SlotRewriter {
     source: Option<Source>,
     output: Option<Output>,
     switches: u64,
+    retimes: u64,
 }
 
 impl SlotRewriter {
@@ -116,6 +128,7 @@ impl SlotRewriter {
             source: None,
             output: None,
             switches: 0,
+            retimes: 0,
         }
     }
 
@@ -131,7 +144,13 @@ impl SlotRewriter {
             }
         };
         if switch {
+            if self.source.is_some() {
+                self.switches += 1;
+            }
             self.start_source(now, source, seq, ts);
+        } else if self.lags_wall_clock(now, seq, ts) {
+            self.start_source(now, source, seq, ts);
+            self.retimes += 1;
         }
         let s = self.source.as_mut().expect("a source");
         if seq < s.base_in_seq {
@@ -187,9 +206,6 @@ impl SlotRewriter {
                 (o.max_seq + 1, o.ts_at_max.wrapping_add(advance as u32))
             }
         };
-        if self.source.is_some() {
-            self.switches += 1;
-        }
         self.source = Some(Source {
             ssrc,
             base_in_seq: seq,
@@ -199,6 +215,23 @@ impl SlotRewriter {
             highest_in_seq: seq,
             window: 0,
         });
+    }
+
+    /// Whether the current source's packet `seq`, next in sequence, advances its timestamp `ts` less than
+    /// the wall clock since the stream's last packet by [`MAX_TS_LAG`] or more.
+    fn lags_wall_clock(&self, now: Instant, seq: u64, ts: u32) -> bool {
+        let (Some(s), Some(o)) = (&self.source, &self.output) else {
+            return false;
+        };
+        if seq != s.highest_in_seq + 1 {
+            return false;
+        }
+        let out_ts = s.base_out_ts.wrapping_add(ts.wrapping_sub(s.base_in_ts));
+        let advance = i64::from(out_ts.wrapping_sub(o.ts_at_max) as i32);
+        let wall = duration_to_ticks(now.saturating_duration_since(o.last_time));
+        let wall = i64::try_from(wall).unwrap_or(i64::MAX);
+        let lag = i64::try_from(duration_to_ticks(MAX_TS_LAG)).unwrap_or(i64::MAX);
+        wall.saturating_sub(advance) >= lag
     }
 
     /// The source currently mapped, if any.
@@ -222,6 +255,11 @@ impl SlotRewriter {
     /// How many switches (new source, restart or jump) there have been after the first source.
     pub fn switches(&self) -> u64 {
         self.switches
+    }
+
+    /// How many times the current sources were re-timed for falling behind the wall clock.
+    pub fn retimes(&self) -> u64 {
+        self.retimes
     }
 }
 
@@ -344,6 +382,51 @@ mod tests {
         let next = rw.rewrite(t, A, 13, 3 * 960 + 48_000).unwrap();
         assert_eq!(next, (a[2].0 + 1, a[2].1 + 960 + 48_000));
         assert_eq!(rw.switches(), 0);
+    }
+
+    /// Firefox with a microphone that starts late (measured): a few packets, 1,981 ms with none, then the
+    /// next packet's timestamp one frame after the last one's. Passed on, a receiver would take every packet
+    /// after the gap for 2 s late; re-timed, it sees a DTX gap.
+    #[test]
+    fn a_source_whose_timestamps_fall_behind_the_wall_clock_is_retimed() {
+        let mut t = t0();
+        let mut rw = SlotRewriter::new(1, 1);
+        let a = feed(&mut rw, &mut t, A, 10, 0, 6);
+        t += Duration::from_millis(1981 - 20);
+        let next = rw.rewrite(t, A, 16, 6 * 960).unwrap();
+        assert_eq!(next.0, a[5].0 + 1, "the sequence goes on");
+        assert_eq!(
+            next.1.wrapping_sub(a[5].1),
+            duration_to_ticks(Duration::from_millis(1981)) as u32,
+            "the timestamp advances by the wall clock"
+        );
+        assert_eq!((rw.retimes(), rw.switches()), (1, 0));
+        // Then the source's own spacing again, from the new base.
+        t += MS20;
+        let after = rw.rewrite(t, A, 17, 7 * 960).unwrap();
+        assert_eq!(after, (next.0 + 1, next.1 + 960));
+        assert_eq!(rw.retimes(), 1);
+    }
+
+    /// Below [`MAX_TS_LAG`] the source's timing is passed on (a receiver's jitter buffer absorbs it), and a
+    /// packet after a loss is never re-timed (the receiver conceals the lost ones at their timestamps).
+    #[test]
+    fn lag_below_the_bound_and_packets_after_a_loss_keep_the_offset() {
+        let mut t = t0();
+        let mut rw = SlotRewriter::new(1, 1);
+        let a = feed(&mut rw, &mut t, A, 10, 0, 3);
+        t += Duration::from_millis(900);
+        assert_eq!(
+            rw.rewrite(t, A, 13, 3 * 960),
+            Some((a[2].0 + 1, a[2].1 + 960))
+        );
+        t += Duration::from_secs(3);
+        // 14 and 15 lost on the way
+        assert_eq!(
+            rw.rewrite(t, A, 16, 6 * 960),
+            Some((a[2].0 + 4, a[2].1 + 4 * 960))
+        );
+        assert_eq!(rw.retimes(), 0);
     }
 
     #[test]

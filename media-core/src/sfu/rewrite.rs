@@ -40,6 +40,9 @@ pub const MAX_SEQ_JUMP: u64 = 1000;
 /// source is re-timed (1 s: beyond what a receiver's jitter buffer waits for, far beyond any DTX rounding).
 pub const MAX_TS_LAG: Duration = Duration::from_secs(1);
 
+/// [`MAX_TS_LAG`] in 48 kHz RTP clock ticks.
+const MAX_TS_LAG_TICKS: i64 = MAX_TS_LAG.as_secs() as i64 * crate::audio::SAMPLE_RATE as i64;
+
 /// How far behind the highest forwarded sequence number duplicates are detected; older packets are dropped.
 const WINDOW: u64 = 64;
 
@@ -230,8 +233,7 @@ impl SlotRewriter {
         let advance = i64::from(out_ts.wrapping_sub(o.ts_at_max) as i32);
         let wall = duration_to_ticks(now.saturating_duration_since(o.last_time));
         let wall = i64::try_from(wall).unwrap_or(i64::MAX);
-        let lag = i64::try_from(duration_to_ticks(MAX_TS_LAG)).unwrap_or(i64::MAX);
-        wall.saturating_sub(advance) >= lag
+        wall.saturating_sub(advance) >= MAX_TS_LAG_TICKS
     }
 
     /// The source currently mapped, if any.

@@ -47,11 +47,7 @@ export function writePcmWav(file, pcm16, sampleRate) {
  * @returns {{mos_lqo: number, delay_ms: number, correlation: number}}
  */
 export function pesq(reference, degraded, maxDelayS) {
-  const python = path.join(ROOT, '.venv/bin/python');
-  if (!fs.existsSync(python)) throw new Error(`${python} is missing: run scripts/test.sh, which creates .venv with pesq`);
-  const out = execFileSync(python, [path.join(ROOT, 'scripts/pesq_score.py'), reference, degraded, '--json',
-    '--max-delay-s', String(maxDelayS), '--contained'], { encoding: 'utf8' });
-  return JSON.parse(out);
+  return pesqScore([reference, degraded, '--max-delay-s', String(maxDelayS), '--contained']);
 }
 
 /**
@@ -62,11 +58,19 @@ export function pesq(reference, degraded, maxDelayS) {
  *   loops: {mos_lqo: number, delay_ms: number, correlation: number}[]}}
  */
 export function pesqLoops(reference, degraded) {
+  return pesqScore([reference, degraded, '--loops']);
+}
+
+/**
+ * scripts/pesq_score.py with `args` in the repository's .venv; its JSON.
+ * @param {string[]} args
+ * @returns {any}
+ */
+function pesqScore(args) {
   const python = path.join(ROOT, '.venv/bin/python');
   if (!fs.existsSync(python)) throw new Error(`${python} is missing: run scripts/test.sh, which creates .venv with pesq`);
-  const out = execFileSync(python, [path.join(ROOT, 'scripts/pesq_score.py'), reference, degraded, '--json',
-    '--loops'], { encoding: 'utf8' });
-  return JSON.parse(out);
+  return JSON.parse(execFileSync(python, [path.join(ROOT, 'scripts/pesq_score.py'), ...args, '--json'],
+    { encoding: 'utf8' }));
 }
 
 /**

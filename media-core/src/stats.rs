@@ -102,6 +102,13 @@ pub struct CoreStats {
     pub rtp_red_forwarded: u64,
     /// Microphone packets nobody was routed to (e.g. alone in the room).
     pub rtp_unrouted: u64,
+    /// Subscribers' slot streams that took another speaker (or the same speaker's restarted stream) and
+    /// continued with it (`sfu::rewrite`, "At a switch"): one per subscriber's slot.
+    pub slot_switches: u64,
+    /// Subscribers' slot streams that re-timed their speaker because its timestamps fell a second or more
+    /// behind the wall clock between two packets in sequence (`sfu::rewrite`): a sender whose clock
+    /// stopped (Firefox after a late microphone start) or an upstream stall of over a second.
+    pub slot_retimes: u64,
     pub drops: [u64; DropReason::ALL.len()],
     /// RTCP NACKs received from subscribers (retransmission requests for our outgoing streams).
     pub nacks_received: u64,

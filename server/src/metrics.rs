@@ -45,6 +45,8 @@ pub struct MediaMetrics {
     pub rtp_levels_measured: IntCounter,
     pub rtp_red_forwarded: IntCounter,
     pub rtp_unrouted: IntCounter,
+    pub slot_switches: IntCounter,
+    pub slot_retimes: IntCounter,
     pub drops: IntCounterVec,
     pub send_failed: IntCounter,
     pub events_dropped: IntCounter,
@@ -242,6 +244,16 @@ impl MediaMetrics {
                 "chorus_rtp_packets_unrouted_total",
                 "Microphone packets no subscriber was routed to (e.g. alone in a room).",
             )?,
+            slot_switches: counter(
+                registry,
+                "chorus_rtp_slot_switches_total",
+                "Subscribers' slot streams that went on with another speaker (or a restarted stream).",
+            )?,
+            slot_retimes: counter(
+                registry,
+                "chorus_rtp_slot_retimes_total",
+                "Subscribers' slot streams re-timed: the speaker's timestamps fell over 1 s behind the wall clock.",
+            )?,
             drops: counter_vec(
                 registry,
                 "chorus_packets_dropped_total",
@@ -425,6 +437,10 @@ impl MediaMetrics {
             .inc_by(d(before.rtp_red_forwarded, now.rtp_red_forwarded));
         self.rtp_unrouted
             .inc_by(d(before.rtp_unrouted, now.rtp_unrouted));
+        self.slot_switches
+            .inc_by(d(before.slot_switches, now.slot_switches));
+        self.slot_retimes
+            .inc_by(d(before.slot_retimes, now.slot_retimes));
         for r in DropReason::ALL {
             let n = d(before.dropped(r), now.dropped(r));
             if n > 0 {
@@ -623,6 +639,7 @@ mod tests {
         ServerMetrics::new(&registry).expect("no name clashes");
         let mut now = CoreStats {
             nacks_received: 3,
+            slot_retimes: 1,
             ..CoreStats::default()
         };
         now.mix.concealed_plc = 2;
@@ -632,6 +649,7 @@ mod tests {
         assert_eq!(m.path_moves.with_label_values(&["silence"]).get(), 1);
         assert_eq!(m.path_moves.with_label_values(&["nomination"]).get(), 0);
         assert_eq!(m.nacks_received.get(), 3);
+        assert_eq!((m.slot_retimes.get(), m.slot_switches.get()), (1, 0));
         assert_eq!(m.concealed.with_label_values(&["plc"]).get(), 2);
         assert_eq!(m.concealed.with_label_values(&["red"]).get(), 3);
         m.observe(&Samples {

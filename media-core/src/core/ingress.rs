@@ -344,10 +344,13 @@ impl MediaCore {
             let Some(rewriter) = s.rewriters.get_mut(slot) else {
                 continue;
             };
+            let restarts = (rewriter.switches(), rewriter.retimes());
             let Some((out_seq, out_ts)) = rewriter.rewrite(now, source, seq, ts) else {
                 self.stats.drop(DropReason::StaleOrDuplicate);
                 continue;
             };
+            self.stats.slot_switches += rewriter.switches() - restarts.0;
+            self.stats.slot_retimes += rewriter.retimes() - restarts.1;
             let red_payload = match (&red, peer.slots().get(slot)) {
                 (Some(r), Some(stream)) if stream.red_pt.is_some() => {
                     Some(red_variant(&mut red_variants, r, ts, *stream.pt, rewriter))

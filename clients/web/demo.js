@@ -548,6 +548,9 @@ async function inboundAudioStats() {
       totalAudioEnergy: s.totalAudioEnergy ?? null,
       totalSamplesReceived: s.totalSamplesReceived ?? null,
       concealedSamples: s.concealedSamples ?? null,
+      jitterBufferDelay: s.jitterBufferDelay ?? null,
+      jitterBufferEmittedCount: s.jitterBufferEmittedCount ?? null,
+      removedSamplesForAcceleration: s.removedSamplesForAcceleration ?? null,
       mimeType: codec ? codec.mimeType : null,
       sdpFmtpLine: codec ? codec.sdpFmtpLine : null,
     };

@@ -3,19 +3,36 @@
 // out of order), as a jittery downlink does. Clients send to LISTEN_HOST:LISTEN_PORT (the server
 // advertises that address as its candidate); each client gets a socket of its own towards the server
 // (the client's address as the server sees it, like a NAT's), and what the server sends to that socket
-// goes back to the client after the delay. The uplink is not delayed.
+// goes back to the client after the delay. The uplink is not delayed, except in a stall: with STALL_MS,
+// each SIGUSR1 holds what the clients send for STALL_MS, then passes it on at once, in order (a Wi-Fi
+// hand-over or a radio reconnection on their uplinks).
 //
-// Usage: node netns-jitter.js LISTEN_HOST LISTEN_PORT SERVER_HOST SERVER_PORT MIN_MS MAX_MS
+// Usage: node netns-jitter.js LISTEN_HOST LISTEN_PORT SERVER_HOST SERVER_PORT MIN_MS MAX_MS [STALL_MS]
 // Prints "ready" once listening; on SIGTERM prints one JSON line of counters and exits.
 import dgram from 'node:dgram';
 
-const [listenHost, listenPort, serverHost, serverPort, minMs, maxMs] = process.argv.slice(2);
+const [listenHost, listenPort, serverHost, serverPort, minMs, maxMs, stallMs] = process.argv.slice(2);
 if (!maxMs) {
   console.error('usage: node netns-jitter.js LISTEN_HOST LISTEN_PORT SERVER_HOST SERVER_PORT MIN_MS MAX_MS');
   process.exit(2);
 }
 const [min, max] = [Number(minMs), Number(maxMs)];
-const counters = { up: 0, down: 0, clients: 0 };
+const counters = { up: 0, down: 0, clients: 0, stalls: 0, held: 0 };
+/** Uplink datagrams held by the current stall, in arrival order; null while not stalled. */
+/** @type {Array<() => void>|null} */
+let held = null;
+if (stallMs) {
+  process.on('SIGUSR1', () => {
+    if (held) return;
+    held = [];
+    counters.stalls += 1;
+    setTimeout(() => {
+      const release = /** @type {Array<() => void>} */ (held);
+      held = null;
+      for (const send of release) send();
+    }, Number(stallMs));
+  });
+}
 
 const front = dgram.createSocket('udp4');
 /** @type {Map<string, dgram.Socket>} */
@@ -38,8 +55,17 @@ front.on('message', (msg, rinfo) => {
     counters.clients += 1;
     sock = s;
   }
-  counters.up += 1;
-  sock.send(msg, Number(serverPort), serverHost);
+  const out = sock;
+  const send = () => {
+    counters.up += 1;
+    out.send(msg, Number(serverPort), serverHost);
+  };
+  if (held) {
+    counters.held += 1;
+    held.push(send);
+  } else {
+    send();
+  }
 });
 front.bind(Number(listenPort), listenHost, () => process.stdout.write('ready\n'));
 process.on('SIGTERM', () => {

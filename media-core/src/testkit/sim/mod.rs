@@ -263,6 +263,14 @@ impl SimNet {
         self.links.remove(&(from, to));
     }
 
+    /// Stalls the flow from `from` to `to` for `duration` from `now`: what it sends until then is held and
+    /// delivered in order when the stall ends (each datagram then still takes the link's delay), as
+    /// [`LinkConfig::stall_chance`] does at random. One outage at a chosen moment: a Wi-Fi hand-over, a
+    /// cellular radio's reconnection.
+    pub fn stall(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, duration: Duration) {
+        self.flow_stall.insert((from, to), now + duration);
+    }
+
     /// Changes the behaviour of links without an override.
     pub fn set_default_link(&mut self, config: LinkConfig) {
         self.default_link = config;

@@ -12,7 +12,9 @@ points, so set-up and the simulated clients are excluded) by the difference in w
              its set-up), per participant per 20 ms tick
     mixcore  Ir in the whole core of a mixed room (SRTP to every listener), per participant per tick
 
-Usage: scripts/callgrind.py [--seconds S] [CASE ...]   (cases: see CASES; default all)
+Usage: scripts/callgrind.py [--seconds S] [--complexity N] [CASE ...]   (cases: see CASES; default all)
+--complexity sets every mix encode's libopus complexity, personal and shared (CHORUS_BENCH_COMPLEXITY;
+default MixSettings': 5 for the personal mixes, 8 for the shared one).
 Not a test and not run in CI: it takes a few minutes under valgrind.
 """
 
@@ -31,6 +33,7 @@ CASES = {
     "forward-50x3": ("forward", "50,3", 53, ["MediaCore>::handle_datagram_via", "MediaCore>::handle_timeout"], "forwarded packet"),
     "forward-200x3": ("forward", "200,3", 203, ["MediaCore>::handle_datagram_via", "MediaCore>::handle_timeout"], "forwarded packet"),
     "mixer-1000x3": ("mix", "mixer,1000,3", 1003, ["mix::mixer_only"], "participant-tick"),
+    "mixer-100x15": ("mix", "mixer,100,15", 115, ["mix::mixer_only"], "participant-tick"),
     "mixcore-200x3": ("mix", "core,200,3", 203, ["MediaCore>::handle_datagram_via", "MediaCore>::handle_timeout"], "participant-tick"),
 }
 
@@ -60,11 +63,14 @@ def inclusive(callgrind_out, patterns):
     return total
 
 
-def run(exe, only, patterns, tmp):
+def run(exe, only, patterns, tmp, complexity):
     out = os.path.join(tmp, "cg.out")
+    env = {**os.environ, "CHORUS_BENCH_ONLY": only}
+    if complexity is not None:
+        env["CHORUS_BENCH_COMPLEXITY"] = str(complexity)
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", exe],
-        env={**os.environ, "CHORUS_BENCH_ONLY": only}, check=True, capture_output=True, text=True)
+        env=env, check=True, capture_output=True, text=True)
     rows = [l.split() for l in proc.stdout.splitlines() if l.strip() and l.split()[0].isdigit()]
     return inclusive(out, patterns), rows[-1]
 
@@ -72,6 +78,7 @@ def run(exe, only, patterns, tmp):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=2)
+    parser.add_argument("--complexity", type=int, choices=range(11), default=None)
     parser.add_argument("cases", nargs="*", default=list(CASES))
     args = parser.parse_args()
     exes = bench_executables()
@@ -80,8 +87,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases:
             bench, prefix, participants, patterns, unit = CASES[name]
-            ir1, row1 = run(exes[bench], f"{prefix},{s1}", patterns, tmp)
-            ir2, row2 = run(exes[bench], f"{prefix},{s2}", patterns, tmp)
+            ir1, row1 = run(exes[bench], f"{prefix},{s1}", patterns, tmp, args.complexity)
+            ir2, row2 = run(exes[bench], f"{prefix},{s2}", patterns, tmp, args.complexity)
             if bench == "forward":
                 work = int(row2[3]) - int(row1[3])  # the "forwarded" column
             else:

@@ -4,6 +4,9 @@
 //!
 //!     cargo bench -p media-core --bench mix
 //!
+//! `CHORUS_BENCH_COMPLEXITY=N` sets every mix encode's libopus complexity, personal and shared (default:
+//! `MixSettings`'s).
+//!
 //! Not a test: it asserts nothing and prints tables.
 
 #[path = "../tests/support/mod.rs"]
@@ -25,10 +28,22 @@ fn wall() -> Instant {
     Instant::now()
 }
 
+/// The default mix settings, with every encode's complexity (personal and shared) from
+/// `CHORUS_BENCH_COMPLEXITY` if set (`scripts/callgrind.py --complexity`).
+fn settings() -> MixSettings {
+    let mut settings = MixSettings::default();
+    if let Ok(v) = std::env::var("CHORUS_BENCH_COMPLEXITY") {
+        let complexity = v.trim().parse().expect("CHORUS_BENCH_COMPLEXITY is 0..=10");
+        settings.complexity = complexity;
+        settings.shared_complexity = complexity;
+    }
+    settings
+}
+
 /// The mixer alone: `talkers` send a tone every 20 ms, `listeners` only listen.
 fn mixer_only(listeners: usize, talkers: usize, seconds: u64) {
     let start = support::epoch();
-    let mut mixer = Mixer::new(start, MixSettings::default());
+    let mut mixer = Mixer::new(start, settings());
     for i in 0..talkers + listeners {
         let talks = i < talkers;
         mixer.add_member(ParticipantId(i as u64), talks, true, 1, i as u32 * 7);
@@ -92,7 +107,7 @@ fn whole_core(listeners: usize, talkers: usize, seconds: u64) {
     let mut sim = Sim::with_room(
         42,
         LinkConfig::default(),
-        RoomSettings::mix(MixSettings::default()),
+        RoomSettings::mix(settings()),
         &voices,
     );
     sim.keep_audio = false;

@@ -465,6 +465,8 @@ pub struct MixPatch {
     pub bitrate_bps: Option<u32>,
     #[serde(default, deserialize_with = "integer::opt")]
     pub complexity: Option<u8>,
+    #[serde(default, deserialize_with = "integer::opt")]
+    pub shared_complexity: Option<u8>,
     #[serde(default, deserialize_with = "present")]
     pub fec: Option<bool>,
     #[serde(default, deserialize_with = "present")]
@@ -489,6 +491,14 @@ impl MixPatch {
         if self.complexity.is_some_and(|c| c > MIX_MAX_COMPLEXITY) {
             return Err(ApiError::bad_request("mix complexity must be 0 to 10"));
         }
+        if self
+            .shared_complexity
+            .is_some_and(|c| c > MIX_MAX_COMPLEXITY)
+        {
+            return Err(ApiError::bad_request(
+                "mix shared_complexity must be 0 to 10",
+            ));
+        }
         if [self.jitter_min_ms, self.jitter_max_ms]
             .iter()
             .flatten()
@@ -505,6 +515,7 @@ impl MixPatch {
         MixSettings {
             bitrate_bps: self.bitrate_bps.unwrap_or(base.bitrate_bps),
             complexity: self.complexity.unwrap_or(base.complexity),
+            shared_complexity: self.shared_complexity.unwrap_or(base.shared_complexity),
             fec: self.fec.unwrap_or(base.fec),
             dtx: self.dtx.unwrap_or(base.dtx),
             jitter_min_ms: self.jitter_min_ms.unwrap_or(base.jitter_min_ms),
@@ -875,6 +886,19 @@ mod tests {
             parse(r#"{"name": "a", "mode": "mix", "mix": {"complexity": 9}}"#).expect("valid");
         assert_eq!(spec.settings.mode, RoomMode::Mix);
         assert_eq!(spec.settings.mix.complexity, 9);
+        assert_eq!(
+            spec.settings.mix.shared_complexity,
+            defaults.mix.shared_complexity
+        );
+        let spec = parse(r#"{"name": "a", "mode": "mix", "mix": {"shared_complexity": 10}}"#)
+            .expect("valid");
+        assert_eq!(
+            (
+                spec.settings.mix.complexity,
+                spec.settings.mix.shared_complexity
+            ),
+            (defaults.mix.complexity, 10)
+        );
         assert_eq!(spec.settings.mix.bitrate_bps, defaults.mix.bitrate_bps);
         for bad in [
             r#"{"name": "a", "slots": 0}"#,
@@ -885,6 +909,7 @@ mod tests {
             r#"{"name": "a", "empty_timeout_secs": 100000}"#,
             r#"{"name": "a", "slots": 3}"#,
             r#"{"name": "a", "mode": "mix", "mix": {"complexity": 11}}"#,
+            r#"{"name": "a", "mode": "mix", "mix": {"shared_complexity": 11}}"#,
             r#"{"name": "a", "spatial": {"max_audible": 0}}"#,
             r#"{"name": "a", "spatial": {"audible_distance": 0.5}}"#,
         ] {

@@ -131,6 +131,31 @@ impl MixEncoder {
         .map(drop)
     }
 
+    /// Change the encoder's libopus complexity (0..=10) from the next frame on; its state carries on.
+    pub fn set_complexity(&mut self, complexity: u8) -> Result<(), OpusError> {
+        self.ctl(
+            "OPUS_SET_COMPLEXITY",
+            ffi::OPUS_SET_COMPLEXITY_REQUEST,
+            i32::from(complexity),
+        )
+    }
+
+    /// The encoder's libopus complexity (tests).
+    #[cfg(test)]
+    pub(crate) fn complexity(&self) -> i32 {
+        let mut value: i32 = -1;
+        // SAFETY: `state` is a live encoder; OPUS_GET_COMPLEXITY writes one `opus_int32` through the pointer.
+        let code = unsafe {
+            ffi::opus_encoder_ctl(
+                self.state.as_ptr(),
+                ffi::OPUS_GET_COMPLEXITY_REQUEST,
+                &mut value as *mut i32,
+            )
+        };
+        check("OPUS_GET_COMPLEXITY", code).expect("a live encoder reports its complexity");
+        value
+    }
+
     /// Tell the encoder the packet loss (percent, at most 100) its listeners report: in-band FEC is coded
     /// for it (libopus is told at least [`OPUS_FEC_MIN_LOSS_PERCENT`](crate::audio::OPUS_FEC_MIN_LOSS_PERCENT),
     /// so that any loss gets FEC whatever the bitrate and the encoder's history), none at 0. Nothing to

@@ -20,15 +20,20 @@ pub(super) struct OutEncoder {
 }
 
 impl OutEncoder {
-    pub(super) fn new(config: &MixSettings) -> Result<OutEncoder, OpusError> {
+    /// A mono encoder at `config`'s bitrate and FEC, at libopus complexity `complexity` (the personal or
+    /// the shared mixes' of `config`).
+    pub(super) fn new(config: &MixSettings, complexity: u8) -> Result<OutEncoder, OpusError> {
         Ok(OutEncoder {
-            encoder: MixEncoder::new(encoder_settings(config))?,
+            encoder: MixEncoder::new(EncoderSettings {
+                complexity,
+                ..encoder_settings(config)
+            })?,
             limiter: Limiter::new(),
             channels: 1,
         })
     }
 
-    /// A stereo encoder (a spatial room's mixes: interleaved left/right).
+    /// A stereo encoder (a spatial room's personal mixes: interleaved left/right).
     pub(super) fn stereo(config: &MixSettings) -> Result<OutEncoder, OpusError> {
         Ok(OutEncoder {
             encoder: MixEncoder::new(EncoderSettings {
@@ -38,6 +43,20 @@ impl OutEncoder {
             limiter: Limiter::new(),
             channels: 2,
         })
+    }
+
+    /// A copy of a shared encode that goes on as a personal mix: the same state (its listener's decoder
+    /// sees one stream) at the personal mixes' complexity.
+    pub(super) fn personal_copy(&self, config: &MixSettings) -> Result<OutEncoder, OpusError> {
+        let mut copy = self.try_clone()?;
+        copy.encoder.set_complexity(config.complexity)?;
+        Ok(copy)
+    }
+
+    /// Its libopus complexity (tests).
+    #[cfg(test)]
+    pub(super) fn complexity(&self) -> i32 {
+        self.encoder.complexity()
     }
 
     pub(super) fn try_clone(&self) -> Result<OutEncoder, OpusError> {
@@ -79,6 +98,7 @@ pub(super) struct Encoded {
     pub(super) fec: bool,
 }
 
+/// `config`'s encoder settings, at the personal mixes' complexity.
 fn encoder_settings(config: &MixSettings) -> EncoderSettings {
     EncoderSettings {
         bitrate_bps: config.bitrate_bps,
@@ -129,7 +149,7 @@ impl SharedEncode {
         out: &mut [u8; MAX_OPUS],
     ) -> TickPacket {
         if self.encoder.is_none() {
-            self.encoder = OutEncoder::new(config).ok();
+            self.encoder = OutEncoder::new(config, config.shared_complexity).ok();
         }
         let encoder = self.encoder.as_mut()?;
         encoder.set_expected_loss(loss);

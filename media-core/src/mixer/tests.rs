@@ -468,6 +468,24 @@ fn moving_between_shared_and_personal_encodes_is_not_heard() {
     );
 }
 
+// The shared mix is what most listeners hear, once per room: it gets the better encode. A talker's own mix
+// starts as a copy of the shared encode (its decoder sees one stream) and goes on at the personal mixes'
+// complexity, one encode per talker.
+#[test]
+fn the_shared_mix_encodes_at_its_own_complexity_and_a_talkers_copy_at_the_personal_one() {
+    let defaults = MixSettings::default();
+    assert!(defaults.shared_complexity > defaults.complexity);
+    let room = switch_run(130, 100..160, None);
+    let shared = (room.mixer.clean.encoder())
+        .or(room.mixer.protected.encoder())
+        .expect("C hears a shared mix");
+    assert_eq!(shared.complexity(), i32::from(defaults.shared_complexity));
+    let b = &room.mixer.members[1];
+    assert_eq!(b.feed, Feed::Personal);
+    let personal = b.personal.as_ref().expect("B talks: a mix of its own");
+    assert_eq!(personal.complexity(), i32::from(defaults.complexity));
+}
+
 #[test]
 fn a_late_worker_catches_up_without_holes_and_counts_what_it_gave_up() {
     // 100 ms without ticks: caught up, every timestamp there, counted late.

@@ -224,8 +224,8 @@ impl Mixer {
                     &self.clean
                 };
                 m.personal = match (heard.encoder(), m.feed) {
-                    (Some(shared), Feed::Shared) => shared.try_clone().ok(),
-                    _ => OutEncoder::new(&self.config).ok(),
+                    (Some(shared), Feed::Shared) => shared.personal_copy(&self.config).ok(),
+                    _ => OutEncoder::new(&self.config, self.config.complexity).ok(),
                 };
             }
             let protect = self.config.fec && m.expected_loss > 0;

@@ -231,8 +231,11 @@ impl SlotRewriter {
         }
         let out_ts = s.base_out_ts.wrapping_add(ts.wrapping_sub(s.base_in_ts));
         let advance = i64::from(out_ts.wrapping_sub(o.ts_at_max) as i32);
-        let wall = duration_to_ticks(now.saturating_duration_since(o.last_time));
-        let wall = i64::try_from(wall).unwrap_or(i64::MAX);
+        let elapsed = now.saturating_duration_since(o.last_time);
+        if advance >= 0 && elapsed < MAX_TS_LAG {
+            return false; // every packet of a live stream: no 128-bit conversion on the fan-out's path
+        }
+        let wall = i64::try_from(duration_to_ticks(elapsed)).unwrap_or(i64::MAX);
         wall.saturating_sub(advance) >= MAX_TS_LAG_TICKS
     }
 

@@ -108,6 +108,10 @@ struct Output {
     ts_at_max: u32,
     /// When the latest output packet was produced.
     last_time: Instant,
+    /// Before this instant no packet can lag the wall clock by [`MAX_TS_LAG`]: it is at most `last_time`
+    /// plus that (`last_time` only grows), refreshed about once a second, so a live stream's packets skip
+    /// the time arithmetic.
+    check_lag_at: Instant,
 }
 
 /// Rewrites one (subscriber, slot) output stream. See the [module docs](self).
@@ -192,6 +196,7 @@ impl SlotRewriter {
                     max_seq: out_seq,
                     ts_at_max: out_ts,
                     last_time: now,
+                    check_lag_at: now.checked_add(MAX_TS_LAG).unwrap_or(now),
                 })
             }
         }
@@ -222,8 +227,8 @@ impl SlotRewriter {
 
     /// Whether the current source's packet `seq`, next in sequence, advances its timestamp `ts` less than
     /// the wall clock since the stream's last packet by [`MAX_TS_LAG`] or more.
-    fn lags_wall_clock(&self, now: Instant, seq: u64, ts: u32) -> bool {
-        let (Some(s), Some(o)) = (&self.source, &self.output) else {
+    fn lags_wall_clock(&mut self, now: Instant, seq: u64, ts: u32) -> bool {
+        let (Some(s), Some(o)) = (&self.source, &mut self.output) else {
             return false;
         };
         if seq != s.highest_in_seq + 1 {
@@ -231,9 +236,13 @@ impl SlotRewriter {
         }
         let out_ts = s.base_out_ts.wrapping_add(ts.wrapping_sub(s.base_in_ts));
         let advance = i64::from(out_ts.wrapping_sub(o.ts_at_max) as i32);
+        if advance >= 0 && now < o.check_lag_at {
+            return false; // a live stream's packets: no time arithmetic on the fan-out's path
+        }
         let elapsed = now.saturating_duration_since(o.last_time);
         if advance >= 0 && elapsed < MAX_TS_LAG {
-            return false; // every packet of a live stream: no 128-bit conversion on the fan-out's path
+            o.check_lag_at = o.last_time.checked_add(MAX_TS_LAG).unwrap_or(o.last_time);
+            return false;
         }
         let wall = i64::try_from(duration_to_ticks(elapsed)).unwrap_or(i64::MAX);
         wall.saturating_sub(advance) >= MAX_TS_LAG_TICKS
@@ -411,6 +420,17 @@ mod tests {
         let after = rw.rewrite(t, A, 17, 7 * 960).unwrap();
         assert_eq!(after, (next.0 + 1, next.1 + 960));
         assert_eq!(rw.retimes(), 1);
+        // 4 s live (the lag check's deadline moves on every second), then the clock stops again.
+        t += MS20;
+        let live = feed(&mut rw, &mut t, A, 18, 8 * 960, 200);
+        assert_eq!(rw.retimes(), 1);
+        t += Duration::from_millis(1500 - 20);
+        let again = rw.rewrite(t, A, 218, 208 * 960).unwrap();
+        assert_eq!(
+            again.1.wrapping_sub(live[199].1),
+            duration_to_ticks(Duration::from_millis(1500)) as u32
+        );
+        assert_eq!(rw.retimes(), 2);
     }
 
     /// Below [`MAX_TS_LAG`] the source's timing is passed on (a receiver's jitter buffer absorbs it), and a

@@ -32,8 +32,7 @@ import {
   withDiagnostics as runWithDiagnostics,
 } from './lib/browser.js';
 import fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { createNetns, nftRandomDrop, stopProcess } from './lib/netns.js';
+import { createNetns, nftRandomDrop, startJitterProxy, stopProcess } from './lib/netns.js';
 import { counterShare, startServer } from './lib/server.js';
 import { passageWav, pesq, writePcmWav } from './lib/speech.js';
 
@@ -103,15 +102,8 @@ describe('loss feedback: a listener losing 5 % gets FEC from Chromium\'s encoder
       publicIp: ns.addrA,
       extraArgs: ['--config', config, '--media-tcp-enabled', 'false', '--room-mode', ROOM_MODE],
     });
-    const jitter = fileURLToPath(new URL('./lib/netns-jitter.js', import.meta.url));
-    proxy = ns.spawn(process.execPath, [jitter, ns.addrA, String(server.mediaPort), SERVER_MEDIA_IP,
-      String(server.mediaPort), String(JITTER_MS[0]), String(JITTER_MS[1])], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const started = /** @type {import('node:child_process').ChildProcess} */ (proxy);
-    await new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('the jitter proxy did not start')), 10000);
-      started.once('exit', (code) => { clearTimeout(t); reject(new Error(`the jitter proxy exited ${code}`)); });
-      /** @type {NodeJS.ReadableStream} */ (started.stdout).once('data', () => { clearTimeout(t); resolve(undefined); });
-    });
+    proxy = await startJitterProxy(ns, { listenHost: ns.addrA, serverHost: SERVER_MEDIA_IP, port: server.mediaPort,
+      minMs: JITTER_MS[0], maxMs: JITTER_MS[1] });
     const inNs = {
       executablePath: ns.wrapper(CHROMIUM, tmp.dir),
       extraArgs: [`--unsafely-treat-insecure-origin-as-secure=${server.url}`],

@@ -20,8 +20,7 @@ import {
   CHROMIUM, inboundAudioStats, launchParticipant, makeTempDir, openDemo, waitConnected,
   withDiagnostics as runWithDiagnostics,
 } from './lib/browser.js';
-import { fileURLToPath } from 'node:url';
-import { createNetns, stopProcess } from './lib/netns.js';
+import { createNetns, startJitterProxy, stopProcess } from './lib/netns.js';
 import { startServer } from './lib/server.js';
 import { passageWav, pesqLoops, wavSeconds, writePcmWav } from './lib/speech.js';
 
@@ -63,15 +62,8 @@ describe('a speaker\'s uplink stalls for 1.5 s in a forwarding room', { timeout:
       publicIp: ns.addrA,
       extraArgs: ['--media-tcp-enabled', 'false', '--room-mode', 'forward'],
     });
-    const script = fileURLToPath(new URL('./lib/netns-jitter.js', import.meta.url));
-    proxy = ns.spawn(process.execPath, [script, ns.addrA, String(server.mediaPort), SERVER_MEDIA_IP,
-      String(server.mediaPort), '0', '0', String(STALL_MS)], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const started = /** @type {import('node:child_process').ChildProcess} */ (proxy);
-    await new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('the proxy did not start')), 10000);
-      started.once('exit', (code) => { clearTimeout(t); reject(new Error(`the proxy exited ${code}`)); });
-      /** @type {NodeJS.ReadableStream} */ (started.stdout).once('data', () => { clearTimeout(t); resolve(undefined); });
-    });
+    proxy = await startJitterProxy(ns, { listenHost: ns.addrA, serverHost: SERVER_MEDIA_IP, port: server.mediaPort,
+      minMs: 0, maxMs: 0, stallMs: STALL_MS });
     const inNs = {
       executablePath: ns.wrapper(CHROMIUM, tmp.dir),
       extraArgs: [`--unsafely-treat-insecure-origin-as-secure=${server.url}`],

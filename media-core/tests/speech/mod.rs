@@ -418,6 +418,18 @@ fn mixed_speech_survives_delay_stalls_on_a_calm_link() {
     );
 }
 
+/// A speaker (client 0) and a listener (client 1) join without RED, connect on the set-up link, and every
+/// leg then becomes [`clean_leg`]; the listener plays what it receives in slot 0 through a jitter buffer.
+fn join_speaker_and_listener(sim: &mut Sim) {
+    for _ in 0..2 {
+        sim.join_with_red(0.0, 0.0, 0);
+    }
+    sim.drain_core();
+    sim.play_slots = true;
+    sim.connect();
+    sim.net.set_default_link(clean_leg());
+}
+
 /// A forwarding room where only the listener's downlink is bad: the speaker on a clean leg, the server's
 /// datagrams to the listener lost at 5 % and delayed 30 ± 20 ms. The speaker's encoder expects the loss the
 /// server's receiver reports state, as a browser's does; with `loss_feedback_max_percent` 0 they state the
@@ -436,13 +448,7 @@ fn lossy_listener_call(name: &str, seed: u64, loss_feedback_max_percent: u8) -> 
     let mut config = media_core::CoreConfig::new(sim.server, seed);
     config.loss_feedback_max_percent = loss_feedback_max_percent;
     sim.core = media_core::MediaCore::new(sim.now, config);
-    for _ in 0..2 {
-        sim.join_with_red(0.0, 0.0, 0);
-    }
-    sim.drain_core();
-    sim.play_slots = true;
-    sim.connect();
-    sim.net.set_default_link(clean_leg());
+    join_speaker_and_listener(&mut sim);
     let (server, listener) = (sim.server, sim.clients[1].addr);
     sim.net.set_link(server, listener, lossy_leg());
     let pass = Duration::from_secs_f64(speech.len() as f64 / f64::from(SAMPLE_RATE) + 1.0);
@@ -513,13 +519,7 @@ fn forwarded_stall_call(name: &str, seed: u64, stall: Duration) -> StallCall {
         RoomSettings::forward(3),
         &[],
     );
-    for _ in 0..2 {
-        sim.join_with_red(0.0, 0.0, 0);
-    }
-    sim.drain_core();
-    sim.play_slots = true;
-    sim.connect();
-    sim.net.set_default_link(clean_leg());
+    join_speaker_and_listener(&mut sim);
     let (speaker, server) = (sim.clients[0].addr, sim.server);
     let pass = Duration::from_secs_f64(speech.len() as f64 / f64::from(SAMPLE_RATE) + 1.0);
     sim.play_pcm(0, speech.clone(), 0);

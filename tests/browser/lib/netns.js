@@ -217,3 +217,25 @@ export function nftRandomDrop(table, match, percent) {
       'counter', 'drop'],
   ];
 }
+
+/**
+ * Starts lib/netns-jitter.js in `ns` in front of a server's media port and waits for it to listen: clients
+ * send to `listenHost`:`port` (what the server advertises), the proxy relays to `serverHost`:`port`, delays
+ * what the server sends by `minMs`–`maxMs` each, and with `stallMs` holds the clients' uplinks that long on
+ * each SIGUSR1. Stop it with `stopProcess`.
+ * @param {Netns} ns
+ * @param {{listenHost: string, serverHost: string, port: number, minMs: number, maxMs: number, stallMs?: number}} o
+ * @returns {Promise<import('node:child_process').ChildProcess>}
+ */
+export async function startJitterProxy(ns, o) {
+  const script = path.join(here, 'netns-jitter.js');
+  const args = [script, o.listenHost, String(o.port), o.serverHost, String(o.port), String(o.minMs), String(o.maxMs)];
+  if (o.stallMs !== undefined) args.push(String(o.stallMs));
+  const proxy = ns.spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('the jitter proxy did not start')), 10000);
+    proxy.once('exit', (code) => { clearTimeout(t); reject(new Error(`the jitter proxy exited ${code}`)); });
+    /** @type {NodeJS.ReadableStream} */ (proxy.stdout).once('data', () => { clearTimeout(t); resolve(undefined); });
+  });
+  return proxy;
+}

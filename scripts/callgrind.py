@@ -14,7 +14,7 @@ points, so set-up and the simulated clients are excluded) by the difference in w
 
 Usage: scripts/callgrind.py [--seconds S] [--complexity N] [CASE ...]   (cases: see CASES; default all)
 --complexity sets every mix encode's libopus complexity, personal and shared (CHORUS_BENCH_COMPLEXITY;
-default MixSettings': 5 for the personal mixes, 8 for the shared one).
+default MixSettings': 5 for both), --shared-complexity then the shared mix's (CHORUS_BENCH_SHARED_COMPLEXITY).
 Not a test and not run in CI: it takes a few minutes under valgrind.
 """
 
@@ -63,11 +63,13 @@ def inclusive(callgrind_out, patterns):
     return total
 
 
-def run(exe, only, patterns, tmp, complexity):
+def run(exe, only, patterns, tmp, complexity, shared_complexity):
     out = os.path.join(tmp, "cg.out")
     env = {**os.environ, "CHORUS_BENCH_ONLY": only}
     if complexity is not None:
         env["CHORUS_BENCH_COMPLEXITY"] = str(complexity)
+    if shared_complexity is not None:
+        env["CHORUS_BENCH_SHARED_COMPLEXITY"] = str(shared_complexity)
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", exe],
         env=env, check=True, capture_output=True, text=True)
@@ -79,6 +81,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=2)
     parser.add_argument("--complexity", type=int, choices=range(11), default=None)
+    parser.add_argument("--shared-complexity", type=int, choices=range(11), default=None)
     parser.add_argument("cases", nargs="*", default=list(CASES))
     args = parser.parse_args()
     exes = bench_executables()
@@ -87,8 +90,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases:
             bench, prefix, participants, patterns, unit = CASES[name]
-            ir1, row1 = run(exes[bench], f"{prefix},{s1}", patterns, tmp, args.complexity)
-            ir2, row2 = run(exes[bench], f"{prefix},{s2}", patterns, tmp, args.complexity)
+            ir1, row1 = run(exes[bench], f"{prefix},{s1}", patterns, tmp, args.complexity, args.shared_complexity)
+            ir2, row2 = run(exes[bench], f"{prefix},{s2}", patterns, tmp, args.complexity, args.shared_complexity)
             if bench == "forward":
                 work = int(row2[3]) - int(row1[3])  # the "forwarded" column
             else:

@@ -5,7 +5,7 @@
 //!     cargo bench -p media-core --bench mix
 //!
 //! `CHORUS_BENCH_COMPLEXITY=N` sets every mix encode's libopus complexity, personal and shared (default:
-//! `MixSettings`'s).
+//! `MixSettings`'s), `CHORUS_BENCH_SHARED_COMPLEXITY=N` then the shared mix's.
 //!
 //! Not a test: it asserts nothing and prints tables.
 
@@ -29,13 +29,20 @@ fn wall() -> Instant {
 }
 
 /// The default mix settings, with every encode's complexity (personal and shared) from
-/// `CHORUS_BENCH_COMPLEXITY` if set (`scripts/callgrind.py --complexity`).
+/// `CHORUS_BENCH_COMPLEXITY` if set, then the shared mix's from `CHORUS_BENCH_SHARED_COMPLEXITY`
+/// (`scripts/callgrind.py --complexity`, `--shared-complexity`).
 fn settings() -> MixSettings {
     let mut settings = MixSettings::default();
     if let Ok(v) = std::env::var("CHORUS_BENCH_COMPLEXITY") {
         let complexity = v.trim().parse().expect("CHORUS_BENCH_COMPLEXITY is 0..=10");
         settings.complexity = complexity;
         settings.shared_complexity = complexity;
+    }
+    if let Ok(v) = std::env::var("CHORUS_BENCH_SHARED_COMPLEXITY") {
+        settings.shared_complexity = v
+            .trim()
+            .parse()
+            .expect("CHORUS_BENCH_SHARED_COMPLEXITY is 0..=10");
     }
     settings
 }

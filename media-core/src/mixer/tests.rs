@@ -381,11 +381,21 @@ fn switch_run(
     b_talks: std::ops::Range<usize>,
     stall: Option<(usize, usize)>,
 ) -> Room {
+    switch_run_with(MixSettings::default(), frames, b_talks, stall)
+}
+
+/// [`switch_run`] with the mix settings `base` (its jitter floor set to 60 ms).
+fn switch_run_with(
+    base: MixSettings,
+    frames: usize,
+    b_talks: std::ops::Range<usize>,
+    stall: Option<(usize, usize)>,
+) -> Room {
     // A jitter buffer that never needs to steer its delay (it starts at 60 ms): its own corrections of a
     // continuous talker (dropping a packet) would hide what this measures.
     let config = MixSettings {
         jitter_min_ms: 60,
-        ..MixSettings::default()
+        ..base
     };
     let mut room = Room::with_config(&[A, B, C], config);
     let (mut mic_a, mut mic_b) = (Sender::new(0xA), Sender::new(0xB));
@@ -473,9 +483,12 @@ fn moving_between_shared_and_personal_encodes_is_not_heard() {
 // complexity, one encode per talker.
 #[test]
 fn the_shared_mix_encodes_at_its_own_complexity_and_a_talkers_copy_at_the_personal_one() {
-    let defaults = MixSettings::default();
-    assert!(defaults.shared_complexity > defaults.complexity);
-    let room = switch_run(130, 100..160, None);
+    let defaults = MixSettings {
+        complexity: 5,
+        shared_complexity: 8,
+        ..MixSettings::default()
+    };
+    let room = switch_run_with(defaults, 130, 100..160, None);
     let shared = (room.mixer.clean.encoder())
         .or(room.mixer.protected.encoder())
         .expect("C hears a shared mix");

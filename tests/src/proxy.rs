@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use media_core::sim::Rng;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -113,6 +114,35 @@ struct Direction {
     stall_until: Option<Instant>,
     /// When the last datagram held by a stall goes out: those after it go later (a stall keeps order).
     last_held_due: Option<Instant>,
+    /// What stalls hold, sent in order by one task (started with the first stall): a task per datagram
+    /// could race with the next one's, the timer being coarser than the 0.1 ms between them.
+    held: Option<mpsc::UnboundedSender<Held>>,
+}
+
+/// A datagram held by a stall: when it goes out, and where.
+struct Held {
+    due: Instant,
+    data: Vec<u8>,
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+}
+
+impl Direction {
+    /// Sends `held` in its turn after everything held before it.
+    fn hold(&mut self, held: Held) {
+        let queue = self.held.get_or_insert_with(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Held>();
+            tokio::spawn(async move {
+                while let Some(h) = rx.recv().await {
+                    tokio::time::sleep_until(h.due).await;
+                    let _ = h.socket.send_to(&h.data, h.to).await;
+                }
+            });
+            tx
+        });
+        // The task lives as long as this direction does.
+        let _ = queue.send(held);
+    }
 }
 
 impl Proxy {
@@ -139,6 +169,7 @@ impl Proxy {
             shared: shared.clone(),
             stall_until: None,
             last_held_due: None,
+            held: None,
         };
         let learnt = shared.clone();
         let upstream = tokio::spawn(upstream.run(client_side.clone(), move |from| {
@@ -176,6 +207,7 @@ impl Proxy {
             shared: shared.clone(),
             stall_until: None,
             last_held_due: None,
+            held: None,
         };
         let shared = shared.clone();
         tokio::spawn(direction.run(server_side, move |from| {
@@ -291,7 +323,8 @@ impl Direction {
         destination: impl Fn(SocketAddr) -> Option<(Arc<UdpSocket>, SocketAddr)>,
     ) {
         let mut buf = vec![0u8; 2048];
-        let stats = &self.shared.stats;
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
         loop {
             let Ok((n, source)) = from.recv_from(&mut buf).await else {
                 return;
@@ -351,13 +384,23 @@ impl Direction {
             let held = self.stall_until.filter(|end| *end > now);
             stats.forwarded.fetch_add(1, Ordering::Relaxed);
             // Held at the sending end until the stall ends; it then still takes its delay, in order behind
-            // what the stall held before it (each 0.1 ms apart, or the tasks that send them could race).
+            // what the stall held before it (each 0.1 ms apart, sent by one task in turn), as do those that
+            // come while the held ones are still on their way. (A duplicated one goes on its own.)
             let mut due = held.unwrap_or(now) + delay;
-            if held.is_some() {
+            if held.is_some() || self.last_held_due.is_some_and(|last| last > now) {
                 if let Some(last) = self.last_held_due {
                     due = due.max(last + Duration::from_micros(100));
                 }
                 self.last_held_due = Some(due);
+                if copies == 1 {
+                    self.hold(Held {
+                        due,
+                        data,
+                        socket,
+                        to,
+                    });
+                    continue;
+                }
             }
             if due <= now && copies == 1 {
                 let _ = socket.send_to(&data, to).await;

@@ -141,11 +141,7 @@ async fn participant(
 /// What the client's ear got from the server, in RTP time (silence where nothing was sent).
 fn heard(client: &AudioClient) -> Vec<f32> {
     let heard = client.heard.lock().expect("heard lock");
-    heard
-        .ear
-        .as_ref()
-        .map(|e| e.rtp_time.clone())
-        .unwrap_or_default()
+    heard.ear.as_ref().map(|e| e.rtp_time()).unwrap_or_default()
 }
 
 /// Waits until `signal` sees `participant_joined` for a participant named `name`; returns its sid.

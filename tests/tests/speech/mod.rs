@@ -114,6 +114,8 @@ struct Recording {
     sender_max_late: Duration,
     sender_frames_late_5ms: u64,
     packets_received: u64,
+    /// Packets that reached the listener after one with a higher sequence number.
+    packets_reordered: u64,
     /// The spread of arrival times against RTP times at the listener (`chorus_tests::voice::Ear::arrival_spread`).
     arrival_spread: Duration,
     /// The listener's jitter buffer at the end.
@@ -171,7 +173,15 @@ async fn call(
             spoken.started.context("the speaker encoded frames")?,
         )
     };
-    let (played, received_rtp_time, ear_started, packets_received, arrival_spread, listener_jitter) = {
+    let (
+        played,
+        received_rtp_time,
+        ear_started,
+        packets_received,
+        packets_reordered,
+        arrival_spread,
+        listener_jitter,
+    ) = {
         let heard = listener
             .client
             .heard
@@ -180,9 +190,10 @@ async fn call(
         let ear = heard.ear.as_ref().context("the listener plays slot 0")?;
         (
             ear.played.clone(),
-            ear.rtp_time.clone(),
+            ear.rtp_time(),
             ear.started,
             ear.packets,
+            ear.reordered,
             ear.arrival_spread(),
             ear.stats(),
         )
@@ -202,6 +213,7 @@ async fn call(
         sender_max_late,
         sender_frames_late_5ms,
         packets_received,
+        packets_reordered,
         arrival_spread,
         listener_jitter,
         proxies,
@@ -232,7 +244,7 @@ fn score(r: &Recording, speech: &[f32], clean: bool) -> Scored {
         .unwrap_or_default();
     eprintln!(
         "{}: {pesq} vs the sender's decode, {pesq_vs_speech} vs the passage{received}; mouth-to-ear \
-         {:.0} ms; {} frames sent, {} DTX (sender late by up to {:.1} ms, {} frames ≥ 5 ms); {} packets received, arrival spread {:.1} ms; proxies (forwarded, dropped) {:?}; \
+         {:.0} ms; {} frames sent, {} DTX (sender late by up to {:.1} ms, {} frames ≥ 5 ms); {} packets received ({} out of order), arrival spread {:.1} ms; proxies (forwarded, dropped) {:?}; \
          listener's jitter buffer {:?}",
         r.name,
         (r.first_play_after.as_secs_f64() * 1000.0) + pesq_vs_speech.delay_ms,
@@ -241,6 +253,7 @@ fn score(r: &Recording, speech: &[f32], clean: bool) -> Scored {
         r.sender_max_late.as_secs_f64() * 1000.0,
         r.sender_frames_late_5ms,
         r.packets_received,
+        r.packets_reordered,
         r.arrival_spread.as_secs_f64() * 1000.0,
         r.proxies,
         r.listener_jitter
@@ -256,10 +269,21 @@ fn score(r: &Recording, speech: &[f32], clean: bool) -> Scored {
 async fn server_with_rooms() -> anyhow::Result<Server> {
     let server = Server::start(&[]).await?;
     let mut room = json!({"name": "speech-mix", "mode": "mix"});
-    // For measuring another floor of the mixer's jitter buffer by hand (docs/loadtest.md), e.g. 10.
+    // For measuring by hand (docs/loadtest.md) another floor of the mixer's jitter buffer (e.g. 10) or
+    // another libopus complexity of the shared mix (e.g. 8).
+    let mut mix = serde_json::Map::new();
     if let Ok(ms) = std::env::var("CHORUS_TEST_MIX_JITTER_MIN_MS") {
-        room["mix"] =
-            json!({"jitter_min_ms": ms.parse::<u32>().context("CHORUS_TEST_MIX_JITTER_MIN_MS")?});
+        let ms = ms.parse::<u32>().context("CHORUS_TEST_MIX_JITTER_MIN_MS")?;
+        mix.insert("jitter_min_ms".into(), json!(ms));
+    }
+    if let Ok(c) = std::env::var("CHORUS_TEST_MIX_SHARED_COMPLEXITY") {
+        let c = c
+            .parse::<u8>()
+            .context("CHORUS_TEST_MIX_SHARED_COMPLEXITY")?;
+        mix.insert("shared_complexity".into(), json!(c));
+    }
+    if !mix.is_empty() {
+        room["mix"] = mix.into();
     }
     server.create_room(&room).await?;
     Ok(server)
@@ -517,8 +541,13 @@ async fn speech_over_real_udp_with_delay_stalls_on_a_calm_link() -> anyhow::Resu
 }
 
 /// The server's mix as the listener received it (in RTP time: the server's jitter buffer, not the
-/// listener's), with stalls on both legs: 4.16 to 4.41 (see above).
-const MIX_STALLS_SENT_FLOOR: f64 = 4.0;
+/// listener's), with stalls on both legs. 4.0 until 2026-12-06, when it failed 3 runs of 20 at 3.89 and
+/// 3.94 (earlier sessions 4.16 to 4.41): not the server but the recording, which kept only the packets that
+/// came in order, and a stall's burst came out of order now and then (a held datagram's task racing the
+/// next one's; the forwarded stream's burst, re-jittered on the second leg, still does: 0 to 5 packets a
+/// run). With every packet kept (`chorus_tests::voice::Ear::rtp_time`), 16 runs of 16 scored what the
+/// listener played: 4.44 to 4.45 with the shared mix at libopus complexity 5, 4.53 at 8.
+const MIX_STALLS_SENT_FLOOR: f64 = 4.2;
 /// What the listener played of the mix: 4.37 to 4.41 in those runs.
 const MIX_STALLS_FLOOR: f64 = 3.9;
 /// What the listener played of the forwarded stream (only its own jitter buffer): 4.64 in those runs.

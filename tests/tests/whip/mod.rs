@@ -216,11 +216,7 @@ async fn real_udp_whep_players_hear_every_talker_of_a_forwarding_room() -> anyho
     for player in &players {
         let pcm = {
             let heard = player.heard.lock().expect("heard lock");
-            heard
-                .ear
-                .as_ref()
-                .map(|e| e.rtp_time.clone())
-                .unwrap_or_default()
+            heard.ear.as_ref().map(|e| e.rtp_time()).unwrap_or_default()
         };
         anyhow::ensure!(
             pcm.len() > 2 * SAMPLE_RATE as usize,

@@ -14,7 +14,7 @@ points, so set-up and the simulated clients are excluded) by the difference in w
 
 Usage: scripts/callgrind.py [--seconds S] [--complexity N] [CASE ...]   (cases: see CASES; default all)
 --complexity sets every mix encode's libopus complexity, personal and shared (CHORUS_BENCH_COMPLEXITY;
-default MixSettings': 5 for both), --shared-complexity then the shared mix's (CHORUS_BENCH_SHARED_COMPLEXITY).
+default MixSettings': 5 personal, 8 shared), --shared-complexity then the shared mix's (CHORUS_BENCH_SHARED_COMPLEXITY).
 Not a test and not run in CI: it takes a few minutes under valgrind.
 """
 

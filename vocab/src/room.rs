@@ -85,8 +85,7 @@ pub struct MixSettings {
     /// that every listener who is not talking receives, whatever their number. A mix is a second Opus
     /// generation (the talkers' browsers coded it once); at 8 it scores PESQ-WB 0.17 higher than at 5
     /// (3.79 against 3.62 in virtual time, docs/architecture.md "Encoder settings per room"), for 1.45
-    /// times the CPU of an encode at 5, paid once per room. Default 5 until a real-UDP test's spread at 8
-    /// is understood (same section).
+    /// times the CPU of an encode at 5, paid once per room. Default 8.
     pub shared_complexity: u8,
     /// Put in-band FEC into the mix (costs bitrate, recovers single losses at the listener), for the loss
     /// each listener's receiver reports state, at most 10 % (10 % until its first reports; none for a
@@ -113,7 +112,7 @@ impl Default for MixSettings {
         MixSettings {
             bitrate_bps: 48_000,
             complexity: 5,
-            shared_complexity: 5,
+            shared_complexity: 8,
             fec: true,
             dtx: true,
             jitter_min_ms: 10,
@@ -331,7 +330,7 @@ mod tests {
         assert!(serde_json::from_str::<MixSettings>(r#"{"bitrate":1}"#).is_err());
         assert_eq!(
             serde_json::to_value(MixSettings::default()).expect("serializes"),
-            serde_json::json!({"bitrate_bps": 48000, "complexity": 5, "shared_complexity": 5, "fec": true, "dtx": true,
+            serde_json::json!({"bitrate_bps": 48000, "complexity": 5, "shared_complexity": 8, "fec": true, "dtx": true,
                 "jitter_min_ms": 10, "jitter_max_ms": 200})
         );
     }

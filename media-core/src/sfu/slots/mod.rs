@@ -114,6 +114,13 @@ impl Member {
         self.slots[i] = held;
         self.assignment[i] = held.map(|h| h.id);
     }
+
+    /// Brings `assignment` in line with `slots` after they were changed as a whole.
+    fn sync_assignment(&mut self) {
+        for (a, h) in self.assignment.iter_mut().zip(&self.slots) {
+            *a = h.map(|h| h.id);
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

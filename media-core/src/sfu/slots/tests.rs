@@ -1,3 +1,4 @@
+use super::select::holds_the_loudest;
 use super::*;
 use crate::testkit::sim::Rng;
 use std::collections::BTreeSet;
@@ -95,6 +96,28 @@ impl Room {
         }
         assert_eq!(from_assignments, from_routes);
         assert!(!sel.has_changes());
+    }
+
+    /// The last update skipped the subscribers that hold their loudest others (`holds_the_loudest`):
+    /// for each, the full assignment would have changed nothing. Returns how many there were.
+    fn check_settled_skip(&self) -> usize {
+        let sel = &self.sel;
+        let now = self.t - MS20;
+        let loudest = &sel.candidates[..sel.candidates.len().min(sel.k + 1)];
+        let mut settled = 0;
+        for m in sel.members.iter().flatten() {
+            if !m.subscribes || m.slots.is_empty() || !holds_the_loudest(&m.slots, loudest, m.id) {
+                continue;
+            }
+            let mut slots = m.slots.clone();
+            assert!(
+                !sel.assign(now, m.id, &mut slots, &sel.candidates, false),
+                "{} was skipped but its slots would change",
+                m.id
+            );
+            settled += 1;
+        }
+        settled
     }
 }
 
@@ -571,6 +594,7 @@ fn level_only_speaker_updates_are_rate_limited() {
 #[test]
 fn randomized_churn_keeps_invariants() {
     let mut rng = Rng::new(0xC0FFEE);
+    let mut settled = 0;
     for k in [1usize, 3, 5] {
         let mut room = Room::new(k, &[]);
         let mut present: Vec<u64> = Vec::new();
@@ -609,6 +633,7 @@ fn randomized_churn_keeps_invariants() {
                 .map(|id| (*id, levels[id]))
                 .collect();
             room.tick(&tick);
+            settled += room.check_settled_skip();
             // Rooms of ≤ K+1 eligible participants: everybody hears every eligible other.
             let eligible: Vec<u64> = present
                 .iter()
@@ -628,6 +653,10 @@ fn randomized_churn_keeps_invariants() {
             }
         }
     }
+    assert!(
+        settled > 1000,
+        "the settled subscribers' skip ran {settled} times"
+    );
 }
 
 /// In a spatial room a subscriber's slots go to the speakers it hears, ranked by level as heard: the

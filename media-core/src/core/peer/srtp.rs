@@ -95,6 +95,7 @@ impl GcmCipher {
     }
 
     /// Encrypt `input` into `output` (at least `input.len()` + the tag) and append the tag.
+    #[cfg(test)]
     fn encrypt(
         &self,
         iv: &[u8; 12],
@@ -105,6 +106,18 @@ impl GcmCipher {
         let len = input.len();
         let (body, tag_out) = output.split_at_mut(len);
         body.copy_from_slice(input);
+        let tag = self.seal_in_place(iv, aad, body)?;
+        tag_out[..TAG_LEN].copy_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Encrypt `body` in place; the tag.
+    fn seal_in_place(
+        &self,
+        iv: &[u8; 12],
+        aad: &[u8],
+        body: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], CryptoError> {
         let tag = self
             .0
             .seal_in_place_separate_tag(
@@ -113,8 +126,9 @@ impl GcmCipher {
                 body,
             )
             .map_err(|_| CryptoError::Other("AES-GCM seal failed".into()))?;
-        tag_out[..TAG_LEN].copy_from_slice(tag.as_ref());
-        Ok(())
+        let mut out = [0; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
     }
 
     /// Authenticate and decrypt `input` (ciphertext, then the tag) into `output`; the clear length.
@@ -279,9 +293,11 @@ impl Cipher {
             }
             Cipher::Gcm { enc, salt } => {
                 let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, index as u16);
-                out.resize(end + AeadAes128Gcm::TAG_LEN, 0);
+                // The payload copied behind the header and sealed there: no zeroing first.
+                out.extend_from_slice(payload);
                 let (aad, body) = out.split_at_mut(header_len);
-                enc.encrypt(&iv, aad, payload, body)?;
+                let tag = enc.seal_in_place(&iv, aad, body)?;
+                out.extend_from_slice(&tag);
             }
         }
         Ok(())

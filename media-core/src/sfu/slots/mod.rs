@@ -147,6 +147,16 @@ pub struct SlotSelector {
     changes: Vec<ParticipantId>,
     /// A structural change (join, leave, mute, new eligible publisher) wants an update right away.
     pending: bool,
+    /// What the last update knew (in a room where everyone hears everyone): the ranking's first k + 1 as
+    /// (id, index), and the member indices of the subscribers it did not find settled. While that head
+    /// and every slot stay the same (no structural change), a subscriber settled then is settled still
+    /// (`select::holds_the_loudest`), and only `unsettled` need a look.
+    head: Vec<(ParticipantId, usize)>,
+    unsettled: Vec<usize>,
+    /// `head` and `unsettled` describe the slots as they are.
+    head_valid: bool,
+    /// Scratch for `update_in`: the member indices to visit.
+    visit: Vec<usize>,
     last_now: Option<Instant>,
     last_update: Option<Instant>,
     last_audio: Option<Instant>,
@@ -175,6 +185,10 @@ impl SlotSelector {
             heard: Vec::new(),
             changes: Vec::new(),
             pending: false,
+            head: Vec::new(),
+            unsettled: Vec::new(),
+            head_valid: false,
+            visit: Vec::new(),
             last_now: None,
             last_update: None,
             last_audio: None,

@@ -34,6 +34,7 @@ impl SlotSelector {
             .last_update
             .is_some_and(|u| u + self.config.update_interval == due);
         let on_grid = !self.pending && periodic && now - due < self.config.update_interval;
+        let structural = self.pending;
         self.pending = false;
         self.last_update = Some(if on_grid { due } else { now });
         self.rank(now);
@@ -42,8 +43,28 @@ impl SlotSelector {
         let mut any_changed = false;
         // The loudest k + 1: a subscriber's k loudest others are among them.
         let loudest = self.candidates.len().min(self.k + 1);
-        let settled_possible = self.config.switch_margin_db > 0.0;
-        for s in 0..self.members.len() {
+        // Settled subscribers can be skipped in a room where everyone hears everyone, by a positive
+        // margin; and while the ranking's head and every slot are as the last update left them, only the
+        // subscribers that were not settled then are visited at all.
+        let settling = self.config.switch_margin_db > 0.0 && audibility.is_none_or(|a| a.is_open());
+        let head_same = self.head_valid
+            && !structural
+            && settling
+            && self.head.len() == loudest
+            && (self.head.iter().zip(&self.candidates[..loudest]))
+                .all(|(h, c)| *h == (c.id, c.idx));
+        let mut visit = std::mem::take(&mut self.visit);
+        visit.clear();
+        if head_same {
+            visit.extend_from_slice(&self.unsettled);
+        } else {
+            visit.extend(0..self.members.len());
+            self.head.clear();
+            self.head
+                .extend(self.candidates[..loudest].iter().map(|c| (c.id, c.idx)));
+        }
+        self.unsettled.clear();
+        for &s in &visit {
             let Some(sub) = self.members[s].as_ref() else {
                 continue;
             };
@@ -55,12 +76,10 @@ impl SlotSelector {
             // Most subscribers of a room hold its k loudest others already: every other candidate
             // ranks below all they hold, so none is louder by a positive margin, and nothing is stale
             // or free. They are skipped (a room of 53 spent 320 instructions on each every tick).
-            if audible.is_none()
-                && settled_possible
-                && holds_the_loudest(&sub.slots, &self.candidates[..loudest], sub_id)
-            {
+            if settling && holds_the_loudest(&sub.slots, &self.candidates[..loudest], sub_id) {
                 continue;
             }
+            self.unsettled.push(s);
             // Taken out for the assignment (which reads the other members) and put back: moving a
             // `Vec` costs nothing, where a copy into a `MAX_SLOTS` array cost a 640-byte fill per
             // subscriber and tick.
@@ -105,6 +124,8 @@ impl SlotSelector {
             }
         }
         self.heard = heard;
+        self.visit = visit;
+        self.head_valid = settling;
         if any_changed {
             self.last_assignment_change = Some(now);
             self.rebuild_routes();

@@ -98,17 +98,25 @@ impl Room {
         assert!(!sel.has_changes());
     }
 
-    /// The last update skipped the subscribers that hold their loudest others (`holds_the_loudest`):
-    /// for each, the full assignment would have changed nothing. Returns how many there were.
+    /// The last update skipped the subscribers that hold their loudest others (`holds_the_loudest`),
+    /// whether it looked at them or knew from the update before: each holds them still, and the full
+    /// assignment would have changed nothing. Returns how many there were.
     fn check_settled_skip(&self) -> usize {
         let sel = &self.sel;
         let now = self.t - MS20;
         let loudest = &sel.candidates[..sel.candidates.len().min(sel.k + 1)];
         let mut settled = 0;
-        for m in sel.members.iter().flatten() {
-            if !m.subscribes || m.slots.is_empty() || !holds_the_loudest(&m.slots, loudest, m.id) {
+        for (i, m) in sel.members.iter().enumerate() {
+            let Some(m) = m else { continue };
+            if !m.subscribes || m.slots.is_empty() || !sel.head_valid || sel.unsettled.contains(&i)
+            {
                 continue;
             }
+            assert!(
+                holds_the_loudest(&m.slots, loudest, m.id),
+                "{} was left out as settled but does not hold its loudest others",
+                m.id
+            );
             let mut slots = m.slots.clone();
             assert!(
                 !sel.assign(now, m.id, &mut slots, &sel.candidates, false),

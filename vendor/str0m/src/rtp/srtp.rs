@@ -6,7 +6,6 @@ use crate::crypto::dtls::{KeyingMaterial, SrtpProfile};
 use crate::crypto::{AeadAes128Gcm, AeadAes256Gcm, Aes128CmSha1_80};
 use crate::crypto::{AeadAes128GcmCipher, AeadAes256GcmCipher};
 use crate::crypto::{CryptoProvider, Sha1HmacProvider, SrtpProvider};
-use crate::io::DATAGRAM_MAX_PACKET_SIZE;
 
 use super::header::RtpHeader;
 
@@ -38,11 +37,6 @@ pub const SRTP_OVERHEAD: usize = MAX_TAG_LEN;
 // This adds 15 bytes of padding that we truncate after encryption
 const CTR_BUFFER_PADDING: usize = SRTP_BLOCK_SIZE - 1;
 
-/// Initial capacity for the RTP decryption scratch buffer. Sized to fit the
-/// largest possible received datagram plus the CTR padding the AES-CM cipher
-/// needs, so `unprotect_rtp` never has to grow the buffer in practice.
-const RX_SCRATCH_CAPACITY: usize = DATAGRAM_MAX_PACKET_SIZE + CTR_BUFFER_PADDING;
-
 /// Start repeated warnings here, then double the failure count between reports.
 const DECRYPT_WARN_INITIAL_COUNT: u64 = 4_096;
 
@@ -70,7 +64,7 @@ impl SrtpContext {
                     rtcp,
                     srtcp_index: 0,
                     sha1_hmac_provider,
-                    rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+                    rx_scratch: Vec::new(),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
             }
@@ -86,7 +80,7 @@ impl SrtpContext {
                     rtcp,
                     srtcp_index: 0,
                     sha1_hmac_provider,
-                    rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+                    rx_scratch: Vec::new(),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
             }
@@ -102,7 +96,7 @@ impl SrtpContext {
                     rtcp,
                     srtcp_index: 0,
                     sha1_hmac_provider,
-                    rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+                    rx_scratch: Vec::new(),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
             }
@@ -123,29 +117,19 @@ impl SrtpContext {
         Self {
             rtp: Derived::AeadAes128Gcm {
                 salt: rtp_salt,
-                enc: provider
-                    .srtp_provider
-                    .aead_aes_128_gcm()
-                    .create_cipher(rtp_key, true),
-                dec: provider
-                    .srtp_provider
-                    .aead_aes_128_gcm()
-                    .create_cipher(rtp_key, false),
+                ciphers: Ciphers::new(provider.srtp_provider, rtp_key, |p, k, e| {
+                    p.aead_aes_128_gcm().create_cipher(k, e)
+                }),
             },
             rtcp: Derived::AeadAes128Gcm {
                 salt: rtcp_salt,
-                enc: provider
-                    .srtp_provider
-                    .aead_aes_128_gcm()
-                    .create_cipher(rtcp_key, true),
-                dec: provider
-                    .srtp_provider
-                    .aead_aes_128_gcm()
-                    .create_cipher(rtcp_key, false),
+                ciphers: Ciphers::new(provider.srtp_provider, rtcp_key, |p, k, e| {
+                    p.aead_aes_128_gcm().create_cipher(k, e)
+                }),
             },
             srtcp_index,
             sha1_hmac_provider: provider.sha1_hmac_provider,
-            rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+            rx_scratch: Vec::new(),
             decrypt_warnings: DecryptWarnings::default(),
         }
     }
@@ -163,29 +147,19 @@ impl SrtpContext {
         Self {
             rtp: Derived::AeadAes256Gcm {
                 salt: rtp_salt,
-                enc: provider
-                    .srtp_provider
-                    .aead_aes_256_gcm()
-                    .create_cipher(rtp_key, true),
-                dec: provider
-                    .srtp_provider
-                    .aead_aes_256_gcm()
-                    .create_cipher(rtp_key, false),
+                ciphers: Ciphers::new(provider.srtp_provider, rtp_key, |p, k, e| {
+                    p.aead_aes_256_gcm().create_cipher(k, e)
+                }),
             },
             rtcp: Derived::AeadAes256Gcm {
                 salt: rtcp_salt,
-                enc: provider
-                    .srtp_provider
-                    .aead_aes_256_gcm()
-                    .create_cipher(rtcp_key, true),
-                dec: provider
-                    .srtp_provider
-                    .aead_aes_256_gcm()
-                    .create_cipher(rtcp_key, false),
+                ciphers: Ciphers::new(provider.srtp_provider, rtcp_key, |p, k, e| {
+                    p.aead_aes_256_gcm().create_cipher(k, e)
+                }),
             },
             srtcp_index,
             sha1_hmac_provider: provider.sha1_hmac_provider,
-            rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+            rx_scratch: Vec::new(),
             decrypt_warnings: DecryptWarnings::default(),
         }
     }
@@ -202,7 +176,10 @@ pub struct SrtpContext {
     /// SHA1-HMAC provider for AES_128_CM_SHA1_80 profile.
     sha1_hmac_provider: &'static dyn Sha1HmacProvider,
     /// Reusable scratch buffer for RTP decryption output. Reused across calls
-    /// to `unprotect_rtp` so we don't allocate a fresh `Vec` per packet.
+    /// to `unprotect_rtp` so we don't allocate a fresh `Vec` per packet. It
+    /// starts empty and grows to the largest packet unprotected (Chorus patch 7:
+    /// it was allocated at the largest datagram, 2 KiB, in both of a peer's
+    /// contexts, and the protecting one never uses it).
     rx_scratch: Vec<u8>,
     decrypt_warnings: DecryptWarnings,
 }
@@ -285,7 +262,8 @@ impl SrtpContext {
         let input = &buf[hlen..];
 
         match &mut self.rtp {
-            Derived::Aes128CmSha1_80 { key, salt, enc, .. } => {
+            Derived::Aes128CmSha1_80 { key, salt, ciphers } => {
+                let enc = ciphers.enc();
                 // arbitrary body lengths are fine: the output buffer below is
                 // allocated with the CTR scratch the ciphers need and truncated
                 // after encryption, so no 16-byte alignment is required.
@@ -310,7 +288,8 @@ impl SrtpContext {
                 output.truncate(buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN);
                 output
             }
-            Derived::AeadAes128Gcm { salt, enc, .. } => {
+            Derived::AeadAes128Gcm { salt, ciphers } => {
+                let enc = ciphers.enc();
                 let roc = (srtp_index >> 16) as u32;
 
                 let iv = AeadAes128Gcm::rtp_iv(*salt, *header.ssrc, roc, header.sequence_number);
@@ -326,7 +305,8 @@ impl SrtpContext {
 
                 output
             }
-            Derived::AeadAes256Gcm { salt, enc, .. } => {
+            Derived::AeadAes256Gcm { salt, ciphers } => {
+                let enc = ciphers.enc();
                 let roc = (srtp_index >> 16) as u32;
 
                 let iv = AeadAes256Gcm::rtp_iv(*salt, *header.ssrc, roc, header.sequence_number);
@@ -356,7 +336,8 @@ impl SrtpContext {
         srtp_index: u64, // same as ext_seq
     ) -> Option<&[u8]> {
         match &mut self.rtp {
-            Derived::Aes128CmSha1_80 { key, salt, dec, .. } => {
+            Derived::Aes128CmSha1_80 { key, salt, ciphers } => {
+                let dec = ciphers.dec();
                 if buf.len() < header.header_len + Aes128CmSha1_80::HMAC_TAG_LEN {
                     return None;
                 }
@@ -394,7 +375,8 @@ impl SrtpContext {
 
                 Some(&self.rx_scratch[..input.len()])
             }
-            Derived::AeadAes128Gcm { salt, dec, .. } => {
+            Derived::AeadAes128Gcm { salt, ciphers } => {
+                let dec = ciphers.dec();
                 if buf.len() < header.header_len + AeadAes128Gcm::TAG_LEN {
                     return None;
                 }
@@ -426,7 +408,8 @@ impl SrtpContext {
 
                 Some(&self.rx_scratch[..out_len])
             }
-            Derived::AeadAes256Gcm { salt, dec, .. } => {
+            Derived::AeadAes256Gcm { salt, ciphers } => {
+                let dec = ciphers.dec();
                 if buf.len() < header.header_len + AeadAes256Gcm::TAG_LEN {
                     return None;
                 }
@@ -479,7 +462,8 @@ impl SrtpContext {
         }
 
         match &mut self.rtcp {
-            Derived::Aes128CmSha1_80 { key, salt, enc, .. } => {
+            Derived::Aes128CmSha1_80 { key, salt, ciphers } => {
+                let enc = ciphers.enc();
                 let iv = Aes128CmSha1_80::rtp_iv(*salt, ssrc, srtcp_index as u64);
 
                 let final_size = buf.len() + SRTCP_INDEX_LEN + Aes128CmSha1_80::HMAC_TAG_LEN;
@@ -504,7 +488,8 @@ impl SrtpContext {
                 output.truncate(final_size);
                 output
             }
-            Derived::AeadAes128Gcm { salt, enc, .. } => {
+            Derived::AeadAes128Gcm { salt, ciphers } => {
+                let enc = ciphers.enc();
                 let iv = AeadAes128Gcm::rtcp_iv(*salt, ssrc, srtcp_index);
 
                 let mut aad = [0; AeadAes128Gcm::RTCP_AAD_LEN];
@@ -526,7 +511,8 @@ impl SrtpContext {
 
                 output
             }
-            Derived::AeadAes256Gcm { salt, enc, .. } => {
+            Derived::AeadAes256Gcm { salt, ciphers } => {
+                let enc = ciphers.enc();
                 let iv = AeadAes256Gcm::rtcp_iv(*salt, ssrc, srtcp_index);
 
                 let mut aad = [0; AeadAes256Gcm::RTCP_AAD_LEN];
@@ -561,7 +547,8 @@ impl SrtpContext {
     //                              encrypted (aes)
     pub fn unprotect_rtcp(&mut self, buf: &[u8]) -> Option<Vec<u8>> {
         match &mut self.rtcp {
-            Derived::Aes128CmSha1_80 { key, salt, dec, .. } => {
+            Derived::Aes128CmSha1_80 { key, salt, ciphers } => {
+                let dec = ciphers.dec();
                 if buf.len() < SRTCP_HEADER_LEN + SRTCP_INDEX_LEN + Aes128CmSha1_80::HMAC_TAG_LEN {
                     return None;
                 }
@@ -622,7 +609,8 @@ impl SrtpContext {
                 output.truncate(input.len() + 8);
                 Some(output)
             }
-            Derived::AeadAes128Gcm { salt, dec, .. } => {
+            Derived::AeadAes128Gcm { salt, ciphers } => {
+                let dec = ciphers.dec();
                 if buf.len() < SRTCP_HEADER_LEN + SRTCP_INDEX_LEN + AeadAes128Gcm::TAG_LEN {
                     // Too short
                     return None;
@@ -695,7 +683,8 @@ impl SrtpContext {
 
                 Some(output)
             }
-            Derived::AeadAes256Gcm { salt, dec, .. } => {
+            Derived::AeadAes256Gcm { salt, ciphers } => {
+                let dec = ciphers.dec();
                 if buf.len() < SRTCP_HEADER_LEN + SRTCP_INDEX_LEN + AeadAes256Gcm::TAG_LEN {
                     // Too short
                     return None;
@@ -852,24 +841,58 @@ enum Derived {
     Aes128CmSha1_80 {
         key: [u8; 20],
         salt: [u8; 14],
-        enc: Box<dyn Aes128CmSha1_80Cipher>,
-        dec: Box<dyn Aes128CmSha1_80Cipher>,
+        ciphers: Ciphers<dyn Aes128CmSha1_80Cipher, { Aes128CmSha1_80::KEY_LEN }>,
     },
     AeadAes128Gcm {
         salt: [u8; 12],
-        enc: Box<dyn AeadAes128GcmCipher>,
-        dec: Box<dyn AeadAes128GcmCipher>,
+        ciphers: Ciphers<dyn AeadAes128GcmCipher, { AeadAes128Gcm::KEY_LEN }>,
     },
     AeadAes256Gcm {
         salt: [u8; 12],
-        enc: Box<dyn AeadAes256GcmCipher>,
-        dec: Box<dyn AeadAes256GcmCipher>,
+        ciphers: Ciphers<dyn AeadAes256GcmCipher, { AeadAes256Gcm::KEY_LEN }>,
     },
+}
+
+/// One session key's two ciphers, each built on its first use (Chorus patch 7). A peer holds one
+/// context that only protects and one that only unprotects, so building both directions up front
+/// left half of them unused (≈ 600 bytes each with aws-lc-rs, four per peer).
+struct Ciphers<C: ?Sized, const K: usize> {
+    provider: &'static dyn SrtpProvider,
+    cipher_key: [u8; K],
+    make: fn(&'static dyn SrtpProvider, [u8; K], bool) -> Box<C>,
+    enc: Option<Box<C>>,
+    dec: Option<Box<C>>,
+}
+
+impl<C: ?Sized, const K: usize> Ciphers<C, K> {
+    fn new(
+        provider: &'static dyn SrtpProvider,
+        cipher_key: [u8; K],
+        make: fn(&'static dyn SrtpProvider, [u8; K], bool) -> Box<C>,
+    ) -> Self {
+        Self {
+            provider,
+            cipher_key,
+            make,
+            enc: None,
+            dec: None,
+        }
+    }
+
+    fn enc(&mut self) -> &mut C {
+        let (provider, key, make) = (self.provider, self.cipher_key, self.make);
+        self.enc.get_or_insert_with(|| make(provider, key, true))
+    }
+
+    fn dec(&mut self) -> &mut C {
+        let (provider, key, make) = (self.provider, self.cipher_key, self.make);
+        self.dec.get_or_insert_with(|| make(provider, key, false))
+    }
 }
 
 impl Derived {
     fn aes_128_cm_sha1_80(
-        crypto: &dyn SrtpProvider,
+        crypto: &'static dyn SrtpProvider,
         srtp_key: &SrtpKey<{ Aes128CmSha1_80::KEY_LEN }, { Aes128CmSha1_80::SALT_LEN }>,
     ) -> (Self, Self) {
         // RTP AES Counter
@@ -905,22 +928,24 @@ impl Derived {
         let rtp = Derived::Aes128CmSha1_80 {
             key: rtp_hmac,
             salt: rtp_salt,
-            enc: crypto.aes_128_cm_sha1_80().create_cipher(rtp_aes, true),
-            dec: crypto.aes_128_cm_sha1_80().create_cipher(rtp_aes, false),
+            ciphers: Ciphers::new(crypto, rtp_aes, |p, k, e| {
+                p.aes_128_cm_sha1_80().create_cipher(k, e)
+            }),
         };
 
         let rtcp = Derived::Aes128CmSha1_80 {
             key: rtcp_hmac,
             salt: rtcp_salt,
-            enc: crypto.aes_128_cm_sha1_80().create_cipher(rtcp_aes, true),
-            dec: crypto.aes_128_cm_sha1_80().create_cipher(rtcp_aes, false),
+            ciphers: Ciphers::new(crypto, rtcp_aes, |p, k, e| {
+                p.aes_128_cm_sha1_80().create_cipher(k, e)
+            }),
         };
 
         (rtp, rtcp)
     }
 
     fn aead_aes_128_gcm(
-        crypto: &dyn SrtpProvider,
+        crypto: &'static dyn SrtpProvider,
         srtp_key: &SrtpKey<{ AeadAes128Gcm::KEY_LEN }, { AeadAes128Gcm::SALT_LEN }>,
     ) -> (Derived, Derived) {
         // RTP session key
@@ -941,21 +966,23 @@ impl Derived {
 
         let rtp = Derived::AeadAes128Gcm {
             salt: rtp_salt,
-            enc: crypto.aead_aes_128_gcm().create_cipher(rtp_aes, true),
-            dec: crypto.aead_aes_128_gcm().create_cipher(rtp_aes, false),
+            ciphers: Ciphers::new(crypto, rtp_aes, |p, k, e| {
+                p.aead_aes_128_gcm().create_cipher(k, e)
+            }),
         };
 
         let rtcp = Derived::AeadAes128Gcm {
             salt: rtcp_salt,
-            enc: crypto.aead_aes_128_gcm().create_cipher(rtcp_aes, true),
-            dec: crypto.aead_aes_128_gcm().create_cipher(rtcp_aes, false),
+            ciphers: Ciphers::new(crypto, rtcp_aes, |p, k, e| {
+                p.aead_aes_128_gcm().create_cipher(k, e)
+            }),
         };
 
         (rtp, rtcp)
     }
 
     fn aead_aes_256_gcm(
-        crypto: &dyn SrtpProvider,
+        crypto: &'static dyn SrtpProvider,
         srtp_key: &SrtpKey<{ AeadAes256Gcm::KEY_LEN }, { AeadAes256Gcm::SALT_LEN }>,
     ) -> (Derived, Derived) {
         // RTP session key
@@ -976,14 +1003,16 @@ impl Derived {
 
         let rtp = Derived::AeadAes256Gcm {
             salt: rtp_salt,
-            enc: crypto.aead_aes_256_gcm().create_cipher(rtp_aes, true),
-            dec: crypto.aead_aes_256_gcm().create_cipher(rtp_aes, false),
+            ciphers: Ciphers::new(crypto, rtp_aes, |p, k, e| {
+                p.aead_aes_256_gcm().create_cipher(k, e)
+            }),
         };
 
         let rtcp = Derived::AeadAes256Gcm {
             salt: rtcp_salt,
-            enc: crypto.aead_aes_256_gcm().create_cipher(rtcp_aes, true),
-            dec: crypto.aead_aes_256_gcm().create_cipher(rtcp_aes, false),
+            ciphers: Ciphers::new(crypto, rtcp_aes, |p, k, e| {
+                p.aead_aes_256_gcm().create_cipher(k, e)
+            }),
         };
 
         (rtp, rtcp)
@@ -1389,6 +1418,40 @@ mod test {
                 out,
                 rfc7714::PLAINTEXT_RTP_PACKET
             );
+        }
+
+        #[test]
+        fn each_direction_builds_its_cipher_on_first_use() {
+            // Chorus patch 7: a context that only protects never builds a decrypting
+            // cipher nor its scratch buffer, and one that only unprotects the reverse.
+            fn built(d: &Derived) -> (bool, bool) {
+                match d {
+                    Derived::AeadAes128Gcm { ciphers, .. } => {
+                        (ciphers.enc.is_some(), ciphers.dec.is_some())
+                    }
+                    _ => unreachable!("the RFC 7714 context is AES-128-GCM"),
+                }
+            }
+            let header =
+                RtpHeader::parse(&rfc7714::PLAINTEXT_RTP_PACKET[..12], &ExtensionMap::empty())
+                    .expect("header to parse");
+
+            let mut tx = make_rtp_context();
+            assert_eq!(built(&tx.rtp), (false, false));
+            let out = tx.protect_rtp(rfc7714::PLAINTEXT_RTP_PACKET, &header, 0);
+            assert_eq!(out, rfc7714::PROTECTED_RTP_PACKET);
+            assert_eq!(built(&tx.rtp), (true, false));
+            assert_eq!(built(&tx.rtcp), (false, false));
+            assert_eq!(tx.rx_scratch.capacity(), 0);
+
+            let mut rx = make_rtp_context();
+            let plain = rx
+                .unprotect_rtp(rfc7714::PROTECTED_RTP_PACKET, &header, 0)
+                .expect("decrypt rtp")
+                .to_vec();
+            assert_eq!(plain, &rfc7714::PLAINTEXT_RTP_PACKET[12..]);
+            assert_eq!(built(&rx.rtp), (false, true));
+            assert!(rx.rx_scratch.capacity() < 2 * rfc7714::PROTECTED_RTP_PACKET.len());
         }
 
         #[test]

@@ -17,15 +17,19 @@ pub(crate) struct RtxCache {
 
     // Technically we want [Option<SeqNo>; X] to indicate the absence of
     // a SeqNo. However We can half the storage space by using the sentinel
-    // values SeqNo::MAX to indicate None
-    seq_no_by_quantized_size: [SeqNo; RTX_CACHE_QUANTIZE_SLOTS],
+    // values SeqNo::MAX to indicate None.
+    //
+    // Chorus patch 7: allocated on the first cached packet. It was held inline
+    // (640 bytes) in every send stream, and a stream that caches nothing (audio
+    // without NACK) never reads it: `None` answers as an all-`SeqNo::MAX` table.
+    seq_no_by_quantized_size: Option<Box<[SeqNo; RTX_CACHE_QUANTIZE_SLOTS]>>,
 }
 
 impl RtxCache {
     pub fn new(max_packet_count: usize, max_packet_age: Duration) -> Self {
         Self {
             packet_by_seq_no: EvictingBuffer::new(10, max_packet_age, max_packet_count),
-            seq_no_by_quantized_size: [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS],
+            seq_no_by_quantized_size: None,
         }
     }
 
@@ -34,7 +38,9 @@ impl RtxCache {
         let seq_no = packet.seq_no;
         let quantized_size = packet.payload.len() / RTX_CACHE_SIZE_QUANTIZER;
         self.packet_by_seq_no.push(*seq_no, now, packet);
-        self.seq_no_by_quantized_size[quantized_size] = seq_no;
+        self.seq_no_by_quantized_size
+            .get_or_insert_with(|| Box::new([SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS]))
+            [quantized_size] = seq_no;
         self.remove_old_packets(now);
     }
 
@@ -49,7 +55,7 @@ impl RtxCache {
     pub fn get_cached_packet_smaller_than(&mut self, max_size: usize) -> Option<&mut RtpPacket> {
         let quantized_size = max_size / RTX_CACHE_SIZE_QUANTIZER;
 
-        let seq_no = self.seq_no_by_quantized_size[..quantized_size]
+        let seq_no = self.seq_no_by_quantized_size.as_deref()?[..quantized_size]
             .iter()
             .rev()
             .filter(|seq_no| !seq_no.is_max())
@@ -69,7 +75,9 @@ impl RtxCache {
 
     pub(crate) fn clear(&mut self) {
         self.packet_by_seq_no.clear();
-        self.seq_no_by_quantized_size = [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS];
+        if let Some(by_size) = self.seq_no_by_quantized_size.as_deref_mut() {
+            *by_size = [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS];
+        }
     }
 }
 
@@ -110,6 +118,25 @@ mod test {
             Some(&mut packet(now, 1, 10)),
             rtx_cache.get_cached_packet_smaller_than(1000)
         );
+    }
+
+    #[test]
+    fn size_table_made_on_first_cached_packet() {
+        // Chorus patch 7: a cache that never caches holds no size table, answers
+        // as an empty one would, and clears without making one.
+        let now = Instant::now();
+        let mut rtx_cache = RtxCache::new(10, Duration::from_secs(3));
+        assert!(rtx_cache.seq_no_by_quantized_size.is_none());
+        assert_eq!(None, rtx_cache.get_cached_packet_smaller_than(1000));
+        rtx_cache.clear();
+        assert!(rtx_cache.seq_no_by_quantized_size.is_none());
+        rtx_cache.cache_sent_packet(packet(now, 1, 10), after(now, 10));
+        assert_eq!(
+            Some(&mut packet(now, 1, 10)),
+            rtx_cache.get_cached_packet_smaller_than(1000)
+        );
+        rtx_cache.clear();
+        assert_eq!(None, rtx_cache.get_cached_packet_smaller_than(1000));
     }
 
     #[test]

@@ -21,7 +21,6 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ pub(crate) use meta::{rfc3339, unix_ms};
 use meta::{Kind, Person, RecordingMeta, State, StopReason, FORMAT};
 pub use metrics::RecordingMetrics;
 pub use writer::RecordSink;
-use writer::{Control, Data, Event, Progress, Start, WriteError, Writer};
+use writer::{Control, Data, DataSender, Event, Progress, Start, WriteError, Writer};
 
 /// How long a stop waits for the writer to close the file.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -150,7 +149,7 @@ pub struct Recordings {
     index: Mutex<BTreeMap<RecordingId, Entry>>,
     auto: Mutex<HashMap<String, Auto>>,
     recorded: watch::Sender<Arc<TapSet>>,
-    data: SyncSender<Data>,
+    data: DataSender,
     control: std::sync::mpsc::Sender<Control>,
     events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
 }
@@ -158,7 +157,7 @@ pub struct Recordings {
 impl Recordings {
     /// Starts the writer thread; the manager runs once [`Recordings::start_tasks`] is called.
     pub fn new(config: RecordingConfig, metrics: RecordingMetrics) -> std::io::Result<Arc<Self>> {
-        let (data, data_rx) = std::sync::mpsc::sync_channel(config.queue_frames);
+        let (data, data_rx) = writer::data_queue(config.queue_frames);
         let (control, control_rx) = std::sync::mpsc::channel();
         let (events_tx, events) = mpsc::unbounded_channel();
         let writer = Writer::new(

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,10 +130,71 @@ impl From<std::io::Error> for WriteError {
     }
 }
 
+/// The writer's data queue, bounded at `capacity` items (`recording.queue_frames`) by a count rather
+/// than by an array allocated up front: std's `sync_channel` allocates its whole capacity when it is
+/// made (10,000 × 80 bytes, 800 kB, in every process whether anything records or not), while this
+/// one's blocks come and go with what is queued.
+pub(super) fn data_queue(capacity: usize) -> (DataSender, DataReceiver) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        DataSender {
+            tx,
+            queued: queued.clone(),
+            capacity,
+        },
+        DataReceiver { rx, queued },
+    )
+}
+
+/// The sending side of [`data_queue`]; never blocks.
+#[derive(Clone)]
+pub(super) struct DataSender {
+    tx: Sender<Data>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+/// Why [`DataSender::try_send`] did not queue.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum QueueError {
+    /// `capacity` items are waiting already.
+    Full,
+    /// The writer has stopped.
+    Closed,
+}
+
+impl DataSender {
+    pub(super) fn try_send(&self, data: Data) -> Result<(), QueueError> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(QueueError::Full);
+        }
+        self.tx.send(data).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            QueueError::Closed
+        })
+    }
+}
+
+/// The writer's side of [`data_queue`].
+pub(super) struct DataReceiver {
+    rx: Receiver<Data>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl DataReceiver {
+    fn recv_timeout(&self, timeout: Duration) -> Result<Data, RecvTimeoutError> {
+        let data = self.rx.recv_timeout(timeout)?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Ok(data)
+    }
+}
+
 /// Where a media worker puts what the recorder taps: never blocks, counts what it cannot queue.
 #[derive(Clone)]
 pub struct RecordSink {
-    pub(super) data: SyncSender<Data>,
+    pub(super) data: DataSender,
     /// What is recorded: a room's frames go to the writer only if its mix is.
     pub(super) recorded: watch::Receiver<Arc<TapSet>>,
     pub(super) dropped: prometheus::IntCounter,
@@ -151,7 +212,7 @@ impl RecordSink {
     }
 
     fn send(&self, data: Data) {
-        if let Err(TrySendError::Full(_)) = self.data.try_send(data) {
+        if let Err(QueueError::Full) = self.data.try_send(data) {
             self.dropped.inc();
         }
     }
@@ -279,7 +340,7 @@ impl Writer {
     }
 
     /// Runs until the data queue's senders are all gone.
-    pub(super) fn run(mut self, data: Receiver<Data>, control: Receiver<Control>) {
+    pub(super) fn run(mut self, data: DataReceiver, control: Receiver<Control>) {
         loop {
             let got = data.recv_timeout(self.page.min(Duration::from_millis(250)));
             while let Ok(c) = control.try_recv() {
@@ -478,5 +539,31 @@ impl Writer {
             let _ = a.write_meta(&names);
         }
         let _ = self.events.send(Event::Failed { id, error });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_queue_holds_its_capacity_and_frees_a_place_per_item_taken() {
+        let (tx, rx) = data_queue(2);
+        assert_eq!(tx.try_send(Data::Wake), Ok(()));
+        assert_eq!(tx.clone().try_send(Data::Wake), Ok(()));
+        assert_eq!(tx.try_send(Data::Wake), Err(QueueError::Full));
+        assert!(rx.recv_timeout(Duration::ZERO).is_ok());
+        assert_eq!(tx.try_send(Data::Wake), Ok(()));
+        assert_eq!(tx.try_send(Data::Wake), Err(QueueError::Full));
+        assert!(rx.recv_timeout(Duration::ZERO).is_ok());
+        assert!(rx.recv_timeout(Duration::ZERO).is_ok());
+        assert!(matches!(
+            rx.recv_timeout(Duration::ZERO),
+            Err(RecvTimeoutError::Timeout)
+        ));
+        drop(rx);
+        assert_eq!(tx.try_send(Data::Wake), Err(QueueError::Closed));
+        // A refused item leaves no place taken.
+        assert_eq!(tx.queued.load(Ordering::Acquire), 0);
     }
 }

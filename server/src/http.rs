@@ -23,8 +23,12 @@ const WS_TRANSPORT_LIMIT: usize = 1 << 20;
 /// What each WebSocket's read buffer starts at. tungstenite's default (128 KiB, allocated and zero-filled
 /// on the first read) was the largest single cost of a participant (issue 15); signaling messages are a
 /// few hundred bytes, an offer a few KiB, and a longer frame still arrives whole: tungstenite reserves a
-/// frame's announced length before reading it (up to [`WS_TRANSPORT_LIMIT`]).
-pub(crate) const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// frame's announced length before reading it (up to [`WS_TRANSPORT_LIMIT`]), and the patched tungstenite
+/// (vendor/tungstenite/PATCHES.md) goes back to this size once such a frame is read. 1 KiB holds every
+/// message a session sends after its offer (moves, mutes, pings: tens to hundreds of bytes); an offer
+/// costs one more read and a short-lived larger buffer, once per join. 4 KiB before (2026-12-06): 3 KiB
+/// of every participant that only an offer ever used.
+pub(crate) const WS_READ_BUFFER_BYTES: usize = 1024;
 
 /// How many bytes of outgoing frames tungstenite gathers before writing them to the socket. Signaling
 /// flushes after every message, so this only ever held one message. A larger message (the `joined` of a

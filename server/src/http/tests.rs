@@ -97,8 +97,8 @@ fn a_connection_keeps_no_large_buffer_after_a_large_message_either_way() {
     let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(WS_WRITE_BUFFER_BYTES);
-    // Then two short messages and one of 3 KB that the read size (4 KiB) cuts in two: the buffer grows
-    // for it though the frame itself is shorter than the read size.
+    // Then two short messages and one of 3 KB, longer than the read size (1 KiB) and cut by the reads
+    // before it: the buffer grows for it, and goes back to the read size once it is read.
     let mut input = client_text_frame(20_000);
     for len in [1_000, 1_000, 3_000] {
         input.extend(client_text_frame(len));

@@ -349,11 +349,16 @@ impl Extension {
 // "a=extmap:14 urn:ietf:params:rtp-hdrext:toffset"
 
 /// Mapping between RTP extension id to what extension that is.
+///
+/// The mapped ids alone, sorted by id, each at most once and in 1..=MAX_ID (Chorus patch 8,
+/// `PATCHES.md`: an inline entry for each of the 16 ids was 768 bytes per map, and a peer holds one per
+/// media line and one in its configuration, with 3–7 ids mapped in each).
 #[derive(Clone, PartialEq, Eq)]
-pub struct ExtensionMap([Option<MapEntry>; MAX_ID as usize]); // index 0 is extmap:1.
+pub struct ExtensionMap(Vec<MapEntry>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MapEntry {
+    id: u8,
     ext: Extension,
     locked: bool,
 }
@@ -361,7 +366,7 @@ struct MapEntry {
 impl ExtensionMap {
     /// Create an empty map.
     pub fn empty() -> Self {
-        ExtensionMap(std::array::from_fn(|_| None))
+        ExtensionMap(Vec::new())
     }
 
     /// Creates a map with the "standard" mappings.
@@ -383,9 +388,7 @@ impl ExtensionMap {
     }
 
     pub(crate) fn clear(&mut self) {
-        for i in &mut self.0 {
-            *i = None;
-        }
+        self.0.clear();
     }
 
     /// Set a mapping for an extension.
@@ -396,11 +399,16 @@ impl ExtensionMap {
             debug!("Set RTP extension out of range 1-{}: {}", MAX_ID, id);
             return;
         }
-        let idx = id as usize - 1;
+        let m = MapEntry {
+            id,
+            ext,
+            locked: false,
+        };
 
-        let m = MapEntry { ext, locked: false };
-
-        self.0[idx] = Some(m);
+        match self.0.binary_search_by_key(&id, |m| m.id) {
+            Ok(i) => self.0[i] = m,
+            Err(i) => self.0.insert(i, m),
+        }
     }
 
     /// Look up the extension for the id.
@@ -408,7 +416,7 @@ impl ExtensionMap {
     /// The id must be in 1..=MAX_ID (1-indexed).
     pub fn lookup(&self, id: u8) -> Option<&Extension> {
         if id >= 1 && id <= MAX_ID {
-            self.0[id as usize - 1].as_ref().map(|m| &m.ext)
+            self.0.iter().find(|m| m.id == id).map(|m| &m.ext)
         } else {
             debug!("Lookup RTP extension out of range 1-{}: {}", MAX_ID, id);
             None
@@ -419,19 +427,12 @@ impl ExtensionMap {
     ///
     /// The returned id will be 1-based.
     pub fn id_of(&self, e: Extension) -> Option<u8> {
-        self.0
-            .iter()
-            .position(|x| x.as_ref().map(|e| &e.ext) == Some(&e))
-            .map(|p| p as u8 + 1)
+        self.0.iter().find(|m| m.ext == e).map(|m| m.id)
     }
 
     /// Returns an iterator over the elements of the extension map
     pub fn iter(&self) -> impl Iterator<Item = (u8, &Extension)> + '_ {
-        self.0
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| e.as_ref().map(|e| (i, e)))
-            .map(|(i, e)| ((i + 1) as u8, &e.ext))
+        self.0.iter().map(|m| (m.id, &m.ext))
     }
 
     /// Returns an iterator over the audio or video elements of the extension map
@@ -545,26 +546,24 @@ impl ExtensionMap {
         let orig_len = ext_buf.len();
         let mut b = ext_buf;
 
-        for (idx, x) in self.0.iter().enumerate() {
-            if let Some(v) = x {
-                match form {
-                    ExtensionsForm::OneByte => {
-                        if let Some(n) = v.ext.write_to(&mut b[1..], ev) {
-                            assert!(n <= 16);
-                            assert!(n > 0);
-                            b[0] = (idx as u8 + 1) << 4 | (n as u8 - 1);
-                            b = &mut b[1 + n..];
-                        }
+        for v in &self.0 {
+            match form {
+                ExtensionsForm::OneByte => {
+                    if let Some(n) = v.ext.write_to(&mut b[1..], ev) {
+                        assert!(n <= 16);
+                        assert!(n > 0);
+                        b[0] = v.id << 4 | (n as u8 - 1);
+                        b = &mut b[1 + n..];
                     }
-                    ExtensionsForm::TwoByte => {
-                        if let Some(n) = v.ext.write_to(&mut b[2..], ev) {
-                            b[0] = (idx + 1) as u8;
-                            b[1] = n as u8;
-                            b = &mut b[2 + n..];
-                        }
+                }
+                ExtensionsForm::TwoByte => {
+                    if let Some(n) = v.ext.write_to(&mut b[2..], ev) {
+                        b[0] = v.id;
+                        b[1] = n as u8;
+                        b = &mut b[2 + n..];
                     }
-                };
-            }
+                }
+            };
         }
 
         orig_len - b.len()
@@ -582,41 +581,37 @@ impl ExtensionMap {
             return;
         }
 
-        // Mapping goes from 0 to 13.
-        let new_index = id as usize - 1;
-
-        let Some(old_index) = self
-            .0
-            .iter()
-            .enumerate()
-            .find(|(_, m)| m.as_ref().map(|m| &m.ext) == Some(ext))
-            .map(|(i, _)| i)
-        else {
+        let Some(pos) = self.0.iter().position(|m| &m.ext == ext) else {
             return;
         };
+        let old_id = self.0[pos].id;
 
-        // Unwrap OK because index is checking just above.
-        let old = self.0[old_index].as_mut().unwrap();
-
-        let is_change = new_index != old_index;
+        let is_change = id != old_id;
 
         // If either audio or video is locked, we got a previous extmap negotiation.
-        if is_change && old.locked {
+        if is_change && self.0[pos].locked {
+            // Logged as indexes, 0 to 15, as before patch 8.
             warn!(
                 "Extmap locked by previous negotiation. Ignore change: {} -> {}",
-                old_index, new_index
+                old_id - 1,
+                id - 1
             );
             return;
         }
 
         // Locking must be done regardless of whether there was an actual change.
-        old.locked = true;
+        self.0[pos].locked = true;
 
         if !is_change {
             return;
         }
 
-        self.0.swap(old_index, new_index);
+        // The two ids trade entries (an entry already at the new id, if any, takes the old one).
+        if let Some(other) = self.0.iter_mut().find(|m| m.id == id) {
+            other.id = old_id;
+        }
+        self.0[pos].id = id;
+        self.0.sort_unstable_by_key(|m| m.id);
     }
 }
 
@@ -1215,9 +1210,7 @@ impl fmt::Debug for ExtensionMap {
         let joined = self
             .0
             .iter()
-            .enumerate()
-            .filter_map(|(i, v)| v.as_ref().map(|v| (i + 1, v)))
-            .map(|(i, v)| format!("{}={}", i, v.ext))
+            .map(|v| format!("{}={}", v.id, v.ext))
             .collect::<Vec<_>>()
             .join(", ");
         write!(f, "{joined}")?;
@@ -1583,6 +1576,64 @@ mod test {
             e1.iter_video().collect::<Vec<_>>(),
             vec![(12, &VideoOrientation), (14, &TransportSequenceNumber)]
         );
+    }
+
+    #[test]
+    fn map_holds_the_mapped_ids_alone_in_id_order() {
+        use Extension::*;
+
+        // Chorus patch 8: what the inline 16-entry array answered, a sparse map answers the same way.
+        let mut a = ExtensionMap::empty();
+        a.set(14, TransportSequenceNumber);
+        a.set(1, AudioLevel);
+        a.set(4, RtpMid);
+        a.set(0, AbsoluteSendTime); // out of range: ignored
+        a.set(17, AbsoluteSendTime); // out of range: ignored
+        let mut b = ExtensionMap::empty();
+        b.set(4, RtpMid);
+        b.set(1, VideoOrientation);
+        b.set(14, TransportSequenceNumber);
+        b.set(1, AudioLevel); // replaces id 1
+        assert_eq!(a, b, "equal whatever the order of the sets");
+        assert_eq!(a.0.len(), 3);
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            vec![
+                (1, &AudioLevel),
+                (4, &RtpMid),
+                (14, &TransportSequenceNumber)
+            ]
+        );
+        assert_eq!(a.lookup(4), Some(&RtpMid));
+        assert_eq!(a.lookup(2), None);
+        assert_eq!(a.lookup(0), None);
+        assert_eq!(a.lookup(16), None);
+        assert_eq!(a.id_of(TransportSequenceNumber), Some(14));
+        assert_eq!(a.id_of(AbsoluteSendTime), None);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+
+        // A remap onto an id already taken trades the two, locked or not.
+        a.remap(&[(4, &AudioLevel)]);
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            vec![
+                (1, &RtpMid),
+                (4, &AudioLevel),
+                (14, &TransportSequenceNumber)
+            ]
+        );
+        // ... and one onto a free id moves it there.
+        a.remap(&[(2, &TransportSequenceNumber)]);
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            vec![
+                (1, &RtpMid),
+                (2, &TransportSequenceNumber),
+                (4, &AudioLevel)
+            ]
+        );
+        a.clear();
+        assert_eq!(a, ExtensionMap::empty());
     }
 
     #[test]

@@ -551,6 +551,10 @@ async function inboundAudioStats() {
       jitterBufferDelay: s.jitterBufferDelay ?? null,
       jitterBufferEmittedCount: s.jitterBufferEmittedCount ?? null,
       removedSamplesForAcceleration: s.removedSamplesForAcceleration ?? null,
+      insertedSamplesForDeceleration: s.insertedSamplesForDeceleration ?? null,
+      silentConcealedSamples: s.silentConcealedSamples ?? null,
+      concealmentEvents: s.concealmentEvents ?? null,
+      jitterBufferTargetDelay: s.jitterBufferTargetDelay ?? null,
       mimeType: codec ? codec.mimeType : null,
       sdpFmtpLine: codec ? codec.sdpFmtpLine : null,
     };

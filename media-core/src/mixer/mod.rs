@@ -113,7 +113,8 @@ pub struct MixPacket {
 /// (see [`Mixer::set_tap`]): the shared encode, taken once per tick whoever else receives it.
 #[derive(Clone, Debug)]
 pub struct MixTap {
-    /// The tick's index on the room's grid (20 ms each): a gap means ticks were skipped.
+    /// The tick's number on the room's timeline (20 ms each, with the wall clock since the room was made):
+    /// a gap means ticks were skipped.
     pub tick: u64,
     pub payload: Arc<[u8]>,
     /// Who talks in this tick, loudest first.
@@ -214,6 +215,15 @@ pub struct Mixer {
     /// The tick grid: ticks happen at `epoch + k · FRAME_DURATION`.
     epoch: Instant,
     next_tick: Option<Instant>,
+    /// The listeners' timeline (their RTP timestamps, the broadcast tap's tick numbers) runs with the
+    /// wall clock from the room's creation, whatever the grid's moves, plus `timeline_lead`:
+    /// [`Mixer::timeline`].
+    origin: Instant,
+    /// How far the timeline runs ahead of the wall clock: the sum of [`Mixer::rephase`]'s moves, each of
+    /// which brings the next tick sooner without a hole in the listeners' streams.
+    timeline_lead: Duration,
+    /// The grid point of the last tick run: the next one is at least a frame after it.
+    last_due: Option<Instant>,
     ticks: u64,
     /// Ticks in a row in which every talker could spare [`REPHASE_MIN_SPARE`], and the least any spared.
     spare_run: u32,
@@ -263,6 +273,9 @@ impl Mixer {
             jitter,
             epoch: now,
             next_tick: None,
+            origin: now,
+            timeline_lead: Duration::ZERO,
+            last_due: None,
             ticks: 0,
             spare_run: 0,
             least_spare: Duration::MAX,
@@ -433,20 +446,38 @@ impl Mixer {
     /// waking packet that came a few ms late would otherwise set the phase late, and [`Mixer::rephase`]
     /// would take it back a few ticks later, a whole tick of grid (and of output timestamps) per talk
     /// spurt. Only the waking talker is aligned here; the others by `rephase`. The grid only moves back, by
-    /// less than a tick, so grid indices (the output's RTP timestamps) still only grow.
+    /// less than a tick, and never puts a tick less than a frame after the last one ran, so a listener never
+    /// gets two frames in less than a frame's time. The listeners' timestamps do not follow the grid's move:
+    /// they follow the wall clock ([`Mixer::timeline`]), so the first packet after an idle spell is as far
+    /// (in its timestamp) from the last one as it is in time. Stamped by grid index, as they were before,
+    /// each move put the stream ahead of the clock by up to a tick: a room woken every few ticks by a
+    /// talker's comfort-noise packets moved its grid back 20 ms every 120 ms (seen in Chromium speech
+    /// runs), so the listeners' next talk spurt came up to a tenth of a second ahead of their jitter
+    /// buffers' clock, which Chromium then played late and caught up on by time-compressing the speech
+    /// (`removedSamplesForAcceleration` 150–175 ms per 32 s, against 10–45 ms for a forwarded stream).
     fn wake_anchored(&mut self, arrival: Instant, due: Instant) {
         if self.next_tick.is_some() {
             return;
         }
-        let want = due + ANCHOR_SLACK;
-        let tick = self.grid_at_or_after(due);
+        let after_last = self.last_due.map(|last| last + FRAME_DURATION);
+        let earliest = after_last.map_or(due, |a| a.max(due));
+        let want = earliest + ANCHOR_SLACK;
+        let tick = self.grid_at_or_after(earliest);
         if tick > want {
             // The grid point at or after `want` is `tick`: the grid moves back by the difference.
             if let Some(epoch) = self.epoch.checked_sub(tick - want) {
                 self.epoch = epoch;
             }
         }
-        self.next_tick = Some(self.grid_at_or_after(arrival));
+        let first = after_last.map_or(arrival, |a| a.max(arrival));
+        self.next_tick = Some(self.grid_at_or_after(first));
+    }
+
+    /// Where grid point `due` falls on the listeners' timeline: the time since the room's creation, plus
+    /// what [`Mixer::rephase`] moved the grid earlier while it ticked (those moves keep the timestamps
+    /// continuous; an idle room's moves in [`Mixer::wake_anchored`] do not count).
+    fn timeline(&self, due: Instant) -> Duration {
+        due.saturating_duration_since(self.origin) + self.timeline_lead
     }
 
     /// Move a ticking room's grid earlier when its talkers' packets wait longer than their targets: once
@@ -457,9 +488,9 @@ impl Mixer {
     /// without DTX) kept whatever phase it started with, and a waking packet that came late set the grid
     /// late for every packet after it (Chorus issue 15: at 503 participants one run in four measured a mix
     /// latency p50 of 48 ms instead of 33 ms). Nothing is heard: every input plays the same spans, only
-    /// sooner, with a margin still at or above its target. The grid index, hence the output timestamps,
-    /// stays continuous, because the grid moves by less than a tick right after a tick ran; the listeners'
-    /// packets come that much sooner from then on, which their jitter buffers see as a faster path and
+    /// sooner, with a margin still at or above its target. The listeners' timestamps stay continuous (the
+    /// move is added to `timeline_lead`), and the grid moves by less than a tick right after a tick ran; the
+    /// listeners' packets come that much sooner from then on, which their jitter buffers see as a faster path and
     /// give back in a pause (as they do for a sender's clock running fast). With several talkers at
     /// different phases the tightest one sets the grid and the others keep waiting for it.
     fn rephase(&mut self, stats: &mut MixStats) {
@@ -496,6 +527,7 @@ impl Mixer {
         if let (Some(epoch), Some(tick)) = (self.epoch.checked_sub(back), next.checked_sub(back)) {
             self.epoch = epoch;
             self.next_tick = Some(tick);
+            self.timeline_lead += back;
             stats.grid_moves += 1;
         }
     }

@@ -677,6 +677,83 @@ fn a_talker_waking_an_idle_mixer_plays_at_its_target_not_a_tick_later() {
 }
 
 #[test]
+fn the_listeners_timestamps_follow_the_clock_across_idle_spells() {
+    // A talker's comfort noise wakes an idle mixer every few ticks, each time at another phase of the
+    // grid, so each wake moves the grid back by up to a tick. Stamped by grid index, every move put the
+    // listener's timestamps ahead of the clock: in Chromium speech runs the grid moved back 20 ms every
+    // 120 ms of a pause, the next talk spurt came a tenth of a second ahead of the listener's jitter
+    // buffer, and Chromium caught up by time-compressing the speech. Here: two spurts with a 4 s pause
+    // between them, in which A sends a silent packet every third frame at alternating phases. Between
+    // any two packets B receives, the timestamps must advance as much as the clock (the ticks that sent
+    // them), to within a millisecond, and never by less than a frame.
+    let mut room = Room::new(&[A, B]);
+    let mut mic = Sender::new(0xA);
+    mic.encoder.set_dtx(false).expect("DTX is a valid setting");
+    let mut phase = 0.0;
+    let mut out = Vec::new();
+    let t0 = room.t0;
+    let talking = |k: usize| (50..100).contains(&k) || (300..350).contains(&k);
+    // (tick, timestamp, grid moves so far) of each packet to B
+    let mut to_b: Vec<(Instant, u32, u64)> = Vec::new();
+    for k in 50..360usize {
+        let arrival = if talking(k) {
+            t0 + FRAME_DURATION * k as u32 + Duration::from_micros(5_300)
+        } else if k % 3 == 0 {
+            let wander = if k % 2 == 0 { 5_300 } else { 12_800 };
+            t0 + FRAME_DURATION * k as u32 + Duration::from_micros(wander)
+        } else {
+            continue;
+        };
+        let pcm: Vec<f32> = (0..FRAME_SAMPLES)
+            .map(|_| {
+                phase += std::f64::consts::TAU * 440.0 / f64::from(SAMPLE_RATE);
+                if talking(k) {
+                    (0.3 * phase.sin()) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let p = mic.frame(k, &pcm).expect("no DTX: every frame encodes");
+        room.push(arrival, A, mic.ssrc, p);
+        while let Some(t) = room
+            .mixer
+            .next_tick()
+            .filter(|t| *t < arrival + FRAME_DURATION)
+        {
+            // a move counts from the tick after the one that made it
+            let moves = room.stats.grid_moves;
+            out.clear();
+            room.mixer
+                .tick(t, &mut out, &mut room.stats, &mut room.samples);
+            for p in out.iter().filter(|p| p.to == B) {
+                to_b.push((t, p.ts, moves));
+            }
+        }
+    }
+    let mut idle_gaps = 0;
+    for pair in to_b.windows(2) {
+        let ((t1, ts1, moves1), (t2, ts2, moves2)) = (pair[0], pair[1]);
+        let step = ts2.wrapping_sub(ts1);
+        let elapsed = t2.duration_since(t1);
+        assert!(
+            step >= FRAME_SAMPLES as u32,
+            "B got two frames {step} samples apart"
+        );
+        if moves1 != moves2 {
+            continue; // a ticking room's move keeps the stream continuous: ahead by the move
+        }
+        let clock = elapsed.as_secs_f64() * f64::from(SAMPLE_RATE);
+        assert!(
+            (f64::from(step) - clock).abs() <= f64::from(SAMPLE_RATE) / 1000.0,
+            "B's timestamps advanced {step} samples over {elapsed:?}"
+        );
+        idle_gaps += usize::from(elapsed > FRAME_DURATION * 10);
+    }
+    assert!(idle_gaps >= 1, "the pause reached B as a gap: {idle_gaps}");
+}
+
+#[test]
 fn a_room_that_never_idles_moves_its_grid_to_its_talkers_phase() {
     // Chorus issue 15: the grid's phase came only from the packet that woke an idle room. A room without
     // DTX never goes idle again, and a waking packet that came late set the phase late for every packet

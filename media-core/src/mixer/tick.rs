@@ -12,7 +12,7 @@ use super::{
     SHARED_SWITCH_MAX_TICKS, SILENT_LEVEL,
 };
 use crate::audibility::Audibility;
-use crate::audio::{FRAME_DURATION, FRAME_SAMPLES};
+use crate::audio::{FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
 use crate::ids::ParticipantId;
 use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::stats::{MixStats, Samples};
@@ -31,7 +31,13 @@ impl Mixer {
         stats.ticks += 1;
         self.ticks += 1;
         let grid = self.grid_index(due);
-        let frame_ts = (grid as u32).wrapping_mul(FRAME_SAMPLES as u32);
+        self.last_due = Some(due);
+        // The listeners' timestamps and the tap's tick numbers run with the wall clock (see `timeline`): a
+        // whole tick later is exactly one frame more, an idle spell as long in samples as in time.
+        let timeline = self.timeline(due).as_nanos();
+        let frame_ts = (timeline * SAMPLE_RATE as u128 / 1_000_000_000) as u32;
+        let frame_no =
+            ((timeline + FRAME_DURATION.as_nanos() / 2) / FRAME_DURATION.as_nanos()) as u64;
 
         // 1. Pull playout from every publisher; rank the voiced ones by level without decoding.
         self.talkers.clear();
@@ -166,7 +172,7 @@ impl Mixer {
         if let Some(audibility) = audibility.filter(|a| a.is_spatial()) {
             // A spatial room: a stereo mix per listener (steps 3 and 4 of its own).
             self.spatial_outputs(frame_ts, audibility, out, stats);
-            self.tap_full_mix(grid, None, stats);
+            self.tap_full_mix(grid, frame_no, None, stats);
             self.after_tick(grid, self.talkers.len(), any_active, stats);
             return;
         }
@@ -371,13 +377,19 @@ impl Mixer {
             m.send(frame_ts, encoded.payload, heard, encoded.level, out);
             stats.sent(encoded.fec);
         }
-        self.tap_full_mix(grid, clean_packet, stats);
+        self.tap_full_mix(grid, frame_no, clean_packet, stats);
         self.after_tick(grid, self.talkers.len(), any_active, stats);
     }
 
     /// 4b. The broadcast tap: the full mix, from the shared clean encode (made now if no listener needed
     /// it; always in a spatial room, whose listeners each get their own stereo mix).
-    fn tap_full_mix(&mut self, grid: u64, mut clean_packet: TickPacket, stats: &mut MixStats) {
+    fn tap_full_mix(
+        &mut self,
+        grid: u64,
+        frame_no: u64,
+        mut clean_packet: TickPacket,
+        stats: &mut MixStats,
+    ) {
         if !self.tap {
             return;
         }
@@ -393,7 +405,7 @@ impl Mixer {
         if let Some(Some(Encoded { payload, .. })) = clean_packet {
             let talkers = self.talkers.iter().map(|&i| self.members[i].id).collect();
             self.tapped.push(MixTap {
-                tick: grid,
+                tick: frame_no,
                 payload,
                 talkers,
             });

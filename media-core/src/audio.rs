@@ -17,6 +17,13 @@ pub fn samples_duration(samples: usize) -> std::time::Duration {
     std::time::Duration::from_micros(samples as u64 * 1_000_000 / u64::from(SAMPLE_RATE))
 }
 
+/// `d` in samples (48 kHz RTP clock ticks), truncated: [`samples_duration`]'s inverse. Exact for whole
+/// frames: `FRAME_DURATION` more is always `FRAME_SAMPLES` more.
+pub fn duration_samples(d: std::time::Duration) -> u64 {
+    let samples = d.as_nanos() * u128::from(SAMPLE_RATE) / 1_000_000_000;
+    u64::try_from(samples).unwrap_or(u64::MAX)
+}
+
 /// The quietest RFC 6464 level (−127 dBov); also what silence maps to.
 pub const SILENCE_LEVEL: u8 = 127;
 

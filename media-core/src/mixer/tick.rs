@@ -12,7 +12,7 @@ use super::{
     SHARED_SWITCH_MAX_TICKS, SILENT_LEVEL,
 };
 use crate::audibility::Audibility;
-use crate::audio::{FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
+use crate::audio::{duration_samples, FRAME_DURATION, FRAME_SAMPLES};
 use crate::ids::ParticipantId;
 use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
 use crate::stats::{MixStats, Samples};
@@ -34,10 +34,9 @@ impl Mixer {
         self.last_due = Some(due);
         // The listeners' timestamps and the tap's tick numbers run with the wall clock (see `timeline`): a
         // whole tick later is exactly one frame more, an idle spell as long in samples as in time.
-        let timeline = self.timeline(due).as_nanos();
-        let frame_ts = (timeline * SAMPLE_RATE as u128 / 1_000_000_000) as u32;
-        let frame_no =
-            ((timeline + FRAME_DURATION.as_nanos() / 2) / FRAME_DURATION.as_nanos()) as u64;
+        let at = duration_samples(self.timeline(due));
+        let frame_ts = at as u32; // RTP timestamps wrap
+        let frame_no = (at + FRAME_SAMPLES as u64 / 2) / FRAME_SAMPLES as u64;
 
         // 1. Pull playout from every publisher; rank the voiced ones by level without decoding.
         self.talkers.clear();

@@ -27,6 +27,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::audio::duration_samples;
 use crate::ids::Ssrc;
 
 /// One 20 ms frame in RTP timestamp units: the least the output timestamp advances at a switch.
@@ -210,7 +211,7 @@ impl SlotRewriter {
             Some(o) => {
                 let elapsed = now.saturating_duration_since(o.last_time);
                 let advance =
-                    duration_to_ticks(elapsed).clamp(u64::from(FRAME_TICKS), MAX_TS_ADVANCE);
+                    duration_samples(elapsed).clamp(u64::from(FRAME_TICKS), MAX_TS_ADVANCE);
                 (o.max_seq + 1, o.ts_at_max.wrapping_add(advance as u32))
             }
         };
@@ -244,7 +245,7 @@ impl SlotRewriter {
             o.check_lag_at = o.last_time.checked_add(MAX_TS_LAG).unwrap_or(o.last_time);
             return false;
         }
-        let wall = i64::try_from(duration_to_ticks(elapsed)).unwrap_or(i64::MAX);
+        let wall = i64::try_from(duration_samples(elapsed)).unwrap_or(i64::MAX);
         wall.saturating_sub(advance) >= MAX_TS_LAG_TICKS
     }
 
@@ -275,12 +276,6 @@ impl SlotRewriter {
     pub fn retimes(&self) -> u64 {
         self.retimes
     }
-}
-
-/// `d` in 48 kHz RTP clock ticks (truncated).
-fn duration_to_ticks(d: Duration) -> u64 {
-    let ticks = d.as_nanos() * u128::from(crate::audio::SAMPLE_RATE) / 1_000_000_000;
-    u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -411,7 +406,7 @@ mod tests {
         assert_eq!(next.0, a[5].0 + 1, "the sequence goes on");
         assert_eq!(
             next.1.wrapping_sub(a[5].1),
-            duration_to_ticks(Duration::from_millis(1981)) as u32,
+            duration_samples(Duration::from_millis(1981)) as u32,
             "the timestamp advances by the wall clock"
         );
         assert_eq!((rw.retimes(), rw.switches()), (1, 0));
@@ -428,7 +423,7 @@ mod tests {
         let again = rw.rewrite(t, A, 218, 208 * 960).unwrap();
         assert_eq!(
             again.1.wrapping_sub(live[199].1),
-            duration_to_ticks(Duration::from_millis(1500)) as u32
+            duration_samples(Duration::from_millis(1500)) as u32
         );
         assert_eq!(rw.retimes(), 2);
     }

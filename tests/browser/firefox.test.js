@@ -21,7 +21,7 @@ import { launchFirefox, startPulse } from './lib/firefox.js';
 import { createNetns } from './lib/netns.js';
 import { startServer } from './lib/server.js';
 import { startRebindingNat } from './lib/udp-rebind.js';
-import { passageWav, pesqLoops, wavSeconds, writePcmWav } from './lib/speech.js';
+import { passageWav, pesqLoops, receiveSide, wavSeconds, writePcmWav } from './lib/speech.js';
 
 const FOX = { name: 'Fox', freq: 750, amplitude: 0.3 };
 const CHROME = { name: 'Chrome', freq: 440, amplitude: 0.3 };
@@ -219,10 +219,14 @@ describe('Firefox and Chromium in a network namespace', { timeout: 360000 }, () 
           return { ok: st.status === 'joined' && st.state === 'connected', ...st };
         }, { timeoutMs: 30000, intervalMs: 250 });
         await waitConnected(speaker, 30000);
+        const receiving = async () => ({ Firefox: await foxEval('chorusDemo.inboundAudioStats()'),
+          Chromium: await inboundAudioStats(speaker) });
+        const start = await receiving();
         const [foxRec, chromeRec] = await Promise.all([
           foxEval(`chorusDemo.record(${recordS * 1000})`, (recordS + 20) * 1000),
           speaker.page.evaluate((ms) => /** @type {any} */ (window).chorusDemo.record(ms), recordS * 1000),
         ]);
+        const end = await receiving();
         /** @type {string[]} */
         const failures = [];
         for (const [who, rec] of /** @type {const} */ ([['Firefox', foxRec], ['Chromium', chromeRec]])) {
@@ -232,12 +236,19 @@ describe('Firefox and Chromium in a network namespace', { timeout: 360000 }, () 
           const s = pesqLoops(wav, received);
           const loops = s.loops.map((l) => `${l.mos_lqo.toFixed(2)} (correlation ${l.correlation.toFixed(2)})`).join(', ');
           console.log(`${mode}: ${who} heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)}, the median of ${loops}`);
+          // what its jitter buffer did meanwhile (a dip with acceleration and no loss is the browser's playout)
+          console.log(`${mode}: ${who}'s receive side while recording ${JSON.stringify(receiveSide(end[who], start[who]))}`);
           if (s.loops.length < wholeLoops) failures.push(`${who}: ${wholeLoops} whole loops in ${recordS} s: ${loops}`);
           if (s.mos_lqo < 2.5) failures.push(`${who} heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)} (loops ${loops})`);
           // Chromium's playout of a forwarded stream is steady: every loop, the first included (the re-timing)
           if (mode === 'forward' && who === 'Chromium' && s.loops.some((l) => l.mos_lqo < 2.5)) {
             failures.push(`Chromium heard a loop of Firefox's forwarded speech below PESQ-WB 2.5: ${loops}`);
           }
+        }
+        if (mode === 'mix') {
+          // the mixer's late ticks and grid moves, beside the browsers' receive sides above
+          const { body: text } = await /** @type {any} */ (ns).httpGet(`${srv.url}/metrics`);
+          console.log(`mix: ${text.split('\n').filter((l) => /^chorus_mixer_(ticks_total|ticks_late_total|grid_moves_total) /.test(l)).join(', ')}`);
         }
         assert.deepEqual(failures, []);
         await foxEval('chorusDemo.leave().then(() => chorusDemo.status)');

@@ -89,3 +89,31 @@ export function wavSeconds(file) {
   const byteRate = header.readUInt32LE(28);
   return (fs.statSync(file).size - 44) / byteRate;
 }
+
+/**
+ * What a browser's receive side did with the audio it got over a span (the demo's `inboundAudioStats()`
+ * entries at its end, less those at its start, matched by SSRC; the whole call when `start` is empty), in
+ * units a reader compares at a glance: packets lost, the shares of samples concealed (all, and silently),
+ * milliseconds time-compressed (acceleration) and stretched (deceleration), and the jitter buffer's mean
+ * delay and target. Where a low PESQ score came from: losses and concealment near 0 point upstream of the
+ * browser; acceleration means the browser's jitter buffer held more than it wanted and compressed speech.
+ * @param {any[]} end @param {any[]} [start]
+ */
+export function receiveSide(end, start = []) {
+  return end.filter((x) => x.packetsReceived > 0).map((x) => {
+    const s = start.find((y) => y.ssrc === x.ssrc) ?? {};
+    const d = (/** @type {string} */ k) => (x[k] ?? 0) - (s[k] ?? 0);
+    const samples = d('totalSamplesReceived');
+    const emitted = d('jitterBufferEmittedCount');
+    return {
+      slot: x.slot, packetsReceived: d('packetsReceived'), packetsLost: d('packetsLost'), jitterS: x.jitter,
+      concealedShare: samples ? +(d('concealedSamples') / samples).toFixed(4) : null,
+      silentConcealedShare: samples ? +(d('silentConcealedSamples') / samples).toFixed(4) : null,
+      concealmentEvents: d('concealmentEvents'),
+      acceleratedMs: Math.round(d('removedSamplesForAcceleration') / 48),
+      deceleratedMs: Math.round(d('insertedSamplesForDeceleration') / 48),
+      jitterBufferMs: emitted ? Math.round(1000 * d('jitterBufferDelay') / emitted) : null,
+      targetMs: emitted ? Math.round(1000 * d('jitterBufferTargetDelay') / emitted) : null,
+    };
+  });
+}

@@ -19,7 +19,8 @@
 //!    [`crate::mixer::encoder`]), and the move back waits for a quiet mix ([`QUIET_SWITCH_LEVEL`], at most
 //!    [`PERSONAL_MAX_HANGOVER_TICKS`]).
 //! 4. A listener whose mix is empty (nobody else talks) is sent the room's pre-encoded silence frame for
-//!    [`PAUSE_SILENCE_TICKS`], then nothing (with [`MixSettings::dtx`] off, the silence frame always). An
+//!    [`PAUSE_SILENCE_TICKS`], the last of them a DTX packet (the TOC byte alone, as a WebRTC sender
+//!    marks the start of DTX), then nothing (with [`MixSettings::dtx`] off, the silence frame always). An
 //!    empty or all-silent room decodes and encodes nothing, and with DTX stops ticking altogether once every
 //!    jitter buffer is idle and every pause is sent (the next packet re-arms it).
 //!
@@ -53,7 +54,7 @@ use crate::stats::{MixStats, Samples};
 use vocab::MixSettings;
 
 /// With DTX, how long a listener's stream goes on as silence frames after the mix it hears falls silent
-/// (2 s): pauses inside speech reach it as silence, not as a gap.
+/// (2 s, the last frame the DTX packet): pauses inside speech reach it as silence, not as a gap.
 pub const PAUSE_SILENCE_TICKS: u32 = 100;
 
 /// Packets whose RFC 6464 level is this quiet or quieter (−dBov) count as silence and are not decoded.
@@ -123,7 +124,7 @@ pub struct MixTap {
 
 use encoder::UNREPORTED_LOSS_PERCENT;
 pub use input::{opus_packet_has_fec, opus_packet_info, red_jitter_packets};
-use output::{silence_frame, OutEncoder, SharedEncode};
+use output::{OutEncoder, PausePackets, SharedEncode};
 
 /// Which encode a listener received in the last tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +184,10 @@ struct Member {
     pause_ticks: u32,
     /// Ticks since the member last talked, while it keeps its personal encoder.
     since_talked: u32,
+    /// When its packets were due to play (arrival on the fastest path plus its target) at the last tick it
+    /// talked, and the mixer's tick count then: its packets keep that phase of the 20 ms period through its
+    /// pauses, which [`Mixer::rephase`] respects for [`REPHASE_MEMORY_TICKS`].
+    due_phase: Option<(Instant, u64)>,
     /// The encode the member received last tick.
     feed: Feed,
     /// Timestamp and payload of the last packet sent to the member (the next one's RED redundancy).
@@ -207,6 +212,11 @@ const REPHASE_MIN_SPARE: Duration = Duration::from_millis(3);
 
 /// Ticks in a row (200 ms) every talker must have spared [`REPHASE_MIN_SPARE`] before the grid moves.
 const REPHASE_TICKS: u32 = 10;
+
+/// How long (10 s) a member who talked holds the grid at a phase that suits its packets while others talk
+/// (see [`Mixer::rephase`]): people take turns, and each turn would otherwise move the grid for the next
+/// talker.
+const REPHASE_MEMORY_TICKS: u64 = 500;
 
 /// One mixed room's mixing state.
 pub struct Mixer {
@@ -237,8 +247,9 @@ pub struct Mixer {
     /// 10 %: PESQ-WB 4.38 with one encode for both, 4.47 now).
     clean: SharedEncode,
     protected: SharedEncode,
-    /// One 20 ms Opus frame of silence, for listeners of a room without DTX.
-    silence: Option<Arc<[u8]>>,
+    /// The frame of silence for listeners in a pause (and always in a room without DTX), and the DTX
+    /// packet that ends a listener's pause.
+    pause: PausePackets,
     mix: Vec<f32>,
     scratch: Vec<f32>,
     decode_buf: Vec<f32>,
@@ -267,7 +278,7 @@ impl Mixer {
             max_delay: Duration::from_millis(u64::from(config.jitter_max_ms)),
             ..JitterConfig::default()
         };
-        let silence = silence_frame(&config);
+        let pause = PausePackets::new(&config);
         Mixer {
             config,
             jitter,
@@ -283,7 +294,7 @@ impl Mixer {
             index: HashMap::new(),
             clean: SharedEncode::default(),
             protected: SharedEncode::default(),
-            silence,
+            pause,
             mix: vec![0.0; FRAME_SAMPLES],
             scratch: vec![0.0; FRAME_SAMPLES],
             decode_buf: vec![0.0; MAX_PACKET_SAMPLES],
@@ -346,6 +357,7 @@ impl Mixer {
             switch_wait: 0,
             pause_ticks: 0,
             since_talked: 0,
+            due_phase: None,
             feed: Feed::Nothing,
             last_sent: None,
             next_seq: u64::from(seq),
@@ -491,22 +503,34 @@ impl Mixer {
     /// sooner, with a margin still at or above its target. The listeners' timestamps stay continuous (the
     /// move is added to `timeline_lead`), and the grid moves by less than a tick right after a tick ran; the
     /// listeners' packets come that much sooner from then on, which their jitter buffers see as a faster path and
-    /// give back in a pause (as they do for a sender's clock running fast). With several talkers at
-    /// different phases the tightest one sets the grid and the others keep waiting for it.
+    /// give back, time-compressing what they play (Chromium's `removedSamplesForAcceleration`). With several
+    /// talkers at different phases the tightest one sets the grid and the others keep waiting for it, and
+    /// so do the members who talked in the last [`REPHASE_MEMORY_TICKS`]: their packets come back at the
+    /// phase they had (a sender's frames keep its 20 ms cadence through its pauses). Counting only this
+    /// tick's talkers, a conversation moved the grid at nearly every change of talker, about half a tick each
+    /// time for two phases half a tick apart (the Firefox test's mixed room, where both pages talk: 25 moves
+    /// in 90 s, and Chromium time-compressed 121 ms of the mix it heard against 6 ms of a forwarded stream).
     fn rephase(&mut self, stats: &mut MixStats) {
         let Some(next) = self.next_tick else {
             return;
         };
-        let least = self
-            .talkers
+        let mut least: Option<Duration> = None;
+        for &i in &self.talkers {
+            let m = &mut self.members[i];
+            let spare = m.jitter.spare_margin(next).unwrap_or(Duration::ZERO);
+            m.due_phase = next.checked_sub(spare).map(|due| (due, self.ticks));
+            least = Some(least.map_or(spare, |l| l.min(spare)));
+        }
+        // Who talked lately but not now: the spare its packets would have on the grid as it is.
+        let recent = self
+            .members
             .iter()
-            .map(|&i| {
-                self.members[i]
-                    .jitter
-                    .spare_margin(next)
-                    .unwrap_or(Duration::ZERO)
-            })
+            .filter(|m| !m.talking)
+            .filter_map(|m| m.due_phase)
+            .filter(|&(_, tick)| self.ticks - tick <= REPHASE_MEMORY_TICKS)
+            .map(|(due, _)| self.grid_at_or_after(due) - due)
             .min();
+        let least = least.map(|l| recent.map_or(l, |r| l.min(r)));
         match least {
             Some(least) if least >= REPHASE_MIN_SPARE => {
                 self.spare_run += 1;

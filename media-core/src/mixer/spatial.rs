@@ -141,11 +141,9 @@ impl Mixer {
                 continue;
             }
             m.stereo = None;
-            if m.takes_silence(self.config.dtx) {
-                if let Some(silence) = self.silence.clone() {
-                    m.send(frame_ts, silence, Contributors::default(), 127, out);
-                    stats.sent(false);
-                }
+            if let Some(frame) = self.pause.packet(m.pause_frame(self.config.dtx)) {
+                m.send(frame_ts, frame, Contributors::default(), 127, out);
+                stats.sent(false);
             }
         }
 

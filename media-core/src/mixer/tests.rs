@@ -832,6 +832,76 @@ fn a_room_that_never_idles_moves_its_grid_to_its_talkers_phase() {
     assert_eq!(b.jumps, 0, "B's stream stayed continuous");
 }
 
+#[test]
+fn a_conversation_does_not_move_the_grid_at_every_change_of_talker() {
+    // Two people take turns in a room that never idles (the Firefox test's mixed room: both talk, with
+    // short pauses). Their packets come at different phases of the tick grid, 5.3 and 15.3 ms into each
+    // period. The grid followed whoever talked: each turn moved it about half a tick earlier for the new
+    // talker, each move brought the listeners' packets that much sooner, and their jitter buffers
+    // time-compressed speech to give it back (25 moves in 90 s in the Firefox test; Chromium there
+    // accelerated 121 ms of the mix, 6 ms of a forwarded stream). The grid must settle on the phase that
+    // suits both (the tighter one's), and neither talker may be played short of its target.
+    let config = MixSettings {
+        dtx: false,
+        ..MixSettings::default()
+    };
+    let mut room = Room::with_config(&[A, B, C], config);
+    let mut mics = [
+        (A, Sender::new(0xA), 5_300u64),
+        (C, Sender::new(0xC), 15_300),
+    ];
+    for (_, mic, _) in &mut mics {
+        mic.encoder.set_dtx(false).expect("DTX is a valid setting");
+    }
+    let turn = |k: usize| (k - 50) / 60 % 2; // A, C, A, C, …: 1.2 s turns from tick 50
+    let mut phase = 0.0;
+    let mut out = Vec::new();
+    let t0 = room.t0;
+    // A's first turn settles its jitter target (60 ms at the start, then the minimum), and with it the grid
+    let mut settled = 0;
+    for k in 50..410usize {
+        if k == 110 {
+            settled = room.stats.grid_moves;
+        }
+        for (who, (id, mic, offset_us)) in mics.iter_mut().enumerate() {
+            let talking = turn(k) == who && (k - 50) % 60 < 50;
+            let pcm: Vec<f32> = (0..FRAME_SAMPLES)
+                .map(|_| {
+                    phase += std::f64::consts::TAU * 440.0 / f64::from(SAMPLE_RATE);
+                    if talking {
+                        (0.3 * phase.sin()) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let arrival = t0 + FRAME_DURATION * k as u32 + Duration::from_micros(*offset_us);
+            // every tick due before this packet arrives runs first
+            while let Some(t) = room.mixer.next_tick().filter(|t| *t <= arrival) {
+                out.clear();
+                room.mixer
+                    .tick(t, &mut out, &mut room.stats, &mut room.samples);
+                for p in &out {
+                    room.rx.entry(p.to).or_default().take(p, TS_OFFSET);
+                }
+            }
+            let p = mic.frame(k, &pcm).expect("no DTX: every frame is sent");
+            room.push(arrival, *id, mic.ssrc, p);
+        }
+    }
+    assert_eq!(
+        room.stats.grid_moves - settled,
+        0,
+        "five changes of talker moved the grid"
+    );
+    assert_eq!(
+        (room.stats.concealed_plc, room.stats.packets_late),
+        (0, 0),
+        "nobody was played short"
+    );
+    assert_eq!(room.rx[&B].jumps, 0, "B's stream stayed continuous");
+}
+
 /// A browser-like voice encoder (libopus VOIP at 32 kb/s, in-band FEC enabled) told to expect
 /// `expected_loss` percent loss, as a receiver report would tell it.
 fn fec_encoder(expected_loss: i32) -> opus::Encoder {
@@ -997,7 +1067,7 @@ fn shared_mix_moves(b_loss: u8) -> SharedMixMoves {
     };
     // Where C's packets start or stop being B's: where C moved. The silence frames of A's pause
     // (`PAUSE_SILENCE_TICKS`) are the room's one pre-encoded frame, the same for everyone: no encode's.
-    let silence = room.mixer.silence.clone();
+    let silence = room.mixer.pause.silence.clone();
     let b_sent: HashMap<usize, &Arc<[u8]>> =
         room.rx[&B].sent.iter().map(|(k, p)| (*k, p)).collect();
     let same: Vec<(usize, bool)> = room.rx[&C]
@@ -1116,9 +1186,10 @@ fn the_only_talker_does_not_tune_the_protected_encode() {
 /// (`PAUSE_SILENCE_TICKS`): Chromium cannot tell a pause without packets from loss, so it concealed every
 /// pause and time-compressed the next spurt (docs/architecture.md, "Pauses reach a listener as silence").
 /// A 1-s pause inside speech reaches the listener as silence frames, every tick; after the last spurt its
-/// stream ends 2 s later, and the mixer goes idle.
+/// stream ends 2 s later with a DTX packet (the TOC byte alone: Firefox, getting none, took the stop for
+/// loss and played the next spurt 0.4 s late), and the mixer goes idle.
 #[test]
-fn a_pause_reaches_a_listener_as_silence_frames_for_two_seconds_then_nothing() {
+fn a_pause_reaches_a_listener_as_silence_frames_for_two_seconds_then_a_dtx_packet() {
     let mut room = Room::new(&[A, B]);
     let mut mic = Sender::new(0xA);
     for k in 0..450 {
@@ -1134,14 +1205,31 @@ fn a_pause_reaches_a_listener_as_silence_frames_for_two_seconds_then_nothing() {
         }
         room.tick_frame(sent);
     }
-    let silence = room.mixer.silence.clone().expect("libopus encodes silence");
+    let silence = room
+        .mixer
+        .pause
+        .silence
+        .clone()
+        .expect("libopus encodes silence");
     let sent = &room.rx[&B].sent;
     let ticks: Vec<usize> = sent.iter().map(|(k, _)| *k).collect();
     assert!(
         ticks.windows(2).all(|w| w[1] == w[0] + 1),
         "a gap in the listener's stream: ticks {ticks:?}"
     );
-    let last_voiced = sent
+    let (last, pause) = sent.split_last().expect("B heard A");
+    assert_eq!(
+        last.1.len(),
+        1,
+        "the stream ends with a DTX packet: {:?}",
+        last.1
+    );
+    assert_eq!(
+        last.1[0],
+        silence[0] & 0xFC,
+        "the DTX packet is one frame of the stream's configuration"
+    );
+    let last_voiced = pause
         .iter()
         .rposition(|(_, p)| *p != silence)
         .expect("B heard A");
@@ -1152,8 +1240,10 @@ fn a_pause_reaches_a_listener_as_silence_frames_for_two_seconds_then_nothing() {
     assert_eq!(
         sent.len() - 1 - last_voiced,
         PAUSE_SILENCE_TICKS as usize,
-        "silence frames after the last spurt"
+        "silence frames, then the DTX packet, after the last spurt"
     );
+    let dtx = sent.iter().filter(|(_, p)| p.len() <= 2).count();
+    assert_eq!(dtx, 1, "a pause inside speech is silence, not DTX");
     assert!(
         !room.rx.contains_key(&A),
         "the only talker hears nobody and is sent nothing"

@@ -288,17 +288,14 @@ impl Mixer {
             // encoder it was hearing: that flushes the encoder's lookahead (the last milliseconds of the
             // talk spurt) and ends the spurt on silence. Then the room's silence frame for
             // `PAUSE_SILENCE_TICKS` (a pause inside speech is not a gap that a browser conceals and
-            // time-compresses after), then nothing.
+            // time-compresses after), the last of them the DTX packet, then nothing.
             let last_frame = others == 0 && was_fed && self.config.dtx;
             if others == 0 && !last_frame {
-                if !m.takes_silence(self.config.dtx) {
-                    continue; // the listener's decoder sees a DTX gap
+                // (in a DTX gap, no packet)
+                if let Some(frame) = self.pause.packet(m.pause_frame(self.config.dtx)) {
+                    m.send(frame_ts, frame, Contributors::default(), 127, out);
+                    stats.sent(false);
                 }
-                let Some(silence) = self.silence.clone() else {
-                    continue;
-                };
-                m.send(frame_ts, silence, Contributors::default(), 127, out);
-                stats.sent(false);
                 continue;
             }
             let mut heard = None;

@@ -213,6 +213,10 @@ const REPHASE_MIN_SPARE: Duration = Duration::from_millis(3);
 /// Ticks in a row (200 ms) every talker must have spared [`REPHASE_MIN_SPARE`] before the grid moves.
 const REPHASE_TICKS: u32 = 10;
 
+/// How long (5 s) a move of the grid waits for a quiet tick (see [`Mixer::move_in_quiet`]) before it is
+/// made in speech: a room where someone always talks still follows its talkers.
+const REPHASE_QUIET_WAIT_TICKS: u64 = 250;
+
 /// How long (10 s) a member who talked holds the grid at a phase that suits its packets while others talk
 /// (see [`Mixer::rephase`]): people take turns, and each turn would otherwise move the grid for the next
 /// talker.
@@ -235,6 +239,12 @@ pub struct Mixer {
     /// The grid point of the last tick run: the next one is at least a frame after it.
     last_due: Option<Instant>,
     ticks: u64,
+    /// A move [`Mixer::rephase`] decided, made at the next quiet tick ([`Mixer::move_in_quiet`]), and
+    /// the tick count when it was first decided.
+    pending_move: Option<(Duration, u64)>,
+    /// The move [`Mixer::move_in_quiet`] made before this tick: the listeners' packets of this tick, if it
+    /// is quiet, would overlap their last ones and are not sent.
+    moved_quietly: Option<Duration>,
     /// Ticks in a row in which every talker could spare [`REPHASE_MIN_SPARE`], and the least any spared.
     spare_run: u32,
     least_spare: Duration,
@@ -288,6 +298,8 @@ impl Mixer {
             timeline_lead: Duration::ZERO,
             last_due: None,
             ticks: 0,
+            pending_move: None,
+            moved_quietly: None,
             spare_run: 0,
             least_spare: Duration::MAX,
             members: Vec::new(),
@@ -545,15 +557,72 @@ impl Mixer {
         if self.spare_run < REPHASE_TICKS {
             return;
         }
-        let back = (self.least_spare - ANCHOR_SLACK).min(FRAME_DURATION - ANCHOR_SLACK);
+        // in speech, by less than a tick at a time; in quiet, in as many steps as that takes
+        let wanted = self.least_spare - ANCHOR_SLACK;
+        let back = wanted.min(FRAME_DURATION - ANCHOR_SLACK);
         self.spare_run = 0;
         self.least_spare = Duration::MAX;
+        match self.pending_move {
+            Some((_, since)) if self.ticks - since >= REPHASE_QUIET_WAIT_TICKS => {
+                // No quiet tick for that long: move now, in speech.
+                self.pending_move = None;
+                if let (Some(epoch), Some(tick)) =
+                    (self.epoch.checked_sub(back), next.checked_sub(back))
+                {
+                    self.epoch = epoch;
+                    self.next_tick = Some(tick);
+                    self.timeline_lead += back;
+                    stats.grid_moves += 1;
+                }
+            }
+            Some((_, since)) => self.pending_move = Some((wanted, since)),
+            None => self.pending_move = Some((wanted, self.ticks)),
+        }
+    }
+
+    /// Make the move [`rephase`](Self::rephase) decided, if one waits and this tick was quiet: nobody was
+    /// heard, no listener was sent a mix (at most the room's pause packets), no broadcast mount listens.
+    /// The next tick comes sooner by the move, as in speech, but the listeners' timeline does not jump
+    /// ahead: that tick sends them nothing if it is quiet too (its timestamp would overlap the last
+    /// packet's frame), and their next packet's timestamp follows the wall clock, a gap of less than a
+    /// frame in a stream of silence, which their jitter buffers fill with silence. Their packets come no
+    /// sooner than before, so they have nothing to time-compress. (If someone is heard at that tick after
+    /// all, the stream stays continuous and runs ahead by the move, as a move in speech does.) A move in
+    /// speech brings every packet after it sooner; Chromium and Firefox shed the surplus by
+    /// time-compressing speech, and Firefox held it until the next spurt: 0.14–0.46 s at the first spurt
+    /// after the call's first seconds, in which the talkers' jitter targets settle and the grid follows.
+    fn move_in_quiet(&mut self, stats: &mut MixStats) {
+        let Some((wanted, since)) = self.pending_move else {
+            return;
+        };
+        let Some(next) = self.next_tick.filter(|_| self.is_quiet()) else {
+            return;
+        };
+        // Less than a tick per tick (the next tick must still come after this one); the rest at the next
+        // tick if it is quiet too.
+        let back = wanted.min(FRAME_DURATION - ANCHOR_SLACK);
         if let (Some(epoch), Some(tick)) = (self.epoch.checked_sub(back), next.checked_sub(back)) {
+            let rest = wanted - back;
+            self.pending_move = (rest + ANCHOR_SLACK >= REPHASE_MIN_SPARE).then_some((rest, since));
             self.epoch = epoch;
             self.next_tick = Some(tick);
-            self.timeline_lead += back;
+            self.moved_quietly = Some(back);
             stats.grid_moves += 1;
         }
+    }
+
+    /// Nobody is heard this tick (as far as step 2 of the tick has decided), every listener's last packet
+    /// was one of the room's pause packets (not a mix, nor the last frame that ends a talk spurt), and no
+    /// broadcast mount listens.
+    fn is_quiet(&self) -> bool {
+        self.talkers.is_empty()
+            && !self.tap
+            && self.members.iter().all(|m| {
+                m.feed == Feed::Nothing
+                    && m.last_sent
+                        .as_ref()
+                        .is_none_or(|(_, p)| self.pause.is_pause_packet(p))
+            })
     }
 
     /// The first tick-grid instant at or after `t`.

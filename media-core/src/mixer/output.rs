@@ -240,6 +240,14 @@ impl PausePackets {
         PausePackets { silence, dtx }
     }
 
+    /// Whether `payload` is one of these packets.
+    pub(super) fn is_pause_packet(&self, payload: &Arc<[u8]>) -> bool {
+        [&self.silence, &self.dtx]
+            .into_iter()
+            .flatten()
+            .any(|p| Arc::ptr_eq(p, payload))
+    }
+
     /// The packet of `frame`, if any.
     pub(super) fn packet(&self, frame: PauseFrame) -> Option<Arc<[u8]>> {
         match frame {

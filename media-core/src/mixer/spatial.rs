@@ -45,9 +45,12 @@ fn quantised_gains(gain_steps: i16, pan_steps: i8) -> (f32, f32) {
 impl Mixer {
     /// Steps 3–4 of a tick in a spatial room (see the [module docs](self)): group the listeners by what
     /// they hear, render and encode each group's stereo mix once, send it to every member.
+    /// `mute_pauses`: the tick comes right after a quiet move of the grid and sends no pause packets (see
+    /// [`Mixer::move_in_quiet`]).
     pub(super) fn spatial_outputs(
         &mut self,
         frame_ts: u32,
+        mute_pauses: bool,
         audibility: &Audibility,
         out: &mut Vec<MixPacket>,
         stats: &mut MixStats,
@@ -141,6 +144,9 @@ impl Mixer {
                 continue;
             }
             m.stereo = None;
+            if mute_pauses {
+                continue;
+            }
             if let Some(frame) = self.pause.packet(m.pause_frame(self.config.dtx)) {
                 m.send(frame_ts, frame, Contributors::default(), 127, out);
                 stats.sent(false);

@@ -32,11 +32,6 @@ impl Mixer {
         self.ticks += 1;
         let grid = self.grid_index(due);
         self.last_due = Some(due);
-        // The listeners' timestamps and the tap's tick numbers run with the wall clock (see `timeline`): a
-        // whole tick later is exactly one frame more, an idle spell as long in samples as in time.
-        let at = duration_samples(self.timeline(due));
-        let frame_ts = at as u32; // RTP timestamps wrap
-        let frame_no = (at + FRAME_SAMPLES as u64 / 2) / FRAME_SAMPLES as u64;
 
         // 1. Pull playout from every publisher; rank the voiced ones by level without decoding.
         self.talkers.clear();
@@ -168,9 +163,25 @@ impl Mixer {
             m.was_talking = m.talking;
         }
 
+        // After a quiet move of the grid (`move_in_quiet`) this tick comes less than a frame after the
+        // last: quiet, it sends the listeners nothing; if someone is heard after all, the stream stays
+        // continuous and runs ahead by the move.
+        let mute_pauses = match self.moved_quietly.take() {
+            Some(_) if self.is_quiet() => true,
+            Some(back) => {
+                self.timeline_lead += back;
+                false
+            }
+            None => false,
+        };
+        // The listeners' timestamps and the tap's tick numbers run with the wall clock (see `timeline`): a
+        // whole tick later is exactly one frame more, an idle spell as long in samples as in time.
+        let at = duration_samples(self.timeline(due));
+        let frame_ts = at as u32; // RTP timestamps wrap
+        let frame_no = (at + FRAME_SAMPLES as u64 / 2) / FRAME_SAMPLES as u64;
         if let Some(audibility) = audibility.filter(|a| a.is_spatial()) {
             // A spatial room: a stereo mix per listener (steps 3 and 4 of its own).
-            self.spatial_outputs(frame_ts, audibility, out, stats);
+            self.spatial_outputs(frame_ts, mute_pauses, audibility, out, stats);
             self.tap_full_mix(grid, frame_no, None, stats);
             self.after_tick(grid, self.talkers.len(), any_active, stats);
             return;
@@ -292,6 +303,9 @@ impl Mixer {
             let last_frame = others == 0 && was_fed && self.config.dtx;
             if others == 0 && !last_frame {
                 // (in a DTX gap, no packet)
+                if mute_pauses {
+                    continue;
+                }
                 if let Some(frame) = self.pause.packet(m.pause_frame(self.config.dtx)) {
                     m.send(frame_ts, frame, Contributors::default(), 127, out);
                     stats.sent(false);
@@ -422,8 +436,11 @@ impl Mixer {
             });
         self.next_tick = busy.then(|| self.epoch + FRAME_DURATION * (grid + 1) as u32);
         if busy {
+            self.move_in_quiet(stats);
             self.rephase(stats);
         } else {
+            // the next packet wakes the room and sets its phase
+            self.pending_move = None;
             self.clean.end();
             self.protected.end();
         }

@@ -184,10 +184,6 @@ struct Member {
     pause_ticks: u32,
     /// Ticks since the member last talked, while it keeps its personal encoder.
     since_talked: u32,
-    /// When its packets were due to play (arrival on the fastest path plus its target) at the last tick it
-    /// talked, and the mixer's tick count then: its packets keep that phase of the 20 ms period through its
-    /// pauses, which [`Mixer::rephase`] respects for [`REPHASE_MEMORY_TICKS`].
-    due_phase: Option<(Instant, u64)>,
     /// The encode the member received last tick.
     feed: Feed,
     /// Timestamp and payload of the last packet sent to the member (the next one's RED redundancy).
@@ -216,11 +212,6 @@ const REPHASE_TICKS: u32 = 10;
 /// How long (5 s) a move of the grid waits for a quiet tick (see [`Mixer::move_in_quiet`]) before it is
 /// made in speech: a room where someone always talks still follows its talkers.
 const REPHASE_QUIET_WAIT_TICKS: u64 = 250;
-
-/// How long (10 s) a member who talked holds the grid at a phase that suits its packets while others talk
-/// (see [`Mixer::rephase`]): people take turns, and each turn would otherwise move the grid for the next
-/// talker.
-const REPHASE_MEMORY_TICKS: u64 = 500;
 
 /// One mixed room's mixing state.
 pub struct Mixer {
@@ -369,7 +360,6 @@ impl Mixer {
             switch_wait: 0,
             pause_ticks: 0,
             since_talked: 0,
-            due_phase: None,
             feed: Feed::Nothing,
             last_sent: None,
             next_seq: u64::from(seq),
@@ -506,43 +496,35 @@ impl Mixer {
 
     /// Move a ticking room's grid earlier when its talkers' packets wait longer than their targets: once
     /// every talker (every input decoded this tick) has spared at least [`REPHASE_MIN_SPARE`] of margin
-    /// for [`REPHASE_TICKS`] ticks in a row, the next tick comes sooner by the least spared, less
-    /// [`ANCHOR_SLACK`] (less than a tick). [`wake_anchored`](Self::wake_anchored) sets the phase only when
-    /// a packet wakes an idle room, from that one packet: a room that never goes idle (a browser room
-    /// without DTX) kept whatever phase it started with, and a waking packet that came late set the grid
-    /// late for every packet after it (Chorus issue 15: at 503 participants one run in four measured a mix
-    /// latency p50 of 48 ms instead of 33 ms). Nothing is heard: every input plays the same spans, only
-    /// sooner, with a margin still at or above its target. The listeners' timestamps stay continuous (the
-    /// move is added to `timeline_lead`), and the grid moves by less than a tick right after a tick ran; the
-    /// listeners' packets come that much sooner from then on, which their jitter buffers see as a faster path and
-    /// give back, time-compressing what they play (Chromium's `removedSamplesForAcceleration`). With several
-    /// talkers at different phases the tightest one sets the grid and the others keep waiting for it, and
-    /// so do the members who talked in the last [`REPHASE_MEMORY_TICKS`]: their packets come back at the
-    /// phase they had (a sender's frames keep its 20 ms cadence through its pauses). Counting only this
-    /// tick's talkers, a conversation moved the grid at nearly every change of talker, about half a tick each
-    /// time for two phases half a tick apart (the Firefox test's mixed room, where both pages talk: 25 moves
-    /// in 90 s, and Chromium time-compressed 121 ms of the mix it heard against 6 ms of a forwarded stream).
+    /// for [`REPHASE_TICKS`] ticks in a row, the ticks come sooner by the least spared, less
+    /// [`ANCHOR_SLACK`], at the next quiet tick ([`move_in_quiet`](Self::move_in_quiet)).
+    /// [`wake_anchored`](Self::wake_anchored) sets the phase only when a packet wakes an idle room, from
+    /// that one packet: a room that never goes idle (a browser room without DTX) kept whatever phase it
+    /// started with, and a waking packet that came late set the grid late for every packet after it
+    /// (Chorus issue 15: at 503 participants one run in four measured a mix latency p50 of 48 ms instead of
+    /// 33 ms). Nothing is heard: every input plays the same spans, only sooner, with a margin still at or
+    /// above its target. With several talkers at different phases the tightest one sets the grid and the
+    /// others keep waiting for it; in a conversation the grid follows whoever talks, moving in the pauses.
+    /// (Holding it for 10 s at a phase that suited everyone who had talked cost the other talkers up to a
+    /// tick each: the load tester's mix latency p50 23.3–33.3 ms in five runs against 22.5–23.2 without.)
+    /// A room that stays loud for [`REPHASE_QUIET_WAIT_TICKS`] moves in speech, by less than a tick: the
+    /// listeners' timestamps stay continuous (the move is added to `timeline_lead`), so their packets come
+    /// that much sooner from then on, and their jitter buffers give it back by time-compressing what they
+    /// play (Chromium's `removedSamplesForAcceleration`).
     fn rephase(&mut self, stats: &mut MixStats) {
         let Some(next) = self.next_tick else {
             return;
         };
-        let mut least: Option<Duration> = None;
-        for &i in &self.talkers {
-            let m = &mut self.members[i];
-            let spare = m.jitter.spare_margin(next).unwrap_or(Duration::ZERO);
-            m.due_phase = next.checked_sub(spare).map(|due| (due, self.ticks));
-            least = Some(least.map_or(spare, |l| l.min(spare)));
-        }
-        // Who talked lately but not now: the spare its packets would have on the grid as it is.
-        let recent = self
-            .members
+        let least = self
+            .talkers
             .iter()
-            .filter(|m| !m.talking)
-            .filter_map(|m| m.due_phase)
-            .filter(|&(_, tick)| self.ticks - tick <= REPHASE_MEMORY_TICKS)
-            .map(|(due, _)| self.grid_at_or_after(due) - due)
+            .map(|&i| {
+                self.members[i]
+                    .jitter
+                    .spare_margin(next)
+                    .unwrap_or(Duration::ZERO)
+            })
             .min();
-        let least = least.map(|l| recent.map_or(l, |r| l.min(r)));
         match least {
             Some(least) if least >= REPHASE_MIN_SPARE => {
                 self.spare_run += 1;

@@ -883,14 +883,15 @@ fn a_room_that_never_idles_moves_its_grid_to_its_talkers_phase() {
 }
 
 #[test]
-fn a_conversation_does_not_move_the_grid_at_every_change_of_talker() {
+fn a_conversation_moves_the_grid_in_its_pauses_not_ahead_of_the_listeners() {
     // Two people take turns in a room that never idles (the Firefox test's mixed room: both talk, with
     // short pauses). Their packets come at different phases of the tick grid, 5.3 and 15.3 ms into each
-    // period. The grid followed whoever talked: each turn moved it about half a tick earlier for the new
-    // talker, each move brought the listeners' packets that much sooner, and their jitter buffers
-    // time-compressed speech to give it back (25 moves in 90 s in the Firefox test; Chromium there
-    // accelerated 121 ms of the mix, 6 ms of a forwarded stream). The grid must settle on the phase that
-    // suits both (the tighter one's), and neither talker may be played short of its target.
+    // period, and the grid follows whoever talks: about half a tick earlier at each change of talker.
+    // Made in speech, each move brought the listeners' packets that much sooner for their timestamps, and
+    // their jitter buffers time-compressed speech to give it back (25 moves in the Firefox test's 90 s;
+    // Chromium there accelerated 121 ms of the mix, 6 ms of a forwarded stream). Made in the pauses, the
+    // listener's stream never runs ahead of the clock, its only gaps are in silence, and neither talker
+    // is played short of its target.
     let config = MixSettings {
         dtx: false,
         ..MixSettings::default()
@@ -907,12 +908,8 @@ fn a_conversation_does_not_move_the_grid_at_every_change_of_talker() {
     let mut phase = 0.0;
     let mut out = Vec::new();
     let t0 = room.t0;
-    // A's first turn settles its jitter target (60 ms at the start, then the minimum), and with it the grid
-    let mut settled = 0;
+    let mut to_b: Vec<(Instant, u32)> = Vec::new();
     for k in 50..410usize {
-        if k == 110 {
-            settled = room.stats.grid_moves;
-        }
         for (who, (id, mic, offset_us)) in mics.iter_mut().enumerate() {
             let talking = turn(k) == who && (k - 50) % 60 < 50;
             let pcm: Vec<f32> = (0..FRAME_SAMPLES)
@@ -933,16 +930,19 @@ fn a_conversation_does_not_move_the_grid_at_every_change_of_talker() {
                     .tick(t, &mut out, &mut room.stats, &mut room.samples);
                 for p in &out {
                     room.rx.entry(p.to).or_default().take(p, TS_OFFSET);
+                    if p.to == B {
+                        to_b.push((t, p.ts));
+                    }
                 }
             }
             let p = mic.frame(k, &pcm).expect("no DTX: every frame is sent");
             room.push(arrival, *id, mic.ssrc, p);
         }
     }
-    assert_eq!(
-        room.stats.grid_moves - settled,
-        0,
-        "five changes of talker moved the grid"
+    assert!(
+        room.stats.grid_moves >= 5,
+        "the grid followed the talkers: {} moves",
+        room.stats.grid_moves
     );
     assert_eq!(
         (room.stats.concealed_plc, room.stats.packets_late),
@@ -955,10 +955,15 @@ fn a_conversation_does_not_move_the_grid_at_every_change_of_talker() {
         .silence
         .clone()
         .expect("libopus encodes silence");
-    assert_eq!(
-        room.rx[&B].gaps_only_in_silence(&silence),
-        Ok(()),
-        "B's stream was continuous but for the grid's moves in pauses"
+    assert_eq!(room.rx[&B].gaps_only_in_silence(&silence), Ok(()));
+    let (first, last) = (to_b[0], to_b[to_b.len() - 1]);
+    let ahead = f64::from(last.1.wrapping_sub(first.1)) / f64::from(SAMPLE_RATE)
+        - last.0.duration_since(first.0).as_secs_f64();
+    assert!(
+        ahead.abs() < 0.001,
+        "B's stream ran {:.1} ms ahead of the clock after {} moves",
+        ahead * 1000.0,
+        room.stats.grid_moves
     );
 }
 
@@ -1246,8 +1251,8 @@ fn the_only_talker_does_not_tune_the_protected_encode() {
 /// (`PAUSE_SILENCE_TICKS`): Chromium cannot tell a pause without packets from loss, so it concealed every
 /// pause and time-compressed the next spurt (docs/architecture.md, "Pauses reach a listener as silence").
 /// A 1-s pause inside speech reaches the listener as silence frames, every tick; after the last spurt its
-/// stream ends 2 s later with a DTX packet (the TOC byte alone: Firefox, getting none, took the stop for
-/// loss and played the next spurt 0.4 s late), and the mixer goes idle.
+/// stream ends 2 s later with a DTX packet (the TOC byte alone: browsers, getting none, took the stop for
+/// loss and concealed), and the mixer goes idle.
 #[test]
 fn a_pause_reaches_a_listener_as_silence_frames_for_two_seconds_then_a_dtx_packet() {
     let mut room = Room::new(&[A, B]);

@@ -14,9 +14,12 @@ JSON object: {"mos_lqo", "delay_ms", "correlation", "reference_s", "degraded_s"}
 
 With --loops the recording is of a source that loops the reference back to back (a fake microphone playing
 the file over and over): every whole loop in it is found and scored on its own, and the MOS-LQO is the
-median over the loops (the JSON adds "loops": one {"mos_lqo", "delay_ms", "correlation"} per loop). A
-listener's own playout glitch (a jitter buffer's time compression in one spurt) then moves the figure only
-if it recurs, as a server's fault that damages the stream does.
+median over the loops (the JSON adds "loops": one {"mos_lqo", "delay_ms", "correlation", "playout_ms",
+"first_ms"} per loop). A listener's own playout glitch (a jitter buffer's time compression in one spurt)
+then moves the figure only if it recurs, as a server's fault that damages the stream does. "playout_ms" is
+the range of where the loop's voiced 0.4-s windows lie against its alignment, "first_ms" the first of them:
+a steady playout holds [0, 0]; a jitter buffer that stretches and compresses time widens the range, and a
+first spurt played late shows as a large "first_ms".
 
 Exit status: 0 scored, 2 bad input (missing/unreadable file, silence, no correlation), 3 PESQ refused the
 signals (e.g. no utterances found). The venv is made by scripts/test.sh (PyPI pesq, numpy, scipy).
@@ -159,6 +162,39 @@ def score(
     )
 
 
+# Where a listener's playout moved within a loop: the reference in windows of this length (voiced ones, at
+# least a third of the reference's RMS) is found in the recording within this far of the loop's alignment.
+PLAYOUT_WINDOW_S = 0.4
+PLAYOUT_SEARCH_S = 0.15
+
+
+def playout_lags(reference: np.ndarray, degraded: np.ndarray, start: int) -> list[float]:
+    """For each voiced window of the reference, how much later (ms) than the loop's alignment `start` the
+    recording holds it, where the match is clear (normalised correlation at least 0.5). A steady playout
+    gives zeros; a jitter buffer that stretches or compresses time moves them (in steps of 10 ms for
+    libwebrtc's), and a late first spurt shows as a large first value that falls back."""
+    win = int(PLAYOUT_WINDOW_S * PESQ_RATE)
+    search = int(PLAYOUT_SEARCH_S * PESQ_RATE)
+    floor = float(np.sqrt(np.mean(reference**2))) / 3.0
+    lags = []
+    for s in range(0, len(reference) - win + 1, win):
+        r = reference[s : s + win]
+        r_norm = float(np.sqrt(np.sum(r**2)))
+        if r_norm / np.sqrt(win) < floor:
+            continue
+        lo, hi = start + s - search, start + s + win + search
+        if lo < 0 or hi > len(degraded):
+            continue
+        d = degraded[lo:hi]
+        xc = correlate(d, r, mode="valid", method="fft")
+        energy = np.sqrt(np.maximum(np.convolve(d**2, np.ones(win), mode="valid"), 1e-12))
+        c = xc / (r_norm * energy)
+        k = int(np.argmax(c))
+        if c[k] >= 0.5:
+            lags.append(1000.0 * (k - search) / PESQ_RATE)
+    return lags
+
+
 # How far a loop may start from where the previous loop's start and the reference's length put it (the
 # sender's and the listener's clocks drift, a jitter buffer adapts), in seconds.
 LOOP_SLACK_S = 0.25
@@ -202,7 +238,17 @@ def score_loops(reference_path: Path, degraded_path: Path) -> Score:
             mos = float(pesq(PESQ_RATE, reference, segment, "wb"))
         except PesqError as e:
             raise ScoringError(f"PESQ refused the loop at {lag / PESQ_RATE:.2f} s: {type(e).__name__}: {e}") from e
-        loops.append({"mos_lqo": mos, "delay_ms": 1000.0 * lag / PESQ_RATE, "correlation": correlation})
+        lags = playout_lags(reference, degraded, lag)
+        loops.append(
+            {
+                "mos_lqo": mos,
+                "delay_ms": 1000.0 * lag / PESQ_RATE,
+                "correlation": correlation,
+                # where the listener's playout was, against the loop's alignment, over the loop (ms)
+                "playout_ms": [round(min(lags), 1), round(max(lags), 1)] if lags else None,
+                "first_ms": round(lags[0], 1) if lags else None,
+            }
+        )
     best = max(loops, key=lambda x: x["correlation"])
     return Score(
         mos_lqo=float(np.median([x["mos_lqo"] for x in loops])),

@@ -21,7 +21,7 @@ import { launchFirefox, startPulse } from './lib/firefox.js';
 import { createNetns } from './lib/netns.js';
 import { startServer } from './lib/server.js';
 import { startRebindingNat } from './lib/udp-rebind.js';
-import { passageWav, pesqLoops, receiveSide, wavSeconds, writePcmWav } from './lib/speech.js';
+import { describeLoop, passageWav, pesqLoops, receiveSide, wavSeconds, writePcmWav } from './lib/speech.js';
 
 const FOX = { name: 'Fox', freq: 750, amplitude: 0.3 };
 const CHROME = { name: 'Chrome', freq: 440, amplitude: 0.3 };
@@ -183,17 +183,23 @@ describe('Firefox and Chromium in a network namespace', { timeout: 360000 }, () 
     // loop of the passage in each recording. Forwarded, Firefox's packets (its DTX, its timing) go through our
     // slots and header rewriting to Chromium; mixed, our jitter buffer and decoder take them in and Firefox's
     // jitter buffer and decoder play our mix. The median of the loops (five mixed, three forwarded) is asserted: Firefox's jitter buffer
-    // in this VM, with 0 packets lost, now and then conceals 20 ms mid-spurt and then compresses time to catch
-    // up (its inbound-rtp stats: 60–125 ms removed by acceleration per 28 s, in both modes), which cost one
-    // loop up to a whole point (single loops measured 2.45–3.83 through the mix, 3.22–3.94 forwarded); a fault
-    // of ours that damages the stream damages every loop. The floors: speech.test.js's (Chromium to Chromium)
+    // in this VM, with 0 packets lost and the machine half idle, stretches and compresses time in 10 ms steps
+    // all the time, in both modes (each loop's `playout` range, from scripts/pesq_score.py: 10–30 ms wide
+    // for Firefox, 0 for Chromium; Firefox's own inbound-rtp figures, logged, claim 2.3–3.2 s removed by
+    // acceleration per recording, which the loops' spacing does not bear out), which costs one loop up to a
+    // whole point (single loops measured 2.45–3.89 through the mix, 2.70–3.94 forwarded); a fault of ours
+    // that damages the stream damages every loop. A late first spurt (`first`) was ours: Firefox played the
+    // mix's first spurt after the call's first 2-s pause 0.1–0.46 s late and then time-compressed 2–4 s of
+    // speech (loops of 1.9–2.2), until the mixer marked its pauses with a DTX packet and moved its grid in
+    // pauses only (docs/architecture.md, "Mixer tick"; 2026-12-07). The floors: speech.test.js's (Chromium to Chromium)
     // mixed one, 2.5, for both modes. Found here: Firefox's RTP timestamps do not advance over the 2 s before
     // its capture of the PulseAudio source starts; forwarded as they were, Chromium took the packets after
     // that gap for 2 s late and its first loop of Firefox's speech scored 1.2–1.4 in three runs of four (4.0
     // after). The forwarder now re-times such a source (docs/architecture.md, "Rewriting"): the median would
     // not see a first-loop fault, so Chromium's every loop of the forwarded speech must reach 2.5 as well
     // (re-timed: 4.00–4.05; Firefox's own playout dips single loops to 2.2, so its loops are only logged).
-    // Measured medians, forward: Firefox heard 3.06–3.44, Chromium 3.96–4.00; mix: 3.13–3.66, 3.19–3.69.
+    // Measured medians, forward: Firefox heard 3.06–3.88, Chromium 3.90–4.04; mix: 2.66–3.66, 3.19–3.71
+    // (2026-12-07, the mixer's changes above: 3.27 and 3.51, Chromium 3.69 and 3.64).
     it(`${mode}: Firefox and Chromium each hear the other speak`, () => withDiagnostics(async () => {
       const srv = /** @type {import('./lib/server.js').ChorusServer} */ (server);
       const wav = passageWav(tmp.dir, SPEECH_TAIL_S);
@@ -234,7 +240,7 @@ describe('Firefox and Chromium in a network namespace', { timeout: 360000 }, () 
           const received = path.join(tmp.dir, `${mode}-${who}-heard.wav`);
           writePcmWav(received, rec.pcm16, rec.sampleRate);
           const s = pesqLoops(wav, received);
-          const loops = s.loops.map((l) => `${l.mos_lqo.toFixed(2)} (correlation ${l.correlation.toFixed(2)})`).join(', ');
+          const loops = s.loops.map(describeLoop).join(', ');
           console.log(`${mode}: ${who} heard the passage at PESQ-WB ${s.mos_lqo.toFixed(2)}, the median of ${loops}`);
           // what its jitter buffer did meanwhile (a dip with acceleration and no loss is the browser's playout)
           console.log(`${mode}: ${who}'s receive side while recording ${JSON.stringify(receiveSide(end[who], start[who]))}`);

@@ -54,11 +54,24 @@ export function pesq(reference, degraded, maxDelayS) {
  * PESQ-WB of every whole loop of `reference` in `degraded` (a recording of a fake microphone that loops the
  * reference back to back), each scored alone; `mos_lqo` is their median.
  * @param {string} reference @param {string} degraded
+ * Each loop also says where the listener's playout was over it against the loop's alignment (`playout_ms`,
+ * a range, and `first_ms`, its first voiced window): [0, 0] for a steady playout.
  * @returns {{mos_lqo: number, delay_ms: number, correlation: number,
- *   loops: {mos_lqo: number, delay_ms: number, correlation: number}[]}}
+ *   loops: {mos_lqo: number, delay_ms: number, correlation: number, playout_ms: number[]|null,
+ *     first_ms: number|null}[]}}
  */
 export function pesqLoops(reference, degraded) {
   return pesqScore([reference, degraded, '--loops']);
+}
+
+/**
+ * One loop of `pesqLoops` in a line: its score, correlation and where the playout was.
+ * @param {{mos_lqo: number, correlation: number, playout_ms: number[]|null, first_ms: number|null}} l
+ * @returns {string}
+ */
+export function describeLoop(l) {
+  const playout = l.playout_ms ? `, playout ${l.playout_ms[0]}…${l.playout_ms[1]} ms, first ${l.first_ms} ms` : '';
+  return `${l.mos_lqo.toFixed(2)} (correlation ${l.correlation.toFixed(2)}${playout})`;
 }
 
 /**

@@ -188,10 +188,9 @@ describe('Firefox and Chromium in a network namespace', { timeout: 360000 }, () 
     // for Firefox, 0 for Chromium; Firefox's own inbound-rtp figures, logged, claim 2.3–3.2 s removed by
     // acceleration per recording, which the loops' spacing does not bear out), which costs one loop up to a
     // whole point (single loops measured 2.45–3.89 through the mix, 2.70–3.94 forwarded); a fault of ours
-    // that damages the stream damages every loop. A late first spurt (`first`) was ours: Firefox played the
-    // mix's first spurt after the call's first 2-s pause 0.1–0.46 s late and then time-compressed 2–4 s of
-    // speech (loops of 1.9–2.2), until the mixer marked its pauses with a DTX packet and moved its grid in
-    // pauses only (docs/architecture.md, "Mixer tick"; 2026-12-07). The floors: speech.test.js's (Chromium to Chromium)
+    // that damages the stream damages every loop. A late first spurt (`first` over 100 ms; the loop 1.9–2.5)
+    // came with the mixer's grid policy: in 1 of 2 runs before 2026-12-07's changes, 4 of 4 while the grid
+    // was held at past talkers' phases, 0 of 2 since (docs/architecture.md, "Mixer tick"). The floors: speech.test.js's (Chromium to Chromium)
     // mixed one, 2.5, for both modes. Found here: Firefox's RTP timestamps do not advance over the 2 s before
     // its capture of the PulseAudio source starts; forwarded as they were, Chromium took the packets after
     // that gap for 2 s late and its first loop of Firefox's speech scored 1.2–1.4 in three runs of four (4.0

@@ -570,9 +570,9 @@ impl Mixer {
     /// frame in a stream of silence, which their jitter buffers fill with silence. Their packets come no
     /// sooner than before, so they have nothing to time-compress. (If someone is heard at that tick after
     /// all, the stream stays continuous and runs ahead by the move, as a move in speech does.) A move in
-    /// speech brings every packet after it sooner; Chromium and Firefox shed the surplus by
-    /// time-compressing speech, and Firefox held it until the next spurt: 0.14–0.46 s at the first spurt
-    /// after the call's first seconds, in which the talkers' jitter targets settle and the grid follows.
+    /// speech brings every packet after it sooner, and the listeners' jitter buffers shed the surplus by
+    /// time-compressing speech (`mixer::tests`: 32.7 ms ahead after one talk spurt, 69 ms after a
+    /// conversation's 8 moves; within 1 ms now).
     fn move_in_quiet(&mut self, stats: &mut MixStats) {
         let Some((wanted, since)) = self.pending_move else {
             return;

@@ -263,10 +263,7 @@ impl PausePackets {
 /// stream). A browser's jitter buffer (NetEq) takes a packet of 2 bytes or fewer for DTX and plays comfort
 /// noise after it, then starts the next talk spurt when its timestamp is due; a stream that just stops
 /// looks lost instead, and the receiver conceals (in the Firefox test's mixed room both browsers counted
-/// 1.4–1.8 % of the samples they played as concealed without it, none with it). Firefox 140 played the
-/// first talk spurt after the call's first such stop 0.36–0.46 s late and time-compressed the next 3 s to
-/// catch up (PESQ-WB 1.9–2.2 for that loop of the passage in three runs), 0.14 s late with the packet (one
-/// run; the grid's moves in speech did the rest, see `Mixer::move_in_quiet`).
+/// 1.4–1.8 % of the samples they played as concealed without it, none with it, in four runs each).
 fn dtx_frame(silence: &[u8]) -> Option<Arc<[u8]>> {
     let toc = silence.first()?;
     Some(Arc::from([toc & 0xFC]))

@@ -525,6 +525,15 @@ impl Mixer {
                     .unwrap_or(Duration::ZERO)
             })
             .min();
+        // A move waiting for a quiet tick never takes more than this tick's talkers can spare: it was
+        // decided for others, and whoever talks now will talk again at the same phase.
+        if let (Some(least), Some((wanted, since))) = (least, self.pending_move) {
+            let allowed = least.saturating_sub(ANCHOR_SLACK);
+            if wanted > allowed {
+                self.pending_move =
+                    (allowed + ANCHOR_SLACK >= REPHASE_MIN_SPARE).then_some((allowed, since));
+            }
+        }
         match least {
             Some(least) if least >= REPHASE_MIN_SPARE => {
                 self.spare_run += 1;

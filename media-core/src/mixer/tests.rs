@@ -933,6 +933,65 @@ fn a_conversation_moves_the_grid_in_its_pauses_not_ahead_of_the_listeners() {
     room.kept_the_clock(B);
 }
 
+#[test]
+fn a_move_decided_for_one_talker_waits_for_no_other_talker_with_less_to_spare() {
+    // The grid sits at A's phase (A has 1 ms to spare). C talks, its packets 10 ms later in the period,
+    // and the grid decides to move 9 ms for C; before a quiet tick comes, A talks again. Neither uses DTX,
+    // so A's jitter buffer keeps playing through its pauses: C's move made in the pause that follows takes
+    // A's margin below its target (A's buffer then has to win it back in that pause, or A's next words
+    // come late to the mix and are concealed). The move shrinks to what A spares (here nothing).
+    let config = MixSettings {
+        dtx: false,
+        ..MixSettings::default()
+    };
+    let mut room = Room::with_config(&[A, B, C], config);
+    let mut mics = [
+        (A, Sender::new(0xA), 5_300u64),
+        (C, Sender::new(0xC), 15_300),
+    ];
+    for (_, mic, _) in &mut mics {
+        mic.encoder.set_dtx(false).expect("DTX is a valid setting");
+    }
+    // A: 50..100 (the pause after it moves the grid to A's phase), then right after C's turn 170..200 and,
+    // after a pause, 220..280; C: 120..170, long enough for the grid to decide a move for C.
+    let talks = |who: usize, k: usize| match who {
+        0 => (50..100).contains(&k) || (170..200).contains(&k) || (220..280).contains(&k),
+        _ => (120..170).contains(&k),
+    };
+    let mut phase = 0.0;
+    let t0 = room.t0;
+    let (mut plc_before, mut moves_after_c) = (0, 0);
+    for k in 50..300usize {
+        if k == 170 {
+            moves_after_c = room.stats.grid_moves;
+        }
+        if k == 220 {
+            plc_before = room.stats.concealed_plc;
+        }
+        for (who, (id, mic, offset_us)) in mics.iter_mut().enumerate() {
+            let pcm = gated_tone(&mut phase, talks(who, k));
+            let arrival = t0 + FRAME_DURATION * k as u32 + Duration::from_micros(*offset_us);
+            while let Some(t) = room.mixer.next_tick().filter(|t| *t <= arrival) {
+                room.tick(t);
+            }
+            let p = mic.frame(k, &pcm).expect("no DTX: every frame is sent");
+            room.push(arrival, *id, mic.ssrc, p);
+        }
+    }
+    assert_eq!(
+        (
+            room.stats.concealed_plc - plc_before,
+            room.stats.packets_late
+        ),
+        (0, 0),
+        "A's last turn was played whole"
+    );
+    assert_eq!(
+        room.stats.grid_moves, moves_after_c,
+        "the grid moved after C's turn: C's move was not given up when A talked"
+    );
+}
+
 /// A browser-like voice encoder (libopus VOIP at 32 kb/s, in-band FEC enabled) told to expect
 /// `expected_loss` percent loss, as a receiver report would tell it.
 fn fec_encoder(expected_loss: i32) -> opus::Encoder {

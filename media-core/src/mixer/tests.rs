@@ -220,6 +220,44 @@ impl Room {
         );
     }
 
+    /// A room of A, B and C without DTX in which A and C talk (a 440 Hz tone) when `talks(0 or 1, k)`
+    /// says so, from senders without DTX whose frame `k` arrives 5.3 ms (A) and 15.3 ms (C) into the k-th
+    /// 20 ms period: two phases half a tick apart. Every tick due before a packet arrives runs first;
+    /// `each(room, k)` sees the room before frame `k`.
+    fn two_talkers(
+        frames: std::ops::Range<usize>,
+        talks: impl Fn(usize, usize) -> bool,
+        mut each: impl FnMut(&Room, usize),
+    ) -> Room {
+        let config = MixSettings {
+            dtx: false,
+            ..MixSettings::default()
+        };
+        let mut room = Room::with_config(&[A, B, C], config);
+        let mut mics = [
+            (A, Sender::new(0xA), 5_300u64),
+            (C, Sender::new(0xC), 15_300),
+        ];
+        for (_, mic, _) in &mut mics {
+            mic.encoder.set_dtx(false).expect("DTX is a valid setting");
+        }
+        let mut phase = 0.0;
+        let t0 = room.t0;
+        for k in frames {
+            each(&room, k);
+            for (who, (id, mic, offset_us)) in mics.iter_mut().enumerate() {
+                let pcm = gated_tone(&mut phase, talks(who, k));
+                let arrival = t0 + FRAME_DURATION * k as u32 + Duration::from_micros(*offset_us);
+                while let Some(t) = room.mixer.next_tick().filter(|t| *t <= arrival) {
+                    room.tick(t);
+                }
+                let p = mic.frame(k, &pcm).expect("no DTX: every frame is sent");
+                room.push(arrival, *id, mic.ssrc, p);
+            }
+        }
+        room
+    }
+
     fn tick(&mut self, now: Instant) {
         let mut out = Vec::new();
         self.mixer
@@ -892,34 +930,13 @@ fn a_conversation_moves_the_grid_in_its_pauses_not_ahead_of_the_listeners() {
     // Chromium there accelerated 35–121 ms of the mix, 0–20 ms of a forwarded stream). Made in the pauses, the
     // listener's stream never runs ahead of the clock, its only gaps are in silence, and neither talker
     // is played short of its target.
-    let config = MixSettings {
-        dtx: false,
-        ..MixSettings::default()
-    };
-    let mut room = Room::with_config(&[A, B, C], config);
-    let mut mics = [
-        (A, Sender::new(0xA), 5_300u64),
-        (C, Sender::new(0xC), 15_300),
-    ];
-    for (_, mic, _) in &mut mics {
-        mic.encoder.set_dtx(false).expect("DTX is a valid setting");
-    }
-    let turn = |k: usize| (k - 50) / 60 % 2; // A, C, A, C, …: 1.2 s turns from tick 50
-    let mut phase = 0.0;
-    let t0 = room.t0;
-    for k in 50..410usize {
-        for (who, (id, mic, offset_us)) in mics.iter_mut().enumerate() {
-            let talking = turn(k) == who && (k - 50) % 60 < 50;
-            let pcm = gated_tone(&mut phase, talking);
-            let arrival = t0 + FRAME_DURATION * k as u32 + Duration::from_micros(*offset_us);
-            // every tick due before this packet arrives runs first
-            while let Some(t) = room.mixer.next_tick().filter(|t| *t <= arrival) {
-                room.tick(t);
-            }
-            let p = mic.frame(k, &pcm).expect("no DTX: every frame is sent");
-            room.push(arrival, *id, mic.ssrc, p);
-        }
-    }
+    // A, C, A, C, …: turns of 1 s and pauses of 0.2 s from tick 50
+    let turn = |k: usize| (k - 50) / 60 % 2;
+    let room = Room::two_talkers(
+        50..410,
+        |who, k| turn(k) == who && (k - 50) % 60 < 50,
+        |_, _| {},
+    );
     assert!(
         room.stats.grid_moves >= 5,
         "the grid followed the talkers: {} moves",
@@ -940,44 +957,21 @@ fn a_move_decided_for_one_talker_waits_for_no_other_talker_with_less_to_spare() 
     // so A's jitter buffer keeps playing through its pauses: C's move made in the pause that follows takes
     // A's margin below its target (A's buffer then has to win it back in that pause, or A's next words
     // come late to the mix and are concealed). The move shrinks to what A spares (here nothing).
-    let config = MixSettings {
-        dtx: false,
-        ..MixSettings::default()
-    };
-    let mut room = Room::with_config(&[A, B, C], config);
-    let mut mics = [
-        (A, Sender::new(0xA), 5_300u64),
-        (C, Sender::new(0xC), 15_300),
-    ];
-    for (_, mic, _) in &mut mics {
-        mic.encoder.set_dtx(false).expect("DTX is a valid setting");
-    }
     // A: 50..100 (the pause after it moves the grid to A's phase), then right after C's turn 170..200 and,
     // after a pause, 220..280; C: 120..170, long enough for the grid to decide a move for C.
     let talks = |who: usize, k: usize| match who {
         0 => (50..100).contains(&k) || (170..200).contains(&k) || (220..280).contains(&k),
         _ => (120..170).contains(&k),
     };
-    let mut phase = 0.0;
-    let t0 = room.t0;
     let (mut plc_before, mut moves_after_c) = (0, 0);
-    for k in 50..300usize {
+    let room = Room::two_talkers(50..300, talks, |room, k| {
         if k == 170 {
             moves_after_c = room.stats.grid_moves;
         }
         if k == 220 {
             plc_before = room.stats.concealed_plc;
         }
-        for (who, (id, mic, offset_us)) in mics.iter_mut().enumerate() {
-            let pcm = gated_tone(&mut phase, talks(who, k));
-            let arrival = t0 + FRAME_DURATION * k as u32 + Duration::from_micros(*offset_us);
-            while let Some(t) = room.mixer.next_tick().filter(|t| *t <= arrival) {
-                room.tick(t);
-            }
-            let p = mic.frame(k, &pcm).expect("no DTX: every frame is sent");
-            room.push(arrival, *id, mic.ssrc, p);
-        }
-    }
+    });
     assert_eq!(
         (
             room.stats.concealed_plc - plc_before,

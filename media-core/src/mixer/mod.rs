@@ -557,13 +557,8 @@ impl Mixer {
             Some((_, since)) if self.ticks - since >= REPHASE_QUIET_WAIT_TICKS => {
                 // No quiet tick for that long: move now, in speech.
                 self.pending_move = None;
-                if let (Some(epoch), Some(tick)) =
-                    (self.epoch.checked_sub(back), next.checked_sub(back))
-                {
-                    self.epoch = epoch;
-                    self.next_tick = Some(tick);
+                if self.move_grid_earlier(next, back, stats) {
                     self.timeline_lead += back;
-                    stats.grid_moves += 1;
                 }
             }
             Some((_, since)) => self.pending_move = Some((wanted, since)),
@@ -592,14 +587,24 @@ impl Mixer {
         // Less than a tick per tick (the next tick must still come after this one); the rest at the next
         // tick if it is quiet too.
         let back = wanted.min(FRAME_DURATION - ANCHOR_SLACK);
-        if let (Some(epoch), Some(tick)) = (self.epoch.checked_sub(back), next.checked_sub(back)) {
+        if self.move_grid_earlier(next, back, stats) {
             let rest = wanted - back;
             self.pending_move = (rest + ANCHOR_SLACK >= REPHASE_MIN_SPARE).then_some((rest, since));
-            self.epoch = epoch;
-            self.next_tick = Some(tick);
             self.moved_quietly = Some(back);
-            stats.grid_moves += 1;
         }
+    }
+
+    /// The grid, and the tick scheduled at `next`, `back` earlier (counted in `grid_moves`); false if the
+    /// clock cannot go back that far (the process started less than `back` ago).
+    fn move_grid_earlier(&mut self, next: Instant, back: Duration, stats: &mut MixStats) -> bool {
+        let (Some(epoch), Some(tick)) = (self.epoch.checked_sub(back), next.checked_sub(back))
+        else {
+            return false;
+        };
+        self.epoch = epoch;
+        self.next_tick = Some(tick);
+        stats.grid_moves += 1;
+        true
     }
 
     /// Nobody is heard this tick (as far as step 2 of the tick has decided), every listener's last packet

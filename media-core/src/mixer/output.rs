@@ -169,7 +169,7 @@ impl Member {
     /// with it, the silence frame for the [`PAUSE_SILENCE_TICKS`](super::PAUSE_SILENCE_TICKS) after its
     /// last frame of a spurt (counted down here), the last of them a DTX packet ([`dtx_frame`]), then
     /// nothing (a DTX gap).
-    pub(super) fn pause_frame(&mut self, dtx: bool) -> PauseFrame {
+    fn pause_frame(&mut self, dtx: bool) -> PauseFrame {
         if !dtx {
             return PauseFrame::Silence;
         }
@@ -216,7 +216,7 @@ impl Member {
 
 /// What a listener who hears nobody is sent this tick ([`Member::pause_frame`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PauseFrame {
+enum PauseFrame {
     /// The room's frame of silence.
     Silence,
     /// The DTX packet: the stream stops here.
@@ -248,9 +248,14 @@ impl PausePackets {
             .any(|p| Arc::ptr_eq(p, payload))
     }
 
-    /// The packet of `frame`, if any.
-    pub(super) fn packet(&self, frame: PauseFrame) -> Option<Arc<[u8]>> {
-        match frame {
+    /// What `m`, hearing nobody this tick, is sent ([`Member::pause_frame`]): nothing in a tick that is
+    /// `muted` (right after a quiet move of the grid, see `Mixer::move_in_quiet`; the pause is not counted
+    /// down then).
+    pub(super) fn packet_for(&self, m: &mut Member, dtx: bool, muted: bool) -> Option<Arc<[u8]>> {
+        if muted {
+            return None;
+        }
+        match m.pause_frame(dtx) {
             PauseFrame::Silence => self.silence.clone(),
             PauseFrame::Dtx => self.dtx.clone(),
             PauseFrame::Nothing => None,

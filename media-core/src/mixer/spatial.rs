@@ -144,10 +144,7 @@ impl Mixer {
                 continue;
             }
             m.stereo = None;
-            if mute_pauses {
-                continue;
-            }
-            if let Some(frame) = self.pause.packet(m.pause_frame(self.config.dtx)) {
+            if let Some(frame) = self.pause.packet_for(m, self.config.dtx, mute_pauses) {
                 m.send(frame_ts, frame, Contributors::default(), 127, out);
                 stats.sent(false);
             }

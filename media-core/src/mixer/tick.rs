@@ -302,11 +302,8 @@ impl Mixer {
             // time-compresses after), the last of them the DTX packet, then nothing.
             let last_frame = others == 0 && was_fed && self.config.dtx;
             if others == 0 && !last_frame {
-                // (in a DTX gap, no packet)
-                if mute_pauses {
-                    continue;
-                }
-                if let Some(frame) = self.pause.packet(m.pause_frame(self.config.dtx)) {
+                // (none in a DTX gap, nor right after a quiet move)
+                if let Some(frame) = self.pause.packet_for(m, self.config.dtx, mute_pauses) {
                     m.send(frame_ts, frame, Contributors::default(), 127, out);
                     stats.sent(false);
                 }

@@ -213,6 +213,13 @@ const REPHASE_TICKS: u32 = 10;
 /// made in speech: a room where someone always talks still follows its talkers.
 const REPHASE_QUIET_WAIT_TICKS: u64 = 250;
 
+/// A pending move of `back` (first decided at tick `since`), or none if it is smaller than a move
+/// [`Mixer::rephase`] would decide (what is left of a move made in steps, or a move shrunk to what the
+/// talkers spare).
+fn worth_waiting(back: Duration, since: u64) -> Option<(Duration, u64)> {
+    (back + ANCHOR_SLACK >= REPHASE_MIN_SPARE).then_some((back, since))
+}
+
 /// One mixed room's mixing state.
 pub struct Mixer {
     config: MixSettings,
@@ -530,8 +537,7 @@ impl Mixer {
         if let (Some(least), Some((wanted, since))) = (least, self.pending_move) {
             let allowed = least.saturating_sub(ANCHOR_SLACK);
             if wanted > allowed {
-                self.pending_move =
-                    (allowed + ANCHOR_SLACK >= REPHASE_MIN_SPARE).then_some((allowed, since));
+                self.pending_move = worth_waiting(allowed, since);
             }
         }
         match least {
@@ -589,7 +595,7 @@ impl Mixer {
         let back = wanted.min(FRAME_DURATION - ANCHOR_SLACK);
         if self.move_grid_earlier(next, back, stats) {
             let rest = wanted - back;
-            self.pending_move = (rest + ANCHOR_SLACK >= REPHASE_MIN_SPARE).then_some((rest, since));
+            self.pending_move = worth_waiting(rest, since);
             self.moved_quietly = Some(back);
         }
     }

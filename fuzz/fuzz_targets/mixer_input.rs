@@ -3,9 +3,10 @@
 //! redundancy built from arbitrary blocks) with arbitrary sequence numbers, timestamps, levels, SSRC
 //! changes and arrival times, DTX gaps and jumps of up to an hour, listeners stating loss (so moving
 //! between the shared mix's clean and protected encodes) and a broadcast tap turned on and off, ticking
-//! as the core does. Every packet out is checked: valid Opus of one 20 ms frame, per listener sequence numbers consecutive and timestamps
-//! moving forward by at least a frame (by whole frames after a packet in which someone was heard: the timeline
-//! shifts only in silence), at most 15 talkers and never the listener itself, a level in 0..=127,
+//! as the core does. Every packet out is checked: valid Opus of one 20 ms frame (or a quiet move's fill of
+//! silence: fewer 2.5 ms frames, nobody heard), per listener sequence numbers consecutive and timestamps
+//! moving forward by at least the last packet (by whole frames after a packet in which someone was heard:
+//! the timeline shifts only in silence), at most 15 talkers and never the listener itself, a level in 0..=127,
 //! the RED redundancy valid Opus too; and each listener's stream decodes to finite samples within the
 //! limiter's range. The tap's frames are valid 20 ms Opus frames, on consecutive ticks while it is on.
 #![no_main]
@@ -138,8 +139,8 @@ struct Sender {
 }
 
 struct Listener {
-    /// The last packet's sequence number and timestamp, and whether anyone was heard in it.
-    last: Option<(u64, u32, bool)>,
+    /// The last packet's sequence number and timestamp, whether anyone was heard in it, and its samples.
+    last: Option<(u64, u32, bool, u32)>,
     decoder: opus::Decoder,
 }
 
@@ -167,10 +168,16 @@ impl Check {
 
     fn packets(&mut self, out: &mut Vec<MixPacket>, ssrcs: &HashMap<ParticipantId, Sender>) {
         for p in out.drain(..) {
-            assert_eq!(
-                opus_packet_info(&p.payload).map(|(n, _)| n),
-                Some(FRAME),
-                "a mixed packet is one valid 20 ms Opus frame"
+            let samples = opus_packet_info(&p.payload).map_or(0, |(n, _)| n);
+            // One 20 ms frame; or, right after a quiet move of the grid, the rest of the last frame's
+            // silence as a whole number of 2.5 ms frames, in which nobody is heard.
+            assert!(
+                samples == FRAME
+                    || (samples > 0
+                        && samples < FRAME
+                        && samples % (FRAME / 8) == 0
+                        && p.contributors.is_empty()),
+                "a mixed packet is one valid 20 ms Opus frame, or a fill of silence: {samples} samples"
             );
             if let Some(prev) = &p.previous {
                 assert!(
@@ -191,7 +198,7 @@ impl Check {
                 decoder: opus::Decoder::new(48_000, opus::Channels::Mono)
                     .expect("libopus creates a decoder"),
             });
-            if let Some((seq, ts, heard)) = l.last {
+            if let Some((seq, ts, heard, last_samples)) = l.last {
                 assert_eq!(
                     p.seq,
                     seq + 1,
@@ -199,8 +206,8 @@ impl Check {
                 );
                 let step = p.ts.wrapping_sub(ts);
                 assert!(
-                    (FRAME..1 << 31).contains(&step),
-                    "timestamps move forward by at least a frame (frames never overlap): {ts} then {}",
+                    (last_samples..1 << 31).contains(&step),
+                    "timestamps move forward by at least the last packet (packets never overlap): {ts} then {}",
                     p.ts
                 );
                 // The listener's timeline follows the wall clock across an idle spell and a quiet move of
@@ -211,7 +218,7 @@ impl Check {
                     p.ts
                 );
             }
-            l.last = Some((p.seq, p.ts, !p.contributors.is_empty()));
+            l.last = Some((p.seq, p.ts, !p.contributors.is_empty(), samples));
             let n = l
                 .decoder
                 .decode_float(&p.payload, &mut self.pcm, false)

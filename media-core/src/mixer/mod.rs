@@ -46,7 +46,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::audio::{FRAME_DURATION, FRAME_SAMPLES};
+use crate::audio::{duration_samples, FRAME_DURATION, FRAME_SAMPLES};
 use crate::ids::{ParticipantId, Ssrc};
 use crate::mixer::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::speakers::csrc_levels::{Contributors, MAX_CSRCS};
@@ -124,7 +124,7 @@ pub struct MixTap {
 
 use encoder::UNREPORTED_LOSS_PERCENT;
 pub use input::{opus_packet_has_fec, opus_packet_info, red_jitter_packets};
-use output::{OutEncoder, PausePackets, SharedEncode};
+use output::{Fill, OutEncoder, PausePackets, SharedEncode, SHORT_FRAME, SHORT_FRAMES_PER_FRAME};
 
 /// Which encode a listener received in the last tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +234,10 @@ pub struct Mixer {
     /// How far the timeline runs ahead of the wall clock: the sum of [`Mixer::rephase`]'s moves, each of
     /// which brings the next tick sooner without a hole in the listeners' streams.
     timeline_lead: Duration,
+    /// And how much further (nanoseconds, negative: behind): what the fills of the quiet moves' gaps, in
+    /// whole short frames, added to the gaps (see [`Mixer::fill_after_quiet_move`]); within half a short
+    /// frame of zero.
+    fill_drift_ns: i64,
     /// The grid point of the last tick run: the next one is at least a frame after it.
     last_due: Option<Instant>,
     ticks: u64,
@@ -241,7 +245,7 @@ pub struct Mixer {
     /// the tick count when it was first decided.
     pending_move: Option<(Duration, u64)>,
     /// The move [`Mixer::move_in_quiet`] made before this tick: the listeners' packets of this tick, if it
-    /// is quiet, would overlap their last ones and are not sent.
+    /// is quiet, would overlap their last ones; they are sent the rest of their last frame instead.
     moved_quietly: Option<Duration>,
     /// Ticks in a row in which every talker could spare [`REPHASE_MIN_SPARE`], and the least any spared.
     spare_run: u32,
@@ -294,6 +298,7 @@ impl Mixer {
             next_tick: None,
             origin: now,
             timeline_lead: Duration::ZERO,
+            fill_drift_ns: 0,
             last_due: None,
             ticks: 0,
             pending_move: None,
@@ -498,7 +503,36 @@ impl Mixer {
     /// what [`Mixer::rephase`] moved the grid earlier while it ticked (those moves keep the timestamps
     /// continuous; an idle room's moves in [`Mixer::wake_anchored`] do not count).
     fn timeline(&self, due: Instant) -> Duration {
-        due.saturating_duration_since(self.origin) + self.timeline_lead
+        let t = due.saturating_duration_since(self.origin) + self.timeline_lead;
+        let drift = Duration::from_nanos(self.fill_drift_ns.unsigned_abs());
+        if self.fill_drift_ns >= 0 {
+            t + drift
+        } else {
+            t.saturating_sub(drift)
+        }
+    }
+
+    /// The fill a quiet tick `due` right after a quiet move of the grid by `back` sends the listeners whose
+    /// stream of silence goes on ([`PausePackets::packet_for`]). Their last frame ends where this tick's
+    /// would have started had the grid not moved (`due + back`); the next tick comes a frame after this
+    /// one, so the gap is a frame less the move. A packet can only fill it with whole 2.5 ms short frames
+    /// (Opus' shortest): the nearest number, 0 to 8, to the gap less the drift of earlier fills, and the
+    /// timeline shifts by what the fill adds to the gap (so the next tick's frame starts exactly where the
+    /// fill ends). The drift stays within half a short frame, ahead or behind: a listener's jitter buffer
+    /// sees its packets come up to 1.25 ms sooner or later than before, once.
+    fn fill_after_quiet_move(&mut self, due: Instant, back: Duration) -> Fill {
+        let start = duration_samples(self.timeline(due + back)) as u32; // RTP timestamps wrap
+        let gap_ns = FRAME_DURATION.saturating_sub(back).as_nanos() as i64;
+        let short_ns = SHORT_FRAME.as_nanos() as i64;
+        let wanted = gap_ns - self.fill_drift_ns;
+        let frames = (wanted + short_ns / 2)
+            .div_euclid(short_ns)
+            .clamp(0, SHORT_FRAMES_PER_FRAME as i64);
+        self.fill_drift_ns += frames * short_ns - gap_ns;
+        Fill {
+            start,
+            frames: frames as usize,
+        }
     }
 
     /// Move a ticking room's grid earlier when its talkers' packets wait longer than their targets: once
@@ -575,14 +609,16 @@ impl Mixer {
     /// Make the move [`rephase`](Self::rephase) decided, if one waits and this tick was quiet: nobody was
     /// heard, no listener was sent a mix (at most the room's pause packets), no broadcast mount listens.
     /// The next tick comes sooner by the move, as in speech, but the listeners' timeline does not jump
-    /// ahead: that tick sends them nothing if it is quiet too (its timestamp would overlap the last
-    /// packet's frame), and their next packet's timestamp follows the wall clock, a gap of less than a
-    /// frame in a stream of silence, which their jitter buffers fill with silence. Their packets come no
-    /// sooner than before, so they have nothing to time-compress. (If someone is heard at that tick after
-    /// all, the stream stays continuous and runs ahead by the move, as a move in speech does.) A move in
+    /// ahead: that tick, if it is quiet too, sends each listener whose stream of silence goes on a fill
+    /// of the gap, the frame less the move, in short frames of silence (its own frame would overlap the
+    /// last; see [`Mixer::fill_after_quiet_move`]), and their next packet's timestamp follows the wall
+    /// clock (within 1.25 ms), right after that fill. Their packets come no sooner than before, so they
+    /// have nothing to time-compress, and nothing to conceal. (Before the fills a browser concealed the gap: Chromium counted an event per
+    /// move, 10–16 ms each. If someone is heard at that tick after all, the stream stays continuous and
+    /// runs ahead by the move, as a move in speech does.) A move in
     /// speech brings every packet after it sooner, and the listeners' jitter buffers shed the surplus by
     /// time-compressing speech (`mixer::tests`: 32.7 ms ahead after one talk spurt, 69 ms after a
-    /// conversation's 8 moves; within 1 ms now).
+    /// conversation's 8 moves; within 1.25 ms now).
     fn move_in_quiet(&mut self, stats: &mut MixStats) {
         let Some((wanted, since)) = self.pending_move else {
             return;

@@ -2,6 +2,7 @@
 //! pre-encoded silence frame, and the per-listener packet numbering.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::encoder::{EncoderSettings, MixEncoder, OpusError};
 use super::input::opus_packet_has_fec;
@@ -225,19 +226,49 @@ enum PauseFrame {
     Nothing,
 }
 
+/// Opus' shortest frame (CELT's 2.5 ms): the gap a quiet move of the grid leaves in a listener's
+/// stream is filled with a whole number of them ([`Fill`]).
+pub(super) const SHORT_FRAME: Duration = Duration::from_micros(2_500);
+
+/// [`SHORT_FRAME`] in samples.
+const SHORT_FRAME_SAMPLES: usize = FRAME_SAMPLES / 8;
+
+/// Short frames in a frame.
+pub(super) const SHORT_FRAMES_PER_FRAME: usize = FRAME_SAMPLES / SHORT_FRAME_SAMPLES;
+
+/// The fills made as one packet of short frames: 1 to 7 (a fill of 8 is the silence frame).
+const MAX_FILL_FRAMES: usize = SHORT_FRAMES_PER_FRAME - 1;
+
+/// What the tick right after a quiet move of the grid sends the listeners whose stream of silence goes on
+/// (`Mixer::fill_after_quiet_move`): `frames` short frames of silence (0 to 8: none, a fill, or the
+/// silence frame) from room timestamp `start`, where their last frame ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fill {
+    pub(super) start: u32,
+    pub(super) frames: usize,
+}
+
 /// The room's packets for listeners who hear nobody, encoded once per room.
 pub(super) struct PausePackets {
     /// A 20 ms frame of digital silence ([`silence_frame`]).
     pub(super) silence: Option<Arc<[u8]>>,
     /// The DTX packet ([`dtx_frame`]).
     pub(super) dtx: Option<Arc<[u8]>>,
+    /// `fills[k - 1]`: k short frames of digital silence in one packet ([`fill_packets`]), k = 1..=7; empty
+    /// if libopus could not make them.
+    pub(super) fills: Vec<Arc<[u8]>>,
 }
 
 impl PausePackets {
     pub(super) fn new(config: &MixSettings) -> PausePackets {
         let silence = silence_frame(config);
         let dtx = silence.as_deref().and_then(dtx_frame);
-        PausePackets { silence, dtx }
+        let fills = fill_packets(config);
+        PausePackets {
+            silence,
+            dtx,
+            fills,
+        }
     }
 
     /// Whether `payload` is one of these packets.
@@ -245,22 +276,104 @@ impl PausePackets {
         [&self.silence, &self.dtx]
             .into_iter()
             .flatten()
+            .chain(&self.fills)
             .any(|p| Arc::ptr_eq(p, payload))
     }
 
-    /// What `m`, hearing nobody this tick, is sent ([`Member::pause_frame`]): nothing in a tick that is
-    /// `muted` (right after a quiet move of the grid, see `Mixer::move_in_quiet`; the pause is not counted
-    /// down then).
-    pub(super) fn packet_for(&self, m: &mut Member, dtx: bool, muted: bool) -> Option<Arc<[u8]>> {
-        if muted {
+    /// How many samples `payload` plays if it is the silence frame or a fill: where a stream that ends
+    /// with it ends. `None` for anything else (the DTX packet ends a stream, it does not continue one).
+    fn samples(&self, payload: &Arc<[u8]>) -> Option<u32> {
+        if self
+            .silence
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, payload))
+        {
+            return Some(FRAME_SAMPLES as u32);
+        }
+        let k = self.fills.iter().position(|f| Arc::ptr_eq(f, payload))?;
+        Some(((k + 1) * SHORT_FRAME_SAMPLES) as u32)
+    }
+
+    /// What `m`, hearing nobody in the tick whose room timestamp is `frame_ts`, is sent
+    /// ([`Member::pause_frame`]), and the room timestamp to send it at.
+    ///
+    /// Right after a quiet move of the grid (`fill`) the tick comes less than a frame after the last: its
+    /// frame would overlap the listener's last. The pause is not counted down then; a listener whose
+    /// stream of silence goes on (it ends at the fill's start) is sent the fill instead, so that its next
+    /// packet follows without a gap: a browser conceals a gap (Chromium counted a concealment event per
+    /// move) where it now plays silence.
+    pub(super) fn packet_for(
+        &self,
+        m: &mut Member,
+        dtx: bool,
+        frame_ts: u32,
+        fill: Option<Fill>,
+    ) -> Option<(u32, Arc<[u8]>)> {
+        let Some(fill) = fill else {
+            let frame = match m.pause_frame(dtx) {
+                PauseFrame::Silence => self.silence.clone(),
+                PauseFrame::Dtx => self.dtx.clone(),
+                PauseFrame::Nothing => None,
+            };
+            return frame.map(|f| (frame_ts, f));
+        };
+        let (last_ts, last) = m.last_sent.as_ref()?;
+        let end = last_ts.wrapping_add(self.samples(last)?);
+        if end != m.ts_offset.wrapping_add(fill.start) {
             return None;
         }
-        match m.pause_frame(dtx) {
-            PauseFrame::Silence => self.silence.clone(),
-            PauseFrame::Dtx => self.dtx.clone(),
-            PauseFrame::Nothing => None,
+        let packet = match fill.frames {
+            SHORT_FRAMES_PER_FRAME => self.silence.as_ref(),
+            k => self.fills.get(k.checked_sub(1)?),
+        };
+        Some((fill.start, packet?.clone()))
+    }
+}
+
+/// The fills of a quiet move's gap: for k = 1..=7, k short frames of digital silence, encoded in a row
+/// by one encoder of the room's settings (CELT: libopus codes frames shorter than 10 ms with it), joined
+/// in one packet ([`join_frames`]). A receiver's jitter buffer takes a packet of any whole number of
+/// frames; the decoder plays it as one stream with the silence frames around it (both decode to
+/// silence, whatever the modes). Empty if libopus fails.
+fn fill_packets(config: &MixSettings) -> Vec<Arc<[u8]>> {
+    let Ok(mut encoder) = MixEncoder::new(encoder_settings(config)) else {
+        return Vec::new();
+    };
+    let mut out = [0u8; MAX_OPUS];
+    let mut frames = Vec::with_capacity(MAX_FILL_FRAMES);
+    for _ in 0..MAX_FILL_FRAMES {
+        let Ok(n) = encoder.encode(&[0.0; SHORT_FRAME_SAMPLES], &mut out) else {
+            return Vec::new();
+        };
+        frames.push(out[..n].to_vec());
+    }
+    (1..=MAX_FILL_FRAMES)
+        .map(|k| join_frames(&frames[..k]))
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default()
+}
+
+/// One Opus packet of the frames of `packets` (each a packet of one frame, all of one configuration): RFC
+/// 6716 §3.2.5, code 3 (a frame count) with each frame's length but the last's (VBR). `None` if they are
+/// not such packets, a frame is empty (an empty frame is a lost one to a decoder) or longer than a
+/// one-byte length can say.
+fn join_frames(packets: &[Vec<u8>]) -> Option<Arc<[u8]>> {
+    let toc = *packets.first()?.first()?;
+    let count = u8::try_from(packets.len()).ok().filter(|&c| c <= 48)?;
+    let mut out = vec![toc | 0x03, 0x80 | count];
+    for p in packets {
+        let len = p.len().checked_sub(1)?;
+        if p[0] != toc || toc & 0x03 != 0 || len == 0 || len > 251 {
+            return None;
         }
     }
+    for p in &packets[..packets.len() - 1] {
+        out.push((p.len() - 1) as u8);
+    }
+    for p in packets {
+        out.extend_from_slice(&p[1..]);
+    }
+    Some(Arc::from(out))
 }
 
 /// The packet that tells a listener's decoder that the stream enters DTX, as a WebRTC sender's does: the

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::output::OutEncoder;
+use super::output::{Fill, OutEncoder};
 use super::{Feed, MixPacket, Mixer, PAUSE_SILENCE_TICKS};
 use crate::audibility::Audibility;
 use crate::audio::FRAME_SAMPLES;
@@ -45,12 +45,12 @@ fn quantised_gains(gain_steps: i16, pan_steps: i8) -> (f32, f32) {
 impl Mixer {
     /// Steps 3–4 of a tick in a spatial room (see the [module docs](self)): group the listeners by what
     /// they hear, render and encode each group's stereo mix once, send it to every member.
-    /// `mute_pauses`: the tick comes right after a quiet move of the grid and sends no pause packets (see
+    /// `fill`: the tick comes right after a quiet move of the grid and sends only that (see
     /// [`Mixer::move_in_quiet`]).
     pub(super) fn spatial_outputs(
         &mut self,
         frame_ts: u32,
-        mute_pauses: bool,
+        fill: Option<Fill>,
         audibility: &Audibility,
         out: &mut Vec<MixPacket>,
         stats: &mut MixStats,
@@ -144,8 +144,8 @@ impl Mixer {
                 continue;
             }
             m.stereo = None;
-            if let Some(frame) = self.pause.packet_for(m, self.config.dtx, mute_pauses) {
-                m.send(frame_ts, frame, Contributors::default(), 127, out);
+            if let Some((ts, frame)) = self.pause.packet_for(m, self.config.dtx, frame_ts, fill) {
+                m.send(ts, frame, Contributors::default(), 127, out);
                 stats.sent(false);
             }
         }

@@ -98,21 +98,42 @@ impl Received {
 }
 
 impl Received {
-    /// Every gap in the stream is shorter than a frame and lies between two frames of the room's
-    /// silence: where the grid moved in a pause ([`Mixer::move_in_quiet`]), never in sound.
-    fn gaps_only_in_silence(&self, silence: &Arc<[u8]>) -> Result<(), String> {
-        for &(i, gap) in &self.gaps {
-            let around = (&self.sent[i - 1].1, &self.sent[i].1);
-            if gap >= FRAME_SAMPLES as u32 || around.0 != silence || around.1 != silence {
+    /// The stream has no gap, and its packets shorter than a frame are the room's fills of silence, each
+    /// right after silence: where the grid moved in a pause ([`Mixer::move_in_quiet`]), never in sound.
+    fn gapless_with_fills_only_in_silence(&self, pause: &PausePackets) -> Result<(), String> {
+        if let Some(&(i, gap)) = self.gaps.first() {
+            return Err(format!(
+                "a gap of {gap} samples before packet {i} (tick {}) of {}",
+                self.sent[i].0,
+                self.sent.len()
+            ));
+        }
+        for (i, (tick, p)) in self.sent.iter().enumerate() {
+            let samples =
+                opus::packet::get_nb_samples(p, SAMPLE_RATE).map_err(|e| e.to_string())?;
+            if samples == FRAME_SAMPLES {
+                continue;
+            }
+            let is_fill = pause.fills.iter().any(|f| f == p);
+            let after = i.checked_sub(1).map(|j| &self.sent[j].1);
+            let after_silence = after.is_some_and(|a| pause.is_pause_packet(a) && a.len() > 1);
+            if !is_fill || !after_silence {
                 return Err(format!(
-                    "a gap of {gap} samples before packet {i} (tick {}), between {} and {} bytes",
-                    self.sent[i].0,
-                    around.0.len(),
-                    around.1.len()
+                    "packet {i} (tick {tick}) of {samples} samples: {} a fill, after {:?}",
+                    if is_fill { "" } else { "not" },
+                    after.map(|a| a.len())
                 ));
             }
         }
         Ok(())
+    }
+
+    /// How many of its packets are fills of a quiet move's gap.
+    fn fills(&self, pause: &PausePackets) -> usize {
+        self.sent
+            .iter()
+            .filter(|(_, p)| pause.fills.iter().any(|f| f == p))
+            .count()
     }
 }
 
@@ -196,22 +217,22 @@ impl Room {
         }
     }
 
-    /// `who`'s stream has gaps only in silence, shorter than a frame (where the grid moved in a pause),
-    /// and ran no further ahead of the clock than a millisecond: the grid's moves were made in pauses
+    /// `who`'s stream has no gap, its packets shorter than a frame only in silence (where the grid moved in
+    /// a pause), and ran no further ahead of (or behind) the clock than the fills' drift, 1.25 ms: the
+    /// grid's moves were made in pauses
     /// (moved in speech, the stream ran ahead by each move, and a browser time-compressed speech to shed
     /// it).
     fn kept_the_clock(&self, who: ParticipantId) {
-        let silence = self
-            .mixer
-            .pause
-            .silence
-            .clone()
-            .expect("libopus encodes silence");
         let rx = &self.rx[&who];
-        assert_eq!(rx.gaps_only_in_silence(&silence), Ok(()));
+        assert_eq!(
+            rx.gapless_with_fills_only_in_silence(&self.mixer.pause),
+            Ok(())
+        );
         let ahead = ahead_of_clock(&rx.clock);
+        // the fills' drift: within half a short frame (`Mixer::fill_after_quiet_move`)
+        let drift = (SHORT_FRAME / 2).as_secs_f64() + 0.000_1;
         assert!(
-            ahead.abs() < 0.001,
+            ahead.abs() < drift,
             "{who:?}'s stream ran {:.1} ms ahead of the clock after {} moves of the grid",
             ahead * 1000.0,
             self.stats.grid_moves
@@ -791,7 +812,8 @@ fn the_listeners_timestamps_follow_the_clock_across_idle_spells() {
     // buffer, and Chromium caught up by time-compressing the speech. Here: two spurts with a 4 s pause
     // between them, in which A sends a silent packet every third frame at alternating phases. Between
     // any two packets B receives, the timestamps must advance as much as the clock (the ticks that sent
-    // them), to within a millisecond, and never by less than a frame.
+    // them), to within a millisecond and a quiet move's fill drift, and never by less than the last
+    // packet's length (a frame, or a quiet move's fill).
     let mut room = Room::new(&[A, B]);
     let mut mic = Sender::new(0xA);
     mic.encoder.set_dtx(false).expect("DTX is a valid setting");
@@ -799,8 +821,8 @@ fn the_listeners_timestamps_follow_the_clock_across_idle_spells() {
     let mut out = Vec::new();
     let t0 = room.t0;
     let talking = |k: usize| (50..100).contains(&k) || (300..350).contains(&k);
-    // (tick, timestamp, grid moves so far) of each packet to B
-    let mut to_b: Vec<(Instant, u32, u64)> = Vec::new();
+    // (tick, timestamp, grid moves so far, samples) of each packet to B
+    let mut to_b: Vec<(Instant, u32, u64, u32)> = Vec::new();
     for k in 50..360usize {
         let arrival = if talking(k) {
             t0 + FRAME_DURATION * k as u32 + Duration::from_micros(5_300)
@@ -824,25 +846,30 @@ fn the_listeners_timestamps_follow_the_clock_across_idle_spells() {
             room.mixer
                 .tick(t, &mut out, &mut room.stats, &mut room.samples);
             for p in out.iter().filter(|p| p.to == B) {
-                to_b.push((t, p.ts, moves));
+                let samples = opus::packet::get_nb_samples(&p.payload, SAMPLE_RATE)
+                    .expect("the mixer sends valid Opus");
+                to_b.push((t, p.ts, moves, samples as u32));
             }
         }
     }
     let mut idle_gaps = 0;
     for pair in to_b.windows(2) {
-        let ((t1, ts1, moves1), (t2, ts2, moves2)) = (pair[0], pair[1]);
+        let ((t1, ts1, moves1, samples1), (t2, ts2, moves2, _)) = (pair[0], pair[1]);
         let step = ts2.wrapping_sub(ts1);
         let elapsed = t2.duration_since(t1);
         assert!(
-            step >= FRAME_SAMPLES as u32,
-            "B got two frames {step} samples apart"
+            step >= samples1,
+            "B got a packet of {samples1} samples and the next {step} samples later"
         );
-        if moves1 != moves2 {
-            continue; // a ticking room's move keeps the stream continuous: ahead by the move
+        if moves1 != moves2 || samples1 < FRAME_SAMPLES as u32 {
+            // a ticking room's move keeps the stream continuous: ahead by the move, or (in a pause)
+            // filled up to the next tick
+            continue;
         }
         let clock = elapsed.as_secs_f64() * f64::from(SAMPLE_RATE);
+        let tolerance = (MS + SHORT_FRAME / 2).as_secs_f64() * f64::from(SAMPLE_RATE);
         assert!(
-            (f64::from(step) - clock).abs() <= f64::from(SAMPLE_RATE) / 1000.0,
+            (f64::from(step) - clock).abs() <= tolerance,
             "B's timestamps advanced {step} samples over {elapsed:?}"
         );
         idle_gaps += usize::from(elapsed > FRAME_DURATION * 10);
@@ -946,6 +973,11 @@ fn a_conversation_moves_the_grid_in_its_pauses_not_ahead_of_the_listeners() {
         "nobody was played short"
     );
     room.kept_the_clock(B);
+    assert_eq!(
+        room.rx[&B].fills(&room.mixer.pause) as u64,
+        room.stats.grid_moves,
+        "each move in a pause was filled in the listener's stream"
+    );
 }
 
 #[test]
@@ -1264,6 +1296,76 @@ fn the_only_talker_does_not_tune_the_protected_encode() {
     );
 }
 
+/// The fills of a quiet move's gap (`PausePackets::fills`): k = 1..=7 short frames of 2.5 ms in one valid
+/// Opus packet, which a decoder plays between the room's silence frames (mono, or CELT where the room's
+/// frames are SILK) as silence: a listener hears nothing where the grid moved.
+#[test]
+fn the_fills_of_a_quiet_moves_gap_are_short_frames_of_silence_in_one_packet() {
+    for config in [
+        MixSettings::default(),
+        MixSettings {
+            fec: false,
+            bitrate_bps: 64_000,
+            ..MixSettings::default()
+        },
+    ] {
+        let pause = PausePackets::new(&config);
+        let silence = pause.silence.clone().expect("libopus encodes silence");
+        assert_eq!(pause.fills.len(), 7, "{config:?}");
+        let mut decoder =
+            opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).expect("a mono decoder");
+        let mut pcm = vec![0.0; MAX_PACKET_SAMPLES];
+        for (i, fill) in pause.fills.iter().enumerate() {
+            let k = i + 1;
+            assert_eq!(
+                opus_packet_info(fill).map(|(n, _)| n as usize),
+                Some(k * FRAME_SAMPLES / 8),
+                "fill of {k}: {fill:?}"
+            );
+            assert!(pause.is_pause_packet(fill));
+            for packet in [&silence, fill, &silence] {
+                let n = decoder
+                    .decode_float(packet, &mut pcm, false)
+                    .expect("a pause packet decodes");
+                let peak = pcm[..n].iter().fold(0f32, |m, s| m.max(s.abs()));
+                assert!(peak < 1e-4, "fill of {k}: a peak of {peak} around it");
+            }
+        }
+    }
+}
+
+/// Whatever the moves, each fill is the nearest whole number of short frames to its gap less the drift
+/// so far, and the listeners' timeline stays within half a short frame of the wall clock; the fill starts
+/// where the last frame ended.
+#[test]
+fn the_fills_keep_the_timeline_within_half_a_short_frame_of_the_clock() {
+    let t0 = t0();
+    let mut mixer = Mixer::new(t0, MixSettings::default());
+    let mut due = t0 + Duration::from_secs(1);
+    let half = (SHORT_FRAME / 2).as_nanos() as i64;
+    for i in 0..2_000u64 {
+        // moves of 2 to 19 ms, in steps of 1/7 ms: every remainder of a short frame
+        let back = Duration::from_micros(2_000 + (i * 1_000 / 7 * 13) % 17_000);
+        let last_end = duration_samples(mixer.timeline(due + back)) as u32;
+        let fill = mixer.fill_after_quiet_move(due, back);
+        assert_eq!(fill.start, last_end);
+        assert!(fill.frames <= 8);
+        assert!(
+            mixer.fill_drift_ns.abs() <= half,
+            "move {i} of {back:?}: drift {} ns",
+            mixer.fill_drift_ns
+        );
+        // the next tick's frame starts where the fill ends
+        let next = duration_samples(mixer.timeline(due + FRAME_DURATION)) as u32;
+        assert_eq!(
+            next.wrapping_sub(fill.start),
+            (fill.frames * FRAME_SAMPLES / 8) as u32,
+            "move {i} of {back:?}"
+        );
+        due += FRAME_DURATION * 3 - back;
+    }
+}
+
 /// With DTX a listener is sent nothing while nobody talks, but only after 2 s of silence frames
 /// (`PAUSE_SILENCE_TICKS`): Chromium cannot tell a pause without packets from loss, so it concealed every
 /// pause and time-compressed the next spurt (docs/architecture.md, "Pauses reach a listener as silence").
@@ -1295,13 +1397,17 @@ fn a_pause_reaches_a_listener_as_silence_frames_for_two_seconds_then_a_dtx_packe
         .expect("libopus encodes silence");
     let sent = &room.rx[&B].sent;
     let ticks: Vec<usize> = sent.iter().map(|(k, _)| *k).collect();
-    // every tick, but where the grid moved in the pause (a gap of less than a frame)
-    assert_eq!(room.rx[&B].gaps_only_in_silence(&silence), Ok(()));
+    // every tick, without a gap (where the grid moved in the pause, the rest of the frame was filled)
+    let pause = &room.mixer.pause;
+    assert_eq!(
+        room.rx[&B].gapless_with_fills_only_in_silence(pause),
+        Ok(())
+    );
     assert!(
         ticks.windows(2).all(|w| w[1] <= w[0] + 2),
         "a gap in the listener's stream: ticks {ticks:?}"
     );
-    let (last, pause) = sent.split_last().expect("B heard A");
+    let (last, spurt_and_pause) = sent.split_last().expect("B heard A");
     assert_eq!(
         last.1.len(),
         1,
@@ -1313,16 +1419,20 @@ fn a_pause_reaches_a_listener_as_silence_frames_for_two_seconds_then_a_dtx_packe
         silence[0] & 0xFC,
         "the DTX packet is one frame of the stream's configuration"
     );
-    let last_voiced = pause
+    let last_voiced = spurt_and_pause
         .iter()
-        .rposition(|(_, p)| *p != silence)
+        .rposition(|(_, p)| !pause.is_pause_packet(p))
         .expect("B heard A");
     assert!(
         ticks[last_voiced] >= 150,
         "the second spurt reached B: {ticks:?}"
     );
+    let fills = spurt_and_pause[last_voiced..]
+        .iter()
+        .filter(|(_, p)| pause.fills.contains(p))
+        .count();
     assert_eq!(
-        sent.len() - 1 - last_voiced,
+        sent.len() - 1 - last_voiced - fills,
         PAUSE_SILENCE_TICKS as usize,
         "silence frames, then the DTX packet, after the last spurt"
     );

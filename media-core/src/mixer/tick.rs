@@ -164,15 +164,16 @@ impl Mixer {
         }
 
         // After a quiet move of the grid (`move_in_quiet`) this tick comes less than a frame after the
-        // last: quiet, it sends the listeners nothing; if someone is heard after all, the stream stays
+        // last: quiet, it sends the listeners whose silence goes on a fill up to where the next tick's
+        // frame starts (`fill_after_quiet_move`); if someone is heard after all, the stream stays
         // continuous and runs ahead by the move.
-        let mute_pauses = match self.moved_quietly.take() {
-            Some(_) if self.is_quiet() => true,
+        let fill = match self.moved_quietly.take() {
+            Some(back) if self.is_quiet() => Some(self.fill_after_quiet_move(due, back)),
             Some(back) => {
                 self.timeline_lead += back;
-                false
+                None
             }
-            None => false,
+            None => None,
         };
         // The listeners' timestamps and the tap's tick numbers run with the wall clock (see `timeline`): a
         // whole tick later is exactly one frame more, an idle spell as long in samples as in time.
@@ -181,7 +182,7 @@ impl Mixer {
         let frame_no = (at + FRAME_SAMPLES as u64 / 2) / FRAME_SAMPLES as u64;
         if let Some(audibility) = audibility.filter(|a| a.is_spatial()) {
             // A spatial room: a stereo mix per listener (steps 3 and 4 of its own).
-            self.spatial_outputs(frame_ts, mute_pauses, audibility, out, stats);
+            self.spatial_outputs(frame_ts, fill, audibility, out, stats);
             self.tap_full_mix(grid, frame_no, None, stats);
             self.after_tick(grid, self.talkers.len(), any_active, stats);
             return;
@@ -302,9 +303,10 @@ impl Mixer {
             // time-compresses after), the last of them the DTX packet, then nothing.
             let last_frame = others == 0 && was_fed && self.config.dtx;
             if others == 0 && !last_frame {
-                // (none in a DTX gap, nor right after a quiet move)
-                if let Some(frame) = self.pause.packet_for(m, self.config.dtx, mute_pauses) {
-                    m.send(frame_ts, frame, Contributors::default(), 127, out);
+                // (none in a DTX gap; a fill right after a quiet move)
+                if let Some((ts, frame)) = self.pause.packet_for(m, self.config.dtx, frame_ts, fill)
+                {
+                    m.send(ts, frame, Contributors::default(), 127, out);
                     stats.sent(false);
                 }
                 continue;

@@ -1366,6 +1366,68 @@ fn the_fills_keep_the_timeline_within_half_a_short_frame_of_the_clock() {
     }
 }
 
+/// A listener who starts talking in the very tick its talker stops (two people taking turns) still gets
+/// the last frame of the mix it was hearing, then silence: every tick, no gap. It got nothing in that
+/// tick (a talker who hears nobody had no encoder of its own to end its stream with, and is never sent
+/// the shared mix, which holds its own voice), so its browser concealed 20 ms after the other's speech
+/// (seen in the Firefox test's capture of the mix to Firefox: a timestamp step of two frames right after
+/// speech).
+#[test]
+fn a_listener_who_starts_talking_as_its_talker_stops_gets_the_end_of_the_mix_without_a_gap() {
+    // A talks for a second; B starts a few frames later, so that in one of the runs its first voiced
+    // frame is decoded in the tick after A's last (A's decode hangover included)
+    for b_starts in 48..58 {
+        let room = turns(b_starts);
+        let b = &room.rx[&B];
+        assert!(b.packets > 40, "B heard A: {} packets", b.packets);
+        assert_eq!(
+            b.gapless_with_fills_only_in_silence(&room.mixer.pause),
+            Ok(()),
+            "B's stream from A's spurt to the silence after it, B starting at frame {b_starts}"
+        );
+        let silence = room
+            .mixer
+            .pause
+            .silence
+            .as_ref()
+            .expect("libopus encodes silence");
+        let (last, before) = b.sent.split_last().expect("B heard A");
+        assert_eq!(
+            (last.1.len(), before.last().map(|p| &p.1)),
+            (1, Some(silence)),
+            "B starting at frame {b_starts}: the stream ends with silence, then the DTX packet \
+             ({} packets)",
+            b.packets
+        );
+    }
+}
+
+/// A room of A and B (DTX on): A talks for frames 0..50, B for `b_starts..b_starts + 50`.
+fn turns(b_starts: usize) -> Room {
+    let mut room = Room::new(&[A, B]);
+    let mut mics = [(A, Sender::new(0xA)), (B, Sender::new(0xB))];
+    for k in 0..200 {
+        let sent = room.t0 + FRAME_DURATION * k as u32;
+        for (who, mic) in &mut mics {
+            let talks = if *who == A {
+                k < 50
+            } else {
+                (b_starts..b_starts + 50).contains(&k)
+            };
+            let pcm = if talks {
+                voiced_frame(k)
+            } else {
+                vec![0.0; FRAME_SAMPLES]
+            };
+            if let Some(p) = mic.frame(k, &pcm) {
+                room.push(sent + 10 * MS, *who, mic.ssrc, p);
+            }
+        }
+        room.tick_frame(sent);
+    }
+    room
+}
+
 /// With DTX a listener is sent nothing while nobody talks, but only after 2 s of silence frames
 /// (`PAUSE_SILENCE_TICKS`): Chromium cannot tell a pause without packets from loss, so it concealed every
 /// pause and time-compressed the next spurt (docs/architecture.md, "Pauses reach a listener as silence").

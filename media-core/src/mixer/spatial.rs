@@ -18,10 +18,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::output::{Fill, OutEncoder};
+use super::output::{Encoded, Fill, OutEncoder};
 use super::{Feed, MixPacket, Mixer, PAUSE_SILENCE_TICKS};
 use crate::audibility::Audibility;
 use crate::audio::FRAME_SAMPLES;
+use crate::ids::ParticipantId;
 use crate::spatial::equal_power_gains;
 use crate::speakers::csrc_levels::Contributors;
 use crate::stats::MixStats;
@@ -86,6 +87,31 @@ impl Mixer {
             self.members[i].spatial_key = key;
         }
 
+        // The streams that end this tick for someone (a listener who now hears nobody was fed from them):
+        // their encoders as they are before anything moves or encodes (a copy, unless the stream's own
+        // listener hears nobody either, whose encoder step 3 uses as it is).
+        let mut ending: Vec<(ParticipantId, Option<OutEncoder>)> = Vec::new();
+        if self.config.dtx {
+            for m in &self.members {
+                if !m.subscribes || !m.spatial_key.is_empty() || m.feed == Feed::Nothing {
+                    continue;
+                }
+                let Some(from) = m.heard_from.filter(|f| ending.iter().all(|(g, _)| g != f)) else {
+                    continue;
+                };
+                let Some(source) = self.index.get(&from).map(|&f| &self.members[f]) else {
+                    continue;
+                };
+                let own = source.spatial_key.is_empty() && source.heard_from == Some(from);
+                let copy = if own {
+                    None
+                } else {
+                    source.stereo.as_ref().and_then(|e| e.try_clone().ok())
+                };
+                ending.push((from, copy));
+            }
+        }
+
         // 2. Each group's leader: the first member still fed by its own encoder, else the first member,
         //    whose encoder then starts as a copy of the one it was hearing (taken before anything encodes).
         let mut leaders = Vec::with_capacity(members_of.len());
@@ -119,9 +145,27 @@ impl Mixer {
             }
         }
 
-        // 3. Listeners who hear nobody: one last frame of silence from their own encoder (flushing its
-        //    lookahead) if they were fed, then the silence frame: for `PAUSE_SILENCE_TICKS` with DTX,
-        //    then nothing; always without.
+        // 3. Listeners who hear nobody: one last frame of silence from the encoder they were hearing
+        //    (flushing its lookahead; encoded once per stream, for everyone who shared it) if they were
+        //    fed, then the silence frame: for `PAUSE_SILENCE_TICKS` with DTX, then nothing; always
+        //    without.
+        let mut last_frames: Vec<(ParticipantId, Option<Encoded>)> =
+            Vec::with_capacity(ending.len());
+        for (from, copy) in ending {
+            let encoder = match copy {
+                Some(copy) => Some(copy),
+                None => self
+                    .index
+                    .get(&from)
+                    .and_then(|&f| self.members[f].stereo.take()),
+            };
+            let last = encoder.and_then(|mut encoder| {
+                self.stereo_buf.iter_mut().for_each(|s| *s = 0.0);
+                stats.frames_encoded += 1;
+                encoder.encode(&mut self.stereo_buf, &mut self.encoded)
+            });
+            last_frames.push((from, last));
+        }
         for i in 0..self.members.len() {
             let m = &mut self.members[i];
             if !m.subscribes || !m.spatial_key.is_empty() {
@@ -129,15 +173,21 @@ impl Mixer {
             }
             let was_fed = m.feed != Feed::Nothing;
             m.feed = Feed::Nothing;
-            m.heard_from = None;
+            let from = m.heard_from.take();
             if was_fed && self.config.dtx {
-                if let Some(encoder) = m.stereo.as_mut() {
-                    self.stereo_buf.iter_mut().for_each(|s| *s = 0.0);
-                    stats.frames_encoded += 1;
-                    if let Some(e) = encoder.encode(&mut self.stereo_buf, &mut self.encoded) {
-                        m.send(frame_ts, e.payload, Contributors::default(), e.level, out);
-                        stats.sent(e.fec);
-                    }
+                let last = last_frames
+                    .iter()
+                    .find(|(f, _)| Some(*f) == from)
+                    .and_then(|(_, e)| e.as_ref());
+                if let Some(e) = last {
+                    m.send(
+                        frame_ts,
+                        e.payload.clone(),
+                        Contributors::default(),
+                        e.level,
+                        out,
+                    );
+                    stats.sent(e.fec);
                 }
                 m.stereo = None;
                 m.pause_ticks = PAUSE_SILENCE_TICKS;

@@ -168,6 +168,8 @@ struct Room {
     stats: MixStats,
     samples: Samples,
     rx: HashMap<ParticipantId, Received>,
+    /// The room's policy, if it has one (a spatial room's positions).
+    audibility: Option<crate::audibility::Audibility>,
 }
 
 const TS_OFFSET: u32 = 7_000;
@@ -195,6 +197,7 @@ impl Room {
             stats: MixStats::default(),
             samples: Samples::default(),
             rx: HashMap::new(),
+            audibility: None,
         }
     }
 
@@ -279,8 +282,13 @@ impl Room {
 
     fn tick(&mut self, now: Instant) {
         let mut out = Vec::new();
-        self.mixer
-            .tick(now, &mut out, &mut self.stats, &mut self.samples);
+        self.mixer.tick_in(
+            now,
+            &mut out,
+            &mut self.stats,
+            &mut self.samples,
+            self.audibility.as_ref(),
+        );
         for p in &out {
             let rx = self.rx.entry(p.to).or_default();
             rx.take(p, TS_OFFSET);
@@ -1426,6 +1434,61 @@ fn turns(b_starts: usize) -> Room {
         room.tick_frame(sent);
     }
     room
+}
+
+/// In a spatial room, listeners who hear the same share one stereo encode, made by the first of them;
+/// when their talker stops, each gets the last frame of that stream (its encoder's lookahead: the end of
+/// the talker's last syllable), then silence, then the DTX packet: no gap. Only the one whose encoder it
+/// was got that frame; the others got nothing in that tick, a gap their browsers concealed.
+#[test]
+fn in_a_spatial_room_everyone_who_shared_an_encode_gets_its_last_frame() {
+    use crate::audibility::Audibility;
+    use vocab::{Position, SpatialSettings};
+    let mut room = Room::new(&[A, B, C]);
+    let t0 = room.t0;
+    let mut audibility = Audibility::new(Some(SpatialSettings::default()));
+    // B and C stand together, 3 m from A: they hear A alike
+    for (id, x) in [(A, 0.0), (B, 3.0), (C, 3.0)] {
+        let p = Position::new(x, 0.0, 0.0, 0.0).expect("a place in the world");
+        audibility.set_position(t0, id, p);
+    }
+    let mut changed = Vec::new();
+    audibility.refresh(t0, &[A, B, C], &[A], &mut changed);
+    room.audibility = Some(audibility);
+    let mut mic = Sender::new(0xA);
+    for k in 0..200 {
+        let sent = t0 + FRAME_DURATION * k as u32;
+        let pcm = if k < 50 {
+            voiced_frame(k)
+        } else {
+            vec![0.0; FRAME_SAMPLES]
+        };
+        if let Some(p) = mic.frame(k, &pcm) {
+            room.push(sent + 10 * MS, A, mic.ssrc, p);
+        }
+        room.tick_frame(sent);
+    }
+    let silence = room
+        .mixer
+        .pause
+        .silence
+        .clone()
+        .expect("libopus encodes silence");
+    for who in [B, C] {
+        let rx = &room.rx[&who];
+        assert!(rx.packets > 40, "{who:?} heard A: {} packets", rx.packets);
+        assert_eq!(
+            rx.gapless_with_fills_only_in_silence(&room.mixer.pause),
+            Ok(()),
+            "{who:?}'s stream"
+        );
+        let (last, before) = rx.sent.split_last().expect("heard A");
+        assert_eq!(
+            (last.1.len(), before.last().map(|p| &p.1)),
+            (1, Some(&silence)),
+            "{who:?}: the stream ends with silence, then the DTX packet"
+        );
+    }
 }
 
 /// With DTX a listener is sent nothing while nobody talks, but only after 2 s of silence frames

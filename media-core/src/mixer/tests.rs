@@ -128,6 +128,26 @@ impl Received {
         Ok(())
     }
 
+    /// [`gapless_with_fills_only_in_silence`](Self::gapless_with_fills_only_in_silence), and the stream
+    /// ends with the room's silence frame, then the DTX packet.
+    fn gapless_ending_in_dtx(&self, pause: &PausePackets) -> Result<(), String> {
+        self.gapless_with_fills_only_in_silence(pause)?;
+        let ends = match self.sent.as_slice() {
+            [.., (_, silence), (_, dtx)] => {
+                pause.silence.as_ref() == Some(silence) && pause.dtx.as_ref() == Some(dtx)
+            }
+            _ => false,
+        };
+        if ends {
+            Ok(())
+        } else {
+            Err(format!(
+                "the stream of {} packets does not end with silence, then the DTX packet",
+                self.sent.len()
+            ))
+        }
+    }
+
     /// How many of its packets are fills of a quiet move's gap.
     fn fills(&self, pause: &PausePackets) -> usize {
         self.sent
@@ -293,6 +313,31 @@ impl Room {
             let rx = self.rx.entry(p.to).or_default();
             rx.take(p, TS_OFFSET);
             rx.clock.push((now, p.ts));
+        }
+    }
+
+    /// Frames `frames` from each of `mics`: [`voiced_frame`] `k` where `talks(who, k)`, digital silence
+    /// otherwise (DTX as the sender's encoder decides), each arriving 10 ms after it is due, the room
+    /// ticking in between.
+    fn speak(
+        &mut self,
+        mics: &mut [(ParticipantId, Sender)],
+        frames: std::ops::Range<usize>,
+        talks: impl Fn(ParticipantId, usize) -> bool,
+    ) {
+        for k in frames {
+            let sent = self.t0 + FRAME_DURATION * k as u32;
+            for (who, mic) in mics.iter_mut() {
+                let pcm = if talks(*who, k) {
+                    voiced_frame(k)
+                } else {
+                    vec![0.0; FRAME_SAMPLES]
+                };
+                if let Some(p) = mic.frame(k, &pcm) {
+                    self.push(sent + 10 * MS, *who, mic.ssrc, p);
+                }
+            }
+            self.tick_frame(sent);
         }
     }
 }
@@ -1389,23 +1434,9 @@ fn a_listener_who_starts_talking_as_its_talker_stops_gets_the_end_of_the_mix_wit
         let b = &room.rx[&B];
         assert!(b.packets > 40, "B heard A: {} packets", b.packets);
         assert_eq!(
-            b.gapless_with_fills_only_in_silence(&room.mixer.pause),
+            b.gapless_ending_in_dtx(&room.mixer.pause),
             Ok(()),
             "B's stream from A's spurt to the silence after it, B starting at frame {b_starts}"
-        );
-        let silence = room
-            .mixer
-            .pause
-            .silence
-            .as_ref()
-            .expect("libopus encodes silence");
-        let (last, before) = b.sent.split_last().expect("B heard A");
-        assert_eq!(
-            (last.1.len(), before.last().map(|p| &p.1)),
-            (1, Some(silence)),
-            "B starting at frame {b_starts}: the stream ends with silence, then the DTX packet \
-             ({} packets)",
-            b.packets
         );
     }
 }
@@ -1414,25 +1445,13 @@ fn a_listener_who_starts_talking_as_its_talker_stops_gets_the_end_of_the_mix_wit
 fn turns(b_starts: usize) -> Room {
     let mut room = Room::new(&[A, B]);
     let mut mics = [(A, Sender::new(0xA)), (B, Sender::new(0xB))];
-    for k in 0..200 {
-        let sent = room.t0 + FRAME_DURATION * k as u32;
-        for (who, mic) in &mut mics {
-            let talks = if *who == A {
-                k < 50
-            } else {
-                (b_starts..b_starts + 50).contains(&k)
-            };
-            let pcm = if talks {
-                voiced_frame(k)
-            } else {
-                vec![0.0; FRAME_SAMPLES]
-            };
-            if let Some(p) = mic.frame(k, &pcm) {
-                room.push(sent + 10 * MS, *who, mic.ssrc, p);
-            }
+    room.speak(&mut mics, 0..200, |who, k| {
+        if who == A {
+            k < 50
+        } else {
+            (b_starts..b_starts + 50).contains(&k)
         }
-        room.tick_frame(sent);
-    }
+    });
     room
 }
 
@@ -1455,38 +1474,14 @@ fn in_a_spatial_room_everyone_who_shared_an_encode_gets_its_last_frame() {
     let mut changed = Vec::new();
     audibility.refresh(t0, &[A, B, C], &[A], &mut changed);
     room.audibility = Some(audibility);
-    let mut mic = Sender::new(0xA);
-    for k in 0..200 {
-        let sent = t0 + FRAME_DURATION * k as u32;
-        let pcm = if k < 50 {
-            voiced_frame(k)
-        } else {
-            vec![0.0; FRAME_SAMPLES]
-        };
-        if let Some(p) = mic.frame(k, &pcm) {
-            room.push(sent + 10 * MS, A, mic.ssrc, p);
-        }
-        room.tick_frame(sent);
-    }
-    let silence = room
-        .mixer
-        .pause
-        .silence
-        .clone()
-        .expect("libopus encodes silence");
+    room.speak(&mut [(A, Sender::new(0xA))], 0..200, |_, k| k < 50);
     for who in [B, C] {
         let rx = &room.rx[&who];
         assert!(rx.packets > 40, "{who:?} heard A: {} packets", rx.packets);
         assert_eq!(
-            rx.gapless_with_fills_only_in_silence(&room.mixer.pause),
+            rx.gapless_ending_in_dtx(&room.mixer.pause),
             Ok(()),
             "{who:?}'s stream"
-        );
-        let (last, before) = rx.sent.split_last().expect("heard A");
-        assert_eq!(
-            (last.1.len(), before.last().map(|p| &p.1)),
-            (1, Some(&silence)),
-            "{who:?}: the stream ends with silence, then the DTX packet"
         );
     }
 }
@@ -1500,20 +1495,9 @@ fn in_a_spatial_room_everyone_who_shared_an_encode_gets_its_last_frame() {
 #[test]
 fn a_pause_reaches_a_listener_as_silence_frames_for_two_seconds_then_a_dtx_packet() {
     let mut room = Room::new(&[A, B]);
-    let mut mic = Sender::new(0xA);
-    for k in 0..450 {
-        let sent = room.t0 + FRAME_DURATION * k as u32;
-        let talks = k < 50 || (100..150).contains(&k);
-        let pcm = if talks {
-            voiced_frame(k)
-        } else {
-            vec![0.0; FRAME_SAMPLES]
-        };
-        if let Some(p) = mic.frame(k, &pcm) {
-            room.push(sent + 10 * MS, A, mic.ssrc, p);
-        }
-        room.tick_frame(sent);
-    }
+    room.speak(&mut [(A, Sender::new(0xA))], 0..450, |_, k| {
+        k < 50 || (100..150).contains(&k)
+    });
     let silence = room
         .mixer
         .pause

@@ -139,8 +139,9 @@ struct Sender {
 }
 
 struct Listener {
-    /// The last packet's sequence number and timestamp, whether anyone was heard in it, and its samples.
-    last: Option<(u64, u32, bool, u32)>,
+    /// The last packet's sequence number and timestamp, whether anyone was heard in it, its samples, and
+    /// the ticks given up when it was sent.
+    last: Option<(u64, u32, bool, u32, u64)>,
     decoder: opus::Decoder,
 }
 
@@ -166,7 +167,13 @@ impl Check {
         }
     }
 
-    fn packets(&mut self, out: &mut Vec<MixPacket>, ssrcs: &HashMap<ParticipantId, Sender>) {
+    /// `skipped`: the ticks the mixer has given up so far (a worker too far behind), where a stream may jump.
+    fn packets(
+        &mut self,
+        out: &mut Vec<MixPacket>,
+        ssrcs: &HashMap<ParticipantId, Sender>,
+        skipped: u64,
+    ) {
         for p in out.drain(..) {
             let samples = opus_packet_info(&p.payload).map_or(0, |(n, _)| n);
             // One 20 ms frame; or, right after a quiet move of the grid, the rest of the last frame's
@@ -198,7 +205,7 @@ impl Check {
                 decoder: opus::Decoder::new(48_000, opus::Channels::Mono)
                     .expect("libopus creates a decoder"),
             });
-            if let Some((seq, ts, heard, last_samples)) = l.last {
+            if let Some((seq, ts, heard, last_samples, skipped_then)) = l.last {
                 assert_eq!(
                     p.seq,
                     seq + 1,
@@ -217,8 +224,15 @@ impl Check {
                     "timestamps move by whole frames after a packet in which someone was heard: {ts} then {}",
                     p.ts
                 );
+                // A talk spurt's end is never cut: after a packet in which someone was heard comes the
+                // next frame (more of the mix, or its last frame, then silence), unless ticks were given up.
+                assert!(
+                    !heard || skipped != skipped_then || step == FRAME,
+                    "a stream stopped or jumped right after a packet in which someone was heard: {ts} then {}",
+                    p.ts
+                );
             }
-            l.last = Some((p.seq, p.ts, !p.contributors.is_empty(), samples));
+            l.last = Some((p.seq, p.ts, !p.contributors.is_empty(), samples, skipped));
             let n = l
                 .decoder
                 .decode_float(&p.payload, &mut self.pcm, false)
@@ -346,7 +360,7 @@ fuzz_target!(|input: Input| {
                     );
                     now += Duration::from_millis(20);
                     mixer.tick(now, &mut out, &mut stats, &mut samples);
-                    check.packets(&mut out, &senders);
+                    check.packets(&mut out, &senders, stats.ticks_skipped);
                     check.tapped(&mut mixer);
                 }
             }
@@ -371,7 +385,7 @@ fuzz_target!(|input: Input| {
             ticks += 1;
             assert!(ticks < 1_000, "the mixer never catches up");
             mixer.tick(now, &mut out, &mut stats, &mut samples);
-            check.packets(&mut out, &senders);
+            check.packets(&mut out, &senders, stats.ticks_skipped);
             check.tapped(&mut mixer);
         }
         assert!(mixer.member_count() <= usize::from(MEMBERS));

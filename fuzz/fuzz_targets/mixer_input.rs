@@ -140,7 +140,7 @@ struct Sender {
 
 struct Listener {
     /// The last packet's sequence number and timestamp, whether anyone was heard in it, its samples, and
-    /// the ticks given up when it was sent.
+    /// the ticks given up before the call that sent it (some may have been given up in that call after it).
     last: Option<(u64, u32, bool, u32, u64)>,
     decoder: opus::Decoder,
 }
@@ -167,12 +167,13 @@ impl Check {
         }
     }
 
-    /// `skipped`: the ticks the mixer has given up so far (a worker too far behind), where a stream may jump.
+    /// `skipped`: the ticks the mixer had given up (a worker too far behind, where a stream may jump)
+    /// before and after the call that made `out`.
     fn packets(
         &mut self,
         out: &mut Vec<MixPacket>,
         ssrcs: &HashMap<ParticipantId, Sender>,
-        skipped: u64,
+        (skipped_before, skipped): (u64, u64),
     ) {
         for p in out.drain(..) {
             let samples = opus_packet_info(&p.payload).map_or(0, |(n, _)| n);
@@ -232,7 +233,13 @@ impl Check {
                     p.ts
                 );
             }
-            l.last = Some((p.seq, p.ts, !p.contributors.is_empty(), samples, skipped));
+            l.last = Some((
+                p.seq,
+                p.ts,
+                !p.contributors.is_empty(),
+                samples,
+                skipped_before,
+            ));
             let n = l
                 .decoder
                 .decode_float(&p.payload, &mut self.pcm, false)
@@ -359,8 +366,9 @@ fuzz_target!(|input: Input| {
                         &mut stats,
                     );
                     now += Duration::from_millis(20);
+                    let skipped = stats.ticks_skipped;
                     mixer.tick(now, &mut out, &mut stats, &mut samples);
-                    check.packets(&mut out, &senders, stats.ticks_skipped);
+                    check.packets(&mut out, &senders, (skipped, stats.ticks_skipped));
                     check.tapped(&mut mixer);
                 }
             }
@@ -384,8 +392,9 @@ fuzz_target!(|input: Input| {
         while mixer.next_tick().is_some_and(|t| t <= now) {
             ticks += 1;
             assert!(ticks < 1_000, "the mixer never catches up");
+            let skipped = stats.ticks_skipped;
             mixer.tick(now, &mut out, &mut stats, &mut samples);
-            check.packets(&mut out, &senders, stats.ticks_skipped);
+            check.packets(&mut out, &senders, (skipped, stats.ticks_skipped));
             check.tapped(&mut mixer);
         }
         assert!(mixer.member_count() <= usize::from(MEMBERS));

@@ -245,7 +245,8 @@ pub struct Mixer {
     /// the tick count when it was first decided.
     pending_move: Option<(Duration, u64)>,
     /// The move [`Mixer::move_in_quiet`] made before this tick: the listeners' packets of this tick, if it
-    /// is quiet, would overlap their last ones; they are sent the rest of their last frame instead.
+    /// is quiet, would overlap their last ones; those whose silence goes on are sent a fill of the gap
+    /// instead ([`Mixer::fill_after_quiet_move`]).
     moved_quietly: Option<Duration>,
     /// Ticks in a row in which every talker could spare [`REPHASE_MIN_SPARE`], and the least any spared.
     spare_run: u32,
@@ -613,9 +614,9 @@ impl Mixer {
     /// of the gap, the frame less the move, in short frames of silence (its own frame would overlap the
     /// last; see [`Mixer::fill_after_quiet_move`]), and their next packet's timestamp follows the wall
     /// clock (within 1.25 ms), right after that fill. Their packets come no sooner than before, so they
-    /// have nothing to time-compress, and nothing to conceal. (Before the fills a browser concealed the gap: Chromium counted an event per
-    /// move, 10–16 ms each. If someone is heard at that tick after all, the stream stays continuous and
-    /// runs ahead by the move, as a move in speech does.) A move in
+    /// have nothing to time-compress, and nothing to conceal. (Before the fills a browser concealed the
+    /// gap: Chromium counted an event per move, 10–16 ms each. If someone is heard at that tick after all,
+    /// the stream stays continuous and runs ahead by the move, as a move in speech does.) A move in
     /// speech brings every packet after it sooner, and the listeners' jitter buffers shed the surplus by
     /// time-compressing speech (`mixer::tests`: 32.7 ms ahead after one talk spurt, 69 ms after a
     /// conversation's 8 moves; within 1.25 ms now).

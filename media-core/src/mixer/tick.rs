@@ -236,10 +236,11 @@ impl Mixer {
             }
             // A talker hears its own mix (never the shared one, which holds its voice), from a copy of
             // the shared encoder if it was hearing that: also in the tick it starts talking as its talkers
-            // stop (it hears nobody then), so that its stream ends with the shared stream's last frame
-            // (step 4), not without a frame in that tick nor a DTX packet after.
-            let was_shared = m.feed == Feed::Shared;
-            if (m.heard_talkers > 0 || was_shared) && (in_mix || m.custom) && m.personal.is_none() {
+            // stop (it hears nobody then) in a room with DTX, so that its stream ends with the shared
+            // stream's last frame (step 4), not without a frame in that tick nor a DTX packet after.
+            let ends_shared = m.feed == Feed::Shared && self.config.dtx;
+            if (m.heard_talkers > 0 || ends_shared) && (in_mix || m.custom) && m.personal.is_none()
+            {
                 let heard = if m.protected {
                     &self.protected
                 } else {

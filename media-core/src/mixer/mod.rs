@@ -220,6 +220,20 @@ fn worth_waiting(back: Duration, since: u64) -> Option<(Duration, u64)> {
     (back + ANCHOR_SLACK >= REPHASE_MIN_SPARE).then_some((back, since))
 }
 
+/// The target delay a new input's jitter buffer starts at: [`JitterConfig`]'s default (60 ms) brought down
+/// to the nearest whole number of ticks above the floor, `min_delay + k · 20 ms` (50 ms at the 10 ms
+/// floor), never below the floor. A packet that wakes an idle room sets the grid's phase from the target
+/// ([`Mixer::wake_anchored`]), and at a call's start that is this seed; on a calm path the target settles
+/// on the floor within about 0.4 s. A seed a whole number of ticks from the floor sets the phase the
+/// settled target wants. The default's 60 ms set it 10 ms late at the 10 ms floor: every call's packets
+/// waited 10 ms more than their target until the grid moved back, at the first quiet tick after 200 ms
+/// of spare margin ([`Mixer::rephase`]), seconds into the call.
+fn seed_delay(min_delay: Duration) -> Duration {
+    let default = JitterConfig::default().initial_delay;
+    let above = default.saturating_sub(min_delay).as_nanos() / FRAME_DURATION.as_nanos();
+    min_delay + FRAME_DURATION * above as u32
+}
+
 /// One mixed room's mixing state.
 pub struct Mixer {
     config: MixSettings,
@@ -286,9 +300,11 @@ pub struct NotOpus;
 
 impl Mixer {
     pub fn new(now: Instant, config: MixSettings) -> Mixer {
+        let min_delay = Duration::from_millis(u64::from(config.jitter_min_ms));
         let jitter = JitterConfig {
-            min_delay: Duration::from_millis(u64::from(config.jitter_min_ms)),
+            min_delay,
             max_delay: Duration::from_millis(u64::from(config.jitter_max_ms)),
+            initial_delay: seed_delay(min_delay),
             ..JitterConfig::default()
         };
         let pause = PausePackets::new(&config);

@@ -846,8 +846,8 @@ fn a_talker_waking_an_idle_mixer_plays_at_its_target_not_a_tick_later() {
             }
         }
     }
-    // Each spurt plays 1 ms after its first packet's target (the start-up target, 60 ms, then the one
-    // measured since), where the room's own grid gave up to a tick more (72.7 ms for the first).
+    // Each spurt plays 1 ms after its first packet's target (the start-up target, 50 ms at the 10 ms
+    // floor, then the one measured since), where the room's own grid gave up to a tick more.
     for (start_ms, waited, target) in first_heard {
         assert!(
             waited >= target && waited <= target + 2 * MS,
@@ -1437,6 +1437,44 @@ fn a_listener_who_starts_talking_as_its_talker_stops_gets_the_end_of_the_mix_wit
             b.gapless_ending_in_dtx(&room.mixer.pause),
             Ok(()),
             "B's stream from A's spurt to the silence after it, B starting at frame {b_starts}"
+        );
+    }
+}
+
+/// A call's first packet sets the grid's phase from its jitter buffer's target, which then is only the
+/// seed (`seed_delay`); on a calm path the target settles on the floor. The seed must set the phase that
+/// target wants: the default 60 ms set it 10 ms late, and the grid moved back 10 ms at the first quiet
+/// tick, a few seconds into the call (until then every packet waited 10 ms more than its target). A
+/// talks from the call's start in runs with pauses, every packet 10 ms after it is due: over
+/// 20 s the grid never moves, and its ticks come the floor (to within the 1 ms slack) after A's
+/// packets arrive.
+#[test]
+fn a_calls_first_packet_sets_the_phase_its_settled_target_wants() {
+    for floor_ms in [10, 20, 35] {
+        let config = MixSettings {
+            jitter_min_ms: floor_ms,
+            ..MixSettings::default()
+        };
+        let mut room = Room::with_config(&[A, B], config);
+        let mut mics = [(A, Sender::new(0xA))];
+        room.speak(&mut mics, 0..1_000, |_, k| frame_tone(k).is_some());
+        assert_eq!(
+            room.stats.grid_moves, 0,
+            "the grid moved with a {floor_ms} ms floor"
+        );
+        assert_eq!(
+            room.mixer.jitter_target(A),
+            Some(Duration::from_millis(u64::from(floor_ms))),
+            "the target settled on the floor"
+        );
+        // The tick that takes a packet (arrived 10 ms after it was due) comes the floor after it, or up
+        // to the slack later: no margin to spare.
+        let tick = room.mixer.next_tick().expect("A still talks in runs");
+        let phase_us = tick.duration_since(room.t0).as_micros() % FRAME_DURATION.as_micros();
+        let floor_us = u128::from(floor_ms + 10) * 1_000 % FRAME_DURATION.as_micros();
+        assert!(
+            (floor_us..=floor_us + ANCHOR_SLACK.as_micros()).contains(&phase_us),
+            "the grid's phase with a {floor_ms} ms floor: {phase_us} µs, the floor's {floor_us} µs"
         );
     }
 }

@@ -18,8 +18,9 @@
 //!    encoder. The switches are not heard: a new personal encoder starts as an exact copy of the shared one (see
 //!    [`crate::mixer::encoder`]), and the move back waits for a quiet mix ([`QUIET_SWITCH_LEVEL`], at most
 //!    [`PERSONAL_MAX_HANGOVER_TICKS`]).
-//! 4. A listener whose mix is empty (nobody else talks) is sent the room's pre-encoded silence frame for
-//!    [`PAUSE_SILENCE_TICKS`], the last of them a DTX packet (the TOC byte alone, as a WebRTC sender
+//! 4. A listener whose mix just became empty (nobody else talks) is sent one last frame from the encoder
+//!    it was hearing (its lookahead: the end of the last syllable), then the room's pre-encoded silence
+//!    frame for [`PAUSE_SILENCE_TICKS`], the last of them a DTX packet (the TOC byte alone, as a WebRTC sender
 //!    marks the start of DTX), then nothing (with [`MixSettings::dtx`] off, the silence frame always). An
 //!    empty or all-silent room decodes and encodes nothing, and with DTX stops ticking altogether once every
 //!    jitter buffer is idle and every pause is sent (the next packet re-arms it).

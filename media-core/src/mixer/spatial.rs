@@ -91,25 +91,23 @@ impl Mixer {
         // their encoders as they are before anything moves or encodes (a copy, unless the stream's own
         // listener hears nobody either, whose encoder step 3 uses as it is).
         let mut ending: Vec<(ParticipantId, Option<OutEncoder>)> = Vec::new();
-        if self.config.dtx {
-            for m in &self.members {
-                if !m.subscribes || !m.spatial_key.is_empty() || m.feed == Feed::Nothing {
-                    continue;
-                }
-                let Some(from) = m.heard_from.filter(|f| ending.iter().all(|(g, _)| g != f)) else {
-                    continue;
-                };
-                let Some(source) = self.index.get(&from).map(|&f| &self.members[f]) else {
-                    continue;
-                };
-                let own = source.spatial_key.is_empty() && source.heard_from == Some(from);
-                let copy = if own {
-                    None
-                } else {
-                    source.stereo.as_ref().and_then(|e| e.try_clone().ok())
-                };
-                ending.push((from, copy));
+        for m in &self.members {
+            if !m.subscribes || !m.spatial_key.is_empty() || m.feed == Feed::Nothing {
+                continue;
             }
+            let Some(from) = m.heard_from.filter(|f| ending.iter().all(|(g, _)| g != f)) else {
+                continue;
+            };
+            let Some(source) = self.index.get(&from).map(|&f| &self.members[f]) else {
+                continue;
+            };
+            let own = source.spatial_key.is_empty() && source.heard_from == Some(from);
+            let copy = if own {
+                None
+            } else {
+                source.stereo.as_ref().and_then(|e| e.try_clone().ok())
+            };
+            ending.push((from, copy));
         }
 
         // 2. Each group's leader: the first member still fed by its own encoder, else the first member,
@@ -174,7 +172,7 @@ impl Mixer {
             let was_fed = m.feed != Feed::Nothing;
             m.feed = Feed::Nothing;
             let from = m.heard_from.take();
-            if was_fed && self.config.dtx {
+            if was_fed {
                 let last = last_frames
                     .iter()
                     .find(|(f, _)| Some(*f) == from)

@@ -1428,16 +1428,25 @@ fn the_fills_keep_the_timeline_within_half_a_short_frame_of_the_clock() {
 #[test]
 fn a_listener_who_starts_talking_as_its_talker_stops_gets_the_end_of_the_mix_without_a_gap() {
     // A talks for a second; B starts a few frames later, so that in one of the runs its first voiced
-    // frame is decoded in the tick after A's last (A's decode hangover included)
-    for b_starts in 48..58 {
-        let room = turns(b_starts);
-        let b = &room.rx[&B];
-        assert!(b.packets > 40, "B heard A: {} packets", b.packets);
-        assert_eq!(
-            b.gapless_ending_in_dtx(&room.mixer.pause),
-            Ok(()),
-            "B's stream from A's spurt to the silence after it, B starting at frame {b_starts}"
-        );
+    // frame is decoded in the tick after A's last (A's decode hangover included); with DTX and without
+    for dtx in [true, false] {
+        for b_starts in 48..58 {
+            let room = turns(b_starts, dtx);
+            let b = &room.rx[&B];
+            let pause = &room.mixer.pause;
+            assert!(b.packets > 40, "B heard A: {} packets", b.packets);
+            let stream = if dtx {
+                b.gapless_ending_in_dtx(pause)
+            } else {
+                b.gapless_with_fills_only_in_silence(pause)
+            };
+            assert_eq!(
+                stream,
+                Ok(()),
+                "B's stream from A's spurt to the silence after it, B starting at frame {b_starts}, \
+                 DTX {dtx}"
+            );
+        }
     }
 }
 
@@ -1479,9 +1488,13 @@ fn a_calls_first_packet_sets_the_phase_its_settled_target_wants() {
     }
 }
 
-/// A room of A and B (DTX on): A talks for frames 0..50, B for `b_starts..b_starts + 50`.
-fn turns(b_starts: usize) -> Room {
-    let mut room = Room::new(&[A, B]);
+/// A room of A and B (with DTX or without): A talks for frames 0..50, B for `b_starts..b_starts + 50`.
+fn turns(b_starts: usize, dtx: bool) -> Room {
+    let config = MixSettings {
+        dtx,
+        ..MixSettings::default()
+    };
+    let mut room = Room::with_config(&[A, B], config);
     let mut mics = [(A, Sender::new(0xA)), (B, Sender::new(0xB))];
     room.speak(&mut mics, 0..200, |who, k| {
         if who == A {
@@ -1520,6 +1533,76 @@ fn in_a_spatial_room_everyone_who_shared_an_encode_gets_its_last_frame() {
             rx.gapless_ending_in_dtx(&room.mixer.pause),
             Ok(()),
             "{who:?}'s stream"
+        );
+    }
+}
+
+/// Without DTX too, a listener whose talker stops gets one last frame from the encoder it was hearing:
+/// the encoder's lookahead, the end of the talker's last syllable (about 6.5 ms), then the room's silence
+/// frames. Only rooms with DTX did; without, the listener went straight to the room's silence frame and
+/// the end of each talk spurt was cut where the talker stopped loud (muted mid-sentence, or, in a spatial
+/// room, out of earshot). In a mono and in a spatial room, A talks and is muted after frame 50: the
+/// packet before B's first silence frame sounds at its start and is silent at its end.
+#[test]
+fn without_dtx_a_listener_still_gets_the_last_frame_of_the_stream_it_heard() {
+    use crate::audibility::Audibility;
+    use vocab::{Position, SpatialSettings};
+    for spatial in [false, true] {
+        let config = MixSettings {
+            dtx: false,
+            ..MixSettings::default()
+        };
+        let mut room = Room::with_config(&[A, B], config);
+        if spatial {
+            let t0 = room.t0;
+            let mut audibility = Audibility::new(Some(SpatialSettings::default()));
+            for (id, x) in [(A, 0.0), (B, 3.0)] {
+                let p = Position::new(x, 0.0, 0.0, 0.0).expect("a place in the world");
+                audibility.set_position(t0, id, p);
+            }
+            let mut changed = Vec::new();
+            audibility.refresh(t0, &[A, B], &[A], &mut changed);
+            room.audibility = Some(audibility);
+        }
+        // A is muted mid-sentence: its stream ends loud
+        let mut mics = [(A, Sender::new(0xA))];
+        room.speak(&mut mics, 0..50, |_, _| true);
+        room.mixer.set_publishing(A, false);
+        room.speak(&mut mics, 50..100, |_, _| true);
+        let rx = &room.rx[&B];
+        let pause = &room.mixer.pause;
+        assert_eq!(rx.gapless_with_fills_only_in_silence(pause), Ok(()));
+        // (silence frames before A's first packet plays, too)
+        let heard = rx
+            .sent
+            .iter()
+            .position(|(_, p)| !pause.is_pause_packet(p))
+            .expect("B heard A");
+        let first_silence = heard
+            + rx.sent[heard..]
+                .iter()
+                .position(|(_, p)| pause.is_pause_packet(p))
+                .expect("silence after A's spurt");
+        assert!(
+            first_silence - heard > 40,
+            "B heard A: {} packets",
+            first_silence - heard
+        );
+        assert!(
+            rx.sent[first_silence..]
+                .iter()
+                .all(|(_, p)| pause.is_pause_packet(p)),
+            "only silence after the spurt"
+        );
+        // the packet before it, as B's decoder played it
+        let at = rx.sent[first_silence - 1].0 * FRAME_SAMPLES;
+        let frame = &rx.pcm[at..at + FRAME_SAMPLES];
+        let rms = |s: &[f32]| (s.iter().map(|x| x * x).sum::<f32>() / s.len() as f32).sqrt();
+        let (head, tail) = (rms(&frame[..120]), rms(&frame[FRAME_SAMPLES - 240..]));
+        assert!(
+            head > 0.002 && tail < head / 10.0,
+            "spatial {spatial}: B's last frame before the silence is not the encoder's flush: \
+             the first 2.5 ms at rms {head}, the last 5 ms at {tail}"
         );
     }
 }

@@ -236,9 +236,9 @@ impl Mixer {
             }
             // A talker hears its own mix (never the shared one, which holds its voice), from a copy of
             // the shared encoder if it was hearing that: also in the tick it starts talking as its talkers
-            // stop (it hears nobody then) in a room with DTX, so that its stream ends with the shared
-            // stream's last frame (step 4), not without a frame in that tick nor a DTX packet after.
-            let ends_shared = m.feed == Feed::Shared && self.config.dtx;
+            // stop (it hears nobody then), so that its stream ends with the shared stream's last frame
+            // (step 4), not without a frame in that tick (nor, with DTX, a DTX packet after).
+            let ends_shared = m.feed == Feed::Shared;
             if (m.heard_talkers > 0 || ends_shared) && (in_mix || m.custom) && m.personal.is_none()
             {
                 let heard = if m.protected {
@@ -302,12 +302,12 @@ impl Mixer {
                 continue;
             }
             let others = m.heard_talkers;
-            // Nothing to hear. With DTX the listener is sent one last frame of its (now silent) mix from the
+            // Nothing to hear. The listener is sent one last frame of its (now silent) mix from the
             // encoder it was hearing: that flushes the encoder's lookahead (the last milliseconds of the
-            // talk spurt) and ends the spurt on silence. Then the room's silence frame for
-            // `PAUSE_SILENCE_TICKS` (a pause inside speech is not a gap that a browser conceals and
-            // time-compresses after), the last of them the DTX packet, then nothing.
-            let last_frame = others == 0 && was_fed && self.config.dtx;
+            // talk spurt) and ends the spurt on silence. Then the room's silence frame: without DTX
+            // always; with DTX for `PAUSE_SILENCE_TICKS` (a pause inside speech is not a gap that a
+            // browser conceals and time-compresses after), the last of them the DTX packet, then nothing.
+            let last_frame = others == 0 && was_fed;
             if others == 0 && !last_frame {
                 // (none in a DTX gap; a fill right after a quiet move)
                 if let Some((ts, frame)) = self.pause.packet_for(m, self.config.dtx, frame_ts, fill)

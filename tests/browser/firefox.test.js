@@ -195,7 +195,9 @@ describe('Firefox and Chromium in a network namespace', { timeout: 360000 }, () 
     // past talkers' phases, 3 of 9 since (docs/architecture.md, "Mixer tick"). It is Firefox's playout, not
     // the server's stream: captured in 13 runs, the mix carried that spurt 10–33 ms after Chromium's packet
     // arrived, within 4 ms of the next loop's in the same run, and the late runs were exactly those in
-    // which the grid moved in the call's first seconds (6 of 6; none of the 7 on time). The floors: speech.test.js's (Chromium to Chromium)
+    // which the grid moved in the call's first seconds (6 of 6; none of the 7 on time); since the first
+    // packet sets the grid's phase right (no early move), 1 of the 2 runs after was late all the same
+    // (`first` 150 ms). The floors: speech.test.js's (Chromium to Chromium)
     // mixed one, 2.5, for both modes. Found here: Firefox's RTP timestamps do not advance over the 2 s before
     // its capture of the PulseAudio source starts; forwarded as they were, Chromium took the packets after
     // that gap for 2 s late and its first loop of Firefox's speech scored 1.2–1.4 in three runs of four (4.0

@@ -100,19 +100,25 @@ impl HeaderTemplate {
         // Zero bytes pad the block to a word (RFC 8285: id 0 is padding).
         let ext_len = n.next_multiple_of(4);
         let x = if ext_len > 0 { 0x10 } else { 0 };
-        out.push(0x80 | x | csrcs.len() as u8);
-        out.push(*fields.pt);
-        out.extend_from_slice(&(fields.seq as u16).to_be_bytes());
-        out.extend_from_slice(&fields.ts.to_be_bytes());
-        out.extend_from_slice(&self.ssrc.to_be_bytes());
+        // Built on the stack and appended once: one capacity check, not one per field.
+        let mut header = [0u8; HEADER_MAX];
+        header[0] = 0x80 | x | csrcs.len() as u8;
+        header[1] = *fields.pt;
+        header[2..4].copy_from_slice(&(fields.seq as u16).to_be_bytes());
+        header[4..8].copy_from_slice(&fields.ts.to_be_bytes());
+        header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        let mut len = 12;
         for csrc in csrcs {
-            out.extend_from_slice(&csrc.to_be_bytes());
+            header[len..len + 4].copy_from_slice(&csrc.to_be_bytes());
+            len += 4;
         }
         if ext_len > 0 {
-            out.extend_from_slice(&[0xBE, 0xDE]);
-            out.extend_from_slice(&((ext_len / 4) as u16).to_be_bytes());
-            out.extend_from_slice(&ext[..ext_len]);
+            header[len..len + 2].copy_from_slice(&[0xBE, 0xDE]);
+            header[len + 2..len + 4].copy_from_slice(&((ext_len / 4) as u16).to_be_bytes());
+            header[len + 4..len + 4 + ext_len].copy_from_slice(&ext[..ext_len]);
+            len += 4 + ext_len;
         }
+        out.extend_from_slice(&header[..len]);
     }
 }
 

@@ -71,6 +71,33 @@ fn mixed_speech_scores_at_least_3_9_on_a_clean_link() {
     );
 }
 
+/// A room without DTX (`dtx = false`: silence frames to every listener in the pauses, as for receivers
+/// that cannot take a DTX gap) had no speech test; the ends of its talk spurts once went straight to the
+/// room's silence frame, without the last frame of the encoder the listener heard.
+#[test]
+fn mixed_speech_without_dtx_scores_at_least_3_9_on_a_clean_link() {
+    let call = speech_call(
+        "mix-clean-no-dtx",
+        12,
+        RoomSettings::mix(MixSettings {
+            dtx: false,
+            ..MixSettings::default()
+        }),
+        clean_leg(),
+        0,
+        0,
+    );
+    eprintln!(
+        "mix without DTX, clean: {} vs the sender's decode, {} vs the passage; mouth-to-ear {:.0} ms",
+        call.pesq, call.pesq_vs_speech, call.mouth_to_ear_ms
+    );
+    assert!(
+        call.pesq.mos_lqo >= 3.9,
+        "mixed speech without DTX scores PESQ-WB {:.2} < 3.9",
+        call.pesq.mos_lqo
+    );
+}
+
 /// The mean PESQ-WB of the passage through a mixed room over three seeds (which packets are lost and how
 /// late they come decides a single score by ±0.3): 5 % loss and 30 ± 20 ms on every leg, the speaker's
 /// in-band FEC on, RED depth `red`. Prints each call.

@@ -200,7 +200,8 @@ describe('Firefox and Chromium in a network namespace', { timeout: 360000 }, () 
     // (`first` 150 ms). Firefox's own statistics show why: it plays nothing for about 3 s after its first
     // packets arrive, then plays with seconds buffered and accelerates them away over 5–12 s; a first loop
     // in that catch-up is late, and its speakers (the null sink's monitor) hear the same as its
-    // AudioContext (docs/architecture.md, "Mixer tick"). The floors: speech.test.js's (Chromium to Chromium)
+    // AudioContext, and Chromium sending straight to Firefox, peer to peer, shows the same start
+    // (docs/architecture.md, "Mixer tick"). The floors: speech.test.js's (Chromium to Chromium)
     // mixed one, 2.5, for both modes. Found here: Firefox's RTP timestamps do not advance over the 2 s before
     // its capture of the PulseAudio source starts; forwarded as they were, Chromium took the packets after
     // that gap for 2 s late and its first loop of Firefox's speech scored 1.2–1.4 in three runs of four (4.0

@@ -300,6 +300,21 @@ impl Room {
         room
     }
 
+    /// Make the room spatial: each of `places` stands at x metres on a line, `talkers` talk.
+    fn make_spatial(&mut self, places: &[(ParticipantId, f64)], talkers: &[ParticipantId]) {
+        use crate::audibility::Audibility;
+        use vocab::{Position, SpatialSettings};
+        let mut audibility = Audibility::new(Some(SpatialSettings::default()));
+        for &(id, x) in places {
+            let p = Position::new(x, 0.0, 0.0, 0.0).expect("a place in the world");
+            audibility.set_position(self.t0, id, p);
+        }
+        let members: Vec<ParticipantId> = places.iter().map(|&(id, _)| id).collect();
+        let mut changed = Vec::new();
+        audibility.refresh(self.t0, &members, talkers, &mut changed);
+        self.audibility = Some(audibility);
+    }
+
     fn tick(&mut self, now: Instant) {
         let mut out = Vec::new();
         self.mixer.tick_in(
@@ -1512,19 +1527,9 @@ fn turns(b_starts: usize, dtx: bool) -> Room {
 /// was got that frame; the others got nothing in that tick, a gap their browsers concealed.
 #[test]
 fn in_a_spatial_room_everyone_who_shared_an_encode_gets_its_last_frame() {
-    use crate::audibility::Audibility;
-    use vocab::{Position, SpatialSettings};
     let mut room = Room::new(&[A, B, C]);
-    let t0 = room.t0;
-    let mut audibility = Audibility::new(Some(SpatialSettings::default()));
     // B and C stand together, 3 m from A: they hear A alike
-    for (id, x) in [(A, 0.0), (B, 3.0), (C, 3.0)] {
-        let p = Position::new(x, 0.0, 0.0, 0.0).expect("a place in the world");
-        audibility.set_position(t0, id, p);
-    }
-    let mut changed = Vec::new();
-    audibility.refresh(t0, &[A, B, C], &[A], &mut changed);
-    room.audibility = Some(audibility);
+    room.make_spatial(&[(A, 0.0), (B, 3.0), (C, 3.0)], &[A]);
     room.speak(&mut [(A, Sender::new(0xA))], 0..200, |_, k| k < 50);
     for who in [B, C] {
         let rx = &room.rx[&who];
@@ -1545,8 +1550,6 @@ fn in_a_spatial_room_everyone_who_shared_an_encode_gets_its_last_frame() {
 /// packet before B's first silence frame sounds at its start and is silent at its end.
 #[test]
 fn without_dtx_a_listener_still_gets_the_last_frame_of_the_stream_it_heard() {
-    use crate::audibility::Audibility;
-    use vocab::{Position, SpatialSettings};
     for spatial in [false, true] {
         let config = MixSettings {
             dtx: false,
@@ -1554,15 +1557,7 @@ fn without_dtx_a_listener_still_gets_the_last_frame_of_the_stream_it_heard() {
         };
         let mut room = Room::with_config(&[A, B], config);
         if spatial {
-            let t0 = room.t0;
-            let mut audibility = Audibility::new(Some(SpatialSettings::default()));
-            for (id, x) in [(A, 0.0), (B, 3.0)] {
-                let p = Position::new(x, 0.0, 0.0, 0.0).expect("a place in the world");
-                audibility.set_position(t0, id, p);
-            }
-            let mut changed = Vec::new();
-            audibility.refresh(t0, &[A, B], &[A], &mut changed);
-            room.audibility = Some(audibility);
+            room.make_spatial(&[(A, 0.0), (B, 3.0)], &[A]);
         }
         // A is muted mid-sentence: its stream ends loud
         let mut mics = [(A, Sender::new(0xA))];
@@ -1597,7 +1592,7 @@ fn without_dtx_a_listener_still_gets_the_last_frame_of_the_stream_it_heard() {
         // the packet before it, as B's decoder played it
         let at = rx.sent[first_silence - 1].0 * FRAME_SAMPLES;
         let frame = &rx.pcm[at..at + FRAME_SAMPLES];
-        let rms = |s: &[f32]| (s.iter().map(|x| x * x).sum::<f32>() / s.len() as f32).sqrt();
+        let rms = |s: &[f32]| mean_square(s).sqrt();
         let (head, tail) = (rms(&frame[..120]), rms(&frame[FRAME_SAMPLES - 240..]));
         assert!(
             head > 0.002 && tail < head / 10.0,

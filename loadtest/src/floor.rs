@@ -4,13 +4,13 @@
 //! (SRTP AEAD_AES_128_GCM) and hand it to the kernel, which delivers it to the receiver's socket. This
 //! module does exactly that and nothing else — an AES-128-GCM seal of a 12-byte header plus a ~100-byte
 //! payload, then `sendmmsg(2)` in batches of 64 to ~1,000 distinct loopback ports that have bound sockets
-//! — and measures the sending thread's CPU time (user and system, `getrusage(RUSAGE_THREAD)`) per
-//! packet. Servers are then reported as a ratio to this floor, measured in the same run on the same
+//! — and measures the sending thread's CPU time per packet (the scheduler's exact runtime,
+//! `CLOCK_THREAD_CPUTIME_ID`, split into user and system by `getrusage(RUSAGE_THREAD)`). Servers are then reported as a ratio to this floor, measured in the same run on the same
 //! machine, which means something across machines where absolute microseconds do not.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use media_core::audio::FRAME_SAMPLES;
@@ -49,11 +49,13 @@ pub struct Floor {
     pub delivered: u64,
     /// CPU time of the sending thread per packet, µs (user + system).
     pub cpu_us_per_packet: f64,
-    pub user_us_per_packet: f64,
-    pub system_us_per_packet: f64,
-    /// Share of the per-packet CPU time spent in the kernel.
-    pub kernel_share: f64,
-    /// The seal alone, µs per packet (user time of a loop without sending).
+    /// The split of `cpu_us_per_packet` into user and system time, and the kernel's share of it; `None`
+    /// when the run had too little CPU time for the kernel's tick samples, from which the split is
+    /// taken, to tell it (`SPLIT_MIN`).
+    pub user_us_per_packet: Option<f64>,
+    pub system_us_per_packet: Option<f64>,
+    pub kernel_share: Option<f64>,
+    /// The seal alone, µs per packet (CPU time of a loop without sending).
     pub seal_us_per_packet: f64,
     /// A bare system call (`getppid`), µs.
     pub syscall_us: f64,
@@ -68,11 +70,66 @@ pub enum FloorError {
     Crypto(String),
 }
 
-/// CPU time of the calling thread: (user, system).
-// getrusage(RUSAGE_THREAD) is the one source of a thread's user and system time apart at microsecond
-// resolution (/proc/thread-self/stat counts clock ticks); neither std nor rustix wraps it.
+/// CPU time of the calling thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadCpu {
+    /// The scheduler's runtime of the thread (`CLOCK_THREAD_CPUTIME_ID`), exact to the nanosecond.
+    pub total: Duration,
+    /// User and system time (`getrusage(RUSAGE_THREAD)`). The kernel splits the runtime by tick
+    /// samples and brings it up to date only at a tick or a context switch, so over a few milliseconds
+    /// both may stand still: use `total` for the amount, these only for the split over a long run.
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl std::ops::Sub for ThreadCpu {
+    type Output = ThreadCpu;
+    fn sub(self, earlier: ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            total: self.total.saturating_sub(earlier.total),
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+impl std::ops::AddAssign for ThreadCpu {
+    fn add_assign(&mut self, other: ThreadCpu) {
+        self.total += other.total;
+        self.user += other.user;
+        self.system += other.system;
+    }
+}
+
+impl ThreadCpu {
+    /// The kernel's share of `total`, from the user/system split; `None` under `SPLIT_MIN`.
+    pub fn kernel_share(&self) -> Option<f64> {
+        let split = self.user + self.system;
+        (split >= SPLIT_MIN).then(|| self.system.as_secs_f64() / split.as_secs_f64())
+    }
+}
+
+/// The least sampled CPU time from which a user/system split is reported: the kernel samples the split
+/// once a tick (1–10 ms), so a few milliseconds may fall wholly on one side.
+pub const SPLIT_MIN: Duration = Duration::from_millis(200);
+
+/// CPU time of the calling thread so far.
+pub fn thread_cpu() -> ThreadCpu {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    let total = Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
+    let (user, system) = thread_rusage();
+    ThreadCpu {
+        total,
+        user,
+        system,
+    }
+}
+
+/// (user, system) of the calling thread.
+// getrusage(RUSAGE_THREAD) is the one source of a thread's user and system time apart (/proc/thread-self/stat
+// counts clock ticks); neither std nor rustix wraps it.
 #[allow(unsafe_code)]
-pub fn thread_cpu() -> (Duration, Duration) {
+fn thread_rusage() -> (Duration, Duration) {
     // SAFETY: rusage is plain data; getrusage fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_THREAD with a valid pointer.
@@ -128,12 +185,11 @@ pub fn measure(config: FloorConfig) -> Result<Floor, FloorError> {
     let mut seq = 0u64;
     let mut packets = 0u64;
     let mut delivered = 0u64;
-    let mut user = Duration::ZERO;
-    let mut system = Duration::ZERO;
+    let mut cpu = ThreadCpu::default();
     let mut drain = [0u8; 2048];
     let mut batch: Vec<Outgoing> = Vec::with_capacity(crate::net::BATCH);
     for round in 0..config.rounds + 1 {
-        let (u0, s0) = thread_cpu();
+        let c0 = thread_cpu();
         for i in 0..config.packets_per_round {
             let contents = seal_packet(&key, seq, config.payload)?;
             seq += 1;
@@ -149,11 +205,10 @@ pub fn measure(config: FloorConfig) -> Result<Floor, FloorError> {
         }
         sender.send_all(&batch)?;
         batch.clear();
-        let (u1, s1) = thread_cpu();
+        let c1 = thread_cpu();
         // Round 0 warms caches, page tables and socket buffers; it is not counted.
         if round > 0 {
-            user += u1 - u0;
-            system += s1 - s0;
+            cpu += c1 - c0;
             packets += config.packets_per_round as u64;
         }
         for r in &receivers {
@@ -166,44 +221,34 @@ pub fn measure(config: FloorConfig) -> Result<Floor, FloorError> {
     }
     // The seal alone.
     let seal_n = 100_000u64;
-    let (u0, s0) = thread_cpu();
-    let t0 = Instant::now();
+    let c0 = thread_cpu();
     let mut sink = 0u8;
     for i in 0..seal_n {
         let p = seal_packet(&key, i, config.payload)?;
         sink ^= p[p.len() - 1];
     }
     std::hint::black_box(sink);
-    let (u1, s1) = thread_cpu();
-    let seal_cpu = (u1 - u0) + (s1 - s0);
-    let seal_cpu = if seal_cpu.is_zero() {
-        t0.elapsed()
-    } else {
-        seal_cpu
-    };
+    let seal_cpu = (thread_cpu() - c0).total;
     // A bare system call.
     let calls = 1_000_000u64;
-    let (u0, s0) = thread_cpu();
+    let c0 = thread_cpu();
     for _ in 0..calls {
         // getppid(2): glibc does not cache it, so every call enters the kernel.
         std::hint::black_box(std::os::unix::process::parent_id());
     }
-    let (u1, s1) = thread_cpu();
+    let syscall_cpu = (thread_cpu() - c0).total;
     let per = |d: Duration, n: u64| d.as_secs_f64() * 1e6 / n.max(1) as f64;
-    let cpu = user + system;
+    let share = cpu.kernel_share();
+    let cpu_us = per(cpu.total, packets);
     Ok(Floor {
         packets,
         delivered,
-        cpu_us_per_packet: per(cpu, packets),
-        user_us_per_packet: per(user, packets),
-        system_us_per_packet: per(system, packets),
-        kernel_share: if cpu.is_zero() {
-            0.0
-        } else {
-            system.as_secs_f64() / cpu.as_secs_f64()
-        },
+        cpu_us_per_packet: cpu_us,
+        user_us_per_packet: share.map(|k| cpu_us * (1.0 - k)),
+        system_us_per_packet: share.map(|k| cpu_us * k),
+        kernel_share: share,
         seal_us_per_packet: per(seal_cpu, seal_n),
-        syscall_us: per((u1 - u0) + (s1 - s0), calls),
+        syscall_us: per(syscall_cpu, calls),
     })
 }
 
@@ -236,7 +281,11 @@ mod tests {
         .expect("floor");
         assert_eq!(f.packets, 4_000);
         assert_eq!(f.delivered, 4_000);
+        // The amount is exact however short the run; the split needs a tick to have seen the thread.
         assert!(f.cpu_us_per_packet > 0.0);
-        assert!((f.user_us_per_packet + f.system_us_per_packet - f.cpu_us_per_packet).abs() < 1e-9);
+        if let (Some(u), Some(s)) = (f.user_us_per_packet, f.system_us_per_packet) {
+            assert!((u + s - f.cpu_us_per_packet).abs() < 1e-9);
+        }
+        assert!(f.seal_us_per_packet > 0.0 && f.syscall_us > 0.0);
     }
 }

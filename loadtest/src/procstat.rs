@@ -179,9 +179,13 @@ mod tests {
 
     #[test]
     fn this_process_has_cpu_time_and_memory() {
+        // Busy for 50 ms of CPU time (the exact thread clock): /proc counts whole 10 ms clock ticks.
+        let start = crate::floor::thread_cpu().total;
         let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+        while crate::floor::thread_cpu().total - start < std::time::Duration::from_millis(50) {
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
         }
         std::hint::black_box(x);
         let s = sample(None).expect("/proc/self");

@@ -25,13 +25,13 @@ fn summary_row(name: &str, unit: &str, s: &Summary, digits: usize) -> String {
 pub fn floor_text(f: &Floor) -> String {
     format!(
         "machine floor (AES-128-GCM seal of 100 B + sendmmsg to 1,000 loopback ports, {} packets):\n  \
-         {:.2} µs CPU per packet ({:.2} user + {:.2} system, {:.0} % kernel); seal alone {:.2} µs; \
-         bare system call {:.2} µs; delivered {}/{}\n",
+         {:.2} µs CPU per packet ({}); seal alone {:.2} µs; bare system call {:.2} µs; delivered {}/{}\n",
         f.packets,
         f.cpu_us_per_packet,
-        f.user_us_per_packet,
-        f.system_us_per_packet,
-        f.kernel_share * 100.0,
+        match (f.user_us_per_packet, f.system_us_per_packet, f.kernel_share) {
+            (Some(u), Some(s), Some(k)) => format!("{u:.2} user + {s:.2} system, {:.0} % kernel", k * 100.0),
+            _ => "run too short to split user and system".to_string(),
+        },
         f.seal_us_per_packet,
         f.syscall_us,
         f.delivered,

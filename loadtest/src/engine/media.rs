@@ -212,8 +212,7 @@ impl Loop {
         self.snap.expected = expected;
         self.snap.received = received;
         self.snap.at = Some(now);
-        let (u, s) = crate::floor::thread_cpu();
-        self.snap.engine_cpu_s = (u + s).as_secs_f64();
+        self.snap.engine_cpu_s = crate::floor::thread_cpu().total.as_secs_f64();
         self.snap.tool_socket_drops = u64::from(self.socket.dropped());
         let out = self.snap.clone();
         self.snap.latency_ms.clear();

@@ -13,10 +13,8 @@ use crate::webhooks::InFlight;
 
 /// After the grace period, how long closed sessions get to say so and leave their rooms.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// At exit, how long webhook deliveries under way may take to finish.
+/// At exit, how long the webhooks queued and under way may take to be delivered.
 const WEBHOOK_FLUSH: Duration = Duration::from_secs(5);
-/// At exit, how long the webhook dispatcher gets to pick up the events the last leaves queued.
-const WEBHOOK_PICKUP: Duration = Duration::from_millis(20);
 
 /// Where a server is in its shutdown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,10 +100,9 @@ pub(crate) async fn drain(state: &AppState, webhooks: &InFlight, shutdown: &Shut
     signaling.close_all_sessions();
     let _all_left =
         tokio::time::timeout(CLOSE_WAIT, state.sessions.participants_gone(signaling)).await;
-    // The last rooms' webhooks (participant_left, room_finished) are worth a short wait: let the
-    // dispatcher pick up what the last leaves queued, then wait for the deliveries under way.
-    tokio::time::sleep(WEBHOOK_PICKUP).await;
-    let _delivered = tokio::time::timeout(WEBHOOK_FLUSH - WEBHOOK_PICKUP, webhooks.none()).await;
+    // The last rooms' webhooks (participant_left, room_finished) are worth a short wait: the
+    // dispatcher delivers every event queued by now, however many, then those deliveries end.
+    let _delivered = tokio::time::timeout(WEBHOOK_FLUSH, webhooks.finish()).await;
 }
 
 #[cfg(test)]

@@ -81,10 +81,26 @@ pub fn payload(id: &str, created_at: u64, event: &RoomEvent) -> serde_json::Valu
 }
 
 /// The webhook deliveries under way (the `chorus_webhooks_in_flight` gauge), as a count a server's exit
-/// can wait on. Clones share the count.
-#[derive(Clone, Default)]
+/// can wait on, and the exit's word to the dispatcher to deliver what is queued and stop. Clones share
+/// the state.
+#[derive(Clone)]
 pub struct InFlight {
     count: Arc<watch::Sender<usize>>,
+    /// Set at exit: the dispatcher takes no new events, and begins a delivery for each one queued.
+    closing: Arc<watch::Sender<bool>>,
+    /// Whether every event the dispatcher will ever take has had its deliveries begun: true with no
+    /// dispatcher, false from its start until it has emptied its queue after `closing`.
+    drained: Arc<watch::Sender<bool>>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight {
+            count: Arc::new(watch::Sender::new(0)),
+            closing: Arc::new(watch::Sender::new(false)),
+            drained: Arc::new(watch::Sender::new(true)),
+        }
+    }
 }
 
 impl InFlight {
@@ -103,6 +119,17 @@ impl InFlight {
         let mut count = self.count.subscribe();
         // `self` holds the sender, so the channel cannot close while this waits.
         let _ = count.wait_for(|count| *count == 0).await;
+    }
+
+    /// At exit: the dispatcher takes no more events, delivers every event already queued (waiting for
+    /// a free delivery slot where `max_in_flight` are under way), and this completes once the last of
+    /// those deliveries has ended. Events queued after this are refused (counted as dropped).
+    pub async fn finish(&self) {
+        self.closing.send_replace(true);
+        let mut drained = self.drained.subscribe();
+        // `self` holds the sender, so the channel cannot close while this waits.
+        let _ = drained.wait_for(|drained| *drained).await;
+        self.none().await;
     }
 }
 
@@ -144,6 +171,7 @@ pub fn start(
         in_flight,
     };
     info!(receivers = config.urls.len(), "webhooks enabled");
+    dispatcher.in_flight.drained.send_replace(false);
     tokio::spawn(
         dispatcher
             .run(rx)
@@ -166,7 +194,25 @@ impl Dispatcher {
         let this = Arc::new(self);
         let mut sequence: u64 = 0;
         let process = std::process::id();
-        while let Some(event) = events.recv().await {
+        let mut closing = this.in_flight.closing.subscribe();
+        let mut open = true;
+        loop {
+            let event = if open {
+                tokio::select! {
+                    event = events.recv() => event,
+                    _ = closing.wait_for(|closing| *closing) => {
+                        // Refuse new events; what is queued still comes out of `recv`, then `None`.
+                        events.close();
+                        open = false;
+                        continue;
+                    }
+                }
+            } else {
+                events.recv().await
+            };
+            let Some(event) = event else {
+                break;
+            };
             sequence += 1;
             let created_at = unix_now();
             // Unique across restarts of this host's process ids and within the process.
@@ -174,15 +220,17 @@ impl Dispatcher {
             let body = payload(&id, created_at, &event).to_string();
             for url in &this.config.urls {
                 // Waits when too many deliveries are under way; the event queue absorbs the burst.
-                let Ok(permit) = Arc::clone(&this.limit).acquire_owned().await else {
-                    return;
-                };
+                let permit = Arc::clone(&this.limit)
+                    .acquire_owned()
+                    .await
+                    .expect("the dispatcher owns its semaphore and never closes it");
+                // Counted here, not in the task: the exit's `finish` sees it once the queue is empty.
+                let delivery = this.in_flight.begin(&this.metrics.webhooks_in_flight);
                 let this = Arc::clone(&this);
                 let (url, id, body) = (url.clone(), id.clone(), body.clone());
                 let span = tracing::info_span!("webhook", event = event.name(), %id);
                 tokio::spawn(
                     async move {
-                        let delivery = this.in_flight.begin(&this.metrics.webhooks_in_flight);
                         let delivered = this.deliver(&url, &id, &body).await;
                         drop(delivery);
                         let result = if delivered { "delivered" } else { "failed" };
@@ -196,6 +244,7 @@ impl Dispatcher {
                 );
             }
         }
+        this.in_flight.drained.send_replace(true);
     }
 
     /// Delivers one event to one receiver, retrying; returns whether it was accepted (2xx).
@@ -315,6 +364,72 @@ mod tests {
         let started = payload("EV_2", 7, &RoomEvent::RoomStarted { room });
         assert_eq!(started["event"], "room_started");
         assert!(started.get("participant").is_none());
+    }
+
+    /// At exit, more events are queued than may be under way at once (`max_in_flight` 1, a receiver that
+    /// takes 200 ms per request): `finish` returns once all of them were delivered, and the queue is
+    /// closed to new events. (The exit used to give the dispatcher 20 ms to pick up what was queued and
+    /// then wait only for the deliveries under way: it delivered one of the three.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_exit_delivers_every_queued_event_even_beyond_the_deliveries_at_once() {
+        let received = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post({
+                let received = Arc::clone(&received);
+                move |body: String| async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    received.lock().expect("not poisoned").push(body);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = WebhookConfig {
+            urls: vec![format!("http://{addr}/hook")],
+            max_in_flight: 1,
+            ..WebhookConfig::default()
+        };
+        let metrics = ServerMetrics::new(&prometheus::Registry::new()).expect("fresh registry");
+        let in_flight = InFlight::default();
+        let events = start(
+            &config,
+            SigningKey::new("k", b"secret"),
+            metrics,
+            in_flight.clone(),
+        )
+        .expect("a client")
+        .expect("a receiver is configured");
+        let room = RoomInfo {
+            name: "last".into(),
+            mode: RoomMode::Forward,
+            slots: 3,
+            max_participants: 10,
+        };
+        for _ in 0..3 {
+            events
+                .try_send(RoomEvent::RoomFinished { room: room.clone() })
+                .expect("room in the queue");
+        }
+        tokio::time::timeout(Duration::from_secs(5), in_flight.finish())
+            .await
+            .expect("the queue is delivered within 5 s");
+        assert_eq!(received.lock().expect("not poisoned").len(), 3);
+        assert!(
+            events.try_send(RoomEvent::RoomFinished { room }).is_err(),
+            "after the exit began, the queue takes no new events"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_dispatcher_the_exit_does_not_wait() {
+        tokio::time::timeout(Duration::from_secs(1), InFlight::default().finish())
+            .await
+            .expect("nothing to deliver");
     }
 
     #[tokio::test]

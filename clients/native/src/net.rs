@@ -314,21 +314,33 @@ pub(crate) fn bind_towards(url: &str) -> Result<UdpSocket, Error> {
     } else {
         format!("{rest}:{}", if secure { 443 } else { 80 })
     };
-    let server: SocketAddr = with_port
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| Error::Signaling(format!("{url}: no address for the host")))?;
-    let unspecified: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
+    // IPv4 first: the server's media candidates are IPv4 unless it was configured otherwise, and a host
+    // such as `localhost` often resolves to `::1` first. Each address in turn, so a family the machine
+    // lacks (IPv6 disabled) or cannot route is passed over.
+    let mut servers: Vec<SocketAddr> = with_port.to_socket_addrs()?.collect();
+    servers.sort_by_key(|a| !a.is_ipv4());
+    let mut last_error = None;
+    for server in servers {
+        let unspecified: SocketAddr = if server.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .expect("a literal socket address parses");
+        let routed = UdpSocket::bind(unspecified).and_then(|probe| {
+            probe.connect(server)?;
+            UdpSocket::bind(SocketAddr::new(probe.local_addr()?.ip(), 0))
+        });
+        match routed {
+            Ok(socket) => return Ok(socket),
+            Err(e) => last_error = Some(e),
+        }
     }
-    .parse()
-    .expect("a literal socket address parses");
-    let probe = UdpSocket::bind(unspecified)?;
-    probe.connect(server)?;
-    let local_ip = probe.local_addr()?.ip();
-    Ok(UdpSocket::bind(SocketAddr::new(local_ip, 0))?)
+    Err(match last_error {
+        Some(e) => e.into(),
+        None => Error::Signaling(format!("{url}: no address for the host")),
+    })
 }
 
 /// One 20 ms frame on the RTP clock (48 kHz for Opus whatever the codec's rate).
@@ -343,7 +355,11 @@ mod tests {
         for url in ["ws://127.0.0.1:7880/ws", "ws://localhost:7880/ws?x=1"] {
             let socket = bind_towards(url).expect(url);
             let local = socket.local_addr().expect("bound");
-            assert!(local.ip().is_loopback(), "{url}: {local}");
+            // IPv4 even where `localhost` resolves to `::1` first: the server's candidates are IPv4.
+            assert!(
+                local.ip().is_loopback() && local.is_ipv4(),
+                "{url}: {local}"
+            );
             assert_ne!(local.port(), 0);
         }
         assert!(bind_towards("ws://no-such-host.invalid/ws").is_err());

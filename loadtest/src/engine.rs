@@ -356,6 +356,9 @@ struct Loop {
     timers: BinaryHeap<Reverse<(Instant, Timer, usize)>>,
     out: Vec<Outgoing>,
     rng: Rng,
+    /// The injected loss's draws alone (`drop_rtp`), one per RTP packet sent: with a fixed seed the k-th
+    /// packet's fate does not depend on how many other draws (publishers' phases) came before it.
+    drop_rng: Rng,
     snap: Snapshot,
     /// Per room: send time of the latest chirp.
     chirps: HashMap<usize, Instant>,

@@ -30,6 +30,7 @@ impl Loop {
         waker: Arc<Waker>,
     ) -> Loop {
         let rng = Rng::new(config.seed ^ 0xD509);
+        let drop_rng = Rng::new(config.seed ^ 0x10_55);
         Loop {
             config,
             socket,
@@ -39,6 +40,7 @@ impl Loop {
             timers: BinaryHeap::new(),
             out: Vec::with_capacity(crate::net::BATCH * 4),
             rng,
+            drop_rng,
             snap: Snapshot::default(),
             chirps: HashMap::new(),
             chirp_turns: HashMap::new(),

@@ -113,7 +113,10 @@ impl Loop {
                     if !rtp {
                         self.snap.tx_other += 1;
                     }
-                    if self.config.drop_rtp > 0.0 && rtp && self.rng.unit() < self.config.drop_rtp {
+                    if self.config.drop_rtp > 0.0
+                        && rtp
+                        && self.drop_rng.unit() < self.config.drop_rtp
+                    {
                         self.snap.injected_drops += 1;
                         continue;
                     }

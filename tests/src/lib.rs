@@ -313,6 +313,24 @@ impl Server {
             .unwrap_or(0.0))
     }
 
+    /// Polls one sample (as [`metric`](Self::metric)) every 20 ms until it equals `want`; the last value
+    /// read if it never did within `timeout`.
+    pub async fn metric_becomes(
+        &self,
+        sample: &str,
+        want: f64,
+        timeout: Duration,
+    ) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.metric(sample).await?;
+            if value == want || Instant::now() >= deadline {
+                return Ok(value);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Mint a token with `chorus token create`.
     pub fn token(&self, room: &str, identity: &str, extra: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(chorus_bin()?)

@@ -107,8 +107,12 @@ async fn a_dropped_websocket_is_resumed_and_audio_never_stops() -> anyhow::Resul
         freq,
     } = ada;
     drop(signal);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(server.metric("chorus_sessions_suspended").await?, 1.0);
+    assert_eq!(
+        server
+            .metric_becomes("chorus_sessions_suspended", 1.0, SECONDS)
+            .await?,
+        1.0
+    );
     assert_eq!(
         server
             .metric("chorus_participants{mode=\"forward\"}")

@@ -79,8 +79,14 @@ impl Rng {
 /// The behaviour of one direction of a link.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkConfig {
-    /// Probability that a datagram is lost (0..=1).
+    /// Probability that a datagram is lost (0..=1), on average.
     pub loss: f64,
+    /// The mean length of a run of lost datagrams. Up to 1, each datagram is lost on its own chance
+    /// (`loss`); above 1, losses come in bursts (a Gilbert model: a flow in its bad state loses every
+    /// datagram and leaves it with chance 1 / `loss_burst_packets` per datagram; it enters it at the rate
+    /// that keeps the average loss at `loss`), as Wi-Fi and cellular links lose. No further random number
+    /// is drawn while it is at most 1, so links without bursts keep their sequences.
+    pub loss_burst_packets: f64,
     /// Extra delay per datagram, uniform in `[0, jitter_ms]` milliseconds, on top of `base_delay_ms`.
     pub jitter_ms: f64,
     /// Fixed one-way delay in milliseconds.
@@ -104,6 +110,7 @@ impl Default for LinkConfig {
     fn default() -> Self {
         Self {
             loss: 0.0,
+            loss_burst_packets: 0.0,
             jitter_ms: 0.0,
             base_delay_ms: 0.0,
             duplicate: 0.0,
@@ -127,6 +134,7 @@ impl LinkConfig {
     pub fn lossy(loss: f64, base_delay_ms: f64, jitter_ms: f64) -> Self {
         Self {
             loss,
+            loss_burst_packets: 0.0,
             jitter_ms,
             base_delay_ms,
             duplicate: 0.0,
@@ -223,6 +231,8 @@ pub struct SimNet {
     flow_tail: HashMap<Flow, Instant>,
     /// The end of each flow's current (or last) stall.
     flow_stall: HashMap<Flow, Instant>,
+    /// The flows in the bad (losing) state of a bursty link ([`LinkConfig::loss_burst_packets`]).
+    flow_bad: std::collections::HashSet<Flow>,
     order: u64,
     stats: SimStats,
 }
@@ -242,6 +252,7 @@ impl SimNet {
             queue: BinaryHeap::new(),
             flow_tail: HashMap::new(),
             flow_stall: HashMap::new(),
+            flow_bad: std::collections::HashSet::new(),
             order: 0,
             stats: SimStats::default(),
         }
@@ -298,7 +309,24 @@ impl SimNet {
             .flow_rngs
             .entry((from, to))
             .or_insert_with(|| Rng::new(flow_seed(seed, from, to)));
-        if rng.chance(link.loss) {
+        let lost = if link.loss_burst_packets > 1.0 {
+            let mean = link.loss_burst_packets;
+            let loss = link.loss.clamp(0.0, 0.999);
+            let bad = if self.flow_bad.contains(&(from, to)) {
+                !rng.chance(1.0 / mean)
+            } else {
+                rng.chance(loss / (mean * (1.0 - loss)))
+            };
+            if bad {
+                self.flow_bad.insert((from, to));
+            } else {
+                self.flow_bad.remove(&(from, to));
+            }
+            bad
+        } else {
+            rng.chance(link.loss)
+        };
+        if lost {
             self.stats.lost += 1;
             return;
         }

@@ -146,6 +146,45 @@ fn loss_rate_is_honoured() {
 }
 
 #[test]
+fn bursty_loss_keeps_the_average_and_comes_in_runs_of_the_mean_length() {
+    for (loss, burst) in [(0.05, 3.0), (0.1, 5.0)] {
+        let mut net = SimNet::new(
+            99,
+            LinkConfig {
+                loss,
+                loss_burst_packets: burst,
+                ..LinkConfig::default()
+            },
+        );
+        let n = 100_000;
+        let out = run(&mut net, t0(), n);
+        let mut delivered = vec![false; n as usize];
+        for (i, _) in &out {
+            delivered[*i as usize] = true;
+        }
+        let mut runs = Vec::new();
+        let mut current = 0;
+        for d in delivered {
+            if d {
+                if current > 0 {
+                    runs.push(current);
+                }
+                current = 0;
+            } else {
+                current += 1;
+            }
+        }
+        let rate = net.stats().lost as f64 / f64::from(n);
+        let mean_run = runs.iter().sum::<u32>() as f64 / runs.len() as f64;
+        assert!((rate - loss).abs() < loss * 0.15, "loss {loss}: {rate}");
+        assert!(
+            (mean_run - burst).abs() < burst * 0.1,
+            "burst {burst}: mean run {mean_run}"
+        );
+    }
+}
+
+#[test]
 fn jitter_reorders_only_when_allowed() {
     let link = LinkConfig {
         jitter_ms: 30.0,

@@ -162,12 +162,12 @@ impl MediaCore {
                         if !peer.is_connected() || deafened {
                             continue;
                         }
-                        let red = match (peer.slots().first(), &packet.previous) {
-                            (Some(slot), Some(previous)) if slot.red_pt.is_some() => {
+                        let red = match peer.slots().first() {
+                            Some(slot) if slot.red_pt.is_some() && packet.previous[0].is_some() => {
                                 Some(mix_red_payload(
                                     &mut red_variants,
                                     &packet.payload,
-                                    previous,
+                                    &packet.previous,
                                     *slot.pt,
                                 ))
                             }
@@ -347,30 +347,46 @@ pub(super) fn send_speakers(
     }
 }
 
-/// A mixed packet's RED payload for listeners of one Opus payload type: (primary, previous, payload type,
-/// RED payload).
-type MixRedVariant = (Arc<[u8]>, Arc<[u8]>, u8, Arc<[u8]>);
+/// A mixed packet's RED payload for listeners of one Opus payload type: (primary, previous packets newest
+/// first, payload type, RED payload).
+type MixRedVariant = (Arc<[u8]>, [Option<Arc<[u8]>>; 2], u8, Arc<[u8]>);
 
-/// The RED payload of a mixed packet for a listener that negotiated RED: the previous packet it was sent
-/// as redundancy (20 ms back), then this one, labelled with the listener's Opus payload type. Encoded once
-/// per distinct (packets, payload type) in a tick and shared through `variants`.
+/// The RED payload of a mixed packet for a listener that negotiated RED: the packets it was sent before as
+/// redundancy (`previous`, newest first: 20 and 40 ms back), then this one, labelled with the listener's
+/// Opus payload type. Encoded once per distinct (packets, payload type) in a tick and shared through
+/// `variants`.
 fn mix_red_payload(
     variants: &mut Vec<MixRedVariant>,
     primary: &Arc<[u8]>,
-    previous: &Arc<[u8]>,
+    previous: &[Option<Arc<[u8]>>; 2],
     opus_pt: u8,
 ) -> Arc<[u8]> {
-    if let Some((_, _, _, p)) = variants
-        .iter()
-        .find(|(a, b, pt, _)| Arc::ptr_eq(a, primary) && Arc::ptr_eq(b, previous) && *pt == opus_pt)
-    {
+    let same = |a: &Option<Arc<[u8]>>, b: &Option<Arc<[u8]>>| match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    };
+    if let Some((_, _, _, p)) = variants.iter().find(|(a, b, pt, _)| {
+        Arc::ptr_eq(a, primary)
+            && same(&b[0], &previous[0])
+            && same(&b[1], &previous[1])
+            && *pt == opus_pt
+    }) {
         return p.clone();
     }
-    let mut out = Vec::with_capacity(primary.len() + previous.len() + 5);
-    let redundant = [red::RedundantFrame {
-        ts_offset: crate::audio::FRAME_SAMPLES as u32,
-        payload: previous,
-    }];
+    let frame = crate::audio::FRAME_SAMPLES as u32;
+    // Oldest first, as RFC 2198 lists them.
+    let mut redundant: Vec<red::RedundantFrame<'_>> = Vec::with_capacity(2);
+    for (back, p) in previous.iter().enumerate().rev() {
+        if let Some(p) = p {
+            redundant.push(red::RedundantFrame {
+                ts_offset: frame * (back as u32 + 1),
+                payload: p,
+            });
+        }
+    }
+    let bytes: usize = redundant.iter().map(|f| f.payload.len() + 4).sum();
+    let mut out = Vec::with_capacity(primary.len() + bytes + 1);
     red::encode(opus_pt, primary, &redundant, |_, _| true, &mut out);
     let payload: Arc<[u8]> = Arc::from(out);
     variants.push((primary.clone(), previous.clone(), opus_pt, payload.clone()));
@@ -419,6 +435,33 @@ pub(super) fn slot_infos(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mixed_red_payload_lists_the_older_packets_first_and_is_encoded_once_per_tick() {
+        let primary: Arc<[u8]> = Arc::from(&[1u8; 60][..]);
+        let back1: Arc<[u8]> = Arc::from(&[2u8; 50][..]);
+        let back2: Arc<[u8]> = Arc::from(&[3u8; 40][..]);
+        let mut variants = Vec::new();
+        let two = [Some(back1.clone()), Some(back2.clone())];
+        let red = mix_red_payload(&mut variants, &primary, &two, 111);
+        let parsed = red::parse(&red, 111).expect("a valid RED payload");
+        assert_eq!(parsed.primary, &primary[..]);
+        let frames: Vec<(u32, &[u8])> = parsed
+            .redundant
+            .iter()
+            .map(|f| (f.ts_offset, f.payload))
+            .collect();
+        assert_eq!(frames, vec![(1920, &back2[..]), (960, &back1[..])]);
+        // The same packets again: the same encoding, shared.
+        let again = mix_red_payload(&mut variants, &primary, &two, 111);
+        assert!(Arc::ptr_eq(&red, &again));
+        // One back: a variant of its own.
+        let one = mix_red_payload(&mut variants, &primary, &[Some(back1.clone()), None], 111);
+        let parsed = red::parse(&one, 111).expect("a valid RED payload");
+        assert_eq!(parsed.redundant.len(), 1);
+        assert_eq!(parsed.redundant[0].ts_offset, 960);
+        assert_eq!(variants.len(), 2);
+    }
 
     #[test]
     fn a_mixer_tick_wakes_on_time_and_bookkeeping_waits_for_an_input_up_to_the_slack() {

@@ -78,6 +78,16 @@ pub const PERSONAL_MAX_HANGOVER_TICKS: u32 = 250;
 /// ticks (1 s) in a room that is never quiet: a listener losing packets waits at most that long for FEC.
 pub const SHARED_SWITCH_MAX_TICKS: u32 = 50;
 
+/// A listener that negotiated RED gets the two packets before each one as its redundancy (40 ms back)
+/// while its reports state at least this much loss (percent), else the one before (20 ms). Losses come in
+/// runs on Wi-Fi and cellular links, which one frame back cannot bridge: in virtual time, 5 % loss in runs
+/// of 3 packets on every leg, two back to the listener lifted a mixed room's PESQ-WB from 3.38 to 3.51
+/// with the speaker sending RED depth 1, and from 3.76 to 3.85 with depth 2 (three seeds; media-core's
+/// `speech_through_bursty_loss_stays_above_its_measured_floor`); at independent loss it changes nothing
+/// (4.51, 4.52). It costs one more frame a packet: at the mix's 48 kb/s, about 120 bytes. Every listener
+/// states [`UNREPORTED_LOSS_PERCENT`] until its first report.
+pub const RED_TWO_BACK_LOSS_PERCENT: u8 = 3;
+
 /// Ticks an input is still decoded after its last voiced packet (60 ms): the end of a talk spurt reaches the
 /// first quiet packets after it through the sender's codec delay.
 pub const DECODE_HANGOVER_TICKS: u32 = 3;
@@ -106,9 +116,10 @@ pub struct MixPacket {
     pub contributors: Contributors,
     /// RFC 6464 level of the mixed audio itself (0..=127, −dBov).
     pub level: u8,
-    /// The payload of the packet sent to this listener just before, when it ends where this one starts:
-    /// the redundancy of a RED (RFC 2198) packet for a listener that negotiated RED.
-    pub previous: Option<Arc<[u8]>>,
+    /// The payloads of the packets sent to this listener just before, newest first, as far as each ends
+    /// where the next starts: the redundancy of a RED (RFC 2198) packet for a listener that negotiated
+    /// RED. The second only while the listener states [`RED_TWO_BACK_LOSS_PERCENT`] or more loss.
+    pub previous: [Option<Arc<[u8]>>; 2],
 }
 
 /// One tick of the room's full mix — what a listener who talks to no one hears — for a broadcast mount
@@ -187,8 +198,9 @@ struct Member {
     since_talked: u32,
     /// The encode the member received last tick.
     feed: Feed,
-    /// Timestamp and payload of the last packet sent to the member (the next one's RED redundancy).
-    last_sent: Option<(u32, Arc<[u8]>)>,
+    /// Timestamp and payload of the last two packets sent to the member, newest first (the next one's
+    /// RED redundancy).
+    sent: [Option<(u32, Arc<[u8]>)>; 2],
     next_seq: u64,
     ts_offset: u32,
     /// Spatial rooms: what the member hears this tick (see [`spatial`]), its own stereo encoder (while
@@ -391,7 +403,7 @@ impl Mixer {
             pause_ticks: 0,
             since_talked: 0,
             feed: Feed::Nothing,
-            last_sent: None,
+            sent: [None, None],
             next_seq: u64::from(seq),
             ts_offset,
             spatial_key: Vec::new(),
@@ -675,7 +687,7 @@ impl Mixer {
             && !self.tap
             && self.members.iter().all(|m| {
                 m.feed == Feed::Nothing
-                    && m.last_sent
+                    && m.sent[0]
                         .as_ref()
                         .is_none_or(|(_, p)| self.pause.is_pause_packet(p))
             })

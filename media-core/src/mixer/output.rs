@@ -197,11 +197,24 @@ impl Member {
         out: &mut Vec<MixPacket>,
     ) {
         let ts = self.ts_offset.wrapping_add(frame_ts);
-        let previous = match self.last_sent.take() {
-            Some((last_ts, last)) if ts.wrapping_sub(last_ts) == FRAME_SAMPLES as u32 => Some(last),
-            _ => None,
+        let depth = if self.expected_loss >= super::RED_TWO_BACK_LOSS_PERCENT {
+            2
+        } else {
+            1
         };
-        self.last_sent = Some((ts, payload.clone()));
+        let mut previous: [Option<Arc<[u8]>>; 2] = [None, None];
+        let mut start = ts;
+        for (sent, redundant) in self.sent.iter().zip(previous.iter_mut()).take(depth) {
+            match sent {
+                Some((sent_ts, p)) if start.wrapping_sub(*sent_ts) == FRAME_SAMPLES as u32 => {
+                    *redundant = Some(p.clone());
+                    start = *sent_ts;
+                }
+                _ => break,
+            }
+        }
+        let newest = self.sent[0].take();
+        self.sent = [Some((ts, payload.clone())), newest];
         out.push(MixPacket {
             to: self.id,
             seq: self.next_seq,
@@ -317,7 +330,7 @@ impl PausePackets {
             };
             return frame.map(|f| (frame_ts, f));
         };
-        let (last_ts, last) = m.last_sent.as_ref()?;
+        let (last_ts, last) = m.sent[0].as_ref()?;
         let end = last_ts.wrapping_add(self.samples(last)?);
         if end != m.ts_offset.wrapping_add(fill.start) {
             return None;

@@ -1542,6 +1542,64 @@ fn in_a_spatial_room_everyone_who_shared_an_encode_gets_its_last_frame() {
     }
 }
 
+/// RED to a listener: the packet before as redundancy, and the two before while the listener states
+/// loss of `RED_TWO_BACK_LOSS_PERCENT` or more (losses come in runs that one frame back cannot bridge).
+#[test]
+fn a_listener_stating_loss_gets_two_packets_back_as_red_redundancy_others_one() {
+    let config = MixSettings {
+        dtx: false,
+        ..MixSettings::default()
+    };
+    let mut room = Room::with_config(&[A, B, C], config);
+    room.mixer.set_listener_loss(B, RED_TWO_BACK_LOSS_PERCENT);
+    room.mixer
+        .set_listener_loss(C, RED_TWO_BACK_LOSS_PERCENT - 1);
+    let mut mic = Sender::new(0xA);
+    mic.encoder.set_dtx(false).expect("DTX is a valid setting");
+    let mut phase = 0.0;
+    let mut packets: Vec<MixPacket> = Vec::new();
+    for k in 0..30 {
+        let arrival = room.t0 + FRAME_DURATION * k as u32 + 5 * MS;
+        while let Some(t) = room.mixer.next_tick().filter(|t| *t <= arrival) {
+            room.mixer
+                .tick_in(t, &mut packets, &mut room.stats, &mut room.samples, None);
+        }
+        let pcm = gated_tone(&mut phase, true);
+        let p = mic.frame(k, &pcm).expect("no DTX: every frame is sent");
+        room.push(arrival, A, mic.ssrc, p);
+    }
+    let same = |a: &Option<Arc<[u8]>>, b: &Arc<[u8]>| a.as_ref().is_some_and(|a| Arc::ptr_eq(a, b));
+    let frame = FRAME_SAMPLES as u32;
+    for (who, depth) in [(B, 2), (C, 1)] {
+        let got: Vec<&MixPacket> = packets.iter().filter(|p| p.to == who).collect();
+        let mut checked = 0;
+        for w in got.windows(3) {
+            let contiguous =
+                w[1].ts.wrapping_sub(w[0].ts) == frame && w[2].ts.wrapping_sub(w[1].ts) == frame;
+            if !contiguous {
+                continue;
+            }
+            assert!(
+                same(&w[2].previous[0], &w[1].payload),
+                "{who:?}: 20 ms back"
+            );
+            if depth == 2 {
+                assert!(
+                    same(&w[2].previous[1], &w[0].payload),
+                    "{who:?}: 40 ms back"
+                );
+            } else {
+                assert!(
+                    w[2].previous[1].is_none(),
+                    "{who:?} states little loss: one back"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 20, "{who:?}: {checked} runs of three packets");
+    }
+}
+
 /// Without DTX too, a listener whose talker stops gets one last frame from the encoder it was hearing:
 /// the encoder's lookahead, the end of the talker's last syllable (about 6.5 ms), then the room's silence
 /// frames. Only rooms with DTX did; without, the listener went straight to the room's silence frame and

@@ -93,13 +93,13 @@ fn mixed_lossy_mean(red: u8) -> f64 {
 /// leg as `leg`, the speaker's encoder expecting `expected_loss_percent`, RED depth `red`. Prints each call.
 fn mixed_mean(name: &str, leg: LinkConfig, expected_loss_percent: i32, red: u8) -> f64 {
     let room = RoomSettings::mix(MixSettings::default());
-    mean_over_seeds(name, &room, leg, expected_loss_percent, red)
+    mean_over_seeds(name, room, leg, expected_loss_percent, red)
 }
 
 /// The mean PESQ-WB of the passage through `room` over seeds 1, 2 and 4, as [`mixed_mean`].
 fn mean_over_seeds(
     name: &str,
-    room: &RoomSettings,
+    room: RoomSettings,
     leg: LinkConfig,
     expected_loss_percent: i32,
     red: u8,
@@ -108,7 +108,7 @@ fn mean_over_seeds(
         .into_iter()
         .map(|seed| {
             let name = format!("{name}-seed{seed}");
-            let call = speech_call(&name, seed, room.clone(), leg, expected_loss_percent, red);
+            let call = speech_call(&name, seed, room, leg, expected_loss_percent, red);
             eprintln!(
                 "{name}: {} vs the sender's decode, {} vs the passage; mouth-to-ear {:.0} ms",
                 call.pesq, call.pesq_vs_speech, call.mouth_to_ear_ms
@@ -166,10 +166,10 @@ fn speech_through_bursty_loss_stays_above_its_measured_floor() {
     let mix = RoomSettings::mix(MixSettings::default());
     let forward = RoomSettings::forward(3);
     let cases = [
-        ("mix-bursty-fec", &mix, 0u8, 2.55),
-        ("mix-bursty-red1", &mix, 1, 3.25),
-        ("mix-bursty-red2", &mix, 2, 3.6),
-        ("forward-bursty-red1", &forward, 1, 3.1),
+        ("mix-bursty-fec", mix, 0u8, 2.55),
+        ("mix-bursty-red1", mix, 1, 3.25),
+        ("mix-bursty-red2", mix, 2, 3.6),
+        ("forward-bursty-red1", forward, 1, 3.1),
     ];
     let mut failures = Vec::new();
     for (name, room, red, floor) in cases {

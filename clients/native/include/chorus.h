@@ -146,6 +146,8 @@ typedef struct ChorusConfig {
   // Once the server's receiver reports arrive, tune the FEC for the loss they state instead of
   // `expected_loss_percent`.
   bool fec_follows_reports;
+  // RED (RFC 2198) redundancy, 0..=2 earlier frames with each packet (0: plain Opus); 1 by default.
+  uint8_t red_depth;
 } ChorusConfig;
 
 // The SDK's counters.

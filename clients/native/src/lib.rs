@@ -32,7 +32,7 @@ mod talk;
 
 pub use audio::soft_clip;
 pub use client::{Client, Microphone, Speaker, Stats};
-pub use config::{Config, OUTPUT_CHANNELS, SAMPLE_RATES_HZ};
+pub use config::{Config, MAX_RED_DEPTH, OUTPUT_CHANNELS, SAMPLE_RATES_HZ};
 pub use error::Error;
 pub use event::{ConnectionState, Event, Participant, SlotInfo, SpeakerPosition};
 pub use signaling::protocol::ModerateAction;

@@ -330,7 +330,7 @@ impl Session {
                 local_addr,
                 slots,
                 publish: can_publish,
-                red: 0,
+                red: self.config.red_depth,
             },
         )?;
         client

@@ -118,6 +118,8 @@ pub struct ChorusConfig {
     /// Once the server's receiver reports arrive, tune the FEC for the loss they state instead of
     /// `expected_loss_percent`.
     pub fec_follows_reports: bool,
+    /// RED (RFC 2198) redundancy, 0..=2 earlier frames with each packet (0: plain Opus); 1 by default.
+    pub red_depth: u8,
 }
 
 /// The kind of a [`ChorusEvent`]; which fields are set depends on it.
@@ -271,6 +273,7 @@ pub unsafe extern "C" fn chorus_config_default(out: *mut ChorusConfig) -> Chorus
             listen_only: d.listen_only,
             output_channels: d.output_channels,
             fec_follows_reports: d.fec_follows_reports,
+            red_depth: d.red_depth,
         };
         // SAFETY: non-null, writable per the caller.
         unsafe { put(out, config) };
@@ -313,6 +316,7 @@ pub unsafe extern "C" fn chorus_client_new(config: *const ChorusConfig) -> *mut 
                 listen_only: c.listen_only,
                 output_channels: c.output_channels,
                 fec_follows_reports: c.fec_follows_reports,
+                red_depth: c.red_depth,
                 ..Config::default()
             },
         };

@@ -151,6 +151,12 @@ async fn the_sdks_fec_follows_what_the_server_reports_about_a_lossy_listener() -
     );
     stop.store(true, Ordering::Relaxed);
     capture.join().expect("capture does not panic");
+    // RED depth 1 by default: every packet the SDK sent carried its frame before too, and the server
+    // parsed them as RED.
+    let red = server
+        .metric("chorus_rtp_red_packets_received_total")
+        .await?;
+    let sent = ada.stats().frames_sent;
     anyhow::ensure!(!bob.is_finished(), "bob's signaling ended: {:?}", bob.await);
     bob.abort();
 
@@ -170,6 +176,10 @@ async fn the_sdks_fec_follows_what_the_server_reports_about_a_lossy_listener() -
     assert!(
         lossy_frames > 150,
         "ada sent {lossy_frames} frames in {WINDOW:?}"
+    );
+    assert!(
+        red >= sent as f64 * 0.9 && red <= sent as f64,
+        "the SDK sends RED by default: the server parsed {red} RED packets of {sent} sent"
     );
     assert!(
         lossy_share >= 0.4,

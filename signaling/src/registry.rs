@@ -351,9 +351,20 @@ impl RoomRegistry {
 
     fn notify(&self, event: RoomEvent) {
         if let Some(observer) = self.observer.get() {
-            if let Err(mpsc::error::TrySendError::Full(event)) = observer.try_send(event) {
-                self.metrics.room_event_dropped();
-                tracing::warn!(event = event.name(), "room event queue full; event dropped");
+            match observer.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    self.metrics.room_event_dropped();
+                    tracing::warn!(event = event.name(), "room event queue full; event dropped");
+                }
+                // The server is exiting: its webhooks were delivered and the queue closed.
+                Err(mpsc::error::TrySendError::Closed(event)) => {
+                    self.metrics.room_event_dropped();
+                    tracing::debug!(
+                        event = event.name(),
+                        "room event after the exit began; dropped"
+                    );
+                }
             }
         }
     }

@@ -187,12 +187,16 @@ impl Check {
                         && p.contributors.is_empty()),
                 "a mixed packet is one valid 20 ms Opus frame, or a fill of silence: {samples} samples"
             );
-            if let Some(prev) = &p.previous {
+            for prev in p.previous.iter().flatten() {
                 assert!(
                     opus_packet_info(prev).is_some(),
                     "RED redundancy is valid Opus"
                 );
             }
+            assert!(
+                p.previous[0].is_some() || p.previous[1].is_none(),
+                "RED redundancy 40 ms back only with the packet 20 ms back"
+            );
             assert!(p.level <= 127, "RFC 6464 level out of range");
             assert!(p.contributors.len() <= 15, "at most 15 CSRCs");
             if let Some(me) = ssrcs.get(&p.to) {

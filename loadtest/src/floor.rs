@@ -5,8 +5,9 @@
 //! module does exactly that and nothing else — an AES-128-GCM seal of a 12-byte header plus a ~100-byte
 //! payload, then `sendmmsg(2)` in batches of 64 to ~1,000 distinct loopback ports that have bound sockets
 //! — and measures the sending thread's CPU time per packet (the scheduler's exact runtime,
-//! `CLOCK_THREAD_CPUTIME_ID`, split into user and system by `getrusage(RUSAGE_THREAD)`). Servers are then reported as a ratio to this floor, measured in the same run on the same
-//! machine, which means something across machines where absolute microseconds do not.
+//! `CLOCK_THREAD_CPUTIME_ID`, split into user and system by `getrusage(RUSAGE_THREAD)`). Servers are
+//! then reported as a ratio to this floor, measured in the same run on the same machine, which means
+//! something across machines where absolute microseconds do not.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};

@@ -280,7 +280,7 @@ impl SignalingMetrics {
         )?;
         let room_events_dropped = IntCounter::new(
             "chorus_room_events_dropped_total",
-            "Room lifecycle events (for webhooks) dropped because their queue was full.",
+            "Room lifecycle events (for webhooks) dropped because their queue was full or closed at exit.",
         )?;
         let ws_violations = IntCounterVec::new(
             Opts::new(

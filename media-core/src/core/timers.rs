@@ -375,19 +375,26 @@ fn mix_red_payload(
         return p.clone();
     }
     let frame = crate::audio::FRAME_SAMPLES as u32;
-    // Oldest first, as RFC 2198 lists them.
-    let mut redundant: Vec<red::RedundantFrame<'_>> = Vec::with_capacity(2);
+    // Oldest first, as RFC 2198 lists them; on the stack (a tick encodes a variant per personal mix).
+    let unused = red::RedundantFrame {
+        ts_offset: 0,
+        payload: &[],
+    };
+    let mut redundant = [unused; 2];
+    let mut n = 0;
     for (back, p) in previous.iter().enumerate().rev() {
         if let Some(p) = p {
-            redundant.push(red::RedundantFrame {
+            redundant[n] = red::RedundantFrame {
                 ts_offset: frame * (back as u32 + 1),
                 payload: p,
-            });
+            };
+            n += 1;
         }
     }
+    let redundant = &redundant[..n];
     let bytes: usize = redundant.iter().map(|f| f.payload.len() + 4).sum();
     let mut out = Vec::with_capacity(primary.len() + bytes + 1);
-    red::encode(opus_pt, primary, &redundant, |_, _| true, &mut out);
+    red::encode(opus_pt, primary, redundant, |_, _| true, &mut out);
     let payload: Arc<[u8]> = Arc::from(out);
     variants.push((primary.clone(), previous.clone(), opus_pt, payload.clone()));
     payload

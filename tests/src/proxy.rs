@@ -4,7 +4,7 @@
 //! as the server sees it, like a NAT's) and sends the server's replies back to the client.
 //!
 //! Once [`Proxy::impair`] is called, every datagram in either direction is dropped with a given probability
-//! (seeded, one generator per direction), delayed by a uniform random time (each datagram on its own, so
+//! (seeded, one generator per direction; on its own or in bursts, as the simulated network drops), delayed by a uniform random time (each datagram on its own, so
 //! they also arrive out of order), held back further with a given probability (reordering past several
 //! successors), and sent twice with a given probability. Independently of that, [`Proxy::blackout`] drops
 //! everything in both directions for a while (a dead link: this kernel has no `netem`), and
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use media_core::sim::Rng;
+use media_core::sim::{LossState, Rng};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,6 +28,9 @@ use tokio::time::Instant;
 pub struct Impairment {
     /// Probability of dropping a datagram.
     pub loss: f64,
+    /// The mean length of a run of dropped datagrams: up to 1 each is dropped on its own, above 1 in
+    /// bursts (the simulated network's model, [`LossState::lose`]).
+    pub loss_burst_packets: f64,
     /// One-way delay added to each datagram, uniform in this range (milliseconds).
     pub delay_ms: Range<f64>,
     /// Probability of holding a datagram back a further [`REORDER_HOLD`], behind its successors.
@@ -109,6 +112,8 @@ pub struct Proxy {
 /// One direction of the proxy.
 struct Direction {
     rng: Rng,
+    /// Whether this direction is in a burst of losses.
+    loss: LossState,
     shared: Arc<Shared>,
     /// The end of this direction's current (or last) stall.
     stall_until: Option<Instant>,
@@ -166,6 +171,7 @@ impl Proxy {
         });
         let upstream = Direction {
             rng: Rng::new(seed),
+            loss: LossState::default(),
             shared: shared.clone(),
             stall_until: None,
             last_held_due: None,
@@ -204,6 +210,7 @@ impl Proxy {
     ) -> JoinHandle<()> {
         let direction = Direction {
             rng: Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15 ^ generation),
+            loss: LossState::default(),
             shared: shared.clone(),
             stall_until: None,
             last_held_due: None,
@@ -355,7 +362,11 @@ impl Direction {
                 continue;
             }
             let impairment = &self.shared.impairment;
-            if self.rng.chance(impairment.loss) {
+            if self.loss.lose(
+                &mut self.rng,
+                impairment.loss,
+                impairment.loss_burst_packets,
+            ) {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }

@@ -76,16 +76,42 @@ impl Rng {
     }
 }
 
+/// Which datagrams of one flow are lost: the flow's state between datagrams. One model for the simulated
+/// network ([`LinkConfig::loss_burst_packets`]) and the real-UDP test proxy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LossState {
+    /// In the bad state of a bursty link: every datagram is lost.
+    in_burst: bool,
+}
+
+impl LossState {
+    /// Whether the next datagram is lost, `loss` of them on average (0..=1). With `burst_packets` up to 1
+    /// each is lost on its own chance and only one random number is drawn. Above 1, losses come in runs of
+    /// `burst_packets` datagrams on average: a Gilbert model whose bad state loses everything and is left
+    /// with chance 1 / `burst_packets` per datagram, entered at the rate that keeps the average at `loss`.
+    pub fn lose(&mut self, rng: &mut Rng, loss: f64, burst_packets: f64) -> bool {
+        if burst_packets <= 1.0 {
+            return rng.chance(loss);
+        }
+        let loss = loss.clamp(0.0, 0.999);
+        self.in_burst = if self.in_burst {
+            !rng.chance(1.0 / burst_packets)
+        } else {
+            rng.chance(loss / (burst_packets * (1.0 - loss)))
+        };
+        self.in_burst
+    }
+}
+
 /// The behaviour of one direction of a link.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkConfig {
     /// Probability that a datagram is lost (0..=1), on average.
     pub loss: f64,
     /// The mean length of a run of lost datagrams. Up to 1, each datagram is lost on its own chance
-    /// (`loss`); above 1, losses come in bursts (a Gilbert model: a flow in its bad state loses every
-    /// datagram and leaves it with chance 1 / `loss_burst_packets` per datagram; it enters it at the rate
-    /// that keeps the average loss at `loss`), as Wi-Fi and cellular links lose. No further random number
-    /// is drawn while it is at most 1, so links without bursts keep their sequences.
+    /// (`loss`); above 1, losses come in bursts ([`LossState::lose`]), as Wi-Fi and cellular links lose.
+    /// No further random number is drawn while it is at most 1, so links without bursts keep their
+    /// sequences.
     pub loss_burst_packets: f64,
     /// Extra delay per datagram, uniform in `[0, jitter_ms]` milliseconds, on top of `base_delay_ms`.
     pub jitter_ms: f64,
@@ -231,8 +257,8 @@ pub struct SimNet {
     flow_tail: HashMap<Flow, Instant>,
     /// The end of each flow's current (or last) stall.
     flow_stall: HashMap<Flow, Instant>,
-    /// The flows in the bad (losing) state of a bursty link ([`LinkConfig::loss_burst_packets`]).
-    flow_bad: std::collections::HashSet<Flow>,
+    /// Each flow's loss state (its bursts, [`LinkConfig::loss_burst_packets`]).
+    flow_loss: HashMap<Flow, LossState>,
     order: u64,
     stats: SimStats,
 }
@@ -252,7 +278,7 @@ impl SimNet {
             queue: BinaryHeap::new(),
             flow_tail: HashMap::new(),
             flow_stall: HashMap::new(),
-            flow_bad: std::collections::HashSet::new(),
+            flow_loss: HashMap::new(),
             order: 0,
             stats: SimStats::default(),
         }
@@ -309,23 +335,11 @@ impl SimNet {
             .flow_rngs
             .entry((from, to))
             .or_insert_with(|| Rng::new(flow_seed(seed, from, to)));
-        let lost = if link.loss_burst_packets > 1.0 {
-            let mean = link.loss_burst_packets;
-            let loss = link.loss.clamp(0.0, 0.999);
-            let bad = if self.flow_bad.contains(&(from, to)) {
-                !rng.chance(1.0 / mean)
-            } else {
-                rng.chance(loss / (mean * (1.0 - loss)))
-            };
-            if bad {
-                self.flow_bad.insert((from, to));
-            } else {
-                self.flow_bad.remove(&(from, to));
-            }
-            bad
-        } else {
-            rng.chance(link.loss)
-        };
+        let lost = self.flow_loss.entry((from, to)).or_default().lose(
+            rng,
+            link.loss,
+            link.loss_burst_packets,
+        );
         if lost {
             self.stats.lost += 1;
             return;

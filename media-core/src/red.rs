@@ -9,7 +9,11 @@
 //! re-encoded for a subscriber with its own payload types and with redundancy from before a cut-off
 //! stripped.
 
+use std::sync::Arc;
+
 use str0m::rtp::RedDecoder;
+
+use crate::ids::Ssrc;
 
 /// Largest timestamp offset a redundant block header can carry (14 bits).
 pub const MAX_TS_OFFSET: u32 = 0x3fff;
@@ -35,7 +39,7 @@ pub enum RedError {
 }
 
 /// One redundant (older) Opus frame in a RED payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RedundantFrame<'a> {
     /// How many RTP timestamp units before the primary this frame starts (1..=16383).
     pub ts_offset: u32,
@@ -121,9 +125,126 @@ pub fn frame_ts(primary_ts: u32, frame: &RedundantFrame<'_>) -> u32 {
     primary_ts.wrapping_sub(frame.ts_offset)
 }
 
+/// How many frames back the server's own redundancy reaches ([`History`]).
+pub const HISTORY_FRAMES: usize = 2;
+
+/// A stream's last frames as the server received them, for redundancy the server adds where the sender
+/// sent none: a forwarded speaker's plain Opus goes to a subscriber that negotiated RED with its previous
+/// frames (as Chrome's RED carries one), so a loss on the subscriber's own leg is bridged too.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    source: Option<Ssrc>,
+    /// Newest first.
+    frames: [Option<KeptFrame>; HISTORY_FRAMES],
+}
+
+/// (extended sequence number, RTP timestamp, Opus frame) of a frame in a [`History`].
+type KeptFrame = (u64, u32, Arc<[u8]>);
+
+impl History {
+    /// The stored frames that may travel as redundancy with packet `seq` (timestamp `ts`) of `source`,
+    /// oldest first: those of the same source at most [`HISTORY_FRAMES`] packets before it, whose
+    /// timestamp offset fits a block header (a frame before a DTX gap of 340 ms or more does not). Returns
+    /// the frames and how many of them are set.
+    pub fn redundancy(
+        &self,
+        source: Ssrc,
+        seq: u64,
+        ts: u32,
+    ) -> ([RedundantFrame<'_>; HISTORY_FRAMES], usize) {
+        let mut out = [RedundantFrame::default(); HISTORY_FRAMES];
+        let mut n = 0;
+        if self.source != Some(source) {
+            return (out, 0);
+        }
+        for (f_seq, f_ts, payload) in self.frames.iter().rev().flatten() {
+            let back = seq.wrapping_sub(*f_seq);
+            let ts_offset = ts.wrapping_sub(*f_ts);
+            if (1..=HISTORY_FRAMES as u64).contains(&back)
+                && (1..=MAX_TS_OFFSET).contains(&ts_offset)
+            {
+                out[n] = RedundantFrame {
+                    ts_offset,
+                    payload: &payload[..],
+                };
+                n += 1;
+            }
+        }
+        (out, n)
+    }
+
+    /// Keep packet `seq` of `source` as the newest frame: a new source starts afresh; a packet that is not
+    /// newer than the newest kept (reordered, duplicated) changes nothing.
+    pub fn push(&mut self, source: Ssrc, seq: u64, ts: u32, payload: &Arc<[u8]>) {
+        if self.source != Some(source) {
+            *self = History {
+                source: Some(source),
+                ..History::default()
+            };
+        } else if self.frames[0]
+            .as_ref()
+            .is_some_and(|(newest, _, _)| seq <= *newest)
+        {
+            return;
+        }
+        self.frames.rotate_right(1);
+        self.frames[0] = Some((seq, ts, payload.clone()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(byte: u8) -> Arc<[u8]> {
+        Arc::from(vec![byte; 3])
+    }
+
+    #[test]
+    fn history_gives_the_last_two_frames_of_the_source_oldest_first() {
+        let mut h = History::default();
+        assert_eq!(h.redundancy(Ssrc(7), 10, 9600).1, 0);
+        h.push(Ssrc(7), 10, 9600, &frame(1));
+        h.push(Ssrc(7), 11, 10560, &frame(2));
+        let (frames, n) = h.redundancy(Ssrc(7), 12, 11520);
+        assert_eq!(n, 2);
+        assert_eq!(
+            (frames[0].ts_offset, frames[0].payload),
+            (1920, &[1u8; 3][..])
+        );
+        assert_eq!(
+            (frames[1].ts_offset, frames[1].payload),
+            (960, &[2u8; 3][..])
+        );
+        // A lost packet in between: only what is within two packets back.
+        let (frames, n) = h.redundancy(Ssrc(7), 13, 12480);
+        assert_eq!((n, frames[0].payload), (1, &[2u8; 3][..]));
+        // Another source's packet gets nothing of this one's, and starts a history of its own.
+        assert_eq!(h.redundancy(Ssrc(8), 12, 11520).1, 0);
+        h.push(Ssrc(8), 500, 0, &frame(9));
+        assert_eq!(h.redundancy(Ssrc(7), 12, 11520).1, 0);
+        assert_eq!(h.redundancy(Ssrc(8), 501, 960).1, 1);
+    }
+
+    #[test]
+    fn history_ignores_late_packets_and_frames_a_block_header_cannot_reach() {
+        let mut h = History::default();
+        h.push(Ssrc(7), 10, 9600, &frame(1));
+        h.push(Ssrc(7), 11, 10560, &frame(2));
+        // A reordered or duplicated packet is not kept, and gets no frame from its future.
+        h.push(Ssrc(7), 10, 9600, &frame(3));
+        h.push(Ssrc(7), 9, 8640, &frame(4));
+        let (frames, n) = h.redundancy(Ssrc(7), 12, 11520);
+        assert_eq!((n, frames[1].payload), (2, &[2u8; 3][..]));
+        assert_eq!(h.redundancy(Ssrc(7), 10, 9600).1, 0);
+        // After a DTX gap longer than a block header's 14-bit offset (341 ms): nothing.
+        assert_eq!(h.redundancy(Ssrc(7), 12, 10560 + MAX_TS_OFFSET + 1).1, 0);
+        // A timestamp wrap is fine.
+        let mut h = History::default();
+        h.push(Ssrc(7), 10, u32::MAX - 100, &frame(1));
+        let (frames, n) = h.redundancy(Ssrc(7), 11, 859);
+        assert_eq!((n, frames[0].ts_offset), (1, 960));
+    }
 
     fn frames() -> Vec<RedundantFrame<'static>> {
         vec![

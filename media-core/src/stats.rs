@@ -100,6 +100,9 @@ pub struct CoreStats {
     pub rtp_levels_measured: u64,
     /// Packets written into slots as RED, included in `rtp_forwarded`.
     pub rtp_red_forwarded: u64,
+    /// Of `rtp_red_forwarded`: plain Opus the speaker sent, given redundancy from the server's copies of
+    /// its previous frames (`red::History`).
+    pub rtp_red_added: u64,
     /// Microphone packets nobody was routed to (e.g. alone in the room).
     pub rtp_unrouted: u64,
     /// Subscribers' slot streams that took another speaker (or the same speaker's restarted stream) and

@@ -837,7 +837,8 @@ fn check_red_runs(c: &Client, slot: usize) -> (usize, usize) {
 
 #[test]
 fn red_goes_to_red_subscribers_and_the_primary_alone_to_the_others() {
-    // A and B send RED, C sends plain Opus; B and C listen, A and C subscribe with and without RED.
+    // A and B send RED, C sends plain Opus; B and C listen, A and C subscribe with and without RED. The
+    // server adds redundancy to C's plain Opus for A and B: its copy of C's previous frame.
     let mut sim = Sim::new(11, LinkConfig::with_delay(10.0), 3, &[]);
     sim.join_with_red(440.0, 0.3, 1);
     sim.join_with_red(660.0, 0.3, 1);
@@ -862,11 +863,16 @@ fn red_goes_to_red_subscribers_and_the_primary_alone_to_the_others() {
             .count()
             >= from_a.len() - 1
     );
-    assert!(b
-        .received
-        .iter()
-        .filter(|r| r.csrc == Some(c))
-        .all(|r| r.redundant.is_none()));
+    let from_c: Vec<_> = b.received.iter().filter(|r| r.csrc == Some(c)).collect();
+    assert!(from_c.len() > 100);
+    assert!(
+        from_c
+            .iter()
+            .filter(|r| r.redundant.as_ref().is_some_and(|f| !f.is_empty()))
+            .count()
+            >= from_c.len() - 1,
+        "B gets C's plain Opus as RED with C's previous frames"
+    );
     for slot in 0..3 {
         check_red_runs(b, slot);
     }
@@ -877,13 +883,64 @@ fn red_goes_to_red_subscribers_and_the_primary_alone_to_the_others() {
         .all(|r| r.redundant.is_none()));
     let stats = sim.core.stats();
     assert_eq!(stats.dropped(DropReason::Malformed), 0);
-    // Two of three talkers send RED; of the six (speaker, subscriber) routes two carry RED (A to B, B to A).
+    // Two of three talkers send RED; of the six (speaker, subscriber) routes four carry RED (A to B, B to
+    // A, and C to both with the server's redundancy).
     assert!(stats.rtp_red_in * 3 > stats.rtp_in * 2 - 30, "{stats:?}");
     assert!(
-        stats.rtp_red_forwarded * 3 > stats.rtp_forwarded - 30
-            && stats.rtp_red_forwarded * 3 < stats.rtp_forwarded + 30,
+        stats.rtp_red_forwarded * 3 > stats.rtp_forwarded * 2 - 30
+            && stats.rtp_red_forwarded * 3 < stats.rtp_forwarded * 2 + 30,
         "{stats:?}"
     );
+    assert!(
+        stats.rtp_red_added * 3 > stats.rtp_forwarded - 30
+            && stats.rtp_red_added * 3 < stats.rtp_forwarded + 30,
+        "{stats:?}"
+    );
+}
+
+/// The redundancy the server adds to a plain Opus speaker's packets reaches two frames back for a
+/// subscriber whose reports state loss (`mixer::RED_TWO_BACK_LOSS_PERCENT` or more), one for the others
+/// once their reports say so, and is the speaker's own previous frames (`check_red_runs`).
+#[test]
+fn the_servers_redundancy_reaches_two_frames_back_for_a_subscriber_stating_loss() {
+    let mut sim = Sim::new(13, LinkConfig::with_delay(5.0), 1, &[]);
+    sim.join_with_red(440.0, 0.3, 0);
+    sim.join_with_red(0.0, 0.0, 1);
+    sim.join_with_red(0.0, 0.0, 1);
+    sim.connect();
+    let (server, lossy) = (sim.server, sim.clients[1].addr);
+    sim.net
+        .set_link(server, lossy, LinkConfig::lossy(0.10, 5.0, 0.0));
+    sim.run_for(Duration::from_secs(12));
+    let a = sim.clients[0].mic_ssrc;
+    let frames_back = |c: usize| -> Vec<usize> {
+        // The last 3 s: both subscribers' reports have stated their loss by then (until then each gets
+        // two frames back, as an unreported mix listener does).
+        let from_a: Vec<_> = sim.clients[c]
+            .received
+            .iter()
+            .filter(|r| r.csrc == Some(a))
+            .collect();
+        from_a[from_a.len() - 150..]
+            .iter()
+            .map(|r| r.redundant.as_ref().map_or(0, Vec::len))
+            .collect()
+    };
+    let (lossy_back, clean_back) = (frames_back(1), frames_back(2));
+    assert!(
+        lossy_back.iter().filter(|&&n| n == 2).count() > 140,
+        "{lossy_back:?}"
+    );
+    assert!(clean_back.iter().all(|&n| n == 1), "{clean_back:?}");
+    // On the clean link every packet's newest redundant frame is the packet before it.
+    let (red, with_redundancy) = check_red_runs(&sim.clients[2], 0);
+    assert!(
+        red > 400 && with_redundancy > 400,
+        "{red} {with_redundancy}"
+    );
+    let stats = sim.core.stats();
+    assert_eq!(stats.rtp_red_in, 0);
+    assert!(stats.rtp_red_added > 600, "{stats:?}");
 }
 
 #[test]

@@ -44,6 +44,7 @@ pub struct MediaMetrics {
     pub rtp_fec_in: IntCounter,
     pub rtp_levels_measured: IntCounter,
     pub rtp_red_forwarded: IntCounter,
+    pub rtp_red_added: IntCounter,
     pub rtp_unrouted: IntCounter,
     pub slot_switches: IntCounter,
     pub slot_retimes: IntCounter,
@@ -238,6 +239,11 @@ impl MediaMetrics {
                 registry,
                 "chorus_rtp_red_packets_forwarded_total",
                 "RTP packets forwarded into subscriber slots as RED (RFC 2198 redundancy).",
+            )?,
+            rtp_red_added: counter(
+                registry,
+                "chorus_rtp_red_packets_added_total",
+                "RTP packets forwarded as RED whose speaker sent plain Opus: the server added its copies of the speaker's previous frames.",
             )?,
             rtp_unrouted: counter(
                 registry,
@@ -435,6 +441,8 @@ impl MediaMetrics {
             .inc_by(d(before.rtp_levels_measured, now.rtp_levels_measured));
         self.rtp_red_forwarded
             .inc_by(d(before.rtp_red_forwarded, now.rtp_red_forwarded));
+        self.rtp_red_added
+            .inc_by(d(before.rtp_red_added, now.rtp_red_added));
         self.rtp_unrouted
             .inc_by(d(before.rtp_unrouted, now.rtp_unrouted));
         self.slot_switches

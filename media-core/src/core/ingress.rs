@@ -245,6 +245,9 @@ impl MediaCore {
             vad,
         } = audio;
         let new_source = p.ssrc.replace(source) != Some(source);
+        // The frames before this one, for subscribers that get RED where the speaker sent plain Opus.
+        let history = red.is_none().then(|| p.red_history.clone());
+        p.red_history.push(source, seq, ts, &payload);
         let onset = std::mem::take(&mut p.gate.onset);
         let level_dbov = level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);
         let Some(room) = self.rooms.get_mut(&p.room) else {
@@ -322,7 +325,14 @@ impl MediaCore {
         }
         // Plain Opus for subscribers without RED (a RED packet's primary); RED subscribers get the RED
         // packet re-encoded with their payload types, one encoding per distinct (Opus PT, kept blocks).
+        // A plain Opus packet goes to them as RED with the speaker's previous frames as the server got
+        // them: one back, two for a subscriber that states loss (as the mixer sends its mix).
         let mut red_variants: Vec<(u8, u32, Arc<[u8]>)> = Vec::new();
+        let (kept_frames, kept_count) = history
+            .as_ref()
+            .map(|h| h.redundancy(source, seq, ts))
+            .unwrap_or_default();
+        let kept_frames = &kept_frames[..kept_count];
         for (i, &(sub, SlotIndex(slot))) in routes.iter().enumerate() {
             if i % FAN_OUT_GROUP == 0 {
                 let group = routes[i..].iter().take(FAN_OUT_GROUP);
@@ -334,6 +344,7 @@ impl MediaCore {
             let Some(s) = self.participants.get_mut(&sub) else {
                 continue;
             };
+            let frames_back = if s.red_two_back { 2 } else { 1 };
             let Link::Peer(peer) = &mut s.link else {
                 continue;
             };
@@ -352,8 +363,26 @@ impl MediaCore {
             self.stats.slot_switches += rewriter.switches() - restarts.0;
             self.stats.slot_retimes += rewriter.retimes() - restarts.1;
             let red_payload = match (&red, peer.slots().get(slot)) {
-                (Some(r), Some(stream)) if stream.red_pt.is_some() => {
-                    Some(red_variant(&mut red_variants, r, ts, *stream.pt, rewriter))
+                (Some(r), Some(stream)) if stream.red_pt.is_some() => Some(red_variant(
+                    &mut red_variants,
+                    r.primary,
+                    &r.redundant,
+                    usize::MAX,
+                    ts,
+                    *stream.pt,
+                    rewriter,
+                )),
+                (None, Some(stream)) if stream.red_pt.is_some() && !kept_frames.is_empty() => {
+                    self.stats.rtp_red_added += 1;
+                    Some(red_variant(
+                        &mut red_variants,
+                        &payload,
+                        kept_frames,
+                        frames_back,
+                        ts,
+                        *stream.pt,
+                        rewriter,
+                    ))
                 }
                 _ => None,
             };
@@ -413,19 +442,23 @@ pub(super) struct Audio<'a> {
     pub vad: Option<bool>,
 }
 
-/// The RED payload for one subscriber's slot: the redundant frames the slot's current source covers (none
-/// from before a speaker switch), labelled with the subscriber's Opus payload type. Encoded once per distinct
-/// (payload type, kept frames) and shared through `variants`.
+/// The RED payload for one subscriber's slot: of the `redundant` frames (oldest first) the `newest` ones
+/// that the slot's current source covers (none from before a speaker switch), labelled with the
+/// subscriber's Opus payload type. Encoded once per distinct (payload type, kept frames) and shared
+/// through `variants`.
 fn red_variant(
     variants: &mut Vec<(u8, u32, Arc<[u8]>)>,
-    red: &red::RedPayload<'_>,
+    primary: &[u8],
+    redundant: &[red::RedundantFrame<'_>],
+    newest: usize,
     ts: u32,
     opus_pt: u8,
     rewriter: &SlotRewriter,
 ) -> Arc<[u8]> {
+    let older = redundant.len().saturating_sub(newest);
     let mut kept = 0u32;
-    for (i, f) in red.redundant.iter().enumerate().take(32) {
-        if rewriter.covers(red::frame_ts(ts, f)) {
+    for (i, f) in redundant.iter().enumerate().take(32) {
+        if i >= older && rewriter.covers(red::frame_ts(ts, f)) {
             kept |= 1 << i;
         }
     }
@@ -435,11 +468,11 @@ fn red_variant(
     {
         return p.clone();
     }
-    let mut out = Vec::with_capacity(red.primary.len() + 8 + red.redundant.len() * 64);
+    let mut out = Vec::with_capacity(primary.len() + 8 + redundant.len() * 64);
     red::encode(
         opus_pt,
-        red.primary,
-        &red.redundant,
+        primary,
+        redundant,
         |i, _| i < 32 && kept & (1 << i) != 0,
         &mut out,
     );

@@ -254,6 +254,9 @@ impl MediaCore {
         };
         let figure = DownstreamLoss::add(p.downstream_loss, d, now);
         p.downstream_loss = Some(figure);
+        if let Some(fraction) = figure.fraction_at(now) {
+            p.red_two_back = protected_percent(fraction) >= crate::mixer::RED_TWO_BACK_LOSS_PERCENT;
+        }
         let key = p.room;
         let mix_listener = p.mix_listener();
         let Some(room) = self.rooms.get_mut(&key) else {

@@ -276,6 +276,13 @@ struct Participant {
     /// What its microphone stream's receiver reports state for that loss at least, once the count
     /// covers enough packets (`None` before: str0m's own fraction of each report's interval).
     upstream_floor: Option<u8>,
+    /// Its microphone's last frames, which the server adds as RED redundancy where it sent plain Opus
+    /// (`ingress.rs`, [`crate::red::History`]).
+    red_history: crate::red::History,
+    /// It states [`crate::mixer::RED_TWO_BACK_LOSS_PERCENT`] or more loss on its downlink: the RED the
+    /// server builds for it carries two frames back, not one (`loss_feedback.rs`). Until its reports
+    /// state a figure it counts as the mixer counts an unreported listener, at 10 % (two back).
+    red_two_back: bool,
 }
 
 /// What a participant may say and hear right now, beyond its [`JoinParams`].

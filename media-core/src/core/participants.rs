@@ -169,6 +169,8 @@ impl MediaCore {
             downstream_loss: None,
             upstream_loss: None,
             upstream_floor: None,
+            red_history: crate::red::History::default(),
+            red_two_back: true,
         };
         let room = self
             .rooms

@@ -821,15 +821,39 @@ pub fn speech_call(
     expected_loss_percent: i32,
     red: u8,
 ) -> SpeechCall {
+    speech_call_per_leg(
+        name,
+        seed,
+        room_config,
+        [link, link],
+        expected_loss_percent,
+        [red, red],
+    )
+}
+
+/// [`speech_call`] with the speaker's and the listener's legs (both directions) and RED apart: `red[0]`
+/// the depth the speaker sends (0: plain Opus, offering none), `red[1]` the listener's (above 0: it
+/// offers RED and decodes it).
+pub fn speech_call_per_leg(
+    name: &str,
+    seed: u64,
+    room_config: RoomSettings,
+    legs: [LinkConfig; 2],
+    expected_loss_percent: i32,
+    red: [u8; 2],
+) -> SpeechCall {
     let speech = speech::passage_48k();
     let mut sim = Sim::with_room(seed, LinkConfig::with_delay(10.0), room_config, &[]);
-    for _ in 0..2 {
-        sim.join_with_red(0.0, 0.0, red);
+    for depth in red {
+        sim.join_with_red(0.0, 0.0, depth);
     }
     sim.drain_core();
     sim.play_slots = true;
     sim.connect();
-    sim.net.set_default_link(link);
+    for (i, leg) in legs.into_iter().enumerate() {
+        let (server, client) = (sim.server, sim.clients[i].addr);
+        sim.net.set_link_both(server, client, leg);
+    }
     sim.play_pcm(0, speech.clone(), expected_loss_percent);
     let secs = speech.len() as f64 / f64::from(SAMPLE_RATE) + 1.0;
     sim.run_for(Duration::from_secs_f64(secs));

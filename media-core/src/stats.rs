@@ -100,8 +100,8 @@ pub struct CoreStats {
     pub rtp_levels_measured: u64,
     /// Packets written into slots as RED, included in `rtp_forwarded`.
     pub rtp_red_forwarded: u64,
-    /// Of `rtp_red_forwarded`: plain Opus the speaker sent, given redundancy from the server's copies of
-    /// its previous frames (`red::History`).
+    /// Of `rtp_red_forwarded`: plain Opus the speaker sent, sent as RED with the server's copies of its
+    /// previous frames as redundancy (`red::History`; none after a pause).
     pub rtp_red_added: u64,
     /// Microphone packets nobody was routed to (e.g. alone in the room).
     pub rtp_unrouted: u64,

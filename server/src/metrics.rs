@@ -243,7 +243,7 @@ impl MediaMetrics {
             rtp_red_added: counter(
                 registry,
                 "chorus_rtp_red_packets_added_total",
-                "RTP packets forwarded as RED whose speaker sent plain Opus: the server added its copies of the speaker's previous frames.",
+                "RTP packets forwarded as RED whose speaker sent plain Opus: the server added its copies of the speaker's previous frames (none after a pause).",
             )?,
             rtp_unrouted: counter(
                 registry,

@@ -266,6 +266,13 @@ describe('Firefox and Chromium in a network namespace', { timeout: 360000 }, () 
           if (mode === 'forward' && who === 'Chromium' && s.loops.some((l) => l.mos_lqo < 2.5)) {
             failures.push(`Chromium heard a loop of Firefox's forwarded speech below PESQ-WB 2.5: ${loops}`);
           }
+          // ...and clean: forwarding is bit-exact, so the median holds what Chromium plays of Firefox's
+          // speech (3.97 to 4.05 a loop). The server's RED for this RED subscriber once carried Firefox's
+          // frames across its DTX gaps, which garbled Chromium's playout at 2.85 while every loop stayed
+          // above 2.5 (red::History).
+          if (mode === 'forward' && who === 'Chromium' && s.mos_lqo < 3.5) {
+            failures.push(`Chromium heard Firefox's forwarded speech at PESQ-WB ${s.mos_lqo.toFixed(2)} < 3.5: ${loops}`);
+          }
         }
         if (mode === 'mix') {
           // the mixer's late ticks, grid moves and its inputs' jitter buffers, beside the browsers' receive sides

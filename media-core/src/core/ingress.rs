@@ -326,7 +326,8 @@ impl MediaCore {
         // Plain Opus for subscribers without RED (a RED packet's primary); RED subscribers get the RED
         // packet re-encoded with their payload types, one encoding per distinct (Opus PT, kept blocks).
         // A plain Opus packet goes to them as RED with the speaker's previous frames as the server got
-        // them: one back, two for a subscriber that states loss (as the mixer sends its mix).
+        // them: one back, two for a subscriber that states loss (as the mixer sends its mix), none
+        // after a pause.
         let mut red_variants: Vec<(u8, u32, Arc<[u8]>)> = Vec::new();
         let (kept_frames, kept_count) = history
             .as_ref()
@@ -372,7 +373,9 @@ impl MediaCore {
                     *stream.pt,
                     rewriter,
                 )),
-                (None, Some(stream)) if stream.red_pt.is_some() && !kept_frames.is_empty() => {
+                // Also with no frame to add (the first after a pause): a RED subscriber is sent RED
+                // throughout, as a RED speaker's packets and the mixer's reach it.
+                (None, Some(stream)) if stream.red_pt.is_some() => {
                     self.stats.rtp_red_added += 1;
                     Some(red_variant(
                         &mut red_variants,

@@ -180,11 +180,12 @@ impl History {
         let mut chain = 0;
         for (k, f) in self.frames.iter().enumerate() {
             let Some(f) = f else { break };
+            // Contiguous frames of at most 120 ms each (`opus_packet_info`) put the oldest at most
+            // 240 ms back: always within a block header's offset.
             let contiguous = seq.wrapping_sub(f.seq) == k as u64 + 1
                 && f.samples > 0
                 && f.ts.wrapping_add(f.samples) == starts
-                && f.payload.len() > DTX_FRAME_MAX_BYTES
-                && (1..=MAX_TS_OFFSET).contains(&ts.wrapping_sub(f.ts));
+                && f.payload.len() > DTX_FRAME_MAX_BYTES;
             if !contiguous {
                 break;
             }

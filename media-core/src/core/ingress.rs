@@ -245,9 +245,6 @@ impl MediaCore {
             vad,
         } = audio;
         let new_source = p.ssrc.replace(source) != Some(source);
-        // The frames before this one, for subscribers that get RED where the speaker sent plain Opus.
-        let history = red.is_none().then(|| p.red_history.clone());
-        p.red_history.push(source, seq, ts, &payload);
         let onset = std::mem::take(&mut p.gate.onset);
         let level_dbov = level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);
         let Some(room) = self.rooms.get_mut(&p.room) else {
@@ -303,6 +300,10 @@ impl MediaCore {
                 return;
             }
         }
+        // Forwarding: the frames before this one, for subscribers that get RED where the speaker sent
+        // plain Opus (a mixed room keeps none: its mixer sends its own).
+        let history = red.is_none().then(|| p.red_history.clone());
+        p.red_history.push(source, seq, ts, &payload);
         // The first packet after the gate opened (key down, unmute) holds no slot yet: select now, so a
         // free slot takes it at once and the onset is heard, not dropped until the next selection tick.
         if onset && room.selector.routes(from).is_empty() {
@@ -345,7 +346,7 @@ impl MediaCore {
             let Some(s) = self.participants.get_mut(&sub) else {
                 continue;
             };
-            let frames_back = if s.red_two_back { 2 } else { 1 };
+            let frames_back = s.red_frames_back;
             let Link::Peer(peer) = &mut s.link else {
                 continue;
             };

@@ -255,7 +255,7 @@ impl MediaCore {
         let figure = DownstreamLoss::add(p.downstream_loss, d, now);
         p.downstream_loss = Some(figure);
         if let Some(fraction) = figure.fraction_at(now) {
-            p.red_two_back = protected_percent(fraction) >= crate::mixer::RED_TWO_BACK_LOSS_PERCENT;
+            p.red_frames_back = crate::mixer::red_frames_back(protected_percent(fraction));
         }
         let key = p.room;
         let mix_listener = p.mix_listener();

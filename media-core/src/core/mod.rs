@@ -279,10 +279,10 @@ struct Participant {
     /// Its microphone's last frames, which the server adds as RED redundancy where it sent plain Opus
     /// (`ingress.rs`, [`crate::red::History`]).
     red_history: crate::red::History,
-    /// It states [`crate::mixer::RED_TWO_BACK_LOSS_PERCENT`] or more loss on its downlink: the RED the
-    /// server builds for it carries two frames back, not one (`loss_feedback.rs`). Until its reports
-    /// state a figure it counts as the mixer counts an unreported listener, at 10 % (two back).
-    red_two_back: bool,
+    /// How many frames back the RED the server builds for it reaches, by the loss its reports state
+    /// ([`crate::mixer::red_frames_back`], `loss_feedback.rs`); until they state a figure, as for the
+    /// mixer's unreported listener ([`crate::mixer::UNREPORTED_LOSS_PERCENT`]).
+    red_frames_back: usize,
 }
 
 /// What a participant may say and hear right now, beyond its [`JoinParams`].

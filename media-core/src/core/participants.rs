@@ -170,7 +170,7 @@ impl MediaCore {
             upstream_loss: None,
             upstream_floor: None,
             red_history: crate::red::History::default(),
-            red_two_back: true,
+            red_frames_back: crate::mixer::red_frames_back(crate::mixer::UNREPORTED_LOSS_PERCENT),
         };
         let room = self
             .rooms

@@ -376,11 +376,7 @@ fn mix_red_payload(
     }
     let frame = crate::audio::FRAME_SAMPLES as u32;
     // Oldest first, as RFC 2198 lists them; on the stack (a tick encodes a variant per personal mix).
-    let unused = red::RedundantFrame {
-        ts_offset: 0,
-        payload: &[],
-    };
-    let mut redundant = [unused; 2];
+    let mut redundant = [red::RedundantFrame::default(); 2];
     let mut n = 0;
     for (back, p) in previous.iter().enumerate().rev() {
         if let Some(p) = p {

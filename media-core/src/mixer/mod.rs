@@ -88,6 +88,17 @@ pub const SHARED_SWITCH_MAX_TICKS: u32 = 50;
 /// states [`UNREPORTED_LOSS_PERCENT`] until its first report.
 pub const RED_TWO_BACK_LOSS_PERCENT: u8 = 3;
 
+/// How many frames back a RED receiver's redundancy reaches while it states `loss_percent` (see
+/// [`RED_TWO_BACK_LOSS_PERCENT`]): the mixer's listeners and, in a forwarding room, the subscribers of a
+/// speaker that sends plain Opus.
+pub fn red_frames_back(loss_percent: u8) -> usize {
+    if loss_percent >= RED_TWO_BACK_LOSS_PERCENT {
+        2
+    } else {
+        1
+    }
+}
+
 /// Ticks an input is still decoded after its last voiced packet (60 ms): the end of a talk spurt reaches the
 /// first quiet packets after it through the sender's codec delay.
 pub const DECODE_HANGOVER_TICKS: u32 = 3;
@@ -134,7 +145,7 @@ pub struct MixTap {
     pub talkers: Vec<ParticipantId>,
 }
 
-use encoder::UNREPORTED_LOSS_PERCENT;
+pub(crate) use encoder::UNREPORTED_LOSS_PERCENT;
 pub use input::{opus_packet_has_fec, opus_packet_info, red_jitter_packets};
 use output::{Fill, OutEncoder, PausePackets, SharedEncode, SHORT_FRAME, SHORT_FRAMES_PER_FRAME};
 

@@ -197,11 +197,7 @@ impl Member {
         out: &mut Vec<MixPacket>,
     ) {
         let ts = self.ts_offset.wrapping_add(frame_ts);
-        let depth = if self.expected_loss >= super::RED_TWO_BACK_LOSS_PERCENT {
-            2
-        } else {
-            1
-        };
+        let depth = super::red_frames_back(self.expected_loss);
         let mut previous: [Option<Arc<[u8]>>; 2] = [None, None];
         let mut start = ts;
         for (sent, redundant) in self.sent.iter().zip(previous.iter_mut()).take(depth) {

@@ -5,7 +5,8 @@
 //!     cargo bench -p media-core --bench forward
 //!
 //! Not a test: it asserts nothing and prints a table. `CHORUS_BENCH_ONLY=listeners,talkers,seconds` runs one
-//! row only (scripts/callgrind.sh counts instructions that way).
+//! row only (scripts/callgrind.py counts instructions that way). `CHORUS_BENCH_RED=N`: every client offers
+//! RED and the talkers send N earlier frames with each (Chrome: 1), so every subscriber gets RED.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -20,7 +21,17 @@ fn run(listeners: usize, talkers: usize, seconds: u64) {
         .map(|i| (300.0 + 150.0 * i as f32, 0.3))
         .collect();
     voices.extend(std::iter::repeat_n((0.0, 0.0), listeners));
-    let mut sim = Sim::new(42, LinkConfig::default(), 3, &voices);
+    let red = bench_red();
+    let mut sim = if red == 0 {
+        Sim::new(42, LinkConfig::default(), 3, &voices)
+    } else {
+        let mut sim = Sim::new(42, LinkConfig::default(), 3, &[]);
+        for &(freq, amplitude) in &voices {
+            sim.join_with_red(freq, amplitude, red);
+        }
+        sim.drain_core();
+        sim
+    };
     sim.keep_audio = false;
     sim.connect();
     sim.run_for(Duration::from_secs(1));
@@ -47,6 +58,15 @@ fn run(listeners: usize, talkers: usize, seconds: u64) {
         100.0 * timers / busy.as_secs_f64(),
         wakeups
     );
+}
+
+/// `CHORUS_BENCH_RED`: the RED depth every client offers and its talkers send (0, the default: none).
+fn bench_red() -> u8 {
+    std::env::var("CHORUS_BENCH_RED").map_or(0, |v| {
+        v.trim()
+            .parse()
+            .expect("CHORUS_BENCH_RED is a depth, 0 to 2")
+    })
 }
 
 /// `CHORUS_BENCH_ONLY=a,b,c` as numbers, if set.

@@ -161,43 +161,57 @@ struct KeptFrame {
 
 impl History {
     /// The stored frames that may travel as redundancy with packet `seq` (timestamp `ts`) of `source`,
-    /// oldest first: those of the same source at most [`HISTORY_FRAMES`] packets before it that run
-    /// without a gap into it (each frame ends where the next begins), none of them a DTX frame. Returns
-    /// the frames and how many of them are set.
+    /// oldest first, besides the frames the packet itself `carries` (a RED speaker's redundancy, oldest
+    /// first, one frame per packet before it; empty for plain Opus): those of the same source, older
+    /// than the oldest carried one, that run without a gap into it (each frame ends where the next
+    /// begins, their packets in sequence), none of them a DTX frame. Returns the frames and how many of
+    /// them are set.
     pub fn redundancy(
         &self,
         source: Ssrc,
         seq: u64,
         ts: u32,
+        carries: &[RedundantFrame<'_>],
     ) -> ([RedundantFrame<'_>; HISTORY_FRAMES], usize) {
         let mut out = [RedundantFrame::default(); HISTORY_FRAMES];
-        let mut n = 0;
         if self.source != Some(source) {
             return (out, 0);
         }
-        // Newest first, while the chain back from the packet holds.
-        let mut starts = ts;
-        let mut chain = 0;
-        for (k, f) in self.frames.iter().enumerate() {
+        // Where the packet's audio, with what it carries, starts; and the sequence number of the frame
+        // that must end there.
+        let mut starts = carries.first().map_or(ts, |f| frame_ts(ts, f));
+        let Some(mut expect_seq) = seq.checked_sub(carries.len() as u64 + 1) else {
+            return (out, 0);
+        };
+        // Newest first, while the chain back from the packet holds; frames the packet carries (newer
+        // than the one expected) are skipped.
+        let mut chain = [None; HISTORY_FRAMES];
+        let mut n = 0;
+        for f in self.frames.iter() {
             let Some(f) = f else { break };
-            // Contiguous frames of at most 120 ms each (`opus_packet_info`) put the oldest at most
-            // 240 ms back: always within a block header's offset.
-            let contiguous = seq.wrapping_sub(f.seq) == k as u64 + 1
+            if f.seq > expect_seq {
+                continue;
+            }
+            // Contiguous frames of at most 120 ms each (`opus_packet_info`) put the oldest kept one at
+            // most 240 ms before what the packet carries: within a block header's offset as long as
+            // that is (`encode` leaves out a frame that does not fit).
+            let contiguous = f.seq == expect_seq
                 && f.samples > 0
                 && f.ts.wrapping_add(f.samples) == starts
                 && f.payload.len() > DTX_FRAME_MAX_BYTES;
             if !contiguous {
                 break;
             }
+            chain[n] = Some(f);
+            n += 1;
             starts = f.ts;
-            chain += 1;
+            expect_seq = expect_seq.wrapping_sub(1);
         }
-        for f in self.frames[..chain].iter().rev().flatten() {
-            out[n] = RedundantFrame {
+        for (slot, f) in out.iter_mut().zip(chain[..n].iter().rev().flatten()) {
+            *slot = RedundantFrame {
                 ts_offset: ts.wrapping_sub(f.ts),
                 payload: &f.payload[..],
             };
-            n += 1;
         }
         (out, n)
     }
@@ -236,10 +250,10 @@ mod tests {
     #[test]
     fn history_gives_the_last_two_frames_of_the_source_oldest_first() {
         let mut h = History::default();
-        assert_eq!(h.redundancy(Ssrc(7), 10, 9600).1, 0);
+        assert_eq!(h.redundancy(Ssrc(7), 10, 9600, &[]).1, 0);
         h.push(Ssrc(7), 10, 9600, &frame(1));
         h.push(Ssrc(7), 11, 10560, &frame(2));
-        let (frames, n) = h.redundancy(Ssrc(7), 12, 11520);
+        let (frames, n) = h.redundancy(Ssrc(7), 12, 11520, &[]);
         assert_eq!(n, 2);
         assert_eq!(
             (frames[0].ts_offset, frames[0].payload),
@@ -250,10 +264,10 @@ mod tests {
             (960, &frame(2)[..])
         );
         // Another source's packet gets nothing of this one's, and starts a history of its own.
-        assert_eq!(h.redundancy(Ssrc(8), 12, 11520).1, 0);
+        assert_eq!(h.redundancy(Ssrc(8), 12, 11520, &[]).1, 0);
         h.push(Ssrc(8), 500, 0, &frame(9));
-        assert_eq!(h.redundancy(Ssrc(7), 12, 11520).1, 0);
-        assert_eq!(h.redundancy(Ssrc(8), 501, 960).1, 1);
+        assert_eq!(h.redundancy(Ssrc(7), 12, 11520, &[]).1, 0);
+        assert_eq!(h.redundancy(Ssrc(8), 501, 960, &[]).1, 1);
     }
 
     #[test]
@@ -262,18 +276,66 @@ mod tests {
         h.push(Ssrc(7), 10, 9600, &frame(1));
         h.push(Ssrc(7), 11, 10560, &frame(2));
         // A lost packet in between: the chain is broken at once.
-        assert_eq!(h.redundancy(Ssrc(7), 13, 12480).1, 0);
+        assert_eq!(h.redundancy(Ssrc(7), 13, 12480, &[]).1, 0);
         // A DTX gap (the next packet in sequence, 100 ms later): nothing from before it.
-        assert_eq!(h.redundancy(Ssrc(7), 12, 10560 + 960 + 4800).1, 0);
+        assert_eq!(h.redundancy(Ssrc(7), 12, 10560 + 960 + 4800, &[]).1, 0);
         // A DTX frame is never redundancy, nor anything before it.
         h.push(Ssrc(7), 12, 11520, &Arc::from(vec![0x78]));
-        assert_eq!(h.redundancy(Ssrc(7), 13, 12480).1, 0);
+        assert_eq!(h.redundancy(Ssrc(7), 13, 12480, &[]).1, 0);
         h.push(Ssrc(7), 13, 12480, &frame(4));
-        let (frames, n) = h.redundancy(Ssrc(7), 14, 13440);
+        let (frames, n) = h.redundancy(Ssrc(7), 14, 13440, &[]);
         assert_eq!((n, frames[0].payload), (1, &frame(4)[..]));
         // Not Opus: no duration, no redundancy.
         h.push(Ssrc(7), 14, 13440, &Arc::from(vec![0xff, 0xff, 0xff]));
-        assert_eq!(h.redundancy(Ssrc(7), 15, 14400).1, 0);
+        assert_eq!(h.redundancy(Ssrc(7), 15, 14400, &[]).1, 0);
+    }
+
+    #[test]
+    fn history_reaches_back_from_what_a_red_packet_carries() {
+        let mut h = History::default();
+        h.push(Ssrc(7), 10, 9600, &frame(1));
+        h.push(Ssrc(7), 11, 10560, &frame(2));
+        h.push(Ssrc(7), 12, 11520, &frame(3));
+        // Packet 13 carries frame 12 itself: the history adds 11 and 10 before it, not 12 again.
+        let carries = [RedundantFrame {
+            ts_offset: 960,
+            payload: &frame(3)[..],
+        }];
+        let (frames, n) = h.redundancy(Ssrc(7), 13, 12480, &carries);
+        assert_eq!(n, 1, "two frames kept: 12 (carried) and 11");
+        assert_eq!(
+            (frames[0].ts_offset, frames[0].payload),
+            (1920, &frame(2)[..])
+        );
+        // Packet 12 lost on the way in: packet 13's own redundancy bridges it, and the history's 11 and
+        // 10 run into that.
+        let mut h = History::default();
+        h.push(Ssrc(7), 10, 9600, &frame(1));
+        h.push(Ssrc(7), 11, 10560, &frame(2));
+        let (frames, n) = h.redundancy(Ssrc(7), 13, 12480, &carries);
+        assert_eq!(n, 2);
+        assert_eq!((frames[0].ts_offset, frames[1].ts_offset), (2880, 1920));
+        // What the packet carries starts after a gap: nothing from before it.
+        let after_gap = [RedundantFrame {
+            ts_offset: 960,
+            payload: &frame(3)[..],
+        }];
+        assert_eq!(h.redundancy(Ssrc(7), 13, 12480 + 4800, &after_gap).1, 0);
+        // Two carried frames, 11 and 12 lost on the way in: 10 runs into the older one.
+        let two = [
+            RedundantFrame {
+                ts_offset: 1920,
+                payload: &frame(2)[..],
+            },
+            RedundantFrame {
+                ts_offset: 960,
+                payload: &frame(3)[..],
+            },
+        ];
+        let mut h = History::default();
+        h.push(Ssrc(7), 10, 9600, &frame(1));
+        let (frames, n) = h.redundancy(Ssrc(7), 13, 12480, &two);
+        assert_eq!((n, frames[0].ts_offset), (1, 2880));
     }
 
     #[test]
@@ -284,12 +346,12 @@ mod tests {
         // A reordered or duplicated packet is not kept, and gets no frame from its future.
         h.push(Ssrc(7), 10, 9600, &frame(3));
         h.push(Ssrc(7), 9, 8640, &frame(4));
-        let (frames, n) = h.redundancy(Ssrc(7), 12, 11520);
+        let (frames, n) = h.redundancy(Ssrc(7), 12, 11520, &[]);
         assert_eq!((n, frames[1].payload), (2, &frame(2)[..]));
-        assert_eq!(h.redundancy(Ssrc(7), 10, 9600).1, 0);
+        assert_eq!(h.redundancy(Ssrc(7), 10, 9600, &[]).1, 0);
         let mut h = History::default();
         h.push(Ssrc(7), 10, u32::MAX - 100, &frame(1));
-        let (frames, n) = h.redundancy(Ssrc(7), 11, 859);
+        let (frames, n) = h.redundancy(Ssrc(7), 11, 859, &[]);
         assert_eq!((n, frames[0].ts_offset), (1, 960));
     }
 

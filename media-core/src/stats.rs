@@ -100,8 +100,9 @@ pub struct CoreStats {
     pub rtp_levels_measured: u64,
     /// Packets written into slots as RED, included in `rtp_forwarded`.
     pub rtp_red_forwarded: u64,
-    /// Of `rtp_red_forwarded`: plain Opus the speaker sent, sent as RED with the server's copies of its
-    /// previous frames as redundancy (`red::History`; none after a pause).
+    /// Of `rtp_red_forwarded`: packets with redundancy from the server's copies of the speaker's previous
+    /// frames (`red::History`): every plain Opus packet sent as RED (none added after a pause), and RED
+    /// packets that carried fewer frames than the subscriber's depth and were given older ones.
     pub rtp_red_added: u64,
     /// Microphone packets nobody was routed to (e.g. alone in the room).
     pub rtp_unrouted: u64,

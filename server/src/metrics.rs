@@ -243,7 +243,7 @@ impl MediaMetrics {
             rtp_red_added: counter(
                 registry,
                 "chorus_rtp_red_packets_added_total",
-                "RTP packets forwarded as RED whose speaker sent plain Opus: the server added its copies of the speaker's previous frames (none after a pause).",
+                "RTP packets forwarded as RED with redundancy the server added from its copies of the speaker's previous frames: a plain Opus speaker's (none after a pause), or a RED speaker's that carried less than the subscriber's depth.",
             )?,
             rtp_unrouted: counter(
                 registry,

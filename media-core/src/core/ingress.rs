@@ -300,9 +300,9 @@ impl MediaCore {
                 return;
             }
         }
-        // Forwarding: the frames before this one, for subscribers that get RED where the speaker sent
-        // plain Opus (a mixed room keeps none: its mixer sends its own).
-        let history = red.is_none().then(|| p.red_history.clone());
+        // Forwarding: the frames before this one, as the server received them, for RED subscribers that
+        // need more redundancy than the speaker sent (a mixed room keeps none: its mixer sends its own).
+        let history = p.red_history.clone();
         p.red_history.push(source, seq, ts, &payload);
         // The first packet after the gate opened (key down, unmute) holds no slot yet: select now, so a
         // free slot takes it at once and the onset is heard, not dropped until the next selection tick.
@@ -324,17 +324,37 @@ impl MediaCore {
             self.stats.rtp_unrouted += 1;
             return;
         }
-        // Plain Opus for subscribers without RED (a RED packet's primary); RED subscribers get the RED
-        // packet re-encoded with their payload types, one encoding per distinct (Opus PT, kept blocks).
-        // A plain Opus packet goes to them as RED with the speaker's previous frames as the server got
-        // them: one back, two for a subscriber that states loss (as the mixer sends its mix), none
-        // after a pause.
+        // Plain Opus for subscribers without RED (a RED packet's primary); RED subscribers get RED with
+        // their payload types, one encoding per distinct (Opus PT, kept blocks). Their redundancy
+        // reaches one frame back, two for a subscriber that states loss (as the mixer sends its mix):
+        // what the speaker's RED carries, and where that is less (plain Opus, Chrome's one frame) the
+        // speaker's previous frames as the server got them, as far as they run into the packet without
+        // a gap (none after a pause).
         let mut red_variants: Vec<(u8, u32, Arc<[u8]>)> = Vec::new();
-        let (kept_frames, kept_count) = history
-            .as_ref()
-            .map(|h| h.redundancy(source, seq, ts))
-            .unwrap_or_default();
-        let kept_frames = &kept_frames[..kept_count];
+        let carried: &[red::RedundantFrame<'_>] = red.as_ref().map_or(&[], |r| &r.redundant);
+        // (No subscriber's depth exceeds the history's: a packet carrying that many needs none of it.)
+        let (older, older_count) = if carried.len() < red::HISTORY_FRAMES {
+            history.redundancy(source, seq, ts, carried)
+        } else {
+            Default::default()
+        };
+        let extended: Vec<red::RedundantFrame<'_>>;
+        // Oldest first: the server's copies, then what the packet carries.
+        let redundancy: &[red::RedundantFrame<'_>] = match (older_count, carried.is_empty()) {
+            (0, _) => carried,
+            (_, true) => &older[..older_count],
+            (_, false) => {
+                extended = older[..older_count]
+                    .iter()
+                    .chain(carried)
+                    .copied()
+                    .collect();
+                &extended
+            }
+        };
+        // The server's copies are the oldest `older_count` of `redundancy`.
+        let added_mask = (1u32 << older_count) - 1;
+        let primary: &[u8] = red.as_ref().map_or(&payload, |r| r.primary);
         for (i, &(sub, SlotIndex(slot))) in routes.iter().enumerate() {
             if i % FAN_OUT_GROUP == 0 {
                 let group = routes[i..].iter().take(FAN_OUT_GROUP);
@@ -364,29 +384,23 @@ impl MediaCore {
             };
             self.stats.slot_switches += rewriter.switches() - restarts.0;
             self.stats.slot_retimes += rewriter.retimes() - restarts.1;
-            let red_payload = match (&red, peer.slots().get(slot)) {
-                (Some(r), Some(stream)) if stream.red_pt.is_some() => Some(red_variant(
-                    &mut red_variants,
-                    r.primary,
-                    &r.redundant,
-                    usize::MAX,
-                    ts,
-                    *stream.pt,
-                    rewriter,
-                )),
-                // Also with no frame to add (the first after a pause): a RED subscriber is sent RED
-                // throughout, as a RED speaker's packets and the mixer's reach it.
-                (None, Some(stream)) if stream.red_pt.is_some() => {
-                    self.stats.rtp_red_added += 1;
-                    Some(red_variant(
+            // Also with no frame to add (the first after a pause): a RED subscriber is sent RED
+            // throughout, as the mixer's packets reach it.
+            let red_payload = match peer.slots().get(slot) {
+                Some(stream) if stream.red_pt.is_some() => {
+                    let (body, kept) = red_variant(
                         &mut red_variants,
-                        &payload,
-                        kept_frames,
-                        frames_back,
+                        primary,
+                        redundancy,
+                        frames_back.max(carried.len()),
                         ts,
                         *stream.pt,
                         rewriter,
-                    ))
+                    );
+                    if red.is_none() || kept & added_mask != 0 {
+                        self.stats.rtp_red_added += 1;
+                    }
+                    Some(body)
                 }
                 _ => None,
             };
@@ -448,8 +462,8 @@ pub(super) struct Audio<'a> {
 
 /// The RED payload for one subscriber's slot: of the `redundant` frames (oldest first) the `newest` ones
 /// that the slot's current source covers (none from before a speaker switch), labelled with the
-/// subscriber's Opus payload type. Encoded once per distinct (payload type, kept frames) and shared
-/// through `variants`.
+/// subscriber's Opus payload type, and which frames it kept (bit i: `redundant[i]`). Encoded once per
+/// distinct (payload type, kept frames) and shared through `variants`.
 fn red_variant(
     variants: &mut Vec<(u8, u32, Arc<[u8]>)>,
     primary: &[u8],
@@ -458,7 +472,7 @@ fn red_variant(
     ts: u32,
     opus_pt: u8,
     rewriter: &SlotRewriter,
-) -> Arc<[u8]> {
+) -> (Arc<[u8]>, u32) {
     let older = redundant.len().saturating_sub(newest);
     let mut kept = 0u32;
     for (i, f) in redundant.iter().enumerate().take(32) {
@@ -470,7 +484,7 @@ fn red_variant(
         .iter()
         .find(|(pt, k, _)| *pt == opus_pt && *k == kept)
     {
-        return p.clone();
+        return (p.clone(), kept);
     }
     let mut out = Vec::with_capacity(primary.len() + 8 + redundant.len() * 64);
     red::encode(
@@ -482,5 +496,5 @@ fn red_variant(
     );
     let payload: Arc<[u8]> = Arc::from(out);
     variants.push((opus_pt, kept, payload.clone()));
-    payload
+    (payload, kept)
 }

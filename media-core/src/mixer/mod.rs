@@ -89,8 +89,8 @@ pub const SHARED_SWITCH_MAX_TICKS: u32 = 50;
 pub const RED_TWO_BACK_LOSS_PERCENT: u8 = 3;
 
 /// How many frames back a RED receiver's redundancy reaches while it states `loss_percent` (see
-/// [`RED_TWO_BACK_LOSS_PERCENT`]): the mixer's listeners and, in a forwarding room, the subscribers of a
-/// speaker that sends plain Opus.
+/// [`RED_TWO_BACK_LOSS_PERCENT`]): the mixer's listeners and, in a forwarding room, RED subscribers of a
+/// speaker that sends less (plain Opus, Chrome's one frame back), up to [`crate::red::HISTORY_FRAMES`].
 pub fn red_frames_back(loss_percent: u8) -> usize {
     if loss_percent >= RED_TWO_BACK_LOSS_PERCENT {
         2

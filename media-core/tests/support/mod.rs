@@ -806,6 +806,8 @@ pub struct SpeechCall {
     pub listener_jitter_target_ms: f64,
     pub frames_sent: u64,
     pub frames_dtx: u64,
+    /// The listener's receive jitter buffer: what it recovered (RED, FEC) and concealed.
+    pub listener_jitter: media_core::mixer::jitter::JitterStats,
 }
 
 /// One speaker plays the espeak-ng passage to one listener in a room of `room_config`; the listener's
@@ -871,6 +873,7 @@ pub fn speech_call_per_leg(
         listener_jitter_target_ms: played.jitter.target_delay().as_secs_f64() * 1000.0,
         frames_sent: src.frames_sent,
         frames_dtx: src.frames_dtx,
+        listener_jitter: played.jitter.stats(),
     }
 }
 

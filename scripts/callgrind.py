@@ -7,7 +7,8 @@ one row of a media-core benchmark (`CHORUS_BENCH_ONLY`) twice, for S and 2·S se
 and divides the difference in instructions spent inside the media core (inclusive cost of its entry
 points, so set-up and the simulated clients are excluded) by the difference in work done:
 
-    forward  Ir in MediaCore::handle_datagram_via + handle_timeout, per forwarded RTP packet
+    forward  Ir in MediaCore::handle_datagram_via + handle_timeout, per forwarded RTP packet (the -red cases:
+             every client offers RED and the talkers send Chrome's one frame back, CHORUS_BENCH_RED=1)
     mixer    Ir in the benchmark's mixer loop (Mixer::push and Mixer::tick; the 2·S − S difference leaves out
              its set-up), per participant per 20 ms tick
     mixcore  Ir in the whole core of a mixed room (SRTP to every listener), per participant per tick
@@ -28,10 +29,12 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name: (bench, CHORUS_BENCH_ONLY prefix, participants, entry-point patterns, unit)
+# name: (bench, CHORUS_BENCH_ONLY prefix, participants, entry-point patterns, unit[, extra environment])
 CASES = {
     "forward-50x3": ("forward", "50,3", 53, ["MediaCore>::handle_datagram_via", "MediaCore>::handle_timeout"], "forwarded packet"),
     "forward-200x3": ("forward", "200,3", 203, ["MediaCore>::handle_datagram_via", "MediaCore>::handle_timeout"], "forwarded packet"),
+    "forward-50x3-red": ("forward", "50,3", 53, ["MediaCore>::handle_datagram_via", "MediaCore>::handle_timeout"], "forwarded packet", {"CHORUS_BENCH_RED": "1"}),
+    "forward-200x3-red": ("forward", "200,3", 203, ["MediaCore>::handle_datagram_via", "MediaCore>::handle_timeout"], "forwarded packet", {"CHORUS_BENCH_RED": "1"}),
     "mixer-1000x3": ("mix", "mixer,1000,3", 1003, ["mix::mixer_only"], "participant-tick"),
     "mixer-100x15": ("mix", "mixer,100,15", 115, ["mix::mixer_only"], "participant-tick"),
     "mixcore-200x3": ("mix", "core,200,3", 203, ["MediaCore>::handle_datagram_via", "MediaCore>::handle_timeout"], "participant-tick"),
@@ -63,9 +66,9 @@ def inclusive(callgrind_out, patterns):
     return total
 
 
-def run(exe, only, patterns, tmp, complexity, shared_complexity):
+def run(exe, only, patterns, tmp, complexity, shared_complexity, extra_env):
     out = os.path.join(tmp, "cg.out")
-    env = {**os.environ, "CHORUS_BENCH_ONLY": only}
+    env = {**os.environ, **extra_env, "CHORUS_BENCH_ONLY": only}
     if complexity is not None:
         env["CHORUS_BENCH_COMPLEXITY"] = str(complexity)
     if shared_complexity is not None:
@@ -89,9 +92,10 @@ def main():
     print(f"{'case':<16} {'Ir/unit':>12}  unit   (difference of {s2} s and {s1} s runs, inside the media core)")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases:
-            bench, prefix, participants, patterns, unit = CASES[name]
-            ir1, row1 = run(exes[bench], f"{prefix},{s1}", patterns, tmp, args.complexity, args.shared_complexity)
-            ir2, row2 = run(exes[bench], f"{prefix},{s2}", patterns, tmp, args.complexity, args.shared_complexity)
+            bench, prefix, participants, patterns, unit, *extra = CASES[name]
+            extra_env = extra[0] if extra else {}
+            ir1, row1 = run(exes[bench], f"{prefix},{s1}", patterns, tmp, args.complexity, args.shared_complexity, extra_env)
+            ir2, row2 = run(exes[bench], f"{prefix},{s2}", patterns, tmp, args.complexity, args.shared_complexity, extra_env)
             if bench == "forward":
                 work = int(row2[3]) - int(row1[3])  # the "forwarded" column
             else:

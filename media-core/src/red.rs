@@ -144,6 +144,21 @@ pub struct History {
     frames: [Option<KeptFrame>; HISTORY_FRAMES],
 }
 
+/// Whether `frames` (oldest first, as carried by a packet with timestamp `ts`) run without a gap into the
+/// packet: each a valid Opus packet that is not a DTX frame, ending where the next begins.
+fn runs_into(frames: &[RedundantFrame<'_>], ts: u32) -> bool {
+    let mut ends = ts;
+    frames.iter().rev().all(|f| {
+        let starts = frame_ts(ts, f);
+        let samples = crate::mixer::opus_packet_info(f.payload).map_or(0, |(n, _)| n);
+        let ok = samples > 0
+            && f.payload.len() > DTX_FRAME_MAX_BYTES
+            && starts.wrapping_add(samples) == ends;
+        ends = starts;
+        ok
+    })
+}
+
 /// The largest Opus packet taken for a DTX frame (libopus writes a TOC byte alone, some encoders two).
 pub const DTX_FRAME_MAX_BYTES: usize = 2;
 
@@ -164,8 +179,9 @@ impl History {
     /// oldest first, besides the frames the packet itself `carries` (a RED speaker's redundancy, oldest
     /// first, one frame per packet before it; empty for plain Opus): those of the same source, older
     /// than the oldest carried one, that run without a gap into it (each frame ends where the next
-    /// begins, their packets in sequence), none of them a DTX frame. Returns the frames and how many of
-    /// them are set.
+    /// begins, their packets in sequence), none of them a DTX frame. Only where the carried frames run
+    /// into the packet the same way: a RED speaker's redundancy from across a pause (libwebrtc's reaches
+    /// back over one) gets nothing older added. Returns the frames and how many of them are set.
     pub fn redundancy(
         &self,
         source: Ssrc,
@@ -174,7 +190,7 @@ impl History {
         carries: &[RedundantFrame<'_>],
     ) -> ([RedundantFrame<'_>; HISTORY_FRAMES], usize) {
         let mut out = [RedundantFrame::default(); HISTORY_FRAMES];
-        if self.source != Some(source) {
+        if self.source != Some(source) || !runs_into(carries, ts) {
             return (out, 0);
         }
         // Where the packet's audio, with what it carries, starts; and the sequence number of the frame
@@ -315,6 +331,12 @@ mod tests {
         let (frames, n) = h.redundancy(Ssrc(7), 13, 12480, &carries);
         assert_eq!(n, 2);
         assert_eq!((frames[0].ts_offset, frames[1].ts_offset), (2880, 1920));
+        // What the packet carries is from before a pause (the packet 100 ms after it): nothing older.
+        let across_pause = [RedundantFrame {
+            ts_offset: 960 + 4800,
+            payload: &frame(3)[..],
+        }];
+        assert_eq!(h.redundancy(Ssrc(7), 13, 12480 + 4800, &across_pause).1, 0);
         // What the packet carries starts after a gap: nothing from before it.
         let after_gap = [RedundantFrame {
             ts_offset: 960,

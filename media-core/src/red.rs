@@ -151,9 +151,7 @@ fn runs_into(frames: &[RedundantFrame<'_>], ts: u32) -> bool {
     frames.iter().rev().all(|f| {
         let starts = frame_ts(ts, f);
         let samples = crate::mixer::opus_packet_info(f.payload).map_or(0, |(n, _)| n);
-        let ok = samples > 0
-            && f.payload.len() > DTX_FRAME_MAX_BYTES
-            && starts.wrapping_add(samples) == ends;
+        let ok = is_speech_frame(samples, f.payload.len()) && starts.wrapping_add(samples) == ends;
         ends = starts;
         ok
     })
@@ -161,6 +159,12 @@ fn runs_into(frames: &[RedundantFrame<'_>], ts: u32) -> bool {
 
 /// The largest Opus packet taken for a DTX frame (libopus writes a TOC byte alone, some encoders two).
 pub const DTX_FRAME_MAX_BYTES: usize = 2;
+
+/// Whether an Opus packet of `samples` (0: not valid Opus) and `len` bytes may be redundancy: valid, and
+/// not a DTX frame.
+fn is_speech_frame(samples: u32, len: usize) -> bool {
+    samples > 0 && len > DTX_FRAME_MAX_BYTES
+}
 
 /// A frame in a [`History`].
 #[derive(Clone, Debug)]
@@ -212,9 +216,8 @@ impl History {
             // most 240 ms before what the packet carries: within a block header's offset as long as
             // that is (`encode` leaves out a frame that does not fit).
             let contiguous = f.seq == expect_seq
-                && f.samples > 0
-                && f.ts.wrapping_add(f.samples) == starts
-                && f.payload.len() > DTX_FRAME_MAX_BYTES;
+                && is_speech_frame(f.samples, f.payload.len())
+                && f.ts.wrapping_add(f.samples) == starts;
             if !contiguous {
                 break;
             }

@@ -301,8 +301,11 @@ impl MediaCore {
             }
         }
         // Forwarding: the frames before this one, as the server received them, for RED subscribers that
-        // need more redundancy than the speaker sent (a mixed room keeps none: its mixer sends its own).
-        let history = p.red_history.clone();
+        // need more redundancy than the speaker carried. No subscriber's depth exceeds the history's, so
+        // a packet that carries that many needs none of it. (A mixed room keeps none: its mixer sends
+        // its own.)
+        let carried: &[red::RedundantFrame<'_>] = red.as_ref().map_or(&[], |r| &r.redundant);
+        let history = (carried.len() < red::HISTORY_FRAMES).then(|| p.red_history.clone());
         p.red_history.push(source, seq, ts, &payload);
         // The first packet after the gate opened (key down, unmute) holds no slot yet: select now, so a
         // free slot takes it at once and the onset is heard, not dropped until the next selection tick.
@@ -331,26 +334,20 @@ impl MediaCore {
         // speaker's previous frames as the server got them, as far as they run into the packet without
         // a gap (none after a pause).
         let mut red_variants: Vec<(u8, u32, Arc<[u8]>)> = Vec::new();
-        let carried: &[red::RedundantFrame<'_>] = red.as_ref().map_or(&[], |r| &r.redundant);
-        // (No subscriber's depth exceeds the history's: a packet carrying that many needs none of it.)
-        let (older, older_count) = if carried.len() < red::HISTORY_FRAMES {
-            history.redundancy(source, seq, ts, carried)
+        let (older, older_count) = history
+            .as_ref()
+            .map(|h| h.redundancy(source, seq, ts, carried))
+            .unwrap_or_default();
+        // Oldest first: the server's copies, then what the packet carries (fewer than the history's
+        // frames whenever there are copies), on the stack.
+        let mut joined = [red::RedundantFrame::default(); 2 * red::HISTORY_FRAMES];
+        let redundancy: &[red::RedundantFrame<'_>] = if older_count == 0 {
+            carried
         } else {
-            Default::default()
-        };
-        let extended: Vec<red::RedundantFrame<'_>>;
-        // Oldest first: the server's copies, then what the packet carries.
-        let redundancy: &[red::RedundantFrame<'_>] = match (older_count, carried.is_empty()) {
-            (0, _) => carried,
-            (_, true) => &older[..older_count],
-            (_, false) => {
-                extended = older[..older_count]
-                    .iter()
-                    .chain(carried)
-                    .copied()
-                    .collect();
-                &extended
-            }
+            let n = older_count + carried.len();
+            joined[..older_count].copy_from_slice(&older[..older_count]);
+            joined[older_count..n].copy_from_slice(carried);
+            &joined[..n]
         };
         // The server's copies are the oldest `older_count` of `redundancy`.
         let added_mask = (1u32 << older_count) - 1;

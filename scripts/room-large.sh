@@ -6,7 +6,8 @@
 # counters stop moving (a starved worker) shows.
 #
 #   scripts/room-large.sh                 # 2,000 participants, 1 talker, 2 workers
-#   TALKERS=3 scripts/room-large.sh       # more than this 2-core VM can carry: shedding, socket turns
+#   TALKERS=3 scripts/room-large.sh       # 300,000 datagrams a second out: carried by a 2-core VM whose floor
+#                                         # is ~1.4 µs, shed on slower ones (docs/loadtest.md)
 #
 # Results in $OUT (default target/room/<UTC time>/): loadtest.txt (the tool's report), report.json,
 # scrape.txt (every 2 s: trunk packets received and sent, participants per worker, socket yields per

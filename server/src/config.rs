@@ -227,6 +227,11 @@ pub struct MediaConfig {
     /// raise of a publisher's own small uplink loss to 2 % (any room). 0..=20; 0 turns both off (the
     /// reports state the fraction each of their intervals lost on the uplink, as str0m counts it).
     pub loss_feedback_max_percent: u8,
+    /// The least time between two `speakers` events of a room whose set of speakers did not change (only
+    /// their levels or order): a new or silent speaker is reported at once whatever this is. Every event
+    /// is a WebSocket message to each listener of the room, so a large room's level updates cost the
+    /// signaling threads in proportion (docs/loadtest.md, "What the speaker reports cost"). 100..=10000.
+    pub speakers_interval_ms: u32,
 }
 
 impl Default for MediaConfig {
@@ -248,6 +253,7 @@ impl Default for MediaConfig {
             stale_rtp_ms: media_core::STALE_RTP_AFTER.as_millis() as u64,
             worker_slice_us: 100,
             loss_feedback_max_percent: media_core::LOSS_FEEDBACK_MAX_PERCENT,
+            speakers_interval_ms: media_core::slots::SPEAKERS_INTERVAL.as_millis() as u32,
         }
     }
 }
@@ -757,6 +763,9 @@ impl Config {
         }
         if self.media.loss_feedback_max_percent > 20 {
             return invalid("media.loss_feedback_max_percent must be 0..=20");
+        }
+        if !(100..=10_000).contains(&self.media.speakers_interval_ms) {
+            return invalid("media.speakers_interval_ms must be 100..=10000");
         }
         if self.media.worker_slice_us != 0 && !(100..=100_000).contains(&self.media.worker_slice_us)
         {

@@ -139,6 +139,7 @@ impl Server {
                 connect_timeout: Duration::from_millis(config.media.connect_timeout_ms),
                 stale_rtp_after: Duration::from_millis(config.media.stale_rtp_ms),
                 loss_feedback_max_percent: config.media.loss_feedback_max_percent,
+                speakers_interval: Duration::from_millis(config.media.speakers_interval_ms.into()),
                 slice: (config.media.worker_slice_us > 0)
                     .then(|| Duration::from_micros(config.media.worker_slice_us.into())),
                 socket_buffer_bytes: config.media.socket_buffer_bytes,

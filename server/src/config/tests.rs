@@ -234,6 +234,9 @@ fn invalid_settings_are_refused_with_reasons() {
             "loss_feedback_max_percent",
         );
     }
+    for v in [0, 99, 10_001] {
+        refused(&|m| m.speakers_interval_ms = v, "speakers_interval_ms");
+    }
     for loss_feedback_max_percent in [0, 10, 20] {
         let mut c = Config::default();
         c.media.loss_feedback_max_percent = loss_feedback_max_percent;

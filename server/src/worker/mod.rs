@@ -51,6 +51,8 @@ pub struct WorkerSpec {
     pub stale_rtp_after: Duration,
     /// `CoreConfig::loss_feedback_max_percent` (`media.loss_feedback_max_percent`).
     pub loss_feedback_max_percent: u8,
+    /// `SelectorConfig::speakers_interval` (`media.speakers_interval_ms`).
+    pub speakers_interval: Duration,
     /// The scheduler slice the worker's thread asks for (`media.worker_slice_us`); `None`: the kernel's.
     pub slice: Option<Duration>,
     pub socket_buffer_bytes: usize,
@@ -331,6 +333,7 @@ impl Worker {
         config.connect_timeout = spec.connect_timeout;
         config.stale_rtp_after = spec.stale_rtp_after;
         config.loss_feedback_max_percent = spec.loss_feedback_max_percent;
+        config.selector.speakers_interval = spec.speakers_interval;
         let candidates: Vec<String> = config
             .candidates
             .iter()

@@ -46,6 +46,11 @@ use crate::speakers::levels::{LevelConfig, LevelTracker};
 /// The most slots a subscriber can have.
 pub use vocab::MAX_SLOTS;
 
+/// The default [`SelectorConfig::speakers_interval`]: a `speakers` report whose set of speakers is
+/// unchanged (only levels or order moved) waits at least this long after the last one. Each report is a
+/// WebSocket message to every listener of the room (the server's `media.speakers_interval_ms`).
+pub const SPEAKERS_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Tuning of a [`SlotSelector`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SelectorConfig {
@@ -72,7 +77,7 @@ impl Default for SelectorConfig {
             min_hold: Duration::from_millis(600),
             update_interval: Duration::from_millis(20),
             speaking_bonus_db: 6.0,
-            speakers_interval: Duration::from_millis(200),
+            speakers_interval: SPEAKERS_INTERVAL,
             speakers_min_level_change: 0.05,
             levels: LevelConfig::default(),
         }

@@ -23,7 +23,11 @@ struct Room {
 
 impl Room {
     fn new(k: usize, ids: &[u64]) -> Self {
-        let mut sel = SlotSelector::new(k, SelectorConfig::default());
+        Self::with_config(k, ids, SelectorConfig::default())
+    }
+
+    fn with_config(k: usize, ids: &[u64], config: SelectorConfig) -> Self {
+        let mut sel = SlotSelector::new(k, config);
         for &id in ids {
             sel.add_participant(p(id), true, true);
         }
@@ -578,25 +582,55 @@ fn speaking_onset_is_reported_within_300ms() {
 
 #[test]
 fn level_only_speaker_updates_are_rate_limited() {
-    let mut room = Room::new(3, &[1, 2]);
-    let mut reports = Vec::new();
-    // A speaker whose level swings widely every packet.
-    for i in 0..100u32 {
-        let now = room.t;
-        let level = if i % 2 == 0 { 10 } else { 45 };
-        room.tick(&[(1, level), (2, 90)]);
-        if room.sel.speakers_changed(now).is_some() {
-            reports.push(now);
+    let mut counts = Vec::new();
+    for interval_ms in [200, 1_000] {
+        let interval = Duration::from_millis(interval_ms);
+        let config = SelectorConfig {
+            speakers_interval: interval,
+            ..SelectorConfig::default()
+        };
+        let mut room = Room::with_config(3, &[1, 2, 3], config);
+        let mut reports = Vec::new();
+        // A speaker whose level sweeps 10..=34 dB below full scale and back every 0.96 s: it speaks
+        // throughout, and its display level keeps moving.
+        let sweep = |i: u32| 10 + (i % 48).abs_diff(24) as u8;
+        for i in 0..200u32 {
+            let now = room.t;
+            room.tick(&[(1, sweep(i)), (2, 90), (3, 90)]);
+            if room.sel.speakers_changed(now).is_some() {
+                reports.push(now);
+            }
         }
-    }
-    assert!(reports.len() >= 2);
-    for w in reports.windows(2) {
+        // No more often than the interval, and still some level updates.
         assert!(
-            w[1] - w[0] >= Duration::from_millis(200),
-            "{:?}",
-            w[1] - w[0]
+            reports.len() >= 4,
+            "{interval_ms} ms: {} reports in 4 s",
+            reports.len()
+        );
+        counts.push(reports.len());
+        for w in reports.windows(2) {
+            assert!(w[1] - w[0] >= interval, "{:?}", w[1] - w[0]);
+        }
+        // A second speaker is reported as soon as it is detected, whatever the interval.
+        let start = room.t;
+        let mut joined = None;
+        for i in 200..215u32 {
+            let now = room.t;
+            room.tick(&[(1, sweep(i)), (2, 20), (3, 90)]);
+            if room.sel.speakers_changed(now).is_some_and(|s| s.len() == 2) {
+                joined = Some(now);
+                break;
+            }
+        }
+        let joined = joined.expect("the second speaker is reported");
+        assert!(
+            joined - start < Duration::from_millis(300),
+            "{interval_ms} ms: the new speaker was reported after {:?}",
+            joined - start
         );
     }
+    // The longer interval sends fewer reports for the same speech.
+    assert!(counts[1] < counts[0], "{counts:?}");
 }
 
 #[test]

@@ -86,6 +86,14 @@ pub fn table(r: &Report) -> String {
         "  {:<34} {:>9} {:>9} {:>9} {:>9}",
         "", "p50", "p95", "p99", "max"
     );
+    if j.answer_ms.count > 0 {
+        s.push_str(&summary_row(
+            "join: ws open → answer",
+            "ms",
+            &j.answer_ms,
+            1,
+        ));
+    }
     s.push_str(&summary_row(
         "join: ws open → media connected",
         "ms",

@@ -126,6 +126,8 @@ pub struct JoinRecord {
     pub index: usize,
     pub room: usize,
     pub talker: bool,
+    /// WebSocket open → the server's answer to the offer (the signaling part of a join), ms. Chorus only.
+    pub answer_ms: Option<f64>,
     /// WebSocket open → media connected (DTLS done), ms.
     pub connect_ms: Option<f64>,
     /// WebSocket open → first remote audio packet, ms.
@@ -230,6 +232,7 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
                         index: usize::MAX,
                         room: 0,
                         talker: false,
+                        answer_ms: None,
                         connect_ms: None,
                         first_audio_ms: None,
                         error: Some(format!("task: {e}")),

@@ -23,6 +23,7 @@ pub(super) async fn participant(
         index: spec.index,
         room: spec.room,
         talker: spec.talk.is_some(),
+        answer_ms: None,
         connect_ms: None,
         first_audio_ms: None,
         error: None,
@@ -145,6 +146,7 @@ pub async fn chorus_join(
     spec.slots = usize::from(joined.room.slots);
     let (offer, milestones) = engine.create(spec).await.map_err(|e| e.to_string())?;
     let answer = ws.offer(&offer, t).await.map_err(detailed)?;
+    rec.answer_ms = Some(ms(t0.elapsed()));
     engine
         .answer(spec.index, answer.sdp)
         .await

@@ -69,6 +69,8 @@ pub struct JoinSummary {
     /// One full error message per failure reason.
     pub failure_examples: BTreeMap<String, String>,
     pub first_audio_ms: Summary,
+    /// WebSocket open → the server's answer: how much of a join is signaling (Chorus only).
+    pub answer_ms: Summary,
     pub connect_ms: Summary,
     /// Wall time from the first join started to the last one done, s.
     pub ramp_s: f64,
@@ -139,6 +141,7 @@ pub fn join_summary(records: &[JoinRecord], ramp_s: f64) -> JoinSummary {
     }
     let mut first: Vec<f64> = records.iter().filter_map(|r| r.first_audio_ms).collect();
     let mut conn: Vec<f64> = records.iter().filter_map(|r| r.connect_ms).collect();
+    let mut answer: Vec<f64> = records.iter().filter_map(|r| r.answer_ms).collect();
     let failed = records.iter().filter(|r| r.error.is_some()).count();
     JoinSummary {
         attempted: records.len(),
@@ -147,6 +150,7 @@ pub fn join_summary(records: &[JoinRecord], ramp_s: f64) -> JoinSummary {
         failures,
         failure_examples,
         first_audio_ms: Summary::of(&mut first),
+        answer_ms: Summary::of(&mut answer),
         connect_ms: Summary::of(&mut conn),
         ramp_s,
     }

@@ -32,6 +32,7 @@ pub(super) async fn member(
         index,
         room: spec.room,
         talker: spec.talk.is_some(),
+        answer_ms: None,
         connect_ms: None,
         first_audio_ms: None,
         error: None,

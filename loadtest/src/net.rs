@@ -56,7 +56,7 @@ impl MultiSocket {
         // Larger buffers absorb bursts; FORCE needs CAP_NET_ADMIN, the plain option is capped by rmem_max.
         // One socket takes every participant's traffic: in a room of 2,000 with three talkers each talker's
         // packet comes back as 2,000 datagrams within a few milliseconds, and with 4 MB the queue overflowed
-        // on such bursts (20,000–140,000 datagrams a run, handshake packets among them; docs/loadtest.md).
+        // on such bursts (20,000–140,000 datagrams a run, counted as loss; docs/loadtest.md).
         chorus_udp::set_buffer_sizes(&socket, 32 << 20);
         let port = socket.local_addr()?.port();
         Ok(MultiSocket {

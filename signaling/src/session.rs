@@ -22,7 +22,7 @@ use crate::protocol::{
     parse_client, ClientMessage, Draining, ErrorCode, ErrorMessage, Left, LeftReason,
     ParticipantLeftReason, Ping, Pong, ServerMessage, CLOSE_POLICY_VIOLATION, MAX_FRAME_BYTES,
 };
-use crate::registry::PresenceEvent;
+use crate::registry::Presence;
 use crate::Signaling;
 
 mod control;
@@ -336,15 +336,15 @@ impl<T: Sink<WsFrame> + Unpin> Wire<T> {
     /// ([`PRESENCE_SPACING`]). The events written.
     async fn send_presence(
         &mut self,
-        first: PresenceEvent,
-        queued: &mut mpsc::Receiver<PresenceEvent>,
+        first: Presence,
+        queued: &mut mpsc::Receiver<Presence>,
     ) -> Result<usize, Exit> {
         let transport = &mut self.transport;
         let mut fed = 0;
         within(self.send_timeout, async {
             let mut next = Some(first);
             while let Some(event) = next.take() {
-                let frame = WsFrame::Text(to_text(&event.into_message())?);
+                let frame = WsFrame::Text(event.text().to_owned());
                 transport.feed(frame).await.map_err(|_| Exit::WriteFailed)?;
                 fed += 1;
                 // Taken off the queue only when it will be written.
@@ -390,7 +390,7 @@ struct Member {
     ptt_forced: bool,
     /// The push-to-talk key and its rate limit.
     ptt_keys: PttKeys,
-    presence: mpsc::Receiver<PresenceEvent>,
+    presence: mpsc::Receiver<Presence>,
     /// The next presence flush waits for this ([`PRESENCE_SPACING`]).
     presence_not_before: Option<Instant>,
     /// Becomes `Some` when an operator removes the participant.
@@ -427,7 +427,7 @@ enum Input<E> {
     Idle,
     /// The join deadline (not joined yet) or the offer deadline (joined, no offer yet) passed.
     Deadline,
-    Presence(PresenceEvent),
+    Presence(Presence),
     Media(Option<MediaEvent>),
     Answer(Result<String, ConnectError>),
     Removed(LeftReason),

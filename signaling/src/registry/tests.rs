@@ -37,11 +37,26 @@ fn registry(max_participants: usize) -> (RoomRegistry, Arc<Router>, SignalingMet
     )
 }
 
-fn request(
-    room: &str,
-    identity: &str,
-    capacity: usize,
-) -> (JoinRequest, mpsc::Receiver<PresenceEvent>) {
+/// A member's presence queue as the tests read it: the events, each checked against the text its session
+/// writes (serialized once for the whole room).
+struct Events(mpsc::Receiver<Presence>);
+
+impl Events {
+    fn try_recv(&mut self) -> Result<PresenceEvent, mpsc::error::TryRecvError> {
+        self.0.try_recv().map(|presence| {
+            let own = serde_json::to_string(&presence.event.clone().into_message())
+                .expect("presence messages serialize");
+            assert_eq!(
+                presence.text(),
+                own,
+                "the shared text is the event's message"
+            );
+            presence.event
+        })
+    }
+}
+
+fn request(room: &str, identity: &str, capacity: usize) -> (JoinRequest, Events) {
     let (events, rx) = mpsc::channel(capacity);
     let request = JoinRequest {
         room: room.into(),
@@ -55,7 +70,7 @@ fn request(
         events,
         shard: None,
     };
-    (request, rx)
+    (request, Events(rx))
 }
 
 fn open() -> AtomicBool {

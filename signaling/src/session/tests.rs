@@ -16,6 +16,7 @@ use crate::protocol::{
     Answer, Joined, MediaConnectionState, MediaState, ParticipantInfo, ParticipantJoined,
     ParticipantLeft, ParticipantMuted, RoomInfo, Slot, Slots, Speaker, Speakers,
 };
+use crate::registry::PresenceEvent;
 use crate::{AdminError, RoomSpec, SignalingConfig};
 
 const KEY: &str = "APItest";
@@ -2182,9 +2183,11 @@ async fn queued_presence_events_go_out_together_in_order_and_none_is_lost() {
         send_timeout: Duration::from_secs(5),
     };
     let sid = |i: usize| format!("PA_{i:012x}");
-    let left = |i: usize| PresenceEvent::Left {
-        sid: sid(i),
-        reason: ParticipantLeftReason::Left,
+    let left = |i: usize| {
+        Presence::new(PresenceEvent::Left {
+            sid: sid(i),
+            reason: ParticipantLeftReason::Left,
+        })
     };
     let (queue, mut queued) = mpsc::channel(PRESENCE_BATCH * 2);
     for i in 1..PRESENCE_BATCH + 5 {

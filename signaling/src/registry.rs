@@ -48,26 +48,21 @@ pub enum PresenceEvent {
     Updated(Arc<ParticipantInfo>),
 }
 
-/// A presence event as it reaches each member's session: the event and the text of its protocol message,
-/// serialized once for all the members it goes to. Serialized per member, a join into a room of 2,000 was
-/// 2,000 copies of the newcomer and 2,000 serializations of the same message (≈ 8 % of the signaling
-/// threads' time while such a room fills at 100 joins a second; docs/loadtest.md).
+/// A presence event as it reaches each member's session: the text of its protocol message, serialized
+/// once for all the members it goes to. Serialized per member, a join into a room of 2,000 was 2,000
+/// copies of the newcomer and 2,000 serializations of the same message (≈ 8 % of the signaling threads'
+/// time while such a room fills at 100 joins a second; docs/loadtest.md).
 #[derive(Clone, Debug)]
 pub struct Presence {
-    /// The event itself; the session writes [`Presence::text`].
-    pub event: PresenceEvent,
     text: Arc<str>,
 }
 
 impl Presence {
-    pub(crate) fn new(event: PresenceEvent) -> Presence {
+    pub(crate) fn new(event: &PresenceEvent) -> Presence {
         let text = serde_json::to_string(&event.clone().into_message()).expect(
             "presence messages are plain structs with string keys: serializing cannot fail",
         );
-        Presence {
-            event,
-            text: text.into(),
-        }
+        Presence { text: text.into() }
     }
 
     /// The protocol message's JSON text.
@@ -429,7 +424,7 @@ impl RoomRegistry {
         if members.is_empty() {
             return;
         }
-        let presence = Presence::new(event.clone());
+        let presence = Presence::new(event);
         for member in members {
             match member.events.try_send(presence.clone()) {
                 Ok(()) => {}

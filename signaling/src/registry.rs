@@ -268,7 +268,7 @@ pub(crate) struct Admission {
     pub room: RoomInfo,
     pub settings: RoomSettings,
     /// Everyone else in the room: this node's participants in join order, then those of other nodes.
-    pub others: Vec<ParticipantInfo>,
+    pub others: Vec<Arc<ParticipantInfo>>,
     /// Becomes `Some` when an operator removes the participant.
     pub removed: watch::Receiver<Option<LeftReason>>,
     /// Becomes `Some(room)` when a moderator or operator moves the participant to `room`.
@@ -280,7 +280,9 @@ struct Member {
     /// Whether the participant's session has sent its offer to a media worker (which then needs to hear
     /// of mute changes; before, the offer carries the state).
     media: bool,
-    info: ParticipantInfo,
+    /// Shared with the `joined` snapshots and presence events that list it: a join into a room of
+    /// thousands copies pointers, not every member's strings, under the registry's lock (issue 15).
+    info: Arc<ParticipantInfo>,
     events: mpsc::Sender<Presence>,
     remove: watch::Sender<Option<LeftReason>>,
     /// Tells the session to move to another room.
@@ -305,7 +307,7 @@ struct Room {
 /// A participant of the room on another node (`info.remote` is set).
 struct RemoteMember {
     node: String,
-    info: ParticipantInfo,
+    info: Arc<ParticipantInfo>,
 }
 
 impl Room {
@@ -488,8 +490,8 @@ fn snapshot(name: &str, room: &Room) -> RoomSnapshot {
         empty_timeout: room.empty_timeout,
         created_at_unix: room.created_at_unix,
         closing: room.closing,
-        participants: room.members.iter().map(|m| m.info.clone()).collect(),
-        remote_participants: room.remote.iter().map(|m| m.info.clone()).collect(),
+        participants: room.members.iter().map(|m| (*m.info).clone()).collect(),
+        remote_participants: room.remote.iter().map(|m| (*m.info).clone()).collect(),
     }
 }
 

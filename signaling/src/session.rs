@@ -28,12 +28,14 @@ use crate::Signaling;
 mod control;
 mod media;
 mod membership;
+mod notices;
 mod position;
 mod resume;
 mod talk;
 
 use control::{on_moderate, on_ptt, on_ptt_key, PttKeys};
 use media::{on_mute, on_offer, ConnectError, Media};
+use notices::{MemberWatches, Notice, Notices};
 use position::{on_position, Placement};
 pub(crate) use resume::ResumeTable;
 use resume::{hand_over, Claim, Missed, Resumable};
@@ -131,10 +133,13 @@ where
     E: fmt::Display,
 {
     let _open = OpenSession::new(Arc::clone(&ctx));
+    let drain = Some(ctx.drain_notices());
+    let closing = ctx.closing();
     let mut session = Session {
         opened: Instant::now(),
-        drain: Some(ctx.drain_notices()),
-        closing: ctx.closing(),
+        notices: Notices::new(drain.clone(), closing.clone(), None),
+        drain,
+        closing,
         wire: Wire {
             send_timeout: ctx.config().send_timeout(),
             transport,
@@ -410,6 +415,19 @@ struct Member {
     talk: TalkState,
 }
 
+impl Member {
+    /// Its receivers of removal, move and migration, for [`Notices`].
+    fn watches(&self) -> MemberWatches {
+        MemberWatches {
+            sid: self.sid.clone(),
+            room: self.membership.room.clone(),
+            removed: self.removed.clone(),
+            moved: self.moved.clone(),
+            migrations: self.migrations.clone(),
+        }
+    }
+}
+
 /// A participant's place in its room and on its media worker, released exactly once: by [`Membership::end`]
 /// on every normal exit, or on drop if the session future is dropped before that.
 pub(crate) struct Membership {
@@ -448,6 +466,8 @@ struct Session<T> {
     /// Until the client has been told the server drains.
     drain: Option<watch::Receiver<Option<std::time::Instant>>>,
     closing: watch::Receiver<bool>,
+    /// The drain notice, shutdown and the member's removal, move and migration, watched across wake-ups.
+    notices: Notices,
     joined: Option<Member>,
     /// Whether the client has sent an `offer` (which ends the offer deadline).
     offered: bool,
@@ -474,13 +494,26 @@ where
                 let offer_deadline = self.wire.ctx.config().offer_deadline();
                 deadline.as_mut().reset(Instant::now() + offer_deadline);
             }
+            let sid = self.joined.as_ref().map(|m| m.sid.as_str());
+            if !self.notices.watches(sid, self.drain.is_some()) {
+                self.notices = Notices::new(
+                    self.drain.clone(),
+                    self.closing.clone(),
+                    self.joined.as_ref().map(Member::watches),
+                );
+            }
             let input = tokio::select! {
                 frame = self.wire.transport.next() => Input::Frame(frame),
                 () = &mut idle => Input::Idle,
                 () = &mut deadline, if !self.offered => Input::Deadline,
                 input = next_member_input(&mut self.joined) => input,
-                deadline = drain_notice(&mut self.drain) => Input::Draining(deadline),
-                () = closing(&mut self.closing) => Input::Shutdown,
+                notice = &mut self.notices => match notice {
+                    Notice::Removed(reason) => Input::Removed(reason),
+                    Notice::Moved(room) => Input::Moved(room),
+                    Notice::Migrated(url) => Input::Migrated(url),
+                    Notice::Draining(deadline) => Input::Draining(deadline),
+                    Notice::Shutdown => Input::Shutdown,
+                },
             };
             let flow = match input {
                 Input::Frame(Some(Ok(frame))) => {
@@ -642,43 +675,18 @@ where
     }
 }
 
-/// The next presence event, media event or offer answer of a joined session; never resolves before `join`.
+/// The next presence event, media event, offer answer or resume claim of a joined session (its other
+/// inputs are [`Notices`]); never resolves before `join`.
 async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
     let Some(Member {
-        membership,
         presence,
         presence_not_before,
         media,
-        removed,
-        moved,
-        migrations,
         resume,
         ..
     }) = joined
     else {
         return pending().await;
-    };
-    let removed = async {
-        // Copied out of the watch's guard, which must not be held across an await.
-        let reason = match removed.wait_for(Option::is_some).await {
-            Ok(reason) => *reason,
-            // The registry let go of this participant.
-            Err(_) => None,
-        };
-        match reason {
-            Some(reason) => Input::Removed(reason),
-            None => pending().await,
-        }
-    };
-    let moved = async {
-        let room = match moved.wait_for(Option::is_some).await {
-            Ok(room) => room.clone(),
-            Err(_) => None,
-        };
-        match room {
-            Some(room) => Input::Moved(room),
-            None => pending().await,
-        }
     };
     let presence = async {
         // Only a spacing still running is waited for: a timer per input otherwise.
@@ -711,24 +719,9 @@ async fn next_member_input<E>(joined: &mut Option<Member>) -> Input<E> {
             None => pending().await,
         }
     };
-    let migrated = async {
-        let room = membership.room.as_str();
-        let url = match migrations.wait_for(|rooms| rooms.contains_key(room)).await {
-            Ok(rooms) => rooms.get(room).cloned(),
-            // The context is gone: no migration will come.
-            Err(_) => None,
-        };
-        match url {
-            Some(url) => Input::Migrated(url),
-            None => pending().await,
-        }
-    };
     tokio::select! {
         input = presence => input,
         input = media => input,
-        input = removed => input,
-        input = moved => input,
-        input = migrated => input,
         input = claimed => input,
     }
 }

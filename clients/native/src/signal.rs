@@ -280,9 +280,12 @@ impl Session {
         }
     }
 
-    fn report_participants(&self, participants: Vec<ParticipantInfo>) {
+    fn report_participants(&self, participants: Vec<Arc<ParticipantInfo>>) {
         for p in participants {
-            self.event(Event::ParticipantJoined(participant(p)));
+            // Parsed from the message: the only owner, nothing is copied.
+            self.event(Event::ParticipantJoined(participant(Arc::unwrap_or_clone(
+                p,
+            ))));
         }
     }
 

@@ -1,5 +1,7 @@
 //! `joined`: the server admitted the session to its room.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::ParticipantInfo;
@@ -37,8 +39,10 @@ pub struct SessionState {
     /// This session's participant, as it is now (after a resume its mute state may have changed meanwhile).
     pub participant: ParticipantInfo,
     pub room: RoomInfo,
-    /// Everyone else in the room now (after a resume a client replaces its list with this one).
-    pub participants: Vec<ParticipantInfo>,
+    /// Everyone else in the room now (after a resume a client replaces its list with this one). Shared
+    /// with the registry's entries: a join into a room of thousands copies pointers, not every member's
+    /// strings, while it holds the registry's lock (issue 15). On the wire, a plain list of objects.
+    pub participants: Vec<Arc<ParticipantInfo>>,
     /// Opaque and single-use: a new WebSocket sends it in `resume` to take this session over after the
     /// socket dropped (at least 128 random bits; never derived from the sid). A `resume` spends the token it
     /// carried; `resumed` brings the next one.
@@ -72,7 +76,7 @@ mod tests {
                 slots: 3,
                 max_participants: 100,
             },
-            participants: vec![participant("PA_9a0b1c2d3e4f", "bob")],
+            participants: vec![Arc::new(participant("PA_9a0b1c2d3e4f", "bob"))],
             resume_token: "q8Jx0yDq3nB6TQ3s2fX1ZkS9dE4tH7wA".into(),
             resume_window_ms: 15_000,
             ice_servers: Vec::new(),

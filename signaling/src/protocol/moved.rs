@@ -1,5 +1,7 @@
 //! `moved`: a moderator or operator moved this participant to another room.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{ParticipantInfo, RoomInfo};
@@ -12,8 +14,8 @@ pub struct Moved {
     /// This participant in the new room (a new `sid`).
     pub participant: ParticipantInfo,
     pub room: RoomInfo,
-    /// Everyone else in the new room.
-    pub participants: Vec<ParticipantInfo>,
+    /// Everyone else in the new room (shared with the registry's entries: [`SessionState::participants`](super::SessionState::participants)).
+    pub participants: Vec<Arc<ParticipantInfo>>,
 }
 
 #[cfg(test)]

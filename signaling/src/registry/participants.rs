@@ -139,13 +139,11 @@ impl RoomRegistry {
         let others = room
             .members
             .iter()
-            .map(|m| m.info.clone())
-            .chain(room.remote.iter().map(|r| r.info.clone()))
+            .map(|m| Arc::clone(&m.info))
+            .chain(room.remote.iter().map(|r| Arc::clone(&r.info)))
             .collect();
-        self.broadcast(
-            &room.members,
-            &PresenceEvent::Joined(Arc::new(participant.clone())),
-        );
+        let shared = Arc::new(participant.clone());
+        self.broadcast(&room.members, &PresenceEvent::Joined(Arc::clone(&shared)));
         self.publish(
             &request.room,
             RosterChange::Joined {
@@ -158,7 +156,7 @@ impl RoomRegistry {
         room.members.push(Member {
             id,
             media: false,
-            info: participant.clone(),
+            info: shared,
             events: request.events,
             remove,
             moves,
@@ -196,7 +194,7 @@ impl RoomRegistry {
         );
         self.notify(RoomEvent::ParticipantLeft {
             room: room.info(name),
-            participant: old.info.clone(),
+            participant: (*old.info).clone(),
             reason: ParticipantLeftReason::Replaced,
         });
         self.publish(
@@ -207,7 +205,7 @@ impl RoomRegistry {
             },
         );
         let event = PresenceEvent::Left {
-            sid: old.info.sid,
+            sid: old.info.sid.clone(),
             reason: ParticipantLeftReason::Replaced,
         };
         self.broadcast(&room.members, &event);
@@ -241,15 +239,16 @@ impl RoomRegistry {
             return Ok(MuteChange::default());
         }
         let media_changed = member.info.muted != muted;
-        member.info.muted = muted;
-        member.info.server_muted = server_muted;
+        let info = Arc::make_mut(&mut member.info);
+        info.muted = muted;
+        info.server_muted = server_muted;
         let media = member.media && media_changed;
         let event = PresenceEvent::Muted {
             sid: member.info.sid.clone(),
             muted,
             by_moderator: actor == Actor::Moderator,
         };
-        let participant = member.info.clone();
+        let participant = (*member.info).clone();
         self.broadcast(&room.members, &event);
         self.publish(name, RosterChange::Updated { participant });
         Ok(MuteChange {
@@ -289,15 +288,13 @@ impl RoomRegistry {
         let Some(member) = room.members.iter_mut().find(|m| m.id == id) else {
             return MuteChange::default();
         };
-        if !change(&mut member.info) {
+        if !change(Arc::make_mut(&mut member.info)) {
             return MuteChange::default();
         }
         let media = member.media;
-        let participant = member.info.clone();
-        self.broadcast(
-            &room.members,
-            &PresenceEvent::Updated(Arc::new(participant.clone())),
-        );
+        let shared = Arc::clone(&member.info);
+        let participant = (*shared).clone();
+        self.broadcast(&room.members, &PresenceEvent::Updated(shared));
         self.publish(name, RosterChange::Updated { participant });
         MuteChange {
             changed: true,
@@ -350,7 +347,7 @@ impl RoomRegistry {
         room.members
             .iter()
             .find(|m| m.info.sid == sid)
-            .map(|m| m.info.clone())
+            .map(|m| (*m.info).clone())
             .ok_or_else(|| room.missing(sid))
     }
 
@@ -394,7 +391,7 @@ impl RoomRegistry {
         self.metrics.participant_left(room.settings.mode);
         self.notify(RoomEvent::ParticipantLeft {
             room: room.info(room_name),
-            participant: member.info.clone(),
+            participant: (*member.info).clone(),
             reason,
         });
         if room.members.is_empty() {
@@ -407,7 +404,7 @@ impl RoomRegistry {
             }
         } else {
             let event = PresenceEvent::Left {
-                sid: member.info.sid,
+                sid: member.info.sid.clone(),
                 reason,
             };
             self.broadcast(&room.members, &event);

@@ -73,7 +73,7 @@ impl RoomRegistry {
     pub(crate) fn local_roster(&self, room: &str) -> Option<Vec<ParticipantInfo>> {
         let rooms = self.lock();
         let room = rooms.get(room)?;
-        Some(room.members.iter().map(|m| m.info.clone()).collect())
+        Some(room.members.iter().map(|m| (*m.info).clone()).collect())
     }
 
     /// The node holding `sid`, a participant of `room` on another node.
@@ -91,7 +91,7 @@ impl RoomRegistry {
         let rooms = self.lock();
         rooms
             .get(room)
-            .map(|room| room.remote.iter().map(|r| r.info.clone()).collect())
+            .map(|room| room.remote.iter().map(|r| (*r.info).clone()).collect())
             .unwrap_or_default()
     }
 
@@ -183,19 +183,16 @@ impl RoomRegistry {
             tracing::warn!(sid = %info.sid, node, "a participant id of another node is taken here");
             return RosterOutcome::Collision;
         }
-        let info = ParticipantInfo {
+        let info = Arc::new(ParticipantInfo {
             remote: true,
             ..info
-        };
+        });
         let Some(known) = room
             .remote
             .iter_mut()
             .find(|r| r.node == node && r.info.sid == info.sid)
         else {
-            self.broadcast(
-                &room.members,
-                &PresenceEvent::Joined(Arc::new(info.clone())),
-            );
+            self.broadcast(&room.members, &PresenceEvent::Joined(Arc::clone(&info)));
             room.remote.push(RemoteMember {
                 node: node.to_owned(),
                 info,
@@ -217,7 +214,7 @@ impl RoomRegistry {
             ..p.clone()
         };
         if rest(&before) != rest(&info) {
-            self.broadcast(&room.members, &PresenceEvent::Updated(Arc::new(info)));
+            self.broadcast(&room.members, &PresenceEvent::Updated(info));
         }
         RosterOutcome::Applied
     }
@@ -234,7 +231,7 @@ impl RoomRegistry {
         for remote in std::mem::take(&mut room.remote) {
             if gone(&remote) {
                 let event = PresenceEvent::Left {
-                    sid: remote.info.sid,
+                    sid: remote.info.sid.clone(),
                     reason,
                 };
                 self.broadcast(&room.members, &event);

@@ -275,7 +275,7 @@ pub(super) fn session_state(
     ctx: &Signaling,
     participant: ParticipantInfo,
     room: RoomInfo,
-    participants: Vec<ParticipantInfo>,
+    participants: Vec<Arc<ParticipantInfo>>,
     resume_token: String,
 ) -> SessionState {
     let ice_servers = ctx.config().turn.ice_servers(&participant.sid, unix_now());

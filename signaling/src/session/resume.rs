@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::pending;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -27,6 +26,7 @@ use tokio::time::{sleep, timeout};
 
 use super::media::Media;
 use super::membership::session_state;
+use super::notices::{Notice, Notices};
 use super::{next_member_input, Exit, Flow, Input, Member, Session, WsFrame};
 use crate::media::{MediaEvent, SlotAssignment};
 use crate::metrics::ResumeFailure;
@@ -293,7 +293,13 @@ where
         self.offered = media;
         self.joined = Some(member);
         let reply = ServerMessage::Resumed(Resumed {
-            state: session_state(&ctx, participant, room, participants, resume_token),
+            state: session_state(
+                &ctx,
+                participant,
+                room,
+                participants.into_iter().map(Arc::new).collect(),
+                resume_token,
+            ),
             media,
         });
         ctx.metrics().session_resumed();
@@ -315,12 +321,22 @@ impl Suspended {
     pub(super) async fn run(mut self) {
         let window = sleep(self.ctx.config().resume_window());
         tokio::pin!(window);
+        // The member stays the same while suspended (a claim that gives it back returns the same one).
+        let mut notices = Notices::new(
+            Some(self.ctx.drain_notices()),
+            self.closing.clone(),
+            self.joined.as_ref().map(Member::watches),
+        );
         let (reason, metric) = loop {
             let input = tokio::select! {
                 () = &mut window => break (ParticipantLeftReason::Disconnected, self.exit.metric_reason()),
                 input = next_member_input::<std::convert::Infallible>(&mut self.joined) => input,
-                () = drained(&self.ctx) => break (ParticipantLeftReason::Disconnected, crate::metrics::LeaveReason::Shutdown),
-                () = super::closing(&mut self.closing) => break (ParticipantLeftReason::Disconnected, crate::metrics::LeaveReason::Shutdown),
+                notice = &mut notices => match notice {
+                    Notice::Draining(_) | Notice::Shutdown => break (ParticipantLeftReason::Disconnected, crate::metrics::LeaveReason::Shutdown),
+                    Notice::Removed(reason) => Input::Removed(reason),
+                    Notice::Moved(room) => Input::Moved(room),
+                    Notice::Migrated(url) => Input::Migrated(url),
+                },
             };
             let Some(member) = self.joined.as_mut() else {
                 return;
@@ -378,6 +394,12 @@ impl Suspended {
                         crate::metrics::LeaveReason::Moved,
                     )
                 }
+                // Its room went to another node, where the client rejoins after its reconnect finds
+                // this one's redirect; the participant leaves here as a session told `redirect` does.
+                Input::Migrated(_) => {
+                    let exit = Exit::Migrated;
+                    break (exit.left_reason(), exit.metric_reason());
+                }
                 // Presence is in `resumed`; the rest cannot reach a member-only wait.
                 _ => {}
             }
@@ -393,13 +415,5 @@ impl Drop for Suspended {
     fn drop(&mut self) {
         self.ctx.resumes().suspended.fetch_sub(1, Ordering::SeqCst);
         self.ctx.metrics().suspended_changed(-1);
-    }
-}
-
-/// Resolves once the server drains: suspended sessions end then.
-async fn drained(ctx: &Signaling) {
-    let mut notices = ctx.drain_notices();
-    if notices.wait_for(Option::is_some).await.is_err() {
-        pending::<()>().await;
     }
 }

@@ -677,7 +677,7 @@ async fn participants_see_each_other() {
     );
     assert_eq!(
         bob_joined.participants,
-        vec![ada_joined.participant.clone()]
+        vec![Arc::new(ada_joined.participant.clone())]
     );
     assert_eq!(
         ada.message().await,
@@ -2024,6 +2024,15 @@ async fn joined_carries_turn_credentials_when_configured() {
     let (_, credential) = crate::turn::credential(&turn.secret, user, expiry);
     assert_eq!(server.credential, credential);
     assert_eq!(ctx.metrics().turn_credentials_issued(), 1);
+}
+
+/// Skips messages until one matches `pick`.
+async fn until<T>(client: &mut Client, mut pick: impl FnMut(ServerMessage) -> Option<T>) -> T {
+    loop {
+        if let Some(found) = pick(client.message().await) {
+            return found;
+        }
+    }
 }
 
 mod resume;

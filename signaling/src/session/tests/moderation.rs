@@ -11,15 +11,6 @@ fn moderator_token(room: &str, identity: &str) -> String {
     sign(&claims)
 }
 
-/// Skips messages until one matches `pick`.
-async fn until<T>(client: &mut Client, mut pick: impl FnMut(ServerMessage) -> Option<T>) -> T {
-    loop {
-        if let Some(found) = pick(client.message().await) {
-            return found;
-        }
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn ptt_keys_reach_the_worker_and_a_key_flood_is_refused_without_harming_anyone_else() {
     let (ctx, mut media) = setup(Mode::Answer);

@@ -258,6 +258,37 @@ async fn leave_close_and_media_loss_do_not_suspend() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_suspended_session_whose_room_goes_to_another_node_leaves_at_once() {
+    let (ctx, mut media) = setup(Mode::Answer);
+    let (ada, _joined, mut bob) = two_in_lobby(&ctx, &mut media).await;
+    ada.drop_socket().await;
+    assert_eq!(ctx.suspended_sessions(), 1);
+    let start = Instant::now();
+    assert!(ctx.migrate_room("lobby", "ws://node-c:7880/ws"));
+    // Bob is told where the room went; ada, whom nobody can tell, leaves now, not at the window's end.
+    let redirect = until(&mut bob, |m| match m {
+        ServerMessage::Redirect(r) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(redirect.url, "ws://node-c:7880/ws");
+    for _ in 0..100 {
+        if ctx.suspended_sessions() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ctx.suspended_sessions(), 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(ctx.metrics().leaves(LeaveReason::Migrated), 2);
+    assert_eq!(ctx.participant_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_resume_takes_over_a_socket_that_has_not_noticed_the_drop() {
     let (ctx, mut media) = setup(Mode::Answer);
     let (mut old, joined, mut bob) = two_in_lobby(&ctx, &mut media).await;

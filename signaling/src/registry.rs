@@ -24,6 +24,7 @@ use crate::metrics::SignalingMetrics;
 use crate::protocol::{
     ErrorCode, LeftReason, ParticipantInfo, ParticipantJoined, ParticipantLeft,
     ParticipantLeftReason, ParticipantMuted, ParticipantUpdated, RoomInfo, ServerMessage,
+    SharedParticipant,
 };
 use crate::roster::{LocalRosterChange, ShardSeed};
 
@@ -268,7 +269,7 @@ pub(crate) struct Admission {
     pub room: RoomInfo,
     pub settings: RoomSettings,
     /// Everyone else in the room: this node's participants in join order, then those of other nodes.
-    pub others: Vec<Arc<ParticipantInfo>>,
+    pub others: Vec<SharedParticipant>,
     /// Becomes `Some` when an operator removes the participant.
     pub removed: watch::Receiver<Option<LeftReason>>,
     /// Becomes `Some(room)` when a moderator or operator moves the participant to `room`.
@@ -280,9 +281,8 @@ struct Member {
     /// Whether the participant's session has sent its offer to a media worker (which then needs to hear
     /// of mute changes; before, the offer carries the state).
     media: bool,
-    /// Shared with the `joined` snapshots and presence events that list it: a join into a room of
-    /// thousands copies pointers, not every member's strings, under the registry's lock (issue 15).
-    info: Arc<ParticipantInfo>,
+    /// Shared with the `joined` lists that name it, its JSON text made once ([`SharedParticipant`]).
+    info: SharedParticipant,
     events: mpsc::Sender<Presence>,
     remove: watch::Sender<Option<LeftReason>>,
     /// Tells the session to move to another room.
@@ -307,7 +307,7 @@ struct Room {
 /// A participant of the room on another node (`info.remote` is set).
 struct RemoteMember {
     node: String,
-    info: Arc<ParticipantInfo>,
+    info: SharedParticipant,
 }
 
 impl Room {
@@ -490,8 +490,16 @@ fn snapshot(name: &str, room: &Room) -> RoomSnapshot {
         empty_timeout: room.empty_timeout,
         created_at_unix: room.created_at_unix,
         closing: room.closing,
-        participants: room.members.iter().map(|m| (*m.info).clone()).collect(),
-        remote_participants: room.remote.iter().map(|m| (*m.info).clone()).collect(),
+        participants: room
+            .members
+            .iter()
+            .map(|m| ParticipantInfo::clone(&m.info))
+            .collect(),
+        remote_participants: room
+            .remote
+            .iter()
+            .map(|m| ParticipantInfo::clone(&m.info))
+            .collect(),
     }
 }
 

@@ -12,6 +12,7 @@ use rtrb::Producer;
 use signaling::client::{join_message, Client, JoinedSession};
 use signaling::protocol::{
     ClientMessage, Join, ModerateAction, Moved, Offer, ParticipantInfo, ServerMessage,
+    SharedParticipant,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
@@ -280,12 +281,10 @@ impl Session {
         }
     }
 
-    fn report_participants(&self, participants: Vec<Arc<ParticipantInfo>>) {
+    fn report_participants(&self, participants: Vec<SharedParticipant>) {
         for p in participants {
             // Parsed from the message: the only owner, nothing is copied.
-            self.event(Event::ParticipantJoined(participant(Arc::unwrap_or_clone(
-                p,
-            ))));
+            self.event(Event::ParticipantJoined(participant(p.into_info())));
         }
     }
 

@@ -1,10 +1,8 @@
 //! `joined`: the server admitted the session to its room.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
-use super::ParticipantInfo;
+use super::{ParticipantInfo, SharedParticipant};
 use crate::media::RoomMode;
 
 /// The room as `joined` describes it.
@@ -40,9 +38,8 @@ pub struct SessionState {
     pub participant: ParticipantInfo,
     pub room: RoomInfo,
     /// Everyone else in the room now (after a resume a client replaces its list with this one). Shared
-    /// with the registry's entries: a join into a room of thousands copies pointers, not every member's
-    /// strings, while it holds the registry's lock (issue 15). On the wire, a plain list of objects.
-    pub participants: Vec<Arc<ParticipantInfo>>,
+    /// with the registry's entries ([`SharedParticipant`]); on the wire, a list of participant objects.
+    pub participants: Vec<SharedParticipant>,
     /// Opaque and single-use: a new WebSocket sends it in `resume` to take this session over after the
     /// socket dropped (at least 128 random bits; never derived from the sid). A `resume` spends the token it
     /// carried; `resumed` brings the next one.
@@ -76,7 +73,7 @@ mod tests {
                 slots: 3,
                 max_participants: 100,
             },
-            participants: vec![Arc::new(participant("PA_9a0b1c2d3e4f", "bob"))],
+            participants: vec![participant("PA_9a0b1c2d3e4f", "bob").into()],
             resume_token: "q8Jx0yDq3nB6TQ3s2fX1ZkS9dE4tH7wA".into(),
             resume_window_ms: 15_000,
             ice_servers: Vec::new(),

@@ -49,7 +49,7 @@ pub use moderate::{Moderate, ModerateAction};
 pub use moved::Moved;
 pub use mute::Mute;
 pub use offer::Offer;
-pub use participant::ParticipantInfo;
+pub use participant::{ParticipantInfo, SharedParticipant};
 pub use participant_joined::ParticipantJoined;
 pub use participant_left::{ParticipantLeft, ParticipantLeftReason};
 pub use participant_muted::ParticipantMuted;

@@ -1,10 +1,8 @@
 //! `moved`: a moderator or operator moved this participant to another room.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
-use super::{ParticipantInfo, RoomInfo};
+use super::{ParticipantInfo, RoomInfo, SharedParticipant};
 
 /// Server → client: the session now belongs to `room` (it left the old one: the others there saw
 /// `participant_left` reason `moved`). Its media peer is gone: the client closes its peer connection and
@@ -15,7 +13,7 @@ pub struct Moved {
     pub participant: ParticipantInfo,
     pub room: RoomInfo,
     /// Everyone else in the new room (shared with the registry's entries: [`SessionState::participants`](super::SessionState::participants)).
-    pub participants: Vec<Arc<ParticipantInfo>>,
+    pub participants: Vec<SharedParticipant>,
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ mod tests {
     use super::*;
     use crate::media::RoomMode;
     use crate::protocol::{IceServer, ParticipantInfo, RoomInfo, ServerMessage};
-    use std::sync::Arc;
 
     fn state(ice_servers: Vec<IceServer>) -> SessionState {
         let participant = |sid: &str, identity: &str| ParticipantInfo {
@@ -39,7 +38,7 @@ mod tests {
                 slots: 3,
                 max_participants: 100,
             },
-            participants: vec![Arc::new(participant("PA_9a0b1c2d3e4f", "bob"))],
+            participants: vec![participant("PA_9a0b1c2d3e4f", "bob").into()],
             resume_token: "n3Vq8sLkR0aZ7cYt1pWmE5uHxG2oB9dF".into(),
             resume_window_ms: 15_000,
             ice_servers,

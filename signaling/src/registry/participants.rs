@@ -12,7 +12,7 @@ use crate::auth::unix_now;
 use crate::events::RoomEvent;
 use crate::media::ParticipantId;
 use crate::metrics::SessionLimit;
-use crate::protocol::{LeftReason, ParticipantInfo, ParticipantLeftReason};
+use crate::protocol::{LeftReason, ParticipantInfo, ParticipantLeftReason, SharedParticipant};
 use crate::roster::{RemoteRoster, RosterChange};
 
 use super::{
@@ -139,11 +139,13 @@ impl RoomRegistry {
         let others = room
             .members
             .iter()
-            .map(|m| Arc::clone(&m.info))
-            .chain(room.remote.iter().map(|r| Arc::clone(&r.info)))
+            .map(|m| m.info.clone())
+            .chain(room.remote.iter().map(|r| r.info.clone()))
             .collect();
-        let shared = Arc::new(participant.clone());
-        self.broadcast(&room.members, &PresenceEvent::Joined(Arc::clone(&shared)));
+        self.broadcast(
+            &room.members,
+            &PresenceEvent::Joined(Arc::new(participant.clone())),
+        );
         self.publish(
             &request.room,
             RosterChange::Joined {
@@ -156,7 +158,7 @@ impl RoomRegistry {
         room.members.push(Member {
             id,
             media: false,
-            info: shared,
+            info: SharedParticipant::new(participant.clone()),
             events: request.events,
             remove,
             moves,
@@ -194,7 +196,7 @@ impl RoomRegistry {
         );
         self.notify(RoomEvent::ParticipantLeft {
             room: room.info(name),
-            participant: (*old.info).clone(),
+            participant: ParticipantInfo::clone(&old.info),
             reason: ParticipantLeftReason::Replaced,
         });
         self.publish(
@@ -239,7 +241,7 @@ impl RoomRegistry {
             return Ok(MuteChange::default());
         }
         let media_changed = member.info.muted != muted;
-        let info = Arc::make_mut(&mut member.info);
+        let info = member.info.edit();
         info.muted = muted;
         info.server_muted = server_muted;
         let media = member.media && media_changed;
@@ -248,7 +250,7 @@ impl RoomRegistry {
             muted,
             by_moderator: actor == Actor::Moderator,
         };
-        let participant = (*member.info).clone();
+        let participant = ParticipantInfo::clone(&member.info);
         self.broadcast(&room.members, &event);
         self.publish(name, RosterChange::Updated { participant });
         Ok(MuteChange {
@@ -288,13 +290,14 @@ impl RoomRegistry {
         let Some(member) = room.members.iter_mut().find(|m| m.id == id) else {
             return MuteChange::default();
         };
-        if !change(Arc::make_mut(&mut member.info)) {
+        let mut edited = ParticipantInfo::clone(&member.info);
+        if !change(&mut edited) {
             return MuteChange::default();
         }
+        *member.info.edit() = edited.clone();
         let media = member.media;
-        let shared = Arc::clone(&member.info);
-        let participant = (*shared).clone();
-        self.broadcast(&room.members, &PresenceEvent::Updated(shared));
+        let participant = edited.clone();
+        self.broadcast(&room.members, &PresenceEvent::Updated(Arc::new(edited)));
         self.publish(name, RosterChange::Updated { participant });
         MuteChange {
             changed: true,
@@ -347,7 +350,7 @@ impl RoomRegistry {
         room.members
             .iter()
             .find(|m| m.info.sid == sid)
-            .map(|m| (*m.info).clone())
+            .map(|m| ParticipantInfo::clone(&m.info))
             .ok_or_else(|| room.missing(sid))
     }
 
@@ -391,7 +394,7 @@ impl RoomRegistry {
         self.metrics.participant_left(room.settings.mode);
         self.notify(RoomEvent::ParticipantLeft {
             room: room.info(room_name),
-            participant: (*member.info).clone(),
+            participant: ParticipantInfo::clone(&member.info),
             reason,
         });
         if room.members.is_empty() {

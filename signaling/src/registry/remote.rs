@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::media::ParticipantId;
-use crate::protocol::{ParticipantInfo, ParticipantLeftReason};
+use crate::protocol::{ParticipantInfo, ParticipantLeftReason, SharedParticipant};
 use crate::roster::{LocalRosterChange, RemoteRoster, RosterChange, RosterOutcome};
 
 use super::{AdminError, PresenceEvent, RemoteMember, Room, RoomRegistry};
@@ -73,7 +73,12 @@ impl RoomRegistry {
     pub(crate) fn local_roster(&self, room: &str) -> Option<Vec<ParticipantInfo>> {
         let rooms = self.lock();
         let room = rooms.get(room)?;
-        Some(room.members.iter().map(|m| (*m.info).clone()).collect())
+        Some(
+            room.members
+                .iter()
+                .map(|m| ParticipantInfo::clone(&m.info))
+                .collect(),
+        )
     }
 
     /// The node holding `sid`, a participant of `room` on another node.
@@ -91,7 +96,12 @@ impl RoomRegistry {
         let rooms = self.lock();
         rooms
             .get(room)
-            .map(|room| room.remote.iter().map(|r| (*r.info).clone()).collect())
+            .map(|room| {
+                room.remote
+                    .iter()
+                    .map(|r| ParticipantInfo::clone(&r.info))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -183,23 +193,26 @@ impl RoomRegistry {
             tracing::warn!(sid = %info.sid, node, "a participant id of another node is taken here");
             return RosterOutcome::Collision;
         }
-        let info = Arc::new(ParticipantInfo {
+        let info = ParticipantInfo {
             remote: true,
             ..info
-        });
+        };
         let Some(known) = room
             .remote
             .iter_mut()
             .find(|r| r.node == node && r.info.sid == info.sid)
         else {
-            self.broadcast(&room.members, &PresenceEvent::Joined(Arc::clone(&info)));
+            self.broadcast(
+                &room.members,
+                &PresenceEvent::Joined(Arc::new(info.clone())),
+            );
             room.remote.push(RemoteMember {
                 node: node.to_owned(),
-                info,
+                info: SharedParticipant::new(info),
             });
             return RosterOutcome::Applied;
         };
-        let before = std::mem::replace(&mut known.info, info.clone());
+        let before = std::mem::replace(known.info.edit(), info.clone());
         if (before.muted, before.server_muted) != (info.muted, info.server_muted) {
             let event = PresenceEvent::Muted {
                 sid: info.sid.clone(),
@@ -214,7 +227,7 @@ impl RoomRegistry {
             ..p.clone()
         };
         if rest(&before) != rest(&info) {
-            self.broadcast(&room.members, &PresenceEvent::Updated(info));
+            self.broadcast(&room.members, &PresenceEvent::Updated(Arc::new(info)));
         }
         RosterOutcome::Applied
     }

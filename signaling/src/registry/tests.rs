@@ -127,7 +127,7 @@ fn admission_broadcast_and_leave() {
     assert_eq!(ada.room.name, "lobby");
     let (bob, mut bob_rx) = request("lobby", "bob", 8);
     let bob = registry.admit(bob, &open()).expect("admitted");
-    assert_eq!(bob.others, vec![Arc::new(ada.participant.clone())]);
+    assert_eq!(bob.others, vec![ada.participant.clone().into()]);
     assert_eq!(
         ada_rx.try_recv(),
         Ok(PresenceEvent::Joined(Arc::new(bob.participant.clone())))
@@ -277,7 +277,7 @@ fn a_second_join_with_the_same_identity_replaces_the_first() {
     let again = registry.admit(again, &open()).expect("replaces");
     assert_ne!(again.participant.sid, ada.participant.sid);
     assert_eq!(*ada.removed.borrow_and_update(), Some(LeftReason::Replaced));
-    assert_eq!(again.others, vec![Arc::new(bob.participant.clone())]);
+    assert_eq!(again.others, vec![bob.participant.clone().into()]);
     assert_eq!(
         bob_rx.try_recv(),
         Ok(PresenceEvent::Left {

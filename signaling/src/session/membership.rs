@@ -15,7 +15,7 @@ use crate::media::MediaCommand;
 use crate::metrics::LeaveReason;
 use crate::protocol::{
     ErrorCode, Join, ParticipantInfo, ParticipantLeftReason, Redirect, RoomInfo, ServerMessage,
-    SessionState, PROTOCOL_VERSION,
+    SessionState, SharedParticipant, PROTOCOL_VERSION,
 };
 use crate::registry::JoinRequest;
 use crate::roster::ShardSeed;
@@ -275,7 +275,7 @@ pub(super) fn session_state(
     ctx: &Signaling,
     participant: ParticipantInfo,
     room: RoomInfo,
-    participants: Vec<Arc<ParticipantInfo>>,
+    participants: Vec<SharedParticipant>,
     resume_token: String,
 ) -> SessionState {
     let ice_servers = ctx.config().turn.ice_servers(&participant.sid, unix_now());

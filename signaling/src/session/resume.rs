@@ -32,7 +32,7 @@ use crate::media::{MediaEvent, SlotAssignment};
 use crate::metrics::ResumeFailure;
 use crate::protocol::{
     Answer, ErrorCode, MediaConnectionState, MediaState, ParticipantLeftReason, Resume, Resumed,
-    ServerMessage, Slot, Slots, PROTOCOL_VERSION,
+    ServerMessage, SharedParticipant, Slot, Slots, PROTOCOL_VERSION,
 };
 use crate::Signaling;
 
@@ -297,7 +297,10 @@ where
                 &ctx,
                 participant,
                 room,
-                participants.into_iter().map(Arc::new).collect(),
+                participants
+                    .into_iter()
+                    .map(SharedParticipant::new)
+                    .collect(),
                 resume_token,
             ),
             media,

@@ -14,7 +14,7 @@ use crate::auth::{create_token, unix_now, ApiKeys, Claims};
 use crate::media::{MediaError, MediaRouter, ParticipantId, RoomMode, SlotAssignment};
 use crate::protocol::{
     Answer, Joined, MediaConnectionState, MediaState, ParticipantInfo, ParticipantJoined,
-    ParticipantLeft, ParticipantMuted, RoomInfo, Slot, Slots, Speaker, Speakers,
+    ParticipantLeft, ParticipantMuted, RoomInfo, SharedParticipant, Slot, Slots, Speaker, Speakers,
 };
 use crate::registry::PresenceEvent;
 use crate::{AdminError, RoomSpec, SignalingConfig};
@@ -677,7 +677,7 @@ async fn participants_see_each_other() {
     );
     assert_eq!(
         bob_joined.participants,
-        vec![Arc::new(ada_joined.participant.clone())]
+        vec![SharedParticipant::new(ada_joined.participant.clone())]
     );
     assert_eq!(
         ada.message().await,

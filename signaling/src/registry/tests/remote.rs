@@ -40,10 +40,7 @@ fn another_nodes_participants_are_listed_evented_and_dropped_with_their_node() {
     let cy = registry.admit(cy, &open()).expect("admitted");
     assert_eq!(
         cy.others,
-        vec![
-            Arc::new(ada.participant.clone()),
-            Arc::new(marked(bob.clone()))
-        ]
+        vec![ada.participant.clone().into(), marked(bob.clone()).into()]
     );
     let _ = ada_rx.try_recv();
     // Bob mutes on his node: a mute event here.
@@ -169,7 +166,7 @@ fn local_changes_go_to_the_sink_and_a_shard_takes_the_owners_settings() {
     let ada = registry.admit(ada, &open()).expect("admitted");
     assert_eq!(ada.settings, RoomSettings::forward(5));
     assert_eq!(ada.room.max_participants, 7);
-    assert_eq!(ada.others, vec![Arc::new(marked(bob))]);
+    assert_eq!(ada.others, vec![marked(bob).into()]);
     assert_eq!(
         changes.try_recv().map(|c| c.change),
         Ok(RosterChange::Joined {
@@ -220,7 +217,7 @@ fn a_join_replaces_the_same_identity_on_another_node() {
     // Bob joins here too: his seat on node-b is named for its node to end, and is not listed from now.
     let (bob, _bob_rx) = request("wide", "bob", 8);
     let bob = registry.admit(bob, &open()).expect("admitted");
-    assert_eq!(bob.others, vec![Arc::new(ada.participant.clone())]);
+    assert_eq!(bob.others, vec![ada.participant.clone().into()]);
     assert_eq!(
         ada_rx.try_recv(),
         Ok(PresenceEvent::Left {

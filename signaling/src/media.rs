@@ -5,7 +5,12 @@
 //! Workers report per-participant [`MediaEvent`]s back with `try_send` on the bounded sender handed over in
 //! [`MediaCommand::Connect`]: a full queue is a counted drop on the worker side, never a blocked media loop.
 
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
 use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{ServerMessage, Speaker, Speakers};
 
 pub use vocab::{
     MixSettings, ParticipantId, Position, RoomMode, RoomSettings, SettingsError, SlotAssignment,
@@ -124,14 +129,82 @@ pub enum MediaEvent {
     Connected,
     /// ICE consent or DTLS failed or timed out; the worker has removed the peer.
     Disconnected { reason: String },
-    /// Everyone speaking in the room, loudest first, with levels 0.0..=1.0.
-    Speakers(Vec<(ParticipantId, f32)>),
+    /// Everyone speaking in the room, loudest first, with levels 0.0..=1.0: one list for all the room's
+    /// listeners.
+    Speakers(SpeakerLevels),
     /// The room's dominant speaker changed.
     DominantSpeaker(ParticipantId),
     /// The full slot assignment of this subscriber, sent whenever it changes.
     Slots(Vec<SlotAssignment>),
     /// Spatial forwarding room: the speakers this subscriber hears and where they are.
     Positions(Vec<(ParticipantId, Position)>),
+}
+
+/// The room's speakers as each listener's session gets them: one list shared by all the room's listeners,
+/// whose `speakers` message the first session to write it serializes for the others. Copied and
+/// serialized per listener, a room of 2,000 did both ten thousand times a second (five reports a second
+/// each), the copies on its media worker (issue 15, docs/loadtest.md "Speaker reports shared").
+#[derive(Clone)]
+pub struct SpeakerLevels(Arc<Levels>);
+
+struct Levels {
+    levels: Vec<(ParticipantId, f32)>,
+    /// The `speakers` message's JSON, once some session wrote it.
+    text: OnceLock<String>,
+}
+
+impl SpeakerLevels {
+    pub fn new(levels: Vec<(ParticipantId, f32)>) -> Self {
+        SpeakerLevels(Arc::new(Levels {
+            levels,
+            text: OnceLock::new(),
+        }))
+    }
+
+    /// The speakers, loudest first, with their levels.
+    pub fn levels(&self) -> &[(ParticipantId, f32)] {
+        &self.0.levels
+    }
+
+    /// The `speakers` message.
+    pub fn message(&self) -> ServerMessage {
+        ServerMessage::Speakers(Speakers {
+            speakers: self
+                .levels()
+                .iter()
+                .map(|(id, level)| Speaker::new(id.to_string(), *level))
+                .collect(),
+        })
+    }
+
+    /// The `speakers` message's JSON text, made once for every listener.
+    pub(crate) fn text(&self) -> &str {
+        self.0.text.get_or_init(|| {
+            serde_json::to_string(&self.message()).expect(
+                "a speakers message is plain structs with string keys and finite numbers: serializing cannot fail",
+            )
+        })
+    }
+}
+
+impl From<Vec<(ParticipantId, f32)>> for SpeakerLevels {
+    fn from(levels: Vec<(ParticipantId, f32)>) -> Self {
+        SpeakerLevels::new(levels)
+    }
+}
+
+impl PartialEq for SpeakerLevels {
+    fn eq(&self, other: &Self) -> bool {
+        self.levels() == other.levels()
+    }
+}
+
+impl fmt::Debug for SpeakerLevels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SpeakerLevels")
+            .field(&self.levels())
+            .finish()
+    }
 }
 
 impl MediaCommand {
@@ -163,4 +236,37 @@ pub trait MediaRouter: Send + Sync + 'static {
     fn left(&self, _room: &str, _participant: ParticipantId) {}
     /// The room has no participants left: its placement may be forgotten.
     fn room_closed(&self, room: &str);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speaker_levels_are_one_list_and_one_text_for_every_listener() {
+        let levels = SpeakerLevels::new(vec![
+            (ParticipantId(0x1234), 0.5),
+            (ParticipantId(7), f32::NAN),
+        ]);
+        let copy = levels.clone();
+        let text = copy.text();
+        assert_eq!(
+            serde_json::from_str::<ServerMessage>(text).expect("parses"),
+            ServerMessage::Speakers(Speakers {
+                speakers: vec![
+                    Speaker::new("PA_000000001234".into(), 0.5),
+                    // A level that is not a number is written as silence.
+                    Speaker::new("PA_000000000007".into(), 0.0),
+                ]
+            })
+        );
+        // Made by the first listener's session, read by the others.
+        assert!(std::ptr::eq(levels.text(), text));
+        let finite = SpeakerLevels::from(vec![(ParticipantId(7), 0.25)]);
+        assert_eq!(finite, finite.clone());
+        assert_eq!(
+            SpeakerLevels::new(Vec::new()).text(),
+            r#"{"type":"speakers","speakers":[]}"#
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use futures_util::stream::{SelectAll, StreamExt};
 use media_core::{CoreError, CoreEvent, JoinParams, ParticipantId, RoomId, SourcePacket};
-use signaling::media::{MediaCommand, MediaError, MediaEvent};
+use signaling::media::{MediaCommand, MediaError, MediaEvent, SpeakerLevels};
 use tokio::sync::mpsc;
 
 use tracing::{debug, info_span};
@@ -268,6 +268,8 @@ impl Worker {
                 listeners,
                 speakers,
             } => {
+                // One list for the room, serialized once by the sessions.
+                let speakers = SpeakerLevels::new(speakers);
                 for listener in listeners {
                     self.send(listener, MediaEvent::Speakers(speakers.clone()));
                 }

@@ -14,7 +14,7 @@ use super::{truncate, Exit, Flow, Member, Session, Wire, WsFrame, MAX_DETAIL_CHA
 use crate::media::{MediaCommand, MediaError, MediaEvent};
 use crate::protocol::{
     Answer, DominantSpeaker, ErrorCode, MediaConnectionState, MediaState, Mute, Offer,
-    ServerMessage, Slot, Slots, Speaker, Speakers,
+    ServerMessage, Slot, Slots,
 };
 use crate::registry::Actor;
 use crate::ChangeError;
@@ -165,12 +165,11 @@ where
                 tracing::debug!("media worker dropped the session's events");
                 return self.media_lost().await;
             }
-            Some(MediaEvent::Speakers(speakers)) => ServerMessage::Speakers(Speakers {
-                speakers: speakers
-                    .into_iter()
-                    .map(|(id, level)| Speaker::new(id.to_string(), level))
-                    .collect(),
-            }),
+            Some(MediaEvent::Speakers(speakers)) => {
+                // Serialized once for the room ([`SpeakerLevels`](crate::media::SpeakerLevels)).
+                let text = speakers.text().to_owned();
+                return self.wire.send_frame(WsFrame::Text(text)).await;
+            }
             Some(MediaEvent::DominantSpeaker(id)) => {
                 ServerMessage::DominantSpeaker(DominantSpeaker {
                     sid: id.to_string(),

@@ -585,7 +585,7 @@ async fn happy_path() {
     );
     media.emit(
         id,
-        MediaEvent::Speakers(vec![(ParticipantId(0x1234), 0.5), (id, 0.25)]),
+        MediaEvent::Speakers(vec![(ParticipantId(0x1234), 0.5), (id, 0.25)].into()),
     );
     assert_eq!(
         ada.message().await,
@@ -596,7 +596,7 @@ async fn happy_path() {
             ]
         })
     );
-    media.emit(id, MediaEvent::Speakers(vec![]));
+    media.emit(id, MediaEvent::Speakers(vec![].into()));
     assert_eq!(
         ada.message().await,
         ServerMessage::Speakers(Speakers { speakers: vec![] })

@@ -66,7 +66,10 @@ async fn a_dropped_socket_is_resumed_within_the_window_unnoticed_by_the_room() {
         ssrc: Some(42),
     }];
     media.emit(ada_id, MediaEvent::Slots(slots.clone()));
-    media.emit(ada_id, MediaEvent::Speakers(vec![(ParticipantId(7), 0.5)]));
+    media.emit(
+        ada_id,
+        MediaEvent::Speakers(vec![(ParticipantId(7), 0.5)].into()),
+    );
     bob.json(json!({"type": "mute", "muted": true}));
     bob.message().await; // bob's own participant_muted
 

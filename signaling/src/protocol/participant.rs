@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(back.into_info(), bob);
 
         // A list given the participant before an edit keeps what it was given; the edit's text is new.
-        let listed = vec![shared.clone()];
+        let listed = [shared.clone()];
         shared.edit().muted = true;
         assert!(shared.muted && !listed[0].muted);
         let muted = ParticipantInfo {

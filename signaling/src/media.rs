@@ -143,7 +143,8 @@ pub enum MediaEvent {
 /// The room's speakers as each listener's session gets them: one list shared by all the room's listeners,
 /// whose `speakers` message the first session to write it serializes for the others. Copied and
 /// serialized per listener, a room of 2,000 did both ten thousand times a second (five reports a second
-/// each), the copies on its media worker (issue 15, docs/loadtest.md "Speaker reports shared").
+/// each), the copies on its media worker (issue 15, docs/loadtest.md "the signaling side of a room of
+/// 2,000").
 #[derive(Clone)]
 pub struct SpeakerLevels(Arc<Levels>);
 

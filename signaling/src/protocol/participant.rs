@@ -47,8 +47,9 @@ fn is_false(b: &bool) -> bool {
 /// A participant as the registry holds it and the room lists of `joined` and `moved` carry it: shared
 /// between them (a join into a room of 2,000 copies 2,000 pointers under the registry's lock, not 6,000
 /// strings), with its JSON text made the first time a list is written and reused by every later one (a
-/// `joined` into a room of 2,000 was 2,000 serializations; issue 15, docs/loadtest.md "The `joined`
-/// list"). On the wire it is the [`ParticipantInfo`] object; it parses into a fresh one.
+/// `joined` into a room of 2,000 was 2,000 serializations; issue 15, docs/loadtest.md "the signaling
+/// side of a room of 2,000"). On the wire it is the [`ParticipantInfo`] object; it parses into a fresh
+/// one.
 ///
 /// The text is written raw, which only serde_json's serializers understand: the protocol is JSON.
 #[derive(Clone)]

@@ -5,11 +5,10 @@
 //! Each of them is a `watch` channel, and waiting on a watch registers a waiter in its list under a lock
 //! (and removes it again when the wait is dropped). Polled afresh at every wake-up, as the session's
 //! `select!` did, the five waits cost ten lock round trips each time a presence event, a media event or a
-//! frame woke the session: in a room of 2,000, whose members are woken ten times a second by the speaker
-//! reports alone, about a fifth of the signaling threads' time went to waiting on channels that almost
-//! never change (issue 15, docs/loadtest.md "The session's rare inputs"). Here the waits are registered
-//! once and stay registered until one of them fires or what is watched changes (a join, a move, the drain
-//! told).
+//! frame woke the session, for channels that almost never change: in a room of 2,000, every member is
+//! woken five times a second by the speaker reports alone (issue 15, docs/loadtest.md "the signaling
+//! side of a room of 2,000"). Here the waits are registered once and stay registered until one of them
+//! fires or what is watched changes (a join, a move, the drain told).
 
 use std::collections::HashMap;
 use std::future::{pending, Future};

@@ -158,30 +158,37 @@ mod tests {
 
     use super::*;
 
-    /// The registry's and the context's ends of a member's channels.
+    /// The registry's and the context's ends of a session's channels.
     struct Senders {
+        drain: watch::Sender<Option<std::time::Instant>>,
+        closing: watch::Sender<bool>,
         removed: watch::Sender<Option<LeftReason>>,
         moved: watch::Sender<Option<String>>,
         migrations: watch::Sender<HashMap<String, String>>,
     }
 
-    fn member(sid: &str) -> (MemberWatches, Senders) {
+    /// The watch of a session joined to `lobby` as `PA_1`, the drain not told yet.
+    fn joined() -> (Notices, Senders) {
+        let (drain_tx, drain) = watch::channel(None);
+        let (closing_tx, closing) = watch::channel(false);
         let (removed_tx, removed) = watch::channel(None);
         let (moved_tx, moved) = watch::channel(None);
         let (migrations_tx, migrations) = watch::channel(HashMap::new());
         let watches = MemberWatches {
-            sid: sid.into(),
+            sid: "PA_1".into(),
             room: "lobby".into(),
             removed,
             moved,
             migrations,
         };
         let senders = Senders {
+            drain: drain_tx,
+            closing: closing_tx,
             removed: removed_tx,
             moved: moved_tx,
             migrations: migrations_tx,
         };
-        (watches, senders)
+        (Notices::new(Some(drain), closing, Some(watches)), senders)
     }
 
     /// Polls `notices` once: `None` while nothing happened.
@@ -195,10 +202,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_notice_fires_after_waiting_across_polls() {
-        let (_drain_tx, drain) = watch::channel(None);
-        let (_closing_tx, closing) = watch::channel(false);
-        let (watches, senders) = member("PA_1");
-        let mut notices = Notices::new(Some(drain), closing, Some(watches));
+        let (mut notices, senders) = joined();
         assert!(notices.watches(Some("PA_1"), true));
         assert!(!notices.watches(Some("PA_2"), true));
         assert!(!notices.watches(Some("PA_1"), false));
@@ -215,10 +219,7 @@ mod tests {
         assert!(!notices.watches(Some("PA_1"), true));
         assert!(poll_once(&mut notices).is_none());
 
-        let (_drain_tx, drain) = watch::channel(None);
-        let (_closing_tx, closing) = watch::channel(false);
-        let (watches, senders) = member("PA_1");
-        let mut notices = Notices::new(Some(drain), closing, Some(watches));
+        let (mut notices, senders) = joined();
         assert!(poll_once(&mut notices).is_none());
         // Another room's migration is not this session's.
         let other = HashMap::from([("other".into(), "wss://b".into())]);
@@ -227,10 +228,7 @@ mod tests {
         senders.moved.send_replace(Some("stage".into()));
         assert!(matches!(poll_once(&mut notices), Some(Notice::Moved(room)) if room == "stage"));
 
-        let (_drain_tx, drain) = watch::channel(None);
-        let (_closing_tx, closing) = watch::channel(false);
-        let (watches, senders) = member("PA_1");
-        let mut notices = Notices::new(Some(drain), closing, Some(watches));
+        let (mut notices, senders) = joined();
         assert!(poll_once(&mut notices).is_none());
         let lobby = HashMap::from([("lobby".into(), "wss://b".into())]);
         senders.migrations.send_replace(lobby);
@@ -254,15 +252,20 @@ mod tests {
         assert!(poll_once(&mut notices).is_none());
         closing_tx.send_replace(true);
         assert!(matches!(poll_once(&mut notices), Some(Notice::Shutdown)));
+
+        // And a joined session's watch hears both.
+        let (mut notices, senders) = joined();
+        senders.drain.send_replace(Some(deadline));
+        assert!(matches!(poll_once(&mut notices), Some(Notice::Draining(d)) if d == deadline));
+        let (mut notices, senders) = joined();
+        senders.closing.send_replace(true);
+        assert!(matches!(poll_once(&mut notices), Some(Notice::Shutdown)));
     }
 
     #[tokio::test]
     async fn senders_gone_leave_the_watch_pending() {
-        let (drain_tx, drain) = watch::channel(None);
-        let (closing_tx, closing) = watch::channel(false);
-        let (watches, senders) = member("PA_1");
-        let mut notices = Notices::new(Some(drain), closing, Some(watches));
-        drop((drain_tx, closing_tx, senders));
+        let (mut notices, senders) = joined();
+        drop(senders);
         assert!(poll_once(&mut notices).is_none());
         assert!(poll_once(&mut notices).is_none());
     }

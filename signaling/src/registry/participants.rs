@@ -294,7 +294,8 @@ impl RoomRegistry {
         if !change(&mut edited) {
             return MuteChange::default();
         }
-        *member.info.edit() = edited.clone();
+        // A new entry: lists handed out keep the old one, and nothing is copied to be overwritten.
+        member.info = SharedParticipant::new(edited.clone());
         let media = member.media;
         let participant = edited.clone();
         self.broadcast(&room.members, &PresenceEvent::Updated(Arc::new(edited)));

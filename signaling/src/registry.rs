@@ -30,12 +30,11 @@ use crate::roster::{LocalRosterChange, ShardSeed};
 
 pub(crate) use ids::next_participant_id;
 
-/// Something that happened in a participant's room. One event is queued to every member's session, so the
-/// participant's details are shared (`Arc`), not copied per member, and the event stays small: each
-/// session's presence queue holds blocks of 32 of them for its whole life.
+/// Something that happened in a participant's room. It is serialized once for all the members it goes to
+/// ([`Presence`]); their sessions' queues hold only that text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PresenceEvent {
-    Joined(Arc<ParticipantInfo>),
+    Joined(ParticipantInfo),
     Left {
         sid: String,
         reason: ParticipantLeftReason,
@@ -46,7 +45,7 @@ pub enum PresenceEvent {
         by_moderator: bool,
     },
     /// Its deafen or push-to-talk state changed.
-    Updated(Arc<ParticipantInfo>),
+    Updated(ParticipantInfo),
 }
 
 /// A presence event as it reaches each member's session: the text of its protocol message, serialized
@@ -59,8 +58,8 @@ pub struct Presence {
 }
 
 impl Presence {
-    pub(crate) fn new(event: &PresenceEvent) -> Presence {
-        let text = serde_json::to_string(&event.clone().into_message()).expect(
+    pub(crate) fn new(event: PresenceEvent) -> Presence {
+        let text = serde_json::to_string(&event.into_message()).expect(
             "presence messages are plain structs with string keys: serializing cannot fail",
         );
         Presence { text: text.into() }
@@ -77,9 +76,7 @@ impl PresenceEvent {
     pub fn into_message(self) -> ServerMessage {
         match self {
             PresenceEvent::Joined(participant) => {
-                ServerMessage::ParticipantJoined(ParticipantJoined {
-                    participant: Arc::unwrap_or_clone(participant),
-                })
+                ServerMessage::ParticipantJoined(ParticipantJoined { participant })
             }
             PresenceEvent::Left { sid, reason } => {
                 ServerMessage::ParticipantLeft(ParticipantLeft { sid, reason })
@@ -94,9 +91,7 @@ impl PresenceEvent {
                 by_moderator,
             }),
             PresenceEvent::Updated(participant) => {
-                ServerMessage::ParticipantUpdated(ParticipantUpdated {
-                    participant: Arc::unwrap_or_clone(participant),
-                })
+                ServerMessage::ParticipantUpdated(ParticipantUpdated { participant })
             }
         }
     }
@@ -422,7 +417,7 @@ impl RoomRegistry {
         self.bans.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn broadcast(&self, members: &[Member], event: &PresenceEvent) {
+    fn broadcast(&self, members: &[Member], event: PresenceEvent) {
         if members.is_empty() {
             return;
         }

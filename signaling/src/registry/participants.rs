@@ -3,7 +3,6 @@
 
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -142,10 +141,7 @@ impl RoomRegistry {
             .map(|m| m.info.clone())
             .chain(room.remote.iter().map(|r| r.info.clone()))
             .collect();
-        self.broadcast(
-            &room.members,
-            &PresenceEvent::Joined(Arc::new(participant.clone())),
-        );
+        self.broadcast(&room.members, PresenceEvent::Joined(participant.clone()));
         self.publish(
             &request.room,
             RosterChange::Joined {
@@ -210,7 +206,7 @@ impl RoomRegistry {
             sid: old.info.sid.clone(),
             reason: ParticipantLeftReason::Replaced,
         };
-        self.broadcast(&room.members, &event);
+        self.broadcast(&room.members, event);
     }
 
     /// Records a participant's mute state and tells everyone in the room, the participant included
@@ -251,7 +247,7 @@ impl RoomRegistry {
             by_moderator: actor == Actor::Moderator,
         };
         let participant = ParticipantInfo::clone(&member.info);
-        self.broadcast(&room.members, &event);
+        self.broadcast(&room.members, event);
         self.publish(name, RosterChange::Updated { participant });
         Ok(MuteChange {
             changed: true,
@@ -298,7 +294,7 @@ impl RoomRegistry {
         member.info = SharedParticipant::new(edited.clone());
         let media = member.media;
         let participant = edited.clone();
-        self.broadcast(&room.members, &PresenceEvent::Updated(Arc::new(edited)));
+        self.broadcast(&room.members, PresenceEvent::Updated(edited));
         self.publish(name, RosterChange::Updated { participant });
         MuteChange {
             changed: true,
@@ -411,7 +407,7 @@ impl RoomRegistry {
                 sid: member.info.sid.clone(),
                 reason,
             };
-            self.broadcast(&room.members, &event);
+            self.broadcast(&room.members, event);
         }
         true
     }

@@ -2,7 +2,6 @@
 //! ones, marked `remote`), and this node's roster changes handed to the cluster (crate::roster).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
@@ -202,10 +201,7 @@ impl RoomRegistry {
             .iter_mut()
             .find(|r| r.node == node && r.info.sid == info.sid)
         else {
-            self.broadcast(
-                &room.members,
-                &PresenceEvent::Joined(Arc::new(info.clone())),
-            );
+            self.broadcast(&room.members, PresenceEvent::Joined(info.clone()));
             room.remote.push(RemoteMember {
                 node: node.to_owned(),
                 info: SharedParticipant::new(info),
@@ -219,7 +215,7 @@ impl RoomRegistry {
                 muted: info.muted,
                 by_moderator: info.server_muted || before.server_muted,
             };
-            self.broadcast(&room.members, &event);
+            self.broadcast(&room.members, event);
         }
         let rest = |p: &ParticipantInfo| ParticipantInfo {
             muted: false,
@@ -227,7 +223,7 @@ impl RoomRegistry {
             ..p.clone()
         };
         if rest(&before) != rest(&info) {
-            self.broadcast(&room.members, &PresenceEvent::Updated(Arc::new(info)));
+            self.broadcast(&room.members, PresenceEvent::Updated(info));
         }
         RosterOutcome::Applied
     }
@@ -247,7 +243,7 @@ impl RoomRegistry {
                     sid: remote.info.sid.clone(),
                     reason,
                 };
-                self.broadcast(&room.members, &event);
+                self.broadcast(&room.members, event);
             } else {
                 kept.push(remote);
             }

@@ -47,9 +47,7 @@ impl Events {
             let message: ServerMessage =
                 serde_json::from_str(presence.text()).expect("a presence text is a server message");
             match message {
-                ServerMessage::ParticipantJoined(m) => {
-                    PresenceEvent::Joined(Arc::new(m.participant))
-                }
+                ServerMessage::ParticipantJoined(m) => PresenceEvent::Joined(m.participant),
                 ServerMessage::ParticipantLeft(m) => PresenceEvent::Left {
                     sid: m.sid,
                     reason: m.reason,
@@ -59,9 +57,7 @@ impl Events {
                     muted: m.muted,
                     by_moderator: m.by_moderator,
                 },
-                ServerMessage::ParticipantUpdated(m) => {
-                    PresenceEvent::Updated(Arc::new(m.participant))
-                }
+                ServerMessage::ParticipantUpdated(m) => PresenceEvent::Updated(m.participant),
                 other => panic!("not a presence message: {other:?}"),
             }
         })
@@ -130,7 +126,7 @@ fn admission_broadcast_and_leave() {
     assert_eq!(bob.others, vec![ada.participant.clone().into()]);
     assert_eq!(
         ada_rx.try_recv(),
-        Ok(PresenceEvent::Joined(Arc::new(bob.participant.clone())))
+        Ok(PresenceEvent::Joined(bob.participant.clone()))
     );
     assert!(bob_rx.try_recv().is_err(), "no event about oneself joining");
 
@@ -287,7 +283,7 @@ fn a_second_join_with_the_same_identity_replaces_the_first() {
     );
     assert_eq!(
         bob_rx.try_recv(),
-        Ok(PresenceEvent::Joined(Arc::new(again.participant.clone())))
+        Ok(PresenceEvent::Joined(again.participant.clone()))
     );
     assert_eq!(registry.participant_count(), 2);
     assert_eq!(metrics.participants(crate::media::RoomMode::Forward), 2);

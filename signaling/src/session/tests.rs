@@ -2193,7 +2193,7 @@ async fn queued_presence_events_go_out_together_in_order_and_none_is_lost() {
     };
     let sid = |i: usize| format!("PA_{i:012x}");
     let left = |i: usize| {
-        Presence::new(&PresenceEvent::Left {
+        Presence::new(PresenceEvent::Left {
             sid: sid(i),
             reason: ParticipantLeftReason::Left,
         })

@@ -30,7 +30,7 @@ fn another_nodes_participants_are_listed_evented_and_dropped_with_their_node() {
     );
     assert_eq!(
         ada_rx.try_recv(),
-        Ok(PresenceEvent::Joined(Arc::new(marked(bob.clone()))))
+        Ok(PresenceEvent::Joined(marked(bob.clone())))
     );
     // Heard again (a sync after a message): no second event.
     registry.remote_roster("wide", "node-b", joined);
@@ -118,7 +118,7 @@ fn a_sync_replaces_a_nodes_participants_and_a_taken_id_is_refused() {
     registry.remote_roster("wide", "node-b", RemoteRoster::Sync(vec![bob.clone()]));
     assert_eq!(
         ada_rx.try_recv(),
-        Ok(PresenceEvent::Joined(Arc::new(marked(bob.clone()))))
+        Ok(PresenceEvent::Joined(marked(bob.clone())))
     );
     registry.remote_roster("wide", "node-b", RemoteRoster::Sync(vec![cy.clone()]));
     assert_eq!(
@@ -130,7 +130,7 @@ fn a_sync_replaces_a_nodes_participants_and_a_taken_id_is_refused() {
     );
     assert_eq!(
         ada_rx.try_recv(),
-        Ok(PresenceEvent::Joined(Arc::new(marked(cy.clone()))))
+        Ok(PresenceEvent::Joined(marked(cy.clone())))
     );
     // A third node naming Ada's id, or Cy's: refused, nobody told.
     let twin = remote(&ada.participant.sid, "eve");
@@ -227,7 +227,7 @@ fn a_join_replaces_the_same_identity_on_another_node() {
     );
     assert_eq!(
         ada_rx.try_recv(),
-        Ok(PresenceEvent::Joined(Arc::new(bob.participant.clone())))
+        Ok(PresenceEvent::Joined(bob.participant.clone()))
     );
     assert_eq!(
         changes.try_recv().map(|c| c.change),
@@ -274,7 +274,7 @@ fn a_join_on_another_node_ends_the_seat_it_names_and_concurrent_joins_keep_one()
     );
     assert_eq!(
         cy_rx.try_recv(),
-        Ok(PresenceEvent::Joined(Arc::new(marked(ada_there.clone()))))
+        Ok(PresenceEvent::Joined(marked(ada_there.clone())))
     );
     assert_eq!(
         changes.try_recv().map(|c| c.change),
@@ -299,7 +299,7 @@ fn a_join_on_another_node_ends_the_seat_it_names_and_concurrent_joins_keep_one()
     assert_eq!(*dan.removed.borrow_and_update(), None);
     assert_eq!(
         cy_rx.try_recv(),
-        Ok(PresenceEvent::Joined(Arc::new(marked(dan_lower))))
+        Ok(PresenceEvent::Joined(marked(dan_lower)))
     );
     // Node-c's Dan has a higher id than this one: this one goes.
     let dan_higher = remote("PA_ffffffffff00", "dan");
